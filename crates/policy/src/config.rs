@@ -1,0 +1,489 @@
+//! The custody policy file (TOML) and its validation into a [`Policy`].
+//!
+//! Every refusal names the field and the reason, so a user can fix the file without reading
+//! code. Validation is all-or-nothing: a [`Policy`] only exists if every rule holds.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpub};
+use bitcoin::secp256k1::{All, PublicKey, Secp256k1};
+use bitcoin::{Address, Network, NetworkKind};
+use serde::Deserialize;
+
+use crate::error::PolicyError;
+
+/// The largest relative timelock a CSV/nSequence can express, in blocks.
+pub const MAX_RELATIVE_LOCK: u32 = 65_535;
+/// The dust threshold of a P2TR output at Core's dust relay feerate, in sat.
+pub const P2TR_DUST_SAT: u64 = 330;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    version: u32,
+    network: String,
+    owner: OwnerSection,
+    cosigner: CosignerSection,
+    guardians: GuardianSection,
+    delays: DelaySection,
+    fees: FeeSection,
+    allowance: AllowanceSection,
+    #[serde(default)]
+    towers: Vec<TowerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerSection {
+    threshold: u32,
+    keys: Vec<String>,
+    backup: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CosignerSection {
+    key: String,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardianSection {
+    threshold: u32,
+    keys: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelaySection {
+    unvault: i64,
+    recovery: i64,
+    deep_vault: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeeSection {
+    unvault_sat_per_vb: u64,
+    ladder_sat_per_vb: Vec<u64>,
+    max_fee_percent: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowanceSection {
+    hot_limit_sat: u64,
+    velocity_limit_sat: u64,
+    velocity_window_blocks: u32,
+    #[serde(default)]
+    whitelist: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TowerSection {
+    name: String,
+    url: String,
+    key: String,
+}
+
+/// An extended public key from the policy, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyKey {
+    /// The account-level extended public key.
+    pub xpub: Xpub,
+    /// Master fingerprint and path to `xpub`, when the file gives them (`[fp/path]xpub`).
+    pub origin: Option<(Fingerprint, DerivationPath)>,
+}
+
+/// Which chain of child keys a key contributes to: intake (receive) addresses or vault graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChain {
+    /// `/0/*`: intake addresses, one per receive index.
+    Intake = 0,
+    /// `/1/*`: the unvault, recovery and deep-vault outputs, one set per vault index.
+    Vault = 1,
+}
+
+impl PolicyKey {
+    /// The master fingerprint and full path of the child key `chain/index`, for PSBT signers.
+    pub fn key_source(&self, chain: KeyChain, index: u32) -> (Fingerprint, DerivationPath) {
+        let (fp, base) = match &self.origin {
+            Some((fp, path)) => (*fp, path.clone()),
+            None => (self.xpub.fingerprint(), DerivationPath::master()),
+        };
+        let tail = [
+            ChildNumber::from_normal_idx(chain as u32).expect("0 or 1"),
+            ChildNumber::from_normal_idx(index).expect("index < 2^31"),
+        ];
+        (fp, base.extend(tail))
+    }
+
+    /// The descriptor form of this key on `chain`, ranged (`/*`) or at one index.
+    pub fn descriptor_key(&self, chain: KeyChain, index: Option<u32>) -> String {
+        let origin = match &self.origin {
+            Some((fp, path)) if path.is_empty() => format!("[{fp}]"),
+            Some((fp, path)) => format!("[{fp}/{}]", path.to_string().trim_start_matches("m/")),
+            None => String::new(),
+        };
+        let tail = index.map(|i| i.to_string()).unwrap_or_else(|| "*".into());
+        format!("{origin}{}/{}/{tail}", self.xpub, chain as u32)
+    }
+}
+
+/// A threshold of keys (`threshold` of `keys` must sign).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySet {
+    /// How many must sign.
+    pub threshold: u32,
+    /// The keys.
+    pub keys: Vec<PolicyKey>,
+}
+
+/// Delays, in blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delays {
+    /// DELAY: how long an unvault waits before its spend leaf opens (the towers' window).
+    pub unvault: u16,
+    /// T_RECOVER: when owner + guardians may act without the co-signer.
+    pub recovery: u16,
+    /// LONG: the deep vault's slow path.
+    pub deep_vault: u16,
+}
+
+/// The fee strategy of the pre-signed transactions (ADR 0002).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeePolicy {
+    /// The unvault's one feerate (it has exactly one version), sat/vB; its anchor bumps it.
+    pub unvault_sat_per_vb: u64,
+    /// The ladder of feerates signed for each cancel and emergency, sat/vB, increasing.
+    pub ladder_sat_per_vb: Vec<u64>,
+    /// Rungs costing more than this share of the vault are not signed (the lowest always is).
+    pub max_fee_percent: u64,
+}
+
+/// Allowance and velocity limits (enforced by co-signer and towers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowance {
+    /// Most the hot wallet may hold, sat.
+    pub hot_limit_sat: u64,
+    /// Most all unvaults together may release per window, sat; also the largest standard vault.
+    pub velocity_limit_sat: u64,
+    /// The velocity window, in blocks.
+    pub velocity_window_blocks: u32,
+    /// Destinations spends may go to without guardian approval.
+    pub whitelist: Vec<Address>,
+}
+
+/// A watchtower the vaults are registered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tower {
+    /// A name for humans.
+    pub name: String,
+    /// Where its registration API listens.
+    pub url: String,
+    /// The key it signs acknowledgements with.
+    pub key: PublicKey,
+}
+
+/// A validated custody policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The policy's version number (towers pin it).
+    pub version: u32,
+    /// The network every key and address belongs to.
+    pub network: Network,
+    /// The owner's everyday keys.
+    pub owner: KeySet,
+    /// The owner's off-site backup key (deep vault only).
+    pub backup: PolicyKey,
+    /// The co-signer's key.
+    pub cosigner: PolicyKey,
+    /// Where the co-signer listens.
+    pub cosigner_url: Option<String>,
+    /// The guardians.
+    pub guardians: KeySet,
+    /// DELAY, T_RECOVER, LONG.
+    pub delays: Delays,
+    /// Fees of the pre-signed transactions.
+    pub fees: FeePolicy,
+    /// Allowance and velocity.
+    pub allowance: Allowance,
+    /// The towers.
+    pub towers: Vec<Tower>,
+}
+
+impl Policy {
+    /// Parses and validates a policy file's text.
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        validate(file)
+    }
+}
+
+impl FromStr for Policy {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Policy::from_toml(s)
+    }
+}
+
+fn field(field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError::Field { field: field.into(), reason: reason.into() }
+}
+
+fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
+    if file.version != 1 {
+        return Err(field(
+            "version",
+            format!("version {} is not supported (this build reads 1)", file.version),
+        ));
+    }
+    let network = match file.network.as_str() {
+        "bitcoin" | "mainnet" => Network::Bitcoin,
+        "testnet" => Network::Testnet,
+        "testnet4" => Network::Testnet4,
+        "signet" => Network::Signet,
+        "regtest" => Network::Regtest,
+        other => {
+            return Err(field(
+                "network",
+                format!("unknown network {other:?} (bitcoin, testnet, testnet4, signet, regtest)"),
+            ))
+        }
+    };
+    let secp = Secp256k1::verification_only();
+    let mut seen = HashSet::new();
+    let mut key = |name: String, text: &str| -> Result<PolicyKey, PolicyError> {
+        let k = parse_key(&name, text, network)?;
+        if !seen.insert(k.xpub) {
+            return Err(field(
+                name,
+                "the same key appears twice in the policy; every role needs its own key",
+            ));
+        }
+        Ok(k)
+    };
+
+    let owner = key_set("owner", file.owner.threshold, &file.owner.keys, 3, &mut key)?;
+    let backup = key("owner.backup".into(), &file.owner.backup)?;
+    let cosigner = key("cosigner.key".into(), &file.cosigner.key)?;
+    let guardians = key_set("guardians", file.guardians.threshold, &file.guardians.keys, 7, &mut key)?;
+
+    let lock = |name: &str, v: i64| -> Result<u16, PolicyError> {
+        if v < 1 {
+            return Err(field(name, format!("{v} blocks: a delay must be at least 1 block")));
+        }
+        if v > MAX_RELATIVE_LOCK as i64 {
+            return Err(field(
+                name,
+                format!("{v} blocks exceeds {MAX_RELATIVE_LOCK}, the most a relative timelock can express"),
+            ));
+        }
+        Ok(v as u16)
+    };
+    let delays = Delays {
+        unvault: lock("delays.unvault", file.delays.unvault)?,
+        recovery: lock("delays.recovery", file.delays.recovery)?,
+        deep_vault: lock("delays.deep_vault", file.delays.deep_vault)?,
+    };
+    if delays.recovery < delays.unvault {
+        return Err(field(
+            "delays.recovery",
+            format!("{} blocks is shorter than delays.unvault ({}): the recovery leaf would open before the towers' window closes", delays.recovery, delays.unvault),
+        ));
+    }
+    if delays.deep_vault < delays.unvault {
+        return Err(field(
+            "delays.deep_vault",
+            format!("LONG ({} blocks) is shorter than DELAY ({} blocks): the deep vault must be the slowest way out", delays.deep_vault, delays.unvault),
+        ));
+    }
+
+    let f = &file.fees;
+    if !(1..=10_000).contains(&f.unvault_sat_per_vb) {
+        return Err(field(
+            "fees.unvault_sat_per_vb",
+            format!("{} sat/vB is outside 1..=10000", f.unvault_sat_per_vb),
+        ));
+    }
+    if f.ladder_sat_per_vb.is_empty() || f.ladder_sat_per_vb.len() > 32 {
+        return Err(field("fees.ladder_sat_per_vb", "needs 1 to 32 feerates"));
+    }
+    for (i, w) in f.ladder_sat_per_vb.iter().enumerate() {
+        if !(1..=10_000).contains(w) {
+            return Err(field(
+                format!("fees.ladder_sat_per_vb[{i}]"),
+                format!("{w} sat/vB is outside 1..=10000"),
+            ));
+        }
+        if i > 0 && *w <= f.ladder_sat_per_vb[i - 1] {
+            return Err(field(format!("fees.ladder_sat_per_vb[{i}]"), "the ladder must strictly increase"));
+        }
+    }
+    if !(1..=50).contains(&f.max_fee_percent) {
+        return Err(field("fees.max_fee_percent", format!("{}% is outside 1..=50", f.max_fee_percent)));
+    }
+    let fees = FeePolicy {
+        unvault_sat_per_vb: f.unvault_sat_per_vb,
+        ladder_sat_per_vb: f.ladder_sat_per_vb.clone(),
+        max_fee_percent: f.max_fee_percent,
+    };
+
+    let a = &file.allowance;
+    let max_money = bitcoin::Amount::MAX_MONEY.to_sat();
+    for (name, v) in
+        [("allowance.hot_limit_sat", a.hot_limit_sat), ("allowance.velocity_limit_sat", a.velocity_limit_sat)]
+    {
+        if v <= P2TR_DUST_SAT {
+            return Err(field(
+                name,
+                format!("{v} sat is at or below the dust threshold ({P2TR_DUST_SAT} sat)"),
+            ));
+        }
+        if v > max_money {
+            return Err(field(name, format!("{v} sat is more than 21 million BTC")));
+        }
+    }
+    if a.velocity_window_blocks == 0 {
+        return Err(field("allowance.velocity_window_blocks", "the window must be at least 1 block"));
+    }
+    let whitelist = a
+        .whitelist
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_address(&format!("allowance.whitelist[{i}]"), s, network))
+        .collect::<Result<Vec<_>, _>>()?;
+    let allowance = Allowance {
+        hot_limit_sat: a.hot_limit_sat,
+        velocity_limit_sat: a.velocity_limit_sat,
+        velocity_window_blocks: a.velocity_window_blocks,
+        whitelist,
+    };
+
+    let mut towers = Vec::new();
+    for (i, t) in file.towers.iter().enumerate() {
+        let name = |f: &str| format!("towers[{i}].{f}");
+        if t.name.trim().is_empty() {
+            return Err(field(name("name"), "a tower needs a name"));
+        }
+        if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+            return Err(field(name("url"), format!("{:?} is not an http(s) URL", t.url)));
+        }
+        let key = PublicKey::from_str(&t.key)
+            .map_err(|e| field(name("key"), format!("not a compressed public key in hex: {e}")))?;
+        towers.push(Tower { name: t.name.clone(), url: t.url.clone(), key });
+    }
+    let _ = &secp;
+    Ok(Policy {
+        version: file.version,
+        network,
+        owner,
+        backup,
+        cosigner,
+        cosigner_url: file.cosigner.url,
+        guardians,
+        delays,
+        fees,
+        allowance,
+        towers,
+    })
+}
+
+fn key_set(
+    section: &str,
+    threshold: u32,
+    keys: &[String],
+    max: usize,
+    key: &mut impl FnMut(String, &str) -> Result<PolicyKey, PolicyError>,
+) -> Result<KeySet, PolicyError> {
+    if keys.is_empty() || keys.len() > max {
+        return Err(field(
+            format!("{section}.keys"),
+            format!("{} keys given, 1 to {max} allowed", keys.len()),
+        ));
+    }
+    if threshold == 0 || threshold as usize > keys.len() {
+        return Err(field(
+            format!("{section}.threshold"),
+            format!(
+                "threshold {threshold} with {} keys: it must be between 1 and the number of keys",
+                keys.len()
+            ),
+        ));
+    }
+    let keys = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| key(format!("{section}.keys[{i}]"), k))
+        .collect::<Result<_, _>>()?;
+    Ok(KeySet { threshold, keys })
+}
+
+/// Parses `[fingerprint/path]xpub` or a bare `xpub` for `network`.
+pub fn parse_key(name: &str, text: &str, network: Network) -> Result<PolicyKey, PolicyError> {
+    let text = text.trim();
+    let (origin, key) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (origin, key) = rest
+                .split_once(']')
+                .ok_or_else(|| field(name, "unterminated key origin: expected [fingerprint/path]xpub"))?;
+            let (fp, path) = origin.split_once('/').unwrap_or((origin, ""));
+            let fp = Fingerprint::from_str(fp)
+                .map_err(|_| field(name, format!("{fp:?} is not an 8-hex-digit fingerprint")))?;
+            let path = if path.is_empty() {
+                DerivationPath::master()
+            } else {
+                DerivationPath::from_str(&format!("m/{path}"))
+                    .map_err(|e| field(name, format!("bad origin path: {e}")))?
+            };
+            (Some((fp, path)), key)
+        }
+        None => (None, text),
+    };
+    if key.starts_with("xprv") || key.starts_with("tprv") {
+        return Err(field(
+            name,
+            "this is a private key: a policy names public keys only, and this file may now be a secret",
+        ));
+    }
+    if key.contains('/') || key.contains('*') {
+        return Err(field(
+            name,
+            "give the account-level key without derivation steps: Vigil derives /0/* and /1/* itself",
+        ));
+    }
+    let xpub = Xpub::from_str(key).map_err(|_| {
+        field(name, "unknown key format: expected an extended public key (tpub... on test networks, xpub... on mainnet), optionally prefixed by [fingerprint/path]")
+    })?;
+    let expected = NetworkKind::from(network);
+    if xpub.network != expected {
+        return Err(field(
+            name,
+            format!(
+                "this key is for {}, the policy is for {network}",
+                if xpub.network.is_mainnet() { "mainnet" } else { "a test network" }
+            ),
+        ));
+    }
+    Ok(PolicyKey { xpub, origin })
+}
+
+/// Parses an address and checks its network.
+pub fn parse_address(name: &str, text: &str, network: Network) -> Result<Address, PolicyError> {
+    let unchecked =
+        Address::from_str(text.trim()).map_err(|e| field(name, format!("not an address: {e}")))?;
+    unchecked
+        .require_network(network)
+        .map_err(|_| field(name, format!("{text} is not an address of the policy's network ({network})")))
+}
+
+/// A cached verification context, since key derivation needs one.
+pub(crate) fn secp() -> &'static Secp256k1<All> {
+    static SECP: std::sync::OnceLock<Secp256k1<All>> = std::sync::OnceLock::new();
+    SECP.get_or_init(Secp256k1::new)
+}

@@ -1,0 +1,810 @@
+//! The pre-signed vault transaction graph: V's funding, then U, C, E, UE (DESIGN.md §4).
+//!
+//! Building is deterministic: the same policy, vault index, amount, kind, funding outpoint and
+//! one-time public keys give byte-identical unsigned transactions, so owner client, co-signer
+//! and towers can each rebuild the graph and compare before signing or acknowledging.
+//!
+//! What must never change a txid is enforced here by construction: the graph's transactions
+//! have one input each and are signed with `SIGHASH_DEFAULT` only (which commits to every
+//! input and output); there is exactly one unvault per vault; the funding transaction spends
+//! native segwit inputs only.
+
+use std::collections::HashMap;
+
+use bitcoin::hashes::Hash;
+use bitcoin::key::{Keypair, XOnlyPublicKey};
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::{schnorr, Message};
+use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use bitcoin::taproot::{ControlBlock, LeafVersion, TapLeafHash};
+use bitcoin::transaction::Version;
+use bitcoin::{
+    absolute, Address, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
+};
+use miniscript::descriptor::DefiniteDescriptorKey;
+use miniscript::psbt::PsbtExt;
+use miniscript::Descriptor;
+
+use crate::config::{secp, KeyChain, Policy, P2TR_DUST_SAT};
+use crate::descriptors::{
+    definite, nums, single, taproot_leaves, translate, KeyChainCache, Templates, VaultKind,
+};
+use crate::error::PolicyError;
+
+/// Pay-to-anchor output script (`OP_1 <0x4e73>`): anyone can spend it to bump a parent by CPFP.
+pub fn pay_to_anchor() -> ScriptBuf {
+    ScriptBuf::from_bytes(vec![0x51, 0x02, 0x4e, 0x73])
+}
+/// The anchor's value: P2A's dust threshold, so the anchor relays in a fee-paying transaction.
+pub const ANCHOR_SAT: u64 = 240;
+/// The pre-signed transactions are TRUC (version 3): one parent, one child, sibling eviction.
+pub const GRAPH_TX_VERSION: Version = Version(3);
+
+/// A policy compiled once into descriptor templates and cached key chains, from which any
+/// number of vaults are built.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    policy: Policy,
+    templates: Templates,
+    intake_keys: KeyChainCache,
+    vault_keys: KeyChainCache,
+    sizes: GraphSizes,
+}
+
+/// Virtual sizes of the graph's transactions; fixed by the graph's shape, not the policy.
+#[derive(Debug, Clone, Copy)]
+struct GraphSizes {
+    unvault: u64,
+    emergency: u64,
+    /// Cancel and unvault-emergency have the same shape.
+    from_unvault: u64,
+}
+
+/// Ranged descriptors of the policy's reusable outputs, with checksums, importable into
+/// Bitcoin Core as they are.
+#[derive(Debug, Clone)]
+pub struct RangedDescriptors {
+    /// Intake (receive) addresses.
+    pub intake: String,
+    /// Recovery outputs (where cancels go).
+    pub recovery: String,
+    /// The deep vault.
+    pub deep_vault: String,
+    /// The vault output, with `OO`/`CO` for the per-vault one-time keys.
+    pub vault_template: String,
+    /// The standard unvault output, with `OO`/`CO` for the one-time keys.
+    pub unvault_standard_template: String,
+    /// The guarded unvault output, with `OO`/`CO` for the one-time keys.
+    pub unvault_guarded_template: String,
+}
+
+/// One vault's outputs as definite descriptors (keys at the vault's index, with origins).
+#[derive(Debug, Clone)]
+pub struct VaultDescriptors {
+    /// V: the two one-time keys.
+    pub vault: Descriptor<DefiniteDescriptorKey>,
+    /// U: spend leaf, pre-signed leaf, recovery leaf.
+    pub unvault: Descriptor<DefiniteDescriptorKey>,
+    /// R: where cancels go.
+    pub recovery: Descriptor<DefiniteDescriptorKey>,
+    /// The deep vault: where emergencies go.
+    pub deep_vault: Descriptor<DefiniteDescriptorKey>,
+}
+
+/// What identifies one vault, before its funding exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultPlan {
+    /// The vault index (per-vault key derivation `/1/index`).
+    pub index: u32,
+    /// The value V holds.
+    pub amount: Amount,
+    /// Standard or guarded.
+    pub kind: VaultKind,
+    /// The owner's one-time key.
+    pub owner_once: XOnlyPublicKey,
+    /// The co-signer's one-time key.
+    pub cosigner_once: XOnlyPublicKey,
+}
+
+impl CompiledPolicy {
+    /// Compiles a validated policy.
+    pub fn new(policy: Policy) -> Result<CompiledPolicy, PolicyError> {
+        let templates = Templates::new(&policy)?;
+        let intake_keys = KeyChainCache::new(&policy, KeyChain::Intake)?;
+        let vault_keys = KeyChainCache::new(&policy, KeyChain::Vault)?;
+        let mut compiled = CompiledPolicy {
+            policy,
+            templates,
+            intake_keys,
+            vault_keys,
+            sizes: GraphSizes { unvault: 0, emergency: 0, from_unvault: 0 },
+        };
+        compiled.sizes = compiled.measure_sizes()?;
+        Ok(compiled)
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The ranged descriptors (see [`RangedDescriptors`]).
+    pub fn ranged_descriptors(&self) -> Result<RangedDescriptors, PolicyError> {
+        let shown = |t: &Descriptor<String>, chain: KeyChain| -> Result<String, PolicyError> {
+            let keys = self.vault_keys.descriptor_keys(chain, None);
+            if !t.to_string().contains("OO") {
+                return Ok(translate(t, &keys)?.to_string());
+            }
+            // One-time keys exist per vault only: keep their placeholders, and no checksum,
+            // since this text is a template, not a descriptor.
+            let mut names: HashMap<String, String> =
+                keys.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+            names.insert("OO".into(), "OO".into());
+            names.insert("CO".into(), "CO".into());
+            let text = translate(t, &names)?.to_string();
+            Ok(text.split('#').next().unwrap_or_default().to_owned())
+        };
+        Ok(RangedDescriptors {
+            intake: shown(&self.templates.intake, KeyChain::Intake)?,
+            recovery: shown(&self.templates.recovery, KeyChain::Vault)?,
+            deep_vault: shown(&self.templates.deep_vault, KeyChain::Vault)?,
+            vault_template: shown(&self.templates.vault, KeyChain::Vault)?,
+            unvault_standard_template: shown(&self.templates.unvault_standard, KeyChain::Vault)?,
+            unvault_guarded_template: shown(&self.templates.unvault_guarded, KeyChain::Vault)?,
+        })
+    }
+
+    /// The intake descriptor at receive index `index`.
+    pub fn intake_descriptor(&self, index: u32) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
+        definite(translate(
+            &self.templates.intake,
+            &self.intake_keys.descriptor_keys(KeyChain::Intake, Some(index)),
+        )?)
+    }
+
+    /// The intake address at receive index `index`.
+    pub fn intake_address(&self, index: u32) -> Result<Address, PolicyError> {
+        let script = self.intake_descriptor(index)?.script_pubkey();
+        Address::from_script(&script, self.policy.network).map_err(|e| PolicyError::Build(e.to_string()))
+    }
+
+    /// One vault's outputs as definite descriptors.
+    pub fn vault_descriptors(&self, plan: &VaultPlan) -> Result<VaultDescriptors, PolicyError> {
+        let mut keys = self.vault_keys.descriptor_keys(KeyChain::Vault, Some(plan.index));
+        keys.insert("OO".into(), single(plan.owner_once));
+        keys.insert("CO".into(), single(plan.cosigner_once));
+        Ok(VaultDescriptors {
+            vault: definite(translate(&self.templates.vault, &keys)?)?,
+            unvault: definite(translate(self.templates.unvault(plan.kind), &keys)?)?,
+            recovery: definite(translate(&self.templates.recovery, &keys)?)?,
+            deep_vault: definite(translate(&self.templates.deep_vault, &keys)?)?,
+        })
+    }
+
+    /// A vault plan, checking the amount against this policy.
+    pub fn plan(
+        &self,
+        index: u32,
+        amount: Amount,
+        kind: VaultKind,
+        owner_once: XOnlyPublicKey,
+        cosigner_once: XOnlyPublicKey,
+    ) -> Result<VaultPlan, PolicyError> {
+        if amount > Amount::MAX_MONEY {
+            return Err(PolicyError::AmountTooLarge(amount));
+        }
+        let minimum = self.min_vault_amount();
+        if amount < minimum {
+            return Err(PolicyError::AmountTooSmall { amount, minimum });
+        }
+        let limit = Amount::from_sat(self.policy.allowance.velocity_limit_sat);
+        if kind == VaultKind::Standard && amount > limit {
+            return Err(PolicyError::StandardVaultTooLarge { amount, limit });
+        }
+        Ok(VaultPlan { index, amount, kind, owner_once, cosigner_once })
+    }
+
+    /// The kind a vault of `amount` must be: standard up to the velocity limit, guarded above.
+    pub fn kind_for(&self, amount: Amount) -> VaultKind {
+        if amount.to_sat() <= self.policy.allowance.velocity_limit_sat {
+            VaultKind::Standard
+        } else {
+            VaultKind::Guarded
+        }
+    }
+
+    /// The smallest vault whose graph pays every fee at the lowest rung and leaves every
+    /// output above dust.
+    pub fn min_vault_amount(&self) -> Amount {
+        let rung0 = self.policy.fees.ladder_sat_per_vb[0];
+        let via_unvault = self.sizes.unvault * self.policy.fees.unvault_sat_per_vb
+            + ANCHOR_SAT
+            + self.sizes.from_unvault * rung0
+            + ANCHOR_SAT
+            + P2TR_DUST_SAT;
+        let via_emergency = self.sizes.emergency * rung0 + ANCHOR_SAT + P2TR_DUST_SAT;
+        Amount::from_sat(via_unvault.max(via_emergency))
+    }
+
+    /// The output V of a planned vault.
+    pub fn vault_output(&self, plan: &VaultPlan) -> Result<TxOut, PolicyError> {
+        let keys = self.once_keys_only(plan);
+        Ok(TxOut {
+            value: plan.amount,
+            script_pubkey: translate(&self.templates.vault, &keys)?.script_pubkey(),
+        })
+    }
+
+    fn once_keys_only(&self, plan: &VaultPlan) -> HashMap<String, XOnlyPublicKey> {
+        HashMap::from([
+            ("NUMS".into(), nums()),
+            ("OO".into(), plan.owner_once),
+            ("CO".into(), plan.cosigner_once),
+        ])
+    }
+
+    /// Sizes of the graph's transactions, measured on a dummy vault with full-size witnesses.
+    fn measure_sizes(&self) -> Result<GraphSizes, PolicyError> {
+        let dummy = nums();
+        let plan = VaultPlan {
+            index: 0,
+            amount: Amount::from_sat(1_000_000),
+            kind: VaultKind::Standard,
+            owner_once: dummy,
+            cosigner_once: dummy,
+        };
+        let mut keys = self.vault_keys.xonly_at(0)?;
+        keys.insert("OO".into(), dummy);
+        keys.insert("CO".into(), dummy);
+        let vault = translate(&self.templates.vault, &keys)?;
+        let unvault = translate(self.templates.unvault(plan.kind), &keys)?;
+        let v_leaf = once_leaf(&vault)?;
+        let u_leaf = once_leaf(&unvault)?;
+        let size = |leaf: &OnceLeaf| {
+            let mut tx = one_input_tx(
+                OutPoint::null(),
+                vec![TxOut { value: Amount::ZERO, script_pubkey: unvault.script_pubkey() }],
+            );
+            tx.input[0].witness = leaf.witness(&[0u8; 64], &[0u8; 64]);
+            tx.weight().to_vbytes_ceil()
+        };
+        let (v, u) = (size(&v_leaf), size(&u_leaf));
+        Ok(GraphSizes { unvault: v, emergency: v, from_unvault: u })
+    }
+
+    /// Builds a vault's unsigned graph on its funding outpoint.
+    pub fn build_graph(
+        &self,
+        plan: &VaultPlan,
+        vault_outpoint: OutPoint,
+    ) -> Result<UnsignedGraph, PolicyError> {
+        let mut keys = self.vault_keys.xonly_at(plan.index)?;
+        keys.insert("OO".into(), plan.owner_once);
+        keys.insert("CO".into(), plan.cosigner_once);
+        let vault = translate(&self.templates.vault, &keys)?;
+        let unvault = translate(self.templates.unvault(plan.kind), &keys)?;
+        let recovery_spk = translate(&self.templates.recovery, &keys)?.script_pubkey();
+        let deep_spk = translate(&self.templates.deep_vault, &keys)?.script_pubkey();
+        let v_leaf = std::sync::Arc::new(once_leaf(&vault)?);
+        let u_leaf = std::sync::Arc::new(once_leaf(&unvault)?);
+        let fees = &self.policy.fees;
+        let vault_txout = TxOut { value: plan.amount, script_pubkey: vault.script_pubkey() };
+
+        let unvault_fee = Amount::from_sat(self.sizes.unvault * fees.unvault_sat_per_vb);
+        let unvault_value = plan
+            .amount
+            .checked_sub(unvault_fee + Amount::from_sat(ANCHOR_SAT))
+            .ok_or(PolicyError::AmountTooSmall { amount: plan.amount, minimum: self.min_vault_amount() })?;
+        let unvault_txout = TxOut { value: unvault_value, script_pubkey: unvault.script_pubkey() };
+        let unvault_tx = one_input_tx(vault_outpoint, vec![unvault_txout.clone(), anchor()]);
+        let unvault_outpoint = OutPoint { txid: unvault_tx.compute_txid(), vout: 0 };
+        let unvault_presigned = PresignedTx {
+            role: GraphRole::Unvault,
+            feerate_sat_per_vb: fees.unvault_sat_per_vb,
+            fee: unvault_fee,
+            tx: unvault_tx,
+            prevout: vault_txout.clone(),
+            leaf: v_leaf.clone(),
+        };
+
+        // A rung is signed if it is the lowest, or costs at most max_fee_percent of the vault,
+        // and leaves a non-dust output.
+        let cap = plan.amount.to_sat() / 100 * fees.max_fee_percent
+            + plan.amount.to_sat() % 100 * fees.max_fee_percent / 100;
+        let ladder = |role: GraphRole,
+                      outpoint: OutPoint,
+                      prevout: &TxOut,
+                      leaf: &std::sync::Arc<OnceLeaf>,
+                      to: &ScriptBuf,
+                      vsize: u64| {
+            let mut rungs = Vec::new();
+            for (i, rate) in fees.ladder_sat_per_vb.iter().enumerate() {
+                let fee = vsize * rate;
+                if i > 0 && fee > cap {
+                    break;
+                }
+                let Some(value) = prevout.value.to_sat().checked_sub(fee + ANCHOR_SAT) else { break };
+                if value < P2TR_DUST_SAT {
+                    break;
+                }
+                rungs.push(PresignedTx {
+                    role,
+                    feerate_sat_per_vb: *rate,
+                    fee: Amount::from_sat(fee),
+                    tx: one_input_tx(
+                        outpoint,
+                        vec![TxOut { value: Amount::from_sat(value), script_pubkey: to.clone() }, anchor()],
+                    ),
+                    prevout: prevout.clone(),
+                    leaf: leaf.clone(),
+                });
+            }
+            rungs
+        };
+        let cancels = ladder(
+            GraphRole::Cancel,
+            unvault_outpoint,
+            &unvault_txout,
+            &u_leaf,
+            &recovery_spk,
+            self.sizes.from_unvault,
+        );
+        let emergencies = ladder(
+            GraphRole::Emergency,
+            vault_outpoint,
+            &vault_txout,
+            &v_leaf,
+            &deep_spk,
+            self.sizes.emergency,
+        );
+        let unvault_emergencies = ladder(
+            GraphRole::UnvaultEmergency,
+            unvault_outpoint,
+            &unvault_txout,
+            &u_leaf,
+            &deep_spk,
+            self.sizes.from_unvault,
+        );
+        if cancels.is_empty() || emergencies.is_empty() || unvault_emergencies.is_empty() {
+            return Err(PolicyError::AmountTooSmall {
+                amount: plan.amount,
+                minimum: self.min_vault_amount(),
+            });
+        }
+        Ok(UnsignedGraph {
+            plan: plan.clone(),
+            vault_outpoint,
+            vault_txout,
+            unvault: unvault_presigned,
+            cancels,
+            emergencies,
+            unvault_emergencies,
+        })
+    }
+
+    /// The unsigned funding of V from intake coins, as a PSBT for the owner and co-signer to
+    /// sign. Refuses any input that is not native segwit: only then is the funding txid, on
+    /// which the whole pre-signed graph hangs, fixed before signing.
+    pub fn funding_psbt(
+        &self,
+        plan: &VaultPlan,
+        inputs: &[FundingInput],
+        change_index: u32,
+        feerate_sat_per_vb: u64,
+    ) -> Result<Psbt, PolicyError> {
+        for (i, input) in inputs.iter().enumerate() {
+            if !input.txout.script_pubkey.is_witness_program() {
+                return Err(PolicyError::NonSegwitFundingInput { input: i, outpoint: input.outpoint });
+            }
+        }
+        if inputs.is_empty() {
+            return Err(PolicyError::InsufficientFunds { needed: plan.amount, available: Amount::ZERO });
+        }
+        let descriptors =
+            inputs.iter().map(|i| self.intake_descriptor(i.intake_index)).collect::<Result<Vec<_>, _>>()?;
+        for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {
+            if d.script_pubkey() != input.txout.script_pubkey {
+                return Err(PolicyError::Build(format!(
+                    "funding input {i} is not intake address #{}",
+                    input.intake_index
+                )));
+            }
+        }
+        let change_descriptor = self.intake_descriptor(change_index)?;
+        let vault_output = self.vault_output(plan)?;
+        let mut tx = Transaction {
+            version: Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: inputs
+                .iter()
+                .map(|i| TxIn {
+                    previous_output: i.outpoint,
+                    sequence: Sequence::ENABLE_LOCKTIME_NO_RBF,
+                    ..Default::default()
+                })
+                .collect(),
+            output: vec![
+                vault_output,
+                TxOut { value: Amount::ZERO, script_pubkey: change_descriptor.script_pubkey() },
+            ],
+        };
+        let satisfaction: u64 = descriptors
+            .iter()
+            .map(|d| d.max_weight_to_satisfy().map(|w| w.to_wu()))
+            .sum::<Result<u64, _>>()
+            .map_err(|e| PolicyError::Build(e.to_string()))?;
+        let vsize = (tx.weight().to_wu() + satisfaction).div_ceil(4);
+        let fee = Amount::from_sat(vsize * feerate_sat_per_vb);
+        let available: Amount = inputs.iter().map(|i| i.txout.value).sum();
+        let needed = plan.amount + fee;
+        let change =
+            available.checked_sub(needed).ok_or(PolicyError::InsufficientFunds { needed, available })?;
+        if change.to_sat() < P2TR_DUST_SAT + 43 * feerate_sat_per_vb {
+            tx.output.pop(); // Change too small to be worth an output: it goes to fees.
+        } else {
+            tx.output[1].value = change;
+        }
+        let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| PolicyError::Build(e.to_string()))?;
+        for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {
+            psbt.inputs[i].witness_utxo = Some(input.txout.clone());
+            psbt.update_input_with_descriptor(i, d).map_err(|e| PolicyError::Build(e.to_string()))?;
+        }
+        if psbt.outputs.len() == 2 {
+            psbt.update_output_with_descriptor(1, &change_descriptor)
+                .map_err(|e| PolicyError::Build(e.to_string()))?;
+        }
+        Ok(psbt)
+    }
+}
+
+/// A coin at an intake address, to fund a vault with.
+#[derive(Debug, Clone)]
+pub struct FundingInput {
+    /// The coin.
+    pub outpoint: OutPoint,
+    /// Its output.
+    pub txout: TxOut,
+    /// The intake address index it was received on.
+    pub intake_index: u32,
+}
+
+fn anchor() -> TxOut {
+    TxOut { value: Amount::from_sat(ANCHOR_SAT), script_pubkey: pay_to_anchor() }
+}
+
+fn one_input_tx(outpoint: OutPoint, output: Vec<TxOut>) -> Transaction {
+    Transaction {
+        version: GRAPH_TX_VERSION,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: outpoint,
+            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+            ..Default::default()
+        }],
+        output,
+    }
+}
+
+/// The pre-signed leaf `and_v(v:pk(OO),pk(CO))` of V or U, ready to witness.
+#[derive(Debug)]
+struct OnceLeaf {
+    script: ScriptBuf,
+    control: ControlBlock,
+    hash: TapLeafHash,
+}
+
+impl OnceLeaf {
+    /// `<OO> CHECKSIGVERIFY <CO> CHECKSIG` pops the owner's signature first, so it is on top.
+    fn witness(&self, owner_sig: &[u8], cosigner_sig: &[u8]) -> Witness {
+        Witness::from_slice(&[cosigner_sig, owner_sig, self.script.as_bytes(), &self.control.serialize()])
+    }
+}
+
+fn once_leaf(d: &Descriptor<XOnlyPublicKey>) -> Result<OnceLeaf, PolicyError> {
+    // The one-time leaf is the only one whose script starts with OO and has no timelock; it
+    // is listed first in both templates.
+    let (script, control) =
+        taproot_leaves(d)?.into_iter().next().ok_or_else(|| PolicyError::Build("no leaf".into()))?;
+    let hash = TapLeafHash::from_script(&script, LeafVersion::TapScript);
+    Ok(OnceLeaf { script, control, hash })
+}
+
+/// Which transaction of the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphRole {
+    /// U: V -> unvault output (+ anchor).
+    Unvault,
+    /// C: U -> recovery (+ anchor).
+    Cancel,
+    /// E: V -> deep vault (+ anchor).
+    Emergency,
+    /// UE: U -> deep vault (+ anchor).
+    UnvaultEmergency,
+}
+
+/// One pre-signed transaction of the graph, before or after signing.
+#[derive(Debug, Clone)]
+pub struct PresignedTx {
+    /// Which one.
+    pub role: GraphRole,
+    /// Its feerate, sat/vB.
+    pub feerate_sat_per_vb: u64,
+    /// Its fee.
+    pub fee: Amount,
+    /// The transaction (unsigned in an [`UnsignedGraph`]).
+    pub tx: Transaction,
+    /// The output it spends.
+    pub prevout: TxOut,
+    leaf: std::sync::Arc<OnceLeaf>,
+}
+
+impl PresignedTx {
+    /// The message both one-time keys sign: BIP341 script-path sighash, `SIGHASH_DEFAULT`.
+    pub fn sighash(&self) -> Message {
+        let hash = SighashCache::new(&self.tx)
+            .taproot_script_spend_signature_hash(
+                0,
+                &Prevouts::All(&[&self.prevout]),
+                self.leaf.hash,
+                TapSighashType::Default,
+            )
+            .expect("one input, one prevout");
+        Message::from_digest(hash.to_byte_array())
+    }
+
+    /// The unsigned transaction as a PSBT, with everything a signer needs.
+    pub fn psbt(
+        &self,
+        owner_once: XOnlyPublicKey,
+        cosigner_once: XOnlyPublicKey,
+    ) -> Result<Psbt, PolicyError> {
+        let mut psbt =
+            Psbt::from_unsigned_tx(strip(&self.tx)).map_err(|e| PolicyError::Build(e.to_string()))?;
+        let input = &mut psbt.inputs[0];
+        input.witness_utxo = Some(self.prevout.clone());
+        input.sighash_type = Some(TapSighashType::Default.into());
+        input.tap_internal_key = Some(nums());
+        input
+            .tap_scripts
+            .insert(self.leaf.control.clone(), (self.leaf.script.clone(), LeafVersion::TapScript));
+        for key in [owner_once, cosigner_once] {
+            input.tap_key_origins.insert(key, (vec![self.leaf.hash], Default::default()));
+        }
+        if !self.tx.input[0].witness.is_empty() {
+            input.final_script_witness = Some(self.tx.input[0].witness.clone());
+        }
+        Ok(psbt)
+    }
+}
+
+fn strip(tx: &Transaction) -> Transaction {
+    let mut tx = tx.clone();
+    tx.input.iter_mut().for_each(|i| i.witness.clear());
+    tx
+}
+
+/// A vault's graph, unsigned.
+#[derive(Debug, Clone)]
+pub struct UnsignedGraph {
+    /// The vault.
+    pub plan: VaultPlan,
+    /// V.
+    pub vault_outpoint: OutPoint,
+    /// V's output.
+    pub vault_txout: TxOut,
+    /// U (exactly one).
+    pub unvault: PresignedTx,
+    /// C at every rung, cheapest first.
+    pub cancels: Vec<PresignedTx>,
+    /// E at every rung, cheapest first.
+    pub emergencies: Vec<PresignedTx>,
+    /// UE at every rung, cheapest first.
+    pub unvault_emergencies: Vec<PresignedTx>,
+}
+
+impl UnsignedGraph {
+    /// Every transaction, in the canonical order signatures follow: U, C.., E.., UE...
+    pub fn transactions(&self) -> impl Iterator<Item = &PresignedTx> {
+        std::iter::once(&self.unvault)
+            .chain(&self.cancels)
+            .chain(&self.emergencies)
+            .chain(&self.unvault_emergencies)
+    }
+
+    fn transactions_mut(&mut self) -> impl Iterator<Item = &mut PresignedTx> {
+        std::iter::once(&mut self.unvault)
+            .chain(&mut self.cancels)
+            .chain(&mut self.emergencies)
+            .chain(&mut self.unvault_emergencies)
+    }
+
+    /// U's txid (it does not depend on signatures).
+    pub fn unvault_txid(&self) -> Txid {
+        self.unvault.tx.compute_txid()
+    }
+
+    /// Puts both parties' signatures in place. Each set must come from the plan's one-time
+    /// key and cover every transaction; see [`GraphSignatures::verify`] to check them first.
+    pub fn finalize(
+        &self,
+        owner: &GraphSignatures,
+        cosigner: &GraphSignatures,
+    ) -> Result<SignedGraph, PolicyError> {
+        if owner.signer != self.plan.owner_once || cosigner.signer != self.plan.cosigner_once {
+            return Err(PolicyError::Signatures("signatures are not from this vault's one-time keys".into()));
+        }
+        let count = self.transactions().count();
+        if owner.signatures.len() != count || cosigner.signatures.len() != count {
+            return Err(PolicyError::Signatures(format!("expected {count} signatures from each party")));
+        }
+        let mut graph = self.clone();
+        for ((ptx, o), c) in graph.transactions_mut().zip(&owner.signatures).zip(&cosigner.signatures) {
+            // 64-byte signatures: SIGHASH_DEFAULT, the only type the graph uses.
+            ptx.tx.input[0].witness = ptx.leaf.witness(o.as_ref(), c.as_ref());
+        }
+        Ok(SignedGraph { graph })
+    }
+}
+
+/// A one-time key: fresh randomness, in memory only, signs exactly one vault's U, C, E, UE and
+/// is then dropped, which wipes it (DESIGN.md §4 "One-time keys"). It cannot be serialized.
+pub struct OneTimeKey {
+    keypair: Keypair,
+}
+
+impl OneTimeKey {
+    /// A new key from the operating system's randomness.
+    pub fn generate() -> OneTimeKey {
+        OneTimeKey { keypair: Keypair::new(secp(), &mut bitcoin::secp256k1::rand::thread_rng()) }
+    }
+
+    /// The secret's bytes, only in builds with the `insecure-test-hooks` feature: tests use it
+    /// to prove the secret never reaches a file or a returned value.
+    #[cfg(feature = "insecure-test-hooks")]
+    pub fn secret_bytes_for_tests(&self) -> [u8; 32] {
+        self.keypair.secret_bytes()
+    }
+
+    /// Its public key.
+    pub fn public(&self) -> XOnlyPublicKey {
+        self.keypair.x_only_public_key().0
+    }
+
+    /// Signs every transaction of the graph (after checking the key belongs to it).
+    pub fn sign(&self, graph: &UnsignedGraph) -> Result<GraphSignatures, PolicyError> {
+        let me = self.public();
+        if me != graph.plan.owner_once && me != graph.plan.cosigner_once {
+            return Err(PolicyError::Signatures("this one-time key is not part of the vault".into()));
+        }
+        let signatures =
+            graph.transactions().map(|t| secp().sign_schnorr(&t.sighash(), &self.keypair)).collect();
+        Ok(GraphSignatures { signer: me, signatures })
+    }
+}
+
+impl Drop for OneTimeKey {
+    fn drop(&mut self) {
+        self.keypair.non_secure_erase();
+    }
+}
+
+impl std::fmt::Debug for OneTimeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OneTimeKey({})", self.public())
+    }
+}
+
+/// One party's signatures over a graph, in canonical order ([`UnsignedGraph::transactions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphSignatures {
+    /// Whose.
+    pub signer: XOnlyPublicKey,
+    /// One per transaction.
+    pub signatures: Vec<schnorr::Signature>,
+}
+
+impl GraphSignatures {
+    /// Checks every signature against the graph (what each party does with the other's).
+    pub fn verify(&self, graph: &UnsignedGraph) -> Result<(), PolicyError> {
+        let count = graph.transactions().count();
+        if self.signatures.len() != count {
+            return Err(PolicyError::Signatures(format!(
+                "{} signatures for {count} transactions",
+                self.signatures.len()
+            )));
+        }
+        for (i, (t, s)) in graph.transactions().zip(&self.signatures).enumerate() {
+            secp().verify_schnorr(s, &t.sighash(), &self.signer).map_err(|_| {
+                PolicyError::Signatures(format!("signature {i} ({:?}) does not verify", t.role))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A vault's graph with every transaction fully signed and final: what towers hold.
+#[derive(Debug, Clone)]
+pub struct SignedGraph {
+    graph: UnsignedGraph,
+}
+
+impl SignedGraph {
+    /// The graph, now with witnesses.
+    pub fn graph(&self) -> &UnsignedGraph {
+        &self.graph
+    }
+
+    /// U, signed.
+    pub fn unvault(&self) -> &Transaction {
+        &self.graph.unvault.tx
+    }
+
+    /// C at rung `i` (cheapest first).
+    pub fn cancel(&self, i: usize) -> Option<&Transaction> {
+        self.graph.cancels.get(i).map(|p| &p.tx)
+    }
+
+    /// E at rung `i`.
+    pub fn emergency(&self, i: usize) -> Option<&Transaction> {
+        self.graph.emergencies.get(i).map(|p| &p.tx)
+    }
+
+    /// UE at rung `i`.
+    pub fn unvault_emergency(&self, i: usize) -> Option<&Transaction> {
+        self.graph.unvault_emergencies.get(i).map(|p| &p.tx)
+    }
+
+    /// Every signed transaction, in canonical order.
+    pub fn transactions(&self) -> impl Iterator<Item = &PresignedTx> {
+        self.graph.transactions()
+    }
+
+    /// A signed transaction as a finalized PSBT.
+    pub fn psbt(&self, tx: &PresignedTx) -> Result<Psbt, PolicyError> {
+        tx.psbt(self.graph.plan.owner_once, self.graph.plan.cosigner_once)
+    }
+}
+
+/// An input of a spend from one of the policy's outputs (unvault spend leaf, recovery leaves,
+/// the deep vault's paths, intake).
+#[derive(Debug, Clone)]
+pub struct SpendInput {
+    /// What it spends.
+    pub outpoint: OutPoint,
+    /// The output spent.
+    pub txout: TxOut,
+    /// The output's descriptor (definite, with key origins so PSBT signers find their keys).
+    pub descriptor: Descriptor<DefiniteDescriptorKey>,
+    /// nSequence: the relative timelock the chosen leaf needs (DELAY, T_RECOVER, LONG) or none.
+    pub sequence: Sequence,
+}
+
+/// A PSBT spending `inputs` to `outputs`, for the key holders to sign with any PSBT signer,
+/// then [`finalize`].
+pub fn spend_psbt(inputs: &[SpendInput], outputs: Vec<TxOut>) -> Result<Psbt, PolicyError> {
+    let tx = Transaction {
+        version: Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: inputs
+            .iter()
+            .map(|i| TxIn { previous_output: i.outpoint, sequence: i.sequence, ..Default::default() })
+            .collect(),
+        output: outputs,
+    };
+    let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| PolicyError::Build(e.to_string()))?;
+    for (i, input) in inputs.iter().enumerate() {
+        psbt.inputs[i].witness_utxo = Some(input.txout.clone());
+        psbt.update_input_with_descriptor(i, &input.descriptor)
+            .map_err(|e| PolicyError::Build(e.to_string()))?;
+    }
+    Ok(psbt)
+}
+
+/// Finalizes a signed PSBT (the cheapest leaf the signatures and timelocks satisfy) and
+/// extracts the transaction.
+pub fn finalize(mut psbt: Psbt) -> Result<Transaction, PolicyError> {
+    psbt.finalize_mut(secp()).map_err(|errors| {
+        PolicyError::Signatures(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+    })?;
+    psbt.extract_tx().map_err(|e| PolicyError::Build(e.to_string()))
+}

@@ -1,0 +1,229 @@
+//! Vigil's test environment: the embedded regtest chain ([`vigil_regtest`]) plus everything a
+//! test, the demo or a benchmark needs to create vaults and walk them through their graph with
+//! the deterministic example keys ([`vigil_policy::example`]).
+//!
+//! The ceremony follows DESIGN.md §4: fresh one-time keys, the funding PSBT built (unsigned,
+//! so its txid is known), the graph built on that outpoint and signed by both one-time keys,
+//! the keys dropped (wiped), and only then the funding signed and broadcast.
+
+#![warn(missing_docs)]
+
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid};
+use vigil_policy::example::{ExampleKeys, ExamplePolicy};
+use vigil_policy::{
+    finalize, spend_psbt, CompiledPolicy, FundingInput, OneTimeKey, Policy, PolicyError, SignedGraph,
+    SpendInput, VaultDescriptors, VaultKind, VaultPlan,
+};
+use vigil_regtest::{ChainError, RegtestChain, SubmitError};
+
+pub use vigil_policy;
+pub use vigil_regtest;
+
+/// Anything that can go wrong in a ceremony.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// The policy refused.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The chain refused.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The pending pool refused.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// Who signs a PSBT, among the example keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// Owner key `i`.
+    Owner(usize),
+    /// The owner's off-site backup key.
+    Backup,
+    /// The co-signer.
+    Cosigner,
+    /// Guardian `i`.
+    Guardian(usize),
+}
+
+/// A vault created on the chain.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    /// Its plan (index, amount, kind, one-time public keys).
+    pub plan: VaultPlan,
+    /// The signed graph (what towers hold).
+    pub graph: SignedGraph,
+    /// Its outputs' descriptors.
+    pub descriptors: VaultDescriptors,
+    /// The funding transaction.
+    pub funding: Transaction,
+}
+
+impl Vault {
+    /// V.
+    pub fn outpoint(&self) -> OutPoint {
+        self.graph.graph().vault_outpoint
+    }
+
+    /// U's output (what C, UE and the delayed spend consume).
+    pub fn unvault_outpoint(&self) -> OutPoint {
+        OutPoint { txid: self.graph.unvault().compute_txid(), vout: 0 }
+    }
+
+    /// U's output.
+    pub fn unvault_txout(&self) -> TxOut {
+        self.graph.unvault().output[0].clone()
+    }
+}
+
+/// A chain plus a policy and its example keys.
+pub struct Env {
+    /// The embedded chain.
+    pub chain: RegtestChain,
+    /// The example parameters.
+    pub example: ExamplePolicy,
+    /// Their private keys.
+    pub keys: ExampleKeys,
+    /// The compiled policy.
+    pub compiled: CompiledPolicy,
+    next_intake: u32,
+    next_vault: u32,
+}
+
+impl Env {
+    /// A temporary chain with this example policy.
+    pub fn new(example: ExamplePolicy) -> Result<Env, EnvError> {
+        Env::with_chain(RegtestChain::new_temporary()?, example)
+    }
+
+    /// An existing chain with this example policy.
+    pub fn with_chain(chain: RegtestChain, example: ExamplePolicy) -> Result<Env, EnvError> {
+        let policy = Policy::from_toml(&example.to_toml())?;
+        let compiled = CompiledPolicy::new(policy)?;
+        Ok(Env { chain, keys: example.keys(), example, compiled, next_intake: 0, next_vault: 0 })
+    }
+
+    /// Signs a PSBT with the given example keys.
+    pub fn sign(&self, psbt: &mut Psbt, signers: &[Signer]) {
+        let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
+        for s in signers {
+            let key = match s {
+                Signer::Owner(i) => &self.keys.owners[*i],
+                Signer::Backup => &self.keys.backup,
+                Signer::Cosigner => &self.keys.cosigner,
+                Signer::Guardian(i) => &self.keys.guardians[*i],
+            };
+            // Inputs this key cannot sign are skipped; that is not an error here.
+            let _ = psbt.sign(key, &secp);
+        }
+    }
+
+    /// The owner signers the policy needs (its threshold, from the first key).
+    pub fn owners(&self) -> Vec<Signer> {
+        (0..self.example.owner_threshold as usize).map(Signer::Owner).collect()
+    }
+
+    /// The guardian signers the policy needs (its threshold, from the first guardian).
+    pub fn guardian_quorum(&self) -> Vec<Signer> {
+        (0..self.example.guardian_threshold as usize).map(Signer::Guardian).collect()
+    }
+
+    /// Receives `amount` from the faucet at a fresh intake address and confirms it.
+    pub fn receive(&mut self, amount: Amount) -> Result<FundingInput, EnvError> {
+        let index = self.next_intake;
+        self.next_intake += 1;
+        let script = self.compiled.intake_descriptor(index)?.script_pubkey();
+        let outpoint = self.chain.fund_confirmed(&script, amount)?;
+        let txout = self.chain.coin(&outpoint).expect("just confirmed").txout;
+        Ok(FundingInput { outpoint, txout, intake_index: index })
+    }
+
+    /// The whole ceremony for one vault of `amount`: receive, plan, build, sign the graph,
+    /// wipe the one-time keys, sign and broadcast the funding, confirm it.
+    pub fn create_vault(&mut self, amount: Amount, kind: VaultKind) -> Result<Vault, EnvError> {
+        self.create_vault_with(amount, kind, OneTimeKey::generate(), OneTimeKey::generate())
+    }
+
+    /// [`Env::create_vault`] with given one-time keys (consumed and wiped).
+    pub fn create_vault_with(
+        &mut self,
+        amount: Amount,
+        kind: VaultKind,
+        owner_once: OneTimeKey,
+        cosigner_once: OneTimeKey,
+    ) -> Result<Vault, EnvError> {
+        let coin = self.receive(amount + Amount::from_sat(10_000))?;
+        let index = self.next_vault;
+        self.next_vault += 1;
+        let (graph, plan, funding_psbt) = {
+            let plan =
+                self.compiled.plan(index, amount, kind, owner_once.public(), cosigner_once.public())?;
+            let change_index = self.next_intake;
+            self.next_intake += 1;
+            let psbt = self.compiled.funding_psbt(&plan, std::slice::from_ref(&coin), change_index, 2)?;
+            let vault_outpoint = OutPoint { txid: psbt.unsigned_tx.compute_txid(), vout: 0 };
+            let unsigned = self.compiled.build_graph(&plan, vault_outpoint)?;
+            let owner_sigs = owner_once.sign(&unsigned)?;
+            let cosigner_sigs = cosigner_once.sign(&unsigned)?;
+            owner_sigs.verify(&unsigned)?;
+            cosigner_sigs.verify(&unsigned)?;
+            let signed = unsigned.finalize(&owner_sigs, &cosigner_sigs)?;
+            // The one-time keys are dropped (wiped) here, before the funding is signed.
+            drop(owner_once);
+            drop(cosigner_once);
+            (signed, plan, psbt)
+        };
+        let mut funding_psbt = funding_psbt;
+        let mut signers = self.owners();
+        signers.push(Signer::Cosigner);
+        self.sign(&mut funding_psbt, &signers);
+        let funding = finalize(funding_psbt)?;
+        self.chain.submit(&funding)?;
+        self.chain.mine(1)?;
+        let descriptors = self.compiled.vault_descriptors(&plan)?;
+        Ok(Vault { plan, graph, descriptors, funding })
+    }
+
+    /// The owner's delayed spend of U's spend leaf to `to` (owner + co-signer, plus the
+    /// guardian quorum for guarded vaults), paying `fee`.
+    pub fn delayed_spend(&self, vault: &Vault, to: ScriptBuf, fee: Amount) -> Result<Transaction, EnvError> {
+        let mut signers = self.owners();
+        signers.push(Signer::Cosigner);
+        if vault.plan.kind == VaultKind::Guarded {
+            signers.extend(self.guardian_quorum());
+        }
+        self.spend_with(
+            SpendInput {
+                outpoint: vault.unvault_outpoint(),
+                txout: vault.unvault_txout(),
+                descriptor: vault.descriptors.unvault.clone(),
+                sequence: Sequence::from_height(self.example.delay as u16),
+            },
+            to,
+            fee,
+            &signers,
+        )
+    }
+
+    /// A one-input spend to `to`, signed by `signers` and finalized.
+    pub fn spend_with(
+        &self,
+        input: SpendInput,
+        to: ScriptBuf,
+        fee: Amount,
+        signers: &[Signer],
+    ) -> Result<Transaction, EnvError> {
+        let value = input.txout.value - fee;
+        let mut psbt = spend_psbt(&[input], vec![TxOut { value, script_pubkey: to }])?;
+        self.sign(&mut psbt, signers);
+        Ok(finalize(psbt)?)
+    }
+
+    /// Submits and mines one block; returns the txid.
+    pub fn confirm(&mut self, tx: &Transaction) -> Result<Txid, EnvError> {
+        let txid = self.chain.submit(tx)?;
+        self.chain.mine(1)?;
+        Ok(txid)
+    }
+}
