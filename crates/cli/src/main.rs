@@ -1,1 +1,197 @@
-fn main() {}
+//! `vigil`: the command line. Thin: parsing and printing; the work is in the library crates.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vigil_policy::bitcoin::{Amount, Network, ScriptBuf};
+use vigil_policy::example::ExamplePolicy;
+use vigil_policy::{CompiledPolicy, Policy, PolicyError, VaultKind};
+use vigil_regtest::RegtestChain;
+use vigil_testenv::{Env, EnvError};
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Coercion-resistant Bitcoin custody")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with custody policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Build vaults on the embedded regtest chain and walk them through their graph:
+    /// unvault -> cancel, unvault -> delayed spend, emergency -> deep vault.
+    Demo {
+        /// The chain's data directory (kept between runs).
+        #[arg(long, default_value = "vigil-demo-chain")]
+        datadir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and print its descriptors and the graph's shape.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+    /// Print the example regtest policy (the one in examples/policy.toml).
+    Example,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy { command: PolicyCommand::Check { file } } => policy_check(&file),
+        Command::Policy { command: PolicyCommand::Example } => {
+            print!("{}", ExamplePolicy::default().to_toml());
+            Ok(())
+        }
+        Command::Demo { datadir } => demo(&datadir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // Bad input (a policy the user can fix) is 2; anything else 1.
+            if e.downcast_ref::<PolicyError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn load_policy(file: &Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(Policy::from_toml(&text)?)
+}
+
+fn policy_check(file: &Path) -> anyhow::Result<()> {
+    let policy = load_policy(file)?;
+    let compiled = CompiledPolicy::new(policy.clone())?;
+    let d = compiled.ranged_descriptors()?;
+    let p = &policy;
+    println!("policy {} is valid (version {}, {})", file.display(), p.version, p.network);
+    println!();
+    println!("owner      {} of {} keys; backup key for the deep vault only", p.owner.threshold, p.owner.keys.len());
+    println!("guardians  {} of {}", p.guardians.threshold, p.guardians.keys.len());
+    println!("co-signer  {}", p.cosigner_url.as_deref().unwrap_or("(no url)"));
+    println!("towers     {}", p.towers.iter().map(|t| format!("{} at {}", t.name, t.url)).collect::<Vec<_>>().join(", "));
+    println!();
+    println!("descriptors (taproot; importable into Bitcoin Core):");
+    println!("  intake      {}", d.intake);
+    println!("  recovery    {}", d.recovery);
+    println!("  deep vault  {}", d.deep_vault);
+    println!("per-vault templates (OO/CO are each vault's one-time keys):");
+    println!("  vault             {}", d.vault_template);
+    println!("  unvault standard  {}", d.unvault_standard_template);
+    println!("  unvault guarded   {}", d.unvault_guarded_template);
+    println!();
+    println!("graph:");
+    println!("  intake --funding--> V (owner_once + cosigner_once)");
+    println!("  V --U--> unvault output; its spend leaf opens {} blocks after U confirms (DELAY)", p.delays.unvault);
+    println!("  U --C--> recovery R   (any time; towers broadcast it for an unapproved U)");
+    println!("  V --E--> deep vault, U --UE--> deep vault   (panic)");
+    println!("  recovery leaves (owner + guardians, no co-signer) open after {} blocks (T_RECOVER)", p.delays.recovery);
+    println!("  deep vault: backup + {} guardians after {} blocks (LONG), or backup + co-signer + all guardians at once", p.guardians.threshold, p.delays.deep_vault);
+    println!();
+    println!("fees:");
+    println!("  U: {} sat/vB, one version, a pay-to-anchor output for CPFP", p.fees.unvault_sat_per_vb);
+    println!(
+        "  C, E, UE: TRUC (v3) + pay-to-anchor, ladder {:?} sat/vB, rungs above {}% of the vault not signed",
+        p.fees.ladder_sat_per_vb, p.fees.max_fee_percent
+    );
+    println!("  smallest vault this policy can build: {}", compiled.min_vault_amount());
+    println!(
+        "  standard vaults up to the velocity limit {} per {} blocks; larger vaults are guarded",
+        Amount::from_sat(p.allowance.velocity_limit_sat),
+        p.allowance.velocity_window_blocks
+    );
+    Ok(())
+}
+
+fn demo(datadir: &Path) -> anyhow::Result<()> {
+    let example = ExamplePolicy::default();
+    println!("Vigil demo on the embedded regtest chain (Bitcoin Core's validation engine, in-process)");
+    println!("policy: the example regtest policy (vigil policy example), DELAY {} blocks", example.delay);
+    let chain = RegtestChain::open(datadir).with_context(|| format!("opening the chain in {}", datadir.display()))?;
+    println!("chain: {} at height {}", datadir.display(), chain.height());
+    let mut env = Env::with_chain(chain, example.clone())?;
+    // Fresh derivation indices on every run, so no address is reused on a kept chain.
+    env.skip_indices(env.chain.height() * 8);
+    let sink = ScriptBuf::new_p2wpkh(&vigil_policy::bitcoin::WPubkeyHash::from_raw_hash(
+        vigil_policy::bitcoin::hashes::Hash::hash(b"demo destination"),
+    ));
+
+    step("1. unvault -> cancel");
+    let vault = created(&mut env, Amount::from_sat(5_000_000), VaultKind::Standard)?;
+    let u = vault.graph.unvault().clone();
+    env.confirm(&u)?;
+    println!("   U {} confirmed at height {} (an unvault nobody approved)", u.compute_txid(), env.chain.height());
+    let c = vault.graph.cancel(0).expect("rung 0").clone();
+    env.confirm(&c)?;
+    println!("   C {} ({} sat/vB) confirmed: the coins are back in recovery output {}", c.compute_txid(), vault.graph.graph().cancels[0].feerate_sat_per_vb, c.output[0].value);
+
+    step("2. unvault -> delayed spend");
+    let vault = created(&mut env, Amount::from_sat(5_000_000), VaultKind::Standard)?;
+    let u = vault.graph.unvault().clone();
+    env.confirm(&u)?;
+    let u_height = env.chain.height();
+    println!("   U {} confirmed at height {u_height}", u.compute_txid());
+    let spend = env.delayed_spend(&vault, sink.clone(), Amount::from_sat(2_000))?;
+    env.chain.mine_to_height(u_height + example.delay - 2)?;
+    match env.chain.submit(&spend) {
+        Err(e) => println!("   spend at height {}: refused, {e}", env.chain.height() + 1),
+        Ok(_) => anyhow::bail!("the delayed spend was accepted before DELAY"),
+    }
+    env.chain.mine(1)?;
+    env.confirm(&spend)?;
+    println!("   spend {} confirmed at height {} = U + DELAY", spend.compute_txid(), env.chain.height());
+
+    step("3. emergency -> deep vault");
+    let vault = created(&mut env, Amount::from_sat(20_000_000), VaultKind::Guarded)?;
+    let e = vault.graph.emergency(0).expect("rung 0").clone();
+    env.confirm(&e)?;
+    println!("   E {} confirmed: {} now in the deep vault", e.compute_txid(), e.output[0].value);
+    println!("   the deep vault opens to backup + {} guardians after {} blocks, or to everyone at once", example.guardian_threshold, example.deep_vault);
+
+    println!();
+    println!("done: every transaction above was accepted by the kernel; chain height {}", env.chain.height());
+    Ok(())
+}
+
+fn step(title: &str) {
+    println!();
+    println!("{title}");
+}
+
+fn created(env: &mut Env, amount: Amount, kind: VaultKind) -> Result<vigil_testenv::Vault, EnvError> {
+    let vault = env.create_vault(amount, kind)?;
+    let g = vault.graph.graph();
+    println!(
+        "   vault #{} ({:?}, {}): V {} funded; graph signed by one-time keys, keys wiped before funding",
+        vault.plan.index,
+        kind,
+        amount,
+        vault.outpoint()
+    );
+    println!(
+        "   pre-signed: U {}, {} cancels, {} emergencies, {} unvault-emergencies ({}..{} sat/vB)",
+        g.unvault_txid(),
+        g.cancels.len(),
+        g.emergencies.len(),
+        g.unvault_emergencies.len(),
+        g.cancels.first().map(|c| c.feerate_sat_per_vb).unwrap_or(0),
+        g.cancels.last().map(|c| c.feerate_sat_per_vb).unwrap_or(0)
+    );
+    let _ = Network::Regtest;
+    Ok(vault)
+}

@@ -104,6 +104,12 @@ impl Env {
         Ok(Env { chain, keys: example.keys(), example, compiled, next_intake: 0, next_vault: 0 })
     }
 
+    /// Starts intake and vault derivation indices at `base` (a kept chain must not reuse them).
+    pub fn skip_indices(&mut self, base: u32) {
+        self.next_intake = self.next_intake.max(base);
+        self.next_vault = self.next_vault.max(base);
+    }
+
     /// Signs a PSBT with the given example keys.
     pub fn sign(&self, psbt: &mut Psbt, signers: &[Signer]) {
         let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
