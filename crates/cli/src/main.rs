@@ -81,10 +81,17 @@ fn policy_check(file: &Path) -> anyhow::Result<()> {
     let p = &policy;
     println!("policy {} is valid (version {}, {})", file.display(), p.version, p.network);
     println!();
-    println!("owner      {} of {} keys; backup key for the deep vault only", p.owner.threshold, p.owner.keys.len());
+    println!(
+        "owner      {} of {} keys; backup key for the deep vault only",
+        p.owner.threshold,
+        p.owner.keys.len()
+    );
     println!("guardians  {} of {}", p.guardians.threshold, p.guardians.keys.len());
     println!("co-signer  {}", p.cosigner_url.as_deref().unwrap_or("(no url)"));
-    println!("towers     {}", p.towers.iter().map(|t| format!("{} at {}", t.name, t.url)).collect::<Vec<_>>().join(", "));
+    println!(
+        "towers     {}",
+        p.towers.iter().map(|t| format!("{} at {}", t.name, t.url)).collect::<Vec<_>>().join(", ")
+    );
     println!();
     println!("descriptors (taproot; importable into Bitcoin Core):");
     println!("  intake      {}", d.intake);
@@ -97,10 +104,16 @@ fn policy_check(file: &Path) -> anyhow::Result<()> {
     println!();
     println!("graph:");
     println!("  intake --funding--> V (owner_once + cosigner_once)");
-    println!("  V --U--> unvault output; its spend leaf opens {} blocks after U confirms (DELAY)", p.delays.unvault);
+    println!(
+        "  V --U--> unvault output; its spend leaf opens {} blocks after U confirms (DELAY)",
+        p.delays.unvault
+    );
     println!("  U --C--> recovery R   (any time; towers broadcast it for an unapproved U)");
     println!("  V --E--> deep vault, U --UE--> deep vault   (panic)");
-    println!("  recovery leaves (owner + guardians, no co-signer) open after {} blocks (T_RECOVER)", p.delays.recovery);
+    println!(
+        "  recovery leaves (owner + guardians, no co-signer) open after {} blocks (T_RECOVER)",
+        p.delays.recovery
+    );
     println!("  deep vault: backup + {} guardians after {} blocks (LONG), or backup + co-signer + all guardians at once", p.guardians.threshold, p.delays.deep_vault);
     println!();
     println!("fees:");
@@ -122,7 +135,8 @@ fn demo(datadir: &Path) -> anyhow::Result<()> {
     let example = ExamplePolicy::default();
     println!("Vigil demo on the embedded regtest chain (Bitcoin Core's validation engine, in-process)");
     println!("policy: the example regtest policy (vigil policy example), DELAY {} blocks", example.delay);
-    let chain = RegtestChain::open(datadir).with_context(|| format!("opening the chain in {}", datadir.display()))?;
+    let chain =
+        RegtestChain::open(datadir).with_context(|| format!("opening the chain in {}", datadir.display()))?;
     println!("chain: {} at height {}", datadir.display(), chain.height());
     let mut env = Env::with_chain(chain, example.clone())?;
     // Fresh derivation indices on every run, so no address is reused on a kept chain.
@@ -135,10 +149,19 @@ fn demo(datadir: &Path) -> anyhow::Result<()> {
     let vault = created(&mut env, Amount::from_sat(5_000_000), VaultKind::Standard)?;
     let u = vault.graph.unvault().clone();
     env.confirm(&u)?;
-    println!("   U {} confirmed at height {} (an unvault nobody approved)", u.compute_txid(), env.chain.height());
+    println!(
+        "   U {} confirmed at height {} (an unvault nobody approved)",
+        u.compute_txid(),
+        env.chain.height()
+    );
     let c = vault.graph.cancel(0).expect("rung 0").clone();
     env.confirm(&c)?;
-    println!("   C {} ({} sat/vB) confirmed: the coins are back in recovery output {}", c.compute_txid(), vault.graph.graph().cancels[0].feerate_sat_per_vb, c.output[0].value);
+    println!(
+        "   C {} ({} sat/vB) confirmed: the coins are back in recovery output {}",
+        c.compute_txid(),
+        vault.graph.graph().cancels[0].feerate_sat_per_vb,
+        c.output[0].value
+    );
 
     step("2. unvault -> delayed spend");
     let vault = created(&mut env, Amount::from_sat(5_000_000), VaultKind::Standard)?;
@@ -161,7 +184,10 @@ fn demo(datadir: &Path) -> anyhow::Result<()> {
     let e = vault.graph.emergency(0).expect("rung 0").clone();
     env.confirm(&e)?;
     println!("   E {} confirmed: {} now in the deep vault", e.compute_txid(), e.output[0].value);
-    println!("   the deep vault opens to backup + {} guardians after {} blocks, or to everyone at once", example.guardian_threshold, example.deep_vault);
+    println!(
+        "   the deep vault opens to backup + {} guardians after {} blocks, or to everyone at once",
+        example.guardian_threshold, example.deep_vault
+    );
 
     println!();
     println!("done: every transaction above was accepted by the kernel; chain height {}", env.chain.height());

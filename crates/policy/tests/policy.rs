@@ -1,0 +1,218 @@
+//! The policy file's rules and the graph's determinism, without a chain.
+
+use vigil_policy::bitcoin::key::XOnlyPublicKey;
+use vigil_policy::bitcoin::{consensus::serialize, Amount, OutPoint, ScriptBuf, TxOut, Txid};
+use vigil_policy::example::ExamplePolicy;
+use vigil_policy::{CompiledPolicy, FundingInput, OneTimeKey, Policy, PolicyError, VaultKind};
+
+fn example() -> String {
+    ExamplePolicy::default().to_toml()
+}
+
+fn field_error(text: &str) -> (String, String) {
+    match Policy::from_toml(text) {
+        Err(PolicyError::Field { field, reason }) => (field, reason),
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_shipped_example_is_the_generated_one_and_valid() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml")).unwrap();
+    assert_eq!(shipped, example(), "regenerate with `vigil policy example > examples/policy.toml`");
+    let policy = Policy::from_toml(&shipped).unwrap();
+    assert_eq!((policy.guardians.threshold, policy.guardians.keys.len()), (2, 3));
+    assert_eq!(policy.delays.unvault, 144);
+}
+
+#[test]
+fn malformed_file_is_a_syntax_error() {
+    for text in ["version = ", "this is not toml", &example().replace("[owner]", "[owner")] {
+        let err = Policy::from_toml(text).unwrap_err();
+        assert!(matches!(err, PolicyError::Syntax(_)), "{err}");
+    }
+    let err = Policy::from_toml(&example().replace("[cosigner]", "[cosigner]\nsurprise = 1")).unwrap_err();
+    assert!(err.to_string().contains("surprise"), "{err}");
+}
+
+#[test]
+fn each_bad_field_is_named_with_its_reason() {
+    let good = example();
+    let owner_key = Policy::from_toml(&good).unwrap().owner.keys[0].xpub.to_string();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            good.replace(&owner_key, "L1aW4aubDFB7yfras2S1mN3bqg9nwySY8nkoLmJebSLD5BWv3ENZ"),
+            "owner.keys[0]",
+            "unknown key format",
+        ),
+        (good.replace(&owner_key, &owner_key.replacen("tpub", "tprv", 1)), "owner.keys[0]", "private key"),
+        (
+            good.replace("threshold = 2", "threshold = 4"),
+            "guardians.threshold",
+            "between 1 and the number of keys",
+        ),
+        (good.replace("unvault = 144", "unvault = 0"), "delays.unvault", "at least 1 block"),
+        (good.replace("unvault = 144", "unvault = 65536"), "delays.unvault", "65535"),
+        (good.replace("deep_vault = 8640", "deep_vault = 100"), "delays.deep_vault", "shorter than DELAY"),
+        (good.replace("recovery = 4320", "recovery = 100"), "delays.recovery", "shorter than delays.unvault"),
+        (
+            good.replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 300"),
+            "allowance.velocity_limit_sat",
+            "dust",
+        ),
+        (
+            good.replace("whitelist = []", "whitelist = [\"bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq\"]"),
+            "allowance.whitelist[0]",
+            "not an address of the policy's network",
+        ),
+        (
+            good.replace("network = \"regtest\"", "network = \"bitcoin\""),
+            "owner.keys[0]",
+            "the policy is for bitcoin",
+        ),
+        (good.replace("network = \"regtest\"", "network = \"moon\""), "network", "unknown network"),
+        (
+            good.replace("ladder_sat_per_vb = [1, 2", "ladder_sat_per_vb = [2, 1"),
+            "fees.ladder_sat_per_vb[1]",
+            "strictly increase",
+        ),
+        (
+            good.replace("url = \"http://127.0.0.1:7431\"", "url = \"ftp://x\""),
+            "towers[0].url",
+            "not an http",
+        ),
+    ];
+    for (text, field, reason) in cases {
+        let (f, r) = field_error(&text);
+        assert_eq!(f, field, "{r}");
+        assert!(r.contains(reason), "{field}: {r}");
+    }
+}
+
+#[test]
+fn a_key_used_twice_is_refused() {
+    let good = example();
+    let policy = Policy::from_toml(&good).unwrap();
+    let cosigner = policy.cosigner.xpub.to_string();
+    let backup = policy.backup.xpub.to_string();
+    let (field, reason) = field_error(&good.replace(&backup, &cosigner));
+    assert!(field == "cosigner.key" || field == "owner.backup", "{field}");
+    assert!(reason.contains("twice"));
+}
+
+fn plan_and_funding(
+    compiled: &CompiledPolicy,
+    owner: XOnlyPublicKey,
+    cosigner: XOnlyPublicKey,
+) -> (vigil_policy::VaultPlan, OutPoint) {
+    let plan = compiled.plan(7, Amount::from_sat(3_000_000), VaultKind::Standard, owner, cosigner).unwrap();
+    (plan, OutPoint { txid: Txid::from_raw_hash(vigil_policy::bitcoin::hashes::Hash::all_zeros()), vout: 1 })
+}
+
+#[test]
+fn two_parties_build_byte_identical_graphs() {
+    let (owner, cosigner) = (OneTimeKey::generate(), OneTimeKey::generate());
+    // Each party compiles the policy from the file on its own.
+    let a = CompiledPolicy::new(Policy::from_toml(&example()).unwrap()).unwrap();
+    let b = CompiledPolicy::new(Policy::from_toml(&example()).unwrap()).unwrap();
+    let (plan_a, v) = plan_and_funding(&a, owner.public(), cosigner.public());
+    let (plan_b, _) = plan_and_funding(&b, owner.public(), cosigner.public());
+    let ga = a.build_graph(&plan_a, v).unwrap();
+    let gb = b.build_graph(&plan_b, v).unwrap();
+    let bytes =
+        |g: &vigil_policy::UnsignedGraph| g.transactions().map(|t| serialize(&t.tx)).collect::<Vec<_>>();
+    assert_eq!(bytes(&ga), bytes(&gb));
+    // Signatures differ between signings (fresh nonces) but txids never do.
+    let signed = ga.finalize(&owner.sign(&ga).unwrap(), &cosigner.sign(&ga).unwrap()).unwrap();
+    let txids =
+        |it: Vec<vigil_policy::bitcoin::Transaction>| it.iter().map(|t| t.compute_txid()).collect::<Vec<_>>();
+    assert_eq!(
+        txids(signed.transactions().map(|t| t.tx.clone()).collect()),
+        txids(gb.transactions().map(|t| t.tx.clone()).collect())
+    );
+    // A different one-time key changes the graph.
+    let other = OneTimeKey::generate();
+    let (plan_c, _) = plan_and_funding(&a, other.public(), cosigner.public());
+    assert_ne!(bytes(&a.build_graph(&plan_c, v).unwrap()), bytes(&ga));
+}
+
+#[test]
+fn exactly_one_unvault_and_every_child_spends_it() {
+    let compiled = CompiledPolicy::new(Policy::from_toml(&example()).unwrap()).unwrap();
+    let (o, c) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let (plan, v) = plan_and_funding(&compiled, o.public(), c.public());
+    let g = compiled.build_graph(&plan, v).unwrap();
+    let u = g.unvault_txid();
+    for t in g.cancels.iter().chain(&g.unvault_emergencies) {
+        assert_eq!(t.tx.input[0].previous_output, OutPoint { txid: u, vout: 0 });
+    }
+    for t in &g.emergencies {
+        assert_eq!(t.tx.input[0].previous_output, v);
+    }
+    assert!(g.transactions().all(|t| t.tx.input.len() == 1 && t.tx.version.0 == 3));
+}
+
+#[test]
+fn non_segwit_funding_inputs_are_refused() {
+    let compiled = CompiledPolicy::new(Policy::from_toml(&example()).unwrap()).unwrap();
+    let (o, c) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let (plan, _) = plan_and_funding(&compiled, o.public(), c.public());
+    let p2pkh = ScriptBuf::new_p2pkh(&vigil_policy::bitcoin::PubkeyHash::from_raw_hash(
+        vigil_policy::bitcoin::hashes::Hash::all_zeros(),
+    ));
+    let p2sh = ScriptBuf::new_p2sh(&vigil_policy::bitcoin::ScriptHash::from_raw_hash(
+        vigil_policy::bitcoin::hashes::Hash::all_zeros(),
+    ));
+    for script in [p2pkh, p2sh] {
+        let input = FundingInput {
+            outpoint: OutPoint::null(),
+            txout: TxOut { value: Amount::from_sat(10_000_000), script_pubkey: script },
+            intake_index: 0,
+        };
+        let err = compiled.funding_psbt(&plan, &[input], 1, 2).unwrap_err();
+        assert!(matches!(err, PolicyError::NonSegwitFundingInput { input: 0, .. }), "{err}");
+    }
+}
+
+#[test]
+fn amounts_are_checked() {
+    let compiled = CompiledPolicy::new(Policy::from_toml(&example()).unwrap()).unwrap();
+    let (o, c) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let min = compiled.min_vault_amount();
+    let plan = |a: Amount, k| compiled.plan(0, a, k, o.public(), c.public());
+    assert!(matches!(
+        plan(min - Amount::from_sat(1), VaultKind::Standard),
+        Err(PolicyError::AmountTooSmall { .. })
+    ));
+    assert!(matches!(
+        plan(Amount::from_sat(330), VaultKind::Standard),
+        Err(PolicyError::AmountTooSmall { .. })
+    ));
+    let at_min = plan(min, VaultKind::Standard).unwrap();
+    let g = compiled.build_graph(&at_min, OutPoint::null()).unwrap();
+    // At the minimum, the deepest outputs are still above dust.
+    assert!(g.transactions().all(|t| t.tx.output[0].value.to_sat() >= 330));
+    assert!(matches!(
+        plan(Amount::from_sat(20_000_000), VaultKind::Standard),
+        Err(PolicyError::StandardVaultTooLarge { .. })
+    ));
+    assert!(plan(Amount::from_sat(20_000_000), VaultKind::Guarded).is_ok());
+    assert!(matches!(
+        plan(Amount::MAX_MONEY + Amount::from_sat(1), VaultKind::Guarded),
+        Err(PolicyError::AmountTooLarge(_))
+    ));
+}
+
+#[test]
+fn ladder_is_capped_by_the_vault_value() {
+    let compiled = CompiledPolicy::new(Policy::from_toml(&example()).unwrap()).unwrap();
+    let (o, c) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let small =
+        compiled.plan(0, Amount::from_sat(100_000), VaultKind::Standard, o.public(), c.public()).unwrap();
+    let g = compiled.build_graph(&small, OutPoint::null()).unwrap();
+    assert!(g.cancels.len() < 8);
+    assert!(g.cancels.iter().skip(1).all(|t| t.fee.to_sat() <= 5_000), "5% of 100,000 sat");
+    let rates: Vec<u64> = g.cancels.iter().map(|t| t.feerate_sat_per_vb).collect();
+    assert!(rates.windows(2).all(|w| w[0] < w[1]));
+}
