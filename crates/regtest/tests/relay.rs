@@ -17,7 +17,11 @@ fn tx(version: i32, input: OutPoint, outputs: Vec<TxOut>) -> Transaction {
     Transaction {
         version: Version(version),
         lock_time: absolute::LockTime::ZERO,
-        input: vec![TxIn { previous_output: input, sequence: Sequence::ENABLE_RBF_NO_LOCKTIME, ..Default::default() }],
+        input: vec![TxIn {
+            previous_output: input,
+            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+            ..Default::default()
+        }],
         output: outputs,
     }
 }
@@ -49,7 +53,8 @@ fn each_relay_check_refuses_what_breaks_it() {
 
     // Non-standard output script.
     let (op, prev) = funded(&mut chain, &key, 100_000);
-    let weird = TxOut { value: Amount::from_sat(99_000), script_pubkey: ScriptBuf::from_bytes(vec![0x61; 30]) };
+    let weird =
+        TxOut { value: Amount::from_sat(99_000), script_pubkey: ScriptBuf::from_bytes(vec![0x61; 30]) };
     let t = key.resign(tx(2, op, vec![weird]), &prev);
     assert!(matches!(relay_err(&chain, &t), RelayError::OutputScript { output: 0 }));
     block_accepts(&mut chain, &t);
@@ -105,7 +110,10 @@ fn truc_topology_rules_are_enforced() {
     let pid = chain.submit(&parent).unwrap();
     let child_of = |vout: u32, version: i32, fee: u64| {
         let prevout = parent.output[vout as usize].clone();
-        key.resign(tx(version, OutPoint { txid: pid, vout }, vec![out(prevout.value.to_sat() - fee)]), &prevout)
+        key.resign(
+            tx(version, OutPoint { txid: pid, vout }, vec![out(prevout.value.to_sat() - fee)]),
+            &prevout,
+        )
     };
     // A non-v3 child of a v3 parent.
     assert!(relay_err(&chain, &child_of(0, 2, 1_000)).to_string().contains("non-version=3 tx"));
@@ -114,7 +122,11 @@ fn truc_topology_rules_are_enforced() {
     chain.submit(&first).unwrap();
     // A grandchild: too many ancestors.
     let grandchild = key.resign(
-        tx(3, OutPoint { txid: first.compute_txid(), vout: 0 }, vec![out(first.output[0].value.to_sat() - 1_000)]),
+        tx(
+            3,
+            OutPoint { txid: first.compute_txid(), vout: 0 },
+            vec![out(first.output[0].value.to_sat() - 1_000)],
+        ),
         &first.output[0],
     );
     assert!(relay_err(&chain, &grandchild).to_string().contains("too many ancestors"));

@@ -233,3 +233,92 @@ impl Env {
         Ok(txid)
     }
 }
+
+/// Signs leaf `leaf` of `descriptor` for input 0 of `tx` with `keys` and builds the witness,
+/// whatever the leaf's timelock says: for tests that show the kernel refusing a spend (a
+/// timelock not met, a signer missing), where a PSBT finalizer would refuse to build one.
+pub fn force_leaf_witness(
+    tx: &mut Transaction,
+    prevout: &TxOut,
+    descriptor: &vigil_policy::miniscript::Descriptor<vigil_policy::miniscript::DefiniteDescriptorKey>,
+    leaf: usize,
+    keys: &[vigil_policy::bitcoin::secp256k1::Keypair],
+) -> Result<(), PolicyError> {
+    use std::collections::HashMap;
+    use vigil_policy::bitcoin::hashes::Hash;
+    use vigil_policy::bitcoin::secp256k1::{Message, Secp256k1, XOnlyPublicKey};
+    use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+    use vigil_policy::bitcoin::taproot::{LeafVersion, TapLeafHash};
+    use vigil_policy::bitcoin::Witness;
+    use vigil_policy::miniscript::{Descriptor, Satisfier, ToPublicKey};
+
+    struct Sigs(HashMap<XOnlyPublicKey, vigil_policy::bitcoin::taproot::Signature>);
+    impl<Pk: ToPublicKey> Satisfier<Pk> for Sigs {
+        fn lookup_tap_leaf_script_sig(
+            &self,
+            pk: &Pk,
+            _: &TapLeafHash,
+        ) -> Option<vigil_policy::bitcoin::taproot::Signature> {
+            self.0.get(&pk.to_x_only_pubkey()).copied()
+        }
+        fn check_older(&self, _: vigil_policy::bitcoin::relative::LockTime) -> bool {
+            true
+        }
+    }
+
+    let secp = Secp256k1::new();
+    let derived = descriptor.derived_descriptor(&secp).map_err(|e| PolicyError::Build(e.to_string()))?;
+    let Descriptor::Tr(tr) = &derived else { return Err(PolicyError::Build("not taproot".into())) };
+    let (_, ms) = tr.iter_scripts().nth(leaf).ok_or_else(|| PolicyError::Build(format!("no leaf {leaf}")))?;
+    let script = ms.encode();
+    let control = tr
+        .spend_info()
+        .control_block(&(script.clone(), LeafVersion::TapScript))
+        .ok_or_else(|| PolicyError::Build("leaf not in tree".into()))?;
+    let leaf_hash = TapLeafHash::from_script(&script, LeafVersion::TapScript);
+    let sighash = SighashCache::new(&*tx)
+        .taproot_script_spend_signature_hash(
+            0,
+            &Prevouts::All(&[prevout]),
+            leaf_hash,
+            TapSighashType::Default,
+        )
+        .map_err(|e| PolicyError::Build(e.to_string()))?;
+    let msg = Message::from_digest(sighash.to_byte_array());
+    let sigs = keys
+        .iter()
+        .map(|k| {
+            let signature = secp.sign_schnorr(&msg, k);
+            (
+                k.x_only_public_key().0,
+                vigil_policy::bitcoin::taproot::Signature {
+                    signature,
+                    sighash_type: TapSighashType::Default,
+                },
+            )
+        })
+        .collect();
+    let mut stack = ms.satisfy(Sigs(sigs)).map_err(|e| PolicyError::Build(e.to_string()))?;
+    stack.push(script.to_bytes());
+    stack.push(control.serialize());
+    tx.input[0].witness = Witness::from_slice(&stack);
+    Ok(())
+}
+
+impl Env {
+    /// The key pair of an example signer at vault index `index` (`/1/index`).
+    pub fn vault_keypair(&self, who: Signer, index: u32) -> vigil_policy::bitcoin::secp256k1::Keypair {
+        use std::str::FromStr;
+        use vigil_policy::bitcoin::bip32::DerivationPath;
+        let master = match who {
+            Signer::Owner(i) => self.keys.owners[i],
+            Signer::Backup => self.keys.backup,
+            Signer::Cosigner => self.keys.cosigner,
+            Signer::Guardian(i) => self.keys.guardians[i],
+        };
+        let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
+        let path = DerivationPath::from_str(&format!("{}/1/{index}", vigil_policy::example::ACCOUNT_PATH))
+            .expect("valid");
+        master.derive_priv(&secp, &path).expect("derivable").to_keypair(&secp)
+    }
+}
