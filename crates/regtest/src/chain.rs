@@ -462,7 +462,7 @@ impl RegtestChain {
             in_block.insert(tx.compute_txid(), tx);
         }
 
-        let subsidy = Amount::from_sat(50 * 100_000_000 >> (height / REGTEST_HALVING_INTERVAL).min(63));
+        let subsidy = Amount::from_sat((50 * 100_000_000) >> (height / REGTEST_HALVING_INTERVAL).min(63));
         self.extra_nonce += 1;
         let script_sig = Builder::new()
             .push_int(height as i64)
@@ -775,7 +775,7 @@ impl RegtestChain {
                             mtp,
                         });
                     }
-                } else if next_height as i64 <= coin_height as i64 + value as i64 - 1 {
+                } else if (next_height as i64) < coin_height as i64 + value as i64 {
                     return Err(SubmitError::SequenceLock {
                         input: index,
                         first_valid_height: coin_height + value,
