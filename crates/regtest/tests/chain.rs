@@ -2,6 +2,7 @@
 
 mod common;
 
+use bitcoin::hashes::Hash;
 use bitcoin::{Amount, OutPoint, Sequence, Transaction};
 use common::{spend, TestKey};
 use vigil_regtest::{ChainError, ChainEvent, RegtestChain, SubmitError, TxStatus};
@@ -192,4 +193,37 @@ fn a_persistent_chain_survives_reopening() {
     let chain = RegtestChain::open(dir.path()).unwrap();
     assert_eq!((chain.tip(), chain.height()), (tip, height));
     assert_eq!(chain.coin(&funded).unwrap().txout.value, Amount::from_sat(12_345));
+}
+
+#[test]
+fn chosen_timestamps_are_used_and_judged_by_the_kernel() {
+    let mut chain = RegtestChain::new_temporary().unwrap();
+    chain.mine(11).unwrap();
+    let t = chain.block_at(11).unwrap().header.time + 3_600;
+    let mined = chain.block().time(t).mine().unwrap();
+    assert_eq!(chain.block_by_hash(&mined.hash).unwrap().header.time, t);
+    // Not after the median of the last 11 blocks: the kernel refuses it.
+    let mtp = chain.median_time_past();
+    let err = chain.block().time(mtp).mine().unwrap_err();
+    assert!(err.to_string().contains("time-too-old"), "{err}");
+    assert_eq!(chain.tip(), mined.hash);
+    // More than two hours in the future: refused too.
+    let future = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        + 3 * 3600) as u32;
+    let err = chain.block().time(future).mine().unwrap_err();
+    assert!(err.to_string().contains("time-too-new"), "{err}");
+}
+
+#[test]
+fn a_block_on_an_unknown_parent_or_with_unknown_inputs_is_refused_before_the_kernel() {
+    let mut chain = RegtestChain::new_temporary().unwrap();
+    let unknown = bitcoin::BlockHash::from_byte_array([9; 32]);
+    assert!(matches!(chain.block().on(unknown).mine(), Err(ChainError::UnknownBlock(_))));
+    let key = TestKey::new(12);
+    let ghost = OutPoint { txid: bitcoin::Txid::from_byte_array([8; 32]), vout: 0 };
+    let prev = bitcoin::TxOut { value: Amount::from_sat(10_000), script_pubkey: key.script() };
+    let tx = spend(&key, ghost, &prev, Amount::from_sat(500), Sequence::MAX, 2);
+    assert!(matches!(chain.submit(&tx), Err(SubmitError::MissingInput { input: 0, .. })));
+    assert!(matches!(chain.block().with_transactions([tx]).mine(), Err(ChainError::UnknownInput(_))));
+    assert_eq!(chain.height(), 0);
 }
