@@ -155,12 +155,13 @@ impl KeyChainCache {
 
     /// Every placeholder's x-only key at `index`.
     pub fn xonly_at(&self, index: u32) -> Result<HashMap<String, XOnlyPublicKey>, PolicyError> {
-        let child = [ChildNumber::from_normal_idx(index)
-            .map_err(|_| PolicyError::Build(format!("index {index} is hardened")))?];
+        // Non-hardened indexes only: the policy holds public keys.
+        ChildNumber::from_normal_idx(index)
+            .map_err(|_| PolicyError::Build(format!("index {index} is hardened")))?;
         let mut map = HashMap::with_capacity(self.keys.len() + 3);
         for (name, xpub, _) in &self.keys {
-            let key = xpub.derive_pub(secp(), &child).map_err(|e| PolicyError::Build(e.to_string()))?;
-            map.insert(name.clone(), key.public_key.x_only_public_key().0);
+            let key = crate::fast::child_public_key(xpub, index)?;
+            map.insert(name.clone(), key.x_only_public_key().0);
         }
         map.insert("NUMS".into(), nums());
         Ok(map)
@@ -187,7 +188,9 @@ impl KeyChainCache {
 
 /// The NUMS point as a key.
 pub fn nums() -> XOnlyPublicKey {
-    XOnlyPublicKey::from_str(NUMS_POINT).expect("a valid point")
+    // Parsing lifts x to a point (a square root): do it once.
+    static NUMS: std::sync::OnceLock<XOnlyPublicKey> = std::sync::OnceLock::new();
+    *NUMS.get_or_init(|| XOnlyPublicKey::from_str(NUMS_POINT).expect("a valid point"))
 }
 
 /// A plain x-only key as a descriptor key (the one-time keys, the NUMS point).

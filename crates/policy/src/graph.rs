@@ -281,21 +281,24 @@ impl CompiledPolicy {
         let mut keys = self.vault_keys.xonly_at(plan.index)?;
         keys.insert("OO".into(), plan.owner_once);
         keys.insert("CO".into(), plan.cosigner_once);
-        let vault = translate(&self.templates.vault, &keys)?;
-        let unvault = translate(self.templates.unvault(plan.kind), &keys)?;
-        let recovery_spk = translate(&self.templates.recovery, &keys)?.script_pubkey();
-        let deep_spk = translate(&self.templates.deep_vault, &keys)?.script_pubkey();
-        let v_leaf = std::sync::Arc::new(once_leaf(&vault)?);
-        let u_leaf = std::sync::Arc::new(once_leaf(&unvault)?);
+        // Outputs through the fast tweak (see `fast`); tests check it against miniscript.
+        let vault = crate::fast::taproot_output(&translate(&self.templates.vault, &keys)?)?;
+        let unvault = crate::fast::taproot_output(&translate(self.templates.unvault(plan.kind), &keys)?)?;
+        let recovery_spk =
+            crate::fast::taproot_output(&translate(&self.templates.recovery, &keys)?)?.script_pubkey;
+        let deep_spk =
+            crate::fast::taproot_output(&translate(&self.templates.deep_vault, &keys)?)?.script_pubkey;
+        let v_leaf = std::sync::Arc::new(OnceLeaf::new(&vault.leaves)?);
+        let u_leaf = std::sync::Arc::new(OnceLeaf::new(&unvault.leaves)?);
         let fees = &self.policy.fees;
-        let vault_txout = TxOut { value: plan.amount, script_pubkey: vault.script_pubkey() };
+        let vault_txout = TxOut { value: plan.amount, script_pubkey: vault.script_pubkey };
 
         let unvault_fee = Amount::from_sat(self.sizes.unvault * fees.unvault_sat_per_vb);
         let unvault_value = plan
             .amount
             .checked_sub(unvault_fee + Amount::from_sat(ANCHOR_SAT))
             .ok_or(PolicyError::AmountTooSmall { amount: plan.amount, minimum: self.min_vault_amount() })?;
-        let unvault_txout = TxOut { value: unvault_value, script_pubkey: unvault.script_pubkey() };
+        let unvault_txout = TxOut { value: unvault_value, script_pubkey: unvault.script_pubkey };
         let unvault_tx = one_input_tx(vault_outpoint, vec![unvault_txout.clone(), anchor()]);
         let unvault_outpoint = OutPoint { txid: unvault_tx.compute_txid(), vout: 0 };
         let unvault_presigned = PresignedTx {
@@ -500,13 +503,18 @@ impl OnceLeaf {
     }
 }
 
+impl OnceLeaf {
+    /// The one-time leaf is listed first in both the vault's and the unvault's templates.
+    fn new(leaves: &[(ScriptBuf, ControlBlock)]) -> Result<OnceLeaf, PolicyError> {
+        let (script, control) =
+            leaves.first().cloned().ok_or_else(|| PolicyError::Build("no leaf".into()))?;
+        let hash = TapLeafHash::from_script(&script, LeafVersion::TapScript);
+        Ok(OnceLeaf { script, control, hash })
+    }
+}
+
 fn once_leaf(d: &Descriptor<XOnlyPublicKey>) -> Result<OnceLeaf, PolicyError> {
-    // The one-time leaf is the only one whose script starts with OO and has no timelock; it
-    // is listed first in both templates.
-    let (script, control) =
-        taproot_leaves(d)?.into_iter().next().ok_or_else(|| PolicyError::Build("no leaf".into()))?;
-    let hash = TapLeafHash::from_script(&script, LeafVersion::TapScript);
-    Ok(OnceLeaf { script, control, hash })
+    OnceLeaf::new(&taproot_leaves(d)?)
 }
 
 /// Which transaction of the graph.

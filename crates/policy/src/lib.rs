@@ -16,6 +16,7 @@ pub mod config;
 pub mod descriptors;
 pub mod error;
 pub mod example;
+mod fast;
 pub mod graph;
 
 pub use bitcoin;
