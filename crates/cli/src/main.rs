@@ -25,6 +25,24 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Run the embedded regtest chain as a node speaking Bitcoin Core's JSON-RPC on loopback.
+    Node {
+        /// The chain's data directory.
+        #[arg(long)]
+        datadir: PathBuf,
+        /// The RPC port (Core's regtest default).
+        #[arg(long, default_value_t = 18443)]
+        rpcport: u16,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        rpcbind: std::net::IpAddr,
+        /// RPC user.
+        #[arg(long)]
+        rpcuser: String,
+        /// RPC password.
+        #[arg(long)]
+        rpcpassword: String,
+    },
     /// Build vaults on the embedded regtest chain and walk them through their graph:
     /// unvault -> cancel, unvault -> delayed spend, emergency -> deep vault.
     Demo {
@@ -54,6 +72,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { datadir } => demo(&datadir),
+        Command::Node { datadir, rpcport, rpcbind, rpcuser, rpcpassword } => node(vigil_node::NodeConfig {
+            datadir,
+            bind: std::net::SocketAddr::new(rpcbind, rpcport),
+            rpcuser,
+            rpcpassword,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,6 +91,11 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn node(config: vigil_node::NodeConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(vigil_node::run(config)).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn load_policy(file: &Path) -> anyhow::Result<Policy> {

@@ -200,6 +200,8 @@ pub struct RegtestChain {
     faucet: Keypair,
     faucet_script: ScriptBuf,
     extra_nonce: u64,
+    /// Counts every entry into and removal from the pool (Core's `mempool_sequence`).
+    pool_sequence: u64,
 }
 
 impl RegtestChain {
@@ -268,6 +270,7 @@ impl RegtestChain {
             faucet,
             faucet_script,
             extra_nonce: 0,
+            pool_sequence: 0,
         };
         if chain.chainman.active_chain().height() < 0 {
             let genesis = bitcoin::constants::genesis_block(bitcoin::Network::Regtest);
@@ -363,6 +366,12 @@ impl RegtestChain {
     /// The pending pool's transactions, parents before children.
     pub fn pending(&self) -> Vec<PoolEntry> {
         self.pool.iter().cloned().collect()
+    }
+
+    /// Increases with every transaction entering or leaving the pending pool, as Core's
+    /// `mempool_sequence`: a follower polling the pool knows whether it missed something.
+    pub fn pool_sequence(&self) -> u64 {
+        self.pool_sequence
     }
 
     /// Median time past of the tip (`GetMedianTimePast`).
@@ -670,12 +679,15 @@ impl RegtestChain {
                     gone.extend(self.pool.with_descendants(&txid));
                 }
             }
+            self.pool_sequence += gone.len() as u64;
             self.pool.remove_all(&gone);
             // Timelocks only loosen as the chain grows, so nothing else can become invalid.
             return;
         }
         let mut candidates = returned;
-        candidates.extend(self.pool.drain());
+        let drained = self.pool.drain();
+        self.pool_sequence += drained.len() as u64;
+        candidates.extend(drained);
         for tx in candidates {
             let _ = self.accept(&tx, false);
         }
@@ -700,6 +712,7 @@ impl RegtestChain {
     fn accept(&mut self, tx: &Transaction, announce: bool) -> Result<Txid, SubmitError> {
         let checked = self.check(tx)?;
         let txid = tx.compute_txid();
+        self.pool_sequence += checked.evicts.len() as u64 + 1;
         self.pool.remove_all(&checked.evicts);
         let tx = Arc::new(tx.clone());
         self.known_txs.insert(txid, tx.clone());

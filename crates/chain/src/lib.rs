@@ -1,0 +1,331 @@
+//! Vigil's chain interface: what a tower, co-signer or client needs from the chain, behind one
+//! trait ([`ChainBackend`]), with a reorg-aware [`Follower`] on top.
+//!
+//! Backends:
+//! - [`BitcoindRpc`]: Bitcoin Core's JSON-RPC, with no ZMQ and no wallet needed (the Core that
+//!   the kernel crate vendors has neither): blocks by `waitfornewblock` long-polls and hashes,
+//!   the mempool by `getrawmempool` with `mempool_sequence`. `vigil node` speaks the same
+//!   dialect, so every test that runs against the embedded chain runs this code.
+//! - Electrum and Esplora: not yet (see the tower issue).
+
+#![warn(missing_docs)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use bitcoin::consensus::{deserialize, encode::serialize_hex};
+use bitcoin::{Block, BlockHash, Transaction, Txid};
+use serde_json::{json, Value};
+
+pub use bitcoin;
+
+/// A block's place in the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockId {
+    /// Height.
+    pub height: u32,
+    /// Hash.
+    pub hash: BlockHash,
+}
+
+/// What went wrong talking to the chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot be reached (connection refused, timeout): retry later.
+    #[error("chain backend unreachable: {0}")]
+    Unreachable(String),
+    /// The backend refused the credentials.
+    #[error("chain backend refused the RPC credentials")]
+    Unauthorized,
+    /// The backend answered with an error.
+    #[error("chain backend error {code}: {message}")]
+    Rpc {
+        /// Core's error code.
+        code: i64,
+        /// Its message.
+        message: String,
+    },
+    /// The answer could not be understood.
+    #[error("chain backend answered something unexpected: {0}")]
+    Decode(String),
+}
+
+/// The mempool as one poll sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MempoolSnapshot {
+    /// Every transaction in it.
+    pub txids: Vec<Txid>,
+    /// Core's `mempool_sequence`: changes whenever anything entered or left.
+    pub sequence: u64,
+}
+
+/// Chain access for Vigil's services.
+pub trait ChainBackend: Send + Sync {
+    /// The best block.
+    fn tip(&self) -> Result<BlockId, BackendError>;
+    /// The active block at `height`, if the chain is that long.
+    fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, BackendError>;
+    /// A block by hash.
+    fn block(&self, hash: &BlockHash) -> Result<Block, BackendError>;
+    /// Broadcasts a transaction; returns its txid (also when it was already pending).
+    fn broadcast(&self, tx: &Transaction) -> Result<Txid, BackendError>;
+    /// The mempool's contents.
+    fn mempool(&self) -> Result<MempoolSnapshot, BackendError>;
+    /// A pending or confirmed transaction, if the backend knows it.
+    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, BackendError>;
+    /// Waits until the tip changes or `timeout` passes; returns the tip.
+    fn wait_for_new_block(&self, timeout: Duration) -> Result<BlockId, BackendError>;
+}
+
+/// Bitcoin Core's JSON-RPC (or `vigil node`'s).
+pub struct BitcoindRpc {
+    url: String,
+    auth: String,
+    agent: ureq::Agent,
+    next_id: AtomicU64,
+}
+
+impl BitcoindRpc {
+    /// A client for `url` (e.g. `http://127.0.0.1:18443`) with Core's `rpcuser`/`rpcpassword`.
+    pub fn new(url: &str, user: &str, password: &str) -> BitcoindRpc {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .build();
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        BitcoindRpc { url: url.to_owned(), auth, agent, next_id: AtomicU64::new(1) }
+    }
+
+    /// Calls `method` with positional `params`.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, BackendError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
+        let response = match self.agent.post(&self.url).set("Authorization", &self.auth).send_json(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(401, _)) => return Err(BackendError::Unauthorized),
+            // Core answers RPC errors with HTTP 500 (404 for unknown methods) and a JSON body.
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(BackendError::Unreachable(e.to_string())),
+        };
+        let reply: Value = response.into_json().map_err(|e| BackendError::Decode(e.to_string()))?;
+        if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
+            return Err(BackendError::Rpc {
+                code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+                message: error.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            });
+        }
+        Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    fn hash<T: std::str::FromStr>(v: &Value) -> Result<T, BackendError> {
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| BackendError::Decode(format!("not a hash: {v}")))
+    }
+
+    fn hex<T: bitcoin::consensus::Decodable>(v: &Value) -> Result<T, BackendError> {
+        let s = v.as_str().ok_or_else(|| BackendError::Decode("expected hex".into()))?;
+        let bytes: Vec<u8> = (0..s.len())
+            .step_by(2)
+            .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| BackendError::Decode("bad hex".into()))?;
+        deserialize(&bytes).map_err(|e| BackendError::Decode(e.to_string()))
+    }
+}
+
+impl Clone for BitcoindRpc {
+    fn clone(&self) -> Self {
+        BitcoindRpc {
+            url: self.url.clone(),
+            auth: self.auth.clone(),
+            agent: self.agent.clone(),
+            next_id: AtomicU64::new(self.next_id.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl ChainBackend for BitcoindRpc {
+    fn tip(&self) -> Result<BlockId, BackendError> {
+        // Two calls can straddle a new block; retry until they agree.
+        loop {
+            let hash: BlockHash = Self::hash(&self.call("getbestblockhash", json!([]))?)?;
+            let header = self.call("getblockheader", json!([hash.to_string(), true]))?;
+            let height = header
+                .get("height")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| BackendError::Decode("no height".into()))?;
+            if header.get("confirmations").and_then(Value::as_i64) == Some(1) {
+                return Ok(BlockId { height: height as u32, hash });
+            }
+        }
+    }
+
+    fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, BackendError> {
+        match self.call("getblockhash", json!([height])) {
+            Ok(v) => Self::hash(&v).map(Some),
+            Err(BackendError::Rpc { code: -8, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn block(&self, hash: &BlockHash) -> Result<Block, BackendError> {
+        Self::hex(&self.call("getblock", json!([hash.to_string(), 0]))?)
+    }
+
+    fn broadcast(&self, tx: &Transaction) -> Result<Txid, BackendError> {
+        // maxfeerate 0: pre-signed transactions pay what they pay; refusing a high-fee cancel
+        // would be the node second-guessing the fee ladder.
+        Self::hash(&self.call("sendrawtransaction", json!([serialize_hex(tx), 0]))?)
+    }
+
+    fn mempool(&self) -> Result<MempoolSnapshot, BackendError> {
+        let v = self.call("getrawmempool", json!([false, true]))?;
+        let txids = v
+            .get("txids")
+            .and_then(Value::as_array)
+            .ok_or_else(|| BackendError::Decode("no txids".into()))?
+            .iter()
+            .map(Self::hash)
+            .collect::<Result<_, _>>()?;
+        let sequence = v
+            .get("mempool_sequence")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| BackendError::Decode("no mempool_sequence".into()))?;
+        Ok(MempoolSnapshot { txids, sequence })
+    }
+
+    fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, BackendError> {
+        match self.call("getrawtransaction", json!([txid.to_string(), false])) {
+            Ok(v) => Self::hex(&v).map(Some),
+            Err(BackendError::Rpc { code: -5, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn wait_for_new_block(&self, timeout: Duration) -> Result<BlockId, BackendError> {
+        let v = self.call("waitfornewblock", json!([timeout.as_millis().max(1) as u64]))?;
+        let hash = Self::hash(v.get("hash").unwrap_or(&Value::Null))?;
+        let height = v
+            .get("height")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| BackendError::Decode("no height".into()))?;
+        Ok(BlockId { height: height as u32, hash })
+    }
+}
+
+/// What the follower reports, in chain order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockEvent {
+    /// A block joined the active chain.
+    Connected {
+        /// Its height.
+        height: u32,
+        /// The block.
+        block: Block,
+    },
+    /// A block left the active chain; reported tip first.
+    Disconnected {
+        /// The height it had.
+        height: u32,
+        /// Its hash.
+        hash: BlockHash,
+    },
+}
+
+/// Follows the active chain through any backend, turning polls into an ordered stream of
+/// connections and disconnections, across reorgs (up to the depth it remembers).
+pub struct Follower {
+    /// The most recent active blocks we reported, oldest first.
+    recent: Vec<BlockId>,
+    depth: usize,
+    seen_mempool: HashSet<Txid>,
+    mempool_sequence: Option<u64>,
+}
+
+/// The follower met a reorg deeper than it remembers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FollowError {
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Every remembered block was reorged out.
+    #[error("reorg deeper than the {0} blocks remembered")]
+    TooDeep(usize),
+}
+
+impl Follower {
+    /// Starts after `last_processed` (a checkpoint), remembering `depth` blocks for reorgs.
+    /// `known` may hold the checkpoint's recent ancestors, oldest first, ending with it.
+    pub fn new(known: Vec<BlockId>, depth: usize) -> Follower {
+        Follower { recent: known, depth: depth.max(1), seen_mempool: HashSet::new(), mempool_sequence: None }
+    }
+
+    /// The last block reported connected.
+    pub fn last(&self) -> Option<BlockId> {
+        self.recent.last().copied()
+    }
+
+    /// Brings the follower to the backend's tip, returning what changed in order.
+    pub fn poll(&mut self, backend: &dyn ChainBackend) -> Result<Vec<BlockEvent>, FollowError> {
+        let tip = backend.tip()?;
+        if self.last() == Some(tip) {
+            return Ok(Vec::new());
+        }
+        let mut events = Vec::new();
+        // Disconnect remembered blocks the backend no longer has at their height.
+        while let Some(top) = self.recent.last().copied() {
+            if backend.block_hash(top.height)? == Some(top.hash) {
+                break;
+            }
+            self.recent.pop();
+            events.push(BlockEvent::Disconnected { height: top.height, hash: top.hash });
+            if self.recent.is_empty() {
+                return Err(FollowError::TooDeep(self.depth));
+            }
+        }
+        let mut next = self.last().map(|b| b.height + 1).unwrap_or(0);
+        while next <= tip.height {
+            let Some(hash) = backend.block_hash(next)? else { break };
+            let block = backend.block(&hash)?;
+            // The chain moved while we walked it: stop here, the next poll continues.
+            if let Some(prev) = self.last() {
+                if block.header.prev_blockhash != prev.hash {
+                    break;
+                }
+            }
+            self.recent.push(BlockId { height: next, hash });
+            if self.recent.len() > self.depth {
+                self.recent.remove(0);
+            }
+            events.push(BlockEvent::Connected { height: next, block });
+            next += 1;
+        }
+        Ok(events)
+    }
+
+    /// Transactions that entered the mempool since the last call (fetched in full).
+    pub fn poll_mempool(&mut self, backend: &dyn ChainBackend) -> Result<Vec<Transaction>, BackendError> {
+        let snapshot = backend.mempool()?;
+        if self.mempool_sequence == Some(snapshot.sequence) {
+            return Ok(Vec::new());
+        }
+        self.mempool_sequence = Some(snapshot.sequence);
+        let now: HashSet<Txid> = snapshot.txids.iter().copied().collect();
+        let mut new = Vec::new();
+        for txid in &snapshot.txids {
+            if !self.seen_mempool.contains(txid) {
+                if let Some(tx) = backend.transaction(txid)? {
+                    new.push(tx);
+                }
+            }
+        }
+        self.seen_mempool = now;
+        Ok(new)
+    }
+}

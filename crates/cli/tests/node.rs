@@ -1,0 +1,486 @@
+//! `vigil node` as its own process, followed through the bitcoind backend; and its RPC dialect
+//! compared, call by call, with a real Bitcoin Core's.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vigil_chain::bitcoin::hashes::Hash;
+use vigil_chain::bitcoin::key::{Keypair, Secp256k1, TapTweak};
+use vigil_chain::bitcoin::secp256k1::Message;
+use vigil_chain::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use vigil_chain::bitcoin::{
+    absolute, transaction::Version, Address, Amount, Network, OutPoint, Sequence, Transaction, TxIn, TxOut,
+    Witness,
+};
+use vigil_chain::{BackendError, BitcoindRpc, BlockEvent, ChainBackend, Follower};
+
+struct Process {
+    child: Child,
+    rpc: BitcoindRpc,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.rpc.call("stop", json!([]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_ready(rpc: &BitcoindRpc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rpc.call("getblockcount", json!([])) {
+            Ok(_) => return,
+            Err(e) if Instant::now() > deadline => panic!("node never answered: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn vigil_node() -> Process {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "node",
+            "--datadir",
+            dir.path().join("chain").to_str().unwrap(),
+            "--rpcport",
+            &port.to_string(),
+        ])
+        .args(["--rpcuser", "vigil", "--rpcpassword", "secret"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rpc = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "vigil", "secret");
+    wait_ready(&rpc);
+    Process { child, rpc, _dir: dir }
+}
+
+fn bitcoind() -> Option<Process> {
+    let Some(exe) = std::env::var_os("BITCOIND_EXE") else {
+        assert!(std::env::var("VIGIL_REQUIRE_BITCOIND").is_err(), "BITCOIND_EXE is not set");
+        eprintln!("SKIPPED: BITCOIND_EXE is not set (scripts/test.sh builds bitcoind and sets it)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(exe)
+        .args([
+            "-regtest",
+            "-txindex",
+            "-listen=0",
+            "-printtoconsole=0",
+            "-rpcuser=vigil",
+            "-rpcpassword=secret",
+        ])
+        .arg(format!("-datadir={}", dir.path().display()))
+        .arg(format!("-rpcport={port}"))
+        .spawn()
+        .unwrap();
+    let rpc = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "vigil", "secret");
+    wait_ready(&rpc);
+    Some(Process { child, rpc, _dir: dir })
+}
+
+struct Wallet {
+    secp: Secp256k1<vigil_chain::bitcoin::secp256k1::All>,
+    key: Keypair,
+}
+
+impl Wallet {
+    fn new() -> Wallet {
+        let secp = Secp256k1::new();
+        let key = Keypair::from_seckey_slice(&secp, &[5u8; 32]).unwrap();
+        Wallet { secp, key }
+    }
+    fn address(&self) -> Address {
+        Address::p2tr(&self.secp, self.key.x_only_public_key().0, None, Network::Regtest)
+    }
+    fn spend(&self, outpoint: OutPoint, prev: &TxOut, fee: u64) -> Transaction {
+        let mut tx = Transaction {
+            version: Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: outpoint,
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                ..Default::default()
+            }],
+            output: vec![TxOut {
+                value: prev.value - Amount::from_sat(fee),
+                script_pubkey: self.address().script_pubkey(),
+            }],
+        };
+        let sighash = SighashCache::new(&tx)
+            .taproot_key_spend_signature_hash(0, &Prevouts::All(&[prev]), TapSighashType::Default)
+            .unwrap();
+        let tweaked = self.key.tap_tweak(&self.secp, None).to_keypair();
+        let sig = self.secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
+        tx.input[0].witness = Witness::from_slice(&[sig.as_ref()]);
+        tx
+    }
+}
+
+fn mine(rpc: &BitcoindRpc, n: u32, to: &Address) -> Vec<String> {
+    let v = rpc.call("generatetoaddress", json!([n, to.to_string()])).unwrap();
+    v.as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_owned()).collect()
+}
+
+/// The first coinbase's output, once mature.
+fn mature_coin(backend: &BitcoindRpc) -> (OutPoint, TxOut) {
+    let hash = backend.block_hash(1).unwrap().unwrap();
+    let coinbase = backend.block(&hash).unwrap().txdata[0].clone();
+    (OutPoint { txid: coinbase.compute_txid(), vout: 0 }, coinbase.output[0].clone())
+}
+
+#[test]
+fn the_bitcoind_backend_follows_vigil_node_through_reorgs_and_the_mempool() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let wallet = Wallet::new();
+    let mut follower = Follower::new(Vec::new(), 100);
+    mine(rpc, 101, &wallet.address());
+    let events = follower.poll(rpc).unwrap();
+    assert_eq!(events.len(), 102, "genesis and 101 blocks");
+    for (i, e) in events.iter().enumerate() {
+        assert!(matches!(e, BlockEvent::Connected { height, .. } if *height == i as u32));
+    }
+
+    // A transaction through the backend: seen in the mempool, then in a block.
+    let (outpoint, prev) = mature_coin(rpc);
+    let tx = wallet.spend(outpoint, &prev, 1_000);
+    let txid = rpc.broadcast(&tx).unwrap();
+    assert_eq!(rpc.broadcast(&tx).unwrap(), txid, "re-broadcast answers the txid, like Core");
+    let seen = follower.poll_mempool(rpc).unwrap();
+    assert_eq!(seen.iter().map(|t| t.compute_txid()).collect::<Vec<_>>(), vec![txid]);
+    assert!(follower.poll_mempool(rpc).unwrap().is_empty(), "nothing new");
+    mine(rpc, 1, &wallet.address());
+    match follower.poll(rpc).unwrap().as_slice() {
+        [BlockEvent::Connected { height: 102, block }] => {
+            assert!(block.txdata.iter().any(|t| t.compute_txid() == txid))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // A competing branch from height 100, heavier: the follower unwinds, then follows it.
+    let fork = rpc.block_hash(100).unwrap().unwrap();
+    let mut parent = fork.to_string();
+    let mut branch = Vec::new();
+    for _ in 0..3 {
+        let mined = rpc
+            .call("vigil_generateblock", json!([parent, wallet.address().to_string(), [], false]))
+            .unwrap();
+        parent = mined["hash"].as_str().unwrap().to_owned();
+        branch.push(parent.clone());
+    }
+    let events = follower.poll(rpc).unwrap();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            BlockEvent::Connected { height, block } => format!("+{height}:{}", block.block_hash()),
+            BlockEvent::Disconnected { height, hash } => format!("-{height}:{hash}"),
+        })
+        .collect();
+    assert_eq!(summary.len(), 5, "{summary:?}");
+    assert!(summary[0].starts_with("-102:") && summary[1].starts_with("-101:"), "{summary:?}");
+    assert_eq!(
+        &summary[2..],
+        &[format!("+101:{}", branch[0]), format!("+102:{}", branch[1]), format!("+103:{}", branch[2])]
+    );
+    // The reorged-out spend is back in the mempool.
+    let pool = rpc.mempool().unwrap();
+    assert_eq!(pool.txids, vec![txid]);
+
+    // Long-poll: waitfornewblock returns when a block arrives.
+    let waiting = rpc.clone();
+    let waiter = std::thread::spawn(move || waiting.wait_for_new_block(Duration::from_secs(20)).unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    let new = mine(rpc, 1, &wallet.address());
+    let got = waiter.join().unwrap();
+    assert_eq!(got.hash.to_string(), new[0]);
+    assert_eq!(got.height, 104);
+}
+
+#[test]
+fn errors_have_cores_codes() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let code = |method: &str, params: Value| match rpc.call(method, params) {
+        Err(BackendError::Rpc { code, .. }) => code,
+        other => panic!("{method}: expected an error, got {other:?}"),
+    };
+    assert_eq!(code("getblockhash", json!([99_999])), -8);
+    assert_eq!(code("getblock", json!(["00".repeat(32)])), -5);
+    assert_eq!(code("getblock", json!(["xyz"])), -8);
+    assert_eq!(code("getrawtransaction", json!(["11".repeat(32)])), -5);
+    assert_eq!(code("sendrawtransaction", json!(["zz"])), -22);
+    assert_eq!(code("nosuchmethod", json!([])), -32601);
+    let wrong = BitcoindRpc::new(&format!("http://{}", "127.0.0.1:1"), "a", "b");
+    assert!(matches!(wrong.call("getblockcount", json!([])), Err(BackendError::Unreachable(_))));
+}
+
+/// The shape of a JSON answer: object keys (recursively), array element shapes, value types.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        // An array's shape is its first element's; an empty one fits any array.
+        Value::Array(a) => match a.first() {
+            Some(first) => json!({"[]": shape(first)}),
+            None => json!("[]"),
+        },
+        Value::Number(_) => json!("number"),
+        Value::String(_) => json!("string"),
+        Value::Bool(_) => json!("bool"),
+        Value::Null => json!("null"),
+    }
+}
+
+/// Every key Vigil answers with exists in Core's answer with the same shape; `required` keys
+/// must be present in ours.
+fn assert_subset(ours: &Value, core: &Value, path: &str) {
+    match (ours, core) {
+        (Value::Object(o), Value::Object(c)) => {
+            for (k, v) in o {
+                let cv = c.get(k).unwrap_or_else(|| panic!("{path}.{k}: Core has no such field"));
+                assert_subset(v, cv, &format!("{path}.{k}"));
+            }
+        }
+        (Value::String(s), Value::Object(c)) if s == "[]" && c.contains_key("[]") => {}
+        (a, b) => assert_eq!(a, b, "{path}"),
+    }
+}
+
+#[test]
+fn vigil_node_answers_like_bitcoin_core_call_by_call() {
+    let Some(core) = bitcoind() else { return };
+    let node = vigil_node();
+    let wallet = Wallet::new();
+    for p in [&core, &node] {
+        mine(&p.rpc, 101, &wallet.address());
+    }
+    let (outpoint, prev) = mature_coin(&node.rpc);
+    let core_coin = mature_coin(&core.rpc);
+    let tx_for = |p: &Process| {
+        if std::ptr::eq(p, &node) {
+            wallet.spend(outpoint, &prev, 1_000)
+        } else {
+            wallet.spend(core_coin.0, &core_coin.1, 1_000)
+        }
+    };
+
+    type Call<'a> = (&'a str, Box<dyn Fn(&Process) -> Value + 'a>, &'a [&'a str]);
+    let hash1 = |p: &Process| json!(p.rpc.block_hash(1).unwrap().unwrap().to_string());
+    let calls: Vec<Call> = vec![
+        ("getblockcount", Box::new(|_| json!([])), &[]),
+        ("getbestblockhash", Box::new(|_| json!([])), &[]),
+        ("getblockhash", Box::new(|_| json!([1])), &[]),
+        ("getblockhash", Box::new(|_| json!([99_999])), &[]),
+        (
+            "getblock",
+            Box::new(move |p| json!([hash1(p)])),
+            &["hash", "height", "tx", "previousblockhash", "confirmations"],
+        ),
+        ("getblock", Box::new(move |p| json!([hash1(p), 0])), &[]),
+        ("getblock", Box::new(move |p| json!([hash1(p), 2])), &["tx"]),
+        ("getblock", Box::new(|_| json!(["00".repeat(32)])), &[]),
+        ("getblock", Box::new(|_| json!(["xyz"])), &[]),
+        (
+            "getblockheader",
+            Box::new(move |p| json!([hash1(p)])),
+            &["hash", "height", "previousblockhash", "confirmations"],
+        ),
+        ("getblockheader", Box::new(move |p| json!([hash1(p), false])), &[]),
+        ("getblockchaininfo", Box::new(|_| json!([])), &["chain", "blocks", "bestblockhash", "mediantime"]),
+        ("getrawmempool", Box::new(|_| json!([])), &[]),
+        ("getrawmempool", Box::new(|_| json!([false, true])), &["txids", "mempool_sequence"]),
+        (
+            "gettxout",
+            Box::new(|p| {
+                let (o, _) = mature_coin(&p.rpc);
+                json!([o.txid.to_string(), 0])
+            }),
+            &["bestblock", "confirmations", "value", "scriptPubKey", "coinbase"],
+        ),
+        ("gettxout", Box::new(|_| json!(["11".repeat(32), 0])), &[]),
+        ("getrawtransaction", Box::new(|_| json!(["11".repeat(32)])), &[]),
+        (
+            "getrawtransaction",
+            Box::new(|p| {
+                let (o, _) = mature_coin(&p.rpc);
+                json!([o.txid.to_string(), true])
+            }),
+            &["txid", "vin", "vout", "blockhash", "confirmations"],
+        ),
+        ("sendrawtransaction", Box::new(|_| json!(["zz"])), &[]),
+        (
+            "testmempoolaccept",
+            Box::new(|p| json!([[vigil_chain::bitcoin::consensus::encode::serialize_hex(&tx_for(p))]])),
+            &[],
+        ),
+        (
+            "sendrawtransaction",
+            Box::new(|p| json!([vigil_chain::bitcoin::consensus::encode::serialize_hex(&tx_for(p))])),
+            &[],
+        ),
+        (
+            "sendrawtransaction",
+            Box::new(|p| json!([vigil_chain::bitcoin::consensus::encode::serialize_hex(&tx_for(p))])),
+            &[],
+        ),
+        ("getrawmempool", Box::new(|_| json!([])), &[]),
+        ("nosuchmethod", Box::new(|_| json!([])), &[]),
+        ("waitfornewblock", Box::new(|_| json!([10])), &["hash", "height"]),
+    ];
+    for (method, params, required) in &calls {
+        let ours = node.rpc.call(method, params(&node));
+        let theirs = core.rpc.call(method, params(&core));
+        let verdict = match (&ours, &theirs) {
+            (Ok(o), Ok(c)) => {
+                let (so, sc) = (shape(o), shape(c));
+                if o.is_object() {
+                    assert_subset(&so, &sc, method);
+                    for k in *required {
+                        assert!(o.get(*k).is_some(), "{method}: missing {k}");
+                    }
+                } else if let (Some(oa), Some(ca)) = (o.as_array(), c.as_array()) {
+                    assert_eq!(oa.len(), ca.len(), "{method}");
+                    if let (Some(a), Some(b)) = (oa.first(), ca.first()) {
+                        assert_subset(&shape(a), &shape(b), method);
+                    }
+                } else {
+                    assert_eq!(so, sc, "{method}");
+                }
+                "same shape".to_string()
+            }
+            (Err(BackendError::Rpc { code: a, .. }), Err(BackendError::Rpc { code: b, .. })) => {
+                assert_eq!(a, b, "{method}: error codes differ ({ours:?} vs {theirs:?})");
+                format!("same error {a}")
+            }
+            _ => panic!("{method}: vigil node {ours:?}, Core {theirs:?}"),
+        };
+        println!(
+            "{method:>20} {params:<60} {verdict}",
+            params = params(&node).to_string().chars().take(60).collect::<String>()
+        );
+    }
+
+    // Refusals: the same reject reasons from the relay policy and the same codes.
+    type MakeTx<'a> = Box<dyn Fn(&Process) -> Transaction + 'a>;
+    let bad: Vec<(&str, MakeTx)> = vec![
+        (
+            "zero fee",
+            Box::new(|p| {
+                let mut t = tx_for(p);
+                t.output[0].value += Amount::from_sat(1_000);
+                resign(&wallet, t, p)
+            }),
+        ),
+        (
+            "dust output",
+            Box::new(|p| {
+                let mut t = tx_for(p);
+                t.output.push(TxOut {
+                    value: Amount::from_sat(100),
+                    script_pubkey: wallet.address().script_pubkey(),
+                });
+                t.output[0].value -= Amount::from_sat(100);
+                resign(&wallet, t, p)
+            }),
+        ),
+        (
+            "missing input",
+            Box::new(|p| {
+                let mut t = tx_for(p);
+                t.input[0].previous_output.vout = 7;
+                t
+            }),
+        ),
+    ];
+    for (name, make) in &bad {
+        let reason = |p: &Process| {
+            let hex = vigil_chain::bitcoin::consensus::encode::serialize_hex(&make(p));
+            let r = p.rpc.call("testmempoolaccept", json!([[hex]])).unwrap();
+            r[0]["reject-reason"].as_str().unwrap_or_default().to_owned()
+        };
+        let (ours, theirs) = (reason(&node), reason(&core));
+        assert_eq!(ours, theirs, "{name}");
+        println!("{name:>20} reject-reason {ours:?} from both");
+    }
+    let code = |p: &Process| match p.rpc.broadcast(&{
+        let mut t = tx_for(p);
+        t.input[0].previous_output.vout = 7;
+        t
+    }) {
+        Err(BackendError::Rpc { code, .. }) => code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code(&node), code(&core));
+}
+
+/// Re-signs a spend of the first mature coin after editing it.
+fn resign(wallet: &Wallet, mut tx: Transaction, p: &Process) -> Transaction {
+    let (_, prev) = mature_coin(&p.rpc);
+    let sighash = SighashCache::new(&tx)
+        .taproot_key_spend_signature_hash(0, &Prevouts::All(&[&prev]), TapSighashType::Default)
+        .unwrap();
+    let tweaked = wallet.key.tap_tweak(&wallet.secp, None).to_keypair();
+    let sig = wallet.secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
+    tx.input[0].witness = Witness::from_slice(&[sig.as_ref()]);
+    tx
+}
+
+#[test]
+fn the_bitcoind_backend_follows_a_real_bitcoind_through_a_reorg() {
+    let Some(core) = bitcoind() else { return };
+    let rpc = &core.rpc;
+    let wallet = Wallet::new();
+    let mut follower = Follower::new(Vec::new(), 100);
+    mine(rpc, 110, &wallet.address());
+    assert_eq!(follower.poll(rpc).unwrap().len(), 111);
+    let (outpoint, prev) = mature_coin(rpc);
+    let txid = rpc.broadcast(&wallet.spend(outpoint, &prev, 1_000)).unwrap();
+    assert_eq!(follower.poll_mempool(rpc).unwrap()[0].compute_txid(), txid);
+    mine(rpc, 1, &wallet.address());
+    follower.poll(rpc).unwrap();
+    // Invalidate the last two blocks, mine three others (to another address: new hashes).
+    let h110 = rpc.block_hash(110).unwrap().unwrap();
+    rpc.call("invalidateblock", json!([h110.to_string()])).unwrap();
+    let other = Address::p2tr(
+        &wallet.secp,
+        Keypair::from_seckey_slice(&wallet.secp, &[6u8; 32]).unwrap().x_only_public_key().0,
+        None,
+        Network::Regtest,
+    );
+    let new = mine(rpc, 3, &other);
+    let events = follower.poll(rpc).unwrap();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            BlockEvent::Connected { height, block } => format!("+{height}:{}", block.block_hash()),
+            BlockEvent::Disconnected { height, .. } => format!("-{height}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            "-111".to_string(),
+            "-110".into(),
+            format!("+110:{}", new[0]),
+            format!("+111:{}", new[1]),
+            format!("+112:{}", new[2])
+        ]
+    );
+}
