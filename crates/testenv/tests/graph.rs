@@ -200,20 +200,6 @@ fn leaf_spend(
     tx.input[0].witness = Witness::from_slice(&items);
 }
 
-fn keypair_of(env: &Env, who: Signer, vault_index: u32) -> Keypair {
-    use std::str::FromStr;
-    use vigil_policy::bitcoin::bip32::DerivationPath;
-    let master = match who {
-        Signer::Owner(i) => env.keys.owners[i],
-        Signer::Backup => env.keys.backup,
-        Signer::Cosigner => env.keys.cosigner,
-        Signer::Guardian(i) => env.keys.guardians[i],
-    };
-    let secp = Secp256k1::new();
-    let path = DerivationPath::from_str(&format!("m/48'/1'/0'/2'/1/{vault_index}")).unwrap();
-    master.derive_priv(&secp, &path).unwrap().to_keypair(&secp)
-}
-
 #[test]
 fn spend_leaf_without_cosigner_and_wrong_keys_are_rejected_by_the_kernel() {
     let mut env = env();
@@ -224,9 +210,9 @@ fn spend_leaf_without_cosigner_and_wrong_keys_are_rejected_by_the_kernel() {
     // leaf listed in U's tree.
     let leaves = taproot_leaves(&vault.descriptors.unvault).unwrap();
     let (script, control) = &leaves[1];
-    let owner = keypair_of(&env, Signer::Owner(0), vault.plan.index);
-    let cosigner = keypair_of(&env, Signer::Cosigner, vault.plan.index);
-    let guardian = keypair_of(&env, Signer::Guardian(0), vault.plan.index);
+    let owner = env.vault_keypair(Signer::Owner(0), vault.plan.index);
+    let cosigner = env.vault_keypair(Signer::Cosigner, vault.plan.index);
+    let guardian = env.vault_keypair(Signer::Guardian(0), vault.plan.index);
     let template = env.delayed_spend(&vault, sink(), Amount::from_sat(1_000)).unwrap();
     let prevout = vault.unvault_txout();
 
@@ -261,8 +247,8 @@ fn guarded_spend_leaf_without_guardians_is_rejected() {
     env.chain.mine(DELAY).unwrap();
     let leaves = taproot_leaves(&vault.descriptors.unvault).unwrap();
     let (script, control) = &leaves[1];
-    let owner = keypair_of(&env, Signer::Owner(0), vault.plan.index);
-    let cosigner = keypair_of(&env, Signer::Cosigner, vault.plan.index);
+    let owner = env.vault_keypair(Signer::Owner(0), vault.plan.index);
+    let cosigner = env.vault_keypair(Signer::Cosigner, vault.plan.index);
     let mut tx = env.delayed_spend(&vault, sink(), Amount::from_sat(1_000)).unwrap();
     // Owner + co-signer alone: the guardians' multi_a gets no signatures.
     leaf_spend(&mut tx, &vault.unvault_txout(), script, &control.serialize(), &[owner, cosigner]);
