@@ -266,6 +266,11 @@ impl Follower {
         Follower { recent: known, depth: depth.max(1), seen_mempool: HashSet::new(), mempool_sequence: None }
     }
 
+    /// The blocks remembered for reorgs, oldest first (persist them to resume after a restart).
+    pub fn recent(&self) -> &[BlockId] {
+        &self.recent
+    }
+
     /// The last block reported connected.
     pub fn last(&self) -> Option<BlockId> {
         self.recent.last().copied()

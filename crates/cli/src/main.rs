@@ -43,6 +43,12 @@ enum Command {
         #[arg(long)]
         rpcpassword: String,
     },
+    /// Run a watchtower: watch registered vaults, cancel every unapproved unvault.
+    Tower {
+        /// The tower's configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Build vaults on the embedded regtest chain and walk them through their graph:
     /// unvault -> cancel, unvault -> delayed spend, emergency -> deep vault.
     Demo {
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { datadir } => demo(&datadir),
+        Command::Tower { config } => tower(&config),
         Command::Node { datadir, rpcport, rpcbind, rpcuser, rpcpassword } => node(vigil_node::NodeConfig {
             datadir,
             bind: std::net::SocketAddr::new(rpcbind, rpcport),
@@ -96,6 +103,13 @@ fn main() -> ExitCode {
 fn node(config: vigil_node::NodeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(vigil_node::run(config)).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn tower(config: &Path) -> anyhow::Result<()> {
+    let config = vigil_tower::load_config(config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(vigil_tower::run(config))?;
+    Ok(())
 }
 
 fn load_policy(file: &Path) -> anyhow::Result<Policy> {

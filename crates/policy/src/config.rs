@@ -107,6 +107,8 @@ pub enum KeyChain {
     Intake = 0,
     /// `/1/*`: the unvault, recovery and deep-vault outputs, one set per vault index.
     Vault = 1,
+    /// `/2/0`: the key a party signs requests to towers and the co-signer with.
+    Auth = 2,
 }
 
 impl PolicyKey {
@@ -121,6 +123,15 @@ impl PolicyKey {
             ChildNumber::from_normal_idx(index).expect("index < 2^31"),
         ];
         (fp, base.extend(tail))
+    }
+
+    /// The key this party authenticates requests with (`/2/0`).
+    pub fn auth_key(&self) -> bitcoin::key::XOnlyPublicKey {
+        let path = [
+            ChildNumber::from_normal_idx(KeyChain::Auth as u32).expect("2"),
+            ChildNumber::from_normal_idx(0).expect("0"),
+        ];
+        self.xpub.derive_pub(secp(), &path).expect("non-hardened derivation").public_key.x_only_public_key().0
     }
 
     /// The descriptor form of this key on `chain`, ranged (`/*`) or at one index.

@@ -30,6 +30,12 @@ pub fn account_key(master: &Xpriv) -> String {
     format!("[{}/48h/1h/0h/2h]{xpub}", master.fingerprint(secp()))
 }
 
+/// The request-signing key (`/2/0` under the account) of an example master key.
+pub fn auth_keypair(master: &Xpriv) -> bitcoin::secp256k1::Keypair {
+    let path = DerivationPath::from_str(&format!("{ACCOUNT_PATH}/2/0")).expect("valid path");
+    master.derive_priv(secp(), &path).expect("derivable").to_keypair(secp())
+}
+
 /// A tower's identity key.
 pub fn tower_secret(seed: &str, i: usize) -> SecretKey {
     SecretKey::from_slice(sha256::Hash::hash(format!("{seed}/tower/{i}").as_bytes()).as_byte_array())

@@ -77,6 +77,57 @@ impl Vault {
     }
 }
 
+/// Signs a PSBT with the given example keys (inputs a key cannot sign are skipped).
+pub fn sign_psbt(keys: &ExampleKeys, psbt: &mut Psbt, signers: &[Signer]) {
+    let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
+    for s in signers {
+        let key = match s {
+            Signer::Owner(i) => &keys.owners[*i],
+            Signer::Backup => &keys.backup,
+            Signer::Cosigner => &keys.cosigner,
+            Signer::Guardian(i) => &keys.guardians[*i],
+        };
+        let _ = psbt.sign(key, &secp);
+    }
+}
+
+/// The vault ceremony, chain aside (DESIGN.md §4): plan with the one-time public keys, build
+/// the funding PSBT (unsigned: its txid is already fixed), build and sign the graph with both
+/// one-time keys, check each other's signatures, wipe the keys, and only then sign the
+/// funding with `owners` owner keys and the co-signer. Broadcasting the funding is the
+/// caller's last step, after every tower acknowledged.
+#[allow(clippy::too_many_arguments)]
+pub fn ceremony(
+    compiled: &CompiledPolicy,
+    keys: &ExampleKeys,
+    owners: usize,
+    coin: &FundingInput,
+    index: u32,
+    change_index: u32,
+    amount: Amount,
+    kind: VaultKind,
+    owner_once: OneTimeKey,
+    cosigner_once: OneTimeKey,
+) -> Result<Vault, EnvError> {
+    let plan = compiled.plan(index, amount, kind, owner_once.public(), cosigner_once.public())?;
+    let mut psbt = compiled.funding_psbt(&plan, std::slice::from_ref(coin), change_index, 2)?;
+    let vault_outpoint = OutPoint { txid: psbt.unsigned_tx.compute_txid(), vout: 0 };
+    let unsigned = compiled.build_graph(&plan, vault_outpoint)?;
+    let owner_sigs = owner_once.sign(&unsigned)?;
+    let cosigner_sigs = cosigner_once.sign(&unsigned)?;
+    owner_sigs.verify(&unsigned)?;
+    cosigner_sigs.verify(&unsigned)?;
+    let graph = unsigned.finalize(&owner_sigs, &cosigner_sigs)?;
+    drop(owner_once);
+    drop(cosigner_once);
+    let mut signers: Vec<Signer> = (0..owners).map(Signer::Owner).collect();
+    signers.push(Signer::Cosigner);
+    sign_psbt(keys, &mut psbt, &signers);
+    let funding = finalize(psbt)?;
+    let descriptors = compiled.vault_descriptors(&plan)?;
+    Ok(Vault { plan, graph, descriptors, funding })
+}
+
 /// A chain plus a policy and its example keys.
 pub struct Env {
     /// The embedded chain.
@@ -112,17 +163,7 @@ impl Env {
 
     /// Signs a PSBT with the given example keys.
     pub fn sign(&self, psbt: &mut Psbt, signers: &[Signer]) {
-        let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
-        for s in signers {
-            let key = match s {
-                Signer::Owner(i) => &self.keys.owners[*i],
-                Signer::Backup => &self.keys.backup,
-                Signer::Cosigner => &self.keys.cosigner,
-                Signer::Guardian(i) => &self.keys.guardians[*i],
-            };
-            // Inputs this key cannot sign are skipped; that is not an error here.
-            let _ = psbt.sign(key, &secp);
-        }
+        sign_psbt(&self.keys, psbt, signers)
     }
 
     /// The owner signers the policy needs (its threshold, from the first key).
@@ -160,35 +201,25 @@ impl Env {
         cosigner_once: OneTimeKey,
     ) -> Result<Vault, EnvError> {
         let coin = self.receive(amount + Amount::from_sat(10_000))?;
-        let index = self.next_vault;
+        let (index, change_index) = (self.next_vault, self.next_intake);
         self.next_vault += 1;
-        let (graph, plan, funding_psbt) = {
-            let plan =
-                self.compiled.plan(index, amount, kind, owner_once.public(), cosigner_once.public())?;
-            let change_index = self.next_intake;
-            self.next_intake += 1;
-            let psbt = self.compiled.funding_psbt(&plan, std::slice::from_ref(&coin), change_index, 2)?;
-            let vault_outpoint = OutPoint { txid: psbt.unsigned_tx.compute_txid(), vout: 0 };
-            let unsigned = self.compiled.build_graph(&plan, vault_outpoint)?;
-            let owner_sigs = owner_once.sign(&unsigned)?;
-            let cosigner_sigs = cosigner_once.sign(&unsigned)?;
-            owner_sigs.verify(&unsigned)?;
-            cosigner_sigs.verify(&unsigned)?;
-            let signed = unsigned.finalize(&owner_sigs, &cosigner_sigs)?;
-            // The one-time keys are dropped (wiped) here, before the funding is signed.
-            drop(owner_once);
-            drop(cosigner_once);
-            (signed, plan, psbt)
-        };
-        let mut funding_psbt = funding_psbt;
-        let mut signers = self.owners();
-        signers.push(Signer::Cosigner);
-        self.sign(&mut funding_psbt, &signers);
-        let funding = finalize(funding_psbt)?;
-        self.chain.submit(&funding)?;
+        self.next_intake += 1;
+        let owners = self.example.owner_threshold as usize;
+        let vault = ceremony(
+            &self.compiled,
+            &self.keys,
+            owners,
+            &coin,
+            index,
+            change_index,
+            amount,
+            kind,
+            owner_once,
+            cosigner_once,
+        )?;
+        self.chain.submit(&vault.funding)?;
         self.chain.mine(1)?;
-        let descriptors = self.compiled.vault_descriptors(&plan)?;
-        Ok(Vault { plan, graph, descriptors, funding })
+        Ok(vault)
     }
 
     /// The owner's delayed spend of U's spend leaf to `to` (owner + co-signer, plus the

@@ -1,0 +1,434 @@
+//! The tower as its own process (`vigil tower`), against `vigil node` over loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_port, mine, vigil_node, Process, Wallet};
+use serde_json::{json, Value};
+use vigil_chain::{BitcoindRpc, ChainBackend};
+use vigil_policy::bitcoin::secp256k1::Keypair;
+use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
+use vigil_policy::example::{auth_keypair, ExampleKeys, ExamplePolicy};
+use vigil_policy::{CompiledPolicy, FundingInput, OneTimeKey, Policy, VaultKind};
+use vigil_testenv::{ceremony, sign_psbt, Signer, Vault};
+use vigil_tower::wire::{self, Approval, RegisterApproval, RegisterVault};
+
+const DELAY: u32 = 20;
+
+/// A `vigil tower` process that can be killed with SIGKILL and restarted.
+pub struct TowerProcess {
+    child: Option<Child>,
+    config: PathBuf,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TowerProcess {
+    pub fn new(node: &Process, policies: &[PathBuf], seed: usize, webhook: Option<&str>) -> TowerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let secret = vigil_policy::example::tower_secret("tower test", seed);
+        let clients: String = policies.iter().map(|p| format!("[[clients]]\npolicy = {:?}\n", p)).collect();
+        let webhooks = webhook.map(|w| format!("[alarms]\nwebhooks = [{w:?}]\n")).unwrap_or_default();
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nsecret_key = \"{}\"\npoll_interval_ms = 50\noutage_alarm_secs = 2\n\
+             [chain]\nurl = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n{clients}{webhooks}",
+            dir.path().join("data"),
+            wire::hex(&secret.secret_bytes()),
+            node.port,
+        );
+        let path = dir.path().join("tower.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut tower =
+            TowerProcess { child: None, config: path, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        tower.start();
+        tower
+    }
+
+    pub fn start(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["tower", "--config", self.config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(if std::env::var("VIGIL_TOWER_LOGS").is_ok() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/metrics", self.url)).call().is_err() {
+            assert!(Instant::now() < deadline, "tower never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no cleanup, no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let text = ureq::get(&format!("{}/metrics", self.url)).call().ok()?.into_string().ok()?;
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for TowerProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The owner's side: policy, keys, a wallet with coinbase coins on the node.
+pub struct Client {
+    pub example: ExamplePolicy,
+    pub keys: ExampleKeys,
+    pub compiled: CompiledPolicy,
+    pub policy_id: String,
+    pub policy_path: PathBuf,
+    pub wallet: Wallet,
+    next_coin: u32,
+    next_index: u32,
+    nonce: u64,
+}
+
+impl Client {
+    pub fn new(dir: &std::path::Path, node: &Process, example: ExamplePolicy) -> Client {
+        let text = example.to_toml();
+        let policy_path = dir.join(format!("policy-{}.toml", example.seed.replace(' ', "-")));
+        std::fs::write(&policy_path, &text).unwrap();
+        let compiled = CompiledPolicy::new(Policy::from_toml(&text).unwrap()).unwrap();
+        let wallet = Wallet::new();
+        if node.rpc.block_hash(1).unwrap().is_none() {
+            mine(&node.rpc, 300, &wallet.address());
+        }
+        Client {
+            keys: example.keys(),
+            example,
+            compiled,
+            policy_id: vigil_tower::policy_id(&text),
+            policy_path,
+            wallet,
+            next_coin: 1,
+            next_index: 0,
+            nonce: 0,
+        }
+    }
+
+    /// A vault through the whole ceremony; its funding is returned, not broadcast.
+    pub fn create_vault(&mut self, rpc: &BitcoindRpc, amount: Amount, kind: VaultKind) -> Vault {
+        let (index, coin_height) = (self.next_index, self.next_coin);
+        self.next_index += 2;
+        self.next_coin += 1;
+        let script = self.compiled.intake_descriptor(index).unwrap().script_pubkey();
+        let (outpoint, txout) = self.wallet.pay(rpc, coin_height, script, amount + Amount::from_sat(20_000));
+        let coin = FundingInput { outpoint, txout, intake_index: index };
+        ceremony(
+            &self.compiled,
+            &self.keys,
+            1,
+            &coin,
+            index,
+            index + 1,
+            amount,
+            kind,
+            OneTimeKey::generate(),
+            OneTimeKey::generate(),
+        )
+        .unwrap()
+    }
+
+    pub fn owner_auth(&self) -> Keypair {
+        auth_keypair(&self.keys.owners[0])
+    }
+
+    pub fn post(
+        &mut self,
+        tower: &str,
+        path: &str,
+        body: &Value,
+        key: &Keypair,
+    ) -> Result<Value, (u16, String)> {
+        let bytes = serde_json::to_vec(body).unwrap();
+        post_raw(tower, path, &bytes, key)
+    }
+
+    pub fn register(&mut self, tower: &str, vault: &Vault) -> Result<Value, (u16, String)> {
+        self.nonce += 1;
+        let req = RegisterVault::new(&self.policy_id, self.nonce, &vault.plan, &vault.graph);
+        let key = self.owner_auth();
+        self.post(tower, "/v1/vaults", &serde_json::to_value(req).unwrap(), &key)
+    }
+
+    pub fn approve(&mut self, tower: &str, vault: &Vault, spend: Txid) -> Result<Value, (u16, String)> {
+        self.nonce += 1;
+        let approval = Approval {
+            vault_outpoint: vault.outpoint().to_string(),
+            unvault_txid: vault.graph.unvault().compute_txid().to_string(),
+            spend_txid: spend.to_string(),
+            policy_version: 1,
+            expiry_height: 100_000,
+            counter: self.nonce,
+        };
+        let mut signatures = vec![wire::sign_approval(&approval, &auth_keypair(&self.keys.cosigner))];
+        if vault.plan.kind == VaultKind::Guarded {
+            for g in 0..self.example.guardian_threshold as usize {
+                signatures.push(wire::sign_approval(&approval, &auth_keypair(&self.keys.guardians[g])));
+            }
+        }
+        let req =
+            RegisterApproval { nonce: self.nonce, policy_id: self.policy_id.clone(), approval, signatures };
+        let key = self.owner_auth();
+        self.post(tower, "/v1/approvals", &serde_json::to_value(req).unwrap(), &key)
+    }
+
+    /// The owner's spend of U at DELAY, to the wallet.
+    pub fn delayed_spend(&self, vault: &Vault) -> Transaction {
+        let input = vigil_policy::SpendInput {
+            outpoint: vault.unvault_outpoint(),
+            txout: vault.unvault_txout(),
+            descriptor: vault.descriptors.unvault.clone(),
+            sequence: vigil_policy::bitcoin::Sequence::from_height(self.example.delay as u16),
+        };
+        let value = input.txout.value - Amount::from_sat(1_000);
+        let out =
+            vigil_policy::bitcoin::TxOut { value, script_pubkey: self.wallet.address().script_pubkey() };
+        let mut psbt = vigil_policy::spend_psbt(&[input], vec![out]).unwrap();
+        let mut signers = vec![Signer::Owner(0), Signer::Cosigner];
+        if vault.plan.kind == VaultKind::Guarded {
+            signers.extend((0..self.example.guardian_threshold as usize).map(Signer::Guardian));
+        }
+        sign_psbt(&self.keys, &mut psbt, &signers);
+        vigil_policy::finalize(psbt).unwrap()
+    }
+}
+
+pub fn post_raw(tower: &str, path: &str, bytes: &[u8], key: &Keypair) -> Result<Value, (u16, String)> {
+    let (k, sig) = wire::sign_request(key, path, bytes);
+    let result = ureq::post(&format!("{tower}{path}"))
+        .set("x-vigil-key", &k)
+        .set("x-vigil-signature", &sig)
+        .set("content-type", "application/json")
+        .timeout(Duration::from_secs(10))
+        .send_bytes(bytes);
+    match result {
+        Ok(r) => Ok(r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => Err((code, r.into_string().unwrap_or_default())),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+fn spend_of(rpc: &BitcoindRpc, outpoint: OutPoint) -> Option<Transaction> {
+    // The node knows every transaction; scan the mempool and the last blocks.
+    let pool = rpc.mempool().unwrap();
+    for txid in pool.txids {
+        let tx = rpc.transaction(&txid).unwrap().unwrap();
+        if tx.input.iter().any(|i| i.previous_output == outpoint) {
+            return Some(tx);
+        }
+    }
+    let tip = rpc.tip().unwrap().height;
+    for h in tip.saturating_sub(60)..=tip {
+        let block = rpc.block(&rpc.block_hash(h).unwrap().unwrap()).unwrap();
+        if let Some(tx) =
+            block.txdata.into_iter().find(|t| t.input.iter().any(|i| i.previous_output == outpoint))
+        {
+            return Some(tx);
+        }
+    }
+    None
+}
+
+fn confirmations(rpc: &BitcoindRpc, txid: &Txid) -> u64 {
+    rpc.call("getrawtransaction", json!([txid.to_string(), true]))
+        .ok()
+        .and_then(|v| v.get("confirmations").and_then(Value::as_u64))
+        .unwrap_or(0)
+}
+
+/// A webhook receiver on loopback, collecting alarm bodies.
+fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/alarm", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let store = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            if let Ok(v) = serde_json::from_slice(&body) {
+                store.lock().unwrap().push(v);
+            }
+            let _ = reader
+                .into_inner()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+fn example(seed: &str) -> ExamplePolicy {
+    ExamplePolicy {
+        seed: seed.into(),
+        delay: DELAY,
+        recovery: 40,
+        deep_vault: 60,
+        towers: 1,
+        ..ExamplePolicy::default()
+    }
+}
+
+#[test]
+fn unapproved_unvault_is_cancelled_approved_one_left_alone_and_guardians_alarmed() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower e2e"));
+    let (hook, alarms) = webhook();
+    let tower = TowerProcess::new(&node, &[client.policy_path.clone()], 0, Some(&hook));
+    let rpc = &node.rpc;
+
+    let stolen = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    let spent = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    for v in [&stolen, &spent] {
+        let ack = client.register(&tower.url, v).unwrap();
+        assert_eq!(ack["subject"], v.outpoint().to_string());
+        // The acknowledgement is signed by the tower's key.
+        let key: vigil_policy::bitcoin::key::XOnlyPublicKey =
+            ack["tower_key"].as_str().unwrap().parse().unwrap();
+        let sig = vigil_policy::bitcoin::secp256k1::schnorr::Signature::from_slice(
+            &wire::unhex(ack["signature"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert!(wire::verify_request(&key, &sig, "ack", v.outpoint().to_string().as_bytes()));
+        rpc.broadcast(&v.funding).unwrap();
+    }
+    let approved_spend = client.delayed_spend(&spent);
+    client.approve(&tower.url, &spent, approved_spend.compute_txid()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+
+    // An attacker with the owner's devices broadcasts both unvaults.
+    rpc.broadcast(stolen.graph.unvault()).unwrap();
+    rpc.broadcast(spent.graph.unvault()).unwrap();
+    let start = rpc.tip().unwrap().height;
+    let mut cancelled_at = None;
+    for _ in 0..DELAY - 1 {
+        std::thread::sleep(Duration::from_millis(400));
+        mine(rpc, 1, &client.wallet.address());
+        if let Some(c) = spend_of(rpc, stolen.unvault_outpoint()) {
+            assert!(
+                stolen.graph.transactions().any(|p| p.tx.compute_txid() == c.compute_txid()),
+                "the tower broadcast our cancel"
+            );
+            if confirmations(rpc, &c.compute_txid()) >= 1 && cancelled_at.is_none() {
+                cancelled_at = Some(rpc.tip().unwrap().height);
+            }
+        }
+        assert!(spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
+    }
+    let at = cancelled_at.expect("the unapproved unvault was cancelled");
+    assert!(at < start + 1 + DELAY, "cancelled at {at}, before DELAY");
+    // The approved spend goes through at DELAY (U confirmed at start + 1).
+    mine(rpc, 1, &client.wallet.address());
+    assert!(spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
+    let txid = rpc.broadcast(&approved_spend).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    assert_eq!(confirmations(rpc, &txid), 1);
+
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = alarms.lock().unwrap().clone();
+    assert!(seen.iter().any(|a| a["kind"] == "unvault-cancelled"), "{seen:?}");
+    assert!(!seen
+        .iter()
+        .any(|a| a["message"].as_str().unwrap_or_default().contains(&spent.outpoint().to_string())));
+    assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(2));
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower bad input"));
+    let tower = TowerProcess::new(&node, &[client.policy_path.clone()], 1, None);
+    let vault = client.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let other = client.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let owner = client.owner_auth();
+    let good = RegisterVault::new(&client.policy_id, 1, &vault.plan, &vault.graph);
+    let body = |r: &RegisterVault| serde_json::to_vec(r).unwrap();
+
+    let mut cases: Vec<(&str, Vec<u8>, Keypair, u16, &str)> = Vec::new();
+    cases.push(("malformed JSON", b"{\"nonce\": 1,".to_vec(), owner, 400, "body"));
+    cases.push(("unknown field", br#"{"nonce":1,"surprise":true}"#.to_vec(), owner, 400, "body"));
+    let stranger =
+        Keypair::from_seckey_slice(&vigil_policy::bitcoin::secp256k1::Secp256k1::new(), &[9; 32]).unwrap();
+    cases.push(("a key the policy does not know", body(&good), stranger, 403, "owner or the co-signer"));
+    let mut r = good.clone();
+    r.cancels[0] = r.emergencies[0].clone();
+    cases.push(("a transaction that does not spend the unvault", body(&r), owner, 400, "cancels[0]"));
+    let mut r = good.clone();
+    // The other vault's cancel pays the other vault's recovery output.
+    r.cancels = RegisterVault::new(&client.policy_id, 1, &other.plan, &other.graph).cancels;
+    cases.push(("a cancel that pays elsewhere", body(&r), owner, 400, "cancels[0] is not the transaction"));
+    let mut r = good.clone();
+    let mut tx: Transaction =
+        vigil_policy::bitcoin::consensus::deserialize(&wire::unhex(&r.cancels[1]).unwrap()).unwrap();
+    tx.input[0].witness = vigil_policy::bitcoin::Witness::new();
+    r.cancels[1] = vigil_policy::bitcoin::consensus::encode::serialize_hex(&tx);
+    cases.push(("an unsigned cancel", body(&r), owner, 400, "not fully signed"));
+    let mut r = good.clone();
+    r.vault.kind = "golden".into();
+    cases.push(("a bad vault kind", body(&r), owner, 400, "vault.kind"));
+    let mut r = good.clone();
+    r.policy_id = "00".repeat(32);
+    cases.push(("an unknown policy", body(&r), owner, 404, "unknown policy"));
+    let mut huge = body(&good);
+    huge.extend(std::iter::repeat_n(b' ', 300 * 1024));
+    cases.push(("an oversize body", huge, owner, 413, ""));
+
+    for (name, bytes, key, status, needle) in cases {
+        match post_raw(&tower.url, "/v1/vaults", &bytes, &key) {
+            Err((code, text)) => {
+                assert_eq!(code, status, "{name}: {text}");
+                assert!(text.contains(needle), "{name}: {text}");
+                println!("{name:>45}: {code} {text}");
+            }
+            Ok(v) => panic!("{name}: accepted {v}"),
+        }
+    }
+    // A wrong signature: signed over other bytes.
+    let (k, sig) = wire::sign_request(&owner, "/v1/vaults", b"something else");
+    let r = ureq::post(&format!("{}/v1/vaults", tower.url))
+        .set("x-vigil-key", &k)
+        .set("x-vigil-signature", &sig)
+        .send_bytes(&body(&good));
+    assert!(matches!(r, Err(ureq::Error::Status(401, _))));
+    assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(0), "nothing stored");
+
+    // The good one, then its replay.
+    post_raw(&tower.url, "/v1/vaults", &body(&good), &owner).unwrap();
+    match post_raw(&tower.url, "/v1/vaults", &body(&good), &owner) {
+        Err((409, text)) => assert!(text.contains("replayed"), "{text}"),
+        other => panic!("replay: {other:?}"),
+    }
+    assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(1));
+    let _ = ScriptBuf::new();
+}

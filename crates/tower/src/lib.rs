@@ -1,0 +1,450 @@
+//! Vigil's watchtower (`vigil tower --config FILE`), run by an independent party. It holds no
+//! spending key: only the fully signed C, E, UE (every rung) of the vaults registered with it.
+//!
+//! - **Registration** ([`api`]): every request is signed by a key of the client's pinned
+//!   policy and carries an increasing nonce. The tower rebuilds each vault's graph from the
+//!   pinned policy and the vault's parameters and compares txids (so a cancel paying anywhere
+//!   but the vault's recovery output is refused), then checks every signature with Bitcoin
+//!   Core's script verification (the kernel). Only then is the vault stored and acknowledged.
+//! - **Watching** ([`vigil_chain`]): blocks in order across reorgs, and the mempool.
+//! - **Deciding** ([`watch`]): an unvault without an approval, or beyond the velocity budget,
+//!   is cancelled and alarmed; cancels climb the fee ladder each block until buried; a panic
+//!   sweeps to the deep vault; any other spend of a vault is an alarm and a panic.
+//! - **Persistence** ([`store`]): each decision is committed before it is acted on.
+//!
+//! Not yet here (tracked in the tower issue): PostgreSQL, the Electrum backend, the fee
+//! wallet for anchor CPFP, policy-change governance.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod store;
+pub mod watch;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use vigil_chain::{BackendError, BitcoindRpc, BlockEvent, ChainBackend, Follower};
+use vigil_policy::bitcoin::hashes::{sha256, Hash};
+use vigil_policy::bitcoin::key::XOnlyPublicKey;
+use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
+use vigil_policy::{CompiledPolicy, Policy};
+
+use crate::store::{Store, StoreError};
+use crate::watch::{Action, PolicyLimits, Watcher};
+
+/// The tower's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TowerConfig {
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// Where the store lives.
+    pub datadir: PathBuf,
+    /// The tower's identity secret key (hex); it signs acknowledgements.
+    pub secret_key: String,
+    /// How often to poll the chain, ms.
+    #[serde(default = "default_poll")]
+    pub poll_interval_ms: u64,
+    /// After this long without the chain backend, alarm that vaults are at risk, s.
+    #[serde(default = "default_outage")]
+    pub outage_alarm_secs: u64,
+    /// The chain backend.
+    pub chain: ChainConfig,
+    /// The clients served: each a pinned policy file.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    /// Alarm delivery.
+    #[serde(default)]
+    pub alarms: AlarmConfig,
+}
+
+fn default_poll() -> u64 {
+    200
+}
+
+fn default_outage() -> u64 {
+    60
+}
+
+/// A bitcoind (or `vigil node`) RPC endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// `http://127.0.0.1:18443`
+    pub url: String,
+    /// RPC user.
+    pub user: String,
+    /// RPC password.
+    pub password: String,
+}
+
+/// A client the tower serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The client's policy file, pinned: its sha256 is the client's `policy_id`.
+    pub policy: PathBuf,
+}
+
+/// Where alarms go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmConfig {
+    /// Webhook URLs, each POSTed every alarm as JSON.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+}
+
+/// Why the tower cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TowerError {
+    /// The configuration is wrong.
+    #[error("tower config: {0}")]
+    Config(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The chain backend failed at start.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// I/O (binding the port).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A client's pinned policy.
+pub struct Client {
+    /// The policy.
+    pub policy: Policy,
+    /// Compiled, to rebuild graphs.
+    pub compiled: CompiledPolicy,
+    /// Owner and co-signer auth keys (may register vaults).
+    pub registrars: Vec<XOnlyPublicKey>,
+    /// The co-signer's auth key (approves).
+    pub cosigner: XOnlyPublicKey,
+    /// Guardians' auth keys (approve guarded spends, panic).
+    pub guardians: Vec<XOnlyPublicKey>,
+}
+
+/// The shared state of a running tower.
+pub struct Tower {
+    /// Clients by policy id.
+    pub clients: HashMap<String, Client>,
+    /// Watcher and store, behind one lock: a decision and its record never interleave.
+    pub state: Mutex<TowerState>,
+    /// The chain backend.
+    pub backend: BitcoindRpc,
+    /// The tower's identity.
+    pub key: Keypair,
+    /// Stop flag.
+    pub stopping: AtomicBool,
+    config: TowerConfig,
+}
+
+/// What the lock protects.
+pub struct TowerState {
+    /// Decisions.
+    pub watcher: Watcher,
+    /// Records.
+    pub store: Store,
+    /// Chain position.
+    pub follower: Follower,
+    /// Backend tip height last seen (for "blocks behind").
+    pub backend_tip: u32,
+    /// Whether the last poll reached the backend.
+    pub backend_up: bool,
+    /// Last successful poll.
+    pub last_contact: Instant,
+    /// An outage alarm was raised for the current outage.
+    pub outage_alarmed: bool,
+}
+
+/// Loads a configuration file.
+pub fn load_config(path: &Path) -> Result<TowerConfig, TowerError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| TowerError::Config(format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| TowerError::Config(e.to_string()))
+}
+
+/// A policy file's id: the sha256 of its bytes, hex.
+pub fn policy_id(text: &str) -> String {
+    sha256::Hash::hash(text.as_bytes()).to_string()
+}
+
+impl Tower {
+    /// Opens the store, loads clients and everything recorded, and catches up with the chain
+    /// (replaying every block since the last one processed) before anything is served.
+    pub fn start(config: TowerConfig) -> Result<Arc<Tower>, TowerError> {
+        let mut clients = HashMap::new();
+        let mut watcher = Watcher::new();
+        for c in &config.clients {
+            let text = std::fs::read_to_string(&c.policy)
+                .map_err(|e| TowerError::Config(format!("{}: {e}", c.policy.display())))?;
+            let policy = Policy::from_toml(&text)
+                .map_err(|e| TowerError::Config(format!("{}: {e}", c.policy.display())))?;
+            let compiled =
+                CompiledPolicy::new(policy.clone()).map_err(|e| TowerError::Config(e.to_string()))?;
+            let id = policy_id(&text);
+            watcher.set_limits(
+                &id,
+                PolicyLimits {
+                    velocity_limit_sat: policy.allowance.velocity_limit_sat,
+                    velocity_window_blocks: policy.allowance.velocity_window_blocks,
+                },
+            );
+            let mut registrars: Vec<XOnlyPublicKey> =
+                policy.owner.keys.iter().map(|k| k.auth_key()).collect();
+            registrars.push(policy.cosigner.auth_key());
+            let client = Client {
+                cosigner: policy.cosigner.auth_key(),
+                guardians: policy.guardians.keys.iter().map(|k| k.auth_key()).collect(),
+                registrars,
+                compiled,
+                policy,
+            };
+            clients.insert(id, client);
+        }
+        let secret = wire::unhex(&config.secret_key)
+            .and_then(|b| SecretKey::from_slice(&b).ok())
+            .ok_or_else(|| TowerError::Config("secret_key: not a 32-byte hex secret key".into()))?;
+        let key = Keypair::from_secret_key(&Secp256k1::new(), &secret);
+        std::fs::create_dir_all(&config.datadir)?;
+        let store = Store::open(&config.datadir.join("tower.sqlite"))?;
+        let loaded = store.load()?;
+        for (vault, _) in loaded.vaults {
+            watcher.add_vault(vault);
+        }
+        for (u, s) in loaded.approvals {
+            watcher.add_approval(u, s);
+        }
+        let backend = BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password);
+        let follower = Follower::new(loaded.recent, 1_000);
+        let state = TowerState {
+            watcher,
+            store,
+            follower,
+            backend_tip: 0,
+            backend_up: true,
+            last_contact: Instant::now(),
+            outage_alarmed: false,
+        };
+        let tower = Arc::new(Tower {
+            clients,
+            state: Mutex::new(state),
+            backend,
+            key,
+            stopping: AtomicBool::new(false),
+            config,
+        });
+        // Re-broadcast what was decided before a crash, then replay missed blocks.
+        for (id, action) in loaded.pending_broadcasts {
+            tower.broadcast(id, &action);
+        }
+        tower.step()?;
+        Ok(tower)
+    }
+
+    /// One round: follow the chain, watch the mempool, act. Errors from the backend are an
+    /// outage (counted, alarmed when long), not a failure; store errors are fatal.
+    pub fn step(&self) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("tower state");
+        let events = match state.follower.poll(&self.backend) {
+            Ok(events) => events,
+            Err(e) => {
+                drop(state);
+                return self.outage(&e.to_string());
+            }
+        };
+        for event in events {
+            let actions = match &event {
+                BlockEvent::Connected { height, block } => {
+                    state.backend_tip = state.backend_tip.max(*height);
+                    state.watcher.on_block_connected(*height, block)
+                }
+                BlockEvent::Disconnected { height, .. } => {
+                    state.watcher.on_block_disconnected(*height);
+                    Vec::new()
+                }
+            };
+            let dirty = state.watcher.take_dirty();
+            let recent = state.follower.recent().to_vec();
+            let broadcasts = state.store.commit_step(&dirty, Some(&recent), &actions)?;
+            log_actions(&actions);
+            drop(state);
+            for (id, action) in &broadcasts {
+                self.broadcast(*id, action);
+            }
+            state = self.state.lock().expect("tower state");
+        }
+        let mempool = match state.follower.poll_mempool(&self.backend) {
+            Ok(txs) => txs,
+            Err(e) => {
+                drop(state);
+                return self.outage(&e.to_string());
+            }
+        };
+        let mut actions = Vec::new();
+        for tx in &mempool {
+            actions.extend(state.watcher.on_mempool_tx(tx));
+        }
+        let dirty = state.watcher.take_dirty();
+        let broadcasts = if dirty.is_empty() && actions.is_empty() {
+            Vec::new()
+        } else {
+            state.store.commit_step(&dirty, None, &actions)?
+        };
+        log_actions(&actions);
+        state.backend_up = true;
+        state.last_contact = Instant::now();
+        state.outage_alarmed = false;
+        drop(state);
+        for (id, action) in &broadcasts {
+            self.broadcast(*id, action);
+        }
+        Ok(())
+    }
+
+    fn outage(&self, why: &str) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("tower state");
+        state.backend_up = false;
+        let down_for = state.last_contact.elapsed();
+        eprintln!("level=warn event=backend_unreachable down_secs={} error={why:?}", down_for.as_secs());
+        if down_for >= Duration::from_secs(self.config.outage_alarm_secs) && !state.outage_alarmed {
+            state.outage_alarmed = true;
+            let alarm = Action::Alarm {
+                vault: None,
+                kind: "backend-outage".into(),
+                message: format!(
+                    "chain backend unreachable for {} s: {} vaults are at risk until it returns ({why})",
+                    down_for.as_secs(),
+                    state.watcher.len()
+                ),
+            };
+            state.store.commit_step(&[], None, std::slice::from_ref(&alarm))?;
+            log_actions(&[alarm]);
+        }
+        Ok(())
+    }
+
+    /// Broadcasts a recorded decision; marks it done when the backend has answered for good.
+    fn broadcast(&self, id: i64, action: &Action) {
+        let Action::Broadcast { vault, what, tx } = action else { return };
+        let result = self.backend.broadcast(tx);
+        match &result {
+            Ok(txid) => eprintln!("level=info event=broadcast vault={vault} what={what:?} txid={txid}"),
+            Err(e) => eprintln!("level=warn event=broadcast_refused vault={vault} what={what:?} error={e:?}"),
+        }
+        // Unreachable: keep it pending for the next start; anything else is final (already
+        // confirmed, replaced by a higher rung, or refused: the next block escalates).
+        if !matches!(result, Err(BackendError::Unreachable(_))) {
+            if let Ok(state) = self.state.lock() {
+                let _ = state.store.broadcast_done(id);
+            }
+        }
+    }
+
+    /// Delivers outbox alarms to the webhooks; failures stay in the outbox for the next round.
+    pub fn deliver_alarms(&self, backoff: &mut HashMap<i64, Instant>) {
+        if self.config.alarms.webhooks.is_empty() {
+            return;
+        }
+        let pending = match self.state.lock().expect("tower state").store.undelivered_alarms() {
+            Ok(p) => p,
+            Err(e) => return eprintln!("level=error event=alarm_outbox error={e}"),
+        };
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+        for alarm in pending {
+            if backoff.get(&alarm.id).is_some_and(|t| Instant::now() < *t) {
+                continue;
+            }
+            let body = serde_json::json!({"tower": self.key.x_only_public_key().0.to_string(), "kind": alarm.kind, "message": alarm.message});
+            let delivered =
+                self.config.alarms.webhooks.iter().all(|url| agent.post(url).send_json(body.clone()).is_ok());
+            if !delivered {
+                let wait = Duration::from_secs(1 << alarm.attempts.min(6));
+                backoff.insert(alarm.id, Instant::now() + wait);
+            }
+            let _ = self.state.lock().expect("tower state").store.alarm_attempted(alarm.id, delivered);
+        }
+    }
+
+    /// The loop: step, deliver alarms, wait for a new block or the poll interval.
+    pub fn run_watch_loop(self: &Arc<Tower>) -> Result<(), StoreError> {
+        let mut backoff = HashMap::new();
+        let interval = Duration::from_millis(self.config.poll_interval_ms);
+        while !self.stopping.load(Ordering::SeqCst) {
+            self.step()?;
+            self.deliver_alarms(&mut backoff);
+            std::thread::sleep(interval);
+        }
+        Ok(())
+    }
+
+    /// Prometheus metrics.
+    pub fn metrics(&self) -> String {
+        let state = self.state.lock().expect("tower state");
+        let behind = state.backend_tip.saturating_sub(state.watcher.tip());
+        let outbox = state.store.undelivered_alarms().map(|a| a.len()).unwrap_or(0);
+        format!(
+            "# TYPE vigil_tower_vaults_watched gauge\nvigil_tower_vaults_watched {}\n\
+             # TYPE vigil_tower_blocks_behind gauge\nvigil_tower_blocks_behind {behind}\n\
+             # TYPE vigil_tower_cancels_pending gauge\nvigil_tower_cancels_pending {}\n\
+             # TYPE vigil_tower_alarm_outbox gauge\nvigil_tower_alarm_outbox {outbox}\n\
+             # TYPE vigil_tower_backend_up gauge\nvigil_tower_backend_up {}\n",
+            state.watcher.len(),
+            state.watcher.cancels_pending(),
+            state.backend_up as u8,
+        )
+    }
+}
+
+fn log_actions(actions: &[Action]) {
+    for a in actions {
+        if let Action::Alarm { vault, kind, message } = a {
+            let vault = vault.map(|v| v.to_string()).unwrap_or_default();
+            eprintln!("level=warn event=alarm kind={kind} vault={vault} message={message:?}");
+        }
+    }
+}
+
+/// Runs a tower until SIGINT/SIGTERM: catch up, then serve the API and watch.
+pub async fn run(config: TowerConfig) -> Result<(), TowerError> {
+    let listen = config.listen;
+    let tower = tokio::task::spawn_blocking(move || Tower::start(config))
+        .await
+        .map_err(|e| TowerError::Config(e.to_string()))??;
+    let watcher = tower.clone();
+    let watch_thread = std::thread::spawn(move || watcher.run_watch_loop());
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("vigil tower listening on {}", listener.local_addr()?);
+    let app = api::router(tower.clone());
+    let stop = tower.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("signal handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop.stopping.store(true, Ordering::SeqCst);
+        })
+        .await?;
+    match watch_thread.join() {
+        Ok(r) => r.map_err(TowerError::Store),
+        Err(_) => Err(TowerError::Config("watch loop panicked".into())),
+    }
+}
+
+/// Parses `txid:vout`.
+pub fn parse_outpoint(s: &str) -> Option<vigil_policy::bitcoin::OutPoint> {
+    vigil_policy::bitcoin::OutPoint::from_str(s).ok()
+}

@@ -1,0 +1,476 @@
+//! The tower's decisions (DESIGN.md §4 "Spending", "Panic"): pure logic over chain events.
+//!
+//! [`Watcher`] sees blocks (connected and disconnected) and mempool transactions and answers
+//! with [`Action`]s: broadcasts and alarms. It does no I/O; the daemon persists every decision
+//! (vault states and actions, in one store transaction) before acting on it, so a restart
+//! resumes exactly where the tower stopped.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use vigil_policy::bitcoin::{Amount, Block, OutPoint, Transaction, Txid};
+
+/// Blocks a cancel must be buried before the spend leaf opens (DESIGN.md §4 deadline).
+pub const BURY_MARGIN: u32 = 6;
+
+/// A registered vault: its signed transactions and what the tower knows of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vault {
+    /// V.
+    pub outpoint: OutPoint,
+    /// The client's pinned policy.
+    pub policy_id: String,
+    /// V's value.
+    pub amount: Amount,
+    /// DELAY.
+    pub delay: u16,
+    /// U.
+    pub unvault: Transaction,
+    /// C at every rung.
+    pub cancels: Vec<Transaction>,
+    /// E at every rung.
+    pub emergencies: Vec<Transaction>,
+    /// UE at every rung.
+    pub unvault_emergencies: Vec<Transaction>,
+    /// What has happened.
+    pub state: VaultState,
+}
+
+/// Where a vault stands. Persisted with every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultState {
+    /// U has been seen (mempool or chain).
+    pub unvault_seen: bool,
+    /// U's confirmation height.
+    pub unvault_height: Option<u32>,
+    /// The tower decided to cancel this U; the highest rung broadcast so far.
+    pub cancel_rung: Option<usize>,
+    /// C's confirmation height.
+    pub cancel_height: Option<u32>,
+    /// A panic: the highest E (or UE, once U is seen) rung broadcast so far.
+    pub emergency_rung: Option<usize>,
+    /// E's or UE's confirmation height.
+    pub emergency_height: Option<u32>,
+    /// The approved spend confirmed at this height.
+    pub spent_height: Option<u32>,
+    /// Nothing left to do (the final transaction is buried).
+    pub done: bool,
+}
+
+impl Vault {
+    /// U's output, which C, UE and the owner's spend consume.
+    pub fn unvault_outpoint(&self) -> OutPoint {
+        OutPoint { txid: self.unvault.compute_txid(), vout: 0 }
+    }
+
+    fn role_of(&self, txid: &Txid) -> Option<Role> {
+        let find = |set: &[Transaction]| set.iter().position(|t| t.compute_txid() == *txid);
+        if self.unvault.compute_txid() == *txid {
+            return Some(Role::Unvault);
+        }
+        find(&self.cancels)
+            .map(Role::Cancel)
+            .or_else(|| find(&self.emergencies).map(Role::Emergency))
+            .or_else(|| find(&self.unvault_emergencies).map(Role::UnvaultEmergency))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Unvault,
+    Cancel(usize),
+    Emergency(usize),
+    UnvaultEmergency(usize),
+}
+
+/// What the tower must do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Broadcast a pre-signed transaction (idempotent).
+    Broadcast {
+        /// Which vault.
+        vault: OutPoint,
+        /// What it is, for logs ("cancel rung 2").
+        what: String,
+        /// The transaction.
+        tx: Transaction,
+    },
+    /// Tell the guardians (and the operator).
+    Alarm {
+        /// Which vault, if one.
+        vault: Option<OutPoint>,
+        /// A short machine-readable kind.
+        kind: String,
+        /// For humans.
+        message: String,
+    },
+}
+
+/// A policy's limits as the tower enforces them.
+#[derive(Debug, Clone)]
+pub struct PolicyLimits {
+    /// Velocity budget per window, sat.
+    pub velocity_limit_sat: u64,
+    /// The window, blocks.
+    pub velocity_window_blocks: u32,
+}
+
+/// All the tower watches, in memory (rebuilt from the store on start).
+#[derive(Debug, Default)]
+pub struct Watcher {
+    vaults: HashMap<OutPoint, Vault>,
+    /// U's outpoint -> V.
+    by_unvault: HashMap<OutPoint, OutPoint>,
+    /// U txid -> the approved spend's txid.
+    approvals: HashMap<Txid, Txid>,
+    limits: HashMap<String, PolicyLimits>,
+    /// Per policy, every U seen: V -> (height first seen or confirmed, value), for velocity.
+    released: HashMap<String, HashMap<OutPoint, (u32, u64)>>,
+    /// Vaults with something in flight (checked every block).
+    active: HashSet<OutPoint>,
+    /// Vaults whose state changed since the last [`Watcher::take_dirty`].
+    dirty: HashSet<OutPoint>,
+    tip: u32,
+}
+
+impl Watcher {
+    /// An empty watcher.
+    pub fn new() -> Watcher {
+        Watcher::default()
+    }
+
+    /// Sets a client's limits.
+    pub fn set_limits(&mut self, policy_id: &str, limits: PolicyLimits) {
+        self.limits.insert(policy_id.to_owned(), limits);
+    }
+
+    /// Watches a vault (new, or loaded from the store with its state).
+    pub fn add_vault(&mut self, vault: Vault) {
+        self.by_unvault.insert(vault.unvault_outpoint(), vault.outpoint);
+        if vault.state.unvault_seen && !vault.state.done {
+            self.active.insert(vault.outpoint);
+        }
+        if let Some(h) = vault.state.unvault_height {
+            let value = vault.unvault.output[0].value.to_sat();
+            self.released.entry(vault.policy_id.clone()).or_default().insert(vault.outpoint, (h, value));
+        }
+        self.vaults.insert(vault.outpoint, vault);
+    }
+
+    /// Records an approved spend of an unvault.
+    pub fn add_approval(&mut self, unvault_txid: Txid, spend_txid: Txid) {
+        self.approvals.insert(unvault_txid, spend_txid);
+    }
+
+    /// A watched vault.
+    pub fn vault(&self, outpoint: &OutPoint) -> Option<&Vault> {
+        self.vaults.get(outpoint)
+    }
+
+    /// Every watched vault.
+    pub fn vaults(&self) -> impl Iterator<Item = &Vault> {
+        self.vaults.values()
+    }
+
+    /// Number of vaults watched.
+    pub fn len(&self) -> usize {
+        self.vaults.len()
+    }
+
+    /// Whether no vault is watched.
+    pub fn is_empty(&self) -> bool {
+        self.vaults.is_empty()
+    }
+
+    /// Cancels broadcast and not yet confirmed.
+    pub fn cancels_pending(&self) -> usize {
+        self.active
+            .iter()
+            .filter(|v| {
+                let s = &self.vaults[v].state;
+                s.cancel_rung.is_some() && s.cancel_height.is_none()
+            })
+            .count()
+    }
+
+    /// Vaults whose state changed since the last call.
+    pub fn take_dirty(&mut self) -> Vec<Vault> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty.into_iter().filter_map(|v| self.vaults.get(&v).cloned()).collect()
+    }
+
+    /// The tip height the watcher last saw.
+    pub fn tip(&self) -> u32 {
+        self.tip
+    }
+
+    /// A transaction seen in the mempool.
+    pub fn on_mempool_tx(&mut self, tx: &Transaction) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.observe(tx, None, &mut actions);
+        actions
+    }
+
+    /// A block joined the active chain.
+    pub fn on_block_connected(&mut self, height: u32, block: &Block) -> Vec<Action> {
+        self.tip = height;
+        let mut actions = Vec::new();
+        for tx in &block.txdata {
+            self.observe(tx, Some(height), &mut actions);
+        }
+        self.each_block(height, &mut actions);
+        actions
+    }
+
+    /// A block left the active chain: forget confirmations at that height; the next block
+    /// re-broadcasts what is still needed.
+    pub fn on_block_disconnected(&mut self, height: u32) {
+        self.tip = height.saturating_sub(1);
+        for (id, vault) in self.vaults.iter_mut() {
+            let s = &mut vault.state;
+            let before = s.clone();
+            let at_or_above = |h: &mut Option<u32>| {
+                if h.is_some_and(|h| h >= height) {
+                    *h = None;
+                }
+            };
+            at_or_above(&mut s.unvault_height);
+            at_or_above(&mut s.cancel_height);
+            at_or_above(&mut s.emergency_height);
+            at_or_above(&mut s.spent_height);
+            if *s != before {
+                s.done = false;
+                self.dirty.insert(*id);
+                if s.unvault_seen {
+                    self.active.insert(*id);
+                }
+            }
+        }
+    }
+
+    /// A guardian-quorum panic for one client: E for every unspent V, UE for every U.
+    pub fn panic(&mut self, policy_id: &str) -> Vec<Action> {
+        let mut actions = vec![Action::Alarm {
+            vault: None,
+            kind: "panic".into(),
+            message: format!("panic for policy {policy_id}: sweeping every vault to the deep vault"),
+        }];
+        let ids: Vec<OutPoint> =
+            self.vaults.values().filter(|v| v.policy_id == policy_id).map(|v| v.outpoint).collect();
+        for id in ids {
+            self.start_emergency(id, &mut actions);
+        }
+        actions
+    }
+
+    fn start_emergency(&mut self, id: OutPoint, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        if vault.state.done || vault.state.emergency_rung.is_some() {
+            return;
+        }
+        vault.state.emergency_rung = Some(0);
+        self.dirty.insert(id);
+        self.active.insert(id);
+        actions.push(emergency_broadcast(vault, 0));
+    }
+
+    fn observe(&mut self, tx: &Transaction, height: Option<u32>, actions: &mut Vec<Action>) {
+        let txid = tx.compute_txid();
+        for input in &tx.input {
+            let prev = input.previous_output;
+            if let Some(vault) = self.vaults.get(&prev) {
+                let id = vault.outpoint;
+                match vault.role_of(&txid) {
+                    Some(Role::Unvault) => self.unvault_seen(id, height, actions),
+                    Some(Role::Emergency(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.emergency_height = Some(h);
+                        }
+                    }),
+                    _ => {
+                        // A one-time key survived: nothing but U or E can spend V.
+                        actions.push(Action::Alarm {
+                            vault: Some(id),
+                            kind: "foreign-vault-spend".into(),
+                            message: format!("vault {id} spent by unknown transaction {txid}: a one-time key was not deleted"),
+                        });
+                        let policy = vault.policy_id.clone();
+                        actions.extend(self.panic(&policy));
+                    }
+                }
+            } else if let Some(id) = self.by_unvault.get(&prev).copied() {
+                let vault = &self.vaults[&id];
+                match vault.role_of(&txid) {
+                    Some(Role::Cancel(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.cancel_height = Some(h);
+                        }
+                    }),
+                    Some(Role::UnvaultEmergency(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.emergency_height = Some(h);
+                        }
+                    }),
+                    _ if self.approvals.get(&prev.txid) == Some(&txid) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.spent_height = Some(h);
+                        }
+                    }),
+                    _ => {
+                        let top = vault.cancels.len() - 1;
+                        let cancel = vault.state.cancel_height.is_none() && height.is_none();
+                        actions.push(Action::Alarm {
+                            vault: Some(id),
+                            kind: "unapproved-spend".into(),
+                            message: format!(
+                                "unvault of {id} spent by {txid}, not the approved spend{}",
+                                if height.is_some() {
+                                    ": confirmed, the race is lost (residual risk)"
+                                } else {
+                                    ": cancelling at the top rung"
+                                }
+                            ),
+                        });
+                        if cancel {
+                            let vault = self.vaults.get_mut(&id).expect("watched");
+                            vault.state.cancel_rung = Some(top);
+                            actions.push(cancel_broadcast(vault, top));
+                            self.dirty.insert(id);
+                            self.active.insert(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn update(&mut self, id: OutPoint, f: impl FnOnce(&mut VaultState)) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let before = vault.state.clone();
+        f(&mut vault.state);
+        if vault.state != before {
+            self.dirty.insert(id);
+        }
+    }
+
+    fn unvault_seen(&mut self, id: OutPoint, height: Option<u32>, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let first_sight = !vault.state.unvault_seen;
+        vault.state.unvault_seen = true;
+        if height.is_some() {
+            vault.state.unvault_height = height;
+        }
+        let (policy, value) = (vault.policy_id.clone(), vault.unvault.output[0].value.to_sat());
+        let u_txid = vault.unvault.compute_txid();
+        let seen_at = height.unwrap_or(self.tip + 1);
+        let over_budget = first_sight && self.over_velocity(&policy, id, value, seen_at);
+        self.released.entry(policy).or_default().insert(id, (seen_at, value));
+        self.dirty.insert(id);
+        self.active.insert(id);
+        if !first_sight {
+            return;
+        }
+        let approved = self.approvals.contains_key(&u_txid);
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        if vault.state.emergency_rung.is_some() {
+            // A panic is under way: U gets UE, not C.
+            vault.state.emergency_rung = Some(0);
+            actions.push(emergency_broadcast(vault, 0));
+            return;
+        }
+        if approved && !over_budget {
+            return;
+        }
+        let why =
+            if approved { "over the velocity budget (approved by the co-signer)" } else { "not approved" };
+        vault.state.cancel_rung = Some(0);
+        actions.push(Action::Alarm {
+            vault: Some(id),
+            kind: "unvault-cancelled".into(),
+            message: format!("unvault {u_txid} of vault {id} is {why}: cancelling"),
+        });
+        actions.push(cancel_broadcast(vault, 0));
+    }
+
+    /// Whether releasing `value` now would exceed the policy's velocity budget, counting the
+    /// full value of every unvault seen in the window (including those already cancelled).
+    fn over_velocity(&self, policy_id: &str, vault: OutPoint, value: u64, now: u32) -> bool {
+        let Some(limits) = self.limits.get(policy_id) else { return false };
+        let window_start = now.saturating_sub(limits.velocity_window_blocks);
+        let others: u64 = self
+            .released
+            .get(policy_id)
+            .map(|m| {
+                m.iter().filter(|(v, (h, _))| **v != vault && *h >= window_start).map(|(_, (_, s))| s).sum()
+            })
+            .unwrap_or(0);
+        others + value > limits.velocity_limit_sat
+    }
+
+    /// Every block: escalate what is unconfirmed, re-broadcast after reorgs, watch deadlines,
+    /// retire what is buried.
+    fn each_block(&mut self, height: u32, actions: &mut Vec<Action>) {
+        let active: Vec<OutPoint> = self.active.iter().copied().collect();
+        for id in active {
+            let vault = self.vaults.get_mut(&id).expect("watched");
+            let s = vault.state.clone();
+            let buried = |h: Option<u32>| h.is_some_and(|h| height >= h + BURY_MARGIN);
+            if buried(s.cancel_height) || buried(s.emergency_height) || buried(s.spent_height) {
+                vault.state.done = true;
+                self.active.remove(&id);
+                self.dirty.insert(id);
+                continue;
+            }
+            if let Some(rung) = s.emergency_rung.filter(|_| s.emergency_height.is_none()) {
+                let next = (rung + 1).min(vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1);
+                vault.state.emergency_rung = Some(next);
+                actions.push(emergency_broadcast(vault, next));
+                self.dirty.insert(id);
+            } else if let Some(rung) = s.cancel_rung.filter(|_| s.cancel_height.is_none()) {
+                let next = (rung + 1).min(vault.cancels.len() - 1);
+                vault.state.cancel_rung = Some(next);
+                actions.push(cancel_broadcast(vault, next));
+                self.dirty.insert(id);
+                if let Some(u) = s.unvault_height {
+                    let deadline = u + vault.delay as u32;
+                    if height + BURY_MARGIN >= deadline {
+                        actions.push(Action::Alarm {
+                            vault: Some(id),
+                            kind: "deadline".into(),
+                            message: format!(
+                                "cancel of vault {id} unconfirmed at height {height}; the spend leaf opens at {deadline}: funds at risk"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn cancel_broadcast(vault: &Vault, rung: usize) -> Action {
+    // C needs U: while U is unconfirmed, C rides as its TRUC child, so U goes out too.
+    Action::Broadcast {
+        vault: vault.outpoint,
+        what: format!("cancel rung {rung}"),
+        tx: vault.cancels[rung].clone(),
+    }
+}
+
+fn emergency_broadcast(vault: &Vault, rung: usize) -> Action {
+    if vault.state.unvault_seen {
+        let rung = rung.min(vault.unvault_emergencies.len() - 1);
+        Action::Broadcast {
+            vault: vault.outpoint,
+            what: format!("unvault-emergency rung {rung}"),
+            tx: vault.unvault_emergencies[rung].clone(),
+        }
+    } else {
+        let rung = rung.min(vault.emergencies.len() - 1);
+        Action::Broadcast {
+            vault: vault.outpoint,
+            what: format!("emergency rung {rung}"),
+            tx: vault.emergencies[rung].clone(),
+        }
+    }
+}
