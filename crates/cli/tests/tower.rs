@@ -228,6 +228,10 @@ pub fn post_raw(tower: &str, path: &str, bytes: &[u8], key: &Keypair) -> Result<
 }
 
 fn spend_of(rpc: &BitcoindRpc, outpoint: OutPoint) -> Option<Transaction> {
+    spend_of_since(rpc, outpoint, rpc.tip().unwrap().height.saturating_sub(60))
+}
+
+fn spend_of_since(rpc: &BitcoindRpc, outpoint: OutPoint, from: u32) -> Option<Transaction> {
     // The node knows every transaction; scan the mempool and the last blocks.
     let pool = rpc.mempool().unwrap();
     for txid in pool.txids {
@@ -237,7 +241,7 @@ fn spend_of(rpc: &BitcoindRpc, outpoint: OutPoint) -> Option<Transaction> {
         }
     }
     let tip = rpc.tip().unwrap().height;
-    for h in tip.saturating_sub(60)..=tip {
+    for h in from..=tip {
         let block = rpc.block(&rpc.block_hash(h).unwrap().unwrap()).unwrap();
         if let Some(tx) =
             block.txdata.into_iter().find(|t| t.input.iter().any(|i| i.previous_output == outpoint))
@@ -431,4 +435,171 @@ fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
     }
     assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(1));
     let _ = ScriptBuf::new();
+}
+
+/// A tiny deterministic generator (the seed is printed so a failure can be replayed).
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+fn register_until_acked(client: &mut Client, tower: &str, vault: &Vault) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.register(tower, vault) {
+            Ok(_) => return,
+            Err((code, text)) if code == 0 || code >= 500 => {
+                assert!(Instant::now() < deadline, "registration never acknowledged: {text}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((code, text)) => panic!("registration refused: {code} {text}"),
+        }
+    }
+}
+
+fn approve_until_acked(client: &mut Client, tower: &str, vault: &Vault, spend: Txid) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err((code, text)) = client.approve(tower, vault, spend) {
+        assert!(code == 0 || code >= 500, "approval refused: {code} {text}");
+        assert!(Instant::now() < deadline, "approval never acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn no_missed_cancel_through_hundreds_of_sigkills() {
+    let kills_wanted: u64 =
+        std::env::var("VIGIL_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let batch = 40;
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    println!("crash test seed {seed}");
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = example("tower crash");
+    params.velocity_limit_sat = 10_000_000_000;
+    let mut client = Client::new(dir.path(), &node, params);
+    mine(&node.rpc, 200, &client.wallet.address()); // coins for every vault
+    let tower = Arc::new(Mutex::new(TowerProcess::new(&node, &[client.policy_path.clone()], 2, None)));
+    let url = tower.lock().unwrap().url.clone();
+    let rpc = &node.rpc;
+
+    // The killer: restart (which returns once the tower has caught up and serves), let it
+    // live a random 0-150 ms, SIGKILL it. Counts kills by what was going on.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let phase = Arc::new(Mutex::new("registration"));
+    let counts = Arc::new(Mutex::new(std::collections::BTreeMap::<&str, u64>::new()));
+    let killer = {
+        let (tower, stop, phase, counts) = (tower.clone(), stop.clone(), phase.clone(), counts.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng(seed);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(rng.below(150)));
+                let mut t = tower.lock().unwrap();
+                t.kill9();
+                *counts.lock().unwrap().entry(*phase.lock().unwrap()).or_default() += 1;
+                t.start();
+            }
+        })
+    };
+
+    // Batches of vaults until enough kills landed while something was at stake.
+    let mut rng = Rng(seed ^ 0x5555);
+    let mut vaults = Vec::new();
+    let mut u_heights: Vec<Option<u32>> = Vec::new();
+    while counts.lock().unwrap().values().sum::<u64>() < kills_wanted || vaults.is_empty() {
+        // Registrations and approvals under fire.
+        *phase.lock().unwrap() = "registration";
+        let first = vaults.len();
+        for i in 0..batch {
+            let vault = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+            register_until_acked(&mut client, &url, &vault);
+            let approved = if rng.below(3) == 0 {
+                let spend = client.delayed_spend(&vault);
+                approve_until_acked(&mut client, &url, &vault, spend.compute_txid());
+                Some(spend)
+            } else {
+                None
+            };
+            rpc.broadcast(&vault.funding).unwrap();
+            if i % 10 == 9 {
+                mine(rpc, 1, &client.wallet.address());
+            }
+            vaults.push((vault, approved));
+            u_heights.push(None);
+        }
+        mine(rpc, 1, &client.wallet.address());
+
+        // One unvault per block, a block every 200 ms, kills all along: right after an
+        // unvault enters the mempool, and right after a block (mid-block, mid-broadcast).
+        let mut next = first;
+        loop {
+            if next < vaults.len() {
+                rpc.broadcast(vaults[next].0.graph.unvault()).unwrap();
+                next += 1;
+                *phase.lock().unwrap() = "unvault in mempool";
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            mine(rpc, 1, &client.wallet.address());
+            *phase.lock().unwrap() = "block just mined";
+            std::thread::sleep(Duration::from_millis(100));
+            let tip = rpc.tip().unwrap().height;
+            for i in first..vaults.len() {
+                if u_heights[i].is_none()
+                    && confirmations(rpc, &vaults[i].0.graph.unvault().compute_txid()) > 0
+                {
+                    u_heights[i] = Some(tip);
+                }
+            }
+            if next == vaults.len()
+                && u_heights[first..].iter().all(|h| h.is_some_and(|h| tip >= h + DELAY - 1))
+            {
+                break;
+            }
+            assert!(tip < 10_000, "the test did not converge");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    killer.join().unwrap();
+
+    // Count: every unapproved unvault cancelled before DELAY, every approved one untouched.
+    let (mut cancelled, mut left_alone) = (0, 0);
+    for (i, (v, approved)) in vaults.iter().enumerate() {
+        let u_height = u_heights[i].unwrap();
+        let spend = spend_of_since(rpc, v.unvault_outpoint(), u_height);
+        match approved {
+            None => {
+                let c = spend
+                    .unwrap_or_else(|| panic!("vault {i}: unapproved unvault at {u_height} never cancelled"));
+                assert!(
+                    v.graph.graph().cancels.iter().any(|p| p.tx.compute_txid() == c.compute_txid()),
+                    "vault {i}: spent by a non-cancel"
+                );
+                let info =
+                    rpc.call("getrawtransaction", json!([c.compute_txid().to_string(), true])).unwrap();
+                let c_height = rpc.tip().unwrap().height + 1 - info["confirmations"].as_u64().unwrap() as u32;
+                assert!(
+                    c_height < u_height + DELAY,
+                    "vault {i}: cancel at {c_height}, DELAY ends at {}",
+                    u_height + DELAY
+                );
+                cancelled += 1;
+            }
+            Some(_) => {
+                assert!(spend.is_none(), "vault {i}: an approved unvault was touched");
+                left_alone += 1;
+            }
+        }
+    }
+    let t = tower.lock().unwrap();
+    assert_eq!(t.metric("vigil_tower_vaults_watched"), Some(vaults.len() as u64), "no registration lost");
+    let counts = counts.lock().unwrap();
+    let total: u64 = counts.values().sum();
+    println!("SIGKILLs: {total} ({counts:?}); unapproved unvaults cancelled before DELAY: {cancelled}/{cancelled}; approved left alone: {left_alone}/{left_alone}; registrations kept: {}/{}", vaults.len(), vaults.len());
+    assert!(total >= kills_wanted);
 }
