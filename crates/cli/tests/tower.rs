@@ -603,3 +603,227 @@ fn no_missed_cancel_through_hundreds_of_sigkills() {
     println!("SIGKILLs: {total} ({counts:?}); unapproved unvaults cancelled before DELAY: {cancelled}/{cancelled}; approved left alone: {left_alone}/{left_alone}; registrations kept: {}/{}", vaults.len(), vaults.len());
     assert!(total >= kills_wanted);
 }
+
+/// Unapproved unvaults of `vaults`, broadcast now; mines while the towers work, and returns
+/// each cancel's confirmation height against its unvault's.
+fn cancel_heights(rpc: &BitcoindRpc, client: &Client, vaults: &[Vault], blocks: u32) -> Vec<(u32, u32)> {
+    for v in vaults {
+        rpc.broadcast(v.graph.unvault()).unwrap();
+    }
+    let start = rpc.tip().unwrap().height + 1;
+    for _ in 0..blocks {
+        std::thread::sleep(Duration::from_millis(150));
+        mine(rpc, 1, &client.wallet.address());
+    }
+    vaults
+        .iter()
+        .map(|v| {
+            let u = v.graph.unvault().compute_txid();
+            let tip = rpc.tip().unwrap().height;
+            let height_of = |txid: &Txid| tip + 1 - confirmations(rpc, txid) as u32;
+            let c = spend_of_since(rpc, v.unvault_outpoint(), start).expect("cancelled");
+            (height_of(&u), height_of(&c.compute_txid()))
+        })
+        .collect()
+}
+
+#[test]
+fn any_one_of_three_towers_is_enough() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower k of n"));
+    let mut towers: Vec<TowerProcess> =
+        (0..3).map(|i| TowerProcess::new(&node, &[client.policy_path.clone()], 10 + i, None)).collect();
+    let vaults: Vec<Vault> = (0..3)
+        .map(|_| client.create_vault(&node.rpc, Amount::from_sat(1_000_000), VaultKind::Standard))
+        .collect();
+    for v in &vaults {
+        for t in &towers {
+            client.register(&t.url, v).unwrap();
+        }
+        node.rpc.broadcast(&v.funding).unwrap();
+    }
+    mine(&node.rpc, 1, &client.wallet.address());
+    // Two towers die for good.
+    towers[0].kill9();
+    towers[1].kill9();
+    for (u, c) in cancel_heights(&node.rpc, &client, &vaults, DELAY - 1) {
+        assert!(c < u + DELAY, "cancel at {c}, unvault at {u}");
+    }
+    assert_eq!(towers[2].metric("vigil_tower_vaults_watched"), Some(3));
+}
+
+#[test]
+fn reorgs_of_depth_one_to_six_while_unvault_or_cancel_confirms_miss_nothing() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower reorgs"));
+    let tower = TowerProcess::new(&node, &[client.policy_path.clone()], 20, None);
+    let mut outcomes = Vec::new();
+    for depth in 1..=6u32 {
+        for while_cancel_confirms in [false, true] {
+            let v = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+            client.register(&tower.url, &v).unwrap();
+            rpc.broadcast(&v.funding).unwrap();
+            mine(rpc, 1, &client.wallet.address());
+            rpc.broadcast(v.graph.unvault()).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            mine(rpc, 1, &client.wallet.address());
+            if while_cancel_confirms {
+                // Let the tower's cancel confirm first.
+                for _ in 0..3 {
+                    std::thread::sleep(Duration::from_millis(200));
+                    mine(rpc, 1, &client.wallet.address());
+                }
+            }
+            // A heavier branch from `depth` blocks below the tip, without our transactions.
+            let tip = rpc.tip().unwrap().height;
+            let mut parent = rpc.block_hash(tip - depth).unwrap().unwrap().to_string();
+            for _ in 0..=depth {
+                let other = client.wallet.address().to_string();
+                parent = rpc.call("vigil_generateblock", json!([parent, other, [], false])).unwrap()["hash"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            }
+            assert_eq!(rpc.tip().unwrap().height, tip + 1, "the branch won");
+            // Mine on: the node's pool holds what was disconnected (U only once its v2 funding
+            // confirms again, per TRUC, so the attacker re-broadcasts it); the tower re-broadcasts
+            // its cancel.
+            let mut result = None;
+            for _ in 0..DELAY + 3 {
+                let _ = rpc.broadcast(v.graph.unvault());
+                std::thread::sleep(Duration::from_millis(150));
+                mine(rpc, 1, &client.wallet.address());
+                let u = confirmations(rpc, &v.graph.unvault().compute_txid());
+                if let Some(c) =
+                    spend_of(rpc, v.unvault_outpoint()).filter(|c| confirmations(rpc, &c.compute_txid()) > 0)
+                {
+                    let now = rpc.tip().unwrap().height;
+                    let (u_h, c_h) =
+                        (now + 1 - u as u32, now + 1 - confirmations(rpc, &c.compute_txid()) as u32);
+                    result = Some((u_h, c_h));
+                    break;
+                }
+            }
+            let (u_h, c_h) = result.unwrap_or_else(|| panic!("depth {depth}: no cancel after the reorg"));
+            assert!(c_h < u_h + DELAY, "depth {depth}: cancel at {c_h}, unvault at {u_h}");
+            outcomes.push(format!(
+                "depth {depth} while {}: cancel {} blocks after unvault",
+                if while_cancel_confirms { "C confirms" } else { "U confirms" },
+                c_h - u_h
+            ));
+        }
+    }
+    println!("{}", outcomes.join("\n"));
+    println!("reorgs: {} scenarios, 0 missed cancels", outcomes.len());
+}
+
+/// A loopback TCP proxy that can be switched off, to cut the tower from its backend.
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn new(target: u16) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (flag, conns) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client); // the backend is "unreachable": connection closed at once
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+                conns.lock().unwrap().push(client.try_clone().unwrap());
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c, mut s) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s, &mut c);
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Proxy { port, up, open }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            // Kept-alive connections die too.
+            for c in self.open.lock().unwrap().drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[test]
+fn backend_outages_short_miss_nothing_long_ones_are_loud() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower outage"));
+    let proxy = Proxy::new(node.port);
+    let (hook, alarms) = webhook();
+    // The tower reaches the node only through the proxy.
+    let fake = Process {
+        child: Command::new("true").spawn().unwrap(),
+        rpc: rpc.clone(),
+        dir: tempfile::tempdir().unwrap(),
+        port: proxy.port,
+    };
+    let tower = TowerProcess::new(&fake, &[client.policy_path.clone()], 30, Some(&hook));
+    let v = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+    client.register(&tower.url, &v).unwrap();
+    rpc.broadcast(&v.funding).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+
+    // Cut the backend, then unvault and mine 8 blocks: less than DELAY minus the cancel's
+    // confirmation budget and burial margin.
+    proxy.set_up(false);
+    rpc.broadcast(v.graph.unvault()).unwrap();
+    let u_height = rpc.tip().unwrap().height + 1;
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(400));
+        mine(rpc, 1, &client.wallet.address());
+    }
+    // Long enough (> outage_alarm_secs = 2 s) to be loud.
+    assert_eq!(tower.metric("vigil_tower_backend_up"), Some(0));
+    std::thread::sleep(Duration::from_millis(500));
+    let loud = alarms.lock().unwrap().iter().any(|a| a["kind"] == "backend-outage");
+    assert!(loud, "an outage alarm reached the guardians: {:?}", alarms.lock().unwrap());
+    proxy.set_up(true);
+    let mut c_height = None;
+    for _ in 0..(DELAY - 9) {
+        std::thread::sleep(Duration::from_millis(300));
+        mine(rpc, 1, &client.wallet.address());
+        if let Some(c) =
+            spend_of(rpc, v.unvault_outpoint()).filter(|c| confirmations(rpc, &c.compute_txid()) > 0)
+        {
+            c_height = Some(rpc.tip().unwrap().height + 1 - confirmations(rpc, &c.compute_txid()) as u32);
+            break;
+        }
+    }
+    let c = c_height.expect("cancelled after the outage");
+    assert!(c < u_height + DELAY, "cancel at {c}, unvault at {u_height}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tower.metric("vigil_tower_backend_up") != Some(1) {
+        assert!(Instant::now() < deadline, "the tower never reported the backend back up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "outage of 8 blocks: cancel confirmed {} blocks after the unvault (DELAY {DELAY})",
+        c - u_height
+    );
+}

@@ -623,11 +623,14 @@ impl RegtestChain {
 
     fn connect(&mut self, block: &Block, hash: BlockHash, height: u32) {
         let mut undo = Vec::new();
+        let own: HashSet<Txid> = block.txdata.iter().map(|t| t.compute_txid()).collect();
         for (i, tx) in block.txdata.iter().enumerate() {
             let txid = tx.compute_txid();
             if i > 0 {
                 for input in &tx.input {
-                    if let Some(coin) = self.utxos.remove(&input.previous_output) {
+                    let coin = self.utxos.remove(&input.previous_output);
+                    // A coin created and spent in this block must not come back on disconnect.
+                    if let Some(coin) = coin.filter(|_| !own.contains(&input.previous_output.txid)) {
                         undo.push((input.previous_output, coin));
                     }
                     self.confirmed_spends.insert(input.previous_output, (txid, height));

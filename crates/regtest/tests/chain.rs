@@ -227,3 +227,32 @@ fn a_block_on_an_unknown_parent_or_with_unknown_inputs_is_refused_before_the_ker
     assert!(matches!(chain.block().with_transactions([tx]).mine(), Err(ChainError::UnknownInput(_))));
     assert_eq!(chain.height(), 0);
 }
+
+#[test]
+fn a_reorg_of_a_block_with_a_parent_and_its_child_leaves_no_phantom_coin() {
+    let mut chain = RegtestChain::new_temporary().unwrap();
+    let key = TestKey::new(13);
+    let funded = chain.fund_confirmed(&key.script(), Amount::from_sat(80_000)).unwrap();
+    let prev = chain.coin(&funded).unwrap().txout;
+    let parent = spend(&key, funded, &prev, Amount::from_sat(1_000), Sequence::MAX, 2);
+    let child = spend(
+        &key,
+        OutPoint { txid: parent.compute_txid(), vout: 0 },
+        &parent.output[0],
+        Amount::from_sat(1_000),
+        Sequence::MAX,
+        2,
+    );
+    let fork = chain.tip();
+    chain.submit(&parent).unwrap();
+    chain.submit(&child).unwrap();
+    chain.mine(1).unwrap();
+    // A heavier branch without them.
+    let b1 = chain.block().on(fork).with_pending(false).mine().unwrap();
+    chain.block().on(b1.hash).with_pending(false).mine().unwrap();
+    // The parent's output spent inside the disconnected block is not a coin now.
+    assert!(chain.coin(&OutPoint { txid: parent.compute_txid(), vout: 0 }).is_none());
+    assert_eq!(chain.tx_status(&child.compute_txid()), Some(TxStatus::Pending));
+    chain.mine(1).unwrap();
+    assert_eq!(chain.confirmations(&child.compute_txid()), Some(1));
+}
