@@ -130,6 +130,9 @@ pub struct Watcher {
     active: HashSet<OutPoint>,
     /// Vaults whose state changed since the last [`Watcher::take_dirty`].
     dirty: HashSet<OutPoint>,
+    /// Vaults whose cancel or emergency started in the block being processed: they climb the
+    /// ladder from the next block on.
+    fresh: HashSet<OutPoint>,
     tip: u32,
 }
 
@@ -214,6 +217,7 @@ impl Watcher {
     /// A block joined the active chain.
     pub fn on_block_connected(&mut self, height: u32, block: &Block) -> Vec<Action> {
         self.tip = height;
+        self.fresh.clear();
         let mut actions = Vec::new();
         for tx in &block.txdata {
             self.observe(tx, Some(height), &mut actions);
@@ -271,6 +275,7 @@ impl Watcher {
         vault.state.emergency_rung = Some(0);
         self.dirty.insert(id);
         self.active.insert(id);
+        self.fresh.insert(id);
         actions.push(emergency_broadcast(vault, 0));
     }
 
@@ -335,6 +340,7 @@ impl Watcher {
                             let vault = self.vaults.get_mut(&id).expect("watched");
                             vault.state.cancel_rung = Some(top);
                             actions.push(cancel_broadcast(vault, top));
+                            self.fresh.insert(id);
                             self.dirty.insert(id);
                             self.active.insert(id);
                         }
@@ -384,6 +390,7 @@ impl Watcher {
         let why =
             if approved { "over the velocity budget (approved by the co-signer)" } else { "not approved" };
         vault.state.cancel_rung = Some(0);
+        self.fresh.insert(id);
         actions.push(Action::Alarm {
             vault: Some(id),
             kind: "unvault-cancelled".into(),
@@ -410,7 +417,7 @@ impl Watcher {
     /// Every block: escalate what is unconfirmed, re-broadcast after reorgs, watch deadlines,
     /// retire what is buried.
     fn each_block(&mut self, height: u32, actions: &mut Vec<Action>) {
-        let active: Vec<OutPoint> = self.active.iter().copied().collect();
+        let active: Vec<OutPoint> = self.active.iter().filter(|v| !self.fresh.contains(v)).copied().collect();
         for id in active {
             let vault = self.vaults.get_mut(&id).expect("watched");
             let s = vault.state.clone();
@@ -472,5 +479,183 @@ fn emergency_broadcast(vault: &Vault, rung: usize) -> Action {
             what: format!("emergency rung {rung}"),
             tx: vault.emergencies[rung].clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_policy::bitcoin::block::{Header, Version};
+    use vigil_policy::bitcoin::hashes::Hash;
+    use vigil_policy::bitcoin::{BlockHash, CompactTarget, TxMerkleNode};
+    use vigil_policy::example::ExamplePolicy;
+    use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
+
+    fn vault(index: u32, sat: u64) -> Vault {
+        let compiled = CompiledPolicy::new(
+            Policy::from_toml(&ExamplePolicy { delay: 20, ..ExamplePolicy::default() }.to_toml()).unwrap(),
+        )
+        .unwrap();
+        let (o, c) = (OneTimeKey::generate(), OneTimeKey::generate());
+        let plan =
+            compiled.plan(index, Amount::from_sat(sat), VaultKind::Standard, o.public(), c.public()).unwrap();
+        let v = OutPoint { txid: Txid::from_byte_array([index as u8 + 1; 32]), vout: 0 };
+        let g = compiled.build_graph(&plan, v).unwrap();
+        let s = g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap();
+        let all = |set: &[vigil_policy::PresignedTx]| set.iter().map(|p| p.tx.clone()).collect();
+        Vault {
+            outpoint: v,
+            policy_id: "p".into(),
+            amount: plan.amount,
+            delay: 20,
+            unvault: s.unvault().clone(),
+            cancels: all(&g.cancels),
+            emergencies: all(&g.emergencies),
+            unvault_emergencies: all(&g.unvault_emergencies),
+            state: VaultState::default(),
+        }
+    }
+
+    fn block(txs: Vec<Transaction>) -> Block {
+        let header = Header {
+            version: Version::TWO,
+            prev_blockhash: BlockHash::all_zeros(),
+            merkle_root: TxMerkleNode::all_zeros(),
+            time: 0,
+            bits: CompactTarget::from_consensus(0x207fffff),
+            nonce: 0,
+        };
+        Block { header, txdata: txs }
+    }
+
+    fn broadcasts(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| if let Action::Broadcast { what, .. } = a { Some(what.clone()) } else { None })
+            .collect()
+    }
+
+    fn alarms(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| if let Action::Alarm { kind, .. } = a { Some(kind.clone()) } else { None })
+            .collect()
+    }
+
+    fn watcher(vaults: &[&Vault], limit: u64) -> Watcher {
+        let mut w = Watcher::new();
+        w.set_limits("p", PolicyLimits { velocity_limit_sat: limit, velocity_window_blocks: 100 });
+        for v in vaults {
+            w.add_vault((*v).clone());
+        }
+        w
+    }
+
+    #[test]
+    fn unapproved_unvault_is_cancelled_and_escalated_each_block_until_buried() {
+        let v = vault(0, 1_000_000);
+        let mut w = watcher(&[&v], 100_000_000);
+        let a = w.on_mempool_tx(&v.unvault);
+        assert_eq!(broadcasts(&a), vec!["cancel rung 0"]);
+        assert_eq!(alarms(&a), vec!["unvault-cancelled"]);
+        assert_eq!(
+            broadcasts(&w.on_block_connected(10, &block(vec![v.unvault.clone()]))),
+            vec!["cancel rung 1"]
+        );
+        assert_eq!(broadcasts(&w.on_block_connected(11, &block(vec![]))), vec!["cancel rung 2"]);
+        let c = v.cancels[2].clone();
+        assert!(broadcasts(&w.on_block_connected(12, &block(vec![c]))).is_empty());
+        for h in 13..18 {
+            w.on_block_connected(h, &block(vec![]));
+            assert!(!w.vault(&v.outpoint).unwrap().state.done);
+        }
+        w.on_block_connected(18, &block(vec![]));
+        assert!(w.vault(&v.outpoint).unwrap().state.done, "buried six deep");
+    }
+
+    #[test]
+    fn approved_unvault_is_left_alone_unless_over_the_velocity_budget() {
+        let (a, b) = (vault(0, 3_000_000), vault(1, 3_000_000));
+        let mut w = watcher(&[&a, &b], 5_000_000);
+        w.add_approval(a.unvault.compute_txid(), Txid::all_zeros());
+        w.add_approval(b.unvault.compute_txid(), Txid::all_zeros());
+        assert!(broadcasts(&w.on_block_connected(5, &block(vec![a.unvault.clone()]))).is_empty());
+        // The second approved unvault would release 6 M sat in the window: cancelled anyway.
+        let actions = w.on_block_connected(6, &block(vec![b.unvault.clone()]));
+        assert_eq!(broadcasts(&actions), vec!["cancel rung 0"]);
+        assert!(actions
+            .iter()
+            .any(|x| matches!(x, Action::Alarm { message, .. } if message.contains("velocity"))));
+    }
+
+    #[test]
+    fn a_foreign_spend_of_a_vault_alarms_and_panics_every_vault_of_the_policy() {
+        let (a, b) = (vault(0, 1_000_000), vault(1, 1_000_000));
+        let mut w = watcher(&[&a, &b], 100_000_000);
+        // Some transaction spending V that is neither U nor E.
+        let mut thief = a.emergencies[0].clone();
+        thief.output[0].value = Amount::from_sat(1);
+        let actions = w.on_mempool_tx(&thief);
+        assert!(alarms(&actions).contains(&"foreign-vault-spend".to_string()));
+        assert!(alarms(&actions).contains(&"panic".to_string()));
+        let b_sweep = actions.iter().any(|x| matches!(x, Action::Broadcast { vault, what, .. } if *vault == b.outpoint && what.starts_with("emergency")));
+        assert!(b_sweep, "{actions:?}");
+    }
+
+    #[test]
+    fn panic_sends_e_for_unspent_vaults_and_ue_for_unvaulted_ones() {
+        let (a, b) = (vault(0, 1_000_000), vault(1, 1_000_000));
+        let mut w = watcher(&[&a, &b], 100_000_000);
+        w.add_approval(b.unvault.compute_txid(), Txid::all_zeros());
+        w.on_block_connected(3, &block(vec![b.unvault.clone()]));
+        let actions = w.panic("p");
+        let mut what: Vec<(OutPoint, String)> = actions
+            .iter()
+            .filter_map(|x| {
+                if let Action::Broadcast { vault, what, .. } = x {
+                    Some((*vault, what.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        what.sort();
+        let mut expected = vec![
+            (a.outpoint, "emergency rung 0".to_string()),
+            (b.outpoint, "unvault-emergency rung 0".to_string()),
+        ];
+        expected.sort();
+        assert_eq!(what, expected);
+        // E falls back to UE once U shows up.
+        let after = w.on_mempool_tx(&a.unvault);
+        assert_eq!(broadcasts(&after), vec!["unvault-emergency rung 0"]);
+    }
+
+    #[test]
+    fn a_reorg_forgets_confirmations_and_the_next_block_rebroadcasts() {
+        let v = vault(0, 1_000_000);
+        let mut w = watcher(&[&v], 100_000_000);
+        w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+        w.on_block_connected(11, &block(vec![v.cancels[1].clone()]));
+        assert_eq!(w.vault(&v.outpoint).unwrap().state.cancel_height, Some(11));
+        w.on_block_disconnected(11);
+        w.on_block_disconnected(10);
+        let s = &w.vault(&v.outpoint).unwrap().state;
+        assert_eq!((s.unvault_height, s.cancel_height), (None, None));
+        assert!(!broadcasts(&w.on_block_connected(10, &block(vec![]))).is_empty(), "cancel re-broadcast");
+    }
+
+    #[test]
+    fn the_deadline_alarm_fires_before_the_spend_leaf_opens() {
+        let v = vault(0, 1_000_000);
+        let mut w = watcher(&[&v], 100_000_000);
+        w.on_block_connected(100, &block(vec![v.unvault.clone()]));
+        let mut fired_at = None;
+        for h in 101..120 {
+            if alarms(&w.on_block_connected(h, &block(vec![]))).contains(&"deadline".to_string()) {
+                fired_at.get_or_insert(h);
+            }
+        }
+        assert_eq!(fired_at, Some(100 + 20 - BURY_MARGIN));
     }
 }
