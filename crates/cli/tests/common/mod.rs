@@ -5,6 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use serde_json::Value;
+use std::path::PathBuf;
 use vigil_chain::bitcoin::hashes::Hash;
 use vigil_chain::bitcoin::key::{Keypair, Secp256k1, TapTweak};
 use vigil_chain::bitcoin::secp256k1::Message;
@@ -14,6 +16,15 @@ use vigil_chain::bitcoin::{
     TxIn, TxOut, Witness,
 };
 use vigil_chain::{BitcoindRpc, ChainBackend};
+use vigil_policy::bitcoin::secp256k1::Keypair as PolicyKeypair;
+use vigil_policy::bitcoin::Txid;
+use vigil_policy::example::{auth_keypair, ExampleKeys, ExamplePolicy};
+use vigil_policy::{CompiledPolicy, FundingInput, OneTimeKey, Policy, VaultKind};
+use vigil_testenv::{ceremony, sign_psbt, Signer, Vault};
+use vigil_tower::wire::{self, Approval, RegisterApproval, RegisterVault};
+
+/// DELAY of the test policies.
+pub const DELAY: u32 = 20;
 
 pub struct Process {
     pub child: Child,
@@ -183,5 +194,187 @@ impl Wallet {
         tx.input[0].witness = Witness::from_slice(&[sig.as_ref()]);
         let txid = rpc.broadcast(&tx).unwrap();
         (OutPoint { txid, vout: 0 }, tx.output[0].clone())
+    }
+}
+
+/// The owner's side: policy, keys, a wallet with coinbase coins on the node.
+pub struct Client {
+    pub example: ExamplePolicy,
+    pub keys: ExampleKeys,
+    pub compiled: CompiledPolicy,
+    pub policy_id: String,
+    pub policy_path: PathBuf,
+    pub wallet: Wallet,
+    next_coin: u32,
+    next_index: u32,
+    nonce: u64,
+}
+
+impl Client {
+    pub fn new(dir: &std::path::Path, node: &Process, example: ExamplePolicy) -> Client {
+        let text = example.to_toml();
+        let policy_path = dir.join(format!("policy-{}.toml", example.seed.replace(' ', "-")));
+        std::fs::write(&policy_path, &text).unwrap();
+        let compiled = CompiledPolicy::new(Policy::from_toml(&text).unwrap()).unwrap();
+        let wallet = Wallet::new();
+        if node.rpc.block_hash(1).unwrap().is_none() {
+            mine(&node.rpc, 300, &wallet.address());
+        }
+        Client {
+            keys: example.keys(),
+            example,
+            compiled,
+            policy_id: vigil_tower::policy_id(&text),
+            policy_path,
+            wallet,
+            next_coin: 1,
+            next_index: 0,
+            nonce: 0,
+        }
+    }
+
+    /// A vault through the whole ceremony; its funding is returned, not broadcast.
+    pub fn create_vault(&mut self, rpc: &BitcoindRpc, amount: Amount, kind: VaultKind) -> Vault {
+        let (index, coin_height) = (self.next_index, self.next_coin);
+        self.next_index += 2;
+        self.next_coin += 1;
+        let script = self.compiled.intake_descriptor(index).unwrap().script_pubkey();
+        let (outpoint, txout) = self.wallet.pay(rpc, coin_height, script, amount + Amount::from_sat(20_000));
+        let coin = FundingInput { outpoint, txout, intake_index: index };
+        ceremony(
+            &self.compiled,
+            &self.keys,
+            1,
+            &coin,
+            index,
+            index + 1,
+            amount,
+            kind,
+            OneTimeKey::generate(),
+            OneTimeKey::generate(),
+        )
+        .unwrap()
+    }
+
+    pub fn owner_auth(&self) -> PolicyKeypair {
+        auth_keypair(&self.keys.owners[0])
+    }
+
+    pub fn post(
+        &mut self,
+        tower: &str,
+        path: &str,
+        body: &Value,
+        key: &PolicyKeypair,
+    ) -> Result<Value, (u16, String)> {
+        let bytes = serde_json::to_vec(body).unwrap();
+        post_raw(tower, path, &bytes, key)
+    }
+
+    pub fn register(&mut self, tower: &str, vault: &Vault) -> Result<Value, (u16, String)> {
+        self.nonce += 1;
+        let req = RegisterVault::new(&self.policy_id, self.nonce, &vault.plan, &vault.graph);
+        let key = self.owner_auth();
+        self.post(tower, "/v1/vaults", &serde_json::to_value(req).unwrap(), &key)
+    }
+
+    pub fn approve(&mut self, tower: &str, vault: &Vault, spend: Txid) -> Result<Value, (u16, String)> {
+        self.nonce += 1;
+        let approval = Approval {
+            vault_outpoint: vault.outpoint().to_string(),
+            unvault_txid: vault.graph.unvault().compute_txid().to_string(),
+            spend_txid: spend.to_string(),
+            policy_version: 1,
+            expiry_height: 100_000,
+            counter: self.nonce,
+        };
+        let mut signatures = vec![wire::sign_approval(&approval, &auth_keypair(&self.keys.cosigner))];
+        if vault.plan.kind == VaultKind::Guarded {
+            for g in 0..self.example.guardian_threshold as usize {
+                signatures.push(wire::sign_approval(&approval, &auth_keypair(&self.keys.guardians[g])));
+            }
+        }
+        let req =
+            RegisterApproval { nonce: self.nonce, policy_id: self.policy_id.clone(), approval, signatures };
+        let key = self.owner_auth();
+        self.post(tower, "/v1/approvals", &serde_json::to_value(req).unwrap(), &key)
+    }
+
+    /// The owner's spend of U at DELAY, to the wallet.
+    pub fn delayed_spend(&self, vault: &Vault) -> Transaction {
+        let input = vigil_policy::SpendInput {
+            outpoint: vault.unvault_outpoint(),
+            txout: vault.unvault_txout(),
+            descriptor: vault.descriptors.unvault.clone(),
+            sequence: vigil_policy::bitcoin::Sequence::from_height(self.example.delay as u16),
+        };
+        let value = input.txout.value - Amount::from_sat(1_000);
+        let out =
+            vigil_policy::bitcoin::TxOut { value, script_pubkey: self.wallet.address().script_pubkey() };
+        let mut psbt = vigil_policy::spend_psbt(&[input], vec![out]).unwrap();
+        let mut signers = vec![Signer::Owner(0), Signer::Cosigner];
+        if vault.plan.kind == VaultKind::Guarded {
+            signers.extend((0..self.example.guardian_threshold as usize).map(Signer::Guardian));
+        }
+        sign_psbt(&self.keys, &mut psbt, &signers);
+        vigil_policy::finalize(psbt).unwrap()
+    }
+}
+
+pub fn post_raw(tower: &str, path: &str, bytes: &[u8], key: &PolicyKeypair) -> Result<Value, (u16, String)> {
+    let (k, sig) = wire::sign_request(key, path, bytes);
+    let result = ureq::post(&format!("{tower}{path}"))
+        .set("x-vigil-key", &k)
+        .set("x-vigil-signature", &sig)
+        .set("content-type", "application/json")
+        .timeout(Duration::from_secs(10))
+        .send_bytes(bytes);
+    match result {
+        Ok(r) => Ok(r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => Err((code, r.into_string().unwrap_or_default())),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+pub fn spend_of(rpc: &BitcoindRpc, outpoint: OutPoint) -> Option<Transaction> {
+    spend_of_since(rpc, outpoint, rpc.tip().unwrap().height.saturating_sub(60))
+}
+
+pub fn spend_of_since(rpc: &BitcoindRpc, outpoint: OutPoint, from: u32) -> Option<Transaction> {
+    // The node knows every transaction; scan the mempool and the last blocks.
+    let pool = rpc.mempool().unwrap();
+    for txid in pool.txids {
+        let tx = rpc.transaction(&txid).unwrap().unwrap();
+        if tx.input.iter().any(|i| i.previous_output == outpoint) {
+            return Some(tx);
+        }
+    }
+    let tip = rpc.tip().unwrap().height;
+    for h in from..=tip {
+        let block = rpc.block(&rpc.block_hash(h).unwrap().unwrap()).unwrap();
+        if let Some(tx) =
+            block.txdata.into_iter().find(|t| t.input.iter().any(|i| i.previous_output == outpoint))
+        {
+            return Some(tx);
+        }
+    }
+    None
+}
+
+pub fn confirmations(rpc: &BitcoindRpc, txid: &Txid) -> u64 {
+    rpc.call("getrawtransaction", json!([txid.to_string(), true]))
+        .ok()
+        .and_then(|v| v.get("confirmations").and_then(Value::as_u64))
+        .unwrap_or(0)
+}
+
+pub fn example(seed: &str) -> ExamplePolicy {
+    ExamplePolicy {
+        seed: seed.into(),
+        delay: DELAY,
+        recovery: 40,
+        deep_vault: 60,
+        towers: 1,
+        ..ExamplePolicy::default()
     }
 }

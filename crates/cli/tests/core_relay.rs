@@ -1,0 +1,241 @@
+//! The pre-signed graph against a real Bitcoin Core's mempool (the relay policy the kernel
+//! lacks): every rung relays, the ladder and the anchors bump, and the pinning analysis's
+//! attacks (ADR 0002) are tried, each outcome printed.
+
+mod common;
+
+use common::{bitcoind, example, mine, Client, Process};
+use serde_json::json;
+use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::consensus::encode::serialize_hex;
+use vigil_policy::bitcoin::hashes::Hash;
+use vigil_policy::bitcoin::key::TapTweak;
+use vigil_policy::bitcoin::secp256k1::Message;
+use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use vigil_policy::bitcoin::transaction::Version;
+use vigil_policy::bitcoin::{
+    absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
+};
+use vigil_policy::{pay_to_anchor, VaultKind};
+use vigil_testenv::Vault;
+
+fn accept(core: &Process, tx: &Transaction) -> (bool, String) {
+    let r = core.rpc.call("testmempoolaccept", json!([[serialize_hex(tx)]])).unwrap();
+    (
+        r[0]["allowed"].as_bool().unwrap_or(false),
+        r[0]["reject-reason"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn send(core: &Process, tx: &Transaction) -> Result<(), String> {
+    core.rpc.call("sendrawtransaction", json!([serialize_hex(tx), 0])).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn in_mempool(core: &Process, tx: &Transaction) -> bool {
+    core.rpc.mempool().unwrap().txids.contains(&tx.compute_txid())
+}
+
+fn setup(seed: &str) -> Option<(Process, Client, tempfile::TempDir)> {
+    let core = bitcoind()?;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(dir.path(), &core, example(seed));
+    Some((core, client, dir))
+}
+
+fn funded_vault(core: &Process, client: &mut Client, sat: u64) -> Vault {
+    let v = client.create_vault(&core.rpc, Amount::from_sat(sat), VaultKind::Standard);
+    mine(&core.rpc, 1, &client.wallet.address());
+    core.rpc.broadcast(&v.funding).unwrap();
+    mine(&core.rpc, 1, &client.wallet.address());
+    v
+}
+
+/// A child spending `anchor` (P2A, anyone can) and optionally a wallet coin, paying `fee`,
+/// padded with OP_RETURN outputs to about `vbytes`.
+fn anchor_child(
+    client: &Client,
+    anchor: OutPoint,
+    coin: Option<(OutPoint, TxOut)>,
+    fee: u64,
+    vbytes: usize,
+) -> Transaction {
+    let mut inputs = vec![(anchor, TxOut { value: Amount::from_sat(240), script_pubkey: pay_to_anchor() })];
+    inputs.extend(coin);
+    let total: u64 = inputs.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let mut output = Vec::new();
+    if total - fee >= 330 {
+        output.push(TxOut {
+            value: Amount::from_sat(total - fee),
+            script_pubkey: client.wallet.address().script_pubkey(),
+        });
+    }
+    let padding = ScriptBuf::from_bytes([vec![0x6a, 0x4c, 75], vec![0u8; 75]].concat());
+    while output.len() * 86 < vbytes.saturating_sub(120) || output.is_empty() {
+        output.push(TxOut { value: Amount::ZERO, script_pubkey: padding.clone() });
+    }
+    let mut tx = Transaction {
+        version: Version(3),
+        lock_time: absolute::LockTime::ZERO,
+        input: inputs
+            .iter()
+            .map(|(op, _)| TxIn {
+                previous_output: *op,
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                ..Default::default()
+            })
+            .collect(),
+        output,
+    };
+    if inputs.len() == 2 {
+        let prevouts: Vec<TxOut> = inputs.iter().map(|(_, o)| o.clone()).collect();
+        let sighash = SighashCache::new(&tx)
+            .taproot_key_spend_signature_hash(1, &Prevouts::All(&prevouts), TapSighashType::Default)
+            .unwrap();
+        let key = client.wallet.key.tap_tweak(&client.wallet.secp, None).to_keypair();
+        let sig = client.wallet.secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &key);
+        tx.input[1].witness = Witness::from_slice(&[sig.as_ref()]);
+    }
+    tx
+}
+
+#[test]
+fn every_rung_of_every_presigned_transaction_relays_on_a_real_bitcoind() {
+    let Some((core, mut client, _dir)) = setup("core relay rungs") else { return };
+    let v = funded_vault(&core, &mut client, 5_000_000);
+    let g = v.graph.graph();
+    let mut rows = Vec::new();
+    let mut check = |role: &str, p: &vigil_policy::PresignedTx| {
+        let (ok, why) = accept(&core, &p.tx);
+        rows.push(format!(
+            "{role:>18} {:>4} sat/vB {:>4} vB  {}",
+            p.feerate_sat_per_vb,
+            p.tx.vsize(),
+            if ok { "relayed".into() } else { why.clone() }
+        ));
+        assert!(ok, "{role} at {} sat/vB: {why}", p.feerate_sat_per_vb);
+    };
+    check("unvault", &g.unvault);
+    for e in &g.emergencies {
+        check("emergency", e);
+    }
+    send(&core, v.graph.unvault()).unwrap();
+    mine(&core.rpc, 1, &client.wallet.address());
+    for c in &g.cancels {
+        check("cancel", c);
+    }
+    for e in &g.unvault_emergencies {
+        check("unvault-emergency", e);
+    }
+    println!("{}", rows.join("\n"));
+}
+
+#[test]
+fn bumping_and_the_pinning_attacks_of_adr_0002() {
+    let Some((core, mut client, _dir)) = setup("core relay pinning") else { return };
+    let mut outcomes = Vec::new();
+    // Confirmed wallet coins for the attacker's and the tower's children, made up front so
+    // that no later block confirms an unvault by accident.
+    let mut coins: Vec<(OutPoint, TxOut)> = (0..5)
+        .map(|i| {
+            client.wallet.pay(
+                &core.rpc,
+                150 + i,
+                client.wallet.address().script_pubkey(),
+                Amount::from_sat(100_000),
+            )
+        })
+        .collect();
+    mine(&core.rpc, 1, &client.wallet.address());
+    let mut coin = move || coins.pop();
+
+    // 1. C as U's TRUC child while U is unconfirmed; a higher rung replaces it.
+    let v = funded_vault(&core, &mut client, 5_000_000);
+    send(&core, v.graph.unvault()).unwrap();
+    send(&core, v.graph.cancel(0).unwrap()).unwrap();
+    send(&core, v.graph.cancel(3).unwrap()).expect("a higher rung replaces the lower one");
+    assert!(in_mempool(&core, v.graph.cancel(3).unwrap()) && !in_mempool(&core, v.graph.cancel(0).unwrap()));
+    outcomes
+        .push("C rung 0 as the unconfirmed U's TRUC child, replaced by rung 3 (RBF): relayed".to_string());
+    mine(&core.rpc, 1, &client.wallet.address());
+
+    // 2. The attacker pins U's anchor first; C then needs sibling eviction.
+    let v = funded_vault(&core, &mut client, 5_000_000);
+    send(&core, v.graph.unvault()).unwrap();
+    let u_anchor = OutPoint { txid: v.graph.unvault().compute_txid(), vout: 1 };
+    let pin = anchor_child(&client, u_anchor, coin(), 2_000, 900);
+    send(&core, &pin).expect("the attacker's child enters");
+    let rung = (0..v.graph.graph().cancels.len()).find(|r| send(&core, v.graph.cancel(*r).unwrap()).is_ok());
+    let rung = rung.expect("some rung of C evicts the attacker's child on U's anchor");
+    assert!(!in_mempool(&core, &pin));
+    outcomes.push(format!(
+        "attacker child ({} vB, 2,000 sat) on U's anchor: C rung {rung} ({} sat/vB) evicted it by sibling eviction",
+        pin.vsize(),
+        v.graph.graph().cancels[rung].feerate_sat_per_vb
+    ));
+    mine(&core.rpc, 1, &client.wallet.address());
+
+    // 3. After U confirms: the attacker hangs a big cheap child on C's anchor; the tower
+    //    climbs the ladder, paying for the evicted child.
+    let v = funded_vault(&core, &mut client, 5_000_000);
+    send(&core, v.graph.unvault()).unwrap();
+    mine(&core.rpc, 1, &client.wallet.address());
+    send(&core, v.graph.cancel(0).unwrap()).unwrap();
+    let c_anchor = OutPoint { txid: v.graph.cancel(0).unwrap().compute_txid(), vout: 1 };
+    let (c1, c2) = (coin(), coin());
+    // TRUC caps the child at 1,000 vB: a bigger pin is refused outright.
+    let too_big = anchor_child(&client, c_anchor, c1, 1_000, 990);
+    let refused = send(&core, &too_big).expect_err("a child over 1,000 vB");
+    assert!(refused.contains("too big"), "{refused}");
+    outcomes.push(format!(
+        "attacker child of {} vB on C's anchor: refused by Core (TRUC child limit)",
+        too_big.vsize()
+    ));
+    let pin = anchor_child(&client, c_anchor, c2, 1_000, 900);
+    send(&core, &pin).expect("a 900 vB child enters");
+    let rung = (1..v.graph.graph().cancels.len()).find(|r| send(&core, v.graph.cancel(*r).unwrap()).is_ok());
+    let rung = rung.expect("a higher rung replaces C and the attacker's child");
+    assert!(!in_mempool(&core, &pin));
+    outcomes.push(format!(
+        "attacker child ({} vB, 1,000 sat) on C's anchor: C rung {rung} ({} sat/vB, {} sat) replaced C and the child",
+        pin.vsize(),
+        v.graph.graph().cancels[rung].feerate_sat_per_vb,
+        v.graph.graph().cancels[rung].fee.to_sat()
+    ));
+    mine(&core.rpc, 1, &client.wallet.address());
+
+    // 4. Beyond the ladder: the tower bumps C through its anchor, as a package.
+    let v = funded_vault(&core, &mut client, 5_000_000);
+    send(&core, v.graph.unvault()).unwrap();
+    mine(&core.rpc, 1, &client.wallet.address());
+    let c0 = v.graph.cancel(0).unwrap().clone();
+    let bump = anchor_child(&client, OutPoint { txid: c0.compute_txid(), vout: 1 }, coin(), 20_000, 0);
+    let r = core.rpc.call("submitpackage", json!([[serialize_hex(&c0), serialize_hex(&bump)]])).unwrap();
+    assert_eq!(r["package_msg"], "success", "{r}");
+    let feerate =
+        (v.graph.graph().cancels[0].fee.to_sat() + 20_000) as f64 / (c0.vsize() + bump.vsize()) as f64;
+    outcomes.push(format!("C rung 0 + the tower's anchor child via submitpackage: accepted, package feerate {feerate:.1} sat/vB"));
+    mine(&core.rpc, 1, &client.wallet.address());
+
+    // 5. Panic while an unconfirmed U carries the attacker's CPFP: E must outbid both.
+    let v = funded_vault(&core, &mut client, 5_000_000);
+    send(&core, v.graph.unvault()).unwrap();
+    let u_anchor = OutPoint { txid: v.graph.unvault().compute_txid(), vout: 1 };
+    let cpfp = anchor_child(&client, u_anchor, coin(), 5_000, 0);
+    send(&core, &cpfp).unwrap();
+    let rung =
+        (0..v.graph.graph().emergencies.len()).find(|r| send(&core, v.graph.emergency(*r).unwrap()).is_ok());
+    match rung {
+        Some(r) => outcomes.push(format!(
+            "E racing an unconfirmed U with a 5,000 sat CPFP: E rung {r} ({} sat) replaced U and its child",
+            v.graph.graph().emergencies[r].fee.to_sat()
+        )),
+        None => {
+            // The attacker outbid the whole E ladder: U confirms, and UE takes over.
+            mine(&core.rpc, 1, &client.wallet.address());
+            send(&core, v.graph.unvault_emergency(0).unwrap()).expect("UE after U confirms");
+            outcomes.push("E racing an unconfirmed U with a 5,000 sat CPFP: no E rung outbids it; U confirmed, UE rung 0 relayed".into());
+        }
+    }
+    mine(&core.rpc, 1, &client.wallet.address());
+    println!("{}", outcomes.join("\n"));
+}
