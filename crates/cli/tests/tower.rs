@@ -30,6 +30,17 @@ pub struct TowerProcess {
 
 impl TowerProcess {
     pub fn new(node: &Process, policies: &[PathBuf], seed: usize, webhook: Option<&str>) -> TowerProcess {
+        Self::with_store(node, policies, seed, webhook, "")
+    }
+
+    /// With extra configuration (a `[store]` section).
+    pub fn with_store(
+        node: &Process,
+        policies: &[PathBuf],
+        seed: usize,
+        webhook: Option<&str>,
+        store: &str,
+    ) -> TowerProcess {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let secret = vigil_policy::example::tower_secret("tower test", seed);
@@ -37,7 +48,7 @@ impl TowerProcess {
         let webhooks = webhook.map(|w| format!("[alarms]\nwebhooks = [{w:?}]\n")).unwrap_or_default();
         let config = format!(
             "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nsecret_key = \"{}\"\npoll_interval_ms = 50\noutage_alarm_secs = 2\n\
-             [chain]\nurl = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n{clients}{webhooks}",
+             [chain]\nurl = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n{clients}{webhooks}{store}",
             dir.path().join("data"),
             wire::hex(&secret.secret_bytes()),
             node.port,
@@ -293,17 +304,39 @@ fn approve_until_acked(client: &mut Client, tower: &str, vault: &Vault, spend: T
 fn no_missed_cancel_through_hundreds_of_sigkills() {
     let kills_wanted: u64 =
         std::env::var("VIGIL_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let batch = 40;
+    crash_run("sqlite", "", kills_wanted, 40);
+}
+
+#[test]
+fn no_missed_cancel_through_sigkills_with_the_postgres_store() {
+    let Ok(url) = std::env::var("VIGIL_TEST_POSTGRES") else {
+        assert!(std::env::var("VIGIL_REQUIRE_POSTGRES").is_err(), "VIGIL_TEST_POSTGRES is not set");
+        eprintln!("SKIPPED: VIGIL_TEST_POSTGRES is not set (scripts/test.sh starts PostgreSQL and sets it)");
+        return;
+    };
+    let schema = format!("tower_crash_{}", std::process::id());
+    crash_run(
+        "postgres",
+        &format!("[store]\nkind = \"postgres\"\nurl = {url:?}\nschema = \"{schema}\"\n"),
+        50,
+        15,
+    );
+}
+
+/// Runs vault batches against a tower killed with SIGKILL at random points until
+/// `kills_wanted` kills landed while something was at stake, then checks every invariant.
+fn crash_run(label: &str, store: &str, kills_wanted: u64, batch: usize) {
     let seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    println!("crash test seed {seed}");
+    println!("crash test ({label} store) seed {seed}");
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
-    let mut params = example("tower crash");
+    let mut params = example(&format!("tower crash {label}"));
     params.velocity_limit_sat = 10_000_000_000;
     let mut client = Client::new(dir.path(), &node, params);
     mine(&node.rpc, 200, &client.wallet.address()); // coins for every vault
-    let tower = Arc::new(Mutex::new(TowerProcess::new(&node, &[client.policy_path.clone()], 2, None)));
+    let tower =
+        Arc::new(Mutex::new(TowerProcess::with_store(&node, &[client.policy_path.clone()], 2, None, store)));
     let url = tower.lock().unwrap().url.clone();
     let rpc = &node.rpc;
 
@@ -418,7 +451,7 @@ fn no_missed_cancel_through_hundreds_of_sigkills() {
     assert_eq!(t.metric("vigil_tower_vaults_watched"), Some(vaults.len() as u64), "no registration lost");
     let counts = counts.lock().unwrap();
     let total: u64 = counts.values().sum();
-    println!("SIGKILLs: {total} ({counts:?}); unapproved unvaults cancelled before DELAY: {cancelled}/{cancelled}; approved left alone: {left_alone}/{left_alone}; registrations kept: {}/{}", vaults.len(), vaults.len());
+    println!("{label} store, SIGKILLs: {total} ({counts:?}); unapproved unvaults cancelled before DELAY: {cancelled}/{cancelled}; approved left alone: {left_alone}/{left_alone}; registrations kept: {}/{}", vaults.len(), vaults.len());
     assert!(total >= kills_wanted);
 }
 

@@ -15,7 +15,7 @@ use vigil_policy::bitcoin::secp256k1::{schnorr, Secp256k1};
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut, Txid};
 use vigil_policy::VaultKind;
 
-use crate::store::Store;
+use crate::store::Registered;
 use crate::watch::{Vault, VaultState};
 use crate::wire::{self, Ack, ApiError, RegisterApproval, RegisterVault};
 use crate::{Client, Tower};
@@ -198,33 +198,16 @@ async fn register_vault(
         let text = String::from_utf8_lossy(&body).into_owned();
         let mut state = t.state.lock().expect("tower state");
         let outpoint = vault.outpoint;
-        let stored = state
-            .store
-            .with_fresh_nonce(&signer.to_string(), req.nonce, |tx| {
-                let existing: Option<String> = tx
-                    .query_row("SELECT vault FROM vaults WHERE outpoint = ?1", [outpoint.to_string()], |r| {
-                        r.get(0)
-                    })
-                    .ok();
-                match existing {
-                    None => Store::insert_vault(tx, &vault, &text).map(|_| true),
-                    Some(json) => {
-                        let old: Vault = serde_json::from_str(&json)?;
-                        Ok(old.unvault == vault.unvault && old.cancels == vault.cancels)
-                    }
-                }
-            })
-            .map_err(internal)?;
-        match stored {
-            None => Err(Refusal(
+        match state.store.register_vault(&signer.to_string(), req.nonce, &vault, &text).map_err(internal)? {
+            Registered::Replay => Err(Refusal(
                 StatusCode::CONFLICT,
                 format!("replayed request: nonce {} is not above the last one from this key", req.nonce),
             )),
-            Some(false) => Err(Refusal(
+            Registered::Conflict => Err(Refusal(
                 StatusCode::CONFLICT,
                 format!("vault {outpoint} is already registered with other transactions"),
             )),
-            Some(true) => {
+            Registered::New | Registered::Same => {
                 if state.watcher.vault(&outpoint).is_none() {
                     state.watcher.add_vault(vault);
                 }
@@ -302,13 +285,11 @@ async fn register_approval(
             )));
         }
         let text = String::from_utf8_lossy(&body).into_owned();
-        let stored = state
+        let fresh = state
             .store
-            .with_fresh_nonce(&signer.to_string(), req.nonce, |tx| {
-                Store::insert_approval(tx, &unvault_txid, &spend_txid, &text)
-            })
+            .register_approval(&signer.to_string(), req.nonce, &unvault_txid, &spend_txid, &text)
             .map_err(internal)?;
-        if stored.is_none() {
+        if !fresh {
             return Err(Refusal(
                 StatusCode::CONFLICT,
                 format!("replayed request: nonce {} is not above the last one from this key", req.nonce),
@@ -363,9 +344,8 @@ async fn panic(
     let t = tower.clone();
     tokio::task::spawn_blocking(move || {
         let mut state = t.state.lock().expect("tower state");
-        let fresh =
-            state.store.with_fresh_nonce(&signer.to_string(), req.nonce, |_| Ok(())).map_err(internal)?;
-        if fresh.is_none() {
+        let fresh = state.store.consume_nonce(&signer.to_string(), req.nonce).map_err(internal)?;
+        if !fresh {
             return Err(Refusal(StatusCode::CONFLICT, "replayed request".into()));
         }
         let actions = state.watcher.panic(&req.policy_id);
@@ -404,6 +384,7 @@ async fn vault_state(
     .into_response())
 }
 
-async fn metrics(State(tower): State<Arc<Tower>>) -> String {
-    tower.metrics()
+async fn metrics(State(tower): State<Arc<Tower>>) -> Result<String, Refusal> {
+    // The store may be PostgreSQL, whose client blocks: off the async threads.
+    tokio::task::spawn_blocking(move || tower.metrics()).await.map_err(internal)
 }

@@ -37,7 +37,7 @@ use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
 use vigil_policy::{CompiledPolicy, Policy};
 
-use crate::store::{Store, StoreError};
+use crate::store::{PostgresStore, SqliteStore, StoreError, TowerStore};
 use crate::watch::{Action, PolicyLimits, Watcher};
 
 /// The tower's configuration file.
@@ -64,6 +64,24 @@ pub struct TowerConfig {
     /// Alarm delivery.
     #[serde(default)]
     pub alarms: AlarmConfig,
+    /// Where decisions are recorded.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// The store: `kind = "sqlite"` (default, in `datadir`) or `kind = "postgres"` with `url`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// "sqlite" or "postgres".
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// PostgreSQL connection string (libpq format).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL schema (default `vigil_tower`).
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 fn default_poll() -> u64 {
@@ -154,7 +172,7 @@ pub struct TowerState {
     /// Decisions.
     pub watcher: Watcher,
     /// Records.
-    pub store: Store,
+    pub store: Box<dyn TowerStore>,
     /// Chain position.
     pub follower: Follower,
     /// Backend tip height last seen (for "blocks behind").
@@ -217,9 +235,27 @@ impl Tower {
             .ok_or_else(|| TowerError::Config("secret_key: not a 32-byte hex secret key".into()))?;
         let key = Keypair::from_secret_key(&Secp256k1::new(), &secret);
         std::fs::create_dir_all(&config.datadir)?;
-        let store = Store::open(&config.datadir.join("tower.sqlite"))?;
+        let mut store: Box<dyn TowerStore> = match config.store.kind.as_deref().unwrap_or("sqlite") {
+            "sqlite" => Box::new(SqliteStore::open(&config.datadir.join("tower.sqlite"))?),
+            "postgres" => {
+                let url = config
+                    .store
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| TowerError::Config("store.url: needed for postgres".into()))?;
+                Box::new(PostgresStore::connect(
+                    url,
+                    config.store.schema.as_deref().unwrap_or("vigil_tower"),
+                )?)
+            }
+            other => {
+                return Err(TowerError::Config(format!(
+                    "store.kind: {other:?} is neither \"sqlite\" nor \"postgres\""
+                )))
+            }
+        };
         let loaded = store.load()?;
-        for (vault, _) in loaded.vaults {
+        for vault in loaded.vaults {
             watcher.add_vault(vault);
         }
         for (u, s) in loaded.approvals {
@@ -345,8 +381,10 @@ impl Tower {
         // Unreachable: keep it pending for the next start; anything else is final (already
         // confirmed, replaced by a higher rung, or refused: the next block escalates).
         if !matches!(result, Err(BackendError::Unreachable(_))) {
-            if let Ok(state) = self.state.lock() {
-                let _ = state.store.broadcast_done(id);
+            if let Ok(mut state) = self.state.lock() {
+                if let Err(e) = state.store.broadcast_done(id) {
+                    eprintln!("level=error event=store error={e}");
+                }
             }
         }
     }
@@ -390,7 +428,7 @@ impl Tower {
 
     /// Prometheus metrics.
     pub fn metrics(&self) -> String {
-        let state = self.state.lock().expect("tower state");
+        let mut state = self.state.lock().expect("tower state");
         let behind = state.backend_tip.saturating_sub(state.watcher.tip());
         let outbox = state.store.undelivered_alarms().map(|a| a.len()).unwrap_or(0);
         format!(

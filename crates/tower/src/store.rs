@@ -1,25 +1,33 @@
-//! The tower's durable state in SQLite (embedded, the default).
+//! The tower's durable state: embedded SQLite by default, PostgreSQL for operators.
 //!
 //! Every decision is written before it is acted on: a block's (or a mempool sighting's) vault
 //! states, the broadcasts and alarms it decided, and the follower's position commit in one
 //! transaction. After a crash the tower reloads all of it, re-broadcasts what was decided but
-//! not confirmed, and replays the blocks it missed. SQLite runs in WAL mode with full sync.
+//! not done, and replays the blocks it missed. Requests commit their nonce with their effect,
+//! so a replay is refused and a crash never half-registers a vault.
+//!
+//! Both backends keep the same five tables; values are JSON text, so the schema is the same.
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use vigil_chain::BlockId;
-use vigil_policy::bitcoin::{BlockHash, OutPoint, Txid};
+use vigil_policy::bitcoin::{BlockHash, Txid};
 
 use crate::watch::{Action, Vault};
 
 /// A store failure (I/O, corruption): the tower stops rather than act on unrecorded decisions.
 #[derive(Debug, thiserror::Error)]
 #[error("tower store: {0}")]
-pub struct StoreError(String);
+pub struct StoreError(pub String);
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
         StoreError(e.to_string())
     }
 }
@@ -47,7 +55,7 @@ pub struct OutboxAlarm {
 #[derive(Debug, Default)]
 pub struct Loaded {
     /// Watched vaults with their states.
-    pub vaults: Vec<(Vault, String)>,
+    pub vaults: Vec<Vault>,
     /// Approved spends: (U txid, spend txid).
     pub approvals: Vec<(Txid, Txid)>,
     /// The follower's recent blocks, oldest first.
@@ -56,21 +64,100 @@ pub struct Loaded {
     pub pending_broadcasts: Vec<(i64, Action)>,
 }
 
-/// The SQLite store.
-pub struct Store {
-    conn: Connection,
+/// What a registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Stored now.
+    New,
+    /// Already stored with the same transactions (a retry).
+    Same,
+    /// Already stored with other transactions: refused.
+    Conflict,
+    /// The nonce was not fresh: refused.
+    Replay,
 }
 
-impl Store {
+/// The tower's store.
+pub trait TowerStore: Send {
+    /// Everything, for a restart.
+    fn load(&mut self) -> Result<Loaded, StoreError>;
+    /// Registers a vault with the request's nonce, atomically.
+    fn register_vault(
+        &mut self,
+        key: &str,
+        nonce: u64,
+        vault: &Vault,
+        registration: &str,
+    ) -> Result<Registered, StoreError>;
+    /// Stores an approval with the request's nonce, atomically; false on a replay.
+    fn register_approval(
+        &mut self,
+        key: &str,
+        nonce: u64,
+        unvault: &Txid,
+        spend: &Txid,
+        body: &str,
+    ) -> Result<bool, StoreError>;
+    /// Consumes a nonce alone (a panic); false on a replay.
+    fn consume_nonce(&mut self, key: &str, nonce: u64) -> Result<bool, StoreError>;
+    /// Records a step's decisions atomically: changed vault states, the follower's position (if
+    /// it moved), the broadcasts to make and the alarms to deliver. Returns the broadcasts
+    /// with their ids, to mark done once the backend accepted them.
+    fn commit_step(
+        &mut self,
+        vaults: &[Vault],
+        recent: Option<&[BlockId]>,
+        actions: &[Action],
+    ) -> Result<Vec<(i64, Action)>, StoreError>;
+    /// A broadcast the backend has answered for good.
+    fn broadcast_done(&mut self, id: i64) -> Result<(), StoreError>;
+    /// Alarms not yet delivered.
+    fn undelivered_alarms(&mut self) -> Result<Vec<OutboxAlarm>, StoreError>;
+    /// Marks an alarm delivered, or counts a failed attempt.
+    fn alarm_attempted(&mut self, id: i64, delivered: bool) -> Result<(), StoreError>;
+}
+
+fn recent_json(recent: &[BlockId]) -> Result<String, StoreError> {
+    let pairs: Vec<(u32, String)> = recent.iter().map(|b| (b.height, b.hash.to_string())).collect();
+    Ok(serde_json::to_string(&pairs)?)
+}
+
+fn recent_from_json(text: &str) -> Result<Vec<BlockId>, StoreError> {
+    let pairs: Vec<(u32, String)> = serde_json::from_str(text)?;
+    pairs
+        .into_iter()
+        .map(|(height, hash)| {
+            let hash: BlockHash =
+                hash.parse().map_err(|_| StoreError("bad block hash in progress".into()))?;
+            Ok(BlockId { height, hash })
+        })
+        .collect()
+}
+
+fn parse_txid(t: &str) -> Result<Txid, StoreError> {
+    t.parse().map_err(|e: vigil_policy::bitcoin::hex::HexToArrayError| StoreError(e.to_string()))
+}
+
+fn same_transactions(stored: &str, vault: &Vault) -> Result<bool, StoreError> {
+    let old: Vault = serde_json::from_str(stored)?;
+    Ok(old.unvault == vault.unvault && old.cancels == vault.cancels && old.emergencies == vault.emergencies)
+}
+
+// ----- SQLite ------------------------------------------------------------------------------
+
+/// The embedded store: one SQLite file, WAL, full sync.
+pub struct SqliteStore {
+    conn: rusqlite::Connection,
+}
+
+impl SqliteStore {
     /// Opens (or creates) the store at `path`.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = Connection::open(path)?;
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = rusqlite::Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
-             CREATE TABLE IF NOT EXISTS vaults (outpoint TEXT PRIMARY KEY, policy_id TEXT NOT NULL,
-                 registration TEXT NOT NULL, vault TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS approvals (unvault_txid TEXT PRIMARY KEY, spend_txid TEXT NOT NULL,
-                 body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS vaults (outpoint TEXT PRIMARY KEY, registration TEXT NOT NULL, vault TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS approvals (unvault_txid TEXT PRIMARY KEY, spend_txid TEXT NOT NULL, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nonces (key TEXT PRIMARY KEY, nonce INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS progress (id INTEGER PRIMARY KEY CHECK (id = 0), recent TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS broadcasts (id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL,
@@ -78,32 +165,41 @@ impl Store {
              CREATE TABLE IF NOT EXISTS alarms (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
                  message TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, delivered INTEGER NOT NULL DEFAULT 0);",
         )?;
-        Ok(Store { conn })
+        Ok(SqliteStore { conn })
     }
 
-    /// Everything, for a restart.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
+    fn fresh_nonce(tx: &rusqlite::Transaction, key: &str, nonce: u64) -> Result<bool, StoreError> {
+        use rusqlite::OptionalExtension;
+        let last: Option<i64> =
+            tx.query_row("SELECT nonce FROM nonces WHERE key = ?1", [key], |r| r.get(0)).optional()?;
+        if last.is_some_and(|l| l as u64 >= nonce) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO nonces (key, nonce) VALUES (?1, ?2)",
+            rusqlite::params![key, nonce as i64],
+        )?;
+        Ok(true)
+    }
+}
+
+impl TowerStore for SqliteStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        use rusqlite::OptionalExtension;
         let mut loaded = Loaded::default();
-        let mut stmt = self.conn.prepare("SELECT vault, registration FROM vaults")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-            let (vault, registration) = row?;
-            loaded.vaults.push((serde_json::from_str(&vault)?, registration));
+        let mut stmt = self.conn.prepare("SELECT vault FROM vaults ORDER BY outpoint")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            loaded.vaults.push(serde_json::from_str(&row?)?);
         }
         let mut stmt = self.conn.prepare("SELECT unvault_txid, spend_txid FROM approvals")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
             let (u, s) = row?;
-            let parse = |t: &str| t.parse::<Txid>().map_err(|e| StoreError(e.to_string()));
-            loaded.approvals.push((parse(&u)?, parse(&s)?));
+            loaded.approvals.push((parse_txid(&u)?, parse_txid(&s)?));
         }
         let recent: Option<String> =
             self.conn.query_row("SELECT recent FROM progress WHERE id = 0", [], |r| r.get(0)).optional()?;
         if let Some(text) = recent {
-            let pairs: Vec<(u32, String)> = serde_json::from_str(&text)?;
-            for (height, hash) in pairs {
-                let hash: BlockHash =
-                    hash.parse().map_err(|_| StoreError("bad block hash in progress".into()))?;
-                loaded.recent.push(BlockId { height, hash });
-            }
+            loaded.recent = recent_from_json(&text)?;
         }
         let mut stmt = self.conn.prepare("SELECT id, action FROM broadcasts WHERE done = 0 ORDER BY id")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
@@ -113,67 +209,65 @@ impl Store {
         Ok(loaded)
     }
 
-    /// Whether a vault is registered, and its registration if so.
-    pub fn registration(&self, outpoint: &OutPoint) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT registration FROM vaults WHERE outpoint = ?1", [outpoint.to_string()], |r| {
-                r.get(0)
-            })
-            .optional()?)
-    }
-
-    /// Accepts `nonce` from `key` only if it exceeds every nonce seen from that key, and
-    /// records it; with the request's own effect in the same transaction (`then`).
-    pub fn with_fresh_nonce<T>(
+    fn register_vault(
         &mut self,
         key: &str,
         nonce: u64,
-        then: impl FnOnce(&rusqlite::Transaction) -> Result<T, StoreError>,
-    ) -> Result<Option<T>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let last: Option<i64> =
-            tx.query_row("SELECT nonce FROM nonces WHERE key = ?1", [key], |r| r.get(0)).optional()?;
-        if last.is_some_and(|l| l as u64 >= nonce) {
-            return Ok(None);
-        }
-        tx.execute("INSERT OR REPLACE INTO nonces (key, nonce) VALUES (?1, ?2)", params![key, nonce as i64])?;
-        let out = then(&tx)?;
-        tx.commit()?;
-        Ok(Some(out))
-    }
-
-    /// Writes a new vault (inside a request transaction).
-    pub fn insert_vault(
-        tx: &rusqlite::Transaction,
         vault: &Vault,
         registration: &str,
-    ) -> Result<(), StoreError> {
-        tx.execute(
-            "INSERT INTO vaults (outpoint, policy_id, registration, vault) VALUES (?1, ?2, ?3, ?4)",
-            params![vault.outpoint.to_string(), vault.policy_id, registration, serde_json::to_string(vault)?],
-        )?;
-        Ok(())
+    ) -> Result<Registered, StoreError> {
+        use rusqlite::OptionalExtension;
+        let tx = self.conn.transaction()?;
+        if !Self::fresh_nonce(&tx, key, nonce)? {
+            return Ok(Registered::Replay);
+        }
+        let outpoint = vault.outpoint.to_string();
+        let existing: Option<String> = tx
+            .query_row("SELECT vault FROM vaults WHERE outpoint = ?1", [&outpoint], |r| r.get(0))
+            .optional()?;
+        let outcome = match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO vaults (outpoint, registration, vault) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![outpoint, registration, serde_json::to_string(vault)?],
+                )?;
+                Registered::New
+            }
+            Some(stored) if same_transactions(&stored, vault)? => Registered::Same,
+            Some(_) => Registered::Conflict,
+        };
+        tx.commit()?;
+        Ok(outcome)
     }
 
-    /// Writes an approval (inside a request transaction).
-    pub fn insert_approval(
-        tx: &rusqlite::Transaction,
+    fn register_approval(
+        &mut self,
+        key: &str,
+        nonce: u64,
         unvault: &Txid,
         spend: &Txid,
         body: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        if !Self::fresh_nonce(&tx, key, nonce)? {
+            return Ok(false);
+        }
         tx.execute(
             "INSERT OR REPLACE INTO approvals (unvault_txid, spend_txid, body) VALUES (?1, ?2, ?3)",
-            params![unvault.to_string(), spend.to_string(), body],
+            rusqlite::params![unvault.to_string(), spend.to_string(), body],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(true)
     }
 
-    /// Records a step's decisions atomically: changed vault states, the follower's position
-    /// (if it moved), the broadcasts to make and the alarms to deliver. Returns the
-    /// broadcasts' row ids, to mark them done once the backend accepted them.
-    pub fn commit_step(
+    fn consume_nonce(&mut self, key: &str, nonce: u64) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let fresh = Self::fresh_nonce(&tx, key, nonce)?;
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    fn commit_step(
         &mut self,
         vaults: &[Vault],
         recent: Option<&[BlockId]>,
@@ -183,14 +277,13 @@ impl Store {
         for v in vaults {
             tx.execute(
                 "UPDATE vaults SET vault = ?2 WHERE outpoint = ?1",
-                params![v.outpoint.to_string(), serde_json::to_string(v)?],
+                rusqlite::params![v.outpoint.to_string(), serde_json::to_string(v)?],
             )?;
         }
         if let Some(recent) = recent {
-            let pairs: Vec<(u32, String)> = recent.iter().map(|b| (b.height, b.hash.to_string())).collect();
             tx.execute(
                 "INSERT OR REPLACE INTO progress (id, recent) VALUES (0, ?1)",
-                [serde_json::to_string(&pairs)?],
+                [recent_json(recent)?],
             )?;
         }
         let mut broadcasts = Vec::new();
@@ -204,7 +297,10 @@ impl Store {
                     broadcasts.push((tx.last_insert_rowid(), action.clone()));
                 }
                 Action::Alarm { kind, message, .. } => {
-                    tx.execute("INSERT INTO alarms (kind, message) VALUES (?1, ?2)", params![kind, message])?;
+                    tx.execute(
+                        "INSERT INTO alarms (kind, message) VALUES (?1, ?2)",
+                        rusqlite::params![kind, message],
+                    )?;
                 }
             }
         }
@@ -212,14 +308,12 @@ impl Store {
         Ok(broadcasts)
     }
 
-    /// A broadcast the backend accepted (or that is no longer needed).
-    pub fn broadcast_done(&self, id: i64) -> Result<(), StoreError> {
+    fn broadcast_done(&mut self, id: i64) -> Result<(), StoreError> {
         self.conn.execute("UPDATE broadcasts SET done = 1 WHERE id = ?1", [id])?;
         Ok(())
     }
 
-    /// Alarms not yet delivered.
-    pub fn undelivered_alarms(&self) -> Result<Vec<OutboxAlarm>, StoreError> {
+    fn undelivered_alarms(&mut self) -> Result<Vec<OutboxAlarm>, StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, kind, message, attempts FROM alarms WHERE delivered = 0 ORDER BY id")?;
@@ -234,21 +328,192 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every alarm ever recorded: (kind, message), oldest first.
-    pub fn all_alarms(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT kind, message FROM alarms ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn alarm_attempted(&mut self, id: i64, delivered: bool) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE alarms SET attempts = attempts + 1, delivered = MAX(delivered, ?2) WHERE id = ?1",
+            rusqlite::params![id, delivered as i64],
+        )?;
+        Ok(())
+    }
+}
+
+// ----- PostgreSQL --------------------------------------------------------------------------
+
+/// The operators' store: a PostgreSQL schema (created if missing), serializable transactions.
+pub struct PostgresStore {
+    client: postgres::Client,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (a libpq connection string) and uses `schema`.
+    pub fn connect(url: &str, schema: &str) -> Result<PostgresStore, StoreError> {
+        if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError(format!("schema {schema:?}: letters, digits and _ only")));
+        }
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        client.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema};
+             CREATE TABLE IF NOT EXISTS vaults (outpoint TEXT PRIMARY KEY, registration TEXT NOT NULL, vault TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS approvals (unvault_txid TEXT PRIMARY KEY, spend_txid TEXT NOT NULL, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS nonces (key TEXT PRIMARY KEY, nonce BIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS progress (id INTEGER PRIMARY KEY CHECK (id = 0), recent TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS broadcasts (id BIGSERIAL PRIMARY KEY, action TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT FALSE);
+             CREATE TABLE IF NOT EXISTS alarms (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message TEXT NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0, delivered BOOLEAN NOT NULL DEFAULT FALSE);"
+        ))?;
+        Ok(PostgresStore { client })
     }
 
-    /// Marks an alarm delivered, or counts a failed attempt.
-    pub fn alarm_attempted(&self, id: i64, delivered: bool) -> Result<(), StoreError> {
-        if delivered {
-            self.conn
-                .execute("UPDATE alarms SET delivered = 1, attempts = attempts + 1 WHERE id = ?1", [id])?;
-        } else {
-            self.conn.execute("UPDATE alarms SET attempts = attempts + 1 WHERE id = ?1", [id])?;
+    fn fresh_nonce(tx: &mut postgres::Transaction, key: &str, nonce: u64) -> Result<bool, StoreError> {
+        // Row lock on the key: concurrent requests with one key serialize here.
+        let last = tx.query_opt("SELECT nonce FROM nonces WHERE key = $1 FOR UPDATE", &[&key])?;
+        if last.is_some_and(|r| r.get::<_, i64>(0) as u64 >= nonce) {
+            return Ok(false);
         }
+        tx.execute(
+            "INSERT INTO nonces (key, nonce) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET nonce = EXCLUDED.nonce",
+            &[&key, &(nonce as i64)],
+        )?;
+        Ok(true)
+    }
+}
+
+impl TowerStore for PostgresStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let mut loaded = Loaded::default();
+        for row in self.client.query("SELECT vault FROM vaults ORDER BY outpoint", &[])? {
+            loaded.vaults.push(serde_json::from_str(row.get::<_, &str>(0))?);
+        }
+        for row in self.client.query("SELECT unvault_txid, spend_txid FROM approvals", &[])? {
+            loaded.approvals.push((parse_txid(row.get(0))?, parse_txid(row.get(1))?));
+        }
+        if let Some(row) = self.client.query_opt("SELECT recent FROM progress WHERE id = 0", &[])? {
+            loaded.recent = recent_from_json(row.get(0))?;
+        }
+        for row in self.client.query("SELECT id, action FROM broadcasts WHERE NOT done ORDER BY id", &[])? {
+            loaded.pending_broadcasts.push((row.get(0), serde_json::from_str(row.get::<_, &str>(1))?));
+        }
+        Ok(loaded)
+    }
+
+    fn register_vault(
+        &mut self,
+        key: &str,
+        nonce: u64,
+        vault: &Vault,
+        registration: &str,
+    ) -> Result<Registered, StoreError> {
+        let mut tx = self.client.transaction()?;
+        if !Self::fresh_nonce(&mut tx, key, nonce)? {
+            return Ok(Registered::Replay);
+        }
+        let outpoint = vault.outpoint.to_string();
+        let existing = tx.query_opt("SELECT vault FROM vaults WHERE outpoint = $1", &[&outpoint])?;
+        let outcome = match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO vaults (outpoint, registration, vault) VALUES ($1, $2, $3)",
+                    &[&outpoint, &registration, &serde_json::to_string(vault)?],
+                )?;
+                Registered::New
+            }
+            Some(row) if same_transactions(row.get(0), vault)? => Registered::Same,
+            Some(_) => Registered::Conflict,
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn register_approval(
+        &mut self,
+        key: &str,
+        nonce: u64,
+        unvault: &Txid,
+        spend: &Txid,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.client.transaction()?;
+        if !Self::fresh_nonce(&mut tx, key, nonce)? {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO approvals (unvault_txid, spend_txid, body) VALUES ($1, $2, $3)
+             ON CONFLICT (unvault_txid) DO UPDATE SET spend_txid = EXCLUDED.spend_txid, body = EXCLUDED.body",
+            &[&unvault.to_string(), &spend.to_string(), &body],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn consume_nonce(&mut self, key: &str, nonce: u64) -> Result<bool, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let fresh = Self::fresh_nonce(&mut tx, key, nonce)?;
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    fn commit_step(
+        &mut self,
+        vaults: &[Vault],
+        recent: Option<&[BlockId]>,
+        actions: &[Action],
+    ) -> Result<Vec<(i64, Action)>, StoreError> {
+        let mut tx = self.client.transaction()?;
+        for v in vaults {
+            tx.execute(
+                "UPDATE vaults SET vault = $2 WHERE outpoint = $1",
+                &[&v.outpoint.to_string(), &serde_json::to_string(v)?],
+            )?;
+        }
+        if let Some(recent) = recent {
+            tx.execute(
+                "INSERT INTO progress (id, recent) VALUES (0, $1) ON CONFLICT (id) DO UPDATE SET recent = EXCLUDED.recent",
+                &[&recent_json(recent)?],
+            )?;
+        }
+        let mut broadcasts = Vec::new();
+        for action in actions {
+            match action {
+                Action::Broadcast { .. } => {
+                    let row = tx.query_one(
+                        "INSERT INTO broadcasts (action) VALUES ($1) RETURNING id",
+                        &[&serde_json::to_string(action)?],
+                    )?;
+                    broadcasts.push((row.get(0), action.clone()));
+                }
+                Action::Alarm { kind, message, .. } => {
+                    tx.execute("INSERT INTO alarms (kind, message) VALUES ($1, $2)", &[kind, message])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(broadcasts)
+    }
+
+    fn broadcast_done(&mut self, id: i64) -> Result<(), StoreError> {
+        self.client.execute("UPDATE broadcasts SET done = TRUE WHERE id = $1", &[&id])?;
+        Ok(())
+    }
+
+    fn undelivered_alarms(&mut self) -> Result<Vec<OutboxAlarm>, StoreError> {
+        Ok(self
+            .client
+            .query("SELECT id, kind, message, attempts FROM alarms WHERE NOT delivered ORDER BY id", &[])?
+            .into_iter()
+            .map(|r| OutboxAlarm {
+                id: r.get(0),
+                kind: r.get(1),
+                message: r.get(2),
+                attempts: r.get::<_, i32>(3) as u32,
+            })
+            .collect())
+    }
+
+    fn alarm_attempted(&mut self, id: i64, delivered: bool) -> Result<(), StoreError> {
+        self.client.execute(
+            "UPDATE alarms SET attempts = attempts + 1, delivered = delivered OR $2 WHERE id = $1",
+            &[&id, &delivered],
+        )?;
         Ok(())
     }
 }
