@@ -68,7 +68,11 @@ pub trait ChainBackend: Send + Sync {
     /// The active block at `height`, if the chain is that long.
     fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, BackendError>;
     /// A block by hash.
-    fn block(&self, hash: &BlockHash) -> Result<Block, BackendError>;
+    fn block(&self, hash: &BlockHash) -> Result<Block, BackendError> {
+        deserialize(&self.raw_block(hash)?).map_err(|e| BackendError::Decode(e.to_string()))
+    }
+    /// A block by hash, serialized (a tower scans it without deserializing it).
+    fn raw_block(&self, hash: &BlockHash) -> Result<Vec<u8>, BackendError>;
     /// Broadcasts a transaction; returns its txid (also when it was already pending).
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, BackendError>;
     /// The mempool's contents.
@@ -128,14 +132,28 @@ impl BitcoindRpc {
             .ok_or_else(|| BackendError::Decode(format!("not a hash: {v}")))
     }
 
+    fn unhex(s: &str) -> Result<Vec<u8>, BackendError> {
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            }
+        }
+        let b = s.as_bytes();
+        if b.len() % 2 != 0 {
+            return Err(BackendError::Decode("odd hex".into()));
+        }
+        b.chunks_exact(2)
+            .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| BackendError::Decode("bad hex".into()))
+    }
+
     fn hex<T: bitcoin::consensus::Decodable>(v: &Value) -> Result<T, BackendError> {
         let s = v.as_str().ok_or_else(|| BackendError::Decode("expected hex".into()))?;
-        let bytes: Vec<u8> = (0..s.len())
-            .step_by(2)
-            .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| BackendError::Decode("bad hex".into()))?;
-        deserialize(&bytes).map_err(|e| BackendError::Decode(e.to_string()))
+        deserialize(&Self::unhex(s)?).map_err(|e| BackendError::Decode(e.to_string()))
     }
 }
 
@@ -174,8 +192,9 @@ impl ChainBackend for BitcoindRpc {
         }
     }
 
-    fn block(&self, hash: &BlockHash) -> Result<Block, BackendError> {
-        Self::hex(&self.call("getblock", json!([hash.to_string(), 0]))?)
+    fn raw_block(&self, hash: &BlockHash) -> Result<Vec<u8>, BackendError> {
+        let v = self.call("getblock", json!([hash.to_string(), 0]))?;
+        Self::unhex(v.as_str().ok_or_else(|| BackendError::Decode("expected hex".into()))?)
     }
 
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, BackendError> {
@@ -226,8 +245,10 @@ pub enum BlockEvent {
     Connected {
         /// Its height.
         height: u32,
-        /// The block.
-        block: Block,
+        /// Its hash.
+        hash: BlockHash,
+        /// The block, serialized.
+        raw: Vec<u8>,
     },
     /// A block left the active chain; reported tip first.
     Disconnected {
@@ -236,6 +257,16 @@ pub enum BlockEvent {
         /// Its hash.
         hash: BlockHash,
     },
+}
+
+impl BlockEvent {
+    /// A connected block, deserialized (tests and small consumers; a tower scans `raw`).
+    pub fn block(&self) -> Option<Block> {
+        match self {
+            BlockEvent::Connected { raw, .. } => deserialize(raw).ok(),
+            BlockEvent::Disconnected { .. } => None,
+        }
+    }
 }
 
 /// Follows the active chain through any backend, turning polls into an ordered stream of
@@ -297,10 +328,16 @@ impl Follower {
         let mut next = self.last().map(|b| b.height + 1).unwrap_or(0);
         while next <= tip.height {
             let Some(hash) = backend.block_hash(next)? else { break };
-            let block = backend.block(&hash)?;
+            let raw = backend.raw_block(&hash)?;
+            let header: bitcoin::block::Header =
+                deserialize(raw.get(..80).ok_or_else(|| BackendError::Decode("short block".into()))?)
+                    .map_err(|e| BackendError::Decode(e.to_string()))?;
+            if header.block_hash() != hash {
+                return Err(BackendError::Decode(format!("block {hash} does not hash to itself")).into());
+            }
             // The chain moved while we walked it: stop here, the next poll continues.
             if let Some(prev) = self.last() {
-                if block.header.prev_blockhash != prev.hash {
+                if header.prev_blockhash != prev.hash {
                     break;
                 }
             }
@@ -308,7 +345,7 @@ impl Follower {
             if self.recent.len() > self.depth {
                 self.recent.remove(0);
             }
-            events.push(BlockEvent::Connected { height: next, block });
+            events.push(BlockEvent::Connected { height: next, hash, raw });
             next += 1;
         }
         Ok(events)

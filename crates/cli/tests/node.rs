@@ -37,7 +37,8 @@ fn the_bitcoind_backend_follows_vigil_node_through_reorgs_and_the_mempool() {
     assert!(follower.poll_mempool(rpc).unwrap().is_empty(), "nothing new");
     mine(rpc, 1, &wallet.address());
     match follower.poll(rpc).unwrap().as_slice() {
-        [BlockEvent::Connected { height: 102, block }] => {
+        [e @ BlockEvent::Connected { height: 102, .. }] => {
+            let block = e.block().unwrap();
             assert!(block.txdata.iter().any(|t| t.compute_txid() == txid))
         }
         other => panic!("unexpected {other:?}"),
@@ -58,7 +59,7 @@ fn the_bitcoind_backend_follows_vigil_node_through_reorgs_and_the_mempool() {
     let summary: Vec<String> = events
         .iter()
         .map(|e| match e {
-            BlockEvent::Connected { height, block } => format!("+{height}:{}", block.block_hash()),
+            BlockEvent::Connected { height, hash, .. } => format!("+{height}:{hash}"),
             BlockEvent::Disconnected { height, hash } => format!("-{height}:{hash}"),
         })
         .collect();
@@ -337,7 +338,7 @@ fn the_bitcoind_backend_follows_a_real_bitcoind_through_a_reorg() {
     let summary: Vec<String> = events
         .iter()
         .map(|e| match e {
-            BlockEvent::Connected { height, block } => format!("+{height}:{}", block.block_hash()),
+            BlockEvent::Connected { height, hash, .. } => format!("+{height}:{hash}"),
             BlockEvent::Disconnected { height, .. } => format!("-{height}"),
         })
         .collect();

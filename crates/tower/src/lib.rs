@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod index;
 pub mod store;
 pub mod watch;
 pub mod wire;
@@ -301,9 +302,16 @@ impl Tower {
         };
         for event in events {
             let actions = match &event {
-                BlockEvent::Connected { height, block } => {
+                BlockEvent::Connected { height, hash, raw } => {
                     state.backend_tip = state.backend_tip.max(*height);
-                    state.watcher.on_block_connected(*height, block)
+                    match state.watcher.on_raw_block_connected(*height, raw) {
+                        Ok(actions) => actions,
+                        Err(e) => {
+                            return Err(StoreError(format!(
+                                "block {hash} from the backend does not parse: {e}"
+                            )))
+                        }
+                    }
                 }
                 BlockEvent::Disconnected { height, .. } => {
                     state.watcher.on_block_disconnected(*height);

@@ -10,6 +10,8 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use vigil_policy::bitcoin::{Amount, Block, OutPoint, Transaction, Txid};
 
+use crate::index::{scan_block, OutpointIndex, ScanError};
+
 /// Blocks a cancel must be buried before the spend leaf opens (DESIGN.md §4 deadline).
 pub const BURY_MARGIN: u32 = 6;
 
@@ -121,6 +123,8 @@ pub struct Watcher {
     vaults: HashMap<OutPoint, Vault>,
     /// U's outpoint -> V.
     by_unvault: HashMap<OutPoint, OutPoint>,
+    /// Both watched outpoints of every vault, for scanning blocks (see [`crate::index`]).
+    index: OutpointIndex,
     /// U txid -> the approved spend's txid.
     approvals: HashMap<Txid, Txid>,
     limits: HashMap<String, PolicyLimits>,
@@ -150,6 +154,9 @@ impl Watcher {
     /// Watches a vault (new, or loaded from the store with its state).
     pub fn add_vault(&mut self, vault: Vault) {
         self.by_unvault.insert(vault.unvault_outpoint(), vault.outpoint);
+        let number = self.vaults.len() as u32;
+        self.index.insert(&vault.outpoint, number);
+        self.index.insert(&vault.unvault_outpoint(), number);
         if vault.state.unvault_seen && !vault.state.done {
             self.active.insert(vault.outpoint);
         }
@@ -212,6 +219,25 @@ impl Watcher {
         let mut actions = Vec::new();
         self.observe(tx, None, &mut actions);
         actions
+    }
+
+    /// Bytes the hot index holds.
+    pub fn index_bytes(&self) -> usize {
+        self.index.memory_bytes()
+    }
+
+    /// A block joined the active chain, serialized: only the transactions spending a watched
+    /// outpoint are deserialized.
+    pub fn on_raw_block_connected(&mut self, height: u32, raw: &[u8]) -> Result<Vec<Action>, ScanError> {
+        let hits = scan_block(raw, &self.index)?;
+        self.tip = height;
+        self.fresh.clear();
+        let mut actions = Vec::new();
+        for (_, tx) in &hits {
+            self.observe(tx, Some(height), &mut actions);
+        }
+        self.each_block(height, &mut actions);
+        Ok(actions)
     }
 
     /// A block joined the active chain.
