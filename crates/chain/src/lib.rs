@@ -142,7 +142,7 @@ impl BitcoindRpc {
             }
         }
         let b = s.as_bytes();
-        if b.len() % 2 != 0 {
+        if !b.len().is_multiple_of(2) {
             return Err(BackendError::Decode("odd hex".into()));
         }
         b.chunks_exact(2)
