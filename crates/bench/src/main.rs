@@ -21,10 +21,20 @@ use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
 use vigil_regtest::RegtestChain;
 
+mod tower;
+
 fn main() {
     println!("vigil-bench (each ratio compares against a baseline measured in this run)");
-    presigning();
-    mining();
+    let only = std::env::args().nth(1);
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if run("vault") {
+        presigning();
+        mining();
+    }
+    if run("tower") {
+        tower::scan_and_memory();
+        tower::latency_and_catch_up();
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

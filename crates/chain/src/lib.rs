@@ -73,6 +73,22 @@ pub trait ChainBackend: Send + Sync {
     }
     /// A block by hash, serialized (a tower scans it without deserializing it).
     fn raw_block(&self, hash: &BlockHash) -> Result<Vec<u8>, BackendError>;
+    /// Active block hashes at `heights`, as far as the chain reaches (one round trip where
+    /// the backend allows it).
+    fn block_hashes(&self, heights: std::ops::Range<u32>) -> Result<Vec<BlockHash>, BackendError> {
+        let mut out = Vec::new();
+        for h in heights {
+            match self.block_hash(h)? {
+                Some(hash) => out.push(hash),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+    /// Several serialized blocks (one round trip where the backend allows it).
+    fn raw_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Vec<u8>>, BackendError> {
+        hashes.iter().map(|h| self.raw_block(h)).collect()
+    }
     /// Broadcasts a transaction; returns its txid (also when it was already pending).
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, BackendError>;
     /// The mempool's contents.
@@ -124,6 +140,41 @@ impl BitcoindRpc {
             });
         }
         Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Calls several methods in one JSON-RPC batch; answers in order.
+    pub fn call_batch(
+        &self,
+        calls: &[(&str, Value)],
+    ) -> Result<Vec<Result<Value, BackendError>>, BackendError> {
+        let body: Vec<Value> = calls
+            .iter()
+            .map(|(method, params)| {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params})
+            })
+            .collect();
+        let response =
+            match self.agent.post(&self.url).set("Authorization", &self.auth).send_json(Value::Array(body)) {
+                Ok(r) => r,
+                Err(ureq::Error::Status(401, _)) => return Err(BackendError::Unauthorized),
+                Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => return Err(BackendError::Unreachable(e.to_string())),
+            };
+        let replies: Vec<Value> = response.into_json().map_err(|e| BackendError::Decode(e.to_string()))?;
+        if replies.len() != calls.len() {
+            return Err(BackendError::Decode(format!("{} answers to {} calls", replies.len(), calls.len())));
+        }
+        Ok(replies
+            .into_iter()
+            .map(|reply| match reply.get("error").filter(|e| !e.is_null()) {
+                Some(error) => Err(BackendError::Rpc {
+                    code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+                    message: error.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                }),
+                None => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
+            })
+            .collect())
     }
 
     fn hash<T: std::str::FromStr>(v: &Value) -> Result<T, BackendError> {
@@ -195,6 +246,28 @@ impl ChainBackend for BitcoindRpc {
     fn raw_block(&self, hash: &BlockHash) -> Result<Vec<u8>, BackendError> {
         let v = self.call("getblock", json!([hash.to_string(), 0]))?;
         Self::unhex(v.as_str().ok_or_else(|| BackendError::Decode("expected hex".into()))?)
+    }
+
+    fn block_hashes(&self, heights: std::ops::Range<u32>) -> Result<Vec<BlockHash>, BackendError> {
+        let calls: Vec<(&str, Value)> = heights.map(|h| ("getblockhash", json!([h]))).collect();
+        let mut out = Vec::new();
+        for r in self.call_batch(&calls)? {
+            match r {
+                Ok(v) => out.push(Self::hash(&v)?),
+                Err(BackendError::Rpc { code: -8, .. }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn raw_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Vec<u8>>, BackendError> {
+        let calls: Vec<(&str, Value)> =
+            hashes.iter().map(|h| ("getblock", json!([h.to_string(), 0]))).collect();
+        self.call_batch(&calls)?
+            .into_iter()
+            .map(|r| Self::unhex(r?.as_str().ok_or_else(|| BackendError::Decode("expected hex".into()))?))
+            .collect()
     }
 
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, BackendError> {
@@ -326,27 +399,34 @@ impl Follower {
             }
         }
         let mut next = self.last().map(|b| b.height + 1).unwrap_or(0);
-        while next <= tip.height {
-            let Some(hash) = backend.block_hash(next)? else { break };
-            let raw = backend.raw_block(&hash)?;
-            let header: bitcoin::block::Header =
-                deserialize(raw.get(..80).ok_or_else(|| BackendError::Decode("short block".into()))?)
-                    .map_err(|e| BackendError::Decode(e.to_string()))?;
-            if header.block_hash() != hash {
-                return Err(BackendError::Decode(format!("block {hash} does not hash to itself")).into());
+        'fetch: while next <= tip.height {
+            // Far behind (a restart, an outage): fetch in batches, one round trip each.
+            let batch = (tip.height - next + 1).min(100);
+            let hashes = backend.block_hashes(next..next + batch)?;
+            if hashes.is_empty() {
+                break;
             }
-            // The chain moved while we walked it: stop here, the next poll continues.
-            if let Some(prev) = self.last() {
-                if header.prev_blockhash != prev.hash {
-                    break;
+            let raws = backend.raw_blocks(&hashes)?;
+            for (hash, raw) in hashes.into_iter().zip(raws) {
+                let header: bitcoin::block::Header =
+                    deserialize(raw.get(..80).ok_or_else(|| BackendError::Decode("short block".into()))?)
+                        .map_err(|e| BackendError::Decode(e.to_string()))?;
+                if header.block_hash() != hash {
+                    return Err(BackendError::Decode(format!("block {hash} does not hash to itself")).into());
                 }
+                // The chain moved while we walked it: stop here, the next poll continues.
+                if let Some(prev) = self.last() {
+                    if header.prev_blockhash != prev.hash {
+                        break 'fetch;
+                    }
+                }
+                self.recent.push(BlockId { height: next, hash });
+                if self.recent.len() > self.depth {
+                    self.recent.remove(0);
+                }
+                events.push(BlockEvent::Connected { height: next, hash, raw });
+                next += 1;
             }
-            self.recent.push(BlockId { height: next, hash });
-            if self.recent.len() > self.depth {
-                self.recent.remove(0);
-            }
-            events.push(BlockEvent::Connected { height: next, hash, raw });
-            next += 1;
         }
         Ok(events)
     }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use vigil_policy::bitcoin::consensus::{deserialize, serialize};
+use vigil_policy::bitcoin::hashes::Hash;
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::secp256k1::{schnorr, Secp256k1};
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut, Txid};
@@ -195,7 +196,8 @@ async fn register_vault(
     let t = tower.clone();
     tokio::task::spawn_blocking(move || {
         let vault = check_registration(&t, &signer, &req)?;
-        let text = String::from_utf8_lossy(&body).into_owned();
+        // The vault row holds every transaction; the request itself is kept as its digest.
+        let text = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&body).to_string();
         let mut state = t.state.lock().expect("tower state");
         let outpoint = vault.outpoint;
         match state.store.register_vault(&signer.to_string(), req.nonce, &vault, &text).map_err(internal)? {

@@ -41,6 +41,9 @@ use vigil_policy::{CompiledPolicy, Policy};
 use crate::store::{PostgresStore, SqliteStore, StoreError, TowerStore};
 use crate::watch::{Action, PolicyLimits, Watcher};
 
+/// Blocks remembered for reorgs (and replayed after a restart at most).
+pub const FOLLOW_DEPTH: usize = 1_000;
+
 /// The tower's configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,7 +266,7 @@ impl Tower {
             watcher.add_approval(u, s);
         }
         let backend = BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password);
-        let follower = Follower::new(loaded.recent, 1_000);
+        let follower = Follower::new(loaded.recent, FOLLOW_DEPTH);
         let state = TowerState {
             watcher,
             store,
@@ -293,6 +296,9 @@ impl Tower {
     /// outage (counted, alarmed when long), not a failure; store errors are fatal.
     pub fn step(&self) -> Result<(), StoreError> {
         let mut state = self.state.lock().expect("tower state");
+        // The position recorded with each block's decisions is the follower's window *as of
+        // that block*: a crash halfway through a poll must replay the blocks not yet decided.
+        let mut window: Vec<vigil_chain::BlockId> = state.follower.recent().to_vec();
         let events = match state.follower.poll(&self.backend) {
             Ok(events) => events,
             Err(e) => {
@@ -300,27 +306,35 @@ impl Tower {
                 return self.outage(&e.to_string());
             }
         };
-        for event in events {
+        let mut unrecorded = 0usize;
+        let count = events.len();
+        for (i, event) in events.into_iter().enumerate() {
             let actions = match &event {
                 BlockEvent::Connected { height, hash, raw } => {
-                    state.backend_tip = state.backend_tip.max(*height);
-                    match state.watcher.on_raw_block_connected(*height, raw) {
-                        Ok(actions) => actions,
-                        Err(e) => {
-                            return Err(StoreError(format!(
-                                "block {hash} from the backend does not parse: {e}"
-                            )))
-                        }
+                    window.push(vigil_chain::BlockId { height: *height, hash: *hash });
+                    if window.len() > FOLLOW_DEPTH {
+                        window.remove(0);
                     }
+                    state.backend_tip = state.backend_tip.max(*height);
+                    state.watcher.on_raw_block_connected(*height, raw).map_err(|e| {
+                        StoreError(format!("block {hash} from the backend does not parse: {e}"))
+                    })?
                 }
                 BlockEvent::Disconnected { height, .. } => {
+                    window.pop();
                     state.watcher.on_block_disconnected(*height);
                     Vec::new()
                 }
             };
             let dirty = state.watcher.take_dirty();
-            let recent = state.follower.recent().to_vec();
-            let broadcasts = state.store.commit_step(&dirty, Some(&recent), &actions)?;
+            unrecorded += 1;
+            // Blocks that change nothing are recorded in batches (one fsync, not one per
+            // block, when catching up); replaying them after a crash is harmless.
+            if dirty.is_empty() && actions.is_empty() && unrecorded < 500 && i + 1 < count {
+                continue;
+            }
+            unrecorded = 0;
+            let broadcasts = state.store.commit_step(&dirty, Some(&window), &actions)?;
             log_actions(&actions);
             drop(state);
             for (id, action) in &broadcasts {

@@ -81,7 +81,8 @@ pub enum Registered {
 pub trait TowerStore: Send {
     /// Everything, for a restart.
     fn load(&mut self) -> Result<Loaded, StoreError>;
-    /// Registers a vault with the request's nonce, atomically.
+    /// Registers a vault with the request's nonce, atomically (`registration`: the request's
+    /// digest, for audit).
     fn register_vault(
         &mut self,
         key: &str,

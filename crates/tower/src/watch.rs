@@ -27,15 +27,51 @@ pub struct Vault {
     /// DELAY.
     pub delay: u16,
     /// U.
+    #[serde(with = "tx_hex")]
     pub unvault: Transaction,
     /// C at every rung.
+    #[serde(with = "txs_hex")]
     pub cancels: Vec<Transaction>,
     /// E at every rung.
+    #[serde(with = "txs_hex")]
     pub emergencies: Vec<Transaction>,
     /// UE at every rung.
+    #[serde(with = "txs_hex")]
     pub unvault_emergencies: Vec<Transaction>,
     /// What has happened.
     pub state: VaultState,
+}
+
+/// Transactions are stored in their consensus encoding (hex), not as JSON objects: a third
+/// of the size.
+mod tx_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use vigil_policy::bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
+    use vigil_policy::bitcoin::Transaction;
+
+    pub fn serialize<S: Serializer>(tx: &Transaction, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&serialize_hex(tx))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Transaction, D::Error> {
+        let text = String::deserialize(d)?;
+        deserialize_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod txs_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use vigil_policy::bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
+    use vigil_policy::bitcoin::Transaction;
+
+    pub fn serialize<S: Serializer>(txs: &[Transaction], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(txs.iter().map(serialize_hex))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Transaction>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts.iter().map(|t| deserialize_hex(t).map_err(serde::de::Error::custom)).collect()
+    }
 }
 
 /// Where a vault stands. Persisted with every change.
@@ -95,6 +131,7 @@ pub enum Action {
         /// What it is, for logs ("cancel rung 2").
         what: String,
         /// The transaction.
+        #[serde(with = "tx_hex")]
         tx: Transaction,
     },
     /// Tell the guardians (and the operator).
