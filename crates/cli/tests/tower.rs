@@ -678,3 +678,71 @@ fn backend_outages_short_miss_nothing_long_ones_are_loud() {
         c - u_height
     );
 }
+
+#[test]
+fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower panic"));
+    let tower = TowerProcess::new(&node, &[client.policy_path.clone()], 40, None);
+    let idle = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+    let unvaulted = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+    for v in [&idle, &unvaulted] {
+        client.register(&tower.url, v).unwrap();
+        rpc.broadcast(&v.funding).unwrap();
+    }
+    let spend = client.delayed_spend(&unvaulted);
+    client.approve(&tower.url, &unvaulted, spend.compute_txid()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    rpc.broadcast(unvaulted.graph.unvault()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+
+    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
+    let body = |sigs: Vec<wire::KeySignature>, nonce: u64| {
+        serde_json::to_vec(&json!({"nonce": nonce, "policy_id": client.policy_id, "signatures": sigs}))
+            .unwrap()
+    };
+    // One guardian is not a quorum; the owner may not panic at all.
+    let one = body(vec![wire::sign_panic(&client.policy_id, &guardian(0))], 1);
+    assert!(
+        matches!(post_raw(&tower.url, "/v1/panic", &one, &guardian(0)), Err((400, t)) if t.contains("guardian signatures"))
+    );
+    let two = body(
+        vec![
+            wire::sign_panic(&client.policy_id, &guardian(0)),
+            wire::sign_panic(&client.policy_id, &guardian(2)),
+        ],
+        2,
+    );
+    assert!(matches!(post_raw(&tower.url, "/v1/panic", &two, &client.owner_auth()), Err((403, _))));
+    post_raw(&tower.url, "/v1/panic", &two, &guardian(1)).unwrap();
+
+    // E for the idle vault, UE for the unvaulted one: both land in their deep vaults.
+    let mut swept = (false, false);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        mine(rpc, 1, &client.wallet.address());
+        let e = spend_of(rpc, idle.outpoint());
+        let ue = spend_of(rpc, unvaulted.unvault_outpoint());
+        swept.0 = e.is_some_and(|t| {
+            idle.graph.graph().emergencies.iter().any(|p| p.tx.compute_txid() == t.compute_txid())
+                && confirmations(rpc, &t.compute_txid()) > 0
+        });
+        swept.1 = ue.is_some_and(|t| {
+            unvaulted
+                .graph
+                .graph()
+                .unvault_emergencies
+                .iter()
+                .any(|p| p.tx.compute_txid() == t.compute_txid())
+                && confirmations(rpc, &t.compute_txid()) > 0
+        });
+        if swept == (true, true) {
+            break;
+        }
+    }
+    assert_eq!(swept, (true, true), "E and UE confirmed");
+    // A replayed panic is refused.
+    assert!(matches!(post_raw(&tower.url, "/v1/panic", &two, &guardian(1)), Err((409, _))));
+}
