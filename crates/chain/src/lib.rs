@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 
 pub use bitcoin;
 
+pub mod electrum;
+
 /// A block's place in the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlockId {
