@@ -257,16 +257,8 @@ mod tests {
     #[test]
     fn scripthash_is_reversed_sha256() {
         // The example from the Electrum protocol documentation (P2PKH of 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa).
-        let script = bitcoin::ScriptBuf::from_bytes(
-            (0..1)
-                .flat_map(|_| [0x76u8, 0xa9, 0x14])
-                .chain([
-                    0x62, 0xe9, 0x07, 0xb1, 0x5c, 0xbf, 0x27, 0xd5, 0x42, 0x53, 0x99, 0xeb, 0xf6, 0xf0, 0xfb,
-                    0x50, 0xeb, 0xb8, 0x8f, 0x18,
-                ])
-                .chain([0x88, 0xac])
-                .collect(),
-        );
+        let hash160 = "62e907b15cbf27d5425399ebf6f0fb50ebb88f18";
+        let script = bitcoin::ScriptBuf::from_hex(&format!("76a914{hash160}88ac")).unwrap();
         assert_eq!(scripthash(&script), "8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161");
     }
 
