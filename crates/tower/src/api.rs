@@ -248,6 +248,7 @@ async fn register_approval(
     let unvault_txid =
         Txid::from_str(&a.unvault_txid).map_err(|_| bad("approval.unvault_txid: not a txid"))?;
     let spend_txid = Txid::from_str(&a.spend_txid).map_err(|_| bad("approval.spend_txid: not a txid"))?;
+    let (expiry_height, counter) = (a.expiry_height, a.counter);
     // Who signed the approval itself.
     let digest = a.digest();
     let secp = Secp256k1::verification_only();
@@ -274,6 +275,20 @@ async fn register_approval(
         if vault.unvault.compute_txid() != unvault_txid {
             return Err(bad("approval.unvault_txid is not this vault's unvault"));
         }
+        if let Some(existing) = state.watcher.approval(&unvault_txid) {
+            if existing.counter >= counter {
+                return Err(Refusal(
+                    StatusCode::CONFLICT,
+                    format!("stale approval: counter {counter} is not above {}", existing.counter),
+                ));
+            }
+        }
+        if expiry_height < state.watcher.tip() {
+            return Err(bad(format!(
+                "approval.expiry_height {expiry_height} is already past (tip {})",
+                state.watcher.tip()
+            )));
+        }
         if !signers.contains(&client.cosigner) {
             return Err(bad("the approval lacks the co-signer's signature"));
         }
@@ -297,7 +312,10 @@ async fn register_approval(
                 format!("replayed request: nonce {} is not above the last one from this key", req.nonce),
             ));
         }
-        state.watcher.add_approval(unvault_txid, spend_txid);
+        state.watcher.add_approval(
+            unvault_txid,
+            crate::watch::ApprovalTerms { spend: spend_txid, expiry_height, counter },
+        );
         Ok(Json(ack(&t, unvault_txid.to_string())))
     })
     .await

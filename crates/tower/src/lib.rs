@@ -166,6 +166,8 @@ pub struct Tower {
     pub backend: BitcoindRpc,
     /// The tower's identity.
     pub key: Keypair,
+    /// Chain position; its own lock, so backend round trips never hold up the API.
+    pub follower: Mutex<Follower>,
     /// Stop flag.
     pub stopping: AtomicBool,
     config: TowerConfig,
@@ -177,8 +179,6 @@ pub struct TowerState {
     pub watcher: Watcher,
     /// Records.
     pub store: Box<dyn TowerStore>,
-    /// Chain position.
-    pub follower: Follower,
     /// Backend tip height last seen (for "blocks behind").
     pub backend_tip: u32,
     /// Whether the last poll reached the backend.
@@ -262,15 +262,25 @@ impl Tower {
         for vault in loaded.vaults {
             watcher.add_vault(vault);
         }
-        for (u, s) in loaded.approvals {
-            watcher.add_approval(u, s);
+        for (u, spend, body) in loaded.approvals {
+            match serde_json::from_str::<wire::RegisterApproval>(&body) {
+                Ok(r) => watcher.add_approval(
+                    u,
+                    watch::ApprovalTerms {
+                        spend,
+                        expiry_height: r.approval.expiry_height,
+                        counter: r.approval.counter,
+                    },
+                ),
+                // Recorded only after verification; unreadable now means a corrupt store.
+                Err(e) => return Err(TowerError::Store(StoreError(format!("approval for {u}: {e}")))),
+            }
         }
         let backend = BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password);
         let follower = Follower::new(loaded.recent, FOLLOW_DEPTH);
         let state = TowerState {
             watcher,
             store,
-            follower,
             backend_tip: 0,
             backend_up: true,
             last_contact: Instant::now(),
@@ -279,6 +289,7 @@ impl Tower {
         let tower = Arc::new(Tower {
             clients,
             state: Mutex::new(state),
+            follower: Mutex::new(follower),
             backend,
             key,
             stopping: AtomicBool::new(false),
@@ -295,17 +306,18 @@ impl Tower {
     /// One round: follow the chain, watch the mempool, act. Errors from the backend are an
     /// outage (counted, alarmed when long), not a failure; store errors are fatal.
     pub fn step(&self) -> Result<(), StoreError> {
-        let mut state = self.state.lock().expect("tower state");
+        let mut follower = self.follower.lock().expect("follower");
         // The position recorded with each block's decisions is the follower's window *as of
         // that block*: a crash halfway through a poll must replay the blocks not yet decided.
-        let mut window: Vec<vigil_chain::BlockId> = state.follower.recent().to_vec();
-        let events = match state.follower.poll(&self.backend) {
+        let mut window: Vec<vigil_chain::BlockId> = follower.recent().to_vec();
+        let events = match follower.poll(&self.backend) {
             Ok(events) => events,
             Err(e) => {
-                drop(state);
+                drop(follower);
                 return self.outage(&e.to_string());
             }
         };
+        let mut state = self.state.lock().expect("tower state");
         let mut unrecorded = 0usize;
         let count = events.len();
         for (i, event) in events.into_iter().enumerate() {
@@ -342,13 +354,16 @@ impl Tower {
             }
             state = self.state.lock().expect("tower state");
         }
-        let mempool = match state.follower.poll_mempool(&self.backend) {
+        drop(state);
+        let mempool = match follower.poll_mempool(&self.backend) {
             Ok(txs) => txs,
             Err(e) => {
-                drop(state);
+                drop(follower);
                 return self.outage(&e.to_string());
             }
         };
+        drop(follower);
+        let mut state = self.state.lock().expect("tower state");
         let mut actions = Vec::new();
         for tx in &mempool {
             actions.extend(state.watcher.on_mempool_tx(tx));

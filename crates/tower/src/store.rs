@@ -56,8 +56,8 @@ pub struct OutboxAlarm {
 pub struct Loaded {
     /// Watched vaults with their states.
     pub vaults: Vec<Vault>,
-    /// Approved spends: (U txid, spend txid).
-    pub approvals: Vec<(Txid, Txid)>,
+    /// Approvals: (U txid, spend txid, the request as received).
+    pub approvals: Vec<(Txid, Txid, String)>,
     /// The follower's recent blocks, oldest first.
     pub recent: Vec<BlockId>,
     /// Broadcasts decided and not yet known to be done.
@@ -192,10 +192,12 @@ impl TowerStore for SqliteStore {
         for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
             loaded.vaults.push(serde_json::from_str(&row?)?);
         }
-        let mut stmt = self.conn.prepare("SELECT unvault_txid, spend_txid FROM approvals")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-            let (u, s) = row?;
-            loaded.approvals.push((parse_txid(&u)?, parse_txid(&s)?));
+        let mut stmt = self.conn.prepare("SELECT unvault_txid, spend_txid, body FROM approvals")?;
+        for row in stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+        {
+            let (u, s, body) = row?;
+            loaded.approvals.push((parse_txid(&u)?, parse_txid(&s)?, body));
         }
         let recent: Option<String> =
             self.conn.query_row("SELECT recent FROM progress WHERE id = 0", [], |r| r.get(0)).optional()?;
@@ -385,8 +387,8 @@ impl TowerStore for PostgresStore {
         for row in self.client.query("SELECT vault FROM vaults ORDER BY outpoint", &[])? {
             loaded.vaults.push(serde_json::from_str(row.get::<_, &str>(0))?);
         }
-        for row in self.client.query("SELECT unvault_txid, spend_txid FROM approvals", &[])? {
-            loaded.approvals.push((parse_txid(row.get(0))?, parse_txid(row.get(1))?));
+        for row in self.client.query("SELECT unvault_txid, spend_txid, body FROM approvals", &[])? {
+            loaded.approvals.push((parse_txid(row.get(0))?, parse_txid(row.get(1))?, row.get(2)));
         }
         if let Some(row) = self.client.query_opt("SELECT recent FROM progress WHERE id = 0", &[])? {
             loaded.recent = recent_from_json(row.get(0))?;

@@ -145,6 +145,17 @@ pub enum Action {
     },
 }
 
+/// What an approval allows (DESIGN.md §4 "Spending").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalTerms {
+    /// The one spend of U's output it approves.
+    pub spend: Txid,
+    /// Valid for an unvault seen at or below this height.
+    pub expiry_height: u32,
+    /// Increasing per vault: a lower one is stale.
+    pub counter: u64,
+}
+
 /// A policy's limits as the tower enforces them.
 #[derive(Debug, Clone)]
 pub struct PolicyLimits {
@@ -162,8 +173,8 @@ pub struct Watcher {
     by_unvault: HashMap<OutPoint, OutPoint>,
     /// Both watched outpoints of every vault, for scanning blocks (see [`crate::index`]).
     index: OutpointIndex,
-    /// U txid -> the approved spend's txid.
-    approvals: HashMap<Txid, Txid>,
+    /// U txid -> what its approval allows.
+    approvals: HashMap<Txid, ApprovalTerms>,
     limits: HashMap<String, PolicyLimits>,
     /// Per policy, every U seen: V -> (height first seen or confirmed, value), for velocity.
     released: HashMap<String, HashMap<OutPoint, (u32, u64)>>,
@@ -205,8 +216,13 @@ impl Watcher {
     }
 
     /// Records an approved spend of an unvault.
-    pub fn add_approval(&mut self, unvault_txid: Txid, spend_txid: Txid) {
-        self.approvals.insert(unvault_txid, spend_txid);
+    pub fn add_approval(&mut self, unvault_txid: Txid, terms: ApprovalTerms) {
+        self.approvals.insert(unvault_txid, terms);
+    }
+
+    /// The approval recorded for an unvault.
+    pub fn approval(&self, unvault_txid: &Txid) -> Option<&ApprovalTerms> {
+        self.approvals.get(unvault_txid)
     }
 
     /// A watched vault.
@@ -379,11 +395,13 @@ impl Watcher {
                             s.emergency_height = Some(h);
                         }
                     }),
-                    _ if self.approvals.get(&prev.txid) == Some(&txid) => self.update(id, |s| {
-                        if let Some(h) = height {
-                            s.spent_height = Some(h);
-                        }
-                    }),
+                    _ if self.approvals.get(&prev.txid).map(|a| a.spend) == Some(txid) => {
+                        self.update(id, |s| {
+                            if let Some(h) = height {
+                                s.spent_height = Some(h);
+                            }
+                        })
+                    }
                     _ => {
                         let top = vault.cancels.len() - 1;
                         let cancel = vault.state.cancel_height.is_none() && height.is_none();
@@ -439,7 +457,8 @@ impl Watcher {
         if !first_sight {
             return;
         }
-        let approved = self.approvals.contains_key(&u_txid);
+        // An approval covers an unvault seen by its expiry height, not later.
+        let approved = self.approvals.get(&u_txid).is_some_and(|a| seen_at <= a.expiry_height);
         let vault = self.vaults.get_mut(&id).expect("watched");
         if vault.state.emergency_rung.is_some() {
             // A panic is under way: U gets UE, not C.
@@ -579,6 +598,21 @@ mod tests {
         }
     }
 
+    fn terms(expiry_height: u32) -> ApprovalTerms {
+        ApprovalTerms { spend: Txid::all_zeros(), expiry_height, counter: 1 }
+    }
+
+    #[test]
+    fn an_expired_approval_does_not_cover_the_unvault() {
+        let v = vault(0, 1_000_000);
+        let mut w = watcher(&[&v], 100_000_000);
+        w.add_approval(v.unvault.compute_txid(), terms(5));
+        assert_eq!(
+            broadcasts(&w.on_block_connected(6, &block(vec![v.unvault.clone()]))),
+            vec!["cancel rung 0"]
+        );
+    }
+
     fn block(txs: Vec<Transaction>) -> Block {
         let header = Header {
             version: Version::TWO,
@@ -640,8 +674,8 @@ mod tests {
     fn approved_unvault_is_left_alone_unless_over_the_velocity_budget() {
         let (a, b) = (vault(0, 3_000_000), vault(1, 3_000_000));
         let mut w = watcher(&[&a, &b], 5_000_000);
-        w.add_approval(a.unvault.compute_txid(), Txid::all_zeros());
-        w.add_approval(b.unvault.compute_txid(), Txid::all_zeros());
+        w.add_approval(a.unvault.compute_txid(), terms(1_000));
+        w.add_approval(b.unvault.compute_txid(), terms(1_000));
         assert!(broadcasts(&w.on_block_connected(5, &block(vec![a.unvault.clone()]))).is_empty());
         // The second approved unvault would release 6 M sat in the window: cancelled anyway.
         let actions = w.on_block_connected(6, &block(vec![b.unvault.clone()]));
@@ -669,7 +703,7 @@ mod tests {
     fn panic_sends_e_for_unspent_vaults_and_ue_for_unvaulted_ones() {
         let (a, b) = (vault(0, 1_000_000), vault(1, 1_000_000));
         let mut w = watcher(&[&a, &b], 100_000_000);
-        w.add_approval(b.unvault.compute_txid(), Txid::all_zeros());
+        w.add_approval(b.unvault.compute_txid(), terms(1_000));
         w.on_block_connected(3, &block(vec![b.unvault.clone()]));
         let actions = w.panic("p");
         let mut what: Vec<(OutPoint, String)> = actions

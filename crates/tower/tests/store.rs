@@ -76,7 +76,7 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     let reloaded = loaded.vaults.iter().find(|v| v.outpoint == a.outpoint).unwrap();
     assert_eq!(reloaded.state, changed.state);
     assert_eq!(reloaded.cancels, a.cancels);
-    assert_eq!(loaded.approvals, vec![(u, s)]);
+    assert_eq!(loaded.approvals, vec![(u, s, "{}".to_string())]);
     assert_eq!(loaded.recent, recent);
     assert_eq!(loaded.pending_broadcasts.len(), 1, "one decided, not done");
     assert_eq!(loaded.pending_broadcasts[0], done[0]);
