@@ -246,6 +246,14 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
         );
     }
 
+    // REST: the raw block, as `getblock <hash> 0` decodes, from both.
+    for p in [&core, &node] {
+        let hash = p.rpc.block_hash(1).unwrap().unwrap();
+        let over_rest = p.rpc.clone().with_rest(true).raw_block(&hash).unwrap();
+        assert_eq!(over_rest, p.rpc.raw_block(&hash).unwrap());
+    }
+    println!("{:>20} raw bytes equal to getblock's, from both", "REST /rest/block");
+
     // Refusals: the same reject reasons from the relay policy and the same codes.
     type MakeTx<'a> = Box<dyn Fn(&Process) -> Transaction + 'a>;
     let bad: Vec<(&str, MakeTx)> = vec![

@@ -103,7 +103,11 @@ pub async fn run(config: NodeConfig) -> Result<(), Box<dyn std::error::Error + S
     let auth = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", config.rpcuser, config.rpcpassword));
     let node = Arc::new(Node { chain: Mutex::new(chain), tip, auth, shutdown });
-    let app = Router::new().route("/", post(handle)).route("/wallet/{name}", post(handle)).with_state(node);
+    let app = Router::new()
+        .route("/", post(handle))
+        .route("/wallet/{name}", post(handle))
+        .route("/rest/block/{file}", axum::routing::get(rest_block))
+        .with_state(node);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     println!("vigil node listening on {}", listener.local_addr()?);
     axum::serve(listener, app)
@@ -115,6 +119,25 @@ pub async fn run(config: NodeConfig) -> Result<(), Box<dyn std::error::Error + S
         })
         .await?;
     Ok(())
+}
+
+/// Core's REST `GET /rest/block/<hash>.bin` (as with `-rest`): the raw block, no auth, no hex.
+async fn rest_block(
+    State(node): State<Arc<Node>>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let Some(hash) = file.strip_suffix(".bin").and_then(|h| BlockHash::from_str(h).ok()) else {
+        return (StatusCode::BAD_REQUEST, "Invalid hash or format: use <hash>.bin").into_response();
+    };
+    let block = node.chain.lock().expect("chain lock").block_by_hash(&hash);
+    match block {
+        Some(b) => (
+            [("content-type", "application/octet-stream")],
+            vigil_regtest::bitcoin::consensus::serialize(&*b),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, format!("{hash} not found")).into_response(),
+    }
 }
 
 async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {

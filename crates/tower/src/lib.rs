@@ -106,6 +106,9 @@ pub struct ChainConfig {
     pub user: String,
     /// RPC password.
     pub password: String,
+    /// Fetch blocks through Core's REST interface (bitcoind started with `-rest`).
+    #[serde(default)]
+    pub rest: bool,
 }
 
 /// A client the tower serves.
@@ -276,7 +279,8 @@ impl Tower {
                 Err(e) => return Err(TowerError::Store(StoreError(format!("approval for {u}: {e}")))),
             }
         }
-        let backend = BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password);
+        let backend = BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password)
+            .with_rest(config.chain.rest);
         let follower = Follower::new(loaded.recent, FOLLOW_DEPTH);
         let state = TowerState {
             watcher,
@@ -324,9 +328,6 @@ impl Tower {
             let actions = match &event {
                 BlockEvent::Connected { height, hash, raw } => {
                     window.push(vigil_chain::BlockId { height: *height, hash: *hash });
-                    if window.len() > FOLLOW_DEPTH {
-                        window.remove(0);
-                    }
                     state.backend_tip = state.backend_tip.max(*height);
                     state.watcher.on_raw_block_connected(*height, raw).map_err(|e| {
                         StoreError(format!("block {hash} from the backend does not parse: {e}"))
@@ -346,6 +347,8 @@ impl Tower {
                 continue;
             }
             unrecorded = 0;
+            let excess = window.len().saturating_sub(FOLLOW_DEPTH);
+            window.drain(..excess);
             let broadcasts = state.store.commit_step(&dirty, Some(&window), &actions)?;
             log_actions(&actions);
             drop(state);

@@ -93,6 +93,7 @@ pub fn bitcoind() -> Option<Process> {
     let child = Command::new(exe)
         .args([
             "-regtest",
+            "-rest",
             "-txindex",
             "-listen=0",
             "-printtoconsole=0",
