@@ -234,20 +234,20 @@ proptest! {
 
 /// At least one mined case of a few thousand blocks.
 #[test]
-fn a_delay_of_2016_blocks_mined_on_the_kernel() {
+fn a_delay_of_3000_blocks_mined_on_the_kernel() {
     let example =
-        ExamplePolicy { delay: 2_016, recovery: 2_100, deep_vault: 2_100, ..ExamplePolicy::default() };
+        ExamplePolicy { delay: 3_000, recovery: 3_100, deep_vault: 3_100, ..ExamplePolicy::default() };
     let mut env = Env::new(example).unwrap();
     let v = env.create_vault(Amount::from_sat(1_000_000), VaultKind::Standard).unwrap();
     env.confirm(v.graph.unvault()).unwrap();
     let u_height = env.chain.height();
     let spend = env.delayed_spend(&v, sink(), Amount::from_sat(1_000)).unwrap();
-    env.chain.mine_to_height(u_height + 2_016 - 2).unwrap();
+    env.chain.mine_to_height(u_height + 3_000 - 2).unwrap();
     assert!(matches!(env.chain.submit(&spend), Err(SubmitError::SequenceLock { .. })));
     let err = env.chain.block().with_pending(false).with_transactions([spend.clone()]).mine().unwrap_err();
     assert!(err.to_string().contains("BIP68") || err.to_string().contains("nonfinal"), "{err}");
     env.chain.mine(1).unwrap();
     env.confirm(&spend).unwrap();
-    assert_eq!(env.chain.height(), u_height + 2_016);
+    assert_eq!(env.chain.height(), u_height + 3_000);
     let _ = Signer::Backup;
 }
