@@ -256,21 +256,7 @@ pub fn latency_and_catch_up() {
 
     // Register the real vaults and 100,000 - 200 synthetic ones.
     let policy_id = vigil_tower::policy_id(&text);
-    let to_watched = |v: &vigil_testenv::Vault| {
-        let g = v.graph.graph();
-        let all = |set: &[vigil_policy::PresignedTx]| set.iter().map(|p| p.tx.clone()).collect();
-        Vault {
-            outpoint: g.vault_outpoint,
-            policy_id: policy_id.clone(),
-            amount: v.plan.amount,
-            delay: 144,
-            unvault: v.graph.unvault().clone(),
-            cancels: all(&g.cancels),
-            emergencies: all(&g.emergencies),
-            unvault_emergencies: all(&g.unvault_emergencies),
-            state: VaultState::default(),
-        }
-    };
+    let to_watched = |v: &vigil_testenv::Vault| Vault::from_signed(&policy_id, 144, &v.graph);
     let real: Vec<Vault> = vaults.iter().map(to_watched).collect();
     let store_bytes_per_vault;
     {

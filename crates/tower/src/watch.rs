@@ -96,6 +96,23 @@ pub struct VaultState {
 }
 
 impl Vault {
+    /// A vault to watch, from its signed graph.
+    pub fn from_signed(policy_id: &str, delay: u16, signed: &vigil_policy::SignedGraph) -> Vault {
+        let g = signed.graph();
+        let all = |set: &[vigil_policy::PresignedTx]| set.iter().map(|p| p.tx.clone()).collect();
+        Vault {
+            outpoint: g.vault_outpoint,
+            policy_id: policy_id.to_owned(),
+            amount: g.plan.amount,
+            delay,
+            unvault: signed.unvault().clone(),
+            cancels: all(&g.cancels),
+            emergencies: all(&g.emergencies),
+            unvault_emergencies: all(&g.unvault_emergencies),
+            state: VaultState::default(),
+        }
+    }
+
     /// U's output, which C, UE and the owner's spend consume.
     pub fn unvault_outpoint(&self) -> OutPoint {
         OutPoint { txid: self.unvault.compute_txid(), vout: 0 }
@@ -583,19 +600,7 @@ mod tests {
             compiled.plan(index, Amount::from_sat(sat), VaultKind::Standard, o.public(), c.public()).unwrap();
         let v = OutPoint { txid: Txid::from_byte_array([index as u8 + 1; 32]), vout: 0 };
         let g = compiled.build_graph(&plan, v).unwrap();
-        let s = g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap();
-        let all = |set: &[vigil_policy::PresignedTx]| set.iter().map(|p| p.tx.clone()).collect();
-        Vault {
-            outpoint: v,
-            policy_id: "p".into(),
-            amount: plan.amount,
-            delay: 20,
-            unvault: s.unvault().clone(),
-            cancels: all(&g.cancels),
-            emergencies: all(&g.emergencies),
-            unvault_emergencies: all(&g.unvault_emergencies),
-            state: VaultState::default(),
-        }
+        Vault::from_signed("p", 20, &g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap())
     }
 
     fn terms(expiry_height: u32) -> ApprovalTerms {

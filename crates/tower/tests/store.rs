@@ -7,7 +7,7 @@ use vigil_policy::bitcoin::{Amount, BlockHash, OutPoint, Txid};
 use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
 use vigil_tower::store::{PostgresStore, Registered, SqliteStore, TowerStore};
-use vigil_tower::watch::{Action, Vault, VaultState};
+use vigil_tower::watch::{Action, Vault};
 
 fn vault(index: u32) -> Vault {
     let compiled =
@@ -18,19 +18,7 @@ fn vault(index: u32) -> Vault {
         .unwrap();
     let v = OutPoint { txid: Txid::from_byte_array([index as u8 + 1; 32]), vout: 0 };
     let g = compiled.build_graph(&plan, v).unwrap();
-    let s = g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap();
-    let all = |set: &[vigil_policy::PresignedTx]| set.iter().map(|p| p.tx.clone()).collect();
-    Vault {
-        outpoint: v,
-        policy_id: "p".into(),
-        amount: plan.amount,
-        delay: 144,
-        unvault: s.unvault().clone(),
-        cancels: all(&g.cancels),
-        emergencies: all(&g.emergencies),
-        unvault_emergencies: all(&g.unvault_emergencies),
-        state: VaultState::default(),
-    }
+    Vault::from_signed("p", 144, &g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap())
 }
 
 /// Everything a tower relies on its store for; `reopen` gives a fresh connection to the
