@@ -99,7 +99,7 @@ pub fn scan_and_memory() {
         std::hint::black_box(n);
         de_set.push(t.elapsed());
         let t = Instant::now();
-        let found = scan_block(&raw, &index).unwrap();
+        let found = scan_block(&raw, &index, None).unwrap();
         scan.push(t.elapsed());
         assert_eq!(found.len(), 2, "hits in tx 5 and tx 388888/999999 (2 txs spend the 3 outpoints)");
     }

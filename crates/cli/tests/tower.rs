@@ -15,7 +15,7 @@ use common::{
 use serde_json::{json, Value};
 use vigil_chain::{BitcoindRpc, ChainBackend};
 use vigil_policy::bitcoin::secp256k1::Keypair;
-use vigil_policy::bitcoin::{Amount, ScriptBuf, Transaction, Txid};
+use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use vigil_policy::VaultKind;
 use vigil_testenv::Vault;
 use vigil_tower::wire::{self, RegisterVault};
@@ -745,4 +745,56 @@ fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
     assert_eq!(swept, (true, true), "E and UE confirmed");
     // A replayed panic is refused.
     assert!(matches!(post_raw(&tower.url, "/v1/panic", &two, &guardian(1)), Err((409, _))));
+}
+
+#[test]
+fn a_cancel_stuck_at_the_top_of_its_ladder_is_bumped_through_its_anchor() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower bump"));
+    let fee_secret = [0x42u8; 32];
+    let fee_section =
+        format!("[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 20\n", wire::hex(&fee_secret));
+    let tower = TowerProcess::with_store(&node, &[client.policy_path.clone()], 50, None, &fee_section);
+    // Fund the fee wallet from the test wallet.
+    let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
+    let fee_key = vigil_policy::bitcoin::secp256k1::Keypair::from_seckey_slice(&secp, &fee_secret).unwrap();
+    let fee_script = ScriptBuf::new_p2tr(&secp, fee_key.x_only_public_key().0, None);
+    client.wallet.pay(rpc, 150, fee_script, Amount::from_sat(2_000_000));
+    let v = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
+    client.register(&tower.url, &v).unwrap();
+    rpc.broadcast(&v.funding).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    rpc.broadcast(v.graph.unvault()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tower.metric("vigil_tower_fee_wallet_sat") != Some(2_000_000) {
+        assert!(Instant::now() < deadline, "the tower never saw its fee coin");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Congestion: blocks that leave the mempool alone. The tower climbs the ladder, then pays.
+    let top = v.graph.graph().cancels.len() - 1;
+    let c_top = v.graph.cancel(top).unwrap().compute_txid();
+    let mut bump = None;
+    for _ in 0..(top as u32 + 6) {
+        std::thread::sleep(Duration::from_millis(300));
+        let tip = rpc.tip().unwrap().hash.to_string();
+        rpc.call("vigil_generateblock", json!([tip, client.wallet.address().to_string(), [], false]))
+            .unwrap();
+        for txid in rpc.mempool().unwrap().txids {
+            let tx = rpc.transaction(&txid).unwrap().unwrap();
+            if tx.input.iter().any(|i| i.previous_output == OutPoint { txid: c_top, vout: 1 }) {
+                bump = Some(tx);
+            }
+        }
+        if bump.is_some() {
+            break;
+        }
+    }
+    let bump = bump.expect("the tower bumped its top-rung cancel through the anchor");
+    assert_eq!(bump.version.0, 3);
+    mine(rpc, 1, &client.wallet.address());
+    assert_eq!(confirmations(rpc, &c_top), 1, "the top rung and its bump confirmed together");
+    assert_eq!(confirmations(rpc, &bump.compute_txid()), 1);
 }

@@ -369,8 +369,7 @@ async fn panic(
             return Err(Refusal(StatusCode::CONFLICT, "replayed request".into()));
         }
         let actions = state.watcher.panic(&req.policy_id);
-        let dirty = state.watcher.take_dirty();
-        let broadcasts = state.store.commit_step(&dirty, None, &actions).map_err(internal)?;
+        let broadcasts = state.record(None, &actions).map_err(internal)?;
         drop(state);
         for (id, action) in &broadcasts {
             t.broadcast(*id, action);

@@ -175,9 +175,14 @@ impl Cursor<'_> {
     }
 }
 
-/// The transactions of a serialized block that spend an outpoint in `index` (candidates),
-/// with their position in the block. Nothing else is deserialized.
-pub fn scan_block(raw: &[u8], index: &OutpointIndex) -> Result<Vec<(usize, Transaction)>, ScanError> {
+/// The transactions of a serialized block that spend an outpoint in `index` (candidates) or
+/// pay to `pays_to` (the tower's fee wallet), with their position in the block. Nothing else
+/// is deserialized.
+pub fn scan_block(
+    raw: &[u8],
+    index: &OutpointIndex,
+    pays_to: Option<&[u8]>,
+) -> Result<Vec<(usize, Transaction)>, ScanError> {
     let mut c = Cursor { bytes: raw, at: 0 };
     c.take(80)?;
     let count = c.varint()?;
@@ -200,7 +205,9 @@ pub fn scan_block(raw: &[u8], index: &OutpointIndex) -> Result<Vec<(usize, Trans
         let outputs = c.varint()?;
         for _ in 0..outputs {
             c.take(8)?;
-            c.skip_varbytes()?;
+            let len = c.varint()?;
+            let script = c.take(len)?;
+            hit |= pays_to == Some(script);
         }
         if segwit {
             for _ in 0..inputs {
@@ -284,9 +291,11 @@ mod tests {
             },
             txdata: txs.clone(),
         };
-        let hits = scan_block(&serialize(&block), &index).unwrap();
+        let hits = scan_block(&serialize(&block), &index, None).unwrap();
         assert_eq!(hits, vec![(1, txs[1].clone()), (3, txs[3].clone())]);
         let raw = serialize(&block);
-        assert!(scan_block(&raw[..raw.len() - 3], &index).is_err());
+        assert!(scan_block(&raw[..raw.len() - 3], &index, None).is_err());
+        let pays = scan_block(&raw, &OutpointIndex::default(), Some(&[0x51; 260])).unwrap();
+        assert_eq!(pays.len(), 5, "every output pays that script");
     }
 }

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod fees;
 pub mod index;
 pub mod store;
 pub mod watch;
@@ -71,6 +72,31 @@ pub struct TowerConfig {
     /// Where decisions are recorded.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The fee wallet for anchor bumps (optional: without it the ladder is all there is).
+    #[serde(default)]
+    pub fee_wallet: Option<FeeWalletConfig>,
+}
+
+/// The fee wallet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeeWalletConfig {
+    /// Its secret key (hex). It only ever holds fee money.
+    pub secret_key: String,
+    /// The feerate it must cover for every open vault at once, sat/vB.
+    #[serde(default = "default_stress")]
+    pub stress_sat_per_vb: u64,
+    /// The package feerate a bump aims for, sat/vB.
+    #[serde(default = "default_bump")]
+    pub bump_sat_per_vb: u64,
+}
+
+fn default_stress() -> u64 {
+    100
+}
+
+fn default_bump() -> u64 {
+    50
 }
 
 /// The store: `kind = "sqlite"` (default, in `datadir`) or `kind = "postgres"` with `url`.
@@ -192,6 +218,27 @@ pub struct TowerState {
     pub outage_alarmed: bool,
 }
 
+impl TowerState {
+    /// Records the watcher's changes (vault states, fee wallet), the follower's position if
+    /// given, and `actions`, in one store transaction.
+    pub fn record(
+        &mut self,
+        recent: Option<&[vigil_chain::BlockId]>,
+        actions: &[Action],
+    ) -> Result<Vec<(i64, Action)>, StoreError> {
+        let vaults = self.watcher.take_dirty();
+        let wallet = if self.watcher.take_wallet_dirty() {
+            self.watcher
+                .fee_wallet()
+                .map(|w| serde_json::to_string(&w.coins().iter().collect::<Vec<_>>()))
+                .transpose()?
+        } else {
+            None
+        };
+        self.store.commit_step(store::Step { vaults: &vaults, recent, wallet: wallet.as_deref(), actions })
+    }
+}
+
 /// Loads a configuration file.
 pub fn load_config(path: &Path) -> Result<TowerConfig, TowerError> {
     let text =
@@ -262,6 +309,24 @@ impl Tower {
             }
         };
         let loaded = store.load()?;
+        if let Some(fw) = &config.fee_wallet {
+            let secret =
+                wire::unhex(&fw.secret_key).and_then(|b| SecretKey::from_slice(&b).ok()).ok_or_else(
+                    || TowerError::Config("fee_wallet.secret_key: not a 32-byte hex secret key".into()),
+                )?;
+            let policy = fees::FeePolicy {
+                stress_sat_per_vb: fw.stress_sat_per_vb,
+                bump_sat_per_vb: fw.bump_sat_per_vb,
+            };
+            let mut wallet =
+                fees::FeeWallet::new(Keypair::from_secret_key(&Secp256k1::new(), &secret), policy);
+            if let Some(text) = &loaded.wallet {
+                let coins: Vec<(vigil_policy::bitcoin::OutPoint, fees::FeeCoin)> = serde_json::from_str(text)
+                    .map_err(|e| TowerError::Store(StoreError(format!("fee wallet: {e}"))))?;
+                wallet.restore(coins.into_iter().collect());
+            }
+            watcher.set_fee_wallet(wallet);
+        }
         for vault in loaded.vaults {
             watcher.add_vault(vault);
         }
@@ -339,17 +404,16 @@ impl Tower {
                     Vec::new()
                 }
             };
-            let dirty = state.watcher.take_dirty();
             unrecorded += 1;
             // Blocks that change nothing are recorded in batches (one fsync, not one per
             // block, when catching up); replaying them after a crash is harmless.
-            if dirty.is_empty() && actions.is_empty() && unrecorded < 500 && i + 1 < count {
+            if !state.watcher.has_changes() && actions.is_empty() && unrecorded < 500 && i + 1 < count {
                 continue;
             }
             unrecorded = 0;
             let excess = window.len().saturating_sub(FOLLOW_DEPTH);
             window.drain(..excess);
-            let broadcasts = state.store.commit_step(&dirty, Some(&window), &actions)?;
+            let broadcasts = state.record(Some(&window), &actions)?;
             log_actions(&actions);
             drop(state);
             for (id, action) in &broadcasts {
@@ -371,11 +435,10 @@ impl Tower {
         for tx in &mempool {
             actions.extend(state.watcher.on_mempool_tx(tx));
         }
-        let dirty = state.watcher.take_dirty();
-        let broadcasts = if dirty.is_empty() && actions.is_empty() {
+        let broadcasts = if !state.watcher.has_changes() && actions.is_empty() {
             Vec::new()
         } else {
-            state.store.commit_step(&dirty, None, &actions)?
+            state.record(None, &actions)?
         };
         log_actions(&actions);
         state.backend_up = true;
@@ -404,7 +467,7 @@ impl Tower {
                     state.watcher.len()
                 ),
             };
-            state.store.commit_step(&[], None, std::slice::from_ref(&alarm))?;
+            state.record(None, std::slice::from_ref(&alarm))?;
             log_actions(&[alarm]);
         }
         Ok(())
@@ -476,10 +539,12 @@ impl Tower {
              # TYPE vigil_tower_blocks_behind gauge\nvigil_tower_blocks_behind {behind}\n\
              # TYPE vigil_tower_cancels_pending gauge\nvigil_tower_cancels_pending {}\n\
              # TYPE vigil_tower_alarm_outbox gauge\nvigil_tower_alarm_outbox {outbox}\n\
-             # TYPE vigil_tower_backend_up gauge\nvigil_tower_backend_up {}\n",
+             # TYPE vigil_tower_backend_up gauge\nvigil_tower_backend_up {}\n\
+             # TYPE vigil_tower_fee_wallet_sat gauge\nvigil_tower_fee_wallet_sat {}\n",
             state.watcher.len(),
             state.watcher.cancels_pending(),
             state.backend_up as u8,
+            state.watcher.fee_wallet().map(|w| w.balance()).unwrap_or(0),
         )
     }
 }

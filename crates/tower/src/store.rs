@@ -62,6 +62,8 @@ pub struct Loaded {
     pub recent: Vec<BlockId>,
     /// Broadcasts decided and not yet known to be done.
     pub pending_broadcasts: Vec<(i64, Action)>,
+    /// The fee wallet's coins (JSON), if it has any recorded.
+    pub wallet: Option<String>,
 }
 
 /// What a registration did.
@@ -75,6 +77,19 @@ pub enum Registered {
     Conflict,
     /// The nonce was not fresh: refused.
     Replay,
+}
+
+/// One step's decisions, recorded together.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Step<'a> {
+    /// Vaults whose state changed.
+    pub vaults: &'a [Vault],
+    /// The follower's position, if it moved.
+    pub recent: Option<&'a [BlockId]>,
+    /// The fee wallet's coins (JSON), if they changed.
+    pub wallet: Option<&'a str>,
+    /// Broadcasts to make and alarms to deliver.
+    pub actions: &'a [Action],
 }
 
 /// The tower's store.
@@ -104,12 +119,7 @@ pub trait TowerStore: Send {
     /// Records a step's decisions atomically: changed vault states, the follower's position (if
     /// it moved), the broadcasts to make and the alarms to deliver. Returns the broadcasts
     /// with their ids, to mark done once the backend accepted them.
-    fn commit_step(
-        &mut self,
-        vaults: &[Vault],
-        recent: Option<&[BlockId]>,
-        actions: &[Action],
-    ) -> Result<Vec<(i64, Action)>, StoreError>;
+    fn commit_step(&mut self, step: Step<'_>) -> Result<Vec<(i64, Action)>, StoreError>;
     /// A broadcast the backend has answered for good.
     fn broadcast_done(&mut self, id: i64) -> Result<(), StoreError>;
     /// Alarms not yet delivered.
@@ -161,6 +171,7 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS approvals (unvault_txid TEXT PRIMARY KEY, spend_txid TEXT NOT NULL, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nonces (key TEXT PRIMARY KEY, nonce INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS progress (id INTEGER PRIMARY KEY CHECK (id = 0), recent TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS wallet (id INTEGER PRIMARY KEY CHECK (id = 0), coins TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS broadcasts (id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL,
                  done INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS alarms (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
@@ -204,6 +215,8 @@ impl TowerStore for SqliteStore {
         if let Some(text) = recent {
             loaded.recent = recent_from_json(&text)?;
         }
+        loaded.wallet =
+            self.conn.query_row("SELECT coins FROM wallet WHERE id = 0", [], |r| r.get(0)).optional()?;
         let mut stmt = self.conn.prepare("SELECT id, action FROM broadcasts WHERE done = 0 ORDER BY id")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
             let (id, action) = row?;
@@ -270,13 +283,12 @@ impl TowerStore for SqliteStore {
         Ok(fresh)
     }
 
-    fn commit_step(
-        &mut self,
-        vaults: &[Vault],
-        recent: Option<&[BlockId]>,
-        actions: &[Action],
-    ) -> Result<Vec<(i64, Action)>, StoreError> {
+    fn commit_step(&mut self, step: Step<'_>) -> Result<Vec<(i64, Action)>, StoreError> {
+        let Step { vaults, recent, wallet, actions } = step;
         let tx = self.conn.transaction()?;
+        if let Some(coins) = wallet {
+            tx.execute("INSERT OR REPLACE INTO wallet (id, coins) VALUES (0, ?1)", [coins])?;
+        }
         for v in vaults {
             tx.execute(
                 "UPDATE vaults SET vault = ?2 WHERE outpoint = ?1",
@@ -360,6 +372,7 @@ impl PostgresStore {
              CREATE TABLE IF NOT EXISTS approvals (unvault_txid TEXT PRIMARY KEY, spend_txid TEXT NOT NULL, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nonces (key TEXT PRIMARY KEY, nonce BIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS progress (id INTEGER PRIMARY KEY CHECK (id = 0), recent TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS wallet (id INTEGER PRIMARY KEY CHECK (id = 0), coins TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS broadcasts (id BIGSERIAL PRIMARY KEY, action TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT FALSE);
              CREATE TABLE IF NOT EXISTS alarms (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message TEXT NOT NULL,
                  attempts INTEGER NOT NULL DEFAULT 0, delivered BOOLEAN NOT NULL DEFAULT FALSE);"
@@ -393,6 +406,8 @@ impl TowerStore for PostgresStore {
         if let Some(row) = self.client.query_opt("SELECT recent FROM progress WHERE id = 0", &[])? {
             loaded.recent = recent_from_json(row.get(0))?;
         }
+        loaded.wallet =
+            self.client.query_opt("SELECT coins FROM wallet WHERE id = 0", &[])?.map(|r| r.get(0));
         for row in self.client.query("SELECT id, action FROM broadcasts WHERE NOT done ORDER BY id", &[])? {
             loaded.pending_broadcasts.push((row.get(0), serde_json::from_str(row.get::<_, &str>(1))?));
         }
@@ -455,13 +470,15 @@ impl TowerStore for PostgresStore {
         Ok(fresh)
     }
 
-    fn commit_step(
-        &mut self,
-        vaults: &[Vault],
-        recent: Option<&[BlockId]>,
-        actions: &[Action],
-    ) -> Result<Vec<(i64, Action)>, StoreError> {
+    fn commit_step(&mut self, step: Step<'_>) -> Result<Vec<(i64, Action)>, StoreError> {
+        let Step { vaults, recent, wallet, actions } = step;
         let mut tx = self.client.transaction()?;
+        if let Some(coins) = wallet {
+            tx.execute(
+                "INSERT INTO wallet (id, coins) VALUES (0, $1) ON CONFLICT (id) DO UPDATE SET coins = EXCLUDED.coins",
+                &[&coins],
+            )?;
+        }
         for v in vaults {
             tx.execute(
                 "UPDATE vaults SET vault = $2 WHERE outpoint = $1",

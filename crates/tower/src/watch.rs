@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use vigil_policy::bitcoin::{Amount, Block, OutPoint, Transaction, Txid};
 
+use crate::fees::FeeWallet;
 use crate::index::{scan_block, OutpointIndex, ScanError};
 
 /// Blocks a cancel must be buried before the spend leaf opens (DESIGN.md §4 deadline).
@@ -87,6 +88,12 @@ pub struct VaultState {
     pub cancel_height: Option<u32>,
     /// A panic: the highest E (or UE, once U is seen) rung broadcast so far.
     pub emergency_rung: Option<usize>,
+    /// The cancel reached the ladder's top rung at this height.
+    #[serde(default)]
+    pub top_rung_since: Option<u32>,
+    /// The fee wallet bumped the top-rung cancel through its anchor.
+    #[serde(default)]
+    pub bumped: bool,
     /// E's or UE's confirmation height.
     pub emergency_height: Option<u32>,
     /// The approved spend confirmed at this height.
@@ -202,6 +209,12 @@ pub struct Watcher {
     /// Vaults whose cancel or emergency started in the block being processed: they climb the
     /// ladder from the next block on.
     fresh: HashSet<OutPoint>,
+    /// The fee wallet, when the tower has one.
+    fee_wallet: Option<FeeWallet>,
+    /// The wallet changed since the last [`Watcher::take_wallet_dirty`].
+    wallet_dirty: bool,
+    /// A low-balance alarm is standing.
+    wallet_low: bool,
     tip: u32,
 }
 
@@ -273,6 +286,11 @@ impl Watcher {
             .count()
     }
 
+    /// Whether anything awaits recording.
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty() || self.wallet_dirty
+    }
+
     /// Vaults whose state changed since the last call.
     pub fn take_dirty(&mut self) -> Vec<Vault> {
         let dirty = std::mem::take(&mut self.dirty);
@@ -287,8 +305,28 @@ impl Watcher {
     /// A transaction seen in the mempool.
     pub fn on_mempool_tx(&mut self, tx: &Transaction) -> Vec<Action> {
         let mut actions = Vec::new();
+        if let Some(w) = self.fee_wallet.as_mut() {
+            if tx.output.iter().any(|o| &o.script_pubkey == w.script()) {
+                self.wallet_dirty |= w.observe(tx, None);
+            }
+        }
         self.observe(tx, None, &mut actions);
         actions
+    }
+
+    /// Gives the watcher a fee wallet for anchor bumps.
+    pub fn set_fee_wallet(&mut self, wallet: FeeWallet) {
+        self.fee_wallet = Some(wallet);
+    }
+
+    /// The fee wallet.
+    pub fn fee_wallet(&self) -> Option<&FeeWallet> {
+        self.fee_wallet.as_ref()
+    }
+
+    /// Whether the fee wallet changed since the last call (it is then persisted).
+    pub fn take_wallet_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.wallet_dirty)
     }
 
     /// Bytes the hot index holds.
@@ -299,33 +337,35 @@ impl Watcher {
     /// A block joined the active chain, serialized: only the transactions spending a watched
     /// outpoint are deserialized.
     pub fn on_raw_block_connected(&mut self, height: u32, raw: &[u8]) -> Result<Vec<Action>, ScanError> {
-        let hits = scan_block(raw, &self.index)?;
+        let pays_to = self.fee_wallet.as_ref().map(|w| w.script().as_bytes().to_vec());
+        let hits = scan_block(raw, &self.index, pays_to.as_deref())?;
         self.tip = height;
         self.fresh.clear();
         let mut actions = Vec::new();
         for (_, tx) in &hits {
+            if let Some(w) = self.fee_wallet.as_mut() {
+                self.wallet_dirty |= w.observe(tx, Some(height));
+            }
             self.observe(tx, Some(height), &mut actions);
         }
         self.each_block(height, &mut actions);
         Ok(actions)
     }
 
-    /// A block joined the active chain.
+    /// A block joined the active chain (the same path as its serialized form).
     pub fn on_block_connected(&mut self, height: u32, block: &Block) -> Vec<Action> {
-        self.tip = height;
-        self.fresh.clear();
-        let mut actions = Vec::new();
-        for tx in &block.txdata {
-            self.observe(tx, Some(height), &mut actions);
-        }
-        self.each_block(height, &mut actions);
-        actions
+        let raw = vigil_policy::bitcoin::consensus::serialize(block);
+        self.on_raw_block_connected(height, &raw).expect("a block we serialized parses")
     }
 
     /// A block left the active chain: forget confirmations at that height; the next block
     /// re-broadcasts what is still needed.
     pub fn on_block_disconnected(&mut self, height: u32) {
         self.tip = height.saturating_sub(1);
+        if let Some(w) = self.fee_wallet.as_mut() {
+            w.disconnect(height);
+            self.wallet_dirty = true;
+        }
         for (id, vault) in self.vaults.iter_mut() {
             let s = &mut vault.state;
             let before = s.clone();
@@ -516,6 +556,7 @@ impl Watcher {
     /// Every block: escalate what is unconfirmed, re-broadcast after reorgs, watch deadlines,
     /// retire what is buried.
     fn each_block(&mut self, height: u32, actions: &mut Vec<Action>) {
+        self.check_fee_wallet(actions);
         let active: Vec<OutPoint> = self.active.iter().filter(|v| !self.fresh.contains(v)).copied().collect();
         for id in active {
             let vault = self.vaults.get_mut(&id).expect("watched");
@@ -533,10 +574,36 @@ impl Watcher {
                 actions.push(emergency_broadcast(vault, next));
                 self.dirty.insert(id);
             } else if let Some(rung) = s.cancel_rung.filter(|_| s.cancel_height.is_none()) {
-                let next = (rung + 1).min(vault.cancels.len() - 1);
+                let top = vault.cancels.len() - 1;
+                let next = (rung + 1).min(top);
                 vault.state.cancel_rung = Some(next);
                 actions.push(cancel_broadcast(vault, next));
                 self.dirty.insert(id);
+                if next == top && vault.state.top_rung_since.is_none() {
+                    vault.state.top_rung_since = Some(height);
+                }
+                // Two blocks at the top of the ladder with U confirmed: pay through the anchor.
+                let stuck =
+                    vault.state.top_rung_since.is_some_and(|h| height >= h + 2) && s.unvault_height.is_some();
+                if stuck && !vault.state.bumped {
+                    let parent = vault.cancels[top].clone();
+                    let parent_fee = vault.unvault.output[0]
+                        .value
+                        .to_sat()
+                        .saturating_sub(parent.output.iter().map(|o| o.value.to_sat()).sum());
+                    match self.fee_wallet.as_mut().and_then(|w| w.bump(&parent, parent_fee)) {
+                        Some(child) => {
+                            vault.state.bumped = true;
+                            self.wallet_dirty = true;
+                            actions.push(Action::Broadcast { vault: id, what: "cancel anchor bump".into(), tx: child });
+                        }
+                        None => actions.push(Action::Alarm {
+                            vault: Some(id),
+                            kind: "fee-wallet-empty".into(),
+                            message: format!("cancel of vault {id} is stuck at the top rung and the fee wallet cannot bump it"),
+                        }),
+                    }
+                }
                 if let Some(u) = s.unvault_height {
                     let deadline = u + vault.delay as u32;
                     if height + BURY_MARGIN >= deadline {
@@ -551,6 +618,29 @@ impl Watcher {
                 }
             }
         }
+    }
+}
+
+impl Watcher {
+    /// The fee wallet must cover a bump at the stress feerate for every open vault; it alarms
+    /// once when it cannot, and again after it recovered and fell short anew.
+    fn check_fee_wallet(&mut self, actions: &mut Vec<Action>) {
+        let Some(w) = self.fee_wallet.as_ref() else { return };
+        let open = self.vaults.values().filter(|v| !v.state.done).count() as u64;
+        let needed = open * w.reserve_per_vault();
+        let (balance, coins) = (w.balance(), w.free_coins() as u64);
+        let short = balance < needed || coins < open.min(20);
+        if short && !self.wallet_low {
+            actions.push(Action::Alarm {
+                vault: None,
+                kind: "fee-wallet-low".into(),
+                message: format!(
+                    "fee wallet holds {balance} sat in {coins} confirmed coins; {open} open vaults need {needed} sat in {} coins at the stress feerate",
+                    open.min(20)
+                ),
+            });
+        }
+        self.wallet_low = short;
     }
 }
 
@@ -605,6 +695,46 @@ mod tests {
 
     fn terms(expiry_height: u32) -> ApprovalTerms {
         ApprovalTerms { spend: Txid::all_zeros(), expiry_height, counter: 1 }
+    }
+
+    #[test]
+    fn the_fee_wallet_alarms_when_short_and_bumps_a_cancel_stuck_at_the_top_rung() {
+        use crate::fees::{FeePolicy, FeeWallet};
+        use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
+        let v = vault(0, 5_000_000);
+        let mut w = watcher(&[&v], 100_000_000);
+        let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
+        let wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
+        let script = wallet.script().clone();
+        w.set_fee_wallet(wallet);
+        // Empty: the first block alarms, once.
+        assert!(alarms(&w.on_block_connected(1, &block(vec![]))).contains(&"fee-wallet-low".to_string()));
+        assert!(!alarms(&w.on_block_connected(2, &block(vec![]))).contains(&"fee-wallet-low".to_string()));
+        // Funded with enough: no alarm; a later shortfall would alarm again.
+        let mut funding = v.cancels[0].clone();
+        funding.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
+        funding.output =
+            vec![vigil_policy::bitcoin::TxOut { value: Amount::from_sat(1_000_000), script_pubkey: script }];
+        w.on_block_connected(3, &block(vec![funding]));
+        assert_eq!(w.fee_wallet().unwrap().balance(), 1_000_000);
+        assert!(w.take_wallet_dirty());
+        // An unapproved unvault: the ladder climbs to the top, then the anchor is bumped.
+        w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+        let top = v.cancels.len() - 1;
+        let mut bumped = None;
+        for h in 11..30 {
+            for a in w.on_block_connected(h, &block(vec![])) {
+                if let Action::Broadcast { what, tx, .. } = a {
+                    if what == "cancel anchor bump" {
+                        bumped.get_or_insert((h, tx));
+                    }
+                }
+            }
+        }
+        let (h, child) = bumped.expect("a bump");
+        assert_eq!(h, 10 + top as u32 + 2, "two blocks after reaching the top rung");
+        assert_eq!(child.input[0].previous_output, OutPoint { txid: v.cancels[top].compute_txid(), vout: 1 });
+        assert!(child.input[1].witness.len() == 1, "the fee coin is signed");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use vigil_policy::bitcoin::hashes::Hash;
 use vigil_policy::bitcoin::{Amount, BlockHash, OutPoint, Txid};
 use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
-use vigil_tower::store::{PostgresStore, Registered, SqliteStore, TowerStore};
+use vigil_tower::store::{PostgresStore, Registered, SqliteStore, Step, TowerStore};
 use vigil_tower::watch::{Action, Vault};
 
 fn vault(index: u32) -> Vault {
@@ -48,9 +48,15 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
         Action::Broadcast { vault: a.outpoint, what: "cancel rung 2".into(), tx: a.cancels[2].clone() },
         Action::Alarm { vault: Some(a.outpoint), kind: "unvault-cancelled".into(), message: "m".into() },
     ];
-    let done = store.commit_step(std::slice::from_ref(&changed), Some(&recent), &actions).unwrap();
+    let step = Step {
+        vaults: std::slice::from_ref(&changed),
+        recent: Some(&recent),
+        wallet: Some("[1]"),
+        actions: &actions,
+    };
+    let done = store.commit_step(step).unwrap();
     assert_eq!(done.len(), 1);
-    let second = store.commit_step(&[], None, &actions[..1]).unwrap();
+    let second = store.commit_step(Step { actions: &actions[..1], ..Step::default() }).unwrap();
     store.broadcast_done(second[0].0).unwrap();
     let alarm = store.undelivered_alarms().unwrap();
     assert_eq!(alarm.len(), 1);
@@ -66,6 +72,7 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     assert_eq!(reloaded.cancels, a.cancels);
     assert_eq!(loaded.approvals, vec![(u, s, "{}".to_string())]);
     assert_eq!(loaded.recent, recent);
+    assert_eq!(loaded.wallet.as_deref(), Some("[1]"));
     assert_eq!(loaded.pending_broadcasts.len(), 1, "one decided, not done");
     assert_eq!(loaded.pending_broadcasts[0], done[0]);
     let alarm = store.undelivered_alarms().unwrap();

@@ -1,0 +1,164 @@
+//! The tower's fee wallet: a small hot wallet whose only use is to pay, through a cancel's or
+//! emergency's pay-to-anchor output, for what the pre-signed ladder cannot (ADR 0002).
+//!
+//! It holds coins at one key-path taproot address, kept pre-split so that each concurrent bump
+//! has its own confirmed coin (a TRUC child cannot chain on another unconfirmed child), and
+//! sized for every watched vault at a stress feerate: below that, the tower alarms. A leaked
+//! fee key loses the fee wallet, never a vault.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use vigil_policy::bitcoin::hashes::Hash;
+use vigil_policy::bitcoin::key::{Keypair, TapTweak};
+use vigil_policy::bitcoin::secp256k1::{Message, Secp256k1};
+use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use vigil_policy::bitcoin::transaction::Version;
+use vigil_policy::bitcoin::{
+    absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
+};
+use vigil_policy::pay_to_anchor;
+
+/// Virtual size of a bump: the anchor and one key-path input, one key-path output.
+pub const BUMP_VBYTES: u64 = 11 + 41 + 58 + 43;
+
+/// How the fee wallet is sized and used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeePolicy {
+    /// The feerate the wallet must be able to pay for every vault at once, sat/vB.
+    pub stress_sat_per_vb: u64,
+    /// The package feerate a bump aims for, sat/vB.
+    pub bump_sat_per_vb: u64,
+}
+
+/// A coin of the fee wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeeCoin {
+    /// Its value, sat.
+    pub value: u64,
+    /// Confirmed at this height (None while pending).
+    pub height: Option<u32>,
+    /// Spent by a bump the tower made and not yet confirmed.
+    pub reserved: bool,
+}
+
+/// The fee wallet.
+#[derive(Debug, Clone)]
+pub struct FeeWallet {
+    keypair: Keypair,
+    script: ScriptBuf,
+    policy: FeePolicy,
+    coins: BTreeMap<OutPoint, FeeCoin>,
+}
+
+impl FeeWallet {
+    /// The wallet of `keypair`.
+    pub fn new(keypair: Keypair, policy: FeePolicy) -> FeeWallet {
+        let secp = Secp256k1::new();
+        let script = ScriptBuf::new_p2tr(&secp, keypair.x_only_public_key().0, None);
+        FeeWallet { keypair, script, policy, coins: BTreeMap::new() }
+    }
+
+    /// Where to send it coins.
+    pub fn script(&self) -> &ScriptBuf {
+        &self.script
+    }
+
+    /// Its coins (for persistence).
+    pub fn coins(&self) -> &BTreeMap<OutPoint, FeeCoin> {
+        &self.coins
+    }
+
+    /// Restores coins from the store.
+    pub fn restore(&mut self, coins: BTreeMap<OutPoint, FeeCoin>) {
+        self.coins = coins;
+    }
+
+    /// Confirmed value, sat, not counting coins spent by a pending bump.
+    pub fn balance(&self) -> u64 {
+        self.coins.values().filter(|c| c.height.is_some() && !c.reserved).map(|c| c.value).sum()
+    }
+
+    /// Confirmed coins free for a bump.
+    pub fn free_coins(&self) -> usize {
+        self.coins.values().filter(|c| c.height.is_some() && !c.reserved).count()
+    }
+
+    /// What one bump at the stress feerate costs, sat (the child pays for itself and a
+    /// cancel of 174 vB that paid nothing).
+    pub fn reserve_per_vault(&self) -> u64 {
+        (BUMP_VBYTES + 174) * self.policy.stress_sat_per_vb
+    }
+
+    /// A transaction seen (in a block at `height`, or `None` in the mempool): coins in, coins out.
+    /// Returns whether the wallet changed.
+    pub fn observe(&mut self, tx: &Transaction, height: Option<u32>) -> bool {
+        let mut changed = false;
+        for input in &tx.input {
+            changed |= self.coins.remove(&input.previous_output).is_some();
+        }
+        let txid = tx.compute_txid();
+        for (vout, out) in tx.output.iter().enumerate() {
+            if out.script_pubkey == self.script {
+                let coin = FeeCoin { value: out.value.to_sat(), height, reserved: false };
+                self.coins.insert(OutPoint { txid, vout: vout as u32 }, coin);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Forgets confirmations at `height` and above (a reorg).
+    pub fn disconnect(&mut self, height: u32) {
+        for c in self.coins.values_mut() {
+            if c.height.is_some_and(|h| h >= height) {
+                c.height = None;
+            }
+        }
+    }
+
+    /// A child of `parent` (which pays `parent_fee`) spending its anchor (output 1) and the
+    /// smallest free coin that covers the bump, so the package reaches the bump feerate.
+    pub fn bump(&mut self, parent: &Transaction, parent_fee: u64) -> Option<Transaction> {
+        let want = (parent.vsize() as u64 + BUMP_VBYTES) * self.policy.bump_sat_per_vb;
+        let child_fee = want.saturating_sub(parent_fee).max(BUMP_VBYTES);
+        let anchor = OutPoint { txid: parent.compute_txid(), vout: 1 };
+        let (coin_op, coin) = self
+            .coins
+            .iter()
+            .filter(|(_, c)| c.height.is_some() && !c.reserved && c.value + 240 >= child_fee + 330)
+            .min_by_key(|(_, c)| c.value)
+            .map(|(op, c)| (*op, *c))?;
+        let prevouts = [
+            TxOut { value: Amount::from_sat(240), script_pubkey: pay_to_anchor() },
+            TxOut { value: Amount::from_sat(coin.value), script_pubkey: self.script.clone() },
+        ];
+        let mut tx = Transaction {
+            version: Version(3),
+            lock_time: absolute::LockTime::ZERO,
+            input: [anchor, coin_op]
+                .iter()
+                .map(|op| TxIn {
+                    previous_output: *op,
+                    sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                    ..Default::default()
+                })
+                .collect(),
+            output: vec![TxOut {
+                value: Amount::from_sat(coin.value + 240 - child_fee),
+                script_pubkey: self.script.clone(),
+            }],
+        };
+        let secp = Secp256k1::new();
+        let sighash = SighashCache::new(&tx)
+            .taproot_key_spend_signature_hash(1, &Prevouts::All(&prevouts), TapSighashType::Default)
+            .ok()?;
+        let tweaked = self.keypair.tap_tweak(&secp, None).to_keypair();
+        let sig = secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
+        tx.input[1].witness = Witness::from_slice(&[sig.as_ref()]);
+        if let Some(c) = self.coins.get_mut(&coin_op) {
+            c.reserved = true;
+        }
+        Some(tx)
+    }
+}
