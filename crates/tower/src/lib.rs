@@ -481,9 +481,10 @@ impl Tower {
             Ok(txid) => eprintln!("level=info event=broadcast vault={vault} what={what:?} txid={txid}"),
             Err(e) => eprintln!("level=warn event=broadcast_refused vault={vault} what={what:?} error={e:?}"),
         }
-        // Unreachable: keep it pending for the next start; anything else is final (already
-        // confirmed, replaced by a higher rung, or refused: the next block escalates).
-        if !matches!(result, Err(BackendError::Unreachable(_))) {
+        // Unreachable or refused credentials: keep it pending for the next start; anything
+        // else is final (already confirmed, replaced by a higher rung, or refused: the next
+        // block escalates).
+        if !matches!(result, Err(BackendError::Unreachable(_)) | Err(BackendError::Unauthorized)) {
             if let Ok(mut state) = self.state.lock() {
                 if let Err(e) = state.store.broadcast_done(id) {
                     eprintln!("level=error event=store error={e}");
@@ -519,14 +520,25 @@ impl Tower {
 
     /// The loop: step, deliver alarms, wait for a new block or the poll interval.
     pub fn run_watch_loop(self: &Arc<Tower>) -> Result<(), StoreError> {
-        let mut backoff = HashMap::new();
         let interval = Duration::from_millis(self.config.poll_interval_ms);
         while !self.stopping.load(Ordering::SeqCst) {
-            self.step()?;
-            self.deliver_alarms(&mut backoff);
+            if let Err(e) = self.step() {
+                // A tower that cannot record its decisions must not look alive.
+                self.stopping.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
             std::thread::sleep(interval);
         }
         Ok(())
+    }
+
+    /// Alarm delivery, on its own thread: a slow webhook never delays watching.
+    pub fn run_alarm_loop(self: &Arc<Tower>) {
+        let mut backoff = HashMap::new();
+        while !self.stopping.load(Ordering::SeqCst) {
+            self.deliver_alarms(&mut backoff);
+            std::thread::sleep(Duration::from_millis(self.config.poll_interval_ms.max(100)));
+        }
     }
 
     /// Prometheus metrics.
@@ -566,6 +578,8 @@ pub async fn run(config: TowerConfig) -> Result<(), TowerError> {
         .map_err(|e| TowerError::Config(e.to_string()))??;
     let watcher = tower.clone();
     let watch_thread = std::thread::spawn(move || watcher.run_watch_loop());
+    let alarms = tower.clone();
+    let alarm_thread = std::thread::spawn(move || alarms.run_alarm_loop());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("vigil tower listening on {}", listener.local_addr()?);
     let app = api::router(tower.clone());
@@ -574,13 +588,19 @@ pub async fn run(config: TowerConfig) -> Result<(), TowerError> {
         .with_graceful_shutdown(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("signal handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            // Stop on a signal, or when the watch loop failed and stopped the tower.
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = tick.tick() => if stop.stopping.load(Ordering::SeqCst) { break },
+                }
             }
             stop.stopping.store(true, Ordering::SeqCst);
         })
         .await?;
+    let _ = alarm_thread.join();
     match watch_thread.join() {
         Ok(r) => r.map_err(TowerError::Store),
         Err(_) => Err(TowerError::Config("watch loop panicked".into())),
