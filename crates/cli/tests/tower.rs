@@ -798,3 +798,79 @@ fn a_cancel_stuck_at_the_top_of_its_ladder_is_bumped_through_its_anchor() {
     assert_eq!(confirmations(rpc, &c_top), 1, "the top rung and its bump confirmed together");
     assert_eq!(confirmations(rpc, &bump.compute_txid()), 1);
 }
+
+fn signed_get(tower: &str, path: &str, key: &vigil_policy::bitcoin::secp256k1::Keypair) -> Value {
+    let (k, sig) = wire::sign_request(key, path, b"");
+    ureq::get(&format!("{tower}{path}"))
+        .set("x-vigil-key", &k)
+        .set("x-vigil-signature", &sig)
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap()
+}
+
+#[test]
+fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the_delay() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(dir.path(), &node, example("tower governance"));
+    let (hook, alarms) = webhook();
+    let tower = TowerProcess::new(&node, std::slice::from_ref(&client.policy_path), 60, Some(&hook));
+    let path = format!("/v1/clients/{}", client.policy_id);
+    let owner = client.owner_auth();
+    assert_eq!(signed_get(&tower.url, &path, &owner)["version"], 1);
+    let original = std::fs::read_to_string(&client.policy_path).unwrap();
+    let version = |v: u32, velocity: u64| {
+        original
+            .replace("version = 1", &format!("version = {v}"))
+            .replace("velocity_limit_sat = 10000000", &format!("velocity_limit_sat = {velocity}"))
+    };
+    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
+    let mut nonce = 0;
+    let mut change = |text: &str, signers: &[usize]| {
+        nonce += 1;
+        let sigs: Vec<_> = signers.iter().map(|i| wire::sign_policy_change(text, &guardian(*i))).collect();
+        let body = serde_json::to_vec(
+            &json!({"nonce": nonce, "policy_id": client.policy_id, "policy": text, "signatures": sigs}),
+        )
+        .unwrap();
+        post_raw(&tower.url, "/v1/policy", &body, &guardian(0))
+    };
+    // Refused: one guardian; the same version; a policy that does not parse.
+    assert!(
+        matches!(change(&version(2, 20_000_000), &[0]), Err((400, t)) if t.contains("guardian signatures"))
+    );
+    assert!(matches!(change(&version(1, 20_000_000), &[0, 1]), Err((400, t)) if t.contains("not above")));
+    let r = change(&version(2, 20_000_000).replace("threshold = 2", "threshold = 9"), &[0, 1]);
+    assert!(matches!(&r, Err((400, t)) if t.contains("guardians.threshold")), "{r:?}");
+
+    // Loosening (a higher velocity limit) waits 1,009 blocks.
+    change(&version(2, 20_000_000), &[0, 2]).unwrap();
+    let tip = rpc.tip().unwrap().height;
+    let state = signed_get(&tower.url, &path, &owner);
+    assert_eq!(state["version"], 1);
+    assert_eq!(state["pending"][0]["version"], 2);
+    assert_eq!(state["pending"][0]["effective_height"].as_u64().unwrap() as u32, tip + 1_009);
+    // Tightening applies at once (and supersedes the pending loosening).
+    change(&version(3, 5_000_000), &[1, 2]).unwrap();
+    let state = signed_get(&tower.url, &path, &owner);
+    assert_eq!((state["version"].as_u64(), state["pending"].as_array().unwrap().len()), (Some(3), 0));
+    // Loosening again, then the delay passes.
+    change(&version(4, 30_000_000), &[0, 1]).unwrap();
+    mine(rpc, 1_008, &client.wallet.address());
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(signed_get(&tower.url, &path, &owner)["version"], 3, "one block early");
+    mine(rpc, 1, &client.wallet.address());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while signed_get(&tower.url, &path, &owner)["version"] != 4 {
+        assert!(Instant::now() < deadline, "version 4 never applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let kinds: Vec<String> =
+        alarms.lock().unwrap().iter().map(|a| a["kind"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "policy-change").count(), 3, "{kinds:?}");
+    assert!(kinds.iter().filter(|k| *k == "policy-applied").count() >= 2, "{kinds:?}");
+}

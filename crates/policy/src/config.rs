@@ -204,7 +204,7 @@ pub struct Tower {
 /// A validated custody policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// The policy's version number (towers pin it).
+    /// The policy's revision, raised by every change (towers pin it).
     pub version: u32,
     /// The network every key and address belongs to.
     pub network: Network,
@@ -248,11 +248,9 @@ fn field(field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
 }
 
 fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
-    if file.version != 1 {
-        return Err(field(
-            "version",
-            format!("version {} is not supported (this build reads 1)", file.version),
-        ));
+    // The policy's revision: each change signed by the guardians raises it (towers pin it).
+    if file.version == 0 {
+        return Err(field("version", "the first version of a policy is 1"));
     }
     let network = match file.network.as_str() {
         "bitcoin" | "mainnet" => Network::Bitcoin,

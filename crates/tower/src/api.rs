@@ -31,6 +31,8 @@ pub fn router(tower: Arc<Tower>) -> Router {
         .route("/v1/vaults/{outpoint}", get(vault_state))
         .route("/v1/approvals", post(register_approval))
         .route("/v1/panic", post(panic))
+        .route("/v1/policy", post(change_policy))
+        .route("/v1/clients/{policy_id}", get(client_state))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(tower)
@@ -72,8 +74,8 @@ fn authenticate(headers: &HeaderMap, path: &str, body: &[u8]) -> Result<XOnlyPub
     Ok(key)
 }
 
-fn client<'a>(tower: &'a Tower, policy_id: &str) -> Result<&'a Client, Refusal> {
-    tower.clients.get(policy_id).ok_or_else(|| {
+fn client(tower: &Tower, policy_id: &str) -> Result<Arc<Client>, Refusal> {
+    tower.client(policy_id).ok_or_else(|| {
         Refusal(StatusCode::NOT_FOUND, format!("unknown policy {policy_id}: this tower does not serve it"))
     })
 }
@@ -266,7 +268,6 @@ async fn register_approval(
     }
     let t = tower.clone();
     tokio::task::spawn_blocking(move || {
-        let client = &t.clients[&req.policy_id];
         let mut state = t.state.lock().expect("tower state");
         let vault = state
             .watcher
@@ -342,23 +343,12 @@ async fn panic(
     if !client.guardians.contains(&signer) {
         return Err(Refusal(StatusCode::FORBIDDEN, "only a guardian may submit a panic".into()));
     }
-    let digest = wire::request_digest("panic", req.policy_id.as_bytes());
-    let secp = Secp256k1::verification_only();
-    let mut quorum = std::collections::HashSet::new();
-    for s in &req.signatures {
-        let key = XOnlyPublicKey::from_str(&s.key).map_err(|_| bad("signatures: not an x-only key"))?;
-        let sig = wire::unhex(&s.signature)
-            .and_then(|b| schnorr::Signature::from_slice(&b).ok())
-            .ok_or_else(|| bad("signatures: not a signature"))?;
-        if client.guardians.contains(&key) && secp.verify_schnorr(&sig, &digest, &key).is_ok() {
-            quorum.insert(key);
-        }
-    }
-    if (quorum.len() as u32) < client.policy.guardians.threshold {
+    let quorum =
+        guardian_quorum(&client, &req.signatures, &wire::request_digest("panic", req.policy_id.as_bytes()))?;
+    if (quorum as u32) < client.policy.guardians.threshold {
         return Err(bad(format!(
-            "a panic needs {} guardian signatures, {} verify",
-            client.policy.guardians.threshold,
-            quorum.len()
+            "a panic needs {} guardian signatures, {quorum} verify",
+            client.policy.guardians.threshold
         )));
     }
     let t = tower.clone();
@@ -380,6 +370,131 @@ async fn panic(
     .map_err(internal)?
 }
 
+/// Guardian-quorum signatures among `signatures` over `digest`, counted once per guardian.
+fn guardian_quorum(
+    client: &Client,
+    signatures: &[wire::KeySignature],
+    digest: &vigil_policy::bitcoin::secp256k1::Message,
+) -> Result<usize, Refusal> {
+    let secp = Secp256k1::verification_only();
+    let mut quorum = std::collections::HashSet::new();
+    for s in signatures {
+        let key = XOnlyPublicKey::from_str(&s.key).map_err(|_| bad("signatures: not an x-only key"))?;
+        let sig = wire::unhex(&s.signature)
+            .and_then(|b| schnorr::Signature::from_slice(&b).ok())
+            .ok_or_else(|| bad("signatures: not a signature"))?;
+        if client.guardians.contains(&key) && secp.verify_schnorr(&sig, digest, &key).is_ok() {
+            quorum.insert(key);
+        }
+    }
+    Ok(quorum.len())
+}
+
+/// Whether `new` only tightens `old`: same everything but lower limits, a longer window, a
+/// shorter whitelist. Tightening applies at once; anything else waits out the governance delay.
+fn only_tightens(old: &vigil_policy::Policy, new: &vigil_policy::Policy) -> bool {
+    let (a, b) = (&old.allowance, &new.allowance);
+    let mut same = new.clone();
+    same.version = old.version;
+    same.allowance = old.allowance.clone();
+    same == *old
+        && b.velocity_limit_sat <= a.velocity_limit_sat
+        && b.hot_limit_sat <= a.hot_limit_sat
+        && b.velocity_window_blocks >= a.velocity_window_blocks
+        && b.whitelist.iter().all(|w| a.whitelist.contains(w))
+}
+
+async fn change_policy(
+    State(tower): State<Arc<Tower>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Ack>, Refusal> {
+    let signer = authenticate(&headers, "/v1/policy", &body)?;
+    let req: wire::ChangePolicy = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
+    let client = client(&tower, &req.policy_id)?;
+    if !client.guardians.contains(&signer) && !client.registrars.contains(&signer) {
+        return Err(Refusal(StatusCode::FORBIDDEN, "not a party of this policy".into()));
+    }
+    let quorum = guardian_quorum(&client, &req.signatures, &wire::policy_change_digest(&req.policy))?;
+    if (quorum as u32) < client.policy.guardians.threshold {
+        return Err(bad(format!(
+            "a policy change needs {} guardian signatures, {quorum} verify",
+            client.policy.guardians.threshold
+        )));
+    }
+    let new = vigil_policy::Policy::from_toml(&req.policy).map_err(|e| bad(format!("policy: {e}")))?;
+    if new.version <= client.policy.version {
+        return Err(bad(format!(
+            "policy: version {} is not above the current {}",
+            new.version, client.policy.version
+        )));
+    }
+    if new.network != client.policy.network {
+        return Err(bad("policy: another network"));
+    }
+    crate::Client::new(&req.policy).map_err(|e| bad(format!("policy: {e}")))?;
+    let tightening = only_tightens(&client.policy, &new);
+    let t = tower.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut state = t.state.lock().expect("tower state");
+        if !state.store.consume_nonce(&signer.to_string(), req.nonce).map_err(internal)? {
+            return Err(Refusal(StatusCode::CONFLICT, "replayed request".into()));
+        }
+        let tip = state.watcher.tip();
+        let effective_height = if tightening { tip } else { tip + crate::GOVERNANCE_DELAY_BLOCKS };
+        state.policy_changes.retain(|c| c.client != req.policy_id);
+        state.policy_changes.push(crate::PolicyChange {
+            client: req.policy_id.clone(),
+            policy: req.policy.clone(),
+            version: new.version,
+            effective_height,
+        });
+        let alarm = crate::watch::Action::Alarm {
+            vault: None,
+            kind: "policy-change".into(),
+            message: format!(
+                "policy of client {} changes to version {}{}: applies at height {effective_height}",
+                req.policy_id,
+                new.version,
+                if tightening { " (tightening)" } else { "" }
+            ),
+        };
+        let records = serde_json::to_string(&state.policy_changes).map_err(internal)?;
+        state.pending_records.push(("policy_changes", records));
+        state.record(None, std::slice::from_ref(&alarm)).map_err(internal)?;
+        crate::log_actions(std::slice::from_ref(&alarm));
+        if tightening {
+            t.apply_policy_changes(&mut state).map_err(internal)?;
+        }
+        Ok(Json(ack(&t, format!("policy {} version {} at {effective_height}", req.policy_id, new.version))))
+    })
+    .await
+    .map_err(internal)?
+}
+
+async fn client_state(
+    State(tower): State<Arc<Tower>>,
+    headers: HeaderMap,
+    Path(policy_id): Path<String>,
+) -> Result<Response, Refusal> {
+    let signer = authenticate(&headers, &format!("/v1/clients/{policy_id}"), b"")?;
+    let client = client(&tower, &policy_id)?;
+    if !client.registrars.contains(&signer) && !client.guardians.contains(&signer) {
+        return Err(Refusal(StatusCode::FORBIDDEN, "not a party of this policy".into()));
+    }
+    let state = tower.state.lock().expect("tower state");
+    let pending: Vec<_> = state
+        .policy_changes
+        .iter()
+        .filter(|c| c.client == policy_id)
+        .map(|c| serde_json::json!({"version": c.version, "effective_height": c.effective_height}))
+        .collect();
+    Ok(Json(
+        serde_json::json!({"version": client.policy.version, "pending": pending, "tip": state.watcher.tip()}),
+    )
+    .into_response())
+}
+
 async fn vault_state(
     State(tower): State<Arc<Tower>>,
     headers: HeaderMap,
@@ -393,7 +508,7 @@ async fn vault_state(
         .watcher
         .vault(&outpoint)
         .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, format!("vault {outpoint} is not registered")))?;
-    let client = &tower.clients[&vault.policy_id];
+    let client = client(&tower, &vault.policy_id)?;
     if !client.registrars.contains(&signer) && !client.guardians.contains(&signer) {
         return Err(Refusal(StatusCode::FORBIDDEN, "not a party of this vault's policy".into()));
     }

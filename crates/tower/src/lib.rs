@@ -42,6 +42,9 @@ use vigil_policy::{CompiledPolicy, Policy};
 use crate::store::{PostgresStore, SqliteStore, StoreError, TowerStore};
 use crate::watch::{Action, PolicyLimits, Watcher};
 
+/// Blocks a loosening policy change waits: longer than any captivity (> 7 days).
+pub const GOVERNANCE_DELAY_BLOCKS: u32 = 1_009;
+
 /// Blocks remembered for reorgs (and replayed after a restart at most).
 pub const FOLLOW_DEPTH: usize = 1_000;
 
@@ -171,6 +174,31 @@ pub enum TowerError {
     Io(#[from] std::io::Error),
 }
 
+impl Client {
+    /// A client from its policy file's text.
+    pub fn new(text: &str) -> Result<Client, vigil_policy::PolicyError> {
+        let policy = Policy::from_toml(text)?;
+        let compiled = CompiledPolicy::new(policy.clone())?;
+        let mut registrars: Vec<XOnlyPublicKey> = policy.owner.keys.iter().map(|k| k.auth_key()).collect();
+        registrars.push(policy.cosigner.auth_key());
+        Ok(Client {
+            cosigner: policy.cosigner.auth_key(),
+            guardians: policy.guardians.keys.iter().map(|k| k.auth_key()).collect(),
+            registrars,
+            compiled,
+            policy,
+        })
+    }
+
+    /// The limits the watcher enforces for it.
+    pub fn limits(&self) -> PolicyLimits {
+        PolicyLimits {
+            velocity_limit_sat: self.policy.allowance.velocity_limit_sat,
+            velocity_window_blocks: self.policy.allowance.velocity_window_blocks,
+        }
+    }
+}
+
 /// A client's pinned policy.
 pub struct Client {
     /// The policy.
@@ -187,8 +215,8 @@ pub struct Client {
 
 /// The shared state of a running tower.
 pub struct Tower {
-    /// Clients by policy id.
-    pub clients: HashMap<String, Client>,
+    /// Clients by their original policy id; a policy change swaps the entry when it applies.
+    pub clients: std::sync::RwLock<HashMap<String, Arc<Client>>>,
     /// Watcher and store, behind one lock: a decision and its record never interleave.
     pub state: Mutex<TowerState>,
     /// The chain backend.
@@ -216,6 +244,23 @@ pub struct TowerState {
     pub last_contact: Instant,
     /// An outage alarm was raised for the current outage.
     pub outage_alarmed: bool,
+    /// Named records to write with the next step.
+    pub pending_records: Vec<(&'static str, String)>,
+    /// Policy changes waiting for their delay, by client.
+    pub policy_changes: Vec<PolicyChange>,
+}
+
+/// A client's new policy, signed by its guardian quorum, waiting to take effect.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyChange {
+    /// The client (its original policy id).
+    pub client: String,
+    /// The new policy file's text.
+    pub policy: String,
+    /// The new version.
+    pub version: u32,
+    /// It applies from this height.
+    pub effective_height: u32,
 }
 
 impl TowerState {
@@ -227,15 +272,13 @@ impl TowerState {
         actions: &[Action],
     ) -> Result<Vec<(i64, Action)>, StoreError> {
         let vaults = self.watcher.take_dirty();
-        let wallet = if self.watcher.take_wallet_dirty() {
-            self.watcher
-                .fee_wallet()
-                .map(|w| serde_json::to_string(&w.coins().iter().collect::<Vec<_>>()))
-                .transpose()?
-        } else {
-            None
-        };
-        self.store.commit_step(store::Step { vaults: &vaults, recent, wallet: wallet.as_deref(), actions })
+        let mut records = std::mem::take(&mut self.pending_records);
+        if self.watcher.take_wallet_dirty() {
+            if let Some(w) = self.watcher.fee_wallet() {
+                records.push(("fee_wallet", serde_json::to_string(&w.coins().iter().collect::<Vec<_>>())?));
+            }
+        }
+        self.store.commit_step(store::Step { vaults: &vaults, recent, records: &records, actions })
     }
 }
 
@@ -260,29 +303,11 @@ impl Tower {
         for c in &config.clients {
             let text = std::fs::read_to_string(&c.policy)
                 .map_err(|e| TowerError::Config(format!("{}: {e}", c.policy.display())))?;
-            let policy = Policy::from_toml(&text)
-                .map_err(|e| TowerError::Config(format!("{}: {e}", c.policy.display())))?;
-            let compiled =
-                CompiledPolicy::new(policy.clone()).map_err(|e| TowerError::Config(e.to_string()))?;
+            let client =
+                Client::new(&text).map_err(|e| TowerError::Config(format!("{}: {e}", c.policy.display())))?;
             let id = policy_id(&text);
-            watcher.set_limits(
-                &id,
-                PolicyLimits {
-                    velocity_limit_sat: policy.allowance.velocity_limit_sat,
-                    velocity_window_blocks: policy.allowance.velocity_window_blocks,
-                },
-            );
-            let mut registrars: Vec<XOnlyPublicKey> =
-                policy.owner.keys.iter().map(|k| k.auth_key()).collect();
-            registrars.push(policy.cosigner.auth_key());
-            let client = Client {
-                cosigner: policy.cosigner.auth_key(),
-                guardians: policy.guardians.keys.iter().map(|k| k.auth_key()).collect(),
-                registrars,
-                compiled,
-                policy,
-            };
-            clients.insert(id, client);
+            watcher.set_limits(&id, client.limits());
+            clients.insert(id, Arc::new(client));
         }
         let secret = wire::unhex(&config.secret_key)
             .and_then(|b| SecretKey::from_slice(&b).ok())
@@ -320,7 +345,7 @@ impl Tower {
             };
             let mut wallet =
                 fees::FeeWallet::new(Keypair::from_secret_key(&Secp256k1::new(), &secret), policy);
-            if let Some(text) = &loaded.wallet {
+            if let Some(text) = loaded.records.get("fee_wallet") {
                 let coins: Vec<(vigil_policy::bitcoin::OutPoint, fees::FeeCoin)> = serde_json::from_str(text)
                     .map_err(|e| TowerError::Store(StoreError(format!("fee wallet: {e}"))))?;
                 wallet.restore(coins.into_iter().collect());
@@ -354,9 +379,15 @@ impl Tower {
             backend_up: true,
             last_contact: Instant::now(),
             outage_alarmed: false,
+            pending_records: Vec::new(),
+            policy_changes: match loaded.records.get("policy_changes") {
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| TowerError::Store(StoreError(format!("policy changes: {e}"))))?,
+                None => Vec::new(),
+            },
         };
         let tower = Arc::new(Tower {
-            clients,
+            clients: std::sync::RwLock::new(clients),
             state: Mutex::new(state),
             follower: Mutex::new(follower),
             backend,
@@ -421,6 +452,7 @@ impl Tower {
             }
             state = self.state.lock().expect("tower state");
         }
+        self.apply_policy_changes(&mut state)?;
         drop(state);
         let mempool = match follower.poll_mempool(&self.backend) {
             Ok(txs) => txs,
@@ -448,6 +480,51 @@ impl Tower {
         for (id, action) in &broadcasts {
             self.broadcast(*id, action);
         }
+        Ok(())
+    }
+
+    /// A client, by its original policy id.
+    pub fn client(&self, id: &str) -> Option<Arc<Client>> {
+        self.clients.read().expect("clients").get(id).cloned()
+    }
+
+    /// Applies the policy changes whose delay has passed.
+    pub(crate) fn apply_policy_changes(&self, state: &mut TowerState) -> Result<(), StoreError> {
+        let tip = state.watcher.tip();
+        let (due, waiting): (Vec<PolicyChange>, Vec<PolicyChange>) =
+            std::mem::take(&mut state.policy_changes).into_iter().partition(|c| c.effective_height <= tip);
+        state.policy_changes = waiting;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut alarms = Vec::new();
+        for change in due {
+            match Client::new(&change.policy) {
+                Ok(client) => {
+                    state.watcher.set_limits(&change.client, client.limits());
+                    self.clients.write().expect("clients").insert(change.client.clone(), Arc::new(client));
+                    alarms.push(Action::Alarm {
+                        vault: None,
+                        kind: "policy-applied".into(),
+                        message: format!(
+                            "policy version {} of client {} applies from height {tip}",
+                            change.version, change.client
+                        ),
+                    });
+                }
+                Err(e) => alarms.push(Action::Alarm {
+                    vault: None,
+                    kind: "policy-invalid".into(),
+                    message: format!(
+                        "the accepted policy change for {} no longer builds: {e}",
+                        change.client
+                    ),
+                }),
+            }
+        }
+        state.pending_records.push(("policy_changes", serde_json::to_string(&state.policy_changes)?));
+        state.record(None, &alarms)?;
+        log_actions(&alarms);
         Ok(())
     }
 
@@ -561,7 +638,7 @@ impl Tower {
     }
 }
 
-fn log_actions(actions: &[Action]) {
+pub(crate) fn log_actions(actions: &[Action]) {
     for a in actions {
         if let Action::Alarm { vault, kind, message } = a {
             let vault = vault.map(|v| v.to_string()).unwrap_or_default();

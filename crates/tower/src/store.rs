@@ -62,8 +62,8 @@ pub struct Loaded {
     pub recent: Vec<BlockId>,
     /// Broadcasts decided and not yet known to be done.
     pub pending_broadcasts: Vec<(i64, Action)>,
-    /// The fee wallet's coins (JSON), if it has any recorded.
-    pub wallet: Option<String>,
+    /// Small named records (JSON): `fee_wallet`, `policy_changes`.
+    pub records: std::collections::HashMap<String, String>,
 }
 
 /// What a registration did.
@@ -86,8 +86,8 @@ pub struct Step<'a> {
     pub vaults: &'a [Vault],
     /// The follower's position, if it moved.
     pub recent: Option<&'a [BlockId]>,
-    /// The fee wallet's coins (JSON), if they changed.
-    pub wallet: Option<&'a str>,
+    /// Named records (JSON) that changed: `fee_wallet`, `policy_changes`.
+    pub records: &'a [(&'a str, String)],
     /// Broadcasts to make and alarms to deliver.
     pub actions: &'a [Action],
 }
@@ -171,7 +171,7 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS approvals (unvault_txid TEXT PRIMARY KEY, spend_txid TEXT NOT NULL, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nonces (key TEXT PRIMARY KEY, nonce INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS progress (id INTEGER PRIMARY KEY CHECK (id = 0), recent TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS wallet (id INTEGER PRIMARY KEY CHECK (id = 0), coins TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS records (name TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS broadcasts (id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL,
                  done INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS alarms (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
@@ -215,8 +215,11 @@ impl TowerStore for SqliteStore {
         if let Some(text) = recent {
             loaded.recent = recent_from_json(&text)?;
         }
-        loaded.wallet =
-            self.conn.query_row("SELECT coins FROM wallet WHERE id = 0", [], |r| r.get(0)).optional()?;
+        let mut stmt = self.conn.prepare("SELECT name, value FROM records")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (name, value) = row?;
+            loaded.records.insert(name, value);
+        }
         let mut stmt = self.conn.prepare("SELECT id, action FROM broadcasts WHERE done = 0 ORDER BY id")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
             let (id, action) = row?;
@@ -284,10 +287,13 @@ impl TowerStore for SqliteStore {
     }
 
     fn commit_step(&mut self, step: Step<'_>) -> Result<Vec<(i64, Action)>, StoreError> {
-        let Step { vaults, recent, wallet, actions } = step;
+        let Step { vaults, recent, records, actions } = step;
         let tx = self.conn.transaction()?;
-        if let Some(coins) = wallet {
-            tx.execute("INSERT OR REPLACE INTO wallet (id, coins) VALUES (0, ?1)", [coins])?;
+        for (name, value) in records {
+            tx.execute(
+                "INSERT OR REPLACE INTO records (name, value) VALUES (?1, ?2)",
+                rusqlite::params![name, value],
+            )?;
         }
         for v in vaults {
             tx.execute(
@@ -372,7 +378,7 @@ impl PostgresStore {
              CREATE TABLE IF NOT EXISTS approvals (unvault_txid TEXT PRIMARY KEY, spend_txid TEXT NOT NULL, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nonces (key TEXT PRIMARY KEY, nonce BIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS progress (id INTEGER PRIMARY KEY CHECK (id = 0), recent TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS wallet (id INTEGER PRIMARY KEY CHECK (id = 0), coins TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS records (name TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS broadcasts (id BIGSERIAL PRIMARY KEY, action TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT FALSE);
              CREATE TABLE IF NOT EXISTS alarms (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message TEXT NOT NULL,
                  attempts INTEGER NOT NULL DEFAULT 0, delivered BOOLEAN NOT NULL DEFAULT FALSE);"
@@ -406,8 +412,9 @@ impl TowerStore for PostgresStore {
         if let Some(row) = self.client.query_opt("SELECT recent FROM progress WHERE id = 0", &[])? {
             loaded.recent = recent_from_json(row.get(0))?;
         }
-        loaded.wallet =
-            self.client.query_opt("SELECT coins FROM wallet WHERE id = 0", &[])?.map(|r| r.get(0));
+        for row in self.client.query("SELECT name, value FROM records", &[])? {
+            loaded.records.insert(row.get(0), row.get(1));
+        }
         for row in self.client.query("SELECT id, action FROM broadcasts WHERE NOT done ORDER BY id", &[])? {
             loaded.pending_broadcasts.push((row.get(0), serde_json::from_str(row.get::<_, &str>(1))?));
         }
@@ -471,12 +478,12 @@ impl TowerStore for PostgresStore {
     }
 
     fn commit_step(&mut self, step: Step<'_>) -> Result<Vec<(i64, Action)>, StoreError> {
-        let Step { vaults, recent, wallet, actions } = step;
+        let Step { vaults, recent, records, actions } = step;
         let mut tx = self.client.transaction()?;
-        if let Some(coins) = wallet {
+        for (name, value) in records {
             tx.execute(
-                "INSERT INTO wallet (id, coins) VALUES (0, $1) ON CONFLICT (id) DO UPDATE SET coins = EXCLUDED.coins",
-                &[&coins],
+                "INSERT INTO records (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                &[name, value],
             )?;
         }
         for v in vaults {

@@ -195,3 +195,28 @@ pub fn sign_panic(policy_id: &str, key: &Keypair) -> KeySignature {
     let sig = Secp256k1::new().sign_schnorr(&request_digest("panic", policy_id.as_bytes()), key);
     KeySignature { key: key.x_only_public_key().0.to_string(), signature: hex(sig.as_ref()) }
 }
+
+/// `POST /v1/policy`: a new version of a client's policy, signed by its guardian quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePolicy {
+    /// Increasing per signing key.
+    pub nonce: u64,
+    /// The client (its original policy id).
+    pub policy_id: String,
+    /// The new policy file's text.
+    pub policy: String,
+    /// Guardian signatures over [`policy_change_digest`].
+    pub signatures: Vec<KeySignature>,
+}
+
+/// What guardians sign to change a policy: the new file's sha256.
+pub fn policy_change_digest(policy_text: &str) -> Message {
+    request_digest("policy", sha256::Hash::hash(policy_text.as_bytes()).as_byte_array())
+}
+
+/// Signs a policy change with a guardian's auth key.
+pub fn sign_policy_change(policy_text: &str, key: &Keypair) -> KeySignature {
+    let sig = Secp256k1::new().sign_schnorr(&policy_change_digest(policy_text), key);
+    KeySignature { key: key.x_only_public_key().0.to_string(), signature: hex(sig.as_ref()) }
+}

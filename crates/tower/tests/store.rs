@@ -51,7 +51,7 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     let step = Step {
         vaults: std::slice::from_ref(&changed),
         recent: Some(&recent),
-        wallet: Some("[1]"),
+        records: &[("fee_wallet", "[1]".to_string())],
         actions: &actions,
     };
     let done = store.commit_step(step).unwrap();
@@ -72,7 +72,7 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     assert_eq!(reloaded.cancels, a.cancels);
     assert_eq!(loaded.approvals, vec![(u, s, "{}".to_string())]);
     assert_eq!(loaded.recent, recent);
-    assert_eq!(loaded.wallet.as_deref(), Some("[1]"));
+    assert_eq!(loaded.records.get("fee_wallet").map(String::as_str), Some("[1]"));
     assert_eq!(loaded.pending_broadcasts.len(), 1, "one decided, not done");
     assert_eq!(loaded.pending_broadcasts[0], done[0]);
     let alarm = store.undelivered_alarms().unwrap();
