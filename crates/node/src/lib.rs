@@ -151,7 +151,10 @@ async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) 
     }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(_) => return reply(&Value::Null, None, Err(err(code::PARSE, "Parse error"))),
+        Err(_) => {
+            let (status, body) = body_of(&Value::Null, false, Err(err(code::PARSE, "Parse error")));
+            return (status, axum::Json(body)).into_response();
+        }
     };
     if let Value::Array(batch) = request {
         let mut out = Vec::new();
@@ -204,11 +207,6 @@ fn body_of(id: &Value, v2: bool, result: Result<Value, RpcError>) -> (StatusCode
         (Err(e), true) => json!({"jsonrpc": "2.0", "error": error(e), "id": id}),
     };
     (status, body)
-}
-
-fn reply(id: &Value, _v2: Option<bool>, result: Result<Value, RpcError>) -> Response {
-    let (status, body) = body_of(id, false, result);
-    (status, axum::Json(body)).into_response()
 }
 
 async fn wait_for_new_block(node: &Arc<Node>, params: &[Value]) -> Result<Value, RpcError> {

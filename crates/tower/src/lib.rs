@@ -27,7 +27,6 @@ pub mod wire;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -682,9 +681,4 @@ pub async fn run(config: TowerConfig) -> Result<(), TowerError> {
         Ok(r) => r.map_err(TowerError::Store),
         Err(_) => Err(TowerError::Config("watch loop panicked".into())),
     }
-}
-
-/// Parses `txid:vout`.
-pub fn parse_outpoint(s: &str) -> Option<vigil_policy::bitcoin::OutPoint> {
-    vigil_policy::bitcoin::OutPoint::from_str(s).ok()
 }
