@@ -293,7 +293,7 @@ impl ChainBackend for BitcoindRpc {
     fn raw_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Vec<u8>>, BackendError> {
         if self.rest {
             // Several requests in flight: each costs a round trip, not bandwidth.
-            let chunk = hashes.len().div_ceil(4).max(1);
+            let chunk = hashes.len().div_ceil(8).max(1);
             return std::thread::scope(|scope| {
                 let workers: Vec<_> = hashes
                     .chunks(chunk)

@@ -157,34 +157,57 @@ async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) 
         }
     };
     if let Value::Array(batch) = request {
-        let mut out = Vec::new();
-        for r in batch {
-            out.push(call_one(&node, &r).await.1);
-        }
+        // A batch runs on one blocking thread, in order (long-polls cannot be batched).
+        let out = tokio::task::spawn_blocking(move || {
+            batch.iter().map(|r| call_sync(&node, r).1).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
         return (StatusCode::OK, axum::Json(Value::Array(out))).into_response();
     }
     let (status, body) = call_one(&node, &request).await;
     (status, axum::Json(body)).into_response()
 }
 
-async fn call_one(node: &Arc<Node>, request: &Value) -> (StatusCode, Value) {
+/// A request's id, version, method and positional parameters, or the error to answer.
+type Parsed = (Value, bool, Result<(String, Vec<Value>), RpcError>);
+
+fn parse_request(request: &Value) -> Parsed {
     let id = request.get("id").cloned().unwrap_or(Value::Null);
     let v2 = request.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
     let Some(method) = request.get("method").and_then(Value::as_str) else {
-        return body_of(&id, v2, Err(err(code::INVALID_REQUEST, "Method must be a string")));
+        return (id, v2, Err(err(code::INVALID_REQUEST, "Method must be a string")));
     };
     let params = match request.get("params") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
-        Some(_) => {
-            return body_of(&id, v2, Err(err(code::INVALID_REQUEST, "Params must be an array or object")))
+        Some(_) => return (id, v2, Err(err(code::INVALID_REQUEST, "Params must be an array or object"))),
+    };
+    (id, v2, Ok((method.to_owned(), params)))
+}
+
+/// One request answered on the calling (blocking) thread.
+fn call_sync(node: &Node, request: &Value) -> (StatusCode, Value) {
+    let (id, v2, parsed) = parse_request(request);
+    let result = parsed.and_then(|(method, params)| {
+        if method == "waitfornewblock" {
+            return Err(err(code::INVALID_PARAMETER, "waitfornewblock cannot be batched"));
         }
+        dispatch(node, &method, &params)
+    });
+    body_of(&id, v2, result)
+}
+
+async fn call_one(node: &Arc<Node>, request: &Value) -> (StatusCode, Value) {
+    let (id, v2, parsed) = parse_request(request);
+    let (method, params) = match parsed {
+        Ok(p) => p,
+        Err(e) => return body_of(&id, v2, Err(e)),
     };
     let result = if method == "waitfornewblock" {
         wait_for_new_block(node, &params).await
     } else {
         let node = node.clone();
-        let method = method.to_owned();
         tokio::task::spawn_blocking(move || dispatch(&node, &method, &params))
             .await
             .unwrap_or_else(|e| Err(err(code::MISC, format!("internal error: {e}"))))
