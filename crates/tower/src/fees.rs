@@ -1,8 +1,8 @@
 //! The tower's fee wallet: a small hot wallet whose only use is to pay, through a cancel's or
 //! emergency's pay-to-anchor output, for what the pre-signed ladder cannot (ADR 0002).
 //!
-//! It holds coins at one key-path taproot address, kept pre-split so that each concurrent bump
-//! has its own confirmed coin (a TRUC child cannot chain on another unconfirmed child), and
+//! It holds coins at one key-path taproot address, kept pre-split (it splits its largest coin
+//! itself) so that each concurrent bump has its own confirmed coin (a TRUC child cannot chain on another unconfirmed child), and
 //! sized for every watched vault at a stress feerate: below that, the tower alarms. A leaked
 //! fee key loses the fee wallet, never a vault.
 
@@ -117,6 +117,58 @@ impl FeeWallet {
         }
     }
 
+    /// Splits the largest free coin into `count` coins of one stress-feerate bump each (plus
+    /// change), so concurrent bumps each have their own confirmed coin. `None` when no coin is
+    /// big enough.
+    pub fn split(&mut self, count: usize) -> Option<Transaction> {
+        let each = self.reserve_per_vault();
+        let (coin_op, coin) = self
+            .coins
+            .iter()
+            .filter(|(_, c)| c.height.is_some() && !c.reserved)
+            .max_by_key(|(_, c)| c.value)
+            .map(|(op, c)| (*op, *c))?;
+        // 2 sat/vB: a split is not urgent; it only has to confirm before it is needed.
+        let fee = (11 + 58 + 43 * (count as u64 + 1)) * 2;
+        let count = count.min(((coin.value.saturating_sub(fee)) / each) as usize);
+        if count < 2 {
+            return None;
+        }
+        let change = coin.value - fee - each * count as u64;
+        let mut output =
+            vec![TxOut { value: Amount::from_sat(each), script_pubkey: self.script.clone() }; count];
+        if change >= 330 {
+            output.push(TxOut { value: Amount::from_sat(change), script_pubkey: self.script.clone() });
+        }
+        let mut tx = Transaction {
+            version: Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: coin_op,
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                ..Default::default()
+            }],
+            output,
+        };
+        let prevout = TxOut { value: Amount::from_sat(coin.value), script_pubkey: self.script.clone() };
+        self.sign_key_path(&mut tx, 0, &[prevout])?;
+        if let Some(c) = self.coins.get_mut(&coin_op) {
+            c.reserved = true;
+        }
+        Some(tx)
+    }
+
+    fn sign_key_path(&self, tx: &mut Transaction, input: usize, prevouts: &[TxOut]) -> Option<()> {
+        let secp = Secp256k1::new();
+        let sighash = SighashCache::new(&*tx)
+            .taproot_key_spend_signature_hash(input, &Prevouts::All(prevouts), TapSighashType::Default)
+            .ok()?;
+        let tweaked = self.keypair.tap_tweak(&secp, None).to_keypair();
+        let sig = secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
+        tx.input[input].witness = Witness::from_slice(&[sig.as_ref()]);
+        Some(())
+    }
+
     /// A child of `parent` (which pays `parent_fee`) spending its anchor (output 1) and the
     /// smallest free coin that covers the bump, so the package reaches the bump feerate.
     pub fn bump(&mut self, parent: &Transaction, parent_fee: u64) -> Option<Transaction> {
@@ -149,13 +201,7 @@ impl FeeWallet {
                 script_pubkey: self.script.clone(),
             }],
         };
-        let secp = Secp256k1::new();
-        let sighash = SighashCache::new(&tx)
-            .taproot_key_spend_signature_hash(1, &Prevouts::All(&prevouts), TapSighashType::Default)
-            .ok()?;
-        let tweaked = self.keypair.tap_tweak(&secp, None).to_keypair();
-        let sig = secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
-        tx.input[1].witness = Witness::from_slice(&[sig.as_ref()]);
+        self.sign_key_path(&mut tx, 1, &prevouts)?;
         if let Some(c) = self.coins.get_mut(&coin_op) {
             c.reserved = true;
         }

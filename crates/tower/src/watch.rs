@@ -625,18 +625,36 @@ impl Watcher {
     /// The fee wallet must cover a bump at the stress feerate for every open vault; it alarms
     /// once when it cannot, and again after it recovered and fell short anew.
     fn check_fee_wallet(&mut self, actions: &mut Vec<Action>) {
-        let Some(w) = self.fee_wallet.as_ref() else { return };
         let open = self.vaults.values().filter(|v| !v.state.done).count() as u64;
+        let target = open.min(20) as usize;
+        // Fewer free coins than concurrent bumps might need: split the largest.
+        let mut cannot_split = false;
+        if let Some(w) = self.fee_wallet.as_mut() {
+            let pending_split = w.coins().values().any(|c| c.height.is_none());
+            if w.free_coins() < target && !pending_split {
+                match w.split(target - w.free_coins() + 1) {
+                    Some(split) => {
+                        self.wallet_dirty = true;
+                        actions.push(Action::Broadcast {
+                            vault: OutPoint::null(),
+                            what: "fee wallet split".into(),
+                            tx: split,
+                        });
+                    }
+                    None => cannot_split = true,
+                }
+            }
+        }
+        let Some(w) = self.fee_wallet.as_ref() else { return };
         let needed = open * w.reserve_per_vault();
         let (balance, coins) = (w.balance(), w.free_coins() as u64);
-        let short = balance < needed || coins < open.min(20);
+        let short = balance < needed || cannot_split;
         if short && !self.wallet_low {
             actions.push(Action::Alarm {
                 vault: None,
                 kind: "fee-wallet-low".into(),
                 message: format!(
-                    "fee wallet holds {balance} sat in {coins} confirmed coins; {open} open vaults need {needed} sat in {} coins at the stress feerate",
-                    open.min(20)
+                    "fee wallet holds {balance} sat in {coins} confirmed coins; {open} open vaults need {needed} sat in {target} coins at the stress feerate"
                 ),
             });
         }
@@ -718,6 +736,23 @@ mod tests {
         w.on_block_connected(3, &block(vec![funding]));
         assert_eq!(w.fee_wallet().unwrap().balance(), 1_000_000);
         assert!(w.take_wallet_dirty());
+        // With three more open vaults, the single coin is split so each bump has its own.
+        let others: Vec<Vault> = (1..4).map(|i| vault(i, 5_000_000)).collect();
+        for o in &others {
+            w.add_vault(o.clone());
+        }
+        let actions = w.on_block_connected(4, &block(vec![]));
+        let split = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Broadcast { what, tx, .. } if what == "fee wallet split" => Some(tx.clone()),
+                _ => None,
+            })
+            .expect("a split");
+        assert!(split.output.len() >= 4, "{} outputs", split.output.len());
+        assert_eq!(split.input[0].witness.len(), 1, "signed");
+        w.on_block_connected(5, &block(vec![split]));
+        assert!(w.fee_wallet().unwrap().free_coins() >= 4);
         // An unapproved unvault: the ladder climbs to the top, then the anchor is bumped.
         w.on_block_connected(10, &block(vec![v.unvault.clone()]));
         let top = v.cancels.len() - 1;
