@@ -200,16 +200,24 @@ fn leaf_spend(
     tx.input[0].witness = Witness::from_slice(&items);
 }
 
-#[test]
-fn spend_leaf_without_cosigner_and_wrong_keys_are_rejected_by_the_kernel() {
+/// A vault whose U confirmed DELAY blocks ago, and its spend leaf (the second in U's tree:
+/// `and_v(v:pk(owner),and_v(v:pk(cosigner),[guardians,]older(DELAY)))`).
+fn past_delay(
+    sat: u64,
+    kind: VaultKind,
+) -> (Env, Vault, ScriptBuf, vigil_policy::bitcoin::taproot::ControlBlock) {
     let mut env = env();
-    let vault = env.create_vault(Amount::from_sat(2_000_000), VaultKind::Standard).unwrap();
+    let vault = env.create_vault(Amount::from_sat(sat), kind).unwrap();
     env.confirm(vault.graph.unvault()).unwrap();
     env.chain.mine(DELAY).unwrap();
-    // The spend leaf is `and_v(v:pk(owner),and_v(v:pk(cosigner),older(DELAY)))`: the second
-    // leaf listed in U's tree.
-    let leaves = taproot_leaves(&vault.descriptors.unvault).unwrap();
-    let (script, control) = &leaves[1];
+    let (script, control) = taproot_leaves(&vault.descriptors.unvault).unwrap().swap_remove(1);
+    (env, vault, script, control)
+}
+
+#[test]
+fn spend_leaf_without_cosigner_and_wrong_keys_are_rejected_by_the_kernel() {
+    let (mut env, vault, script, control) = past_delay(2_000_000, VaultKind::Standard);
+    let script = &script;
     let owner = env.vault_keypair(Signer::Owner(0), vault.plan.index);
     let cosigner = env.vault_keypair(Signer::Cosigner, vault.plan.index);
     let guardian = env.vault_keypair(Signer::Guardian(0), vault.plan.index);
@@ -231,7 +239,7 @@ fn spend_leaf_without_cosigner_and_wrong_keys_are_rejected_by_the_kernel() {
             "{err}"
         );
     }
-    // A cancel whose owner signature is replaced by another key's is rejected too.
+    // A cancel signed by the everyday keys instead of the one-time keys is rejected too.
     let mut cancel = vault.graph.cancel(0).unwrap().clone();
     let once = &taproot_leaves(&vault.descriptors.unvault).unwrap()[0];
     leaf_spend(&mut cancel, &prevout, &once.0, &once.1.serialize(), &[owner, cosigner]);
@@ -241,12 +249,8 @@ fn spend_leaf_without_cosigner_and_wrong_keys_are_rejected_by_the_kernel() {
 
 #[test]
 fn guarded_spend_leaf_without_guardians_is_rejected() {
-    let mut env = env();
-    let vault = env.create_vault(Amount::from_sat(20_000_000), VaultKind::Guarded).unwrap();
-    env.confirm(vault.graph.unvault()).unwrap();
-    env.chain.mine(DELAY).unwrap();
-    let leaves = taproot_leaves(&vault.descriptors.unvault).unwrap();
-    let (script, control) = &leaves[1];
+    let (mut env, vault, script, control) = past_delay(20_000_000, VaultKind::Guarded);
+    let script = &script;
     let owner = env.vault_keypair(Signer::Owner(0), vault.plan.index);
     let cosigner = env.vault_keypair(Signer::Cosigner, vault.plan.index);
     let mut tx = env.delayed_spend(&vault, sink(), Amount::from_sat(1_000)).unwrap();
