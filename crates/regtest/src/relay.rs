@@ -12,7 +12,7 @@
 //! limits beyond TRUC's, and package relay.
 
 use bitcoin::blockdata::script::Instruction;
-use bitcoin::{Amount, Script, Transaction, TxOut, Weight};
+use bitcoin::{Amount, Script, Transaction, TxOut};
 
 /// `MAX_STANDARD_TX_WEIGHT`.
 pub const MAX_STANDARD_TX_WEIGHT: u64 = 400_000;
@@ -288,11 +288,6 @@ pub fn check_min_relay_fee(fee: Amount, vsize: u64) -> Result<(), RelayError> {
         return Err(RelayError::FeeBelowMinRelay { fee: fee.to_sat(), required, vsize });
     }
     Ok(())
-}
-
-/// Weight in vbytes, rounded up.
-pub fn weight_vbytes(weight: Weight) -> u64 {
-    weight.to_vbytes_ceil()
 }
 
 #[cfg(test)]

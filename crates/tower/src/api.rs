@@ -251,17 +251,10 @@ async fn register_approval(
         Txid::from_str(&a.unvault_txid).map_err(|_| bad("approval.unvault_txid: not a txid"))?;
     let spend_txid = Txid::from_str(&a.spend_txid).map_err(|_| bad("approval.spend_txid: not a txid"))?;
     let (expiry_height, counter) = (a.expiry_height, a.counter);
-    // Who signed the approval itself.
-    let digest = a.digest();
-    let secp = Secp256k1::verification_only();
+    // Who signed the approval itself: every signature must verify.
     let mut signers = Vec::new();
-    for (i, s) in req.signatures.iter().enumerate() {
-        let key = XOnlyPublicKey::from_str(&s.key)
-            .map_err(|_| bad(format!("signatures[{i}].key: not an x-only key")))?;
-        let sig = wire::unhex(&s.signature)
-            .and_then(|b| schnorr::Signature::from_slice(&b).ok())
-            .ok_or_else(|| bad(format!("signatures[{i}].signature: not a signature")))?;
-        if secp.verify_schnorr(&sig, &digest, &key).is_err() {
+    for (i, (key, verifies)) in checked_signatures(&req.signatures, &a.digest())?.into_iter().enumerate() {
+        if !verifies {
             return Err(bad(format!("signatures[{i}] does not verify")));
         }
         signers.push(key);
@@ -370,23 +363,38 @@ async fn panic(
     .map_err(internal)?
 }
 
+/// Each signature's key and whether it verifies over `digest`; malformed ones are refused,
+/// naming their position.
+fn checked_signatures(
+    signatures: &[wire::KeySignature],
+    digest: &vigil_policy::bitcoin::secp256k1::Message,
+) -> Result<Vec<(XOnlyPublicKey, bool)>, Refusal> {
+    let secp = Secp256k1::verification_only();
+    signatures
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let key = XOnlyPublicKey::from_str(&s.key)
+                .map_err(|_| bad(format!("signatures[{i}].key: not an x-only key")))?;
+            let sig = wire::unhex(&s.signature)
+                .and_then(|b| schnorr::Signature::from_slice(&b).ok())
+                .ok_or_else(|| bad(format!("signatures[{i}].signature: not a signature")))?;
+            Ok((key, secp.verify_schnorr(&sig, digest, &key).is_ok()))
+        })
+        .collect()
+}
+
 /// Guardian-quorum signatures among `signatures` over `digest`, counted once per guardian.
 fn guardian_quorum(
     client: &Client,
     signatures: &[wire::KeySignature],
     digest: &vigil_policy::bitcoin::secp256k1::Message,
 ) -> Result<usize, Refusal> {
-    let secp = Secp256k1::verification_only();
-    let mut quorum = std::collections::HashSet::new();
-    for s in signatures {
-        let key = XOnlyPublicKey::from_str(&s.key).map_err(|_| bad("signatures: not an x-only key"))?;
-        let sig = wire::unhex(&s.signature)
-            .and_then(|b| schnorr::Signature::from_slice(&b).ok())
-            .ok_or_else(|| bad("signatures: not a signature"))?;
-        if client.guardians.contains(&key) && secp.verify_schnorr(&sig, digest, &key).is_ok() {
-            quorum.insert(key);
-        }
-    }
+    let quorum: std::collections::HashSet<XOnlyPublicKey> = checked_signatures(signatures, digest)?
+        .into_iter()
+        .filter(|(key, verifies)| *verifies && client.guardians.contains(key))
+        .map(|(key, _)| key)
+        .collect();
     Ok(quorum.len())
 }
 

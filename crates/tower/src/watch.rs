@@ -625,6 +625,10 @@ impl Watcher {
     /// The fee wallet must cover a bump at the stress feerate for every open vault; it alarms
     /// once when it cannot, and again after it recovered and fell short anew.
     fn check_fee_wallet(&mut self, actions: &mut Vec<Action>) {
+        // Counting open vaults walks them all: only a tower with a fee wallet pays for it.
+        if self.fee_wallet.is_none() {
+            return;
+        }
         let open = self.vaults.values().filter(|v| !v.state.done).count() as u64;
         let target = open.min(20) as usize;
         // Fewer free coins than concurrent bumps might need: split the largest.
