@@ -10,12 +10,11 @@
 use std::time::{Duration, Instant};
 
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
-use vigil_policy::bitcoin::key::{Keypair, Secp256k1, TapTweak};
+use vigil_policy::bitcoin::key::{Keypair, Secp256k1};
 use vigil_policy::bitcoin::secp256k1::Message;
-use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use vigil_policy::bitcoin::transaction::Version;
 use vigil_policy::bitcoin::{
-    absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
+    absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
 };
 use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
@@ -124,7 +123,6 @@ fn mining() {
     let secp = Secp256k1::new();
     let key = Keypair::from_seckey_slice(&secp, &[3u8; 32]).unwrap();
     let script = ScriptBuf::new_p2tr(&secp, key.x_only_public_key().0, None);
-    let tweaked = key.tap_tweak(&secp, None).to_keypair();
     let blocks = 30usize;
     let per_block = 100usize;
 
@@ -138,7 +136,7 @@ fn mining() {
             TxOut { value: Amount::from_sat(1_900_000), script_pubkey: script.clone() };
             blocks * per_block / 2
         ];
-        let tx = sign(&secp, &tweaked, funding, &prev, outputs);
+        let tx = sign(&key, funding, &prev, outputs);
         let txid = chain.submit(&tx).unwrap();
         chain.mine(1).unwrap();
         coins.extend(
@@ -149,8 +147,7 @@ fn mining() {
         .iter()
         .map(|(op, prev)| {
             sign(
-                &secp,
-                &tweaked,
+                &key,
                 *op,
                 prev,
                 vec![TxOut { value: prev.value - Amount::from_sat(500), script_pubkey: script.clone() }],
@@ -183,13 +180,7 @@ fn mining() {
     println!("   ratio full / empty block time: {:.1}x", full.as_secs_f64() / empty.as_secs_f64());
 }
 
-fn sign(
-    secp: &Secp256k1<vigil_policy::bitcoin::secp256k1::All>,
-    key: &Keypair,
-    op: OutPoint,
-    prev: &TxOut,
-    output: Vec<TxOut>,
-) -> Transaction {
+fn sign(key: &Keypair, op: OutPoint, prev: &TxOut, output: Vec<TxOut>) -> Transaction {
     let mut tx = Transaction {
         version: Version::TWO,
         lock_time: absolute::LockTime::ZERO,
@@ -200,10 +191,6 @@ fn sign(
         }],
         output,
     };
-    let sighash = SighashCache::new(&tx)
-        .taproot_key_spend_signature_hash(0, &Prevouts::All(&[prev]), TapSighashType::Default)
-        .unwrap();
-    let sig = secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), key);
-    tx.input[0].witness = Witness::from_slice(&[sig.as_ref()]);
+    vigil_policy::sign_key_path(&mut tx, 0, std::slice::from_ref(prev), key).unwrap();
     tx
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use vigil_policy::bitcoin::block::{Header, Version as BlockVersion};
 use vigil_policy::bitcoin::consensus::{deserialize, serialize};
 use vigil_policy::bitcoin::hashes::{sha256d, Hash};
-use vigil_policy::bitcoin::key::TapTweak;
 use vigil_policy::bitcoin::transaction::Version;
 use vigil_policy::bitcoin::{
     absolute, Amount, Block, BlockHash, CompactTarget, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
@@ -196,7 +195,6 @@ pub fn latency_and_catch_up() {
         let mut env = vigil_testenv::Env::with_chain(chain, example.clone()).unwrap();
         let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
         let key = vigil_policy::bitcoin::key::Keypair::from_seckey_slice(&secp, &[4u8; 32]).unwrap();
-        let tweaked = key.tap_tweak(&secp, None).to_keypair();
         let script = ScriptBuf::new_p2tr(&secp, key.x_only_public_key().0, None);
         let mut tips: Vec<(OutPoint, TxOut)> = (0..100)
             .map(|_| {
@@ -211,7 +209,7 @@ pub fn latency_and_catch_up() {
                 .map(|(op, prev)| {
                     let out =
                         TxOut { value: prev.value - Amount::from_sat(200), script_pubkey: script.clone() };
-                    crate::sign(&secp, &tweaked, *op, prev, vec![out])
+                    crate::sign(&key, *op, prev, vec![out])
                 })
                 .collect();
             env.chain.block().with_pending(false).with_transactions(txs.clone()).mine().unwrap();

@@ -8,14 +8,8 @@ use common::{bitcoind, example, mine, Client, Process};
 use serde_json::json;
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::consensus::encode::serialize_hex;
-use vigil_policy::bitcoin::hashes::Hash;
-use vigil_policy::bitcoin::key::TapTweak;
-use vigil_policy::bitcoin::secp256k1::Message;
-use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use vigil_policy::bitcoin::transaction::Version;
-use vigil_policy::bitcoin::{
-    absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
-};
+use vigil_policy::bitcoin::{absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
 use vigil_policy::{pay_to_anchor, VaultKind};
 use vigil_testenv::Vault;
 
@@ -88,12 +82,7 @@ fn anchor_child(
     };
     if inputs.len() == 2 {
         let prevouts: Vec<TxOut> = inputs.iter().map(|(_, o)| o.clone()).collect();
-        let sighash = SighashCache::new(&tx)
-            .taproot_key_spend_signature_hash(1, &Prevouts::All(&prevouts), TapSighashType::Default)
-            .unwrap();
-        let key = client.wallet.key.tap_tweak(&client.wallet.secp, None).to_keypair();
-        let sig = client.wallet.secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &key);
-        tx.input[1].witness = Witness::from_slice(&[sig.as_ref()]);
+        vigil_policy::sign_key_path(&mut tx, 1, &prevouts, &client.wallet.key).unwrap();
     }
     tx
 }

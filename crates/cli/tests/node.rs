@@ -4,11 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vigil_chain::bitcoin::hashes::Hash;
-use vigil_chain::bitcoin::key::{Keypair, TapTweak};
-use vigil_chain::bitcoin::secp256k1::Message;
-use vigil_chain::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
-use vigil_chain::bitcoin::{Address, Amount, Network, Transaction, TxOut, Witness};
+use vigil_chain::bitcoin::key::Keypair;
+use vigil_chain::bitcoin::{Address, Amount, Network, Transaction, TxOut};
 use vigil_chain::{BackendError, BitcoindRpc, BlockEvent, ChainBackend, Follower};
 
 mod common;
@@ -310,12 +307,7 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
 /// Re-signs a spend of the first mature coin after editing it.
 fn resign(wallet: &Wallet, mut tx: Transaction, p: &Process) -> Transaction {
     let (_, prev) = mature_coin(&p.rpc);
-    let sighash = SighashCache::new(&tx)
-        .taproot_key_spend_signature_hash(0, &Prevouts::All(&[&prev]), TapSighashType::Default)
-        .unwrap();
-    let tweaked = wallet.key.tap_tweak(&wallet.secp, None).to_keypair();
-    let sig = wallet.secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
-    tx.input[0].witness = Witness::from_slice(&[sig.as_ref()]);
+    vigil_policy::sign_key_path(&mut tx, 0, &[prev], &wallet.key).unwrap();
     tx
 }
 

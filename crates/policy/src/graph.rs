@@ -808,6 +808,24 @@ pub fn spend_psbt(inputs: &[SpendInput], outputs: Vec<TxOut>) -> Result<Psbt, Po
     Ok(psbt)
 }
 
+/// Signs input `input` of `tx` as a key-path spend of `keypair`'s taproot output (no script
+/// tree, `SIGHASH_DEFAULT`): the wallets around vaults (a tower's fee wallet, test wallets).
+pub fn sign_key_path(
+    tx: &mut Transaction,
+    input: usize,
+    prevouts: &[TxOut],
+    keypair: &Keypair,
+) -> Result<(), PolicyError> {
+    use bitcoin::key::TapTweak;
+    let sighash = SighashCache::new(&*tx)
+        .taproot_key_spend_signature_hash(input, &Prevouts::All(prevouts), TapSighashType::Default)
+        .map_err(|e| PolicyError::Build(e.to_string()))?;
+    let tweaked = keypair.tap_tweak(secp(), None).to_keypair();
+    let sig = secp().sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
+    tx.input[input].witness = Witness::from_slice(&[sig.as_ref()]);
+    Ok(())
+}
+
 /// Finalizes a signed PSBT (the cheapest leaf the signatures and timelocks satisfy) and
 /// extracts the transaction.
 pub fn finalize(mut psbt: Psbt) -> Result<Transaction, PolicyError> {

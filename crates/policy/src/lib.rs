@@ -26,7 +26,7 @@ pub use config::{KeyChain, Policy, PolicyKey, MAX_RELATIVE_LOCK, P2TR_DUST_SAT};
 pub use descriptors::{nums, taproot_leaves, VaultKind, NUMS_POINT};
 pub use error::PolicyError;
 pub use graph::{
-    finalize, pay_to_anchor, spend_psbt, CompiledPolicy, FundingInput, GraphRole, GraphSignatures,
-    OneTimeKey, PresignedTx, RangedDescriptors, SignedGraph, SpendInput, UnsignedGraph, VaultDescriptors,
-    VaultPlan, ANCHOR_SAT, GRAPH_TX_VERSION,
+    finalize, pay_to_anchor, sign_key_path, spend_psbt, CompiledPolicy, FundingInput, GraphRole,
+    GraphSignatures, OneTimeKey, PresignedTx, RangedDescriptors, SignedGraph, SpendInput, UnsignedGraph,
+    VaultDescriptors, VaultPlan, ANCHOR_SAT, GRAPH_TX_VERSION,
 };

@@ -9,15 +9,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use vigil_policy::bitcoin::hashes::Hash;
-use vigil_policy::bitcoin::key::{Keypair, TapTweak};
-use vigil_policy::bitcoin::secp256k1::{Message, Secp256k1};
-use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use vigil_policy::bitcoin::key::Keypair;
+use vigil_policy::bitcoin::secp256k1::Secp256k1;
 use vigil_policy::bitcoin::transaction::Version;
-use vigil_policy::bitcoin::{
-    absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
-};
-use vigil_policy::pay_to_anchor;
+use vigil_policy::bitcoin::{absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
+use vigil_policy::{pay_to_anchor, sign_key_path};
 
 /// Virtual size of a bump: the anchor and one key-path input, one key-path output.
 pub const BUMP_VBYTES: u64 = 11 + 41 + 58 + 43;
@@ -151,22 +147,11 @@ impl FeeWallet {
             output,
         };
         let prevout = TxOut { value: Amount::from_sat(coin.value), script_pubkey: self.script.clone() };
-        self.sign_key_path(&mut tx, 0, &[prevout])?;
+        sign_key_path(&mut tx, 0, &[prevout], &self.keypair).ok()?;
         if let Some(c) = self.coins.get_mut(&coin_op) {
             c.reserved = true;
         }
         Some(tx)
-    }
-
-    fn sign_key_path(&self, tx: &mut Transaction, input: usize, prevouts: &[TxOut]) -> Option<()> {
-        let secp = Secp256k1::new();
-        let sighash = SighashCache::new(&*tx)
-            .taproot_key_spend_signature_hash(input, &Prevouts::All(prevouts), TapSighashType::Default)
-            .ok()?;
-        let tweaked = self.keypair.tap_tweak(&secp, None).to_keypair();
-        let sig = secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
-        tx.input[input].witness = Witness::from_slice(&[sig.as_ref()]);
-        Some(())
     }
 
     /// A child of `parent` (which pays `parent_fee`) spending its anchor (output 1) and the
@@ -201,7 +186,7 @@ impl FeeWallet {
                 script_pubkey: self.script.clone(),
             }],
         };
-        self.sign_key_path(&mut tx, 1, &prevouts)?;
+        sign_key_path(&mut tx, 1, &prevouts, &self.keypair).ok()?;
         if let Some(c) = self.coins.get_mut(&coin_op) {
             c.reserved = true;
         }

@@ -7,13 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use serde_json::Value;
 use std::path::PathBuf;
-use vigil_chain::bitcoin::hashes::Hash;
-use vigil_chain::bitcoin::key::{Keypair, Secp256k1, TapTweak};
-use vigil_chain::bitcoin::secp256k1::Message;
-use vigil_chain::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use vigil_chain::bitcoin::key::{Keypair, Secp256k1};
 use vigil_chain::bitcoin::{
     absolute, transaction::Version, Address, Amount, Network, OutPoint, ScriptBuf, Sequence, Transaction,
-    TxIn, TxOut, Witness,
+    TxIn, TxOut,
 };
 use vigil_chain::{BitcoindRpc, ChainBackend};
 use vigil_policy::bitcoin::secp256k1::Keypair as PolicyKeypair;
@@ -137,12 +134,7 @@ impl Wallet {
                 script_pubkey: self.address().script_pubkey(),
             }],
         };
-        let sighash = SighashCache::new(&tx)
-            .taproot_key_spend_signature_hash(0, &Prevouts::All(&[prev]), TapSighashType::Default)
-            .unwrap();
-        let tweaked = self.key.tap_tweak(&self.secp, None).to_keypair();
-        let sig = self.secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
-        tx.input[0].witness = Witness::from_slice(&[sig.as_ref()]);
+        vigil_policy::sign_key_path(&mut tx, 0, std::slice::from_ref(prev), &self.key).unwrap();
         tx
     }
 }
@@ -187,12 +179,7 @@ impl Wallet {
                 },
             ],
         };
-        let sighash = SighashCache::new(&tx)
-            .taproot_key_spend_signature_hash(0, &Prevouts::All(&[&prev]), TapSighashType::Default)
-            .unwrap();
-        let tweaked = self.key.tap_tweak(&self.secp, None).to_keypair();
-        let sig = self.secp.sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
-        tx.input[0].witness = Witness::from_slice(&[sig.as_ref()]);
+        vigil_policy::sign_key_path(&mut tx, 0, std::slice::from_ref(&prev), &self.key).unwrap();
         let txid = rpc.broadcast(&tx).unwrap();
         (OutPoint { txid, vout: 0 }, tx.output[0].clone())
     }
