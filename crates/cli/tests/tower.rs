@@ -218,8 +218,11 @@ fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
     r.cancels[0] = r.emergencies[0].clone();
     cases.push(("a transaction that does not spend the unvault", body(&r), owner, 400, "cancels[0]"));
     let mut r = good.clone();
-    // The other vault's cancel pays the other vault's recovery output.
-    r.cancels = RegisterVault::new(&client.policy_id, 1, &other.plan, &other.graph).cancels;
+    // Our cancel, spending our unvault, but paying the other vault's recovery output.
+    let mut elsewhere = vault.graph.cancel(0).unwrap().clone();
+    elsewhere.output[0].script_pubkey = other.graph.cancel(0).unwrap().output[0].script_pubkey.clone();
+    assert_eq!(elsewhere.input, vault.graph.cancel(0).unwrap().input);
+    r.cancels[0] = vigil_policy::bitcoin::consensus::encode::serialize_hex(&elsewhere);
     cases.push(("a cancel that pays elsewhere", body(&r), owner, 400, "cancels[0] is not the transaction"));
     let mut r = good.clone();
     let mut tx: Transaction =
