@@ -342,6 +342,7 @@ fn serve(dir: &std::path::Path) -> (std::thread::JoinHandle<()>, vigil_chain::Bi
         bind: ([127, 0, 0, 1], port).into(),
         rpcuser: "bench".into(),
         rpcpassword: "bench".into(),
+        zmq: Default::default(),
     };
     let thread = std::thread::spawn(move || {
         tokio::runtime::Runtime::new().unwrap().block_on(vigil_node::run(config)).unwrap()

@@ -2,11 +2,12 @@
 //! trait ([`ChainBackend`]), with a reorg-aware [`Follower`] on top.
 //!
 //! Backends:
-//! - [`BitcoindRpc`]: Bitcoin Core's JSON-RPC, with no ZMQ and no wallet needed (the Core that
-//!   the kernel crate vendors has neither): blocks by `waitfornewblock` long-polls and hashes,
-//!   the mempool by `getrawmempool` with `mempool_sequence`. `vigil node` speaks the same
-//!   dialect, so every test that runs against the embedded chain runs this code.
-//! - Electrum and Esplora: not yet (see the tower issue).
+//! - [`BitcoindRpc`]: Bitcoin Core's JSON-RPC (and REST for blocks), no wallet needed: blocks by
+//!   hashes, the mempool by `getrawmempool` with `mempool_sequence`. `vigil node` speaks the
+//!   same dialect, so every test that runs against the embedded chain runs this code. Where the
+//!   node publishes ZMQ, [`zmq::subscribe`] rings the follower as soon as something happens;
+//!   where it does not (the Core that the kernel crate vendors has no ZMQ), it polls.
+//! - [`electrum`]: an Electrum server, by scripthash subscriptions.
 
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ use serde_json::{json, Value};
 pub use bitcoin;
 
 pub mod electrum;
+pub mod zmq;
 
 /// A block's place in the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

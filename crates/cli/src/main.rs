@@ -42,6 +42,21 @@ enum Command {
         /// RPC password.
         #[arg(long)]
         rpcpassword: String,
+        /// Publish Core's `hashblock` ZMQ notifications here (`tcp://127.0.0.1:28332`).
+        #[arg(long)]
+        zmqpubhashblock: Option<String>,
+        /// Publish `hashtx` notifications here.
+        #[arg(long)]
+        zmqpubhashtx: Option<String>,
+        /// Publish `rawblock` notifications here.
+        #[arg(long)]
+        zmqpubrawblock: Option<String>,
+        /// Publish `rawtx` notifications here.
+        #[arg(long)]
+        zmqpubrawtx: Option<String>,
+        /// Publish `sequence` notifications here.
+        #[arg(long)]
+        zmqpubsequence: Option<String>,
     },
     /// Run a watchtower: watch registered vaults, cancel every unapproved unvault.
     Tower {
@@ -79,11 +94,29 @@ fn main() -> ExitCode {
         }
         Command::Demo { datadir } => demo(&datadir),
         Command::Tower { config } => tower(&config),
-        Command::Node { datadir, rpcport, rpcbind, rpcuser, rpcpassword } => node(vigil_node::NodeConfig {
+        Command::Node {
+            datadir,
+            rpcport,
+            rpcbind,
+            rpcuser,
+            rpcpassword,
+            zmqpubhashblock,
+            zmqpubhashtx,
+            zmqpubrawblock,
+            zmqpubrawtx,
+            zmqpubsequence,
+        } => node(vigil_node::NodeConfig {
             datadir,
             bind: std::net::SocketAddr::new(rpcbind, rpcport),
             rpcuser,
             rpcpassword,
+            zmq: vigil_node::ZmqConfig {
+                hashblock: zmqpubhashblock,
+                hashtx: zmqpubhashtx,
+                rawblock: zmqpubrawblock,
+                rawtx: zmqpubrawtx,
+                sequence: zmqpubsequence,
+            },
         }),
     };
     match result {

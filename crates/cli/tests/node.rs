@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use vigil_chain::bitcoin::hashes::Hash;
 use vigil_chain::bitcoin::key::Keypair;
 use vigil_chain::bitcoin::{Address, Amount, Network, Transaction, TxOut};
 use vigil_chain::{BackendError, BitcoindRpc, BlockEvent, ChainBackend, Follower};
 
 mod common;
-use common::{bitcoind, mature_coin, mine, vigil_node, Process, Wallet};
+use common::{bitcoind, mature_coin, mine, vigil_node, vigil_node_with_zmq, Process, Wallet};
 
 #[test]
 fn the_bitcoind_backend_follows_vigil_node_through_reorgs_and_the_mempool() {
@@ -78,6 +79,81 @@ fn the_bitcoind_backend_follows_vigil_node_through_reorgs_and_the_mempool() {
     let got = waiter.join().unwrap();
     assert_eq!(got.hash.to_string(), new[0]);
     assert_eq!(got.height, 104);
+}
+
+#[test]
+fn vigil_node_publishes_cores_zmq_notifications() {
+    let (node, endpoint) = vigil_node_with_zmq();
+    let rpc = &node.rpc;
+    let wallet = Wallet::new();
+    let bell = vigil_chain::zmq::subscribe(&endpoint, &[""]).unwrap();
+    // A subscription reaches the publisher a moment after connecting (ZMQ's slow joiner):
+    // mine until the first notification arrives, then start counting afresh.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        mine(rpc, 1, &wallet.address());
+        if bell.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no ZMQ notification arrived");
+    }
+    mine(rpc, 101, &wallet.address());
+    std::thread::sleep(Duration::from_millis(300));
+    while bell.try_recv().is_ok() {}
+    let drain = |until: &dyn Fn(&[vigil_chain::zmq::Notification]) -> bool| {
+        let mut got = Vec::new();
+        while !until(&got) {
+            got.push(bell.recv_timeout(Duration::from_secs(10)).expect("a notification"));
+        }
+        got
+    };
+
+    // A transaction entering the mempool: hashtx, rawtx, then sequence "A" with the mempool
+    // sequence that getrawmempool reports.
+    let (outpoint, prev) = mature_coin(rpc);
+    let tx = wallet.spend(outpoint, &prev, 1_000);
+    let txid = rpc.broadcast(&tx).unwrap();
+    let got = drain(&|g| g.len() == 3);
+    let topics: Vec<&str> = got.iter().map(|n| n.topic.as_str()).collect();
+    assert_eq!(topics, ["hashtx", "rawtx", "sequence"]);
+    let mut display = txid.to_byte_array();
+    display.reverse();
+    assert_eq!(got[0].body, display, "hashes in the RPC's byte order");
+    assert_eq!(got[1].body, vigil_chain::bitcoin::consensus::serialize(&tx));
+    let (hash, label, mempool_sequence) = got[2].sequence().unwrap();
+    assert_eq!((hash, label), (display, b'A'));
+    assert_eq!(mempool_sequence, Some(rpc.mempool().unwrap().sequence));
+
+    // A block: each transaction, then sequence "C", hashblock and rawblock; the counters
+    // of every topic advance by one per message.
+    let hash = mine(rpc, 1, &wallet.address()).remove(0);
+    let got = drain(&|g| g.last().is_some_and(|n| n.topic == "rawblock"));
+    let topics: Vec<&str> = got.iter().map(|n| n.topic.as_str()).collect();
+    assert_eq!(topics, ["hashtx", "rawtx", "hashtx", "rawtx", "sequence", "hashblock", "rawblock"]);
+    let block: vigil_chain::bitcoin::Block =
+        vigil_chain::bitcoin::consensus::deserialize(&got[6].body).unwrap();
+    assert_eq!(block.block_hash().to_string(), hash);
+    assert_eq!(block.txdata[1].compute_txid(), txid);
+    let (_, label, none) = got[4].sequence().unwrap();
+    assert_eq!((label, none), (b'C', None));
+    assert_eq!(got[0].counter + 1, got[2].counter, "hashtx counts its own messages");
+    assert_eq!(got[1].counter + 1, got[3].counter);
+
+    // A reorg: the disconnected block's transactions, then sequence "D".
+    let parent = rpc.block_hash(102).unwrap().unwrap().to_string();
+    let mut tip = parent;
+    for _ in 0..2 {
+        let mined =
+            rpc.call("vigil_generateblock", json!([tip, wallet.address().to_string(), [], false])).unwrap();
+        tip = mined["hash"].as_str().unwrap().to_owned();
+    }
+    let got = drain(&|g| g.iter().filter(|n| n.topic == "rawblock").count() == 2);
+    let sequence: Vec<u8> = got.iter().filter_map(|n| n.sequence()).map(|(_, label, _)| label).collect();
+    assert_eq!(sequence, b"DCC", "{got:?}");
+    let (disconnected, ..) = got.iter().find_map(|n| n.sequence()).unwrap();
+    let mut expected = block.block_hash().to_byte_array();
+    expected.reverse();
+    assert_eq!(disconnected, expected);
 }
 
 #[test]

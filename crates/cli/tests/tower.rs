@@ -41,14 +41,27 @@ impl TowerProcess {
         webhook: Option<&str>,
         store: &str,
     ) -> TowerProcess {
+        Self::configured(node, policies, seed, webhook, "poll_interval_ms = 50\n", "", store)
+    }
+
+    /// Any configuration: `top` goes before the first table, `chain` into `[chain]`, `rest` last.
+    pub fn configured(
+        node: &Process,
+        policies: &[PathBuf],
+        seed: usize,
+        webhook: Option<&str>,
+        top: &str,
+        chain: &str,
+        rest: &str,
+    ) -> TowerProcess {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let secret = vigil_policy::example::tower_secret("tower test", seed);
         let clients: String = policies.iter().map(|p| format!("[[clients]]\npolicy = {:?}\n", p)).collect();
         let webhooks = webhook.map(|w| format!("[alarms]\nwebhooks = [{w:?}]\n")).unwrap_or_default();
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nsecret_key = \"{}\"\npoll_interval_ms = 50\noutage_alarm_secs = 2\n\
-             [chain]\nurl = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n{clients}{webhooks}{store}",
+            "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nsecret_key = \"{}\"\noutage_alarm_secs = 2\n{top}\
+             [chain]\nurl = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n{chain}{clients}{webhooks}{rest}",
             dir.path().join("data"),
             wire::hex(&secret.secret_bytes()),
             node.port,
@@ -194,6 +207,53 @@ fn unapproved_unvault_is_cancelled_approved_one_left_alone_and_guardians_alarmed
         .iter()
         .any(|a| a["message"].as_str().unwrap_or_default().contains(&spent.outpoint().to_string())));
     assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(2));
+}
+
+#[test]
+fn with_zmq_the_tower_acts_on_notifications_not_on_its_poll() {
+    let (node, zmq) = common::vigil_node_with_zmq();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower zmq"));
+    // Polls a minute apart: anything faster than that came through ZMQ.
+    let tower = TowerProcess::configured(
+        &node,
+        &[client.policy_path.clone()],
+        7,
+        None,
+        "poll_interval_ms = 60000\n",
+        &format!("zmq = {zmq:?}\n"),
+        "",
+    );
+    let vault = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    client.register(&tower.url, &vault).unwrap();
+    rpc.broadcast(&vault.funding).unwrap();
+    // A block wakes the tower (retrying while the fresh subscription reaches the node).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    'block: loop {
+        let height = rpc.tip().unwrap().height + 1;
+        mine(rpc, 1, &client.wallet.address());
+        let seen = Instant::now();
+        while seen.elapsed() < Duration::from_secs(2) {
+            if tower.metric("vigil_tower_tip_height") == Some(height as u64) {
+                break 'block;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(Instant::now() < deadline, "no block reached the tower through ZMQ");
+    }
+    // An unvault in the mempool wakes it too, and it cancels at once.
+    let start = Instant::now();
+    rpc.broadcast(vault.graph.unvault()).unwrap();
+    let cancel = loop {
+        if let Some(c) = spend_of(rpc, vault.unvault_outpoint()) {
+            break c;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no cancel within 10 s of a 60 s poll");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!("unvault broadcast -> cancel in the mempool: {:?} (poll interval 60 s)", start.elapsed());
+    assert!(vault.graph.transactions().any(|p| p.tx.compute_txid() == cancel.compute_txid()));
 }
 
 #[test]

@@ -6,8 +6,9 @@
 //! Same method names, parameters, result shapes, error codes and HTTP behaviour as Core
 //! (JSON-RPC 1.0: errors with HTTP 500, unknown methods 404; JSON-RPC 2.0: always 200; bad
 //! credentials 401). Like a node started with `-txindex`, confirmed transactions are found
-//! without a block hash. Core's ZMQ is not offered (the vendored Core has none either): clients
-//! follow with `waitfornewblock` long-polls and `getrawmempool` with `mempool_sequence`.
+//! without a block hash. Core's ZMQ notifications are published with Core's flags and format
+//! ([`zmq`]); without them clients follow with `waitfornewblock` long-polls and `getrawmempool`
+//! with `mempool_sequence`, as they must against a bitcoind built without ZMQ.
 //!
 //! One method is Vigil's own, named so it cannot collide with Core's: `vigil_generateblock`
 //! mines on any known parent (competing branches, reorgs) with given transactions.
@@ -35,6 +36,9 @@ use vigil_regtest::bitcoin::{
     Address, Amount, Block, BlockHash, Network, OutPoint, ScriptBuf, Transaction, Txid,
 };
 use vigil_regtest::{ChainError, RegtestChain, SubmitError, TxStatus};
+
+pub mod zmq;
+pub use zmq::ZmqConfig;
 
 /// Core's RPC error codes (`rpc/protocol.h`).
 pub mod code {
@@ -73,6 +77,8 @@ pub struct NodeConfig {
     pub rpcuser: String,
     /// RPC password.
     pub rpcpassword: String,
+    /// ZMQ notifications to publish.
+    pub zmq: ZmqConfig,
 }
 
 /// An RPC error: Core's code and message.
@@ -97,7 +103,10 @@ struct Node {
 
 /// Runs the node until `stop` is called or the process is signalled. Prints the bound address.
 pub async fn run(config: NodeConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let chain = RegtestChain::open(&config.datadir)?;
+    let mut chain = RegtestChain::open(&config.datadir)?;
+    if !config.zmq.is_empty() {
+        zmq::start(&config.zmq, chain.subscribe()).await?;
+    }
     let (tip, _) = watch::channel((chain.tip(), chain.height()));
     let (shutdown, mut stopped) = watch::channel(false);
     let auth = base64::engine::general_purpose::STANDARD

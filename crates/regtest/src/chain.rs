@@ -95,6 +95,8 @@ pub enum ChainEvent {
     TransactionAccepted {
         /// The transaction.
         tx: Arc<Transaction>,
+        /// The pool's sequence number after it entered (Core's `mempool_sequence`).
+        sequence: u64,
     },
 }
 
@@ -721,7 +723,8 @@ impl RegtestChain {
         self.known_txs.insert(txid, tx.clone());
         self.pool.insert(PoolEntry { tx: tx.clone(), fee: checked.fee, vsize: checked.vsize });
         if announce {
-            self.emit(ChainEvent::TransactionAccepted { tx });
+            let sequence = self.pool_sequence;
+            self.emit(ChainEvent::TransactionAccepted { tx, sequence });
         }
         Ok(txid)
     }

@@ -137,6 +137,11 @@ pub struct ChainConfig {
     /// Fetch blocks through Core's REST interface (bitcoind started with `-rest`).
     #[serde(default)]
     pub rest: bool,
+    /// A ZMQ address where the node publishes `sequence` (or `hashblock` and `hashtx`): the
+    /// tower steps as soon as a notification arrives instead of waiting for the next poll.
+    /// Polling continues regardless, since ZMQ may drop messages.
+    #[serde(default)]
+    pub zmq: Option<String>,
 }
 
 /// A client the tower serves.
@@ -594,16 +599,39 @@ impl Tower {
         }
     }
 
-    /// The loop: step, deliver alarms, wait for a new block or the poll interval.
+    /// The loop: step, then wait for a ZMQ notification or the poll interval.
     pub fn run_watch_loop(self: &Arc<Tower>) -> Result<(), StoreError> {
         let interval = Duration::from_millis(self.config.poll_interval_ms);
+        let doorbell = match &self.config.chain.zmq {
+            Some(endpoint) => {
+                match vigil_chain::zmq::subscribe(endpoint, &["sequence", "hashblock", "hashtx"]) {
+                    Ok(rx) => Some(rx),
+                    Err(e) => {
+                        eprintln!(
+                            "level=warn event=zmq_unavailable error={e:?} polling_ms={}",
+                            interval.as_millis()
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         while !self.stopping.load(Ordering::SeqCst) {
             if let Err(e) = self.step() {
                 // A tower that cannot record its decisions must not look alive.
                 self.stopping.store(true, Ordering::SeqCst);
                 return Err(e);
             }
-            std::thread::sleep(interval);
+            match &doorbell {
+                // One step answers every notification queued so far.
+                Some(rx) => match rx.recv_timeout(interval) {
+                    Ok(_) => while rx.try_recv().is_ok() {},
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(interval),
+                },
+                None => std::thread::sleep(interval),
+            }
         }
         Ok(())
     }
@@ -625,11 +653,13 @@ impl Tower {
         format!(
             "# TYPE vigil_tower_vaults_watched gauge\nvigil_tower_vaults_watched {}\n\
              # TYPE vigil_tower_blocks_behind gauge\nvigil_tower_blocks_behind {behind}\n\
+             # TYPE vigil_tower_tip_height gauge\nvigil_tower_tip_height {}\n\
              # TYPE vigil_tower_cancels_pending gauge\nvigil_tower_cancels_pending {}\n\
              # TYPE vigil_tower_alarm_outbox gauge\nvigil_tower_alarm_outbox {outbox}\n\
              # TYPE vigil_tower_backend_up gauge\nvigil_tower_backend_up {}\n\
              # TYPE vigil_tower_fee_wallet_sat gauge\nvigil_tower_fee_wallet_sat {}\n",
             state.watcher.len(),
+            state.watcher.tip(),
             state.watcher.cancels_pending(),
             state.backend_up as u8,
             state.watcher.fee_wallet().map(|w| w.balance()).unwrap_or(0),

@@ -60,6 +60,19 @@ pub fn wait_ready(rpc: &BitcoindRpc) {
 }
 
 pub fn vigil_node() -> Process {
+    vigil_node_with(&[])
+}
+
+/// `vigil node` publishing every ZMQ topic on one address, returned with it.
+pub fn vigil_node_with_zmq() -> (Process, String) {
+    let zmq = format!("tcp://127.0.0.1:{}", free_port());
+    let topics = ["hashblock", "hashtx", "rawblock", "rawtx", "sequence"];
+    let flags: Vec<String> = topics.iter().map(|t| format!("--zmqpub{t}={zmq}")).collect();
+    (vigil_node_with(&flags.iter().map(String::as_str).collect::<Vec<_>>()), zmq)
+}
+
+/// `vigil node` with extra flags.
+pub fn vigil_node_with(flags: &[&str]) -> Process {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -71,6 +84,7 @@ pub fn vigil_node() -> Process {
             &port.to_string(),
         ])
         .args(["--rpcuser", "vigil", "--rpcpassword", "secret"])
+        .args(flags)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

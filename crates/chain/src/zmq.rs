@@ -1,0 +1,84 @@
+//! A subscriber to Bitcoin Core's ZMQ notifications (`-zmqpub*`; `vigil node` publishes the
+//! same). ZMQ drops messages when a subscriber lags or reconnects, so a notification is a
+//! doorbell and a hint, never the record: a follower still reads blocks and the mempool over
+//! RPC, and only learns sooner that it should.
+
+use std::sync::mpsc::{self, Receiver};
+
+use zeromq::{Socket, SocketRecv};
+
+use crate::BackendError;
+
+/// One notification as Core sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// `hashblock`, `hashtx`, `rawblock`, `rawtx` or `sequence`.
+    pub topic: String,
+    /// The body (see Core's `doc/zmq.md`).
+    pub body: Vec<u8>,
+    /// The publisher's counter for this topic; a gap means messages were lost.
+    pub counter: u32,
+}
+
+impl Notification {
+    /// For `sequence`: the hash (display order), the label (`C`, `D`, `A`, `R`) and, for `A`
+    /// and `R`, the mempool sequence.
+    pub fn sequence(&self) -> Option<([u8; 32], u8, Option<u64>)> {
+        if self.topic != "sequence" || self.body.len() < 33 {
+            return None;
+        }
+        let hash: [u8; 32] = self.body[..32].try_into().ok()?;
+        let mempool = self.body.get(33..41).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        Some((hash, self.body[32], mempool))
+    }
+}
+
+/// Connects to `endpoint` (`tcp://127.0.0.1:28332`) and subscribes to `topics` (an empty
+/// topic means all). Notifications arrive on the returned channel until it is dropped; the
+/// socket reconnects by itself if the publisher restarts.
+pub fn subscribe(endpoint: &str, topics: &[&str]) -> Result<Receiver<Notification>, BackendError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BackendError::Unreachable(format!("zmq runtime: {e}")))?;
+    let mut socket = zeromq::SubSocket::new();
+    runtime
+        .block_on(async {
+            socket.connect(endpoint).await?;
+            for topic in topics {
+                socket.subscribe(topic).await?;
+            }
+            Ok::<_, zeromq::ZmqError>(())
+        })
+        .map_err(|e| BackendError::Unreachable(format!("zmq {endpoint}: {e}")))?;
+    let (sender, receiver) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("zmq-subscriber".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                loop {
+                    let message = match socket.recv().await {
+                        Ok(m) => m,
+                        // The peer went away; the socket reconnects, keep reading.
+                        Err(_) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let frames = message.into_vec();
+                    let [topic, body, counter] = frames.as_slice() else { continue };
+                    let Ok(counter) = <[u8; 4]>::try_from(counter.as_ref()) else { continue };
+                    let notification = Notification {
+                        topic: String::from_utf8_lossy(topic).into_owned(),
+                        body: body.to_vec(),
+                        counter: u32::from_le_bytes(counter),
+                    };
+                    if sender.send(notification).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .map_err(|e| BackendError::Unreachable(format!("zmq thread: {e}")))?;
+    Ok(receiver)
+}
