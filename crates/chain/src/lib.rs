@@ -408,7 +408,7 @@ pub enum FollowError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// Every remembered block was reorged out.
+    /// Every remembered block was reorged out; the follower did not move.
     #[error("reorg deeper than the {0} blocks remembered")]
     TooDeep(usize),
 }
@@ -437,16 +437,22 @@ impl Follower {
             return Ok(Vec::new());
         }
         let mut events = Vec::new();
-        // Disconnect remembered blocks the backend no longer has at their height.
-        while let Some(top) = self.recent.last().copied() {
+        // Find the newest remembered block still active; everything above it was reorged out.
+        // Nothing changes until the fork point is known, so a reorg deeper than the window
+        // leaves the follower where it was (and its caller decides, knowing that).
+        let mut keep = self.recent.len();
+        while keep > 0 {
+            let top = self.recent[keep - 1];
             if backend.block_hash(top.height)? == Some(top.hash) {
                 break;
             }
-            self.recent.pop();
-            events.push(BlockEvent::Disconnected { height: top.height, hash: top.hash });
-            if self.recent.is_empty() {
-                return Err(FollowError::TooDeep(self.depth));
-            }
+            keep -= 1;
+        }
+        if keep == 0 && !self.recent.is_empty() {
+            return Err(FollowError::TooDeep(self.recent.len()));
+        }
+        for gone in self.recent.drain(keep..).rev() {
+            events.push(BlockEvent::Disconnected { height: gone.height, hash: gone.hash });
         }
         let mut next = self.last().map(|b| b.height + 1).unwrap_or(0);
         'fetch: while next <= tip.height {

@@ -82,6 +82,30 @@ fn the_bitcoind_backend_follows_vigil_node_through_reorgs_and_the_mempool() {
 }
 
 #[test]
+fn a_reorg_deeper_than_the_follower_remembers_moves_nothing_and_says_so() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let wallet = Wallet::new();
+    let mut follower = Follower::new(Vec::new(), 3);
+    mine(rpc, 10, &wallet.address());
+    follower.poll(rpc).unwrap();
+    let before = follower.recent().to_vec();
+    assert_eq!(before.len(), 3);
+    // Five blocks replaced, six mined on height 5: deeper than the three remembered.
+    let mut parent = rpc.block_hash(5).unwrap().unwrap().to_string();
+    for _ in 0..6 {
+        let mined = rpc
+            .call("vigil_generateblock", json!([parent, wallet.address().to_string(), [], false]))
+            .unwrap();
+        parent = mined["hash"].as_str().unwrap().to_owned();
+    }
+    for _ in 0..2 {
+        assert!(matches!(follower.poll(rpc), Err(vigil_chain::FollowError::TooDeep(3))));
+        assert_eq!(follower.recent(), before.as_slice(), "nothing moved");
+    }
+}
+
+#[test]
 fn vigil_node_publishes_cores_zmq_notifications() {
     let (node, endpoint) = vigil_node_with_zmq();
     let rpc = &node.rpc;

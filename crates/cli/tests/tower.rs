@@ -257,6 +257,59 @@ fn with_zmq_the_tower_acts_on_notifications_not_on_its_poll() {
 }
 
 #[test]
+fn a_reorg_deeper_than_the_tower_remembers_alarms_and_unvaults_are_still_cancelled() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &node, example("tower deep reorg"));
+    let (hook, alarms) = webhook();
+    let tower = TowerProcess::configured(
+        &node,
+        &[client.policy_path.clone()],
+        8,
+        Some(&hook),
+        "poll_interval_ms = 50\nfollow_depth = 4\n",
+        "",
+        "",
+    );
+    let vault = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    client.register(&tower.url, &vault).unwrap();
+    rpc.broadcast(&vault.funding).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    let fork = rpc.tip().unwrap().height;
+    mine(rpc, 8, &client.wallet.address());
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("the tower followed", &|| tower.metric("vigil_tower_tip_height") == Some(fork as u64 + 8));
+    assert_eq!(tower.metric("vigil_tower_reorg_too_deep"), Some(0));
+
+    // Nine blocks on the vault's funding block replace the eight above it.
+    let mut parent = rpc.block_hash(fork).unwrap().unwrap().to_string();
+    for _ in 0..9 {
+        let mined = rpc
+            .call("vigil_generateblock", json!([parent, client.wallet.address().to_string(), [], false]))
+            .unwrap();
+        parent = mined["hash"].as_str().unwrap().to_owned();
+    }
+    wait_for("the tower says it halted", &|| tower.metric("vigil_tower_reorg_too_deep") == Some(1));
+    wait_for("the alarm was delivered", &|| {
+        alarms.lock().unwrap().iter().any(|a| a["kind"] == "reorg-too-deep")
+    });
+    assert_eq!(tower.metric("vigil_tower_tip_height"), Some(fork as u64 + 8), "no block was processed");
+
+    // The mempool is still watched: an unapproved unvault is cancelled.
+    rpc.broadcast(vault.graph.unvault()).unwrap();
+    wait_for("the unvault was cancelled", &|| spend_of(rpc, vault.unvault_outpoint()).is_some());
+    let cancel = spend_of(rpc, vault.unvault_outpoint()).unwrap();
+    assert!(vault.graph.transactions().any(|p| p.tx.compute_txid() == cancel.compute_txid()));
+}
+
+#[test]
 fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();

@@ -10,10 +10,11 @@
 //! - **Deciding** ([`watch`]): an unvault without an approval, or beyond the velocity budget,
 //!   is cancelled and alarmed; cancels climb the fee ladder each block until buried; a panic
 //!   sweeps to the deep vault; any other spend of a vault is an alarm and a panic.
-//! - **Persistence** ([`store`]): each decision is committed before it is acted on.
-//!
-//! Not yet here (tracked in the tower issue): PostgreSQL, the Electrum backend, the fee
-//! wallet for anchor CPFP, policy-change governance.
+//! - **Getting confirmed** ([`fees`]): the ladder, and a fee wallet for anchor CPFP bumps.
+//! - **Governance**: guardian-signed policy changes; loosening ones wait
+//!   [`GOVERNANCE_DELAY_BLOCKS`].
+//! - **Persistence** ([`store`]): SQLite or PostgreSQL; each decision is committed before it
+//!   is acted on, and alarms leave through a persisted outbox.
 
 #![warn(missing_docs)]
 
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use vigil_chain::{BackendError, BitcoindRpc, BlockEvent, ChainBackend, Follower};
+use vigil_chain::{BackendError, BitcoindRpc, BlockEvent, ChainBackend, FollowError, Follower};
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
@@ -44,7 +45,7 @@ use crate::watch::{Action, PolicyLimits, Watcher};
 /// Blocks a loosening policy change waits: longer than any captivity (> 7 days).
 pub const GOVERNANCE_DELAY_BLOCKS: u32 = 1_009;
 
-/// Blocks remembered for reorgs (and replayed after a restart at most).
+/// Blocks remembered for reorgs by default.
 pub const FOLLOW_DEPTH: usize = 1_000;
 
 /// The tower's configuration file.
@@ -63,6 +64,9 @@ pub struct TowerConfig {
     /// After this long without the chain backend, alarm that vaults are at risk, s.
     #[serde(default = "default_outage")]
     pub outage_alarm_secs: u64,
+    /// Blocks remembered for reorgs; a deeper reorg halts block processing with an alarm.
+    #[serde(default = "default_follow_depth")]
+    pub follow_depth: usize,
     /// The chain backend.
     pub chain: ChainConfig,
     /// The clients served: each a pinned policy file.
@@ -122,6 +126,10 @@ fn default_poll() -> u64 {
 
 fn default_outage() -> u64 {
     60
+}
+
+fn default_follow_depth() -> usize {
+    FOLLOW_DEPTH
 }
 
 /// A bitcoind (or `vigil node`) RPC endpoint.
@@ -248,6 +256,9 @@ pub struct TowerState {
     pub last_contact: Instant,
     /// An outage alarm was raised for the current outage.
     pub outage_alarmed: bool,
+    /// Blocks are not being processed: the chain reorganised deeper than the follower
+    /// remembers (how many it remembered). The mempool is still watched.
+    pub reorg_too_deep: Option<usize>,
     /// Named records to write with the next step.
     pub pending_records: Vec<(&'static str, String)>,
     /// Policy changes waiting for their delay, by client.
@@ -375,7 +386,7 @@ impl Tower {
         }
         let backend = BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password)
             .with_rest(config.chain.rest);
-        let follower = Follower::new(loaded.recent, FOLLOW_DEPTH);
+        let follower = Follower::new(loaded.recent, config.follow_depth);
         let state = TowerState {
             watcher,
             store,
@@ -383,6 +394,7 @@ impl Tower {
             backend_up: true,
             last_contact: Instant::now(),
             outage_alarmed: false,
+            reorg_too_deep: None,
             pending_records: Vec::new(),
             policy_changes: match loaded.records.get("policy_changes") {
                 Some(text) => serde_json::from_str(text)
@@ -415,8 +427,15 @@ impl Tower {
         // that block*: a crash halfway through a poll must replay the blocks not yet decided.
         let mut window: Vec<vigil_chain::BlockId> = follower.recent().to_vec();
         let events = match follower.poll(&self.backend) {
-            Ok(events) => events,
-            Err(e) => {
+            Ok(events) => {
+                self.state.lock().expect("tower state").reorg_too_deep = None;
+                events
+            }
+            Err(FollowError::TooDeep(remembered)) => {
+                self.reorg_too_deep(remembered)?;
+                Vec::new()
+            }
+            Err(FollowError::Backend(e)) => {
                 drop(follower);
                 return self.outage(&e.to_string());
             }
@@ -446,7 +465,7 @@ impl Tower {
                 continue;
             }
             unrecorded = 0;
-            let excess = window.len().saturating_sub(FOLLOW_DEPTH);
+            let excess = window.len().saturating_sub(self.config.follow_depth);
             window.drain(..excess);
             let broadcasts = state.record(Some(&window), &actions)?;
             log_actions(&actions);
@@ -529,6 +548,28 @@ impl Tower {
         state.pending_records.push(("policy_changes", serde_json::to_string(&state.policy_changes)?));
         state.record(None, &alarms)?;
         log_actions(&alarms);
+        Ok(())
+    }
+
+    /// No decision taken on blocks can be trusted past a reorg deeper than the window: stop
+    /// processing blocks (the unvaults in the mempool are still cancelled) and say so once.
+    fn reorg_too_deep(&self, remembered: usize) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("tower state");
+        eprintln!("level=error event=reorg_too_deep remembered={remembered}");
+        if state.reorg_too_deep.replace(remembered).is_none() {
+            let alarm = Action::Alarm {
+                vault: None,
+                kind: "reorg-too-deep".into(),
+                message: format!(
+                    "the chain reorganised deeper than the {remembered} blocks this tower remembers: it \
+                     has stopped processing blocks and {} vaults are at risk until an operator \
+                     investigates (recovery from a reorg this deep is manual)",
+                    state.watcher.len()
+                ),
+            };
+            state.record(None, std::slice::from_ref(&alarm))?;
+            log_actions(&[alarm]);
+        }
         Ok(())
     }
 
@@ -657,11 +698,13 @@ impl Tower {
              # TYPE vigil_tower_cancels_pending gauge\nvigil_tower_cancels_pending {}\n\
              # TYPE vigil_tower_alarm_outbox gauge\nvigil_tower_alarm_outbox {outbox}\n\
              # TYPE vigil_tower_backend_up gauge\nvigil_tower_backend_up {}\n\
+             # TYPE vigil_tower_reorg_too_deep gauge\nvigil_tower_reorg_too_deep {}\n\
              # TYPE vigil_tower_fee_wallet_sat gauge\nvigil_tower_fee_wallet_sat {}\n",
             state.watcher.len(),
             state.watcher.tip(),
             state.watcher.cancels_pending(),
             state.backend_up as u8,
+            state.reorg_too_deep.is_some() as u8,
             state.watcher.fee_wallet().map(|w| w.balance()).unwrap_or(0),
         )
     }
