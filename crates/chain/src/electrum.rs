@@ -109,33 +109,57 @@ impl<S: BufRead + Write> ElectrumClient<S> {
 
     /// Calls `method`; notifications read while waiting are queued.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, BackendError> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut line =
-            serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-                .map_err(|e| BackendError::Decode(e.to_string()))?;
-        line.push(b'\n');
-        self.stream.write_all(&line).map_err(|e| BackendError::Unreachable(e.to_string()))?;
+        self.call_many(&[(method, params)])?.pop().expect("one answer per call")
+    }
+
+    /// Sends every call at once, then reads the answers (pipelined: one round trip, not one
+    /// per call). Answers come back in call order; notifications read meanwhile are queued.
+    pub fn call_many(
+        &mut self,
+        calls: &[(&str, Value)],
+    ) -> Result<Vec<Result<Value, BackendError>>, BackendError> {
+        let first = self.next_id + 1;
+        let mut lines = Vec::new();
+        for (method, params) in calls {
+            self.next_id += 1;
+            let request = json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+            serde_json::to_writer(&mut lines, &request).map_err(|e| BackendError::Decode(e.to_string()))?;
+            lines.push(b'\n');
+        }
+        self.stream.write_all(&lines).map_err(|e| BackendError::Unreachable(e.to_string()))?;
         self.stream.flush().map_err(|e| BackendError::Unreachable(e.to_string()))?;
-        loop {
+        let mut answers: Vec<Option<Result<Value, BackendError>>> = vec![None; calls.len()];
+        let mut missing = calls.len();
+        while missing > 0 {
             let message = self.read_message()?;
-            if message.get("id").and_then(Value::as_u64) == Some(id) {
-                if let Some(error) = message.get("error").filter(|e| !e.is_null()) {
-                    return Err(BackendError::Rpc {
-                        code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
-                        message: error
-                            .get("message")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| error.to_string()),
+            let slot = message
+                .get("id")
+                .and_then(Value::as_u64)
+                .and_then(|id| id.checked_sub(first))
+                .and_then(|i| answers.get_mut(i as usize));
+            match slot {
+                Some(slot @ None) => {
+                    *slot = Some(match message.get("error").filter(|e| !e.is_null()) {
+                        Some(error) => Err(BackendError::Rpc {
+                            code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+                            message: error
+                                .get("message")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| error.to_string()),
+                        }),
+                        None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
                     });
+                    missing -= 1;
                 }
-                return Ok(message.get("result").cloned().unwrap_or(Value::Null));
-            }
-            if let Some(n) = parse_notification(&message) {
-                self.pending.push_back(n);
+                _ => {
+                    if let Some(n) = parse_notification(&message) {
+                        self.pending.push_back(n);
+                    }
+                }
             }
         }
+        Ok(answers.into_iter().map(|a| a.expect("every answer arrived")).collect())
     }
 
     fn read_message(&mut self) -> Result<Value, BackendError> {
@@ -169,19 +193,7 @@ impl<S: BufRead + Write> ElectrumClient<S> {
 
     /// A script's history (confirmed and mempool).
     pub fn history(&mut self, script: &Script) -> Result<Vec<HistoryItem>, BackendError> {
-        let v = self.call("blockchain.scripthash.get_history", json!([scripthash(script)]))?;
-        v.as_array()
-            .ok_or_else(|| BackendError::Decode(format!("history is not a list: {v}")))?
-            .iter()
-            .map(|item| {
-                let txid = item.get("tx_hash").and_then(Value::as_str).and_then(|t| t.parse().ok());
-                let height = item.get("height").and_then(Value::as_i64);
-                match (txid, height) {
-                    (Some(txid), Some(height)) => Ok(HistoryItem { txid, height }),
-                    _ => Err(BackendError::Decode(format!("bad history item {item}"))),
-                }
-            })
-            .collect()
+        parse_history(&self.call("blockchain.scripthash.get_history", json!([scripthash(script)]))?)
     }
 
     /// A transaction by txid.
@@ -198,6 +210,22 @@ impl<S: BufRead + Write> ElectrumClient<S> {
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| BackendError::Decode(format!("not a txid: {v}")))
     }
+}
+
+/// A `blockchain.scripthash.get_history` answer.
+pub(crate) fn parse_history(v: &Value) -> Result<Vec<HistoryItem>, BackendError> {
+    v.as_array()
+        .ok_or_else(|| BackendError::Decode(format!("history is not a list: {v}")))?
+        .iter()
+        .map(|item| {
+            let txid = item.get("tx_hash").and_then(Value::as_str).and_then(|t| t.parse().ok());
+            let height = item.get("height").and_then(Value::as_i64);
+            match (txid, height) {
+                (Some(txid), Some(height)) => Ok(HistoryItem { txid, height }),
+                _ => Err(BackendError::Decode(format!("bad history item {item}"))),
+            }
+        })
+        .collect()
 }
 
 fn parse_notification(message: &Value) -> Option<Notification> {

@@ -7,7 +7,8 @@
 //!   same dialect, so every test that runs against the embedded chain runs this code. Where the
 //!   node publishes ZMQ, [`zmq::subscribe`] rings the follower as soon as something happens;
 //!   where it does not (the Core that the kernel crate vendors has no ZMQ), it polls.
-//! - [`electrum`]: an Electrum server, by scripthash subscriptions.
+//! - [`ElectrumBackend`]: an Electrum server, by scripthash subscriptions; its blocks are
+//!   filtered to the watched scripts, each transaction proven by its merkle branch.
 
 #![warn(missing_docs)]
 
@@ -23,6 +24,8 @@ use serde_json::{json, Value};
 pub use bitcoin;
 
 pub mod electrum;
+mod electrum_backend;
+pub use electrum_backend::ElectrumBackend;
 pub mod zmq;
 
 /// A block's place in the chain.
@@ -101,6 +104,10 @@ pub trait ChainBackend: Send + Sync {
     fn transaction(&self, txid: &Txid) -> Result<Option<Transaction>, BackendError>;
     /// Waits until the tip changes or `timeout` passes; returns the tip.
     fn wait_for_new_block(&self, timeout: Duration) -> Result<BlockId, BackendError>;
+    /// Adds scripts the consumer cares about. A node backend sees every transaction anyway;
+    /// a backend that watches by script (Electrum) includes their transactions in the blocks
+    /// and mempool it reports from the next poll on, history included.
+    fn watch_scripts(&self, _scripts: &[bitcoin::ScriptBuf]) {}
 }
 
 /// Bitcoin Core's JSON-RPC (or `vigil node`'s).
@@ -210,7 +217,7 @@ impl BitcoindRpc {
             .ok_or_else(|| BackendError::Decode(format!("not a hash: {v}")))
     }
 
-    fn unhex(s: &str) -> Result<Vec<u8>, BackendError> {
+    pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, BackendError> {
         fn nibble(c: u8) -> Option<u8> {
             match c {
                 b'0'..=b'9' => Some(c - b'0'),

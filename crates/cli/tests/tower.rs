@@ -3,14 +3,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    confirmations, example, free_port, mine, post_raw, spend_of, spend_of_since, vigil_node, Client, Process,
-    DELAY,
+    confirmations, example, mine, post_raw, rpc_of, spend_of, spend_of_since, vigil_node, Client, Process,
+    TowerProcess, DELAY,
 };
 use serde_json::{json, Value};
 use vigil_chain::{BitcoindRpc, ChainBackend};
@@ -19,98 +18,6 @@ use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use vigil_policy::VaultKind;
 use vigil_testenv::Vault;
 use vigil_tower::wire::{self, RegisterVault};
-
-/// A `vigil tower` process that can be killed with SIGKILL and restarted.
-pub struct TowerProcess {
-    child: Option<Child>,
-    config: PathBuf,
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl TowerProcess {
-    pub fn new(node: &Process, policies: &[PathBuf], seed: usize, webhook: Option<&str>) -> TowerProcess {
-        Self::with_store(node, policies, seed, webhook, "")
-    }
-
-    /// With extra configuration (a `[store]` section).
-    pub fn with_store(
-        node: &Process,
-        policies: &[PathBuf],
-        seed: usize,
-        webhook: Option<&str>,
-        store: &str,
-    ) -> TowerProcess {
-        Self::configured(node, policies, seed, webhook, "poll_interval_ms = 50\n", "", store)
-    }
-
-    /// Any configuration: `top` goes before the first table, `chain` into `[chain]`, `rest` last.
-    pub fn configured(
-        node: &Process,
-        policies: &[PathBuf],
-        seed: usize,
-        webhook: Option<&str>,
-        top: &str,
-        chain: &str,
-        rest: &str,
-    ) -> TowerProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let secret = vigil_policy::example::tower_secret("tower test", seed);
-        let clients: String = policies.iter().map(|p| format!("[[clients]]\npolicy = {:?}\n", p)).collect();
-        let webhooks = webhook.map(|w| format!("[alarms]\nwebhooks = [{w:?}]\n")).unwrap_or_default();
-        let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nsecret_key = \"{}\"\noutage_alarm_secs = 2\n{top}\
-             [chain]\nurl = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n{chain}{clients}{webhooks}{rest}",
-            dir.path().join("data"),
-            wire::hex(&secret.secret_bytes()),
-            node.port,
-        );
-        let path = dir.path().join("tower.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut tower =
-            TowerProcess { child: None, config: path, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-        tower.start();
-        tower
-    }
-
-    pub fn start(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["tower", "--config", self.config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(if std::env::var("VIGIL_TOWER_LOGS").is_ok() { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&format!("{}/metrics", self.url)).call().is_err() {
-            assert!(Instant::now() < deadline, "tower never answered");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no cleanup, no flush, no goodbye.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    pub fn metric(&self, name: &str) -> Option<u64> {
-        let text = ureq::get(&format!("{}/metrics", self.url)).call().ok()?.into_string().ok()?;
-        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
-    }
-}
-
-impl Drop for TowerProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// A webhook receiver on loopback, collecting alarm bodies.
 fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -217,12 +124,11 @@ fn with_zmq_the_tower_acts_on_notifications_not_on_its_poll() {
     let mut client = Client::new(dir.path(), &node, example("tower zmq"));
     // Polls a minute apart: anything faster than that came through ZMQ.
     let tower = TowerProcess::configured(
-        &node,
         &[client.policy_path.clone()],
         7,
         None,
         "poll_interval_ms = 60000\n",
-        &format!("zmq = {zmq:?}\n"),
+        &format!("{}zmq = {zmq:?}\n", rpc_of(&node)),
         "",
     );
     let vault = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
@@ -264,12 +170,11 @@ fn a_reorg_deeper_than_the_tower_remembers_alarms_and_unvaults_are_still_cancell
     let mut client = Client::new(dir.path(), &node, example("tower deep reorg"));
     let (hook, alarms) = webhook();
     let tower = TowerProcess::configured(
-        &node,
         &[client.policy_path.clone()],
         8,
         Some(&hook),
         "poll_interval_ms = 50\nfollow_depth = 4\n",
-        "",
+        &rpc_of(&node),
         "",
     );
     let vault = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);

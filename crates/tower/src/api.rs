@@ -179,6 +179,7 @@ fn check_registration(tower: &Tower, signer: &XOnlyPublicKey, req: &RegisterVaul
         outpoint,
         policy_id: req.policy_id.clone(),
         amount: plan.amount,
+        vault_script: graph.vault_txout.script_pubkey.clone(),
         delay: client.policy.delays.unvault,
         unvault,
         cancels,
@@ -213,6 +214,8 @@ async fn register_vault(
             )),
             Registered::New | Registered::Same => {
                 if state.watcher.vault(&outpoint).is_none() {
+                    // Watched before it is acknowledged: from the next poll on, history included.
+                    t.backend.watch_scripts(&vault.watched_scripts());
                     state.watcher.add_vault(vault);
                 }
                 eprintln!("level=info event=vault_registered vault={outpoint}");

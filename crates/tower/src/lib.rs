@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use vigil_chain::{BackendError, BitcoindRpc, BlockEvent, ChainBackend, FollowError, Follower};
+use vigil_chain::{
+    BackendError, BitcoindRpc, BlockEvent, ChainBackend, ElectrumBackend, FollowError, Follower,
+};
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
@@ -132,15 +134,20 @@ fn default_follow_depth() -> usize {
     FOLLOW_DEPTH
 }
 
-/// A bitcoind (or `vigil node`) RPC endpoint.
+/// The chain backend: a bitcoind (or `vigil node`) RPC endpoint, or an Electrum server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChainConfig {
-    /// `http://127.0.0.1:18443`
+    /// "bitcoind" (default) or "electrum".
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// bitcoind: `http://127.0.0.1:18443`; electrum: `127.0.0.1:50001`.
     pub url: String,
-    /// RPC user.
+    /// RPC user (bitcoind).
+    #[serde(default)]
     pub user: String,
-    /// RPC password.
+    /// RPC password (bitcoind).
+    #[serde(default)]
     pub password: String,
     /// Fetch blocks through Core's REST interface (bitcoind started with `-rest`).
     #[serde(default)]
@@ -232,7 +239,7 @@ pub struct Tower {
     /// Watcher and store, behind one lock: a decision and its record never interleave.
     pub state: Mutex<TowerState>,
     /// The chain backend.
-    pub backend: BitcoindRpc,
+    pub backend: Box<dyn ChainBackend>,
     /// The tower's identity.
     pub key: Keypair,
     /// Chain position; its own lock, so backend round trips never hold up the API.
@@ -384,8 +391,24 @@ impl Tower {
                 Err(e) => return Err(TowerError::Store(StoreError(format!("approval for {u}: {e}")))),
             }
         }
-        let backend = BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password)
-            .with_rest(config.chain.rest);
+        let backend: Box<dyn ChainBackend> = match config.chain.kind.as_deref().unwrap_or("bitcoind") {
+            "bitcoind" => Box::new(
+                BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password)
+                    .with_rest(config.chain.rest),
+            ),
+            "electrum" => Box::new(ElectrumBackend::new(&config.chain.url)),
+            other => {
+                return Err(TowerError::Config(format!(
+                    "chain.kind: {other:?} is neither \"bitcoind\" nor \"electrum\""
+                )))
+            }
+        };
+        for vault in watcher.vaults() {
+            backend.watch_scripts(&vault.watched_scripts());
+        }
+        if let Some(wallet) = watcher.fee_wallet() {
+            backend.watch_scripts(std::slice::from_ref(wallet.script()));
+        }
         let follower = Follower::new(loaded.recent, config.follow_depth);
         let state = TowerState {
             watcher,
@@ -426,7 +449,7 @@ impl Tower {
         // The position recorded with each block's decisions is the follower's window *as of
         // that block*: a crash halfway through a poll must replay the blocks not yet decided.
         let mut window: Vec<vigil_chain::BlockId> = follower.recent().to_vec();
-        let events = match follower.poll(&self.backend) {
+        let events = match follower.poll(self.backend.as_ref()) {
             Ok(events) => {
                 self.state.lock().expect("tower state").reorg_too_deep = None;
                 events
@@ -477,7 +500,7 @@ impl Tower {
         }
         self.apply_policy_changes(&mut state)?;
         drop(state);
-        let mempool = match follower.poll_mempool(&self.backend) {
+        let mempool = match follower.poll_mempool(self.backend.as_ref()) {
             Ok(txs) => txs,
             Err(e) => {
                 drop(follower);

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use vigil_policy::bitcoin::{Amount, Block, OutPoint, Transaction, Txid};
+use vigil_policy::bitcoin::{Amount, Block, OutPoint, ScriptBuf, Transaction, Txid};
 
 use crate::fees::FeeWallet;
 use crate::index::{scan_block, OutpointIndex, ScanError};
@@ -25,6 +25,8 @@ pub struct Vault {
     pub policy_id: String,
     /// V's value.
     pub amount: Amount,
+    /// V's output script (a backend that watches by script subscribes to it).
+    pub vault_script: ScriptBuf,
     /// DELAY.
     pub delay: u16,
     /// U.
@@ -111,6 +113,7 @@ impl Vault {
             outpoint: g.vault_outpoint,
             policy_id: policy_id.to_owned(),
             amount: g.plan.amount,
+            vault_script: g.vault_txout.script_pubkey.clone(),
             delay,
             unvault: signed.unvault().clone(),
             cancels: all(&g.cancels),
@@ -123,6 +126,12 @@ impl Vault {
     /// U's output, which C, UE and the owner's spend consume.
     pub fn unvault_outpoint(&self) -> OutPoint {
         OutPoint { txid: self.unvault.compute_txid(), vout: 0 }
+    }
+
+    /// The scripts whose transactions decide this vault's fate: V's and U's outputs (never the
+    /// anchors, which every vault shares).
+    pub fn watched_scripts(&self) -> [ScriptBuf; 2] {
+        [self.vault_script.clone(), self.unvault.output[0].script_pubkey.clone()]
     }
 
     fn role_of(&self, txid: &Txid) -> Option<Role> {

@@ -94,6 +94,11 @@ pub fn vigil_node_with(flags: &[&str]) -> Process {
 }
 
 pub fn bitcoind() -> Option<Process> {
+    bitcoind_with_p2p(None)
+}
+
+/// A real bitcoind; with `p2p`, listening for peers on that loopback port (electrs needs one).
+pub fn bitcoind_with_p2p(p2p: Option<u16>) -> Option<Process> {
     let Some(exe) = std::env::var_os("BITCOIND_EXE") else {
         assert!(std::env::var("VIGIL_REQUIRE_BITCOIND").is_err(), "BITCOIND_EXE is not set");
         eprintln!("SKIPPED: BITCOIND_EXE is not set (scripts/test.sh builds bitcoind and sets it)");
@@ -102,22 +107,92 @@ pub fn bitcoind() -> Option<Process> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = Command::new(exe)
-        .args([
-            "-regtest",
-            "-rest",
-            "-txindex",
-            "-listen=0",
-            "-printtoconsole=0",
-            "-rpcuser=vigil",
-            "-rpcpassword=secret",
-        ])
+        .args(["-regtest", "-rest", "-txindex", "-printtoconsole=0", "-rpcuser=vigil", "-rpcpassword=secret"])
         .arg(format!("-datadir={}", dir.path().display()))
         .arg(format!("-rpcport={port}"))
+        .args(match p2p {
+            // electrs 0.10 (the last one that links Debian 12's RocksDB) still reads the
+            // `bip125-replaceable` field that Core 31 only gives with -deprecatedrpc.
+            Some(p) => vec![
+                "-listen=1".to_owned(),
+                "-bind=127.0.0.1".to_owned(),
+                format!("-port={p}"),
+                "-deprecatedrpc=bip125".to_owned(),
+            ],
+            None => vec!["-listen=0".to_owned()],
+        })
         .spawn()
         .unwrap();
     let rpc = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "vigil", "secret");
     wait_ready(&rpc);
     Some(Process { child, rpc, dir, port })
+}
+
+/// An electrs process indexing `core` (started with a p2p port), killed on drop.
+pub struct Electrs {
+    child: Child,
+    /// Its Electrum address, `127.0.0.1:port`.
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Electrs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// electrs from `ELECTRS_EXE` (scripts/build-electrs.sh builds it), once it has indexed
+/// `core`'s tip; None, saying so, when it is not set.
+pub fn electrs(core: &Process, p2p: u16) -> Option<Electrs> {
+    let Some(exe) = std::env::var_os("ELECTRS_EXE") else {
+        assert!(std::env::var("VIGIL_REQUIRE_ELECTRS").is_err(), "ELECTRS_EXE is not set");
+        eprintln!("SKIPPED: ELECTRS_EXE is not set (scripts/test.sh builds electrs and sets it)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cookie = dir.path().join("cookie");
+    std::fs::write(&cookie, "vigil:secret").unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(exe)
+        .args(["--network", "regtest", "--skip-default-conf-files", "--wait-duration-secs", "1"])
+        .args(["--jsonrpc-timeout-secs", "30"])
+        .arg("--db-dir")
+        .arg(dir.path().join("db"))
+        .arg("--daemon-dir")
+        .arg(core.dir.path())
+        .arg("--cookie-file")
+        .arg(&cookie)
+        .args(["--daemon-rpc-addr", &format!("127.0.0.1:{}", core.port)])
+        .args(["--daemon-p2p-addr", &format!("127.0.0.1:{p2p}")])
+        .args(["--electrum-rpc-addr", &address])
+        .args(["--monitoring-addr", &format!("127.0.0.1:{}", free_port())])
+        // Its log only when asked for: VIGIL_ELECTRS_LOG=debug (an env_logger filter).
+        .args(["--log-filters", &std::env::var("VIGIL_ELECTRS_LOG").unwrap_or_else(|_| "error".into())])
+        .stdout(Stdio::null())
+        .stderr(if std::env::var("VIGIL_ELECTRS_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .unwrap();
+    let electrs = Electrs { child, address, _dir: dir };
+    wait_indexed(&electrs, core);
+    Some(electrs)
+}
+
+/// Waits until electrs serves `core`'s tip.
+pub fn wait_indexed(electrs: &Electrs, core: &Process) {
+    let want = core.rpc.tip().unwrap().height;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let height = vigil_chain::electrum::ElectrumClient::connect(&electrs.address)
+            .and_then(|mut c| c.subscribe_headers())
+            .ok();
+        if height == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "electrs never reached height {want} (at {height:?})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub struct Wallet {
@@ -379,4 +454,100 @@ pub fn example(seed: &str) -> ExamplePolicy {
         towers: 1,
         ..ExamplePolicy::default()
     }
+}
+
+/// A `vigil tower` process that can be killed with SIGKILL and restarted.
+pub struct TowerProcess {
+    child: Option<Child>,
+    config: PathBuf,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TowerProcess {
+    pub fn new(node: &Process, policies: &[PathBuf], seed: usize, webhook: Option<&str>) -> TowerProcess {
+        Self::with_store(node, policies, seed, webhook, "")
+    }
+
+    /// With extra configuration (a `[store]` section).
+    pub fn with_store(
+        node: &Process,
+        policies: &[PathBuf],
+        seed: usize,
+        webhook: Option<&str>,
+        store: &str,
+    ) -> TowerProcess {
+        Self::configured(policies, seed, webhook, "poll_interval_ms = 50\n", &rpc_of(node), store)
+    }
+
+    /// Any configuration: `top` goes before the first table, `chain` is the `[chain]` table's
+    /// body, `rest` comes last.
+    pub fn configured(
+        policies: &[PathBuf],
+        seed: usize,
+        webhook: Option<&str>,
+        top: &str,
+        chain: &str,
+        rest: &str,
+    ) -> TowerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let secret = vigil_policy::example::tower_secret("tower test", seed);
+        let clients: String = policies.iter().map(|p| format!("[[clients]]\npolicy = {:?}\n", p)).collect();
+        let webhooks = webhook.map(|w| format!("[alarms]\nwebhooks = [{w:?}]\n")).unwrap_or_default();
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nsecret_key = \"{}\"\noutage_alarm_secs = 2\n{top}\
+             [chain]\n{chain}{clients}{webhooks}{rest}",
+            dir.path().join("data"),
+            wire::hex(&secret.secret_bytes()),
+        );
+        let path = dir.path().join("tower.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut tower =
+            TowerProcess { child: None, config: path, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        tower.start();
+        tower
+    }
+
+    pub fn start(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["tower", "--config", self.config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(if std::env::var("VIGIL_TOWER_LOGS").is_ok() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/metrics", self.url)).call().is_err() {
+            assert!(Instant::now() < deadline, "tower never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no cleanup, no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let text = ureq::get(&format!("{}/metrics", self.url)).call().ok()?.into_string().ok()?;
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for TowerProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The `[chain]` body for a node's RPC.
+pub fn rpc_of(node: &Process) -> String {
+    format!("url = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n", node.port)
 }

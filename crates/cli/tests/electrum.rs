@@ -1,0 +1,161 @@
+//! The Electrum backend against a real electrs indexing a real bitcoind (both from the cache
+//! `scripts/test.sh` fills; skipped, saying so, when `ELECTRS_EXE` or `BITCOIND_EXE` is unset):
+//! following filtered blocks through a reorg, the mempool by script, and a tower that watches
+//! through it alone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    bitcoind_with_p2p, electrs, example, free_port, mine, spend_of, Client, Electrs, Process, TowerProcess,
+    Wallet,
+};
+use serde_json::json;
+use vigil_chain::bitcoin::key::{Keypair, Secp256k1};
+use vigil_chain::bitcoin::{Address, Amount, Network, Transaction};
+use vigil_chain::{BlockEvent, ChainBackend, ElectrumBackend, Follower};
+use vigil_policy::VaultKind;
+
+fn setup() -> Option<(Process, Electrs)> {
+    let p2p = free_port();
+    let core = bitcoind_with_p2p(Some(p2p))?;
+    // electrs waits for the node to leave initial block download: give it recent blocks.
+    mine(&core.rpc, 101, &Wallet::new().address());
+    let electrs = electrs(&core, p2p)?;
+    Some((core, electrs))
+}
+
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_electrum_backend_follows_filtered_blocks_through_a_reorg_and_the_mempool_by_script() {
+    let Some((core, electrs)) = setup() else { return };
+    let rpc = &core.rpc;
+    let wallet = Wallet::new();
+    let watched = Keypair::from_seckey_slice(&Secp256k1::new(), &[7; 32]).unwrap();
+    let script = Address::p2tr(&Secp256k1::new(), watched.x_only_public_key().0, None, Network::Regtest)
+        .script_pubkey();
+    let backend = ElectrumBackend::new(&electrs.address);
+    backend.watch_scripts(std::slice::from_ref(&script));
+    let mut follower = Follower::new(Vec::new(), 100);
+    let events = follower.poll(&backend).unwrap();
+    assert_eq!(events.len(), 102, "genesis and 101 blocks");
+    assert!(events.iter().all(|e| e.block().is_some_and(|b| b.txdata.is_empty())), "nothing watched yet");
+
+    // A payment to the watched script: in the mempool by script, then in its block, alone
+    // (the coinbase and the rest are filtered out) and proven.
+    let (outpoint, _) = wallet.pay(rpc, 1, script.clone(), Amount::from_sat(100_000));
+    let paid = outpoint.txid;
+    let seen = eventually("the payment in the mempool", || {
+        let txs = follower.poll_mempool(&backend).unwrap();
+        (!txs.is_empty()).then_some(txs)
+    });
+    assert_eq!(seen.iter().map(Transaction::compute_txid).collect::<Vec<_>>(), vec![paid]);
+    let mined = mine(rpc, 1, &wallet.address()).remove(0);
+    let block = eventually("the block", || match follower.poll(&backend).unwrap().as_slice() {
+        [e @ BlockEvent::Connected { height: 102, hash, .. }] => {
+            assert_eq!(hash.to_string(), mined);
+            e.block()
+        }
+        [] => None,
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(block.txdata.iter().map(Transaction::compute_txid).collect::<Vec<_>>(), vec![paid]);
+
+    // A reorg: the block is invalidated, the payment goes back to the mempool and is mined in
+    // the replacement branch. The follower unwinds, then reports the payment in its new block.
+    rpc.call("invalidateblock", json!([mined])).unwrap();
+    // Paid elsewhere, or the first block would be the invalidated one again, byte for byte.
+    let other = Keypair::from_seckey_slice(&Secp256k1::new(), &[8; 32]).unwrap();
+    let elsewhere = Address::p2tr(&Secp256k1::new(), other.x_only_public_key().0, None, Network::Regtest);
+    let branch = mine(rpc, 2, &elsewhere);
+    let events = eventually("the reorg", || {
+        let events = follower.poll(&backend).unwrap();
+        (!events.is_empty()).then_some(events)
+    });
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            BlockEvent::Connected { height, hash, .. } => format!("+{height}:{hash}"),
+            BlockEvent::Disconnected { height, hash } => format!("-{height}:{hash}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![format!("-102:{mined}"), format!("+102:{}", branch[0]), format!("+103:{}", branch[1])]
+    );
+    assert_eq!(events[1].block().unwrap().txdata[0].compute_txid(), paid);
+    assert!(events[2].block().unwrap().txdata.is_empty());
+
+    // A spend of the watched output is in the script's history too.
+    let spend = {
+        let prev = block.txdata[0].output[0].clone();
+        let signer = Wallet { secp: Secp256k1::new(), key: watched };
+        signer.spend(outpoint, &prev, 1_000)
+    };
+    let txid = backend.broadcast(&spend).unwrap();
+    let seen = eventually("the spend in the mempool", || {
+        let txs = follower.poll_mempool(&backend).unwrap();
+        (!txs.is_empty()).then_some(txs)
+    });
+    assert_eq!(seen[0].compute_txid(), txid);
+}
+
+#[test]
+fn a_tower_watching_through_electrs_alone_cancels_an_unapproved_unvault() {
+    let Some((core, electrs)) = setup() else { return };
+    let rpc = &core.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::new(dir.path(), &core, example("tower over electrum"));
+    let tower = TowerProcess::configured(
+        &[client.policy_path.clone()],
+        11,
+        None,
+        "poll_interval_ms = 100\n",
+        &format!("kind = \"electrum\"\nurl = {:?}\n", electrs.address),
+        "",
+    );
+    let stolen = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    let spent = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    for v in [&stolen, &spent] {
+        client.register(&tower.url, v).unwrap();
+        rpc.broadcast(&v.funding).unwrap();
+    }
+    let approved_spend = client.delayed_spend(&spent);
+    client.approve(&tower.url, &spent, approved_spend.compute_txid()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+
+    rpc.broadcast(stolen.graph.unvault()).unwrap();
+    rpc.broadcast(spent.graph.unvault()).unwrap();
+    let cancel =
+        eventually("the tower cancelled through electrs", || spend_of(rpc, stolen.unvault_outpoint()));
+    assert!(stolen.graph.transactions().any(|p| p.tx.compute_txid() == cancel.compute_txid()));
+    // A cancel confirms well before DELAY; the approved unvault is left alone throughout.
+    for _ in 0..common::DELAY - 1 {
+        mine(rpc, 1, &client.wallet.address());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
+    }
+    let cancel = spend_of(rpc, stolen.unvault_outpoint()).unwrap();
+    assert!(stolen.graph.transactions().any(|p| p.tx.compute_txid() == cancel.compute_txid()));
+    assert!(common::confirmations(rpc, &cancel.compute_txid()) >= 1, "the cancel confirmed before DELAY");
+    common::wait_indexed(&electrs, &core);
+    eventually("the tower followed electrs to the tip", || {
+        (tower.metric("vigil_tower_tip_height") == Some(rpc.tip().unwrap().height as u64)).then_some(())
+    });
+    mine(rpc, 1, &client.wallet.address());
+    assert!(spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
+    let txid = rpc.broadcast(&approved_spend).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    assert_eq!(common::confirmations(rpc, &txid), 1, "the approved spend went through at DELAY");
+}
