@@ -6,12 +6,16 @@ mod common;
 
 use common::{bitcoind, example, mine, Client, Process};
 use serde_json::json;
+use std::collections::BTreeMap;
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::consensus::encode::serialize_hex;
 use vigil_policy::bitcoin::transaction::Version;
 use vigil_policy::bitcoin::{absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
+
+use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
 use vigil_policy::{pay_to_anchor, VaultKind};
 use vigil_testenv::Vault;
+use vigil_tower::fees::{FeeCoin, FeePolicy, FeeWallet};
 
 fn accept(core: &Process, tx: &Transaction) -> (bool, String) {
     let r = core.rpc.call("testmempoolaccept", json!([[serialize_hex(tx)]])).unwrap();
@@ -226,5 +230,49 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
         }
     }
     mine(&core.rpc, 1, &client.wallet.address());
+
+    // 6. The tower's own fee wallet: a child for the top-rung C, then its replacement at twice
+    //    the package feerate (same anchor, same coin), then a child for the top-rung E.
+    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[44; 32]).unwrap();
+    let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
+    let coins: BTreeMap<OutPoint, FeeCoin> = (0..2)
+        .map(|i| {
+            let (op, out) =
+                client.wallet.pay(&core.rpc, 160 + i, wallet.script().clone(), Amount::from_sat(2_000_000));
+            (op, FeeCoin { value: out.value.to_sat(), height: Some(1), reserved: false })
+        })
+        .collect();
+    wallet.restore(coins);
+    let v = funded_vault(&core, &mut client, 5_000_000);
+    send(&core, v.graph.unvault()).unwrap();
+    mine(&core.rpc, 1, &client.wallet.address());
+    let c = v.graph.graph().cancels.last().unwrap().clone();
+    send(&core, &c.tx).unwrap();
+    let first = wallet.bump(&c.tx, c.fee.to_sat(), 2 * c.feerate_sat_per_vb, None).unwrap();
+    send(&core, &first.tx).expect("the tower's child of the top-rung C");
+    let again = Some((first.coin, first.coin_value));
+    let second = wallet.bump(&c.tx, c.fee.to_sat(), 2 * first.sat_per_vb, again).unwrap();
+    send(&core, &second.tx).expect("its replacement at twice the feerate");
+    assert!(in_mempool(&core, &second.tx) && !in_mempool(&core, &first.tx));
+    outcomes.push(format!(
+        "the tower's child of C rung {} ({} sat/vB): package at {} sat/vB relayed; its replacement at {} sat/vB replaced it",
+        v.graph.graph().cancels.len() - 1,
+        c.feerate_sat_per_vb,
+        first.sat_per_vb,
+        second.sat_per_vb
+    ));
+    mine(&core.rpc, 1, &client.wallet.address());
+    assert_eq!(common::confirmations(&core.rpc, &second.tx.compute_txid()), 1);
+    let v = funded_vault(&core, &mut client, 5_000_000);
+    let e = v.graph.graph().emergencies.last().unwrap().clone();
+    send(&core, &e.tx).unwrap();
+    let child = wallet.bump(&e.tx, e.fee.to_sat(), 2 * e.feerate_sat_per_vb, None).unwrap();
+    send(&core, &child.tx).expect("the tower's child of the top-rung E");
+    outcomes.push(format!(
+        "the tower's child of E rung {} ({} sat/vB): package at {} sat/vB relayed",
+        v.graph.graph().emergencies.len() - 1,
+        e.feerate_sat_per_vb,
+        child.sat_per_vb
+    ));
     println!("{}", outcomes.join("\n"));
 }

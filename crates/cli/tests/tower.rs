@@ -769,6 +769,47 @@ fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
 }
 
 #[test]
+fn a_tower_config_that_cannot_work_is_refused_at_start_naming_the_field() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(dir.path(), &node, example("tower config"));
+    let secret = wire::hex(&vigil_policy::example::tower_secret("tower config", 0).secret_bytes());
+    let base = |chain: &str, rest: &str| {
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndatadir = {:?}\nsecret_key = \"{secret}\"\n[chain]\n{chain}\
+             [[clients]]\npolicy = {:?}\n{rest}",
+            common::free_port(),
+            dir.path().join("data"),
+            client.policy_path,
+        )
+    };
+    let fee = format!("[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 250\n", wire::hex(&[0x42; 32]));
+    let cases = [
+        (
+            "a fee wallet that cannot pay beyond the ladder",
+            base(&rpc_of(&node), &fee),
+            "fee_wallet.stress_sat_per_vb",
+        ),
+        ("an unknown backend", base("kind = \"esplora\"\nurl = \"x\"\n", ""), "chain.kind"),
+        ("an unknown store", base(&rpc_of(&node), "[store]\nkind = \"mysql\"\n"), "store.kind"),
+        ("an unknown field", base(&rpc_of(&node), "surprise = 1\n"), "surprise"),
+    ];
+    for (what, config, names) in cases {
+        let path = dir.path().join("tower.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["tower", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: the tower started");
+        assert!(stderr.contains(names), "{what}: {stderr}");
+        println!("{what}: refused: {}", stderr.trim());
+    }
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
+#[test]
 fn a_cancel_stuck_at_the_top_of_its_ladder_is_bumped_through_its_anchor() {
     let node = vigil_node();
     let rpc = &node.rpc;
@@ -776,7 +817,7 @@ fn a_cancel_stuck_at_the_top_of_its_ladder_is_bumped_through_its_anchor() {
     let mut client = Client::new(dir.path(), &node, example("tower bump"));
     let fee_secret = [0x42u8; 32];
     let fee_section =
-        format!("[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 20\n", wire::hex(&fee_secret));
+        format!("[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 300\n", wire::hex(&fee_secret));
     let tower = TowerProcess::with_store(&node, &[client.policy_path.clone()], 50, None, &fee_section);
     // Fund the fee wallet from the test wallet.
     let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
@@ -815,9 +856,32 @@ fn a_cancel_stuck_at_the_top_of_its_ladder_is_bumped_through_its_anchor() {
     }
     let bump = bump.expect("the tower bumped its top-rung cancel through the anchor");
     assert_eq!(bump.version.0, 3);
+    // Still not mined: two blocks later a replacement, same anchor and coin, pays more.
+    let child_of_c = || {
+        rpc.mempool()
+            .unwrap()
+            .txids
+            .into_iter()
+            .map(|t| rpc.transaction(&t).unwrap().unwrap())
+            .find(|tx| tx.input.iter().any(|i| i.previous_output == OutPoint { txid: c_top, vout: 1 }))
+    };
+    let mut replacement = None;
+    for _ in 0..4 {
+        let tip = rpc.tip().unwrap().hash.to_string();
+        rpc.call("vigil_generateblock", json!([tip, client.wallet.address().to_string(), [], false]))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        replacement = child_of_c().filter(|c| c.compute_txid() != bump.compute_txid());
+        if replacement.is_some() {
+            break;
+        }
+    }
+    let replacement = replacement.expect("a replacement child");
+    assert_eq!(replacement.input[1].previous_output, bump.input[1].previous_output, "the same fee coin");
+    assert!(replacement.output[0].value < bump.output[0].value, "it pays more");
     mine(rpc, 1, &client.wallet.address());
     assert_eq!(confirmations(rpc, &c_top), 1, "the top rung and its bump confirmed together");
-    assert_eq!(confirmations(rpc, &bump.compute_txid()), 1);
+    assert_eq!(confirmations(rpc, &replacement.compute_txid()), 1);
 }
 
 fn signed_get(tower: &str, path: &str, key: &vigil_policy::bitcoin::secp256k1::Keypair) -> Value {

@@ -154,21 +154,44 @@ impl FeeWallet {
         Some(tx)
     }
 
-    /// A child of `parent` (which pays `parent_fee`) spending its anchor (output 1) and the
-    /// smallest free coin that covers the bump, so the package reaches the bump feerate.
-    pub fn bump(&mut self, parent: &Transaction, parent_fee: u64) -> Option<Transaction> {
-        let want = (parent.vsize() as u64 + BUMP_VBYTES) * self.policy.bump_sat_per_vb;
-        let child_fee = want.saturating_sub(parent_fee).max(BUMP_VBYTES);
+    /// A child of `parent` (which pays `parent_fee`) spending its anchor (output 1) and a fee
+    /// coin, so the package reaches `sat_per_vb`. With `coin`, that coin is spent again (a
+    /// replacement of an earlier child, or a new parent for the same vault); without, the
+    /// smallest free coin that covers it, else the largest. The feerate is lowered to what the
+    /// coin affords (and the result says so).
+    pub fn bump(
+        &mut self,
+        parent: &Transaction,
+        parent_fee: u64,
+        sat_per_vb: u64,
+        coin: Option<(OutPoint, u64)>,
+    ) -> Option<AnchorBump> {
+        let package_vbytes = parent.vsize() as u64 + BUMP_VBYTES;
+        let child_fee_at = |rate: u64| (package_vbytes * rate).saturating_sub(parent_fee).max(BUMP_VBYTES);
+        let (coin_op, coin_value) = match coin {
+            Some(c) => c,
+            None => {
+                // The smallest coin that pays the whole feerate, else the largest there is.
+                let free = || self.coins.iter().filter(|(_, c)| c.height.is_some() && !c.reserved);
+                let covers = |c: &&FeeCoin| c.value + 240 >= child_fee_at(sat_per_vb) + 330;
+                free()
+                    .filter(|(_, c)| covers(c))
+                    .min_by_key(|(_, c)| c.value)
+                    .or_else(|| free().max_by_key(|(_, c)| c.value))
+                    .map(|(op, c)| (*op, c.value))?
+            }
+        };
+        // The change output stays above dust: that bounds what this coin can pay.
+        let affordable = (coin_value + 240).checked_sub(330 + BUMP_VBYTES)? + BUMP_VBYTES;
+        let rate = sat_per_vb.min((affordable + parent_fee) / package_vbytes);
+        if rate == 0 {
+            return None;
+        }
+        let child_fee = child_fee_at(rate);
         let anchor = OutPoint { txid: parent.compute_txid(), vout: 1 };
-        let (coin_op, coin) = self
-            .coins
-            .iter()
-            .filter(|(_, c)| c.height.is_some() && !c.reserved && c.value + 240 >= child_fee + 330)
-            .min_by_key(|(_, c)| c.value)
-            .map(|(op, c)| (*op, *c))?;
         let prevouts = [
             TxOut { value: Amount::from_sat(240), script_pubkey: pay_to_anchor() },
-            TxOut { value: Amount::from_sat(coin.value), script_pubkey: self.script.clone() },
+            TxOut { value: Amount::from_sat(coin_value), script_pubkey: self.script.clone() },
         ];
         let mut tx = Transaction {
             version: Version(3),
@@ -182,7 +205,7 @@ impl FeeWallet {
                 })
                 .collect(),
             output: vec![TxOut {
-                value: Amount::from_sat(coin.value + 240 - child_fee),
+                value: Amount::from_sat(coin_value + 240 - child_fee),
                 script_pubkey: self.script.clone(),
             }],
         };
@@ -190,6 +213,27 @@ impl FeeWallet {
         if let Some(c) = self.coins.get_mut(&coin_op) {
             c.reserved = true;
         }
-        Some(tx)
+        let reached = (parent_fee + child_fee) / package_vbytes;
+        Some(AnchorBump { tx, sat_per_vb: reached, coin: coin_op, coin_value, ceiling: rate < sat_per_vb })
     }
+
+    /// The feerate a bump starts at, sat/vB.
+    pub fn first_rate(&self) -> u64 {
+        self.policy.bump_sat_per_vb
+    }
+}
+
+/// A child paying for a parent through its anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchorBump {
+    /// The child, signed.
+    pub tx: Transaction,
+    /// The package feerate it reaches (parent and child), sat/vB.
+    pub sat_per_vb: u64,
+    /// The fee coin it spends.
+    pub coin: OutPoint,
+    /// The coin's value, sat.
+    pub coin_value: u64,
+    /// The coin could not pay the feerate asked for: this is as high as it goes.
+    pub ceiling: bool,
 }

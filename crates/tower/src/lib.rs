@@ -91,7 +91,8 @@ pub struct TowerConfig {
 pub struct FeeWalletConfig {
     /// Its secret key (hex). It only ever holds fee money.
     pub secret_key: String,
-    /// The feerate it must cover for every open vault at once, sat/vB.
+    /// The package feerate it must be able to reach for every open vault at once, sat/vB;
+    /// above every client's top ladder rung, or it could not pay beyond the ladder.
     #[serde(default = "default_stress")]
     pub stress_sat_per_vb: u64,
     /// The package feerate a bump aims for, sat/vB.
@@ -100,7 +101,7 @@ pub struct FeeWalletConfig {
 }
 
 fn default_stress() -> u64 {
-    100
+    500
 }
 
 fn default_bump() -> u64 {
@@ -329,15 +330,37 @@ impl Tower {
                 Client::new(&text).map_err(|e| TowerError::Config(format!("{}: {e}", c.policy.display())))?;
             let id = policy_id(&text);
             watcher.set_limits(&id, client.limits());
+            let top = client.policy.fees.ladder_sat_per_vb.last().copied().unwrap_or(0);
+            if let Some(fw) = config.fee_wallet.as_ref().filter(|fw| fw.stress_sat_per_vb <= top) {
+                return Err(TowerError::Config(format!(
+                    "fee_wallet.stress_sat_per_vb: {} is not above the top ladder rung ({top} sat/vB) of {}: the fee wallet could not pay beyond the ladder",
+                    fw.stress_sat_per_vb,
+                    c.policy.display()
+                )));
+            }
             clients.insert(id, Arc::new(client));
         }
         let secret = wire::unhex(&config.secret_key)
             .and_then(|b| SecretKey::from_slice(&b).ok())
             .ok_or_else(|| TowerError::Config("secret_key: not a 32-byte hex secret key".into()))?;
         let key = Keypair::from_secret_key(&Secp256k1::new(), &secret);
-        std::fs::create_dir_all(&config.datadir)?;
+        let backend: Box<dyn ChainBackend> = match config.chain.kind.as_deref().unwrap_or("bitcoind") {
+            "bitcoind" => Box::new(
+                BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password)
+                    .with_rest(config.chain.rest),
+            ),
+            "electrum" => Box::new(ElectrumBackend::new(&config.chain.url)),
+            other => {
+                return Err(TowerError::Config(format!(
+                    "chain.kind: {other:?} is neither \"bitcoind\" nor \"electrum\""
+                )))
+            }
+        };
         let mut store: Box<dyn TowerStore> = match config.store.kind.as_deref().unwrap_or("sqlite") {
-            "sqlite" => Box::new(SqliteStore::open(&config.datadir.join("tower.sqlite"))?),
+            "sqlite" => {
+                std::fs::create_dir_all(&config.datadir)?;
+                Box::new(SqliteStore::open(&config.datadir.join("tower.sqlite"))?)
+            }
             "postgres" => {
                 let url = config
                     .store
@@ -391,18 +414,6 @@ impl Tower {
                 Err(e) => return Err(TowerError::Store(StoreError(format!("approval for {u}: {e}")))),
             }
         }
-        let backend: Box<dyn ChainBackend> = match config.chain.kind.as_deref().unwrap_or("bitcoind") {
-            "bitcoind" => Box::new(
-                BitcoindRpc::new(&config.chain.url, &config.chain.user, &config.chain.password)
-                    .with_rest(config.chain.rest),
-            ),
-            "electrum" => Box::new(ElectrumBackend::new(&config.chain.url)),
-            other => {
-                return Err(TowerError::Config(format!(
-                    "chain.kind: {other:?} is neither \"bitcoind\" nor \"electrum\""
-                )))
-            }
-        };
         for vault in watcher.vaults() {
             backend.watch_scripts(&vault.watched_scripts());
         }

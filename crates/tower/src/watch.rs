@@ -77,6 +77,26 @@ mod txs_hex {
     }
 }
 
+/// A fee-wallet child paying for a top-rung cancel or emergency through its anchor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BumpState {
+    /// The transaction it pays for.
+    pub parent: Txid,
+    /// Broadcast at this height.
+    pub height: u32,
+    /// The package feerate it reaches, sat/vB.
+    pub sat_per_vb: u64,
+    /// The fee coin; every later bump of this vault spends it again, replacing the child.
+    pub coin: OutPoint,
+    /// The coin's value, sat.
+    pub coin_value: u64,
+    /// The coin can pay no more.
+    pub ceiling: bool,
+}
+
+/// Blocks a bump is given before a replacement at twice the feerate.
+pub const BUMP_RETRY_BLOCKS: u32 = 2;
+
 /// Where a vault stands. Persisted with every change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultState {
@@ -90,12 +110,12 @@ pub struct VaultState {
     pub cancel_height: Option<u32>,
     /// A panic: the highest E (or UE, once U is seen) rung broadcast so far.
     pub emergency_rung: Option<usize>,
-    /// The cancel reached the ladder's top rung at this height.
+    /// The ladder under way (cancel, or emergency) reached its top rung at this height.
     #[serde(default)]
     pub top_rung_since: Option<u32>,
-    /// The fee wallet bumped the top-rung cancel through its anchor.
+    /// The fee wallet's latest child paying through a top-rung anchor.
     #[serde(default)]
-    pub bumped: bool,
+    pub bump: Option<BumpState>,
     /// E's or UE's confirmation height.
     pub emergency_height: Option<u32>,
     /// The approved spend confirmed at this height.
@@ -418,6 +438,7 @@ impl Watcher {
             return;
         }
         vault.state.emergency_rung = Some(0);
+        vault.state.top_rung_since = None;
         self.dirty.insert(id);
         self.active.insert(id);
         self.fresh.insert(id);
@@ -529,6 +550,7 @@ impl Watcher {
         if vault.state.emergency_rung.is_some() {
             // A panic is under way: U gets UE, not C.
             vault.state.emergency_rung = Some(0);
+            vault.state.top_rung_since = None;
             actions.push(emergency_broadcast(vault, 0));
             return;
         }
@@ -578,41 +600,43 @@ impl Watcher {
                 continue;
             }
             if let Some(rung) = s.emergency_rung.filter(|_| s.emergency_height.is_none()) {
-                let next = (rung + 1).min(vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1);
+                let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
+                let next = (rung + 1).min(top);
                 vault.state.emergency_rung = Some(next);
                 actions.push(emergency_broadcast(vault, next));
                 self.dirty.insert(id);
+                if next == top {
+                    vault.state.top_rung_since.get_or_insert(height);
+                    // UE's parent U must be confirmed for a child of UE to relay (TRUC).
+                    let (parent, parent_value, label) = if vault.state.unvault_seen {
+                        (
+                            vault.unvault_emergencies[top].clone(),
+                            vault.unvault.output[0].value,
+                            "unvault-emergency",
+                        )
+                    } else {
+                        (vault.emergencies[top].clone(), vault.amount, "emergency")
+                    };
+                    if !vault.state.unvault_seen || s.unvault_height.is_some() {
+                        self.bump_if_stuck(id, parent, parent_value, label, height, actions);
+                    }
+                }
             } else if let Some(rung) = s.cancel_rung.filter(|_| s.cancel_height.is_none()) {
                 let top = vault.cancels.len() - 1;
                 let next = (rung + 1).min(top);
                 vault.state.cancel_rung = Some(next);
                 actions.push(cancel_broadcast(vault, next));
                 self.dirty.insert(id);
-                if next == top && vault.state.top_rung_since.is_none() {
-                    vault.state.top_rung_since = Some(height);
+                if next == top {
+                    vault.state.top_rung_since.get_or_insert(height);
                 }
-                // Two blocks at the top of the ladder with U confirmed: pay through the anchor.
-                let stuck =
-                    vault.state.top_rung_since.is_some_and(|h| height >= h + 2) && s.unvault_height.is_some();
-                if stuck && !vault.state.bumped {
+                // C's parent U must be confirmed for a child of C to relay (TRUC).
+                if next == top && s.unvault_height.is_some() {
                     let parent = vault.cancels[top].clone();
-                    let parent_fee = vault.unvault.output[0]
-                        .value
-                        .to_sat()
-                        .saturating_sub(parent.output.iter().map(|o| o.value.to_sat()).sum());
-                    match self.fee_wallet.as_mut().and_then(|w| w.bump(&parent, parent_fee)) {
-                        Some(child) => {
-                            vault.state.bumped = true;
-                            self.wallet_dirty = true;
-                            actions.push(Action::Broadcast { vault: id, what: "cancel anchor bump".into(), tx: child });
-                        }
-                        None => actions.push(Action::Alarm {
-                            vault: Some(id),
-                            kind: "fee-wallet-empty".into(),
-                            message: format!("cancel of vault {id} is stuck at the top rung and the fee wallet cannot bump it"),
-                        }),
-                    }
+                    let parent_value = vault.unvault.output[0].value;
+                    self.bump_if_stuck(id, parent, parent_value, "cancel", height, actions);
                 }
+                let vault = self.vaults.get(&id).expect("watched");
                 if let Some(u) = s.unvault_height {
                     let deadline = u + vault.delay as u32;
                     if height + BURY_MARGIN >= deadline {
@@ -631,6 +655,75 @@ impl Watcher {
 }
 
 impl Watcher {
+    /// Pays through `parent`'s anchor once it has sat at the top of its ladder for
+    /// [`BUMP_RETRY_BLOCKS`]: a first child at the bump feerate or twice the parent's own,
+    /// whichever is higher, then, while it stays
+    /// unconfirmed, a replacement every [`BUMP_RETRY_BLOCKS`] at twice the feerate, spending the
+    /// same coin, as far as that coin reaches (then an alarm). A new parent (E gave way to UE)
+    /// gets a child at once, on the same coin.
+    fn bump_if_stuck(
+        &mut self,
+        id: OutPoint,
+        parent: Transaction,
+        parent_value: Amount,
+        label: &str,
+        height: u32,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(wallet) = self.fee_wallet.as_mut() else { return };
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let parent_txid = parent.compute_txid();
+        let parent_fee =
+            parent_value.to_sat().saturating_sub(parent.output.iter().map(|o| o.value.to_sat()).sum());
+        // Stuck at the top rung means the market pays more than the parent: aim well above it.
+        let parent_rate = parent_fee / parent.vsize() as u64;
+        let (rate, coin) = match &vault.state.bump {
+            None if vault.state.top_rung_since.is_some_and(|h| height >= h + BUMP_RETRY_BLOCKS) => {
+                (wallet.first_rate().max(2 * parent_rate), None)
+            }
+            None => return,
+            Some(b) if b.parent != parent_txid => (b.sat_per_vb, Some((b.coin, b.coin_value))),
+            Some(b) if b.ceiling || height < b.height + BUMP_RETRY_BLOCKS => return,
+            Some(b) => (b.sat_per_vb * 2, Some((b.coin, b.coin_value))),
+        };
+        match wallet.bump(&parent, parent_fee, rate, coin) {
+            Some(bump) => {
+                if bump.ceiling {
+                    actions.push(Action::Alarm {
+                        vault: Some(id),
+                        kind: "bump-ceiling".into(),
+                        message: format!(
+                            "{label} of vault {id} is bumped at {} sat/vB, all its fee coin can pay; it is still unconfirmed",
+                            bump.sat_per_vb
+                        ),
+                    });
+                }
+                vault.state.bump = Some(BumpState {
+                    parent: parent_txid,
+                    height,
+                    sat_per_vb: bump.sat_per_vb,
+                    coin: bump.coin,
+                    coin_value: bump.coin_value,
+                    ceiling: bump.ceiling,
+                });
+                self.wallet_dirty = true;
+                self.dirty.insert(id);
+                actions.push(Action::Broadcast {
+                    vault: id,
+                    what: format!("{label} anchor bump"),
+                    tx: bump.tx,
+                });
+            }
+            None => actions.push(Action::Alarm {
+                vault: Some(id),
+                kind: "fee-wallet-empty".into(),
+                message: format!(
+                    "{label} of vault {id} is stuck at the top rung and the fee wallet cannot bump it"
+                ),
+            }),
+        }
+    }
+
     /// The fee wallet must cover a bump at the stress feerate for every open vault; it alarms
     /// once when it cannot, and again after it recovered and fell short anew.
     fn check_fee_wallet(&mut self, actions: &mut Vec<Action>) {
@@ -769,20 +862,72 @@ mod tests {
         // An unapproved unvault: the ladder climbs to the top, then the anchor is bumped.
         w.on_block_connected(10, &block(vec![v.unvault.clone()]));
         let top = v.cancels.len() - 1;
-        let mut bumped = None;
-        for h in 11..30 {
-            for a in w.on_block_connected(h, &block(vec![])) {
+        let mut bumps = Vec::new();
+        let mut ceiling_alarms = 0;
+        for h in 11..40 {
+            let actions = w.on_block_connected(h, &block(vec![]));
+            ceiling_alarms += alarms(&actions).iter().filter(|k| *k == "bump-ceiling").count();
+            for a in actions {
                 if let Action::Broadcast { what, tx, .. } = a {
                     if what == "cancel anchor bump" {
-                        bumped.get_or_insert((h, tx));
+                        bumps.push((h, tx));
                     }
                 }
             }
         }
-        let (h, child) = bumped.expect("a bump");
-        assert_eq!(h, 10 + top as u32 + 2, "two blocks after reaching the top rung");
+        let (h, child) = &bumps[0];
+        assert_eq!(*h, 10 + top as u32 + 2, "two blocks after reaching the top rung");
         assert_eq!(child.input[0].previous_output, OutPoint { txid: v.cancels[top].compute_txid(), vout: 1 });
         assert!(child.input[1].witness.len() == 1, "the fee coin is signed");
+        // Still unconfirmed: a replacement every two blocks, on the same anchor and coin, each
+        // paying more, until the coin can pay no more; then one alarm and no more bumps.
+        assert!(bumps.len() >= 2, "{} bumps", bumps.len());
+        for pair in bumps.windows(2) {
+            let ((h0, a), (h1, b)) = (&pair[0], &pair[1]);
+            assert_eq!(*h1, h0 + BUMP_RETRY_BLOCKS);
+            assert_eq!(
+                a.input.iter().map(|i| i.previous_output).collect::<Vec<_>>(),
+                b.input.iter().map(|i| i.previous_output).collect::<Vec<_>>()
+            );
+            assert!(b.output[0].value < a.output[0].value, "the replacement pays more: {a:?} {b:?}");
+        }
+        assert_eq!(ceiling_alarms, 1);
+        assert!(w.vault(&v.outpoint).unwrap().state.bump.as_ref().unwrap().ceiling);
+    }
+
+    #[test]
+    fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
+        use crate::fees::{FeePolicy, FeeWallet};
+        use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
+        let v = vault(0, 5_000_000);
+        let mut w = watcher(&[&v], 100_000_000);
+        let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
+        let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
+        let coin = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
+        let mut funding = v.cancels[0].clone();
+        funding.input[0].previous_output = coin;
+        funding.output = vec![vigil_policy::bitcoin::TxOut {
+            value: Amount::from_sat(100_000),
+            script_pubkey: wallet.script().clone(),
+        }];
+        wallet.observe(&funding, Some(1));
+        w.set_fee_wallet(wallet);
+        w.panic("p");
+        let top = v.emergencies.len().min(v.unvault_emergencies.len()) - 1;
+        let bump = (2..20)
+            .find_map(|h| {
+                w.on_block_connected(h, &block(vec![])).into_iter().find_map(|a| match a {
+                    Action::Broadcast { what, tx, .. } if what == "emergency anchor bump" => Some((h, tx)),
+                    _ => None,
+                })
+            })
+            .expect("an emergency bump");
+        assert_eq!(bump.0, 1 + top as u32 + BUMP_RETRY_BLOCKS, "two blocks after reaching the top rung");
+        assert_eq!(
+            bump.1.input[0].previous_output,
+            OutPoint { txid: v.emergencies[top].compute_txid(), vout: 1 }
+        );
+        assert_eq!(bump.1.input[1].previous_output, OutPoint { txid: funding.compute_txid(), vout: 0 });
     }
 
     #[test]
