@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use vigil_regtest::bitcoin::consensus::{deserialize, encode::serialize_hex};
 use vigil_regtest::bitcoin::hashes::Hash;
+use vigil_regtest::bitcoin::hex::DisplayHex;
 use vigil_regtest::bitcoin::{
     Address, Amount, Block, BlockHash, Network, OutPoint, ScriptBuf, Transaction, Txid,
 };
@@ -138,13 +139,11 @@ async fn rest_block(
     let Some(hash) = file.strip_suffix(".bin").and_then(|h| BlockHash::from_str(h).ok()) else {
         return (StatusCode::BAD_REQUEST, "Invalid hash or format: use <hash>.bin").into_response();
     };
-    let block = node.chain.lock().expect("chain lock").block_by_hash(&hash);
+    let block = node.chain.lock().expect("chain lock").raw_block(&hash);
     match block {
-        Some(b) => (
-            [("content-type", "application/octet-stream")],
-            vigil_regtest::bitcoin::consensus::serialize(&*b),
-        )
-            .into_response(),
+        Some(bytes) => {
+            ([("content-type", "application/octet-stream")], bytes.as_ref().clone()).into_response()
+        }
         None => (StatusCode::NOT_FOUND, format!("{hash} not found")).into_response(),
     }
 }
@@ -377,7 +376,7 @@ fn call(chain: &mut RegtestChain, node: &Node, method: &str, params: &[Value]) -
                 .block_by_hash(&hash)
                 .ok_or_else(|| err(code::INVALID_ADDRESS_OR_KEY, "Block not found"))?;
             match verbosity(params, 1, 1)? {
-                0 => Ok(json!(serialize_hex(&*block))),
+                0 => Ok(json!(chain.raw_block(&hash).expect("stored with the block").to_lower_hex_string())),
                 v => Ok(block_json(chain, &block, v >= 2)),
             }
         }

@@ -185,6 +185,9 @@ pub struct RegtestChain {
 
     /// Every block seen, on any branch.
     blocks: HashMap<BlockHash, Arc<Block>>,
+    /// The same blocks as the kernel stored them: served as they are, never re-serialized
+    /// (Core's REST and `getblock` verbosity 0 read the bytes from disk the same way).
+    raw_blocks: HashMap<BlockHash, Arc<Vec<u8>>>,
     heights: HashMap<BlockHash, u32>,
     /// Every transaction seen in a block or the pool, to price inputs on any branch.
     known_txs: HashMap<Txid, Arc<Transaction>>,
@@ -260,6 +263,7 @@ impl RegtestChain {
             data_dir,
             secp,
             blocks: HashMap::new(),
+            raw_blocks: HashMap::new(),
             heights: HashMap::new(),
             known_txs: HashMap::new(),
             active: Vec::new(),
@@ -311,6 +315,11 @@ impl RegtestChain {
     /// Any block seen (active or on a branch), by hash.
     pub fn block_by_hash(&self, hash: &BlockHash) -> Option<Arc<Block>> {
         self.blocks.get(hash).cloned()
+    }
+
+    /// Any block seen, by hash, serialized (as stored: no serialization per call).
+    pub fn raw_block(&self, hash: &BlockHash) -> Option<Arc<Vec<u8>>> {
+        self.raw_blocks.get(hash).cloned()
     }
 
     /// The active block at `height`.
@@ -526,11 +535,12 @@ impl RegtestChain {
     /// Hands a block to the kernel and follows whatever it decides.
     fn process(&mut self, block: Block, height: u32) -> Result<MinedBlock, ChainError> {
         let hash = block.block_hash();
-        let kblock =
-            bitcoinkernel::Block::new(&serialize(&block)).map_err(|e| ChainError::Kernel(e.to_string()))?;
+        let bytes = serialize(&block);
+        let kblock = bitcoinkernel::Block::new(&bytes).map_err(|e| ChainError::Kernel(e.to_string()))?;
         let old_tip_height = self.height();
         let block = Arc::new(block);
         self.blocks.insert(hash, block.clone());
+        self.raw_blocks.insert(hash, Arc::new(bytes));
         self.heights.insert(hash, height);
         for tx in &block.txdata {
             self.known_txs.entry(tx.compute_txid()).or_insert_with(|| Arc::new(tx.clone()));
@@ -550,6 +560,7 @@ impl RegtestChain {
             return Ok(MinedBlock { hash, height, active: false });
         }
         self.blocks.remove(&hash);
+        self.raw_blocks.remove(&hash);
         self.heights.remove(&hash);
         Err(ChainError::BlockRejected { hash, reason: kernel_log::reject_reason(&lines, &hash.to_string()) })
     }
@@ -616,6 +627,7 @@ impl RegtestChain {
         let block = Arc::new(block);
         let height = entry.height() as u32;
         self.blocks.insert(*hash, block.clone());
+        self.raw_blocks.insert(*hash, Arc::new(bytes));
         self.heights.insert(*hash, height);
         for tx in &block.txdata {
             self.known_txs.entry(tx.compute_txid()).or_insert_with(|| Arc::new(tx.clone()));
