@@ -399,6 +399,9 @@ impl BlockEvent {
     }
 }
 
+/// Blocks fetched per round trip when catching up.
+const FETCH_BATCH: u32 = 500;
+
 /// Follows the active chain through any backend, turning polls into an ordered stream of
 /// connections and disconnections, across reorgs (up to the depth it remembers).
 pub struct Follower {
@@ -439,11 +442,27 @@ impl Follower {
 
     /// Brings the follower to the backend's tip, returning what changed in order.
     pub fn poll(&mut self, backend: &dyn ChainBackend) -> Result<Vec<BlockEvent>, FollowError> {
+        let mut events = Vec::new();
+        self.poll_each(backend, &mut |e| {
+            events.push(e);
+            true
+        })?;
+        Ok(events)
+    }
+
+    /// Like [`Follower::poll`], handing each event to `on_event` as soon as it is known, while
+    /// the next batch of blocks is already being fetched: catching up costs the fetching or
+    /// the processing, whichever is slower, not both. `on_event` returns false to stop; the
+    /// follower then stands at the last event handed over.
+    pub fn poll_each(
+        &mut self,
+        backend: &dyn ChainBackend,
+        on_event: &mut dyn FnMut(BlockEvent) -> bool,
+    ) -> Result<(), FollowError> {
         let tip = backend.tip()?;
         if self.last() == Some(tip) {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let mut events = Vec::new();
         // Find the newest remembered block still active; everything above it was reorged out.
         // Nothing changes until the fork point is known, so a reorg deeper than the window
         // leaves the follower where it was (and its caller decides, knowing that).
@@ -458,39 +477,64 @@ impl Follower {
         if keep == 0 && !self.recent.is_empty() {
             return Err(FollowError::TooDeep(self.recent.len()));
         }
-        for gone in self.recent.drain(keep..).rev() {
-            events.push(BlockEvent::Disconnected { height: gone.height, hash: gone.hash });
-        }
-        let mut next = self.last().map(|b| b.height + 1).unwrap_or(0);
-        'fetch: while next <= tip.height {
-            // Far behind (a restart, an outage): fetch in batches, one round trip each.
-            let batch = (tip.height - next + 1).min(500);
-            let hashes = backend.block_hashes(next..next + batch)?;
-            if hashes.is_empty() {
-                break;
+        while self.recent.len() > keep {
+            let gone = self.recent.pop().expect("above the fork point");
+            if !on_event(BlockEvent::Disconnected { height: gone.height, hash: gone.hash }) {
+                return Ok(());
             }
-            let raws = backend.raw_blocks(&hashes)?;
-            for (hash, raw) in hashes.into_iter().zip(raws) {
-                let header: bitcoin::block::Header =
-                    deserialize(raw.get(..80).ok_or_else(|| BackendError::Decode("short block".into()))?)
-                        .map_err(|e| BackendError::Decode(e.to_string()))?;
-                if header.block_hash() != hash {
-                    return Err(BackendError::Decode(format!("block {hash} does not hash to itself")).into());
-                }
-                // The chain moved while we walked it: stop here, the next poll continues.
-                if let Some(prev) = self.last() {
-                    if header.prev_blockhash != prev.hash {
-                        break 'fetch;
+        }
+        let first = self.last().map(|b| b.height + 1).unwrap_or(0);
+        if first > tip.height {
+            return Ok(());
+        }
+        // Far behind (a restart, an outage): batches of blocks, one round trip each, fetched
+        // one batch ahead of the consumer.
+        std::thread::scope(|scope| {
+            let (batches, received) = std::sync::mpsc::sync_channel::<Result<_, BackendError>>(1);
+            scope.spawn(move || {
+                let mut next = first;
+                while next <= tip.height {
+                    let count = (tip.height - next + 1).min(FETCH_BATCH);
+                    let fetched = backend
+                        .block_hashes(next..next + count)
+                        .and_then(|hashes| Ok((next, backend.raw_blocks(&hashes)?, hashes)));
+                    let done = match &fetched {
+                        Ok((_, _, hashes)) => hashes.len() < count as usize,
+                        Err(_) => true,
+                    };
+                    next += count;
+                    // The consumer stopped (or failed): stop fetching.
+                    if batches.send(fetched).is_err() || done {
+                        break;
                     }
                 }
-                self.recent.push(BlockId { height: next, hash });
-                events.push(BlockEvent::Connected { height: next, hash, raw });
-                next += 1;
+            });
+            for batch in received {
+                let (mut height, raws, hashes) = batch?;
+                for (hash, raw) in hashes.into_iter().zip(raws) {
+                    let header: bitcoin::block::Header =
+                        deserialize(raw.get(..80).ok_or_else(|| BackendError::Decode("short block".into()))?)
+                            .map_err(|e| BackendError::Decode(e.to_string()))?;
+                    if header.block_hash() != hash {
+                        return Err(
+                            BackendError::Decode(format!("block {hash} does not hash to itself")).into()
+                        );
+                    }
+                    // The chain moved while we walked it: stop here, the next poll continues.
+                    if self.last().is_some_and(|prev| header.prev_blockhash != prev.hash) {
+                        return Ok(());
+                    }
+                    self.recent.push(BlockId { height, hash });
+                    if !on_event(BlockEvent::Connected { height, hash, raw }) {
+                        return Ok(());
+                    }
+                    height += 1;
+                }
+                let excess = self.recent.len().saturating_sub(self.depth);
+                self.recent.drain(..excess);
             }
-            let excess = self.recent.len().saturating_sub(self.depth);
-            self.recent.drain(..excess);
-        }
-        Ok(events)
+            Ok(())
+        })
     }
 
     /// Transactions that entered the mempool since the last call (fetched in full).

@@ -460,24 +460,10 @@ impl Tower {
         // The position recorded with each block's decisions is the follower's window *as of
         // that block*: a crash halfway through a poll must replay the blocks not yet decided.
         let mut window: Vec<vigil_chain::BlockId> = follower.recent().to_vec();
-        let events = match follower.poll(self.backend.as_ref()) {
-            Ok(events) => {
-                self.state.lock().expect("tower state").reorg_too_deep = None;
-                events
-            }
-            Err(FollowError::TooDeep(remembered)) => {
-                self.reorg_too_deep(remembered)?;
-                Vec::new()
-            }
-            Err(FollowError::Backend(e)) => {
-                drop(follower);
-                return self.outage(&e.to_string());
-            }
-        };
-        let mut state = self.state.lock().expect("tower state");
         let mut unrecorded = 0usize;
-        let count = events.len();
-        for (i, event) in events.into_iter().enumerate() {
+        // Each block is decided as soon as it arrives, while the next ones are fetched.
+        let mut handle = |event: BlockEvent| -> Result<(), StoreError> {
+            let mut state = self.state.lock().expect("tower state");
             let actions = match &event {
                 BlockEvent::Connected { height, hash, raw } => {
                     window.push(vigil_chain::BlockId { height: *height, hash: *hash });
@@ -495,8 +481,8 @@ impl Tower {
             unrecorded += 1;
             // Blocks that change nothing are recorded in batches (one fsync, not one per
             // block, when catching up); replaying them after a crash is harmless.
-            if !state.watcher.has_changes() && actions.is_empty() && unrecorded < 500 && i + 1 < count {
-                continue;
+            if !state.watcher.has_changes() && actions.is_empty() && unrecorded < 500 {
+                return Ok(());
             }
             unrecorded = 0;
             let excess = window.len().saturating_sub(self.config.follow_depth);
@@ -507,7 +493,37 @@ impl Tower {
             for (id, action) in &broadcasts {
                 self.broadcast(*id, action);
             }
-            state = self.state.lock().expect("tower state");
+            Ok(())
+        };
+        let mut failure = None;
+        let polled = follower.poll_each(self.backend.as_ref(), &mut |event| match handle(event) {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut state = self.state.lock().expect("tower state");
+        if unrecorded > 0 {
+            let excess = window.len().saturating_sub(self.config.follow_depth);
+            window.drain(..excess);
+            state.record(Some(&window), &[])?;
+        }
+        match polled {
+            Ok(()) => state.reorg_too_deep = None,
+            Err(FollowError::TooDeep(remembered)) => {
+                drop(state);
+                self.reorg_too_deep(remembered)?;
+                state = self.state.lock().expect("tower state");
+            }
+            Err(FollowError::Backend(e)) => {
+                drop(state);
+                drop(follower);
+                return self.outage(&e.to_string());
+            }
         }
         self.apply_policy_changes(&mut state)?;
         drop(state);
