@@ -112,6 +112,39 @@ fn the_electrum_backend_follows_filtered_blocks_through_a_reorg_and_the_mempool_
 }
 
 #[test]
+fn the_electrum_backend_reconnects_and_resubscribes_after_the_server_restarts() {
+    let Some((core, mut electrs)) = setup() else { return };
+    let rpc = &core.rpc;
+    let wallet = Wallet::new();
+    let watched = Keypair::from_seckey_slice(&Secp256k1::new(), &[9; 32]).unwrap();
+    let script = Address::p2tr(&Secp256k1::new(), watched.x_only_public_key().0, None, Network::Regtest)
+        .script_pubkey();
+    let backend = ElectrumBackend::new(&electrs.address);
+    backend.watch_scripts(std::slice::from_ref(&script));
+    let mut follower = Follower::new(Vec::new(), 100);
+    follower.poll(&backend).unwrap();
+
+    electrs.kill();
+    assert!(matches!(follower.poll(&backend), Err(vigil_chain::FollowError::Backend(_))));
+    // While it is down, the watched script is paid and the payment confirmed.
+    let (outpoint, _) = wallet.pay(rpc, 1, script.clone(), Amount::from_sat(100_000));
+    let mined = mine(rpc, 1, &wallet.address()).remove(0);
+    electrs.start();
+    common::wait_indexed(&electrs, &core);
+    // Back: a new connection, the subscription renewed, and the block with the payment.
+    let block =
+        eventually("the block after the restart", || match follower.poll(&backend).ok()?.as_slice() {
+            [e @ BlockEvent::Connected { height: 102, hash, .. }] => {
+                assert_eq!(hash.to_string(), mined);
+                e.block()
+            }
+            [] => None,
+            other => panic!("unexpected {other:?}"),
+        });
+    assert_eq!(block.txdata.iter().map(Transaction::compute_txid).collect::<Vec<_>>(), vec![outpoint.txid]);
+}
+
+#[test]
 fn a_tower_watching_through_electrs_alone_cancels_an_unapproved_unvault() {
     let Some((core, electrs)) = setup() else { return };
     let rpc = &core.rpc;

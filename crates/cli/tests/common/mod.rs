@@ -130,16 +130,39 @@ pub fn bitcoind_with_p2p(p2p: Option<u16>) -> Option<Process> {
 
 /// An electrs process indexing `core` (started with a p2p port), killed on drop.
 pub struct Electrs {
-    child: Child,
+    child: Option<Child>,
+    command: Vec<std::ffi::OsString>,
     /// Its Electrum address, `127.0.0.1:port`.
     pub address: String,
     _dir: tempfile::TempDir,
 }
 
+impl Electrs {
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same address and index.
+    pub fn start(&mut self) {
+        let (exe, args) = self.command.split_first().unwrap();
+        let verbose = std::env::var("VIGIL_ELECTRS_LOG").is_ok();
+        let child = Command::new(exe)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(if verbose { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+}
+
 impl Drop for Electrs {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -155,26 +178,38 @@ pub fn electrs(core: &Process, p2p: u16) -> Option<Electrs> {
     let cookie = dir.path().join("cookie");
     std::fs::write(&cookie, "vigil:secret").unwrap();
     let address = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(exe)
-        .args(["--network", "regtest", "--skip-default-conf-files", "--wait-duration-secs", "1"])
-        .args(["--jsonrpc-timeout-secs", "30"])
-        .arg("--db-dir")
-        .arg(dir.path().join("db"))
-        .arg("--daemon-dir")
-        .arg(core.dir.path())
-        .arg("--cookie-file")
-        .arg(&cookie)
-        .args(["--daemon-rpc-addr", &format!("127.0.0.1:{}", core.port)])
-        .args(["--daemon-p2p-addr", &format!("127.0.0.1:{p2p}")])
-        .args(["--electrum-rpc-addr", &address])
-        .args(["--monitoring-addr", &format!("127.0.0.1:{}", free_port())])
-        // Its log only when asked for: VIGIL_ELECTRS_LOG=debug (an env_logger filter).
-        .args(["--log-filters", &std::env::var("VIGIL_ELECTRS_LOG").unwrap_or_else(|_| "error".into())])
-        .stdout(Stdio::null())
-        .stderr(if std::env::var("VIGIL_ELECTRS_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .unwrap();
-    let electrs = Electrs { child, address, _dir: dir };
+    // Its log only when asked for: VIGIL_ELECTRS_LOG=debug (an env_logger filter).
+    let log = std::env::var("VIGIL_ELECTRS_LOG").unwrap_or_else(|_| "error".into());
+    let mut command: Vec<std::ffi::OsString> = vec![exe];
+    for arg in [
+        "--network".to_owned(),
+        "regtest".into(),
+        "--skip-default-conf-files".into(),
+        "--wait-duration-secs".into(),
+        "1".into(),
+        "--jsonrpc-timeout-secs".into(),
+        "30".into(),
+        "--db-dir".into(),
+        dir.path().join("db").display().to_string(),
+        "--daemon-dir".into(),
+        core.dir.path().display().to_string(),
+        "--cookie-file".into(),
+        cookie.display().to_string(),
+        "--daemon-rpc-addr".into(),
+        format!("127.0.0.1:{}", core.port),
+        "--daemon-p2p-addr".into(),
+        format!("127.0.0.1:{p2p}"),
+        "--electrum-rpc-addr".into(),
+        address.clone(),
+        "--monitoring-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--log-filters".into(),
+        log,
+    ] {
+        command.push(arg.into());
+    }
+    let mut electrs = Electrs { child: None, command, address, _dir: dir };
+    electrs.start();
     wait_indexed(&electrs, core);
     Some(electrs)
 }
