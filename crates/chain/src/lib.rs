@@ -78,7 +78,9 @@ pub trait ChainBackend: Send + Sync {
     fn block(&self, hash: &BlockHash) -> Result<Block, BackendError> {
         deserialize(&self.raw_block(hash)?).map_err(|e| BackendError::Decode(e.to_string()))
     }
-    /// A block by hash, serialized (a tower scans it without deserializing it).
+    /// A block by hash, serialized (a tower scans it without deserializing it). A backend that
+    /// watches by script returns it filtered: the header and, in block order, the transactions
+    /// of the watched scripts only.
     fn raw_block(&self, hash: &BlockHash) -> Result<Vec<u8>, BackendError>;
     /// Active block hashes at `heights`, as far as the chain reaches (one round trip where
     /// the backend allows it).
