@@ -276,3 +276,113 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
     ));
     println!("{}", outcomes.join("\n"));
 }
+
+/// A tower process following a real bitcoind (JSON-RPC and REST): an unapproved unvault is
+/// cancelled, an approved one is left alone; with the blocks full (Core mines empty ones),
+/// the cancel climbs its ladder and the tower's fee wallet pays through its anchor, then
+/// replaces its child at twice the feerate, all accepted by Core's mempool.
+#[test]
+fn a_tower_on_a_real_bitcoind_cancels_and_bumps_through_cores_mempool() {
+    let Some((core, mut client, _dir)) = setup("tower on core") else { return };
+    let rpc = &core.rpc;
+    let fee_secret = [0x43u8; 32];
+    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &fee_secret).unwrap();
+    let fee_script =
+        FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 300, bump_sat_per_vb: 50 }).script().clone();
+    let tower = common::TowerProcess::configured(
+        &[client.policy_path.clone()],
+        70,
+        None,
+        "poll_interval_ms = 50\n",
+        &format!("{}rest = true\n", common::rpc_of(&core)),
+        &format!(
+            "[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 300\n",
+            vigil_tower::wire::hex(&fee_secret)
+        ),
+    );
+    client.wallet.pay(rpc, 170, fee_script, Amount::from_sat(2_000_000));
+    let stolen = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
+    let spent = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
+    for v in [&stolen, &spent] {
+        client.register(&tower.url, v).unwrap();
+        send(&core, &v.funding).unwrap();
+    }
+    let approved_spend = client.delayed_spend(&spent);
+    client.approve(&tower.url, &spent, approved_spend.compute_txid()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // It splits its coin (one per open vault): wait for the split to confirm.
+    until("the tower's fee coins confirmed", &|| {
+        mine(rpc, 1, &client.wallet.address());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        tower.metric("vigil_tower_fee_wallet_sat").is_some_and(|sat| sat > 1_900_000)
+    });
+
+    // Both unvaults confirm at once (an attacker's, and the owner's approved one).
+    send(&core, stolen.graph.unvault()).unwrap();
+    send(&core, spent.graph.unvault()).unwrap();
+    let anchor = |tx: &Transaction| OutPoint { txid: tx.compute_txid(), vout: 1 };
+    let c_top = stolen.graph.graph().cancels.last().unwrap().tx.clone();
+    let child_of_top = || {
+        rpc.mempool()
+            .unwrap()
+            .txids
+            .into_iter()
+            .map(|t| rpc.transaction(&t).unwrap().unwrap())
+            .find(|tx| tx.input.iter().any(|i| i.previous_output == anchor(&c_top)))
+    };
+    let empty_block = || {
+        rpc.call("generateblock", json!([client.wallet.address().to_string(), []])).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    // The unvaults confirm in a real block; then the blocks are full of others' transactions.
+    mine(rpc, 1, &client.wallet.address());
+    let unvaulted_at = rpc.tip().unwrap().height;
+    let top = stolen.graph.graph().cancels.len() as u32 - 1;
+    let mut children: Vec<Transaction> = Vec::new();
+    for _ in 0..top + 6 {
+        empty_block();
+        if let Some(child) = child_of_top() {
+            if children.last().map(Transaction::compute_txid) != Some(child.compute_txid()) {
+                children.push(child);
+            }
+        }
+        if children.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(children.len(), 2, "a child of the top-rung cancel, then its replacement, in Core's mempool");
+    assert_eq!(children[0].input[1].previous_output, children[1].input[1].previous_output, "one fee coin");
+    assert!(children[1].output[0].value < children[0].output[0].value, "the replacement pays more");
+    assert!(in_mempool(&core, &c_top), "the top rung waits in Core's mempool with its child");
+    mine(rpc, 1, &client.wallet.address());
+    assert_eq!(common::confirmations(rpc, &c_top.compute_txid()), 1, "cancelled, before DELAY");
+    let cancelled_after = rpc.tip().unwrap().height - unvaulted_at;
+    assert!(cancelled_after < common::DELAY);
+    assert_eq!(common::confirmations(rpc, &children[1].compute_txid()), 1);
+    // The approved unvault was never touched; its spend goes through at DELAY.
+    while rpc.tip().unwrap().height + 1 < unvaulted_at + common::DELAY {
+        mine(rpc, 1, &client.wallet.address());
+    }
+    assert!(common::spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
+    send(&core, &approved_spend).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    assert_eq!(common::confirmations(rpc, &approved_spend.compute_txid()), 1, "the approved spend confirmed");
+    let fee_of = |child: &Transaction| {
+        let coin = child.input[1].previous_output;
+        let funding = rpc.transaction(&coin.txid).unwrap().unwrap();
+        funding.output[coin.vout as usize].value.to_sat() + 240 - child.output[0].value.to_sat()
+    };
+    println!(
+        "tower on Core: cancel rung {top} bumped by a child paying {} sat, replaced by one paying {} sat; confirmed {} blocks after the unvault",
+        fee_of(&children[0]),
+        fee_of(&children[1]),
+        cancelled_after
+    );
+}
