@@ -34,28 +34,38 @@ impl Notification {
 }
 
 /// Connects to `endpoint` (`tcp://127.0.0.1:28332`) and subscribes to `topics` (an empty
-/// topic means all). Notifications arrive on the returned channel until it is dropped; the
-/// socket reconnects by itself if the publisher restarts.
+/// topic means all). Notifications arrive on the returned channel until it is dropped. A
+/// publisher that is not up yet is retried every second, and the socket reconnects by itself
+/// if the publisher restarts: a tower may start before its node.
 pub fn subscribe(endpoint: &str, topics: &[&str]) -> Result<Receiver<Notification>, BackendError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| BackendError::Unreachable(format!("zmq runtime: {e}")))?;
-    let mut socket = zeromq::SubSocket::new();
-    runtime
-        .block_on(async {
-            socket.connect(endpoint).await?;
-            for topic in topics {
-                socket.subscribe(topic).await?;
-            }
-            Ok::<_, zeromq::ZmqError>(())
-        })
-        .map_err(|e| BackendError::Unreachable(format!("zmq {endpoint}: {e}")))?;
+    let endpoint = endpoint.to_owned();
+    let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
     let (sender, receiver) = mpsc::channel();
     std::thread::Builder::new()
         .name("zmq-subscriber".into())
         .spawn(move || {
             runtime.block_on(async move {
+                let mut socket = loop {
+                    let mut socket = zeromq::SubSocket::new();
+                    let connected = async {
+                        socket.connect(&endpoint).await?;
+                        for topic in &topics {
+                            socket.subscribe(topic).await?;
+                        }
+                        Ok::<_, zeromq::ZmqError>(())
+                    };
+                    match connected.await {
+                        Ok(()) => break socket,
+                        Err(e) => {
+                            eprintln!("level=warn event=zmq_connect endpoint={endpoint} error={e:?}");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                };
                 loop {
                     let message = match socket.recv().await {
                         Ok(m) => m,

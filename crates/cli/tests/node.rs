@@ -164,7 +164,7 @@ fn vigil_node_publishes_cores_zmq_notifications() {
     assert_eq!(got[1].counter + 1, got[3].counter);
 
     // A reorg: the disconnected block's transactions, then sequence "D".
-    let parent = rpc.block_hash(102).unwrap().unwrap().to_string();
+    let parent = rpc.block_hash(rpc.tip().unwrap().height - 1).unwrap().unwrap().to_string();
     let mut tip = parent;
     for _ in 0..2 {
         let mined =
@@ -178,6 +178,29 @@ fn vigil_node_publishes_cores_zmq_notifications() {
     let mut expected = block.block_hash().to_byte_array();
     expected.reverse();
     assert_eq!(disconnected, expected);
+}
+
+#[test]
+fn a_zmq_subscriber_started_before_the_node_hears_it_once_it_is_up() {
+    let endpoint = format!("tcp://127.0.0.1:{}", common::free_port());
+    let bell = vigil_chain::zmq::subscribe(&endpoint, &["hashblock"]).unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let node = common::vigil_node_with(&[&format!("--zmqpubhashblock={endpoint}")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mined = loop {
+        let hash = mine(&node.rpc, 1, &Wallet::new().address()).remove(0);
+        if let Ok(n) = bell.recv_timeout(Duration::from_millis(500)) {
+            break (n, hash);
+        }
+        assert!(std::time::Instant::now() < deadline, "the subscriber never connected");
+    };
+    let (notification, _) = mined;
+    assert_eq!(notification.topic, "hashblock");
+    // The hash of a block we mined (possibly an earlier one, before the subscription landed).
+    let mut hash = notification.body.clone();
+    hash.reverse();
+    let hash = vigil_chain::bitcoin::BlockHash::from_slice(&hash).unwrap();
+    assert!(node.rpc.call("getblockheader", json!([hash.to_string()])).is_ok());
 }
 
 #[test]
