@@ -253,6 +253,7 @@ pub fn latency_and_catch_up() {
     let to_watched = |v: &vigil_testenv::Vault| Vault::from_signed(&policy_id, 144, &v.graph);
     let real: Vec<Vault> = vaults.iter().map(to_watched).collect();
     let store_bytes_per_vault;
+    let ram_bytes_per_vault;
     {
         let mut state = tower.state.lock().unwrap();
         let mut payload = 0usize;
@@ -271,9 +272,11 @@ pub fn latency_and_catch_up() {
             state.watcher.add_vault(v.clone());
         }
         store_bytes_per_vault = payload as f64 / real.len() as f64;
+        let before = resident_bytes();
         for i in 0..(100_000 - samples) as u64 {
             state.watcher.add_vault(synthetic_vault(&real[0], i));
         }
+        ram_bytes_per_vault = resident_bytes().saturating_sub(before) as f64 / (100_000 - samples) as f64;
     }
 
     // Observed -> submitted: U enters the node's mempool; one tower step sees it, decides,
@@ -332,6 +335,17 @@ pub fn latency_and_catch_up() {
     );
     println!("   store: {store_bytes_per_vault:.0} bytes per vault (row payload: the watched vault with every rung of C/E/UE,");
     println!("          consensus hex, plus the request's digest)");
+    println!(
+        "   memory: {:.1} KB per watched vault in all (the process's resident growth; every rung is kept in RAM)",
+        ram_bytes_per_vault / 1024.0
+    );
+}
+
+/// The process's resident memory, bytes (Linux).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
 }
 
 /// `vigil node` in-process on `dir`: its thread, a client, its port.
