@@ -100,6 +100,11 @@ pub trait ChainBackend: Send + Sync {
     }
     /// Broadcasts a transaction; returns its txid (also when it was already pending).
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, BackendError>;
+    /// Broadcasts a parent and its child as one package, judged by their combined feerate
+    /// (Core's `submitpackage`). Where the backend has no package relay, one after the other.
+    fn broadcast_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, BackendError> {
+        txs.iter().map(|tx| self.broadcast(tx)).collect()
+    }
     /// The mempool's contents.
     fn mempool(&self) -> Result<MempoolSnapshot, BackendError>;
     /// A pending or confirmed transaction, if the backend knows it.
@@ -333,6 +338,31 @@ impl ChainBackend for BitcoindRpc {
         // maxfeerate 0: pre-signed transactions pay what they pay; refusing a high-fee cancel
         // would be the node second-guessing the fee ladder.
         Self::hash(&self.call("sendrawtransaction", json!([serialize_hex(tx), 0]))?)
+    }
+
+    fn broadcast_package(&self, txs: &[Transaction]) -> Result<Vec<Txid>, BackendError> {
+        let hexes: Vec<String> = txs.iter().map(serialize_hex).collect();
+        // maxfeerate 0, as for single transactions.
+        let v = match self.call("submitpackage", json!([hexes, 0])) {
+            Ok(v) => v,
+            // A node without package relay: one after the other.
+            Err(BackendError::Rpc { code: -32601, .. }) => {
+                return txs.iter().map(|tx| self.broadcast(tx)).collect();
+            }
+            Err(e) => return Err(e),
+        };
+        let message = v["package_msg"].as_str().unwrap_or_default();
+        if message != "success" {
+            let errors: Vec<String> = v["tx-results"]
+                .as_object()
+                .map(|r| r.values().filter_map(|t| t["error"].as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            return Err(BackendError::Rpc {
+                code: -26,
+                message: format!("{message}: {}", errors.join("; ")),
+            });
+        }
+        Ok(txs.iter().map(Transaction::compute_txid).collect())
     }
 
     fn mempool(&self) -> Result<MempoolSnapshot, BackendError> {

@@ -386,3 +386,63 @@ fn a_tower_on_a_real_bitcoind_cancels_and_bumps_through_cores_mempool() {
         cancelled_after
     );
 }
+
+/// The race written down as a residual risk (ADR 0002): after DELAY, a spend other than the
+/// approved one appears, paying more than the top cancel. The tower answers with the top
+/// cancel and its fee wallet's child as one package, and Core's package RBF replaces it.
+#[test]
+fn after_delay_a_different_spend_is_outbid_by_the_top_cancel_and_its_child_as_a_package() {
+    let Some((core, mut client, _dir)) = setup("tower race on core") else { return };
+    let rpc = &core.rpc;
+    let fee_secret = [0x45u8; 32];
+    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &fee_secret).unwrap();
+    let fee_script =
+        FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 300, bump_sat_per_vb: 50 }).script().clone();
+    let tower = common::TowerProcess::configured(
+        &[client.policy_path.clone()],
+        71,
+        None,
+        "poll_interval_ms = 50\n",
+        &format!("{}rest = true\n", common::rpc_of(&core)),
+        &format!(
+            "[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 300\n",
+            vigil_tower::wire::hex(&fee_secret)
+        ),
+    );
+    client.wallet.pay(rpc, 171, fee_script, Amount::from_sat(2_000_000));
+    let v = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
+    client.register(&tower.url, &v).unwrap();
+    send(&core, &v.funding).unwrap();
+    let approved = client.delayed_spend(&v);
+    client.approve(&tower.url, &v, approved.compute_txid()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tower.metric("vigil_tower_fee_wallet_sat") != Some(2_000_000) {
+        assert!(std::time::Instant::now() < deadline, "the tower never saw its fee coin");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    send(&core, v.graph.unvault()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    let unvaulted_at = rpc.tip().unwrap().height;
+    while rpc.tip().unwrap().height + 1 < unvaulted_at + common::DELAY {
+        mine(rpc, 1, &client.wallet.address());
+    }
+    let top = v.graph.graph().cancels.last().unwrap().clone();
+    let thief = client.delayed_spend_paying(&v, 2 * top.fee.to_sat());
+    send(&core, &thief).expect("the other spend enters Core's mempool");
+    let (alone, why) = accept(&core, &top.tx);
+    assert!(!alone, "the top cancel alone cannot replace it");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while in_mempool(&core, &thief) || !in_mempool(&core, &top.tx) {
+        assert!(std::time::Instant::now() < deadline, "the tower's package never replaced the other spend");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    mine(rpc, 1, &client.wallet.address());
+    assert_eq!(common::confirmations(rpc, &top.tx.compute_txid()), 1, "cancelled");
+    println!(
+        "after DELAY, a spend paying {} sat ({:.0} sat/vB): the top cancel alone is refused ({why}); \
+         with the fee wallet's child as a package it replaced the spend and confirmed",
+        2 * top.fee.to_sat(),
+        (2 * top.fee.to_sat()) as f64 / thief.vsize() as f64
+    );
+}

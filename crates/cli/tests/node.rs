@@ -253,6 +253,40 @@ fn assert_subset(ours: &Value, core: &Value, path: &str) {
 }
 
 #[test]
+fn submitpackage_answers_like_core() {
+    let Some(core) = bitcoind() else { return };
+    let node = vigil_node();
+    let wallet = Wallet::new();
+    let mut answers = Vec::new();
+    for p in [&core, &node] {
+        mine(&p.rpc, 102, &wallet.address());
+        let hash = p.rpc.block_hash(2).unwrap().unwrap();
+        let coinbase = p.rpc.block(&hash).unwrap().txdata[0].clone();
+        let coin = vigil_chain::bitcoin::OutPoint { txid: coinbase.compute_txid(), vout: 0 };
+        let parent = wallet.spend(coin, &coinbase.output[0], 1_000);
+        let child = wallet.spend(
+            vigil_chain::bitcoin::OutPoint { txid: parent.compute_txid(), vout: 0 },
+            &parent.output[0],
+            1_000,
+        );
+        let hexes = [&parent, &child].map(vigil_chain::bitcoin::consensus::encode::serialize_hex);
+        let v = p.rpc.call("submitpackage", json!([hexes])).unwrap();
+        assert_eq!(v["package_msg"], "success", "{v}");
+        let pool = p.rpc.mempool().unwrap().txids;
+        assert!(pool.contains(&parent.compute_txid()) && pool.contains(&child.compute_txid()));
+        // Keyed by wtxid; compare the entries, not the keys.
+        let entries: Vec<Value> = v["tx-results"].as_object().unwrap().values().cloned().collect();
+        assert_eq!(entries.len(), 2);
+        answers.push(entries);
+    }
+    for (c, o) in answers[0].iter().zip(&answers[1]) {
+        assert_subset(&shape(o), &shape(c), "submitpackage.tx-results");
+    }
+    assert!(matches!(node.rpc.call("submitpackage", json!([[]])), Err(BackendError::Rpc { code: -8, .. })));
+    assert!(matches!(core.rpc.call("submitpackage", json!([[]])), Err(BackendError::Rpc { code: -8, .. })));
+}
+
+#[test]
 fn vigil_node_answers_like_bitcoin_core_call_by_call() {
     let Some(core) = bitcoind() else { return };
     let node = vigil_node();

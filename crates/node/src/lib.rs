@@ -443,6 +443,45 @@ fn call(chain: &mut RegtestChain, node: &Node, method: &str, params: &[Value]) -
                 Err(e) => Err(submit_error(chain, &tx, e)),
             }
         }
+        "submitpackage" => {
+            let v = param(params, 0, "package")?;
+            let raws = v.as_array().ok_or_else(|| err(code::TYPE, "Expected type array"))?;
+            if raws.is_empty() || raws.len() > 25 {
+                return Err(err(
+                    code::INVALID_PARAMETER,
+                    "Array must contain between 1 and 25 transactions.",
+                ));
+            }
+            let txs = (0..raws.len()).map(|i| decode_tx(raws, i)).collect::<Result<Vec<_>, _>>()?;
+            // No package relay here: each in order, as Core first tries them one by one. A
+            // parent that only its child's fee could carry is refused, where Core would take
+            // the pair.
+            let mut results = serde_json::Map::new();
+            let mut failed = false;
+            for tx in &txs {
+                let txid = tx.compute_txid();
+                let mut r = json!({"txid": txid.to_string()});
+                if failed {
+                    r["error"] = json!("package-not-validated");
+                } else {
+                    let pending = chain.tx_status(&txid) == Some(TxStatus::Pending);
+                    match chain.test_accept(tx).and_then(|fee| chain.submit(tx).map(|_| fee)) {
+                        Ok(fee) => {
+                            r["vsize"] = json!(tx.weight().to_vbytes_ceil());
+                            r["fees"] = json!({"base": btc(fee)});
+                        }
+                        Err(SubmitError::AlreadyKnown(_)) if pending => {}
+                        Err(e) => {
+                            failed = true;
+                            r["error"] = json!(reject_reason(&e));
+                        }
+                    }
+                }
+                results.insert(tx.compute_wtxid().to_string(), r);
+            }
+            let message = if failed { "transaction failed" } else { "success" };
+            Ok(json!({"package_msg": message, "tx-results": results}))
+        }
         "testmempoolaccept" => {
             let v = param(params, 0, "rawtxs")?;
             let raws = v.as_array().ok_or_else(|| err(code::TYPE, "Expected type array"))?;

@@ -647,10 +647,17 @@ impl Tower {
 
     /// Broadcasts a recorded decision; marks it done when the backend has answered for good.
     fn broadcast(&self, id: i64, action: &Action) {
-        let Action::Broadcast { vault, what, tx } = action else { return };
-        let result = self.backend.broadcast(tx);
+        let (vault, what, result) = match action {
+            Action::Broadcast { vault, what, tx } => {
+                (vault, what, self.backend.broadcast(tx).map(|t| vec![t]))
+            }
+            Action::BroadcastPackage { vault, what, parent, child } => {
+                (vault, what, self.backend.broadcast_package(&[parent.clone(), child.clone()]))
+            }
+            Action::Alarm { .. } => return,
+        };
         match &result {
-            Ok(txid) => eprintln!("level=info event=broadcast vault={vault} what={what:?} txid={txid}"),
+            Ok(txids) => eprintln!("level=info event=broadcast vault={vault} what={what:?} txids={txids:?}"),
             Err(e) => eprintln!("level=warn event=broadcast_refused vault={vault} what={what:?} error={e:?}"),
         }
         // Unreachable or refused credentials: keep it pending for the next start; anything

@@ -310,7 +310,7 @@ impl TowerStore for SqliteStore {
         let mut broadcasts = Vec::new();
         for action in actions {
             match action {
-                Action::Broadcast { .. } => {
+                Action::Broadcast { .. } | Action::BroadcastPackage { .. } => {
                     tx.execute(
                         "INSERT INTO broadcasts (action) VALUES (?1)",
                         [serde_json::to_string(action)?],
@@ -501,7 +501,7 @@ impl TowerStore for PostgresStore {
         let mut broadcasts = Vec::new();
         for action in actions {
             match action {
-                Action::Broadcast { .. } => {
+                Action::Broadcast { .. } | Action::BroadcastPackage { .. } => {
                     let row = tx.query_one(
                         "INSERT INTO broadcasts (action) VALUES ($1) RETURNING id",
                         &[&serde_json::to_string(action)?],

@@ -187,6 +187,20 @@ pub enum Action {
         #[serde(with = "tx_hex")]
         tx: Transaction,
     },
+    /// Broadcast a pre-signed parent with the fee wallet's child on its anchor, as one package
+    /// (Core's `submitpackage`): together they can replace what the parent alone cannot.
+    BroadcastPackage {
+        /// Which vault.
+        vault: OutPoint,
+        /// What it is, for logs ("cancel anchor bump").
+        what: String,
+        /// The pre-signed transaction.
+        #[serde(with = "tx_hex")]
+        parent: Transaction,
+        /// The fee wallet's child.
+        #[serde(with = "tx_hex")]
+        child: Transaction,
+    },
     /// Tell the guardians (and the operator).
     Alarm {
         /// Which vault, if one.
@@ -500,17 +514,25 @@ impl Watcher {
                                 if height.is_some() {
                                     ": confirmed, the race is lost (residual risk)"
                                 } else {
-                                    ": cancelling at the top rung"
+                                    ": cancelling at the top rung, bumped through its anchor"
                                 }
                             ),
                         });
                         if cancel {
                             let vault = self.vaults.get_mut(&id).expect("watched");
                             vault.state.cancel_rung = Some(top);
+                            vault.state.top_rung_since.get_or_insert(self.tip);
                             actions.push(cancel_broadcast(vault, top));
+                            // The other spend may outbid the top rung: pay through the anchor
+                            // at once, as a package that can replace it, outbidding its feerate
+                            // (its fee at least: it spends U's output, maybe more).
+                            let (parent, value) = (vault.cancels[top].clone(), vault.unvault.output[0].value);
+                            let paid: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+                            let rival_rate = value.to_sat().saturating_sub(paid) / tx.vsize() as u64;
                             self.fresh.insert(id);
                             self.dirty.insert(id);
                             self.active.insert(id);
+                            self.bump(id, parent, value, "cancel", self.tip, Some(rival_rate), actions);
                         }
                     }
                 }
@@ -670,6 +692,22 @@ impl Watcher {
         height: u32,
         actions: &mut Vec<Action>,
     ) {
+        self.bump(id, parent, parent_value, label, height, None, actions)
+    }
+
+    /// [`Watcher::bump_if_stuck`]; with `outbid` (a rival's feerate, in a race) a first child
+    /// at once, aiming at twice that rival's feerate too.
+    #[allow(clippy::too_many_arguments)]
+    fn bump(
+        &mut self,
+        id: OutPoint,
+        parent: Transaction,
+        parent_value: Amount,
+        label: &str,
+        height: u32,
+        outbid: Option<u64>,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(wallet) = self.fee_wallet.as_mut() else { return };
         let vault = self.vaults.get_mut(&id).expect("watched");
         let parent_txid = parent.compute_txid();
@@ -678,8 +716,10 @@ impl Watcher {
         // Stuck at the top rung means the market pays more than the parent: aim well above it.
         let parent_rate = parent_fee / parent.vsize() as u64;
         let (rate, coin) = match &vault.state.bump {
-            None if vault.state.top_rung_since.is_some_and(|h| height >= h + BUMP_RETRY_BLOCKS) => {
-                (wallet.first_rate().max(2 * parent_rate), None)
+            None if outbid.is_some()
+                || vault.state.top_rung_since.is_some_and(|h| height >= h + BUMP_RETRY_BLOCKS) =>
+            {
+                (wallet.first_rate().max(2 * parent_rate).max(2 * outbid.unwrap_or(0)), None)
             }
             None => return,
             Some(b) if b.parent != parent_txid => (b.sat_per_vb, Some((b.coin, b.coin_value))),
@@ -708,10 +748,11 @@ impl Watcher {
                 });
                 self.wallet_dirty = true;
                 self.dirty.insert(id);
-                actions.push(Action::Broadcast {
+                actions.push(Action::BroadcastPackage {
                     vault: id,
                     what: format!("{label} anchor bump"),
-                    tx: bump.tx,
+                    parent,
+                    child: bump.tx,
                 });
             }
             None => actions.push(Action::Alarm {
@@ -868,9 +909,10 @@ mod tests {
             let actions = w.on_block_connected(h, &block(vec![]));
             ceiling_alarms += alarms(&actions).iter().filter(|k| *k == "bump-ceiling").count();
             for a in actions {
-                if let Action::Broadcast { what, tx, .. } = a {
+                if let Action::BroadcastPackage { what, parent, child, .. } = a {
+                    assert_eq!(parent, v.cancels[top], "the child rides with its parent");
                     if what == "cancel anchor bump" {
-                        bumps.push((h, tx));
+                        bumps.push((h, child));
                     }
                 }
             }
@@ -917,7 +959,9 @@ mod tests {
         let bump = (2..20)
             .find_map(|h| {
                 w.on_block_connected(h, &block(vec![])).into_iter().find_map(|a| match a {
-                    Action::Broadcast { what, tx, .. } if what == "emergency anchor bump" => Some((h, tx)),
+                    Action::BroadcastPackage { what, child, .. } if what == "emergency anchor bump" => {
+                        Some((h, child))
+                    }
                     _ => None,
                 })
             })

@@ -414,13 +414,18 @@ impl Client {
 
     /// The owner's spend of U at DELAY, to the wallet.
     pub fn delayed_spend(&self, vault: &Vault) -> Transaction {
+        self.delayed_spend_paying(vault, 1_000)
+    }
+
+    /// The owner's spend of the unvault after DELAY, paying `fee`.
+    pub fn delayed_spend_paying(&self, vault: &Vault, fee: u64) -> Transaction {
         let input = vigil_policy::SpendInput {
             outpoint: vault.unvault_outpoint(),
             txout: vault.unvault_txout(),
             descriptor: vault.descriptors.unvault.clone(),
             sequence: vigil_policy::bitcoin::Sequence::from_height(self.example.delay as u16),
         };
-        let value = input.txout.value - Amount::from_sat(1_000);
+        let value = input.txout.value - Amount::from_sat(fee);
         let out =
             vigil_policy::bitcoin::TxOut { value, script_pubkey: self.wallet.address().script_pubkey() };
         let mut psbt = vigil_policy::spend_psbt(&[input], vec![out]).unwrap();
