@@ -304,7 +304,8 @@ pub fn latency_and_catch_up() {
         100_000,
         latencies.len()
     );
-    println!("   (one tower step: mempool poll, decision, durable SQLite commit, sendrawtransaction to vigil node)");
+    println!("   (one tower step: mempool poll, the vault's graph read back from SQLite, decision, durable commit,");
+    println!("    sendrawtransaction to vigil node)");
     println!(
         "   p50 {:.2?}  p99 {:.2?}  max {:.2?}  (goal p99 <= 50 ms)",
         p(0.5),
@@ -336,7 +337,7 @@ pub fn latency_and_catch_up() {
     println!("   store: {store_bytes_per_vault:.0} bytes per vault (row payload: the watched vault with every rung of C/E/UE,");
     println!("          consensus hex, plus the request's digest)");
     println!(
-        "   memory: {:.1} KB per watched vault in all (the process's resident growth; every rung is kept in RAM)",
+        "   memory: {:.1} KB per idle watched vault in all (resident growth: U and the state; C, E, UE stay in the store)",
         ram_bytes_per_vault / 1024.0
     );
 }

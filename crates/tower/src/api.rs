@@ -355,6 +355,12 @@ async fn panic(
             return Err(Refusal(StatusCode::CONFLICT, "replayed request".into()));
         }
         let actions = state.watcher.panic(&req.policy_id);
+        if let Some(e) = state.watcher.take_graph_error() {
+            // The store failed: a tower that cannot read its vaults must not look alive.
+            eprintln!("level=error event=store error={e:?}");
+            t.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(internal(e));
+        }
         let broadcasts = state.record(None, &actions).map_err(internal)?;
         drop(state);
         for (id, action) in &broadcasts {

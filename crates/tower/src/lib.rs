@@ -356,28 +356,31 @@ impl Tower {
                 )))
             }
         };
-        let mut store: Box<dyn TowerStore> = match config.store.kind.as_deref().unwrap_or("sqlite") {
-            "sqlite" => {
-                std::fs::create_dir_all(&config.datadir)?;
-                Box::new(SqliteStore::open(&config.datadir.join("tower.sqlite"))?)
-            }
-            "postgres" => {
-                let url = config
-                    .store
-                    .url
-                    .as_deref()
-                    .ok_or_else(|| TowerError::Config("store.url: needed for postgres".into()))?;
-                Box::new(PostgresStore::connect(
-                    url,
-                    config.store.schema.as_deref().unwrap_or("vigil_tower"),
-                )?)
-            }
-            other => {
-                return Err(TowerError::Config(format!(
-                    "store.kind: {other:?} is neither \"sqlite\" nor \"postgres\""
-                )))
-            }
+        let open_store = || -> Result<Box<dyn TowerStore>, TowerError> {
+            Ok(match config.store.kind.as_deref().unwrap_or("sqlite") {
+                "sqlite" => {
+                    std::fs::create_dir_all(&config.datadir)?;
+                    Box::new(SqliteStore::open(&config.datadir.join("tower.sqlite"))?)
+                }
+                "postgres" => {
+                    let url = config
+                        .store
+                        .url
+                        .as_deref()
+                        .ok_or_else(|| TowerError::Config("store.url: needed for postgres".into()))?;
+                    Box::new(PostgresStore::connect(
+                        url,
+                        config.store.schema.as_deref().unwrap_or("vigil_tower"),
+                    )?)
+                }
+                other => {
+                    return Err(TowerError::Config(format!(
+                        "store.kind: {other:?} is neither \"sqlite\" nor \"postgres\""
+                    )))
+                }
+            })
         };
+        let mut store = open_store()?;
         let loaded = store.load()?;
         if let Some(fw) = &config.fee_wallet {
             let secret =
@@ -397,6 +400,8 @@ impl Tower {
             }
             watcher.set_fee_wallet(wallet);
         }
+        // Idle vaults' transactions stay in the store, read back through a second connection.
+        watcher.set_graphs(Box::new(store::StoreGraphs(open_store()?)));
         for vault in loaded.vaults {
             watcher.add_vault(vault);
         }
@@ -478,6 +483,9 @@ impl Tower {
                     Vec::new()
                 }
             };
+            if let Some(e) = state.watcher.take_graph_error() {
+                return Err(StoreError(e));
+            }
             unrecorded += 1;
             // Blocks that change nothing are recorded in batches (one fsync, not one per
             // block, when catching up); replaying them after a crash is harmless.
@@ -539,6 +547,9 @@ impl Tower {
         let mut actions = Vec::new();
         for tx in &mempool {
             actions.extend(state.watcher.on_mempool_tx(tx));
+        }
+        if let Some(e) = state.watcher.take_graph_error() {
+            return Err(StoreError(e));
         }
         let broadcasts = if !state.watcher.has_changes() && actions.is_empty() {
             Vec::new()

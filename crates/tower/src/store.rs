@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use vigil_chain::BlockId;
-use vigil_policy::bitcoin::{BlockHash, Txid};
+use vigil_policy::bitcoin::{BlockHash, OutPoint, Txid};
 
 use crate::watch::{Action, Vault};
 
@@ -120,12 +120,23 @@ pub trait TowerStore: Send {
     /// it moved), the broadcasts to make and the alarms to deliver. Returns the broadcasts
     /// with their ids, to mark done once the backend accepted them.
     fn commit_step(&mut self, step: Step<'_>) -> Result<Vec<(i64, Action)>, StoreError>;
+    /// One vault, with every transaction (the watcher keeps idle vaults' graphs here only).
+    fn vault(&mut self, outpoint: &OutPoint) -> Result<Option<Vault>, StoreError>;
     /// A broadcast the backend has answered for good.
     fn broadcast_done(&mut self, id: i64) -> Result<(), StoreError>;
     /// Alarms not yet delivered.
     fn undelivered_alarms(&mut self) -> Result<Vec<OutboxAlarm>, StoreError>;
     /// Marks an alarm delivered, or counts a failed attempt.
     fn alarm_attempted(&mut self, id: i64, delivered: bool) -> Result<(), StoreError>;
+}
+
+/// A vault row is only ever rewritten whole: one without its transactions (the watcher's
+/// in-memory copy of an idle vault) must never replace the stored graph.
+fn whole(v: &Vault) -> Result<String, StoreError> {
+    if v.cancels.is_empty() || v.emergencies.is_empty() || v.unvault_emergencies.is_empty() {
+        return Err(StoreError(format!("vault {} would be stored without its transactions", v.outpoint)));
+    }
+    Ok(serde_json::to_string(v)?)
 }
 
 fn recent_json(recent: &[BlockId]) -> Result<String, StoreError> {
@@ -298,7 +309,7 @@ impl TowerStore for SqliteStore {
         for v in vaults {
             tx.execute(
                 "UPDATE vaults SET vault = ?2 WHERE outpoint = ?1",
-                rusqlite::params![v.outpoint.to_string(), serde_json::to_string(v)?],
+                rusqlite::params![v.outpoint.to_string(), whole(v)?],
             )?;
         }
         if let Some(recent) = recent {
@@ -327,6 +338,15 @@ impl TowerStore for SqliteStore {
         }
         tx.commit()?;
         Ok(broadcasts)
+    }
+
+    fn vault(&mut self, outpoint: &OutPoint) -> Result<Option<Vault>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT vault FROM vaults WHERE outpoint = ?1", [outpoint.to_string()], |r| r.get(0))
+            .optional()?;
+        Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
     }
 
     fn broadcast_done(&mut self, id: i64) -> Result<(), StoreError> {
@@ -489,7 +509,7 @@ impl TowerStore for PostgresStore {
         for v in vaults {
             tx.execute(
                 "UPDATE vaults SET vault = $2 WHERE outpoint = $1",
-                &[&v.outpoint.to_string(), &serde_json::to_string(v)?],
+                &[&v.outpoint.to_string(), &whole(v)?],
             )?;
         }
         if let Some(recent) = recent {
@@ -517,6 +537,13 @@ impl TowerStore for PostgresStore {
         Ok(broadcasts)
     }
 
+    fn vault(&mut self, outpoint: &OutPoint) -> Result<Option<Vault>, StoreError> {
+        let row = self
+            .client
+            .query_opt("SELECT vault FROM vaults WHERE outpoint = $1", &[&outpoint.to_string()])?;
+        Ok(row.map(|r| serde_json::from_str(r.get::<_, &str>(0))).transpose()?)
+    }
+
     fn broadcast_done(&mut self, id: i64) -> Result<(), StoreError> {
         self.client.execute("UPDATE broadcasts SET done = TRUE WHERE id = $1", &[&id])?;
         Ok(())
@@ -542,5 +569,19 @@ impl TowerStore for PostgresStore {
             &[&id, &delivered],
         )?;
         Ok(())
+    }
+}
+
+/// The watcher's [`crate::watch::Graphs`] source: a store connection of its own, so reading a
+/// graph back never waits on (or borrows) the connection that records decisions.
+pub struct StoreGraphs(pub Box<dyn TowerStore>);
+
+impl crate::watch::Graphs for StoreGraphs {
+    fn graph(&mut self, vault: &OutPoint) -> Result<Vault, String> {
+        match self.0.vault(vault) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err("not in the store".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }

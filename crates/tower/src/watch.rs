@@ -232,10 +232,31 @@ pub struct PolicyLimits {
     pub velocity_window_blocks: u32,
 }
 
-/// All the tower watches, in memory (rebuilt from the store on start).
+/// Where the watcher reads back the transactions of vaults it keeps only in summary (the
+/// tower's store, through a connection of its own).
+pub trait Graphs: Send {
+    /// The vault as registered, with every transaction.
+    fn graph(&mut self, vault: &OutPoint) -> Result<Vault, String>;
+}
+
+#[derive(Default)]
+struct GraphSource(Option<Box<dyn Graphs>>);
+
+impl std::fmt::Debug for GraphSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "paged" } else { "in memory" })
+    }
+}
+
+/// All the tower watches, rebuilt from the store on start. With a [`Graphs`] source, an idle
+/// vault keeps only U and its state in memory (about 1 KB instead of 14); C, E and UE are
+/// read back when a transaction touches it, and stay while it is active.
 #[derive(Debug, Default)]
 pub struct Watcher {
     vaults: HashMap<OutPoint, Vault>,
+    graphs: GraphSource,
+    /// A graph could not be read back: the caller must stop (see [`Watcher::take_graph_error`]).
+    graph_error: Option<String>,
     /// U's outpoint -> V.
     by_unvault: HashMap<OutPoint, OutPoint>,
     /// Both watched outpoints of every vault, for scanning blocks (see [`crate::index`]).
@@ -285,7 +306,66 @@ impl Watcher {
             let value = vault.unvault.output[0].value.to_sat();
             self.released.entry(vault.policy_id.clone()).or_default().insert(vault.outpoint, (h, value));
         }
-        self.vaults.insert(vault.outpoint, vault);
+        let id = vault.outpoint;
+        self.vaults.insert(id, vault);
+        self.evict_if_idle(id);
+    }
+
+    /// Pages idle vaults' transactions out to `graphs` (the store) from now on.
+    pub fn set_graphs(&mut self, graphs: Box<dyn Graphs>) {
+        self.graphs = GraphSource(Some(graphs));
+        let ids: Vec<OutPoint> = self.vaults.keys().copied().collect();
+        for id in ids {
+            self.evict_if_idle(id);
+        }
+    }
+
+    /// The error that stopped a graph from being read back, if one did (the tower stops:
+    /// its store failed).
+    pub fn take_graph_error(&mut self) -> Option<String> {
+        self.graph_error.take()
+    }
+
+    /// With a graph source, an idle vault's C, E and UE leave memory (they are in the store).
+    fn evict_if_idle(&mut self, id: OutPoint) {
+        if self.graphs.0.is_none()
+            || self.active.contains(&id)
+            || self.fresh.contains(&id)
+            || self.dirty.contains(&id)
+        {
+            return;
+        }
+        if let Some(v) = self.vaults.get_mut(&id) {
+            v.cancels = Vec::new();
+            v.emergencies = Vec::new();
+            v.unvault_emergencies = Vec::new();
+        }
+    }
+
+    /// Makes sure the vault's every transaction is in memory.
+    fn ensure_graph(&mut self, id: OutPoint) -> bool {
+        let Some(vault) = self.vaults.get(&id) else { return false };
+        if !vault.cancels.is_empty() {
+            return true;
+        }
+        let Some(source) = self.graphs.0.as_mut() else { return true };
+        match source.graph(&id) {
+            Ok(full) if !full.cancels.is_empty() => {
+                let vault = self.vaults.get_mut(&id).expect("checked above");
+                vault.cancels = full.cancels;
+                vault.emergencies = full.emergencies;
+                vault.unvault_emergencies = full.unvault_emergencies;
+                true
+            }
+            Ok(_) => {
+                self.graph_error = Some(format!("vault {id}: the store holds no transactions for it"));
+                false
+            }
+            Err(e) => {
+                self.graph_error = Some(format!("vault {id}: {e}"));
+                false
+            }
+        }
     }
 
     /// Records an approved spend of an unvault.
@@ -337,7 +417,11 @@ impl Watcher {
     /// Vaults whose state changed since the last call.
     pub fn take_dirty(&mut self) -> Vec<Vault> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.into_iter().filter_map(|v| self.vaults.get(&v).cloned()).collect()
+        let changed: Vec<Vault> = dirty.iter().filter_map(|v| self.vaults.get(v).cloned()).collect();
+        for id in dirty {
+            self.evict_if_idle(id);
+        }
+        changed
     }
 
     /// The tip height the watcher last saw.
@@ -409,24 +493,36 @@ impl Watcher {
             w.disconnect(height);
             self.wallet_dirty = true;
         }
-        for (id, vault) in self.vaults.iter_mut() {
-            let s = &mut vault.state;
-            let before = s.clone();
-            let at_or_above = |h: &mut Option<u32>| {
-                if h.is_some_and(|h| h >= height) {
+        let above = |h: Option<u32>| h.is_some_and(|h| h >= height);
+        let changed: Vec<OutPoint> = self
+            .vaults
+            .values()
+            .filter(|v| {
+                let s = &v.state;
+                above(s.unvault_height)
+                    || above(s.cancel_height)
+                    || above(s.emergency_height)
+                    || above(s.spent_height)
+            })
+            .map(|v| v.outpoint)
+            .collect();
+        for id in changed {
+            // It may act again (and will be stored whole): its transactions come back first.
+            if !self.ensure_graph(id) {
+                continue;
+            }
+            let s = &mut self.vaults.get_mut(&id).expect("watched").state;
+            for h in
+                [&mut s.unvault_height, &mut s.cancel_height, &mut s.emergency_height, &mut s.spent_height]
+            {
+                if above(*h) {
                     *h = None;
                 }
-            };
-            at_or_above(&mut s.unvault_height);
-            at_or_above(&mut s.cancel_height);
-            at_or_above(&mut s.emergency_height);
-            at_or_above(&mut s.spent_height);
-            if *s != before {
-                s.done = false;
-                self.dirty.insert(*id);
-                if s.unvault_seen {
-                    self.active.insert(*id);
-                }
+            }
+            s.done = false;
+            self.dirty.insert(id);
+            if s.unvault_seen {
+                self.active.insert(id);
             }
         }
     }
@@ -438,10 +534,16 @@ impl Watcher {
             kind: "panic".into(),
             message: format!("panic for policy {policy_id}: sweeping every vault to the deep vault"),
         }];
-        let ids: Vec<OutPoint> =
-            self.vaults.values().filter(|v| v.policy_id == policy_id).map(|v| v.outpoint).collect();
+        let ids: Vec<OutPoint> = self
+            .vaults
+            .values()
+            .filter(|v| v.policy_id == policy_id && !v.state.done && v.state.emergency_rung.is_none())
+            .map(|v| v.outpoint)
+            .collect();
         for id in ids {
-            self.start_emergency(id, &mut actions);
+            if self.ensure_graph(id) {
+                self.start_emergency(id, &mut actions);
+            }
         }
         actions
     }
@@ -463,6 +565,14 @@ impl Watcher {
         let txid = tx.compute_txid();
         for input in &tx.input {
             let prev = input.previous_output;
+            let touched = if self.vaults.contains_key(&prev) {
+                Some(prev)
+            } else {
+                self.by_unvault.get(&prev).copied()
+            };
+            if touched.is_some_and(|id| !self.ensure_graph(id)) {
+                continue;
+            }
             if let Some(vault) = self.vaults.get(&prev) {
                 let id = vault.outpoint;
                 match vault.role_of(&txid) {
@@ -1040,6 +1150,61 @@ mod tests {
         }
         w.on_block_connected(18, &block(vec![]));
         assert!(w.vault(&v.outpoint).unwrap().state.done, "buried six deep");
+    }
+
+    /// The store, as far as the watcher can tell: graphs by vault, or a failure.
+    struct Shelf(HashMap<OutPoint, Vault>, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Graphs for Shelf {
+        fn graph(&mut self, vault: &OutPoint) -> Result<Vault, String> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.get(vault).cloned().ok_or_else(|| "the store is gone".to_string())
+        }
+    }
+
+    #[test]
+    fn idle_vaults_keep_their_graphs_in_the_store_and_get_them_back_when_touched() {
+        let (v, other) = (vault(0, 1_000_000), vault(1, 1_000_000));
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut w = watcher(&[], 100_000_000);
+        let shelf = [(v.outpoint, v.clone())].into_iter().collect();
+        w.set_graphs(Box::new(Shelf(shelf, reads.clone())));
+        w.add_vault(v.clone());
+        w.add_vault(other.clone());
+        let idle = w.vault(&v.outpoint).unwrap();
+        assert!(idle.cancels.is_empty() && idle.emergencies.is_empty(), "paged out");
+        assert_eq!(idle.unvault, v.unvault, "U stays: it is what the index watches for");
+        // Unrelated blocks read nothing back.
+        w.on_block_connected(9, &block(vec![]));
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // The unvault: read back, cancelled with the right transaction, kept while active.
+        let actions = w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(actions.contains(&Action::Broadcast {
+            vault: v.outpoint,
+            what: "cancel rung 0".into(),
+            tx: v.cancels[0].clone()
+        }));
+        assert_eq!(w.take_dirty()[0].cancels, v.cancels, "stored whole");
+        assert_eq!(broadcasts(&w.on_block_connected(11, &block(vec![]))), vec!["cancel rung 1"]);
+        // Buried: paged out again once its last state is taken for the store.
+        w.on_block_connected(12, &block(vec![v.cancels[1].clone()]));
+        for h in 13..=18 {
+            w.on_block_connected(h, &block(vec![]));
+        }
+        assert!(w.vault(&v.outpoint).unwrap().state.done);
+        let last = w.take_dirty();
+        assert!(last.iter().all(|x| !x.cancels.is_empty()), "never stored without its transactions");
+        assert!(w.vault(&v.outpoint).unwrap().cancels.is_empty());
+        // A reorg that undoes the cancel reads it back before changing it.
+        w.on_block_disconnected(18);
+        w.on_block_disconnected(12);
+        assert!(!w.vault(&v.outpoint).unwrap().cancels.is_empty());
+        assert!(w.take_graph_error().is_none());
+        // A graph the store cannot give: no decision, an error for the tower to stop on.
+        let actions = w.on_mempool_tx(&other.unvault);
+        assert!(broadcasts(&actions).is_empty());
+        assert!(w.take_graph_error().is_some_and(|e| e.contains("the store is gone")));
     }
 
     #[test]
