@@ -402,9 +402,7 @@ impl Tower {
         }
         // Idle vaults' transactions stay in the store, read back through a second connection.
         watcher.set_graphs(Box::new(store::StoreGraphs(open_store()?)));
-        for vault in loaded.vaults {
-            watcher.add_vault(vault);
-        }
+        store.load_vaults(&mut |vault| watcher.add_vault(vault))?;
         for (u, spend, body) in loaded.approvals {
             match serde_json::from_str::<wire::RegisterApproval>(&body) {
                 Ok(r) => watcher.add_approval(

@@ -54,8 +54,6 @@ pub struct OutboxAlarm {
 /// Everything the tower reloads on start.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Watched vaults with their states.
-    pub vaults: Vec<Vault>,
     /// Approvals: (U txid, spend txid, the request as received).
     pub approvals: Vec<(Txid, Txid, String)>,
     /// The follower's recent blocks, oldest first.
@@ -94,8 +92,10 @@ pub struct Step<'a> {
 
 /// The tower's store.
 pub trait TowerStore: Send {
-    /// Everything, for a restart.
+    /// Everything but the vaults, for a restart.
     fn load(&mut self) -> Result<Loaded, StoreError>;
+    /// Every vault with its state, one at a time (a large tower never holds them all).
+    fn load_vaults(&mut self, each: &mut dyn FnMut(Vault)) -> Result<(), StoreError>;
     /// Registers a vault with the request's nonce, atomically (`registration`: the request's
     /// digest, for audit).
     fn register_vault(
@@ -210,10 +210,6 @@ impl TowerStore for SqliteStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         use rusqlite::OptionalExtension;
         let mut loaded = Loaded::default();
-        let mut stmt = self.conn.prepare("SELECT vault FROM vaults ORDER BY outpoint")?;
-        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            loaded.vaults.push(serde_json::from_str(&row?)?);
-        }
         let mut stmt = self.conn.prepare("SELECT unvault_txid, spend_txid, body FROM approvals")?;
         for row in stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
@@ -237,6 +233,14 @@ impl TowerStore for SqliteStore {
             loaded.pending_broadcasts.push((id, serde_json::from_str(&action)?));
         }
         Ok(loaded)
+    }
+
+    fn load_vaults(&mut self, each: &mut dyn FnMut(Vault)) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare("SELECT vault FROM vaults ORDER BY outpoint")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            each(serde_json::from_str(&row?)?);
+        }
+        Ok(())
     }
 
     fn register_vault(
@@ -423,9 +427,6 @@ impl PostgresStore {
 impl TowerStore for PostgresStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded::default();
-        for row in self.client.query("SELECT vault FROM vaults ORDER BY outpoint", &[])? {
-            loaded.vaults.push(serde_json::from_str(row.get::<_, &str>(0))?);
-        }
         for row in self.client.query("SELECT unvault_txid, spend_txid, body FROM approvals", &[])? {
             loaded.approvals.push((parse_txid(row.get(0))?, parse_txid(row.get(1))?, row.get(2)));
         }
@@ -439,6 +440,17 @@ impl TowerStore for PostgresStore {
             loaded.pending_broadcasts.push((row.get(0), serde_json::from_str(row.get::<_, &str>(1))?));
         }
         Ok(loaded)
+    }
+
+    fn load_vaults(&mut self, each: &mut dyn FnMut(Vault)) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut rows = self
+            .client
+            .query_raw("SELECT vault FROM vaults ORDER BY outpoint", std::iter::empty::<&str>())?;
+        while let Some(row) = rows.next()? {
+            each(serde_json::from_str(row.get::<_, &str>(0))?);
+        }
+        Ok(())
     }
 
     fn register_vault(

@@ -66,8 +66,23 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     // After a "crash": everything is there.
     let mut store = reopen();
     let loaded = store.load().unwrap();
-    assert_eq!(loaded.vaults.len(), 2);
-    let reloaded = loaded.vaults.iter().find(|v| v.outpoint == a.outpoint).unwrap();
+    let mut vaults = Vec::new();
+    store.load_vaults(&mut |v| vaults.push(v)).unwrap();
+    assert_eq!(vaults.len(), 2);
+    let reloaded = vaults.iter().find(|v| v.outpoint == a.outpoint).unwrap();
+    let one = store.vault(&a.outpoint).unwrap().expect("stored");
+    assert_eq!(
+        serde_json::to_string(&one).unwrap(),
+        serde_json::to_string(reloaded).unwrap(),
+        "one vault, whole"
+    );
+    assert!(store.vault(&OutPoint::null()).unwrap().is_none());
+    // A vault without its transactions (the watcher's paged-out copy) is never written.
+    let mut hollow = one.clone();
+    hollow.cancels.clear();
+    let vaults = [hollow];
+    assert!(store.commit_step(Step { vaults: &vaults, ..Step::default() }).is_err());
+    assert!(!store.vault(&a.outpoint).unwrap().unwrap().cancels.is_empty(), "the stored graph is intact");
     assert_eq!(reloaded.state, changed.state);
     assert_eq!(reloaded.cancels, a.cancels);
     assert_eq!(loaded.approvals, vec![(u, s, "{}".to_string())]);
