@@ -277,6 +277,28 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
     println!("{}", outcomes.join("\n"));
 }
 
+/// A tower process following `core` over RPC and REST, with a fee wallet holding one
+/// 2,000,000-sat coin (unconfirmed: paid from the coinbase at height `seed + 100`).
+fn tower_with_fee_wallet(core: &Process, client: &mut Client, seed: u8) -> common::TowerProcess {
+    let fee_secret = [seed; 32];
+    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &fee_secret).unwrap();
+    let fee_script =
+        FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 300, bump_sat_per_vb: 50 }).script().clone();
+    let tower = common::TowerProcess::configured(
+        std::slice::from_ref(&client.policy_path),
+        seed as usize,
+        None,
+        "poll_interval_ms = 50\n",
+        &format!("{}rest = true\n", common::rpc_of(core)),
+        &format!(
+            "[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 300\n",
+            vigil_tower::wire::hex(&fee_secret)
+        ),
+    );
+    client.wallet.pay(&core.rpc, seed as u32 + 100, fee_script, Amount::from_sat(2_000_000));
+    tower
+}
+
 /// A tower process following a real bitcoind (JSON-RPC and REST): an unapproved unvault is
 /// cancelled, an approved one is left alone; with the blocks full (Core mines empty ones),
 /// the cancel climbs its ladder and the tower's fee wallet pays through its anchor, then
@@ -285,22 +307,7 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
 fn a_tower_on_a_real_bitcoind_cancels_and_bumps_through_cores_mempool() {
     let Some((core, mut client, _dir)) = setup("tower on core") else { return };
     let rpc = &core.rpc;
-    let fee_secret = [0x43u8; 32];
-    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &fee_secret).unwrap();
-    let fee_script =
-        FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 300, bump_sat_per_vb: 50 }).script().clone();
-    let tower = common::TowerProcess::configured(
-        &[client.policy_path.clone()],
-        70,
-        None,
-        "poll_interval_ms = 50\n",
-        &format!("{}rest = true\n", common::rpc_of(&core)),
-        &format!(
-            "[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 300\n",
-            vigil_tower::wire::hex(&fee_secret)
-        ),
-    );
-    client.wallet.pay(rpc, 170, fee_script, Amount::from_sat(2_000_000));
+    let tower = tower_with_fee_wallet(&core, &mut client, 70);
     let stolen = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
     let spent = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
     for v in [&stolen, &spent] {
@@ -394,22 +401,7 @@ fn a_tower_on_a_real_bitcoind_cancels_and_bumps_through_cores_mempool() {
 fn after_delay_a_different_spend_is_outbid_by_the_top_cancel_and_its_child_as_a_package() {
     let Some((core, mut client, _dir)) = setup("tower race on core") else { return };
     let rpc = &core.rpc;
-    let fee_secret = [0x45u8; 32];
-    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &fee_secret).unwrap();
-    let fee_script =
-        FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 300, bump_sat_per_vb: 50 }).script().clone();
-    let tower = common::TowerProcess::configured(
-        &[client.policy_path.clone()],
-        71,
-        None,
-        "poll_interval_ms = 50\n",
-        &format!("{}rest = true\n", common::rpc_of(&core)),
-        &format!(
-            "[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 300\n",
-            vigil_tower::wire::hex(&fee_secret)
-        ),
-    );
-    client.wallet.pay(rpc, 171, fee_script, Amount::from_sat(2_000_000));
+    let tower = tower_with_fee_wallet(&core, &mut client, 71);
     let v = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
     client.register(&tower.url, &v).unwrap();
     send(&core, &v.funding).unwrap();

@@ -750,7 +750,7 @@ impl Watcher {
                         (vault.emergencies[top].clone(), vault.amount, "emergency")
                     };
                     if !vault.state.unvault_seen || s.unvault_height.is_some() {
-                        self.bump_if_stuck(id, parent, parent_value, label, height, actions);
+                        self.bump(id, parent, parent_value, label, height, None, actions);
                     }
                 }
             } else if let Some(rung) = s.cancel_rung.filter(|_| s.cancel_height.is_none()) {
@@ -766,7 +766,7 @@ impl Watcher {
                 if next == top && s.unvault_height.is_some() {
                     let parent = vault.cancels[top].clone();
                     let parent_value = vault.unvault.output[0].value;
-                    self.bump_if_stuck(id, parent, parent_value, "cancel", height, actions);
+                    self.bump(id, parent, parent_value, "cancel", height, None, actions);
                 }
                 let vault = self.vaults.get(&id).expect("watched");
                 if let Some(u) = s.unvault_height {
@@ -788,25 +788,11 @@ impl Watcher {
 
 impl Watcher {
     /// Pays through `parent`'s anchor once it has sat at the top of its ladder for
-    /// [`BUMP_RETRY_BLOCKS`]: a first child at the bump feerate or twice the parent's own,
-    /// whichever is higher, then, while it stays
-    /// unconfirmed, a replacement every [`BUMP_RETRY_BLOCKS`] at twice the feerate, spending the
-    /// same coin, as far as that coin reaches (then an alarm). A new parent (E gave way to UE)
-    /// gets a child at once, on the same coin.
-    fn bump_if_stuck(
-        &mut self,
-        id: OutPoint,
-        parent: Transaction,
-        parent_value: Amount,
-        label: &str,
-        height: u32,
-        actions: &mut Vec<Action>,
-    ) {
-        self.bump(id, parent, parent_value, label, height, None, actions)
-    }
-
-    /// [`Watcher::bump_if_stuck`]; with `outbid` (a rival's feerate, in a race) a first child
-    /// at once, aiming at twice that rival's feerate too.
+    /// [`BUMP_RETRY_BLOCKS`]: a first child aiming at twice the parent's feerate (at least the
+    /// bump feerate); while it stays unconfirmed, a replacement every [`BUMP_RETRY_BLOCKS`] at
+    /// twice the feerate on the same coin, as far as that coin reaches (then an alarm). A new
+    /// parent (E gave way to UE) gets a child at once, on the same coin. With `outbid` (a
+    /// rival's feerate, in the post-DELAY race): a first child at once, aiming at twice that.
     #[allow(clippy::too_many_arguments)]
     fn bump(
         &mut self,
