@@ -317,18 +317,11 @@ fn a_tower_on_a_real_bitcoind_cancels_and_bumps_through_cores_mempool() {
     let approved_spend = client.delayed_spend(&spent);
     client.approve(&tower.url, &spent, approved_spend.compute_txid()).unwrap();
     mine(rpc, 1, &client.wallet.address());
-    let until = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !f() {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
     // It splits its coin (one per open vault): wait for the split to confirm.
-    until("the tower's fee coins confirmed", &|| {
+    common::eventually("the tower's fee coins confirmed", || {
         mine(rpc, 1, &client.wallet.address());
         std::thread::sleep(std::time::Duration::from_millis(200));
-        tower.metric("vigil_tower_fee_wallet_sat").is_some_and(|sat| sat > 1_900_000)
+        tower.metric("vigil_tower_fee_wallet_sat").filter(|sat| *sat > 1_900_000)
     });
 
     // Both unvaults confirm at once (an attacker's, and the owner's approved one).
@@ -408,11 +401,9 @@ fn after_delay_a_different_spend_is_outbid_by_the_top_cancel_and_its_child_as_a_
     let approved = client.delayed_spend(&v);
     client.approve(&tower.url, &v, approved.compute_txid()).unwrap();
     mine(rpc, 1, &client.wallet.address());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while tower.metric("vigil_tower_fee_wallet_sat") != Some(2_000_000) {
-        assert!(std::time::Instant::now() < deadline, "the tower never saw its fee coin");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::eventually("the tower saw its fee coin", || {
+        tower.metric("vigil_tower_fee_wallet_sat").filter(|sat| *sat == 2_000_000)
+    });
     send(&core, v.graph.unvault()).unwrap();
     mine(rpc, 1, &client.wallet.address());
     let unvaulted_at = rpc.tip().unwrap().height;
@@ -424,11 +415,9 @@ fn after_delay_a_different_spend_is_outbid_by_the_top_cancel_and_its_child_as_a_
     send(&core, &thief).expect("the other spend enters Core's mempool");
     let (alone, why) = accept(&core, &top.tx);
     assert!(!alone, "the top cancel alone cannot replace it");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while in_mempool(&core, &thief) || !in_mempool(&core, &top.tx) {
-        assert!(std::time::Instant::now() < deadline, "the tower's package never replaced the other spend");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::eventually("the tower's package replaced the other spend", || {
+        (!in_mempool(&core, &thief) && in_mempool(&core, &top.tx)).then_some(())
+    });
     mine(rpc, 1, &client.wallet.address());
     assert_eq!(common::confirmations(rpc, &top.tx.compute_txid()), 1, "cancelled");
     println!(

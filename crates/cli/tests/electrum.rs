@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    bitcoind_with_p2p, electrs, example, free_port, mine, spend_of, Client, Electrs, Process, TowerProcess,
-    Wallet,
+    bitcoind_with_p2p, electrs, eventually, example, free_port, mine, spend_of, summary, Client, Electrs,
+    Process, TowerProcess, Wallet,
 };
 use serde_json::json;
 use vigil_chain::bitcoin::key::{Keypair, Secp256k1};
@@ -24,17 +24,6 @@ fn setup() -> Option<(Process, Electrs)> {
     mine(&core.rpc, 101, &Wallet::new().address());
     let electrs = electrs(&core, p2p)?;
     Some((core, electrs))
-}
-
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -83,15 +72,8 @@ fn the_electrum_backend_follows_filtered_blocks_through_a_reorg_and_the_mempool_
         let events = follower.poll(&backend).unwrap();
         (!events.is_empty()).then_some(events)
     });
-    let summary: Vec<String> = events
-        .iter()
-        .map(|e| match e {
-            BlockEvent::Connected { height, hash, .. } => format!("+{height}:{hash}"),
-            BlockEvent::Disconnected { height, hash } => format!("-{height}:{hash}"),
-        })
-        .collect();
     assert_eq!(
-        summary,
+        summary(&events),
         vec![format!("-102:{mined}"), format!("+102:{}", branch[0]), format!("+103:{}", branch[1])]
     );
     assert_eq!(events[1].block().unwrap().txdata[0].compute_txid(), paid);

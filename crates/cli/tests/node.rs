@@ -54,13 +54,7 @@ fn the_bitcoind_backend_follows_vigil_node_through_reorgs_and_the_mempool() {
         branch.push(parent.clone());
     }
     let events = follower.poll(rpc).unwrap();
-    let summary: Vec<String> = events
-        .iter()
-        .map(|e| match e {
-            BlockEvent::Connected { height, hash, .. } => format!("+{height}:{hash}"),
-            BlockEvent::Disconnected { height, hash } => format!("-{height}:{hash}"),
-        })
-        .collect();
+    let summary = common::summary(&events);
     assert_eq!(summary.len(), 5, "{summary:?}");
     assert!(summary[0].starts_with("-102:") && summary[1].starts_with("-101:"), "{summary:?}");
     assert_eq!(

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    confirmations, example, mine, post_raw, rpc_of, spend_of, spend_of_since, vigil_node, Client, Process,
-    TowerProcess, DELAY,
+    confirmations, eventually, example, mine, post_raw, rpc_of, spend_of, spend_of_since, vigil_node, Client,
+    Process, TowerProcess, DELAY,
 };
 use serde_json::{json, Value};
 use vigil_chain::{BitcoindRpc, ChainBackend};
@@ -183,13 +183,7 @@ fn a_reorg_deeper_than_the_tower_remembers_alarms_and_unvaults_are_still_cancell
     mine(rpc, 1, &client.wallet.address());
     let fork = rpc.tip().unwrap().height;
     mine(rpc, 8, &client.wallet.address());
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| eventually(what, || done().then_some(()));
     wait_for("the tower followed", &|| tower.metric("vigil_tower_tip_height") == Some(fork as u64 + 8));
     assert_eq!(tower.metric("vigil_tower_reorg_too_deep"), Some(0));
 

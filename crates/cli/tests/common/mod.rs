@@ -44,6 +44,29 @@ impl Drop for Process {
     }
 }
 
+/// Polls `f` until it gives a value (30 s at most, then fails saying `what`).
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Follower events as `+height:hash` / `-height:hash`, in order.
+pub fn summary(events: &[vigil_chain::BlockEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            vigil_chain::BlockEvent::Connected { height, hash, .. } => format!("+{height}:{hash}"),
+            vigil_chain::BlockEvent::Disconnected { height, hash } => format!("-{height}:{hash}"),
+        })
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
