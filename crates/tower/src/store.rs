@@ -130,8 +130,8 @@ pub trait TowerStore: Send {
     fn alarm_attempted(&mut self, id: i64, delivered: bool) -> Result<(), StoreError>;
 }
 
-/// A vault row is only ever rewritten whole: one without its transactions (the watcher's
-/// in-memory copy of an idle vault) must never replace the stored graph.
+/// A vault row is only ever written whole: one without its transactions (the watcher's
+/// in-memory copy of an idle vault) must never be stored, nor replace the stored graph.
 fn whole(v: &Vault) -> Result<String, StoreError> {
     if v.cancels.is_empty() || v.emergencies.is_empty() || v.unvault_emergencies.is_empty() {
         return Err(StoreError(format!("vault {} would be stored without its transactions", v.outpoint)));
@@ -263,7 +263,7 @@ impl TowerStore for SqliteStore {
             None => {
                 tx.execute(
                     "INSERT INTO vaults (outpoint, registration, vault) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![outpoint, registration, serde_json::to_string(vault)?],
+                    rusqlite::params![outpoint, registration, whole(vault)?],
                 )?;
                 Registered::New
             }
@@ -470,7 +470,7 @@ impl TowerStore for PostgresStore {
             None => {
                 tx.execute(
                     "INSERT INTO vaults (outpoint, registration, vault) VALUES ($1, $2, $3)",
-                    &[&outpoint, &registration, &serde_json::to_string(vault)?],
+                    &[&outpoint, &registration, &whole(vault)?],
                 )?;
                 Registered::New
             }
