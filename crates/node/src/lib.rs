@@ -465,7 +465,7 @@ fn call(chain: &mut RegtestChain, node: &Node, method: &str, params: &[Value]) -
                     r["error"] = json!("package-not-validated");
                 } else {
                     let pending = chain.tx_status(&txid) == Some(TxStatus::Pending);
-                    match chain.test_accept(tx).and_then(|fee| chain.submit(tx).map(|_| fee)) {
+                    match chain.submit_for_fee(tx) {
                         Ok(fee) => {
                             r["vsize"] = json!(tx.weight().to_vbytes_ceil());
                             r["fees"] = json!({"base": btc(fee)});

@@ -717,7 +717,12 @@ impl RegtestChain {
     /// including taproot, timelocks, coinbase maturity) and pass Bitcoin Core's relay policy.
     /// A replacement must pay for what it evicts. Refused transactions change nothing.
     pub fn submit(&mut self, tx: &Transaction) -> Result<Txid, SubmitError> {
-        self.accept(tx, true)
+        self.accept(tx, true).map(|(txid, _)| txid)
+    }
+
+    /// [`RegtestChain::submit`], answering the fee the transaction pays.
+    pub fn submit_for_fee(&mut self, tx: &Transaction) -> Result<Amount, SubmitError> {
+        self.accept(tx, true).map(|(_, fee)| fee)
     }
 
     /// Runs every check of [`RegtestChain::submit`] without adding the transaction, as
@@ -726,7 +731,7 @@ impl RegtestChain {
         self.check(tx).map(|checked| checked.fee)
     }
 
-    fn accept(&mut self, tx: &Transaction, announce: bool) -> Result<Txid, SubmitError> {
+    fn accept(&mut self, tx: &Transaction, announce: bool) -> Result<(Txid, Amount), SubmitError> {
         let checked = self.check(tx)?;
         let txid = tx.compute_txid();
         self.pool_sequence += checked.evicts.len() as u64 + 1;
@@ -738,7 +743,7 @@ impl RegtestChain {
             let sequence = self.pool_sequence;
             self.emit(ChainEvent::TransactionAccepted { tx, sequence });
         }
-        Ok(txid)
+        Ok((txid, checked.fee))
     }
 
     fn check(&self, tx: &Transaction) -> Result<Checked, SubmitError> {
