@@ -491,9 +491,7 @@ impl Tower {
                 return Ok(());
             }
             unrecorded = 0;
-            let excess = window.len().saturating_sub(self.config.follow_depth);
-            window.drain(..excess);
-            let broadcasts = state.record(Some(&window), &actions)?;
+            let broadcasts = state.record(Some(newest(&window, self.config.follow_depth)), &actions)?;
             log_actions(&actions);
             drop(state);
             for (id, action) in &broadcasts {
@@ -514,9 +512,7 @@ impl Tower {
         }
         let mut state = self.state.lock().expect("tower state");
         if unrecorded > 0 {
-            let excess = window.len().saturating_sub(self.config.follow_depth);
-            window.drain(..excess);
-            state.record(Some(&window), &[])?;
+            state.record(Some(newest(&window, self.config.follow_depth)), &[])?;
         }
         match polled {
             Ok(()) => state.reorg_too_deep = None,
@@ -774,6 +770,11 @@ impl Tower {
             state.watcher.fee_wallet().map(|w| w.balance()).unwrap_or(0),
         )
     }
+}
+
+/// The last `depth` blocks of a window: what is recorded as the follower's position.
+fn newest(window: &[vigil_chain::BlockId], depth: usize) -> &[vigil_chain::BlockId] {
+    &window[window.len().saturating_sub(depth)..]
 }
 
 pub(crate) fn log_actions(actions: &[Action]) {
