@@ -78,10 +78,16 @@ fn unapproved_unvault_is_cancelled_approved_one_left_alone_and_guardians_alarmed
     let approved_spend = client.delayed_spend(&spent);
     client.approve(&tower.url, &spent, approved_spend.compute_txid()).unwrap();
     mine(rpc, 1, &client.wallet.address());
+    // Idle vaults keep their cancels and emergencies in the store only.
+    assert_eq!(tower.metric("vigil_tower_vault_graphs_in_memory"), Some(0));
 
     // An attacker with the owner's devices broadcasts both unvaults.
     rpc.broadcast(stolen.graph.unvault()).unwrap();
     rpc.broadcast(spent.graph.unvault()).unwrap();
+    // Both are read back from the store as the tower takes them on.
+    eventually("both graphs read back", || {
+        tower.metric("vigil_tower_vault_graphs_in_memory").filter(|n| *n == 2)
+    });
     let start = rpc.tip().unwrap().height;
     let mut cancelled_at = None;
     for _ in 0..DELAY - 1 {

@@ -761,12 +761,14 @@ impl Tower {
              # TYPE vigil_tower_alarm_outbox gauge\nvigil_tower_alarm_outbox {outbox}\n\
              # TYPE vigil_tower_backend_up gauge\nvigil_tower_backend_up {}\n\
              # TYPE vigil_tower_reorg_too_deep gauge\nvigil_tower_reorg_too_deep {}\n\
+             # TYPE vigil_tower_vault_graphs_in_memory gauge\nvigil_tower_vault_graphs_in_memory {}\n\
              # TYPE vigil_tower_fee_wallet_sat gauge\nvigil_tower_fee_wallet_sat {}\n",
             state.watcher.len(),
             state.watcher.tip(),
             state.watcher.cancels_pending(),
             state.backend_up as u8,
             state.reorg_too_deep.is_some() as u8,
+            state.watcher.graphs_in_memory(),
             state.watcher.fee_wallet().map(|w| w.balance()).unwrap_or(0),
         )
     }

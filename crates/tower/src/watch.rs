@@ -257,6 +257,8 @@ pub struct Watcher {
     graphs: GraphSource,
     /// A graph could not be read back: the caller must stop (see [`Watcher::take_graph_error`]).
     graph_error: Option<String>,
+    /// Vaults whose C, E and UE are in memory.
+    graphs_held: usize,
     /// U's outpoint -> V.
     by_unvault: HashMap<OutPoint, OutPoint>,
     /// Both watched outpoints of every vault, for scanning blocks (see [`crate::index`]).
@@ -307,8 +309,16 @@ impl Watcher {
             self.released.entry(vault.policy_id.clone()).or_default().insert(vault.outpoint, (h, value));
         }
         let id = vault.outpoint;
-        self.vaults.insert(id, vault);
+        self.graphs_held += usize::from(!vault.cancels.is_empty());
+        if let Some(old) = self.vaults.insert(id, vault) {
+            self.graphs_held -= usize::from(!old.cancels.is_empty());
+        }
         self.evict_if_idle(id);
+    }
+
+    /// Vaults whose every transaction is in memory (the active ones, with a graph source).
+    pub fn graphs_in_memory(&self) -> usize {
+        self.graphs_held
     }
 
     /// Pages idle vaults' transactions out to `graphs` (the store) from now on.
@@ -335,7 +345,8 @@ impl Watcher {
         {
             return;
         }
-        if let Some(v) = self.vaults.get_mut(&id) {
+        if let Some(v) = self.vaults.get_mut(&id).filter(|v| !v.cancels.is_empty()) {
+            self.graphs_held -= 1;
             v.cancels = Vec::new();
             v.emergencies = Vec::new();
             v.unvault_emergencies = Vec::new();
@@ -355,6 +366,7 @@ impl Watcher {
                 vault.cancels = full.cancels;
                 vault.emergencies = full.emergencies;
                 vault.unvault_emergencies = full.unvault_emergencies;
+                self.graphs_held += 1;
                 true
             }
             Ok(_) => {
@@ -1159,6 +1171,7 @@ mod tests {
         w.add_vault(other.clone());
         let idle = w.vault(&v.outpoint).unwrap();
         assert!(idle.cancels.is_empty() && idle.emergencies.is_empty(), "paged out");
+        assert_eq!(w.graphs_in_memory(), 0);
         assert_eq!(idle.unvault, v.unvault, "U stays: it is what the index watches for");
         // Unrelated blocks read nothing back.
         w.on_block_connected(9, &block(vec![]));
@@ -1166,6 +1179,7 @@ mod tests {
         // The unvault: read back, cancelled with the right transaction, kept while active.
         let actions = w.on_block_connected(10, &block(vec![v.unvault.clone()]));
         assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(w.graphs_in_memory(), 1);
         assert!(actions.contains(&Action::Broadcast {
             vault: v.outpoint,
             what: "cancel rung 0".into(),
@@ -1182,6 +1196,7 @@ mod tests {
         let last = w.take_dirty();
         assert!(last.iter().all(|x| !x.cancels.is_empty()), "never stored without its transactions");
         assert!(w.vault(&v.outpoint).unwrap().cancels.is_empty());
+        assert_eq!(w.graphs_in_memory(), 0);
         // A reorg that undoes the cancel reads it back before changing it.
         w.on_block_disconnected(18);
         w.on_block_disconnected(12);
