@@ -23,6 +23,10 @@ use vigil_regtest::RegtestChain;
 mod tower;
 
 fn main() {
+    // Figures go to stdout; the libraries' logs only when RUST_LOG asks for them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     println!("vigil-bench (each ratio compares against a baseline measured in this run)");
     let only = std::env::args().nth(1);
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);

@@ -21,6 +21,18 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// A notification from a multipart message as Core sends it: topic, body, and the
+    /// publisher's 4-byte little-endian counter. Anything else is not a notification.
+    pub fn from_frames<F: AsRef<[u8]>>(frames: &[F]) -> Option<Notification> {
+        let [topic, body, counter] = frames else { return None };
+        let counter = <[u8; 4]>::try_from(counter.as_ref()).ok()?;
+        Some(Notification {
+            topic: String::from_utf8_lossy(topic.as_ref()).into_owned(),
+            body: body.as_ref().to_vec(),
+            counter: u32::from_le_bytes(counter),
+        })
+    }
+
     /// For `sequence`: the hash (display order), the label (`C`, `D`, `A`, `R`) and, for `A`
     /// and `R`, the mempool sequence.
     pub fn sequence(&self) -> Option<([u8; 32], u8, Option<u64>)> {
@@ -61,7 +73,7 @@ pub fn subscribe(endpoint: &str, topics: &[&str]) -> Result<Receiver<Notificatio
                     match connected.await {
                         Ok(()) => break socket,
                         Err(e) => {
-                            eprintln!("level=warn event=zmq_connect endpoint={endpoint} error={e:?}");
+                            tracing::warn!(%endpoint, error = %e, "ZMQ publisher not reachable yet; retrying");
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         }
                     }
@@ -75,14 +87,7 @@ pub fn subscribe(endpoint: &str, topics: &[&str]) -> Result<Receiver<Notificatio
                             continue;
                         }
                     };
-                    let frames = message.into_vec();
-                    let [topic, body, counter] = frames.as_slice() else { continue };
-                    let Ok(counter) = <[u8; 4]>::try_from(counter.as_ref()) else { continue };
-                    let notification = Notification {
-                        topic: String::from_utf8_lossy(topic).into_owned(),
-                        body: body.to_vec(),
-                        counter: u32::from_le_bytes(counter),
-                    };
+                    let Some(notification) = Notification::from_frames(&message.into_vec()) else { continue };
                     if sender.send(notification).is_err() {
                         break;
                     }

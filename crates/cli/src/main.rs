@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vigil_policy::bitcoin::{Amount, Network, ScriptBuf};
+use vigil_policy::bitcoin::Amount;
 use vigil_policy::example::ExamplePolicy;
-use vigil_policy::{CompiledPolicy, Policy, PolicyError, VaultKind};
-use vigil_regtest::RegtestChain;
-use vigil_testenv::{Env, EnvError};
+use vigil_policy::{CompiledPolicy, Policy, PolicyError};
+
+mod demo;
 
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "Coercion-resistant Bitcoin custody")]
@@ -36,12 +36,12 @@ enum Command {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         rpcbind: std::net::IpAddr,
-        /// RPC user.
+        /// RPC user (with --rpcpassword; with neither, the node writes `<datadir>/.cookie`).
         #[arg(long)]
-        rpcuser: String,
-        /// RPC password.
+        rpcuser: Option<String>,
+        /// RPC password (never empty).
         #[arg(long)]
-        rpcpassword: String,
+        rpcpassword: Option<String>,
         /// Publish Core's `hashblock` ZMQ notifications here (`tcp://127.0.0.1:28332`).
         #[arg(long)]
         zmqpubhashblock: Option<String>,
@@ -86,13 +86,17 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr, `info` and up unless RUST_LOG says otherwise; output for people to stdout.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Policy { command: PolicyCommand::Check { file } } => policy_check(&file),
         Command::Policy { command: PolicyCommand::Example } => {
             print!("{}", ExamplePolicy::default().to_toml());
             Ok(())
         }
-        Command::Demo { datadir } => demo(&datadir),
+        Command::Demo { datadir } => demo::run(&datadir),
         Command::Tower { config } => tower(&config),
         Command::Node {
             datadir,
@@ -205,95 +209,4 @@ fn policy_check(file: &Path) -> anyhow::Result<()> {
         p.allowance.velocity_window_blocks
     );
     Ok(())
-}
-
-fn demo(datadir: &Path) -> anyhow::Result<()> {
-    let example = ExamplePolicy::default();
-    println!("Vigil demo on the embedded regtest chain (Bitcoin Core's validation engine, in-process)");
-    println!("policy: the example regtest policy (vigil policy example), DELAY {} blocks", example.delay);
-    let chain =
-        RegtestChain::open(datadir).with_context(|| format!("opening the chain in {}", datadir.display()))?;
-    println!("chain: {} at height {}", datadir.display(), chain.height());
-    let mut env = Env::with_chain(chain, example.clone())?;
-    // Fresh derivation indices on every run, so no address is reused on a kept chain.
-    env.skip_indices(env.chain.height() * 8);
-    let sink = ScriptBuf::new_p2wpkh(&vigil_policy::bitcoin::WPubkeyHash::from_raw_hash(
-        vigil_policy::bitcoin::hashes::Hash::hash(b"demo destination"),
-    ));
-
-    step("1. unvault -> cancel");
-    let vault = created(&mut env, Amount::from_sat(5_000_000), VaultKind::Standard)?;
-    let u = vault.graph.unvault().clone();
-    env.confirm(&u)?;
-    println!(
-        "   U {} confirmed at height {} (an unvault nobody approved)",
-        u.compute_txid(),
-        env.chain.height()
-    );
-    let c = vault.graph.cancel(0).expect("rung 0").clone();
-    env.confirm(&c)?;
-    println!(
-        "   C {} ({} sat/vB) confirmed: the coins are back in recovery output {}",
-        c.compute_txid(),
-        vault.graph.graph().cancels[0].feerate_sat_per_vb,
-        c.output[0].value
-    );
-
-    step("2. unvault -> delayed spend");
-    let vault = created(&mut env, Amount::from_sat(5_000_000), VaultKind::Standard)?;
-    let u = vault.graph.unvault().clone();
-    env.confirm(&u)?;
-    let u_height = env.chain.height();
-    println!("   U {} confirmed at height {u_height}", u.compute_txid());
-    let spend = env.delayed_spend(&vault, sink.clone(), Amount::from_sat(2_000))?;
-    env.chain.mine_to_height(u_height + example.delay - 2)?;
-    match env.chain.submit(&spend) {
-        Err(e) => println!("   spend at height {}: refused, {e}", env.chain.height() + 1),
-        Ok(_) => anyhow::bail!("the delayed spend was accepted before DELAY"),
-    }
-    env.chain.mine(1)?;
-    env.confirm(&spend)?;
-    println!("   spend {} confirmed at height {} = U + DELAY", spend.compute_txid(), env.chain.height());
-
-    step("3. emergency -> deep vault");
-    let vault = created(&mut env, Amount::from_sat(20_000_000), VaultKind::Guarded)?;
-    let e = vault.graph.emergency(0).expect("rung 0").clone();
-    env.confirm(&e)?;
-    println!("   E {} confirmed: {} now in the deep vault", e.compute_txid(), e.output[0].value);
-    println!(
-        "   the deep vault opens to backup + {} guardians after {} blocks, or to everyone at once",
-        example.guardian_threshold, example.deep_vault
-    );
-
-    println!();
-    println!("done: every transaction above was accepted by the kernel; chain height {}", env.chain.height());
-    Ok(())
-}
-
-fn step(title: &str) {
-    println!();
-    println!("{title}");
-}
-
-fn created(env: &mut Env, amount: Amount, kind: VaultKind) -> Result<vigil_testenv::Vault, EnvError> {
-    let vault = env.create_vault(amount, kind)?;
-    let g = vault.graph.graph();
-    println!(
-        "   vault #{} ({:?}, {}): V {} funded; graph signed by one-time keys, keys wiped before funding",
-        vault.plan.index,
-        kind,
-        amount,
-        vault.outpoint()
-    );
-    println!(
-        "   pre-signed: U {}, {} cancels, {} emergencies, {} unvault-emergencies ({}..{} sat/vB)",
-        g.unvault_txid(),
-        g.cancels.len(),
-        g.emergencies.len(),
-        g.unvault_emergencies.len(),
-        g.cancels.first().map(|c| c.feerate_sat_per_vb).unwrap_or(0),
-        g.cancels.last().map(|c| c.feerate_sat_per_vb).unwrap_or(0)
-    );
-    let _ = Network::Regtest;
-    Ok(vault)
 }

@@ -70,7 +70,7 @@ pub async fn start(config: &ZmqConfig, events: Receiver<ChainEvent>) -> Result<(
         if !publishers.contains_key(address) {
             let mut socket = zeromq::PubSocket::new();
             socket.bind(address).await?;
-            println!("vigil node publishing ZMQ on {address}");
+            tracing::info!(%address, "vigil node publishing ZMQ");
             publishers.insert(address.clone(), Publisher { socket, counters: BTreeMap::new() });
         }
         publishers.get_mut(address).expect("just inserted").counters.insert(topic, 0);

@@ -17,6 +17,10 @@ use crate::error::PolicyError;
 pub const MAX_RELATIVE_LOCK: u32 = 65_535;
 /// The dust threshold of a P2TR output at Core's dust relay feerate, in sat.
 pub const P2TR_DUST_SAT: u64 = 330;
+/// The shortest DELAY a policy may have outside regtest: ADR 0002's confirmation budget (a
+/// cancel climbing its ladder a rung per block, then anchor bumps) plus the 6-block burial
+/// margin. Below it a tower has no margin left to get a cancel confirmed.
+pub const MIN_PUBLIC_DELAY_BLOCKS: u16 = 36;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -231,7 +235,7 @@ pub struct Policy {
 impl Policy {
     /// Parses and validates a policy file's text.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let file: PolicyFile = toml::from_str(text)?;
         validate(file)
     }
 }
@@ -265,11 +269,14 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
             ))
         }
     };
-    let secp = Secp256k1::verification_only();
+    // Keys are compared by their public key alone: the same key re-encoded with another depth,
+    // fingerprint or child number is the same signer, and so is one private key under two
+    // chain codes (whoever holds it derives both) -- `multi_a(2, G0, G0', G2)` would let one
+    // guardian sign for two.
     let mut seen = HashSet::new();
     let mut key = |name: String, text: &str| -> Result<PolicyKey, PolicyError> {
         let k = parse_key(&name, text, network)?;
-        if !seen.insert(k.xpub) {
+        if !seen.insert(k.xpub.public_key) {
             return Err(field(
                 name,
                 "the same key appears twice in the policy; every role needs its own key",
@@ -300,6 +307,16 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
         recovery: lock("delays.recovery", file.delays.recovery)?,
         deep_vault: lock("delays.deep_vault", file.delays.deep_vault)?,
     };
+    if network != Network::Regtest && delays.unvault < MIN_PUBLIC_DELAY_BLOCKS {
+        return Err(field(
+            "delays.unvault",
+            format!(
+                "{} blocks is below the {MIN_PUBLIC_DELAY_BLOCKS} a tower needs on {network} to get a cancel confirmed \
+                 before the spend leaf opens (ADR 0002); only regtest allows shorter",
+                delays.unvault
+            ),
+        ));
+    }
     if delays.recovery < delays.unvault {
         return Err(field(
             "delays.recovery",
@@ -387,7 +404,6 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
             .map_err(|e| field(name("key"), format!("not a compressed public key in hex: {e}")))?;
         towers.push(Tower { name: t.name.clone(), url: t.url.clone(), key });
     }
-    let _ = &secp;
     Ok(Policy {
         version: file.version,
         network,

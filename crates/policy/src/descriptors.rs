@@ -16,7 +16,7 @@ use miniscript::descriptor::{DefiniteDescriptorKey, DescriptorPublicKey, SingleP
 use miniscript::{Descriptor, TranslatePk, Translator};
 
 use crate::config::{secp, KeyChain, Policy, PolicyKey};
-use crate::error::PolicyError;
+use crate::error::{DescriptorError, PolicyError, TaprootError};
 
 /// BIP341's provably unspendable point H: no key path, every spend goes through a leaf.
 pub const NUMS_POINT: &str = "50929b74c1a04954b78b4b6035e97a5e078a5a0f28ec96d547bfee9ace803ac0";
@@ -66,9 +66,9 @@ impl Templates {
         // The pre-signed leaf sits at depth 1: cancels are the transactions that must be cheapest.
         let unvault = |spend: &str| format!("tr(NUMS,{{{once},{{{spend},{recover}}}}})");
         let parse = |s: String| {
-            let d = Descriptor::<String>::from_str(&s)
-                .map_err(|e| PolicyError::Build(format!("descriptor {s}: {e}")))?;
-            d.sanity_check().map_err(|e| PolicyError::Build(format!("descriptor {s}: {e}")))?;
+            let template = |source| DescriptorError::Template { descriptor: s.clone(), source };
+            let d = Descriptor::<String>::from_str(&s).map_err(template)?;
+            d.sanity_check().map_err(template)?;
             Ok::<_, PolicyError>(d)
         };
         Ok(Templates {
@@ -94,22 +94,22 @@ impl Templates {
 /// Replaces placeholder names with keys from a map.
 pub(crate) struct Placeholders<'a, K>(pub &'a HashMap<String, K>);
 
-impl<K: miniscript::MiniscriptKey + Clone> Translator<String, K, PolicyError> for Placeholders<'_, K> {
-    fn pk(&mut self, pk: &String) -> Result<K, PolicyError> {
-        self.0.get(pk).cloned().ok_or_else(|| PolicyError::Build(format!("no key for placeholder {pk}")))
+impl<K: miniscript::MiniscriptKey + Clone> Translator<String, K, DescriptorError> for Placeholders<'_, K> {
+    fn pk(&mut self, pk: &String) -> Result<K, DescriptorError> {
+        self.0.get(pk).cloned().ok_or_else(|| DescriptorError::NoKey(pk.clone()))
     }
     // Vigil's templates have no hash locks.
-    fn sha256(&mut self, _: &String) -> Result<K::Sha256, PolicyError> {
-        Err(PolicyError::Build("hash locks are not part of Vigil's descriptors".into()))
+    fn sha256(&mut self, _: &String) -> Result<K::Sha256, DescriptorError> {
+        Err(DescriptorError::HashLock)
     }
-    fn hash256(&mut self, _: &String) -> Result<K::Hash256, PolicyError> {
-        Err(PolicyError::Build("hash locks are not part of Vigil's descriptors".into()))
+    fn hash256(&mut self, _: &String) -> Result<K::Hash256, DescriptorError> {
+        Err(DescriptorError::HashLock)
     }
-    fn ripemd160(&mut self, _: &String) -> Result<K::Ripemd160, PolicyError> {
-        Err(PolicyError::Build("hash locks are not part of Vigil's descriptors".into()))
+    fn ripemd160(&mut self, _: &String) -> Result<K::Ripemd160, DescriptorError> {
+        Err(DescriptorError::HashLock)
     }
-    fn hash160(&mut self, _: &String) -> Result<K::Hash160, PolicyError> {
-        Err(PolicyError::Build("hash locks are not part of Vigil's descriptors".into()))
+    fn hash160(&mut self, _: &String) -> Result<K::Hash160, DescriptorError> {
+        Err(DescriptorError::HashLock)
     }
 }
 
@@ -120,7 +120,12 @@ pub(crate) fn translate<K>(
 where
     K: miniscript::MiniscriptKey + Clone,
 {
-    template.translate_pk(&mut Placeholders(keys)).map_err(|e| PolicyError::Build(format!("{e:?}")))
+    template.translate_pk(&mut Placeholders(keys)).map_err(|e| match e {
+        miniscript::TranslateErr::TranslatorErr(e) => e.into(),
+        miniscript::TranslateErr::OuterError(e) => {
+            DescriptorError::Template { descriptor: template.to_string(), source: e }.into()
+        }
+    })
 }
 
 /// The policy's keys one derivation step down (`xpub/0` or `xpub/1`), cached so that deriving
@@ -146,7 +151,7 @@ impl KeyChainCache {
         let keys = named
             .into_iter()
             .map(|(name, k)| {
-                let xpub = k.xpub.derive_pub(secp(), &step).map_err(|e| PolicyError::Build(e.to_string()))?;
+                let xpub = k.xpub.derive_pub(secp(), &step).map_err(DescriptorError::from)?;
                 Ok((name, xpub, k.clone()))
             })
             .collect::<Result<_, PolicyError>>()?;
@@ -156,8 +161,7 @@ impl KeyChainCache {
     /// Every placeholder's x-only key at `index`.
     pub fn xonly_at(&self, index: u32) -> Result<HashMap<String, XOnlyPublicKey>, PolicyError> {
         // Non-hardened indexes only: the policy holds public keys.
-        ChildNumber::from_normal_idx(index)
-            .map_err(|_| PolicyError::Build(format!("index {index} is hardened")))?;
+        ChildNumber::from_normal_idx(index).map_err(|_| DescriptorError::HardenedIndex(index))?;
         let mut map = HashMap::with_capacity(self.keys.len() + 3);
         for (name, xpub, _) in &self.keys {
             let key = crate::fast::child_public_key(xpub, index)?;
@@ -202,7 +206,7 @@ pub(crate) fn single(key: XOnlyPublicKey) -> DescriptorPublicKey {
 pub(crate) fn definite(
     d: Descriptor<DescriptorPublicKey>,
 ) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
-    d.at_derivation_index(0).map_err(|e| PolicyError::Build(e.to_string()))
+    Ok(d.at_derivation_index(0).map_err(DescriptorError::from)?)
 }
 
 /// Every leaf of a taproot descriptor: its script and the control block that reveals it, in
@@ -210,14 +214,14 @@ pub(crate) fn definite(
 pub fn taproot_leaves<K: miniscript::ToPublicKey>(
     d: &Descriptor<K>,
 ) -> Result<Vec<(ScriptBuf, ControlBlock)>, PolicyError> {
-    let Descriptor::Tr(tr) = d else { return Err(PolicyError::Build("not a taproot descriptor".into())) };
+    let Descriptor::Tr(tr) = d else { return Err(TaprootError::NotTaproot.into()) };
     let info = tr.spend_info();
     tr.iter_scripts()
         .map(|(_, ms)| {
             let script = ms.encode();
             let control = info
                 .control_block(&(script.clone(), LeafVersion::TapScript))
-                .ok_or_else(|| PolicyError::Build("leaf missing from its own tree".into()))?;
+                .ok_or(TaprootError::LeafMissing)?;
             Ok((script, control))
         })
         .collect()

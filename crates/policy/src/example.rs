@@ -204,3 +204,41 @@ whitelist = []
         )
     }
 }
+
+/// Who signs a PSBT, among the example keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// Owner key `i`.
+    Owner(usize),
+    /// The owner's off-site backup key.
+    Backup,
+    /// The co-signer.
+    Cosigner,
+    /// Guardian `i`.
+    Guardian(usize),
+}
+
+impl ExampleKeys {
+    /// The master key of `who`.
+    pub fn master(&self, who: Signer) -> &Xpriv {
+        match who {
+            Signer::Owner(i) => &self.owners[i],
+            Signer::Backup => &self.backup,
+            Signer::Cosigner => &self.cosigner,
+            Signer::Guardian(i) => &self.guardians[i],
+        }
+    }
+
+    /// Signs a PSBT with the keys of `signers` (inputs a key cannot sign are skipped).
+    pub fn sign_psbt(&self, psbt: &mut bitcoin::psbt::Psbt, signers: &[Signer]) {
+        for s in signers {
+            let _ = psbt.sign(self.master(*s), secp());
+        }
+    }
+
+    /// The key pair of `who` at vault index `index` (`/1/index` under the account).
+    pub fn vault_keypair(&self, who: Signer, index: u32) -> bitcoin::secp256k1::Keypair {
+        let path = DerivationPath::from_str(&format!("{ACCOUNT_PATH}/1/{index}")).expect("valid path");
+        self.master(who).derive_priv(secp(), &path).expect("derivable").to_keypair(secp())
+    }
+}

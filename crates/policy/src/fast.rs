@@ -14,7 +14,7 @@ use bitcoin::ScriptBuf;
 use miniscript::Descriptor;
 
 use crate::config::secp;
-use crate::error::PolicyError;
+use crate::error::{DescriptorError, PolicyError, TaprootError};
 
 /// `point + t·G`, or `None` when `t` is not a valid scalar or the sum is infinity
 /// (probability below 2^-127).
@@ -33,7 +33,7 @@ pub(crate) fn child_public_key(xpub: &Xpub, index: u32) -> Result<PublicKey, Pol
     match add_generator_multiple(&xpub.public_key, &tweak) {
         Some(key) => Ok(key),
         // BIP32 says: skip to the next index. Vigil refuses instead; it will not happen.
-        None => Err(PolicyError::Build(format!("BIP32 child {index} is invalid"))),
+        None => Err(DescriptorError::InvalidChild(index).into()),
     }
 }
 
@@ -45,28 +45,26 @@ pub(crate) struct TaprootOutput {
 
 /// The output of a `tr()` descriptor over x-only keys, computed with the fast tweak.
 pub(crate) fn taproot_output(d: &Descriptor<XOnlyPublicKey>) -> Result<TaprootOutput, PolicyError> {
-    let Descriptor::Tr(tr) = d else { return Err(PolicyError::Build("not a taproot descriptor".into())) };
+    let Descriptor::Tr(tr) = d else { return Err(TaprootError::NotTaproot.into()) };
     let internal = *tr.internal_key();
     let mut builder = TaprootBuilder::new();
     let mut scripts = Vec::new();
     for (depth, ms) in tr.iter_scripts() {
         let script = ms.encode();
-        builder = builder.add_leaf(depth, script.clone()).map_err(|e| PolicyError::Build(e.to_string()))?;
+        builder = builder.add_leaf(depth, script.clone()).map_err(TaprootError::from)?;
         scripts.push(script);
     }
-    let node =
-        builder.try_into_node_info().map_err(|_| PolicyError::Build("incomplete taproot tree".into()))?;
+    let node = builder.try_into_node_info().map_err(|_| TaprootError::IncompleteTree)?;
     let tweak = TapTweakHash::from_key_and_tweak(internal, Some(node.node_hash())).to_byte_array();
     let point = PublicKey::from_x_only_public_key(internal, Parity::Even);
-    let output = add_generator_multiple(&point, &tweak)
-        .ok_or_else(|| PolicyError::Build("taproot tweak failed".into()))?;
+    let output = add_generator_multiple(&point, &tweak).ok_or(TaprootError::Tweak)?;
     let (output_key, parity) = output.x_only_public_key();
     let mut leaves = Vec::with_capacity(scripts.len());
     for script in scripts {
         let leaf = node
             .leaf_nodes()
             .find(|l| l.script() == Some(script.as_script()))
-            .ok_or_else(|| PolicyError::Build("leaf missing from its own tree".into()))?;
+            .ok_or(TaprootError::LeafMissing)?;
         let control = ControlBlock {
             leaf_version: LeafVersion::TapScript,
             output_key_parity: parity,

@@ -18,25 +18,17 @@ use bitcoin::secp256k1::{schnorr, Message};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::taproot::{ControlBlock, LeafVersion, TapLeafHash};
 use bitcoin::transaction::Version;
-use bitcoin::{
-    absolute, Address, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
-};
+use bitcoin::{Address, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid, Witness};
 use miniscript::descriptor::DefiniteDescriptorKey;
-use miniscript::psbt::PsbtExt;
 use miniscript::Descriptor;
 
 use crate::config::{secp, KeyChain, Policy, P2TR_DUST_SAT};
 use crate::descriptors::{
     definite, nums, single, taproot_leaves, translate, KeyChainCache, Templates, VaultKind,
 };
-use crate::error::PolicyError;
+use crate::error::{DescriptorError, PolicyError, PsbtError, SignatureError, TaprootError};
+use crate::tx::{anchor_output, unsigned_tx, ANCHOR_SAT};
 
-/// Pay-to-anchor output script (`OP_1 <0x4e73>`): anyone can spend it to bump a parent by CPFP.
-pub fn pay_to_anchor() -> ScriptBuf {
-    ScriptBuf::from_bytes(vec![0x51, 0x02, 0x4e, 0x73])
-}
-/// The anchor's value: P2A's dust threshold, so the anchor relays in a fee-paying transaction.
-pub const ANCHOR_SAT: u64 = 240;
 /// The pre-signed transactions are TRUC (version 3): one parent, one child, sibling eviction.
 pub const GRAPH_TX_VERSION: Version = Version(3);
 
@@ -165,7 +157,7 @@ impl CompiledPolicy {
     /// The intake address at receive index `index`.
     pub fn intake_address(&self, index: u32) -> Result<Address, PolicyError> {
         let script = self.intake_descriptor(index)?.script_pubkey();
-        Address::from_script(&script, self.policy.network).map_err(|e| PolicyError::Build(e.to_string()))
+        Ok(Address::from_script(&script, self.policy.network).map_err(DescriptorError::from)?)
     }
 
     /// One vault's outputs as definite descriptors.
@@ -299,7 +291,7 @@ impl CompiledPolicy {
             .checked_sub(unvault_fee + Amount::from_sat(ANCHOR_SAT))
             .ok_or(PolicyError::AmountTooSmall { amount: plan.amount, minimum: self.min_vault_amount() })?;
         let unvault_txout = TxOut { value: unvault_value, script_pubkey: unvault.script_pubkey };
-        let unvault_tx = one_input_tx(vault_outpoint, vec![unvault_txout.clone(), anchor()]);
+        let unvault_tx = one_input_tx(vault_outpoint, vec![unvault_txout.clone(), anchor_output()]);
         let unvault_outpoint = OutPoint { txid: unvault_tx.compute_txid(), vout: 0 };
         let unvault_presigned = PresignedTx {
             role: GraphRole::Unvault,
@@ -336,7 +328,10 @@ impl CompiledPolicy {
                     fee: Amount::from_sat(fee),
                     tx: one_input_tx(
                         outpoint,
-                        vec![TxOut { value: Amount::from_sat(value), script_pubkey: to.clone() }, anchor()],
+                        vec![
+                            TxOut { value: Amount::from_sat(value), script_pubkey: to.clone() },
+                            anchor_output(),
+                        ],
                     ),
                     prevout: prevout.clone(),
                     leaf: leaf.clone(),
@@ -384,108 +379,11 @@ impl CompiledPolicy {
             unvault_emergencies,
         })
     }
-
-    /// The unsigned funding of V from intake coins, as a PSBT for the owner and co-signer to
-    /// sign. Refuses any input that is not native segwit: only then is the funding txid, on
-    /// which the whole pre-signed graph hangs, fixed before signing.
-    pub fn funding_psbt(
-        &self,
-        plan: &VaultPlan,
-        inputs: &[FundingInput],
-        change_index: u32,
-        feerate_sat_per_vb: u64,
-    ) -> Result<Psbt, PolicyError> {
-        for (i, input) in inputs.iter().enumerate() {
-            if !input.txout.script_pubkey.is_witness_program() {
-                return Err(PolicyError::NonSegwitFundingInput { input: i, outpoint: input.outpoint });
-            }
-        }
-        if inputs.is_empty() {
-            return Err(PolicyError::InsufficientFunds { needed: plan.amount, available: Amount::ZERO });
-        }
-        let descriptors =
-            inputs.iter().map(|i| self.intake_descriptor(i.intake_index)).collect::<Result<Vec<_>, _>>()?;
-        for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {
-            if d.script_pubkey() != input.txout.script_pubkey {
-                return Err(PolicyError::Build(format!(
-                    "funding input {i} is not intake address #{}",
-                    input.intake_index
-                )));
-            }
-        }
-        let change_descriptor = self.intake_descriptor(change_index)?;
-        let vault_output = self.vault_output(plan)?;
-        let mut tx = Transaction {
-            version: Version::TWO,
-            lock_time: absolute::LockTime::ZERO,
-            input: inputs
-                .iter()
-                .map(|i| TxIn {
-                    previous_output: i.outpoint,
-                    sequence: Sequence::ENABLE_LOCKTIME_NO_RBF,
-                    ..Default::default()
-                })
-                .collect(),
-            output: vec![
-                vault_output,
-                TxOut { value: Amount::ZERO, script_pubkey: change_descriptor.script_pubkey() },
-            ],
-        };
-        let satisfaction: u64 = descriptors
-            .iter()
-            .map(|d| d.max_weight_to_satisfy().map(|w| w.to_wu()))
-            .sum::<Result<u64, _>>()
-            .map_err(|e| PolicyError::Build(e.to_string()))?;
-        let vsize = (tx.weight().to_wu() + satisfaction).div_ceil(4);
-        let fee = Amount::from_sat(vsize * feerate_sat_per_vb);
-        let available: Amount = inputs.iter().map(|i| i.txout.value).sum();
-        let needed = plan.amount + fee;
-        let change =
-            available.checked_sub(needed).ok_or(PolicyError::InsufficientFunds { needed, available })?;
-        if change.to_sat() < P2TR_DUST_SAT + 43 * feerate_sat_per_vb {
-            tx.output.pop(); // Change too small to be worth an output: it goes to fees.
-        } else {
-            tx.output[1].value = change;
-        }
-        let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| PolicyError::Build(e.to_string()))?;
-        for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {
-            psbt.inputs[i].witness_utxo = Some(input.txout.clone());
-            psbt.update_input_with_descriptor(i, d).map_err(|e| PolicyError::Build(e.to_string()))?;
-        }
-        if psbt.outputs.len() == 2 {
-            psbt.update_output_with_descriptor(1, &change_descriptor)
-                .map_err(|e| PolicyError::Build(e.to_string()))?;
-        }
-        Ok(psbt)
-    }
 }
 
-/// A coin at an intake address, to fund a vault with.
-#[derive(Debug, Clone)]
-pub struct FundingInput {
-    /// The coin.
-    pub outpoint: OutPoint,
-    /// Its output.
-    pub txout: TxOut,
-    /// The intake address index it was received on.
-    pub intake_index: u32,
-}
-
-fn anchor() -> TxOut {
-    TxOut { value: Amount::from_sat(ANCHOR_SAT), script_pubkey: pay_to_anchor() }
-}
-
+/// A graph transaction: TRUC, one input, replaceable.
 fn one_input_tx(outpoint: OutPoint, output: Vec<TxOut>) -> Transaction {
-    Transaction {
-        version: GRAPH_TX_VERSION,
-        lock_time: absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: outpoint,
-            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-            ..Default::default()
-        }],
-        output,
-    }
+    unsigned_tx(GRAPH_TX_VERSION, [(outpoint, Sequence::ENABLE_RBF_NO_LOCKTIME)], output)
 }
 
 /// The pre-signed leaf `and_v(v:pk(OO),pk(CO))` of V or U, ready to witness.
@@ -506,8 +404,7 @@ impl OnceLeaf {
 impl OnceLeaf {
     /// The one-time leaf is listed first in both the vault's and the unvault's templates.
     fn new(leaves: &[(ScriptBuf, ControlBlock)]) -> Result<OnceLeaf, PolicyError> {
-        let (script, control) =
-            leaves.first().cloned().ok_or_else(|| PolicyError::Build("no leaf".into()))?;
+        let (script, control) = leaves.first().cloned().ok_or(TaprootError::LeafMissing)?;
         let hash = TapLeafHash::from_script(&script, LeafVersion::TapScript);
         Ok(OnceLeaf { script, control, hash })
     }
@@ -528,6 +425,18 @@ pub enum GraphRole {
     Emergency,
     /// UE: U -> deep vault (+ anchor).
     UnvaultEmergency,
+}
+
+impl GraphRole {
+    /// Its name in DESIGN.md's notation.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GraphRole::Unvault => "U",
+            GraphRole::Cancel => "C",
+            GraphRole::Emergency => "E",
+            GraphRole::UnvaultEmergency => "UE",
+        }
+    }
 }
 
 /// One pre-signed transaction of the graph, before or after signing.
@@ -566,8 +475,7 @@ impl PresignedTx {
         owner_once: XOnlyPublicKey,
         cosigner_once: XOnlyPublicKey,
     ) -> Result<Psbt, PolicyError> {
-        let mut psbt =
-            Psbt::from_unsigned_tx(strip(&self.tx)).map_err(|e| PolicyError::Build(e.to_string()))?;
+        let mut psbt = Psbt::from_unsigned_tx(strip(&self.tx)).map_err(PsbtError::from)?;
         let input = &mut psbt.inputs[0];
         input.witness_utxo = Some(self.prevout.clone());
         input.sighash_type = Some(TapSighashType::Default.into());
@@ -639,11 +547,12 @@ impl UnsignedGraph {
         cosigner: &GraphSignatures,
     ) -> Result<SignedGraph, PolicyError> {
         if owner.signer != self.plan.owner_once || cosigner.signer != self.plan.cosigner_once {
-            return Err(PolicyError::Signatures("signatures are not from this vault's one-time keys".into()));
+            return Err(SignatureError::NotTheVaultsKeys.into());
         }
         let count = self.transactions().count();
         if owner.signatures.len() != count || cosigner.signatures.len() != count {
-            return Err(PolicyError::Signatures(format!("expected {count} signatures from each party")));
+            let given = owner.signatures.len().min(cosigner.signatures.len());
+            return Err(SignatureError::Count { expected: count, given }.into());
         }
         let mut graph = self.clone();
         for ((ptx, o), c) in graph.transactions_mut().zip(&owner.signatures).zip(&cosigner.signatures) {
@@ -682,7 +591,7 @@ impl OneTimeKey {
     pub fn sign(&self, graph: &UnsignedGraph) -> Result<GraphSignatures, PolicyError> {
         let me = self.public();
         if me != graph.plan.owner_once && me != graph.plan.cosigner_once {
-            return Err(PolicyError::Signatures("this one-time key is not part of the vault".into()));
+            return Err(SignatureError::KeyNotInVault.into());
         }
         let signatures =
             graph.transactions().map(|t| secp().sign_schnorr(&t.sighash(), &self.keypair)).collect();
@@ -716,15 +625,12 @@ impl GraphSignatures {
     pub fn verify(&self, graph: &UnsignedGraph) -> Result<(), PolicyError> {
         let count = graph.transactions().count();
         if self.signatures.len() != count {
-            return Err(PolicyError::Signatures(format!(
-                "{} signatures for {count} transactions",
-                self.signatures.len()
-            )));
+            return Err(SignatureError::Count { expected: count, given: self.signatures.len() }.into());
         }
         for (i, (t, s)) in graph.transactions().zip(&self.signatures).enumerate() {
-            secp().verify_schnorr(s, &t.sighash(), &self.signer).map_err(|_| {
-                PolicyError::Signatures(format!("signature {i} ({:?}) does not verify", t.role))
-            })?;
+            secp()
+                .verify_schnorr(s, &t.sighash(), &self.signer)
+                .map_err(|_| SignatureError::Invalid { index: i, role: t.role.name() })?;
         }
         Ok(())
     }
@@ -771,66 +677,4 @@ impl SignedGraph {
     pub fn psbt(&self, tx: &PresignedTx) -> Result<Psbt, PolicyError> {
         tx.psbt(self.graph.plan.owner_once, self.graph.plan.cosigner_once)
     }
-}
-
-/// An input of a spend from one of the policy's outputs (unvault spend leaf, recovery leaves,
-/// the deep vault's paths, intake).
-#[derive(Debug, Clone)]
-pub struct SpendInput {
-    /// What it spends.
-    pub outpoint: OutPoint,
-    /// The output spent.
-    pub txout: TxOut,
-    /// The output's descriptor (definite, with key origins so PSBT signers find their keys).
-    pub descriptor: Descriptor<DefiniteDescriptorKey>,
-    /// nSequence: the relative timelock the chosen leaf needs (DELAY, T_RECOVER, LONG) or none.
-    pub sequence: Sequence,
-}
-
-/// A PSBT spending `inputs` to `outputs`, for the key holders to sign with any PSBT signer,
-/// then [`finalize`].
-pub fn spend_psbt(inputs: &[SpendInput], outputs: Vec<TxOut>) -> Result<Psbt, PolicyError> {
-    let tx = Transaction {
-        version: Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: inputs
-            .iter()
-            .map(|i| TxIn { previous_output: i.outpoint, sequence: i.sequence, ..Default::default() })
-            .collect(),
-        output: outputs,
-    };
-    let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| PolicyError::Build(e.to_string()))?;
-    for (i, input) in inputs.iter().enumerate() {
-        psbt.inputs[i].witness_utxo = Some(input.txout.clone());
-        psbt.update_input_with_descriptor(i, &input.descriptor)
-            .map_err(|e| PolicyError::Build(e.to_string()))?;
-    }
-    Ok(psbt)
-}
-
-/// Signs input `input` of `tx` as a key-path spend of `keypair`'s taproot output (no script
-/// tree, `SIGHASH_DEFAULT`): the wallets around vaults (a tower's fee wallet, test wallets).
-pub fn sign_key_path(
-    tx: &mut Transaction,
-    input: usize,
-    prevouts: &[TxOut],
-    keypair: &Keypair,
-) -> Result<(), PolicyError> {
-    use bitcoin::key::TapTweak;
-    let sighash = SighashCache::new(&*tx)
-        .taproot_key_spend_signature_hash(input, &Prevouts::All(prevouts), TapSighashType::Default)
-        .map_err(|e| PolicyError::Build(e.to_string()))?;
-    let tweaked = keypair.tap_tweak(secp(), None).to_keypair();
-    let sig = secp().sign_schnorr(&Message::from_digest(sighash.to_byte_array()), &tweaked);
-    tx.input[input].witness = Witness::from_slice(&[sig.as_ref()]);
-    Ok(())
-}
-
-/// Finalizes a signed PSBT (the cheapest leaf the signatures and timelocks satisfy) and
-/// extracts the transaction.
-pub fn finalize(mut psbt: Psbt) -> Result<Transaction, PolicyError> {
-    psbt.finalize_mut(secp()).map_err(|errors| {
-        PolicyError::Signatures(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
-    })?;
-    psbt.extract_tx().map_err(|e| PolicyError::Build(e.to_string()))
 }

@@ -5,28 +5,34 @@
 //!
 //! - [`config`]: the policy file (TOML) and its validation; each refusal names the field.
 //! - [`descriptors`]: the outputs of DESIGN.md §4 as taproot miniscript (ADR 0001).
-//! - [`graph`]: V's funding, then U, C, E, UE with their fee ladders (ADR 0002), signed by
-//!   per-vault one-time keys that are wiped when dropped; spends of the other leaves as PSBTs.
+//! - [`graph`]: U, C, E, UE with their fee ladders (ADR 0002), signed by per-vault one-time
+//!   keys that are wiped when dropped; [`funding`]: V's funding PSBT; [`spends`]: spends of
+//!   the other leaves as PSBTs; [`tx`]: the one transaction skeleton they all use.
 //! - [`example`]: the deterministic regtest keys behind `examples/policy.toml`.
 
-#![warn(missing_docs)]
-#![deny(unsafe_code)]
+// Libraries log through `tracing`; printing is for binaries.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod config;
 pub mod descriptors;
 pub mod error;
 pub mod example;
 mod fast;
+pub mod funding;
 pub mod graph;
+pub mod spends;
+pub mod tx;
 
 pub use bitcoin;
 pub use miniscript;
 
-pub use config::{KeyChain, Policy, PolicyKey, MAX_RELATIVE_LOCK, P2TR_DUST_SAT};
+pub use config::{KeyChain, Policy, PolicyKey, MAX_RELATIVE_LOCK, MIN_PUBLIC_DELAY_BLOCKS, P2TR_DUST_SAT};
 pub use descriptors::{nums, taproot_leaves, VaultKind, NUMS_POINT};
-pub use error::PolicyError;
+pub use error::{DescriptorError, PolicyError, PsbtError, SignatureError, TaprootError};
+pub use funding::FundingInput;
 pub use graph::{
-    finalize, pay_to_anchor, sign_key_path, spend_psbt, CompiledPolicy, FundingInput, GraphRole,
-    GraphSignatures, OneTimeKey, PresignedTx, RangedDescriptors, SignedGraph, SpendInput, UnsignedGraph,
-    VaultDescriptors, VaultPlan, ANCHOR_SAT, GRAPH_TX_VERSION,
+    CompiledPolicy, GraphRole, GraphSignatures, OneTimeKey, PresignedTx, RangedDescriptors, SignedGraph,
+    UnsignedGraph, VaultDescriptors, VaultPlan, GRAPH_TX_VERSION,
 };
+pub use spends::{finalize, sign_key_path, spend_psbt, SpendInput};
+pub use tx::{anchor_output, pay_to_anchor, unsigned_tx, ANCHOR_SAT};

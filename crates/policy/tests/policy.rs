@@ -101,6 +101,49 @@ fn a_key_used_twice_is_refused() {
     assert!(reason.contains("twice"));
 }
 
+#[test]
+fn the_same_key_re_encoded_is_still_the_same_key() {
+    // A guardian's key written again with another depth, parent fingerprint and child number
+    // (or even another chain code) is the same signer: 2-of-3 must not become 2-of-"2".
+    let good = example();
+    let policy = Policy::from_toml(&good).unwrap();
+    let g0 = policy.guardians.keys[0].xpub;
+    let g1 = policy.guardians.keys[1].xpub.to_string();
+    let variants = [
+        vigil_policy::bitcoin::bip32::Xpub { depth: 3, ..g0 },
+        vigil_policy::bitcoin::bip32::Xpub { parent_fingerprint: [1, 2, 3, 4].into(), ..g0 },
+        vigil_policy::bitcoin::bip32::Xpub {
+            child_number: vigil_policy::bitcoin::bip32::ChildNumber::from_hardened_idx(7).unwrap(),
+            ..g0
+        },
+        vigil_policy::bitcoin::bip32::Xpub { chain_code: [9; 32].into(), ..g0 },
+    ];
+    for twin in variants {
+        assert_ne!(twin.to_string(), g0.to_string(), "a different encoding");
+        let (field, reason) = field_error(&good.replace(&g1, &twin.to_string()));
+        assert_eq!(field, "guardians.keys[1]", "{reason}");
+        assert!(reason.contains("twice"), "{reason}");
+    }
+}
+
+#[test]
+fn outside_regtest_delay_has_adr_0002s_floor() {
+    use vigil_policy::MIN_PUBLIC_DELAY_BLOCKS;
+    // The example's keys are for test networks: signet and testnet share them.
+    let on = |network: &str, delay: u16| {
+        example()
+            .replace("network = \"regtest\"", &format!("network = \"{network}\""))
+            .replace("unvault = 144", &format!("unvault = {delay}"))
+    };
+    for network in ["signet", "testnet", "testnet4"] {
+        let (field, reason) = field_error(&on(network, MIN_PUBLIC_DELAY_BLOCKS - 1));
+        assert_eq!(field, "delays.unvault");
+        assert!(reason.contains("ADR 0002"), "{reason}");
+        Policy::from_toml(&on(network, MIN_PUBLIC_DELAY_BLOCKS)).unwrap();
+    }
+    Policy::from_toml(&on("regtest", 6)).expect("regtest tests use short delays on purpose");
+}
+
 fn plan_and_funding(
     compiled: &CompiledPolicy,
     owner: XOnlyPublicKey,

@@ -27,7 +27,9 @@ impl Log for ThreadCapture {
 struct InstalledLogger(#[allow(dead_code)] Logger);
 // SAFETY: the logger handle is only created once and never used after; the kernel's logging
 // connection is itself thread-safe.
+#[allow(unsafe_code)]
 unsafe impl Send for InstalledLogger {}
+#[allow(unsafe_code)]
 unsafe impl Sync for InstalledLogger {}
 
 static LOGGER: OnceLock<Option<InstalledLogger>> = OnceLock::new();

@@ -1,355 +1,46 @@
-//! Vigil's test environment: the embedded regtest chain ([`vigil_regtest`]) plus everything a
-//! test, the demo or a benchmark needs to create vaults and walk them through their graph with
-//! the deterministic example keys ([`vigil_policy::example`]).
+//! Vigil's test environment, shared by every crate's tests and the benchmarks: the real
+//! things a test needs, and nothing the `vigil` binary depends on.
 //!
-//! The ceremony follows DESIGN.md §4: fresh one-time keys, the funding PSBT built (unsigned,
-//! so its txid is known), the graph built on that outpoint and signed by both one-time keys,
-//! the keys dropped (wiped), and only then the funding signed and broadcast.
+//! - [`chain`]: the embedded regtest chain with the example policy's keys; vaults through the
+//!   real ceremony, walked through their graph in-process.
+//! - [`process`]: real processes on loopback: `vigil node`, a real `bitcoind`, `electrs`,
+//!   `vigil tower` (killable with SIGKILL), and the test PostgreSQL.
+//! - [`household`]: the owner's side against those processes: vaults funded from a test
+//!   wallet, registered and approved at towers over their signed API.
+//! - [`wallet`]: a key-path test wallet and chain lookups; [`webhook`]: alarm receivers.
 
-#![warn(missing_docs)]
+pub mod chain;
+pub mod household;
+pub mod process;
+pub mod wallet;
+pub mod webhook;
 
-use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid};
-use vigil_policy::example::{ExampleKeys, ExamplePolicy};
-use vigil_policy::{
-    finalize, spend_psbt, CompiledPolicy, FundingInput, OneTimeKey, Policy, PolicyError, SignedGraph,
-    SpendInput, VaultDescriptors, VaultKind, VaultPlan,
-};
-use vigil_regtest::{ChainError, RegtestChain, SubmitError};
+use std::time::{Duration, Instant};
 
-pub use vigil_policy;
-pub use vigil_regtest;
+pub use chain::{force_leaf_witness, Env, EnvError};
+pub use vigil_client::Vault;
+pub use vigil_policy::example::Signer;
+pub use {vigil_policy, vigil_regtest};
 
-/// Anything that can go wrong in a ceremony.
-#[derive(Debug, thiserror::Error)]
-pub enum EnvError {
-    /// The policy refused.
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    /// The chain refused.
-    #[error(transparent)]
-    Chain(#[from] ChainError),
-    /// The pending pool refused.
-    #[error(transparent)]
-    Submit(#[from] SubmitError),
-}
-
-/// Who signs a PSBT, among the example keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signer {
-    /// Owner key `i`.
-    Owner(usize),
-    /// The owner's off-site backup key.
-    Backup,
-    /// The co-signer.
-    Cosigner,
-    /// Guardian `i`.
-    Guardian(usize),
-}
-
-/// A vault created on the chain.
-#[derive(Debug, Clone)]
-pub struct Vault {
-    /// Its plan (index, amount, kind, one-time public keys).
-    pub plan: VaultPlan,
-    /// The signed graph (what towers hold).
-    pub graph: SignedGraph,
-    /// Its outputs' descriptors.
-    pub descriptors: VaultDescriptors,
-    /// The funding transaction.
-    pub funding: Transaction,
-}
-
-impl Vault {
-    /// V.
-    pub fn outpoint(&self) -> OutPoint {
-        self.graph.graph().vault_outpoint
-    }
-
-    /// U's output (what C, UE and the delayed spend consume).
-    pub fn unvault_outpoint(&self) -> OutPoint {
-        OutPoint { txid: self.graph.unvault().compute_txid(), vout: 0 }
-    }
-
-    /// U's output.
-    pub fn unvault_txout(&self) -> TxOut {
-        self.graph.unvault().output[0].clone()
-    }
-}
-
-/// Signs a PSBT with the given example keys (inputs a key cannot sign are skipped).
-pub fn sign_psbt(keys: &ExampleKeys, psbt: &mut Psbt, signers: &[Signer]) {
-    let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
-    for s in signers {
-        let key = match s {
-            Signer::Owner(i) => &keys.owners[*i],
-            Signer::Backup => &keys.backup,
-            Signer::Cosigner => &keys.cosigner,
-            Signer::Guardian(i) => &keys.guardians[*i],
-        };
-        let _ = psbt.sign(key, &secp);
-    }
-}
-
-/// The vault ceremony, chain aside (DESIGN.md §4): plan with the one-time public keys, build
-/// the funding PSBT (unsigned: its txid is already fixed), build and sign the graph with both
-/// one-time keys, check each other's signatures, wipe the keys, and only then sign the
-/// funding with `owners` owner keys and the co-signer. Broadcasting the funding is the
-/// caller's last step, after every tower acknowledged.
-#[allow(clippy::too_many_arguments)]
-pub fn ceremony(
-    compiled: &CompiledPolicy,
-    keys: &ExampleKeys,
-    owners: usize,
-    coin: &FundingInput,
-    index: u32,
-    change_index: u32,
-    amount: Amount,
-    kind: VaultKind,
-    owner_once: OneTimeKey,
-    cosigner_once: OneTimeKey,
-) -> Result<Vault, EnvError> {
-    let plan = compiled.plan(index, amount, kind, owner_once.public(), cosigner_once.public())?;
-    let mut psbt = compiled.funding_psbt(&plan, std::slice::from_ref(coin), change_index, 2)?;
-    let vault_outpoint = OutPoint { txid: psbt.unsigned_tx.compute_txid(), vout: 0 };
-    let unsigned = compiled.build_graph(&plan, vault_outpoint)?;
-    let owner_sigs = owner_once.sign(&unsigned)?;
-    let cosigner_sigs = cosigner_once.sign(&unsigned)?;
-    owner_sigs.verify(&unsigned)?;
-    cosigner_sigs.verify(&unsigned)?;
-    let graph = unsigned.finalize(&owner_sigs, &cosigner_sigs)?;
-    drop(owner_once);
-    drop(cosigner_once);
-    let mut signers: Vec<Signer> = (0..owners).map(Signer::Owner).collect();
-    signers.push(Signer::Cosigner);
-    sign_psbt(keys, &mut psbt, &signers);
-    let funding = finalize(psbt)?;
-    let descriptors = compiled.vault_descriptors(&plan)?;
-    Ok(Vault { plan, graph, descriptors, funding })
-}
-
-/// A chain plus a policy and its example keys.
-pub struct Env {
-    /// The embedded chain.
-    pub chain: RegtestChain,
-    /// The example parameters.
-    pub example: ExamplePolicy,
-    /// Their private keys.
-    pub keys: ExampleKeys,
-    /// The compiled policy.
-    pub compiled: CompiledPolicy,
-    next_intake: u32,
-    next_vault: u32,
-}
-
-impl Env {
-    /// A temporary chain with this example policy.
-    pub fn new(example: ExamplePolicy) -> Result<Env, EnvError> {
-        Env::with_chain(RegtestChain::new_temporary()?, example)
-    }
-
-    /// An existing chain with this example policy.
-    pub fn with_chain(chain: RegtestChain, example: ExamplePolicy) -> Result<Env, EnvError> {
-        let policy = Policy::from_toml(&example.to_toml())?;
-        let compiled = CompiledPolicy::new(policy)?;
-        Ok(Env { chain, keys: example.keys(), example, compiled, next_intake: 0, next_vault: 0 })
-    }
-
-    /// Starts intake and vault derivation indices at `base` (a kept chain must not reuse them).
-    pub fn skip_indices(&mut self, base: u32) {
-        self.next_intake = self.next_intake.max(base);
-        self.next_vault = self.next_vault.max(base);
-    }
-
-    /// Signs a PSBT with the given example keys.
-    pub fn sign(&self, psbt: &mut Psbt, signers: &[Signer]) {
-        sign_psbt(&self.keys, psbt, signers)
-    }
-
-    /// The owner signers the policy needs (its threshold, from the first key).
-    pub fn owners(&self) -> Vec<Signer> {
-        (0..self.example.owner_threshold as usize).map(Signer::Owner).collect()
-    }
-
-    /// The guardian signers the policy needs (its threshold, from the first guardian).
-    pub fn guardian_quorum(&self) -> Vec<Signer> {
-        (0..self.example.guardian_threshold as usize).map(Signer::Guardian).collect()
-    }
-
-    /// Receives `amount` from the faucet at a fresh intake address and confirms it.
-    pub fn receive(&mut self, amount: Amount) -> Result<FundingInput, EnvError> {
-        let index = self.next_intake;
-        self.next_intake += 1;
-        let script = self.compiled.intake_descriptor(index)?.script_pubkey();
-        let outpoint = self.chain.fund_confirmed(&script, amount)?;
-        let txout = self.chain.coin(&outpoint).expect("just confirmed").txout;
-        Ok(FundingInput { outpoint, txout, intake_index: index })
-    }
-
-    /// The whole ceremony for one vault of `amount`: receive, plan, build, sign the graph,
-    /// wipe the one-time keys, sign and broadcast the funding, confirm it.
-    pub fn create_vault(&mut self, amount: Amount, kind: VaultKind) -> Result<Vault, EnvError> {
-        self.create_vault_with(amount, kind, OneTimeKey::generate(), OneTimeKey::generate())
-    }
-
-    /// [`Env::create_vault`] with given one-time keys (consumed and wiped).
-    pub fn create_vault_with(
-        &mut self,
-        amount: Amount,
-        kind: VaultKind,
-        owner_once: OneTimeKey,
-        cosigner_once: OneTimeKey,
-    ) -> Result<Vault, EnvError> {
-        let coin = self.receive(amount + Amount::from_sat(10_000))?;
-        let (index, change_index) = (self.next_vault, self.next_intake);
-        self.next_vault += 1;
-        self.next_intake += 1;
-        let owners = self.example.owner_threshold as usize;
-        let vault = ceremony(
-            &self.compiled,
-            &self.keys,
-            owners,
-            &coin,
-            index,
-            change_index,
-            amount,
-            kind,
-            owner_once,
-            cosigner_once,
-        )?;
-        self.chain.submit(&vault.funding)?;
-        self.chain.mine(1)?;
-        Ok(vault)
-    }
-
-    /// The owner's delayed spend of U's spend leaf to `to` (owner + co-signer, plus the
-    /// guardian quorum for guarded vaults), paying `fee`.
-    pub fn delayed_spend(&self, vault: &Vault, to: ScriptBuf, fee: Amount) -> Result<Transaction, EnvError> {
-        let mut signers = self.owners();
-        signers.push(Signer::Cosigner);
-        if vault.plan.kind == VaultKind::Guarded {
-            signers.extend(self.guardian_quorum());
+/// Polls `f` until it gives a value (30 s at most, then fails saying `what`).
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
         }
-        self.spend_with(
-            SpendInput {
-                outpoint: vault.unvault_outpoint(),
-                txout: vault.unvault_txout(),
-                descriptor: vault.descriptors.unvault.clone(),
-                sequence: Sequence::from_height(self.example.delay as u16),
-            },
-            to,
-            fee,
-            &signers,
-        )
-    }
-
-    /// A one-input spend to `to`, signed by `signers` and finalized.
-    pub fn spend_with(
-        &self,
-        input: SpendInput,
-        to: ScriptBuf,
-        fee: Amount,
-        signers: &[Signer],
-    ) -> Result<Transaction, EnvError> {
-        let value = input.txout.value - fee;
-        let mut psbt = spend_psbt(&[input], vec![TxOut { value, script_pubkey: to }])?;
-        self.sign(&mut psbt, signers);
-        Ok(finalize(psbt)?)
-    }
-
-    /// Submits and mines one block; returns the txid.
-    pub fn confirm(&mut self, tx: &Transaction) -> Result<Txid, EnvError> {
-        let txid = self.chain.submit(tx)?;
-        self.chain.mine(1)?;
-        Ok(txid)
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// Signs leaf `leaf` of `descriptor` for input 0 of `tx` with `keys` and builds the witness,
-/// whatever the leaf's timelock says: for tests that show the kernel refusing a spend (a
-/// timelock not met, a signer missing), where a PSBT finalizer would refuse to build one.
-pub fn force_leaf_witness(
-    tx: &mut Transaction,
-    prevout: &TxOut,
-    descriptor: &vigil_policy::miniscript::Descriptor<vigil_policy::miniscript::DefiniteDescriptorKey>,
-    leaf: usize,
-    keys: &[vigil_policy::bitcoin::secp256k1::Keypair],
-) -> Result<(), PolicyError> {
-    use std::collections::HashMap;
-    use vigil_policy::bitcoin::hashes::Hash;
-    use vigil_policy::bitcoin::secp256k1::{Message, Secp256k1, XOnlyPublicKey};
-    use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
-    use vigil_policy::bitcoin::taproot::{LeafVersion, TapLeafHash};
-    use vigil_policy::bitcoin::Witness;
-    use vigil_policy::miniscript::{Descriptor, Satisfier, ToPublicKey};
-
-    struct Sigs(HashMap<XOnlyPublicKey, vigil_policy::bitcoin::taproot::Signature>);
-    impl<Pk: ToPublicKey> Satisfier<Pk> for Sigs {
-        fn lookup_tap_leaf_script_sig(
-            &self,
-            pk: &Pk,
-            _: &TapLeafHash,
-        ) -> Option<vigil_policy::bitcoin::taproot::Signature> {
-            self.0.get(&pk.to_x_only_pubkey()).copied()
-        }
-        fn check_older(&self, _: vigil_policy::bitcoin::relative::LockTime) -> bool {
-            true
-        }
-    }
-
-    let secp = Secp256k1::new();
-    let derived = descriptor.derived_descriptor(&secp).map_err(|e| PolicyError::Build(e.to_string()))?;
-    let Descriptor::Tr(tr) = &derived else { return Err(PolicyError::Build("not taproot".into())) };
-    let (_, ms) = tr.iter_scripts().nth(leaf).ok_or_else(|| PolicyError::Build(format!("no leaf {leaf}")))?;
-    let script = ms.encode();
-    let control = tr
-        .spend_info()
-        .control_block(&(script.clone(), LeafVersion::TapScript))
-        .ok_or_else(|| PolicyError::Build("leaf not in tree".into()))?;
-    let leaf_hash = TapLeafHash::from_script(&script, LeafVersion::TapScript);
-    let sighash = SighashCache::new(&*tx)
-        .taproot_script_spend_signature_hash(
-            0,
-            &Prevouts::All(&[prevout]),
-            leaf_hash,
-            TapSighashType::Default,
-        )
-        .map_err(|e| PolicyError::Build(e.to_string()))?;
-    let msg = Message::from_digest(sighash.to_byte_array());
-    let sigs = keys
+/// Follower events as `+height:hash` / `-height:hash`, in order.
+pub fn summary(events: &[vigil_chain::BlockEvent]) -> Vec<String> {
+    events
         .iter()
-        .map(|k| {
-            let signature = secp.sign_schnorr(&msg, k);
-            (
-                k.x_only_public_key().0,
-                vigil_policy::bitcoin::taproot::Signature {
-                    signature,
-                    sighash_type: TapSighashType::Default,
-                },
-            )
+        .map(|e| match e {
+            vigil_chain::BlockEvent::Connected { height, hash, .. } => format!("+{height}:{hash}"),
+            vigil_chain::BlockEvent::Disconnected { height, hash } => format!("-{height}:{hash}"),
         })
-        .collect();
-    let mut stack = ms.satisfy(Sigs(sigs)).map_err(|e| PolicyError::Build(e.to_string()))?;
-    stack.push(script.to_bytes());
-    stack.push(control.serialize());
-    tx.input[0].witness = Witness::from_slice(&stack);
-    Ok(())
-}
-
-impl Env {
-    /// The key pair of an example signer at vault index `index` (`/1/index`).
-    pub fn vault_keypair(&self, who: Signer, index: u32) -> vigil_policy::bitcoin::secp256k1::Keypair {
-        use std::str::FromStr;
-        use vigil_policy::bitcoin::bip32::DerivationPath;
-        let master = match who {
-            Signer::Owner(i) => self.keys.owners[i],
-            Signer::Backup => self.keys.backup,
-            Signer::Cosigner => self.keys.cosigner,
-            Signer::Guardian(i) => self.keys.guardians[i],
-        };
-        let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
-        let path = DerivationPath::from_str(&format!("{}/1/{index}", vigil_policy::example::ACCOUNT_PATH))
-            .expect("valid");
-        master.derive_priv(&secp, &path).expect("derivable").to_keypair(&secp)
-    }
+        .collect()
 }

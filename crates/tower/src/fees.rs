@@ -2,9 +2,13 @@
 //! emergency's pay-to-anchor output, for what the pre-signed ladder cannot (ADR 0002).
 //!
 //! It holds coins at one key-path taproot address, kept pre-split (it splits its largest coin
-//! itself) so that each concurrent bump has its own confirmed coin (a TRUC child cannot chain on another unconfirmed child), and
-//! sized for every watched vault at a stress feerate: below that, the tower alarms. A leaked
-//! fee key loses the fee wallet, never a vault.
+//! itself) so that each concurrent bump has its own confirmed coin (a TRUC child cannot chain
+//! on another unconfirmed child), and sized for every watched vault at a stress feerate: below
+//! that, the tower alarms. A leaked fee key loses the fee wallet, never a vault.
+//!
+//! A coin spent by a transaction still in the mempool stays the wallet's until that spend
+//! confirms: if the spend leaves the mempool (refused, evicted, outbid), the coin is free
+//! again, and the change of a spend that vanished is forgotten.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +16,10 @@ use serde::{Deserialize, Serialize};
 use vigil_policy::bitcoin::key::Keypair;
 use vigil_policy::bitcoin::secp256k1::Secp256k1;
 use vigil_policy::bitcoin::transaction::Version;
-use vigil_policy::bitcoin::{absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
-use vigil_policy::{pay_to_anchor, sign_key_path};
+use vigil_policy::bitcoin::{
+    absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
+};
+use vigil_policy::{pay_to_anchor, sign_key_path, ANCHOR_SAT, P2TR_DUST_SAT};
 
 /// Virtual size of a bump: the anchor and one key-path input, one key-path output.
 pub const BUMP_VBYTES: u64 = 11 + 41 + 58 + 43;
@@ -27,6 +33,10 @@ pub struct FeePolicy {
     pub bump_sat_per_vb: u64,
 }
 
+/// Mempool snapshots in a row without a coin's spend (or its creator) before the wallet
+/// believes it gone: the spend may have been made after the snapshot was taken.
+const MISSING_SNAPSHOTS: u8 = 2;
+
 /// A coin of the fee wallet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeeCoin {
@@ -34,8 +44,19 @@ pub struct FeeCoin {
     pub value: u64,
     /// Confirmed at this height (None while pending).
     pub height: Option<u32>,
-    /// Spent by a bump the tower made and not yet confirmed.
-    pub reserved: bool,
+    /// The unconfirmed transaction spending it (a bump or a split of ours).
+    #[serde(default)]
+    pub spent_by: Option<Txid>,
+    /// Mempool snapshots in a row that lacked `spent_by` (or, for a pending coin, the
+    /// transaction creating it).
+    #[serde(default)]
+    pub missing: u8,
+}
+
+impl FeeCoin {
+    fn free(&self) -> bool {
+        self.height.is_some() && self.spent_by.is_none()
+    }
 }
 
 /// The fee wallet.
@@ -45,6 +66,8 @@ pub struct FeeWallet {
     script: ScriptBuf,
     policy: FeePolicy,
     coins: BTreeMap<OutPoint, FeeCoin>,
+    /// The backend's feerate estimate, sat/vB, when it has one.
+    market_sat_per_vb: Option<u64>,
 }
 
 impl FeeWallet {
@@ -52,7 +75,7 @@ impl FeeWallet {
     pub fn new(keypair: Keypair, policy: FeePolicy) -> FeeWallet {
         let secp = Secp256k1::new();
         let script = ScriptBuf::new_p2tr(&secp, keypair.x_only_public_key().0, None);
-        FeeWallet { keypair, script, policy, coins: BTreeMap::new() }
+        FeeWallet { keypair, script, policy, coins: BTreeMap::new(), market_sat_per_vb: None }
     }
 
     /// Where to send it coins.
@@ -72,12 +95,33 @@ impl FeeWallet {
 
     /// Confirmed value, sat, not counting coins spent by a pending bump.
     pub fn balance(&self) -> u64 {
-        self.coins.values().filter(|c| c.height.is_some() && !c.reserved).map(|c| c.value).sum()
+        self.coins.values().filter(|c| c.free()).map(|c| c.value).sum()
     }
 
     /// Confirmed coins free for a bump.
     pub fn free_coins(&self) -> usize {
-        self.coins.values().filter(|c| c.height.is_some() && !c.reserved).count()
+        self.coins.values().filter(|c| c.free()).count()
+    }
+
+    /// Whether coins are on their way (a split not yet confirmed).
+    pub fn split_pending(&self) -> bool {
+        self.coins.values().any(|c| c.height.is_none())
+    }
+
+    /// The stress feerate, sat/vB: what the wallet is sized to pay for every vault at once.
+    pub fn stress_rate(&self) -> u64 {
+        self.policy.stress_sat_per_vb
+    }
+
+    /// The backend's current estimate, sat/vB.
+    pub fn set_market_feerate(&mut self, sat_per_vb: u64) {
+        self.market_sat_per_vb = Some(sat_per_vb.max(1));
+    }
+
+    /// What a split pays, sat/vB: the market's rate; without an estimate, the bump feerate
+    /// (a split has to confirm before the bumps it prepares are needed).
+    pub fn split_rate(&self) -> u64 {
+        self.market_sat_per_vb.unwrap_or(self.policy.bump_sat_per_vb).max(1)
     }
 
     /// What one bump at the stress feerate costs, sat (the child pays for itself and a
@@ -90,16 +134,69 @@ impl FeeWallet {
     /// Returns whether the wallet changed.
     pub fn observe(&mut self, tx: &Transaction, height: Option<u32>) -> bool {
         let mut changed = false;
-        for input in &tx.input {
-            changed |= self.coins.remove(&input.previous_output).is_some();
-        }
         let txid = tx.compute_txid();
+        for input in &tx.input {
+            match height {
+                // Confirmed: the coin is gone for good.
+                Some(_) => changed |= self.coins.remove(&input.previous_output).is_some(),
+                // Pending: it is the wallet's until the spend confirms.
+                None => {
+                    if let Some(c) = self.coins.get_mut(&input.previous_output) {
+                        changed |= c.spent_by != Some(txid);
+                        c.spent_by = Some(txid);
+                        c.missing = 0;
+                    }
+                }
+            }
+        }
         for (vout, out) in tx.output.iter().enumerate() {
             if out.script_pubkey == self.script {
-                let coin = FeeCoin { value: out.value.to_sat(), height, reserved: false };
-                self.coins.insert(OutPoint { txid, vout: vout as u32 }, coin);
+                let op = OutPoint { txid, vout: vout as u32 };
+                let coin = self.coins.entry(op).or_insert(FeeCoin {
+                    value: out.value.to_sat(),
+                    height,
+                    spent_by: None,
+                    missing: 0,
+                });
+                if height.is_some() {
+                    coin.height = height;
+                }
+                coin.missing = 0;
                 changed = true;
             }
+        }
+        changed
+    }
+
+    /// Given the transactions now in the mempool: a coin whose pending spend has left it is
+    /// free again, and a pending coin whose creator left it never existed. Returns whether
+    /// the wallet changed.
+    pub fn forget_missing_spends(&mut self, mempool: &std::collections::HashSet<Txid>) -> bool {
+        let mut changed = false;
+        let mut gone = Vec::new();
+        for (op, c) in self.coins.iter_mut() {
+            let awaited = match (c.height, c.spent_by) {
+                (_, Some(spend)) => spend,
+                (None, None) => op.txid,
+                (Some(_), None) => continue,
+            };
+            if mempool.contains(&awaited) {
+                changed |= c.missing != 0;
+                c.missing = 0;
+                continue;
+            }
+            c.missing += 1;
+            changed = true;
+            if c.missing >= MISSING_SNAPSHOTS {
+                c.missing = 0;
+                match c.spent_by.take() {
+                    Some(_) => {}
+                    None => gone.push(*op),
+                }
+            }
+        }
+        for op in gone {
+            self.coins.remove(&op);
         }
         changed
     }
@@ -121,11 +218,10 @@ impl FeeWallet {
         let (coin_op, coin) = self
             .coins
             .iter()
-            .filter(|(_, c)| c.height.is_some() && !c.reserved)
+            .filter(|(_, c)| c.free())
             .max_by_key(|(_, c)| c.value)
             .map(|(op, c)| (*op, *c))?;
-        // 2 sat/vB: a split is not urgent; it only has to confirm before it is needed.
-        let fee = (11 + 58 + 43 * (count as u64 + 1)) * 2;
+        let fee = (11 + 58 + 43 * (count as u64 + 1)) * self.split_rate();
         let count = count.min(((coin.value.saturating_sub(fee)) / each) as usize);
         if count < 2 {
             return None;
@@ -133,7 +229,7 @@ impl FeeWallet {
         let change = coin.value - fee - each * count as u64;
         let mut output =
             vec![TxOut { value: Amount::from_sat(each), script_pubkey: self.script.clone() }; count];
-        if change >= 330 {
+        if change >= P2TR_DUST_SAT {
             output.push(TxOut { value: Amount::from_sat(change), script_pubkey: self.script.clone() });
         }
         let mut tx = Transaction {
@@ -148,9 +244,7 @@ impl FeeWallet {
         };
         let prevout = TxOut { value: Amount::from_sat(coin.value), script_pubkey: self.script.clone() };
         sign_key_path(&mut tx, 0, &[prevout], &self.keypair).ok()?;
-        if let Some(c) = self.coins.get_mut(&coin_op) {
-            c.reserved = true;
-        }
+        self.spend(coin_op, tx.compute_txid());
         Some(tx)
     }
 
@@ -172,8 +266,8 @@ impl FeeWallet {
             Some(c) => c,
             None => {
                 // The smallest coin that pays the whole feerate, else the largest there is.
-                let free = || self.coins.iter().filter(|(_, c)| c.height.is_some() && !c.reserved);
-                let covers = |c: &&FeeCoin| c.value + 240 >= child_fee_at(sat_per_vb) + 330;
+                let free = || self.coins.iter().filter(|(_, c)| c.free());
+                let covers = |c: &&FeeCoin| c.value + ANCHOR_SAT >= child_fee_at(sat_per_vb) + P2TR_DUST_SAT;
                 free()
                     .filter(|(_, c)| covers(c))
                     .min_by_key(|(_, c)| c.value)
@@ -182,7 +276,7 @@ impl FeeWallet {
             }
         };
         // The change output stays above dust: that bounds what this coin can pay.
-        let affordable = (coin_value + 240).checked_sub(330 + BUMP_VBYTES)? + BUMP_VBYTES;
+        let affordable = (coin_value + ANCHOR_SAT).checked_sub(P2TR_DUST_SAT + BUMP_VBYTES)? + BUMP_VBYTES;
         let rate = sat_per_vb.min((affordable + parent_fee) / package_vbytes);
         if rate == 0 {
             return None;
@@ -190,7 +284,7 @@ impl FeeWallet {
         let child_fee = child_fee_at(rate);
         let anchor = OutPoint { txid: parent.compute_txid(), vout: 1 };
         let prevouts = [
-            TxOut { value: Amount::from_sat(240), script_pubkey: pay_to_anchor() },
+            TxOut { value: Amount::from_sat(ANCHOR_SAT), script_pubkey: pay_to_anchor() },
             TxOut { value: Amount::from_sat(coin_value), script_pubkey: self.script.clone() },
         ];
         let mut tx = Transaction {
@@ -205,16 +299,22 @@ impl FeeWallet {
                 })
                 .collect(),
             output: vec![TxOut {
-                value: Amount::from_sat(coin_value + 240 - child_fee),
+                value: Amount::from_sat(coin_value + ANCHOR_SAT - child_fee),
                 script_pubkey: self.script.clone(),
             }],
         };
         sign_key_path(&mut tx, 1, &prevouts, &self.keypair).ok()?;
-        if let Some(c) = self.coins.get_mut(&coin_op) {
-            c.reserved = true;
-        }
+        self.spend(coin_op, tx.compute_txid());
         let reached = (parent_fee + child_fee) / package_vbytes;
         Some(AnchorBump { tx, sat_per_vb: reached, coin: coin_op, coin_value, ceiling: rate < sat_per_vb })
+    }
+
+    /// Marks `coin` spent by our pending `spend`.
+    fn spend(&mut self, coin: OutPoint, spend: Txid) {
+        if let Some(c) = self.coins.get_mut(&coin) {
+            c.spent_by = Some(spend);
+            c.missing = 0;
+        }
     }
 
     /// The feerate a bump starts at, sat/vB.
@@ -236,4 +336,68 @@ pub struct AnchorBump {
     pub coin_value: u64,
     /// The coin could not pay the feerate asked for: this is as high as it goes.
     pub ceiling: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use vigil_policy::bitcoin::hashes::Hash;
+    use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
+
+    use super::*;
+
+    fn wallet_with_coins(values: &[u64]) -> (FeeWallet, Vec<OutPoint>) {
+        let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
+        let mut w = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
+        let funding = Transaction {
+            version: Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 },
+                ..Default::default()
+            }],
+            output: values
+                .iter()
+                .map(|v| TxOut { value: Amount::from_sat(*v), script_pubkey: w.script().clone() })
+                .collect(),
+        };
+        w.observe(&funding, Some(1));
+        let ops =
+            (0..values.len() as u32).map(|vout| OutPoint { txid: funding.compute_txid(), vout }).collect();
+        (w, ops)
+    }
+
+    #[test]
+    fn a_coin_whose_spend_left_the_mempool_is_free_again_and_vanished_change_is_forgotten() {
+        let (mut w, _) = wallet_with_coins(&[200_000]);
+        let split = w.split(4).expect("a split");
+        assert_eq!(w.free_coins(), 0, "the coin is spent by the pending split");
+        // The split is seen in the mempool: its outputs are pending coins.
+        w.observe(&split, None);
+        assert!(w.split_pending());
+        let with_split: HashSet<Txid> = [split.compute_txid()].into();
+        assert!(!w.forget_missing_spends(&with_split) || w.free_coins() == 0);
+        assert_eq!(w.free_coins(), 0);
+        // It leaves the mempool (evicted, or refused after all): one snapshot is not enough
+        // (our own spend may have been made after the snapshot was taken), two are.
+        let empty = HashSet::new();
+        w.forget_missing_spends(&empty);
+        assert_eq!(w.free_coins(), 0);
+        w.forget_missing_spends(&empty);
+        assert_eq!(w.free_coins(), 1, "the coin is free again");
+        assert_eq!(w.balance(), 200_000);
+        assert!(!w.split_pending(), "the split's outputs are forgotten");
+    }
+
+    #[test]
+    fn a_split_pays_the_market_feerate() {
+        let (mut w, _) = wallet_with_coins(&[2_000_000]);
+        w.set_market_feerate(40);
+        let split = w.split(4).expect("a split");
+        let paid = 2_000_000 - split.output.iter().map(|o| o.value.to_sat()).sum::<u64>();
+        let vsize = split.vsize() as u64;
+        assert!(paid >= 40 * vsize - vsize / 10, "{paid} sat for {vsize} vB");
+        assert!(paid < 45 * vsize, "{paid} sat for {vsize} vB");
+    }
 }

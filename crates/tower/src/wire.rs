@@ -1,55 +1,72 @@
 //! What clients send the tower and how it is authenticated.
 //!
-//! Every request body is JSON with a `nonce` that must increase per signing key (replays are
-//! refused), signed with BIP340 over `sha256("vigil-tower/v1" || path || body)`; the signer's
-//! x-only key and signature travel in the `x-vigil-key` and `x-vigil-signature` headers. Keys
-//! are the parties' `/2/0` auth keys from the client's pinned policy.
+//! Every request is signed with BIP340 by one of the parties' `/2/0` auth keys from the
+//! client's pinned policy, over [`request_digest`]: the tower's own public key (so one tower
+//! cannot replay a request at another), the path, and the body. The signer's x-only key and
+//! signature travel in the `x-vigil-key` and `x-vigil-signature` headers. A POST body carries
+//! a `nonce` that must increase per signing key (replays are refused); a GET has no body and
+//! signs the `x-vigil-time` header instead (unix seconds, accepted within
+//! [`GET_VALIDITY_SECS`]).
+//!
+//! What parties sign for each other (approvals, panics, policy changes) is signed once for
+//! every tower, each over its own tagged digest.
 
 use serde::{Deserialize, Serialize};
 use vigil_policy::bitcoin::hashes::{sha256, Hash, HashEngine};
+use vigil_policy::bitcoin::hex::DisplayHex;
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::secp256k1::{schnorr, Keypair, Message, Secp256k1};
 
 /// Domain separation for request signatures.
-pub const REQUEST_TAG: &[u8] = b"vigil-tower/v1";
+pub const REQUEST_TAG: &[u8] = b"vigil-tower/v2";
 
-/// The digest a request signature commits to.
-pub fn request_digest(path: &str, body: &[u8]) -> Message {
+/// How far a signed GET's time may be from the tower's clock, seconds.
+pub const GET_VALIDITY_SECS: u64 = 120;
+
+/// The longest a panic may stay valid, blocks: guardians sign one for the emergency at hand.
+pub const MAX_PANIC_WINDOW_BLOCKS: u32 = 144;
+
+/// sha256 over a domain tag and `parts`, each length-prefixed.
+fn tagged(tag: &[u8], parts: &[&[u8]]) -> Message {
     let mut engine = sha256::Hash::engine();
-    engine.input(REQUEST_TAG);
-    engine.input(path.as_bytes());
-    engine.input(&[0]);
-    engine.input(body);
+    engine.input(tag);
+    for p in parts {
+        engine.input(&(p.len() as u64).to_le_bytes());
+        engine.input(p);
+    }
     Message::from_digest(sha256::Hash::from_engine(engine).to_byte_array())
 }
 
-/// Signs a request: returns the headers' values (key, signature), hex.
-pub fn sign_request(key: &Keypair, path: &str, body: &[u8]) -> (String, String) {
-    let secp = Secp256k1::new();
-    let sig = secp.sign_schnorr(&request_digest(path, body), key);
-    (key.x_only_public_key().0.to_string(), hex(sig.as_ref()))
+/// The digest a request to `tower` signs.
+pub fn request_digest(tower: &XOnlyPublicKey, path: &str, body: &[u8]) -> Message {
+    tagged(REQUEST_TAG, &[&tower.serialize(), path.as_bytes(), body])
+}
+
+/// Signs a request to `tower`: returns the headers' values (key, signature), hex.
+pub fn sign_request(key: &Keypair, tower: &XOnlyPublicKey, path: &str, body: &[u8]) -> (String, String) {
+    let sig = Secp256k1::new().sign_schnorr(&request_digest(tower, path, body), key);
+    (key.x_only_public_key().0.to_string(), sig.as_ref().to_lower_hex_string())
 }
 
 /// Checks a request signature.
-pub fn verify_request(key: &XOnlyPublicKey, signature: &schnorr::Signature, path: &str, body: &[u8]) -> bool {
-    Secp256k1::verification_only().verify_schnorr(signature, &request_digest(path, body), key).is_ok()
+pub fn verify_request(
+    key: &XOnlyPublicKey,
+    signature: &schnorr::Signature,
+    tower: &XOnlyPublicKey,
+    path: &str,
+    body: &[u8],
+) -> bool {
+    Secp256k1::verification_only().verify_schnorr(signature, &request_digest(tower, path, body), key).is_ok()
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Bytes from hex, or `None`.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+/// The digest a tower's acknowledgement signs.
+pub fn ack_digest(tower: &XOnlyPublicKey, subject: &str) -> Message {
+    tagged(b"vigil-tower-ack/v2", &[&tower.serialize(), subject.as_bytes()])
 }
 
 /// A vault's parameters: enough for the tower to rebuild its graph from the pinned policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VaultParams {
     /// The vault index.
     pub index: u32,
@@ -71,10 +88,15 @@ pub struct VaultParams {
 pub struct RegisterVault {
     /// Increasing per signing key.
     pub nonce: u64,
-    /// sha256 of the client's policy file, as pinned in the tower's config.
+    /// The client's id.
     pub policy_id: String,
     /// The vault.
     pub vault: VaultParams,
+    /// V's funding transaction, signed, hex: needed while it is not yet on chain (the funding
+    /// is broadcast once every tower acknowledged), so the tower can check it creates V from
+    /// coins that exist.
+    #[serde(default)]
+    pub funding: Option<String>,
     /// U, signed, hex.
     pub unvault: String,
     /// C at every rung, signed, hex, cheapest first.
@@ -85,17 +107,19 @@ pub struct RegisterVault {
     pub unvault_emergencies: Vec<String>,
 }
 
-/// A co-signer's (and for guarded vaults the guardians') signature over an approval.
+/// A party's signature over something parties sign for each other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeySignature {
     /// The signer's auth key, x-only hex.
     pub key: String,
-    /// BIP340 signature over [`Approval::digest`], hex.
+    /// BIP340 signature, hex.
     pub signature: String,
 }
 
 /// An approval to spend one unvault to one exact transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Approval {
     /// V, as `txid:vout`.
     pub vault_outpoint: String,
@@ -115,7 +139,7 @@ impl Approval {
     /// What approvers sign.
     pub fn digest(&self) -> Message {
         let text = serde_json::to_vec(self).expect("serializable");
-        request_digest("approval", &text)
+        tagged(b"vigil-approval/v1", &[&text])
     }
 }
 
@@ -125,12 +149,68 @@ impl Approval {
 pub struct RegisterApproval {
     /// Increasing per signing key.
     pub nonce: u64,
-    /// The client's policy.
+    /// The client's id: it must be the vault's.
     pub policy_id: String,
     /// The approval.
     pub approval: Approval,
     /// Co-signer (and guardian) signatures over it.
     pub signatures: Vec<KeySignature>,
+}
+
+/// A guardians' decision to sweep a client's vaults to the deep vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Panic {
+    /// The client.
+    pub policy_id: String,
+    /// Fresh for each panic (32 random bytes, hex): a tower acts on each id once.
+    pub id: String,
+    /// Valid up to this height; at most [`MAX_PANIC_WINDOW_BLOCKS`] above the tip.
+    pub not_after_height: u32,
+}
+
+impl Panic {
+    /// What guardians sign.
+    pub fn digest(&self) -> Message {
+        tagged(
+            b"vigil-panic/v1",
+            &[self.policy_id.as_bytes(), self.id.as_bytes(), &self.not_after_height.to_le_bytes()],
+        )
+    }
+}
+
+/// `POST /v1/panic`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanicRequest {
+    /// Increasing per signing key.
+    pub nonce: u64,
+    /// The decision.
+    pub panic: Panic,
+    /// The guardian quorum's signatures over [`Panic::digest`].
+    pub signatures: Vec<KeySignature>,
+}
+
+/// `POST /v1/policy`: a new version of a client's policy, signed by its guardian quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePolicy {
+    /// Increasing per signing key.
+    pub nonce: u64,
+    /// The client's id.
+    pub policy_id: String,
+    /// The new policy file's text.
+    pub policy: String,
+    /// Guardian signatures over [`policy_change_digest`].
+    pub signatures: Vec<KeySignature>,
+}
+
+/// What guardians sign to change a client's policy: the client and the new file's sha256.
+pub fn policy_change_digest(client: &str, policy_text: &str) -> Message {
+    tagged(
+        b"vigil-policy-change/v1",
+        &[client.as_bytes(), sha256::Hash::hash(policy_text.as_bytes()).as_byte_array()],
+    )
 }
 
 /// What the tower answers to a registration: a signed acknowledgement.
@@ -140,7 +220,7 @@ pub struct Ack {
     pub subject: String,
     /// The tower's key, x-only hex.
     pub tower_key: String,
-    /// BIP340 signature over `request_digest("ack", subject)`, hex.
+    /// BIP340 signature over [`ack_digest`], hex.
     pub signature: String,
 }
 
@@ -152,12 +232,13 @@ pub struct ApiError {
 }
 
 impl RegisterVault {
-    /// The registration of a signed vault graph under `policy_id`.
+    /// The registration of a signed vault graph for client `policy_id`, with its funding.
     pub fn new(
         policy_id: &str,
         nonce: u64,
         plan: &vigil_policy::VaultPlan,
         graph: &vigil_policy::SignedGraph,
+        funding: Option<&vigil_policy::bitcoin::Transaction>,
     ) -> RegisterVault {
         use vigil_policy::bitcoin::consensus::encode::serialize_hex;
         let g = graph.graph();
@@ -176,6 +257,7 @@ impl RegisterVault {
                 cosigner_once: plan.cosigner_once.to_string(),
                 vault_outpoint: g.vault_outpoint.to_string(),
             },
+            funding: funding.map(serialize_hex),
             unvault: serialize_hex(graph.unvault()),
             cancels: all(&g.cancels),
             emergencies: all(&g.emergencies),
@@ -184,39 +266,8 @@ impl RegisterVault {
     }
 }
 
-/// Signs an approval with a party's auth key.
-pub fn sign_approval(approval: &Approval, key: &Keypair) -> KeySignature {
-    let sig = Secp256k1::new().sign_schnorr(&approval.digest(), key);
-    KeySignature { key: key.x_only_public_key().0.to_string(), signature: hex(sig.as_ref()) }
-}
-
-/// Signs a panic for `policy_id` with a guardian's auth key.
-pub fn sign_panic(policy_id: &str, key: &Keypair) -> KeySignature {
-    let sig = Secp256k1::new().sign_schnorr(&request_digest("panic", policy_id.as_bytes()), key);
-    KeySignature { key: key.x_only_public_key().0.to_string(), signature: hex(sig.as_ref()) }
-}
-
-/// `POST /v1/policy`: a new version of a client's policy, signed by its guardian quorum.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChangePolicy {
-    /// Increasing per signing key.
-    pub nonce: u64,
-    /// The client (its original policy id).
-    pub policy_id: String,
-    /// The new policy file's text.
-    pub policy: String,
-    /// Guardian signatures over [`policy_change_digest`].
-    pub signatures: Vec<KeySignature>,
-}
-
-/// What guardians sign to change a policy: the new file's sha256.
-pub fn policy_change_digest(policy_text: &str) -> Message {
-    request_digest("policy", sha256::Hash::hash(policy_text.as_bytes()).as_byte_array())
-}
-
-/// Signs a policy change with a guardian's auth key.
-pub fn sign_policy_change(policy_text: &str, key: &Keypair) -> KeySignature {
-    let sig = Secp256k1::new().sign_schnorr(&policy_change_digest(policy_text), key);
-    KeySignature { key: key.x_only_public_key().0.to_string(), signature: hex(sig.as_ref()) }
+/// A party's signature over `digest`.
+pub fn sign(digest: &Message, key: &Keypair) -> KeySignature {
+    let sig = Secp256k1::new().sign_schnorr(digest, key);
+    KeySignature { key: key.x_only_public_key().0.to_string(), signature: sig.as_ref().to_lower_hex_string() }
 }

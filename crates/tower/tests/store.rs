@@ -6,10 +6,14 @@ use vigil_policy::bitcoin::hashes::Hash;
 use vigil_policy::bitcoin::{Amount, BlockHash, OutPoint, Txid};
 use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
-use vigil_tower::store::{PostgresStore, Registered, SqliteStore, Step, TowerStore};
-use vigil_tower::watch::{Action, Vault};
+use vigil_testenv::process::postgres;
+use vigil_tower::client::{ClientRecord, PolicyChange};
+use vigil_tower::store::{
+    NonceCheck, PostgresStore, Registered, SqliteStore, Step, StoredApproval, TowerStore, MAX_NONCE_STEP,
+};
+use vigil_tower::vault::{Action, AlarmKind, ApprovalTerms, Vault};
 
-fn vault(index: u32) -> Vault {
+fn vault(client: &str, index: u32) -> Vault {
     let compiled =
         CompiledPolicy::new(Policy::from_toml(&ExamplePolicy::default().to_toml()).unwrap()).unwrap();
     let (o, c) = (OneTimeKey::generate(), OneTimeKey::generate());
@@ -18,49 +22,100 @@ fn vault(index: u32) -> Vault {
         .unwrap();
     let v = OutPoint { txid: Txid::from_byte_array([index as u8 + 1; 32]), vout: 0 };
     let g = compiled.build_graph(&plan, v).unwrap();
-    Vault::from_signed("p", 144, &g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap())
+    Vault::from_signed(client, 144, &g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap())
+}
+
+fn terms(spend: Txid) -> ApprovalTerms {
+    ApprovalTerms { spend, expiry_height: 500, counter: 3, guardian_quorum: true }
 }
 
 /// Everything a tower relies on its store for; `reopen` gives a fresh connection to the
 /// same data, as after a crash.
 fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     let mut store = reopen();
-    let (a, b) = (vault(0), vault(1));
-    assert_eq!(store.register_vault("owner", 1, &a, "{}").unwrap(), Registered::New);
-    assert_eq!(store.register_vault("owner", 1, &b, "{}").unwrap(), Registered::Replay, "same nonce");
-    assert_eq!(store.register_vault("owner", 2, &a, "{}").unwrap(), Registered::Same, "a retry");
+    let (a, b) = (vault("p", 0), vault("p", 1));
+    const MAX: u32 = 3;
+    assert_eq!(store.register_vault("owner", 1, &a, "{}", MAX).unwrap(), Registered::New);
+    assert_eq!(
+        store.register_vault("owner", 1, &b, "{}", MAX).unwrap(),
+        Registered::Replay { last: Some(1) }
+    );
+    assert_eq!(store.register_vault("owner", 2, &a, "{}", MAX).unwrap(), Registered::Same, "a retry");
     let mut other = b.clone();
     other.outpoint = a.outpoint;
-    assert_eq!(store.register_vault("owner", 3, &other, "{}").unwrap(), Registered::Conflict);
-    assert_eq!(store.register_vault("cosigner", 1, &b, "{}").unwrap(), Registered::New, "nonces are per key");
-    let (u, s) = (a.unvault.compute_txid(), Txid::from_byte_array([7; 32]));
-    assert!(store.register_approval("cosigner", 2, &u, &s, "{}").unwrap());
-    assert!(!store.register_approval("cosigner", 2, &u, &s, "{}").unwrap(), "replayed approval");
-    assert!(store.consume_nonce("guardian", 5).unwrap());
-    assert!(!store.consume_nonce("guardian", 4).unwrap());
+    assert_eq!(store.register_vault("owner", 3, &other, "{}", MAX).unwrap(), Registered::Conflict);
+    // An index is used once per client; another client has its own indexes.
+    let mut reused = b.clone();
+    reused.index = a.index;
+    assert_eq!(store.register_vault("owner", 4, &reused, "{}", MAX).unwrap(), Registered::IndexUsed);
+    let elsewhere = vault("q", a.index + 10);
+    let mut elsewhere_same_index = elsewhere.clone();
+    elsewhere_same_index.index = a.index;
+    assert_eq!(store.register_vault("owner", 5, &elsewhere_same_index, "{}", MAX).unwrap(), Registered::New);
+    assert_eq!(
+        store.register_vault("cosigner", 1, &b, "{}", MAX).unwrap(),
+        Registered::New,
+        "nonces are per key"
+    );
+    // The cap counts one client's vaults.
+    assert_eq!(store.register_vault("owner", 6, &vault("p", 2), "{}", MAX).unwrap(), Registered::New);
+    assert_eq!(store.register_vault("owner", 7, &vault("p", 3), "{}", MAX).unwrap(), Registered::TooMany);
+    // Nonces: above the last, and not absurdly so (u64::MAX would lock the key out for good).
+    let u = a.unvault.compute_txid();
+    let approval = StoredApproval { unvault: u, terms: terms(Txid::from_byte_array([7; 32])) };
+    assert_eq!(store.register_approval("cosigner", 2, &approval, "{}").unwrap(), NonceCheck::Fresh);
+    assert!(matches!(
+        store.register_approval("cosigner", 2, &approval, "{}").unwrap(),
+        NonceCheck::Refused { .. }
+    ));
+    assert!(matches!(store.consume_nonce("guardian", u64::MAX).unwrap(), NonceCheck::Refused { last: None }));
+    assert!(matches!(
+        store.consume_nonce("guardian", MAX_NONCE_STEP + 1).unwrap(),
+        NonceCheck::Refused { .. }
+    ));
+    assert_eq!(store.consume_nonce("guardian", 5).unwrap(), NonceCheck::Fresh);
+    assert!(matches!(store.consume_nonce("guardian", 4).unwrap(), NonceCheck::Refused { last: Some(5) }));
+    assert_eq!(store.consume_nonce("guardian", 5 + MAX_NONCE_STEP).unwrap(), NonceCheck::Fresh);
+    // Clients: pinned once, their applied policy and pending change kept.
+    assert!(store.pin_client("p", "policy v1").unwrap());
+    assert!(!store.pin_client("p", "another text").unwrap(), "a known client keeps its policy");
+    let pending =
+        PolicyChange { client: "p".into(), policy: "policy v2".into(), version: 2, effective_height: 1_200 };
+    let client = ClientRecord { id: "p".into(), policy: "policy v1b".into(), pending: Some(pending) };
 
-    // A step: a vault's new state, the follower's position, a broadcast and an alarm.
+    // A step: a vault's new state, the follower's position, a client, a panic, a broadcast
+    // and an alarm.
     let mut changed = a.clone();
     changed.state.unvault_seen = true;
     changed.state.cancel_rung = Some(2);
     let recent = vec![BlockId { height: 7, hash: BlockHash::from_byte_array([3; 32]) }];
     let actions = vec![
         Action::Broadcast { vault: a.outpoint, what: "cancel rung 2".into(), tx: a.cancels[2].clone() },
-        Action::Alarm { vault: Some(a.outpoint), kind: "unvault-cancelled".into(), message: "m".into() },
+        Action::alarm(Some(a.outpoint), AlarmKind::UnvaultCancelled, "m"),
     ];
+    assert!(!store.panic_used("cafe").unwrap());
     let step = Step {
         vaults: std::slice::from_ref(&changed),
         recent: Some(&recent),
         records: &[("fee_wallet", "[1]".to_string())],
+        clients: std::slice::from_ref(&client),
+        panics: &["cafe".to_string()],
         actions: &actions,
     };
     let done = store.commit_step(step).unwrap();
     assert_eq!(done.len(), 1);
+    assert!(store.panic_used("cafe").unwrap());
     let second = store.commit_step(Step { actions: &actions[..1], ..Step::default() }).unwrap();
     store.broadcast_done(second[0].0).unwrap();
-    let alarm = store.undelivered_alarms().unwrap();
+    // Each endpoint has its own view of the outbox.
+    let alarm = store.undelivered_alarms("hook-a").unwrap();
     assert_eq!(alarm.len(), 1);
-    store.alarm_attempted(alarm[0].id, false).unwrap();
+    assert_eq!(
+        (alarm[0].kind, alarm[0].vault.clone()),
+        (AlarmKind::UnvaultCancelled, Some(a.outpoint.to_string()))
+    );
+    store.alarm_attempted(alarm[0].id, "hook-a", false, 2).unwrap();
+    assert_eq!(store.outbox_len().unwrap(), 1);
     drop(store);
 
     // After a "crash": everything is there.
@@ -68,7 +123,7 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     let loaded = store.load().unwrap();
     let mut vaults = Vec::new();
     store.load_vaults(&mut |v| vaults.push(v)).unwrap();
-    assert_eq!(vaults.len(), 2);
+    assert_eq!(vaults.len(), 4, "a, b, the third of p, and q's");
     let reloaded = vaults.iter().find(|v| v.outpoint == a.outpoint).unwrap();
     let one = store.vault(&a.outpoint).unwrap().expect("stored");
     assert_eq!(
@@ -85,15 +140,22 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     assert!(!store.vault(&a.outpoint).unwrap().unwrap().cancels.is_empty(), "the stored graph is intact");
     assert_eq!(reloaded.state, changed.state);
     assert_eq!(reloaded.cancels, a.cancels);
-    assert_eq!(loaded.approvals, vec![(u, s, "{}".to_string())]);
+    assert_eq!(loaded.approvals, vec![approval]);
     assert_eq!(loaded.recent, recent);
     assert_eq!(loaded.records.get("fee_wallet").map(String::as_str), Some("[1]"));
+    assert_eq!(loaded.clients, vec![client]);
     assert_eq!(loaded.pending_broadcasts.len(), 1, "one decided, not done");
     assert_eq!(loaded.pending_broadcasts[0], done[0]);
-    let alarm = store.undelivered_alarms().unwrap();
+    // Delivered to one endpoint, the alarm waits for the other; then it leaves the outbox.
+    let alarm = store.undelivered_alarms("hook-a").unwrap();
     assert_eq!(alarm[0].attempts, 1);
-    store.alarm_attempted(alarm[0].id, true).unwrap();
-    assert!(store.undelivered_alarms().unwrap().is_empty());
+    store.alarm_attempted(alarm[0].id, "hook-a", true, 2).unwrap();
+    assert!(store.undelivered_alarms("hook-a").unwrap().is_empty());
+    assert_eq!(store.undelivered_alarms("hook-b").unwrap().len(), 1);
+    assert_eq!(store.outbox_len().unwrap(), 1);
+    store.alarm_attempted(alarm[0].id, "hook-b", true, 2).unwrap();
+    assert!(store.undelivered_alarms("hook-b").unwrap().is_empty());
+    assert_eq!(store.outbox_len().unwrap(), 0);
 }
 
 #[test]
@@ -105,17 +167,98 @@ fn sqlite_store_keeps_every_decision() {
 
 #[test]
 fn postgres_store_keeps_every_decision() {
-    let Ok(url) = std::env::var("VIGIL_TEST_POSTGRES") else {
-        assert!(std::env::var("VIGIL_REQUIRE_POSTGRES").is_err(), "VIGIL_TEST_POSTGRES is not set");
-        eprintln!("SKIPPED: VIGIL_TEST_POSTGRES is not set (scripts/test.sh starts PostgreSQL and sets it)");
-        return;
-    };
-    let schema = format!(
-        "test_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-    );
+    let Some(url) = postgres() else { return };
+    let schema = unique_schema("conformance");
     conformance(&|| Box::new(PostgresStore::connect(&url, &schema).unwrap()));
-    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    drop_schema(&url, &schema);
+}
+
+fn unique_schema(label: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("test_{label}_{}_{nanos}", std::process::id())
+}
+
+fn drop_schema(url: &str, schema: &str) {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+}
+
+#[test]
+fn a_postgres_store_whose_connection_the_server_dropped_reconnects() {
+    let Some(url) = postgres() else { return };
+    let schema = unique_schema("reconnect");
+    let tagged = format!("{url} application_name={schema}");
+    let mut store = PostgresStore::connect(&tagged, &schema).unwrap();
+    assert!(store.pin_client("p", "policy").unwrap());
+    // The server ends the idle connection (a restart, an idle timeout, an administrator).
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let ended: i64 = admin
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&schema],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The next operation reconnects and works; so does every one after.
+    assert_eq!(store.load().unwrap().clients.len(), 1);
+    assert_eq!(store.consume_nonce("k", 1).unwrap(), NonceCheck::Fresh);
+    drop_schema(&url, &schema);
+}
+
+/// The first release's schema, as it wrote it.
+const SCHEMA_1: &str = "
+    CREATE TABLE vaults (outpoint TEXT PRIMARY KEY, registration TEXT NOT NULL, vault TEXT NOT NULL);
+    CREATE TABLE approvals (unvault_txid TEXT PRIMARY KEY, spend_txid TEXT NOT NULL, body TEXT NOT NULL);
+    CREATE TABLE nonces (key TEXT PRIMARY KEY, nonce INTEGER NOT NULL);
+    CREATE TABLE progress (id INTEGER PRIMARY KEY CHECK (id = 0), recent TEXT NOT NULL);
+    CREATE TABLE records (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE broadcasts (id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE alarms (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, message TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, delivered INTEGER NOT NULL DEFAULT 0);";
+
+#[test]
+fn a_store_of_the_first_release_is_migrated_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tower.sqlite");
+    let v = vault("old-client", 0);
+    let spend = Txid::from_byte_array([7; 32]);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_1).unwrap();
+        let mut row: serde_json::Value = serde_json::to_value(&v).unwrap();
+        row.as_object_mut().unwrap().remove("index");
+        row.as_object_mut().unwrap().remove("guarded");
+        conn.execute(
+            "INSERT INTO vaults (outpoint, registration, vault) VALUES (?1, 'digest', ?2)",
+            [v.outpoint.to_string(), row.to_string()],
+        )
+        .unwrap();
+        let body = serde_json::json!({"nonce": 1, "policy_id": "old-client",
+            "approval": {"vault_outpoint": v.outpoint.to_string(), "unvault_txid": v.unvault.compute_txid().to_string(),
+                "spend_txid": spend.to_string(), "policy_version": 1, "expiry_height": 900, "counter": 4},
+            "signatures": []});
+        conn.execute(
+            "INSERT INTO approvals (unvault_txid, spend_txid, body) VALUES (?1, ?2, ?3)",
+            [v.unvault.compute_txid().to_string(), spend.to_string(), body.to_string()],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO alarms (kind, message) VALUES ('panic', 'old')", []).unwrap();
+    }
+    let mut store = SqliteStore::open(&path).unwrap();
+    let mut vaults = Vec::new();
+    store.load_vaults(&mut |v| vaults.push(v)).unwrap();
+    assert_eq!(vaults.len(), 1);
+    assert_eq!(vaults[0].cancels, v.cancels);
+    let loaded = store.load().unwrap();
+    let old = ApprovalTerms { spend, expiry_height: 900, counter: 4, guardian_quorum: false };
+    assert_eq!(loaded.approvals, vec![StoredApproval { unvault: v.unvault.compute_txid(), terms: old }]);
+    assert_eq!(store.undelivered_alarms("hook").unwrap()[0].kind, AlarmKind::Panic);
+    // The migrated vault keeps its client; new vaults register beside it.
+    assert_eq!(store.register_vault("k", 1, &vault("old-client", 1), "{}", 10).unwrap(), Registered::New);
+    // A second open finds the current schema and changes nothing.
+    drop(store);
+    let mut store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().approvals.len(), 1);
 }

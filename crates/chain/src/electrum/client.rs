@@ -1,5 +1,4 @@
-//! An Electrum-protocol client (electrs, Fulcrum, ElectrumX): the backend for towers and
-//! clients that have no node of their own.
+//! An Electrum-protocol client.
 //!
 //! Electrum serves no blocks, so watching works by script: subscribe to the scripthash of
 //! every watched output (V's and U's), and fetch the history when its status changes. Newline-
@@ -13,6 +12,7 @@ use std::time::Duration;
 
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::hashes::{sha256, Hash};
+use bitcoin::hex::DisplayHex;
 use bitcoin::{Script, Transaction, Txid};
 use serde_json::{json, Value};
 
@@ -48,7 +48,7 @@ pub struct HistoryItem {
 pub fn scripthash(script: &Script) -> String {
     let mut h = sha256::Hash::hash(script.as_bytes()).to_byte_array();
     h.reverse();
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    h.to_lower_hex_string()
 }
 
 /// A connection to an Electrum server.
@@ -213,7 +213,7 @@ impl<S: BufRead + Write> ElectrumClient<S> {
 }
 
 /// A `blockchain.scripthash.get_history` answer.
-pub(crate) fn parse_history(v: &Value) -> Result<Vec<HistoryItem>, BackendError> {
+pub fn parse_history(v: &Value) -> Result<Vec<HistoryItem>, BackendError> {
     v.as_array()
         .ok_or_else(|| BackendError::Decode(format!("history is not a list: {v}")))?
         .iter()
@@ -228,7 +228,8 @@ pub(crate) fn parse_history(v: &Value) -> Result<Vec<HistoryItem>, BackendError>
         .collect()
 }
 
-fn parse_notification(message: &Value) -> Option<Notification> {
+/// A notification the server pushed, if `message` is one this client understands.
+pub fn parse_notification(message: &Value) -> Option<Notification> {
     let params = message.get("params")?.as_array()?;
     match message.get("method")?.as_str()? {
         "blockchain.headers.subscribe" => {

@@ -8,22 +8,28 @@
 //! hide one, which is why a tower should have more than one source (other towers, another
 //! backend).
 //!
+//! Every header is checked as far as a light client can ([`super::headers`]): the server's
+//! genesis names the network, and each header must carry the proof of work its height
+//! requires, so a merkle proof against it is a proof of confirmation.
+//!
 //! Freshness: the server pushes a status for each subscribed script when its history changes.
 //! Those pushes are a hint; whenever the tip changes every status is asked again (pipelined,
 //! one round trip), so a block's transactions are never missed for want of a notification.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bitcoin::block::Header;
 use bitcoin::consensus::encode::{deserialize_hex, serialize};
 use bitcoin::hashes::{sha256, sha256d, Hash, HashEngine};
-use bitcoin::{Block, BlockHash, ScriptBuf, Transaction, TxMerkleNode, Txid};
+use bitcoin::hex::FromHex;
+use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Transaction, TxMerkleNode, TxOut, Txid};
 use serde_json::{json, Value};
 
-use crate::electrum::{parse_history, scripthash, ElectrumClient, HistoryItem, LineStream, Notification};
-use crate::{BackendError, BlockId, ChainBackend, MempoolSnapshot};
+use super::client::{parse_history, scripthash, ElectrumClient, HistoryItem, LineStream, Notification};
+use super::headers::{network_of, HeaderRules};
+use crate::{btc_per_kvb_to_sat_per_vb, BackendError, BlockId, ChainBackend, MempoolSnapshot};
 
 /// An Electrum server as a chain backend (plain TCP, `host:port`).
 pub struct ElectrumBackend {
@@ -37,8 +43,12 @@ struct State {
     /// By scripthash.
     scripts: HashMap<String, Watched>,
     tip: Option<BlockId>,
-    /// Headers seen, by hash (pruned to recent ones).
+    /// The server's network's header rules, from its genesis.
+    rules: Option<HeaderRules>,
+    /// Headers seen and checked, by hash (pruned to recent ones).
     headers: HashMap<BlockHash, (u32, Header)>,
+    /// The same, by height, as the server last gave them.
+    by_height: BTreeMap<u32, Header>,
     /// Watched transactions fetched so far.
     txs: HashMap<Txid, Transaction>,
 }
@@ -71,16 +81,29 @@ impl ElectrumBackend {
         let mut client = match state.client.take() {
             Some(c) => c,
             None => {
-                let c = ElectrumClient::connect(&self.address)?;
+                let mut c = ElectrumClient::connect(&self.address)?;
                 for w in state.scripts.values_mut() {
                     w.subscribed = false;
                 }
                 state.tip = None;
+                if state.rules.is_none() {
+                    let genesis = header_from_hex(&c.call("blockchain.block.header", json!([0]))?)?;
+                    let network = network_of(&genesis.block_hash()).ok_or_else(|| {
+                        BackendError::Invalid(format!(
+                            "the server's genesis {} is no network's",
+                            genesis.block_hash()
+                        ))
+                    })?;
+                    state.rules = Some(HeaderRules::new(network));
+                }
                 c
             }
         };
         let result = f(&mut state, &mut client);
-        if !matches!(result, Err(BackendError::Unreachable(_)) | Err(BackendError::Decode(_))) {
+        if !matches!(
+            result,
+            Err(BackendError::Unreachable(_)) | Err(BackendError::Decode(_)) | Err(BackendError::Invalid(_))
+        ) {
             state.client = Some(client);
         }
         result
@@ -126,14 +149,33 @@ impl State {
         Ok(())
     }
 
-    fn remember(&mut self, height: u32, header: Header) -> BlockHash {
-        let hash = header.block_hash();
+    /// Checks a header the server sent for `height` and remembers it.
+    fn accept(
+        &mut self,
+        client: &mut ElectrumClient<LineStream>,
+        height: u32,
+        header: Header,
+    ) -> Result<BlockHash, BackendError> {
+        let rules = self.rules.clone().expect("known once connected");
+        let hash = rules.check_work(height, &header).map_err(BackendError::Invalid)?;
+        for needed in rules.needed(height) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.by_height.entry(needed) {
+                let earlier = header_from_hex(&client.call("blockchain.block.header", json!([needed]))?)?;
+                rules.check_work(needed, &earlier).map_err(BackendError::Invalid)?;
+                slot.insert(earlier);
+            }
+        }
+        rules
+            .check_difficulty(height, &header, &|h| self.by_height.get(&h).copied())
+            .map_err(BackendError::Invalid)?;
         self.headers.insert(hash, (height, header));
+        self.by_height.insert(height, header);
         if self.headers.len() > 2 * HEADERS_KEPT as usize {
             let floor = height.saturating_sub(HEADERS_KEPT);
             self.headers.retain(|_, (h, _)| *h >= floor);
+            self.by_height = self.by_height.split_off(&floor);
         }
-        hash
+        Ok(hash)
     }
 
     /// Watched transactions, fetched once each.
@@ -194,7 +236,7 @@ impl ChainBackend for ElectrumBackend {
                 v.get("height")
                     .and_then(Value::as_u64)
                     .ok_or_else(|| BackendError::Decode(format!("no height in {v}")))? as u32;
-            let hash = state.remember(height, header_from_hex(&v["hex"])?);
+            let hash = state.accept(client, height, header_from_hex(&v["hex"])?)?;
             let moved = state.tip.map(|t| t.hash) != Some(hash);
             state.refresh(client, moved)?;
             let tip = BlockId { height, hash };
@@ -205,7 +247,7 @@ impl ChainBackend for ElectrumBackend {
 
     fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, BackendError> {
         self.with(|state, client| match client.call("blockchain.block.header", json!([height])) {
-            Ok(v) => Ok(Some(state.remember(height, header_from_hex(&v)?))),
+            Ok(v) => Ok(Some(state.accept(client, height, header_from_hex(&v)?)?)),
             // Beyond the server's tip.
             Err(BackendError::Rpc { .. }) if state.tip.is_some_and(|t| height > t.height) => Ok(None),
             Err(e) => Err(e),
@@ -221,14 +263,15 @@ impl ChainBackend for ElectrumBackend {
                 let v = client.call("blockchain.block.headers", json!([start, count]))?;
                 let hex =
                     v["hex"].as_str().ok_or_else(|| BackendError::Decode(format!("no headers in {v}")))?;
-                let bytes = crate::BitcoindRpc::unhex(hex)?;
+                let bytes =
+                    Vec::<u8>::from_hex(hex).map_err(|e| BackendError::Decode(format!("headers: {e}")))?;
                 if bytes.len() % 80 != 0 {
                     return Err(BackendError::Decode("headers are not 80 bytes each".into()));
                 }
                 for (i, raw) in bytes.chunks_exact(80).enumerate() {
                     let header: Header = bitcoin::consensus::deserialize(raw)
                         .map_err(|e| BackendError::Decode(format!("header: {e}")))?;
-                    out.push(state.remember(start + i as u32, header));
+                    out.push(state.accept(client, start + i as u32, header)?);
                 }
                 if (bytes.len() / 80) < count as usize {
                     break;
@@ -269,7 +312,7 @@ impl ChainBackend for ElectrumBackend {
                 if merkle_root(*txid, pos, branch)? != header.merkle_root {
                     // A reorg between the history and the proof, or a lying server: either
                     // way this block cannot be trusted now; the follower asks again.
-                    return Err(BackendError::Unreachable(format!(
+                    return Err(BackendError::Invalid(format!(
                         "{txid} is not proven in block {hash} at height {height}"
                     )));
                 }
@@ -312,6 +355,45 @@ impl ChainBackend for ElectrumBackend {
             Ok(()) => Ok(state.txs.get(txid).cloned()),
             Err(BackendError::Rpc { .. }) => Ok(None),
             Err(e) => Err(e),
+        })
+    }
+
+    fn transaction_info(&self, txid: &Txid) -> Result<Option<(Transaction, Option<u32>)>, BackendError> {
+        let Some(tx) = self.transaction(txid)? else { return Ok(None) };
+        // Electrum knows heights by script: its first output's history places it.
+        let Some(script) = tx.output.first().map(|o| o.script_pubkey.clone()) else {
+            return Ok(Some((tx, None)));
+        };
+        let history = self.with(|_, client| {
+            parse_history(&client.call("blockchain.scripthash.get_history", json!([scripthash(&script)]))?)
+        })?;
+        let height = history
+            .iter()
+            .find(|i| i.txid == *txid)
+            .and_then(|i| u32::try_from(i.height).ok())
+            .filter(|h| *h > 0);
+        Ok(Some((tx, height)))
+    }
+
+    fn unspent_output(&self, outpoint: &OutPoint) -> Result<Option<TxOut>, BackendError> {
+        let Some(parent) = self.transaction(&outpoint.txid)? else { return Ok(None) };
+        let Some(out) = parent.output.get(outpoint.vout as usize).cloned() else { return Ok(None) };
+        let unspent = self.with(|_, client| {
+            let v =
+                client.call("blockchain.scripthash.listunspent", json!([scripthash(&out.script_pubkey)]))?;
+            let list = v.as_array().ok_or_else(|| BackendError::Decode(format!("listunspent: {v}")))?;
+            Ok(list.iter().any(|u| {
+                u["tx_hash"].as_str() == Some(&outpoint.txid.to_string())
+                    && u["tx_pos"].as_u64() == Some(outpoint.vout.into())
+            }))
+        })?;
+        Ok(unspent.then_some(out))
+    }
+
+    fn fee_estimate(&self, blocks: u16) -> Result<Option<u64>, BackendError> {
+        self.with(|_, client| {
+            let v = client.call("blockchain.estimatefee", json!([blocks]))?;
+            Ok(v.as_f64().and_then(btc_per_kvb_to_sat_per_vb))
         })
     }
 

@@ -7,11 +7,7 @@
 //! `VIGIL_PROPTEST_CASES` sets the number of cases (default 100; 1,000 for a long run).
 //! Failures are recorded in `property.proptest-regressions`, kept in the repo.
 
-use bitcoinkernel::{
-    verify, PrecomputedTransactionData, ScriptPubkey, Transaction as KTx, TxOut as KTxOut, VERIFY_ALL,
-};
 use proptest::prelude::*;
-use vigil_policy::bitcoin::consensus::serialize;
 use vigil_policy::bitcoin::hashes::Hash;
 use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid};
 use vigil_policy::example::ExamplePolicy;
@@ -25,11 +21,7 @@ const MINED_DELAY: u32 = 40;
 const MINED_AMOUNT: u64 = 40 * 100_000_000;
 
 fn kernel_verifies(tx: &Transaction, prevout: &TxOut) -> bool {
-    let ktx = KTx::new(&serialize(tx)).unwrap();
-    let spk = ScriptPubkey::new(prevout.script_pubkey.as_bytes()).unwrap();
-    let spent = [KTxOut::new(&spk, prevout.value.to_sat() as i64)];
-    let data = PrecomputedTransactionData::new(&ktx, &spent).unwrap();
-    verify(&spk, Some(prevout.value.to_sat() as i64), &ktx, 0, Some(VERIFY_ALL), &data).is_ok()
+    vigil_regtest::kernel::verify_inputs(tx, std::slice::from_ref(prevout)).is_ok()
 }
 
 fn sink() -> ScriptBuf {

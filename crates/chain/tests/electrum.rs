@@ -1,23 +1,17 @@
 //! The Electrum backend against a real electrs indexing a real bitcoind (both from the cache
 //! `scripts/test.sh` fills; skipped, saying so, when `ELECTRS_EXE` or `BITCOIND_EXE` is unset):
-//! following filtered blocks through a reorg, the mempool by script, and a tower that watches
-//! through it alone.
+//! following filtered blocks through a reorg, the mempool by script, and after the server
+//! restarts.
 
-mod common;
-
-use std::time::Duration;
-
-use common::{
-    bitcoind_with_p2p, electrs, eventually, example, free_port, mine, spend_of, summary, Client, Electrs,
-    Process, TowerProcess, Wallet,
-};
 use serde_json::json;
 use vigil_chain::bitcoin::key::{Keypair, Secp256k1};
 use vigil_chain::bitcoin::{Address, Amount, Network, Transaction};
 use vigil_chain::{BlockEvent, ChainBackend, ElectrumBackend, Follower};
-use vigil_policy::VaultKind;
+use vigil_testenv::process::{bitcoind_with_p2p, electrs, free_port, Electrs, Node};
+use vigil_testenv::wallet::{mine, Wallet};
+use vigil_testenv::{eventually, summary};
 
-fn setup() -> Option<(Process, Electrs)> {
+fn setup() -> Option<(Node, Electrs)> {
     let p2p = free_port();
     let core = bitcoind_with_p2p(Some(p2p))?;
     // electrs waits for the node to leave initial block download: give it recent blocks.
@@ -82,7 +76,7 @@ fn the_electrum_backend_follows_filtered_blocks_through_a_reorg_and_the_mempool_
     // A spend of the watched output is in the script's history too.
     let spend = {
         let prev = block.txdata[0].output[0].clone();
-        let signer = Wallet { secp: Secp256k1::new(), key: watched };
+        let signer = Wallet { key: watched };
         signer.spend(outpoint, &prev, 1_000)
     };
     let txid = backend.broadcast(&spend).unwrap();
@@ -112,7 +106,7 @@ fn the_electrum_backend_reconnects_and_resubscribes_after_the_server_restarts() 
     let (outpoint, _) = wallet.pay(rpc, 1, script.clone(), Amount::from_sat(100_000));
     let mined = mine(rpc, 1, &wallet.address()).remove(0);
     electrs.start();
-    common::wait_indexed(&electrs, &core);
+    vigil_testenv::process::wait_indexed(&electrs, &core);
     // Back: a new connection, the subscription renewed, and the block with the payment.
     let block =
         eventually("the block after the restart", || match follower.poll(&backend).ok()?.as_slice() {
@@ -124,53 +118,4 @@ fn the_electrum_backend_reconnects_and_resubscribes_after_the_server_restarts() 
             other => panic!("unexpected {other:?}"),
         });
     assert_eq!(block.txdata.iter().map(Transaction::compute_txid).collect::<Vec<_>>(), vec![outpoint.txid]);
-}
-
-#[test]
-fn a_tower_watching_through_electrs_alone_cancels_an_unapproved_unvault() {
-    let Some((core, electrs)) = setup() else { return };
-    let rpc = &core.rpc;
-    let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &core, example("tower over electrum"));
-    let tower = TowerProcess::configured(
-        &[client.policy_path.clone()],
-        11,
-        None,
-        "poll_interval_ms = 100\n",
-        &format!("kind = \"electrum\"\nurl = {:?}\n", electrs.address),
-        "",
-    );
-    let stolen = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
-    let spent = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
-    for v in [&stolen, &spent] {
-        client.register(&tower.url, v).unwrap();
-        rpc.broadcast(&v.funding).unwrap();
-    }
-    let approved_spend = client.delayed_spend(&spent);
-    client.approve(&tower.url, &spent, approved_spend.compute_txid()).unwrap();
-    mine(rpc, 1, &client.wallet.address());
-
-    rpc.broadcast(stolen.graph.unvault()).unwrap();
-    rpc.broadcast(spent.graph.unvault()).unwrap();
-    let cancel =
-        eventually("the tower cancelled through electrs", || spend_of(rpc, stolen.unvault_outpoint()));
-    assert!(stolen.graph.transactions().any(|p| p.tx.compute_txid() == cancel.compute_txid()));
-    // A cancel confirms well before DELAY; the approved unvault is left alone throughout.
-    for _ in 0..common::DELAY - 1 {
-        mine(rpc, 1, &client.wallet.address());
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
-    }
-    let cancel = spend_of(rpc, stolen.unvault_outpoint()).unwrap();
-    assert!(stolen.graph.transactions().any(|p| p.tx.compute_txid() == cancel.compute_txid()));
-    assert!(common::confirmations(rpc, &cancel.compute_txid()) >= 1, "the cancel confirmed before DELAY");
-    common::wait_indexed(&electrs, &core);
-    eventually("the tower followed electrs to the tip", || {
-        (tower.metric("vigil_tower_tip_height") == Some(rpc.tip().unwrap().height as u64)).then_some(())
-    });
-    mine(rpc, 1, &client.wallet.address());
-    assert!(spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
-    let txid = rpc.broadcast(&approved_spend).unwrap();
-    mine(rpc, 1, &client.wallet.address());
-    assert_eq!(common::confirmations(rpc, &txid), 1, "the approved spend went through at DELAY");
 }

@@ -1,61 +1,30 @@
 //! The tower as its own process (`vigil tower`), against `vigil node` over loopback.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
-    confirmations, eventually, example, mine, post_raw, rpc_of, spend_of, spend_of_since, vigil_node, Client,
-    Process, TowerProcess, DELAY,
-};
-use serde_json::{json, Value};
+use serde_json::json;
 use vigil_chain::{BitcoindRpc, ChainBackend};
 use vigil_policy::bitcoin::secp256k1::Keypair;
 use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use vigil_policy::VaultKind;
+use vigil_testenv::household::{example, get, post, Household, DELAY};
+use vigil_testenv::process::{
+    free_port, vigil_exe, vigil_node, vigil_node_with_zmq, write_key_file, Node, TowerApi, TowerOptions,
+    TowerProcess,
+};
+use vigil_testenv::wallet::{confirmations, mine, spend_of, spend_of_since};
+use vigil_testenv::webhook::webhook;
 use vigil_testenv::Vault;
+use vigil_testenv::{eventually, vigil_policy};
 use vigil_tower::wire::{self, RegisterVault};
-
-/// A webhook receiver on loopback, collecting alarm bodies.
-fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/alarm", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let store = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            if let Ok(v) = serde_json::from_slice(&body) {
-                store.lock().unwrap().push(v);
-            }
-            let _ = reader
-                .into_inner()
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (url, seen)
-}
 
 #[test]
 fn unapproved_unvault_is_cancelled_approved_one_left_alone_and_guardians_alarmed() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower e2e"));
+    let mut client = Household::new(dir.path(), &node, example("tower e2e"));
     let (hook, alarms) = webhook();
     let tower = TowerProcess::new(&node, &[client.policy_path.clone()], 0, Some(&hook));
     let rpc = &node.rpc;
@@ -63,20 +32,25 @@ fn unapproved_unvault_is_cancelled_approved_one_left_alone_and_guardians_alarmed
     let stolen = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
     let spent = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
     for v in [&stolen, &spent] {
-        let ack = client.register(&tower.url, v).unwrap();
+        let ack = client.register(&tower.api, v).unwrap();
         assert_eq!(ack["subject"], v.outpoint().to_string());
         // The acknowledgement is signed by the tower's key.
         let key: vigil_policy::bitcoin::key::XOnlyPublicKey =
             ack["tower_key"].as_str().unwrap().parse().unwrap();
         let sig = vigil_policy::bitcoin::secp256k1::schnorr::Signature::from_slice(
-            &wire::unhex(ack["signature"].as_str().unwrap()).unwrap(),
+            &<Vec<u8> as vigil_policy::bitcoin::hex::FromHex>::from_hex(ack["signature"].as_str().unwrap())
+                .unwrap(),
         )
         .unwrap();
-        assert!(wire::verify_request(&key, &sig, "ack", v.outpoint().to_string().as_bytes()));
+        let digest = wire::ack_digest(&tower.api.key, &v.outpoint().to_string());
+        assert_eq!(key, tower.api.key);
+        vigil_policy::bitcoin::secp256k1::Secp256k1::verification_only()
+            .verify_schnorr(&sig, &digest, &key)
+            .unwrap();
         rpc.broadcast(&v.funding).unwrap();
     }
     let approved_spend = client.delayed_spend(&spent);
-    client.approve(&tower.url, &spent, approved_spend.compute_txid()).unwrap();
+    client.approve(&tower.api, &spent, approved_spend.compute_txid()).unwrap();
     mine(rpc, 1, &client.wallet.address());
     // Idle vaults keep their cancels and emergencies in the store only.
     assert_eq!(tower.metric("vigil_tower_vault_graphs_in_memory"), Some(0));
@@ -124,21 +98,17 @@ fn unapproved_unvault_is_cancelled_approved_one_left_alone_and_guardians_alarmed
 
 #[test]
 fn with_zmq_the_tower_acts_on_notifications_not_on_its_poll() {
-    let (node, zmq) = common::vigil_node_with_zmq();
+    let (node, zmq) = vigil_node_with_zmq();
     let rpc = &node.rpc;
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower zmq"));
+    let mut client = Household::new(dir.path(), &node, example("tower zmq"));
     // Polls a minute apart: anything faster than that came through ZMQ.
-    let tower = TowerProcess::configured(
-        &[client.policy_path.clone()],
-        7,
-        None,
-        "poll_interval_ms = 60000\n",
-        &format!("{}zmq = {zmq:?}\n", rpc_of(&node)),
-        "",
-    );
+    let chain = format!("{}zmq = {zmq:?}\n", node.tower_chain_config());
+    let options =
+        TowerOptions { top: "poll_interval_ms = 60000\n", chain: &chain, ..TowerOptions::default() };
+    let tower = TowerProcess::configured(&node, &[client.policy_path.clone()], 7, options);
     let vault = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
-    client.register(&tower.url, &vault).unwrap();
+    client.register(&tower.api, &vault).unwrap();
     rpc.broadcast(&vault.funding).unwrap();
     // A block wakes the tower (retrying while the fresh subscription reaches the node).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -173,18 +143,16 @@ fn a_reorg_deeper_than_the_tower_remembers_alarms_and_unvaults_are_still_cancell
     let node = vigil_node();
     let rpc = &node.rpc;
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower deep reorg"));
+    let mut client = Household::new(dir.path(), &node, example("tower deep reorg"));
     let (hook, alarms) = webhook();
-    let tower = TowerProcess::configured(
-        &[client.policy_path.clone()],
-        8,
-        Some(&hook),
-        "poll_interval_ms = 50\nfollow_depth = 4\n",
-        &rpc_of(&node),
-        "",
-    );
+    let options = TowerOptions {
+        webhooks: &[&hook],
+        top: "poll_interval_ms = 50\nfollow_depth = 4\n",
+        ..TowerOptions::default()
+    };
+    let tower = TowerProcess::configured(&node, &[client.policy_path.clone()], 8, options);
     let vault = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
-    client.register(&tower.url, &vault).unwrap();
+    client.register(&tower.api, &vault).unwrap();
     rpc.broadcast(&vault.funding).unwrap();
     mine(rpc, 1, &client.wallet.address());
     let fork = rpc.tip().unwrap().height;
@@ -218,12 +186,12 @@ fn a_reorg_deeper_than_the_tower_remembers_alarms_and_unvaults_are_still_cancell
 fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower bad input"));
+    let mut client = Household::new(dir.path(), &node, example("tower bad input"));
     let tower = TowerProcess::new(&node, &[client.policy_path.clone()], 1, None);
     let vault = client.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
     let other = client.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
     let owner = client.owner_auth();
-    let good = RegisterVault::new(&client.policy_id, 1, &vault.plan, &vault.graph);
+    let good = RegisterVault::new(&client.policy_id, 1, &vault.plan, &vault.graph, Some(&vault.funding));
     let body = |r: &RegisterVault| serde_json::to_vec(r).unwrap();
 
     let mut cases: Vec<(&str, Vec<u8>, Keypair, u16, &str)> = Vec::new();
@@ -244,7 +212,7 @@ fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
     cases.push(("a cancel that pays elsewhere", body(&r), owner, 400, "cancels[0] is not the transaction"));
     let mut r = good.clone();
     let mut tx: Transaction =
-        vigil_policy::bitcoin::consensus::deserialize(&wire::unhex(&r.cancels[1]).unwrap()).unwrap();
+        vigil_policy::bitcoin::consensus::encode::deserialize_hex(&r.cancels[1]).unwrap();
     tx.input[0].witness = vigil_policy::bitcoin::Witness::new();
     r.cancels[1] = vigil_policy::bitcoin::consensus::encode::serialize_hex(&tx);
     cases.push(("an unsigned cancel", body(&r), owner, 400, "not fully signed"));
@@ -253,13 +221,13 @@ fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
     cases.push(("a bad vault kind", body(&r), owner, 400, "vault.kind"));
     let mut r = good.clone();
     r.policy_id = "00".repeat(32);
-    cases.push(("an unknown policy", body(&r), owner, 404, "unknown policy"));
+    cases.push(("an unknown client", body(&r), owner, 404, "unknown client"));
     let mut huge = body(&good);
     huge.extend(std::iter::repeat_n(b' ', 300 * 1024));
     cases.push(("an oversize body", huge, owner, 413, ""));
 
     for (name, bytes, key, status, needle) in cases {
-        match post_raw(&tower.url, "/v1/vaults", &bytes, &key) {
+        match post(&tower.api, "/v1/vaults", &bytes, &key) {
             Err((code, text)) => {
                 assert_eq!(code, status, "{name}: {text}");
                 assert!(text.contains(needle), "{name}: {text}");
@@ -269,8 +237,8 @@ fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
         }
     }
     // A wrong signature: signed over other bytes.
-    let (k, sig) = wire::sign_request(&owner, "/v1/vaults", b"something else");
-    let r = ureq::post(&format!("{}/v1/vaults", tower.url))
+    let (k, sig) = wire::sign_request(&owner, &tower.api.key, "/v1/vaults", b"something else");
+    let r = ureq::post(&format!("{}/v1/vaults", tower.api.url))
         .set("x-vigil-key", &k)
         .set("x-vigil-signature", &sig)
         .send_bytes(&body(&good));
@@ -278,8 +246,8 @@ fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
     assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(0), "nothing stored");
 
     // The good one, then its replay.
-    post_raw(&tower.url, "/v1/vaults", &body(&good), &owner).unwrap();
-    match post_raw(&tower.url, "/v1/vaults", &body(&good), &owner) {
+    post(&tower.api, "/v1/vaults", &body(&good), &owner).unwrap();
+    match post(&tower.api, "/v1/vaults", &body(&good), &owner) {
         Err((409, text)) => assert!(text.contains("replayed"), "{text}"),
         other => panic!("replay: {other:?}"),
     }
@@ -298,7 +266,7 @@ impl Rng {
     }
 }
 
-fn register_until_acked(client: &mut Client, tower: &str, vault: &Vault) {
+fn register_until_acked(client: &mut Household, tower: &TowerApi, vault: &Vault) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match client.register(tower, vault) {
@@ -312,7 +280,7 @@ fn register_until_acked(client: &mut Client, tower: &str, vault: &Vault) {
     }
 }
 
-fn approve_until_acked(client: &mut Client, tower: &str, vault: &Vault, spend: Txid) {
+fn approve_until_acked(client: &mut Household, tower: &TowerApi, vault: &Vault, spend: Txid) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while let Err((code, text)) = client.approve(tower, vault, spend) {
         assert!(code == 0 || code >= 500, "approval refused: {code} {text}");
@@ -354,11 +322,11 @@ fn crash_run(label: &str, store: &str, kills_wanted: u64, batch: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut params = example(&format!("tower crash {label}"));
     params.velocity_limit_sat = 10_000_000_000;
-    let mut client = Client::new(dir.path(), &node, params);
+    let mut client = Household::new(dir.path(), &node, params);
     mine(&node.rpc, 200, &client.wallet.address()); // coins for every vault
     let tower =
-        Arc::new(Mutex::new(TowerProcess::with_store(&node, &[client.policy_path.clone()], 2, None, store)));
-    let url = tower.lock().unwrap().url.clone();
+        Arc::new(Mutex::new(TowerProcess::with_store(&node, &[client.policy_path.clone()], 2, store)));
+    let url = tower.lock().unwrap().api.clone();
     let rpc = &node.rpc;
 
     // The killer: restart (which returns once the tower has caught up and serves), let it
@@ -478,7 +446,7 @@ fn crash_run(label: &str, store: &str, kills_wanted: u64, batch: usize) {
 
 /// Unapproved unvaults of `vaults`, broadcast now; mines while the towers work, and returns
 /// each cancel's confirmation height against its unvault's.
-fn cancel_heights(rpc: &BitcoindRpc, client: &Client, vaults: &[Vault], blocks: u32) -> Vec<(u32, u32)> {
+fn cancel_heights(rpc: &BitcoindRpc, client: &Household, vaults: &[Vault], blocks: u32) -> Vec<(u32, u32)> {
     for v in vaults {
         rpc.broadcast(v.graph.unvault()).unwrap();
     }
@@ -503,7 +471,7 @@ fn cancel_heights(rpc: &BitcoindRpc, client: &Client, vaults: &[Vault], blocks: 
 fn any_one_of_three_towers_is_enough() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower k of n"));
+    let mut client = Household::new(dir.path(), &node, example("tower k of n"));
     let mut towers: Vec<TowerProcess> =
         (0..3).map(|i| TowerProcess::new(&node, &[client.policy_path.clone()], 10 + i, None)).collect();
     let vaults: Vec<Vault> = (0..3)
@@ -511,7 +479,7 @@ fn any_one_of_three_towers_is_enough() {
         .collect();
     for v in &vaults {
         for t in &towers {
-            client.register(&t.url, v).unwrap();
+            client.register(&t.api, v).unwrap();
         }
         node.rpc.broadcast(&v.funding).unwrap();
     }
@@ -530,13 +498,13 @@ fn reorgs_of_depth_one_to_six_while_unvault_or_cancel_confirms_miss_nothing() {
     let node = vigil_node();
     let rpc = &node.rpc;
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower reorgs"));
+    let mut client = Household::new(dir.path(), &node, example("tower reorgs"));
     let tower = TowerProcess::new(&node, &[client.policy_path.clone()], 20, None);
     let mut outcomes = Vec::new();
     for depth in 1..=6u32 {
         for while_cancel_confirms in [false, true] {
             let v = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
-            client.register(&tower.url, &v).unwrap();
+            client.register(&tower.api, &v).unwrap();
             rpc.broadcast(&v.funding).unwrap();
             mine(rpc, 1, &client.wallet.address());
             rpc.broadcast(v.graph.unvault()).unwrap();
@@ -645,11 +613,11 @@ fn backend_outages_short_miss_nothing_long_ones_are_loud() {
     let node = vigil_node();
     let rpc = &node.rpc;
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower outage"));
+    let mut client = Household::new(dir.path(), &node, example("tower outage"));
     let proxy = Proxy::new(node.port);
     let (hook, alarms) = webhook();
     // The tower reaches the node only through the proxy.
-    let fake = Process {
+    let fake = Node {
         child: Command::new("true").spawn().unwrap(),
         rpc: rpc.clone(),
         dir: tempfile::tempdir().unwrap(),
@@ -657,7 +625,7 @@ fn backend_outages_short_miss_nothing_long_ones_are_loud() {
     };
     let tower = TowerProcess::new(&fake, &[client.policy_path.clone()], 30, Some(&hook));
     let v = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
-    client.register(&tower.url, &v).unwrap();
+    client.register(&tower.api, &v).unwrap();
     rpc.broadcast(&v.funding).unwrap();
     mine(rpc, 1, &client.wallet.address());
 
@@ -705,39 +673,36 @@ fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
     let node = vigil_node();
     let rpc = &node.rpc;
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower panic"));
+    let mut client = Household::new(dir.path(), &node, example("tower panic"));
     let tower = TowerProcess::new(&node, &[client.policy_path.clone()], 40, None);
     let idle = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
     let unvaulted = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
     for v in [&idle, &unvaulted] {
-        client.register(&tower.url, v).unwrap();
+        client.register(&tower.api, v).unwrap();
         rpc.broadcast(&v.funding).unwrap();
     }
     let spend = client.delayed_spend(&unvaulted);
-    client.approve(&tower.url, &unvaulted, spend.compute_txid()).unwrap();
+    client.approve(&tower.api, &unvaulted, spend.compute_txid()).unwrap();
     mine(rpc, 1, &client.wallet.address());
     rpc.broadcast(unvaulted.graph.unvault()).unwrap();
     mine(rpc, 1, &client.wallet.address());
 
     let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
-    let body = |sigs: Vec<wire::KeySignature>, nonce: u64| {
-        serde_json::to_vec(&json!({"nonce": nonce, "policy_id": client.policy_id, "signatures": sigs}))
-            .unwrap()
+    let tip = rpc.tip().unwrap().height;
+    let decision =
+        wire::Panic { policy_id: client.policy_id.clone(), id: "ab".repeat(32), not_after_height: tip + 10 };
+    let body = |signers: &[usize], nonce: u64| {
+        let signatures = signers.iter().map(|g| wire::sign(&decision.digest(), &guardian(*g))).collect();
+        serde_json::to_vec(&wire::PanicRequest { nonce, panic: decision.clone(), signatures }).unwrap()
     };
     // One guardian is not a quorum; the owner may not panic at all.
-    let one = body(vec![wire::sign_panic(&client.policy_id, &guardian(0))], 1);
+    let one = body(&[0], 1);
     assert!(
-        matches!(post_raw(&tower.url, "/v1/panic", &one, &guardian(0)), Err((400, t)) if t.contains("guardian signatures"))
+        matches!(post(&tower.api, "/v1/panic", &one, &guardian(0)), Err((400, t)) if t.contains("guardian signatures"))
     );
-    let two = body(
-        vec![
-            wire::sign_panic(&client.policy_id, &guardian(0)),
-            wire::sign_panic(&client.policy_id, &guardian(2)),
-        ],
-        2,
-    );
-    assert!(matches!(post_raw(&tower.url, "/v1/panic", &two, &client.owner_auth()), Err((403, _))));
-    post_raw(&tower.url, "/v1/panic", &two, &guardian(1)).unwrap();
+    let two = body(&[0, 2], 2);
+    assert!(matches!(post(&tower.api, "/v1/panic", &two, &client.owner_auth()), Err((403, _))));
+    post(&tower.api, "/v1/panic", &two, &guardian(1)).unwrap();
 
     // E for the idle vault, UE for the unvaulted one: both land in their deep vaults.
     let mut swept = (false, false);
@@ -764,43 +729,67 @@ fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
         }
     }
     assert_eq!(swept, (true, true), "E and UE confirmed");
-    // A replayed panic is refused.
-    assert!(matches!(post_raw(&tower.url, "/v1/panic", &two, &guardian(1)), Err((409, _))));
+    // A replayed panic is refused, even under a fresh nonce.
+    assert!(matches!(post(&tower.api, "/v1/panic", &two, &guardian(1)), Err((409, _))));
+    let again = body(&[0, 2], 3);
+    assert!(
+        matches!(post(&tower.api, "/v1/panic", &again, &guardian(1)), Err((409, t)) if t.contains("already acted on"))
+    );
 }
 
 #[test]
 fn a_tower_config_that_cannot_work_is_refused_at_start_naming_the_field() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
-    let client = Client::new(dir.path(), &node, example("tower config"));
-    let secret = wire::hex(&vigil_policy::example::tower_secret("tower config", 0).secret_bytes());
+    let client = Household::new(dir.path(), &node, example("tower config"));
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("tower.key");
+    write_key_file(&key_file, &vigil_policy::example::tower_secret("tower config", 0));
     let base = |chain: &str, rest: &str| {
         format!(
-            "listen = \"127.0.0.1:{}\"\ndatadir = {:?}\nsecret_key = \"{secret}\"\n[chain]\n{chain}\
+            "listen = \"127.0.0.1:{}\"\ndatadir = {:?}\nkey_file = {key_file:?}\n[chain]\n{chain}\
              [[clients]]\npolicy = {:?}\n{rest}",
-            common::free_port(),
+            free_port(),
             dir.path().join("data"),
             client.policy_path,
         )
     };
-    let fee = format!("[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 250\n", wire::hex(&[0x42; 32]));
+    let fee = format!("[fee_wallet]\nkey_file = {key_file:?}\nstress_sat_per_vb = 250\n");
+    let readable = keys.path().join("readable.key");
+    write_key_file(&readable, &vigil_policy::example::tower_secret("tower config", 1));
+    std::fs::set_permissions(&readable, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let inline = format!("secret_key = \"{}\"\n", "11".repeat(32));
     let cases = [
         (
             "a fee wallet that cannot pay beyond the ladder",
-            base(&rpc_of(&node), &fee),
+            base(&node.tower_chain_config(), &fee),
             "fee_wallet.stress_sat_per_vb",
         ),
-        ("an unknown backend", base("kind = \"esplora\"\nurl = \"x\"\n", ""), "chain.kind"),
-        ("an unknown store", base(&rpc_of(&node), "[store]\nkind = \"mysql\"\n"), "store.kind"),
-        ("an unknown field", base(&rpc_of(&node), "surprise = 1\n"), "surprise"),
+        ("an unknown backend", base("kind = \"esplora\"\nurl = \"x\"\n", ""), "unknown variant `esplora`"),
+        (
+            "an unknown store",
+            base(&node.tower_chain_config(), "[store]\nkind = \"mysql\"\n"),
+            "unknown variant `mysql`",
+        ),
+        ("an unknown field", base(&node.tower_chain_config(), "surprise = 1\n"), "surprise"),
+        (
+            "a key file others can read",
+            base(&node.tower_chain_config(), "")
+                .replace(key_file.to_str().unwrap(), readable.to_str().unwrap()),
+            "chmod 600",
+        ),
+        ("a secret key in the file", format!("{inline}{}", base(&node.tower_chain_config(), "")), "key file"),
+        (
+            "an empty RPC password",
+            base("url = \"http://127.0.0.1:1\"\nuser = \"u\"\npassword = \"\"\n", ""),
+            "password",
+        ),
     ];
     for (what, config, names) in cases {
         let path = dir.path().join("tower.toml");
         std::fs::write(&path, config).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["tower", "--config", path.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out =
+            Command::new(vigil_exe()).args(["tower", "--config", path.to_str().unwrap()]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: the tower started");
         assert!(stderr.contains(names), "{what}: {stderr}");
@@ -814,18 +803,18 @@ fn a_cancel_stuck_at_the_top_of_its_ladder_is_bumped_through_its_anchor() {
     let node = vigil_node();
     let rpc = &node.rpc;
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::new(dir.path(), &node, example("tower bump"));
+    let mut client = Household::new(dir.path(), &node, example("tower bump"));
     let fee_secret = [0x42u8; 32];
-    let fee_section =
-        format!("[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 300\n", wire::hex(&fee_secret));
-    let tower = TowerProcess::with_store(&node, &[client.policy_path.clone()], 50, None, &fee_section);
+    let fee_section = "[fee_wallet]\nkey_file = \"{dir}/fee.key\"\nstress_sat_per_vb = 300\n";
+    let tower =
+        TowerProcess::with_fee_key(&node, &[client.policy_path.clone()], 50, fee_section, &fee_secret);
     // Fund the fee wallet from the test wallet.
     let secp = vigil_policy::bitcoin::secp256k1::Secp256k1::new();
     let fee_key = vigil_policy::bitcoin::secp256k1::Keypair::from_seckey_slice(&secp, &fee_secret).unwrap();
     let fee_script = ScriptBuf::new_p2tr(&secp, fee_key.x_only_public_key().0, None);
     client.wallet.pay(rpc, 150, fee_script, Amount::from_sat(2_000_000));
     let v = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
-    client.register(&tower.url, &v).unwrap();
+    client.register(&tower.api, &v).unwrap();
     rpc.broadcast(&v.funding).unwrap();
     mine(rpc, 1, &client.wallet.address());
     rpc.broadcast(v.graph.unvault()).unwrap();
@@ -884,28 +873,17 @@ fn a_cancel_stuck_at_the_top_of_its_ladder_is_bumped_through_its_anchor() {
     assert_eq!(confirmations(rpc, &replacement.compute_txid()), 1);
 }
 
-fn signed_get(tower: &str, path: &str, key: &vigil_policy::bitcoin::secp256k1::Keypair) -> Value {
-    let (k, sig) = wire::sign_request(key, path, b"");
-    ureq::get(&format!("{tower}{path}"))
-        .set("x-vigil-key", &k)
-        .set("x-vigil-signature", &sig)
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap()
-}
-
 #[test]
 fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the_delay() {
     let node = vigil_node();
     let rpc = &node.rpc;
     let dir = tempfile::tempdir().unwrap();
-    let client = Client::new(dir.path(), &node, example("tower governance"));
+    let client = Household::new(dir.path(), &node, example("tower governance"));
     let (hook, alarms) = webhook();
     let tower = TowerProcess::new(&node, std::slice::from_ref(&client.policy_path), 60, Some(&hook));
     let path = format!("/v1/clients/{}", client.policy_id);
     let owner = client.owner_auth();
-    assert_eq!(signed_get(&tower.url, &path, &owner)["version"], 1);
+    assert_eq!(get(&tower.api, &path, &owner).unwrap()["version"], 1);
     let original = std::fs::read_to_string(&client.policy_path).unwrap();
     let version = |v: u32, velocity: u64| {
         original
@@ -916,12 +894,13 @@ fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the
     let mut nonce = 0;
     let mut change = |text: &str, signers: &[usize]| {
         nonce += 1;
-        let sigs: Vec<_> = signers.iter().map(|i| wire::sign_policy_change(text, &guardian(*i))).collect();
+        let digest = wire::policy_change_digest(&client.policy_id, text);
+        let sigs: Vec<_> = signers.iter().map(|i| wire::sign(&digest, &guardian(*i))).collect();
         let body = serde_json::to_vec(
             &json!({"nonce": nonce, "policy_id": client.policy_id, "policy": text, "signatures": sigs}),
         )
         .unwrap();
-        post_raw(&tower.url, "/v1/policy", &body, &guardian(0))
+        post(&tower.api, "/v1/policy", &body, &guardian(0))
     };
     // Refused: one guardian; the same version; a policy that does not parse.
     assert!(
@@ -934,22 +913,22 @@ fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the
     // Loosening (a higher velocity limit) waits 1,009 blocks.
     change(&version(2, 20_000_000), &[0, 2]).unwrap();
     let tip = rpc.tip().unwrap().height;
-    let state = signed_get(&tower.url, &path, &owner);
+    let state = get(&tower.api, &path, &owner).unwrap();
     assert_eq!(state["version"], 1);
     assert_eq!(state["pending"][0]["version"], 2);
     assert_eq!(state["pending"][0]["effective_height"].as_u64().unwrap() as u32, tip + 1_009);
     // Tightening applies at once (and supersedes the pending loosening).
     change(&version(3, 5_000_000), &[1, 2]).unwrap();
-    let state = signed_get(&tower.url, &path, &owner);
+    let state = get(&tower.api, &path, &owner).unwrap();
     assert_eq!((state["version"].as_u64(), state["pending"].as_array().unwrap().len()), (Some(3), 0));
     // Loosening again, then the delay passes.
     change(&version(4, 30_000_000), &[0, 1]).unwrap();
     mine(rpc, 1_008, &client.wallet.address());
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(signed_get(&tower.url, &path, &owner)["version"], 3, "one block early");
+    assert_eq!(get(&tower.api, &path, &owner).unwrap()["version"], 3, "one block early");
     mine(rpc, 1, &client.wallet.address());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while signed_get(&tower.url, &path, &owner)["version"] != 4 {
+    while get(&tower.api, &path, &owner).unwrap()["version"] != 4 {
         assert!(Instant::now() < deadline, "version 4 never applied");
         std::thread::sleep(Duration::from_millis(100));
     }

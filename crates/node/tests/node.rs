@@ -1,103 +1,14 @@
-//! `vigil node` as its own process, followed through the bitcoind backend; and its RPC dialect
-//! compared, call by call, with a real Bitcoin Core's.
+//! `vigil node` as its own process: its RPC dialect compared, call by call, with a real Bitcoin
+//! Core's, and its ZMQ notifications.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use vigil_chain::bitcoin::hashes::Hash;
-use vigil_chain::bitcoin::key::Keypair;
-use vigil_chain::bitcoin::{Address, Amount, Network, Transaction, TxOut};
-use vigil_chain::{BackendError, BitcoindRpc, BlockEvent, ChainBackend, Follower};
-
-mod common;
-use common::{bitcoind, mature_coin, mine, vigil_node, vigil_node_with_zmq, Process, Wallet};
-
-#[test]
-fn the_bitcoind_backend_follows_vigil_node_through_reorgs_and_the_mempool() {
-    let node = vigil_node();
-    let rpc = &node.rpc;
-    let wallet = Wallet::new();
-    let mut follower = Follower::new(Vec::new(), 100);
-    mine(rpc, 101, &wallet.address());
-    let events = follower.poll(rpc).unwrap();
-    assert_eq!(events.len(), 102, "genesis and 101 blocks");
-    for (i, e) in events.iter().enumerate() {
-        assert!(matches!(e, BlockEvent::Connected { height, .. } if *height == i as u32));
-    }
-
-    // A transaction through the backend: seen in the mempool, then in a block.
-    let (outpoint, prev) = mature_coin(rpc);
-    let tx = wallet.spend(outpoint, &prev, 1_000);
-    let txid = rpc.broadcast(&tx).unwrap();
-    assert_eq!(rpc.broadcast(&tx).unwrap(), txid, "re-broadcast answers the txid, like Core");
-    let seen = follower.poll_mempool(rpc).unwrap();
-    assert_eq!(seen.iter().map(|t| t.compute_txid()).collect::<Vec<_>>(), vec![txid]);
-    assert!(follower.poll_mempool(rpc).unwrap().is_empty(), "nothing new");
-    mine(rpc, 1, &wallet.address());
-    match follower.poll(rpc).unwrap().as_slice() {
-        [e @ BlockEvent::Connected { height: 102, .. }] => {
-            let block = e.block().unwrap();
-            assert!(block.txdata.iter().any(|t| t.compute_txid() == txid))
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-
-    // A competing branch from height 100, heavier: the follower unwinds, then follows it.
-    let fork = rpc.block_hash(100).unwrap().unwrap();
-    let mut parent = fork.to_string();
-    let mut branch = Vec::new();
-    for _ in 0..3 {
-        let mined = rpc
-            .call("vigil_generateblock", json!([parent, wallet.address().to_string(), [], false]))
-            .unwrap();
-        parent = mined["hash"].as_str().unwrap().to_owned();
-        branch.push(parent.clone());
-    }
-    let events = follower.poll(rpc).unwrap();
-    let summary = common::summary(&events);
-    assert_eq!(summary.len(), 5, "{summary:?}");
-    assert!(summary[0].starts_with("-102:") && summary[1].starts_with("-101:"), "{summary:?}");
-    assert_eq!(
-        &summary[2..],
-        &[format!("+101:{}", branch[0]), format!("+102:{}", branch[1]), format!("+103:{}", branch[2])]
-    );
-    // The reorged-out spend is back in the mempool.
-    let pool = rpc.mempool().unwrap();
-    assert_eq!(pool.txids, vec![txid]);
-
-    // Long-poll: waitfornewblock returns when a block arrives.
-    let waiting = rpc.clone();
-    let waiter = std::thread::spawn(move || waiting.wait_for_new_block(Duration::from_secs(20)).unwrap());
-    std::thread::sleep(Duration::from_millis(200));
-    let new = mine(rpc, 1, &wallet.address());
-    let got = waiter.join().unwrap();
-    assert_eq!(got.hash.to_string(), new[0]);
-    assert_eq!(got.height, 104);
-}
-
-#[test]
-fn a_reorg_deeper_than_the_follower_remembers_moves_nothing_and_says_so() {
-    let node = vigil_node();
-    let rpc = &node.rpc;
-    let wallet = Wallet::new();
-    let mut follower = Follower::new(Vec::new(), 3);
-    mine(rpc, 10, &wallet.address());
-    follower.poll(rpc).unwrap();
-    let before = follower.recent().to_vec();
-    assert_eq!(before.len(), 3);
-    // Five blocks replaced, six mined on height 5: deeper than the three remembered.
-    let mut parent = rpc.block_hash(5).unwrap().unwrap().to_string();
-    for _ in 0..6 {
-        let mined = rpc
-            .call("vigil_generateblock", json!([parent, wallet.address().to_string(), [], false]))
-            .unwrap();
-        parent = mined["hash"].as_str().unwrap().to_owned();
-    }
-    for _ in 0..2 {
-        assert!(matches!(follower.poll(rpc), Err(vigil_chain::FollowError::TooDeep(3))));
-        assert_eq!(follower.recent(), before.as_slice(), "nothing moved");
-    }
-}
+use vigil_chain::bitcoin::{Amount, Transaction, TxOut};
+use vigil_chain::{BackendError, BitcoindRpc, ChainBackend};
+use vigil_testenv::process::{bitcoind, vigil_node, vigil_node_with_zmq, Node};
+use vigil_testenv::wallet::{mature_coin, mine, Wallet};
 
 #[test]
 fn vigil_node_publishes_cores_zmq_notifications() {
@@ -172,29 +83,6 @@ fn vigil_node_publishes_cores_zmq_notifications() {
     let mut expected = block.block_hash().to_byte_array();
     expected.reverse();
     assert_eq!(disconnected, expected);
-}
-
-#[test]
-fn a_zmq_subscriber_started_before_the_node_hears_it_once_it_is_up() {
-    let endpoint = format!("tcp://127.0.0.1:{}", common::free_port());
-    let bell = vigil_chain::zmq::subscribe(&endpoint, &["hashblock"]).unwrap();
-    std::thread::sleep(Duration::from_millis(1_500));
-    let node = common::vigil_node_with(&[&format!("--zmqpubhashblock={endpoint}")]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mined = loop {
-        let hash = mine(&node.rpc, 1, &Wallet::new().address()).remove(0);
-        if let Ok(n) = bell.recv_timeout(Duration::from_millis(500)) {
-            break (n, hash);
-        }
-        assert!(std::time::Instant::now() < deadline, "the subscriber never connected");
-    };
-    let (notification, _) = mined;
-    assert_eq!(notification.topic, "hashblock");
-    // The hash of a block we mined (possibly an earlier one, before the subscription landed).
-    let mut hash = notification.body.clone();
-    hash.reverse();
-    let hash = vigil_chain::bitcoin::BlockHash::from_slice(&hash).unwrap();
-    assert!(node.rpc.call("getblockheader", json!([hash.to_string()])).is_ok());
 }
 
 #[test]
@@ -290,7 +178,7 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
     }
     let (outpoint, prev) = mature_coin(&node.rpc);
     let core_coin = mature_coin(&core.rpc);
-    let tx_for = |p: &Process| {
+    let tx_for = |p: &Node| {
         if std::ptr::eq(p, &node) {
             wallet.spend(outpoint, &prev, 1_000)
         } else {
@@ -298,8 +186,8 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
         }
     };
 
-    type Call<'a> = (&'a str, Box<dyn Fn(&Process) -> Value + 'a>, &'a [&'a str]);
-    let hash1 = |p: &Process| json!(p.rpc.block_hash(1).unwrap().unwrap().to_string());
+    type Call<'a> = (&'a str, Box<dyn Fn(&Node) -> Value + 'a>, &'a [&'a str]);
+    let hash1 = |p: &Node| json!(p.rpc.block_hash(1).unwrap().unwrap().to_string());
     let calls: Vec<Call> = vec![
         ("getblockcount", Box::new(|_| json!([])), &[]),
         ("getbestblockhash", Box::new(|_| json!([])), &[]),
@@ -403,7 +291,7 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
     println!("{:>20} raw bytes equal to getblock's, from both", "REST /rest/block");
 
     // Refusals: the same reject reasons from the relay policy and the same codes.
-    type MakeTx<'a> = Box<dyn Fn(&Process) -> Transaction + 'a>;
+    type MakeTx<'a> = Box<dyn Fn(&Node) -> Transaction + 'a>;
     let bad: Vec<(&str, MakeTx)> = vec![
         (
             "zero fee",
@@ -435,7 +323,7 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
         ),
     ];
     for (name, make) in &bad {
-        let reason = |p: &Process| {
+        let reason = |p: &Node| {
             let hex = vigil_chain::bitcoin::consensus::encode::serialize_hex(&make(p));
             let r = p.rpc.call("testmempoolaccept", json!([[hex]])).unwrap();
             r[0]["reject-reason"].as_str().unwrap_or_default().to_owned()
@@ -444,7 +332,7 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
         assert_eq!(ours, theirs, "{name}");
         println!("{name:>20} reject-reason {ours:?} from both");
     }
-    let code = |p: &Process| match p.rpc.broadcast(&{
+    let code = |p: &Node| match p.rpc.broadcast(&{
         let mut t = tx_for(p);
         t.input[0].previous_output.vout = 7;
         t
@@ -456,51 +344,8 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
 }
 
 /// Re-signs a spend of the first mature coin after editing it.
-fn resign(wallet: &Wallet, mut tx: Transaction, p: &Process) -> Transaction {
+fn resign(wallet: &Wallet, mut tx: Transaction, p: &Node) -> Transaction {
     let (_, prev) = mature_coin(&p.rpc);
-    vigil_policy::sign_key_path(&mut tx, 0, &[prev], &wallet.key).unwrap();
+    vigil_testenv::vigil_policy::sign_key_path(&mut tx, 0, &[prev], &wallet.key).unwrap();
     tx
-}
-
-#[test]
-fn the_bitcoind_backend_follows_a_real_bitcoind_through_a_reorg() {
-    let Some(core) = bitcoind() else { return };
-    let rpc = &core.rpc;
-    let wallet = Wallet::new();
-    let mut follower = Follower::new(Vec::new(), 100);
-    mine(rpc, 110, &wallet.address());
-    assert_eq!(follower.poll(rpc).unwrap().len(), 111);
-    let (outpoint, prev) = mature_coin(rpc);
-    let txid = rpc.broadcast(&wallet.spend(outpoint, &prev, 1_000)).unwrap();
-    assert_eq!(follower.poll_mempool(rpc).unwrap()[0].compute_txid(), txid);
-    mine(rpc, 1, &wallet.address());
-    follower.poll(rpc).unwrap();
-    // Invalidate the last two blocks, mine three others (to another address: new hashes).
-    let h110 = rpc.block_hash(110).unwrap().unwrap();
-    rpc.call("invalidateblock", json!([h110.to_string()])).unwrap();
-    let other = Address::p2tr(
-        &wallet.secp,
-        Keypair::from_seckey_slice(&wallet.secp, &[6u8; 32]).unwrap().x_only_public_key().0,
-        None,
-        Network::Regtest,
-    );
-    let new = mine(rpc, 3, &other);
-    let events = follower.poll(rpc).unwrap();
-    let summary: Vec<String> = events
-        .iter()
-        .map(|e| match e {
-            BlockEvent::Connected { height, hash, .. } => format!("+{height}:{hash}"),
-            BlockEvent::Disconnected { height, .. } => format!("-{height}"),
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        vec![
-            "-111".to_string(),
-            "-110".into(),
-            format!("+110:{}", new[0]),
-            format!("+111:{}", new[1]),
-            format!("+112:{}", new[2])
-        ]
-    );
 }

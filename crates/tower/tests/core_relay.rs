@@ -2,22 +2,23 @@
 //! lacks): every rung relays, the ladder and the anchors bump, and the pinning analysis's
 //! attacks (ADR 0002) are tried, each outcome printed.
 
-mod common;
-
-use common::{bitcoind, example, mine, Client, Process};
 use serde_json::json;
 use std::collections::BTreeMap;
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::consensus::encode::serialize_hex;
 use vigil_policy::bitcoin::transaction::Version;
 use vigil_policy::bitcoin::{absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
+use vigil_testenv::eventually;
+use vigil_testenv::household::{example, Household, DELAY};
+use vigil_testenv::process::{bitcoind, Node, TowerOptions, TowerProcess};
+use vigil_testenv::wallet::{confirmations, mine, spend_of};
 
 use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
 use vigil_policy::{pay_to_anchor, VaultKind};
 use vigil_testenv::Vault;
 use vigil_tower::fees::{FeeCoin, FeePolicy, FeeWallet};
 
-fn accept(core: &Process, tx: &Transaction) -> (bool, String) {
+fn accept(core: &Node, tx: &Transaction) -> (bool, String) {
     let r = core.rpc.call("testmempoolaccept", json!([[serialize_hex(tx)]])).unwrap();
     (
         r[0]["allowed"].as_bool().unwrap_or(false),
@@ -25,22 +26,22 @@ fn accept(core: &Process, tx: &Transaction) -> (bool, String) {
     )
 }
 
-fn send(core: &Process, tx: &Transaction) -> Result<(), String> {
+fn send(core: &Node, tx: &Transaction) -> Result<(), String> {
     core.rpc.call("sendrawtransaction", json!([serialize_hex(tx), 0])).map(|_| ()).map_err(|e| e.to_string())
 }
 
-fn in_mempool(core: &Process, tx: &Transaction) -> bool {
+fn in_mempool(core: &Node, tx: &Transaction) -> bool {
     core.rpc.mempool().unwrap().txids.contains(&tx.compute_txid())
 }
 
-fn setup(seed: &str) -> Option<(Process, Client, tempfile::TempDir)> {
+fn setup(seed: &str) -> Option<(Node, Household, tempfile::TempDir)> {
     let core = bitcoind()?;
     let dir = tempfile::tempdir().unwrap();
-    let client = Client::new(dir.path(), &core, example(seed));
+    let client = Household::new(dir.path(), &core, example(seed));
     Some((core, client, dir))
 }
 
-fn funded_vault(core: &Process, client: &mut Client, sat: u64) -> Vault {
+fn funded_vault(core: &Node, client: &mut Household, sat: u64) -> Vault {
     let v = client.create_vault(&core.rpc, Amount::from_sat(sat), VaultKind::Standard);
     mine(&core.rpc, 1, &client.wallet.address());
     core.rpc.broadcast(&v.funding).unwrap();
@@ -51,7 +52,7 @@ fn funded_vault(core: &Process, client: &mut Client, sat: u64) -> Vault {
 /// A child spending `anchor` (P2A, anyone can) and optionally a wallet coin, paying `fee`,
 /// padded with OP_RETURN outputs to about `vbytes`.
 fn anchor_child(
-    client: &Client,
+    client: &Household,
     anchor: OutPoint,
     coin: Option<(OutPoint, TxOut)>,
     fee: u64,
@@ -239,7 +240,7 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
         .map(|i| {
             let (op, out) =
                 client.wallet.pay(&core.rpc, 160 + i, wallet.script().clone(), Amount::from_sat(2_000_000));
-            (op, FeeCoin { value: out.value.to_sat(), height: Some(1), reserved: false })
+            (op, FeeCoin { value: out.value.to_sat(), height: Some(1), spent_by: None, missing: 0 })
         })
         .collect();
     wallet.restore(coins);
@@ -262,7 +263,7 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
         second.sat_per_vb
     ));
     mine(&core.rpc, 1, &client.wallet.address());
-    assert_eq!(common::confirmations(&core.rpc, &second.tx.compute_txid()), 1);
+    assert_eq!(confirmations(&core.rpc, &second.tx.compute_txid()), 1);
     let v = funded_vault(&core, &mut client, 5_000_000);
     let e = v.graph.graph().emergencies.last().unwrap().clone();
     send(&core, &e.tx).unwrap();
@@ -279,22 +280,20 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
 
 /// A tower process following `core` over RPC and REST, with a fee wallet holding one
 /// 2,000,000-sat coin (unconfirmed: paid from the coinbase at height `seed + 100`).
-fn tower_with_fee_wallet(core: &Process, client: &mut Client, seed: u8) -> common::TowerProcess {
+fn tower_with_fee_wallet(core: &Node, client: &mut Household, seed: u8) -> TowerProcess {
     let fee_secret = [seed; 32];
     let key = Keypair::from_seckey_slice(&Secp256k1::new(), &fee_secret).unwrap();
     let fee_script =
         FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 300, bump_sat_per_vb: 50 }).script().clone();
-    let tower = common::TowerProcess::configured(
-        std::slice::from_ref(&client.policy_path),
-        seed as usize,
-        None,
-        "poll_interval_ms = 50\n",
-        &format!("{}rest = true\n", common::rpc_of(core)),
-        &format!(
-            "[fee_wallet]\nsecret_key = \"{}\"\nstress_sat_per_vb = 300\n",
-            vigil_tower::wire::hex(&fee_secret)
-        ),
-    );
+    let chain = format!("{}rest = true\n", core.tower_chain_config());
+    let options = TowerOptions {
+        chain: &chain,
+        rest: "[fee_wallet]\nkey_file = \"{dir}/fee.key\"\nstress_sat_per_vb = 300\n",
+        fee_key: Some(fee_secret),
+        ..TowerOptions::default()
+    };
+    let tower =
+        TowerProcess::configured(core, std::slice::from_ref(&client.policy_path), seed as usize, options);
     client.wallet.pay(&core.rpc, seed as u32 + 100, fee_script, Amount::from_sat(2_000_000));
     tower
 }
@@ -311,14 +310,14 @@ fn a_tower_on_a_real_bitcoind_cancels_and_bumps_through_cores_mempool() {
     let stolen = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
     let spent = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
     for v in [&stolen, &spent] {
-        client.register(&tower.url, v).unwrap();
+        client.register(&tower.api, v).unwrap();
         send(&core, &v.funding).unwrap();
     }
     let approved_spend = client.delayed_spend(&spent);
-    client.approve(&tower.url, &spent, approved_spend.compute_txid()).unwrap();
+    client.approve(&tower.api, &spent, approved_spend.compute_txid()).unwrap();
     mine(rpc, 1, &client.wallet.address());
     // It splits its coin (one per open vault): wait for the split to confirm.
-    common::eventually("the tower's fee coins confirmed", || {
+    eventually("the tower's fee coins confirmed", || {
         mine(rpc, 1, &client.wallet.address());
         std::thread::sleep(std::time::Duration::from_millis(200));
         tower.metric("vigil_tower_fee_wallet_sat").filter(|sat| *sat > 1_900_000)
@@ -362,18 +361,18 @@ fn a_tower_on_a_real_bitcoind_cancels_and_bumps_through_cores_mempool() {
     assert!(children[1].output[0].value < children[0].output[0].value, "the replacement pays more");
     assert!(in_mempool(&core, &c_top), "the top rung waits in Core's mempool with its child");
     mine(rpc, 1, &client.wallet.address());
-    assert_eq!(common::confirmations(rpc, &c_top.compute_txid()), 1, "cancelled, before DELAY");
+    assert_eq!(confirmations(rpc, &c_top.compute_txid()), 1, "cancelled, before DELAY");
     let cancelled_after = rpc.tip().unwrap().height - unvaulted_at;
-    assert!(cancelled_after < common::DELAY);
-    assert_eq!(common::confirmations(rpc, &children[1].compute_txid()), 1);
+    assert!(cancelled_after < DELAY);
+    assert_eq!(confirmations(rpc, &children[1].compute_txid()), 1);
     // The approved unvault was never touched; its spend goes through at DELAY.
-    while rpc.tip().unwrap().height + 1 < unvaulted_at + common::DELAY {
+    while rpc.tip().unwrap().height + 1 < unvaulted_at + DELAY {
         mine(rpc, 1, &client.wallet.address());
     }
-    assert!(common::spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
+    assert!(spend_of(rpc, spent.unvault_outpoint()).is_none(), "the approved unvault was left alone");
     send(&core, &approved_spend).unwrap();
     mine(rpc, 1, &client.wallet.address());
-    assert_eq!(common::confirmations(rpc, &approved_spend.compute_txid()), 1, "the approved spend confirmed");
+    assert_eq!(confirmations(rpc, &approved_spend.compute_txid()), 1, "the approved spend confirmed");
     let fee_of = |child: &Transaction| {
         let coin = child.input[1].previous_output;
         let funding = rpc.transaction(&coin.txid).unwrap().unwrap();
@@ -396,18 +395,18 @@ fn after_delay_a_different_spend_is_outbid_by_the_top_cancel_and_its_child_as_a_
     let rpc = &core.rpc;
     let tower = tower_with_fee_wallet(&core, &mut client, 71);
     let v = client.create_vault(rpc, Amount::from_sat(5_000_000), VaultKind::Standard);
-    client.register(&tower.url, &v).unwrap();
+    client.register(&tower.api, &v).unwrap();
     send(&core, &v.funding).unwrap();
     let approved = client.delayed_spend(&v);
-    client.approve(&tower.url, &v, approved.compute_txid()).unwrap();
+    client.approve(&tower.api, &v, approved.compute_txid()).unwrap();
     mine(rpc, 1, &client.wallet.address());
-    common::eventually("the tower saw its fee coin", || {
+    eventually("the tower saw its fee coin", || {
         tower.metric("vigil_tower_fee_wallet_sat").filter(|sat| *sat == 2_000_000)
     });
     send(&core, v.graph.unvault()).unwrap();
     mine(rpc, 1, &client.wallet.address());
     let unvaulted_at = rpc.tip().unwrap().height;
-    while rpc.tip().unwrap().height + 1 < unvaulted_at + common::DELAY {
+    while rpc.tip().unwrap().height + 1 < unvaulted_at + DELAY {
         mine(rpc, 1, &client.wallet.address());
     }
     let top = v.graph.graph().cancels.last().unwrap().clone();
@@ -415,11 +414,11 @@ fn after_delay_a_different_spend_is_outbid_by_the_top_cancel_and_its_child_as_a_
     send(&core, &thief).expect("the other spend enters Core's mempool");
     let (alone, why) = accept(&core, &top.tx);
     assert!(!alone, "the top cancel alone cannot replace it");
-    common::eventually("the tower's package replaced the other spend", || {
+    eventually("the tower's package replaced the other spend", || {
         (!in_mempool(&core, &thief) && in_mempool(&core, &top.tx)).then_some(())
     });
     mine(rpc, 1, &client.wallet.address());
-    assert_eq!(common::confirmations(rpc, &top.tx.compute_txid()), 1, "cancelled");
+    assert_eq!(confirmations(rpc, &top.tx.compute_txid()), 1, "cancelled");
     println!(
         "after DELAY, a spend paying {} sat ({:.0} sat/vB): the top cancel alone is refused ({why}); \
          with the fee wallet's child as a package it replaced the spend and confirmed",

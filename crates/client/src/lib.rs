@@ -1,0 +1,97 @@
+//! The household's side of Vigil: what the owner's client does, as a library the `vigil`
+//! command, the test environment and the benchmarks share.
+//!
+//! Today it holds the vault ceremony ([`Ceremony`], DESIGN.md §4): fresh one-time keys, the
+//! funding PSBT built unsigned (its txid is already fixed), the graph built on that outpoint and
+//! signed by both one-time keys, each party's signatures checked, the keys dropped (wiped), and
+//! only then the funding signed. Broadcasting the funding is the caller's last step, after every
+//! tower acknowledged.
+
+// Libraries log through `tracing`; printing is for binaries.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut};
+use vigil_policy::{
+    finalize, CompiledPolicy, FundingInput, OneTimeKey, PolicyError, SignedGraph, VaultDescriptors,
+    VaultKind, VaultPlan,
+};
+
+/// What a ceremony needs to know: which vault, from which coins.
+#[derive(Debug, Clone)]
+pub struct Ceremony<'a> {
+    /// The client's compiled policy.
+    pub compiled: &'a CompiledPolicy,
+    /// Intake coins to fund the vault with.
+    pub coins: &'a [FundingInput],
+    /// The vault's derivation index (each used once).
+    pub index: u32,
+    /// The intake index the funding's change goes to.
+    pub change_index: u32,
+    /// V's value.
+    pub amount: Amount,
+    /// Standard or guarded.
+    pub kind: VaultKind,
+    /// The funding's feerate, sat/vB.
+    pub funding_sat_per_vb: u64,
+}
+
+/// A vault the ceremony created.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    /// Its plan (index, amount, kind, one-time public keys).
+    pub plan: VaultPlan,
+    /// The signed graph (what towers hold).
+    pub graph: SignedGraph,
+    /// Its outputs' descriptors.
+    pub descriptors: VaultDescriptors,
+    /// The funding transaction, signed, not yet broadcast.
+    pub funding: Transaction,
+}
+
+impl Vault {
+    /// V.
+    pub fn outpoint(&self) -> OutPoint {
+        self.graph.graph().vault_outpoint
+    }
+
+    /// U's output (what C, UE and the delayed spend consume).
+    pub fn unvault_outpoint(&self) -> OutPoint {
+        OutPoint { txid: self.graph.unvault().compute_txid(), vout: 0 }
+    }
+
+    /// U's output.
+    pub fn unvault_txout(&self) -> TxOut {
+        self.graph.unvault().output[0].clone()
+    }
+}
+
+impl Ceremony<'_> {
+    /// Runs it with the two one-time keys (consumed: wiped before the funding is signed);
+    /// `sign_funding` signs the funding PSBT with the owner's and the co-signer's keys.
+    pub fn run(
+        &self,
+        owner_once: OneTimeKey,
+        cosigner_once: OneTimeKey,
+        sign_funding: &mut dyn FnMut(&mut Psbt),
+    ) -> Result<Vault, PolicyError> {
+        let compiled = self.compiled;
+        let plan =
+            compiled.plan(self.index, self.amount, self.kind, owner_once.public(), cosigner_once.public())?;
+        let mut psbt =
+            compiled.funding_psbt(&plan, self.coins, self.change_index, self.funding_sat_per_vb)?;
+        let vault_outpoint = OutPoint { txid: psbt.unsigned_tx.compute_txid(), vout: 0 };
+        let unsigned = compiled.build_graph(&plan, vault_outpoint)?;
+        let owner_sigs = owner_once.sign(&unsigned)?;
+        let cosigner_sigs = cosigner_once.sign(&unsigned)?;
+        owner_sigs.verify(&unsigned)?;
+        cosigner_sigs.verify(&unsigned)?;
+        let graph = unsigned.finalize(&owner_sigs, &cosigner_sigs)?;
+        drop(owner_once);
+        drop(cosigner_once);
+        sign_funding(&mut psbt);
+        let funding = finalize(psbt)?;
+        let descriptors = compiled.vault_descriptors(&plan)?;
+        Ok(Vault { plan, graph, descriptors, funding })
+    }
+}

@@ -1,0 +1,90 @@
+//! V's funding: a PSBT spending intake coins (native segwit only: the graph hangs on its
+//! txid) to the vault's output, for the owner and co-signer to sign.
+
+use bitcoin::psbt::Psbt;
+use bitcoin::transaction::Version;
+use bitcoin::{Amount, OutPoint, Sequence, TxOut};
+use miniscript::psbt::PsbtExt;
+
+use crate::config::P2TR_DUST_SAT;
+use crate::error::{DescriptorError, PolicyError, PsbtError};
+use crate::graph::{CompiledPolicy, VaultPlan};
+use crate::tx::unsigned_tx;
+
+/// A coin at an intake address, to fund a vault with.
+#[derive(Debug, Clone)]
+pub struct FundingInput {
+    /// The coin.
+    pub outpoint: OutPoint,
+    /// Its output.
+    pub txout: TxOut,
+    /// The intake address index it was received on.
+    pub intake_index: u32,
+}
+
+impl CompiledPolicy {
+    /// The unsigned funding of V from intake coins, as a PSBT for the owner and co-signer to
+    /// sign. Refuses any input that is not native segwit: only then is the funding txid, on
+    /// which the whole pre-signed graph hangs, fixed before signing.
+    pub fn funding_psbt(
+        &self,
+        plan: &VaultPlan,
+        inputs: &[FundingInput],
+        change_index: u32,
+        feerate_sat_per_vb: u64,
+    ) -> Result<Psbt, PolicyError> {
+        for (i, input) in inputs.iter().enumerate() {
+            if !input.txout.script_pubkey.is_witness_program() {
+                return Err(PolicyError::NonSegwitFundingInput { input: i, outpoint: input.outpoint });
+            }
+        }
+        if inputs.is_empty() {
+            return Err(PolicyError::InsufficientFunds { needed: plan.amount, available: Amount::ZERO });
+        }
+        let descriptors =
+            inputs.iter().map(|i| self.intake_descriptor(i.intake_index)).collect::<Result<Vec<_>, _>>()?;
+        for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {
+            if d.script_pubkey() != input.txout.script_pubkey {
+                return Err(PolicyError::NotIntakeAddress { input: i, intake_index: input.intake_index });
+            }
+        }
+        let change_descriptor = self.intake_descriptor(change_index)?;
+        let vault_output = self.vault_output(plan)?;
+        // Never replaced (bumped by CPFP if ever): a replacement would orphan the graph.
+        let mut tx = unsigned_tx(
+            Version::TWO,
+            inputs.iter().map(|i| (i.outpoint, Sequence::ENABLE_LOCKTIME_NO_RBF)),
+            vec![
+                vault_output,
+                TxOut { value: Amount::ZERO, script_pubkey: change_descriptor.script_pubkey() },
+            ],
+        );
+        let satisfaction: u64 = descriptors
+            .iter()
+            .map(|d| d.max_weight_to_satisfy().map(|w| w.to_wu()))
+            .sum::<Result<u64, _>>()
+            .map_err(DescriptorError::Weight)?;
+        let vsize = (tx.weight().to_wu() + satisfaction).div_ceil(4);
+        let fee = Amount::from_sat(vsize * feerate_sat_per_vb);
+        let available: Amount = inputs.iter().map(|i| i.txout.value).sum();
+        let needed = plan.amount + fee;
+        let change =
+            available.checked_sub(needed).ok_or(PolicyError::InsufficientFunds { needed, available })?;
+        if change.to_sat() < P2TR_DUST_SAT + 43 * feerate_sat_per_vb {
+            tx.output.pop(); // Change too small to be worth an output: it goes to fees.
+        } else {
+            tx.output[1].value = change;
+        }
+        let mut psbt = Psbt::from_unsigned_tx(tx).map_err(PsbtError::from)?;
+        for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {
+            psbt.inputs[i].witness_utxo = Some(input.txout.clone());
+            psbt.update_input_with_descriptor(i, d)
+                .map_err(|source| PsbtError::Input { input: i, source })?;
+        }
+        if psbt.outputs.len() == 2 {
+            psbt.update_output_with_descriptor(1, &change_descriptor)
+                .map_err(|source| PsbtError::Output { output: 1, source })?;
+        }
+        Ok(psbt)
+    }
+}

@@ -1,0 +1,424 @@
+//! Real processes on loopback: `vigil node`, a real `bitcoind`, `electrs`, `vigil tower`, and
+//! the PostgreSQL the test script starts. Each is stopped (or SIGKILLed) when dropped.
+//!
+//! The external programs come from the environment, as `scripts/test.sh` sets it:
+//! `BITCOIND_EXE`, `ELECTRS_EXE`, `VIGIL_TEST_POSTGRES`. Without one, a test that needs it
+//! prints `SKIPPED: ...` and passes, unless `VIGIL_REQUIRE_*` says it must run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vigil_chain::{BitcoindRpc, ChainBackend};
+use vigil_policy::bitcoin::hex::DisplayHex;
+use vigil_policy::bitcoin::key::XOnlyPublicKey;
+use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
+
+/// The `vigil` binary the tests run: `VIGIL_EXE`, or the one cargo built beside the running
+/// test (`cargo test --workspace` builds it).
+pub fn vigil_exe() -> PathBuf {
+    if let Some(exe) = std::env::var_os("VIGIL_EXE") {
+        return exe.into();
+    }
+    let test = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>/vigil
+    let exe = test.parent().and_then(Path::parent).map(|dir| dir.join("vigil")).expect("a target directory");
+    assert!(
+        exe.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --bin vigil` first)",
+        exe.display()
+    );
+    exe
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether a test needing `program` (named by `var`) should run; when it should not, says so.
+fn available(var: &str, require: &str, program: &str) -> Option<std::ffi::OsString> {
+    match std::env::var_os(var) {
+        Some(v) => Some(v),
+        None => {
+            assert!(std::env::var(require).is_err(), "{var} is not set");
+            eprintln!("SKIPPED: {var} is not set (scripts/test.sh provides {program} and sets it)");
+            None
+        }
+    }
+}
+
+/// A node process (`vigil node` or `bitcoind`) with its RPC client, stopped when dropped.
+pub struct Node {
+    /// The process.
+    pub child: Child,
+    /// Its RPC.
+    pub rpc: BitcoindRpc,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+    /// Its RPC port.
+    pub port: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.rpc.call("stop", json!([]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+impl Node {
+    /// The `[chain]` table's body of a tower following this node's RPC.
+    pub fn tower_chain_config(&self) -> String {
+        format!("url = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n", self.port)
+    }
+}
+
+/// Waits until a node answers RPC (60 s at most).
+pub fn wait_ready(rpc: &BitcoindRpc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rpc.call("getblockcount", json!([])) {
+            Ok(_) => return,
+            Err(e) if Instant::now() > deadline => panic!("node never answered: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// `vigil node` on a fresh chain.
+pub fn vigil_node() -> Node {
+    vigil_node_with(&[])
+}
+
+/// `vigil node` publishing every ZMQ topic on one address, returned with it.
+pub fn vigil_node_with_zmq() -> (Node, String) {
+    let zmq = format!("tcp://127.0.0.1:{}", free_port());
+    let topics = ["hashblock", "hashtx", "rawblock", "rawtx", "sequence"];
+    let flags: Vec<String> = topics.iter().map(|t| format!("--zmqpub{t}={zmq}")).collect();
+    (vigil_node_with(&flags.iter().map(String::as_str).collect::<Vec<_>>()), zmq)
+}
+
+/// `vigil node` with extra flags (user `vigil`, password `secret`).
+pub fn vigil_node_with(flags: &[&str]) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(vigil_exe())
+        .args([
+            "node",
+            "--datadir",
+            dir.path().join("chain").to_str().unwrap(),
+            "--rpcport",
+            &port.to_string(),
+        ])
+        .args(["--rpcuser", "vigil", "--rpcpassword", "secret"])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(logs("VIGIL_NODE_LOGS"))
+        .spawn()
+        .unwrap();
+    let rpc = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "vigil", "secret");
+    wait_ready(&rpc);
+    Node { child, rpc, dir, port }
+}
+
+fn logs(var: &str) -> Stdio {
+    if std::env::var_os(var).is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
+/// A real bitcoind (`BITCOIND_EXE`), or `None` (skipped) when it is not available.
+pub fn bitcoind() -> Option<Node> {
+    bitcoind_with_p2p(None)
+}
+
+/// A real bitcoind; with `p2p`, listening for peers on that loopback port (electrs needs one).
+pub fn bitcoind_with_p2p(p2p: Option<u16>) -> Option<Node> {
+    let exe = available("BITCOIND_EXE", "VIGIL_REQUIRE_BITCOIND", "bitcoind")?;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(exe)
+        .args(["-regtest", "-rest", "-txindex", "-printtoconsole=0", "-rpcuser=vigil", "-rpcpassword=secret"])
+        .arg(format!("-datadir={}", dir.path().display()))
+        .arg(format!("-rpcport={port}"))
+        .args(match p2p {
+            // electrs 0.10 (the last one that links Debian 12's RocksDB) still reads the
+            // `bip125-replaceable` field that Core 31 only gives with -deprecatedrpc.
+            Some(p) => vec![
+                "-listen=1".to_owned(),
+                "-bind=127.0.0.1".to_owned(),
+                format!("-port={p}"),
+                "-deprecatedrpc=bip125".to_owned(),
+            ],
+            None => vec!["-listen=0".to_owned()],
+        })
+        .spawn()
+        .unwrap();
+    let rpc = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "vigil", "secret");
+    wait_ready(&rpc);
+    Some(Node { child, rpc, dir, port })
+}
+
+/// An electrs process indexing a bitcoind, killed on drop.
+pub struct Electrs {
+    child: Option<Child>,
+    command: Vec<std::ffi::OsString>,
+    /// Its Electrum address, `127.0.0.1:port`.
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Electrs {
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same address and index.
+    pub fn start(&mut self) {
+        let (exe, args) = self.command.split_first().unwrap();
+        let child = Command::new(exe)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(logs("VIGIL_ELECTRS_LOG"))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+}
+
+impl Drop for Electrs {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// electrs (`ELECTRS_EXE`) once it has indexed `core`'s tip (started with a p2p port), or
+/// `None` (skipped) when it is not available.
+pub fn electrs(core: &Node, p2p: u16) -> Option<Electrs> {
+    let exe = available("ELECTRS_EXE", "VIGIL_REQUIRE_ELECTRS", "electrs")?;
+    let dir = tempfile::tempdir().unwrap();
+    let cookie = dir.path().join("cookie");
+    std::fs::write(&cookie, "vigil:secret").unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    // Its log only when asked for: VIGIL_ELECTRS_LOG=debug (an env_logger filter).
+    let log = std::env::var("VIGIL_ELECTRS_LOG").unwrap_or_else(|_| "error".into());
+    let mut command: Vec<std::ffi::OsString> = vec![exe];
+    for arg in [
+        "--network".to_owned(),
+        "regtest".into(),
+        "--skip-default-conf-files".into(),
+        "--wait-duration-secs".into(),
+        "1".into(),
+        "--jsonrpc-timeout-secs".into(),
+        "30".into(),
+        "--db-dir".into(),
+        dir.path().join("db").display().to_string(),
+        "--daemon-dir".into(),
+        core.dir.path().display().to_string(),
+        "--cookie-file".into(),
+        cookie.display().to_string(),
+        "--daemon-rpc-addr".into(),
+        format!("127.0.0.1:{}", core.port),
+        "--daemon-p2p-addr".into(),
+        format!("127.0.0.1:{p2p}"),
+        "--electrum-rpc-addr".into(),
+        address.clone(),
+        "--monitoring-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--log-filters".into(),
+        log,
+    ] {
+        command.push(arg.into());
+    }
+    let mut electrs = Electrs { child: None, command, address, _dir: dir };
+    electrs.start();
+    wait_indexed(&electrs, core);
+    Some(electrs)
+}
+
+/// Waits until electrs serves `core`'s tip.
+pub fn wait_indexed(electrs: &Electrs, core: &Node) {
+    let want = core.rpc.tip().unwrap().height;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let height = vigil_chain::electrum::ElectrumClient::connect(&electrs.address)
+            .and_then(|mut c| c.subscribe_headers())
+            .ok();
+        if height == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "electrs never reached height {want} (at {height:?})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The PostgreSQL the test script started (`VIGIL_TEST_POSTGRES`, a libpq connection
+/// string), or `None` (skipped).
+pub fn postgres() -> Option<String> {
+    available("VIGIL_TEST_POSTGRES", "VIGIL_REQUIRE_POSTGRES", "PostgreSQL")?.into_string().ok()
+}
+
+/// Where a tower's API is and the key requests to it are bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TowerApi {
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+    /// The tower's public key.
+    pub key: XOnlyPublicKey,
+}
+
+/// Writes a key file only its owner can read.
+pub fn write_key_file(path: &Path, secret: &SecretKey) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, secret.secret_bytes().to_lower_hex_string()).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A `vigil tower` process that can be killed with SIGKILL and restarted.
+pub struct TowerProcess {
+    child: Option<Child>,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its API.
+    pub api: TowerApi,
+    /// Its directory (configuration, key files, data).
+    pub dir: tempfile::TempDir,
+}
+
+/// How to configure a tower, beyond its chain and clients.
+#[derive(Debug, Clone, Default)]
+pub struct TowerOptions<'a> {
+    /// Alarm webhooks.
+    pub webhooks: &'a [&'a str],
+    /// Lines before the first table (`poll_interval_ms = 50` when empty).
+    pub top: &'a str,
+    /// The `[chain]` body (the node's RPC when empty).
+    pub chain: &'a str,
+    /// Tables after the rest (`[store]`, `[fee_wallet]`; `{dir}` is replaced by the tower's
+    /// directory, where key files go).
+    pub rest: &'a str,
+    /// A fee-wallet secret, written to `{dir}/fee.key`.
+    pub fee_key: Option<[u8; 32]>,
+}
+
+impl TowerProcess {
+    /// A tower following `node`, serving `policies`, with identity `seed`.
+    pub fn new(node: &Node, policies: &[PathBuf], seed: usize, webhook: Option<&str>) -> TowerProcess {
+        let hooks: Vec<&str> = webhook.into_iter().collect();
+        Self::configured(node, policies, seed, TowerOptions { webhooks: &hooks, ..TowerOptions::default() })
+    }
+
+    /// With a `[store]` (or other trailing) section.
+    pub fn with_store(node: &Node, policies: &[PathBuf], seed: usize, store: &str) -> TowerProcess {
+        Self::configured(node, policies, seed, TowerOptions { rest: store, ..TowerOptions::default() })
+    }
+
+    /// With a fee wallet whose key is `secret` (`fee_wallet` names `{dir}/fee.key`).
+    pub fn with_fee_key(
+        node: &Node,
+        policies: &[PathBuf],
+        seed: usize,
+        fee_wallet: &str,
+        secret: &[u8; 32],
+    ) -> TowerProcess {
+        let options = TowerOptions { rest: fee_wallet, fee_key: Some(*secret), ..TowerOptions::default() };
+        Self::configured(node, policies, seed, options)
+    }
+
+    /// Any configuration.
+    pub fn configured(
+        node: &Node,
+        policies: &[PathBuf],
+        seed: usize,
+        options: TowerOptions<'_>,
+    ) -> TowerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let secret = vigil_policy::example::tower_secret("tower test", seed);
+        write_key_file(&dir.path().join("tower.key"), &secret);
+        if let Some(fee) = options.fee_key {
+            write_key_file(&dir.path().join("fee.key"), &SecretKey::from_slice(&fee).unwrap());
+        }
+        let clients: String = policies.iter().map(|p| format!("[[clients]]\npolicy = {p:?}\n")).collect();
+        let webhooks = if options.webhooks.is_empty() {
+            String::new()
+        } else {
+            format!("[alarms]\nwebhooks = {:?}\n", options.webhooks)
+        };
+        let top = if options.top.is_empty() { "poll_interval_ms = 50\n" } else { options.top };
+        let chain =
+            if options.chain.is_empty() { node.tower_chain_config() } else { options.chain.to_owned() };
+        let rest = options.rest.replace("{dir}", &dir.path().display().to_string());
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nkey_file = {:?}\noutage_alarm_secs = 2\n{top}\
+             [chain]\n{chain}{clients}{webhooks}{rest}",
+            dir.path().join("data"),
+            dir.path().join("tower.key"),
+        );
+        let path = dir.path().join("tower.toml");
+        std::fs::write(&path, config).unwrap();
+        let key = Keypair::from_secret_key(&Secp256k1::new(), &secret).x_only_public_key().0;
+        let mut tower = TowerProcess {
+            child: None,
+            config: path,
+            api: TowerApi { url: format!("http://127.0.0.1:{port}"), key },
+            dir,
+        };
+        tower.start();
+        tower
+    }
+
+    /// Starts it (again); returns once it serves.
+    pub fn start(&mut self) {
+        let child = Command::new(vigil_exe())
+            .args(["tower", "--config", self.config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(logs("VIGIL_TOWER_LOGS"))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/metrics", self.api.url)).call().is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("the tower exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "tower never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no cleanup, no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// A metric's value, if the tower answers.
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let text = ureq::get(&format!("{}/metrics", self.api.url)).call().ok()?.into_string().ok()?;
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for TowerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

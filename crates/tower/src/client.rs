@@ -1,0 +1,125 @@
+//! A client of the tower: a pinned policy, the keys allowed to act under it, and the policy
+//! changes its guardians signed.
+//!
+//! A client's id is the sha256 of the policy file it was first pinned with, and stays its id
+//! when guardian-signed changes replace the policy: every vault names its client by that id,
+//! and the store keeps each client's applied policy, so a restart (or an edit of the file the
+//! configuration names) never detaches a vault from the policy it is enforced under.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use vigil_policy::bitcoin::hashes::{sha256, Hash};
+use vigil_policy::bitcoin::key::XOnlyPublicKey;
+use vigil_policy::{CompiledPolicy, Policy, PolicyError};
+
+use crate::watch::PolicyLimits;
+
+/// Blocks a loosening policy change waits: longer than any captivity (> 7 days).
+pub const GOVERNANCE_DELAY_BLOCKS: u32 = 1_009;
+
+/// A policy file's id: the sha256 of its bytes, hex.
+pub fn policy_id(text: &str) -> String {
+    sha256::Hash::hash(text.as_bytes()).to_string()
+}
+
+/// A client's policy as the tower enforces it.
+pub struct Client {
+    /// The client's id (its first policy's sha256).
+    pub id: String,
+    /// The applied policy file's text.
+    pub text: String,
+    /// The applied policy.
+    pub policy: Policy,
+    /// Compiled, to rebuild graphs.
+    pub compiled: CompiledPolicy,
+    /// Owner and co-signer auth keys (may register vaults and submit approvals).
+    pub registrars: Vec<XOnlyPublicKey>,
+    /// The co-signer's auth key (approves).
+    pub cosigner: XOnlyPublicKey,
+    /// Guardians' auth keys (approve guarded spends, panic, change the policy).
+    pub guardians: Vec<XOnlyPublicKey>,
+}
+
+impl Client {
+    /// Client `id` under the policy file `text`.
+    pub fn new(id: &str, text: &str) -> Result<Client, PolicyError> {
+        let policy = Policy::from_toml(text)?;
+        let compiled = CompiledPolicy::new(policy.clone())?;
+        let mut registrars: Vec<XOnlyPublicKey> = policy.owner.keys.iter().map(|k| k.auth_key()).collect();
+        registrars.push(policy.cosigner.auth_key());
+        Ok(Client {
+            id: id.to_owned(),
+            text: text.to_owned(),
+            cosigner: policy.cosigner.auth_key(),
+            guardians: policy.guardians.keys.iter().map(|k| k.auth_key()).collect(),
+            registrars,
+            compiled,
+            policy,
+        })
+    }
+
+    /// The limits the watcher enforces for it.
+    pub fn limits(&self) -> PolicyLimits {
+        PolicyLimits {
+            velocity_limit_sat: self.policy.allowance.velocity_limit_sat,
+            velocity_window_blocks: self.policy.allowance.velocity_window_blocks,
+        }
+    }
+
+    /// Whether `key` is one of the client's parties (owner, co-signer, guardian).
+    pub fn is_party(&self, key: &XOnlyPublicKey) -> bool {
+        self.registrars.contains(key) || self.guardians.contains(key)
+    }
+
+    /// How many distinct guardians are among `signers`.
+    pub fn guardians_among(&self, signers: &[XOnlyPublicKey]) -> u32 {
+        let distinct: HashSet<&XOnlyPublicKey> =
+            signers.iter().filter(|k| self.guardians.contains(k)).collect();
+        distinct.len() as u32
+    }
+
+    /// Whether `signers` hold the guardian quorum.
+    pub fn has_guardian_quorum(&self, signers: &[XOnlyPublicKey]) -> bool {
+        self.guardians_among(signers) >= self.policy.guardians.threshold
+    }
+}
+
+/// A client's new policy, signed by its guardian quorum, waiting to take effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    /// The client's id.
+    pub client: String,
+    /// The new policy file's text.
+    pub policy: String,
+    /// The new version.
+    pub version: u32,
+    /// It applies from this height.
+    pub effective_height: u32,
+}
+
+/// What the store keeps of a client: its applied policy and the change waiting, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The client's id.
+    pub id: String,
+    /// The applied policy file's text.
+    pub policy: String,
+    /// A guardian-signed change waiting for its height.
+    pub pending: Option<PolicyChange>,
+}
+
+/// Whether `new` only tightens `old`: the same everything but lower limits, a longer window,
+/// a shorter whitelist. Tightening applies at once; anything else waits out the governance
+/// delay.
+pub fn only_tightens(old: &Policy, new: &Policy) -> bool {
+    let (a, b) = (&old.allowance, &new.allowance);
+    let mut same = new.clone();
+    same.version = old.version;
+    same.allowance = old.allowance.clone();
+    same == *old
+        && b.velocity_limit_sat <= a.velocity_limit_sat
+        && b.hot_limit_sat <= a.hot_limit_sat
+        && b.velocity_window_blocks >= a.velocity_window_blocks
+        && b.whitelist.iter().all(|w| a.whitelist.contains(w))
+}

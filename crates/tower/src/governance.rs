@@ -1,0 +1,178 @@
+//! What a client's guardians decide: panics (sweep every vault to the deep vault) and policy
+//! changes (tightening at once, anything else after [`GOVERNANCE_DELAY_BLOCKS`]).
+//!
+//! A panic is signed by the guardian quorum over a fresh id and a validity window, and each
+//! id is acted on once, so no guardian can replay an old one. A policy change is signed by the
+//! quorum over the client and the new file; submitting the same change again changes nothing
+//! (it cannot postpone itself), and a change that applies drops any waiting change it
+//! supersedes.
+
+use vigil_policy::bitcoin::hex::FromHex;
+use vigil_policy::bitcoin::key::XOnlyPublicKey;
+use vigil_policy::Policy;
+
+use crate::client::{only_tightens, Client, PolicyChange, GOVERNANCE_DELAY_BLOCKS};
+use crate::daemon::Tower;
+use crate::error::Refusal;
+use crate::registration::{ack, client, stale_nonce, verified_signers};
+use crate::store::NonceCheck;
+use crate::vault::{Action, AlarmKind};
+use crate::wire::{policy_change_digest, Ack, ChangePolicy, PanicRequest, MAX_PANIC_WINDOW_BLOCKS};
+
+fn bad(message: impl Into<String>) -> Refusal {
+    Refusal::BadRequest(message.into())
+}
+
+/// `POST /v1/panic`.
+pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) -> Result<Ack, Refusal> {
+    let p = &req.panic;
+    let client = client(tower, &p.policy_id)?;
+    if !client.guardians.contains(signer) {
+        return Err(Refusal::Forbidden("only a guardian of this client may submit a panic".into()));
+    }
+    if <[u8; 32]>::from_hex(&p.id).is_err() {
+        return Err(bad("panic.id: 32 random bytes in hex (64 characters), fresh for each panic"));
+    }
+    let signers = verified_signers(&req.signatures, &p.digest())?;
+    if !client.has_guardian_quorum(&signers) {
+        return Err(bad(format!(
+            "a panic needs {} guardian signatures, {} verify",
+            client.policy.guardians.threshold,
+            client.guardians_among(&signers)
+        )));
+    }
+    let mut state = tower.lock();
+    let tip = state.watcher.tip();
+    if p.not_after_height < tip {
+        return Err(bad(format!("panic.not_after_height {} has passed (tip {tip})", p.not_after_height)));
+    }
+    if p.not_after_height > tip + MAX_PANIC_WINDOW_BLOCKS {
+        return Err(bad(format!(
+            "panic.not_after_height {} is more than {MAX_PANIC_WINDOW_BLOCKS} blocks ahead of the tip {tip}",
+            p.not_after_height
+        )));
+    }
+    if state.store.panic_used(&p.id)? {
+        return Err(Refusal::Conflict(format!("panic {} was already acted on", p.id)));
+    }
+    if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
+        return Err(stale_nonce(req.nonce, last));
+    }
+    let actions = state.watcher.panic(&client.id);
+    if let Some(e) = state.watcher.take_graph_error() {
+        // The store failed: a tower that cannot read its vaults must not look alive.
+        tower.shutdown();
+        return Err(e.into());
+    }
+    state.used_panics.push(p.id.clone());
+    tower.act(state, &actions)?;
+    Ok(ack(tower, format!("panic {}", p.id)))
+}
+
+/// `POST /v1/policy`.
+pub(crate) fn change_policy(
+    tower: &Tower,
+    signer: &XOnlyPublicKey,
+    req: &ChangePolicy,
+) -> Result<Ack, Refusal> {
+    let current = client(tower, &req.policy_id)?;
+    if !current.is_party(signer) {
+        return Err(Refusal::Forbidden("not a party of this client".into()));
+    }
+    let signers = verified_signers(&req.signatures, &policy_change_digest(&current.id, &req.policy))?;
+    if !current.has_guardian_quorum(&signers) {
+        return Err(bad(format!(
+            "a policy change needs {} guardian signatures, {} verify",
+            current.policy.guardians.threshold,
+            current.guardians_among(&signers)
+        )));
+    }
+    let new = Policy::from_toml(&req.policy).map_err(|e| bad(format!("policy: {e}")))?;
+    if new.network != current.policy.network {
+        return Err(bad("policy: another network"));
+    }
+    Client::new(&current.id, &req.policy).map_err(|e| bad(format!("policy: {e}")))?;
+    let tightening = only_tightens(&current.policy, &new);
+    let mut state = tower.lock();
+    let waiting = state.pending.get(&current.id).cloned();
+    let subject =
+        |c: &PolicyChange| format!("policy {} version {} at {}", c.client, c.version, c.effective_height);
+    // The same change again is the same change: it must not restart its own delay.
+    if let Some(w) = waiting.as_ref().filter(|w| w.policy == req.policy) {
+        return Ok(ack(tower, subject(w)));
+    }
+    let floor = waiting.as_ref().map(|w| w.version).unwrap_or(0).max(current.policy.version);
+    if new.version <= floor {
+        return Err(bad(format!(
+            "policy: version {} is not above {floor}, the current or waiting one",
+            new.version
+        )));
+    }
+    if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
+        return Err(stale_nonce(req.nonce, last));
+    }
+    let tip = state.watcher.tip();
+    let effective_height = if tightening { tip } else { tip + GOVERNANCE_DELAY_BLOCKS };
+    let change = PolicyChange {
+        client: current.id.clone(),
+        policy: req.policy.clone(),
+        version: new.version,
+        effective_height,
+    };
+    let alarm = Action::alarm(
+        None,
+        AlarmKind::PolicyChange,
+        format!(
+            "policy of client {} changes to version {}{}: applies at height {effective_height}",
+            current.id,
+            new.version,
+            if tightening { " (tightening)" } else { "" }
+        ),
+    );
+    state.pending.insert(current.id.clone(), change.clone());
+    let record = state.client_record(&current);
+    state.changed_clients.push(record);
+    state.record(None, std::slice::from_ref(&alarm))?;
+    if tightening {
+        tower.apply_policy_changes(&mut state)?;
+    }
+    Ok(ack(tower, subject(&change)))
+}
+
+/// `GET /v1/clients/{id}`: the applied version and the change waiting, if any.
+pub(crate) fn client_view(
+    tower: &Tower,
+    signer: &XOnlyPublicKey,
+    id: &str,
+) -> Result<serde_json::Value, Refusal> {
+    let client = client(tower, id)?;
+    if !client.is_party(signer) {
+        return Err(Refusal::Forbidden("not a party of this client".into()));
+    }
+    let state = tower.lock();
+    let pending: Vec<_> = state
+        .pending
+        .get(id)
+        .map(|c| serde_json::json!({"version": c.version, "effective_height": c.effective_height}))
+        .into_iter()
+        .collect();
+    Ok(serde_json::json!({"version": client.policy.version, "pending": pending, "tip": state.watcher.tip()}))
+}
+
+/// `GET /v1/vaults/{outpoint}`: a vault's state, for its own client's parties.
+pub(crate) fn vault_view(
+    tower: &Tower,
+    signer: &XOnlyPublicKey,
+    outpoint: &vigil_policy::bitcoin::OutPoint,
+) -> Result<serde_json::Value, Refusal> {
+    let state = tower.lock();
+    let vault = state
+        .watcher
+        .vault(outpoint)
+        .ok_or_else(|| Refusal::NotFound(format!("vault {outpoint} is not registered")))?;
+    let client = client(tower, &vault.policy_id)?;
+    if !client.is_party(signer) {
+        return Err(Refusal::Forbidden("not a party of this vault's client".into()));
+    }
+    Ok(serde_json::json!({"vault": outpoint.to_string(), "state": vault.state, "tip": state.watcher.tip()}))
+}

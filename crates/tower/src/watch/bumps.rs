@@ -1,0 +1,129 @@
+//! The fee wallet's part in the watcher's decisions: anchor bumps and keeping the wallet
+//! split and funded.
+
+use vigil_policy::bitcoin::{Amount, OutPoint, Transaction};
+
+use super::Watcher;
+use crate::vault::{Action, AlarmKind, BumpState};
+
+/// Blocks a bump is given before a replacement at twice the feerate.
+pub const BUMP_RETRY_BLOCKS: u32 = 2;
+
+/// The fee wallet keeps at most this many coins split for concurrent bumps.
+const MAX_SPLIT_COINS: u64 = 20;
+
+impl Watcher {
+    /// Pays through `parent`'s anchor once it has sat at the top of its ladder for
+    /// [`BUMP_RETRY_BLOCKS`]: a first child aiming at twice the parent's feerate (at least the
+    /// bump feerate); while it stays unconfirmed, a replacement every [`BUMP_RETRY_BLOCKS`] at
+    /// twice the feerate on the same coin, as far as that coin reaches (then an alarm). A new
+    /// parent (E gave way to UE) gets a child at once, on the same coin. With `outbid` (a
+    /// rival's feerate, in the post-DELAY race): a first child at once, aiming at twice that.
+    #[allow(clippy::too_many_arguments)] // one call per ladder; a struct would only rename them
+    pub(super) fn bump(
+        &mut self,
+        id: OutPoint,
+        parent: Transaction,
+        parent_value: Amount,
+        label: &str,
+        height: u32,
+        outbid: Option<u64>,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(wallet) = self.fee_wallet.as_mut() else { return };
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let parent_txid = parent.compute_txid();
+        let parent_fee =
+            parent_value.to_sat().saturating_sub(parent.output.iter().map(|o| o.value.to_sat()).sum());
+        // Stuck at the top rung means the market pays more than the parent: aim well above it.
+        let parent_rate = parent_fee / parent.vsize() as u64;
+        let (rate, coin) = match &vault.state.bump {
+            None if outbid.is_some()
+                || vault.state.top_rung_since.is_some_and(|h| height >= h + BUMP_RETRY_BLOCKS) =>
+            {
+                (wallet.first_rate().max(2 * parent_rate).max(2 * outbid.unwrap_or(0)), None)
+            }
+            None => return,
+            Some(b) if b.parent != parent_txid => (b.sat_per_vb, Some((b.coin, b.coin_value))),
+            Some(b) if b.ceiling || height < b.height + BUMP_RETRY_BLOCKS => return,
+            Some(b) => (b.sat_per_vb * 2, Some((b.coin, b.coin_value))),
+        };
+        match wallet.bump(&parent, parent_fee, rate, coin) {
+            Some(bump) => {
+                if bump.ceiling {
+                    actions.push(Action::alarm(
+                        Some(id),
+                        AlarmKind::BumpCeiling,
+                        format!(
+                            "{label} of vault {id} is bumped at {} sat/vB, all its fee coin can pay; it is still unconfirmed",
+                            bump.sat_per_vb
+                        ),
+                    ));
+                }
+                vault.state.bump = Some(BumpState {
+                    parent: parent_txid,
+                    height,
+                    sat_per_vb: bump.sat_per_vb,
+                    coin: bump.coin,
+                    coin_value: bump.coin_value,
+                    ceiling: bump.ceiling,
+                });
+                self.wallet_dirty = true;
+                self.dirty.insert(id);
+                actions.push(Action::BroadcastPackage {
+                    vault: id,
+                    what: format!("{label} anchor bump"),
+                    parent,
+                    child: bump.tx,
+                });
+            }
+            None => actions.push(Action::alarm(
+                Some(id),
+                AlarmKind::FeeWalletEmpty,
+                format!("{label} of vault {id} is stuck at the top rung and the fee wallet cannot bump it"),
+            )),
+        }
+    }
+
+    /// The fee wallet must cover a bump at the stress feerate for every open vault; it alarms
+    /// once when it cannot, and again after it recovered and fell short anew.
+    pub(super) fn check_fee_wallet(&mut self, actions: &mut Vec<Action>) {
+        // Counting open vaults walks them all: only a tower with a fee wallet pays for it.
+        if self.fee_wallet.is_none() {
+            return;
+        }
+        let open = self.vaults.values().filter(|v| !v.state.done).count() as u64;
+        let target = open.min(MAX_SPLIT_COINS) as usize;
+        // Fewer free coins than concurrent bumps might need: split the largest.
+        let mut cannot_split = false;
+        if let Some(w) = self.fee_wallet.as_mut() {
+            if w.free_coins() < target && !w.split_pending() {
+                match w.split(target - w.free_coins() + 1) {
+                    Some(split) => {
+                        self.wallet_dirty = true;
+                        actions.push(Action::Broadcast {
+                            vault: OutPoint::null(),
+                            what: "fee wallet split".into(),
+                            tx: split,
+                        });
+                    }
+                    None => cannot_split = true,
+                }
+            }
+        }
+        let Some(w) = self.fee_wallet.as_ref() else { return };
+        let needed = open * w.reserve_per_vault();
+        let (balance, coins) = (w.balance(), w.free_coins() as u64);
+        let short = balance < needed || cannot_split;
+        if short && !self.wallet_low {
+            actions.push(Action::alarm(
+                None,
+                AlarmKind::FeeWalletLow,
+                format!(
+                    "fee wallet holds {balance} sat in {coins} confirmed coins; {open} open vaults need {needed} sat in {target} coins at the stress feerate"
+                ),
+            ));
+        }
+        self.wallet_low = short;
+    }
+}

@@ -1,0 +1,727 @@
+//! The tower's decisions (DESIGN.md §4 "Spending", "Panic"): pure logic over chain events.
+//!
+//! [`Watcher`] sees blocks (connected and disconnected) and mempool transactions and answers
+//! with [`Action`]s: broadcasts and alarms. It does no I/O; the daemon persists every decision
+//! (vault states and actions, in one store transaction) before acting on it, so a restart
+//! resumes exactly where the tower stopped.
+
+use std::collections::{HashMap, HashSet};
+
+use vigil_policy::bitcoin::{Block, OutPoint, Transaction, Txid};
+
+use crate::error::StoreError;
+use crate::fees::FeeWallet;
+use crate::index::{scan_block, OutpointIndex, ScanError};
+use crate::vault::{Action, AlarmKind, ApprovalTerms, Role, Vault, VaultState};
+
+mod bumps;
+#[cfg(test)]
+mod tests;
+
+pub use bumps::BUMP_RETRY_BLOCKS;
+
+/// Blocks a cancel must be buried before the spend leaf opens (DESIGN.md §4 deadline).
+pub const BURY_MARGIN: u32 = 6;
+
+/// A policy's limits as the tower enforces them.
+#[derive(Debug, Clone)]
+pub struct PolicyLimits {
+    /// Velocity budget per window, sat: what the co-signer may release alone.
+    pub velocity_limit_sat: u64,
+    /// The window, blocks.
+    pub velocity_window_blocks: u32,
+}
+
+/// Where the watcher reads back the transactions of vaults it keeps only in summary (the
+/// tower's store, through a connection of its own).
+pub trait Graphs: Send {
+    /// The vault as registered, with every transaction.
+    fn graph(&mut self, vault: &OutPoint) -> Result<Vault, StoreError>;
+}
+
+#[derive(Default)]
+struct GraphSource(Option<Box<dyn Graphs>>);
+
+impl std::fmt::Debug for GraphSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "paged" } else { "in memory" })
+    }
+}
+
+/// All the tower watches, rebuilt from the store on start. With a [`Graphs`] source, an idle
+/// vault keeps only U and its state in memory (about 1 KB instead of 14); C, E and UE are
+/// read back when a transaction touches it, and stay while it is active.
+#[derive(Debug, Default)]
+pub struct Watcher {
+    vaults: HashMap<OutPoint, Vault>,
+    graphs: GraphSource,
+    /// A graph could not be read back: the caller must stop (see [`Watcher::take_graph_error`]).
+    graph_error: Option<StoreError>,
+    /// Vaults whose C, E and UE are in memory.
+    graphs_held: usize,
+    /// U's outpoint -> V.
+    by_unvault: HashMap<OutPoint, OutPoint>,
+    /// Both watched outpoints of every vault, for scanning blocks (see [`crate::index`]).
+    index: OutpointIndex,
+    /// U txid -> what its approval allows.
+    approvals: HashMap<Txid, ApprovalTerms>,
+    limits: HashMap<String, PolicyLimits>,
+    /// Per client, every U seen that no guardian quorum approved: V -> (height first seen or
+    /// confirmed, value), for velocity.
+    released: HashMap<String, HashMap<OutPoint, (u32, u64)>>,
+    /// Vaults with something in flight (checked every block).
+    active: HashSet<OutPoint>,
+    /// Vaults whose state changed since the last [`Watcher::take_dirty`].
+    dirty: HashSet<OutPoint>,
+    /// Vaults whose cancel or emergency started in the block being processed: they climb the
+    /// ladder from the next block on.
+    fresh: HashSet<OutPoint>,
+    /// The fee wallet, when the tower has one.
+    fee_wallet: Option<FeeWallet>,
+    /// The wallet changed since the last [`Watcher::take_wallet_dirty`].
+    wallet_dirty: bool,
+    /// A low-balance alarm is standing.
+    wallet_low: bool,
+    tip: u32,
+}
+
+impl Watcher {
+    /// An empty watcher.
+    pub fn new() -> Watcher {
+        Watcher::default()
+    }
+
+    /// Sets a client's limits.
+    pub fn set_limits(&mut self, client: &str, limits: PolicyLimits) {
+        self.limits.insert(client.to_owned(), limits);
+    }
+
+    /// Sets the tip height (from the store at start: the watcher must never act on height 0).
+    pub fn set_tip(&mut self, height: u32) {
+        self.tip = height;
+    }
+
+    /// Watches a vault (new, or loaded from the store with its state).
+    pub fn add_vault(&mut self, vault: Vault) {
+        self.by_unvault.insert(vault.unvault_outpoint(), vault.outpoint);
+        let number = self.vaults.len() as u32;
+        self.index.insert(&vault.outpoint, number);
+        self.index.insert(&vault.unvault_outpoint(), number);
+        if vault.state.unvault_seen && !vault.state.done {
+            self.active.insert(vault.outpoint);
+        }
+        if let Some(h) = vault.state.unvault_height {
+            if !self.guardian_approved(&vault.unvault.compute_txid()) {
+                let value = vault.unvault.output[0].value.to_sat();
+                self.released.entry(vault.policy_id.clone()).or_default().insert(vault.outpoint, (h, value));
+            }
+        }
+        let id = vault.outpoint;
+        self.graphs_held += usize::from(vault.is_whole());
+        if let Some(old) = self.vaults.insert(id, vault) {
+            self.graphs_held -= usize::from(old.is_whole());
+        }
+        self.evict_if_idle(id);
+    }
+
+    /// Vaults whose every transaction is in memory (the active ones, with a graph source).
+    pub fn graphs_in_memory(&self) -> usize {
+        self.graphs_held
+    }
+
+    /// Pages idle vaults' transactions out to `graphs` (the store) from now on.
+    pub fn set_graphs(&mut self, graphs: Box<dyn Graphs>) {
+        self.graphs = GraphSource(Some(graphs));
+        let ids: Vec<OutPoint> = self.vaults.keys().copied().collect();
+        for id in ids {
+            self.evict_if_idle(id);
+        }
+    }
+
+    /// The error that stopped a graph from being read back, if one did (the tower stops:
+    /// its store failed).
+    pub fn take_graph_error(&mut self) -> Option<StoreError> {
+        self.graph_error.take()
+    }
+
+    /// With a graph source, an idle vault's C, E and UE leave memory (they are in the store).
+    fn evict_if_idle(&mut self, id: OutPoint) {
+        if self.graphs.0.is_none()
+            || self.active.contains(&id)
+            || self.fresh.contains(&id)
+            || self.dirty.contains(&id)
+        {
+            return;
+        }
+        if let Some(v) = self.vaults.get_mut(&id).filter(|v| v.is_whole()) {
+            self.graphs_held -= 1;
+            v.cancels = Vec::new();
+            v.emergencies = Vec::new();
+            v.unvault_emergencies = Vec::new();
+        }
+    }
+
+    /// Makes sure the vault's every transaction is in memory.
+    fn ensure_graph(&mut self, id: OutPoint) -> bool {
+        let Some(vault) = self.vaults.get(&id) else { return false };
+        if vault.is_whole() {
+            return true;
+        }
+        let Some(source) = self.graphs.0.as_mut() else { return true };
+        match source.graph(&id) {
+            Ok(full) if full.is_whole() => {
+                let vault = self.vaults.get_mut(&id).expect("checked above");
+                vault.cancels = full.cancels;
+                vault.emergencies = full.emergencies;
+                vault.unvault_emergencies = full.unvault_emergencies;
+                self.graphs_held += 1;
+                true
+            }
+            Ok(_) => {
+                self.graph_error = Some(StoreError::Incomplete(id));
+                false
+            }
+            Err(e) => {
+                self.graph_error = Some(e);
+                false
+            }
+        }
+    }
+
+    /// Records an approved spend of an unvault.
+    pub fn add_approval(&mut self, unvault_txid: Txid, terms: ApprovalTerms) {
+        self.approvals.insert(unvault_txid, terms);
+    }
+
+    /// The approval recorded for an unvault.
+    pub fn approval(&self, unvault_txid: &Txid) -> Option<&ApprovalTerms> {
+        self.approvals.get(unvault_txid)
+    }
+
+    fn guardian_approved(&self, unvault_txid: &Txid) -> bool {
+        self.approvals.get(unvault_txid).is_some_and(|a| a.guardian_quorum)
+    }
+
+    /// A watched vault.
+    pub fn vault(&self, outpoint: &OutPoint) -> Option<&Vault> {
+        self.vaults.get(outpoint)
+    }
+
+    /// Every watched vault.
+    pub fn vaults(&self) -> impl Iterator<Item = &Vault> {
+        self.vaults.values()
+    }
+
+    /// Number of vaults watched.
+    pub fn len(&self) -> usize {
+        self.vaults.len()
+    }
+
+    /// Whether no vault is watched.
+    pub fn is_empty(&self) -> bool {
+        self.vaults.is_empty()
+    }
+
+    /// Cancels broadcast and not yet confirmed.
+    pub fn cancels_pending(&self) -> usize {
+        self.active
+            .iter()
+            .filter(|v| {
+                let s = &self.vaults[v].state;
+                s.cancel_rung.is_some() && s.cancel_height.is_none()
+            })
+            .count()
+    }
+
+    /// Whether anything awaits recording.
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty() || self.wallet_dirty
+    }
+
+    /// Vaults whose state changed since the last call.
+    pub fn take_dirty(&mut self) -> Vec<Vault> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let changed: Vec<Vault> = dirty.iter().filter_map(|v| self.vaults.get(v).cloned()).collect();
+        for id in dirty {
+            self.evict_if_idle(id);
+        }
+        changed
+    }
+
+    /// The tip height the watcher last saw.
+    pub fn tip(&self) -> u32 {
+        self.tip
+    }
+
+    /// A transaction seen in the mempool.
+    pub fn on_mempool_tx(&mut self, tx: &Transaction) -> Vec<Action> {
+        self.on_mempool_tx_with_fee(tx, None)
+    }
+
+    /// A transaction seen in the mempool, with its fee when the backend told it (a rival spend
+    /// of an unvault may add inputs of its own, whose values only the backend knows).
+    pub fn on_mempool_tx_with_fee(&mut self, tx: &Transaction, fee: Option<u64>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(w) = self.fee_wallet.as_mut() {
+            self.wallet_dirty |= w.observe(tx, None);
+        }
+        self.observe(tx, None, fee, &mut actions);
+        actions
+    }
+
+    /// Whether the fee of `tx` matters to a decision: it spends a watched unvault's output and
+    /// is none of the vault's own transactions nor its approved spend.
+    pub fn needs_fee(&self, tx: &Transaction) -> bool {
+        let txid = tx.compute_txid();
+        tx.input.iter().any(|i| {
+            self.by_unvault.get(&i.previous_output).is_some_and(|id| {
+                let v = &self.vaults[id];
+                v.role_of(&txid).is_none()
+                    && self.approvals.get(&i.previous_output.txid).map(|a| a.spend) != Some(txid)
+            })
+        })
+    }
+
+    /// The transactions now in the mempool: fee-wallet coins reserved by a spend that left it
+    /// (refused, evicted, replaced by someone else's) are free again.
+    pub fn on_mempool_snapshot(&mut self, txids: &HashSet<Txid>) {
+        if let Some(w) = self.fee_wallet.as_mut() {
+            self.wallet_dirty |= w.forget_missing_spends(txids);
+        }
+    }
+
+    /// A transaction the tower learnt of outside block order (at registration: what already
+    /// happened to a vault before this tower watched it), confirmed at `height` or pending.
+    pub fn on_known_tx(&mut self, tx: &Transaction, height: Option<u32>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.observe(tx, height, None, &mut actions);
+        actions
+    }
+
+    /// Gives the watcher a fee wallet for anchor bumps.
+    pub fn set_fee_wallet(&mut self, wallet: FeeWallet) {
+        self.fee_wallet = Some(wallet);
+    }
+
+    /// The fee wallet.
+    pub fn fee_wallet(&self) -> Option<&FeeWallet> {
+        self.fee_wallet.as_ref()
+    }
+
+    /// What the market pays now (the backend's estimate), sat/vB: the fee wallet's own
+    /// housekeeping pays that.
+    pub fn set_market_feerate(&mut self, sat_per_vb: u64) {
+        if let Some(w) = self.fee_wallet.as_mut() {
+            w.set_market_feerate(sat_per_vb);
+        }
+    }
+
+    /// Whether the fee wallet changed since the last call (it is then persisted).
+    pub fn take_wallet_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.wallet_dirty)
+    }
+
+    /// Bytes the hot index holds.
+    pub fn index_bytes(&self) -> usize {
+        self.index.memory_bytes()
+    }
+
+    /// A block joined the active chain, serialized: only the transactions spending a watched
+    /// outpoint are deserialized.
+    pub fn on_raw_block_connected(&mut self, height: u32, raw: &[u8]) -> Result<Vec<Action>, ScanError> {
+        let pays_to = self.fee_wallet.as_ref().map(|w| w.script().as_bytes().to_vec());
+        let hits = scan_block(raw, &self.index, pays_to.as_deref())?;
+        self.tip = height;
+        self.fresh.clear();
+        let mut actions = Vec::new();
+        for (_, tx) in &hits {
+            if let Some(w) = self.fee_wallet.as_mut() {
+                self.wallet_dirty |= w.observe(tx, Some(height));
+            }
+            self.observe(tx, Some(height), None, &mut actions);
+        }
+        self.each_block(height, &mut actions);
+        Ok(actions)
+    }
+
+    /// A block joined the active chain (the same path as its serialized form).
+    pub fn on_block_connected(&mut self, height: u32, block: &Block) -> Vec<Action> {
+        let raw = vigil_policy::bitcoin::consensus::serialize(block);
+        self.on_raw_block_connected(height, &raw).expect("a block we serialized parses")
+    }
+
+    /// A block left the active chain: forget confirmations at that height; the next block
+    /// re-broadcasts what is still needed.
+    pub fn on_block_disconnected(&mut self, height: u32) {
+        self.tip = height.saturating_sub(1);
+        if let Some(w) = self.fee_wallet.as_mut() {
+            w.disconnect(height);
+            self.wallet_dirty = true;
+        }
+        let above = |h: Option<u32>| h.is_some_and(|h| h >= height);
+        let changed: Vec<OutPoint> = self
+            .vaults
+            .values()
+            .filter(|v| {
+                let s = &v.state;
+                above(s.unvault_height)
+                    || above(s.cancel_height)
+                    || above(s.emergency_height)
+                    || above(s.spent_height)
+            })
+            .map(|v| v.outpoint)
+            .collect();
+        for id in changed {
+            // It may act again (and will be stored whole): its transactions come back first.
+            if !self.ensure_graph(id) {
+                continue;
+            }
+            let s = &mut self.vaults.get_mut(&id).expect("watched").state;
+            for h in
+                [&mut s.unvault_height, &mut s.cancel_height, &mut s.emergency_height, &mut s.spent_height]
+            {
+                if above(*h) {
+                    *h = None;
+                }
+            }
+            s.done = false;
+            self.dirty.insert(id);
+            if s.unvault_seen {
+                self.active.insert(id);
+            }
+        }
+    }
+
+    /// A guardian-quorum panic for one client: E for every unspent V, UE for every U.
+    pub fn panic(&mut self, client: &str) -> Vec<Action> {
+        let mut actions = vec![Action::alarm(
+            None,
+            AlarmKind::Panic,
+            format!("panic for client {client}: sweeping every vault to the deep vault"),
+        )];
+        let ids: Vec<OutPoint> = self
+            .vaults
+            .values()
+            .filter(|v| v.policy_id == client && !v.state.done && v.state.emergency_rung.is_none())
+            .map(|v| v.outpoint)
+            .collect();
+        for id in ids {
+            if self.ensure_graph(id) {
+                self.start_emergency(id, &mut actions);
+            }
+        }
+        actions
+    }
+
+    fn start_emergency(&mut self, id: OutPoint, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        if vault.state.done || vault.state.emergency_rung.is_some() {
+            return;
+        }
+        vault.state.emergency_rung = Some(0);
+        vault.state.top_rung_since = None;
+        self.dirty.insert(id);
+        self.active.insert(id);
+        self.fresh.insert(id);
+        actions.push(emergency_broadcast(vault, 0));
+    }
+
+    fn observe(
+        &mut self,
+        tx: &Transaction,
+        height: Option<u32>,
+        fee: Option<u64>,
+        actions: &mut Vec<Action>,
+    ) {
+        let txid = tx.compute_txid();
+        for input in &tx.input {
+            let prev = input.previous_output;
+            let touched = if self.vaults.contains_key(&prev) {
+                Some(prev)
+            } else {
+                self.by_unvault.get(&prev).copied()
+            };
+            if touched.is_some_and(|id| !self.ensure_graph(id)) {
+                continue;
+            }
+            if let Some(vault) = self.vaults.get(&prev) {
+                let id = vault.outpoint;
+                match vault.role_of(&txid) {
+                    Some(Role::Unvault) => self.unvault_seen(id, height, actions),
+                    Some(Role::Emergency(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.emergency_height = Some(h);
+                        }
+                    }),
+                    _ => self.foreign_vault_spend(id, txid, actions),
+                }
+            } else if let Some(id) = self.by_unvault.get(&prev).copied() {
+                let vault = &self.vaults[&id];
+                match vault.role_of(&txid) {
+                    Some(Role::Cancel(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.cancel_height = Some(h);
+                        }
+                    }),
+                    Some(Role::UnvaultEmergency(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.emergency_height = Some(h);
+                        }
+                    }),
+                    _ if self.approvals.get(&prev.txid).map(|a| a.spend) == Some(txid) => {
+                        self.update(id, |s| {
+                            if let Some(h) = height {
+                                s.spent_height = Some(h);
+                            }
+                        })
+                    }
+                    _ => self.unapproved_spend(id, tx, height, fee, actions),
+                }
+            }
+        }
+    }
+
+    /// V spent by neither U nor E: a one-time key survived, or the registrar deceived the
+    /// tower. Nothing of this vault is left to protect; the guardians are alarmed and decide
+    /// whether to panic (a single registrar key must not be able to force a sweep).
+    fn foreign_vault_spend(&mut self, id: OutPoint, txid: Txid, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        if vault.state.foreign_spend == Some(txid) {
+            return;
+        }
+        vault.state.foreign_spend = Some(txid);
+        vault.state.done = true;
+        self.active.remove(&id);
+        self.dirty.insert(id);
+        actions.push(Action::alarm(
+            Some(id),
+            AlarmKind::ForeignVaultSpend,
+            format!(
+                "vault {id} spent by unknown transaction {txid}: a one-time key was not deleted; \
+                 guardians, consider a panic for client {}",
+                vault.policy_id
+            ),
+        ));
+    }
+
+    /// U's output spent by something other than C, UE or the approved spend: after DELAY, a
+    /// race (ADR 0002's residual risk). In the mempool it is outbid at once by the top-rung
+    /// cancel and a child aiming at twice the rival's feerate.
+    fn unapproved_spend(
+        &mut self,
+        id: OutPoint,
+        tx: &Transaction,
+        height: Option<u32>,
+        fee: Option<u64>,
+        actions: &mut Vec<Action>,
+    ) {
+        let txid = tx.compute_txid();
+        let vault = &self.vaults[&id];
+        let top = vault.cancels.len() - 1;
+        let cancel = vault.state.cancel_height.is_none() && height.is_none();
+        actions.push(Action::alarm(
+            Some(id),
+            AlarmKind::UnapprovedSpend,
+            format!(
+                "unvault of {id} spent by {txid}, not the approved spend{}",
+                if height.is_some() {
+                    ": confirmed, the race is lost (residual risk)"
+                } else {
+                    ": cancelling at the top rung, bumped through its anchor"
+                }
+            ),
+        ));
+        if !cancel {
+            return;
+        }
+        let value = vault.unvault.output[0].value;
+        // The rival's feerate: from its fee when the backend gave it; else what U's output
+        // alone pays it, unless it brings inputs of its own, whose value we do not know:
+        // then assume the worst the fee wallet is sized for.
+        let outputs: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        let vsize = tx.vsize().max(1) as u64;
+        let rival_rate = match fee {
+            Some(fee) => fee / vsize,
+            None if tx.input.len() == 1 => value.to_sat().saturating_sub(outputs) / vsize,
+            None => self.fee_wallet.as_ref().map(|w| w.stress_rate()).unwrap_or(0),
+        };
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        vault.state.cancel_rung = Some(top);
+        vault.state.top_rung_since.get_or_insert(self.tip);
+        actions.push(cancel_broadcast(vault, top));
+        let parent = vault.cancels[top].clone();
+        self.fresh.insert(id);
+        self.dirty.insert(id);
+        self.active.insert(id);
+        self.bump(id, parent, value, "cancel", self.tip, Some(rival_rate), actions);
+    }
+
+    fn update(&mut self, id: OutPoint, f: impl FnOnce(&mut VaultState)) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let before = vault.state.clone();
+        f(&mut vault.state);
+        if vault.state != before {
+            self.dirty.insert(id);
+        }
+    }
+
+    fn unvault_seen(&mut self, id: OutPoint, height: Option<u32>, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let first_sight = !vault.state.unvault_seen;
+        vault.state.unvault_seen = true;
+        if height.is_some() {
+            vault.state.unvault_height = height;
+        }
+        let (client, value) = (vault.policy_id.clone(), vault.unvault.output[0].value.to_sat());
+        let u_txid = vault.unvault.compute_txid();
+        let seen_at = height.unwrap_or(self.tip + 1);
+        let approval = self.approvals.get(&u_txid).copied();
+        // An approval covers an unvault seen by its expiry height, not later.
+        let approved = approval.is_some_and(|a| seen_at <= a.expiry_height);
+        // Velocity bounds what the co-signer can release alone: an unvault the guardian
+        // quorum approved is not counted (its spend leaf needs them on chain anyway).
+        let by_quorum = approved && approval.is_some_and(|a| a.guardian_quorum);
+        let over_budget = first_sight && !by_quorum && self.over_velocity(&client, id, value, seen_at);
+        if !by_quorum {
+            self.released.entry(client).or_default().insert(id, (seen_at, value));
+        }
+        self.dirty.insert(id);
+        self.active.insert(id);
+        if !first_sight {
+            return;
+        }
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        if vault.state.emergency_rung.is_some() {
+            // A panic is under way: U gets UE, not C.
+            vault.state.emergency_rung = Some(0);
+            vault.state.top_rung_since = None;
+            actions.push(emergency_broadcast(vault, 0));
+            return;
+        }
+        if approved && !over_budget {
+            return;
+        }
+        let why =
+            if approved { "over the velocity budget (approved by the co-signer)" } else { "not approved" };
+        vault.state.cancel_rung = Some(0);
+        self.fresh.insert(id);
+        actions.push(Action::alarm(
+            Some(id),
+            AlarmKind::UnvaultCancelled,
+            format!("unvault {u_txid} of vault {id} is {why}: cancelling"),
+        ));
+        actions.push(cancel_broadcast(vault, 0));
+    }
+
+    /// Whether releasing `value` now would exceed the client's velocity budget, counting the
+    /// full value of every unvault seen in the window that no guardian quorum approved
+    /// (including those already cancelled).
+    fn over_velocity(&self, client: &str, vault: OutPoint, value: u64, now: u32) -> bool {
+        let Some(limits) = self.limits.get(client) else { return false };
+        let window_start = now.saturating_sub(limits.velocity_window_blocks);
+        let others: u64 = self
+            .released
+            .get(client)
+            .map(|m| {
+                m.iter().filter(|(v, (h, _))| **v != vault && *h >= window_start).map(|(_, (_, s))| s).sum()
+            })
+            .unwrap_or(0);
+        others + value > limits.velocity_limit_sat
+    }
+
+    /// Every block: escalate what is unconfirmed, re-broadcast after reorgs, watch deadlines,
+    /// retire what is buried.
+    fn each_block(&mut self, height: u32, actions: &mut Vec<Action>) {
+        self.check_fee_wallet(actions);
+        let active: Vec<OutPoint> = self.active.iter().filter(|v| !self.fresh.contains(v)).copied().collect();
+        for id in active {
+            let vault = self.vaults.get_mut(&id).expect("watched");
+            let s = vault.state.clone();
+            let buried = |h: Option<u32>| h.is_some_and(|h| height >= h + BURY_MARGIN);
+            if buried(s.cancel_height) || buried(s.emergency_height) || buried(s.spent_height) {
+                vault.state.done = true;
+                self.active.remove(&id);
+                self.dirty.insert(id);
+                continue;
+            }
+            if let Some(rung) = s.emergency_rung.filter(|_| s.emergency_height.is_none()) {
+                let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
+                let next = (rung + 1).min(top);
+                vault.state.emergency_rung = Some(next);
+                actions.push(emergency_broadcast(vault, next));
+                self.dirty.insert(id);
+                if next == top {
+                    vault.state.top_rung_since.get_or_insert(height);
+                    // UE's parent U must be confirmed for a child of UE to relay (TRUC).
+                    let (parent, parent_value, label) = if vault.state.unvault_seen {
+                        (
+                            vault.unvault_emergencies[top].clone(),
+                            vault.unvault.output[0].value,
+                            "unvault-emergency",
+                        )
+                    } else {
+                        (vault.emergencies[top].clone(), vault.amount, "emergency")
+                    };
+                    if !vault.state.unvault_seen || s.unvault_height.is_some() {
+                        self.bump(id, parent, parent_value, label, height, None, actions);
+                    }
+                }
+            } else if let Some(rung) = s.cancel_rung.filter(|_| s.cancel_height.is_none()) {
+                let top = vault.cancels.len() - 1;
+                let next = (rung + 1).min(top);
+                vault.state.cancel_rung = Some(next);
+                actions.push(cancel_broadcast(vault, next));
+                self.dirty.insert(id);
+                if next == top {
+                    vault.state.top_rung_since.get_or_insert(height);
+                }
+                // C's parent U must be confirmed for a child of C to relay (TRUC).
+                if next == top && s.unvault_height.is_some() {
+                    let parent = vault.cancels[top].clone();
+                    let parent_value = vault.unvault.output[0].value;
+                    self.bump(id, parent, parent_value, "cancel", height, None, actions);
+                }
+                let vault = self.vaults.get(&id).expect("watched");
+                if let Some(u) = s.unvault_height {
+                    let deadline = u + vault.delay as u32;
+                    if height + BURY_MARGIN >= deadline {
+                        actions.push(Action::alarm(
+                            Some(id),
+                            AlarmKind::Deadline,
+                            format!(
+                                "cancel of vault {id} unconfirmed at height {height}; the spend leaf opens at {deadline}: funds at risk"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn cancel_broadcast(vault: &Vault, rung: usize) -> Action {
+    // C needs U: while U is unconfirmed, C rides as its TRUC child, so U goes out too.
+    Action::Broadcast {
+        vault: vault.outpoint,
+        what: format!("cancel rung {rung}"),
+        tx: vault.cancels[rung].clone(),
+    }
+}
+
+fn emergency_broadcast(vault: &Vault, rung: usize) -> Action {
+    if vault.state.unvault_seen {
+        let rung = rung.min(vault.unvault_emergencies.len() - 1);
+        Action::Broadcast {
+            vault: vault.outpoint,
+            what: format!("unvault-emergency rung {rung}"),
+            tx: vault.unvault_emergencies[rung].clone(),
+        }
+    } else {
+        let rung = rung.min(vault.emergencies.len() - 1);
+        Action::Broadcast {
+            vault: vault.outpoint,
+            what: format!("emergency rung {rung}"),
+            tx: vault.emergencies[rung].clone(),
+        }
+    }
+}

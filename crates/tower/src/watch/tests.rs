@@ -1,0 +1,375 @@
+//! The watcher's decisions, block by block.
+
+use super::*;
+use crate::vault::{Action, ApprovalTerms, Vault};
+use vigil_policy::bitcoin::block::{Header, Version};
+use vigil_policy::bitcoin::hashes::Hash;
+use vigil_policy::bitcoin::{Amount, Transaction};
+use vigil_policy::bitcoin::{BlockHash, CompactTarget, TxMerkleNode};
+use vigil_policy::example::ExamplePolicy;
+use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
+
+fn vault(index: u32, sat: u64) -> Vault {
+    let compiled = CompiledPolicy::new(
+        Policy::from_toml(&ExamplePolicy { delay: 20, ..ExamplePolicy::default() }.to_toml()).unwrap(),
+    )
+    .unwrap();
+    let (o, c) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let plan =
+        compiled.plan(index, Amount::from_sat(sat), VaultKind::Standard, o.public(), c.public()).unwrap();
+    let v = OutPoint { txid: Txid::from_byte_array([index as u8 + 1; 32]), vout: 0 };
+    let g = compiled.build_graph(&plan, v).unwrap();
+    Vault::from_signed("p", 20, &g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap())
+}
+
+fn terms(expiry_height: u32) -> ApprovalTerms {
+    ApprovalTerms { spend: Txid::all_zeros(), expiry_height, counter: 1, guardian_quorum: false }
+}
+
+#[test]
+fn the_fee_wallet_alarms_when_short_and_bumps_a_cancel_stuck_at_the_top_rung() {
+    use crate::fees::{FeePolicy, FeeWallet};
+    use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
+    let v = vault(0, 5_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
+    let wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
+    let script = wallet.script().clone();
+    w.set_fee_wallet(wallet);
+    // Empty: the first block alarms, once.
+    assert!(alarms(&w.on_block_connected(1, &block(vec![]))).contains(&"fee-wallet-low".to_string()));
+    assert!(!alarms(&w.on_block_connected(2, &block(vec![]))).contains(&"fee-wallet-low".to_string()));
+    // Funded with enough: no alarm; a later shortfall would alarm again.
+    let mut funding = v.cancels[0].clone();
+    funding.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
+    funding.output =
+        vec![vigil_policy::bitcoin::TxOut { value: Amount::from_sat(1_000_000), script_pubkey: script }];
+    w.on_block_connected(3, &block(vec![funding]));
+    assert_eq!(w.fee_wallet().unwrap().balance(), 1_000_000);
+    assert!(w.take_wallet_dirty());
+    // With three more open vaults, the single coin is split so each bump has its own.
+    let others: Vec<Vault> = (1..4).map(|i| vault(i, 5_000_000)).collect();
+    for o in &others {
+        w.add_vault(o.clone());
+    }
+    let actions = w.on_block_connected(4, &block(vec![]));
+    let split = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Broadcast { what, tx, .. } if what == "fee wallet split" => Some(tx.clone()),
+            _ => None,
+        })
+        .expect("a split");
+    assert!(split.output.len() >= 4, "{} outputs", split.output.len());
+    assert_eq!(split.input[0].witness.len(), 1, "signed");
+    w.on_block_connected(5, &block(vec![split]));
+    assert!(w.fee_wallet().unwrap().free_coins() >= 4);
+    // An unapproved unvault: the ladder climbs to the top, then the anchor is bumped.
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    let top = v.cancels.len() - 1;
+    let mut bumps = Vec::new();
+    let mut ceiling_alarms = 0;
+    for h in 11..40 {
+        let actions = w.on_block_connected(h, &block(vec![]));
+        ceiling_alarms += alarms(&actions).iter().filter(|k| *k == "bump-ceiling").count();
+        for a in actions {
+            if let Action::BroadcastPackage { what, parent, child, .. } = a {
+                assert_eq!(parent, v.cancels[top], "the child rides with its parent");
+                if what == "cancel anchor bump" {
+                    bumps.push((h, child));
+                }
+            }
+        }
+    }
+    let (h, child) = &bumps[0];
+    assert_eq!(*h, 10 + top as u32 + 2, "two blocks after reaching the top rung");
+    assert_eq!(child.input[0].previous_output, OutPoint { txid: v.cancels[top].compute_txid(), vout: 1 });
+    assert!(child.input[1].witness.len() == 1, "the fee coin is signed");
+    // Still unconfirmed: a replacement every two blocks, on the same anchor and coin, each
+    // paying more, until the coin can pay no more; then one alarm and no more bumps.
+    assert!(bumps.len() >= 2, "{} bumps", bumps.len());
+    for pair in bumps.windows(2) {
+        let ((h0, a), (h1, b)) = (&pair[0], &pair[1]);
+        assert_eq!(*h1, h0 + BUMP_RETRY_BLOCKS);
+        assert_eq!(
+            a.input.iter().map(|i| i.previous_output).collect::<Vec<_>>(),
+            b.input.iter().map(|i| i.previous_output).collect::<Vec<_>>()
+        );
+        assert!(b.output[0].value < a.output[0].value, "the replacement pays more: {a:?} {b:?}");
+    }
+    assert_eq!(ceiling_alarms, 1);
+    assert!(w.vault(&v.outpoint).unwrap().state.bump.as_ref().unwrap().ceiling);
+}
+
+#[test]
+fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
+    use crate::fees::{FeePolicy, FeeWallet};
+    use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
+    let v = vault(0, 5_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
+    let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
+    let coin = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
+    let mut funding = v.cancels[0].clone();
+    funding.input[0].previous_output = coin;
+    funding.output = vec![vigil_policy::bitcoin::TxOut {
+        value: Amount::from_sat(100_000),
+        script_pubkey: wallet.script().clone(),
+    }];
+    wallet.observe(&funding, Some(1));
+    w.set_fee_wallet(wallet);
+    w.panic("p");
+    let top = v.emergencies.len().min(v.unvault_emergencies.len()) - 1;
+    let bump = (2..20)
+        .find_map(|h| {
+            w.on_block_connected(h, &block(vec![])).into_iter().find_map(|a| match a {
+                Action::BroadcastPackage { what, child, .. } if what == "emergency anchor bump" => {
+                    Some((h, child))
+                }
+                _ => None,
+            })
+        })
+        .expect("an emergency bump");
+    assert_eq!(bump.0, 1 + top as u32 + BUMP_RETRY_BLOCKS, "two blocks after reaching the top rung");
+    assert_eq!(
+        bump.1.input[0].previous_output,
+        OutPoint { txid: v.emergencies[top].compute_txid(), vout: 1 }
+    );
+    assert_eq!(bump.1.input[1].previous_output, OutPoint { txid: funding.compute_txid(), vout: 0 });
+}
+
+#[test]
+fn an_expired_approval_does_not_cover_the_unvault() {
+    let v = vault(0, 1_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    w.add_approval(v.unvault.compute_txid(), terms(5));
+    assert_eq!(broadcasts(&w.on_block_connected(6, &block(vec![v.unvault.clone()]))), vec!["cancel rung 0"]);
+}
+
+fn block(txs: Vec<Transaction>) -> Block {
+    let header = Header {
+        version: Version::TWO,
+        prev_blockhash: BlockHash::all_zeros(),
+        merkle_root: TxMerkleNode::all_zeros(),
+        time: 0,
+        bits: CompactTarget::from_consensus(0x207fffff),
+        nonce: 0,
+    };
+    Block { header, txdata: txs }
+}
+
+fn broadcasts(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| if let Action::Broadcast { what, .. } = a { Some(what.clone()) } else { None })
+        .collect()
+}
+
+fn alarms(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(
+            |a| if let Action::Alarm { kind, .. } = a { Some(kind.as_str().to_owned()) } else { None },
+        )
+        .collect()
+}
+
+fn watcher(vaults: &[&Vault], limit: u64) -> Watcher {
+    let mut w = Watcher::new();
+    w.set_limits("p", PolicyLimits { velocity_limit_sat: limit, velocity_window_blocks: 100 });
+    for v in vaults {
+        w.add_vault((*v).clone());
+    }
+    w
+}
+
+#[test]
+fn unapproved_unvault_is_cancelled_and_escalated_each_block_until_buried() {
+    let v = vault(0, 1_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    let a = w.on_mempool_tx(&v.unvault);
+    assert_eq!(broadcasts(&a), vec!["cancel rung 0"]);
+    assert_eq!(alarms(&a), vec!["unvault-cancelled"]);
+    assert_eq!(broadcasts(&w.on_block_connected(10, &block(vec![v.unvault.clone()]))), vec!["cancel rung 1"]);
+    assert_eq!(broadcasts(&w.on_block_connected(11, &block(vec![]))), vec!["cancel rung 2"]);
+    let c = v.cancels[2].clone();
+    assert!(broadcasts(&w.on_block_connected(12, &block(vec![c]))).is_empty());
+    for h in 13..18 {
+        w.on_block_connected(h, &block(vec![]));
+        assert!(!w.vault(&v.outpoint).unwrap().state.done);
+    }
+    w.on_block_connected(18, &block(vec![]));
+    assert!(w.vault(&v.outpoint).unwrap().state.done, "buried six deep");
+}
+
+/// The store, as far as the watcher can tell: graphs by vault, or a failure.
+struct Shelf(HashMap<OutPoint, Vault>, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Graphs for Shelf {
+    fn graph(&mut self, vault: &OutPoint) -> Result<Vault, StoreError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.get(vault).cloned().ok_or(StoreError::MissingVault(*vault))
+    }
+}
+
+#[test]
+fn idle_vaults_keep_their_graphs_in_the_store_and_get_them_back_when_touched() {
+    let (v, other) = (vault(0, 1_000_000), vault(1, 1_000_000));
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut w = watcher(&[], 100_000_000);
+    let shelf = [(v.outpoint, v.clone())].into_iter().collect();
+    w.set_graphs(Box::new(Shelf(shelf, reads.clone())));
+    w.add_vault(v.clone());
+    w.add_vault(other.clone());
+    let idle = w.vault(&v.outpoint).unwrap();
+    assert!(idle.cancels.is_empty() && idle.emergencies.is_empty(), "paged out");
+    assert_eq!(w.graphs_in_memory(), 0);
+    assert_eq!(idle.unvault, v.unvault, "U stays: it is what the index watches for");
+    // Unrelated blocks read nothing back.
+    w.on_block_connected(9, &block(vec![]));
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The unvault: read back, cancelled with the right transaction, kept while active.
+    let actions = w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(w.graphs_in_memory(), 1);
+    assert!(actions.contains(&Action::Broadcast {
+        vault: v.outpoint,
+        what: "cancel rung 0".into(),
+        tx: v.cancels[0].clone()
+    }));
+    assert_eq!(w.take_dirty()[0].cancels, v.cancels, "stored whole");
+    assert_eq!(broadcasts(&w.on_block_connected(11, &block(vec![]))), vec!["cancel rung 1"]);
+    // Buried: paged out again once its last state is taken for the store.
+    w.on_block_connected(12, &block(vec![v.cancels[1].clone()]));
+    for h in 13..=18 {
+        w.on_block_connected(h, &block(vec![]));
+    }
+    assert!(w.vault(&v.outpoint).unwrap().state.done);
+    let last = w.take_dirty();
+    assert!(last.iter().all(|x| !x.cancels.is_empty()), "never stored without its transactions");
+    assert!(w.vault(&v.outpoint).unwrap().cancels.is_empty());
+    assert_eq!(w.graphs_in_memory(), 0);
+    // A reorg that undoes the cancel reads it back before changing it.
+    w.on_block_disconnected(18);
+    w.on_block_disconnected(12);
+    assert!(!w.vault(&v.outpoint).unwrap().cancels.is_empty());
+    assert!(w.take_graph_error().is_none());
+    // A graph the store cannot give: no decision, an error for the tower to stop on.
+    let actions = w.on_mempool_tx(&other.unvault);
+    assert!(broadcasts(&actions).is_empty());
+    assert!(matches!(w.take_graph_error(), Some(StoreError::MissingVault(v)) if v == other.outpoint));
+}
+
+#[test]
+fn approved_unvault_is_left_alone_unless_over_the_velocity_budget() {
+    let (a, b) = (vault(0, 3_000_000), vault(1, 3_000_000));
+    let mut w = watcher(&[&a, &b], 5_000_000);
+    w.add_approval(a.unvault.compute_txid(), terms(1_000));
+    w.add_approval(b.unvault.compute_txid(), terms(1_000));
+    assert!(broadcasts(&w.on_block_connected(5, &block(vec![a.unvault.clone()]))).is_empty());
+    // The second approved unvault would release 6 M sat in the window: cancelled anyway.
+    let actions = w.on_block_connected(6, &block(vec![b.unvault.clone()]));
+    assert_eq!(broadcasts(&actions), vec!["cancel rung 0"]);
+    assert!(actions
+        .iter()
+        .any(|x| matches!(x, Action::Alarm { message, .. } if message.contains("velocity"))));
+}
+
+#[test]
+fn a_foreign_spend_of_a_vault_alarms_the_guardians_and_sweeps_nothing_by_itself() {
+    let (a, b) = (vault(0, 1_000_000), vault(1, 1_000_000));
+    let mut w = watcher(&[&a, &b], 100_000_000);
+    // Some transaction spending V that is neither U nor E (a registrar could make one of a
+    // decoy vault: it must not be able to force a sweep of every real vault).
+    let mut thief = a.emergencies[0].clone();
+    thief.output[0].value = Amount::from_sat(1);
+    let actions = w.on_mempool_tx(&thief);
+    assert_eq!(alarms(&actions), vec!["foreign-vault-spend"]);
+    assert!(broadcasts(&actions).is_empty(), "{actions:?}");
+    assert!(w.vault(&a.outpoint).unwrap().state.done, "nothing left to protect");
+    assert!(w.on_mempool_tx(&thief).is_empty(), "alarmed once");
+    // The guardians decide: their quorum's panic sweeps the others.
+    let sweep = w.panic("p");
+    assert!(sweep.iter().any(|x| matches!(x, Action::Broadcast { vault, .. } if *vault == b.outpoint)));
+}
+
+#[test]
+fn velocity_bounds_the_cosigner_alone_and_a_guardian_approved_unvault_is_not_counted() {
+    // Two vaults above the velocity limit (guarded), one standard within it.
+    let (g1, g2, s) = (vault(0, 9_000_000), vault(1, 9_000_000), vault(2, 3_000_000));
+    let mut w = watcher(&[&g1, &g2, &s], 5_000_000);
+    let quorum = |expiry| ApprovalTerms { guardian_quorum: true, ..terms(expiry) };
+    w.add_approval(g1.unvault.compute_txid(), quorum(1_000));
+    w.add_approval(g2.unvault.compute_txid(), quorum(1_000));
+    w.add_approval(s.unvault.compute_txid(), terms(1_000));
+    // The guarded vaults' unvaults, each far above the budget, are left alone...
+    assert!(broadcasts(&w.on_block_connected(5, &block(vec![g1.unvault.clone()]))).is_empty());
+    assert!(broadcasts(&w.on_block_connected(6, &block(vec![g2.unvault.clone()]))).is_empty());
+    // ...and do not eat the budget of what the co-signer approves alone.
+    assert!(broadcasts(&w.on_block_connected(7, &block(vec![s.unvault.clone()]))).is_empty());
+    // A co-signer-only approval of a vault above the budget is still cancelled.
+    let big = vault(3, 9_000_000);
+    w.add_vault(big.clone());
+    w.add_approval(big.unvault.compute_txid(), terms(1_000));
+    assert_eq!(
+        broadcasts(&w.on_block_connected(8, &block(vec![big.unvault.clone()]))),
+        vec!["cancel rung 0"]
+    );
+}
+
+#[test]
+fn panic_sends_e_for_unspent_vaults_and_ue_for_unvaulted_ones() {
+    let (a, b) = (vault(0, 1_000_000), vault(1, 1_000_000));
+    let mut w = watcher(&[&a, &b], 100_000_000);
+    w.add_approval(b.unvault.compute_txid(), terms(1_000));
+    w.on_block_connected(3, &block(vec![b.unvault.clone()]));
+    let actions = w.panic("p");
+    let mut what: Vec<(OutPoint, String)> = actions
+        .iter()
+        .filter_map(|x| {
+            if let Action::Broadcast { vault, what, .. } = x {
+                Some((*vault, what.clone()))
+            } else {
+                None
+            }
+        })
+        .collect();
+    what.sort();
+    let mut expected = vec![
+        (a.outpoint, "emergency rung 0".to_string()),
+        (b.outpoint, "unvault-emergency rung 0".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(what, expected);
+    // E falls back to UE once U shows up.
+    let after = w.on_mempool_tx(&a.unvault);
+    assert_eq!(broadcasts(&after), vec!["unvault-emergency rung 0"]);
+}
+
+#[test]
+fn a_reorg_forgets_confirmations_and_the_next_block_rebroadcasts() {
+    let v = vault(0, 1_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    w.on_block_connected(11, &block(vec![v.cancels[1].clone()]));
+    assert_eq!(w.vault(&v.outpoint).unwrap().state.cancel_height, Some(11));
+    w.on_block_disconnected(11);
+    w.on_block_disconnected(10);
+    let s = &w.vault(&v.outpoint).unwrap().state;
+    assert_eq!((s.unvault_height, s.cancel_height), (None, None));
+    assert!(!broadcasts(&w.on_block_connected(10, &block(vec![]))).is_empty(), "cancel re-broadcast");
+}
+
+#[test]
+fn the_deadline_alarm_fires_before_the_spend_leaf_opens() {
+    let v = vault(0, 1_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    w.on_block_connected(100, &block(vec![v.unvault.clone()]));
+    let mut fired_at = None;
+    for h in 101..120 {
+        if alarms(&w.on_block_connected(h, &block(vec![]))).contains(&"deadline".to_string()) {
+            fired_at.get_or_insert(h);
+        }
+    }
+    assert_eq!(fired_at, Some(100 + 20 - BURY_MARGIN));
+}
