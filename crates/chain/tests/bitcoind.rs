@@ -163,3 +163,24 @@ fn the_bitcoind_backend_follows_a_real_bitcoind_through_a_reorg() {
         ]
     );
 }
+
+#[test]
+fn a_follower_from_the_tip_reports_only_what_comes_after_it() {
+    let node = vigil_node();
+    let to = Wallet::new().address();
+    mine(&node.rpc, 50, &to);
+    let mut follower = Follower::from_tip(100);
+    assert!(follower.poll(&node.rpc).unwrap().is_empty(), "nothing of the 51 blocks before it");
+    assert_eq!(follower.last().map(|b| b.height), Some(50));
+    mine(&node.rpc, 2, &to);
+    let heights: Vec<u32> = follower
+        .poll(&node.rpc)
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            BlockEvent::Connected { height, .. } => *height,
+            BlockEvent::Disconnected { .. } => panic!("no reorg"),
+        })
+        .collect();
+    assert_eq!(heights, vec![51, 52]);
+}

@@ -48,6 +48,8 @@ pub struct Household {
     pub policy_path: PathBuf,
     /// The wallet vaults are funded from.
     pub wallet: Wallet,
+    /// The policy version approvals are given under.
+    pub policy_version: u32,
     next_coin: u32,
     next_index: u32,
     nonce: u64,
@@ -72,16 +74,38 @@ impl Household {
             policy_id: vigil_tower::policy_id(&text),
             policy_path,
             wallet,
+            policy_version: 1,
             next_coin: 1,
             next_index: 0,
             nonce: 0,
         }
     }
 
+    /// Funds later vaults from the coinbases from `height` on (another household on the same
+    /// node must not spend the same coins).
+    pub fn use_coins_from(&mut self, height: u32) {
+        self.next_coin = height;
+    }
+
     /// A vault through the whole ceremony; its funding is returned, not broadcast.
     pub fn create_vault(&mut self, rpc: &BitcoindRpc, amount: Amount, kind: VaultKind) -> Vault {
-        let (index, coin_height) = (self.next_index, self.next_coin);
+        let index = self.next_index;
         self.next_index += 2;
+        self.vault_at(rpc, index, amount, kind, OneTimeKey::generate(), OneTimeKey::generate())
+    }
+
+    /// A vault at derivation `index` with the given one-time keys (consumed), funded from the
+    /// next coinbase; its funding is returned, not broadcast.
+    pub fn vault_at(
+        &mut self,
+        rpc: &BitcoindRpc,
+        index: u32,
+        amount: Amount,
+        kind: VaultKind,
+        owner_once: OneTimeKey,
+        cosigner_once: OneTimeKey,
+    ) -> Vault {
+        let coin_height = self.next_coin;
         self.next_coin += 1;
         let script = self.compiled.intake_descriptor(index).unwrap().script_pubkey();
         let (outpoint, txout) = self.wallet.pay(rpc, coin_height, script, amount + Amount::from_sat(20_000));
@@ -96,7 +120,7 @@ impl Household {
             kind,
             funding_sat_per_vb: 2,
         }
-        .run(OneTimeKey::generate(), OneTimeKey::generate(), &mut |psbt| self.keys.sign_psbt(psbt, &signers))
+        .run(owner_once, cosigner_once, &mut |psbt| self.keys.sign_psbt(psbt, &signers))
         .unwrap()
     }
 
@@ -133,7 +157,7 @@ impl Household {
             vault_outpoint: vault.outpoint().to_string(),
             unvault_txid: vault.graph.unvault().compute_txid().to_string(),
             spend_txid: spend.to_string(),
-            policy_version: 1,
+            policy_version: self.policy_version,
             expiry_height: 100_000,
             counter: nonce,
         };

@@ -425,7 +425,75 @@ impl ChainBackend for ElectrumBackend {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader, Write};
+
+    use bitcoin::block::Version;
+    use bitcoin::consensus::encode::serialize_hex;
+    use bitcoin::pow::CompactTarget;
+
     use super::*;
+
+    /// An Electrum server on loopback that serves `genesis` and announces `tip` at height 1.
+    fn lying_server(genesis: Header, tip: Header) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut writer = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let request: Value = serde_json::from_str(&line).unwrap();
+                    let result = match request["method"].as_str().unwrap() {
+                        "server.version" => json!(["liar", "1.4"]),
+                        "blockchain.block.header" if request["params"][0] == 0 => {
+                            json!(serialize_hex(&genesis))
+                        }
+                        "blockchain.block.header" => json!(serialize_hex(&tip)),
+                        "blockchain.headers.subscribe" => json!({"height": 1, "hex": serialize_hex(&tip)}),
+                        _ => Value::Null,
+                    };
+                    let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": result});
+                    if writeln!(writer, "{reply}").is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        address
+    }
+
+    /// Mainnet block 1, as mined.
+    fn mainnet_block_1() -> Header {
+        Header {
+            version: Version::ONE,
+            prev_blockhash: bitcoin::constants::genesis_block(bitcoin::Network::Bitcoin).block_hash(),
+            merkle_root: "0e3e2357e806b6cdb1f70b54c3a3a17b6714ee1f0e68bebb44a74b1efd512098".parse().unwrap(),
+            time: 1_231_469_665,
+            bits: CompactTarget::from_consensus(0x1d00ffff),
+            nonce: 2_573_394_689,
+        }
+    }
+
+    #[test]
+    fn a_header_without_its_proof_of_work_is_refused_so_no_fake_confirmation_can_hang_on_it() {
+        let genesis = bitcoin::constants::genesis_block(bitcoin::Network::Bitcoin).header;
+        let honest = ElectrumBackend::new(&lying_server(genesis, mainnet_block_1()));
+        assert_eq!(honest.tip().unwrap().height, 1);
+        // The same block with another merkle root (one that would "prove" a cancel that never
+        // confirmed): its hash no longer meets its target.
+        let mut forged = mainnet_block_1();
+        forged.merkle_root = TxMerkleNode::from_byte_array([7; 32]);
+        let liar = ElectrumBackend::new(&lying_server(genesis, forged));
+        assert!(matches!(liar.tip(), Err(BackendError::Invalid(e)) if e.contains("proof of work")));
+        // A trivial target, as on regtest, is beyond mainnet's limit.
+        let mut easy = forged;
+        easy.bits = CompactTarget::from_consensus(0x207fffff);
+        let liar = ElectrumBackend::new(&lying_server(genesis, easy));
+        assert!(matches!(liar.tip(), Err(BackendError::Invalid(e)) if e.contains("limit")));
+        // A genesis of no known network is no chain at all.
+        let unknown = ElectrumBackend::new(&lying_server(forged, forged));
+        assert!(matches!(unknown.tip(), Err(BackendError::Invalid(e)) if e.contains("no network")));
+    }
 
     #[test]
     fn a_merkle_branch_proves_its_root_and_nothing_else() {

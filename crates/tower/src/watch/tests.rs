@@ -373,3 +373,69 @@ fn the_deadline_alarm_fires_before_the_spend_leaf_opens() {
     }
     assert_eq!(fired_at, Some(100 + 20 - BURY_MARGIN));
 }
+
+/// A watcher with a fee wallet holding one confirmed 1,000,000-sat coin.
+fn watcher_with_fee_wallet(v: &Vault) -> Watcher {
+    use crate::fees::{FeePolicy, FeeWallet};
+    use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
+    let mut w = watcher(&[v], 100_000_000);
+    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
+    let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 300, bump_sat_per_vb: 50 });
+    let mut funding = v.cancels[0].clone();
+    funding.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
+    funding.output = vec![vigil_policy::bitcoin::TxOut {
+        value: Amount::from_sat(1_000_000),
+        script_pubkey: wallet.script().clone(),
+    }];
+    wallet.observe(&funding, Some(1));
+    w.set_fee_wallet(wallet);
+    w
+}
+
+/// After DELAY, a rival spend of an approved unvault, with an input of its own besides U's
+/// output: the rate its fee pays.
+fn rival(v: &Vault, fee: u64) -> Transaction {
+    let mut rival = v.cancels[0].clone();
+    let mut extra = rival.input[0].clone();
+    extra.previous_output = OutPoint { txid: Txid::from_byte_array([8; 32]), vout: 1 };
+    rival.input.push(extra);
+    // It brings 100,000 sat of its own and pays `fee` out of the total.
+    rival.output.truncate(1);
+    rival.output[0].value = v.unvault.output[0].value + Amount::from_sat(100_000) - Amount::from_sat(fee);
+    rival
+}
+
+#[test]
+fn a_rival_spend_bringing_inputs_of_its_own_is_outbid_at_its_real_feerate() {
+    for (told, expect_at_least) in [(true, None), (false, Some(600))] {
+        let v = vault(0, 5_000_000);
+        let mut w = watcher_with_fee_wallet(&v);
+        w.add_approval(v.unvault.compute_txid(), terms(1_000));
+        w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+        for h in 11..=31 {
+            w.on_block_connected(h, &block(vec![]));
+        }
+        let r = rival(&v, 60_000);
+        let rate = 60_000 / r.vsize() as u64;
+        // Counting U's output alone, its outputs exceed its input: the old estimate was 0.
+        assert!(r.output[0].value > v.unvault.output[0].value);
+        let fee = told.then_some(60_000);
+        let actions = w.on_mempool_tx_with_fee(&r, fee);
+        let (parent, child) = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::BroadcastPackage { parent, child, .. } => Some((parent.clone(), child.clone())),
+                _ => None,
+            })
+            .expect("the top cancel goes out with a child");
+        let parent_fee =
+            v.unvault.output[0].value.to_sat() - parent.output.iter().map(|o| o.value.to_sat()).sum::<u64>();
+        let child_fee = 1_000_000 + vigil_policy::ANCHOR_SAT - child.output[0].value.to_sat();
+        let package_rate = (parent_fee + child_fee) / (parent.vsize() + child.vsize()) as u64;
+        let floor = expect_at_least.unwrap_or(2 * rate);
+        assert!(
+            package_rate >= floor - 1,
+            "told {told}: package at {package_rate} sat/vB, rival at {rate}, floor {floor}"
+        );
+    }
+}

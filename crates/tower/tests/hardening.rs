@@ -1,0 +1,566 @@
+//! The flaws a security review of the tower confirmed, each shown fixed against real
+//! processes (`vigil node`, `vigil tower` over HTTP on loopback). Each test is named after the
+//! finding it covers (`fNN_`, or `low_` for the low-severity ones) and fails on the code before
+//! its fix.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vigil_chain::{BitcoindRpc, ChainBackend};
+use vigil_client::{Ceremony, Vault};
+use vigil_policy::bitcoin::hashes::Hash;
+use vigil_policy::bitcoin::secp256k1::{Keypair, Message, Secp256k1};
+use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use vigil_policy::bitcoin::taproot::{LeafVersion, TapLeafHash};
+use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid, Witness};
+use vigil_policy::example::auth_keypair;
+use vigil_policy::{FundingInput, OneTimeKey, VaultKind};
+use vigil_testenv::household::{example, get, post, Household, DELAY};
+use vigil_testenv::process::{vigil_node, Node, TowerOptions, TowerProcess};
+use vigil_testenv::wallet::{confirmations, mine, spend_of};
+use vigil_testenv::webhook::{black_hole, webhook, Received};
+use vigil_testenv::{eventually, force_leaf_witness, vigil_policy};
+use vigil_tower::wire::{self, ChangePolicy, Panic, PanicRequest};
+
+/// Mines a block to the household's wallet.
+fn block(node: &Node, h: &Household) {
+    mine(&node.rpc, 1, &h.wallet.address());
+}
+
+/// Registers `v` at the tower and broadcasts its funding.
+fn protect(node: &Node, h: &mut Household, tower: &TowerProcess, v: &Vault) {
+    h.register(&tower.api, v).unwrap();
+    node.rpc.broadcast(&v.funding).unwrap();
+}
+
+/// Whether `kind` reached the webhook (for `vault`, when given).
+fn alarmed(alarms: &Received, kind: &str, vault: Option<&Vault>) -> bool {
+    let vault = vault.map(|v| v.outpoint().to_string());
+    alarms
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|a| a["kind"] == kind && vault.as_ref().is_none_or(|v| a["vault"] == *v.as_str()))
+}
+
+/// Mines a block every 150 ms until `vault`'s unvault is spent by one of its cancels, confirmed;
+/// returns (U's height, C's height).
+fn cancelled(node: &Node, h: &Household, vault: &Vault) -> (u32, u32) {
+    let rpc = &node.rpc;
+    for _ in 0..DELAY + 5 {
+        std::thread::sleep(Duration::from_millis(150));
+        block(node, h);
+        if let Some(c) =
+            spend_of(rpc, vault.unvault_outpoint()).filter(|c| confirmations(rpc, &c.compute_txid()) > 0)
+        {
+            assert!(
+                vault.graph.graph().cancels.iter().any(|p| p.tx.compute_txid() == c.compute_txid()),
+                "a cancel"
+            );
+            let tip = rpc.tip().unwrap().height;
+            let height = |t: &Txid| tip + 1 - confirmations(rpc, t) as u32;
+            return (height(&vault.graph.unvault().compute_txid()), height(&c.compute_txid()));
+        }
+    }
+    panic!("vault {} was never cancelled", vault.outpoint());
+}
+
+fn tip(rpc: &BitcoindRpc) -> u32 {
+    rpc.tip().unwrap().height
+}
+
+/// A guardian-signed policy change of `h`'s client to `text`.
+fn change(
+    h: &mut Household,
+    tower: &TowerProcess,
+    text: &str,
+    guardians: &[usize],
+) -> Result<Value, (u16, String)> {
+    let digest = wire::policy_change_digest(&h.policy_id, text);
+    let signatures =
+        guardians.iter().map(|g| wire::sign(&digest, &auth_keypair(&h.keys.guardians[*g]))).collect();
+    let req = ChangePolicy {
+        nonce: h.next_nonce(),
+        policy_id: h.policy_id.clone(),
+        policy: text.into(),
+        signatures,
+    };
+    post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&h.keys.guardians[0]))
+}
+
+/// `h`'s policy at `version` with `velocity` as its velocity limit.
+fn policy(h: &Household, version: u32, velocity: u64) -> String {
+    h.example
+        .to_toml()
+        .replace("version = 1", &format!("version = {version}"))
+        .replace("velocity_limit_sat = 10000000", &format!("velocity_limit_sat = {velocity}"))
+}
+
+fn client_view(h: &Household, tower: &TowerProcess) -> Value {
+    get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap()
+}
+
+#[test]
+fn f01_an_approval_is_judged_by_the_vaults_own_client() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = Household::new(dir.path(), &node, example("client alice"));
+    let mut mallory = Household::new(dir.path(), &node, example("client mallory"));
+    mallory.use_coins_from(150);
+    let (hook, alarms) = webhook();
+    let policies = [alice.policy_path.clone(), mallory.policy_path.clone()];
+    let tower = TowerProcess::new(&node, &policies, 1, Some(&hook));
+    let vault = alice.create_vault(&node.rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    protect(&node, &mut alice, &tower, &vault);
+    block(&node, &alice);
+    let spend = Txid::from_byte_array([0x66; 32]);
+    // Another client of the same tower approves Alice's unvault with its own co-signer...
+    let own = mallory.approval(&vault, spend);
+    let body = serde_json::to_vec(&own).unwrap();
+    let r = post(&tower.api, "/v1/approvals", &body, &mallory.owner_auth());
+    assert!(matches!(&r, Err((403, t)) if t.contains("not a vault of client")), "{r:?}");
+    // ...or naming Alice's client...
+    let mut named = mallory.approval(&vault, spend);
+    named.policy_id = alice.policy_id.clone();
+    let body = serde_json::to_vec(&named).unwrap();
+    let r = post(&tower.api, "/v1/approvals", &body, &mallory.owner_auth());
+    assert!(matches!(&r, Err((403, t)) if t.contains("owner or co-signer")), "{r:?}");
+    // ...or through Alice's own key, with Mallory's co-signer's signature.
+    let r = post(&tower.api, "/v1/approvals", &body, &alice.owner_auth());
+    assert!(matches!(&r, Err((400, t)) if t.contains("co-signer's signature")), "{r:?}");
+    // Nothing covers the unvault: it is cancelled, and the guardians hear of it.
+    node.rpc.broadcast(vault.graph.unvault()).unwrap();
+    let (u, c) = cancelled(&node, &alice, &vault);
+    assert!(c < u + DELAY);
+    eventually("the alarm", || alarmed(&alarms, "unvault-cancelled", Some(&vault)).then_some(()));
+}
+
+#[test]
+fn f02_a_guarded_vault_approved_by_the_guardians_is_spent_at_delay() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("guarded spend"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 2, None);
+    // Twice the velocity limit: only a guarded vault may hold it.
+    let vault = h.create_vault(rpc, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    protect(&node, &mut h, &tower, &vault);
+    block(&node, &h);
+    let spend = h.delayed_spend(&vault);
+    h.approve(&tower.api, &vault, spend.compute_txid()).unwrap();
+    rpc.broadcast(vault.graph.unvault()).unwrap();
+    block(&node, &h);
+    let u_height = tip(rpc);
+    while tip(rpc) < u_height + DELAY - 1 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            spend_of(rpc, vault.unvault_outpoint()).is_none(),
+            "the tower left the approved unvault alone"
+        );
+        // One block early, the spend leaf is still closed.
+        if tip(rpc) == u_height + DELAY - 2 {
+            assert!(rpc.broadcast(&spend).is_err(), "refused one block early");
+        }
+        block(&node, &h);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(spend_of(rpc, vault.unvault_outpoint()).is_none());
+    rpc.broadcast(&spend).unwrap();
+    block(&node, &h);
+    assert_eq!(confirmations(rpc, &spend.compute_txid()), 1);
+    assert_eq!(tip(rpc), u_height + DELAY, "spent in the first block the spend leaf allows");
+}
+
+#[test]
+fn f03_applied_policy_changes_survive_a_restart_and_a_rewritten_file() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("policy persistence"));
+    let mut tower = TowerProcess::new(&node, &[h.policy_path.clone()], 3, None);
+    let vaults: Vec<Vault> =
+        (0..3).map(|_| h.create_vault(rpc, Amount::from_sat(1_500_000), VaultKind::Standard)).collect();
+    for v in &vaults {
+        protect(&node, &mut h, &tower, v);
+    }
+    block(&node, &h);
+    // The guardians tighten the velocity limit to 2 M sat: it applies at once.
+    let tightened = policy(&h, 2, 2_000_000);
+    change(&mut h, &tower, &tightened, &[0, 1]).unwrap();
+    assert_eq!(client_view(&h, &tower)["version"], 2);
+    tower.kill9();
+    tower.start();
+    assert_eq!(client_view(&h, &tower)["version"], 2, "the applied change survives the restart");
+    // The co-signer approves two unvaults of 1.5 M sat: under the tightened budget, the first
+    // passes and the second is cancelled.
+    h.policy_version = 2;
+    for v in &vaults[..2] {
+        let spend = h.delayed_spend(v);
+        h.approve(&tower.api, v, spend.compute_txid()).unwrap();
+    }
+    rpc.broadcast(vaults[0].graph.unvault()).unwrap();
+    block(&node, &h);
+    rpc.broadcast(vaults[1].graph.unvault()).unwrap();
+    cancelled(&node, &h, &vaults[1]);
+    assert!(spend_of(rpc, vaults[0].unvault_outpoint()).is_none(), "within the budget: left alone");
+    // The operator rewrites the file the configuration names: a new client is pinned beside,
+    // and the vaults keep the policy they are enforced under.
+    std::fs::write(&h.policy_path, format!("{}\n# edited\n", h.example.to_toml())).unwrap();
+    tower.kill9();
+    tower.start();
+    assert_eq!(client_view(&h, &tower)["version"], 2);
+    assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(3));
+    rpc.broadcast(vaults[2].graph.unvault()).unwrap();
+    cancelled(&node, &h, &vaults[2]);
+}
+
+#[test]
+fn f04_after_a_restart_the_tower_decides_at_the_real_tip() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("tip after restart"));
+    let mut tower = TowerProcess::new(&node, &[h.policy_path.clone()], 4, None);
+    let vault = h.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    protect(&node, &mut h, &tower, &vault);
+    mine(rpc, 30, &h.wallet.address());
+    let height = tip(rpc) as u64;
+    eventually("the tower followed", || {
+        (tower.metric("vigil_tower_tip_height") == Some(height)).then_some(())
+    });
+    tower.kill9();
+    tower.start();
+    // The first requests after the restart: an approval that expired is refused...
+    let mut expired = h.approval(&vault, Txid::from_byte_array([1; 32]));
+    expired.approval.expiry_height = height as u32 - 1;
+    expired.signatures = vec![wire::sign(&expired.approval.digest(), &auth_keypair(&h.keys.cosigner))];
+    let r = post(&tower.api, "/v1/approvals", &serde_json::to_vec(&expired).unwrap(), &h.owner_auth());
+    assert!(matches!(&r, Err((400, t)) if t.contains("has passed")), "{r:?}");
+    // ...and a loosening waits its full delay from the tip, not from height 0.
+    let loosened = policy(&h, 2, 20_000_000);
+    change(&mut h, &tower, &loosened, &[0, 1]).unwrap();
+    let pending = &client_view(&h, &tower)["pending"][0];
+    assert_eq!(
+        pending["effective_height"].as_u64(),
+        Some(height + vigil_tower::GOVERNANCE_DELAY_BLOCKS as u64)
+    );
+}
+
+#[test]
+fn f05_a_dead_webhook_delays_no_other() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("webhooks"));
+    let (live, alarms) = webhook();
+    let dead = black_hole();
+    // The black hole first: it never answers, and each attempt at it takes its full timeout.
+    let options = TowerOptions { webhooks: &[&dead, &live], ..TowerOptions::default() };
+    let tower = TowerProcess::configured(&node, &[h.policy_path.clone()], 5, options);
+    let vault = h.create_vault(&node.rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    protect(&node, &mut h, &tower, &vault);
+    block(&node, &h);
+    let start = Instant::now();
+    node.rpc.broadcast(vault.graph.unvault()).unwrap();
+    eventually("the live endpoint heard the alarm", || {
+        alarmed(&alarms, "unvault-cancelled", Some(&vault)).then_some(())
+    });
+    assert!(start.elapsed() < Duration::from_secs(10), "heard after {:?}", start.elapsed());
+    assert!(tower.metric("vigil_tower_alarm_outbox").unwrap() >= 1, "still owed to the dead endpoint");
+}
+
+#[test]
+fn f06_registration_checks_v_on_chain_and_a_registrar_cannot_force_a_sweep() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("v on chain"));
+    let (hook, alarms) = webhook();
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 6, Some(&hook));
+    let register_as = |h: &mut Household, v: &Vault, funding: Option<&Transaction>| {
+        let nonce = h.next_nonce();
+        let req = wire::RegisterVault::new(&h.policy_id, nonce, &v.plan, &v.graph, funding);
+        post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &h.owner_auth())
+    };
+    // A vault whose V exists nowhere, and no funding to show: refused.
+    let phantom = h.create_vault(rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let r = register_as(&mut h, &phantom, None);
+    assert!(matches!(&r, Err((400, t)) if t.contains("neither on chain nor in the mempool")), "{r:?}");
+    // A funding spending a coin that does not exist: refused.
+    let fake_coin = FundingInput {
+        outpoint: OutPoint { txid: Txid::from_byte_array([0x42; 32]), vout: 0 },
+        txout: TxOut {
+            value: Amount::from_sat(3_000_000),
+            script_pubkey: h.compiled.intake_descriptor(90).unwrap().script_pubkey(),
+        },
+        intake_index: 90,
+    };
+    let keys = h.keys.clone();
+    let ghost = Ceremony {
+        compiled: &h.compiled,
+        coins: std::slice::from_ref(&fake_coin),
+        index: 90,
+        change_index: 91,
+        amount: Amount::from_sat(2_000_000),
+        kind: VaultKind::Standard,
+        funding_sat_per_vb: 2,
+    }
+    .run(OneTimeKey::generate(), OneTimeKey::generate(), &mut |p| {
+        keys.sign_psbt(p, &[vigil_policy::example::Signer::Owner(0), vigil_policy::example::Signer::Cosigner])
+    })
+    .unwrap();
+    let r = register_as(&mut h, &ghost, Some(&ghost.funding));
+    assert!(matches!(&r, Err((400, t)) if t.contains("not an unspent output")), "{r:?}");
+    // The registrar keeps the one-time keys of a vault of its own making...
+    let (owner_once, cosigner_once) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let secp = Secp256k1::new();
+    let kept = [
+        Keypair::from_seckey_slice(&secp, &owner_once.secret_bytes_for_tests()).unwrap(),
+        Keypair::from_seckey_slice(&secp, &cosigner_once.secret_bytes_for_tests()).unwrap(),
+    ];
+    let decoy =
+        h.vault_at(rpc, 40, Amount::from_sat(2_000_000), VaultKind::Standard, owner_once, cosigner_once);
+    let real = h.create_vault(rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
+    for v in [&decoy, &real] {
+        protect(&node, &mut h, &tower, v);
+    }
+    // ...and the same index twice is refused.
+    let twin = h.vault_at(
+        rpc,
+        40,
+        Amount::from_sat(2_000_000),
+        VaultKind::Standard,
+        OneTimeKey::generate(),
+        OneTimeKey::generate(),
+    );
+    let r = h.register(&tower.api, &twin);
+    assert!(matches!(&r, Err((409, t)) if t.contains("already used")), "{r:?}");
+    block(&node, &h);
+    // It spends the decoy's V itself: the guardians are alarmed; nothing is swept.
+    let mut theft = vigil_policy::unsigned_tx(
+        vigil_policy::GRAPH_TX_VERSION,
+        [(decoy.outpoint(), vigil_policy::bitcoin::Sequence::ENABLE_RBF_NO_LOCKTIME)],
+        vec![TxOut { value: Amount::from_sat(1_990_000), script_pubkey: h.wallet.address().script_pubkey() }],
+    );
+    let prevout = decoy.graph.graph().vault_txout.clone();
+    force_leaf_witness(&mut theft, &prevout, &decoy.descriptors.vault, 0, &kept).unwrap();
+    rpc.broadcast(&theft).unwrap();
+    eventually("the alarm", || alarmed(&alarms, "foreign-vault-spend", Some(&decoy)).then_some(()));
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        block(&node, &h);
+    }
+    assert!(spend_of(rpc, real.outpoint()).is_none(), "a registrar's own spend swept nothing");
+    assert!(!alarmed(&alarms, "panic", None));
+}
+
+#[test]
+fn f06_a_client_has_at_most_the_vaults_the_tower_takes() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("vault cap"));
+    let options =
+        TowerOptions { top: "poll_interval_ms = 50\nmax_vaults_per_client = 2\n", ..TowerOptions::default() };
+    let tower = TowerProcess::configured(&node, &[h.policy_path.clone()], 16, options);
+    for i in 0..3 {
+        let v = h.create_vault(&node.rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+        let r = h.register(&tower.api, &v);
+        match i {
+            2 => assert!(matches!(&r, Err((409, t)) if t.contains("as many as this tower takes")), "{r:?}"),
+            _ => assert!(r.is_ok(), "{r:?}"),
+        }
+    }
+}
+
+#[test]
+fn f07_submitting_a_waiting_change_again_does_not_postpone_it() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("no postponing"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
+    let loosening = policy(&h, 2, 20_000_000);
+    change(&mut h, &tower, &loosening, &[0, 1]).unwrap();
+    let first = client_view(&h, &tower)["pending"][0]["effective_height"].as_u64().unwrap();
+    mine(&node.rpc, 5, &h.wallet.address());
+    let height = tip(&node.rpc) as u64;
+    eventually("the tower followed", || {
+        (tower.metric("vigil_tower_tip_height") == Some(height)).then_some(())
+    });
+    change(&mut h, &tower, &loosening, &[1, 2]).unwrap();
+    assert_eq!(
+        client_view(&h, &tower)["pending"][0]["effective_height"].as_u64(),
+        Some(first),
+        "not restarted"
+    );
+}
+
+#[test]
+fn f08_a_panic_is_bound_to_a_fresh_id_and_a_window() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("panic window"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 8, None);
+    let vault = h.create_vault(&node.rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+    protect(&node, &mut h, &tower, &vault);
+    block(&node, &h);
+    let height = tip(&node.rpc);
+    eventually("the tower followed", || {
+        (tower.metric("vigil_tower_tip_height") == Some(height as u64)).then_some(())
+    });
+    let guardians: Vec<Keypair> = (0..3).map(|g| auth_keypair(&h.keys.guardians[g])).collect();
+    let send = |h: &mut Household, decision: &Panic, poster: usize| {
+        let signatures = [0, 1].iter().map(|g| wire::sign(&decision.digest(), &guardians[*g])).collect();
+        let req = PanicRequest { nonce: h.next_nonce(), panic: decision.clone(), signatures };
+        post(&tower.api, "/v1/panic", &serde_json::to_vec(&req).unwrap(), &guardians[poster])
+    };
+    let client = h.policy_id.clone();
+    let decision = |id: u8, not_after: u32| Panic {
+        policy_id: client.clone(),
+        id: format!("{id:02x}").repeat(32),
+        not_after_height: not_after,
+    };
+    let r = send(&mut h, &decision(1, height - 1), 0);
+    assert!(matches!(&r, Err((400, t)) if t.contains("has passed")), "{r:?}");
+    let r = send(&mut h, &decision(1, height + 1_000), 0);
+    assert!(matches!(&r, Err((400, t)) if t.contains("blocks ahead")), "{r:?}");
+    let r = send(&mut h, &Panic { id: "not hex".into(), ..decision(1, height + 5) }, 0);
+    assert!(matches!(&r, Err((400, t)) if t.contains("panic.id")), "{r:?}");
+    let valid = decision(2, height + 5);
+    send(&mut h, &valid, 0).unwrap();
+    // One guardian replays it later, under a fresh nonce: the tower acted on that id already.
+    let r = send(&mut h, &valid, 1);
+    assert!(matches!(&r, Err((409, t)) if t.contains("already acted on")), "{r:?}");
+}
+
+#[test]
+fn f09_a_vault_registered_after_its_unvault_confirmed_is_cancelled_at_once() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("late registration"));
+    let (hook, alarms) = webhook();
+    let vault = h.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    rpc.broadcast(&vault.funding).unwrap();
+    block(&node, &h);
+    rpc.broadcast(vault.graph.unvault()).unwrap();
+    mine(rpc, 3, &h.wallet.address());
+    let u_height = tip(rpc) - 2;
+    // A tower joins afterwards (a fresh store starts at the tip) and is handed the vault.
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 9, Some(&hook));
+    assert_eq!(tower.metric("vigil_tower_tip_height"), Some(tip(rpc) as u64), "it starts at the tip");
+    h.register(&tower.api, &vault).unwrap();
+    let (u, c) = cancelled(&node, &h, &vault);
+    assert_eq!(u, u_height);
+    assert!(c < u + DELAY, "cancelled at {c}, DELAY ends at {}", u + DELAY);
+    eventually("the alarm", || alarmed(&alarms, "unvault-cancelled", Some(&vault)).then_some(()));
+}
+
+#[test]
+fn low_nonces_are_bounded_and_requests_bound_to_their_tower() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("binding"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 10, None);
+    let other = TowerProcess::new(&node, &[h.policy_path.clone()], 11, None);
+    let vault = h.create_vault(&node.rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+    // A nonce of u64::MAX would lock the key out for good: refused, and the key still works.
+    let req =
+        wire::RegisterVault::new(&h.policy_id, u64::MAX, &vault.plan, &vault.graph, Some(&vault.funding));
+    let r = post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &h.owner_auth());
+    assert!(matches!(&r, Err((409, t)) if t.contains("first nonce")), "{r:?}");
+    // A request signed for one tower does not verify at another.
+    let req = wire::RegisterVault::new(&h.policy_id, 1, &vault.plan, &vault.graph, Some(&vault.funding));
+    let body = serde_json::to_vec(&req).unwrap();
+    let (key, sig) = wire::sign_request(&h.owner_auth(), &tower.api.key, "/v1/vaults", &body);
+    let replayed = ureq::post(&format!("{}/v1/vaults", other.api.url))
+        .set("x-vigil-key", &key)
+        .set("x-vigil-signature", &sig)
+        .send_bytes(&body);
+    assert!(matches!(replayed, Err(ureq::Error::Status(401, _))));
+    post(&tower.api, "/v1/vaults", &body, &h.owner_auth()).unwrap();
+    // A signed GET expires: the same request two minutes later is refused.
+    let path = format!("/v1/clients/{}", h.policy_id);
+    let old = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 600)
+        .to_string();
+    let (key, sig) = wire::sign_request(&h.owner_auth(), &tower.api.key, &path, old.as_bytes());
+    let stale = ureq::get(&format!("{}{path}", tower.api.url))
+        .set("x-vigil-key", &key)
+        .set("x-vigil-signature", &sig)
+        .set("x-vigil-time", &old)
+        .call();
+    assert!(matches!(stale, Err(ureq::Error::Status(401, _))));
+    assert_eq!(client_view(&h, &tower)["version"], 1);
+}
+
+#[test]
+fn low_a_signature_with_another_sighash_type_is_refused() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("sighash"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 12, None);
+    let (owner_once, cosigner_once) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let secp = Secp256k1::new();
+    let owner = Keypair::from_seckey_slice(&secp, &owner_once.secret_bytes_for_tests()).unwrap();
+    let cosigner = Keypair::from_seckey_slice(&secp, &cosigner_once.secret_bytes_for_tests()).unwrap();
+    let vault =
+        h.vault_at(&node.rpc, 0, Amount::from_sat(2_000_000), VaultKind::Standard, owner_once, cosigner_once);
+    // The cheapest cancel, signed again with SIGHASH_ALL spelled out (65-byte signatures):
+    // valid for the kernel, but not the DEFAULT the graph commits to.
+    let nonce = h.next_nonce();
+    let mut req =
+        wire::RegisterVault::new(&h.policy_id, nonce, &vault.plan, &vault.graph, Some(&vault.funding));
+    let mut cancel = vault.graph.cancel(0).unwrap().clone();
+    let items: Vec<Vec<u8>> = cancel.input[0].witness.iter().map(<[u8]>::to_vec).collect();
+    let (script, control) = (ScriptBuf::from_bytes(items[2].clone()), items[3].clone());
+    let leaf = TapLeafHash::from_script(&script, LeafVersion::TapScript);
+    let prevout = vault.unvault_txout();
+    let sighash = SighashCache::new(&cancel)
+        .taproot_script_spend_signature_hash(0, &Prevouts::All(&[&prevout]), leaf, TapSighashType::All)
+        .unwrap();
+    let message = Message::from_digest(sighash.to_byte_array());
+    let sign = |k: &Keypair| {
+        let mut sig = secp.sign_schnorr(&message, k).as_ref().to_vec();
+        sig.push(TapSighashType::All as u8);
+        sig
+    };
+    cancel.input[0].witness =
+        Witness::from_slice(&[sign(&cosigner), sign(&owner), script.to_bytes(), control]);
+    vigil_regtest::kernel::verify_inputs(&cancel, std::slice::from_ref(&prevout))
+        .expect("valid for consensus");
+    req.cancels[0] = vigil_policy::bitcoin::consensus::encode::serialize_hex(&cancel);
+    let r = post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &h.owner_auth());
+    assert!(matches!(&r, Err((400, t)) if t.contains("sighash type other than DEFAULT")), "{r:?}");
+    assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(0));
+}
+
+#[test]
+fn low_vigil_node_credentials_are_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = vigil_testenv::process::vigil_exe();
+    // An empty password would let anyone in: the node refuses to start.
+    let out = std::process::Command::new(&exe)
+        .args(["node", "--datadir", dir.path().join("a").to_str().unwrap(), "--rpcport", "1"])
+        .args(["--rpcuser", "u", "--rpcpassword", ""])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty RPC password"));
+    // Without credentials it writes a cookie only its owner can read, as Core does, and a
+    // client reads it.
+    let datadir = dir.path().join("b");
+    let port = vigil_testenv::process::free_port();
+    let mut child = std::process::Command::new(&exe)
+        .args(["node", "--datadir", datadir.to_str().unwrap(), "--rpcport", &port.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cookie = datadir.join(".cookie");
+    eventually("the cookie", || cookie.exists().then_some(()));
+    let rpc = BitcoindRpc::with_cookie(&format!("http://127.0.0.1:{port}"), &cookie);
+    vigil_testenv::process::wait_ready(&rpc);
+    assert_eq!(rpc.call("getblockcount", json!([])).unwrap(), 0);
+    let wrong = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "__cookie__", "guess");
+    assert!(matches!(wrong.call("getblockcount", json!([])), Err(vigil_chain::BackendError::Unauthorized)));
+    rpc.call("stop", json!([])).unwrap();
+    child.wait().unwrap();
+    assert!(!cookie.exists(), "removed at shutdown");
+}
