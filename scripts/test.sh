@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: dependencies, a real bitcoind (built once from the
 # source the kernel crate vendors, then cached), electrs (built once, cached), a local
-# PostgreSQL for the tower's store, formatting, lints, every test.
+# PostgreSQL for the tower's store, formatting, lints, every test (the fuzz corpora
+# included), then every fuzz target briefly under libFuzzer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh librocksdb-dev clang libclang-dev
@@ -13,3 +14,4 @@ export VIGIL_REQUIRE_BITCOIND=1 VIGIL_REQUIRE_ELECTRS=1 VIGIL_REQUIRE_POSTGRES=1
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace
+scripts/fuzz.sh --brief

@@ -7,22 +7,13 @@ use serde_json::json;
 use vigil_chain::bitcoin::key::{Keypair, Secp256k1};
 use vigil_chain::bitcoin::{Address, Amount, Network, Transaction};
 use vigil_chain::{BlockEvent, ChainBackend, ElectrumBackend, Follower};
-use vigil_testenv::process::{bitcoind_with_p2p, electrs, free_port, Electrs, Node};
+use vigil_testenv::process::bitcoind_with_electrs;
 use vigil_testenv::wallet::{mine, Wallet};
 use vigil_testenv::{eventually, summary};
 
-fn setup() -> Option<(Node, Electrs)> {
-    let p2p = free_port();
-    let core = bitcoind_with_p2p(Some(p2p))?;
-    // electrs waits for the node to leave initial block download: give it recent blocks.
-    mine(&core.rpc, 101, &Wallet::new().address());
-    let electrs = electrs(&core, p2p)?;
-    Some((core, electrs))
-}
-
 #[test]
 fn the_electrum_backend_follows_filtered_blocks_through_a_reorg_and_the_mempool_by_script() {
-    let Some((core, electrs)) = setup() else { return };
+    let Some((core, electrs)) = bitcoind_with_electrs() else { return };
     let rpc = &core.rpc;
     let wallet = Wallet::new();
     let watched = Keypair::from_seckey_slice(&Secp256k1::new(), &[7; 32]).unwrap();
@@ -62,6 +53,8 @@ fn the_electrum_backend_follows_filtered_blocks_through_a_reorg_and_the_mempool_
     let other = Keypair::from_seckey_slice(&Secp256k1::new(), &[8; 32]).unwrap();
     let elsewhere = Address::p2tr(&Secp256k1::new(), other.x_only_public_key().0, None, Network::Regtest);
     let branch = mine(rpc, 2, &elsewhere);
+    // Both blocks indexed, so one poll sees the whole branch.
+    vigil_testenv::process::wait_indexed(&electrs, &core);
     let events = eventually("the reorg", || {
         let events = follower.poll(&backend).unwrap();
         (!events.is_empty()).then_some(events)
@@ -89,7 +82,7 @@ fn the_electrum_backend_follows_filtered_blocks_through_a_reorg_and_the_mempool_
 
 #[test]
 fn the_electrum_backend_reconnects_and_resubscribes_after_the_server_restarts() {
-    let Some((core, mut electrs)) = setup() else { return };
+    let Some((core, mut electrs)) = bitcoind_with_electrs() else { return };
     let rpc = &core.rpc;
     let wallet = Wallet::new();
     let watched = Keypair::from_seckey_slice(&Secp256k1::new(), &[9; 32]).unwrap();

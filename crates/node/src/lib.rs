@@ -108,7 +108,7 @@ async fn rest_block(
     State(node): State<Arc<Node>>,
     axum::extract::Path(file): axum::extract::Path<String>,
 ) -> Response {
-    let Some(hash) = file.strip_suffix(".bin").and_then(|h| BlockHash::from_str(h).ok()) else {
+    let Some(hash) = rest_block_hash(&file) else {
         return (StatusCode::BAD_REQUEST, "Invalid hash or format: use <hash>.bin").into_response();
     };
     let block = node.chain.lock().expect("chain lock").raw_block(&hash);
@@ -118,6 +118,11 @@ async fn rest_block(
         }
         None => (StatusCode::NOT_FOUND, format!("{hash} not found")).into_response(),
     }
+}
+
+/// The block a REST path names (`<hash>.bin`).
+pub fn rest_block_hash(file: &str) -> Option<BlockHash> {
+    file.strip_suffix(".bin").and_then(|h| BlockHash::from_str(h).ok())
 }
 
 async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -20,6 +20,7 @@ pub mod example;
 mod fast;
 pub mod funding;
 pub mod graph;
+pub mod signing;
 pub mod spends;
 pub mod tx;
 
@@ -31,8 +32,9 @@ pub use descriptors::{nums, taproot_leaves, VaultKind, NUMS_POINT};
 pub use error::{DescriptorError, PolicyError, PsbtError, SignatureError, TaprootError};
 pub use funding::FundingInput;
 pub use graph::{
-    CompiledPolicy, GraphRole, GraphSignatures, OneTimeKey, PresignedTx, RangedDescriptors, SignedGraph,
-    UnsignedGraph, VaultDescriptors, VaultPlan, GRAPH_TX_VERSION,
+    CompiledPolicy, GraphRole, PresignedTx, RangedDescriptors, UnsignedGraph, VaultDescriptors, VaultPlan,
+    GRAPH_TX_VERSION,
 };
+pub use signing::{GraphSignatures, OneTimeKey, SignedGraph};
 pub use spends::{finalize, sign_key_path, spend_psbt, SpendInput};
 pub use tx::{anchor_output, pay_to_anchor, unsigned_tx, ANCHOR_SAT};

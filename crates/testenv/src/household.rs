@@ -142,6 +142,12 @@ impl Household {
         post(tower, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &self.owner_auth())
     }
 
+    /// Registers `vault` at a tower and, acknowledged, broadcasts its funding.
+    pub fn protect(&mut self, rpc: &BitcoindRpc, tower: &TowerApi, vault: &Vault) {
+        self.register(tower, vault).unwrap();
+        rpc.broadcast(&vault.funding).unwrap();
+    }
+
     /// The approval of `spend` for `vault`, signed by the co-signer (and the guardian quorum
     /// for guarded vaults).
     pub fn approval(&mut self, vault: &Vault, spend: Txid) -> RegisterApproval {

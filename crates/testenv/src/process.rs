@@ -59,6 +59,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     /// Its RPC port.
     pub port: u16,
+    /// The loopback port it listens for peers on, if it does.
+    pub p2p: Option<u16>,
 }
 
 impl Drop for Node {
@@ -80,6 +82,30 @@ impl Node {
     pub fn tower_chain_config(&self) -> String {
         format!("url = \"http://127.0.0.1:{}\"\nuser = \"vigil\"\npassword = \"secret\"\n", self.port)
     }
+}
+
+/// Starts a node on fresh ports: `spawn(data directory, RPC port, p2p port)`. A port another
+/// process took between our finding it free and the node binding it makes the node exit:
+/// then again, on other ports.
+fn start_node(with_p2p: bool, spawn: &dyn Fn(&Path, u16, Option<u16>) -> Child) -> Node {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, p2p) = (free_port(), with_p2p.then(free_port));
+        let mut child = spawn(dir.path(), port, p2p);
+        let rpc = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "vigil", "secret");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if rpc.call("getblockcount", json!([])).is_ok() {
+                return Node { child, rpc, dir, port, p2p };
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the node never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("the node did not start in five attempts");
 }
 
 /// Waits until a node answers RPC (60 s at most).
@@ -109,25 +135,16 @@ pub fn vigil_node_with_zmq() -> (Node, String) {
 
 /// `vigil node` with extra flags (user `vigil`, password `secret`).
 pub fn vigil_node_with(flags: &[&str]) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(vigil_exe())
-        .args([
-            "node",
-            "--datadir",
-            dir.path().join("chain").to_str().unwrap(),
-            "--rpcport",
-            &port.to_string(),
-        ])
-        .args(["--rpcuser", "vigil", "--rpcpassword", "secret"])
-        .args(flags)
-        .stdout(Stdio::null())
-        .stderr(logs("VIGIL_NODE_LOGS"))
-        .spawn()
-        .unwrap();
-    let rpc = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "vigil", "secret");
-    wait_ready(&rpc);
-    Node { child, rpc, dir, port }
+    start_node(false, &|dir, port, _| {
+        Command::new(vigil_exe())
+            .args(["node", "--datadir", dir.join("chain").to_str().unwrap(), "--rpcport", &port.to_string()])
+            .args(["--rpcuser", "vigil", "--rpcpassword", "secret"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(logs("VIGIL_NODE_LOGS"))
+            .spawn()
+            .unwrap()
+    })
 }
 
 fn logs(var: &str) -> Stdio {
@@ -140,34 +157,38 @@ fn logs(var: &str) -> Stdio {
 
 /// A real bitcoind (`BITCOIND_EXE`), or `None` (skipped) when it is not available.
 pub fn bitcoind() -> Option<Node> {
-    bitcoind_with_p2p(None)
+    bitcoind_with_p2p(false)
 }
 
-/// A real bitcoind; with `p2p`, listening for peers on that loopback port (electrs needs one).
-pub fn bitcoind_with_p2p(p2p: Option<u16>) -> Option<Node> {
+/// A real bitcoind; with `p2p`, listening for peers on a loopback port (electrs needs one).
+pub fn bitcoind_with_p2p(p2p: bool) -> Option<Node> {
     let exe = available("BITCOIND_EXE", "VIGIL_REQUIRE_BITCOIND", "bitcoind")?;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(exe)
-        .args(["-regtest", "-rest", "-txindex", "-printtoconsole=0", "-rpcuser=vigil", "-rpcpassword=secret"])
-        .arg(format!("-datadir={}", dir.path().display()))
-        .arg(format!("-rpcport={port}"))
-        .args(match p2p {
-            // electrs 0.10 (the last one that links Debian 12's RocksDB) still reads the
-            // `bip125-replaceable` field that Core 31 only gives with -deprecatedrpc.
-            Some(p) => vec![
-                "-listen=1".to_owned(),
-                "-bind=127.0.0.1".to_owned(),
-                format!("-port={p}"),
-                "-deprecatedrpc=bip125".to_owned(),
-            ],
-            None => vec!["-listen=0".to_owned()],
-        })
-        .spawn()
-        .unwrap();
-    let rpc = BitcoindRpc::new(&format!("http://127.0.0.1:{port}"), "vigil", "secret");
-    wait_ready(&rpc);
-    Some(Node { child, rpc, dir, port })
+    Some(start_node(p2p, &|dir, port, p2p| {
+        Command::new(&exe)
+            .args([
+                "-regtest",
+                "-rest",
+                "-txindex",
+                "-printtoconsole=0",
+                "-rpcuser=vigil",
+                "-rpcpassword=secret",
+            ])
+            .arg(format!("-datadir={}", dir.display()))
+            .arg(format!("-rpcport={port}"))
+            .args(match p2p {
+                // electrs 0.10 (the last one that links Debian 12's RocksDB) still reads the
+                // `bip125-replaceable` field that Core 31 only gives with -deprecatedrpc.
+                Some(p) => vec![
+                    "-listen=1".to_owned(),
+                    "-bind=127.0.0.1".to_owned(),
+                    format!("-port={p}"),
+                    "-deprecatedrpc=bip125".to_owned(),
+                ],
+                None => vec!["-listen=0".to_owned()],
+            })
+            .spawn()
+            .unwrap()
+    }))
 }
 
 /// An electrs process indexing a bitcoind, killed on drop.
@@ -209,7 +230,8 @@ impl Drop for Electrs {
 
 /// electrs (`ELECTRS_EXE`) once it has indexed `core`'s tip (started with a p2p port), or
 /// `None` (skipped) when it is not available.
-pub fn electrs(core: &Node, p2p: u16) -> Option<Electrs> {
+pub fn electrs(core: &Node) -> Option<Electrs> {
+    let p2p = core.p2p.expect("electrs needs a node that listens for peers");
     let exe = available("ELECTRS_EXE", "VIGIL_REQUIRE_ELECTRS", "electrs")?;
     let dir = tempfile::tempdir().unwrap();
     let cookie = dir.path().join("cookie");
@@ -249,6 +271,16 @@ pub fn electrs(core: &Node, p2p: u16) -> Option<Electrs> {
     electrs.start();
     wait_indexed(&electrs, core);
     Some(electrs)
+}
+
+/// A real bitcoind with electrs indexing it, or `None` (skipped) when either is unavailable.
+pub fn bitcoind_with_electrs() -> Option<(Node, Electrs)> {
+    let core = bitcoind_with_p2p(true)?;
+    // electrs waits for the node to leave initial block download: give it recent blocks.
+    let to = crate::wallet::Wallet::new().address();
+    crate::wallet::mine(&core.rpc, 101, &to);
+    let electrs = electrs(&core)?;
+    Some((core, electrs))
 }
 
 /// Waits until electrs serves `core`'s tip.

@@ -16,10 +16,8 @@ use serde::{Deserialize, Serialize};
 use vigil_policy::bitcoin::key::Keypair;
 use vigil_policy::bitcoin::secp256k1::Secp256k1;
 use vigil_policy::bitcoin::transaction::Version;
-use vigil_policy::bitcoin::{
-    absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
-};
-use vigil_policy::{pay_to_anchor, sign_key_path, ANCHOR_SAT, P2TR_DUST_SAT};
+use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid};
+use vigil_policy::{pay_to_anchor, sign_key_path, unsigned_tx, ANCHOR_SAT, GRAPH_TX_VERSION, P2TR_DUST_SAT};
 
 /// Virtual size of a bump: the anchor and one key-path input, one key-path output.
 pub const BUMP_VBYTES: u64 = 11 + 41 + 58 + 43;
@@ -232,16 +230,7 @@ impl FeeWallet {
         if change >= P2TR_DUST_SAT {
             output.push(TxOut { value: Amount::from_sat(change), script_pubkey: self.script.clone() });
         }
-        let mut tx = Transaction {
-            version: Version::TWO,
-            lock_time: absolute::LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: coin_op,
-                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-                ..Default::default()
-            }],
-            output,
-        };
+        let mut tx = unsigned_tx(Version::TWO, [(coin_op, Sequence::ENABLE_RBF_NO_LOCKTIME)], output);
         let prevout = TxOut { value: Amount::from_sat(coin.value), script_pubkey: self.script.clone() };
         sign_key_path(&mut tx, 0, &[prevout], &self.keypair).ok()?;
         self.spend(coin_op, tx.compute_txid());
@@ -287,22 +276,15 @@ impl FeeWallet {
             TxOut { value: Amount::from_sat(ANCHOR_SAT), script_pubkey: pay_to_anchor() },
             TxOut { value: Amount::from_sat(coin_value), script_pubkey: self.script.clone() },
         ];
-        let mut tx = Transaction {
-            version: Version(3),
-            lock_time: absolute::LockTime::ZERO,
-            input: [anchor, coin_op]
-                .iter()
-                .map(|op| TxIn {
-                    previous_output: *op,
-                    sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-                    ..Default::default()
-                })
-                .collect(),
-            output: vec![TxOut {
+        // A TRUC child, as its parent is.
+        let mut tx = unsigned_tx(
+            GRAPH_TX_VERSION,
+            [anchor, coin_op].map(|op| (op, Sequence::ENABLE_RBF_NO_LOCKTIME)),
+            vec![TxOut {
                 value: Amount::from_sat(coin_value + ANCHOR_SAT - child_fee),
                 script_pubkey: self.script.clone(),
             }],
-        };
+        );
         sign_key_path(&mut tx, 1, &prevouts, &self.keypair).ok()?;
         self.spend(coin_op, tx.compute_txid());
         let reached = (parent_fee + child_fee) / package_vbytes;
@@ -350,18 +332,12 @@ mod tests {
     fn wallet_with_coins(values: &[u64]) -> (FeeWallet, Vec<OutPoint>) {
         let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
         let mut w = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
-        let funding = Transaction {
-            version: Version::TWO,
-            lock_time: absolute::LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 },
-                ..Default::default()
-            }],
-            output: values
-                .iter()
-                .map(|v| TxOut { value: Amount::from_sat(*v), script_pubkey: w.script().clone() })
-                .collect(),
-        };
+        let outputs = values
+            .iter()
+            .map(|v| TxOut { value: Amount::from_sat(*v), script_pubkey: w.script().clone() })
+            .collect();
+        let coin = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
+        let funding = unsigned_tx(Version::TWO, [(coin, Sequence::MAX)], outputs);
         w.observe(&funding, Some(1));
         let ops =
             (0..values.len() as u32).map(|vout| OutPoint { txid: funding.compute_txid(), vout }).collect();

@@ -23,6 +23,14 @@ fn bad(message: impl Into<String>) -> Refusal {
     Refusal::BadRequest(message.into())
 }
 
+/// A panic request's id checked, and who signed it (every signature verified).
+pub fn panic_signers(req: &PanicRequest) -> Result<Vec<XOnlyPublicKey>, Refusal> {
+    if <[u8; 32]>::from_hex(&req.panic.id).is_err() {
+        return Err(bad("panic.id: 32 random bytes in hex (64 characters), fresh for each panic"));
+    }
+    verified_signers(&req.signatures, &req.panic.digest())
+}
+
 /// `POST /v1/panic`.
 pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) -> Result<Ack, Refusal> {
     let p = &req.panic;
@@ -30,10 +38,7 @@ pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) 
     if !client.guardians.contains(signer) {
         return Err(Refusal::Forbidden("only a guardian of this client may submit a panic".into()));
     }
-    if <[u8; 32]>::from_hex(&p.id).is_err() {
-        return Err(bad("panic.id: 32 random bytes in hex (64 characters), fresh for each panic"));
-    }
-    let signers = verified_signers(&req.signatures, &p.digest())?;
+    let signers = panic_signers(req)?;
     if !client.has_guardian_quorum(&signers) {
         return Err(bad(format!(
             "a panic needs {} guardian signatures, {} verify",

@@ -42,7 +42,9 @@ fn fingerprint_parts(txid: &[u8; 32], vout: u32) -> u64 {
     }
 }
 
-fn fingerprint(op: &OutPoint) -> u64 {
+/// The 64-bit fingerprint the index keeps of an outpoint (two outpoints with the same one are
+/// one entry: a match is only a candidate).
+pub fn fingerprint(op: &OutPoint) -> u64 {
     use vigil_policy::bitcoin::hashes::Hash;
     fingerprint_parts(op.txid.as_byte_array(), op.vout)
 }

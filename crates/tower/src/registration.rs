@@ -61,7 +61,7 @@ pub(crate) fn stale_nonce(nonce: u64, last: Option<u64>) -> Refusal {
 }
 
 /// The keys of `signatures`, each of which must verify over `digest`.
-pub(crate) fn verified_signers(
+pub fn verified_signers(
     signatures: &[KeySignature],
     digest: &Message,
 ) -> Result<Vec<XOnlyPublicKey>, Refusal> {
@@ -98,8 +98,9 @@ fn default_sighash_only(tx: &Transaction) -> bool {
     })
 }
 
-/// A vault's transactions, rebuilt from the client's policy, compared and verified.
-fn checked_vault(client: &Client, req: &RegisterVault) -> Result<(Vault, TxOut), Refusal> {
+/// A vault's transactions, rebuilt from the client's policy, compared and verified (no state
+/// involved); with V's expected output.
+pub fn checked_vault(client: &Client, req: &RegisterVault) -> Result<(Vault, TxOut), Refusal> {
     let p = &req.vault;
     let kind = match p.kind.as_str() {
         "standard" => VaultKind::Standard,
@@ -320,6 +321,31 @@ pub(crate) fn register_vault(
 }
 
 /// `POST /v1/approvals`.
+/// An approval's fields, parsed, and who signed it (every signature verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalFields {
+    /// V.
+    pub vault: OutPoint,
+    /// U's txid.
+    pub unvault: Txid,
+    /// The approved spend.
+    pub spend: Txid,
+    /// The signers of the approval.
+    pub signers: Vec<XOnlyPublicKey>,
+}
+
+/// Parses an approval request's fields and verifies its signatures (no state involved).
+pub fn parse_approval(req: &RegisterApproval) -> Result<ApprovalFields, Refusal> {
+    let a = &req.approval;
+    Ok(ApprovalFields {
+        vault: OutPoint::from_str(&a.vault_outpoint)
+            .map_err(|_| bad("approval.vault_outpoint: expected txid:vout"))?,
+        unvault: Txid::from_str(&a.unvault_txid).map_err(|_| bad("approval.unvault_txid: not a txid"))?,
+        spend: Txid::from_str(&a.spend_txid).map_err(|_| bad("approval.spend_txid: not a txid"))?,
+        signers: verified_signers(&req.signatures, &a.digest())?,
+    })
+}
+
 pub(crate) fn register_approval(
     tower: &Tower,
     signer: &XOnlyPublicKey,
@@ -327,12 +353,7 @@ pub(crate) fn register_approval(
     body: &[u8],
 ) -> Result<Ack, Refusal> {
     let a = &req.approval;
-    let outpoint = OutPoint::from_str(&a.vault_outpoint)
-        .map_err(|_| bad("approval.vault_outpoint: expected txid:vout"))?;
-    let unvault_txid =
-        Txid::from_str(&a.unvault_txid).map_err(|_| bad("approval.unvault_txid: not a txid"))?;
-    let spend = Txid::from_str(&a.spend_txid).map_err(|_| bad("approval.spend_txid: not a txid"))?;
-    let signers = verified_signers(&req.signatures, &a.digest())?;
+    let ApprovalFields { vault: outpoint, unvault: unvault_txid, spend, signers } = parse_approval(req)?;
     let mut state = tower.lock();
     let vault = state
         .watcher

@@ -6,15 +6,14 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::consensus::encode::serialize_hex;
-use vigil_policy::bitcoin::transaction::Version;
-use vigil_policy::bitcoin::{absolute, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
+use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut};
 use vigil_testenv::eventually;
 use vigil_testenv::household::{example, Household, DELAY};
 use vigil_testenv::process::{bitcoind, Node, TowerOptions, TowerProcess};
 use vigil_testenv::wallet::{confirmations, mine, spend_of};
 
 use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
-use vigil_policy::{pay_to_anchor, VaultKind};
+use vigil_policy::VaultKind;
 use vigil_testenv::Vault;
 use vigil_tower::fees::{FeeCoin, FeePolicy, FeeWallet};
 
@@ -58,11 +57,11 @@ fn anchor_child(
     fee: u64,
     vbytes: usize,
 ) -> Transaction {
-    let mut inputs = vec![(anchor, TxOut { value: Amount::from_sat(240), script_pubkey: pay_to_anchor() })];
+    let mut inputs = vec![(anchor, vigil_policy::anchor_output())];
     inputs.extend(coin);
     let total: u64 = inputs.iter().map(|(_, o)| o.value.to_sat()).sum();
     let mut output = Vec::new();
-    if total - fee >= 330 {
+    if total - fee >= vigil_policy::P2TR_DUST_SAT {
         output.push(TxOut {
             value: Amount::from_sat(total - fee),
             script_pubkey: client.wallet.address().script_pubkey(),
@@ -72,19 +71,11 @@ fn anchor_child(
     while output.len() * 86 < vbytes.saturating_sub(120) || output.is_empty() {
         output.push(TxOut { value: Amount::ZERO, script_pubkey: padding.clone() });
     }
-    let mut tx = Transaction {
-        version: Version(3),
-        lock_time: absolute::LockTime::ZERO,
-        input: inputs
-            .iter()
-            .map(|(op, _)| TxIn {
-                previous_output: *op,
-                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-                ..Default::default()
-            })
-            .collect(),
+    let mut tx = vigil_policy::unsigned_tx(
+        vigil_policy::GRAPH_TX_VERSION,
+        inputs.iter().map(|(op, _)| (*op, Sequence::ENABLE_RBF_NO_LOCKTIME)),
         output,
-    };
+    );
     if inputs.len() == 2 {
         let prevouts: Vec<TxOut> = inputs.iter().map(|(_, o)| o.clone()).collect();
         vigil_policy::sign_key_path(&mut tx, 1, &prevouts, &client.wallet.key).unwrap();

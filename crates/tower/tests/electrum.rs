@@ -8,24 +8,13 @@ use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::Amount;
 use vigil_policy::VaultKind;
 use vigil_testenv::household::{example, Household, DELAY};
-use vigil_testenv::process::{
-    bitcoind_with_p2p, electrs, free_port, wait_indexed, Electrs, Node, TowerOptions, TowerProcess,
-};
-use vigil_testenv::wallet::{confirmations, mine, spend_of, Wallet};
+use vigil_testenv::process::{bitcoind_with_electrs, wait_indexed, TowerOptions, TowerProcess};
+use vigil_testenv::wallet::{confirmations, mine, spend_of};
 use vigil_testenv::{eventually, vigil_policy};
-
-fn setup() -> Option<(Node, Electrs)> {
-    let p2p = free_port();
-    let core = bitcoind_with_p2p(Some(p2p))?;
-    // electrs waits for the node to leave initial block download: give it recent blocks.
-    mine(&core.rpc, 101, &Wallet::new().address());
-    let electrs = electrs(&core, p2p)?;
-    Some((core, electrs))
-}
 
 #[test]
 fn a_tower_watching_through_electrs_alone_cancels_an_unapproved_unvault() {
-    let Some((core, electrs)) = setup() else { return };
+    let Some((core, electrs)) = bitcoind_with_electrs() else { return };
     let rpc = &core.rpc;
     let dir = tempfile::tempdir().unwrap();
     let mut client = Household::new(dir.path(), &core, example("tower over electrum"));
@@ -35,8 +24,7 @@ fn a_tower_watching_through_electrs_alone_cancels_an_unapproved_unvault() {
     let stolen = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
     let spent = client.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
     for v in [&stolen, &spent] {
-        client.register(&tower.api, v).unwrap();
-        rpc.broadcast(&v.funding).unwrap();
+        client.protect(rpc, &tower.api, v);
     }
     let approved_spend = client.delayed_spend(&spent);
     client.approve(&tower.api, &spent, approved_spend.compute_txid()).unwrap();

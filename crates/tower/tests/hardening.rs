@@ -27,12 +27,6 @@ fn block(node: &Node, h: &Household) {
     mine(&node.rpc, 1, &h.wallet.address());
 }
 
-/// Registers `v` at the tower and broadcasts its funding.
-fn protect(node: &Node, h: &mut Household, tower: &TowerProcess, v: &Vault) {
-    h.register(&tower.api, v).unwrap();
-    node.rpc.broadcast(&v.funding).unwrap();
-}
-
 /// Whether `kind` reached the webhook (for `vault`, when given).
 fn alarmed(alarms: &Received, kind: &str, vault: Option<&Vault>) -> bool {
     let vault = vault.map(|v| v.outpoint().to_string());
@@ -111,7 +105,7 @@ fn f01_an_approval_is_judged_by_the_vaults_own_client() {
     let policies = [alice.policy_path.clone(), mallory.policy_path.clone()];
     let tower = TowerProcess::new(&node, &policies, 1, Some(&hook));
     let vault = alice.create_vault(&node.rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
-    protect(&node, &mut alice, &tower, &vault);
+    alice.protect(&node.rpc, &tower.api, &vault);
     block(&node, &alice);
     let spend = Txid::from_byte_array([0x66; 32]);
     // Another client of the same tower approves Alice's unvault with its own co-signer...
@@ -144,7 +138,7 @@ fn f02_a_guarded_vault_approved_by_the_guardians_is_spent_at_delay() {
     let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 2, None);
     // Twice the velocity limit: only a guarded vault may hold it.
     let vault = h.create_vault(rpc, Amount::from_sat(20_000_000), VaultKind::Guarded);
-    protect(&node, &mut h, &tower, &vault);
+    h.protect(&node.rpc, &tower.api, &vault);
     block(&node, &h);
     let spend = h.delayed_spend(&vault);
     h.approve(&tower.api, &vault, spend.compute_txid()).unwrap();
@@ -181,7 +175,7 @@ fn f03_applied_policy_changes_survive_a_restart_and_a_rewritten_file() {
     let vaults: Vec<Vault> =
         (0..3).map(|_| h.create_vault(rpc, Amount::from_sat(1_500_000), VaultKind::Standard)).collect();
     for v in &vaults {
-        protect(&node, &mut h, &tower, v);
+        h.protect(&node.rpc, &tower.api, v);
     }
     block(&node, &h);
     // The guardians tighten the velocity limit to 2 M sat: it applies at once.
@@ -222,7 +216,7 @@ fn f04_after_a_restart_the_tower_decides_at_the_real_tip() {
     let mut h = Household::new(dir.path(), &node, example("tip after restart"));
     let mut tower = TowerProcess::new(&node, &[h.policy_path.clone()], 4, None);
     let vault = h.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
-    protect(&node, &mut h, &tower, &vault);
+    h.protect(&node.rpc, &tower.api, &vault);
     mine(rpc, 30, &h.wallet.address());
     let height = tip(rpc) as u64;
     eventually("the tower followed", || {
@@ -257,7 +251,7 @@ fn f05_a_dead_webhook_delays_no_other() {
     let options = TowerOptions { webhooks: &[&dead, &live], ..TowerOptions::default() };
     let tower = TowerProcess::configured(&node, &[h.policy_path.clone()], 5, options);
     let vault = h.create_vault(&node.rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
-    protect(&node, &mut h, &tower, &vault);
+    h.protect(&node.rpc, &tower.api, &vault);
     block(&node, &h);
     let start = Instant::now();
     node.rpc.broadcast(vault.graph.unvault()).unwrap();
@@ -321,7 +315,7 @@ fn f06_registration_checks_v_on_chain_and_a_registrar_cannot_force_a_sweep() {
         h.vault_at(rpc, 40, Amount::from_sat(2_000_000), VaultKind::Standard, owner_once, cosigner_once);
     let real = h.create_vault(rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
     for v in [&decoy, &real] {
-        protect(&node, &mut h, &tower, v);
+        h.protect(&node.rpc, &tower.api, v);
     }
     // ...and the same index twice is refused.
     let twin = h.vault_at(
@@ -400,7 +394,7 @@ fn f08_a_panic_is_bound_to_a_fresh_id_and_a_window() {
     let mut h = Household::new(dir.path(), &node, example("panic window"));
     let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 8, None);
     let vault = h.create_vault(&node.rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
-    protect(&node, &mut h, &tower, &vault);
+    h.protect(&node.rpc, &tower.api, &vault);
     block(&node, &h);
     let height = tip(&node.rpc);
     eventually("the tower followed", || {

@@ -202,13 +202,14 @@ impl State {
     }
 }
 
-fn header_from_hex(v: &Value) -> Result<Header, BackendError> {
+/// A header as Electrum sends it: hex in a JSON string.
+pub fn header_from_hex(v: &Value) -> Result<Header, BackendError> {
     let hex = v.as_str().ok_or_else(|| BackendError::Decode(format!("header is not hex: {v}")))?;
     deserialize_hex(hex).map_err(|e| BackendError::Decode(format!("header: {e}")))
 }
 
 /// The merkle root that `txid` at `pos` with `branch` (Electrum's display-order hex) proves.
-fn merkle_root(txid: Txid, pos: u64, branch: &[Value]) -> Result<TxMerkleNode, BackendError> {
+pub fn merkle_root(txid: Txid, pos: u64, branch: &[Value]) -> Result<TxMerkleNode, BackendError> {
     let mut node = txid.to_raw_hash();
     for (level, sibling) in branch.iter().enumerate() {
         let sibling: sha256d::Hash = sibling

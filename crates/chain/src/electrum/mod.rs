@@ -11,5 +11,5 @@ mod backend;
 pub mod client;
 pub mod headers;
 
-pub use backend::ElectrumBackend;
+pub use backend::{header_from_hex, merkle_root, ElectrumBackend};
 pub use client::{scripthash, ElectrumClient, HistoryItem, LineStream, Notification};

@@ -1,0 +1,212 @@
+//! What a transaction means for a vault: its unvault (approved? within the velocity budget?),
+//! its cancel or emergency confirming, the approved spend, or something else (an alarm).
+
+use vigil_policy::bitcoin::{OutPoint, Transaction, Txid};
+
+use super::{cancel_broadcast, emergency_broadcast, Watcher};
+use crate::vault::{Action, AlarmKind, Role, VaultState};
+
+impl Watcher {
+    pub(super) fn observe(
+        &mut self,
+        tx: &Transaction,
+        height: Option<u32>,
+        fee: Option<u64>,
+        actions: &mut Vec<Action>,
+    ) {
+        let txid = tx.compute_txid();
+        for input in &tx.input {
+            let prev = input.previous_output;
+            let touched = if self.vaults.contains_key(&prev) {
+                Some(prev)
+            } else {
+                self.by_unvault.get(&prev).copied()
+            };
+            if touched.is_some_and(|id| !self.ensure_graph(id)) {
+                continue;
+            }
+            if let Some(vault) = self.vaults.get(&prev) {
+                let id = vault.outpoint;
+                match vault.role_of(&txid) {
+                    Some(Role::Unvault) => self.unvault_seen(id, height, actions),
+                    Some(Role::Emergency(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.emergency_height = Some(h);
+                        }
+                    }),
+                    _ => self.foreign_vault_spend(id, txid, actions),
+                }
+            } else if let Some(id) = self.by_unvault.get(&prev).copied() {
+                let vault = &self.vaults[&id];
+                match vault.role_of(&txid) {
+                    Some(Role::Cancel(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.cancel_height = Some(h);
+                        }
+                    }),
+                    Some(Role::UnvaultEmergency(_)) => self.update(id, |s| {
+                        if let Some(h) = height {
+                            s.emergency_height = Some(h);
+                        }
+                    }),
+                    _ if self.approvals.get(&prev.txid).map(|a| a.spend) == Some(txid) => {
+                        self.update(id, |s| {
+                            if let Some(h) = height {
+                                s.spent_height = Some(h);
+                            }
+                        })
+                    }
+                    _ => self.unapproved_spend(id, tx, height, fee, actions),
+                }
+            }
+        }
+    }
+
+    /// V spent by neither U nor E: a one-time key survived, or the registrar deceived the
+    /// tower. Nothing of this vault is left to protect; the guardians are alarmed and decide
+    /// whether to panic (a single registrar key must not be able to force a sweep).
+    fn foreign_vault_spend(&mut self, id: OutPoint, txid: Txid, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        if vault.state.foreign_spend == Some(txid) {
+            return;
+        }
+        vault.state.foreign_spend = Some(txid);
+        vault.state.done = true;
+        self.active.remove(&id);
+        self.dirty.insert(id);
+        actions.push(Action::alarm(
+            Some(id),
+            AlarmKind::ForeignVaultSpend,
+            format!(
+                "vault {id} spent by unknown transaction {txid}: a one-time key was not deleted; \
+                 guardians, consider a panic for client {}",
+                vault.policy_id
+            ),
+        ));
+    }
+
+    /// U's output spent by something other than C, UE or the approved spend: after DELAY, a
+    /// race (ADR 0002's residual risk). In the mempool it is outbid at once by the top-rung
+    /// cancel and a child aiming at twice the rival's feerate.
+    fn unapproved_spend(
+        &mut self,
+        id: OutPoint,
+        tx: &Transaction,
+        height: Option<u32>,
+        fee: Option<u64>,
+        actions: &mut Vec<Action>,
+    ) {
+        let txid = tx.compute_txid();
+        let vault = &self.vaults[&id];
+        let top = vault.cancels.len() - 1;
+        let cancel = vault.state.cancel_height.is_none() && height.is_none();
+        actions.push(Action::alarm(
+            Some(id),
+            AlarmKind::UnapprovedSpend,
+            format!(
+                "unvault of {id} spent by {txid}, not the approved spend{}",
+                if height.is_some() {
+                    ": confirmed, the race is lost (residual risk)"
+                } else {
+                    ": cancelling at the top rung, bumped through its anchor"
+                }
+            ),
+        ));
+        if !cancel {
+            return;
+        }
+        let value = vault.unvault.output[0].value;
+        // The rival's feerate: from its fee when the backend gave it; else what U's output
+        // alone pays it, unless it brings inputs of its own, whose value we do not know:
+        // then assume the worst the fee wallet is sized for.
+        let outputs: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        let vsize = tx.vsize().max(1) as u64;
+        let rival_rate = match fee {
+            Some(fee) => fee / vsize,
+            None if tx.input.len() == 1 => value.to_sat().saturating_sub(outputs) / vsize,
+            None => self.fee_wallet.as_ref().map(|w| w.stress_rate()).unwrap_or(0),
+        };
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        vault.state.cancel_rung = Some(top);
+        vault.state.top_rung_since.get_or_insert(self.tip);
+        actions.push(cancel_broadcast(vault, top));
+        let parent = vault.cancels[top].clone();
+        self.fresh.insert(id);
+        self.dirty.insert(id);
+        self.active.insert(id);
+        self.bump(id, parent, value, "cancel", self.tip, Some(rival_rate), actions);
+    }
+
+    fn update(&mut self, id: OutPoint, f: impl FnOnce(&mut VaultState)) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let before = vault.state.clone();
+        f(&mut vault.state);
+        if vault.state != before {
+            self.dirty.insert(id);
+        }
+    }
+
+    fn unvault_seen(&mut self, id: OutPoint, height: Option<u32>, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let first_sight = !vault.state.unvault_seen;
+        vault.state.unvault_seen = true;
+        if height.is_some() {
+            vault.state.unvault_height = height;
+        }
+        let (client, value) = (vault.policy_id.clone(), vault.unvault.output[0].value.to_sat());
+        let u_txid = vault.unvault.compute_txid();
+        let seen_at = height.unwrap_or(self.tip + 1);
+        let approval = self.approvals.get(&u_txid).copied();
+        // An approval covers an unvault seen by its expiry height, not later.
+        let approved = approval.is_some_and(|a| seen_at <= a.expiry_height);
+        // Velocity bounds what the co-signer can release alone: an unvault the guardian
+        // quorum approved is not counted (its spend leaf needs them on chain anyway).
+        let by_quorum = approved && approval.is_some_and(|a| a.guardian_quorum);
+        let over_budget = first_sight && !by_quorum && self.over_velocity(&client, id, value, seen_at);
+        if !by_quorum {
+            self.released.entry(client).or_default().insert(id, (seen_at, value));
+        }
+        self.dirty.insert(id);
+        self.active.insert(id);
+        if !first_sight {
+            return;
+        }
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        if vault.state.emergency_rung.is_some() {
+            // A panic is under way: U gets UE, not C.
+            vault.state.emergency_rung = Some(0);
+            vault.state.top_rung_since = None;
+            actions.push(emergency_broadcast(vault, 0));
+            return;
+        }
+        if approved && !over_budget {
+            return;
+        }
+        let why =
+            if approved { "over the velocity budget (approved by the co-signer)" } else { "not approved" };
+        vault.state.cancel_rung = Some(0);
+        self.fresh.insert(id);
+        actions.push(Action::alarm(
+            Some(id),
+            AlarmKind::UnvaultCancelled,
+            format!("unvault {u_txid} of vault {id} is {why}: cancelling"),
+        ));
+        actions.push(cancel_broadcast(vault, 0));
+    }
+
+    /// Whether releasing `value` now would exceed the client's velocity budget, counting the
+    /// full value of every unvault seen in the window that no guardian quorum approved
+    /// (including those already cancelled).
+    fn over_velocity(&self, client: &str, vault: OutPoint, value: u64, now: u32) -> bool {
+        let Some(limits) = self.limits.get(client) else { return false };
+        let window_start = now.saturating_sub(limits.velocity_window_blocks);
+        let others: u64 = self
+            .released
+            .get(client)
+            .map(|m| {
+                m.iter().filter(|(v, (h, _))| **v != vault && *h >= window_start).map(|(_, (_, s))| s).sum()
+            })
+            .unwrap_or(0);
+        others + value > limits.velocity_limit_sat
+    }
+}

@@ -1,0 +1,78 @@
+//! Every block: each cancel or emergency under way climbs its fee ladder until it is buried;
+//! deadlines are watched.
+
+use vigil_policy::bitcoin::OutPoint;
+
+use super::{cancel_broadcast, emergency_broadcast, Watcher, BURY_MARGIN};
+use crate::vault::{Action, AlarmKind};
+
+impl Watcher {
+    /// Every block: escalate what is unconfirmed, re-broadcast after reorgs, watch deadlines,
+    /// retire what is buried.
+    pub(super) fn each_block(&mut self, height: u32, actions: &mut Vec<Action>) {
+        self.check_fee_wallet(actions);
+        let active: Vec<OutPoint> = self.active.iter().filter(|v| !self.fresh.contains(v)).copied().collect();
+        for id in active {
+            let vault = self.vaults.get_mut(&id).expect("watched");
+            let s = vault.state.clone();
+            let buried = |h: Option<u32>| h.is_some_and(|h| height >= h + BURY_MARGIN);
+            if buried(s.cancel_height) || buried(s.emergency_height) || buried(s.spent_height) {
+                vault.state.done = true;
+                self.active.remove(&id);
+                self.dirty.insert(id);
+                continue;
+            }
+            if let Some(rung) = s.emergency_rung.filter(|_| s.emergency_height.is_none()) {
+                let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
+                let next = (rung + 1).min(top);
+                vault.state.emergency_rung = Some(next);
+                actions.push(emergency_broadcast(vault, next));
+                self.dirty.insert(id);
+                if next == top {
+                    vault.state.top_rung_since.get_or_insert(height);
+                    // UE's parent U must be confirmed for a child of UE to relay (TRUC).
+                    let (parent, parent_value, label) = if vault.state.unvault_seen {
+                        (
+                            vault.unvault_emergencies[top].clone(),
+                            vault.unvault.output[0].value,
+                            "unvault-emergency",
+                        )
+                    } else {
+                        (vault.emergencies[top].clone(), vault.amount, "emergency")
+                    };
+                    if !vault.state.unvault_seen || s.unvault_height.is_some() {
+                        self.bump(id, parent, parent_value, label, height, None, actions);
+                    }
+                }
+            } else if let Some(rung) = s.cancel_rung.filter(|_| s.cancel_height.is_none()) {
+                let top = vault.cancels.len() - 1;
+                let next = (rung + 1).min(top);
+                vault.state.cancel_rung = Some(next);
+                actions.push(cancel_broadcast(vault, next));
+                self.dirty.insert(id);
+                if next == top {
+                    vault.state.top_rung_since.get_or_insert(height);
+                }
+                // C's parent U must be confirmed for a child of C to relay (TRUC).
+                if next == top && s.unvault_height.is_some() {
+                    let parent = vault.cancels[top].clone();
+                    let parent_value = vault.unvault.output[0].value;
+                    self.bump(id, parent, parent_value, "cancel", height, None, actions);
+                }
+                let vault = self.vaults.get(&id).expect("watched");
+                if let Some(u) = s.unvault_height {
+                    let deadline = u + vault.delay as u32;
+                    if height + BURY_MARGIN >= deadline {
+                        actions.push(Action::alarm(
+                            Some(id),
+                            AlarmKind::Deadline,
+                            format!(
+                                "cancel of vault {id} unconfirmed at height {height}; the spend leaf opens at {deadline}: funds at risk"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
