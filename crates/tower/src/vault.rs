@@ -104,16 +104,17 @@ pub struct VaultState {
     /// The ladder under way (cancel, or emergency) reached its top rung at this height.
     #[serde(default)]
     pub top_rung_since: Option<u32>,
-    /// The fee wallet's latest child paying through a top-rung anchor.
+    /// The fee wallet's latest child paying through a top-rung anchor (boxed: idle vaults,
+    /// the many, have none).
     #[serde(default)]
-    pub bump: Option<BumpState>,
+    pub bump: Option<Box<BumpState>>,
     /// E's or UE's confirmation height.
     pub emergency_height: Option<u32>,
     /// The approved spend confirmed at this height.
     pub spent_height: Option<u32>,
     /// V was spent by a transaction that is neither U nor E: nothing is left to protect.
     #[serde(default)]
-    pub foreign_spend: Option<Txid>,
+    pub foreign_spend: Option<Box<Txid>>,
     /// Nothing left to do (the final transaction is buried).
     pub done: bool,
 }

@@ -60,14 +60,14 @@ impl Watcher {
                         ),
                     ));
                 }
-                vault.state.bump = Some(BumpState {
+                vault.state.bump = Some(Box::new(BumpState {
                     parent: parent_txid,
                     height,
                     sat_per_vb: bump.sat_per_vb,
                     coin: bump.coin,
                     coin_value: bump.coin_value,
                     ceiling: bump.ceiling,
-                });
+                }));
                 self.wallet_dirty = true;
                 self.dirty.insert(id);
                 actions.push(Action::BroadcastPackage {

@@ -67,10 +67,10 @@ impl Watcher {
     /// whether to panic (a single registrar key must not be able to force a sweep).
     fn foreign_vault_spend(&mut self, id: OutPoint, txid: Txid, actions: &mut Vec<Action>) {
         let vault = self.vaults.get_mut(&id).expect("watched");
-        if vault.state.foreign_spend == Some(txid) {
+        if vault.state.foreign_spend.as_deref() == Some(&txid) {
             return;
         }
-        vault.state.foreign_spend = Some(txid);
+        vault.state.foreign_spend = Some(Box::new(txid));
         vault.state.done = true;
         self.active.remove(&id);
         self.dirty.insert(id);
