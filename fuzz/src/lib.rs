@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use vigil_chain::electrum::headers::HeaderRules;
+use vigil_chain::electrum::headers::{HeaderRules, Periods};
 use vigil_chain::electrum::ElectrumClient;
 use vigil_policy::bitcoin::consensus::{deserialize, Decodable};
 use vigil_policy::bitcoin::hashes::Hash;
@@ -186,7 +186,10 @@ pub fn electrum_response(data: &[u8]) {
         let _ = vigil_chain::electrum::client::parse_history(&v);
         if let Ok(header) = vigil_chain::electrum::header_from_hex(&v) {
             let _ = rules.check_work(1, &header);
-            let _ = rules.check_difficulty(2016, &header, &|_| Some(header));
+            let _ = rules.check_time(1, &header, 1_800_000_000);
+            let mut periods = Periods::new(header.bits);
+            let _ = periods.extend(&rules, 2 * 2016, &|_| Some(header));
+            let _ = rules.check_difficulty(4032, &header, periods.bits(4032));
         }
         if let Some(branch) = v.get("merkle").and_then(Value::as_array) {
             let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);

@@ -83,13 +83,17 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Writes `text` to a file only its owner can read, created that way (never world-readable,
-/// not even for an instant).
+/// Writes `text` to a new file only its owner can read, created that way (never readable by
+/// others, not even for an instant). Whatever was at `path` is removed first, and the file is
+/// created anew: a symlink planted there is not followed.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(text.as_bytes())
 }
 
@@ -130,5 +134,12 @@ mod tests {
         assert!(!other.allows(Some(&header(&cookie))), "a new cookie at every start");
         other.remove_cookie();
         assert!(!path.exists());
+        // A symlink planted where the cookie goes is replaced, not followed.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        Credentials::new(None, None, dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
     }
 }

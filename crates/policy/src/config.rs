@@ -269,14 +269,14 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
             ))
         }
     };
-    // Keys are compared by their public key alone: the same key re-encoded with another depth,
-    // fingerprint or child number is the same signer, and so is one private key under two
-    // chain codes (whoever holds it derives both) -- `multi_a(2, G0, G0', G2)` would let one
-    // guardian sign for two.
+    // Keys are compared by their x-only public key alone: the same key re-encoded with another
+    // depth, fingerprint or child number is the same signer, and so is one private key under
+    // two chain codes, or negated (whoever holds k holds -k, and derives both children) --
+    // `multi_a(2, G0, G0', G2)` would let one guardian sign for two.
     let mut seen = HashSet::new();
     let mut key = |name: String, text: &str| -> Result<PolicyKey, PolicyError> {
         let k = parse_key(&name, text, network)?;
-        if !seen.insert(k.xpub.public_key) {
+        if !seen.insert(k.xpub.public_key.x_only_public_key().0) {
             return Err(field(
                 name,
                 "the same key appears twice in the policy; every role needs its own key",

@@ -104,7 +104,8 @@ fn a_key_used_twice_is_refused() {
 #[test]
 fn the_same_key_re_encoded_is_still_the_same_key() {
     // A guardian's key written again with another depth, parent fingerprint and child number
-    // (or even another chain code) is the same signer: 2-of-3 must not become 2-of-"2".
+    // (or even another chain code, or negated) is the same signer: 2-of-3 must not become
+    // 2-of-"2".
     let good = example();
     let policy = Policy::from_toml(&good).unwrap();
     let g0 = policy.guardians.keys[0].xpub;
@@ -117,6 +118,12 @@ fn the_same_key_re_encoded_is_still_the_same_key() {
             ..g0
         },
         vigil_policy::bitcoin::bip32::Xpub { chain_code: [9; 32].into(), ..g0 },
+        // The negated key: its private key is the negated private key, held by the same guardian.
+        vigil_policy::bitcoin::bip32::Xpub {
+            public_key: g0.public_key.negate(&vigil_policy::bitcoin::secp256k1::Secp256k1::new()),
+            chain_code: [9; 32].into(),
+            ..g0
+        },
     ];
     for twin in variants {
         assert_ne!(twin.to_string(), g0.to_string(), "a different encoding");

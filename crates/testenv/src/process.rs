@@ -162,13 +162,23 @@ pub fn bitcoind() -> Option<Node> {
 
 /// A real bitcoind; with `p2p`, listening for peers on a loopback port (electrs needs one).
 pub fn bitcoind_with_p2p(p2p: bool) -> Option<Node> {
+    bitcoind_configured(p2p, true)
+}
+
+/// A real bitcoind as most people run it: without a transaction index (`getrawtransaction`
+/// then finds only mempool transactions).
+pub fn bitcoind_without_txindex() -> Option<Node> {
+    bitcoind_configured(false, false)
+}
+
+fn bitcoind_configured(p2p: bool, txindex: bool) -> Option<Node> {
     let exe = available("BITCOIND_EXE", "VIGIL_REQUIRE_BITCOIND", "bitcoind")?;
     Some(start_node(p2p, &|dir, port, p2p| {
         Command::new(&exe)
             .args([
                 "-regtest",
                 "-rest",
-                "-txindex",
+                if txindex { "-txindex=1" } else { "-txindex=0" },
                 "-printtoconsole=0",
                 "-rpcuser=vigil",
                 "-rpcpassword=secret",

@@ -20,7 +20,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Delivers the outbox to `endpoint` until the tower stops.
 pub(crate) fn deliver_loop(tower: Arc<Tower>, endpoint: String, mut store: Box<dyn TowerStore>) {
     let agent = ureq::AgentBuilder::new().timeout(ATTEMPT_TIMEOUT).build();
-    let endpoints = tower.config.alarms.webhooks.len();
+    let endpoints = tower.config.alarms.webhooks.clone();
     let pause = Duration::from_millis(tower.config.poll_interval_ms.clamp(50, 1_000));
     let mut backoff: HashMap<i64, Instant> = HashMap::new();
     while !tower.stopping.load(Ordering::SeqCst) {
@@ -43,7 +43,7 @@ pub(crate) fn deliver_loop(tower: Arc<Tower>, endpoint: String, mut store: Box<d
                 let wait = Duration::from_secs(1 << alarm.attempts.min(5)).min(MAX_BACKOFF);
                 backoff.insert(alarm.id, Instant::now() + wait);
             }
-            if let Err(e) = store.alarm_attempted(alarm.id, &endpoint, delivered, endpoints) {
+            if let Err(e) = store.alarm_attempted(alarm.id, &endpoint, delivered, &endpoints) {
                 tracing::error!(%endpoint, error = %e, "recording an alarm delivery");
             }
             if tower.stopping.load(Ordering::SeqCst) {

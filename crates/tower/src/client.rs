@@ -85,6 +85,16 @@ impl Client {
     }
 }
 
+/// Why `policy`'s fee ladder is out of reach of a fee wallet sized at `stress_sat_per_vb`, if
+/// it is: the wallet must pay beyond the ladder's top rung, or the last bumps a cancel needs
+/// under a fee spike could not be paid.
+pub fn ladder_out_of_reach(policy: &Policy, stress_sat_per_vb: u64) -> Option<String> {
+    let top = policy.fees.ladder_sat_per_vb.last().copied().unwrap_or(0);
+    (stress_sat_per_vb <= top).then(|| {
+        format!("its top ladder rung ({top} sat/vB) is not below the fee wallet's stress feerate ({stress_sat_per_vb} sat/vB)")
+    })
+}
+
 /// A client's new policy, signed by its guardian quorum, waiting to take effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyChange {

@@ -294,7 +294,15 @@ pub fn parse_config(text: &str) -> Result<TowerConfig, TowerError> {
             });
         }
     }
-    Ok(toml::from_str(text)?)
+    let config: TowerConfig = toml::from_str(text)?;
+    let hooks = &config.alarms.webhooks;
+    if let Some(twice) = hooks.iter().enumerate().find_map(|(i, h)| hooks[..i].contains(h).then_some(h)) {
+        return Err(TowerError::Config {
+            field: "alarms.webhooks".into(),
+            reason: format!("{twice} is listed twice: each endpoint once"),
+        });
+    }
+    Ok(config)
 }
 
 /// Reads a secret key from `path`: 64 hex characters, in a file neither its group nor others
@@ -345,6 +353,7 @@ mod tests {
             ("[chain]\nurl = \"h\"\ncookie_file = \"c\"\n[store]\nkind = \"mysql\"\n", "unknown variant `mysql`"),
             ("[chain]\nurl = \"h\"\ncookie_file = \"c\"\n[store]\nkind = \"postgres\"\n", "store.url"),
             ("[chain]\nurl = \"h\"\ncookie_file = \"c\"\n[store]\nkind = \"postgres\"\nurl = \"x\"\nschema = \"a;b\"\n", "store.schema"),
+            ("[chain]\nurl = \"h\"\ncookie_file = \"c\"\n[alarms]\nwebhooks = [\"http://a\", \"http://a\"]\n", "listed twice"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");

@@ -13,7 +13,7 @@ use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
 use vigil_policy::bitcoin::OutPoint;
 
-use crate::client::{policy_id, Client, ClientRecord, PolicyChange};
+use crate::client::{ladder_out_of_reach, policy_id, Client, ClientRecord, PolicyChange};
 use crate::config::{read_key_file, ChainConfig, RpcAuth, StoreConfig, TowerConfig};
 use crate::error::{ClientPolicyError, StoreError, TowerError};
 use crate::fees::{FeeCoin, FeePolicy, FeeWallet};
@@ -134,15 +134,12 @@ fn backend(chain: &ChainConfig) -> Box<dyn ChainBackend> {
 
 /// The fee wallet's stress feerate must be above `client`'s top ladder rung, or it could not
 /// pay beyond the ladder.
-fn check_stress(config: &TowerConfig, client: &Client) -> Result<(), TowerError> {
-    let top = client.policy.fees.ladder_sat_per_vb.last().copied().unwrap_or(0);
-    match config.fee_wallet.as_ref().filter(|fw| fw.stress_sat_per_vb <= top) {
-        Some(fw) => Err(TowerError::Config {
+fn check_stress(config: &TowerConfig, client: &str, policy: &vigil_policy::Policy) -> Result<(), TowerError> {
+    let reason = config.fee_wallet.as_ref().and_then(|fw| ladder_out_of_reach(policy, fw.stress_sat_per_vb));
+    match reason {
+        Some(reason) => Err(TowerError::Config {
             field: "fee_wallet.stress_sat_per_vb".into(),
-            reason: format!(
-                "{} is not above the top ladder rung ({top} sat/vB) of client {}: the fee wallet could not pay beyond the ladder",
-                fw.stress_sat_per_vb, client.id
-            ),
+            reason: format!("client {client}: {reason}"),
         }),
         None => Ok(()),
     }
@@ -168,7 +165,7 @@ impl Tower {
             let text = std::fs::read_to_string(&c.policy).map_err(|e| refuse(e.into()))?;
             let id = policy_id(&text);
             let client = Client::new(&id, &text).map_err(|e| refuse(e.into()))?;
-            check_stress(&config, &client)?;
+            check_stress(&config, &client.id, &client.policy)?;
             configured.push((id, text, c.policy.clone()));
         }
         let backend = backend(&config.chain);
@@ -186,9 +183,14 @@ impl Tower {
             // A stored policy once built; one that no longer does is a store to investigate.
             let client = Client::new(&record.id, &record.policy)
                 .map_err(|_| StoreError::Invalid { what: "client policy", value: record.id.clone() })?;
-            check_stress(&config, &client)?;
+            check_stress(&config, &client.id, &client.policy)?;
             watcher.set_limits(&record.id, client.limits());
             if let Some(change) = record.pending {
+                // A waiting change was checked against the stress feerate when it was accepted;
+                // a configuration lowered since must not let it apply out of reach.
+                if let Ok(policy) = vigil_policy::Policy::from_toml(&change.policy) {
+                    check_stress(&config, &client.id, &policy)?;
+                }
                 pending.insert(record.id.clone(), change);
             }
             clients.insert(record.id, Arc::new(client));

@@ -31,9 +31,11 @@ pub struct FeePolicy {
     pub bump_sat_per_vb: u64,
 }
 
-/// Mempool snapshots in a row without a coin's spend (or its creator) before the wallet
-/// believes it gone: the spend may have been made after the snapshot was taken.
-const MISSING_SNAPSHOTS: u8 = 2;
+/// Blocks a coin's spend (or its creator) must be missing from the mempool before the wallet
+/// believes it gone. Counted in blocks, not polls: a spend just made may not be in a snapshot
+/// taken a moment earlier, and a spend just mined leaves the mempool before the tower has
+/// processed its block; reusing the coin then would only build a child that spends nothing.
+const MISSING_GRACE_BLOCKS: u32 = 2;
 
 /// A coin of the fee wallet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,10 +47,10 @@ pub struct FeeCoin {
     /// The unconfirmed transaction spending it (a bump or a split of ours).
     #[serde(default)]
     pub spent_by: Option<Txid>,
-    /// Mempool snapshots in a row that lacked `spent_by` (or, for a pending coin, the
-    /// transaction creating it).
+    /// The tip when `spent_by` (or, for a pending coin, the transaction creating it) was
+    /// first missing from the mempool, while it still is.
     #[serde(default)]
-    pub missing: u8,
+    pub missing_since: Option<u32>,
 }
 
 impl FeeCoin {
@@ -111,9 +113,10 @@ impl FeeWallet {
         self.policy.stress_sat_per_vb
     }
 
-    /// The backend's current estimate, sat/vB.
+    /// The backend's current estimate, sat/vB, at most the stress feerate: a backend that lies
+    /// about the market must not make the wallet's housekeeping burn its coins in fees.
     pub fn set_market_feerate(&mut self, sat_per_vb: u64) {
-        self.market_sat_per_vb = Some(sat_per_vb.max(1));
+        self.market_sat_per_vb = Some(sat_per_vb.clamp(1, self.policy.stress_sat_per_vb.max(1)));
     }
 
     /// What a split pays, sat/vB: the market's rate; without an estimate, the bump feerate
@@ -142,7 +145,7 @@ impl FeeWallet {
                     if let Some(c) = self.coins.get_mut(&input.previous_output) {
                         changed |= c.spent_by != Some(txid);
                         c.spent_by = Some(txid);
-                        c.missing = 0;
+                        c.missing_since = None;
                     }
                 }
             }
@@ -154,22 +157,22 @@ impl FeeWallet {
                     value: out.value.to_sat(),
                     height,
                     spent_by: None,
-                    missing: 0,
+                    missing_since: None,
                 });
                 if height.is_some() {
                     coin.height = height;
                 }
-                coin.missing = 0;
+                coin.missing_since = None;
                 changed = true;
             }
         }
         changed
     }
 
-    /// Given the transactions now in the mempool: a coin whose pending spend has left it is
-    /// free again, and a pending coin whose creator left it never existed. Returns whether
-    /// the wallet changed.
-    pub fn forget_missing_spends(&mut self, mempool: &std::collections::HashSet<Txid>) -> bool {
+    /// Given the transactions now in the mempool at `tip`: a coin whose pending spend has been
+    /// out of it for [`MISSING_GRACE_BLOCKS`] is free again, and a pending coin whose creator
+    /// has been out of it as long never existed. Returns whether the wallet changed.
+    pub fn forget_missing_spends(&mut self, mempool: &std::collections::HashSet<Txid>, tip: u32) -> bool {
         let mut changed = false;
         let mut gone = Vec::new();
         for (op, c) in self.coins.iter_mut() {
@@ -179,14 +182,16 @@ impl FeeWallet {
                 (Some(_), None) => continue,
             };
             if mempool.contains(&awaited) {
-                changed |= c.missing != 0;
-                c.missing = 0;
+                changed |= c.missing_since.take().is_some();
                 continue;
             }
-            c.missing += 1;
-            changed = true;
-            if c.missing >= MISSING_SNAPSHOTS {
-                c.missing = 0;
+            let since = *c.missing_since.get_or_insert_with(|| {
+                changed = true;
+                tip
+            });
+            if tip >= since + MISSING_GRACE_BLOCKS {
+                c.missing_since = None;
+                changed = true;
                 match c.spent_by.take() {
                     Some(_) => {}
                     None => gone.push(*op),
@@ -295,7 +300,7 @@ impl FeeWallet {
     fn spend(&mut self, coin: OutPoint, spend: Txid) {
         if let Some(c) = self.coins.get_mut(&coin) {
             c.spent_by = Some(spend);
-            c.missing = 0;
+            c.missing_since = None;
         }
     }
 
@@ -353,14 +358,22 @@ mod tests {
         w.observe(&split, None);
         assert!(w.split_pending());
         let with_split: HashSet<Txid> = [split.compute_txid()].into();
-        assert!(!w.forget_missing_spends(&with_split) || w.free_coins() == 0);
+        assert!(!w.forget_missing_spends(&with_split, 10) || w.free_coins() == 0);
         assert_eq!(w.free_coins(), 0);
-        // It leaves the mempool (evicted, or refused after all): one snapshot is not enough
-        // (our own spend may have been made after the snapshot was taken), two are.
+        // It leaves the mempool (evicted, or refused after all). Snapshots without it in the
+        // same block are not enough (our own spend may have been made after the snapshot was
+        // taken, or mined in a block not processed yet): two blocks later it is.
         let empty = HashSet::new();
-        w.forget_missing_spends(&empty);
+        for _ in 0..100 {
+            w.forget_missing_spends(&empty, 10);
+        }
+        w.forget_missing_spends(&empty, 11);
         assert_eq!(w.free_coins(), 0);
-        w.forget_missing_spends(&empty);
+        // Back in the mempool meanwhile: the count starts again.
+        w.forget_missing_spends(&with_split, 11);
+        w.forget_missing_spends(&empty, 12);
+        assert_eq!(w.free_coins(), 0);
+        w.forget_missing_spends(&empty, 14);
         assert_eq!(w.free_coins(), 1, "the coin is free again");
         assert_eq!(w.balance(), 200_000);
         assert!(!w.split_pending(), "the split's outputs are forgotten");

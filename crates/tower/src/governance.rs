@@ -11,7 +11,7 @@ use vigil_policy::bitcoin::hex::FromHex;
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::Policy;
 
-use crate::client::{only_tightens, Client, PolicyChange, GOVERNANCE_DELAY_BLOCKS};
+use crate::client::{ladder_out_of_reach, only_tightens, Client, PolicyChange, GOVERNANCE_DELAY_BLOCKS};
 use crate::daemon::Tower;
 use crate::error::Refusal;
 use crate::registration::{ack, client, stale_nonce, verified_signers};
@@ -99,6 +99,17 @@ pub(crate) fn change_policy(
     Client::new(&current.id, &req.policy).map_err(|e| bad(format!("policy: {e}")))?;
     let tightening = only_tightens(&current.policy, &new);
     let mut state = tower.lock();
+    // A change applied while this request was checked: the request was weighed against a
+    // policy that is no longer the current one.
+    if !std::sync::Arc::ptr_eq(&current, &client(tower, &req.policy_id)?) {
+        return Err(Refusal::Conflict("the client's policy changed meanwhile: check and sign again".into()));
+    }
+    // A ladder the fee wallet cannot outbid would leave cancels unpaid in a fee spike, and
+    // would stop the tower from restarting for every client.
+    if let Some(reason) = state.watcher.fee_wallet().and_then(|w| ladder_out_of_reach(&new, w.stress_rate()))
+    {
+        return Err(bad(format!("policy: {reason}")));
+    }
     let waiting = state.pending.get(&current.id).cloned();
     let subject =
         |c: &PolicyChange| format!("policy {} version {} at {}", c.client, c.version, c.effective_height);
@@ -116,7 +127,8 @@ pub(crate) fn change_policy(
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
         return Err(stale_nonce(req.nonce, last));
     }
-    let tip = state.watcher.tip();
+    // The highest tip known: a loosening's delay never counts from a height the chain passed.
+    let tip = state.watcher.tip().max(state.backend_tip);
     let effective_height = if tightening { tip } else { tip + GOVERNANCE_DELAY_BLOCKS };
     let change = PolicyChange {
         client: current.id.clone(),

@@ -16,6 +16,7 @@
 //! its co-signer and guardians, its pinned version.
 
 use std::str::FromStr;
+use std::sync::MutexGuard;
 
 use vigil_policy::bitcoin::consensus::deserialize;
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
@@ -26,7 +27,7 @@ use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut, Txid};
 use vigil_policy::{PresignedTx, VaultKind};
 
 use crate::client::Client;
-use crate::daemon::Tower;
+use crate::daemon::{Tower, TowerState};
 use crate::error::Refusal;
 use crate::store::{NonceCheck, Registered, StoredApproval};
 use crate::vault::{ApprovalTerms, Vault, VaultState};
@@ -192,15 +193,22 @@ fn on_chain(
 ) -> Result<Vec<(Transaction, Option<u32>)>, Refusal> {
     let backend = tower.backend.as_ref();
     let v = vault.outpoint;
+    let not_ours = || {
+        bad(format!(
+            "vault.vault_outpoint: {v} on chain is not this vault's output (another script or amount)"
+        ))
+    };
+    // The common case first, through the UTXO set: a node needs no transaction index for it.
+    if let Some(out) = backend.unspent_output(&v)? {
+        return if out == *expected { Ok(Vec::new()) } else { Err(not_ours()) };
+    }
+    // Spent, or not broadcast yet. A node without -txindex finds a spent V only while its
+    // transactions are in the mempool; once confirmed, such a vault is refused as unfunded
+    // (docs/tower.md).
     match backend.transaction_info(&v.txid)? {
         Some((tx, _)) => {
             if tx.output.get(v.vout as usize) != Some(expected) {
-                return Err(bad(format!(
-                    "vault.vault_outpoint: {v} on chain is not this vault's output (another script or amount)"
-                )));
-            }
-            if backend.unspent_output(&v)?.is_some() {
-                return Ok(Vec::new());
+                return Err(not_ours());
             }
             // Spent: by this vault's unvault, or it cannot be protected.
             let u = vault.unvault.compute_txid();
@@ -282,6 +290,7 @@ pub(crate) fn register_vault(
     }
     let (vault, expected) = checked_vault(&client, req)?;
     let outpoint = vault.outpoint;
+    let looked_up = tower.lock().watcher.events();
     let history = on_chain(tower, &vault, &expected, req.funding.as_deref())?;
     // The vault row holds every transaction; the request itself is kept as its digest.
     let digest = sha256::Hash::hash(body).to_string();
@@ -300,24 +309,58 @@ pub(crate) fn register_vault(
             "this client already has {max} vaults, as many as this tower takes from one client"
         ))),
         Registered::New | Registered::Same => {
+            let watched = vault.watched_scripts();
             if state.watcher.vault(&outpoint).is_none() {
-                // Watched before it is acknowledged: from the next poll on, history included.
-                tower.backend.watch_scripts(&vault.watched_scripts());
-                state.watcher.add_vault(vault);
-                let mut actions = Vec::new();
-                for (tx, height) in &history {
-                    actions.extend(state.watcher.on_known_tx(tx, *height));
-                }
-                if let Some(e) = state.watcher.take_graph_error() {
-                    tower.shutdown();
-                    return Err(e.into());
-                }
-                tracing::info!(vault = %outpoint, client = %client.id, already = history.len(), "vault registered");
-                tower.act(state, &actions)?;
+                // Watched before it is acknowledged: from the next poll on.
+                tower.backend.watch_scripts(&watched);
+                state.watcher.add_vault(vault.clone());
             }
+            // What already happened is fed even to a vault watched since an earlier attempt:
+            // a crash may have come between storing it and recording what its history meant
+            // (feeding a transaction twice changes nothing).
+            state = feed(tower, state, &outpoint, &history)?;
+            // Something the watcher ignored went by while the vault was looked up (it was not
+            // watched yet): look again. The vault is watched now, so once is enough.
+            if state.watcher.events() != looked_up {
+                drop(state);
+                let again = on_chain(tower, &vault, &expected, req.funding.as_deref());
+                state = tower.lock();
+                match again {
+                    Ok(history) => state = feed(tower, state, &outpoint, &history)?,
+                    Err(e) => {
+                        tracing::warn!(vault = %outpoint, error = %e, "looking the vault up again failed")
+                    }
+                }
+            }
+            tracing::info!(vault = %outpoint, client = %client.id, already = history.len(), "vault registered");
+            drop(state);
             Ok(ack(tower, outpoint.to_string()))
         }
     }
+}
+
+/// Feeds a vault's history (transactions with their confirmation height) to the watcher and
+/// acts on what it decides.
+fn feed<'a>(
+    tower: &'a Tower,
+    mut state: MutexGuard<'a, TowerState>,
+    outpoint: &OutPoint,
+    history: &[(Transaction, Option<u32>)],
+) -> Result<MutexGuard<'a, TowerState>, Refusal> {
+    let mut actions = Vec::new();
+    for (tx, height) in history {
+        actions.extend(state.watcher.on_known_tx(tx, *height));
+    }
+    if let Some(e) = state.watcher.take_graph_error() {
+        tower.shutdown();
+        return Err(e.into());
+    }
+    if actions.is_empty() && !state.watcher.has_changes() {
+        return Ok(state);
+    }
+    tracing::debug!(vault = %outpoint, actions = actions.len(), "history of a registered vault");
+    tower.act(state, &actions)?;
+    Ok(tower.lock())
 }
 
 /// `POST /v1/approvals`.

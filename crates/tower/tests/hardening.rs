@@ -558,3 +558,85 @@ fn low_vigil_node_credentials_are_cores() {
     child.wait().unwrap();
     assert!(!cookie.exists(), "removed at shutdown");
 }
+
+#[test]
+fn h1_a_policy_change_cannot_raise_the_ladder_beyond_the_fee_wallet() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("ladder ceiling"));
+    let fee_wallet = "[fee_wallet]\nkey_file = \"{dir}/fee.key\"\nstress_sat_per_vb = 300\n";
+    let mut tower = TowerProcess::with_fee_key(&node, &[h.policy_path.clone()], 12, fee_wallet, &[0x43; 32]);
+    let steep = policy(&h, 2, 10_000_000).replace("250]", "250, 500]");
+    let r = change(&mut h, &tower, &steep, &[0, 1]);
+    assert!(matches!(&r, Err((400, t)) if t.contains("stress feerate")), "{r:?}");
+    // A ladder still below the stress feerate is accepted, and the tower restarts.
+    let steeper = policy(&h, 2, 10_000_000).replace("250]", "250, 299]");
+    change(&mut h, &tower, &steeper, &[0, 1]).unwrap();
+    tower.kill9();
+    tower.start();
+    assert_eq!(client_view(&h, &tower)["pending"][0]["version"], 2);
+}
+
+#[test]
+fn m3_registration_needs_no_transaction_index() {
+    let Some(core) = vigil_testenv::process::bitcoind_without_txindex() else { return };
+    let rpc = &core.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &core, example("no txindex"));
+    let tower = TowerProcess::new(&core, &[h.policy_path.clone()], 14, None);
+    // V confirmed before it is registered: found through the UTXO set.
+    let vault = h.create_vault(rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
+    rpc.broadcast(&vault.funding).unwrap();
+    block(&core, &h);
+    h.register(&tower.api, &vault).unwrap();
+    // And it is protected: an unapproved unvault is cancelled.
+    rpc.broadcast(vault.graph.unvault()).unwrap();
+    block(&core, &h);
+    eventually("a cancel", || {
+        block(&core, &h);
+        let spend = spend_of(rpc, vault.unvault_outpoint())?;
+        vault.graph.graph().cancels.iter().any(|c| c.tx.compute_txid() == spend.compute_txid()).then_some(())
+    });
+}
+
+#[test]
+fn m4_registering_again_after_a_crash_catches_up_with_the_vaults_history() {
+    use vigil_tower::store::{SqliteStore, TowerStore};
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("crash between store and history"));
+    let mut tower = TowerProcess::new(&node, &[h.policy_path.clone()], 15, None);
+    let vault = h.create_vault(rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    rpc.broadcast(&vault.funding).unwrap();
+    block(&node, &h);
+    rpc.broadcast(vault.graph.unvault()).unwrap();
+    mine(rpc, 2, &h.wallet.address());
+    let height = tip(rpc) as u64;
+    eventually("the tower followed", || {
+        (tower.metric("vigil_tower_tip_height") == Some(height)).then_some(())
+    });
+    // The tower died after storing the vault, before recording what its history meant: the
+    // vault is in the store, the unvault already behind the tower's position.
+    tower.kill9();
+    let nonce = h.next_nonce();
+    let req = wire::RegisterVault::new(&h.policy_id, nonce, &vault.plan, &vault.graph, Some(&vault.funding));
+    let body = serde_json::to_vec(&req).unwrap();
+    let client = vigil_tower::Client::new(&h.policy_id, &h.example.to_toml()).unwrap();
+    let (stored, _) = vigil_tower::registration::checked_vault(&client, &req).unwrap();
+    let digest = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&body).to_string();
+    let mut store = SqliteStore::open(&tower.dir.path().join("data/tower.sqlite")).unwrap();
+    let owner = auth_keypair(&h.keys.owners[0]).x_only_public_key().0.to_string();
+    store.register_vault(&owner, nonce, &stored, &digest, 10).unwrap();
+    drop(store);
+    tower.start();
+    // The owner's device, never acknowledged, sends the very request again: the same
+    // registration (not a replay), and the history is caught up.
+    post(&tower.api, "/v1/vaults", &body, &h.owner_auth()).unwrap();
+    // Another request for it is a replay still.
+    let mut other = req.clone();
+    other.funding = None;
+    let r = post(&tower.api, "/v1/vaults", &serde_json::to_vec(&other).unwrap(), &h.owner_auth());
+    assert!(matches!(&r, Err((409, t)) if t.contains("replayed")), "{r:?}");
+    cancelled(&node, &h, &vault);
+}

@@ -114,7 +114,8 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
         (alarm[0].kind, alarm[0].vault.clone()),
         (AlarmKind::UnvaultCancelled, Some(a.outpoint.to_string()))
     );
-    store.alarm_attempted(alarm[0].id, "hook-a", false, 2).unwrap();
+    let hooks = ["hook-a".to_string(), "hook-b".to_string()];
+    store.alarm_attempted(alarm[0].id, "hook-a", false, &hooks).unwrap();
     assert_eq!(store.outbox_len().unwrap(), 1);
     drop(store);
 
@@ -149,11 +150,15 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     // Delivered to one endpoint, the alarm waits for the other; then it leaves the outbox.
     let alarm = store.undelivered_alarms("hook-a").unwrap();
     assert_eq!(alarm[0].attempts, 1);
-    store.alarm_attempted(alarm[0].id, "hook-a", true, 2).unwrap();
+    let hooks = ["hook-a".to_string(), "hook-b".to_string()];
+    store.alarm_attempted(alarm[0].id, "hook-a", true, &hooks).unwrap();
     assert!(store.undelivered_alarms("hook-a").unwrap().is_empty());
     assert_eq!(store.undelivered_alarms("hook-b").unwrap().len(), 1);
     assert_eq!(store.outbox_len().unwrap(), 1);
-    store.alarm_attempted(alarm[0].id, "hook-b", true, 2).unwrap();
+    // A delivery to an endpoint no longer configured does not count for hook-b.
+    store.alarm_attempted(alarm[0].id, "hook-old", true, &hooks).unwrap();
+    assert_eq!(store.outbox_len().unwrap(), 1);
+    store.alarm_attempted(alarm[0].id, "hook-b", true, &hooks).unwrap();
     assert!(store.undelivered_alarms("hook-b").unwrap().is_empty());
     assert_eq!(store.outbox_len().unwrap(), 0);
 }

@@ -246,9 +246,14 @@ fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
     assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(0), "nothing stored");
 
-    // The good one, then its replay.
-    post(&tower.api, "/v1/vaults", &body(&good), &owner).unwrap();
-    match post(&tower.api, "/v1/vaults", &body(&good), &owner) {
+    // The good one, then the very same request again (its answer lost, say): the same
+    // registration, acknowledged, nothing new stored. Any other request under its nonce (the
+    // same fields written otherwise, here) is a replay.
+    let first = post(&tower.api, "/v1/vaults", &body(&good), &owner).unwrap();
+    let again = post(&tower.api, "/v1/vaults", &body(&good), &owner).unwrap();
+    assert_eq!(first["subject"], again["subject"]);
+    let other = serde_json::to_vec_pretty(&good).unwrap();
+    match post(&tower.api, "/v1/vaults", &other, &owner) {
         Err((409, text)) => assert!(text.contains("replayed"), "{text}"),
         other => panic!("replay: {other:?}"),
     }

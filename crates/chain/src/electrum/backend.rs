@@ -16,7 +16,7 @@
 //! Those pushes are a hint; whenever the tip changes every status is asked again (pipelined,
 //! one round trip), so a block's transactions are never missed for want of a notification.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Transaction, TxMerkleNode, 
 use serde_json::{json, Value};
 
 use super::client::{parse_history, scripthash, ElectrumClient, HistoryItem, LineStream, Notification};
-use super::headers::{network_of, HeaderRules};
+use super::headers::{network_of, HeaderRules, Periods};
 use crate::{btc_per_kvb_to_sat_per_vb, BackendError, BlockId, ChainBackend, MempoolSnapshot};
 
 /// An Electrum server as a chain backend (plain TCP, `host:port`).
@@ -45,10 +45,10 @@ struct State {
     tip: Option<BlockId>,
     /// The server's network's header rules, from its genesis.
     rules: Option<HeaderRules>,
+    /// The difficulty periods verified so far (on retargeting networks).
+    periods: Option<Periods>,
     /// Headers seen and checked, by hash (pruned to recent ones).
     headers: HashMap<BlockHash, (u32, Header)>,
-    /// The same, by height, as the server last gave them.
-    by_height: BTreeMap<u32, Header>,
     /// Watched transactions fetched so far.
     txs: HashMap<Txid, Transaction>,
 }
@@ -95,6 +95,7 @@ impl ElectrumBackend {
                         ))
                     })?;
                     state.rules = Some(HeaderRules::new(network));
+                    state.periods = Some(Periods::new(genesis.bits));
                 }
                 c
             }
@@ -158,24 +159,53 @@ impl State {
     ) -> Result<BlockHash, BackendError> {
         let rules = self.rules.clone().expect("known once connected");
         let hash = rules.check_work(height, &header).map_err(BackendError::Invalid)?;
-        for needed in rules.needed(height) {
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.by_height.entry(needed) {
-                let earlier = header_from_hex(&client.call("blockchain.block.header", json!([needed]))?)?;
-                rules.check_work(needed, &earlier).map_err(BackendError::Invalid)?;
-                slot.insert(earlier);
-            }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs().min(u32::MAX.into()) as u32);
+        rules.check_time(height, &header, now).map_err(BackendError::Invalid)?;
+        if rules.retargets() {
+            self.verify_periods(client, &rules, height)?;
         }
-        rules
-            .check_difficulty(height, &header, &|h| self.by_height.get(&h).copied())
-            .map_err(BackendError::Invalid)?;
+        let periods = self.periods.as_mut().expect("known once connected");
+        if let Err(e) = rules.check_difficulty(height, &header, periods.bits(height)) {
+            // A reorganisation across the newest period's boundary may have changed its bits:
+            // that one period is verified again, once.
+            if !rules.retargets() || !periods.is_newest(height) {
+                return Err(BackendError::Invalid(e));
+            }
+            periods.forget_from(height);
+            self.verify_periods(client, &rules, height)?;
+            let periods = self.periods.as_ref().expect("known once connected");
+            rules.check_difficulty(height, &header, periods.bits(height)).map_err(BackendError::Invalid)?;
+        }
         self.headers.insert(hash, (height, header));
-        self.by_height.insert(height, header);
         if self.headers.len() > 2 * HEADERS_KEPT as usize {
             let floor = height.saturating_sub(HEADERS_KEPT);
             self.headers.retain(|_, (h, _)| *h >= floor);
-            self.by_height = self.by_height.split_off(&floor);
         }
         Ok(hash)
+    }
+
+    /// Verifies the difficulty periods up to `height`'s, fetching the two headers each new
+    /// one needs (on mainnet, once for the whole history at the first connection: ~450 batched
+    /// requests of a header each).
+    fn verify_periods(
+        &mut self,
+        client: &mut ElectrumClient<LineStream>,
+        rules: &HeaderRules,
+        height: u32,
+    ) -> Result<(), BackendError> {
+        let periods = self.periods.as_mut().expect("known once connected");
+        let needed = periods.needed(height);
+        let mut fetched = HashMap::new();
+        for chunk in needed.chunks(500) {
+            let calls: Vec<(&str, Value)> =
+                chunk.iter().map(|h| ("blockchain.block.header", json!([h]))).collect();
+            for (h, answer) in chunk.iter().zip(client.call_many(&calls)?) {
+                fetched.insert(*h, header_from_hex(&answer?)?);
+            }
+        }
+        periods.extend(rules, height, &|h| fetched.get(&h).copied()).map_err(BackendError::Invalid)
     }
 
     /// Watched transactions, fetched once each.
@@ -436,6 +466,12 @@ mod tests {
 
     /// An Electrum server on loopback that serves `genesis` and announces `tip` at height 1.
     fn lying_server(genesis: Header, tip: Header) -> String {
+        server(HashMap::from([(0, genesis), (1, tip)]), 1)
+    }
+
+    /// An Electrum server on loopback that serves `headers` by height and announces the one
+    /// at `tip`.
+    fn server(headers: HashMap<u32, Header>, tip: u32) -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         std::thread::spawn(move || {
@@ -446,11 +482,13 @@ mod tests {
                     let request: Value = serde_json::from_str(&line).unwrap();
                     let result = match request["method"].as_str().unwrap() {
                         "server.version" => json!(["liar", "1.4"]),
-                        "blockchain.block.header" if request["params"][0] == 0 => {
-                            json!(serialize_hex(&genesis))
+                        "blockchain.block.header" => {
+                            let height = request["params"][0].as_u64().unwrap() as u32;
+                            headers.get(&height).map_or(Value::Null, |h| json!(serialize_hex(h)))
                         }
-                        "blockchain.block.header" => json!(serialize_hex(&tip)),
-                        "blockchain.headers.subscribe" => json!({"height": 1, "hex": serialize_hex(&tip)}),
+                        "blockchain.headers.subscribe" => {
+                            json!({"height": tip, "hex": serialize_hex(&headers[&tip])})
+                        }
                         _ => Value::Null,
                     };
                     let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": result});
@@ -494,6 +532,32 @@ mod tests {
         // A genesis of no known network is no chain at all.
         let unknown = ElectrumBackend::new(&lying_server(forged, forged));
         assert!(matches!(unknown.tip(), Err(BackendError::Invalid(e)) if e.contains("no network")));
+    }
+
+    #[test]
+    fn a_header_with_the_difficulty_of_an_earlier_period_is_refused() {
+        use super::super::headers::tests::{easy, mined, EASY_BITS, PERIOD_SECS};
+        // Period 0 was four times too fast: period 1's headers must be four times harder.
+        let start = 1_000_000;
+        let period_0 = [(0, mined(EASY_BITS, start)), (2015, mined(EASY_BITS, start + PERIOD_SECS / 4))];
+        let backend = |tip: Header, extra: &[(u32, Header)]| {
+            let headers = period_0.iter().chain(extra).copied().chain([(2020, tip)]).collect();
+            let backend = ElectrumBackend::new(&server(headers, 2020));
+            let mut state = backend.state.lock().unwrap();
+            state.rules = Some(easy());
+            state.periods = Some(Periods::new(CompactTarget::from_consensus(EASY_BITS)));
+            drop(state);
+            backend
+        };
+        assert_eq!(backend(mined(0x1f1fffff, start + 10), &[]).tip().unwrap().height, 2020);
+        let liar = backend(mined(EASY_BITS, start + 10), &[]);
+        assert!(matches!(liar.tip(), Err(BackendError::Invalid(e)) if e.contains("require 0x1f1fffff")));
+        // Easy headers offered as period 1's first: judged by period 0, refused just the same.
+        let liar = backend(mined(EASY_BITS, start + 10), &[(2016, mined(EASY_BITS, start + 5))]);
+        assert!(matches!(liar.tip(), Err(BackendError::Invalid(e)) if e.contains("require 0x1f1fffff")));
+        // A header from more than two hours ahead.
+        let future = mined(0x1f1fffff, u32::MAX - 1);
+        assert!(matches!(backend(future, &[]).tip(), Err(BackendError::Invalid(e)) if e.contains("future")));
     }
 
     #[test]

@@ -174,13 +174,14 @@ pub trait TowerStore: Send {
     /// Alarms not yet delivered to `endpoint`.
     fn undelivered_alarms(&mut self, endpoint: &str) -> Result<Vec<OutboxAlarm>, StoreError>;
     /// Records a delivery attempt of alarm `id` to `endpoint`; once every one of `endpoints`
-    /// has it, the alarm leaves the outbox.
+    /// (those configured now: deliveries to a removed one do not count) has it, the alarm
+    /// leaves the outbox.
     fn alarm_attempted(
         &mut self,
         id: i64,
         endpoint: &str,
         delivered: bool,
-        endpoints: usize,
+        endpoints: &[String],
     ) -> Result<(), StoreError>;
     /// Alarms not yet delivered everywhere.
     fn outbox_len(&mut self) -> Result<u64, StoreError>;

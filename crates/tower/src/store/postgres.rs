@@ -190,12 +190,18 @@ impl TowerStore for PostgresStore {
     ) -> Result<Registered, StoreError> {
         self.run(|client| {
             let mut tx = client.transaction()?;
+            let outpoint = vault.outpoint.to_string();
             if let NonceCheck::Refused { last } = Self::nonce(&mut tx, key, nonce)? {
-                return Ok(Registered::Replay { last });
+                // The very request again (its answer lost in a crash or a dropped connection):
+                // the same registration, not a replay to refuse.
+                let stored =
+                    tx.query_opt("SELECT registration FROM vaults WHERE outpoint = $1", &[&outpoint])?;
+                let same = stored
+                    .is_some_and(|row| row.get::<_, Option<String>>(0).as_deref() == Some(registration));
+                return Ok(if same { Registered::Same } else { Registered::Replay { last } });
             }
             // One registration per client at a time: the count and the index check hold.
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&vault.policy_id])?;
-            let outpoint = vault.outpoint.to_string();
             let existing = tx.query_opt("SELECT vault FROM vaults WHERE outpoint = $1", &[&outpoint])?;
             let outcome = match existing {
                 Some(row) if same_transactions(row.get(0), vault)? => Registered::Same,
@@ -371,7 +377,7 @@ impl TowerStore for PostgresStore {
         id: i64,
         endpoint: &str,
         delivered: bool,
-        endpoints: usize,
+        endpoints: &[String],
     ) -> Result<(), StoreError> {
         self.run(|client| {
             let mut tx = client.transaction()?;
@@ -381,11 +387,14 @@ impl TowerStore for PostgresStore {
                     "INSERT INTO alarm_deliveries (alarm_id, endpoint) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&id as &(dyn ToSql + Sync), &endpoint],
                 )?;
-                tx.execute(
-                    "UPDATE alarms SET delivered = TRUE WHERE id = $1
-                       AND (SELECT COUNT(*) FROM alarm_deliveries WHERE alarm_id = $1) >= $2",
-                    &[&id as &(dyn ToSql + Sync), &(endpoints as i64)],
-                )?;
+                let reached: Vec<String> = tx
+                    .query("SELECT endpoint FROM alarm_deliveries WHERE alarm_id = $1", &[&id])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if endpoints.iter().all(|e| reached.contains(e)) {
+                    tx.execute("UPDATE alarms SET delivered = TRUE WHERE id = $1", &[&id])?;
+                }
             }
             tx.commit()?;
             Ok(())

@@ -143,10 +143,19 @@ impl TowerStore for SqliteStore {
         max_per_client: u32,
     ) -> Result<Registered, StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        if let NonceCheck::Refused { last } = Self::nonce(&tx, key, nonce)? {
-            return Ok(Registered::Replay { last });
-        }
         let outpoint = vault.outpoint.to_string();
+        if let NonceCheck::Refused { last } = Self::nonce(&tx, key, nonce)? {
+            // The very request again (its answer lost in a crash or a dropped connection):
+            // the same registration, not a replay to refuse.
+            let stored: Option<String> = tx
+                .query_row("SELECT registration FROM vaults WHERE outpoint = ?1", [&outpoint], |r| r.get(0))
+                .optional()?;
+            return Ok(if stored.as_deref() == Some(registration) {
+                Registered::Same
+            } else {
+                Registered::Replay { last }
+            });
+        }
         let existing: Option<String> = tx
             .query_row("SELECT vault FROM vaults WHERE outpoint = ?1", [&outpoint], |r| r.get(0))
             .optional()?;
@@ -300,7 +309,7 @@ impl TowerStore for SqliteStore {
         id: i64,
         endpoint: &str,
         delivered: bool,
-        endpoints: usize,
+        endpoints: &[String],
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("UPDATE alarms SET attempts = attempts + 1 WHERE id = ?1", [id])?;
@@ -309,11 +318,13 @@ impl TowerStore for SqliteStore {
                 "INSERT OR IGNORE INTO alarm_deliveries (alarm_id, endpoint) VALUES (?1, ?2)",
                 params![id, endpoint],
             )?;
-            tx.execute(
-                "UPDATE alarms SET delivered = 1 WHERE id = ?1
-                   AND (SELECT COUNT(*) FROM alarm_deliveries WHERE alarm_id = ?1) >= ?2",
-                params![id, endpoints as i64],
-            )?;
+            let reached: Vec<String> = tx
+                .prepare("SELECT endpoint FROM alarm_deliveries WHERE alarm_id = ?1")?
+                .query_map([id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if endpoints.iter().all(|e| reached.contains(e)) {
+                tx.execute("UPDATE alarms SET delivered = 1 WHERE id = ?1", [id])?;
+            }
         }
         tx.commit()?;
         Ok(())

@@ -41,7 +41,12 @@ impl Watcher {
             None if outbid.is_some()
                 || vault.state.top_rung_since.is_some_and(|h| height >= h + BUMP_RETRY_BLOCKS) =>
             {
-                (wallet.first_rate().max(2 * parent_rate).max(2 * outbid.unwrap_or(0)), None)
+                // Never more in fees than the vault is worth: a rival claiming an absurd fee
+                // (or a backend lying about it) must not burn the wallet's largest coin for a
+                // race not worth it. Below that, winning the race is what matters.
+                let aim = wallet.first_rate().max(2 * parent_rate).max(2 * outbid.unwrap_or(0));
+                let package_vbytes = parent.vsize() as u64 + crate::fees::BUMP_VBYTES;
+                (aim.min(parent_value.to_sat() / package_vbytes), None)
             }
             None => return,
             Some(b) if b.parent != parent_txid => (b.sat_per_vb, Some((b.coin, b.coin_value))),

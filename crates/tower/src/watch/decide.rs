@@ -34,7 +34,7 @@ impl Watcher {
                             s.emergency_height = Some(h);
                         }
                     }),
-                    _ => self.foreign_vault_spend(id, txid, actions),
+                    _ => self.foreign_vault_spend(id, txid, height, actions),
                 }
             } else if let Some(id) = self.by_unvault.get(&prev).copied() {
                 let vault = &self.vaults[&id];
@@ -65,14 +65,25 @@ impl Watcher {
     /// V spent by neither U nor E: a one-time key survived, or the registrar deceived the
     /// tower. Nothing of this vault is left to protect; the guardians are alarmed and decide
     /// whether to panic (a single registrar key must not be able to force a sweep).
-    fn foreign_vault_spend(&mut self, id: OutPoint, txid: Txid, actions: &mut Vec<Action>) {
+    fn foreign_vault_spend(
+        &mut self,
+        id: OutPoint,
+        txid: Txid,
+        height: Option<u32>,
+        actions: &mut Vec<Action>,
+    ) {
         let vault = self.vaults.get_mut(&id).expect("watched");
+        // Only a confirmed spend ends the watch: one in the mempool may yet be replaced by the
+        // vault's own unvault.
+        if height.is_some() && !vault.state.done {
+            vault.state.done = true;
+            self.active.remove(&id);
+            self.dirty.insert(id);
+        }
         if vault.state.foreign_spend.as_deref() == Some(&txid) {
             return;
         }
         vault.state.foreign_spend = Some(Box::new(txid));
-        vault.state.done = true;
-        self.active.remove(&id);
         self.dirty.insert(id);
         actions.push(Action::alarm(
             Some(id),
@@ -162,14 +173,19 @@ impl Watcher {
         // Velocity bounds what the co-signer can release alone: an unvault the guardian
         // quorum approved is not counted (its spend leaf needs them on chain anyway).
         let by_quorum = approved && approval.is_some_and(|a| a.guardian_quorum);
-        let over_budget = first_sight && !by_quorum && self.over_velocity(&client, id, value, seen_at);
-        if !by_quorum {
-            self.released.entry(client).or_default().insert(id, (seen_at, value));
-        }
         self.dirty.insert(id);
         self.active.insert(id);
         if !first_sight {
+            // Judged at first sight; its confirmation only dates it for the velocity window
+            // (an approval that expired since does not make it count).
+            if let Some(entry) = height.and_then(|_| self.released.get_mut(&client)?.get_mut(&id)) {
+                entry.0 = seen_at;
+            }
             return;
+        }
+        let over_budget = !by_quorum && self.over_velocity(&client, id, value, seen_at);
+        if !by_quorum {
+            self.released.entry(client).or_default().insert(id, (seen_at, value));
         }
         let vault = self.vaults.get_mut(&id).expect("watched");
         if vault.state.emergency_rung.is_some() {

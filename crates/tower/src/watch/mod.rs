@@ -85,6 +85,8 @@ pub struct Watcher {
     /// A low-balance alarm is standing.
     wallet_low: bool,
     tip: u32,
+    /// Blocks and mempool transactions observed so far (see [`Watcher::events`]).
+    events: u64,
 }
 
 impl Watcher {
@@ -112,7 +114,9 @@ impl Watcher {
         if vault.state.unvault_seen && !vault.state.done {
             self.active.insert(vault.outpoint);
         }
-        if let Some(h) = vault.state.unvault_height {
+        // An unvault seen before a restart counts for velocity as it did, confirmed or not.
+        let seen = vault.state.unvault_height.or(vault.state.unvault_seen.then_some(self.tip));
+        if let Some(h) = seen {
             if !self.guardian_approved(&vault.unvault.compute_txid()) {
                 let value = vault.unvault.output[0].value.to_sat();
                 self.released.entry(vault.policy_id.clone()).or_default().insert(vault.outpoint, (h, value));
@@ -255,6 +259,14 @@ impl Watcher {
         self.tip
     }
 
+    /// How many blocks (connected or disconnected) and mempool transactions the watcher has
+    /// observed: a registration that looked a vault up on chain compares it before and after,
+    /// to tell whether something went by that the watcher ignored because the vault was not
+    /// watched yet.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
     /// A transaction seen in the mempool.
     pub fn on_mempool_tx(&mut self, tx: &Transaction) -> Vec<Action> {
         self.on_mempool_tx_with_fee(tx, None)
@@ -263,6 +275,7 @@ impl Watcher {
     /// A transaction seen in the mempool, with its fee when the backend told it (a rival spend
     /// of an unvault may add inputs of its own, whose values only the backend knows).
     pub fn on_mempool_tx_with_fee(&mut self, tx: &Transaction, fee: Option<u64>) -> Vec<Action> {
+        self.events += 1;
         let mut actions = Vec::new();
         if let Some(w) = self.fee_wallet.as_mut() {
             self.wallet_dirty |= w.observe(tx, None);
@@ -288,7 +301,7 @@ impl Watcher {
     /// (refused, evicted, replaced by someone else's) are free again.
     pub fn on_mempool_snapshot(&mut self, txids: &HashSet<Txid>) {
         if let Some(w) = self.fee_wallet.as_mut() {
-            self.wallet_dirty |= w.forget_missing_spends(txids);
+            self.wallet_dirty |= w.forget_missing_spends(txids, self.tip);
         }
     }
 
@@ -333,6 +346,7 @@ impl Watcher {
     pub fn on_raw_block_connected(&mut self, height: u32, raw: &[u8]) -> Result<Vec<Action>, ScanError> {
         let pays_to = self.fee_wallet.as_ref().map(|w| w.script().as_bytes().to_vec());
         let hits = scan_block(raw, &self.index, pays_to.as_deref())?;
+        self.events += 1;
         self.tip = height;
         self.fresh.clear();
         let mut actions = Vec::new();
@@ -355,6 +369,7 @@ impl Watcher {
     /// A block left the active chain: forget confirmations at that height; the next block
     /// re-broadcasts what is still needed.
     pub fn on_block_disconnected(&mut self, height: u32) {
+        self.events += 1;
         self.tip = height.saturating_sub(1);
         if let Some(w) = self.fee_wallet.as_mut() {
             w.disconnect(height);

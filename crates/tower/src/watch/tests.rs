@@ -286,11 +286,23 @@ fn a_foreign_spend_of_a_vault_alarms_the_guardians_and_sweeps_nothing_by_itself(
     let actions = w.on_mempool_tx(&thief);
     assert_eq!(alarms(&actions), vec!["foreign-vault-spend"]);
     assert!(broadcasts(&actions).is_empty(), "{actions:?}");
-    assert!(w.vault(&a.outpoint).unwrap().state.done, "nothing left to protect");
     assert!(w.on_mempool_tx(&thief).is_empty(), "alarmed once");
-    // The guardians decide: their quorum's panic sweeps the others.
+    // Still watched while the spend is only in the mempool: the guardians' panic tries E on
+    // it too (it may yet replace the thief's), and sweeps the others.
+    assert!(!w.vault(&a.outpoint).unwrap().state.done);
     let sweep = w.panic("p");
-    assert!(sweep.iter().any(|x| matches!(x, Action::Broadcast { vault, .. } if *vault == b.outpoint)));
+    for v in [&a, &b] {
+        assert!(sweep.iter().any(|x| matches!(x, Action::Broadcast { vault, .. } if *vault == v.outpoint)));
+    }
+    // Confirmed: nothing is left to protect.
+    let confirmed = w.on_block_connected(5, &block(vec![thief]));
+    assert!(!alarms(&confirmed).contains(&"foreign-vault-spend".to_string()), "alarmed once");
+    assert!(w.vault(&a.outpoint).unwrap().state.done, "nothing left to protect");
+    let next = w.on_block_connected(6, &block(vec![]));
+    assert!(
+        !next.iter().any(|x| matches!(x, Action::Broadcast { vault, .. } if *vault == a.outpoint)),
+        "{next:?}"
+    );
 }
 
 #[test]
@@ -315,6 +327,32 @@ fn velocity_bounds_the_cosigner_alone_and_a_guardian_approved_unvault_is_not_cou
         broadcasts(&w.on_block_connected(8, &block(vec![big.unvault.clone()]))),
         vec!["cancel rung 0"]
     );
+}
+
+#[test]
+fn an_unvault_is_judged_when_first_seen_and_counted_for_velocity_across_a_restart() {
+    let (g, s1, s2) = (vault(0, 9_000_000), vault(1, 3_000_000), vault(2, 3_000_000));
+    let mut w = watcher(&[&g, &s1, &s2], 5_000_000);
+    w.set_tip(9);
+    let quorum = ApprovalTerms { guardian_quorum: true, ..terms(10) };
+    w.add_approval(g.unvault.compute_txid(), quorum);
+    // Seen in the mempool within its approval, confirmed after the approval expired: still
+    // the guardians' release, which the co-signer's budget does not pay for.
+    assert!(broadcasts(&w.on_mempool_tx(&g.unvault)).is_empty());
+    assert!(broadcasts(&w.on_block_connected(12, &block(vec![g.unvault.clone()]))).is_empty());
+    w.add_approval(s1.unvault.compute_txid(), terms(1_000));
+    w.add_approval(s2.unvault.compute_txid(), terms(1_000));
+    assert!(broadcasts(&w.on_mempool_tx(&s1.unvault)).is_empty(), "within the budget");
+    // A restart while s1's unvault is unconfirmed: it still counts, so s2's is over budget.
+    let mut restarted = Watcher::new();
+    restarted.set_limits("p", PolicyLimits { velocity_limit_sat: 5_000_000, velocity_window_blocks: 100 });
+    restarted.set_tip(12);
+    restarted.add_approval(g.unvault.compute_txid(), quorum);
+    restarted.add_approval(s2.unvault.compute_txid(), terms(1_000));
+    for v in [&g, &s1, &s2] {
+        restarted.add_vault(w.vault(&v.outpoint).unwrap().clone());
+    }
+    assert_eq!(broadcasts(&restarted.on_mempool_tx(&s2.unvault)), vec!["cancel rung 0"]);
 }
 
 #[test]
@@ -438,4 +476,34 @@ fn a_rival_spend_bringing_inputs_of_its_own_is_outbid_at_its_real_feerate() {
             "told {told}: package at {package_rate} sat/vB, rival at {rate}, floor {floor}"
         );
     }
+}
+
+#[test]
+fn a_rival_claiming_an_absurd_fee_gets_no_bump_above_the_vaults_worth() {
+    let v = vault(0, 50_000);
+    let mut w = watcher_with_fee_wallet(&v);
+    w.add_approval(v.unvault.compute_txid(), terms(1_000));
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    for h in 11..=31 {
+        w.on_block_connected(h, &block(vec![]));
+    }
+    // A backend says the rival pays 1 BTC in fees.
+    let actions = w.on_mempool_tx_with_fee(&rival(&v, 60_000), Some(100_000_000));
+    let child = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::BroadcastPackage { child, .. } => Some(child.clone()),
+            _ => None,
+        })
+        .expect("the top cancel goes out with a child");
+    let child_fee = 1_000_000 + vigil_policy::ANCHOR_SAT - child.output[0].value.to_sat();
+    assert!(child_fee <= v.unvault.output[0].value.to_sat(), "{child_fee} sat to save a vault worth less");
+}
+
+#[test]
+fn the_market_feerate_a_backend_reports_is_capped_at_the_stress_feerate() {
+    let v = vault(0, 5_000_000);
+    let mut w = watcher_with_fee_wallet(&v);
+    w.set_market_feerate(1_000_000);
+    assert_eq!(w.fee_wallet().unwrap().split_rate(), 300);
 }
