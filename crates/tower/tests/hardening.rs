@@ -640,3 +640,32 @@ fn m4_registering_again_after_a_crash_catches_up_with_the_vaults_history() {
     assert!(matches!(&r, Err((409, t)) if t.contains("replayed")), "{r:?}");
     cancelled(&node, &h, &vault);
 }
+
+#[test]
+fn low_metrics_waiting_on_the_store_hold_up_nothing_else() {
+    let Some(url) = vigil_testenv::process::postgres() else { return };
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let h = Household::new(dir.path(), &node, example("metrics off the lock"));
+    let schema = format!("tower_metrics_{}", std::process::id());
+    let store = format!("[store]\nkind = \"postgres\"\nurl = {url:?}\nschema = \"{schema}\"\n");
+    let tower = TowerProcess::with_store(&node, std::slice::from_ref(&h.policy_path), 16, &store);
+    assert_eq!(tower.metric("vigil_tower_alarm_outbox"), Some(0));
+    // An operator's long query holds the alarm table: counting the outbox has to wait.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut hold = admin.transaction().unwrap();
+    hold.batch_execute(&format!("LOCK TABLE {schema}.alarms IN ACCESS EXCLUSIVE MODE")).unwrap();
+    let api = tower.api.clone();
+    let scrape = std::thread::spawn(move || ureq::get(&format!("{}/metrics", api.url)).call().is_ok());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!scrape.is_finished(), "the scrape waits for the table");
+    // Meanwhile the tower still answers its clients (it decides under the same lock).
+    let start = Instant::now();
+    let view = client_view(&h, &tower);
+    assert!(start.elapsed() < Duration::from_secs(2), "answered after {:?}", start.elapsed());
+    assert_eq!(view["version"], 1, "{view}");
+    hold.rollback().unwrap();
+    assert!(scrape.join().unwrap(), "the scrape completes once the table is free");
+    drop(tower);
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+}

@@ -1,31 +1,27 @@
 //! What a light client can check of the headers an Electrum server sends.
 //!
 //! A header's merkle root is what proves a transaction into a block, so a server that could
-//! invent headers could "prove" any confirmation (of a cancel that never happened, say). Each
-//! header is therefore checked for:
-//! - **its own work**: its hash meets the target its bits encode, and that target is within
-//!   the network's limit;
-//! - **a time not beyond two hours ahead** (Bitcoin Core's own bound): a forger cannot lower
-//!   the difficulty with future timestamps;
-//! - **the difficulty its height requires**, where the network's rules let a light client
-//!   tell. On mainnet and signet every header of a 2,016-block period carries the same bits,
-//!   and each period's bits follow from the previous period's and the time between its first
-//!   and last header. [`Periods`] verifies that chain of periods from genesis (two headers per
-//!   period, each with its own work at its period's bits), so no server can make a header
-//!   acceptable by also sending an easy "period start" beside it. On regtest the difficulty
-//!   is fixed. Testnets allow minimum-difficulty blocks whenever blocks are slow, so there a
-//!   light client can only check each header's own work.
+//! invent headers could "prove" any confirmation (of a cancel that never happened, say), or
+//! run the clock of governance delays and approvals forward. The backend therefore keeps the
+//! server's whole chain of headers as a [`HeaderChain`], from a block every client trusts (an
+//! [`Anchor`]: one of the snapshot blocks Bitcoin Core ships, or genesis on regtest) to the
+//! tip, and checks each header as Bitcoin Core would, as far as headers alone allow:
+//! - **linked**: it names the header before it, so it sits on the anchored chain;
+//! - **its own work**: its hash meets the target its bits encode, within the network's limit;
+//! - **the difficulty its height requires**: on mainnet and signet each 2,016-block period
+//!   keeps its bits, and the next period's follow from them and the time the period took; on
+//!   regtest the difficulty is fixed; testnets allow minimum-difficulty blocks whenever blocks
+//!   are slow, so there only a header's own work is checked;
+//! - **a time not beyond two hours ahead**;
+//! - and a reorganisation is followed only onto a branch with at least the work it replaces.
 //!
-//! What remains: the headers between a period's first and last are not linked to each other,
-//! so a server willing to spend real work can still forge. Lowering the difficulty through
-//! the periods costs it more than a block of real work at the network's difficulty (each
-//! step down is at most 4x and needs two headers mined at the step's difficulty), and it
-//! still cannot choose which of two branches carries the most work beyond the headers asked
-//! for, nor stop hiding transactions; towers on independent backends cover that.
+//! So every header a server wants believed costs it a block of real work at the network's
+//! difficulty (on testnets, at their minimum difficulty); it can still hide transactions, which
+//! towers on independent backends cover.
 
 use bitcoin::block::Header;
 use bitcoin::params::Params;
-use bitcoin::pow::CompactTarget;
+use bitcoin::pow::{CompactTarget, Work};
 use bitcoin::{BlockHash, Network};
 
 /// Blocks per difficulty period.
@@ -85,15 +81,14 @@ impl HeaderRules {
         Ok(())
     }
 
-    /// Whether each period's difficulty follows from the previous one (mainnet, signet), so
-    /// [`Periods`] must be verified up to a header's period before its bits can be judged.
+    /// Whether each period's difficulty follows from the previous one (mainnet, signet).
     pub fn retargets(&self) -> bool {
         !self.params.no_pow_retargeting && !self.params.allow_min_difficulty_blocks
     }
 
     /// The header's bits are those its height requires: on a retargeting network `period_bits`
-    /// (from [`Periods::bits`]), on regtest its fixed minimum difficulty; on testnets anything
-    /// its own work meets.
+    /// (from the header before it, see [`HeaderChain`]), on regtest its fixed minimum
+    /// difficulty; on testnets anything its own work meets.
     pub fn check_difficulty(
         &self,
         height: u32,
@@ -118,74 +113,195 @@ impl HeaderRules {
     }
 }
 
-/// The bits of each difficulty period, verified one period at a time from genesis.
-#[derive(Debug, Clone)]
-pub struct Periods {
-    /// By period number; period 0 carries the genesis block's bits.
-    bits: Vec<CompactTarget>,
+/// A block every light client of a network may trust without checking: Bitcoin Core's own
+/// snapshot heights (its `m_assumeutxo_data`), which it ships as part of its source. Headers
+/// are verified from the start of the anchor's difficulty period on, linked one to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// Its height.
+    pub height: u32,
+    /// Its hash.
+    pub hash: BlockHash,
 }
 
-impl Periods {
-    /// Only period 0 known: the bits of the genesis block.
-    pub fn new(genesis_bits: CompactTarget) -> Periods {
-        Periods { bits: vec![genesis_bits] }
-    }
-
-    /// The bits of `height`'s period, once verified.
-    pub fn bits(&self, height: u32) -> Option<CompactTarget> {
-        self.bits.get((height / DIFFICULTY_PERIOD) as usize).copied()
-    }
-
-    /// The heights whose headers [`Periods::extend`] needs to verify up to `height`'s period:
-    /// the first and the last of each period not verified yet before it.
-    pub fn needed(&self, height: u32) -> Vec<u32> {
-        let period = height / DIFFICULTY_PERIOD;
-        (self.bits.len() as u32..=period)
-            .flat_map(|p| [(p - 1) * DIFFICULTY_PERIOD, p * DIFFICULTY_PERIOD - 1])
-            .collect()
-    }
-
-    /// Verifies the periods up to `height`'s, from the headers [`Periods::needed`] named:
-    /// each carries its own work at its period's bits, and the next period's bits are the
-    /// retarget of the time between them.
-    pub fn extend(
-        &mut self,
-        rules: &HeaderRules,
-        height: u32,
-        known: &dyn Fn(u32) -> Option<Header>,
-    ) -> Result<(), String> {
-        while self.bits.len() as u32 <= height / DIFFICULTY_PERIOD {
-            let period = self.bits.len() as u32 - 1;
-            let bits = self.bits[period as usize];
-            let (first_height, last_height) =
-                (period * DIFFICULTY_PERIOD, (period + 1) * DIFFICULTY_PERIOD - 1);
-            let header = |h: u32| known(h).ok_or_else(|| format!("the header at height {h} is missing"));
-            let (first, last) = (header(first_height)?, header(last_height)?);
-            for (h, header) in [(first_height, &first), (last_height, &last)] {
-                rules.check_work(h, header)?;
-                rules.check_difficulty(h, header, Some(bits))?;
+impl Anchor {
+    /// The anchor of `network`: a recent block of Core's, or the genesis block on regtest.
+    pub fn of(network: Network) -> Anchor {
+        let at = |height, hash: &str| Anchor { height, hash: hash.parse().expect("a block hash") };
+        match network {
+            Network::Bitcoin => {
+                at(935_000, "0000000000000000000147034958af1652b2b91bba607beacc5e72a56f0fb5ee")
             }
-            let timespan = u64::from(last.time.saturating_sub(first.time));
-            self.bits.push(CompactTarget::from_next_work_required(bits, timespan, &rules.params));
+            Network::Testnet => {
+                at(4_840_000, "00000000000000f4971a7fb37fbdff89315b69a2e1920c467654a382f0d64786")
+            }
+            Network::Testnet4 => {
+                at(120_000, "000000000bd2317e51b3c5794981c35ba894ce27d3e772d5c39ecd9cbce01dc8")
+            }
+            Network::Signet => {
+                at(290_000, "0000000577f2741bb30cd9d39d6d71b023afbeb9764f6260786a97969d5c9ac0")
+            }
+            _ => Anchor { height: 0, hash: bitcoin::constants::genesis_block(network).block_hash() },
         }
+    }
+
+    /// The first height of the anchor's difficulty period, where verification starts.
+    pub fn period_start(&self) -> u32 {
+        self.height - self.height % DIFFICULTY_PERIOD
+    }
+}
+
+/// The server's chain of headers from an [`Anchor`]'s period to its tip, each linked to the
+/// one before, not timed in the future, carrying its own work at the
+/// difficulty the network's rules give its height. A server that wants a header of its own
+/// in it must mine that header at the network's difficulty.
+#[derive(Debug, Clone)]
+pub struct HeaderChain {
+    rules: HeaderRules,
+    /// The height of `headers[0]`, the anchor's period start.
+    base: u32,
+    headers: Vec<(BlockHash, Header)>,
+}
+
+impl HeaderChain {
+    /// The chain from `anchor`'s period start, given `headers` from that height on through at
+    /// least the anchor's: they must link up to the anchor's hash, so each is the real one.
+    pub fn from_anchor(
+        rules: HeaderRules,
+        anchor: Anchor,
+        headers: &[Header],
+    ) -> Result<HeaderChain, String> {
+        let base = anchor.period_start();
+        let upto = (anchor.height - base) as usize;
+        let Some(anchored) = headers.get(..=upto) else {
+            return Err(format!("the headers from {base} do not reach the anchor at {}", anchor.height));
+        };
+        let mut chain = HeaderChain { rules, base, headers: Vec::with_capacity(anchored.len()) };
+        for (i, header) in anchored.iter().enumerate() {
+            let hash = header.block_hash();
+            if let Some((prev, _)) = chain.headers.last() {
+                if header.prev_blockhash != *prev {
+                    return Err(format!(
+                        "the header at height {} does not follow the one before",
+                        base + i as u32
+                    ));
+                }
+            }
+            chain.headers.push((hash, *header));
+        }
+        if chain.headers.last().map(|(h, _)| *h) != Some(anchor.hash) {
+            return Err(format!(
+                "the server's block at height {} is not the anchor {}",
+                anchor.height, anchor.hash
+            ));
+        }
+        Ok(chain)
+    }
+
+    /// The network's rules.
+    pub fn rules(&self) -> &HeaderRules {
+        &self.rules
+    }
+
+    /// The lowest height known (the anchor's period start).
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+
+    /// The height of the newest header.
+    pub fn tip(&self) -> u32 {
+        self.base + self.headers.len() as u32 - 1
+    }
+
+    /// The hash at `height`, if the chain has it.
+    pub fn hash(&self, height: u32) -> Option<BlockHash> {
+        self.entry(height).map(|(h, _)| *h)
+    }
+
+    /// The header at `height`, if the chain has it.
+    pub fn header(&self, height: u32) -> Option<&Header> {
+        self.entry(height).map(|(_, h)| h)
+    }
+
+    /// The height of the block `hash`, if it is on the chain (searched from the tip: the
+    /// blocks asked for are recent ones).
+    pub fn height_of(&self, hash: &BlockHash) -> Option<u32> {
+        self.headers.iter().rposition(|(h, _)| h == hash).map(|i| self.base + i as u32)
+    }
+
+    fn entry(&self, height: u32) -> Option<&(BlockHash, Header)> {
+        self.headers.get(height.checked_sub(self.base)? as usize)
+    }
+
+    /// Adds the server's `headers` from height `start` on. The first must follow the chain's
+    /// header at `start - 1`; where they differ from headers already known, the server's
+    /// chain reorganised, and its branch replaces the known one if it carries at least as
+    /// much work. Nothing changes unless every header checks. `now` is Unix time.
+    pub fn extend(&mut self, start: u32, headers: &[Header], now: u32) -> Result<(), String> {
+        if start <= self.base || start > self.tip() + 1 {
+            return Err(format!(
+                "headers from height {start} cannot extend the chain from {} to {}",
+                self.base,
+                self.tip()
+            ));
+        }
+        // Skip what is already known; the first header that differs starts the fork.
+        let same = headers
+            .iter()
+            .enumerate()
+            .take_while(|(i, h)| self.hash(start + *i as u32) == Some(h.block_hash()))
+            .count();
+        let (fork, branch) = (start + same as u32, &headers[same..]);
+        if branch.is_empty() {
+            return Ok(());
+        }
+        let mut new: Vec<(BlockHash, Header)> = Vec::with_capacity(branch.len());
+        for (i, header) in branch.iter().enumerate() {
+            let height = fork + i as u32;
+            let at = |h: u32| if h >= fork { new.get((h - fork) as usize) } else { self.entry(h) }.copied();
+            self.check(height, header, now, &at)?;
+            new.push((header.block_hash(), *header));
+        }
+        let known = &self.headers[(fork - self.base) as usize..];
+        let work = |hs: &[(BlockHash, Header)]| {
+            hs.iter().map(|(_, h)| h.work()).fold(Work::from_be_bytes([0; 32]), |a, b| a + b)
+        };
+        if work(&new) < work(known) {
+            return Err(format!(
+                "the server's branch from height {fork} carries less work than the chain it would replace"
+            ));
+        }
+        self.headers.truncate((fork - self.base) as usize);
+        self.headers.extend(new);
         Ok(())
     }
 
-    /// Forgets the periods from `height`'s on (a reorganisation across a period boundary can
-    /// change the newest period's bits).
-    pub fn forget_from(&mut self, height: u32) {
-        self.bits.truncate(((height / DIFFICULTY_PERIOD) as usize).max(1));
-    }
-
-    /// Whether `height` is in the newest verified period (not period 0, which is genesis's).
-    pub fn is_newest(&self, height: u32) -> bool {
-        let period = (height / DIFFICULTY_PERIOD) as usize;
-        period > 0 && period + 1 == self.bits.len()
-    }
-
-    /// How many periods are verified.
-    pub fn verified(&self) -> usize {
-        self.bits.len()
+    /// Checks `header` at `height`, with `at` giving the chain's headers below it.
+    fn check(
+        &self,
+        height: u32,
+        header: &Header,
+        now: u32,
+        at: &dyn Fn(u32) -> Option<(BlockHash, Header)>,
+    ) -> Result<(), String> {
+        let missing = |h: u32| format!("the header at height {h} is not known");
+        let (prev_hash, prev) = at(height - 1).ok_or_else(|| missing(height - 1))?;
+        if header.prev_blockhash != prev_hash {
+            return Err(format!("the header at height {height} does not follow the one before"));
+        }
+        self.rules.check_work(height, header)?;
+        self.rules.check_time(height, header, now)?;
+        let period_bits = if !self.rules.retargets() {
+            None
+        } else if !height.is_multiple_of(DIFFICULTY_PERIOD) {
+            Some(prev.bits)
+        } else {
+            let first = height - DIFFICULTY_PERIOD;
+            let (_, first) = at(first).ok_or_else(|| missing(first))?;
+            let timespan = u64::from(prev.time.saturating_sub(first.time));
+            Some(CompactTarget::from_next_work_required(prev.bits, timespan, &self.rules.params))
+        };
+        self.rules.check_difficulty(height, header, period_bits)
     }
 }
 
@@ -260,49 +376,120 @@ pub(crate) mod tests {
     pub(crate) const EASY_BITS: u32 = 0x1f7fffff;
     pub(crate) const PERIOD_SECS: u32 = 4;
 
+    /// The header after `prev`, carrying `bits`, timed `time`, mined.
+    pub(crate) fn next(prev: &Header, bits: u32, time: u32) -> Header {
+        let mut h = header(prev.block_hash(), bits, time);
+        while h.validate_pow(h.target()).is_err() {
+            h.nonce += 1;
+        }
+        h
+    }
+
+    /// `first` and `count - 1` headers after it carrying `bits`, timed `time`.
+    pub(crate) fn run(first: Header, count: usize, bits: u32, time: u32) -> Vec<Header> {
+        let mut headers = vec![first];
+        while headers.len() < count {
+            headers.push(next(headers.last().unwrap(), bits, time));
+        }
+        headers
+    }
+
+    const NOW: u32 = 1_800_000_000;
+
+    #[test]
+    fn the_chain_starts_at_the_anchor_and_each_header_follows_the_one_before() {
+        let rules = HeaderRules::new(Network::Bitcoin);
+        let genesis = bitcoin::constants::genesis_block(Network::Bitcoin).header;
+        let mut one = header(genesis.block_hash(), 0x1d00ffff, 1_231_469_665);
+        one.merkle_root = "0e3e2357e806b6cdb1f70b54c3a3a17b6714ee1f0e68bebb44a74b1efd512098".parse().unwrap();
+        one.nonce = 2_573_394_689;
+        let anchor = Anchor { height: 1, hash: one.block_hash() };
+        let chain = HeaderChain::from_anchor(rules.clone(), anchor, &[genesis, one]).unwrap();
+        assert_eq!((chain.base(), chain.tip(), chain.hash(1)), (0, 1, Some(anchor.hash)));
+        // A server whose block at the anchor's height is another one is on another chain.
+        let mut other = one;
+        other.nonce += 1;
+        let e = HeaderChain::from_anchor(rules.clone(), anchor, &[genesis, other]).unwrap_err();
+        assert!(e.contains("not the anchor"), "{e}");
+        let e = HeaderChain::from_anchor(rules.clone(), anchor, &[genesis]).unwrap_err();
+        assert!(e.contains("do not reach the anchor"), "{e}");
+        let e = HeaderChain::from_anchor(rules, anchor, &[one, one]).unwrap_err();
+        assert!(e.contains("does not follow"), "{e}");
+        // Each network's anchor is a block Bitcoin Core ships; regtest's is its genesis.
+        for n in [Network::Bitcoin, Network::Testnet, Network::Testnet4, Network::Signet] {
+            let a = Anchor::of(n);
+            assert!(a.height > 100_000 && a.period_start().is_multiple_of(DIFFICULTY_PERIOD), "{n}");
+        }
+        let regtest = Anchor::of(Network::Regtest);
+        assert_eq!(regtest.height, 0);
+        assert_eq!(regtest.hash, bitcoin::constants::genesis_block(Network::Regtest).block_hash());
+    }
+
     #[test]
     fn each_period_s_bits_follow_from_the_one_before() {
         let rules = easy();
-        // Period 0 was mined four times too fast: period 1 is four times harder.
-        let period_0 = |h: u32| match h {
-            0 => Some(mined(EASY_BITS, 1_000)),
-            2015 => Some(mined(EASY_BITS, 1_000 + PERIOD_SECS / 4)),
-            _ => None,
-        };
-        let mut periods = Periods::new(CompactTarget::from_consensus(EASY_BITS));
-        assert_eq!(periods.needed(2020), vec![0, 2015]);
-        periods.extend(&rules, 2020, &period_0).unwrap();
-        let harder = 0x1f1fffff;
-        assert_eq!(periods.bits(2020), Some(CompactTarget::from_consensus(harder)));
-        assert!(periods.is_newest(2020));
-        assert!(rules.check_difficulty(2020, &mined(harder, 0), periods.bits(2020)).is_ok());
+        // Period 0 took a quarter of its target time: period 1 is four times harder.
+        let mut period_0 = run(mined(EASY_BITS, 1_000), DIFFICULTY_PERIOD as usize - 1, EASY_BITS, 1_000);
+        period_0.push(next(period_0.last().unwrap(), EASY_BITS, 1_000 + PERIOD_SECS / 4));
+        let anchor = Anchor { height: 0, hash: period_0[0].block_hash() };
+        let mut chain = HeaderChain::from_anchor(rules, anchor, &period_0[..1]).unwrap();
+        chain.extend(1, &period_0[1..], NOW).unwrap();
+        assert_eq!(chain.tip(), 2015);
+        let last = *chain.header(2015).unwrap();
         // A header with period 0's easier bits, its own work fine: refused.
-        let easier = mined(EASY_BITS, 0);
-        rules.check_work(2020, &easier).unwrap();
-        let e = rules.check_difficulty(2020, &easier, periods.bits(2020)).unwrap_err();
+        let e = chain.clone().extend(2016, &[next(&last, EASY_BITS, 2_000)], NOW).unwrap_err();
         assert!(e.contains("require 0x1f1fffff"), "{e}");
-        // Nor can a server pass easy headers off as period 1's first and last: period 1 is
-        // judged by the bits verified from period 0.
-        let liar = |h: u32| match h {
-            2016 => Some(mined(EASY_BITS, 1_000 + PERIOD_SECS)),
-            4031 => Some(mined(EASY_BITS, 1_000 + 2 * PERIOD_SECS)),
-            _ => period_0(h),
-        };
-        assert_eq!(periods.needed(4040), vec![2016, 4031]);
-        let e = periods.clone().extend(&rules, 4040, &liar).unwrap_err();
-        assert!(e.contains("height 2016") && e.contains("require"), "{e}");
-        // A height whose period is not verified is not judged at all.
-        assert!(rules.check_difficulty(4040, &mined(harder, 0), periods.bits(4040)).is_err());
-        // A slow period 1 brings the difficulty back down, at most fourfold.
-        let slow = |h: u32| match h {
-            2016 => Some(mined(harder, 10_000)),
-            4031 => Some(mined(harder, 10_000 + 100 * PERIOD_SECS)),
-            _ => None,
-        };
-        periods.extend(&rules, 4040, &slow).unwrap();
-        assert_eq!(periods.bits(4040), Some(CompactTarget::from_consensus(0x1f7ffffc)));
-        periods.forget_from(4040);
-        assert_eq!(periods.verified(), 2);
+        let harder = next(&last, 0x1f1fffff, 2_000);
+        chain.extend(2016, &[harder], NOW).unwrap();
+        // Within a period the bits stay.
+        let e = chain.clone().extend(2017, &[next(&harder, EASY_BITS, 2_000)], NOW).unwrap_err();
+        assert!(e.contains("require 0x1f1fffff"), "{e}");
+        // Nor can a server pass off an easy header that does not follow the chain.
+        let e = chain.clone().extend(2017, &[mined(EASY_BITS, 2_000)], NOW).unwrap_err();
+        assert!(e.contains("does not follow"), "{e}");
+        // A header without its own work, or from more than two hours ahead.
+        let mut lazy = next(&harder, 0x1f1fffff, 2_000);
+        lazy.nonce = lazy.nonce.wrapping_add(1);
+        while lazy.validate_pow(lazy.target()).is_ok() {
+            lazy.nonce = lazy.nonce.wrapping_add(1);
+        }
+        let e = chain.clone().extend(2017, &[lazy], NOW).unwrap_err();
+        assert!(e.contains("proof of work"), "{e}");
+        let future = next(&harder, 0x1f1fffff, NOW + MAX_FUTURE_SECS + 1);
+        assert!(chain.clone().extend(2017, &[future], NOW).unwrap_err().contains("future"));
+        assert_eq!(chain.tip(), 2016, "refused headers change nothing");
+    }
+
+    #[test]
+    fn a_reorganisation_is_followed_onto_a_branch_with_as_much_work_and_nothing_else() {
+        let rules = HeaderRules::new(Network::Regtest);
+        let headers = run(mined(REGTEST_BITS, 1_000), 11, REGTEST_BITS, 1_000);
+        let anchor = Anchor { height: 0, hash: headers[0].block_hash() };
+        let mut chain = HeaderChain::from_anchor(rules, anchor, &headers[..1]).unwrap();
+        chain.extend(1, &headers[1..], NOW).unwrap();
+        assert_eq!(chain.tip(), 10);
+        let tip = chain.hash(10);
+        // Headers already known are skipped.
+        chain.extend(5, &headers[5..], NOW).unwrap();
+        assert_eq!((chain.tip(), chain.hash(10)), (10, tip));
+        // A branch from height 8 with less work than the three blocks it would replace.
+        let short = run(next(&headers[7], REGTEST_BITS, 1_001), 2, REGTEST_BITS, 1_001);
+        let e = chain.extend(8, &short, NOW).unwrap_err();
+        assert!(e.contains("less work"), "{e}");
+        // One with as much, but a header in it without its work.
+        let mut branch = run(next(&headers[7], REGTEST_BITS, 1_001), 3, REGTEST_BITS, 1_001);
+        let mut bad = branch.clone();
+        bad[2].bits = CompactTarget::from_consensus(0x1d00ffff);
+        assert!(chain.extend(8, &bad, NOW).is_err());
+        assert_eq!((chain.tip(), chain.hash(10)), (10, tip), "refused branches change nothing");
+        chain.extend(8, &branch, NOW).unwrap();
+        assert_eq!(chain.hash(10), Some(branch[2].block_hash()));
+        assert_eq!(chain.height_of(&branch[1].block_hash()), Some(9));
+        assert_eq!(chain.height_of(&headers[9].block_hash()), None, "the old branch is gone");
+        // Nothing extends the chain from its base or beyond its tip.
+        branch.push(next(&branch[2], REGTEST_BITS, 1_002));
+        assert!(chain.extend(12, &branch[3..], NOW).is_err());
+        assert!(chain.extend(0, &headers[..1], NOW).is_err());
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! backend).
 //!
 //! Every header is checked as far as a light client can ([`super::headers`]): the server's
-//! genesis names the network, and each header must carry the proof of work its height
-//! requires, so a merkle proof against it is a proof of confirmation.
+//! genesis names the network, and the server's chain is followed header by header from a block
+//! Bitcoin Core ships as trusted, each carrying the proof of work its height requires, so a
+//! merkle proof against it is a proof of confirmation.
 //!
 //! Freshness: the server pushes a status for each subscribed script when its history changes.
 //! Those pushes are a hint; whenever the tip changes every status is asked again (pipelined,
@@ -28,7 +29,7 @@ use bitcoin::{Block, BlockHash, OutPoint, ScriptBuf, Transaction, TxMerkleNode, 
 use serde_json::{json, Value};
 
 use super::client::{parse_history, scripthash, ElectrumClient, HistoryItem, LineStream, Notification};
-use super::headers::{network_of, HeaderRules, Periods};
+use super::headers::{network_of, Anchor, HeaderChain, HeaderRules};
 use crate::{btc_per_kvb_to_sat_per_vb, BackendError, BlockId, ChainBackend, MempoolSnapshot};
 
 /// An Electrum server as a chain backend (plain TCP, `host:port`).
@@ -43,12 +44,8 @@ struct State {
     /// By scripthash.
     scripts: HashMap<String, Watched>,
     tip: Option<BlockId>,
-    /// The server's network's header rules, from its genesis.
-    rules: Option<HeaderRules>,
-    /// The difficulty periods verified so far (on retargeting networks).
-    periods: Option<Periods>,
-    /// Headers seen and checked, by hash (pruned to recent ones).
-    headers: HashMap<BlockHash, (u32, Header)>,
+    /// The server's headers from its network's anchor on, checked (known once connected).
+    chain: Option<HeaderChain>,
     /// Watched transactions fetched so far.
     txs: HashMap<Txid, Transaction>,
 }
@@ -60,8 +57,11 @@ struct Watched {
     stale: bool,
 }
 
-/// Headers kept for lookups; the follower never asks for older ones than its window.
-const HEADERS_KEPT: u32 = 5_000;
+/// Watched transactions kept fetched, at most.
+const TXS_KEPT: usize = 100_000;
+
+/// Headers per `blockchain.block.headers` request (the protocol's maximum).
+const HEADERS_PER_REQUEST: u32 = 2_016;
 
 impl ElectrumBackend {
     /// A backend for the server at `address` (`127.0.0.1:50001`); connects on first use and
@@ -86,7 +86,7 @@ impl ElectrumBackend {
                     w.subscribed = false;
                 }
                 state.tip = None;
-                if state.rules.is_none() {
+                if state.chain.is_none() {
                     let genesis = header_from_hex(&c.call("blockchain.block.header", json!([0]))?)?;
                     let network = network_of(&genesis.block_hash()).ok_or_else(|| {
                         BackendError::Invalid(format!(
@@ -94,8 +94,11 @@ impl ElectrumBackend {
                             genesis.block_hash()
                         ))
                     })?;
-                    state.rules = Some(HeaderRules::new(network));
-                    state.periods = Some(Periods::new(genesis.bits));
+                    let anchor = Anchor::of(network);
+                    let start = anchor.period_start();
+                    let headers = fetch_headers(&mut c, start, anchor.height - start + 1)?;
+                    let chain = HeaderChain::from_anchor(HeaderRules::new(network), anchor, &headers);
+                    state.chain = Some(chain.map_err(BackendError::Invalid)?);
                 }
                 c
             }
@@ -150,62 +153,101 @@ impl State {
         Ok(())
     }
 
-    /// Checks a header the server sent for `height` and remembers it.
+    fn chain(&mut self) -> &mut HeaderChain {
+        self.chain.as_mut().expect("known once connected")
+    }
+
+    /// Checks that `header`, which the server sent for `height`, is on the server's chain as
+    /// verified, following the server's chain up to it first.
     fn accept(
         &mut self,
         client: &mut ElectrumClient<LineStream>,
         height: u32,
         header: Header,
     ) -> Result<BlockHash, BackendError> {
-        let rules = self.rules.clone().expect("known once connected");
-        let hash = rules.check_work(height, &header).map_err(BackendError::Invalid)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs().min(u32::MAX.into()) as u32);
-        rules.check_time(height, &header, now).map_err(BackendError::Invalid)?;
-        if rules.retargets() {
-            self.verify_periods(client, &rules, height)?;
+        let hash = header.block_hash();
+        if self.chain().hash(height) == Some(hash) {
+            return Ok(hash);
         }
-        let periods = self.periods.as_mut().expect("known once connected");
-        if let Err(e) = rules.check_difficulty(height, &header, periods.bits(height)) {
-            // A reorganisation across the newest period's boundary may have changed its bits:
-            // that one period is verified again, once.
-            if !rules.retargets() || !periods.is_newest(height) {
-                return Err(BackendError::Invalid(e));
+        if height <= self.chain().tip() {
+            // The server's chain changed beneath what is known: follow it to its tip.
+            let (tip_height, tip) = server_tip(client)?;
+            if self.chain().hash(tip_height) != Some(tip.block_hash()) {
+                self.follow(client, tip_height, tip)?;
             }
-            periods.forget_from(height);
-            self.verify_periods(client, &rules, height)?;
-            let periods = self.periods.as_ref().expect("known once connected");
-            rules.check_difficulty(height, &header, periods.bits(height)).map_err(BackendError::Invalid)?;
+        } else {
+            self.follow(client, height, header)?;
         }
-        self.headers.insert(hash, (height, header));
-        if self.headers.len() > 2 * HEADERS_KEPT as usize {
-            let floor = height.saturating_sub(HEADERS_KEPT);
-            self.headers.retain(|_, (h, _)| *h >= floor);
+        if self.chain().hash(height) != Some(hash) {
+            return Err(BackendError::Invalid(format!(
+                "the server's header at height {height} is not on its own chain"
+            )));
         }
         Ok(hash)
     }
 
-    /// Verifies the difficulty periods up to `height`'s, fetching the two headers each new
-    /// one needs (on mainnet, once for the whole history at the first connection: ~450 batched
-    /// requests of a header each).
-    fn verify_periods(
+    /// Adds the server's chain up to `header` at `height`.
+    fn follow(
         &mut self,
         client: &mut ElectrumClient<LineStream>,
-        rules: &HeaderRules,
         height: u32,
+        header: Header,
     ) -> Result<(), BackendError> {
-        let periods = self.periods.as_mut().expect("known once connected");
-        let needed = periods.needed(height);
-        let mut fetched = HashMap::new();
-        for chunk in needed.chunks(500) {
-            let calls: Vec<(&str, Value)> =
-                chunk.iter().map(|h| ("blockchain.block.header", json!([h]))).collect();
-            for (h, answer) in chunk.iter().zip(client.call_many(&calls)?) {
-                fetched.insert(*h, header_from_hex(&answer?)?);
+        let start = (self.chain().tip() + 1).min(height);
+        let mut headers = fetch_headers(client, start, height - start)?;
+        headers.push(header);
+        self.extend(client, start, headers)
+    }
+
+    /// Brings the chain up to `height`; false if the server has no header there.
+    fn sync_to(
+        &mut self,
+        client: &mut ElectrumClient<LineStream>,
+        height: u32,
+    ) -> Result<bool, BackendError> {
+        while self.chain().tip() < height {
+            let start = self.chain().tip() + 1;
+            let headers = fetch_headers(client, start, (height - start + 1).min(HEADERS_PER_REQUEST))?;
+            if headers.is_empty() {
+                return Ok(false);
             }
+            self.extend(client, start, headers)?;
         }
-        periods.extend(rules, height, &|h| fetched.get(&h).copied()).map_err(BackendError::Invalid)
+        Ok(true)
+    }
+
+    /// Adds the server's `headers` from `start` on. If they do not follow the known chain, the
+    /// server reorganised below `start`: earlier headers are fetched until they do.
+    fn extend(
+        &mut self,
+        client: &mut ElectrumClient<LineStream>,
+        mut start: u32,
+        mut headers: Vec<Header>,
+    ) -> Result<(), BackendError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs().min(u32::MAX.into()) as u32);
+        let mut back = 8;
+        loop {
+            let chain = self.chain();
+            let below = chain.hash(start - 1);
+            if headers.first().is_none_or(|h| Some(h.prev_blockhash) == below) {
+                return chain.extend(start, &headers, now).map_err(BackendError::Invalid);
+            }
+            if start <= chain.base() + 1 {
+                return Err(BackendError::Invalid(format!(
+                    "the server's chain leaves the anchored one below height {start}"
+                )));
+            }
+            let back_to = start.saturating_sub(back).max(chain.base() + 1);
+            let earlier = fetch_headers(client, back_to, start - back_to)?;
+            if earlier.len() as u32 != start - back_to {
+                return Err(BackendError::Decode(format!("the server has no headers from {back_to}")));
+            }
+            headers.splice(0..0, earlier);
+            start = back_to;
+            back *= 4;
+        }
     }
 
     /// Watched transactions, fetched once each.
@@ -213,8 +255,8 @@ impl State {
         let missing: Vec<Txid> = txids.iter().filter(|t| !self.txs.contains_key(*t)).copied().collect();
         let calls: Vec<(&str, Value)> =
             missing.iter().map(|t| ("blockchain.transaction.get", json!([t.to_string()]))).collect();
-        if self.txs.len() + missing.len() > 100_000 {
-            self.txs.clear();
+        if self.txs.len() + missing.len() > TXS_KEPT {
+            self.txs.retain(|t, _| txids.contains(t));
         }
         for (txid, answer) in missing.iter().zip(client.call_many(&calls)?) {
             let tx: Transaction = answer?
@@ -230,6 +272,46 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// `count` headers from `start` on, fewer where the server's chain ends.
+fn fetch_headers(
+    client: &mut ElectrumClient<LineStream>,
+    start: u32,
+    count: u32,
+) -> Result<Vec<Header>, BackendError> {
+    let mut out = Vec::with_capacity(count as usize);
+    while (out.len() as u32) < count {
+        let from = start + out.len() as u32;
+        let ask = (count - out.len() as u32).min(HEADERS_PER_REQUEST);
+        let v = client.call("blockchain.block.headers", json!([from, ask]))?;
+        let hex = v["hex"].as_str().ok_or_else(|| BackendError::Decode(format!("no headers in {v}")))?;
+        let bytes = Vec::<u8>::from_hex(hex).map_err(|e| BackendError::Decode(format!("headers: {e}")))?;
+        if bytes.len() % 80 != 0 || bytes.len() / 80 > ask as usize {
+            return Err(BackendError::Decode(format!("{} bytes are not at most {ask} headers", bytes.len())));
+        }
+        for raw in bytes.chunks_exact(80) {
+            out.push(
+                bitcoin::consensus::deserialize(raw)
+                    .map_err(|e| BackendError::Decode(format!("header: {e}")))?,
+            );
+        }
+        if bytes.len() / 80 < ask as usize {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The server's tip: its height and header.
+fn server_tip(client: &mut ElectrumClient<LineStream>) -> Result<(u32, Header), BackendError> {
+    let v = client.call("blockchain.headers.subscribe", json!([]))?;
+    let height = v
+        .get("height")
+        .and_then(Value::as_u64)
+        .and_then(|h| u32::try_from(h).ok())
+        .ok_or_else(|| BackendError::Decode(format!("no height in {v}")))?;
+    Ok((height, header_from_hex(&v["hex"])?))
 }
 
 /// A header as Electrum sends it: hex in a JSON string.
@@ -262,12 +344,8 @@ pub fn merkle_root(txid: Txid, pos: u64, branch: &[Value]) -> Result<TxMerkleNod
 impl ChainBackend for ElectrumBackend {
     fn tip(&self) -> Result<BlockId, BackendError> {
         self.with(|state, client| {
-            let v = client.call("blockchain.headers.subscribe", json!([]))?;
-            let height =
-                v.get("height")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| BackendError::Decode(format!("no height in {v}")))? as u32;
-            let hash = state.accept(client, height, header_from_hex(&v["hex"])?)?;
+            let (height, header) = server_tip(client)?;
+            let hash = state.accept(client, height, header)?;
             let moved = state.tip.map(|t| t.hash) != Some(hash);
             state.refresh(client, moved)?;
             let tip = BlockId { height, hash };
@@ -277,48 +355,33 @@ impl ChainBackend for ElectrumBackend {
     }
 
     fn block_hash(&self, height: u32) -> Result<Option<BlockHash>, BackendError> {
-        self.with(|state, client| match client.call("blockchain.block.header", json!([height])) {
-            Ok(v) => Ok(Some(state.accept(client, height, header_from_hex(&v)?)?)),
-            // Beyond the server's tip.
-            Err(BackendError::Rpc { .. }) if state.tip.is_some_and(|t| height > t.height) => Ok(None),
-            Err(e) => Err(e),
-        })
+        Ok(self.block_hashes(height..height + 1)?.pop())
     }
 
     fn block_hashes(&self, heights: std::ops::Range<u32>) -> Result<Vec<BlockHash>, BackendError> {
         self.with(|state, client| {
-            let mut out = Vec::new();
-            let mut start = heights.start;
-            while start < heights.end {
-                let count = (heights.end - start).min(2_016);
-                let v = client.call("blockchain.block.headers", json!([start, count]))?;
-                let hex =
-                    v["hex"].as_str().ok_or_else(|| BackendError::Decode(format!("no headers in {v}")))?;
-                let bytes =
-                    Vec::<u8>::from_hex(hex).map_err(|e| BackendError::Decode(format!("headers: {e}")))?;
-                if bytes.len() % 80 != 0 {
-                    return Err(BackendError::Decode("headers are not 80 bytes each".into()));
-                }
-                for (i, raw) in bytes.chunks_exact(80).enumerate() {
-                    let header: Header = bitcoin::consensus::deserialize(raw)
-                        .map_err(|e| BackendError::Decode(format!("header: {e}")))?;
-                    out.push(state.accept(client, start + i as u32, header)?);
-                }
-                if (bytes.len() / 80) < count as usize {
-                    break;
-                }
-                start += count;
+            if heights.start < state.chain().base() {
+                return Err(BackendError::Invalid(format!(
+                    "height {} is before the headers verified (from {})",
+                    heights.start,
+                    state.chain().base()
+                )));
             }
-            Ok(out)
+            if !heights.is_empty() {
+                state.sync_to(client, heights.end - 1)?;
+            }
+            let chain = state.chain();
+            Ok(heights.map_while(|h| chain.hash(h)).collect())
         })
     }
 
     fn raw_block(&self, hash: &BlockHash) -> Result<Vec<u8>, BackendError> {
         self.with(|state, client| {
-            let (height, header) = *state
-                .headers
-                .get(hash)
-                .ok_or_else(|| BackendError::Decode(format!("block {hash} was never announced")))?;
+            let chain = state.chain();
+            let height = chain
+                .height_of(hash)
+                .ok_or_else(|| BackendError::Decode(format!("block {hash} is not on the server's chain")))?;
+            let header = *chain.header(height).expect("a height on the chain");
             let txids: Vec<Txid> = state
                 .scripts
                 .values()
@@ -347,7 +410,9 @@ impl ChainBackend for ElectrumBackend {
                         "{txid} is not proven in block {hash} at height {height}"
                     )));
                 }
-                placed.push((pos, state.txs[txid].clone()));
+                let tx = state.txs.get(txid).cloned();
+                placed
+                    .push((pos, tx.ok_or_else(|| BackendError::Decode(format!("{txid} was not fetched")))?));
             }
             placed.sort_by_key(|(pos, _)| *pos);
             Ok(serialize(&Block { header, txdata: placed.into_iter().map(|(_, tx)| tx).collect() }))
@@ -455,130 +520,4 @@ impl ChainBackend for ElectrumBackend {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::{BufRead, BufReader, Write};
-
-    use bitcoin::block::Version;
-    use bitcoin::consensus::encode::serialize_hex;
-    use bitcoin::pow::CompactTarget;
-
-    use super::*;
-
-    /// An Electrum server on loopback that serves `genesis` and announces `tip` at height 1.
-    fn lying_server(genesis: Header, tip: Header) -> String {
-        server(HashMap::from([(0, genesis), (1, tip)]), 1)
-    }
-
-    /// An Electrum server on loopback that serves `headers` by height and announces the one
-    /// at `tip`.
-    fn server(headers: HashMap<u32, Header>, tip: u32) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut writer = stream.try_clone().unwrap();
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let request: Value = serde_json::from_str(&line).unwrap();
-                    let result = match request["method"].as_str().unwrap() {
-                        "server.version" => json!(["liar", "1.4"]),
-                        "blockchain.block.header" => {
-                            let height = request["params"][0].as_u64().unwrap() as u32;
-                            headers.get(&height).map_or(Value::Null, |h| json!(serialize_hex(h)))
-                        }
-                        "blockchain.headers.subscribe" => {
-                            json!({"height": tip, "hex": serialize_hex(&headers[&tip])})
-                        }
-                        _ => Value::Null,
-                    };
-                    let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": result});
-                    if writeln!(writer, "{reply}").is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        address
-    }
-
-    /// Mainnet block 1, as mined.
-    fn mainnet_block_1() -> Header {
-        Header {
-            version: Version::ONE,
-            prev_blockhash: bitcoin::constants::genesis_block(bitcoin::Network::Bitcoin).block_hash(),
-            merkle_root: "0e3e2357e806b6cdb1f70b54c3a3a17b6714ee1f0e68bebb44a74b1efd512098".parse().unwrap(),
-            time: 1_231_469_665,
-            bits: CompactTarget::from_consensus(0x1d00ffff),
-            nonce: 2_573_394_689,
-        }
-    }
-
-    #[test]
-    fn a_header_without_its_proof_of_work_is_refused_so_no_fake_confirmation_can_hang_on_it() {
-        let genesis = bitcoin::constants::genesis_block(bitcoin::Network::Bitcoin).header;
-        let honest = ElectrumBackend::new(&lying_server(genesis, mainnet_block_1()));
-        assert_eq!(honest.tip().unwrap().height, 1);
-        // The same block with another merkle root (one that would "prove" a cancel that never
-        // confirmed): its hash no longer meets its target.
-        let mut forged = mainnet_block_1();
-        forged.merkle_root = TxMerkleNode::from_byte_array([7; 32]);
-        let liar = ElectrumBackend::new(&lying_server(genesis, forged));
-        assert!(matches!(liar.tip(), Err(BackendError::Invalid(e)) if e.contains("proof of work")));
-        // A trivial target, as on regtest, is beyond mainnet's limit.
-        let mut easy = forged;
-        easy.bits = CompactTarget::from_consensus(0x207fffff);
-        let liar = ElectrumBackend::new(&lying_server(genesis, easy));
-        assert!(matches!(liar.tip(), Err(BackendError::Invalid(e)) if e.contains("limit")));
-        // A genesis of no known network is no chain at all.
-        let unknown = ElectrumBackend::new(&lying_server(forged, forged));
-        assert!(matches!(unknown.tip(), Err(BackendError::Invalid(e)) if e.contains("no network")));
-    }
-
-    #[test]
-    fn a_header_with_the_difficulty_of_an_earlier_period_is_refused() {
-        use super::super::headers::tests::{easy, mined, EASY_BITS, PERIOD_SECS};
-        // Period 0 was four times too fast: period 1's headers must be four times harder.
-        let start = 1_000_000;
-        let period_0 = [(0, mined(EASY_BITS, start)), (2015, mined(EASY_BITS, start + PERIOD_SECS / 4))];
-        let backend = |tip: Header, extra: &[(u32, Header)]| {
-            let headers = period_0.iter().chain(extra).copied().chain([(2020, tip)]).collect();
-            let backend = ElectrumBackend::new(&server(headers, 2020));
-            let mut state = backend.state.lock().unwrap();
-            state.rules = Some(easy());
-            state.periods = Some(Periods::new(CompactTarget::from_consensus(EASY_BITS)));
-            drop(state);
-            backend
-        };
-        assert_eq!(backend(mined(0x1f1fffff, start + 10), &[]).tip().unwrap().height, 2020);
-        let liar = backend(mined(EASY_BITS, start + 10), &[]);
-        assert!(matches!(liar.tip(), Err(BackendError::Invalid(e)) if e.contains("require 0x1f1fffff")));
-        // Easy headers offered as period 1's first: judged by period 0, refused just the same.
-        let liar = backend(mined(EASY_BITS, start + 10), &[(2016, mined(EASY_BITS, start + 5))]);
-        assert!(matches!(liar.tip(), Err(BackendError::Invalid(e)) if e.contains("require 0x1f1fffff")));
-        // A header from more than two hours ahead.
-        let future = mined(0x1f1fffff, u32::MAX - 1);
-        assert!(matches!(backend(future, &[]).tip(), Err(BackendError::Invalid(e)) if e.contains("future")));
-    }
-
-    #[test]
-    fn a_merkle_branch_proves_its_root_and_nothing_else() {
-        // Block 100,000 of mainnet: four transactions; the third one's branch.
-        let a: Txid = "8c14f0db3df150123e6f3dbbf30f8b955a8249b62ac1d1ff16284aefa3d06d87".parse().unwrap();
-        let b: Txid = "fff2525b8931402dd09222c50775608f75787bd2b87e56995a7bdd30f79702c4".parse().unwrap();
-        let c: Txid = "6359f0868171b1d194cbee1af2f16ea598ae8fad666d9b012c8ed2b79a236ec4".parse().unwrap();
-        let d: Txid = "e9a66845e05d5abc0ad04ec80f774a7e585c6e8db975962d069a522137b80c1d".parse().unwrap();
-        let root: TxMerkleNode =
-            "f3e94742aca4b5ef85488dc37c06c3282295ffec960994b2c0d5ac2a25a95766".parse().unwrap();
-        let pair = |x: sha256d::Hash, y: sha256d::Hash| {
-            let mut e = sha256d::Hash::engine();
-            e.input(x.as_byte_array());
-            e.input(y.as_byte_array());
-            sha256d::Hash::from_engine(e)
-        };
-        let ab = pair(a.to_raw_hash(), b.to_raw_hash());
-        let branch = [json!(d.to_string()), json!(ab.to_string())];
-        assert_eq!(merkle_root(c, 2, &branch).unwrap(), root);
-        assert_ne!(merkle_root(c, 3, &branch).unwrap(), root, "the wrong position proves nothing");
-        assert_ne!(merkle_root(d, 2, &branch).unwrap(), root, "another transaction proves nothing");
-    }
-}
+mod tests;
