@@ -23,6 +23,9 @@ pub(crate) fn deliver_loop(tower: Arc<Tower>, endpoint: String, mut store: Box<d
     let endpoints = tower.config.alarms.webhooks.clone();
     let pause = Duration::from_millis(tower.config.poll_interval_ms.clamp(50, 1_000));
     let mut backoff: HashMap<i64, Instant> = HashMap::new();
+    if let Err(e) = store.settle_alarms(&endpoints) {
+        tracing::error!(%endpoint, error = %e, "settling alarms owed only to removed endpoints");
+    }
     while !tower.stopping.load(Ordering::SeqCst) {
         let pending = match store.undelivered_alarms(&endpoint) {
             Ok(p) => p,

@@ -325,12 +325,16 @@ pub(crate) fn register_vault(
                 drop(state);
                 let again = on_chain(tower, &vault, &expected, req.funding.as_deref());
                 state = tower.lock();
-                match again {
-                    Ok(history) => state = feed(tower, state, &outpoint, &history)?,
-                    Err(e) => {
-                        tracing::warn!(vault = %outpoint, error = %e, "looking the vault up again failed")
-                    }
-                }
+                // Unacknowledged unless the second look succeeded: the vault is stored and
+                // watched, and the same request sent again is taken as this registration.
+                let history = again.map_err(|e| {
+                    tracing::warn!(vault = %outpoint, error = %e, "looking the vault up again failed");
+                    Refusal::Unavailable(format!(
+                        "the chain moved while vault {outpoint} was looked up, and looking again failed ({}): send the same request again",
+                        e.message()
+                    ))
+                })?;
+                state = feed(tower, state, &outpoint, &history)?;
             }
             tracing::info!(vault = %outpoint, client = %client.id, already = history.len(), "vault registered");
             drop(state);

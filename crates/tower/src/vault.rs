@@ -115,6 +115,10 @@ pub struct VaultState {
     /// V was spent by a transaction that is neither U nor E: nothing is left to protect.
     #[serde(default)]
     pub foreign_spend: Option<Box<Txid>>,
+    /// Whether U counted against the client's velocity budget when first seen (`None`: seen
+    /// before this was recorded; judged again from the approvals on load).
+    #[serde(default)]
+    pub counted_for_velocity: Option<bool>,
     /// Nothing left to do (the final transaction is buried).
     pub done: bool,
 }

@@ -158,8 +158,18 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     // A delivery to an endpoint no longer configured does not count for hook-b.
     store.alarm_attempted(alarm[0].id, "hook-old", true, &hooks).unwrap();
     assert_eq!(store.outbox_len().unwrap(), 1);
+    assert_eq!(store.settle_alarms(&hooks).unwrap(), 0, "hook-b has not heard it");
     store.alarm_attempted(alarm[0].id, "hook-b", true, &hooks).unwrap();
     assert!(store.undelivered_alarms("hook-b").unwrap().is_empty());
+    assert_eq!(store.outbox_len().unwrap(), 0);
+    // Another alarm reaches hook-a; then the tower restarts with hook-b removed from its
+    // configuration: nobody else is owed it, so it leaves the outbox.
+    store.commit_step(Step { actions: &actions[1..], ..Step::default() }).unwrap();
+    let alarm = store.undelivered_alarms("hook-a").unwrap();
+    store.alarm_attempted(alarm[0].id, "hook-a", true, &hooks).unwrap();
+    assert_eq!(store.outbox_len().unwrap(), 1);
+    assert_eq!(store.settle_alarms(&[]).unwrap(), 0, "with no endpoint, alarms wait for one");
+    assert_eq!(store.settle_alarms(&hooks[..1]).unwrap(), 1);
     assert_eq!(store.outbox_len().unwrap(), 0);
 }
 

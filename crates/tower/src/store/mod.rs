@@ -183,6 +183,10 @@ pub trait TowerStore: Send {
         delivered: bool,
         endpoints: &[String],
     ) -> Result<(), StoreError>;
+    /// Takes out of the outbox every alarm delivered to each of `endpoints` (those configured
+    /// now, at start: an alarm owed only to an endpoint since removed is owed to no one);
+    /// returns how many. With no endpoint, alarms wait for one.
+    fn settle_alarms(&mut self, endpoints: &[String]) -> Result<u64, StoreError>;
     /// Alarms not yet delivered everywhere.
     fn outbox_len(&mut self) -> Result<u64, StoreError>;
 }

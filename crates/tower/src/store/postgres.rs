@@ -401,6 +401,20 @@ impl TowerStore for PostgresStore {
         })
     }
 
+    fn settle_alarms(&mut self, endpoints: &[String]) -> Result<u64, StoreError> {
+        if endpoints.is_empty() {
+            return Ok(0);
+        }
+        let (list, count) = (endpoints.to_vec(), endpoints.len() as i64);
+        self.run(|client| {
+            Ok(client.execute(
+                "UPDATE alarms a SET delivered = TRUE WHERE NOT delivered AND (SELECT COUNT(DISTINCT d.endpoint)
+                   FROM alarm_deliveries d WHERE d.alarm_id = a.id AND d.endpoint = ANY($1)) = $2",
+                &[&list as &(dyn ToSql + Sync), &count],
+            )?)
+        })
+    }
+
     fn outbox_len(&mut self) -> Result<u64, StoreError> {
         self.run(|client| {
             Ok(client.query_one("SELECT COUNT(*) FROM alarms WHERE NOT delivered", &[])?.get::<_, i64>(0)

@@ -330,6 +330,33 @@ impl TowerStore for SqliteStore {
         Ok(())
     }
 
+    fn settle_alarms(&mut self, endpoints: &[String]) -> Result<u64, StoreError> {
+        if endpoints.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut settled = 0;
+        {
+            let mut reaches =
+                tx.prepare("SELECT 1 FROM alarm_deliveries WHERE alarm_id = ?1 AND endpoint = ?2")?;
+            let ids: Vec<i64> = tx
+                .prepare("SELECT id FROM alarms WHERE delivered = 0")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in ids {
+                let mut everywhere = true;
+                for e in endpoints {
+                    everywhere &= reaches.exists(params![id, e])?;
+                }
+                if everywhere {
+                    settled += tx.execute("UPDATE alarms SET delivered = 1 WHERE id = ?1", [id])? as u64;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(settled)
+    }
+
     fn outbox_len(&mut self) -> Result<u64, StoreError> {
         Ok(self
             .conn

@@ -37,22 +37,23 @@ impl Watcher {
             parent_value.to_sat().saturating_sub(parent.output.iter().map(|o| o.value.to_sat()).sum());
         // Stuck at the top rung means the market pays more than the parent: aim well above it.
         let parent_rate = parent_fee / parent.vsize() as u64;
+        // Never more in fees than the vault is worth, first bump or replacement: a rival
+        // claiming an absurd fee (or a backend lying about it) must not burn the wallet for a
+        // race not worth it. Below that, winning the race is what matters.
+        let package_vbytes = parent.vsize() as u64 + crate::fees::BUMP_VBYTES;
+        let cap = parent_value.to_sat() / package_vbytes;
         let (rate, coin) = match &vault.state.bump {
             None if outbid.is_some()
                 || vault.state.top_rung_since.is_some_and(|h| height >= h + BUMP_RETRY_BLOCKS) =>
             {
-                // Never more in fees than the vault is worth: a rival claiming an absurd fee
-                // (or a backend lying about it) must not burn the wallet's largest coin for a
-                // race not worth it. Below that, winning the race is what matters.
-                let aim = wallet.first_rate().max(2 * parent_rate).max(2 * outbid.unwrap_or(0));
-                let package_vbytes = parent.vsize() as u64 + crate::fees::BUMP_VBYTES;
-                (aim.min(parent_value.to_sat() / package_vbytes), None)
+                (wallet.first_rate().max(2 * parent_rate).max(2 * outbid.unwrap_or(0)), None)
             }
             None => return,
             Some(b) if b.parent != parent_txid => (b.sat_per_vb, Some((b.coin, b.coin_value))),
-            Some(b) if b.ceiling || height < b.height + BUMP_RETRY_BLOCKS => return,
+            Some(b) if b.ceiling || height < b.height + BUMP_RETRY_BLOCKS || b.sat_per_vb >= cap => return,
             Some(b) => (b.sat_per_vb * 2, Some((b.coin, b.coin_value))),
         };
+        let rate = rate.min(cap);
         match wallet.bump(&parent, parent_fee, rate, coin) {
             Some(bump) => {
                 if bump.ceiling {

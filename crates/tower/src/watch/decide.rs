@@ -188,6 +188,7 @@ impl Watcher {
             self.released.entry(client).or_default().insert(id, (seen_at, value));
         }
         let vault = self.vaults.get_mut(&id).expect("watched");
+        vault.state.counted_for_velocity = Some(!by_quorum);
         if vault.state.emergency_rung.is_some() {
             // A panic is under way: U gets UE, not C.
             vault.state.emergency_rung = Some(0);

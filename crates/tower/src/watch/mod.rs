@@ -114,10 +114,12 @@ impl Watcher {
         if vault.state.unvault_seen && !vault.state.done {
             self.active.insert(vault.outpoint);
         }
-        // An unvault seen before a restart counts for velocity as it did, confirmed or not.
+        // An unvault seen before a restart counts for velocity as it did at first sight,
+        // confirmed or not (an approval that had expired then does not exempt it now).
         let seen = vault.state.unvault_height.or(vault.state.unvault_seen.then_some(self.tip));
         if let Some(h) = seen {
-            if !self.guardian_approved(&vault.unvault.compute_txid()) {
+            let counted = vault.state.counted_for_velocity;
+            if counted.unwrap_or_else(|| !self.guardian_approved(&vault.unvault.compute_txid())) {
                 let value = vault.unvault.output[0].value.to_sat();
                 self.released.entry(vault.policy_id.clone()).or_default().insert(vault.outpoint, (h, value));
             }

@@ -356,6 +356,26 @@ fn an_unvault_is_judged_when_first_seen_and_counted_for_velocity_across_a_restar
 }
 
 #[test]
+fn an_unvault_seen_after_its_quorum_approval_expired_still_counts_after_a_restart() {
+    let (g, s) = (vault(0, 4_000_000), vault(1, 3_000_000));
+    let mut w = watcher(&[&g, &s], 5_000_000);
+    w.set_tip(20);
+    let expired = ApprovalTerms { guardian_quorum: true, ..terms(10) };
+    w.add_approval(g.unvault.compute_txid(), expired);
+    assert_eq!(broadcasts(&w.on_mempool_tx(&g.unvault)), vec!["cancel rung 0"], "not approved any more");
+    let mut restarted = Watcher::new();
+    restarted.set_limits("p", PolicyLimits { velocity_limit_sat: 5_000_000, velocity_window_blocks: 100 });
+    restarted.set_tip(20);
+    restarted.add_approval(g.unvault.compute_txid(), expired);
+    restarted.add_approval(s.unvault.compute_txid(), terms(1_000));
+    for v in [&g, &s] {
+        restarted.add_vault(w.vault(&v.outpoint).unwrap().clone());
+    }
+    // g's 4 M counted at first sight still do: s's 3 M more are over the 5 M budget.
+    assert_eq!(broadcasts(&restarted.on_mempool_tx(&s.unvault)), vec!["cancel rung 0"]);
+}
+
+#[test]
 fn panic_sends_e_for_unspent_vaults_and_ue_for_unvaulted_ones() {
     let (a, b) = (vault(0, 1_000_000), vault(1, 1_000_000));
     let mut w = watcher(&[&a, &b], 100_000_000);
@@ -496,8 +516,18 @@ fn a_rival_claiming_an_absurd_fee_gets_no_bump_above_the_vaults_worth() {
             _ => None,
         })
         .expect("the top cancel goes out with a child");
-    let child_fee = 1_000_000 + vigil_policy::ANCHOR_SAT - child.output[0].value.to_sat();
-    assert!(child_fee <= v.unvault.output[0].value.to_sat(), "{child_fee} sat to save a vault worth less");
+    let worth = v.unvault.output[0].value.to_sat();
+    let child_fee =
+        |child: &Transaction| 1_000_000 + vigil_policy::ANCHOR_SAT - child.output[0].value.to_sat();
+    assert!(child_fee(&child) <= worth, "{} sat to save a vault worth less", child_fee(&child));
+    // Nor do the replacements that double it while the cancel stays unconfirmed.
+    for h in 32..60 {
+        for a in w.on_block_connected(h, &block(vec![])) {
+            if let Action::BroadcastPackage { child, .. } = a {
+                assert!(child_fee(&child) <= worth, "a replacement pays {} sat", child_fee(&child));
+            }
+        }
+    }
 }
 
 #[test]
