@@ -115,6 +115,9 @@ pub struct VaultState {
     /// V was spent by a transaction that is neither U nor E: nothing is left to protect.
     #[serde(default)]
     pub foreign_spend: Option<Box<Txid>>,
+    /// That spend's confirmation height (a reorganisation may take it out again).
+    #[serde(default)]
+    pub foreign_spend_height: Option<u32>,
     /// Whether U counted against the client's velocity budget when first seen (`None`: seen
     /// before this was recorded; judged again from the approvals on load).
     #[serde(default)]

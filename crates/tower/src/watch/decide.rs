@@ -77,6 +77,7 @@ impl Watcher {
         // vault's own unvault.
         if height.is_some() && !vault.state.done {
             vault.state.done = true;
+            vault.state.foreign_spend_height = height;
             self.active.remove(&id);
             self.dirty.insert(id);
         }

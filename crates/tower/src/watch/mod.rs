@@ -387,6 +387,7 @@ impl Watcher {
                     || above(s.cancel_height)
                     || above(s.emergency_height)
                     || above(s.spent_height)
+                    || above(s.foreign_spend_height)
             })
             .map(|v| v.outpoint)
             .collect();
@@ -396,16 +397,20 @@ impl Watcher {
                 continue;
             }
             let s = &mut self.vaults.get_mut(&id).expect("watched").state;
-            for h in
-                [&mut s.unvault_height, &mut s.cancel_height, &mut s.emergency_height, &mut s.spent_height]
-            {
+            for h in [
+                &mut s.unvault_height,
+                &mut s.cancel_height,
+                &mut s.emergency_height,
+                &mut s.spent_height,
+                &mut s.foreign_spend_height,
+            ] {
                 if above(*h) {
                     *h = None;
                 }
             }
             s.done = false;
             self.dirty.insert(id);
-            if s.unvault_seen {
+            if s.unvault_seen || s.emergency_rung.is_some() {
                 self.active.insert(id);
             }
         }

@@ -303,6 +303,16 @@ fn a_foreign_spend_of_a_vault_alarms_the_guardians_and_sweeps_nothing_by_itself(
         !next.iter().any(|x| matches!(x, Action::Broadcast { vault, .. } if *vault == a.outpoint)),
         "{next:?}"
     );
+    // A reorganisation takes the spend out of the chain: the vault is watched again, and the
+    // panic's E for it goes out again.
+    w.on_block_disconnected(6);
+    w.on_block_disconnected(5);
+    assert!(!w.vault(&a.outpoint).unwrap().state.done, "V may be unspent again");
+    let next = w.on_block_connected(5, &block(vec![]));
+    assert!(
+        next.iter().any(|x| matches!(x, Action::Broadcast { vault, .. } if *vault == a.outpoint)),
+        "{next:?}"
+    );
 }
 
 #[test]
