@@ -16,8 +16,9 @@
 //! - and a reorganisation is followed only onto a branch with at least the work it replaces.
 //!
 //! So every header a server wants believed costs it a block of real work at the network's
-//! difficulty (on testnets, at their minimum difficulty); it can still hide transactions, which
-//! towers on independent backends cover.
+//! difficulty (low on the test networks: testnets' minimum, signet's own, whose block
+//! signatures headers do not show); it can still hide transactions, which towers on
+//! independent backends cover.
 
 use bitcoin::block::Header;
 use bitcoin::params::Params;
@@ -125,7 +126,8 @@ pub struct Anchor {
 }
 
 impl Anchor {
-    /// The anchor of `network`: a recent block of Core's, or the genesis block on regtest.
+    /// The anchor of `network`: a recent block of Core's, or the genesis block on regtest and
+    /// signet (custom signets share the default one's genesis, not its blocks).
     pub fn of(network: Network) -> Anchor {
         let at = |height, hash: &str| Anchor { height, hash: hash.parse().expect("a block hash") };
         match network {
@@ -137,9 +139,6 @@ impl Anchor {
             }
             Network::Testnet4 => {
                 at(120_000, "000000000bd2317e51b3c5794981c35ba894ce27d3e772d5c39ecd9cbce01dc8")
-            }
-            Network::Signet => {
-                at(290_000, "0000000577f2741bb30cd9d39d6d71b023afbeb9764f6260786a97969d5c9ac0")
             }
             _ => Anchor { height: 0, hash: bitcoin::constants::genesis_block(network).block_hash() },
         }
@@ -231,6 +230,28 @@ impl HeaderChain {
 
     fn entry(&self, height: u32) -> Option<&(BlockHash, Header)> {
         self.headers.get(height.checked_sub(self.base)? as usize)
+    }
+
+    /// Adds `headers`, from height `start` up to the base: they must link up to the base's
+    /// header, which makes each of them the real one (no difficulty to check).
+    pub fn prepend(&mut self, start: u32, headers: &[Header]) -> Result<(), String> {
+        if headers.len() as u32 != self.base.saturating_sub(start) {
+            return Err(format!("the headers from {start} do not reach the verified ones at {}", self.base));
+        }
+        let mut next = self.headers[0].1.prev_blockhash;
+        for (i, header) in headers.iter().enumerate().rev() {
+            if header.block_hash() != next {
+                return Err(format!(
+                    "the header at height {} is not the one the chain names",
+                    start + i as u32
+                ));
+            }
+            next = header.prev_blockhash;
+        }
+        let below = headers.iter().map(|h| (h.block_hash(), *h));
+        self.headers.splice(0..0, below);
+        self.base = start;
+        Ok(())
     }
 
     /// Adds the server's `headers` from height `start` on. The first must follow the chain's
@@ -416,13 +437,35 @@ pub(crate) mod tests {
         let e = HeaderChain::from_anchor(rules, anchor, &[one, one]).unwrap_err();
         assert!(e.contains("does not follow"), "{e}");
         // Each network's anchor is a block Bitcoin Core ships; regtest's is its genesis.
-        for n in [Network::Bitcoin, Network::Testnet, Network::Testnet4, Network::Signet] {
+        for n in [Network::Bitcoin, Network::Testnet, Network::Testnet4] {
             let a = Anchor::of(n);
             assert!(a.height > 100_000 && a.period_start().is_multiple_of(DIFFICULTY_PERIOD), "{n}");
         }
-        let regtest = Anchor::of(Network::Regtest);
-        assert_eq!(regtest.height, 0);
-        assert_eq!(regtest.hash, bitcoin::constants::genesis_block(Network::Regtest).block_hash());
+        // Regtest's and signet's (custom signets share its genesis, not its blocks) is genesis.
+        for n in [Network::Regtest, Network::Signet] {
+            assert_eq!(
+                Anchor::of(n),
+                Anchor { height: 0, hash: bitcoin::constants::genesis_block(n).block_hash() }
+            );
+        }
+    }
+
+    #[test]
+    fn headers_below_the_base_are_the_real_ones_when_they_link_up_to_it() {
+        let headers = run(mined(REGTEST_BITS, 1_000), 2_020, REGTEST_BITS, 1_000);
+        let anchor = Anchor { height: 2_018, hash: headers[2_018].block_hash() };
+        let rules = HeaderRules::new(Network::Regtest);
+        let mut chain = HeaderChain::from_anchor(rules, anchor, &headers[2_016..]).unwrap();
+        assert_eq!((chain.base(), chain.tip()), (2_016, 2_018));
+        let mut forged = headers[2_010..2_016].to_vec();
+        forged[0].time += 1;
+        let e = chain.prepend(2_010, &forged).unwrap_err();
+        assert!(e.contains("height 2010 is not the one the chain names"), "{e}");
+        assert!(chain.prepend(2_010, &headers[2_010..2_015]).is_err(), "short of the base");
+        chain.prepend(2_010, &headers[2_010..2_016]).unwrap();
+        assert_eq!((chain.base(), chain.hash(2_012)), (2_010, Some(headers[2_012].block_hash())));
+        chain.extend(2_019, &headers[2_019..], NOW).unwrap();
+        assert_eq!(chain.tip(), 2_019);
     }
 
     #[test]

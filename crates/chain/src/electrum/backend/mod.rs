@@ -186,17 +186,36 @@ impl State {
         Ok(hash)
     }
 
-    /// Adds the server's chain up to `header` at `height`.
+    /// Adds the server's chain up to `header` at `height`, a batch of headers at a time, each
+    /// checked before the next is asked for (a server announcing an absurd height gets no
+    /// further than the headers it can show).
     fn follow(
         &mut self,
         client: &mut ElectrumClient<LineStream>,
         height: u32,
         header: Header,
     ) -> Result<(), BackendError> {
-        let start = (self.chain().tip() + 1).min(height);
-        let mut headers = fetch_headers(client, start, height - start)?;
-        headers.push(header);
-        self.extend(client, start, headers)
+        if height > self.chain().tip() + 1 && !self.sync_to(client, height - 1)? {
+            return Err(BackendError::Invalid(format!(
+                "the server announces height {height} but has no headers up to it"
+            )));
+        }
+        self.extend(client, height, vec![header])
+    }
+
+    /// Makes the chain reach down to `height`, below its base: the server's headers from there
+    /// must link up to the base, so they are the real ones.
+    fn reach_down(
+        &mut self,
+        client: &mut ElectrumClient<LineStream>,
+        height: u32,
+    ) -> Result<(), BackendError> {
+        let base = self.chain().base();
+        if height >= base {
+            return Ok(());
+        }
+        let headers = fetch_headers(client, height, base - height)?;
+        self.chain().prepend(height, &headers).map_err(BackendError::Invalid)
     }
 
     /// Brings the chain up to `height`; false if the server has no header there.
@@ -230,6 +249,11 @@ impl State {
         let mut back = 8;
         loop {
             let chain = self.chain();
+            if start <= chain.base() {
+                return Err(BackendError::Invalid(format!(
+                    "the server's chain leaves the anchored one at height {start}"
+                )));
+            }
             let below = chain.hash(start - 1);
             if headers.first().is_none_or(|h| Some(h.prev_blockhash) == below) {
                 return chain.extend(start, &headers, now).map_err(BackendError::Invalid);
@@ -280,7 +304,7 @@ fn fetch_headers(
     start: u32,
     count: u32,
 ) -> Result<Vec<Header>, BackendError> {
-    let mut out = Vec::with_capacity(count as usize);
+    let mut out = Vec::with_capacity(count.min(HEADERS_PER_REQUEST) as usize);
     while (out.len() as u32) < count {
         let from = start + out.len() as u32;
         let ask = (count - out.len() as u32).min(HEADERS_PER_REQUEST);
@@ -360,14 +384,8 @@ impl ChainBackend for ElectrumBackend {
 
     fn block_hashes(&self, heights: std::ops::Range<u32>) -> Result<Vec<BlockHash>, BackendError> {
         self.with(|state, client| {
-            if heights.start < state.chain().base() {
-                return Err(BackendError::Invalid(format!(
-                    "height {} is before the headers verified (from {})",
-                    heights.start,
-                    state.chain().base()
-                )));
-            }
             if !heights.is_empty() {
+                state.reach_down(client, heights.start)?;
                 state.sync_to(client, heights.end - 1)?;
             }
             let chain = state.chain();
@@ -468,6 +486,28 @@ impl ChainBackend for ElectrumBackend {
             .find(|i| i.txid == *txid)
             .and_then(|i| u32::try_from(i.height).ok())
             .filter(|h| *h > 0);
+        // A confirmation the server claims is proven against the verified chain.
+        if let Some(height) = height {
+            self.with(|state, client| {
+                state.reach_down(client, height)?;
+                let header = match state.sync_to(client, height)? {
+                    true => *state.chain().header(height).expect("synced"),
+                    false => return Err(BackendError::Invalid(format!("no header at height {height}"))),
+                };
+                let proof =
+                    client.call("blockchain.transaction.get_merkle", json!([txid.to_string(), height]))?;
+                let pos = proof["pos"]
+                    .as_u64()
+                    .ok_or_else(|| BackendError::Decode(format!("no pos in {proof}")))?;
+                let branch = proof["merkle"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if merkle_root(*txid, pos, branch)? != header.merkle_root {
+                    return Err(BackendError::Invalid(format!(
+                        "{txid} is not proven in the block at height {height}"
+                    )));
+                }
+                Ok(())
+            })?;
+        }
         Ok(Some((tx, height)))
     }
 

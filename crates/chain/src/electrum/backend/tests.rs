@@ -7,23 +7,34 @@ use bitcoin::pow::CompactTarget;
 
 use super::*;
 
-/// The headers a test server serves, by height; the last is its tip.
-type Served = std::sync::Arc<Mutex<Vec<Header>>>;
+/// What a test server serves.
+#[derive(Default)]
+struct Script {
+    /// Headers by height; the last is its tip.
+    headers: Vec<Header>,
+    /// The tip height it announces, if not the last header's.
+    announce: Option<u32>,
+    /// A transaction it says confirmed at height 1, with an empty merkle branch.
+    tx: Option<Transaction>,
+}
+
+type Served = std::sync::Arc<Mutex<Script>>;
 
 /// An Electrum server on loopback serving `headers`.
 fn server(headers: Vec<Header>) -> (String, Served) {
-    let served: Served = std::sync::Arc::new(Mutex::new(headers));
+    let served: Served = std::sync::Arc::new(Mutex::new(Script { headers, ..Script::default() }));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let chain = served.clone();
+    let script = served.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut writer = stream.try_clone().unwrap();
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
                 let request: Value = serde_json::from_str(&line).unwrap();
-                let headers = chain.lock().unwrap().clone();
-                let param = |i: usize| request["params"][i].as_u64().unwrap() as usize;
+                let script = script.lock().unwrap();
+                let headers = &script.headers;
+                let param = |i: usize| request["params"][i].as_u64().unwrap_or(0) as usize;
                 let result = match request["method"].as_str().unwrap() {
                     "server.version" => json!(["liar", "1.4"]),
                     "blockchain.block.header" => {
@@ -34,9 +45,16 @@ fn server(headers: Vec<Header>) -> (String, Served) {
                         let hex: String = headers.iter().skip(start).take(count).map(serialize_hex).collect();
                         json!({"hex": hex, "count": hex.len() / 160, "max": 2016})
                     }
-                    "blockchain.headers.subscribe" => {
-                        json!({"height": headers.len() - 1, "hex": serialize_hex(headers.last().unwrap())})
+                    "blockchain.headers.subscribe" => json!({
+                        "height": script.announce.unwrap_or(headers.len() as u32 - 1),
+                        "hex": serialize_hex(headers.last().unwrap())
+                    }),
+                    "blockchain.transaction.get" => json!(script.tx.as_ref().map(serialize_hex)),
+                    "blockchain.scripthash.get_history" => {
+                        let txid = script.tx.as_ref().map(|t| t.compute_txid().to_string());
+                        json!([{"tx_hash": txid, "height": 1}])
                     }
+                    "blockchain.transaction.get_merkle" => json!({"block_height": 1, "pos": 0, "merkle": []}),
                     _ => Value::Null,
                 };
                 let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": result});
@@ -129,16 +147,57 @@ fn a_reorganisation_of_the_server_s_chain_is_followed_if_it_carries_the_work() {
     assert_eq!(backend.tip().unwrap().height, 29);
     // The server moves to a branch from height 3 (deeper than the first look back), longer.
     let branch = run(next(&headers[2], bits, 1_001), 30, bits, 1_001);
-    *served.lock().unwrap() = headers[..3].iter().chain(&branch).copied().collect();
+    served.lock().unwrap().headers = headers[..3].iter().chain(&branch).copied().collect();
     let tip = backend.tip().unwrap();
     assert_eq!((tip.height, tip.hash), (32, branch[29].block_hash()));
     assert_eq!(backend.block_hash(3).unwrap(), Some(branch[0].block_hash()));
     assert_eq!(backend.block_hashes(2..4).unwrap(), vec![headers[2].block_hash(), branch[0].block_hash()]);
     // A branch with less work than the chain it would replace is not followed.
     let short = run(next(&headers[2], bits, 1_002), 5, bits, 1_002);
-    *served.lock().unwrap() = headers[..3].iter().chain(&short).copied().collect();
+    served.lock().unwrap().headers = headers[..3].iter().chain(&short).copied().collect();
     assert!(matches!(backend.tip(), Err(BackendError::Invalid(e)) if e.contains("less work")));
     assert_eq!(backend.block_hash(32).unwrap(), Some(branch[29].block_hash()), "nothing changed");
+}
+
+#[test]
+fn a_server_announcing_an_absurd_height_gets_no_further_than_its_headers() {
+    use crate::electrum::headers::tests::{mined, run};
+    let headers = run(mined(0x207fffff, 1_000), 3, 0x207fffff, 1_000);
+    let (backend, served) = anchored_at_first(HeaderRules::new(bitcoin::Network::Regtest), headers);
+    served.lock().unwrap().announce = Some(u32::MAX);
+    assert!(matches!(backend.tip(), Err(BackendError::Invalid(e)) if e.contains("no headers up to it")));
+    served.lock().unwrap().announce = Some(0);
+    assert!(matches!(backend.tip(), Err(BackendError::Invalid(e)) if e.contains("leaves the anchored one")));
+    served.lock().unwrap().announce = None;
+    assert_eq!(backend.tip().unwrap().height, 2);
+}
+
+#[test]
+fn a_confirmation_the_server_claims_is_proven_against_the_verified_chain() {
+    use crate::electrum::headers::tests::{mined, next};
+    let tx = Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![],
+        output: vec![TxOut { value: bitcoin::Amount::from_sat(1_000), script_pubkey: ScriptBuf::new() }],
+    };
+    let genesis = mined(0x207fffff, 1_000);
+    // A block holding the transaction alone: its merkle root is the txid.
+    let mut holding = next(&genesis, 0x207fffff, 1_001);
+    holding.merkle_root = TxMerkleNode::from_raw_hash(tx.compute_txid().to_raw_hash());
+    while holding.validate_pow(holding.target()).is_err() {
+        holding.nonce += 1;
+    }
+    let regtest = || HeaderRules::new(bitcoin::Network::Regtest);
+    let (honest, served) = anchored_at_first(regtest(), vec![genesis, holding]);
+    served.lock().unwrap().tx = Some(tx.clone());
+    assert_eq!(honest.transaction_info(&tx.compute_txid()).unwrap(), Some((tx.clone(), Some(1))));
+    // A server saying it confirmed in a block that does not hold it (to end a cancel's
+    // re-broadcasts, say).
+    let (liar, served) = anchored_at_first(regtest(), vec![genesis, next(&genesis, 0x207fffff, 1_001)]);
+    served.lock().unwrap().tx = Some(tx.clone());
+    let e = liar.transaction_info(&tx.compute_txid()).unwrap_err();
+    assert!(matches!(&e, BackendError::Invalid(m) if m.contains("not proven")), "{e}");
 }
 
 #[test]
