@@ -202,7 +202,8 @@ pub fn electrum_response(data: &[u8]) {
 
 /// The bytes as a run of headers a server sends: the first anchors a chain (on regtest, whose
 /// work is easy to meet, and on mainnet), the rest extend it, then extend it again from a
-/// height the first byte picks (a reorganisation).
+/// height the first byte picks (a reorganisation); then the last anchors one that reaches down
+/// to the first.
 fn header_chain(data: &[u8]) {
     use vigil_policy::bitcoin::block::Header;
     let headers: Vec<Header> =
@@ -219,6 +220,19 @@ fn header_chain(data: &[u8]) {
         if let Some(hash) = chain.hash(chain.tip()) {
             assert_eq!(chain.height_of(&hash), Some(chain.tip()));
         }
+    }
+    // Anchored at the last, its period starting at the header the first byte picks; those
+    // before it offered as the headers below.
+    let split = usize::from(data[0]) % headers.len();
+    let period = 2_016;
+    let anchor = Anchor {
+        height: (period + headers.len() - 1 - split) as u32,
+        hash: headers[headers.len() - 1].block_hash(),
+    };
+    if let Ok(mut chain) =
+        HeaderChain::from_anchor(HeaderRules::new(Network::Regtest), anchor, &headers[split..])
+    {
+        let _ = chain.prepend((period - split) as u32, &headers[..split]);
     }
 }
 
