@@ -344,6 +344,17 @@ pub fn header_from_hex(v: &Value) -> Result<Header, BackendError> {
     deserialize_hex(hex).map_err(|e| BackendError::Decode(format!("header: {e}")))
 }
 
+/// `txid`'s position in the block at `height`, from the server's merkle `proof`, once that
+/// proves it against the block's `header`.
+fn proven_position(txid: Txid, height: u32, proof: &Value, header: &Header) -> Result<u64, BackendError> {
+    let pos = proof["pos"].as_u64().ok_or_else(|| BackendError::Decode(format!("no pos in {proof}")))?;
+    let branch = proof["merkle"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if merkle_root(txid, pos, branch)? != header.merkle_root {
+        return Err(BackendError::Invalid(format!("{txid} is not proven in the block at height {height}")));
+    }
+    Ok(pos)
+}
+
 /// The merkle root that `txid` at `pos` with `branch` (Electrum's display-order hex) proves.
 pub fn merkle_root(txid: Txid, pos: u64, branch: &[Value]) -> Result<TxMerkleNode, BackendError> {
     let mut node = txid.to_raw_hash();
@@ -416,18 +427,9 @@ impl ChainBackend for ElectrumBackend {
                 .collect();
             let mut placed = Vec::new();
             for (txid, answer) in txids.iter().zip(client.call_many(&calls)?) {
-                let proof = answer?;
-                let pos = proof["pos"]
-                    .as_u64()
-                    .ok_or_else(|| BackendError::Decode(format!("no pos in {proof}")))?;
-                let branch = proof["merkle"].as_array().map(Vec::as_slice).unwrap_or_default();
-                if merkle_root(*txid, pos, branch)? != header.merkle_root {
-                    // A reorg between the history and the proof, or a lying server: either
-                    // way this block cannot be trusted now; the follower asks again.
-                    return Err(BackendError::Invalid(format!(
-                        "{txid} is not proven in block {hash} at height {height}"
-                    )));
-                }
+                // A reorg between the history and the proof, or a lying server: either way
+                // this block cannot be trusted now; the follower asks again.
+                let pos = proven_position(*txid, height, &answer?, &header)?;
                 let tx = state.txs.get(txid).cloned();
                 placed
                     .push((pos, tx.ok_or_else(|| BackendError::Decode(format!("{txid} was not fetched")))?));
@@ -496,16 +498,7 @@ impl ChainBackend for ElectrumBackend {
                 };
                 let proof =
                     client.call("blockchain.transaction.get_merkle", json!([txid.to_string(), height]))?;
-                let pos = proof["pos"]
-                    .as_u64()
-                    .ok_or_else(|| BackendError::Decode(format!("no pos in {proof}")))?;
-                let branch = proof["merkle"].as_array().map(Vec::as_slice).unwrap_or_default();
-                if merkle_root(*txid, pos, branch)? != header.merkle_root {
-                    return Err(BackendError::Invalid(format!(
-                        "{txid} is not proven in the block at height {height}"
-                    )));
-                }
-                Ok(())
+                proven_position(*txid, height, &proof, &header).map(|_| ())
             })?;
         }
         Ok(Some((tx, height)))
