@@ -203,19 +203,20 @@ impl State {
         self.extend(client, height, vec![header])
     }
 
-    /// Makes the chain reach down to `height`, below its base: the server's headers from there
-    /// must link up to the base, so they are the real ones.
+    /// Makes the chain reach down to `height`, below its base, a batch at a time: the server's
+    /// headers from there must link up to the base, so they are the real ones.
     fn reach_down(
         &mut self,
         client: &mut ElectrumClient<LineStream>,
         height: u32,
     ) -> Result<(), BackendError> {
-        let base = self.chain().base();
-        if height >= base {
-            return Ok(());
+        while self.chain().base() > height {
+            let base = self.chain().base();
+            let from = base.saturating_sub(HEADERS_PER_REQUEST).max(height);
+            let headers = fetch_headers(client, from, base - from)?;
+            self.chain().prepend(from, &headers).map_err(BackendError::Invalid)?;
         }
-        let headers = fetch_headers(client, height, base - height)?;
-        self.chain().prepend(height, &headers).map_err(BackendError::Invalid)
+        Ok(())
     }
 
     /// Brings the chain up to `height`; false if the server has no header there.

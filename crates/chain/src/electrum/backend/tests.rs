@@ -201,6 +201,27 @@ fn a_confirmation_the_server_claims_is_proven_against_the_verified_chain() {
 }
 
 #[test]
+fn heights_below_the_trusted_block_are_reached_by_headers_linked_up_to_it() {
+    use crate::electrum::headers::tests::{mined, run};
+    let headers = run(mined(0x207fffff, 1_000), 2_020, 0x207fffff, 1_000);
+    let backend = |served: Vec<Header>| {
+        let anchor = Anchor { height: 2_018, hash: headers[2_018].block_hash() };
+        let rules = HeaderRules::new(bitcoin::Network::Regtest);
+        let chain = HeaderChain::from_anchor(rules, anchor, &headers[2_016..=2_018]).unwrap();
+        let backend = ElectrumBackend::new(&server(served).0);
+        backend.state.lock().unwrap().chain = Some(chain);
+        backend
+    };
+    let honest = backend(headers.clone());
+    assert_eq!(honest.block_hash(10).unwrap(), Some(headers[10].block_hash()));
+    assert_eq!(honest.block_hashes(2_014..2_017).unwrap().len(), 3);
+    let mut forged = headers.clone();
+    forged[10].time += 1;
+    let e = backend(forged).block_hash(10).unwrap_err();
+    assert!(matches!(&e, BackendError::Invalid(m) if m.contains("not the one the chain names")), "{e}");
+}
+
+#[test]
 fn a_merkle_branch_proves_its_root_and_nothing_else() {
     // Block 100,000 of mainnet: four transactions; the third one's branch.
     let a: Txid = "8c14f0db3df150123e6f3dbbf30f8b955a8249b62ac1d1ff16284aefa3d06d87".parse().unwrap();
