@@ -116,11 +116,11 @@ pub struct VaultState {
     #[serde(default)]
     pub foreign_spend: Option<Box<Txid>>,
     /// That spend's confirmation height (a reorganisation may take it out again).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreign_spend_height: Option<u32>,
     /// Whether U counted against the client's velocity budget when first seen (`None`: seen
     /// before this was recorded; judged again from the approvals on load).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_for_velocity: Option<bool>,
     /// Nothing left to do (the final transaction is buried).
     pub done: bool,
