@@ -55,11 +55,6 @@ impl HeaderRules {
         HeaderRules { params }
     }
 
-    /// The network.
-    pub fn network(&self) -> Network {
-        self.params.network
-    }
-
     /// A header's own proof of work: its hash meets its target, within the network's limit.
     pub fn check_work(&self, height: u32, header: &Header) -> Result<BlockHash, String> {
         let target = header.target();
@@ -195,11 +190,6 @@ impl HeaderChain {
             ));
         }
         Ok(chain)
-    }
-
-    /// The network's rules.
-    pub fn rules(&self) -> &HeaderRules {
-        &self.rules
     }
 
     /// The lowest height known (the anchor's period start).

@@ -334,27 +334,13 @@ impl TowerStore for SqliteStore {
         if endpoints.is_empty() {
             return Ok(0);
         }
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut settled = 0;
-        {
-            let mut reaches =
-                tx.prepare("SELECT 1 FROM alarm_deliveries WHERE alarm_id = ?1 AND endpoint = ?2")?;
-            let ids: Vec<i64> = tx
-                .prepare("SELECT id FROM alarms WHERE delivered = 0")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            for id in ids {
-                let mut everywhere = true;
-                for e in endpoints {
-                    everywhere &= reaches.exists(params![id, e])?;
-                }
-                if everywhere {
-                    settled += tx.execute("UPDATE alarms SET delivered = 1 WHERE id = ?1", [id])? as u64;
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(settled)
+        let list = serde_json::to_string(endpoints).map_err(StoreError::corrupt("endpoint list"))?;
+        Ok(self.conn.execute(
+            "UPDATE alarms SET delivered = 1 WHERE delivered = 0 AND (SELECT COUNT(DISTINCT d.endpoint)
+               FROM alarm_deliveries d WHERE d.alarm_id = alarms.id
+               AND d.endpoint IN (SELECT value FROM json_each(?1))) = ?2",
+            params![list, endpoints.len() as i64],
+        )? as u64)
     }
 
     fn outbox_len(&mut self) -> Result<u64, StoreError> {

@@ -183,6 +183,25 @@ fn watcher(vaults: &[&Vault], limit: u64) -> Watcher {
     w
 }
 
+/// `w` as a restart rebuilds it from the store: its tip, `approvals`, then its `vaults` with
+/// their states (in that order, as the daemon loads them).
+fn restarted(
+    w: &Watcher,
+    vaults: &[&Vault],
+    limit: u64,
+    approvals: &[(vigil_policy::bitcoin::Txid, ApprovalTerms)],
+) -> Watcher {
+    let mut r = watcher(&[], limit);
+    r.set_tip(w.tip());
+    for (txid, terms) in approvals {
+        r.add_approval(*txid, *terms);
+    }
+    for v in vaults {
+        r.add_vault(w.vault(&v.outpoint).unwrap().clone());
+    }
+    r
+}
+
 #[test]
 fn unapproved_unvault_is_cancelled_and_escalated_each_block_until_buried() {
     let v = vault(0, 1_000_000);
@@ -354,14 +373,8 @@ fn an_unvault_is_judged_when_first_seen_and_counted_for_velocity_across_a_restar
     w.add_approval(s2.unvault.compute_txid(), terms(1_000));
     assert!(broadcasts(&w.on_mempool_tx(&s1.unvault)).is_empty(), "within the budget");
     // A restart while s1's unvault is unconfirmed: it still counts, so s2's is over budget.
-    let mut restarted = Watcher::new();
-    restarted.set_limits("p", PolicyLimits { velocity_limit_sat: 5_000_000, velocity_window_blocks: 100 });
-    restarted.set_tip(12);
-    restarted.add_approval(g.unvault.compute_txid(), quorum);
-    restarted.add_approval(s2.unvault.compute_txid(), terms(1_000));
-    for v in [&g, &s1, &s2] {
-        restarted.add_vault(w.vault(&v.outpoint).unwrap().clone());
-    }
+    let approvals = [(g.unvault.compute_txid(), quorum), (s2.unvault.compute_txid(), terms(1_000))];
+    let mut restarted = restarted(&w, &[&g, &s1, &s2], 5_000_000, &approvals);
     assert_eq!(broadcasts(&restarted.on_mempool_tx(&s2.unvault)), vec!["cancel rung 0"]);
 }
 
@@ -373,14 +386,8 @@ fn an_unvault_seen_after_its_quorum_approval_expired_still_counts_after_a_restar
     let expired = ApprovalTerms { guardian_quorum: true, ..terms(10) };
     w.add_approval(g.unvault.compute_txid(), expired);
     assert_eq!(broadcasts(&w.on_mempool_tx(&g.unvault)), vec!["cancel rung 0"], "not approved any more");
-    let mut restarted = Watcher::new();
-    restarted.set_limits("p", PolicyLimits { velocity_limit_sat: 5_000_000, velocity_window_blocks: 100 });
-    restarted.set_tip(20);
-    restarted.add_approval(g.unvault.compute_txid(), expired);
-    restarted.add_approval(s.unvault.compute_txid(), terms(1_000));
-    for v in [&g, &s] {
-        restarted.add_vault(w.vault(&v.outpoint).unwrap().clone());
-    }
+    let approvals = [(g.unvault.compute_txid(), expired), (s.unvault.compute_txid(), terms(1_000))];
+    let mut restarted = restarted(&w, &[&g, &s], 5_000_000, &approvals);
     // g's 4 M counted at first sight still do: s's 3 M more are over the 5 M budget.
     assert_eq!(broadcasts(&restarted.on_mempool_tx(&s.unvault)), vec!["cancel rung 0"]);
 }
