@@ -47,9 +47,14 @@ impl Demo {
             funding_sat_per_vb: 2,
         };
         let keys = &self.keys;
-        let vault = ceremony.run(OneTimeKey::generate(), OneTimeKey::generate(), &mut |psbt| {
-            keys.sign_psbt(psbt, &signers)
-        })?;
+        let vault = ceremony
+            .run(
+                OneTimeKey::generate(),
+                OneTimeKey::generate(),
+                &mut |psbt| keys.sign_psbt(psbt, &signers),
+                &mut vigil_client::no_towers,
+            )
+            .map_err(vigil_policy::PolicyError::from)?;
         self.confirm(&vault.funding)?;
         let g = vault.graph.graph();
         println!(

@@ -64,6 +64,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the co-signer (the policy server outside the household), or set it up.
+    Cosigner {
+        /// The co-signer's configuration file (TOML).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<CosignerCommand>,
+    },
     /// Build vaults on the embedded regtest chain and walk them through their graph:
     /// unvault -> cancel, unvault -> delayed spend, emergency -> deep vault.
     Demo {
@@ -71,6 +79,14 @@ enum Command {
         #[arg(long, default_value = "vigil-demo-chain")]
         datadir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CosignerCommand {
+    /// Create the co-signer's master key, sealed in `key_file` under the configured passphrase.
+    Init,
+    /// Issue a single-use enrollment token for one new client.
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +114,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { datadir } => demo::run(&datadir),
         Command::Tower { config } => tower(&config),
+        Command::Cosigner { config, command } => cosigner(config.as_deref(), command),
         Command::Node {
             datadir,
             rpcport,
@@ -146,6 +163,41 @@ fn tower(config: &Path) -> anyhow::Result<()> {
     let config = vigil_tower::load_config(config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(vigil_tower::run(config))?;
+    Ok(())
+}
+
+fn cosigner(config: Option<&Path>, command: Option<CosignerCommand>) -> anyhow::Result<()> {
+    let path = config.context("--config FILE: the co-signer's configuration")?;
+    let config = vigil_cosigner::CosignerConfig::load(path)?;
+    match command {
+        None => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(vigil_cosigner::run(config))?;
+        }
+        Some(CosignerCommand::Init) => {
+            let passphrase = vigil_keystore::read_passphrase(
+                config.passphrase_file.as_deref(),
+                config.passphrase_env.as_deref(),
+            )?;
+            let keys = vigil_cosigner::CosignerKeys::create(
+                &config.key_file,
+                passphrase.as_bytes(),
+                config.network()?,
+                vigil_keystore::KdfParams::INTERACTIVE,
+            )?;
+            println!(
+                "co-signer key {} created in {} (sealed; keep the passphrase apart from it)",
+                keys.fingerprint(),
+                config.key_file.display()
+            );
+        }
+        Some(CosignerCommand::Token) => {
+            std::fs::create_dir_all(&config.datadir)?;
+            let mut store = vigil_cosigner::open_store(&config)?;
+            let token = vigil_cosigner::Cosigner::issue_token(&mut *store)?;
+            println!("{token}");
+        }
+    }
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! The household's side of Vigil: what the owner's client does, as a library the `vigil`
 //! command, the test environment and the benchmarks share.
 //!
-//! Today it holds the vault ceremony ([`Ceremony`], DESIGN.md §4): fresh one-time keys, the
-//! funding PSBT built unsigned (its txid is already fixed), the graph built on that outpoint and
-//! signed by both one-time keys, each party's signatures checked, the keys dropped (wiped), and
-//! only then the funding signed. Broadcasting the funding is the caller's last step, after every
-//! tower acknowledged.
+//! Today it holds the vault ceremony ([`Ceremony`], DESIGN.md §4) for a household that holds
+//! both one-time keys itself (the demo, tests): fresh one-time keys, the funding PSBT built
+//! unsigned (its txid is already fixed), the graph built on that outpoint and signed by both
+//! one-time keys, each party's signatures checked, the funding signed, the graph handed to
+//! every tower, and only once they all acknowledged are the keys dropped (wiped) and the vault
+//! returned. Broadcasting the funding is the caller's last step. With a co-signer, its server
+//! runs the co-signer's half (`vigil-cosigner`).
 
 // Libraries log through `tracing`; printing is for binaries.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -67,14 +69,17 @@ impl Vault {
 }
 
 impl Ceremony<'_> {
-    /// Runs it with the two one-time keys (consumed: wiped before the funding is signed);
-    /// `sign_funding` signs the funding PSBT with the owner's and the co-signer's keys.
-    pub fn run(
+    /// Runs it with the two one-time keys (consumed); `sign_funding` signs the funding PSBT
+    /// with the owner's and the co-signer's keys; `register` hands the vault to every tower
+    /// and returns once all acknowledged durably. Only then are the one-time keys wiped and
+    /// the vault (with its funding) returned: a refusal leaves nothing that could be funded.
+    pub fn run<E>(
         &self,
         owner_once: OneTimeKey,
         cosigner_once: OneTimeKey,
         sign_funding: &mut dyn FnMut(&mut Psbt),
-    ) -> Result<Vault, PolicyError> {
+        register: &mut dyn FnMut(&Vault) -> Result<(), E>,
+    ) -> Result<Vault, CeremonyError<E>> {
         let compiled = self.compiled;
         let plan =
             compiled.plan(self.index, self.amount, self.kind, owner_once.public(), cosigner_once.public())?;
@@ -87,11 +92,39 @@ impl Ceremony<'_> {
         owner_sigs.verify(&unsigned)?;
         cosigner_sigs.verify(&unsigned)?;
         let graph = unsigned.finalize(&owner_sigs, &cosigner_sigs)?;
-        drop(owner_once);
-        drop(cosigner_once);
         sign_funding(&mut psbt);
         let funding = finalize(psbt)?;
         let descriptors = compiled.vault_descriptors(&plan)?;
-        Ok(Vault { plan, graph, descriptors, funding })
+        let vault = Vault { plan, graph, descriptors, funding };
+        register(&vault).map_err(CeremonyError::Tower)?;
+        drop(owner_once);
+        drop(cosigner_once);
+        Ok(vault)
     }
+}
+
+/// Why a ceremony stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CeremonyError<E> {
+    /// The policy refused to build or sign it.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A tower did not acknowledge the vault: it is not protected, so not funded.
+    #[error("a tower did not acknowledge the vault: {0:?}")]
+    Tower(E),
+}
+
+/// A ceremony with no tower to wait for (the in-process demo and tests) fails only on policy.
+impl From<CeremonyError<std::convert::Infallible>> for PolicyError {
+    fn from(e: CeremonyError<std::convert::Infallible>) -> PolicyError {
+        match e {
+            CeremonyError::Policy(p) => p,
+            CeremonyError::Tower(never) => match never {},
+        }
+    }
+}
+
+/// For [`Ceremony::run`] where no tower is involved.
+pub fn no_towers(_: &Vault) -> Result<(), std::convert::Infallible> {
+    Ok(())
 }

@@ -78,7 +78,8 @@ impl KdfParams {
     pub const FOR_TESTS: KdfParams = KdfParams { m_cost_kib: 1024, t_cost: 1, lanes: 1 };
 
     fn argon2(&self) -> Result<Argon2<'static>, KeystoreError> {
-        if self.m_cost_kib > MAX_M_COST_KIB || self.t_cost > MAX_T_COST || self.lanes == 0 || self.lanes > 16 {
+        if self.m_cost_kib > MAX_M_COST_KIB || self.t_cost > MAX_T_COST || self.lanes == 0 || self.lanes > 16
+        {
             return Err(KeystoreError::Corrupt("stretching parameters out of range"));
         }
         let params = Params::new(self.m_cost_kib, self.t_cost, self.lanes, Some(32))

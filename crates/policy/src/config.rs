@@ -84,6 +84,8 @@ struct AllowanceSection {
     velocity_limit_sat: u64,
     velocity_window_blocks: u32,
     #[serde(default)]
+    spend_limit_sat: Option<u64>,
+    #[serde(default)]
     whitelist: Vec<String>,
 }
 
@@ -190,6 +192,9 @@ pub struct Allowance {
     pub velocity_limit_sat: u64,
     /// The velocity window, in blocks.
     pub velocity_window_blocks: u32,
+    /// The largest vault spend the co-signer approves without the guardians, sat (at most
+    /// the velocity limit, which it defaults to).
+    pub spend_limit_sat: u64,
     /// Destinations spends may go to without guardian approval.
     pub whitelist: Vec<Address>,
 }
@@ -384,10 +389,18 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
         .enumerate()
         .map(|(i, s)| parse_address(&format!("allowance.whitelist[{i}]"), s, network))
         .collect::<Result<Vec<_>, _>>()?;
+    let spend_limit_sat = a.spend_limit_sat.unwrap_or(a.velocity_limit_sat);
+    if spend_limit_sat > a.velocity_limit_sat {
+        return Err(field(
+            "allowance.spend_limit_sat",
+            format!("{spend_limit_sat} sat is above the velocity limit ({} sat): no spend may release more than a window allows", a.velocity_limit_sat),
+        ));
+    }
     let allowance = Allowance {
         hot_limit_sat: a.hot_limit_sat,
         velocity_limit_sat: a.velocity_limit_sat,
         velocity_window_blocks: a.velocity_window_blocks,
+        spend_limit_sat,
         whitelist,
     };
 

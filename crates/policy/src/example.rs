@@ -71,6 +71,24 @@ pub struct ExamplePolicy {
     pub velocity_limit_sat: u64,
     /// Number of towers.
     pub towers: usize,
+    /// Where the co-signer's account key, the co-signer's URL and the towers' URLs differ
+    /// from the derived example's: a policy for a real co-signer and real tower processes.
+    pub services: Services,
+}
+
+/// The parts of an example policy that name running services.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Services {
+    /// The co-signer's `[fp/path]xpub` (enrolled), instead of the example key.
+    pub cosigner_key: Option<String>,
+    /// The co-signer's URL.
+    pub cosigner_url: Option<String>,
+    /// Each tower's URL, instead of `http://127.0.0.1:7431 + i`.
+    pub tower_urls: Vec<String>,
+    /// `allowance.spend_limit_sat`, when set.
+    pub spend_limit_sat: Option<u64>,
+    /// `allowance.velocity_window_blocks` (1008 when none).
+    pub velocity_window_blocks: Option<u32>,
 }
 
 impl Default for ExamplePolicy {
@@ -89,6 +107,7 @@ impl Default for ExamplePolicy {
             max_fee_percent: 5,
             velocity_limit_sat: 10_000_000,
             towers: 2,
+            services: Services::default(),
         }
     }
 }
@@ -132,10 +151,11 @@ impl ExamplePolicy {
             .iter()
             .enumerate()
             .map(|(i, k)| {
+                let url = self.services.tower_urls.get(i).cloned();
                 format!(
-                    "\n[[towers]]\nname = \"tower-{}\"\nurl = \"http://127.0.0.1:{}\"\nkey = \"{}\"\n",
+                    "\n[[towers]]\nname = \"tower-{}\"\nurl = \"{}\"\nkey = \"{}\"\n",
                     (b'a' + i as u8) as char,
-                    7431 + i,
+                    url.unwrap_or_else(|| format!("http://127.0.0.1:{}", 7431 + i)),
                     PublicKey::from_secret_key(secp(), k)
                 )
             })
@@ -157,7 +177,7 @@ backup = "{backup}"
 
 [cosigner]
 key = "{cosigner}"
-url = "http://127.0.0.1:7420"
+url = "{cosigner_url}"
 
 [guardians]
 threshold = {guardian_threshold}
@@ -185,14 +205,18 @@ max_fee_percent = {max_fee_percent}
 hot_limit_sat = 2_000_000
 # The most unvaults may release per window; also the largest standard vault.
 velocity_limit_sat = {velocity}
-velocity_window_blocks = 1008
-whitelist = []
+velocity_window_blocks = {window}
+{spend_limit}whitelist = []
 {towers}"#,
             seed = self.seed,
             owner_threshold = self.owner_threshold,
             owners = list(&keys.owners),
             backup = account_key(&keys.backup),
-            cosigner = account_key(&keys.cosigner),
+            cosigner = self.services.cosigner_key.clone().unwrap_or_else(|| account_key(&keys.cosigner)),
+            cosigner_url = self.services.cosigner_url.as_deref().unwrap_or("http://127.0.0.1:7420"),
+            window = self.services.velocity_window_blocks.unwrap_or(1008),
+            spend_limit =
+                self.services.spend_limit_sat.map(|s| format!("spend_limit_sat = {s}\n")).unwrap_or_default(),
             guardian_threshold = self.guardian_threshold,
             guardians = list(&keys.guardians),
             delay = self.delay,

@@ -88,6 +88,7 @@ fn case() -> impl Strategy<Value = Case> {
                         max_fee_percent: pct,
                         velocity_limit_sat: 10_000_000,
                         towers: 1,
+                        services: Default::default(),
                     },
                     amount_fraction: frac,
                     guarded,

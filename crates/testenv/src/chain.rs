@@ -83,8 +83,8 @@ impl Env {
         Ok(FundingInput { outpoint, txout, intake_index: index })
     }
 
-    /// The whole ceremony for one vault of `amount`: receive, plan, build, sign the graph,
-    /// wipe the one-time keys, sign and broadcast the funding, confirm it.
+    /// The whole ceremony for one vault of `amount`: receive, plan, build, sign the graph and
+    /// the funding, wipe the one-time keys (no tower here), broadcast the funding, confirm it.
     pub fn create_vault(&mut self, amount: Amount, kind: VaultKind) -> Result<Vault, EnvError> {
         self.create_vault_with(amount, kind, OneTimeKey::generate(), OneTimeKey::generate())
     }
@@ -110,9 +110,13 @@ impl Env {
             kind,
             funding_sat_per_vb: 2,
         }
-        .run(owner_once, cosigner_once, &mut |psbt| {
-            self.keys.sign_psbt(psbt, &funding_signers(&self.example))
-        })?;
+        .run(
+            owner_once,
+            cosigner_once,
+            &mut |psbt| self.keys.sign_psbt(psbt, &funding_signers(&self.example)),
+            &mut vigil_client::no_towers,
+        )
+        .map_err(PolicyError::from)?;
         self.chain.submit(&vault.funding)?;
         self.chain.mine(1)?;
         Ok(vault)

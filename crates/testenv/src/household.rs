@@ -50,9 +50,12 @@ pub struct Household {
     pub wallet: Wallet,
     /// The policy version approvals are given under.
     pub policy_version: u32,
+    /// Towers the ceremony registers each vault with before its one-time keys are wiped
+    /// (empty: the test registers it itself, to exercise a tower's checks).
+    pub towers: Vec<TowerApi>,
     next_coin: u32,
     next_index: u32,
-    nonce: u64,
+    nonce: std::cell::Cell<u64>,
 }
 
 impl Household {
@@ -75,9 +78,10 @@ impl Household {
             policy_path,
             wallet,
             policy_version: 1,
+            towers: Vec::new(),
             next_coin: 1,
             next_index: 0,
-            nonce: 0,
+            nonce: Default::default(),
         }
     }
 
@@ -120,7 +124,18 @@ impl Household {
             kind,
             funding_sat_per_vb: 2,
         }
-        .run(owner_once, cosigner_once, &mut |psbt| self.keys.sign_psbt(psbt, &signers))
+        .run(owner_once, cosigner_once, &mut |psbt| self.keys.sign_psbt(psbt, &signers), &mut |vault| {
+            self.towers.iter().try_for_each(|t| {
+                let req = RegisterVault::new(
+                    &self.policy_id,
+                    self.next_nonce(),
+                    &vault.plan,
+                    &vault.graph,
+                    Some(&vault.funding),
+                );
+                post(t, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &self.owner_auth()).map(drop)
+            })
+        })
         .unwrap()
     }
 
@@ -130,9 +145,9 @@ impl Household {
     }
 
     /// The next nonce of the household's keys.
-    pub fn next_nonce(&mut self) -> u64 {
-        self.nonce += 1;
-        self.nonce
+    pub fn next_nonce(&self) -> u64 {
+        self.nonce.set(self.nonce.get() + 1);
+        self.nonce.get()
     }
 
     /// Registers `vault` (with its funding) at a tower, signed by the owner.

@@ -7,9 +7,13 @@
 //!   `vigil tower` (killable with SIGKILL), and the test PostgreSQL.
 //! - [`household`]: the owner's side against those processes: vaults funded from a test
 //!   wallet, registered and approved at towers over their signed API.
+//! - [`cosigner`], [`family`]: a `vigil cosigner` process, and a family (owner, guardians)
+//!   served by it and by real towers: enrollment, the co-signer's ceremony, spends, votes.
 //! - [`wallet`]: a key-path test wallet and chain lookups; [`webhook`]: alarm receivers.
 
 pub mod chain;
+pub mod cosigner;
+pub mod family;
 pub mod household;
 pub mod process;
 pub mod wallet;

@@ -356,6 +356,10 @@ pub struct TowerOptions<'a> {
     pub rest: &'a str,
     /// A fee-wallet secret, written to `{dir}/fee.key`.
     pub fee_key: Option<[u8; 32]>,
+    /// The tower's identity key (`tower_secret("tower test", seed)` when none).
+    pub identity: Option<SecretKey>,
+    /// The port it listens on (a free one when none).
+    pub port: Option<u16>,
 }
 
 impl TowerProcess {
@@ -390,8 +394,9 @@ impl TowerProcess {
         options: TowerOptions<'_>,
     ) -> TowerProcess {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let secret = vigil_policy::example::tower_secret("tower test", seed);
+        let port = options.port.unwrap_or_else(free_port);
+        let secret =
+            options.identity.unwrap_or_else(|| vigil_policy::example::tower_secret("tower test", seed));
         write_key_file(&dir.path().join("tower.key"), &secret);
         if let Some(fee) = options.fee_key {
             write_key_file(&dir.path().join("fee.key"), &SecretKey::from_slice(&fee).unwrap());

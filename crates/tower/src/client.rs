@@ -129,6 +129,7 @@ pub fn only_tightens(old: &Policy, new: &Policy) -> bool {
     same.allowance = old.allowance.clone();
     same == *old
         && b.velocity_limit_sat <= a.velocity_limit_sat
+        && b.spend_limit_sat <= a.spend_limit_sat
         && b.hot_limit_sat <= a.hot_limit_sat
         && b.velocity_window_blocks >= a.velocity_window_blocks
         && b.whitelist.iter().all(|w| a.whitelist.contains(w))

@@ -119,7 +119,8 @@ pub(crate) fn open_store(config: &TowerConfig) -> Result<Box<dyn TowerStore>, To
     })
 }
 
-fn backend(chain: &ChainConfig) -> Box<dyn ChainBackend> {
+/// The chain backend a configuration names.
+pub fn backend(chain: &ChainConfig) -> Box<dyn ChainBackend> {
     match chain {
         ChainConfig::Bitcoind { url, auth, rest, .. } => {
             let rpc = match auth {

@@ -1,0 +1,180 @@
+//! The HTTP edge: reads the credentials, hands the request to the domain on a blocking thread
+//! (decisions take the store's lock and may reach the chain and the towers), and turns a
+//! [`Refusal`] into a 4xx naming the problem.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::error::Refusal;
+use crate::service::{decode, Caller, Cosigner, Credentials};
+use crate::wire::Signed;
+
+/// Largest request body: a spend PSBT or a ceremony's signatures fit many times over.
+pub const MAX_BODY: usize = 128 * 1024;
+
+/// The API's routes.
+pub fn router(cosigner: Arc<Cosigner>) -> Router {
+    Router::new()
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/clients", post(pin))
+        .route("/v1/vaults", post(begin_vault))
+        .route("/v1/vaults/complete", post(complete_vault))
+        .route("/v1/vaults/{outpoint}", get(vault_status))
+        .route("/v1/spends", post(request_spend).get(spends))
+        .route("/v1/spends/{id}", get(spend_status))
+        .route("/v1/spends/{id}/vote", post(vote))
+        .route("/v1/spends/{id}/sign", post(sign_spend))
+        .route("/v1/lockdown", post(lockdown))
+        .route("/v1/lockdown/lift", post(lift))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(cosigner)
+}
+
+fn credentials(headers: &HeaderMap) -> Credentials {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Credentials {
+        client: h("x-vigil-client"),
+        key: h("x-vigil-key"),
+        signature: h("x-vigil-signature"),
+        time: h("x-vigil-time"),
+    }
+}
+
+/// Runs a domain call off the async threads.
+async fn blocking<T: Serialize + Send + 'static>(
+    f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(refusal)) => refusal.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "request handler panicked");
+            Refusal::Internal.into_response()
+        }
+    }
+}
+
+/// A signed POST of a pinned client: authenticate, decode, act.
+async fn signed<T, R>(
+    cosigner: Arc<Cosigner>,
+    headers: HeaderMap,
+    path: String,
+    body: Bytes,
+    act: impl FnOnce(&Cosigner, &Caller, &Signed<T>) -> Result<R, Refusal> + Send + 'static,
+) -> Response
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+{
+    let creds = credentials(&headers);
+    blocking(move || {
+        let caller = cosigner.authenticate(&creds, &path, &body)?;
+        let req: Signed<T> = decode(&body)?;
+        act(&cosigner, &caller, &req)
+    })
+    .await
+}
+
+async fn enroll(State(c): State<Arc<Cosigner>>, body: Bytes) -> Response {
+    blocking(move || c.enroll(&decode(&body)?)).await
+}
+
+async fn pin(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let creds = credentials(&headers);
+    blocking(move || c.pin(&creds, &body)).await
+}
+
+async fn begin_vault(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/vaults".into(), body, |c, caller, req| c.begin_vault(caller, req)).await
+}
+
+async fn complete_vault(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/vaults/complete".into(), body, |c, caller, req| c.complete_vault(caller, req))
+        .await
+}
+
+async fn vault_status(
+    State(c): State<Arc<Cosigner>>,
+    headers: HeaderMap,
+    Path(outpoint): Path<String>,
+) -> Response {
+    let creds = credentials(&headers);
+    blocking(move || {
+        let caller = c.authenticate_get(&creds, &format!("/v1/vaults/{outpoint}"))?;
+        c.vault_status(&caller, &outpoint)
+    })
+    .await
+}
+
+async fn request_spend(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/spends".into(), body, |c, caller, req| c.request_spend(caller, req)).await
+}
+
+async fn spends(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {
+    let creds = credentials(&headers);
+    blocking(move || {
+        let caller = c.authenticate_get(&creds, "/v1/spends")?;
+        c.spends(&caller)
+    })
+    .await
+}
+
+async fn spend_status(State(c): State<Arc<Cosigner>>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+    let creds = credentials(&headers);
+    blocking(move || {
+        let caller = c.authenticate_get(&creds, &format!("/v1/spends/{id}"))?;
+        c.spend_status(&caller, id)
+    })
+    .await
+}
+
+async fn vote(
+    State(c): State<Arc<Cosigner>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Response {
+    signed(c, headers, format!("/v1/spends/{id}/vote"), body, move |c, caller, req| c.vote(caller, id, req))
+        .await
+}
+
+async fn sign_spend(
+    State(c): State<Arc<Cosigner>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Response {
+    signed(c, headers, format!("/v1/spends/{id}/sign"), body, move |c, caller, req| {
+        c.sign_spend(caller, id, req)
+    })
+    .await
+}
+
+async fn lockdown(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/lockdown".into(), body, |c, caller, req| c.lockdown(caller, req)).await
+}
+
+async fn lift(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/lockdown/lift".into(), body, |c, caller, req| c.lift(caller, req)).await
+}
+
+async fn heartbeat(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/heartbeat".into(), body, |c, caller, req| c.heartbeat(caller, req)).await
+}
+
+async fn metrics(State(c): State<Arc<Cosigner>>) -> Response {
+    match tokio::task::spawn_blocking(move || c.metrics()).await {
+        Ok(Ok(text)) => text.into_response(),
+        Ok(Err(r)) => r.into_response(),
+        Err(_) => Refusal::Internal.into_response(),
+    }
+}

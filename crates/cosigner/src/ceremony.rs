@@ -1,0 +1,437 @@
+//! The co-signer's half of a vault ceremony (DESIGN.md §4 "One-time keys and the ceremony").
+//!
+//! 1. `begin`: the owner names the vault and the intake coins. The co-signer checks each coin
+//!    is an unspent segwit intake output of this client, not promised to another funding,
+//!    rebuilds the funding and the graph from the pinned policy, signs the graph with a
+//!    one-time key from fresh randomness, kept in RAM only, and answers its signatures.
+//! 2. `complete`: the owner's graph signatures and funding signatures. The co-signer checks
+//!    them against the graph and funding it built itself (byte for byte: the same txids),
+//!    commits the coins to this funding and the vault to its store, registers the vault with
+//!    every tower of the policy, and only when every one acknowledged drops its one-time key
+//!    and releases the fully signed funding.
+//!
+//! A crash before step 2 commits leaves nothing funded (the co-signer never signed the
+//! funding, and its key died with the process). After it, the store holds the signed graph:
+//! on restart the co-signer keeps registering it with the towers that have not acknowledged,
+//! and releases the funding only then. Towers that acknowledged already hold every cancel:
+//! whatever happens, a funded vault is a protected one.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use vigil_policy::bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
+use vigil_policy::bitcoin::hex::{DisplayHex, FromHex};
+use vigil_policy::bitcoin::key::XOnlyPublicKey;
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::secp256k1::schnorr;
+use vigil_policy::bitcoin::{Amount, OutPoint, Transaction};
+use vigil_policy::{FundingInput, GraphSignatures, OneTimeKey, UnsignedGraph, VaultKind, VaultPlan};
+use vigil_tower::wire::RegisterVault;
+
+use crate::error::Refusal;
+use crate::service::{alarm, Caller, ClientRecord, Cosigner};
+use crate::store::{kind, Batch};
+use crate::wire::{BeginVault, CompleteVault, Signed, TowerReport, VaultBegun, VaultStatus};
+
+/// How long a begun ceremony waits for the owner's half.
+const CEREMONY_TTL: Duration = Duration::from_secs(600);
+/// Ceremonies one client may have open at once.
+const MAX_OPEN_CEREMONIES: usize = 16;
+
+/// A ceremony between `begin` and the towers' acknowledgements: the one-time key lives here.
+pub struct Ceremony {
+    client: String,
+    plan: VaultPlan,
+    graph: UnsignedGraph,
+    funding: Psbt,
+    coins: Vec<OutPoint>,
+    /// Held, not used again: wiped (dropped) only once every tower acknowledged the graph.
+    #[allow(dead_code)]
+    cosigner_once: OneTimeKey,
+    cosigner_signatures: GraphSignatures,
+    started: Instant,
+}
+
+/// A vault the co-signer took part in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultRecord {
+    /// Its client.
+    pub client: String,
+    /// The registration every tower gets (its nonce is set per tower).
+    pub registration: RegisterVault,
+    /// The fully signed funding, hex.
+    pub funding: String,
+    /// "registering" or "protected".
+    pub state: String,
+    /// Each tower's acknowledgement.
+    pub towers: Vec<TowerReport>,
+    /// The next approval counter.
+    pub next_counter: u64,
+}
+
+impl VaultRecord {
+    /// The vault's plan.
+    pub fn plan(&self) -> Result<VaultPlan, Refusal> {
+        let v = &self.registration.vault;
+        let key = |s: &str| XOnlyPublicKey::from_str(s).map_err(|_| Refusal::Internal);
+        Ok(VaultPlan {
+            index: v.index,
+            amount: Amount::from_sat(v.amount_sat),
+            kind: if v.kind == "guarded" { VaultKind::Guarded } else { VaultKind::Standard },
+            owner_once: key(&v.owner_once)?,
+            cosigner_once: key(&v.cosigner_once)?,
+        })
+    }
+
+    /// U.
+    pub fn unvault(&self) -> Result<Transaction, Refusal> {
+        deserialize_hex(&self.registration.unvault).map_err(|_| Refusal::Internal)
+    }
+
+    /// Whether it is guarded.
+    pub fn guarded(&self) -> bool {
+        self.registration.vault.kind == "guarded"
+    }
+}
+
+fn bad(m: impl Into<String>) -> Refusal {
+    Refusal::BadRequest(m.into())
+}
+
+/// A stored vault.
+pub(crate) fn vault_record(
+    store: &mut dyn crate::store::Store,
+    outpoint: &str,
+) -> Result<Option<VaultRecord>, Refusal> {
+    store
+        .get(kind::VAULT, outpoint)?
+        .map(|t| serde_json::from_str(&t).map_err(|_| Refusal::Internal))
+        .transpose()
+}
+
+impl Cosigner {
+    /// `POST /v1/vaults`.
+    pub fn begin_vault(&self, caller: &Caller, req: &Signed<BeginVault>) -> Result<VaultBegun, Refusal> {
+        caller.owner()?;
+        let r = &req.request;
+        let compiled = caller.compiled.clone();
+        let kind = match r.kind.as_str() {
+            "standard" => VaultKind::Standard,
+            "guarded" => VaultKind::Guarded,
+            other => return Err(bad(format!("kind: {other:?} is neither \"standard\" nor \"guarded\""))),
+        };
+        let owner_once = XOnlyPublicKey::from_str(&r.owner_once)
+            .map_err(|_| bad("owner_once: not an x-only public key"))?;
+        if r.coins.is_empty() || r.coins.len() > 100 {
+            return Err(bad("coins: 1 to 100 intake coins"));
+        }
+        if r.funding_sat_per_vb == 0 || r.funding_sat_per_vb > 10_000 {
+            return Err(bad("funding_sat_per_vb: 1 to 10,000"));
+        }
+        let mut coins = Vec::new();
+        {
+            let mut store = self.store();
+            if store.get(kind::VAULT_INDEX, &format!("{}/{}", caller.client.id, r.index))?.is_some() {
+                return Err(Refusal::Conflict(format!(
+                    "index: vault {} of this client exists already",
+                    r.index
+                )));
+            }
+            for (i, c) in r.coins.iter().enumerate() {
+                let outpoint = OutPoint::from_str(&c.outpoint)
+                    .map_err(|_| bad(format!("coins[{i}].outpoint: not txid:vout")))?;
+                if coins.iter().any(|f: &FundingInput| f.outpoint == outpoint) {
+                    return Err(bad(format!("coins[{i}]: {outpoint} is listed twice")));
+                }
+                if let Some(funding) = store.get(kind::INTAKE, &c.outpoint)? {
+                    return Err(Refusal::Conflict(format!(
+                        "coins[{i}]: {outpoint} already funds {funding}; the co-signer never signs a second spend of an intake coin"
+                    )));
+                }
+                coins.push(FundingInput {
+                    outpoint,
+                    txout: vigil_policy::bitcoin::TxOut::NULL,
+                    intake_index: c.intake_index,
+                });
+            }
+        }
+        for (i, coin) in coins.iter_mut().enumerate() {
+            let txout = self
+                .chain
+                .unspent_output(&coin.outpoint)?
+                .ok_or_else(|| bad(format!("coins[{i}]: {} is not an unspent output", coin.outpoint)))?;
+            let script = compiled
+                .intake_descriptor(coin.intake_index)
+                .map_err(|e| bad(format!("coins[{i}]: {e}")))?
+                .script_pubkey();
+            if txout.script_pubkey != script {
+                return Err(bad(format!(
+                    "coins[{i}]: {} is not paid to this client's intake address {}",
+                    coin.outpoint, coin.intake_index
+                )));
+            }
+            coin.txout = txout;
+        }
+        let cosigner_once = OneTimeKey::generate();
+        let plan = compiled
+            .plan(r.index, Amount::from_sat(r.amount_sat), kind, owner_once, cosigner_once.public())
+            .map_err(|e| bad(e.to_string()))?;
+        let funding = compiled
+            .funding_psbt(&plan, &coins, r.change_index, r.funding_sat_per_vb)
+            .map_err(|e| bad(e.to_string()))?;
+        let vault_outpoint = OutPoint { txid: funding.unsigned_tx.compute_txid(), vout: 0 };
+        let graph = compiled.build_graph(&plan, vault_outpoint).map_err(|e| bad(e.to_string()))?;
+        let cosigner_signatures = cosigner_once.sign(&graph).map_err(|_| Refusal::Internal)?;
+        let answer = VaultBegun {
+            vault_outpoint: vault_outpoint.to_string(),
+            funding_txid: vault_outpoint.txid.to_string(),
+            cosigner_once: cosigner_once.public().to_string(),
+            signatures: cosigner_signatures
+                .signatures
+                .iter()
+                .map(|s| s.as_ref().to_lower_hex_string())
+                .collect(),
+        };
+        // The nonce is consumed with nothing else: the ceremony itself lives in RAM.
+        let batch = Self::consume_nonce(&mut **self.store(), &caller.key, req)?;
+        self.store().commit(&batch)?;
+        let mut open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, c| c.started.elapsed() < CEREMONY_TTL);
+        if open.values().filter(|c| c.client == caller.client.id).count() >= MAX_OPEN_CEREMONIES {
+            return Err(Refusal::Conflict(format!(
+                "{MAX_OPEN_CEREMONIES} ceremonies are open already; complete them first"
+            )));
+        }
+        let coins = coins.iter().map(|c| c.outpoint).collect();
+        open.insert(
+            vault_outpoint,
+            Ceremony {
+                client: caller.client.id.clone(),
+                plan,
+                graph,
+                funding,
+                coins,
+                cosigner_once,
+                cosigner_signatures,
+                started: Instant::now(),
+            },
+        );
+        Ok(answer)
+    }
+
+    /// `POST /v1/vaults/complete`.
+    pub fn complete_vault(
+        &self,
+        caller: &Caller,
+        req: &Signed<CompleteVault>,
+    ) -> Result<VaultStatus, Refusal> {
+        caller.owner()?;
+        let r = &req.request;
+        let outpoint =
+            OutPoint::from_str(&r.vault_outpoint).map_err(|_| bad("vault_outpoint: not txid:vout"))?;
+        // Already committed (the answer was lost, or a tower was missing): carry on with it.
+        let existing = vault_record(&mut **self.store(), &r.vault_outpoint)?;
+        if let Some(v) = existing {
+            if v.client != caller.client.id {
+                return Err(Refusal::NotFound(format!("no vault {outpoint} of this client")));
+            }
+            let batch = Self::consume_nonce(&mut **self.store(), &caller.key, req)?;
+            self.store().commit(&batch)?;
+            return self.register_with_towers(&caller.client.id, &r.vault_outpoint);
+        }
+        let open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
+        let ceremony = match open.get(&outpoint) {
+            Some(c) if c.client == caller.client.id && c.started.elapsed() < CEREMONY_TTL => c,
+            _ => {
+                return Err(Refusal::NotFound(format!(
+                    "no ceremony in progress for {outpoint} (it expired, or the co-signer restarted): begin again"
+                )))
+            }
+        };
+        let signatures = r
+            .owner_signatures
+            .iter()
+            .map(|s| <[u8; 64]>::from_hex(s).ok().and_then(|b| schnorr::Signature::from_slice(&b).ok()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("owner_signatures: 64-byte hex signatures"))?;
+        let owner = GraphSignatures { signer: ceremony.plan.owner_once, signatures };
+        owner.verify(&ceremony.graph).map_err(|e| bad(format!("owner_signatures: {e}")))?;
+        let signed = ceremony
+            .graph
+            .finalize(&owner, &ceremony.cosigner_signatures)
+            .map_err(|e| bad(format!("owner_signatures: {e}")))?;
+        let theirs = base64::engine::general_purpose::STANDARD
+            .decode(&r.funding_psbt)
+            .ok()
+            .and_then(|b| Psbt::deserialize(&b).ok())
+            .ok_or_else(|| bad("funding_psbt: not a base64 PSBT"))?;
+        if theirs.unsigned_tx != ceremony.funding.unsigned_tx {
+            return Err(bad("funding_psbt: not the funding this ceremony built (its transaction differs)"));
+        }
+        let mut funding = ceremony.funding.clone();
+        // Only the owner's signatures are taken from theirs; everything else is ours.
+        for (mine, given) in funding.inputs.iter_mut().zip(&theirs.inputs) {
+            mine.tap_script_sigs.extend(given.tap_script_sigs.iter().map(|(k, v)| (*k, *v)));
+        }
+        self.keys.sign_psbt(caller.client.account, &mut funding);
+        let funding = vigil_policy::finalize(funding)
+            .map_err(|e| bad(format!("funding_psbt: the owner's signatures do not complete it: {e}")))?;
+        let registration = RegisterVault::new(&caller.client.id, 0, &ceremony.plan, &signed, Some(&funding));
+        let record = VaultRecord {
+            client: caller.client.id.clone(),
+            registration,
+            funding: serialize_hex(&funding),
+            state: "registering".into(),
+            towers: Vec::new(),
+            next_counter: 1,
+        };
+        let mut store = self.store();
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        for coin in &ceremony.coins {
+            batch.expect(kind::INTAKE, coin.to_string(), None).put(
+                kind::INTAKE,
+                coin.to_string(),
+                r.vault_outpoint.clone(),
+            );
+        }
+        let index_id = format!("{}/{}", caller.client.id, ceremony.plan.index);
+        batch
+            .expect(kind::VAULT_INDEX, index_id.clone(), None)
+            .put(kind::VAULT_INDEX, index_id, r.vault_outpoint.clone())
+            .expect(kind::VAULT, r.vault_outpoint.clone(), None)
+            .put(kind::VAULT, r.vault_outpoint.clone(), serde_json::to_string(&record).expect("json"));
+        store.commit(&batch)?;
+        drop(store);
+        drop(open);
+        tracing::info!(client = %caller.client.id, vault = %outpoint, "vault signed; registering with towers");
+        self.register_with_towers(&caller.client.id, &r.vault_outpoint)
+    }
+
+    /// Registers a committed vault with every tower that has not acknowledged it; once all
+    /// have, drops the ceremony's one-time key and marks it protected (its funding released).
+    pub fn register_with_towers(&self, client_id: &str, outpoint: &str) -> Result<VaultStatus, Refusal> {
+        let (record, client) = {
+            let mut store = self.store();
+            let record = vault_record(&mut **store, outpoint)?.ok_or(Refusal::Internal)?;
+            let client = Self::client(&mut **store, client_id)?.ok_or(Refusal::Internal)?;
+            (record, client)
+        };
+        if record.state == "protected" {
+            return Ok(status(outpoint, &record));
+        }
+        let compiled = self.compiled(&client)?;
+        let missing: Vec<String> = compiled
+            .policy()
+            .towers
+            .iter()
+            .filter(|t| !acknowledged(&record, &t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        let nonce = self.tower_nonces(&client.id, compiled.policy().towers.len() as u64)?;
+        let key = self.keys.auth_keypair(client.account);
+        let reports = crate::towers::post_all(
+            compiled.policy(),
+            &key,
+            "/v1/vaults",
+            outpoint,
+            &|i| {
+                let mut reg = record.registration.clone();
+                reg.nonce = nonce + i as u64;
+                serde_json::to_vec(&reg).expect("json")
+            },
+            Some(&missing),
+        );
+        let all = reports.iter().all(|t| t.acknowledged);
+        let mut store = self.store();
+        let mut latest = vault_record(&mut **store, outpoint)?.ok_or(Refusal::Internal)?;
+        let before = serde_json::to_string(&latest).expect("json");
+        latest.towers = reports;
+        let mut batch = Batch::default();
+        if all {
+            latest.state = "protected".into();
+            tracing::info!(client = %client.id, vault = %outpoint, "every tower acknowledged: vault protected");
+        }
+        batch.expect(kind::VAULT, outpoint.to_owned(), Some(before)).put(
+            kind::VAULT,
+            outpoint.to_owned(),
+            serde_json::to_string(&latest).expect("json"),
+        );
+        store.commit(&batch)?;
+        drop(store);
+        if all {
+            // DESIGN §4's order: the towers hold the graph; now the one-time key goes.
+            if let Ok(op) = OutPoint::from_str(outpoint) {
+                self.ceremonies.lock().unwrap_or_else(|p| p.into_inner()).remove(&op);
+            }
+        }
+        Ok(status(outpoint, &latest))
+    }
+
+    /// `n` consecutive nonces for the co-signer's requests to this client's towers.
+    pub(crate) fn tower_nonces(&self, client: &str, n: u64) -> Result<u64, Refusal> {
+        let mut store = self.store();
+        let mut record: ClientRecord = Self::client(&mut **store, client)?.ok_or(Refusal::Internal)?;
+        let before = serde_json::to_string(&record).expect("json");
+        let start = record.tower_nonce;
+        record.tower_nonce += n;
+        let mut batch = Batch::default();
+        batch.expect(kind::CLIENT, client.to_owned(), Some(before)).put(
+            kind::CLIENT,
+            client.to_owned(),
+            serde_json::to_string(&record).expect("json"),
+        );
+        store.commit(&batch)?;
+        Ok(start)
+    }
+
+    /// `GET /v1/vaults/{outpoint}`.
+    pub fn vault_status(&self, caller: &Caller, outpoint: &str) -> Result<VaultStatus, Refusal> {
+        match vault_record(&mut **self.store(), outpoint)? {
+            Some(v) if v.client == caller.client.id => Ok(status(outpoint, &v)),
+            _ => Err(Refusal::NotFound(format!("no vault {outpoint} of this client"))),
+        }
+    }
+
+    /// Vaults committed but not yet acknowledged by every tower (after a restart): registers
+    /// them again; alarms when one stays unprotected.
+    pub fn retry_registrations(&self) {
+        let pending: Vec<(String, String)> = match self.store().list(kind::VAULT, "") {
+            Ok(all) => all
+                .into_iter()
+                .filter_map(|(id, body)| {
+                    let v: VaultRecord = serde_json::from_str(&body).ok()?;
+                    (v.state != "protected").then_some((v.client, id))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list vaults to register");
+                return;
+            }
+        };
+        for (client, outpoint) in pending {
+            match self.register_with_towers(&client, &outpoint) {
+                Ok(s) if s.state == "protected" => {}
+                _ => {
+                    let mut batch = Batch::default();
+                    batch.alarm(alarm(&client, "vault-unregistered", format!("vault {outpoint} is not registered with every tower yet; its funding is withheld")));
+                    let _ = self.store().commit(&batch);
+                }
+            }
+        }
+    }
+}
+
+fn acknowledged(record: &VaultRecord, tower: &str) -> bool {
+    record.towers.iter().any(|t| t.name == tower && t.acknowledged)
+}
+
+fn status(outpoint: &str, v: &VaultRecord) -> VaultStatus {
+    VaultStatus {
+        vault_outpoint: outpoint.to_owned(),
+        state: v.state.clone(),
+        towers: v.towers.clone(),
+        funding: (v.state == "protected").then(|| v.funding.clone()),
+    }
+}

@@ -1,0 +1,148 @@
+//! The co-signer's configuration file. Secrets never sit in it: the master key is a sealed
+//! key file, its passphrase comes from a file or an environment variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use vigil_policy::bitcoin::Network;
+use vigil_tower::config::{AlarmConfig, ChainConfig, StoreConfig};
+
+use crate::error::CosignerError;
+
+/// Blocks an approval stays valid for an unvault to confirm in, by default (a day).
+pub const APPROVAL_EXPIRY_BLOCKS: u32 = 144;
+/// Blocks a loosening change or an early lift waits at the least: longer than any captivity.
+pub const MIN_GOVERNANCE_DELAY_BLOCKS: u32 = 1_009;
+
+/// `vigil cosigner --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosignerConfig {
+    /// Where the API listens (put TLS in front of it: docs/cosigner.md).
+    pub listen: SocketAddr,
+    /// The SQLite store lives here.
+    pub datadir: PathBuf,
+    /// The sealed master key (`vigil cosigner init`).
+    pub key_file: PathBuf,
+    /// A file whose first line is the key's passphrase (mode 0600)...
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+    /// ...or the environment variable holding it.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+    /// The network every client's policy must be on.
+    pub network: String,
+    /// Blocks an approval waits for its unvault to confirm.
+    #[serde(default = "default_expiry")]
+    pub approval_expiry_blocks: u32,
+    /// Blocks a loosening policy change or an early lockdown lift waits.
+    #[serde(default = "default_governance")]
+    pub governance_delay_blocks: u32,
+    /// The chain (a node, for heights and confirmations).
+    pub chain: ChainConfig,
+    /// Where requests and decisions are recorded.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Where guardians' alarms go, besides each client's own.
+    #[serde(default)]
+    pub alarms: AlarmConfig,
+}
+
+fn default_expiry() -> u32 {
+    APPROVAL_EXPIRY_BLOCKS
+}
+
+fn default_governance() -> u32 {
+    MIN_GOVERNANCE_DELAY_BLOCKS
+}
+
+fn refuse(field: &str, reason: impl Into<String>) -> CosignerError {
+    CosignerError::Config { field: field.into(), reason: reason.into() }
+}
+
+impl CosignerConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<CosignerConfig, CosignerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| refuse("--config", format!("{}: {e}", path.display())))?;
+        CosignerConfig::parse(&text)
+    }
+
+    /// Parses and checks a configuration's text: anything that cannot work is refused here,
+    /// naming the field, before anything is created.
+    pub fn parse(text: &str) -> Result<CosignerConfig, CosignerError> {
+        let config: CosignerConfig = toml::from_str(text).map_err(|e| refuse("(file)", e.to_string()))?;
+        config.network()?;
+        match (&config.passphrase_file, &config.passphrase_env) {
+            (None, None) => {
+                return Err(refuse(
+                    "passphrase_file",
+                    "give passphrase_file or passphrase_env to unlock key_file",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(refuse("passphrase_env", "give passphrase_file or passphrase_env, not both"))
+            }
+            _ => {}
+        }
+        if config.approval_expiry_blocks == 0 {
+            return Err(refuse("approval_expiry_blocks", "at least 1 block"));
+        }
+        if config.governance_delay_blocks < MIN_GOVERNANCE_DELAY_BLOCKS {
+            return Err(refuse(
+                "governance_delay_blocks",
+                format!(
+                    "{} blocks is shorter than a captivity can last; at least {MIN_GOVERNANCE_DELAY_BLOCKS}",
+                    config.governance_delay_blocks
+                ),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The network, parsed.
+    pub fn network(&self) -> Result<Network, CosignerError> {
+        match self.network.as_str() {
+            "bitcoin" | "mainnet" => Ok(Network::Bitcoin),
+            "testnet" => Ok(Network::Testnet),
+            "testnet4" => Ok(Network::Testnet4),
+            "signet" => Ok(Network::Signet),
+            "regtest" => Ok(Network::Regtest),
+            other => Err(refuse("network", format!("unknown network {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        listen = "127.0.0.1:7420"
+        datadir = "/tmp/x"
+        key_file = "/tmp/x/key"
+        passphrase_env = "VIGIL_PASSPHRASE"
+        network = "regtest"
+        [chain]
+        url = "http://127.0.0.1:18443"
+        user = "u"
+        password = "p"
+    "#;
+
+    #[test]
+    fn a_configuration_that_cannot_work_is_refused_naming_the_field() {
+        assert!(CosignerConfig::parse(GOOD).is_ok());
+        let cases = [
+            (GOOD.replace("regtest", "moon"), "network"),
+            (GOOD.replace("passphrase_env = \"VIGIL_PASSPHRASE\"", ""), "passphrase_file"),
+            (GOOD.replace("network =", "governance_delay_blocks = 10\nnetwork ="), "governance_delay_blocks"),
+            (GOOD.replace("network =", "approval_expiry_blocks = 0\nnetwork ="), "approval_expiry_blocks"),
+            (GOOD.replace("network =", "secret = \"x\"\nnetwork ="), "secret"),
+        ];
+        for (text, field) in cases {
+            let e = CosignerConfig::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+}

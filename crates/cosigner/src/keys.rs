@@ -1,0 +1,144 @@
+//! The co-signer's key: one BIP32 master, sealed at rest (`vigil-keystore`), held in memory
+//! that is wiped on drop. Each client gets its own account under it (BIP48 layout,
+//! `m/48'/coin'/account'/2'`, one account number per client), so no two clients share a key
+//! and the master itself is never handed out.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use vigil_keystore::{KdfParams, KeystoreError};
+use vigil_policy::bitcoin::bip32::{ChainCode, ChildNumber, DerivationPath, Xpriv, Xpub};
+use vigil_policy::bitcoin::key::{Keypair, XOnlyPublicKey};
+use vigil_policy::bitcoin::secp256k1::{rand::RngCore, Secp256k1};
+use vigil_policy::bitcoin::{Network, NetworkKind};
+use zeroize::Zeroizing;
+
+/// The most accounts (clients) one master serves: below the hardened range's end.
+pub const MAX_ACCOUNTS: u32 = (1 << 31) - 1;
+
+/// The co-signer's master key, in memory only while the daemon runs.
+pub struct CosignerKeys {
+    master: Xpriv,
+    network: Network,
+}
+
+impl Drop for CosignerKeys {
+    fn drop(&mut self) {
+        self.master.private_key.non_secure_erase();
+        self.master.chain_code = ChainCode::from([0u8; 32]);
+    }
+}
+
+impl std::fmt::Debug for CosignerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CosignerKeys({})", self.fingerprint())
+    }
+}
+
+impl CosignerKeys {
+    /// A new master from the operating system's randomness, sealed into `path` under
+    /// `passphrase` (the file must not exist).
+    pub fn create(
+        path: &Path,
+        passphrase: &[u8],
+        network: Network,
+        kdf: KdfParams,
+    ) -> Result<CosignerKeys, KeystoreError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(seed.as_mut());
+        let master = Xpriv::new_master(NetworkKind::from(network), seed.as_ref()).expect("32 bytes of seed");
+        let keys = CosignerKeys { master, network };
+        let encoded = Zeroizing::new(keys.master.encode());
+        vigil_keystore::write_new(path, &vigil_keystore::seal(encoded.as_ref(), passphrase, kdf)?)?;
+        Ok(keys)
+    }
+
+    /// Opens the sealed master at `path`.
+    pub fn open(path: &Path, passphrase: &[u8], network: Network) -> Result<CosignerKeys, KeystoreError> {
+        let bytes = vigil_keystore::open_file(path, passphrase)?;
+        let master = Xpriv::decode(&bytes)
+            .map_err(|_| KeystoreError::Corrupt("the sealed secret is not a BIP32 master key"))?;
+        if master.network != NetworkKind::from(network) {
+            return Err(KeystoreError::Corrupt("the key is for another network"));
+        }
+        Ok(CosignerKeys { master, network })
+    }
+
+    /// The master's fingerprint (names it in logs; reveals nothing).
+    pub fn fingerprint(&self) -> vigil_policy::bitcoin::bip32::Fingerprint {
+        self.master.fingerprint(&Secp256k1::new())
+    }
+
+    fn account_path(&self, account: u32) -> DerivationPath {
+        let coin = if self.network == Network::Bitcoin { 0 } else { 1 };
+        DerivationPath::from_str(&format!("m/48'/{coin}'/{account}'/2'")).expect("valid path")
+    }
+
+    /// Client `account`'s extended private key (wiped by its user's drop of the keypair).
+    fn account_xpriv(&self, account: u32) -> Xpriv {
+        self.master.derive_priv(&Secp256k1::new(), &self.account_path(account)).expect("derivable")
+    }
+
+    /// Client `account`'s key as its policy's `[cosigner] key` names it:
+    /// `[fingerprint/48h/coinh/accounth/2h]xpub`.
+    pub fn account_key(&self, account: u32) -> String {
+        let xpub = Xpub::from_priv(&Secp256k1::new(), &self.account_xpriv(account));
+        let path = self.account_path(account).to_string().trim_start_matches("m/").replace('\'', "h");
+        format!("[{}/{path}]{xpub}", self.fingerprint())
+    }
+
+    /// Client `account`'s request-signing key (`/2/0` under the account).
+    pub fn auth_keypair(&self, account: u32) -> Keypair {
+        let tail = [ChildNumber::from_normal_idx(2).expect("2"), ChildNumber::from_normal_idx(0).expect("0")];
+        let mut xpriv = self.account_xpriv(account);
+        let key =
+            xpriv.derive_priv(&Secp256k1::new(), &tail).expect("derivable").to_keypair(&Secp256k1::new());
+        xpriv.private_key.non_secure_erase();
+        key
+    }
+
+    /// Client `account`'s auth key.
+    pub fn auth_key(&self, account: u32) -> XOnlyPublicKey {
+        self.auth_keypair(account).x_only_public_key().0
+    }
+
+    /// Signs every input of `psbt` whose key origin is under client `account`'s, with that
+    /// key; origins naming any other account of this master are dropped first, so one
+    /// client's request can never obtain another's signature. Callers decide first that the
+    /// PSBT is one the policy allows.
+    pub fn sign_psbt(&self, account: u32, psbt: &mut vigil_policy::bitcoin::psbt::Psbt) {
+        let (ours, prefix) = (self.fingerprint(), self.account_path(account));
+        let foreign = |fp: &vigil_policy::bitcoin::bip32::Fingerprint, path: &DerivationPath| {
+            *fp == ours && !path.as_ref().starts_with(prefix.as_ref())
+        };
+        for input in &mut psbt.inputs {
+            input.tap_key_origins.retain(|_, (_, (fp, path))| !foreign(fp, path));
+            input.bip32_derivation.retain(|_, (fp, path)| !foreign(fp, path));
+        }
+        let _ = psbt.sign(&self.master, &Secp256k1::new());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_gets_its_own_account_and_the_file_opens_only_with_its_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosigner.key");
+        let keys = CosignerKeys::create(&path, b"pass", Network::Regtest, KdfParams::FOR_TESTS).unwrap();
+        assert_ne!(keys.account_key(0), keys.account_key(1));
+        assert!(keys.account_key(7).contains("/48h/1h/7h/2h]tpub"), "{}", keys.account_key(7));
+        let again = CosignerKeys::open(&path, b"pass", Network::Regtest).unwrap();
+        assert_eq!(again.account_key(3), keys.account_key(3));
+        assert!(CosignerKeys::open(&path, b"wrong", Network::Regtest).is_err());
+        assert!(CosignerKeys::open(&path, b"pass", Network::Bitcoin).is_err());
+        // The key a client's policy names gives the same auth key as the co-signer signs with.
+        let policy_key = vigil_policy::PolicyKey {
+            xpub: Xpub::from_str(keys.account_key(3).split(']').nth(1).unwrap()).unwrap(),
+            origin: None,
+        };
+        assert_eq!(policy_key.auth_key(), keys.auth_key(3));
+    }
+}

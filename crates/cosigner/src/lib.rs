@@ -1,0 +1,91 @@
+//! Vigil's co-signer: the policy server between a household and its money, run outside the
+//! household (self-hosted elsewhere, or by a provider for many families). It holds one
+//! master key, sealed at rest, and gives each client its own account under it. It signs only
+//! what the client's pinned policy allows, and holds no owner or guardian key.
+//!
+//! - [`service`]: authentication (every request signed by a key of the client's policy, with a
+//!   nonce kept across restarts), enrollment by single-use tokens, pinning a policy, lockdowns
+//!   and the owner's heartbeat (duress locks down silently).
+//! - [`ceremony`]: the co-signer's half of a vault ceremony, in DESIGN.md §4's order.
+//! - [`spends`]: spend requests, limits, velocity, guardians' votes, approvals pushed to every
+//!   tower, and the signature of exactly the approved spend after DELAY.
+//! - [`store`]: SQLite or PostgreSQL behind one trait; [`alarms`]: the outbox's delivery.
+//! - [`api`]: the HTTP edge; [`wire`]: what travels over it.
+
+// Libraries log through `tracing`; printing is for binaries.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod alarms;
+pub mod api;
+pub mod ceremony;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod service;
+pub mod spends;
+pub mod store;
+pub mod towers;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use config::CosignerConfig;
+pub use error::{CosignerError, StoreError};
+pub use keys::CosignerKeys;
+pub use service::Cosigner;
+
+use store::{PostgresStore, SqliteStore, Store};
+use vigil_tower::config::StoreConfig;
+
+/// Opens the store a configuration names (one connection).
+pub fn open_store(config: &CosignerConfig) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match &config.store {
+        StoreConfig::Sqlite => Box::new(SqliteStore::open(&config.datadir.join("cosigner.sqlite"))?),
+        StoreConfig::Postgres { url, schema } => Box::new(PostgresStore::connect(url, schema)?),
+    })
+}
+
+/// Runs the co-signer until SIGINT or SIGTERM: unlocks the key, opens the store, serves the
+/// API, delivers alarms, and keeps registering vaults some tower has not acknowledged.
+pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
+    let network = config.network()?;
+    let passphrase =
+        vigil_keystore::read_passphrase(config.passphrase_file.as_deref(), config.passphrase_env.as_deref())?;
+    let keys = CosignerKeys::open(&config.key_file, passphrase.as_bytes(), network)?;
+    drop(passphrase);
+    std::fs::create_dir_all(&config.datadir)?;
+    let store = open_store(&config)?;
+    let chain = vigil_tower::daemon::backend(&config.chain);
+    let tip = chain.tip()?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(listen = %config.listen, key = %keys.fingerprint(), tip = tip.height, "co-signer started");
+    let cosigner = Arc::new(Cosigner::new(keys, config.clone(), chain, store)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    for url in &config.alarms.webhooks {
+        let (url, store, stop) = (url.clone(), open_store(&config)?, stop.clone());
+        std::thread::spawn(move || alarms::deliver(url, store, stop));
+    }
+    {
+        let (cosigner, stop) = (cosigner.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                cosigner.retry_registrations();
+                std::thread::sleep(std::time::Duration::from_secs(5));
+            }
+        });
+    }
+    axum::serve(listener, api::router(cosigner)).with_graceful_shutdown(shutdown()).await?;
+    stop.store(true, Ordering::Relaxed);
+    tracing::info!("co-signer stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,524 @@
+//! Spend requests: the exact spend of a vault's unvault output, judged against the client's
+//! pinned policy; guardians' votes; the approval pushed to every tower before "approved" is
+//! answered; and, after DELAY, the co-signer's signature of exactly the approved spend.
+//!
+//! A standard vault's spend within the per-spend limit, the velocity budget (every approval
+//! given without the guardians in the rolling window counts) and the whitelist is approved at
+//! once; anything else waits for the guardians' quorum, and one guardian's denial is final.
+//! Under duress every answer has the shape and size of a normal session's, while nothing will
+//! be co-signed.
+
+use std::str::FromStr;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use vigil_policy::bitcoin::consensus::encode::serialize_hex;
+use vigil_policy::bitcoin::hex::FromHex;
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::secp256k1::{schnorr, Secp256k1};
+use vigil_policy::bitcoin::{Address, OutPoint, Sequence};
+use vigil_policy::SpendInput;
+use vigil_tower::wire::{Approval, KeySignature, RegisterApproval};
+
+use crate::ceremony::{vault_record, VaultRecord};
+use crate::error::Refusal;
+use crate::service::{alarm, Caller, ClientRecord, Cosigner};
+use crate::store::{kind, Batch, Store};
+use crate::wire::{self, Signed, SignedSpend, SpendRequest, SpendStatus, TowerReport, Vote};
+
+/// A spend request as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRecord {
+    /// Its number within the client.
+    pub id: u64,
+    /// The client.
+    pub client: String,
+    /// "waiting", "approved", "denied".
+    pub state: String,
+    /// The spend PSBT with every signature gathered so far (base64).
+    pub psbt: String,
+    /// What leaves the vault, sat.
+    pub amount_sat: u64,
+    /// Where it goes.
+    pub destinations: Vec<String>,
+    /// Guardian approvals needed (0: the co-signer alone).
+    pub needed: u32,
+    /// The approval's terms.
+    pub approval: Approval,
+    /// Guardians' signatures over the terms.
+    pub signatures: Vec<KeySignature>,
+    /// The guardian who denied it.
+    pub denied_by: Option<String>,
+    /// The tip when it was approved (velocity counts from here).
+    pub approved_height: Option<u32>,
+    /// Requested while the client was locked down.
+    pub under_lockdown: bool,
+    /// Towers' acknowledgements of the approval.
+    pub towers: Vec<TowerReport>,
+}
+
+fn bad(m: impl Into<String>) -> Refusal {
+    Refusal::BadRequest(m.into())
+}
+
+fn spend_id(client: &str, id: u64) -> String {
+    format!("{client}/{id:012}")
+}
+
+fn decode_psbt(field: &str, text: &str) -> Result<Psbt, Refusal> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|b| Psbt::deserialize(&b).ok())
+        .ok_or_else(|| bad(format!("{field}: not a base64 PSBT")))
+}
+
+fn encode_psbt(psbt: &Psbt) -> String {
+    base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
+}
+
+impl SpendRecord {
+    fn status(&self, client: &ClientRecord, delay: u32, towers: &[TowerReport]) -> SpendStatus {
+        let _ = client;
+        SpendStatus {
+            id: self.id,
+            state: self.state.clone(),
+            vault_outpoint: self.approval.vault_outpoint.clone(),
+            spend_txid: self.approval.spend_txid.clone(),
+            amount_sat: self.amount_sat,
+            destinations: self.destinations.clone(),
+            psbt: self.psbt.clone(),
+            policy_version: self.approval.policy_version,
+            approvals: self.signatures.len() as u32,
+            approvals_needed: self.needed,
+            spendable_after_blocks: delay,
+            approval: self.approval.clone(),
+            under_lockdown: self.under_lockdown,
+            towers: towers.to_vec(),
+        }
+    }
+}
+
+/// What every approval without the guardians' quorum released in the window ending at `tip`.
+fn velocity_used(
+    store: &mut dyn Store,
+    client: &ClientRecord,
+    window: u32,
+    tip: u32,
+) -> Result<u64, Refusal> {
+    let mut used = 0u64;
+    for (_, body) in store.list(kind::SPEND, &format!("{}/", client.id))? {
+        let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
+        if s.state == "approved" && s.needed == 0 && s.approved_height.is_some_and(|h| h + window > tip) {
+            used += s.amount_sat;
+        }
+    }
+    Ok(used)
+}
+
+impl Cosigner {
+    fn spend(&self, store: &mut dyn Store, client: &str, id: u64) -> Result<SpendRecord, Refusal> {
+        store
+            .get(kind::SPEND, &spend_id(client, id))?
+            .map(|t| serde_json::from_str(&t).map_err(|_| Refusal::Internal))
+            .transpose()?
+            .ok_or_else(|| Refusal::NotFound(format!("no spend request {id} of this client")))
+    }
+
+    /// `POST /v1/spends`.
+    pub fn request_spend(&self, caller: &Caller, req: &Signed<SpendRequest>) -> Result<SpendStatus, Refusal> {
+        caller.owner()?;
+        let r = &req.request;
+        let policy = caller.policy();
+        let delay = policy.delays.unvault as u32;
+        let vault = match vault_record(&mut **self.store(), &r.vault_outpoint)? {
+            Some(v) if v.client == caller.client.id && v.state == "protected" => v,
+            Some(v) if v.client == caller.client.id => {
+                return Err(Refusal::Conflict(format!(
+                    "vault {} is not protected by every tower yet",
+                    r.vault_outpoint
+                )))
+            }
+            _ => return Err(Refusal::NotFound(format!("no vault {} of this client", r.vault_outpoint))),
+        };
+        let unvault = vault.unvault()?;
+        let unvault_out = OutPoint { txid: unvault.compute_txid(), vout: 0 };
+        let given = decode_psbt("psbt", &r.psbt)?;
+        let tx = &given.unsigned_tx;
+        if tx.input.len() != 1 || tx.input[0].previous_output != unvault_out {
+            return Err(bad(format!(
+                "psbt: a vault spend has exactly one input, the unvault's output {unvault_out}"
+            )));
+        }
+        if tx.input[0].sequence != Sequence::from_height(delay as u16) {
+            return Err(bad(format!(
+                "psbt: the input's sequence must be the policy's DELAY ({delay} blocks)"
+            )));
+        }
+        if tx.output.is_empty() {
+            return Err(bad("psbt: no outputs"));
+        }
+        // Our own PSBT of the same transaction, from our records: only the owner's
+        // signatures are taken from theirs.
+        let descriptors = caller.compiled.vault_descriptors(&vault.plan()?).map_err(|_| Refusal::Internal)?;
+        let input = SpendInput {
+            outpoint: unvault_out,
+            txout: unvault.output[0].clone(),
+            descriptor: descriptors.unvault,
+            sequence: tx.input[0].sequence,
+        };
+        let mut psbt =
+            vigil_policy::spend_psbt(&[input], tx.output.clone()).map_err(|e| bad(e.to_string()))?;
+        if psbt.unsigned_tx != *tx {
+            return Err(bad(
+                "psbt: its transaction is not a plain spend of the unvault output (version, locktime)",
+            ));
+        }
+        psbt.inputs[0].tap_script_sigs.extend(given.inputs[0].tap_script_sigs.iter().map(|(k, v)| (*k, *v)));
+        let spend_txid = tx.compute_txid();
+        let amount_sat = unvault.output[0].value.to_sat();
+        let destinations: Vec<String> = tx
+            .output
+            .iter()
+            .map(|o| {
+                Address::from_script(&o.script_pubkey, self.network)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| o.script_pubkey.to_hex_string())
+            })
+            .collect();
+        let tip = self.tip()?;
+        let mut store = self.store();
+        let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        // One request per vault: the same spend again is the same request.
+        for (_, body) in store.list(kind::SPEND, &format!("{}/", client.id))? {
+            let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
+            if s.approval.vault_outpoint == r.vault_outpoint && s.state != "denied" {
+                if s.approval.spend_txid == spend_txid.to_string() {
+                    return Ok(s.status(&client, delay, &s.towers));
+                }
+                return Err(Refusal::Conflict(format!(
+                    "vault {} already has spend request {} (of another transaction); one spend per vault",
+                    r.vault_outpoint, s.id
+                )));
+            }
+        }
+        let locked = client.locked(tip);
+        if locked && !client.duress {
+            return Err(Refusal::Forbidden(format!(
+                "the client is locked down until block {}: spends are refused",
+                client.lockdown_until
+            )));
+        }
+        let allowance = &policy.allowance;
+        let used = velocity_used(&mut **store, &client, allowance.velocity_window_blocks, tip)?;
+        let whitelisted = allowance.whitelist.is_empty()
+            || tx
+                .output
+                .iter()
+                .all(|o| allowance.whitelist.iter().any(|a| a.script_pubkey() == o.script_pubkey));
+        let alone = !vault.guarded()
+            && amount_sat <= allowance.spend_limit_sat
+            && used + amount_sat <= allowance.velocity_limit_sat
+            && whitelisted;
+        let needed = if alone { 0 } else { policy.guardians.threshold };
+        let approval = Approval {
+            vault_outpoint: r.vault_outpoint.clone(),
+            unvault_txid: unvault_out.txid.to_string(),
+            spend_txid: spend_txid.to_string(),
+            policy_version: policy.version,
+            expiry_height: tip + self.config.approval_expiry_blocks,
+            counter: vault.next_counter,
+        };
+        let record = SpendRecord {
+            id: client.next_spend,
+            client: client.id.clone(),
+            state: if alone { "approved".into() } else { "waiting".into() },
+            psbt: encode_psbt(&psbt),
+            amount_sat,
+            destinations,
+            needed,
+            approval,
+            signatures: Vec::new(),
+            denied_by: None,
+            approved_height: alone.then_some(tip),
+            under_lockdown: locked,
+            towers: Vec::new(),
+        };
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let mut next = client.clone();
+        next.next_spend += 1;
+        let mut vault_next = vault.clone();
+        vault_next.next_counter += 1;
+        batch
+            .expect(kind::CLIENT, client.id.clone(), Some(serde_json::to_string(&client).expect("json")))
+            .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&next).expect("json"))
+            .expect(kind::VAULT, r.vault_outpoint.clone(), Some(serde_json::to_string(&vault).expect("json")))
+            .put(kind::VAULT, r.vault_outpoint.clone(), serde_json::to_string(&vault_next).expect("json"))
+            .put(kind::SPEND, spend_id(&client.id, record.id), serde_json::to_string(&record).expect("json"));
+        if !alone {
+            batch.alarm(alarm(
+                &client.id,
+                "approval-needed",
+                format!(
+                    "spend request {} of {}: {} sat from vault {} to {}{}; it needs {needed} guardian approvals",
+                    record.id,
+                    client.id,
+                    amount_sat,
+                    r.vault_outpoint,
+                    record.destinations.join(", "),
+                    if locked { " (requested DURING A LOCKDOWN)" } else { "" }
+                ),
+            ));
+        }
+        if client.duress {
+            batch.alarm(alarm(
+                &client.id,
+                "duress-spend-request",
+                format!("under duress, spend request {} of {amount_sat} sat from vault {} was made; it will never be co-signed", record.id, r.vault_outpoint),
+            ));
+        }
+        store.commit(&batch)?;
+        drop(store);
+        if alone {
+            return self.push_approval(&client, &vault, record, delay);
+        }
+        Ok(record.status(&client, delay, &[]))
+    }
+
+    /// Signs an approved spend's terms and registers them with every tower; "approved" is
+    /// answered with each tower's acknowledgement.
+    fn push_approval(
+        &self,
+        client: &ClientRecord,
+        vault: &VaultRecord,
+        mut record: SpendRecord,
+        delay: u32,
+    ) -> Result<SpendStatus, Refusal> {
+        let compiled = self.compiled(client)?;
+        let key = self.keys.auth_keypair(client.account);
+        let mut signatures = vec![wire::sign(&record.approval.digest(), &key)];
+        signatures.extend(record.signatures.iter().cloned());
+        let nonce = self.tower_nonces(&client.id, compiled.policy().towers.len() as u64)?;
+        let reports = crate::towers::post_all(
+            compiled.policy(),
+            &key,
+            "/v1/approvals",
+            &record.approval.unvault_txid,
+            &|i| {
+                serde_json::to_vec(&RegisterApproval {
+                    nonce: nonce + i as u64,
+                    policy_id: client.id.clone(),
+                    approval: record.approval.clone(),
+                    signatures: signatures.clone(),
+                })
+                .expect("json")
+            },
+            None,
+        );
+        let _ = vault;
+        let mut store = self.store();
+        let id = spend_id(&client.id, record.id);
+        let before = store.get(kind::SPEND, &id)?;
+        record.towers = reports.clone();
+        let mut batch = Batch::default();
+        batch.expect(kind::SPEND, id.clone(), before).put(
+            kind::SPEND,
+            id,
+            serde_json::to_string(&record).expect("json"),
+        );
+        store.commit(&batch)?;
+        Ok(record.status(client, delay, &reports))
+    }
+
+    /// `POST /v1/spends/{id}/vote`: a guardian approves (signing the terms, and for a guarded
+    /// vault the spend itself) or denies, finally.
+    pub fn vote(&self, caller: &Caller, id: u64, req: &Signed<Vote>) -> Result<SpendStatus, Refusal> {
+        let g = caller.guardian()?;
+        let policy = caller.policy();
+        let delay = policy.delays.unvault as u32;
+        let v = &req.request;
+        let mut store = self.store();
+        let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let mut record = self.spend(&mut **store, &client.id, id)?;
+        let before = serde_json::to_string(&record).expect("json");
+        if record.state != "waiting" {
+            return Err(Refusal::Conflict(format!("spend request {id} is {} already", record.state)));
+        }
+        let me = caller.key.to_string();
+        if record.signatures.iter().any(|s| s.key == me) {
+            return Err(Refusal::Conflict(format!("this guardian approved spend request {id} already")));
+        }
+        let vault = vault_record(&mut **store, &record.approval.vault_outpoint)?.ok_or(Refusal::Internal)?;
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        if !v.approve {
+            record.state = "denied".into();
+            record.denied_by = Some(me);
+            batch.alarm(alarm(
+                &client.id,
+                "spend-denied",
+                format!("spend request {id} of {} was denied by guardian {g}", client.id),
+            ));
+        } else {
+            let sig = v
+                .approval_signature
+                .as_deref()
+                .and_then(|s| <[u8; 64]>::from_hex(s).ok())
+                .and_then(|b| schnorr::Signature::from_slice(&b).ok())
+                .ok_or_else(|| {
+                    bad("approval_signature: a 64-byte hex signature over the approval's terms")
+                })?;
+            Secp256k1::verification_only()
+                .verify_schnorr(&sig, &record.approval.digest(), &caller.key)
+                .map_err(|_| {
+                    bad("approval_signature: does not verify over this request's terms with your key")
+                })?;
+            if vault.guarded() {
+                let given = decode_psbt(
+                    "psbt",
+                    v.psbt
+                        .as_deref()
+                        .ok_or_else(|| bad("psbt: a guarded vault's spend needs your signature on it"))?,
+                )?;
+                let mut psbt = decode_psbt("psbt", &record.psbt).map_err(|_| Refusal::Internal)?;
+                if given.unsigned_tx != psbt.unsigned_tx {
+                    return Err(bad("psbt: not the requested spend (its transaction differs)"));
+                }
+                let guardian_key = policy.guardians.keys[g]
+                    .xpub
+                    .derive_pub(
+                        &Secp256k1::new(),
+                        &[
+                            vigil_policy::bitcoin::bip32::ChildNumber::from_normal_idx(1).expect("1"),
+                            vigil_policy::bitcoin::bip32::ChildNumber::from_normal_idx(
+                                vault.registration.vault.index,
+                            )
+                            .map_err(|_| Refusal::Internal)?,
+                        ],
+                    )
+                    .map_err(|_| Refusal::Internal)?
+                    .public_key
+                    .x_only_public_key()
+                    .0;
+                let theirs: Vec<_> = given.inputs[0]
+                    .tap_script_sigs
+                    .iter()
+                    .filter(|((k, _), _)| *k == guardian_key)
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                if theirs.is_empty() {
+                    return Err(bad("psbt: it carries no signature of your key for this vault's spend leaf"));
+                }
+                psbt.inputs[0].tap_script_sigs.extend(theirs);
+                record.psbt = encode_psbt(&psbt);
+            }
+            record.signatures.push(wire::KeySignature {
+                key: me,
+                signature: v.approval_signature.clone().unwrap_or_default(),
+            });
+            if record.signatures.len() as u32 >= record.needed {
+                record.state = "approved".into();
+                record.approved_height = Some(self.tip()?);
+                batch.alarm(alarm(
+                    &client.id,
+                    "spend-approved",
+                    format!("spend request {id} of {} has its guardians' quorum", client.id),
+                ));
+            }
+        }
+        let key = spend_id(&client.id, id);
+        batch.expect(kind::SPEND, key.clone(), Some(before)).put(
+            kind::SPEND,
+            key,
+            serde_json::to_string(&record).expect("json"),
+        );
+        store.commit(&batch)?;
+        drop(store);
+        if record.state == "approved" {
+            return self.push_approval(&client, &vault, record, delay);
+        }
+        Ok(record.status(&client, delay, &[]))
+    }
+
+    /// `GET /v1/spends/{id}`.
+    pub fn spend_status(&self, caller: &Caller, id: u64) -> Result<SpendStatus, Refusal> {
+        let record = self.spend(&mut **self.store(), &caller.client.id, id)?;
+        Ok(record.status(&caller.client, caller.policy().delays.unvault as u32, &record.towers))
+    }
+
+    /// `GET /v1/spends`: every request of the client, newest first (what guardians review).
+    pub fn spends(&self, caller: &Caller) -> Result<Vec<SpendStatus>, Refusal> {
+        let delay = caller.policy().delays.unvault as u32;
+        let mut out = Vec::new();
+        for (_, body) in self.store().list(kind::SPEND, &format!("{}/", caller.client.id))? {
+            let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
+            out.push(s.status(&caller.client, delay, &s.towers));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// `POST /v1/spends/{id}/sign`: once the unvault has waited DELAY, the co-signer's
+    /// signature of exactly the approved spend, finalized.
+    pub fn sign_spend(
+        &self,
+        caller: &Caller,
+        id: u64,
+        req: &Signed<wire::SignSpend>,
+    ) -> Result<SignedSpend, Refusal> {
+        caller.owner()?;
+        let delay = caller.policy().delays.unvault as u32;
+        let tip = self.tip()?;
+        let (client, record) = {
+            let mut store = self.store();
+            let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+            (client, self.spend(&mut **store, &caller.client.id, id)?)
+        };
+        if record.state != "approved" {
+            return Err(Refusal::Conflict(format!("spend request {id} is {}, not approved", record.state)));
+        }
+        let unvault = vigil_policy::bitcoin::Txid::from_str(&record.approval.unvault_txid)
+            .map_err(|_| Refusal::Internal)?;
+        let confirmed = match self.chain.transaction_info(&unvault)? {
+            Some((_, Some(h))) => h,
+            _ => {
+                return Err(Refusal::Conflict(format!(
+                    "the unvault {unvault} is not confirmed yet; broadcast it and wait"
+                )))
+            }
+        };
+        let opens = confirmed + delay;
+        // Under duress nothing is ever signed; the answer is the one a waiting spend gets.
+        if client.duress || tip + 1 < opens {
+            let shown = if client.duress { opens.max(tip + 1) + delay } else { opens };
+            return Err(Refusal::Conflict(format!(
+                "the spend can be signed from block {} (the unvault confirmed at {confirmed}, DELAY {delay}); the tip is {tip}",
+                shown - 1
+            )));
+        }
+        if client.locked(tip) {
+            return Err(Refusal::Forbidden(format!(
+                "the client is locked down until block {}: nothing is signed",
+                client.lockdown_until
+            )));
+        }
+        if confirmed > record.approval.expiry_height {
+            return Err(Refusal::Conflict(format!(
+                "the unvault confirmed at {confirmed}, after the approval expired (block {})",
+                record.approval.expiry_height
+            )));
+        }
+        let mut psbt = decode_psbt("psbt", &record.psbt).map_err(|_| Refusal::Internal)?;
+        self.keys.sign_psbt(client.account, &mut psbt);
+        let tx = vigil_policy::finalize(psbt).map_err(|e| {
+            Refusal::Conflict(format!(
+                "the spend lacks signatures (the owner's, or for a guarded vault the guardians'): {e}"
+            ))
+        })?;
+        if tx.compute_txid().to_string() != record.approval.spend_txid {
+            return Err(Refusal::Internal);
+        }
+        let batch = Self::consume_nonce(&mut **self.store(), &caller.key, req)?;
+        self.store().commit(&batch)?;
+        Ok(SignedSpend { tx: serialize_hex(&tx) })
+    }
+}

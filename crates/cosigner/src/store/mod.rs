@@ -1,0 +1,143 @@
+//! The co-signer's durable state, behind one trait with two implementations: embedded SQLite
+//! by default, PostgreSQL for providers. Both hold the same two tables: records (JSON
+//! documents by kind and id) and the alarm outbox. A request's effects (its nonce, the
+//! records it changes, the alarms it raises) commit in one [`Batch`], atomically, before the
+//! request is acknowledged; the batch's preconditions make a lost race a clean refusal.
+
+use crate::error::StoreError;
+
+mod postgres;
+mod sqlite;
+
+pub use self::postgres::PostgresStore;
+pub use self::sqlite::SqliteStore;
+
+/// The kinds of record.
+pub mod kind {
+    /// A client: its pinned policy, lockdown, heartbeat secrets' hashes.
+    pub const CLIENT: &str = "client";
+    /// An enrollment token (by its sha256).
+    pub const TOKEN: &str = "token";
+    /// The last nonce of a signing key.
+    pub const NONCE: &str = "nonce";
+    /// A vault the co-signer took part in (by V's outpoint).
+    pub const VAULT: &str = "vault";
+    /// An intake coin committed to one funding (by its outpoint).
+    pub const INTAKE: &str = "intake";
+    /// A spend request (by client id and sequence number).
+    pub const SPEND: &str = "spend";
+    /// A vault index taken (by client id and index).
+    pub const VAULT_INDEX: &str = "vault_index";
+    /// A panic id already relayed.
+    pub const PANIC: &str = "panic";
+    /// Small counters (the next account number).
+    pub const META: &str = "meta";
+}
+
+/// Writes that commit together, or not at all.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// Each record must hold exactly this (`None`: must not exist), or nothing is written.
+    pub expect: Vec<(&'static str, String, Option<String>)>,
+    /// Records written (inserted or replaced).
+    pub put: Vec<(&'static str, String, String)>,
+    /// Alarms appended to the outbox (JSON).
+    pub alarms: Vec<String>,
+}
+
+impl Batch {
+    /// Requires `kind/id` to hold `value` (or not to exist).
+    pub fn expect(&mut self, kind: &'static str, id: impl Into<String>, value: Option<String>) -> &mut Self {
+        self.expect.push((kind, id.into(), value));
+        self
+    }
+
+    /// Writes `kind/id`.
+    pub fn put(&mut self, kind: &'static str, id: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.put.push((kind, id.into(), value.into()));
+        self
+    }
+
+    /// Queues an alarm.
+    pub fn alarm(&mut self, alarm: impl Into<String>) -> &mut Self {
+        self.alarms.push(alarm.into());
+        self
+    }
+}
+
+/// An alarm in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its sequence number.
+    pub id: i64,
+    /// Its JSON.
+    pub body: String,
+}
+
+/// The co-signer's store.
+pub trait Store: Send {
+    /// One record.
+    fn get(&mut self, kind: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// Every record of `kind` whose id starts with `prefix`, by id.
+    fn list(&mut self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// How many records of `kind` there are.
+    fn count(&mut self, kind: &str) -> Result<u64, StoreError>;
+    /// Commits `batch` atomically; [`StoreError::Conflict`] if a precondition fails.
+    fn commit(&mut self, batch: &Batch) -> Result<(), StoreError>;
+    /// Alarms `sink` has not had yet, oldest first.
+    fn undelivered(&mut self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Records that `sink` has alarm `id`.
+    fn delivered(&mut self, id: i64, sink: &str) -> Result<(), StoreError>;
+    /// Alarms some configured sink has not had.
+    fn outbox_depth(&mut self, sinks: &[String]) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! What every store must do; run against SQLite here and against a real PostgreSQL in
+    //! the crate's tests.
+    use super::*;
+
+    /// Runs every check against a fresh store.
+    pub fn run(store: &mut dyn Store) {
+        let mut b = Batch::default();
+        b.put(kind::CLIENT, "a", "1")
+            .put(kind::CLIENT, "ab", "2")
+            .put(kind::VAULT, "a", "3")
+            .alarm("{\"x\":1}");
+        store.commit(&b).unwrap();
+        assert_eq!(store.get(kind::CLIENT, "a").unwrap().as_deref(), Some("1"));
+        assert_eq!(store.get(kind::CLIENT, "zz").unwrap(), None);
+        assert_eq!(store.list(kind::CLIENT, "a").unwrap().len(), 2);
+        assert_eq!(store.list(kind::CLIENT, "ab").unwrap(), vec![("ab".to_owned(), "2".to_owned())]);
+        assert_eq!(store.count(kind::CLIENT).unwrap(), 2);
+        // A failed precondition writes nothing, alarms included.
+        let mut bad = Batch::default();
+        bad.expect(kind::CLIENT, "a", Some("0".into())).put(kind::CLIENT, "c", "9").alarm("{}");
+        assert!(matches!(store.commit(&bad), Err(StoreError::Conflict(_))));
+        assert_eq!(store.get(kind::CLIENT, "c").unwrap(), None);
+        let mut absent = Batch::default();
+        absent.expect(kind::CLIENT, "a", None);
+        assert!(matches!(store.commit(&absent), Err(StoreError::Conflict(_))));
+        let mut ok = Batch::default();
+        ok.expect(kind::CLIENT, "a", Some("1".into())).expect(kind::CLIENT, "n", None).put(
+            kind::CLIENT,
+            "a",
+            "4",
+        );
+        store.commit(&ok).unwrap();
+        assert_eq!(store.get(kind::CLIENT, "a").unwrap().as_deref(), Some("4"));
+        // The outbox: one delivery per sink.
+        let sinks = vec!["s1".to_owned(), "s2".to_owned()];
+        assert_eq!(store.outbox_depth(&sinks).unwrap(), 1);
+        let pending = store.undelivered("s1", 10).unwrap();
+        assert_eq!(pending.len(), 1);
+        store.delivered(pending[0].id, "s1").unwrap();
+        store.delivered(pending[0].id, "s1").unwrap();
+        assert!(store.undelivered("s1", 10).unwrap().is_empty());
+        assert_eq!(store.undelivered("s2", 10).unwrap().len(), 1);
+        assert_eq!(store.outbox_depth(&sinks).unwrap(), 1);
+        store.delivered(pending[0].id, "s2").unwrap();
+        assert_eq!(store.outbox_depth(&sinks).unwrap(), 0);
+    }
+}

@@ -1,0 +1,82 @@
+//! What the co-signer tells a client's towers: each vault it co-signs (before the funding is
+//! released) and each approval (before "approved" is answered). Requests go to every tower at
+//! once, each signed with the client's co-signer auth key and bound to that tower; an
+//! acknowledgement counts only if it carries the tower's own signature.
+
+use std::time::Duration;
+
+use vigil_policy::bitcoin::hex::FromHex;
+use vigil_policy::bitcoin::key::{Keypair, XOnlyPublicKey};
+use vigil_policy::bitcoin::secp256k1::{schnorr, Secp256k1};
+use vigil_policy::Policy;
+use vigil_tower::wire::{ack_digest, sign_request, Ack};
+
+use crate::wire::TowerReport;
+
+/// How long one tower may take to answer.
+const TOWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request per tower: `body(i)` is tower `i`'s body (each carries its own nonce).
+/// Returns which acknowledged, with a signature that verifies for `subject`.
+pub fn post_all(
+    policy: &Policy,
+    key: &Keypair,
+    path: &str,
+    subject: &str,
+    body: &(dyn Fn(usize) -> Vec<u8> + Sync),
+    only: Option<&[String]>,
+) -> Vec<TowerReport> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = policy
+            .towers
+            .iter()
+            .enumerate()
+            .map(|(i, tower)| {
+                let skip = only.is_some_and(|names| !names.contains(&tower.name));
+                scope.spawn(move || {
+                    if skip {
+                        return TowerReport { name: tower.name.clone(), acknowledged: true };
+                    }
+                    let tower_key = tower.key.x_only_public_key().0;
+                    let acknowledged = match post(&tower.url, &tower_key, path, &body(i), key) {
+                        Ok(ack) => verified(&ack, &tower_key, subject),
+                        Err(e) => {
+                            tracing::warn!(tower = %tower.name, path, error = %e, "tower did not acknowledge");
+                            false
+                        }
+                    };
+                    TowerReport { name: tower.name.clone(), acknowledged }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("tower request thread")).collect()
+    })
+}
+
+fn post(url: &str, tower: &XOnlyPublicKey, path: &str, body: &[u8], key: &Keypair) -> Result<Ack, String> {
+    let (k, sig) = sign_request(key, tower, path, body);
+    let answer = ureq::post(&format!("{}{path}", url.trim_end_matches('/')))
+        .set("x-vigil-key", &k)
+        .set("x-vigil-signature", &sig)
+        .set("content-type", "application/json")
+        .timeout(TOWER_TIMEOUT)
+        .send_bytes(body);
+    match answer {
+        Ok(r) => r.into_json::<Ack>().map_err(|e| e.to_string()),
+        Err(ureq::Error::Status(code, r)) => Err(format!("{code}: {}", r.into_string().unwrap_or_default())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether `ack` is `tower`'s signature over `subject`.
+fn verified(ack: &Ack, tower: &XOnlyPublicKey, subject: &str) -> bool {
+    let sig = <[u8; 64]>::from_hex(&ack.signature).ok().and_then(|b| schnorr::Signature::from_slice(&b).ok());
+    let ok = ack.subject == subject
+        && sig.is_some_and(|s| {
+            Secp256k1::verification_only().verify_schnorr(&s, &ack_digest(tower, subject), tower).is_ok()
+        });
+    if !ok {
+        tracing::warn!(%tower, subject, "a tower's acknowledgement does not verify");
+    }
+    ok
+}

@@ -1,0 +1,299 @@
+//! What clients (owner, guardians) send the co-signer, what it answers, and how requests are
+//! authenticated.
+//!
+//! A request names its client in `x-vigil-client` (the policy's id), and is signed with BIP340
+//! by a party's `/2/0` auth key from that policy (`x-vigil-key`, `x-vigil-signature`) over the
+//! same digest towers use ([`vigil_tower::wire::request_digest`]), bound to the co-signer's own
+//! auth key *for that client*: a request for one client, or for a tower, verifies nowhere
+//! else. A POST body is a [`Signed`] envelope: a nonce above the last one from that key (kept
+//! across restarts) and the time it was made (refused more than [`MAX_AGE_SECS`] away from the
+//! co-signer's clock). A GET signs its `x-vigil-time` header instead.
+
+use serde::{Deserialize, Serialize};
+use vigil_policy::bitcoin::hashes::{sha256, Hash, HashEngine};
+use vigil_policy::bitcoin::key::{Keypair, XOnlyPublicKey};
+use vigil_policy::bitcoin::secp256k1::{ecdh, PublicKey};
+
+pub use vigil_tower::wire::{sign, sign_request, Approval, KeySignature, Panic};
+
+/// How far a request's time may be from the co-signer's clock, seconds.
+pub const MAX_AGE_SECS: u64 = 120;
+
+/// The size of every heartbeat on the wire: nonce (24) + token (32) + tag (16).
+pub const HEARTBEAT_LEN: usize = 72;
+
+/// A signed POST body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed<T> {
+    /// Above the last one from the signing key.
+    pub nonce: u64,
+    /// Unix seconds when it was made.
+    pub time: u64,
+    /// The request.
+    pub request: T,
+}
+
+/// `POST /v1/enroll`: a single-use token from the operator buys an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enroll {
+    /// The token (`vigil cosigner token`).
+    pub token: String,
+}
+
+/// What an enrollment answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// The account number under the co-signer's master.
+    pub account: u32,
+    /// The policy's `[cosigner] key`: `[fp/48h/coinh/accounth/2h]xpub`.
+    pub cosigner_key: String,
+    /// The co-signer's auth key for this account (x-only hex): requests are bound to it.
+    pub auth_key: String,
+}
+
+/// `POST /v1/clients`: pins the final policy, signed by one of its owner keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinPolicy {
+    /// The token the account was enrolled with (it is used up now).
+    pub token: String,
+    /// The policy file's text.
+    pub policy: String,
+    /// sha256 of the heartbeat token a real unlock sends, hex.
+    pub heartbeat_real: String,
+    /// sha256 of the heartbeat token a duress unlock sends, hex.
+    pub heartbeat_duress: String,
+}
+
+/// What pinning answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinAnswer {
+    /// The client's id: the policy's sha256.
+    pub policy_id: String,
+}
+
+/// An intake coin offered to fund a vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coin {
+    /// `txid:vout`.
+    pub outpoint: String,
+    /// The intake index it was received on.
+    pub intake_index: u32,
+}
+
+/// `POST /v1/vaults`: the start of a vault ceremony.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeginVault {
+    /// The vault's derivation index.
+    pub index: u32,
+    /// V's value, sat.
+    pub amount_sat: u64,
+    /// "standard" or "guarded".
+    pub kind: String,
+    /// The owner's one-time public key (x-only hex).
+    pub owner_once: String,
+    /// The coins funding it (segwit intake coins of this client, unspent).
+    pub coins: Vec<Coin>,
+    /// The intake index the change goes to.
+    pub change_index: u32,
+    /// The funding's feerate, sat/vB.
+    pub funding_sat_per_vb: u64,
+}
+
+/// The co-signer's half of the graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultBegun {
+    /// V.
+    pub vault_outpoint: String,
+    /// The funding's txid (the owner checks it built the same).
+    pub funding_txid: String,
+    /// The co-signer's one-time public key.
+    pub cosigner_once: String,
+    /// Its signature of every graph transaction, canonical order, hex.
+    pub signatures: Vec<String>,
+}
+
+/// `POST /v1/vaults/complete`: the owner's half; the co-signer registers the vault with
+/// every tower and releases its funding signature only once all acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteVault {
+    /// V.
+    pub vault_outpoint: String,
+    /// The owner's one-time key's signatures, canonical order, hex.
+    pub owner_signatures: Vec<String>,
+    /// The funding PSBT signed by the owner (base64).
+    pub funding_psbt: String,
+}
+
+/// A tower's part in a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TowerReport {
+    /// Its name in the policy.
+    pub name: String,
+    /// Whether it acknowledged (durably).
+    pub acknowledged: bool,
+}
+
+/// A vault as the co-signer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultStatus {
+    /// V.
+    pub vault_outpoint: String,
+    /// "registering" (some tower has not acknowledged) or "protected".
+    pub state: String,
+    /// Each tower.
+    pub towers: Vec<TowerReport>,
+    /// The fully signed funding, hex, once protected: the owner broadcasts it.
+    pub funding: Option<String>,
+}
+
+/// `POST /v1/spends`: spend a vault's unvault output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendRequest {
+    /// V.
+    pub vault_outpoint: String,
+    /// The spend of U's output, signed by the owner (base64 PSBT).
+    pub psbt: String,
+}
+
+/// A spend request as the co-signer answers it. Its shape and size do not depend on whether
+/// the client is under duress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendStatus {
+    /// The request's number.
+    pub id: u64,
+    /// "approved", "waiting" (for guardians), "denied".
+    pub state: String,
+    /// V.
+    pub vault_outpoint: String,
+    /// The exact spend.
+    pub spend_txid: String,
+    /// What leaves the vault, sat.
+    pub amount_sat: u64,
+    /// Where it goes.
+    pub destinations: Vec<String>,
+    /// The spend itself as a PSBT (base64), with the signatures gathered so far: a guardian
+    /// checks amount and destination from it and signs it for a guarded vault.
+    pub psbt: String,
+    /// The policy version it is judged under.
+    pub policy_version: u32,
+    /// Guardian approvals so far, and how many are needed (0 when none are).
+    pub approvals: u32,
+    /// How many guardian approvals it needs.
+    pub approvals_needed: u32,
+    /// Blocks from the unvault's confirmation until the spend can be signed.
+    pub spendable_after_blocks: u32,
+    /// The approval's terms (what guardians sign).
+    pub approval: Approval,
+    /// Whether it was requested while the client was locked down (guardians see it).
+    pub under_lockdown: bool,
+    /// Each tower, once approved.
+    pub towers: Vec<TowerReport>,
+}
+
+/// `POST /v1/spends/{id}/vote`: a guardian's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vote {
+    /// Approve, or deny (final for the request).
+    pub approve: bool,
+    /// The guardian's signature over the approval's digest (hex), when approving.
+    #[serde(default)]
+    pub approval_signature: Option<String>,
+    /// For a guarded vault: the spend PSBT signed with the guardian's on-chain key (base64).
+    #[serde(default)]
+    pub psbt: Option<String>,
+}
+
+/// `POST /v1/spends/{id}/sign`: after DELAY, the co-signer's signature of the approved spend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignSpend {}
+
+/// The signed spend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSpend {
+    /// The final transaction, hex.
+    pub tx: String,
+}
+
+/// `POST /v1/lockdown`: freeze the client now, for `blocks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lockdown {
+    /// How long, blocks (6 an hour).
+    pub blocks: u32,
+}
+
+/// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early (with the quorum,
+/// after the governance wait).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiftLockdown {}
+
+/// A lockdown as answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockdownStatus {
+    /// Spends and loosening are refused below this height.
+    pub until_height: u32,
+}
+
+/// `POST /v1/heartbeat`: sent once by every unlock of the owner's client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// [`seal_heartbeat`]'s output, hex: always [`HEARTBEAT_LEN`] bytes.
+    pub sealed: String,
+}
+
+/// What every heartbeat is answered, whatever it said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Always true.
+    pub ok: bool,
+}
+
+/// The key a heartbeat is sealed under: both sides derive it by ECDH from their auth keys
+/// (the x coordinate only, so x-only keys' parity does not matter).
+pub fn heartbeat_key(mine: &Keypair, theirs: &XOnlyPublicKey) -> [u8; 32] {
+    let point = PublicKey::from_x_only_public_key(*theirs, vigil_policy::bitcoin::secp256k1::Parity::Even);
+    let shared = ecdh::shared_secret_point(&point, &mine.secret_key());
+    let mut engine = sha256::Hash::engine();
+    engine.input(b"vigil-heartbeat/v1");
+    engine.input(&shared[..32]);
+    sha256::Hash::from_engine(engine).to_byte_array()
+}
+
+/// Seals a 32-byte heartbeat token for the co-signer.
+pub fn seal_heartbeat(key: &[u8; 32], token: &[u8; 32]) -> Vec<u8> {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    use vigil_policy::bitcoin::secp256k1::rand::RngCore;
+    let mut nonce = [0u8; 24];
+    vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut nonce);
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.into());
+    let mut out = nonce.to_vec();
+    out.extend(cipher.encrypt((&nonce).into(), &token[..]).expect("in-memory encryption"));
+    out
+}
+
+/// Opens a heartbeat; `None` if it is not one sealed under `key`.
+pub fn open_heartbeat(key: &[u8; 32], sealed: &[u8]) -> Option<[u8; 32]> {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    if sealed.len() != HEARTBEAT_LEN {
+        return None;
+    }
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.into());
+    let plain = cipher.decrypt(sealed[..24].into(), &sealed[24..]).ok()?;
+    plain.try_into().ok()
+}
+
+/// sha256 of a heartbeat token, hex: what the co-signer keeps.
+pub fn token_hash(token: &[u8]) -> String {
+    sha256::Hash::hash(token).to_string()
+}

@@ -1,0 +1,192 @@
+//! The co-signer as a family and its provider meet it: real `vigil node`, `vigil cosigner`
+//! and `vigil tower` processes over signed HTTP on loopback.
+
+use serde_json::Value;
+use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::Amount;
+use vigil_policy::example::ExamplePolicy;
+use vigil_policy::VaultKind;
+use vigil_testenv::cosigner::CosignerProcess;
+use vigil_testenv::family::Family;
+use vigil_testenv::household::DELAY;
+use vigil_testenv::process::{vigil_node, Node};
+use vigil_testenv::wallet::{confirmations, mine, spend_of};
+use vigil_testenv::webhook::{webhook, Received};
+use vigil_testenv::{eventually, Vault};
+
+fn example(seed: &str) -> ExamplePolicy {
+    ExamplePolicy {
+        seed: seed.into(),
+        delay: DELAY,
+        recovery: 40,
+        deep_vault: 60,
+        ..ExamplePolicy::default()
+    }
+}
+
+fn block(node: &Node, f: &Family, n: u32) {
+    mine(&node.rpc, n, &f.wallet.address());
+}
+
+fn tip(node: &Node) -> u32 {
+    node.rpc.tip().unwrap().height
+}
+
+fn alarmed(alarms: &Received, kind: &str) -> bool {
+    alarms.lock().unwrap().iter().any(|a| a["kind"] == kind)
+}
+
+/// The unvault broadcast and confirmed.
+fn unvault(node: &Node, f: &Family, vault: &Vault) {
+    node.rpc.broadcast(vault.graph.unvault()).unwrap();
+    block(node, f, 1);
+}
+
+fn spend(f: &Family, vault: &Vault) -> Result<Value, (u16, String)> {
+    f.request_spend(vault, &f.spend_psbt(vault, &f.wallet.address(), 1_000))
+}
+
+#[test]
+fn a_standard_spend_within_limits_is_approved_at_once_and_co_signed_only_after_delay() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner standard"), 2, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    for t in &f.towers {
+        assert_eq!(
+            eventually("the tower watches the vault", || t
+                .metric("vigil_tower_vaults_watched")
+                .filter(|n| *n == 1)),
+            1
+        );
+    }
+    let approved = spend(&f, &vault).unwrap();
+    assert_eq!(approved["state"], "approved", "{approved}");
+    assert!(approved["towers"].as_array().unwrap().iter().all(|t| t["acknowledged"] == true), "{approved}");
+    let id = approved["id"].as_u64().unwrap();
+    // Before the unvault confirms, and one block before DELAY: nothing is signed.
+    assert_eq!(f.sign(id).unwrap_err().0, 409);
+    unvault(&node, &f, &vault);
+    block(&node, &f, DELAY - 2);
+    let early = f.sign(id).unwrap_err();
+    assert!(early.1.contains("can be signed from block"), "{early:?}");
+    block(&node, &f, 1);
+    let tx = f.sign(id).unwrap();
+    assert_eq!(tx.compute_txid().to_string(), approved["spend_txid"].as_str().unwrap());
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+    // No tower cancelled it: it was approved at each.
+    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+}
+
+#[test]
+fn the_per_spend_limit_and_velocity_decide_what_needs_the_guardians() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut e = example("cosigner limits");
+    e.velocity_limit_sat = 5_000_000;
+    e.services.velocity_window_blocks = Some(30);
+    // The unvault of a 2,000,000-sat vault releases this much (its fee and anchor aside).
+    let mut probe = Family::new(&node, &co, e.clone(), 1, None);
+    let released =
+        probe.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard).unvault_txout().value.to_sat();
+    e.seed = "cosigner limits 2".into();
+    e.services.spend_limit_sat = Some(released);
+    let mut f = Family::new(&node, &co, e, 1, None);
+    f.use_coins_from(40);
+    let at_limit = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let over = f.vault(&node, Amount::from_sat(2_000_001), VaultKind::Standard);
+    let a = spend(&f, &at_limit).unwrap();
+    assert_eq!(a["state"], "approved", "just under (at) the limit: {a}");
+    let b = spend(&f, &over).unwrap();
+    assert_eq!(b["state"], "waiting", "one sat over the limit: {b}");
+    assert_eq!(b["approvals_needed"], 2);
+    // Velocity: 5,000,000 sat a window of 30 blocks, counted from each approval.
+    let v: Vec<Vault> =
+        (0..4).map(|_| f.vault(&node, Amount::from_sat(1_900_000), VaultKind::Standard)).collect();
+    block(&node, &f, 30); // the approval above leaves the window
+    let first_at = tip(&node);
+    assert_eq!(spend(&f, &v[0]).unwrap()["state"], "approved");
+    block(&node, &f, 5);
+    assert_eq!(spend(&f, &v[1]).unwrap()["state"], "approved");
+    // Two approvals (~3.9M) plus ~2M: over budget until the first leaves the window.
+    block(&node, &f, first_at + 29 - tip(&node));
+    let last_in = spend(&f, &v[2]).unwrap();
+    assert_eq!(
+        last_in["state"], "waiting",
+        "the window's last block still counts the first approval: {last_in}"
+    );
+    block(&node, &f, 1);
+    let first_out = spend(&f, &v[3]).unwrap();
+    assert_eq!(first_out["state"], "approved", "the first approval left the window: {first_out}");
+}
+
+#[test]
+fn a_guarded_spend_waits_for_the_quorum_and_one_denial_is_final() {
+    let node = vigil_node();
+    let (url, alarms) = webhook();
+    let co = CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let mut f = Family::new(&node, &co, example("cosigner guardians"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let denied = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let asked = spend(&f, &vault).unwrap();
+    assert_eq!(asked["state"], "waiting");
+    eventually("the guardians are asked", || alarmed(&alarms, "approval-needed").then_some(()));
+    let id = asked["id"].as_u64().unwrap();
+    // An owner cannot approve its own spend.
+    assert_eq!(
+        f.post(&format!("/v1/spends/{id}/vote"), &serde_json::json!({"approve": true}), &f.owner())
+            .unwrap_err()
+            .0,
+        403
+    );
+    // m - 1 = 1 approval: still waiting; the same guardian again changes nothing.
+    let one = f.vote(0, id, true).unwrap();
+    assert_eq!((one["state"].as_str(), one["approvals"].as_u64()), (Some("waiting"), Some(1)));
+    assert_eq!(f.vote(0, id, true).unwrap_err().0, 409);
+    let two = f.vote(1, id, true).unwrap();
+    assert_eq!(two["state"], "approved", "{two}");
+    assert!(two["towers"].as_array().unwrap().iter().all(|t| t["acknowledged"] == true), "{two}");
+    unvault(&node, &f, &vault);
+    block(&node, &f, DELAY - 1);
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1, "the guarded spend completes at DELAY + 1");
+
+    // A denial after m - 1 approvals is final.
+    let asked = spend(&f, &denied).unwrap();
+    let id = asked["id"].as_u64().unwrap();
+    f.vote(0, id, true).unwrap();
+    let no = f.vote(2, id, false).unwrap();
+    assert_eq!(no["state"], "denied");
+    assert_eq!(f.vote(1, id, true).unwrap_err().0, 409, "nothing approves a denied request");
+    assert_eq!(f.sign(id).unwrap_err().0, 409);
+}
+
+#[test]
+fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wait() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner lockdown"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    // Any one guardian may lock the client down, at once.
+    let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 2000}), &f.guardian(2)).unwrap();
+    let until = locked["until_height"].as_u64().unwrap() as u32;
+    let refused = spend(&f, &vault).unwrap_err();
+    assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(refused.1.contains("locked down"), "{refused:?}");
+    // The owner cannot lift it; one guardian does not; the quorum lifts it only after the
+    // governance wait (1,009 blocks), which here comes before the lockdown's end.
+    assert_eq!(f.post("/v1/lockdown/lift", &serde_json::json!({}), &f.owner()).unwrap_err().0, 403);
+    let one = f.post("/v1/lockdown/lift", &serde_json::json!({}), &f.guardian(0)).unwrap();
+    assert_eq!(one["until_height"].as_u64().unwrap() as u32, until);
+    let quorum = f.post("/v1/lockdown/lift", &serde_json::json!({}), &f.guardian(1)).unwrap();
+    let lifted_at = quorum["until_height"].as_u64().unwrap() as u32;
+    assert_eq!(lifted_at, tip(&node) + 1_009);
+    block(&node, &f, lifted_at - tip(&node) - 1);
+    assert_eq!(spend(&f, &vault).unwrap_err().0, 403, "still locked the block before");
+    block(&node, &f, 1);
+    assert_eq!(spend(&f, &vault).unwrap()["state"], "approved");
+}

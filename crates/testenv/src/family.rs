@@ -1,0 +1,317 @@
+//! A family served by a real co-signer and real towers: enrolled with a token, its policy
+//! pinned everywhere, vaults made through the co-signer's ceremony, spends requested,
+//! voted on by guardians and signed after DELAY, all over signed HTTP on loopback.
+
+use std::cell::Cell;
+use std::str::FromStr;
+
+use base64::Engine;
+use serde_json::Value;
+use vigil_client::Vault;
+use vigil_cosigner::wire::{self, BeginVault, Coin, CompleteVault, Enrolled, PinPolicy, SpendRequest, Vote};
+use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
+use vigil_policy::bitcoin::hex::{DisplayHex, FromHex};
+use vigil_policy::bitcoin::key::XOnlyPublicKey;
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::secp256k1::{schnorr, Keypair};
+use vigil_policy::bitcoin::{Address, Amount, OutPoint, Sequence, Transaction, TxOut};
+use vigil_policy::example::{auth_keypair, ExampleKeys, ExamplePolicy, Signer};
+use vigil_policy::{
+    CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, Policy, SpendInput, VaultKind,
+};
+
+use vigil_chain::ChainBackend;
+
+use crate::cosigner::{self, CosignerApi, CosignerProcess};
+use crate::household::Refused;
+use crate::process::{free_port, Node, TowerOptions, TowerProcess};
+use crate::wallet::{mine, Wallet};
+
+/// The owner, the guardians and their services.
+pub struct Family {
+    /// The example parameters (with the enrolled co-signer key and the towers' URLs).
+    pub example: ExamplePolicy,
+    /// The owner's, guardians' and backup keys (the example's co-signer key is unused).
+    pub keys: ExampleKeys,
+    /// The pinned policy.
+    pub compiled: CompiledPolicy,
+    /// The policy's text.
+    pub policy_text: String,
+    /// The co-signer, for this client.
+    pub cosigner: CosignerApi,
+    /// The towers.
+    pub towers: Vec<TowerProcess>,
+    /// Coins to fund vaults from.
+    pub wallet: Wallet,
+    /// The heartbeat tokens: real, duress.
+    pub heartbeat: ([u8; 32], [u8; 32]),
+    nonce: Cell<u64>,
+    next_index: u32,
+    next_coin: u32,
+}
+
+impl Family {
+    /// Enrolls with `co` using a fresh token, writes the policy naming the co-signer's
+    /// account and `towers` new towers (each pinning it), and pins it at the co-signer.
+    pub fn new(
+        node: &Node,
+        co: &CosignerProcess,
+        mut example: ExamplePolicy,
+        towers: usize,
+        webhook: Option<&str>,
+    ) -> Family {
+        let token = co.token();
+        let enrolled: Enrolled = ureq::post(&format!("{}/v1/enroll", co.url))
+            .send_json(serde_json::json!({ "token": token }))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let ports: Vec<u16> = (0..towers).map(|_| free_port()).collect();
+        example.towers = towers;
+        example.services.cosigner_key = Some(enrolled.cosigner_key.clone());
+        example.services.cosigner_url = Some(co.url.clone());
+        example.services.tower_urls = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let text = example.to_toml();
+        let keys = example.keys();
+        let dir = tempfile::tempdir().unwrap().keep();
+        let policy_path = dir.join("policy.toml");
+        std::fs::write(&policy_path, &text).unwrap();
+        let hooks: Vec<&str> = webhook.into_iter().collect();
+        let towers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                TowerProcess::configured(
+                    node,
+                    std::slice::from_ref(&policy_path),
+                    i,
+                    TowerOptions {
+                        identity: Some(keys.towers[i]),
+                        port: Some(*port),
+                        webhooks: &hooks,
+                        ..TowerOptions::default()
+                    },
+                )
+            })
+            .collect();
+        let policy_id = vigil_tower::policy_id(&text);
+        let api = CosignerApi {
+            url: co.url.clone(),
+            client: policy_id,
+            key: XOnlyPublicKey::from_str(&enrolled.auth_key).unwrap(),
+        };
+        let wallet = Wallet::new();
+        if node.rpc.block_hash(1).unwrap().is_none() {
+            mine(&node.rpc, 300, &wallet.address());
+        }
+        let family = Family {
+            compiled: CompiledPolicy::new(Policy::from_toml(&text).unwrap()).unwrap(),
+            policy_text: text,
+            example,
+            keys,
+            cosigner: api,
+            towers,
+            wallet,
+            heartbeat: ([1; 32], [2; 32]),
+            nonce: Cell::new(0),
+            next_index: 0,
+            next_coin: 1,
+        };
+        let pin = PinPolicy {
+            token,
+            policy: family.policy_text.clone(),
+            heartbeat_real: wire::token_hash(&family.heartbeat.0),
+            heartbeat_duress: wire::token_hash(&family.heartbeat.1),
+        };
+        family.post("/v1/clients", &pin, &family.owner()).unwrap();
+        family
+    }
+
+    /// Funds later vaults from the coinbases from `height` on.
+    pub fn use_coins_from(&mut self, height: u32) {
+        self.next_coin = height;
+    }
+
+    /// The owner's auth key.
+    pub fn owner(&self) -> Keypair {
+        auth_keypair(&self.keys.owners[0])
+    }
+
+    /// Guardian `i`'s auth key.
+    pub fn guardian(&self, i: usize) -> Keypair {
+        auth_keypair(&self.keys.guardians[i])
+    }
+
+    /// The next nonce (one counter for every key of the family: each stays increasing).
+    pub fn next_nonce(&self) -> u64 {
+        self.nonce.set(self.nonce.get() + 1);
+        self.nonce.get()
+    }
+
+    /// A signed POST to the co-signer.
+    pub fn post<T: serde::Serialize>(
+        &self,
+        path: &str,
+        request: &T,
+        key: &Keypair,
+    ) -> Result<Value, Refused> {
+        cosigner::post(&self.cosigner, path, request, self.next_nonce(), key)
+    }
+
+    /// A signed GET from the co-signer.
+    pub fn get(&self, path: &str, key: &Keypair) -> Result<Value, Refused> {
+        cosigner::get(&self.cosigner, path, key)
+    }
+
+    /// An intake coin of `amount` (plus a fee margin), confirmed.
+    pub fn intake_coin(&mut self, node: &Node, amount: Amount) -> FundingInput {
+        let index = self.next_index;
+        self.next_index += 2;
+        let script = self.compiled.intake_descriptor(index).unwrap().script_pubkey();
+        let (outpoint, txout) =
+            self.wallet.pay(&node.rpc, self.next_coin, script, amount + Amount::from_sat(20_000));
+        self.next_coin += 1;
+        mine(&node.rpc, 1, &self.wallet.address());
+        FundingInput { outpoint, txout, intake_index: index }
+    }
+
+    /// The first half of a ceremony for a vault of `amount` from `coin`: the owner's one-time
+    /// key, the co-signer's answer.
+    pub fn begin(
+        &self,
+        coin: &FundingInput,
+        amount: Amount,
+        kind: VaultKind,
+    ) -> Result<(OneTimeKey, wire::VaultBegun), Refused> {
+        let owner_once = OneTimeKey::generate();
+        let req = BeginVault {
+            index: coin.intake_index,
+            amount_sat: amount.to_sat(),
+            kind: if kind == VaultKind::Guarded { "guarded".into() } else { "standard".into() },
+            owner_once: owner_once.public().to_string(),
+            coins: vec![Coin { outpoint: coin.outpoint.to_string(), intake_index: coin.intake_index }],
+            change_index: coin.intake_index + 1,
+            funding_sat_per_vb: 2,
+        };
+        let begun = self.post("/v1/vaults", &req, &self.owner())?;
+        Ok((owner_once, serde_json::from_value(begun).unwrap()))
+    }
+
+    /// The owner's half: rebuilds the funding and graph, checks the co-signer's signatures,
+    /// signs, and sends it. Returns the co-signer's answer and the vault as the owner holds it.
+    pub fn complete(
+        &self,
+        coin: &FundingInput,
+        amount: Amount,
+        kind: VaultKind,
+        owner_once: &OneTimeKey,
+        begun: &wire::VaultBegun,
+    ) -> Result<(wire::VaultStatus, Vault), Refused> {
+        let cosigner_once = XOnlyPublicKey::from_str(&begun.cosigner_once).unwrap();
+        let plan =
+            self.compiled.plan(coin.intake_index, amount, kind, owner_once.public(), cosigner_once).unwrap();
+        let mut funding =
+            self.compiled.funding_psbt(&plan, std::slice::from_ref(coin), coin.intake_index + 1, 2).unwrap();
+        let outpoint = OutPoint { txid: funding.unsigned_tx.compute_txid(), vout: 0 };
+        assert_eq!(outpoint.to_string(), begun.vault_outpoint, "the co-signer built another funding");
+        let graph = self.compiled.build_graph(&plan, outpoint).unwrap();
+        let theirs = GraphSignatures {
+            signer: cosigner_once,
+            signatures: begun
+                .signatures
+                .iter()
+                .map(|s| schnorr::Signature::from_slice(&<[u8; 64]>::from_hex(s).unwrap()).unwrap())
+                .collect(),
+        };
+        theirs.verify(&graph).expect("the co-signer's graph signatures verify");
+        let mine = owner_once.sign(&graph).unwrap();
+        self.keys.sign_psbt(&mut funding, &[Signer::Owner(0)]);
+        let req = CompleteVault {
+            vault_outpoint: begun.vault_outpoint.clone(),
+            owner_signatures: mine.signatures.iter().map(|s| s.as_ref().to_lower_hex_string()).collect(),
+            funding_psbt: base64::engine::general_purpose::STANDARD.encode(funding.serialize()),
+        };
+        let status: wire::VaultStatus =
+            serde_json::from_value(self.post("/v1/vaults/complete", &req, &self.owner())?).unwrap();
+        let signed = graph.finalize(&mine, &theirs).unwrap();
+        let funding_tx: Transaction = match &status.funding {
+            Some(hex) => deserialize_hex(hex).unwrap(),
+            None => funding.unsigned_tx.clone(),
+        };
+        let descriptors = self.compiled.vault_descriptors(&plan).unwrap();
+        Ok((status, Vault { plan, graph: signed, descriptors, funding: funding_tx }))
+    }
+
+    /// A whole ceremony, the funding broadcast and confirmed once the co-signer released it.
+    pub fn vault(&mut self, node: &Node, amount: Amount, kind: VaultKind) -> Vault {
+        let coin = self.intake_coin(node, amount);
+        let (once, begun) = self.begin(&coin, amount, kind).unwrap();
+        let (status, vault) = self.complete(&coin, amount, kind, &once, &begun).unwrap();
+        assert_eq!(status.state, "protected", "{status:?}");
+        node.rpc.broadcast(&vault.funding).unwrap();
+        mine(&node.rpc, 1, &self.wallet.address());
+        vault
+    }
+
+    /// The owner's spend of `vault`'s unvault output to `to` after DELAY, as a PSBT signed by
+    /// the owner.
+    pub fn spend_psbt(&self, vault: &Vault, to: &Address, fee: u64) -> Psbt {
+        let input = SpendInput {
+            outpoint: vault.unvault_outpoint(),
+            txout: vault.unvault_txout(),
+            descriptor: vault.descriptors.unvault.clone(),
+            sequence: Sequence::from_height(self.example.delay as u16),
+        };
+        let out =
+            TxOut { value: input.txout.value - Amount::from_sat(fee), script_pubkey: to.script_pubkey() };
+        let mut psbt = vigil_policy::spend_psbt(&[input], vec![out]).unwrap();
+        self.keys.sign_psbt(&mut psbt, &[Signer::Owner(0)]);
+        psbt
+    }
+
+    /// Asks the co-signer to approve the spend of `vault` in `psbt`.
+    pub fn request_spend(&self, vault: &Vault, psbt: &Psbt) -> Result<Value, Refused> {
+        let req = SpendRequest {
+            vault_outpoint: vault.outpoint().to_string(),
+            psbt: base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
+        };
+        self.post("/v1/spends", &req, &self.owner())
+    }
+
+    /// Guardian `g` approves (or denies) spend request `id`, signing what the co-signer shows.
+    pub fn vote(&self, g: usize, id: u64, approve: bool) -> Result<Value, Refused> {
+        let key = self.guardian(g);
+        let shown: wire::SpendStatus =
+            serde_json::from_value(self.get(&format!("/v1/spends/{id}"), &key)?).unwrap();
+        let mut psbt =
+            Psbt::deserialize(&base64::engine::general_purpose::STANDARD.decode(&shown.psbt).unwrap())
+                .unwrap();
+        self.keys.sign_psbt(&mut psbt, &[Signer::Guardian(g)]);
+        let vote = Vote {
+            approve,
+            approval_signature: approve.then(|| wire::sign(&shown.approval.digest(), &key).signature),
+            psbt: approve.then(|| base64::engine::general_purpose::STANDARD.encode(psbt.serialize())),
+        };
+        self.post(&format!("/v1/spends/{id}/vote"), &vote, &key)
+    }
+
+    /// The co-signer's signature of approved spend `id`: the final transaction.
+    pub fn sign(&self, id: u64) -> Result<Transaction, Refused> {
+        let v = self.post(&format!("/v1/spends/{id}/sign"), &wire::SignSpend {}, &self.owner())?;
+        Ok(deserialize_hex(v["tx"].as_str().unwrap()).unwrap())
+    }
+
+    /// The owner's client unlocking: one sealed heartbeat, real or duress. Raw answer.
+    pub fn heartbeat(&self, duress: bool) -> (u16, Vec<u8>) {
+        let key = wire::heartbeat_key(&self.owner(), &self.cosigner.key);
+        let token = if duress { self.heartbeat.1 } else { self.heartbeat.0 };
+        let req = wire::Heartbeat { sealed: wire::seal_heartbeat(&key, &token).to_lower_hex_string() };
+        let body = serde_json::to_vec(&wire::Signed {
+            nonce: self.next_nonce(),
+            time: cosigner::unix_now(),
+            request: req,
+        })
+        .unwrap();
+        cosigner::post_raw(&self.cosigner, "/v1/heartbeat", &body, &self.owner())
+    }
+}
