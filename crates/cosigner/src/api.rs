@@ -34,6 +34,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/lockdown", post(lockdown))
         .route("/v1/lockdown/lift", post(lift))
         .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/panic", post(panic))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(cosigner)
@@ -69,7 +70,7 @@ async fn signed<T, R>(
     headers: HeaderMap,
     path: String,
     body: Bytes,
-    act: impl FnOnce(&Cosigner, &Caller, &Signed<T>) -> Result<R, Refusal> + Send + 'static,
+    act: impl FnOnce(&Arc<Cosigner>, &Caller, &Signed<T>) -> Result<R, Refusal> + Send + 'static,
 ) -> Response
 where
     T: serde::de::DeserializeOwned + Send + 'static,
@@ -169,6 +170,10 @@ async fn lift(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -
 
 async fn heartbeat(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
     signed(c, headers, "/v1/heartbeat".into(), body, |c, caller, req| c.heartbeat(caller, req)).await
+}
+
+async fn panic(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/panic".into(), body, |c, caller, req| c.panic(caller, req)).await
 }
 
 async fn metrics(State(c): State<Arc<Cosigner>>) -> Response {

@@ -21,6 +21,7 @@ pub mod ceremony;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod orders;
 pub mod service;
 pub mod spends;
 pub mod store;
@@ -71,6 +72,7 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 cosigner.retry_registrations();
+                cosigner.push_all_orders();
                 std::thread::sleep(std::time::Duration::from_secs(5));
             }
         });

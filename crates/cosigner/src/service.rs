@@ -18,6 +18,7 @@ use crate::ceremony::Ceremony;
 use crate::config::CosignerConfig;
 use crate::error::{Refusal, StoreError};
 use crate::keys::{CosignerKeys, MAX_ACCOUNTS};
+use crate::orders::TowerOrder;
 use crate::store::{kind, Batch, Store};
 use crate::wire::{
     self, Enroll, Enrolled, Heartbeat, HeartbeatAck, Lockdown, LockdownStatus, PinPolicy, Signed,
@@ -52,9 +53,12 @@ pub struct ClientRecord {
     pub next_spend: u64,
     /// The next nonce the co-signer's requests to this client's towers carry.
     pub tower_nonce: u64,
-    /// Guardians (auth keys) asking to lift the lockdown early.
+    /// Guardians' signatures lifting the lockdown early at `lift_proposed`.
     #[serde(default)]
-    pub lift_votes: Vec<String>,
+    pub lift_votes: Vec<wire::KeySignature>,
+    /// The height the guardians propose to lift the lockdown at, 0: none.
+    #[serde(default)]
+    pub lift_proposed: u32,
     /// Height from which the lockdown is lifted early (quorum + governance wait), 0: none.
     #[serde(default)]
     pub lift_at: u32,
@@ -416,6 +420,7 @@ impl Cosigner {
             next_spend: 1,
             tower_nonce: 1,
             lift_votes: Vec::new(),
+            lift_proposed: 0,
             lift_at: 0,
         };
         batch
@@ -436,8 +441,13 @@ impl Cosigner {
         Ok(wire::PinAnswer { policy_id: id })
     }
 
-    /// `POST /v1/lockdown`: any owner or guardian freezes the client at once.
-    pub fn lockdown(&self, caller: &Caller, req: &Signed<Lockdown>) -> Result<LockdownStatus, Refusal> {
+    /// `POST /v1/lockdown`: any owner or guardian freezes the client at once; every tower is
+    /// told (quietly if the client is under duress: its cancels must not show early).
+    pub fn lockdown(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: &Signed<Lockdown>,
+    ) -> Result<LockdownStatus, Refusal> {
         let blocks = req.request.blocks;
         if blocks == 0 || blocks > MAX_LOCKDOWN_BLOCKS {
             return Err(bad(format!(
@@ -454,33 +464,67 @@ impl Cosigner {
             "client {} locked down by {:?} until block {} (tip {tip}): spends are refused",
             client.id, caller.role, client.lockdown_until
         );
+        Self::queue_order(&mut **store, &mut batch, &client.id, lockdown_order(&client))?;
         batch
             .expect(kind::CLIENT, client.id.clone(), Some(before))
             .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
             .alarm(alarm(&client.id, "lockdown", message));
         store.commit(&batch)?;
+        drop(store);
+        self.push_soon(client.id.clone());
         Ok(LockdownStatus { until_height: client.lockdown_until })
     }
 
     /// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early; with the
-    /// quorum, it lifts after the governance wait (never at once: a captor could make
-    /// guardians vote).
-    pub fn lift(&self, caller: &Caller, req: &Signed<wire::LiftLockdown>) -> Result<LockdownStatus, Refusal> {
+    /// quorum's signatures over the same height (at least the governance wait ahead: a captor
+    /// could make guardians vote), it lifts then, here and at every tower.
+    pub fn lift(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: &Signed<wire::LiftLockdown>,
+    ) -> Result<LockdownStatus, Refusal> {
         caller.guardian()?;
+        let r = &req.request;
         let tip = self.tip()?;
         let mut store = self.store();
         let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         if !client.locked(tip) {
             return Err(Refusal::Conflict("the client is not locked down".into()));
         }
+        if client.lift_proposed == 0 && r.lift_at_height < tip + self.config.governance_delay_blocks {
+            return Err(bad(format!(
+                "lift_at_height {} is sooner than the governance wait allows (block {} at the earliest)",
+                r.lift_at_height,
+                tip + self.config.governance_delay_blocks
+            )));
+        }
+        if client.lift_proposed != 0 && r.lift_at_height != client.lift_proposed {
+            return Err(Refusal::Conflict(format!(
+                "the guardians are lifting the lockdown at block {}: sign that height",
+                client.lift_proposed
+            )));
+        }
+        let digest = vigil_tower::wire::lift_digest(&client.id, r.lift_at_height);
+        let sig = <[u8; 64]>::from_hex(&r.signature)
+            .ok()
+            .and_then(|b| schnorr::Signature::from_slice(&b).ok())
+            .filter(|s| {
+                vigil_policy::bitcoin::secp256k1::Secp256k1::verification_only()
+                    .verify_schnorr(s, &digest, &caller.key)
+                    .is_ok()
+            })
+            .ok_or_else(|| bad("signature: does not verify over this client and height with your key"))?;
         let before = serde_json::to_string(&client).expect("json");
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
         let me = caller.key.to_string();
-        if !client.lift_votes.contains(&me) {
-            client.lift_votes.push(me);
+        client.lift_proposed = r.lift_at_height;
+        if !client.lift_votes.iter().any(|v| v.key == me) {
+            client
+                .lift_votes
+                .push(wire::KeySignature { key: me, signature: sig.as_ref().to_lower_hex_string() });
         }
         if client.lift_votes.len() as u32 >= caller.policy().guardians.threshold && client.lift_at == 0 {
-            client.lift_at = tip + self.config.governance_delay_blocks;
+            client.lift_at = client.lift_proposed;
             batch.alarm(alarm(
                 &client.id,
                 "lockdown-lift",
@@ -489,6 +533,19 @@ impl Cosigner {
                     client.id, client.lift_at
                 ),
             ));
+            let order = vigil_tower::wire::LiftLockdown {
+                nonce: 0,
+                policy_id: client.id.clone(),
+                lift_at_height: client.lift_at,
+                signatures: client.lift_votes.clone(),
+            };
+            let subject = format!("lockdown lift {} {}", client.id, client.lift_at);
+            Self::queue_order(
+                &mut **store,
+                &mut batch,
+                &client.id,
+                order_of("/v1/lockdown/lift", &order, subject),
+            )?;
         }
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
             kind::CLIENT,
@@ -496,6 +553,8 @@ impl Cosigner {
             serde_json::to_string(&client).expect("json"),
         );
         store.commit(&batch)?;
+        drop(store);
+        self.push_soon(client.id.clone());
         let until = if client.lift_at > 0 {
             client.lockdown_until.min(client.lift_at)
         } else {
@@ -504,9 +563,81 @@ impl Cosigner {
         Ok(LockdownStatus { until_height: until })
     }
 
+    /// `POST /v1/panic`: a guardian hands in the quorum's decision; it is relayed to every
+    /// tower now (and again until each acknowledged), and the answer says which acted.
+    pub fn panic(
+        &self,
+        caller: &Caller,
+        req: &Signed<wire::PanicOrder>,
+    ) -> Result<wire::PanicRelayed, Refusal> {
+        caller.guardian()?;
+        let p = &req.request;
+        if p.panic.policy_id != caller.client.id {
+            return Err(Refusal::Forbidden(
+                "panic.policy_id: a guardian acts for its own client only".into(),
+            ));
+        }
+        if <[u8; 32]>::from_hex(&p.panic.id).is_err() {
+            return Err(bad("panic.id: 32 random bytes in hex, fresh for each panic"));
+        }
+        let signers = vigil_tower::registration::verified_signers(&p.signatures, &p.panic.digest())?;
+        let policy = caller.policy();
+        let guardians: std::collections::HashSet<XOnlyPublicKey> = signers
+            .into_iter()
+            .filter(|k| policy.guardians.keys.iter().any(|g| g.auth_key() == *k))
+            .collect();
+        if (guardians.len() as u32) < policy.guardians.threshold {
+            return Err(bad(format!(
+                "a panic needs {} guardian signatures, {} verify",
+                policy.guardians.threshold,
+                guardians.len()
+            )));
+        }
+        let tip = self.tip()?;
+        let window = vigil_tower::wire::MAX_PANIC_WINDOW_BLOCKS;
+        if p.panic.not_after_height < tip || p.panic.not_after_height > tip + window {
+            return Err(bad(format!(
+                "panic.not_after_height must be between the tip {tip} and {window} blocks ahead"
+            )));
+        }
+        {
+            let mut store = self.store();
+            if store.get(kind::PANIC, &p.panic.id)?.is_some() {
+                return Err(Refusal::Conflict(format!("panic {} was already relayed", p.panic.id)));
+            }
+            let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+            let order = vigil_tower::wire::PanicRequest {
+                nonce: 0,
+                panic: p.panic.clone(),
+                signatures: p.signatures.clone(),
+            };
+            Self::queue_order(
+                &mut **store,
+                &mut batch,
+                &caller.client.id,
+                order_of("/v1/panic", &order, format!("panic {}", p.panic.id)),
+            )?;
+            batch
+                .expect(kind::PANIC, p.panic.id.clone(), None)
+                .put(kind::PANIC, p.panic.id.clone(), tip.to_string())
+                .alarm(alarm(
+                    &caller.client.id,
+                    "panic",
+                    format!("panic {} of {}: relayed to every tower", p.panic.id, caller.client.id),
+                ));
+            store.commit(&batch)?;
+        }
+        let towers = self.push_orders(&caller.client.id)?;
+        Ok(wire::PanicRelayed { towers })
+    }
+
     /// `POST /v1/heartbeat`: every unlock of the owner's client sends one. A duress one locks
     /// the client down and alarms the guardians, silently: the answer is the same.
-    pub fn heartbeat(&self, caller: &Caller, req: &Signed<Heartbeat>) -> Result<HeartbeatAck, Refusal> {
+    pub fn heartbeat(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: &Signed<Heartbeat>,
+    ) -> Result<HeartbeatAck, Refusal> {
         caller.owner()?;
         let sealed = Vec::<u8>::from_hex(&req.request.sealed)
             .ok()
@@ -527,6 +658,7 @@ impl Cosigner {
                 }
                 client.duress = true;
                 client.lockdown_until = client.lockdown_until.max(tip + DURESS_LOCKDOWN_BLOCKS);
+                Self::queue_order(&mut **store, &mut batch, &client.id, lockdown_order(&client))?;
                 batch.alarm(alarm(
                     &client.id,
                     "duress",
@@ -586,17 +718,39 @@ impl Cosigner {
             }
         }
         let depth = store.outbox_depth(&self.sinks)?;
+        let orders = store.count(kind::ORDERS)?;
         Ok(format!(
             "# TYPE vigil_cosigner_clients gauge\nvigil_cosigner_clients {clients}\n\
              # TYPE vigil_cosigner_spends_waiting gauge\nvigil_cosigner_spends_waiting {}\n\
              # TYPE vigil_cosigner_spends_approved gauge\nvigil_cosigner_spends_approved {}\n\
              # TYPE vigil_cosigner_lockdowns gauge\nvigil_cosigner_lockdowns {locked}\n\
              # TYPE vigil_cosigner_alarm_outbox gauge\nvigil_cosigner_alarm_outbox {depth}\n\
+             # TYPE vigil_cosigner_tower_orders_pending gauge\nvigil_cosigner_tower_orders_pending {orders}\n\
              # TYPE vigil_cosigner_ceremonies gauge\nvigil_cosigner_ceremonies {}\n",
             state("waiting"),
             state("approved"),
             self.ceremonies.lock().map(|c| c.len()).unwrap_or(0),
         ))
+    }
+}
+
+/// The lockdown every tower of `client` must hold: quiet under duress.
+fn lockdown_order(client: &ClientRecord) -> TowerOrder {
+    let order = vigil_tower::wire::LockdownRequest {
+        nonce: 0,
+        policy_id: client.id.clone(),
+        until_height: client.lockdown_until,
+        quiet: client.duress,
+    };
+    order_of("/v1/lockdown", &order, format!("lockdown {} {}", client.id, client.lockdown_until))
+}
+
+fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> TowerOrder {
+    TowerOrder {
+        path: path.into(),
+        body: serde_json::to_value(body).expect("json"),
+        subject,
+        acked: Vec::new(),
     }
 }
 

@@ -20,9 +20,9 @@ use vigil_policy::bitcoin::{Address, OutPoint, Sequence};
 use vigil_policy::SpendInput;
 use vigil_tower::wire::{Approval, KeySignature, RegisterApproval};
 
-use crate::ceremony::{vault_record, VaultRecord};
+use crate::ceremony::vault_record;
 use crate::error::Refusal;
-use crate::service::{alarm, Caller, ClientRecord, Cosigner};
+use crate::service::{alarm, Caller, ClientRecord, Cosigner, Role};
 use crate::store::{kind, Batch, Store};
 use crate::wire::{self, Signed, SignedSpend, SpendRequest, SpendStatus, TowerReport, Vote};
 
@@ -51,8 +51,11 @@ pub struct SpendRecord {
     pub denied_by: Option<String>,
     /// The tip when it was approved (velocity counts from here).
     pub approved_height: Option<u32>,
-    /// Requested while the client was locked down.
+    /// Requested while the client was locked down (a lockdown the owner knows of).
     pub under_lockdown: bool,
+    /// Requested under duress: shown to guardians only, never in the owner's answers.
+    #[serde(default)]
+    pub under_duress: bool,
     /// Towers' acknowledgements of the approval.
     pub towers: Vec<TowerReport>,
 }
@@ -78,8 +81,10 @@ fn encode_psbt(psbt: &Psbt) -> String {
 }
 
 impl SpendRecord {
-    fn status(&self, client: &ClientRecord, delay: u32, towers: &[TowerReport]) -> SpendStatus {
-        let _ = client;
+    /// The request as `viewer` may see it: a guardian learns it came under duress (as a
+    /// lockdown); the owner's view is that of a normal session.
+    fn status(&self, viewer: Role, delay: u32, towers: &[TowerReport]) -> SpendStatus {
+        let guardian = matches!(viewer, Role::Guardian(_));
         SpendStatus {
             id: self.id,
             state: self.state.clone(),
@@ -93,7 +98,7 @@ impl SpendRecord {
             approvals_needed: self.needed,
             spendable_after_blocks: delay,
             approval: self.approval.clone(),
-            under_lockdown: self.under_lockdown,
+            under_lockdown: self.under_lockdown || (guardian && self.under_duress),
             towers: towers.to_vec(),
         }
     }
@@ -194,7 +199,7 @@ impl Cosigner {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
             if s.approval.vault_outpoint == r.vault_outpoint && s.state != "denied" {
                 if s.approval.spend_txid == spend_txid.to_string() {
-                    return Ok(s.status(&client, delay, &s.towers));
+                    return Ok(s.status(caller.role, delay, &s.towers));
                 }
                 return Err(Refusal::Conflict(format!(
                     "vault {} already has spend request {} (of another transaction); one spend per vault",
@@ -241,7 +246,8 @@ impl Cosigner {
             signatures: Vec::new(),
             denied_by: None,
             approved_height: alone.then_some(tip),
-            under_lockdown: locked,
+            under_lockdown: locked && !client.duress,
+            under_duress: client.duress,
             towers: Vec::new(),
         };
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
@@ -280,9 +286,9 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(store);
         if alone {
-            return self.push_approval(&client, &vault, record, delay);
+            return self.push_approval(&client, record, delay, caller.role);
         }
-        Ok(record.status(&client, delay, &[]))
+        Ok(record.status(caller.role, delay, &[]))
     }
 
     /// Signs an approved spend's terms and registers them with every tower; "approved" is
@@ -290,9 +296,9 @@ impl Cosigner {
     fn push_approval(
         &self,
         client: &ClientRecord,
-        vault: &VaultRecord,
         mut record: SpendRecord,
         delay: u32,
+        viewer: Role,
     ) -> Result<SpendStatus, Refusal> {
         let compiled = self.compiled(client)?;
         let key = self.keys.auth_keypair(client.account);
@@ -315,7 +321,6 @@ impl Cosigner {
             },
             None,
         );
-        let _ = vault;
         let mut store = self.store();
         let id = spend_id(&client.id, record.id);
         let before = store.get(kind::SPEND, &id)?;
@@ -327,7 +332,7 @@ impl Cosigner {
             serde_json::to_string(&record).expect("json"),
         );
         store.commit(&batch)?;
-        Ok(record.status(client, delay, &reports))
+        Ok(record.status(viewer, delay, &reports))
     }
 
     /// `POST /v1/spends/{id}/vote`: a guardian approves (signing the terms, and for a guarded
@@ -434,15 +439,15 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(store);
         if record.state == "approved" {
-            return self.push_approval(&client, &vault, record, delay);
+            return self.push_approval(&client, record, delay, caller.role);
         }
-        Ok(record.status(&client, delay, &[]))
+        Ok(record.status(caller.role, delay, &[]))
     }
 
     /// `GET /v1/spends/{id}`.
     pub fn spend_status(&self, caller: &Caller, id: u64) -> Result<SpendStatus, Refusal> {
         let record = self.spend(&mut **self.store(), &caller.client.id, id)?;
-        Ok(record.status(&caller.client, caller.policy().delays.unvault as u32, &record.towers))
+        Ok(record.status(caller.role, caller.policy().delays.unvault as u32, &record.towers))
     }
 
     /// `GET /v1/spends`: every request of the client, newest first (what guardians review).
@@ -451,7 +456,7 @@ impl Cosigner {
         let mut out = Vec::new();
         for (_, body) in self.store().list(kind::SPEND, &format!("{}/", caller.client.id))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-            out.push(s.status(&caller.client, delay, &s.towers));
+            out.push(s.status(caller.role, delay, &s.towers));
         }
         out.reverse();
         Ok(out)

@@ -231,11 +231,35 @@ pub struct Lockdown {
     pub blocks: u32,
 }
 
-/// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early (with the quorum,
-/// after the governance wait).
+/// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early, at a height at
+/// least the governance wait ahead; the first vote proposes the height, the others sign the
+/// same one. With the quorum, the co-signer lifts it then, and so do the towers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LiftLockdown {}
+pub struct LiftLockdown {
+    /// From this height the lockdown no longer holds.
+    pub lift_at_height: u32,
+    /// The guardian's signature over [`vigil_tower::wire::lift_digest`] (hex).
+    pub signature: String,
+}
+
+/// `POST /v1/panic`: a guardian hands in the quorum's decision; the co-signer relays it to
+/// every tower and says which acted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanicOrder {
+    /// The decision (a fresh id, a window).
+    pub panic: Panic,
+    /// The guardian quorum's signatures over [`Panic::digest`].
+    pub signatures: Vec<KeySignature>,
+}
+
+/// Which towers acted on a panic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicRelayed {
+    /// Each tower.
+    pub towers: Vec<TowerReport>,
+}
 
 /// A lockdown as answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

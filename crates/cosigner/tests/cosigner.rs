@@ -1,50 +1,19 @@
 //! The co-signer as a family and its provider meet it: real `vigil node`, `vigil cosigner`
 //! and `vigil tower` processes over signed HTTP on loopback.
 
-use serde_json::Value;
+mod common;
+
+use common::*;
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::Amount;
-use vigil_policy::example::ExamplePolicy;
 use vigil_policy::VaultKind;
 use vigil_testenv::cosigner::CosignerProcess;
 use vigil_testenv::family::Family;
 use vigil_testenv::household::DELAY;
-use vigil_testenv::process::{vigil_node, Node};
-use vigil_testenv::wallet::{confirmations, mine, spend_of};
-use vigil_testenv::webhook::{webhook, Received};
+use vigil_testenv::process::vigil_node;
+use vigil_testenv::wallet::{confirmations, spend_of};
+use vigil_testenv::webhook::webhook;
 use vigil_testenv::{eventually, Vault};
-
-fn example(seed: &str) -> ExamplePolicy {
-    ExamplePolicy {
-        seed: seed.into(),
-        delay: DELAY,
-        recovery: 40,
-        deep_vault: 60,
-        ..ExamplePolicy::default()
-    }
-}
-
-fn block(node: &Node, f: &Family, n: u32) {
-    mine(&node.rpc, n, &f.wallet.address());
-}
-
-fn tip(node: &Node) -> u32 {
-    node.rpc.tip().unwrap().height
-}
-
-fn alarmed(alarms: &Received, kind: &str) -> bool {
-    alarms.lock().unwrap().iter().any(|a| a["kind"] == kind)
-}
-
-/// The unvault broadcast and confirmed.
-fn unvault(node: &Node, f: &Family, vault: &Vault) {
-    node.rpc.broadcast(vault.graph.unvault()).unwrap();
-    block(node, f, 1);
-}
-
-fn spend(f: &Family, vault: &Vault) -> Result<Value, (u16, String)> {
-    f.request_spend(vault, &f.spend_psbt(vault, &f.wallet.address(), 1_000))
-}
 
 #[test]
 fn a_standard_spend_within_limits_is_approved_at_once_and_co_signed_only_after_delay() {
@@ -177,15 +146,26 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     let refused = spend(&f, &vault).unwrap_err();
     assert_eq!(refused.0, 403, "{refused:?}");
     assert!(refused.1.contains("locked down"), "{refused:?}");
-    // The owner cannot lift it; one guardian does not; the quorum lifts it only after the
-    // governance wait (1,009 blocks), which here comes before the lockdown's end.
-    assert_eq!(f.post("/v1/lockdown/lift", &serde_json::json!({}), &f.owner()).unwrap_err().0, 403);
-    let one = f.post("/v1/lockdown/lift", &serde_json::json!({}), &f.guardian(0)).unwrap();
+    // The owner cannot lift it; a height sooner than the governance wait is refused; one
+    // guardian does not lift it; the quorum lifts it at the height they signed.
+    let at = tip(&node) + 1_009;
+    assert_eq!(
+        f.post(
+            "/v1/lockdown/lift",
+            &serde_json::json!({"lift_at_height": at, "signature": "00"}),
+            &f.owner()
+        )
+        .unwrap_err()
+        .0,
+        403
+    );
+    assert_eq!(f.lift(0, at - 1).unwrap_err().0, 400);
+    let one = f.lift(0, at).unwrap();
     assert_eq!(one["until_height"].as_u64().unwrap() as u32, until);
-    let quorum = f.post("/v1/lockdown/lift", &serde_json::json!({}), &f.guardian(1)).unwrap();
-    let lifted_at = quorum["until_height"].as_u64().unwrap() as u32;
-    assert_eq!(lifted_at, tip(&node) + 1_009);
-    block(&node, &f, lifted_at - tip(&node) - 1);
+    assert_eq!(f.lift(1, at + 5).unwrap_err().0, 409, "the quorum signs one height");
+    let quorum = f.lift(1, at).unwrap();
+    assert_eq!(quorum["until_height"].as_u64().unwrap() as u32, at);
+    block(&node, &f, at - tip(&node) - 1);
     assert_eq!(spend(&f, &vault).unwrap_err().0, 403, "still locked the block before");
     block(&node, &f, 1);
     assert_eq!(spend(&f, &vault).unwrap()["state"], "approved");

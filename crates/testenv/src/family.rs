@@ -301,6 +301,26 @@ impl Family {
         Ok(deserialize_hex(v["tx"].as_str().unwrap()).unwrap())
     }
 
+    /// Guardian `g` votes to lift the lockdown at `height`.
+    pub fn lift(&self, g: usize, height: u32) -> Result<Value, Refused> {
+        let key = self.guardian(g);
+        let digest = vigil_tower::wire::lift_digest(&self.cosigner.client, height);
+        let req =
+            wire::LiftLockdown { lift_at_height: height, signature: wire::sign(&digest, &key).signature };
+        self.post("/v1/lockdown/lift", &req, &key)
+    }
+
+    /// A panic signed by `signers` (guardian indexes), handed in by the first.
+    pub fn panic(&self, signers: &[usize], id: [u8; 32], not_after_height: u32) -> Result<Value, Refused> {
+        let panic = wire::Panic {
+            policy_id: self.cosigner.client.clone(),
+            id: id.to_lower_hex_string(),
+            not_after_height,
+        };
+        let signatures = signers.iter().map(|g| wire::sign(&panic.digest(), &self.guardian(*g))).collect();
+        self.post("/v1/panic", &wire::PanicOrder { panic, signatures }, &self.guardian(signers[0]))
+    }
+
     /// The owner's client unlocking: one sealed heartbeat, real or duress. Raw answer.
     pub fn heartbeat(&self, duress: bool) -> (u16, Vec<u8>) {
         let key = wire::heartbeat_key(&self.owner(), &self.cosigner.key);

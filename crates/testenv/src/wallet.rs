@@ -100,7 +100,8 @@ pub fn spend_of_since(rpc: &BitcoindRpc, outpoint: OutPoint, from: u32) -> Optio
     // The node knows every transaction; scan the mempool and the last blocks.
     let pool = rpc.mempool().unwrap();
     for txid in pool.txids {
-        let tx = rpc.transaction(&txid).unwrap().unwrap();
+        // Replaced since the listing (a ladder climbing): skip it.
+        let Some(tx) = rpc.transaction(&txid).unwrap() else { continue };
         if tx.input.iter().any(|i| i.previous_output == outpoint) {
             return Some(tx);
         }

@@ -10,7 +10,12 @@ pub type Received = Arc<Mutex<Vec<Value>>>;
 
 /// A webhook receiver: its URL and what it received.
 pub fn webhook() -> (String, Received) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    webhook_on(0)
+}
+
+/// A webhook receiver on `port` (0: any free one).
+pub fn webhook_on(port: u16) -> (String, Received) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let url = format!("http://{}/alarm", listener.local_addr().unwrap());
     let seen: Received = Arc::new(Mutex::new(Vec::new()));
     let store = seen.clone();

@@ -33,6 +33,8 @@ pub fn router(tower: Arc<Tower>) -> Router {
         .route("/v1/approvals", post(register_approval))
         .route("/v1/panic", post(panic))
         .route("/v1/policy", post(change_policy))
+        .route("/v1/lockdown", post(lockdown))
+        .route("/v1/lockdown/lift", post(lift_lockdown))
         .route("/v1/clients/{policy_id}", get(client_state))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -145,6 +147,26 @@ async fn panic(
     let signer = authenticate(&tower, &headers, "/v1/panic", &body)?;
     let req: wire::PanicRequest = decode(&body)?;
     Ok(blocking(move || crate::governance::panic(&tower, &signer, &req)).await?.into_response())
+}
+
+async fn lockdown(
+    State(tower): State<Arc<Tower>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let signer = authenticate(&tower, &headers, "/v1/lockdown", &body)?;
+    let req: wire::LockdownRequest = decode(&body)?;
+    Ok(blocking(move || crate::governance::lockdown(&tower, &signer, &req)).await?.into_response())
+}
+
+async fn lift_lockdown(
+    State(tower): State<Arc<Tower>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let signer = authenticate(&tower, &headers, "/v1/lockdown/lift", &body)?;
+    let req: wire::LiftLockdown = decode(&body)?;
+    Ok(blocking(move || crate::governance::lift_lockdown(&tower, &signer, &req)).await?.into_response())
 }
 
 async fn change_policy(

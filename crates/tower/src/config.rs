@@ -42,6 +42,10 @@ pub struct TowerConfig {
     /// Vaults one client may register.
     #[serde(default = "default_max_vaults")]
     pub max_vaults_per_client: u32,
+    /// Under a duress (quiet) lockdown, an approved unvault is cancelled this many blocks
+    /// before its spend leaf opens (ADR 0003).
+    #[serde(default = "default_duress_margin")]
+    pub duress_margin_blocks: u32,
     /// The chain backend.
     pub chain: ChainConfig,
     /// Clients to pin at start, each a policy file (new ones are pinned, known ones keep
@@ -69,6 +73,10 @@ fn default_outage() -> u64 {
 
 fn default_follow_depth() -> usize {
     FOLLOW_DEPTH
+}
+
+fn default_duress_margin() -> u32 {
+    crate::watch::DURESS_MARGIN_BLOCKS
 }
 
 fn default_max_vaults() -> u32 {
@@ -295,6 +303,16 @@ pub fn parse_config(text: &str) -> Result<TowerConfig, TowerError> {
         }
     }
     let config: TowerConfig = toml::from_str(text)?;
+    if config.duress_margin_blocks < crate::watch::MIN_DURESS_MARGIN_BLOCKS {
+        return Err(TowerError::Config {
+            field: "duress_margin_blocks".into(),
+            reason: format!(
+                "{} blocks leaves a cancel no time to be buried before the spend leaf opens; at least {}",
+                config.duress_margin_blocks,
+                crate::watch::MIN_DURESS_MARGIN_BLOCKS
+            ),
+        });
+    }
     let hooks = &config.alarms.webhooks;
     if let Some(twice) = hooks.iter().enumerate().find_map(|(i, h)| hooks[..i].contains(h).then_some(h)) {
         return Err(TowerError::Config {

@@ -84,6 +84,12 @@ impl TowerState {
                 ));
             }
         }
+        if self.watcher.take_lockdowns_dirty() {
+            records.push((
+                "lockdowns",
+                serde_json::to_string(self.watcher.lockdowns()).map_err(StoreError::corrupt("lockdowns"))?,
+            ));
+        }
         let clients = std::mem::take(&mut self.changed_clients);
         let panics = std::mem::take(&mut self.used_panics);
         let step = store::Step {
@@ -210,6 +216,10 @@ impl Tower {
             }
             watcher.set_fee_wallet(wallet);
         }
+        if let Some(text) = loaded.records.get("lockdowns") {
+            watcher.restore_lockdowns(serde_json::from_str(text).map_err(StoreError::corrupt("lockdowns"))?);
+        }
+        watcher.set_duress_margin(config.duress_margin_blocks);
         for approval in loaded.approvals {
             watcher.add_approval(approval.unvault, approval.terms);
         }

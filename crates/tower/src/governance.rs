@@ -17,7 +17,10 @@ use crate::error::Refusal;
 use crate::registration::{ack, client, stale_nonce, verified_signers};
 use crate::store::NonceCheck;
 use crate::vault::{Action, AlarmKind};
-use crate::wire::{policy_change_digest, Ack, ChangePolicy, PanicRequest, MAX_PANIC_WINDOW_BLOCKS};
+use crate::wire::{
+    lift_digest, policy_change_digest, Ack, ChangePolicy, LiftLockdown, LockdownRequest, PanicRequest,
+    MAX_LOCKDOWN_BLOCKS, MAX_PANIC_WINDOW_BLOCKS,
+};
 
 fn bad(message: impl Into<String>) -> Refusal {
     Refusal::BadRequest(message.into())
@@ -35,8 +38,10 @@ pub fn panic_signers(req: &PanicRequest) -> Result<Vec<XOnlyPublicKey>, Refusal>
 pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) -> Result<Ack, Refusal> {
     let p = &req.panic;
     let client = client(tower, &p.policy_id)?;
-    if !client.guardians.contains(signer) {
-        return Err(Refusal::Forbidden("only a guardian of this client may submit a panic".into()));
+    // The guardians' quorum signatures authorise it; any party may hand it in (the
+    // co-signer relays the guardians' decision to every tower).
+    if !client.is_party(signer) {
+        return Err(Refusal::Forbidden("only a party of this client may submit its panic".into()));
     }
     let signers = panic_signers(req)?;
     if !client.has_guardian_quorum(&signers) {
@@ -72,6 +77,70 @@ pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) 
     state.used_panics.push(p.id.clone());
     tower.act(state, &actions)?;
     Ok(ack(tower, format!("panic {}", p.id)))
+}
+
+/// `POST /v1/lockdown`: any one party of the client; it applies at once.
+pub(crate) fn lockdown(
+    tower: &Tower,
+    signer: &XOnlyPublicKey,
+    req: &LockdownRequest,
+) -> Result<Ack, Refusal> {
+    let client = client(tower, &req.policy_id)?;
+    if !client.is_party(signer) {
+        return Err(Refusal::Forbidden("not a party of this client".into()));
+    }
+    let mut state = tower.lock();
+    let tip = state.watcher.tip();
+    if req.until_height <= tip || req.until_height > tip + MAX_LOCKDOWN_BLOCKS {
+        return Err(bad(format!(
+            "until_height {} must be above the tip {tip} and at most {MAX_LOCKDOWN_BLOCKS} blocks ahead",
+            req.until_height
+        )));
+    }
+    if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
+        return Err(stale_nonce(req.nonce, last));
+    }
+    let actions = state.watcher.lock_down(&client.id, req.until_height, req.quiet);
+    if let Some(e) = state.watcher.take_graph_error() {
+        tower.shutdown();
+        return Err(e.into());
+    }
+    tower.act(state, &actions)?;
+    Ok(ack(tower, format!("lockdown {} {}", client.id, req.until_height)))
+}
+
+/// `POST /v1/lockdown/lift`: the guardian quorum, at least the governance wait ahead.
+pub(crate) fn lift_lockdown(
+    tower: &Tower,
+    signer: &XOnlyPublicKey,
+    req: &LiftLockdown,
+) -> Result<Ack, Refusal> {
+    let client = client(tower, &req.policy_id)?;
+    if !client.is_party(signer) {
+        return Err(Refusal::Forbidden("not a party of this client".into()));
+    }
+    let signers = verified_signers(&req.signatures, &lift_digest(&client.id, req.lift_at_height))?;
+    if !client.has_guardian_quorum(&signers) {
+        return Err(bad(format!(
+            "lifting a lockdown needs {} guardian signatures, {} verify",
+            client.policy.guardians.threshold,
+            client.guardians_among(&signers)
+        )));
+    }
+    let mut state = tower.lock();
+    let tip = state.watcher.tip();
+    if req.lift_at_height < tip + GOVERNANCE_DELAY_BLOCKS {
+        return Err(bad(format!(
+            "lift_at_height {} is sooner than the governance wait allows ({} blocks after the tip {tip})",
+            req.lift_at_height, GOVERNANCE_DELAY_BLOCKS
+        )));
+    }
+    if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
+        return Err(stale_nonce(req.nonce, last));
+    }
+    state.watcher.lift_lockdown(&client.id, req.lift_at_height);
+    tower.act(state, &[])?;
+    Ok(ack(tower, format!("lockdown lift {} {}", client.id, req.lift_at_height)))
 }
 
 /// `POST /v1/policy`.

@@ -260,6 +260,8 @@ pub enum AlarmKind {
     PolicyApplied,
     /// An accepted policy change no longer builds and was not applied.
     PolicyInvalid,
+    /// A client was locked down: its unvaults are cancelled.
+    Lockdown,
 }
 
 impl AlarmKind {
@@ -279,6 +281,7 @@ impl AlarmKind {
             AlarmKind::PolicyChange => "policy-change",
             AlarmKind::PolicyApplied => "policy-applied",
             AlarmKind::PolicyInvalid => "policy-invalid",
+            AlarmKind::Lockdown => "lockdown",
         }
     }
 }

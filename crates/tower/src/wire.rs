@@ -213,6 +213,45 @@ pub fn policy_change_digest(client: &str, policy_text: &str) -> Message {
     )
 }
 
+/// The longest lockdown a tower takes, blocks (five weeks): a duress lockdown lasts four.
+pub const MAX_LOCKDOWN_BLOCKS: u32 = 5 * 1008;
+
+/// `POST /v1/lockdown`: any party of the client (owner, co-signer, guardian) freezes it at
+/// once: every unvault is cancelled, approved or not, until `until_height`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockdownRequest {
+    /// Increasing per signing key.
+    pub nonce: u64,
+    /// The client.
+    pub policy_id: String,
+    /// It holds below this height (a lockdown only grows).
+    pub until_height: u32,
+    /// Cancel approved unvaults late, just before their spend leaf opens, not at once (the
+    /// co-signer's answer to a duress code: nothing shows on chain minutes after it).
+    pub quiet: bool,
+}
+
+/// `POST /v1/lockdown/lift`: the guardian quorum lifts a lockdown early, after the
+/// governance wait.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiftLockdown {
+    /// Increasing per signing key.
+    pub nonce: u64,
+    /// The client.
+    pub policy_id: String,
+    /// From this height the lockdown no longer holds: at least the governance wait ahead.
+    pub lift_at_height: u32,
+    /// The guardian quorum's signatures over [`lift_digest`].
+    pub signatures: Vec<KeySignature>,
+}
+
+/// What guardians sign to lift a client's lockdown at a height.
+pub fn lift_digest(client: &str, lift_at_height: u32) -> Message {
+    tagged(b"vigil-lockdown-lift/v1", &[client.as_bytes(), &lift_at_height.to_le_bytes()])
+}
+
 /// What the tower answers to a registration: a signed acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {

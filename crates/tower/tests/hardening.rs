@@ -298,9 +298,17 @@ fn f06_registration_checks_v_on_chain_and_a_registrar_cannot_force_a_sweep() {
         kind: VaultKind::Standard,
         funding_sat_per_vb: 2,
     }
-    .run(OneTimeKey::generate(), OneTimeKey::generate(), &mut |p| {
-        keys.sign_psbt(p, &[vigil_policy::example::Signer::Owner(0), vigil_policy::example::Signer::Cosigner])
-    })
+    .run(
+        OneTimeKey::generate(),
+        OneTimeKey::generate(),
+        &mut |p| {
+            keys.sign_psbt(
+                p,
+                &[vigil_policy::example::Signer::Owner(0), vigil_policy::example::Signer::Cosigner],
+            )
+        },
+        &mut vigil_client::no_towers,
+    )
     .unwrap();
     let r = register_as(&mut h, &ghost, Some(&ghost.funding));
     assert!(matches!(&r, Err((400, t)) if t.contains("not an unspent output")), "{r:?}");

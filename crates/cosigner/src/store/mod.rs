@@ -28,6 +28,8 @@ pub mod kind {
     pub const SPEND: &str = "spend";
     /// A vault index taken (by client id and index).
     pub const VAULT_INDEX: &str = "vault_index";
+    /// Orders every tower of a client must acknowledge (by client id).
+    pub const ORDERS: &str = "orders";
     /// A panic id already relayed.
     pub const PANIC: &str = "panic";
     /// Small counters (the next account number).
@@ -41,6 +43,8 @@ pub struct Batch {
     pub expect: Vec<(&'static str, String, Option<String>)>,
     /// Records written (inserted or replaced).
     pub put: Vec<(&'static str, String, String)>,
+    /// Records deleted (after the writes).
+    pub delete: Vec<(&'static str, String)>,
     /// Alarms appended to the outbox (JSON).
     pub alarms: Vec<String>,
 }
@@ -55,6 +59,12 @@ impl Batch {
     /// Writes `kind/id`.
     pub fn put(&mut self, kind: &'static str, id: impl Into<String>, value: impl Into<String>) -> &mut Self {
         self.put.push((kind, id.into(), value.into()));
+        self
+    }
+
+    /// Deletes `kind/id`.
+    pub fn delete(&mut self, kind: &'static str, id: impl Into<String>) -> &mut Self {
+        self.delete.push((kind, id.into()));
         self
     }
 

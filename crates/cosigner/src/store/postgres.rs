@@ -66,6 +66,9 @@ impl Store for PostgresStore {
                 &[kind, id, body],
             )?;
         }
+        for (kind, id) in &batch.delete {
+            tx.execute("DELETE FROM records WHERE kind = $1 AND id = $2", &[kind, id])?;
+        }
         for alarm in &batch.alarms {
             tx.execute("INSERT INTO outbox (body) VALUES ($1)", &[alarm])?;
         }

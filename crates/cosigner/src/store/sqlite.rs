@@ -74,6 +74,9 @@ impl Store for SqliteStore {
                 params![kind, id, body],
             )?;
         }
+        for (kind, id) in &batch.delete {
+            tx.execute("DELETE FROM records WHERE kind = ?1 AND id = ?2", params![kind, id])?;
+        }
         for alarm in &batch.alarms {
             tx.execute("INSERT INTO outbox (body) VALUES (?1)", [alarm])?;
         }

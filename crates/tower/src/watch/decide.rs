@@ -185,6 +185,7 @@ impl Watcher {
             return;
         }
         let over_budget = !by_quorum && self.over_velocity(&client, id, value, seen_at);
+        let lockdown = self.lockdown(&client, seen_at);
         if !by_quorum {
             self.released.entry(client).or_default().insert(id, (seen_at, value));
         }
@@ -197,11 +198,19 @@ impl Watcher {
             actions.push(emergency_broadcast(vault, 0));
             return;
         }
-        if approved && !over_budget {
-            return;
+        match lockdown {
+            // Approved, under a quiet lockdown: cancelled late (see `lockdown`).
+            Some(l) if l.quiet && approved && !over_budget => return,
+            None if approved && !over_budget => return,
+            _ => {}
         }
-        let why =
-            if approved { "over the velocity budget (approved by the co-signer)" } else { "not approved" };
+        let why = if lockdown.is_some_and(|l| !l.quiet) && approved && !over_budget {
+            "approved, but the client is locked down"
+        } else if approved {
+            "over the velocity budget (approved by the co-signer)"
+        } else {
+            "not approved"
+        };
         vault.state.cancel_rung = Some(0);
         self.fresh.insert(id);
         actions.push(Action::alarm(

@@ -11,6 +11,7 @@ impl Watcher {
     /// retire what is buried.
     pub(super) fn each_block(&mut self, height: u32, actions: &mut Vec<Action>) {
         self.check_fee_wallet(actions);
+        self.quiet_cancels(height, actions);
         let active: Vec<OutPoint> = self.active.iter().filter(|v| !self.fresh.contains(v)).copied().collect();
         for id in active {
             let vault = self.vaults.get_mut(&id).expect("watched");

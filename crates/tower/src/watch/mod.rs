@@ -17,10 +17,14 @@ use crate::vault::{Action, AlarmKind, ApprovalTerms, Vault};
 mod bumps;
 mod decide;
 mod ladder;
+mod lockdown;
+#[cfg(test)]
+mod lockdown_tests;
 #[cfg(test)]
 mod tests;
 
 pub use bumps::BUMP_RETRY_BLOCKS;
+pub use lockdown::{Lockdown, DURESS_MARGIN_BLOCKS, MIN_DURESS_MARGIN_BLOCKS};
 
 /// Blocks a cancel must be buried before the spend leaf opens (DESIGN.md §4 deadline).
 pub const BURY_MARGIN: u32 = 6;
@@ -87,12 +91,18 @@ pub struct Watcher {
     tip: u32,
     /// Blocks and mempool transactions observed so far (see [`Watcher::events`]).
     events: u64,
+    /// Clients locked down, by id.
+    lockdowns: HashMap<String, Lockdown>,
+    /// The lockdowns changed since the last [`Watcher::take_lockdowns_dirty`].
+    lockdowns_dirty: bool,
+    /// Blocks before a spend leaf opens at which a quiet lockdown cancels.
+    duress_margin: u32,
 }
 
 impl Watcher {
     /// An empty watcher.
     pub fn new() -> Watcher {
-        Watcher::default()
+        Watcher { duress_margin: DURESS_MARGIN_BLOCKS, ..Watcher::default() }
     }
 
     /// Sets a client's limits.

@@ -9,7 +9,7 @@ use vigil_policy::bitcoin::{BlockHash, CompactTarget, TxMerkleNode};
 use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
 
-fn vault(index: u32, sat: u64) -> Vault {
+pub(super) fn vault(index: u32, sat: u64) -> Vault {
     let compiled = CompiledPolicy::new(
         Policy::from_toml(&ExamplePolicy { delay: 20, ..ExamplePolicy::default() }.to_toml()).unwrap(),
     )
@@ -22,7 +22,7 @@ fn vault(index: u32, sat: u64) -> Vault {
     Vault::from_signed("p", 20, &g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap())
 }
 
-fn terms(expiry_height: u32) -> ApprovalTerms {
+pub(super) fn terms(expiry_height: u32) -> ApprovalTerms {
     ApprovalTerms { spend: Txid::all_zeros(), expiry_height, counter: 1, guardian_quorum: false }
 }
 
@@ -146,7 +146,7 @@ fn an_expired_approval_does_not_cover_the_unvault() {
     assert_eq!(broadcasts(&w.on_block_connected(6, &block(vec![v.unvault.clone()]))), vec!["cancel rung 0"]);
 }
 
-fn block(txs: Vec<Transaction>) -> Block {
+pub(super) fn block(txs: Vec<Transaction>) -> Block {
     let header = Header {
         version: Version::TWO,
         prev_blockhash: BlockHash::all_zeros(),
@@ -158,14 +158,14 @@ fn block(txs: Vec<Transaction>) -> Block {
     Block { header, txdata: txs }
 }
 
-fn broadcasts(actions: &[Action]) -> Vec<String> {
+pub(super) fn broadcasts(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| if let Action::Broadcast { what, .. } = a { Some(what.clone()) } else { None })
         .collect()
 }
 
-fn alarms(actions: &[Action]) -> Vec<String> {
+pub(super) fn alarms(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(
@@ -174,7 +174,7 @@ fn alarms(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
-fn watcher(vaults: &[&Vault], limit: u64) -> Watcher {
+pub(super) fn watcher(vaults: &[&Vault], limit: u64) -> Watcher {
     let mut w = Watcher::new();
     w.set_limits("p", PolicyLimits { velocity_limit_sat: limit, velocity_window_blocks: 100 });
     for v in vaults {

@@ -1,0 +1,145 @@
+//! What the co-signer must get to every tower of a client besides vaults and approvals:
+//! lockdowns (plain, or quiet under duress), their early lift by the guardians' quorum, and
+//! panics. Each order is committed with the event that caused it and pushed until every
+//! tower acknowledged it, across restarts; a request never waits on it unless it asked to
+//! (a panic reports which towers acted).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Refusal;
+use crate::service::Cosigner;
+use crate::store::{kind, Batch};
+use crate::wire::TowerReport;
+
+/// One request every tower of a client must acknowledge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TowerOrder {
+    /// The tower's endpoint (`/v1/lockdown`).
+    pub path: String,
+    /// The request's body, without its nonce (set per tower when sent).
+    pub body: Value,
+    /// What the tower's acknowledgement names.
+    pub subject: String,
+    /// Towers (by name) that acknowledged it.
+    pub acked: Vec<String>,
+}
+
+impl Cosigner {
+    /// Adds `order` for `client` to `batch` (committed by the caller with its cause).
+    pub(crate) fn queue_order(
+        store: &mut dyn crate::store::Store,
+        batch: &mut Batch,
+        client: &str,
+        order: TowerOrder,
+    ) -> Result<(), Refusal> {
+        let before = store.get(kind::ORDERS, client)?;
+        let mut orders: Vec<TowerOrder> = before
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|_| Refusal::Internal)?
+            .unwrap_or_default();
+        orders.push(order);
+        batch.expect(kind::ORDERS, client.to_owned(), before).put(
+            kind::ORDERS,
+            client.to_owned(),
+            serde_json::to_string(&orders).expect("json"),
+        );
+        Ok(())
+    }
+
+    /// Pushes `client`'s orders to the towers that have not acknowledged them; returns the
+    /// reports of the last one.
+    pub fn push_orders(&self, client_id: &str) -> Result<Vec<TowerReport>, Refusal> {
+        let (orders, client) = {
+            let mut store = self.store();
+            let Some(text) = store.get(kind::ORDERS, client_id)? else { return Ok(Vec::new()) };
+            let orders: Vec<TowerOrder> = serde_json::from_str(&text).map_err(|_| Refusal::Internal)?;
+            (orders, Self::client(&mut **store, client_id)?.ok_or(Refusal::Internal)?)
+        };
+        let compiled = self.compiled(&client)?;
+        let towers = &compiled.policy().towers;
+        let key = self.keys.auth_keypair(client.account);
+        let mut last = Vec::new();
+        let mut done: Vec<(usize, Vec<String>)> = Vec::new();
+        for (i, order) in orders.iter().enumerate() {
+            let missing: Vec<String> =
+                towers.iter().filter(|t| !order.acked.contains(&t.name)).map(|t| t.name.clone()).collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let nonce = self.tower_nonces(client_id, towers.len() as u64)?;
+            let reports = crate::towers::post_all(
+                compiled.policy(),
+                &key,
+                &order.path,
+                &order.subject,
+                &|t| {
+                    let mut body = order.body.clone();
+                    body["nonce"] = Value::from(nonce + t as u64);
+                    serde_json::to_vec(&body).expect("json")
+                },
+                Some(&missing),
+            );
+            done.push((i, reports.iter().filter(|r| r.acknowledged).map(|r| r.name.clone()).collect()));
+            last = reports;
+        }
+        // Record the acknowledgements on the orders as they are now (others may have been
+        // queued meanwhile); drop the orders every tower has.
+        let mut store = self.store();
+        let before = store.get(kind::ORDERS, client_id)?;
+        let mut now: Vec<TowerOrder> = before
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|_| Refusal::Internal)?
+            .unwrap_or_default();
+        for (i, acked) in done {
+            if let Some(o) = now.get_mut(i) {
+                for name in acked {
+                    if !o.acked.contains(&name) {
+                        o.acked.push(name);
+                    }
+                }
+            }
+        }
+        now.retain(|o| towers.iter().any(|t| !o.acked.contains(&t.name)));
+        let mut batch = Batch::default();
+        batch.expect(kind::ORDERS, client_id.to_owned(), before);
+        if now.is_empty() {
+            batch.delete(kind::ORDERS, client_id.to_owned());
+        } else {
+            batch.put(kind::ORDERS, client_id.to_owned(), serde_json::to_string(&now).expect("json"));
+        }
+        store.commit(&batch)?;
+        Ok(last)
+    }
+
+    /// Pushes every client's pending orders (the background loop, and after a restart).
+    pub fn push_all_orders(&self) {
+        let clients: Vec<String> = match self.store().list(kind::ORDERS, "") {
+            Ok(all) => all.into_iter().map(|(id, _)| id).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the towers' orders");
+                return;
+            }
+        };
+        for client in clients {
+            if let Err(e) = self.push_orders(&client) {
+                tracing::warn!(%client, error = %e.message(), "orders not delivered to every tower yet");
+            }
+        }
+    }
+
+    /// Pushes `client`'s orders on a thread of their own: the request that queued them does
+    /// not wait (a duress heartbeat must answer as fast as any other).
+    pub(crate) fn push_soon(self: &std::sync::Arc<Self>, client: String) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = me.push_orders(&client) {
+                tracing::warn!(%client, error = %e.message(), "orders not delivered to every tower yet");
+            }
+        });
+    }
+}

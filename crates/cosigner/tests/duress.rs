@@ -1,0 +1,130 @@
+//! Duress and panic, end to end: a duress heartbeat changes nothing the holder of the
+//! owner's device can see, while the guardians are alarmed and every tower cancels the
+//! coerced unvault late and quietly; a guardians' panic reaches every tower once.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use serde_json::Value;
+use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::Amount;
+use vigil_policy::VaultKind;
+use vigil_testenv::cosigner::CosignerProcess;
+use vigil_testenv::eventually;
+use vigil_testenv::family::Family;
+use vigil_testenv::household::DELAY;
+use vigil_testenv::process::vigil_node;
+use vigil_testenv::wallet::{confirmations, spend_of};
+use vigil_testenv::webhook::webhook;
+
+/// A JSON value's shape: its keys and value kinds, recursively, with each leaf's length.
+fn shape(v: &Value) -> String {
+    match v {
+        Value::Object(m) => format!(
+            "{{{}}}",
+            m.iter().map(|(k, v)| format!("{k}:{}", shape(v))).collect::<Vec<_>>().join(",")
+        ),
+        Value::Array(a) => format!("[{}]", a.iter().map(shape).collect::<Vec<_>>().join(",")),
+        other => format!("{}", other.to_string().len()),
+    }
+}
+
+#[test]
+fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cancelled_late_and_quietly() {
+    let node = vigil_node();
+    let (url, alarms) = webhook();
+    let co = CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let mut f = Family::new(&node, &co, example("cosigner duress"), 2, None);
+    let normal = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let coerced = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+
+    // A normal session: unlock, ask for a spend.
+    let real = f.heartbeat(false);
+    let asked = spend(&f, &normal).unwrap();
+    assert_eq!(asked["state"], "approved");
+
+    // The duress code: the same answer, byte for byte; the guardians hear within 60 s.
+    let typed = Instant::now();
+    let duress = f.heartbeat(true);
+    assert_eq!(duress, real, "the heartbeat's answer");
+    eventually("the guardians are alarmed", || alarmed(&alarms, "duress").then_some(()));
+    let latency = typed.elapsed();
+    assert!(latency.as_secs() < 60, "{latency:?}");
+    eprintln!("duress alarm delivered {latency:?} after the code was typed");
+    eventually("every tower has the quiet lockdown", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+
+    // Under duress, a spend is answered exactly as in a normal session: same shape, same size.
+    let coerced_answer = spend(&f, &coerced).unwrap();
+    assert_eq!(shape(&coerced_answer), shape(&asked), "{coerced_answer}\n{asked}");
+    assert_eq!(coerced_answer.to_string().len(), asked.to_string().len());
+    assert_eq!(coerced_answer["state"], "approved");
+    // A guarded vault's request waits for the guardians, as it would.
+    assert_eq!(spend(&f, &guarded).unwrap()["state"], "waiting");
+
+    // The attacker broadcasts the "approved" unvault. Nothing happens on chain for a while...
+    node.rpc.broadcast(coerced.graph.unvault()).unwrap();
+    block(&node, &f, 1);
+    let confirmed = tip(&node);
+    let opens = confirmed + DELAY;
+    let mut cancelled_at = None;
+    for _ in 0..DELAY {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if let Some(c) = spend_of(&node.rpc, coerced.unvault_outpoint()) {
+            assert!(
+                coerced.graph.graph().cancels.iter().any(|p| p.tx.compute_txid() == c.compute_txid()),
+                "a cancel"
+            );
+            if confirmations(&node.rpc, &c.compute_txid()) > 0 {
+                cancelled_at = Some(tip(&node) + 1 - confirmations(&node.rpc, &c.compute_txid()) as u32);
+                break;
+            }
+        }
+        block(&node, &f, 1);
+    }
+    let cancelled_at = cancelled_at.expect("the coerced unvault was cancelled");
+    assert!(
+        cancelled_at > confirmed + 5,
+        "not minutes after the code: U at {confirmed}, C at {cancelled_at}"
+    );
+    assert!(cancelled_at + 6 <= opens, "buried before the spend leaf opens at {opens}: C at {cancelled_at}");
+    eprintln!("coerced unvault confirmed at {confirmed}, quietly cancelled at {cancelled_at}, spend leaf at {opens}");
+    // And nothing is ever co-signed for it.
+    let id = coerced_answer["id"].as_u64().unwrap();
+    block(&node, &f, opens.saturating_sub(tip(&node)));
+    assert!(f.sign(id).is_err());
+}
+
+#[test]
+fn a_guardians_panic_reaches_every_tower_once() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner panic"), 2, None);
+    let idle = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let unvaulted = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    assert_eq!(spend(&f, &unvaulted).unwrap()["state"], "approved");
+    unvault(&node, &f, &unvaulted);
+    let id = [7u8; 32];
+    let not_after = tip(&node) + 10;
+    // One guardian alone is not a quorum.
+    assert_eq!(f.panic(&[0], id, not_after).unwrap_err().0, 400);
+    let relayed = f.panic(&[0, 2], id, not_after).unwrap();
+    let towers = relayed["towers"].as_array().unwrap();
+    assert_eq!(towers.len(), 2);
+    assert!(towers.iter().all(|t| t["acknowledged"] == true), "{relayed}");
+    // E for the idle vault, UE for the unvaulted one.
+    eventually("E and UE are broadcast", || {
+        let e = spend_of(&node.rpc, idle.outpoint())?;
+        let ue = spend_of(&node.rpc, unvaulted.unvault_outpoint())?;
+        let g = (idle.graph.graph(), unvaulted.graph.graph());
+        (g.0.emergencies.iter().any(|p| p.tx.compute_txid() == e.compute_txid())
+            && g.1.unvault_emergencies.iter().any(|p| p.tx.compute_txid() == ue.compute_txid()))
+        .then_some(())
+    });
+    // The same panic again is refused, here as at every tower.
+    assert_eq!(f.panic(&[0, 2], id, not_after).unwrap_err().0, 409);
+}

@@ -1,0 +1,155 @@
+//! Lockdowns: while one holds, every unvault of the client is cancelled, approved or not.
+//!
+//! A plain lockdown (the owner's, a guardian's, the co-signer's) cancels at once. A *quiet*
+//! one (the co-signer's answer to a duress code) must not show on chain minutes after the
+//! code was typed: an approved unvault is cancelled late, `duress_margin` blocks before its
+//! spend leaf opens, with the normal ladder and bumps, always before the deadline. Waiting is
+//! safe because the spend leaf also needs the co-signer, which will not sign (ADR 0003). An
+//! unapproved unvault is cancelled at once either way: that is what a normal session shows.
+
+use serde::{Deserialize, Serialize};
+use vigil_policy::bitcoin::OutPoint;
+
+use super::{cancel_broadcast, Watcher, BURY_MARGIN};
+use crate::vault::{Action, AlarmKind};
+
+/// The least `duress_margin` may be: the cancel's burial margin and one block to get in.
+pub const MIN_DURESS_MARGIN_BLOCKS: u32 = BURY_MARGIN + 1;
+/// The default: a ladder's first rungs and the burial margin before the spend leaf opens.
+pub const DURESS_MARGIN_BLOCKS: u32 = 12;
+
+/// A client's lockdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lockdown {
+    /// It holds below this height.
+    pub until_height: u32,
+    /// Cancel approved unvaults late (duress) rather than at once.
+    pub quiet: bool,
+}
+
+impl Watcher {
+    /// Sets how many blocks before a spend leaf opens a quiet lockdown cancels.
+    pub fn set_duress_margin(&mut self, blocks: u32) {
+        self.duress_margin = blocks.max(MIN_DURESS_MARGIN_BLOCKS);
+    }
+
+    /// Every client's lockdown, as stored.
+    pub fn lockdowns(&self) -> &std::collections::HashMap<String, Lockdown> {
+        &self.lockdowns
+    }
+
+    /// Restores lockdowns from the store.
+    pub fn restore_lockdowns(&mut self, lockdowns: std::collections::HashMap<String, Lockdown>) {
+        self.lockdowns = lockdowns;
+    }
+
+    /// Whether the lockdowns changed since the last call.
+    pub fn take_lockdowns_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.lockdowns_dirty)
+    }
+
+    /// The lockdown holding for `client` at `height`.
+    pub fn lockdown(&self, client: &str, height: u32) -> Option<Lockdown> {
+        self.lockdowns.get(client).copied().filter(|l| height < l.until_height)
+    }
+
+    /// Locks `client` down until `until` (a lockdown only ever grows; a plain one overrides a
+    /// quiet one). A plain lockdown cancels every unvault under way at once.
+    pub fn lock_down(&mut self, client: &str, until: u32, quiet: bool) -> Vec<Action> {
+        let now = self.tip;
+        let merged = match self.lockdown(client, now) {
+            Some(l) => Lockdown { until_height: l.until_height.max(until), quiet: l.quiet && quiet },
+            None => Lockdown { until_height: until, quiet },
+        };
+        self.lockdowns.insert(client.to_owned(), merged);
+        self.lockdowns_dirty = true;
+        let mut actions = Vec::new();
+        if !merged.quiet {
+            actions.push(Action::alarm(
+                None,
+                AlarmKind::Lockdown,
+                format!(
+                    "client {client} locked down until block {}: every unvault is cancelled",
+                    merged.until_height
+                ),
+            ));
+            for id in self.unvaulted_uncancelled(client) {
+                self.cancel_locked(id, "the client is locked down", &mut actions);
+            }
+        }
+        actions
+    }
+
+    /// Ends `client`'s lockdown at `height` if it would hold longer (the guardians' quorum,
+    /// after the governance wait).
+    pub fn lift_lockdown(&mut self, client: &str, height: u32) {
+        if let Some(l) = self.lockdowns.get_mut(client) {
+            l.until_height = l.until_height.min(height);
+            self.lockdowns_dirty = true;
+        }
+    }
+
+    fn unvaulted_uncancelled(&self, client: &str) -> Vec<OutPoint> {
+        self.vaults
+            .values()
+            .filter(|v| v.policy_id == client)
+            .filter(|v| {
+                let s = &v.state;
+                s.unvault_seen
+                    && s.cancel_rung.is_none()
+                    && s.emergency_rung.is_none()
+                    && s.spent_height.is_none()
+                    && !s.done
+            })
+            .map(|v| v.outpoint)
+            .collect()
+    }
+
+    /// Starts `id`'s cancel at the bottom rung, with an alarm saying why.
+    pub(super) fn cancel_locked(&mut self, id: OutPoint, why: &str, actions: &mut Vec<Action>) {
+        if !self.ensure_graph(id) {
+            return;
+        }
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        vault.state.cancel_rung = Some(0);
+        let u_txid = vault.unvault.compute_txid();
+        actions.push(Action::alarm(
+            Some(id),
+            AlarmKind::UnvaultCancelled,
+            format!("unvault {u_txid} of vault {id}: {why}: cancelling"),
+        ));
+        actions.push(cancel_broadcast(vault, 0));
+        self.fresh.insert(id);
+        self.active.insert(id);
+        self.dirty.insert(id);
+    }
+
+    /// Every block: under a quiet lockdown, each confirmed unvault whose spend leaf opens
+    /// within `duress_margin` blocks gets its cancel.
+    pub(super) fn quiet_cancels(&mut self, height: u32, actions: &mut Vec<Action>) {
+        let due: Vec<OutPoint> = self
+            .active
+            .iter()
+            .filter_map(|id| {
+                let v = self.vaults.get(id)?;
+                let s = &v.state;
+                let l = self.lockdown(&v.policy_id, height)?;
+                let opens = s.unvault_height? + v.delay as u32;
+                (l.quiet
+                    && s.cancel_rung.is_none()
+                    && s.emergency_rung.is_none()
+                    && s.spent_height.is_none()
+                    && !s.done
+                    && height + self.duress_margin >= opens)
+                    .then_some(*id)
+            })
+            .collect();
+        for id in due {
+            self.cancel_locked(
+                id,
+                "the client is under a duress lockdown (cancelled late, on purpose)",
+                actions,
+            );
+        }
+    }
+}
