@@ -366,21 +366,26 @@ impl Cosigner {
         }
         let hash = token_id(&p.token)?;
         let mut store = self.store();
-        let account = match store.get(kind::TOKEN, &hash)?.map(|t| serde_json::from_str(&t)) {
-            Some(Ok(TokenRecord::Enrolled { account })) => account,
-            Some(Ok(TokenRecord::Used { client, .. })) if client == id => {
-                return Ok(wire::PinAnswer { policy_id: id });
-            }
-            Some(Ok(TokenRecord::Used { .. })) => {
-                return Err(unauthorized("this enrollment token was already used"))
-            }
-            Some(Ok(TokenRecord::Issued)) => {
-                return Err(bad("enroll with this token first (POST /v1/enroll)"))
-            }
+        let token = match store.get(kind::TOKEN, &hash)?.map(|t| serde_json::from_str(&t)) {
+            Some(Ok(t)) => t,
             Some(Err(_)) => return Err(Refusal::Internal),
             None => return Err(unauthorized("unknown enrollment token")),
         };
+        let account = match token {
+            TokenRecord::Enrolled { account } | TokenRecord::Used { account, .. } => account,
+            TokenRecord::Issued => return Err(bad("enroll with this token first (POST /v1/enroll)")),
+        };
+        // The signature and the nonce first: a replay learns nothing.
         let signer = self.verify(creds, account, "/v1/clients", body)?;
+        let mut batch = Self::consume_nonce(&mut **store, &signer, &req)?;
+        match token {
+            TokenRecord::Used { client, .. } if client == id => {
+                store.commit(&batch)?;
+                return Ok(wire::PinAnswer { policy_id: id });
+            }
+            TokenRecord::Used { .. } => return Err(unauthorized("this enrollment token was already used")),
+            _ => {}
+        }
         let policy = Policy::from_toml(&p.policy).map_err(|e| bad(format!("policy: {e}")))?;
         if policy.network != self.network {
             return Err(bad(format!(
@@ -408,7 +413,6 @@ impl Cosigner {
             return Err(bad("heartbeat_real and heartbeat_duress must differ"));
         }
         CompiledPolicy::new(policy).map_err(|e| bad(format!("policy: {e}")))?;
-        let mut batch = Self::consume_nonce(&mut **store, &signer, &req)?;
         let record = ClientRecord {
             id: id.clone(),
             account,

@@ -194,11 +194,14 @@ impl Cosigner {
         let tip = self.tip()?;
         let mut store = self.store();
         let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        // One request per vault: the same spend again is the same request.
+        // A replayed request is refused before anything else is looked at.
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        // One request per vault: the same spend again (signed anew) is the same request.
         for (_, body) in store.list(kind::SPEND, &format!("{}/", client.id))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
             if s.approval.vault_outpoint == r.vault_outpoint && s.state != "denied" {
                 if s.approval.spend_txid == spend_txid.to_string() {
+                    store.commit(&batch)?;
                     return Ok(s.status(caller.role, delay, &s.towers));
                 }
                 return Err(Refusal::Conflict(format!(
@@ -250,7 +253,6 @@ impl Cosigner {
             under_duress: client.duress,
             towers: Vec::new(),
         };
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
         let mut next = client.clone();
         next.next_spend += 1;
         let mut vault_next = vault.clone();

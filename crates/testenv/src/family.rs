@@ -2,8 +2,8 @@
 //! pinned everywhere, vaults made through the co-signer's ceremony, spends requested,
 //! voted on by guardians and signed after DELAY, all over signed HTTP on loopback.
 
-use std::cell::Cell;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use serde_json::Value;
@@ -45,7 +45,7 @@ pub struct Family {
     pub wallet: Wallet,
     /// The heartbeat tokens: real, duress.
     pub heartbeat: ([u8; 32], [u8; 32]),
-    nonce: Cell<u64>,
+    nonce: AtomicU64,
     next_index: u32,
     next_coin: u32,
 }
@@ -113,7 +113,7 @@ impl Family {
             towers,
             wallet,
             heartbeat: ([1; 32], [2; 32]),
-            nonce: Cell::new(0),
+            nonce: AtomicU64::new(0),
             next_index: 0,
             next_coin: 1,
         };
@@ -144,8 +144,7 @@ impl Family {
 
     /// The next nonce (one counter for every key of the family: each stays increasing).
     pub fn next_nonce(&self) -> u64 {
-        self.nonce.set(self.nonce.get() + 1);
-        self.nonce.get()
+        self.nonce.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// A signed POST to the co-signer.

@@ -1,0 +1,315 @@
+//! Bad input and attacks on a running co-signer: each is refused with a clear 4xx and changes
+//! nothing (the client's requests and the co-signer's counters are compared before and after).
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+use vigil_cosigner::wire::{BeginVault, Coin, Signed};
+use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
+use vigil_policy::bitcoin::Amount;
+use vigil_policy::VaultKind;
+use vigil_testenv::cosigner::{post_raw, unix_now, CosignerProcess};
+use vigil_testenv::family::Family;
+use vigil_testenv::process::vigil_node;
+use vigil_tower::wire::sign_request;
+
+/// What must not change: the client's requests as a guardian sees them, and the counters.
+fn snapshot(f: &Family, co: &CosignerProcess) -> (Value, Vec<Option<u64>>) {
+    // (Ceremonies in progress live in RAM only: a restart ends them, by design.)
+    let metrics = ["clients", "spends_waiting", "spends_approved", "lockdowns", "alarm_outbox"]
+        .iter()
+        .map(|m| co.metric(&format!("vigil_cosigner_{m}")))
+        .collect();
+    (f.get("/v1/spends", &f.guardian(0)).unwrap(), metrics)
+}
+
+fn body<T: serde::Serialize>(nonce: u64, time: u64, request: T) -> Vec<u8> {
+    serde_json::to_vec(&Signed { nonce, time, request }).unwrap()
+}
+
+/// A POST whose headers name `claimed` while `signer` signed it.
+fn forged(f: &Family, path: &str, bytes: &[u8], signer: &Keypair, claimed: &Keypair) -> (u16, Vec<u8>) {
+    let (_, sig) = sign_request(signer, &f.cosigner.key, path, bytes);
+    let answer = ureq::post(&format!("{}{path}", f.cosigner.url))
+        .set("x-vigil-client", &f.cosigner.client)
+        .set("x-vigil-key", &claimed.x_only_public_key().0.to_string())
+        .set("x-vigil-signature", &sig)
+        .timeout(Duration::from_secs(10))
+        .send_bytes(bytes);
+    match answer {
+        Ok(r) => (r.status(), Vec::new()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default().into_bytes()),
+        Err(e) => (0, e.to_string().into_bytes()),
+    }
+}
+
+#[test]
+fn every_bad_request_is_refused_clearly_and_changes_nothing() {
+    let node = vigil_node();
+    let mut co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner attacks"), 1, None);
+    let mut other = Family::new(&node, &co, example("cosigner attacks other"), 1, None);
+    other.use_coins_from(100);
+    let standard = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let theirs = other.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let their_coin = other.intake_coin(&node, Amount::from_sat(1_000_000));
+    let used_coin = f.intake_coin(&node, Amount::from_sat(1_000_000));
+    f.begin(&used_coin, Amount::from_sat(1_000_000), VaultKind::Standard).unwrap();
+    // A request accepted once, kept to be replayed.
+    let psbt = f.spend_psbt(&standard, &f.wallet.address(), 1_000);
+    let spend_request = json!({
+        "vault_outpoint": standard.outpoint().to_string(),
+        "psbt": base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
+    });
+    let accepted = body(f.next_nonce(), unix_now(), &spend_request);
+    assert_eq!(post_raw(&f.cosigner, "/v1/spends", &accepted, &f.owner()).0, 200);
+    let waiting = vigil_testenv::family::Family::request_spend(
+        &f,
+        &guarded,
+        &f.spend_psbt(&guarded, &f.wallet.address(), 1_000),
+    )
+    .unwrap();
+    let waiting_id = waiting["id"].as_u64().unwrap();
+
+    let stranger = Keypair::new(&Secp256k1::new(), &mut vigil_policy::bitcoin::secp256k1::rand::thread_rng());
+    let tried = std::cell::Cell::new(0);
+    let check = |what: &str,
+                 (status, text): (u16, Vec<u8>),
+                 want: u16,
+                 f: &Family,
+                 co: &CosignerProcess,
+                 before: &(Value, Vec<Option<u64>>)| {
+        tried.set(tried.get() + 1);
+        let text = String::from_utf8_lossy(&text).into_owned();
+        assert_eq!(status, want, "{what}: {text}");
+        assert!(
+            text.contains("\"error\":") && text.len() > 20,
+            "{what}: the refusal names the problem: {text}"
+        );
+        assert_eq!(&snapshot(f, co), before, "{what} changed something");
+        eprintln!("refused as it should: {what}: {status} {text}");
+    };
+    let before = snapshot(&f, &co);
+    let owner = f.owner();
+    let now = unix_now();
+
+    check("malformed body", post_raw(&f.cosigner, "/v1/spends", b"{not json", &owner), 400, &f, &co, &before);
+    let huge = body(f.next_nonce(), now, json!({"vault_outpoint": "x", "psbt": "A".repeat(300_000)}));
+    let (status, _) = post_raw(&f.cosigner, "/v1/spends", &huge, &owner);
+    tried.set(tried.get() + 1);
+    assert_eq!(status, 413, "an oversize body");
+    assert_eq!(snapshot(&f, &co), before);
+    let fresh = body(f.next_nonce(), now, &spend_request);
+    check(
+        "signed by another key than it names",
+        forged(&f, "/v1/spends", &fresh, &f.guardian(1), &owner),
+        401,
+        &f,
+        &co,
+        &before,
+    );
+    check(
+        "a replayed request",
+        post_raw(&f.cosigner, "/v1/spends", &accepted, &owner),
+        401,
+        &f,
+        &co,
+        &before,
+    );
+    check("an unknown key", post_raw(&f.cosigner, "/v1/spends", &fresh, &stranger), 403, &f, &co, &before);
+    check(
+        "another client's guardian",
+        post_raw(
+            &f.cosigner,
+            "/v1/lockdown",
+            &body(f.next_nonce(), now, json!({"blocks": 10})),
+            &other.guardian(0),
+        ),
+        403,
+        &f,
+        &co,
+        &before,
+    );
+    let vote = body(f.next_nonce(), now, json!({"approve": true, "approval_signature": "00".repeat(64)}));
+    check(
+        "the owner approving its own spend",
+        post_raw(&f.cosigner, &format!("/v1/spends/{waiting_id}/vote"), &vote, &owner),
+        403,
+        &f,
+        &co,
+        &before,
+    );
+    let mut smuggled = spend_request.clone();
+    smuggled["policy"] = json!("version = 2");
+    check(
+        "a policy change inside a spend request",
+        post_raw(&f.cosigner, "/v1/spends", &body(f.next_nonce(), now, &smuggled), &owner),
+        400,
+        &f,
+        &co,
+        &before,
+    );
+    let mut envelope: Value = serde_json::from_slice(&body(f.next_nonce(), now, &spend_request)).unwrap();
+    envelope["policy"] = json!("version = 2");
+    check(
+        "a policy change beside a spend request",
+        post_raw(&f.cosigner, "/v1/spends", &serde_json::to_vec(&envelope).unwrap(), &owner),
+        400,
+        &f,
+        &co,
+        &before,
+    );
+    // A guardian's signature on a spend other than the one requested.
+    let other_tx = f.spend_psbt(&guarded, &f.wallet.address(), 2_000);
+    let digest = serde_json::from_value::<vigil_cosigner::wire::SpendStatus>(waiting.clone())
+        .unwrap()
+        .approval
+        .digest();
+    let mut signed_other = other_tx.clone();
+    f.keys.sign_psbt(&mut signed_other, &[vigil_policy::example::Signer::Guardian(0)]);
+    let vote = body(
+        f.next_nonce(),
+        now,
+        json!({
+            "approve": true,
+            "approval_signature": vigil_cosigner::wire::sign(&digest, &f.guardian(0)).signature,
+            "psbt": base64::engine::general_purpose::STANDARD.encode(signed_other.serialize()),
+        }),
+    );
+    check(
+        "a spend that differs from the one approved",
+        post_raw(&f.cosigner, &format!("/v1/spends/{waiting_id}/vote"), &vote, &f.guardian(0)),
+        400,
+        &f,
+        &co,
+        &before,
+    );
+    // The intake coin of `standard` funds it already: no second spend of it.
+    let funded = standard.funding.input[0].previous_output;
+    let again = BeginVault {
+        index: 40,
+        amount_sat: 1_000_000,
+        kind: "standard".into(),
+        owner_once: standard.plan.owner_once.to_string(),
+        coins: vec![Coin { outpoint: funded.to_string(), intake_index: 0 }],
+        change_index: 41,
+        funding_sat_per_vb: 2,
+    };
+    check(
+        "a second spend of the same intake coin",
+        post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &again), &owner),
+        409,
+        &f,
+        &co,
+        &before,
+    );
+    let mut foreign = again.clone();
+    foreign.coins =
+        vec![Coin { outpoint: their_coin.outpoint.to_string(), intake_index: their_coin.intake_index }];
+    check(
+        "another client's coin",
+        post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &foreign), &owner),
+        400,
+        &f,
+        &co,
+        &before,
+    );
+    let theirs_spend = json!({
+        "vault_outpoint": theirs.outpoint().to_string(),
+        "psbt": base64::engine::general_purpose::STANDARD.encode(other.spend_psbt(&theirs, &f.wallet.address(), 1_000).serialize()),
+    });
+    check(
+        "a spend of another client's vault",
+        post_raw(&f.cosigner, "/v1/spends", &body(f.next_nonce(), now, &theirs_spend), &owner),
+        404,
+        &f,
+        &co,
+        &before,
+    );
+    check(
+        "a stale request",
+        post_raw(
+            &f.cosigner,
+            "/v1/lockdown",
+            &body(f.next_nonce(), now - 600, json!({"blocks": 10})),
+            &owner,
+        ),
+        401,
+        &f,
+        &co,
+        &before,
+    );
+    let mut unknown = f.cosigner.clone();
+    unknown.client = "00".repeat(32);
+    check(
+        "an unknown client",
+        post_raw(&unknown, "/v1/lockdown", &body(f.next_nonce(), now, json!({"blocks": 10})), &owner),
+        401,
+        &f,
+        &co,
+        &before,
+    );
+    let mut wrong_sequence = f.spend_psbt(&guarded, &f.wallet.address(), 1_000);
+    wrong_sequence.unsigned_tx.input[0].sequence = vigil_policy::bitcoin::Sequence::from_height(1);
+    let req = json!({"vault_outpoint": guarded.outpoint().to_string(), "psbt": base64::engine::general_purpose::STANDARD.encode(wrong_sequence.serialize())});
+    check(
+        "a spend without the DELAY",
+        post_raw(&f.cosigner, "/v1/spends", &body(f.next_nonce(), now, &req), &owner),
+        400,
+        &f,
+        &co,
+        &before,
+    );
+    check(
+        "a lockdown of zero blocks",
+        post_raw(&f.cosigner, "/v1/lockdown", &body(f.next_nonce(), now, json!({"blocks": 0})), &owner),
+        400,
+        &f,
+        &co,
+        &before,
+    );
+    check(
+        "a signature asked for a request still waiting",
+        post_raw(
+            &f.cosigner,
+            &format!("/v1/spends/{waiting_id}/sign"),
+            &body(f.next_nonce(), now, json!({})),
+            &owner,
+        ),
+        409,
+        &f,
+        &co,
+        &before,
+    );
+    let token = co.token();
+    let enroll = |t: &str| {
+        let r = ureq::post(&format!("{}/v1/enroll", co.url)).send_json(json!({ "token": t }));
+        match r {
+            Ok(r) => (r.status(), r.into_string().unwrap().into_bytes()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap().into_bytes()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    check("an unknown enrollment token", enroll(&"ab".repeat(32)), 401, &f, &co, &before);
+    let used = enroll(&token);
+    assert_eq!(used.0, 200);
+    // Restarted: the used nonce is still used.
+    co.kill9();
+    co.start();
+    check(
+        "a replay after a restart",
+        post_raw(&f.cosigner, "/v1/spends", &accepted, &owner),
+        401,
+        &f,
+        &co,
+        &before,
+    );
+    let tried = tried.get();
+    eprintln!("{tried} bad requests tried, each refused, none changed anything");
+    assert!(tried >= 20, "{tried}");
+}

@@ -1,0 +1,153 @@
+//! SIGKILL at every step of the vault ceremony leaves either "not funded" or "protected",
+//! never "funded and unprotected"; and a co-signer killed mid-approval loses no request,
+//! approval or alarm.
+
+mod common;
+
+use common::*;
+use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
+use vigil_policy::bitcoin::{Amount, Transaction};
+use vigil_policy::VaultKind;
+use vigil_testenv::cosigner::CosignerProcess;
+use vigil_testenv::family::Family;
+use vigil_testenv::process::{free_port, vigil_node, Node};
+use vigil_testenv::webhook::webhook_on;
+use vigil_testenv::{eventually, Vault};
+
+/// Whether `vault`'s funding exists anywhere: on chain, in the mempool, or handed out.
+fn funded(node: &Node, vault: &Vault, released: Option<&String>) -> bool {
+    released.is_some() || node.rpc.transaction(&vault.funding.compute_txid()).unwrap().is_some()
+}
+
+fn watched(f: &Family) -> Vec<u64> {
+    f.towers.iter().map(|t| t.metric("vigil_tower_vaults_watched").unwrap_or(0)).collect()
+}
+
+fn status(f: &Family, vault: &Vault) -> vigil_cosigner::wire::VaultStatus {
+    status_of(f, &vault.outpoint().to_string())
+}
+
+fn status_of(f: &Family, outpoint: &str) -> vigil_cosigner::wire::VaultStatus {
+    serde_json::from_value(f.get(&format!("/v1/vaults/{outpoint}"), &f.owner()).unwrap()).unwrap()
+}
+
+#[test]
+fn sigkill_at_each_step_of_the_ceremony_leaves_a_vault_unfunded_or_protected() {
+    let node = vigil_node();
+    let mut co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner crash"), 2, None);
+    let amount = Amount::from_sat(2_000_000);
+
+    // 1. Killed after `begin`: the one-time key died with the process; nothing was funded,
+    //    and the coin is free for a new ceremony.
+    let coin = f.intake_coin(&node, amount);
+    let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
+    co.kill9();
+    co.start();
+    let lost = f.complete(&coin, amount, VaultKind::Standard, &once, &begun).unwrap_err();
+    assert_eq!(lost.0, 404, "{lost:?}");
+    assert_eq!(watched(&f), vec![0, 0]);
+    assert!(node.rpc.unspent_output(&coin.outpoint).unwrap().is_some(), "the coin was never spent");
+    let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
+
+    // 2. A tower is down when the owner completes: the vault is committed and registered
+    //    where it can be, but its funding is withheld. Killed there, and restarted: the
+    //    co-signer registers it with the missing tower by itself, then releases the funding.
+    f.towers[1].kill9();
+    let (answer, vault) = f.complete(&coin, amount, VaultKind::Standard, &once, &begun).unwrap();
+    assert_eq!(answer.state, "registering");
+    assert_eq!(answer.funding, None, "no funding while a tower lacks the graph");
+    assert!(!funded(&node, &vault, answer.funding.as_ref()));
+    co.kill9();
+    co.start();
+    assert_eq!(status(&f, &vault).funding, None);
+    f.towers[1].start();
+    let released = eventually("the co-signer finishes the registration", || {
+        let s = status(&f, &vault);
+        (s.state == "protected").then_some(s.funding)
+    })
+    .expect("the funding, once protected");
+    assert_eq!(watched(&f), vec![1, 1], "every tower holds the graph before the funding is out");
+    let funding: Transaction = deserialize_hex(&released).unwrap();
+    assert_eq!(funding.compute_txid(), vault.funding.compute_txid());
+    node.rpc.broadcast(&funding).unwrap();
+    block(&node, &f, 1);
+
+    // 3. Killed after it is protected: still protected, its funding still there.
+    co.kill9();
+    co.start();
+    let s = status(&f, &vault);
+    assert_eq!((s.state.as_str(), s.funding.as_deref()), ("protected", Some(released.as_str())));
+    assert!(s.towers.iter().all(|t| t.acknowledged));
+
+    // 4. Killed in the middle of `complete` (a burst of kills while it runs): whenever the
+    //    funding exists, every tower holds the vault.
+    for round in 0..3 {
+        let coin = f.intake_coin(&node, amount);
+        let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
+        let begun_outpoint = begun.vault_outpoint.clone();
+        let before = watched(&f);
+        let family = &f;
+        let outcome = std::thread::scope(|s| {
+            let h = s.spawn(move || family.complete(&coin, amount, VaultKind::Standard, &once, &begun));
+            std::thread::sleep(std::time::Duration::from_millis(5 + 10 * round));
+            co.kill9();
+            h.join().unwrap()
+        });
+        co.start();
+        let committed = f.get(&format!("/v1/vaults/{}", begun_outpoint), &f.owner());
+        match (outcome, committed) {
+            (Ok((answer, _)), _) if answer.funding.is_some() => {
+                assert!(watched(&f).iter().zip(&before).all(|(a, b)| a > b), "funded and unprotected");
+            }
+            (_, Err((404, _))) => {
+                // Nothing was committed: nothing funded, no tower holds anything new.
+                assert_eq!(watched(&f), before);
+            }
+            (_, _) => {
+                // Committed: the co-signer finishes it, and only then is the funding out.
+                let s = eventually("the co-signer finishes it", || {
+                    let s = status_of(&f, &begun_outpoint);
+                    (s.state == "protected").then_some(s)
+                });
+                assert!(s.funding.is_some());
+                assert!(watched(&f).iter().zip(&before).all(|(a, b)| a > b), "funded and unprotected");
+            }
+        }
+        eprintln!("round {round}: towers watch {:?}", watched(&f));
+    }
+}
+
+#[test]
+fn a_cosigner_killed_mid_approval_loses_no_request_approval_or_alarm() {
+    let node = vigil_node();
+    // The webhook is down at first: alarms wait in the outbox across the kill.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/alarm");
+    let mut co = CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let mut f = Family::new(&node, &co, example("cosigner restart"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let asked = spend(&f, &vault).unwrap();
+    let id = asked["id"].as_u64().unwrap();
+    f.vote(0, id, true).unwrap();
+    assert_eq!(co.metric("vigil_cosigner_alarm_outbox"), Some(1));
+    co.kill9();
+    co.start();
+    let shown = f.get(&format!("/v1/spends/{id}"), &f.guardian(1)).unwrap();
+    assert_eq!((shown["state"].as_str(), shown["approvals"].as_u64()), (Some("waiting"), Some(1)));
+    let (_, alarms) = webhook_on(port);
+    eventually("the alarm raised before the kill is delivered", || {
+        alarmed(&alarms, "approval-needed").then_some(())
+    });
+    let approved = f.vote(1, id, true).unwrap();
+    assert_eq!(approved["state"], "approved");
+    co.kill9();
+    co.start();
+    assert_eq!(f.get(&format!("/v1/spends/{id}"), &f.owner()).unwrap()["state"], "approved");
+    unvault(&node, &f, &vault);
+    block(&node, &f, vigil_testenv::household::DELAY - 1);
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    eventually("the quorum's alarm too", || alarmed(&alarms, "spend-approved").then_some(()));
+}
