@@ -1,11 +1,14 @@
 //! Alarm delivery: every alarm is in the outbox, committed with the event that raised it;
-//! each webhook has its own thread and store connection, so a dead endpoint delays no other,
-//! and an alarm leaves a sink's queue only once that sink answered 2xx. Nothing is lost
-//! across restarts: delivery resumes from the outbox.
+//! each sink (a webhook, the mail relay) has its own thread and store connection, so a dead
+//! one delays no other, and an alarm leaves a sink's queue only once that sink accepted it
+//! (a 2xx, or the relay's 250). Nothing is lost across restarts: delivery resumes from the
+//! outbox, with backoff while a sink is down.
 
 use std::time::Duration;
 
-use crate::store::Store;
+use crate::config::SmtpConfig;
+use crate::service::ClientRecord;
+use crate::store::{kind, Store};
 
 /// Delivers the outbox to `url` forever (call on a thread of its own).
 pub fn deliver(url: String, mut store: Box<dyn Store>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
@@ -44,4 +47,101 @@ pub fn deliver(url: String, mut store: Box<dyn Store>, stop: std::sync::Arc<std:
             }
         }
     }
+}
+
+/// The outbox sink name of e-mail delivery.
+pub const EMAIL_SINK: &str = "smtp";
+
+/// E-mails every alarm to its client's guardians' addresses, forever (a thread of its own).
+pub fn deliver_email(
+    smtp: SmtpConfig,
+    mut store: Box<dyn Store>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use lettre::Transport;
+    let mailer = match mailer(&smtp) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the mail relay: alarms are not e-mailed");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let pending = store.undelivered(EMAIL_SINK, 20).unwrap_or_default();
+        if pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        for alarm in pending {
+            let message = match email(&smtp, &mut *store, &alarm.body) {
+                Ok(Some(m)) => m,
+                // No address for this client: nothing to send.
+                Ok(None) => {
+                    let _ = store.delivered(alarm.id, EMAIL_SINK);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "an alarm cannot be written as an e-mail; skipped");
+                    let _ = store.delivered(alarm.id, EMAIL_SINK);
+                    continue;
+                }
+            };
+            match mailer.send(&message) {
+                Ok(_) => {
+                    backoff = Duration::from_millis(200);
+                    if let Err(e) = store.delivered(alarm.id, EMAIL_SINK) {
+                        tracing::error!(error = %e, "cannot record an alarm's delivery");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "the mail relay refused an alarm");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn mailer(smtp: &SmtpConfig) -> Result<lettre::SmtpTransport, String> {
+    use lettre::transport::smtp::authentication::Credentials;
+    let builder = match smtp.tls.as_str() {
+        "none" => lettre::SmtpTransport::builder_dangerous(&smtp.host),
+        "tls" => lettre::SmtpTransport::relay(&smtp.host).map_err(|e| e.to_string())?,
+        _ => lettre::SmtpTransport::starttls_relay(&smtp.host).map_err(|e| e.to_string())?,
+    };
+    let mut builder = builder.port(smtp.port).timeout(Some(Duration::from_secs(20)));
+    if let (Some(user), Some(var)) = (&smtp.user, &smtp.password_env) {
+        let password = std::env::var(var).map_err(|_| format!("smtp.password_env: {var} is not set"))?;
+        builder = builder.credentials(Credentials::new(user.clone(), password));
+    }
+    Ok(builder.build())
+}
+
+/// The e-mail of an outbox alarm, to its client's guardians; `None` when it has no address.
+fn email(smtp: &SmtpConfig, store: &mut dyn Store, body: &str) -> Result<Option<lettre::Message>, String> {
+    let alarm: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let client_id = alarm["client"].as_str().unwrap_or_default();
+    let Some(text) = store.get(kind::CLIENT, client_id).map_err(|e| e.to_string())? else { return Ok(None) };
+    let client: ClientRecord = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    if client.alarm_emails.is_empty() {
+        return Ok(None);
+    }
+    let kind = alarm["kind"].as_str().unwrap_or("alarm");
+    let mut message = lettre::Message::builder()
+        .from(smtp.from.parse().map_err(|e: lettre::address::AddressError| e.to_string())?)
+        .subject(format!("Vigil alarm: {kind} (client {})", &client_id[..client_id.len().min(12)]));
+    for to in &client.alarm_emails {
+        message = message.to(to.parse().map_err(|e: lettre::address::AddressError| e.to_string())?);
+    }
+    let text = format!(
+        "{}\n\nWhat happened: {kind}\nClient: {client_id}\nWhen (unix time): {}\n\n\
+         You receive this because you are a guardian of this client. Act only through your Vigil\n\
+         guardian application; never on instructions given by phone or message.\n",
+        alarm["message"].as_str().unwrap_or_default(),
+        alarm["time"],
+    );
+    message.body(text).map(Some).map_err(|e| e.to_string())
 }

@@ -47,6 +47,34 @@ pub struct CosignerConfig {
     /// Where guardians' alarms go, besides each client's own.
     #[serde(default)]
     pub alarms: AlarmConfig,
+    /// The mail relay alarms are e-mailed through, to each client's guardians.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// How alarms are e-mailed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// The relay's host name.
+    pub host: String,
+    /// Its port (25, 465 with `tls = "tls"`, 587 with `"starttls"`).
+    pub port: u16,
+    /// "starttls" (the default), "tls", or "none" (a relay on this machine only).
+    #[serde(default = "default_tls")]
+    pub tls: String,
+    /// The sender address.
+    pub from: String,
+    /// A user name, when the relay asks for one...
+    #[serde(default)]
+    pub user: Option<String>,
+    /// ...and the environment variable holding its password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_tls() -> String {
+    "starttls".into()
 }
 
 fn default_expiry() -> u32 {
@@ -98,6 +126,25 @@ impl CosignerConfig {
                 ),
             ));
         }
+        if let Some(smtp) = &config.smtp {
+            if !["starttls", "tls", "none"].contains(&smtp.tls.as_str()) {
+                return Err(refuse("smtp.tls", format!("{:?}: \"starttls\", \"tls\" or \"none\"", smtp.tls)));
+            }
+            let loopback = smtp.host == "localhost"
+                || smtp.host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+            if smtp.tls == "none" && !loopback {
+                return Err(refuse(
+                    "smtp.tls",
+                    "\"none\" sends alarms in the clear: only to a relay on this machine",
+                ));
+            }
+            if smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(refuse("smtp.from", format!("{:?} is not an e-mail address", smtp.from)));
+            }
+            if smtp.user.is_some() != smtp.password_env.is_some() {
+                return Err(refuse("smtp.password_env", "give user and password_env together"));
+            }
+        }
         Ok(config)
     }
 
@@ -139,6 +186,13 @@ mod tests {
             (GOOD.replace("network =", "governance_delay_blocks = 10\nnetwork ="), "governance_delay_blocks"),
             (GOOD.replace("network =", "approval_expiry_blocks = 0\nnetwork ="), "approval_expiry_blocks"),
             (GOOD.replace("network =", "secret = \"x\"\nnetwork ="), "secret"),
+            (
+                format!(
+                    "{GOOD}[smtp]\nhost = \"mail.example\"\nport = 25\ntls = \"none\"\nfrom = \"a@b.c\"\n"
+                ),
+                "smtp.tls",
+            ),
+            (format!("{GOOD}[smtp]\nhost = \"127.0.0.1\"\nport = 25\nfrom = \"nobody\"\n"), "smtp.from"),
         ];
         for (text, field) in cases {
             let e = CosignerConfig::parse(&text).unwrap_err().to_string();

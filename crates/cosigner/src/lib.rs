@@ -67,6 +67,10 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
         let (url, store, stop) = (url.clone(), open_store(&config)?, stop.clone());
         std::thread::spawn(move || alarms::deliver(url, store, stop));
     }
+    if let Some(smtp) = &config.smtp {
+        let (smtp, store, stop) = (smtp.clone(), open_store(&config)?, stop.clone());
+        std::thread::spawn(move || alarms::deliver_email(smtp, store, stop));
+    }
     {
         let (cosigner, stop) = (cosigner.clone(), stop.clone());
         std::thread::spawn(move || {

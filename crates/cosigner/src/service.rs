@@ -62,6 +62,9 @@ pub struct ClientRecord {
     /// Height from which the lockdown is lifted early (quorum + governance wait), 0: none.
     #[serde(default)]
     pub lift_at: u32,
+    /// Where this client's alarms are e-mailed (its guardians).
+    #[serde(default)]
+    pub alarm_emails: Vec<String>,
 }
 
 impl ClientRecord {
@@ -195,7 +198,10 @@ impl Cosigner {
         store: Box<dyn Store>,
     ) -> Result<Cosigner, crate::error::CosignerError> {
         let network = config.network()?;
-        let sinks = config.alarms.webhooks.clone();
+        let mut sinks = config.alarms.webhooks.clone();
+        if config.smtp.is_some() {
+            sinks.push(crate::alarms::EMAIL_SINK.to_owned());
+        }
         Ok(Cosigner {
             keys,
             config,
@@ -409,6 +415,11 @@ impl Cosigner {
                 return Err(bad(format!("{name}: a sha256 in hex (64 characters)")));
             }
         }
+        for (i, e) in p.alarm_emails.iter().enumerate() {
+            if e.parse::<lettre::Address>().is_err() {
+                return Err(bad(format!("alarm_emails[{i}]: {e:?} is not an e-mail address")));
+            }
+        }
         if p.heartbeat_real == p.heartbeat_duress {
             return Err(bad("heartbeat_real and heartbeat_duress must differ"));
         }
@@ -426,6 +437,7 @@ impl Cosigner {
             lift_votes: Vec::new(),
             lift_proposed: 0,
             lift_at: 0,
+            alarm_emails: p.alarm_emails.clone(),
         };
         batch
             .expect(kind::CLIENT, id.clone(), None)

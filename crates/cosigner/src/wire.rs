@@ -65,6 +65,9 @@ pub struct PinPolicy {
     pub heartbeat_real: String,
     /// sha256 of the heartbeat token a duress unlock sends, hex.
     pub heartbeat_duress: String,
+    /// Where the client's alarms are e-mailed: its guardians' addresses.
+    #[serde(default)]
+    pub alarm_emails: Vec<String>,
 }
 
 /// What pinning answers.

@@ -35,7 +35,15 @@ fn shape(v: &Value) -> String {
 fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cancelled_late_and_quietly() {
     let node = vigil_node();
     let (url, alarms) = webhook();
-    let co = CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let smtp = vigil_testenv::smtp::smtp_server();
+    let mail = smtp.as_ref().map(|s| {
+        format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"alarms@cosigner.example\"\n",
+            s.port
+        )
+    });
+    let co =
+        CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n{}", mail.unwrap_or_default()));
     let mut f = Family::new(&node, &co, example("cosigner duress"), 2, None);
     let normal = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let coerced = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
@@ -54,6 +62,16 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     let latency = typed.elapsed();
     assert!(latency.as_secs() < 60, "{latency:?}");
     eprintln!("duress alarm delivered {latency:?} after the code was typed");
+    if let Some(smtp) = &smtp {
+        let mail = eventually("the guardians get the e-mail", || {
+            let text = smtp.received();
+            text.contains("DURESS").then_some(text)
+        });
+        assert!(mail.contains("To: guardians@family.example"), "{mail}");
+        assert!(mail.contains("Subject: Vigil alarm: duress"), "{mail}");
+        assert!(mail.contains(&f.cosigner.client), "{mail}");
+        eprintln!("duress e-mail received {:?} after the code was typed", typed.elapsed());
+    }
     eventually("every tower has the quiet lockdown", || {
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
     });

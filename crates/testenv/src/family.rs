@@ -122,6 +122,7 @@ impl Family {
             policy: family.policy_text.clone(),
             heartbeat_real: wire::token_hash(&family.heartbeat.0),
             heartbeat_duress: wire::token_hash(&family.heartbeat.1),
+            alarm_emails: vec!["guardians@family.example".into()],
         };
         family.post("/v1/clients", &pin, &family.owner()).unwrap();
         family

@@ -9,6 +9,7 @@
 //!   wallet, registered and approved at towers over their signed API.
 //! - [`cosigner`], [`family`]: a `vigil cosigner` process, and a family (owner, guardians)
 //!   served by it and by real towers: enrollment, the co-signer's ceremony, spends, votes.
+//! - [`smtp`]: a real SMTP server on loopback, for alarms by e-mail.
 //! - [`wallet`]: a key-path test wallet and chain lookups; [`webhook`]: alarm receivers.
 
 pub mod chain;
@@ -16,6 +17,7 @@ pub mod cosigner;
 pub mod family;
 pub mod household;
 pub mod process;
+pub mod smtp;
 pub mod wallet;
 pub mod webhook;
 
