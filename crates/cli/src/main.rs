@@ -61,8 +61,10 @@ enum Command {
     /// Run a watchtower: watch registered vaults, cancel every unapproved unvault.
     Tower {
         /// The tower's configuration file (TOML).
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<TowerCommand>,
     },
     /// Run the co-signer (the policy server outside the household), or set it up.
     Cosigner {
@@ -79,6 +81,12 @@ enum Command {
         #[arg(long, default_value = "vigil-demo-chain")]
         datadir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TowerCommand {
+    /// Issue a single-use enrollment token: a client pins its policy with it (POST /v1/clients).
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -113,7 +121,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { datadir } => demo::run(&datadir),
-        Command::Tower { config } => tower(&config),
+        Command::Tower { config, command } => tower(config.as_deref(), command),
         Command::Cosigner { config, command } => cosigner(config.as_deref(), command),
         Command::Node {
             datadir,
@@ -159,10 +167,15 @@ fn node(config: vigil_node::NodeConfig) -> anyhow::Result<()> {
     runtime.block_on(vigil_node::run(config)).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn tower(config: &Path) -> anyhow::Result<()> {
-    let config = vigil_tower::load_config(config)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(vigil_tower::run(config))?;
+fn tower(config: Option<&Path>, command: Option<TowerCommand>) -> anyhow::Result<()> {
+    let config = vigil_tower::load_config(config.context("--config FILE: the tower's configuration")?)?;
+    match command {
+        None => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(vigil_tower::run(config))?;
+        }
+        Some(TowerCommand::Token) => println!("{}", vigil_tower::governance::issue_token(&config)?),
+    }
     Ok(())
 }
 

@@ -73,17 +73,15 @@ impl Family {
         example.services.tower_urls = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
         let text = example.to_toml();
         let keys = example.keys();
-        let dir = tempfile::tempdir().unwrap().keep();
-        let policy_path = dir.join("policy.toml");
-        std::fs::write(&policy_path, &text).unwrap();
         let hooks: Vec<&str> = webhook.into_iter().collect();
         let towers = ports
             .iter()
             .enumerate()
             .map(|(i, port)| {
+                // No [[clients]]: the family enrolls through the API below.
                 TowerProcess::configured(
                     node,
-                    std::slice::from_ref(&policy_path),
+                    &[],
                     i,
                     TowerOptions {
                         identity: Some(keys.towers[i]),
@@ -125,6 +123,20 @@ impl Family {
             alarm_emails: vec!["guardians@family.example".into()],
         };
         family.post("/v1/clients", &pin, &family.owner()).unwrap();
+        for t in &family.towers {
+            let req = vigil_tower::wire::EnrollClient {
+                nonce: family.next_nonce(),
+                token: t.token(),
+                policy: family.policy_text.clone(),
+            };
+            crate::household::post(
+                &t.api,
+                "/v1/clients",
+                &serde_json::to_vec(&req).unwrap(),
+                &family.owner(),
+            )
+            .unwrap();
+        }
         family
     }
 

@@ -457,6 +457,16 @@ impl TowerProcess {
         }
     }
 
+    /// A single-use enrollment token (`vigil tower token`, beside the running tower).
+    pub fn token(&self) -> String {
+        let out = Command::new(vigil_exe())
+            .args(["tower", "token", "--config", self.config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tower token: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
     /// A metric's value, if the tower answers.
     pub fn metric(&self, name: &str) -> Option<u64> {
         let text = ureq::get(&format!("{}/metrics", self.api.url)).call().ok()?.into_string().ok()?;

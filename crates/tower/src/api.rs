@@ -33,6 +33,7 @@ pub fn router(tower: Arc<Tower>) -> Router {
         .route("/v1/approvals", post(register_approval))
         .route("/v1/panic", post(panic))
         .route("/v1/policy", post(change_policy))
+        .route("/v1/clients", post(enroll))
         .route("/v1/lockdown", post(lockdown))
         .route("/v1/lockdown/lift", post(lift_lockdown))
         .route("/v1/clients/{policy_id}", get(client_state))
@@ -147,6 +148,16 @@ async fn panic(
     let signer = authenticate(&tower, &headers, "/v1/panic", &body)?;
     let req: wire::PanicRequest = decode(&body)?;
     Ok(blocking(move || crate::governance::panic(&tower, &signer, &req)).await?.into_response())
+}
+
+async fn enroll(
+    State(tower): State<Arc<Tower>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let signer = authenticate(&tower, &headers, "/v1/clients", &body)?;
+    let req: wire::EnrollClient = decode(&body)?;
+    Ok(blocking(move || crate::governance::enroll(&tower, &signer, &req)).await?.into_response())
 }
 
 async fn lockdown(

@@ -115,7 +115,8 @@ impl TowerState {
     }
 }
 
-pub(crate) fn open_store(config: &TowerConfig) -> Result<Box<dyn TowerStore>, TowerError> {
+/// Opens the store a configuration names.
+pub fn open_store(config: &TowerConfig) -> Result<Box<dyn TowerStore>, TowerError> {
     Ok(match &config.store {
         StoreConfig::Sqlite => {
             std::fs::create_dir_all(&config.datadir)?;

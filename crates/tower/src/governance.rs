@@ -7,6 +7,7 @@
 //! (it cannot postpone itself), and a change that applies drops any waiting change it
 //! supersedes.
 
+use vigil_policy::bitcoin::hashes::Hash;
 use vigil_policy::bitcoin::hex::FromHex;
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::Policy;
@@ -15,11 +16,11 @@ use crate::client::{ladder_out_of_reach, only_tightens, Client, PolicyChange, GO
 use crate::daemon::Tower;
 use crate::error::Refusal;
 use crate::registration::{ack, client, stale_nonce, verified_signers};
-use crate::store::NonceCheck;
+use crate::store::{Enrollment, NonceCheck};
 use crate::vault::{Action, AlarmKind};
 use crate::wire::{
-    lift_digest, policy_change_digest, Ack, ChangePolicy, LiftLockdown, LockdownRequest, PanicRequest,
-    MAX_LOCKDOWN_BLOCKS, MAX_PANIC_WINDOW_BLOCKS,
+    lift_digest, policy_change_digest, Ack, ChangePolicy, EnrollClient, LiftLockdown, LockdownRequest,
+    PanicRequest, MAX_LOCKDOWN_BLOCKS, MAX_PANIC_WINDOW_BLOCKS,
 };
 
 fn bad(message: impl Into<String>) -> Refusal {
@@ -77,6 +78,55 @@ pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) 
     state.used_panics.push(p.id.clone());
     tower.act(state, &actions)?;
     Ok(ack(tower, format!("panic {}", p.id)))
+}
+
+/// `POST /v1/clients`: pins a client with an operator's single-use token.
+pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient) -> Result<Ack, Refusal> {
+    let token = <[u8; 32]>::from_hex(&req.token)
+        .map_err(|_| bad("token: 64 hex characters, as `vigil tower token` printed it"))?;
+    let id = crate::client::policy_id(&req.policy);
+    let client = Client::new(&id, &req.policy).map_err(|e| bad(format!("policy: {e}")))?;
+    if !client.registrars.contains(signer) {
+        return Err(Refusal::Forbidden("the policy is pinned by one of its owner or co-signer keys".into()));
+    }
+    let mut state = tower.lock();
+    if let Some(reason) =
+        state.watcher.fee_wallet().and_then(|w| ladder_out_of_reach(&client.policy, w.stress_rate()))
+    {
+        return Err(bad(format!("policy: {reason}")));
+    }
+    if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
+        return Err(stale_nonce(req.nonce, last));
+    }
+    let hash = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&token).to_string();
+    match state.store.enroll(&hash, &id, &req.policy)? {
+        Enrollment::Unknown => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
+        Enrollment::Used => {
+            return Err(Refusal::Unauthorized("this enrollment token was already used".into()))
+        }
+        Enrollment::Same => {}
+        Enrollment::Pinned => {
+            // A client this tower already had keeps its applied policy (the store's).
+            if tower.client(&id).is_none() {
+                state.watcher.set_limits(&id, client.limits());
+                tower.clients.write().expect("clients").insert(id.clone(), std::sync::Arc::new(client));
+            }
+            tracing::info!(client = %id, "client enrolled");
+        }
+    }
+    drop(state);
+    Ok(ack(tower, format!("client {id}")))
+}
+
+/// Issues a single-use enrollment token into a tower's store (`vigil tower token`).
+pub fn issue_token(config: &crate::TowerConfig) -> Result<String, crate::TowerError> {
+    use vigil_policy::bitcoin::hex::DisplayHex;
+    use vigil_policy::bitcoin::secp256k1::rand::RngCore;
+    let mut bytes = [0u8; 32];
+    vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut bytes);
+    let mut store = crate::daemon::open_store(config)?;
+    store.issue_token(&vigil_policy::bitcoin::hashes::sha256::Hash::hash(&bytes).to_string())?;
+    Ok(bytes.to_lower_hex_string())
 }
 
 /// `POST /v1/lockdown`: any one party of the client; it applies at once.

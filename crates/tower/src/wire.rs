@@ -213,6 +213,19 @@ pub fn policy_change_digest(client: &str, policy_text: &str) -> Message {
     )
 }
 
+/// `POST /v1/clients`: a client pins its policy with a single-use token from the tower's
+/// operator (`vigil tower token`), signed by one of the policy's owner or co-signer keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollClient {
+    /// Increasing per signing key.
+    pub nonce: u64,
+    /// The token (64 hex characters).
+    pub token: String,
+    /// The policy file's text: its sha256 is the client's id.
+    pub policy: String,
+}
+
 /// The longest lockdown a tower takes, blocks (five weeks): a duress lockdown lasts four.
 pub const MAX_LOCKDOWN_BLOCKS: u32 = 5 * 1008;
 

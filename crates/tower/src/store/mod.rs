@@ -71,6 +71,19 @@ pub struct Loaded {
     pub clients: Vec<ClientRecord>,
 }
 
+/// What presenting an enrollment token did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollment {
+    /// The client is pinned now.
+    Pinned,
+    /// The token had pinned this very client already (an answer lost): nothing changed.
+    Same,
+    /// No such token.
+    Unknown,
+    /// The token was used for another client.
+    Used,
+}
+
 /// What a request's nonce turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {
@@ -163,6 +176,10 @@ pub trait TowerStore: Send {
     fn consume_nonce(&mut self, key: &str, nonce: u64) -> Result<NonceCheck, StoreError>;
     /// Whether a panic id was used already.
     fn panic_used(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Records a single-use enrollment token (by its sha256).
+    fn issue_token(&mut self, hash: &str) -> Result<(), StoreError>;
+    /// Uses token `hash` to pin client `id` under `policy`, atomically.
+    fn enroll(&mut self, hash: &str, id: &str, policy: &str) -> Result<Enrollment, StoreError>;
     /// Records a step's decisions atomically: changed vault states, the follower's position (if
     /// it moved), clients, panic ids, the broadcasts to make and the alarms to deliver.
     /// Returns the broadcasts with their ids, to mark done once the backend accepted them.

@@ -26,7 +26,8 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS alarm_deliveries (alarm_id BIGINT NOT NULL, endpoint TEXT NOT NULL,
         PRIMARY KEY (alarm_id, endpoint));
     CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, policy TEXT NOT NULL, pending TEXT);
-    CREATE TABLE IF NOT EXISTS panics (id TEXT PRIMARY KEY);";
+    CREATE TABLE IF NOT EXISTS panics (id TEXT PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, client TEXT);";
 
 /// Schema 1 -> 2: the columns the new tables do not bring.
 const FROM_V1: &str = "
@@ -282,6 +283,37 @@ impl TowerStore for PostgresStore {
     fn panic_used(&mut self, id: &str) -> Result<bool, StoreError> {
         self.run(|client| {
             Ok(client.query_one("SELECT EXISTS (SELECT 1 FROM panics WHERE id = $1)", &[&id])?.get(0))
+        })
+    }
+
+    fn issue_token(&mut self, hash: &str) -> Result<(), StoreError> {
+        self.run(|client| {
+            client.execute("INSERT INTO tokens (hash) VALUES ($1)", &[&hash])?;
+            Ok(())
+        })
+    }
+
+    fn enroll(&mut self, hash: &str, id: &str, policy: &str) -> Result<Enrollment, StoreError> {
+        self.run(|client| {
+            let mut tx = client.transaction()?;
+            let token: Option<Option<String>> = tx
+                .query_opt("SELECT client FROM tokens WHERE hash = $1 FOR UPDATE", &[&hash])?
+                .map(|r| r.get(0));
+            let outcome = match token {
+                None => Enrollment::Unknown,
+                Some(Some(c)) if c == id => Enrollment::Same,
+                Some(Some(_)) => Enrollment::Used,
+                Some(None) => {
+                    tx.execute("UPDATE tokens SET client = $2 WHERE hash = $1", &[&hash, &id])?;
+                    tx.execute(
+                        "INSERT INTO clients (id, policy) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                        &[&id as &(dyn ToSql + Sync), &policy],
+                    )?;
+                    Enrollment::Pinned
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
         })
     }
 

@@ -26,7 +26,8 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS alarm_deliveries (alarm_id INTEGER NOT NULL, endpoint TEXT NOT NULL,
         PRIMARY KEY (alarm_id, endpoint));
     CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, policy TEXT NOT NULL, pending TEXT);
-    CREATE TABLE IF NOT EXISTS panics (id TEXT PRIMARY KEY);";
+    CREATE TABLE IF NOT EXISTS panics (id TEXT PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, client TEXT);";
 
 /// Schema 1 -> 2: the columns the new tables do not bring.
 const FROM_V1: &str = "
@@ -223,6 +224,32 @@ impl TowerStore for SqliteStore {
 
     fn panic_used(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM panics WHERE id = ?1)", [id], |r| r.get(0))?)
+    }
+
+    fn issue_token(&mut self, hash: &str) -> Result<(), StoreError> {
+        self.conn.execute("INSERT INTO tokens (hash) VALUES (?1)", [hash])?;
+        Ok(())
+    }
+
+    fn enroll(&mut self, hash: &str, id: &str, policy: &str) -> Result<Enrollment, StoreError> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let token: Option<Option<String>> =
+            tx.query_row("SELECT client FROM tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?;
+        let outcome = match token {
+            None => Enrollment::Unknown,
+            Some(Some(c)) if c == id => Enrollment::Same,
+            Some(Some(_)) => Enrollment::Used,
+            Some(None) => {
+                tx.execute("UPDATE tokens SET client = ?2 WHERE hash = ?1", params![hash, id])?;
+                tx.execute(
+                    "INSERT INTO clients (id, policy) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+                    params![id, policy],
+                )?;
+                Enrollment::Pinned
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
     }
 
     fn commit_step(&mut self, step: Step<'_>) -> Result<Vec<(i64, Action)>, StoreError> {
