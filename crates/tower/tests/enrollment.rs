@@ -16,7 +16,7 @@ fn a_client_pins_its_policy_with_a_single_use_token() {
     let mut h = Household::new(dir.path(), &node, example("enrolled"));
     let policy = std::fs::read_to_string(&h.policy_path).unwrap();
     let token = tower.token();
-    let mut enroll = |h: &mut Household, token: &str, policy: &str, key| {
+    let enroll = |h: &mut Household, token: &str, policy: &str, key| {
         let req = EnrollClient { nonce: h.next_nonce(), token: token.into(), policy: policy.into() };
         post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), key)
     };
