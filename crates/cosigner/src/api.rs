@@ -35,6 +35,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/lockdown/lift", post(lift))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/panic", post(panic))
+        .route("/v1/policy", post(change_policy))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(cosigner)
@@ -174,6 +175,10 @@ async fn heartbeat(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Byt
 
 async fn panic(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
     signed(c, headers, "/v1/panic".into(), body, |c, caller, req| c.panic(caller, req)).await
+}
+
+async fn change_policy(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/policy".into(), body, |c, caller, req| c.change_policy(caller, req)).await
 }
 
 async fn metrics(State(c): State<Arc<Cosigner>>) -> Response {

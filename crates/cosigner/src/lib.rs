@@ -7,6 +7,8 @@
 //!   nonce kept across restarts), enrollment by single-use tokens, pinning a policy, lockdowns
 //!   and the owner's heartbeat (duress locks down silently).
 //! - [`ceremony`]: the co-signer's half of a vault ceremony, in DESIGN.md §4's order.
+//! - [`governance`]: guardian-signed policy changes, tightening at once, loosening after
+//!   the governance delay, relayed to every tower.
 //! - [`spends`]: spend requests, limits, velocity, guardians' votes, approvals pushed to every
 //!   tower, and the signature of exactly the approved spend after DELAY.
 //! - [`store`]: SQLite or PostgreSQL behind one trait; [`alarms`]: the outbox's delivery.
@@ -20,6 +22,7 @@ pub mod api;
 pub mod ceremony;
 pub mod config;
 pub mod error;
+pub mod governance;
 pub mod keys;
 pub mod orders;
 pub mod service;
@@ -77,6 +80,7 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
             while !stop.load(Ordering::Relaxed) {
                 cosigner.retry_registrations();
                 cosigner.push_all_orders();
+                cosigner.apply_due_changes();
                 std::thread::sleep(std::time::Duration::from_secs(5));
             }
         });

@@ -65,6 +65,9 @@ pub struct ClientRecord {
     /// Where this client's alarms are e-mailed (its guardians).
     #[serde(default)]
     pub alarm_emails: Vec<String>,
+    /// A guardian-signed change waiting for its height.
+    #[serde(default)]
+    pub pending_policy: Option<crate::governance::PendingPolicy>,
 }
 
 impl ClientRecord {
@@ -150,7 +153,7 @@ pub struct Cosigner {
     pub(crate) chain: Box<dyn ChainBackend>,
     /// The store, behind the one lock every decision takes.
     store: Mutex<Box<dyn Store>>,
-    /// Compiled policies by client id (compiling takes milliseconds).
+    /// Compiled policies by the policy's sha256 (compiling takes milliseconds).
     compiled: Mutex<HashMap<String, Arc<CompiledPolicy>>>,
     /// Vault ceremonies in progress, with the co-signer's one-time keys: RAM only.
     pub(crate) ceremonies: Mutex<HashMap<OutPoint, Ceremony>>,
@@ -226,7 +229,8 @@ impl Cosigner {
 
     pub(crate) fn compiled(&self, client: &ClientRecord) -> Result<Arc<CompiledPolicy>, Refusal> {
         let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.get(&client.id) {
+        let key = vigil_tower::policy_id(&client.policy);
+        if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
         let policy = Policy::from_toml(&client.policy).map_err(|e| {
@@ -234,7 +238,7 @@ impl Cosigner {
             Refusal::Internal
         })?;
         let compiled = Arc::new(CompiledPolicy::new(policy).map_err(|_| Refusal::Internal)?);
-        cache.insert(client.id.clone(), compiled.clone());
+        cache.insert(key, compiled.clone());
         Ok(compiled)
     }
 
@@ -275,8 +279,16 @@ impl Cosigner {
     /// Authenticates a request of a pinned client: its signature, and the signer's role.
     pub fn authenticate(&self, creds: &Credentials, path: &str, signed: &[u8]) -> Result<Caller, Refusal> {
         let id = creds.client.as_deref().ok_or_else(|| unauthorized("missing x-vigil-client header"))?;
-        let client = Self::client(&mut **self.store(), id)?
+        let mut client = Self::client(&mut **self.store(), id)?
             .ok_or_else(|| unauthorized(format!("no client {id} is pinned at this co-signer")))?;
+        if client
+            .pending_policy
+            .as_ref()
+            .is_some_and(|p| p.effective_height <= self.chain.tip().map(|t| t.height).unwrap_or(0))
+        {
+            // Its change is due: the background loop applies it; judge by it already.
+            client.apply_due(u32::MAX);
+        }
         let key = self.verify(creds, client.account, path, signed)?;
         let compiled = self.compiled(&client)?;
         let policy = compiled.policy();
@@ -438,6 +450,7 @@ impl Cosigner {
             lift_proposed: 0,
             lift_at: 0,
             alarm_emails: p.alarm_emails.clone(),
+            pending_policy: None,
         };
         batch
             .expect(kind::CLIENT, id.clone(), None)

@@ -68,15 +68,20 @@ fn post(url: &str, tower: &XOnlyPublicKey, path: &str, body: &[u8], key: &Keypai
     }
 }
 
-/// Whether `ack` is `tower`'s signature over `subject`.
+/// Whether `ack` is `tower`'s signature over `subject` (a subject ending in `*` names what
+/// the acknowledgement must start with: a tower says when a policy change applies).
 fn verified(ack: &Ack, tower: &XOnlyPublicKey, subject: &str) -> bool {
     let sig = <[u8; 64]>::from_hex(&ack.signature).ok().and_then(|b| schnorr::Signature::from_slice(&b).ok());
-    let ok = ack.subject == subject
+    let named = match subject.strip_suffix('*') {
+        Some(prefix) => ack.subject.starts_with(prefix),
+        None => ack.subject == subject,
+    };
+    let ok = named
         && sig.is_some_and(|s| {
-            Secp256k1::verification_only().verify_schnorr(&s, &ack_digest(tower, subject), tower).is_ok()
+            Secp256k1::verification_only().verify_schnorr(&s, &ack_digest(tower, &ack.subject), tower).is_ok()
         });
     if !ok {
-        tracing::warn!(%tower, subject, "a tower's acknowledgement does not verify");
+        tracing::warn!(%tower, subject, acknowledged = %ack.subject, "a tower's acknowledgement does not verify");
     }
     ok
 }

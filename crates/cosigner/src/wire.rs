@@ -324,3 +324,25 @@ pub fn open_heartbeat(key: &[u8; 32], sealed: &[u8]) -> Option<[u8; 32]> {
 pub fn token_hash(token: &[u8]) -> String {
     sha256::Hash::hash(token).to_string()
 }
+
+/// `POST /v1/policy`: a new version of the client's policy, signed by its guardian quorum
+/// over [`vigil_tower::wire::policy_change_digest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyChange {
+    /// The new policy file.
+    pub policy: String,
+    /// The guardians' signatures.
+    pub signatures: Vec<KeySignature>,
+}
+
+/// What a policy change does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChangeStatus {
+    /// Its version.
+    pub version: u32,
+    /// It applies from this height (now, for a change that only tightens).
+    pub effective_height: u32,
+    /// Each tower told.
+    pub towers: Vec<TowerReport>,
+}

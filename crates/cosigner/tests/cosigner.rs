@@ -170,3 +170,43 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     block(&node, &f, 1);
     assert_eq!(spend(&f, &vault).unwrap()["state"], "approved");
 }
+
+#[test]
+fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut e = example("cosigner governance");
+    e.services.spend_limit_sat = Some(1_000_000);
+    let mut f = Family::new(&node, &co, e, 1, None);
+    let first = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    assert_eq!(spend(&f, &first).unwrap()["state"], "waiting", "over the 1,000,000-sat limit");
+    let loosened = f
+        .policy_text
+        .replace("version = 1", "version = 2")
+        .replace("spend_limit_sat = 1000000", "spend_limit_sat = 3000000");
+    assert_ne!(loosened, f.policy_text);
+    assert_eq!(f.change_policy(&loosened, &[0]).unwrap_err().0, 400, "one guardian is not the quorum");
+    let change = f.change_policy(&loosened, &[0, 1]).unwrap();
+    let effective = change["effective_height"].as_u64().unwrap() as u32;
+    assert_eq!(effective, tip(&node) + 1_009, "loosening waits: {change}");
+    assert!(change["towers"].as_array().unwrap().iter().all(|t| t["acknowledged"] == true), "{change}");
+    let before = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    assert_eq!(spend(&f, &before).unwrap()["state"], "waiting", "not before the wait");
+    block(&node, &f, effective - tip(&node));
+    let after = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let approved = spend(&f, &after).unwrap();
+    assert_eq!(
+        (approved["state"].as_str(), approved["policy_version"].as_u64()),
+        (Some("approved"), Some(2))
+    );
+    // Tightening back applies at once.
+    let tightened = loosened
+        .replace("version = 2", "version = 3")
+        .replace("spend_limit_sat = 3000000", "spend_limit_sat = 1000000");
+    let change = f.change_policy(&tightened, &[1, 2]).unwrap();
+    assert_eq!(change["effective_height"].as_u64().unwrap() as u32, tip(&node));
+    let last = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    assert_eq!(spend(&f, &last).unwrap()["state"], "waiting");
+    // An older version, or the same again, changes nothing.
+    assert_eq!(f.change_policy(&tightened, &[1, 2]).unwrap_err().0, 409);
+}

@@ -333,6 +333,14 @@ impl Family {
         self.post("/v1/panic", &wire::PanicOrder { panic, signatures }, &self.guardian(signers[0]))
     }
 
+    /// A new version of the policy signed by guardians `signers`, handed in by the first.
+    pub fn change_policy(&self, text: &str, signers: &[usize]) -> Result<Value, Refused> {
+        let digest = vigil_tower::wire::policy_change_digest(&self.cosigner.client, text);
+        let signatures = signers.iter().map(|g| wire::sign(&digest, &self.guardian(*g))).collect();
+        let req = wire::PolicyChange { policy: text.to_owned(), signatures };
+        self.post("/v1/policy", &req, &self.guardian(signers[0]))
+    }
+
     /// The owner's client unlocking: one sealed heartbeat, real or duress. Raw answer.
     pub fn heartbeat(&self, duress: bool) -> (u16, Vec<u8>) {
         let key = wire::heartbeat_key(&self.owner(), &self.cosigner.key);

@@ -1,0 +1,165 @@
+//! Policy changes (DESIGN.md §4 "Governance"): signed by the guardians' quorum; one that only
+//! tightens (lower limits, a longer window, a shorter whitelist) applies at once, anything
+//! else waits the governance delay (longer than any captivity). Each is relayed to every
+//! tower, which applies the same rule itself.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vigil_policy::{CompiledPolicy, Policy};
+use vigil_tower::client::only_tightens;
+use vigil_tower::wire::{policy_change_digest, ChangePolicy};
+
+use crate::error::Refusal;
+use crate::orders::TowerOrder;
+use crate::service::{alarm, Caller, ClientRecord, Cosigner};
+use crate::store::{kind, Batch};
+use crate::wire::{PolicyChange, PolicyChangeStatus, Signed};
+
+/// A change waiting for its height.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPolicy {
+    /// The new policy file.
+    pub text: String,
+    /// It applies from this height.
+    pub effective_height: u32,
+}
+
+fn bad(m: impl Into<String>) -> Refusal {
+    Refusal::BadRequest(m.into())
+}
+
+impl ClientRecord {
+    /// Applies the waiting change if its height has come; whether it did.
+    pub fn apply_due(&mut self, tip: u32) -> bool {
+        match self.pending_policy.take() {
+            Some(p) if p.effective_height <= tip => {
+                self.policy = p.text;
+                true
+            }
+            other => {
+                self.pending_policy = other;
+                false
+            }
+        }
+    }
+}
+
+impl Cosigner {
+    /// `POST /v1/policy`: a guardian-signed change, handed in by any party.
+    pub fn change_policy(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: &Signed<PolicyChange>,
+    ) -> Result<PolicyChangeStatus, Refusal> {
+        let r = &req.request;
+        let current = caller.policy();
+        let new = Policy::from_toml(&r.policy).map_err(|e| bad(format!("policy: {e}")))?;
+        if new.network != current.network {
+            return Err(bad("policy: another network"));
+        }
+        if new.cosigner != current.cosigner {
+            return Err(bad("policy: it names another co-signer key; a client moving away pins it there"));
+        }
+        let signers = vigil_tower::registration::verified_signers(
+            &r.signatures,
+            &policy_change_digest(&caller.client.id, &r.policy),
+        )?;
+        let quorum = current.guardians.keys.iter().filter(|g| signers.contains(&g.auth_key())).count() as u32;
+        if quorum < current.guardians.threshold {
+            return Err(bad(format!(
+                "a policy change needs {} guardian signatures, {quorum} verify",
+                current.guardians.threshold
+            )));
+        }
+        let tightening = only_tightens(current, &new);
+        let version = new.version;
+        CompiledPolicy::new(new).map_err(|e| bad(format!("policy: {e}")))?;
+        let tip = self.tip()?;
+        let mut store = self.store();
+        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let before = serde_json::to_string(&client).expect("json");
+        let waiting =
+            client.pending_policy.as_ref().and_then(|p| Policy::from_toml(&p.text).ok()).map(|p| p.version);
+        if version <= current.version || waiting.is_some_and(|w| version <= w) {
+            return Err(Refusal::Conflict(format!(
+                "policy: version {version} is not above the current ({}) and the waiting one ({})",
+                current.version,
+                waiting.map(|w| w.to_string()).unwrap_or_else(|| "none".into())
+            )));
+        }
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let effective_height = if tightening { tip } else { tip + self.config.governance_delay_blocks };
+        if tightening {
+            client.policy = r.policy.clone();
+            client.pending_policy = None;
+        } else {
+            client.pending_policy = Some(PendingPolicy { text: r.policy.clone(), effective_height });
+        }
+        batch.alarm(alarm(
+            &client.id,
+            "policy-change",
+            format!(
+                "policy version {version} of {} {}",
+                client.id,
+                if tightening {
+                    "only tightens: it applies now".to_owned()
+                } else {
+                    format!("applies at block {effective_height}")
+                }
+            ),
+        ));
+        let order = ChangePolicy {
+            nonce: 0,
+            policy_id: client.id.clone(),
+            policy: r.policy.clone(),
+            signatures: r.signatures.clone(),
+        };
+        let subject = format!("policy {} version {version} at *", client.id);
+        Self::queue_order(
+            &mut **store,
+            &mut batch,
+            &client.id,
+            TowerOrder {
+                path: "/v1/policy".into(),
+                body: serde_json::to_value(&order).expect("json"),
+                subject,
+                acked: Vec::new(),
+            },
+        )?;
+        batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
+            kind::CLIENT,
+            client.id.clone(),
+            serde_json::to_string(&client).expect("json"),
+        );
+        store.commit(&batch)?;
+        drop(store);
+        let towers = self.push_orders(&client.id)?;
+        Ok(PolicyChangeStatus { version, effective_height, towers })
+    }
+
+    /// Applies every waiting change whose height has come (the background loop; requests
+    /// apply their own client's on the way in).
+    pub fn apply_due_changes(&self) {
+        let Ok(tip) = self.tip() else { return };
+        let mut store = self.store();
+        let Ok(all) = store.list(kind::CLIENT, "") else { return };
+        for (id, body) in all {
+            let Ok(mut client) = serde_json::from_str::<ClientRecord>(&body) else { continue };
+            if client.apply_due(tip) {
+                let mut batch = Batch::default();
+                batch
+                    .expect(kind::CLIENT, id.clone(), Some(body))
+                    .put(kind::CLIENT, id.clone(), serde_json::to_string(&client).expect("json"))
+                    .alarm(alarm(
+                        &id,
+                        "policy-applied",
+                        format!("the waiting policy change of {id} applies from block {tip}"),
+                    ));
+                if let Err(e) = store.commit(&batch) {
+                    tracing::error!(client = %id, error = %e, "cannot apply a policy change");
+                }
+            }
+        }
+    }
+}
