@@ -46,7 +46,8 @@ impl ClientRecord {
 }
 
 impl Cosigner {
-    /// `POST /v1/policy`: a guardian-signed change, handed in by any party.
+    /// `POST /v1/policy`: a change and guardians' signatures over it, handed in by any party;
+    /// gathered until the quorum signed, then applied (at once or after the delay).
     pub fn change_policy(
         self: &Arc<Self>,
         caller: &Caller,
@@ -60,17 +61,6 @@ impl Cosigner {
         }
         if new.cosigner != current.cosigner {
             return Err(bad("policy: it names another co-signer key; a client moving away pins it there"));
-        }
-        let signers = vigil_tower::registration::verified_signers(
-            &r.signatures,
-            &policy_change_digest(&caller.client.id, &r.policy),
-        )?;
-        let quorum = current.guardians.keys.iter().filter(|g| signers.contains(&g.auth_key())).count() as u32;
-        if quorum < current.guardians.threshold {
-            return Err(bad(format!(
-                "a policy change needs {} guardian signatures, {quorum} verify",
-                current.guardians.threshold
-            )));
         }
         let tightening = only_tightens(current, &new);
         let version = new.version;
@@ -88,7 +78,40 @@ impl Cosigner {
                 waiting.map(|w| w.to_string()).unwrap_or_else(|| "none".into())
             )));
         }
+        // The guardians' signatures are gathered across requests until the quorum signed.
+        let votes_id = format!("{}/{}", client.id, vigil_tower::policy_id(&r.policy));
+        let digest = policy_change_digest(&caller.client.id, &r.policy);
+        let (signatures, count, votes_before) = crate::emergency::gather(
+            &mut **store,
+            current,
+            (kind::POLICY_VOTES, &votes_id),
+            &digest,
+            &r.signatures,
+        )?;
+        let needed = current.guardians.threshold;
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        batch.expect(kind::POLICY_VOTES, votes_id.clone(), votes_before);
+        if count < needed {
+            batch.put(kind::POLICY_VOTES, votes_id, serde_json::to_string(&signatures).expect("json")).alarm(
+                alarm(
+                    &client.id,
+                    "policy-proposed",
+                    format!(
+                        "policy version {version} of {} is proposed: {count} of {needed} guardians signed",
+                        client.id
+                    ),
+                ),
+            );
+            store.commit(&batch)?;
+            return Ok(PolicyChangeStatus {
+                approvals: count,
+                needed,
+                version,
+                effective_height: 0,
+                towers: Vec::new(),
+            });
+        }
+        batch.delete(kind::POLICY_VOTES, votes_id);
         let effective_height = if tightening { tip } else { tip + self.config.governance_delay_blocks };
         if tightening {
             client.policy = r.policy.clone();
@@ -109,12 +132,8 @@ impl Cosigner {
                 }
             ),
         ));
-        let order = ChangePolicy {
-            nonce: 0,
-            policy_id: client.id.clone(),
-            policy: r.policy.clone(),
-            signatures: r.signatures.clone(),
-        };
+        let order =
+            ChangePolicy { nonce: 0, policy_id: client.id.clone(), policy: r.policy.clone(), signatures };
         let subject = format!("policy {} version {version} at *", client.id);
         Self::queue_order(
             &mut **store,
@@ -135,7 +154,7 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(store);
         let towers = self.push_orders(&client.id)?;
-        Ok(PolicyChangeStatus { version, effective_height, towers })
+        Ok(PolicyChangeStatus { approvals: count, needed, version, effective_height, towers })
     }
 
     /// Applies every waiting change whose height has come (the background loop; requests

@@ -4,8 +4,8 @@
 //! what the client's pinned policy allows, and holds no owner or guardian key.
 //!
 //! - [`service`]: authentication (every request signed by a key of the client's policy, with a
-//!   nonce kept across restarts), enrollment by single-use tokens, pinning a policy, lockdowns
-//!   and the owner's heartbeat (duress locks down silently).
+//!   nonce kept across restarts), enrollment by single-use tokens, pinning a policy.
+//! - [`emergency`]: lockdowns, the owner's heartbeat (duress), the guardians' panic.
 //! - [`ceremony`]: the co-signer's half of a vault ceremony, in DESIGN.md §4's order.
 //! - [`governance`]: guardian-signed policy changes, tightening at once, loosening after
 //!   the governance delay, relayed to every tower.
@@ -21,6 +21,7 @@ pub mod alarms;
 pub mod api;
 pub mod ceremony;
 pub mod config;
+pub mod emergency;
 pub mod error;
 pub mod governance;
 pub mod keys;

@@ -257,10 +257,15 @@ pub struct PanicOrder {
     pub signatures: Vec<KeySignature>,
 }
 
-/// Which towers acted on a panic.
+/// A panic's progress: the guardians who signed it, and once the quorum did, which towers
+/// acted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PanicRelayed {
-    /// Each tower.
+    /// Guardians who signed so far.
+    pub approvals: u32,
+    /// How many must.
+    pub needed: u32,
+    /// Each tower (empty until the quorum signed).
     pub towers: Vec<TowerReport>,
 }
 
@@ -336,12 +341,17 @@ pub struct PolicyChange {
     pub signatures: Vec<KeySignature>,
 }
 
-/// What a policy change does.
+/// What a policy change does (once its quorum signed; before, who signed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyChangeStatus {
+    /// Guardians who signed so far.
+    pub approvals: u32,
+    /// How many must.
+    pub needed: u32,
     /// Its version.
     pub version: u32,
-    /// It applies from this height (now, for a change that only tightens).
+    /// It applies from this height (now, for a change that only tightens); 0 while the
+    /// quorum has not signed.
     pub effective_height: u32,
     /// Each tower told.
     pub towers: Vec<TowerReport>,

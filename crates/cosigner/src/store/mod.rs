@@ -30,6 +30,10 @@ pub mod kind {
     pub const VAULT_INDEX: &str = "vault_index";
     /// Orders every tower of a client must acknowledge (by client id).
     pub const ORDERS: &str = "orders";
+    /// Guardians' signatures gathered for a panic (by client, id and window).
+    pub const PANIC_VOTES: &str = "panic_votes";
+    /// Guardians' signatures gathered for a policy change (by client and the file's sha256).
+    pub const POLICY_VOTES: &str = "policy_votes";
     /// A panic id already relayed.
     pub const PANIC: &str = "panic";
     /// Small counters (the next account number).

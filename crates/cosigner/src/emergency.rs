@@ -1,0 +1,331 @@
+//! What a household does in an emergency, and what the co-signer does about it: a lockdown
+//! (any one party, at once; told to every tower), its early lift (the guardians' quorum,
+//! after the governance wait), the owner's heartbeat (a duress one locks down silently and
+//! alarms the guardians), and the guardians' panic (gathered here until the quorum signed,
+//! then relayed to every tower).
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use vigil_policy::bitcoin::hex::{DisplayHex, FromHex};
+use vigil_policy::bitcoin::secp256k1::schnorr;
+use vigil_policy::Policy;
+
+use crate::error::Refusal;
+use crate::orders::TowerOrder;
+use crate::service::{alarm, Caller, ClientRecord, Cosigner, DURESS_LOCKDOWN_BLOCKS, MAX_LOCKDOWN_BLOCKS};
+use crate::store::{kind, Store};
+use crate::wire::{self, Heartbeat, HeartbeatAck, KeySignature, Lockdown, LockdownStatus, Signed};
+
+fn bad(m: impl Into<String>) -> Refusal {
+    Refusal::BadRequest(m.into())
+}
+
+/// Guardians' signatures over `digest`, gathered across requests under `kind/id`: the ones
+/// stored there and `given`, each verified and from a guardian of `policy`, one per guardian.
+/// Returns them, how many guardians signed, and the record as it was (for the batch).
+pub(crate) fn gather(
+    store: &mut dyn Store,
+    policy: &Policy,
+    record: (&'static str, &str),
+    digest: &vigil_policy::bitcoin::secp256k1::Message,
+    given: &[KeySignature],
+) -> Result<(Vec<KeySignature>, u32, Option<String>), Refusal> {
+    vigil_tower::registration::verified_signers(given, digest)?;
+    let before = store.get(record.0, record.1)?;
+    let mut all: Vec<KeySignature> = before
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|_| Refusal::Internal)?
+        .unwrap_or_default();
+    for s in given {
+        if !policy.guardians.keys.iter().any(|g| g.auth_key().to_string() == s.key) {
+            return Err(bad(format!("signature by {}: not a guardian of this client", s.key)));
+        }
+        if !all.iter().any(|a| a.key == s.key) {
+            all.push(s.clone());
+        }
+    }
+    let count = all.len() as u32;
+    Ok((all, count, before))
+}
+
+impl Cosigner {
+    /// `POST /v1/lockdown`: any owner or guardian freezes the client at once; every tower is
+    /// told (quietly if the client is under duress: its cancels must not show early).
+    pub fn lockdown(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: &Signed<Lockdown>,
+    ) -> Result<LockdownStatus, Refusal> {
+        let blocks = req.request.blocks;
+        if blocks == 0 || blocks > MAX_LOCKDOWN_BLOCKS {
+            return Err(bad(format!(
+                "blocks: {blocks} is outside 1..={MAX_LOCKDOWN_BLOCKS} (6 blocks an hour)"
+            )));
+        }
+        let tip = self.tip()?;
+        let mut store = self.store();
+        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let before = serde_json::to_string(&client).expect("json");
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        client.lockdown_until = client.lockdown_until.max(tip + blocks);
+        let message = format!(
+            "client {} locked down by {:?} until block {} (tip {tip}): spends are refused",
+            client.id, caller.role, client.lockdown_until
+        );
+        Self::queue_order(&mut **store, &mut batch, &client.id, lockdown_order(&client))?;
+        batch
+            .expect(kind::CLIENT, client.id.clone(), Some(before))
+            .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
+            .alarm(alarm(&client.id, "lockdown", message));
+        store.commit(&batch)?;
+        drop(store);
+        self.push_soon(client.id.clone());
+        Ok(LockdownStatus { until_height: client.lockdown_until })
+    }
+
+    /// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early; with the
+    /// quorum's signatures over the same height (at least the governance wait ahead: a captor
+    /// could make guardians vote), it lifts then, here and at every tower.
+    pub fn lift(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: &Signed<wire::LiftLockdown>,
+    ) -> Result<LockdownStatus, Refusal> {
+        caller.guardian()?;
+        let r = &req.request;
+        let tip = self.tip()?;
+        let mut store = self.store();
+        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        if !client.locked(tip) {
+            return Err(Refusal::Conflict("the client is not locked down".into()));
+        }
+        if client.lift_proposed == 0 && r.lift_at_height < tip + self.config.governance_delay_blocks {
+            return Err(bad(format!(
+                "lift_at_height {} is sooner than the governance wait allows (block {} at the earliest)",
+                r.lift_at_height,
+                tip + self.config.governance_delay_blocks
+            )));
+        }
+        if client.lift_proposed != 0 && r.lift_at_height != client.lift_proposed {
+            return Err(Refusal::Conflict(format!(
+                "the guardians are lifting the lockdown at block {}: sign that height",
+                client.lift_proposed
+            )));
+        }
+        let digest = vigil_tower::wire::lift_digest(&client.id, r.lift_at_height);
+        let sig = <[u8; 64]>::from_hex(&r.signature)
+            .ok()
+            .and_then(|b| schnorr::Signature::from_slice(&b).ok())
+            .filter(|s| {
+                vigil_policy::bitcoin::secp256k1::Secp256k1::verification_only()
+                    .verify_schnorr(s, &digest, &caller.key)
+                    .is_ok()
+            })
+            .ok_or_else(|| bad("signature: does not verify over this client and height with your key"))?;
+        let before = serde_json::to_string(&client).expect("json");
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let me = caller.key.to_string();
+        client.lift_proposed = r.lift_at_height;
+        if !client.lift_votes.iter().any(|v| v.key == me) {
+            client
+                .lift_votes
+                .push(wire::KeySignature { key: me, signature: sig.as_ref().to_lower_hex_string() });
+        }
+        if client.lift_votes.len() as u32 >= caller.policy().guardians.threshold && client.lift_at == 0 {
+            client.lift_at = client.lift_proposed;
+            batch.alarm(alarm(
+                &client.id,
+                "lockdown-lift",
+                format!(
+                    "the guardians' quorum lifts the lockdown of {} at block {}",
+                    client.id, client.lift_at
+                ),
+            ));
+            let order = vigil_tower::wire::LiftLockdown {
+                nonce: 0,
+                policy_id: client.id.clone(),
+                lift_at_height: client.lift_at,
+                signatures: client.lift_votes.clone(),
+            };
+            let subject = format!("lockdown lift {} {}", client.id, client.lift_at);
+            Self::queue_order(
+                &mut **store,
+                &mut batch,
+                &client.id,
+                order_of("/v1/lockdown/lift", &order, subject),
+            )?;
+        }
+        batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
+            kind::CLIENT,
+            client.id.clone(),
+            serde_json::to_string(&client).expect("json"),
+        );
+        store.commit(&batch)?;
+        drop(store);
+        self.push_soon(client.id.clone());
+        let until = if client.lift_at > 0 {
+            client.lockdown_until.min(client.lift_at)
+        } else {
+            client.lockdown_until
+        };
+        Ok(LockdownStatus { until_height: until })
+    }
+
+    /// `POST /v1/heartbeat`: every unlock of the owner's client sends one. A duress one locks
+    /// the client down and alarms the guardians, silently: the answer is the same.
+    pub fn heartbeat(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: &Signed<Heartbeat>,
+    ) -> Result<HeartbeatAck, Refusal> {
+        caller.owner()?;
+        let sealed = Vec::<u8>::from_hex(&req.request.sealed)
+            .ok()
+            .filter(|s| s.len() == wire::HEARTBEAT_LEN)
+            .ok_or_else(|| bad(format!("sealed: {} bytes in hex", wire::HEARTBEAT_LEN)))?;
+        let key = wire::heartbeat_key(&self.keys.auth_keypair(caller.client.account), &caller.key);
+        let token = wire::open_heartbeat(&key, &sealed).map(|t| wire::token_hash(&t));
+        let tip = self.tip()?;
+        let mut store = self.store();
+        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let before = serde_json::to_string(&client).expect("json");
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        match token {
+            Some(t) if t == client.heartbeat_real => {}
+            Some(t) if t == client.heartbeat_duress => {
+                if !client.duress {
+                    tracing::warn!(client = %client.id, "duress heartbeat");
+                }
+                client.duress = true;
+                client.lockdown_until = client.lockdown_until.max(tip + DURESS_LOCKDOWN_BLOCKS);
+                Self::queue_order(&mut **store, &mut batch, &client.id, lockdown_order(&client))?;
+                batch.alarm(alarm(
+                    &client.id,
+                    "duress",
+                    format!(
+                        "DURESS: the owner of {} unlocked with the duress code at block {tip}. The client is \
+                         silently locked down; nothing will be co-signed. Do not contact the owner by phone.",
+                        client.id
+                    ),
+                ));
+            }
+            _ => {
+                batch.alarm(alarm(
+                    &client.id,
+                    "heartbeat-unrecognised",
+                    format!("a heartbeat of {} carried no token the co-signer knows", client.id),
+                ));
+            }
+        }
+        batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
+            kind::CLIENT,
+            client.id.clone(),
+            serde_json::to_string(&client).expect("json"),
+        );
+        store.commit(&batch)?;
+        Ok(HeartbeatAck { ok: true })
+    }
+
+    /// `POST /v1/panic`: a guardian hands in its signature (or several) over a panic; the
+    /// co-signer gathers them, and once the quorum signed relays the panic to every tower now
+    /// (and again until each acknowledged), saying which acted.
+    pub fn panic(
+        &self,
+        caller: &Caller,
+        req: &Signed<wire::PanicOrder>,
+    ) -> Result<wire::PanicRelayed, Refusal> {
+        caller.guardian()?;
+        let p = &req.request;
+        if p.panic.policy_id != caller.client.id {
+            return Err(Refusal::Forbidden(
+                "panic.policy_id: a guardian acts for its own client only".into(),
+            ));
+        }
+        if <[u8; 32]>::from_hex(&p.panic.id).is_err() {
+            return Err(bad("panic.id: 32 random bytes in hex, fresh for each panic"));
+        }
+        let tip = self.tip()?;
+        let window = vigil_tower::wire::MAX_PANIC_WINDOW_BLOCKS;
+        if p.panic.not_after_height < tip || p.panic.not_after_height > tip + window {
+            return Err(bad(format!(
+                "panic.not_after_height must be between the tip {tip} and {window} blocks ahead"
+            )));
+        }
+        let policy = caller.policy();
+        let needed = policy.guardians.threshold;
+        // The votes are kept under the panic's terms: another window is another panic.
+        let votes_id = format!("{}/{}/{}", caller.client.id, p.panic.id, p.panic.not_after_height);
+        let relayed = {
+            let mut store = self.store();
+            if store.get(kind::PANIC, &p.panic.id)?.is_some() {
+                return Err(Refusal::Conflict(format!("panic {} was already relayed", p.panic.id)));
+            }
+            let (signatures, count, before) = gather(
+                &mut **store,
+                policy,
+                (kind::PANIC_VOTES, &votes_id),
+                &p.panic.digest(),
+                &p.signatures,
+            )?;
+            let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+            batch.expect(kind::PANIC_VOTES, votes_id.clone(), before);
+            if count < needed {
+                batch
+                    .put(kind::PANIC_VOTES, votes_id, serde_json::to_string(&signatures).expect("json"))
+                    .alarm(alarm(
+                        &caller.client.id,
+                        "panic-proposed",
+                        format!(
+                            "panic {} of {}: {count} of {needed} guardians signed",
+                            p.panic.id, caller.client.id
+                        ),
+                    ));
+                store.commit(&batch)?;
+                return Ok(wire::PanicRelayed { approvals: count, needed, towers: Vec::new() });
+            }
+            let order = vigil_tower::wire::PanicRequest { nonce: 0, panic: p.panic.clone(), signatures };
+            Self::queue_order(
+                &mut **store,
+                &mut batch,
+                &caller.client.id,
+                order_of("/v1/panic", &order, format!("panic {}", p.panic.id)),
+            )?;
+            batch
+                .delete(kind::PANIC_VOTES, votes_id)
+                .expect(kind::PANIC, p.panic.id.clone(), None)
+                .put(kind::PANIC, p.panic.id.clone(), tip.to_string())
+                .alarm(alarm(
+                    &caller.client.id,
+                    "panic",
+                    format!("panic {} of {}: relayed to every tower", p.panic.id, caller.client.id),
+                ));
+            store.commit(&batch)?;
+            count
+        };
+        let towers = self.push_orders(&caller.client.id)?;
+        Ok(wire::PanicRelayed { approvals: relayed, needed, towers })
+    }
+}
+
+/// The lockdown every tower of `client` must hold: quiet under duress.
+pub(crate) fn lockdown_order(client: &ClientRecord) -> TowerOrder {
+    let order = vigil_tower::wire::LockdownRequest {
+        nonce: 0,
+        policy_id: client.id.clone(),
+        until_height: client.lockdown_until,
+        quiet: client.duress,
+    };
+    order_of("/v1/lockdown", &order, format!("lockdown {} {}", client.id, client.lockdown_until))
+}
+
+pub(crate) fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> TowerOrder {
+    TowerOrder {
+        path: path.into(),
+        body: serde_json::to_value(body).expect("json"),
+        subject,
+        acked: Vec::new(),
+    }
+}
