@@ -10,6 +10,7 @@ use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, Policy, PolicyError};
 
 mod demo;
+mod guardian;
 
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "Coercion-resistant Bitcoin custody")]
@@ -74,6 +75,9 @@ enum Command {
         #[command(subcommand)]
         command: Option<CosignerCommand>,
     },
+    /// What a guardian runs: review and approve or deny spends, lock down, panic, sign policy
+    /// changes.
+    Guardian(guardian::GuardianArgs),
     /// Build vaults on the embedded regtest chain and walk them through their graph:
     /// unvault -> cancel, unvault -> delayed spend, emergency -> deep vault.
     Demo {
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { datadir } => demo::run(&datadir),
         Command::Tower { config, command } => tower(config.as_deref(), command),
+        Command::Guardian(args) => guardian::run(args),
         Command::Cosigner { config, command } => cosigner(config.as_deref(), command),
         Command::Node {
             datadir,
@@ -192,7 +197,7 @@ fn cosigner(config: Option<&Path>, command: Option<CosignerCommand>) -> anyhow::
                 config.passphrase_file.as_deref(),
                 config.passphrase_env.as_deref(),
             )?;
-            let keys = vigil_cosigner::CosignerKeys::create(
+            let keys = vigil_cosigner::MasterKey::create(
                 &config.key_file,
                 passphrase.as_bytes(),
                 config.network()?,

@@ -1,7 +1,8 @@
-//! The co-signer's key: one BIP32 master, sealed at rest (`vigil-keystore`), held in memory
-//! that is wiped on drop. Each client gets its own account under it (BIP48 layout,
-//! `m/48'/coin'/account'/2'`, one account number per client), so no two clients share a key
-//! and the master itself is never handed out.
+//! A party's key outside the household: one BIP32 master, sealed at rest (`vigil-keystore`),
+//! held in memory that is wiped on drop. The co-signer gives each client its own account
+//! under it (BIP48 layout, `m/48'/coin'/account'/2'`, one account number per client), so no
+//! two clients share a key and the master itself is never handed out; a guardian uses
+//! account 0.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,26 +17,26 @@ use zeroize::Zeroizing;
 /// The most accounts (clients) one master serves: below the hardened range's end.
 pub const MAX_ACCOUNTS: u32 = (1 << 31) - 1;
 
-/// The co-signer's master key, in memory only while the daemon runs.
-pub struct CosignerKeys {
+/// A master key, in memory only while it is needed.
+pub struct MasterKey {
     master: Xpriv,
     network: Network,
 }
 
-impl Drop for CosignerKeys {
+impl Drop for MasterKey {
     fn drop(&mut self) {
         self.master.private_key.non_secure_erase();
         self.master.chain_code = ChainCode::from([0u8; 32]);
     }
 }
 
-impl std::fmt::Debug for CosignerKeys {
+impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CosignerKeys({})", self.fingerprint())
+        write!(f, "MasterKey({})", self.fingerprint())
     }
 }
 
-impl CosignerKeys {
+impl MasterKey {
     /// A new master from the operating system's randomness, sealed into `path` under
     /// `passphrase` (the file must not exist).
     pub fn create(
@@ -43,25 +44,25 @@ impl CosignerKeys {
         passphrase: &[u8],
         network: Network,
         kdf: KdfParams,
-    ) -> Result<CosignerKeys, KeystoreError> {
+    ) -> Result<MasterKey, KeystoreError> {
         let mut seed = Zeroizing::new([0u8; 32]);
         vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(seed.as_mut());
         let master = Xpriv::new_master(NetworkKind::from(network), seed.as_ref()).expect("32 bytes of seed");
-        let keys = CosignerKeys { master, network };
+        let keys = MasterKey { master, network };
         let encoded = Zeroizing::new(keys.master.encode());
         vigil_keystore::write_new(path, &vigil_keystore::seal(encoded.as_ref(), passphrase, kdf)?)?;
         Ok(keys)
     }
 
     /// Opens the sealed master at `path`.
-    pub fn open(path: &Path, passphrase: &[u8], network: Network) -> Result<CosignerKeys, KeystoreError> {
+    pub fn open(path: &Path, passphrase: &[u8], network: Network) -> Result<MasterKey, KeystoreError> {
         let bytes = vigil_keystore::open_file(path, passphrase)?;
         let master = Xpriv::decode(&bytes)
             .map_err(|_| KeystoreError::Corrupt("the sealed secret is not a BIP32 master key"))?;
         if master.network != NetworkKind::from(network) {
             return Err(KeystoreError::Corrupt("the key is for another network"));
         }
-        Ok(CosignerKeys { master, network })
+        Ok(MasterKey { master, network })
     }
 
     /// The master's fingerprint (names it in logs; reveals nothing).
@@ -127,13 +128,13 @@ mod tests {
     fn each_client_gets_its_own_account_and_the_file_opens_only_with_its_passphrase() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cosigner.key");
-        let keys = CosignerKeys::create(&path, b"pass", Network::Regtest, KdfParams::FOR_TESTS).unwrap();
+        let keys = MasterKey::create(&path, b"pass", Network::Regtest, KdfParams::FOR_TESTS).unwrap();
         assert_ne!(keys.account_key(0), keys.account_key(1));
         assert!(keys.account_key(7).contains("/48h/1h/7h/2h]tpub"), "{}", keys.account_key(7));
-        let again = CosignerKeys::open(&path, b"pass", Network::Regtest).unwrap();
+        let again = MasterKey::open(&path, b"pass", Network::Regtest).unwrap();
         assert_eq!(again.account_key(3), keys.account_key(3));
-        assert!(CosignerKeys::open(&path, b"wrong", Network::Regtest).is_err());
-        assert!(CosignerKeys::open(&path, b"pass", Network::Bitcoin).is_err());
+        assert!(MasterKey::open(&path, b"wrong", Network::Regtest).is_err());
+        assert!(MasterKey::open(&path, b"pass", Network::Bitcoin).is_err());
         // The key a client's policy names gives the same auth key as the co-signer signs with.
         let policy_key = vigil_policy::PolicyKey {
             xpub: Xpub::from_str(keys.account_key(3).split(']').nth(1).unwrap()).unwrap(),

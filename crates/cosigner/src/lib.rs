@@ -12,7 +12,7 @@
 //! - [`spends`]: spend requests, limits, velocity, guardians' votes, approvals pushed to every
 //!   tower, and the signature of exactly the approved spend after DELAY.
 //! - [`store`]: SQLite or PostgreSQL behind one trait; [`alarms`]: the outbox's delivery.
-//! - [`api`]: the HTTP edge; [`wire`]: what travels over it.
+//! - [`api`]: the HTTP edge; [`wire`]: what travels over it; [`client`]: a party's client.
 
 // Libraries log through `tracing`; printing is for binaries.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -20,6 +20,7 @@
 pub mod alarms;
 pub mod api;
 pub mod ceremony;
+pub mod client;
 pub mod config;
 pub mod emergency;
 pub mod error;
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 pub use config::CosignerConfig;
 pub use error::{CosignerError, StoreError};
-pub use keys::CosignerKeys;
+pub use keys::MasterKey;
 pub use service::Cosigner;
 
 use store::{PostgresStore, SqliteStore, Store};
@@ -57,7 +58,7 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
     let network = config.network()?;
     let passphrase =
         vigil_keystore::read_passphrase(config.passphrase_file.as_deref(), config.passphrase_env.as_deref())?;
-    let keys = CosignerKeys::open(&config.key_file, passphrase.as_bytes(), network)?;
+    let keys = MasterKey::open(&config.key_file, passphrase.as_bytes(), network)?;
     drop(passphrase);
     std::fs::create_dir_all(&config.datadir)?;
     let store = open_store(&config)?;

@@ -17,7 +17,7 @@ use vigil_policy::{CompiledPolicy, Policy};
 use crate::ceremony::Ceremony;
 use crate::config::CosignerConfig;
 use crate::error::{Refusal, StoreError};
-use crate::keys::{CosignerKeys, MAX_ACCOUNTS};
+use crate::keys::{MasterKey, MAX_ACCOUNTS};
 use crate::store::{kind, Batch, Store};
 use crate::wire::{self, Enroll, Enrolled, PinPolicy, Signed};
 
@@ -144,7 +144,7 @@ impl Caller {
 
 /// The co-signer.
 pub struct Cosigner {
-    pub(crate) keys: CosignerKeys,
+    pub(crate) keys: MasterKey,
     pub(crate) config: CosignerConfig,
     pub(crate) network: Network,
     pub(crate) chain: Box<dyn ChainBackend>,
@@ -192,7 +192,7 @@ pub fn alarm(client: &str, kind: &str, message: String) -> String {
 impl Cosigner {
     /// A co-signer over `store`, with its unlocked keys.
     pub fn new(
-        keys: CosignerKeys,
+        keys: MasterKey,
         config: CosignerConfig,
         chain: Box<dyn ChainBackend>,
         store: Box<dyn Store>,

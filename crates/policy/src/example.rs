@@ -89,6 +89,9 @@ pub struct Services {
     pub spend_limit_sat: Option<u64>,
     /// `allowance.velocity_window_blocks` (1008 when none).
     pub velocity_window_blocks: Option<u32>,
+    /// Guardian `i`'s `[fp/path]xpub` when given (a key made elsewhere), instead of the
+    /// example's.
+    pub guardian_keys: Vec<Option<String>>,
 }
 
 impl Default for ExamplePolicy {
@@ -218,7 +221,16 @@ velocity_window_blocks = {window}
             spend_limit =
                 self.services.spend_limit_sat.map(|s| format!("spend_limit_sat = {s}\n")).unwrap_or_default(),
             guardian_threshold = self.guardian_threshold,
-            guardians = list(&keys.guardians),
+            guardians = keys
+                .guardians
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let given = self.services.guardian_keys.get(i).cloned().flatten();
+                    format!("  \"{}\",", given.unwrap_or_else(|| account_key(k)))
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
             delay = self.delay,
             recovery = self.recovery,
             deep = self.deep_vault,

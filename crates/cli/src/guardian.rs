@@ -1,0 +1,320 @@
+//! `vigil guardian`: what a guardian runs on their own machine. Every command shows a person
+//! what they are about to sign (amount, destination, vault, policy version, and whether the
+//! request came under a lockdown) before signing it with the guardian's key, which is sealed
+//! at rest under their passphrase.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use vigil_cosigner::client::CosignerClient;
+use vigil_cosigner::wire::{self, SpendStatus};
+use vigil_cosigner::MasterKey;
+use vigil_policy::bitcoin::hex::DisplayHex;
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::{Amount, Network};
+use vigil_policy::Policy;
+
+/// Where the guardian's key and the client's policy are.
+#[derive(Args)]
+pub struct GuardianArgs {
+    /// The guardian's sealed key file (`vigil guardian init`).
+    #[arg(long, global = true, default_value = "guardian.key")]
+    key: PathBuf,
+    /// The client's pinned policy file (names the co-signer and the client).
+    #[arg(long, global = true)]
+    policy: Option<PathBuf>,
+    /// A file whose first line is the key's passphrase (else $VIGIL_PASSPHRASE, else asked).
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// Print JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: GuardianCommand,
+}
+
+#[derive(Subcommand)]
+enum GuardianCommand {
+    /// Create the guardian's key; prints the key and auth key to hand to the owner.
+    Init {
+        /// The network (regtest, signet, testnet4, bitcoin).
+        #[arg(long, default_value = "regtest")]
+        network: String,
+    },
+    /// The spend requests waiting for guardians.
+    Pending,
+    /// One spend request, in full.
+    Show { id: u64 },
+    /// Approve a spend request (asks for confirmation unless --yes).
+    Approve {
+        id: u64,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Deny a spend request: final for it (asks for confirmation unless --yes).
+    Deny {
+        id: u64,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Freeze the client now: spends are refused and every tower cancels every unvault.
+    Lockdown {
+        /// How long, in blocks (6 an hour).
+        #[arg(long, default_value_t = 144)]
+        blocks: u32,
+    },
+    /// Sign a panic: sweep every vault to the deep vault once the guardians' quorum signed.
+    /// Without --id, proposes a new one and prints what the other guardians must sign.
+    Panic {
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        not_after: Option<u32>,
+    },
+    /// Sign a new version of the policy (shows what changes first).
+    Policy {
+        /// The new policy file.
+        file: PathBuf,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn passphrase(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if file.is_some() || std::env::var_os("VIGIL_PASSPHRASE").is_some() {
+        return Ok(vigil_keystore::read_passphrase(file, Some("VIGIL_PASSPHRASE"))?);
+    }
+    eprint!("Passphrase of your guardian key: ");
+    std::io::stderr().flush()?;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(zeroize::Zeroizing::new(line.trim_end().to_owned()))
+}
+
+fn network(name: &str) -> anyhow::Result<Network> {
+    Ok(match name {
+        "bitcoin" | "mainnet" => Network::Bitcoin,
+        "testnet" => Network::Testnet,
+        "testnet4" => Network::Testnet4,
+        "signet" => Network::Signet,
+        "regtest" => Network::Regtest,
+        other => bail!("--network: unknown network {other:?}"),
+    })
+}
+
+fn btc(sat: u64) -> String {
+    format!("{} BTC ({sat} sats)", Amount::from_sat(sat).to_btc())
+}
+
+fn confirm(what: &str, word: &str) -> anyhow::Result<()> {
+    eprintln!("{what}");
+    eprint!("Type {word} to sign it, anything else to stop: ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != word {
+        bail!("stopped: nothing was signed");
+    }
+    Ok(())
+}
+
+fn describe(s: &SpendStatus) -> String {
+    let mut out = format!(
+        "Spend request {}: {}\n  sends {} to {}\n  from vault {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
+        s.id,
+        s.state,
+        btc(s.amount_sat),
+        s.destinations.join(", "),
+        s.vault_outpoint,
+        s.policy_version,
+        s.approvals,
+        s.approvals_needed,
+        s.approval.expiry_height,
+    );
+    if s.under_lockdown {
+        out.push_str("\n  WARNING: requested while the client was LOCKED DOWN (or under duress). Do not approve it on anyone's word.");
+    }
+    out
+}
+
+/// Runs a guardian command.
+pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
+    let pass = || passphrase(args.passphrase_file.as_deref());
+    if let GuardianCommand::Init { network: name } = &args.command {
+        let keys = MasterKey::create(
+            &args.key,
+            pass()?.as_bytes(),
+            network(name)?,
+            vigil_keystore::KdfParams::INTERACTIVE,
+        )?;
+        let (account, auth) = (keys.account_key(0), keys.auth_key(0));
+        if args.json {
+            println!("{}", json!({ "key": account, "auth_key": auth.to_string() }));
+        } else {
+            println!(
+                "Your guardian key was created in {} (sealed under your passphrase).",
+                args.key.display()
+            );
+            println!("Give the owner these two lines (they are public):");
+            println!("  guardian key: {account}");
+            println!("  auth key:     {auth}");
+        }
+        return Ok(());
+    }
+    let policy_path = args.policy.as_deref().context("--policy FILE: the client's pinned policy")?;
+    let policy_text =
+        std::fs::read_to_string(policy_path).with_context(|| format!("reading {}", policy_path.display()))?;
+    let policy = Policy::from_toml(&policy_text)?;
+    let keys = MasterKey::open(&args.key, pass()?.as_bytes(), policy.network)?;
+    let auth = keys.auth_keypair(0);
+    if !policy.guardians.keys.iter().any(|g| g.auth_key() == auth.x_only_public_key().0) {
+        bail!("this key is not one of the policy's guardians");
+    }
+    let nonce_file = args.key.with_extension("nonce");
+    let co = CosignerClient::new(&policy_text, auth, nonce_file)?;
+    let show = |v: &Value, text: String| {
+        if args.json {
+            println!("{v}");
+        } else {
+            println!("{text}");
+        }
+    };
+    match args.command {
+        GuardianCommand::Init { .. } => unreachable!("handled above"),
+        GuardianCommand::Pending => {
+            let all: Vec<SpendStatus> = co.get("/v1/spends")?;
+            let waiting: Vec<&SpendStatus> = all.iter().filter(|s| s.state == "waiting").collect();
+            let text = if waiting.is_empty() {
+                "No spend request is waiting for guardians.".to_owned()
+            } else {
+                waiting.iter().map(|s| describe(s)).collect::<Vec<_>>().join("\n\n")
+            };
+            show(&serde_json::to_value(&waiting)?, text);
+        }
+        GuardianCommand::Show { id } => {
+            let s: SpendStatus = co.get(&format!("/v1/spends/{id}"))?;
+            show(&serde_json::to_value(&s)?, describe(&s));
+        }
+        GuardianCommand::Approve { id, yes } | GuardianCommand::Deny { id, yes } => {
+            let approve = matches!(args.command, GuardianCommand::Approve { .. });
+            let s: SpendStatus = co.get(&format!("/v1/spends/{id}"))?;
+            // What is signed is checked against the request's own transaction, not only the
+            // co-signer's description of it.
+            let mut psbt =
+                Psbt::deserialize(&base64_decode(&s.psbt)?).context("the request's transaction")?;
+            if psbt.unsigned_tx.compute_txid().to_string() != s.spend_txid {
+                bail!("the co-signer's description does not match the transaction it asks to sign");
+            }
+            if !yes {
+                let word = if approve { "APPROVE" } else { "DENY" };
+                confirm(&describe(&s), word)?;
+            }
+            let vote = if approve {
+                keys.sign_psbt(0, &mut psbt);
+                wire::Vote {
+                    approve: true,
+                    approval_signature: Some(wire::sign(&s.approval.digest(), &auth).signature),
+                    psbt: Some(base64_encode(&psbt.serialize())),
+                }
+            } else {
+                wire::Vote { approve: false, approval_signature: None, psbt: None }
+            };
+            let after: SpendStatus = co.post(&format!("/v1/spends/{id}/vote"), &vote)?;
+            show(&serde_json::to_value(&after)?, format!("Done.\n{}", describe(&after)));
+        }
+        GuardianCommand::Lockdown { blocks } => {
+            let l: wire::LockdownStatus = co.post("/v1/lockdown", &wire::Lockdown { blocks })?;
+            show(
+                &serde_json::to_value(&l)?,
+                format!("The client is locked down until block {}.", l.until_height),
+            );
+        }
+        GuardianCommand::Panic { id, not_after } => {
+            let id = id.unwrap_or_else(|| {
+                use vigil_policy::bitcoin::secp256k1::rand::RngCore;
+                let mut b = [0u8; 32];
+                vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut b);
+                b.to_lower_hex_string()
+            });
+            let not_after = not_after
+                .context("--not-after HEIGHT: the last block the panic may act in (at most 144 ahead)")?;
+            let panic = wire::Panic {
+                policy_id: co.client_id().to_owned(),
+                id: id.clone(),
+                not_after_height: not_after,
+            };
+            let signatures = vec![wire::sign(&panic.digest(), &auth)];
+            let r: wire::PanicRelayed = co.post("/v1/panic", &wire::PanicOrder { panic, signatures })?;
+            let text = if r.towers.is_empty() {
+                format!(
+                    "Your signature is in: {} of {} guardians. The others run:\n  vigil guardian panic --id {id} --not-after {not_after}",
+                    r.approvals, r.needed
+                )
+            } else {
+                let acted: Vec<String> = r
+                    .towers
+                    .iter()
+                    .map(|t| {
+                        format!("{} {}", t.name, if t.acknowledged { "acted" } else { "NOT reached yet" })
+                    })
+                    .collect();
+                format!(
+                    "The quorum signed: every vault is being swept to the deep vault. Towers: {}",
+                    acted.join(", ")
+                )
+            };
+            show(&serde_json::to_value(&r)?, text);
+        }
+        GuardianCommand::Policy { file, yes } => {
+            let new =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let parsed = Policy::from_toml(&new)?;
+            if !yes {
+                let diff = diff(&policy_text, &new);
+                confirm(
+                    &format!("Policy version {} -> {}. Changes:\n{diff}", policy.version, parsed.version),
+                    "SIGN",
+                )?;
+            }
+            let digest = vigil_tower::wire::policy_change_digest(co.client_id(), &new);
+            let req = wire::PolicyChange { policy: new, signatures: vec![wire::sign(&digest, &auth)] };
+            let r: wire::PolicyChangeStatus = co.post("/v1/policy", &req)?;
+            let text = if r.effective_height == 0 {
+                format!("Signed: {} of {} guardians so far.", r.approvals, r.needed)
+            } else {
+                format!(
+                    "The quorum signed version {}: it applies at block {}.",
+                    r.version, r.effective_height
+                )
+            };
+            show(&serde_json::to_value(&r)?, text);
+        }
+    }
+    Ok(())
+}
+
+/// The lines that differ, `-` old and `+` new.
+fn diff(old: &str, new: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let mut out = Vec::new();
+    out.extend(a.iter().filter(|l| !b.contains(l)).map(|l| format!("  - {l}")));
+    out.extend(b.iter().filter(|l| !a.contains(l)).map(|l| format!("  + {l}")));
+    if out.is_empty() {
+        "  (no line differs)".into()
+    } else {
+        out.join("\n")
+    }
+}
+
+fn base64_decode(s: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::STANDARD.decode(s)?)
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}

@@ -1,0 +1,93 @@
+//! `vigil guardian`, as a guardian runs it, against a real co-signer and tower.
+
+use std::process::Command;
+
+use serde_json::Value;
+use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::Amount;
+use vigil_policy::example::ExamplePolicy;
+use vigil_policy::VaultKind;
+use vigil_testenv::cosigner::CosignerProcess;
+use vigil_testenv::family::Family;
+use vigil_testenv::household::DELAY;
+use vigil_testenv::process::{vigil_exe, vigil_node};
+use vigil_testenv::wallet::{confirmations, mine};
+
+fn guardian(dir: &std::path::Path, args: &[&str]) -> Result<Value, String> {
+    let out = Command::new(vigil_exe())
+        .arg("guardian")
+        .args(args)
+        .args([
+            "--key",
+            dir.join("g.key").to_str().unwrap(),
+            "--passphrase-file",
+            dir.join("pass").to_str().unwrap(),
+        ])
+        .args(["--policy", dir.join("policy.toml").to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pass"), "sister's passphrase\n").unwrap();
+    let made = guardian(dir.path(), &["init", "--network", "regtest"]).unwrap();
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut e = ExamplePolicy {
+        seed: "cli guardian".into(),
+        delay: DELAY,
+        recovery: 40,
+        deep_vault: 60,
+        ..ExamplePolicy::default()
+    };
+    e.services.guardian_keys = vec![Some(made["key"].as_str().unwrap().to_owned())];
+    let mut f = Family::new(&node, &co, e, 1, None);
+    std::fs::write(dir.path().join("policy.toml"), &f.policy_text).unwrap();
+    let vault = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let other = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let psbt = f.spend_psbt(&vault, &f.wallet.address(), 1_000);
+    let id = f.request_spend(&vault, &psbt).unwrap()["id"].as_u64().unwrap();
+
+    let pending = guardian(dir.path(), &["pending"]).unwrap();
+    assert_eq!(pending[0]["id"].as_u64(), Some(id), "{pending}");
+    assert_eq!(pending[0]["destinations"][0], f.wallet.address().to_string());
+    // Without --yes it asks; with no answer, nothing is signed.
+    let asked = Command::new(vigil_exe())
+        .args(["guardian", "approve", &id.to_string(), "--key", dir.path().join("g.key").to_str().unwrap()])
+        .args(["--passphrase-file", dir.path().join("pass").to_str().unwrap()])
+        .args(["--policy", dir.path().join("policy.toml").to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!asked.status.success());
+    assert!(String::from_utf8_lossy(&asked.stderr).contains("nothing was signed"));
+    let one = guardian(dir.path(), &["approve", &id.to_string(), "--yes"]).unwrap();
+    assert_eq!((one["state"].as_str(), one["approvals"].as_u64()), (Some("waiting"), Some(1)));
+    let two = f.vote(1, id, true).unwrap();
+    assert_eq!(two["state"], "approved");
+    // The guardian's signature from the command line is good on chain.
+    node.rpc.broadcast(vault.graph.unvault()).unwrap();
+    mine(&node.rpc, DELAY, &f.wallet.address());
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    mine(&node.rpc, 1, &f.wallet.address());
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+
+    let denied_id = f.request_spend(&other, &f.spend_psbt(&other, &f.wallet.address(), 1_000)).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let denied = guardian(dir.path(), &["deny", &denied_id.to_string(), "--yes"]).unwrap();
+    assert_eq!(denied["state"], "denied");
+    let locked = guardian(dir.path(), &["lockdown", "--blocks", "12"]).unwrap();
+    assert!(locked["until_height"].as_u64().unwrap() > 0);
+    // A wrong passphrase opens nothing.
+    std::fs::write(dir.path().join("pass"), "wrong\n").unwrap();
+    assert!(guardian(dir.path(), &["pending"]).unwrap_err().contains("passphrase"));
+}
