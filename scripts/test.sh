@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: dependencies, a real bitcoind (built once from the
 # source the kernel crate vendors, then cached), electrs (built once, cached), a local
-# PostgreSQL for the stores, an SMTP server (aiosmtpd) for e-mailed alarms, formatting, lints, every test (the fuzz corpora
-# included), then every fuzz target briefly under libFuzzer.
+# PostgreSQL for the stores, an SMTP server (aiosmtpd) for e-mailed alarms, formatting,
+# lints, every test (the fuzz corpora included), then every fuzz target briefly under
+# libFuzzer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh librocksdb-dev clang libclang-dev python3-aiosmtpd

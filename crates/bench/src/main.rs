@@ -4,7 +4,10 @@
 //! 1. Vaults pre-signed per second (build the graph, both one-time keys sign every
 //!    transaction, assemble the witnesses) vs. raw BIP340 signing of the same number of
 //!    signatures with the same library. Goal: at most 1.5x.
-//! 2. The embedded chain's mining rate with 100 signed transactions per block (each submitted
+//! 2. The co-signer: 1,000 spend requests at once across 100 clients, on SQLite and
+//!    PostgreSQL: p50/p99 against concurrent signed reads, approvals per second; no request
+//!    lost, no approval issued twice, no velocity exceeded.
+//! 3. The embedded chain's mining rate with 100 signed transactions per block (each submitted
 //!    through the pending pool, then the block validated by the kernel), vs. empty blocks.
 
 use std::time::{Duration, Instant};
@@ -20,6 +23,7 @@ use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
 use vigil_regtest::RegtestChain;
 
+mod cosigner;
 mod tower;
 
 /// The heap, counted: live bytes, for memory figures that do not depend on what the allocator
@@ -69,6 +73,9 @@ fn main() {
     if run("vault") {
         presigning();
         mining();
+    }
+    if run("cosigner") {
+        cosigner::load();
     }
     if run("tower") {
         tower::scan_and_memory();

@@ -329,6 +329,8 @@ impl Cosigner {
             .filter(|t| !acknowledged(&record, &t.name))
             .map(|t| t.name.clone())
             .collect();
+        let lock = self.towers_lock(&client.id);
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let nonce = self.tower_nonces(&client.id, compiled.policy().towers.len() as u64)?;
         let key = self.keys.auth_keypair(client.account);
         let reports = crate::towers::post_all(
@@ -369,13 +371,32 @@ impl Cosigner {
         Ok(status(outpoint, &latest))
     }
 
-    /// `n` consecutive nonces for the co-signer's requests to this client's towers.
+    /// The lock a client's requests to its towers are sent under: each tower takes a key's
+    /// nonces in increasing order only, so they leave in the order they were numbered.
+    pub(crate) fn towers_lock(&self, client: &str) -> std::sync::Arc<std::sync::Mutex<()>> {
+        let mut locks = self.tower_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(client.to_owned()).or_default().clone()
+    }
+
+    /// `n` consecutive nonces for the co-signer's requests to this client's towers (call it
+    /// under [`Cosigner::towers_lock`]). They are reserved in the store a block at a time, so
+    /// most requests write nothing for them; a restart skips what was reserved and unused
+    /// (towers take gaps).
     pub(crate) fn tower_nonces(&self, client: &str, n: u64) -> Result<u64, Refusal> {
+        const BLOCK: u64 = 4096;
+        let mut reserved = self.tower_nonce_blocks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((next, end)) = reserved.get_mut(client) {
+            if *next + n <= *end {
+                let start = *next;
+                *next += n;
+                return Ok(start);
+            }
+        }
         let mut store = self.store();
         let mut record: ClientRecord = Self::client(&mut **store, client)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&record).expect("json");
         let start = record.tower_nonce;
-        record.tower_nonce += n;
+        record.tower_nonce += n.max(BLOCK);
         let mut batch = Batch::default();
         batch.expect(kind::CLIENT, client.to_owned(), Some(before)).put(
             kind::CLIENT,
@@ -383,6 +404,7 @@ impl Cosigner {
             serde_json::to_string(&record).expect("json"),
         );
         store.commit(&batch)?;
+        reserved.insert(client.to_owned(), (start + n, record.tower_nonce));
         Ok(start)
     }
 

@@ -55,26 +55,26 @@ pub fn open_store(config: &CosignerConfig) -> Result<Box<dyn Store>, StoreError>
 /// Runs the co-signer until SIGINT or SIGTERM: unlocks the key, opens the store, serves the
 /// API, delivers alarms, and keeps registering vaults some tower has not acknowledged.
 pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
-    let network = config.network()?;
-    let passphrase =
-        vigil_keystore::read_passphrase(config.passphrase_file.as_deref(), config.passphrase_env.as_deref())?;
-    let keys = MasterKey::open(&config.key_file, passphrase.as_bytes(), network)?;
-    drop(passphrase);
-    std::fs::create_dir_all(&config.datadir)?;
-    let store = open_store(&config)?;
-    let chain = vigil_tower::daemon::backend(&config.chain);
-    let tip = chain.tip()?;
+    // Unlocking the key, connecting to the store (PostgreSQL's client blocks) and asking the
+    // chain all block: off the async threads.
+    let setup = config.clone();
+    let (cosigner, sinks) = tokio::task::spawn_blocking(move || start(setup))
+        .await
+        .map_err(|e| CosignerError::Io(std::io::Error::other(e.to_string())))??;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(listen = %config.listen, key = %keys.fingerprint(), tip = tip.height, "co-signer started");
-    let cosigner = Arc::new(Cosigner::new(keys, config.clone(), chain, store)?);
     let stop = Arc::new(AtomicBool::new(false));
-    for url in &config.alarms.webhooks {
-        let (url, store, stop) = (url.clone(), open_store(&config)?, stop.clone());
-        std::thread::spawn(move || alarms::deliver(url, store, stop));
-    }
-    if let Some(smtp) = &config.smtp {
-        let (smtp, store, stop) = (smtp.clone(), open_store(&config)?, stop.clone());
-        std::thread::spawn(move || alarms::deliver_email(smtp, store, stop));
+    for (sink, store) in sinks {
+        let stop = stop.clone();
+        match (&config.smtp, sink) {
+            (Some(smtp), None) => {
+                let smtp = smtp.clone();
+                std::thread::spawn(move || alarms::deliver_email(smtp, store, stop));
+            }
+            (_, Some(url)) => {
+                std::thread::spawn(move || alarms::deliver(url, store, stop));
+            }
+            (None, None) => {}
+        }
     }
     {
         let (cosigner, stop) = (cosigner.clone(), stop.clone());
@@ -91,6 +91,31 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
     stop.store(true, Ordering::Relaxed);
     tracing::info!("co-signer stopped");
     Ok(())
+}
+
+/// An alarm sink's store connection: a webhook's URL, or `None` for e-mail.
+type Sink = (Option<String>, Box<dyn Store>);
+
+/// Everything that blocks at start: the key unlocked, the stores opened, the chain asked.
+fn start(config: CosignerConfig) -> Result<(Arc<Cosigner>, Vec<Sink>), CosignerError> {
+    let network = config.network()?;
+    let passphrase =
+        vigil_keystore::read_passphrase(config.passphrase_file.as_deref(), config.passphrase_env.as_deref())?;
+    let keys = MasterKey::open(&config.key_file, passphrase.as_bytes(), network)?;
+    drop(passphrase);
+    std::fs::create_dir_all(&config.datadir)?;
+    let store = open_store(&config)?;
+    let chain = vigil_tower::daemon::backend(&config.chain);
+    let tip = chain.tip()?;
+    let mut sinks = Vec::new();
+    for url in &config.alarms.webhooks {
+        sinks.push((Some(url.clone()), open_store(&config)?));
+    }
+    if config.smtp.is_some() {
+        sinks.push((None, open_store(&config)?));
+    }
+    tracing::info!(listen = %config.listen, key = %keys.fingerprint(), tip = tip.height, "co-signer started");
+    Ok((Arc::new(Cosigner::new(keys, config, chain, store)?), sinks))
 }
 
 async fn shutdown() {

@@ -61,6 +61,8 @@ impl Cosigner {
         let compiled = self.compiled(&client)?;
         let towers = &compiled.policy().towers;
         let key = self.keys.auth_keypair(client.account);
+        let lock = self.towers_lock(client_id);
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = Vec::new();
         let mut done: Vec<(usize, Vec<String>)> = Vec::new();
         for (i, order) in orders.iter().enumerate() {

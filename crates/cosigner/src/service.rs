@@ -156,6 +156,10 @@ pub struct Cosigner {
     pub(crate) ceremonies: Mutex<HashMap<OutPoint, Ceremony>>,
     /// Alarm sinks (webhook URLs).
     pub(crate) sinks: Vec<String>,
+    /// Per client, the lock its requests to towers are sent under.
+    pub(crate) tower_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Per client, the towers' nonces reserved in the store: (next, end).
+    pub(crate) tower_nonce_blocks: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 fn unauthorized(m: impl Into<String>) -> Refusal {
@@ -211,6 +215,8 @@ impl Cosigner {
             compiled: Mutex::new(HashMap::new()),
             ceremonies: Mutex::new(HashMap::new()),
             sinks,
+            tower_locks: Mutex::new(HashMap::new()),
+            tower_nonce_blocks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -319,15 +325,16 @@ impl Cosigner {
         fresh(body.time)?;
         let id = key.to_string();
         let last = store.get(kind::NONCE, &id)?;
-        let n: u64 = last.as_deref().map(str::parse).transpose().map_err(|_| Refusal::Internal)?.unwrap_or(0);
-        if body.nonce <= n || body.nonce - n > MAX_NONCE_STEP {
-            return Err(unauthorized(format!(
-                "nonce {} is not above this key's last ({n}), or jumps more than 2^32 past it: a replay is refused",
-                body.nonce
-            )));
-        }
+        let window = last.as_deref().map(NonceWindow::parse).transpose()?.unwrap_or_default();
+        let next = window.consume(body.nonce).ok_or_else(|| {
+            unauthorized(format!(
+                "nonce {} was used already, is more than {NONCE_WINDOW} below this key's highest ({}), or jumps \
+                 more than 2^32 past it: a replay is refused",
+                body.nonce, window.max
+            ))
+        })?;
         let mut batch = Batch::default();
-        batch.expect(kind::NONCE, id.clone(), last).put(kind::NONCE, id, body.nonce.to_string());
+        batch.expect(kind::NONCE, id.clone(), last).put(kind::NONCE, id, next.to_string());
         Ok(batch)
     }
 
@@ -512,6 +519,76 @@ impl Cosigner {
             state("approved"),
             self.ceremonies.lock().map(|c| c.len()).unwrap_or(0),
         ))
+    }
+}
+
+/// How far below a key's highest nonce an unused one is still taken: a client may have
+/// several requests in flight, which can arrive in any order.
+pub const NONCE_WINDOW: u64 = 64;
+
+/// A key's used nonces: the highest, and which of the [`NONCE_WINDOW`] below it were used
+/// (bit `i`: `max - i`). Stored as `max:bitmap`; a bare number (the first format) is the
+/// highest alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NonceWindow {
+    /// The highest nonce used.
+    pub max: u64,
+    used: u64,
+}
+
+impl NonceWindow {
+    fn parse(text: &str) -> Result<NonceWindow, Refusal> {
+        let (max, used) = match text.split_once(':') {
+            Some((m, u)) => (m.parse(), u.parse()),
+            None => (text.parse(), Ok(1)),
+        };
+        Ok(NonceWindow { max: max.map_err(|_| Refusal::Internal)?, used: used.map_err(|_| Refusal::Internal)? })
+    }
+
+    /// The window with `n` used, or `None` if `n` cannot be used.
+    pub fn consume(self, n: u64) -> Option<NonceWindow> {
+        if n > self.max {
+            let step = n - self.max;
+            if step > MAX_NONCE_STEP {
+                return None;
+            }
+            let used = if step >= NONCE_WINDOW { 1 } else { (self.used << step) | 1 };
+            return Some(NonceWindow { max: n, used });
+        }
+        let below = self.max - n;
+        if n == 0 || below >= NONCE_WINDOW || self.used & (1 << below) != 0 {
+            return None;
+        }
+        Some(NonceWindow { max: self.max, used: self.used | (1 << below) })
+    }
+}
+
+impl std::fmt::Display for NonceWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.max, self.used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_is_taken_once_in_any_order_within_the_window() {
+        let w = NonceWindow::default();
+        let w = w.consume(10).unwrap();
+        assert_eq!(w.consume(10), None, "the same again");
+        let w = w.consume(8).unwrap();
+        assert_eq!(w.consume(8), None);
+        let w = w.consume(9).unwrap();
+        assert_eq!(w.consume(0), None);
+        let w = w.consume(10 + NONCE_WINDOW).unwrap();
+        assert_eq!(w.consume(10), None, "slid out of the window");
+        assert_eq!(w.consume(11), Some(NonceWindow { max: w.max, used: w.used | (1 << (NONCE_WINDOW - 1)) }));
+        assert_eq!(w.consume(w.max + MAX_NONCE_STEP + 1), None, "a jump that would lock the key out");
+        let old = NonceWindow::parse("7").unwrap();
+        assert_eq!((old.consume(7), old.consume(6).is_some()), (None, true), "the first format");
+        assert_eq!(NonceWindow::parse(&w.to_string()).unwrap(), w);
     }
 }
 

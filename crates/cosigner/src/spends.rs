@@ -306,6 +306,8 @@ impl Cosigner {
         let key = self.keys.auth_keypair(client.account);
         let mut signatures = vec![wire::sign(&record.approval.digest(), &key)];
         signatures.extend(record.signatures.iter().cloned());
+        let lock = self.towers_lock(&client.id);
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let nonce = self.tower_nonces(&client.id, compiled.policy().towers.len() as u64)?;
         let reports = crate::towers::post_all(
             compiled.policy(),
@@ -328,6 +330,18 @@ impl Cosigner {
         let before = store.get(kind::SPEND, &id)?;
         record.towers = reports.clone();
         let mut batch = Batch::default();
+        if reports.iter().any(|t| !t.acknowledged) {
+            // The towers that missed it get it again until they acknowledge.
+            let order = RegisterApproval { nonce: 0, policy_id: client.id.clone(), approval: record.approval.clone(), signatures };
+            let acked = reports.iter().filter(|t| t.acknowledged).map(|t| t.name.clone()).collect();
+            let order = crate::orders::TowerOrder {
+                path: "/v1/approvals".into(),
+                body: serde_json::to_value(&order).expect("json"),
+                subject: record.approval.unvault_txid.clone(),
+                acked,
+            };
+            Self::queue_order(&mut **store, &mut batch, &client.id, order)?;
+        }
         batch.expect(kind::SPEND, id.clone(), before).put(
             kind::SPEND,
             id,

@@ -85,6 +85,8 @@ pub struct Services {
     pub cosigner_url: Option<String>,
     /// Each tower's URL, instead of `http://127.0.0.1:7431 + i`.
     pub tower_urls: Vec<String>,
+    /// Each tower's public key (hex), instead of the example's.
+    pub tower_keys: Vec<String>,
     /// `allowance.spend_limit_sat`, when set.
     pub spend_limit_sat: Option<u64>,
     /// `allowance.velocity_window_blocks` (1008 when none).
@@ -155,11 +157,12 @@ impl ExamplePolicy {
             .enumerate()
             .map(|(i, k)| {
                 let url = self.services.tower_urls.get(i).cloned();
+                let key = self.services.tower_keys.get(i).cloned();
                 format!(
                     "\n[[towers]]\nname = \"tower-{}\"\nurl = \"{}\"\nkey = \"{}\"\n",
                     (b'a' + i as u8) as char,
                     url.unwrap_or_else(|| format!("http://127.0.0.1:{}", 7431 + i)),
-                    PublicKey::from_secret_key(secp(), k)
+                    key.unwrap_or_else(|| PublicKey::from_secret_key(secp(), k).to_string())
                 )
             })
             .collect();

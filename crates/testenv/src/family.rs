@@ -24,7 +24,7 @@ use vigil_chain::ChainBackend;
 
 use crate::cosigner::{self, CosignerApi, CosignerProcess};
 use crate::household::Refused;
-use crate::process::{free_port, Node, TowerOptions, TowerProcess};
+use crate::process::{Node, TowerOptions, TowerProcess};
 use crate::wallet::{mine, Wallet};
 
 /// The owner, the guardians and their services.
@@ -52,46 +52,38 @@ pub struct Family {
 
 impl Family {
     /// Enrolls with `co` using a fresh token, writes the policy naming the co-signer's
-    /// account and `towers` new towers (each pinning it), and pins it at the co-signer.
-    pub fn new(
-        node: &Node,
-        co: &CosignerProcess,
-        mut example: ExamplePolicy,
-        towers: usize,
-        webhook: Option<&str>,
-    ) -> Family {
+    /// account and `towers` new towers, and pins it at the co-signer and at every tower.
+    pub fn new(node: &Node, co: &CosignerProcess, example: ExamplePolicy, towers: usize, webhook: Option<&str>) -> Family {
+        let keys = example.keys();
+        let hooks: Vec<&str> = webhook.into_iter().collect();
+        let towers: Vec<TowerProcess> = (0..towers)
+            .map(|i| {
+                // No [[clients]]: the family enrolls through the API.
+                let options = TowerOptions { identity: Some(keys.towers[i]), webhooks: &hooks, ..TowerOptions::default() };
+                TowerProcess::configured(node, &[], i, options)
+            })
+            .collect();
+        let mut family = Family::sharing(node, co, example, &towers.iter().collect::<Vec<_>>());
+        family.towers = towers;
+        family
+    }
+
+    /// A family whose policy names towers that already run (and serve others too): it
+    /// enrolls at each. Its `towers` list is empty (they are not its to stop).
+    pub fn sharing(node: &Node, co: &CosignerProcess, mut example: ExamplePolicy, towers: &[&TowerProcess]) -> Family {
         let token = co.token();
         let enrolled: Enrolled = ureq::post(&format!("{}/v1/enroll", co.url))
             .send_json(serde_json::json!({ "token": token }))
             .unwrap()
             .into_json()
             .unwrap();
-        let ports: Vec<u16> = (0..towers).map(|_| free_port()).collect();
-        example.towers = towers;
+        example.towers = towers.len();
         example.services.cosigner_key = Some(enrolled.cosigner_key.clone());
         example.services.cosigner_url = Some(co.url.clone());
-        example.services.tower_urls = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+        example.services.tower_urls = towers.iter().map(|t| t.api.url.clone()).collect();
+        example.services.tower_keys = towers.iter().map(|t| t.public_key.to_string()).collect();
         let text = example.to_toml();
         let keys = example.keys();
-        let hooks: Vec<&str> = webhook.into_iter().collect();
-        let towers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                // No [[clients]]: the family enrolls through the API below.
-                TowerProcess::configured(
-                    node,
-                    &[],
-                    i,
-                    TowerOptions {
-                        identity: Some(keys.towers[i]),
-                        port: Some(*port),
-                        webhooks: &hooks,
-                        ..TowerOptions::default()
-                    },
-                )
-            })
-            .collect();
         let policy_id = vigil_tower::policy_id(&text);
         let api = CosignerApi {
             url: co.url.clone(),
@@ -108,7 +100,7 @@ impl Family {
             example,
             keys,
             cosigner: api,
-            towers,
+            towers: Vec::new(),
             wallet,
             heartbeat: ([1; 32], [2; 32]),
             nonce: AtomicU64::new(0),
@@ -123,19 +115,13 @@ impl Family {
             alarm_emails: vec!["guardians@family.example".into()],
         };
         family.post("/v1/clients", &pin, &family.owner()).unwrap();
-        for t in &family.towers {
+        for t in towers {
             let req = vigil_tower::wire::EnrollClient {
                 nonce: family.next_nonce(),
                 token: t.token(),
                 policy: family.policy_text.clone(),
             };
-            crate::household::post(
-                &t.api,
-                "/v1/clients",
-                &serde_json::to_vec(&req).unwrap(),
-                &family.owner(),
-            )
-            .unwrap();
+            crate::household::post(&t.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &family.owner()).unwrap();
         }
         family
     }

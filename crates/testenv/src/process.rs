@@ -16,14 +16,17 @@ use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
 
 /// The `vigil` binary the tests run: `VIGIL_EXE`, or the one cargo built beside the running
-/// test (`cargo test --workspace` builds it).
+/// test or benchmark (`cargo test --workspace` builds it).
 pub fn vigil_exe() -> PathBuf {
     if let Some(exe) = std::env::var_os("VIGIL_EXE") {
         return exe.into();
     }
-    let test = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/<test> -> target/<profile>/vigil
-    let exe = test.parent().and_then(Path::parent).map(|dir| dir.join("vigil")).expect("a target directory");
+    let me = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> or target/<profile>/vigil-bench -> target/<profile>/vigil
+    let beside = |dir: Option<&Path>| dir.map(|d| d.join("vigil")).filter(|p| p.exists());
+    let exe = beside(me.parent())
+        .or_else(|| beside(me.parent().and_then(Path::parent)))
+        .unwrap_or_else(|| me.parent().and_then(Path::parent).expect("a target directory").join("vigil"));
     assert!(
         exe.exists(),
         "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --bin vigil` first)",
@@ -338,6 +341,8 @@ pub struct TowerProcess {
     pub config: PathBuf,
     /// Its API.
     pub api: TowerApi,
+    /// Its identity (what policies name it by).
+    pub public_key: vigil_policy::bitcoin::secp256k1::PublicKey,
     /// Its directory (configuration, key files, data).
     pub dir: tempfile::TempDir,
 }
@@ -424,6 +429,7 @@ impl TowerProcess {
             child: None,
             config: path,
             api: TowerApi { url: format!("http://127.0.0.1:{port}"), key },
+            public_key: secret.public_key(&Secp256k1::new()),
             dir,
         };
         tower.start();

@@ -57,8 +57,11 @@ pub async fn run(config: TowerConfig) -> Result<(), TowerError> {
     let mut alarm_threads = Vec::new();
     for endpoint in tower.config.alarms.webhooks.clone() {
         // Each endpoint on its own thread and store connection: one dead endpoint never
-        // delays another.
-        let store = daemon::open_store(&tower.config)?;
+        // delays another. (PostgreSQL's client blocks: connected off the async threads.)
+        let config = tower.config.clone();
+        let store = tokio::task::spawn_blocking(move || daemon::open_store(&config))
+            .await
+            .map_err(|_| TowerError::WatchLoopPanicked)??;
         let t = tower.clone();
         alarm_threads.push(std::thread::spawn(move || alarms::deliver_loop(t, endpoint, store)));
     }

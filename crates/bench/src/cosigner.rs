@@ -1,0 +1,155 @@
+//! The co-signer under load: 1,000 spend requests sent at once across 100 clients (ten vaults
+//! each), against the real `vigil cosigner` process on SQLite and on PostgreSQL, with a real
+//! tower acknowledging every approval. It prints p50/p99 latency and approvals per second,
+//! with the same 1,000 concurrent signed reads as the baseline, and checks that no request
+//! is lost, no approval issued twice, and no client's velocity exceeded.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use vigil_cosigner::wire::Signed;
+use vigil_policy::bitcoin::Amount;
+use vigil_policy::example::ExamplePolicy;
+use vigil_policy::VaultKind;
+use vigil_testenv::cosigner::{post_raw, unix_now, CosignerApi, CosignerProcess};
+use vigil_testenv::family::Family;
+use vigil_testenv::process::{vigil_node, TowerProcess};
+use vigil_testenv::wallet::mine;
+
+const CLIENTS: usize = 100;
+const VAULTS: usize = 10;
+const VAULT_SAT: u64 = 1_000_000;
+/// Each client's velocity budget: half its vaults (their unvaults release a little less
+/// than the vault each), so half the requests are approved at once and half wait.
+const VELOCITY_SAT: u64 = 5 * VAULT_SAT;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Sends every request at once (one thread each, released together); each answer's status,
+/// body and latency.
+fn burst(requests: Vec<(CosignerApi, String, Option<Vec<u8>>, vigil_policy::bitcoin::secp256k1::Keypair)>) -> (Vec<(u16, Value, Duration)>, Duration) {
+    let barrier = Arc::new(Barrier::new(requests.len() + 1));
+    let handles: Vec<_> = requests
+        .into_iter()
+        .map(|(api, path, body, key)| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let start = Instant::now();
+                let (status, bytes) = match &body {
+                    Some(b) => post_raw(&api, &path, b, &key),
+                    None => match vigil_testenv::cosigner::get(&api, &path, &key) {
+                        Ok(v) => (200, v.to_string().into_bytes()),
+                        Err((s, t)) => (s, t.into_bytes()),
+                    },
+                };
+                let took = start.elapsed();
+                (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), took)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let answers = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    (answers, start.elapsed())
+}
+
+/// One run against a co-signer whose configuration ends with `store`.
+fn run(label: &str, store: &str) {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, store);
+    let tower = TowerProcess::new(&node, &[], 0, None);
+    let setup = Instant::now();
+    let miner = vigil_testenv::wallet::Wallet::new();
+    mine(&node.rpc, (CLIENTS * VAULTS + 120) as u32, &miner.address());
+    let mut families = Vec::new();
+    for c in 0..CLIENTS {
+        let mut e = ExamplePolicy { seed: format!("bench cosigner {c}"), delay: 20, recovery: 40, deep_vault: 60, ..ExamplePolicy::default() };
+        e.velocity_limit_sat = VELOCITY_SAT;
+        let mut f = Family::sharing(&node, &co, e, &[&tower]);
+        f.use_coins_from(1 + (c * VAULTS) as u32);
+        let vaults: Vec<_> = (0..VAULTS).map(|_| f.vault(&node, Amount::from_sat(VAULT_SAT), VaultKind::Standard)).collect();
+        families.push((f, vaults));
+    }
+    eprintln!("{label}: {CLIENTS} clients with {VAULTS} vaults each set up in {:.0?}", setup.elapsed());
+
+    // The baseline: the same number of concurrent signed requests that only read.
+    let reads = families
+        .iter()
+        .flat_map(|(f, _)| (0..VAULTS).map(move |_| (f.cosigner.clone(), "/v1/spends".to_owned(), None, f.owner())))
+        .collect();
+    let (base, _) = burst(reads);
+    assert!(base.iter().all(|(s, _, _)| *s == 200), "every read answered");
+    let mut base_lat: Vec<Duration> = base.iter().map(|(_, _, d)| *d).collect();
+    base_lat.sort();
+
+    // The load: every vault's spend at once, each client's signed with consecutive nonces.
+    let now = unix_now();
+    let spends = families
+        .iter()
+        .flat_map(|(f, vaults)| {
+            vaults.iter().map(move |v| {
+                let psbt = f.spend_psbt(v, &f.wallet.address(), 1_000);
+                let request = json!({
+                    "vault_outpoint": v.outpoint().to_string(),
+                    "psbt": base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
+                });
+                let body = serde_json::to_vec(&Signed { nonce: f.next_nonce(), time: now, request }).unwrap();
+                (f.cosigner.clone(), "/v1/spends".to_owned(), Some(body), f.owner())
+            })
+        })
+        .collect();
+    let (answers, wall) = burst(spends);
+    let lost: Vec<_> = answers.iter().filter(|(s, _, _)| *s != 200).map(|(s, v, _)| (s, v.to_string())).collect();
+    assert!(lost.is_empty(), "{} requests not answered 200: {:?}", lost.len(), &lost[..lost.len().min(3)]);
+    let mut lat: Vec<Duration> = answers.iter().map(|(_, _, d)| *d).collect();
+    lat.sort();
+    let approved = answers.iter().filter(|(_, v, _)| v["state"] == "approved").count();
+
+    // Every request is recorded once; no vault approved twice; no client over its budget;
+    // every approval acknowledged by the tower before it was answered.
+    for (f, vaults) in &families {
+        let recorded = f.get("/v1/spends", &f.guardian(0)).unwrap();
+        let recorded = recorded.as_array().unwrap();
+        assert_eq!(recorded.len(), VAULTS, "no request lost or doubled");
+        let mut outpoints: Vec<&str> = recorded.iter().map(|s| s["vault_outpoint"].as_str().unwrap()).collect();
+        outpoints.sort();
+        outpoints.dedup();
+        assert_eq!(outpoints.len(), vaults.len(), "one request per vault");
+        let released: u64 = recorded.iter().filter(|s| s["state"] == "approved").map(|s| s["amount_sat"].as_u64().unwrap()).sum();
+        assert!(released <= VELOCITY_SAT, "velocity exceeded: {released} > {VELOCITY_SAT}");
+        assert!(recorded.iter().filter(|s| s["state"] == "approved").all(|s| s["towers"][0]["acknowledged"] == true));
+    }
+    let p = |v: &[Duration], q| percentile(v, q).as_secs_f64() * 1000.0;
+    println!(
+        "cosigner {label}: {} spend requests at once across {CLIENTS} clients: p50 {:.1} ms, p99 {:.1} ms \
+         (baseline signed reads p50 {:.1} ms, p99 {:.1} ms: {:.2}x at p99); {approved} approved at once, \
+         {:.0} approvals/s; none lost, none approved twice, no client over its velocity",
+        answers.len(),
+        p(&lat, 0.5),
+        p(&lat, 0.99),
+        p(&base_lat, 0.5),
+        p(&base_lat, 0.99),
+        p(&lat, 0.99) / p(&base_lat, 0.99),
+        approved as f64 / wall.as_secs_f64(),
+    );
+}
+
+/// SQLite, then PostgreSQL when `VIGIL_TEST_POSTGRES` names a server.
+pub fn load() {
+    run("SQLite", "");
+    match vigil_testenv::process::postgres() {
+        Some(url) => {
+            let schema = format!("bench_cosigner_{}", std::process::id());
+            run("PostgreSQL", &format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n"));
+            if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+            }
+        }
+        None => println!("cosigner PostgreSQL: skipped (VIGIL_TEST_POSTGRES is not set)"),
+    }
+}
