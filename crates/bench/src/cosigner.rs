@@ -31,7 +31,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Sends every request at once (one thread each, released together); each answer's status,
 /// body and latency.
-fn burst(requests: Vec<(CosignerApi, String, Option<Vec<u8>>, vigil_policy::bitcoin::secp256k1::Keypair)>) -> (Vec<(u16, Value, Duration)>, Duration) {
+fn burst(
+    requests: Vec<(CosignerApi, String, Option<Vec<u8>>, vigil_policy::bitcoin::secp256k1::Keypair)>,
+) -> (Vec<(u16, Value, Duration)>, Duration) {
     let barrier = Arc::new(Barrier::new(requests.len() + 1));
     let handles: Vec<_> = requests
         .into_iter()
@@ -68,11 +70,18 @@ fn run(label: &str, store: &str) {
     mine(&node.rpc, (CLIENTS * VAULTS + 120) as u32, &miner.address());
     let mut families = Vec::new();
     for c in 0..CLIENTS {
-        let mut e = ExamplePolicy { seed: format!("bench cosigner {c}"), delay: 20, recovery: 40, deep_vault: 60, ..ExamplePolicy::default() };
+        let mut e = ExamplePolicy {
+            seed: format!("bench cosigner {c}"),
+            delay: 20,
+            recovery: 40,
+            deep_vault: 60,
+            ..ExamplePolicy::default()
+        };
         e.velocity_limit_sat = VELOCITY_SAT;
         let mut f = Family::sharing(&node, &co, e, &[&tower]);
         f.use_coins_from(1 + (c * VAULTS) as u32);
-        let vaults: Vec<_> = (0..VAULTS).map(|_| f.vault(&node, Amount::from_sat(VAULT_SAT), VaultKind::Standard)).collect();
+        let vaults: Vec<_> =
+            (0..VAULTS).map(|_| f.vault(&node, Amount::from_sat(VAULT_SAT), VaultKind::Standard)).collect();
         families.push((f, vaults));
     }
     eprintln!("{label}: {CLIENTS} clients with {VAULTS} vaults each set up in {:.0?}", setup.elapsed());
@@ -80,7 +89,9 @@ fn run(label: &str, store: &str) {
     // The baseline: the same number of concurrent signed requests that only read.
     let reads = families
         .iter()
-        .flat_map(|(f, _)| (0..VAULTS).map(move |_| (f.cosigner.clone(), "/v1/spends".to_owned(), None, f.owner())))
+        .flat_map(|(f, _)| {
+            (0..VAULTS).map(move |_| (f.cosigner.clone(), "/v1/spends".to_owned(), None, f.owner()))
+        })
         .collect();
     let (base, _) = burst(reads);
     assert!(base.iter().all(|(s, _, _)| *s == 200), "every read answered");
@@ -104,7 +115,8 @@ fn run(label: &str, store: &str) {
         })
         .collect();
     let (answers, wall) = burst(spends);
-    let lost: Vec<_> = answers.iter().filter(|(s, _, _)| *s != 200).map(|(s, v, _)| (s, v.to_string())).collect();
+    let lost: Vec<_> =
+        answers.iter().filter(|(s, _, _)| *s != 200).map(|(s, v, _)| (s, v.to_string())).collect();
     assert!(lost.is_empty(), "{} requests not answered 200: {:?}", lost.len(), &lost[..lost.len().min(3)]);
     let mut lat: Vec<Duration> = answers.iter().map(|(_, _, d)| *d).collect();
     lat.sort();
@@ -116,13 +128,21 @@ fn run(label: &str, store: &str) {
         let recorded = f.get("/v1/spends", &f.guardian(0)).unwrap();
         let recorded = recorded.as_array().unwrap();
         assert_eq!(recorded.len(), VAULTS, "no request lost or doubled");
-        let mut outpoints: Vec<&str> = recorded.iter().map(|s| s["vault_outpoint"].as_str().unwrap()).collect();
+        let mut outpoints: Vec<&str> =
+            recorded.iter().map(|s| s["vault_outpoint"].as_str().unwrap()).collect();
         outpoints.sort();
         outpoints.dedup();
         assert_eq!(outpoints.len(), vaults.len(), "one request per vault");
-        let released: u64 = recorded.iter().filter(|s| s["state"] == "approved").map(|s| s["amount_sat"].as_u64().unwrap()).sum();
+        let released: u64 = recorded
+            .iter()
+            .filter(|s| s["state"] == "approved")
+            .map(|s| s["amount_sat"].as_u64().unwrap())
+            .sum();
         assert!(released <= VELOCITY_SAT, "velocity exceeded: {released} > {VELOCITY_SAT}");
-        assert!(recorded.iter().filter(|s| s["state"] == "approved").all(|s| s["towers"][0]["acknowledged"] == true));
+        assert!(recorded
+            .iter()
+            .filter(|s| s["state"] == "approved")
+            .all(|s| s["towers"][0]["acknowledged"] == true));
     }
     let p = |v: &[Duration], q| percentile(v, q).as_secs_f64() * 1000.0;
     println!(
@@ -145,7 +165,10 @@ pub fn load() {
     match vigil_testenv::process::postgres() {
         Some(url) => {
             let schema = format!("bench_cosigner_{}", std::process::id());
-            run("PostgreSQL", &format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n"));
+            run(
+                "PostgreSQL",
+                &format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n"),
+            );
             if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
                 let _ = c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
             }

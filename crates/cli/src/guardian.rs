@@ -196,21 +196,28 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
         GuardianCommand::Show { id } => {
             let s: SpendStatus = co.get(&format!("/v1/spends/{id}"))?;
-            show(&serde_json::to_value(&s)?, describe(&s));
+            let text = match verified(&policy, &s) {
+                Ok((_, shown)) => shown,
+                Err(e) => format!("{}\n  DO NOT APPROVE: {e}", describe(&s)),
+            };
+            show(&serde_json::to_value(&s)?, text);
         }
         GuardianCommand::Approve { id, yes } | GuardianCommand::Deny { id, yes } => {
             let approve = matches!(args.command, GuardianCommand::Approve { .. });
             let s: SpendStatus = co.get(&format!("/v1/spends/{id}"))?;
-            // What is signed is checked against the request's own transaction, not only the
-            // co-signer's description of it.
-            let mut psbt =
-                Psbt::deserialize(&base64_decode(&s.psbt)?).context("the request's transaction")?;
-            if psbt.unsigned_tx.compute_txid().to_string() != s.spend_txid {
-                bail!("the co-signer's description does not match the transaction it asks to sign");
-            }
+            // What is shown and signed is rebuilt from this guardian's own copy of the policy:
+            // the co-signer's description is not trusted. Denying needs no such proof.
+            let checked = verified(&policy, &s);
+            let (mut psbt, shown) = match (approve, checked) {
+                (_, Ok(ok)) => ok,
+                (true, Err(e)) => return Err(e),
+                (false, Err(e)) => {
+                    (Psbt::deserialize(&base64_decode(&s.psbt)?)?, format!("{}\n  ({e})", describe(&s)))
+                }
+            };
             if !yes {
                 let word = if approve { "APPROVE" } else { "DENY" };
-                confirm(&describe(&s), word)?;
+                confirm(&shown, word)?;
             }
             let vote = if approve {
                 keys.sign_psbt(0, &mut psbt);
@@ -294,6 +301,100 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The spend request checked against this guardian's copy of the policy: the vault's
+/// unvault rebuilt from it and the request's vault parameters must be the unvault the request
+/// names; the spend must be that unvault's only input, at DELAY; the approval's terms must
+/// name this spend, this vault and this policy version. Returns the PSBT to sign, rebuilt
+/// from the policy (so its key origins are this policy's), and the description of what it
+/// does, computed from the transaction itself.
+fn verified(policy: &Policy, s: &SpendStatus) -> anyhow::Result<(Psbt, String)> {
+    use std::str::FromStr;
+    use vigil_policy::bitcoin::{OutPoint, XOnlyPublicKey};
+    let compiled = vigil_policy::CompiledPolicy::new(policy.clone())?;
+    let v = &s.vault;
+    let kind = if v.kind == "guarded" {
+        vigil_policy::VaultKind::Guarded
+    } else {
+        vigil_policy::VaultKind::Standard
+    };
+    let key = |k: &str| XOnlyPublicKey::from_str(k).context("a one-time key of the vault");
+    let plan = compiled.plan(
+        v.index,
+        Amount::from_sat(v.amount_sat),
+        kind,
+        key(&v.owner_once)?,
+        key(&v.cosigner_once)?,
+    )?;
+    let vault_outpoint = OutPoint::from_str(&v.vault_outpoint).context("the vault's outpoint")?;
+    let graph = compiled.build_graph(&plan, vault_outpoint)?;
+    let unvault = &graph.unvault.tx;
+    let given = Psbt::deserialize(&base64_decode(&s.psbt)?).context("the request's transaction")?;
+    let tx = &given.unsigned_tx;
+    let u_out = OutPoint { txid: unvault.compute_txid(), vout: 0 };
+    let problems = [
+        (
+            s.approval.unvault_txid != u_out.txid.to_string(),
+            "the approval names another unvault than this vault's",
+        ),
+        (s.approval.vault_outpoint != v.vault_outpoint, "the approval names another vault"),
+        (
+            tx.input.len() != 1 || tx.input[0].previous_output != u_out,
+            "the spend does not spend this vault's unvault alone",
+        ),
+        (
+            tx.input.first().map(|i| i.sequence)
+                != Some(vigil_policy::bitcoin::Sequence::from_height(policy.delays.unvault)),
+            "the spend is not at the policy's DELAY",
+        ),
+        (
+            s.approval.spend_txid != tx.compute_txid().to_string(),
+            "the approval names another spend than the transaction shown",
+        ),
+        (s.approval.policy_version != policy.version, "the approval names another policy version than yours"),
+    ];
+    if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
+        bail!("refusing to sign: {why}. Do not approve; tell the other guardians.");
+    }
+    let descriptors = compiled.vault_descriptors(&plan)?;
+    let input = vigil_policy::SpendInput {
+        outpoint: u_out,
+        txout: unvault.output[0].clone(),
+        descriptor: descriptors.unvault,
+        sequence: tx.input[0].sequence,
+    };
+    let psbt = vigil_policy::spend_psbt(&[input], tx.output.clone())?;
+    if psbt.unsigned_tx != *tx {
+        bail!("refusing to sign: the spend is not a plain spend of the unvault");
+    }
+    let pays: Vec<String> = tx
+        .output
+        .iter()
+        .map(|o| {
+            let to = vigil_policy::bitcoin::Address::from_script(&o.script_pubkey, policy.network)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| o.script_pubkey.to_string());
+            format!("{} to {to}", btc(o.value.to_sat()))
+        })
+        .collect();
+    let mut shown = format!(
+        "Spend request {}: {}\n  takes {} out of vault {} ({})\n  pays {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
+        s.id,
+        s.state,
+        btc(unvault.output[0].value.to_sat()),
+        v.vault_outpoint,
+        v.kind,
+        pays.join(", "),
+        s.approval.policy_version,
+        s.approvals,
+        s.approvals_needed,
+        s.approval.expiry_height,
+    );
+    if s.under_lockdown {
+        shown.push_str("\n  WARNING: requested while the client was LOCKED DOWN (or under duress). Do not approve it on anyone's word.");
+    }
+    Ok((psbt, shown))
 }
 
 /// The lines that differ, `-` old and `+` new.

@@ -232,14 +232,16 @@ impl Cosigner {
         let outpoint =
             OutPoint::from_str(&r.vault_outpoint).map_err(|_| bad("vault_outpoint: not txid:vout"))?;
         // Already committed (the answer was lost, or a tower was missing): carry on with it.
-        let existing = vault_record(&mut **self.store(), &r.vault_outpoint)?;
+        // The canonical spelling names it everywhere (store, towers' acknowledgements).
+        let vault_key = outpoint.to_string();
+        let existing = vault_record(&mut **self.store(), &vault_key)?;
         if let Some(v) = existing {
             if v.client != caller.client.id {
                 return Err(Refusal::NotFound(format!("no vault {outpoint} of this client")));
             }
             let batch = Self::consume_nonce(&mut **self.store(), &caller.key, req)?;
             self.store().commit(&batch)?;
-            return self.register_with_towers(&caller.client.id, &r.vault_outpoint);
+            return self.register_with_towers(&caller.client.id, &vault_key);
         }
         let open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
         let ceremony = match open.get(&outpoint) {
@@ -293,20 +295,20 @@ impl Cosigner {
             batch.expect(kind::INTAKE, coin.to_string(), None).put(
                 kind::INTAKE,
                 coin.to_string(),
-                r.vault_outpoint.clone(),
+                vault_key.clone(),
             );
         }
         let index_id = format!("{}/{}", caller.client.id, ceremony.plan.index);
         batch
             .expect(kind::VAULT_INDEX, index_id.clone(), None)
-            .put(kind::VAULT_INDEX, index_id, r.vault_outpoint.clone())
-            .expect(kind::VAULT, r.vault_outpoint.clone(), None)
-            .put(kind::VAULT, r.vault_outpoint.clone(), serde_json::to_string(&record).expect("json"));
+            .put(kind::VAULT_INDEX, index_id, vault_key.clone())
+            .expect(kind::VAULT, vault_key.clone(), None)
+            .put(kind::VAULT, vault_key.clone(), serde_json::to_string(&record).expect("json"));
         store.commit(&batch)?;
         drop(store);
         drop(open);
         tracing::info!(client = %caller.client.id, vault = %outpoint, "vault signed; registering with towers");
-        self.register_with_towers(&caller.client.id, &r.vault_outpoint)
+        self.register_with_towers(&caller.client.id, &vault_key)
     }
 
     /// Registers a committed vault with every tower that has not acknowledged it; once all
@@ -350,7 +352,15 @@ impl Cosigner {
         let mut latest = vault_record(&mut **store, outpoint)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&latest).expect("json");
         latest.towers = reports;
+        let first_attempt = latest.towers.is_empty();
         let mut batch = Batch::default();
+        if !all && first_attempt {
+            batch.alarm(alarm(
+                &client.id,
+                "vault-unregistered",
+                format!("vault {outpoint} is not registered with every tower yet; its funding is withheld until it is"),
+            ));
+        }
         if all {
             latest.state = "protected".into();
             tracing::info!(client = %client.id, vault = %outpoint, "every tower acknowledged: vault protected");
@@ -433,15 +443,16 @@ impl Cosigner {
             }
         };
         for (client, outpoint) in pending {
-            match self.register_with_towers(&client, &outpoint) {
-                Ok(s) if s.state == "protected" => {}
-                _ => {
-                    let mut batch = Batch::default();
-                    batch.alarm(alarm(&client, "vault-unregistered", format!("vault {outpoint} is not registered with every tower yet; its funding is withheld")));
-                    let _ = self.store().commit(&batch);
-                }
+            // Alarmed once, at the first attempt; here only retried.
+            if let Err(e) = self.register_with_towers(&client, &outpoint) {
+                tracing::warn!(%client, vault = %outpoint, error = %e.message(), "vault still not registered with every tower");
             }
         }
+        // Ceremonies never completed: their one-time keys go.
+        self.ceremonies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| c.started.elapsed() < CEREMONY_TTL);
     }
 }
 

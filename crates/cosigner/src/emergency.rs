@@ -13,9 +13,13 @@ use vigil_policy::Policy;
 
 use crate::error::Refusal;
 use crate::orders::TowerOrder;
-use crate::service::{alarm, Caller, ClientRecord, Cosigner, DURESS_LOCKDOWN_BLOCKS, MAX_LOCKDOWN_BLOCKS};
+use crate::service::{alarm, Caller, Cosigner, DURESS_LOCKDOWN_BLOCKS, MAX_LOCKDOWN_BLOCKS};
 use crate::store::{kind, Store};
 use crate::wire::{self, Heartbeat, HeartbeatAck, KeySignature, Lockdown, LockdownStatus, Signed};
+
+/// Blocks a first lift proposal must leave beyond the governance wait, so that the quorum
+/// gathering over a few blocks still meets it (and so do towers a block or two ahead).
+pub const LIFT_SLACK_BLOCKS: u32 = 6;
 
 fn bad(m: impl Into<String>) -> Refusal {
     Refusal::BadRequest(m.into())
@@ -70,12 +74,20 @@ impl Cosigner {
         let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
-        client.lockdown_until = client.lockdown_until.max(tip + blocks);
+        if tip + blocks > client.lockdown_until {
+            client.lockdown_until = tip + blocks;
+            client.new_lockdown_epoch();
+        }
         let message = format!(
             "client {} locked down by {:?} until block {} (tip {tip}): spends are refused",
             client.id, caller.role, client.lockdown_until
         );
-        Self::queue_order(&mut **store, &mut batch, &client.id, lockdown_order(&client))?;
+        Self::queue_order(
+            &mut **store,
+            &mut batch,
+            &client.id,
+            lockdown_order(&client.id, client.lockdown_until, false),
+        )?;
         batch
             .expect(kind::CLIENT, client.id.clone(), Some(before))
             .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
@@ -99,14 +111,27 @@ impl Cosigner {
         let tip = self.tip()?;
         let mut store = self.store();
         let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        if !client.locked(tip) {
+        if !client.locked(tip) && !client.under_duress(tip) {
             return Err(Refusal::Conflict("the client is not locked down".into()));
         }
-        if client.lift_proposed == 0 && r.lift_at_height < tip + self.config.governance_delay_blocks {
+        if client.lift_at > 0 {
+            return Err(Refusal::Conflict(format!(
+                "the guardians' quorum lifts this lockdown at block {} already",
+                client.lift_at
+            )));
+        }
+        // A proposal the chain caught up with is void: the wait counts from the quorum.
+        if client.lift_proposed != 0 && client.lift_proposed < tip + self.config.governance_delay_blocks {
+            client.lift_proposed = 0;
+            client.lift_votes.clear();
+        }
+        if client.lift_proposed == 0
+            && r.lift_at_height < tip + self.config.governance_delay_blocks + LIFT_SLACK_BLOCKS
+        {
             return Err(bad(format!(
                 "lift_at_height {} is sooner than the governance wait allows (block {} at the earliest)",
                 r.lift_at_height,
-                tip + self.config.governance_delay_blocks
+                tip + self.config.governance_delay_blocks + LIFT_SLACK_BLOCKS
             )));
         }
         if client.lift_proposed != 0 && r.lift_at_height != client.lift_proposed {
@@ -134,7 +159,10 @@ impl Cosigner {
                 .lift_votes
                 .push(wire::KeySignature { key: me, signature: sig.as_ref().to_lower_hex_string() });
         }
-        if client.lift_votes.len() as u32 >= caller.policy().guardians.threshold && client.lift_at == 0 {
+        // Only today's guardians count (a policy change may have replaced some).
+        let guardians = &caller.policy().guardians;
+        client.lift_votes.retain(|v| guardians.keys.iter().any(|g| g.auth_key().to_string() == v.key));
+        if client.lift_votes.len() as u32 >= guardians.threshold {
             client.lift_at = client.lift_proposed;
             batch.alarm(alarm(
                 &client.id,
@@ -166,11 +194,8 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(store);
         self.push_soon(client.id.clone());
-        let until = if client.lift_at > 0 {
-            client.lockdown_until.min(client.lift_at)
-        } else {
-            client.lockdown_until
-        };
+        let end = client.lockdown_until.max(client.duress_until);
+        let until = if client.lift_at > 0 { end.min(client.lift_at) } else { end };
         Ok(LockdownStatus { until_height: until })
     }
 
@@ -196,12 +221,17 @@ impl Cosigner {
         match token {
             Some(t) if t == client.heartbeat_real => {}
             Some(t) if t == client.heartbeat_duress => {
-                if !client.duress {
-                    tracing::warn!(client = %client.id, "duress heartbeat");
+                tracing::warn!(client = %client.id, "duress heartbeat");
+                if tip + DURESS_LOCKDOWN_BLOCKS > client.duress_until {
+                    client.duress_until = tip + DURESS_LOCKDOWN_BLOCKS;
+                    client.new_lockdown_epoch();
                 }
-                client.duress = true;
-                client.lockdown_until = client.lockdown_until.max(tip + DURESS_LOCKDOWN_BLOCKS);
-                Self::queue_order(&mut **store, &mut batch, &client.id, lockdown_order(&client))?;
+                Self::queue_order(
+                    &mut **store,
+                    &mut batch,
+                    &client.id,
+                    lockdown_order(&client.id, client.duress_until, true),
+                )?;
                 batch.alarm(alarm(
                     &client.id,
                     "duress",
@@ -310,15 +340,16 @@ impl Cosigner {
     }
 }
 
-/// The lockdown every tower of `client` must hold: quiet under duress.
-pub(crate) fn lockdown_order(client: &ClientRecord) -> TowerOrder {
+/// A lockdown every tower of `client` must hold until `until`: quiet only for duress (a
+/// plain one cancels at once, as the party who asked for it expects).
+pub(crate) fn lockdown_order(client: &str, until: u32, quiet: bool) -> TowerOrder {
     let order = vigil_tower::wire::LockdownRequest {
         nonce: 0,
-        policy_id: client.id.clone(),
-        until_height: client.lockdown_until,
-        quiet: client.duress,
+        policy_id: client.to_owned(),
+        until_height: until,
+        quiet,
     };
-    order_of("/v1/lockdown", &order, format!("lockdown {} {}", client.id, client.lockdown_until))
+    order_of("/v1/lockdown", &order, format!("lockdown {client} {until}"))
 }
 
 pub(crate) fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> TowerOrder {

@@ -59,6 +59,9 @@ impl Cosigner {
         if new.network != current.network {
             return Err(bad("policy: another network"));
         }
+        if new.towers.is_empty() {
+            return Err(bad("policy: it names no tower; a vault nothing watches is not protected"));
+        }
         if new.cosigner != current.cosigner {
             return Err(bad("policy: it names another co-signer key; a client moving away pins it there"));
         }
@@ -89,6 +92,11 @@ impl Cosigner {
             &r.signatures,
         )?;
         let needed = current.guardians.threshold;
+        if !tightening && client.locked(tip) {
+            return Err(Refusal::Forbidden(
+                "the client is locked down: only a change that tightens the policy is taken".into(),
+            ));
+        }
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
         batch.expect(kind::POLICY_VOTES, votes_id.clone(), votes_before);
         if count < needed {

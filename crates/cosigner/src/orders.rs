@@ -52,6 +52,9 @@ impl Cosigner {
     /// Pushes `client`'s orders to the towers that have not acknowledged them; returns the
     /// reports of the last one.
     pub fn push_orders(&self, client_id: &str) -> Result<Vec<TowerReport>, Refusal> {
+        // One push per client at a time, reading the orders under the same lock.
+        let lock = self.towers_lock(client_id);
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (orders, client) = {
             let mut store = self.store();
             let Some(text) = store.get(kind::ORDERS, client_id)? else { return Ok(Vec::new()) };
@@ -61,11 +64,9 @@ impl Cosigner {
         let compiled = self.compiled(&client)?;
         let towers = &compiled.policy().towers;
         let key = self.keys.auth_keypair(client.account);
-        let lock = self.towers_lock(client_id);
-        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = Vec::new();
-        let mut done: Vec<(usize, Vec<String>)> = Vec::new();
-        for (i, order) in orders.iter().enumerate() {
+        let mut done: Vec<(String, String, Vec<String>)> = Vec::new();
+        for order in &orders {
             let missing: Vec<String> =
                 towers.iter().filter(|t| !order.acked.contains(&t.name)).map(|t| t.name.clone()).collect();
             if missing.is_empty() {
@@ -84,11 +85,12 @@ impl Cosigner {
                 },
                 Some(&missing),
             );
-            done.push((i, reports.iter().filter(|r| r.acknowledged).map(|r| r.name.clone()).collect()));
+            let acked = reports.iter().filter(|r| r.acknowledged).map(|r| r.name.clone()).collect();
+            done.push((order.path.clone(), order.subject.clone(), acked));
             last = reports;
         }
         // Record the acknowledgements on the orders as they are now (others may have been
-        // queued meanwhile); drop the orders every tower has.
+        // queued meanwhile), each by what it is; drop the orders every tower has.
         let mut store = self.store();
         let before = store.get(kind::ORDERS, client_id)?;
         let mut now: Vec<TowerOrder> = before
@@ -97,11 +99,11 @@ impl Cosigner {
             .transpose()
             .map_err(|_| Refusal::Internal)?
             .unwrap_or_default();
-        for (i, acked) in done {
-            if let Some(o) = now.get_mut(i) {
-                for name in acked {
-                    if !o.acked.contains(&name) {
-                        o.acked.push(name);
+        for (path, subject, acked) in done {
+            for o in now.iter_mut().filter(|o| o.path == path && o.subject == subject) {
+                for name in &acked {
+                    if !o.acked.contains(name) {
+                        o.acked.push(name.clone());
                     }
                 }
             }

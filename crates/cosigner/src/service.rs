@@ -38,10 +38,12 @@ pub struct ClientRecord {
     pub account: u32,
     /// The pinned policy file.
     pub policy: String,
-    /// Spends and loosening are refused below this height (0: never locked).
+    /// A lockdown the owner knows of (the owner's or a guardian's): spends and loosening are
+    /// refused below this height (0: never locked).
     pub lockdown_until: u32,
-    /// A duress heartbeat came: nothing will be co-signed again, whatever is answered.
-    pub duress: bool,
+    /// A duress heartbeat's silent lockdown: below this height nothing is co-signed, whatever
+    /// is answered (0: none).
+    pub duress_until: u32,
     /// sha256 of the real unlock's heartbeat token.
     pub heartbeat_real: String,
     /// sha256 of the duress unlock's heartbeat token.
@@ -68,11 +70,31 @@ pub struct ClientRecord {
 }
 
 impl ClientRecord {
-    /// Whether spends are refused at `tip`.
+    /// An end height, unless the guardians' quorum lifted the lockdowns earlier.
+    fn until(&self, end: u32) -> u32 {
+        if self.lift_at > 0 {
+            end.min(self.lift_at)
+        } else {
+            end
+        }
+    }
+
+    /// Whether a lockdown the owner knows of holds at `tip`: spends are refused, openly.
     pub fn locked(&self, tip: u32) -> bool {
-        let until =
-            if self.lift_at > 0 { self.lockdown_until.min(self.lift_at) } else { self.lockdown_until };
-        tip < until
+        tip < self.until(self.lockdown_until)
+    }
+
+    /// Whether the client is under duress at `tip`: answered as usual, never co-signed.
+    pub fn under_duress(&self, tip: u32) -> bool {
+        tip < self.until(self.duress_until)
+    }
+
+    /// A new lockdown (or a longer one) starts a new early-lift process: votes for the last
+    /// one do not carry over.
+    pub fn new_lockdown_epoch(&mut self) {
+        self.lift_votes.clear();
+        self.lift_proposed = 0;
+        self.lift_at = 0;
     }
 }
 
@@ -351,8 +373,11 @@ impl Cosigner {
             TokenRecord::Enrolled { account } => account,
             TokenRecord::Used { .. } => return Err(unauthorized("this enrollment token was already used")),
             TokenRecord::Issued => {
-                let next: u32 =
-                    store.get(kind::META, "next_account")?.map(|t| t.parse().unwrap_or(0)).unwrap_or(0);
+                let next: u32 = match store.get(kind::META, "next_account")? {
+                    // A record that does not parse must not hand out account 0 again.
+                    Some(t) => t.parse().map_err(|_| Refusal::Internal)?,
+                    None => 0,
+                };
                 if next >= MAX_ACCOUNTS {
                     return Err(Refusal::Unavailable("this co-signer has no accounts left".into()));
                 }
@@ -415,6 +440,9 @@ impl Cosigner {
                 policy.network, self.network
             )));
         }
+        if policy.towers.is_empty() {
+            return Err(bad("policy: it names no tower; a vault nothing watches is not protected"));
+        }
         let ours = self.keys.account_key(account);
         let theirs = &policy.cosigner;
         let our_xpub = ours.split(']').nth(1).unwrap_or_default();
@@ -445,7 +473,7 @@ impl Cosigner {
             account,
             policy: p.policy.clone(),
             lockdown_until: 0,
-            duress: false,
+            duress_until: 0,
             heartbeat_real: p.heartbeat_real.clone(),
             heartbeat_duress: p.heartbeat_duress.clone(),
             next_spend: 1,
@@ -493,6 +521,9 @@ impl Cosigner {
 
     /// Prometheus text.
     pub fn metrics(&self) -> Result<String, Refusal> {
+        // Never the ceremonies' lock while holding the store's (complete_vault takes them in
+        // the other order).
+        let ceremonies = self.ceremonies.lock().map(|c| c.len()).unwrap_or(0);
         let mut store = self.store();
         let clients = store.count(kind::CLIENT)?;
         let spends = store.list(kind::SPEND, "")?;
@@ -501,7 +532,10 @@ impl Cosigner {
         let tip = self.chain.tip().map(|t| t.height).unwrap_or(0);
         let mut locked = 0;
         for (_, body) in store.list(kind::CLIENT, "")? {
-            if serde_json::from_str::<ClientRecord>(&body).map(|c| c.locked(tip)).unwrap_or(false) {
+            if serde_json::from_str::<ClientRecord>(&body)
+                .map(|c| c.locked(tip) || c.under_duress(tip))
+                .unwrap_or(false)
+            {
                 locked += 1;
             }
         }
@@ -517,7 +551,7 @@ impl Cosigner {
              # TYPE vigil_cosigner_ceremonies gauge\nvigil_cosigner_ceremonies {}\n",
             state("waiting"),
             state("approved"),
-            self.ceremonies.lock().map(|c| c.len()).unwrap_or(0),
+            ceremonies,
         ))
     }
 }
@@ -542,7 +576,10 @@ impl NonceWindow {
             Some((m, u)) => (m.parse(), u.parse()),
             None => (text.parse(), Ok(1)),
         };
-        Ok(NonceWindow { max: max.map_err(|_| Refusal::Internal)?, used: used.map_err(|_| Refusal::Internal)? })
+        Ok(NonceWindow {
+            max: max.map_err(|_| Refusal::Internal)?,
+            used: used.map_err(|_| Refusal::Internal)?,
+        })
     }
 
     /// The window with `n` used, or `None` if `n` cannot be used.
@@ -569,29 +606,6 @@ impl std::fmt::Display for NonceWindow {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_nonce_is_taken_once_in_any_order_within_the_window() {
-        let w = NonceWindow::default();
-        let w = w.consume(10).unwrap();
-        assert_eq!(w.consume(10), None, "the same again");
-        let w = w.consume(8).unwrap();
-        assert_eq!(w.consume(8), None);
-        let w = w.consume(9).unwrap();
-        assert_eq!(w.consume(0), None);
-        let w = w.consume(10 + NONCE_WINDOW).unwrap();
-        assert_eq!(w.consume(10), None, "slid out of the window");
-        assert_eq!(w.consume(11), Some(NonceWindow { max: w.max, used: w.used | (1 << (NONCE_WINDOW - 1)) }));
-        assert_eq!(w.consume(w.max + MAX_NONCE_STEP + 1), None, "a jump that would lock the key out");
-        let old = NonceWindow::parse("7").unwrap();
-        assert_eq!((old.consume(7), old.consume(6).is_some()), (None, true), "the first format");
-        assert_eq!(NonceWindow::parse(&w.to_string()).unwrap(), w);
-    }
-}
-
 /// Refuses a request made more than [`wire::MAX_AGE_SECS`] from now.
 fn fresh(t: u64) -> Result<(), Refusal> {
     let now = now();
@@ -615,4 +629,27 @@ fn token_id(token: &str) -> Result<String, Refusal> {
 /// A JSON body, or a 400 naming what is wrong.
 pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_is_taken_once_in_any_order_within_the_window() {
+        let w = NonceWindow::default();
+        let w = w.consume(10).unwrap();
+        assert_eq!(w.consume(10), None, "the same again");
+        let w = w.consume(8).unwrap();
+        assert_eq!(w.consume(8), None);
+        let w = w.consume(9).unwrap();
+        assert_eq!(w.consume(0), None);
+        let w = w.consume(10 + NONCE_WINDOW).unwrap();
+        assert_eq!(w.consume(10), None, "slid out of the window");
+        assert_eq!(w.consume(11), Some(NonceWindow { max: w.max, used: w.used | (1 << (NONCE_WINDOW - 1)) }));
+        assert_eq!(w.consume(w.max + MAX_NONCE_STEP + 1), None, "a jump that would lock the key out");
+        let old = NonceWindow::parse("7").unwrap();
+        assert_eq!((old.consume(7), old.consume(6).is_some()), (None, true), "the first format");
+        assert_eq!(NonceWindow::parse(&w.to_string()).unwrap(), w);
+    }
 }

@@ -33,6 +33,8 @@ pub struct SpendRecord {
     pub id: u64,
     /// The client.
     pub client: String,
+    /// The vault's parameters.
+    pub vault: vigil_tower::wire::VaultParams,
     /// "waiting", "approved", "denied".
     pub state: String,
     /// The spend PSBT with every signature gathered so far (base64).
@@ -87,6 +89,7 @@ impl SpendRecord {
         let guardian = matches!(viewer, Role::Guardian(_));
         SpendStatus {
             id: self.id,
+            vault: self.vault.clone(),
             state: self.state.clone(),
             vault_outpoint: self.approval.vault_outpoint.clone(),
             spend_txid: self.approval.spend_txid.clone(),
@@ -114,7 +117,10 @@ fn velocity_used(
     let mut used = 0u64;
     for (_, body) in store.list(kind::SPEND, &format!("{}/", client.id))? {
         let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-        if s.state == "approved" && s.needed == 0 && s.approved_height.is_some_and(|h| h + window > tip) {
+        if s.state == "approved"
+            && s.needed == 0
+            && s.approved_height.is_some_and(|h| h.saturating_add(window) > tip)
+        {
             used += s.amount_sat;
         }
     }
@@ -211,7 +217,8 @@ impl Cosigner {
             }
         }
         let locked = client.locked(tip);
-        if locked && !client.duress {
+        let duress = client.under_duress(tip);
+        if locked {
             return Err(Refusal::Forbidden(format!(
                 "the client is locked down until block {}: spends are refused",
                 client.lockdown_until
@@ -240,6 +247,7 @@ impl Cosigner {
         let record = SpendRecord {
             id: client.next_spend,
             client: client.id.clone(),
+            vault: vault.registration.vault.clone(),
             state: if alone { "approved".into() } else { "waiting".into() },
             psbt: encode_psbt(&psbt),
             amount_sat,
@@ -249,8 +257,8 @@ impl Cosigner {
             signatures: Vec::new(),
             denied_by: None,
             approved_height: alone.then_some(tip),
-            under_lockdown: locked && !client.duress,
-            under_duress: client.duress,
+            under_lockdown: locked,
+            under_duress: duress,
             towers: Vec::new(),
         };
         let mut next = client.clone();
@@ -278,7 +286,7 @@ impl Cosigner {
                 ),
             ));
         }
-        if client.duress {
+        if duress {
             batch.alarm(alarm(
                 &client.id,
                 "duress-spend-request",
@@ -332,7 +340,12 @@ impl Cosigner {
         let mut batch = Batch::default();
         if reports.iter().any(|t| !t.acknowledged) {
             // The towers that missed it get it again until they acknowledge.
-            let order = RegisterApproval { nonce: 0, policy_id: client.id.clone(), approval: record.approval.clone(), signatures };
+            let order = RegisterApproval {
+                nonce: 0,
+                policy_id: client.id.clone(),
+                approval: record.approval.clone(),
+                signatures,
+            };
             let acked = reports.iter().filter(|t| t.acknowledged).map(|t| t.name.clone()).collect();
             let order = crate::orders::TowerOrder {
                 path: "/v1/approvals".into(),
@@ -508,18 +521,24 @@ impl Cosigner {
             }
         };
         let opens = confirmed + delay;
-        // Under duress nothing is ever signed; the answer is the one a waiting spend gets.
-        if client.duress || tip + 1 < opens {
-            let shown = if client.duress { opens.max(tip + 1) + delay } else { opens };
+        if tip + 1 < opens {
             return Err(Refusal::Conflict(format!(
                 "the spend can be signed from block {} (the unvault confirmed at {confirmed}, DELAY {delay}); the tip is {tip}",
-                shown - 1
+                opens - 1
             )));
         }
         if client.locked(tip) {
             return Err(Refusal::Forbidden(format!(
                 "the client is locked down until block {}: nothing is signed",
                 client.lockdown_until
+            )));
+        }
+        // Under duress nothing is signed, and the answer is the one a session gets whose
+        // unvault a tower cancelled (which the towers did, quietly, before this height).
+        let unvault_out = vigil_policy::bitcoin::OutPoint { txid: unvault, vout: 0 };
+        if client.under_duress(tip) || self.chain.unspent_output(&unvault_out)?.is_none() {
+            return Err(Refusal::Conflict(format!(
+                "the unvault's output {unvault_out} is spent already: a tower cancelled it; nothing to sign"
             )));
         }
         if confirmed > record.approval.expiry_height {
@@ -538,8 +557,18 @@ impl Cosigner {
         if tx.compute_txid().to_string() != record.approval.spend_txid {
             return Err(Refusal::Internal);
         }
-        let batch = Self::consume_nonce(&mut **self.store(), &caller.key, req)?;
-        self.store().commit(&batch)?;
+        // Signed against the client and request as read: a lockdown or duress committed
+        // meanwhile makes this fail, and nothing is returned.
+        let mut store = self.store();
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        batch
+            .expect(kind::CLIENT, client.id.clone(), Some(serde_json::to_string(&client).expect("json")))
+            .expect(
+                kind::SPEND,
+                spend_id(&client.id, id),
+                Some(serde_json::to_string(&record).expect("json")),
+            );
+        store.commit(&batch)?;
         Ok(SignedSpend { tx: serialize_hex(&tx) })
     }
 }

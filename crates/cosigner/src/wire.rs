@@ -171,6 +171,9 @@ pub struct SpendRequest {
 pub struct SpendStatus {
     /// The request's number.
     pub id: u64,
+    /// The vault's parameters, from which a guardian rebuilds its unvault with its own copy
+    /// of the policy (and so checks what it signs without trusting this description).
+    pub vault: vigil_tower::wire::VaultParams,
     /// "approved", "waiting" (for guardians), "denied".
     pub state: String,
     /// V.

@@ -148,7 +148,7 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     assert!(refused.1.contains("locked down"), "{refused:?}");
     // The owner cannot lift it; a height sooner than the governance wait is refused; one
     // guardian does not lift it; the quorum lifts it at the height they signed.
-    let at = tip(&node) + 1_009;
+    let at = tip(&node) + 1_009 + 6; // the wait, and room for the quorum to gather
     assert_eq!(
         f.post(
             "/v1/lockdown/lift",

@@ -48,6 +48,7 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     let normal = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let coerced = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let later = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
 
     // A normal session: unlock, ask for a spend.
     let real = f.heartbeat(false);
@@ -111,10 +112,16 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     );
     assert!(cancelled_at + 6 <= opens, "buried before the spend leaf opens at {opens}: C at {cancelled_at}");
     eprintln!("coerced unvault confirmed at {confirmed}, quietly cancelled at {cancelled_at}, spend leaf at {opens}");
-    // And nothing is ever co-signed for it.
+    // And nothing is ever co-signed for it; the answer is the one any cancelled unvault gets.
     let id = coerced_answer["id"].as_u64().unwrap();
     block(&node, &f, opens.saturating_sub(tip(&node)));
-    assert!(f.sign(id).is_err());
+    let refused = f.sign(id).unwrap_err();
+    assert!(refused.1.contains("a tower cancelled it"), "{refused:?}");
+    // The owner's own lockdown still looks like one: its own length, spends refused openly.
+    let now = tip(&node);
+    let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 3}), &f.owner()).unwrap();
+    assert_eq!(locked["until_height"].as_u64(), Some(u64::from(now + 3)), "not the duress lockdown's end");
+    assert_eq!(spend(&f, &later).unwrap_err().0, 403);
 }
 
 #[test]

@@ -153,13 +153,16 @@ pub fn write_new(path: &Path, sealed: &[u8]) -> Result<(), KeystoreError> {
         )));
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
+    // A leftover temporary file (a crash) is replaced; a symlink there is never followed.
+    match std::fs::symlink_metadata(&tmp) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(io(&tmp)(std::io::Error::other("a symlink sits where the temporary key file goes")))
+        }
+        Ok(_) => std::fs::remove_file(&tmp).map_err(io(&tmp))?,
+        Err(_) => {}
+    }
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
     f.write_all(sealed).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
     // hard_link fails if the target appeared meanwhile: never replace a key.
     std::fs::hard_link(&tmp, path).map_err(io(path))?;

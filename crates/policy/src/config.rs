@@ -15,6 +15,8 @@ use crate::error::PolicyError;
 
 /// The largest relative timelock a CSV/nSequence can express, in blocks.
 pub const MAX_RELATIVE_LOCK: u32 = 65_535;
+/// The longest velocity window, blocks (about a year).
+pub const MAX_VELOCITY_WINDOW_BLOCKS: u32 = 52_560;
 /// The dust threshold of a P2TR output at Core's dust relay feerate, in sat.
 pub const P2TR_DUST_SAT: u64 = 330;
 /// The shortest DELAY a policy may have outside regtest: ADR 0002's confirmation budget (a
@@ -380,8 +382,14 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
             return Err(field(name, format!("{v} sat is more than 21 million BTC")));
         }
     }
-    if a.velocity_window_blocks == 0 {
-        return Err(field("allowance.velocity_window_blocks", "the window must be at least 1 block"));
+    if a.velocity_window_blocks == 0 || a.velocity_window_blocks > MAX_VELOCITY_WINDOW_BLOCKS {
+        return Err(field(
+            "allowance.velocity_window_blocks",
+            format!(
+                "{} blocks: the window is 1 to {MAX_VELOCITY_WINDOW_BLOCKS} blocks (a year)",
+                a.velocity_window_blocks
+            ),
+        ));
     }
     let whitelist = a
         .whitelist
@@ -415,6 +423,14 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
         }
         let key = PublicKey::from_str(&t.key)
             .map_err(|e| field(name("key"), format!("not a compressed public key in hex: {e}")))?;
+        // Acknowledgements are counted per tower: two entries for one tower would count one
+        // acknowledgement twice.
+        if towers.iter().any(|o: &Tower| o.name == t.name) {
+            return Err(field(name("name"), format!("{:?} names two towers", t.name)));
+        }
+        if towers.iter().any(|o: &Tower| o.key.x_only_public_key().0 == key.x_only_public_key().0) {
+            return Err(field(name("key"), "the same tower is listed twice"));
+        }
         towers.push(Tower { name: t.name.clone(), url: t.url.clone(), key });
     }
     Ok(Policy {

@@ -53,13 +53,23 @@ pub struct Family {
 impl Family {
     /// Enrolls with `co` using a fresh token, writes the policy naming the co-signer's
     /// account and `towers` new towers, and pins it at the co-signer and at every tower.
-    pub fn new(node: &Node, co: &CosignerProcess, example: ExamplePolicy, towers: usize, webhook: Option<&str>) -> Family {
+    pub fn new(
+        node: &Node,
+        co: &CosignerProcess,
+        example: ExamplePolicy,
+        towers: usize,
+        webhook: Option<&str>,
+    ) -> Family {
         let keys = example.keys();
         let hooks: Vec<&str> = webhook.into_iter().collect();
         let towers: Vec<TowerProcess> = (0..towers)
             .map(|i| {
                 // No [[clients]]: the family enrolls through the API.
-                let options = TowerOptions { identity: Some(keys.towers[i]), webhooks: &hooks, ..TowerOptions::default() };
+                let options = TowerOptions {
+                    identity: Some(keys.towers[i]),
+                    webhooks: &hooks,
+                    ..TowerOptions::default()
+                };
                 TowerProcess::configured(node, &[], i, options)
             })
             .collect();
@@ -70,7 +80,12 @@ impl Family {
 
     /// A family whose policy names towers that already run (and serve others too): it
     /// enrolls at each. Its `towers` list is empty (they are not its to stop).
-    pub fn sharing(node: &Node, co: &CosignerProcess, mut example: ExamplePolicy, towers: &[&TowerProcess]) -> Family {
+    pub fn sharing(
+        node: &Node,
+        co: &CosignerProcess,
+        mut example: ExamplePolicy,
+        towers: &[&TowerProcess],
+    ) -> Family {
         let token = co.token();
         let enrolled: Enrolled = ureq::post(&format!("{}/v1/enroll", co.url))
             .send_json(serde_json::json!({ "token": token }))
@@ -121,7 +136,13 @@ impl Family {
                 token: t.token(),
                 policy: family.policy_text.clone(),
             };
-            crate::household::post(&t.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &family.owner()).unwrap();
+            crate::household::post(
+                &t.api,
+                "/v1/clients",
+                &serde_json::to_vec(&req).unwrap(),
+                &family.owner(),
+            )
+            .unwrap();
         }
         family
     }

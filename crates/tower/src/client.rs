@@ -133,4 +133,6 @@ pub fn only_tightens(old: &Policy, new: &Policy) -> bool {
         && b.hot_limit_sat <= a.hot_limit_sat
         && b.velocity_window_blocks >= a.velocity_window_blocks
         && b.whitelist.iter().all(|w| a.whitelist.contains(w))
+        // An empty whitelist restricts nothing: emptying one loosens.
+        && (a.whitelist.is_empty() || !b.whitelist.is_empty())
 }

@@ -159,6 +159,9 @@ pub(crate) fn lockdown(
     Ok(ack(tower, format!("lockdown {} {}", client.id, req.until_height)))
 }
 
+/// Blocks a lift may fall short of the governance wait at a tower.
+pub const LIFT_SLACK_BLOCKS: u32 = 6;
+
 /// `POST /v1/lockdown/lift`: the guardian quorum, at least the governance wait ahead.
 pub(crate) fn lift_lockdown(
     tower: &Tower,
@@ -179,7 +182,9 @@ pub(crate) fn lift_lockdown(
     }
     let mut state = tower.lock();
     let tip = state.watcher.tip();
-    if req.lift_at_height < tip + GOVERNANCE_DELAY_BLOCKS {
+    // A few blocks of slack: the quorum signed a height the co-signer checked against its own
+    // tip, and this tower may be a block or two ahead of it.
+    if req.lift_at_height + LIFT_SLACK_BLOCKS < tip + GOVERNANCE_DELAY_BLOCKS {
         return Err(bad(format!(
             "lift_at_height {} is sooner than the governance wait allows ({} blocks after the tip {tip})",
             req.lift_at_height, GOVERNANCE_DELAY_BLOCKS

@@ -1,6 +1,6 @@
 //! Lockdowns: while one holds, every unvault of the client is cancelled, approved or not.
 //!
-//! A plain lockdown (the owner's, a guardian's, the co-signer's) cancels at once. A *quiet*
+//! A plain lockdown (the owner's, a guardian's) cancels at once. A *quiet*
 //! one (the co-signer's answer to a duress code) must not show on chain minutes after the
 //! code was typed: an approved unvault is cancelled late, `duress_margin` blocks before its
 //! spend leaf opens, with the normal ladder and bumps, always before the deadline. Waiting is
@@ -18,12 +18,21 @@ pub const MIN_DURESS_MARGIN_BLOCKS: u32 = BURY_MARGIN + 1;
 /// The default: a ladder's first rungs and the burial margin before the spend leaf opens.
 pub const DURESS_MARGIN_BLOCKS: u32 = 12;
 
-/// A client's lockdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A client's lockdowns: a plain one and a quiet one, each holding below its own height (a
+/// plain lockdown running when duress comes must not make the duress one cancel at once, nor
+/// the other way round).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lockdown {
-    /// It holds below this height.
-    pub until_height: u32,
-    /// Cancel approved unvaults late (duress) rather than at once.
+    /// A plain lockdown holds below this height.
+    pub plain_until: u32,
+    /// A quiet (duress) lockdown holds below this height.
+    pub quiet_until: u32,
+}
+
+/// What holds for a client at a height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockdownNow {
+    /// Cancel approved unvaults late (only a quiet lockdown holds).
     pub quiet: bool,
 }
 
@@ -48,30 +57,35 @@ impl Watcher {
         std::mem::take(&mut self.lockdowns_dirty)
     }
 
-    /// The lockdown holding for `client` at `height`.
-    pub fn lockdown(&self, client: &str, height: u32) -> Option<Lockdown> {
-        self.lockdowns.get(client).copied().filter(|l| height < l.until_height)
+    /// The lockdown holding for `client` at `height`: a plain one wins over a quiet one.
+    pub fn lockdown(&self, client: &str, height: u32) -> Option<LockdownNow> {
+        let l = self.lockdowns.get(client)?;
+        if height < l.plain_until {
+            Some(LockdownNow { quiet: false })
+        } else if height < l.quiet_until {
+            Some(LockdownNow { quiet: true })
+        } else {
+            None
+        }
     }
 
-    /// Locks `client` down until `until` (a lockdown only ever grows; a plain one overrides a
-    /// quiet one). A plain lockdown cancels every unvault under way at once.
+    /// Locks `client` down until `until`, plainly or quietly (each only ever grows). A plain
+    /// lockdown cancels every unvault under way at once.
     pub fn lock_down(&mut self, client: &str, until: u32, quiet: bool) -> Vec<Action> {
-        let now = self.tip;
-        let merged = match self.lockdown(client, now) {
-            Some(l) => Lockdown { until_height: l.until_height.max(until), quiet: l.quiet && quiet },
-            None => Lockdown { until_height: until, quiet },
-        };
-        self.lockdowns.insert(client.to_owned(), merged);
+        let l = self.lockdowns.entry(client.to_owned()).or_default();
+        if quiet {
+            l.quiet_until = l.quiet_until.max(until);
+        } else {
+            l.plain_until = l.plain_until.max(until);
+        }
+        let plain_until = l.plain_until;
         self.lockdowns_dirty = true;
         let mut actions = Vec::new();
-        if !merged.quiet {
+        if !quiet {
             actions.push(Action::alarm(
                 None,
                 AlarmKind::Lockdown,
-                format!(
-                    "client {client} locked down until block {}: every unvault is cancelled",
-                    merged.until_height
-                ),
+                format!("client {client} locked down until block {plain_until}: every unvault is cancelled"),
             ));
             for id in self.unvaulted_uncancelled(client) {
                 self.cancel_locked(id, "the client is locked down", &mut actions);
@@ -84,7 +98,8 @@ impl Watcher {
     /// after the governance wait).
     pub fn lift_lockdown(&mut self, client: &str, height: u32) {
         if let Some(l) = self.lockdowns.get_mut(client) {
-            l.until_height = l.until_height.min(height);
+            l.plain_until = l.plain_until.min(height);
+            l.quiet_until = l.quiet_until.min(height);
             self.lockdowns_dirty = true;
         }
     }
