@@ -224,6 +224,12 @@ impl Cosigner {
                 client.lockdown_until
             )));
         }
+        // Judged by the policy as it stands now, under the lock (a change may have committed
+        // since the request was authenticated; a due one counts already).
+        let mut current = client.clone();
+        current.apply_due(tip);
+        let now_compiled = self.compiled(&current)?;
+        let policy = now_compiled.policy();
         let allowance = &policy.allowance;
         let used = velocity_used(&mut **store, &client, allowance.velocity_window_blocks, tip)?;
         let whitelisted = allowance.whitelist.is_empty()

@@ -699,13 +699,21 @@ fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
         let signatures = signers.iter().map(|g| wire::sign(&decision.digest(), &guardian(*g))).collect();
         serde_json::to_vec(&wire::PanicRequest { nonce, panic: decision.clone(), signatures }).unwrap()
     };
-    // One guardian is not a quorum; the owner may not panic at all.
+    // One guardian is not a quorum, whoever hands it in (any party may relay the quorum's
+    // decision: its signatures are the authority); a stranger may hand in nothing.
     let one = body(&[0], 1);
     assert!(
         matches!(post(&tower.api, "/v1/panic", &one, &guardian(0)), Err((400, t)) if t.contains("guardian signatures"))
     );
+    let owner_one = body(&[0], 3);
+    assert!(matches!(post(&tower.api, "/v1/panic", &owner_one, &client.owner_auth()), Err((400, _))));
     let two = body(&[0, 2], 2);
-    assert!(matches!(post(&tower.api, "/v1/panic", &two, &client.owner_auth()), Err((403, _))));
+    let stranger = vigil_policy::bitcoin::secp256k1::Keypair::from_seckey_slice(
+        &vigil_policy::bitcoin::secp256k1::Secp256k1::new(),
+        &[7; 32],
+    )
+    .unwrap();
+    assert!(matches!(post(&tower.api, "/v1/panic", &two, &stranger), Err((404 | 403, _))));
     post(&tower.api, "/v1/panic", &two, &guardian(1)).unwrap();
 
     // E for the idle vault, UE for the unvaulted one: both land in their deep vaults.
