@@ -56,10 +56,12 @@ impl Family {
     pub fn new(
         node: &Node,
         co: &CosignerProcess,
-        example: ExamplePolicy,
+        mut example: ExamplePolicy,
         towers: usize,
         webhook: Option<&str>,
     ) -> Family {
+        // The towers' identities are the example's, one per tower.
+        example.towers = towers;
         let keys = example.keys();
         let hooks: Vec<&str> = webhook.into_iter().collect();
         let towers: Vec<TowerProcess> = (0..towers)

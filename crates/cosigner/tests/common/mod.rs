@@ -3,23 +3,14 @@
 
 use serde_json::Value;
 use vigil_chain::ChainBackend;
-use vigil_policy::example::ExamplePolicy;
 use vigil_testenv::family::Family;
-use vigil_testenv::household::DELAY;
 use vigil_testenv::process::Node;
 use vigil_testenv::wallet::mine;
 use vigil_testenv::webhook::Received;
 use vigil_testenv::Vault;
 
-pub fn example(seed: &str) -> ExamplePolicy {
-    ExamplePolicy {
-        seed: seed.into(),
-        delay: DELAY,
-        recovery: 40,
-        deep_vault: 60,
-        ..ExamplePolicy::default()
-    }
-}
+/// The example policy of the process tests (DELAY 20; the family sets its towers).
+pub use vigil_testenv::household::example;
 
 pub fn block(node: &Node, f: &Family, n: u32) {
     mine(&node.rpc, n, &f.wallet.address());
