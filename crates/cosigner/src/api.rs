@@ -104,17 +104,24 @@ async fn complete_vault(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body
         .await
 }
 
+/// A signed GET of a pinned client: authenticate, act.
+async fn signed_get<R: Serialize + Send + 'static>(
+    cosigner: Arc<Cosigner>,
+    headers: HeaderMap,
+    path: String,
+    act: impl FnOnce(&Cosigner, &Caller) -> Result<R, Refusal> + Send + 'static,
+) -> Response {
+    let creds = credentials(&headers);
+    blocking(move || act(&cosigner, &cosigner.authenticate_get(&creds, &path)?)).await
+}
+
 async fn vault_status(
     State(c): State<Arc<Cosigner>>,
     headers: HeaderMap,
     Path(outpoint): Path<String>,
 ) -> Response {
-    let creds = credentials(&headers);
-    blocking(move || {
-        let caller = c.authenticate_get(&creds, &format!("/v1/vaults/{outpoint}"))?;
-        c.vault_status(&caller, &outpoint)
-    })
-    .await
+    let path = format!("/v1/vaults/{outpoint}");
+    signed_get(c, headers, path, move |c, caller| c.vault_status(caller, &outpoint)).await
 }
 
 async fn request_spend(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -122,21 +129,11 @@ async fn request_spend(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body:
 }
 
 async fn spends(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {
-    let creds = credentials(&headers);
-    blocking(move || {
-        let caller = c.authenticate_get(&creds, "/v1/spends")?;
-        c.spends(&caller)
-    })
-    .await
+    signed_get(c, headers, "/v1/spends".into(), |c, caller| c.spends(caller)).await
 }
 
 async fn spend_status(State(c): State<Arc<Cosigner>>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
-    let creds = credentials(&headers);
-    blocking(move || {
-        let caller = c.authenticate_get(&creds, &format!("/v1/spends/{id}"))?;
-        c.spend_status(&caller, id)
-    })
-    .await
+    signed_get(c, headers, format!("/v1/spends/{id}"), move |c, caller| c.spend_status(caller, id)).await
 }
 
 async fn vote(

@@ -85,7 +85,7 @@ fn encode_psbt(psbt: &Psbt) -> String {
 impl SpendRecord {
     /// The request as `viewer` may see it: a guardian learns it came under duress (as a
     /// lockdown); the owner's view is that of a normal session.
-    fn status(&self, viewer: Role, delay: u32, towers: &[TowerReport]) -> SpendStatus {
+    fn status(&self, viewer: Role, delay: u32) -> SpendStatus {
         let guardian = matches!(viewer, Role::Guardian(_));
         SpendStatus {
             id: self.id,
@@ -102,29 +102,19 @@ impl SpendRecord {
             spendable_after_blocks: delay,
             approval: self.approval.clone(),
             under_lockdown: self.under_lockdown || (guardian && self.under_duress),
-            towers: towers.to_vec(),
+            towers: self.towers.clone(),
         }
     }
 }
 
 /// What every approval without the guardians' quorum released in the window ending at `tip`.
-fn velocity_used(
-    store: &mut dyn Store,
-    client: &ClientRecord,
-    window: u32,
-    tip: u32,
-) -> Result<u64, Refusal> {
-    let mut used = 0u64;
-    for (_, body) in store.list(kind::SPEND, &format!("{}/", client.id))? {
-        let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-        if s.state == "approved"
-            && s.needed == 0
-            && s.approved_height.is_some_and(|h| h.saturating_add(window) > tip)
-        {
-            used += s.amount_sat;
-        }
-    }
-    Ok(used)
+fn velocity_used(spends: &[SpendRecord], window: u32, tip: u32) -> u64 {
+    spends
+        .iter()
+        .filter(|s| s.state == "approved" && s.needed == 0)
+        .filter(|s| s.approved_height.is_some_and(|h| h.saturating_add(window) > tip))
+        .map(|s| s.amount_sat)
+        .sum()
 }
 
 impl Cosigner {
@@ -202,13 +192,18 @@ impl Cosigner {
         let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         // A replayed request is refused before anything else is looked at.
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
-        // One request per vault: the same spend again (signed anew) is the same request.
-        for (_, body) in store.list(kind::SPEND, &format!("{}/", client.id))? {
-            let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
+        // The client's requests, read once: one request per vault (the same spend again,
+        // signed anew, is the same request), and the velocity they used.
+        let spends = store
+            .list(kind::SPEND, &format!("{}/", client.id))?
+            .into_iter()
+            .map(|(_, body)| serde_json::from_str::<SpendRecord>(&body).map_err(|_| Refusal::Internal))
+            .collect::<Result<Vec<_>, _>>()?;
+        for s in &spends {
             if s.approval.vault_outpoint == r.vault_outpoint && s.state != "denied" {
                 if s.approval.spend_txid == spend_txid.to_string() {
                     store.commit(&batch)?;
-                    return Ok(s.status(caller.role, delay, &s.towers));
+                    return Ok(s.status(caller.role, delay));
                 }
                 return Err(Refusal::Conflict(format!(
                     "vault {} already has spend request {} (of another transaction); one spend per vault",
@@ -231,7 +226,7 @@ impl Cosigner {
         let now_compiled = self.compiled(&current)?;
         let policy = now_compiled.policy();
         let allowance = &policy.allowance;
-        let used = velocity_used(&mut **store, &client, allowance.velocity_window_blocks, tip)?;
+        let used = velocity_used(&spends, allowance.velocity_window_blocks, tip);
         let whitelisted = allowance.whitelist.is_empty()
             || tx
                 .output
@@ -304,7 +299,7 @@ impl Cosigner {
         if alone {
             return self.push_approval(&client, record, delay, caller.role);
         }
-        Ok(record.status(caller.role, delay, &[]))
+        Ok(record.status(caller.role, delay))
     }
 
     /// Signs an approved spend's terms and registers them with every tower; "approved" is
@@ -367,7 +362,7 @@ impl Cosigner {
             serde_json::to_string(&record).expect("json"),
         );
         store.commit(&batch)?;
-        Ok(record.status(viewer, delay, &reports))
+        Ok(record.status(viewer, delay))
     }
 
     /// `POST /v1/spends/{id}/vote`: a guardian approves (signing the terms, and for a guarded
@@ -476,13 +471,13 @@ impl Cosigner {
         if record.state == "approved" {
             return self.push_approval(&client, record, delay, caller.role);
         }
-        Ok(record.status(caller.role, delay, &[]))
+        Ok(record.status(caller.role, delay))
     }
 
     /// `GET /v1/spends/{id}`.
     pub fn spend_status(&self, caller: &Caller, id: u64) -> Result<SpendStatus, Refusal> {
         let record = self.spend(&mut **self.store(), &caller.client.id, id)?;
-        Ok(record.status(caller.role, caller.policy().delays.unvault as u32, &record.towers))
+        Ok(record.status(caller.role, caller.policy().delays.unvault as u32))
     }
 
     /// `GET /v1/spends`: every request of the client, newest first (what guardians review).
@@ -491,7 +486,7 @@ impl Cosigner {
         let mut out = Vec::new();
         for (_, body) in self.store().list(kind::SPEND, &format!("{}/", caller.client.id))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-            out.push(s.status(caller.role, delay, &s.towers));
+            out.push(s.status(caller.role, delay));
         }
         out.reverse();
         Ok(out)
