@@ -9,8 +9,9 @@ use std::str::FromStr;
 
 use vigil_keystore::{KdfParams, KeystoreError};
 use vigil_policy::bitcoin::bip32::{ChainCode, ChildNumber, DerivationPath, Xpriv, Xpub};
-use vigil_policy::bitcoin::key::{Keypair, XOnlyPublicKey};
-use vigil_policy::bitcoin::secp256k1::{rand::RngCore, Secp256k1};
+use vigil_policy::bitcoin::key::{Keypair, PrivateKey, XOnlyPublicKey};
+use vigil_policy::bitcoin::psbt::{GetKey, KeyRequest};
+use vigil_policy::bitcoin::secp256k1::{rand::RngCore, Secp256k1, Signing};
 use vigil_policy::bitcoin::{Network, NetworkKind};
 use zeroize::Zeroizing;
 
@@ -103,26 +104,47 @@ impl MasterKey {
         self.auth_keypair(account).x_only_public_key().0
     }
 
-    /// Signs every input of `psbt` whose key origin is under client `account`'s, with that
-    /// key; origins naming any other account of this master are dropped first, so one
-    /// client's request can never obtain another's signature. Callers decide first that the
-    /// PSBT is one the policy allows.
+    /// Signs every input of `psbt` whose key origin names client `account`'s key (this
+    /// master's fingerprint and a path under the account), with that key, and nothing else:
+    /// one client's request can never obtain another's signature. Callers decide first that
+    /// the PSBT is one the policy allows.
     pub fn sign_psbt(&self, account: u32, psbt: &mut vigil_policy::bitcoin::psbt::Psbt) {
-        let (ours, prefix) = (self.fingerprint(), self.account_path(account));
-        let foreign = |fp: &vigil_policy::bitcoin::bip32::Fingerprint, path: &DerivationPath| {
-            *fp == ours && !path.as_ref().starts_with(prefix.as_ref())
-        };
-        for input in &mut psbt.inputs {
-            input.tap_key_origins.retain(|_, (_, (fp, path))| !foreign(fp, path));
-            input.bip32_derivation.retain(|_, (fp, path)| !foreign(fp, path));
+        let signer =
+            AccountSigner { keys: self, fingerprint: self.fingerprint(), prefix: self.account_path(account) };
+        let _ = psbt.sign(&signer, &Secp256k1::new());
+    }
+}
+
+/// Hands out keys under one account only. rust-bitcoin's own lookup on a master also answers
+/// a request naming the master's *parent* fingerprint (all zeros) with any path at all, which
+/// would let a PSBT's key origin reach another client's account.
+struct AccountSigner<'a> {
+    keys: &'a MasterKey,
+    fingerprint: vigil_policy::bitcoin::bip32::Fingerprint,
+    prefix: DerivationPath,
+}
+
+impl GetKey for AccountSigner<'_> {
+    type Error = std::convert::Infallible;
+
+    fn get_key<C: Signing>(
+        &self,
+        request: KeyRequest,
+        secp: &Secp256k1<C>,
+    ) -> Result<Option<PrivateKey>, Self::Error> {
+        let KeyRequest::Bip32((fingerprint, path)) = request else { return Ok(None) };
+        if fingerprint != self.fingerprint || !path.as_ref().starts_with(self.prefix.as_ref()) {
+            return Ok(None);
         }
-        let _ = psbt.sign(&self.master, &Secp256k1::new());
+        Ok(self.keys.master.derive_priv(secp, &path).ok().map(|k| k.to_priv()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_policy::bitcoin::bip32::Fingerprint;
+    use vigil_policy::bitcoin::psbt::Psbt;
 
     #[test]
     fn each_client_gets_its_own_account_and_the_file_opens_only_with_its_passphrase() {
@@ -141,5 +163,54 @@ mod tests {
             origin: None,
         };
         assert_eq!(policy_key.auth_key(), keys.auth_key(3));
+    }
+
+    /// A one-input PSBT paying from the key at `path` under `keys`, with `origin` as the
+    /// input's claimed key origin.
+    fn psbt_for(keys: &MasterKey, path: &str, origin: (Fingerprint, &str)) -> Psbt {
+        use vigil_policy::bitcoin::{
+            absolute, transaction, Amount, CompressedPublicKey, OutPoint, ScriptBuf, TxIn, TxOut,
+        };
+        let secp = Secp256k1::new();
+        let key = keys.master.derive_priv(&secp, &DerivationPath::from_str(path).unwrap()).unwrap();
+        let public = CompressedPublicKey(key.private_key.public_key(&secp));
+        let tx = vigil_policy::bitcoin::Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: vec![TxIn { previous_output: OutPoint::null(), ..Default::default() }],
+            output: vec![TxOut { value: Amount::from_sat(1_000), script_pubkey: ScriptBuf::new() }],
+        };
+        let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+        psbt.inputs[0].witness_utxo = Some(TxOut {
+            value: Amount::from_sat(2_000),
+            script_pubkey: ScriptBuf::new_p2wpkh(&public.wpubkey_hash()),
+        });
+        psbt.inputs[0]
+            .bip32_derivation
+            .insert(public.0, (origin.0, DerivationPath::from_str(origin.1).unwrap()));
+        psbt
+    }
+
+    #[test]
+    fn a_psbt_gets_a_signature_only_from_the_requesting_clients_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys =
+            MasterKey::create(&dir.path().join("k"), b"p", Network::Regtest, KdfParams::FOR_TESTS).unwrap();
+        let fp = keys.fingerprint();
+        let signed = |mut psbt: Psbt, account| {
+            keys.sign_psbt(account, &mut psbt);
+            !psbt.inputs[0].partial_sigs.is_empty()
+        };
+        // Client 0 asking for its own key is answered.
+        assert!(signed(psbt_for(&keys, "m/48'/1'/0'/2'/0/0", (fp, "m/48'/1'/0'/2'/0/0")), 0));
+        // Client 0 naming client 1's path under the master's fingerprint gets nothing.
+        assert!(!signed(psbt_for(&keys, "m/48'/1'/1'/2'/0/0", (fp, "m/48'/1'/1'/2'/0/0")), 0));
+        // Nor under the master's parent fingerprint (zero) with the master's child number in
+        // front, which a plain master lookup would answer with client 1's key.
+        assert!(!signed(
+            psbt_for(&keys, "m/48'/1'/1'/2'/0/0", (Fingerprint::default(), "m/0/48'/1'/1'/2'/0/0")),
+            0
+        ));
+        assert!(!signed(psbt_for(&keys, "m/0/0", (Fingerprint::default(), "m/0/0/0")), 0));
     }
 }
