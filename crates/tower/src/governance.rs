@@ -18,6 +18,7 @@ use crate::error::Refusal;
 use crate::registration::{ack, client, stale_nonce, verified_signers};
 use crate::store::{Enrollment, NonceCheck};
 use crate::vault::{Action, AlarmKind};
+use crate::watch::Lift;
 use crate::wire::{
     lift_digest, policy_change_digest, Ack, ChangePolicy, EnrollClient, LiftLockdown, LockdownRequest,
     PanicRequest, MAX_LOCKDOWN_BLOCKS, MAX_PANIC_WINDOW_BLOCKS,
@@ -188,6 +189,11 @@ pub(crate) fn lift_lockdown(
         return Err(bad(format!(
             "lift_at_height {} is sooner than the governance wait allows ({} blocks after the tip {tip})",
             req.lift_at_height, GOVERNANCE_DELAY_BLOCKS
+        )));
+    }
+    if let Lift::Superseded { last } = state.watcher.check_lift(&client.id, req.lift_at_height) {
+        return Err(Refusal::Conflict(format!(
+            "a later lift (at height {last}) was applied since this one was signed: replaying it would cut short a newer lockdown"
         )));
     }
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {

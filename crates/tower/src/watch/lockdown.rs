@@ -27,6 +27,24 @@ pub struct Lockdown {
     pub plain_until: u32,
     /// A quiet (duress) lockdown holds below this height.
     pub quiet_until: u32,
+    /// The height of the last lift applied (0: none). A lift at or below it is a replay of
+    /// a decision already taken: it must not cut short a lockdown set since.
+    #[serde(default)]
+    pub last_lift: u32,
+}
+
+/// What a guardian-quorum lift did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lift {
+    /// The lockdowns now end at the lift's height.
+    Applied,
+    /// This very lift was applied before; nothing changes (a retried delivery).
+    AlreadyApplied,
+    /// An older lift than one applied since: refused.
+    Superseded {
+        /// The height of the lift that stands.
+        last: u32,
+    },
 }
 
 /// What holds for a client at a height.
@@ -94,14 +112,29 @@ impl Watcher {
         actions
     }
 
+    /// What lifting `client`'s lockdown at `height` would do, without doing it.
+    pub fn check_lift(&self, client: &str, height: u32) -> Lift {
+        let last = self.lockdowns.get(client).map_or(0, |l| l.last_lift);
+        match height.cmp(&last) {
+            std::cmp::Ordering::Greater => Lift::Applied,
+            std::cmp::Ordering::Equal => Lift::AlreadyApplied,
+            std::cmp::Ordering::Less => Lift::Superseded { last },
+        }
+    }
+
     /// Ends `client`'s lockdown at `height` if it would hold longer (the guardians' quorum,
-    /// after the governance wait).
-    pub fn lift_lockdown(&mut self, client: &str, height: u32) {
-        if let Some(l) = self.lockdowns.get_mut(client) {
+    /// after the governance wait). Each lift applies once: replaying it later, after a new
+    /// lockdown, changes nothing.
+    pub fn lift_lockdown(&mut self, client: &str, height: u32) -> Lift {
+        let lift = self.check_lift(client, height);
+        if lift == Lift::Applied {
+            let l = self.lockdowns.entry(client.to_owned()).or_default();
             l.plain_until = l.plain_until.min(height);
             l.quiet_until = l.quiet_until.min(height);
+            l.last_lift = height;
             self.lockdowns_dirty = true;
         }
+        lift
     }
 
     fn unvaulted_uncancelled(&self, client: &str) -> Vec<OutPoint> {

@@ -1,6 +1,7 @@
 //! Lockdowns, block by block.
 
 use super::tests::{alarms, block, broadcasts, terms, vault, watcher};
+use super::Lift;
 
 #[test]
 fn a_plain_lockdown_cancels_approved_unvaults_at_once_and_those_to_come() {
@@ -42,4 +43,22 @@ fn a_quiet_lockdown_cancels_an_approved_unvault_late_but_before_the_deadline() {
         broadcasts(&w.on_block_connected(20, &block(vec![b.unvault.clone()]))),
         vec!["cancel rung 0", "cancel rung 2"]
     );
+}
+
+#[test]
+fn a_lift_applies_once_and_a_replay_does_not_cut_short_a_later_lockdown() {
+    let a = vault(0, 1_000_000);
+    let mut w = watcher(&[&a], 100_000_000);
+    w.lock_down("p", 5_000, false);
+    assert_eq!(w.lift_lockdown("p", 2_000), Lift::Applied);
+    assert_eq!(w.lockdowns()["p"].plain_until, 2_000);
+    // A new lockdown (duress, say) after the lift: the same lift handed in again changes
+    // nothing, an older one is refused, a newer one (a fresh quorum decision) applies.
+    w.lock_down("p", 9_000, true);
+    w.lock_down("p", 8_000, false);
+    assert_eq!(w.lift_lockdown("p", 2_000), Lift::AlreadyApplied);
+    assert_eq!(w.lift_lockdown("p", 1_999), Lift::Superseded { last: 2_000 });
+    assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (8_000, 9_000));
+    assert_eq!(w.lift_lockdown("p", 3_000), Lift::Applied);
+    assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (3_000, 3_000));
 }

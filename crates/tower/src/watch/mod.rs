@@ -24,7 +24,7 @@ mod lockdown_tests;
 mod tests;
 
 pub use bumps::BUMP_RETRY_BLOCKS;
-pub use lockdown::{Lockdown, LockdownNow, DURESS_MARGIN_BLOCKS, MIN_DURESS_MARGIN_BLOCKS};
+pub use lockdown::{Lift, Lockdown, LockdownNow, DURESS_MARGIN_BLOCKS, MIN_DURESS_MARGIN_BLOCKS};
 
 /// Blocks a cancel must be buried before the spend leaf opens (DESIGN.md §4 deadline).
 pub const BURY_MARGIN: u32 = 6;
