@@ -161,6 +161,7 @@ mod tests {
         let policy_key = vigil_policy::PolicyKey {
             xpub: Xpub::from_str(keys.account_key(3).split(']').nth(1).unwrap()).unwrap(),
             origin: None,
+            auth: None,
         };
         assert_eq!(policy_key.auth_key(), keys.auth_key(3));
     }

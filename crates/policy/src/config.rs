@@ -45,6 +45,8 @@ struct PolicyFile {
 struct OwnerSection {
     threshold: u32,
     keys: Vec<String>,
+    #[serde(default)]
+    auth_keys: Vec<String>,
     backup: String,
 }
 
@@ -61,6 +63,8 @@ struct CosignerSection {
 struct GuardianSection {
     threshold: u32,
     keys: Vec<String>,
+    #[serde(default)]
+    auth_keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +110,9 @@ pub struct PolicyKey {
     pub xpub: Xpub,
     /// Master fingerprint and path to `xpub`, when the file gives them (`[fp/path]xpub`).
     pub origin: Option<(Fingerprint, DerivationPath)>,
+    /// The party's request-signing key when the policy names it (`auth_keys`); otherwise it
+    /// is `xpub/2/0`.
+    pub auth: Option<bitcoin::key::XOnlyPublicKey>,
 }
 
 /// Which chain of child keys a key contributes to: intake (receive) addresses or vault graphs.
@@ -133,8 +140,16 @@ impl PolicyKey {
         (fp, base.extend(tail))
     }
 
-    /// The key this party authenticates requests with (`/2/0`).
+    /// The key this party authenticates requests with: the one the policy names, else `/2/0`.
+    ///
+    /// A derived auth key is a non-hardened child of `xpub`, and a non-hardened child's
+    /// private key together with the public `xpub` gives the account's private key. So a
+    /// device that must authenticate without holding the spending key (the owner's client
+    /// under a duress code, a hardware signer's companion) needs a named, independent key.
     pub fn auth_key(&self) -> bitcoin::key::XOnlyPublicKey {
+        if let Some(auth) = self.auth {
+            return auth;
+        }
         let path = [
             ChildNumber::from_normal_idx(KeyChain::Auth as u32).expect("2"),
             ChildNumber::from_normal_idx(0).expect("0"),
@@ -292,10 +307,36 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
         Ok(k)
     };
 
-    let owner = key_set("owner", file.owner.threshold, &file.owner.keys, 3, &mut key)?;
+    let owner = key_set("owner", file.owner.threshold, &file.owner.keys, &file.owner.auth_keys, 3, &mut key)?;
     let backup = key("owner.backup".into(), &file.owner.backup)?;
     let cosigner = key("cosigner.key".into(), &file.cosigner.key)?;
-    let guardians = key_set("guardians", file.guardians.threshold, &file.guardians.keys, 7, &mut key)?;
+    let guardians = key_set(
+        "guardians",
+        file.guardians.threshold,
+        &file.guardians.keys,
+        &file.guardians.auth_keys,
+        7,
+        &mut key,
+    )?;
+    // One auth key per party: a shared one would let one signature count for two parties.
+    let named = |section: &str, i: usize, k: &PolicyKey| match k.auth {
+        Some(_) => format!("{section}.auth_keys[{i}]"),
+        None => format!("{section}.keys[{i}]"),
+    };
+    let mut parties: Vec<(String, &PolicyKey)> = vec![("cosigner.key".into(), &cosigner)];
+    parties.extend(owner.keys.iter().enumerate().map(|(i, k)| (named("owner", i, k), k)));
+    parties.extend(guardians.keys.iter().enumerate().map(|(i, k)| (named("guardians", i, k), k)));
+    let mut auth_seen = std::collections::HashMap::new();
+    for (name, k) in &parties {
+        if let Some(other) = auth_seen.insert(k.auth_key(), name) {
+            // Name the field the user wrote (an explicit auth key) rather than a derived one.
+            let (field_name, clash) = if name.contains("auth_keys") { (name, other) } else { (other, name) };
+            return Err(field(
+                field_name.as_str(),
+                format!("this auth key is {clash}'s too: every party needs its own"),
+            ));
+        }
+    }
 
     let lock = |name: &str, v: i64| -> Result<u16, PolicyError> {
         if v < 1 {
@@ -452,6 +493,7 @@ fn key_set(
     section: &str,
     threshold: u32,
     keys: &[String],
+    auth_keys: &[String],
     max: usize,
     key: &mut impl FnMut(String, &str) -> Result<PolicyKey, PolicyError>,
 ) -> Result<KeySet, PolicyError> {
@@ -470,12 +512,28 @@ fn key_set(
             ),
         ));
     }
-    let keys = keys
+    if !auth_keys.is_empty() && auth_keys.len() != keys.len() {
+        return Err(field(
+            format!("{section}.auth_keys"),
+            format!(
+                "{} auth keys for {} keys: give one per key, in the same order, or none",
+                auth_keys.len(),
+                keys.len()
+            ),
+        ));
+    }
+    let mut parsed = keys
         .iter()
         .enumerate()
         .map(|(i, k)| key(format!("{section}.keys[{i}]"), k))
-        .collect::<Result<_, _>>()?;
-    Ok(KeySet { threshold, keys })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, (k, text)) in parsed.iter_mut().zip(auth_keys).enumerate() {
+        let auth = bitcoin::key::XOnlyPublicKey::from_str(text.trim()).map_err(|_| {
+            field(format!("{section}.auth_keys[{i}]"), "not an x-only public key (64 hex digits)")
+        })?;
+        k.auth = Some(auth);
+    }
+    Ok(KeySet { threshold, keys: parsed })
 }
 
 /// Parses `[fingerprint/path]xpub` or a bare `xpub` for `network`.
@@ -524,7 +582,7 @@ pub fn parse_key(name: &str, text: &str, network: Network) -> Result<PolicyKey, 
             ),
         ));
     }
-    Ok(PolicyKey { xpub, origin })
+    Ok(PolicyKey { xpub, origin, auth: None })
 }
 
 /// Parses an address and checks its network.

@@ -266,3 +266,39 @@ fn ladder_is_capped_by_the_vault_value() {
     let rates: Vec<u64> = g.cancels.iter().map(|t| t.feerate_sat_per_vb).collect();
     assert!(rates.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[test]
+fn named_auth_keys_replace_the_derived_ones_and_each_party_has_its_own() {
+    let good = example();
+    let derived = Policy::from_toml(&good).unwrap();
+    let (a, b) = ("aa".repeat(32), "bb".repeat(32));
+    // An x-only key that is on the curve: the co-signer's derived auth key, for the clash case.
+    let cosigner_auth = derived.cosigner.auth_key().to_string();
+    let g1 = vigil_policy::bitcoin::key::Keypair::from_seckey_slice(
+        &vigil_policy::bitcoin::secp256k1::Secp256k1::new(),
+        &[7; 32],
+    )
+    .unwrap()
+    .x_only_public_key()
+    .0
+    .to_string();
+    let named = good.replacen("\nkeys = [", &format!("\nauth_keys = [\"{g1}\"]\nkeys = ["), 1);
+    let policy = Policy::from_toml(&named).unwrap();
+    assert_eq!(policy.owner.keys[0].auth_key().to_string(), g1);
+    assert_ne!(policy.owner.keys[0].auth_key(), derived.owner.keys[0].auth_key());
+    assert_eq!(
+        policy.guardians.keys[0].auth_key(),
+        derived.guardians.keys[0].auth_key(),
+        "others derive theirs"
+    );
+    for (auth, reason) in [
+        (format!("[\"{g1}\", \"{g1}\"]"), "2 auth keys for 1 keys"),
+        (format!("[\"{a}{b}\"]"), "not an x-only public key"),
+        (format!("[\"{cosigner_auth}\"]"), "cosigner.key's too"),
+    ] {
+        let text = good.replacen("\nkeys = [", &format!("\nauth_keys = {auth}\nkeys = ["), 1);
+        let (field, why) = field_error(&text);
+        assert!(field.starts_with("owner.auth_keys"), "{field}: {why}");
+        assert!(why.contains(reason), "{why}");
+    }
+}
