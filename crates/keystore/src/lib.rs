@@ -2,7 +2,8 @@
 //! owner's wallet) is sealed under a passphrase: the passphrase is stretched with argon2id
 //! into a key for XChaCha20-Poly1305, which encrypts and authenticates the secret together
 //! with the file's header, so neither the parameters nor the ciphertext can be altered
-//! unnoticed. An opened secret lives in memory that is wiped when it is dropped.
+//! unnoticed. An opened secret lives in memory that is wiped when it is dropped. The owner's
+//! keystore holds two secrets under two codes, real and duress ([`seal_two`]).
 //!
 //! File layout (all integers little-endian):
 //!
@@ -26,9 +27,12 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::{OsRng, RngCore};
 use zeroize::{Zeroize, Zeroizing};
 
+mod two_codes;
+pub use two_codes::{check_two, open_two, seal_two};
+
 const MAGIC: &[u8; 8] = b"VIGILKS1";
 const HEADER_LEN: usize = 8 + 12 + 16 + 24;
-const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// The largest argon2 memory a file may ask for, KiB: a forged header must not make opening
 /// it exhaust the machine.
 const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
@@ -77,12 +81,12 @@ impl KdfParams {
     /// the same code either way.
     pub const FOR_TESTS: KdfParams = KdfParams { m_cost_kib: 1024, t_cost: 1, lanes: 1 };
 
-    fn argon2(&self) -> Result<Argon2<'static>, KeystoreError> {
+    pub(crate) fn argon2(&self, out_len: usize) -> Result<Argon2<'static>, KeystoreError> {
         if self.m_cost_kib > MAX_M_COST_KIB || self.t_cost > MAX_T_COST || self.lanes == 0 || self.lanes > 16
         {
             return Err(KeystoreError::Corrupt("stretching parameters out of range"));
         }
-        let params = Params::new(self.m_cost_kib, self.t_cost, self.lanes, Some(32))
+        let params = Params::new(self.m_cost_kib, self.t_cost, self.lanes, Some(out_len))
             .map_err(|_| KeystoreError::Corrupt("stretching parameters out of range"))?;
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
@@ -91,7 +95,7 @@ impl KdfParams {
 fn cipher(passphrase: &[u8], salt: &[u8], params: &KdfParams) -> Result<XChaCha20Poly1305, KeystoreError> {
     let mut key = Zeroizing::new([0u8; 32]);
     params
-        .argon2()?
+        .argon2(32)?
         .hash_password_into(passphrase, salt, key.as_mut())
         .map_err(|e| KeystoreError::Passphrase(e.to_string()))?;
     Ok(XChaCha20Poly1305::new(key.as_ref().into()))
