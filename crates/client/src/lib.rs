@@ -12,6 +12,8 @@
 // Libraries log through `tracing`; printing is for binaries.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod owner;
+
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut};
 use vigil_policy::{
