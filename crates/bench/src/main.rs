@@ -9,6 +9,8 @@
 //!    lost, no approval issued twice, no velocity exceeded.
 //! 3. The embedded chain's mining rate with 100 signed transactions per block (each submitted
 //!    through the pending pool, then the block validated by the kernel), vs. empty blocks.
+//! 4. The owner's unlock: real and duress code distributions, told apart or not (Mann–Whitney),
+//!    against opening a one-code key file; goal under 1 s (ADR 0004).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,7 @@ use vigil_regtest::RegtestChain;
 
 mod cosigner;
 mod tower;
+mod unlock;
 
 /// The heap, counted: live bytes, for memory figures that do not depend on what the allocator
 /// kept from earlier work (resident size does).
@@ -76,6 +79,9 @@ fn main() {
     }
     if run("cosigner") {
         cosigner::load();
+    }
+    if run("unlock") {
+        unlock::unlock();
     }
     if run("tower") {
         tower::scan_and_memory();

@@ -47,6 +47,10 @@ pub const FREE_ATTEMPTS: u32 = 3;
 /// The longest back-off between two attempts, seconds.
 pub const MAX_BACKOFF_SECS: u64 = 3600;
 
+/// How hard the owner's codes are stretched (ADR 0004): argon2id, 128 MiB, 3 passes, about
+/// half a second here; twice RFC 9106's low-memory option.
+pub const KDF: KdfParams = KdfParams { m_cost_kib: 128 * 1024, t_cost: 3, lanes: 1 };
+
 const SECRETS_VERSION: u8 = 1;
 const SECRETS_LEN: usize = 1 + 4 + 78 + 78 + 32 + 32;
 

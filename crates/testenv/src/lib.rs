@@ -10,6 +10,7 @@
 //! - [`cosigner`], [`family`]: a `vigil cosigner` process, and a family (owner, guardians)
 //!   served by it and by real towers: enrollment, the co-signer's ceremony, spends, votes.
 //! - [`smtp`]: a real SMTP server on loopback, for alarms by e-mail.
+//! - [`stats`]: whether two timing distributions can be told apart.
 //! - [`wallet`]: a key-path test wallet and chain lookups; [`webhook`]: alarm receivers.
 
 pub mod chain;
@@ -18,6 +19,7 @@ pub mod family;
 pub mod household;
 pub mod process;
 pub mod smtp;
+pub mod stats;
 pub mod wallet;
 pub mod webhook;
 
