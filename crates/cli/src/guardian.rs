@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use vigil_cosigner::client::CosignerClient;
+use vigil_client::cosigner::CosignerClient;
 use vigil_cosigner::wire::{self, SpendStatus};
 use vigil_cosigner::MasterKey;
 use vigil_policy::bitcoin::hex::DisplayHex;

@@ -12,7 +12,10 @@
 // Libraries log through `tracing`; printing is for binaries.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod cosigner;
 pub mod owner;
+pub mod towers;
+pub mod vaulting;
 
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut};

@@ -20,7 +20,6 @@
 pub mod alarms;
 pub mod api;
 pub mod ceremony;
-pub mod client;
 pub mod config;
 pub mod emergency;
 pub mod error;

@@ -45,7 +45,7 @@ fn sigkill_at_each_step_of_the_ceremony_leaves_a_vault_unfunded_or_protected() {
     let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
     co.kill9();
     co.start();
-    let lost = f.complete(&coin, amount, VaultKind::Standard, &once, &begun).unwrap_err();
+    let lost = f.complete(&coin, amount, VaultKind::Standard, once, &begun).unwrap_err();
     assert_eq!(lost.0, 404, "{lost:?}");
     assert_eq!(watched(&f), vec![0, 0]);
     assert!(node.rpc.unspent_output(&coin.outpoint).unwrap().is_some(), "the coin was never spent");
@@ -55,7 +55,7 @@ fn sigkill_at_each_step_of_the_ceremony_leaves_a_vault_unfunded_or_protected() {
     //    where it can be, but its funding is withheld. Killed there, and restarted: the
     //    co-signer registers it with the missing tower by itself, then releases the funding.
     f.towers[1].kill9();
-    let (answer, vault) = f.complete(&coin, amount, VaultKind::Standard, &once, &begun).unwrap();
+    let (answer, vault) = f.complete(&coin, amount, VaultKind::Standard, once, &begun).unwrap();
     assert_eq!(answer.state, "registering");
     assert_eq!(answer.funding, None, "no funding while a tower lacks the graph");
     assert!(!funded(&node, &vault, answer.funding.as_ref()));
@@ -90,7 +90,7 @@ fn sigkill_at_each_step_of_the_ceremony_leaves_a_vault_unfunded_or_protected() {
         let before = watched(&f);
         let family = &f;
         let outcome = std::thread::scope(|s| {
-            let h = s.spawn(move || family.complete(&coin, amount, VaultKind::Standard, &once, &begun));
+            let h = s.spawn(move || family.complete(&coin, amount, VaultKind::Standard, once, &begun));
             std::thread::sleep(std::time::Duration::from_millis(5 + 10 * round));
             co.kill9();
             h.join().unwrap()

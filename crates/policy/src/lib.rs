@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod descriptors;
+pub mod draft;
 pub mod error;
 pub mod example;
 mod fast;

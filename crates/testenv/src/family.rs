@@ -3,22 +3,21 @@
 //! voted on by guardians and signed after DELAY, all over signed HTTP on loopback.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use serde_json::Value;
+use vigil_client::cosigner::{ClientError, CosignerClient};
+use vigil_client::vaulting::{self, VaultOrder, VaultingError};
 use vigil_client::Vault;
-use vigil_cosigner::wire::{self, BeginVault, Coin, CompleteVault, Enrolled, PinPolicy, SpendRequest, Vote};
+use vigil_cosigner::wire::{self, Enrolled, PinPolicy, SpendRequest, Vote};
 use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
-use vigil_policy::bitcoin::hex::{DisplayHex, FromHex};
+use vigil_policy::bitcoin::hex::DisplayHex;
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::secp256k1::{schnorr, Keypair};
-use vigil_policy::bitcoin::{Address, Amount, OutPoint, Sequence, Transaction, TxOut};
+use vigil_policy::bitcoin::secp256k1::Keypair;
+use vigil_policy::bitcoin::{Address, Amount, Sequence, Transaction, TxOut};
 use vigil_policy::example::{auth_keypair, ExampleKeys, ExamplePolicy, Signer};
-use vigil_policy::{
-    CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, Policy, SpendInput, VaultKind,
-};
+use vigil_policy::{CompiledPolicy, FundingInput, OneTimeKey, Policy, SpendInput, VaultKind};
 
 use vigil_chain::ChainBackend;
 
@@ -26,6 +25,14 @@ use crate::cosigner::{self, CosignerApi, CosignerProcess};
 use crate::household::Refused;
 use crate::process::{Node, TowerOptions, TowerProcess};
 use crate::wallet::{mine, Wallet};
+
+/// A ceremony's failure as a status and a message (0: not an HTTP refusal).
+fn refused(e: VaultingError) -> Refused {
+    match e {
+        VaultingError::Cosigner(ClientError::Refused { status, message, .. }) => (status, message),
+        other => (0, other.to_string()),
+    }
+}
 
 /// The owner, the guardians and their services.
 pub struct Family {
@@ -45,7 +52,9 @@ pub struct Family {
     pub wallet: Wallet,
     /// The heartbeat tokens: real, duress.
     pub heartbeat: ([u8; 32], [u8; 32]),
-    nonce: AtomicU64,
+    /// The owner's client of the co-signer (its counter numbers every request of the family).
+    owner_client: CosignerClient,
+    _nonce_dir: tempfile::TempDir,
     next_index: u32,
     next_coin: u32,
 }
@@ -107,6 +116,10 @@ impl Family {
             client: policy_id,
             key: XOnlyPublicKey::from_str(&enrolled.auth_key).unwrap(),
         };
+        let nonce_dir = tempfile::tempdir().unwrap();
+        let owner_client =
+            CosignerClient::new(&text, auth_keypair(&keys.owners[0]), nonce_dir.path().join("nonce"))
+                .unwrap();
         let wallet = Wallet::new();
         if node.rpc.block_hash(1).unwrap().is_none() {
             mine(&node.rpc, 300, &wallet.address());
@@ -120,7 +133,8 @@ impl Family {
             towers: Vec::new(),
             wallet,
             heartbeat: ([1; 32], [2; 32]),
-            nonce: AtomicU64::new(0),
+            owner_client,
+            _nonce_dir: nonce_dir,
             next_index: 0,
             next_coin: 1,
         };
@@ -166,7 +180,7 @@ impl Family {
 
     /// The next nonce (one counter for every key of the family: each stays increasing).
     pub fn next_nonce(&self) -> u64 {
-        self.nonce.fetch_add(1, Ordering::SeqCst) + 1
+        self.owner_client.nonces().next().expect("the nonce file")
     }
 
     /// A signed POST to the co-signer.
@@ -204,18 +218,7 @@ impl Family {
         amount: Amount,
         kind: VaultKind,
     ) -> Result<(OneTimeKey, wire::VaultBegun), Refused> {
-        let owner_once = OneTimeKey::generate();
-        let req = BeginVault {
-            index: coin.intake_index,
-            amount_sat: amount.to_sat(),
-            kind: if kind == VaultKind::Guarded { "guarded".into() } else { "standard".into() },
-            owner_once: owner_once.public().to_string(),
-            coins: vec![Coin { outpoint: coin.outpoint.to_string(), intake_index: coin.intake_index }],
-            change_index: coin.intake_index + 1,
-            funding_sat_per_vb: 2,
-        };
-        let begun = self.post("/v1/vaults", &req, &self.owner())?;
-        Ok((owner_once, serde_json::from_value(begun).unwrap()))
+        vaulting::begin(&self.owner_client, &self.order(coin, amount, kind)).map_err(refused)
     }
 
     /// The owner's half: rebuilds the funding and graph, checks the co-signer's signatures,
@@ -225,49 +228,31 @@ impl Family {
         coin: &FundingInput,
         amount: Amount,
         kind: VaultKind,
-        owner_once: &OneTimeKey,
+        owner_once: OneTimeKey,
         begun: &wire::VaultBegun,
     ) -> Result<(wire::VaultStatus, Vault), Refused> {
-        let cosigner_once = XOnlyPublicKey::from_str(&begun.cosigner_once).unwrap();
-        let plan =
-            self.compiled.plan(coin.intake_index, amount, kind, owner_once.public(), cosigner_once).unwrap();
-        let mut funding =
-            self.compiled.funding_psbt(&plan, std::slice::from_ref(coin), coin.intake_index + 1, 2).unwrap();
-        let outpoint = OutPoint { txid: funding.unsigned_tx.compute_txid(), vout: 0 };
-        assert_eq!(outpoint.to_string(), begun.vault_outpoint, "the co-signer built another funding");
-        let graph = self.compiled.build_graph(&plan, outpoint).unwrap();
-        let theirs = GraphSignatures {
-            signer: cosigner_once,
-            signatures: begun
-                .signatures
-                .iter()
-                .map(|s| schnorr::Signature::from_slice(&<[u8; 64]>::from_hex(s).unwrap()).unwrap())
-                .collect(),
-        };
-        theirs.verify(&graph).expect("the co-signer's graph signatures verify");
-        let mine = owner_once.sign(&graph).unwrap();
-        self.keys.sign_psbt(&mut funding, &[Signer::Owner(0)]);
-        let req = CompleteVault {
-            vault_outpoint: begun.vault_outpoint.clone(),
-            owner_signatures: mine.signatures.iter().map(|s| s.as_ref().to_lower_hex_string()).collect(),
-            funding_psbt: base64::engine::general_purpose::STANDARD.encode(funding.serialize()),
-        };
-        let status: wire::VaultStatus =
-            serde_json::from_value(self.post("/v1/vaults/complete", &req, &self.owner())?).unwrap();
-        let signed = graph.finalize(&mine, &theirs).unwrap();
-        let funding_tx: Transaction = match &status.funding {
-            Some(hex) => deserialize_hex(hex).unwrap(),
-            None => funding.unsigned_tx.clone(),
-        };
-        let descriptors = self.compiled.vault_descriptors(&plan).unwrap();
-        Ok((status, Vault { plan, graph: signed, descriptors, funding: funding_tx }))
+        let sign = |psbt: &mut Psbt| self.keys.sign_psbt(psbt, &[Signer::Owner(0)]);
+        vaulting::complete(&self.owner_client, &self.order(coin, amount, kind), owner_once, begun, &sign)
+            .map_err(refused)
+    }
+
+    fn order<'a>(&'a self, coin: &'a FundingInput, amount: Amount, kind: VaultKind) -> VaultOrder<'a> {
+        VaultOrder {
+            compiled: &self.compiled,
+            coins: std::slice::from_ref(coin),
+            index: coin.intake_index,
+            change_index: coin.intake_index + 1,
+            amount,
+            kind,
+            funding_sat_per_vb: 2,
+        }
     }
 
     /// A whole ceremony, the funding broadcast and confirmed once the co-signer released it.
     pub fn vault(&mut self, node: &Node, amount: Amount, kind: VaultKind) -> Vault {
         let coin = self.intake_coin(node, amount);
         let (once, begun) = self.begin(&coin, amount, kind).unwrap();
-        let (status, vault) = self.complete(&coin, amount, kind, &once, &begun).unwrap();
+        let (status, vault) = self.complete(&coin, amount, kind, once, &begun).unwrap();
         assert_eq!(status.state, "protected", "{status:?}");
         node.rpc.broadcast(&vault.funding).unwrap();
         mine(&node.rpc, 1, &self.wallet.address());

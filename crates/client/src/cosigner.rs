@@ -1,6 +1,6 @@
 //! A client of the co-signer for one party of one policy: signs each request with the party's
 //! auth key, bound to the co-signer's auth key for that client (both read from the policy),
-//! with a nonce that keeps increasing across runs (kept in a small file beside the key).
+//! with a nonce that keeps increasing across runs ([`Nonces`], a small file beside the key).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,22 +11,24 @@ use vigil_policy::bitcoin::key::{Keypair, XOnlyPublicKey};
 use vigil_policy::Policy;
 use vigil_tower::wire::sign_request;
 
-use crate::service::now;
-use crate::wire::Signed;
+use vigil_cosigner::service::now;
+use vigil_cosigner::wire::Signed;
 
 /// Why a request did not get its answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The co-signer refused it, saying why.
-    #[error("the co-signer refused ({status}): {message}")]
+    /// The service refused it, saying why.
+    #[error("{url} refused ({status}): {message}")]
     Refused {
+        /// The service.
+        url: String,
         /// The HTTP status.
         status: u16,
         /// Its reason.
         message: String,
     },
-    /// The co-signer could not be reached.
-    #[error("the co-signer at {url} cannot be reached: {reason}")]
+    /// The service could not be reached.
+    #[error("{url} cannot be reached: {reason}")]
     Unreachable {
         /// Where it was looked for.
         url: String,
@@ -40,8 +42,37 @@ pub enum ClientError {
     #[error("nonce file {0}: {1}")]
     Nonce(PathBuf, std::io::Error),
     /// The answer was not what was expected.
-    #[error("the co-signer's answer does not parse: {0}")]
+    #[error("the answer does not parse: {0}")]
     Decode(String),
+}
+
+/// A party's request counter: a small file holding the last nonce used. Each nonce is above
+/// the last and at least the current unix time, so a lost file still yields fresh ones.
+pub struct Nonces {
+    file: PathBuf,
+    // One request at a time takes a nonce in this process.
+    lock: std::sync::Mutex<()>,
+}
+
+impl Nonces {
+    /// The counter kept in `file`.
+    pub fn new(file: PathBuf) -> Nonces {
+        Nonces { file, lock: std::sync::Mutex::new(()) }
+    }
+
+    /// The next nonce, recorded before it is used.
+    pub fn next(&self) -> Result<u64, ClientError> {
+        let io = |e| ClientError::Nonce(self.file.clone(), e);
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let last = match std::fs::read_to_string(&self.file) {
+            Ok(t) => t.trim().parse().unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io(e)),
+        };
+        let next = (last + 1).max(now());
+        std::fs::write(&self.file, next.to_string()).map_err(io)?;
+        Ok(next)
+    }
 }
 
 /// One party's client of the co-signer.
@@ -50,12 +81,22 @@ pub struct CosignerClient {
     client: String,
     server: XOnlyPublicKey,
     key: Keypair,
-    nonce_file: PathBuf,
+    nonces: Nonces,
 }
 
 impl CosignerClient {
     /// For the pinned policy file `policy_text`, signing as `key`.
     pub fn new(policy_text: &str, key: Keypair, nonce_file: PathBuf) -> Result<CosignerClient, ClientError> {
+        CosignerClient::with_nonces(policy_text, key, Nonces::new(nonce_file))
+    }
+
+    /// For the pinned policy file `policy_text`, signing as `key`, numbering requests with
+    /// `nonces`.
+    pub fn with_nonces(
+        policy_text: &str,
+        key: Keypair,
+        nonces: Nonces,
+    ) -> Result<CosignerClient, ClientError> {
         let policy = Policy::from_toml(policy_text).map_err(|e| ClientError::Policy(e.to_string()))?;
         let url = policy
             .cosigner_url
@@ -66,8 +107,13 @@ impl CosignerClient {
             client: vigil_tower::policy_id(policy_text),
             server: policy.cosigner.auth_key(),
             key,
-            nonce_file,
+            nonces,
         })
+    }
+
+    /// Its request counter (shared with the towers' clients).
+    pub fn nonces(&self) -> &Nonces {
+        &self.nonces
     }
 
     /// The client's id.
@@ -75,26 +121,13 @@ impl CosignerClient {
         &self.client
     }
 
-    /// The next nonce: above the last one used, and at least the current unix time (so a
-    /// lost nonce file still yields a fresh one).
-    fn next_nonce(&self) -> Result<u64, ClientError> {
-        let io = |e| ClientError::Nonce(self.nonce_file.clone(), e);
-        let last = match std::fs::read_to_string(&self.nonce_file) {
-            Ok(t) => t.trim().parse().unwrap_or(0),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io(e)),
-        };
-        let next = (last + 1).max(now());
-        std::fs::write(&self.nonce_file, next.to_string()).map_err(io)?;
-        Ok(next)
-    }
-
     /// A signed POST.
     pub fn post<T: Serialize, R: DeserializeOwned>(&self, path: &str, request: &T) -> Result<R, ClientError> {
         let body =
-            serde_json::to_vec(&Signed { nonce: self.next_nonce()?, time: now(), request }).expect("json");
+            serde_json::to_vec(&Signed { nonce: self.nonces.next()?, time: now(), request }).expect("json");
         let (k, sig) = sign_request(&self.key, &self.server, path, &body);
-        self.answer(
+        answer(
+            &self.url,
             ureq::post(&format!("{}{path}", self.url))
                 .set("x-vigil-client", &self.client)
                 .set("x-vigil-key", &k)
@@ -109,7 +142,8 @@ impl CosignerClient {
     pub fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
         let time = now().to_string();
         let (k, sig) = sign_request(&self.key, &self.server, path, time.as_bytes());
-        self.answer(
+        answer(
+            &self.url,
             ureq::get(&format!("{}{path}", self.url))
                 .set("x-vigil-client", &self.client)
                 .set("x-vigil-key", &k)
@@ -119,22 +153,23 @@ impl CosignerClient {
                 .call(),
         )
     }
+}
 
-    fn answer<R: DeserializeOwned>(
-        &self,
-        result: Result<ureq::Response, ureq::Error>,
-    ) -> Result<R, ClientError> {
-        match result {
-            Ok(r) => r.into_json().map_err(|e| ClientError::Decode(e.to_string())),
-            Err(ureq::Error::Status(status, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(str::to_owned))
-                    .unwrap_or(text);
-                Err(ClientError::Refused { status, message })
-            }
-            Err(e) => Err(ClientError::Unreachable { url: self.url.clone(), reason: e.to_string() }),
+/// A request's answer: its JSON, or why there is none.
+pub(crate) fn answer<R: DeserializeOwned>(
+    url: &str,
+    result: Result<ureq::Response, ureq::Error>,
+) -> Result<R, ClientError> {
+    match result {
+        Ok(r) => r.into_json().map_err(|e| ClientError::Decode(e.to_string())),
+        Err(ureq::Error::Status(status, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            Err(ClientError::Refused { url: url.to_owned(), status, message })
         }
+        Err(e) => Err(ClientError::Unreachable { url: url.to_owned(), reason: e.to_string() }),
     }
 }
