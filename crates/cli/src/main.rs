@@ -11,6 +11,7 @@ use vigil_policy::{CompiledPolicy, Policy, PolicyError};
 
 mod demo;
 mod guardian;
+mod owner;
 
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "Coercion-resistant Bitcoin custody")]
@@ -21,6 +22,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Set up the owner's wallet: recovery phrases, unlock and duress codes, the co-signer,
+    /// the watchtowers and the guardians.
+    Init(owner::InitArgs),
+    /// A fresh address to receive coins on (they wait there until vaulted).
+    Receive(owner::WalletArgs),
+    /// What the wallet holds: coins waiting, vaults, and whether the services answer.
+    Status(owner::WalletArgs),
+    /// Move received coins into a vault (its spends wait on chain, watched by the towers).
+    Vault(owner::VaultArgs),
+    /// Freeze every vault now: spends are refused and every unvault is cancelled.
+    Lockdown(owner::LockdownArgs),
     /// Work with custody policy files.
     Policy {
         #[command(subcommand)]
@@ -125,6 +137,11 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { datadir } => demo::run(&datadir),
+        Command::Init(args) => owner::init(args),
+        Command::Receive(args) => owner::receive(args),
+        Command::Status(args) => owner::status(args),
+        Command::Vault(args) => owner::vault(args),
+        Command::Lockdown(args) => owner::lockdown(args),
         Command::Tower { config, command } => tower(config.as_deref(), command),
         Command::Guardian(args) => guardian::run(args),
         Command::Cosigner { config, command } => cosigner(config.as_deref(), command),

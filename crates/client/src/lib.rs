@@ -12,10 +12,14 @@
 // Libraries log through `tracing`; printing is for binaries.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub use bip39;
+
 pub mod cosigner;
 pub mod owner;
+pub mod session;
 pub mod towers;
 pub mod vaulting;
+pub mod wallet;
 
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut};

@@ -1,0 +1,215 @@
+//! The owner's commands, run as a person runs them, against a real chain, co-signer and towers:
+//! `vigil init` → `receive` → `vault` → `status` → `lockdown`; the duress code says the same
+//! things and leaves the same files.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use vigil_policy::bitcoin::hashes::{sha256, Hash};
+use vigil_policy::bitcoin::{Address, Amount};
+use vigil_policy::example::{account_key, ExamplePolicy};
+use vigil_testenv::cosigner::CosignerProcess;
+use vigil_testenv::eventually;
+use vigil_testenv::process::{vigil_exe, vigil_node, Node, TowerOptions, TowerProcess};
+use vigil_testenv::wallet::{mine, Wallet};
+use vigil_testenv::webhook::webhook;
+
+const REAL: &str = "2468";
+const DURESS: &str = "1357";
+
+/// Runs `vigil ARGS --wallet DIR`, typing `input` lines; (success, stdout, stderr).
+fn vigil(dir: &Path, args: &[&str], input: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(vigil_exe())
+        .args(args)
+        .args(["--wallet", dir.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in input {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(dir: &Path, args: &[&str], input: &[&str]) -> Value {
+    let (ok, out, err) = vigil(dir, &[args, &["--json"]].concat(), input);
+    assert!(ok, "vigil {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Every file of the wallet: name → (size, sha256); the request counter's content is the
+/// time, so only its size is kept.
+fn listing(dir: &Path) -> BTreeMap<String, (u64, String)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let bytes = std::fs::read(e.path()).unwrap();
+            let hash = if name == "nonce" { String::new() } else { sha256::Hash::hash(&bytes).to_string() };
+            (name, (bytes.len() as u64, hash))
+        })
+        .collect()
+}
+
+struct Services {
+    node: Node,
+    co: CosignerProcess,
+    towers: Vec<TowerProcess>,
+}
+
+fn services(extra: &str) -> Services {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, extra);
+    let towers = (0..2).map(|i| TowerProcess::configured(&node, &[], i, TowerOptions::default())).collect();
+    Services { node, co, towers }
+}
+
+fn init(s: &Services, dir: &Path) -> (bool, String, String) {
+    let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
+    let towers: Vec<String> = s
+        .towers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("tower-{i},{},{},{}", t.api.url, t.public_key, t.token()))
+        .collect();
+    let port = s.node.port.to_string();
+    let chain_url = format!("http://127.0.0.1:{port}");
+    let token = s.co.token();
+    let mut args = vec![
+        "init",
+        "--no-phrase-check",
+        "--network",
+        "regtest",
+        "--chain-url",
+        &chain_url,
+        "--chain-user",
+        "vigil",
+        "--chain-password",
+        "secret",
+        "--cosigner",
+        &s.co.url,
+        "--cosigner-token",
+        &token,
+        "--delay",
+        "10",
+        "--recovery",
+        "40",
+        "--deep-vault",
+        "60",
+    ];
+    for t in &towers {
+        args.extend(["--tower", t]);
+    }
+    for g in &guardians {
+        args.extend(["--guardian", g]);
+    }
+    vigil(dir, &args, &[REAL, REAL, DURESS, DURESS])
+}
+
+#[test]
+fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
+    let s = services("");
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+
+    let (ok, out, err) = init(&s, &dir);
+    assert!(ok, "{err}");
+    assert!(out.contains("Your wallet is ready"), "{out}");
+    assert!(err.contains("AWAY FROM HOME"), "the backup phrase's warning: {err}");
+    assert!(!dir.join("setup.json").exists(), "the setup finished");
+    let policy = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
+    assert!(policy.contains("auth_keys"), "the owner's auth key is named, not derived");
+    // A second init changes nothing.
+    let (ok, _, err) = init(&s, &dir);
+    assert!(!ok && err.contains("already a wallet"), "{err}");
+
+    // Receive, get paid, see it.
+    let received = json(&dir, &["receive"], &[REAL]);
+    let address: Address =
+        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
+    mine(&s.node.rpc, 1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["intake_sat"], 30_000_000, "{status}");
+    assert_eq!(status["cosigner_reachable"], true);
+    assert!(status["towers"].as_array().unwrap().iter().all(|t| t["reachable"] == true), "{status}");
+
+    // A vault, through the co-signer's ceremony: protected, then funded.
+    let made = json(&dir, &["vault", "0.2"], &[REAL]);
+    assert_eq!(
+        (made["state"].as_str(), made["kind"].as_str()),
+        (Some("protected"), Some("guarded")),
+        "{made}"
+    );
+    mine(&s.node.rpc, 1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
+    assert_eq!(status["vault_sat"], 20_000_000);
+    for t in &s.towers {
+        assert_eq!(t.metric("vigil_tower_vaults_watched"), Some(1), "every tower watches the vault");
+    }
+
+    // Bad input changes nothing and says why.
+    let (ok, _, err) = vigil(&dir, &["vault", "5"], &[REAL]);
+    assert!(!ok && err.contains("not enough coins"), "{err}");
+    let (ok, _, err) = vigil(&dir, &["vault", "lots"], &[REAL]);
+    assert!(!ok && err.contains("not an amount"), "{err}");
+    let before = listing(&dir);
+    let (ok, _, err) = vigil(&dir, &["status"], &["0000"]);
+    assert!(!ok && err.contains("not right"), "{err}");
+    assert_eq!(listing(&dir).keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
+
+    // Lockdown reaches the co-signer and every tower.
+    let locked = json(&dir, &["lockdown", "--blocks", "20"], &[REAL]);
+    assert!(locked["cosigner"]["Ok"].as_u64().is_some(), "{locked}");
+    assert!(locked["towers"].as_array().unwrap().iter().all(|t| t["error"].is_null()), "{locked}");
+}
+
+#[test]
+fn the_duress_code_says_the_same_and_leaves_the_same_files() {
+    let (url, alarms) = webhook();
+    let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    mine(&s.node.rpc, 10, &Wallet::new().address());
+    let (ok, _, err) = init(&s, &dir);
+    assert!(ok, "{err}");
+
+    let session = |code: &str| {
+        let before = listing(&dir);
+        let (ok, out, err) = vigil(&dir, &["status"], &[code]);
+        assert!(ok, "{err}");
+        (before, listing(&dir), out.replace(REAL, "").replace(DURESS, ""), err)
+    };
+    let duressed = || alarms.lock().unwrap().iter().any(|a| a["kind"] == "duress");
+    let real = session(REAL);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(!duressed(), "the real code alarms nobody");
+    let duress = session(DURESS);
+    assert_eq!(real.2, duress.2, "the same output");
+    assert_eq!(real.3, duress.3, "the same prompts and messages");
+    assert_eq!(real.1, duress.1, "the same files, sizes and contents after");
+    assert_eq!(real.0, real.1, "a status changes no file but the request counter");
+    eprintln!("files after either session:");
+    for (name, (size, hash)) in &duress.1 {
+        eprintln!("  {name:<16} {size:>6} bytes  {hash}");
+    }
+    // The co-signer got the duress heartbeat: the guardians are alarmed.
+    eventually("the guardians are alarmed", || duressed().then_some(()));
+}

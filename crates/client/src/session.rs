@@ -1,0 +1,75 @@
+//! An unlocked wallet: the keys, the pinned policy, the clients of the co-signer and the
+//! towers, and the one heartbeat every unlock sends (DESIGN.md §5): fixed size, sealed to
+//! the co-signer, carrying whichever token the keystore's slot held. Nothing here branches on
+//! which code was typed; it cannot know.
+
+use vigil_cosigner::wire::{self, Heartbeat, HeartbeatAck};
+use vigil_policy::bitcoin::hex::DisplayHex;
+use vigil_policy::bitcoin::Network;
+use vigil_policy::CompiledPolicy;
+
+use crate::cosigner::{ClientError, CosignerClient, Nonces};
+use crate::owner::{self, OwnerKeyError, Unlocked};
+use crate::towers::TowerClient;
+use crate::wallet::{WalletDir, WalletError};
+
+/// Why a session did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The keystore did not open.
+    #[error(transparent)]
+    Keys(#[from] OwnerKeyError),
+    /// The wallet's files are missing or damaged.
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    /// The policy names no co-signer URL, or a request cannot be numbered.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// An unlocked wallet.
+pub struct Session {
+    /// The wallet directory.
+    pub dir: WalletDir,
+    /// The keys the code opened.
+    pub keys: Unlocked,
+    /// The pinned policy.
+    pub compiled: CompiledPolicy,
+    /// Its text.
+    pub policy_text: String,
+    /// The wallet's network.
+    pub network: Network,
+    /// The owner's client of the co-signer.
+    pub cosigner: CosignerClient,
+    /// Whether the co-signer got this unlock's heartbeat (`Err`: why not).
+    pub heartbeat: Result<(), ClientError>,
+}
+
+impl Session {
+    /// Unlocks the wallet in `dir` with `code` and sends the heartbeat.
+    pub fn open(dir: &WalletDir, code: &[u8]) -> Result<Session, SessionError> {
+        let network = dir.config()?.network()?;
+        let keys = owner::unlock(&dir.path, code, network)?;
+        let policy_text = dir.policy_text()?;
+        let compiled = dir.policy()?;
+        let nonces = Nonces::new(dir.file("nonce"));
+        let cosigner = CosignerClient::with_nonces(&policy_text, keys.auth_keypair(), nonces)?;
+        let mut session =
+            Session { dir: dir.clone(), keys, compiled, policy_text, network, cosigner, heartbeat: Ok(()) };
+        session.heartbeat = session.send_heartbeat();
+        Ok(session)
+    }
+
+    fn send_heartbeat(&self) -> Result<(), ClientError> {
+        let key = wire::heartbeat_key(&self.keys.auth_keypair(), &self.compiled.policy().cosigner.auth_key());
+        let sealed = wire::seal_heartbeat(&key, self.keys.heartbeat_token());
+        let _: HeartbeatAck =
+            self.cosigner.post("/v1/heartbeat", &Heartbeat { sealed: sealed.to_lower_hex_string() })?;
+        Ok(())
+    }
+
+    /// Clients of every tower of the policy, signing as the owner.
+    pub fn towers<'a>(&'a self, key: &'a vigil_policy::bitcoin::key::Keypair) -> Vec<TowerClient<'a>> {
+        TowerClient::all(self.compiled.policy(), key, self.cosigner.nonces())
+    }
+}

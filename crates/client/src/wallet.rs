@@ -1,0 +1,266 @@
+//! The owner's wallet directory: what it holds besides the keystore, and the state the
+//! commands share (all public: addresses, coins, vaults, history; the secrets are in the
+//! keystore only).
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `keystore`, `keystore.backup`, `unlock.state` | the keys, two codes ([`crate::owner`]) |
+//! | `wallet.toml` | the network and the chain backend (`[chain]`, as a tower's) |
+//! | `policy.toml` | the pinned policy |
+//! | `state.json` | indexes, intake coins, vaults, history (replaced atomically) |
+//! | `nonce` | the request counter |
+//!
+//! The real and the duress code read and write the same files: nothing here depends on
+//! which opened the keystore.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::{Amount, Network, OutPoint, ScriptBuf, TxOut};
+use vigil_policy::{CompiledPolicy, FundingInput, Policy};
+use vigil_tower::config::ChainConfig;
+
+/// How many unused intake addresses past the last handed out are watched.
+pub const INTAKE_LOOKAHEAD: u32 = 20;
+
+/// Why the wallet directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// A file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file does not parse.
+    #[error("{path} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The chain backend failed.
+    #[error("the chain backend: {0}")]
+    Chain(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalletError + '_ {
+    move |source| WalletError::Io { path: path.to_owned(), source }
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file, synced, renamed over it).
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), WalletError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// `wallet.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalletConfig {
+    /// `regtest`, `signet`, `testnet4`, `bitcoin`.
+    pub network: String,
+    /// Where the wallet reads the chain and broadcasts.
+    pub chain: ChainConfig,
+}
+
+impl WalletConfig {
+    /// The network.
+    pub fn network(&self) -> Result<Network, WalletError> {
+        self.network.parse::<Network>().map_err(|_| WalletError::Damaged {
+            path: "wallet.toml".into(),
+            reason: format!("unknown network {:?}", self.network),
+        })
+    }
+}
+
+/// An intake coin the wallet found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntakeCoin {
+    /// `txid:vout`.
+    pub outpoint: OutPoint,
+    /// Its value, sat.
+    pub value_sat: u64,
+    /// The intake index it was paid to.
+    pub intake_index: u32,
+    /// The block it confirmed in.
+    pub height: u32,
+    /// Spent (into a vault, usually).
+    pub spent: bool,
+}
+
+/// A vault the wallet made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultRecord {
+    /// V.
+    pub outpoint: OutPoint,
+    /// V's value, sat.
+    pub amount_sat: u64,
+    /// "standard" or "guarded".
+    pub kind: String,
+    /// Its derivation index.
+    pub index: u32,
+    /// The signed funding, hex (broadcast again until it confirms).
+    pub funding: String,
+    /// The funding's confirmation height, once seen.
+    pub confirmed_height: Option<u32>,
+}
+
+/// One line of history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix time.
+    pub time: u64,
+    /// What happened, in words.
+    pub what: String,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletState {
+    /// The height the wallet was made at (scanning starts there).
+    pub birth_height: u32,
+    /// The next intake index to hand out.
+    pub next_intake: u32,
+    /// The next vault index.
+    pub next_vault: u32,
+    /// Blocks scanned up to (inclusive).
+    pub scanned_height: u32,
+    /// Intake coins found.
+    pub coins: Vec<IntakeCoin>,
+    /// Vaults made.
+    pub vaults: Vec<VaultRecord>,
+    /// What happened, oldest first.
+    pub history: Vec<Event>,
+}
+
+/// The wallet directory.
+#[derive(Debug, Clone)]
+pub struct WalletDir {
+    /// Where it is.
+    pub path: PathBuf,
+}
+
+impl WalletDir {
+    /// The directory at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> WalletDir {
+        WalletDir { path: path.into() }
+    }
+
+    /// A file in it.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// `wallet.toml`.
+    pub fn config(&self) -> Result<WalletConfig, WalletError> {
+        let path = self.file("wallet.toml");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        toml::from_str(&text).map_err(|e| WalletError::Damaged { path, reason: e.to_string() })
+    }
+
+    /// The pinned policy's text.
+    pub fn policy_text(&self) -> Result<String, WalletError> {
+        let path = self.file("policy.toml");
+        std::fs::read_to_string(&path).map_err(io(&path))
+    }
+
+    /// The pinned policy, compiled.
+    pub fn policy(&self) -> Result<CompiledPolicy, WalletError> {
+        let path = self.file("policy.toml");
+        let damaged =
+            |e: vigil_policy::PolicyError| WalletError::Damaged { path: path.clone(), reason: e.to_string() };
+        CompiledPolicy::new(Policy::from_toml(&self.policy_text()?).map_err(damaged)?).map_err(damaged)
+    }
+
+    /// `state.json`.
+    pub fn state(&self) -> Result<WalletState, WalletError> {
+        let path = self.file("state.json");
+        let text = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&text).map_err(|e| WalletError::Damaged { path, reason: e.to_string() })
+    }
+
+    /// Replaces `state.json`.
+    pub fn save_state(&self, state: &WalletState) -> Result<(), WalletError> {
+        replace_file(&self.file("state.json"), &serde_json::to_vec_pretty(state).expect("json"))
+    }
+}
+
+impl WalletState {
+    /// Records `what` in the history.
+    pub fn note(&mut self, what: impl Into<String>) {
+        self.history.push(Event { time: vigil_cosigner::service::now(), what: what.into() });
+    }
+
+    /// Confirmed intake coins not yet spent, as funding inputs.
+    pub fn spendable_coins(&self, compiled: &CompiledPolicy) -> Vec<FundingInput> {
+        self.coins
+            .iter()
+            .filter(|c| !c.spent)
+            .filter_map(|c| {
+                let script = compiled.intake_descriptor(c.intake_index).ok()?.script_pubkey();
+                Some(FundingInput {
+                    outpoint: c.outpoint,
+                    txout: TxOut { value: Amount::from_sat(c.value_sat), script_pubkey: script },
+                    intake_index: c.intake_index,
+                })
+            })
+            .collect()
+    }
+
+    /// Scans the blocks since the last scan for payments to the intake addresses handed out
+    /// (and a few beyond), and marks spent coins; returns the tip height.
+    pub fn scan(&mut self, compiled: &CompiledPolicy, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
+        let chain_err = |e: vigil_chain::BackendError| WalletError::Chain(e.to_string());
+        let tip = chain.tip().map_err(chain_err)?.height;
+        let scripts: Vec<(ScriptBuf, u32)> = (0..self.next_intake + INTAKE_LOOKAHEAD)
+            .filter_map(|i| Some((compiled.intake_descriptor(i).ok()?.script_pubkey(), i)))
+            .collect();
+        let from = self.scanned_height.max(self.birth_height.saturating_sub(1)) + 1;
+        for height in from..=tip {
+            let Some(hash) = chain.block_hash(height).map_err(chain_err)? else { break };
+            let block = chain.block(&hash).map_err(chain_err)?;
+            for tx in &block.txdata {
+                let txid = tx.compute_txid();
+                for (vout, out) in tx.output.iter().enumerate() {
+                    if let Some((_, index)) = scripts.iter().find(|(s, _)| *s == out.script_pubkey) {
+                        let outpoint = OutPoint { txid, vout: vout as u32 };
+                        if !self.coins.iter().any(|c| c.outpoint == outpoint) {
+                            self.coins.push(IntakeCoin {
+                                outpoint,
+                                value_sat: out.value.to_sat(),
+                                intake_index: *index,
+                                height,
+                                spent: false,
+                            });
+                            self.next_intake = self.next_intake.max(index + 1);
+                        }
+                    }
+                }
+            }
+            self.scanned_height = height;
+        }
+        for coin in self.coins.iter_mut().filter(|c| !c.spent) {
+            coin.spent = chain.unspent_output(&coin.outpoint).map_err(chain_err)?.is_none();
+        }
+        for vault in self.vaults.iter_mut().filter(|v| v.confirmed_height.is_none()) {
+            if let Some((_, Some(height))) =
+                chain.transaction_info(&vault.outpoint.txid).map_err(chain_err)?
+            {
+                vault.confirmed_height = Some(height);
+            }
+        }
+        Ok(tip)
+    }
+}
