@@ -31,6 +31,9 @@ enum Command {
     Status(owner::WalletArgs),
     /// Move received coins into a vault (its spends wait on chain, watched by the towers).
     Vault(owner::VaultArgs),
+    /// Send from a vault: the request, the guardians' approvals when needed, the on-chain
+    /// wait the towers watch, then the payment. `--resume` continues where it stopped.
+    Spend(owner::SpendArgs),
     /// Freeze every vault now: spends are refused and every unvault is cancelled.
     Lockdown(owner::LockdownArgs),
     /// Work with custody policy files.
@@ -142,6 +145,7 @@ fn main() -> ExitCode {
         Command::Status(args) => owner::status(args),
         Command::Vault(args) => owner::vault(args),
         Command::Lockdown(args) => owner::lockdown(args),
+        Command::Spend(args) => owner::spend(args),
         Command::Tower { config, command } => tower(config.as_deref(), command),
         Command::Guardian(args) => guardian::run(args),
         Command::Cosigner { config, command } => cosigner(config.as_deref(), command),

@@ -1,4 +1,4 @@
-//! The owner's commands: `vigil init`, `receive`, `status`, `vault`, `lockdown`.
+//! The owner's commands: `vigil init`, `receive`, `status`, `vault`, `spend`, `lockdown`.
 //!
 //! Written for a frightened, non-technical person: plain words, one question at a time, and
 //! nothing half-done on a refusal. Every command that opens the wallet asks for the code and
@@ -15,6 +15,7 @@ use serde_json::json;
 use vigil_client::cosigner::ClientError;
 use vigil_client::owner::{self, OwnerPublic};
 use vigil_client::session::Session;
+use vigil_client::spending::{self, Progress};
 use vigil_client::towers::TowerClient;
 use vigil_client::vaulting::{self, VaultOrder};
 use vigil_client::wallet::{replace_file, VaultRecord, WalletDir, WalletState};
@@ -642,6 +643,10 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         index,
         funding: serialize_hex(&vault.funding),
         confirmed_height: None,
+        unvault: serialize_hex(vault.graph.unvault()),
+        owner_once: vault.plan.owner_once.to_string(),
+        cosigner_once: vault.plan.cosigner_once.to_string(),
+        unvaulted: false,
     });
     state.note(format!("vault {} of {} made", vault.outpoint(), btc(amount.to_sat())));
     session.dir.save_state(&state)?;
@@ -707,6 +712,116 @@ pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
     }
     if co.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
         bail!("nobody took the lockdown: run `vigil lockdown` again");
+    }
+    Ok(())
+}
+
+/// `vigil spend`.
+#[derive(Args)]
+pub struct SpendArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// Where to send (an address of the wallet's network).
+    address: Option<String>,
+    /// How much, in BTC (for example 0.05).
+    amount: Option<String>,
+    /// Continue the spends under way instead of starting one.
+    #[arg(long)]
+    resume: bool,
+    /// Keep going until each spend is done or stopped, saying what it waits for.
+    #[arg(long)]
+    wait: bool,
+}
+
+fn describe(progress: &Progress, tip: u32) -> (String, serde_json::Value) {
+    match progress {
+        Progress::WaitingForGuardians { approvals, needed } => (
+            format!("waiting for your guardians: {approvals} of {needed} approved"),
+            json!({"stage": "waiting for guardians", "approvals": approvals, "needed": needed}),
+        ),
+        Progress::Waiting { from_height: Some(h) } => (
+            format!(
+                "approved; the coins are unlocking: spendable from block {h}, in about {} blocks (now {tip})",
+                h.saturating_sub(tip)
+            ),
+            json!({"stage": "unlocking", "spendable_from_height": h, "height": tip}),
+        ),
+        Progress::Waiting { from_height: None } => (
+            "approved; the unlocking transaction is on its way to a block".into(),
+            json!({"stage": "unlocking", "spendable_from_height": null, "height": tip}),
+        ),
+        Progress::Done { txid } => {
+            (format!("sent: transaction {txid}"), json!({"stage": "done", "txid": txid}))
+        }
+        Progress::Denied => ("a guardian denied this spend".into(), json!({"stage": "denied"})),
+        Progress::Stopped(why) => (format!("stopped: {why}"), json!({"stage": "stopped", "reason": why})),
+    }
+}
+
+fn finished(p: &Progress) -> bool {
+    matches!(p, Progress::Done { .. } | Progress::Denied | Progress::Stopped(_))
+}
+
+/// `vigil spend ADDRESS AMOUNT`, or `--resume`: a vault spend, step by step, resumable.
+pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
+    // Bad input is refused before anything is asked or sent.
+    let target = match (&args.address, &args.amount, args.resume) {
+        (Some(address), Some(amount), false) => {
+            let network = args.wallet.dir().config()?.network()?;
+            let address = address
+                .parse::<Address<_>>()
+                .map_err(|e| anyhow::anyhow!("{address:?} is not a bitcoin address: {e}; nothing was done"))?
+                .require_network(network)
+                .map_err(|_| anyhow::anyhow!("{address} is an address of another network than this wallet's ({network}); nothing was done"))?;
+            Some((address, parse_btc(amount)?))
+        }
+        (None, None, true) => None,
+        _ => bail!("give an ADDRESS and an AMOUNT, or --resume"),
+    };
+    let session = open(&args.wallet)?;
+    let chain = vigil_tower::daemon::backend(&session.dir.config()?.chain);
+    let mut state = session.dir.state()?;
+    state.scan(&session.compiled, &*chain)?;
+    let ids: Vec<u64> = match target {
+        Some((address, amount)) => {
+            let spend = spending::start(&session, &mut state, &address, amount);
+            // What was asked is recorded whatever the answer.
+            session.dir.save_state(&state)?;
+            vec![spend?.id]
+        }
+        None => state
+            .spends
+            .iter()
+            .filter(|s| !["done", "denied", "cancelled"].contains(&s.stage.as_str()))
+            .map(|s| s.id)
+            .collect(),
+    };
+    if ids.is_empty() {
+        bail!("no spend is under way");
+    }
+    let mut answers = Vec::new();
+    for id in ids {
+        let progress = loop {
+            let progress = spending::advance(&session, &mut state, &*chain, id);
+            session.dir.save_state(&state)?;
+            let progress = progress?;
+            let tip = chain.tip().map(|t| t.height).unwrap_or(0);
+            if !args.wait || finished(&progress) {
+                break (progress, tip);
+            }
+            if !args.wallet.json {
+                say(&format!("spend {id}: {}", describe(&progress, tip).0));
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        };
+        let (text, value) = describe(&progress.0, progress.1);
+        answers.push(json!({"id": id, "progress": value}));
+        if !args.wallet.json {
+            println!("Spend {id}: {text}");
+        }
+    }
+    if args.wallet.json {
+        println!("{}", serde_json::Value::from(answers));
     }
     Ok(())
 }

@@ -8,14 +8,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
 use vigil_policy::bitcoin::{Address, Amount};
 use vigil_policy::example::{account_key, ExamplePolicy};
 use vigil_testenv::cosigner::CosignerProcess;
-use vigil_testenv::eventually;
 use vigil_testenv::process::{vigil_exe, vigil_node, Node, TowerOptions, TowerProcess};
 use vigil_testenv::wallet::{mine, Wallet};
 use vigil_testenv::webhook::webhook;
+use vigil_testenv::{eventually, pty};
 
 const REAL: &str = "2468";
 const DURESS: &str = "1357";
@@ -175,6 +176,38 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
     assert!(!ok && err.contains("not right"), "{err}");
     assert_eq!(listing(&dir).keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
 
+    // A standard vault, and a spend from it: approved at once, the unvault broadcast, the
+    // payment co-signed once DELAY passed, not a block before.
+    let small = json(&dir, &["vault", "0.05"], &[REAL]);
+    assert_eq!(small["kind"], "standard", "{small}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let to = Wallet::new().address().to_string();
+    let (ok, _, err) = vigil(&dir, &["spend", "bcrt1qnotanaddress", "0.01"], &[]);
+    assert!(!ok && err.contains("not a bitcoin address"), "{err}");
+    let mainnet = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";
+    let (ok, _, err) = vigil(&dir, &["spend", mainnet, "0.01"], &[]);
+    assert!(!ok && err.contains("another network"), "{err}");
+    let (ok, _, err) = vigil(&dir, &["spend", &to, "3"], &[REAL]);
+    assert!(!ok && err.contains("no vault holds"), "{err}");
+    let started = json(&dir, &["spend", &to, "0.01"], &[REAL]);
+    assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
+    let from = waiting[0]["progress"]["spendable_from_height"].as_u64().unwrap() as u32;
+    let tip = s.node.rpc.tip().unwrap().height;
+    mine(&s.node.rpc, from - tip - 1, &payer.address());
+    let early = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(early[0]["progress"]["stage"], "unlocking", "one block early: {early}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let done = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let txid = done[0]["progress"]["txid"].as_str().unwrap().parse().unwrap();
+    assert!(
+        matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),
+        "the payment confirmed"
+    );
+
     // Lockdown reaches the co-signer and every tower.
     let locked = json(&dir, &["lockdown", "--blocks", "20"], &[REAL]);
     assert!(locked["cosigner"]["Ok"].as_u64().is_some(), "{locked}");
@@ -212,4 +245,22 @@ fn the_duress_code_says_the_same_and_leaves_the_same_files() {
     }
     // The co-signer got the duress heartbeat: the guardians are alarmed.
     eventually("the guardians are alarmed", || duressed().then_some(()));
+
+    // On a real terminal: the code is not echoed, and the two sessions show the same screen.
+    let wallet = dir.to_str().unwrap();
+    let screen = |code: &str| {
+        let t = pty::run(
+            &vigil_exe(),
+            &["status", "--wallet", wallet],
+            &[("RUST_LOG", "warn")],
+            &[("Unlock code: ", code)],
+        );
+        assert_eq!(t.code, 0, "{}", t.text);
+        assert!(!t.text.contains(code), "the code was echoed: {}", t.text);
+        t.text
+    };
+    let (real_screen, duress_screen) = (screen(REAL), screen(DURESS));
+    assert!(real_screen.contains("Waiting to be vaulted"), "{real_screen}");
+    assert_eq!(real_screen, duress_screen);
+    eprintln!("the screen, either code:\n{real_screen}");
 }

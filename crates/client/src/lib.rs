@@ -17,6 +17,7 @@ pub use bip39;
 pub mod cosigner;
 pub mod owner;
 pub mod session;
+pub mod spending;
 pub mod towers;
 pub mod vaulting;
 pub mod wallet;

@@ -115,6 +115,50 @@ pub struct VaultRecord {
     pub funding: String,
     /// The funding's confirmation height, once seen.
     pub confirmed_height: Option<u32>,
+    /// The pre-signed unvault, hex.
+    pub unvault: String,
+    /// The owner's one-time public key (x-only hex): with the next, rebuilds the descriptors.
+    pub owner_once: String,
+    /// The co-signer's one-time public key.
+    pub cosigner_once: String,
+    /// Spent by an unvault (a spend under way or done).
+    #[serde(default)]
+    pub unvaulted: bool,
+}
+
+impl VaultRecord {
+    /// The vault's plan, rebuilt from the record.
+    pub fn plan(&self) -> Option<vigil_policy::VaultPlan> {
+        use std::str::FromStr;
+        Some(vigil_policy::VaultPlan {
+            index: self.index,
+            amount: Amount::from_sat(self.amount_sat),
+            kind: if self.kind == "guarded" {
+                vigil_policy::VaultKind::Guarded
+            } else {
+                vigil_policy::VaultKind::Standard
+            },
+            owner_once: vigil_policy::bitcoin::key::XOnlyPublicKey::from_str(&self.owner_once).ok()?,
+            cosigner_once: vigil_policy::bitcoin::key::XOnlyPublicKey::from_str(&self.cosigner_once).ok()?,
+        })
+    }
+}
+
+/// A vault spend under way: request → approvals → unvault → DELAY → co-signed spend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSpend {
+    /// The co-signer's request id.
+    pub id: u64,
+    /// The vault it spends.
+    pub vault: OutPoint,
+    /// Where to.
+    pub destination: String,
+    /// How much, sat.
+    pub amount_sat: u64,
+    /// "waiting" (for guardians), "approved", "unvault sent", "done", "denied", "cancelled".
+    pub stage: String,
+    /// The spend's txid once broadcast.
+    pub txid: Option<String>,
 }
 
 /// One line of history.
@@ -141,6 +185,9 @@ pub struct WalletState {
     pub coins: Vec<IntakeCoin>,
     /// Vaults made.
     pub vaults: Vec<VaultRecord>,
+    /// Vault spends, oldest first.
+    #[serde(default)]
+    pub spends: Vec<PendingSpend>,
     /// What happened, oldest first.
     pub history: Vec<Event>,
 }

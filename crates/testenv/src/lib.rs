@@ -9,6 +9,7 @@
 //!   wallet, registered and approved at towers over their signed API.
 //! - [`cosigner`], [`family`]: a `vigil cosigner` process, and a family (owner, guardians)
 //!   served by it and by real towers: enrollment, the co-signer's ceremony, spends, votes.
+//! - [`pty`]: a command in a real terminal, typed into as a person types.
 //! - [`smtp`]: a real SMTP server on loopback, for alarms by e-mail.
 //! - [`stats`]: whether two timing distributions can be told apart.
 //! - [`wallet`]: a key-path test wallet and chain lookups; [`webhook`]: alarm receivers.
@@ -18,6 +19,7 @@ pub mod cosigner;
 pub mod family;
 pub mod household;
 pub mod process;
+pub mod pty;
 pub mod smtp;
 pub mod stats;
 pub mod wallet;
