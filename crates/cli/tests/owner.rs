@@ -14,6 +14,7 @@ use vigil_policy::bitcoin::{Address, Amount};
 use vigil_policy::example::{account_key, ExamplePolicy};
 use vigil_testenv::cosigner::CosignerProcess;
 use vigil_testenv::process::{vigil_exe, vigil_node, Node, TowerOptions, TowerProcess};
+use vigil_testenv::proxy::CountingProxy;
 use vigil_testenv::wallet::{mine, Wallet};
 use vigil_testenv::webhook::webhook;
 use vigil_testenv::{eventually, pty};
@@ -70,13 +71,30 @@ struct Services {
     node: Node,
     co: CosignerProcess,
     towers: Vec<TowerProcess>,
+    /// Counting proxies in front of the co-signer and each tower, when asked for: the
+    /// wallet's policy names them instead of the services.
+    proxies: Option<(CountingProxy, Vec<CountingProxy>)>,
 }
 
-fn services(extra: &str) -> Services {
+fn services(extra: &str, proxied: bool) -> Services {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, extra);
-    let towers = (0..2).map(|i| TowerProcess::configured(&node, &[], i, TowerOptions::default())).collect();
-    Services { node, co, towers }
+    let towers: Vec<TowerProcess> =
+        (0..2).map(|i| TowerProcess::configured(&node, &[], i, TowerOptions::default())).collect();
+    let proxies = proxied.then(|| {
+        (CountingProxy::new(&co.url), towers.iter().map(|t| CountingProxy::new(&t.api.url)).collect())
+    });
+    Services { node, co, towers, proxies }
+}
+
+impl Services {
+    fn cosigner_url(&self) -> String {
+        self.proxies.as_ref().map_or(self.co.url.clone(), |(c, _)| c.url.clone())
+    }
+
+    fn tower_url(&self, i: usize) -> String {
+        self.proxies.as_ref().map_or(self.towers[i].api.url.clone(), |(_, t)| t[i].url.clone())
+    }
 }
 
 fn init(s: &Services, dir: &Path) -> (bool, String, String) {
@@ -85,11 +103,12 @@ fn init(s: &Services, dir: &Path) -> (bool, String, String) {
         .towers
         .iter()
         .enumerate()
-        .map(|(i, t)| format!("tower-{i},{},{},{}", t.api.url, t.public_key, t.token()))
+        .map(|(i, t)| format!("tower-{i},{},{},{}", s.tower_url(i), t.public_key, t.token()))
         .collect();
     let port = s.node.port.to_string();
     let chain_url = format!("http://127.0.0.1:{port}");
     let token = s.co.token();
+    let cosigner_url = s.cosigner_url();
     let mut args = vec![
         "init",
         "--no-phrase-check",
@@ -102,7 +121,7 @@ fn init(s: &Services, dir: &Path) -> (bool, String, String) {
         "--chain-password",
         "secret",
         "--cosigner",
-        &s.co.url,
+        &cosigner_url,
         "--cosigner-token",
         &token,
         "--delay",
@@ -123,7 +142,7 @@ fn init(s: &Services, dir: &Path) -> (bool, String, String) {
 
 #[test]
 fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
-    let s = services("");
+    let s = services("", false);
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("wallet");
     let payer = Wallet::new();
@@ -217,18 +236,28 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
 #[test]
 fn the_duress_code_says_the_same_and_leaves_the_same_files() {
     let (url, alarms) = webhook();
-    let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"), true);
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("wallet");
     mine(&s.node.rpc, 10, &Wallet::new().address());
     let (ok, _, err) = init(&s, &dir);
     assert!(ok, "{err}");
 
+    let policy =
+        vigil_policy::Policy::from_toml(&std::fs::read_to_string(dir.join("policy.toml")).unwrap()).unwrap();
+    let owner_key = policy.owner.keys[0].auth_key().to_string();
+    let (co_proxy, tower_proxies) = s.proxies.as_ref().unwrap();
+    let traffic = || {
+        let mut flows = co_proxy.take(&owner_key);
+        flows.extend(tower_proxies.iter().flat_map(|p| p.take(&owner_key)));
+        flows
+    };
+    traffic();
     let session = |code: &str| {
         let before = listing(&dir);
         let (ok, out, err) = vigil(&dir, &["status"], &[code]);
         assert!(ok, "{err}");
-        (before, listing(&dir), out.replace(REAL, "").replace(DURESS, ""), err)
+        (before, listing(&dir), out.replace(REAL, "").replace(DURESS, ""), err, traffic())
     };
     let duressed = || alarms.lock().unwrap().iter().any(|a| a["kind"] == "duress");
     let real = session(REAL);
@@ -239,6 +268,9 @@ fn the_duress_code_says_the_same_and_leaves_the_same_files() {
     assert_eq!(real.3, duress.3, "the same prompts and messages");
     assert_eq!(real.1, duress.1, "the same files, sizes and contents after");
     assert_eq!(real.0, real.1, "a status changes no file but the request counter");
+    assert_eq!(real.4, duress.4, "the same connections, the same bytes each way");
+    assert_eq!(real.4.len(), 3, "the heartbeat and one question to each tower: {:?}", real.4);
+    eprintln!("connections (bytes sent, received), either code: {:?}", duress.4);
     eprintln!("files after either session:");
     for (name, (size, hash)) in &duress.1 {
         eprintln!("  {name:<16} {size:>6} bytes  {hash}");

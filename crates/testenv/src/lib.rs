@@ -9,6 +9,7 @@
 //!   wallet, registered and approved at towers over their signed API.
 //! - [`cosigner`], [`family`]: a `vigil cosigner` process, and a family (owner, guardians)
 //!   served by it and by real towers: enrollment, the co-signer's ceremony, spends, votes.
+//! - [`proxy`]: a TCP proxy counting connections and bytes (what a network observer sees).
 //! - [`pty`]: a command in a real terminal, typed into as a person types.
 //! - [`smtp`]: a real SMTP server on loopback, for alarms by e-mail.
 //! - [`stats`]: whether two timing distributions can be told apart.
@@ -19,6 +20,7 @@ pub mod cosigner;
 pub mod family;
 pub mod household;
 pub mod process;
+pub mod proxy;
 pub mod pty;
 pub mod smtp;
 pub mod stats;
