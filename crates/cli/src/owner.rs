@@ -18,7 +18,7 @@ use vigil_client::session::Session;
 use vigil_client::spending::{self, Progress};
 use vigil_client::towers::TowerClient;
 use vigil_client::vaulting::{self, VaultOrder};
-use vigil_client::wallet::{replace_file, VaultRecord, WalletDir, WalletState};
+use vigil_client::wallet::{replace_file, PendingVault, VaultRecord, WalletDir, WalletState};
 use vigil_cosigner::wire::{self, Enrolled, PinPolicy};
 use vigil_policy::bitcoin::consensus::encode::serialize_hex;
 use vigil_policy::bitcoin::{Address, Amount, Network};
@@ -150,15 +150,23 @@ fn ask(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
     Ok(Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_owned()))
 }
 
-/// A code: not echoed on a terminal; a plain line from a script.
+/// A code: not echoed on a terminal; a plain line from a script. Echo goes off before the
+/// prompt shows, so nothing typed at once after it is ever displayed.
 fn ask_code(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
-    if std::io::stdin().is_terminal() {
-        eprint!("{prompt}");
-        std::io::stderr().flush()?;
-        Ok(Zeroizing::new(rpassword::read_password()?))
-    } else {
-        ask(prompt)
+    use std::os::fd::AsRawFd;
+    use termios::{tcsetattr, Termios, ECHO, ECHONL, TCSANOW};
+    if !std::io::stdin().is_terminal() {
+        return ask(prompt);
     }
+    let fd = std::io::stdin().as_raw_fd();
+    let before = Termios::from_fd(fd)?;
+    let mut hidden = before;
+    hidden.c_lflag &= !ECHO;
+    hidden.c_lflag |= ECHONL;
+    tcsetattr(fd, TCSANOW, &hidden)?;
+    let answer = ask(prompt);
+    tcsetattr(fd, TCSANOW, &before)?;
+    answer
 }
 
 fn new_code(what: &str) -> anyhow::Result<Zeroizing<String>> {
@@ -559,21 +567,93 @@ fn parse_btc(text: &str) -> anyhow::Result<Amount> {
         .map_err(|e| anyhow::anyhow!("{text:?} is not an amount in BTC (for example 0.05): {e}"))
 }
 
+fn kind_name(kind: VaultKind) -> &'static str {
+    if kind == VaultKind::Guarded {
+        "guarded"
+    } else {
+        "standard"
+    }
+}
+
+fn record_of(vault: &vigil_client::Vault) -> VaultRecord {
+    VaultRecord {
+        outpoint: vault.outpoint(),
+        amount_sat: vault.plan.amount.to_sat(),
+        kind: kind_name(vault.plan.kind).into(),
+        index: vault.plan.index,
+        funding: serialize_hex(&vault.funding),
+        confirmed_height: None,
+        unvault: serialize_hex(vault.graph.unvault()),
+        owner_once: vault.plan.owner_once.to_string(),
+        cosigner_once: vault.plan.cosigner_once.to_string(),
+        unvaulted: false,
+    }
+}
+
+/// A ceremony an interruption left between sending the owner's half and recording the vault:
+/// the co-signer says whether it holds it. Returns the vault finished, or none (nothing was
+/// funded: the record is dropped); refuses while the towers are still being told.
+fn finish_pending(session: &Session, state: &mut WalletState) -> anyhow::Result<Option<vigil_client::Vault>> {
+    let Some(p) = state.pending_vault.clone() else { return Ok(None) };
+    let status: wire::VaultStatus = match session.cosigner.get(&format!("/v1/vaults/{}", p.outpoint)) {
+        Ok(status) => status,
+        Err(ClientError::Refused { status: 404, .. }) => {
+            state.pending_vault = None;
+            state.note(format!("the interrupted vault {} was never made: its coins are free", p.outpoint));
+            return Ok(None);
+        }
+        Err(e) => {
+            bail!("a vault interrupted earlier cannot be checked with the co-signer ({e}); nothing was done")
+        }
+    };
+    if status.state != "protected" {
+        bail!(
+            "the vault interrupted earlier is still being registered with the watchtowers; try again later"
+        );
+    }
+    let record = VaultRecord {
+        outpoint: p.outpoint,
+        amount_sat: p.amount_sat,
+        kind: p.kind.clone(),
+        index: p.index,
+        funding: String::new(),
+        confirmed_height: None,
+        unvault: String::new(),
+        owner_once: p.owner_once.clone(),
+        cosigner_once: p.cosigner_once.clone(),
+        unvaulted: false,
+    };
+    let plan = record.plan().context("the interrupted vault's record is damaged")?;
+    let mine = vaulting::signatures_from_hex(plan.owner_once, &p.owner_signatures)?;
+    let theirs = vaulting::signatures_from_hex(plan.cosigner_once, &p.cosigner_signatures)?;
+    let unsigned = vigil_policy::bitcoin::consensus::encode::deserialize_hex(&p.unsigned_funding)?;
+    let vault = vaulting::rebuild(&session.compiled, &plan, p.outpoint, &mine, &theirs, &status, &unsigned)?;
+    state.vaults.push(record_of(&vault));
+    state.pending_vault = None;
+    state.note(format!("vault {} finished after an interruption", p.outpoint));
+    Ok(Some(vault))
+}
+
 /// `vigil vault`: intake coins into a vault, in DESIGN §4's order; the funding is broadcast
-/// last, once every tower holds the vault (the co-signer releases it only then).
+/// last, once every tower holds the vault (the co-signer releases it only then). Each step is
+/// recorded before the next, so a run killed anywhere is finished by the next.
 pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     let amount = parse_btc(&args.amount)?;
     let session = open(&args.wallet)?;
     // Above the velocity limit a vault is guarded: its spends always need the guardians.
     let velocity_limit = Amount::from_sat(session.compiled.policy().allowance.velocity_limit_sat);
     let kind = if args.guarded || amount > velocity_limit { VaultKind::Guarded } else { VaultKind::Standard };
-    let kind_name = if kind == VaultKind::Guarded { "guarded" } else { "standard" };
     let config = session.dir.config()?;
     let chain = vigil_tower::daemon::backend(&config.chain);
     let mut state = session.dir.state()?;
+    if let Some(v) = finish_pending(&session, &mut state)? {
+        session.dir.save_state(&state)?;
+        say(&format!("Finished the vault of {} interrupted earlier.", btc(v.plan.amount.to_sat())));
+    }
+    session.dir.save_state(&state)?;
     state.scan(&session.compiled, &*chain)?;
-    // A funding recorded but not yet seen on chain is sent again first (a crash after the
-    // record, before the broadcast).
+    // Fundings recorded but not yet seen on chain are sent again (a crash after the record,
+    // before the broadcast).
     for v in state.vaults.iter().filter(|v| v.confirmed_height.is_none()) {
         let tx = vigil_policy::bitcoin::consensus::encode::deserialize_hex(&v.funding)?;
         let _ = chain.broadcast(&tx);
@@ -587,7 +667,8 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
             btc(min.to_sat())
         );
     }
-    // The coins, largest first, until they cover the amount and a fee margin.
+    // The coins, largest first, until they cover the amount and a fee margin. Coins of a
+    // funding recorded but not yet confirmed are not offered again.
     let mut sorted = coins.clone();
     sorted.sort_by_key(|c| std::cmp::Reverse(c.txout.value));
     let margin = Amount::from_sat(5_000);
@@ -625,43 +706,49 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     };
     let (once, begun) = vaulting::begin(&session.cosigner, &order)?;
     let sign = |psbt: &mut vigil_policy::bitcoin::psbt::Psbt| session.keys.sign_vault_psbt(psbt);
-    let (status, vault) = vaulting::complete(&session.cosigner, &order, once, &begun, &sign)?;
+    let prepared = vaulting::prepare(&order, once, &begun, &sign)?;
+    // Recorded before it is sent: if this run dies after the co-signer took it, the next one
+    // finishes it (the one-time key is gone; its signatures are all that is needed).
+    state.pending_vault = Some(PendingVault {
+        outpoint: prepared.outpoint,
+        index,
+        amount_sat: amount.to_sat(),
+        kind: kind_name(kind).into(),
+        owner_once: prepared.plan.owner_once.to_string(),
+        cosigner_once: prepared.plan.cosigner_once.to_string(),
+        owner_signatures: vaulting::signatures_hex(&prepared.mine),
+        cosigner_signatures: vaulting::signatures_hex(&prepared.theirs),
+        unsigned_funding: serialize_hex(&prepared.funding.unsigned_tx),
+    });
+    session.dir.save_state(&state)?;
+    let (status, vault) = vaulting::finish(&session.cosigner, &session.compiled, &prepared)?;
     if status.state != "protected" {
         let missing: Vec<_> =
             status.towers.iter().filter(|t| !t.acknowledged).map(|t| t.name.clone()).collect();
         bail!(
             "not every watchtower holds the vault yet ({} missing): its coins were NOT moved. The co-signer \
-             keeps trying; run `vigil vault` again later",
+             keeps trying; run `vigil vault` again later to finish it",
             missing.join(", ")
         );
     }
     // Recorded before the broadcast: a crash in between sends it again next time.
-    state.vaults.push(VaultRecord {
-        outpoint: vault.outpoint(),
-        amount_sat: amount.to_sat(),
-        kind: kind_name.into(),
-        index,
-        funding: serialize_hex(&vault.funding),
-        confirmed_height: None,
-        unvault: serialize_hex(vault.graph.unvault()),
-        owner_once: vault.plan.owner_once.to_string(),
-        cosigner_once: vault.plan.cosigner_once.to_string(),
-        unvaulted: false,
-    });
+    state.vaults.push(record_of(&vault));
+    state.pending_vault = None;
     state.note(format!("vault {} of {} made", vault.outpoint(), btc(amount.to_sat())));
     session.dir.save_state(&state)?;
-    chain.broadcast(&vault.funding).map_err(|e| anyhow::anyhow!("the funding was not broadcast ({e}); it is saved and sent again by the next `vigil vault` or `vigil status`"))?;
+    chain.broadcast(&vault.funding).map_err(|e| {
+        anyhow::anyhow!(
+            "the funding was not broadcast ({e}); it is saved and sent again by the next `vigil vault`"
+        )
+    })?;
+    let kind = kind_name(kind);
     if args.wallet.json {
         println!(
             "{}",
-            json!({"vault": vault.outpoint().to_string(), "amount_sat": amount.to_sat(), "kind": kind_name, "state": "protected"})
+            json!({"vault": vault.outpoint().to_string(), "amount_sat": amount.to_sat(), "kind": kind, "state": "protected"})
         );
     } else {
-        println!(
-            "Vault made: {} ({kind_name}), watched by {} towers.",
-            btc(amount.to_sat()),
-            status.towers.len()
-        );
+        println!("Vault made: {} ({kind}), watched by {} towers.", btc(amount.to_sat()), status.towers.len());
     }
     Ok(())
 }

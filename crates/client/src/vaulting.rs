@@ -13,7 +13,9 @@ use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::secp256k1::schnorr;
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction};
-use vigil_policy::{CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, PolicyError, VaultKind};
+use vigil_policy::{
+    CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, PolicyError, VaultKind, VaultPlan,
+};
 
 use crate::cosigner::{ClientError, CosignerClient};
 use crate::Vault;
@@ -83,17 +85,49 @@ pub fn begin(
     Ok((owner_once, begun))
 }
 
+/// The owner's half, signed and not yet sent: what to record before sending it, so that an
+/// interrupted ceremony can be finished ([`rebuild`]) once the co-signer says it holds it.
+pub struct Prepared {
+    /// The vault's plan.
+    pub plan: VaultPlan,
+    /// V.
+    pub outpoint: OutPoint,
+    /// The owner's one-time key's signatures.
+    pub mine: GraphSignatures,
+    /// The co-signer's.
+    pub theirs: GraphSignatures,
+    /// The funding, signed by the owner.
+    pub funding: Psbt,
+}
+
+/// Signatures of `signer` from hex (recorded, or on the wire).
+pub fn signatures_from_hex(signer: XOnlyPublicKey, hex: &[String]) -> Result<GraphSignatures, VaultingError> {
+    let signatures = hex
+        .iter()
+        .map(|s| {
+            <[u8; 64]>::from_hex(s)
+                .ok()
+                .and_then(|b| schnorr::Signature::from_slice(&b).ok())
+                .ok_or_else(|| VaultingError::Mismatch("a signature does not parse".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(GraphSignatures { signer, signatures })
+}
+
+/// Signatures as hex, for the record and the wire.
+pub fn signatures_hex(sigs: &GraphSignatures) -> Vec<String> {
+    sigs.signatures.iter().map(|s| s.as_ref().to_lower_hex_string()).collect()
+}
+
 /// The owner's half: rebuilds the funding and the graph, checks the co-signer's signatures
 /// over it, signs with the one-time key (consumed, wiped) and signs the funding with
-/// `sign_funding`. Returns the co-signer's answer and the vault; its funding is the fully
-/// signed one once the co-signer released it ("protected"), else the unsigned one.
-pub fn complete(
-    co: &CosignerClient,
+/// `sign_funding`.
+pub fn prepare(
     order: &VaultOrder<'_>,
     owner_once: OneTimeKey,
     begun: &wire::VaultBegun,
     sign_funding: &dyn Fn(&mut Psbt),
-) -> Result<(wire::VaultStatus, Vault), VaultingError> {
+) -> Result<Prepared, VaultingError> {
     let mismatch = |what: &str| VaultingError::Mismatch(what.to_owned());
     let cosigner_once = XOnlyPublicKey::from_str(&begun.cosigner_once)
         .map_err(|_| mismatch("its one-time key does not parse"))?;
@@ -106,35 +140,71 @@ pub fn complete(
         return Err(mismatch("it built another funding transaction"));
     }
     let graph = compiled.build_graph(&plan, outpoint)?;
-    let signatures = begun
-        .signatures
-        .iter()
-        .map(|s| {
-            <[u8; 64]>::from_hex(s)
-                .ok()
-                .and_then(|b| schnorr::Signature::from_slice(&b).ok())
-                .ok_or_else(|| mismatch("a signature does not parse"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let theirs = GraphSignatures { signer: cosigner_once, signatures };
+    let theirs = signatures_from_hex(cosigner_once, &begun.signatures)?;
     theirs.verify(&graph).map_err(|e| VaultingError::Mismatch(format!("its graph signatures: {e}")))?;
     let mine = owner_once.sign(&graph)?;
     drop(owner_once);
     sign_funding(&mut funding);
+    Ok(Prepared { plan, outpoint, mine, theirs, funding })
+}
+
+/// Sends the owner's half; the co-signer registers the vault with every tower and releases
+/// the funding once all acknowledged. Returns its answer and the vault (its funding the
+/// fully signed one once "protected", else the unsigned one).
+pub fn finish(
+    co: &CosignerClient,
+    compiled: &CompiledPolicy,
+    prepared: &Prepared,
+) -> Result<(wire::VaultStatus, Vault), VaultingError> {
     let req = CompleteVault {
-        vault_outpoint: begun.vault_outpoint.clone(),
-        owner_signatures: mine.signatures.iter().map(|s| s.as_ref().to_lower_hex_string()).collect(),
-        funding_psbt: base64::engine::general_purpose::STANDARD.encode(funding.serialize()),
+        vault_outpoint: prepared.outpoint.to_string(),
+        owner_signatures: signatures_hex(&prepared.mine),
+        funding_psbt: base64::engine::general_purpose::STANDARD.encode(prepared.funding.serialize()),
     };
     let status: wire::VaultStatus = co.post("/v1/vaults/complete", &req)?;
-    let signed = graph.finalize(&mine, &theirs)?;
-    let funding_tx: Transaction = match &status.funding {
+    let vault = rebuild(
+        compiled,
+        &prepared.plan,
+        prepared.outpoint,
+        &prepared.mine,
+        &prepared.theirs,
+        &status,
+        &prepared.funding.unsigned_tx,
+    )?;
+    Ok((status, vault))
+}
+
+/// The vault from its recorded halves and the co-signer's answer.
+pub fn rebuild(
+    compiled: &CompiledPolicy,
+    plan: &VaultPlan,
+    outpoint: OutPoint,
+    mine: &GraphSignatures,
+    theirs: &GraphSignatures,
+    status: &wire::VaultStatus,
+    unsigned_funding: &Transaction,
+) -> Result<Vault, VaultingError> {
+    let mismatch = |what: &str| VaultingError::Mismatch(what.to_owned());
+    let signed = compiled.build_graph(plan, outpoint)?.finalize(mine, theirs)?;
+    let funding: Transaction = match &status.funding {
         Some(hex) => deserialize_hex(hex).map_err(|_| mismatch("the released funding does not parse"))?,
-        None => funding.unsigned_tx.clone(),
+        None => unsigned_funding.clone(),
     };
-    if funding_tx.compute_txid() != outpoint.txid {
+    if funding.compute_txid() != outpoint.txid {
         return Err(mismatch("it released another funding transaction"));
     }
-    let descriptors = compiled.vault_descriptors(&plan)?;
-    Ok((status, Vault { plan, graph: signed, descriptors, funding: funding_tx }))
+    let descriptors = compiled.vault_descriptors(plan)?;
+    Ok(Vault { plan: plan.clone(), graph: signed, descriptors, funding })
+}
+
+/// Both halves at once: [`prepare`] then [`finish`].
+pub fn complete(
+    co: &CosignerClient,
+    order: &VaultOrder<'_>,
+    owner_once: OneTimeKey,
+    begun: &wire::VaultBegun,
+    sign_funding: &dyn Fn(&mut Psbt),
+) -> Result<(wire::VaultStatus, Vault), VaultingError> {
+    let prepared = prepare(order, owner_once, begun, sign_funding)?;
+    finish(co, order.compiled, &prepared)
 }

@@ -144,6 +144,31 @@ impl VaultRecord {
     }
 }
 
+/// A vault ceremony whose owner half was signed and sent but not yet recorded as a vault:
+/// on the next run the co-signer is asked whether it holds it (then it is finished from this
+/// record) or not (then nothing was funded and the record is dropped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingVault {
+    /// V.
+    pub outpoint: OutPoint,
+    /// Its index.
+    pub index: u32,
+    /// V's value, sat.
+    pub amount_sat: u64,
+    /// "standard" or "guarded".
+    pub kind: String,
+    /// The owner's one-time public key.
+    pub owner_once: String,
+    /// The co-signer's.
+    pub cosigner_once: String,
+    /// The owner's one-time key's signatures over the graph, hex.
+    pub owner_signatures: Vec<String>,
+    /// The co-signer's.
+    pub cosigner_signatures: Vec<String>,
+    /// The funding, unsigned, hex (its txid is V's).
+    pub unsigned_funding: String,
+}
+
 /// A vault spend under way: request → approvals → unvault → DELAY → co-signed spend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingSpend {
@@ -185,6 +210,9 @@ pub struct WalletState {
     pub coins: Vec<IntakeCoin>,
     /// Vaults made.
     pub vaults: Vec<VaultRecord>,
+    /// A ceremony sent but not yet recorded.
+    #[serde(default)]
+    pub pending_vault: Option<PendingVault>,
     /// Vault spends, oldest first.
     #[serde(default)]
     pub spends: Vec<PendingSpend>,
