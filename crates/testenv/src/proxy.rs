@@ -12,11 +12,14 @@ pub type Flow = (u64, u64);
 /// The first bytes sent on a connection, kept to tell whose it was.
 const HEAD: usize = 4096;
 
+/// Finished connections, each with the first bytes sent on it.
+type Flows = Arc<Mutex<Vec<(Flow, Vec<u8>)>>>;
+
 /// A counting proxy in front of one service.
 pub struct CountingProxy {
     /// `http://127.0.0.1:PORT`: give this to the client instead of the service's URL.
     pub url: String,
-    flows: Arc<Mutex<Vec<(Flow, Vec<u8>)>>>,
+    flows: Flows,
     open: Arc<Mutex<usize>>,
 }
 
@@ -41,7 +44,7 @@ impl CountingProxy {
         let target = target.trim_start_matches("http://").trim_end_matches('/').to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let flows: Arc<Mutex<Vec<(Flow, Vec<u8>)>>> = Arc::default();
+        let flows: Flows = Arc::default();
         let open: Arc<Mutex<usize>> = Arc::default();
         let (f, o) = (flows.clone(), open.clone());
         std::thread::spawn(move || {
