@@ -18,17 +18,9 @@ fn time(f: impl FnOnce()) -> Duration {
 pub fn unlock() {
     println!("\n== owner unlock (argon2id {:?})", owner::KDF);
     let dir = tempfile::tempdir().unwrap();
-    owner::create(
-        dir.path(),
-        &owner::new_phrase(),
-        &owner::new_phrase(),
-        b"real",
-        b"duress",
-        Network::Regtest,
-        owner::KDF,
-    )
-    .unwrap();
-    let one_code = vigil_keystore::seal(&[7u8; 225], b"real", owner::KDF).unwrap();
+    owner::create(dir.path(), &owner::new_phrase(), b"real", b"duress", Network::Regtest, owner::KDF)
+        .unwrap();
+    let one_code = vigil_keystore::seal(&[7u8; 147], b"real", owner::KDF).unwrap();
     let (mut real, mut duress, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
     let rounds = 50;
     for i in 0..rounds {

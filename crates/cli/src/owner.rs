@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 use vigil_client::cosigner::ClientError;
-use vigil_client::owner::{self, OwnerPublic};
+use vigil_client::owner;
 use vigil_client::session::Session;
 use vigil_client::spending::{self, Progress};
 use vigil_client::towers::TowerClient;
@@ -242,19 +242,45 @@ fn parse_tower(text: &str) -> anyhow::Result<(DraftTower, String)> {
     Ok((DraftTower { name: name.into(), url: url.into(), key: key.into() }, token.into()))
 }
 
-/// What a setup has done so far (`setup.json`), so an interrupted one can finish.
+/// What a setup has done so far (`setup.json`), so an interrupted one can finish. Public
+/// data and single-use tokens only: never the heartbeat tokens' hashes, which would tell the
+/// two codes' slots apart.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Setup {
+    cosigner_url: String,
     cosigner_token: String,
+    /// The co-signer's answer to the token, once it came.
+    enrolled: Option<Enrolled>,
     /// Tower name → token, for those not enrolled yet.
     tower_tokens: Vec<(String, String)>,
     alarm_emails: Vec<String>,
-    public: Option<OwnerPublic>,
     pinned_at_cosigner: bool,
 }
 
 fn save_setup(dir: &WalletDir, setup: &Setup) -> anyhow::Result<()> {
     Ok(replace_file(&dir.file(SETUP_FILE), &serde_json::to_vec_pretty(setup)?)?)
+}
+
+fn enroll(setup: &mut Setup) -> anyhow::Result<Enrolled> {
+    if let Some(e) = &setup.enrolled {
+        return Ok(e.clone());
+    }
+    let enrolled: Enrolled = ureq::post(&format!("{}/v1/enroll", setup.cosigner_url))
+        .timeout(std::time::Duration::from_secs(30))
+        .send_json(json!({ "token": setup.cosigner_token }))
+        .map_err(|e| match e {
+            ureq::Error::Status(status, r) => anyhow::anyhow!(
+                "the co-signer refused the token ({status}): {}; ask its operator for a new one",
+                r.into_string().unwrap_or_default()
+            ),
+            other => anyhow::anyhow!(
+                "the co-signer at {} cannot be reached: {other}; finish later with `vigil init --resume`",
+                setup.cosigner_url
+            ),
+        })?
+        .into_json()?;
+    setup.enrolled = Some(enrolled.clone());
+    Ok(enrolled)
 }
 
 /// `vigil init`.
@@ -317,39 +343,28 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     };
 
     say("STEP 4 of 4. Registering with your co-signer and watchtowers...");
-    // The co-signer's token buys an account: from here on the setup is recorded, so an
-    // interruption is finished with `vigil init --resume`.
-    let enrolled: Enrolled = ureq::post(&format!("{}/v1/enroll", args.cosigner.trim_end_matches('/')))
-        .timeout(std::time::Duration::from_secs(30))
-        .send_json(json!({ "token": args.cosigner_token }))
-        .map_err(|e| match e {
-            ureq::Error::Status(status, r) => anyhow::anyhow!(
-                "the co-signer refused the token ({status}): {}; nothing was created",
-                r.into_string().unwrap_or_default()
-            ),
-            other => anyhow::anyhow!(
-                "the co-signer at {} cannot be reached: {other}; nothing was created",
-                args.cosigner
-            ),
-        })?
-        .into_json()?;
+    // Recorded before the token is used: an interruption from here on is finished with
+    // `vigil init --resume`.
     std::fs::create_dir_all(&dir.path).with_context(|| format!("creating {}", dir.path.display()))?;
-    let public = owner::create(
-        &dir.path,
-        &owner_phrase,
-        &backup_phrase,
-        real_code.as_bytes(),
-        duress_code.as_bytes(),
-        network,
-        owner::KDF,
-    )?;
+    let mut setup = Setup {
+        cosigner_url: args.cosigner.trim_end_matches('/').to_owned(),
+        cosigner_token: args.cosigner_token.clone(),
+        enrolled: None,
+        tower_tokens: towers.iter().map(|(t, token)| (t.name.clone(), token.clone())).collect(),
+        alarm_emails: args.alarm_emails.clone(),
+        pinned_at_cosigner: false,
+    };
+    save_setup(&dir, &setup)?;
+    let enrolled = enroll(&mut setup)?;
+    save_setup(&dir, &setup)?;
+    let public = owner::public_keys(&owner_phrase, owner::backup_key(&backup_phrase, network), network);
     let draft = PolicyDraft {
         network: args.network.clone(),
         owner_key: public.owner_key.clone(),
         owner_auth_key: public.auth_key.clone(),
         backup_key: public.backup_key.clone(),
         cosigner_key: enrolled.cosigner_key.clone(),
-        cosigner_url: args.cosigner.trim_end_matches('/').to_owned(),
+        cosigner_url: setup.cosigner_url.clone(),
         guardian_keys: args.guardians.clone(),
         guardian_threshold: args.guardians_needed,
         delays: [args.delay, args.recovery, args.deep_vault],
@@ -367,35 +382,60 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let state =
         WalletState { birth_height: birth.height, scanned_height: birth.height, ..WalletState::default() };
     dir.save_state(&state)?;
-    save_setup(
-        &dir,
-        &Setup {
-            cosigner_token: args.cosigner_token.clone(),
-            tower_tokens: towers.iter().map(|(t, token)| (t.name.clone(), token.clone())).collect(),
-            alarm_emails: args.alarm_emails.clone(),
-            public: Some(public),
-            pinned_at_cosigner: false,
-        },
+    let hashes = owner::create(
+        &dir.path,
+        &owner_phrase,
+        real_code.as_bytes(),
+        duress_code.as_bytes(),
+        network,
+        owner::KDF,
     )?;
-    pin_everywhere(&dir, real_code.as_bytes(), args.wallet.json)
+    pin_everywhere(&dir, setup, &real_code, &hashes, args.wallet.json)
 }
 
-/// `vigil init --resume`.
+/// `vigil init --resume`: the heartbeat hashes are not kept, so both codes are asked again
+/// if the co-signer has not pinned them yet.
 fn finish_setup(dir: &WalletDir, json_out: bool) -> anyhow::Result<()> {
-    if !dir.file(SETUP_FILE).exists() {
+    let path = dir.file(SETUP_FILE);
+    if !path.exists() {
         bail!("nothing to resume in {}: the setup is complete, or never started", dir.path.display());
     }
+    let mut setup: Setup = serde_json::from_slice(&std::fs::read(&path)?).context("setup.json")?;
+    if !owner::exists(&dir.path) {
+        enroll(&mut setup)?;
+        bail!(
+            "the setup stopped before your keys were saved: remove {} and run `vigil init` again \
+             (with a new co-signer token)",
+            dir.path.display()
+        );
+    }
+    let network = dir.config()?.network()?;
     let code = ask_code("Unlock code: ")?;
-    pin_everywhere(dir, code.as_bytes(), json_out)
+    let real = owner::unlock(&dir.path, code.as_bytes(), network)?;
+    let duress_hash = if setup.pinned_at_cosigner {
+        String::new()
+    } else {
+        let duress = ask_code("Duress code: ")?;
+        let hash = owner::unlock(&dir.path, duress.as_bytes(), network)?.heartbeat_hash();
+        if hash == real.heartbeat_hash() {
+            bail!("that is the unlock code again; type the duress code");
+        }
+        hash
+    };
+    let hashes = owner::HeartbeatHashes { real: real.heartbeat_hash(), duress: duress_hash };
+    pin_everywhere(dir, setup, &code, &hashes, json_out)
 }
 
 /// Pins the policy at the co-signer and every tower still missing it, recording each step.
-fn pin_everywhere(dir: &WalletDir, code: &[u8], json_out: bool) -> anyhow::Result<()> {
-    let path = dir.file(SETUP_FILE);
-    let mut setup: Setup = serde_json::from_slice(&std::fs::read(&path)?).context("setup.json")?;
-    let public = setup.public.clone().context("setup.json names no keys")?;
+fn pin_everywhere(
+    dir: &WalletDir,
+    mut setup: Setup,
+    code: &str,
+    hashes: &owner::HeartbeatHashes,
+    json_out: bool,
+) -> anyhow::Result<()> {
     let network = dir.config()?.network()?;
-    let keys = owner::unlock(&dir.path, code, network)?;
+    let keys = owner::unlock(&dir.path, code.as_bytes(), network)?;
     let policy_text = dir.policy_text()?;
     let co = vigil_client::cosigner::CosignerClient::with_nonces(
         &policy_text,
@@ -406,8 +446,8 @@ fn pin_everywhere(dir: &WalletDir, code: &[u8], json_out: bool) -> anyhow::Resul
         let pin = PinPolicy {
             token: setup.cosigner_token.clone(),
             policy: policy_text.clone(),
-            heartbeat_real: public.heartbeat_real.clone(),
-            heartbeat_duress: public.heartbeat_duress.clone(),
+            heartbeat_real: hashes.real.clone(),
+            heartbeat_duress: hashes.duress.clone(),
             alarm_emails: setup.alarm_emails.clone(),
         };
         let _: wire::PinAnswer =
@@ -430,10 +470,11 @@ fn pin_everywhere(dir: &WalletDir, code: &[u8], json_out: bool) -> anyhow::Resul
         setup.tower_tokens.remove(pos);
         save_setup(dir, &setup)?;
     }
-    std::fs::remove_file(&path)?;
+    std::fs::remove_file(dir.file(SETUP_FILE))?;
     let policy_id = vigil_tower::policy_id(&policy_text);
+    let owner_key = compiled.policy().owner.keys[0].xpub.to_string();
     if json_out {
-        println!("{}", json!({"wallet": dir.path, "policy_id": policy_id, "owner_key": public.owner_key}));
+        println!("{}", json!({"wallet": dir.path, "policy_id": policy_id, "owner_key": owner_key}));
     } else {
         println!("Your wallet is ready in {}.", dir.path.display());
         println!(
@@ -466,6 +507,23 @@ fn open(args: &WalletArgs) -> anyhow::Result<Session> {
         say(&format!("Note: the co-signer cannot be reached right now ({e}); working offline."));
     }
     Ok(session)
+}
+
+/// The owner's vault key, from the recovery phrase typed now (it is never stored).
+fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
+    say("Signing for a vault needs your recovery phrase (the 24 words on your paper).");
+    for attempt in 1..=3 {
+        let typed = ask_code("Recovery phrase: ")?;
+        let owner = &session.compiled.policy().owner.keys[0].xpub;
+        match owner::parse_phrase(&typed)
+            .and_then(|p| owner::VaultKey::from_phrase(&p, session.network, owner))
+        {
+            Ok(key) => return Ok(key),
+            Err(e) if attempt < 3 => say(&format!("{e}. Try again.")),
+            Err(e) => bail!("{e}; nothing was signed"),
+        }
+    }
+    unreachable!("three attempts")
 }
 
 /// `vigil receive`.
@@ -654,11 +712,19 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     state.scan(&session.compiled, &*chain)?;
     // Fundings recorded but not yet seen on chain are sent again (a crash after the record,
     // before the broadcast).
+    let mut in_flight = Vec::new();
     for v in state.vaults.iter().filter(|v| v.confirmed_height.is_none()) {
-        let tx = vigil_policy::bitcoin::consensus::encode::deserialize_hex(&v.funding)?;
+        let tx: vigil_policy::bitcoin::Transaction =
+            vigil_policy::bitcoin::consensus::encode::deserialize_hex(&v.funding)?;
         let _ = chain.broadcast(&tx);
+        in_flight.extend(tx.input.iter().map(|i| i.previous_output));
     }
-    let coins = state.spendable_coins(&session.compiled);
+    // Coins a funding not yet confirmed spends are not offered again.
+    let coins: Vec<_> = state
+        .spendable_coins(&session.compiled)
+        .into_iter()
+        .filter(|c| !in_flight.contains(&c.outpoint))
+        .collect();
     let min = session.compiled.min_vault_amount();
     if amount < min {
         bail!(
@@ -704,8 +770,9 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         kind,
         funding_sat_per_vb: 2,
     };
+    let key = vault_key(&session)?;
     let (once, begun) = vaulting::begin(&session.cosigner, &order)?;
-    let sign = |psbt: &mut vigil_policy::bitcoin::psbt::Psbt| session.keys.sign_vault_psbt(psbt);
+    let sign = |psbt: &mut vigil_policy::bitcoin::psbt::Psbt| key.sign_psbt(psbt);
     let prepared = vaulting::prepare(&order, once, &begun, &sign)?;
     // Recorded before it is sent: if this run dies after the co-signer took it, the next one
     // finishes it (the one-time key is gone; its signatures are all that is needed).
@@ -755,6 +822,10 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
 
 /// `vigil lockdown`: freezes every spend at the co-signer and every tower at once.
 pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
+    let most = vigil_tower::wire::MAX_LOCKDOWN_BLOCKS;
+    if args.blocks == 0 || args.blocks > most {
+        bail!("--blocks {}: a lockdown lasts 1 to {most} blocks (five weeks); nothing was done", args.blocks);
+    }
     let session = open(&args.wallet)?;
     let co: Result<wire::LockdownStatus, _> =
         session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks });
@@ -764,7 +835,7 @@ pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
     let tip = vigil_tower::daemon::backend(&config.chain).tip().map(|t| t.height).ok();
     let mut reports = Vec::new();
     for tower in session.towers(&key) {
-        let until = tip.map(|t| t + args.blocks).unwrap_or(0);
+        let until = tip.map(|t| t.saturating_add(args.blocks)).unwrap_or(0);
         let req = vigil_tower::wire::LockdownRequest {
             nonce: 0,
             policy_id: policy_id.clone(),
@@ -837,8 +908,11 @@ fn describe(progress: &Progress, tip: u32) -> (String, serde_json::Value) {
             "approved; the unlocking transaction is on its way to a block".into(),
             json!({"stage": "unlocking", "spendable_from_height": null, "height": tip}),
         ),
+        Progress::Sent { txid } => {
+            (format!("sent: transaction {txid}, waiting for a block"), json!({"stage": "sent", "txid": txid}))
+        }
         Progress::Done { txid } => {
-            (format!("sent: transaction {txid}"), json!({"stage": "done", "txid": txid}))
+            (format!("done: transaction {txid} confirmed"), json!({"stage": "done", "txid": txid}))
         }
         Progress::Denied => ("a guardian denied this spend".into(), json!({"stage": "denied"})),
         Progress::Stopped(why) => (format!("stopped: {why}"), json!({"stage": "stopped", "reason": why})),
@@ -846,7 +920,7 @@ fn describe(progress: &Progress, tip: u32) -> (String, serde_json::Value) {
 }
 
 fn finished(p: &Progress) -> bool {
-    matches!(p, Progress::Done { .. } | Progress::Denied | Progress::Stopped(_))
+    matches!(p, Progress::Sent { .. } | Progress::Done { .. } | Progress::Denied | Progress::Stopped(_))
 }
 
 /// `vigil spend ADDRESS AMOUNT`, or `--resume`: a vault spend, step by step, resumable.
@@ -869,27 +943,23 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
     let chain = vigil_tower::daemon::backend(&session.dir.config()?.chain);
     let mut state = session.dir.state()?;
     state.scan(&session.compiled, &*chain)?;
-    let ids: Vec<u64> = match target {
+    let positions: Vec<usize> = match target {
         Some((address, amount)) => {
-            let spend = spending::start(&session, &mut state, &address, amount);
-            // What was asked is recorded whatever the answer.
+            let key = vault_key(&session)?;
+            let pos = spending::prepare(&session, &mut state, &key, &address, amount)?;
+            // Recorded before it is sent: a lost answer is asked again with the same request.
             session.dir.save_state(&state)?;
-            vec![spend?.id]
+            vec![pos]
         }
-        None => state
-            .spends
-            .iter()
-            .filter(|s| !["done", "denied", "cancelled"].contains(&s.stage.as_str()))
-            .map(|s| s.id)
-            .collect(),
+        None => (0..state.spends.len()).filter(|&i| state.spends[i].active()).collect(),
     };
-    if ids.is_empty() {
+    if positions.is_empty() {
         bail!("no spend is under way");
     }
     let mut answers = Vec::new();
-    for id in ids {
+    for pos in positions {
         let progress = loop {
-            let progress = spending::advance(&session, &mut state, &*chain, id);
+            let progress = spending::advance(&session, &mut state, &*chain, pos);
             session.dir.save_state(&state)?;
             let progress = progress?;
             let tip = chain.tip().map(|t| t.height).unwrap_or(0);
@@ -897,10 +967,11 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
                 break (progress, tip);
             }
             if !args.wallet.json {
-                say(&format!("spend {id}: {}", describe(&progress, tip).0));
+                say(&format!("spend {}: {}", state.spends[pos].id, describe(&progress, tip).0));
             }
             std::thread::sleep(std::time::Duration::from_secs(2));
         };
+        let id = state.spends[pos].id;
         let (text, value) = describe(&progress.0, progress.1);
         answers.push(json!({"id": id, "progress": value}));
         if !args.wallet.json {

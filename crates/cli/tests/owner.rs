@@ -140,6 +140,18 @@ fn init(s: &Services, dir: &Path) -> (bool, String, String) {
     vigil(dir, &args, &[REAL, REAL, DURESS, DURESS])
 }
 
+/// The recovery phrase `vigil init` showed (the 24 numbered words after "STEP 1").
+fn phrase_shown(init_stderr: &str) -> String {
+    let step = init_stderr.split("STEP 1").nth(1).unwrap().split("STEP 2").next().unwrap();
+    step.lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .flat_map(|l| {
+            l.split_whitespace().filter(|w| !w.ends_with('.')).map(str::to_owned).collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[test]
 fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
     let s = services("", false);
@@ -151,6 +163,8 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
     let (ok, out, err) = init(&s, &dir);
     assert!(ok, "{err}");
     assert!(out.contains("Your wallet is ready"), "{out}");
+    let phrase = phrase_shown(&err);
+    assert_eq!(phrase.split(' ').count(), 24, "{err}");
     assert!(err.contains("AWAY FROM HOME"), "the backup phrase's warning: {err}");
     assert!(!dir.join("setup.json").exists(), "the setup finished");
     let policy = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
@@ -170,8 +184,14 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
     assert_eq!(status["cosigner_reachable"], true);
     assert!(status["towers"].as_array().unwrap().iter().all(|t| t["reachable"] == true), "{status}");
 
-    // A vault, through the co-signer's ceremony: protected, then funded.
-    let made = json(&dir, &["vault", "0.2"], &[REAL]);
+    // A vault, through the co-signer's ceremony: protected, then funded. The phrase signs
+    // (typed in capitals with extra spaces it is still the phrase); a wrong one is asked again.
+    let typed = phrase.replacen(' ', "  ", 1).to_uppercase();
+    let (ok, out, err) =
+        vigil(&dir, &["vault", "0.2", "--json"], &[REAL, "abandon abandon", "abandon", &typed]);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("Try again").count(), 2, "{err}");
+    let made: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (made["state"].as_str(), made["kind"].as_str()),
         (Some("protected"), Some("guarded")),
@@ -197,7 +217,7 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
 
     // A standard vault, and a spend from it: approved at once, the unvault broadcast, the
     // payment co-signed once DELAY passed, not a block before.
-    let small = json(&dir, &["vault", "0.05"], &[REAL]);
+    let small = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
     assert_eq!(small["kind"], "standard", "{small}");
     mine(&s.node.rpc, 1, &payer.address());
     let to = Wallet::new().address().to_string();
@@ -206,9 +226,11 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
     let mainnet = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";
     let (ok, _, err) = vigil(&dir, &["spend", mainnet, "0.01"], &[]);
     assert!(!ok && err.contains("another network"), "{err}");
-    let (ok, _, err) = vigil(&dir, &["spend", &to, "3"], &[REAL]);
+    let (ok, _, err) = vigil(&dir, &["spend", &to, "3"], &[REAL, &phrase]);
     assert!(!ok && err.contains("no vault holds"), "{err}");
-    let started = json(&dir, &["spend", &to, "0.01"], &[REAL]);
+    let (ok, _, err) = vigil(&dir, &["spend", &to, "0.00000100"], &[REAL, &phrase]);
+    assert!(!ok && err.contains("below what the network relays"), "{err}");
+    let started = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
     assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
     mine(&s.node.rpc, 1, &payer.address());
     let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
@@ -218,9 +240,11 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
     let early = json(&dir, &["spend", "--resume"], &[REAL]);
     assert_eq!(early[0]["progress"]["stage"], "unlocking", "one block early: {early}");
     mine(&s.node.rpc, 1, &payer.address());
+    let sent = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(sent[0]["progress"]["stage"], "sent", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
     let done = json(&dir, &["spend", "--resume"], &[REAL]);
     assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
-    mine(&s.node.rpc, 1, &payer.address());
     let txid = done[0]["progress"]["txid"].as_str().unwrap().parse().unwrap();
     assert!(
         matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),

@@ -1,27 +1,31 @@
 //! The owner's keys on the device: made from BIP-39 phrases, sealed in one keystore that opens
 //! with the real code or the duress code (`vigil_keystore::seal_two`).
 //!
-//! Both slots hold the same kind of secrets, with the same sizes: the allowance key (what a
-//! coerced owner gives up: it really spends), the key that signs requests to the co-signer
-//! and the towers, a heartbeat token, and a vault-spending key. Under the real code that last
-//! one is the owner's account key; under the duress code it is a decoy drawn from fresh
-//! randomness, and the heartbeat token is the duress one. [`Unlocked`] has no way to say
-//! which code opened it: the code that runs after an unlock is the same for both, only the
-//! secrets differ, so no branch can show on screen, on disk or on the wire.
+//! Both slots hold the same record: the allowance key (what a coerced owner gives up: it
+//! really spends), the key that signs requests to the co-signer and the towers, and a
+//! heartbeat token; the real slot holds the real token, the duress slot the duress one. The
+//! tokens are drawn at random, so nothing on the device, the phrases included, says which
+//! slot a code opened: only the co-signer, which pinned both tokens' hashes, can tell.
+//! [`Unlocked`] has no way to say which code opened it, so the code that runs after an
+//! unlock is the same for both.
 //!
-//! Paths under the owner's master (the phrase's seed):
+//! The owner's *vault* key is not in the keystore at all. Any vault key the device could
+//! produce under the duress code could be checked against the policy's public key, and a
+//! decoy that fails that check gives the duress code away. So the vault key comes from the
+//! recovery phrase, typed when a vault is made or spent ([`VaultKey::from_phrase`]), or
+//! from a hardware signer; the same prompt under either code. It alone moves nothing: every
+//! vault path also needs the co-signer (which refuses under duress) or the guardians.
+//!
+//! Paths under the owner's master (the phrase's seed), all hardened:
 //!
 //! | key | path |
 //! | --- | --- |
 //! | vault key (the policy's `[owner] keys`) | `m/48'/coin'/0'/2'` (BIP-48, as the example's) |
 //! | allowance (hot) wallet | `m/86'/coin'/0'` (BIP-86) |
 //! | request-signing key (the policy's `[owner] auth_keys`) | `m/7420'/coin'/0'` |
-//! | heartbeat tokens, real and duress | sha256 of the keys at `m/7420'/coin'/1'` and `/2'` |
 //!
-//! All hardened: no key the duress slot holds, with anything public, yields the vault key
-//! (a non-hardened auth key would: see `PolicyKey::auth_key`). Everything derives from the
-//! phrase, so `vigil init --restore` rebuilds the same keystore and the pinned policy still
-//! matches.
+//! The allowance and auth keys are hardened children, so neither yields the vault key (a
+//! non-hardened auth key would: see `PolicyKey::auth_key`).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -52,7 +56,7 @@ pub const MAX_BACKOFF_SECS: u64 = 3600;
 pub const KDF: KdfParams = KdfParams { m_cost_kib: 128 * 1024, t_cost: 3, lanes: 1 };
 
 const SECRETS_VERSION: u8 = 1;
-const SECRETS_LEN: usize = 1 + 4 + 78 + 78 + 32 + 32;
+const SECRETS_LEN: usize = 1 + 4 + 78 + 32 + 32;
 
 /// Why the keys cannot be made or opened.
 #[derive(Debug, thiserror::Error)]
@@ -176,19 +180,6 @@ impl AccountKey {
     pub fn sign_psbt(&self, psbt: &mut Psbt) {
         let _ = psbt.sign(self, &Secp256k1::new());
     }
-
-    fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(4 + 78));
-        out.extend_from_slice(self.fingerprint.as_bytes());
-        out.extend_from_slice(&self.xpriv.encode());
-        out
-    }
-
-    fn decode(bytes: &[u8], path: DerivationPath) -> Option<AccountKey> {
-        let fingerprint = Fingerprint::from(<[u8; 4]>::try_from(&bytes[..4]).ok()?);
-        let xpriv = Xpriv::decode(&bytes[4..]).ok()?;
-        Some(AccountKey { fingerprint, path, xpriv })
-    }
 }
 
 impl GetKey for AccountKey {
@@ -210,8 +201,6 @@ impl GetKey for AccountKey {
 
 /// What one slot of the keystore holds.
 struct Secrets {
-    /// The owner's vault key (real), or a decoy (duress).
-    vault: AccountKey,
     /// The allowance wallet's account key.
     allowance: AccountKey,
     /// The request-signing key.
@@ -227,28 +216,23 @@ impl Drop for Secrets {
     }
 }
 
-fn paths(network: Network) -> [DerivationPath; 5] {
+fn paths(network: Network) -> [DerivationPath; 3] {
     let c = coin(network);
-    [
-        path(&format!("m/48'/{c}'/0'/2'")),
-        path(&format!("m/86'/{c}'/0'")),
-        path(&format!("m/7420'/{c}'/0'")),
-        path(&format!("m/7420'/{c}'/1'")),
-        path(&format!("m/7420'/{c}'/2'")),
-    ]
+    [path(&format!("m/48'/{c}'/0'/2'")), path(&format!("m/86'/{c}'/0'")), path(&format!("m/7420'/{c}'/0'"))]
 }
 
-fn token(master: &Xpriv, at: &DerivationPath) -> [u8; 32] {
-    let key = master.derive_priv(&Secp256k1::new(), at).expect("derivable");
-    sha256::Hash::hash(&key.private_key.secret_bytes()).to_byte_array()
+fn random_token() -> [u8; 32] {
+    let mut token = [0u8; 32];
+    vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut token);
+    token
 }
 
 impl Secrets {
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(SECRETS_LEN));
         out.push(SECRETS_VERSION);
-        out.extend_from_slice(&self.vault.encode());
-        out.extend_from_slice(&self.allowance.encode()[4..]);
+        out.extend_from_slice(self.allowance.fingerprint.as_bytes());
+        out.extend_from_slice(Zeroizing::new(self.allowance.xpriv.encode()).as_ref());
         out.extend_from_slice(&self.auth.secret_bytes());
         out.extend_from_slice(&self.heartbeat);
         debug_assert_eq!(out.len(), SECRETS_LEN);
@@ -259,14 +243,15 @@ impl Secrets {
         if bytes.len() != SECRETS_LEN || bytes[0] != SECRETS_VERSION {
             return None;
         }
-        let [vault_path, allowance_path, ..] = paths(network);
-        let vault = AccountKey::decode(&bytes[1..83], vault_path)?;
-        let mut allowance_bytes = Zeroizing::new(vault.fingerprint.as_bytes().to_vec());
-        allowance_bytes.extend_from_slice(&bytes[83..161]);
-        let allowance = AccountKey::decode(&allowance_bytes, allowance_path)?;
-        let auth = SecretKey::from_slice(&bytes[161..193]).ok()?;
-        let heartbeat = bytes[193..225].try_into().ok()?;
-        Some(Secrets { vault, allowance, auth, heartbeat })
+        let fingerprint = Fingerprint::from(<[u8; 4]>::try_from(&bytes[1..5]).ok()?);
+        let xpriv = Xpriv::decode(&bytes[5..83]).ok()?;
+        if xpriv.network != NetworkKind::from(network) {
+            return None;
+        }
+        let allowance = AccountKey { fingerprint, path: paths(network)[1].clone(), xpriv };
+        let auth = SecretKey::from_slice(&bytes[83..115]).ok()?;
+        let heartbeat = bytes[115..147].try_into().ok()?;
+        Some(Secrets { allowance, auth, heartbeat })
     }
 }
 
@@ -281,10 +266,20 @@ pub struct OwnerPublic {
     pub backup_key: String,
     /// The allowance wallet's account key, `[fp/86h/coinh/0h]xpub`.
     pub allowance_key: String,
-    /// sha256 of the real heartbeat token, hex (pinned at the co-signer).
-    pub heartbeat_real: String,
-    /// sha256 of the duress heartbeat token, hex.
-    pub heartbeat_duress: String,
+}
+
+/// The heartbeat tokens' hashes the co-signer pins (hex). Never written to the device: the
+/// pair would tell which slot is which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatHashes {
+    /// sha256 of the real token.
+    pub real: String,
+    /// sha256 of the duress token.
+    pub duress: String,
+}
+
+fn token_hash(token: &[u8; 32]) -> String {
+    sha256::Hash::hash(token).to_string()
 }
 
 /// The backup key's policy form, from its phrase (which is never stored).
@@ -292,55 +287,85 @@ pub fn backup_key(phrase: &bip39::Mnemonic, network: Network) -> String {
     AccountKey::derive(&master(phrase, network), paths(network)[0].clone()).policy_key()
 }
 
+/// The owner's public keys, from the phrase.
+pub fn public_keys(
+    owner_phrase: &bip39::Mnemonic,
+    backup_phrase_key: String,
+    network: Network,
+) -> OwnerPublic {
+    let mut master = master(owner_phrase, network);
+    let [vault_path, allowance_path, auth_path] = paths(network);
+    let secp = Secp256k1::new();
+    let mut auth = master.derive_priv(&secp, &auth_path).expect("derivable").private_key;
+    let public = OwnerPublic {
+        owner_key: AccountKey::derive(&master, vault_path).policy_key(),
+        auth_key: auth.x_only_public_key(&secp).0.to_string(),
+        backup_key: backup_phrase_key,
+        allowance_key: AccountKey::derive(&master, allowance_path).policy_key(),
+    };
+    auth.non_secure_erase();
+    master.private_key.non_secure_erase();
+    public
+}
+
 /// Makes the owner's keystore in `dir` from the owner's phrase, sealed under the real code
-/// and the duress code, with a backup copy beside it; the backup key's phrase only gives its
-/// public key. Refuses to replace an existing keystore.
+/// and the duress code, with a backup copy beside it. Returns the hashes of the two fresh
+/// heartbeat tokens, for the co-signer (they are not kept). Refuses to replace an existing
+/// keystore.
 pub fn create(
     dir: &Path,
     owner_phrase: &bip39::Mnemonic,
-    backup_phrase: &bip39::Mnemonic,
     real_code: &[u8],
     duress_code: &[u8],
     network: Network,
     kdf: KdfParams,
-) -> Result<OwnerPublic, OwnerKeyError> {
-    let master = master(owner_phrase, network);
-    let [vault_path, allowance_path, auth_path, real_path, duress_path] = paths(network);
-    let secp = Secp256k1::new();
-    let auth = master.derive_priv(&secp, &auth_path).expect("derivable").private_key;
-    let real = Secrets {
-        vault: AccountKey::derive(&master, vault_path.clone()),
+) -> Result<HeartbeatHashes, OwnerKeyError> {
+    let mut master = master(owner_phrase, network);
+    let [_, allowance_path, auth_path] = paths(network);
+    let mut auth = master.derive_priv(&Secp256k1::new(), &auth_path).expect("derivable").private_key;
+    let slot = |heartbeat| Secrets {
         allowance: AccountKey::derive(&master, allowance_path.clone()),
         auth,
-        heartbeat: token(&master, &real_path),
+        heartbeat,
     };
-    // The decoy: a key of the same shape, from fresh randomness, standing where the vault key
-    // stands; it signs nothing the policy knows.
-    let mut seed = Zeroizing::new([0u8; 32]);
-    vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(seed.as_mut());
-    let decoy_master = Xpriv::new_master(NetworkKind::from(network), seed.as_ref()).expect("32 bytes");
-    let mut decoy = AccountKey::derive(&decoy_master, vault_path);
-    decoy.fingerprint = real.vault.fingerprint;
-    let duress = Secrets {
-        vault: decoy,
-        allowance: AccountKey::derive(&master, allowance_path),
-        auth,
-        heartbeat: token(&master, &duress_path),
-    };
-    let public = OwnerPublic {
-        owner_key: real.vault.policy_key(),
-        auth_key: auth.x_only_public_key(&secp).0.to_string(),
-        backup_key: backup_key(backup_phrase, network),
-        allowance_key: real.allowance.policy_key(),
-        heartbeat_real: sha256::Hash::hash(&real.heartbeat).to_string(),
-        heartbeat_duress: sha256::Hash::hash(&duress.heartbeat).to_string(),
-    };
+    let (real, duress) = (slot(random_token()), slot(random_token()));
+    master.private_key.non_secure_erase();
+    auth.non_secure_erase();
+    let hashes = HeartbeatHashes { real: token_hash(&real.heartbeat), duress: token_hash(&duress.heartbeat) };
     let sealed = vigil_keystore::seal_two(&real.encode(), real_code, &duress.encode(), duress_code, kdf)?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     vigil_keystore::write_new(&dir.join(KEYSTORE_FILE), &sealed)?;
     vigil_keystore::write_new(&dir.join(KEYSTORE_BACKUP_FILE), &sealed)?;
     write_state(dir, UnlockState::default())?;
-    Ok(public)
+    Ok(hashes)
+}
+
+/// The owner's vault key, from the recovery phrase typed for one signing, checked against
+/// the policy's owner key (a mistyped phrase is named, not used).
+pub struct VaultKey(AccountKey);
+
+impl VaultKey {
+    /// The vault key of `phrase`, if it is the policy's owner key `owner`.
+    pub fn from_phrase(
+        phrase: &bip39::Mnemonic,
+        network: Network,
+        owner: &Xpub,
+    ) -> Result<VaultKey, OwnerKeyError> {
+        let mut master = master(phrase, network);
+        let key = AccountKey::derive(&master, paths(network)[0].clone());
+        master.private_key.non_secure_erase();
+        if Xpub::from_priv(&Secp256k1::new(), &key.xpriv) != *owner {
+            return Err(OwnerKeyError::Phrase(
+                "this is not the recovery phrase of this wallet (check the words and their order)".into(),
+            ));
+        }
+        Ok(VaultKey(key))
+    }
+
+    /// Signs the owner's part of a vault PSBT (intake, unvault spend leaf).
+    pub fn sign_psbt(&self, psbt: &mut Psbt) {
+        self.0.sign_psbt(psbt);
+    }
 }
 
 /// The keys an unlock opened. Nothing here says whether the code was the real one.
@@ -359,9 +384,9 @@ impl Unlocked {
         &self.secrets.heartbeat
     }
 
-    /// Signs the owner's part of a vault PSBT (intake, unvault, spend leaf).
-    pub fn sign_vault_psbt(&self, psbt: &mut Psbt) {
-        self.secrets.vault.sign_psbt(psbt);
+    /// The hash the co-signer knows this unlock's token by.
+    pub fn heartbeat_hash(&self) -> String {
+        token_hash(&self.secrets.heartbeat)
     }
 
     /// The allowance wallet's key.
@@ -419,28 +444,38 @@ fn write_state(dir: &Path, state: UnlockState) -> Result<(), OwnerKeyError> {
 }
 
 /// Opens the keystore in `dir` with `code`: the real code or the duress code open it alike,
-/// a wrong one counts towards the back-off. Every attempt does the same work and rewrites the
-/// same fixed-size counter file.
+/// a wrong one counts towards the back-off. Every attempt is counted *before* the code is
+/// tried (killing the process mid-attempt saves nothing) and reset once a code opens; one
+/// attempt at a time (the keystore is locked meanwhile); the same work and the same
+/// fixed-size counter writes whichever code it was. The back-off slows guessing at the
+/// device; it cannot slow an attacker who copied the keystore (the stretching does that).
 pub fn unlock(dir: &Path, code: &[u8], network: Network) -> Result<Unlocked, OwnerKeyError> {
+    use std::io::Read;
     let path = dir.join(KEYSTORE_FILE);
     let damaged = |reason: String| OwnerKeyError::Damaged {
         path: path.clone(),
         reason,
         backup: dir.join(KEYSTORE_BACKUP_FILE),
     };
-    let file = match std::fs::read(&path) {
-        Ok(file) => file,
+    let mut handle = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(OwnerKeyError::Missing(dir.to_owned()))
         }
         Err(e) => return Err(io(&path)(e)),
     };
+    handle.lock().map_err(io(&path))?;
+    let mut file = Vec::new();
+    handle.read_to_end(&mut file).map_err(io(&path))?;
     vigil_keystore::check_two(&file).map_err(|e| damaged(e.to_string()))?;
     let state = read_state(dir)?;
     let now = now_secs();
     if now < state.not_before {
         return Err(OwnerKeyError::TooSoon { wait_secs: state.not_before - now });
     }
+    let failures = state.failures.saturating_add(1);
+    let wait_secs = backoff_secs(failures);
+    write_state(dir, UnlockState { failures, not_before: now + wait_secs })?;
     match vigil_keystore::open_two(&file, code) {
         Ok(plain) => {
             let secrets = Secrets::decode(&plain, network)
@@ -448,12 +483,7 @@ pub fn unlock(dir: &Path, code: &[u8], network: Network) -> Result<Unlocked, Own
             write_state(dir, UnlockState::default())?;
             Ok(Unlocked { secrets })
         }
-        Err(KeystoreError::WrongPassphrase) => {
-            let failures = state.failures.saturating_add(1);
-            let wait_secs = backoff_secs(failures);
-            write_state(dir, UnlockState { failures, not_before: now + wait_secs })?;
-            Err(OwnerKeyError::WrongCode { wait_secs })
-        }
+        Err(KeystoreError::WrongPassphrase) => Err(OwnerKeyError::WrongCode { wait_secs }),
         Err(e) => Err(damaged(e.to_string())),
     }
 }
@@ -463,9 +493,8 @@ pub fn exists(dir: &Path) -> bool {
     dir.join(KEYSTORE_FILE).exists()
 }
 
-// The secrets' fixed layout: version, vault (fingerprint + xpriv), allowance (xpriv), auth,
-// heartbeat token.
-const _: () = assert!(SECRETS_LEN == 225);
+// The record's fixed layout: version, allowance (fingerprint, xpriv), auth key, heartbeat token.
+const _: () = assert!(SECRETS_LEN == 147);
 
 #[cfg(test)]
 mod tests {
@@ -474,12 +503,12 @@ mod tests {
 
     const NET: Network = Network::Regtest;
 
-    fn wallet() -> (tempfile::TempDir, OwnerPublic, bip39::Mnemonic) {
+    fn wallet() -> (tempfile::TempDir, OwnerPublic, HeartbeatHashes, bip39::Mnemonic) {
         let dir = tempfile::tempdir().unwrap();
         let phrase = new_phrase();
-        let public =
-            create(dir.path(), &phrase, &new_phrase(), b"1234", b"9999", NET, KdfParams::FOR_TESTS).unwrap();
-        (dir, public, phrase)
+        let hashes = create(dir.path(), &phrase, b"1234", b"9999", NET, KdfParams::FOR_TESTS).unwrap();
+        let public = public_keys(&phrase, backup_key(&new_phrase(), NET), NET);
+        (dir, public, hashes, phrase)
     }
 
     /// Every file of `dir`: name → (size, sha256).
@@ -498,33 +527,44 @@ mod tests {
     }
 
     #[test]
-    fn both_codes_open_the_same_view_and_only_the_real_one_holds_the_vault_key() {
-        let (dir, public, phrase) = wallet();
+    fn both_codes_open_the_same_view_and_neither_holds_a_vault_key() {
+        let (dir, public, hashes, phrase) = wallet();
         let real = unlock(dir.path(), b"1234", NET).unwrap();
         let duress = unlock(dir.path(), b"9999", NET).unwrap();
         assert_eq!(real.auth_keypair().x_only_public_key().0.to_string(), public.auth_key);
         assert_eq!(duress.auth_keypair().public_key(), real.auth_keypair().public_key());
         assert_eq!(real.allowance().policy_key(), public.allowance_key);
         assert_eq!(duress.allowance().policy_key(), public.allowance_key, "the allowance really spends");
-        assert_eq!(sha256::Hash::hash(real.heartbeat_token()).to_string(), public.heartbeat_real);
-        assert_eq!(sha256::Hash::hash(duress.heartbeat_token()).to_string(), public.heartbeat_duress);
-        assert_ne!(public.heartbeat_real, public.heartbeat_duress);
-        assert_eq!(real.secrets.vault.policy_key(), public.owner_key);
-        assert_ne!(duress.secrets.vault.policy_key(), public.owner_key, "a decoy, not the vault key");
-        // The duress slot's bytes hold no secret of the owner's master that gives vault keys.
+        assert_eq!(
+            (real.heartbeat_hash(), duress.heartbeat_hash()),
+            (hashes.real.clone(), hashes.duress.clone())
+        );
+        assert_ne!(hashes.real, hashes.duress);
+        // Neither slot holds a secret that gives vault keys: the phrase brings the vault key.
         let file = std::fs::read(dir.path().join(KEYSTORE_FILE)).unwrap();
-        let plain = vigil_keystore::open_two(&file, b"9999").unwrap();
         let m = master(&phrase, NET);
         let account = m.derive_priv(&Secp256k1::new(), &paths(NET)[0]).unwrap();
-        for secret in [m.private_key.secret_bytes(), account.private_key.secret_bytes()] {
-            assert!(!plain.windows(32).any(|w| w == secret), "a vault secret under the duress code");
+        for code in [&b"1234"[..], b"9999"] {
+            let plain = vigil_keystore::open_two(&file, code).unwrap();
+            for secret in [m.private_key.secret_bytes(), account.private_key.secret_bytes()] {
+                assert!(!plain.windows(32).any(|w| w == secret), "a vault secret in the keystore");
+            }
+            assert!(!plain.windows(32).any(|w| w == account.chain_code.as_bytes()));
         }
-        assert!(!plain.windows(32).any(|w| w == account.chain_code.as_bytes()));
+        // The tokens are random: the phrase does not say which slot is which.
+        let again = tempfile::tempdir().unwrap();
+        let other = create(again.path(), &phrase, b"1234", b"9999", NET, KdfParams::FOR_TESTS).unwrap();
+        assert!(other.real != hashes.real && other.duress != hashes.duress);
+        // The phrase gives the vault key the policy names; another phrase is refused by name.
+        let owner = Xpub::from_str(public.owner_key.split(']').nth(1).unwrap()).unwrap();
+        VaultKey::from_phrase(&phrase, NET, &owner).unwrap();
+        let wrong = VaultKey::from_phrase(&new_phrase(), NET, &owner).err().unwrap();
+        assert!(wrong.to_string().contains("not the recovery phrase of this wallet"), "{wrong}");
     }
 
     #[test]
     fn a_real_and_a_duress_unlock_leave_the_same_files() {
-        let (dir, _, _) = wallet();
+        let (dir, _, _, _) = wallet();
         let before = listing(dir.path());
         unlock(dir.path(), b"1234", NET).unwrap();
         let after_real = listing(dir.path());
@@ -537,7 +577,7 @@ mod tests {
     #[test]
     fn wrong_codes_back_off_alike_whichever_code_comes_next() {
         for next in [b"1234", b"9999"] {
-            let (dir, _, _) = wallet();
+            let (dir, _, _, _) = wallet();
             for _ in 0..FREE_ATTEMPTS - 1 {
                 assert!(matches!(
                     unlock(dir.path(), b"0000", NET),
@@ -570,7 +610,7 @@ mod tests {
 
     #[test]
     fn a_damaged_keystore_is_named_left_untouched_and_its_backup_opens() {
-        let (dir, _, _) = wallet();
+        let (dir, _, _, _) = wallet();
         let path = dir.path().join(KEYSTORE_FILE);
         let good = std::fs::read(&path).unwrap();
         for bad in [good[..good.len() / 2].to_vec(), Vec::new(), b"VIGILKS1 not this kind".to_vec()] {
@@ -593,31 +633,16 @@ mod tests {
         }
         std::fs::copy(dir.path().join(KEYSTORE_BACKUP_FILE), &path).unwrap();
         unlock(dir.path(), b"1234", NET).unwrap();
-        assert!(
-            create(dir.path(), &new_phrase(), &new_phrase(), b"1", b"2", NET, KdfParams::FOR_TESTS).is_err()
-        );
+        assert!(create(dir.path(), &new_phrase(), b"1", b"2", NET, KdfParams::FOR_TESTS).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), good, "an existing keystore is never replaced");
     }
 
     #[test]
-    fn the_phrase_rebuilds_the_same_keys() {
-        let (_dir, public, phrase) = wallet();
-        let again = tempfile::tempdir().unwrap();
+    fn the_phrase_gives_the_same_public_keys_however_it_is_typed() {
+        let (_dir, public, _, phrase) = wallet();
         let typed = phrase.to_string().to_uppercase().replace(' ', "   ");
-        let restored = create(
-            again.path(),
-            &parse_phrase(&typed).unwrap(),
-            &new_phrase(),
-            b"5",
-            b"6",
-            NET,
-            KdfParams::FOR_TESTS,
-        )
-        .unwrap();
-        assert_eq!(
-            (&restored.owner_key, &restored.auth_key, &restored.heartbeat_real, &restored.heartbeat_duress),
-            (&public.owner_key, &public.auth_key, &public.heartbeat_real, &public.heartbeat_duress)
-        );
+        let again = public_keys(&parse_phrase(&typed).unwrap(), public.backup_key.clone(), NET);
+        assert_eq!(again, public);
         assert!(parse_phrase("abandon abandon").is_err());
     }
 }

@@ -1,18 +1,20 @@
 //! A vault spend as a resumable state machine: the request to the co-signer (the owner's
 //! signature on the spend of U's output), the guardians' approvals when the policy needs
 //! them, the unvault broadcast, DELAY blocks of waiting while the towers watch, then the
-//! co-signer's signature and the broadcast. Every step is recorded in the wallet's state
-//! before it is taken, so a restart picks up where it stopped; asking again is harmless (the
-//! co-signer answers a repeated request with the same id).
+//! co-signer's signature and the broadcast, repeated until it confirms. Every step is
+//! recorded in the wallet's state before it is taken (the caller saves it), so a restart
+//! picks up where it stopped: a request whose answer was lost is sent again unchanged, and
+//! the co-signer answers it with the same id.
 
 use base64::Engine;
 use vigil_chain::ChainBackend;
 use vigil_cosigner::wire::{SignSpend, SignedSpend, SpendRequest, SpendStatus};
-use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
+use vigil_policy::bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use vigil_policy::bitcoin::{Address, Amount, OutPoint, Sequence, Transaction, TxOut};
 use vigil_policy::{spend_psbt, SpendInput};
 
 use crate::cosigner::ClientError;
+use crate::owner::VaultKey;
 use crate::session::Session;
 use crate::wallet::{PendingSpend, WalletState};
 
@@ -25,10 +27,10 @@ pub enum SpendError {
     /// Bad input: nothing was done.
     #[error("{0}; nothing was done")]
     Refused(String),
-    /// The co-signer refused or cannot be reached: nothing changed, ask again later.
+    /// The co-signer refused or cannot be reached: the step is retried next time.
     #[error(transparent)]
     Cosigner(#[from] ClientError),
-    /// The chain backend failed: nothing changed, ask again later.
+    /// The chain backend failed: the step is retried next time.
     #[error("the node: {0}")]
     Chain(String),
     /// The policy could not build the spend.
@@ -56,7 +58,12 @@ pub enum Progress {
         /// The first height the co-signer signs at.
         from_height: Option<u32>,
     },
-    /// Spent: the transaction is broadcast.
+    /// The payment is broadcast, not yet confirmed.
+    Sent {
+        /// Its txid.
+        txid: String,
+    },
+    /// The payment confirmed.
     Done {
         /// Its txid.
         txid: String,
@@ -67,20 +74,30 @@ pub enum Progress {
     Stopped(String),
 }
 
-/// Starts a spend of `amount` to `destination` from the smallest confirmed vault that covers
-/// it with the fee; the rest goes to a fresh intake address (to be vaulted again).
-pub fn start(
+/// Builds a spend of `amount` to `destination` from the smallest confirmed vault that
+/// covers it with the fee and has no spend under way (the rest goes to a fresh intake
+/// address, to be vaulted again), signs it with the owner's vault key and records it as
+/// "requesting". Returns its position in `state.spends`; send it with [`request`].
+pub fn prepare(
     session: &Session,
     state: &mut WalletState,
+    vault_key: &VaultKey,
     destination: &Address,
     amount: Amount,
-) -> Result<PendingSpend, SpendError> {
+) -> Result<usize, SpendError> {
     let compiled = &session.compiled;
+    let dust = destination.script_pubkey().minimal_non_dust();
+    if amount < dust {
+        return Err(SpendError::Refused(format!(
+            "{amount} is below what the network relays to that address ({dust})"
+        )));
+    }
     let need = amount.to_sat() + SPEND_FEE_SAT;
+    let busy: Vec<OutPoint> = state.spends.iter().filter(|s| s.active()).map(|s| s.vault).collect();
     let mut candidates: Vec<_> = state
         .vaults
         .iter()
-        .filter(|v| v.confirmed_height.is_some() && !v.unvaulted)
+        .filter(|v| v.confirmed_height.is_some() && !v.unvaulted && !busy.contains(&v.outpoint))
         .filter_map(|v| {
             let unvault: Transaction = deserialize_hex(&v.unvault).ok()?;
             Some((v.clone(), unvault.output[0].clone(), unvault.compute_txid()))
@@ -90,7 +107,7 @@ pub fn start(
     candidates.sort_by_key(|(_, out, _)| out.value);
     let Some((vault, unvault_out, unvault_txid)) = candidates.into_iter().next() else {
         return Err(SpendError::Refused(format!(
-            "no vault holds {} (with the fee): spend less, or vault more first",
+            "no vault holds {} (with the fee) and is free: spend less, or vault more first",
             Amount::from_sat(need)
         )));
     };
@@ -103,6 +120,7 @@ pub fn start(
         sequence: Sequence::from_height(compiled.policy().delays.unvault),
     };
     let mut outputs = vec![TxOut { value: amount, script_pubkey: destination.script_pubkey() }];
+    // Change below the dust limit is left to the fee.
     let rest = unvault_out.value.to_sat() - need;
     if rest >= vigil_policy::P2TR_DUST_SAT {
         let change = compiled.intake_descriptor(state.next_intake)?.script_pubkey();
@@ -110,43 +128,57 @@ pub fn start(
         outputs.push(TxOut { value: Amount::from_sat(rest), script_pubkey: change });
     }
     let mut psbt = spend_psbt(&[input], outputs)?;
-    session.keys.sign_vault_psbt(&mut psbt);
-    let req = SpendRequest {
-        vault_outpoint: vault.outpoint.to_string(),
-        psbt: base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
-    };
-    let status: SpendStatus = session.cosigner.post("/v1/spends", &req)?;
-    let spend = PendingSpend {
-        id: status.id,
+    vault_key.sign_psbt(&mut psbt);
+    state.spends.push(PendingSpend {
+        id: 0,
         vault: vault.outpoint,
         destination: destination.to_string(),
         amount_sat: amount.to_sat(),
-        stage: status.state.clone(),
-        txid: None,
-    };
-    state.spends.push(spend.clone());
-    state.note(format!(
-        "spend request {} of {amount} to {destination} from vault {}",
-        status.id, vault.outpoint
-    ));
-    Ok(spend)
+        psbt: base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
+        stage: "requesting".into(),
+        tx: None,
+    });
+    Ok(state.spends.len() - 1)
 }
 
-/// Moves `spend` on as far as it can go now: broadcasts the unvault once approved, and the
-/// co-signed spend once DELAY has passed. Records each step in `state` (the caller saves it).
+/// Sends the recorded request at `pos` (again, unchanged, if its answer was lost).
+pub fn request(session: &Session, state: &mut WalletState, pos: usize) -> Result<u64, SpendError> {
+    let spend = &state.spends[pos];
+    let req = SpendRequest { vault_outpoint: spend.vault.to_string(), psbt: spend.psbt.clone() };
+    let status: SpendStatus = session.cosigner.post("/v1/spends", &req)?;
+    let spend = &mut state.spends[pos];
+    spend.id = status.id;
+    spend.stage = status.state.clone();
+    let what = format!(
+        "spend request {} of {} to {} from vault {}",
+        status.id,
+        Amount::from_sat(spend.amount_sat),
+        spend.destination,
+        spend.vault
+    );
+    state.note(what);
+    Ok(status.id)
+}
+
+/// Moves the spend at `pos` on as far as it can go now. Records each step in `state`.
 pub fn advance(
     session: &Session,
     state: &mut WalletState,
     chain: &dyn ChainBackend,
-    id: u64,
+    pos: usize,
 ) -> Result<Progress, SpendError> {
-    let pos = state
-        .spends
-        .iter()
-        .position(|s| s.id == id)
-        .ok_or_else(|| SpendError::Refused(format!("no spend {id}")))?;
-    let status: SpendStatus = session.cosigner.get(&format!("/v1/spends/{id}"))?;
+    if state.spends[pos].stage == "requesting" {
+        request(session, state, pos)?;
+    }
     let spend = state.spends[pos].clone();
+    match spend.stage.as_str() {
+        "signed" | "sent" | "done" => return payment(state, chain, pos),
+        "denied" => return Ok(Progress::Denied),
+        "cancelled" => return Ok(Progress::Stopped("the spend was cancelled".into())),
+        _ => {}
+    }
+    let id = spend.id;
+    let status: SpendStatus = session.cosigner.get(&format!("/v1/spends/{id}"))?;
     match status.state.as_str() {
         "denied" => {
             state.spends[pos].stage = "denied".into();
@@ -159,9 +191,6 @@ pub fn advance(
                 needed: status.approvals_needed,
             })
         }
-    }
-    if spend.stage == "done" {
-        return Ok(Progress::Done { txid: spend.txid.unwrap_or_default() });
     }
     let vault = state
         .vaults
@@ -176,14 +205,13 @@ pub fn advance(
         vault.unvaulted = true;
         state.spends[pos].stage = "unvault sent".into();
         state.note(format!("unvault {unvault_txid} of vault {} broadcast", spend.vault));
-        if let Err(e) = chain.broadcast(&unvault) {
-            tracing::warn!(error = %e, "unvault broadcast (it may be known already)");
-        }
     }
     let confirmed = match chain.transaction_info(&unvault_txid).map_err(chain_err)? {
         Some((_, Some(height))) => height,
         _ => {
-            let _ = chain.broadcast(&unvault);
+            if let Err(e) = chain.broadcast(&unvault) {
+                tracing::warn!(error = %e, "unvault broadcast (it may be known already)");
+            }
             return Ok(Progress::Waiting { from_height: None });
         }
     };
@@ -209,10 +237,36 @@ pub fn advance(
     };
     let tx: Transaction = deserialize_hex(&signed.tx)
         .map_err(|_| SpendError::Chain("the co-signer's transaction does not parse".into()))?;
-    let txid = tx.compute_txid().to_string();
-    state.spends[pos].txid = Some(txid.clone());
-    state.spends[pos].stage = "done".into();
-    state.note(format!("spend {id} broadcast: {txid}"));
-    chain.broadcast(&tx).map_err(chain_err)?;
-    Ok(Progress::Done { txid })
+    // Kept before it is broadcast: it is sent again until it confirms.
+    state.spends[pos].tx = Some(serialize_hex(&tx));
+    state.spends[pos].stage = "signed".into();
+    state.note(format!("spend {id} co-signed: {}", tx.compute_txid()));
+    payment(state, chain, pos)
+}
+
+/// The co-signed payment: broadcast (again) until it confirms.
+fn payment(state: &mut WalletState, chain: &dyn ChainBackend, pos: usize) -> Result<Progress, SpendError> {
+    let hex = state.spends[pos]
+        .tx
+        .clone()
+        .ok_or_else(|| SpendError::Refused("the payment is not recorded".into()))?;
+    let tx: Transaction =
+        deserialize_hex(&hex).map_err(|_| SpendError::Refused("the payment's record is damaged".into()))?;
+    let txid = tx.compute_txid();
+    if let Some((_, Some(_))) = chain.transaction_info(&txid).map_err(chain_err)? {
+        if state.spends[pos].stage != "done" {
+            state.spends[pos].stage = "done".into();
+            state.note(format!("spend {} confirmed: {txid}", state.spends[pos].id));
+        }
+        return Ok(Progress::Done { txid: txid.to_string() });
+    }
+    match chain.broadcast(&tx) {
+        Ok(_) => {
+            state.spends[pos].stage = "sent".into();
+            Ok(Progress::Sent { txid: txid.to_string() })
+        }
+        // Already in the mempool: sent.
+        Err(_) if state.spends[pos].stage == "sent" => Ok(Progress::Sent { txid: txid.to_string() }),
+        Err(e) => Err(chain_err(e)),
+    }
 }

@@ -172,7 +172,7 @@ pub struct PendingVault {
 /// A vault spend under way: request → approvals → unvault → DELAY → co-signed spend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingSpend {
-    /// The co-signer's request id.
+    /// The co-signer's request id (0 until it answered).
     pub id: u64,
     /// The vault it spends.
     pub vault: OutPoint,
@@ -180,10 +180,21 @@ pub struct PendingSpend {
     pub destination: String,
     /// How much, sat.
     pub amount_sat: u64,
-    /// "waiting" (for guardians), "approved", "unvault sent", "done", "denied", "cancelled".
+    /// The request: the spend PSBT the owner signed (base64), sent again as it is if the
+    /// answer was lost, so the co-signer sees the same request.
+    pub psbt: String,
+    /// "requesting", "waiting" (for guardians), "approved", "unvault sent", "signed",
+    /// "sent", "done", "denied", "cancelled".
     pub stage: String,
-    /// The spend's txid once broadcast.
-    pub txid: Option<String>,
+    /// The co-signed payment, hex, once the co-signer signed it (broadcast until it confirms).
+    pub tx: Option<String>,
+}
+
+impl PendingSpend {
+    /// Whether it still needs something done.
+    pub fn active(&self) -> bool {
+        !["done", "denied", "cancelled"].contains(&self.stage.as_str())
+    }
 }
 
 /// One line of history.

@@ -15,16 +15,7 @@ fn real_and_duress_unlocks_take_the_same_time() {
     // Lighter stretching than a wallet's, so the test is quick; the work per unlock has the
     // same shape (the unlock benchmark measures the real parameters).
     let kdf = KdfParams { m_cost_kib: 8 * 1024, t_cost: 1, lanes: 1 };
-    owner::create(
-        dir.path(),
-        &owner::new_phrase(),
-        &owner::new_phrase(),
-        b"2468",
-        b"1357",
-        Network::Regtest,
-        kdf,
-    )
-    .unwrap();
+    owner::create(dir.path(), &owner::new_phrase(), b"2468", b"1357", Network::Regtest, kdf).unwrap();
     let (mut real, mut duress) = (Vec::new(), Vec::new());
     let time = |code: &[u8]| -> Duration {
         let start = Instant::now();

@@ -51,12 +51,19 @@ pub struct PolicyDraft {
     pub towers: Vec<DraftTower>,
 }
 
+/// `text` as a TOML string, escaped: a value from a service cannot add keys or sections.
+fn q(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
 fn quoted(items: &[String]) -> String {
-    items.iter().map(|k| format!("  \"{k}\",")).collect::<Vec<_>>().join("\n")
+    items.iter().map(|k| format!("  {},", q(k))).collect::<Vec<_>>().join("\n")
 }
 
 impl PolicyDraft {
     /// The policy file, checked: it parses and validates, or the field at fault is named.
+    /// Every value is written escaped, so what a service answered (the co-signer's key, say)
+    /// cannot add a tower or change a limit.
     pub fn to_toml(&self) -> Result<String, PolicyError> {
         let [delay, recovery, deep] = self.delays;
         let ladder = self.ladder_sat_per_vb.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
@@ -64,30 +71,30 @@ impl PolicyDraft {
             .towers
             .iter()
             .map(|t| {
-                format!("\n[[towers]]\nname = \"{}\"\nurl = \"{}\"\nkey = \"{}\"\n", t.name, t.url, t.key)
+                format!("\n[[towers]]\nname = {}\nurl = {}\nkey = {}\n", q(&t.name), q(&t.url), q(&t.key))
             })
             .collect();
         let text = format!(
             r#"# Vigil custody policy, written by `vigil init`. It names public keys only; every
 # service pins it by its sha256, so changing it takes the guardians' signatures.
 version = 1
-network = "{network}"
+network = {network}
 
 [owner]
 threshold = 1
 keys = [
-  "{owner}",
+  {owner},
 ]
 # The key the owner's client signs requests with (not derived from the vault key).
 auth_keys = [
-  "{owner_auth}",
+  {owner_auth},
 ]
 # The off-site backup key: only the deep vault uses it.
-backup = "{backup}"
+backup = {backup}
 
 [cosigner]
-key = "{cosigner}"
-url = "{cosigner_url}"
+key = {cosigner}
+url = {cosigner_url}
 
 [guardians]
 threshold = {guardian_threshold}
@@ -114,12 +121,12 @@ velocity_limit_sat = {velocity}
 velocity_window_blocks = {window}
 whitelist = []
 {towers}"#,
-            network = self.network,
-            owner = self.owner_key,
-            owner_auth = self.owner_auth_key,
-            backup = self.backup_key,
-            cosigner = self.cosigner_key,
-            cosigner_url = self.cosigner_url,
+            network = q(&self.network),
+            owner = q(&self.owner_key),
+            owner_auth = q(&self.owner_auth_key),
+            backup = q(&self.backup_key),
+            cosigner = q(&self.cosigner_key),
+            cosigner_url = q(&self.cosigner_url),
             guardian_threshold = self.guardian_threshold,
             guardians = quoted(&self.guardian_keys),
             unvault_rate = self.unvault_sat_per_vb,
@@ -128,7 +135,53 @@ whitelist = []
             velocity = self.velocity_limit_sat,
             window = self.velocity_window_blocks,
         );
-        Policy::from_toml(&text)?;
+        let policy = Policy::from_toml(&text)?;
+        debug_assert_eq!(policy.towers.len(), self.towers.len());
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::example::{account_key, ExamplePolicy};
+
+    fn draft() -> PolicyDraft {
+        let keys = ExamplePolicy::default().keys();
+        let example = Policy::from_toml(&ExamplePolicy::default().to_toml()).unwrap();
+        PolicyDraft {
+            network: "regtest".into(),
+            owner_key: account_key(&keys.owners[0]),
+            owner_auth_key: "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
+            backup_key: account_key(&keys.backup),
+            cosigner_key: account_key(&keys.cosigner),
+            cosigner_url: "http://127.0.0.1:7420".into(),
+            guardian_keys: keys.guardians.iter().map(account_key).collect(),
+            guardian_threshold: 2,
+            delays: [144, 4320, 8640],
+            unvault_sat_per_vb: 2,
+            ladder_sat_per_vb: vec![1, 2, 5],
+            max_fee_percent: 5,
+            hot_limit_sat: 1_000_000,
+            velocity_limit_sat: 10_000_000,
+            velocity_window_blocks: 1008,
+            towers: vec![DraftTower {
+                name: "a".into(),
+                url: "http://127.0.0.1:7431".into(),
+                key: example.towers[0].key.to_string(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_draft_is_a_valid_policy_and_a_hostile_value_cannot_add_a_tower() {
+        let good = draft();
+        let policy = Policy::from_toml(&good.to_toml().unwrap()).unwrap();
+        assert_eq!(policy.towers.len(), 1);
+        let mut hostile = good.clone();
+        hostile.cosigner_url = "x\"\n[[towers]]\nname = \"evil\"\nurl = \"http://evil\"\nkey = \"k".into();
+        // Escaped: the URL is just a (strange) string, and there is still one tower.
+        let text = hostile.to_toml().unwrap();
+        assert_eq!(Policy::from_toml(&text).unwrap().towers.len(), 1);
     }
 }
