@@ -60,8 +60,12 @@ impl Nonces {
         Nonces { file, lock: std::sync::Mutex::new(()) }
     }
 
-    /// The next nonce, recorded before it is used.
+    /// The next nonce, recorded before it is used. The file is replaced atomically (a
+    /// process killed mid-write leaves the old number, never an empty file); if it is lost
+    /// anyway, counting restarts well above the clock, since nonces run ahead of it when
+    /// several requests go out in one second.
     pub fn next(&self) -> Result<u64, ClientError> {
+        use std::io::Write;
         let io = |e| ClientError::Nonce(self.file.clone(), e);
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let last = match std::fs::read_to_string(&self.file) {
@@ -69,11 +73,17 @@ impl Nonces {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io(e)),
         };
-        let next = (last + 1).max(now());
-        std::fs::write(&self.file, next.to_string()).map_err(io)?;
+        let next = if last == 0 { now() + LOST_COUNTER_MARGIN } else { (last + 1).max(now()) };
+        let tmp = self.file.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(next.to_string().as_bytes()).and_then(|_| f.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, &self.file).map_err(io)?;
         Ok(next)
     }
 }
+
+/// How far above the clock a lost request counter restarts.
+const LOST_COUNTER_MARGIN: u64 = 1_000;
 
 /// One party's client of the co-signer.
 pub struct CosignerClient {
