@@ -21,13 +21,18 @@ pub struct CountingProxy {
     pub url: String,
     flows: Flows,
     open: Arc<Mutex<usize>>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Copies `from` to `to` until either ends; the bytes copied and the first [`HEAD`] of them.
-fn pump(mut from: TcpStream, mut to: TcpStream) -> (u64, Vec<u8>) {
+/// Copies `from` to `to` until either ends, each chunk held back `delay` ms first; the bytes
+/// copied and the first [`HEAD`] of them.
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: u64) -> (u64, Vec<u8>) {
     let (mut total, mut head) = (0, Vec::new());
     let mut buf = [0u8; 16 * 1024];
     while let Ok(n) = from.read(&mut buf) {
+        if n > 0 && delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         if n == 0 || to.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -46,23 +51,31 @@ impl CountingProxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let flows: Flows = Arc::default();
         let open: Arc<Mutex<usize>> = Arc::default();
-        let (f, o) = (flows.clone(), open.clone());
+        let delay_ms: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let (f, o, d) = (flows.clone(), open.clone(), delay_ms.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(service) = TcpStream::connect(&target) else { continue };
                 *o.lock().unwrap() += 1;
                 let (f, o) = (f.clone(), o.clone());
+                let delay = d.load(std::sync::atomic::Ordering::SeqCst);
                 let (c2, s2) = (client.try_clone().unwrap(), service.try_clone().unwrap());
                 std::thread::spawn(move || {
-                    let down = std::thread::spawn(move || pump(s2, c2).0);
-                    let (up, head) = pump(client, service);
+                    let down = std::thread::spawn(move || pump(s2, c2, delay).0);
+                    let (up, head) = pump(client, service, 0);
                     let down = down.join().unwrap_or(0);
                     f.lock().unwrap().push(((up, down), head));
                     *o.lock().unwrap() -= 1;
                 });
             }
         });
-        CountingProxy { url, flows, open }
+        CountingProxy { url, flows, open, delay_ms }
+    }
+
+    /// Holds back every answer of connections opened from now on by `ms` (0: none): a slow
+    /// service, whose requests are in flight long enough to be interrupted.
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The connections finished since the last call whose first bytes contain `party` (a
