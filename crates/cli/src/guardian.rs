@@ -94,7 +94,8 @@ fn passphrase(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<String>>
     Ok(zeroize::Zeroizing::new(line.trim_end().to_owned()))
 }
 
-fn network(name: &str) -> anyhow::Result<Network> {
+/// A network by the name a user types.
+pub(crate) fn network(name: &str) -> anyhow::Result<Network> {
     Ok(match name {
         "bitcoin" | "mainnet" => Network::Bitcoin,
         "testnet" => Network::Testnet,

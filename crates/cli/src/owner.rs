@@ -21,7 +21,7 @@ use vigil_client::vaulting::{self, VaultOrder};
 use vigil_client::wallet::{replace_file, PendingVault, VaultRecord, WalletDir, WalletState};
 use vigil_cosigner::wire::{self, Enrolled, PinPolicy};
 use vigil_policy::bitcoin::consensus::encode::serialize_hex;
-use vigil_policy::bitcoin::{Address, Amount, Network};
+use vigil_policy::bitcoin::{Address, Amount};
 use vigil_policy::draft::{DraftTower, PolicyDraft};
 use vigil_policy::VaultKind;
 use zeroize::Zeroizing;
@@ -224,16 +224,6 @@ fn show_phrase(
     Ok(())
 }
 
-fn parse_network(name: &str) -> anyhow::Result<Network> {
-    Ok(match name {
-        "bitcoin" | "mainnet" => Network::Bitcoin,
-        "testnet4" => Network::Testnet4,
-        "signet" => Network::Signet,
-        "regtest" => Network::Regtest,
-        other => bail!("--network: unknown network {other:?} (regtest, signet, testnet4, bitcoin)"),
-    })
-}
-
 fn parse_tower(text: &str) -> anyhow::Result<(DraftTower, String)> {
     let parts: Vec<&str> = text.split(',').map(str::trim).collect();
     let [name, url, key, token] = parts[..] else {
@@ -295,7 +285,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
             dir.path.display()
         );
     }
-    let network = parse_network(&args.network)?;
+    let network = crate::guardian::network(&args.network)?;
     let towers = args.towers.iter().map(|t| parse_tower(t)).collect::<anyhow::Result<Vec<_>>>()?;
     let chain = match (&args.chain_cookie, &args.chain_user, &args.chain_password) {
         (Some(cookie), None, None) => format!("cookie_file = {:?}", cookie.display().to_string()),

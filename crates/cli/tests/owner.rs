@@ -22,23 +22,27 @@ use vigil_testenv::{eventually, pty};
 const REAL: &str = "2468";
 const DURESS: &str = "1357";
 
-/// Runs `vigil ARGS --wallet DIR`, typing `input` lines; (success, stdout, stderr).
-fn vigil(dir: &Path, args: &[&str], input: &[&str]) -> (bool, String, String) {
+/// Starts `vigil ARGS --wallet DIR` with `input` typed, one line each.
+fn start(dir: &Path, args: &[&str], input: &[&str], log: &str, output: fn() -> Stdio) -> std::process::Child {
     let mut child = Command::new(vigil_exe())
         .args(args)
         .args(["--wallet", dir.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(output())
+        .stderr(output())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     for line in input {
         writeln!(stdin, "{line}").unwrap();
     }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    child
+}
+
+/// Runs `vigil ARGS --wallet DIR`, typing `input` lines; (success, stdout, stderr).
+fn vigil(dir: &Path, args: &[&str], input: &[&str]) -> (bool, String, String) {
+    let out = start(dir, args, input, "warn", Stdio::piped).wait_with_output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -327,20 +331,7 @@ type StepReached<'a> = dyn Fn(&Value, usize) -> bool + 'a;
 /// Starts `vigil ARGS` typing `input`, and SIGKILLs it as soon as the wallet's state shows
 /// `reached`; false if the run ended first.
 fn killed_when(dir: &Path, args: &[&str], input: &[&str], reached: &dyn Fn(&Value) -> bool) -> bool {
-    let mut child = Command::new(vigil_exe())
-        .args(args)
-        .args(["--wallet", dir.to_str().unwrap()])
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for line in input {
-        writeln!(stdin, "{line}").unwrap();
-    }
-    drop(stdin);
+    let mut child = start(dir, args, input, "error", Stdio::null);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let hit = loop {
         let state = std::fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
@@ -446,4 +437,121 @@ fn sigkill_at_each_step_of_vault_and_spend_leaves_nothing_funded_and_unprotected
     mine(&s.node.rpc, 1, &payer.address());
     let done = json(&dir, &["spend", "--resume"], &[REAL]);
     assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
+}
+
+/// `text` with every run of digits and hex (ids, txids, heights, addresses) masked.
+fn masked(text: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() {
+            run.push(c);
+            continue;
+        }
+        let numeric = run.chars().any(|c| c.is_ascii_digit());
+        out.push_str(if numeric { "#" } else { &run });
+        run.clear();
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn a_vault_spend_under_duress_reads_and_weighs_like_a_real_one() {
+    let s = services("", false);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let (ok, _, err) = init(&s, &dir);
+    assert!(ok, "{err}");
+    let phrase = phrase_shown(&err);
+    let received = json(&dir, &["receive"], &[REAL]);
+    let address: Address =
+        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    for h in 1..=3 {
+        payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(6_000_000));
+    }
+    mine(&s.node.rpc, 1, &payer.address());
+    // Three vaults within the velocity limit: all three spends are the co-signer's alone.
+    for _ in 0..3 {
+        json(&dir, &["vault", "0.03"], &[REAL, &phrase]);
+    }
+    mine(&s.node.rpc, 1, &payer.address());
+    // The wallet catches up with the chain first (the fundings confirmed, their change came
+    // back): what follows differs only by the code.
+    json(&dir, &["status"], &[REAL]);
+    // The same spend asked twice, once under each code, to addresses of the same kind.
+    let session = |code: &str| {
+        let before = listing(&dir);
+        let to = Wallet::new().address().to_string();
+        let (ok, out, err) = vigil(&dir, &["spend", &to, "0.01"], &[code, &phrase]);
+        assert!(ok, "{err}");
+        let after = listing(&dir);
+        let grown: BTreeMap<String, i64> = after
+            .iter()
+            .map(|(name, (size, _))| (name.clone(), *size as i64 - before[name].0 as i64))
+            .collect();
+        (masked(&out.replace(&to, "")), masked(&err), grown)
+    };
+    // A first spend, so that both measured ones find the wallet's lists in the same shape.
+    session(REAL);
+    let real = session(REAL);
+    let duress = session(DURESS);
+    assert!(real.0.contains("approved"), "{}", real.0);
+    assert_eq!(real.0, duress.0, "the same answer: approved, unlocking");
+    assert_eq!(real.1, duress.1, "the same prompts");
+    assert_eq!(real.2, duress.2, "each file grows by the same number of bytes");
+    eprintln!("a spend, either code:\n{}{}", duress.1, duress.0);
+}
+
+#[test]
+fn with_the_cosigner_or_every_tower_down_nothing_is_half_done_and_it_resumes() {
+    let mut s = services("", false);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let (ok, _, err) = init(&s, &dir);
+    assert!(ok, "{err}");
+    let phrase = phrase_shown(&err);
+    let received = json(&dir, &["receive"], &[REAL]);
+    let address: Address =
+        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    let coins: Vec<_> = (1..=2)
+        .map(|h| payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(6_000_000)).0)
+        .collect();
+    mine(&s.node.rpc, 1, &payer.address());
+    let unspent = || coins.iter().filter(|c| s.node.rpc.unspent_output(c).unwrap().is_some()).count();
+
+    // The co-signer gone: the status says so and still answers; a vault is refused clearly.
+    s.co.kill9();
+    let (ok, out, err) = vigil(&dir, &["status"], &[REAL]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Co-signer: NOT reachable") && err.contains("cannot be reached"), "{out}{err}");
+    let (ok, _, err) = vigil(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert!(!ok && err.contains("cannot be reached"), "{err}");
+    assert_eq!(unspent(), 2, "nothing moved");
+    s.co.start();
+
+    // Every tower gone: the co-signer withholds the funding; nothing moves; once they are
+    // back (the co-signer registers the vault with them by itself) the next run finishes it.
+    for t in &mut s.towers {
+        t.kill9();
+    }
+    let (ok, _, err) = vigil(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert!(!ok && err.contains("NOT moved"), "{err}");
+    assert_eq!(unspent(), 2, "no funding while no tower holds the vault");
+    for t in &mut s.towers {
+        t.start();
+    }
+    let made = eventually("the interrupted vault is finished", || {
+        let (ok, out, _) = vigil(&dir, &["vault", "0.05", "--json"], &[REAL, &phrase]);
+        ok.then(|| serde_json::from_str::<Value>(&out).unwrap())
+    });
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    assert_eq!(unspent(), 0, "both vaults funded: the interrupted one and the new one");
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["vaults"].as_array().unwrap().len(), 2, "{status}");
 }
