@@ -234,7 +234,8 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             show(&serde_json::to_value(&after)?, format!("Done.\n{}", describe(&after)));
         }
         GuardianCommand::Lockdown { blocks } => {
-            let l: wire::LockdownStatus = co.post("/v1/lockdown", &wire::Lockdown { blocks })?;
+            let l: wire::LockdownStatus =
+                co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false })?;
             show(
                 &serde_json::to_value(&l)?,
                 format!("The client is locked down until block {}.", l.until_height),

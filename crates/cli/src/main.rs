@@ -36,6 +36,8 @@ enum Command {
     Spend(owner::SpendArgs),
     /// Freeze every vault now: spends are refused and every unvault is cancelled.
     Lockdown(owner::LockdownArgs),
+    /// Freeze every vault now and ask the guardians to sweep them all to the deep vault.
+    Panic(owner::LockdownArgs),
     /// Work with custody policy files.
     Policy {
         #[command(subcommand)]
@@ -146,6 +148,7 @@ fn main() -> ExitCode {
         Command::Vault(args) => owner::vault(args),
         Command::Lockdown(args) => owner::lockdown(args),
         Command::Spend(args) => owner::spend(args),
+        Command::Panic(args) => owner::panic(args),
         Command::Tower { config, command } => tower(config.as_deref(), command),
         Command::Guardian(args) => guardian::run(args),
         Command::Cosigner { config, command } => cosigner(config.as_deref(), command),

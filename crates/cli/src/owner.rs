@@ -1,4 +1,5 @@
-//! The owner's commands: `vigil init`, `receive`, `status`, `vault`, `spend`, `lockdown`.
+//! The owner's commands: `vigil init`, `receive`, `status`, `vault`, `spend`, `lockdown`,
+//! `panic`.
 //!
 //! Written for a frightened, non-technical person: plain words, one question at a time, and
 //! nothing half-done on a refusal. Every command that opens the wallet asks for the code and
@@ -810,15 +811,25 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vigil panic`: a lockdown now, and the guardians asked to sweep every vault to the deep
+/// vault (only their quorum can sign that).
+pub fn panic(args: LockdownArgs) -> anyhow::Result<()> {
+    freeze(args, true)
+}
+
 /// `vigil lockdown`: freezes every spend at the co-signer and every tower at once.
 pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
+    freeze(args, false)
+}
+
+fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
     let most = vigil_tower::wire::MAX_LOCKDOWN_BLOCKS;
     if args.blocks == 0 || args.blocks > most {
         bail!("--blocks {}: a lockdown lasts 1 to {most} blocks (five weeks); nothing was done", args.blocks);
     }
     let session = open(&args.wallet)?;
     let co: Result<wire::LockdownStatus, _> =
-        session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks });
+        session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks, sweep });
     let key = session.keys.auth_keypair();
     let policy_id = session.cosigner.client_id().to_owned();
     let config = session.dir.config()?;
@@ -845,10 +856,15 @@ pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
         );
     } else {
         match &co {
-            Ok(s) => println!(
-                "Locked down until block {}: no vault can be spent, every unvault is cancelled.",
-                s.until_height
-            ),
+            Ok(s) => {
+                println!(
+                    "Locked down until block {}: no vault can be spent, every unvault is cancelled.",
+                    s.until_height
+                );
+                if sweep {
+                    println!("Your guardians are alerted to sweep every vault to the deep vault.");
+                }
+            }
             Err(e) => println!("The co-signer did not take the lockdown: {e}"),
         }
         for (name, e) in &reports {
@@ -859,7 +875,7 @@ pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
         }
     }
     if co.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
-        bail!("nobody took the lockdown: run `vigil lockdown` again");
+        bail!("nobody took the lockdown: run the command again");
     }
     Ok(())
 }

@@ -158,7 +158,8 @@ fn phrase_shown(init_stderr: &str) -> String {
 
 #[test]
 fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
-    let s = services("", false);
+    let (url, alarms) = webhook();
+    let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"), false);
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("wallet");
     let payer = Wallet::new();
@@ -259,6 +260,15 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
     let locked = json(&dir, &["lockdown", "--blocks", "20"], &[REAL]);
     assert!(locked["cosigner"]["Ok"].as_u64().is_some(), "{locked}");
     assert!(locked["towers"].as_array().unwrap().iter().all(|t| t["error"].is_null()), "{locked}");
+    let (ok, _, err) = vigil(&dir, &["lockdown", "--blocks", "0"], &[]);
+    assert!(!ok && err.contains("1 to"), "{err}");
+
+    // Panic: locked down, and the guardians asked to sweep.
+    let (ok, out, err) = vigil(&dir, &["panic", "--blocks", "1008"], &[REAL]);
+    assert!(ok && out.contains("guardians are alerted to sweep"), "{out}{err}");
+    eventually("the guardians are asked for a panic", || {
+        alarms.lock().unwrap().iter().any(|a| a["kind"] == "panic-requested").then_some(())
+    });
 }
 
 #[test]

@@ -92,6 +92,18 @@ impl Cosigner {
             .expect(kind::CLIENT, client.id.clone(), Some(before))
             .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
             .alarm(alarm(&client.id, "lockdown", message));
+        if req.request.sweep {
+            batch.alarm(alarm(
+                &client.id,
+                "panic-requested",
+                format!(
+                    "PANIC REQUESTED by {:?} of {}: sweep every vault to the deep vault. The client is locked \
+                     down until block {}. Any guardian proposes the panic with `vigil guardian panic`; the \
+                     guardians' quorum signing it sweeps.",
+                    caller.role, client.id, client.lockdown_until
+                ),
+            ));
+        }
         store.commit(&batch)?;
         drop(store);
         self.push_soon(client.id.clone());

@@ -235,6 +235,10 @@ pub struct SignedSpend {
 pub struct Lockdown {
     /// How long, blocks (6 an hour).
     pub blocks: u32,
+    /// The owner also asks the guardians for a panic (every vault swept to the deep vault):
+    /// they are alarmed to sign one (`vigil guardian panic`).
+    #[serde(default)]
+    pub sweep: bool,
 }
 
 /// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early, at a height at
