@@ -114,7 +114,7 @@ pub(crate) fn vault_record(
 impl Cosigner {
     /// `POST /v1/vaults`.
     pub fn begin_vault(&self, caller: &Caller, req: &Signed<BeginVault>) -> Result<VaultBegun, Refusal> {
-        caller.owner()?;
+        self.unlocked_owner(caller)?;
         let r = &req.request;
         let compiled = caller.compiled.clone();
         let kind = match r.kind.as_str() {
@@ -227,7 +227,7 @@ impl Cosigner {
         caller: &Caller,
         req: &Signed<CompleteVault>,
     ) -> Result<VaultStatus, Refusal> {
-        caller.owner()?;
+        self.unlocked_owner(caller)?;
         let r = &req.request;
         let outpoint =
             OutPoint::from_str(&r.vault_outpoint).map_err(|_| bad("vault_outpoint: not txid:vout"))?;

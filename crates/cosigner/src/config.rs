@@ -39,6 +39,9 @@ pub struct CosignerConfig {
     /// Blocks a loosening policy change or an early lockdown lift waits.
     #[serde(default = "default_governance")]
     pub governance_delay_blocks: u32,
+    /// Seconds after an unlock's heartbeat the owner's vault and spend requests are served.
+    #[serde(default = "default_heartbeat_fresh")]
+    pub heartbeat_fresh_secs: u64,
     /// The chain (a node, for heights and confirmations).
     pub chain: ChainConfig,
     /// Where requests and decisions are recorded.
@@ -77,6 +80,10 @@ fn default_tls() -> String {
     "starttls".into()
 }
 
+fn default_heartbeat_fresh() -> u64 {
+    crate::service::HEARTBEAT_FRESH_SECS
+}
+
 fn default_expiry() -> u32 {
     APPROVAL_EXPIRY_BLOCKS
 }
@@ -113,6 +120,9 @@ impl CosignerConfig {
                 return Err(refuse("passphrase_env", "give passphrase_file or passphrase_env, not both"))
             }
             _ => {}
+        }
+        if config.heartbeat_fresh_secs == 0 {
+            return Err(refuse("heartbeat_fresh_secs", "at least 1 second"));
         }
         if config.approval_expiry_blocks == 0 {
             return Err(refuse("approval_expiry_blocks", "at least 1 block"));

@@ -230,6 +230,9 @@ impl Cosigner {
         let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        if token.as_ref().is_some_and(|t| *t == client.heartbeat_real || *t == client.heartbeat_duress) {
+            client.last_heartbeat = crate::service::now();
+        }
         match token {
             Some(t) if t == client.heartbeat_real => {}
             Some(t) if t == client.heartbeat_duress => {

@@ -67,7 +67,17 @@ pub struct ClientRecord {
     /// A guardian-signed change waiting for its height.
     #[serde(default)]
     pub pending_policy: Option<crate::governance::PendingPolicy>,
+    /// Unix time of the last heartbeat with a known token (real or duress alike).
+    #[serde(default)]
+    pub last_heartbeat: u64,
 }
+
+/// How long after an unlock's heartbeat the owner's vault and spend requests are served, by
+/// default (`heartbeat_fresh_secs`). The
+/// heartbeat is the duress alarm's channel: a network that dropped it (and only it) would
+/// leave the alarm unsent, so without a recent one those requests wait for an unlock whose
+/// heartbeat arrives.
+pub const HEARTBEAT_FRESH_SECS: u64 = 15 * 60;
 
 impl ClientRecord {
     /// An end height, unless the guardians' quorum lifted the lockdowns earlier.
@@ -216,6 +226,17 @@ pub fn alarm(client: &str, kind: &str, message: String) -> String {
 }
 
 impl Cosigner {
+    /// Refuses anyone but an owner whose unlock's heartbeat arrived recently.
+    pub fn unlocked_owner(&self, caller: &Caller) -> Result<(), Refusal> {
+        caller.owner()?;
+        if caller.client.last_heartbeat + self.config.heartbeat_fresh_secs < now() {
+            return Err(Refusal::Unauthorized(
+                "no recent unlock of this wallet reached the co-signer: unlock again (its heartbeat comes first)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A co-signer over `store`, with its unlocked keys.
     pub fn new(
         keys: MasterKey,
@@ -483,6 +504,7 @@ impl Cosigner {
             lift_at: 0,
             alarm_emails: p.alarm_emails.clone(),
             pending_policy: None,
+            last_heartbeat: 0,
         };
         batch
             .expect(kind::CLIENT, id.clone(), None)

@@ -128,7 +128,7 @@ impl Cosigner {
 
     /// `POST /v1/spends`.
     pub fn request_spend(&self, caller: &Caller, req: &Signed<SpendRequest>) -> Result<SpendStatus, Refusal> {
-        caller.owner()?;
+        self.unlocked_owner(caller)?;
         let r = &req.request;
         let policy = caller.policy();
         let delay = policy.delays.unvault as u32;
@@ -500,7 +500,7 @@ impl Cosigner {
         id: u64,
         req: &Signed<wire::SignSpend>,
     ) -> Result<SignedSpend, Refusal> {
-        caller.owner()?;
+        self.unlocked_owner(caller)?;
         let delay = caller.policy().delays.unvault as u32;
         let tip = self.tip()?;
         let (client, record) = {

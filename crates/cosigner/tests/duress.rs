@@ -155,3 +155,22 @@ fn a_guardians_panic_reaches_every_tower_once() {
     // The same panic again is refused, here as at every tower.
     assert_eq!(f.panic(&[0, 2], id, not_after).unwrap_err().0, 409);
 }
+
+#[test]
+fn vault_and_spend_requests_wait_for_an_unlock_whose_heartbeat_arrived() {
+    // A network that drops the unlock's heartbeat (the duress alarm's channel), and only it,
+    // gets no vault made and no spend asked: those need a recent heartbeat, real or duress.
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "heartbeat_fresh_secs = 2\n");
+    let mut f = Family::new(&node, &co, example("cosigner heartbeat"), 1, None);
+    let coin = f.intake_coin(&node, Amount::from_sat(2_000_000));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let stale = f.begin(&coin, Amount::from_sat(2_000_000), VaultKind::Standard).err().unwrap();
+    assert_eq!(stale.0, 401, "{stale:?}");
+    assert!(stale.1.contains("unlock again"), "{stale:?}");
+    assert_eq!(f.heartbeat(true).0, 200);
+    f.begin(&coin, Amount::from_sat(2_000_000), VaultKind::Standard).unwrap();
+    // Lockdowns never wait: a frightened owner must always be able to freeze everything.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.owner()).unwrap();
+}

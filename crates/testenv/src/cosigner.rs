@@ -40,7 +40,7 @@ pub struct CosignerApi {
 
 impl CosignerProcess {
     /// A co-signer following `node`, its key created with `vigil cosigner init`; `extra` is
-    /// appended to its configuration (`[alarms]`, `[store]`).
+    /// added to its configuration before `[chain]` (top-level keys, `[alarms]`, `[store]`).
     pub fn new(node: &Node, extra: &str) -> CosignerProcess {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -48,7 +48,7 @@ impl CosignerProcess {
         std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
         let config = format!(
             "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nkey_file = {:?}\npassphrase_file = {:?}\n\
-             network = \"regtest\"\n[chain]\n{}{extra}",
+             network = \"regtest\"\n{extra}\n[chain]\n{}",
             dir.path().join("data"),
             dir.path().join("cosigner.key"),
             passphrase,

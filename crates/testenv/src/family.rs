@@ -160,6 +160,8 @@ impl Family {
             )
             .unwrap();
         }
+        // The owner's client unlocks: vault and spend requests need a recent heartbeat.
+        assert_eq!(family.heartbeat(false).0, 200);
         family
     }
 
