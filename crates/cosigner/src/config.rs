@@ -80,8 +80,14 @@ fn default_tls() -> String {
     "starttls".into()
 }
 
+/// How long after an unlock's heartbeat the owner's vault and spend requests are served, by
+/// default (`heartbeat_fresh_secs`). The heartbeat is the duress alarm's channel: a network
+/// that dropped it (and only it) would leave the alarm unsent, so without a recent one those
+/// requests wait for an unlock whose heartbeat arrives.
+pub const HEARTBEAT_FRESH_SECS: u64 = 15 * 60;
+
 fn default_heartbeat_fresh() -> u64 {
-    crate::service::HEARTBEAT_FRESH_SECS
+    HEARTBEAT_FRESH_SECS
 }
 
 fn default_expiry() -> u32 {

@@ -72,13 +72,6 @@ pub struct ClientRecord {
     pub last_heartbeat: u64,
 }
 
-/// How long after an unlock's heartbeat the owner's vault and spend requests are served, by
-/// default (`heartbeat_fresh_secs`). The
-/// heartbeat is the duress alarm's channel: a network that dropped it (and only it) would
-/// leave the alarm unsent, so without a recent one those requests wait for an unlock whose
-/// heartbeat arrives.
-pub const HEARTBEAT_FRESH_SECS: u64 = 15 * 60;
-
 impl ClientRecord {
     /// An end height, unless the guardians' quorum lifted the lockdowns earlier.
     fn until(&self, end: u32) -> u32 {

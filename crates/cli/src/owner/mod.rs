@@ -1,0 +1,313 @@
+//! The owner's commands: `vigil init`, `receive`, `status`, `vault`, `spend`, `lockdown`,
+//! `panic`.
+//!
+//! Written for a frightened, non-technical person: plain words, one question at a time, and
+//! nothing half-done on a refusal. Every command that opens the wallet asks for the code and
+//! says the same things whichever code it was: the code only chooses the keystore's slot
+//! (`vigil_client::owner`), never a branch here. Prompts go to stderr, results to stdout
+//! (`--json` for scripts).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::json;
+use vigil_client::cosigner::ClientError;
+use vigil_client::owner;
+use vigil_client::session::Session;
+use vigil_client::spending::{self, Progress};
+use vigil_client::towers::TowerClient;
+use vigil_client::vaulting::{self, VaultOrder};
+use vigil_client::wallet::{replace_file, PendingVault, VaultRecord, WalletDir, WalletState};
+use vigil_cosigner::wire::{self, Enrolled, PinPolicy};
+use vigil_policy::bitcoin::consensus::encode::serialize_hex;
+use vigil_policy::bitcoin::{Address, Amount};
+use vigil_policy::draft::{DraftTower, PolicyDraft};
+use vigil_policy::VaultKind;
+use zeroize::Zeroizing;
+
+mod setup;
+mod vaults;
+
+use setup::SETUP_FILE;
+pub use setup::{init, InitArgs};
+pub use vaults::{spend, vault, SpendArgs, VaultArgs};
+
+/// Where the wallet is, and how to answer.
+#[derive(Args, Clone)]
+pub struct WalletArgs {
+    /// The wallet's directory (default: $VIGIL_WALLET, else ~/.vigil/wallet).
+    #[arg(long, global = true)]
+    wallet: Option<PathBuf>,
+    /// Print JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl WalletArgs {
+    fn dir(&self) -> WalletDir {
+        let path = self.wallet.clone().or_else(|| std::env::var_os("VIGIL_WALLET").map(PathBuf::from));
+        WalletDir::new(path.unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".vigil").join("wallet")
+        }))
+    }
+}
+
+/// `vigil lockdown`.
+#[derive(Args)]
+pub struct LockdownArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// How long, in blocks (6 an hour; 144 a day).
+    #[arg(long, default_value_t = 144)]
+    blocks: u32,
+}
+
+fn say(line: &str) {
+    eprintln!("{line}");
+}
+
+/// A line typed by the user (stdin).
+fn ask(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = Zeroizing::new(String::new());
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        bail!("stopped: no answer to {:?}", prompt.trim());
+    }
+    Ok(Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_owned()))
+}
+
+/// A code: not echoed on a terminal; a plain line from a script. Echo goes off before the
+/// prompt shows, so nothing typed at once after it is ever displayed.
+fn ask_code(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
+    use std::os::fd::AsRawFd;
+    use termios::{tcsetattr, Termios, ECHO, ECHONL, TCSANOW};
+    if !std::io::stdin().is_terminal() {
+        return ask(prompt);
+    }
+    let fd = std::io::stdin().as_raw_fd();
+    let before = Termios::from_fd(fd)?;
+    let mut hidden = before;
+    hidden.c_lflag &= !ECHO;
+    hidden.c_lflag |= ECHONL;
+    tcsetattr(fd, TCSANOW, &hidden)?;
+    let answer = ask(prompt);
+    tcsetattr(fd, TCSANOW, &before)?;
+    answer
+}
+
+fn new_code(what: &str) -> anyhow::Result<Zeroizing<String>> {
+    for _ in 0..3 {
+        let code = ask_code(&format!("Choose {what}: "))?;
+        if code.chars().count() < 4 {
+            say("That is too short: use at least 4 characters (longer is safer if the device is stolen).");
+            continue;
+        }
+        if *ask_code("Type it again: ")? == *code {
+            return Ok(code);
+        }
+        say("The two did not match. Let's try again.");
+    }
+    bail!("stopped: the codes did not match; nothing was created")
+}
+
+/// Unlocks, saying only what any unlock says.
+fn open(args: &WalletArgs) -> anyhow::Result<Session> {
+    let dir = args.dir();
+    if dir.file(SETUP_FILE).exists() {
+        bail!("the setup of {} did not finish: run `vigil init --resume`", dir.path.display());
+    }
+    let code = ask_code("Unlock code: ")?;
+    let session = Session::open(&dir, code.as_bytes())?;
+    if let Err(e) = &session.heartbeat {
+        say(&format!("Note: the co-signer cannot be reached right now ({e}); working offline."));
+    }
+    Ok(session)
+}
+
+/// The owner's vault key, from the recovery phrase typed now (it is never stored).
+fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
+    say("Signing for a vault needs your recovery phrase (the 24 words on your paper).");
+    for attempt in 1..=3 {
+        let typed = ask_code("Recovery phrase: ")?;
+        let owner = &session.compiled.policy().owner.keys[0].xpub;
+        match owner::parse_phrase(&typed)
+            .and_then(|p| owner::VaultKey::from_phrase(&p, session.network, owner))
+        {
+            Ok(key) => return Ok(key),
+            Err(e) if attempt < 3 => say(&format!("{e}. Try again.")),
+            Err(e) => bail!("{e}; nothing was signed"),
+        }
+    }
+    unreachable!("three attempts")
+}
+
+/// `vigil receive`.
+pub fn receive(args: WalletArgs) -> anyhow::Result<()> {
+    let session = open(&args)?;
+    let mut state = session.dir.state()?;
+    let index = state.next_intake;
+    let address =
+        Address::from_script(&session.compiled.intake_descriptor(index)?.script_pubkey(), session.network)?;
+    state.next_intake += 1;
+    state.note(format!("receive address {index} handed out"));
+    session.dir.save_state(&state)?;
+    if args.json {
+        println!("{}", json!({"address": address.to_string(), "index": index}));
+    } else {
+        println!("Send coins to: {address}");
+        println!("Once they confirm, protect them with `vigil vault`.");
+    }
+    Ok(())
+}
+
+fn btc(sat: u64) -> String {
+    format!("{} BTC", Amount::from_sat(sat).to_btc())
+}
+
+/// `vigil status`.
+pub fn status(args: WalletArgs) -> anyhow::Result<()> {
+    let session = open(&args)?;
+    let config = session.dir.config()?;
+    let chain = vigil_tower::daemon::backend(&config.chain);
+    let mut state = session.dir.state()?;
+    let tip = state.scan(&session.compiled, &*chain)?;
+    session.dir.save_state(&state)?;
+    let intake: Vec<_> = state.coins.iter().filter(|c| !c.spent).collect();
+    let intake_sat: u64 = intake.iter().map(|c| c.value_sat).sum();
+    let key = session.keys.auth_keypair();
+    let policy_id = session.cosigner.client_id().to_owned();
+    let towers: Vec<(String, Result<serde_json::Value, ClientError>)> = session
+        .towers(&key)
+        .iter()
+        .map(|t| (t.name.clone(), t.get(&format!("/v1/clients/{policy_id}"))))
+        .collect();
+    let vaults: Vec<serde_json::Value> = state
+        .vaults
+        .iter()
+        .map(|v| {
+            json!({
+                "vault": v.outpoint.to_string(),
+                "amount_sat": v.amount_sat,
+                "kind": v.kind,
+                "state": if v.confirmed_height.is_some() { "protected" } else { "funding sent" },
+                "confirmed_height": v.confirmed_height,
+            })
+        })
+        .collect();
+    let vault_sat: u64 = state.vaults.iter().map(|v| v.amount_sat).sum();
+    if args.json {
+        let towers: Vec<_> = towers
+            .iter()
+            .map(|(name, r)| json!({"name": name, "reachable": r.is_ok(), "error": r.as_ref().err().map(|e| e.to_string())}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "height": tip,
+                "cosigner_reachable": session.heartbeat.is_ok(),
+                "intake_sat": intake_sat,
+                "intake_coins": intake.len(),
+                "vaults": vaults,
+                "vault_sat": vault_sat,
+                "towers": towers,
+            })
+        );
+        return Ok(());
+    }
+    println!("Wallet {} ({}), at block {tip}", session.dir.path.display(), session.network);
+    println!("Waiting to be vaulted: {} in {} coin(s)", btc(intake_sat), intake.len());
+    println!("In vaults: {} in {} vault(s)", btc(vault_sat), state.vaults.len());
+    for v in &vaults {
+        println!(
+            "  {} {} — {}",
+            v["kind"].as_str().unwrap_or(""),
+            btc(v["amount_sat"].as_u64().unwrap_or(0)),
+            v["state"].as_str().unwrap_or("")
+        );
+    }
+    println!("Co-signer: {}", if session.heartbeat.is_ok() { "reachable" } else { "NOT reachable" });
+    for (name, r) in &towers {
+        match r {
+            Ok(_) => println!("Watchtower {name}: watching"),
+            Err(e) => println!("Watchtower {name}: NOT reachable ({e})"),
+        }
+    }
+    Ok(())
+}
+
+fn parse_btc(text: &str) -> anyhow::Result<Amount> {
+    Amount::from_str_in(text.trim(), vigil_policy::bitcoin::Denomination::Bitcoin)
+        .map_err(|e| anyhow::anyhow!("{text:?} is not an amount in BTC (for example 0.05): {e}"))
+}
+
+/// `vigil panic`: a lockdown now, and the guardians asked to sweep every vault to the deep
+/// vault (only their quorum can sign that).
+pub fn panic(args: LockdownArgs) -> anyhow::Result<()> {
+    freeze(args, true)
+}
+
+/// `vigil lockdown`: freezes every spend at the co-signer and every tower at once.
+pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
+    freeze(args, false)
+}
+
+fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
+    let most = vigil_tower::wire::MAX_LOCKDOWN_BLOCKS;
+    if args.blocks == 0 || args.blocks > most {
+        bail!("--blocks {}: a lockdown lasts 1 to {most} blocks (five weeks); nothing was done", args.blocks);
+    }
+    let session = open(&args.wallet)?;
+    let co: Result<wire::LockdownStatus, _> =
+        session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks, sweep });
+    let key = session.keys.auth_keypair();
+    let policy_id = session.cosigner.client_id().to_owned();
+    let config = session.dir.config()?;
+    let tip = vigil_tower::daemon::backend(&config.chain).tip().map(|t| t.height).ok();
+    let mut reports = Vec::new();
+    for tower in session.towers(&key) {
+        let until = tip.map(|t| t.saturating_add(args.blocks)).unwrap_or(0);
+        let req = vigil_tower::wire::LockdownRequest {
+            nonce: 0,
+            policy_id: policy_id.clone(),
+            until_height: until,
+            quiet: false,
+        };
+        let r: Result<serde_json::Value, _> = tower.post("/v1/lockdown", &req);
+        reports.push((tower.name.clone(), r.err().map(|e| e.to_string())));
+    }
+    if args.wallet.json {
+        println!(
+            "{}",
+            json!({
+                "cosigner": co.as_ref().map(|s| s.until_height).map_err(|e| e.to_string()),
+                "towers": reports.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        match &co {
+            Ok(s) => {
+                println!(
+                    "Locked down until block {}: no vault can be spent, every unvault is cancelled.",
+                    s.until_height
+                );
+                if sweep {
+                    println!("Your guardians are alerted to sweep every vault to the deep vault.");
+                }
+            }
+            Err(e) => println!("The co-signer did not take the lockdown: {e}"),
+        }
+        for (name, e) in &reports {
+            match e {
+                None => println!("Watchtower {name}: locked down"),
+                Some(e) => println!("Watchtower {name}: NOT reached ({e})"),
+            }
+        }
+    }
+    if co.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
+        bail!("nobody took the lockdown: run the command again");
+    }
+    Ok(())
+}

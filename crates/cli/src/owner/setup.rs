@@ -1,0 +1,371 @@
+//! `vigil init`: phrases, codes, enrollment at the co-signer and the towers, and the policy
+//! pinned everywhere; resumable.
+
+use super::*;
+
+/// `vigil init`.
+#[derive(Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// The network (regtest, signet, testnet4, bitcoin).
+    #[arg(long, default_value = "regtest")]
+    network: String,
+    /// The node the wallet reads the chain from (Bitcoin Core's JSON-RPC, or `vigil node`).
+    #[arg(long)]
+    chain_url: String,
+    /// The node's cookie file (or --chain-user and --chain-password).
+    #[arg(long)]
+    chain_cookie: Option<PathBuf>,
+    /// The node's RPC user.
+    #[arg(long)]
+    chain_user: Option<String>,
+    /// The node's RPC password.
+    #[arg(long)]
+    chain_password: Option<String>,
+    /// The co-signer's URL.
+    #[arg(long)]
+    cosigner: String,
+    /// The single-use token the co-signer's operator gave you.
+    #[arg(long)]
+    cosigner_token: String,
+    /// A tower, as `NAME,URL,KEY,TOKEN` from its operator (repeat for each tower).
+    #[arg(long = "tower", required = true)]
+    towers: Vec<String>,
+    /// A guardian's key, as `vigil guardian init` printed it (repeat for each guardian).
+    #[arg(long = "guardian", required = true)]
+    guardians: Vec<String>,
+    /// How many guardians must approve.
+    #[arg(long, default_value_t = 2)]
+    guardians_needed: u32,
+    /// Where alarms are e-mailed (repeat; the guardians' addresses).
+    #[arg(long = "alarm-email")]
+    alarm_emails: Vec<String>,
+    /// DELAY: blocks a vault spend waits on chain, watched by the towers (144 = a day).
+    #[arg(long, default_value_t = 144)]
+    delay: u32,
+    /// T_RECOVER: blocks before owner and guardians can act without the co-signer.
+    #[arg(long, default_value_t = 4_320)]
+    recovery: u32,
+    /// LONG: blocks before the deep vault opens to the backup key and the guardians.
+    #[arg(long, default_value_t = 8_640)]
+    deep_vault: u32,
+    /// The allowance wallet's ceiling, sats.
+    #[arg(long, default_value_t = 2_000_000)]
+    hot_limit: u64,
+    /// The most vault spends may release per window without the guardians, sats.
+    #[arg(long, default_value_t = 10_000_000)]
+    velocity_limit: u64,
+    /// The velocity window, blocks.
+    #[arg(long, default_value_t = 1_008)]
+    velocity_window: u32,
+    /// Finish a setup that stopped half-way (after the co-signer enrolled the wallet).
+    #[arg(long)]
+    resume: bool,
+    /// Skip the check that the phrases were written down (scripts, tests only).
+    #[arg(long, hide = true)]
+    no_phrase_check: bool,
+}
+
+pub(super) const SETUP_FILE: &str = "setup.json";
+
+/// Shows a phrase once and checks two of its words were written down.
+fn show_phrase(
+    title: &str,
+    warning: &str,
+    phrase: &vigil_client::bip39::Mnemonic,
+    check: bool,
+) -> anyhow::Result<()> {
+    let words: Vec<&str> = phrase.words().collect();
+    say("");
+    say(title);
+    say(warning);
+    for (i, chunk) in words.chunks(6).enumerate() {
+        let line: Vec<String> =
+            chunk.iter().enumerate().map(|(j, w)| format!("{:>2}. {w:<10}", i * 6 + j + 1)).collect();
+        say(&format!("  {}", line.join(" ")));
+    }
+    say("");
+    if !check {
+        return Ok(());
+    }
+    use vigil_policy::bitcoin::secp256k1::rand::Rng;
+    let mut rng = vigil_policy::bitcoin::secp256k1::rand::thread_rng();
+    for _ in 0..2 {
+        let n = rng.gen_range(0..words.len());
+        let mut tries = 0;
+        loop {
+            let typed = ask(&format!("To check you wrote it down: what is word number {}? ", n + 1))?;
+            if typed.trim().eq_ignore_ascii_case(words[n]) {
+                break;
+            }
+            tries += 1;
+            if tries == 3 {
+                bail!("stopped: the words did not match your paper; nothing was created. Run `vigil init` again");
+            }
+            say("That is not it. Look at your paper again (the words are numbered).");
+        }
+    }
+    Ok(())
+}
+
+fn parse_tower(text: &str) -> anyhow::Result<(DraftTower, String)> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let [name, url, key, token] = parts[..] else {
+        bail!("--tower {text:?}: expected NAME,URL,KEY,TOKEN (four parts, as the tower's operator gave them)")
+    };
+    Ok((DraftTower { name: name.into(), url: url.into(), key: key.into() }, token.into()))
+}
+
+/// What a setup has done so far (`setup.json`), so an interrupted one can finish. Public
+/// data and single-use tokens only: never the heartbeat tokens' hashes, which would tell the
+/// two codes' slots apart.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Setup {
+    cosigner_url: String,
+    cosigner_token: String,
+    /// The co-signer's answer to the token, once it came.
+    enrolled: Option<Enrolled>,
+    /// Tower name → token, for those not enrolled yet.
+    tower_tokens: Vec<(String, String)>,
+    alarm_emails: Vec<String>,
+    pinned_at_cosigner: bool,
+}
+
+fn save_setup(dir: &WalletDir, setup: &Setup) -> anyhow::Result<()> {
+    Ok(replace_file(&dir.file(SETUP_FILE), &serde_json::to_vec_pretty(setup)?)?)
+}
+
+fn enroll(setup: &mut Setup) -> anyhow::Result<Enrolled> {
+    if let Some(e) = &setup.enrolled {
+        return Ok(e.clone());
+    }
+    let enrolled: Enrolled = ureq::post(&format!("{}/v1/enroll", setup.cosigner_url))
+        .timeout(std::time::Duration::from_secs(30))
+        .send_json(json!({ "token": setup.cosigner_token }))
+        .map_err(|e| match e {
+            ureq::Error::Status(status, r) => anyhow::anyhow!(
+                "the co-signer refused the token ({status}): {}; ask its operator for a new one",
+                r.into_string().unwrap_or_default()
+            ),
+            other => anyhow::anyhow!(
+                "the co-signer at {} cannot be reached: {other}; finish later with `vigil init --resume`",
+                setup.cosigner_url
+            ),
+        })?
+        .into_json()?;
+    setup.enrolled = Some(enrolled.clone());
+    Ok(enrolled)
+}
+
+/// `vigil init`.
+pub fn init(args: InitArgs) -> anyhow::Result<()> {
+    let dir = args.wallet.dir();
+    if args.resume {
+        return finish_setup(&dir, args.wallet.json);
+    }
+    if owner::exists(&dir.path) {
+        bail!(
+            "there is already a wallet in {}: nothing was changed (use --wallet for another place)",
+            dir.path.display()
+        );
+    }
+    let network = crate::guardian::network(&args.network)?;
+    let towers = args.towers.iter().map(|t| parse_tower(t)).collect::<anyhow::Result<Vec<_>>>()?;
+    let chain = match (&args.chain_cookie, &args.chain_user, &args.chain_password) {
+        (Some(cookie), None, None) => format!("cookie_file = {:?}", cookie.display().to_string()),
+        (None, Some(user), Some(password)) => format!("user = {user:?}\npassword = {password:?}"),
+        _ => bail!("give --chain-cookie, or --chain-user and --chain-password"),
+    };
+    let wallet_toml = format!(
+        "# The owner's wallet: its network and the node it reads the chain from.\nnetwork = \"{network}\"\n\n[chain]\nurl = {:?}\n{chain}\n",
+        args.chain_url
+    );
+    let config: vigil_client::wallet::WalletConfig =
+        toml::from_str(&wallet_toml).context("the chain options")?;
+    let chain = vigil_tower::daemon::backend(&config.chain);
+    let birth =
+        chain.tip().map_err(|e| anyhow::anyhow!("the node at {} cannot be reached: {e}", args.chain_url))?;
+
+    say("Welcome to Vigil. This sets up your wallet in a few steps.");
+    let owner_phrase = owner::new_phrase();
+    show_phrase(
+        "STEP 1 of 4. Your recovery phrase. Write these 24 words on paper, in order.",
+        "With them you can rebuild this wallet if you lose this device. Anyone who has them AND your \
+         guardians' help can move your savings: keep the paper safe.",
+        &owner_phrase,
+        !args.no_phrase_check,
+    )?;
+    let backup_phrase = owner::new_phrase();
+    show_phrase(
+        "STEP 2 of 4. Your BACKUP key's phrase. Write these 24 words on a second paper.",
+        "KEEP THIS PAPER AWAY FROM HOME (a bank box, a lawyer, family abroad). It is never stored \
+         on this device. With your guardians it opens the deep vault, where emergencies send \
+         everything. Nobody can force it out of you at home if it is not there.",
+        &backup_phrase,
+        !args.no_phrase_check,
+    )?;
+    say("STEP 3 of 4. Your codes.");
+    say("The unlock code opens this wallet. The DURESS code opens it too and looks exactly the same,");
+    say("but it silently locks your savings and alerts your guardians. Use it if someone forces you.");
+    let real_code = new_code("your unlock code")?;
+    let duress_code = loop {
+        let code = new_code("your duress code (different from the unlock code)")?;
+        if *code != *real_code {
+            break code;
+        }
+        say("The duress code must be different from the unlock code.");
+    };
+
+    say("STEP 4 of 4. Registering with your co-signer and watchtowers...");
+    // Recorded before the token is used: an interruption from here on is finished with
+    // `vigil init --resume`.
+    std::fs::create_dir_all(&dir.path).with_context(|| format!("creating {}", dir.path.display()))?;
+    let mut setup = Setup {
+        cosigner_url: args.cosigner.trim_end_matches('/').to_owned(),
+        cosigner_token: args.cosigner_token.clone(),
+        enrolled: None,
+        tower_tokens: towers.iter().map(|(t, token)| (t.name.clone(), token.clone())).collect(),
+        alarm_emails: args.alarm_emails.clone(),
+        pinned_at_cosigner: false,
+    };
+    save_setup(&dir, &setup)?;
+    let enrolled = enroll(&mut setup)?;
+    save_setup(&dir, &setup)?;
+    let public = owner::public_keys(&owner_phrase, owner::backup_key(&backup_phrase, network), network);
+    let draft = PolicyDraft {
+        network: args.network.clone(),
+        owner_key: public.owner_key.clone(),
+        owner_auth_key: public.auth_key.clone(),
+        backup_key: public.backup_key.clone(),
+        cosigner_key: enrolled.cosigner_key.clone(),
+        cosigner_url: setup.cosigner_url.clone(),
+        guardian_keys: args.guardians.clone(),
+        guardian_threshold: args.guardians_needed,
+        delays: [args.delay, args.recovery, args.deep_vault],
+        unvault_sat_per_vb: 2,
+        ladder_sat_per_vb: vec![1, 2, 5, 10, 25, 50, 100, 250],
+        max_fee_percent: 5,
+        hot_limit_sat: args.hot_limit,
+        velocity_limit_sat: args.velocity_limit,
+        velocity_window_blocks: args.velocity_window,
+        towers: towers.iter().map(|(t, _)| t.clone()).collect(),
+    };
+    let policy = draft.to_toml()?;
+    replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
+    replace_file(&dir.file("policy.toml"), policy.as_bytes())?;
+    let state =
+        WalletState { birth_height: birth.height, scanned_height: birth.height, ..WalletState::default() };
+    dir.save_state(&state)?;
+    let hashes = owner::create(
+        &dir.path,
+        &owner_phrase,
+        real_code.as_bytes(),
+        duress_code.as_bytes(),
+        network,
+        owner::KDF,
+    )?;
+    pin_everywhere(&dir, setup, &real_code, &hashes, args.wallet.json)
+}
+
+/// `vigil init --resume`: the heartbeat hashes are not kept, so both codes are asked again
+/// if the co-signer has not pinned them yet.
+fn finish_setup(dir: &WalletDir, json_out: bool) -> anyhow::Result<()> {
+    let path = dir.file(SETUP_FILE);
+    if !path.exists() {
+        bail!("nothing to resume in {}: the setup is complete, or never started", dir.path.display());
+    }
+    let mut setup: Setup = serde_json::from_slice(&std::fs::read(&path)?).context("setup.json")?;
+    if !owner::exists(&dir.path) {
+        enroll(&mut setup)?;
+        bail!(
+            "the setup stopped before your keys were saved: remove {} and run `vigil init` again \
+             (with a new co-signer token)",
+            dir.path.display()
+        );
+    }
+    let network = dir.config()?.network()?;
+    let code = ask_code("Unlock code: ")?;
+    let real = owner::unlock(&dir.path, code.as_bytes(), network)?;
+    let duress_hash = if setup.pinned_at_cosigner {
+        String::new()
+    } else {
+        let duress = ask_code("Duress code: ")?;
+        let hash = owner::unlock(&dir.path, duress.as_bytes(), network)?.heartbeat_hash();
+        if hash == real.heartbeat_hash() {
+            bail!("that is the unlock code again; type the duress code");
+        }
+        hash
+    };
+    let hashes = owner::HeartbeatHashes { real: real.heartbeat_hash(), duress: duress_hash };
+    pin_everywhere(dir, setup, &code, &hashes, json_out)
+}
+
+/// Pins the policy at the co-signer and every tower still missing it, recording each step.
+fn pin_everywhere(
+    dir: &WalletDir,
+    mut setup: Setup,
+    code: &str,
+    hashes: &owner::HeartbeatHashes,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let network = dir.config()?.network()?;
+    let keys = owner::unlock(&dir.path, code.as_bytes(), network)?;
+    let policy_text = dir.policy_text()?;
+    let co = vigil_client::cosigner::CosignerClient::with_nonces(
+        &policy_text,
+        keys.auth_keypair(),
+        vigil_client::cosigner::Nonces::new(dir.file("nonce")),
+    )?;
+    if !setup.pinned_at_cosigner {
+        let pin = PinPolicy {
+            token: setup.cosigner_token.clone(),
+            policy: policy_text.clone(),
+            heartbeat_real: hashes.real.clone(),
+            heartbeat_duress: hashes.duress.clone(),
+            alarm_emails: setup.alarm_emails.clone(),
+        };
+        let _: wire::PinAnswer =
+            co.post("/v1/clients", &pin).map_err(|e| setup_stopped("the co-signer", e))?;
+        setup.pinned_at_cosigner = true;
+        save_setup(dir, &setup)?;
+    }
+    let compiled = dir.policy()?;
+    let key = keys.auth_keypair();
+    for tower in TowerClient::all(compiled.policy(), &key, co.nonces()) {
+        let Some(pos) = setup.tower_tokens.iter().position(|(name, _)| *name == tower.name) else { continue };
+        let req = vigil_tower::wire::EnrollClient {
+            nonce: 0,
+            token: setup.tower_tokens[pos].1.clone(),
+            policy: policy_text.clone(),
+        };
+        let _: serde_json::Value = tower
+            .post("/v1/clients", &req)
+            .map_err(|e| setup_stopped(&format!("tower {}", tower.name), e))?;
+        setup.tower_tokens.remove(pos);
+        save_setup(dir, &setup)?;
+    }
+    std::fs::remove_file(dir.file(SETUP_FILE))?;
+    let policy_id = vigil_tower::policy_id(&policy_text);
+    let owner_key = compiled.policy().owner.keys[0].xpub.to_string();
+    if json_out {
+        println!("{}", json!({"wallet": dir.path, "policy_id": policy_id, "owner_key": owner_key}));
+    } else {
+        println!("Your wallet is ready in {}.", dir.path.display());
+        println!(
+            "Your policy is pinned at the co-signer and at {} watchtowers (id {policy_id}).",
+            compiled.policy().towers.len()
+        );
+        println!(
+            "Next: `vigil receive` for an address to send coins to, then `vigil vault` to protect them."
+        );
+    }
+    Ok(())
+}
+
+fn setup_stopped(who: &str, e: ClientError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{who} did not take the policy: {e}. Your keys and policy are saved; once {who} is reachable, \
+         finish with `vigil init --resume`"
+    )
+}

@@ -1,0 +1,322 @@
+//! `vigil vault` and `vigil spend`: into vaults and out of them, each step recorded before
+//! the next so that a run killed anywhere is finished by the next.
+
+use super::*;
+
+/// `vigil vault`.
+#[derive(Args)]
+pub struct VaultArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// How much to put in the vault, in BTC (for example 0.05).
+    amount: String,
+    /// A guarded vault: spending it always needs the guardians (amounts above the velocity
+    /// limit always go to one).
+    #[arg(long)]
+    guarded: bool,
+}
+
+fn kind_name(kind: VaultKind) -> &'static str {
+    if kind == VaultKind::Guarded {
+        "guarded"
+    } else {
+        "standard"
+    }
+}
+
+fn record_of(vault: &vigil_client::Vault) -> VaultRecord {
+    VaultRecord {
+        outpoint: vault.outpoint(),
+        amount_sat: vault.plan.amount.to_sat(),
+        kind: kind_name(vault.plan.kind).into(),
+        index: vault.plan.index,
+        funding: serialize_hex(&vault.funding),
+        confirmed_height: None,
+        unvault: serialize_hex(vault.graph.unvault()),
+        owner_once: vault.plan.owner_once.to_string(),
+        cosigner_once: vault.plan.cosigner_once.to_string(),
+        unvaulted: false,
+    }
+}
+
+/// A ceremony an interruption left between sending the owner's half and recording the vault:
+/// the co-signer says whether it holds it. Returns the vault finished, or none (nothing was
+/// funded: the record is dropped); refuses while the towers are still being told.
+fn finish_pending(session: &Session, state: &mut WalletState) -> anyhow::Result<Option<vigil_client::Vault>> {
+    let Some(p) = state.pending_vault.clone() else { return Ok(None) };
+    let status: wire::VaultStatus = match session.cosigner.get(&format!("/v1/vaults/{}", p.outpoint)) {
+        Ok(status) => status,
+        Err(ClientError::Refused { status: 404, .. }) => {
+            state.pending_vault = None;
+            state.note(format!("the interrupted vault {} was never made: its coins are free", p.outpoint));
+            return Ok(None);
+        }
+        Err(e) => {
+            bail!("a vault interrupted earlier cannot be checked with the co-signer ({e}); nothing was done")
+        }
+    };
+    if status.state != "protected" {
+        bail!(
+            "the vault interrupted earlier is still being registered with the watchtowers; try again later"
+        );
+    }
+    let record = VaultRecord {
+        outpoint: p.outpoint,
+        amount_sat: p.amount_sat,
+        kind: p.kind.clone(),
+        index: p.index,
+        funding: String::new(),
+        confirmed_height: None,
+        unvault: String::new(),
+        owner_once: p.owner_once.clone(),
+        cosigner_once: p.cosigner_once.clone(),
+        unvaulted: false,
+    };
+    let plan = record.plan().context("the interrupted vault's record is damaged")?;
+    let mine = vaulting::signatures_from_hex(plan.owner_once, &p.owner_signatures)?;
+    let theirs = vaulting::signatures_from_hex(plan.cosigner_once, &p.cosigner_signatures)?;
+    let unsigned = vigil_policy::bitcoin::consensus::encode::deserialize_hex(&p.unsigned_funding)?;
+    let vault = vaulting::rebuild(&session.compiled, &plan, p.outpoint, &mine, &theirs, &status, &unsigned)?;
+    state.vaults.push(record_of(&vault));
+    state.pending_vault = None;
+    state.note(format!("vault {} finished after an interruption", p.outpoint));
+    Ok(Some(vault))
+}
+
+/// `vigil vault`: intake coins into a vault, in DESIGN §4's order; the funding is broadcast
+/// last, once every tower holds the vault (the co-signer releases it only then). Each step is
+/// recorded before the next, so a run killed anywhere is finished by the next.
+pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
+    let amount = parse_btc(&args.amount)?;
+    let session = open(&args.wallet)?;
+    // Above the velocity limit a vault is guarded: its spends always need the guardians.
+    let velocity_limit = Amount::from_sat(session.compiled.policy().allowance.velocity_limit_sat);
+    let kind = if args.guarded || amount > velocity_limit { VaultKind::Guarded } else { VaultKind::Standard };
+    let config = session.dir.config()?;
+    let chain = vigil_tower::daemon::backend(&config.chain);
+    let mut state = session.dir.state()?;
+    if let Some(v) = finish_pending(&session, &mut state)? {
+        session.dir.save_state(&state)?;
+        say(&format!("Finished the vault of {} interrupted earlier.", btc(v.plan.amount.to_sat())));
+    }
+    session.dir.save_state(&state)?;
+    state.scan(&session.compiled, &*chain)?;
+    // Fundings recorded but not yet seen on chain are sent again (a crash after the record,
+    // before the broadcast).
+    let mut in_flight = Vec::new();
+    for v in state.vaults.iter().filter(|v| v.confirmed_height.is_none()) {
+        let tx: vigil_policy::bitcoin::Transaction =
+            vigil_policy::bitcoin::consensus::encode::deserialize_hex(&v.funding)?;
+        let _ = chain.broadcast(&tx);
+        in_flight.extend(tx.input.iter().map(|i| i.previous_output));
+    }
+    // Coins a funding not yet confirmed spends are not offered again.
+    let coins: Vec<_> = state
+        .spendable_coins(&session.compiled)
+        .into_iter()
+        .filter(|c| !in_flight.contains(&c.outpoint))
+        .collect();
+    let min = session.compiled.min_vault_amount();
+    if amount < min {
+        bail!(
+            "{} is below the smallest vault this policy can build ({}): nothing was done",
+            btc(amount.to_sat()),
+            btc(min.to_sat())
+        );
+    }
+    // The coins, largest first, until they cover the amount and a fee margin. Coins of a
+    // funding recorded but not yet confirmed are not offered again.
+    let mut sorted = coins.clone();
+    sorted.sort_by_key(|c| std::cmp::Reverse(c.txout.value));
+    let margin = Amount::from_sat(5_000);
+    let mut chosen = Vec::new();
+    let mut total = Amount::ZERO;
+    for c in sorted {
+        if total >= amount + margin {
+            break;
+        }
+        total += c.txout.value;
+        chosen.push(c);
+    }
+    if total < amount + margin {
+        bail!(
+            "not enough coins waiting to be vaulted: {} available, {} needed with fees; nothing was done",
+            btc(coins.iter().map(|c| c.txout.value.to_sat()).sum()),
+            btc((amount + margin).to_sat())
+        );
+    }
+    let index = state.next_vault;
+    let change_index = state.next_intake;
+    // Both indexes are taken before anything is signed: a crash never reuses them.
+    state.next_vault += 1;
+    state.next_intake += 1;
+    session.dir.save_state(&state)?;
+    say("Building the vault with your co-signer; every watchtower must confirm it holds it...");
+    let order = VaultOrder {
+        compiled: &session.compiled,
+        coins: &chosen,
+        index,
+        change_index,
+        amount,
+        kind,
+        funding_sat_per_vb: 2,
+    };
+    let key = vault_key(&session)?;
+    let (once, begun) = vaulting::begin(&session.cosigner, &order)?;
+    let sign = |psbt: &mut vigil_policy::bitcoin::psbt::Psbt| key.sign_psbt(psbt);
+    let prepared = vaulting::prepare(&order, once, &begun, &sign)?;
+    // Recorded before it is sent: if this run dies after the co-signer took it, the next one
+    // finishes it (the one-time key is gone; its signatures are all that is needed).
+    state.pending_vault = Some(PendingVault {
+        outpoint: prepared.outpoint,
+        index,
+        amount_sat: amount.to_sat(),
+        kind: kind_name(kind).into(),
+        owner_once: prepared.plan.owner_once.to_string(),
+        cosigner_once: prepared.plan.cosigner_once.to_string(),
+        owner_signatures: vaulting::signatures_hex(&prepared.mine),
+        cosigner_signatures: vaulting::signatures_hex(&prepared.theirs),
+        unsigned_funding: serialize_hex(&prepared.funding.unsigned_tx),
+    });
+    session.dir.save_state(&state)?;
+    let (status, vault) = vaulting::finish(&session.cosigner, &session.compiled, &prepared)?;
+    if status.state != "protected" {
+        let missing: Vec<_> =
+            status.towers.iter().filter(|t| !t.acknowledged).map(|t| t.name.clone()).collect();
+        bail!(
+            "not every watchtower holds the vault yet ({} missing): its coins were NOT moved. The co-signer \
+             keeps trying; run `vigil vault` again later to finish it",
+            missing.join(", ")
+        );
+    }
+    // Recorded before the broadcast: a crash in between sends it again next time.
+    state.vaults.push(record_of(&vault));
+    state.pending_vault = None;
+    state.note(format!("vault {} of {} made", vault.outpoint(), btc(amount.to_sat())));
+    session.dir.save_state(&state)?;
+    chain.broadcast(&vault.funding).map_err(|e| {
+        anyhow::anyhow!(
+            "the funding was not broadcast ({e}); it is saved and sent again by the next `vigil vault`"
+        )
+    })?;
+    let kind = kind_name(kind);
+    if args.wallet.json {
+        println!(
+            "{}",
+            json!({"vault": vault.outpoint().to_string(), "amount_sat": amount.to_sat(), "kind": kind, "state": "protected"})
+        );
+    } else {
+        println!("Vault made: {} ({kind}), watched by {} towers.", btc(amount.to_sat()), status.towers.len());
+    }
+    Ok(())
+}
+
+/// `vigil spend`.
+#[derive(Args)]
+pub struct SpendArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// Where to send (an address of the wallet's network).
+    address: Option<String>,
+    /// How much, in BTC (for example 0.05).
+    amount: Option<String>,
+    /// Continue the spends under way instead of starting one.
+    #[arg(long)]
+    resume: bool,
+    /// Keep going until each spend is done or stopped, saying what it waits for.
+    #[arg(long)]
+    wait: bool,
+}
+
+fn describe(progress: &Progress, tip: u32) -> (String, serde_json::Value) {
+    match progress {
+        Progress::WaitingForGuardians { approvals, needed } => (
+            format!("waiting for your guardians: {approvals} of {needed} approved"),
+            json!({"stage": "waiting for guardians", "approvals": approvals, "needed": needed}),
+        ),
+        Progress::Waiting { from_height: Some(h) } => (
+            format!(
+                "approved; the coins are unlocking: spendable from block {h}, in about {} blocks (now {tip})",
+                h.saturating_sub(tip)
+            ),
+            json!({"stage": "unlocking", "spendable_from_height": h, "height": tip}),
+        ),
+        Progress::Waiting { from_height: None } => (
+            "approved; the unlocking transaction is on its way to a block".into(),
+            json!({"stage": "unlocking", "spendable_from_height": null, "height": tip}),
+        ),
+        Progress::Sent { txid } => {
+            (format!("sent: transaction {txid}, waiting for a block"), json!({"stage": "sent", "txid": txid}))
+        }
+        Progress::Done { txid } => {
+            (format!("done: transaction {txid} confirmed"), json!({"stage": "done", "txid": txid}))
+        }
+        Progress::Denied => ("a guardian denied this spend".into(), json!({"stage": "denied"})),
+        Progress::Stopped(why) => (format!("stopped: {why}"), json!({"stage": "stopped", "reason": why})),
+    }
+}
+
+fn finished(p: &Progress) -> bool {
+    matches!(p, Progress::Sent { .. } | Progress::Done { .. } | Progress::Denied | Progress::Stopped(_))
+}
+
+/// `vigil spend ADDRESS AMOUNT`, or `--resume`: a vault spend, step by step, resumable.
+pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
+    // Bad input is refused before anything is asked or sent.
+    let target = match (&args.address, &args.amount, args.resume) {
+        (Some(address), Some(amount), false) => {
+            let network = args.wallet.dir().config()?.network()?;
+            let address = address
+                .parse::<Address<_>>()
+                .map_err(|e| anyhow::anyhow!("{address:?} is not a bitcoin address: {e}; nothing was done"))?
+                .require_network(network)
+                .map_err(|_| anyhow::anyhow!("{address} is an address of another network than this wallet's ({network}); nothing was done"))?;
+            Some((address, parse_btc(amount)?))
+        }
+        (None, None, true) => None,
+        _ => bail!("give an ADDRESS and an AMOUNT, or --resume"),
+    };
+    let session = open(&args.wallet)?;
+    let chain = vigil_tower::daemon::backend(&session.dir.config()?.chain);
+    let mut state = session.dir.state()?;
+    state.scan(&session.compiled, &*chain)?;
+    let positions: Vec<usize> = match target {
+        Some((address, amount)) => {
+            let key = vault_key(&session)?;
+            let pos = spending::prepare(&session, &mut state, &key, &address, amount)?;
+            // Recorded before it is sent: a lost answer is asked again with the same request.
+            session.dir.save_state(&state)?;
+            vec![pos]
+        }
+        None => (0..state.spends.len()).filter(|&i| state.spends[i].active()).collect(),
+    };
+    if positions.is_empty() {
+        bail!("no spend is under way");
+    }
+    let mut answers = Vec::new();
+    for pos in positions {
+        let progress = loop {
+            let progress = spending::advance(&session, &mut state, &*chain, pos);
+            session.dir.save_state(&state)?;
+            let progress = progress?;
+            let tip = chain.tip().map(|t| t.height).unwrap_or(0);
+            if !args.wait || finished(&progress) {
+                break (progress, tip);
+            }
+            if !args.wallet.json {
+                say(&format!("spend {}: {}", state.spends[pos].id, describe(&progress, tip).0));
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        };
+        let id = state.spends[pos].id;
+        let (text, value) = describe(&progress.0, progress.1);
+        answers.push(json!({"id": id, "progress": value}));
+        if !args.wallet.json {
+            println!("Spend {id}: {text}");
+        }
+    }
+    if args.wallet.json {
+        println!("{}", serde_json::Value::from(answers));
+    }
+    Ok(())
+}
