@@ -335,6 +335,34 @@ fn the_duress_code_says_the_same_and_leaves_the_same_files() {
     eprintln!("the screen, either code:\n{real_screen}");
 }
 
+/// A wallet set up against `s` and paid `coins` coins of 0.06 BTC (confirmed) on one receive
+/// address: its home (keep it alive), its directory, the recovery phrase, the payer.
+struct Funded {
+    _home: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    phrase: String,
+    payer: Wallet,
+    coins: Vec<vigil_policy::bitcoin::OutPoint>,
+}
+
+fn funded(s: &Services, coins: u32) -> Funded {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let (ok, _, err) = init(s, &dir);
+    assert!(ok, "{err}");
+    let phrase = phrase_shown(&err);
+    let received = json(&dir, &["receive"], &[REAL]);
+    let address: Address =
+        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    let coins = (1..=coins)
+        .map(|h| payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(6_000_000)).0)
+        .collect();
+    mine(&s.node.rpc, 1, &payer.address());
+    Funded { _home: home, dir, phrase, payer, coins }
+}
+
 /// Whether the wallet's state shows a step, given a count taken before the run.
 type StepReached<'a> = dyn Fn(&Value, usize) -> bool + 'a;
 
@@ -364,20 +392,7 @@ fn sigkill_at_each_step_of_vault_and_spend_leaves_nothing_funded_and_unprotected
     // enough for the run to be killed while it is.
     let s = services("", true);
     let slow = &s.proxies.as_ref().unwrap().0;
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("wallet");
-    let payer = Wallet::new();
-    mine(&s.node.rpc, 120, &payer.address());
-    let (ok, _, err) = init(&s, &dir);
-    assert!(ok, "{err}");
-    let phrase = phrase_shown(&err);
-    let received = json(&dir, &["receive"], &[REAL]);
-    let address: Address =
-        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
-    let coins: Vec<_> = (1..=6)
-        .map(|h| payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(6_000_000)).0)
-        .collect();
-    mine(&s.node.rpc, 1, &payer.address());
+    let Funded { _home, dir, phrase, payer, coins } = funded(&s, 6);
     slow.set_delay(400);
 
     // Every coin spent (a funding broadcast) is a vault every tower watches.
@@ -469,20 +484,7 @@ fn masked(text: &str) -> String {
 #[test]
 fn a_vault_spend_under_duress_reads_and_weighs_like_a_real_one() {
     let s = services("", false);
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("wallet");
-    let payer = Wallet::new();
-    mine(&s.node.rpc, 120, &payer.address());
-    let (ok, _, err) = init(&s, &dir);
-    assert!(ok, "{err}");
-    let phrase = phrase_shown(&err);
-    let received = json(&dir, &["receive"], &[REAL]);
-    let address: Address =
-        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
-    for h in 1..=3 {
-        payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(6_000_000));
-    }
-    mine(&s.node.rpc, 1, &payer.address());
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 3);
     // Three vaults within the velocity limit: all three spends are the co-signer's alone.
     for _ in 0..3 {
         json(&dir, &["vault", "0.03"], &[REAL, &phrase]);
@@ -518,20 +520,7 @@ fn a_vault_spend_under_duress_reads_and_weighs_like_a_real_one() {
 #[test]
 fn with_the_cosigner_or_every_tower_down_nothing_is_half_done_and_it_resumes() {
     let mut s = services("", false);
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("wallet");
-    let payer = Wallet::new();
-    mine(&s.node.rpc, 120, &payer.address());
-    let (ok, _, err) = init(&s, &dir);
-    assert!(ok, "{err}");
-    let phrase = phrase_shown(&err);
-    let received = json(&dir, &["receive"], &[REAL]);
-    let address: Address =
-        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
-    let coins: Vec<_> = (1..=2)
-        .map(|h| payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(6_000_000)).0)
-        .collect();
-    mine(&s.node.rpc, 1, &payer.address());
+    let Funded { _home, dir, phrase, payer, coins } = funded(&s, 2);
     let unspent = || coins.iter().filter(|c| s.node.rpc.unspent_output(c).unwrap().is_some()).count();
 
     // The co-signer gone: the status says so and still answers; a vault is refused clearly.
