@@ -39,6 +39,8 @@ pub struct Session {
     pub policy_text: String,
     /// The wallet's network.
     pub network: Network,
+    /// `wallet.toml`.
+    pub config: crate::wallet::WalletConfig,
     /// The owner's client of the co-signer.
     pub cosigner: CosignerClient,
     /// Whether the co-signer got this unlock's heartbeat (`Err`: why not).
@@ -48,14 +50,23 @@ pub struct Session {
 impl Session {
     /// Unlocks the wallet in `dir` with `code` and sends the heartbeat.
     pub fn open(dir: &WalletDir, code: &[u8]) -> Result<Session, SessionError> {
-        let network = dir.config()?.network()?;
+        let config = dir.config()?;
+        let network = config.network()?;
         let keys = owner::unlock(&dir.path, code, network)?;
         let policy_text = dir.policy_text()?;
         let compiled = dir.policy()?;
         let nonces = Nonces::new(dir.file("nonce"));
         let cosigner = CosignerClient::with_nonces(&policy_text, keys.auth_keypair(), nonces)?;
-        let mut session =
-            Session { dir: dir.clone(), keys, compiled, policy_text, network, cosigner, heartbeat: Ok(()) };
+        let mut session = Session {
+            dir: dir.clone(),
+            keys,
+            compiled,
+            policy_text,
+            network,
+            config,
+            cosigner,
+            heartbeat: Ok(()),
+        };
         session.heartbeat = session.send_heartbeat();
         Ok(session)
     }
@@ -66,6 +77,11 @@ impl Session {
         let _: HeartbeatAck =
             self.cosigner.post("/v1/heartbeat", &Heartbeat { sealed: sealed.to_lower_hex_string() })?;
         Ok(())
+    }
+
+    /// The wallet's node.
+    pub fn chain(&self) -> Box<dyn vigil_chain::ChainBackend> {
+        vigil_tower::daemon::backend(&self.config.chain)
     }
 
     /// Clients of every tower of the policy, signing as the owner.

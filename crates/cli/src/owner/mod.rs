@@ -170,8 +170,7 @@ fn btc(sat: u64) -> String {
 /// `vigil status`.
 pub fn status(args: WalletArgs) -> anyhow::Result<()> {
     let session = open(&args)?;
-    let config = session.dir.config()?;
-    let chain = vigil_tower::daemon::backend(&config.chain);
+    let chain = session.chain();
     let mut state = session.dir.state()?;
     let tip = state.scan(&session.compiled, &*chain)?;
     session.dir.save_state(&state)?;
@@ -264,11 +263,10 @@ fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
         session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks, sweep });
     let key = session.keys.auth_keypair();
     let policy_id = session.cosigner.client_id().to_owned();
-    let config = session.dir.config()?;
-    let tip = vigil_tower::daemon::backend(&config.chain).tip().map(|t| t.height).ok();
+    let tip = session.chain().tip().map(|t| t.height).ok();
+    let until = tip.map(|t| t.saturating_add(args.blocks)).unwrap_or(0);
     let mut reports = Vec::new();
     for tower in session.towers(&key) {
-        let until = tip.map(|t| t.saturating_add(args.blocks)).unwrap_or(0);
         let req = vigil_tower::wire::LockdownRequest {
             nonce: 0,
             policy_id: policy_id.clone(),

@@ -92,11 +92,9 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     // Above the velocity limit a vault is guarded: its spends always need the guardians.
     let velocity_limit = Amount::from_sat(session.compiled.policy().allowance.velocity_limit_sat);
     let kind = if args.guarded || amount > velocity_limit { VaultKind::Guarded } else { VaultKind::Standard };
-    let config = session.dir.config()?;
-    let chain = vigil_tower::daemon::backend(&config.chain);
+    let chain = session.chain();
     let mut state = session.dir.state()?;
     if let Some(v) = finish_pending(&session, &mut state)? {
-        session.dir.save_state(&state)?;
         say(&format!("Finished the vault of {} interrupted earlier.", btc(v.plan.amount.to_sat())));
     }
     session.dir.save_state(&state)?;
@@ -277,7 +275,7 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
         _ => bail!("give an ADDRESS and an AMOUNT, or --resume"),
     };
     let session = open(&args.wallet)?;
-    let chain = vigil_tower::daemon::backend(&session.dir.config()?.chain);
+    let chain = session.chain();
     let mut state = session.dir.state()?;
     state.scan(&session.compiled, &*chain)?;
     let positions: Vec<usize> = match target {
