@@ -40,6 +40,9 @@ pub(crate) struct Templates {
     pub unvault_guarded: Descriptor<String>,
     pub recovery: Descriptor<String>,
     pub deep_vault: Descriptor<String>,
+    /// The recovery leaf alone (owner + guardians after T_RECOVER), shared by the intake,
+    /// unvault and recovery outputs: what a guardian signs to recover without the co-signer.
+    pub recover_leaf: Descriptor<String>,
 }
 
 fn threshold(k: u32, prefix: &str, n: usize) -> String {
@@ -80,6 +83,7 @@ impl Templates {
             deep_vault: parse(format!(
                 "tr(NUMS,{{and_v(v:pk(B),and_v(v:{guard_m},older({long}))),and_v(v:pk(B),and_v(v:pk(C),{guard_all}))}})"
             ))?,
+            recover_leaf: parse(format!("tr(NUMS,{recover})"))?,
         })
     }
 

@@ -173,6 +173,19 @@ impl CompiledPolicy {
         })
     }
 
+    /// The recovery leaf's script (owner + guardians after T_RECOVER) at `index`, on the
+    /// intake chain and on the vault chain (the unvault and recovery outputs share it):
+    /// the only leaves a guardian signs when the owner recovers without the co-signer.
+    pub fn recovery_leaf_scripts(&self, index: u32) -> Result<[ScriptBuf; 2], PolicyError> {
+        let leaf = |keys: &KeyChainCache| -> Result<ScriptBuf, PolicyError> {
+            let d = translate(&self.templates.recover_leaf, &keys.xonly_at(index)?)?;
+            let Descriptor::Tr(tr) = d else { unreachable!("a tr() template") };
+            let (_, ms) = tr.iter_scripts().next().expect("one leaf");
+            Ok(ms.encode())
+        };
+        Ok([leaf(&self.intake_keys)?, leaf(&self.vault_keys)?])
+    }
+
     /// A vault plan, checking the amount against this policy.
     pub fn plan(
         &self,

@@ -435,3 +435,20 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn the_recovery_leaf_a_guardian_signs_is_the_one_in_every_recoverable_output() {
+    let mut env = env();
+    let v = env.create_vault(Amount::from_sat(1_000_000), VaultKind::Guarded).unwrap();
+    let [intake_leaf, vault_leaf] = env.compiled.recovery_leaf_scripts(v.plan.index).unwrap();
+    let leaves = |d| taproot_leaves(d).unwrap().into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+    let intake = env.compiled.intake_descriptor(v.plan.index).unwrap();
+    assert!(leaves(&intake).contains(&intake_leaf));
+    assert!(leaves(&v.descriptors.unvault).contains(&vault_leaf));
+    assert!(leaves(&v.descriptors.recovery).contains(&vault_leaf));
+    // No other leaf of theirs (the co-signer's paths, the guarded spend) is a recovery leaf.
+    let others = [leaves(&intake), leaves(&v.descriptors.unvault), leaves(&v.descriptors.recovery)].concat();
+    assert_eq!(others.iter().filter(|s| **s == intake_leaf || **s == vault_leaf).count(), 3);
+    assert!(leaves(&v.descriptors.deep_vault).iter().all(|s| *s != vault_leaf));
+    assert_ne!(env.compiled.recovery_leaf_scripts(v.plan.index + 1).unwrap()[1], vault_leaf);
+}
