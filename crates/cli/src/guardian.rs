@@ -74,6 +74,15 @@ enum GuardianCommand {
         #[arg(long)]
         not_after: Option<u32>,
     },
+    /// Sign the owner's recovery when the co-signer is gone for good: adds this guardian's
+    /// signature to the recovery leaves (owner + guardians after T_RECOVER) of the PSBT file
+    /// `vigil recover` wrote, and to nothing else. Asks for confirmation unless --yes.
+    SignRecovery {
+        /// The PSBT file (rewritten with the signature).
+        file: PathBuf,
+        #[arg(long)]
+        yes: bool,
+    },
     /// Sign a new version of the policy (shows what changes first).
     Policy {
         /// The new policy file.
@@ -118,6 +127,92 @@ fn confirm(what: &str, word: &str) -> anyhow::Result<()> {
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() != word {
         bail!("stopped: nothing was signed");
+    }
+    Ok(())
+}
+
+/// `vigil guardian sign-recovery`: this guardian's key signs only the policy's own recovery
+/// leaves (rebuilt here from the guardian's copy of the policy, at the index the PSBT names),
+/// on inputs whose nSequence is T_RECOVER. No other leaf is signed, whatever the PSBT says:
+/// not the co-signer's paths, not a vault spend.
+fn sign_recovery(
+    policy: &Policy,
+    keys: &MasterKey,
+    file: &Path,
+    yes: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use vigil_policy::bitcoin::taproot::{LeafVersion, TapLeafHash};
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut psbt = Psbt::deserialize(&base64_decode(text.trim())?)
+        .map_err(|e| anyhow::anyhow!("{} is not a PSBT: {e}; nothing was signed", file.display()))?;
+    let compiled = vigil_policy::CompiledPolicy::new(policy.clone())?;
+    let t_recover = vigil_policy::bitcoin::Sequence::from_height(policy.delays.recovery);
+    let mine = keys.fingerprint();
+    let mut total_in = 0u64;
+    for (i, input) in psbt.inputs.iter_mut().enumerate() {
+        let refuse = |why: &str| anyhow::anyhow!("input {i}: {why}; nothing was signed");
+        if psbt.unsigned_tx.input[i].sequence != t_recover {
+            return Err(refuse("it does not wait T_RECOVER (not a recovery)"));
+        }
+        total_in += input
+            .witness_utxo
+            .as_ref()
+            .ok_or_else(|| refuse("the coin spent is not described"))?
+            .value
+            .to_sat();
+        let mut signable = 0;
+        for (_, (leaves, (fingerprint, path))) in input.tap_key_origins.iter_mut() {
+            if *fingerprint != mine {
+                continue;
+            }
+            let index = match path.as_ref().last() {
+                Some(vigil_policy::bitcoin::bip32::ChildNumber::Normal { index }) => *index,
+                _ => return Err(refuse("this guardian's key is named with no address index")),
+            };
+            let allowed: Vec<TapLeafHash> = compiled
+                .recovery_leaf_scripts(index)?
+                .iter()
+                .map(|s| TapLeafHash::from_script(s, LeafVersion::TapScript))
+                .collect();
+            leaves.retain(|l| allowed.contains(l));
+            signable += leaves.len();
+        }
+        if signable == 0 {
+            return Err(refuse("no recovery leaf of this policy names this guardian's key"));
+        }
+    }
+    let fee = total_in.saturating_sub(psbt.unsigned_tx.output.iter().map(|o| o.value.to_sat()).sum());
+    let mut shown = format!(
+        "RECOVERY WITHOUT THE CO-SIGNER: {} coin(s), {} in all, fee {}.\n",
+        psbt.inputs.len(),
+        btc(total_in),
+        btc(fee)
+    );
+    for o in &psbt.unsigned_tx.output {
+        let to = vigil_policy::bitcoin::Address::from_script(&o.script_pubkey, policy.network)
+            .map_or_else(|_| o.script_pubkey.to_hex_string(), |a| a.to_string());
+        shown += &format!("  pays {} to {to}\n", btc(o.value.to_sat()));
+    }
+    shown += "Sign only if the owner asked you in person and told you this address is theirs.";
+    if !yes {
+        confirm(&shown, "SIGN")?;
+    }
+    let before: usize = psbt.inputs.iter().map(|i| i.tap_script_sigs.len()).sum();
+    keys.sign_psbt(0, &mut psbt);
+    let added = psbt.inputs.iter().map(|i| i.tap_script_sigs.len()).sum::<usize>() - before;
+    if added == 0 {
+        bail!("this guardian's key signed nothing in {} (is it the right key?)", file.display());
+    }
+    std::fs::write(file, base64_encode(&psbt.serialize()))
+        .with_context(|| format!("writing {}", file.display()))?;
+    if json {
+        println!("{}", json!({"signed_inputs": added, "file": file.display().to_string()}));
+    } else {
+        println!(
+            "Signed ({added} signature(s)). Give {} back to the owner, or to the next guardian.",
+            file.display()
+        );
     }
     Ok(())
 }
@@ -174,6 +269,9 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
     if !policy.guardians.keys.iter().any(|g| g.auth_key() == auth.x_only_public_key().0) {
         bail!("this key is not one of the policy's guardians");
     }
+    if let GuardianCommand::SignRecovery { file, yes } = &args.command {
+        return sign_recovery(&policy, &keys, file, *yes, args.json);
+    }
     let nonce_file = args.key.with_extension("nonce");
     let co = CosignerClient::new(&policy_text, auth, nonce_file)?;
     let show = |v: &Value, text: String| {
@@ -184,7 +282,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
     };
     match args.command {
-        GuardianCommand::Init { .. } => unreachable!("handled above"),
+        GuardianCommand::Init { .. } | GuardianCommand::SignRecovery { .. } => unreachable!("handled above"),
         GuardianCommand::Pending => {
             let all: Vec<SpendStatus> = co.get("/v1/spends")?;
             let waiting: Vec<&SpendStatus> = all.iter().filter(|s| s.state == "waiting").collect();

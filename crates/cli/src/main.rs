@@ -25,8 +25,9 @@ enum Command {
     /// Set up the owner's wallet: recovery phrases, unlock and duress codes, the co-signer,
     /// the watchtowers and the guardians.
     Init(owner::InitArgs),
-    /// A fresh address to receive coins on (they wait there until vaulted).
-    Receive(owner::WalletArgs),
+    /// A fresh address to receive coins on (they wait there until vaulted), or with
+    /// `--allowance` one of the everyday wallet.
+    Receive(owner::ReceiveArgs),
     /// What the wallet holds: coins waiting, vaults, and whether the services answer.
     Status(owner::WalletArgs),
     /// Move received coins into a vault (its spends wait on chain, watched by the towers).
@@ -38,6 +39,9 @@ enum Command {
     Lockdown(owner::LockdownArgs),
     /// Freeze every vault now and ask the guardians to sweep them all to the deep vault.
     Panic(owner::LockdownArgs),
+    /// When the co-signer is gone for good: move the coins with your guardians through the
+    /// recovery leaves, which open T_RECOVER blocks after each coin confirmed.
+    Recover(owner::RecoverArgs),
     /// Work with custody policy files.
     Policy {
         #[command(subcommand)]
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
         Command::Lockdown(args) => owner::lockdown(args),
         Command::Spend(args) => owner::spend(args),
         Command::Panic(args) => owner::panic(args),
+        Command::Recover(args) => owner::recover(args),
         Command::Tower { config, command } => tower(config.as_deref(), command),
         Command::Guardian(args) => guardian::run(args),
         Command::Cosigner { config, command } => cosigner(config.as_deref(), command),

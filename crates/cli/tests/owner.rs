@@ -103,6 +103,10 @@ impl Services {
 
 fn init(s: &Services, dir: &Path) -> (bool, String, String) {
     let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
+    init_with(s, dir, &guardians)
+}
+
+fn init_with(s: &Services, dir: &Path, guardians: &[String]) -> (bool, String, String) {
     let towers: Vec<String> = s
         .towers
         .iter()
@@ -138,7 +142,7 @@ fn init(s: &Services, dir: &Path) -> (bool, String, String) {
     for t in &towers {
         args.extend(["--tower", t]);
     }
-    for g in &guardians {
+    for g in guardians {
         args.extend(["--guardian", g]);
     }
     vigil(dir, &args, &[REAL, REAL, DURESS, DURESS])
@@ -333,6 +337,11 @@ fn the_duress_code_says_the_same_and_leaves_the_same_files() {
     assert!(real_screen.contains("Waiting to be vaulted"), "{real_screen}");
     assert_eq!(real_screen, duress_screen);
     eprintln!("the screen, either code:\n{real_screen}");
+
+    // Ctrl-C at the hidden prompt ends the command and leaves the terminal echoing.
+    let t = pty::run(&vigil_exe(), &["status", "--wallet", wallet], &[], &[("Unlock code: ", "\u{3}")]);
+    assert_eq!(t.code, 130, "{}", t.text);
+    assert!(t.echo_left_on, "an interrupted prompt left the terminal blind");
 }
 
 /// A wallet set up against `s` and paid `coins` coins of 0.06 BTC (confirmed) on one receive
@@ -346,11 +355,16 @@ struct Funded {
 }
 
 fn funded(s: &Services, coins: u32) -> Funded {
+    let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
+    funded_with(s, coins, &guardians)
+}
+
+fn funded_with(s: &Services, coins: u32, guardians: &[String]) -> Funded {
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("wallet");
     let payer = Wallet::new();
     mine(&s.node.rpc, 120, &payer.address());
-    let (ok, _, err) = init(s, &dir);
+    let (ok, _, err) = init_with(s, &dir, guardians);
     assert!(ok, "{err}");
     let phrase = phrase_shown(&err);
     let received = json(&dir, &["receive"], &[REAL]);
@@ -531,6 +545,18 @@ fn with_the_cosigner_or_every_tower_down_nothing_is_half_done_and_it_resumes() {
     let (ok, _, err) = vigil(&dir, &["vault", "0.05"], &[REAL, &phrase]);
     assert!(!ok && err.contains("cannot be reached"), "{err}");
     assert_eq!(unspent(), 2, "nothing moved");
+
+    // The co-signer and the chain both unreachable: a lockdown still reaches every tower,
+    // ending where each tower's own chain says (it used to send them height 0, refused).
+    let config = dir.join("wallet.toml");
+    let kept = std::fs::read_to_string(&config).unwrap();
+    let node_url = format!("127.0.0.1:{}", s.node.port);
+    assert!(kept.contains(&node_url), "{kept}");
+    std::fs::write(&config, kept.replace(&node_url, "127.0.0.1:9")).unwrap();
+    let locked = json(&dir, &["lockdown", "--blocks", "6"], &[REAL]);
+    assert!(locked["cosigner"]["Err"].is_string(), "{locked}");
+    assert!(locked["towers"].as_array().unwrap().iter().all(|t| t["error"].is_null()), "{locked}");
+    std::fs::write(&config, kept).unwrap();
     s.co.start();
 
     // Every tower gone: the co-signer withholds the funding; nothing moves; once they are
@@ -553,4 +579,171 @@ fn with_the_cosigner_or_every_tower_down_nothing_is_half_done_and_it_resumes() {
     assert_eq!(unspent(), 0, "both vaults funded: the interrupted one and the new one");
     let status = json(&dir, &["status"], &[REAL]);
     assert_eq!(status["vaults"].as_array().unwrap().len(), 2, "{status}");
+}
+
+/// `vigil guardian ARGS` for the guardian whose key is `key` (passphrase in `pass`).
+fn guardian(key: &Path, args: &[&str], policy: Option<&Path>) -> (bool, String, String) {
+    let pass = key.with_extension("pass");
+    std::fs::write(&pass, "guardian passphrase\n").unwrap();
+    let mut cmd = Command::new(vigil_exe());
+    cmd.arg("guardian").args(args).arg("--key").arg(key).arg("--passphrase-file").arg(&pass).arg("--json");
+    if let Some(p) = policy {
+        cmd.arg("--policy").arg(p);
+    }
+    let out = cmd.output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn with_the_cosigner_gone_for_good_owner_and_guardians_recover_every_coin_after_t_recover() {
+    use base64::Engine as _;
+    let mut s = services("", false);
+    let keys = tempfile::tempdir().unwrap();
+    let guardian_keys: Vec<std::path::PathBuf> =
+        (0..2).map(|i| keys.path().join(format!("g{i}.key"))).collect();
+    let xpubs: Vec<String> = guardian_keys
+        .iter()
+        .map(|k| {
+            let (ok, out, err) = guardian(k, &["init", "--network", "regtest"], None);
+            assert!(ok, "{err}");
+            serde_json::from_str::<Value>(&out).unwrap()["key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let Funded { _home, dir, phrase, payer, .. } = funded_with(&s, 2, &xpubs);
+    let policy = dir.join("policy.toml");
+    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+
+    // The co-signer is gone for good. The vault's unvault is sent; the towers cancel it.
+    s.co.kill9();
+    let first = json(&dir, &["recover"], &[REAL, &phrase]);
+    assert_eq!(first["unvaults_sent"].as_array().unwrap().len(), 1, "{first}");
+    assert!(first["ready"].as_array().unwrap().is_empty(), "nothing is open before T_RECOVER: {first}");
+    let survey = eventually("the towers cancel the unvault to the recovery output", || {
+        mine(&s.node.rpc, 1, &payer.address());
+        let v = json(&dir, &["recover"], &[REAL, &phrase]);
+        v["later"].as_array().unwrap().iter().any(|c| c["kind"] == "cancelled").then_some(v)
+    });
+    let later = survey["later"].as_array().unwrap();
+    let kinds: Vec<&str> = later.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"cancelled") && kinds.contains(&"intake"), "{survey}");
+    let total: u64 = later.iter().map(|c| c["amount_sat"].as_u64().unwrap()).sum();
+    let last_opens = later.iter().map(|c| c["opens_at"].as_u64().unwrap()).max().unwrap() as u32;
+
+    // One block before the last leaf opens, that coin is not ready; at the block, all are.
+    let tip = s.node.rpc.tip().unwrap().height;
+    mine(&s.node.rpc, last_opens - 2 - tip, &payer.address());
+    let early = json(&dir, &["recover"], &[REAL, &phrase]);
+    assert!(!early["later"].as_array().unwrap().is_empty(), "{early}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let to = Wallet::new().address();
+    let psbt = dir.join("recovery.psbt");
+    let prepared =
+        json(&dir, &["recover", "--to", &to.to_string(), "--psbt", psbt.to_str().unwrap()], &[REAL, &phrase]);
+    assert!(prepared["later"].as_array().unwrap().is_empty(), "{prepared}");
+    let amount = prepared["amount_sat"].as_u64().unwrap();
+    assert!(amount < total && total - amount < 10_000, "only the fee is taken: {total} -> {amount}");
+
+    // A guardian refuses what is not a recovery: the same PSBT with no timelock.
+    let text = std::fs::read_to_string(&psbt).unwrap();
+    let mut edited = vigil_policy::bitcoin::psbt::Psbt::deserialize(
+        &base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap(),
+    )
+    .unwrap();
+    edited.unsigned_tx.input[0].sequence = vigil_policy::bitcoin::Sequence::ZERO;
+    let forged = dir.join("forged.psbt");
+    std::fs::write(&forged, base64::engine::general_purpose::STANDARD.encode(edited.serialize())).unwrap();
+    let (ok, _, err) =
+        guardian(&guardian_keys[0], &["sign-recovery", forged.to_str().unwrap(), "--yes"], Some(&policy));
+    assert!(!ok && err.contains("does not wait T_RECOVER"), "{err}");
+
+    // One guardian is not enough; the owner's finish says so and sends nothing.
+    let (ok, _, err) =
+        guardian(&guardian_keys[0], &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
+    assert!(ok, "{err}");
+    let (ok, _, err) = vigil(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[REAL]);
+    assert!(!ok && err.contains("not enough signatures"), "{err}");
+    // A PSBT sending elsewhere is not the one prepared.
+    let (ok, _, err) = vigil(&dir, &["recover", "--finish", forged.to_str().unwrap()], &[REAL]);
+    assert!(!ok && err.contains("not the recovery this wallet prepared"), "{err}");
+
+    let (ok, _, err) =
+        guardian(&guardian_keys[1], &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
+    assert!(ok, "{err}");
+    let sent = json(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[REAL]);
+    assert_eq!(sent["stage"], "sent", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
+    let arrived =
+        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
+    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+    let after = json(&dir, &["recover"], &[REAL, &phrase]);
+    assert!(
+        after["ready"].as_array().unwrap().is_empty() && after["later"].as_array().unwrap().is_empty(),
+        "{after}"
+    );
+    eprintln!("recovered {amount} sat of {total} through the recovery leaves at block {last_opens}");
+}
+
+#[test]
+fn small_spends_leave_the_allowance_at_once_under_either_code_and_large_ones_take_a_vault() {
+    let s = services("", false);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 2);
+    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    let got = json(&dir, &["receive", "--allowance"], &[REAL]);
+    let limit = got["limit_sat"].as_u64().unwrap();
+    let address: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    payer.pay(&s.node.rpc, 3, address.script_pubkey(), Amount::from_sat(300_000));
+    mine(&s.node.rpc, 1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(
+        (status["allowance_sat"].as_u64(), status["allowance_limit_sat"].as_u64()),
+        (Some(300_000), Some(limit))
+    );
+
+    // A small spend: from the allowance, at once, no phrase asked; under the duress code too
+    // (the allowance is what an attacker can take).
+    let arrived = |txid: &str, to: &Address| {
+        let txid: vigil_policy::bitcoin::Txid = txid.parse().unwrap();
+        let tx = s.node.rpc.transaction(&txid).unwrap().expect("broadcast");
+        tx.output.iter().find(|o| o.script_pubkey == to.script_pubkey()).map(|o| o.value.to_sat())
+    };
+    let mut left = 300_000;
+    for (code, sats) in [(REAL, 100_000u64), (DURESS, 50_000)] {
+        let to = Wallet::new().address();
+        let amount = format!("{}", Amount::from_sat(sats).to_btc());
+        let sent = json(&dir, &["spend", &to.to_string(), &amount], &[code]);
+        assert_eq!(sent[0]["progress"]["stage"], "sent from the allowance", "{sent}");
+        assert_eq!(arrived(sent[0]["progress"]["txid"].as_str().unwrap(), &to), Some(sats));
+        mine(&s.node.rpc, 1, &payer.address());
+        let status = json(&dir, &["status"], &[code]);
+        let now = status["allowance_sat"].as_u64().unwrap();
+        assert!(now < left - sats && now > left - sats - 2_000, "only the fee besides: {left} -> {now}");
+        left = now;
+    }
+
+    // More than the allowance holds: a vault spend (which asks for the phrase).
+    let to = Wallet::new().address();
+    let big = json(&dir, &["spend", &to.to_string(), "0.01"], &[REAL, &phrase]);
+    assert!(big[0]["id"].as_u64().is_some(), "a vault spend request: {big}");
+    assert_eq!(
+        json(&dir, &["status"], &[REAL])["allowance_sat"].as_u64(),
+        Some(left),
+        "the allowance untouched"
+    );
+
+    // Above its limit the allowance hands out no address.
+    let address: Address = json(&dir, &["receive", "--allowance"], &[REAL])["address"]
+        .as_str()
+        .unwrap()
+        .parse::<Address<_>>()
+        .unwrap()
+        .assume_checked();
+    payer.pay(&s.node.rpc, 4, address.script_pubkey(), Amount::from_sat(limit));
+    mine(&s.node.rpc, 1, &payer.address());
+    let (ok, _, err) = vigil(&dir, &["receive", "--allowance"], &[REAL]);
+    assert!(!ok && err.contains("keep the rest in vaults"), "{err}");
 }

@@ -14,8 +14,10 @@
 
 pub use bip39;
 
+pub mod allowance;
 pub mod cosigner;
 pub mod owner;
+pub mod recovery;
 pub mod session;
 pub mod spending;
 pub mod towers;

@@ -197,6 +197,22 @@ impl PendingSpend {
     }
 }
 
+/// A recovery through the recovery leaves (`vigil recover`): prepared, handed to the
+/// guardians, then finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRecovery {
+    /// The unsigned transaction's id: a PSBT brought back must be this one.
+    pub unsigned_txid: String,
+    /// Where the coins go.
+    pub destination: String,
+    /// What arrives there, sat.
+    pub amount_sat: u64,
+    /// The coins it moves.
+    pub coins: Vec<OutPoint>,
+    /// The finished transaction, hex, once the guardians signed (broadcast until it confirms).
+    pub tx: Option<String>,
+}
+
 /// One line of history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -227,6 +243,12 @@ pub struct WalletState {
     /// Vault spends, oldest first.
     #[serde(default)]
     pub spends: Vec<PendingSpend>,
+    /// A recovery without the co-signer, prepared for the guardians to sign.
+    #[serde(default)]
+    pub recovery: Option<PendingRecovery>,
+    /// The end of the latest lockdown the owner asked for (shown by `vigil status`).
+    #[serde(default)]
+    pub lockdown_until: Option<u32>,
     /// What happened, oldest first.
     pub history: Vec<Event>,
 }

@@ -31,11 +31,14 @@ for expect, answer in steps:
             sys.stdout.buffer.write(out)
             sys.exit(97)
     seen = out.find(expect.encode(), seen) + len(expect)
-    os.write(fd, (answer + "\n").encode())
+    # An answer of a lone control character (Ctrl-C) is typed without Enter.
+    os.write(fd, (answer if len(answer) == 1 and ord(answer) < 32 else answer + "\n").encode())
 deadline = time.time() + 120
 while read(deadline):
     pass
 _, status = os.waitpid(pid, 0)
+import termios
+sys.stderr.write("echo=%d" % bool(termios.tcgetattr(fd)[3] & termios.ECHO))
 sys.stdout.buffer.write(out)
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
@@ -47,10 +50,13 @@ pub struct Transcript {
     pub code: i32,
     /// Everything the terminal showed.
     pub text: String,
+    /// Whether the terminal echoes typing after the command ended (a hidden prompt interrupted
+    /// must not leave it off).
+    pub echo_left_on: bool,
 }
 
 /// Runs `exe args` on a terminal; for each `(prompt, answer)`, waits for `prompt` and types
-/// `answer` and Enter.
+/// `answer` and Enter (a lone control character such as `"\u{3}"`, Ctrl-C, without Enter).
 pub fn run(exe: &Path, args: &[&str], env: &[(&str, &str)], steps: &[(&str, &str)]) -> Transcript {
     let argv: Vec<String> =
         std::iter::once(exe.display().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
@@ -66,5 +72,6 @@ pub fn run(exe: &Path, args: &[&str], env: &[(&str, &str)], steps: &[(&str, &str
     Transcript {
         code: out.status.code().unwrap_or(-1),
         text: String::from_utf8_lossy(&out.stdout).into_owned(),
+        echo_left_on: String::from_utf8_lossy(&out.stderr).contains("echo=1"),
     }
 }

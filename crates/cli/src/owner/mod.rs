@@ -1,5 +1,5 @@
 //! The owner's commands: `vigil init`, `receive`, `status`, `vault`, `spend`, `lockdown`,
-//! `panic`.
+//! `panic`, `recover`.
 //!
 //! Written for a frightened, non-technical person: plain words, one question at a time, and
 //! nothing half-done on a refusal. Every command that opens the wallet asks for the code and
@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
+use vigil_client::allowance::Allowance;
 use vigil_client::cosigner::ClientError;
 use vigil_client::owner;
+use vigil_client::recovery::{self, VaultPlace};
 use vigil_client::session::Session;
 use vigil_client::spending::{self, Progress};
 use vigil_client::towers::TowerClient;
@@ -27,9 +29,11 @@ use vigil_policy::draft::{DraftTower, PolicyDraft};
 use vigil_policy::VaultKind;
 use zeroize::Zeroizing;
 
+mod recover;
 mod setup;
 mod vaults;
 
+pub use recover::{recover, RecoverArgs};
 use setup::SETUP_FILE;
 pub use setup::{init, InitArgs};
 pub use vaults::{spend, vault, SpendArgs, VaultArgs};
@@ -52,6 +56,23 @@ impl WalletArgs {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".vigil").join("wallet")
         }))
     }
+}
+
+/// `vigil receive`.
+#[derive(Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// An address of the allowance (everyday money, spendable at once) instead of one whose
+    /// coins wait to be vaulted.
+    #[arg(long)]
+    allowance: bool,
+}
+
+/// The allowance wallet of the session's wallet.
+fn open_allowance(session: &Session, state: &WalletState) -> anyhow::Result<Allowance> {
+    let account = session.keys.allowance().policy_key();
+    Ok(Allowance::open(&session.dir, &account, session.network, state.birth_height)?)
 }
 
 /// `vigil lockdown`.
@@ -89,6 +110,7 @@ fn ask_code(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
     }
     let fd = std::io::stdin().as_raw_fd();
     let before = Termios::from_fd(fd)?;
+    restore_terminal_on_interrupt(fd, before)?;
     let mut hidden = before;
     hidden.c_lflag &= !ECHO;
     hidden.c_lflag |= ECHONL;
@@ -96,6 +118,46 @@ fn ask_code(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
     let answer = ask(prompt);
     tcsetattr(fd, TCSANOW, &before)?;
     answer
+}
+
+/// From the first hidden prompt on, Ctrl-C (or a hang-up or terminate) puts the terminal back
+/// as it was before exiting, so an interrupted prompt never leaves the shell typing blind.
+fn restore_terminal_on_interrupt(fd: i32, before: termios::Termios) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    static WATCHING: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if WATCHING.get().is_some() {
+        return Ok(());
+    }
+    let (ready, registered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return drop(ready.send(Err(e))),
+        };
+        let interrupted = runtime.block_on(async move {
+            let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
+            let mut streams = match kinds.map(signal).into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return false;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            let [a, b, c] = &mut streams[..] else { unreachable!("three signals") };
+            tokio::select! { _ = a.recv() => {}, _ = b.recv() => {}, _ = c.recv() => {} }
+            true
+        });
+        if !interrupted {
+            return;
+        }
+        let _ = termios::tcsetattr(fd, termios::TCSANOW, &before);
+        eprintln!();
+        std::process::exit(130);
+    });
+    registered.recv()??;
+    let _ = WATCHING.set(());
+    Ok(())
 }
 
 fn new_code(what: &str) -> anyhow::Result<Zeroizing<String>> {
@@ -145,9 +207,31 @@ fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
 }
 
 /// `vigil receive`.
-pub fn receive(args: WalletArgs) -> anyhow::Result<()> {
-    let session = open(&args)?;
+pub fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
+    let session = open(&args.wallet)?;
     let mut state = session.dir.state()?;
+    if args.allowance {
+        let mut allowance = open_allowance(&session, &state)?;
+        allowance.sync(&*session.chain())?;
+        let limit = session.compiled.policy().allowance.hot_limit_sat;
+        let held = allowance.balance();
+        if held.confirmed_sat + held.pending_sat >= limit {
+            bail!(
+                "your allowance already holds {} (its limit is {}): keep the rest in vaults; nothing was done",
+                btc(held.confirmed_sat + held.pending_sat),
+                btc(limit)
+            );
+        }
+        let address = allowance.address()?;
+        if args.wallet.json {
+            println!("{}", json!({"address": address.to_string(), "limit_sat": limit}));
+        } else {
+            println!("Send everyday money to: {address}");
+            println!("It is spendable at once, so keep it small: at most {}.", btc(limit));
+        }
+        return Ok(());
+    }
+    let args = args.wallet;
     let index = state.next_intake;
     let address =
         Address::from_script(&session.compiled.intake_descriptor(index)?.script_pubkey(), session.network)?;
@@ -176,6 +260,10 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
     session.dir.save_state(&state)?;
     let intake: Vec<_> = state.coins.iter().filter(|c| !c.spent).collect();
     let intake_sat: u64 = intake.iter().map(|c| c.value_sat).sum();
+    let mut allowance = open_allowance(&session, &state)?;
+    allowance.sync(&*chain)?;
+    let held = allowance.balance();
+    let hot_limit = session.compiled.policy().allowance.hot_limit_sat;
     let key = session.keys.auth_keypair();
     let policy_id = session.cosigner.client_id().to_owned();
     let towers: Vec<(String, Result<serde_json::Value, ClientError>)> = session
@@ -183,20 +271,46 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| (t.name.clone(), t.get(&format!("/v1/clients/{policy_id}"))))
         .collect();
+    let places: Vec<VaultPlace> = state
+        .vaults
+        .iter()
+        .map(|v| recovery::locate(&session.compiled, v, &*chain))
+        .collect::<Result<_, _>>()?;
     let vaults: Vec<serde_json::Value> = state
         .vaults
         .iter()
-        .map(|v| {
+        .zip(&places)
+        .map(|(v, place)| {
             json!({
                 "vault": v.outpoint.to_string(),
                 "amount_sat": v.amount_sat,
                 "kind": v.kind,
-                "state": if v.confirmed_height.is_some() { "protected" } else { "funding sent" },
+                "state": place.name(),
                 "confirmed_height": v.confirmed_height,
             })
         })
         .collect();
-    let vault_sat: u64 = state.vaults.iter().map(|v| v.amount_sat).sum();
+    let sum = |wanted: &dyn Fn(&VaultPlace) -> bool| -> u64 {
+        state.vaults.iter().zip(&places).filter(|(_, p)| wanted(p)).map(|(v, _)| v.amount_sat).sum()
+    };
+    let vault_sat = sum(&|p| {
+        matches!(
+            p,
+            VaultPlace::FundingSent
+                | VaultPlace::Protected
+                | VaultPlace::Unvaulting
+                | VaultPlace::Unvaulted { .. }
+        )
+    });
+    let deep_sat = sum(&|p| *p == VaultPlace::DeepVault);
+    let cancelled_sat = sum(&|p| matches!(p, VaultPlace::Cancelled { .. }));
+    let spends: Vec<serde_json::Value> = state
+        .spends
+        .iter()
+        .filter(|sp| sp.active())
+        .map(|sp| json!({"id": sp.id, "amount_sat": sp.amount_sat, "destination": sp.destination, "stage": sp.stage}))
+        .collect();
+    let locked_until = state.lockdown_until.filter(|h| *h > tip);
     if args.json {
         let towers: Vec<_> = towers
             .iter()
@@ -207,18 +321,32 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
             json!({
                 "height": tip,
                 "cosigner_reachable": session.heartbeat.is_ok(),
+                "allowance_sat": held.confirmed_sat,
+                "allowance_pending_sat": held.pending_sat,
+                "allowance_limit_sat": hot_limit,
                 "intake_sat": intake_sat,
                 "intake_coins": intake.len(),
                 "vaults": vaults,
                 "vault_sat": vault_sat,
+                "deep_vault_sat": deep_sat,
+                "cancelled_sat": cancelled_sat,
+                "spends": spends,
+                "locked_down_until": locked_until,
                 "towers": towers,
             })
         );
         return Ok(());
     }
     println!("Wallet {} ({}), at block {tip}", session.dir.path.display(), session.network);
+    println!("Allowance (spendable at once): {}", btc(held.confirmed_sat));
+    if held.pending_sat > 0 {
+        println!("  and {} not yet confirmed", btc(held.pending_sat));
+    }
+    if held.confirmed_sat + held.pending_sat > hot_limit {
+        println!("  That is above its limit of {}: keep the rest in vaults.", btc(hot_limit));
+    }
     println!("Waiting to be vaulted: {} in {} coin(s)", btc(intake_sat), intake.len());
-    println!("In vaults: {} in {} vault(s)", btc(vault_sat), state.vaults.len());
+    println!("In vaults: {}", btc(vault_sat));
     for v in &vaults {
         println!(
             "  {} {} — {}",
@@ -226,6 +354,24 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
             btc(v["amount_sat"].as_u64().unwrap_or(0)),
             v["state"].as_str().unwrap_or("")
         );
+    }
+    if cancelled_sat > 0 {
+        println!("Cancelled, in your recovery output: {}", btc(cancelled_sat));
+    }
+    if deep_sat > 0 {
+        println!("In the deep vault: {} (your backup key and the guardians return it)", btc(deep_sat));
+    }
+    for sp in &state.spends.iter().filter(|sp| sp.active()).collect::<Vec<_>>() {
+        println!(
+            "Spend {} of {} to {}: {} (`vigil spend --resume` carries on)",
+            sp.id,
+            btc(sp.amount_sat),
+            sp.destination,
+            sp.stage
+        );
+    }
+    if let Some(h) = locked_until {
+        println!("Locked down by you until block {h}: vault spends are refused.");
     }
     println!("Co-signer: {}", if session.heartbeat.is_ok() { "reachable" } else { "NOT reachable" });
     for (name, r) in &towers {
@@ -263,18 +409,32 @@ fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
         session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks, sweep });
     let key = session.keys.auth_keypair();
     let policy_id = session.cosigner.client_id().to_owned();
-    let tip = session.chain().tip().map(|t| t.height).ok();
-    let until = tip.map(|t| t.saturating_add(args.blocks)).unwrap_or(0);
+    // The end height: the co-signer's, else from our node's tip, else from each tower's own
+    // tip (a lockdown must still reach the towers when the co-signer and the node are down).
+    let until = match &co {
+        Ok(s) => Some(s.until_height),
+        Err(_) => session.chain().tip().ok().map(|t| t.height.saturating_add(args.blocks)),
+    };
     let mut reports = Vec::new();
     for tower in session.towers(&key) {
-        let req = vigil_tower::wire::LockdownRequest {
-            nonce: 0,
-            policy_id: policy_id.clone(),
-            until_height: until,
-            quiet: false,
+        let until = match until {
+            Some(h) => Ok(h),
+            None => tower
+                .get::<serde_json::Value>(&format!("/v1/clients/{policy_id}"))
+                .map_err(|e| e.to_string())
+                .and_then(|v| v["tip"].as_u64().ok_or_else(|| "it did not say its height".to_owned()))
+                .map(|tip| (tip as u32).saturating_add(args.blocks)),
         };
-        let r: Result<serde_json::Value, _> = tower.post("/v1/lockdown", &req);
-        reports.push((tower.name.clone(), r.err().map(|e| e.to_string())));
+        let r = until.and_then(|until_height| {
+            let req = vigil_tower::wire::LockdownRequest {
+                nonce: 0,
+                policy_id: policy_id.clone(),
+                until_height,
+                quiet: false,
+            };
+            tower.post::<_, serde_json::Value>("/v1/lockdown", &req).map(drop).map_err(|e| e.to_string())
+        });
+        reports.push((tower.name.clone(), r.err()));
     }
     if args.wallet.json {
         println!(
@@ -306,6 +466,12 @@ fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
     }
     if co.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
         bail!("nobody took the lockdown: run the command again");
+    }
+    if let Some(h) = until {
+        let mut state = session.dir.state()?;
+        state.lockdown_until = state.lockdown_until.max(Some(h));
+        state.note(format!("locked down until block {h}"));
+        session.dir.save_state(&state)?;
     }
     Ok(())
 }

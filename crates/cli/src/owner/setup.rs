@@ -257,6 +257,9 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let state =
         WalletState { birth_height: birth.height, scanned_height: birth.height, ..WalletState::default() };
     dir.save_state(&state)?;
+    // Made now, so that no later command is the first to write it.
+    vigil_client::allowance::Allowance::open(&dir, &public.allowance_key, network, birth.height)?
+        .sync(&*chain)?;
     let hashes = owner::create(
         &dir.path,
         &owner_phrase,

@@ -2,6 +2,7 @@
 //! the next so that a run killed anywhere is finished by the next.
 
 use super::*;
+use vigil_client::allowance::AllowanceError;
 
 /// `vigil vault`.
 #[derive(Args)]
@@ -269,7 +270,12 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{address:?} is not a bitcoin address: {e}; nothing was done"))?
                 .require_network(network)
                 .map_err(|_| anyhow::anyhow!("{address} is an address of another network than this wallet's ({network}); nothing was done"))?;
-            Some((address, parse_btc(amount)?))
+            let amount = parse_btc(amount)?;
+            let dust = address.script_pubkey().minimal_non_dust();
+            if amount < dust {
+                bail!("{amount} is below what the network relays to that address ({dust}); nothing was done");
+            }
+            Some((address, amount))
         }
         (None, None, true) => None,
         _ => bail!("give an ADDRESS and an AMOUNT, or --resume"),
@@ -278,6 +284,29 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
     let chain = session.chain();
     let mut state = session.dir.state()?;
     state.scan(&session.compiled, &*chain)?;
+    if let Some((address, amount)) = &target {
+        // From the allowance if it fits: instantly, with no phrase and no wait.
+        let mut allowance = super::open_allowance(&session, &state)?;
+        allowance.sync(&*chain)?;
+        match allowance.pay(session.keys.allowance(), &*chain, address, *amount) {
+            Ok(tx) => {
+                let txid = tx.compute_txid();
+                state.note(format!("allowance payment of {amount} to {address}: {txid}"));
+                session.dir.save_state(&state)?;
+                if args.wallet.json {
+                    println!(
+                        "{}",
+                        json!([{"id": null, "progress": {"stage": "sent from the allowance", "txid": txid.to_string()}}])
+                    );
+                } else {
+                    println!("Sent {amount} to {address} from your allowance ({txid}).");
+                }
+                return Ok(());
+            }
+            Err(AllowanceError::Insufficient { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let positions: Vec<usize> = match target {
         Some((address, amount)) => {
             let key = vault_key(&session)?;

@@ -1,0 +1,229 @@
+//! `vigil recover`: when the co-signer is gone for good, the owner and the guardians move the
+//! coins through the recovery leaves after T_RECOVER (`vigil_client::recovery`).
+//!
+//! Run once: every vault's unvault is sent (the towers cancel them to the recovery output),
+//! and the command says which coins are ready and when the rest will be. With `--to`, the
+//! ready coins go into one PSBT the owner signs, written to a file for the guardians; each
+//! signs it with `vigil guardian sign-recovery`; `--finish` takes it back, checks it is the
+//! same transaction, and broadcasts it (again on every run until it confirms).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use clap::Args;
+use serde_json::json;
+use vigil_client::recovery::{self, Survey};
+use vigil_client::wallet::PendingRecovery;
+use vigil_policy::bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::{Address, Transaction};
+
+use super::{btc, open, say, vault_key, WalletArgs};
+
+/// `vigil recover`.
+#[derive(Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// Move every ready coin to this address (yours: a new wallet's, not this one's).
+    #[arg(long, value_name = "ADDRESS")]
+    to: Option<String>,
+    /// The PSBT file written for the guardians to sign.
+    #[arg(long, value_name = "FILE", default_value = "recovery.psbt")]
+    psbt: PathBuf,
+    /// The PSBT file(s) the guardians signed: check, finish and broadcast.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    finish: Vec<PathBuf>,
+}
+
+pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
+    let to = match &args.to {
+        Some(a) => {
+            let network = args.wallet.dir().config()?.network()?;
+            Some(
+                a.parse::<Address<_>>()
+                    .map_err(|e| anyhow::anyhow!("{a:?} is not a bitcoin address: {e}; nothing was done"))?
+                    .require_network(network)
+                    .map_err(|_| {
+                        anyhow::anyhow!("{a} is an address of another network than this wallet's ({network}); nothing was done")
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let copies: Vec<Psbt> = args.finish.iter().map(read_psbt).collect::<anyhow::Result<_>>()?;
+    let session = open(&args.wallet)?;
+    let chain = session.chain();
+    let mut state = session.dir.state()?;
+    let tip = state.scan(&session.compiled, &*chain)?;
+    session.dir.save_state(&state)?;
+
+    // A finished recovery is broadcast on every run until it confirms.
+    let in_flight = state.recovery.as_ref().and_then(|r| r.tx.as_ref()).is_some_and(|hex| {
+        deserialize_hex::<Transaction>(hex)
+            .map_or(true, |tx| !matches!(chain.transaction_info(&tx.compute_txid()), Ok(Some((_, Some(_))))))
+    });
+    if !copies.is_empty() || in_flight {
+        let pending = state
+            .recovery
+            .clone()
+            .context("no recovery was prepared in this wallet: run `vigil recover --to ADDRESS`")?;
+        let tx = match &pending.tx {
+            Some(hex) => deserialize_hex::<Transaction>(hex).context("the recovery's record is damaged")?,
+            None => {
+                let tx = recovery::finish(copies, pending.unsigned_txid.parse()?)?;
+                // Kept before it is broadcast: it is sent again until it confirms.
+                state.recovery.as_mut().expect("checked").tx = Some(serialize_hex(&tx));
+                state.note(format!("recovery {} signed by the guardians", tx.compute_txid()));
+                session.dir.save_state(&state)?;
+                tx
+            }
+        };
+        let txid = tx.compute_txid();
+        let confirmed = matches!(chain.transaction_info(&txid), Ok(Some((_, Some(_)))));
+        if !confirmed {
+            if let Err(e) = chain.broadcast(&tx) {
+                say(&format!("Note: the node did not take it now ({e}); it may have it already."));
+            }
+        }
+        let stage = if confirmed { "confirmed" } else { "sent" };
+        if args.wallet.json {
+            println!(
+                "{}",
+                json!({"txid": txid.to_string(), "stage": stage, "amount_sat": pending.amount_sat})
+            );
+        } else if confirmed {
+            println!("Recovered: {} reached {} ({txid}).", btc(pending.amount_sat), pending.destination);
+        } else {
+            println!(
+                "Sent: {} to {} ({txid}). Run `vigil recover` again to see it confirm.",
+                btc(pending.amount_sat),
+                pending.destination
+            );
+        }
+        return Ok(());
+    }
+
+    // Nothing here waits for the co-signer: the vaults' own unvaults start the clock.
+    let key = vault_key(&session)?;
+    let sent = recovery::unvault_all(&mut state, &*chain)?;
+    session.dir.save_state(&state)?;
+    let survey = recovery::survey(&session.compiled, &state, &*chain)?;
+    let prepared = match (&to, survey.ready.is_empty()) {
+        (Some(to), false) => {
+            let mut psbt = recovery::recovery_psbt(&survey.ready, to)?;
+            key.sign_psbt(&mut psbt);
+            let amount = psbt.unsigned_tx.output[0].value.to_sat();
+            state.recovery = Some(PendingRecovery {
+                unsigned_txid: psbt.unsigned_tx.compute_txid().to_string(),
+                destination: to.to_string(),
+                amount_sat: amount,
+                coins: survey.ready.iter().map(|c| c.input.outpoint).collect(),
+                tx: None,
+            });
+            state.note(format!("recovery of {} to {to} prepared for the guardians", btc(amount)));
+            std::fs::write(&args.psbt, base64::engine::general_purpose::STANDARD.encode(psbt.serialize()))
+                .with_context(|| format!("writing {}", args.psbt.display()))?;
+            session.dir.save_state(&state)?;
+            Some(amount)
+        }
+        (Some(_), true) => {
+            bail!("{}no coin's recovery leaf is open yet; nothing was prepared", report(&survey, tip, &sent))
+        }
+        (None, _) => None,
+    };
+    if args.wallet.json {
+        let coins = |list: &[recovery::RecoverableCoin]| -> Vec<serde_json::Value> {
+            list.iter()
+                .map(|c| {
+                    json!({
+                        "outpoint": c.input.outpoint.to_string(),
+                        "kind": c.kind.name(),
+                        "amount_sat": c.input.txout.value.to_sat(),
+                        "opens_at": (c.opens_at != u32::MAX).then_some(c.opens_at),
+                    })
+                })
+                .collect()
+        };
+        let list =
+            |v: &[vigil_policy::bitcoin::OutPoint]| v.iter().map(|o| o.to_string()).collect::<Vec<_>>();
+        println!(
+            "{}",
+            json!({
+                "height": tip,
+                "unvaults_sent": list(&sent),
+                "ready": coins(&survey.ready),
+                "later": coins(&survey.later),
+                "unvaulting": list(&survey.unvaulting),
+                "in_deep_vault": list(&survey.in_deep_vault),
+                "psbt": prepared.map(|_| args.psbt.display().to_string()),
+                "amount_sat": prepared,
+            })
+        );
+        return Ok(());
+    }
+    print!("{}", report(&survey, tip, &sent));
+    match prepared {
+        Some(amount) => {
+            println!(
+                "The recovery of {} is signed by you and written to {}.",
+                btc(amount),
+                args.psbt.display()
+            );
+            println!("Give that file to your guardians: each runs `vigil guardian sign-recovery FILE`");
+            println!("and gives it back. Then run `vigil recover --finish FILE` to send it.");
+        }
+        None if !survey.ready.is_empty() => {
+            println!("Run `vigil recover --to ADDRESS` to move the ready coins to an address of yours.")
+        }
+        None => println!("Run `vigil recover` again after that block."),
+    }
+    Ok(())
+}
+
+/// Where the coins stand, in words.
+fn report(survey: &Survey, tip: u32, sent: &[vigil_policy::bitcoin::OutPoint]) -> String {
+    let mut text = format!("At block {tip}.\n");
+    for v in sent {
+        text +=
+            &format!("Unvault of vault {v} sent: the watchtowers will move it to your recovery output.\n");
+    }
+    for v in &survey.unvaulting {
+        text += &format!("Vault {v}: its unvault is waiting to confirm.\n");
+    }
+    for c in &survey.ready {
+        text += &format!(
+            "Ready: {} ({} coin {})\n",
+            btc(c.input.txout.value.to_sat()),
+            c.kind.name(),
+            c.input.outpoint
+        );
+    }
+    for c in &survey.later {
+        let when = if c.opens_at == u32::MAX {
+            "once it confirms".to_owned()
+        } else {
+            format!("at block {}", c.opens_at)
+        };
+        text += &format!(
+            "Later: {} ({} coin {}) can be recovered {when}\n",
+            btc(c.input.txout.value.to_sat()),
+            c.kind.name(),
+            c.input.outpoint
+        );
+    }
+    for v in &survey.in_deep_vault {
+        text += &format!("Vault {v} was swept to the deep vault: its own paths return it.\n");
+    }
+    text
+}
+
+fn read_psbt(path: &PathBuf) -> anyhow::Result<Psbt> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| anyhow::anyhow!("{} is not a base64 PSBT: {e}; nothing was done", path.display()))?;
+    Psbt::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a PSBT: {e}; nothing was done", path.display()))
+}

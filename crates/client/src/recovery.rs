@@ -1,0 +1,325 @@
+//! Recovery without the co-signer (DESIGN.md §3): when the co-signer is gone for good, the
+//! owner and a quorum of guardians move the household's coins through the recovery leaves,
+//! which open T_RECOVER blocks after each coin confirmed. T_RECOVER is longer than any
+//! captivity, so this path gives a kidnapper nothing.
+//!
+//! Three kinds of coin have a recovery leaf: intake coins, unvaulted coins (U's output) and
+//! cancelled coins (the recovery output R a cancel paid to). A vault itself has none: its only
+//! spends are the pre-signed ones, so recovery starts by broadcasting each vault's unvault;
+//! the towers cancel it to R (or, with no tower left, U's output waits its own T_RECOVER).
+//!
+//! The owner signs one PSBT moving every coin whose leaf is open to one address; each guardian
+//! adds a signature with `vigil guardian sign-recovery`; the owner finalizes and broadcasts.
+//! The wallet keeps the unsigned transaction's id, so a PSBT changed on its way round (another
+//! destination, other coins) is refused when it comes back.
+
+use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::{Address, Amount, OutPoint, Sequence, Transaction, TxOut, Txid};
+use vigil_policy::{finalize, spend_psbt, CompiledPolicy, PolicyError, SpendInput};
+
+use crate::wallet::{VaultRecord, WalletState};
+
+/// The feerate recovery pays, sat/vB: no hurry (the coins have waited weeks), but enough to
+/// relay when blocks are not full.
+pub const RECOVERY_SAT_PER_VB: u64 = 3;
+
+/// Why recovery could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// Bad input or nothing to do: nothing was done.
+    #[error("{0}; nothing was done")]
+    Refused(String),
+    /// The chain backend failed: run it again.
+    #[error("the node: {0}")]
+    Chain(String),
+    /// The policy could not build the spend.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+fn chain_err(e: vigil_chain::BackendError) -> RecoveryError {
+    RecoveryError::Chain(e.to_string())
+}
+
+/// What a recoverable coin is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoinKind {
+    /// Paid to an intake address, never vaulted.
+    Intake,
+    /// A vault's unvault output, not spent.
+    Unvaulted,
+    /// A cancelled unvault's coins, in the recovery output R.
+    Cancelled,
+}
+
+impl CoinKind {
+    /// In words.
+    pub fn name(self) -> &'static str {
+        match self {
+            CoinKind::Intake => "intake",
+            CoinKind::Unvaulted => "unvaulted",
+            CoinKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A coin the recovery leaves can move now or later.
+#[derive(Debug, Clone)]
+pub struct RecoverableCoin {
+    /// What it is.
+    pub kind: CoinKind,
+    /// The spend input (its recovery leaf's timelock as nSequence).
+    pub input: SpendInput,
+    /// The first block its recovery leaf can be spent in.
+    pub opens_at: u32,
+}
+
+/// Where the household's coins stand for recovery.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Coins whose recovery leaf is open in the next block.
+    pub ready: Vec<RecoverableCoin>,
+    /// Coins whose leaf opens later (or once their transaction confirms).
+    pub later: Vec<RecoverableCoin>,
+    /// Vaults whose unvault was broadcast now or earlier and has not confirmed.
+    pub unvaulting: Vec<OutPoint>,
+    /// Vaults swept to the deep vault (the deep vault's own paths move them).
+    pub in_deep_vault: Vec<OutPoint>,
+}
+
+/// Broadcasts the unvault of every confirmed vault that has none under way (recorded first,
+/// so a crash sends it again); returns the vaults it sent.
+pub fn unvault_all(
+    state: &mut WalletState,
+    chain: &dyn ChainBackend,
+) -> Result<Vec<OutPoint>, RecoveryError> {
+    let mut sent = Vec::new();
+    for i in 0..state.vaults.len() {
+        let vault = &state.vaults[i];
+        if vault.unvaulted || vault.confirmed_height.is_none() {
+            continue;
+        }
+        let unvault: Transaction = deserialize_hex(&vault.unvault).map_err(|_| {
+            RecoveryError::Refused(format!("the record of vault {} is damaged", vault.outpoint))
+        })?;
+        // Swept to the deep vault (E spent V): there is no unvault to send.
+        if chain.unspent_output(&vault.outpoint).map_err(chain_err)?.is_none() {
+            continue;
+        }
+        let outpoint = vault.outpoint;
+        state.vaults[i].unvaulted = true;
+        state.note(format!("recovery: unvault {} of vault {outpoint} broadcast", unvault.compute_txid()));
+        if let Err(e) = chain.broadcast(&unvault) {
+            tracing::warn!(error = %e, "unvault broadcast (it may be known already)");
+        }
+        sent.push(outpoint);
+    }
+    Ok(sent)
+}
+
+/// Finds every coin the recovery leaves can move, and when.
+pub fn survey(
+    compiled: &CompiledPolicy,
+    state: &WalletState,
+    chain: &dyn ChainBackend,
+) -> Result<Survey, RecoveryError> {
+    let t_recover = compiled.policy().delays.recovery;
+    let tip = chain.tip().map_err(chain_err)?.height;
+    let mut survey = Survey::default();
+    let mut place = |kind, outpoint, txout: TxOut, descriptor, confirmed: Option<u32>| {
+        let opens_at = confirmed.map_or(u32::MAX, |h| h + t_recover as u32);
+        let coin = RecoverableCoin {
+            kind,
+            input: SpendInput { outpoint, txout, descriptor, sequence: Sequence::from_height(t_recover) },
+            opens_at,
+        };
+        if opens_at <= tip + 1 {
+            survey.ready.push(coin);
+        } else {
+            survey.later.push(coin);
+        }
+    };
+    for coin in state.coins.iter().filter(|c| !c.spent) {
+        let Some(txout) = chain.unspent_output(&coin.outpoint).map_err(chain_err)? else { continue };
+        place(
+            CoinKind::Intake,
+            coin.outpoint,
+            txout,
+            compiled.intake_descriptor(coin.intake_index)?,
+            Some(coin.height),
+        );
+    }
+    for vault in state.vaults.iter().filter(|v| v.unvaulted) {
+        let damaged = || RecoveryError::Refused(format!("the record of vault {} is damaged", vault.outpoint));
+        let plan = vault.plan().ok_or_else(damaged)?;
+        let descriptors = compiled.vault_descriptors(&plan)?;
+        match locate(compiled, vault, chain)? {
+            VaultPlace::Unvaulted { outpoint, txout, height } => {
+                place(CoinKind::Unvaulted, outpoint, txout, descriptors.unvault, Some(height))
+            }
+            VaultPlace::Cancelled { outpoint, txout, height } => {
+                place(CoinKind::Cancelled, outpoint, txout, descriptors.recovery, Some(height))
+            }
+            VaultPlace::DeepVault => survey.in_deep_vault.push(vault.outpoint),
+            VaultPlace::FundingSent | VaultPlace::Protected | VaultPlace::Unvaulting => {
+                survey.unvaulting.push(vault.outpoint)
+            }
+            VaultPlace::Spent => {}
+        }
+    }
+    Ok(survey)
+}
+
+/// Where a vault's coins are now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultPlace {
+    /// The funding has not confirmed.
+    FundingSent,
+    /// In the vault.
+    Protected,
+    /// Its unvault is sent, not confirmed.
+    Unvaulting,
+    /// In the unvault output, not spent yet.
+    Unvaulted {
+        /// U's output.
+        outpoint: OutPoint,
+        /// Its value and script.
+        txout: TxOut,
+        /// U's height.
+        height: u32,
+    },
+    /// Cancelled: in the recovery output R.
+    Cancelled {
+        /// R.
+        outpoint: OutPoint,
+        /// Its value and script.
+        txout: TxOut,
+        /// The cancel's height.
+        height: u32,
+    },
+    /// Swept to the deep vault (by E or UE).
+    DeepVault,
+    /// Paid out (the vault spend), or R already recovered.
+    Spent,
+}
+
+impl VaultPlace {
+    /// In words, for `vigil status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VaultPlace::FundingSent => "funding sent",
+            VaultPlace::Protected => "protected",
+            VaultPlace::Unvaulting => "unvault sent",
+            VaultPlace::Unvaulted { .. } => "unvaulted",
+            VaultPlace::Cancelled { .. } => "cancelled (in your recovery output)",
+            VaultPlace::DeepVault => "in the deep vault",
+            VaultPlace::Spent => "spent",
+        }
+    }
+}
+
+/// Follows a vault's coins along its graph on the chain.
+pub fn locate(
+    compiled: &CompiledPolicy,
+    vault: &VaultRecord,
+    chain: &dyn ChainBackend,
+) -> Result<VaultPlace, RecoveryError> {
+    if vault.confirmed_height.is_none() {
+        return Ok(VaultPlace::FundingSent);
+    }
+    if chain.unspent_output(&vault.outpoint).map_err(chain_err)?.is_some() {
+        return Ok(if vault.unvaulted { VaultPlace::Unvaulting } else { VaultPlace::Protected });
+    }
+    let damaged = || RecoveryError::Refused(format!("the record of vault {} is damaged", vault.outpoint));
+    let graph = compiled.build_graph(&vault.plan().ok_or_else(damaged)?, vault.outpoint)?;
+    let u = OutPoint { txid: graph.unvault_txid(), vout: 0 };
+    let Some((_, Some(u_height))) = chain.transaction_info(&u.txid).map_err(chain_err)? else {
+        // V is spent and U is not confirmed: E swept it (or U waits in the mempool).
+        return Ok(match confirmed_any(chain, graph.emergencies.iter().map(|e| e.tx.compute_txid()))? {
+            Some(_) => VaultPlace::DeepVault,
+            None => VaultPlace::Unvaulting,
+        });
+    };
+    if let Some(txout) = chain.unspent_output(&u).map_err(chain_err)? {
+        return Ok(VaultPlace::Unvaulted { outpoint: u, txout, height: u_height });
+    }
+    if let Some((c, height)) = confirmed_any(chain, graph.cancels.iter().map(|c| c.tx.compute_txid()))? {
+        let r = OutPoint { txid: c, vout: 0 };
+        return Ok(match chain.unspent_output(&r).map_err(chain_err)? {
+            Some(txout) => VaultPlace::Cancelled { outpoint: r, txout, height },
+            None => VaultPlace::Spent,
+        });
+    }
+    if confirmed_any(chain, graph.unvault_emergencies.iter().map(|e| e.tx.compute_txid()))?.is_some() {
+        return Ok(VaultPlace::DeepVault);
+    }
+    Ok(VaultPlace::Spent)
+}
+
+/// The first of `txids` that confirmed, and its height.
+fn confirmed_any(
+    chain: &dyn ChainBackend,
+    txids: impl Iterator<Item = Txid>,
+) -> Result<Option<(Txid, u32)>, RecoveryError> {
+    for txid in txids {
+        if let Some((_, Some(h))) = chain.transaction_info(&txid).map_err(chain_err)? {
+            return Ok(Some((txid, h)));
+        }
+    }
+    Ok(None)
+}
+
+/// One PSBT moving `coins` to `destination`, less the fee; the owner's signature is the
+/// caller's to add. Refuses an empty set and a sum the fee would eat.
+pub fn recovery_psbt(coins: &[RecoverableCoin], destination: &Address) -> Result<Psbt, RecoveryError> {
+    if coins.is_empty() {
+        return Err(RecoveryError::Refused("no coin's recovery leaf is open yet".into()));
+    }
+    let total: u64 = coins.iter().map(|c| c.input.txout.value.to_sat()).sum();
+    // Upper bound: each input's heaviest leaf (the recovery leaf is one of them).
+    let mut weight = 4 * (10 + 43) + 2;
+    for c in coins {
+        let satisfy = c
+            .input
+            .descriptor
+            .max_weight_to_satisfy()
+            .map_err(|e| PolicyError::from(vigil_policy::DescriptorError::Weight(e)))?;
+        weight += 4 * 41 + satisfy.to_wu();
+    }
+    let fee = weight.div_ceil(4) * RECOVERY_SAT_PER_VB;
+    let dust = destination.script_pubkey().minimal_non_dust().to_sat();
+    if total < fee + dust {
+        return Err(RecoveryError::Refused(format!(
+            "the coins ({}) do not cover the fee ({})",
+            Amount::from_sat(total),
+            Amount::from_sat(fee)
+        )));
+    }
+    let inputs: Vec<SpendInput> = coins.iter().map(|c| c.input.clone()).collect();
+    let output = TxOut { value: Amount::from_sat(total - fee), script_pubkey: destination.script_pubkey() };
+    Ok(spend_psbt(&inputs, vec![output])?)
+}
+
+/// Combines the signed copies of the recovery PSBT whose unsigned transaction is `expected`,
+/// and finalizes it (owner + guardians' quorum on each recovery leaf).
+pub fn finish(copies: Vec<Psbt>, expected: Txid) -> Result<Transaction, RecoveryError> {
+    let mut copies = copies.into_iter();
+    let mut psbt = copies.next().ok_or_else(|| RecoveryError::Refused("no PSBT given".into()))?;
+    for copy in copies.chain(std::iter::once(psbt.clone())) {
+        if copy.unsigned_tx.compute_txid() != expected {
+            return Err(RecoveryError::Refused(format!(
+                "this PSBT is not the recovery this wallet prepared (its transaction is {}, \
+                 this wallet's is {expected}): it was changed or belongs elsewhere",
+                copy.unsigned_tx.compute_txid()
+            )));
+        }
+        psbt.combine(copy).map_err(|e| RecoveryError::Refused(format!("the PSBTs do not combine: {e}")))?;
+    }
+    finalize(psbt).map_err(|e| {
+        RecoveryError::Refused(format!(
+            "not enough signatures yet (the owner's and a quorum of guardians'): {e}"
+        ))
+    })
+}
