@@ -1,7 +1,19 @@
 //! `vigil node`: the embedded regtest chain as its own process, speaking the subset of Bitcoin
-//! Core's JSON-RPC that Vigil's bitcoind backend uses, so towers, co-signer and clients are
-//! separate processes sharing one chain exactly as they would share a bitcoind, and the
-//! bitcoind backend's code path runs for real in every test.
+//! Core's JSON-RPC that Vigil's bitcoind backend and a user's `bitcoin-cli` need, so towers,
+//! co-signer and clients are separate processes sharing one chain exactly as they would share
+//! a bitcoind, and the bitcoind backend's code path runs for real in every test.
+//!
+//! Methods, each answered with every field an isolated regtest bitcoind gives, at every
+//! verbosity (the process tests compare them key by key with a real one):
+//! - blockchain: `getblockcount`, `getbestblockhash`, `getblockhash`, `getblock` (0 to 3),
+//!   `getblockheader`, `getblockchaininfo`, `gettxout`, `waitfornewblock`;
+//! - mempool: `getrawmempool` (txids, with `mempool_sequence`, verbose), `getmempoolentry`,
+//!   `getmempoolinfo`, `testmempoolaccept` (one transaction), `submitpackage`;
+//! - raw transactions: `getrawtransaction` (0 to 2, optionally in a given block),
+//!   `sendrawtransaction`;
+//! - mining: `generatetoaddress`; network: `getnetworkinfo` (no peers, ever);
+//! - util: `estimatesmartfee` (no fee market: Core's answer on a fresh chain),
+//!   `getdescriptorinfo`; control: `stop`.
 //!
 //! Same method names, parameters, result shapes, error codes and HTTP behaviour as Core
 //! (JSON-RPC 1.0: errors with HTTP 500, unknown methods 404; JSON-RPC 2.0: always 200; bad
@@ -32,10 +44,11 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use vigil_regtest::bitcoin::BlockHash;
+use vigil_regtest::bitcoin::{BlockHash, Txid};
 use vigil_regtest::RegtestChain;
 
 pub mod auth;
+mod descriptor;
 mod json;
 pub mod rpc;
 pub mod zmq;
@@ -62,6 +75,8 @@ pub struct NodeConfig {
 
 struct Node {
     chain: Mutex<RegtestChain>,
+    /// When each pool transaction arrived (taken under the chain's lock).
+    arrivals: Mutex<rpc::Arrivals>,
     tip: watch::Sender<(BlockHash, u32)>,
     credentials: Credentials,
     shutdown: watch::Sender<bool>,
@@ -70,6 +85,10 @@ struct Node {
 impl rpc::Control for Node {
     fn stop(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    fn arrival(&self, txid: &Txid) -> Option<rpc::Arrival> {
+        self.arrivals.lock().expect("arrivals lock").get(txid)
     }
 }
 
@@ -83,7 +102,8 @@ pub async fn run(config: NodeConfig) -> Result<(), Box<dyn std::error::Error + S
     }
     let (tip, _) = watch::channel((chain.tip(), chain.height()));
     let (shutdown, mut stopped) = watch::channel(false);
-    let node = Arc::new(Node { chain: Mutex::new(chain), tip, credentials, shutdown });
+    let arrivals = Mutex::new(rpc::Arrivals::default());
+    let node = Arc::new(Node { chain: Mutex::new(chain), arrivals, tip, credentials, shutdown });
     let app = Router::new()
         .route("/", post(handle))
         .route("/wallet/{name}", post(handle))
@@ -151,13 +171,20 @@ fn reply((status, body): (u16, Value)) -> Response {
         .into_response()
 }
 
-/// Runs a parsed call on the chain, telling long-pollers when the tip moved.
+/// Runs a parsed call on the chain, noting what entered the pool and telling long-pollers
+/// when the tip moved.
 fn dispatch(node: &Node, call: Call) -> Result<Value, RpcError> {
     let mut chain = node.chain.lock().expect("chain lock");
     let before = chain.tip();
+    let sequence = chain.pool_sequence();
+    let broadcast = matches!(call, Call::SendRawTransaction(_) | Call::SubmitPackage(_));
     let result = rpc::execute(&mut chain, node, call);
+    if chain.pool_sequence() != sequence {
+        node.arrivals.lock().expect("arrivals lock").observe(&chain, broadcast);
+    }
     if chain.tip() != before {
-        let _ = node.tip.send((chain.tip(), chain.height()));
+        // `send` would drop the value while no long-poll is waiting.
+        node.tip.send_replace((chain.tip(), chain.height()));
     }
     result
 }

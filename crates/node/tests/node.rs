@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use vigil_chain::bitcoin::bip32::{Xpriv, Xpub};
 use vigil_chain::bitcoin::hashes::Hash;
-use vigil_chain::bitcoin::{Amount, Transaction, TxOut};
+use vigil_chain::bitcoin::{Amount, Network, OutPoint, PrivateKey, Transaction, TxOut};
 use vigil_chain::{BackendError, BitcoindRpc, ChainBackend};
 use vigil_testenv::process::{bitcoind, vigil_node, vigil_node_with_zmq, Node};
 use vigil_testenv::wallet::{mature_coin, mine, Wallet};
@@ -103,34 +104,93 @@ fn errors_have_cores_codes() {
     assert!(matches!(wrong.call("getblockcount", json!([])), Err(BackendError::Unreachable(_))));
 }
 
-/// The shape of a JSON answer: object keys (recursively), array element shapes, value types.
-fn shape(v: &Value) -> Value {
+/// Fields whose array may be empty on one side only, each with its reason. Kept minimal:
+/// every key, at every depth, must be the same on both sides regardless.
+const MAY_BE_EMPTY: &[&str] = &[
+    // A pre-release Core build warns that it is one ("This is a pre-release test build");
+    // vigil node is not a build of Core and has nothing to warn about.
+    "warnings",
+];
+
+/// Parameters as the verdict lines show them: hashes and hex abbreviated.
+fn brief(params: &Value) -> String {
+    let short = |v: &Value| match v.as_str() {
+        Some(s) if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) => json!("<hash>"),
+        Some(s) if s.len() > 64 && s.chars().all(|c| c.is_ascii_hexdigit()) => json!("<tx hex>"),
+        Some(s) if s.len() > 40 => json!(format!("{}…", s.chars().take(40).collect::<String>())),
+        _ => v.clone(),
+    };
+    let v = match params {
+        Value::Array(a) => {
+            json!(a
+                .iter()
+                .map(|p| p
+                    .as_array()
+                    .map_or_else(|| short(p), |i| json!(i.iter().map(short).collect::<Vec<_>>())))
+                .collect::<Vec<_>>())
+        }
+        other => other.clone(),
+    };
+    v.to_string()
+}
+
+/// The kind of a JSON value.
+fn kind(v: &Value) -> &'static str {
     match v {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-        // An array's shape is its first element's; an empty one fits any array.
-        Value::Array(a) => match a.first() {
-            Some(first) => json!({"[]": shape(first)}),
-            None => json!("[]"),
-        },
-        Value::Number(_) => json!("number"),
-        Value::String(_) => json!("string"),
-        Value::Bool(_) => json!("bool"),
-        Value::Null => json!("null"),
+        Value::Object(_) => "object",
+        Value::Array(_) => "array",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
     }
 }
 
-/// Every key Vigil answers with exists in Core's answer with the same shape; `required` keys
-/// must be present in ours.
-fn assert_subset(ours: &Value, core: &Value, path: &str) {
+/// An object keyed by txid or wtxid (verbose `getrawmempool`, `submitpackage`'s results):
+/// the keys differ between the nodes, the entries must not.
+fn keyed_by_hash(m: &serde_json::Map<String, Value>) -> bool {
+    !m.is_empty() && m.keys().all(|k| k.len() == 64 && k.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Vigil's answer has exactly Core's keys, recursively (objects inside arrays compared element
+/// by element), with values of the same kinds.
+fn assert_same_keys(ours: &Value, core: &Value, path: &str) {
+    let may_be_empty = MAY_BE_EMPTY.iter().any(|f| path.ends_with(&format!(".{f}")));
     match (ours, core) {
-        (Value::Object(o), Value::Object(c)) => {
-            for (k, v) in o {
-                let cv = c.get(k).unwrap_or_else(|| panic!("{path}.{k}: Core has no such field"));
-                assert_subset(v, cv, &format!("{path}.{k}"));
+        (Value::Object(o), Value::Object(c)) if keyed_by_hash(o) || keyed_by_hash(c) => {
+            assert_eq!(o.len(), c.len(), "{path}: ours has {} entries, Core {}", o.len(), c.len());
+            // Paired in the order of the chain: mempool entries by ancestor count (parents
+            // first), other entries as they come.
+            let sorted = |m: &serde_json::Map<String, Value>| {
+                let mut v: Vec<Value> = m.values().cloned().collect();
+                v.sort_by_key(|e| e.get("ancestorcount").and_then(Value::as_u64));
+                v
+            };
+            for (x, y) in sorted(o).iter().zip(&sorted(c)) {
+                assert_same_keys(x, y, &format!("{path}.<hash>"));
             }
         }
-        (Value::String(s), Value::Object(c)) if s == "[]" && c.contains_key("[]") => {}
-        (a, b) => assert_eq!(a, b, "{path}"),
+        (Value::Object(o), Value::Object(c)) => {
+            let ours_only: Vec<&String> = o.keys().filter(|k| !c.contains_key(*k)).collect();
+            let core_only: Vec<&String> = c.keys().filter(|k| !o.contains_key(*k)).collect();
+            assert!(
+                ours_only.is_empty() && core_only.is_empty(),
+                "{path}: keys differ: only ours {ours_only:?}, only Core's {core_only:?}\nours {ours}\nCore {core}"
+            );
+            for (k, v) in o {
+                assert_same_keys(v, &c[k], &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert!(
+                a.is_empty() == b.is_empty() || may_be_empty,
+                "{path}: one array is empty: ours {ours}, Core {core}"
+            );
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_same_keys(x, y, &format!("{path}[{i}]"));
+            }
+        }
+        (a, b) => assert_eq!(kind(a), kind(b), "{path}: ours {a}, Core {b}"),
     }
 }
 
@@ -156,14 +216,25 @@ fn submitpackage_answers_like_core() {
         assert_eq!(v["package_msg"], "success", "{v}");
         let pool = p.rpc.mempool().unwrap().txids;
         assert!(pool.contains(&parent.compute_txid()) && pool.contains(&child.compute_txid()));
-        // Keyed by wtxid; compare the entries, not the keys.
-        let entries: Vec<Value> = v["tx-results"].as_object().unwrap().values().cloned().collect();
-        assert_eq!(entries.len(), 2);
-        answers.push(entries);
+        answers.push(v);
     }
-    for (c, o) in answers[0].iter().zip(&answers[1]) {
-        assert_subset(&shape(o), &shape(c), "submitpackage.tx-results");
-    }
+    // Keyed by wtxid: the entries are compared, not the keys.
+    assert_same_keys(&answers[1], &answers[0], "submitpackage");
+    let sizes_and_fees = |v: &Value| {
+        let mut r: Vec<String> = v["tx-results"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|e| format!("{} {} {}", e["vsize"], e["fees"]["base"], e["fees"]["effective-feerate"]))
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(
+        sizes_and_fees(&answers[1]),
+        sizes_and_fees(&answers[0]),
+        "same transactions, same sizes and fees"
+    );
     assert!(matches!(node.rpc.call("submitpackage", json!([[]])), Err(BackendError::Rpc { code: -8, .. })));
     assert!(matches!(core.rpc.call("submitpackage", json!([[]])), Err(BackendError::Rpc { code: -8, .. })));
 }
@@ -176,110 +247,271 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
     for p in [&core, &node] {
         mine(&p.rpc, 101, &wallet.address());
     }
-    let (outpoint, prev) = mature_coin(&node.rpc);
-    let core_coin = mature_coin(&core.rpc);
-    let tx_for = |p: &Node| {
-        if std::ptr::eq(p, &node) {
-            wallet.spend(outpoint, &prev, 1_000)
-        } else {
-            wallet.spend(core_coin.0, &core_coin.1, 1_000)
-        }
+    // The same transactions on both chains (their coins differ): a parent, and a child paying
+    // more, so that the two are mined as one chunk.
+    let family = |p: &Node| {
+        let (outpoint, prev) = mature_coin(&p.rpc);
+        let parent = wallet.spend(outpoint, &prev, 1_000);
+        let child = wallet.spend(OutPoint { txid: parent.compute_txid(), vout: 0 }, &parent.output[0], 3_000);
+        (parent, child)
     };
+    let (ours, theirs) = (family(&node), family(&core));
+    let txs = |p: &Node| if std::ptr::eq(p, &node) { &ours } else { &theirs };
+    let hex = |tx: &Transaction| json!(vigil_chain::bitcoin::consensus::encode::serialize_hex(tx));
+    let txid = |tx: &Transaction| json!(tx.compute_txid().to_string());
 
-    type Call<'a> = (&'a str, Box<dyn Fn(&Node) -> Value + 'a>, &'a [&'a str]);
-    let hash1 = |p: &Node| json!(p.rpc.block_hash(1).unwrap().unwrap().to_string());
-    let calls: Vec<Call> = vec![
-        ("getblockcount", Box::new(|_| json!([])), &[]),
-        ("getbestblockhash", Box::new(|_| json!([])), &[]),
-        ("getblockhash", Box::new(|_| json!([1])), &[]),
-        ("getblockhash", Box::new(|_| json!([99_999])), &[]),
+    // Descriptors to analyse: keys from a fixed seed, so both nodes see the same strings.
+    let secp = vigil_chain::bitcoin::secp256k1::Secp256k1::new();
+    let master = Xpriv::new_master(Network::Regtest, &[7; 32]).unwrap();
+    let tpub = Xpub::from_priv(&secp, &master);
+    let xonly = wallet.key.x_only_public_key().0;
+    let pubkey = wallet.key.public_key();
+    let wif = PrivateKey::new(wallet.key.secret_key(), Network::Regtest).to_wif();
+    let descriptors = [
+        format!("addr({})", wallet.address()),
+        "raw(6A0401020304)".to_owned(),
+        format!("tr({xonly})"),
+        format!("wpkh({tpub}/0/*)"),
+        format!("wpkh([d34db33f/84h/1h/0h]{tpub}/<0;1>/*)"),
+        format!("wsh(multi(2,[d34db33f/48'/1'/0'/2']{tpub}/0/*,{pubkey}))"),
+        format!("tr({xonly},{{pk({tpub}/1/*),and_v(v:pk({pubkey}),older(144))}})"),
+        format!("sh(wpkh({pubkey}))"),
+        format!("pkh({master}/44h/1h/0h/0/*)"),
+        format!("wpkh({wif})"),
+        format!("rawtr({xonly})"),
+        format!("combo({pubkey})"),
+    ];
+
+    // Each call: method, parameters, and the JSON pointers whose values must be equal too
+    // ("" for the whole answer), where the two chains must agree.
+    type Call<'a> = (&'a str, Box<dyn Fn(&Node) -> Value + 'a>, Vec<&'a str>);
+    let hash = |p: &Node, height: u32| json!(p.rpc.block_hash(height).unwrap().unwrap().to_string());
+    let tip = |p: &Node| hash(p, p.rpc.tip().unwrap().height);
+    let coinbase1 = |p: &Node| json!(mature_coin(&p.rpc).0.txid.to_string());
+    let header = vec![
+        "/height",
+        "/confirmations",
+        "/version",
+        "/bits",
+        "/target",
+        "/difficulty",
+        "/chainwork",
+        "/nTx",
+    ];
+    let block = [header.clone(), vec!["/coinbase_tx/version", "/coinbase_tx/witness"]].concat();
+    let coinbase = vec!["/version", "/vout/0/value", "/vout/0/scriptPubKey", "/vout/1/scriptPubKey/type"];
+    let entry = vec![
+        "/vsize",
+        "/weight",
+        "/height",
+        "/descendantcount",
+        "/descendantsize",
+        "/ancestorcount",
+        "/ancestorsize",
+        "/chunkweight",
+        "/fees",
+        "/unbroadcast",
+    ];
+    let mut calls: Vec<Call> = vec![
+        ("getblockcount", Box::new(|_| json!([])), vec![""]),
+        ("getbestblockhash", Box::new(|_| json!([])), vec![]),
+        ("getblockhash", Box::new(|_| json!([1])), vec![]),
+        ("getblockhash", Box::new(|_| json!([99_999])), vec![]),
         (
-            "getblock",
-            Box::new(move |p| json!([hash1(p)])),
-            &["hash", "height", "tx", "previousblockhash", "confirmations"],
+            "getblockchaininfo",
+            Box::new(|_| json!([])),
+            vec![
+                "/chain",
+                "/blocks",
+                "/headers",
+                "/bits",
+                "/target",
+                "/difficulty",
+                "/chainwork",
+                "/initialblockdownload",
+                "/pruned",
+            ],
         ),
-        ("getblock", Box::new(move |p| json!([hash1(p), 0])), &[]),
-        ("getblock", Box::new(move |p| json!([hash1(p), 2])), &["tx"]),
-        ("getblock", Box::new(|_| json!(["00".repeat(32)])), &[]),
-        ("getblock", Box::new(|_| json!(["xyz"])), &[]),
-        (
-            "getblockheader",
-            Box::new(move |p| json!([hash1(p)])),
-            &["hash", "height", "previousblockhash", "confirmations"],
-        ),
-        ("getblockheader", Box::new(move |p| json!([hash1(p), false])), &[]),
-        ("getblockchaininfo", Box::new(|_| json!([])), &["chain", "blocks", "bestblockhash", "mediantime"]),
-        ("getrawmempool", Box::new(|_| json!([])), &[]),
-        ("getrawmempool", Box::new(|_| json!([false, true])), &["txids", "mempool_sequence"]),
+    ];
+    for verbosity in [json!(null), json!(0), json!(1), json!(2), json!(3), json!(true), json!(false)] {
+        let hex = verbosity == json!(0) || verbosity == json!(false);
+        let equal = if hex { vec![] } else { block.clone() };
+        calls.push(("getblock", Box::new(move |p| json!([hash(p, 1), verbosity])), equal));
+    }
+    calls.extend::<Vec<Call>>(vec![
+        ("getblock", Box::new(|_| json!(["00".repeat(32)])), vec![]),
+        ("getblock", Box::new(|_| json!(["xyz"])), vec![]),
+        ("getblockheader", Box::new(move |p| json!([hash(p, 1)])), header.clone()),
+        ("getblockheader", Box::new(move |p| json!([hash(p, 1), true])), header.clone()),
+        ("getblockheader", Box::new(move |p| json!([hash(p, 1), false])), vec![]),
+        ("getblockheader", Box::new(|_| json!(["00".repeat(32)])), vec![]),
+        ("getrawtransaction", Box::new(|_| json!(["11".repeat(32)])), vec![]),
+        ("getrawtransaction", Box::new(move |p| json!([coinbase1(p), 0])), vec![]),
+        ("getrawtransaction", Box::new(move |p| json!([coinbase1(p), 1])), coinbase.clone()),
+        ("getrawtransaction", Box::new(move |p| json!([coinbase1(p), 2])), coinbase.clone()),
+        ("getrawtransaction", Box::new(move |p| json!([coinbase1(p), true, hash(p, 1)])), coinbase.clone()),
+        ("getrawtransaction", Box::new(move |p| json!([coinbase1(p), 1, hash(p, 2)])), vec![]),
         (
             "gettxout",
-            Box::new(|p| {
-                let (o, _) = mature_coin(&p.rpc);
-                json!([o.txid.to_string(), 0])
-            }),
-            &["bestblock", "confirmations", "value", "scriptPubKey", "coinbase"],
+            Box::new(move |p| json!([coinbase1(p), 0])),
+            vec!["/confirmations", "/value", "/coinbase", "/scriptPubKey"],
         ),
-        ("gettxout", Box::new(|_| json!(["11".repeat(32), 0])), &[]),
-        ("getrawtransaction", Box::new(|_| json!(["11".repeat(32)])), &[]),
+        ("gettxout", Box::new(|_| json!(["11".repeat(32), 0])), vec![""]),
         (
-            "getrawtransaction",
-            Box::new(|p| {
-                let (o, _) = mature_coin(&p.rpc);
-                json!([o.txid.to_string(), true])
-            }),
-            &["txid", "vin", "vout", "blockhash", "confirmations"],
+            "getmempoolinfo",
+            Box::new(|_| json!([])),
+            vec![
+                "/loaded",
+                "/size",
+                "/bytes",
+                "/total_fee",
+                "/maxmempool",
+                "/mempoolminfee",
+                "/minrelaytxfee",
+                "/incrementalrelayfee",
+                "/unbroadcastcount",
+                "/permitbaremultisig",
+                "/maxdatacarriersize",
+                "/limitclustercount",
+                "/limitclustersize",
+                "/optimal",
+            ],
         ),
-        ("sendrawtransaction", Box::new(|_| json!(["zz"])), &[]),
+        ("getrawmempool", Box::new(|_| json!([])), vec![""]),
+        ("getrawmempool", Box::new(|_| json!([true])), vec![""]),
+        ("getrawmempool", Box::new(|_| json!([false, true])), vec!["/txids"]),
+        ("getrawmempool", Box::new(|_| json!([true, true])), vec![]),
+        ("getrawmempool", Box::new(|_| json!([1])), vec![]),
+        (
+            "getnetworkinfo",
+            Box::new(|_| json!([])),
+            vec![
+                "/protocolversion",
+                "/localservices",
+                "/localservicesnames",
+                "/localrelay",
+                "/timeoffset",
+                "/networkactive",
+                "/connections",
+                "/connections_in",
+                "/connections_out",
+                "/networks",
+                "/relayfee",
+                "/incrementalfee",
+                "/localaddresses",
+            ],
+        ),
+    ]);
+    for d in &descriptors {
+        calls.push(("getdescriptorinfo", Box::new(move |_| json!([d])), vec![""]));
+    }
+    calls.extend::<Vec<Call>>(vec![
+        ("getdescriptorinfo", Box::new(|_| json!(["wpkh(nonsense)"])), vec![]),
+        ("getdescriptorinfo", Box::new(|_| json!(["raw(6a00)#00000000"])), vec![]),
+        ("getdescriptorinfo", Box::new(|_| json!([])), vec![]),
+    ]);
+    for target in
+        [json!([1]), json!([6]), json!([1008]), json!([6, "economical"]), json!([6, "CONSERVATIVE"])]
+    {
+        calls.push(("estimatesmartfee", Box::new(move |_| target.clone()), vec![""]));
+    }
+    for bad in [json!([0]), json!([1009]), json!([-1]), json!([6, "bogus"]), json!(["6"]), json!([])] {
+        calls.push(("estimatesmartfee", Box::new(move |_| bad.clone()), vec![]));
+    }
+    calls.extend::<Vec<Call>>(vec![
+        ("sendrawtransaction", Box::new(|_| json!(["zz"])), vec![]),
         (
             "testmempoolaccept",
-            Box::new(|p| json!([[vigil_chain::bitcoin::consensus::encode::serialize_hex(&tx_for(p))]])),
-            &[],
+            Box::new(move |p| json!([[hex(&txs(p).0)]])),
+            vec!["/0/allowed", "/0/vsize", "/0/fees/base", "/0/fees/effective-feerate"],
+        ),
+        ("sendrawtransaction", Box::new(move |p| json!([hex(&txs(p).0)])), vec![]),
+        ("sendrawtransaction", Box::new(move |p| json!([hex(&txs(p).0)])), vec![]),
+        (
+            "testmempoolaccept",
+            Box::new(move |p| json!([[hex(&txs(p).0)]])),
+            vec!["/0/allowed", "/0/reject-reason"],
+        ),
+        ("sendrawtransaction", Box::new(move |p| json!([hex(&txs(p).1)])), vec![]),
+        ("getrawmempool", Box::new(|_| json!([])), vec![]),
+        ("getrawmempool", Box::new(|_| json!([true])), vec![]),
+        ("getrawmempool", Box::new(|_| json!([false, true])), vec![]),
+        ("getmempoolentry", Box::new(move |p| json!([txid(&txs(p).0)])), entry.clone()),
+        ("getmempoolentry", Box::new(move |p| json!([txid(&txs(p).1)])), entry.clone()),
+        ("getmempoolentry", Box::new(|_| json!(["11".repeat(32)])), vec![]),
+        (
+            "getmempoolinfo",
+            Box::new(|_| json!([])),
+            vec!["/size", "/bytes", "/total_fee", "/unbroadcastcount"],
         ),
         (
-            "sendrawtransaction",
-            Box::new(|p| json!([vigil_chain::bitcoin::consensus::encode::serialize_hex(&tx_for(p))])),
-            &[],
+            "getrawtransaction",
+            Box::new(move |p| json!([txid(&txs(p).0), 1])),
+            vec!["/version", "/size", "/vsize", "/weight", "/locktime", "/vout/0/scriptPubKey/desc"],
         ),
+        ("getrawtransaction", Box::new(move |p| json!([txid(&txs(p).0), 2])), vec!["/vsize"]),
+        ("gettxout", Box::new(move |p| json!([txid(&txs(p).0), 0])), vec![""]),
+        ("gettxout", Box::new(move |p| json!([txid(&txs(p).0), 0, false])), vec![""]),
         (
-            "sendrawtransaction",
-            Box::new(|p| json!([vigil_chain::bitcoin::consensus::encode::serialize_hex(&tx_for(p))])),
-            &[],
+            "gettxout",
+            Box::new(move |p| json!([txid(&txs(p).1), 0])),
+            vec!["/confirmations", "/value", "/coinbase", "/scriptPubKey/desc"],
         ),
-        ("getrawmempool", Box::new(|_| json!([])), &[]),
-        ("nosuchmethod", Box::new(|_| json!([])), &[]),
-        ("waitfornewblock", Box::new(|_| json!([10])), &["hash", "height"]),
-    ];
-    for (method, params, required) in &calls {
+        ("generatetoaddress", Box::new(|_| json!([1, Wallet::new().address().to_string()])), vec![]),
+        ("getrawmempool", Box::new(|_| json!([true])), vec![""]),
+    ]);
+    // The block confirming the parent and the child: their fees (verbosity 2) and the coins
+    // they spent (3).
+    let fees = vec!["/nTx", "/tx/1/fee", "/tx/1/vsize", "/tx/2/fee"];
+    let prevouts = [fees.clone(), vec!["/tx/1/vin/0/prevout", "/tx/2/vin/0/prevout"]].concat();
+    for (verbosity, equal) in [(1, vec!["/nTx"]), (2, fees), (3, prevouts)] {
+        calls.push(("getblock", Box::new(move |p| json!([tip(p), verbosity])), equal));
+    }
+    calls.extend::<Vec<Call>>(vec![
+        ("getrawtransaction", Box::new(move |p| json!([txid(&txs(p).1), 1])), vec!["/confirmations"]),
+        ("getrawtransaction", Box::new(move |p| json!([txid(&txs(p).1), 2])), vec!["/fee", "/vin/0/prevout"]),
+        (
+            "getrawtransaction",
+            Box::new(move |p| json!([txid(&txs(p).0), 2, tip(p)])),
+            vec!["/fee", "/in_active_chain"],
+        ),
+        ("getrawtransaction", Box::new(move |p| json!([mature_coin(&p.rpc).0.txid.to_string(), 2])), vec![]),
+        (
+            "gettxout",
+            Box::new(move |p| json!([txid(&txs(p).1), 0])),
+            vec!["/confirmations", "/value", "/coinbase", "/scriptPubKey"],
+        ),
+        ("nosuchmethod", Box::new(|_| json!([])), vec![]),
+        ("waitfornewblock", Box::new(|_| json!([10])), vec!["/height"]),
+    ]);
+    for (method, params, equal) in &calls {
         let ours = node.rpc.call(method, params(&node));
         let theirs = core.rpc.call(method, params(&core));
         let verdict = match (&ours, &theirs) {
             (Ok(o), Ok(c)) => {
-                let (so, sc) = (shape(o), shape(c));
-                if o.is_object() {
-                    assert_subset(&so, &sc, method);
-                    for k in *required {
-                        assert!(o.get(*k).is_some(), "{method}: missing {k}");
-                    }
-                } else if let (Some(oa), Some(ca)) = (o.as_array(), c.as_array()) {
-                    assert_eq!(oa.len(), ca.len(), "{method}");
-                    if let (Some(a), Some(b)) = (oa.first(), ca.first()) {
-                        assert_subset(&shape(a), &shape(b), method);
-                    }
-                } else {
-                    assert_eq!(so, sc, "{method}");
+                assert_same_keys(o, c, method);
+                for pointer in equal {
+                    assert!(c.pointer(pointer).is_some(), "{method}: Core has no {pointer}: {c}");
+                    assert_eq!(
+                        o.pointer(pointer),
+                        c.pointer(pointer),
+                        "{method} {}: {pointer} differs\nours {o}\nCore {c}",
+                        params(&node)
+                    );
                 }
-                "same shape".to_string()
+                match equal.len() {
+                    _ if equal.contains(&"") => "same answer".to_string(),
+                    0 => "same keys".to_string(),
+                    n => format!("same keys, {n} values equal"),
+                }
             }
             (Err(BackendError::Rpc { code: a, .. }), Err(BackendError::Rpc { code: b, .. })) => {
                 assert_eq!(a, b, "{method}: error codes differ ({ours:?} vs {theirs:?})");
                 format!("same error {a}")
             }
-            _ => panic!("{method}: vigil node {ours:?}, Core {theirs:?}"),
+            _ => panic!("{method} {}: vigil node {ours:?}, Core {theirs:?}", params(&node)),
         };
-        println!(
-            "{method:>20} {params:<60} {verdict}",
-            params = params(&node).to_string().chars().take(60).collect::<String>()
-        );
+        println!("{method:>20} {:<60} {verdict}", brief(&params(&node)));
     }
 
     // REST: the raw block, as `getblock <hash> 0` decodes, from both.
@@ -290,7 +522,21 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
     }
     println!("{:>20} raw bytes equal to getblock's, from both", "REST /rest/block");
 
-    // Refusals: the same reject reasons from the relay policy and the same codes.
+    // Refusals: the same reject reasons from the relay policy and the same codes, for spends
+    // of a coin nothing spent yet.
+    let fresh_coin = |p: &Node| {
+        let hash = p.rpc.block_hash(2).unwrap().unwrap();
+        let coinbase = p.rpc.block(&hash).unwrap().txdata[0].clone();
+        (OutPoint { txid: coinbase.compute_txid(), vout: 0 }, coinbase.output[0].clone())
+    };
+    let tx_for = |p: &Node| {
+        let (outpoint, prev) = fresh_coin(p);
+        wallet.spend(outpoint, &prev, 1_000)
+    };
+    let resign = |mut tx: Transaction, p: &Node| {
+        vigil_testenv::vigil_policy::sign_key_path(&mut tx, 0, &[fresh_coin(p).1], &wallet.key).unwrap();
+        tx
+    };
     type MakeTx<'a> = Box<dyn Fn(&Node) -> Transaction + 'a>;
     let bad: Vec<(&str, MakeTx)> = vec![
         (
@@ -298,7 +544,7 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
             Box::new(|p| {
                 let mut t = tx_for(p);
                 t.output[0].value += Amount::from_sat(1_000);
-                resign(&wallet, t, p)
+                resign(t, p)
             }),
         ),
         (
@@ -310,7 +556,7 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
                     script_pubkey: wallet.address().script_pubkey(),
                 });
                 t.output[0].value -= Amount::from_sat(100);
-                resign(&wallet, t, p)
+                resign(t, p)
             }),
         ),
         (
@@ -341,11 +587,4 @@ fn vigil_node_answers_like_bitcoin_core_call_by_call() {
         other => panic!("{other:?}"),
     };
     assert_eq!(code(&node), code(&core));
-}
-
-/// Re-signs a spend of the first mature coin after editing it.
-fn resign(wallet: &Wallet, mut tx: Transaction, p: &Node) -> Transaction {
-    let (_, prev) = mature_coin(&p.rpc);
-    vigil_testenv::vigil_policy::sign_key_path(&mut tx, 0, &[prev], &wallet.key).unwrap();
-    tx
 }

@@ -1,5 +1,4 @@
-//! Core's blockchain RPCs: blocks, headers, the UTXO set, the mempool's contents, fee
-//! estimates.
+//! Core's blockchain RPCs: blocks, headers, the chain's state, the UTXO set.
 
 use serde_json::{json, Value};
 use vigil_regtest::bitcoin::consensus::encode::serialize_hex;
@@ -24,8 +23,10 @@ pub(super) fn execute(chain: &mut RegtestChain, call: Call) -> Result<Value, Rpc
                 .block_by_hash(&hash)
                 .ok_or_else(|| err(code::INVALID_ADDRESS_OR_KEY, "Block not found"))?;
             match verbosity {
-                0 => Ok(json!(chain.raw_block(&hash).expect("stored with the block").to_lower_hex_string())),
-                v => Ok(block_json(chain, &block, v >= 2)),
+                ..=0 => {
+                    Ok(json!(chain.raw_block(&hash).expect("stored with the block").to_lower_hex_string()))
+                }
+                v => Ok(block_json(chain, &block, v)),
             }
         }
         Call::GetBlockHeader(hash, verbose) => {
@@ -57,27 +58,6 @@ pub(super) fn execute(chain: &mut RegtestChain, call: Call) -> Result<Value, Rpc
                 "warnings": [],
             }))
         }
-        Call::GetRawMempool { sequence } => {
-            let txids: Vec<String> =
-                chain.pending().iter().map(|e| e.tx.compute_txid().to_string()).collect();
-            if sequence {
-                return Ok(json!({"txids": txids, "mempool_sequence": chain.pool_sequence()}));
-            }
-            Ok(json!(txids))
-        }
-        Call::GetMempoolEntry(txid) => {
-            let entry = chain
-                .pending()
-                .into_iter()
-                .find(|e| e.tx.compute_txid() == txid)
-                .ok_or_else(|| err(code::INVALID_ADDRESS_OR_KEY, "Transaction not in mempool"))?;
-            Ok(json!({
-                "vsize": entry.vsize,
-                "weight": entry.tx.weight().to_wu(),
-                "fees": {"base": btc(entry.fee), "modified": btc(entry.fee)},
-                "wtxid": entry.tx.compute_wtxid().to_string(),
-            }))
-        }
         Call::GetTxOut(outpoint, include_mempool) => {
             if include_mempool && chain.spend_of(&outpoint).is_some() {
                 return Ok(Value::Null);
@@ -103,11 +83,6 @@ pub(super) fn execute(chain: &mut RegtestChain, call: Call) -> Result<Value, Rpc
                 "scriptPubKey": script_json(&txout.script_pubkey),
                 "coinbase": coinbase,
             }))
-        }
-        // A private regtest chain has no fee market to learn from: Core's answer on a fresh
-        // regtest node.
-        Call::EstimateSmartFee(_) => {
-            Ok(json!({"errors": ["Insufficient data or no feerate found"], "blocks": 0}))
         }
         other => unreachable!("not a blockchain call: {other:?}"),
     }

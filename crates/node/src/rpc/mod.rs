@@ -1,6 +1,7 @@
 //! The JSON-RPC dialect: a request is parsed into a typed [`Call`] (every parameter checked as
 //! Core checks it, with Core's error codes and messages) before anything touches the chain;
-//! then executed by method group: [`blockchain`], [`rawtransactions`], [`mining`].
+//! then executed by method group, as Core groups them: [`blockchain`], [`mempool`],
+//! [`rawtransactions`], [`mining`], [`network`], [`util`].
 
 use serde_json::{json, Value};
 use vigil_regtest::bitcoin::consensus::deserialize;
@@ -10,8 +11,13 @@ use vigil_regtest::bitcoin::{Address, BlockHash, Network, OutPoint, ScriptBuf, T
 use vigil_regtest::RegtestChain;
 
 pub mod blockchain;
+pub mod mempool;
 pub mod mining;
+pub mod network;
 pub mod rawtransactions;
+pub mod util;
+
+pub use mempool::{Arrival, Arrivals};
 
 /// Core's RPC error codes (`rpc/protocol.h`).
 pub mod code {
@@ -41,6 +47,10 @@ pub mod code {
 
 /// Blocks one `generatetoaddress` may mine: the chain lock is held while it does.
 pub const MAX_BLOCKS_PER_CALL: u64 = 100_000;
+
+/// `estimatesmartfee`'s highest `conf_target`: the longest horizon Core's fee estimator
+/// tracks (`HighestTargetTracked(LONG_HALFLIFE)`).
+pub const MAX_CONF_TARGET: i64 = 1008;
 
 /// An RPC error: Core's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,28 +107,33 @@ pub enum Call {
     GetBestBlockHash,
     /// `getblockhash height`
     GetBlockHash(i64),
-    /// `getblock hash (verbosity)`
-    GetBlock(BlockHash, u64),
+    /// `getblock hash (verbosity)`: 0 hex, 1 txids, 2 transactions, 3 with prevouts.
+    GetBlock(BlockHash, i64),
     /// `getblockheader hash (verbose)`
     GetBlockHeader(BlockHash, bool),
     /// `getblockchaininfo`
     GetBlockchainInfo,
     /// `getrawmempool (verbose) (mempool_sequence)`
     GetRawMempool {
-        /// With `mempool_sequence`.
+        /// Entries keyed by txid rather than txids.
+        verbose: bool,
+        /// With `mempool_sequence` (txids only).
         sequence: bool,
     },
     /// `getmempoolentry txid`
     GetMempoolEntry(Txid),
+    /// `getmempoolinfo`
+    GetMempoolInfo,
     /// `gettxout txid n (include_mempool)`
     GetTxOut(OutPoint, bool),
-    /// `estimatesmartfee conf_target`
-    EstimateSmartFee(u64),
+    /// `estimatesmartfee conf_target (estimate_mode)`
+    EstimateSmartFee(u32),
     /// `waitfornewblock (timeout)`, ms.
     WaitForNewBlock(u64),
     // rawtransactions
-    /// `getrawtransaction txid (verbose)`
-    GetRawTransaction(Txid, u64),
+    /// `getrawtransaction txid (verbosity) (blockhash)`: 0 hex, 1 decoded, 2 with fee and
+    /// prevouts.
+    GetRawTransaction(Txid, i64, Option<BlockHash>),
     /// `sendrawtransaction hex (maxfeerate)`
     SendRawTransaction(Transaction),
     /// `submitpackage [hex, ...]`
@@ -139,6 +154,12 @@ pub enum Call {
         /// Fill from the pending pool first.
         take_pending: bool,
     },
+    // network
+    /// `getnetworkinfo`
+    GetNetworkInfo,
+    // util
+    /// `getdescriptorinfo descriptor`
+    GetDescriptorInfo(String),
     // control
     /// `stop`
     Stop,
@@ -160,19 +181,22 @@ impl Call {
             ),
             "getblockheader" => Call::GetBlockHeader(
                 BlockHash::from_byte_array(hash_param(params, 0, "blockhash")?),
-                verbosity(params, 1, 1)? != 0,
+                opt_bool(params, 1)?.unwrap_or(true),
             ),
             "getblockchaininfo" => Call::GetBlockchainInfo,
             "getrawmempool" => {
-                if verbosity(params, 0, 0)? != 0 {
+                let verbose = opt_bool(params, 0)?.unwrap_or(false);
+                let sequence = opt_bool(params, 1)?.unwrap_or(false);
+                if verbose && sequence {
                     return Err(err(
                         code::INVALID_PARAMETER,
-                        "Vigil node answers getrawmempool with verbose=false only",
+                        "Verbose results cannot contain mempool sequence values.",
                     ));
                 }
-                Call::GetRawMempool { sequence: verbosity(params, 1, 0)? != 0 }
+                Call::GetRawMempool { verbose, sequence }
             }
             "getmempoolentry" => Call::GetMempoolEntry(Txid::from_byte_array(hash_param(params, 0, "txid")?)),
+            "getmempoolinfo" => Call::GetMempoolInfo,
             "gettxout" => {
                 let txid = Txid::from_byte_array(hash_param(params, 0, "txid")?);
                 let vout = opt_u64(params, 1, "n")?
@@ -184,14 +208,37 @@ impl Call {
                 };
                 Call::GetTxOut(OutPoint { txid, vout }, include_mempool)
             }
-            "estimatesmartfee" => Call::EstimateSmartFee(
-                opt_u64(params, 0, "conf_target")?
-                    .ok_or_else(|| err(code::MISC, "Missing required parameter conf_target"))?,
-            ),
+            "estimatesmartfee" => {
+                let v = param(params, 0, "conf_target")?;
+                let target = v.as_i64().ok_or_else(|| type_error(v, "number"))?;
+                if !(1..=MAX_CONF_TARGET).contains(&target) {
+                    return Err(err(
+                        code::INVALID_PARAMETER,
+                        format!("Invalid conf_target, must be between 1 and {MAX_CONF_TARGET}"),
+                    ));
+                }
+                match params.get(1) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(m))
+                        if ["unset", "economical", "conservative"].contains(&m.to_lowercase().as_str()) => {}
+                    Some(Value::String(_)) => {
+                        return Err(err(
+                            code::INVALID_PARAMETER,
+                            r#"Invalid estimate_mode parameter, must be one of: "unset", "economical", "conservative""#,
+                        ))
+                    }
+                    Some(v) => return Err(type_error(v, "string")),
+                }
+                Call::EstimateSmartFee(target as u32)
+            }
             "waitfornewblock" => Call::WaitForNewBlock(opt_u64(params, 0, "timeout")?.unwrap_or(0)),
             "getrawtransaction" => Call::GetRawTransaction(
                 Txid::from_byte_array(hash_param(params, 0, "txid")?),
                 verbosity(params, 1, 0)?,
+                match params.get(2) {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(BlockHash::from_byte_array(hash_param(params, 2, "parameter 3")?)),
+                },
             ),
             "sendrawtransaction" => Call::SendRawTransaction(decode_tx(params, 0)?),
             "submitpackage" => {
@@ -246,6 +293,11 @@ impl Call {
                 };
                 Call::GenerateBlock { parent, to, txs, take_pending }
             }
+            "getnetworkinfo" => Call::GetNetworkInfo,
+            "getdescriptorinfo" => {
+                let v = param(params, 0, "descriptor")?;
+                Call::GetDescriptorInfo(v.as_str().ok_or_else(|| type_error(v, "string"))?.to_owned())
+            }
             "stop" => Call::Stop,
             _ => return Err(err(code::METHOD_NOT_FOUND, "Method not found")),
         })
@@ -256,6 +308,8 @@ impl Call {
 pub trait Control {
     /// Asks the node to stop.
     fn stop(&self);
+    /// When and how a pool transaction arrived, which the chain does not record.
+    fn arrival(&self, txid: &Txid) -> Option<Arrival>;
 }
 
 /// Executes a call on the chain (everything but `waitfornewblock`, which waits outside it).
@@ -267,15 +321,17 @@ pub fn execute(chain: &mut RegtestChain, control: &dyn Control, call: Call) -> R
         | Call::GetBlock(..)
         | Call::GetBlockHeader(..)
         | Call::GetBlockchainInfo
-        | Call::GetRawMempool { .. }
-        | Call::GetMempoolEntry(_)
-        | Call::GetTxOut(..)
-        | Call::EstimateSmartFee(_) => blockchain::execute(chain, call),
+        | Call::GetTxOut(..) => blockchain::execute(chain, call),
+        Call::GetRawMempool { .. } | Call::GetMempoolEntry(_) | Call::GetMempoolInfo => {
+            mempool::execute(chain, control, call)
+        }
         Call::GetRawTransaction(..)
         | Call::SendRawTransaction(_)
         | Call::SubmitPackage(_)
         | Call::TestMempoolAccept(_) => rawtransactions::execute(chain, call),
         Call::GenerateToAddress(..) | Call::GenerateBlock { .. } => mining::execute(chain, call),
+        Call::GetNetworkInfo => network::execute(call),
+        Call::EstimateSmartFee(_) | Call::GetDescriptorInfo(_) => util::execute(call),
         Call::WaitForNewBlock(_) => {
             Err(err(code::INVALID_PARAMETER, "waitfornewblock waits outside the chain"))
         }
@@ -346,11 +402,19 @@ fn opt_u64(params: &[Value], i: usize, name: &str) -> Result<Option<u64>, RpcErr
     }
 }
 
-fn verbosity(params: &[Value], i: usize, default: u64) -> Result<u64, RpcError> {
+/// Core's `ParseVerbosity`: a number (any below 1 means hex), or a bool for 0 and 1.
+fn verbosity(params: &[Value], i: usize, default: i64) -> Result<i64, RpcError> {
     match params.get(i) {
         None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b as u64),
-        Some(v) => v.as_u64().ok_or_else(|| type_error(v, "number")),
+        Some(Value::Bool(b)) => Ok(*b as i64),
+        Some(v) => v.as_i64().ok_or_else(|| type_error(v, "number")),
+    }
+}
+
+fn opt_bool(params: &[Value], i: usize) -> Result<Option<bool>, RpcError> {
+    match params.get(i) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| type_error(v, "bool")),
     }
 }
 
@@ -402,5 +466,55 @@ mod tests {
         let hash = "0f".repeat(32);
         let Call::GetBlock(h, 1) = Call::parse("getblock", &[json!(hash)]).unwrap() else { panic!() };
         assert_eq!(h.to_string(), hash, "RPC byte order");
+    }
+
+    #[test]
+    fn verbosities_and_flags_are_read_as_core_reads_them() {
+        let e = |m: &str, p: Value| Call::parse(m, p.as_array().unwrap()).unwrap_err().code;
+        let ok = |m: &str, p: Value| Call::parse(m, p.as_array().unwrap()).unwrap();
+        let hash = "0f".repeat(32);
+        // Any verbosity below 1 is hex; a bool is 0 or 1.
+        assert!(matches!(ok("getblock", json!([hash, -1])), Call::GetBlock(_, -1)));
+        assert!(matches!(ok("getblock", json!([hash, true])), Call::GetBlock(_, 1)));
+        assert!(matches!(
+            ok("getrawtransaction", json!([hash, 2, hash])),
+            Call::GetRawTransaction(_, 2, Some(_))
+        ));
+        assert_eq!(e("getrawtransaction", json!([hash, 1, "xyz"])), code::INVALID_PARAMETER);
+        // getblockheader's and getrawmempool's flags are bools, not numbers.
+        assert_eq!(e("getblockheader", json!([hash, 1])), code::TYPE);
+        assert!(matches!(ok("getblockheader", json!([hash])), Call::GetBlockHeader(_, true)));
+        assert_eq!(e("getrawmempool", json!([1])), code::TYPE);
+        assert_eq!(e("getrawmempool", json!([true, true])), code::INVALID_PARAMETER);
+        assert_eq!(
+            ok("getrawmempool", json!([true])),
+            Call::GetRawMempool { verbose: true, sequence: false }
+        );
+        assert_eq!(
+            ok("getrawmempool", json!([false, true])),
+            Call::GetRawMempool { verbose: false, sequence: true }
+        );
+        assert_eq!(ok("getmempoolinfo", json!([])), Call::GetMempoolInfo);
+        assert_eq!(ok("getnetworkinfo", json!([])), Call::GetNetworkInfo);
+    }
+
+    #[test]
+    fn fee_targets_and_descriptors_are_checked_as_core_checks_them() {
+        let e = |m: &str, p: Value| Call::parse(m, p.as_array().unwrap()).unwrap_err().code;
+        assert_eq!(Call::parse("estimatesmartfee", &[json!(1008)]).unwrap(), Call::EstimateSmartFee(1008));
+        for target in [0, -1, 1009] {
+            assert_eq!(e("estimatesmartfee", json!([target])), code::INVALID_PARAMETER, "{target}");
+        }
+        assert_eq!(e("estimatesmartfee", json!(["6"])), code::TYPE);
+        assert_eq!(e("estimatesmartfee", json!([])), code::MISC);
+        assert_eq!(e("estimatesmartfee", json!([6, "bogus"])), code::INVALID_PARAMETER);
+        assert!(Call::parse("estimatesmartfee", &[json!(6), json!("ECONOMICAL")]).is_ok());
+        assert_eq!(e("getdescriptorinfo", json!([])), code::MISC);
+        assert_eq!(e("getdescriptorinfo", json!([1])), code::TYPE);
+        let Call::GetDescriptorInfo(d) = Call::parse("getdescriptorinfo", &[json!("raw(00)")]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(d, "raw(00)");
     }
 }
