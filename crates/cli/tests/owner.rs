@@ -81,7 +81,11 @@ struct Services {
 }
 
 fn services(extra: &str, proxied: bool) -> Services {
-    let node = vigil_node();
+    services_on(vigil_node(), extra, proxied)
+}
+
+/// The services on `node`: `vigil node`, or a real bitcoind.
+fn services_on(node: Node, extra: &str, proxied: bool) -> Services {
     let co = CosignerProcess::new(&node, extra);
     let towers: Vec<TowerProcess> =
         (0..2).map(|i| TowerProcess::configured(&node, &[], i, TowerOptions::default())).collect();
@@ -746,4 +750,26 @@ fn small_spends_leave_the_allowance_at_once_under_either_code_and_large_ones_tak
     mine(&s.node.rpc, 1, &payer.address());
     let (ok, _, err) = vigil(&dir, &["receive", "--allowance"], &[REAL]);
     assert!(!ok && err.contains("keep the rest in vaults"), "{err}");
+}
+
+#[test]
+fn the_wallet_vaults_and_spends_the_same_on_a_real_bitcoind() {
+    let Some(core) = vigil_testenv::process::bitcoind() else { return };
+    let s = services_on(core, "", false);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 1);
+    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let got = json(&dir, &["receive", "--allowance"], &[REAL]);
+    let address: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    payer.pay(&s.node.rpc, 2, address.script_pubkey(), Amount::from_sat(300_000));
+    mine(&s.node.rpc, 1, &payer.address());
+    let to = Wallet::new().address();
+    let sent = json(&dir, &["spend", &to.to_string(), "0.001"], &[REAL]);
+    assert_eq!(sent[0]["progress"]["stage"], "sent from the allowance", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
+    let left = status["allowance_sat"].as_u64().unwrap();
+    assert!(left < 200_000 && left > 198_000, "{status}");
 }
