@@ -74,8 +74,8 @@ enum GuardianCommand {
         #[arg(long)]
         not_after: Option<u32>,
     },
-    /// Sign the owner's recovery when the co-signer is gone for good: adds this guardian's
-    /// signature to the recovery leaves (owner + guardians after T_RECOVER) of the PSBT file
+    /// Sign the owner's recovery: adds this guardian's signature to the recovery leaves (the
+    /// owner and the guardians after T_RECOVER) or the deep vault's paths of the PSBT file
     /// `vigil recover` wrote, and to nothing else. Asks for confirmation unless --yes.
     SignRecovery {
         /// The PSBT file (rewritten with the signature).
@@ -132,9 +132,10 @@ fn confirm(what: &str, word: &str) -> anyhow::Result<()> {
 }
 
 /// `vigil guardian sign-recovery`: this guardian's key signs only the policy's own recovery
-/// leaves (rebuilt here from the guardian's copy of the policy, at the index the PSBT names),
-/// on inputs whose nSequence is T_RECOVER. No other leaf is signed, whatever the PSBT says:
-/// not the co-signer's paths, not a vault spend.
+/// leaves on inputs waiting T_RECOVER, and the deep vault's paths (rebuilt here from the
+/// guardian's copy of the policy, at the index the PSBT names), always over the whole
+/// transaction. No other leaf is signed, whatever the PSBT says: not the recovery output's
+/// co-signer path, not a vault spend.
 fn sign_recovery(
     policy: &Policy,
     keys: &MasterKey,
@@ -148,47 +149,58 @@ fn sign_recovery(
         .map_err(|e| anyhow::anyhow!("{} is not a PSBT: {e}; nothing was signed", file.display()))?;
     let compiled = vigil_policy::CompiledPolicy::new(policy.clone())?;
     let t_recover = vigil_policy::bitcoin::Sequence::from_height(policy.delays.recovery);
+    let long = vigil_policy::bitcoin::Sequence::from_height(policy.delays.deep_vault);
     let mine = keys.fingerprint();
     let mut total_in = 0u64;
     for (i, input) in psbt.inputs.iter_mut().enumerate() {
         let refuse = |why: &str| anyhow::anyhow!("input {i}: {why}; nothing was signed");
-        if psbt.unsigned_tx.input[i].sequence != t_recover {
-            return Err(refuse("it does not wait T_RECOVER (not a recovery)"));
+        let sequence = psbt.unsigned_tx.input[i].sequence;
+        let spent = input.witness_utxo.as_ref().ok_or_else(|| refuse("the coin spent is not described"))?;
+        if !spent.script_pubkey.is_p2tr() {
+            return Err(refuse("not a coin of this policy (every one is taproot)"));
         }
-        total_in += input
-            .witness_utxo
-            .as_ref()
-            .ok_or_else(|| refuse("the coin spent is not described"))?
-            .value
-            .to_sat();
+        total_in += spent.value.to_sat();
+        // Nothing but the script leaves below gets a signature: no ECDSA, no key path.
+        input.bip32_derivation.clear();
         let mut signable = 0;
         for (_, (leaves, (fingerprint, path))) in input.tap_key_origins.iter_mut() {
             if *fingerprint != mine {
                 continue;
             }
-            let index = match path.as_ref().last() {
-                Some(vigil_policy::bitcoin::bip32::ChildNumber::Normal { index }) => *index,
-                _ => return Err(refuse("this guardian's key is named with no address index")),
+            use vigil_policy::bitcoin::bip32::ChildNumber::Normal;
+            let index = match path.as_ref() {
+                [.., Normal { index: 0 | 1 }, Normal { index }] => *index,
+                _ => return Err(refuse("this guardian's key is named with no address on its chains")),
             };
-            let allowed: Vec<TapLeafHash> = compiled
-                .recovery_leaf_scripts(index)?
-                .iter()
-                .map(|s| TapLeafHash::from_script(s, LeafVersion::TapScript))
-                .collect();
+            // The recovery leaves when the input waits T_RECOVER; the deep vault's fast path
+            // (which also needs the backup key, the co-signer and every guardian); its slow
+            // path when the input waits LONG.
+            let deep = compiled.deep_vault_leaves(index)?;
+            let mut scripts = vec![deep.fast];
+            if sequence == t_recover {
+                scripts.extend(compiled.recovery_leaf_scripts(index)?);
+            }
+            if sequence == long {
+                scripts.push(deep.slow);
+            }
+            let allowed: Vec<TapLeafHash> =
+                scripts.iter().map(|s| TapLeafHash::from_script(s, LeafVersion::TapScript)).collect();
             leaves.retain(|l| allowed.contains(l));
             signable += leaves.len();
         }
+        // Signatures commit to the whole transaction (SIGHASH_DEFAULT), whatever the PSBT
+        // asks: one made for some inputs or outputs only could be reused elsewhere.
+        input.sighash_type = None;
         if signable == 0 {
-            return Err(refuse("no recovery leaf of this policy names this guardian's key"));
+            return Err(refuse(
+                "this guardian signs only the policy's recovery leaves (after T_RECOVER) and the deep vault's paths, \
+                 and this input asks for neither",
+            ));
         }
     }
     let fee = total_in.saturating_sub(psbt.unsigned_tx.output.iter().map(|o| o.value.to_sat()).sum());
-    let mut shown = format!(
-        "RECOVERY WITHOUT THE CO-SIGNER: {} coin(s), {} in all, fee {}.\n",
-        psbt.inputs.len(),
-        btc(total_in),
-        btc(fee)
-    );
+    let mut shown =
+        format!("RECOVERY: {} coin(s), {} in all, fee {}.\n", psbt.inputs.len(), btc(total_in), btc(fee));
     for o in &psbt.unsigned_tx.output {
         let to = vigil_policy::bitcoin::Address::from_script(&o.script_pubkey, policy.network)
             .map_or_else(|_| o.script_pubkey.to_hex_string(), |a| a.to_string());
@@ -199,7 +211,13 @@ fn sign_recovery(
         confirm(&shown, "SIGN")?;
     }
     let before: usize = psbt.inputs.iter().map(|i| i.tap_script_sigs.len()).sum();
+    // No key-path signature either: the internal key and merkle root are set aside meanwhile.
+    let kept: Vec<_> =
+        psbt.inputs.iter_mut().map(|i| (i.tap_internal_key.take(), i.tap_merkle_root.take())).collect();
     keys.sign_psbt(0, &mut psbt);
+    for (input, (key, root)) in psbt.inputs.iter_mut().zip(kept) {
+        (input.tap_internal_key, input.tap_merkle_root) = (key, root);
+    }
     let added = psbt.inputs.iter().map(|i| i.tap_script_sigs.len()).sum::<usize>() - before;
     if added == 0 {
         bail!("this guardian's key signed nothing in {} (is it the right key?)", file.display());

@@ -154,7 +154,12 @@ fn init_with(s: &Services, dir: &Path, guardians: &[String]) -> (bool, String, S
 
 /// The recovery phrase `vigil init` showed (the 24 numbered words after "STEP 1").
 fn phrase_shown(init_stderr: &str) -> String {
-    let step = init_stderr.split("STEP 1").nth(1).unwrap().split("STEP 2").next().unwrap();
+    words_between(init_stderr, "STEP 1", "STEP 2")
+}
+
+/// The numbered words `vigil init` showed between two steps.
+fn words_between(init_stderr: &str, from: &str, to: &str) -> String {
+    let step = init_stderr.split(from).nth(1).unwrap().split(to).next().unwrap();
     step.lines()
         .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
         .flat_map(|l| {
@@ -354,6 +359,8 @@ struct Funded {
     _home: tempfile::TempDir,
     dir: std::path::PathBuf,
     phrase: String,
+    /// The off-site backup key's phrase.
+    backup: String,
     payer: Wallet,
     coins: Vec<vigil_policy::bitcoin::OutPoint>,
 }
@@ -378,7 +385,8 @@ fn funded_with(s: &Services, coins: u32, guardians: &[String]) -> Funded {
         .map(|h| payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(6_000_000)).0)
         .collect();
     mine(&s.node.rpc, 1, &payer.address());
-    Funded { _home: home, dir, phrase, payer, coins }
+    let backup = words_between(&err, "STEP 2", "STEP 3");
+    Funded { _home: home, dir, phrase, backup, payer, coins }
 }
 
 /// Whether the wallet's state shows a step, given a count taken before the run.
@@ -410,7 +418,7 @@ fn sigkill_at_each_step_of_vault_and_spend_leaves_nothing_funded_and_unprotected
     // enough for the run to be killed while it is.
     let s = services("", true);
     let slow = &s.proxies.as_ref().unwrap().0;
-    let Funded { _home, dir, phrase, payer, coins } = funded(&s, 6);
+    let Funded { _home, dir, phrase, payer, coins, .. } = funded(&s, 6);
     slow.set_delay(400);
 
     // Every coin spent (a funding broadcast) is a vault every tower watches.
@@ -538,7 +546,7 @@ fn a_vault_spend_under_duress_reads_and_weighs_like_a_real_one() {
 #[test]
 fn with_the_cosigner_or_every_tower_down_nothing_is_half_done_and_it_resumes() {
     let mut s = services("", false);
-    let Funded { _home, dir, phrase, payer, coins } = funded(&s, 2);
+    let Funded { _home, dir, phrase, payer, coins, .. } = funded(&s, 2);
     let unspent = || coins.iter().filter(|c| s.node.rpc.unspent_output(c).unwrap().is_some()).count();
 
     // The co-signer gone: the status says so and still answers; a vault is refused clearly.
@@ -622,12 +630,19 @@ fn with_the_cosigner_gone_for_good_owner_and_guardians_recover_every_coin_after_
 
     // The co-signer is gone for good. The vault's unvault is sent; the towers cancel it.
     s.co.kill9();
-    let first = json(&dir, &["recover"], &[REAL, &phrase]);
+    // Looking changes nothing; --unvault starts the clock.
+    let look = json(&dir, &["recover"], &[REAL]);
+    assert_eq!(
+        (look["in_place"].as_array().unwrap().len(), look["unvaults_sent"].as_array().unwrap().len()),
+        (1, 0),
+        "{look}"
+    );
+    let first = json(&dir, &["recover", "--unvault"], &[REAL]);
     assert_eq!(first["unvaults_sent"].as_array().unwrap().len(), 1, "{first}");
     assert!(first["ready"].as_array().unwrap().is_empty(), "nothing is open before T_RECOVER: {first}");
     let survey = eventually("the towers cancel the unvault to the recovery output", || {
         mine(&s.node.rpc, 1, &payer.address());
-        let v = json(&dir, &["recover"], &[REAL, &phrase]);
+        let v = json(&dir, &["recover"], &[REAL]);
         v["later"].as_array().unwrap().iter().any(|c| c["kind"] == "cancelled").then_some(v)
     });
     let later = survey["later"].as_array().unwrap();
@@ -639,7 +654,7 @@ fn with_the_cosigner_gone_for_good_owner_and_guardians_recover_every_coin_after_
     // One block before the last leaf opens, that coin is not ready; at the block, all are.
     let tip = s.node.rpc.tip().unwrap().height;
     mine(&s.node.rpc, last_opens - 2 - tip, &payer.address());
-    let early = json(&dir, &["recover"], &[REAL, &phrase]);
+    let early = json(&dir, &["recover"], &[REAL]);
     assert!(!early["later"].as_array().unwrap().is_empty(), "{early}");
     mine(&s.node.rpc, 1, &payer.address());
     let to = Wallet::new().address();
@@ -656,17 +671,37 @@ fn with_the_cosigner_gone_for_good_owner_and_guardians_recover_every_coin_after_
         &base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap(),
     )
     .unwrap();
+    let prepared_sequence = edited.unsigned_tx.input[0].sequence;
     edited.unsigned_tx.input[0].sequence = vigil_policy::bitcoin::Sequence::ZERO;
     let forged = dir.join("forged.psbt");
     std::fs::write(&forged, base64::engine::general_purpose::STANDARD.encode(edited.serialize())).unwrap();
     let (ok, _, err) =
         guardian(&guardian_keys[0], &["sign-recovery", forged.to_str().unwrap(), "--yes"], Some(&policy));
-    assert!(!ok && err.contains("does not wait T_RECOVER"), "{err}");
+    assert!(!ok && err.contains("signs only the policy's recovery leaves"), "{err}");
 
+    // A PSBT asking for signatures over one input and one output only (reusable elsewhere)
+    // still gets signatures over the whole transaction.
+    let mut asking = edited.clone();
+    asking.unsigned_tx.input[0].sequence = prepared_sequence;
+    for input in &mut asking.inputs {
+        input.sighash_type =
+            Some(vigil_policy::bitcoin::sighash::TapSighashType::SinglePlusAnyoneCanPay.into());
+    }
+    std::fs::write(&psbt, base64::engine::general_purpose::STANDARD.encode(asking.serialize())).unwrap();
     // One guardian is not enough; the owner's finish says so and sends nothing.
     let (ok, _, err) =
         guardian(&guardian_keys[0], &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
     assert!(ok, "{err}");
+    let signed = vigil_policy::bitcoin::psbt::Psbt::deserialize(
+        &base64::engine::general_purpose::STANDARD
+            .decode(std::fs::read_to_string(&psbt).unwrap().trim())
+            .unwrap(),
+    )
+    .unwrap();
+    let sighash_types: Vec<_> =
+        signed.inputs.iter().flat_map(|i| i.tap_script_sigs.values().map(|s| s.sighash_type)).collect();
+    assert!(sighash_types.len() >= 2 * signed.inputs.len(), "the owner's and this guardian's");
+    assert!(sighash_types.iter().all(|t| *t == vigil_policy::bitcoin::sighash::TapSighashType::Default));
     let (ok, _, err) = vigil(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[REAL]);
     assert!(!ok && err.contains("not enough signatures"), "{err}");
     // A PSBT sending elsewhere is not the one prepared.
@@ -683,7 +718,7 @@ fn with_the_cosigner_gone_for_good_owner_and_guardians_recover_every_coin_after_
     let arrived =
         s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
     assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
-    let after = json(&dir, &["recover"], &[REAL, &phrase]);
+    let after = json(&dir, &["recover"], &[REAL]);
     assert!(
         after["ready"].as_array().unwrap().is_empty() && after["later"].as_array().unwrap().is_empty(),
         "{after}"
@@ -772,4 +807,85 @@ fn the_wallet_vaults_and_spends_the_same_on_a_real_bitcoind() {
     assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
     let left = status["allowance_sat"].as_u64().unwrap();
     assert!(left < 200_000 && left > 198_000, "{status}");
+}
+
+#[test]
+fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_at_once() {
+    use base64::Engine as _;
+    let (url, alarms) = webhook();
+    let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"), false);
+    let keys = tempfile::tempdir().unwrap();
+    let guardian_keys: Vec<std::path::PathBuf> =
+        (0..2).map(|i| keys.path().join(format!("g{i}.key"))).collect();
+    let xpubs: Vec<String> = guardian_keys
+        .iter()
+        .map(|k| {
+            let (ok, out, err) = guardian(k, &["init", "--network", "regtest"], None);
+            assert!(ok, "{err}");
+            serde_json::from_str::<Value>(&out).unwrap()["key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let Funded { _home, dir, phrase, backup, payer, .. } = funded_with(&s, 1, &xpubs);
+    let policy = dir.join("policy.toml");
+    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+
+    // The guardians' quorum signs a panic: the towers sweep the vault to the deep vault.
+    let id = "ab".repeat(32);
+    let not_after = (s.node.rpc.tip().unwrap().height + 100).to_string();
+    for k in &guardian_keys {
+        let (ok, _, err) = guardian(k, &["panic", "--id", &id, "--not-after", &not_after], Some(&policy));
+        assert!(ok, "{err}");
+    }
+    let swept = eventually("the vault is swept to the deep vault", || {
+        mine(&s.node.rpc, 1, &payer.address());
+        let v = json(&dir, &["status"], &[REAL]);
+        (v["deep_vault_sat"].as_u64() == Some(5_000_000)).then_some(v)
+    });
+    assert_eq!(swept["vaults"][0]["state"], "in the deep vault", "{swept}");
+
+    // The fast path: the backup key, every guardian, then the co-signer; no LONG wait.
+    let to = Wallet::new().address();
+    let psbt = dir.join("deep.psbt");
+    let p = psbt.to_str().unwrap();
+    let (ok, _, err) =
+        vigil(&dir, &["recover", "--deep-vault", "--to", &to.to_string(), "--psbt", p], &[REAL, &phrase]);
+    assert!(
+        !ok && err.contains("not the recovery phrase of this wallet"),
+        "the everyday phrase is not the backup's: {err}"
+    );
+    let prepared =
+        json(&dir, &["recover", "--deep-vault", "--to", &to.to_string(), "--psbt", p], &[REAL, &backup]);
+    let amount = prepared["amount_sat"].as_u64().unwrap();
+    assert!(amount < 5_000_000 && amount > 4_990_000, "{prepared}");
+    let (ok, _, err) = guardian(&guardian_keys[0], &["sign-recovery", p, "--yes"], Some(&policy));
+    assert!(ok, "{err}");
+    let (ok, _, err) = vigil(&dir, &["recover", "--finish", p], &[REAL]);
+    assert!(!ok && err.contains("every guardian"), "the co-signer wants every guardian: {err}");
+    let (ok, _, err) = guardian(&guardian_keys[1], &["sign-recovery", p, "--yes"], Some(&policy));
+    assert!(ok, "{err}");
+    // The guardians signed the deep vault's leaves only, over the whole transaction.
+    let signed = vigil_policy::bitcoin::psbt::Psbt::deserialize(
+        &base64::engine::general_purpose::STANDARD
+            .decode(std::fs::read_to_string(&psbt).unwrap().trim())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(signed.inputs.iter().all(|i| i
+        .tap_script_sigs
+        .values()
+        .all(|sig| sig.sighash_type == vigil_policy::bitcoin::sighash::TapSighashType::Default)));
+    let sent = json(&dir, &["recover", "--finish", p], &[REAL]);
+    assert_eq!(sent["stage"], "sent", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
+    let arrived =
+        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
+    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+    eventually("the guardians are told", || {
+        alarms.lock().unwrap().iter().any(|a| a["kind"] == "deep-vault-returned").then_some(())
+    });
+    let after = json(&dir, &["status"], &[REAL]);
+    assert_eq!(after["deep_vault_sat"], 0, "{after}");
 }

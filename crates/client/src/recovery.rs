@@ -16,13 +16,13 @@
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
 use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::{Address, Amount, OutPoint, Sequence, Transaction, TxOut, Txid};
+use vigil_policy::bitcoin::{Address, Amount, FeeRate, OutPoint, Sequence, Transaction, TxOut, Txid};
 use vigil_policy::{finalize, spend_psbt, CompiledPolicy, PolicyError, SpendInput};
 
 use crate::wallet::{VaultRecord, WalletState};
 
-/// The feerate recovery pays, sat/vB: no hurry (the coins have waited weeks), but enough to
-/// relay when blocks are not full.
+/// The least feerate recovery pays, sat/vB (more when the node estimates more): no hurry,
+/// but enough to relay when blocks are not full.
 pub const RECOVERY_SAT_PER_VB: u64 = 3;
 
 /// Why recovery could not go on.
@@ -52,6 +52,8 @@ pub enum CoinKind {
     Unvaulted,
     /// A cancelled unvault's coins, in the recovery output R.
     Cancelled,
+    /// Swept to the deep vault.
+    DeepVault,
 }
 
 impl CoinKind {
@@ -61,6 +63,7 @@ impl CoinKind {
             CoinKind::Intake => "intake",
             CoinKind::Unvaulted => "unvaulted",
             CoinKind::Cancelled => "cancelled",
+            CoinKind::DeepVault => "deep vault",
         }
     }
 }
@@ -85,38 +88,41 @@ pub struct Survey {
     pub later: Vec<RecoverableCoin>,
     /// Vaults whose unvault was broadcast now or earlier and has not confirmed.
     pub unvaulting: Vec<OutPoint>,
-    /// Vaults swept to the deep vault (the deep vault's own paths move them).
-    pub in_deep_vault: Vec<OutPoint>,
+    /// Vaults still in place (no unvault sent): `unvaults_to_send` starts their clock.
+    pub in_place: Vec<OutPoint>,
+    /// Coins in the deep vault: the fast path (backup + co-signer + every guardian) moves
+    /// them at once; `opens_at` is when the slow path (backup + guardians) opens, LONG after.
+    pub deep_vault: Vec<RecoverableCoin>,
 }
 
-/// Broadcasts the unvault of every confirmed vault that has none under way (recorded first,
-/// so a crash sends it again); returns the vaults it sent.
-pub fn unvault_all(
+/// Marks every confirmed vault still in place as unvaulted and returns the unvaults to
+/// broadcast: the caller saves the state first, so a crash after a broadcast does not forget
+/// it; a vault marked earlier whose unvault never left (the node refused it, a crash) is sent
+/// again. Returns each vault and its unvault, and whether it was marked just now.
+pub fn unvaults_to_send(
     state: &mut WalletState,
     chain: &dyn ChainBackend,
-) -> Result<Vec<OutPoint>, RecoveryError> {
-    let mut sent = Vec::new();
+) -> Result<Vec<(OutPoint, Transaction, bool)>, RecoveryError> {
+    let mut out = Vec::new();
     for i in 0..state.vaults.len() {
         let vault = &state.vaults[i];
-        if vault.unvaulted || vault.confirmed_height.is_none() {
+        // Not funded yet, or V already spent (its unvault, or a sweep to the deep vault).
+        if vault.confirmed_height.is_none()
+            || chain.unspent_output(&vault.outpoint).map_err(chain_err)?.is_none()
+        {
             continue;
         }
         let unvault: Transaction = deserialize_hex(&vault.unvault).map_err(|_| {
             RecoveryError::Refused(format!("the record of vault {} is damaged", vault.outpoint))
         })?;
-        // Swept to the deep vault (E spent V): there is no unvault to send.
-        if chain.unspent_output(&vault.outpoint).map_err(chain_err)?.is_none() {
-            continue;
+        let (outpoint, fresh) = (vault.outpoint, !vault.unvaulted);
+        if fresh {
+            state.vaults[i].unvaulted = true;
+            state.note(format!("recovery: unvault {} of vault {outpoint} sent", unvault.compute_txid()));
         }
-        let outpoint = vault.outpoint;
-        state.vaults[i].unvaulted = true;
-        state.note(format!("recovery: unvault {} of vault {outpoint} broadcast", unvault.compute_txid()));
-        if let Err(e) = chain.broadcast(&unvault) {
-            tracing::warn!(error = %e, "unvault broadcast (it may be known already)");
-        }
-        sent.push(outpoint);
+        out.push((outpoint, unvault, fresh));
     }
-    Ok(sent)
+    Ok(out)
 }
 
 /// Finds every coin the recovery leaves can move, and when.
@@ -151,7 +157,8 @@ pub fn survey(
             Some(coin.height),
         );
     }
-    for vault in state.vaults.iter().filter(|v| v.unvaulted) {
+    let long = compiled.policy().delays.deep_vault;
+    for vault in &state.vaults {
         let damaged = || RecoveryError::Refused(format!("the record of vault {} is damaged", vault.outpoint));
         let plan = vault.plan().ok_or_else(damaged)?;
         let descriptors = compiled.vault_descriptors(&plan)?;
@@ -162,11 +169,19 @@ pub fn survey(
             VaultPlace::Cancelled { outpoint, txout, height } => {
                 place(CoinKind::Cancelled, outpoint, txout, descriptors.recovery, Some(height))
             }
-            VaultPlace::DeepVault => survey.in_deep_vault.push(vault.outpoint),
-            VaultPlace::FundingSent | VaultPlace::Protected | VaultPlace::Unvaulting => {
-                survey.unvaulting.push(vault.outpoint)
-            }
-            VaultPlace::Spent => {}
+            VaultPlace::DeepVault { outpoint, txout, height } => survey.deep_vault.push(RecoverableCoin {
+                kind: CoinKind::DeepVault,
+                input: SpendInput {
+                    outpoint,
+                    txout,
+                    descriptor: descriptors.deep_vault,
+                    sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                },
+                opens_at: height + long as u32,
+            }),
+            VaultPlace::Unvaulting => survey.unvaulting.push(vault.outpoint),
+            VaultPlace::Protected => survey.in_place.push(vault.outpoint),
+            VaultPlace::FundingSent | VaultPlace::Spent => {}
         }
     }
     Ok(survey)
@@ -199,8 +214,15 @@ pub enum VaultPlace {
         /// The cancel's height.
         height: u32,
     },
-    /// Swept to the deep vault (by E or UE).
-    DeepVault,
+    /// Swept to the deep vault (by E or UE), not spent from it yet.
+    DeepVault {
+        /// The deep-vault coin.
+        outpoint: OutPoint,
+        /// Its value and script.
+        txout: TxOut,
+        /// E's or UE's height.
+        height: u32,
+    },
     /// Paid out (the vault spend), or R already recovered.
     Spent,
 }
@@ -214,7 +236,7 @@ impl VaultPlace {
             VaultPlace::Unvaulting => "unvault sent",
             VaultPlace::Unvaulted { .. } => "unvaulted",
             VaultPlace::Cancelled { .. } => "cancelled (in your recovery output)",
-            VaultPlace::DeepVault => "in the deep vault",
+            VaultPlace::DeepVault { .. } => "in the deep vault",
             VaultPlace::Spent => "spent",
         }
     }
@@ -235,12 +257,18 @@ pub fn locate(
     let damaged = || RecoveryError::Refused(format!("the record of vault {} is damaged", vault.outpoint));
     let graph = compiled.build_graph(&vault.plan().ok_or_else(damaged)?, vault.outpoint)?;
     let u = OutPoint { txid: graph.unvault_txid(), vout: 0 };
+    let deep = |swept: Option<(Txid, u32)>| -> Result<Option<VaultPlace>, RecoveryError> {
+        let Some((txid, height)) = swept else { return Ok(None) };
+        let outpoint = OutPoint { txid, vout: 0 };
+        Ok(Some(match chain.unspent_output(&outpoint).map_err(chain_err)? {
+            Some(txout) => VaultPlace::DeepVault { outpoint, txout, height },
+            None => VaultPlace::Spent,
+        }))
+    };
     let Some((_, Some(u_height))) = chain.transaction_info(&u.txid).map_err(chain_err)? else {
         // V is spent and U is not confirmed: E swept it (or U waits in the mempool).
-        return Ok(match confirmed_any(chain, graph.emergencies.iter().map(|e| e.tx.compute_txid()))? {
-            Some(_) => VaultPlace::DeepVault,
-            None => VaultPlace::Unvaulting,
-        });
+        let swept = confirmed_any(chain, graph.emergencies.iter().map(|e| e.tx.compute_txid()))?;
+        return Ok(deep(swept)?.unwrap_or(VaultPlace::Unvaulting));
     };
     if let Some(txout) = chain.unspent_output(&u).map_err(chain_err)? {
         return Ok(VaultPlace::Unvaulted { outpoint: u, txout, height: u_height });
@@ -252,10 +280,8 @@ pub fn locate(
             None => VaultPlace::Spent,
         });
     }
-    if confirmed_any(chain, graph.unvault_emergencies.iter().map(|e| e.tx.compute_txid()))?.is_some() {
-        return Ok(VaultPlace::DeepVault);
-    }
-    Ok(VaultPlace::Spent)
+    let swept = confirmed_any(chain, graph.unvault_emergencies.iter().map(|e| e.tx.compute_txid()))?;
+    Ok(deep(swept)?.unwrap_or(VaultPlace::Spent))
 }
 
 /// The first of `txids` that confirmed, and its height.
@@ -273,7 +299,11 @@ fn confirmed_any(
 
 /// One PSBT moving `coins` to `destination`, less the fee; the owner's signature is the
 /// caller's to add. Refuses an empty set and a sum the fee would eat.
-pub fn recovery_psbt(coins: &[RecoverableCoin], destination: &Address) -> Result<Psbt, RecoveryError> {
+pub fn recovery_psbt(
+    coins: &[RecoverableCoin],
+    destination: &Address,
+    feerate: FeeRate,
+) -> Result<Psbt, RecoveryError> {
     if coins.is_empty() {
         return Err(RecoveryError::Refused("no coin's recovery leaf is open yet".into()));
     }
@@ -288,7 +318,7 @@ pub fn recovery_psbt(coins: &[RecoverableCoin], destination: &Address) -> Result
             .map_err(|e| PolicyError::from(vigil_policy::DescriptorError::Weight(e)))?;
         weight += 4 * 41 + satisfy.to_wu();
     }
-    let fee = weight.div_ceil(4) * RECOVERY_SAT_PER_VB;
+    let fee = weight.div_ceil(4) * feerate.to_sat_per_vb_ceil().max(RECOVERY_SAT_PER_VB);
     let dust = destination.script_pubkey().minimal_non_dust().to_sat();
     if total < fee + dust {
         return Err(RecoveryError::Refused(format!(
@@ -302,12 +332,10 @@ pub fn recovery_psbt(coins: &[RecoverableCoin], destination: &Address) -> Result
     Ok(spend_psbt(&inputs, vec![output])?)
 }
 
-/// Combines the signed copies of the recovery PSBT whose unsigned transaction is `expected`,
-/// and finalizes it (owner + guardians' quorum on each recovery leaf).
-pub fn finish(copies: Vec<Psbt>, expected: Txid) -> Result<Transaction, RecoveryError> {
-    let mut copies = copies.into_iter();
-    let mut psbt = copies.next().ok_or_else(|| RecoveryError::Refused("no PSBT given".into()))?;
-    for copy in copies.chain(std::iter::once(psbt.clone())) {
+/// Combines the signed copies of the recovery PSBT whose unsigned transaction is `expected`
+/// (a copy of anything else is refused: it was changed on its way round).
+pub fn combine(copies: Vec<Psbt>, expected: Txid) -> Result<Psbt, RecoveryError> {
+    for copy in &copies {
         if copy.unsigned_tx.compute_txid() != expected {
             return Err(RecoveryError::Refused(format!(
                 "this PSBT is not the recovery this wallet prepared (its transaction is {}, \
@@ -315,11 +343,21 @@ pub fn finish(copies: Vec<Psbt>, expected: Txid) -> Result<Transaction, Recovery
                 copy.unsigned_tx.compute_txid()
             )));
         }
+    }
+    let mut copies = copies.into_iter();
+    let mut psbt = copies.next().ok_or_else(|| RecoveryError::Refused("no PSBT given".into()))?;
+    for copy in copies {
         psbt.combine(copy).map_err(|e| RecoveryError::Refused(format!("the PSBTs do not combine: {e}")))?;
     }
+    Ok(psbt)
+}
+
+/// Finalizes a combined recovery PSBT: each input through the leaf its signatures satisfy.
+pub fn finish(psbt: Psbt) -> Result<Transaction, RecoveryError> {
     finalize(psbt).map_err(|e| {
         RecoveryError::Refused(format!(
-            "not enough signatures yet (the owner's and a quorum of guardians'): {e}"
+            "not enough signatures yet (a recovery leaf needs yours and a quorum of guardians'; the deep \
+             vault your backup key's and every guardian's, and the co-signer's on its fast path): {e}"
         ))
     })
 }

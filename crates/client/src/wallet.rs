@@ -211,6 +211,9 @@ pub struct PendingRecovery {
     pub coins: Vec<OutPoint>,
     /// The finished transaction, hex, once the guardians signed (broadcast until it confirms).
     pub tx: Option<String>,
+    /// It spends the deep vault through its fast path: the co-signer signs last.
+    #[serde(default)]
+    pub cosigner_signs: bool,
 }
 
 /// One line of history.

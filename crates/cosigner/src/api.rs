@@ -35,6 +35,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/lockdown/lift", post(lift))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/panic", post(panic))
+        .route("/v1/deep-vault/sign", post(deep_vault_sign))
         .route("/v1/policy", post(change_policy))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -122,6 +123,11 @@ async fn vault_status(
 ) -> Response {
     let path = format!("/v1/vaults/{outpoint}");
     signed_get(c, headers, path, move |c, caller| c.vault_status(caller, &outpoint)).await
+}
+
+async fn deep_vault_sign(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/deep-vault/sign".into(), body, |c, caller, req| c.deep_vault_sign(caller, req))
+        .await
 }
 
 async fn request_spend(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {

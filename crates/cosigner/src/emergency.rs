@@ -375,3 +375,107 @@ pub(crate) fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> T
         acked: Vec::new(),
     }
 }
+
+impl Cosigner {
+    /// `POST /v1/deep-vault/sign`: the deep vault's fast path, for any party of the client.
+    /// Every input must spend this client's deep vault at the index its co-signer key origin
+    /// names, and carry valid signatures of the backup key and of every guardian on the fast
+    /// leaf (rebuilt here from the pinned policy): their unanimity is the authority, so a
+    /// lockdown or duress does not stop it. The co-signer then signs that leaf only; the
+    /// guardians are told.
+    pub fn deep_vault_sign(
+        &self,
+        caller: &Caller,
+        req: &Signed<wire::DeepVaultSpend>,
+    ) -> Result<wire::DeepVaultSigned, Refusal> {
+        use base64::Engine;
+        use vigil_policy::bitcoin::hashes::Hash;
+        use vigil_policy::bitcoin::psbt::Psbt;
+        use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+        use vigil_policy::bitcoin::taproot::{LeafVersion, TapLeafHash};
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut psbt = b64
+            .decode(&req.request.psbt)
+            .ok()
+            .and_then(|b| Psbt::deserialize(&b).ok())
+            .ok_or_else(|| bad("psbt: not a base64 PSBT"))?;
+        let prevouts: Vec<_> = psbt
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                input.witness_utxo.clone().ok_or_else(|| bad(format!("psbt: input {i} has no witness_utxo")))
+            })
+            .collect::<Result<_, _>>()?;
+        if prevouts.is_empty() {
+            return Err(bad("psbt: no inputs"));
+        }
+        let mine = self.keys.fingerprint();
+        let mut cache = SighashCache::new(psbt.unsigned_tx.clone());
+        for i in 0..psbt.inputs.len() {
+            let input = &psbt.inputs[i];
+            let index = input
+                .tap_key_origins
+                .values()
+                .filter(|(_, (fp, _))| *fp == mine)
+                .find_map(|(_, (_, path))| match path.as_ref().last() {
+                    Some(vigil_policy::bitcoin::bip32::ChildNumber::Normal { index }) => Some(*index),
+                    _ => None,
+                })
+                .ok_or_else(|| bad(format!("psbt: input {i} names no key of this co-signer")))?;
+            let deep = caller.compiled.deep_vault_descriptor(index).map_err(|_| Refusal::Internal)?;
+            if prevouts[i].script_pubkey != deep.script_pubkey() {
+                return Err(bad(format!(
+                    "psbt: input {i} does not spend this client's deep vault (index {index})"
+                )));
+            }
+            let leaves = caller.compiled.deep_vault_leaves(index).map_err(|_| Refusal::Internal)?;
+            let leaf = TapLeafHash::from_script(&leaves.fast, LeafVersion::TapScript);
+            let sighash = cache
+                .taproot_script_spend_signature_hash(
+                    i,
+                    &Prevouts::All(&prevouts),
+                    leaf,
+                    TapSighashType::Default,
+                )
+                .map_err(|e| bad(format!("psbt: input {i}: {e}")))?;
+            let msg = vigil_policy::bitcoin::secp256k1::Message::from_digest(sighash.to_byte_array());
+            for key in &leaves.fast_signers {
+                let valid = psbt.inputs[i].tap_script_sigs.get(&(*key, leaf)).is_some_and(|sig| {
+                    sig.sighash_type == TapSighashType::Default
+                        && vigil_policy::bitcoin::secp256k1::Secp256k1::verification_only()
+                            .verify_schnorr(&sig.signature, &msg, key)
+                            .is_ok()
+                });
+                if !valid {
+                    return Err(Refusal::Forbidden(format!(
+                        "input {i}: the fast path needs valid signatures of the backup key and of every guardian; {key} has none"
+                    )));
+                }
+            }
+            // Only the fast leaf gets the co-signer's signature.
+            for (key, (hashes, _)) in psbt.inputs[i].tap_key_origins.iter_mut() {
+                if *key == leaves.cosigner {
+                    hashes.retain(|h| *h == leaf);
+                }
+            }
+            psbt.inputs[i].sighash_type = None;
+        }
+        let mut store = self.store();
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        self.keys.sign_psbt(caller.client.account, &mut psbt);
+        let total: u64 = prevouts.iter().map(|p| p.value.to_sat()).sum();
+        batch.alarm(alarm(
+            &caller.client.id,
+            "deep-vault-returned",
+            format!(
+                "the deep vault's fast path of {} was co-signed ({total} sat, {} input(s)), handed in by {:?}",
+                caller.client.id,
+                prevouts.len(),
+                caller.role
+            ),
+        ));
+        store.commit(&batch)?;
+        Ok(wire::DeepVaultSigned { psbt: b64.encode(psbt.serialize()) })
+    }
+}

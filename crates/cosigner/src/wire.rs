@@ -363,3 +363,20 @@ pub struct PolicyChangeStatus {
     /// Each tower told.
     pub towers: Vec<TowerReport>,
 }
+
+/// `POST /v1/deep-vault/sign`: the deep vault's fast path. A PSBT spending deep-vault coins of
+/// this client, already signed on the fast leaf by the backup key and every guardian; the
+/// co-signer adds its signature to that leaf and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeepVaultSpend {
+    /// The PSBT, base64.
+    pub psbt: String,
+}
+
+/// The PSBT with the co-signer's signatures added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeepVaultSigned {
+    /// The PSBT, base64.
+    pub psbt: String,
+}

@@ -43,6 +43,19 @@ pub struct CompiledPolicy {
     sizes: GraphSizes,
 }
 
+/// The deep vault's leaves at one index (see [`CompiledPolicy::deep_vault_leaves`]).
+#[derive(Debug, Clone)]
+pub struct DeepVaultLeaves {
+    /// Backup + co-signer + every guardian, no wait.
+    pub fast: ScriptBuf,
+    /// Backup + the guardians' quorum after LONG.
+    pub slow: ScriptBuf,
+    /// The fast leaf's keys other than the co-signer's: the backup's, then every guardian's.
+    pub fast_signers: Vec<XOnlyPublicKey>,
+    /// The co-signer's key in it.
+    pub cosigner: XOnlyPublicKey,
+}
+
 /// Virtual sizes of the graph's transactions; fixed by the graph's shape, not the policy.
 #[derive(Debug, Clone, Copy)]
 struct GraphSizes {
@@ -184,6 +197,48 @@ impl CompiledPolicy {
             Ok(ms.encode())
         };
         Ok([leaf(&self.intake_keys)?, leaf(&self.vault_keys)?])
+    }
+
+    /// The deep vault's output at vault index `index` (it holds no one-time key): what E and
+    /// UE pay to.
+    pub fn deep_vault_descriptor(
+        &self,
+        index: u32,
+    ) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
+        definite(translate(
+            &self.templates.deep_vault,
+            &self.vault_keys.descriptor_keys(KeyChain::Vault, Some(index)),
+        )?)
+    }
+
+    /// The deep vault's two leaves at `index`: the fast path (backup + co-signer + every
+    /// guardian, no wait) and the slow path (backup + the guardians' quorum after LONG), with
+    /// the keys other than the co-signer's that the fast path needs.
+    pub fn deep_vault_leaves(&self, index: u32) -> Result<DeepVaultLeaves, PolicyError> {
+        let keys = self.vault_keys.xonly_at(index)?;
+        let d = translate(&self.templates.deep_vault, &keys)?;
+        let Descriptor::Tr(tr) = d else { unreachable!("a tr() template") };
+        let mut fast = None;
+        let mut slow = None;
+        for (_, ms) in tr.iter_scripts() {
+            let has_wait = ms
+                .encode()
+                .instructions()
+                .any(|i| matches!(i, Ok(bitcoin::script::Instruction::Op(bitcoin::opcodes::all::OP_CSV))));
+            if has_wait {
+                slow = Some(ms.encode());
+            } else {
+                fast = Some(ms.encode());
+            }
+        }
+        let mut fast_signers = vec![keys["B"]];
+        fast_signers.extend((0..self.policy.guardians.keys.len()).map(|i| keys[&format!("G{i}")]));
+        Ok(DeepVaultLeaves {
+            fast: fast.expect("the deep vault has a fast leaf"),
+            slow: slow.expect("the deep vault has a slow leaf"),
+            fast_signers,
+            cosigner: keys["C"],
+        })
     }
 
     /// A vault plan, checking the amount against this policy.

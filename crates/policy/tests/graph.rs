@@ -452,3 +452,16 @@ fn the_recovery_leaf_a_guardian_signs_is_the_one_in_every_recoverable_output() {
     assert!(leaves(&v.descriptors.deep_vault).iter().all(|s| *s != vault_leaf));
     assert_ne!(env.compiled.recovery_leaf_scripts(v.plan.index + 1).unwrap()[1], vault_leaf);
 }
+
+#[test]
+fn the_deep_vault_leaves_are_those_of_the_output_e_pays() {
+    let mut env = env();
+    let v = env.create_vault(Amount::from_sat(1_000_000), VaultKind::Standard).unwrap();
+    let d = env.compiled.deep_vault_descriptor(v.plan.index).unwrap();
+    assert_eq!(d.script_pubkey(), v.descriptors.deep_vault.script_pubkey());
+    assert_eq!(v.graph.emergency(0).unwrap().output[0].script_pubkey, d.script_pubkey());
+    let leaves = env.compiled.deep_vault_leaves(v.plan.index).unwrap();
+    let scripts: Vec<ScriptBuf> = taproot_leaves(&d).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert!(scripts.contains(&leaves.fast) && scripts.contains(&leaves.slow) && leaves.fast != leaves.slow);
+    assert_eq!(leaves.fast_signers.len(), 1 + env.example.guardians);
+}

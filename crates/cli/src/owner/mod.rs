@@ -192,11 +192,25 @@ fn open(args: &WalletArgs) -> anyhow::Result<Session> {
 /// The owner's vault key, from the recovery phrase typed now (it is never stored).
 fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
     say("Signing for a vault needs your recovery phrase (the 24 words on your paper).");
+    phrase_key(session, "Recovery phrase: ", &session.compiled.policy().owner.keys[0].xpub)
+}
+
+/// The off-site backup key (the deep vault's), from its phrase typed now.
+fn backup_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
+    say("The deep vault needs your off-site backup phrase (not the everyday one).");
+    phrase_key(session, "Backup phrase: ", &session.compiled.policy().backup.xpub)
+}
+
+/// The key of the phrase typed at `prompt`, checked against the policy's `expected` key.
+fn phrase_key(
+    session: &Session,
+    prompt: &str,
+    expected: &vigil_policy::bitcoin::bip32::Xpub,
+) -> anyhow::Result<owner::VaultKey> {
     for attempt in 1..=3 {
-        let typed = ask_code("Recovery phrase: ")?;
-        let owner = &session.compiled.policy().owner.keys[0].xpub;
+        let typed = ask_code(prompt)?;
         match owner::parse_phrase(&typed)
-            .and_then(|p| owner::VaultKey::from_phrase(&p, session.network, owner))
+            .and_then(|p| owner::VaultKey::from_phrase(&p, session.network, expected))
         {
             Ok(key) => return Ok(key),
             Err(e) if attempt < 3 => say(&format!("{e}. Try again.")),
@@ -260,9 +274,11 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
     session.dir.save_state(&state)?;
     let intake: Vec<_> = state.coins.iter().filter(|c| !c.spent).collect();
     let intake_sat: u64 = intake.iter().map(|c| c.value_sat).sum();
-    let mut allowance = open_allowance(&session, &state)?;
-    allowance.sync(&*chain)?;
-    let held = allowance.balance();
+    // A damaged allowance file or a node error hides the allowance, not the rest.
+    let held = open_allowance(&session, &state).and_then(|mut a| {
+        a.sync(&*chain)?;
+        Ok(a.balance())
+    });
     let hot_limit = session.compiled.policy().allowance.hot_limit_sat;
     let key = session.keys.auth_keypair();
     let policy_id = session.cosigner.client_id().to_owned();
@@ -302,7 +318,7 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
                 | VaultPlace::Unvaulted { .. }
         )
     });
-    let deep_sat = sum(&|p| *p == VaultPlace::DeepVault);
+    let deep_sat = sum(&|p| matches!(p, VaultPlace::DeepVault { .. }));
     let cancelled_sat = sum(&|p| matches!(p, VaultPlace::Cancelled { .. }));
     let spends: Vec<serde_json::Value> = state
         .spends
@@ -321,8 +337,9 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
             json!({
                 "height": tip,
                 "cosigner_reachable": session.heartbeat.is_ok(),
-                "allowance_sat": held.confirmed_sat,
-                "allowance_pending_sat": held.pending_sat,
+                "allowance_sat": held.as_ref().ok().map(|h| h.confirmed_sat),
+                "allowance_pending_sat": held.as_ref().ok().map(|h| h.pending_sat),
+                "allowance_error": held.as_ref().err().map(|e| e.to_string()),
                 "allowance_limit_sat": hot_limit,
                 "intake_sat": intake_sat,
                 "intake_coins": intake.len(),
@@ -338,12 +355,17 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("Wallet {} ({}), at block {tip}", session.dir.path.display(), session.network);
-    println!("Allowance (spendable at once): {}", btc(held.confirmed_sat));
-    if held.pending_sat > 0 {
-        println!("  and {} not yet confirmed", btc(held.pending_sat));
-    }
-    if held.confirmed_sat + held.pending_sat > hot_limit {
-        println!("  That is above its limit of {}: keep the rest in vaults.", btc(hot_limit));
+    match &held {
+        Ok(held) => {
+            println!("Allowance (spendable at once): {}", btc(held.confirmed_sat));
+            if held.pending_sat > 0 {
+                println!("  and {} not yet confirmed", btc(held.pending_sat));
+            }
+            if held.confirmed_sat + held.pending_sat > hot_limit {
+                println!("  That is above its limit of {}: keep the rest in vaults.", btc(hot_limit));
+            }
+        }
+        Err(e) => println!("Allowance: cannot be read right now ({e})"),
     }
     println!("Waiting to be vaulted: {} in {} coin(s)", btc(intake_sat), intake.len());
     println!("In vaults: {}", btc(vault_sat));
@@ -409,11 +431,11 @@ fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
         session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks, sweep });
     let key = session.keys.auth_keypair();
     let policy_id = session.cosigner.client_id().to_owned();
-    // The end height: the co-signer's, else from our node's tip, else from each tower's own
-    // tip (a lockdown must still reach the towers when the co-signer and the node are down).
-    let until = match &co {
-        Ok(s) => Some(s.until_height),
-        Err(_) => session.chain().tip().ok().map(|t| t.height.saturating_add(args.blocks)),
+    // Our own node first (a compromised co-signer could name a height the towers refuse or
+    // one that ends at once), else the co-signer's, else each tower's own tip.
+    let until = match session.chain().tip() {
+        Ok(t) => Some(t.height.saturating_add(args.blocks)),
+        Err(_) => co.as_ref().ok().map(|s| s.until_height),
     };
     let mut reports = Vec::new();
     for tower in session.towers(&key) {

@@ -13,13 +13,15 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::Args;
 use serde_json::json;
+use vigil_client::allowance::Allowance;
 use vigil_client::recovery::{self, Survey};
 use vigil_client::wallet::PendingRecovery;
+use vigil_cosigner::wire;
 use vigil_policy::bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::{Address, Transaction};
 
-use super::{btc, open, say, vault_key, WalletArgs};
+use super::{backup_key, btc, open, say, vault_key, WalletArgs};
 
 /// `vigil recover`.
 #[derive(Args)]
@@ -35,6 +37,18 @@ pub struct RecoverArgs {
     /// The PSBT file(s) the guardians signed: check, finish and broadcast.
     #[arg(long, value_name = "FILE", num_args = 1..)]
     finish: Vec<PathBuf>,
+    /// Return the coins swept to the deep vault instead: signed by your off-site backup key
+    /// and every guardian, then the co-signer (at once, the fast path).
+    #[arg(long)]
+    deep_vault: bool,
+    /// With --deep-vault, without the co-signer: the backup key and the guardians' quorum,
+    /// once LONG blocks have passed.
+    #[arg(long, requires = "deep_vault")]
+    slow: bool,
+    /// Start the clock: send every vault's unvault (the towers cancel them to your recovery
+    /// output). Only when the co-signer is gone for good: it cannot be undone.
+    #[arg(long, conflicts_with = "deep_vault")]
+    unvault: bool,
 }
 
 pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
@@ -64,7 +78,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         deserialize_hex::<Transaction>(hex)
             .map_or(true, |tx| !matches!(chain.transaction_info(&tx.compute_txid()), Ok(Some((_, Some(_))))))
     });
-    if !copies.is_empty() || in_flight {
+    if !copies.is_empty() || (in_flight && to.is_none()) {
         let pending = state
             .recovery
             .clone()
@@ -72,7 +86,17 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         let tx = match &pending.tx {
             Some(hex) => deserialize_hex::<Transaction>(hex).context("the recovery's record is damaged")?,
             None => {
-                let tx = recovery::finish(copies, pending.unsigned_txid.parse()?)?;
+                let mut psbt = recovery::combine(copies, pending.unsigned_txid.parse()?)?;
+                if pending.cosigner_signs {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let signed: wire::DeepVaultSigned = session.cosigner.post(
+                        "/v1/deep-vault/sign",
+                        &wire::DeepVaultSpend { psbt: b64.encode(psbt.serialize()) },
+                    )?;
+                    let theirs = Psbt::deserialize(&b64.decode(&signed.psbt)?)?;
+                    psbt = recovery::combine(vec![psbt, theirs], pending.unsigned_txid.parse()?)?;
+                }
+                let tx = recovery::finish(psbt)?;
                 // Kept before it is broadcast: it is sent again until it confirms.
                 state.recovery.as_mut().expect("checked").tx = Some(serialize_hex(&tx));
                 state.note(format!("recovery {} signed by the guardians", tx.compute_txid()));
@@ -105,15 +129,52 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let policy = session.compiled.policy();
+    // Only signing needs a phrase: the survey reads the chain.
+    let key = match (&to, args.deep_vault) {
+        (None, _) => None,
+        (Some(_), true) => Some(backup_key(&session)?),
+        (Some(_), false) => Some(vault_key(&session)?),
+    };
     // Nothing here waits for the co-signer: the vaults' own unvaults start the clock.
-    let key = vault_key(&session)?;
-    let sent = recovery::unvault_all(&mut state, &*chain)?;
-    session.dir.save_state(&state)?;
-    let survey = recovery::survey(&session.compiled, &state, &*chain)?;
+    let mut sent = Vec::new();
+    if args.unvault {
+        let unvaults = recovery::unvaults_to_send(&mut state, &*chain)?;
+        session.dir.save_state(&state)?;
+        for (vault, tx, fresh) in unvaults {
+            if let Err(e) = chain.broadcast(&tx) {
+                say(&format!(
+                    "Note: the unvault of vault {vault} was not taken now ({e}); run again to resend it."
+                ));
+            }
+            if fresh {
+                sent.push(vault);
+            }
+        }
+    }
+    let mut survey = recovery::survey(&session.compiled, &state, &*chain)?;
+    if args.deep_vault {
+        let long = vigil_policy::bitcoin::Sequence::from_height(policy.delays.deep_vault);
+        let (mut ready, mut later) = (Vec::new(), Vec::new());
+        for mut coin in std::mem::take(&mut survey.deep_vault) {
+            if !args.slow {
+                coin.opens_at = 0;
+                ready.push(coin);
+            } else {
+                coin.input.sequence = long;
+                if coin.opens_at <= tip + 1 {
+                    ready.push(coin)
+                } else {
+                    later.push(coin)
+                }
+            }
+        }
+        survey = Survey { ready, later, ..Default::default() };
+    }
     let prepared = match (&to, survey.ready.is_empty()) {
         (Some(to), false) => {
-            let mut psbt = recovery::recovery_psbt(&survey.ready, to)?;
-            key.sign_psbt(&mut psbt);
+            let mut psbt = recovery::recovery_psbt(&survey.ready, to, Allowance::feerate(&*chain))?;
+            key.as_ref().expect("asked with --to").sign_psbt(&mut psbt);
             let amount = psbt.unsigned_tx.output[0].value.to_sat();
             state.recovery = Some(PendingRecovery {
                 unsigned_txid: psbt.unsigned_tx.compute_txid().to_string(),
@@ -121,6 +182,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
                 amount_sat: amount,
                 coins: survey.ready.iter().map(|c| c.input.outpoint).collect(),
                 tx: None,
+                cosigner_signs: args.deep_vault && !args.slow,
             });
             state.note(format!("recovery of {} to {to} prepared for the guardians", btc(amount)));
             std::fs::write(&args.psbt, base64::engine::general_purpose::STANDARD.encode(psbt.serialize()))
@@ -156,7 +218,8 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
                 "ready": coins(&survey.ready),
                 "later": coins(&survey.later),
                 "unvaulting": list(&survey.unvaulting),
-                "in_deep_vault": list(&survey.in_deep_vault),
+                "in_place": list(&survey.in_place),
+                "deep_vault": coins(&survey.deep_vault),
                 "psbt": prepared.map(|_| args.psbt.display().to_string()),
                 "amount_sat": prepared,
             })
@@ -189,6 +252,12 @@ fn report(survey: &Survey, tip: u32, sent: &[vigil_policy::bitcoin::OutPoint]) -
         text +=
             &format!("Unvault of vault {v} sent: the watchtowers will move it to your recovery output.\n");
     }
+    for v in &survey.in_place {
+        text += &format!(
+            "Vault {v} is in place. If the co-signer is gone for good, `vigil recover --unvault` starts its clock \
+             (it cannot be undone).\n"
+        );
+    }
     for v in &survey.unvaulting {
         text += &format!("Vault {v}: its unvault is waiting to confirm.\n");
     }
@@ -213,8 +282,13 @@ fn report(survey: &Survey, tip: u32, sent: &[vigil_policy::bitcoin::OutPoint]) -
             c.input.outpoint
         );
     }
-    for v in &survey.in_deep_vault {
-        text += &format!("Vault {v} was swept to the deep vault: its own paths return it.\n");
+    for c in &survey.deep_vault {
+        text += &format!(
+            "In the deep vault: {} (coin {}): `vigil recover --deep-vault` returns it with your backup phrase \
+             and every guardian\n",
+            btc(c.input.txout.value.to_sat()),
+            c.input.outpoint
+        );
     }
     text
 }

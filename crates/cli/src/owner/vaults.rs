@@ -286,9 +286,19 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
     state.scan(&session.compiled, &*chain)?;
     if let Some((address, amount)) = &target {
         // From the allowance if it fits: instantly, with no phrase and no wait.
-        let mut allowance = super::open_allowance(&session, &state)?;
-        allowance.sync(&*chain)?;
-        match allowance.pay(session.keys.allowance(), &*chain, address, *amount) {
+        let opened = super::open_allowance(&session, &state).and_then(|mut a| {
+            a.sync(&*chain)?;
+            Ok(a)
+        });
+        let paid = match opened {
+            Ok(mut allowance) => allowance.pay(session.keys.allowance(), &*chain, address, *amount),
+            // Unreadable: the spend is asked of a vault instead, which says so.
+            Err(e) => {
+                say(&format!("Note: the allowance cannot be read right now ({e})."));
+                Err(AllowanceError::Insufficient { needed: *amount, available: Amount::ZERO })
+            }
+        };
+        match paid {
             Ok(tx) => {
                 let txid = tx.compute_txid();
                 state.note(format!("allowance payment of {amount} to {address}: {txid}"));
