@@ -889,3 +889,63 @@ fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_
     let after = json(&dir, &["status"], &[REAL]);
     assert_eq!(after["deep_vault_sat"], 0, "{after}");
 }
+
+#[test]
+fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy() {
+    let (url, alarms) = webhook();
+    let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"), false);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 2);
+    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let before = json(&dir, &["status"], &[REAL]);
+
+    // The phone is lost; a guardian's copy of the policy is not.
+    let copy = _home.path().join("policy-from-a-guardian.toml");
+    std::fs::copy(dir.join("policy.toml"), &copy).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let port = s.node.port.to_string();
+    let chain_url = format!("http://127.0.0.1:{port}");
+    let restore = [
+        "init",
+        "--restore",
+        copy.to_str().unwrap(),
+        "--chain-url",
+        &chain_url,
+        "--chain-user",
+        "vigil",
+        "--chain-password",
+        "secret",
+    ];
+    let (new_real, new_duress) = ("8642", "9753");
+    let wrong = vigil_client::owner::new_phrase().to_string();
+    let (ok, out, err) =
+        vigil(&dir, &restore, &[&wrong, &phrase, new_real, new_real, new_duress, new_duress]);
+    assert!(ok, "{out}{err}");
+    assert!(err.contains("not the recovery phrase of this wallet"), "a wrong phrase is named: {err}");
+    let after = json(&dir, &["status"], &[new_real]);
+    for field in ["intake_sat", "vault_sat", "allowance_sat"] {
+        assert_eq!(after[field], before[field], "{field}: {after} vs {before}");
+    }
+    assert_eq!(after["vaults"][0]["vault"], before["vaults"][0]["vault"]);
+    assert_eq!(after["vaults"][0]["state"], "protected");
+    eventually("the guardians are told of the restore", || {
+        alarms.lock().unwrap().iter().any(|a| a["kind"] == "owner-restored").then_some(())
+    });
+    assert!(
+        !alarms.lock().unwrap().iter().any(|a| a["kind"] == "duress"),
+        "the new real code is the real one"
+    );
+
+    // The restored wallet spends from its vault; the new duress code is a duress code.
+    let to = Wallet::new().address().to_string();
+    let started = json(&dir, &["spend", &to, "0.01"], &[new_real, &phrase]);
+    assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
+    json(&dir, &["status"], &[new_duress]);
+    eventually("the new duress code alarms", || {
+        alarms.lock().unwrap().iter().any(|a| a["kind"] == "duress").then_some(())
+    });
+    // Restoring over a wallet changes nothing.
+    let (ok, _, err) = vigil(&dir, &restore, &[&phrase]);
+    assert!(!ok && err.contains("already a wallet"), "{err}");
+}

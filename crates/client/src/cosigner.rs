@@ -60,6 +60,14 @@ impl Nonces {
         Nonces { file, lock: std::sync::Mutex::new(()) }
     }
 
+    /// The counter of a wallet restored on a new device (`vigil init --restore`), starting
+    /// far enough above the lost device's.
+    pub fn restored(file: PathBuf) -> Result<Nonces, ClientError> {
+        let start = (now() + RESTORED_COUNTER_MARGIN).to_string();
+        std::fs::write(&file, start).map_err(|e| ClientError::Nonce(file.clone(), e))?;
+        Ok(Nonces::new(file))
+    }
+
     /// The next nonce, recorded before it is used. The file is replaced atomically (a
     /// process killed mid-write leaves the old number, never an empty file); if it is lost
     /// anyway, counting restarts well above the clock, since nonces run ahead of it when
@@ -84,6 +92,10 @@ impl Nonces {
 
 /// How far above the clock a lost request counter restarts.
 const LOST_COUNTER_MARGIN: u64 = 1_000;
+
+/// How far above the clock a restored device's counter starts: the lost device's ran at most
+/// [`LOST_COUNTER_MARGIN`] plus its bursts above the clock, and may have been lost minutes ago.
+const RESTORED_COUNTER_MARGIN: u64 = 1_000_000;
 
 /// One party's client of the co-signer.
 pub struct CosignerClient {

@@ -36,6 +36,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/panic", post(panic))
         .route("/v1/deep-vault/sign", post(deep_vault_sign))
+        .route("/v1/restore", post(restore))
         .route("/v1/policy", post(change_policy))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -123,6 +124,10 @@ async fn vault_status(
 ) -> Response {
     let path = format!("/v1/vaults/{outpoint}");
     signed_get(c, headers, path, move |c, caller| c.vault_status(caller, &outpoint)).await
+}
+
+async fn restore(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/restore".into(), body, |c, caller, req| c.restore(caller, req)).await
 }
 
 async fn deep_vault_sign(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {

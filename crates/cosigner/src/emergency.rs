@@ -479,3 +479,54 @@ impl Cosigner {
         Ok(wire::DeepVaultSigned { psbt: b64.encode(psbt.serialize()) })
     }
 }
+
+impl Cosigner {
+    /// `POST /v1/restore`: an owner's new device replaces the heartbeat hashes (any owner key
+    /// of the pinned policy signs it, with no recent heartbeat: the old device is gone). The
+    /// guardians are always alarmed: a captor who forced a restore with codes of their own
+    /// is seen. Answers with the client's vaults.
+    pub fn restore(&self, caller: &Caller, req: &Signed<wire::Restore>) -> Result<wire::Restored, Refusal> {
+        caller.owner()?;
+        let r = &req.request;
+        for (name, h) in [("heartbeat_real", &r.heartbeat_real), ("heartbeat_duress", &r.heartbeat_duress)] {
+            if <[u8; 32]>::from_hex(h).is_err() {
+                return Err(bad(format!("{name}: a sha256 in hex (64 characters)")));
+            }
+        }
+        if r.heartbeat_real == r.heartbeat_duress {
+            return Err(bad("heartbeat_real and heartbeat_duress must differ"));
+        }
+        let mut store = self.store();
+        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let before = serde_json::to_string(&client).expect("json");
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        client.heartbeat_real = r.heartbeat_real.clone();
+        client.heartbeat_duress = r.heartbeat_duress.clone();
+        let mut vaults = Vec::new();
+        for (_, outpoint) in store.list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
+            if let Some(v) = crate::ceremony::vault_record(&mut **store, &outpoint)? {
+                vaults.push(wire::RestoredVault {
+                    vault: v.registration.vault.clone(),
+                    funding: v.funding.clone(),
+                    unvault: v.registration.unvault.clone(),
+                    state: v.state.clone(),
+                });
+            }
+        }
+        batch
+            .expect(kind::CLIENT, client.id.clone(), Some(before))
+            .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
+            .alarm(alarm(
+                &client.id,
+                "owner-restored",
+                format!(
+                    "the owner's wallet of {} was restored on a new device: the old device's codes no longer \
+                     count. If the owner did not tell you, lock the client down (`vigil guardian lockdown`).",
+                    client.id
+                ),
+            ));
+        store.commit(&batch)?;
+        vaults.sort_by_key(|v| v.vault.index);
+        Ok(wire::Restored { vaults })
+    }
+}

@@ -380,3 +380,36 @@ pub struct DeepVaultSigned {
     /// The PSBT, base64.
     pub psbt: String,
 }
+
+/// `POST /v1/restore`: the owner's wallet rebuilt on a new device (`vigil init --restore`):
+/// the new keystore's heartbeat hashes replace the old ones (the old device's codes stop
+/// counting), and the guardians are alarmed, whichever code the new device will be opened
+/// with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restore {
+    /// sha256 of the new real heartbeat token, hex.
+    pub heartbeat_real: String,
+    /// sha256 of the new duress heartbeat token, hex.
+    pub heartbeat_duress: String,
+}
+
+/// What the co-signer holds of the client's vaults, to rebuild the wallet's records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// Every vault the co-signer made with this client, as the towers hold it.
+    pub vaults: Vec<RestoredVault>,
+}
+
+/// One vault, from the co-signer's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredVault {
+    /// Its parameters (index, amount, kind, one-time keys, V).
+    pub vault: vigil_tower::wire::VaultParams,
+    /// V's funding, signed, hex.
+    pub funding: String,
+    /// U, signed, hex.
+    pub unvault: String,
+    /// "registering" or "protected".
+    pub state: String,
+}

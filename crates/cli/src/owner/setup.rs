@@ -24,16 +24,16 @@ pub struct InitArgs {
     #[arg(long)]
     chain_password: Option<String>,
     /// The co-signer's URL.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "restore", default_value = "")]
     cosigner: String,
     /// The single-use token the co-signer's operator gave you.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "restore", default_value = "")]
     cosigner_token: String,
     /// A tower, as `NAME,URL,KEY,TOKEN` from its operator (repeat for each tower).
-    #[arg(long = "tower", required = true)]
+    #[arg(long = "tower", required_unless_present = "restore")]
     towers: Vec<String>,
     /// A guardian's key, as `vigil guardian init` printed it (repeat for each guardian).
-    #[arg(long = "guardian", required = true)]
+    #[arg(long = "guardian", required_unless_present = "restore")]
     guardians: Vec<String>,
     /// How many guardians must approve.
     #[arg(long, default_value_t = 2)]
@@ -62,12 +62,167 @@ pub struct InitArgs {
     /// Finish a setup that stopped half-way (after the co-signer enrolled the wallet).
     #[arg(long)]
     resume: bool,
+    /// Rebuild a lost device's wallet from the recovery phrase and a copy of the pinned
+    /// policy (every guardian holds one): the co-signer gives back the vaults' records.
+    #[arg(long, value_name = "POLICY_FILE", conflicts_with = "resume")]
+    restore: Option<PathBuf>,
+    /// With --restore: the block to scan for your coins from (0: the whole chain).
+    #[arg(long, default_value_t = 0, requires = "restore")]
+    from_height: u32,
     /// Skip the check that the phrases were written down (scripts, tests only).
     #[arg(long, hide = true)]
     no_phrase_check: bool,
 }
 
 pub(super) const SETUP_FILE: &str = "setup.json";
+
+/// `wallet.toml` from the chain options, the node's client, and its tip (checked reachable).
+fn chain_options(
+    args: &InitArgs,
+    network: vigil_policy::bitcoin::Network,
+) -> anyhow::Result<(String, Box<dyn vigil_chain::ChainBackend>, vigil_chain::BlockId)> {
+    let chain = match (&args.chain_cookie, &args.chain_user, &args.chain_password) {
+        (Some(cookie), None, None) => format!("cookie_file = {:?}", cookie.display().to_string()),
+        (None, Some(user), Some(password)) => format!("user = {user:?}\npassword = {password:?}"),
+        _ => bail!("give --chain-cookie, or --chain-user and --chain-password"),
+    };
+    let wallet_toml = format!(
+        "# The owner's wallet: its network and the node it reads the chain from.\nnetwork = \"{network}\"\n\n[chain]\nurl = {:?}\n{chain}\n",
+        args.chain_url
+    );
+    let config: vigil_client::wallet::WalletConfig =
+        toml::from_str(&wallet_toml).context("the chain options")?;
+    let backend = vigil_tower::daemon::backend(&config.chain);
+    let tip = backend
+        .tip()
+        .map_err(|e| anyhow::anyhow!("the node at {} cannot be reached: {e}", args.chain_url))?;
+    Ok((wallet_toml, backend, tip))
+}
+
+/// `vigil init --restore POLICY`: the keystore made anew from the phrase (new codes, new
+/// heartbeat tokens, which the co-signer takes in place of the lost device's and alarms the
+/// guardians about), the vaults from the co-signer's records, the coins from the chain.
+fn restore(args: &InitArgs, policy_file: &std::path::Path) -> anyhow::Result<()> {
+    let dir = args.wallet.dir();
+    let policy_text = std::fs::read_to_string(policy_file)
+        .with_context(|| format!("reading the policy copy {}", policy_file.display()))?;
+    let compiled = vigil_policy::CompiledPolicy::new(vigil_policy::Policy::from_toml(&policy_text)?)?;
+    let policy = compiled.policy();
+    let network = policy.network;
+    let (wallet_toml, chain, _) = chain_options(args, network)?;
+    say("This rebuilds your wallet from your recovery phrase and a copy of its policy.");
+    let phrase = loop {
+        let typed = ask_code("Recovery phrase: ")?;
+        match owner::parse_phrase(&typed)
+            .and_then(|p| owner::VaultKey::from_phrase(&p, network, &policy.owner.keys[0].xpub).map(|_| p))
+        {
+            Ok(p) => break p,
+            Err(e) => say(&format!("{e}. Try again (Ctrl-C stops).")),
+        }
+    };
+    let public = owner::public_keys(&phrase, String::new(), network);
+    if public.auth_key != policy.owner.keys[0].auth_key().to_string() {
+        bail!("this policy names another request key for the owner than this phrase's; nothing was changed");
+    }
+    say("Choose new codes for this device (the old device's stop counting).");
+    let real_code = new_code("your unlock code")?;
+    let duress_code = loop {
+        let code = new_code("your duress code (different from the unlock code)")?;
+        if *code != *real_code {
+            break code;
+        }
+        say("The duress code must be different from the unlock code.");
+    };
+    let fresh = !dir.path.exists();
+    std::fs::create_dir_all(&dir.path).with_context(|| format!("creating {}", dir.path.display()))?;
+    let made = (|| -> anyhow::Result<()> {
+        replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
+        replace_file(&dir.file("policy.toml"), policy_text.as_bytes())?;
+        let hashes = owner::create(
+            &dir.path,
+            &phrase,
+            real_code.as_bytes(),
+            duress_code.as_bytes(),
+            network,
+            owner::KDF,
+        )?;
+        let keys = owner::unlock(&dir.path, real_code.as_bytes(), network)?;
+        let co = vigil_client::cosigner::CosignerClient::with_nonces(
+            &policy_text,
+            keys.auth_keypair(),
+            vigil_client::cosigner::Nonces::restored(dir.file("nonce"))?,
+        )?;
+        let restored: wire::Restored = co.post(
+            "/v1/restore",
+            &wire::Restore { heartbeat_real: hashes.real.clone(), heartbeat_duress: hashes.duress.clone() },
+        )?;
+        let mut state = WalletState {
+            birth_height: args.from_height,
+            scanned_height: args.from_height.saturating_sub(1),
+            ..WalletState::default()
+        };
+        for v in restored.vaults.iter().filter(|v| v.state == "protected") {
+            state.vaults.push(VaultRecord {
+                outpoint: v.vault.vault_outpoint.parse().context("the co-signer's vault record")?,
+                amount_sat: v.vault.amount_sat,
+                kind: v.vault.kind.clone(),
+                index: v.vault.index,
+                funding: v.funding.clone(),
+                confirmed_height: None,
+                unvault: v.unvault.clone(),
+                owner_once: v.vault.owner_once.clone(),
+                cosigner_once: v.vault.cosigner_once.clone(),
+                unvaulted: false,
+            });
+            state.next_vault = state.next_vault.max(v.vault.index + 1);
+        }
+        state.scan(&compiled, &*chain)?;
+        for v in state.vaults.iter_mut().filter(|v| v.confirmed_height.is_some()) {
+            // Spent already (unvaulted or swept): not offered for a spend.
+            v.unvaulted = chain.unspent_output(&v.outpoint)?.is_none();
+        }
+        state.note(format!(
+            "wallet restored: {} vault(s), {} coin(s) found",
+            state.vaults.len(),
+            state.coins.len()
+        ));
+        dir.save_state(&state)?;
+        vigil_client::allowance::Allowance::open(&dir, &public.allowance_key, network, args.from_height)?
+            .sync(&*chain)?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        // Nothing half-made is left: the next attempt starts clean.
+        if fresh {
+            let _ = std::fs::remove_dir_all(&dir.path);
+        } else {
+            for f in [
+                "wallet.toml",
+                "policy.toml",
+                "keystore",
+                "keystore.backup",
+                "unlock.state",
+                "nonce",
+                "state.json",
+                "allowance.json",
+            ] {
+                let _ = std::fs::remove_file(dir.file(f));
+            }
+        }
+        bail!("the wallet was not restored: {e}; nothing was kept");
+    }
+    let state = dir.state()?;
+    if args.wallet.json {
+        println!("{}", json!({"restored": true, "vaults": state.vaults.len(), "coins": state.coins.len()}));
+    } else {
+        println!(
+            "Your wallet is back: {} vault(s) and {} coin(s) found. Your guardians were told of the restore.",
+            state.vaults.len(),
+            state.coins.len()
+        );
+    }
+    Ok(())
+}
 
 /// Shows a phrase once and checks two of its words were written down.
 fn show_phrase(
@@ -170,22 +325,12 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
             dir.path.display()
         );
     }
+    if let Some(policy) = &args.restore {
+        return restore(&args, policy);
+    }
     let network = crate::guardian::network(&args.network)?;
     let towers = args.towers.iter().map(|t| parse_tower(t)).collect::<anyhow::Result<Vec<_>>>()?;
-    let chain = match (&args.chain_cookie, &args.chain_user, &args.chain_password) {
-        (Some(cookie), None, None) => format!("cookie_file = {:?}", cookie.display().to_string()),
-        (None, Some(user), Some(password)) => format!("user = {user:?}\npassword = {password:?}"),
-        _ => bail!("give --chain-cookie, or --chain-user and --chain-password"),
-    };
-    let wallet_toml = format!(
-        "# The owner's wallet: its network and the node it reads the chain from.\nnetwork = \"{network}\"\n\n[chain]\nurl = {:?}\n{chain}\n",
-        args.chain_url
-    );
-    let config: vigil_client::wallet::WalletConfig =
-        toml::from_str(&wallet_toml).context("the chain options")?;
-    let chain = vigil_tower::daemon::backend(&config.chain);
-    let birth =
-        chain.tip().map_err(|e| anyhow::anyhow!("the node at {} cannot be reached: {e}", args.chain_url))?;
+    let (wallet_toml, chain, birth) = chain_options(&args, network)?;
 
     say("Welcome to Vigil. This sets up your wallet in a few steps.");
     let owner_phrase = owner::new_phrase();
