@@ -949,3 +949,73 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
     let (ok, _, err) = vigil(&dir, &restore, &[&phrase]);
     assert!(!ok && err.contains("already a wallet"), "{err}");
 }
+
+#[test]
+fn a_vault_spend_signed_elsewhere_comes_back_checked_and_goes_on() {
+    use base64::Engine as _;
+    let s = services("", false);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 1);
+    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let file = dir.join("spend.psbt");
+    let f = file.to_str().unwrap();
+    let to = Wallet::new().address().to_string();
+    // No phrase asked: the PSBT goes to the signer.
+    let out = json(&dir, &["spend", &to, "0.01", "--sign-elsewhere", f], &[REAL]);
+    assert_eq!(out[0]["progress"]["stage"], "waiting for the owner's signature", "{out}");
+    let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(resumed[0]["progress"]["stage"], "waiting for the owner's signature", "{resumed}");
+
+    let read = || {
+        let text = std::fs::read_to_string(&file).unwrap();
+        vigil_policy::bitcoin::psbt::Psbt::deserialize(
+            &base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap(),
+        )
+        .unwrap()
+    };
+    let write = |p: &vigil_policy::bitcoin::psbt::Psbt, name: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode(p.serialize())).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let policy =
+        vigil_policy::Policy::from_toml(&std::fs::read_to_string(dir.join("policy.toml")).unwrap()).unwrap();
+    let sign_with = |words: &str| {
+        let mut p = read();
+        let key = vigil_client::owner::VaultKey::from_phrase(
+            &vigil_client::owner::parse_phrase(words).unwrap(),
+            policy.network,
+            &policy.owner.keys[0].xpub,
+        );
+        match key {
+            Ok(k) => k.sign_psbt(&mut p),
+            // Another wallet's phrase: its own key signs (what a wrong device would do).
+            Err(_) => {
+                let other = vigil_client::owner::parse_phrase(words).unwrap();
+                let xpub = vigil_client::owner::public_keys(&other, String::new(), policy.network).owner_key;
+                let xpub: vigil_policy::bitcoin::bip32::Xpub =
+                    xpub.split(']').nth(1).unwrap().parse().unwrap();
+                vigil_client::owner::VaultKey::from_phrase(&other, policy.network, &xpub)
+                    .unwrap()
+                    .sign_psbt(&mut p)
+            }
+        }
+        p
+    };
+    // Unsigned, or signed by another wallet's key: refused, nothing sent.
+    let (ok, _, err) = vigil(&dir, &["spend", "--signed", &write(&read(), "unsigned.psbt")], &[REAL]);
+    assert!(!ok && err.contains("0 valid signature(s)"), "{err}");
+    let stranger = vigil_client::owner::new_phrase().to_string();
+    let (ok, _, err) =
+        vigil(&dir, &["spend", "--signed", &write(&sign_with(&stranger), "wrong.psbt")], &[REAL]);
+    assert!(!ok && err.contains("0 valid signature(s)"), "{err}");
+    // Another transaction: not the spend waiting.
+    let mut other = sign_with(&phrase);
+    other.unsigned_tx.output[0].value -= vigil_policy::bitcoin::Amount::from_sat(1);
+    let (ok, _, err) = vigil(&dir, &["spend", "--signed", &write(&other, "other.psbt")], &[REAL]);
+    assert!(!ok && err.contains("no spend waiting for a signature"), "{err}");
+    // Signed by the owner's key: it goes on as any vault spend.
+    let went = json(&dir, &["spend", "--signed", &write(&sign_with(&phrase), "signed.psbt")], &[REAL]);
+    assert_eq!(went[0]["progress"]["stage"], "unlocking", "{went}");
+}

@@ -68,6 +68,8 @@ pub enum Progress {
         /// Its txid.
         txid: String,
     },
+    /// The PSBT waits for the owner's signature from elsewhere (`take_signed`).
+    Unsigned,
     /// A guardian denied it: final.
     Denied,
     /// It cannot complete (the unvault was cancelled, the approval expired): why.
@@ -81,7 +83,7 @@ pub enum Progress {
 pub fn prepare(
     session: &Session,
     state: &mut WalletState,
-    vault_key: &VaultKey,
+    vault_key: Option<&VaultKey>,
     destination: &Address,
     amount: Amount,
 ) -> Result<usize, SpendError> {
@@ -128,17 +130,75 @@ pub fn prepare(
         outputs.push(TxOut { value: Amount::from_sat(rest), script_pubkey: change });
     }
     let mut psbt = spend_psbt(&[input], outputs)?;
-    vault_key.sign_psbt(&mut psbt);
+    // Without the key here, the PSBT waits for a signer elsewhere (`take_signed`).
+    let stage = match vault_key {
+        Some(key) => {
+            key.sign_psbt(&mut psbt);
+            "requesting"
+        }
+        None => "unsigned",
+    };
     state.spends.push(PendingSpend {
         id: 0,
         vault: vault.outpoint,
         destination: destination.to_string(),
         amount_sat: amount.to_sat(),
         psbt: base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
-        stage: "requesting".into(),
+        stage: stage.into(),
         tx: None,
     });
     Ok(state.spends.len() - 1)
+}
+
+/// Takes back a spend PSBT signed elsewhere (a hardware signer): it must be the unsigned
+/// spend recorded (same transaction) and carry the owner's valid signatures on the spend
+/// leaf; then the spend is "requesting". Returns its position.
+pub fn take_signed(
+    session: &Session,
+    state: &mut WalletState,
+    signed: &vigil_policy::bitcoin::psbt::Psbt,
+) -> Result<usize, SpendError> {
+    use vigil_policy::bitcoin::psbt::Psbt;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let txid = signed.unsigned_tx.compute_txid();
+    let pos = state
+        .spends
+        .iter()
+        .position(|s| {
+            s.stage == "unsigned"
+                && b64
+                    .decode(&s.psbt)
+                    .ok()
+                    .and_then(|b| Psbt::deserialize(&b).ok())
+                    .map(|p| p.unsigned_tx.compute_txid())
+                    == Some(txid)
+        })
+        .ok_or_else(|| {
+            SpendError::Refused(format!("no spend waiting for a signature has this transaction ({txid})"))
+        })?;
+    let vault = state
+        .vaults
+        .iter()
+        .find(|v| v.outpoint == state.spends[pos].vault)
+        .and_then(|v| v.plan())
+        .ok_or_else(|| SpendError::Refused("the vault's record is damaged".into()))?;
+    let mut ours = Psbt::deserialize(&b64.decode(&state.spends[pos].psbt).map_err(|_| damaged())?)
+        .map_err(|_| damaged())?;
+    ours.inputs[0].tap_script_sigs.extend(signed.inputs[0].tap_script_sigs.iter().map(|(k, v)| (*k, *v)));
+    let (valid, needed) = session.compiled.owner_spend_signatures(&vault, &ours, 0)?;
+    if valid < needed {
+        return Err(SpendError::Refused(format!(
+            "the PSBT carries {valid} valid signature(s) of the owner's keys on the spend, {needed} needed \
+             (was it signed by the right device, for this wallet?)"
+        )));
+    }
+    state.spends[pos].psbt = b64.encode(ours.serialize());
+    state.spends[pos].stage = "requesting".into();
+    Ok(pos)
+}
+
+fn damaged() -> SpendError {
+    SpendError::Refused("the spend's record is damaged".into())
 }
 
 /// Sends the recorded request at `pos` (again, unchanged, if its answer was lost).
@@ -172,6 +232,7 @@ pub fn advance(
     }
     let spend = state.spends[pos].clone();
     match spend.stage.as_str() {
+        "unsigned" => return Ok(Progress::Unsigned),
         "signed" | "sent" | "done" => return payment(state, chain, pos),
         "denied" => return Ok(Progress::Denied),
         "cancelled" => return Ok(Progress::Stopped("the spend was cancelled".into())),

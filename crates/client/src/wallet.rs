@@ -183,7 +183,8 @@ pub struct PendingSpend {
     /// The request: the spend PSBT the owner signed (base64), sent again as it is if the
     /// answer was lost, so the co-signer sees the same request.
     pub psbt: String,
-    /// "requesting", "waiting" (for guardians), "approved", "unvault sent", "signed",
+    /// "unsigned" (its PSBT with a signer elsewhere), "requesting", "waiting" (for guardians),
+    /// "approved", "unvault sent", "signed",
     /// "sent", "done", "denied", "cancelled".
     pub stage: String,
     /// The co-signed payment, hex, once the co-signer signed it (broadcast until it confirms).

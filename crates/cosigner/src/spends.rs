@@ -176,6 +176,17 @@ impl Cosigner {
             ));
         }
         psbt.inputs[0].tap_script_sigs.extend(given.inputs[0].tap_script_sigs.iter().map(|(k, v)| (*k, *v)));
+        // Without the owner's signatures the spend could never complete once its unvault is
+        // out: refused now, not at DELAY.
+        let (signed, needed) = caller
+            .compiled
+            .owner_spend_signatures(&vault.plan()?, &psbt, 0)
+            .map_err(|e| bad(format!("psbt: {e}")))?;
+        if signed < needed {
+            return Err(bad(format!(
+                "psbt: the owner's signatures on the spend leaf: {signed} valid of the {needed} needed"
+            )));
+        }
         let spend_txid = tx.compute_txid();
         let amount_sat = unvault.output[0].value.to_sat();
         let destinations: Vec<String> = tx

@@ -164,6 +164,20 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         &co,
         &before,
     );
+    let mut unsigned = psbt.clone();
+    unsigned.inputs.iter_mut().for_each(|i| i.tap_script_sigs.clear());
+    let unsigned_request = json!({
+        "vault_outpoint": standard.outpoint().to_string(),
+        "psbt": base64::engine::general_purpose::STANDARD.encode(unsigned.serialize()),
+    });
+    check(
+        "a spend request the owner did not sign",
+        post_raw(&f.cosigner, "/v1/spends", &body(f.next_nonce(), now, &unsigned_request), &owner),
+        400,
+        &f,
+        &co,
+        &before,
+    );
     // A guardian's signature on a spend other than the one requested.
     let other_tx = f.spend_psbt(&guarded, &f.wallet.address(), 2_000);
     let digest = serde_json::from_value::<vigil_cosigner::wire::SpendStatus>(waiting.clone())

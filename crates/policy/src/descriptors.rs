@@ -43,6 +43,10 @@ pub(crate) struct Templates {
     /// The recovery leaf alone (owner + guardians after T_RECOVER), shared by the intake,
     /// unvault and recovery outputs: what a guardian signs to recover without the co-signer.
     pub recover_leaf: Descriptor<String>,
+    /// The unvault output's spend leaf alone, per kind, and the owner's keys' names in it.
+    pub spend_leaf_standard: Descriptor<String>,
+    pub spend_leaf_guarded: Descriptor<String>,
+    pub owner_names: Vec<String>,
 }
 
 fn threshold(k: u32, prefix: &str, n: usize) -> String {
@@ -84,6 +88,9 @@ impl Templates {
                 "tr(NUMS,{{and_v(v:pk(B),and_v(v:{guard_m},older({long}))),and_v(v:pk(B),and_v(v:pk(C),{guard_all}))}})"
             ))?,
             recover_leaf: parse(format!("tr(NUMS,{recover})"))?,
+            spend_leaf_standard: parse(format!("tr(NUMS,{spend_standard})"))?,
+            spend_leaf_guarded: parse(format!("tr(NUMS,{spend_guarded})"))?,
+            owner_names: (0..policy.owner.keys.len()).map(|i| format!("O{i}")).collect(),
         })
     }
 

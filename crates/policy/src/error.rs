@@ -203,4 +203,7 @@ pub enum PsbtError {
     /// The finalized transaction could not be extracted.
     #[error("{0}")]
     Extract(#[from] bitcoin::psbt::ExtractTxError),
+    /// An input does not say which output it spends (its witness UTXO).
+    #[error("an input has no witness UTXO")]
+    MissingUtxo,
 }

@@ -199,6 +199,52 @@ impl CompiledPolicy {
         Ok([leaf(&self.intake_keys)?, leaf(&self.vault_keys)?])
     }
 
+    /// How many of the owner's keys validly signed (SIGHASH_DEFAULT) the spend leaf of `plan`'s
+    /// unvault output on input `input` of `psbt`, and how many must: a vault spend request
+    /// short of the owner's threshold would be approved, its unvault sent, and then never
+    /// complete.
+    pub fn owner_spend_signatures(
+        &self,
+        plan: &VaultPlan,
+        psbt: &Psbt,
+        input: usize,
+    ) -> Result<(u32, u32), PolicyError> {
+        let keys = self.vault_keys.xonly_at(plan.index)?;
+        let template = match plan.kind {
+            VaultKind::Standard => &self.templates.spend_leaf_standard,
+            VaultKind::Guarded => &self.templates.spend_leaf_guarded,
+        };
+        let Descriptor::Tr(tr) = translate(template, &keys)? else { unreachable!("a tr() template") };
+        let (_, ms) = tr.iter_scripts().next().expect("one leaf");
+        let leaf = TapLeafHash::from_script(&ms.encode(), LeafVersion::TapScript);
+        let prevouts: Vec<TxOut> = psbt.inputs.iter().filter_map(|i| i.witness_utxo.clone()).collect();
+        if prevouts.len() != psbt.inputs.len() {
+            return Err(PsbtError::MissingUtxo.into());
+        }
+        let sighash = SighashCache::new(&psbt.unsigned_tx)
+            .taproot_script_spend_signature_hash(
+                input,
+                &Prevouts::All(&prevouts),
+                leaf,
+                TapSighashType::Default,
+            )
+            .map_err(PsbtError::from)?;
+        let msg = Message::from_digest(sighash.to_byte_array());
+        let signed = self
+            .templates
+            .owner_names
+            .iter()
+            .filter(|name| {
+                let key = keys[*name];
+                psbt.inputs.get(input).and_then(|i| i.tap_script_sigs.get(&(key, leaf))).is_some_and(|sig| {
+                    sig.sighash_type == TapSighashType::Default
+                        && crate::config::secp().verify_schnorr(&sig.signature, &msg, &key).is_ok()
+                })
+            })
+            .count();
+        Ok((signed as u32, self.policy.owner.threshold))
+    }
+
     /// The deep vault's output at vault index `index` (it holds no one-time key): what E and
     /// UE pay to.
     pub fn deep_vault_descriptor(

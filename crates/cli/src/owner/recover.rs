@@ -45,6 +45,10 @@ pub struct RecoverArgs {
     /// once LONG blocks have passed.
     #[arg(long, requires = "deep_vault")]
     slow: bool,
+    /// With --to: do not ask for the phrase; the PSBT is written unsigned, for your signer
+    /// elsewhere (a hardware signer) to sign along with the guardians.
+    #[arg(long, requires = "to")]
+    sign_elsewhere: bool,
     /// Start the clock: send every vault's unvault (the towers cancel them to your recovery
     /// output). Only when the co-signer is gone for good: it cannot be undone.
     #[arg(long, conflicts_with = "deep_vault")]
@@ -133,6 +137,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     // Only signing needs a phrase: the survey reads the chain.
     let key = match (&to, args.deep_vault) {
         (None, _) => None,
+        (Some(_), _) if args.sign_elsewhere => None,
         (Some(_), true) => Some(backup_key(&session)?),
         (Some(_), false) => Some(vault_key(&session)?),
     };
@@ -174,7 +179,9 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     let prepared = match (&to, survey.ready.is_empty()) {
         (Some(to), false) => {
             let mut psbt = recovery::recovery_psbt(&survey.ready, to, Allowance::feerate(&*chain))?;
-            key.as_ref().expect("asked with --to").sign_psbt(&mut psbt);
+            if let Some(key) = &key {
+                key.sign_psbt(&mut psbt);
+            }
             let amount = psbt.unsigned_tx.output[0].value.to_sat();
             state.recovery = Some(PendingRecovery {
                 unsigned_txid: psbt.unsigned_tx.compute_txid().to_string(),
@@ -229,11 +236,12 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     print!("{}", report(&survey, tip, &sent));
     match prepared {
         Some(amount) => {
-            println!(
-                "The recovery of {} is signed by you and written to {}.",
-                btc(amount),
-                args.psbt.display()
-            );
+            let by = if args.sign_elsewhere {
+                "written, for your signer to sign,"
+            } else {
+                "signed by you and written"
+            };
+            println!("The recovery of {} is {by} to {}.", btc(amount), args.psbt.display());
             println!("Give that file to your guardians: each runs `vigil guardian sign-recovery FILE`");
             println!("and gives it back. Then run `vigil recover --finish FILE` to send it.");
         }
@@ -293,7 +301,7 @@ fn report(survey: &Survey, tip: u32, sent: &[vigil_policy::bitcoin::OutPoint]) -
     text
 }
 
-fn read_psbt(path: &PathBuf) -> anyhow::Result<Psbt> {
+pub(super) fn read_psbt(path: &PathBuf) -> anyhow::Result<Psbt> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())

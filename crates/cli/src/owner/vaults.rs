@@ -225,6 +225,13 @@ pub struct SpendArgs {
     /// Keep going until each spend is done or stopped, saying what it waits for.
     #[arg(long)]
     wait: bool,
+    /// A vault spend signed elsewhere (a hardware signer): write its PSBT to FILE instead of
+    /// asking for the phrase.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    sign_elsewhere: Option<PathBuf>,
+    /// Take back the PSBT signed elsewhere and carry on with that spend.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["address", "sign_elsewhere"])]
+    signed: Option<PathBuf>,
 }
 
 fn describe(progress: &Progress, tip: u32) -> (String, serde_json::Value) {
@@ -250,13 +257,24 @@ fn describe(progress: &Progress, tip: u32) -> (String, serde_json::Value) {
         Progress::Done { txid } => {
             (format!("done: transaction {txid} confirmed"), json!({"stage": "done", "txid": txid}))
         }
+        Progress::Unsigned => (
+            "waiting for your signature: sign its PSBT, then `vigil spend --signed FILE`".into(),
+            json!({"stage": "waiting for the owner's signature"}),
+        ),
         Progress::Denied => ("a guardian denied this spend".into(), json!({"stage": "denied"})),
         Progress::Stopped(why) => (format!("stopped: {why}"), json!({"stage": "stopped", "reason": why})),
     }
 }
 
 fn finished(p: &Progress) -> bool {
-    matches!(p, Progress::Sent { .. } | Progress::Done { .. } | Progress::Denied | Progress::Stopped(_))
+    matches!(
+        p,
+        Progress::Sent { .. }
+            | Progress::Done { .. }
+            | Progress::Denied
+            | Progress::Stopped(_)
+            | Progress::Unsigned
+    )
 }
 
 /// `vigil spend ADDRESS AMOUNT`, or `--resume`: a vault spend, step by step, resumable.
@@ -277,13 +295,36 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
             }
             Some((address, amount))
         }
-        (None, None, true) => None,
+        (None, None, _) if args.resume || args.signed.is_some() => None,
         _ => bail!("give an ADDRESS and an AMOUNT, or --resume"),
+    };
+    let signed = match &args.signed {
+        Some(f) => Some(super::recover::read_psbt(f)?),
+        None => None,
     };
     let session = open(&args.wallet)?;
     let chain = session.chain();
     let mut state = session.dir.state()?;
     state.scan(&session.compiled, &*chain)?;
+    if let (Some((address, amount)), Some(file)) = (&target, &args.sign_elsewhere) {
+        let pos = spending::prepare(&session, &mut state, None, address, *amount)?;
+        session.dir.save_state(&state)?;
+        std::fs::write(file, &state.spends[pos].psbt)
+            .with_context(|| format!("writing {}", file.display()))?;
+        if args.wallet.json {
+            println!(
+                "{}",
+                json!([{"id": null, "progress": {"stage": "waiting for the owner's signature", "psbt": file.display().to_string()}}])
+            );
+        } else {
+            println!(
+                "The spend's PSBT is in {}: sign it with your signer (check the amount and the address",
+                file.display()
+            );
+            println!("on its screen), then run `vigil spend --signed FILE`.");
+        }
+        return Ok(());
+    }
     if let Some((address, amount)) = &target {
         // From the allowance if it fits: instantly, with no phrase and no wait.
         let opened = super::open_allowance(&session, &state).and_then(|mut a| {
@@ -320,12 +361,19 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
     let positions: Vec<usize> = match target {
         Some((address, amount)) => {
             let key = vault_key(&session)?;
-            let pos = spending::prepare(&session, &mut state, &key, &address, amount)?;
+            let pos = spending::prepare(&session, &mut state, Some(&key), &address, amount)?;
             // Recorded before it is sent: a lost answer is asked again with the same request.
             session.dir.save_state(&state)?;
             vec![pos]
         }
-        None => (0..state.spends.len()).filter(|&i| state.spends[i].active()).collect(),
+        None => match &signed {
+            Some(psbt) => {
+                let pos = spending::take_signed(&session, &mut state, psbt)?;
+                session.dir.save_state(&state)?;
+                vec![pos]
+            }
+            None => (0..state.spends.len()).filter(|&i| state.spends[i].active()).collect(),
+        },
     };
     if positions.is_empty() {
         bail!("no spend is under way");
