@@ -453,17 +453,25 @@ impl Cosigner {
                     )));
                 }
             }
-            // Only the fast leaf gets the co-signer's signature.
+            // Only the fast leaf gets the co-signer's signature, and only with its key there.
+            psbt.inputs[i].tap_key_origins.retain(|key, (_, (fp, _))| *fp != mine || *key == leaves.cosigner);
             for (key, (hashes, _)) in psbt.inputs[i].tap_key_origins.iter_mut() {
                 if *key == leaves.cosigner {
                     hashes.retain(|h| *h == leaf);
                 }
             }
+            // Over the whole transaction, on that leaf only: no ECDSA, no key path.
             psbt.inputs[i].sighash_type = None;
+            psbt.inputs[i].bip32_derivation.clear();
         }
         let mut store = self.store();
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let kept: Vec<_> =
+            psbt.inputs.iter_mut().map(|i| (i.tap_internal_key.take(), i.tap_merkle_root.take())).collect();
         self.keys.sign_psbt(caller.client.account, &mut psbt);
+        for (input, (key, root)) in psbt.inputs.iter_mut().zip(kept) {
+            (input.tap_internal_key, input.tap_merkle_root) = (key, root);
+        }
         let total: u64 = prevouts.iter().map(|p| p.value.to_sat()).sum();
         batch.alarm(alarm(
             &caller.client.id,
