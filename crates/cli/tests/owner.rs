@@ -919,8 +919,18 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
     ];
     let (new_real, new_duress) = ("8642", "9753");
     let wrong = vigil_client::owner::new_phrase().to_string();
+    // The 16 characters written on paper at setup tell the true copy from a changed one.
+    let text = std::fs::read_to_string(&copy).unwrap();
+    let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    let changed = _home.path().join("changed-policy.toml");
+    std::fs::write(&changed, text.replace("velocity_window_blocks", "velocity_window_blocks ")).unwrap();
+    let mut with_changed = restore.to_vec();
+    with_changed[2] = changed.to_str().unwrap();
+    let (ok, _, err) = vigil(&dir, &with_changed, &[&id, &phrase]);
+    assert!(!ok && err.contains("not the one you set up"), "{err}");
+    assert!(!dir.exists(), "nothing was made");
     let (ok, out, err) =
-        vigil(&dir, &restore, &[&wrong, &phrase, new_real, new_real, new_duress, new_duress]);
+        vigil(&dir, &restore, &[&id, &wrong, &phrase, new_real, new_real, new_duress, new_duress]);
     assert!(ok, "{out}{err}");
     assert!(err.contains("not the recovery phrase of this wallet"), "a wrong phrase is named: {err}");
     let after = json(&dir, &["status"], &[new_real]);

@@ -60,14 +60,6 @@ impl Nonces {
         Nonces { file, lock: std::sync::Mutex::new(()) }
     }
 
-    /// The counter of a wallet restored on a new device (`vigil init --restore`), starting
-    /// far enough above the lost device's.
-    pub fn restored(file: PathBuf) -> Result<Nonces, ClientError> {
-        let start = (now() + RESTORED_COUNTER_MARGIN).to_string();
-        std::fs::write(&file, start).map_err(|e| ClientError::Nonce(file.clone(), e))?;
-        Ok(Nonces::new(file))
-    }
-
     /// The next nonce, recorded before it is used. The file is replaced atomically (a
     /// process killed mid-write leaves the old number, never an empty file); if it is lost
     /// anyway, counting restarts well above the clock, since nonces run ahead of it when
@@ -90,12 +82,11 @@ impl Nonces {
     }
 }
 
-/// How far above the clock a lost request counter restarts.
-const LOST_COUNTER_MARGIN: u64 = 1_000;
-
-/// How far above the clock a restored device's counter starts: the lost device's ran at most
-/// [`LOST_COUNTER_MARGIN`] plus its bursts above the clock, and may have been lost minutes ago.
-const RESTORED_COUNTER_MARGIN: u64 = 1_000_000;
+/// How far above the clock a lost request counter restarts (about 11 days): above where a
+/// lost file or a lost device (`vigil init --restore`) left it, which ran above the clock only
+/// by its bursts and by this margin the last time it restarted, and within the 2^32 step the
+/// co-signer and the towers accept.
+const LOST_COUNTER_MARGIN: u64 = 1_000_000;
 
 /// One party's client of the co-signer.
 pub struct CosignerClient {

@@ -515,7 +515,7 @@ impl Cosigner {
             if let Some(v) = crate::ceremony::vault_record(&mut **store, &outpoint)? {
                 vaults.push(wire::RestoredVault {
                     vault: v.registration.vault.clone(),
-                    funding: v.funding.clone(),
+                    funding: (v.state == "protected").then(|| v.funding.clone()),
                     unvault: v.registration.unvault.clone(),
                     state: v.state.clone(),
                 });

@@ -406,8 +406,8 @@ pub struct Restored {
 pub struct RestoredVault {
     /// Its parameters (index, amount, kind, one-time keys, V).
     pub vault: vigil_tower::wire::VaultParams,
-    /// V's funding, signed, hex.
-    pub funding: String,
+    /// V's funding, signed, hex: only once every tower holds the vault (DESIGN §4's order).
+    pub funding: Option<String>,
     /// U, signed, hex.
     pub unvault: String,
     /// "registering" or "protected".

@@ -99,6 +99,14 @@ fn chain_options(
     Ok((wallet_toml, backend, tip))
 }
 
+/// The policy id's first 16 hex characters, in groups of four: written on paper at setup,
+/// asked at restore, so that a policy copy changed by whoever kept it (another co-signer,
+/// other guardians, another backup key) is refused.
+fn short_id(policy_id: &str) -> String {
+    let hex: Vec<char> = policy_id.chars().take(16).collect();
+    hex.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-")
+}
+
 /// `vigil init --restore POLICY`: the keystore made anew from the phrase (new codes, new
 /// heartbeat tokens, which the co-signer takes in place of the lost device's and alarms the
 /// guardians about), the vaults from the co-signer's records, the coins from the chain.
@@ -111,6 +119,16 @@ fn restore(args: &InitArgs, policy_file: &std::path::Path) -> anyhow::Result<()>
     let network = policy.network;
     let (wallet_toml, chain, _) = chain_options(args, network)?;
     say("This rebuilds your wallet from your recovery phrase and a copy of its policy.");
+    let expected = short_id(&vigil_tower::policy_id(&policy_text));
+    let typed = ask("The policy id written with your phrase (16 characters): ")?;
+    let typed: String =
+        typed.chars().filter(char::is_ascii_hexdigit).collect::<String>().to_ascii_lowercase();
+    if typed != expected.replace('-', "") {
+        bail!(
+            "this policy copy is not the one you set up (its id begins {expected}): it may have been changed; \
+             ask another guardian for theirs; nothing was changed"
+        );
+    }
     let phrase = loop {
         let typed = ask_code("Recovery phrase: ")?;
         match owner::parse_phrase(&typed)
@@ -133,8 +151,16 @@ fn restore(args: &InitArgs, policy_file: &std::path::Path) -> anyhow::Result<()>
         }
         say("The duress code must be different from the unlock code.");
     };
-    let fresh = !dir.path.exists();
+    // Built beside it and moved into place at the end: a restore killed half-way leaves no
+    // half-made wallet, only this directory, cleared by the next attempt.
+    let target = dir.clone();
+    if target.path.exists() && std::fs::read_dir(&target.path)?.next().is_some() {
+        bail!("{} is not empty: nothing was changed (use --wallet for another place)", target.path.display());
+    }
+    let dir = WalletDir::new(target.path.with_extension("restoring"));
+    let _ = std::fs::remove_dir_all(&dir.path);
     std::fs::create_dir_all(&dir.path).with_context(|| format!("creating {}", dir.path.display()))?;
+    let cosigner_took = std::cell::Cell::new(false);
     let made = (|| -> anyhow::Result<()> {
         replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
         replace_file(&dir.file("policy.toml"), policy_text.as_bytes())?;
@@ -150,31 +176,33 @@ fn restore(args: &InitArgs, policy_file: &std::path::Path) -> anyhow::Result<()>
         let co = vigil_client::cosigner::CosignerClient::with_nonces(
             &policy_text,
             keys.auth_keypair(),
-            vigil_client::cosigner::Nonces::restored(dir.file("nonce"))?,
+            vigil_client::cosigner::Nonces::new(dir.file("nonce")),
         )?;
         let restored: wire::Restored = co.post(
             "/v1/restore",
             &wire::Restore { heartbeat_real: hashes.real.clone(), heartbeat_duress: hashes.duress.clone() },
         )?;
+        cosigner_took.set(true);
         let mut state = WalletState {
             birth_height: args.from_height,
             scanned_height: args.from_height.saturating_sub(1),
             ..WalletState::default()
         };
-        for v in restored.vaults.iter().filter(|v| v.state == "protected") {
+        for v in &restored.vaults {
+            state.next_vault = state.next_vault.max(v.vault.index + 1);
+            let Some(funding) = v.funding.clone().filter(|_| v.state == "protected") else { continue };
             state.vaults.push(VaultRecord {
                 outpoint: v.vault.vault_outpoint.parse().context("the co-signer's vault record")?,
                 amount_sat: v.vault.amount_sat,
                 kind: v.vault.kind.clone(),
                 index: v.vault.index,
-                funding: v.funding.clone(),
+                funding,
                 confirmed_height: None,
                 unvault: v.unvault.clone(),
                 owner_once: v.vault.owner_once.clone(),
                 cosigner_once: v.vault.cosigner_once.clone(),
                 unvaulted: false,
             });
-            state.next_vault = state.next_vault.max(v.vault.index + 1);
         }
         state.scan(&compiled, &*chain)?;
         for v in state.vaults.iter_mut().filter(|v| v.confirmed_height.is_some()) {
@@ -191,26 +219,21 @@ fn restore(args: &InitArgs, policy_file: &std::path::Path) -> anyhow::Result<()>
             .sync(&*chain)?;
         Ok(())
     })();
+    let made = made.and_then(|()| {
+        let _ = std::fs::remove_dir(&target.path);
+        std::fs::rename(&dir.path, &target.path).context("moving the restored wallet into place")
+    });
     if let Err(e) = made {
-        // Nothing half-made is left: the next attempt starts clean.
-        if fresh {
-            let _ = std::fs::remove_dir_all(&dir.path);
-        } else {
-            for f in [
-                "wallet.toml",
-                "policy.toml",
-                "keystore",
-                "keystore.backup",
-                "unlock.state",
-                "nonce",
-                "state.json",
-                "allowance.json",
-            ] {
-                let _ = std::fs::remove_file(dir.file(f));
-            }
+        let _ = std::fs::remove_dir_all(&dir.path);
+        if cosigner_took.get() {
+            bail!(
+                "the wallet was not restored: {e}. The co-signer already took this attempt's codes, so the old \
+                 device's no longer count: run the restore again"
+            );
         }
-        bail!("the wallet was not restored: {e}; nothing was kept");
+        bail!("the wallet was not restored: {e}; nothing was changed");
     }
+    let dir = target;
     let state = dir.state()?;
     if args.wallet.json {
         println!("{}", json!({"restored": true, "vaults": state.vaults.len(), "coins": state.coins.len()}));
@@ -503,6 +526,12 @@ fn pin_everywhere(
         println!(
             "Your policy is pinned at the co-signer and at {} watchtowers (id {policy_id}).",
             compiled.policy().towers.len()
+        );
+        println!(
+            "Write this next to your recovery phrase: policy {}. A lost device is rebuilt from the phrase, \
+             a copy of the policy (your guardians hold one) and these 16 characters, which tell a true copy \
+             from a false one.",
+            short_id(&policy_id)
         );
         println!(
             "Next: `vigil receive` for an address to send coins to, then `vigil vault` to protect them."
