@@ -60,6 +60,15 @@ impl Nonces {
         Nonces { file, lock: std::sync::Mutex::new(()) }
     }
 
+    /// The counter of a brand-new wallet (`vigil init`): it starts at the clock, so that a
+    /// counter restarted later (a lost file, a restored device) starts well above it.
+    pub fn fresh(file: PathBuf) -> Result<Nonces, ClientError> {
+        if !file.exists() {
+            std::fs::write(&file, now().to_string()).map_err(|e| ClientError::Nonce(file.clone(), e))?;
+        }
+        Ok(Nonces::new(file))
+    }
+
     /// The next nonce, recorded before it is used. The file is replaced atomically (a
     /// process killed mid-write leaves the old number, never an empty file); if it is lost
     /// anyway, counting restarts well above the clock, since nonces run ahead of it when

@@ -486,7 +486,7 @@ fn pin_everywhere(
     let co = vigil_client::cosigner::CosignerClient::with_nonces(
         &policy_text,
         keys.auth_keypair(),
-        vigil_client::cosigner::Nonces::new(dir.file("nonce")),
+        vigil_client::cosigner::Nonces::fresh(dir.file("nonce"))?,
     )?;
     if !setup.pinned_at_cosigner {
         let pin = PinPolicy {
