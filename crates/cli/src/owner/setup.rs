@@ -99,6 +99,18 @@ fn chain_options(
     Ok((wallet_toml, backend, tip))
 }
 
+/// The unlock code and a different duress code, each typed twice.
+fn new_codes() -> anyhow::Result<(Zeroizing<String>, Zeroizing<String>)> {
+    let real_code = new_code("your unlock code")?;
+    loop {
+        let code = new_code("your duress code (different from the unlock code)")?;
+        if *code != *real_code {
+            return Ok((real_code, code));
+        }
+        say("The duress code must be different from the unlock code.");
+    }
+}
+
 /// The policy id's first 16 hex characters, in groups of four: written on paper at setup,
 /// asked at restore, so that a policy copy changed by whoever kept it (another co-signer,
 /// other guardians, another backup key) is refused.
@@ -143,14 +155,7 @@ fn restore(args: &InitArgs, policy_file: &std::path::Path) -> anyhow::Result<()>
         bail!("this policy names another request key for the owner than this phrase's; nothing was changed");
     }
     say("Choose new codes for this device (the old device's stop counting).");
-    let real_code = new_code("your unlock code")?;
-    let duress_code = loop {
-        let code = new_code("your duress code (different from the unlock code)")?;
-        if *code != *real_code {
-            break code;
-        }
-        say("The duress code must be different from the unlock code.");
-    };
+    let (real_code, duress_code) = new_codes()?;
     // Built beside it and moved into place at the end: a restore killed half-way leaves no
     // half-made wallet, only this directory, cleared by the next attempt.
     let target = dir.clone();
@@ -376,14 +381,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     say("STEP 3 of 4. Your codes.");
     say("The unlock code opens this wallet. The DURESS code opens it too and looks exactly the same,");
     say("but it silently locks your savings and alerts your guardians. Use it if someone forces you.");
-    let real_code = new_code("your unlock code")?;
-    let duress_code = loop {
-        let code = new_code("your duress code (different from the unlock code)")?;
-        if *code != *real_code {
-            break code;
-        }
-        say("The duress code must be different from the unlock code.");
-    };
+    let (real_code, duress_code) = new_codes()?;
 
     say("STEP 4 of 4. Registering with your co-signer and watchtowers...");
     // Recorded before the token is used: an interruption from here on is finished with
