@@ -40,6 +40,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/policy", post(change_policy))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(MAX_BODY, vigil_tower::api::refuse_oversize))
         .with_state(cosigner)
 }
 

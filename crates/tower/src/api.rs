@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -39,7 +41,34 @@ pub fn router(tower: Arc<Tower>) -> Router {
         .route("/v1/clients/{policy_id}", get(client_state))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(MAX_BODY, refuse_oversize))
         .with_state(tower)
+}
+
+/// A declared body up to this size is read and dropped before the 413 goes out.
+const DRAIN_LIMIT: u64 = 4 * 1024 * 1024;
+/// How long a sender of an oversize body gets to finish it.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refuses a body whose declared length is over `max` with a 413 the client actually reads.
+///
+/// Answering as soon as the length is known and closing with the body unread makes the kernel
+/// reset the connection, and the client sees a broken pipe instead of the refusal; so a body of
+/// a few MiB is read and dropped first. (A chunked body over the limit still meets
+/// [`DefaultBodyLimit`].) Shared with the co-signer's API.
+pub async fn refuse_oversize(State(max): State<usize>, request: Request, next: Next) -> Response {
+    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max as u64 => {
+            if length <= DRAIN_LIMIT {
+                let drain = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT as usize);
+                let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            }
+            let error = format!("the body is {length} bytes; the limit is {max}");
+            (StatusCode::PAYLOAD_TOO_LARGE, Json(ApiError { error })).into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 impl IntoResponse for Refusal {
