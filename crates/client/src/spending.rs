@@ -184,14 +184,20 @@ pub fn take_signed(
         .ok_or_else(|| SpendError::Refused("the vault's record is damaged".into()))?;
     let mut ours = Psbt::deserialize(&b64.decode(&state.spends[pos].psbt).map_err(|_| damaged())?)
         .map_err(|_| damaged())?;
-    ours.inputs[0].tap_script_sigs.extend(signed.inputs[0].tap_script_sigs.iter().map(|(k, v)| (*k, *v)));
-    let (valid, needed) = session.compiled.owner_spend_signatures(&vault, &ours, 0)?;
-    if valid < needed {
+    let mut candidate = ours.clone();
+    candidate.inputs[0].tap_script_sigs.clone_from(&signed.inputs[0].tap_script_sigs);
+    // Only the owner's valid signatures on the spend leaf are kept; anything else the device
+    // or the file added is dropped.
+    let owner = session.compiled.owner_spend_signatures(&vault, &candidate, 0)?;
+    if !owner.enough() {
         return Err(SpendError::Refused(format!(
-            "the PSBT carries {valid} valid signature(s) of the owner's keys on the spend, {needed} needed \
-             (was it signed by the right device, for this wallet?)"
+            "the PSBT carries {} valid signature(s) of the owner's keys on the spend, {} needed \
+             (was it signed by the right device, for this wallet?)",
+            owner.valid.len(),
+            owner.needed
         )));
     }
+    ours.inputs[0].tap_script_sigs.extend(owner.valid);
     state.spends[pos].psbt = b64.encode(ours.serialize());
     state.spends[pos].stage = "requesting".into();
     Ok(pos)

@@ -175,18 +175,22 @@ impl Cosigner {
                 "psbt: its transaction is not a plain spend of the unvault output (version, locktime)",
             ));
         }
-        psbt.inputs[0].tap_script_sigs.extend(given.inputs[0].tap_script_sigs.iter().map(|(k, v)| (*k, *v)));
         // Without the owner's signatures the spend could never complete once its unvault is
-        // out: refused now, not at DELAY.
-        let (signed, needed) = caller
+        // out: refused now, not at DELAY. Only those are kept from what the client sent.
+        let mut candidate = psbt.clone();
+        candidate.inputs[0].tap_script_sigs.clone_from(&given.inputs[0].tap_script_sigs);
+        let owner = caller
             .compiled
-            .owner_spend_signatures(&vault.plan()?, &psbt, 0)
+            .owner_spend_signatures(&vault.plan()?, &candidate, 0)
             .map_err(|e| bad(format!("psbt: {e}")))?;
-        if signed < needed {
+        if !owner.enough() {
             return Err(bad(format!(
-                "psbt: the owner's signatures on the spend leaf: {signed} valid of the {needed} needed"
+                "psbt: the owner's signatures on the spend leaf: {} valid of the {} needed",
+                owner.valid.len(),
+                owner.needed
             )));
         }
+        psbt.inputs[0].tap_script_sigs.extend(owner.valid);
         let spend_txid = tx.compute_txid();
         let amount_sat = unvault.output[0].value.to_sat();
         let destinations: Vec<String> = tx

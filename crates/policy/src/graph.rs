@@ -43,6 +43,22 @@ pub struct CompiledPolicy {
     sizes: GraphSizes,
 }
 
+/// The owner's signatures found valid on a vault spend's leaf, and the threshold.
+#[derive(Debug, Clone)]
+pub struct OwnerSignatures {
+    /// Each valid signature under its (key, leaf), as a PSBT input holds it.
+    pub valid: Vec<((XOnlyPublicKey, TapLeafHash), bitcoin::taproot::Signature)>,
+    /// The owner's threshold.
+    pub needed: u32,
+}
+
+impl OwnerSignatures {
+    /// Whether the threshold is met.
+    pub fn enough(&self) -> bool {
+        self.valid.len() as u32 >= self.needed
+    }
+}
+
 /// The deep vault's leaves at one index (see [`CompiledPolicy::deep_vault_leaves`]).
 #[derive(Debug, Clone)]
 pub struct DeepVaultLeaves {
@@ -199,16 +215,16 @@ impl CompiledPolicy {
         Ok([leaf(&self.intake_keys)?, leaf(&self.vault_keys)?])
     }
 
-    /// How many of the owner's keys validly signed (SIGHASH_DEFAULT) the spend leaf of `plan`'s
-    /// unvault output on input `input` of `psbt`, and how many must: a vault spend request
+    /// The owner's valid signatures (SIGHASH_DEFAULT) on the spend leaf of `plan`'s unvault
+    /// output on input `input` of `psbt`, and how many must be there: a vault spend request
     /// short of the owner's threshold would be approved, its unvault sent, and then never
-    /// complete.
+    /// complete. Nothing else the input carries is returned, so a caller keeps only these.
     pub fn owner_spend_signatures(
         &self,
         plan: &VaultPlan,
         psbt: &Psbt,
         input: usize,
-    ) -> Result<(u32, u32), PolicyError> {
+    ) -> Result<OwnerSignatures, PolicyError> {
         let keys = self.vault_keys.xonly_at(plan.index)?;
         let template = match plan.kind {
             VaultKind::Standard => &self.templates.spend_leaf_standard,
@@ -230,19 +246,19 @@ impl CompiledPolicy {
             )
             .map_err(PsbtError::from)?;
         let msg = Message::from_digest(sighash.to_byte_array());
-        let signed = self
+        let valid = self
             .templates
             .owner_names
             .iter()
-            .filter(|name| {
-                let key = keys[*name];
-                psbt.inputs.get(input).and_then(|i| i.tap_script_sigs.get(&(key, leaf))).is_some_and(|sig| {
-                    sig.sighash_type == TapSighashType::Default
-                        && crate::config::secp().verify_schnorr(&sig.signature, &msg, &key).is_ok()
-                })
+            .filter_map(|name| {
+                let key = keys[name];
+                let sig = *psbt.inputs.get(input)?.tap_script_sigs.get(&(key, leaf))?;
+                (sig.sighash_type == TapSighashType::Default
+                    && crate::config::secp().verify_schnorr(&sig.signature, &msg, &key).is_ok())
+                .then_some(((key, leaf), sig))
             })
-            .count();
-        Ok((signed as u32, self.policy.owner.threshold))
+            .collect();
+        Ok(OwnerSignatures { valid, needed: self.policy.owner.threshold })
     }
 
     /// The deep vault's output at vault index `index` (it holds no one-time key): what E and

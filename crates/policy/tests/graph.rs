@@ -465,3 +465,35 @@ fn the_deep_vault_leaves_are_those_of_the_output_e_pays() {
     assert!(scripts.contains(&leaves.fast) && scripts.contains(&leaves.slow) && leaves.fast != leaves.slow);
     assert_eq!(leaves.fast_signers.len(), 1 + env.example.guardians);
 }
+
+#[test]
+fn only_the_owners_valid_spend_signatures_are_counted_and_returned() {
+    let (env, vault, script, _) = past_delay(2_000_000, VaultKind::Standard);
+    let input = SpendInput {
+        outpoint: vault.unvault_outpoint(),
+        txout: vault.unvault_txout(),
+        descriptor: vault.descriptors.unvault.clone(),
+        sequence: Sequence::from_height(DELAY as u16),
+    };
+    let out = TxOut { value: Amount::from_sat(1_000_000), script_pubkey: sink() };
+    let mut psbt = vigil_policy::spend_psbt(&[input], vec![out]).unwrap();
+    env.sign(&mut psbt, &[Signer::Owner(0), Signer::Cosigner]);
+    let owner = env.vault_keypair(Signer::Owner(0), vault.plan.index).x_only_public_key().0;
+    let leaf = TapLeafHash::from_script(&script, LeafVersion::TapScript);
+    let genuine = psbt.inputs[0].tap_script_sigs[&(owner, leaf)];
+    // A signature filed under the owner's key for a leaf the output does not have.
+    let elsewhere = TapLeafHash::from_byte_array([7; 32]);
+    psbt.inputs[0].tap_script_sigs.insert((owner, elsewhere), genuine);
+    assert!(psbt.inputs[0].tap_script_sigs.len() >= 3);
+
+    let found = env.compiled.owner_spend_signatures(&vault.plan, &psbt, 0).unwrap();
+    assert!(found.enough());
+    assert_eq!(found.valid, vec![((owner, leaf), genuine)], "only the owner's, on the spend leaf");
+
+    // The owner's signature tampered with: nothing valid, below the threshold.
+    let mut bad = genuine;
+    bad.signature = vigil_policy::bitcoin::secp256k1::schnorr::Signature::from_slice(&[1; 64]).unwrap();
+    psbt.inputs[0].tap_script_sigs.insert((owner, leaf), bad);
+    let found = env.compiled.owner_spend_signatures(&vault.plan, &psbt, 0).unwrap();
+    assert!(found.valid.is_empty() && !found.enough());
+}
