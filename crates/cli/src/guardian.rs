@@ -350,12 +350,31 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             show(&serde_json::to_value(&after)?, format!("Done.\n{}", describe(&after)));
         }
         GuardianCommand::Lockdown { blocks } => {
-            let l: wire::LockdownStatus =
-                co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false })?;
-            show(
-                &serde_json::to_value(&l)?,
-                format!("The client is locked down until block {}.", l.until_height),
-            );
+            let at_cosigner: Result<wire::LockdownStatus, _> =
+                co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
+            // Every tower is told directly too: a compromised co-signer must not be able to
+            // keep a guardian's lockdown from the towers. Each counts from its own tip.
+            let towers = vigil_client::towers::TowerClient::all(&policy, &auth, co.nonces());
+            let reports = vigil_client::towers::lock_down_everywhere(&towers, co.client_id(), None, blocks);
+            let mut text = match &at_cosigner {
+                Ok(l) => format!("The client is locked down until block {}.", l.until_height),
+                Err(e) => format!("The co-signer did not take the lockdown: {e}"),
+            };
+            for (name, e) in &reports {
+                match e {
+                    None => text.push_str(&format!("\nWatchtower {name}: locked down")),
+                    Some(e) => text.push_str(&format!("\nWatchtower {name}: NOT reached ({e})")),
+                }
+            }
+            let value = json!({
+                "until_height": at_cosigner.as_ref().ok().map(|l| l.until_height),
+                "cosigner_error": at_cosigner.as_ref().err().map(|e| e.to_string()),
+                "towers": reports.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
+            });
+            show(&value, text);
+            if at_cosigner.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
+                bail!("nobody took the lockdown: run the command again");
+            }
         }
         GuardianCommand::Panic { id, not_after } => {
             let id = id.unwrap_or_else(|| {

@@ -39,7 +39,7 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     std::fs::write(dir.path().join("pass"), "sister's passphrase\n").unwrap();
     let made = guardian(dir.path(), &["init", "--network", "regtest"]).unwrap();
     let node = vigil_node();
-    let co = CosignerProcess::new(&node, "");
+    let mut co = CosignerProcess::new(&node, "");
     let mut e = ExamplePolicy {
         seed: "cli guardian".into(),
         delay: DELAY,
@@ -87,6 +87,19 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     assert_eq!(denied["state"], "denied");
     let locked = guardian(dir.path(), &["lockdown", "--blocks", "12"]).unwrap();
     assert!(locked["until_height"].as_u64().unwrap() > 0);
+    assert!(locked["towers"].as_array().unwrap().iter().all(|t| t["error"].is_null()), "{locked}");
+    let tower_lockdown = |f: &Family| {
+        let path = format!("/v1/clients/{}", f.cosigner.client);
+        vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).unwrap()["locked_until"].as_u64()
+    };
+    let tip = u64::from(node.rpc.tip().unwrap().height);
+    assert!(tower_lockdown(&f).is_some_and(|h| h >= tip + 11), "the tower shows it to the owner");
+    // A vanished (or compromised) co-signer cannot keep a guardian's lockdown from the towers.
+    co.kill9();
+    let locked = guardian(dir.path(), &["lockdown", "--blocks", "30"]).unwrap();
+    assert!(locked["cosigner_error"].is_string(), "{locked}");
+    assert!(locked["towers"][0]["error"].is_null(), "{locked}");
+    assert!(tower_lockdown(&f).is_some_and(|h| h >= tip + 29), "{locked}");
     // A wrong passphrase opens nothing.
     std::fs::write(dir.path().join("pass"), "wrong\n").unwrap();
     assert!(guardian(dir.path(), &["pending"]).unwrap_err().contains("passphrase"));

@@ -888,6 +888,16 @@ fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_
     });
     let after = json(&dir, &["status"], &[REAL]);
     assert_eq!(after["deep_vault_sat"], 0, "{after}");
+    assert!(after["locked_down_until"].is_null(), "{after}");
+
+    // A guardian's lockdown shows in the owner's status.
+    let (ok, _, err) = guardian(&guardian_keys[0], &["lockdown", "--blocks", "20"], Some(&policy));
+    assert!(ok, "{err}");
+    let tip = u64::from(s.node.rpc.tip().unwrap().height);
+    let locked = json(&dir, &["status"], &[REAL]);
+    assert_eq!(locked["locked_down_by_others_until"].as_u64(), Some(tip + 20), "{locked}");
+    let (_, text, _) = vigil(&dir, &["status"], &[REAL]);
+    assert!(text.contains(&format!("Locked down until block {}", tip + 20)), "{text}");
 }
 
 #[test]

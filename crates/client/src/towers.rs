@@ -67,3 +67,38 @@ impl<'a> TowerClient<'a> {
         )
     }
 }
+
+/// Locks the client down at every tower directly (not through the co-signer, which may be the
+/// party that is compromised): until `until` where the caller read its own chain, else
+/// `blocks` past each tower's own tip. Returns each tower's name and, if it was not reached
+/// or refused, why.
+pub fn lock_down_everywhere(
+    towers: &[TowerClient<'_>],
+    policy_id: &str,
+    until: Option<u32>,
+    blocks: u32,
+) -> Vec<(String, Option<String>)> {
+    towers
+        .iter()
+        .map(|tower| {
+            let until = match until {
+                Some(h) => Ok(h),
+                None => tower
+                    .get::<serde_json::Value>(&format!("/v1/clients/{policy_id}"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| v["tip"].as_u64().ok_or_else(|| "it did not say its height".to_owned()))
+                    .map(|tip| (tip as u32).saturating_add(blocks)),
+            };
+            let done = until.and_then(|until_height| {
+                let req = vigil_tower::wire::LockdownRequest {
+                    nonce: 0,
+                    policy_id: policy_id.to_owned(),
+                    until_height,
+                    quiet: false,
+                };
+                tower.post::<_, serde_json::Value>("/v1/lockdown", &req).map(drop).map_err(|e| e.to_string())
+            });
+            (tower.name.clone(), done.err())
+        })
+        .collect()
+}

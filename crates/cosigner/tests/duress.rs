@@ -50,6 +50,21 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
     let later = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
 
+    // What the owner's device reads at each tower (the tip aside, which moves).
+    let tower_views = |f: &Family| -> Vec<Value> {
+        f.towers
+            .iter()
+            .map(|t| {
+                let path = format!("/v1/clients/{}", f.cosigner.client);
+                let mut v = vigil_testenv::household::get(&t.api, &path, &f.owner()).unwrap();
+                v.as_object_mut().unwrap().remove("tip");
+                v
+            })
+            .collect()
+    };
+    let towers_before = tower_views(&f);
+    assert!(towers_before.iter().all(|v| v["locked_until"].is_null()), "{towers_before:?}");
+
     // A normal session: unlock, ask for a spend.
     let real = f.heartbeat(false);
     let asked = spend(&f, &normal).unwrap();
@@ -76,6 +91,7 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     eventually("every tower has the quiet lockdown", || {
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
     });
+    assert_eq!(tower_views(&f), towers_before, "a quiet lockdown does not show at the towers");
 
     // Under duress, a spend is answered exactly as in a normal session: same shape, same size.
     let coerced_answer = spend(&f, &coerced).unwrap();
@@ -122,6 +138,10 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 3}), &f.owner()).unwrap();
     assert_eq!(locked["until_height"].as_u64(), Some(u64::from(now + 3)), "not the duress lockdown's end");
     assert_eq!(spend(&f, &later).unwrap_err().0, 403);
+    // ...and shows at every tower, where the owner's status reads it.
+    eventually("every tower shows the plain lockdown", || {
+        tower_views(&f).iter().all(|v| v["locked_until"].as_u64() == Some(u64::from(now + 3))).then_some(())
+    });
 }
 
 #[test]

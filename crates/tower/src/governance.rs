@@ -286,7 +286,8 @@ pub(crate) fn change_policy(
     Ok(ack(tower, subject(&change)))
 }
 
-/// `GET /v1/clients/{id}`: the applied version and the change waiting, if any.
+/// `GET /v1/clients/{id}`: the applied version, the change waiting if any, and the end of a
+/// plain lockdown holding now (the owner's, a guardian's; never a quiet one).
 pub(crate) fn client_view(
     tower: &Tower,
     signer: &XOnlyPublicKey,
@@ -303,7 +304,15 @@ pub(crate) fn client_view(
         .map(|c| serde_json::json!({"version": c.version, "effective_height": c.effective_height}))
         .into_iter()
         .collect();
-    Ok(serde_json::json!({"version": client.policy.version, "pending": pending, "tip": state.watcher.tip()}))
+    // Only a plain lockdown shows: a quiet one (duress) must leave the owner's view unchanged.
+    let tip = state.watcher.tip();
+    let locked_until = state.watcher.lockdowns().get(id).map(|l| l.plain_until).filter(|h| *h > tip);
+    Ok(serde_json::json!({
+        "version": client.policy.version,
+        "pending": pending,
+        "tip": tip,
+        "locked_until": locked_until,
+    }))
 }
 
 /// `GET /v1/vaults/{outpoint}`: a vault's state, for its own client's parties.

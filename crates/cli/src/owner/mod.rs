@@ -327,6 +327,13 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
         .map(|sp| json!({"id": sp.id, "amount_sat": sp.amount_sat, "destination": sp.destination, "stage": sp.stage}))
         .collect();
     let locked_until = state.lockdown_until.filter(|h| *h > tip);
+    // A lockdown a guardian (or anyone else of the family) set shows at the towers.
+    let towers_locked_until = towers
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok()?["locked_until"].as_u64())
+        .filter_map(|h| u32::try_from(h).ok())
+        .max()
+        .filter(|h| *h > tip && Some(*h) > locked_until);
     if args.json {
         let towers: Vec<_> = towers
             .iter()
@@ -348,7 +355,8 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
                 "deep_vault_sat": deep_sat,
                 "cancelled_sat": cancelled_sat,
                 "spends": spends,
-                "locked_down_until": locked_until,
+                "locked_down_until": locked_until.max(towers_locked_until),
+                "locked_down_by_others_until": towers_locked_until,
                 "towers": towers,
             })
         );
@@ -395,6 +403,9 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
     if let Some(h) = locked_until {
         println!("Locked down by you until block {h}: vault spends are refused.");
     }
+    if let Some(h) = towers_locked_until {
+        println!("Locked down until block {h} (set by your guardians or by you elsewhere): vault spends are refused.");
+    }
     println!("Co-signer: {}", if session.heartbeat.is_ok() { "reachable" } else { "NOT reachable" });
     for (name, r) in &towers {
         match r {
@@ -437,27 +448,8 @@ fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
         Ok(t) => Some(t.height.saturating_add(args.blocks)),
         Err(_) => co.as_ref().ok().map(|s| s.until_height),
     };
-    let mut reports = Vec::new();
-    for tower in session.towers(&key) {
-        let until = match until {
-            Some(h) => Ok(h),
-            None => tower
-                .get::<serde_json::Value>(&format!("/v1/clients/{policy_id}"))
-                .map_err(|e| e.to_string())
-                .and_then(|v| v["tip"].as_u64().ok_or_else(|| "it did not say its height".to_owned()))
-                .map(|tip| (tip as u32).saturating_add(args.blocks)),
-        };
-        let r = until.and_then(|until_height| {
-            let req = vigil_tower::wire::LockdownRequest {
-                nonce: 0,
-                policy_id: policy_id.clone(),
-                until_height,
-                quiet: false,
-            };
-            tower.post::<_, serde_json::Value>("/v1/lockdown", &req).map(drop).map_err(|e| e.to_string())
-        });
-        reports.push((tower.name.clone(), r.err()));
-    }
+    let reports =
+        vigil_client::towers::lock_down_everywhere(&session.towers(&key), &policy_id, until, args.blocks);
     if args.wallet.json {
         println!(
             "{}",
