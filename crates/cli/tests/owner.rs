@@ -971,24 +971,12 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
 }
 
 #[test]
-fn a_vault_spend_signed_elsewhere_comes_back_checked_and_goes_on() {
+fn a_vault_and_its_spend_signed_elsewhere_come_back_checked_and_go_on() {
     use base64::Engine as _;
     let s = services("", false);
     let Funded { _home, dir, phrase, payer, .. } = funded(&s, 1);
-    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
-    assert_eq!(made["state"], "protected", "{made}");
-    mine(&s.node.rpc, 1, &payer.address());
-    let file = dir.join("spend.psbt");
-    let f = file.to_str().unwrap();
-    let to = Wallet::new().address().to_string();
-    // No phrase asked: the PSBT goes to the signer.
-    let out = json(&dir, &["spend", &to, "0.01", "--sign-elsewhere", f], &[REAL]);
-    assert_eq!(out[0]["progress"]["stage"], "waiting for the owner's signature", "{out}");
-    let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
-    assert_eq!(resumed[0]["progress"]["stage"], "waiting for the owner's signature", "{resumed}");
-
-    let read = || {
-        let text = std::fs::read_to_string(&file).unwrap();
+    let read = |file: &Path| {
+        let text = std::fs::read_to_string(file).unwrap();
         vigil_policy::bitcoin::psbt::Psbt::deserialize(
             &base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap(),
         )
@@ -1001,8 +989,8 @@ fn a_vault_spend_signed_elsewhere_comes_back_checked_and_goes_on() {
     };
     let policy =
         vigil_policy::Policy::from_toml(&std::fs::read_to_string(dir.join("policy.toml")).unwrap()).unwrap();
-    let sign_with = |words: &str| {
-        let mut p = read();
+    let sign_with = |file: &Path, words: &str| {
+        let mut p = read(file);
         let key = vigil_client::owner::VaultKey::from_phrase(
             &vigil_client::owner::parse_phrase(words).unwrap(),
             policy.network,
@@ -1023,10 +1011,45 @@ fn a_vault_spend_signed_elsewhere_comes_back_checked_and_goes_on() {
         }
         p
     };
+    let stranger = vigil_client::owner::new_phrase().to_string();
+
+    // The vault's funding, signed elsewhere: no phrase asked here.
+    let funding = dir.join("vault.psbt");
+    let waiting = json(&dir, &["vault", "0.05", "--sign-elsewhere", funding.to_str().unwrap()], &[REAL]);
+    assert_eq!(waiting["state"], "waiting for the owner's signature", "{waiting}");
+    for (psbt, name) in [(read(&funding), "unsigned"), (sign_with(&funding, &stranger), "stranger")] {
+        let (ok, _, err) = vigil(&dir, &["vault", "--signed", &write(&psbt, name)], &[REAL]);
+        assert!(
+            !ok && err.contains("0 valid signature(s)") && err.contains("nothing was done"),
+            "{name}: {err}"
+        );
+    }
+    let mut other = sign_with(&funding, &phrase);
+    other.unsigned_tx.lock_time = vigil_policy::bitcoin::absolute::LockTime::from_height(1).unwrap();
+    let (ok, _, err) = vigil(&dir, &["vault", "--signed", &write(&other, "other")], &[REAL]);
+    assert!(!ok && err.contains("not the funding waiting for a signature"), "{err}");
+    let made = json(&dir, &["vault", "--signed", &write(&sign_with(&funding, &phrase), "signed")], &[REAL]);
+    assert_eq!(made["state"], "protected", "{made}");
+    let (ok, _, err) =
+        vigil(&dir, &["vault", "--signed", &write(&sign_with(&funding, &phrase), "again")], &[REAL]);
+    assert!(!ok && err.contains("no vault is waiting for a signature"), "{err}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
+
+    let file = dir.join("spend.psbt");
+    let f = file.to_str().unwrap();
+    let to = Wallet::new().address().to_string();
+    // No phrase asked: the PSBT goes to the signer.
+    let out = json(&dir, &["spend", &to, "0.01", "--sign-elsewhere", f], &[REAL]);
+    assert_eq!(out[0]["progress"]["stage"], "waiting for the owner's signature", "{out}");
+    let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(resumed[0]["progress"]["stage"], "waiting for the owner's signature", "{resumed}");
+    let read = || read(&file);
+    let sign_with = |words: &str| sign_with(&file, words);
     // Unsigned, or signed by another wallet's key: refused, nothing sent.
     let (ok, _, err) = vigil(&dir, &["spend", "--signed", &write(&read(), "unsigned.psbt")], &[REAL]);
     assert!(!ok && err.contains("0 valid signature(s)"), "{err}");
-    let stranger = vigil_client::owner::new_phrase().to_string();
     let (ok, _, err) =
         vigil(&dir, &["spend", "--signed", &write(&sign_with(&stranger), "wrong.psbt")], &[REAL]);
     assert!(!ok && err.contains("0 valid signature(s)"), "{err}");

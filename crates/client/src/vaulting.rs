@@ -33,6 +33,9 @@ pub enum VaultingError {
     /// was signed with it.
     #[error("the co-signer's answer does not match this vault: {0}")]
     Mismatch(String),
+    /// A funding signed elsewhere is not the one prepared, or lacks the owner's signatures.
+    #[error("{0}")]
+    SignedElsewhere(String),
 }
 
 /// One vault to make: which coins, how much, which kind.
@@ -146,6 +149,43 @@ pub fn prepare(
     drop(owner_once);
     sign_funding(&mut funding);
     Ok(Prepared { plan, outpoint, mine, theirs, funding })
+}
+
+/// Takes back the funding `unsigned` (spending `coins`) signed elsewhere (a hardware signer):
+/// it must be that transaction and carry the owner's valid signatures on every input. Only
+/// those signatures are kept; whatever else the file holds is dropped.
+pub fn take_signed_funding(
+    compiled: &CompiledPolicy,
+    coins: &[FundingInput],
+    unsigned: &Psbt,
+    signed: &Psbt,
+) -> Result<Psbt, VaultingError> {
+    let refused = |m: String| VaultingError::SignedElsewhere(m);
+    if signed.unsigned_tx != unsigned.unsigned_tx {
+        return Err(refused(format!(
+            "the PSBT is not the funding waiting for a signature (its transaction is {}, not {})",
+            signed.unsigned_tx.compute_txid(),
+            unsigned.unsigned_tx.compute_txid()
+        )));
+    }
+    let mut candidate = unsigned.clone();
+    for (ours, theirs) in candidate.inputs.iter_mut().zip(&signed.inputs) {
+        ours.tap_script_sigs.clone_from(&theirs.tap_script_sigs);
+    }
+    let mut funding = unsigned.clone();
+    let found = compiled.owner_funding_signatures(coins, &candidate)?;
+    for (input, (ours, owner)) in funding.inputs.iter_mut().zip(found).enumerate() {
+        if !owner.enough() {
+            return Err(refused(format!(
+                "input {input} of the PSBT carries {} valid signature(s) of the owner's keys, {} needed \
+                 (was it signed by the right device, for this wallet?)",
+                owner.valid.len(),
+                owner.needed
+            )));
+        }
+        ours.tap_script_sigs.extend(owner.valid);
+    }
+    Ok(funding)
 }
 
 /// Sends the owner's half; the co-signer registers the vault with every tower and releases

@@ -167,6 +167,10 @@ pub struct PendingVault {
     pub cosigner_signatures: Vec<String>,
     /// The funding, unsigned, hex (its txid is V's).
     pub unsigned_funding: String,
+    /// The funding's PSBT, base64, while it waits for a signature from elsewhere (`vigil vault
+    /// --sign-elsewhere`); none once the owner's half was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsigned_psbt: Option<String>,
 }
 
 /// A vault spend under way: request → approvals → unvault → DELAY → co-signed spend.

@@ -46,7 +46,7 @@ pub struct Ceremony {
     plan: VaultPlan,
     graph: UnsignedGraph,
     funding: Psbt,
-    coins: Vec<OutPoint>,
+    coins: Vec<FundingInput>,
     /// Held, not used again: wiped (dropped) only once every tower acknowledged the graph.
     #[allow(dead_code)]
     cosigner_once: OneTimeKey,
@@ -204,7 +204,6 @@ impl Cosigner {
                 "{MAX_OPEN_CEREMONIES} ceremonies are open already; complete them first"
             )));
         }
-        let coins = coins.iter().map(|c| c.outpoint).collect();
         open.insert(
             vault_outpoint,
             Ceremony {
@@ -272,10 +271,26 @@ impl Cosigner {
         if theirs.unsigned_tx != ceremony.funding.unsigned_tx {
             return Err(bad("funding_psbt: not the funding this ceremony built (its transaction differs)"));
         }
+        // Only the owner's valid signatures on its leaf are taken from theirs; everything
+        // else is ours.
+        let mut candidate = ceremony.funding.clone();
+        for (mine, given) in candidate.inputs.iter_mut().zip(&theirs.inputs) {
+            mine.tap_script_sigs.clone_from(&given.tap_script_sigs);
+        }
+        let owner = caller
+            .compiled
+            .owner_funding_signatures(&ceremony.coins, &candidate)
+            .map_err(|e| bad(format!("funding_psbt: {e}")))?;
         let mut funding = ceremony.funding.clone();
-        // Only the owner's signatures are taken from theirs; everything else is ours.
-        for (mine, given) in funding.inputs.iter_mut().zip(&theirs.inputs) {
-            mine.tap_script_sigs.extend(given.tap_script_sigs.iter().map(|(k, v)| (*k, *v)));
+        for (input, (mine, signed)) in funding.inputs.iter_mut().zip(owner).enumerate() {
+            if !signed.enough() {
+                return Err(bad(format!(
+                    "funding_psbt: input {input} carries {} valid signature(s) of the owner's keys, {} needed",
+                    signed.valid.len(),
+                    signed.needed
+                )));
+            }
+            mine.tap_script_sigs.extend(signed.valid);
         }
         self.keys.sign_psbt(caller.client.account, &mut funding);
         let funding = vigil_policy::finalize(funding)
@@ -291,7 +306,7 @@ impl Cosigner {
         };
         let mut store = self.store();
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
-        for coin in &ceremony.coins {
+        for coin in ceremony.coins.iter().map(|c| c.outpoint) {
             batch.expect(kind::INTAKE, coin.to_string(), None).put(
                 kind::INTAKE,
                 coin.to_string(),

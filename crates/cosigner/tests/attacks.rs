@@ -324,3 +324,29 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
     eprintln!("{tried} bad requests tried, each refused, none changed anything");
     assert!(tried >= 20, "{tried}");
 }
+
+#[test]
+fn a_funding_short_of_the_owners_signatures_is_refused_and_the_ceremony_still_completes() {
+    use vigil_policy::example::Signer;
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner funding signatures"), 1, None);
+    let amount = Amount::from_sat(2_000_000);
+    let coin = f.intake_coin(&node, amount);
+    let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
+    // The owner's one-time signatures are made once (the key is wiped), so each try begins
+    // again; the coin stays free while no funding was committed.
+    let refused = f.complete_signed_by(&coin, amount, VaultKind::Standard, once, &begun, &[]).unwrap_err();
+    assert_eq!(refused.0, 400, "{refused:?}");
+    assert!(refused.1.contains("input 0 carries 0 valid signature(s) of the owner's keys"), "{refused:?}");
+    // A guardian's signature (on the recovery leaf) is not the owner's.
+    let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
+    let refused = f
+        .complete_signed_by(&coin, amount, VaultKind::Standard, once, &begun, &[Signer::Guardian(0)])
+        .unwrap_err();
+    assert!(refused.1.contains("0 valid signature(s)"), "{refused:?}");
+    let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
+    let (status, vault) = f.complete(&coin, amount, VaultKind::Standard, once, &begun).unwrap();
+    assert_eq!(status.state, "protected");
+    vigil_chain::ChainBackend::broadcast(&node.rpc, &vault.funding).unwrap();
+}

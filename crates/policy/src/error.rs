@@ -206,4 +206,7 @@ pub enum PsbtError {
     /// An input does not say which output it spends (its witness UTXO).
     #[error("an input has no witness UTXO")]
     MissingUtxo,
+    /// The transaction does not spend the coins it was checked against.
+    #[error("its inputs are not the coins named")]
+    OtherInputs,
 }

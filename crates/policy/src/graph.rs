@@ -27,6 +27,7 @@ use crate::descriptors::{
     definite, nums, single, taproot_leaves, translate, KeyChainCache, Templates, VaultKind,
 };
 use crate::error::{DescriptorError, PolicyError, PsbtError, TaprootError};
+use crate::funding::FundingInput;
 use crate::tx::{anchor_output, unsigned_tx, ANCHOR_SAT};
 
 /// The pre-signed transactions are TRUC (version 3): one parent, one child, sibling eviction.
@@ -232,7 +233,49 @@ impl CompiledPolicy {
         };
         let Descriptor::Tr(tr) = translate(template, &keys)? else { unreachable!("a tr() template") };
         let (_, ms) = tr.iter_scripts().next().expect("one leaf");
-        let leaf = TapLeafHash::from_script(&ms.encode(), LeafVersion::TapScript);
+        self.owner_leaf_signatures(&keys, &ms.encode(), psbt, input)
+    }
+
+    /// The owner's valid signatures on each input of a vault's funding `psbt` spending
+    /// `coins`, on the intake leaf the owner spends with the co-signer (as
+    /// [`Self::owner_spend_signatures`]): what a funding signed elsewhere must carry.
+    pub fn owner_funding_signatures(
+        &self,
+        coins: &[FundingInput],
+        psbt: &Psbt,
+    ) -> Result<Vec<OwnerSignatures>, PolicyError> {
+        let spent: Vec<OutPoint> = psbt.unsigned_tx.input.iter().map(|i| i.previous_output).collect();
+        if spent != coins.iter().map(|c| c.outpoint).collect::<Vec<_>>() {
+            return Err(PsbtError::OtherInputs.into());
+        }
+        coins
+            .iter()
+            .enumerate()
+            .map(|(input, coin)| {
+                let keys = self.intake_keys.xonly_at(coin.intake_index)?;
+                let [recover, _] = self.recovery_leaf_scripts(coin.intake_index)?;
+                let Descriptor::Tr(tr) = translate(&self.templates.intake, &keys)? else {
+                    unreachable!("a tr() template")
+                };
+                let cosigned = tr
+                    .iter_scripts()
+                    .map(|(_, ms)| ms.encode())
+                    .find(|s| *s != recover)
+                    .expect("the intake's leaf with the co-signer");
+                self.owner_leaf_signatures(&keys, &cosigned, psbt, input)
+            })
+            .collect()
+    }
+
+    /// The owner's valid SIGHASH_DEFAULT signatures on `leaf` for input `input` of `psbt`.
+    fn owner_leaf_signatures(
+        &self,
+        keys: &HashMap<String, XOnlyPublicKey>,
+        leaf: &ScriptBuf,
+        psbt: &Psbt,
+        input: usize,
+    ) -> Result<OwnerSignatures, PolicyError> {
+        let leaf = TapLeafHash::from_script(leaf, LeafVersion::TapScript);
         let prevouts: Vec<TxOut> = psbt.inputs.iter().filter_map(|i| i.witness_utxo.clone()).collect();
         if prevouts.len() != psbt.inputs.len() {
             return Err(PsbtError::MissingUtxo.into());

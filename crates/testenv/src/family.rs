@@ -233,7 +233,20 @@ impl Family {
         owner_once: OneTimeKey,
         begun: &wire::VaultBegun,
     ) -> Result<(wire::VaultStatus, Vault), Refused> {
-        let sign = |psbt: &mut Psbt| self.keys.sign_psbt(psbt, &[Signer::Owner(0)]);
+        self.complete_signed_by(coin, amount, kind, owner_once, begun, &[Signer::Owner(0)])
+    }
+
+    /// [`Self::complete`] with the funding signed by `signers` (none, the wrong ones).
+    pub fn complete_signed_by(
+        &self,
+        coin: &FundingInput,
+        amount: Amount,
+        kind: VaultKind,
+        owner_once: OneTimeKey,
+        begun: &wire::VaultBegun,
+        signers: &[Signer],
+    ) -> Result<(wire::VaultStatus, Vault), Refused> {
+        let sign = |psbt: &mut Psbt| self.keys.sign_psbt(psbt, signers);
         vaulting::complete(&self.owner_client, &self.order(coin, amount, kind), owner_once, begun, &sign)
             .map_err(refused)
     }

@@ -10,11 +10,19 @@ pub struct VaultArgs {
     #[command(flatten)]
     wallet: WalletArgs,
     /// How much to put in the vault, in BTC (for example 0.05).
-    amount: String,
+    #[arg(required_unless_present = "signed")]
+    amount: Option<String>,
     /// A guarded vault: spending it always needs the guardians (amounts above the velocity
     /// limit always go to one).
     #[arg(long)]
     guarded: bool,
+    /// Sign the funding on another device (a hardware signer) instead of asking for the
+    /// phrase: its PSBT is written to FILE, to come back within 10 minutes with --signed.
+    #[arg(long, value_name = "FILE")]
+    sign_elsewhere: Option<PathBuf>,
+    /// Take back the funding PSBT signed elsewhere and finish that vault.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["amount", "guarded", "sign_elsewhere"])]
+    signed: Option<PathBuf>,
 }
 
 fn kind_name(kind: VaultKind) -> &'static str {
@@ -88,7 +96,10 @@ fn finish_pending(session: &Session, state: &mut WalletState) -> anyhow::Result<
 /// last, once every tower holds the vault (the co-signer releases it only then). Each step is
 /// recorded before the next, so a run killed anywhere is finished by the next.
 pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
-    let amount = parse_btc(&args.amount)?;
+    if let Some(file) = &args.signed {
+        return vault_signed_elsewhere(&args, file);
+    }
+    let amount = parse_btc(args.amount.as_deref().unwrap_or_default())?;
     let session = open(&args.wallet)?;
     // Above the velocity limit a vault is guarded: its spends always need the guardians.
     let velocity_limit = Amount::from_sat(session.compiled.policy().allowance.velocity_limit_sat);
@@ -160,10 +171,18 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         kind,
         funding_sat_per_vb: 2,
     };
-    let key = vault_key(&session)?;
+    let key = match args.sign_elsewhere {
+        None => Some(vault_key(&session)?),
+        Some(_) => None,
+    };
     let (once, begun) = vaulting::begin(&session.cosigner, &order)?;
-    let sign = |psbt: &mut vigil_policy::bitcoin::psbt::Psbt| key.sign_psbt(psbt);
+    let sign = |psbt: &mut vigil_policy::bitcoin::psbt::Psbt| {
+        if let Some(key) = &key {
+            key.sign_psbt(psbt)
+        }
+    };
     let prepared = vaulting::prepare(&order, once, &begun, &sign)?;
+    let unsigned_psbt = args.sign_elsewhere.as_ref().map(|_| base64_psbt(&prepared.funding));
     // Recorded before it is sent: if this run dies after the co-signer took it, the next one
     // finishes it (the one-time key is gone; its signatures are all that is needed).
     state.pending_vault = Some(PendingVault {
@@ -176,9 +195,116 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         owner_signatures: vaulting::signatures_hex(&prepared.mine),
         cosigner_signatures: vaulting::signatures_hex(&prepared.theirs),
         unsigned_funding: serialize_hex(&prepared.funding.unsigned_tx),
+        unsigned_psbt: unsigned_psbt.clone(),
     });
     session.dir.save_state(&state)?;
-    let (status, vault) = vaulting::finish(&session.cosigner, &session.compiled, &prepared)?;
+    if let (Some(file), Some(psbt)) = (&args.sign_elsewhere, unsigned_psbt) {
+        std::fs::write(file, psbt).with_context(|| format!("writing {}", file.display()))?;
+        if args.wallet.json {
+            println!(
+                "{}",
+                json!({"vault": prepared.outpoint.to_string(), "amount_sat": amount.to_sat(), "kind": kind_name(kind),
+                       "state": "waiting for the owner's signature", "psbt": file.display().to_string()})
+            );
+        } else {
+            println!(
+                "The vault's funding PSBT is in {}: sign it with your signer (check that it moves {}",
+                file.display(),
+                btc(amount.to_sat())
+            );
+            println!("into your vault), then run `vigil vault --signed FILE` within 10 minutes.");
+        }
+        return Ok(());
+    }
+    send_and_broadcast(&session, &mut state, &prepared, &args.wallet)
+}
+
+fn base64_psbt(psbt: &vigil_policy::bitcoin::psbt::Psbt) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
+}
+
+/// `vigil vault --signed FILE`: the funding of the vault begun with --sign-elsewhere, signed.
+fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()> {
+    let signed = super::recover::read_psbt(file)?;
+    let session = open(&args.wallet)?;
+    let mut state = session.dir.state()?;
+    let Some(pending) = state.pending_vault.clone() else {
+        bail!(
+            "no vault is waiting for a signature: begin one with `vigil vault AMOUNT --sign-elsewhere FILE`"
+        );
+    };
+    let Some(unsigned) = &pending.unsigned_psbt else {
+        bail!("the vault under way was signed on this device already: run `vigil vault` to finish it");
+    };
+    use base64::Engine as _;
+    let unsigned = vigil_policy::bitcoin::psbt::Psbt::deserialize(
+        &base64::engine::general_purpose::STANDARD.decode(unsigned)?,
+    )
+    .context("the waiting vault's record is damaged")?;
+    let coins: Vec<_> = state
+        .spendable_coins(&session.compiled)
+        .into_iter()
+        .filter(|c| unsigned.unsigned_tx.input.iter().any(|i| i.previous_output == c.outpoint))
+        .collect();
+    // In the transaction's order, as the policy checks them.
+    let coins: Vec<_> = unsigned
+        .unsigned_tx
+        .input
+        .iter()
+        .filter_map(|i| coins.iter().find(|c| c.outpoint == i.previous_output).cloned())
+        .collect();
+    let funding = vaulting::take_signed_funding(&session.compiled, &coins, &unsigned, &signed)
+        .map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
+    let record = VaultRecord {
+        outpoint: pending.outpoint,
+        amount_sat: pending.amount_sat,
+        kind: pending.kind.clone(),
+        index: pending.index,
+        funding: String::new(),
+        confirmed_height: None,
+        unvault: String::new(),
+        owner_once: pending.owner_once.clone(),
+        cosigner_once: pending.cosigner_once.clone(),
+        unvaulted: false,
+    };
+    let plan = record.plan().context("the waiting vault's record is damaged")?;
+    let prepared = vaulting::Prepared {
+        mine: vaulting::signatures_from_hex(plan.owner_once, &pending.owner_signatures)?,
+        theirs: vaulting::signatures_from_hex(plan.cosigner_once, &pending.cosigner_signatures)?,
+        plan,
+        outpoint: pending.outpoint,
+        funding,
+    };
+    // From here on it is an ordinary ceremony whose owner's half is about to be sent.
+    if let Some(p) = state.pending_vault.as_mut() {
+        p.unsigned_psbt = None;
+    }
+    session.dir.save_state(&state)?;
+    say("Sending your half to the co-signer; every watchtower must confirm it holds the vault...");
+    send_and_broadcast(&session, &mut state, &prepared, &args.wallet)
+}
+
+/// Sends the owner's half, records the vault once every tower holds it, then broadcasts the
+/// funding (recorded first: a crash in between sends it again next time).
+fn send_and_broadcast(
+    session: &Session,
+    state: &mut WalletState,
+    prepared: &vaulting::Prepared,
+    wallet: &WalletArgs,
+) -> anyhow::Result<()> {
+    let chain = session.chain();
+    let (status, vault) = match vaulting::finish(&session.cosigner, &session.compiled, prepared) {
+        Ok(done) => done,
+        Err(vaulting::VaultingError::Cosigner(ClientError::Refused { status: 404, message, .. })) => {
+            // The ceremony expired (or the co-signer restarted) before the owner's half came.
+            state.pending_vault = None;
+            state.note(format!("vault {} was never made: {message}", prepared.outpoint));
+            session.dir.save_state(state)?;
+            bail!("the co-signer no longer holds this vault's ceremony ({message}); its coins are free: run `vigil vault` again")
+        }
+        Err(e) => return Err(e.into()),
+    };
     if status.state != "protected" {
         let missing: Vec<_> =
             status.towers.iter().filter(|t| !t.acknowledged).map(|t| t.name.clone()).collect();
@@ -188,24 +314,25 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
             missing.join(", ")
         );
     }
+    let amount = vault.plan.amount.to_sat();
     // Recorded before the broadcast: a crash in between sends it again next time.
     state.vaults.push(record_of(&vault));
     state.pending_vault = None;
-    state.note(format!("vault {} of {} made", vault.outpoint(), btc(amount.to_sat())));
-    session.dir.save_state(&state)?;
+    state.note(format!("vault {} of {} made", vault.outpoint(), btc(amount)));
+    session.dir.save_state(state)?;
     chain.broadcast(&vault.funding).map_err(|e| {
         anyhow::anyhow!(
             "the funding was not broadcast ({e}); it is saved and sent again by the next `vigil vault`"
         )
     })?;
-    let kind = kind_name(kind);
-    if args.wallet.json {
+    let kind = kind_name(vault.plan.kind);
+    if wallet.json {
         println!(
             "{}",
-            json!({"vault": vault.outpoint().to_string(), "amount_sat": amount.to_sat(), "kind": kind, "state": "protected"})
+            json!({"vault": vault.outpoint().to_string(), "amount_sat": amount, "kind": kind, "state": "protected"})
         );
     } else {
-        println!("Vault made: {} ({kind}), watched by {} towers.", btc(amount.to_sat()), status.towers.len());
+        println!("Vault made: {} ({kind}), watched by {} towers.", btc(amount), status.towers.len());
     }
     Ok(())
 }
