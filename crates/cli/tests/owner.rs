@@ -78,6 +78,8 @@ struct Services {
     /// Counting proxies in front of the co-signer and each tower, when asked for: the
     /// wallet's policy names them instead of the services.
     proxies: Option<(CountingProxy, Vec<CountingProxy>)>,
+    /// An Electrum server the wallet reads the chain from instead of the node, when set.
+    electrs: Option<vigil_testenv::process::Electrs>,
 }
 
 fn services(extra: &str, proxied: bool) -> Services {
@@ -92,7 +94,7 @@ fn services_on(node: Node, extra: &str, proxied: bool) -> Services {
     let proxies = proxied.then(|| {
         (CountingProxy::new(&co.url), towers.iter().map(|t| CountingProxy::new(&t.api.url)).collect())
     });
-    Services { node, co, towers, proxies }
+    Services { node, co, towers, proxies, electrs: None }
 }
 
 impl Services {
@@ -102,6 +104,14 @@ impl Services {
 
     fn tower_url(&self, i: usize) -> String {
         self.proxies.as_ref().map_or(self.towers[i].api.url.clone(), |(_, t)| t[i].url.clone())
+    }
+
+    /// Mines `blocks` and waits until the wallet's chain source has them.
+    fn mine(&self, blocks: u32, to: &Address) {
+        mine(&self.node.rpc, blocks, to);
+        if let Some(electrs) = &self.electrs {
+            vigil_testenv::process::wait_indexed(electrs, &self.node);
+        }
     }
 }
 
@@ -118,20 +128,24 @@ fn init_with(s: &Services, dir: &Path, guardians: &[String]) -> (bool, String, S
         .map(|(i, t)| format!("tower-{i},{},{},{}", s.tower_url(i), t.public_key, t.token()))
         .collect();
     let port = s.node.port.to_string();
-    let chain_url = format!("http://127.0.0.1:{port}");
+    let chain = match &s.electrs {
+        Some(e) => vec!["--chain-url".to_owned(), e.address.clone(), "--electrum".into()],
+        None => [
+            "--chain-url",
+            &format!("http://127.0.0.1:{port}"),
+            "--chain-user",
+            "vigil",
+            "--chain-password",
+            "secret",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    };
     let token = s.co.token();
     let cosigner_url = s.cosigner_url();
-    let mut args = vec![
-        "init",
-        "--no-phrase-check",
-        "--network",
-        "regtest",
-        "--chain-url",
-        &chain_url,
-        "--chain-user",
-        "vigil",
-        "--chain-password",
-        "secret",
+    let mut args = vec!["init", "--no-phrase-check", "--network", "regtest"];
+    args.extend(chain.iter().map(String::as_str));
+    args.extend([
         "--cosigner",
         &cosigner_url,
         "--cosigner-token",
@@ -142,7 +156,7 @@ fn init_with(s: &Services, dir: &Path, guardians: &[String]) -> (bool, String, S
         "40",
         "--deep-vault",
         "60",
-    ];
+    ]);
     for t in &towers {
         args.extend(["--tower", t]);
     }
@@ -384,7 +398,7 @@ fn funded_with(s: &Services, coins: u32, guardians: &[String]) -> Funded {
     let coins = (1..=coins)
         .map(|h| payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(6_000_000)).0)
         .collect();
-    mine(&s.node.rpc, 1, &payer.address());
+    s.mine(1, &payer.address());
     let backup = words_between(&err, "STEP 2", "STEP 3");
     Funded { _home: home, dir, phrase, backup, payer, coins }
 }
@@ -807,6 +821,50 @@ fn the_wallet_vaults_and_spends_the_same_on_a_real_bitcoind() {
     assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
     let left = status["allowance_sat"].as_u64().unwrap();
     assert!(left < 200_000 && left > 198_000, "{status}");
+}
+
+#[test]
+fn the_wallet_vaults_and_spends_the_same_over_electrum() {
+    let Some((core, electrs)) = vigil_testenv::process::bitcoind_with_electrs() else { return };
+    let mut s = services_on(core, "", false);
+    s.electrs = Some(electrs);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 1);
+    let config = std::fs::read_to_string(dir.join("wallet.toml")).unwrap();
+    assert!(config.contains("kind = \"electrum\""), "{config}");
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["intake_sat"], 6_000_000, "the intake coin, seen over Electrum: {status}");
+    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    s.mine(1, &payer.address());
+    let got = json(&dir, &["receive", "--allowance"], &[REAL]);
+    let address: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    payer.pay(&s.node.rpc, 2, address.script_pubkey(), Amount::from_sat(300_000));
+    s.mine(1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["allowance_sat"], 300_000, "{status}");
+    let to = Wallet::new().address();
+    let sent = json(&dir, &["spend", &to.to_string(), "0.001"], &[REAL]);
+    assert_eq!(sent[0]["progress"]["stage"], "sent from the allowance", "{sent}");
+    s.mine(1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
+    assert_eq!(status["vaults"][0]["confirmed_height"], s.node.rpc.tip().unwrap().height - 2, "{status}");
+    let left = status["allowance_sat"].as_u64().unwrap();
+    assert!(left < 200_000 && left > 198_000, "{status}");
+    // A vault spend over Electrum, to the end: the unvault seen confirmed, the payment sent
+    // at DELAY and seen confirmed.
+    let to = to.to_string();
+    let started = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
+    assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
+    s.mine(1, &payer.address());
+    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
+    let from = waiting[0]["progress"]["spendable_from_height"].as_u64().unwrap() as u32;
+    s.mine(from - s.node.rpc.tip().unwrap().height, &payer.address());
+    let sent = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(sent[0]["progress"]["stage"], "sent", "{sent}");
+    s.mine(1, &payer.address());
+    let done = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
 }
 
 #[test]

@@ -142,6 +142,10 @@ impl Allowance {
     /// Feeds the wallet the blocks it has not seen (from the wallet's birth on, stepping back
     /// over a reorg), and persists; returns the tip height.
     pub fn sync(&mut self, chain: &dyn ChainBackend) -> Result<u32, AllowanceError> {
+        // An Electrum backend serves only the named scripts' transactions: every script the
+        // wallet revealed, and its lookahead.
+        let scripts: Vec<_> = self.wallet.spk_index().inner().all_spks().values().cloned().collect();
+        chain.watch_scripts(&scripts);
         let tip = chain.tip().map_err(chain_err)?.height;
         // The highest block the wallet knows that is still in the chain.
         let mut from = self.wallet.latest_checkpoint();

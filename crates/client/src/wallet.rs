@@ -339,10 +339,12 @@ impl WalletState {
     /// (and a few beyond), and marks spent coins; returns the tip height.
     pub fn scan(&mut self, compiled: &CompiledPolicy, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
         let chain_err = |e: vigil_chain::BackendError| WalletError::Chain(e.to_string());
-        let tip = chain.tip().map_err(chain_err)?.height;
         let scripts: Vec<(ScriptBuf, u32)> = (0..self.next_intake + INTAKE_LOOKAHEAD)
             .filter_map(|i| Some((compiled.intake_descriptor(i).ok()?.script_pubkey(), i)))
             .collect();
+        // An Electrum backend serves only the named scripts' transactions.
+        chain.watch_scripts(&scripts.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
+        let tip = chain.tip().map_err(chain_err)?.height;
         let from = self.scanned_height.max(self.birth_height.saturating_sub(1)) + 1;
         for height in from..=tip {
             let Some(hash) = chain.block_hash(height).map_err(chain_err)? else { break };

@@ -23,6 +23,9 @@ pub struct InitArgs {
     /// The node's RPC password.
     #[arg(long)]
     chain_password: Option<String>,
+    /// --chain-url is an Electrum server's `host:port` (electrs, Fulcrum) instead of a node.
+    #[arg(long, conflicts_with_all = ["chain_cookie", "chain_user", "chain_password"])]
+    electrum: bool,
     /// The co-signer's URL.
     #[arg(long, required_unless_present = "restore", default_value = "")]
     cosigner: String,
@@ -82,9 +85,10 @@ fn chain_options(
     network: vigil_policy::bitcoin::Network,
 ) -> anyhow::Result<(String, Box<dyn vigil_chain::ChainBackend>, vigil_chain::BlockId)> {
     let chain = match (&args.chain_cookie, &args.chain_user, &args.chain_password) {
+        _ if args.electrum => "kind = \"electrum\"".to_owned(),
         (Some(cookie), None, None) => format!("cookie_file = {:?}", cookie.display().to_string()),
         (None, Some(user), Some(password)) => format!("user = {user:?}\npassword = {password:?}"),
-        _ => bail!("give --chain-cookie, or --chain-user and --chain-password"),
+        _ => bail!("give --chain-cookie, or --chain-user and --chain-password (or --electrum)"),
     };
     let wallet_toml = format!(
         "# The owner's wallet: its network and the node it reads the chain from.\nnetwork = \"{network}\"\n\n[chain]\nurl = {:?}\n{chain}\n",
