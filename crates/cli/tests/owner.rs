@@ -1029,6 +1029,59 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
 }
 
 #[test]
+fn a_lost_device_is_rebuilt_from_the_phrase_and_the_policy_the_cosigner_keeps() {
+    let s = services("", false);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 2);
+    let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let before = json(&dir, &["status"], &[REAL]);
+    let text = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
+    let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    // Nothing but the phrase and the 16 characters on paper survive.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let chain_url = format!("http://127.0.0.1:{}", s.node.port);
+    let restore = [
+        "init",
+        "--restore",
+        "--cosigner",
+        &s.co.url,
+        "--chain-url",
+        &chain_url,
+        "--chain-user",
+        "vigil",
+        "--chain-password",
+        "secret",
+    ];
+    let no_cosigner = [&restore[..2], &restore[4..]].concat();
+    let (ok, _, err) = vigil(&dir, &no_cosigner, &["0123456789abcdef"]);
+    assert!(!ok && err.contains("give --cosigner URL"), "{err}");
+    let (ok, _, err) = vigil(&dir, &restore, &["0123-4567"]);
+    assert!(!ok && err.contains("16 characters"), "{err}");
+    // Another phrase, or another id: the co-signer has no such client (and says no more).
+    let stranger = vigil_client::owner::new_phrase().to_string();
+    for (typed, words) in [(id.as_str(), stranger.as_str()), ("0123456789abcdef", phrase.as_str())] {
+        let (ok, _, err) = vigil(&dir, &restore, &[typed, words]);
+        assert!(!ok && err.contains("no client whose id begins"), "{err}");
+        assert!(err.contains("nothing was changed") && !dir.exists(), "{err}");
+    }
+    let written = format!("{}-{}-{}-{}", &id[..4], &id[4..8], &id[8..12], &id[12..]);
+    let (ok, out, err) =
+        vigil(&dir, &restore, &[&written.to_uppercase(), &phrase, "8642", "8642", "9753", "9753"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("policy.toml")).unwrap(),
+        text,
+        "the pinned policy, unchanged"
+    );
+    let after = json(&dir, &["status"], &["8642"]);
+    for field in ["intake_sat", "vault_sat"] {
+        assert_eq!(after[field], before[field], "{field}: {after} vs {before}");
+    }
+    assert_eq!(after["vaults"][0]["state"], "protected", "{after}");
+}
+
+#[test]
 fn a_vault_and_its_spend_signed_elsewhere_come_back_checked_and_go_on() {
     use base64::Engine as _;
     let s = services("", false);

@@ -178,6 +178,24 @@ impl CosignerClient {
 }
 
 /// A request's answer: its JSON, or why there is none.
+/// Asks the co-signer at `url` for the policy of the client whose id begins `id_prefix` and
+/// whose owner's request key is `key`'s (a lost device's restore). The caller still checks
+/// the answer against the id it was given.
+pub fn fetch_policy(
+    url: &str,
+    id_prefix: &str,
+    key: &Keypair,
+) -> Result<vigil_cosigner::wire::FetchedPolicy, ClientError> {
+    let url = url.trim_end_matches('/');
+    let request = vigil_cosigner::wire::PolicyFetch::new(id_prefix, key, now());
+    answer(
+        url,
+        ureq::post(&format!("{url}/v1/restore/policy"))
+            .timeout(Duration::from_secs(30))
+            .send_json(serde_json::to_value(&request).expect("json")),
+    )
+}
+
 pub(crate) fn answer<R: DeserializeOwned>(
     url: &str,
     result: Result<ureq::Response, ureq::Error>,

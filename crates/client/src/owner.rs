@@ -130,8 +130,11 @@ fn path(text: &str) -> DerivationPath {
     DerivationPath::from_str(text).expect("a valid constant path")
 }
 
+/// A BIP-39 recovery phrase.
+pub type Phrase = bip39::Mnemonic;
+
 /// A new 24-word phrase from the operating system's randomness.
-pub fn new_phrase() -> bip39::Mnemonic {
+pub fn new_phrase() -> Phrase {
     let mut entropy = Zeroizing::new([0u8; 32]);
     vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(entropy.as_mut());
     bip39::Mnemonic::from_entropy(entropy.as_ref()).expect("32 bytes is a valid entropy length")
@@ -285,6 +288,18 @@ fn token_hash(token: &[u8; 32]) -> String {
 /// The backup key's policy form, from its phrase (which is never stored).
 pub fn backup_key(phrase: &bip39::Mnemonic, network: Network) -> String {
     AccountKey::derive(&master(phrase, network), paths(network)[0].clone()).policy_key()
+}
+
+/// The owner's request-signing key from the phrase (a restore's first request, before the
+/// keystore exists).
+pub fn auth_keypair(phrase: &bip39::Mnemonic, network: Network) -> Keypair {
+    let mut master = master(phrase, network);
+    let [_, _, auth_path] = paths(network);
+    let mut auth = master.derive_priv(&Secp256k1::new(), &auth_path).expect("derivable").private_key;
+    let keypair = Keypair::from_secret_key(&Secp256k1::new(), &auth);
+    auth.non_secure_erase();
+    master.private_key.non_secure_erase();
+    keypair
 }
 
 /// The owner's public keys, from the phrase.

@@ -37,6 +37,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/panic", post(panic))
         .route("/v1/deep-vault/sign", post(deep_vault_sign))
         .route("/v1/restore", post(restore))
+        .route("/v1/restore/policy", post(fetch_policy))
         .route("/v1/policy", post(change_policy))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -129,6 +130,10 @@ async fn vault_status(
 
 async fn restore(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
     signed(c, headers, "/v1/restore".into(), body, |c, caller, req| c.restore(caller, req)).await
+}
+
+async fn fetch_policy(State(c): State<Arc<Cosigner>>, body: Bytes) -> Response {
+    blocking(move || c.fetch_policy(&decode(&body)?)).await
 }
 
 async fn deep_vault_sign(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {

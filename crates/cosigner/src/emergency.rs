@@ -489,6 +489,43 @@ impl Cosigner {
 }
 
 impl Cosigner {
+    /// `POST /v1/restore/policy`: the pinned policy for a lost device's owner, found by the
+    /// id's first 16 hex characters and the owner's request key, which signed the request.
+    /// It changes nothing; the device still checks the policy's id against what was written.
+    pub fn fetch_policy(&self, req: &wire::PolicyFetch) -> Result<wire::FetchedPolicy, Refusal> {
+        let prefix = &req.id_prefix;
+        if prefix.len() != 16 || !prefix.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+            return Err(bad("id_prefix: the policy id's first 16 hex characters, lower case"));
+        }
+        crate::service::fresh(req.time)?;
+        let key: vigil_policy::bitcoin::key::XOnlyPublicKey =
+            req.owner_key.parse().map_err(|_| bad("owner_key: an x-only public key in hex"))?;
+        let signature = <[u8; 64]>::from_hex(&req.signature)
+            .ok()
+            .and_then(|b| schnorr::Signature::from_slice(&b).ok())
+            .ok_or_else(|| bad("signature: 64-byte hex"))?;
+        let digest = wire::PolicyFetch::digest(prefix, req.time);
+        if vigil_policy::bitcoin::secp256k1::Secp256k1::verification_only()
+            .verify_schnorr(&signature, &digest, &key)
+            .is_err()
+        {
+            return Err(Refusal::Unauthorized("signature: does not verify for owner_key".into()));
+        }
+        let clients = self.store().list(kind::CLIENT, prefix)?;
+        for (_, text) in clients {
+            let client: crate::service::ClientRecord =
+                serde_json::from_str(&text).map_err(|e| crate::error::StoreError::Corrupt(e.to_string()))?;
+            let owner = vigil_policy::Policy::from_toml(&client.policy)
+                .is_ok_and(|p| p.owner.keys.iter().any(|k| k.auth_key() == key));
+            if owner {
+                tracing::info!(client = %client.id, "policy fetched for a restore");
+                return Ok(wire::FetchedPolicy { client: client.id, policy: client.policy });
+            }
+        }
+        // One answer for "no such client" and "not its owner": the prefix alone tells nothing.
+        Err(Refusal::NotFound(format!("no client whose id begins {prefix} has this owner key")))
+    }
+
     /// `POST /v1/restore`: an owner's new device replaces the heartbeat hashes (any owner key
     /// of the pinned policy signs it, with no recent heartbeat: the old device is gone). The
     /// guardians are always alarmed: a captor who forced a restore with codes of their own

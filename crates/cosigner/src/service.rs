@@ -622,7 +622,7 @@ impl std::fmt::Display for NonceWindow {
 }
 
 /// Refuses a request made more than [`wire::MAX_AGE_SECS`] from now.
-fn fresh(t: u64) -> Result<(), Refusal> {
+pub(crate) fn fresh(t: u64) -> Result<(), Refusal> {
     let now = now();
     if t.abs_diff(now) > wire::MAX_AGE_SECS {
         return Err(unauthorized(format!(

@@ -394,6 +394,58 @@ pub struct Restore {
     pub heartbeat_duress: String,
 }
 
+/// `POST /v1/restore/policy`: a lost device's owner, holding only the recovery phrase and the
+/// policy id's first 16 hex characters written at setup, asks for the pinned policy. Signed
+/// by the owner's request key over [`PolicyFetch::digest`] (no headers: without the policy
+/// the device knows neither the client's id nor the co-signer's key), and fresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFetch {
+    /// The policy id's first 16 hex characters.
+    pub id_prefix: String,
+    /// The owner's request key (the policy's `[owner] auth_keys`), x-only hex.
+    pub owner_key: String,
+    /// Unix seconds.
+    pub time: u64,
+    /// The owner key's signature over the digest, hex.
+    pub signature: String,
+}
+
+impl PolicyFetch {
+    /// A fetch signed now by `key`.
+    pub fn new(id_prefix: &str, key: &Keypair, time: u64) -> PolicyFetch {
+        let digest = Self::digest(id_prefix, time);
+        let sig = vigil_policy::bitcoin::secp256k1::Secp256k1::new().sign_schnorr(&digest, key);
+        PolicyFetch {
+            id_prefix: id_prefix.to_owned(),
+            owner_key: key.x_only_public_key().0.to_string(),
+            time,
+            signature: sig.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    /// What the owner's key signs.
+    pub fn digest(id_prefix: &str, time: u64) -> vigil_policy::bitcoin::secp256k1::Message {
+        let mut engine = sha256::Hash::engine();
+        for part in [b"vigil-policy-fetch/v1".as_slice(), id_prefix.as_bytes(), &time.to_le_bytes()] {
+            engine.input(&(part.len() as u64).to_le_bytes());
+            engine.input(part);
+        }
+        vigil_policy::bitcoin::secp256k1::Message::from_digest(
+            sha256::Hash::from_engine(engine).to_byte_array(),
+        )
+    }
+}
+
+/// The answer to a [`PolicyFetch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedPolicy {
+    /// The client's id (the sha256 of the policy it was pinned with).
+    pub client: String,
+    /// The policy pinned now.
+    pub policy: String,
+}
+
 /// What the co-signer holds of the client's vaults, to rebuild the wallet's records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restored {

@@ -65,10 +65,11 @@ pub struct InitArgs {
     /// Finish a setup that stopped half-way (after the co-signer enrolled the wallet).
     #[arg(long)]
     resume: bool,
-    /// Rebuild a lost device's wallet from the recovery phrase and a copy of the pinned
-    /// policy (every guardian holds one): the co-signer gives back the vaults' records.
-    #[arg(long, value_name = "POLICY_FILE", conflicts_with = "resume")]
-    restore: Option<PathBuf>,
+    /// Rebuild a lost device's wallet from the recovery phrase and the pinned policy: a copy
+    /// (every guardian holds one), or, with no file, the co-signer's (give --cosigner URL).
+    /// The co-signer gives back the vaults' records.
+    #[arg(long, value_name = "POLICY_FILE", num_args = 0..=1, conflicts_with = "resume")]
+    restore: Option<Option<PathBuf>>,
     /// With --restore: the block to scan for your coins from (0: the whole chain).
     #[arg(long, default_value_t = 0, requires = "restore")]
     from_height: u32,
@@ -123,36 +124,68 @@ fn short_id(policy_id: &str) -> String {
     hex.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-")
 }
 
-/// `vigil init --restore POLICY`: the keystore made anew from the phrase (new codes, new
+/// `vigil init --restore [POLICY]`: the policy from a copy or the co-signer, checked against
+/// the id written at setup; the keystore made anew from the phrase (new codes, new
 /// heartbeat tokens, which the co-signer takes in place of the lost device's and alarms the
 /// guardians about), the vaults from the co-signer's records, the coins from the chain.
-fn restore(args: &InitArgs, policy_file: &std::path::Path) -> anyhow::Result<()> {
+fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let dir = args.wallet.dir();
-    let policy_text = std::fs::read_to_string(policy_file)
-        .with_context(|| format!("reading the policy copy {}", policy_file.display()))?;
+    say("This rebuilds your wallet from your recovery phrase and its policy.");
+    let typed = ask("The policy id written with your phrase (16 characters): ")?;
+    let typed: String =
+        typed.chars().filter(char::is_ascii_hexdigit).collect::<String>().to_ascii_lowercase();
+    if typed.len() != 16 {
+        bail!("the policy id written at setup has 16 characters, 0-9 and a-f (you typed {}); nothing was changed", typed.len());
+    }
+    let ask_phrase = |check: &dyn Fn(&owner::Phrase) -> Result<(), owner::OwnerKeyError>| loop {
+        let words = ask_code("Recovery phrase: ")?;
+        match owner::parse_phrase(&words).and_then(|p| check(&p).map(|()| p)) {
+            Ok(p) => break anyhow::Ok(p),
+            Err(e) => say(&format!("{e}. Try again (Ctrl-C stops).")),
+        }
+    };
+    // From a copy, or from the co-signer, found by the phrase's request key (so the phrase
+    // is asked first there).
+    let (policy_text, fetched_phrase) = match policy_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the policy copy {}", file.display()))?;
+            (text, None)
+        }
+        None => {
+            if args.cosigner.is_empty() {
+                bail!("--restore without a policy file asks the co-signer for it: give --cosigner URL; nothing was changed");
+            }
+            let network = crate::guardian::network(&args.network)?;
+            let phrase = ask_phrase(&|_| Ok(()))?;
+            let key = owner::auth_keypair(&phrase, network);
+            let fetched =
+                vigil_client::cosigner::fetch_policy(&args.cosigner, &typed, &key).map_err(|e| {
+                    anyhow::anyhow!("the co-signer did not give the policy: {e}; nothing was changed")
+                })?;
+            (fetched.policy, Some(phrase))
+        }
+    };
     let compiled = vigil_policy::CompiledPolicy::new(vigil_policy::Policy::from_toml(&policy_text)?)?;
     let policy = compiled.policy();
     let network = policy.network;
     let (wallet_toml, chain, _) = chain_options(args, network)?;
-    say("This rebuilds your wallet from your recovery phrase and a copy of its policy.");
     let expected = short_id(&vigil_tower::policy_id(&policy_text));
-    let typed = ask("The policy id written with your phrase (16 characters): ")?;
-    let typed: String =
-        typed.chars().filter(char::is_ascii_hexdigit).collect::<String>().to_ascii_lowercase();
     if typed != expected.replace('-', "") {
+        let whose = if fetched_phrase.is_some() { "the co-signer's" } else { "this copy" };
         bail!(
-            "this policy copy is not the one you set up (its id begins {expected}): it may have been changed; \
-             ask another guardian for theirs; nothing was changed"
+            "{whose} policy is not the one you set up (its id begins {expected}): it may have been changed; \
+             ask a guardian for their copy; nothing was changed"
         );
     }
-    let phrase = loop {
-        let typed = ask_code("Recovery phrase: ")?;
-        match owner::parse_phrase(&typed)
-            .and_then(|p| owner::VaultKey::from_phrase(&p, network, &policy.owner.keys[0].xpub).map(|_| p))
-        {
-            Ok(p) => break p,
-            Err(e) => say(&format!("{e}. Try again (Ctrl-C stops).")),
+    let owner_xpub = &policy.owner.keys[0].xpub;
+    let is_owner = |p: &owner::Phrase| owner::VaultKey::from_phrase(p, network, owner_xpub).map(drop);
+    let phrase = match fetched_phrase {
+        Some(phrase) => {
+            is_owner(&phrase)?;
+            phrase
         }
+        None => ask_phrase(&is_owner)?,
     };
     let public = owner::public_keys(&phrase, String::new(), network);
     if public.auth_key != policy.owner.keys[0].auth_key().to_string() {
@@ -358,7 +391,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(policy) = &args.restore {
-        return restore(&args, policy);
+        return restore(&args, policy.as_deref());
     }
     let network = crate::guardian::network(&args.network)?;
     let towers = args.towers.iter().map(|t| parse_tower(t)).collect::<anyhow::Result<Vec<_>>>()?;
