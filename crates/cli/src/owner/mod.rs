@@ -191,6 +191,16 @@ fn open(args: &WalletArgs) -> anyhow::Result<Session> {
 
 /// The owner's vault key, from the recovery phrase typed now (it is never stored).
 fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
+    let owner = &session.compiled.policy().owner;
+    if owner.threshold > 1 {
+        // One phrase signs here; the others' signatures come through a PSBT.
+        bail!(
+            "this policy needs {} of the owner's {} keys to sign, and this device holds one: use \
+             --sign-elsewhere FILE and have each key sign the PSBT before handing it back; nothing was signed",
+            owner.threshold,
+            owner.keys.len()
+        );
+    }
     say("Signing for a vault needs your recovery phrase (the 24 words on your paper).");
     phrase_key(session, "Recovery phrase: ", &session.compiled.policy().owner.keys[0].xpub)
 }
