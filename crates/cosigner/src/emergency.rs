@@ -146,13 +146,20 @@ impl Cosigner {
                 tip + self.config.governance_delay_blocks + LIFT_SLACK_BLOCKS
             )));
         }
+        let held = client.lockdown_until.max(client.duress_until);
+        if r.lockdown_until != held {
+            return Err(Refusal::Conflict(format!(
+                "the lockdown at hand ends at block {held}, not {}: a lift names the lockdown it ends",
+                r.lockdown_until
+            )));
+        }
         if client.lift_proposed != 0 && r.lift_at_height != client.lift_proposed {
             return Err(Refusal::Conflict(format!(
                 "the guardians are lifting the lockdown at block {}: sign that height",
                 client.lift_proposed
             )));
         }
-        let digest = vigil_tower::wire::lift_digest(&client.id, r.lift_at_height);
+        let digest = vigil_tower::wire::lift_digest(&client.id, r.lift_at_height, held);
         let sig = <[u8; 64]>::from_hex(&r.signature)
             .ok()
             .and_then(|b| schnorr::Signature::from_slice(&b).ok())
@@ -161,7 +168,7 @@ impl Cosigner {
                     .verify_schnorr(s, &digest, &caller.key)
                     .is_ok()
             })
-            .ok_or_else(|| bad("signature: does not verify over this client and height with your key"))?;
+            .ok_or_else(|| bad("signature: does not verify over this client, heights and your key"))?;
         let before = serde_json::to_string(&client).expect("json");
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
         let me = caller.key.to_string();
@@ -188,6 +195,7 @@ impl Cosigner {
                 nonce: 0,
                 policy_id: client.id.clone(),
                 lift_at_height: client.lift_at,
+                lockdown_until: held,
                 signatures: client.lift_votes.clone(),
             };
             let subject = format!("lockdown lift {} {}", client.id, client.lift_at);
@@ -373,6 +381,7 @@ pub(crate) fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> T
         body: serde_json::to_value(body).expect("json"),
         subject,
         acked: Vec::new(),
+        refused: Vec::new(),
     }
 }
 

@@ -152,6 +152,7 @@ impl Cosigner {
                 body: serde_json::to_value(&order).expect("json"),
                 subject,
                 acked: Vec::new(),
+                refused: Vec::new(),
             },
         )?;
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(

@@ -23,6 +23,15 @@ pub struct TowerOrder {
     pub subject: String,
     /// Towers (by name) that acknowledged it.
     pub acked: Vec<String>,
+    /// Towers (by name) that refused it for good: not asked again (the guardians are told).
+    #[serde(default)]
+    pub refused: Vec<String>,
+}
+
+impl TowerOrder {
+    fn settled(&self, tower: &str) -> bool {
+        self.acked.iter().chain(&self.refused).any(|t| t == tower)
+    }
 }
 
 impl Cosigner {
@@ -65,10 +74,10 @@ impl Cosigner {
         let towers = &compiled.policy().towers;
         let key = self.keys.auth_keypair(client.account);
         let mut last = Vec::new();
-        let mut done: Vec<(String, String, Vec<String>)> = Vec::new();
+        let mut done: Vec<(String, String, Vec<TowerReport>)> = Vec::new();
         for order in &orders {
             let missing: Vec<String> =
-                towers.iter().filter(|t| !order.acked.contains(&t.name)).map(|t| t.name.clone()).collect();
+                towers.iter().filter(|t| !order.settled(&t.name)).map(|t| t.name.clone()).collect();
             if missing.is_empty() {
                 continue;
             }
@@ -85,8 +94,8 @@ impl Cosigner {
                 },
                 Some(&missing),
             );
-            let acked = reports.iter().filter(|r| r.acknowledged).map(|r| r.name.clone()).collect();
-            done.push((order.path.clone(), order.subject.clone(), acked));
+            let answered = reports.iter().filter(|r| missing.contains(&r.name)).cloned().collect();
+            done.push((order.path.clone(), order.subject.clone(), answered));
             last = reports;
         }
         // Record the acknowledgements on the orders as they are now (others may have been
@@ -99,17 +108,32 @@ impl Cosigner {
             .transpose()
             .map_err(|_| Refusal::Internal)?
             .unwrap_or_default();
-        for (path, subject, acked) in done {
+        let mut batch = Batch::default();
+        for (path, subject, answered) in done {
             for o in now.iter_mut().filter(|o| o.path == path && o.subject == subject) {
-                for name in &acked {
-                    if !o.acked.contains(name) {
-                        o.acked.push(name.clone());
+                for report in &answered {
+                    if o.settled(&report.name) {
+                        continue;
+                    }
+                    if report.acknowledged {
+                        o.acked.push(report.name.clone());
+                    } else if let Some(why) = &report.refused {
+                        // Sent again it would be refused again: said once, loudly, and settled.
+                        tracing::error!(client = %client_id, tower = %report.name, %subject, %why, "tower refused an order for good");
+                        batch.alarm(crate::service::alarm(
+                            client_id,
+                            "tower-refused",
+                            format!(
+                                "tower {} refused \"{subject}\" for good ({why}); it is not sent again. Check that tower.",
+                                report.name
+                            ),
+                        ));
+                        o.refused.push(report.name.clone());
                     }
                 }
             }
         }
-        now.retain(|o| towers.iter().any(|t| !o.acked.contains(&t.name)));
-        let mut batch = Batch::default();
+        now.retain(|o| towers.iter().any(|t| !o.settled(&t.name)));
         batch.expect(kind::ORDERS, client_id.to_owned(), before);
         if now.is_empty() {
             batch.delete(kind::ORDERS, client_id.to_owned());

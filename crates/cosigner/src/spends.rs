@@ -368,6 +368,7 @@ impl Cosigner {
                 body: serde_json::to_value(&order).expect("json"),
                 subject: record.approval.unvault_txid.clone(),
                 acked,
+                refused: Vec::new(),
             };
             Self::queue_order(&mut **store, &mut batch, &client.id, order)?;
         }

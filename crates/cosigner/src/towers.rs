@@ -34,18 +34,21 @@ pub fn post_all(
             .map(|(i, tower)| {
                 let skip = only.is_some_and(|names| !names.contains(&tower.name));
                 scope.spawn(move || {
+                    let name = tower.name.clone();
                     if skip {
-                        return TowerReport { name: tower.name.clone(), acknowledged: true };
+                        return TowerReport { name, acknowledged: true, refused: None };
                     }
                     let tower_key = tower.key.x_only_public_key().0;
-                    let acknowledged = match post(&tower.url, &tower_key, path, &body(i), key) {
-                        Ok(ack) => verified(&ack, &tower_key, subject),
-                        Err(e) => {
-                            tracing::warn!(tower = %tower.name, path, error = %e, "tower did not acknowledge");
-                            false
+                    match post(&tower.url, &tower_key, path, &body(i), key) {
+                        Ok(ack) => {
+                            TowerReport { name, acknowledged: verified(&ack, &tower_key, subject), refused: None }
                         }
-                    };
-                    TowerReport { name: tower.name.clone(), acknowledged }
+                        Err((status, e)) => {
+                            tracing::warn!(tower = %tower.name, path, error = %e, "tower did not acknowledge");
+                            let for_good = status.is_some_and(|s| (400..500).contains(&s) && s != 401);
+                            TowerReport { name, acknowledged: false, refused: for_good.then_some(e) }
+                        }
+                    }
                 })
             })
             .collect();
@@ -53,7 +56,14 @@ pub fn post_all(
     })
 }
 
-fn post(url: &str, tower: &XOnlyPublicKey, path: &str, body: &[u8], key: &Keypair) -> Result<Ack, String> {
+/// The tower's acknowledgement, or its HTTP status (none when it was not reached) and why.
+fn post(
+    url: &str,
+    tower: &XOnlyPublicKey,
+    path: &str,
+    body: &[u8],
+    key: &Keypair,
+) -> Result<Ack, (Option<u16>, String)> {
     let (k, sig) = sign_request(key, tower, path, body);
     let answer = ureq::post(&format!("{}{path}", url.trim_end_matches('/')))
         .set("x-vigil-key", &k)
@@ -62,9 +72,11 @@ fn post(url: &str, tower: &XOnlyPublicKey, path: &str, body: &[u8], key: &Keypai
         .timeout(TOWER_TIMEOUT)
         .send_bytes(body);
     match answer {
-        Ok(r) => r.into_json::<Ack>().map_err(|e| e.to_string()),
-        Err(ureq::Error::Status(code, r)) => Err(format!("{code}: {}", r.into_string().unwrap_or_default())),
-        Err(e) => Err(e.to_string()),
+        Ok(r) => r.into_json::<Ack>().map_err(|e| (None, e.to_string())),
+        Err(ureq::Error::Status(code, r)) => {
+            Err((Some(code), format!("{code}: {}", r.into_string().unwrap_or_default())))
+        }
+        Err(e) => Err((None, e.to_string())),
     }
 }
 

@@ -140,6 +140,10 @@ pub struct TowerReport {
     pub name: String,
     /// Whether it acknowledged (durably).
     pub acknowledged: bool,
+    /// Why it refused the request for good (a 4xx other than 401, which a retry with a fresh
+    /// nonce may pass): sending it again would change nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A vault as the co-signer sees it.
@@ -249,6 +253,9 @@ pub struct Lockdown {
 pub struct LiftLockdown {
     /// From this height the lockdown no longer holds.
     pub lift_at_height: u32,
+    /// The end of the lockdown at hand (the plain one's or duress's, the later): a lift is
+    /// for that lockdown only.
+    pub lockdown_until: u32,
     /// The guardian's signature over [`vigil_tower::wire::lift_digest`] (hex).
     pub signature: String,
 }

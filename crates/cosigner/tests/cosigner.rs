@@ -152,23 +152,49 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     assert_eq!(
         f.post(
             "/v1/lockdown/lift",
-            &serde_json::json!({"lift_at_height": at, "signature": "00"}),
+            &serde_json::json!({"lift_at_height": at, "lockdown_until": until, "signature": "00"}),
             &f.owner()
         )
         .unwrap_err()
         .0,
         403
     );
-    assert_eq!(f.lift(0, at - 1).unwrap_err().0, 400);
-    let one = f.lift(0, at).unwrap();
+    assert_eq!(f.lift(0, at - 1, until).unwrap_err().0, 400);
+    let other = f.lift(0, at, until + 1).unwrap_err();
+    assert!(other.0 == 409 && other.1.contains(&format!("ends at block {until}")), "{other:?}");
+    let one = f.lift(0, at, until).unwrap();
     assert_eq!(one["until_height"].as_u64().unwrap() as u32, until);
-    assert_eq!(f.lift(1, at + 5).unwrap_err().0, 409, "the quorum signs one height");
-    let quorum = f.lift(1, at).unwrap();
+    assert_eq!(f.lift(1, at + 5, until).unwrap_err().0, 409, "the quorum signs one height");
+    let quorum = f.lift(1, at, until).unwrap();
     assert_eq!(quorum["until_height"].as_u64().unwrap() as u32, at);
     block(&node, &f, at - tip(&node) - 1);
     assert_eq!(spend(&f, &vault).unwrap_err().0, 403, "still locked the block before");
     block(&node, &f, 1);
     assert_eq!(spend(&f, &vault).unwrap()["state"], "approved");
+
+    // A lift names the lockdown it ends: the quorum's lift of the first one, handed to a tower
+    // after a newer lockdown, does not end that one.
+    let later = tip(&node) + 1_009 + 6;
+    let digest = vigil_tower::wire::lift_digest(&f.cosigner.client, later, until);
+    let old_lift = vigil_tower::wire::LiftLockdown {
+        nonce: 7_000_000_000,
+        policy_id: f.cosigner.client.clone(),
+        lift_at_height: later,
+        lockdown_until: until,
+        signatures: (0..2).map(|g| vigil_cosigner::wire::sign(&digest, &f.guardian(g))).collect(),
+    };
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 3000}), &f.guardian(2)).unwrap();
+    eventually("the tower has the new lockdown", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    let replayed = vigil_testenv::household::post(
+        &f.towers[0].api,
+        "/v1/lockdown/lift",
+        &serde_json::to_vec(&old_lift).unwrap(),
+        &f.guardian(0),
+    )
+    .unwrap_err();
+    assert!(replayed.0 == 409 && replayed.1.contains("was set since"), "{replayed:?}");
 }
 
 #[test]
@@ -223,4 +249,26 @@ fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
     assert_eq!(spend(&f, &last).unwrap()["state"], "waiting");
     // An older version, or the same again, changes nothing.
     assert_eq!(f.change_policy(&tightened, &[1, 2]).unwrap_err().0, 409);
+}
+
+#[test]
+fn an_order_a_tower_refuses_for_good_is_settled_with_an_alarm_not_sent_forever() {
+    let node = vigil_node();
+    let (url, alarms) = webhook();
+    let co = CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let mut f = Family::new(&node, &co, example("cosigner refused order"), 2, None);
+    // One tower is down while a short lockdown comes and goes.
+    f.towers[1].kill9();
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 3}), &f.guardian(0)).unwrap();
+    block(&node, &f, 5);
+    assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(1), "waiting for the tower that is down");
+    // Back up, it refuses a lockdown that has ended: that answer will not change, so the
+    // order is settled and the guardians are told, instead of being sent forever.
+    f.towers[1].start();
+    eventually("the order is settled", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    eventually("the guardians are told", || alarmed(&alarms, "tower-refused").then_some(()));
+    let said = alarms.lock().unwrap().iter().find(|a| a["kind"] == "tower-refused").cloned().unwrap();
+    assert!(said["message"].as_str().unwrap().contains("tower-b"), "{said}");
 }

@@ -322,12 +322,15 @@ impl Family {
         Ok(deserialize_hex(v["tx"].as_str().unwrap()).unwrap())
     }
 
-    /// Guardian `g` votes to lift the lockdown at `height`.
-    pub fn lift(&self, g: usize, height: u32) -> Result<Value, Refused> {
+    /// Guardian `g` votes to lift the lockdown ending at `until` at `height`.
+    pub fn lift(&self, g: usize, height: u32, until: u32) -> Result<Value, Refused> {
         let key = self.guardian(g);
-        let digest = vigil_tower::wire::lift_digest(&self.cosigner.client, height);
-        let req =
-            wire::LiftLockdown { lift_at_height: height, signature: wire::sign(&digest, &key).signature };
+        let digest = vigil_tower::wire::lift_digest(&self.cosigner.client, height, until);
+        let req = wire::LiftLockdown {
+            lift_at_height: height,
+            lockdown_until: until,
+            signature: wire::sign(&digest, &key).signature,
+        };
         self.post("/v1/lockdown/lift", &req, &key)
     }
 

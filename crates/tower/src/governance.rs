@@ -173,7 +173,8 @@ pub(crate) fn lift_lockdown(
     if !client.is_party(signer) {
         return Err(Refusal::Forbidden("not a party of this client".into()));
     }
-    let signers = verified_signers(&req.signatures, &lift_digest(&client.id, req.lift_at_height))?;
+    let signers =
+        verified_signers(&req.signatures, &lift_digest(&client.id, req.lift_at_height, req.lockdown_until))?;
     if !client.has_guardian_quorum(&signers) {
         return Err(bad(format!(
             "lifting a lockdown needs {} guardian signatures, {} verify",
@@ -183,6 +184,17 @@ pub(crate) fn lift_lockdown(
     }
     let mut state = tower.lock();
     let tip = state.watcher.tip();
+    let subject = format!("lockdown lift {} {}", client.id, req.lift_at_height);
+    match state.watcher.check_lift(&client.id, req.lift_at_height) {
+        // Delivered again (its acknowledgement was lost): acknowledged, whatever the height.
+        Lift::AlreadyApplied => return Ok(ack(tower, subject)),
+        Lift::Superseded { last } => {
+            return Err(Refusal::Conflict(format!(
+                "a later lift (at height {last}) was applied since this one was signed: replaying it would cut short a newer lockdown"
+            )))
+        }
+        Lift::Applied => {}
+    }
     // A few blocks of slack: the quorum signed a height the co-signer checked against its own
     // tip, and this tower may be a block or two ahead of it.
     if req.lift_at_height + LIFT_SLACK_BLOCKS < tip + GOVERNANCE_DELAY_BLOCKS {
@@ -191,9 +203,13 @@ pub(crate) fn lift_lockdown(
             req.lift_at_height, GOVERNANCE_DELAY_BLOCKS
         )));
     }
-    if let Lift::Superseded { last } = state.watcher.check_lift(&client.id, req.lift_at_height) {
+    // A lift names the lockdown it ends: one set (or lengthened) since, here, is not its to end.
+    let held = state.watcher.lockdowns().get(&client.id).map_or(0, |l| l.plain_until.max(l.quiet_until));
+    if held > req.lockdown_until + LIFT_SLACK_BLOCKS {
         return Err(Refusal::Conflict(format!(
-            "a later lift (at height {last}) was applied since this one was signed: replaying it would cut short a newer lockdown"
+            "this lift ends the lockdown until block {}, but a lockdown until block {held} was set since: it \
+             is not lifted",
+            req.lockdown_until
         )));
     }
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
@@ -201,7 +217,7 @@ pub(crate) fn lift_lockdown(
     }
     state.watcher.lift_lockdown(&client.id, req.lift_at_height);
     tower.act(state, &[])?;
-    Ok(ack(tower, format!("lockdown lift {} {}", client.id, req.lift_at_height)))
+    Ok(ack(tower, subject))
 }
 
 /// `POST /v1/policy`.

@@ -256,13 +256,19 @@ pub struct LiftLockdown {
     pub policy_id: String,
     /// From this height the lockdown no longer holds: at least the governance wait ahead.
     pub lift_at_height: u32,
+    /// The end of the lockdown it lifts, as the guardians signed it: a tower whose lockdown
+    /// ends later was locked down again since, and that newer lockdown is not lifted.
+    pub lockdown_until: u32,
     /// The guardian quorum's signatures over [`lift_digest`].
     pub signatures: Vec<KeySignature>,
 }
 
 /// What guardians sign to lift a client's lockdown at a height.
-pub fn lift_digest(client: &str, lift_at_height: u32) -> Message {
-    tagged(b"vigil-lockdown-lift/v1", &[client.as_bytes(), &lift_at_height.to_le_bytes()])
+pub fn lift_digest(client: &str, lift_at_height: u32, lockdown_until: u32) -> Message {
+    tagged(
+        b"vigil-lockdown-lift/v2",
+        &[client.as_bytes(), &lift_at_height.to_le_bytes(), &lockdown_until.to_le_bytes()],
+    )
 }
 
 /// What the tower answers to a registration: a signed acknowledgement.
