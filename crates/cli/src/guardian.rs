@@ -291,7 +291,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         return sign_recovery(&policy, &keys, file, *yes, args.json);
     }
     let nonce_file = args.key.with_extension("nonce");
-    let co = CosignerClient::new(&policy_text, auth, nonce_file)?;
+    let co = CosignerClient::new(&policy_text, *auth, nonce_file)?;
     let show = |v: &Value, text: String| {
         if args.json {
             println!("{v}");

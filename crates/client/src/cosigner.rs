@@ -106,6 +106,12 @@ pub struct CosignerClient {
     nonces: Nonces,
 }
 
+impl Drop for CosignerClient {
+    fn drop(&mut self) {
+        self.key.non_secure_erase();
+    }
+}
+
 impl CosignerClient {
     /// For the pinned policy file `policy_text`, signing as `key`.
     pub fn new(policy_text: &str, key: Keypair, nonce_file: PathBuf) -> Result<CosignerClient, ClientError> {

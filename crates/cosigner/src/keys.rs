@@ -76,7 +76,7 @@ impl MasterKey {
         DerivationPath::from_str(&format!("m/48'/{coin}'/{account}'/2'")).expect("valid path")
     }
 
-    /// Client `account`'s extended private key (wiped by its user's drop of the keypair).
+    /// Client `account`'s extended private key (its callers wipe it).
     fn account_xpriv(&self, account: u32) -> Xpriv {
         self.master.derive_priv(&Secp256k1::new(), &self.account_path(account)).expect("derivable")
     }
@@ -84,19 +84,22 @@ impl MasterKey {
     /// Client `account`'s key as its policy's `[cosigner] key` names it:
     /// `[fingerprint/48h/coinh/accounth/2h]xpub`.
     pub fn account_key(&self, account: u32) -> String {
-        let xpub = Xpub::from_priv(&Secp256k1::new(), &self.account_xpriv(account));
+        let mut xpriv = self.account_xpriv(account);
+        let xpub = Xpub::from_priv(&Secp256k1::new(), &xpriv);
+        xpriv.private_key.non_secure_erase();
         let path = self.account_path(account).to_string().trim_start_matches("m/").replace('\'', "h");
         format!("[{}/{path}]{xpub}", self.fingerprint())
     }
 
-    /// Client `account`'s request-signing key (`/2/0` under the account).
-    pub fn auth_keypair(&self, account: u32) -> Keypair {
+    /// Client `account`'s request-signing key (`/2/0` under the account), wiped when dropped.
+    pub fn auth_keypair(&self, account: u32) -> WipedKeypair {
         let tail = [ChildNumber::from_normal_idx(2).expect("2"), ChildNumber::from_normal_idx(0).expect("0")];
         let mut xpriv = self.account_xpriv(account);
-        let key =
-            xpriv.derive_priv(&Secp256k1::new(), &tail).expect("derivable").to_keypair(&Secp256k1::new());
+        let mut child = xpriv.derive_priv(&Secp256k1::new(), &tail).expect("derivable");
+        let key = child.to_keypair(&Secp256k1::new());
         xpriv.private_key.non_secure_erase();
-        key
+        child.private_key.non_secure_erase();
+        WipedKeypair(key)
     }
 
     /// Client `account`'s auth key.
@@ -112,6 +115,22 @@ impl MasterKey {
         let signer =
             AccountSigner { keys: self, fingerprint: self.fingerprint(), prefix: self.account_path(account) };
         let _ = psbt.sign(&signer, &Secp256k1::new());
+    }
+}
+
+/// A key pair whose secret is overwritten when it is dropped.
+pub struct WipedKeypair(Keypair);
+
+impl std::ops::Deref for WipedKeypair {
+    type Target = Keypair;
+    fn deref(&self) -> &Keypair {
+        &self.0
+    }
+}
+
+impl Drop for WipedKeypair {
+    fn drop(&mut self) {
+        self.0.non_secure_erase();
     }
 }
 

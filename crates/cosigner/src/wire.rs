@@ -307,13 +307,15 @@ pub struct HeartbeatAck {
 
 /// The key a heartbeat is sealed under: both sides derive it by ECDH from their auth keys
 /// (the x coordinate only, so x-only keys' parity does not matter).
-pub fn heartbeat_key(mine: &Keypair, theirs: &XOnlyPublicKey) -> [u8; 32] {
+pub fn heartbeat_key(mine: &Keypair, theirs: &XOnlyPublicKey) -> zeroize::Zeroizing<[u8; 32]> {
     let point = PublicKey::from_x_only_public_key(*theirs, vigil_policy::bitcoin::secp256k1::Parity::Even);
-    let shared = ecdh::shared_secret_point(&point, &mine.secret_key());
+    let mut secret = mine.secret_key();
+    let shared = zeroize::Zeroizing::new(ecdh::shared_secret_point(&point, &secret));
+    secret.non_secure_erase();
     let mut engine = sha256::Hash::engine();
     engine.input(b"vigil-heartbeat/v1");
     engine.input(&shared[..32]);
-    sha256::Hash::from_engine(engine).to_byte_array()
+    zeroize::Zeroizing::new(sha256::Hash::from_engine(engine).to_byte_array())
 }
 
 /// Seals a 32-byte heartbeat token for the co-signer.

@@ -261,7 +261,11 @@ fn an_order_a_tower_refuses_for_good_is_settled_with_an_alarm_not_sent_forever()
     f.towers[1].kill9();
     f.post("/v1/lockdown", &serde_json::json!({"blocks": 3}), &f.guardian(0)).unwrap();
     block(&node, &f, 5);
-    assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(1), "waiting for the tower that is down");
+    assert_eq!(
+        co.metric("vigil_cosigner_tower_orders_pending"),
+        Some(1),
+        "waiting for the tower that is down"
+    );
     // Back up, it refuses a lockdown that has ended: that answer will not change, so the
     // order is settled and the guardians are told, instead of being sent forever.
     f.towers[1].start();
