@@ -115,6 +115,19 @@ impl Services {
     }
 }
 
+/// How the wallet reaches the chain: the node's RPC, or electrs when the services have one.
+fn chain_args(s: &Services) -> Vec<String> {
+    match &s.electrs {
+        Some(e) => vec!["--chain-url".to_owned(), e.address.clone(), "--electrum".into()],
+        None => {
+            let url = format!("http://127.0.0.1:{}", s.node.port);
+            ["--chain-url", &url, "--chain-user", "vigil", "--chain-password", "secret"]
+                .map(str::to_owned)
+                .to_vec()
+        }
+    }
+}
+
 fn init(s: &Services, dir: &Path) -> (bool, String, String) {
     let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
     init_with(s, dir, &guardians)
@@ -127,20 +140,7 @@ fn init_with(s: &Services, dir: &Path, guardians: &[String]) -> (bool, String, S
         .enumerate()
         .map(|(i, t)| format!("tower-{i},{},{},{}", s.tower_url(i), t.public_key, t.token()))
         .collect();
-    let port = s.node.port.to_string();
-    let chain = match &s.electrs {
-        Some(e) => vec!["--chain-url".to_owned(), e.address.clone(), "--electrum".into()],
-        None => [
-            "--chain-url",
-            &format!("http://127.0.0.1:{port}"),
-            "--chain-user",
-            "vigil",
-            "--chain-password",
-            "secret",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-    };
+    let chain = chain_args(s);
     let token = s.co.token();
     let cosigner_url = s.cosigner_url();
     let mut args = vec!["init", "--no-phrase-check", "--network", "regtest"];
@@ -972,19 +972,12 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
     let copy = _home.path().join("policy-from-a-guardian.toml");
     std::fs::copy(dir.join("policy.toml"), &copy).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    let port = s.node.port.to_string();
-    let chain_url = format!("http://127.0.0.1:{port}");
+    let chain = chain_args(&s);
     let restore = [
-        "init",
-        "--restore",
-        copy.to_str().unwrap(),
-        "--chain-url",
-        &chain_url,
-        "--chain-user",
-        "vigil",
-        "--chain-password",
-        "secret",
-    ];
+        &["init", "--restore", copy.to_str().unwrap()],
+        &chain.iter().map(String::as_str).collect::<Vec<_>>()[..],
+    ]
+    .concat();
     let (new_real, new_duress) = ("8642", "9753");
     let wrong = vigil_client::owner::new_phrase().to_string();
     // The 16 characters written on paper at setup tell the true copy from a changed one.
@@ -1040,19 +1033,12 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_the_policy_the_cosigner_keeps() 
     let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
     // Nothing but the phrase and the 16 characters on paper survive.
     std::fs::remove_dir_all(&dir).unwrap();
-    let chain_url = format!("http://127.0.0.1:{}", s.node.port);
+    let chain = chain_args(&s);
     let restore = [
-        "init",
-        "--restore",
-        "--cosigner",
-        &s.co.url,
-        "--chain-url",
-        &chain_url,
-        "--chain-user",
-        "vigil",
-        "--chain-password",
-        "secret",
-    ];
+        &["init", "--restore", "--cosigner", &s.co.url],
+        &chain.iter().map(String::as_str).collect::<Vec<_>>()[..],
+    ]
+    .concat();
     let no_cosigner = [&restore[..2], &restore[4..]].concat();
     let (ok, _, err) = vigil(&dir, &no_cosigner, &["0123456789abcdef"]);
     assert!(!ok && err.contains("give --cosigner URL"), "{err}");
