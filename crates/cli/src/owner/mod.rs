@@ -426,6 +426,19 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `text` as an address of the wallet in `wallet`'s network, or an error naming the problem.
+fn parse_address(wallet: &WalletArgs, text: &str) -> anyhow::Result<Address> {
+    let network = wallet.dir().config()?.network()?;
+    text.parse::<Address<_>>()
+        .map_err(|e| anyhow::anyhow!("{text:?} is not a bitcoin address: {e}; nothing was done"))?
+        .require_network(network)
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{text} is an address of another network than this wallet's ({network}); nothing was done"
+            )
+        })
+}
+
 fn parse_btc(text: &str) -> anyhow::Result<Amount> {
     Amount::from_str_in(text.trim(), vigil_policy::bitcoin::Denomination::Bitcoin)
         .map_err(|e| anyhow::anyhow!("{text:?} is not an amount in BTC (for example 0.05): {e}"))

@@ -19,7 +19,7 @@ use vigil_client::wallet::PendingRecovery;
 use vigil_cosigner::wire;
 use vigil_policy::bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::{Address, Transaction};
+use vigil_policy::bitcoin::Transaction;
 
 use super::{backup_key, btc, open, say, vault_key, WalletArgs};
 
@@ -56,20 +56,7 @@ pub struct RecoverArgs {
 }
 
 pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
-    let to = match &args.to {
-        Some(a) => {
-            let network = args.wallet.dir().config()?.network()?;
-            Some(
-                a.parse::<Address<_>>()
-                    .map_err(|e| anyhow::anyhow!("{a:?} is not a bitcoin address: {e}; nothing was done"))?
-                    .require_network(network)
-                    .map_err(|_| {
-                        anyhow::anyhow!("{a} is an address of another network than this wallet's ({network}); nothing was done")
-                    })?,
-            )
-        }
-        None => None,
-    };
+    let to = args.to.as_deref().map(|a| super::parse_address(&args.wallet, a)).transpose()?;
     let copies: Vec<Psbt> = args.finish.iter().map(read_psbt).collect::<anyhow::Result<_>>()?;
     let session = open(&args.wallet)?;
     let chain = session.chain();

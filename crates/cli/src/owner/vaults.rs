@@ -409,12 +409,7 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
     // Bad input is refused before anything is asked or sent.
     let target = match (&args.address, &args.amount, args.resume) {
         (Some(address), Some(amount), false) => {
-            let network = args.wallet.dir().config()?.network()?;
-            let address = address
-                .parse::<Address<_>>()
-                .map_err(|e| anyhow::anyhow!("{address:?} is not a bitcoin address: {e}; nothing was done"))?
-                .require_network(network)
-                .map_err(|_| anyhow::anyhow!("{address} is an address of another network than this wallet's ({network}); nothing was done"))?;
+            let address = parse_address(&args.wallet, address)?;
             let amount = parse_btc(amount)?;
             let dust = address.script_pubkey().minimal_non_dust();
             if amount < dust {
