@@ -608,6 +608,21 @@ fn with_the_cosigner_or_every_tower_down_nothing_is_half_done_and_it_resumes() {
 }
 
 /// `vigil guardian ARGS` for the guardian whose key is `key` (passphrase in `pass`).
+/// `n` guardians, each made with `vigil guardian init`: their directory, key files and keys.
+fn guardians_made_by_cli(n: usize) -> (tempfile::TempDir, Vec<std::path::PathBuf>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<std::path::PathBuf> = (0..n).map(|i| dir.path().join(format!("g{i}.key"))).collect();
+    let keys = files
+        .iter()
+        .map(|k| {
+            let (ok, out, err) = guardian(k, &["init", "--network", "regtest"], None);
+            assert!(ok, "{err}");
+            serde_json::from_str::<Value>(&out).unwrap()["key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    (dir, files, keys)
+}
+
 fn guardian(key: &Path, args: &[&str], policy: Option<&Path>) -> (bool, String, String) {
     let pass = key.with_extension("pass");
     std::fs::write(&pass, "guardian passphrase\n").unwrap();
@@ -625,17 +640,7 @@ fn guardian(key: &Path, args: &[&str], policy: Option<&Path>) -> (bool, String, 
 fn with_the_cosigner_gone_for_good_owner_and_guardians_recover_every_coin_after_t_recover() {
     use base64::Engine as _;
     let mut s = services("", false);
-    let keys = tempfile::tempdir().unwrap();
-    let guardian_keys: Vec<std::path::PathBuf> =
-        (0..2).map(|i| keys.path().join(format!("g{i}.key"))).collect();
-    let xpubs: Vec<String> = guardian_keys
-        .iter()
-        .map(|k| {
-            let (ok, out, err) = guardian(k, &["init", "--network", "regtest"], None);
-            assert!(ok, "{err}");
-            serde_json::from_str::<Value>(&out).unwrap()["key"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let (_keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
     let Funded { _home, dir, phrase, payer, .. } = funded_with(&s, 2, &xpubs);
     let policy = dir.join("policy.toml");
     let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
@@ -872,17 +877,7 @@ fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_
     use base64::Engine as _;
     let (url, alarms) = webhook();
     let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"), false);
-    let keys = tempfile::tempdir().unwrap();
-    let guardian_keys: Vec<std::path::PathBuf> =
-        (0..2).map(|i| keys.path().join(format!("g{i}.key"))).collect();
-    let xpubs: Vec<String> = guardian_keys
-        .iter()
-        .map(|k| {
-            let (ok, out, err) = guardian(k, &["init", "--network", "regtest"], None);
-            assert!(ok, "{err}");
-            serde_json::from_str::<Value>(&out).unwrap()["key"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let (_keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
     let Funded { _home, dir, phrase, backup, payer, .. } = funded_with(&s, 1, &xpubs);
     let policy = dir.join("policy.toml");
     let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
