@@ -42,6 +42,12 @@ pub struct CosignerConfig {
     /// Seconds after an unlock's heartbeat the owner's vault and spend requests are served.
     #[serde(default = "default_heartbeat_fresh")]
     pub heartbeat_fresh_secs: u64,
+    /// How long a tower may keep refusing an order (a 4xx other than 401) before it is
+    /// settled for that tower with a `tower-refused` alarm instead of being sent forever.
+    /// Refusals that pass with time (a nonce race, a tower not yet enrolled, a proxy's) clear
+    /// well within it.
+    #[serde(default = "default_give_up")]
+    pub tower_refusal_give_up_secs: u64,
     /// The chain (a node, for heights and confirmations).
     pub chain: ChainConfig,
     /// Where requests and decisions are recorded.
@@ -88,6 +94,13 @@ pub const HEARTBEAT_FRESH_SECS: u64 = 15 * 60;
 
 fn default_heartbeat_fresh() -> u64 {
     HEARTBEAT_FRESH_SECS
+}
+
+/// A day: see [`CosignerConfig::tower_refusal_give_up_secs`].
+pub const TOWER_REFUSAL_GIVE_UP_SECS: u64 = 24 * 60 * 60;
+
+fn default_give_up() -> u64 {
+    TOWER_REFUSAL_GIVE_UP_SECS
 }
 
 fn default_expiry() -> u32 {

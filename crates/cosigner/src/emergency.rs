@@ -82,11 +82,13 @@ impl Cosigner {
             "client {} locked down by {:?} until block {} (tip {tip}): spends are refused",
             client.id, caller.role, client.lockdown_until
         );
+        // Its end as it holds here (a lift counted): a shorter lockdown asked while a lifted one
+        // runs must not lock the towers again past the lift.
         Self::queue_order(
             &mut **store,
             &mut batch,
             &client.id,
-            lockdown_order(&client.id, client.lockdown_until, false),
+            lockdown_order(&client.id, client.plain_end(), false),
         )?;
         batch
             .expect(kind::CLIENT, client.id.clone(), Some(before))
@@ -107,7 +109,7 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(store);
         self.push_soon(client.id.clone());
-        Ok(LockdownStatus { until_height: client.lockdown_until })
+        Ok(LockdownStatus { until_height: client.plain_end() })
     }
 
     /// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early; with the
@@ -126,10 +128,10 @@ impl Cosigner {
         if !client.locked(tip) && !client.under_duress(tip) {
             return Err(Refusal::Conflict("the client is not locked down".into()));
         }
-        if client.lift_at > 0 {
+        if client.lift_at > 0 && client.duress_lift_at > 0 {
             return Err(Refusal::Conflict(format!(
                 "the guardians' quorum lifts this lockdown at block {} already",
-                client.lift_at
+                client.lift_at.min(client.duress_lift_at)
             )));
         }
         // A proposal the chain caught up with is void: the wait counts from the quorum.
@@ -183,6 +185,7 @@ impl Cosigner {
         client.lift_votes.retain(|v| guardians.keys.iter().any(|g| g.auth_key().to_string() == v.key));
         if client.lift_votes.len() as u32 >= guardians.threshold {
             client.lift_at = client.lift_proposed;
+            client.duress_lift_at = client.lift_proposed;
             batch.alarm(alarm(
                 &client.id,
                 "lockdown-lift",
@@ -214,9 +217,7 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(store);
         self.push_soon(client.id.clone());
-        let end = client.lockdown_until.max(client.duress_until);
-        let until = if client.lift_at > 0 { end.min(client.lift_at) } else { end };
-        Ok(LockdownStatus { until_height: until })
+        Ok(LockdownStatus { until_height: client.plain_end().max(client.duress_end()) })
     }
 
     /// `POST /v1/heartbeat`: every unlock of the owner's client sends one. A duress one locks
@@ -247,7 +248,7 @@ impl Cosigner {
                 tracing::warn!(client = %client.id, "duress heartbeat");
                 if tip + DURESS_LOCKDOWN_BLOCKS > client.duress_until {
                     client.duress_until = tip + DURESS_LOCKDOWN_BLOCKS;
-                    client.new_lockdown_epoch();
+                    client.new_duress_epoch();
                 }
                 Self::queue_order(
                     &mut **store,
@@ -382,6 +383,7 @@ pub(crate) fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> T
         subject,
         acked: Vec::new(),
         refused: Vec::new(),
+        refusing_since: Default::default(),
     }
 }
 

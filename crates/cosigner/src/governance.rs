@@ -153,6 +153,7 @@ impl Cosigner {
                 subject,
                 acked: Vec::new(),
                 refused: Vec::new(),
+                refusing_since: Default::default(),
             },
         )?;
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(

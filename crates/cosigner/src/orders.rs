@@ -23,9 +23,13 @@ pub struct TowerOrder {
     pub subject: String,
     /// Towers (by name) that acknowledged it.
     pub acked: Vec<String>,
-    /// Towers (by name) that refused it for good: not asked again (the guardians are told).
+    /// Towers (by name) that kept refusing it past the give-up time: not asked again (the
+    /// guardians are told).
     #[serde(default)]
     pub refused: Vec<String>,
+    /// Towers refusing it now, with the unix time their refusals began.
+    #[serde(default)]
+    pub refusing_since: std::collections::BTreeMap<String, u64>,
 }
 
 impl TowerOrder {
@@ -109,6 +113,7 @@ impl Cosigner {
             .map_err(|_| Refusal::Internal)?
             .unwrap_or_default();
         let mut batch = Batch::default();
+        let time = crate::service::now();
         for (path, subject, answered) in done {
             for o in now.iter_mut().filter(|o| o.path == path && o.subject == subject) {
                 for report in &answered {
@@ -117,18 +122,24 @@ impl Cosigner {
                     }
                     if report.acknowledged {
                         o.acked.push(report.name.clone());
+                        o.refusing_since.remove(&report.name);
                     } else if let Some(why) = &report.refused {
-                        // Sent again it would be refused again: said once, loudly, and settled.
-                        tracing::error!(client = %client_id, tower = %report.name, %subject, %why, "tower refused an order for good");
-                        batch.alarm(crate::service::alarm(
-                            client_id,
-                            "tower-refused",
-                            format!(
-                                "tower {} refused \"{subject}\" for good ({why}); it is not sent again. Check that tower.",
-                                report.name
-                            ),
-                        ));
-                        o.refused.push(report.name.clone());
+                        // Refused again and again past the give-up time: said once, loudly,
+                        // and settled rather than sent forever.
+                        let since = *o.refusing_since.entry(report.name.clone()).or_insert(time);
+                        if time.saturating_sub(since) >= self.config.tower_refusal_give_up_secs {
+                            tracing::error!(client = %client_id, tower = %report.name, %subject, %why, "tower refused an order for good");
+                            batch.alarm(crate::service::alarm(
+                                client_id,
+                                "tower-refused",
+                                format!(
+                                    "tower {} kept refusing \"{subject}\" ({why}); it is not sent again. Check that tower.",
+                                    report.name
+                                ),
+                            ));
+                            o.refused.push(report.name.clone());
+                            o.refusing_since.remove(&report.name);
+                        }
                     }
                 }
             }

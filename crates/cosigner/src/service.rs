@@ -58,9 +58,15 @@ pub struct ClientRecord {
     /// The height the guardians propose to lift the lockdown at, 0: none.
     #[serde(default)]
     pub lift_proposed: u32,
-    /// Height from which the lockdown is lifted early (quorum + governance wait), 0: none.
+    /// Height from which the plain lockdown is lifted early (quorum + governance wait), 0:
+    /// none.
     #[serde(default)]
     pub lift_at: u32,
+    /// The same for the duress lockdown. Kept apart so that a duress code, which starts a new
+    /// duress lockdown, never undoes a lift of the plain one: the owner would see the lifted
+    /// lockdown back, and tell the codes apart.
+    #[serde(default)]
+    pub duress_lift_at: u32,
     /// Where this client's alarms are e-mailed (its guardians).
     #[serde(default)]
     pub alarm_emails: Vec<String>,
@@ -72,32 +78,49 @@ pub struct ClientRecord {
     pub last_heartbeat: u64,
 }
 
+/// `end`, unless a lift at `lift_at` (0: none) ends it earlier.
+fn lifted(end: u32, lift_at: u32) -> u32 {
+    if lift_at > 0 {
+        end.min(lift_at)
+    } else {
+        end
+    }
+}
+
 impl ClientRecord {
-    /// An end height, unless the guardians' quorum lifted the lockdowns earlier.
-    fn until(&self, end: u32) -> u32 {
-        if self.lift_at > 0 {
-            end.min(self.lift_at)
-        } else {
-            end
-        }
+    /// Where the lockdown the owner knows of ends, a lift counted.
+    pub fn plain_end(&self) -> u32 {
+        lifted(self.lockdown_until, self.lift_at)
+    }
+
+    /// Where the duress lockdown ends, a lift counted.
+    pub fn duress_end(&self) -> u32 {
+        lifted(self.duress_until, self.duress_lift_at)
     }
 
     /// Whether a lockdown the owner knows of holds at `tip`: spends are refused, openly.
     pub fn locked(&self, tip: u32) -> bool {
-        tip < self.until(self.lockdown_until)
+        tip < self.plain_end()
     }
 
     /// Whether the client is under duress at `tip`: answered as usual, never co-signed.
     pub fn under_duress(&self, tip: u32) -> bool {
-        tip < self.until(self.duress_until)
+        tip < self.duress_end()
     }
 
-    /// A new lockdown (or a longer one) starts a new early-lift process: votes for the last
+    /// A new (or longer) plain lockdown starts a new early-lift process: votes for the last
     /// one do not carry over.
     pub fn new_lockdown_epoch(&mut self) {
         self.lift_votes.clear();
         self.lift_proposed = 0;
         self.lift_at = 0;
+    }
+
+    /// The same for a new duress lockdown; a lift of the plain lockdown stands.
+    pub fn new_duress_epoch(&mut self) {
+        self.lift_votes.clear();
+        self.lift_proposed = 0;
+        self.duress_lift_at = 0;
     }
 }
 
@@ -495,6 +518,7 @@ impl Cosigner {
             lift_votes: Vec::new(),
             lift_proposed: 0,
             lift_at: 0,
+            duress_lift_at: 0,
             alarm_emails: p.alarm_emails.clone(),
             pending_policy: None,
             last_heartbeat: 0,

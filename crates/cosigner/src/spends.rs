@@ -231,7 +231,7 @@ impl Cosigner {
         if locked {
             return Err(Refusal::Forbidden(format!(
                 "the client is locked down until block {}: spends are refused",
-                client.lockdown_until
+                client.plain_end()
             )));
         }
         // Judged by the policy as it stands now, under the lock (a change may have committed
@@ -369,6 +369,7 @@ impl Cosigner {
                 subject: record.approval.unvault_txid.clone(),
                 acked,
                 refused: Vec::new(),
+                refusing_since: Default::default(),
             };
             Self::queue_order(&mut **store, &mut batch, &client.id, order)?;
         }
@@ -547,7 +548,7 @@ impl Cosigner {
         if client.locked(tip) {
             return Err(Refusal::Forbidden(format!(
                 "the client is locked down until block {}: nothing is signed",
-                client.lockdown_until
+                client.plain_end()
             )));
         }
         // Under duress nothing is signed, and the answer is the one a session gets whose

@@ -45,8 +45,8 @@ pub fn post_all(
                         }
                         Err((status, e)) => {
                             tracing::warn!(tower = %tower.name, path, error = %e, "tower did not acknowledge");
-                            let for_good = status.is_some_and(|s| (400..500).contains(&s) && s != 401);
-                            TowerReport { name, acknowledged: false, refused: for_good.then_some(e) }
+                            let refused = status.is_some_and(|s| (400..500).contains(&s) && s != 401);
+                            TowerReport { name, acknowledged: false, refused: refused.then_some(e) }
                         }
                     }
                 })

@@ -140,8 +140,8 @@ pub struct TowerReport {
     pub name: String,
     /// Whether it acknowledged (durably).
     pub acknowledged: bool,
-    /// Why it refused the request for good (a 4xx other than 401, which a retry with a fresh
-    /// nonce may pass): sending it again would change nothing.
+    /// Why it refused the request (a 4xx other than 401), when it did: an order kept being
+    /// refused is settled after a while (unsigned, a refusal alone settles nothing at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
 }

@@ -140,6 +140,7 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     let co = CosignerProcess::new(&node, "");
     let mut f = Family::new(&node, &co, example("cosigner lockdown"), 1, None);
     let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let second = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     // Any one guardian may lock the client down, at once.
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 2000}), &f.guardian(2)).unwrap();
     let until = locked["until_height"].as_u64().unwrap() as u32;
@@ -171,6 +172,10 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     assert_eq!(spend(&f, &vault).unwrap_err().0, 403, "still locked the block before");
     block(&node, &f, 1);
     assert_eq!(spend(&f, &vault).unwrap()["state"], "approved");
+    // A duress code starts a duress lockdown and leaves the lifted one lifted: the owner's
+    // spend is answered as after the real code (the lockdown does not come back into view).
+    f.heartbeat(true);
+    assert_eq!(spend(&f, &second).unwrap()["state"], "approved", "the lift stands under duress");
 
     // A lift names the lockdown it ends: the quorum's lift of the first one, handed to a tower
     // after a newer lockdown, does not end that one.
@@ -252,10 +257,11 @@ fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
 }
 
 #[test]
-fn an_order_a_tower_refuses_for_good_is_settled_with_an_alarm_not_sent_forever() {
+fn an_order_a_tower_keeps_refusing_is_settled_with_an_alarm_not_sent_forever() {
     let node = vigil_node();
     let (url, alarms) = webhook();
-    let co = CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let config = format!("tower_refusal_give_up_secs = 2\n[alarms]\nwebhooks = [{url:?}]\n");
+    let co = CosignerProcess::new(&node, &config);
     let mut f = Family::new(&node, &co, example("cosigner refused order"), 2, None);
     // One tower is down while a short lockdown comes and goes.
     f.towers[1].kill9();
@@ -266,8 +272,9 @@ fn an_order_a_tower_refuses_for_good_is_settled_with_an_alarm_not_sent_forever()
         Some(1),
         "waiting for the tower that is down"
     );
-    // Back up, it refuses a lockdown that has ended: that answer will not change, so the
-    // order is settled and the guardians are told, instead of being sent forever.
+    // Back up, it refuses a lockdown that has ended: that answer will not change, so after
+    // the give-up time the order is settled and the guardians are told, instead of being
+    // sent forever.
     f.towers[1].start();
     eventually("the order is settled", || {
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
