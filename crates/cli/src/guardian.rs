@@ -350,6 +350,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             show(&serde_json::to_value(&after)?, format!("Done.\n{}", describe(&after)));
         }
         GuardianCommand::Lockdown { blocks } => {
+            crate::owner::check_lockdown_blocks(blocks)?;
             let at_cosigner: Result<wire::LockdownStatus, _> =
                 co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
             // Every tower is told directly too: a compromised co-signer must not be able to

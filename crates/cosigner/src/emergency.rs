@@ -522,19 +522,27 @@ impl Cosigner {
         {
             return Err(Refusal::Unauthorized("signature: does not verify for owner_key".into()));
         }
-        let clients = self.store().list(kind::CLIENT, prefix)?;
-        for (_, text) in clients {
+        let mut found = Vec::new();
+        for (_, text) in self.store().list(kind::CLIENT, prefix)? {
             let client: crate::service::ClientRecord =
                 serde_json::from_str(&text).map_err(|e| crate::error::StoreError::Corrupt(e.to_string()))?;
             let owner = vigil_policy::Policy::from_toml(&client.policy)
                 .is_ok_and(|p| p.owner.keys.iter().any(|k| k.auth_key() == key));
             if owner {
-                tracing::info!(client = %client.id, "policy fetched for a restore");
-                return Ok(wire::FetchedPolicy { client: client.id, policy: client.policy });
+                found.push(client);
             }
         }
-        // One answer for "no such client" and "not its owner": the prefix alone tells nothing.
-        Err(Refusal::NotFound(format!("no client whose id begins {prefix} has this owner key")))
+        // Pinning keeps the 16 characters unique; were two found, neither could be trusted.
+        match <[_; 1]>::try_from(found) {
+            Ok([client]) => {
+                tracing::info!(client = %client.id, "policy fetched for a restore");
+                Ok(wire::FetchedPolicy { client: client.id, policy: client.policy })
+            }
+            // One answer for "no such client" and "not its owner": the prefix alone tells nothing.
+            Err(_) => {
+                Err(Refusal::NotFound(format!("no client whose id begins {prefix} has this owner key")))
+            }
+        }
     }
 
     /// `POST /v1/restore`: an owner's new device replaces the heartbeat hashes (any owner key

@@ -505,6 +505,15 @@ impl Cosigner {
             return Err(bad("heartbeat_real and heartbeat_duress must differ"));
         }
         CompiledPolicy::new(policy).map_err(|e| bad(format!("policy: {e}")))?;
+        // A lost device finds its policy by the id's first 16 characters (written at setup):
+        // they name one client only.
+        if store.list(kind::CLIENT, &id[..16.min(id.len())])?.iter().any(|(other, _)| *other != id) {
+            return Err(Refusal::Conflict(
+                "a policy whose id begins with the same 16 characters is pinned already: change anything in \
+                 this one (a comment will do) and pin it again"
+                    .into(),
+            ));
+        }
         let record = ClientRecord {
             id: id.clone(),
             account,

@@ -45,8 +45,9 @@ pub fn router(tower: Arc<Tower>) -> Router {
         .with_state(tower)
 }
 
-/// A declared body up to this size is read and dropped before the 413 goes out.
-const DRAIN_LIMIT: u64 = 4 * 1024 * 1024;
+/// A declared body up to this size is read and dropped before the 413 goes out (held in
+/// memory while it is read: kept small).
+const DRAIN_LIMIT: u64 = 1024 * 1024;
 /// How long a sender of an oversize body gets to finish it.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -54,7 +55,7 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 ///
 /// Answering as soon as the length is known and closing with the body unread makes the kernel
 /// reset the connection, and the client sees a broken pipe instead of the refusal; so a body of
-/// a few MiB is read and dropped first. (A chunked body over the limit still meets
+/// up to a MiB is read and dropped first. (A chunked body over the limit still meets
 /// [`DefaultBodyLimit`].) Shared with the co-signer's API.
 pub async fn refuse_oversize(State(max): State<usize>, request: Request, next: Next) -> Response {
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

@@ -185,7 +185,7 @@ pub(crate) fn lift_lockdown(
     let mut state = tower.lock();
     let tip = state.watcher.tip();
     let subject = format!("lockdown lift {} {}", client.id, req.lift_at_height);
-    match state.watcher.check_lift(&client.id, req.lift_at_height) {
+    match state.watcher.check_lift(&client.id, req.lift_at_height, req.lockdown_until) {
         // Delivered again (its acknowledgement was lost): acknowledged, whatever the height.
         Lift::AlreadyApplied => return Ok(ack(tower, subject)),
         Lift::Superseded { last } => {
@@ -215,7 +215,7 @@ pub(crate) fn lift_lockdown(
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
         return Err(stale_nonce(req.nonce, last));
     }
-    state.watcher.lift_lockdown(&client.id, req.lift_at_height);
+    state.watcher.lift_lockdown(&client.id, req.lift_at_height, req.lockdown_until);
     tower.act(state, &[])?;
     Ok(ack(tower, subject))
 }

@@ -444,6 +444,16 @@ fn parse_btc(text: &str) -> anyhow::Result<Amount> {
         .map_err(|e| anyhow::anyhow!("{text:?} is not an amount in BTC (for example 0.05): {e}"))
 }
 
+/// A lockdown's length every service takes (the co-signer's limit is the shorter): a length
+/// only the towers took could never be lifted by the guardians through the co-signer.
+pub(crate) fn check_lockdown_blocks(blocks: u32) -> anyhow::Result<()> {
+    let most = vigil_cosigner::service::MAX_LOCKDOWN_BLOCKS.min(vigil_tower::wire::MAX_LOCKDOWN_BLOCKS);
+    if blocks == 0 || blocks > most {
+        bail!("--blocks {blocks}: a lockdown lasts 1 to {most} blocks (four weeks); nothing was done");
+    }
+    Ok(())
+}
+
 /// `vigil panic`: a lockdown now, and the guardians asked to sweep every vault to the deep
 /// vault (only their quorum can sign that).
 pub fn panic(args: LockdownArgs) -> anyhow::Result<()> {
@@ -456,10 +466,7 @@ pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
 }
 
 fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
-    let most = vigil_tower::wire::MAX_LOCKDOWN_BLOCKS;
-    if args.blocks == 0 || args.blocks > most {
-        bail!("--blocks {}: a lockdown lasts 1 to {most} blocks (five weeks); nothing was done", args.blocks);
-    }
+    check_lockdown_blocks(args.blocks)?;
     let session = open(&args.wallet)?;
     let co: Result<wire::LockdownStatus, _> =
         session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks, sweep });

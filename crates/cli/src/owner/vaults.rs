@@ -296,7 +296,9 @@ fn send_and_broadcast(
     let chain = session.chain();
     let (status, vault) = match vaulting::finish(&session.cosigner, &session.compiled, prepared) {
         Ok(done) => done,
-        Err(vaulting::VaultingError::Cosigner(ClientError::Refused { status: 404, message, .. })) => {
+        Err(vaulting::VaultingError::Cosigner(ClientError::Refused { status: 404, message, .. }))
+            if message.contains("no ceremony in progress") =>
+        {
             // The ceremony expired (or the co-signer restarted) before the owner's half came.
             state.pending_vault = None;
             state.note(format!("vault {} was never made: {message}", prepared.outpoint));

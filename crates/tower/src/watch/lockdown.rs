@@ -27,10 +27,13 @@ pub struct Lockdown {
     pub plain_until: u32,
     /// A quiet (duress) lockdown holds below this height.
     pub quiet_until: u32,
-    /// The height of the last lift applied (0: none). A lift at or below it is a replay of
-    /// a decision already taken: it must not cut short a lockdown set since.
+    /// The height of the last lift applied (0: none).
     #[serde(default)]
     pub last_lift: u32,
+    /// The end of the lockdown that lift ended, as its signatures name it: a lift is known by
+    /// both, so a new lift for a newer lockdown at the same height is not taken for a replay.
+    #[serde(default)]
+    pub last_lift_until: u32,
 }
 
 /// What a guardian-quorum lift did.
@@ -112,26 +115,32 @@ impl Watcher {
         actions
     }
 
-    /// What lifting `client`'s lockdown at `height` would do, without doing it.
-    pub fn check_lift(&self, client: &str, height: u32) -> Lift {
-        let last = self.lockdowns.get(client).map_or(0, |l| l.last_lift);
-        match height.cmp(&last) {
-            std::cmp::Ordering::Greater => Lift::Applied,
-            std::cmp::Ordering::Equal => Lift::AlreadyApplied,
-            std::cmp::Ordering::Less => Lift::Superseded { last },
+    /// What lifting `client`'s lockdown that ends at `until` at `height` would do, without
+    /// doing it: the same lift again changes nothing; one for an older lockdown than the last
+    /// lifted, or lifting the same one earlier than it was, is a replay of a past decision.
+    pub fn check_lift(&self, client: &str, height: u32, until: u32) -> Lift {
+        let (last, last_until) =
+            self.lockdowns.get(client).map_or((0, 0), |l| (l.last_lift, l.last_lift_until));
+        if (height, until) == (last, last_until) {
+            Lift::AlreadyApplied
+        } else if until < last_until || (until == last_until && height < last) {
+            Lift::Superseded { last }
+        } else {
+            Lift::Applied
         }
     }
 
-    /// Ends `client`'s lockdown at `height` if it would hold longer (the guardians' quorum,
-    /// after the governance wait). Each lift applies once: replaying it later, after a new
-    /// lockdown, changes nothing.
-    pub fn lift_lockdown(&mut self, client: &str, height: u32) -> Lift {
-        let lift = self.check_lift(client, height);
+    /// Ends `client`'s lockdowns at `height` if they would hold longer (the guardians' quorum,
+    /// after the governance wait), for the lockdown ending at `until`. Each lift applies once:
+    /// replaying it later changes nothing.
+    pub fn lift_lockdown(&mut self, client: &str, height: u32, until: u32) -> Lift {
+        let lift = self.check_lift(client, height, until);
         if lift == Lift::Applied {
             let l = self.lockdowns.entry(client.to_owned()).or_default();
             l.plain_until = l.plain_until.min(height);
             l.quiet_until = l.quiet_until.min(height);
             l.last_lift = height;
+            l.last_lift_until = until;
             self.lockdowns_dirty = true;
         }
         lift

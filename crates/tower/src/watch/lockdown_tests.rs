@@ -50,15 +50,17 @@ fn a_lift_applies_once_and_a_replay_does_not_cut_short_a_later_lockdown() {
     let a = vault(0, 1_000_000);
     let mut w = watcher(&[&a], 100_000_000);
     w.lock_down("p", 5_000, false);
-    assert_eq!(w.lift_lockdown("p", 2_000), Lift::Applied);
+    assert_eq!(w.lift_lockdown("p", 2_000, 5_000), Lift::Applied);
     assert_eq!(w.lockdowns()["p"].plain_until, 2_000);
     // A new lockdown (duress, say) after the lift: the same lift handed in again changes
-    // nothing, an older one is refused, a newer one (a fresh quorum decision) applies.
+    // nothing, an earlier one for the same lockdown is refused, and so is one for an older
+    // lockdown; a lift for the newer lockdown applies, at the same height too.
     w.lock_down("p", 9_000, true);
     w.lock_down("p", 8_000, false);
-    assert_eq!(w.lift_lockdown("p", 2_000), Lift::AlreadyApplied);
-    assert_eq!(w.lift_lockdown("p", 1_999), Lift::Superseded { last: 2_000 });
+    assert_eq!(w.lift_lockdown("p", 2_000, 5_000), Lift::AlreadyApplied);
+    assert_eq!(w.lift_lockdown("p", 1_999, 5_000), Lift::Superseded { last: 2_000 });
+    assert_eq!(w.lift_lockdown("p", 2_500, 4_000), Lift::Superseded { last: 2_000 });
     assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (8_000, 9_000));
-    assert_eq!(w.lift_lockdown("p", 3_000), Lift::Applied);
-    assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (3_000, 3_000));
+    assert_eq!(w.lift_lockdown("p", 2_000, 9_000), Lift::Applied);
+    assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (2_000, 2_000));
 }
