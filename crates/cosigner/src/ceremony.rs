@@ -420,8 +420,11 @@ impl Cosigner {
         let mut store = self.store();
         let mut record: ClientRecord = Self::client(&mut **store, client)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&record).expect("json");
-        let start = record.tower_nonce;
-        record.tower_nonce += n.max(BLOCK);
+        // Never below the clock (as the parties' counters): a store restored from an older
+        // backup would otherwise repeat nonces the towers have seen, and its orders would be
+        // refused until retries walked past them.
+        let start = record.tower_nonce.max(crate::service::now());
+        record.tower_nonce = start + n.max(BLOCK);
         let mut batch = Batch::default();
         batch.expect(kind::CLIENT, client.to_owned(), Some(before)).put(
             kind::CLIENT,

@@ -283,3 +283,40 @@ fn an_order_a_tower_keeps_refusing_is_settled_with_an_alarm_not_sent_forever() {
     let said = alarms.lock().unwrap().iter().find(|a| a["kind"] == "tower-refused").cloned().unwrap();
     assert!(said["message"].as_str().unwrap().contains("tower-b"), "{said}");
 }
+
+#[test]
+fn a_cosigner_restored_from_an_older_backup_still_reaches_its_towers() {
+    let node = vigil_node();
+    let mut co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cosigner backup"), 1, None);
+    let data = co.dir.path().join("data");
+    let backup = co.dir.path().join("backup");
+    let copy_all = |from: &std::path::Path, to: &std::path::Path| {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    };
+    // A backup of the store, taken with the co-signer stopped.
+    co.kill9();
+    copy_all(&data, &backup);
+    co.start();
+    let delivered = |co: &CosignerProcess| {
+        eventually("every tower has the lockdown", || {
+            (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+        })
+    };
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.guardian(0)).unwrap();
+    delivered(&co);
+    // The store goes back to the backup: the towers have seen nonces it never recorded. (Its
+    // counter starts at the clock, so the next nonces are above them at once; retries would
+    // also walk past them, more slowly the more were used since the backup.)
+    co.kill9();
+    copy_all(&backup, &data);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    co.start();
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 20}), &f.guardian(0)).unwrap();
+    delivered(&co);
+}
