@@ -308,15 +308,18 @@ fn a_cosigner_restored_from_an_older_backup_still_reaches_its_towers() {
             (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
         })
     };
-    f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.guardian(0)).unwrap();
-    delivered(&co);
-    // The store goes back to the backup: the towers have seen nonces it never recorded. (Its
-    // counter starts at the clock, so the next nonces are above them at once; retries would
-    // also walk past them, more slowly the more were used since the backup.)
+    // Ten orders after the backup: ten nonces the restored store never saw. Retries would
+    // walk past them one per push, every 5 s: longer than `delivered` waits.
+    for blocks in 10..20 {
+        f.post("/v1/lockdown", &serde_json::json!({"blocks": blocks}), &f.guardian(0)).unwrap();
+        delivered(&co);
+    }
+    // The store goes back to the backup. Its counter starts at the clock, so once the clock
+    // has passed the nonces used since, the next ones are above them at once.
     co.kill9();
     copy_all(&backup, &data);
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::thread::sleep(std::time::Duration::from_secs(12));
     co.start();
-    f.post("/v1/lockdown", &serde_json::json!({"blocks": 20}), &f.guardian(0)).unwrap();
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 30}), &f.guardian(0)).unwrap();
     delivered(&co);
 }

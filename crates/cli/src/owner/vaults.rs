@@ -242,17 +242,13 @@ fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()
         &base64::engine::general_purpose::STANDARD.decode(unsigned)?,
     )
     .context("the waiting vault's record is damaged")?;
-    let coins: Vec<_> = state
-        .spendable_coins(&session.compiled)
-        .into_iter()
-        .filter(|c| unsigned.unsigned_tx.input.iter().any(|i| i.previous_output == c.outpoint))
-        .collect();
-    // In the transaction's order, as the policy checks them.
+    // The coins it spends, in the transaction's order, as the policy checks them.
+    let free = state.spendable_coins(&session.compiled);
     let coins: Vec<_> = unsigned
         .unsigned_tx
         .input
         .iter()
-        .filter_map(|i| coins.iter().find(|c| c.outpoint == i.previous_output).cloned())
+        .filter_map(|i| free.iter().find(|c| c.outpoint == i.previous_output).cloned())
         .collect();
     let funding = vaulting::take_signed_funding(&session.compiled, &coins, &unsigned, &signed)
         .map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
