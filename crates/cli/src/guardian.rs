@@ -83,6 +83,12 @@ enum GuardianCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Confirm the owner's restore on a new device, once you have spoken to the owner: until
+    /// the guardians' quorum confirms it, every vault spend waits for your approvals.
+    ConfirmRestore {
+        #[arg(long)]
+        yes: bool,
+    },
     /// Sign a new version of the policy (shows what changes first).
     Policy {
         /// The new policy file.
@@ -348,6 +354,30 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             };
             let after: SpendStatus = co.post(&format!("/v1/spends/{id}/vote"), &vote)?;
             show(&serde_json::to_value(&after)?, format!("Done.\n{}", describe(&after)));
+        }
+        GuardianCommand::ConfirmRestore { yes } => {
+            if !yes {
+                confirm(
+                    "The owner's wallet was restored on a new device. Confirm it only if you have spoken \
+                     to the owner yourself and they are free and safe: whoever restored it holds their own \
+                     codes.",
+                    "confirm",
+                )?;
+            }
+            let r: wire::RestoreConfirmation = co.post("/v1/restore/confirm", &wire::ConfirmRestore {})?;
+            let text = if r.held {
+                format!(
+                    "Your confirmation is in: {} of {} guardians. Vault spends still wait for the guardians.",
+                    r.confirmations, r.needed
+                )
+            } else {
+                format!(
+                    "The restore is confirmed ({} of {} guardians): vault spends within the limits are approved \
+                     at once again.",
+                    r.confirmations, r.needed
+                )
+            };
+            show(&serde_json::to_value(&r)?, text);
         }
         GuardianCommand::Lockdown { blocks } => {
             crate::owner::check_lockdown_blocks(blocks)?;

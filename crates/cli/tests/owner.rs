@@ -957,7 +957,8 @@ fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_
 fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy() {
     let (url, alarms) = webhook();
     let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"), false);
-    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 2);
+    let (_keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
+    let Funded { _home, dir, phrase, payer, .. } = funded_with(&s, 2, &xpubs);
     let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
     assert_eq!(made["state"], "protected", "{made}");
     mine(&s.node.rpc, 1, &payer.address());
@@ -1003,10 +1004,35 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
         "the new real code is the real one"
     );
 
-    // The restored wallet spends from its vault; the new duress code is a duress code.
+    // Whoever restored holds codes of their own (a captor may): until the guardians' quorum
+    // confirms the restore, a vault spend within the limits waits for them.
     let to = Wallet::new().address().to_string();
+    let held = json(&dir, &["spend", &to, "0.01"], &[new_real, &phrase]);
+    assert_eq!(held[0]["progress"]["stage"], "waiting for guardians", "{held}");
+    let policy = dir.join("policy.toml");
+    let confirm = |g: usize| guardian(&guardian_keys[g], &["confirm-restore", "--yes"], Some(&policy));
+    let (ok, out, err) = confirm(0);
+    assert!(ok, "{err}");
+    let first: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((first["confirmations"].as_u64(), first["needed"].as_u64()), (Some(1), Some(2)), "{first}");
+    assert_eq!(first["held"], true, "one guardian is not the quorum: {first}");
+    let (ok, _, err) = confirm(0);
+    assert!(!ok && err.contains("confirmed this restore already"), "{err}");
+    let (ok, out, err) = confirm(1);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["held"], false, "the quorum: {out}");
+    eventually("the guardians are told the restore is confirmed", || {
+        alarms.lock().unwrap().iter().any(|a| a["kind"] == "restore-confirmed").then_some(())
+    });
+    let (ok, _, err) = confirm(1);
+    assert!(!ok && err.contains("no restore"), "{err}");
+    // Confirmed, the restored wallet's next vault spend is approved at once; the new duress
+    // code is a duress code.
+    let made = json(&dir, &["vault", "0.05"], &[new_real, &phrase]);
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
     let started = json(&dir, &["spend", &to, "0.01"], &[new_real, &phrase]);
-    assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
+    assert!(started.as_array().unwrap().iter().any(|s| s["progress"]["stage"] == "unlocking"), "{started}");
     json(&dir, &["status"], &[new_duress]);
     eventually("the new duress code alarms", || {
         alarms.lock().unwrap().iter().any(|a| a["kind"] == "duress").then_some(())

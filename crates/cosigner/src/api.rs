@@ -38,6 +38,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/deep-vault/sign", post(deep_vault_sign))
         .route("/v1/restore", post(restore))
         .route("/v1/restore/policy", post(fetch_policy))
+        .route("/v1/restore/confirm", post(confirm_restore))
         .route("/v1/policy", post(change_policy))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -130,6 +131,11 @@ async fn vault_status(
 
 async fn restore(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
     signed(c, headers, "/v1/restore".into(), body, |c, caller, req| c.restore(caller, req)).await
+}
+
+async fn confirm_restore(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/restore/confirm".into(), body, |c, caller, req| c.confirm_restore(caller, req))
+        .await
 }
 
 async fn fetch_policy(State(c): State<Arc<Cosigner>>, body: Bytes) -> Response {

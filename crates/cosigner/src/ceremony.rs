@@ -17,6 +17,7 @@
 //! whatever happens, a funded vault is a protected one.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -27,7 +28,9 @@ use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::secp256k1::schnorr;
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction};
-use vigil_policy::{FundingInput, GraphSignatures, OneTimeKey, UnsignedGraph, VaultKind, VaultPlan};
+use vigil_policy::{
+    CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, UnsignedGraph, VaultKind, VaultPlan,
+};
 use vigil_tower::wire::RegisterVault;
 
 use crate::error::Refusal;
@@ -43,6 +46,9 @@ const MAX_OPEN_CEREMONIES: usize = 16;
 /// A ceremony between `begin` and the towers' acknowledgements: the one-time key lives here.
 pub struct Ceremony {
     client: String,
+    /// The policy the graph was built from, and its id.
+    compiled: Arc<CompiledPolicy>,
+    policy_id: String,
     plan: VaultPlan,
     graph: UnsignedGraph,
     funding: Psbt,
@@ -69,6 +75,11 @@ pub struct VaultRecord {
     pub towers: Vec<TowerReport>,
     /// The next approval counter.
     pub next_counter: u64,
+    /// The id (sha256) of the policy file the vault was made under: its scripts and DELAY
+    /// stay that policy's after the client's changes (empty in records from before it was
+    /// kept: the current policy).
+    #[serde(default)]
+    pub policy_id: String,
 }
 
 impl VaultRecord {
@@ -208,6 +219,8 @@ impl Cosigner {
             vault_outpoint,
             Ceremony {
                 client: caller.client.id.clone(),
+                compiled: compiled.clone(),
+                policy_id: vigil_tower::policy_id(&caller.client.policy),
                 plan,
                 graph,
                 funding,
@@ -277,7 +290,7 @@ impl Cosigner {
         for (mine, given) in candidate.inputs.iter_mut().zip(&theirs.inputs) {
             mine.tap_script_sigs.clone_from(&given.tap_script_sigs);
         }
-        let owner = caller
+        let owner = ceremony
             .compiled
             .owner_funding_signatures(&ceremony.coins, &candidate)
             .map_err(|e| bad(format!("funding_psbt: {e}")))?;
@@ -303,6 +316,7 @@ impl Cosigner {
             state: "registering".into(),
             towers: Vec::new(),
             next_counter: 1,
+            policy_id: ceremony.policy_id.clone(),
         };
         let mut store = self.store();
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;

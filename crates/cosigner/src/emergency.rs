@@ -434,13 +434,20 @@ impl Cosigner {
                     _ => None,
                 })
                 .ok_or_else(|| bad(format!("psbt: input {i} names no key of this co-signer")))?;
-            let deep = caller.compiled.deep_vault_descriptor(index).map_err(|_| Refusal::Internal)?;
-            if prevouts[i].script_pubkey != deep.script_pubkey() {
-                return Err(bad(format!(
-                    "psbt: input {i} does not spend this client's deep vault (index {index})"
-                )));
+            // The deep vault of the policy its coins were swept under: the current one, or
+            // one the client had before.
+            let mut made_under = None;
+            for compiled in self.client_policies(&caller.client)? {
+                let deep = compiled.deep_vault_descriptor(index).map_err(|_| Refusal::Internal)?;
+                if prevouts[i].script_pubkey == deep.script_pubkey() {
+                    made_under = Some(compiled);
+                    break;
+                }
             }
-            let leaves = caller.compiled.deep_vault_leaves(index).map_err(|_| Refusal::Internal)?;
+            let made_under = made_under.ok_or_else(|| {
+                bad(format!("psbt: input {i} does not spend this client's deep vault (index {index})"))
+            })?;
+            let leaves = made_under.deep_vault_leaves(index).map_err(|_| Refusal::Internal)?;
             let leaf = TapLeafHash::from_script(&leaves.fast, LeafVersion::TapScript);
             let sighash = cache
                 .taproot_script_spend_signature_hash(
@@ -566,6 +573,8 @@ impl Cosigner {
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
         client.heartbeat_real = r.heartbeat_real.clone();
         client.heartbeat_duress = r.heartbeat_duress.clone();
+        client.restore_unconfirmed = true;
+        client.restore_confirmations.clear();
         let mut vaults = Vec::new();
         for (_, outpoint) in store.list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
             if let Some(v) = crate::ceremony::vault_record(&mut **store, &outpoint)? {
@@ -585,12 +594,58 @@ impl Cosigner {
                 "owner-restored",
                 format!(
                     "the owner's wallet of {} was restored on a new device: the old device's codes no longer \
-                     count. If the owner did not tell you, lock the client down (`vigil guardian lockdown`).",
+                     count, and every vault spend waits for your approval until you confirm the restore. \
+                     Speak to the owner first; then `vigil guardian confirm-restore`. If the owner did not \
+                     tell you, lock the client down (`vigil guardian lockdown`).",
                     client.id
                 ),
             ));
         store.commit(&batch)?;
         vaults.sort_by_key(|v| v.vault.index);
         Ok(wire::Restored { vaults })
+    }
+
+    /// `POST /v1/restore/confirm`: a guardian confirms the owner's restore (having spoken to
+    /// the owner); once the quorum has, vault spends within the limits are approved at once
+    /// again.
+    pub fn confirm_restore(
+        &self,
+        caller: &Caller,
+        req: &Signed<wire::ConfirmRestore>,
+    ) -> Result<wire::RestoreConfirmation, Refusal> {
+        let g = caller.guardian()?;
+        let needed = caller.policy().guardians.threshold;
+        let mut store = self.store();
+        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let before = serde_json::to_string(&client).expect("json");
+        if !client.restore_unconfirmed {
+            return Err(Refusal::Conflict("no restore of the owner's wallet waits for confirmation".into()));
+        }
+        let me = caller.key.to_string();
+        if client.restore_confirmations.contains(&me) {
+            return Err(Refusal::Conflict("you confirmed this restore already".into()));
+        }
+        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        client.restore_confirmations.push(me);
+        let confirmations = client.restore_confirmations.len() as u32;
+        if confirmations >= needed {
+            client.restore_unconfirmed = false;
+            batch.alarm(alarm(
+                &client.id,
+                "restore-confirmed",
+                format!(
+                    "the guardians' quorum confirmed the restore of {}'s wallet (last: guardian {g}): vault \
+                     spends within the limits are approved at once again",
+                    client.id
+                ),
+            ));
+        }
+        batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
+            kind::CLIENT,
+            client.id.clone(),
+            serde_json::to_string(&client).expect("json"),
+        );
+        store.commit(&batch)?;
+        Ok(wire::RestoreConfirmation { confirmations, needed, held: client.restore_unconfirmed })
     }
 }

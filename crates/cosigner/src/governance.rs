@@ -30,11 +30,19 @@ fn bad(m: impl Into<String>) -> Refusal {
 }
 
 impl ClientRecord {
+    /// Makes `text` the policy, keeping the one it replaces for the vaults made under it.
+    pub fn adopt(&mut self, text: String) {
+        let old = std::mem::replace(&mut self.policy, text);
+        if !self.past_policies.contains(&old) {
+            self.past_policies.push(old);
+        }
+    }
+
     /// Applies the waiting change if its height has come; whether it did.
     pub fn apply_due(&mut self, tip: u32) -> bool {
         match self.pending_policy.take() {
             Some(p) if p.effective_height <= tip => {
-                self.policy = p.text;
+                self.adopt(p.text);
                 true
             }
             other => {
@@ -122,7 +130,7 @@ impl Cosigner {
         batch.delete(kind::POLICY_VOTES, votes_id);
         let effective_height = if tightening { tip } else { tip + self.config.governance_delay_blocks };
         if tightening {
-            client.policy = r.policy.clone();
+            client.adopt(r.policy.clone());
             client.pending_policy = None;
         } else {
             client.pending_policy = Some(PendingPolicy { text: r.policy.clone(), effective_height });

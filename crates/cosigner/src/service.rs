@@ -76,6 +76,18 @@ pub struct ClientRecord {
     /// Unix time of the last heartbeat with a known token (real or duress alike).
     #[serde(default)]
     pub last_heartbeat: u64,
+    /// Every policy file pinned before the current one, oldest first: a vault keeps the
+    /// scripts of the policy it was made under, whatever changed since.
+    #[serde(default)]
+    pub past_policies: Vec<String>,
+    /// The owner's wallet was restored on a new device and the guardians' quorum has not
+    /// confirmed it: whoever restored holds codes of their own (a captor may), so until then
+    /// every vault spend waits for the guardians.
+    #[serde(default)]
+    pub restore_unconfirmed: bool,
+    /// The guardians (auth keys, hex) who confirmed the last restore.
+    #[serde(default)]
+    pub restore_confirmations: Vec<String>,
 }
 
 /// `end`, unless a lift at `lift_at` (0: none) ends it earlier.
@@ -290,13 +302,47 @@ impl Cosigner {
     }
 
     pub(crate) fn compiled(&self, client: &ClientRecord) -> Result<Arc<CompiledPolicy>, Refusal> {
+        self.compile(&client.id, &client.policy)
+    }
+
+    /// The policy `vault` was made under (its scripts, its DELAY), which a later change of
+    /// the client's policy does not alter.
+    pub(crate) fn vault_policy(
+        &self,
+        client: &ClientRecord,
+        vault: &crate::ceremony::VaultRecord,
+    ) -> Result<Arc<CompiledPolicy>, Refusal> {
+        if vault.policy_id.is_empty() || vault.policy_id == vigil_tower::policy_id(&client.policy) {
+            return self.compiled(client);
+        }
+        let text = client
+            .past_policies
+            .iter()
+            .find(|t| vigil_tower::policy_id(t) == vault.policy_id)
+            .ok_or_else(|| {
+                tracing::error!(client = %client.id, policy = %vault.policy_id, "a vault's policy is not kept");
+                Refusal::Internal
+            })?;
+        self.compile(&client.id, text)
+    }
+
+    /// Every policy `client` has had, the current first.
+    pub(crate) fn client_policies(&self, client: &ClientRecord) -> Result<Vec<Arc<CompiledPolicy>>, Refusal> {
+        std::iter::once(&client.policy)
+            .chain(client.past_policies.iter().rev())
+            .map(|text| self.compile(&client.id, text))
+            .collect()
+    }
+
+    /// `text` compiled, from the cache when it was before.
+    fn compile(&self, client: &str, text: &str) -> Result<Arc<CompiledPolicy>, Refusal> {
         let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        let key = vigil_tower::policy_id(&client.policy);
+        let key = vigil_tower::policy_id(text);
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let policy = Policy::from_toml(&client.policy).map_err(|e| {
-            tracing::error!(client = %client.id, error = %e, "a pinned policy no longer builds");
+        let policy = Policy::from_toml(text).map_err(|e| {
+            tracing::error!(%client, error = %e, "a pinned policy no longer builds");
             Refusal::Internal
         })?;
         let compiled = Arc::new(CompiledPolicy::new(policy).map_err(|_| Refusal::Internal)?);
@@ -531,6 +577,9 @@ impl Cosigner {
             alarm_emails: p.alarm_emails.clone(),
             pending_policy: None,
             last_heartbeat: 0,
+            past_policies: Vec::new(),
+            restore_unconfirmed: false,
+            restore_confirmations: Vec::new(),
         };
         batch
             .expect(kind::CLIENT, id.clone(), None)

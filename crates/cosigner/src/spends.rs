@@ -60,6 +60,10 @@ pub struct SpendRecord {
     pub under_duress: bool,
     /// Towers' acknowledgements of the approval.
     pub towers: Vec<TowerReport>,
+    /// The vault's DELAY (that of the policy it was made under), blocks; 0 in records from
+    /// before it was kept.
+    #[serde(default)]
+    pub delay: u32,
 }
 
 fn bad(m: impl Into<String>) -> Refusal {
@@ -83,10 +87,20 @@ fn encode_psbt(psbt: &Psbt) -> String {
 }
 
 impl SpendRecord {
+    /// The vault's DELAY, or `fallback` for a record from before it was kept.
+    fn delay_or(&self, fallback: u32) -> u32 {
+        if self.delay > 0 {
+            self.delay
+        } else {
+            fallback
+        }
+    }
+
     /// The request as `viewer` may see it: a guardian learns it came under duress (as a
     /// lockdown); the owner's view is that of a normal session.
-    fn status(&self, viewer: Role, delay: u32) -> SpendStatus {
+    fn status(&self, viewer: Role, fallback_delay: u32) -> SpendStatus {
         let guardian = matches!(viewer, Role::Guardian(_));
+        let delay = self.delay_or(fallback_delay);
         SpendStatus {
             id: self.id,
             vault: self.vault.clone(),
@@ -130,8 +144,6 @@ impl Cosigner {
     pub fn request_spend(&self, caller: &Caller, req: &Signed<SpendRequest>) -> Result<SpendStatus, Refusal> {
         self.unlocked_owner(caller)?;
         let r = &req.request;
-        let policy = caller.policy();
-        let delay = policy.delays.unvault as u32;
         let vault = match vault_record(&mut **self.store(), &r.vault_outpoint)? {
             Some(v) if v.client == caller.client.id && v.state == "protected" => v,
             Some(v) if v.client == caller.client.id => {
@@ -142,6 +154,10 @@ impl Cosigner {
             }
             _ => return Err(Refusal::NotFound(format!("no vault {} of this client", r.vault_outpoint))),
         };
+        // The vault's scripts and DELAY are those of the policy it was made under; the
+        // approval rules below are the policy's as it stands now.
+        let made_under = self.vault_policy(&caller.client, &vault)?;
+        let delay = made_under.policy().delays.unvault as u32;
         let unvault = vault.unvault()?;
         let unvault_out = OutPoint { txid: unvault.compute_txid(), vout: 0 };
         let given = decode_psbt("psbt", &r.psbt)?;
@@ -153,7 +169,7 @@ impl Cosigner {
         }
         if tx.input[0].sequence != Sequence::from_height(delay as u16) {
             return Err(bad(format!(
-                "psbt: the input's sequence must be the policy's DELAY ({delay} blocks)"
+                "psbt: the input's sequence must be the vault's DELAY ({delay} blocks, from the policy it was made under)"
             )));
         }
         if tx.output.is_empty() {
@@ -161,7 +177,7 @@ impl Cosigner {
         }
         // Our own PSBT of the same transaction, from our records: only the owner's
         // signatures are taken from theirs.
-        let descriptors = caller.compiled.vault_descriptors(&vault.plan()?).map_err(|_| Refusal::Internal)?;
+        let descriptors = made_under.vault_descriptors(&vault.plan()?).map_err(|_| Refusal::Internal)?;
         let input = SpendInput {
             outpoint: unvault_out,
             txout: unvault.output[0].clone(),
@@ -179,8 +195,7 @@ impl Cosigner {
         // out: refused now, not at DELAY. Only those are kept from what the client sent.
         let mut candidate = psbt.clone();
         candidate.inputs[0].tap_script_sigs.clone_from(&given.inputs[0].tap_script_sigs);
-        let owner = caller
-            .compiled
+        let owner = made_under
             .owner_spend_signatures(&vault.plan()?, &candidate, 0)
             .map_err(|e| bad(format!("psbt: {e}")))?;
         if !owner.enough() {
@@ -247,7 +262,8 @@ impl Cosigner {
                 .output
                 .iter()
                 .all(|o| allowance.whitelist.iter().any(|a| a.script_pubkey() == o.script_pubkey));
-        let alone = !vault.guarded()
+        let alone = !client.restore_unconfirmed
+            && !vault.guarded()
             && amount_sat <= allowance.spend_limit_sat
             && used + amount_sat <= allowance.velocity_limit_sat
             && whitelisted;
@@ -276,6 +292,7 @@ impl Cosigner {
             under_lockdown: locked,
             under_duress: duress,
             towers: Vec::new(),
+            delay,
         };
         let mut next = client.clone();
         next.next_spend += 1;
@@ -298,7 +315,11 @@ impl Cosigner {
                     amount_sat,
                     r.vault_outpoint,
                     record.destinations.join(", "),
-                    if locked { " (requested DURING A LOCKDOWN)" } else { "" }
+                    if client.restore_unconfirmed {
+                        " (the owner's wallet was restored on a new device and you have not confirmed it yet)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -386,8 +407,6 @@ impl Cosigner {
     /// vault the spend itself) or denies, finally.
     pub fn vote(&self, caller: &Caller, id: u64, req: &Signed<Vote>) -> Result<SpendStatus, Refusal> {
         let g = caller.guardian()?;
-        let policy = caller.policy();
-        let delay = policy.delays.unvault as u32;
         let v = &req.request;
         let mut store = self.store();
         let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
@@ -425,6 +444,21 @@ impl Cosigner {
                     bad("approval_signature: does not verify over this request's terms with your key")
                 })?;
             if vault.guarded() {
+                // The spend leaf holds the guardians of the policy the vault was made under.
+                let made_under = self.vault_policy(&client, &vault)?;
+                let signer = made_under
+                    .policy()
+                    .guardians
+                    .keys
+                    .iter()
+                    .position(|k| k.auth_key() == caller.key)
+                    .ok_or_else(|| {
+                        Refusal::Forbidden(format!(
+                            "this guarded vault was made under policy version {}, whose guardians you are not \
+                             among: its spend needs their keys",
+                            made_under.policy().version
+                        ))
+                    })?;
                 let given = decode_psbt(
                     "psbt",
                     v.psbt
@@ -435,32 +469,16 @@ impl Cosigner {
                 if given.unsigned_tx != psbt.unsigned_tx {
                     return Err(bad("psbt: not the requested spend (its transaction differs)"));
                 }
-                let guardian_key = policy.guardians.keys[g]
-                    .xpub
-                    .derive_pub(
-                        &Secp256k1::new(),
-                        &[
-                            vigil_policy::bitcoin::bip32::ChildNumber::from_normal_idx(1).expect("1"),
-                            vigil_policy::bitcoin::bip32::ChildNumber::from_normal_idx(
-                                vault.registration.vault.index,
-                            )
-                            .map_err(|_| Refusal::Internal)?,
-                        ],
-                    )
-                    .map_err(|_| Refusal::Internal)?
-                    .public_key
-                    .x_only_public_key()
-                    .0;
-                let theirs: Vec<_> = given.inputs[0]
-                    .tap_script_sigs
-                    .iter()
-                    .filter(|((k, _), _)| *k == guardian_key)
-                    .map(|(k, v)| (*k, *v))
-                    .collect();
-                if theirs.is_empty() {
-                    return Err(bad("psbt: it carries no signature of your key for this vault's spend leaf"));
-                }
-                psbt.inputs[0].tap_script_sigs.extend(theirs);
+                // Only this guardian's valid signature is taken from what it sent.
+                let mut candidate = psbt.clone();
+                candidate.inputs[0].tap_script_sigs.clone_from(&given.inputs[0].tap_script_sigs);
+                let theirs = made_under
+                    .guardian_spend_signature(&vault.plan()?, signer, &candidate, 0)
+                    .map_err(|e| bad(format!("psbt: {e}")))?
+                    .ok_or_else(|| {
+                        bad("psbt: it carries no valid signature of your key on this vault's spend leaf")
+                    })?;
+                psbt.inputs[0].tap_script_sigs.extend([theirs]);
                 record.psbt = encode_psbt(&psbt);
             }
             record.signatures.push(wire::KeySignature {
@@ -485,6 +503,7 @@ impl Cosigner {
         );
         store.commit(&batch)?;
         drop(store);
+        let delay = record.delay_or(caller.policy().delays.unvault as u32);
         if record.state == "approved" {
             return self.push_approval(&client, record, delay, caller.role);
         }
@@ -518,13 +537,13 @@ impl Cosigner {
         req: &Signed<wire::SignSpend>,
     ) -> Result<SignedSpend, Refusal> {
         self.unlocked_owner(caller)?;
-        let delay = caller.policy().delays.unvault as u32;
         let tip = self.tip()?;
         let (client, record) = {
             let mut store = self.store();
             let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
             (client, self.spend(&mut **store, &caller.client.id, id)?)
         };
+        let delay = record.delay_or(caller.policy().delays.unvault as u32);
         if record.state != "approved" {
             return Err(Refusal::Conflict(format!("spend request {id} is {}, not approved", record.state)));
         }

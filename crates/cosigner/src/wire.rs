@@ -403,6 +403,23 @@ pub struct Restore {
     pub heartbeat_duress: String,
 }
 
+/// `POST /v1/restore/confirm`: a guardian confirms the owner's restore (the request's own
+/// signature and nonce are the vote).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRestore {}
+
+/// The answer to [`ConfirmRestore`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreConfirmation {
+    /// Guardians who confirmed so far.
+    pub confirmations: u32,
+    /// The quorum.
+    pub needed: u32,
+    /// Whether vault spends still wait for the guardians.
+    pub held: bool,
+}
+
 /// `POST /v1/restore/policy`: a lost device's owner, holding only the recovery phrase and the
 /// policy id's first 16 hex characters written at setup, asks for the pinned policy. Signed
 /// by the owner's request key over [`PolicyFetch::digest`] (no headers: without the policy

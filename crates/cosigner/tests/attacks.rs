@@ -200,6 +200,35 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         &co,
         &before,
     );
+    // The right spend, but the guardian's signature on it does not verify: taken, it would
+    // leave an approval whose spend can never complete.
+    let mut bad_sig = vigil_policy::bitcoin::psbt::Psbt::deserialize(
+        &base64::engine::general_purpose::STANDARD.decode(waiting["psbt"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    f.keys.sign_psbt(&mut bad_sig, &[vigil_policy::example::Signer::Guardian(0)]);
+    for sig in bad_sig.inputs[0].tap_script_sigs.values_mut() {
+        let mut bytes = sig.signature.serialize();
+        bytes[10] ^= 1;
+        sig.signature = vigil_policy::bitcoin::secp256k1::schnorr::Signature::from_slice(&bytes).unwrap();
+    }
+    let vote = body(
+        f.next_nonce(),
+        now,
+        json!({
+            "approve": true,
+            "approval_signature": vigil_cosigner::wire::sign(&digest, &f.guardian(0)).signature,
+            "psbt": base64::engine::general_purpose::STANDARD.encode(bad_sig.serialize()),
+        }),
+    );
+    check(
+        "a guardian's spend signature that does not verify",
+        post_raw(&f.cosigner, &format!("/v1/spends/{waiting_id}/vote"), &vote, &f.guardian(0)),
+        400,
+        &f,
+        &co,
+        &before,
+    );
     // The intake coin of `standard` funds it already: no second spend of it.
     let funded = standard.funding.input[0].previous_output;
     let again = BeginVault {

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::Amount;
-use vigil_policy::VaultKind;
+use vigil_policy::{CompiledPolicy, Policy, VaultKind};
 use vigil_testenv::cosigner::CosignerProcess;
 use vigil_testenv::family::Family;
 use vigil_testenv::household::DELAY;
@@ -254,6 +254,61 @@ fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
     assert_eq!(spend(&f, &last).unwrap()["state"], "waiting");
     // An older version, or the same again, changes nothing.
     assert_eq!(f.change_policy(&tightened, &[1, 2]).unwrap_err().0, 409);
+}
+
+#[test]
+fn a_vault_keeps_the_scripts_and_delay_of_the_policy_it_was_made_under() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner old vaults"), 1, None);
+    let standard = f.vault(&node, Amount::from_sat(500_000), VaultKind::Standard);
+    let guarded = f.vault(&node, Amount::from_sat(600_000), VaultKind::Guarded);
+    // A longer DELAY changes every new vault's scripts; not an allowance tightening, it
+    // waits the governance delay.
+    let longer = DELAY + 6;
+    let changed = f
+        .policy_text
+        .replace("version = 1", "version = 2")
+        .replace(&format!("unvault = {DELAY}\n"), &format!("unvault = {longer}\n"));
+    assert!(changed.contains(&format!("unvault = {longer}\n")), "{changed}");
+    let change = f.change_policy(&changed, &[0, 1]).unwrap();
+    block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
+
+    // The standard vault made before: its spend carries its own DELAY, not the new one.
+    f.example.delay = longer;
+    let wrong = spend(&f, &standard).unwrap_err();
+    assert!(wrong.0 == 400 && wrong.1.contains(&format!("vault's DELAY ({DELAY} blocks")), "{wrong:?}");
+    f.example.delay = DELAY;
+    let approved = spend(&f, &standard).unwrap();
+    assert_eq!(
+        (approved["state"].as_str(), approved["spendable_after_blocks"].as_u64()),
+        (Some("approved"), Some(DELAY as u64)),
+        "{approved}"
+    );
+    let spent = |f: &Family, vault: &Vault, id: u64, delay: u32| {
+        unvault(&node, f, vault);
+        block(&node, f, delay - 1);
+        let tx = f.sign(id).unwrap();
+        node.rpc.broadcast(&tx).unwrap();
+        block(&node, f, 1);
+        assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+    };
+    spent(&f, &standard, approved["id"].as_u64().unwrap(), DELAY);
+    // The guarded one: the guardians sign its spend leaf, whose keys are its policy's.
+    let asked = spend(&f, &guarded).unwrap();
+    let id = asked["id"].as_u64().unwrap();
+    assert_eq!(f.vote(0, id, true).unwrap()["state"], "waiting");
+    assert_eq!(f.vote(1, id, true).unwrap()["state"], "approved");
+    spent(&f, &guarded, id, DELAY);
+
+    // A vault made now has the new DELAY.
+    f.compiled = CompiledPolicy::new(Policy::from_toml(&changed).unwrap()).unwrap();
+    f.policy_text = changed;
+    f.example.delay = longer;
+    let new = f.vault(&node, Amount::from_sat(500_000), VaultKind::Standard);
+    let approved = spend(&f, &new).unwrap();
+    assert_eq!(approved["spendable_after_blocks"].as_u64(), Some(longer as u64), "{approved}");
+    spent(&f, &new, approved["id"].as_u64().unwrap(), longer);
 }
 
 #[test]

@@ -44,11 +44,14 @@ pub struct CompiledPolicy {
     sizes: GraphSizes,
 }
 
+/// A signature as a PSBT input holds it, under its (key, leaf).
+pub type LeafSignature = ((XOnlyPublicKey, TapLeafHash), bitcoin::taproot::Signature);
+
 /// The owner's signatures found valid on a vault spend's leaf, and the threshold.
 #[derive(Debug, Clone)]
 pub struct OwnerSignatures {
     /// Each valid signature under its (key, leaf), as a PSBT input holds it.
-    pub valid: Vec<((XOnlyPublicKey, TapLeafHash), bitcoin::taproot::Signature)>,
+    pub valid: Vec<LeafSignature>,
     /// The owner's threshold.
     pub needed: u32,
 }
@@ -226,6 +229,30 @@ impl CompiledPolicy {
         psbt: &Psbt,
         input: usize,
     ) -> Result<OwnerSignatures, PolicyError> {
+        let (keys, leaf) = self.spend_leaf(plan)?;
+        let valid = leaf_signatures(&keys, &self.templates.owner_names, &leaf, psbt, input)?;
+        Ok(OwnerSignatures { valid, needed: self.policy.owner.threshold })
+    }
+
+    /// Guardian `guardian`'s valid signature (SIGHASH_DEFAULT) on the spend leaf of `plan`'s
+    /// guarded unvault output on input `input` of `psbt`, if it is there: a vote whose
+    /// signature would not verify would leave an approved spend that can never complete.
+    pub fn guardian_spend_signature(
+        &self,
+        plan: &VaultPlan,
+        guardian: usize,
+        psbt: &Psbt,
+        input: usize,
+    ) -> Result<Option<LeafSignature>, PolicyError> {
+        let (keys, leaf) = self.spend_leaf(plan)?;
+        Ok(leaf_signatures(&keys, &[format!("G{guardian}")], &leaf, psbt, input)?.pop())
+    }
+
+    /// The keys at `plan`'s index and the script of its unvault output's spend leaf.
+    fn spend_leaf(
+        &self,
+        plan: &VaultPlan,
+    ) -> Result<(HashMap<String, XOnlyPublicKey>, ScriptBuf), PolicyError> {
         let keys = self.vault_keys.xonly_at(plan.index)?;
         let template = match plan.kind {
             VaultKind::Standard => &self.templates.spend_leaf_standard,
@@ -233,7 +260,8 @@ impl CompiledPolicy {
         };
         let Descriptor::Tr(tr) = translate(template, &keys)? else { unreachable!("a tr() template") };
         let (_, ms) = tr.iter_scripts().next().expect("one leaf");
-        self.owner_leaf_signatures(&keys, &ms.encode(), psbt, input)
+        let leaf = ms.encode();
+        Ok((keys, leaf))
     }
 
     /// The owner's valid signatures on each input of a vault's funding `psbt` spending
@@ -262,46 +290,10 @@ impl CompiledPolicy {
                     .map(|(_, ms)| ms.encode())
                     .find(|s| *s != recover)
                     .expect("the intake's leaf with the co-signer");
-                self.owner_leaf_signatures(&keys, &cosigned, psbt, input)
+                let valid = leaf_signatures(&keys, &self.templates.owner_names, &cosigned, psbt, input)?;
+                Ok(OwnerSignatures { valid, needed: self.policy.owner.threshold })
             })
             .collect()
-    }
-
-    /// The owner's valid SIGHASH_DEFAULT signatures on `leaf` for input `input` of `psbt`.
-    fn owner_leaf_signatures(
-        &self,
-        keys: &HashMap<String, XOnlyPublicKey>,
-        leaf: &ScriptBuf,
-        psbt: &Psbt,
-        input: usize,
-    ) -> Result<OwnerSignatures, PolicyError> {
-        let leaf = TapLeafHash::from_script(leaf, LeafVersion::TapScript);
-        let prevouts: Vec<TxOut> = psbt.inputs.iter().filter_map(|i| i.witness_utxo.clone()).collect();
-        if prevouts.len() != psbt.inputs.len() {
-            return Err(PsbtError::MissingUtxo.into());
-        }
-        let sighash = SighashCache::new(&psbt.unsigned_tx)
-            .taproot_script_spend_signature_hash(
-                input,
-                &Prevouts::All(&prevouts),
-                leaf,
-                TapSighashType::Default,
-            )
-            .map_err(PsbtError::from)?;
-        let msg = Message::from_digest(sighash.to_byte_array());
-        let valid = self
-            .templates
-            .owner_names
-            .iter()
-            .filter_map(|name| {
-                let key = keys[name];
-                let sig = *psbt.inputs.get(input)?.tap_script_sigs.get(&(key, leaf))?;
-                (sig.sighash_type == TapSighashType::Default
-                    && crate::config::secp().verify_schnorr(&sig.signature, &msg, &key).is_ok())
-                .then_some(((key, leaf), sig))
-            })
-            .collect();
-        Ok(OwnerSignatures { valid, needed: self.policy.owner.threshold })
     }
 
     /// The deep vault's output at vault index `index` (it holds no one-time key): what E and
@@ -711,4 +703,34 @@ impl UnsignedGraph {
     pub fn unvault_txid(&self) -> Txid {
         self.unvault.tx.compute_txid()
     }
+}
+
+/// The valid SIGHASH_DEFAULT signatures of the keys named `names` (in `keys`) on `leaf` for
+/// input `input` of `psbt`.
+fn leaf_signatures(
+    keys: &HashMap<String, XOnlyPublicKey>,
+    names: &[String],
+    leaf: &ScriptBuf,
+    psbt: &Psbt,
+    input: usize,
+) -> Result<Vec<LeafSignature>, PolicyError> {
+    let leaf = TapLeafHash::from_script(leaf, LeafVersion::TapScript);
+    let prevouts: Vec<TxOut> = psbt.inputs.iter().filter_map(|i| i.witness_utxo.clone()).collect();
+    if prevouts.len() != psbt.inputs.len() {
+        return Err(PsbtError::MissingUtxo.into());
+    }
+    let sighash = SighashCache::new(&psbt.unsigned_tx)
+        .taproot_script_spend_signature_hash(input, &Prevouts::All(&prevouts), leaf, TapSighashType::Default)
+        .map_err(PsbtError::from)?;
+    let msg = Message::from_digest(sighash.to_byte_array());
+    Ok(names
+        .iter()
+        .filter_map(|name| {
+            let key = *keys.get(name)?;
+            let sig = *psbt.inputs.get(input)?.tap_script_sigs.get(&(key, leaf))?;
+            (sig.sighash_type == TapSighashType::Default
+                && crate::config::secp().verify_schnorr(&sig.signature, &msg, &key).is_ok())
+            .then_some(((key, leaf), sig))
+        })
+        .collect())
 }

@@ -33,8 +33,8 @@ pub use descriptors::{nums, taproot_leaves, VaultKind, NUMS_POINT};
 pub use error::{DescriptorError, PolicyError, PsbtError, SignatureError, TaprootError};
 pub use funding::FundingInput;
 pub use graph::{
-    CompiledPolicy, DeepVaultLeaves, GraphRole, OwnerSignatures, PresignedTx, RangedDescriptors,
-    UnsignedGraph, VaultDescriptors, VaultPlan, GRAPH_TX_VERSION,
+    CompiledPolicy, DeepVaultLeaves, GraphRole, LeafSignature, OwnerSignatures, PresignedTx,
+    RangedDescriptors, UnsignedGraph, VaultDescriptors, VaultPlan, GRAPH_TX_VERSION,
 };
 pub use signing::{GraphSignatures, OneTimeKey, SignedGraph};
 pub use spends::{finalize, sign_key_path, spend_psbt, SpendInput};
