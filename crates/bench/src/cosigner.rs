@@ -50,7 +50,9 @@ fn burst(
                     },
                 };
                 let took = start.elapsed();
-                (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), took)
+                let answer = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+                (status, answer, took)
             })
         })
         .collect();

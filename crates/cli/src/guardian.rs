@@ -356,15 +356,23 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             show(&serde_json::to_value(&after)?, format!("Done.\n{}", describe(&after)));
         }
         GuardianCommand::ConfirmRestore { yes } => {
+            let last: wire::RestoreState = co.get("/v1/restore")?;
+            if !last.unconfirmed {
+                bail!("no restore of the owner's wallet waits for confirmation: nothing was signed");
+            }
             if !yes {
                 confirm(
-                    "The owner's wallet was restored on a new device. Confirm it only if you have spoken \
-                     to the owner yourself and they are free and safe: whoever restored it holds their own \
-                     codes.",
+                    &format!(
+                        "The owner's wallet was restored on a new device at block {} (restore {}). Confirm it \
+                         only if you have spoken to the owner yourself since, and they are free and safe: \
+                         whoever restored it holds their own codes.",
+                        last.restored_at_height, last.restore
+                    ),
                     "confirm",
                 )?;
             }
-            let r: wire::RestoreConfirmation = co.post("/v1/restore/confirm", &wire::ConfirmRestore {})?;
+            let r: wire::RestoreConfirmation =
+                co.post("/v1/restore/confirm", &wire::ConfirmRestore { restore: last.restore })?;
             let text = if r.held {
                 format!(
                     "Your confirmation is in: {} of {} guardians. Vault spends still wait for the guardians.",

@@ -36,9 +36,9 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/panic", post(panic))
         .route("/v1/deep-vault/sign", post(deep_vault_sign))
-        .route("/v1/restore", post(restore))
         .route("/v1/restore/policy", post(fetch_policy))
         .route("/v1/restore/confirm", post(confirm_restore))
+        .route("/v1/restore", get(restore_state).post(restore))
         .route("/v1/policy", post(change_policy))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -136,6 +136,10 @@ async fn restore(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes
 async fn confirm_restore(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
     signed(c, headers, "/v1/restore/confirm".into(), body, |c, caller, req| c.confirm_restore(caller, req))
         .await
+}
+
+async fn restore_state(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {
+    signed_get(c, headers, "/v1/restore".into(), |c, caller| c.restore_state(caller)).await
 }
 
 async fn fetch_policy(State(c): State<Arc<Cosigner>>, body: Bytes) -> Response {

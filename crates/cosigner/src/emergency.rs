@@ -575,6 +575,8 @@ impl Cosigner {
         client.heartbeat_duress = r.heartbeat_duress.clone();
         client.restore_unconfirmed = true;
         client.restore_confirmations.clear();
+        client.restores += 1;
+        client.restored_at_height = self.tip()?;
         let mut vaults = Vec::new();
         for (_, outpoint) in store.list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
             if let Some(v) = crate::ceremony::vault_record(&mut **store, &outpoint)? {
@@ -593,11 +595,11 @@ impl Cosigner {
                 &client.id,
                 "owner-restored",
                 format!(
-                    "the owner's wallet of {} was restored on a new device: the old device's codes no longer \
-                     count, and every vault spend waits for your approval until you confirm the restore. \
-                     Speak to the owner first; then `vigil guardian confirm-restore`. If the owner did not \
-                     tell you, lock the client down (`vigil guardian lockdown`).",
-                    client.id
+                    "the owner's wallet of {} was restored on a new device (restore {} at block {}): the old \
+                     device's codes no longer count, and every vault spend waits for your approval until you \
+                     confirm the restore. Speak to the owner first; then `vigil guardian confirm-restore`. If \
+                     the owner did not tell you, lock the client down (`vigil guardian lockdown`).",
+                    client.id, client.restores, client.restored_at_height
                 ),
             ));
         store.commit(&batch)?;
@@ -620,6 +622,13 @@ impl Cosigner {
         let before = serde_json::to_string(&client).expect("json");
         if !client.restore_unconfirmed {
             return Err(Refusal::Conflict("no restore of the owner's wallet waits for confirmation".into()));
+        }
+        if req.request.restore != client.restores {
+            return Err(Refusal::Conflict(format!(
+                "restore {} is not the latest: the wallet was restored again since (restore {} at block {}); \
+                 speak to the owner again before you confirm",
+                req.request.restore, client.restores, client.restored_at_height
+            )));
         }
         let me = caller.key.to_string();
         if client.restore_confirmations.contains(&me) {
@@ -647,5 +656,18 @@ impl Cosigner {
         );
         store.commit(&batch)?;
         Ok(wire::RestoreConfirmation { confirmations, needed, held: client.restore_unconfirmed })
+    }
+
+    /// `GET /v1/restore`: the last restore, for a guardian about to confirm it.
+    pub fn restore_state(&self, caller: &Caller) -> Result<wire::RestoreState, Refusal> {
+        caller.guardian()?;
+        let client = Self::client(&mut **self.store(), &caller.client.id)?.ok_or(Refusal::Internal)?;
+        Ok(wire::RestoreState {
+            restore: client.restores,
+            restored_at_height: client.restored_at_height,
+            unconfirmed: client.restore_unconfirmed,
+            confirmations: client.restore_confirmations.len() as u32,
+            needed: caller.policy().guardians.threshold,
+        })
     }
 }

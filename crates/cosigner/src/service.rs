@@ -88,6 +88,12 @@ pub struct ClientRecord {
     /// The guardians (auth keys, hex) who confirmed the last restore.
     #[serde(default)]
     pub restore_confirmations: Vec<String>,
+    /// Restores so far: a confirmation names the one it confirms.
+    #[serde(default)]
+    pub restores: u32,
+    /// The tip at the last restore.
+    #[serde(default)]
+    pub restored_at_height: u32,
 }
 
 /// `end`, unless a lift at `lift_at` (0: none) ends it earlier.
@@ -580,6 +586,8 @@ impl Cosigner {
             past_policies: Vec::new(),
             restore_unconfirmed: false,
             restore_confirmations: Vec::new(),
+            restores: 0,
+            restored_at_height: 0,
         };
         batch
             .expect(kind::CLIENT, id.clone(), None)

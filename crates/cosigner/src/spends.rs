@@ -267,7 +267,12 @@ impl Cosigner {
             && amount_sat <= allowance.spend_limit_sat
             && used + amount_sat <= allowance.velocity_limit_sat
             && whitelisted;
-        let needed = if alone { 0 } else { policy.guardians.threshold };
+        // A guarded vault's spend leaf needs its own policy's quorum of guardians' keys.
+        let needed = match (alone, vault.guarded()) {
+            (true, _) => 0,
+            (false, true) => policy.guardians.threshold.max(made_under.policy().guardians.threshold),
+            (false, false) => policy.guardians.threshold,
+        };
         let approval = Approval {
             vault_outpoint: r.vault_outpoint.clone(),
             unvault_txid: unvault_out.txid.to_string(),
@@ -445,7 +450,7 @@ impl Cosigner {
                 })?;
             if vault.guarded() {
                 // The spend leaf holds the guardians of the policy the vault was made under.
-                let made_under = self.vault_policy(&client, &vault)?;
+                let made_under = self.vault_policy(&caller.client, &vault)?;
                 let signer = made_under
                     .policy()
                     .guardians
@@ -569,6 +574,15 @@ impl Cosigner {
                 "the client is locked down until block {}: nothing is signed",
                 client.plain_end()
             )));
+        }
+        // Approved without the guardians before a restore they have not confirmed: whoever
+        // restored may hold the phrase only.
+        if client.restore_unconfirmed && record.needed == 0 {
+            return Err(Refusal::Forbidden(
+                "the wallet was restored on a new device and the guardians have not confirmed it yet: \
+                 this spend is signed once they have"
+                    .into(),
+            ));
         }
         // Under duress nothing is signed, and the answer is the one a session gets whose
         // unvault a tower cancelled (which the towers did, quietly, before this height).

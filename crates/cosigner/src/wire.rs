@@ -407,7 +407,26 @@ pub struct Restore {
 /// signature and nonce are the vote).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConfirmRestore {}
+pub struct ConfirmRestore {
+    /// The restore confirmed (its number, [`RestoreState::restore`]): a later one needs a
+    /// confirmation of its own.
+    pub restore: u32,
+}
+
+/// `GET /v1/restore`: the last restore of the owner's wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreState {
+    /// Restores so far (0: never restored).
+    pub restore: u32,
+    /// The tip when it was made.
+    pub restored_at_height: u32,
+    /// Vault spends wait for the guardians until the quorum confirms it.
+    pub unconfirmed: bool,
+    /// Guardians who confirmed it so far.
+    pub confirmations: u32,
+    /// The quorum.
+    pub needed: u32,
+}
 
 /// The answer to [`ConfirmRestore`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

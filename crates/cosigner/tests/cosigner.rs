@@ -312,6 +312,48 @@ fn a_vault_keeps_the_scripts_and_delay_of_the_policy_it_was_made_under() {
 }
 
 #[test]
+fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_confirm_it() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner restore hold"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(500_000), VaultKind::Standard);
+    let later = f.vault(&node, Amount::from_sat(500_000), VaultKind::Standard);
+    // Approved at once, before anyone restored the wallet.
+    let approved = spend(&f, &vault).unwrap();
+    assert_eq!(approved["state"], "approved", "{approved}");
+    let id = approved["id"].as_u64().unwrap();
+    // Someone holding the phrase restores it with codes of their own.
+    let restore =
+        vigil_cosigner::wire::Restore { heartbeat_real: "11".repeat(32), heartbeat_duress: "22".repeat(32) };
+    f.post("/v1/restore", &restore, &f.owner()).unwrap();
+    unvault(&node, &f, &vault);
+    block(&node, &f, DELAY - 1);
+    let held = f.sign(id).unwrap_err();
+    assert!(held.0 == 403 && held.1.contains("guardians have not confirmed"), "{held:?}");
+    assert_eq!(spend(&f, &later).unwrap()["state"], "waiting", "a new request waits for the guardians");
+    // A confirmation names the restore it confirms: one of an earlier restore is refused.
+    let state = f.get("/v1/restore", &f.guardian(0)).unwrap();
+    assert_eq!((state["restore"].as_u64(), state["unconfirmed"].as_bool()), (Some(1), Some(true)), "{state}");
+    let confirm = |g: usize, restore: u32| {
+        f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore }, &f.guardian(g))
+    };
+    assert_eq!(confirm(0, 0).unwrap_err().0, 409);
+    assert_eq!(
+        f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore: 1 }, &f.owner())
+            .unwrap_err()
+            .0,
+        403
+    );
+    assert_eq!(confirm(0, 1).unwrap()["held"], true);
+    assert_eq!(f.sign(id).unwrap_err().0, 403, "one guardian is not the quorum");
+    assert_eq!(confirm(1, 1).unwrap()["held"], false);
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+}
+
+#[test]
 fn an_order_a_tower_keeps_refusing_is_settled_with_an_alarm_not_sent_forever() {
     let node = vigil_node();
     let (url, alarms) = webhook();
