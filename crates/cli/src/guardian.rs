@@ -310,11 +310,20 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         GuardianCommand::Pending => {
             let all: Vec<SpendStatus> = co.get("/v1/spends")?;
             let waiting: Vec<&SpendStatus> = all.iter().filter(|s| s.state == "waiting").collect();
-            let text = if waiting.is_empty() {
+            let mut text = if waiting.is_empty() {
                 "No spend request is waiting for guardians.".to_owned()
             } else {
                 waiting.iter().map(|s| describe(s)).collect::<Vec<_>>().join("\n\n")
             };
+            let restore: wire::RestoreState = co.get("/v1/restore")?;
+            if restore.unconfirmed {
+                text = format!(
+                    "The owner's wallet was restored on a new device at block {} and waits for your \
+                     confirmation ({} of {} guardians so far): until then every vault spend waits for you. \
+                     Speak to the owner, then: vigil guardian confirm-restore\n\n{text}",
+                    restore.restored_at_height, restore.confirmations, restore.needed
+                );
+            }
             show(&serde_json::to_value(&waiting)?, text);
         }
         GuardianCommand::Show { id } => {

@@ -1010,6 +1010,18 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
     let held = json(&dir, &["spend", &to, "0.01"], &[new_real, &phrase]);
     assert_eq!(held[0]["progress"]["stage"], "waiting for guardians", "{held}");
     let policy = dir.join("policy.toml");
+    let pass = guardian_keys[0].with_extension("pass");
+    let told = Command::new(vigil_exe())
+        .args(["guardian", "pending", "--key"])
+        .arg(&guardian_keys[0])
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let told = String::from_utf8_lossy(&told.stdout).into_owned();
+    assert!(told.contains("restored on a new device") && told.contains("confirm-restore"), "{told}");
     let confirm = |g: usize| guardian(&guardian_keys[g], &["confirm-restore", "--yes"], Some(&policy));
     let (ok, out, err) = confirm(0);
     assert!(ok, "{err}");

@@ -567,6 +567,7 @@ impl Cosigner {
         if r.heartbeat_real == r.heartbeat_duress {
             return Err(bad("heartbeat_real and heartbeat_duress must differ"));
         }
+        let tip = self.tip()?;
         let mut store = self.store();
         let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
@@ -576,7 +577,7 @@ impl Cosigner {
         client.restore_unconfirmed = true;
         client.restore_confirmations.clear();
         client.restores += 1;
-        client.restored_at_height = self.tip()?;
+        client.restored_at_height = tip;
         let mut vaults = Vec::new();
         for (_, outpoint) in store.list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
             if let Some(v) = crate::ceremony::vault_record(&mut **store, &outpoint)? {
