@@ -315,8 +315,9 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             } else {
                 waiting.iter().map(|s| describe(s)).collect::<Vec<_>>().join("\n\n")
             };
-            let restore: wire::RestoreState = co.get("/v1/restore")?;
-            if restore.unconfirmed {
+            // Best effort: the spends are what this command is for.
+            let restore: Option<wire::RestoreState> = co.get("/v1/restore").ok();
+            if let Some(restore) = restore.filter(|r| r.unconfirmed) {
                 text = format!(
                     "The owner's wallet was restored on a new device at block {} and waits for your \
                      confirmation ({} of {} guardians so far): until then every vault spend waits for you. \

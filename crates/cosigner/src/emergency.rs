@@ -624,6 +624,12 @@ impl Cosigner {
         if !client.restore_unconfirmed {
             return Err(Refusal::Conflict("no restore of the owner's wallet waits for confirmation".into()));
         }
+        if req.request.restore > client.restores {
+            return Err(Refusal::Conflict(format!(
+                "there is no restore {}: the last is restore {} at block {}",
+                req.request.restore, client.restores, client.restored_at_height
+            )));
+        }
         if req.request.restore != client.restores {
             return Err(Refusal::Conflict(format!(
                 "restore {} is not the latest: the wallet was restored again since (restore {} at block {}); \
@@ -631,13 +637,19 @@ impl Cosigner {
                 req.request.restore, client.restores, client.restored_at_height
             )));
         }
+        // Only today's guardians count (a change may have removed one, or rotated a key).
+        let current = current_guardians(caller);
+        client.restore_confirmations.retain(|k| current.contains(k));
         let me = caller.key.to_string();
-        if client.restore_confirmations.contains(&me) {
+        let again = client.restore_confirmations.contains(&me);
+        if !again {
+            client.restore_confirmations.push(me);
+        }
+        let confirmations = client.restore_confirmations.len() as u32;
+        if again && confirmations < needed {
             return Err(Refusal::Conflict("you confirmed this restore already".into()));
         }
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
-        client.restore_confirmations.push(me);
-        let confirmations = client.restore_confirmations.len() as u32;
         if confirmations >= needed {
             client.restore_unconfirmed = false;
             batch.alarm(alarm(
@@ -663,12 +675,18 @@ impl Cosigner {
     pub fn restore_state(&self, caller: &Caller) -> Result<wire::RestoreState, Refusal> {
         caller.guardian()?;
         let client = Self::client(&mut **self.store(), &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let current = current_guardians(caller);
         Ok(wire::RestoreState {
             restore: client.restores,
             restored_at_height: client.restored_at_height,
             unconfirmed: client.restore_unconfirmed,
-            confirmations: client.restore_confirmations.len() as u32,
+            confirmations: client.restore_confirmations.iter().filter(|k| current.contains(k)).count() as u32,
             needed: caller.policy().guardians.threshold,
         })
     }
+}
+
+/// The current policy's guardians' auth keys, hex.
+fn current_guardians(caller: &Caller) -> Vec<String> {
+    caller.policy().guardians.keys.iter().map(|k| k.auth_key().to_string()).collect()
 }

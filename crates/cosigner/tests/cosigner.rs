@@ -337,16 +337,28 @@ fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_c
     let confirm = |g: usize, restore: u32| {
         f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore }, &f.guardian(g))
     };
-    assert_eq!(confirm(0, 0).unwrap_err().0, 409);
+    let none = confirm(0, 2).unwrap_err();
+    assert!(none.0 == 409 && none.1.contains("there is no restore 2"), "{none:?}");
+    // One guardian confirms; then the wallet is restored again (a captor, between the owner's
+    // call and the next guardian's confirmation): the earlier confirmation counts no more.
+    assert_eq!(confirm(0, 1).unwrap()["held"], true);
+    let again =
+        vigil_cosigner::wire::Restore { heartbeat_real: "33".repeat(32), heartbeat_duress: "44".repeat(32) };
+    f.post("/v1/restore", &again, &f.owner()).unwrap();
+    let stale = confirm(1, 1).unwrap_err();
+    assert!(stale.0 == 409 && stale.1.contains("restored again since"), "{stale:?}");
+    let state = f.get("/v1/restore", &f.guardian(0)).unwrap();
+    assert_eq!((state["restore"].as_u64(), state["confirmations"].as_u64()), (Some(2), Some(0)), "{state}");
     assert_eq!(
         f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore: 1 }, &f.owner())
             .unwrap_err()
             .0,
         403
     );
-    assert_eq!(confirm(0, 1).unwrap()["held"], true);
-    assert_eq!(f.sign(id).unwrap_err().0, 403, "one guardian is not the quorum");
-    assert_eq!(confirm(1, 1).unwrap()["held"], false);
+    assert_eq!(confirm(0, 2).unwrap()["held"], true);
+    let one = f.sign(id).unwrap_err();
+    assert!(one.0 == 403 && one.1.contains("guardians have not confirmed"), "one is not the quorum: {one:?}");
+    assert_eq!(confirm(1, 2).unwrap()["held"], false);
     let tx = f.sign(id).unwrap();
     node.rpc.broadcast(&tx).unwrap();
     block(&node, &f, 1);
