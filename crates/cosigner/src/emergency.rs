@@ -181,9 +181,9 @@ impl Cosigner {
                 .push(wire::KeySignature { key: me, signature: sig.as_ref().to_lower_hex_string() });
         }
         // Only today's guardians count (a policy change may have replaced some).
-        let guardians = &caller.policy().guardians;
-        client.lift_votes.retain(|v| guardians.keys.iter().any(|g| g.auth_key().to_string() == v.key));
-        if client.lift_votes.len() as u32 >= guardians.threshold {
+        let current = current_guardians(caller);
+        client.lift_votes.retain(|v| current.contains(&v.key));
+        if client.lift_votes.len() as u32 >= caller.policy().guardians.threshold {
             client.lift_at = client.lift_proposed;
             client.duress_lift_at = client.lift_proposed;
             batch.alarm(alarm(
@@ -637,7 +637,7 @@ impl Cosigner {
                 req.request.restore, client.restores, client.restored_at_height
             )));
         }
-        // Only today's guardians count (a change may have removed one, or rotated a key).
+        // Only today's guardians count, as for a lift.
         let current = current_guardians(caller);
         client.restore_confirmations.retain(|k| current.contains(k));
         let me = caller.key.to_string();
@@ -686,7 +686,8 @@ impl Cosigner {
     }
 }
 
-/// The current policy's guardians' auth keys, hex.
+/// The current policy's guardians' auth keys, hex: only their votes count (a policy change
+/// may have removed a guardian or rotated a key).
 fn current_guardians(caller: &Caller) -> Vec<String> {
     caller.policy().guardians.keys.iter().map(|k| k.auth_key().to_string()).collect()
 }

@@ -181,25 +181,22 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         .unwrap()
         .approval
         .digest();
+    // Guardian 0's approval of the waiting request, carrying `psbt` as its signed spend.
+    let vote_with = |psbt: &vigil_policy::bitcoin::psbt::Psbt| {
+        let vote = body(
+            f.next_nonce(),
+            now,
+            json!({
+                "approve": true,
+                "approval_signature": vigil_cosigner::wire::sign(&digest, &f.guardian(0)).signature,
+                "psbt": base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
+            }),
+        );
+        post_raw(&f.cosigner, &format!("/v1/spends/{waiting_id}/vote"), &vote, &f.guardian(0))
+    };
     let mut signed_other = other_tx.clone();
     f.keys.sign_psbt(&mut signed_other, &[vigil_policy::example::Signer::Guardian(0)]);
-    let vote = body(
-        f.next_nonce(),
-        now,
-        json!({
-            "approve": true,
-            "approval_signature": vigil_cosigner::wire::sign(&digest, &f.guardian(0)).signature,
-            "psbt": base64::engine::general_purpose::STANDARD.encode(signed_other.serialize()),
-        }),
-    );
-    check(
-        "a spend that differs from the one approved",
-        post_raw(&f.cosigner, &format!("/v1/spends/{waiting_id}/vote"), &vote, &f.guardian(0)),
-        400,
-        &f,
-        &co,
-        &before,
-    );
+    check("a spend that differs from the one approved", vote_with(&signed_other), 400, &f, &co, &before);
     // The right spend, but the guardian's signature on it does not verify: taken, it would
     // leave an approval whose spend can never complete.
     let mut bad_sig = vigil_policy::bitcoin::psbt::Psbt::deserialize(
@@ -212,23 +209,7 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         bytes[10] ^= 1;
         sig.signature = vigil_policy::bitcoin::secp256k1::schnorr::Signature::from_slice(&bytes).unwrap();
     }
-    let vote = body(
-        f.next_nonce(),
-        now,
-        json!({
-            "approve": true,
-            "approval_signature": vigil_cosigner::wire::sign(&digest, &f.guardian(0)).signature,
-            "psbt": base64::engine::general_purpose::STANDARD.encode(bad_sig.serialize()),
-        }),
-    );
-    check(
-        "a guardian's spend signature that does not verify",
-        post_raw(&f.cosigner, &format!("/v1/spends/{waiting_id}/vote"), &vote, &f.guardian(0)),
-        400,
-        &f,
-        &co,
-        &before,
-    );
+    check("a guardian's spend signature that does not verify", vote_with(&bad_sig), 400, &f, &co, &before);
     // The intake coin of `standard` funds it already: no second spend of it.
     let funded = standard.funding.input[0].previous_output;
     let again = BeginVault {

@@ -263,14 +263,20 @@ fn a_vault_keeps_the_scripts_and_delay_of_the_policy_it_was_made_under() {
     let mut f = Family::new(&node, &co, example("cosigner old vaults"), 1, None);
     let standard = f.vault(&node, Amount::from_sat(500_000), VaultKind::Standard);
     let guarded = f.vault(&node, Amount::from_sat(600_000), VaultKind::Guarded);
-    // A longer DELAY changes every new vault's scripts; not an allowance tightening, it
-    // waits the governance delay.
+    // A longer DELAY, and the first two guardians trading places (each guardian's key in the
+    // spend leaf is the vault's policy's, found by the voter's auth key), change every new
+    // vault's scripts; not an allowance tightening, it waits the governance delay.
     let longer = DELAY + 6;
     let changed = f
         .policy_text
         .replace("version = 1", "version = 2")
         .replace(&format!("unvault = {DELAY}\n"), &format!("unvault = {longer}\n"));
     assert!(changed.contains(&format!("unvault = {longer}\n")), "{changed}");
+    let mut lines: Vec<&str> = changed.lines().collect();
+    let first = lines.iter().position(|l| *l == "[guardians]").unwrap() + 3;
+    assert!(lines[first].contains("tpub") && lines[first + 1].contains("tpub"), "{changed}");
+    lines.swap(first, first + 1);
+    let changed = lines.join("\n") + "\n";
     let change = f.change_policy(&changed, &[0, 1]).unwrap();
     block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
 

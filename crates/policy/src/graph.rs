@@ -260,8 +260,7 @@ impl CompiledPolicy {
         };
         let Descriptor::Tr(tr) = translate(template, &keys)? else { unreachable!("a tr() template") };
         let (_, ms) = tr.iter_scripts().next().expect("one leaf");
-        let leaf = ms.encode();
-        Ok((keys, leaf))
+        Ok((keys, ms.encode()))
     }
 
     /// The owner's valid signatures on each input of a vault's funding `psbt` spending
