@@ -10,6 +10,7 @@ use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, Policy, PolicyError};
 
 mod demo;
+mod drill;
 mod guardian;
 mod owner;
 
@@ -99,6 +100,10 @@ enum Command {
     /// What a guardian runs: review and approve or deny spends, lock down, panic, sign policy
     /// changes.
     Guardian(guardian::GuardianArgs),
+    /// The coercion drill: the chain, a co-signer, three towers and households started here
+    /// as real processes, attacked scenario by scenario; prints what each attacker got and
+    /// how fast the guardians knew, and writes an HTML report.
+    Drill(drill::DrillArgs),
     /// Build vaults on the embedded regtest chain and walk them through their graph:
     /// unvault -> cancel, unvault -> delayed spend, emergency -> deep vault.
     Demo {
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { datadir } => demo::run(&datadir),
+        Command::Drill(args) => drill::run(args),
         Command::Init(args) => owner::init(args),
         Command::Receive(args) => owner::receive(args),
         Command::Status(args) => owner::status(args),

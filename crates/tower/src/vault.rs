@@ -122,6 +122,9 @@ pub struct VaultState {
     /// before this was recorded; judged again from the approvals on load).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_for_velocity: Option<bool>,
+    /// An emergency (E or UE) no panic of this tower ordered was seen and alarmed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unordered_emergency: bool,
     /// Nothing left to do (the final transaction is buried).
     pub done: bool,
 }
@@ -262,6 +265,9 @@ pub enum AlarmKind {
     PolicyInvalid,
     /// A client was locked down: its unvaults are cancelled.
     Lockdown,
+    /// E or UE appeared though no panic ordered it: a tower gone rogue, or a copy of the
+    /// graph misused. The coins are safe in the deep vault; the guardians should know.
+    UnorderedEmergency,
 }
 
 impl AlarmKind {
@@ -282,6 +288,7 @@ impl AlarmKind {
             AlarmKind::PolicyApplied => "policy-applied",
             AlarmKind::PolicyInvalid => "policy-invalid",
             AlarmKind::Lockdown => "lockdown",
+            AlarmKind::UnorderedEmergency => "unordered-emergency",
         }
     }
 }

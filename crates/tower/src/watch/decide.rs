@@ -29,11 +29,7 @@ impl Watcher {
                 let id = vault.outpoint;
                 match vault.role_of(&txid) {
                     Some(Role::Unvault) => self.unvault_seen(id, height, actions),
-                    Some(Role::Emergency(_)) => self.update(id, |s| {
-                        if let Some(h) = height {
-                            s.emergency_height = Some(h);
-                        }
-                    }),
+                    Some(Role::Emergency(_)) => self.emergency_seen(id, txid, height, actions),
                     _ => self.foreign_vault_spend(id, txid, height, actions),
                 }
             } else if let Some(id) = self.by_unvault.get(&prev).copied() {
@@ -44,11 +40,7 @@ impl Watcher {
                             s.cancel_height = Some(h);
                         }
                     }),
-                    Some(Role::UnvaultEmergency(_)) => self.update(id, |s| {
-                        if let Some(h) = height {
-                            s.emergency_height = Some(h);
-                        }
-                    }),
+                    Some(Role::UnvaultEmergency(_)) => self.emergency_seen(id, txid, height, actions),
                     _ if self.approvals.get(&prev.txid).map(|a| a.spend) == Some(txid) => {
                         self.update(id, |s| {
                             if let Some(h) = height {
@@ -147,6 +139,32 @@ impl Watcher {
         self.dirty.insert(id);
         self.active.insert(id);
         self.bump(id, parent, value, "cancel", self.tip, Some(rival_rate), actions);
+    }
+
+    /// E or UE seen (mempool or chain). One this tower did not broadcast for a panic is
+    /// alarmed once, at first sight: the coins are safe in the deep vault, but whoever sent it
+    /// (a tower gone rogue, a leaked graph) should be known, and the coins brought back.
+    fn emergency_seen(&mut self, id: OutPoint, txid: Txid, height: Option<u32>, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get(&id).expect("watched");
+        let unordered = vault.state.emergency_rung.is_none() && !vault.state.unordered_emergency;
+        let client = vault.policy_id.clone();
+        self.update(id, |s| {
+            if let Some(h) = height {
+                s.emergency_height = Some(h);
+            }
+            s.unordered_emergency |= unordered;
+        });
+        if unordered {
+            actions.push(Action::alarm(
+                Some(id),
+                AlarmKind::UnorderedEmergency,
+                format!(
+                    "vault {id} of client {client} is being swept to the deep vault by {txid}, which no \
+                     panic this tower knows of ordered: a tower or a copy of the vault's transactions \
+                     was misused; the coins are safe there and come back through the deep vault's fast path"
+                ),
+            ));
+        }
     }
 
     fn update(&mut self, id: OutPoint, f: impl FnOnce(&mut VaultState)) {

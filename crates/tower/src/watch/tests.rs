@@ -422,6 +422,22 @@ fn panic_sends_e_for_unspent_vaults_and_ue_for_unvaulted_ones() {
 }
 
 #[test]
+fn an_emergency_no_panic_ordered_is_alarmed_once_and_one_a_panic_ordered_is_not() {
+    let (a, b, c) = (vault(0, 1_000_000), vault(1, 1_000_000), vault(2, 1_000_000));
+    let mut w = watcher(&[&a, &b, &c], 100_000_000);
+    // E of `a` from somewhere else: alarmed at first sight, not again when it confirms.
+    assert_eq!(alarms(&w.on_mempool_tx(&a.emergencies[0])), vec!["unordered-emergency"]);
+    assert!(alarms(&w.on_block_connected(5, &block(vec![a.emergencies[0].clone()]))).is_empty());
+    assert_eq!(w.vault(&a.outpoint).unwrap().state.emergency_height, Some(5));
+    // U then UE of `b`, sent by someone holding its graph: the UE is alarmed too.
+    w.on_mempool_tx(&b.unvault);
+    assert_eq!(alarms(&w.on_mempool_tx(&b.unvault_emergencies[0])), vec!["unordered-emergency"]);
+    // After a panic, the sweep this tower sends is not alarmed as unordered.
+    w.panic("p");
+    assert!(alarms(&w.on_block_connected(6, &block(vec![c.emergencies[0].clone()]))).is_empty());
+}
+
+#[test]
 fn a_reorg_forgets_confirmations_and_the_next_block_rebroadcasts() {
     let v = vault(0, 1_000_000);
     let mut w = watcher(&[&v], 100_000_000);
