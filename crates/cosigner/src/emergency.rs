@@ -242,9 +242,10 @@ impl Cosigner {
         if token.as_ref().is_some_and(|t| *t == client.heartbeat_real || *t == client.heartbeat_duress) {
             client.last_heartbeat = crate::service::now();
         }
+        let duress = token.as_ref().is_some_and(|t| *t == client.heartbeat_duress);
         match token {
             Some(t) if t == client.heartbeat_real => {}
-            Some(t) if t == client.heartbeat_duress => {
+            Some(_) if duress => {
                 tracing::warn!(client = %client.id, "duress heartbeat");
                 if tip + DURESS_LOCKDOWN_BLOCKS > client.duress_until {
                     client.duress_until = tip + DURESS_LOCKDOWN_BLOCKS;
@@ -280,6 +281,12 @@ impl Cosigner {
             serde_json::to_string(&client).expect("json"),
         );
         store.commit(&batch)?;
+        drop(store);
+        // The quiet lockdown goes to the towers now, not at the next background pass: an
+        // unvault the captor makes the owner send right after must meet it.
+        if duress {
+            self.push_soon(client.id);
+        }
         Ok(HeartbeatAck { ok: true })
     }
 

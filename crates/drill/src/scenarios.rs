@@ -236,6 +236,7 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
     play.note("attacker", "action", "makes the owner unlock: the owner types the duress code");
     play.check(view == h.status()?, "the duress view differs from the real one");
     play.expect_alarm("duress", event, |a| a["client"] == client.as_str());
+    play.world.settle();
     // The allowance really spends: that is what the attacker gets.
     let take = play.allowance_sats.saturating_sub(20_000);
     let sent = h.owner_json(&["spend", &attacker.to_string(), &btc_arg(take)], &[DURESS])?;

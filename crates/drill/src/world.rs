@@ -430,6 +430,14 @@ impl World {
         Ok(height)
     }
 
+    /// Waits (30 s at most) until the co-signer has delivered its orders to the towers: what
+    /// the minutes between real blocks give it, before the drill mines the next ones.
+    pub fn settle(&self) {
+        let _ = wait_for("the co-signer's orders to reach the towers", Duration::from_secs(30), || {
+            Ok((self.cosigner.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(()))
+        });
+    }
+
     /// Sats paid to `script` by transactions confirmed from `from` on, or in the mempool.
     pub fn received(&self, script: &ScriptBuf, from: u32) -> Result<u64, DrillError> {
         let mut txs = Vec::new();
