@@ -44,14 +44,16 @@ fn the_coercion_drill_holds_in_every_scenario_and_reports_it() {
     let reports: Value = serde_json::from_slice(&run.stdout).unwrap();
     let reports = reports.as_array().unwrap();
     let ids: Vec<&str> = reports.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["S1", "S2", "S3", "S4", "S6", "S7", "S8", "S9", "S10"]);
+    assert_eq!(ids, ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10"]);
     for r in reports {
         let field = |f: &str| r[f].as_u64().unwrap_or_else(|| panic!("{f} in {r}"));
         assert!(field("at_risk_sats") > 0, "{r}");
-        assert!(
-            field("extracted_sats") <= field("allowance_sats"),
-            "the attacker got more than the allowance: {r}"
-        );
+        assert!(field("extracted_sats") <= field("limit_sats"), "the attacker got more than it may: {r}");
+        // The allowance bounds every attacker but one who owns the co-signer too (S5): that
+        // one may also take the velocity budget from standard vaults.
+        if r["scenario"] != "S5" {
+            assert_eq!(field("limit_sats"), field("allowance_sats"), "{r}");
+        }
         assert!(r["outcome"].as_str().is_some_and(|o| !o.is_empty()), "{r}");
         assert_eq!(r["held"], true, "{r}");
         match r["scenario"].as_str().unwrap() {
@@ -60,6 +62,11 @@ fn the_coercion_drill_holds_in_every_scenario_and_reports_it() {
             _ => assert!(field("alarm_latency_ms") <= 60_000, "{r}"),
         }
     }
+    let s5 = &reports[4];
+    assert!(
+        s5["extracted_sats"].as_u64().unwrap() > s5["allowance_sats"].as_u64().unwrap(),
+        "a co-signer in the captor's hands releases standard vaults within the velocity budget: {s5}"
+    );
     let s4 = &reports[3];
     assert!(s4["extracted_sats"].as_u64().unwrap() > 0, "under duress the allowance really spends: {s4}");
 

@@ -76,8 +76,11 @@ pub struct ScenarioReport {
     pub at_risk_sats: u64,
     /// What the attacker's addresses received, sats.
     pub extracted_sats: u64,
-    /// The allowance at the start (the most an attacker may get), sats.
+    /// The allowance at the start, sats.
     pub allowance_sats: u64,
+    /// The most the attacker may end with: the allowance, and where the co-signer is the
+    /// attacker's too (S5) the velocity budget besides.
+    pub limit_sats: u64,
     /// From the event becoming observable to the guardians' alarm; `None` where none is due.
     pub alarm_latency_ms: Option<u64>,
     /// What happened, in a sentence.
@@ -109,6 +112,8 @@ pub struct Play<'a> {
     pub extracted_sats: u64,
     /// Set by the scenario.
     pub allowance_sats: u64,
+    /// Set by the scenario when it is not the allowance.
+    pub limit_sats: Option<u64>,
     /// Set by the scenario when an alarm is due (`Some(None)`: due and missed).
     pub alarm: Option<Option<u64>>,
     /// Set by the scenario.
@@ -204,14 +209,16 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Scen
             at_risk_sats: 0,
             extracted_sats: 0,
             allowance_sats: 0,
+            limit_sats: None,
             alarm: None,
             outcome: String::new(),
         };
         if let Err(e) = (scenario.play)(&mut play) {
             play.fail(format!("the scenario could not be played: {e}"));
         }
-        if play.extracted_sats > play.allowance_sats {
-            let why = format!("the attacker got {} sats, above the allowance", play.extracted_sats);
+        let limit = play.limit_sats.unwrap_or(play.allowance_sats);
+        if play.extracted_sats > limit {
+            let why = format!("the attacker got {} sats, above the {limit} it may", play.extracted_sats);
             play.fail(why);
         }
         let end = play.world.height().unwrap_or(start_height);
@@ -221,6 +228,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Scen
             at_risk_sats: play.at_risk_sats,
             extracted_sats: play.extracted_sats,
             allowance_sats: play.allowance_sats,
+            limit_sats: limit,
             alarm_latency_ms: play.alarm.flatten(),
             outcome: play.outcome,
             held: play.failures.is_empty(),

@@ -13,18 +13,19 @@ pub fn table(reports: &[ScenarioReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<4} {:>14} {:>14} {:>14} {:>10} {:>8}  {:<6} outcome",
-        "", "at risk", "attacker got", "allowance", "alarm", "wall", "held"
+        "{:<4} {:>14} {:>14} {:>14} {:>14} {:>10} {:>8}  {:<6} outcome",
+        "", "at risk", "attacker got", "allowance", "may get", "alarm", "wall", "held"
     );
     for r in reports {
         let alarm = r.alarm_latency_ms.map_or("-".to_owned(), |ms| format!("{ms} ms"));
         let _ = writeln!(
             out,
-            "{:<4} {:>14} {:>14} {:>14} {:>10} {:>7.1}s  {:<6} {}",
+            "{:<4} {:>14} {:>14} {:>14} {:>14} {:>10} {:>7.1}s  {:<6} {}",
             r.scenario,
             sats(r.at_risk_sats),
             sats(r.extracted_sats),
             sats(r.allowance_sats),
+            sats(r.limit_sats),
             alarm,
             r.wall_ms as f64 / 1000.0,
             if r.held { "yes" } else { "NO" },
@@ -72,6 +73,7 @@ pub fn json(reports: &[ScenarioReport]) -> Value {
                     "at_risk_sats": r.at_risk_sats,
                     "extracted_sats": r.extracted_sats,
                     "allowance_sats": r.allowance_sats,
+                    "limit_sats": r.limit_sats,
                     "alarm_latency_ms": r.alarm_latency_ms,
                     "outcome": r.outcome,
                     "held": r.held,
@@ -164,12 +166,12 @@ pub fn html(reports: &[ScenarioReport]) -> String {
     let _ = write!(
         page,
         "<h1>Vigil coercion drill</h1><p>{held} of {} scenarios held: the attacker ended with no more than the \
-         allowance, every alarm reached the guardians within {} s of the event, and every honest spend completed.</p>",
+         allowance (where the co-signer was the attacker's too, the velocity budget besides), every alarm reached the guardians within {} s of the event, and every honest spend completed.</p>",
         reports.len(),
         ALARM_LIMIT.as_secs()
     );
     page.push_str(
-        "<table><tr><th>scenario</th><th>at risk</th><th>attacker got</th><th>allowance</th><th>alarm</th>\
+        "<table><tr><th>scenario</th><th>at risk</th><th>attacker got</th><th>allowance</th><th>may get</th><th>alarm</th>\
          <th>wall time</th><th>held</th><th>outcome</th></tr>",
     );
     for r in reports {
@@ -177,11 +179,12 @@ pub fn html(reports: &[ScenarioReport]) -> String {
         let _ = write!(
             page,
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{alarm}</td><td class=\"num\">{:.1} s</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+             <td class=\"num\">{}</td><td class=\"num\">{alarm}</td><td class=\"num\">{:.1} s</td><td class=\"{}\">{}</td><td>{}</td></tr>",
             r.scenario,
             btc(r.at_risk_sats),
             btc(r.extracted_sats),
             btc(r.allowance_sats),
+            btc(r.limit_sats),
             r.wall_ms as f64 / 1000.0,
             if r.held { "yes" } else { "no" },
             if r.held { "yes" } else { "NO" },

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::Value;
 use vigil_policy::bitcoin::{Address, Amount};
 
-use crate::household::{holdings, outpoint, Household, DELAY, DURESS, GUARDIANS, REAL, THRESHOLD};
+use crate::household::{holdings, outpoint, Household, DELAY, DURESS, GUARDIANS, REAL, THRESHOLD, VELOCITY};
 use crate::world::{fresh_address, step};
 use crate::{DrillError, Play};
 
@@ -30,6 +30,7 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario { id: "S3", title: "a coerced owner broadcasts an unvault nobody approved", play: s3 },
     Scenario { id: "S4", title: "a coerced owner gives the duress code", play: s4 },
+    Scenario { id: "S5", title: "a coerced owner with the co-signer compromised", play: s5 },
     Scenario { id: "S6", title: "a coerced owner while two of three towers are down", play: s6 },
     Scenario { id: "S7", title: "the attacker makes the owner ask the guardians", play: s7 },
     Scenario {
@@ -48,8 +49,13 @@ const VAULTS: [u64; 3] = [4_000_000, 4_000_000, 30_000_000];
 
 /// Sets up and funds the scenario's household; records what is at risk and the allowance.
 fn household(play: &mut Play, name: &str) -> Result<Household, DrillError> {
+    household_with(play, name, &VAULTS)
+}
+
+/// [`household`] with these vaults.
+fn household_with(play: &mut Play, name: &str, vaults: &[u64]) -> Result<Household, DrillError> {
     let h = Household::set_up(play.world, name)?;
-    h.fund(play.world, ALLOWANCE, &VAULTS)?;
+    h.fund(play.world, ALLOWANCE, vaults)?;
     let status = h.status()?;
     play.at_risk_sats = holdings(&status);
     play.allowance_sats = status["allowance_sat"].as_u64().unwrap_or(0);
@@ -92,6 +98,18 @@ fn extracted(play: &mut Play, attacker: &Address, from: u32) -> Result<(), Drill
 /// The stage of the first spend a `vigil spend --json` answer lists.
 fn stage(v: &Value) -> String {
     v[0]["progress"]["stage"].as_str().unwrap_or_default().to_owned()
+}
+
+/// What a `vigil spend --json` run showed: the stage, or the refusal's last line.
+fn answer(run: &crate::household::Run) -> String {
+    if run.ok {
+        serde_json::from_str::<Value>(&run.out).map(|v| stage(&v)).unwrap_or_default()
+    } else {
+        // The message after the prompts, to its first clause.
+        let last = run.err.trim().lines().last().unwrap_or_default();
+        let message = last.rsplit("error: ").next().unwrap_or_default();
+        format!("refused: {}", message.split([';', '(']).next().unwrap_or_default().trim())
+    }
 }
 
 /// The attacker broadcasts `vault`'s pre-signed unvault from the owner's records; the
@@ -325,6 +343,165 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
     Ok(())
 }
 
+fn s5(play: &mut Play) -> Result<(), DrillError> {
+    use vigil_tower::wire::{sign, sign_request, Approval, RegisterApproval};
+    // Three standard vaults: together above the velocity budget.
+    let h = household_with(play, "s5", &[4_000_000, 4_000_000, 4_000_000, 30_000_000])?;
+    play.limit_sats = Some(play.allowance_sats + VELOCITY);
+    let attacker = fresh_address();
+    let from = play.world.height()?;
+    // The captor owns the co-signer's server: its sealed key and the passphrase beside it.
+    let dir = play.world.dir.join("cosigner");
+    let passphrase = std::fs::read_to_string(dir.join("passphrase"))?;
+    let master = vigil_cosigner::keys::MasterKey::open(
+        &dir.join("cosigner.key"),
+        passphrase.trim_end().as_bytes(),
+        vigil_policy::bitcoin::Network::Regtest,
+    )
+    .map_err(step("opening the co-signer's key"))?;
+    let policy = vigil_policy::Policy::from_toml(&std::fs::read_to_string(h.policy())?)
+        .map_err(step("reading the policy"))?;
+    let account =
+        (0..1_000).find(|a| master.auth_key(*a) == policy.cosigner.auth_key()).ok_or(DrillError::Step {
+            what: "the household's co-signer account".into(),
+            why: "not found".into(),
+        })?;
+    let key = master.auth_keypair(account);
+    play.note(
+        "attacker",
+        "action",
+        "owns the co-signer: its sealed key, opened with the passphrase beside it",
+    );
+    // The owner, coerced, takes the allowance and asks for every standard vault.
+    let take = play.allowance_sats.saturating_sub(20_000);
+    h.owner_json(&["spend", &attacker.to_string(), &btc_arg(take)], &[REAL])?;
+    let mut asked = Vec::new();
+    for _ in 0..3 {
+        asked.push(answer(
+            &h.owner(&["spend", &attacker.to_string(), "0.035", "--json"], &[REAL, &h.phrase])?,
+        ));
+    }
+    play.note(
+        "attacker",
+        "tx",
+        format!("takes the allowance; asks for each standard vault: {}", asked.join(", ")),
+    );
+    // Every vault not yet unvaulted gets an approval the co-signer signs alone, at every
+    // tower; then its unvault.
+    let client = h.client_id()?;
+    let tip = play.world.height()?;
+    let left: Vec<Value> = h.vaults()?.into_iter().filter(|v| v["unvaulted"] != true).collect();
+    let mut forged = Vec::new();
+    let (mut accepted, mut refusals) = (0, Vec::new());
+    for v in &left {
+        use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
+        let unvault: vigil_policy::bitcoin::Transaction =
+            deserialize_hex(v["unvault"].as_str().unwrap_or_default()).map_err(step("reading an unvault"))?;
+        let approval = Approval {
+            vault_outpoint: outpoint(v)?.to_string(),
+            unvault_txid: unvault.compute_txid().to_string(),
+            spend_txid: unvault.compute_txid().to_string(),
+            policy_version: policy.version,
+            expiry_height: tip + 100,
+            counter: 1_000,
+        };
+        let signatures = vec![sign(&approval.digest(), &key)];
+        for (n, t) in play.world.towers.iter().enumerate() {
+            // Above the co-signer's own counter for this key (the time, plus days).
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let nonce = now.as_secs() + 2_000_000 + n as u64;
+            let body = serde_json::to_vec(&RegisterApproval {
+                nonce,
+                policy_id: client.clone(),
+                approval: approval.clone(),
+                signatures: signatures.clone(),
+            })
+            .map_err(step("an approval"))?;
+            let tower_key: vigil_policy::bitcoin::secp256k1::PublicKey =
+                t.public_key.parse().map_err(step("a tower's key"))?;
+            let path = "/v1/approvals";
+            let (k, sig) = sign_request(&key, &tower_key.x_only_public_key().0, path, &body);
+            let taken = ureq::post(&format!("{}{path}", t.service.url))
+                .set("x-vigil-key", &k)
+                .set("x-vigil-signature", &sig)
+                .set("content-type", "application/json")
+                .send_bytes(&body);
+            match taken {
+                Ok(_) => accepted += 1,
+                Err(ureq::Error::Status(_, r)) => refusals.push(r.into_string().unwrap_or_default()),
+                Err(e) => refusals.push(e.to_string()),
+            }
+        }
+        forged.push((v.clone(), unvault));
+    }
+    play.note(
+        "co-signer",
+        "action",
+        format!(
+            "signs approvals alone for {} vaults (one guarded, one over the velocity budget); the towers take {accepted} of {}",
+            forged.len(),
+            forged.len() * play.world.towers.len()
+        ),
+    );
+    refusals.dedup();
+    for r in refusals {
+        play.note("tower", "action", format!("refuses one: {r}"));
+    }
+    let event = Instant::now();
+    for (_, unvault) in &forged {
+        use vigil_chain::ChainBackend;
+        let _ = play.world.rpc.broadcast(unvault);
+    }
+    play.note("attacker", "tx", format!("broadcasts their {} unvaults", forged.len()));
+    let first =
+        forged.first().map(|(v, _)| outpoint(v)).transpose()?.map(|o| o.to_string()).unwrap_or_default();
+    play.expect_alarm("unvault-cancelled", event, |a| a["vault"] == first.as_str());
+    // The approved spends complete after DELAY; the forged ones were cancelled.
+    play.mine(1)?;
+    let waiting = h.owner_json(&["spend", "--resume"], &[REAL])?;
+    let opens = waiting
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["progress"]["spendable_from_height"].as_u64())
+        .max();
+    let tip = play.world.height()?;
+    play.mine((opens.unwrap_or(u64::from(tip)) as u32).saturating_sub(tip))?;
+    let sent = h.owner_json(&["spend", "--resume"], &[REAL])?;
+    play.note(
+        "attacker",
+        "tx",
+        format!(
+            "DELAY passed: {}",
+            sent.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["progress"]["stage"].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    play.mine(1)?;
+    for (v, _) in &forged {
+        let cancelled = Cancelled::watch(play, v)?;
+        let done = cancelled.confirmed(play)?;
+        play.check(done, format!("the forged approval of vault {} was not cancelled", v["outpoint"]));
+    }
+    extracted(play, &attacker, from)?;
+    let from_vaults = play.extracted_sats.saturating_sub(take);
+    play.check(
+        from_vaults <= VELOCITY,
+        format!("{from_vaults} sats left the vaults: above the velocity budget"),
+    );
+    play.outcome = format!(
+        "{} from the allowance and {} from standard vaults (velocity budget {}); every approval the co-signer signed alone was cancelled",
+        btc(take),
+        btc(from_vaults),
+        btc(VELOCITY)
+    );
+    Ok(())
+}
+
 fn s6(play: &mut Play) -> Result<(), DrillError> {
     let h = household(play, "s6")?;
     let attacker = fresh_address();
@@ -402,6 +579,17 @@ fn s8(play: &mut Play) -> Result<(), DrillError> {
         }
         let asked = h.owner(&["spend", &attacker.to_string(), "0.03", "--json"], &[DURESS, &h.phrase])?;
         let big = h.owner(&["spend", &attacker.to_string(), "0.2", "--json"], &[DURESS, &h.phrase])?;
+        // The recovery leaves (open after T_RECOVER, shorter than a week here): the owner can
+        // prepare one, but it needs the guardians' signatures, which they do not give.
+        let psbt = h.dir.join(format!("day-{day}.psbt"));
+        let p = psbt.to_str().unwrap_or_default();
+        let prepared = h.owner(
+            &["recover", "--to", &attacker.to_string(), "--psbt", p, "--json"],
+            &[DURESS, &h.phrase],
+        )?;
+        let finish =
+            if prepared.ok { h.owner(&["recover", "--finish", p, "--json"], &[DURESS])? } else { prepared };
+        play.check(!finish.ok, format!("day {day}: a recovery without the guardians went out"));
         // The unvaults still in the owner's records, broadcast as they are.
         let mut sent = 0;
         for v in h.vaults()? {
@@ -412,9 +600,11 @@ fn s8(play: &mut Play) -> Result<(), DrillError> {
             "attacker",
             "action",
             format!(
-                "day {day}: a vault spend ({}), a guarded one ({}), {sent} unvaults broadcast",
-                if asked.ok { "shown as proceeding" } else { "refused" },
-                if big.ok { "waiting for guardians" } else { "refused" }
+                "day {day}: a vault spend ({}), a guarded one ({}), a recovery to the attacker ({}), \
+                 {sent} unvaults broadcast",
+                answer(&asked),
+                answer(&big),
+                answer(&finish)
             ),
         );
         play.mine(144)?;
