@@ -48,12 +48,15 @@ fn the_coercion_drill_holds_in_every_scenario_and_reports_it() {
     for r in reports {
         let field = |f: &str| r[f].as_u64().unwrap_or_else(|| panic!("{f} in {r}"));
         assert!(field("at_risk_sats") > 0, "{r}");
-        assert!(field("extracted_sats") <= field("limit_sats"), "the attacker got more than it may: {r}");
-        // The allowance bounds every attacker but one who owns the co-signer too (S5): that
-        // one may also take the velocity budget from standard vaults.
-        if r["scenario"] != "S5" {
-            assert_eq!(field("limit_sats"), field("allowance_sats"), "{r}");
-        }
+        // DESIGN G1: the hot wallet and what the velocity budget releases; after the duress
+        // code (S4, S8), the hot wallet alone.
+        assert!(
+            field("extracted_sats") <= field("allowance_sats"),
+            "the attacker got more than the allowance: {r}"
+        );
+        let duress = ["S4", "S8"].contains(&r["scenario"].as_str().unwrap());
+        let velocity = if duress { 0 } else { 10_000_000 };
+        assert_eq!(field("allowance_sats"), field("hot_wallet_sats") + velocity, "{r}");
         assert!(r["outcome"].as_str().is_some_and(|o| !o.is_empty()), "{r}");
         assert_eq!(r["held"], true, "{r}");
         match r["scenario"].as_str().unwrap() {
@@ -64,7 +67,7 @@ fn the_coercion_drill_holds_in_every_scenario_and_reports_it() {
     }
     let s5 = &reports[4];
     assert!(
-        s5["extracted_sats"].as_u64().unwrap() > s5["allowance_sats"].as_u64().unwrap(),
+        s5["extracted_sats"].as_u64().unwrap() > s5["hot_wallet_sats"].as_u64().unwrap(),
         "a co-signer in the captor's hands releases standard vaults within the velocity budget: {s5}"
     );
     let s4 = &reports[3];

@@ -76,11 +76,12 @@ pub struct ScenarioReport {
     pub at_risk_sats: u64,
     /// What the attacker's addresses received, sats.
     pub extracted_sats: u64,
-    /// The allowance at the start, sats.
+    /// The hot wallet's balance at the start, sats.
+    pub hot_wallet_sats: u64,
+    /// The most an attacker may end with (DESIGN G1): the hot wallet plus what the velocity
+    /// budget releases over the scenario, or the hot wallet alone once the duress code was
+    /// given.
     pub allowance_sats: u64,
-    /// The most the attacker may end with: the allowance, and where the co-signer is the
-    /// attacker's too (S5) the velocity budget besides.
-    pub limit_sats: u64,
     /// From the event becoming observable to the guardians' alarm; `None` where none is due.
     pub alarm_latency_ms: Option<u64>,
     /// What happened, in a sentence.
@@ -111,9 +112,9 @@ pub struct Play<'a> {
     /// Set by the scenario.
     pub extracted_sats: u64,
     /// Set by the scenario.
+    pub hot_wallet_sats: u64,
+    /// Set by the scenario.
     pub allowance_sats: u64,
-    /// Set by the scenario when it is not the allowance.
-    pub limit_sats: Option<u64>,
     /// Set by the scenario when an alarm is due (`Some(None)`: due and missed).
     pub alarm: Option<Option<u64>>,
     /// Set by the scenario.
@@ -208,17 +209,16 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Scen
             progress: &mut *progress,
             at_risk_sats: 0,
             extracted_sats: 0,
+            hot_wallet_sats: 0,
             allowance_sats: 0,
-            limit_sats: None,
             alarm: None,
             outcome: String::new(),
         };
         if let Err(e) = (scenario.play)(&mut play) {
             play.fail(format!("the scenario could not be played: {e}"));
         }
-        let limit = play.limit_sats.unwrap_or(play.allowance_sats);
-        if play.extracted_sats > limit {
-            let why = format!("the attacker got {} sats, above the {limit} it may", play.extracted_sats);
+        if play.extracted_sats > play.allowance_sats {
+            let why = format!("the attacker got {} sats, above the allowance", play.extracted_sats);
             play.fail(why);
         }
         let end = play.world.height().unwrap_or(start_height);
@@ -227,8 +227,8 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Scen
             title: scenario.title.into(),
             at_risk_sats: play.at_risk_sats,
             extracted_sats: play.extracted_sats,
+            hot_wallet_sats: play.hot_wallet_sats,
             allowance_sats: play.allowance_sats,
-            limit_sats: limit,
             alarm_latency_ms: play.alarm.flatten(),
             outcome: play.outcome,
             held: play.failures.is_empty(),

@@ -14,7 +14,7 @@ pub fn table(reports: &[ScenarioReport]) -> String {
     let _ = writeln!(
         out,
         "{:<4} {:>14} {:>14} {:>14} {:>14} {:>10} {:>8}  {:<6} outcome",
-        "", "at risk", "attacker got", "allowance", "may get", "alarm", "wall", "held"
+        "", "at risk", "attacker got", "allowance", "hot wallet", "alarm", "wall", "held"
     );
     for r in reports {
         let alarm = r.alarm_latency_ms.map_or("-".to_owned(), |ms| format!("{ms} ms"));
@@ -25,7 +25,7 @@ pub fn table(reports: &[ScenarioReport]) -> String {
             sats(r.at_risk_sats),
             sats(r.extracted_sats),
             sats(r.allowance_sats),
-            sats(r.limit_sats),
+            sats(r.hot_wallet_sats),
             alarm,
             r.wall_ms as f64 / 1000.0,
             if r.held { "yes" } else { "NO" },
@@ -73,7 +73,7 @@ pub fn json(reports: &[ScenarioReport]) -> Value {
                     "at_risk_sats": r.at_risk_sats,
                     "extracted_sats": r.extracted_sats,
                     "allowance_sats": r.allowance_sats,
-                    "limit_sats": r.limit_sats,
+                    "hot_wallet_sats": r.hot_wallet_sats,
                     "alarm_latency_ms": r.alarm_latency_ms,
                     "outcome": r.outcome,
                     "held": r.held,
@@ -166,12 +166,12 @@ pub fn html(reports: &[ScenarioReport]) -> String {
     let _ = write!(
         page,
         "<h1>Vigil coercion drill</h1><p>{held} of {} scenarios held: the attacker ended with no more than the \
-         allowance (where the co-signer was the attacker's too, the velocity budget besides), every alarm reached the guardians within {} s of the event, and every honest spend completed.</p>",
+         allowance (the hot wallet, and what the velocity budget releases unless the duress code was given), every alarm reached the guardians within {} s of the event, and every honest spend completed.</p>",
         reports.len(),
         ALARM_LIMIT.as_secs()
     );
     page.push_str(
-        "<table><tr><th>scenario</th><th>at risk</th><th>attacker got</th><th>allowance</th><th>may get</th><th>alarm</th>\
+        "<table><tr><th>scenario</th><th>at risk</th><th>attacker got</th><th>allowance</th><th>of it, hot wallet</th><th>alarm</th>\
          <th>wall time</th><th>held</th><th>outcome</th></tr>",
     );
     for r in reports {
@@ -184,7 +184,7 @@ pub fn html(reports: &[ScenarioReport]) -> String {
             btc(r.at_risk_sats),
             btc(r.extracted_sats),
             btc(r.allowance_sats),
-            btc(r.limit_sats),
+            btc(r.hot_wallet_sats),
             r.wall_ms as f64 / 1000.0,
             if r.held { "yes" } else { "no" },
             if r.held { "yes" } else { "NO" },

@@ -58,7 +58,10 @@ fn household_with(play: &mut Play, name: &str, vaults: &[u64]) -> Result<Househo
     h.fund(play.world, ALLOWANCE, vaults)?;
     let status = h.status()?;
     play.at_risk_sats = holdings(&status);
-    play.allowance_sats = status["allowance_sat"].as_u64().unwrap_or(0);
+    play.hot_wallet_sats = status["allowance_sat"].as_u64().unwrap_or(0);
+    // DESIGN G1: a captor holding the owner gets the hot wallet and what the velocity budget
+    // releases (no scenario spans two windows unless under duress, which releases nothing).
+    play.allowance_sats = play.hot_wallet_sats + VELOCITY;
     play.note(
         "owner",
         "action",
@@ -66,7 +69,7 @@ fn household_with(play: &mut Play, name: &str, vaults: &[u64]) -> Result<Househo
             "set up with {} guardians ({THRESHOLD} must approve), funded: {} in vaults, {} in the allowance",
             GUARDIANS,
             btc(status["vault_sat"].as_u64().unwrap_or(0)),
-            btc(play.allowance_sats)
+            btc(play.hot_wallet_sats)
         ),
     );
     Ok(h)
@@ -245,6 +248,8 @@ fn s3(play: &mut Play) -> Result<(), DrillError> {
 
 fn s4(play: &mut Play) -> Result<(), DrillError> {
     let h = household(play, "s4")?;
+    // After the duress code, nothing but the hot wallet (DESIGN G1).
+    play.allowance_sats = play.hot_wallet_sats;
     let attacker = fresh_address();
     let from = play.world.height()?;
     let client = h.client_id()?;
@@ -256,9 +261,9 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
     play.expect_alarm("duress", event, |a| a["client"] == client.as_str());
     play.world.settle();
     // The allowance really spends: that is what the attacker gets.
-    let take = play.allowance_sats.saturating_sub(20_000);
+    let take = play.hot_wallet_sats.saturating_sub(20_000);
     let sent = h.owner_json(&["spend", &attacker.to_string(), &btc_arg(take)], &[DURESS])?;
-    play.note("attacker", "tx", format!("takes {} from the allowance: {}", btc(take), stage(&sent)));
+    play.note("attacker", "tx", format!("takes {} from the hot wallet: {}", btc(take), stage(&sent)));
     // A vault spend seems to proceed; the towers cancel it late and quietly.
     let asked = h.owner_json(&["spend", &attacker.to_string(), "0.03"], &[DURESS, &h.phrase])?;
     play.note("attacker", "tx", format!("asks for 0.03 BTC from a vault and is shown: {}", stage(&asked)));
@@ -335,7 +340,7 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
     let amount = prepared["amount_sat"].as_u64().unwrap_or(0);
     play.check(back == amount && back > 0, format!("the fast path returned {back} sats, not {amount}"));
     play.outcome = format!(
-        "the attacker got {} (the allowance); the vault spend was cancelled late; {} swept and {} returned at once",
+        "the attacker got {} (the hot wallet); the vault spend was cancelled late; {} swept and {} returned at once",
         btc(play.extracted_sats),
         btc(swept),
         btc(back)
@@ -347,7 +352,6 @@ fn s5(play: &mut Play) -> Result<(), DrillError> {
     use vigil_tower::wire::{sign, sign_request, Approval, RegisterApproval};
     // Three standard vaults: together above the velocity budget.
     let h = household_with(play, "s5", &[4_000_000, 4_000_000, 4_000_000, 30_000_000])?;
-    play.limit_sats = Some(play.allowance_sats + VELOCITY);
     let attacker = fresh_address();
     let from = play.world.height()?;
     // The captor owns the co-signer's server: its sealed key and the passphrase beside it.
@@ -373,7 +377,7 @@ fn s5(play: &mut Play) -> Result<(), DrillError> {
         "owns the co-signer: its sealed key, opened with the passphrase beside it",
     );
     // The owner, coerced, takes the allowance and asks for every standard vault.
-    let take = play.allowance_sats.saturating_sub(20_000);
+    let take = play.hot_wallet_sats.saturating_sub(20_000);
     h.owner_json(&["spend", &attacker.to_string(), &btc_arg(take)], &[REAL])?;
     let mut asked = Vec::new();
     for _ in 0..3 {
@@ -494,7 +498,7 @@ fn s5(play: &mut Play) -> Result<(), DrillError> {
         format!("{from_vaults} sats left the vaults: above the velocity budget"),
     );
     play.outcome = format!(
-        "{} from the allowance and {} from standard vaults (velocity budget {}); every approval the co-signer signed alone was cancelled",
+        "{} from the hot wallet and {} from standard vaults (velocity budget {}); every approval the co-signer signed alone was cancelled",
         btc(take),
         btc(from_vaults),
         btc(VELOCITY)
@@ -562,6 +566,8 @@ fn s7(play: &mut Play) -> Result<(), DrillError> {
 
 fn s8(play: &mut Play) -> Result<(), DrillError> {
     let h = household(play, "s8")?;
+    // The duress code from the first unlock: nothing but the hot wallet (DESIGN G1).
+    play.allowance_sats = play.hot_wallet_sats;
     let attacker = fresh_address();
     let from = play.world.height()?;
     let client = h.client_id()?;
@@ -572,9 +578,9 @@ fn s8(play: &mut Play) -> Result<(), DrillError> {
         let view = h.owner(&["status", "--json"], &[DURESS])?;
         play.check(view.ok, format!("day {day}: the duress unlock failed: {}", view.err));
         if day == 1 {
-            let take = play.allowance_sats.saturating_sub(20_000);
+            let take = play.hot_wallet_sats.saturating_sub(20_000);
             h.owner_json(&["spend", &attacker.to_string(), &btc_arg(take)], &[DURESS])?;
-            play.note("attacker", "tx", format!("day 1: takes {} from the allowance", btc(take)));
+            play.note("attacker", "tx", format!("day 1: takes {} from the hot wallet", btc(take)));
             play.expect_alarm("duress", event, |a| a["client"] == client.as_str());
         }
         let asked = h.owner(&["spend", &attacker.to_string(), "0.03", "--json"], &[DURESS, &h.phrase])?;
@@ -618,7 +624,7 @@ fn s8(play: &mut Play) -> Result<(), DrillError> {
     );
     play.note("attacker", "action", format!("gives up after 7 days with {}", btc(play.extracted_sats)));
     play.outcome = format!(
-        "after 1,008 blocks the attacker has {} (the allowance); the household keeps {} in custody or cancelled back",
+        "after 1,008 blocks the attacker has {} (the hot wallet); the household keeps {} in custody or cancelled back",
         btc(play.extracted_sats),
         btc(kept)
     );
@@ -743,7 +749,7 @@ fn s10(play: &mut Play) -> Result<(), DrillError> {
     play.mine(1)?;
     let back = play.world.received(&home.script_pubkey(), from)?;
     // The allowance needs no co-signer: it stays the owner's, spendable as ever.
-    let locked = total - play.allowance_sats;
+    let locked = total - play.hot_wallet_sats;
     play.check(
         back > 0 && locked - back.min(locked) < 100_000,
         format!("recovered {back} of {locked} sats: more than fees lost"),
