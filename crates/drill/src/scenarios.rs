@@ -175,6 +175,54 @@ impl Cancelled {
     }
 }
 
+/// Mines up to `blocks` blocks until the household's vaults are all in the deep vault;
+/// what it holds.
+fn wait_for_sweep(play: &mut Play, h: &Household, blocks: u32) -> Result<u64, DrillError> {
+    let mut swept = 0;
+    for _ in 0..blocks {
+        play.world.mine(1)?;
+        let status = h.status()?;
+        swept = status["deep_vault_sat"].as_u64().unwrap_or(0);
+        if swept > 0 && status["vault_sat"].as_u64() == Some(0) {
+            break;
+        }
+    }
+    Ok(swept)
+}
+
+/// The deep vault's fast path: the off-site backup key, every guardian, then the co-signer;
+/// no LONG wait. Checks the payment is what was prepared; returns what came home.
+fn fast_path_home(play: &mut Play, h: &Household) -> Result<u64, DrillError> {
+    let home = fresh_address();
+    let psbt = h.dir.join("deep-vault.psbt");
+    let p = psbt.to_str().unwrap_or_default();
+    let prepared = h.owner_json(
+        &["recover", "--deep-vault", "--to", &home.to_string(), "--psbt", p],
+        &[REAL, &h.backup],
+    )?;
+    for g in 0..GUARDIANS {
+        h.guardian_json(g, &["sign-recovery", p, "--yes"], true)?;
+    }
+    let finished = h.owner_json(&["recover", "--finish", p], &[REAL])?;
+    let from = play.world.height()?;
+    play.note(
+        "owner",
+        "tx",
+        format!(
+            "the backup key, every guardian and the co-signer bring the deep vault back: {}",
+            finished["stage"]
+        ),
+    );
+    play.mine(1)?;
+    let back = play.world.received(&home.script_pubkey(), from)?;
+    let amount = prepared["amount_sat"].as_u64().unwrap_or(0);
+    play.check(
+        back == amount && back > 0,
+        format!("the fast path paid {back} sats, not the {amount} prepared"),
+    );
+    Ok(back)
+}
+
 fn s1(play: &mut Play) -> Result<(), DrillError> {
     let h = household(play, "s1")?;
     let shop = fresh_address();
@@ -307,38 +355,10 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
         h.guardian_json(g, &["panic", "--id", &panic_id, "--not-after", &not_after], true)?;
     }
     play.note("guardians", "action", "sign a panic: sweep every vault to the deep vault");
-    let mut swept = 0;
-    for _ in 0..12 {
-        play.world.mine(1)?;
-        swept = h.status()?["deep_vault_sat"].as_u64().unwrap_or(0);
-        if swept > 0 && h.status()?["vault_sat"].as_u64() == Some(0) {
-            break;
-        }
-    }
+    let swept = wait_for_sweep(play, &h, 12)?;
     play.note("towers", "tx", format!("{} swept to the deep vault", btc(swept)));
     play.check(swept > 0, "nothing reached the deep vault");
-    // The owner's fast path: the backup key, every guardian, the co-signer; no LONG wait.
-    let home = fresh_address();
-    let psbt = h.dir.join("deep-vault.psbt");
-    let p = psbt.to_str().unwrap_or_default();
-    let prepared = h.owner_json(
-        &["recover", "--deep-vault", "--to", &home.to_string(), "--psbt", p],
-        &[REAL, &h.backup],
-    )?;
-    for g in 0..GUARDIANS {
-        h.guardian_json(g, &["sign-recovery", p, "--yes"], true)?;
-    }
-    let finished = h.owner_json(&["recover", "--finish", p], &[REAL])?;
-    let back_from = play.world.height()?;
-    play.note(
-        "owner",
-        "tx",
-        format!("brings the deep vault back with the backup key and every guardian: {}", finished["stage"]),
-    );
-    play.mine(1)?;
-    let back = play.world.received(&home.script_pubkey(), back_from)?;
-    let amount = prepared["amount_sat"].as_u64().unwrap_or(0);
-    play.check(back == amount && back > 0, format!("the fast path returned {back} sats, not {amount}"));
+    let back = fast_path_home(play, &h)?;
     play.outcome = format!(
         "the attacker got {} (the hot wallet); the vault spend was cancelled late; {} swept and {} returned at once",
         btc(play.extracted_sats),
@@ -663,35 +683,10 @@ fn s9(play: &mut Play) -> Result<(), DrillError> {
     );
     play.world.towers[0].service.start()?;
     play.expect_alarm("unordered-emergency", event, |_| true);
-    let mut swept = 0;
-    for _ in 0..6 {
-        play.world.mine(1)?;
-        swept = h.status()?["deep_vault_sat"].as_u64().unwrap_or(0);
-        if h.status()?["vault_sat"].as_u64() == Some(0) && swept > 0 {
-            break;
-        }
-    }
+    let swept = wait_for_sweep(play, &h, 6)?;
     play.note("chain", "tx", format!("{} landed in the deep vault", btc(swept)));
-    let home = fresh_address();
-    let psbt = h.dir.join("deep-vault.psbt");
-    let p = psbt.to_str().unwrap_or_default();
-    let prepared = h.owner_json(
-        &["recover", "--deep-vault", "--to", &home.to_string(), "--psbt", p],
-        &[REAL, &h.backup],
-    )?;
-    for g in 0..GUARDIANS {
-        h.guardian_json(g, &["sign-recovery", p, "--yes"], true)?;
-    }
-    h.owner_json(&["recover", "--finish", p], &[REAL])?;
-    let back_from = play.world.height()?;
-    play.note("owner", "tx", "the backup key, every guardian and the co-signer return it: no LONG wait");
-    play.mine(1)?;
-    let back = play.world.received(&home.script_pubkey(), back_from)?;
+    let back = fast_path_home(play, &h)?;
     let vaulted: u64 = VAULTS.iter().sum();
-    play.check(
-        back == prepared["amount_sat"].as_u64().unwrap_or(0),
-        "the fast path did not pay what it prepared",
-    );
     play.check(
         vaulted - back.min(vaulted) < 100_000,
         format!("{back} of {vaulted} sats came back: more than fees lost"),

@@ -155,34 +155,42 @@ pub struct AlarmSink {
     pub url: String,
 }
 
+/// Serves alarm webhooks on `listener`: each POST's JSON body goes to `on_alarm`, and is
+/// answered 200 (a body that is not JSON is answered and dropped).
+pub fn serve_webhook(listener: std::net::TcpListener, on_alarm: impl Fn(Value) + Send + 'static) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len.min(1 << 20)];
+            let _ = reader.read_exact(&mut body);
+            if let Ok(body) = serde_json::from_slice(&body) {
+                on_alarm(body);
+            }
+            let _ = reader
+                .into_inner()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+}
+
 impl AlarmSink {
     fn start() -> Result<AlarmSink, DrillError> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let sink =
             AlarmSink { received: Arc::default(), url: format!("http://{}/alarm", listener.local_addr()?) };
         let store = sink.received.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream);
-                let mut len = 0;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; len.min(1 << 20)];
-                let _ = reader.read_exact(&mut body);
-                if let Ok(body) = serde_json::from_slice(&body) {
-                    store.lock().expect("sink").push(Alarm { at: Instant::now(), body });
-                }
-                let _ = reader
-                    .into_inner()
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            }
+        serve_webhook(listener, move |body| {
+            store.lock().expect("sink").push(Alarm { at: Instant::now(), body })
         });
         Ok(sink)
     }

@@ -1,6 +1,5 @@
 //! An alarm webhook on loopback that records every body it receives.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -19,29 +18,7 @@ pub fn webhook_on(port: u16) -> (String, Received) {
     let url = format!("http://{}/alarm", listener.local_addr().unwrap());
     let seen: Received = Arc::new(Mutex::new(Vec::new()));
     let store = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            if let Ok(v) = serde_json::from_slice(&body) {
-                store.lock().unwrap().push(v);
-            }
-            let _ = reader
-                .into_inner()
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
+    vigil_drill::world::serve_webhook(listener, move |v| store.lock().unwrap().push(v));
     (url, seen)
 }
 
