@@ -82,7 +82,10 @@ impl Household {
         };
         let mut keys = Vec::new();
         for g in 0..GUARDIANS {
-            std::fs::write(household.guardians[g].with_extension("pass"), "a guardian's passphrase\n")?;
+            crate::world::write_secret(
+                &household.guardians[g].with_extension("pass"),
+                "a guardian's passphrase\n",
+            )?;
             let made = household.guardian_json(g, &["init", "--network", "regtest"], false)?;
             keys.push(made["key"].as_str().unwrap_or_default().to_owned());
         }
@@ -90,12 +93,7 @@ impl Household {
             ["init", "--no-phrase-check", "--network", "regtest", "--chain-url", &world.rpc_url]
                 .map(str::to_owned)
                 .to_vec();
-        args.extend([
-            "--chain-user".into(),
-            "vigil".into(),
-            "--chain-password".into(),
-            world.rpc_password.clone(),
-        ]);
+        args.extend(["--chain-cookie".into(), world.rpc_cookie.display().to_string()]);
         args.extend([
             "--cosigner".into(),
             world.cosigner.url.clone(),

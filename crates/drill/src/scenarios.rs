@@ -133,7 +133,7 @@ fn unapproved_unvault(
     play.note("attacker", "tx", "broadcasts the vault's pre-signed unvault, taken from the owner's phone");
     play.expect_alarm("unvault-cancelled", event, |a| a["vault"] == id.as_str());
     // The cancel confirms; the attacker waits out DELAY and gets nothing.
-    let cancelled = Cancelled::watch(play, vault)?;
+    let cancelled = Cancelled::watch(vault)?;
     play.mine(DELAY + 1)?;
     extracted(play, attacker, from)?;
     let done = cancelled.confirmed(play)?;
@@ -144,17 +144,20 @@ fn unapproved_unvault(
     Ok(())
 }
 
+/// A vault's pre-signed unvault, from the wallet's records.
+fn unvault_of(vault: &Value) -> Result<vigil_policy::bitcoin::Transaction, DrillError> {
+    use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
+    deserialize_hex(vault["unvault"].as_str().unwrap_or_default()).map_err(step("reading an unvault"))
+}
+
 /// Whether a vault's unvault output was spent by anything but the owner's payment.
 struct Cancelled {
     unvault: vigil_policy::bitcoin::OutPoint,
 }
 
 impl Cancelled {
-    fn watch(_play: &Play, vault: &Value) -> Result<Cancelled, DrillError> {
-        use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
-        let tx: vigil_policy::bitcoin::Transaction =
-            deserialize_hex(vault["unvault"].as_str().unwrap_or_default())
-                .map_err(step("reading the unvault"))?;
+    fn watch(vault: &Value) -> Result<Cancelled, DrillError> {
+        let tx = unvault_of(vault)?;
         Ok(Cancelled { unvault: vigil_policy::bitcoin::OutPoint { txid: tx.compute_txid(), vout: 0 } })
     }
 
@@ -307,7 +310,8 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
     play.note("attacker", "action", "makes the owner unlock: the owner types the duress code");
     play.check(view == h.status()?, "the duress view differs from the real one");
     play.expect_alarm("duress", event, |a| a["client"] == client.as_str());
-    play.world.settle();
+    let settled = play.world.settle();
+    play.check(settled, "the co-signer's orders did not reach every tower within 30 s");
     // The allowance really spends: that is what the attacker gets.
     let take = play.hot_wallet_sats.saturating_sub(20_000);
     let sent = h.owner_json(&["spend", &attacker.to_string(), &btc_arg(take)], &[DURESS])?;
@@ -323,8 +327,8 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
         what: "the duress vault spend".into(),
         why: "no vault was unvaulted".into(),
     })?;
-    let cancelled = Cancelled::watch(play, &vault)?;
-    play.mine(1)?;
+    let cancelled = Cancelled::watch(&vault)?;
+    let unvault_height = play.mine(1)?;
     let mut cancelled_at = None;
     for _ in 0..DELAY + 1 {
         if cancelled.confirmed(play)? {
@@ -333,23 +337,29 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
         }
         play.world.mine(1)?;
     }
+    // Late: the towers wait until the spend leaf is about to open, so the captor, watching
+    // the chain, sees the spend proceed for most of DELAY.
+    let late = unvault_height + DELAY - vigil_tower::watch::DURESS_MARGIN_BLOCKS;
     match cancelled_at {
         Some(at) => {
-            play.note("tower", "tx", format!("the unvault was cancelled quietly, confirmed at block {at}"))
+            play.note("tower", "tx", format!("the unvault was cancelled quietly, confirmed at block {at}"));
+            play.check(at >= late, format!("the duress cancel came at block {at}, before {late}: not late"));
         }
         None if cancelled.unvault_mined(play)? => {
             play.fail("the duress unvault confirmed and was not cancelled by DELAY")
         }
-        // Nothing left the vault: the attacker gains nothing, but a real spend's unvault
-        // would have confirmed; the timeline says so (open, docs/drill.md).
-        None => play.note("chain", "tx", "the unvault did not confirm: the vault never left custody"),
+        None => play.fail("the duress spend's unvault never confirmed, unlike a real spend's"),
     }
     play.mine(2)?;
     extracted(play, &attacker, from)?;
     play.note("attacker", "action", format!("lets the owner go with {}", btc(play.extracted_sats)));
 
     // The guardians sweep every vault to the deep vault.
-    let panic_id = format!("{:064x}", play.world.height()?);
+    let panic_id = {
+        use vigil_policy::bitcoin::hex::DisplayHex;
+        use vigil_policy::bitcoin::secp256k1::{rand, SecretKey};
+        SecretKey::new(&mut rand::thread_rng()).secret_bytes().to_lower_hex_string()
+    };
     let not_after = (play.world.height()? + 100).to_string();
     for g in 0..THRESHOLD {
         h.guardian_json(g, &["panic", "--id", &panic_id, "--not-after", &not_after], true)?;
@@ -357,7 +367,10 @@ fn s4(play: &mut Play) -> Result<(), DrillError> {
     play.note("guardians", "action", "sign a panic: sweep every vault to the deep vault");
     let swept = wait_for_sweep(play, &h, 12)?;
     play.note("towers", "tx", format!("{} swept to the deep vault", btc(swept)));
-    play.check(swept > 0, "nothing reached the deep vault");
+    play.check(
+        swept > 0 && h.status()?["vault_sat"].as_u64() == Some(0),
+        "the panic did not sweep every vault to the deep vault",
+    );
     let back = fast_path_home(play, &h)?;
     play.outcome = format!(
         "the attacker got {} (the hot wallet); the vault spend was cancelled late; {} swept and {} returned at once",
@@ -418,9 +431,7 @@ fn s5(play: &mut Play) -> Result<(), DrillError> {
     let mut forged = Vec::new();
     let (mut accepted, mut refusals) = (0, Vec::new());
     for v in &left {
-        use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
-        let unvault: vigil_policy::bitcoin::Transaction =
-            deserialize_hex(v["unvault"].as_str().unwrap_or_default()).map_err(step("reading an unvault"))?;
+        let unvault = unvault_of(v)?;
         let approval = Approval {
             vault_outpoint: outpoint(v)?.to_string(),
             unvault_txid: unvault.compute_txid().to_string(),
@@ -431,9 +442,9 @@ fn s5(play: &mut Play) -> Result<(), DrillError> {
         };
         let signatures = vec![sign(&approval.digest(), &key)];
         for (n, t) in play.world.towers.iter().enumerate() {
-            // Above the co-signer's own counter for this key (the time, plus days).
+            // Above the co-signer's own counter for this key (it counts seconds).
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            let nonce = now.as_secs() + 2_000_000 + n as u64;
+            let nonce = now.as_secs() + 100 + n as u64;
             let body = serde_json::to_vec(&RegisterApproval {
                 nonce,
                 policy_id: client.clone(),
@@ -465,6 +476,13 @@ fn s5(play: &mut Play) -> Result<(), DrillError> {
             "signs approvals alone for {} vaults (one guarded, one over the velocity budget); the towers take {accepted} of {}",
             forged.len(),
             forged.len() * play.world.towers.len()
+        ),
+    );
+    play.check(
+        forged.len() == 2 && accepted == play.world.towers.len() && refusals.len() == play.world.towers.len(),
+        format!(
+            "the towers took {accepted} forged approvals for {} vaults: only the standard one's",
+            forged.len()
         ),
     );
     refusals.dedup();
@@ -507,7 +525,7 @@ fn s5(play: &mut Play) -> Result<(), DrillError> {
     );
     play.mine(1)?;
     for (v, _) in &forged {
-        let cancelled = Cancelled::watch(play, v)?;
+        let cancelled = Cancelled::watch(v)?;
         let done = cancelled.confirmed(play)?;
         play.check(done, format!("the forged approval of vault {} was not cancelled", v["outpoint"]));
     }
@@ -664,7 +682,9 @@ fn s9(play: &mut Play) -> Result<(), DrillError> {
     store.load_vaults(&mut |v| vaults.push(v)).map_err(step("reading the rogue tower's vaults"))?;
     drop(store);
     vaults.retain(|v| v.policy_id == client);
+    let ours: Vec<String> = vaults.iter().map(|v| v.outpoint.to_string()).collect();
     let mut sent = 0;
+    let event = Instant::now();
     let rpc = &play.world.rpc;
     for (i, v) in vaults.iter().enumerate() {
         // One vault the long way (its unvault, then the unvault's emergency), the rest by E.
@@ -675,14 +695,17 @@ fn s9(play: &mut Play) -> Result<(), DrillError> {
             sent += usize::from(rpc.broadcast(tx).is_ok());
         }
     }
-    let event = Instant::now();
     play.note(
         "tower",
         "tx",
         format!("tower-1 goes rogue: {sent} emergency transactions broadcast for {} vaults", vaults.len()),
     );
+    play.check(
+        vaults.len() == VAULTS.len() && sent == vaults.len() + 1,
+        format!("the rogue tower held {} vaults and got {sent} transactions out", vaults.len()),
+    );
     play.world.towers[0].service.start()?;
-    play.expect_alarm("unordered-emergency", event, |_| true);
+    play.expect_alarm("unordered-emergency", event, |a| ours.iter().any(|o| a["vault"] == o.as_str()));
     let swept = wait_for_sweep(play, &h, 6)?;
     play.note("chain", "tx", format!("{} landed in the deep vault", btc(swept)));
     let back = fast_path_home(play, &h)?;
@@ -701,6 +724,8 @@ fn s10(play: &mut Play) -> Result<(), DrillError> {
     let total = play.at_risk_sats;
     play.world.cosigner.kill();
     play.note("co-signer", "action", "the co-signer is gone for good (SIGKILL, never restarted)");
+    let ours: Vec<String> =
+        h.vaults()?.iter().map(|v| v["outpoint"].as_str().unwrap_or_default().to_owned()).collect();
     let event = Instant::now();
     let sent = h.owner_json(&["recover", "--unvault"], &[REAL])?;
     play.note(
@@ -708,14 +733,14 @@ fn s10(play: &mut Play) -> Result<(), DrillError> {
         "tx",
         format!("unvaults every vault ({} sent); the towers cancel them", sent["unvaults_sent"]),
     );
-    play.expect_alarm("unvault-cancelled", event, |_| true);
+    play.expect_alarm("unvault-cancelled", event, |a| ours.iter().any(|o| a["vault"] == o.as_str()));
     // Mine until every coin's recovery leaf is open.
     let mut survey = Value::Null;
     for _ in 0..10 {
         play.world.mine(1)?;
         survey = h.owner_json(&["recover"], &[REAL])?;
         let later = survey["later"].as_array().cloned().unwrap_or_default();
-        if later.iter().filter(|c| c["kind"] == "cancelled").count() == 3 {
+        if later.iter().filter(|c| c["kind"] == "cancelled").count() == VAULTS.len() {
             break;
         }
     }

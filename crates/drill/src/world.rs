@@ -160,6 +160,8 @@ pub struct AlarmSink {
 pub fn serve_webhook(listener: std::net::TcpListener, on_alarm: impl Fn(Value) + Send + 'static) {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            // A sender that stalls does not hold up the others for long.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let mut reader = BufReader::new(stream);
             let mut len = 0;
             loop {
@@ -273,10 +275,10 @@ pub struct World {
     pub dir: PathBuf,
     /// The chain's RPC.
     pub rpc: BitcoindRpc,
-    /// Its RPC URL and password (the wallets read the chain there).
+    /// Its RPC URL (the wallets read the chain there).
     pub rpc_url: String,
-    /// The RPC password.
-    pub rpc_password: String,
+    /// Its RPC cookie file.
+    pub rpc_cookie: PathBuf,
     /// The co-signer.
     pub cosigner: Service,
     /// The towers.
@@ -302,8 +304,8 @@ impl Drop for World {
     }
 }
 
-/// Writes a secret only its owner can read.
-fn write_secret(path: &Path, text: &str) -> Result<(), DrillError> {
+/// Writes a secret (or a file naming one) only its owner can read.
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), DrillError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -314,24 +316,29 @@ impl World {
     /// Starts the chain, the co-signer and `towers` towers in `dir` (made, must be empty), and
     /// mines the payer's coinbases.
     pub fn start(exe: &Path, dir: &Path, towers: usize) -> Result<World, DrillError> {
-        std::fs::create_dir_all(dir)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        }
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let alarms = AlarmSink::start()?;
-        let password = SecretKey::new(&mut rand::thread_rng()).secret_bytes()[..16].to_lower_hex_string();
         let port = free_port()?;
         let node = Command::new(exe)
             .args(["node", "--datadir"])
             .arg(dir.join("chain"))
-            .args(["--rpcport", &port.to_string(), "--rpcuser", "vigil", "--rpcpassword", &password])
+            .args(["--rpcport", &port.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(File::create(logs.join("node.log"))?)
             .spawn()?;
         let rpc_url = format!("http://127.0.0.1:{port}");
-        let rpc = BitcoindRpc::new(&rpc_url, "vigil", &password);
-        wait_for("the chain to start", Duration::from_secs(60), || Ok(rpc.tip().ok()))?;
-        let chain = format!("[chain]\nurl = {rpc_url:?}\nuser = \"vigil\"\npassword = {password:?}\n");
+        // Without a user and password the node writes a cookie: nothing secret on a command line.
+        let rpc_cookie = dir.join("chain").join(".cookie");
+        wait_for("the chain to start", Duration::from_secs(60), || Ok(rpc_cookie.exists().then_some(())))?;
+        let rpc = BitcoindRpc::with_cookie(&rpc_url, &rpc_cookie);
+        wait_for("the chain to answer", Duration::from_secs(60), || Ok(rpc.tip().ok()))?;
+        let chain = format!("[chain]\nurl = {rpc_url:?}\ncookie_file = {rpc_cookie:?}\n");
         let hooks = format!("[alarms]\nwebhooks = [{:?}]\n", alarms.url);
 
         let service = |name: &str, subcommand, config: PathBuf, port: u16| Service {
@@ -345,11 +352,12 @@ impl World {
         };
         let co_dir = dir.join("cosigner");
         std::fs::create_dir_all(&co_dir)?;
-        write_secret(&co_dir.join("passphrase"), &format!("{password}\n"))?;
+        let passphrase = SecretKey::new(&mut rand::thread_rng()).secret_bytes().to_lower_hex_string();
+        write_secret(&co_dir.join("passphrase"), &format!("{passphrase}\n"))?;
         let co_port = free_port()?;
-        std::fs::write(
-            co_dir.join("cosigner.toml"),
-            format!(
+        write_secret(
+            &co_dir.join("cosigner.toml"),
+            &format!(
                 "listen = \"127.0.0.1:{co_port}\"\ndatadir = {:?}\nkey_file = {:?}\npassphrase_file = {:?}\n\
                  network = \"regtest\"\n{hooks}{chain}",
                 co_dir.join("data"),
@@ -374,9 +382,9 @@ impl World {
             let secret = SecretKey::new(&mut rand::thread_rng());
             write_secret(&t_dir.join("tower.key"), &secret.secret_bytes().to_lower_hex_string())?;
             let t_port = free_port()?;
-            std::fs::write(
-                t_dir.join("tower.toml"),
-                format!(
+            write_secret(
+                &t_dir.join("tower.toml"),
+                &format!(
                     "listen = \"127.0.0.1:{t_port}\"\ndatadir = {:?}\nkey_file = {:?}\npoll_interval_ms = 100\n\
                      {chain}{hooks}",
                     t_dir.join("data"),
@@ -395,7 +403,7 @@ impl World {
             dir: dir.to_owned(),
             rpc,
             rpc_url,
-            rpc_password: password,
+            rpc_cookie,
             cosigner,
             towers: all,
             alarms,
@@ -430,7 +438,7 @@ impl World {
                     Ok(tower
                         .service
                         .metric("vigil_tower_tip_height")
-                        .is_none_or(|h| h >= u64::from(height))
+                        .is_some_and(|h| h >= u64::from(height))
                         .then_some(()))
                 },
             )?;
@@ -440,10 +448,11 @@ impl World {
 
     /// Waits (30 s at most) until the co-signer has delivered its orders to the towers: what
     /// the minutes between real blocks give it, before the drill mines the next ones.
-    pub fn settle(&self) {
-        let _ = wait_for("the co-signer's orders to reach the towers", Duration::from_secs(30), || {
+    pub fn settle(&self) -> bool {
+        wait_for("the co-signer's orders to reach the towers", Duration::from_secs(30), || {
             Ok((self.cosigner.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(()))
-        });
+        })
+        .is_ok()
     }
 
     /// Sats paid to `script` by transactions confirmed from `from` on, or in the mempool.

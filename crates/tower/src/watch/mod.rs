@@ -444,6 +444,31 @@ impl Watcher {
                 self.start_emergency(id, &mut actions);
             }
         }
+        // Sweeps this tower saw before the panic reached it (another tower got it first) were
+        // alarmed as unordered: say they were this panic's, so the guardians do not hunt a
+        // rogue tower that is not there.
+        let explained: Vec<OutPoint> = self
+            .vaults
+            .values()
+            .filter(|v| v.policy_id == client && v.state.unordered_emergency)
+            .map(|v| v.outpoint)
+            .collect();
+        for id in &explained {
+            let vault = self.vaults.get_mut(id).expect("watched");
+            vault.state.unordered_emergency = false;
+            self.dirty.insert(*id);
+        }
+        if !explained.is_empty() {
+            let list: Vec<String> = explained.iter().map(ToString::to_string).collect();
+            actions.push(Action::alarm(
+                None,
+                AlarmKind::Panic,
+                format!(
+                    "the sweeps of client {client}'s vaults {} alarmed earlier as unordered were this panic's",
+                    list.join(", ")
+                ),
+            ));
+        }
         actions
     }
 

@@ -422,7 +422,7 @@ fn panic_sends_e_for_unspent_vaults_and_ue_for_unvaulted_ones() {
 }
 
 #[test]
-fn an_emergency_no_panic_ordered_is_alarmed_once_and_one_a_panic_ordered_is_not() {
+fn an_emergency_no_panic_ordered_is_alarmed_once_and_explained_when_the_panic_arrives_late() {
     let (a, b, c) = (vault(0, 1_000_000), vault(1, 1_000_000), vault(2, 1_000_000));
     let mut w = watcher(&[&a, &b, &c], 100_000_000);
     // E of `a` from somewhere else: alarmed at first sight, not again when it confirms.
@@ -432,8 +432,13 @@ fn an_emergency_no_panic_ordered_is_alarmed_once_and_one_a_panic_ordered_is_not(
     // U then UE of `b`, sent by someone holding its graph: the UE is alarmed too.
     w.on_mempool_tx(&b.unvault);
     assert_eq!(alarms(&w.on_mempool_tx(&b.unvault_emergencies[0])), vec!["unordered-emergency"]);
-    // After a panic, the sweep this tower sends is not alarmed as unordered.
-    w.panic("p");
+    // The panic reaches this tower after it saw those sweeps (another tower got it first):
+    // it says they were the panic's.
+    let panic = w.panic("p");
+    assert_eq!(alarms(&panic), vec!["panic", "panic"]);
+    assert!(format!("{panic:?}").contains("alarmed earlier as unordered were this panic's"));
+    assert!(!w.vault(&a.outpoint).unwrap().state.unordered_emergency);
+    // The sweep this tower sends for the panic is not alarmed as unordered.
     assert!(alarms(&w.on_block_connected(6, &block(vec![c.emergencies[0].clone()]))).is_empty());
 }
 
