@@ -273,6 +273,21 @@ impl Cosigner {
             (false, true) => policy.guardians.threshold.max(made_under.policy().guardians.threshold),
             (false, false) => policy.guardians.threshold,
         };
+        if vault.guarded() && needed > 0 {
+            // Only today's guardians vote, and only the vault's own can sign its leaf: with
+            // too few of both, the request could never be approved. Say so now.
+            let its_own: Vec<_> = made_under.policy().guardians.keys.iter().map(|k| k.auth_key()).collect();
+            let shared =
+                policy.guardians.keys.iter().filter(|k| its_own.contains(&k.auth_key())).count() as u32;
+            if shared < needed {
+                return Err(Refusal::Conflict(format!(
+                    "this guarded vault was made under policy version {}: only {shared} of its guardians are \
+                     guardians today, and its spend needs {needed} of them; a policy change bringing enough of \
+                     them back lets it be spent",
+                    made_under.policy().version
+                )));
+            }
+        }
         let approval = Approval {
             vault_outpoint: r.vault_outpoint.clone(),
             unvault_txid: unvault_out.txid.to_string(),

@@ -318,6 +318,31 @@ fn a_vault_keeps_the_scripts_and_delay_of_the_policy_it_was_made_under() {
 }
 
 #[test]
+fn a_guarded_vault_most_of_whose_guardians_were_replaced_is_refused_at_once_not_left_waiting() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner replaced guardians"), 1, None);
+    let guarded = f.vault(&node, Amount::from_sat(600_000), VaultKind::Guarded);
+    // Two of the three guardians replaced by others: only one of the vault's own is left to
+    // vote, and its spend needs two.
+    let others = example("someone else's guardians").keys();
+    let mut lines: Vec<String> =
+        f.policy_text.replace("version = 1", "version = 2").lines().map(str::to_owned).collect();
+    let first = lines.iter().position(|l| l == "[guardians]").unwrap() + 3;
+    for i in 1..3 {
+        assert!(lines[first + i].contains("tpub"), "{}", f.policy_text);
+        lines[first + i] = format!("  \"{}\",", vigil_policy::example::account_key(&others.guardians[i]));
+    }
+    let change = f.change_policy(&(lines.join("\n") + "\n"), &[0, 1]).unwrap();
+    block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
+    let refused = spend(&f, &guarded).unwrap_err();
+    assert!(
+        refused.0 == 409 && refused.1.contains("only 1 of its guardians are guardians today"),
+        "{refused:?}"
+    );
+}
+
+#[test]
 fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_confirm_it() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
