@@ -1,5 +1,6 @@
 //! The scenarios, each on a household of its own so one's lockdown never colours the next.
-//! Every household starts the same: an allowance, two standard vaults and one guarded vault.
+//! Every household starts the same: a hot wallet, two standard vaults and one guarded vault
+//! (S5's has a third standard vault, to go over the velocity budget).
 
 use std::time::Instant;
 
