@@ -30,8 +30,8 @@ pub fn run(args: DrillArgs) -> anyhow::Result<()> {
     let options =
         vigil_drill::Options { exe: std::env::current_exe()?, dir: dir.clone(), only: args.scenarios };
     let played = vigil_drill::run(&options, &mut |line| eprintln!("{line}"));
-    let failed = played.as_ref().map_or(true, |r| r.iter().any(|s| !s.held));
-    if args.keep || failed {
+    let held = played.as_ref().is_ok_and(|r| r.iter().all(|s| s.held));
+    if args.keep || !held {
         eprintln!("the drill's processes' data and logs are kept in {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use vigil_chain::ChainBackend;
+use vigil_drill::household::words_between;
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
 use vigil_policy::bitcoin::{Address, Amount};
 use vigil_policy::example::{account_key, ExamplePolicy};
@@ -169,18 +170,6 @@ fn init_with(s: &Services, dir: &Path, guardians: &[String]) -> (bool, String, S
 /// The recovery phrase `vigil init` showed (the 24 numbered words after "STEP 1").
 fn phrase_shown(init_stderr: &str) -> String {
     words_between(init_stderr, "STEP 1", "STEP 2")
-}
-
-/// The numbered words `vigil init` showed between two steps.
-fn words_between(init_stderr: &str, from: &str, to: &str) -> String {
-    let step = init_stderr.split(from).nth(1).unwrap().split(to).next().unwrap();
-    step.lines()
-        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
-        .flat_map(|l| {
-            l.split_whitespace().filter(|w| !w.ends_with('.')).map(str::to_owned).collect::<Vec<_>>()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[test]

@@ -55,8 +55,9 @@ pub struct Household {
     guardians: Vec<PathBuf>,
 }
 
-/// The numbered words `vigil init` showed between two steps.
-fn words_between(text: &str, from: &str, to: &str) -> String {
+/// The numbered words `vigil init` showed between two steps (`STEP 1`: the recovery
+/// phrase, `STEP 2`: the backup key's).
+pub fn words_between(text: &str, from: &str, to: &str) -> String {
     let part = text.split(from).nth(1).and_then(|t| t.split(to).next()).unwrap_or_default();
     part.lines()
         .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))

@@ -119,9 +119,14 @@ impl Service {
 
     /// A metric's value, if it answers.
     pub fn metric(&self, name: &str) -> Option<u64> {
-        let text = ureq::get(&format!("{}/metrics", self.url)).call().ok()?.into_string().ok()?;
-        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+        metric(&self.url, name)
     }
+}
+
+/// Metric `name` of the service at `url` (its `/metrics`), if it answers.
+pub fn metric(url: &str, name: &str) -> Option<u64> {
+    let text = ureq::get(&format!("{url}/metrics")).call().ok()?.into_string().ok()?;
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
 }
 
 impl Drop for Service {
@@ -444,15 +449,6 @@ impl World {
             )?;
         }
         Ok(height)
-    }
-
-    /// Waits (30 s at most) until the co-signer has delivered its orders to the towers: what
-    /// the minutes between real blocks give it, before the drill mines the next ones.
-    pub fn settle(&self) -> bool {
-        wait_for("the co-signer's orders to reach the towers", Duration::from_secs(30), || {
-            Ok((self.cosigner.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(()))
-        })
-        .is_ok()
     }
 
     /// Sats paid to `script` by transactions confirmed from `from` on, or in the mempool.

@@ -110,8 +110,7 @@ impl CosignerProcess {
 
     /// A metric's value.
     pub fn metric(&self, name: &str) -> Option<u64> {
-        let text = ureq::get(&format!("{}/metrics", self.url)).call().ok()?.into_string().ok()?;
-        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+        vigil_drill::world::metric(&self.url, name)
     }
 }
 

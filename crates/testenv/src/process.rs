@@ -475,8 +475,7 @@ impl TowerProcess {
 
     /// A metric's value, if the tower answers.
     pub fn metric(&self, name: &str) -> Option<u64> {
-        let text = ureq::get(&format!("{}/metrics", self.api.url)).call().ok()?.into_string().ok()?;
-        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+        vigil_drill::world::metric(&self.api.url, name)
     }
 }
 
