@@ -39,6 +39,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/restore/policy", post(fetch_policy))
         .route("/v1/restore/confirm", post(confirm_restore))
         .route("/v1/restore", get(restore_state).post(restore))
+        .route("/v1/alarms", get(alarm_feed))
         .route("/v1/policy", post(change_policy))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -140,6 +141,10 @@ async fn confirm_restore(State(c): State<Arc<Cosigner>>, headers: HeaderMap, bod
 
 async fn restore_state(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {
     signed_get(c, headers, "/v1/restore".into(), |c, caller| c.restore_state(caller)).await
+}
+
+async fn alarm_feed(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {
+    signed_get(c, headers, "/v1/alarms".into(), |c, caller| c.alarm_feed(caller)).await
 }
 
 async fn fetch_policy(State(c): State<Arc<Cosigner>>, body: Bytes) -> Response {

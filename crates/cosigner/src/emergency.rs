@@ -55,6 +55,9 @@ pub(crate) fn gather(
     Ok((all, count, before))
 }
 
+/// How many alarms the guardians' feed returns.
+pub const ALARM_FEED_LEN: u32 = 100;
+
 impl Cosigner {
     /// `POST /v1/lockdown`: any owner or guardian freezes the client at once; every tower is
     /// told (quietly if the client is under duress: its cancels must not show early).
@@ -336,9 +339,9 @@ impl Cosigner {
             if count < needed {
                 batch
                     .put(kind::PANIC_VOTES, votes_id, serde_json::to_string(&signatures).expect("json"))
-                    .alarm(alarm(
+                    .alarm(crate::service::panic_proposed_alarm(
                         &caller.client.id,
-                        "panic-proposed",
+                        &p.panic,
                         format!(
                             "panic {} of {}: {count} of {needed} guardians signed",
                             p.panic.id, caller.client.id
@@ -676,6 +679,28 @@ impl Cosigner {
         );
         store.commit(&batch)?;
         Ok(wire::RestoreConfirmation { confirmations, needed, held: client.restore_unconfirmed })
+    }
+
+    /// `GET /v1/alarms`: the latest alarms about the caller's client (duress, lockdowns,
+    /// panics...), for its guardians only: a device opened under the duress code must not
+    /// see its own alarm.
+    pub fn alarm_feed(&self, caller: &Caller) -> Result<Vec<wire::CosignerAlarm>, Refusal> {
+        caller.guardian()?;
+        let entries = self.store().client_alarms(&caller.client.id, ALARM_FEED_LEN)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| {
+                let body: serde_json::Value = serde_json::from_str(&e.body).ok()?;
+                Some(wire::CosignerAlarm {
+                    id: e.id,
+                    kind: body["kind"].as_str()?.to_owned(),
+                    message: body["message"].as_str().unwrap_or_default().to_owned(),
+                    time: body["time"].as_u64().unwrap_or(0),
+                    panic: serde_json::from_value(body["panic"].clone()).ok(),
+                    policy: body["policy"].as_str().map(str::to_owned),
+                })
+            })
+            .collect())
     }
 
     /// `GET /v1/restore`: the last restore, for a guardian about to confirm it.

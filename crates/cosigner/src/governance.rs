@@ -109,9 +109,9 @@ impl Cosigner {
         batch.expect(kind::POLICY_VOTES, votes_id.clone(), votes_before);
         if count < needed {
             batch.put(kind::POLICY_VOTES, votes_id, serde_json::to_string(&signatures).expect("json")).alarm(
-                alarm(
+                crate::service::policy_proposed_alarm(
                     &client.id,
-                    "policy-proposed",
+                    &r.policy,
                     format!(
                         "policy version {version} of {} is proposed: {count} of {needed} guardians signed",
                         client.id

@@ -259,6 +259,25 @@ pub fn alarm(client: &str, kind: &str, message: String) -> String {
     serde_json::json!({ "client": client, "kind": kind, "message": message, "time": now() }).to_string()
 }
 
+/// A policy version some guardians signed and the quorum has not, with its text: the other
+/// guardians see what changes before they sign it.
+pub fn policy_proposed_alarm(client: &str, policy: &str, message: String) -> String {
+    serde_json::json!({
+        "client": client, "kind": "policy-proposed", "message": message, "time": now(), "policy": policy,
+    })
+    .to_string()
+}
+
+/// A panic some guardians signed and the quorum has not, as its alarm carries it: what the
+/// other guardians must sign to join it.
+pub fn panic_proposed_alarm(client: &str, panic: &wire::Panic, message: String) -> String {
+    serde_json::json!({
+        "client": client, "kind": "panic-proposed", "message": message, "time": now(),
+        "panic": { "id": panic.id, "not_after_height": panic.not_after_height },
+    })
+    .to_string()
+}
+
 impl Cosigner {
     /// Refuses anyone but an owner whose unlock's heartbeat arrived recently.
     pub fn unlocked_owner(&self, caller: &Caller) -> Result<(), Refusal> {

@@ -169,6 +169,34 @@ pub struct SpendRequest {
     pub psbt: String,
 }
 
+/// One alarm of a client's feed (`GET /v1/alarms`), as the webhooks get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CosignerAlarm {
+    /// The co-signer's sequence number: later alarms have larger ones.
+    pub id: i64,
+    /// What happened (`duress`, `lockdown`, ...).
+    pub kind: String,
+    /// For humans.
+    pub message: String,
+    /// When it was raised, Unix seconds.
+    pub time: u64,
+    /// A panic waiting for more guardians: what they sign to join it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic: Option<ProposedPanic>,
+    /// A policy version waiting for more guardians: its text (TOML), which they sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// A panic the quorum has not signed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposedPanic {
+    /// Its id.
+    pub id: String,
+    /// The last block it may act in.
+    pub not_after_height: u32,
+}
+
 /// A spend request as the co-signer answers it. Its shape and size do not depend on whether
 /// the client is under duress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,10 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     let latency = typed.elapsed();
     assert!(latency.as_secs() < 60, "{latency:?}");
     eprintln!("duress alarm delivered {latency:?} after the code was typed");
+    // The guardians' feed has it too; the owner's keys (the device under duress) are refused.
+    let feed = f.get("/v1/alarms", &f.guardian(0)).unwrap();
+    assert!(feed.as_array().unwrap().iter().any(|a| a["kind"] == "duress"), "{feed}");
+    assert_eq!(f.get("/v1/alarms", &f.owner()).unwrap_err().0, 403);
     if let Some(smtp) = &smtp {
         let mail = eventually("the guardians get the e-mail", || {
             let text = smtp.received();

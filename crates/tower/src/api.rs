@@ -39,6 +39,7 @@ pub fn router(tower: Arc<Tower>) -> Router {
         .route("/v1/lockdown", post(lockdown))
         .route("/v1/lockdown/lift", post(lift_lockdown))
         .route("/v1/clients/{policy_id}", get(client_state))
+        .route("/v1/clients/{policy_id}/alarms", get(client_alarms))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(MAX_BODY, refuse_oversize))
@@ -227,6 +228,15 @@ async fn client_state(
 ) -> Result<Response, Refusal> {
     let signer = authenticate_get(&tower, &headers, &format!("/v1/clients/{id}"))?;
     Ok(blocking(move || crate::governance::client_view(&tower, &signer, &id)).await?.into_response())
+}
+
+async fn client_alarms(
+    State(tower): State<Arc<Tower>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let signer = authenticate_get(&tower, &headers, &format!("/v1/clients/{id}/alarms"))?;
+    Ok(blocking(move || crate::governance::alarm_feed(&tower, &signer, &id)).await?.into_response())
 }
 
 async fn vault_state(

@@ -331,6 +331,33 @@ pub(crate) fn client_view(
     }))
 }
 
+/// How many alarms the feed returns.
+pub const ALARM_FEED_LEN: u32 = 100;
+
+/// `GET /v1/clients/{id}/alarms`: the latest alarms about the client's vaults, for its
+/// guardians only. The owner's own keys are refused: a device opened under the duress code
+/// must not learn that its spend was seen (DESIGN §5).
+pub(crate) fn alarm_feed(
+    tower: &Tower,
+    signer: &XOnlyPublicKey,
+    id: &str,
+) -> Result<Vec<crate::wire::AlarmEntry>, Refusal> {
+    let client = client(tower, id)?;
+    if !client.guardians.contains(signer) {
+        return Err(Refusal::Forbidden("the alarm feed is for the client's guardians".into()));
+    }
+    let alarms = tower.lock().store.client_alarms(id, ALARM_FEED_LEN)?;
+    Ok(alarms
+        .into_iter()
+        .map(|a| crate::wire::AlarmEntry {
+            id: a.id,
+            kind: a.kind.as_str().to_owned(),
+            vault: a.vault,
+            message: a.message,
+        })
+        .collect())
+}
+
 /// `GET /v1/vaults/{outpoint}`: a vault's state, for its own client's parties.
 pub(crate) fn vault_view(
     tower: &Tower,

@@ -282,6 +282,19 @@ pub struct Ack {
     pub signature: String,
 }
 
+/// One alarm of a client's feed (`GET /v1/clients/{id}/alarms`), as the webhooks get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmEntry {
+    /// The tower's sequence number: later alarms have larger ones.
+    pub id: i64,
+    /// What happened (`unvault-cancelled`, ...).
+    pub kind: String,
+    /// The vault's outpoint.
+    pub vault: Option<String>,
+    /// For humans.
+    pub message: String,
+}
+
 /// An error the API returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {

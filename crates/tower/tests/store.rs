@@ -114,6 +114,10 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
         (alarm[0].kind, alarm[0].vault.clone()),
         (AlarmKind::UnvaultCancelled, Some(a.outpoint.to_string()))
     );
+    // The client's feed has it (by its vault), another client's does not.
+    let feed = store.client_alarms("p", 10).unwrap();
+    assert_eq!(feed.iter().map(|f| f.id).collect::<Vec<_>>(), [alarm[0].id]);
+    assert!(store.client_alarms("q", 10).unwrap().is_empty());
     let hooks = ["hook-a".to_string(), "hook-b".to_string()];
     store.alarm_attempted(alarm[0].id, "hook-a", false, &hooks).unwrap();
     assert_eq!(store.outbox_len().unwrap(), 1);

@@ -94,6 +94,22 @@ fn unapproved_unvault_is_cancelled_approved_one_left_alone_and_guardians_alarmed
         .iter()
         .any(|a| a["message"].as_str().unwrap_or_default().contains(&spent.outpoint().to_string())));
     assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(2));
+    // The guardians read the same alarms from the tower's feed, whatever became of the webhook;
+    // the owner's keys (a device under duress) and strangers may not.
+    let feed = format!("/v1/clients/{}/alarms", client.policy_id);
+    let guardian = vigil_policy::example::auth_keypair(&client.keys.guardians[0]);
+    let listed = get(&tower.api, &feed, &guardian).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|a| a["kind"] == "unvault-cancelled" && a["vault"] == stolen.outpoint().to_string()),
+        "{listed:?}"
+    );
+    assert!(listed.windows(2).all(|w| w[0]["id"].as_i64() > w[1]["id"].as_i64()), "newest first");
+    assert_eq!(get(&tower.api, &feed, &client.owner_auth()).unwrap_err().0, 403, "the owner");
+    let stranger = vigil_policy::example::auth_keypair(&example("a stranger").keys().guardians[0]);
+    assert_eq!(get(&tower.api, &feed, &stranger).unwrap_err().0, 403, "another client's guardian");
 }
 
 #[test]

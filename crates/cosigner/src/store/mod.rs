@@ -104,6 +104,9 @@ pub trait Store: Send {
     fn delivered(&mut self, id: i64, sink: &str) -> Result<(), StoreError>;
     /// Alarms some configured sink has not had.
     fn outbox_depth(&mut self, sinks: &[String]) -> Result<u64, StoreError>;
+    /// The latest `limit` alarms about `client`, delivered or not, newest first: its
+    /// guardians' feed.
+    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
 }
 
 #[cfg(test)]
@@ -153,5 +156,15 @@ pub(crate) mod conformance {
         assert_eq!(store.outbox_depth(&sinks).unwrap(), 1);
         store.delivered(pending[0].id, "s2").unwrap();
         assert_eq!(store.outbox_depth(&sinks).unwrap(), 0);
+        // A client's feed holds its own alarms only, newest first.
+        let mut feed = Batch::default();
+        feed.alarm("{\"client\":\"c1\",\"n\":1}")
+            .alarm("{\"client\":\"c2\"}")
+            .alarm("{\"client\":\"c1\",\"n\":2}");
+        store.commit(&feed).unwrap();
+        let c1: Vec<String> = store.client_alarms("c1", 10).unwrap().into_iter().map(|e| e.body).collect();
+        assert_eq!(c1, ["{\"client\":\"c1\",\"n\":2}", "{\"client\":\"c1\",\"n\":1}"]);
+        assert_eq!(store.client_alarms("c1", 1).unwrap().len(), 1);
+        assert!(store.client_alarms("c3", 10).unwrap().is_empty());
     }
 }

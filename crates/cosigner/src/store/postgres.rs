@@ -21,6 +21,7 @@ impl PostgresStore {
              CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
                  PRIMARY KEY (kind, id));
              CREATE TABLE IF NOT EXISTS outbox (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS outbox_by_client ON outbox (((body::jsonb)->>'client'), id);
              CREATE TABLE IF NOT EXISTS deliveries (alarm_id BIGINT NOT NULL, sink TEXT NOT NULL,
                  PRIMARY KEY (alarm_id, sink));"
         ))?;
@@ -91,6 +92,14 @@ impl Store for PostgresStore {
             &[&id, &sink],
         )?;
         Ok(())
+    }
+
+    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = self.client.query(
+            "SELECT id, body FROM outbox WHERE (body::jsonb)->>'client' = $1 ORDER BY id DESC LIMIT $2",
+            &[&client, &(limit as i64)],
+        )?;
+        Ok(rows.into_iter().map(|r| OutboxEntry { id: r.get(0), body: r.get(1) }).collect())
     }
 
     fn outbox_depth(&mut self, sinks: &[String]) -> Result<u64, StoreError> {

@@ -12,6 +12,7 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
         PRIMARY KEY (kind, id));
     CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS outbox_by_client ON outbox (json_extract(body, '$.client'), id);
     CREATE TABLE IF NOT EXISTS deliveries (alarm_id INTEGER NOT NULL, sink TEXT NOT NULL,
         PRIMARY KEY (alarm_id, sink));";
 
@@ -100,6 +101,15 @@ impl Store for SqliteStore {
             params![id, sink],
         )?;
         Ok(())
+    }
+
+    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, body FROM outbox WHERE json_extract(body, '$.client') = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows =
+            stmt.query_map(params![client, limit], |r| Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn outbox_depth(&mut self, sinks: &[String]) -> Result<u64, StoreError> {

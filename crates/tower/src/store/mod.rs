@@ -206,6 +206,9 @@ pub trait TowerStore: Send {
     fn settle_alarms(&mut self, endpoints: &[String]) -> Result<u64, StoreError>;
     /// Alarms not yet delivered everywhere.
     fn outbox_len(&mut self) -> Result<u64, StoreError>;
+    /// The latest `limit` alarms about `client`'s vaults, delivered or not, newest first: its
+    /// guardians' feed, independent of any webhook.
+    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError>;
 }
 
 /// A vault row is only ever written whole: one without its transactions (the watcher's

@@ -453,4 +453,25 @@ impl TowerStore for PostgresStore {
                 as u64)
         })
     }
+
+    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError> {
+        self.run(|c| {
+            let rows = c.query(
+                "SELECT a.id, a.vault, a.kind, a.message, a.attempts FROM alarms a JOIN vaults v ON v.outpoint = a.vault
+                   WHERE v.client = $1 ORDER BY a.id DESC LIMIT $2",
+                &[&client, &i64::from(limit)],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(OutboxAlarm {
+                        id: r.get(0),
+                        vault: r.get(1),
+                        kind: read_kind(r.get(2))?,
+                        message: r.get(3),
+                        attempts: r.get::<_, i32>(4) as u32,
+                    })
+                })
+                .collect()
+        })
+    }
 }

@@ -376,4 +376,19 @@ impl TowerStore for SqliteStore {
             .query_row("SELECT COUNT(*) FROM alarms WHERE delivered = 0", [], |r| r.get::<_, i64>(0))?
             as u64)
     }
+
+    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.id, a.vault, a.kind, a.message, a.attempts FROM alarms a JOIN vaults v ON v.outpoint = a.vault
+               WHERE v.client = ?1 ORDER BY a.id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![client, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get::<_, u32>(4)?))
+        })?;
+        rows.map(|row| {
+            let (id, vault, kind, message, attempts) = row?;
+            Ok(OutboxAlarm { id, vault, kind: read_kind(&kind)?, message, attempts })
+        })
+        .collect()
+    }
 }
