@@ -10,11 +10,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use vigil_client::cosigner::CosignerClient;
+use vigil_client::guardian::{btc, check, describe};
 use vigil_cosigner::wire::{self, SpendStatus};
 use vigil_cosigner::MasterKey;
 use vigil_policy::bitcoin::hex::DisplayHex;
 use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::{Amount, Network};
+use vigil_policy::bitcoin::Network;
 use vigil_policy::Policy;
 
 /// Where the guardian's key and the client's policy are.
@@ -89,6 +90,12 @@ enum GuardianCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Your guardian page in your browser: requests, alarms, lockdown, panic and policy
+    /// changes, served on this computer only. Approving still needs your passphrase.
+    Ui {
+        #[command(flatten)]
+        listen: crate::ui::ListenArgs,
+    },
     /// Sign a new version of the policy (shows what changes first).
     Policy {
         /// The new policy file.
@@ -119,10 +126,6 @@ pub(crate) fn network(name: &str) -> anyhow::Result<Network> {
         "regtest" => Network::Regtest,
         other => bail!("--network: unknown network {other:?}"),
     })
-}
-
-fn btc(sat: u64) -> String {
-    format!("{} BTC ({sat} sats)", Amount::from_sat(sat).to_btc())
 }
 
 fn confirm(what: &str, word: &str) -> anyhow::Result<()> {
@@ -241,25 +244,6 @@ fn sign_recovery(
     Ok(())
 }
 
-fn describe(s: &SpendStatus) -> String {
-    let mut out = format!(
-        "Spend request {}: {}\n  sends {} to {}\n  from vault {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
-        s.id,
-        s.state,
-        btc(s.amount_sat),
-        s.destinations.join(", "),
-        s.vault_outpoint,
-        s.policy_version,
-        s.approvals,
-        s.approvals_needed,
-        s.approval.expiry_height,
-    );
-    if s.under_lockdown {
-        out.push_str("\n  WARNING: requested while the client was LOCKED DOWN (or under duress). Do not approve it on anyone's word.");
-    }
-    out
-}
-
 /// Runs a guardian command.
 pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
     let pass = || passphrase(args.passphrase_file.as_deref());
@@ -297,6 +281,21 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         return sign_recovery(&policy, &keys, file, *yes, args.json);
     }
     let nonce_file = args.key.with_extension("nonce");
+    if let GuardianCommand::Ui { listen } = &args.command {
+        // The page holds the auth key only; approvals open the signing key from the
+        // passphrase typed into their confirmation form.
+        drop(keys);
+        return crate::ui::serve(listen, |gate| {
+            let page = vigil_ui::guardian::GuardianPage::new(
+                policy_text,
+                args.key.clone(),
+                *auth,
+                nonce_file,
+                gate,
+            )?;
+            Ok(std::sync::Arc::new(page).router())
+        });
+    }
     let co = CosignerClient::new(&policy_text, *auth, nonce_file)?;
     let show = |v: &Value, text: String| {
         if args.json {
@@ -306,7 +305,9 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
     };
     match args.command {
-        GuardianCommand::Init { .. } | GuardianCommand::SignRecovery { .. } => unreachable!("handled above"),
+        GuardianCommand::Init { .. } | GuardianCommand::SignRecovery { .. } | GuardianCommand::Ui { .. } => {
+            unreachable!("handled above")
+        }
         GuardianCommand::Pending => {
             let all: Vec<SpendStatus> = co.get("/v1/spends")?;
             let waiting: Vec<&SpendStatus> = all.iter().filter(|s| s.state == "waiting").collect();
@@ -329,8 +330,8 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
         GuardianCommand::Show { id } => {
             let s: SpendStatus = co.get(&format!("/v1/spends/{id}"))?;
-            let text = match verified(&policy, &s) {
-                Ok((_, shown)) => shown,
+            let text = match check(&policy, &s) {
+                Ok(checked) => checked.describe(&s),
                 Err(e) => format!("{}\n  DO NOT APPROVE: {e}", describe(&s)),
             };
             show(&serde_json::to_value(&s)?, text);
@@ -340,10 +341,13 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             let s: SpendStatus = co.get(&format!("/v1/spends/{id}"))?;
             // What is shown and signed is rebuilt from this guardian's own copy of the policy:
             // the co-signer's description is not trusted. Denying needs no such proof.
-            let checked = verified(&policy, &s);
+            let checked = check(&policy, &s);
             let (mut psbt, shown) = match (approve, checked) {
-                (_, Ok(ok)) => ok,
-                (true, Err(e)) => return Err(e),
+                (_, Ok(ok)) => {
+                    let shown = ok.describe(&s);
+                    (ok.psbt, shown)
+                }
+                (true, Err(e)) => return Err(e.into()),
                 (false, Err(e)) => {
                     (Psbt::deserialize(&base64_decode(&s.psbt)?)?, format!("{}\n  ({e})", describe(&s)))
                 }
@@ -466,7 +470,12 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let parsed = Policy::from_toml(&new)?;
             if !yes {
-                let diff = diff(&policy_text, &new);
+                let lines = vigil_client::guardian::diff(&policy_text, &new);
+                let diff = if lines.is_empty() {
+                    "  (no line differs)".to_owned()
+                } else {
+                    lines.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+                };
                 confirm(
                     &format!("Policy version {} -> {}. Changes:\n{diff}", policy.version, parsed.version),
                     "SIGN",
@@ -487,113 +496,6 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The spend request checked against this guardian's copy of the policy: the vault's
-/// unvault rebuilt from it and the request's vault parameters must be the unvault the request
-/// names; the spend must be that unvault's only input, at DELAY; the approval's terms must
-/// name this spend, this vault and this policy version. Returns the PSBT to sign, rebuilt
-/// from the policy (so its key origins are this policy's), and the description of what it
-/// does, computed from the transaction itself.
-fn verified(policy: &Policy, s: &SpendStatus) -> anyhow::Result<(Psbt, String)> {
-    use std::str::FromStr;
-    use vigil_policy::bitcoin::{OutPoint, XOnlyPublicKey};
-    let compiled = vigil_policy::CompiledPolicy::new(policy.clone())?;
-    let v = &s.vault;
-    let kind = if v.kind == "guarded" {
-        vigil_policy::VaultKind::Guarded
-    } else {
-        vigil_policy::VaultKind::Standard
-    };
-    let key = |k: &str| XOnlyPublicKey::from_str(k).context("a one-time key of the vault");
-    let plan = compiled.plan(
-        v.index,
-        Amount::from_sat(v.amount_sat),
-        kind,
-        key(&v.owner_once)?,
-        key(&v.cosigner_once)?,
-    )?;
-    let vault_outpoint = OutPoint::from_str(&v.vault_outpoint).context("the vault's outpoint")?;
-    let graph = compiled.build_graph(&plan, vault_outpoint)?;
-    let unvault = &graph.unvault.tx;
-    let given = Psbt::deserialize(&base64_decode(&s.psbt)?).context("the request's transaction")?;
-    let tx = &given.unsigned_tx;
-    let u_out = OutPoint { txid: unvault.compute_txid(), vout: 0 };
-    let problems = [
-        (
-            s.approval.unvault_txid != u_out.txid.to_string(),
-            "the approval names another unvault than this vault's",
-        ),
-        (s.approval.vault_outpoint != v.vault_outpoint, "the approval names another vault"),
-        (
-            tx.input.len() != 1 || tx.input[0].previous_output != u_out,
-            "the spend does not spend this vault's unvault alone",
-        ),
-        (
-            tx.input.first().map(|i| i.sequence)
-                != Some(vigil_policy::bitcoin::Sequence::from_height(policy.delays.unvault)),
-            "the spend is not at the policy's DELAY",
-        ),
-        (
-            s.approval.spend_txid != tx.compute_txid().to_string(),
-            "the approval names another spend than the transaction shown",
-        ),
-        (s.approval.policy_version != policy.version, "the approval names another policy version than yours"),
-    ];
-    if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
-        bail!("refusing to sign: {why}. Do not approve; tell the other guardians.");
-    }
-    let descriptors = compiled.vault_descriptors(&plan)?;
-    let input = vigil_policy::SpendInput {
-        outpoint: u_out,
-        txout: unvault.output[0].clone(),
-        descriptor: descriptors.unvault,
-        sequence: tx.input[0].sequence,
-    };
-    let psbt = vigil_policy::spend_psbt(&[input], tx.output.clone())?;
-    if psbt.unsigned_tx != *tx {
-        bail!("refusing to sign: the spend is not a plain spend of the unvault");
-    }
-    let pays: Vec<String> = tx
-        .output
-        .iter()
-        .map(|o| {
-            let to = vigil_policy::bitcoin::Address::from_script(&o.script_pubkey, policy.network)
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| o.script_pubkey.to_string());
-            format!("{} to {to}", btc(o.value.to_sat()))
-        })
-        .collect();
-    let mut shown = format!(
-        "Spend request {}: {}\n  takes {} out of vault {} ({})\n  pays {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
-        s.id,
-        s.state,
-        btc(unvault.output[0].value.to_sat()),
-        v.vault_outpoint,
-        v.kind,
-        pays.join(", "),
-        s.approval.policy_version,
-        s.approvals,
-        s.approvals_needed,
-        s.approval.expiry_height,
-    );
-    if s.under_lockdown {
-        shown.push_str("\n  WARNING: requested while the client was LOCKED DOWN (or under duress). Do not approve it on anyone's word.");
-    }
-    Ok((psbt, shown))
-}
-
-/// The lines that differ, `-` old and `+` new.
-fn diff(old: &str, new: &str) -> String {
-    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
-    let mut out = Vec::new();
-    out.extend(a.iter().filter(|l| !b.contains(l)).map(|l| format!("  - {l}")));
-    out.extend(b.iter().filter(|l| !a.contains(l)).map(|l| format!("  + {l}")));
-    if out.is_empty() {
-        "  (no line differs)".into()
-    } else {
-        out.join("\n")
-    }
 }
 
 fn base64_decode(s: &str) -> anyhow::Result<Vec<u8>> {

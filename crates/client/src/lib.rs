@@ -16,6 +16,8 @@ pub use bip39;
 
 pub mod allowance;
 pub mod cosigner;
+pub mod guardian;
+pub mod overview;
 pub mod owner;
 pub mod recovery;
 pub mod session;

@@ -88,4 +88,47 @@ impl Session {
     pub fn towers<'a>(&'a self, key: &'a vigil_policy::bitcoin::key::Keypair) -> Vec<TowerClient<'a>> {
         TowerClient::all(self.compiled.policy(), key, self.cosigner.nonces())
     }
+
+    /// Freezes every vault spend for `blocks` blocks at the co-signer and at every tower
+    /// directly (a compromised co-signer must not keep it from them); with `sweep`, the
+    /// guardians are asked to sweep every vault to the deep vault. The wallet remembers the
+    /// lockdown once anyone took it.
+    pub fn lock_down(&self, blocks: u32, sweep: bool) -> Result<LockdownReport, WalletError> {
+        let cosigner: Result<wire::LockdownStatus, _> =
+            self.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks, sweep });
+        let key = self.keys.auth_keypair();
+        // Our own node first (a compromised co-signer could name a height the towers refuse
+        // or one that ends at once), else the co-signer's, else each tower's own tip.
+        let until = match self.chain().tip() {
+            Ok(t) => Some(t.height.saturating_add(blocks)),
+            Err(_) => cosigner.as_ref().ok().map(|s| s.until_height),
+        };
+        let towers =
+            crate::towers::lock_down_everywhere(&self.towers(&key), self.cosigner.client_id(), until, blocks);
+        let report =
+            LockdownReport { cosigner: cosigner.map(|s| s.until_height).map_err(|e| e.to_string()), towers };
+        if let (Some(h), false) = (until, report.nobody_took_it()) {
+            let mut state = self.dir.state()?;
+            state.lockdown_until = state.lockdown_until.max(Some(h));
+            state.note(format!("locked down until block {h}"));
+            self.dir.save_state(&state)?;
+        }
+        Ok(report)
+    }
+}
+
+/// Who took a lockdown.
+#[derive(Debug, Clone)]
+pub struct LockdownReport {
+    /// The co-signer's end height, or why it did not take it.
+    pub cosigner: Result<u32, String>,
+    /// Each tower's name and, if it was not reached or refused, why.
+    pub towers: Vec<(String, Option<String>)>,
+}
+
+impl LockdownReport {
+    /// Neither the co-signer nor any tower took it.
+    pub fn nobody_took_it(&self) -> bool {
+        self.cosigner.is_err() && self.towers.iter().all(|(_, e)| e.is_some())
+    }
 }

@@ -76,6 +76,44 @@ pub enum Progress {
     Stopped(String),
 }
 
+impl Progress {
+    /// Where the spend stands, in words, at height `tip`.
+    pub fn describe(&self, tip: u32) -> String {
+        match self {
+            Progress::WaitingForGuardians { approvals, needed } => {
+                format!("waiting for your guardians: {approvals} of {needed} approved")
+            }
+            Progress::Waiting { from_height: Some(h) } => format!(
+                "approved; the coins are unlocking: spendable from block {h}, in about {} blocks (now {tip})",
+                h.saturating_sub(tip)
+            ),
+            Progress::Waiting { from_height: None } => {
+                "approved; the unlocking transaction is on its way to a block".into()
+            }
+            Progress::Sent { txid } => format!("sent: transaction {txid}, waiting for a block"),
+            Progress::Done { txid } => format!("done: transaction {txid} confirmed"),
+            Progress::Unsigned => {
+                "waiting for your signature: sign its PSBT, then `vigil spend --signed FILE`".into()
+            }
+            Progress::Denied => "a guardian denied this spend".into(),
+            Progress::Stopped(why) => format!("stopped: {why}"),
+        }
+    }
+
+    /// Whether waiting longer changes nothing by itself (sent, done, denied, stopped, or
+    /// waiting for a signature from elsewhere).
+    pub fn finished(&self) -> bool {
+        matches!(
+            self,
+            Progress::Sent { .. }
+                | Progress::Done { .. }
+                | Progress::Denied
+                | Progress::Stopped(_)
+                | Progress::Unsigned
+        )
+    }
+}
+
 /// Builds a spend of `amount` to `destination` from the smallest confirmed vault that
 /// covers it with the fee and has no spend under way (the rest goes to a fresh intake
 /// address, to be vaulted again), signs it with the owner's vault key and records it as

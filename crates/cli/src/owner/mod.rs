@@ -16,7 +16,6 @@ use serde_json::json;
 use vigil_client::allowance::Allowance;
 use vigil_client::cosigner::ClientError;
 use vigil_client::owner;
-use vigil_client::recovery::{self, VaultPlace};
 use vigil_client::session::Session;
 use vigil_client::spending::{self, Progress};
 use vigil_client::towers::TowerClient;
@@ -73,6 +72,27 @@ pub struct ReceiveArgs {
 fn open_allowance(session: &Session, state: &WalletState) -> anyhow::Result<Allowance> {
     let account = session.keys.allowance().policy_key();
     Ok(Allowance::open(&session.dir, &account, session.network, state.birth_height)?)
+}
+
+/// `vigil ui`.
+#[derive(Args)]
+pub struct UiArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    #[command(flatten)]
+    listen: crate::ui::ListenArgs,
+}
+
+/// `vigil ui`: the owner's page; it unlocks with the wallet's code, in the page.
+pub fn ui(args: UiArgs) -> anyhow::Result<()> {
+    let dir = args.wallet.dir();
+    if dir.file(SETUP_FILE).exists() {
+        bail!("the setup of {} did not finish: run `vigil init --resume`", dir.path.display());
+    }
+    dir.config()?;
+    crate::ui::serve(&args.listen, |gate| {
+        Ok(std::sync::Arc::new(vigil_ui::owner::OwnerPage::new(dir, gate)).router())
+    })
 }
 
 /// `vigil lockdown`.
@@ -278,130 +298,86 @@ fn btc(sat: u64) -> String {
 /// `vigil status`.
 pub fn status(args: WalletArgs) -> anyhow::Result<()> {
     let session = open(&args)?;
-    let chain = session.chain();
-    let mut state = session.dir.state()?;
-    let tip = state.scan(&session.compiled, &*chain)?;
-    session.dir.save_state(&state)?;
-    let intake: Vec<_> = state.coins.iter().filter(|c| !c.spent).collect();
-    let intake_sat: u64 = intake.iter().map(|c| c.value_sat).sum();
-    // A damaged allowance file or a node error hides the allowance, not the rest.
-    let held = open_allowance(&session, &state).and_then(|mut a| {
-        a.sync(&*chain)?;
-        Ok(a.balance())
-    });
-    let hot_limit = session.compiled.policy().allowance.hot_limit_sat;
-    let key = session.keys.auth_keypair();
-    let policy_id = session.cosigner.client_id().to_owned();
-    let towers: Vec<(String, Result<serde_json::Value, ClientError>)> = session
-        .towers(&key)
-        .iter()
-        .map(|t| (t.name.clone(), t.get(&format!("/v1/clients/{policy_id}"))))
-        .collect();
-    let places: Vec<VaultPlace> = state
-        .vaults
-        .iter()
-        .map(|v| recovery::locate(&session.compiled, v, &*chain))
-        .collect::<Result<_, _>>()?;
-    let vaults: Vec<serde_json::Value> = state
-        .vaults
-        .iter()
-        .zip(&places)
-        .map(|(v, place)| {
-            json!({
-                "vault": v.outpoint.to_string(),
-                "amount_sat": v.amount_sat,
-                "kind": v.kind,
-                "state": place.name(),
-                "confirmed_height": v.confirmed_height,
-            })
-        })
-        .collect();
-    let sum = |wanted: &dyn Fn(&VaultPlace) -> bool| -> u64 {
-        state.vaults.iter().zip(&places).filter(|(_, p)| wanted(p)).map(|(v, _)| v.amount_sat).sum()
-    };
-    let vault_sat = sum(&|p| {
-        matches!(
-            p,
-            VaultPlace::FundingSent
-                | VaultPlace::Protected
-                | VaultPlace::Unvaulting
-                | VaultPlace::Unvaulted { .. }
-        )
-    });
-    let deep_sat = sum(&|p| matches!(p, VaultPlace::DeepVault { .. }));
-    let cancelled_sat = sum(&|p| matches!(p, VaultPlace::Cancelled { .. }));
-    let spends: Vec<serde_json::Value> = state
-        .spends
-        .iter()
-        .filter(|sp| sp.active())
-        .map(|sp| json!({"id": sp.id, "amount_sat": sp.amount_sat, "destination": sp.destination, "stage": sp.stage}))
-        .collect();
-    let locked_until = state.lockdown_until.filter(|h| *h > tip);
-    // A lockdown a guardian (or anyone else of the family) set shows at the towers.
-    let towers_locked_until = towers
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok()?["locked_until"].as_u64())
-        .filter_map(|h| u32::try_from(h).ok())
-        .max()
-        .filter(|h| *h > tip && Some(*h) > locked_until);
+    let o = vigil_client::overview::read(&session)?;
+    let tip = o.height;
     if args.json {
-        let towers: Vec<_> = towers
+        let vaults: Vec<serde_json::Value> = o
+            .vaults
             .iter()
-            .map(|(name, r)| json!({"name": name, "reachable": r.is_ok(), "error": r.as_ref().err().map(|e| e.to_string())}))
+            .map(|v| {
+                json!({
+                    "vault": v.outpoint,
+                    "amount_sat": v.amount_sat,
+                    "kind": v.kind,
+                    "state": v.place.name(),
+                    "confirmed_height": v.confirmed_height,
+                })
+            })
+            .collect();
+        let spends: Vec<serde_json::Value> = o
+            .spends
+            .iter()
+            .map(|sp| json!({"id": sp.id, "amount_sat": sp.amount_sat, "destination": sp.destination, "stage": sp.stage}))
+            .collect();
+        let towers: Vec<_> = o
+            .towers
+            .iter()
+            .map(|(name, r)| json!({"name": name, "reachable": r.is_ok(), "error": r.as_ref().err()}))
             .collect();
         println!(
             "{}",
             json!({
                 "height": tip,
-                "cosigner_reachable": session.heartbeat.is_ok(),
-                "allowance_sat": held.as_ref().ok().map(|h| h.confirmed_sat),
-                "allowance_pending_sat": held.as_ref().ok().map(|h| h.pending_sat),
-                "allowance_error": held.as_ref().err().map(|e| e.to_string()),
-                "allowance_limit_sat": hot_limit,
-                "intake_sat": intake_sat,
-                "intake_coins": intake.len(),
+                "cosigner_reachable": o.cosigner_reachable,
+                "allowance_sat": o.allowance.as_ref().ok().map(|h| h.confirmed_sat),
+                "allowance_pending_sat": o.allowance.as_ref().ok().map(|h| h.pending_sat),
+                "allowance_error": o.allowance.as_ref().err(),
+                "allowance_limit_sat": o.allowance_limit_sat,
+                "intake_sat": o.intake_sat,
+                "intake_coins": o.intake_coins,
                 "vaults": vaults,
-                "vault_sat": vault_sat,
-                "deep_vault_sat": deep_sat,
-                "cancelled_sat": cancelled_sat,
+                "vault_sat": o.vault_sat,
+                "deep_vault_sat": o.deep_vault_sat,
+                "cancelled_sat": o.cancelled_sat,
                 "spends": spends,
-                "locked_down_until": locked_until.max(towers_locked_until),
-                "locked_down_by_others_until": towers_locked_until,
+                "locked_down_until": o.locked_until.max(o.towers_locked_until),
+                "locked_down_by_others_until": o.towers_locked_until,
                 "towers": towers,
             })
         );
         return Ok(());
     }
     println!("Wallet {} ({}), at block {tip}", session.dir.path.display(), session.network);
-    match &held {
+    match &o.allowance {
         Ok(held) => {
             println!("Allowance (spendable at once): {}", btc(held.confirmed_sat));
             if held.pending_sat > 0 {
                 println!("  and {} not yet confirmed", btc(held.pending_sat));
             }
-            if held.confirmed_sat + held.pending_sat > hot_limit {
-                println!("  That is above its limit of {}: keep the rest in vaults.", btc(hot_limit));
+            if held.confirmed_sat + held.pending_sat > o.allowance_limit_sat {
+                println!(
+                    "  That is above its limit of {}: keep the rest in vaults.",
+                    btc(o.allowance_limit_sat)
+                );
             }
         }
         Err(e) => println!("Allowance: cannot be read right now ({e})"),
     }
-    println!("Waiting to be vaulted: {} in {} coin(s)", btc(intake_sat), intake.len());
-    println!("In vaults: {}", btc(vault_sat));
-    for v in &vaults {
+    println!("Waiting to be vaulted: {} in {} coin(s)", btc(o.intake_sat), o.intake_coins);
+    println!("In vaults: {}", btc(o.vault_sat));
+    for v in &o.vaults {
+        println!("  {} {} — {}", v.kind, btc(v.amount_sat), v.place.name());
+    }
+    if o.cancelled_sat > 0 {
+        println!("Cancelled, in your recovery output: {}", btc(o.cancelled_sat));
+    }
+    if o.deep_vault_sat > 0 {
         println!(
-            "  {} {} — {}",
-            v["kind"].as_str().unwrap_or(""),
-            btc(v["amount_sat"].as_u64().unwrap_or(0)),
-            v["state"].as_str().unwrap_or("")
+            "In the deep vault: {} (your backup key and the guardians return it)",
+            btc(o.deep_vault_sat)
         );
     }
-    if cancelled_sat > 0 {
-        println!("Cancelled, in your recovery output: {}", btc(cancelled_sat));
-    }
-    if deep_sat > 0 {
-        println!("In the deep vault: {} (your backup key and the guardians return it)", btc(deep_sat));
-    }
-    for sp in &state.spends.iter().filter(|sp| sp.active()).collect::<Vec<_>>() {
+    for sp in &o.spends {
         println!(
             "Spend {} of {} to {}: {} (`vigil spend --resume` carries on)",
             sp.id,
@@ -410,16 +386,16 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
             sp.stage
         );
     }
-    if let Some(h) = locked_until {
+    if let Some(h) = o.locked_until {
         println!("Locked down by you until block {h}: vault spends are refused.");
     }
-    if let Some(h) = towers_locked_until {
+    if let Some(h) = o.towers_locked_until {
         println!("Locked down until block {h} (set by your guardians or by you elsewhere): vault spends are refused.");
     }
-    println!("Co-signer: {}", if session.heartbeat.is_ok() { "reachable" } else { "NOT reachable" });
-    for (name, r) in &towers {
+    println!("Co-signer: {}", if o.cosigner_reachable { "reachable" } else { "NOT reachable" });
+    for (name, r) in &o.towers {
         match r {
-            Ok(_) => println!("Watchtower {name}: watching"),
+            Ok(()) => println!("Watchtower {name}: watching"),
             Err(e) => println!("Watchtower {name}: NOT reachable ({e})"),
         }
     }
@@ -468,32 +444,20 @@ pub fn lockdown(args: LockdownArgs) -> anyhow::Result<()> {
 fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
     check_lockdown_blocks(args.blocks)?;
     let session = open(&args.wallet)?;
-    let co: Result<wire::LockdownStatus, _> =
-        session.cosigner.post("/v1/lockdown", &wire::Lockdown { blocks: args.blocks, sweep });
-    let key = session.keys.auth_keypair();
-    let policy_id = session.cosigner.client_id().to_owned();
-    // Our own node first (a compromised co-signer could name a height the towers refuse or
-    // one that ends at once), else the co-signer's, else each tower's own tip.
-    let until = match session.chain().tip() {
-        Ok(t) => Some(t.height.saturating_add(args.blocks)),
-        Err(_) => co.as_ref().ok().map(|s| s.until_height),
-    };
-    let reports =
-        vigil_client::towers::lock_down_everywhere(&session.towers(&key), &policy_id, until, args.blocks);
+    let report = session.lock_down(args.blocks, sweep)?;
     if args.wallet.json {
         println!(
             "{}",
             json!({
-                "cosigner": co.as_ref().map(|s| s.until_height).map_err(|e| e.to_string()),
-                "towers": reports.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
+                "cosigner": report.cosigner,
+                "towers": report.towers.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
             })
         );
     } else {
-        match &co {
-            Ok(s) => {
+        match &report.cosigner {
+            Ok(until) => {
                 println!(
-                    "Locked down until block {}: no vault can be spent, every unvault is cancelled.",
-                    s.until_height
+                    "Locked down until block {until}: no vault can be spent, every unvault is cancelled."
                 );
                 if sweep {
                     println!("Your guardians are alerted to sweep every vault to the deep vault.");
@@ -501,21 +465,15 @@ fn freeze(args: LockdownArgs, sweep: bool) -> anyhow::Result<()> {
             }
             Err(e) => println!("The co-signer did not take the lockdown: {e}"),
         }
-        for (name, e) in &reports {
+        for (name, e) in &report.towers {
             match e {
                 None => println!("Watchtower {name}: locked down"),
                 Some(e) => println!("Watchtower {name}: NOT reached ({e})"),
             }
         }
     }
-    if co.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
+    if report.nobody_took_it() {
         bail!("nobody took the lockdown: run the command again");
-    }
-    if let Some(h) = until {
-        let mut state = session.dir.state()?;
-        state.lockdown_until = state.lockdown_until.max(Some(h));
-        state.note(format!("locked down until block {h}"));
-        session.dir.save_state(&state)?;
     }
     Ok(())
 }

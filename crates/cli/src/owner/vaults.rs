@@ -360,46 +360,20 @@ pub struct SpendArgs {
 }
 
 fn describe(progress: &Progress, tip: u32) -> (String, serde_json::Value) {
-    match progress {
-        Progress::WaitingForGuardians { approvals, needed } => (
-            format!("waiting for your guardians: {approvals} of {needed} approved"),
-            json!({"stage": "waiting for guardians", "approvals": approvals, "needed": needed}),
-        ),
-        Progress::Waiting { from_height: Some(h) } => (
-            format!(
-                "approved; the coins are unlocking: spendable from block {h}, in about {} blocks (now {tip})",
-                h.saturating_sub(tip)
-            ),
-            json!({"stage": "unlocking", "spendable_from_height": h, "height": tip}),
-        ),
-        Progress::Waiting { from_height: None } => (
-            "approved; the unlocking transaction is on its way to a block".into(),
-            json!({"stage": "unlocking", "spendable_from_height": null, "height": tip}),
-        ),
-        Progress::Sent { txid } => {
-            (format!("sent: transaction {txid}, waiting for a block"), json!({"stage": "sent", "txid": txid}))
+    let value = match progress {
+        Progress::WaitingForGuardians { approvals, needed } => {
+            json!({"stage": "waiting for guardians", "approvals": approvals, "needed": needed})
         }
-        Progress::Done { txid } => {
-            (format!("done: transaction {txid} confirmed"), json!({"stage": "done", "txid": txid}))
+        Progress::Waiting { from_height } => {
+            json!({"stage": "unlocking", "spendable_from_height": from_height, "height": tip})
         }
-        Progress::Unsigned => (
-            "waiting for your signature: sign its PSBT, then `vigil spend --signed FILE`".into(),
-            json!({"stage": "waiting for the owner's signature"}),
-        ),
-        Progress::Denied => ("a guardian denied this spend".into(), json!({"stage": "denied"})),
-        Progress::Stopped(why) => (format!("stopped: {why}"), json!({"stage": "stopped", "reason": why})),
-    }
-}
-
-fn finished(p: &Progress) -> bool {
-    matches!(
-        p,
-        Progress::Sent { .. }
-            | Progress::Done { .. }
-            | Progress::Denied
-            | Progress::Stopped(_)
-            | Progress::Unsigned
-    )
+        Progress::Sent { txid } => json!({"stage": "sent", "txid": txid}),
+        Progress::Done { txid } => json!({"stage": "done", "txid": txid}),
+        Progress::Unsigned => json!({"stage": "waiting for the owner's signature"}),
+        Progress::Denied => json!({"stage": "denied"}),
+        Progress::Stopped(why) => json!({"stage": "stopped", "reason": why}),
+    };
+    (progress.describe(tip), value)
 }
 
 /// `vigil spend ADDRESS AMOUNT`, or `--resume`: a vault spend, step by step, resumable.
@@ -505,7 +479,7 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
             session.dir.save_state(&state)?;
             let progress = progress?;
             let tip = chain.tip().map(|t| t.height).unwrap_or(0);
-            if !args.wait || finished(&progress) {
+            if !args.wait || progress.finished() {
                 break (progress, tip);
             }
             if !args.wallet.json {
