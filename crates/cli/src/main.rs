@@ -13,6 +13,7 @@ mod demo;
 mod drill;
 mod guardian;
 mod owner;
+mod ui;
 
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "Coercion-resistant Bitcoin custody")]
@@ -43,6 +44,9 @@ enum Command {
     /// When the co-signer is gone for good: move the coins with your guardians through the
     /// recovery leaves, which open T_RECOVER blocks after each coin confirmed.
     Recover(owner::RecoverArgs),
+    /// Your wallet in your browser: balances, vaults, spends and lockdown, served on this
+    /// computer only.
+    Ui(owner::UiArgs),
     /// Work with custody policy files.
     Policy {
         #[command(subcommand)]
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
         Command::Init(args) => owner::init(args),
         Command::Receive(args) => owner::receive(args),
         Command::Status(args) => owner::status(args),
+        Command::Ui(args) => owner::ui(args),
         Command::Vault(args) => owner::vault(args),
         Command::Lockdown(args) => owner::lockdown(args),
         Command::Spend(args) => owner::spend(args),

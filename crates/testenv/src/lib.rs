@@ -15,6 +15,7 @@
 //! - [`stats`]: whether two timing distributions can be told apart.
 //! - [`wallet`]: a key-path test wallet and chain lookups; [`webhook`]: alarm receivers.
 
+pub mod browser;
 pub mod chain;
 pub mod cosigner;
 pub mod family;

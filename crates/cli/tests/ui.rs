@@ -1,0 +1,384 @@
+//! The web pages end to end, in headless Chromium over WebDriver, against a real `vigil node`,
+//! co-signer and three towers (processes), with a household made by the real `vigil init`:
+//! a guardian approves a large spend that then completes after DELAY, denies another, and
+//! sees an alarm within a minute of an unapproved unvault; the owner's page is the same page
+//! under the real and the duress code; other sites and requests without the token are refused.
+//!
+//! `VIGIL_UI_SCREENSHOTS=DIR` writes the pages' screenshots there (docs/ holds them).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vigil_drill::household::{Household, DELAY, DURESS, REAL};
+use vigil_drill::world::{fresh_address, World};
+use vigil_testenv::browser::{self, Browser};
+use vigil_testenv::process::vigil_exe;
+
+/// A page's server: `vigil ui` or `vigil guardian ui`.
+struct Served {
+    child: Child,
+    /// The address it printed (with this start's token).
+    login: String,
+    /// `http://127.0.0.1:PORT`.
+    origin: String,
+}
+
+impl Served {
+    fn start(mut cmd: Command) -> Served {
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("RUST_LOG", "warn").spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let login =
+            lines.find_map(|l| l.ok().filter(|l| l.starts_with("http://"))).expect("the page's address");
+        let origin = login.split("/login").next().unwrap().to_owned();
+        Served { child, login, origin }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn guardian_page(h: &Household, g: usize) -> Served {
+    let key = h.dir.join(format!("guardian-{}.key", g + 1));
+    let mut cmd = Command::new(vigil_exe());
+    cmd.args(["guardian", "ui", "--key"]).arg(&key).arg("--passphrase-file").arg(key.with_extension("pass"));
+    cmd.arg("--policy").arg(h.policy());
+    Served::start(cmd)
+}
+
+const PASSPHRASE: &str = "a guardian's passphrase";
+
+fn screenshot(browser: &Browser, name: &str) {
+    if let Some(dir) = std::env::var_os("VIGIL_UI_SCREENSHOTS") {
+        std::fs::write(std::path::Path::new(&dir).join(name), browser.screenshot()).unwrap();
+    }
+}
+
+/// A world with a household: 0.015 BTC allowance, a standard vault of 0.04 and guarded ones
+/// of 0.3 (`guarded` of them).
+fn household(dir: &std::path::Path, guarded: usize) -> (World, Household) {
+    let mut world = World::start(&vigil_exe(), dir, 3).unwrap();
+    let h = Household::set_up(&world, "family").unwrap();
+    let mut vaults = vec![4_000_000];
+    vaults.extend(std::iter::repeat_n(30_000_000, guarded));
+    h.fund(&mut world, 1_500_000, &vaults).unwrap();
+    (world, h)
+}
+
+/// Waits until `done` holds, reloading the page, for at most `limit`.
+fn wait_on_page(browser: &Browser, url: &str, limit: Duration, done: impl Fn(&Browser) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        browser.goto(url);
+        if done(browser) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not shown within {limit:?}:\n{}", browser.text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A guardian votes on request `id` through the page: review, the choice, the passphrase and
+/// the confirmation tick.
+fn vote(browser: &Browser, page: &Served, id: u64, approve: bool, passphrase: &str) -> String {
+    browser.goto(&format!("{}/", page.origin));
+    browser.follow(&format!("#request-{id} a.button"));
+    browser.follow(if approve { "a[href$='/approve']" } else { "a[href$='/deny']" });
+    browser.type_into("#passphrase", passphrase);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    browser.text()
+}
+
+#[test]
+fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
+    if !browser::available() {
+        eprintln!("SKIPPED: no chromium");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (world, h) = household(dir.path(), 2);
+    let (first, second) = (guardian_page(&h, 0), guardian_page(&h, 1));
+    let browser = Browser::start(1000, 1400);
+    browser.goto(&first.login);
+    browser.goto(&second.login);
+
+    // The owner asks for 0.2 BTC: above the velocity limit, from a guarded vault.
+    let shop = fresh_address();
+    let asked = h.owner_json(&["spend", &shop.to_string(), "0.2"], &[REAL, &h.phrase]).unwrap();
+    let id = asked[0]["id"].as_u64().unwrap();
+    browser.goto(&format!("{}/", first.origin));
+    let card = browser.text();
+    assert!(card.contains(&format!("Request {id}: send 0.2 BTC")), "{card}");
+    assert!(card.contains(&shop.to_string()) && card.contains("0 of 2 needed"), "{card}");
+    assert!(
+        card.contains("Policy version") && card.contains("Expires") && card.contains("the owner's wallet"),
+        "{card}"
+    );
+    screenshot(&browser, "ui-guardian.png");
+
+    // A wrong passphrase signs nothing.
+    let wrong = vote(&browser, &first, id, true, "not the passphrase");
+    assert!(
+        wrong.contains("did not open your guardian key") && wrong.contains("Nothing was signed"),
+        "{wrong}"
+    );
+    let pending = h.guardian_json(0, &["show", &id.to_string()], true).unwrap();
+    assert_eq!(pending["approvals"], 0, "{pending}");
+
+    // Two guardians approve; the spend completes once the unvault waited DELAY.
+    let done = vote(&browser, &first, id, true, PASSPHRASE);
+    assert!(done.contains("Your approval is in") && done.contains("1 of 2 approvals"), "{done}");
+    let done = vote(&browser, &second, id, true, PASSPHRASE);
+    assert!(done.contains("now approved"), "{done}");
+    let from = world.height().unwrap();
+    let unlocking = h.owner_json(&["spend", "--resume"], &[REAL]).unwrap();
+    assert_eq!(unlocking[0]["progress"]["stage"], "unlocking", "{unlocking}");
+    let unvault_height = world.mine(1).unwrap();
+    let waiting = h.owner_json(&["spend", "--resume"], &[REAL]).unwrap();
+    let spendable = waiting[0]["progress"]["spendable_from_height"].as_u64().unwrap() as u32;
+    // Broadcast from this tip on, the spend is mined at the unvault's height + DELAY.
+    assert_eq!(spendable, unvault_height + DELAY - 1, "{waiting}");
+    world.mine(spendable - unvault_height - 1).unwrap();
+    let early = h.owner_json(&["spend", "--resume"], &[REAL]).unwrap();
+    assert_eq!(early[0]["progress"]["stage"], "unlocking", "one block early: {early}");
+    world.mine(1).unwrap();
+    let sent = h.owner_json(&["spend", "--resume"], &[REAL]).unwrap();
+    assert_eq!(sent[0]["progress"]["stage"], "sent", "{sent}");
+    assert_eq!(world.mine(1).unwrap(), unvault_height + DELAY);
+    let done = h.owner_json(&["spend", "--resume"], &[REAL]).unwrap();
+    assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
+    assert_eq!(world.received(&shop.script_pubkey(), from).unwrap(), 20_000_000);
+
+    // Another request, denied from the page: final for it.
+    let asked = h.owner_json(&["spend", &shop.to_string(), "0.2"], &[REAL, &h.phrase]).unwrap();
+    let id = asked[0]["id"].as_u64().unwrap();
+    let denied = vote(&browser, &first, id, false, PASSPHRASE);
+    assert!(denied.contains("Your denial is in") && denied.contains("denied"), "{denied}");
+    let after = h.owner_json(&["spend", "--resume"], &[REAL]).unwrap();
+    assert_eq!(after[0]["progress"]["stage"], "denied", "{after}");
+
+    // Someone broadcasts the standard vault's pre-signed unvault: the alarm is on the page
+    // within a minute.
+    let vault = h.vaults().unwrap().into_iter().find(|v| v["amount_sat"] == 4_000_000).unwrap();
+    world.rpc.call("sendrawtransaction", serde_json::json!([vault["unvault"]])).unwrap();
+    let took = wait_on_page(&browser, &format!("{}/", first.origin), Duration::from_secs(60), |b| {
+        b.has("[data-kind='unvault-cancelled']")
+    });
+    eprintln!("the alarm showed on the guardian's page {took:?} after the unvault was broadcast");
+    let text = browser.text();
+    assert!(text.contains("taken out of a vault without approval"), "{text}");
+    assert!(text.contains("tower-1") && text.contains("tower-2") && text.contains("tower-3"), "{text}");
+    screenshot(&browser, "ui-guardian-alarm.png");
+}
+
+/// The page's DOM and pixels, with the per-start token (the same for both) left in.
+fn capture(browser: &Browser, origin: &str) -> (String, Vec<u8>) {
+    browser.goto(&format!("{origin}/"));
+    (browser.source(), browser.screenshot())
+}
+
+fn unlock(browser: &Browser, origin: &str, code: &str) {
+    browser.goto(&format!("{origin}/"));
+    browser.type_into("#code", code);
+    browser.follow("button[type=submit]");
+}
+
+fn lock(browser: &Browser, origin: &str) {
+    browser.goto(&format!("{origin}/"));
+    browser.follow("form[action='/lock'] button");
+    assert!(browser.has("#code"), "locked: {}", browser.text());
+}
+
+#[test]
+fn the_owners_page_is_the_same_under_both_codes_and_refuses_other_sites() {
+    if !browser::available() {
+        eprintln!("SKIPPED: no chromium");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (world, h) = household(dir.path(), 1);
+    let mut cmd = Command::new(vigil_exe());
+    cmd.arg("ui").arg("--wallet").arg(h.wallet());
+    let page = Served::start(cmd);
+    let origin = page.origin.clone();
+    let browser = Browser::start(1000, 1400);
+    browser.goto(&page.login);
+    assert!(browser.has("#code"), "{}", browser.text());
+
+    // A wrong code opens nothing and says so.
+    unlock(&browser, &origin, "0000");
+    assert!(browser.has("#code") && !browser.text().contains("Balances"), "{}", browser.text());
+
+    unlock(&browser, &origin, REAL);
+    let real = capture(&browser, &origin);
+    let text = browser.text();
+    for shown in [
+        "Allowance (spendable at once)",
+        "0.015 BTC",
+        "In vaults",
+        "0.34 BTC",
+        "Standard vault",
+        "Guarded vault",
+        "Protected since block",
+        "Co-signer: reachable",
+        "Watchtower tower-3: watching",
+    ] {
+        assert!(text.contains(shown), "{shown:?} in\n{text}");
+    }
+    screenshot(&browser, "ui-owner.png");
+    lock(&browser, &origin);
+    unlock(&browser, &origin, DURESS);
+    let duress = capture(&browser, &origin);
+    lock(&browser, &origin);
+    unlock(&browser, &origin, REAL);
+    let again = capture(&browser, &origin);
+    assert!(real.0.contains("Balances") && real.0.contains("Guarded vault"), "{}", real.0);
+    assert_eq!(real.0, duress.0, "the DOM differs between the real and the duress code");
+    assert!(real.1 == duress.1, "the screenshots differ between the real and the duress code");
+    assert_eq!(real.0, again.0);
+    eprintln!(
+        "owner's page: real and duress DOM identical ({} bytes), screenshots identical ({} bytes)",
+        real.0.len(),
+        real.1.len()
+    );
+
+    // Readable on a phone and at 200 % zoom (half the CSS width): nothing wider than the
+    // window, every field labelled.
+    for width in [390, 500] {
+        browser.resize(width, 900);
+        browser.goto(&format!("{origin}/spend"));
+        let fits = browser.run("return document.documentElement.scrollWidth <= window.innerWidth");
+        assert_eq!(fits, Value::Bool(true), "wider than {width} px");
+        let unlabelled = browser.run(
+            "return [...document.querySelectorAll('input:not([type=hidden]),select')].filter(e => e.labels.length == 0).length",
+        );
+        assert_eq!(unlabelled, Value::from(0));
+        browser.goto(&format!("{origin}/"));
+        assert_eq!(
+            browser.run("return document.documentElement.scrollWidth <= window.innerWidth"),
+            Value::Bool(true)
+        );
+    }
+    screenshot(&browser, "ui-owner-phone.png");
+    browser.resize(1000, 1400);
+
+    // A small payment leaves the allowance at once.
+    let shop = fresh_address();
+    let from = world.height().unwrap();
+    browser.goto(&format!("{origin}/spend"));
+    browser.type_into("#address", &shop.to_string());
+    browser.type_into("#amount", "0.001");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("from your allowance"), "{}", browser.text());
+    assert_eq!(world.received(&shop.script_pubkey(), from).unwrap(), 100_000);
+    // An address of another network is refused, naming the problem.
+    browser.goto(&format!("{origin}/spend"));
+    browser.type_into("#address", "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq");
+    browser.type_into("#amount", "0.001");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("another network"), "{}", browser.text());
+
+    refusals(&page, &browser, &h);
+
+    // The owner locks down from the page.
+    browser.goto(&format!("{origin}/lockdown"));
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    let said = browser.text();
+    assert!(
+        said.contains("Locked down until block") && said.contains("Watchtower tower-1: locked down"),
+        "{said}"
+    );
+    let status = h.status().unwrap();
+    assert!(status["locked_down_until"].as_u64().is_some(), "{status}");
+}
+
+/// What must not drive the page: no token, a wrong token, another host name, a post without
+/// the CSRF token or from another origin, and a real cross-site form in the browser.
+fn refusals(page: &Served, browser: &Browser, h: &Household) {
+    let origin = &page.origin;
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let status = |r: Result<ureq::Response, ureq::Error>| match r {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(status(agent.get(&format!("{origin}/")).call()), 403, "no token");
+    assert_eq!(status(agent.get(&format!("{origin}/login?token=00")).call()), 403, "a wrong token");
+    let login = agent.get(&page.login).call().unwrap();
+    assert_eq!(login.status(), 303);
+    let csp = login.header("content-security-policy").unwrap().to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("form-action 'self'"), "{csp}");
+    let cookie = login.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    assert!(login.header("set-cookie").unwrap().contains("SameSite=Strict"));
+    let home = agent.get(&format!("{origin}/")).set("cookie", &cookie).call().unwrap().into_string().unwrap();
+    let csrf = home.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let post = |extra: &[(&str, &str)], body: &str| {
+        let mut r = agent.post(&format!("{origin}/lockdown")).set("cookie", &cookie);
+        r = r.set("content-type", "application/x-www-form-urlencoded");
+        for (k, v) in extra {
+            r = r.set(k, v);
+        }
+        status(r.send_string(body))
+    };
+    let fields = format!("blocks=144&confirm=yes&csrf={csrf}");
+    assert_eq!(post(&[], "blocks=144&confirm=yes"), 403, "no CSRF token");
+    assert_eq!(post(&[], "blocks=144&confirm=yes&csrf=00"), 403, "a wrong CSRF token");
+    assert_eq!(post(&[("origin", "http://evil.example")], &fields), 403, "another origin");
+    assert_eq!(post(&[("sec-fetch-site", "cross-site")], &fields), 403, "cross-site");
+    let port = origin.rsplit(':').next().unwrap();
+    let rebound = agent
+        .get(&format!("{origin}/"))
+        .set("cookie", &cookie)
+        .set("host", &format!("evil.example:{port}"))
+        .call();
+    assert_eq!(status(rebound), 421, "a rebound host name");
+
+    // Another site's page, in the same browser (logged in to the wallet page), posts a
+    // lockdown form to it, CSRF token included: the browser does not send the cookie across
+    // sites and the page refuses the request.
+    let attacker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = attacker.local_addr().unwrap().port();
+    let html = format!(
+        "<html><body><form id=f method=post action=\"{origin}/lockdown\"><input name=blocks value=144>\
+         <input name=confirm value=yes><input name=csrf value=\"{csrf}\"></form>\
+         <script>document.getElementById('f').submit()</script></body></html>"
+    );
+    std::thread::spawn(move || {
+        for stream in attacker.incoming().take(4) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}", html.len());
+        }
+    });
+    // From another host name (cross-site: the cookie stays home) and from another port of
+    // this one (same site, so the cookie goes along: the origin check refuses it).
+    for attacker_url in [format!("http://localhost:{port}/"), format!("http://127.0.0.1:{port}/")] {
+        browser.goto(&attacker_url);
+        let start = Instant::now();
+        while !browser.url().starts_with(origin.as_str()) {
+            assert!(start.elapsed() < Duration::from_secs(10), "the attacker's form did not submit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let answer = browser.text();
+        assert!(
+            answer.contains("Refused") && !answer.contains("Locked down until"),
+            "{attacker_url}: {answer}"
+        );
+        let status = h.status().unwrap();
+        assert!(
+            status["locked_down_until"].is_null(),
+            "a form of {attacker_url} locked the wallet down: {status}"
+        );
+    }
+    eprintln!("refused: no token, wrong token, rebound host, no/wrong CSRF token, another origin, a cross-site form");
+}

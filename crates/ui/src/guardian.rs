@@ -1,0 +1,946 @@
+//! `vigil guardian ui`: a guardian's page. What waits for them (each request checked against
+//! their own copy of the policy, as `vigil guardian show` does), the alarms of the co-signer
+//! and of every tower, lockdown, panic and the policy's coming versions.
+//!
+//! The server holds the guardian's auth key (read the feeds, lock down); the key that signs
+//! approvals and panics is opened from the passphrase typed into the confirmation form, used
+//! once, and wiped. A page never shows a secret.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use serde_json::Value;
+use vigil_client::cosigner::{ClientError, CosignerClient};
+use vigil_client::guardian::{check, diff, Checked, LOCKDOWN_WARNING};
+use vigil_client::towers::{lock_down_everywhere, TowerClient};
+use vigil_cosigner::wire::{self, CosignerAlarm, SpendStatus};
+use vigil_cosigner::MasterKey;
+use vigil_policy::bitcoin::key::Keypair;
+use vigil_policy::Policy;
+use vigil_tower::wire::AlarmEntry;
+
+use crate::gate::{Fields, Gate};
+use crate::page::{about, btc, esc, form, notice, page, secret_field};
+
+/// How often the main page reloads itself (new requests, new alarms).
+pub const REFRESH_SECS: u32 = 10;
+
+/// How far ahead a panic started here may act (the co-signer's limit).
+const PANIC_WINDOW: u32 = 144;
+
+const NAV: &[(&str, &str)] = &[("Requests and alarms", "/"), ("Lock down", "/lockdown"), ("Panic", "/panic")];
+
+/// The guardian's page.
+pub struct GuardianPage {
+    policy: Policy,
+    policy_text: String,
+    key_file: PathBuf,
+    auth: Keypair,
+    co: CosignerClient,
+    gate: Arc<Gate>,
+    /// When this page first saw each tower alarm (towers do not date theirs).
+    first_seen: Mutex<HashMap<(String, i64), u64>>,
+}
+
+impl Drop for GuardianPage {
+    fn drop(&mut self) {
+        self.auth.non_secure_erase();
+    }
+}
+
+/// What the towers and the co-signer say now.
+struct Feeds {
+    spends: Result<Vec<SpendStatus>, ClientError>,
+    restore: Option<wire::RestoreState>,
+    cosigner_alarms: Result<Vec<CosignerAlarm>, ClientError>,
+    towers: Vec<TowerView>,
+}
+
+struct TowerView {
+    name: String,
+    state: Result<Value, ClientError>,
+    alarms: Result<Vec<AlarmEntry>, ClientError>,
+}
+
+impl Feeds {
+    /// The highest tip a tower reported.
+    fn tip(&self) -> Option<u32> {
+        self.towers.iter().filter_map(|t| t.state.as_ref().ok()?["tip"].as_u64()).map(|h| h as u32).max()
+    }
+}
+
+impl GuardianPage {
+    /// The page of the guardian whose auth key is `auth`, for the client of `policy_text`.
+    pub fn new(
+        policy_text: String,
+        key_file: PathBuf,
+        auth: Keypair,
+        nonce_file: PathBuf,
+        gate: Arc<Gate>,
+    ) -> Result<GuardianPage, ClientError> {
+        let policy = Policy::from_toml(&policy_text).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let co = CosignerClient::new(&policy_text, auth, nonce_file)?;
+        Ok(GuardianPage {
+            policy,
+            policy_text,
+            key_file,
+            auth,
+            co,
+            gate,
+            first_seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The page's routes.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(home))
+            .route("/requests/{id}", get(request))
+            .route("/requests/{id}/{verb}", get(confirm_vote).post(vote))
+            .route("/lockdown", get(lockdown_form).post(lockdown))
+            .route("/panic", get(panic_form).post(panic))
+            .route("/policy/{id}", get(policy_form).post(sign_policy))
+            .with_state(self)
+    }
+
+    fn feeds(&self) -> Feeds {
+        let id = self.co.client_id().to_owned();
+        let towers = TowerClient::all(&self.policy, &self.auth, self.co.nonces());
+        // Every service at once: one that is down must not hold the page for the others.
+        std::thread::scope(|scope| {
+            let views: Vec<_> = towers
+                .iter()
+                .map(|t| {
+                    let id = &id;
+                    scope.spawn(move || TowerView {
+                        name: t.name.clone(),
+                        state: t.get(&format!("/v1/clients/{id}")),
+                        alarms: t.get(&format!("/v1/clients/{id}/alarms")),
+                    })
+                })
+                .collect();
+            let spends = scope.spawn(|| self.co.get("/v1/spends"));
+            let restore = scope.spawn(|| self.co.get("/v1/restore").ok());
+            let cosigner_alarms = self.co.get("/v1/alarms");
+            Feeds {
+                spends: spends.join().expect("no panic"),
+                restore: restore.join().expect("no panic"),
+                cosigner_alarms,
+                towers: views.into_iter().map(|v| v.join().expect("no panic")).collect(),
+            }
+        })
+    }
+
+    fn csrf(&self) -> &str {
+        self.gate.csrf()
+    }
+
+    fn title(&self) -> String {
+        format!("Guardian — policy version {}", self.policy.version)
+    }
+
+    fn show(&self, heading: &str, body: &str) -> Response {
+        Html(page(&self.title(), heading, NAV, body, None)).into_response()
+    }
+
+    /// A page that ends a handler early.
+    fn stop(&self, heading: &str, body: &str) -> Box<Response> {
+        Box::new(self.show(heading, body))
+    }
+}
+
+/// Seconds since the epoch.
+fn now() -> u64 {
+    vigil_cosigner::service::now()
+}
+
+/// A Unix time as `2026-12-03 14:05 UTC`.
+fn when(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year}-{month:02}-{day:02} {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
+}
+
+/// How much an event of the feed asks of a guardian.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    /// Something is wrong: act (and think twice before approving anything).
+    Alarm,
+    /// Worth knowing: a lockdown, a proposal, a restore.
+    Notice,
+    /// Routine: a request made, approved, denied.
+    Routine,
+}
+
+/// An event kind (a tower's or the co-signer's), as a title and what to do, in words.
+fn explain(kind: &str) -> (Severity, &'static str, &'static str) {
+    use Severity::*;
+    match kind {
+        "unvault-cancelled" => (Alarm, "Coins were taken out of a vault without approval", "The watchtowers are cancelling it: the coins go back to safety. Call the owner, on a number you know."),
+        "unapproved-spend" => (Alarm, "Coins are leaving without approval", "Coins are leaving an unvaulted vault by a payment nobody approved. Call the owner and the provider."),
+        "foreign-vault-spend" => (Alarm, "A vault was spent in a way that should be impossible", "Call the provider now."),
+        "unordered-emergency" => (Alarm, "A vault is being swept with no panic ordered", "The coins go to the deep vault, where they are safe, but nobody ordered it. Call the provider."),
+        "deadline" | "bump-ceiling" | "fee-wallet-empty" => (Alarm, "A watchtower is struggling", "A cancel may not confirm in time. Call the provider."),
+        "duress" | "duress-spend-request" => (Alarm, "The owner may be under duress", "The owner's wallet was opened with the duress code. Do not approve anything; speak to the other guardians, not to the owner's phone."),
+        "heartbeat-unrecognised" => (Alarm, "The owner's wallet sent an unknown signal", "Someone may be using a copy of the wallet. Call the owner, on a number you know."),
+        "panic-requested" | "panic" => (Alarm, "Panic: every vault is to be swept to the deep vault", "The wallet is locked down. Read the details, and sign the panic if the owner asked for it or you believe they are in danger."),
+        "panic-proposed" => (Notice, "A guardian asked for a panic", "Every vault is swept to the deep vault once enough guardians sign."),
+        "lockdown" => (Notice, "The wallet was locked down", "No vault can be spent until it ends."),
+        "lockdown-lift" => (Notice, "A lockdown was lifted", "Vault spends are possible again."),
+        "policy-proposed" => (Notice, "A new policy version was proposed", "Read what changes before you sign it."),
+        "policy-change" => (Notice, "A new policy version was signed", "It applies at the block named below."),
+        "restore" | "restore-confirmed" => (Notice, "The owner's wallet was restored on a new device", "Speak to the owner yourself before you confirm it."),
+        "deep-vault-returned" => (Notice, "Coins came back from the deep vault", "The owner's backup key, the co-signer and every guardian signed it."),
+        "vault-unregistered" => (Notice, "A vault waits for a watchtower", "Its funding is held back until every tower watches it."),
+        "approval-needed" => (Routine, "The owner asked for a spend that needs you", "It is in the list above."),
+        "spend-approved" => (Routine, "A spend was approved", ""),
+        "spend-denied" => (Routine, "A spend was denied", ""),
+        _ => (Notice, "An event about this wallet", ""),
+    }
+}
+
+/// One line of the alarm feed: the co-signer's dated ones, the towers' grouped by event.
+struct AlarmLine {
+    when: String,
+    sort: u64,
+    kind: String,
+    message: String,
+    sources: Vec<String>,
+    panic: Option<wire::ProposedPanic>,
+    /// A proposed policy: the co-signer's alarm id, and its text.
+    policy: Option<(i64, String)>,
+}
+
+fn alarm_lines(page: &GuardianPage, feeds: &Feeds) -> (Vec<AlarmLine>, Vec<String>) {
+    let mut lines = Vec::new();
+    let mut unreachable = Vec::new();
+    match &feeds.cosigner_alarms {
+        Ok(alarms) => lines.extend(alarms.iter().map(|a| AlarmLine {
+            when: when(a.time),
+            sort: a.time,
+            kind: a.kind.clone(),
+            message: a.message.clone(),
+            sources: vec!["co-signer".into()],
+            panic: a.panic.clone(),
+            policy: a.policy.clone().map(|p| (a.id, p)),
+        })),
+        Err(e) => unreachable.push(format!("co-signer: {e}")),
+    }
+    let mut seen = page.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+    let mut grouped: BTreeMap<(String, String), AlarmLine> = BTreeMap::new();
+    for tower in &feeds.towers {
+        let alarms = match &tower.alarms {
+            Ok(a) => a,
+            Err(e) => {
+                unreachable.push(format!("{}: {e}", tower.name));
+                continue;
+            }
+        };
+        for a in alarms {
+            let first = *seen.entry((tower.name.clone(), a.id)).or_insert_with(now);
+            let key = (a.kind.clone(), a.vault.clone().unwrap_or_else(|| a.message.clone()));
+            let line = grouped.entry(key).or_insert_with(|| AlarmLine {
+                when: format!("seen {}", when(first)),
+                sort: first,
+                kind: a.kind.clone(),
+                message: a.message.clone(),
+                sources: Vec::new(),
+                panic: None,
+                policy: None,
+            });
+            line.sources.push(tower.name.clone());
+        }
+    }
+    lines.extend(grouped.into_values());
+    lines.sort_by_key(|l| std::cmp::Reverse(l.sort));
+    (lines, unreachable)
+}
+
+/// Whether anything alarming happened to the wallet in the last day.
+fn recently_alarmed(lines: &[AlarmLine]) -> bool {
+    lines.iter().any(|a| a.sort + 86_400 > now() && explain(&a.kind).0 == Severity::Alarm)
+}
+
+fn render_alarms(page: &GuardianPage, lines: &[AlarmLine], unreachable: &[String]) -> String {
+    let mut out = String::from("<h2 id=\"alarms\">Alarms and events</h2>");
+    for u in unreachable {
+        out += &notice("warn", &format!("Could not read the alarms of {}.", esc(u)));
+    }
+    if lines.is_empty() {
+        out += "<p>Nothing has happened to this wallet yet.</p>";
+    }
+    for line in lines {
+        let (severity, title, what) = explain(&line.kind);
+        let class = match severity {
+            Severity::Alarm => "alarm",
+            Severity::Notice => "warn",
+            Severity::Routine => "routine",
+        };
+        let mut body = format!(
+            "<h3>{}</h3><p>{}</p><dl><dt>When</dt><dd>{}</dd><dt>Reported by</dt><dd>{}</dd><dt>Details</dt><dd>{}</dd></dl>",
+            esc(title),
+            esc(what),
+            esc(&line.when),
+            esc(&line.sources.join(", ")),
+            esc(&line.message)
+        );
+        if let Some(p) = &line.panic {
+            body += &form(
+                "/panic",
+                page.csrf(),
+                &format!(
+                    "<input type=\"hidden\" name=\"id\" value=\"{}\"><input type=\"hidden\" name=\"not_after\" value=\"{}\">\
+                     <button class=\"secondary\" type=\"submit\" name=\"step\" value=\"review\">Review this panic</button>",
+                    esc(&p.id),
+                    p.not_after_height
+                ),
+            );
+        }
+        if let Some((id, text)) = &line.policy {
+            body += &proposed_policy(page, text);
+            body += &format!(
+                "<a class=\"button secondary\" href=\"/policy/{id}\">Review and sign this version…</a>"
+            );
+        }
+        out += &format!("<div class=\"card {class}\" data-kind=\"{}\">{body}</div>", esc(&line.kind));
+    }
+    out
+}
+
+/// What a checked spend pays, change last and named as such.
+fn payments(c: &Checked) -> String {
+    let out: Vec<String> = c
+        .payments
+        .iter()
+        .filter(|p| !p.to_owner)
+        .map(|p| format!("{} to <code>{}</code>", btc(p.sat), esc(&p.to)))
+        .collect();
+    let change: u64 = c.payments.iter().filter(|p| p.to_owner).map(|p| p.sat).sum();
+    let mut text = if out.is_empty() { "nothing out of the household".to_owned() } else { out.join(", ") };
+    if change > 0 {
+        text += &format!(" <span class=\"muted\">(and {} back to the owner's wallet)</span>", btc(change));
+    }
+    text
+}
+
+/// A waiting request, checked, as a card.
+fn request_card(page: &GuardianPage, s: &SpendStatus, tip: Option<u32>, alarmed: bool, link: bool) -> String {
+    let checked = check(&page.policy, s);
+    let mut out = format!("<div class=\"card request\" id=\"request-{}\">", s.id);
+    match &checked {
+        Ok(c) => {
+            out += &format!("<h3>Request {}: send {}</h3>", s.id, payments(c));
+        }
+        Err(e) => {
+            out += &format!("<h3>Request {}</h3>", s.id);
+            out += &notice("alarm", &format!("<strong>Do not approve.</strong> {}", esc(&e.to_string())));
+        }
+    }
+    let expires = match tip {
+        Some(tip) if s.approval.expiry_height > tip => {
+            format!("block {} ({} from now)", s.approval.expiry_height, about(s.approval.expiry_height - tip))
+        }
+        Some(_) => format!("block {} (passed)", s.approval.expiry_height),
+        None => format!("block {}", s.approval.expiry_height),
+    };
+    let taken = checked.as_ref().map(|c: &Checked| c.taken_sat).unwrap_or(s.amount_sat);
+    out += &format!(
+        "<dl><dt>State</dt><dd>{}</dd><dt>From vault</dt><dd><code>{}</code> ({}, {} leaves it)</dd>\
+         <dt>Asked by</dt><dd>the owner's wallet</dd><dt>Policy version</dt><dd>{}</dd>\
+         <dt>Approvals</dt><dd>{} of {} needed</dd><dt>Expires</dt><dd>{}</dd></dl>",
+        esc(&s.state),
+        esc(&s.vault_outpoint),
+        esc(&s.vault.kind),
+        btc(taken),
+        s.policy_version,
+        s.approvals,
+        s.approvals_needed,
+        esc(&expires),
+    );
+    if s.under_lockdown {
+        out += &notice("alarm", &esc(LOCKDOWN_WARNING));
+    }
+    if alarmed {
+        out += &notice(
+            "warn",
+            "There were alarms about this wallet in the last day. Read them, and speak to the owner yourself, before you approve.",
+        );
+    }
+    if link {
+        out += &format!("<a class=\"button\" href=\"/requests/{}\">Review and decide</a>", s.id);
+    }
+    out + "</div>"
+}
+
+async fn home(State(page): State<Arc<GuardianPage>>) -> Response {
+    crate::blocking(move || {
+        let feeds = page.feeds();
+        let tip = feeds.tip();
+        let (alarms, unreachable) = alarm_lines(&page, &feeds);
+        let alarmed = recently_alarmed(&alarms);
+        let mut body = String::new();
+        if let Some(r) = feeds.restore.as_ref().filter(|r| r.unconfirmed) {
+            body += &notice(
+                "warn",
+                &format!(
+                    "The owner's wallet was restored on a new device at block {} ({} of {} guardians confirmed). \
+                     Until the guardians confirm it, every vault spend waits for you. Speak to the owner yourself, \
+                     then run <code>vigil guardian confirm-restore</code>.",
+                    r.restored_at_height, r.confirmations, r.needed
+                ),
+            );
+        }
+        body += "<h2 id=\"requests\">Requests waiting for you</h2>";
+        match &feeds.spends {
+            Ok(spends) => {
+                let waiting: Vec<&SpendStatus> = spends.iter().filter(|s| s.state == "waiting").collect();
+                if waiting.is_empty() {
+                    body += "<p>No spend request is waiting for the guardians.</p>";
+                }
+                for s in waiting {
+                    body += &request_card(&page, s, tip, alarmed, true);
+                }
+            }
+            Err(e) => body += &notice("warn", &format!("The co-signer cannot be reached: {}", esc(&e.to_string()))),
+        }
+        body += &render_alarms(&page, &alarms, &unreachable);
+        body += "<h2 id=\"policy\">Policy</h2>";
+        body += &format!("<p>Your copy of the policy is version {}.</p>", page.policy.version);
+        let mut coming: BTreeMap<u64, u64> = BTreeMap::new();
+        for t in &feeds.towers {
+            for p in t.state.as_ref().ok().and_then(|s| s["pending"].as_array().cloned()).unwrap_or_default() {
+                coming.insert(p["version"].as_u64().unwrap_or(0), p["effective_height"].as_u64().unwrap_or(0));
+            }
+        }
+        for (version, height) in coming {
+            let wait = tip.map(|t| about((height as u32).saturating_sub(t))).unwrap_or_default();
+            body += &notice(
+                "info",
+                &format!(
+                    "Version {version} was signed by the guardians' quorum and applies at block {height} ({wait} from now)."
+                ),
+            );
+        }
+        body += "<h2 id=\"services\">Services</h2><ul>";
+        body += &format!(
+            "<li>Co-signer: {}</li>",
+            if feeds.spends.is_ok() { "reachable" } else { "<strong>NOT reachable</strong>" }
+        );
+        for t in &feeds.towers {
+            body += &match &t.state {
+                Ok(s) => format!(
+                    "<li>Watchtower {}: watching, at block {}{}</li>",
+                    esc(&t.name),
+                    s["tip"].as_u64().unwrap_or(0),
+                    s["locked_until"].as_u64().map(|h| format!(", wallet locked down until block {h}")).unwrap_or_default()
+                ),
+                Err(e) => format!("<li>Watchtower {}: <strong>NOT reachable</strong> ({})</li>", esc(&t.name), esc(&e.to_string())),
+            };
+        }
+        body += "</ul>";
+        Html(crate::page::page(&page.title(), "Requests and alarms", NAV, &body, Some(REFRESH_SECS))).into_response()
+    })
+    .await
+}
+
+fn fetch(page: &GuardianPage, id: u64) -> Result<SpendStatus, Box<Response>> {
+    page.co.get(&format!("/v1/spends/{id}")).map_err(|e| {
+        page.stop("Request not found", &notice("warn", &format!("Request {id}: {}", esc(&e.to_string()))))
+    })
+}
+
+async fn request(State(page): State<Arc<GuardianPage>>, Path(id): Path<u64>) -> Response {
+    crate::blocking(move || {
+        let s = match fetch(&page, id) {
+            Ok(s) => s,
+            Err(r) => return *r,
+        };
+        let feeds = page.feeds();
+        let (alarms, _) = alarm_lines(&page, &feeds);
+        let alarmed = recently_alarmed(&alarms);
+        let mut body = request_card(&page, &s, feeds.tip(), alarmed, false);
+        if s.state == "waiting" {
+            if check(&page.policy, &s).is_ok() {
+                body += &format!("<a class=\"button\" href=\"/requests/{id}/approve\">Approve…</a>");
+            }
+            body += &format!("<a class=\"button danger\" href=\"/requests/{id}/deny\">Deny…</a>");
+        }
+        body += "<p><a href=\"/\">Back to the list</a></p>";
+        page.show(&format!("Request {id}"), &body)
+    })
+    .await
+}
+
+/// Which way a guardian votes.
+fn verb(text: &str) -> Option<bool> {
+    match text {
+        "approve" => Some(true),
+        "deny" => Some(false),
+        _ => None,
+    }
+}
+
+async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path<(u64, String)>) -> Response {
+    let Some(approve) = verb(&v) else { return Redirect::to("/").into_response() };
+    crate::blocking(move || {
+        let s = match fetch(&page, id) {
+            Ok(s) => s,
+            Err(r) => return *r,
+        };
+        let checked = check(&page.policy, &s);
+        if approve && checked.is_err() {
+            return Redirect::to(&format!("/requests/{id}")).into_response();
+        }
+        let what = match &checked {
+            Ok(c) => payments(c),
+            Err(_) => format!("request {id}"),
+        };
+        let mut body = if approve {
+            format!(
+                "<p>You are about to <strong>approve</strong> sending {what}, out of vault <code>{}</code>.</p>\
+                 <p>Approve only if the owner asked you for this payment themselves, by a way you trust, and they are free and safe.</p>",
+                esc(&s.vault_outpoint)
+            )
+        } else {
+            format!("<p>You are about to <strong>deny</strong> request {id} ({what}). A denial is final for this request.</p>")
+        };
+        if s.under_lockdown {
+            body += &notice("alarm", &esc(LOCKDOWN_WARNING));
+        }
+        let action = if approve { "Approve this spend" } else { "Deny this spend" };
+        let confirm = if approve {
+            "<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> I checked the amount and the address with the owner.</label></p>"
+        } else {
+            "<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> Yes, deny it.</label></p>"
+        };
+        body += &form(
+            &format!("/requests/{id}/{v}"),
+            page.csrf(),
+            &format!(
+                "{}{confirm}<button type=\"submit\" class=\"{}\">{action}</button><a class=\"button secondary\" href=\"/requests/{id}\">Go back</a>",
+                secret_field("passphrase", "Your guardian passphrase"),
+                if approve { "" } else { "danger" }
+            ),
+        );
+        page.show(if approve { "Approve?" } else { "Deny?" }, &body)
+    })
+    .await
+}
+
+/// The guardian's signing key, from the passphrase typed in a form; an error page when it
+/// does not open.
+fn open_key(page: &GuardianPage, fields: &Fields) -> Result<MasterKey, Box<Response>> {
+    if fields.get("confirm") != "yes" {
+        return Err(page.stop(
+            "Not confirmed",
+            &notice("warn", "You did not tick the confirmation: nothing was signed."),
+        ));
+    }
+    MasterKey::open(&page.key_file, fields.get("passphrase").as_bytes(), page.policy.network).map_err(|e| {
+        tracing::info!("a guardian passphrase did not open the key");
+        page.stop(
+            "Nothing was signed",
+            &notice(
+                "warn",
+                &format!(
+                    "That passphrase did not open your guardian key ({}). Nothing was signed.",
+                    esc(&e.to_string())
+                ),
+            ),
+        )
+    })
+}
+
+async fn vote(
+    State(page): State<Arc<GuardianPage>>,
+    Path((id, v)): Path<(u64, String)>,
+    Extension(fields): Extension<Fields>,
+) -> Response {
+    let Some(approve) = verb(&v) else { return Redirect::to("/").into_response() };
+    crate::blocking(move || {
+        let s = match fetch(&page, id) {
+            Ok(s) => s,
+            Err(r) => return *r,
+        };
+        // Checked again: the request shown on the confirmation page may have changed since.
+        let checked = check(&page.policy, &s);
+        if approve {
+            if let Err(e) = &checked {
+                return page.show("Nothing was signed", &notice("alarm", &esc(&e.to_string())));
+            }
+        }
+        let keys = match open_key(&page, &fields) {
+            Ok(k) => k,
+            Err(r) => return *r,
+        };
+        let vote = match checked {
+            Ok(mut c) if approve => {
+                keys.sign_psbt(0, &mut c.psbt);
+                let auth = keys.auth_keypair(0);
+                wire::Vote {
+                    approve: true,
+                    approval_signature: Some(wire::sign(&s.approval.digest(), &auth).signature),
+                    psbt: Some(base64(&c.psbt.serialize())),
+                }
+            }
+            _ => wire::Vote { approve: false, approval_signature: None, psbt: None },
+        };
+        drop(keys);
+        match page.co.post::<_, SpendStatus>(&format!("/v1/spends/{id}/vote"), &vote) {
+            Ok(after) => {
+                let said = if approve { "Your approval is in" } else { "Your denial is in" };
+                let body = notice(
+                    "ok",
+                    &format!(
+                        "{said}. Request {id} is now <strong>{}</strong> ({} of {} approvals).",
+                        esc(&after.state),
+                        after.approvals,
+                        after.approvals_needed
+                    ),
+                ) + "<p><a href=\"/\">Back to the list</a></p>";
+                page.show("Done", &body)
+            }
+            Err(e) => page.show(
+                "Not recorded",
+                &notice("warn", &format!("The co-signer did not take your vote: {}", esc(&e.to_string()))),
+            ),
+        }
+    })
+    .await
+}
+
+async fn lockdown_form(State(page): State<Arc<GuardianPage>>) -> Response {
+    let choices = [(6, "1 hour"), (36, "6 hours"), (144, "1 day"), (1008, "1 week"), (4032, "4 weeks")];
+    let options: String = choices
+        .iter()
+        .map(|(b, l)| {
+            format!(
+                "<option value=\"{b}\"{}>{l} ({b} blocks)</option>",
+                if *b == 144 { " selected" } else { "" }
+            )
+        })
+        .collect();
+    let body = String::from(
+        "<p>A lockdown freezes the wallet at once: the co-signer refuses every spend and every watchtower cancels \
+         any coins leaving a vault. Use it when something is wrong and you cannot reach the owner. It ends by itself.</p>",
+    ) + &form(
+        "/lockdown",
+        page.csrf(),
+        &format!(
+            "<label for=\"blocks\">For how long</label><select id=\"blocks\" name=\"blocks\">{options}</select>\
+             <p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> Yes, lock the wallet down now.</label></p>\
+             <button type=\"submit\" class=\"danger\">Lock down</button>"
+        ),
+    );
+    page.show("Lock down the wallet", &body)
+}
+
+async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Extension<Fields>) -> Response {
+    crate::blocking(move || {
+        let blocks: u32 = fields.get("blocks").parse().unwrap_or(0);
+        let most = vigil_cosigner::service::MAX_LOCKDOWN_BLOCKS.min(vigil_tower::wire::MAX_LOCKDOWN_BLOCKS);
+        if fields.get("confirm") != "yes" || blocks == 0 || blocks > most {
+            return page.show(
+                "Not locked down",
+                &notice("warn", "Choose a length and tick the confirmation: nothing was done."),
+            );
+        }
+        let at_cosigner: Result<wire::LockdownStatus, _> =
+            page.co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
+        // Every tower directly too: a compromised co-signer must not keep the lockdown from them.
+        let towers = TowerClient::all(&page.policy, &page.auth, page.co.nonces());
+        let reports = lock_down_everywhere(&towers, page.co.client_id(), None, blocks);
+        let mut body = match &at_cosigner {
+            Ok(l) => notice("ok", &format!("The wallet is locked down until block {}.", l.until_height)),
+            Err(e) => {
+                notice("warn", &format!("The co-signer did not take the lockdown: {}", esc(&e.to_string())))
+            }
+        };
+        body += "<ul>";
+        for (name, e) in &reports {
+            body += &match e {
+                None => format!("<li>Watchtower {}: locked down</li>", esc(name)),
+                Some(e) => {
+                    format!("<li>Watchtower {}: <strong>NOT reached</strong> ({})</li>", esc(name), esc(e))
+                }
+            };
+        }
+        body += "</ul>";
+        if at_cosigner.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
+            body += &notice("alarm", "Nobody took the lockdown: try again, and call the provider.");
+        }
+        page.show("Lock down", &body)
+    })
+    .await
+}
+
+async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
+    page.show("Panic", &panic_page(&page, None, None))
+}
+
+fn panic_page(page: &GuardianPage, id: Option<&str>, not_after: Option<u32>) -> String {
+    let joining = id.is_some();
+    let mut body = String::from(
+        "<p>A panic sweeps <strong>every vault</strong> to the deep vault, which nobody in the household can open \
+         for a long time; only the owner's off-site backup key with the co-signer and every guardian brings the coins \
+         back sooner. It needs enough guardians to sign it.</p>",
+    );
+    if joining {
+        body += &notice(
+            "warn",
+            &format!(
+                "You are joining the panic another guardian started (id <code>{}</code>, acting until block {}).",
+                esc(id.unwrap_or_default()),
+                not_after.unwrap_or(0)
+            ),
+        );
+    }
+    let hidden = match (id, not_after) {
+        (Some(id), Some(n)) => format!(
+            "<input type=\"hidden\" name=\"id\" value=\"{}\"><input type=\"hidden\" name=\"not_after\" value=\"{n}\">",
+            esc(id)
+        ),
+        _ => String::new(),
+    };
+    body + &form(
+        "/panic",
+        page.csrf(),
+        &format!(
+            "{hidden}{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> Yes, sweep every vault to the deep vault.</label></p>\
+             <button type=\"submit\" class=\"danger\" name=\"step\" value=\"sign\">{}</button>",
+            secret_field("passphrase", "Your guardian passphrase"),
+            if joining { "Sign this panic" } else { "Start a panic" }
+        ),
+    )
+}
+
+async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extension<Fields>) -> Response {
+    crate::blocking(move || {
+        let given_id = Some(fields.get("id")).filter(|i| !i.is_empty());
+        let given_after = fields.get("not_after").parse::<u32>().ok();
+        if fields.get("step") == "review" {
+            return page.show("Panic", &panic_page(&page, given_id, given_after));
+        }
+        let keys = match open_key(&page, &fields) {
+            Ok(k) => k,
+            Err(r) => return *r,
+        };
+        let (id, not_after) = match (given_id, given_after) {
+            (Some(id), Some(n)) => (id.to_owned(), n),
+            _ => {
+                let Some(tip) = page.feeds().tip() else {
+                    return page.show(
+                        "Not signed",
+                        &notice(
+                            "warn",
+                            "No watchtower can be reached to read the chain's height: nothing was signed.",
+                        ),
+                    );
+                };
+                (random_id(), tip + PANIC_WINDOW)
+            }
+        };
+        let panic = wire::Panic {
+            policy_id: page.co.client_id().to_owned(),
+            id: id.clone(),
+            not_after_height: not_after,
+        };
+        let signatures = vec![wire::sign(&panic.digest(), &keys.auth_keypair(0))];
+        drop(keys);
+        match page.co.post::<_, wire::PanicRelayed>("/v1/panic", &wire::PanicOrder { panic, signatures }) {
+            Ok(r) if r.towers.is_empty() => page.show(
+                "Panic signed",
+                &notice(
+                    "warn",
+                    &format!(
+                        "Your signature is in: {} of {} guardians. The others see it on their page (or run \
+                         <code>vigil guardian panic --id {} --not-after {not_after}</code>).",
+                        r.approvals,
+                        r.needed,
+                        esc(&id)
+                    ),
+                ),
+            ),
+            Ok(r) => {
+                let towers: Vec<String> = r
+                    .towers
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} {}",
+                            esc(&t.name),
+                            if t.acknowledged { "acted" } else { "NOT reached yet" }
+                        )
+                    })
+                    .collect();
+                page.show(
+                    "Panic under way",
+                    &notice(
+                        "alarm",
+                        &format!(
+                            "The quorum signed: every vault is being swept to the deep vault. Towers: {}.",
+                            towers.join(", ")
+                        ),
+                    ),
+                )
+            }
+            Err(e) => page.show(
+                "Not signed",
+                &notice("warn", &format!("The co-signer did not take it: {}", esc(&e.to_string()))),
+            ),
+        }
+    })
+    .await
+}
+
+fn random_id() -> String {
+    use vigil_policy::bitcoin::hex::DisplayHex;
+    use vigil_policy::bitcoin::secp256k1::rand::RngCore;
+    let mut b = [0u8; 32];
+    vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut b);
+    b.to_lower_hex_string()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A proposed policy: its version and the lines that change from the guardian's copy.
+fn proposed_policy(page: &GuardianPage, proposed: &str) -> String {
+    let version = match Policy::from_toml(proposed) {
+        Ok(p) => p.version,
+        Err(e) => {
+            return notice(
+                "alarm",
+                &format!("The proposed policy does not read: {}. Do not sign it.", esc(&e.to_string())),
+            )
+        }
+    };
+    let lines = diff(&page.policy_text, proposed);
+    let rows: String = lines
+        .iter()
+        .map(|l| {
+            let class = if l.starts_with('+') { "diff-add" } else { "diff-del" };
+            format!("<span class=\"{class}\">{}</span>\n", esc(l))
+        })
+        .collect();
+    format!(
+        "<p>Version {} → {version}. If the guardians' quorum signs it, it applies after the co-signer's waiting \
+         period (a change that only tightens the policy applies at once). What changes (− your copy, + the proposal):</p>\
+         <pre>{rows}</pre>",
+        page.policy.version
+    )
+}
+
+/// The text of the proposed policy the co-signer's alarm `id` carries.
+fn proposal(page: &GuardianPage, id: i64) -> Result<String, Box<Response>> {
+    let alarms: Vec<CosignerAlarm> = page.co.get("/v1/alarms").map_err(|e| {
+        page.stop(
+            "Not found",
+            &notice("warn", &format!("The co-signer cannot be reached: {}", esc(&e.to_string()))),
+        )
+    })?;
+    alarms.into_iter().find(|a| a.id == id).and_then(|a| a.policy).ok_or_else(|| {
+        page.stop("Not found", &notice("warn", "That proposal is no longer in the co-signer's feed."))
+    })
+}
+
+async fn policy_form(State(page): State<Arc<GuardianPage>>, Path(id): Path<i64>) -> Response {
+    crate::blocking(move || {
+        let text = match proposal(&page, id) {
+            Ok(t) => t,
+            Err(r) => return *r,
+        };
+        let body = proposed_policy(&page, &text)
+            + &form(
+                &format!("/policy/{id}"),
+                page.csrf(),
+                &format!(
+                    "{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> I have read what changes and agree.</label></p>\
+                     <button type=\"submit\">Sign this version</button><a class=\"button secondary\" href=\"/\">Go back</a>",
+                    secret_field("passphrase", "Your guardian passphrase")
+                ),
+            );
+        page.show("Sign a new policy version?", &body)
+    })
+    .await
+}
+
+async fn sign_policy(
+    State(page): State<Arc<GuardianPage>>,
+    Path(id): Path<i64>,
+    Extension(fields): Extension<Fields>,
+) -> Response {
+    crate::blocking(move || {
+        let text = match proposal(&page, id) {
+            Ok(t) => t,
+            Err(r) => return *r,
+        };
+        if let Err(e) = Policy::from_toml(&text) {
+            return page.show(
+                "Nothing was signed",
+                &notice("alarm", &format!("The proposal does not read: {}", esc(&e.to_string()))),
+            );
+        }
+        let keys = match open_key(&page, &fields) {
+            Ok(k) => k,
+            Err(r) => return *r,
+        };
+        let digest = vigil_tower::wire::policy_change_digest(page.co.client_id(), &text);
+        let signatures = vec![wire::sign(&digest, &keys.auth_keypair(0))];
+        drop(keys);
+        match page.co.post::<_, wire::PolicyChangeStatus>(
+            "/v1/policy",
+            &wire::PolicyChange { policy: text, signatures },
+        ) {
+            Ok(r) if r.effective_height == 0 => page.show(
+                "Signed",
+                &notice(
+                    "ok",
+                    &format!("Your signature is in: {} of {} guardians so far.", r.approvals, r.needed),
+                ),
+            ),
+            Ok(r) => page.show(
+                "Signed",
+                &notice(
+                    "ok",
+                    &format!(
+                        "The quorum signed version {}: it applies at block {}.",
+                        r.version, r.effective_height
+                    ),
+                ),
+            ),
+            Err(e) => page.show(
+                "Not signed",
+                &notice("warn", &format!("The co-signer did not take it: {}", esc(&e.to_string()))),
+            ),
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_read_as_utc() {
+        assert_eq!(when(0), "1970-01-01 00:00 UTC");
+        assert_eq!(when(1_796_299_500), "2026-12-03 12:05 UTC");
+    }
+}
