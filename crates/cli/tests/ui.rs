@@ -177,6 +177,27 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     assert!(text.contains("taken out of a vault without approval"), "{text}");
     assert!(text.contains("tower-1") && text.contains("tower-2") && text.contains("tower-3"), "{text}");
     screenshot(&browser, "ui-guardian-alarm.png");
+
+    // The owner's wallet is restored on a new device: the page says so, and the guardian
+    // confirms it from there, passphrase and tick.
+    let id = h.client_id().unwrap();
+    let restored = dir.path().join("new-phone");
+    let mut init = Command::new(vigil_exe());
+    init.args(["init", "--restore", "--wallet"]).arg(&restored);
+    init.args(["--cosigner", &world.cosigner.url, "--chain-url", &world.rpc_url, "--chain-cookie"]);
+    init.arg(&world.rpc_cookie).env("RUST_LOG", "warn").stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = init.stderr(Stdio::piped()).spawn().unwrap();
+    let typed = [&id[..16], h.phrase.as_str(), "8642", "8642", "9753", "9753"].join("\n") + "\n";
+    child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    browser.goto(&format!("{}/", first.origin));
+    assert!(browser.text().contains("restored on a new device"), "{}", browser.text());
+    browser.follow("a[href='/restore']");
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("Your confirmation is in: 1 of 2"), "{}", browser.text());
 }
 
 /// The page's DOM and pixels, with the per-start token (the same for both) left in.

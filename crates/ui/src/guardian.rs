@@ -105,6 +105,7 @@ impl GuardianPage {
             .route("/lockdown", get(lockdown_form).post(lockdown))
             .route("/panic", get(panic_form).post(panic))
             .route("/policy/{id}", get(policy_form).post(sign_policy))
+            .route("/restore", get(restore_form).post(confirm_restore))
             .with_state(self)
     }
 
@@ -398,8 +399,8 @@ async fn home(State(page): State<Arc<GuardianPage>>) -> Response {
                 "warn",
                 &format!(
                     "The owner's wallet was restored on a new device at block {} ({} of {} guardians confirmed). \
-                     Until the guardians confirm it, every vault spend waits for you. Speak to the owner yourself, \
-                     then run <code>vigil guardian confirm-restore</code>.",
+                     Until the guardians confirm it, every vault spend waits for you. \
+                     <a href=\"/restore\">Confirm it once you have spoken to the owner yourself…</a>",
                     r.restored_at_height, r.confirmations, r.needed
                 ),
             );
@@ -818,6 +819,71 @@ fn random_id() -> String {
 fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn restore_form(State(page): State<Arc<GuardianPage>>) -> Response {
+    crate::blocking(move || {
+        let last: wire::RestoreState = match page.co.get("/v1/restore") {
+            Ok(r) => r,
+            Err(e) => return page.show("Restore", &notice("warn", &format!("The co-signer cannot be reached: {}", esc(&e.to_string())))),
+        };
+        if !last.unconfirmed {
+            return page.show("Restore", "<p>No restore of the owner's wallet waits for confirmation.</p>");
+        }
+        let body = format!(
+            "<p>The owner's wallet was restored on a new device at block {}. Confirm it only if you have \
+             spoken to the owner yourself since, and they are free and safe: whoever restored it holds their own codes.</p>",
+            last.restored_at_height
+        ) + &form(
+            "/restore",
+            page.csrf(),
+            &format!(
+                "<input type=\"hidden\" name=\"restore\" value=\"{}\">{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> \
+                 I spoke to the owner myself; they are free and safe.</label></p><button type=\"submit\">Confirm the restore</button>",
+                last.restore,
+                secret_field("passphrase", "Your guardian passphrase")
+            ),
+        );
+        page.show("Confirm the owner's restore?", &body)
+    })
+    .await
+}
+
+async fn confirm_restore(
+    State(page): State<Arc<GuardianPage>>,
+    Extension(fields): Extension<Fields>,
+) -> Response {
+    crate::blocking(move || {
+        // The passphrase is asked although the auth key signs this: it is a decision, not a read.
+        let keys = match open_key(&page, &fields) {
+            Ok(k) => k,
+            Err(r) => return *r,
+        };
+        drop(keys);
+        let Ok(restore) = fields.get("restore").parse::<u32>() else {
+            return page.show(
+                "Not confirmed",
+                &notice("warn", "That form names no restore: nothing was confirmed."),
+            );
+        };
+        match page
+            .co
+            .post::<_, wire::RestoreConfirmation>("/v1/restore/confirm", &wire::ConfirmRestore { restore })
+        {
+            Ok(r) => page.show(
+                "Confirmed",
+                &notice(
+                    "ok",
+                    &format!("Your confirmation is in: {} of {} guardians.", r.confirmations, r.needed),
+                ),
+            ),
+            Err(e) => page.show(
+                "Not confirmed",
+                &notice("warn", &format!("The co-signer did not take it: {}", esc(&e.to_string()))),
+            ),
+        }
+    })
+    .await
 }
 
 /// A proposed policy: its version and the lines that change from the guardian's copy.
