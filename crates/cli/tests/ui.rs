@@ -198,6 +198,69 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     browser.click("input[name=confirm]");
     browser.follow("button[type=submit]");
     assert!(browser.text().contains("Your confirmation is in: 1 of 2"), "{}", browser.text());
+
+    // Guardian 1 proposes version 2 (a higher velocity limit: a loosening, which waits);
+    // guardian 2 sees what changes on the page and signs it there.
+    let current = std::fs::read_to_string(h.policy()).unwrap();
+    let proposed = current
+        .replace("version = 1", "version = 2")
+        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
+    assert_ne!(proposed, current);
+    let file = dir.path().join("policy-2.toml");
+    std::fs::write(&file, &proposed).unwrap();
+    h.guardian_json(0, &["policy", file.to_str().unwrap(), "--yes"], true).unwrap();
+    browser.goto(&format!("{}/", second.origin));
+    let text = browser.text();
+    assert!(text.contains("A new policy version was proposed") && text.contains("Version 1 → 2"), "{text}");
+    assert!(
+        text.contains("- velocity_limit_sat = 10000000") && text.contains("+ velocity_limit_sat = 20000000"),
+        "{text}"
+    );
+    browser.follow("a[href^='/policy/']");
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    let signed = browser.text();
+    assert!(signed.contains("The quorum signed version 2: it applies at block"), "{signed}");
+    let at = signed.split("applies at block ").nth(1).unwrap().trim_end_matches('.').trim().to_owned();
+    browser.goto(&format!("{}/", second.origin));
+    let text = browser.text();
+    assert!(
+        text.contains(&format!("Version 2 was signed by the guardians' quorum and applies at block {at}")),
+        "{text}"
+    );
+    screenshot(&browser, "ui-guardian-policy.png");
+
+    // Guardian 1 locks the wallet down from the page: the co-signer and every tower.
+    browser.goto(&format!("{}/lockdown", first.origin));
+    browser.select("#blocks", "36");
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    let said = browser.text();
+    assert!(said.contains("The wallet is locked down until block"), "{said}");
+    assert_eq!(said.matches(": locked down").count(), 3, "{said}");
+
+    // Guardian 1 starts a panic; guardian 2 sees it and joins: the quorum sweeps the vault
+    // still protected to the deep vault.
+    browser.goto(&format!("{}/panic", first.origin));
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("Your signature is in: 1 of 2 guardians"), "{}", browser.text());
+    browser.goto(&format!("{}/", second.origin));
+    assert!(browser.text().contains("A guardian asked for a panic"), "{}", browser.text());
+    browser.follow("button[value=review]");
+    assert!(browser.text().contains("You are joining the panic"), "{}", browser.text());
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[value=sign]");
+    assert!(browser.text().contains("The quorum signed: every vault is being swept"), "{}", browser.text());
+    let start = Instant::now();
+    while !h.status().unwrap()["vaults"].as_array().unwrap().iter().any(|v| v["state"] == "in the deep vault")
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "no vault was swept: {}", h.status().unwrap());
+        world.mine(1).unwrap();
+    }
 }
 
 /// The page's DOM and pixels, with the per-start token (the same for both) left in.

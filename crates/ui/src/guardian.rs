@@ -276,7 +276,9 @@ fn recently_alarmed(lines: &[AlarmLine]) -> bool {
     lines.iter().any(|a| a.sort + 86_400 > now() && explain(&a.kind).0 == Severity::Alarm)
 }
 
-fn render_alarms(page: &GuardianPage, lines: &[AlarmLine], unreachable: &[String]) -> String {
+/// `settled`: the highest policy version the towers applied or hold signed by the quorum
+/// (a proposal at or below it needs no more signatures).
+fn render_alarms(page: &GuardianPage, lines: &[AlarmLine], unreachable: &[String], settled: u32) -> String {
     let mut out = String::from("<h2 id=\"alarms\">Alarms and events</h2>");
     for u in unreachable {
         out += &notice("warn", &format!("Could not read the alarms of {}.", esc(u)));
@@ -313,9 +315,14 @@ fn render_alarms(page: &GuardianPage, lines: &[AlarmLine], unreachable: &[String
         }
         if let Some((id, text)) = &line.policy {
             body += &proposed_policy(page, text);
-            body += &format!(
-                "<a class=\"button secondary\" href=\"/policy/{id}\">Review and sign this version…</a>"
-            );
+            let version = Policy::from_toml(text).map(|p| p.version).unwrap_or(0);
+            body += &if version > settled {
+                format!(
+                    "<a class=\"button secondary\" href=\"/policy/{id}\">Review and sign this version…</a>"
+                )
+            } else {
+                "<p class=\"muted\">The guardians' quorum has signed this version.</p>".to_owned()
+            };
         }
         out += &format!("<div class=\"card {class}\" data-kind=\"{}\">{body}</div>", esc(&line.kind));
     }
@@ -418,7 +425,17 @@ async fn home(State(page): State<Arc<GuardianPage>>) -> Response {
             }
             Err(e) => body += &notice("warn", &format!("The co-signer cannot be reached: {}", esc(&e.to_string()))),
         }
-        body += &render_alarms(&page, &alarms, &unreachable);
+        let settled = feeds
+            .towers
+            .iter()
+            .filter_map(|t| t.state.as_ref().ok())
+            .flat_map(|s| {
+                let pending = s["pending"].as_array().into_iter().flatten().filter_map(|p| p["version"].as_u64());
+                s["version"].as_u64().into_iter().chain(pending)
+            })
+            .max()
+            .unwrap_or(0) as u32;
+        body += &render_alarms(&page, &alarms, &unreachable, settled);
         body += "<h2 id=\"policy\">Policy</h2>";
         body += &format!("<p>Your copy of the policy is version {}.</p>", page.policy.version);
         let mut coming: BTreeMap<u64, u64> = BTreeMap::new();
