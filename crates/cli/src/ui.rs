@@ -22,8 +22,7 @@ pub fn serve(
     app: impl FnOnce(Arc<Gate>) -> anyhow::Result<axum::Router>,
 ) -> anyhow::Result<()> {
     let listener = vigil_ui::bind(listen.listen)?;
-    let port = listener.local_addr()?.port();
-    let gate = Arc::new(Gate::new(port));
+    let gate = Arc::new(Gate::new(listener.local_addr()?));
     let router = app(gate.clone())?;
     println!(
         "Open this address in your browser on this computer (it changes each time; Ctrl-C stops the page):"

@@ -22,7 +22,7 @@ struct Served {
     child: Child,
     /// The address it printed (with this start's token).
     login: String,
-    /// `http://127.0.0.1:PORT`.
+    /// The pages' root: `http://127.0.0.1:PORT/SECRET`.
     origin: String,
 }
 
@@ -133,6 +133,16 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     let pending = h.guardian_json(0, &["show", &id.to_string()], true).unwrap();
     assert_eq!(pending["approvals"], 0, "{pending}");
 
+    // A request that changed after the confirmation page showed it is not signed (the page
+    // carries the digest of what it showed; here the test alters it in the browser).
+    browser.goto(&format!("{}/requests/{id}/approve", first.origin));
+    browser.run("document.querySelector('input[name=shown]').value = '00'");
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("The request changed after it was shown to you"), "{}", browser.text());
+    assert_eq!(h.guardian_json(0, &["show", &id.to_string()], true).unwrap()["approvals"], 0);
+
     // Two guardians approve; the spend completes once the unvault waited DELAY.
     let done = vote(&browser, &first, id, true, PASSPHRASE);
     assert!(done.contains("Your approval is in") && done.contains("1 of 2 approvals"), "{done}");
@@ -193,7 +203,7 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     browser.goto(&format!("{}/", first.origin));
     assert!(browser.text().contains("restored on a new device"), "{}", browser.text());
-    browser.follow("a[href='/restore']");
+    browser.follow("a[href$='/restore']");
     browser.type_into("#passphrase", PASSPHRASE);
     browser.click("input[name=confirm]");
     browser.follow("button[type=submit]");
@@ -216,7 +226,15 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
         text.contains("- velocity_limit_sat = 10000000") && text.contains("+ velocity_limit_sat = 20000000"),
         "{text}"
     );
-    browser.follow("a[href^='/policy/']");
+    browser.follow("a[href*='/policy/']");
+    let review = browser.url();
+    browser.run("document.querySelector('input[name=shown]').value = '00'");
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("The proposal changed after it was shown"), "{}", browser.text());
+    browser.goto(&review);
+    assert!(browser.text().contains("The whole proposed policy"), "{}", browser.text());
     browser.type_into("#passphrase", PASSPHRASE);
     browser.click("input[name=confirm]");
     browser.follow("button[type=submit]");
@@ -250,7 +268,12 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     browser.goto(&format!("{}/", second.origin));
     assert!(browser.text().contains("A guardian asked for a panic"), "{}", browser.text());
     browser.follow("button[value=review]");
-    assert!(browser.text().contains("You are joining the panic"), "{}", browser.text());
+    let joining = browser.text();
+    assert!(
+        joining.contains("You are joining the panic guardian 1 started")
+            && joining.contains("their signature checks"),
+        "{joining}"
+    );
     browser.type_into("#passphrase", PASSPHRASE);
     browser.click("input[name=confirm]");
     browser.follow("button[value=sign]");
@@ -277,7 +300,7 @@ fn unlock(browser: &Browser, origin: &str, code: &str) {
 
 fn lock(browser: &Browser, origin: &str) {
     browser.goto(&format!("{origin}/"));
-    browser.follow("form[action='/lock'] button");
+    browser.follow("form[action$='/lock'] button");
     assert!(browser.has("#code"), "locked: {}", browser.text());
 }
 
@@ -321,10 +344,18 @@ fn the_owners_page_is_the_same_under_both_codes_and_refuses_other_sites() {
     let shop = fresh_address();
     let from = world.height().unwrap();
     browser.goto(&format!("{origin}/spend"));
+    let form = browser.run("return document.querySelector('input[name=form]').value");
     browser.type_into("#address", &shop.to_string());
     browser.type_into("#amount", "0.001");
     browser.follow("button[type=submit]");
     assert!(browser.text().contains("from your allowance"), "{}", browser.text());
+    // The same form sent again (a reload, a double click) pays nothing more.
+    browser.goto(&format!("{origin}/spend"));
+    browser.run(&format!("document.querySelector('input[name=form]').value = {form}"));
+    browser.type_into("#address", &shop.to_string());
+    browser.type_into("#amount", "0.001");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("That form was sent already"), "{}", browser.text());
     assert_eq!(world.received(&shop.script_pubkey(), from).unwrap(), 100_000);
     // An address of another network is refused, naming the problem.
     browser.goto(&format!("{origin}/spend"));
@@ -353,7 +384,7 @@ fn the_owners_page_is_the_same_under_both_codes_and_refuses_other_sites() {
     }
     let carry_on = || {
         browser.goto(&format!("{origin}/"));
-        browser.follow("form[action='/spends/continue'] button");
+        browser.follow("form[action$='/spends/continue'] button");
         browser.text()
     };
     assert!(carry_on().contains("approved; the unlocking transaction"), "{}", browser.text());
@@ -429,6 +460,7 @@ fn the_owners_page_is_the_same_under_both_codes_and_refuses_other_sites() {
 /// the CSRF token or from another origin, and a real cross-site form in the browser.
 fn refusals(page: &Served, browser: &Browser, h: &Household) {
     let origin = &page.origin;
+    let (site, _secret) = origin.rsplit_once('/').unwrap();
     let agent = ureq::AgentBuilder::new().redirects(0).build();
     let status = |r: Result<ureq::Response, ureq::Error>| match r {
         Ok(r) => r.status(),
@@ -437,13 +469,24 @@ fn refusals(page: &Served, browser: &Browser, h: &Household) {
     };
     assert_eq!(status(agent.get(&format!("{origin}/")).call()), 403, "no token");
     assert_eq!(status(agent.get(&format!("{origin}/login?token=00")).call()), 403, "a wrong token");
-    let login = agent.get(&page.login).call().unwrap();
-    assert_eq!(login.status(), 303);
-    let csp = login.header("content-security-policy").unwrap().to_owned();
+    assert_eq!(status(agent.get(&page.login).call()), 403, "the address, opened a second time");
+    // The browser's cookie: HttpOnly, SameSite=Strict, scoped to the secret path.
+    browser.goto(&format!("{origin}/"));
+    let cookies = browser.cookies();
+    let ours = cookies.iter().find(|c| c["name"].as_str().unwrap().starts_with("vigil_ui_")).unwrap();
+    assert_eq!(
+        (ours["httpOnly"].as_bool(), ours["sameSite"].as_str()),
+        (Some(true), Some("Strict")),
+        "{ours}"
+    );
+    assert!(origin.ends_with(ours["path"].as_str().unwrap().trim_end_matches('/')), "{ours}");
+    let cookie = format!("{}={}", ours["name"].as_str().unwrap(), ours["value"].as_str().unwrap());
+    // The cookie alone (as a page on another port would be sent it) opens nothing.
+    assert_eq!(status(agent.get(&format!("{site}/")).set("cookie", &cookie).call()), 404, "no secret path");
+    let home = agent.get(&format!("{origin}/")).set("cookie", &cookie).call().unwrap();
+    let csp = home.header("content-security-policy").unwrap().to_owned();
     assert!(csp.contains("default-src 'none'") && csp.contains("form-action 'self'"), "{csp}");
-    let cookie = login.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
-    assert!(login.header("set-cookie").unwrap().contains("SameSite=Strict"));
-    let home = agent.get(&format!("{origin}/")).set("cookie", &cookie).call().unwrap().into_string().unwrap();
+    let home = home.into_string().unwrap();
     let csrf = home.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let post = |extra: &[(&str, &str)], body: &str| {
         let mut r = agent.post(&format!("{origin}/lockdown")).set("cookie", &cookie);
@@ -458,7 +501,7 @@ fn refusals(page: &Served, browser: &Browser, h: &Household) {
     assert_eq!(post(&[], "blocks=144&confirm=yes&csrf=00"), 403, "a wrong CSRF token");
     assert_eq!(post(&[("origin", "http://evil.example")], &fields), 403, "another origin");
     assert_eq!(post(&[("sec-fetch-site", "cross-site")], &fields), 403, "cross-site");
-    let port = origin.rsplit(':').next().unwrap();
+    let port = site.rsplit(':').next().unwrap();
     let rebound = agent
         .get(&format!("{origin}/"))
         .set("cookie", &cookie)
@@ -504,5 +547,5 @@ fn refusals(page: &Served, browser: &Browser, h: &Household) {
             "a form of {attacker_url} locked the wallet down: {status}"
         );
     }
-    eprintln!("refused: no token, wrong token, rebound host, no/wrong CSRF token, another origin, a cross-site form");
+    eprintln!("refused: no token, a wrong token, a second login, the cookie without the secret path, a rebound host, no or a wrong CSRF token, another origin, cross-site forms");
 }

@@ -2,11 +2,12 @@
 //! guardian's own copy of the policy, never taken from the co-signer's description. Shared
 //! by `vigil guardian` and the guardian's web page.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 
 use vigil_cosigner::wire::SpendStatus;
 use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::{Address, Amount, OutPoint, Sequence, XOnlyPublicKey};
+use vigil_policy::bitcoin::{Address, Amount, OutPoint, ScriptBuf, Sequence, XOnlyPublicKey};
 use vigil_policy::{CompiledPolicy, Policy, SpendInput, VaultKind};
 
 /// Why a request must not be approved: it is not what it claims to be.
@@ -37,6 +38,8 @@ pub struct Checked {
     pub taken_sat: u64,
     /// What the spend pays, read from the transaction itself.
     pub payments: Vec<Payment>,
+    /// The fee: what leaves the vault and is not paid to anyone.
+    pub fee_sat: u64,
 }
 
 /// An amount as people read it: BTC, then sats.
@@ -75,18 +78,19 @@ impl Checked {
             .payments
             .iter()
             .map(|p| {
-                let whose = if p.to_owner { " (back to the owner's wallet: change)" } else { "" };
+                let whose = if p.to_owner { format!(" ({TO_OWNER})") } else { String::new() };
                 format!("{} to {}{whose}", btc(p.sat), p.to)
             })
             .collect();
         let mut shown = format!(
-            "Spend request {}: {}\n  takes {} out of vault {} ({})\n  pays {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
+            "Spend request {}: {}\n  takes {} out of vault {} ({})\n  pays {}; fee {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
             s.id,
             s.state,
             btc(self.taken_sat),
             s.vault.vault_outpoint,
             s.vault.kind,
             pays.join(", "),
+            btc(self.fee_sat),
             s.approval.policy_version,
             s.approvals,
             s.approvals_needed,
@@ -95,101 +99,242 @@ impl Checked {
         if s.under_lockdown {
             shown.push_str(&format!("\n  {LOCKDOWN_WARNING}"));
         }
+        if !self.pays_out() {
+            shown.push_str(&format!("\n  {NOTHING_OUT_WARNING}"));
+        }
         shown
     }
+
+    /// Whether anything is paid to an address that is not the owner's.
+    pub fn pays_out(&self) -> bool {
+        self.payments.iter().any(|p| !p.to_owner)
+    }
 }
+
+/// What an output to one of the owner's receive addresses is, in words: not safe in a vault.
+pub const TO_OWNER: &str =
+    "to one of the owner's receive addresses, which the owner and the co-signer can move";
+
+/// What a guardian is told about a vault spend that pays no one outside the household.
+pub const NOTHING_OUT_WARNING: &str = "WARNING: this spend pays no one outside the household: it takes the coins out of \
+     the vault to an address the owner and the co-signer can move at once. Ask the owner why before approving.";
 
 fn bad(what: &str, e: impl std::fmt::Display) -> NotSignable {
     NotSignable(format!("{what}: {e}"))
 }
 
-/// The spend request checked against this guardian's copy of the policy: the vault's unvault
-/// rebuilt from it and the request's vault parameters must be the unvault the request names;
-/// the spend must be that unvault's only input, at DELAY; the approval's terms must name this
-/// spend, this vault and this policy version.
-pub fn check(policy: &Policy, s: &SpendStatus) -> Result<Checked, NotSignable> {
-    let compiled = CompiledPolicy::new(policy.clone()).map_err(|e| bad("the policy", e))?;
-    let v = &s.vault;
-    let kind = if v.kind == "guarded" { VaultKind::Guarded } else { VaultKind::Standard };
-    let key = |k: &str| XOnlyPublicKey::from_str(k).map_err(|e| bad("a one-time key of the vault", e));
-    let plan = compiled
-        .plan(v.index, Amount::from_sat(v.amount_sat), kind, key(&v.owner_once)?, key(&v.cosigner_once)?)
-        .map_err(|e| bad("the vault", e))?;
-    let vault_outpoint = OutPoint::from_str(&v.vault_outpoint).map_err(|e| bad("the vault's outpoint", e))?;
-    let graph =
-        compiled.build_graph(&plan, vault_outpoint).map_err(|e| bad("the vault's transactions", e))?;
-    let unvault = &graph.unvault.tx;
-    let given = base64_decode(&s.psbt)
-        .ok()
-        .and_then(|b| Psbt::deserialize(&b).ok())
-        .ok_or_else(|| NotSignable("the request's transaction cannot be read".into()))?;
-    let tx = &given.unsigned_tx;
-    let u_out = OutPoint { txid: unvault.compute_txid(), vout: 0 };
-    let problems = [
-        (
-            s.approval.unvault_txid != u_out.txid.to_string(),
-            "the approval names another unvault than this vault's",
-        ),
-        (s.approval.vault_outpoint != v.vault_outpoint, "the approval names another vault"),
-        (
-            tx.input.len() != 1 || tx.input[0].previous_output != u_out,
-            "the spend does not spend this vault's unvault alone",
-        ),
-        (
-            tx.input.first().map(|i| i.sequence) != Some(Sequence::from_height(policy.delays.unvault)),
-            "the spend is not at the policy's DELAY",
-        ),
-        (
-            s.approval.spend_txid != tx.compute_txid().to_string(),
-            "the approval names another spend than the transaction shown",
-        ),
-        (s.approval.policy_version != policy.version, "the approval names another policy version than yours"),
-    ];
-    if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
-        return Err(NotSignable((*why).into()));
-    }
-    let descriptors = compiled.vault_descriptors(&plan).map_err(|e| bad("the vault's descriptors", e))?;
-    let input = SpendInput {
-        outpoint: u_out,
-        txout: unvault.output[0].clone(),
-        descriptor: descriptors.unvault,
-        sequence: tx.input[0].sequence,
-    };
-    let psbt = vigil_policy::spend_psbt(&[input], tx.output.clone()).map_err(|e| bad("the spend", e))?;
-    if psbt.unsigned_tx != *tx {
-        return Err(NotSignable("the spend is not a plain spend of the unvault".into()));
-    }
-    // Change goes back to an intake address of the owner's: recognised, so a guardian sees
-    // what actually leaves the household.
-    let owners: std::collections::HashSet<_> = if tx.output.len() > 1 {
-        (0..CHANGE_SCAN).filter_map(|i| Some(compiled.intake_descriptor(i).ok()?.script_pubkey())).collect()
-    } else {
-        Default::default()
-    };
-    let payments = tx
-        .output
-        .iter()
-        .map(|o| Payment {
-            sat: o.value.to_sat(),
-            to: Address::from_script(&o.script_pubkey, policy.network)
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| o.script_pubkey.to_string()),
-            to_owner: owners.contains(&o.script_pubkey),
-        })
-        .collect();
-    Ok(Checked { psbt, taken_sat: unvault.output[0].value.to_sat(), payments })
+/// Checks spend requests against one guardian's copy of the policy.
+pub struct Checker {
+    policy: Policy,
+    compiled: CompiledPolicy,
+    /// The owner's first [`CHANGE_SCAN`] receive scripts (derived once).
+    owners: HashSet<ScriptBuf>,
 }
 
-/// The lines that differ, `-` old and `+` new.
+impl Checker {
+    /// A checker for `policy`.
+    pub fn new(policy: &Policy) -> Result<Checker, NotSignable> {
+        let compiled = CompiledPolicy::new(policy.clone()).map_err(|e| bad("the policy", e))?;
+        let owners = (0..CHANGE_SCAN)
+            .filter_map(|i| Some(compiled.intake_descriptor(i).ok()?.script_pubkey()))
+            .collect();
+        Ok(Checker { policy: policy.clone(), compiled, owners })
+    }
+
+    /// The spend request checked against the policy: the vault's unvault rebuilt from it and
+    /// the request's vault parameters must be the unvault the request names; the spend must
+    /// be that unvault's only input, at DELAY; the approval's terms must name this spend,
+    /// this vault and this policy version.
+    pub fn check(&self, s: &SpendStatus) -> Result<Checked, NotSignable> {
+        let (policy, compiled) = (&self.policy, &self.compiled);
+        let v = &s.vault;
+        let kind = if v.kind == "guarded" { VaultKind::Guarded } else { VaultKind::Standard };
+        let key = |k: &str| XOnlyPublicKey::from_str(k).map_err(|e| bad("a one-time key of the vault", e));
+        let plan = compiled
+            .plan(v.index, Amount::from_sat(v.amount_sat), kind, key(&v.owner_once)?, key(&v.cosigner_once)?)
+            .map_err(|e| bad("the vault", e))?;
+        let vault_outpoint =
+            OutPoint::from_str(&v.vault_outpoint).map_err(|e| bad("the vault's outpoint", e))?;
+        let graph =
+            compiled.build_graph(&plan, vault_outpoint).map_err(|e| bad("the vault's transactions", e))?;
+        let unvault = &graph.unvault.tx;
+        let given = base64_decode(&s.psbt)
+            .ok()
+            .and_then(|b| Psbt::deserialize(&b).ok())
+            .ok_or_else(|| NotSignable("the request's transaction cannot be read".into()))?;
+        let tx = &given.unsigned_tx;
+        let u_out = OutPoint { txid: unvault.compute_txid(), vout: 0 };
+        let problems = [
+            (
+                s.approval.unvault_txid != u_out.txid.to_string(),
+                "the approval names another unvault than this vault's",
+            ),
+            (s.approval.vault_outpoint != v.vault_outpoint, "the approval names another vault"),
+            (
+                tx.input.len() != 1 || tx.input[0].previous_output != u_out,
+                "the spend does not spend this vault's unvault alone",
+            ),
+            (
+                tx.input.first().map(|i| i.sequence) != Some(Sequence::from_height(policy.delays.unvault)),
+                "the spend is not at the policy's DELAY",
+            ),
+            (
+                s.approval.spend_txid != tx.compute_txid().to_string(),
+                "the approval names another spend than the transaction shown",
+            ),
+            (
+                s.approval.policy_version != policy.version,
+                "the approval names another policy version than yours",
+            ),
+        ];
+        if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
+            return Err(NotSignable((*why).into()));
+        }
+        let descriptors = compiled.vault_descriptors(&plan).map_err(|e| bad("the vault's descriptors", e))?;
+        let input = SpendInput {
+            outpoint: u_out,
+            txout: unvault.output[0].clone(),
+            descriptor: descriptors.unvault,
+            sequence: tx.input[0].sequence,
+        };
+        let psbt = vigil_policy::spend_psbt(&[input], tx.output.clone()).map_err(|e| bad("the spend", e))?;
+        if psbt.unsigned_tx != *tx {
+            return Err(NotSignable("the spend is not a plain spend of the unvault".into()));
+        }
+        let payments = tx
+            .output
+            .iter()
+            .map(|o| Payment {
+                sat: o.value.to_sat(),
+                to: Address::from_script(&o.script_pubkey, policy.network)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| o.script_pubkey.to_string()),
+                to_owner: self.owners.contains(&o.script_pubkey),
+            })
+            .collect();
+        let taken_sat = unvault.output[0].value.to_sat();
+        let paid: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        Ok(Checked { psbt, taken_sat, payments, fee_sat: taken_sat.saturating_sub(paid) })
+    }
+}
+
+/// `s` checked against `policy` (see [`Checker::check`]).
+pub fn check(policy: &Policy, s: &SpendStatus) -> Result<Checked, NotSignable> {
+    Checker::new(policy)?.check(s)
+}
+
+/// What changes from `old` to `new`, section by section (a TOML `[table]`, the nth
+/// `[[array]]` entry): before a section's changes its header (`  ` unchanged), then `- ` a
+/// line removed and `+ ` a line added, in order within the section. A line moved from one
+/// section to another shows as removed from one and added to the other, even when the same
+/// text stands in both (as `threshold = 2` may in `[owner]` and `[guardians]`).
 pub fn diff(old: &str, new: &str) -> Vec<String> {
-    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let (a, b) = (sections(old), sections(new));
     let mut out = Vec::new();
-    out.extend(a.iter().filter(|l| !b.contains(l)).map(|l| format!("- {l}")));
-    out.extend(b.iter().filter(|l| !a.contains(l)).map(|l| format!("+ {l}")));
+    // An array entry is named by its place: the 2nd of the `[[towers]]`.
+    let named = |(header, nth): &(String, usize), mark: &str, out: &mut Vec<String>| match header {
+        h if h.is_empty() => {}
+        h if h.starts_with("[[") => out.push(format!("{mark}{h} #{}", nth + 1)),
+        h => out.push(format!("{mark}{h}")),
+    };
+    for (key, new_lines) in &b {
+        match a.iter().find(|(k, _)| k == key) {
+            Some((_, old_lines)) => {
+                let changes = ordered_diff(old_lines, new_lines);
+                if !changes.is_empty() {
+                    named(key, "  ", &mut out);
+                    out.extend(changes);
+                }
+            }
+            None => {
+                named(key, "+ ", &mut out);
+                out.extend(new_lines.iter().map(|l| format!("+ {l}")));
+            }
+        }
+    }
+    for (key, old_lines) in a.iter().filter(|(k, _)| !b.iter().any(|(n, _)| n == k)) {
+        named(key, "- ", &mut out);
+        out.extend(old_lines.iter().map(|l| format!("- {l}")));
+    }
+    out
+}
+
+/// A TOML text's sections: (header, its occurrence among same headers) and their lines.
+type Sections<'t> = Vec<((String, usize), Vec<&'t str>)>;
+
+fn sections(text: &str) -> Sections<'_> {
+    let mut out: Sections<'_> = vec![((String::new(), 0), Vec::new())];
+    for line in text.lines() {
+        if line.trim_start().starts_with('[') {
+            let header = line.trim().to_owned();
+            let seen = out.iter().filter(|((h, _), _)| *h == header).count();
+            out.push(((header, seen), Vec::new()));
+        } else if let Some((_, lines)) = out.last_mut() {
+            lines.push(line);
+        }
+    }
+    out
+}
+
+/// Lines removed (`- `) and added (`+ `), in order: a longest common subsequence.
+fn ordered_diff(a: &[&str], b: &[&str]) -> Vec<String> {
+    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        } else {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        }
+    }
     out
 }
 
 fn base64_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diff;
+
+    #[test]
+    fn a_line_moved_between_sections_shows_as_moved() {
+        let old = "version = 1\n[owner]\nthreshold = 1\n[guardians]\nthreshold = 2\n";
+        let new = "version = 2\n[owner]\nthreshold = 2\n[guardians]\nthreshold = 1\n";
+        assert_eq!(
+            diff(old, new),
+            [
+                "- version = 1",
+                "+ version = 2",
+                "  [owner]",
+                "- threshold = 1",
+                "+ threshold = 2",
+                "  [guardians]",
+                "- threshold = 2",
+                "+ threshold = 1",
+            ]
+        );
+        // The second of two array entries, changed, is named as the one that changed.
+        let towers = "[[towers]]\nurl = \"a\"\n[[towers]]\nurl = \"b\"\n";
+        assert_eq!(
+            diff(towers, &towers.replace("\"b\"", "\"c\"")),
+            ["  [[towers]] #2", "- url = \"b\"", "+ url = \"c\""]
+        );
+        assert_eq!(diff(towers, "[[towers]]\nurl = \"a\"\n"), ["- [[towers]] #2", "- url = \"b\""]);
+        // The same lines, in another order, are a change (a set difference would show none).
+        assert!(!diff("a\nb\n", "b\na\n").is_empty());
+        assert!(diff("same\n", "same\n").is_empty());
+    }
 }

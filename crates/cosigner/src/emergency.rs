@@ -342,6 +342,7 @@ impl Cosigner {
                     .alarm(crate::service::panic_proposed_alarm(
                         &caller.client.id,
                         &p.panic,
+                        &signatures,
                         format!(
                             "panic {} of {}: {count} of {needed} guardians signed",
                             p.panic.id, caller.client.id

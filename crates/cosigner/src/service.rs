@@ -269,11 +269,17 @@ pub fn policy_proposed_alarm(client: &str, policy: &str, message: String) -> Str
 }
 
 /// A panic some guardians signed and the quorum has not, as its alarm carries it: what the
-/// other guardians must sign to join it.
-pub fn panic_proposed_alarm(client: &str, panic: &wire::Panic, message: String) -> String {
+/// other guardians must sign to join it, and the signatures so far (so each checks who
+/// proposed it rather than trusting the co-signer's word).
+pub fn panic_proposed_alarm(
+    client: &str,
+    panic: &wire::Panic,
+    signatures: &[vigil_tower::wire::KeySignature],
+    message: String,
+) -> String {
     serde_json::json!({
         "client": client, "kind": "panic-proposed", "message": message, "time": now(),
-        "panic": { "id": panic.id, "not_after_height": panic.not_after_height },
+        "panic": { "id": panic.id, "not_after_height": panic.not_after_height, "signatures": signatures },
     })
     .to_string()
 }

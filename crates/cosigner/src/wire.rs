@@ -195,6 +195,9 @@ pub struct ProposedPanic {
     pub id: String,
     /// The last block it may act in.
     pub not_after_height: u32,
+    /// The guardians' signatures so far (over [`Panic::digest`]).
+    #[serde(default)]
+    pub signatures: Vec<vigil_tower::wire::KeySignature>,
 }
 
 /// A spend request as the co-signer answers it. Its shape and size do not depend on whether

@@ -151,6 +151,11 @@ impl Browser {
         self.click(&format!("{css} option[value=\"{value}\"]"));
     }
 
+    /// The cookies the browser holds for the page shown (HttpOnly ones included).
+    pub fn cookies(&self) -> Vec<Value> {
+        self.call("GET", "/cookie", None).as_array().cloned().unwrap_or_default()
+    }
+
     /// A PNG of the window.
     pub fn screenshot(&self) -> Vec<u8> {
         let b64 = self.call("GET", "/screenshot", None);

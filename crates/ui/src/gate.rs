@@ -2,9 +2,15 @@
 //!
 //! - The server listens on loopback only, and answers only requests whose `Host` is its own
 //!   address (a rebound DNS name pointing at 127.0.0.1 is refused).
-//! - Each start draws a random token, printed once in the address to open. Opening it sets an
-//!   `HttpOnly`, `SameSite=Strict` cookie holding the token; every other request needs it.
-//!   Another local user does not have it; another site's page cannot send it.
+//! - Each start draws two secrets: a path every page lives under, and a login token. The
+//!   address printed once holds both; opening it (once: the login is single-use) sets an
+//!   `HttpOnly`, `SameSite=Strict` cookie holding the token, scoped to the secret path, and
+//!   every request needs the path and the cookie. Browsers do not keep cookies apart by port:
+//!   a page another local user serves on another port of 127.0.0.1 would be sent a cookie of
+//!   ours, but not one scoped to a path it does not know, and the cookie alone opens nothing.
+//!   Pages are written as if served at `/`; the gate mounts them under the secret path (our
+//!   own `href="/` and `action="/` attributes and redirects; outside text is escaped, so it
+//!   never forms such an attribute).
 //! - Every state-changing request is a form post that must carry the per-start CSRF token
 //!   (only ever rendered into this server's own pages), come from this origin (`Origin`,
 //!   `Sec-Fetch-Site`), and be small.
@@ -12,6 +18,8 @@
 //!   server only, forms posting back to it only, no framing) and is never cached.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -44,39 +52,39 @@ impl Fields {
 pub struct Gate {
     token: Zeroizing<String>,
     csrf: Zeroizing<String>,
+    /// `/` and 64 hex digits: every page lives under it.
+    base: Zeroizing<String>,
     origin: String,
-    hosts: [String; 2],
+    host: String,
     cookie: String,
+    logged_in: AtomicBool,
 }
 
 impl Gate {
-    /// Fresh secrets for a server at `port` on loopback.
-    pub fn new(port: u16) -> Gate {
+    /// Fresh secrets for a server listening at `addr` (loopback).
+    pub fn new(addr: SocketAddr) -> Gate {
         Gate {
             token: random_hex(),
             csrf: random_hex(),
-            origin: format!("http://127.0.0.1:{port}"),
-            hosts: [format!("127.0.0.1:{port}"), format!("localhost:{port}")],
-            // Cookies are not kept apart by port: the owner's and a guardian's page on one
-            // machine must not overwrite each other's.
-            cookie: format!("vigil_ui_{port}"),
+            base: Zeroizing::new(format!("/{}", random_hex().as_str())),
+            origin: format!("http://{addr}"),
+            host: addr.to_string(),
+            // The owner's and a guardian's page on one machine must not overwrite each
+            // other's cookie (ports do not keep them apart).
+            cookie: format!("vigil_ui_{}", addr.port()),
+            logged_in: AtomicBool::new(false),
         }
     }
 
-    /// The address to open once, with the token; it sets the cookie and forgets the token in
-    /// the address bar.
+    /// The address to open, once: it sets the cookie and leaves the token out of the address
+    /// bar. A second browser needs a new start.
     pub fn login_url(&self) -> String {
-        format!("{}/login?token={}", self.origin, self.token.as_str())
+        format!("{}{}/login?token={}", self.origin, self.base.as_str(), self.token.as_str())
     }
 
     /// The CSRF token, for the forms of this server's pages.
     pub fn csrf(&self) -> &str {
         &self.csrf
-    }
-
-    /// The cookie's name (tests).
-    pub fn cookie_name(&self) -> &str {
-        &self.cookie
     }
 
     fn has_cookie(&self, request: &Request) -> bool {
@@ -127,11 +135,66 @@ pub async fn guard(State(gate): State<Arc<Gate>>, request: Request, next: Next) 
     response
 }
 
-async fn check(gate: &Gate, request: Request, next: Next) -> Response {
+async fn check(gate: &Gate, mut request: Request, next: Next) -> Response {
     let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    if !gate.hosts.iter().any(|h| h == host) {
+    if host != gate.host {
         return refuse(StatusCode::MISDIRECTED_REQUEST, "This page answers only at its own address.");
     }
+    // Outside the secret path there is nothing, not even a hint that a page is here.
+    let Some(rest) = request.uri().path().strip_prefix(gate.base.as_str()).map(str::to_owned) else {
+        return (StatusCode::NOT_FOUND, "").into_response();
+    };
+    if rest.is_empty() {
+        return see_other(&format!("{}/", gate.base.as_str()));
+    }
+    let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    *request.uri_mut() = match format!("{rest}{query}").parse() {
+        Ok(uri) => uri,
+        Err(_) => return (StatusCode::NOT_FOUND, "").into_response(),
+    };
+    mounted(gate, route(gate, request, next).await).await
+}
+
+/// A redirect to `location`.
+fn see_other(location: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::SEE_OTHER)
+        .header(header::LOCATION, location)
+        .body(Body::empty())
+        .expect("a redirect")
+}
+
+/// The largest page the gate rewrites.
+const MAX_PAGE: usize = 4 * 1024 * 1024;
+
+/// `response` with the pages' own links and redirects moved under the secret path.
+async fn mounted(gate: &Gate, response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    if let Some(location) = parts.headers.get(header::LOCATION).and_then(|l| l.to_str().ok()) {
+        if location.starts_with('/') && !location.starts_with(gate.base.as_str()) {
+            let moved = format!("{}{location}", gate.base.as_str());
+            parts.headers.insert(header::LOCATION, HeaderValue::from_str(&moved).expect("a path"));
+        }
+    }
+    let html = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/html"));
+    if !html {
+        return Response::from_parts(parts, body);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PAGE).await else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "That page was too large to show.");
+    };
+    let text = String::from_utf8_lossy(&bytes)
+        .replace("href=\"/", &format!("href=\"{}/", gate.base.as_str()))
+        .replace("action=\"/", &format!("action=\"{}/", gate.base.as_str()));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(text))
+}
+
+async fn route(gate: &Gate, request: Request, next: Next) -> Response {
     if request.uri().path() == "/login" && request.method() == Method::GET {
         let token = request
             .uri()
@@ -144,13 +207,22 @@ async fn check(gate: &Gate, request: Request, next: Next) -> Response {
                 "That address is not this page's (it changes at each start).",
             );
         }
-        let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", gate.cookie, gate.token.as_str());
-        return Response::builder()
-            .status(StatusCode::SEE_OTHER)
-            .header(header::LOCATION, "/")
-            .header(header::SET_COOKIE, cookie)
-            .body(Body::empty())
-            .expect("a redirect");
+        if gate.logged_in.swap(true, Ordering::SeqCst) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "This address was opened already, in a browser that can keep using it. To open the page in \
+                 another browser, stop the command and start it again.",
+            );
+        }
+        let cookie = format!(
+            "{}={}; HttpOnly; SameSite=Strict; Path={}/",
+            gate.cookie,
+            gate.token.as_str(),
+            gate.base.as_str()
+        );
+        let mut response = see_other("/");
+        response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("a cookie"));
+        return response;
     }
     if !gate.has_cookie(&request) {
         return refuse(
@@ -177,7 +249,9 @@ async fn checked_form(gate: &Gate, request: Request) -> Result<Request, &'static
             || header("sec-fetch-site").is_some_and(|s| s != "same-origin")
         {
             Some("A request from another site was refused.")
-        } else if header("content-type") != Some("application/x-www-form-urlencoded") {
+        } else if header("content-type").and_then(|c| c.split(';').next()).map(str::trim)
+            != Some("application/x-www-form-urlencoded")
+        {
             Some("Only this page's own forms are accepted.")
         } else {
             None
@@ -207,7 +281,10 @@ mod tests {
 
     #[test]
     fn tokens_are_fresh_and_compared_whole() {
-        let (a, b) = (Gate::new(1), Gate::new(1));
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (a, b) = (Gate::new(addr), Gate::new(addr));
+        assert_ne!(a.base, b.base);
+        assert!(a.login_url().starts_with(&format!("http://127.0.0.1:1/{}/login?token=", &a.base[1..])));
         assert_ne!(a.token, b.token);
         assert_ne!(a.csrf, a.token);
         assert_eq!(a.token.len(), 64);

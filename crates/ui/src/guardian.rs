@@ -2,9 +2,13 @@
 //! their own copy of the policy, as `vigil guardian show` does), the alarms of the co-signer
 //! and of every tower, lockdown, panic and the policy's coming versions.
 //!
-//! The server holds the guardian's auth key (read the feeds, lock down); the key that signs
-//! approvals and panics is opened from the passphrase typed into the confirmation form, used
-//! once, and wiped. A page never shows a secret.
+//! The server holds the guardian's auth key: it reads the feeds, locks down, and signs panics,
+//! policy versions and restore confirmations (those are auth-key signatures by protocol). The
+//! key that signs a spend's PSBT is opened from the passphrase typed into the confirmation
+//! form, used once, and wiped; the passphrase is asked for panics, policy versions and
+//! restores too, as a deliberate step at this keyboard, not as a cryptographic barrier. What
+//! is signed is what the confirmation page showed (its digest travels in the form and is
+//! compared with the request fetched again). A page never shows a secret.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -16,7 +20,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use serde_json::Value;
 use vigil_client::cosigner::{ClientError, CosignerClient};
-use vigil_client::guardian::{check, diff, Checked, LOCKDOWN_WARNING};
+use vigil_client::guardian::{diff, Checked, Checker, LOCKDOWN_WARNING, NOTHING_OUT_WARNING, TO_OWNER};
 use vigil_client::towers::{lock_down_everywhere, TowerClient};
 use vigil_cosigner::wire::{self, CosignerAlarm, SpendStatus};
 use vigil_cosigner::MasterKey;
@@ -30,14 +34,20 @@ use crate::page::{about, btc, esc, form, notice, page, secret_field};
 /// How often the main page reloads itself (new requests, new alarms).
 pub const REFRESH_SECS: u32 = 10;
 
-/// How far ahead a panic started here may act (the co-signer's limit).
+/// How far ahead a panic may act (the co-signer's limit).
 const PANIC_WINDOW: u32 = 144;
+
+/// How far inside that window a panic started here ends: the co-signer's tip may be a few
+/// blocks ahead of the towers'.
+const PANIC_MARGIN: u32 = 6;
 
 const NAV: &[(&str, &str)] = &[("Requests and alarms", "/"), ("Lock down", "/lockdown"), ("Panic", "/panic")];
 
 /// The guardian's page.
 pub struct GuardianPage {
     policy: Policy,
+    /// Checks requests against the policy (the owner's receive scripts derived once).
+    checker: Checker,
     policy_text: String,
     key_file: PathBuf,
     auth: Keypair,
@@ -68,9 +78,16 @@ struct TowerView {
 }
 
 impl Feeds {
-    /// The highest tip a tower reported.
+    /// The median of the tips the towers reported: one tower lying about the chain's height
+    /// moves it no further than the honest ones around it.
     fn tip(&self) -> Option<u32> {
-        self.towers.iter().filter_map(|t| t.state.as_ref().ok()?["tip"].as_u64()).map(|h| h as u32).max()
+        let mut tips: Vec<u32> = self
+            .towers
+            .iter()
+            .filter_map(|t| u32::try_from(t.state.as_ref().ok()?["tip"].as_u64()?).ok())
+            .collect();
+        tips.sort_unstable();
+        tips.get(tips.len() / 2).copied()
     }
 }
 
@@ -85,8 +102,10 @@ impl GuardianPage {
     ) -> Result<GuardianPage, ClientError> {
         let policy = Policy::from_toml(&policy_text).map_err(|e| ClientError::Decode(e.to_string()))?;
         let co = CosignerClient::new(&policy_text, auth, nonce_file)?;
+        let checker = Checker::new(&policy).map_err(|e| ClientError::Decode(e.to_string()))?;
         Ok(GuardianPage {
             policy,
+            checker,
             policy_text,
             key_file,
             auth,
@@ -222,6 +241,8 @@ struct AlarmLine {
     message: String,
     sources: Vec<String>,
     panic: Option<wire::ProposedPanic>,
+    /// The co-signer's id of the event (none for a tower's).
+    cosigner_id: Option<i64>,
     /// A proposed policy: the co-signer's alarm id, and its text.
     policy: Option<(i64, String)>,
 }
@@ -237,6 +258,7 @@ fn alarm_lines(page: &GuardianPage, feeds: &Feeds) -> (Vec<AlarmLine>, Vec<Strin
             message: a.message.clone(),
             sources: vec!["co-signer".into()],
             panic: a.panic.clone(),
+            cosigner_id: Some(a.id),
             policy: a.policy.clone().map(|p| (a.id, p)),
         })),
         Err(e) => unreachable.push(format!("co-signer: {e}")),
@@ -261,6 +283,7 @@ fn alarm_lines(page: &GuardianPage, feeds: &Feeds) -> (Vec<AlarmLine>, Vec<Strin
                 message: a.message.clone(),
                 sources: Vec::new(),
                 panic: None,
+                cosigner_id: None,
                 policy: None,
             });
             line.sources.push(tower.name.clone());
@@ -271,9 +294,12 @@ fn alarm_lines(page: &GuardianPage, feeds: &Feeds) -> (Vec<AlarmLine>, Vec<Strin
     (lines, unreachable)
 }
 
-/// Whether anything alarming happened to the wallet in the last day.
+/// How far back an alarm still marks every request: a captivity may last a week.
+const ALARM_MEMORY_SECS: u64 = 7 * 86_400;
+
+/// Whether anything alarming happened to the wallet in the last week.
 fn recently_alarmed(lines: &[AlarmLine]) -> bool {
-    lines.iter().any(|a| a.sort + 86_400 > now() && explain(&a.kind).0 == Severity::Alarm)
+    lines.iter().any(|a| a.sort + ALARM_MEMORY_SECS > now() && explain(&a.kind).0 == Severity::Alarm)
 }
 
 /// `settled`: the highest policy version the towers applied or hold signed by the quorum
@@ -301,15 +327,13 @@ fn render_alarms(page: &GuardianPage, lines: &[AlarmLine], unreachable: &[String
             esc(&line.sources.join(", ")),
             esc(&line.message)
         );
-        if let Some(p) = &line.panic {
+        if let (Some(_), Some(alarm)) = (&line.panic, line.cosigner_id) {
             body += &form(
                 "/panic",
                 page.csrf(),
                 &format!(
-                    "<input type=\"hidden\" name=\"id\" value=\"{}\"><input type=\"hidden\" name=\"not_after\" value=\"{}\">\
-                     <button class=\"secondary\" type=\"submit\" name=\"step\" value=\"review\">Review this panic</button>",
-                    esc(&p.id),
-                    p.not_after_height
+                    "<input type=\"hidden\" name=\"alarm\" value=\"{alarm}\">\
+                     <button class=\"secondary\" type=\"submit\" name=\"step\" value=\"review\">Review this panic</button>"
                 ),
             );
         }
@@ -329,7 +353,9 @@ fn render_alarms(page: &GuardianPage, lines: &[AlarmLine], unreachable: &[String
     out
 }
 
-/// What a checked spend pays, change last and named as such.
+/// What a checked spend pays: outside the household first; then what goes to the owner's
+/// receive addresses (not safe in a vault: the owner and the co-signer can move it) and the
+/// fee.
 fn payments(c: &Checked) -> String {
     let out: Vec<String> = c
         .payments
@@ -337,17 +363,16 @@ fn payments(c: &Checked) -> String {
         .filter(|p| !p.to_owner)
         .map(|p| format!("{} to <code>{}</code>", btc(p.sat), esc(&p.to)))
         .collect();
-    let change: u64 = c.payments.iter().filter(|p| p.to_owner).map(|p| p.sat).sum();
-    let mut text = if out.is_empty() { "nothing out of the household".to_owned() } else { out.join(", ") };
-    if change > 0 {
-        text += &format!(" <span class=\"muted\">(and {} back to the owner's wallet)</span>", btc(change));
+    let mut text = if out.is_empty() { "nothing outside the household".to_owned() } else { out.join(", ") };
+    for p in c.payments.iter().filter(|p| p.to_owner) {
+        text += &format!(", and {} {} (<code>{}</code>)", btc(p.sat), esc(TO_OWNER), esc(&p.to));
     }
-    text
+    text + &format!(", fee {}", btc(c.fee_sat))
 }
 
 /// A waiting request, checked, as a card.
 fn request_card(page: &GuardianPage, s: &SpendStatus, tip: Option<u32>, alarmed: bool, link: bool) -> String {
-    let checked = check(&page.policy, s);
+    let checked = page.checker.check(s);
     let mut out = format!("<div class=\"card request\" id=\"request-{}\">", s.id);
     match &checked {
         Ok(c) => {
@@ -382,10 +407,13 @@ fn request_card(page: &GuardianPage, s: &SpendStatus, tip: Option<u32>, alarmed:
     if s.under_lockdown {
         out += &notice("alarm", &esc(LOCKDOWN_WARNING));
     }
+    if checked.as_ref().is_ok_and(|c| !c.pays_out()) {
+        out += &notice("alarm", &esc(NOTHING_OUT_WARNING));
+    }
     if alarmed {
         out += &notice(
             "warn",
-            "There were alarms about this wallet in the last day. Read them, and speak to the owner yourself, before you approve.",
+            "There were alarms about this wallet in the last week. Read them, and speak to the owner yourself, before you approve.",
         );
     }
     if link {
@@ -492,7 +520,7 @@ async fn request(State(page): State<Arc<GuardianPage>>, Path(id): Path<u64>) -> 
         let alarmed = recently_alarmed(&alarms);
         let mut body = request_card(&page, &s, feeds.tip(), alarmed, false);
         if s.state == "waiting" {
-            if check(&page.policy, &s).is_ok() {
+            if page.checker.check(&s).is_ok() {
                 body += &format!("<a class=\"button\" href=\"/requests/{id}/approve\">Approve…</a>");
             }
             body += &format!("<a class=\"button danger\" href=\"/requests/{id}/deny\">Deny…</a>");
@@ -519,7 +547,7 @@ async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path
             Ok(s) => s,
             Err(r) => return *r,
         };
-        let checked = check(&page.policy, &s);
+        let checked = page.checker.check(&s);
         if approve && checked.is_err() {
             return Redirect::to(&format!("/requests/{id}")).into_response();
         }
@@ -538,6 +566,13 @@ async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path
         };
         if s.under_lockdown {
             body += &notice("alarm", &esc(LOCKDOWN_WARNING));
+            if !approve {
+                body += &notice(
+                    "warn",
+                    "The owner's device will show that a guardian denied this request. If the owner may be \
+                     held, leaving it waiting is safer: it expires by itself, and the towers cancel it anyway.",
+                );
+            }
         }
         let action = if approve { "Approve this spend" } else { "Deny this spend" };
         let confirm = if approve {
@@ -549,7 +584,9 @@ async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path
             &format!("/requests/{id}/{v}"),
             page.csrf(),
             &format!(
-                "{}{confirm}<button type=\"submit\" class=\"{}\">{action}</button><a class=\"button secondary\" href=\"/requests/{id}\">Go back</a>",
+                "<input type=\"hidden\" name=\"shown\" value=\"{}\">{}{confirm}<button type=\"submit\" class=\"{}\">{action}</button>\
+                 <a class=\"button secondary\" href=\"/requests/{id}\">Go back</a>",
+                shown_digest(&s),
                 secret_field("passphrase", "Your guardian passphrase"),
                 if approve { "" } else { "danger" }
             ),
@@ -557,6 +594,13 @@ async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path
         page.show(if approve { "Approve?" } else { "Deny?" }, &body)
     })
     .await
+}
+
+/// What the confirmation page showed of a request, as the digest of the approval's terms
+/// (which name the exact spend, its unvault, vault, expiry and policy version).
+fn shown_digest(s: &SpendStatus) -> String {
+    use vigil_policy::bitcoin::hex::DisplayHex;
+    s.approval.digest().as_ref().to_lower_hex_string()
 }
 
 /// The guardian's signing key, from the passphrase typed in a form; an error page when it
@@ -594,8 +638,15 @@ async fn vote(
             Ok(s) => s,
             Err(r) => return *r,
         };
-        // Checked again: the request shown on the confirmation page may have changed since.
-        let checked = check(&page.policy, &s);
+        // What is signed is what was shown: the co-signer may not swap the request between the
+        // confirmation page and this post.
+        if fields.get("shown") != shown_digest(&s) {
+            return page.show(
+                "Nothing was signed",
+                &notice("alarm", "The request changed after it was shown to you. Nothing was signed: review it again, and tell the other guardians."),
+            );
+        }
+        let checked = page.checker.check(&s);
         if approve {
             if let Err(e) = &checked {
                 return page.show("Nothing was signed", &notice("alarm", &esc(&e.to_string())));
@@ -707,33 +758,79 @@ async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Exte
 }
 
 async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
-    page.show("Panic", &panic_page(&page, None, None))
+    page.show("Panic", &panic_page(&page, None))
 }
 
-fn panic_page(page: &GuardianPage, id: Option<&str>, not_after: Option<u32>) -> String {
-    let joining = id.is_some();
+/// A panic another guardian proposed, as the co-signer's event `alarm` carries it, checked:
+/// signed by guardians of this policy, for this client, acting within the next
+/// [`PANIC_WINDOW`] blocks. Returns it and the proposers (1-based, as the policy lists them).
+fn proposed_panic(page: &GuardianPage, alarm: i64) -> Result<(wire::Panic, Vec<usize>), Box<Response>> {
+    let refuse =
+        |why: &str| page.stop("Do not sign", &notice("alarm", &format!("{}. Nothing was signed.", esc(why))));
+    let alarms: Vec<CosignerAlarm> =
+        page.co.get("/v1/alarms").map_err(|e| refuse(&format!("the co-signer cannot be reached: {e}")))?;
+    let proposed = alarms
+        .into_iter()
+        .find(|a| a.id == alarm)
+        .and_then(|a| a.panic)
+        .ok_or_else(|| refuse("that panic is no longer in the co-signer's feed"))?;
+    let panic = wire::Panic {
+        policy_id: page.co.client_id().to_owned(),
+        id: proposed.id,
+        not_after_height: proposed.not_after_height,
+    };
+    let signers = vigil_tower::registration::verified_signers(&proposed.signatures, &panic.digest())
+        .map_err(|_| refuse("a signature of this panic does not verify"))?;
+    let proposers: Vec<usize> = page
+        .policy
+        .guardians
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| signers.contains(&g.auth_key()))
+        .map(|(i, _)| i + 1)
+        .collect();
+    if proposers.is_empty() {
+        return Err(refuse("no guardian of your policy signed this panic"));
+    }
+    let tip = page
+        .feeds()
+        .tip()
+        .ok_or_else(|| refuse("no watchtower can be reached to read the chain's height"))?;
+    if panic.not_after_height <= tip || panic.not_after_height > tip + PANIC_WINDOW {
+        return Err(refuse(&format!(
+            "this panic acts until block {}, and the chain is at block {tip}: a panic acts within the next {PANIC_WINDOW} blocks",
+            panic.not_after_height
+        )));
+    }
+    Ok((panic, proposers))
+}
+
+/// The panic form: a new panic, or joining the one of the co-signer's event `alarm`.
+fn panic_page(page: &GuardianPage, joining: Option<(i64, &wire::Panic, &[usize])>) -> String {
     let mut body = String::from(
         "<p>A panic sweeps <strong>every vault</strong> to the deep vault, which nobody in the household can open \
          for a long time; only the owner's off-site backup key with the co-signer and every guardian brings the coins \
          back sooner. It needs enough guardians to sign it.</p>",
     );
-    if joining {
+    let mut hidden = String::new();
+    if let Some((alarm, panic, proposers)) = joining {
+        let who: Vec<String> = proposers.iter().map(|g| format!("guardian {g}")).collect();
         body += &notice(
             "warn",
             &format!(
-                "You are joining the panic another guardian started (id <code>{}</code>, acting until block {}).",
-                esc(id.unwrap_or_default()),
-                not_after.unwrap_or(0)
+                "You are joining the panic {} started (id <code>{}</code>, acting until block {}); their signature checks.",
+                esc(&who.join(" and ")),
+                esc(&panic.id),
+                panic.not_after_height
             ),
         );
+        use vigil_policy::bitcoin::hex::DisplayHex;
+        hidden = format!(
+            "<input type=\"hidden\" name=\"alarm\" value=\"{alarm}\"><input type=\"hidden\" name=\"shown\" value=\"{}\">",
+            panic.digest().as_ref().to_lower_hex_string()
+        );
     }
-    let hidden = match (id, not_after) {
-        (Some(id), Some(n)) => format!(
-            "<input type=\"hidden\" name=\"id\" value=\"{}\"><input type=\"hidden\" name=\"not_after\" value=\"{n}\">",
-            esc(id)
-        ),
-        _ => String::new(),
-    };
     body + &form(
         "/panic",
         page.csrf(),
@@ -741,25 +838,40 @@ fn panic_page(page: &GuardianPage, id: Option<&str>, not_after: Option<u32>) -> 
             "{hidden}{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> Yes, sweep every vault to the deep vault.</label></p>\
              <button type=\"submit\" class=\"danger\" name=\"step\" value=\"sign\">{}</button>",
             secret_field("passphrase", "Your guardian passphrase"),
-            if joining { "Sign this panic" } else { "Start a panic" }
+            if joining.is_some() { "Sign this panic" } else { "Start a panic" }
         ),
     )
 }
 
 async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extension<Fields>) -> Response {
     crate::blocking(move || {
-        let given_id = Some(fields.get("id")).filter(|i| !i.is_empty());
-        let given_after = fields.get("not_after").parse::<u32>().ok();
-        if fields.get("step") == "review" {
-            return page.show("Panic", &panic_page(&page, given_id, given_after));
-        }
-        let keys = match open_key(&page, &fields) {
-            Ok(k) => k,
-            Err(r) => return *r,
+        let joining = match fields.get("alarm") {
+            "" => None,
+            alarm => match alarm
+                .parse::<i64>()
+                .map_err(|_| page.stop("Panic", ""))
+                .and_then(|a| Ok((a, proposed_panic(&page, a)?)))
+            {
+                Ok(found) => Some(found),
+                Err(r) => return *r,
+            },
         };
-        let (id, not_after) = match (given_id, given_after) {
-            (Some(id), Some(n)) => (id.to_owned(), n),
-            _ => {
+        if fields.get("step") == "review" {
+            let shown = joining.as_ref().map(|(a, (p, who))| (*a, p, who.as_slice()));
+            return page.show("Panic", &panic_page(&page, shown));
+        }
+        let panic = match joining {
+            Some((_, (panic, _))) => {
+                use vigil_policy::bitcoin::hex::DisplayHex;
+                if fields.get("shown") != panic.digest().as_ref().to_lower_hex_string() {
+                    return page.show(
+                        "Nothing was signed",
+                        &notice("alarm", "The panic changed after it was shown to you. Nothing was signed."),
+                    );
+                }
+                panic
+            }
+            None => {
                 let Some(tip) = page.feeds().tip() else {
                     return page.show(
                         "Not signed",
@@ -769,16 +881,23 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                         ),
                     );
                 };
-                (random_id(), tip + PANIC_WINDOW)
+                // A few blocks inside the window: the co-signer's tip may be ahead of the towers'.
+                wire::Panic {
+                    policy_id: page.co.client_id().to_owned(),
+                    id: random_id(),
+                    not_after_height: tip + PANIC_WINDOW - PANIC_MARGIN,
+                }
             }
         };
-        let panic = wire::Panic {
-            policy_id: page.co.client_id().to_owned(),
-            id: id.clone(),
-            not_after_height: not_after,
+        // The panic is signed with the auth key (what towers check); the passphrase is asked
+        // all the same: it is a decision, made at this keyboard.
+        let keys = match open_key(&page, &fields) {
+            Ok(k) => k,
+            Err(r) => return *r,
         };
-        let signatures = vec![wire::sign(&panic.digest(), &keys.auth_keypair(0))];
         drop(keys);
+        let (id, not_after) = (panic.id.clone(), panic.not_after_height);
+        let signatures = vec![wire::sign(&panic.digest(), &page.auth)];
         match page.co.post::<_, wire::PanicRelayed>("/v1/panic", &wire::PanicOrder { panic, signatures }) {
             Ok(r) if r.towers.is_empty() => page.show(
                 "Panic signed",
@@ -925,9 +1044,16 @@ fn proposed_policy(page: &GuardianPage, proposed: &str) -> String {
     format!(
         "<p>Version {} → {version}. If the guardians' quorum signs it, it applies after the co-signer's waiting \
          period (a change that only tightens the policy applies at once). What changes (− your copy, + the proposal):</p>\
-         <pre>{rows}</pre>",
-        page.policy.version
+         <pre>{rows}</pre><details><summary>The whole proposed policy</summary><pre>{}</pre></details>",
+        page.policy.version,
+        esc(proposed)
     )
+}
+
+/// What a guardian was shown of a proposed policy: its text's sha256.
+fn text_digest(text: &str) -> String {
+    use vigil_policy::bitcoin::hashes::{sha256, Hash};
+    sha256::Hash::hash(text.as_bytes()).to_string()
 }
 
 /// The text of the proposed policy the co-signer's alarm `id` carries.
@@ -954,8 +1080,9 @@ async fn policy_form(State(page): State<Arc<GuardianPage>>, Path(id): Path<i64>)
                 &format!("/policy/{id}"),
                 page.csrf(),
                 &format!(
-                    "{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> I have read what changes and agree.</label></p>\
+                    "<input type=\"hidden\" name=\"shown\" value=\"{}\">{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> I have read what changes and agree.</label></p>\
                      <button type=\"submit\">Sign this version</button><a class=\"button secondary\" href=\"/\">Go back</a>",
+                    text_digest(&text),
                     secret_field("passphrase", "Your guardian passphrase")
                 ),
             );
@@ -980,13 +1107,22 @@ async fn sign_policy(
                 &notice("alarm", &format!("The proposal does not read: {}", esc(&e.to_string()))),
             );
         }
+        // What is signed is the text that was shown, not whatever the co-signer serves now.
+        if fields.get("shown") != text_digest(&text) {
+            return page.show(
+                "Nothing was signed",
+                &notice("alarm", "The proposal changed after it was shown to you. Nothing was signed."),
+            );
+        }
+        // Signed with the auth key (what towers check); the passphrase is asked all the same:
+        // it is a decision, made at this keyboard.
         let keys = match open_key(&page, &fields) {
             Ok(k) => k,
             Err(r) => return *r,
         };
-        let digest = vigil_tower::wire::policy_change_digest(page.co.client_id(), &text);
-        let signatures = vec![wire::sign(&digest, &keys.auth_keypair(0))];
         drop(keys);
+        let digest = vigil_tower::wire::policy_change_digest(page.co.client_id(), &text);
+        let signatures = vec![wire::sign(&digest, &page.auth)];
         match page.co.post::<_, wire::PolicyChangeStatus>(
             "/v1/policy",
             &wire::PolicyChange { policy: text, signatures },

@@ -6,6 +6,7 @@
 //! same [`overview`] `vigil status` prints. Nothing here branches on which code was typed (it
 //! cannot know): under the duress code the page is the same page.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,11 @@ use crate::gate::{Fields, Gate};
 use crate::page::{about, btc, esc, form, notice, page, secret_field};
 
 /// An unlocked page locks itself after this long without a request.
-pub const IDLE_LOCK: Duration = Duration::from_secs(15 * 60);
+pub const IDLE_LOCK: Duration = Duration::from_secs(5 * 60);
+
+/// And after this long in any case: within the co-signer's window for an unlock's heartbeat
+/// (`HEARTBEAT_FRESH_SECS`), so a spend never meets "unlock again" on a page that looks open.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
 const NAV: &[(&str, &str)] = &[("Wallet", "/"), ("Send", "/spend"), ("Lock down", "/lockdown")];
 
@@ -33,18 +38,60 @@ const NAV: &[(&str, &str)] = &[("Wallet", "/"), ("Send", "/spend"), ("Lock down"
 pub struct OwnerPage {
     dir: WalletDir,
     gate: Arc<Gate>,
-    /// The unlocked wallet and when it was last used.
-    session: Mutex<Option<(Arc<Session>, Instant)>>,
+    /// The unlocked wallet, when it was unlocked and when it was last used.
+    session: Mutex<Option<Unlocked>>,
+    /// One request at a time reads or writes the wallet's files.
+    wallet: Mutex<()>,
+    /// The send forms handed out and not sent yet: each is taken once, so a reload or a
+    /// double click never pays twice.
+    forms: Mutex<HashSet<String>>,
+}
+
+struct Unlocked {
+    session: Arc<Session>,
+    opened: Instant,
+    used: Instant,
 }
 
 impl OwnerPage {
     /// The page of the wallet in `dir`.
     pub fn new(dir: WalletDir, gate: Arc<Gate>) -> OwnerPage {
-        OwnerPage { dir, gate, session: Mutex::new(None) }
+        OwnerPage {
+            dir,
+            gate,
+            session: Mutex::new(None),
+            wallet: Mutex::new(()),
+            forms: Mutex::new(HashSet::new()),
+        }
     }
 
-    /// The page's routes.
+    /// A new send form's one-time id.
+    fn new_form(&self) -> String {
+        use vigil_policy::bitcoin::hex::DisplayHex;
+        use vigil_policy::bitcoin::secp256k1::rand::RngCore;
+        let mut b = [0u8; 16];
+        vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut b);
+        let id = b.to_lower_hex_string();
+        self.forms.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+        id
+    }
+
+    /// Takes a send form's id: false when it was sent already (or never handed out).
+    fn take_form(&self, id: &str) -> bool {
+        self.forms.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    }
+
+    /// The page's routes. A background thread drops an expired session even when no request
+    /// comes (its keys do not wait in memory for the next one).
     pub fn router(self: Arc<Self>) -> Router {
+        let watched = Arc::downgrade(&self);
+        std::thread::spawn(move || {
+            while let Some(page) = watched.upgrade() {
+                page.session();
+                drop(page);
+                std::thread::sleep(Duration::from_secs(10));
+            }
+        });
         Router::new()
             .route("/", get(home))
             .route("/unlock", post(unlock))
@@ -55,17 +102,17 @@ impl OwnerPage {
             .with_state(self)
     }
 
-    /// The unlocked session, if any (an idle one is dropped).
+    /// The unlocked session, if any (an idle or old one is dropped).
     fn session(&self) -> Option<Arc<Session>> {
         let mut held = self.session.lock().unwrap_or_else(|p| p.into_inner());
         match held.as_mut() {
-            Some((_, used)) if used.elapsed() > IDLE_LOCK => {
+            Some(u) if u.used.elapsed() > IDLE_LOCK || u.opened.elapsed() > SESSION_LIFETIME => {
                 *held = None;
                 None
             }
-            Some((session, used)) => {
-                *used = Instant::now();
-                Some(session.clone())
+            Some(u) => {
+                u.used = Instant::now();
+                Some(u.session.clone())
             }
             None => None,
         }
@@ -229,10 +276,12 @@ fn timeline(v: &overview::VaultLine, o: &Overview) -> String {
 async fn unlock(State(page): State<Arc<OwnerPage>>, Extension(fields): Extension<Fields>) -> Response {
     crate::blocking(move || {
         // Wrong codes wait the keystore's back-off, the same whichever slot exists.
+        let _alone = page.wallet.lock().unwrap_or_else(|p| p.into_inner());
         match Session::open(&page.dir, fields.get("code").as_bytes()) {
             Ok(session) => {
+                let now = Instant::now();
                 *page.session.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Arc::new(session), Instant::now()));
+                    Some(Unlocked { session: Arc::new(session), opened: now, used: now });
                 Redirect::to("/").into_response()
             }
             Err(e) => unlock_page(&page, Some(&e.to_string())),
@@ -260,7 +309,10 @@ fn spend_fields(page: &OwnerPage, address: &str, amount: &str, phrase: bool) -> 
     if phrase {
         inner += &secret_field("phrase", "Your recovery phrase (the 24 words on your paper)");
     }
-    inner += "<button type=\"submit\">Send</button>";
+    inner += &format!(
+        "<input type=\"hidden\" name=\"form\" value=\"{}\"><button type=\"submit\">Send</button>",
+        page.new_form()
+    );
     String::from(
         "<p>Payments up to what your allowance holds leave at once. Larger ones come out of a vault: your guardians \
          may have to approve them, and the coins wait a fixed number of blocks, watched by the towers, before they leave.</p>",
@@ -269,6 +321,16 @@ fn spend_fields(page: &OwnerPage, address: &str, amount: &str, phrase: bool) -> 
 
 async fn spend(State(page): State<Arc<OwnerPage>>, Extension(fields): Extension<Fields>) -> Response {
     unlocked(page, move |page, session| {
+        if !page.take_form(fields.get("form")) {
+            return page.show(
+                "Send",
+                &notice(
+                    "warn",
+                    "That form was sent already (or comes from before a restart): nothing more was sent. \
+                     Look at <a href=\"/\">your wallet</a> before sending again.",
+                ),
+            );
+        }
         let (address_text, amount_text) = (fields.get("address").trim(), fields.get("amount").trim());
         let retry = |problem: String| {
             page.show("Send", &(notice("warn", &esc(&problem)) + &spend_fields(page, address_text, amount_text, false)))

@@ -23,6 +23,7 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS alarms (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0, delivered BOOLEAN NOT NULL DEFAULT FALSE, vault TEXT);
     CREATE INDEX IF NOT EXISTS alarms_outbox ON alarms (delivered, id);
+    CREATE INDEX IF NOT EXISTS alarms_by_vault ON alarms (vault, id);
     CREATE TABLE IF NOT EXISTS alarm_deliveries (alarm_id BIGINT NOT NULL, endpoint TEXT NOT NULL,
         PRIMARY KEY (alarm_id, endpoint));
     CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, policy TEXT NOT NULL, pending TEXT);

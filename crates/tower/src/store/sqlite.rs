@@ -23,6 +23,7 @@ const TABLES: &str = "
         message TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, delivered INTEGER NOT NULL DEFAULT 0,
         vault TEXT);
     CREATE INDEX IF NOT EXISTS alarms_outbox ON alarms (delivered, id);
+    CREATE INDEX IF NOT EXISTS alarms_by_vault ON alarms (vault, id);
     CREATE TABLE IF NOT EXISTS alarm_deliveries (alarm_id INTEGER NOT NULL, endpoint TEXT NOT NULL,
         PRIMARY KEY (alarm_id, endpoint));
     CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, policy TEXT NOT NULL, pending TEXT);
