@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use vigil_client::cosigner::CosignerClient;
-use vigil_client::guardian::{btc, check, describe};
+use vigil_client::guardian::{btc, describe, Checker};
 use vigil_cosigner::wire::{self, SpendStatus};
 use vigil_cosigner::MasterKey;
 use vigil_policy::bitcoin::hex::DisplayHex;
@@ -297,6 +297,22 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         });
     }
     let co = CosignerClient::new(&policy_text, *auth, nonce_file)?;
+    // The policy the guardians' quorum has changed it to since, each step checked from the
+    // pinned copy; the pinned one when the co-signer cannot be reached (the command's own
+    // request then says so).
+    let followed = match co.get::<wire::PolicyChanges>("/v1/policy/changes") {
+        Ok(served) => Some(vigil_client::policy_chain::follow(&policy_text, &served.changes, served.tip).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: the co-signer serves policy changes that do not check against your copy. Do not approve \
+                 anything; tell the other guardians and the provider"
+            )
+        })?),
+        Err(_) => None,
+    };
+    let history = followed.as_ref().map_or_else(|| vec![policy.clone()], |f| f.history.clone());
+    let checker = Checker::following(&history)?;
+    let current_text = followed.map_or_else(|| policy_text.clone(), |f| f.current_text);
+    let current = checker.current();
     let show = |v: &Value, text: String| {
         if args.json {
             println!("{v}");
@@ -330,7 +346,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
         GuardianCommand::Show { id } => {
             let s: SpendStatus = co.get(&format!("/v1/spends/{id}"))?;
-            let text = match check(&policy, &s) {
+            let text = match checker.check(&s) {
                 Ok(checked) => checked.describe(&s),
                 Err(e) => format!("{}\n  DO NOT APPROVE: {e}", describe(&s)),
             };
@@ -341,7 +357,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             let s: SpendStatus = co.get(&format!("/v1/spends/{id}"))?;
             // What is shown and signed is rebuilt from this guardian's own copy of the policy:
             // the co-signer's description is not trusted. Denying needs no such proof.
-            let checked = check(&policy, &s);
+            let checked = checker.check(&s);
             let (mut psbt, shown) = match (approve, checked) {
                 (_, Ok(ok)) => {
                     let shown = ok.describe(&s);
@@ -407,7 +423,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                 co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
             // Every tower is told directly too: a compromised co-signer must not be able to
             // keep a guardian's lockdown from the towers. Each counts from its own tip.
-            let towers = vigil_client::towers::TowerClient::all(&policy, &auth, co.nonces());
+            let towers = vigil_client::towers::TowerClient::all(current, &auth, co.nonces());
             let reports = vigil_client::towers::lock_down_everywhere(&towers, co.client_id(), None, blocks);
             let mut text = match &at_cosigner {
                 Ok(l) => format!("The client is locked down until block {}.", l.until_height),
@@ -470,14 +486,14 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let parsed = Policy::from_toml(&new)?;
             if !yes {
-                let lines = vigil_client::guardian::diff(&policy_text, &new);
+                let lines = vigil_client::guardian::diff(&current_text, &new);
                 let diff = if lines.is_empty() {
                     "  (no line differs)".to_owned()
                 } else {
                     lines.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
                 };
                 confirm(
-                    &format!("Policy version {} -> {}. Changes:\n{diff}", policy.version, parsed.version),
+                    &format!("Policy version {} -> {}. Changes:\n{diff}", current.version, parsed.version),
                     "SIGN",
                 )?;
             }

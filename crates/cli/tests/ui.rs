@@ -549,3 +549,40 @@ fn refusals(page: &Served, browser: &Browser, h: &Household) {
     }
     eprintln!("refused: no token, a wrong token, a second login, the cookie without the secret path, a rebound host, no or a wrong CSRF token, another origin, cross-site forms");
 }
+
+/// After the guardians' quorum changed the policy, a guardian whose copy is still the first
+/// version follows the change (each step checked from that copy) and approves a request the
+/// co-signer judges under the new version, on the command line and on the page.
+#[test]
+fn guardians_follow_a_policy_change_the_quorum_signed() {
+    if !browser::available() {
+        eprintln!("SKIPPED: no chromium");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_world, h) = household(dir.path(), 1);
+    let pinned = std::fs::read_to_string(h.policy()).unwrap();
+    // A lower velocity limit only tightens: it applies as soon as the quorum signed.
+    let tightened = pinned
+        .replace("version = 1", "version = 2")
+        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 5000000");
+    assert!(tightened.contains("velocity_limit_sat = 5000000"), "{tightened}");
+    let file = dir.path().join("policy-2.toml");
+    std::fs::write(&file, &tightened).unwrap();
+    for g in 0..2 {
+        h.guardian_json(g, &["policy", file.to_str().unwrap(), "--yes"], true).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(h.policy()).unwrap(), pinned, "the guardians' copy is unchanged");
+    let asked = h.owner_json(&["spend", &fresh_address().to_string(), "0.2"], &[REAL, &h.phrase]).unwrap();
+    let id = asked[0]["id"].as_u64().unwrap();
+    let shown = h.guardian_json(0, &["show", &id.to_string()], true).unwrap();
+    assert_eq!(shown["approval"]["policy_version"], 2, "{shown}");
+    let approved = h.guardian_json(0, &["approve", &id.to_string(), "--yes"], true).unwrap();
+    assert_eq!(approved["approvals"], 1, "{approved}");
+    let page = guardian_page(&h, 1);
+    let browser = Browser::start(1000, 1400);
+    browser.goto(&page.login);
+    assert!(browser.text().contains("You follow version 2 of the policy"), "{}", browser.text());
+    let done = vote(&browser, &page, id, true, PASSPHRASE);
+    assert!(done.contains("now approved"), "{done}");
+}

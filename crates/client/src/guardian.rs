@@ -125,38 +125,71 @@ fn bad(what: &str, e: impl std::fmt::Display) -> NotSignable {
 
 /// Checks spend requests against one guardian's copy of the policy.
 pub struct Checker {
-    policy: Policy,
-    compiled: CompiledPolicy,
-    /// The owner's first [`CHANGE_SCAN`] receive scripts (derived once).
+    /// The policy spends are judged under now.
+    current: Policy,
+    /// Every policy that applied, newest first: a vault keeps the scripts it was made under.
+    compiled: Vec<CompiledPolicy>,
+    /// The owner's first [`CHANGE_SCAN`] receive scripts under each (derived once).
     owners: HashSet<ScriptBuf>,
 }
 
 impl Checker {
-    /// A checker for `policy`.
+    /// A checker for `policy`, which never changed.
     pub fn new(policy: &Policy) -> Result<Checker, NotSignable> {
-        let compiled = CompiledPolicy::new(policy.clone()).map_err(|e| bad("the policy", e))?;
-        let owners = (0..CHANGE_SCAN)
-            .filter_map(|i| Some(compiled.intake_descriptor(i).ok()?.script_pubkey()))
-            .collect();
-        Ok(Checker { policy: policy.clone(), compiled, owners })
+        Checker::following(std::slice::from_ref(policy))
     }
 
-    /// The spend request checked against the policy: the vault's unvault rebuilt from it and
-    /// the request's vault parameters must be the unvault the request names; the spend must
-    /// be that unvault's only input, at DELAY; the approval's terms must name this spend,
-    /// this vault and this policy version.
+    /// A checker for a policy that changed: `history` oldest first, the current one last
+    /// ([`crate::policy_chain::Followed::history`]).
+    pub fn following(history: &[Policy]) -> Result<Checker, NotSignable> {
+        let current = history.last().ok_or_else(|| NotSignable("no policy".into()))?.clone();
+        let compiled = history
+            .iter()
+            .rev()
+            .map(|p| CompiledPolicy::new(p.clone()).map_err(|e| bad("the policy", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let owners = compiled
+            .iter()
+            .flat_map(|c| (0..CHANGE_SCAN).filter_map(|i| Some(c.intake_descriptor(i).ok()?.script_pubkey())))
+            .collect();
+        Ok(Checker { current, compiled, owners })
+    }
+
+    /// The policy requests are judged under now.
+    pub fn current(&self) -> &Policy {
+        &self.current
+    }
+
+    /// The spend request checked against the policy: the vault's unvault rebuilt from the
+    /// policy it was made under (the current one or an earlier one) with the request's vault
+    /// parameters must be the unvault the request names; the spend must be that unvault's
+    /// only input, at that policy's DELAY; the approval's terms must name this spend, this
+    /// vault and the current policy version.
     pub fn check(&self, s: &SpendStatus) -> Result<Checked, NotSignable> {
-        let (policy, compiled) = (&self.policy, &self.compiled);
         let v = &s.vault;
         let kind = if v.kind == "guarded" { VaultKind::Guarded } else { VaultKind::Standard };
         let key = |k: &str| XOnlyPublicKey::from_str(k).map_err(|e| bad("a one-time key of the vault", e));
-        let plan = compiled
-            .plan(v.index, Amount::from_sat(v.amount_sat), kind, key(&v.owner_once)?, key(&v.cosigner_once)?)
-            .map_err(|e| bad("the vault", e))?;
+        let (owner_once, cosigner_once) = (key(&v.owner_once)?, key(&v.cosigner_once)?);
         let vault_outpoint =
             OutPoint::from_str(&v.vault_outpoint).map_err(|e| bad("the vault's outpoint", e))?;
-        let graph =
-            compiled.build_graph(&plan, vault_outpoint).map_err(|e| bad("the vault's transactions", e))?;
+        // The policy whose unvault is the one the approval names; the newest if none is.
+        let mut newest = None;
+        let mut found = None;
+        for compiled in &self.compiled {
+            let plan = compiled
+                .plan(v.index, Amount::from_sat(v.amount_sat), kind, owner_once, cosigner_once)
+                .map_err(|e| bad("the vault", e))?;
+            let graph = compiled
+                .build_graph(&plan, vault_outpoint)
+                .map_err(|e| bad("the vault's transactions", e))?;
+            if graph.unvault.tx.compute_txid().to_string() == s.approval.unvault_txid {
+                found = Some((compiled, plan, graph));
+                break;
+            }
+            newest.get_or_insert((compiled, plan, graph));
+        }
+        let (compiled, plan, graph) = found.or(newest).ok_or_else(|| NotSignable("no policy".into()))?;
+        let policy = compiled.policy();
         let unvault = &graph.unvault.tx;
         let given = base64_decode(&s.psbt)
             .ok()
@@ -183,7 +216,7 @@ impl Checker {
                 "the approval names another spend than the transaction shown",
             ),
             (
-                s.approval.policy_version != policy.version,
+                s.approval.policy_version != self.current.version,
                 "the approval names another policy version than yours",
             ),
         ];
@@ -216,11 +249,6 @@ impl Checker {
         let paid: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
         Ok(Checked { psbt, taken_sat, payments, fee_sat: taken_sat.saturating_sub(paid) })
     }
-}
-
-/// `s` checked against `policy` (see [`Checker::check`]).
-pub fn check(policy: &Policy, s: &SpendStatus) -> Result<Checked, NotSignable> {
-    Checker::new(policy)?.check(s)
 }
 
 /// What changes from `old` to `new`, section by section (a TOML `[table]`, the nth

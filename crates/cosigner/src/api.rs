@@ -41,6 +41,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/restore", get(restore_state).post(restore))
         .route("/v1/alarms", get(alarm_feed))
         .route("/v1/policy", post(change_policy))
+        .route("/v1/policy/changes", get(policy_changes))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(MAX_BODY, vigil_tower::api::refuse_oversize))
@@ -141,6 +142,10 @@ async fn confirm_restore(State(c): State<Arc<Cosigner>>, headers: HeaderMap, bod
 
 async fn restore_state(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {
     signed_get(c, headers, "/v1/restore".into(), |c, caller| c.restore_state(caller)).await
+}
+
+async fn policy_changes(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {
+    signed_get(c, headers, "/v1/policy/changes".into(), |c, caller| c.policy_changes(caller)).await
 }
 
 async fn alarm_feed(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {

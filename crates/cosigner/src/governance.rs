@@ -129,6 +129,12 @@ impl Cosigner {
         }
         batch.delete(kind::POLICY_VOTES, votes_id);
         let effective_height = if tightening { tip } else { tip + self.config.governance_delay_blocks };
+        client.changes.push(crate::wire::SignedChange {
+            policy: r.policy.clone(),
+            signatures: signatures.clone(),
+            signed_height: tip,
+            effective_height,
+        });
         if tightening {
             client.adopt(r.policy.clone());
             client.pending_policy = None;
@@ -173,6 +179,12 @@ impl Cosigner {
         drop(store);
         let towers = self.push_orders(&client.id)?;
         Ok(PolicyChangeStatus { approvals: count, needed, version, effective_height, towers })
+    }
+
+    /// `GET /v1/policy/changes`: every change the quorum signed, with its signatures, for any
+    /// party of the client (each checks them from the policy it pinned), and the tip.
+    pub fn policy_changes(&self, caller: &Caller) -> Result<crate::wire::PolicyChanges, Refusal> {
+        Ok(crate::wire::PolicyChanges { tip: self.tip()?, changes: caller.client.changes.clone() })
     }
 
     /// Applies every waiting change whose height has come (the background loop; requests

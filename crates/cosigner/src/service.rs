@@ -94,6 +94,10 @@ pub struct ClientRecord {
     /// The tip at the last restore.
     #[serde(default)]
     pub restored_at_height: u32,
+    /// Every change the guardians' quorum signed, in order, with its signatures: a party
+    /// holding only the original policy follows the chain and checks each step itself.
+    #[serde(default)]
+    pub changes: Vec<wire::SignedChange>,
 }
 
 /// `end`, unless a lift at `lift_at` (0: none) ends it earlier.
@@ -613,6 +617,7 @@ impl Cosigner {
             restore_confirmations: Vec::new(),
             restores: 0,
             restored_at_height: 0,
+            changes: Vec::new(),
         };
         batch
             .expect(kind::CLIENT, id.clone(), None)

@@ -169,6 +169,28 @@ pub struct SpendRequest {
     pub psbt: String,
 }
 
+/// A policy change the guardians' quorum signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedChange {
+    /// The new policy file.
+    pub policy: String,
+    /// The guardians' signatures over `policy_change_digest(client id, policy)`.
+    pub signatures: Vec<KeySignature>,
+    /// The tip when the quorum signed it.
+    pub signed_height: u32,
+    /// It applies from this height (`signed_height` for a change that only tightens).
+    pub effective_height: u32,
+}
+
+/// `GET /v1/policy/changes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChanges {
+    /// The co-signer's tip.
+    pub tip: u32,
+    /// Every change signed, oldest first.
+    pub changes: Vec<SignedChange>,
+}
+
 /// One alarm of a client's feed (`GET /v1/alarms`), as the webhooks get it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CosignerAlarm {
@@ -197,7 +219,7 @@ pub struct ProposedPanic {
     pub not_after_height: u32,
     /// The guardians' signatures so far (over [`Panic::digest`]).
     #[serde(default)]
-    pub signatures: Vec<vigil_tower::wire::KeySignature>,
+    pub signatures: Vec<KeySignature>,
 }
 
 /// A spend request as the co-signer answers it. Its shape and size do not depend on whether

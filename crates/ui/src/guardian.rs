@@ -45,10 +45,10 @@ const NAV: &[(&str, &str)] = &[("Requests and alarms", "/"), ("Lock down", "/loc
 
 /// The guardian's page.
 pub struct GuardianPage {
-    policy: Policy,
-    /// Checks requests against the policy (the owner's receive scripts derived once).
-    checker: Checker,
-    policy_text: String,
+    /// The policy file this guardian pinned (the client's id is its sha256).
+    pinned: String,
+    /// Where its signed changes lead now.
+    current: Mutex<Arc<Current>>,
     key_file: PathBuf,
     auth: Keypair,
     co: CosignerClient,
@@ -60,6 +60,25 @@ pub struct GuardianPage {
 impl Drop for GuardianPage {
     fn drop(&mut self) {
         self.auth.non_secure_erase();
+    }
+}
+
+/// The policy the guardian follows now: the pinned one, or where the changes the guardians'
+/// quorum signed lead (checked here, step by step, from the pinned one).
+struct Current {
+    policy: Policy,
+    text: String,
+    /// Checks requests against it (vaults made under earlier versions too).
+    checker: Checker,
+    /// Why the changes the co-signer serves were not followed, if they were not.
+    refused: Option<String>,
+}
+
+impl Current {
+    fn pinned(text: &str) -> Result<Current, ClientError> {
+        let policy = Policy::from_toml(text).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let checker = Checker::new(&policy).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok(Current { policy, text: text.to_owned(), checker, refused: None })
     }
 }
 
@@ -100,19 +119,50 @@ impl GuardianPage {
         nonce_file: PathBuf,
         gate: Arc<Gate>,
     ) -> Result<GuardianPage, ClientError> {
-        let policy = Policy::from_toml(&policy_text).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let current = Current::pinned(&policy_text)?;
         let co = CosignerClient::new(&policy_text, auth, nonce_file)?;
-        let checker = Checker::new(&policy).map_err(|e| ClientError::Decode(e.to_string()))?;
-        Ok(GuardianPage {
-            policy,
-            checker,
-            policy_text,
+        let page = GuardianPage {
+            current: Mutex::new(Arc::new(current)),
+            pinned: policy_text,
             key_file,
             auth,
             co,
             gate,
             first_seen: Mutex::new(HashMap::new()),
-        })
+        };
+        page.follow(None);
+        Ok(page)
+    }
+
+    /// The policy followed now.
+    fn current(&self) -> Arc<Current> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Follows the changes the co-signer serves from the pinned policy, up to `tip` (the
+    /// towers' median) or else the co-signer's. An unreachable co-signer leaves the policy as
+    /// it was; a chain that does not verify is shown as an alarm and not followed.
+    fn follow(&self, tip: Option<u32>) {
+        let Ok(served) = self.co.get::<wire::PolicyChanges>("/v1/policy/changes") else { return };
+        let now = self.current();
+        let next = match vigil_client::policy_chain::follow(
+            &self.pinned,
+            &served.changes,
+            tip.unwrap_or(served.tip),
+        ) {
+            Ok(f) if f.current.version == now.policy.version && now.refused.is_none() => return,
+            Ok(f) => match Checker::following(&f.history) {
+                Ok(checker) => Current { policy: f.current, text: f.current_text, checker, refused: None },
+                Err(e) => Current {
+                    refused: Some(e.to_string()),
+                    ..Current::pinned(&now.text).expect("read before")
+                },
+            },
+            Err(e) => {
+                Current { refused: Some(e.to_string()), ..Current::pinned(&now.text).expect("read before") }
+            }
+        };
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
     }
 
     /// The page's routes.
@@ -130,7 +180,7 @@ impl GuardianPage {
 
     fn feeds(&self) -> Feeds {
         let id = self.co.client_id().to_owned();
-        let towers = TowerClient::all(&self.policy, &self.auth, self.co.nonces());
+        let towers = TowerClient::all(&self.current().policy, &self.auth, self.co.nonces());
         // Every service at once: one that is down must not hold the page for the others.
         std::thread::scope(|scope| {
             let views: Vec<_> = towers
@@ -161,7 +211,7 @@ impl GuardianPage {
     }
 
     fn title(&self) -> String {
-        format!("Guardian — policy version {}", self.policy.version)
+        format!("Guardian — policy version {}", self.current().policy.version)
     }
 
     fn show(&self, heading: &str, body: &str) -> Response {
@@ -372,7 +422,7 @@ fn payments(c: &Checked) -> String {
 
 /// A waiting request, checked, as a card.
 fn request_card(page: &GuardianPage, s: &SpendStatus, tip: Option<u32>, alarmed: bool, link: bool) -> String {
-    let checked = page.checker.check(s);
+    let checked = page.current().checker.check(s);
     let mut out = format!("<div class=\"card request\" id=\"request-{}\">", s.id);
     match &checked {
         Ok(c) => {
@@ -426,6 +476,7 @@ async fn home(State(page): State<Arc<GuardianPage>>) -> Response {
     crate::blocking(move || {
         let feeds = page.feeds();
         let tip = feeds.tip();
+        page.follow(tip);
         let (alarms, unreachable) = alarm_lines(&page, &feeds);
         let alarmed = recently_alarmed(&alarms);
         let mut body = String::new();
@@ -465,7 +516,18 @@ async fn home(State(page): State<Arc<GuardianPage>>) -> Response {
             .unwrap_or(0) as u32;
         body += &render_alarms(&page, &alarms, &unreachable, settled);
         body += "<h2 id=\"policy\">Policy</h2>";
-        body += &format!("<p>Your copy of the policy is version {}.</p>", page.policy.version);
+        let current = page.current();
+        body += &format!("<p>You follow version {} of the policy.</p>", current.policy.version);
+        if let Some(why) = &current.refused {
+            body += &notice(
+                "alarm",
+                &format!(
+                    "The co-signer serves policy changes that do not check against your copy ({}). Do not approve \
+                     anything; tell the other guardians and the provider.",
+                    esc(why)
+                ),
+            );
+        }
         let mut coming: BTreeMap<u64, u64> = BTreeMap::new();
         for t in &feeds.towers {
             for p in t.state.as_ref().ok().and_then(|s| s["pending"].as_array().cloned()).unwrap_or_default() {
@@ -504,6 +566,7 @@ async fn home(State(page): State<Arc<GuardianPage>>) -> Response {
 }
 
 fn fetch(page: &GuardianPage, id: u64) -> Result<SpendStatus, Box<Response>> {
+    page.follow(None);
     page.co.get(&format!("/v1/spends/{id}")).map_err(|e| {
         page.stop("Request not found", &notice("warn", &format!("Request {id}: {}", esc(&e.to_string()))))
     })
@@ -520,7 +583,7 @@ async fn request(State(page): State<Arc<GuardianPage>>, Path(id): Path<u64>) -> 
         let alarmed = recently_alarmed(&alarms);
         let mut body = request_card(&page, &s, feeds.tip(), alarmed, false);
         if s.state == "waiting" {
-            if page.checker.check(&s).is_ok() {
+            if page.current().checker.check(&s).is_ok() {
                 body += &format!("<a class=\"button\" href=\"/requests/{id}/approve\">Approve…</a>");
             }
             body += &format!("<a class=\"button danger\" href=\"/requests/{id}/deny\">Deny…</a>");
@@ -547,7 +610,7 @@ async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path
             Ok(s) => s,
             Err(r) => return *r,
         };
-        let checked = page.checker.check(&s);
+        let checked = page.current().checker.check(&s);
         if approve && checked.is_err() {
             return Redirect::to(&format!("/requests/{id}")).into_response();
         }
@@ -612,19 +675,20 @@ fn open_key(page: &GuardianPage, fields: &Fields) -> Result<MasterKey, Box<Respo
             &notice("warn", "You did not tick the confirmation: nothing was signed."),
         ));
     }
-    MasterKey::open(&page.key_file, fields.get("passphrase").as_bytes(), page.policy.network).map_err(|e| {
-        tracing::info!("a guardian passphrase did not open the key");
-        page.stop(
-            "Nothing was signed",
-            &notice(
-                "warn",
-                &format!(
-                    "That passphrase did not open your guardian key ({}). Nothing was signed.",
-                    esc(&e.to_string())
+    MasterKey::open(&page.key_file, fields.get("passphrase").as_bytes(), page.current().policy.network)
+        .map_err(|e| {
+            tracing::info!("a guardian passphrase did not open the key");
+            page.stop(
+                "Nothing was signed",
+                &notice(
+                    "warn",
+                    &format!(
+                        "That passphrase did not open your guardian key ({}). Nothing was signed.",
+                        esc(&e.to_string())
+                    ),
                 ),
-            ),
-        )
-    })
+            )
+        })
 }
 
 async fn vote(
@@ -646,7 +710,7 @@ async fn vote(
                 &notice("alarm", "The request changed after it was shown to you. Nothing was signed: review it again, and tell the other guardians."),
             );
         }
-        let checked = page.checker.check(&s);
+        let checked = page.current().checker.check(&s);
         if approve {
             if let Err(e) = &checked {
                 return page.show("Nothing was signed", &notice("alarm", &esc(&e.to_string())));
@@ -731,7 +795,7 @@ async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Exte
         let at_cosigner: Result<wire::LockdownStatus, _> =
             page.co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
         // Every tower directly too: a compromised co-signer must not keep the lockdown from them.
-        let towers = TowerClient::all(&page.policy, &page.auth, page.co.nonces());
+        let towers = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
         let reports = lock_down_everywhere(&towers, page.co.client_id(), None, blocks);
         let mut body = match &at_cosigner {
             Ok(l) => notice("ok", &format!("The wallet is locked down until block {}.", l.until_height)),
@@ -782,6 +846,7 @@ fn proposed_panic(page: &GuardianPage, alarm: i64) -> Result<(wire::Panic, Vec<u
     let signers = vigil_tower::registration::verified_signers(&proposed.signatures, &panic.digest())
         .map_err(|_| refuse("a signature of this panic does not verify"))?;
     let proposers: Vec<usize> = page
+        .current()
         .policy
         .guardians
         .keys
@@ -1033,7 +1098,8 @@ fn proposed_policy(page: &GuardianPage, proposed: &str) -> String {
             )
         }
     };
-    let lines = diff(&page.policy_text, proposed);
+    let current = page.current();
+    let lines = diff(&current.text, proposed);
     let rows: String = lines
         .iter()
         .map(|l| {
@@ -1045,7 +1111,7 @@ fn proposed_policy(page: &GuardianPage, proposed: &str) -> String {
         "<p>Version {} → {version}. If the guardians' quorum signs it, it applies after the co-signer's waiting \
          period (a change that only tightens the policy applies at once). What changes (− your copy, + the proposal):</p>\
          <pre>{rows}</pre><details><summary>The whole proposed policy</summary><pre>{}</pre></details>",
-        page.policy.version,
+        current.policy.version,
         esc(proposed)
     )
 }
