@@ -274,10 +274,12 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
     let policy = Policy::from_toml(&policy_text)?;
     let keys = MasterKey::open(&args.key, pass()?.as_bytes(), policy.network)?;
     let auth = keys.auth_keypair(0);
-    if !policy.guardians.keys.iter().any(|g| g.auth_key() == auth.x_only_public_key().0) {
-        bail!("this key is not one of the policy's guardians");
-    }
+    let is_guardian =
+        |p: &Policy| p.guardians.keys.iter().any(|g| g.auth_key() == auth.x_only_public_key().0);
     if let GuardianCommand::SignRecovery { file, yes } = &args.command {
+        if !is_guardian(&policy) {
+            bail!("this key is not one of the policy's guardians");
+        }
         return sign_recovery(&policy, &keys, file, *yes, args.json);
     }
     let nonce_file = args.key.with_extension("nonce");
@@ -293,6 +295,9 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                 nonce_file,
                 gate,
             )?;
+            if !page.is_guardian(&auth.x_only_public_key().0) {
+                bail!("this key is not one of the policy's guardians");
+            }
             Ok(std::sync::Arc::new(page).router())
         });
     }
@@ -300,16 +305,33 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
     // The policy the guardians' quorum has changed it to since, each step checked from the
     // pinned copy; the pinned one when the co-signer cannot be reached (the command's own
     // request then says so).
+    // A chain that does not check blocks approving and signing policies only: a lockdown, a
+    // denial or a panic must not wait on a co-signer that serves a bad chain.
+    let signs = matches!(args.command, GuardianCommand::Approve { .. } | GuardianCommand::Policy { .. });
     let followed = match co.get::<wire::PolicyChanges>("/v1/policy/changes") {
-        Ok(served) => Some(vigil_client::policy_chain::follow(&policy_text, &served.changes, served.tip).map_err(|e| {
-            anyhow::anyhow!(
-                "{e}: the co-signer serves policy changes that do not check against your copy. Do not approve \
-                 anything; tell the other guardians and the provider"
-            )
-        })?),
-        Err(_) => None,
+        Ok(served) => match vigil_client::policy_chain::follow(&policy_text, &served.changes, served.tip) {
+            Ok(f) => Some(f),
+            Err(e) if signs => bail!(
+                "{e}: the co-signer serves policy changes that do not check against your copy. Nothing was \
+                 signed; tell the other guardians and the provider"
+            ),
+            Err(e) => {
+                eprintln!("WARNING: {e}: the co-signer serves policy changes that do not check against your copy; using your copy");
+                None
+            }
+        },
+        Err(e) => {
+            if signs {
+                eprintln!("Note: the co-signer's policy changes cannot be read ({e}); using your copy.");
+            }
+            None
+        }
     };
     let history = followed.as_ref().map_or_else(|| vec![policy.clone()], |f| f.history.clone());
+    // A guardian the quorum added later holds the first version too: any version counts.
+    if !history.iter().any(is_guardian) {
+        bail!("this key is not one of the policy's guardians");
+    }
     let checker = Checker::following(&history)?;
     let current_text = followed.map_or_else(|| policy_text.clone(), |f| f.current_text);
     let current = checker.current();

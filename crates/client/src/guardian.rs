@@ -176,19 +176,22 @@ impl Checker {
         let mut newest = None;
         let mut found = None;
         for compiled in &self.compiled {
-            let plan = compiled
-                .plan(v.index, Amount::from_sat(v.amount_sat), kind, owner_once, cosigner_once)
-                .map_err(|e| bad("the vault", e))?;
-            let graph = compiled
-                .build_graph(&plan, vault_outpoint)
-                .map_err(|e| bad("the vault's transactions", e))?;
+            // A vault an earlier policy made may not fit a later one (a lower limit): skip it.
+            let Ok(plan) =
+                compiled.plan(v.index, Amount::from_sat(v.amount_sat), kind, owner_once, cosigner_once)
+            else {
+                continue;
+            };
+            let Ok(graph) = compiled.build_graph(&plan, vault_outpoint) else { continue };
             if graph.unvault.tx.compute_txid().to_string() == s.approval.unvault_txid {
                 found = Some((compiled, plan, graph));
                 break;
             }
             newest.get_or_insert((compiled, plan, graph));
         }
-        let (compiled, plan, graph) = found.or(newest).ok_or_else(|| NotSignable("no policy".into()))?;
+        let (compiled, plan, graph) = found
+            .or(newest)
+            .ok_or_else(|| NotSignable("no version of the policy makes this vault".into()))?;
         let policy = compiled.policy();
         let unvault = &graph.unvault.tx;
         let given = base64_decode(&s.psbt)

@@ -5,6 +5,7 @@
 //! policy applied when the quorum signed it; one that only tightens applies at once, any other
 //! at its height, and a later change replaces one still waiting.
 
+use vigil_cosigner::config::MIN_GOVERNANCE_DELAY_BLOCKS;
 use vigil_cosigner::wire::SignedChange;
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
 use vigil_policy::Policy;
@@ -90,6 +91,21 @@ pub fn follow(original: &str, changes: &[SignedChange], tip: u32) -> Result<Foll
                 old.version, old.guardians.threshold
             )));
         }
+        // The heights are the co-signer's word, not signed by the guardians: held to the rule
+        // every party applies, they cannot make a loosening apply early or a tightening late.
+        if changes[..i].last().is_some_and(|prev| change.signed_height < prev.signed_height) {
+            return Err(refused("it was signed before the change that comes before it".into()));
+        }
+        let tightens = vigil_tower::client::only_tightens(old, &new);
+        let delay = change.effective_height.saturating_sub(change.signed_height);
+        if tightens && change.effective_height != change.signed_height {
+            return Err(refused("it only tightens the policy, so it applies at once, not later".into()));
+        }
+        if !tightens && delay < MIN_GOVERNANCE_DELAY_BLOCKS {
+            return Err(refused(format!(
+                "it loosens the policy, so it waits at least {MIN_GOVERNANCE_DELAY_BLOCKS} blocks, not {delay}"
+            )));
+        }
         if change.effective_height <= change.signed_height {
             history.push(new.clone());
             applied = (new, change.policy.clone());
@@ -146,20 +162,22 @@ mod tests {
         let v2 = v1
             .replacen("version = 1", "version = 2", 1)
             .replace("hot_limit_sat = 2_000_000", "hot_limit_sat = 1_000_000");
-        let v3 = v2.replacen("version = 2", "version = 3", 1);
+        let v3 = v2
+            .replacen("version = 2", "version = 3", 1)
+            .replace("hot_limit_sat = 1_000_000", "hot_limit_sat = 1_500_000");
         assert!(v2.contains("hot_limit_sat = 1_000_000"));
         // Nothing changed: the pinned policy.
         assert_eq!(follow(&v1, &[], 100).unwrap().current.version, 1);
         // A tightening applies at once; a loosening waits for its height.
         let now = signed(&v1, &v2, &[0, 1], 10, 10);
-        let later = signed(&v1, &v3, &[0, 2], 20, 164);
+        let later = signed(&v1, &v3, &[0, 2], 20, 1029);
         let f = follow(&v1, &[now.clone(), later.clone()], 100).unwrap();
         assert_eq!(
             (f.current.version, f.waiting.as_ref().map(|(p, at)| (p.version, *at))),
-            (2, Some((3, 164)))
+            (2, Some((3, 1029)))
         );
         assert_eq!(f.current_text, v2);
-        let f = follow(&v1, &[now.clone(), later.clone()], 164).unwrap();
+        let f = follow(&v1, &[now.clone(), later.clone()], 1029).unwrap();
         assert_eq!((f.current.version, f.waiting.is_none(), f.history.len()), (3, true, 3));
         // One guardian is not the quorum; a stranger's signature does not verify as theirs;
         // a version that does not go up, or an edited text, is refused.
@@ -169,6 +187,14 @@ mod tests {
         edited.policy = edited.policy.replace("hot_limit_sat = 1_000_000", "hot_limit_sat = 9_000_000");
         assert!(matches!(follow(&v1, &[edited], 100), Err(ChainError::Refused { step: 1, .. })));
         let again = signed(&v1, &v2, &[0, 1], 12, 12);
-        assert!(matches!(follow(&v1, &[now, again], 100), Err(ChainError::Refused { step: 2, .. })));
+        assert!(matches!(follow(&v1, &[now.clone(), again], 100), Err(ChainError::Refused { step: 2, .. })));
+        // The heights are held to the rule: a loosening dated to apply at once, a tightening
+        // dated to apply later, a change dated before the one it follows.
+        let early = signed(&v1, &v3, &[0, 2], 20, 20);
+        assert!(matches!(follow(&v1, &[now.clone(), early], 100), Err(ChainError::Refused { step: 2, .. })));
+        let late = signed(&v1, &v2, &[0, 1], 10, 2000);
+        assert!(matches!(follow(&v1, &[late], 100), Err(ChainError::Refused { step: 1, .. })));
+        let backdated = signed(&v1, &v3, &[0, 2], 5, 1014);
+        assert!(matches!(follow(&v1, &[now, backdated], 100), Err(ChainError::Refused { step: 2, .. })));
     }
 }

@@ -37,14 +37,18 @@ pub(crate) fn gather(
 ) -> Result<(Vec<KeySignature>, u32, Option<String>), Refusal> {
     vigil_tower::registration::verified_signers(given, digest)?;
     let before = store.get(record.0, record.1)?;
+    let is_guardian =
+        |s: &KeySignature| policy.guardians.keys.iter().any(|g| g.auth_key().to_string() == s.key);
     let mut all: Vec<KeySignature> = before
         .as_deref()
         .map(serde_json::from_str)
         .transpose()
         .map_err(|_| Refusal::Internal)?
         .unwrap_or_default();
+    // Votes kept from before a policy change count only if their signer is still a guardian.
+    all.retain(is_guardian);
     for s in given {
-        if !policy.guardians.keys.iter().any(|g| g.auth_key().to_string() == s.key) {
+        if !is_guardian(s) {
             return Err(bad(format!("signature by {}: not a guardian of this client", s.key)));
         }
         if !all.iter().any(|a| a.key == s.key) {

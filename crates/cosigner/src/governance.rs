@@ -62,8 +62,16 @@ impl Cosigner {
         req: &Signed<PolicyChange>,
     ) -> Result<PolicyChangeStatus, Refusal> {
         let r = &req.request;
-        let current = caller.policy();
         let new = Policy::from_toml(&r.policy).map_err(|e| bad(format!("policy: {e}")))?;
+        // One tip for everything below: the change due by it applies first, the new one is
+        // judged by the policy then applied, and recorded as signed at it. A party following
+        // the recorded chain applies the same rule (`vigil_client::policy_chain`).
+        let tip = self.tip()?;
+        let mut store = self.store();
+        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let before = serde_json::to_string(&client).expect("json");
+        client.apply_due(tip);
+        let current = &Policy::from_toml(&client.policy).map_err(|_| Refusal::Internal)?;
         if new.network != current.network {
             return Err(bad("policy: another network"));
         }
@@ -76,10 +84,6 @@ impl Cosigner {
         let tightening = only_tightens(current, &new);
         let version = new.version;
         CompiledPolicy::new(new).map_err(|e| bad(format!("policy: {e}")))?;
-        let tip = self.tip()?;
-        let mut store = self.store();
-        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        let before = serde_json::to_string(&client).expect("json");
         let waiting =
             client.pending_policy.as_ref().and_then(|p| Policy::from_toml(&p.text).ok()).map(|p| p.version);
         if version <= current.version || waiting.is_some_and(|w| version <= w) {

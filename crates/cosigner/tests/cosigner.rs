@@ -254,6 +254,51 @@ fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
     assert_eq!(spend(&f, &last).unwrap()["state"], "waiting");
     // An older version, or the same again, changes nothing.
     assert_eq!(f.change_policy(&tightened, &[1, 2]).unwrap_err().0, 409);
+    // A party holding only the first version follows the chain the co-signer kept, checking
+    // each step itself, to where the co-signer is.
+    let followed = follow_served(&f, &node);
+    assert_eq!((followed.current.version, followed.history.len()), (3, 3));
+    assert_eq!(followed.current_text, tightened);
+}
+
+/// The changes the co-signer serves, followed from the family's pinned policy.
+fn follow_served(f: &Family, node: &vigil_testenv::process::Node) -> vigil_client::policy_chain::Followed {
+    let served = f.get("/v1/policy/changes", &f.guardian(0)).unwrap();
+    let changes: Vec<vigil_cosigner::wire::SignedChange> =
+        serde_json::from_value(served["changes"].clone()).unwrap();
+    vigil_client::policy_chain::follow(&f.policy_text, &changes, tip(node)).unwrap()
+}
+
+#[test]
+fn the_votes_of_a_guardian_the_quorum_replaced_no_longer_count() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cosigner replaced guardian"), 1, None);
+    let keys = |text: &str| -> Vec<String> {
+        let from = text.find("[guardians]").unwrap();
+        text[from..].lines().filter(|l| l.trim_start().starts_with('"')).map(str::to_owned).take(3).collect()
+    };
+    let (ours, stranger) = (keys(&f.policy_text), keys(&example("a stranger guardian").to_toml()));
+    assert_eq!((ours.len(), stranger.len()), (3, 3));
+    // Version 2 replaces the third guardian; it waits the governance delay.
+    let v2 = f.policy_text.replace("version = 1", "version = 2").replace(&ours[2], &stranger[2]);
+    let change = f.change_policy(&v2, &[0, 1]).unwrap();
+    let effective = change["effective_height"].as_u64().unwrap() as u32;
+    // Meanwhile the third guardian signs version 3, while still a guardian.
+    let v3 = v2.replace("version = 2", "version = 3");
+    assert_eq!(f.change_policy(&v3, &[2]).unwrap()["approvals"], 1);
+    block(&node, &f, effective - tip(&node));
+    // Once version 2 applies, that vote no longer counts: one more is not the quorum.
+    let second = f.change_policy(&v3, &[0]).unwrap();
+    assert_eq!(
+        (second["approvals"].as_u64(), second["effective_height"].as_u64()),
+        (Some(1), Some(0)),
+        "{second}"
+    );
+    assert_eq!(follow_served(&f, &node).current.version, 2);
+    let third = f.change_policy(&v3, &[1]).unwrap();
+    assert_eq!(third["approvals"], 2, "{third}");
+    assert_eq!(follow_served(&f, &node).current.version, 3);
 }
 
 #[test]

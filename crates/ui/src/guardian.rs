@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -53,6 +54,8 @@ pub struct GuardianPage {
     auth: Keypair,
     co: CosignerClient,
     gate: Arc<Gate>,
+    /// The towers' median tip when the main page last read it (0: not yet).
+    tip: AtomicU32,
     /// When this page first saw each tower alarm (towers do not date theirs).
     first_seen: Mutex<HashMap<(String, i64), u64>>,
 }
@@ -66,19 +69,36 @@ impl Drop for GuardianPage {
 /// The policy the guardian follows now: the pinned one, or where the changes the guardians'
 /// quorum signed lead (checked here, step by step, from the pinned one).
 struct Current {
+    /// The last chain that checked.
+    followed: Arc<Followed>,
+    /// Why the changes the co-signer serves now were not followed, if they were not: the
+    /// page says so and approves nothing until they are.
+    refused: Option<String>,
+}
+
+/// Where a chain that checked leads.
+struct Followed {
     policy: Policy,
     text: String,
+    /// Every version that applied, oldest first.
+    history: Vec<Policy>,
     /// Checks requests against it (vaults made under earlier versions too).
     checker: Checker,
-    /// Why the changes the co-signer serves were not followed, if they were not.
-    refused: Option<String>,
+}
+
+impl std::ops::Deref for Current {
+    type Target = Followed;
+    fn deref(&self) -> &Followed {
+        &self.followed
+    }
 }
 
 impl Current {
     fn pinned(text: &str) -> Result<Current, ClientError> {
         let policy = Policy::from_toml(text).map_err(|e| ClientError::Decode(e.to_string()))?;
         let checker = Checker::new(&policy).map_err(|e| ClientError::Decode(e.to_string()))?;
-        Ok(Current { policy, text: text.to_owned(), checker, refused: None })
+        let followed = Followed { history: vec![policy.clone()], policy, text: text.to_owned(), checker };
+        Ok(Current { followed: Arc::new(followed), refused: None })
     }
 }
 
@@ -129,6 +149,7 @@ impl GuardianPage {
             co,
             gate,
             first_seen: Mutex::new(HashMap::new()),
+            tip: AtomicU32::new(0),
         };
         page.follow(None);
         Ok(page)
@@ -145,24 +166,36 @@ impl GuardianPage {
     fn follow(&self, tip: Option<u32>) {
         let Ok(served) = self.co.get::<wire::PolicyChanges>("/v1/policy/changes") else { return };
         let now = self.current();
-        let next = match vigil_client::policy_chain::follow(
-            &self.pinned,
-            &served.changes,
-            tip.unwrap_or(served.tip),
-        ) {
+        // The towers' median tip when the page has read it, else the co-signer's.
+        let tip =
+            tip.or_else(|| Some(self.tip.load(Ordering::Relaxed)).filter(|t| *t > 0)).unwrap_or(served.tip);
+        let refused = |why: String| Current { followed: now.followed.clone(), refused: Some(why) };
+        let next = match vigil_client::policy_chain::follow(&self.pinned, &served.changes, tip) {
             Ok(f) if f.current.version == now.policy.version && now.refused.is_none() => return,
+            Ok(f) if f.current.version < now.policy.version => refused(format!(
+                "the co-signer now leads to version {} after version {}",
+                f.current.version, now.policy.version
+            )),
             Ok(f) => match Checker::following(&f.history) {
-                Ok(checker) => Current { policy: f.current, text: f.current_text, checker, refused: None },
-                Err(e) => Current {
-                    refused: Some(e.to_string()),
-                    ..Current::pinned(&now.text).expect("read before")
+                Ok(checker) => Current {
+                    followed: Arc::new(Followed {
+                        policy: f.current,
+                        text: f.current_text,
+                        history: f.history,
+                        checker,
+                    }),
+                    refused: None,
                 },
+                Err(e) => refused(e.to_string()),
             },
-            Err(e) => {
-                Current { refused: Some(e.to_string()), ..Current::pinned(&now.text).expect("read before") }
-            }
+            Err(e) => refused(e.to_string()),
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    }
+
+    /// Whether `key` is a guardian in some version of the policy this page follows.
+    pub fn is_guardian(&self, key: &vigil_policy::bitcoin::XOnlyPublicKey) -> bool {
+        self.current().history.iter().any(|p| p.guardians.keys.iter().any(|g| g.auth_key() == *key))
     }
 
     /// The page's routes.
@@ -476,6 +509,9 @@ async fn home(State(page): State<Arc<GuardianPage>>) -> Response {
     crate::blocking(move || {
         let feeds = page.feeds();
         let tip = feeds.tip();
+        if let Some(t) = tip {
+            page.tip.store(t, Ordering::Relaxed);
+        }
         page.follow(tip);
         let (alarms, unreachable) = alarm_lines(&page, &feeds);
         let alarmed = recently_alarmed(&alarms);
@@ -583,7 +619,7 @@ async fn request(State(page): State<Arc<GuardianPage>>, Path(id): Path<u64>) -> 
         let alarmed = recently_alarmed(&alarms);
         let mut body = request_card(&page, &s, feeds.tip(), alarmed, false);
         if s.state == "waiting" {
-            if page.current().checker.check(&s).is_ok() {
+            if page.current().refused.is_none() && page.current().checker.check(&s).is_ok() {
                 body += &format!("<a class=\"button\" href=\"/requests/{id}/approve\">Approve…</a>");
             }
             body += &format!("<a class=\"button danger\" href=\"/requests/{id}/deny\">Deny…</a>");
@@ -710,7 +746,14 @@ async fn vote(
                 &notice("alarm", "The request changed after it was shown to you. Nothing was signed: review it again, and tell the other guardians."),
             );
         }
-        let checked = page.current().checker.check(&s);
+        let current = page.current();
+        if let (true, Some(why)) = (approve, &current.refused) {
+            return page.show(
+                "Nothing was signed",
+                &notice("alarm", &format!("The policy changes the co-signer serves do not check ({}). Nothing was signed.", esc(why))),
+            );
+        }
+        let checked = current.checker.check(&s);
         if approve {
             if let Err(e) = &checked {
                 return page.show("Nothing was signed", &notice("alarm", &esc(&e.to_string())));
