@@ -309,7 +309,9 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
     // denial or a panic must not wait on a co-signer that serves a bad chain.
     let signs = matches!(args.command, GuardianCommand::Approve { .. } | GuardianCommand::Policy { .. });
     let followed = match co.get::<wire::PolicyChanges>("/v1/policy/changes") {
-        Ok(served) => match vigil_client::policy_chain::follow(&policy_text, &served.changes, served.tip) {
+        Ok(served) => match vigil_client::policy_chain::follow(&policy_text, &served.changes, served.tip)
+            .and_then(|f| f.reaches(served.current_version).map(|()| f))
+        {
             Ok(f) => Some(f),
             Err(e) if signs => bail!(
                 "{e}: the co-signer serves policy changes that do not check against your copy. Nothing was \

@@ -21,6 +21,17 @@ pub enum ChainError {
         /// Why.
         reason: String,
     },
+    /// The chain does not lead to the version the co-signer judges by.
+    #[error(
+        "the co-signer judges by policy version {served}, and the changes it recorded lead to version {followed}: \
+         a change is missing from its record (one made before it kept them?); ask the provider"
+    )]
+    Incomplete {
+        /// The co-signer's version.
+        served: u32,
+        /// Where the recorded changes lead.
+        followed: u32,
+    },
     /// A change is not what the policy it changes allows.
     #[error("policy change {step} is refused: {reason}")]
     Refused {
@@ -29,6 +40,20 @@ pub enum ChainError {
         /// Why.
         reason: String,
     },
+}
+
+impl Followed {
+    /// Refuses a chain that does not lead where the co-signer is: `version`, the one it
+    /// judges by (0: it did not say). A change still waiting here may already apply there
+    /// (the two read the chain at slightly different tips). A client changed before the
+    /// co-signer recorded its changes shows here, instead of as requests refused one by one.
+    pub fn reaches(&self, version: u32) -> Result<(), ChainError> {
+        let waiting = self.waiting.as_ref().map(|(p, _)| p.version);
+        if version == 0 || version == self.current.version || Some(version) == waiting {
+            return Ok(());
+        }
+        Err(ChainError::Incomplete { served: version, followed: self.current.version })
+    }
 }
 
 /// Where the chain leads.
@@ -177,6 +202,10 @@ mod tests {
             (2, Some((3, 1029)))
         );
         assert_eq!(f.current_text, v2);
+        // Where the co-signer is must be where the chain leads (or the change still waiting).
+        assert!(f.reaches(2).is_ok() && f.reaches(3).is_ok() && f.reaches(0).is_ok());
+        assert!(matches!(f.reaches(4), Err(ChainError::Incomplete { served: 4, followed: 2 })));
+        assert!(follow(&v1, &[], 100).unwrap().reaches(2).is_err(), "an unrecorded change");
         let f = follow(&v1, &[now.clone(), later.clone()], 1029).unwrap();
         assert_eq!((f.current.version, f.waiting.is_none(), f.history.len()), (3, true, 3));
         // One guardian is not the quorum; a stranger's signature does not verify as theirs;

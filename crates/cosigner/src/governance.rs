@@ -188,7 +188,11 @@ impl Cosigner {
     /// `GET /v1/policy/changes`: every change the quorum signed, with its signatures, for any
     /// party of the client (each checks them from the policy it pinned), and the tip.
     pub fn policy_changes(&self, caller: &Caller) -> Result<crate::wire::PolicyChanges, Refusal> {
-        Ok(crate::wire::PolicyChanges { tip: self.tip()?, changes: caller.client.changes.clone() })
+        Ok(crate::wire::PolicyChanges {
+            tip: self.tip()?,
+            changes: caller.client.changes.clone(),
+            current_version: caller.policy().version,
+        })
     }
 
     /// Applies every waiting change whose height has come (the background loop; requests

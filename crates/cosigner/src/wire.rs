@@ -189,6 +189,9 @@ pub struct PolicyChanges {
     pub tip: u32,
     /// Every change signed, oldest first.
     pub changes: Vec<SignedChange>,
+    /// The version the co-signer judges by now: where the changes must lead (0: not said).
+    #[serde(default)]
+    pub current_version: u32,
 }
 
 /// One alarm of a client's feed (`GET /v1/alarms`), as the webhooks get it.

@@ -170,7 +170,11 @@ impl GuardianPage {
         let tip =
             tip.or_else(|| Some(self.tip.load(Ordering::Relaxed)).filter(|t| *t > 0)).unwrap_or(served.tip);
         let refused = |why: String| Current { followed: now.followed.clone(), refused: Some(why) };
-        let next = match vigil_client::policy_chain::follow(&self.pinned, &served.changes, tip) {
+        // Checked against where the co-signer is at its own tip, then followed to the page's.
+        let chain = |tip| vigil_client::policy_chain::follow(&self.pinned, &served.changes, tip);
+        let followed =
+            chain(served.tip).and_then(|f| f.reaches(served.current_version)).and_then(|()| chain(tip));
+        let next = match followed {
             Ok(f) if f.current.version == now.policy.version && now.refused.is_none() => return,
             Ok(f) if f.current.version < now.policy.version => refused(format!(
                 "the co-signer now leads to version {} after version {}",
