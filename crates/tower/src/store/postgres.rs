@@ -391,16 +391,8 @@ impl TowerStore for PostgresStore {
                        (SELECT 1 FROM alarm_deliveries d WHERE d.alarm_id = a.id AND d.endpoint = $1) ORDER BY id",
                     &[&endpoint],
                 )?
-                .into_iter()
-                .map(|r| {
-                    Ok(OutboxAlarm {
-                        id: r.get(0),
-                        vault: r.get(1),
-                        kind: read_kind(r.get(2))?,
-                        message: r.get(3),
-                        attempts: r.get::<_, i32>(4) as u32,
-                    })
-                })
+                .iter()
+                .map(outbox_alarm)
                 .collect()
         })
     }
@@ -462,17 +454,18 @@ impl TowerStore for PostgresStore {
                    WHERE v.client = $1 ORDER BY a.id DESC LIMIT $2",
                 &[&client, &i64::from(limit)],
             )?;
-            rows.iter()
-                .map(|r| {
-                    Ok(OutboxAlarm {
-                        id: r.get(0),
-                        vault: r.get(1),
-                        kind: read_kind(r.get(2))?,
-                        message: r.get(3),
-                        attempts: r.get::<_, i32>(4) as u32,
-                    })
-                })
-                .collect()
+            rows.iter().map(outbox_alarm).collect()
         })
     }
+}
+
+/// An alarm row selected as `id, vault, kind, message, attempts`.
+fn outbox_alarm(r: &::postgres::Row) -> Result<OutboxAlarm, StoreError> {
+    Ok(OutboxAlarm {
+        id: r.get(0),
+        vault: r.get(1),
+        kind: read_kind(r.get(2))?,
+        message: r.get(3),
+        attempts: r.get::<_, i32>(4) as u32,
+    })
 }

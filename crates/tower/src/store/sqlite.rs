@@ -321,13 +321,7 @@ impl TowerStore for SqliteStore {
         let mut rows = stmt.query([endpoint])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(OutboxAlarm {
-                id: r.get(0)?,
-                vault: r.get(1)?,
-                kind: read_kind(&r.get::<_, String>(2)?)?,
-                message: r.get(3)?,
-                attempts: r.get::<_, i64>(4)? as u32,
-            });
+            out.push(outbox_alarm(r)?);
         }
         Ok(out)
     }
@@ -383,13 +377,22 @@ impl TowerStore for SqliteStore {
             "SELECT a.id, a.vault, a.kind, a.message, a.attempts FROM alarms a JOIN vaults v ON v.outpoint = a.vault
                WHERE v.client = ?1 ORDER BY a.id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![client, limit], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get::<_, u32>(4)?))
-        })?;
-        rows.map(|row| {
-            let (id, vault, kind, message, attempts) = row?;
-            Ok(OutboxAlarm { id, vault, kind: read_kind(&kind)?, message, attempts })
-        })
-        .collect()
+        let mut rows = stmt.query(params![client, limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(outbox_alarm(r)?);
+        }
+        Ok(out)
     }
+}
+
+/// An alarm row selected as `id, vault, kind, message, attempts`.
+fn outbox_alarm(r: &rusqlite::Row<'_>) -> Result<OutboxAlarm, StoreError> {
+    Ok(OutboxAlarm {
+        id: r.get(0)?,
+        vault: r.get(1)?,
+        kind: read_kind(&r.get::<_, String>(2)?)?,
+        message: r.get(3)?,
+        attempts: r.get::<_, i64>(4)? as u32,
+    })
 }
