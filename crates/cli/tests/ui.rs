@@ -118,6 +118,12 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     let card = browser.text();
     assert!(card.contains(&format!("Request {id}: send 0.2 BTC")), "{card}");
     assert!(card.contains(&shop.to_string()) && card.contains("0 of 2 needed"), "{card}");
+    // The change goes back to an address of the owner's (recognised from the policy, not
+    // taken from the co-signer's word), and the fee is shown.
+    assert!(
+        card.contains("to one of the owner's receive addresses") && card.contains(", fee 0.0000"),
+        "{card}"
+    );
     assert!(
         card.contains("Policy version") && card.contains("Expires") && card.contains("the owner's wallet"),
         "{card}"

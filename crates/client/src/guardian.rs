@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use vigil_cosigner::wire::SpendStatus;
 use vigil_policy::bitcoin::psbt::Psbt;
@@ -129,8 +130,9 @@ pub struct Checker {
     current: Policy,
     /// Every policy that applied, newest first: a vault keeps the scripts it was made under.
     compiled: Vec<CompiledPolicy>,
-    /// The owner's first [`CHANGE_SCAN`] receive scripts under each (derived once).
-    owners: HashSet<ScriptBuf>,
+    /// The owner's first [`CHANGE_SCAN`] receive scripts under each: derived at the first
+    /// check, not for commands that check nothing.
+    owners: OnceLock<HashSet<ScriptBuf>>,
 }
 
 impl Checker {
@@ -148,11 +150,18 @@ impl Checker {
             .rev()
             .map(|p| CompiledPolicy::new(p.clone()).map_err(|e| bad("the policy", e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let owners = compiled
-            .iter()
-            .flat_map(|c| (0..CHANGE_SCAN).filter_map(|i| Some(c.intake_descriptor(i).ok()?.script_pubkey())))
-            .collect();
-        Ok(Checker { current, compiled, owners })
+        Ok(Checker { current, compiled, owners: OnceLock::new() })
+    }
+
+    fn owners(&self) -> &HashSet<ScriptBuf> {
+        self.owners.get_or_init(|| {
+            self.compiled
+                .iter()
+                .flat_map(|c| {
+                    (0..CHANGE_SCAN).filter_map(|i| Some(c.intake_descriptor(i).ok()?.script_pubkey()))
+                })
+                .collect()
+        })
     }
 
     /// The policy requests are judged under now.
@@ -245,7 +254,7 @@ impl Checker {
                 to: Address::from_script(&o.script_pubkey, policy.network)
                     .map(|a| a.to_string())
                     .unwrap_or_else(|_| o.script_pubkey.to_string()),
-                to_owner: self.owners.contains(&o.script_pubkey),
+                to_owner: self.owners().contains(&o.script_pubkey),
             })
             .collect();
         let taken_sat = unvault.output[0].value.to_sat();

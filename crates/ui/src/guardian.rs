@@ -117,17 +117,19 @@ struct TowerView {
 }
 
 impl Feeds {
-    /// The median of the tips the towers reported: one tower lying about the chain's height
-    /// moves it no further than the honest ones around it.
+    /// The median of the tips the towers reported.
     fn tip(&self) -> Option<u32> {
-        let mut tips: Vec<u32> = self
-            .towers
-            .iter()
-            .filter_map(|t| u32::try_from(t.state.as_ref().ok()?["tip"].as_u64()?).ok())
-            .collect();
-        tips.sort_unstable();
-        tips.get(tips.len() / 2).copied()
+        median_tip(self.towers.iter().map(|t| &t.state))
     }
+}
+
+/// The median of the tips in the towers' client views: one tower lying about the chain's
+/// height moves it no further than the honest ones around it.
+fn median_tip<'v>(states: impl Iterator<Item = &'v Result<Value, ClientError>>) -> Option<u32> {
+    let mut tips: Vec<u32> =
+        states.filter_map(|s| u32::try_from(s.as_ref().ok()?["tip"].as_u64()?).ok()).collect();
+    tips.sort_unstable();
+    tips.get(tips.len() / 2).copied()
 }
 
 impl GuardianPage {
@@ -195,6 +197,18 @@ impl GuardianPage {
             Err(e) => refused(e.to_string()),
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    }
+
+    /// The towers' median tip, read now (their client views only, not the whole feed).
+    fn tower_tip(&self) -> Option<u32> {
+        let id = self.co.client_id();
+        let towers = TowerClient::all(&self.current().policy, &self.auth, self.co.nonces());
+        let states: Vec<Result<Value, ClientError>> = std::thread::scope(|scope| {
+            let asked: Vec<_> =
+                towers.iter().map(|t| scope.spawn(move || t.get(&format!("/v1/clients/{id}")))).collect();
+            asked.into_iter().map(|a| a.join().expect("no panic")).collect()
+        });
+        median_tip(states.iter())
     }
 
     /// Whether `key` is a guardian in some version of the policy this page follows.
@@ -678,19 +692,14 @@ async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path
             }
         }
         let action = if approve { "Approve this spend" } else { "Deny this spend" };
-        let confirm = if approve {
-            "<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> I checked the amount and the address with the owner.</label></p>"
-        } else {
-            "<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> Yes, deny it.</label></p>"
-        };
-        body += &form(
+        let agree = if approve { "I checked the amount and the address with the owner." } else { "Yes, deny it." };
+        body += &signing_form(
+            &page,
             &format!("/requests/{id}/{v}"),
-            page.csrf(),
+            &[("shown", &shown_digest(&s))],
+            agree,
             &format!(
-                "<input type=\"hidden\" name=\"shown\" value=\"{}\">{}{confirm}<button type=\"submit\" class=\"{}\">{action}</button>\
-                 <a class=\"button secondary\" href=\"/requests/{id}\">Go back</a>",
-                shown_digest(&s),
-                secret_field("passphrase", "Your guardian passphrase"),
+                "<button type=\"submit\" class=\"{}\">{action}</button><a class=\"button secondary\" href=\"/requests/{id}\">Go back</a>",
                 if approve { "" } else { "danger" }
             ),
         );
@@ -704,6 +713,32 @@ async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path
 fn shown_digest(s: &SpendStatus) -> String {
     use vigil_policy::bitcoin::hex::DisplayHex;
     s.approval.digest().as_ref().to_lower_hex_string()
+}
+
+/// A form that signs: the `hidden` fields (what was shown), the passphrase, a tick saying
+/// `agree`, then `buttons` (markup: the submit button and any link after it).
+fn signing_form(
+    page: &GuardianPage,
+    action: &str,
+    hidden: &[(&str, &str)],
+    agree: &str,
+    buttons: &str,
+) -> String {
+    let hidden: String = hidden
+        .iter()
+        .map(|(name, value)| {
+            format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(name), esc(value))
+        })
+        .collect();
+    form(
+        action,
+        page.csrf(),
+        &format!(
+            "{hidden}{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> {}</label></p>{buttons}",
+            secret_field("passphrase", "Your guardian passphrase"),
+            esc(agree)
+        ),
+    )
 }
 
 /// The guardian's signing key, from the passphrase typed in a form; an error page when it
@@ -905,10 +940,8 @@ fn proposed_panic(page: &GuardianPage, alarm: i64) -> Result<(wire::Panic, Vec<u
     if proposers.is_empty() {
         return Err(refuse("no guardian of your policy signed this panic"));
     }
-    let tip = page
-        .feeds()
-        .tip()
-        .ok_or_else(|| refuse("no watchtower can be reached to read the chain's height"))?;
+    let tip =
+        page.tower_tip().ok_or_else(|| refuse("no watchtower can be reached to read the chain's height"))?;
     if panic.not_after_height <= tip || panic.not_after_height > tip + PANIC_WINDOW {
         return Err(refuse(&format!(
             "this panic acts until block {}, and the chain is at block {tip}: a panic acts within the next {PANIC_WINDOW} blocks",
@@ -925,7 +958,7 @@ fn panic_page(page: &GuardianPage, joining: Option<(i64, &wire::Panic, &[usize])
          for a long time; only the owner's off-site backup key with the co-signer and every guardian brings the coins \
          back sooner. It needs enough guardians to sign it.</p>",
     );
-    let mut hidden = String::new();
+    let mut hidden = Vec::new();
     if let Some((alarm, panic, proposers)) = joining {
         let who: Vec<String> = proposers.iter().map(|g| format!("guardian {g}")).collect();
         body += &notice(
@@ -938,18 +971,16 @@ fn panic_page(page: &GuardianPage, joining: Option<(i64, &wire::Panic, &[usize])
             ),
         );
         use vigil_policy::bitcoin::hex::DisplayHex;
-        hidden = format!(
-            "<input type=\"hidden\" name=\"alarm\" value=\"{alarm}\"><input type=\"hidden\" name=\"shown\" value=\"{}\">",
-            panic.digest().as_ref().to_lower_hex_string()
-        );
+        hidden = vec![("alarm", alarm.to_string()), ("shown", panic.digest().as_ref().to_lower_hex_string())];
     }
-    body + &form(
+    let hidden: Vec<(&str, &str)> = hidden.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    body + &signing_form(
+        page,
         "/panic",
-        page.csrf(),
+        &hidden,
+        "Yes, sweep every vault to the deep vault.",
         &format!(
-            "{hidden}{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> Yes, sweep every vault to the deep vault.</label></p>\
-             <button type=\"submit\" class=\"danger\" name=\"step\" value=\"sign\">{}</button>",
-            secret_field("passphrase", "Your guardian passphrase"),
+            "<button type=\"submit\" class=\"danger\" name=\"step\" value=\"sign\">{}</button>",
             if joining.is_some() { "Sign this panic" } else { "Start a panic" }
         ),
     )
@@ -984,7 +1015,7 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                 panic
             }
             None => {
-                let Some(tip) = page.feeds().tip() else {
+                let Some(tip) = page.tower_tip() else {
                     return page.show(
                         "Not signed",
                         &notice(
@@ -1082,15 +1113,12 @@ async fn restore_form(State(page): State<Arc<GuardianPage>>) -> Response {
             "<p>The owner's wallet was restored on a new device at block {}. Confirm it only if you have \
              spoken to the owner yourself since, and they are free and safe: whoever restored it holds their own codes.</p>",
             last.restored_at_height
-        ) + &form(
+        ) + &signing_form(
+            &page,
             "/restore",
-            page.csrf(),
-            &format!(
-                "<input type=\"hidden\" name=\"restore\" value=\"{}\">{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> \
-                 I spoke to the owner myself; they are free and safe.</label></p><button type=\"submit\">Confirm the restore</button>",
-                last.restore,
-                secret_field("passphrase", "Your guardian passphrase")
-            ),
+            &[("restore", &last.restore.to_string())],
+            "I spoke to the owner myself; they are free and safe.",
+            "<button type=\"submit\">Confirm the restore</button>",
         );
         page.show("Confirm the owner's restore?", &body)
     })
@@ -1189,15 +1217,12 @@ async fn policy_form(State(page): State<Arc<GuardianPage>>, Path(id): Path<i64>)
             Err(r) => return *r,
         };
         let body = proposed_policy(&page, &text)
-            + &form(
+            + &signing_form(
+                &page,
                 &format!("/policy/{id}"),
-                page.csrf(),
-                &format!(
-                    "<input type=\"hidden\" name=\"shown\" value=\"{}\">{}<p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> I have read what changes and agree.</label></p>\
-                     <button type=\"submit\">Sign this version</button><a class=\"button secondary\" href=\"/\">Go back</a>",
-                    text_digest(&text),
-                    secret_field("passphrase", "Your guardian passphrase")
-                ),
+                &[("shown", &text_digest(&text))],
+                "I have read what changes and agree.",
+                "<button type=\"submit\">Sign this version</button><a class=\"button secondary\" href=\"/\">Go back</a>",
             );
         page.show("Sign a new policy version?", &body)
     })
