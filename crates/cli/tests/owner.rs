@@ -323,7 +323,12 @@ fn the_duress_code_says_the_same_and_leaves_the_same_files() {
     assert_eq!(real.1, duress.1, "the same files, sizes and contents after");
     assert_eq!(real.0, real.1, "a status changes no file but the request counter");
     assert_eq!(real.4, duress.4, "the same connections, the same bytes each way");
-    assert_eq!(real.4.len(), 3, "the heartbeat and one question to each tower: {:?}", real.4);
+    assert_eq!(
+        real.4.len(),
+        4,
+        "the heartbeat, the policy's changes and one question to each tower: {:?}",
+        real.4
+    );
     eprintln!("connections (bytes sent, received), either code: {:?}", duress.4);
     eprintln!("files after either session:");
     for (name, (size, hash)) in &duress.1 {
@@ -1180,4 +1185,99 @@ fn a_vault_and_its_spend_signed_elsewhere_come_back_checked_and_go_on() {
     // Signed by the owner's key: it goes on as any vault spend.
     let went = json(&dir, &["spend", "--signed", &write(&sign_with(&phrase), "signed.psbt")], &[REAL]);
     assert_eq!(went[0]["progress"]["stage"], "unlocking", "{went}");
+}
+
+#[test]
+fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_version() {
+    let s = services("", false);
+    let (_keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
+    let Funded { _home, dir, phrase, payer, .. } = funded_with(&s, 3, &xpubs);
+    let old = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(old["state"], "protected", "{old}");
+    s.mine(1, &payer.address());
+    let intake_before = json(&dir, &["status"], &[REAL])["intake_sat"].as_u64().unwrap();
+
+    // The guardians' quorum signs version 2: a longer DELAY and T_RECOVER, which change the
+    // scripts of new vaults and intake addresses, so it waits the governance delay.
+    let policy = dir.join("policy.toml");
+    let v1 = std::fs::read_to_string(&policy).unwrap();
+    let v2 = v1
+        .replacen("version = 1", "version = 2", 1)
+        .replacen("unvault = 10", "unvault = 13", 1)
+        .replacen("recovery = 40", "recovery = 44", 1);
+    assert!(v2.contains("unvault = 13") && v2.contains("recovery = 44"), "{v2}");
+    let proposal = dir.parent().unwrap().join("v2.toml");
+    std::fs::write(&proposal, &v2).unwrap();
+    let mut effective = 0;
+    for key in &guardian_keys {
+        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
+    }
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["policy_version"], 1, "{status}");
+    assert_eq!(status["policy_waiting"]["version"], 2, "{status}");
+    let tip = s.node.rpc.tip().unwrap().height;
+    s.mine(effective - tip, &payer.address());
+
+    // The owner's wallet follows it: today's addresses and vaults are version 2's; the coins
+    // paid to version 1's addresses are shown as such (they move through recovery).
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!((status["policy_version"].as_u64(), status["policy_waiting"].is_null()), (Some(2), true));
+    assert_eq!(status["intake_earlier_policy_sat"].as_u64(), Some(intake_before), "{status}");
+    assert_eq!(
+        (status["vaults"][0]["policy_version"].as_u64(), status["vaults"][0]["delay"].as_u64()),
+        (Some(1), Some(10))
+    );
+    let (ok, _, err) = vigil(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert!(!ok && err.contains("earlier policy version"), "{err}");
+    let received = json(&dir, &["receive"], &[REAL]);
+    let address: Address =
+        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    payer.pay(&s.node.rpc, 10, address.script_pubkey(), Amount::from_sat(6_000_000));
+    s.mine(1, &payer.address());
+    let new = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(new["state"], "protected", "the co-signer built the same version 2 vault: {new}");
+    s.mine(1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(
+        (status["vaults"][1]["policy_version"].as_u64(), status["vaults"][1]["delay"].as_u64()),
+        (Some(2), Some(13))
+    );
+    assert_eq!(status["vaults"][1]["state"], "protected", "{status}");
+
+    // A spend from each: the old vault keeps its DELAY, the new one has version 2's, and
+    // neither is paid a block early.
+    let to = Wallet::new().address().to_string();
+    let first = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
+    let second = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
+    let ids = [first[0]["id"].as_u64().unwrap(), second[0]["id"].as_u64().unwrap()];
+    s.mine(1, &payer.address());
+    let progress = |answer: &Value, id: u64| {
+        let found = answer.as_array().unwrap().iter().find(|sp| sp["id"].as_u64() == Some(id));
+        found.unwrap_or_else(|| panic!("spend {id}: {answer}"))["progress"].clone()
+    };
+    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
+    let from = ids.map(|id| progress(&waiting, id)["spendable_from_height"].as_u64().unwrap() as u32);
+    assert_eq!(from[1] - from[0], 3, "DELAY 10 for version 1's vault, 13 for version 2's: {waiting}");
+    let mut paid = Vec::new();
+    for (id, at) in ids.into_iter().zip(from) {
+        let tip = s.node.rpc.tip().unwrap().height;
+        if at > tip + 1 {
+            s.mine(at - tip - 1, &payer.address());
+        }
+        let early = json(&dir, &["spend", "--resume"], &[REAL]);
+        assert_eq!(progress(&early, id)["stage"], "unlocking", "one block early: {early}");
+        s.mine(1, &payer.address());
+        let sent = progress(&json(&dir, &["spend", "--resume"], &[REAL]), id);
+        assert_eq!(sent["stage"], "sent", "{sent}");
+        paid.push(sent["txid"].as_str().unwrap().parse().unwrap());
+    }
+    s.mine(1, &payer.address());
+    for txid in paid {
+        assert!(
+            matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),
+            "{txid} confirmed"
+        );
+    }
 }

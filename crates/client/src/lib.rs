@@ -19,6 +19,7 @@ pub mod cosigner;
 pub mod guardian;
 pub mod overview;
 pub mod owner;
+pub mod policies;
 pub mod policy_chain;
 pub mod recovery;
 pub mod session;

@@ -34,13 +34,17 @@ pub struct VaultLine {
     pub place: VaultPlace,
     /// The funding's height, once confirmed.
     pub confirmed_height: Option<u32>,
+    /// Its DELAY (the policy version it was made under may have had another).
+    pub delay: u16,
+    /// The policy version it was made under.
+    pub policy_version: u32,
 }
 
 impl VaultLine {
     /// When an unvaulted vault's coins can be paid out: its unvault's height + DELAY.
-    pub fn spendable_at(&self, delay: u16) -> Option<u32> {
+    pub fn spendable_at(&self) -> Option<u32> {
         match self.place {
-            VaultPlace::Unvaulted { height, .. } => Some(height + u32::from(delay)),
+            VaultPlace::Unvaulted { height, .. } => Some(height + u32::from(self.delay)),
             _ => None,
         }
     }
@@ -83,6 +87,10 @@ pub struct Overview {
     pub intake_sat: u64,
     /// How many intake coins.
     pub intake_coins: usize,
+    /// Of those, sat paid to addresses of an earlier policy version that today's does not
+    /// make (after a change of the guardians or the delays): they cannot be vaulted now and
+    /// move through their recovery leaves.
+    pub intake_earlier_sat: u64,
     /// Every vault.
     pub vaults: Vec<VaultLine>,
     /// Still under the vaults' protection (funding sent, protected, unvaulting, unvaulted).
@@ -99,8 +107,12 @@ pub struct Overview {
     pub towers_locked_until: Option<u32>,
     /// Each tower's name and whether it answered (why not).
     pub towers: Vec<(String, Result<(), String>)>,
-    /// DELAY.
-    pub delay: u16,
+    /// The version of the policy that applies now.
+    pub policy_version: u32,
+    /// A change the guardians signed, waiting for its block: its version and that block.
+    pub policy_waiting: Option<(u32, u32)>,
+    /// Why the co-signer's record of policy changes is not followed, if it is not.
+    pub policy_warning: Option<String>,
 }
 
 /// Reads the overview: scans the chain for the wallet's coins (saving what it found), syncs
@@ -108,7 +120,7 @@ pub struct Overview {
 pub fn read(session: &Session) -> Result<Overview, OverviewError> {
     let chain = session.chain();
     let mut state: WalletState = session.dir.state()?;
-    let height = state.scan(&session.compiled, &*chain)?;
+    let height = state.scan(&session.policies, &*chain)?;
     session.dir.save_state(&state)?;
     let intake: Vec<_> = state.coins.iter().filter(|c| !c.spent).collect();
     // A damaged allowance file or a node error hides the allowance, not the rest.
@@ -128,12 +140,15 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
         .collect();
     let mut vaults = Vec::new();
     for v in &state.vaults {
+        let compiled = session.policies.version(v.policy_version)?;
         vaults.push(VaultLine {
             outpoint: v.outpoint.to_string(),
             amount_sat: v.amount_sat,
             kind: v.kind.clone(),
-            place: recovery::locate(&session.compiled, v, &*chain)?,
+            place: recovery::locate(compiled, v, &*chain)?,
             confirmed_height: v.confirmed_height,
+            delay: compiled.policy().delays.unvault,
+            policy_version: compiled.policy().version,
         });
     }
     let sum = |wanted: &dyn Fn(&VaultPlace) -> bool| -> u64 {
@@ -161,9 +176,14 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
         height,
         cosigner_reachable: session.heartbeat.is_ok(),
         allowance,
-        allowance_limit_sat: session.compiled.policy().allowance.hot_limit_sat,
+        allowance_limit_sat: session.current().policy().allowance.hot_limit_sat,
         intake_sat: intake.iter().map(|c| c.value_sat).sum(),
         intake_coins: intake.len(),
+        intake_earlier_sat: state
+            .held_by_earlier_policies(&session.policies)
+            .iter()
+            .map(|c| c.value_sat)
+            .sum(),
         vault_sat,
         deep_vault_sat,
         cancelled_sat,
@@ -182,6 +202,8 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
         locked_until,
         towers_locked_until,
         towers: answers.into_iter().map(|(n, r)| (n, r.map(|_| ()))).collect(),
-        delay: session.compiled.policy().delays.unvault,
+        policy_version: session.current().policy().version,
+        policy_waiting: session.policies.waiting,
+        policy_warning: session.policies.warning.clone(),
     })
 }

@@ -156,11 +156,13 @@ pub fn follow(original: &str, changes: &[SignedChange], tip: u32) -> Result<Foll
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vigil_policy::example::{auth_keypair, ExamplePolicy};
 
-    fn signed(
+    /// `text` as a change of the client pinned as `original`, signed by the example's
+    /// guardians `by`, dated as given.
+    pub(crate) fn signed(
         original: &str,
         text: &str,
         by: &[usize],

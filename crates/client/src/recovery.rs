@@ -19,7 +19,8 @@ use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::{Address, Amount, FeeRate, OutPoint, Sequence, Transaction, TxOut, Txid};
 use vigil_policy::{finalize, spend_psbt, CompiledPolicy, PolicyError, SpendInput};
 
-use crate::wallet::{VaultRecord, WalletState};
+use crate::policies::Policies;
+use crate::wallet::{VaultRecord, WalletError, WalletState};
 
 /// The least feerate recovery pays, sat/vB (more when the node estimates more): no hurry,
 /// but enough to relay when blocks are not full.
@@ -37,6 +38,9 @@ pub enum RecoveryError {
     /// The policy could not build the spend.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The wallet's records cannot be used.
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
 }
 
 fn chain_err(e: vigil_chain::BackendError) -> RecoveryError {
@@ -77,6 +81,9 @@ pub struct RecoverableCoin {
     pub input: SpendInput,
     /// The first block its recovery leaf can be spent in.
     pub opens_at: u32,
+    /// For a deep-vault coin, its slow path's wait (LONG of the version it was made under):
+    /// the nSequence a spend without the co-signer needs.
+    pub slow_wait: Sequence,
 }
 
 /// Where the household's coins stand for recovery.
@@ -125,21 +132,22 @@ pub fn unvaults_to_send(
     Ok(out)
 }
 
-/// Finds every coin the recovery leaves can move, and when.
+/// Finds every coin the recovery leaves can move, and when: each by the scripts (and
+/// T_RECOVER) of the policy version it was made under.
 pub fn survey(
-    compiled: &CompiledPolicy,
+    policies: &Policies,
     state: &WalletState,
     chain: &dyn ChainBackend,
 ) -> Result<Survey, RecoveryError> {
-    let t_recover = compiled.policy().delays.recovery;
     let tip = chain.tip().map_err(chain_err)?.height;
     let mut survey = Survey::default();
-    let mut place = |kind, outpoint, txout: TxOut, descriptor, confirmed: Option<u32>| {
+    let mut place = |kind, outpoint, txout: TxOut, descriptor, confirmed: Option<u32>, t_recover: u16| {
         let opens_at = confirmed.map_or(u32::MAX, |h| h + t_recover as u32);
         let coin = RecoverableCoin {
             kind,
             input: SpendInput { outpoint, txout, descriptor, sequence: Sequence::from_height(t_recover) },
             opens_at,
+            slow_wait: Sequence::from_height(t_recover),
         };
         if opens_at <= tip + 1 {
             survey.ready.push(coin);
@@ -149,25 +157,28 @@ pub fn survey(
     };
     for coin in state.coins.iter().filter(|c| !c.spent) {
         let Some(txout) = chain.unspent_output(&coin.outpoint).map_err(chain_err)? else { continue };
+        let compiled = policies.version(coin.policy_version)?;
         place(
             CoinKind::Intake,
             coin.outpoint,
             txout,
             compiled.intake_descriptor(coin.intake_index)?,
             Some(coin.height),
+            compiled.policy().delays.recovery,
         );
     }
-    let long = compiled.policy().delays.deep_vault;
     for vault in &state.vaults {
         let damaged = || RecoveryError::Refused(format!("the record of vault {} is damaged", vault.outpoint));
         let plan = vault.plan().ok_or_else(damaged)?;
+        let compiled = policies.version(vault.policy_version)?;
+        let (t_recover, long) = (compiled.policy().delays.recovery, compiled.policy().delays.deep_vault);
         let descriptors = compiled.vault_descriptors(&plan)?;
         match locate(compiled, vault, chain)? {
             VaultPlace::Unvaulted { outpoint, txout, height } => {
-                place(CoinKind::Unvaulted, outpoint, txout, descriptors.unvault, Some(height))
+                place(CoinKind::Unvaulted, outpoint, txout, descriptors.unvault, Some(height), t_recover)
             }
             VaultPlace::Cancelled { outpoint, txout, height } => {
-                place(CoinKind::Cancelled, outpoint, txout, descriptors.recovery, Some(height))
+                place(CoinKind::Cancelled, outpoint, txout, descriptors.recovery, Some(height), t_recover)
             }
             VaultPlace::DeepVault { outpoint, txout, height } => survey.deep_vault.push(RecoverableCoin {
                 kind: CoinKind::DeepVault,
@@ -178,6 +189,7 @@ pub fn survey(
                     sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
                 },
                 opens_at: height + long as u32,
+                slow_wait: Sequence::from_height(long),
             }),
             VaultPlace::Unvaulting => survey.unvaulting.push(vault.outpoint),
             VaultPlace::Protected => survey.in_place.push(vault.outpoint),

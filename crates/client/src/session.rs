@@ -1,4 +1,4 @@
-//! An unlocked wallet: the keys, the pinned policy, the clients of the co-signer and the
+//! An unlocked wallet: the keys, the policy versions it follows, the clients of the co-signer and the
 //! towers, and the one heartbeat every unlock sends (DESIGN.md §5): fixed size, sealed to
 //! the co-signer, carrying whichever token the keystore's slot held. Nothing here branches on
 //! which code was typed; it cannot know.
@@ -10,6 +10,7 @@ use vigil_policy::CompiledPolicy;
 
 use crate::cosigner::{ClientError, CosignerClient, Nonces};
 use crate::owner::{self, OwnerKeyError, Unlocked};
+use crate::policies::Policies;
 use crate::towers::TowerClient;
 use crate::wallet::{WalletDir, WalletError};
 
@@ -33,9 +34,9 @@ pub struct Session {
     pub dir: WalletDir,
     /// The keys the code opened.
     pub keys: Unlocked,
-    /// The pinned policy.
-    pub compiled: CompiledPolicy,
-    /// Its text.
+    /// The pinned policy and every change since ([`crate::policies`]).
+    pub policies: Policies,
+    /// The pinned policy's text (its sha256 names the client).
     pub policy_text: String,
     /// The wallet's network.
     pub network: Network,
@@ -48,19 +49,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// Unlocks the wallet in `dir` with `code` and sends the heartbeat.
+    /// Unlocks the wallet in `dir` with `code`, sends the heartbeat, and follows the policy
+    /// changes the co-signer recorded (the ones kept from last time if it cannot be reached).
     pub fn open(dir: &WalletDir, code: &[u8]) -> Result<Session, SessionError> {
         let config = dir.config()?;
         let network = config.network()?;
         let keys = owner::unlock(&dir.path, code, network)?;
         let policy_text = dir.policy_text()?;
-        let compiled = dir.policy()?;
         let nonces = Nonces::new(dir.file("nonce"));
         let cosigner = CosignerClient::with_nonces(&policy_text, keys.auth_keypair(), nonces)?;
         let mut session = Session {
             dir: dir.clone(),
             keys,
-            compiled,
+            policies: Policies::pinned(dir.policy()?),
             policy_text,
             network,
             config,
@@ -68,11 +69,23 @@ impl Session {
             heartbeat: Ok(()),
         };
         session.heartbeat = session.send_heartbeat();
+        // Not asked again of a co-signer that just did not answer: one wait is enough.
+        let served = match &session.heartbeat {
+            Ok(()) => session.cosigner.get::<wire::PolicyChanges>("/v1/policy/changes").ok(),
+            Err(_) => None,
+        };
+        session.policies = Policies::follow(dir, served)?;
         Ok(session)
     }
 
+    /// The policy that applies now: new vaults, addresses and change are built from it.
+    pub fn current(&self) -> &CompiledPolicy {
+        self.policies.current()
+    }
+
     fn send_heartbeat(&self) -> Result<(), ClientError> {
-        let key = wire::heartbeat_key(&self.keys.auth_keypair(), &self.compiled.policy().cosigner.auth_key());
+        let key =
+            wire::heartbeat_key(&self.keys.auth_keypair(), &self.current().policy().cosigner.auth_key());
         let sealed = wire::seal_heartbeat(&key, self.keys.heartbeat_token());
         let _: HeartbeatAck =
             self.cosigner.post("/v1/heartbeat", &Heartbeat { sealed: sealed.to_lower_hex_string() })?;
@@ -84,9 +97,9 @@ impl Session {
         vigil_tower::daemon::backend(&self.config.chain)
     }
 
-    /// Clients of every tower of the policy, signing as the owner.
+    /// Clients of every tower of the policy that applies now, signing as the owner.
     pub fn towers<'a>(&'a self, key: &'a vigil_policy::bitcoin::key::Keypair) -> Vec<TowerClient<'a>> {
-        TowerClient::all(self.compiled.policy(), key, self.cosigner.nonces())
+        TowerClient::all(self.current().policy(), key, self.cosigner.nonces())
     }
 
     /// Freezes every vault spend for `blocks` blocks at the co-signer and at every tower

@@ -36,6 +36,9 @@ pub enum SpendError {
     /// The policy could not build the spend.
     #[error(transparent)]
     Policy(#[from] vigil_policy::PolicyError),
+    /// The wallet's records cannot be used.
+    #[error(transparent)]
+    Wallet(#[from] crate::wallet::WalletError),
 }
 
 fn chain_err(e: vigil_chain::BackendError) -> SpendError {
@@ -125,7 +128,6 @@ pub fn prepare(
     destination: &Address,
     amount: Amount,
 ) -> Result<usize, SpendError> {
-    let compiled = &session.compiled;
     let dust = destination.script_pubkey().minimal_non_dust();
     if amount < dust {
         return Err(SpendError::Refused(format!(
@@ -152,6 +154,8 @@ pub fn prepare(
         )));
     };
     let plan = vault.plan().ok_or_else(|| SpendError::Refused("the vault's record is damaged".into()))?;
+    // The vault's own version's scripts and DELAY; the change goes to an address of today's.
+    let compiled = session.policies.version(vault.policy_version)?;
     let descriptors = compiled.vault_descriptors(&plan)?;
     let input = SpendInput {
         outpoint: OutPoint { txid: unvault_txid, vout: 0 },
@@ -163,7 +167,7 @@ pub fn prepare(
     // Change below the dust limit is left to the fee.
     let rest = unvault_out.value.to_sat() - need;
     if rest >= vigil_policy::P2TR_DUST_SAT {
-        let change = compiled.intake_descriptor(state.next_intake)?.script_pubkey();
+        let change = session.current().intake_descriptor(state.next_intake)?.script_pubkey();
         state.next_intake += 1;
         outputs.push(TxOut { value: Amount::from_sat(rest), script_pubkey: change });
     }
@@ -214,19 +218,20 @@ pub fn take_signed(
         .ok_or_else(|| {
             SpendError::Refused(format!("no spend waiting for a signature has this transaction ({txid})"))
         })?;
-    let vault = state
+    let record = state
         .vaults
         .iter()
         .find(|v| v.outpoint == state.spends[pos].vault)
-        .and_then(|v| v.plan())
-        .ok_or_else(|| SpendError::Refused("the vault's record is damaged".into()))?;
+        .ok_or_else(|| SpendError::Refused("the vault is not in this wallet".into()))?;
+    let vault = record.plan().ok_or_else(|| SpendError::Refused("the vault's record is damaged".into()))?;
+    let compiled = session.policies.version(record.policy_version)?;
     let mut ours = Psbt::deserialize(&b64.decode(&state.spends[pos].psbt).map_err(|_| damaged())?)
         .map_err(|_| damaged())?;
     let mut candidate = ours.clone();
     candidate.inputs[0].tap_script_sigs.clone_from(&signed.inputs[0].tap_script_sigs);
     // Only the owner's valid signatures on the spend leaf are kept; anything else the device
     // or the file added is dropped.
-    let owner = session.compiled.owner_spend_signatures(&vault, &candidate, 0)?;
+    let owner = compiled.owner_spend_signatures(&vault, &candidate, 0)?;
     if !owner.enough() {
         return Err(SpendError::Refused(format!(
             "the PSBT carries {} valid signature(s) of the owner's keys on the spend, {} needed \
@@ -305,6 +310,7 @@ pub fn advance(
     let unvault: Transaction = deserialize_hex(&vault.unvault)
         .map_err(|_| SpendError::Refused("the vault's record is damaged".into()))?;
     let unvault_txid = unvault.compute_txid();
+    let delay = session.policies.version(vault.policy_version)?.policy().delays.unvault;
     if spend.stage != "unvault sent" {
         // Recorded first: a crash after the broadcast sends it again, which is harmless.
         vault.unvaulted = true;
@@ -320,7 +326,7 @@ pub fn advance(
             return Ok(Progress::Waiting { from_height: None });
         }
     };
-    let from = confirmed + session.compiled.policy().delays.unvault as u32 - 1;
+    let from = confirmed + delay as u32 - 1;
     let tip = chain.tip().map_err(chain_err)?.height;
     if tip < from {
         return Ok(Progress::Waiting { from_height: Some(from) });

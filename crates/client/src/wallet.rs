@@ -7,12 +7,14 @@
 //! | `keystore`, `keystore.backup`, `unlock.state` | the keys, two codes ([`crate::owner`]) |
 //! | `wallet.toml` | the network and the chain backend (`[chain]`, as a tower's) |
 //! | `policy.toml` | the pinned policy |
+//! | `policy-changes.json` | the guardians' signed changes to it, as last checked ([`crate::policies`]) |
 //! | `state.json` | indexes, intake coins, vaults, history (replaced atomically) |
 //! | `nonce` | the request counter |
 //!
 //! The real and the duress code read and write the same files: nothing here depends on
 //! which opened the keystore.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,8 @@ use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::{Amount, Network, OutPoint, ScriptBuf, TxOut};
 use vigil_policy::{CompiledPolicy, FundingInput, Policy};
 use vigil_tower::config::ChainConfig;
+
+use crate::policies::Policies;
 
 /// How many unused intake addresses past the last handed out are watched.
 pub const INTAKE_LOOKAHEAD: u32 = 20;
@@ -47,6 +51,12 @@ pub enum WalletError {
     /// The chain backend failed.
     #[error("the chain backend: {0}")]
     Chain(String),
+    /// A record names a policy version the wallet has no checked copy of.
+    #[error(
+        "something in this wallet was made under policy version {0}, which it cannot follow to right now \
+         (is the co-signer reachable?); nothing was done"
+    )]
+    UnknownPolicyVersion(u32),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalletError + '_ {
@@ -98,6 +108,9 @@ pub struct IntakeCoin {
     pub height: u32,
     /// Spent (into a vault, usually).
     pub spent: bool,
+    /// The policy version whose intake address it was paid to (none: the pinned one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u32>,
 }
 
 /// A vault the wallet made.
@@ -124,6 +137,9 @@ pub struct VaultRecord {
     /// Spent by an unvault (a spend under way or done).
     #[serde(default)]
     pub unvaulted: bool,
+    /// The policy version it was made under, whose scripts it keeps (none: the pinned one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u32>,
 }
 
 impl VaultRecord {
@@ -171,6 +187,28 @@ pub struct PendingVault {
     /// --sign-elsewhere`); none once the owner's half was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned_psbt: Option<String>,
+    /// The policy version the ceremony built it under (none: the pinned one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u32>,
+}
+
+impl PendingVault {
+    /// The vault's record, once it is made (its funding and unvault are filled in then).
+    pub fn record(&self) -> VaultRecord {
+        VaultRecord {
+            outpoint: self.outpoint,
+            amount_sat: self.amount_sat,
+            kind: self.kind.clone(),
+            index: self.index,
+            funding: String::new(),
+            confirmed_height: None,
+            unvault: String::new(),
+            owner_once: self.owner_once.clone(),
+            cosigner_once: self.cosigner_once.clone(),
+            unvaulted: false,
+            policy_version: self.policy_version,
+        }
+    }
 }
 
 /// A vault spend under way: request → approvals → unvault → DELAY → co-signed spend.
@@ -319,31 +357,60 @@ impl WalletState {
         self.history.push(Event { time: vigil_cosigner::service::now(), what: what.into() });
     }
 
-    /// Confirmed intake coins not yet spent, as funding inputs.
-    pub fn spendable_coins(&self, compiled: &CompiledPolicy) -> Vec<FundingInput> {
+    /// Confirmed intake coins not yet spent that today's policy can fund a vault from, as
+    /// funding inputs: those paid to an address today's version makes too. (After a change of
+    /// the guardians or the delays, coins paid to an earlier version's addresses are not: the
+    /// co-signer funds vaults from today's only; see [`WalletState::held_by_earlier_policies`].)
+    pub fn spendable_coins(&self, policies: &Policies) -> Vec<FundingInput> {
         self.coins
             .iter()
             .filter(|c| !c.spent)
             .filter_map(|c| {
-                let script = compiled.intake_descriptor(c.intake_index).ok()?.script_pubkey();
-                Some(FundingInput {
+                let script =
+                    policies.version(c.policy_version).ok()?.intake_descriptor(c.intake_index).ok()?;
+                let today = policies.current().intake_descriptor(c.intake_index).ok()?;
+                (script.script_pubkey() == today.script_pubkey()).then(|| FundingInput {
                     outpoint: c.outpoint,
-                    txout: TxOut { value: Amount::from_sat(c.value_sat), script_pubkey: script },
+                    txout: TxOut {
+                        value: Amount::from_sat(c.value_sat),
+                        script_pubkey: today.script_pubkey(),
+                    },
                     intake_index: c.intake_index,
                 })
             })
             .collect()
     }
 
+    /// Unspent intake coins paid to an address of an earlier policy version that today's
+    /// does not make: they are safe, and move through their recovery leaves (`vigil recover`).
+    pub fn held_by_earlier_policies(&self, policies: &Policies) -> Vec<&IntakeCoin> {
+        let fundable = self.spendable_coins(policies);
+        self.coins.iter().filter(|c| !c.spent && !fundable.iter().any(|f| f.outpoint == c.outpoint)).collect()
+    }
+
     /// Scans the blocks since the last scan for payments to the intake addresses handed out
-    /// (and a few beyond), and marks spent coins; returns the tip height.
-    pub fn scan(&mut self, compiled: &CompiledPolicy, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
+    /// (and a few beyond) of every policy version the wallet follows, and marks spent coins;
+    /// returns the tip height.
+    pub fn scan(&mut self, policies: &Policies, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
         let chain_err = |e: vigil_chain::BackendError| WalletError::Chain(e.to_string());
-        let scripts: Vec<(ScriptBuf, u32)> = (0..self.next_intake + INTAKE_LOOKAHEAD)
-            .filter_map(|i| Some((compiled.intake_descriptor(i).ok()?.script_pubkey(), i)))
-            .collect();
-        // An Electrum backend serves only the named scripts' transactions.
-        chain.watch_scripts(&scripts.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
+        // Newest first, so a coin on an address several versions share is today's; a version
+        // whose intake addresses an earlier one already makes adds nothing.
+        let mut scripts: HashMap<ScriptBuf, (u32, Option<u32>)> = HashMap::new();
+        let mut seen_first = Vec::new();
+        for compiled in policies.all().iter().rev() {
+            let Ok(first) = compiled.intake_descriptor(0) else { continue };
+            if seen_first.contains(&first.script_pubkey()) {
+                continue;
+            }
+            seen_first.push(first.script_pubkey());
+            let version = Some(compiled.policy().version);
+            for i in 0..self.next_intake + INTAKE_LOOKAHEAD {
+                if let Ok(d) = compiled.intake_descriptor(i) {
+                    scripts.entry(d.script_pubkey()).or_insert((i, version));
+                }
+            }
+        }
+        chain.watch_scripts(&scripts.keys().cloned().collect::<Vec<_>>());
         let tip = chain.tip().map_err(chain_err)?.height;
         let from = self.scanned_height.max(self.birth_height.saturating_sub(1)) + 1;
         for height in from..=tip {
@@ -352,15 +419,16 @@ impl WalletState {
             for tx in &block.txdata {
                 let txid = tx.compute_txid();
                 for (vout, out) in tx.output.iter().enumerate() {
-                    if let Some((_, index)) = scripts.iter().find(|(s, _)| *s == out.script_pubkey) {
+                    if let Some(&(index, policy_version)) = scripts.get(&out.script_pubkey) {
                         let outpoint = OutPoint { txid, vout: vout as u32 };
                         if !self.coins.iter().any(|c| c.outpoint == outpoint) {
                             self.coins.push(IntakeCoin {
                                 outpoint,
                                 value_sat: out.value.to_sat(),
-                                intake_index: *index,
+                                intake_index: index,
                                 height,
                                 spent: false,
+                                policy_version,
                             });
                             self.next_intake = self.next_intake.max(index + 1);
                         }

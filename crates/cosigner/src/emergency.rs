@@ -601,6 +601,7 @@ impl Cosigner {
                     funding: (v.state == "protected").then(|| v.funding.clone()),
                     unvault: v.registration.unvault.clone(),
                     state: v.state.clone(),
+                    policy_id: v.policy_id.clone(),
                 });
             }
         }

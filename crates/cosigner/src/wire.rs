@@ -565,4 +565,7 @@ pub struct RestoredVault {
     pub unvault: String,
     /// "registering" or "protected".
     pub state: String,
+    /// The id of the policy version it was made under (empty: not recorded, the pinned one).
+    #[serde(default)]
+    pub policy_id: String,
 }

@@ -174,6 +174,9 @@ fn render(page: &OwnerPage, o: &Overview) -> String {
             ),
         );
     }
+    if let Some(w) = &o.policy_warning {
+        body += &notice("warn", &esc(w));
+    }
     body += &format!("<p class=\"muted\">At block {}.</p><h2>Balances</h2><dl>", o.height);
     body += &match &o.allowance {
         Ok(a) => {
@@ -190,6 +193,13 @@ fn render(page: &OwnerPage, o: &Overview) -> String {
         btc(o.intake_sat),
         o.intake_coins
     );
+    if o.intake_earlier_sat > 0 {
+        body += &format!(
+            "<dd class=\"muted\">of which {} came to addresses of an earlier policy version: safe, and moved with \
+             <code>vigil recover</code> once their recovery wait has passed</dd>",
+            btc(o.intake_earlier_sat)
+        );
+    }
     body += &format!("<dt>In vaults</dt><dd>{}</dd>", btc(o.vault_sat));
     if o.cancelled_sat > 0 {
         body += &format!("<dt>Cancelled, back in your recovery output</dt><dd>{}</dd>", btc(o.cancelled_sat));
@@ -224,6 +234,13 @@ fn render(page: &OwnerPage, o: &Overview) -> String {
             esc(&capitalized(&v.kind)), btc(v.amount_sat), esc(&timeline(v, o)), esc(&v.outpoint));
     }
     body += "<h2>Services</h2><ul>";
+    body += &match o.policy_waiting {
+        Some((version, at)) => format!(
+            "<li>Policy: version {} (version {version}, signed by your guardians, applies at block {at})</li>",
+            o.policy_version
+        ),
+        None => format!("<li>Policy: version {}</li>", o.policy_version),
+    };
     body += &format!(
         "<li>Co-signer: {}</li>",
         if o.cosigner_reachable { "reachable" } else { "<strong>NOT reachable</strong>" }
@@ -255,7 +272,7 @@ fn timeline(v: &overview::VaultLine, o: &Overview) -> String {
         },
         VaultPlace::Unvaulting => "Unvault sent, waiting for a block.".into(),
         VaultPlace::Unvaulted { height, .. } => {
-            let at = v.spendable_at(o.delay).unwrap_or(*height);
+            let at = v.spendable_at().unwrap_or(*height);
             if at > o.height {
                 format!(
                     "Unvaulted at block {height}: spendable at block {at} ({} from now).",
@@ -352,7 +369,7 @@ async fn spend(State(page): State<Arc<OwnerPage>>, Extension(fields): Extension<
             Ok(s) => s,
             Err(e) => return retry(e.to_string()),
         };
-        if let Err(e) = state.scan(&session.compiled, &*chain) {
+        if let Err(e) = state.scan(&session.policies, &*chain) {
             return retry(e.to_string());
         }
         // From the allowance if it fits: at once, with no phrase and no wait.
@@ -381,7 +398,7 @@ async fn spend(State(page): State<Arc<OwnerPage>>, Extension(fields): Extension<
                 + &spend_fields(page, address_text, amount_text, true);
             return page.show("Send from a vault", &body);
         }
-        let owner = &session.compiled.policy().owner;
+        let owner = &session.current().policy().owner;
         let key = match vigil_client::owner::parse_phrase(phrase)
             .and_then(|p| vigil_client::owner::VaultKey::from_phrase(&p, session.network, &owner.keys[0].xpub))
         {

@@ -206,12 +206,15 @@ fn open(args: &WalletArgs) -> anyhow::Result<Session> {
     if let Err(e) = &session.heartbeat {
         say(&format!("Note: the co-signer cannot be reached right now ({e}); working offline."));
     }
+    if let Some(warning) = &session.policies.warning {
+        say(&format!("WARNING: {warning}"));
+    }
     Ok(session)
 }
 
 /// The owner's vault key, from the recovery phrase typed now (it is never stored).
 fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
-    let owner = &session.compiled.policy().owner;
+    let owner = &session.current().policy().owner;
     if owner.threshold > 1 {
         // One phrase signs here; the others' signatures come through a PSBT.
         bail!(
@@ -222,13 +225,13 @@ fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
         );
     }
     say("Signing for a vault needs your recovery phrase (the 24 words on your paper).");
-    phrase_key(session, "Recovery phrase: ", &session.compiled.policy().owner.keys[0].xpub)
+    phrase_key(session, "Recovery phrase: ", &session.current().policy().owner.keys[0].xpub)
 }
 
 /// The off-site backup key (the deep vault's), from its phrase typed now.
 fn backup_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
     say("The deep vault needs your off-site backup phrase (not the everyday one).");
-    phrase_key(session, "Backup phrase: ", &session.compiled.policy().backup.xpub)
+    phrase_key(session, "Backup phrase: ", &session.current().policy().backup.xpub)
 }
 
 /// The key of the phrase typed at `prompt`, checked against the policy's `expected` key.
@@ -257,7 +260,7 @@ pub fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
     if args.allowance {
         let mut allowance = open_allowance(&session, &state)?;
         allowance.sync(&*session.chain())?;
-        let limit = session.compiled.policy().allowance.hot_limit_sat;
+        let limit = session.current().policy().allowance.hot_limit_sat;
         let held = allowance.balance();
         if held.confirmed_sat + held.pending_sat >= limit {
             bail!(
@@ -278,7 +281,7 @@ pub fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
     let args = args.wallet;
     let index = state.next_intake;
     let address =
-        Address::from_script(&session.compiled.intake_descriptor(index)?.script_pubkey(), session.network)?;
+        Address::from_script(&session.current().intake_descriptor(index)?.script_pubkey(), session.network)?;
     state.next_intake += 1;
     state.note(format!("receive address {index} handed out"));
     session.dir.save_state(&state)?;
@@ -311,6 +314,8 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
                     "kind": v.kind,
                     "state": v.place.name(),
                     "confirmed_height": v.confirmed_height,
+                    "policy_version": v.policy_version,
+                    "delay": v.delay,
                 })
             })
             .collect();
@@ -335,6 +340,7 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
                 "allowance_limit_sat": o.allowance_limit_sat,
                 "intake_sat": o.intake_sat,
                 "intake_coins": o.intake_coins,
+                "intake_earlier_policy_sat": o.intake_earlier_sat,
                 "vaults": vaults,
                 "vault_sat": o.vault_sat,
                 "deep_vault_sat": o.deep_vault_sat,
@@ -343,6 +349,9 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
                 "locked_down_until": o.locked_until.max(o.towers_locked_until),
                 "locked_down_by_others_until": o.towers_locked_until,
                 "towers": towers,
+                "policy_version": o.policy_version,
+                "policy_waiting": o.policy_waiting.map(|(version, height)| json!({"version": version, "height": height})),
+                "policy_warning": o.policy_warning,
             })
         );
         return Ok(());
@@ -364,6 +373,13 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
         Err(e) => println!("Allowance: cannot be read right now ({e})"),
     }
     println!("Waiting to be vaulted: {} in {} coin(s)", btc(o.intake_sat), o.intake_coins);
+    if o.intake_earlier_sat > 0 {
+        println!(
+            "  Of which {} came to addresses of an earlier policy version: they are safe, and move with \
+             `vigil recover` once its recovery wait has passed.",
+            btc(o.intake_earlier_sat)
+        );
+    }
     println!("In vaults: {}", btc(o.vault_sat));
     for v in &o.vaults {
         println!("  {} {} — {}", v.kind, btc(v.amount_sat), v.place.name());
@@ -391,6 +407,13 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
     }
     if let Some(h) = o.towers_locked_until {
         println!("Locked down until block {h} (set by your guardians or by you elsewhere): vault spends are refused.");
+    }
+    match o.policy_waiting {
+        Some((version, at)) => println!(
+            "Policy: version {} (version {version}, signed by your guardians, applies at block {at})",
+            o.policy_version
+        ),
+        None => println!("Policy: version {}", o.policy_version),
     }
     println!("Co-signer: {}", if o.cosigner_reachable { "reachable" } else { "NOT reachable" });
     for (name, r) in &o.towers {

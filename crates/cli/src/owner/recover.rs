@@ -61,7 +61,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     let session = open(&args.wallet)?;
     let chain = session.chain();
     let mut state = session.dir.state()?;
-    let tip = state.scan(&session.compiled, &*chain)?;
+    let tip = state.scan(&session.policies, &*chain)?;
     session.dir.save_state(&state)?;
 
     // A finished recovery is broadcast on every run until it confirms.
@@ -120,7 +120,6 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let policy = session.compiled.policy();
     // Only signing needs a phrase: the survey reads the chain.
     let key = match (&to, args.deep_vault) {
         (None, _) => None,
@@ -144,16 +143,15 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut survey = recovery::survey(&session.compiled, &state, &*chain)?;
+    let mut survey = recovery::survey(&session.policies, &state, &*chain)?;
     if args.deep_vault {
-        let long = vigil_policy::bitcoin::Sequence::from_height(policy.delays.deep_vault);
         let (mut ready, mut later) = (Vec::new(), Vec::new());
         for mut coin in std::mem::take(&mut survey.deep_vault) {
             if !args.slow {
                 coin.opens_at = 0;
                 ready.push(coin);
             } else {
-                coin.input.sequence = long;
+                coin.input.sequence = coin.slow_wait;
                 if coin.opens_at <= tip + 1 {
                     ready.push(coin)
                 } else {

@@ -230,6 +230,12 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
             scanned_height: args.from_height.saturating_sub(1),
             ..WalletState::default()
         };
+        // The policy changes since, so that each vault keeps its own version's scripts.
+        let served = co.get::<wire::PolicyChanges>("/v1/policy/changes").ok();
+        let policies = vigil_client::policies::Policies::follow(&dir, served)?;
+        if let Some(warning) = &policies.warning {
+            say(&format!("WARNING: {warning}"));
+        }
         for v in &restored.vaults {
             state.next_vault = state.next_vault.max(v.vault.index + 1);
             let Some(funding) = v.funding.clone().filter(|_| v.state == "protected") else { continue };
@@ -244,9 +250,10 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
                 owner_once: v.vault.owner_once.clone(),
                 cosigner_once: v.vault.cosigner_once.clone(),
                 unvaulted: false,
+                policy_version: policies.version_of_id(&v.policy_id),
             });
         }
-        state.scan(&compiled, &*chain)?;
+        state.scan(&policies, &*chain)?;
         for v in state.vaults.iter_mut().filter(|v| v.confirmed_height.is_some()) {
             // Spent already (unvaulted or swept): not offered for a spend.
             v.unvaulted = chain.unspent_output(&v.outpoint)?.is_none();

@@ -33,7 +33,7 @@ fn kind_name(kind: VaultKind) -> &'static str {
     }
 }
 
-fn record_of(vault: &vigil_client::Vault) -> VaultRecord {
+fn record_of(vault: &vigil_client::Vault, version: u32) -> VaultRecord {
     VaultRecord {
         outpoint: vault.outpoint(),
         amount_sat: vault.plan.amount.to_sat(),
@@ -45,6 +45,7 @@ fn record_of(vault: &vigil_client::Vault) -> VaultRecord {
         owner_once: vault.plan.owner_once.to_string(),
         cosigner_once: vault.plan.cosigner_once.to_string(),
         unvaulted: false,
+        policy_version: Some(version),
     }
 }
 
@@ -69,24 +70,13 @@ fn finish_pending(session: &Session, state: &mut WalletState) -> anyhow::Result<
             "the vault interrupted earlier is still being registered with the watchtowers; try again later"
         );
     }
-    let record = VaultRecord {
-        outpoint: p.outpoint,
-        amount_sat: p.amount_sat,
-        kind: p.kind.clone(),
-        index: p.index,
-        funding: String::new(),
-        confirmed_height: None,
-        unvault: String::new(),
-        owner_once: p.owner_once.clone(),
-        cosigner_once: p.cosigner_once.clone(),
-        unvaulted: false,
-    };
-    let plan = record.plan().context("the interrupted vault's record is damaged")?;
+    let plan = p.record().plan().context("the interrupted vault's record is damaged")?;
     let mine = vaulting::signatures_from_hex(plan.owner_once, &p.owner_signatures)?;
     let theirs = vaulting::signatures_from_hex(plan.cosigner_once, &p.cosigner_signatures)?;
     let unsigned = vigil_policy::bitcoin::consensus::encode::deserialize_hex(&p.unsigned_funding)?;
-    let vault = vaulting::rebuild(&session.compiled, &plan, p.outpoint, &mine, &theirs, &status, &unsigned)?;
-    state.vaults.push(record_of(&vault));
+    let compiled = session.policies.version(p.policy_version)?;
+    let vault = vaulting::rebuild(compiled, &plan, p.outpoint, &mine, &theirs, &status, &unsigned)?;
+    state.vaults.push(record_of(&vault, compiled.policy().version));
     state.pending_vault = None;
     state.note(format!("vault {} finished after an interruption", p.outpoint));
     Ok(Some(vault))
@@ -102,7 +92,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     let amount = parse_btc(args.amount.as_deref().unwrap_or_default())?;
     let session = open(&args.wallet)?;
     // Above the velocity limit a vault is guarded: its spends always need the guardians.
-    let velocity_limit = Amount::from_sat(session.compiled.policy().allowance.velocity_limit_sat);
+    let velocity_limit = Amount::from_sat(session.current().policy().allowance.velocity_limit_sat);
     let kind = if args.guarded || amount > velocity_limit { VaultKind::Guarded } else { VaultKind::Standard };
     let chain = session.chain();
     let mut state = session.dir.state()?;
@@ -110,7 +100,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         say(&format!("Finished the vault of {} interrupted earlier.", btc(v.plan.amount.to_sat())));
     }
     session.dir.save_state(&state)?;
-    state.scan(&session.compiled, &*chain)?;
+    state.scan(&session.policies, &*chain)?;
     // Fundings recorded but not yet seen on chain are sent again (a crash after the record,
     // before the broadcast).
     let mut in_flight = Vec::new();
@@ -122,11 +112,11 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     }
     // Coins a funding not yet confirmed spends are not offered again.
     let coins: Vec<_> = state
-        .spendable_coins(&session.compiled)
+        .spendable_coins(&session.policies)
         .into_iter()
         .filter(|c| !in_flight.contains(&c.outpoint))
         .collect();
-    let min = session.compiled.min_vault_amount();
+    let min = session.current().min_vault_amount();
     if amount < min {
         bail!(
             "{} is below the smallest vault this policy can build ({}): nothing was done",
@@ -149,8 +139,19 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         chosen.push(c);
     }
     if total < amount + margin {
+        let earlier: u64 =
+            state.held_by_earlier_policies(&session.policies).iter().map(|c| c.value_sat).sum();
+        let note = if earlier > 0 {
+            format!(
+                " ({} more came to addresses of an earlier policy version, which cannot be vaulted now: \
+                 `vigil recover` moves them once their recovery wait has passed)",
+                btc(earlier)
+            )
+        } else {
+            String::new()
+        };
         bail!(
-            "not enough coins waiting to be vaulted: {} available, {} needed with fees; nothing was done",
+            "not enough coins waiting to be vaulted: {} available{note}, {} needed with fees; nothing was done",
             btc(coins.iter().map(|c| c.txout.value.to_sat()).sum()),
             btc((amount + margin).to_sat())
         );
@@ -163,7 +164,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     session.dir.save_state(&state)?;
     say("Building the vault with your co-signer; every watchtower must confirm it holds it...");
     let order = VaultOrder {
-        compiled: &session.compiled,
+        compiled: session.current(),
         coins: &chosen,
         index,
         change_index,
@@ -196,6 +197,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         cosigner_signatures: vaulting::signatures_hex(&prepared.theirs),
         unsigned_funding: serialize_hex(&prepared.funding.unsigned_tx),
         unsigned_psbt: unsigned_psbt.clone(),
+        policy_version: Some(session.current().policy().version),
     });
     session.dir.save_state(&state)?;
     if let (Some(file), Some(psbt)) = (&args.sign_elsewhere, unsigned_psbt) {
@@ -243,28 +245,17 @@ fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()
     )
     .context("the waiting vault's record is damaged")?;
     // The coins it spends, in the transaction's order, as the policy checks them.
-    let free = state.spendable_coins(&session.compiled);
+    let free = state.spendable_coins(&session.policies);
     let coins: Vec<_> = unsigned
         .unsigned_tx
         .input
         .iter()
         .filter_map(|i| free.iter().find(|c| c.outpoint == i.previous_output).cloned())
         .collect();
-    let funding = vaulting::take_signed_funding(&session.compiled, &coins, &unsigned, &signed)
+    let compiled = session.policies.version(pending.policy_version)?;
+    let funding = vaulting::take_signed_funding(compiled, &coins, &unsigned, &signed)
         .map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
-    let record = VaultRecord {
-        outpoint: pending.outpoint,
-        amount_sat: pending.amount_sat,
-        kind: pending.kind.clone(),
-        index: pending.index,
-        funding: String::new(),
-        confirmed_height: None,
-        unvault: String::new(),
-        owner_once: pending.owner_once.clone(),
-        cosigner_once: pending.cosigner_once.clone(),
-        unvaulted: false,
-    };
-    let plan = record.plan().context("the waiting vault's record is damaged")?;
+    let plan = pending.record().plan().context("the waiting vault's record is damaged")?;
     let prepared = vaulting::Prepared {
         mine: vaulting::signatures_from_hex(plan.owner_once, &pending.owner_signatures)?,
         theirs: vaulting::signatures_from_hex(plan.cosigner_once, &pending.cosigner_signatures)?,
@@ -290,7 +281,10 @@ fn send_and_broadcast(
     wallet: &WalletArgs,
 ) -> anyhow::Result<()> {
     let chain = session.chain();
-    let (status, vault) = match vaulting::finish(&session.cosigner, &session.compiled, prepared) {
+    // Built under the version the ceremony began with (recorded with it).
+    let version = state.pending_vault.as_ref().and_then(|p| p.policy_version);
+    let compiled = session.policies.version(version)?;
+    let (status, vault) = match vaulting::finish(&session.cosigner, compiled, prepared) {
         Ok(done) => done,
         Err(vaulting::VaultingError::Cosigner(ClientError::Refused { status: 404, message, .. }))
             if message.contains("no ceremony in progress") =>
@@ -314,7 +308,7 @@ fn send_and_broadcast(
     }
     let amount = vault.plan.amount.to_sat();
     // Recorded before the broadcast: a crash in between sends it again next time.
-    state.vaults.push(record_of(&vault));
+    state.vaults.push(record_of(&vault, compiled.policy().version));
     state.pending_vault = None;
     state.note(format!("vault {} of {} made", vault.outpoint(), btc(amount)));
     session.dir.save_state(state)?;
@@ -399,7 +393,7 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
     let session = open(&args.wallet)?;
     let chain = session.chain();
     let mut state = session.dir.state()?;
-    state.scan(&session.compiled, &*chain)?;
+    state.scan(&session.policies, &*chain)?;
     if let (Some((address, amount)), Some(file)) = (&target, &args.sign_elsewhere) {
         let pos = spending::prepare(&session, &mut state, None, address, *amount)?;
         session.dir.save_state(&state)?;
