@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use vigil_client::cosigner::CosignerClient;
 use vigil_client::guardian::{btc, describe, Checker};
+use vigil_client::policies::checked_record;
 use vigil_cosigner::wire::{self, SpendStatus};
 use vigil_cosigner::MasterKey;
 use vigil_policy::bitcoin::hex::DisplayHex;
@@ -146,7 +147,7 @@ fn confirm(what: &str, word: &str) -> anyhow::Result<()> {
 /// transaction. No other leaf is signed, whatever the PSBT says: not the recovery output's
 /// co-signer path, not a vault spend.
 fn sign_recovery(
-    policy: &Policy,
+    history: &[Policy],
     keys: &MasterKey,
     file: &Path,
     yes: bool,
@@ -156,9 +157,11 @@ fn sign_recovery(
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut psbt = Psbt::deserialize(&base64_decode(text.trim())?)
         .map_err(|e| anyhow::anyhow!("{} is not a PSBT: {e}; nothing was signed", file.display()))?;
-    let compiled = vigil_policy::CompiledPolicy::new(policy.clone())?;
-    let t_recover = vigil_policy::bitcoin::Sequence::from_height(policy.delays.recovery);
-    let long = vigil_policy::bitcoin::Sequence::from_height(policy.delays.deep_vault);
+    let policy = history.last().expect("at least the pinned policy");
+    let versions = history
+        .iter()
+        .map(|p| vigil_policy::CompiledPolicy::new(p.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     let mine = keys.fingerprint();
     let mut total_in = 0u64;
     for (i, input) in psbt.inputs.iter_mut().enumerate() {
@@ -183,14 +186,18 @@ fn sign_recovery(
             };
             // The recovery leaves when the input waits T_RECOVER; the deep vault's fast path
             // (which also needs the backup key, the co-signer and every guardian); its slow
-            // path when the input waits LONG.
-            let deep = compiled.deep_vault_leaves(index)?;
-            let mut scripts = vec![deep.fast];
-            if sequence == t_recover {
-                scripts.extend(compiled.recovery_leaf_scripts(index)?);
-            }
-            if sequence == long {
-                scripts.push(deep.slow);
+            // path when the input waits LONG: of any version the guardians' quorum signed.
+            let mut scripts = Vec::new();
+            for compiled in &versions {
+                let delays = &compiled.policy().delays;
+                let deep = compiled.deep_vault_leaves(index)?;
+                scripts.push(deep.fast);
+                if sequence == vigil_policy::bitcoin::Sequence::from_height(delays.recovery) {
+                    scripts.extend(compiled.recovery_leaf_scripts(index)?);
+                }
+                if sequence == vigil_policy::bitcoin::Sequence::from_height(delays.deep_vault) {
+                    scripts.push(deep.slow);
+                }
             }
             let allowed: Vec<TapLeafHash> =
                 scripts.iter().map(|s| TapLeafHash::from_script(s, LeafVersion::TapScript)).collect();
@@ -280,7 +287,19 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         if !is_guardian(&policy) {
             bail!("this key is not one of the policy's guardians");
         }
-        return sign_recovery(&policy, &keys, file, *yes, args.json);
+        // Without the co-signer (gone, usually, when recovery is asked): every version the
+        // kept record leads through, as coins keep the scripts of the version they came under.
+        let kept = checked_record(&policy_text, &changes_file(policy_path), None)?.0;
+        let history = match kept.map(|r| vigil_client::policy_chain::follow(&policy_text, &r.changes, r.tip))
+        {
+            // A change signed but not yet due by the kept tip may have applied since.
+            Some(Ok(followed)) => {
+                followed.history.into_iter().chain(followed.waiting.map(|(p, _)| p)).collect()
+            }
+            Some(Err(e)) => bail!("{}: {e}; nothing was signed", changes_file(policy_path).display()),
+            None => vec![policy],
+        };
+        return sign_recovery(&history, &keys, file, *yes, args.json);
     }
     let nonce_file = args.key.with_extension("nonce");
     if let GuardianCommand::Ui { listen } = &args.command {
@@ -303,31 +322,29 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
     }
     let co = CosignerClient::new(&policy_text, *auth, nonce_file)?;
     // The policy the guardians' quorum has changed it to since, each step checked from the
-    // pinned copy; the pinned one when the co-signer cannot be reached (the command's own
-    // request then says so).
+    // pinned copy, and kept beside it (never followed back to an older record); the kept one
+    // when the co-signer cannot be reached (the command's own request then says so).
     // A chain that does not check blocks approving and signing policies only: a lockdown, a
     // denial or a panic must not wait on a co-signer that serves a bad chain.
     let signs = matches!(args.command, GuardianCommand::Approve { .. } | GuardianCommand::Policy { .. });
-    let followed = match co.get::<wire::PolicyChanges>("/v1/policy/changes") {
-        Ok(served) => match vigil_client::policy_chain::follow(&policy_text, &served.changes, served.tip)
-            .and_then(|f| f.reaches(served.current_version).map(|()| f))
-        {
-            Ok(f) => Some(f),
-            Err(e) if signs => bail!(
-                "{e}: the co-signer serves policy changes that do not check against your copy. Nothing was \
-                 signed; tell the other guardians and the provider"
-            ),
-            Err(e) => {
-                eprintln!("WARNING: {e}: the co-signer serves policy changes that do not check against your copy; using your copy");
-                None
-            }
-        },
-        Err(e) => {
-            if signs {
-                eprintln!("Note: the co-signer's policy changes cannot be read ({e}); using your copy.");
-            }
+    let served = co.get::<wire::PolicyChanges>("/v1/policy/changes");
+    if let (Err(e), true) = (&served, signs) {
+        eprintln!("Note: the co-signer's policy changes cannot be read ({e}); using your copy.");
+    }
+    let (record, warning) = checked_record(&policy_text, &changes_file(policy_path), served.ok())?;
+    match warning {
+        Some(w) if signs => bail!("{w}. Nothing was signed"),
+        Some(w) => eprintln!("WARNING: {w}"),
+        None => {}
+    }
+    let followed = match record.map(|r| vigil_client::policy_chain::follow(&policy_text, &r.changes, r.tip)) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) if signs => bail!("{}: {e}. Nothing was signed", changes_file(policy_path).display()),
+        Some(Err(e)) => {
+            eprintln!("WARNING: {}: {e}; using your copy", changes_file(policy_path).display());
             None
         }
+        None => None,
     };
     let history = followed.as_ref().map_or_else(|| vec![policy.clone()], |f| f.history.clone());
     // A guardian the quorum added later holds the first version too: any version counts.
@@ -524,6 +541,12 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             let digest = vigil_tower::wire::policy_change_digest(co.client_id(), &new);
             let req = wire::PolicyChange { policy: new, signatures: vec![wire::sign(&digest, &auth)] };
             let r: wire::PolicyChangeStatus = co.post("/v1/policy", &req)?;
+            // The record kept beside the policy takes the change at once: recovery may later
+            // need its scripts with no co-signer left to ask.
+            let served = co.get::<wire::PolicyChanges>("/v1/policy/changes").ok();
+            if let Some(w) = checked_record(&policy_text, &changes_file(policy_path), served)?.1 {
+                eprintln!("WARNING: {w}");
+            }
             let text = if r.effective_height == 0 {
                 format!("Signed: {} of {} guardians so far.", r.approvals, r.needed)
             } else {
@@ -536,6 +559,11 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a guardian keeps the record of changes to the policy at `policy` it last checked.
+fn changes_file(policy: &Path) -> PathBuf {
+    policy.with_extension("changes.json")
 }
 
 fn base64_decode(s: &str) -> anyhow::Result<Vec<u8>> {

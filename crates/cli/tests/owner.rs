@@ -1189,8 +1189,9 @@ fn a_vault_and_its_spend_signed_elsewhere_come_back_checked_and_go_on() {
 
 #[test]
 fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_version() {
-    let s = services("", false);
-    let (_keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
+    use base64::Engine as _;
+    let mut s = services("", false);
+    let (keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
     let Funded { _home, dir, phrase, payer, .. } = funded_with(&s, 3, &xpubs);
     let old = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
     assert_eq!(old["state"], "protected", "{old}");
@@ -1199,7 +1200,9 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
 
     // The guardians' quorum signs version 2: a longer DELAY and T_RECOVER, which change the
     // scripts of new vaults and intake addresses, so it waits the governance delay.
-    let policy = dir.join("policy.toml");
+    // The guardians' copy of the policy, beside their keys.
+    let policy = keys.path().join("policy.toml");
+    std::fs::copy(dir.join("policy.toml"), &policy).unwrap();
     let v1 = std::fs::read_to_string(&policy).unwrap();
     let v2 = v1
         .replacen("version = 1", "version = 2", 1)
@@ -1280,4 +1283,41 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
             "{txid} confirmed"
         );
     }
+
+    // The co-signer is gone for good: every intake coin moves through its own version's
+    // recovery leaf (T_RECOVER 40 or 44), which the guardians sign from the record of the
+    // change they kept.
+    s.co.kill9();
+    let survey = json(&dir, &["recover"], &[REAL]);
+    let later = survey["later"].as_array().unwrap();
+    let last_opens = later.iter().map(|c| c["opens_at"].as_u64().unwrap()).max().unwrap() as u32;
+    let tip = s.node.rpc.tip().unwrap().height;
+    s.mine(last_opens - 1 - tip, &payer.address());
+    let to = Wallet::new().address();
+    let psbt = dir.join("recovery.psbt");
+    let prepared =
+        json(&dir, &["recover", "--to", &to.to_string(), "--psbt", psbt.to_str().unwrap()], &[REAL, &phrase]);
+    assert!(prepared["later"].as_array().unwrap().is_empty(), "{prepared}");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = std::fs::read_to_string(&psbt).unwrap();
+    let unsigned = vigil_policy::bitcoin::psbt::Psbt::deserialize(&b64.decode(text.trim()).unwrap()).unwrap();
+    let waits: std::collections::BTreeSet<u32> =
+        unsigned.unsigned_tx.input.iter().map(|i| i.sequence.to_consensus_u32()).collect();
+    assert_eq!(
+        waits.into_iter().collect::<Vec<_>>(),
+        [40, 44],
+        "each coin waits its own version's T_RECOVER"
+    );
+    for key in &guardian_keys {
+        let (ok, _, err) = guardian(key, &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+    }
+    let sent = json(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[REAL]);
+    assert_eq!(sent["stage"], "sent", "{sent}");
+    s.mine(1, &payer.address());
+    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
+    assert!(
+        matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),
+        "the recovery confirmed"
+    );
 }

@@ -9,6 +9,7 @@
 //! record that does not extend it (a change dropped or replaced) is not followed back.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use vigil_cosigner::wire::PolicyChanges;
 use vigil_policy::{CompiledPolicy, Policy};
@@ -23,6 +24,9 @@ pub const CHANGES_FILE: &str = "policy-changes.json";
 #[derive(Debug, Clone)]
 pub struct Policies {
     versions: Vec<CompiledPolicy>,
+    /// A signed change still waiting for its height (by the last tip seen), compiled: a record
+    /// made under it once it applied is still read when the kept tip is behind.
+    pending: Option<CompiledPolicy>,
     /// Each version's id (the sha256 of its text, as the co-signer names them).
     ids: HashMap<String, u32>,
     /// A signed change waiting for its height: its version and that height.
@@ -32,10 +36,73 @@ pub struct Policies {
     pub warning: Option<String>,
 }
 
+/// The record of changes to follow from the policy `pinned`: the one the co-signer `served`
+/// if it checks and extends the one kept at `path` (then it is kept there), else the one kept; and why the served one
+/// was not taken, in words. Owners and guardians keep theirs, so that neither follows a
+/// co-signer back to an older policy, and both still know every version when it is gone.
+pub fn checked_record(
+    pinned: &str,
+    path: &Path,
+    served: Option<PolicyChanges>,
+) -> Result<(Option<PolicyChanges>, Option<String>), WalletError> {
+    let mut warning = None;
+    let kept: Option<PolicyChanges> = match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(kept) => Some(kept),
+            Err(e) => {
+                warning =
+                    Some(format!("{} is damaged ({e}); it is read again from the co-signer", path.display()));
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(WalletError::Io { path: path.to_owned(), source }),
+    };
+    let Some(served) = served else { return Ok((kept, warning)) };
+    let kept_changes = kept.as_ref().map_or(&[][..], |k| &k.changes[..]);
+    match policy_chain::follow(pinned, &served.changes, served.tip) {
+        Ok(followed) if served.changes.starts_with(kept_changes) => {
+            if let Err(e) = followed.reaches(served.current_version) {
+                warning = Some(e.to_string());
+            }
+            // Written again when a change came, or when one the kept record has waiting came
+            // due: offline, the kept record's tip says which versions applied.
+            let came_due = kept.as_ref().is_some_and(|k| {
+                k.changes.iter().any(|c| k.tip < c.effective_height && c.effective_height <= served.tip)
+            });
+            if kept_changes != &served.changes[..] || came_due {
+                replace_file(path, &serde_json::to_vec_pretty(&served).expect("json"))?;
+            }
+            Ok((Some(served), warning))
+        }
+        Ok(_) => Ok((
+            kept,
+            Some(
+                "the co-signer now serves a record of policy changes that drops or replaces one it served \
+                 before; the record checked before is kept to. Tell the guardians and the provider"
+                    .into(),
+            ),
+        )),
+        Err(e) => Ok((
+            kept,
+            Some(format!(
+                "{e}: the co-signer serves policy changes that do not check against your copy; the record \
+                 checked before is kept to. Tell the guardians and the provider"
+            )),
+        )),
+    }
+}
+
 impl Policies {
     /// The pinned policy alone.
     pub fn pinned(compiled: CompiledPolicy) -> Policies {
-        Policies { versions: vec![compiled], ids: HashMap::new(), waiting: None, warning: None }
+        Policies {
+            versions: vec![compiled],
+            pending: None,
+            ids: HashMap::new(),
+            waiting: None,
+            warning: None,
+        }
     }
 
     /// Follows the wallet in `dir` from its pinned policy, along the record the co-signer
@@ -44,50 +111,7 @@ impl Policies {
     pub fn follow(dir: &WalletDir, served: Option<PolicyChanges>) -> Result<Policies, WalletError> {
         let pinned = dir.policy_text()?;
         let path = dir.file(CHANGES_FILE);
-        let mut warning = None;
-        let kept: Option<PolicyChanges> = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(kept) => Some(kept),
-                Err(e) => {
-                    warning = Some(format!(
-                        "{} is damaged ({e}); it is read again from the co-signer",
-                        path.display()
-                    ));
-                    None
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(WalletError::Io { path, source }),
-        };
-        let mut record = kept.clone();
-        if let Some(served) = served {
-            let extends = kept.as_ref().is_none_or(|k| served.changes.starts_with(&k.changes));
-            match policy_chain::follow(&pinned, &served.changes, served.tip) {
-                Ok(followed) if extends => {
-                    if let Err(e) = followed.reaches(served.current_version) {
-                        warning = Some(e.to_string());
-                    }
-                    // Written only when a change came: the tip alone moves every block.
-                    if kept.as_ref().map_or(&[][..], |k| &k.changes[..]) != &served.changes[..] {
-                        replace_file(&path, &serde_json::to_vec_pretty(&served).expect("json"))?;
-                    }
-                    record = Some(served);
-                }
-                Ok(_) => {
-                    warning = Some(
-                        "the co-signer now serves a record of policy changes that drops or replaces one it \
-                         served before; this wallet keeps to the record it checked. Tell your guardians"
-                            .into(),
-                    )
-                }
-                Err(e) => {
-                    warning = Some(format!(
-                        "{e}: the co-signer serves policy changes that do not check against your copy; this wallet \
-                         keeps to the record it checked. Tell your guardians"
-                    ))
-                }
-            }
-        }
+        let (record, warning) = checked_record(&pinned, &path, served)?;
         let compile = |p| {
             CompiledPolicy::new(p)
                 .map_err(|e| WalletError::Damaged { path: path.clone(), reason: e.to_string() })
@@ -108,6 +132,7 @@ impl Policies {
         }
         Ok(Policies {
             versions: followed.history.into_iter().map(compile).collect::<Result<_, _>>()?,
+            pending: followed.waiting.as_ref().map(|(p, _)| compile(p.clone())).transpose()?,
             ids,
             waiting: followed.waiting.map(|(p, at)| (p.version, at)),
             warning,
@@ -127,6 +152,7 @@ impl Policies {
                 .versions
                 .iter()
                 .rev()
+                .chain(&self.pending)
                 .find(|c| c.policy().version == v)
                 .ok_or(WalletError::UnknownPolicyVersion(v)),
         }
@@ -138,9 +164,10 @@ impl Policies {
         self.ids.get(id).copied()
     }
 
-    /// Every version, oldest first.
-    pub fn all(&self) -> &[CompiledPolicy] {
-        &self.versions
+    /// Every version, oldest first, and a signed change still waiting last: coins may come
+    /// to its addresses once it applies, before this wallet's kept tip says so.
+    pub fn all(&self) -> impl DoubleEndedIterator<Item = &CompiledPolicy> {
+        self.versions.iter().chain(&self.pending)
     }
 }
 

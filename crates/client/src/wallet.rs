@@ -397,7 +397,7 @@ impl WalletState {
         // whose intake addresses an earlier one already makes adds nothing.
         let mut scripts: HashMap<ScriptBuf, (u32, Option<u32>)> = HashMap::new();
         let mut seen_first = Vec::new();
-        for compiled in policies.all().iter().rev() {
+        for compiled in policies.all().rev() {
             let Ok(first) = compiled.intake_descriptor(0) else { continue };
             if seen_first.contains(&first.script_pubkey()) {
                 continue;
