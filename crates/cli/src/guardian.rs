@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use vigil_client::cosigner::CosignerClient;
 use vigil_client::guardian::{btc, describe, Checker};
-use vigil_client::policies::checked_record;
+use vigil_client::policies::checked_record_file;
 use vigil_cosigner::wire::{self, SpendStatus};
 use vigil_cosigner::MasterKey;
 use vigil_policy::bitcoin::hex::DisplayHex;
@@ -147,7 +147,7 @@ fn confirm(what: &str, word: &str) -> anyhow::Result<()> {
 /// transaction. No other leaf is signed, whatever the PSBT says: not the recovery output's
 /// co-signer path, not a vault spend.
 fn sign_recovery(
-    history: &[Policy],
+    versions: &[vigil_policy::CompiledPolicy],
     keys: &MasterKey,
     file: &Path,
     yes: bool,
@@ -157,11 +157,7 @@ fn sign_recovery(
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut psbt = Psbt::deserialize(&base64_decode(text.trim())?)
         .map_err(|e| anyhow::anyhow!("{} is not a PSBT: {e}; nothing was signed", file.display()))?;
-    let policy = history.last().expect("at least the pinned policy");
-    let versions = history
-        .iter()
-        .map(|p| vigil_policy::CompiledPolicy::new(p.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let policy = versions[0].policy();
     let mine = keys.fingerprint();
     let mut total_in = 0u64;
     for (i, input) in psbt.inputs.iter_mut().enumerate() {
@@ -188,7 +184,7 @@ fn sign_recovery(
             // (which also needs the backup key, the co-signer and every guardian); its slow
             // path when the input waits LONG: of any version the guardians' quorum signed.
             let mut scripts = Vec::new();
-            for compiled in &versions {
+            for compiled in versions {
                 let delays = &compiled.policy().delays;
                 let deep = compiled.deep_vault_leaves(index)?;
                 scripts.push(deep.fast);
@@ -289,17 +285,14 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
         // Without the co-signer (gone, usually, when recovery is asked): every version the
         // kept record leads through, as coins keep the scripts of the version they came under.
-        let kept = checked_record(&policy_text, &changes_file(policy_path), None)?.0;
-        let history = match kept.map(|r| vigil_client::policy_chain::follow(&policy_text, &r.changes, r.tip))
-        {
-            // A change signed but not yet due by the kept tip may have applied since.
-            Some(Ok(followed)) => {
-                followed.history.into_iter().chain(followed.waiting.map(|(p, _)| p)).collect()
-            }
-            Some(Err(e)) => bail!("{}: {e}; nothing was signed", changes_file(policy_path).display()),
-            None => vec![policy],
-        };
-        return sign_recovery(&history, &keys, file, *yes, args.json);
+        let kept = checked_record_file(&policy_text, &changes_file(policy_path), None)?.0;
+        // Every version the record holds (one waiting by the kept tip may have applied since).
+        let versions: Vec<_> = vigil_client::policies::Policies::from_record(&policy_text, kept.as_ref())
+            .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was signed", changes_file(policy_path).display()))?
+            .known()
+            .cloned()
+            .collect();
+        return sign_recovery(&versions, &keys, file, *yes, args.json);
     }
     let nonce_file = args.key.with_extension("nonce");
     if let GuardianCommand::Ui { listen } = &args.command {
@@ -327,11 +320,8 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
     // A chain that does not check blocks approving and signing policies only: a lockdown, a
     // denial or a panic must not wait on a co-signer that serves a bad chain.
     let signs = matches!(args.command, GuardianCommand::Approve { .. } | GuardianCommand::Policy { .. });
-    let served = co.get::<wire::PolicyChanges>("/v1/policy/changes");
-    if let (Err(e), true) = (&served, signs) {
-        eprintln!("Note: the co-signer's policy changes cannot be read ({e}); using your copy.");
-    }
-    let (record, warning) = checked_record(&policy_text, &changes_file(policy_path), served.ok())?;
+    let served = co.get::<wire::PolicyChanges>("/v1/policy/changes").map_err(|e| e.to_string());
+    let (record, warning) = checked_record_file(&policy_text, &changes_file(policy_path), Some(served))?;
     match warning {
         Some(w) if signs => bail!("{w}. Nothing was signed"),
         Some(w) => eprintln!("WARNING: {w}"),
@@ -543,8 +533,8 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             let r: wire::PolicyChangeStatus = co.post("/v1/policy", &req)?;
             // The record kept beside the policy takes the change at once: recovery may later
             // need its scripts with no co-signer left to ask.
-            let served = co.get::<wire::PolicyChanges>("/v1/policy/changes").ok();
-            if let Some(w) = checked_record(&policy_text, &changes_file(policy_path), served)?.1 {
+            let served = co.get::<wire::PolicyChanges>("/v1/policy/changes").map_err(|e| e.to_string());
+            if let Some(w) = checked_record_file(&policy_text, &changes_file(policy_path), Some(served))?.1 {
                 eprintln!("WARNING: {w}");
             }
             let text = if r.effective_height == 0 {

@@ -1223,31 +1223,34 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
     let tip = s.node.rpc.tip().unwrap().height;
     s.mine(effective - tip, &payer.address());
 
-    // The owner's wallet follows it: today's addresses and vaults are version 2's; the coins
-    // paid to version 1's addresses are shown as such (they move through recovery).
+    // The owner's wallet follows it: today's vaults and addresses are version 2's; coins paid
+    // to version 1's addresses (all there is yet) fund a version 2 vault, each through its own
+    // version's leaf, checked by the co-signer.
     let status = json(&dir, &["status"], &[REAL]);
     assert_eq!((status["policy_version"].as_u64(), status["policy_waiting"].is_null()), (Some(2), true));
-    assert_eq!(status["intake_earlier_policy_sat"].as_u64(), Some(intake_before), "{status}");
+    assert_eq!(status["intake_sat"].as_u64(), Some(intake_before), "{status}");
     assert_eq!(
         (status["vaults"][0]["policy_version"].as_u64(), status["vaults"][0]["delay"].as_u64()),
         (Some(1), Some(10))
     );
-    let (ok, _, err) = vigil(&dir, &["vault", "0.05"], &[REAL, &phrase]);
-    assert!(!ok && err.contains("earlier policy version"), "{err}");
+    let from_old = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(from_old["state"], "protected", "{from_old}");
     let received = json(&dir, &["receive"], &[REAL]);
     let address: Address =
         received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
     payer.pay(&s.node.rpc, 10, address.script_pubkey(), Amount::from_sat(6_000_000));
     s.mine(1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    let paid = status["intake_sat"].as_u64().unwrap() + 5_000_000 + 1_000 - intake_before;
+    assert!(paid > 6_000_000 && paid < 6_001_000, "the payment to version 2's address is found: {status}");
     let new = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
-    assert_eq!(new["state"], "protected", "the co-signer built the same version 2 vault: {new}");
+    assert_eq!(new["state"], "protected", "{new}");
     s.mine(1, &payer.address());
     let status = json(&dir, &["status"], &[REAL]);
-    assert_eq!(
-        (status["vaults"][1]["policy_version"].as_u64(), status["vaults"][1]["delay"].as_u64()),
-        (Some(2), Some(13))
-    );
-    assert_eq!(status["vaults"][1]["state"], "protected", "{status}");
+    for v in &status["vaults"].as_array().unwrap()[1..] {
+        assert_eq!((v["policy_version"].as_u64(), v["delay"].as_u64()), (Some(2), Some(13)), "{status}");
+        assert_eq!(v["state"], "protected", "{status}");
+    }
 
     // A spend from each: the old vault keeps its DELAY, the new one has version 2's, and
     // neither is paid a block early.
@@ -1284,11 +1287,38 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
         );
     }
 
+    // The device is lost: rebuilt from the phrase and the policy the co-signer keeps, it
+    // finds each vault's version from the vault's own script and every version's coins.
+    let before = json(&dir, &["status"], &[REAL]);
+    let restored = dir.parent().unwrap().join("restored");
+    let id: String = sha256::Hash::hash(v1.as_bytes()).to_string().chars().take(16).collect();
+    let chain = chain_args(&s);
+    let mut restore = vec!["init", "--restore", "--cosigner", &s.co.url];
+    restore.extend(chain.iter().map(String::as_str));
+    let (ok, out, err) = vigil(&restored, &restore, &[&id, &phrase, "8642", "8642", "9753", "9753"]);
+    assert!(ok, "{out}{err}");
+    let after = json(&restored, &["status"], &["8642"]);
+    let versions = |v: &Value| {
+        v["vaults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["policy_version"].clone(), v["delay"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(versions(&after), versions(&before), "{after}");
+    assert_eq!(
+        (after["intake_sat"].clone(), after["policy_version"].as_u64()),
+        (before["intake_sat"].clone(), Some(2))
+    );
+    let dir = restored;
+    let code = "8642";
+
     // The co-signer is gone for good: every intake coin moves through its own version's
     // recovery leaf (T_RECOVER 40 or 44), which the guardians sign from the record of the
     // change they kept.
     s.co.kill9();
-    let survey = json(&dir, &["recover"], &[REAL]);
+    let survey = json(&dir, &["recover"], &[code]);
     let later = survey["later"].as_array().unwrap();
     let last_opens = later.iter().map(|c| c["opens_at"].as_u64().unwrap()).max().unwrap() as u32;
     let tip = s.node.rpc.tip().unwrap().height;
@@ -1296,7 +1326,7 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
     let to = Wallet::new().address();
     let psbt = dir.join("recovery.psbt");
     let prepared =
-        json(&dir, &["recover", "--to", &to.to_string(), "--psbt", psbt.to_str().unwrap()], &[REAL, &phrase]);
+        json(&dir, &["recover", "--to", &to.to_string(), "--psbt", psbt.to_str().unwrap()], &[code, &phrase]);
     assert!(prepared["later"].as_array().unwrap().is_empty(), "{prepared}");
     let b64 = base64::engine::general_purpose::STANDARD;
     let text = std::fs::read_to_string(&psbt).unwrap();
@@ -1312,7 +1342,7 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
         let (ok, _, err) = guardian(key, &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
         assert!(ok, "{err}");
     }
-    let sent = json(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[REAL]);
+    let sent = json(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[code]);
     assert_eq!(sent["stage"], "sent", "{sent}");
     s.mine(1, &payer.address());
     let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();

@@ -87,10 +87,6 @@ pub struct Overview {
     pub intake_sat: u64,
     /// How many intake coins.
     pub intake_coins: usize,
-    /// Of those, sat paid to addresses of an earlier policy version that today's does not
-    /// make (after a change of the guardians or the delays): they cannot be vaulted now and
-    /// move through their recovery leaves.
-    pub intake_earlier_sat: u64,
     /// Every vault.
     pub vaults: Vec<VaultLine>,
     /// Still under the vaults' protection (funding sent, protected, unvaulting, unvaulted).
@@ -179,11 +175,6 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
         allowance_limit_sat: session.current().policy().allowance.hot_limit_sat,
         intake_sat: intake.iter().map(|c| c.value_sat).sum(),
         intake_coins: intake.len(),
-        intake_earlier_sat: state
-            .held_by_earlier_policies(&session.policies)
-            .iter()
-            .map(|c| c.value_sat)
-            .sum(),
         vault_sat,
         deep_vault_sat,
         cancelled_sat,

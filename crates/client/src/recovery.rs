@@ -100,6 +100,9 @@ pub struct Survey {
     /// Coins in the deep vault: the fast path (backup + co-signer + every guardian) moves
     /// them at once; `opens_at` is when the slow path (backup + guardians) opens, LONG after.
     pub deep_vault: Vec<RecoverableCoin>,
+    /// Coins and vaults made under a policy version this wallet cannot read now, and why:
+    /// the others are recovered meanwhile.
+    pub unreadable: Vec<(OutPoint, String)>,
 }
 
 /// Marks every confirmed vault still in place as unvaulted and returns the unvaults to
@@ -157,7 +160,13 @@ pub fn survey(
     };
     for coin in state.coins.iter().filter(|c| !c.spent) {
         let Some(txout) = chain.unspent_output(&coin.outpoint).map_err(chain_err)? else { continue };
-        let compiled = policies.version(coin.policy_version)?;
+        let compiled = match policies.version(coin.policy_version) {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                survey.unreadable.push((coin.outpoint, e.to_string()));
+                continue;
+            }
+        };
         place(
             CoinKind::Intake,
             coin.outpoint,
@@ -170,7 +179,13 @@ pub fn survey(
     for vault in &state.vaults {
         let damaged = || RecoveryError::Refused(format!("the record of vault {} is damaged", vault.outpoint));
         let plan = vault.plan().ok_or_else(damaged)?;
-        let compiled = policies.version(vault.policy_version)?;
+        let compiled = match policies.version(vault.policy_version) {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                survey.unreadable.push((vault.outpoint, e.to_string()));
+                continue;
+            }
+        };
         let (t_recover, long) = (compiled.policy().delays.recovery, compiled.policy().delays.deep_vault);
         let descriptors = compiled.vault_descriptors(&plan)?;
         match locate(compiled, vault, chain)? {

@@ -71,10 +71,23 @@ impl Session {
         session.heartbeat = session.send_heartbeat();
         // Not asked again of a co-signer that just did not answer: one wait is enough.
         let served = match &session.heartbeat {
-            Ok(()) => session.cosigner.get::<wire::PolicyChanges>("/v1/policy/changes").ok(),
+            Ok(()) => Some(
+                session.cosigner.get::<wire::PolicyChanges>("/v1/policy/changes").map_err(|e| e.to_string()),
+            ),
             Err(_) => None,
         };
-        session.policies = Policies::follow(dir, served)?;
+        // A record that no longer checks must not keep the wallet from a lockdown, a panic or
+        // a recovery: it works from the pinned policy and says so.
+        session.policies = match Policies::follow(dir, served) {
+            Ok(policies) => policies,
+            Err(e) => {
+                let mut pinned = Policies::pinned(dir.policy()?);
+                pinned.warning = Some(format!(
+                    "the policy's changes cannot be followed ({e}); working from the pinned policy"
+                ));
+                pinned
+            }
+        };
         Ok(session)
     }
 

@@ -41,8 +41,10 @@ pub enum VaultingError {
 /// One vault to make: which coins, how much, which kind.
 #[derive(Debug, Clone)]
 pub struct VaultOrder<'a> {
-    /// The household's policy.
+    /// The household's policy, as it applies now.
     pub compiled: &'a CompiledPolicy,
+    /// Its earlier versions: coins paid to their intake addresses fund the vault too.
+    pub earlier: &'a [&'a CompiledPolicy],
     /// Intake coins funding it.
     pub coins: &'a [FundingInput],
     /// The vault's index (each used once; the first coin's intake index by convention).
@@ -136,8 +138,13 @@ pub fn prepare(
         .map_err(|_| mismatch("its one-time key does not parse"))?;
     let compiled = order.compiled;
     let plan = compiled.plan(order.index, order.amount, order.kind, owner_once.public(), cosigner_once)?;
-    let mut funding =
-        compiled.funding_psbt(&plan, order.coins, order.change_index, order.funding_sat_per_vb)?;
+    let mut funding = compiled.funding_psbt_from(
+        order.earlier,
+        &plan,
+        order.coins,
+        order.change_index,
+        order.funding_sat_per_vb,
+    )?;
     let outpoint = OutPoint { txid: funding.unsigned_tx.compute_txid(), vout: 0 };
     if outpoint.to_string() != begun.vault_outpoint {
         return Err(mismatch("it built another funding transaction"));
@@ -151,11 +158,13 @@ pub fn prepare(
     Ok(Prepared { plan, outpoint, mine, theirs, funding })
 }
 
-/// Takes back the funding `unsigned` (spending `coins`) signed elsewhere (a hardware signer):
-/// it must be that transaction and carry the owner's valid signatures on every input. Only
-/// those signatures are kept; whatever else the file holds is dropped.
+/// Takes back the funding `unsigned` (spending `coins`, of `compiled` or its `earlier`
+/// versions) signed elsewhere (a hardware signer): it must be that transaction and carry the
+/// owner's valid signatures on every input. Only those signatures are kept; whatever else the
+/// file holds is dropped.
 pub fn take_signed_funding(
     compiled: &CompiledPolicy,
+    earlier: &[&CompiledPolicy],
     coins: &[FundingInput],
     unsigned: &Psbt,
     signed: &Psbt,
@@ -173,7 +182,7 @@ pub fn take_signed_funding(
         ours.tap_script_sigs.clone_from(&theirs.tap_script_sigs);
     }
     let mut funding = unsigned.clone();
-    let found = compiled.owner_funding_signatures(coins, &candidate)?;
+    let found = compiled.owner_funding_signatures_from(earlier, coins, &candidate)?;
     for (input, (ours, owner)) in funding.inputs.iter_mut().zip(found).enumerate() {
         if !owner.enough() {
             return Err(refused(format!(

@@ -7,8 +7,7 @@
 //! | `keystore`, `keystore.backup`, `unlock.state` | the keys, two codes ([`crate::owner`]) |
 //! | `wallet.toml` | the network and the chain backend (`[chain]`, as a tower's) |
 //! | `policy.toml` | the pinned policy |
-//! | `policy-changes.json` | the guardians' signed changes to it, as last checked ([`crate::policies`]) |
-//! | `state.json` | indexes, intake coins, vaults, history (replaced atomically) |
+//! | `state.json` | indexes, intake coins, vaults, the policy's changes, history (replaced atomically) |
 //! | `nonce` | the request counter |
 //!
 //! The real and the duress code read and write the same files: nothing here depends on
@@ -295,6 +294,10 @@ pub struct WalletState {
     /// The end of the latest lockdown the owner asked for (shown by `vigil status`).
     #[serde(default)]
     pub lockdown_until: Option<u32>,
+    /// The guardians' signed changes to the pinned policy, as last checked
+    /// ([`crate::policies`]): kept with the records that name their versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_changes: Option<vigil_cosigner::wire::PolicyChanges>,
     /// What happened, oldest first.
     pub history: Vec<Event>,
 }
@@ -357,35 +360,22 @@ impl WalletState {
         self.history.push(Event { time: vigil_cosigner::service::now(), what: what.into() });
     }
 
-    /// Confirmed intake coins not yet spent that today's policy can fund a vault from, as
-    /// funding inputs: those paid to an address today's version makes too. (After a change of
-    /// the guardians or the delays, coins paid to an earlier version's addresses are not: the
-    /// co-signer funds vaults from today's only; see [`WalletState::held_by_earlier_policies`].)
+    /// Confirmed intake coins not yet spent, as funding inputs, each with the script of the
+    /// version whose address it was paid to (the co-signer funds a vault of today's version
+    /// from any of them).
     pub fn spendable_coins(&self, policies: &Policies) -> Vec<FundingInput> {
         self.coins
             .iter()
             .filter(|c| !c.spent)
             .filter_map(|c| {
-                let script =
-                    policies.version(c.policy_version).ok()?.intake_descriptor(c.intake_index).ok()?;
-                let today = policies.current().intake_descriptor(c.intake_index).ok()?;
-                (script.script_pubkey() == today.script_pubkey()).then(|| FundingInput {
+                let d = policies.version(c.policy_version).ok()?.intake_descriptor(c.intake_index).ok()?;
+                Some(FundingInput {
                     outpoint: c.outpoint,
-                    txout: TxOut {
-                        value: Amount::from_sat(c.value_sat),
-                        script_pubkey: today.script_pubkey(),
-                    },
+                    txout: TxOut { value: Amount::from_sat(c.value_sat), script_pubkey: d.script_pubkey() },
                     intake_index: c.intake_index,
                 })
             })
             .collect()
-    }
-
-    /// Unspent intake coins paid to an address of an earlier policy version that today's
-    /// does not make: they are safe, and move through their recovery leaves (`vigil recover`).
-    pub fn held_by_earlier_policies(&self, policies: &Policies) -> Vec<&IntakeCoin> {
-        let fundable = self.spendable_coins(policies);
-        self.coins.iter().filter(|c| !c.spent && !fundable.iter().any(|f| f.outpoint == c.outpoint)).collect()
     }
 
     /// Scans the blocks since the last scan for payments to the intake addresses handed out
@@ -393,11 +383,11 @@ impl WalletState {
     /// returns the tip height.
     pub fn scan(&mut self, policies: &Policies, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
         let chain_err = |e: vigil_chain::BackendError| WalletError::Chain(e.to_string());
-        // Newest first, so a coin on an address several versions share is today's; a version
-        // whose intake addresses an earlier one already makes adds nothing.
+        // Today's first, so a coin on an address several versions share is today's; a version
+        // whose intake addresses another already makes adds nothing.
         let mut scripts: HashMap<ScriptBuf, (u32, Option<u32>)> = HashMap::new();
         let mut seen_first = Vec::new();
-        for compiled in policies.all().rev() {
+        for compiled in policies.known() {
             let Ok(first) = compiled.intake_descriptor(0) else { continue };
             if seen_first.contains(&first.script_pubkey()) {
                 continue;

@@ -49,6 +49,8 @@ pub struct Ceremony {
     /// The policy the graph was built from, and its id.
     compiled: Arc<CompiledPolicy>,
     policy_id: String,
+    /// The client's earlier versions: coins paid to their intake addresses fund it too.
+    earlier: Vec<Arc<CompiledPolicy>>,
     plan: VaultPlan,
     graph: UnsignedGraph,
     funding: Psbt,
@@ -168,29 +170,29 @@ impl Cosigner {
                 });
             }
         }
+        // Coins paid to an intake address of any version the guardians' quorum signed (a change
+        // of the guardians or of T_RECOVER changes the addresses) go into a vault of today's.
+        let earlier: Vec<Arc<CompiledPolicy>> =
+            self.client_policies(&caller.client)?.into_iter().skip(1).collect();
+        let earlier_refs: Vec<&CompiledPolicy> = earlier.iter().map(|c| &**c).collect();
         for (i, coin) in coins.iter_mut().enumerate() {
-            let txout = self
+            coin.txout = self
                 .chain
                 .unspent_output(&coin.outpoint)?
                 .ok_or_else(|| bad(format!("coins[{i}]: {} is not an unspent output", coin.outpoint)))?;
-            let script = compiled
-                .intake_descriptor(coin.intake_index)
-                .map_err(|e| bad(format!("coins[{i}]: {e}")))?
-                .script_pubkey();
-            if txout.script_pubkey != script {
-                return Err(bad(format!(
+            compiled.intake_source(&earlier_refs, i, coin).map_err(|_| {
+                bad(format!(
                     "coins[{i}]: {} is not paid to this client's intake address {}",
                     coin.outpoint, coin.intake_index
-                )));
-            }
-            coin.txout = txout;
+                ))
+            })?;
         }
         let cosigner_once = OneTimeKey::generate();
         let plan = compiled
             .plan(r.index, Amount::from_sat(r.amount_sat), kind, owner_once, cosigner_once.public())
             .map_err(|e| bad(e.to_string()))?;
         let funding = compiled
-            .funding_psbt(&plan, &coins, r.change_index, r.funding_sat_per_vb)
+            .funding_psbt_from(&earlier_refs, &plan, &coins, r.change_index, r.funding_sat_per_vb)
             .map_err(|e| bad(e.to_string()))?;
         let vault_outpoint = OutPoint { txid: funding.unsigned_tx.compute_txid(), vout: 0 };
         let graph = compiled.build_graph(&plan, vault_outpoint).map_err(|e| bad(e.to_string()))?;
@@ -221,6 +223,7 @@ impl Cosigner {
                 client: caller.client.id.clone(),
                 compiled: compiled.clone(),
                 policy_id: vigil_tower::policy_id(&caller.client.policy),
+                earlier: earlier.clone(),
                 plan,
                 graph,
                 funding,
@@ -290,9 +293,10 @@ impl Cosigner {
         for (mine, given) in candidate.inputs.iter_mut().zip(&theirs.inputs) {
             mine.tap_script_sigs.clone_from(&given.tap_script_sigs);
         }
+        let earlier: Vec<&CompiledPolicy> = ceremony.earlier.iter().map(|c| &**c).collect();
         let owner = ceremony
             .compiled
-            .owner_funding_signatures(&ceremony.coins, &candidate)
+            .owner_funding_signatures_from(&earlier, &ceremony.coins, &candidate)
             .map_err(|e| bad(format!("funding_psbt: {e}")))?;
         let mut funding = ceremony.funding.clone();
         for (input, (mine, signed)) in funding.inputs.iter_mut().zip(owner).enumerate() {

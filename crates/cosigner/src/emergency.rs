@@ -548,17 +548,26 @@ impl Cosigner {
         for (_, text) in self.store().list(kind::CLIENT, prefix)? {
             let client: crate::service::ClientRecord =
                 serde_json::from_str(&text).map_err(|e| crate::error::StoreError::Corrupt(e.to_string()))?;
-            let owner = vigil_policy::Policy::from_toml(&client.policy)
+            // The policy as pinned (the id the owner wrote down names it), not as changed
+            // since: the owner's wallet follows the guardians' changes from it.
+            let pinned = client
+                .past_policies
+                .iter()
+                .chain([&client.policy])
+                .find(|t| vigil_tower::policy_id(t) == client.id)
+                .cloned();
+            let Some(pinned) = pinned else { continue };
+            let owner = vigil_policy::Policy::from_toml(&pinned)
                 .is_ok_and(|p| p.owner.keys.iter().any(|k| k.auth_key() == key));
             if owner {
-                found.push(client);
+                found.push((client.id, pinned));
             }
         }
         // Pinning keeps the 16 characters unique; were two found, neither could be trusted.
         match <[_; 1]>::try_from(found) {
-            Ok([client]) => {
-                tracing::info!(client = %client.id, "policy fetched for a restore");
-                Ok(wire::FetchedPolicy { client: client.id, policy: client.policy })
+            Ok([(client, policy)]) => {
+                tracing::info!(%client, "policy fetched for a restore");
+                Ok(wire::FetchedPolicy { client, policy })
             }
             // One answer for "no such client" and "not its owner": the prefix alone tells nothing.
             Err(_) => {
@@ -601,7 +610,6 @@ impl Cosigner {
                     funding: (v.state == "protected").then(|| v.funding.clone()),
                     unvault: v.registration.unvault.clone(),
                     state: v.state.clone(),
-                    policy_id: v.policy_id.clone(),
                 });
             }
         }

@@ -543,7 +543,8 @@ impl PolicyFetch {
 pub struct FetchedPolicy {
     /// The client's id (the sha256 of the policy it was pinned with).
     pub client: String,
-    /// The policy pinned now.
+    /// The policy as it was pinned (the client's id names it), not as changed since: the
+    /// owner's wallet follows the guardians' changes from it.
     pub policy: String,
 }
 
@@ -565,7 +566,4 @@ pub struct RestoredVault {
     pub unvault: String,
     /// "registering" or "protected".
     pub state: String,
-    /// The id of the policy version it was made under (empty: not recorded, the pinned one).
-    #[serde(default)]
-    pub policy_id: String,
 }

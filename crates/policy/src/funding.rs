@@ -33,6 +33,37 @@ impl CompiledPolicy {
         change_index: u32,
         feerate_sat_per_vb: u64,
     ) -> Result<Psbt, PolicyError> {
+        self.funding_psbt_from(&[], plan, inputs, change_index, feerate_sat_per_vb)
+    }
+
+    /// The policy among this one and `earlier` (versions of the same client before a change)
+    /// whose intake address at the coin's index the coin pays: its descriptor signs it.
+    pub fn intake_source<'a>(
+        &'a self,
+        earlier: &[&'a CompiledPolicy],
+        input: usize,
+        coin: &FundingInput,
+    ) -> Result<&'a CompiledPolicy, PolicyError> {
+        std::iter::once(self)
+            .chain(earlier.iter().copied())
+            .find(|p| {
+                p.intake_descriptor(coin.intake_index)
+                    .is_ok_and(|d| d.script_pubkey() == coin.txout.script_pubkey)
+            })
+            .ok_or(PolicyError::NotIntakeAddress { input, intake_index: coin.intake_index })
+    }
+
+    /// [`Self::funding_psbt`] from coins paid to intake addresses of this policy or of an
+    /// `earlier` version of it (each spent through its own version's leaf), into a vault of
+    /// this one; the change goes to this one's intake.
+    pub fn funding_psbt_from(
+        &self,
+        earlier: &[&CompiledPolicy],
+        plan: &VaultPlan,
+        inputs: &[FundingInput],
+        change_index: u32,
+        feerate_sat_per_vb: u64,
+    ) -> Result<Psbt, PolicyError> {
         for (i, input) in inputs.iter().enumerate() {
             if !input.txout.script_pubkey.is_witness_program() {
                 return Err(PolicyError::NonSegwitFundingInput { input: i, outpoint: input.outpoint });
@@ -41,13 +72,11 @@ impl CompiledPolicy {
         if inputs.is_empty() {
             return Err(PolicyError::InsufficientFunds { needed: plan.amount, available: Amount::ZERO });
         }
-        let descriptors =
-            inputs.iter().map(|i| self.intake_descriptor(i.intake_index)).collect::<Result<Vec<_>, _>>()?;
-        for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {
-            if d.script_pubkey() != input.txout.script_pubkey {
-                return Err(PolicyError::NotIntakeAddress { input: i, intake_index: input.intake_index });
-            }
-        }
+        let descriptors = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, coin)| self.intake_source(earlier, i, coin)?.intake_descriptor(coin.intake_index))
+            .collect::<Result<Vec<_>, _>>()?;
         let change_descriptor = self.intake_descriptor(change_index)?;
         let vault_output = self.vault_output(plan)?;
         // Never replaced (bumped by CPFP if ever): a replacement would orphan the graph.

@@ -271,6 +271,17 @@ impl CompiledPolicy {
         coins: &[FundingInput],
         psbt: &Psbt,
     ) -> Result<Vec<OwnerSignatures>, PolicyError> {
+        self.owner_funding_signatures_from(&[], coins, psbt)
+    }
+
+    /// [`Self::owner_funding_signatures`] for a funding built by
+    /// [`Self::funding_psbt_from`]: each coin on its own version's leaf.
+    pub fn owner_funding_signatures_from(
+        &self,
+        earlier: &[&CompiledPolicy],
+        coins: &[FundingInput],
+        psbt: &Psbt,
+    ) -> Result<Vec<OwnerSignatures>, PolicyError> {
         let spent: Vec<OutPoint> = psbt.unsigned_tx.input.iter().map(|i| i.previous_output).collect();
         if spent != coins.iter().map(|c| c.outpoint).collect::<Vec<_>>() {
             return Err(PsbtError::OtherInputs.into());
@@ -279,9 +290,10 @@ impl CompiledPolicy {
             .iter()
             .enumerate()
             .map(|(input, coin)| {
-                let keys = self.intake_keys.xonly_at(coin.intake_index)?;
-                let [recover, _] = self.recovery_leaf_scripts(coin.intake_index)?;
-                let Descriptor::Tr(tr) = translate(&self.templates.intake, &keys)? else {
+                let source = self.intake_source(earlier, input, coin)?;
+                let keys = source.intake_keys.xonly_at(coin.intake_index)?;
+                let [recover, _] = source.recovery_leaf_scripts(coin.intake_index)?;
+                let Descriptor::Tr(tr) = translate(&source.templates.intake, &keys)? else {
                     unreachable!("a tr() template")
                 };
                 let cosigned = tr
@@ -289,8 +301,8 @@ impl CompiledPolicy {
                     .map(|(_, ms)| ms.encode())
                     .find(|s| *s != recover)
                     .expect("the intake's leaf with the co-signer");
-                let valid = leaf_signatures(&keys, &self.templates.owner_names, &cosigned, psbt, input)?;
-                Ok(OwnerSignatures { valid, needed: self.policy.owner.threshold })
+                let valid = leaf_signatures(&keys, &source.templates.owner_names, &cosigned, psbt, input)?;
+                Ok(OwnerSignatures { valid, needed: source.policy.owner.threshold })
             })
             .collect()
     }

@@ -254,6 +254,7 @@ impl Family {
     fn order<'a>(&'a self, coin: &'a FundingInput, amount: Amount, kind: VaultKind) -> VaultOrder<'a> {
         VaultOrder {
             compiled: &self.compiled,
+            earlier: &[],
             coins: std::slice::from_ref(coin),
             index: coin.intake_index,
             change_index: coin.intake_index + 1,

@@ -193,13 +193,6 @@ fn render(page: &OwnerPage, o: &Overview) -> String {
         btc(o.intake_sat),
         o.intake_coins
     );
-    if o.intake_earlier_sat > 0 {
-        body += &format!(
-            "<dd class=\"muted\">of which {} came to addresses of an earlier policy version: safe, and moved with \
-             <code>vigil recover</code> once their recovery wait has passed</dd>",
-            btc(o.intake_earlier_sat)
-        );
-    }
     body += &format!("<dt>In vaults</dt><dd>{}</dd>", btc(o.vault_sat));
     if o.cancelled_sat > 0 {
         body += &format!("<dt>Cancelled, back in your recovery output</dt><dd>{}</dd>", btc(o.cancelled_sat));

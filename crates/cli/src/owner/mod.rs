@@ -340,7 +340,6 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
                 "allowance_limit_sat": o.allowance_limit_sat,
                 "intake_sat": o.intake_sat,
                 "intake_coins": o.intake_coins,
-                "intake_earlier_policy_sat": o.intake_earlier_sat,
                 "vaults": vaults,
                 "vault_sat": o.vault_sat,
                 "deep_vault_sat": o.deep_vault_sat,
@@ -373,13 +372,6 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
         Err(e) => println!("Allowance: cannot be read right now ({e})"),
     }
     println!("Waiting to be vaulted: {} in {} coin(s)", btc(o.intake_sat), o.intake_coins);
-    if o.intake_earlier_sat > 0 {
-        println!(
-            "  Of which {} came to addresses of an earlier policy version: they are safe, and move with \
-             `vigil recover` once its recovery wait has passed.",
-            btc(o.intake_earlier_sat)
-        );
-    }
     println!("In vaults: {}", btc(o.vault_sat));
     for v in &o.vaults {
         println!("  {} {} — {}", v.kind, btc(v.amount_sat), v.place.name());

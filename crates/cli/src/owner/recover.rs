@@ -212,6 +212,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
                 "unvaulting": list(&survey.unvaulting),
                 "in_place": list(&survey.in_place),
                 "deep_vault": coins(&survey.deep_vault),
+                "unreadable": survey.unreadable.iter().map(|(o, why)| json!({"outpoint": o.to_string(), "reason": why})).collect::<Vec<_>>(),
                 "psbt": prepared.map(|_| args.psbt.display().to_string()),
                 "amount_sat": prepared,
             })
@@ -282,6 +283,9 @@ fn report(survey: &Survey, tip: u32, sent: &[vigil_policy::bitcoin::OutPoint]) -
             btc(c.input.txout.value.to_sat()),
             c.input.outpoint
         );
+    }
+    for (coin, why) in &survey.unreadable {
+        text += &format!("Not readable now: coin {coin}: {why}\n");
     }
     text
 }

@@ -231,15 +231,18 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
             ..WalletState::default()
         };
         // The policy changes since, so that each vault keeps its own version's scripts.
-        let served = co.get::<wire::PolicyChanges>("/v1/policy/changes").ok();
-        let policies = vigil_client::policies::Policies::follow(&dir, served)?;
-        if let Some(warning) = &policies.warning {
+        let served = co.get::<wire::PolicyChanges>("/v1/policy/changes").map_err(|e| e.to_string());
+        let (record, _, warning) = vigil_client::policies::checked_record(&policy_text, None, Some(served));
+        if let Some(warning) = &warning {
             say(&format!("WARNING: {warning}"));
         }
+        let policies = vigil_client::policies::Policies::from_record(&policy_text, record.as_ref())
+            .map_err(|e| anyhow::anyhow!("the co-signer's record of policy changes: {e}"))?;
+        state.policy_changes = record;
         for v in &restored.vaults {
             state.next_vault = state.next_vault.max(v.vault.index + 1);
             let Some(funding) = v.funding.clone().filter(|_| v.state == "protected") else { continue };
-            state.vaults.push(VaultRecord {
+            let mut record = VaultRecord {
                 outpoint: v.vault.vault_outpoint.parse().context("the co-signer's vault record")?,
                 amount_sat: v.vault.amount_sat,
                 kind: v.vault.kind.clone(),
@@ -250,8 +253,22 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
                 owner_once: v.vault.owner_once.clone(),
                 cosigner_once: v.vault.cosigner_once.clone(),
                 unvaulted: false,
-                policy_version: policies.version_of_id(&v.policy_id),
-            });
+                policy_version: None,
+            };
+            // Its version is the one whose vault output the funding pays: found, not taken on
+            // the co-signer's word.
+            match restored_version(&policies, &record) {
+                Some(version) => record.policy_version = Some(version),
+                None => {
+                    say(&format!(
+                        "WARNING: the co-signer's record of vault {} matches no policy version this wallet \
+                         knows; it is left out (the co-signer keeps it). Tell your guardians",
+                        record.outpoint
+                    ));
+                    continue;
+                }
+            }
+            state.vaults.push(record);
         }
         state.scan(&policies, &*chain)?;
         for v in state.vaults.iter_mut().filter(|v| v.confirmed_height.is_some()) {
@@ -587,4 +604,21 @@ fn setup_stopped(who: &str, e: ClientError) -> anyhow::Error {
         "{who} did not take the policy: {e}. Your keys and policy are saved; once {who} is reachable, \
          finish with `vigil init --resume`"
     )
+}
+
+/// The policy version a restored vault was made under: the one whose unvault output its
+/// pre-signed unvault pays (V's own script holds only the one-time keys; U's output holds the
+/// version's keys and delays).
+fn restored_version(policies: &vigil_client::policies::Policies, record: &VaultRecord) -> Option<u32> {
+    let unvault: vigil_policy::bitcoin::Transaction =
+        vigil_policy::bitcoin::consensus::encode::deserialize_hex(&record.unvault).ok()?;
+    if unvault.input.first()?.previous_output != record.outpoint {
+        return None;
+    }
+    let paid = &unvault.output.first()?.script_pubkey;
+    let plan = record.plan()?;
+    policies
+        .known()
+        .find(|c| c.vault_descriptors(&plan).is_ok_and(|d| d.unvault.script_pubkey() == *paid))
+        .map(|c| c.policy().version)
 }

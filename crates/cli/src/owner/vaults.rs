@@ -139,19 +139,8 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         chosen.push(c);
     }
     if total < amount + margin {
-        let earlier: u64 =
-            state.held_by_earlier_policies(&session.policies).iter().map(|c| c.value_sat).sum();
-        let note = if earlier > 0 {
-            format!(
-                " ({} more came to addresses of an earlier policy version, which cannot be vaulted now: \
-                 `vigil recover` moves them once their recovery wait has passed)",
-                btc(earlier)
-            )
-        } else {
-            String::new()
-        };
         bail!(
-            "not enough coins waiting to be vaulted: {} available{note}, {} needed with fees; nothing was done",
+            "not enough coins waiting to be vaulted: {} available, {} needed with fees; nothing was done",
             btc(coins.iter().map(|c| c.txout.value.to_sat()).sum()),
             btc((amount + margin).to_sat())
         );
@@ -163,8 +152,10 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     state.next_intake += 1;
     session.dir.save_state(&state)?;
     say("Building the vault with your co-signer; every watchtower must confirm it holds it...");
+    let earlier = session.policies.earlier();
     let order = VaultOrder {
         compiled: session.current(),
+        earlier: &earlier,
         coins: &chosen,
         index,
         change_index,
@@ -218,7 +209,8 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    send_and_broadcast(&session, &mut state, &prepared, &args.wallet)
+    let version = Some(session.current().policy().version);
+    send_and_broadcast(&session, &mut state, &prepared, version, &args.wallet)
 }
 
 fn base64_psbt(psbt: &vigil_policy::bitcoin::psbt::Psbt) -> String {
@@ -253,7 +245,9 @@ fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()
         .filter_map(|i| free.iter().find(|c| c.outpoint == i.previous_output).cloned())
         .collect();
     let compiled = session.policies.version(pending.policy_version)?;
-    let funding = vaulting::take_signed_funding(compiled, &coins, &unsigned, &signed)
+    let others: Vec<_> =
+        session.policies.known().filter(|c| c.policy().version != compiled.policy().version).collect();
+    let funding = vaulting::take_signed_funding(compiled, &others, &coins, &unsigned, &signed)
         .map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
     let plan = pending.record().plan().context("the waiting vault's record is damaged")?;
     let prepared = vaulting::Prepared {
@@ -269,20 +263,20 @@ fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()
     }
     session.dir.save_state(&state)?;
     say("Sending your half to the co-signer; every watchtower must confirm it holds the vault...");
-    send_and_broadcast(&session, &mut state, &prepared, &args.wallet)
+    send_and_broadcast(&session, &mut state, &prepared, pending.policy_version, &args.wallet)
 }
 
-/// Sends the owner's half, records the vault once every tower holds it, then broadcasts the
-/// funding (recorded first: a crash in between sends it again next time).
+/// Sends the owner's half of a vault built under policy `version`, records the vault once
+/// every tower holds it, then broadcasts the funding (recorded first: a crash in between sends
+/// it again next time).
 fn send_and_broadcast(
     session: &Session,
     state: &mut WalletState,
     prepared: &vaulting::Prepared,
+    version: Option<u32>,
     wallet: &WalletArgs,
 ) -> anyhow::Result<()> {
     let chain = session.chain();
-    // Built under the version the ceremony began with (recorded with it).
-    let version = state.pending_vault.as_ref().and_then(|p| p.policy_version);
     let compiled = session.policies.version(version)?;
     let (status, vault) = match vaulting::finish(&session.cosigner, compiled, prepared) {
         Ok(done) => done,
