@@ -280,18 +280,19 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
     let is_guardian =
         |p: &Policy| p.guardians.keys.iter().any(|g| g.auth_key() == auth.x_only_public_key().0);
     if let GuardianCommand::SignRecovery { file, yes } = &args.command {
-        if !is_guardian(&policy) {
+        // Without the co-signer (gone, usually, when recovery is asked): the versions the kept
+        // record leads through, as coins keep the scripts of the version they came under (and
+        // the one waiting, which may have applied since the kept tip).
+        let kept = checked_record_file(&policy_text, &changes_file(policy_path), None)?.0;
+        let policies =
+            vigil_client::policies::Policies::from_record(&policy_text, kept.as_ref()).map_err(|e| {
+                anyhow::anyhow!("{}: {e}; nothing was signed", changes_file(policy_path).display())
+            })?;
+        let versions: Vec<_> = policies.applied_or_waiting().into_iter().cloned().collect();
+        // A guardian the quorum added later is one too.
+        if !versions.iter().any(|c| is_guardian(c.policy())) {
             bail!("this key is not one of the policy's guardians");
         }
-        // Without the co-signer (gone, usually, when recovery is asked): every version the
-        // kept record leads through, as coins keep the scripts of the version they came under.
-        let kept = checked_record_file(&policy_text, &changes_file(policy_path), None)?.0;
-        // Every version the record holds (one waiting by the kept tip may have applied since).
-        let versions: Vec<_> = vigil_client::policies::Policies::from_record(&policy_text, kept.as_ref())
-            .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was signed", changes_file(policy_path).display()))?
-            .known()
-            .cloned()
-            .collect();
         return sign_recovery(&versions, &keys, file, *yes, args.json);
     }
     let nonce_file = args.key.with_extension("nonce");

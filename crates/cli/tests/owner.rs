@@ -1350,4 +1350,20 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
         matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),
         "the recovery confirmed"
     );
+
+    // A record of changes that no longer checks (edited on disk) does not lock the owner out:
+    // the wallet opens on its pinned policy and says so, but hands out no address of a
+    // version the guardians may have replaced.
+    let state_file = dir.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let text = state["policy_changes"]["changes"][0]["policy"]
+        .as_str()
+        .unwrap()
+        .replace("unvault = 13", "unvault = 14");
+    state["policy_changes"]["changes"][0]["policy"] = text.into();
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let (ok, out, err) = vigil(&dir, &["status"], &[code]);
+    assert!(ok && err.contains("cannot be followed") && out.contains("not readable now"), "{out}{err}");
+    let (ok, _, err) = vigil(&dir, &["receive"], &[code]);
+    assert!(!ok && err.contains("waits until this wallet can follow"), "{err}");
 }

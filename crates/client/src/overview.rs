@@ -89,7 +89,8 @@ pub struct Overview {
     pub intake_coins: usize,
     /// Every vault.
     pub vaults: Vec<VaultLine>,
-    /// Still under the vaults' protection (funding sent, protected, unvaulting, unvaulted).
+    /// Still under the vaults' protection (funding sent, protected, unvaulting, unvaulted),
+    /// or not readable now.
     pub vault_sat: u64,
     /// Swept to the deep vault.
     pub deep_vault_sat: u64,
@@ -136,15 +137,20 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
         .collect();
     let mut vaults = Vec::new();
     for v in &state.vaults {
-        let compiled = session.policies.version(v.policy_version)?;
+        // A vault of a version the wallet cannot read now is shown as such, not a reason to
+        // show nothing.
+        let (place, delay) = match session.policies.version(v.policy_version) {
+            Ok(compiled) => (recovery::locate(compiled, v, &*chain)?, compiled.policy().delays.unvault),
+            Err(e) => (VaultPlace::Unreadable(e.to_string()), 0),
+        };
         vaults.push(VaultLine {
             outpoint: v.outpoint.to_string(),
             amount_sat: v.amount_sat,
             kind: v.kind.clone(),
-            place: recovery::locate(compiled, v, &*chain)?,
+            place,
             confirmed_height: v.confirmed_height,
-            delay: compiled.policy().delays.unvault,
-            policy_version: compiled.policy().version,
+            delay,
+            policy_version: v.policy_version.unwrap_or(session.policies.version(None)?.policy().version),
         });
     }
     let sum = |wanted: &dyn Fn(&VaultPlace) -> bool| -> u64 {
@@ -155,6 +161,7 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
             p,
             VaultPlace::FundingSent
                 | VaultPlace::Protected
+                | VaultPlace::Unreadable(_)
                 | VaultPlace::Unvaulting
                 | VaultPlace::Unvaulted { .. }
         )

@@ -30,6 +30,10 @@ pub struct Policies {
     /// Why the co-signer's record of changes was not followed as it was served (the wallet
     /// then works from the one it checked before), in words.
     pub warning: Option<String>,
+    /// The changes could not be followed at all and the pinned policy stands in: enough to
+    /// lock down, panic, recover and look, not to hand out addresses or make vaults of a
+    /// version the guardians may have replaced.
+    pub degraded: bool,
 }
 
 /// The record of changes to follow from the policy `pinned`: the one the co-signer `served`
@@ -112,17 +116,27 @@ pub fn checked_record_file(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => return Err(WalletError::Io { path: path.to_owned(), source }),
     };
+    let asked = served.is_some();
     let (record, new, warning) = checked_record(pinned, kept.as_ref(), served);
-    if let (Some(record), true) = (&record, new) {
+    // A damaged file is replaced by the served record once that checks: healed, not a
+    // reason to refuse from then on.
+    let healed = damaged.is_some() && asked && warning.is_none();
+    if let (Some(record), true) = (&record, new || healed) {
         replace_file(path, &serde_json::to_vec_pretty(record).expect("json"))?;
     }
-    Ok((record, warning.or(damaged)))
+    Ok((record, warning.or(damaged.filter(|_| !healed))))
 }
 
 impl Policies {
     /// The pinned policy alone.
     pub fn pinned(compiled: CompiledPolicy) -> Policies {
-        Policies { applied: vec![compiled.clone()], known: vec![compiled], waiting: None, warning: None }
+        Policies {
+            applied: vec![compiled.clone()],
+            known: vec![compiled],
+            waiting: None,
+            warning: None,
+            degraded: false,
+        }
     }
 
     /// Follows the wallet in `dir` from its pinned policy, along the record the co-signer
@@ -181,9 +195,26 @@ impl Policies {
         }
     }
 
-    /// Every version known but the one that applies now, newest first.
+    /// The versions that applied before the one that applies now, newest first: the
+    /// co-signer funds vaults from their intake addresses (not from a version still waiting,
+    /// or replaced while it waited).
     pub fn earlier(&self) -> Vec<&CompiledPolicy> {
-        self.known().skip(1).collect()
+        self.applied.iter().rev().skip(1).collect()
+    }
+
+    /// Whether the version a record names (none: the pinned one) applied.
+    pub fn applied(&self, version: Option<u32>) -> bool {
+        version.is_none_or(|v| self.applied.iter().any(|c| c.policy().version == v))
+    }
+
+    /// The versions that applied and the one waiting, if any: the leaves a guardian signs in
+    /// a recovery (a version replaced while it waited never held coins).
+    pub fn applied_or_waiting(&self) -> Vec<&CompiledPolicy> {
+        let waiting = self.waiting.map(|(v, _)| v);
+        self.known
+            .iter()
+            .filter(|c| self.applied(Some(c.policy().version)) || Some(c.policy().version) == waiting)
+            .collect()
     }
 
     /// Every version known, the one that applies now first, then the others newest first:
@@ -242,6 +273,13 @@ mod tests {
         assert_eq!(kept().unwrap().changes.len(), 2);
         let versions: Vec<u32> = p.known().map(|c| c.policy().version).collect();
         assert_eq!(versions, [2, 3, 1], "today's first, then the others newest first");
+        // Coins fund vaults from versions that applied only; a guardian signs recovery leaves
+        // of those and of the one waiting.
+        let earlier: Vec<u32> = p.earlier().iter().map(|c| c.policy().version).collect();
+        assert_eq!(earlier, [1]);
+        assert!(p.applied(None) && p.applied(Some(2)) && !p.applied(Some(3)));
+        let signable: Vec<u32> = p.applied_or_waiting().iter().map(|c| c.policy().version).collect();
+        assert_eq!(signable, [1, 2, 3]);
 
         // Offline: the kept record. Once the waiting change came due, it is kept anew so that
         // offline it applies.
@@ -290,11 +328,18 @@ mod tests {
             checked_record_file(&v1, &path, None).unwrap().0.unwrap().changes,
             std::slice::from_ref(&change)
         );
-        // A damaged record is read again from the co-signer, and says so.
+        // A damaged record is read again from the co-signer.
         std::fs::write(&path, b"{ not json").unwrap();
         let (record, warning) = checked_record_file(&v1, &path, served(vec![change], 100)).unwrap();
         assert_eq!(record.unwrap().changes.len(), 1);
-        assert!(warning.is_some_and(|w| w.contains("damaged")));
+        assert!(warning.is_none(), "healed by a record that checks: {warning:?}");
         assert!(checked_record_file(&v1, &path, None).unwrap().0.is_some(), "kept again");
+        // With nothing to heal it from, it says so.
+        std::fs::write(&path, b"{ not json").unwrap();
+        let (record, warning) = checked_record_file(&v1, &path, None).unwrap();
+        assert!(record.is_none() && warning.is_some_and(|w| w.contains("damaged")));
+        // Healed even when the co-signer's record holds no change yet.
+        let (_, warning) = checked_record_file(&v1, &path, served(vec![], 100)).unwrap();
+        assert!(warning.is_none() && checked_record_file(&v1, &path, None).unwrap().1.is_none());
     }
 }

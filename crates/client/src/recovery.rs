@@ -208,7 +208,7 @@ pub fn survey(
             }),
             VaultPlace::Unvaulting => survey.unvaulting.push(vault.outpoint),
             VaultPlace::Protected => survey.in_place.push(vault.outpoint),
-            VaultPlace::FundingSent | VaultPlace::Spent => {}
+            VaultPlace::FundingSent | VaultPlace::Spent | VaultPlace::Unreadable(_) => {}
         }
     }
     Ok(survey)
@@ -252,6 +252,8 @@ pub enum VaultPlace {
     },
     /// Paid out (the vault spend), or R already recovered.
     Spent,
+    /// Made under a policy version the wallet cannot read now (why, in words).
+    Unreadable(String),
 }
 
 impl VaultPlace {
@@ -265,6 +267,7 @@ impl VaultPlace {
             VaultPlace::Cancelled { .. } => "cancelled (in your recovery output)",
             VaultPlace::DeepVault { .. } => "in the deep vault",
             VaultPlace::Spent => "spent",
+            VaultPlace::Unreadable(_) => "not readable now (its policy version is unknown here)",
         }
     }
 }

@@ -83,8 +83,10 @@ impl Session {
             Err(e) => {
                 let mut pinned = Policies::pinned(dir.policy()?);
                 pinned.warning = Some(format!(
-                    "the policy's changes cannot be followed ({e}); working from the pinned policy"
+                    "the policy's changes cannot be followed ({e}); working from the pinned policy: lockdown, \
+                     panic, recovery and status work, receiving and vaulting wait until this is fixed"
                 ));
+                pinned.degraded = true;
                 pinned
             }
         };

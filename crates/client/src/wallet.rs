@@ -361,12 +361,12 @@ impl WalletState {
     }
 
     /// Confirmed intake coins not yet spent, as funding inputs, each with the script of the
-    /// version whose address it was paid to (the co-signer funds a vault of today's version
-    /// from any of them).
+    /// version whose address it was paid to: any version that applied (the co-signer funds a
+    /// vault of today's from them).
     pub fn spendable_coins(&self, policies: &Policies) -> Vec<FundingInput> {
         self.coins
             .iter()
-            .filter(|c| !c.spent)
+            .filter(|c| !c.spent && policies.applied(c.policy_version))
             .filter_map(|c| {
                 let d = policies.version(c.policy_version).ok()?.intake_descriptor(c.intake_index).ok()?;
                 Some(FundingInput {

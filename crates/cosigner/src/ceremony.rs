@@ -158,7 +158,7 @@ impl Cosigner {
                 if coins.iter().any(|f: &FundingInput| f.outpoint == outpoint) {
                     return Err(bad(format!("coins[{i}]: {outpoint} is listed twice")));
                 }
-                if let Some(funding) = store.get(kind::INTAKE, &c.outpoint)? {
+                if let Some(funding) = store.get(kind::INTAKE, &outpoint.to_string())? {
                     return Err(Refusal::Conflict(format!(
                         "coins[{i}]: {outpoint} already funds {funding}; the co-signer never signs a second spend of an intake coin"
                     )));

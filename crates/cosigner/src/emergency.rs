@@ -548,20 +548,22 @@ impl Cosigner {
         for (_, text) in self.store().list(kind::CLIENT, prefix)? {
             let client: crate::service::ClientRecord =
                 serde_json::from_str(&text).map_err(|e| crate::error::StoreError::Corrupt(e.to_string()))?;
+            // The owner as the policy names it now (the key `POST /v1/restore` takes next).
+            let owner = vigil_policy::Policy::from_toml(&client.policy)
+                .is_ok_and(|p| p.owner.keys.iter().any(|k| k.auth_key() == key));
+            if !owner {
+                continue;
+            }
             // The policy as pinned (the id the owner wrote down names it), not as changed
-            // since: the owner's wallet follows the guardians' changes from it.
+            // since: the owner's wallet follows the guardians' changes from it. (A record from
+            // before past policies were kept has the current one only.)
             let pinned = client
                 .past_policies
                 .iter()
-                .chain([&client.policy])
                 .find(|t| vigil_tower::policy_id(t) == client.id)
-                .cloned();
-            let Some(pinned) = pinned else { continue };
-            let owner = vigil_policy::Policy::from_toml(&pinned)
-                .is_ok_and(|p| p.owner.keys.iter().any(|k| k.auth_key() == key));
-            if owner {
-                found.push((client.id, pinned));
-            }
+                .cloned()
+                .unwrap_or_else(|| client.policy.clone());
+            found.push((client.id, pinned));
         }
         // Pinning keeps the 16 characters unique; were two found, neither could be trusted.
         match <[_; 1]>::try_from(found) {

@@ -361,12 +361,12 @@ impl Cosigner {
         self.compile(&client.id, text)
     }
 
-    /// Every policy `client` has had, the current first.
+    /// Every policy `client` has had, the current first; an earlier one this build cannot
+    /// compile is left out (logged), not a reason to refuse everything.
     pub(crate) fn client_policies(&self, client: &ClientRecord) -> Result<Vec<Arc<CompiledPolicy>>, Refusal> {
-        std::iter::once(&client.policy)
-            .chain(client.past_policies.iter().rev())
-            .map(|text| self.compile(&client.id, text))
-            .collect()
+        let mut all = vec![self.compiled(client)?];
+        all.extend(client.past_policies.iter().rev().filter_map(|text| self.compile(&client.id, text).ok()));
+        Ok(all)
     }
 
     /// `text` compiled, from the cache when it was before.

@@ -280,6 +280,7 @@ fn timeline(v: &overview::VaultLine, o: &Overview) -> String {
         }
         VaultPlace::DeepVault { height, .. } => format!("Swept to the deep vault at block {height}."),
         VaultPlace::Spent => "Spent.".into(),
+        VaultPlace::Unreadable(why) => format!("Not readable now: {why}"),
     }
 }
 

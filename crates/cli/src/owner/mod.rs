@@ -212,6 +212,15 @@ fn open(args: &WalletArgs) -> anyhow::Result<Session> {
     Ok(session)
 }
 
+/// Refuses `what` (it builds from the policy that applies now) while the wallet cannot
+/// follow its policy's changes: it could hand out an address of a version since replaced.
+fn needs_current_policy(session: &Session, what: &str) -> anyhow::Result<()> {
+    if session.policies.degraded {
+        bail!("{what} waits until this wallet can follow its policy's changes again (see the warning above); nothing was done");
+    }
+    Ok(())
+}
+
 /// The owner's vault key, from the recovery phrase typed now (it is never stored).
 fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
     let owner = &session.current().policy().owner;
@@ -279,6 +288,7 @@ pub fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let args = args.wallet;
+    needs_current_policy(&session, "A receive address")?;
     let index = state.next_intake;
     let address =
         Address::from_script(&session.current().intake_descriptor(index)?.script_pubkey(), session.network)?;

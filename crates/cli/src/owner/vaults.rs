@@ -91,6 +91,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     }
     let amount = parse_btc(args.amount.as_deref().unwrap_or_default())?;
     let session = open(&args.wallet)?;
+    super::needs_current_policy(&session, "Vaulting")?;
     // Above the velocity limit a vault is guarded: its spends always need the guardians.
     let velocity_limit = Amount::from_sat(session.current().policy().allowance.velocity_limit_sat);
     let kind = if args.guarded || amount > velocity_limit { VaultKind::Guarded } else { VaultKind::Standard };
@@ -222,6 +223,7 @@ fn base64_psbt(psbt: &vigil_policy::bitcoin::psbt::Psbt) -> String {
 fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()> {
     let signed = super::recover::read_psbt(file)?;
     let session = open(&args.wallet)?;
+    super::needs_current_policy(&session, "Vaulting")?;
     let mut state = session.dir.state()?;
     let Some(pending) = state.pending_vault.clone() else {
         bail!(
