@@ -38,11 +38,11 @@ pub struct Policies {
 
 /// The record of changes to follow from the policy `pinned`: the one the co-signer `served`
 /// if it checks, compiles, and extends the one `kept`, else the one kept (also when the
-/// co-signer was not asked: `None`); whether that is a
-/// new record to keep (a change came, or one waiting by the kept tip came due: offline, the
-/// kept tip says which versions applied); and why the served one was not taken, in words.
-/// Owners and guardians keep theirs, so that neither follows a co-signer back to an older
-/// policy, and both still know every version when it is gone.
+/// co-signer was not asked: `None`); whether that is a new record to keep (a change came, or
+/// one waiting by the kept tip came due: offline, the kept tip says which versions applied);
+/// and why the served one was not taken, in words. Owners and guardians keep theirs, so that
+/// neither follows a co-signer back to an older policy, and both still know every version
+/// when it is gone.
 pub fn checked_record(
     pinned: &str,
     kept: Option<&PolicyChanges>,
@@ -60,8 +60,8 @@ pub fn checked_record(
     let kept_changes = kept.map_or(&[][..], |k| &k.changes[..]);
     let checked = policy_chain::follow(pinned, &served.changes, served.tip).and_then(|f| {
         // A text the quorum signed that this version of Vigil cannot build from is not taken
-        // either: the wallet must keep opening.
-        for (i, change) in served.changes.iter().enumerate() {
+        // either: the wallet must keep opening. (Those kept already were built before.)
+        for (i, change) in served.changes.iter().enumerate().skip(kept_changes.len()) {
             let compiled = Policy::from_toml(&change.policy)
                 .map_err(|e| e.to_string())
                 .and_then(|p| CompiledPolicy::new(p).map(drop).map_err(|e| e.to_string()));
@@ -168,12 +168,14 @@ impl Policies {
         if let Some(record) = record {
             let followed =
                 policy_chain::follow(pinned, &record.changes, record.tip).map_err(|e| e.to_string())?;
-            policies.applied = followed.history.into_iter().map(compile).collect::<Result<_, _>>()?;
-            policies.waiting = followed.waiting.map(|(p, at)| (p.version, at));
             for change in &record.changes {
                 let p = Policy::from_toml(&change.policy).map_err(|e| e.to_string())?;
                 policies.known.push(compile(p)?);
             }
+            // Versions rise along the chain, so a version number names one text.
+            let by_version = |v: u32| policies.known.iter().find(|c| c.policy().version == v).cloned();
+            policies.applied = followed.history.iter().filter_map(|p| by_version(p.version)).collect();
+            policies.waiting = followed.waiting.map(|(p, at)| (p.version, at));
         }
         Ok(policies)
     }
