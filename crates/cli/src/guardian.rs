@@ -304,6 +304,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             let page = vigil_ui::guardian::GuardianPage::new(
                 policy_text,
                 args.key.clone(),
+                changes_file(policy_path),
                 *auth,
                 nonce_file,
                 gate,

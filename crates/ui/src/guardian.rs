@@ -22,6 +22,7 @@ use axum::{Extension, Router};
 use serde_json::Value;
 use vigil_client::cosigner::{ClientError, CosignerClient};
 use vigil_client::guardian::{diff, Checked, Checker, LOCKDOWN_WARNING, NOTHING_OUT_WARNING, TO_OWNER};
+use vigil_client::policies::checked_record_file;
 use vigil_client::towers::{lock_down_everywhere, TowerClient};
 use vigil_cosigner::wire::{self, CosignerAlarm, SpendStatus};
 use vigil_cosigner::MasterKey;
@@ -51,6 +52,9 @@ pub struct GuardianPage {
     /// Where its signed changes lead now.
     current: Mutex<Arc<Current>>,
     key_file: PathBuf,
+    /// Where the record of changes this guardian checked is kept (shared with `vigil
+    /// guardian`): a restarted page is not led back to an older policy.
+    changes_file: PathBuf,
     auth: Keypair,
     co: CosignerClient,
     gate: Arc<Gate>,
@@ -100,6 +104,13 @@ impl Current {
         let followed = Followed { history: vec![policy.clone()], policy, text: text.to_owned(), checker };
         Ok(Current { followed: Arc::new(followed), refused: None })
     }
+
+    /// Where a checked chain leads.
+    fn followed(f: vigil_client::policy_chain::Followed) -> Result<Current, String> {
+        let checker = Checker::following(&f.history).map_err(|e| e.to_string())?;
+        let followed = Followed { policy: f.current, text: f.current_text, history: f.history, checker };
+        Ok(Current { followed: Arc::new(followed), refused: None })
+    }
 }
 
 /// What the towers and the co-signer say now.
@@ -134,19 +145,27 @@ fn median_tip<'v>(states: impl Iterator<Item = &'v Result<Value, ClientError>>) 
 
 impl GuardianPage {
     /// The page of the guardian whose auth key is `auth`, for the client of `policy_text`.
+    /// The record of changes it checked is kept in `changes_file`, and followed at once.
     pub fn new(
         policy_text: String,
         key_file: PathBuf,
+        changes_file: PathBuf,
         auth: Keypair,
         nonce_file: PathBuf,
         gate: Arc<Gate>,
     ) -> Result<GuardianPage, ClientError> {
-        let current = Current::pinned(&policy_text)?;
+        let kept = checked_record_file(&policy_text, &changes_file, None).ok().and_then(|(r, _)| r);
+        let current = match kept.map(|r| vigil_client::policy_chain::follow(&policy_text, &r.changes, r.tip))
+        {
+            Some(Ok(f)) => Current::followed(f).map_err(ClientError::Decode)?,
+            _ => Current::pinned(&policy_text)?,
+        };
         let co = CosignerClient::new(&policy_text, auth, nonce_file)?;
         let page = GuardianPage {
             current: Mutex::new(Arc::new(current)),
             pinned: policy_text,
             key_file,
+            changes_file,
             auth,
             co,
             gate,
@@ -168,10 +187,23 @@ impl GuardianPage {
     fn follow(&self, tip: Option<u32>) {
         let Ok(served) = self.co.get::<wire::PolicyChanges>("/v1/policy/changes") else { return };
         let now = self.current();
+        let refused = |why: String| Current { followed: now.followed.clone(), refused: Some(why) };
+        // Kept if it checks and extends the record kept; else refused, as a chain that does
+        // not check.
+        match checked_record_file(&self.pinned, &self.changes_file, Some(Ok(served.clone()))) {
+            Ok((_, None)) => {}
+            Ok((_, Some(why))) => {
+                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(refused(why));
+                return;
+            }
+            Err(e) => {
+                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(refused(e.to_string()));
+                return;
+            }
+        }
         // The towers' median tip when the page has read it, else the co-signer's.
         let tip =
             tip.or_else(|| Some(self.tip.load(Ordering::Relaxed)).filter(|t| *t > 0)).unwrap_or(served.tip);
-        let refused = |why: String| Current { followed: now.followed.clone(), refused: Some(why) };
         // Checked against where the co-signer is at its own tip, then followed to the page's.
         let chain = |tip| vigil_client::policy_chain::follow(&self.pinned, &served.changes, tip);
         let followed =
@@ -182,18 +214,7 @@ impl GuardianPage {
                 "the co-signer now leads to version {} after version {}",
                 f.current.version, now.policy.version
             )),
-            Ok(f) => match Checker::following(&f.history) {
-                Ok(checker) => Current {
-                    followed: Arc::new(Followed {
-                        policy: f.current,
-                        text: f.current_text,
-                        history: f.history,
-                        checker,
-                    }),
-                    refused: None,
-                },
-                Err(e) => refused(e.to_string()),
-            },
+            Ok(f) => Current::followed(f).unwrap_or_else(refused),
             Err(e) => refused(e.to_string()),
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
