@@ -74,8 +74,16 @@ impl Cosigner {
             let orders: Vec<TowerOrder> = serde_json::from_str(&text).map_err(|_| Refusal::Internal)?;
             (orders, Self::client(&mut **store, client_id)?.ok_or(Refusal::Internal)?)
         };
-        let compiled = self.compiled(&client)?;
-        let towers = &compiled.policy().towers;
+        // Every tower of every version: one a change removed still watches older vaults.
+        let reach = self.reach(&client)?;
+        let towers = &reach.towers;
+        let current = self
+            .compiled(&self.as_of_now(&client)?)?
+            .policy()
+            .towers
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>();
         let key = self.keys.auth_keypair(client.account);
         let mut last = Vec::new();
         let mut done: Vec<(String, String, Vec<TowerReport>)> = Vec::new();
@@ -87,7 +95,7 @@ impl Cosigner {
             }
             let nonce = self.tower_nonces(client_id, towers.len() as u64)?;
             let reports = crate::towers::post_all(
-                compiled.policy(),
+                &reach,
                 &key,
                 &order.path,
                 &order.subject,
@@ -120,10 +128,14 @@ impl Cosigner {
                     if o.settled(&report.name) {
                         continue;
                     }
+                    // A removed tower that does not answer is given up on like one that
+                    // refuses: it may be gone for good, and its orders would pile up.
+                    let removed_silent = (!current.contains(&report.name))
+                        .then(|| "it does not answer, and a policy change removed it".to_owned());
                     if report.acknowledged {
                         o.acked.push(report.name.clone());
                         o.refusing_since.remove(&report.name);
-                    } else if let Some(why) = &report.refused {
+                    } else if let Some(why) = report.refused.as_ref().or(removed_silent.as_ref()) {
                         // Refused again and again past the give-up time: said once, loudly,
                         // and settled rather than sent forever.
                         let since = *o.refusing_since.entry(report.name.clone()).or_insert(time);
@@ -133,7 +145,7 @@ impl Cosigner {
                                 client_id,
                                 "tower-refused",
                                 format!(
-                                    "tower {} kept refusing \"{subject}\" ({why}); it is not sent again. Check that tower.",
+                                    "tower {} did not take \"{subject}\" ({why}); it is not sent again. Check that tower.",
                                     report.name
                                 ),
                             ));

@@ -369,6 +369,31 @@ impl Cosigner {
         Ok(all)
     }
 
+    /// The client's current policy with every tower of its earlier versions added (by name,
+    /// the current entry first): a tower a change removed still watches the vaults made
+    /// before it, and must hear of their approvals, lockdowns and panics, or it would cancel
+    /// an approved spend and miss a panic.
+    /// A change already due counts (the co-signer applies due changes every few seconds).
+    pub(crate) fn reach(&self, client: &ClientRecord) -> Result<Policy, Refusal> {
+        let all = self.client_policies(&self.as_of_now(client)?)?;
+        let mut reach = all[0].policy().clone();
+        for earlier in &all[1..] {
+            for tower in &earlier.policy().towers {
+                if !reach.towers.iter().any(|t| t.name == tower.name) {
+                    reach.towers.push(tower.clone());
+                }
+            }
+        }
+        Ok(reach)
+    }
+
+    /// `client` with a waiting change that is due applied, as it will be on the next pass.
+    pub(crate) fn as_of_now(&self, client: &ClientRecord) -> Result<ClientRecord, Refusal> {
+        let mut now = client.clone();
+        now.apply_due(self.tip()?);
+        Ok(now)
+    }
+
     /// `text` compiled, from the cache when it was before.
     fn compile(&self, client: &str, text: &str) -> Result<Arc<CompiledPolicy>, Refusal> {
         let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());

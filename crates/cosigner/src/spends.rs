@@ -367,15 +367,16 @@ impl Cosigner {
         delay: u32,
         viewer: Role,
     ) -> Result<SpendStatus, Refusal> {
-        let compiled = self.compiled(client)?;
+        // Every tower of every version: one a change removed may watch this vault.
+        let reach = self.reach(client)?;
         let key = self.keys.auth_keypair(client.account);
         let mut signatures = vec![wire::sign(&record.approval.digest(), &key)];
         signatures.extend(record.signatures.iter().cloned());
         let lock = self.towers_lock(&client.id);
         let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let nonce = self.tower_nonces(&client.id, compiled.policy().towers.len() as u64)?;
+        let nonce = self.tower_nonces(&client.id, reach.towers.len() as u64)?;
         let reports = crate::towers::post_all(
-            compiled.policy(),
+            &reach,
             &key,
             "/v1/approvals",
             &record.approval.unvault_txid,

@@ -508,3 +508,49 @@ fn a_cosigner_restored_from_an_older_backup_still_reaches_its_towers() {
     f.post("/v1/lockdown", &serde_json::json!({"blocks": 30}), &f.guardian(0)).unwrap();
     delivered(&co);
 }
+
+#[test]
+fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner removed tower"), 2, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    // The quorum removes tower-b (not a tightening: it waits the governance delay). Tower-1
+    // still watches the vault made before, and would cancel its unvault if no approval came.
+    let marker = "\n[[towers]]\nname = \"tower-b\"";
+    let start = f.policy_text.find(marker).expect("tower-b's entry");
+    let end = f.policy_text[start + 1..].find("\n[").map_or(f.policy_text.len(), |e| start + 1 + e);
+    let changed =
+        format!("{}{}", &f.policy_text[..start], &f.policy_text[end..]).replace("version = 1", "version = 2");
+    assert!(!changed.contains("tower-b") && changed.contains("tower-a"), "{changed}");
+    let change = f.change_policy(&changed, &[0, 1]).unwrap();
+    block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
+    // Each tower dates the change by its own tip when it heard of it: a block or two later.
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    for t in &f.towers {
+        eventually("the tower applies version 2", || {
+            let version = vigil_testenv::household::get(&t.api, &path, &f.owner()).ok()?["version"].as_u64();
+            if version != Some(2) {
+                block(&node, &f, 1);
+            }
+            (version == Some(2)).then_some(())
+        });
+    }
+
+    let approved = spend(&f, &vault).unwrap();
+    let told: Vec<&str> = approved["towers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["acknowledged"] == true)
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(told, ["tower-a", "tower-b"], "{approved}");
+    unvault(&node, &f, &vault);
+    block(&node, &f, DELAY - 1);
+    let tx = f.sign(approved["id"].as_u64().unwrap()).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1, "no tower cancelled the approved spend");
+    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+}
