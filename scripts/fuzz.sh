@@ -5,7 +5,7 @@
 # fixed: `cargo test` replays every corpus input).
 #
 #   scripts/fuzz.sh                     every target, 10,000,000 executions each
-#   scripts/fuzz.sh --brief             every target briefly (CI)
+#   scripts/fuzz.sh --brief             every target briefly (CI; new finds are not kept)
 #   scripts/fuzz.sh block_scan 1000000  one target, that many executions
 #
 # cargo-fuzz is installed once, and the instrumented build kept, under ~/.cache/vigil.
@@ -14,8 +14,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cache=${VIGIL_CACHE:-$HOME/.cache/vigil}
 targets=(block_scan outpoint_index policy_file tower_request node_rpc electrum_response zmq_frames)
 runs=10000000
+keep_finds=yes
 case "${1:-}" in
-  --brief) runs=20000 ;;
+  --brief) runs=20000 keep_finds=no ;;
   "") ;;
   *) targets=("$1"); runs=${2:-$runs} ;;
 esac
@@ -30,7 +31,14 @@ flags=(--fuzz-dir . --sanitizer none --release --debug-assertions)
 cargo fuzz build "${flags[@]}" >&2
 for t in "${targets[@]}"; do
   log=$(mktemp)
-  if ! cargo fuzz run "${flags[@]}" "$t" "../corpus/$t" -- -runs="$runs" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
+  # libFuzzer writes new finds to the first corpus directory: a brief run (CI) keeps them in a
+  # scratch one, so that it leaves the checkout as it found it.
+  dirs=("../corpus/$t")
+  if [[ $keep_finds == no ]]; then
+    scratch=$(mktemp -d)
+    dirs=("$scratch" "../corpus/$t")
+  fi
+  if ! cargo fuzz run "${flags[@]}" "$t" "${dirs[@]}" -- -runs="$runs" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "$t: CRASH (see fuzz/targets/artifacts/$t)" >&2
     exit 1
@@ -38,4 +46,5 @@ for t in "${targets[@]}"; do
   done_line=$(grep -E '^Done [0-9]+ runs' "$log" | tail -n1)
   echo "$t: ${done_line#Done }, 0 crashes, corpus $(ls "../corpus/$t" | wc -l) inputs"
   rm -f "$log"
+  [[ -z ${scratch:-} ]] || rm -rf "$scratch"
 done
