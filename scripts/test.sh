@@ -3,8 +3,9 @@
 # source the kernel crate vendors, then cached), electrs (built once, cached), a local
 # PostgreSQL for the stores, an SMTP server (aiosmtpd) for e-mailed alarms, headless
 # Chromium (and its WebDriver) for the web pages and the drill report, formatting,
-# lints, every test (the fuzz corpora included), then every fuzz target briefly under
-# libFuzzer.
+# lints, every test (the fuzz corpora included), the hardware-signer tests against the real
+# Ledger Bitcoin app in its emulator (../shared/ledger, beside the checkout), then every fuzz
+# target briefly under libFuzzer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh librocksdb-dev clang libclang-dev python3-aiosmtpd chromium chromium-driver
@@ -16,4 +17,14 @@ export VIGIL_REQUIRE_BITCOIND=1 VIGIL_REQUIRE_ELECTRS=1 VIGIL_REQUIRE_POSTGRES=1
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace
+# The emulator runs in a network namespace of its own with no route out: built above, the
+# tests run offline, one at a time (it serves one client).
+ledger=../shared/ledger
+if [[ -x $ledger/with-ledger.sh ]]; then
+  $ledger/setup.sh
+  VIGIL_REQUIRE_LEDGER=1 $ledger/with-ledger.sh -- \
+    cargo test --locked --offline -p vigil-signer -p vigil-cli --test ledger --test signer -- --test-threads=1
+else
+  echo "test.sh: no emulated Ledger at $ledger: the hardware-signer tests were NOT run" >&2
+fi
 scripts/fuzz.sh --brief

@@ -13,6 +13,7 @@ mod demo;
 mod drill;
 mod guardian;
 mod owner;
+mod signer;
 mod ui;
 
 #[derive(Parser)]
@@ -47,6 +48,8 @@ enum Command {
     /// Your wallet in your browser: balances, vaults, spends and lockdown, served on this
     /// computer only.
     Ui(owner::UiArgs),
+    /// Hardware signers: which are connected, and what each needs before it can sign.
+    Signer(signer::SignerArgs),
     /// Work with custody policy files.
     Policy {
         #[command(subcommand)]
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { datadir } => demo::run(&datadir),
+        Command::Signer(args) => signer::run(args),
         Command::Drill(args) => drill::run(args),
         Command::Init(args) => owner::init(args),
         Command::Receive(args) => owner::receive(args),

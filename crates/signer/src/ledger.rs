@@ -1,0 +1,299 @@
+//! Ledger devices running LedgerHQ's Bitcoin app (2.1 or later: wallet policies with
+//! miniscript and taproot), over USB HID or, for tests, the Speculos emulator's APDU port.
+//!
+//! Which app is open is asked with the device's own "get app and version" command, whose raw
+//! status word is kept: it is the only way to tell a locked device, the device's menu, another
+//! app and the other network's Bitcoin app apart, and to say which one to the holder.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
+use bitcoin::Network;
+use ledger_bitcoin_client::apdu::{APDUCommand, StatusWord};
+use ledger_bitcoin_client::client::{BitcoinClient, Transport};
+use ledger_bitcoin_client::error::BitcoinClientError;
+use ledger_transport_hidapi::hidapi::HidApi;
+use ledger_transport_hidapi::TransportNativeHID;
+
+use crate::{app_for, DeviceState, Found, Signer, SignerError};
+
+/// The oldest app that registers wallet policies with miniscript in taproot trees.
+pub const OLDEST_APP: (u32, u32, u32) = (2, 1, 0);
+
+/// Status words of the device's OS (not the Bitcoin app's): waiting for its PIN.
+const LOCKED: [u16; 2] = [0x5515, 0x6982];
+const OK: u16 = 0x9000;
+
+/// A way to send one APDU to a device and read its answer: data and status word.
+trait Link: Send + Sync {
+    fn exchange(&self, apdu: &[u8]) -> Result<(u16, Vec<u8>), SignerError>;
+}
+
+/// The emulator's APDU port: each message is framed by its 4-byte big-endian length (the
+/// answer's length does not count its 2-byte status word).
+struct Tcp(Mutex<TcpStream>);
+
+impl Link for Tcp {
+    fn exchange(&self, apdu: &[u8]) -> Result<(u16, Vec<u8>), SignerError> {
+        let io = |e: std::io::Error| SignerError::Io(e.to_string());
+        let mut stream = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        stream.write_all(&(apdu.len() as u32).to_be_bytes()).map_err(io)?;
+        stream.write_all(apdu).map_err(io)?;
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).map_err(io)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > 1 << 16 {
+            return Err(SignerError::Unexpected(format!("an answer of {len} bytes")));
+        }
+        let mut answer = vec![0u8; len + 2];
+        stream.read_exact(&mut answer).map_err(io)?;
+        let status = u16::from_be_bytes([answer[len], answer[len + 1]]);
+        answer.truncate(len);
+        Ok((status, answer))
+    }
+}
+
+/// A device on USB.
+struct Usb(TransportNativeHID);
+
+impl Link for Usb {
+    fn exchange(&self, apdu: &[u8]) -> Result<(u16, Vec<u8>), SignerError> {
+        if apdu.len() < 5 {
+            return Err(SignerError::Unexpected("an APDU shorter than its header".into()));
+        }
+        let command = ledger_apdu::APDUCommand {
+            cla: apdu[0],
+            ins: apdu[1],
+            p1: apdu[2],
+            p2: apdu[3],
+            data: apdu[5..].to_vec(),
+        };
+        let answer = self.0.exchange(&command).map_err(|e| SignerError::Io(e.to_string()))?;
+        Ok((answer.retcode(), answer.data().to_vec()))
+    }
+}
+
+/// LedgerHQ's client speaks through a [`Link`].
+struct Via<'a>(&'a dyn Link);
+
+impl Transport for Via<'_> {
+    type Error = SignerError;
+
+    fn exchange(&self, command: &APDUCommand) -> Result<(StatusWord, Vec<u8>), SignerError> {
+        let (status, data) = self.0.exchange(&command.encode())?;
+        Ok((StatusWord::try_from(status).unwrap_or(StatusWord::Unknown), data))
+    }
+}
+
+fn client_error(e: BitcoinClientError<SignerError>) -> SignerError {
+    match e {
+        BitcoinClientError::Transport(e) => e,
+        BitcoinClientError::Device { status: StatusWord::Deny, .. } => SignerError::Rejected,
+        BitcoinClientError::Device { status, .. } => SignerError::Status(status as u16),
+        other => SignerError::Unexpected(format!("{other:?}")),
+    }
+}
+
+/// A Ledger device with the Bitcoin app open.
+pub struct Ledger {
+    label: String,
+    link: Box<dyn Link>,
+}
+
+impl Ledger {
+    /// The emulator listening at `addr`.
+    pub fn emulator(addr: SocketAddr) -> Result<Ledger, SignerError> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .map_err(|e| SignerError::Io(format!("no Ledger emulator at {addr}: {e}")))?;
+        Ok(Ledger { label: format!("Ledger emulator at {addr}"), link: Box::new(Tcp(Mutex::new(stream))) })
+    }
+
+    fn client(&self) -> BitcoinClient<Via<'_>> {
+        BitcoinClient::new(Via(&*self.link))
+    }
+
+    /// The app open: its name and version, or the device's OS status word when none answers.
+    fn app(&self) -> Result<Result<(String, String), u16>, SignerError> {
+        // CLA 0xB0 is the OS's own class: every app, and the device's menu, answers it.
+        let (status, data) = self.link.exchange(&[0xB0, 0x01, 0x00, 0x00, 0x00])?;
+        if status != OK {
+            return Ok(Err(status));
+        }
+        parse_app(&data).map(Ok)
+    }
+
+    /// What this device can do for a wallet on `network`.
+    fn state(&self, network: Network) -> DeviceState {
+        match self.app() {
+            Err(e) => DeviceState::Unreachable { why: e.to_string() },
+            Ok(Err(status)) if LOCKED.contains(&status) => DeviceState::Locked,
+            Ok(Err(status)) => DeviceState::Unreachable { why: format!("status {status:#06x}") },
+            Ok(Ok((app, version))) => match classify(&app, &version, network) {
+                Some(state) => state,
+                None => match self.fingerprint() {
+                    Ok(fp) => DeviceState::Ready { app, version, fingerprint: fp.to_string() },
+                    Err(SignerError::Status(s)) if LOCKED.contains(&s) => DeviceState::Locked,
+                    Err(e) => DeviceState::Unreachable { why: e.to_string() },
+                },
+            },
+        }
+    }
+}
+
+impl Signer for Ledger {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn fingerprint(&self) -> Result<Fingerprint, SignerError> {
+        self.client().get_master_fingerprint().map_err(client_error)
+    }
+
+    fn xpub(&self, path: &DerivationPath) -> Result<Xpub, SignerError> {
+        self.client().get_extended_pubkey(path, false).map_err(client_error)
+    }
+}
+
+/// The answer to "get app and version": format 1, then the name, the version and (not on
+/// every firmware) flags, each prefixed by its length.
+fn parse_app(data: &[u8]) -> Result<(String, String), SignerError> {
+    let bad = || SignerError::Unexpected(format!("an app and version of {} bytes", data.len()));
+    let (&format, mut rest) = data.split_first().ok_or_else(bad)?;
+    if format != 1 {
+        return Err(bad());
+    }
+    let mut field = || -> Result<String, SignerError> {
+        let (&len, tail) = rest.split_first().ok_or_else(bad)?;
+        let (text, tail) = tail.split_at_checked(len as usize).ok_or_else(bad)?;
+        rest = tail;
+        String::from_utf8(text.to_vec()).map_err(|_| bad())
+    };
+    Ok((field()?, field()?))
+}
+
+/// The state of a device whose open app is `app` at `version`, for a wallet on `network`;
+/// `None` when it is the right Bitcoin app, recent enough.
+fn classify(app: &str, version: &str, network: Network) -> Option<DeviceState> {
+    let needed = app_for(network);
+    if app != "Bitcoin" && app != "Bitcoin Test" {
+        return Some(DeviceState::AppNotOpen { open: app.to_owned() });
+    }
+    if app != needed {
+        return Some(DeviceState::WrongNetwork {
+            app: app.to_owned(),
+            version: version.to_owned(),
+            needed: needed.to_owned(),
+        });
+    }
+    let (a, b, c) = OLDEST_APP;
+    if parse_version(version).is_none_or(|v| v < OLDEST_APP) {
+        return Some(DeviceState::TooOld {
+            app: app.to_owned(),
+            version: version.to_owned(),
+            needed: format!("{a}.{b}.{c}"),
+        });
+    }
+    None
+}
+
+/// "2.4.6" (a "-rc1" or similar tail ignored).
+fn parse_version(version: &str) -> Option<(u32, u32, u32)> {
+    let core = version.trim_start_matches('v').split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// Every Ledger on USB, with its state. A device that cannot be opened is listed with why
+/// (on Linux, most often Ledger's udev rules are missing).
+pub fn list_usb(network: Network) -> Vec<Found> {
+    let api = match HidApi::new() {
+        Ok(api) => api,
+        Err(e) => {
+            tracing::warn!(error = %e, "USB devices cannot be listed");
+            return Vec::new();
+        }
+    };
+    let mut found = Vec::new();
+    // One at a time: a device opened twice at once can lock up.
+    for info in TransportNativeHID::list_ledgers(&api) {
+        let label = match info.product_string() {
+            Some(p) if p.starts_with("Ledger") => p.to_owned(),
+            Some(p) if !p.is_empty() => format!("Ledger {p}"),
+            _ => "Ledger".to_owned(),
+        };
+        let state = match TransportNativeHID::open_device(&api, info) {
+            Ok(transport) => Ledger { label: label.clone(), link: Box::new(Usb(transport)) }.state(network),
+            Err(e) => DeviceState::Unreachable {
+                why: format!("it cannot be opened ({e}); on Linux, install Ledger's udev rules"),
+            },
+        };
+        found.push(Found { kind: "ledger", label, state });
+    }
+    found
+}
+
+/// The emulator at `addr`, if one listens there.
+pub fn probe_emulator(addr: SocketAddr, network: Network) -> Option<Found> {
+    let ledger = Ledger::emulator(addr).ok()?;
+    let state = ledger.state(network);
+    Some(Found { kind: "ledger", label: ledger.label, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(name: &str, version: &str, flags: Option<&[u8]>) -> Vec<u8> {
+        let mut v = vec![1, name.len() as u8];
+        v.extend(name.as_bytes());
+        v.push(version.len() as u8);
+        v.extend(version.as_bytes());
+        if let Some(f) = flags {
+            v.push(f.len() as u8);
+            v.extend(f);
+        }
+        v
+    }
+
+    #[test]
+    fn the_app_answer_is_read_with_or_without_flags() {
+        assert_eq!(
+            parse_app(&answer("Bitcoin Test", "2.4.6", Some(&[0]))).unwrap(),
+            ("Bitcoin Test".into(), "2.4.6".into())
+        );
+        assert_eq!(parse_app(&answer("BOLOS", "2.0.0", None)).unwrap(), ("BOLOS".into(), "2.0.0".into()));
+        for bad in [&[][..], &[2, 0, 0], &[1, 5, b'a'], &[1, 1, 0xff, 0]] {
+            assert!(parse_app(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_app_gets_the_words_the_holder_needs() {
+        assert_eq!(classify("Bitcoin Test", "2.4.6", Network::Regtest), None);
+        assert_eq!(classify("Bitcoin", "2.1.0", Network::Bitcoin), None);
+        assert!(matches!(
+            classify("Bitcoin", "2.4.6", Network::Regtest),
+            Some(DeviceState::WrongNetwork { needed, .. }) if needed == "Bitcoin Test"
+        ));
+        assert!(matches!(
+            classify("Bitcoin Test", "2.0.9", Network::Testnet),
+            Some(DeviceState::TooOld { .. })
+        ));
+        assert!(matches!(
+            classify("Bitcoin Test", "junk", Network::Testnet),
+            Some(DeviceState::TooOld { .. })
+        ));
+        assert_eq!(
+            classify("BOLOS", "2.0.0", Network::Bitcoin),
+            Some(DeviceState::AppNotOpen { open: "BOLOS".into() })
+        );
+        assert_eq!(
+            classify("Ethereum", "1.9", Network::Bitcoin),
+            Some(DeviceState::AppNotOpen { open: "Ethereum".into() })
+        );
+        assert_eq!(parse_version("2.4.6-rc1"), Some((2, 4, 6)));
+    }
+}

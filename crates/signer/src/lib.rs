@@ -1,0 +1,141 @@
+//! Hardware signers: finding the ones connected and saying what each one is, in words a holder
+//! can act on (no device, locked, the Bitcoin app not open, the other network's app), and
+//! reading keys from one that is ready.
+//!
+//! One file per device kind (`ledger.rs`); Vigil's own trait, [`Signer`], stays small so that
+//! another kind is one more file. Why Ledger devices are reached through LedgerHQ's client
+//! directly rather than a multi-vendor library: docs/adr/0008-hardware-signer-devices.md.
+
+use std::net::SocketAddr;
+
+use bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
+use bitcoin::Network;
+use serde::Serialize;
+
+pub mod ledger;
+
+/// What went wrong talking to a device.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    /// The connection to the device failed or broke.
+    #[error("the device did not answer: {0}")]
+    Io(String),
+    /// The user pressed Reject on the device.
+    #[error("you rejected it on the device")]
+    Rejected,
+    /// The device answered with an error status.
+    #[error("the device refused the request (status {0:#06x})")]
+    Status(u16),
+    /// The device's answer could not be read.
+    #[error("the device answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+/// A device ready to use: the Bitcoin app of the expected network is open.
+pub trait Signer {
+    /// The device's kind and model, for people ("Ledger Nano S Plus").
+    fn label(&self) -> &str;
+    /// The master key's fingerprint.
+    fn fingerprint(&self) -> Result<Fingerprint, SignerError>;
+    /// The extended public key at `path`.
+    fn xpub(&self, path: &DerivationPath) -> Result<Xpub, SignerError>;
+}
+
+/// One device seen, and what state it is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Found {
+    /// `"ledger"`.
+    pub kind: &'static str,
+    /// The model, or the emulator's address.
+    pub label: String,
+    /// What it can do now.
+    #[serde(flatten)]
+    pub state: DeviceState,
+}
+
+/// What a device seen can do now, and what the holder must do otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DeviceState {
+    /// The Bitcoin app of the expected network is open.
+    Ready {
+        /// The app's name ("Bitcoin", "Bitcoin Test").
+        app: String,
+        /// Its version.
+        version: String,
+        /// The master key's fingerprint, in hex.
+        fingerprint: String,
+    },
+    /// The Bitcoin app is open, but the other network's.
+    WrongNetwork {
+        /// The app open.
+        app: String,
+        /// Its version.
+        version: String,
+        /// The app this wallet needs.
+        needed: String,
+    },
+    /// A Bitcoin app too old for wallet policies.
+    TooOld {
+        /// The app open.
+        app: String,
+        /// Its version.
+        version: String,
+        /// The oldest version that works.
+        needed: String,
+    },
+    /// Unlocked, but another app (or the device's menu) is open.
+    AppNotOpen {
+        /// What is open ("BOLOS" is the device's own menu).
+        open: String,
+    },
+    /// The device waits for its PIN.
+    Locked,
+    /// Seen, but it did not answer as a Ledger does.
+    Unreachable {
+        /// Why, in words.
+        why: String,
+    },
+}
+
+impl Found {
+    /// One line a holder can act on.
+    pub fn describe(&self) -> String {
+        let what = match &self.state {
+            DeviceState::Ready { app, version, fingerprint } => {
+                format!("ready: {app} app {version}, key fingerprint {fingerprint}")
+            }
+            DeviceState::WrongNetwork { app, version, needed } => format!(
+                "the \"{app}\" app ({version}) is open, but this wallet needs the \"{needed}\" app: open that one"
+            ),
+            DeviceState::TooOld { app, version, needed } => {
+                format!("the \"{app}\" app is version {version}; update it to {needed} or later")
+            }
+            DeviceState::AppNotOpen { open } if open == "BOLOS" => {
+                "unlocked, but no app is open: open the Bitcoin app".to_owned()
+            }
+            DeviceState::AppNotOpen { open } => format!("the \"{open}\" app is open: open the Bitcoin app"),
+            DeviceState::Locked => "locked: enter its PIN, then open the Bitcoin app".to_owned(),
+            DeviceState::Unreachable { why } => format!("does not answer: {why}"),
+        };
+        format!("{}: {what}", self.label)
+    }
+}
+
+/// The name of the Ledger Bitcoin app that signs for `network`.
+pub fn app_for(network: Network) -> &'static str {
+    match network {
+        Network::Bitcoin => "Bitcoin",
+        _ => "Bitcoin Test",
+    }
+}
+
+/// Every hardware signer connected over USB, and the emulator at `emulator` if one is given
+/// (tests and demos), for a wallet on `network`. An empty list means none is connected.
+pub fn list(network: Network, emulator: Option<SocketAddr>) -> Vec<Found> {
+    let mut found = ledger::list_usb(network);
+    if let Some(addr) = emulator {
+        found.extend(ledger::probe_emulator(addr, network));
+    }
+    found
+}
