@@ -399,6 +399,7 @@ pub(crate) fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> T
         acked: Vec::new(),
         refused: Vec::new(),
         refusing_since: Default::default(),
+        only: None,
     }
 }
 

@@ -172,6 +172,7 @@ impl Cosigner {
                 acked: Vec::new(),
                 refused: Vec::new(),
                 refusing_since: Default::default(),
+                only: None,
             },
         )?;
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(

@@ -30,11 +30,20 @@ pub struct TowerOrder {
     /// Towers refusing it now, with the unix time their refusals began.
     #[serde(default)]
     pub refusing_since: std::collections::BTreeMap<String, u64>,
+    /// The towers it is for (an approval: today's and its vault's version's); none: every
+    /// tower of every version.
+    #[serde(default)]
+    pub only: Option<Vec<String>>,
 }
 
 impl TowerOrder {
     fn settled(&self, tower: &str) -> bool {
         self.acked.iter().chain(&self.refused).any(|t| t == tower)
+    }
+
+    /// Whether `tower` has yet to take it.
+    fn owed_by(&self, tower: &str) -> bool {
+        self.only.as_ref().is_none_or(|names| names.iter().any(|n| n == tower)) && !self.settled(tower)
     }
 }
 
@@ -87,10 +96,19 @@ impl Cosigner {
         let key = self.keys.auth_keypair(client.account);
         let mut last = Vec::new();
         let mut done: Vec<(String, String, Vec<TowerReport>)> = Vec::new();
+        // A tower that did not answer one order is not asked the next ones in this pass (each
+        // would wait out the timeout, panics included); they count as unanswered by it.
+        let mut silent: Vec<String> = Vec::new();
         for order in &orders {
-            let missing: Vec<String> =
-                towers.iter().filter(|t| !order.settled(&t.name)).map(|t| t.name.clone()).collect();
+            let (skipped, missing): (Vec<String>, Vec<String>) = towers
+                .iter()
+                .filter(|t| order.owed_by(&t.name))
+                .map(|t| t.name.clone())
+                .partition(|name| silent.contains(name));
+            let unanswered =
+                skipped.into_iter().map(|name| TowerReport { name, acknowledged: false, refused: None });
             if missing.is_empty() {
+                done.push((order.path.clone(), order.subject.clone(), unanswered.collect()));
                 continue;
             }
             let nonce = self.tower_nonces(client_id, towers.len() as u64)?;
@@ -106,8 +124,16 @@ impl Cosigner {
                 },
                 Some(&missing),
             );
-            let answered = reports.iter().filter(|r| missing.contains(&r.name)).cloned().collect();
-            done.push((order.path.clone(), order.subject.clone(), answered));
+            let answered: Vec<TowerReport> =
+                reports.iter().filter(|r| missing.contains(&r.name)).cloned().collect();
+            silent.extend(
+                answered.iter().filter(|r| !r.acknowledged && r.refused.is_none()).map(|r| r.name.clone()),
+            );
+            done.push((
+                order.path.clone(),
+                order.subject.clone(),
+                answered.into_iter().chain(unanswered).collect(),
+            ));
             last = reports;
         }
         // Record the acknowledgements on the orders as they are now (others may have been
@@ -156,7 +182,7 @@ impl Cosigner {
                 }
             }
         }
-        now.retain(|o| towers.iter().any(|t| !o.settled(&t.name)));
+        now.retain(|o| towers.iter().any(|t| o.owed_by(&t.name)));
         batch.expect(kind::ORDERS, client_id.to_owned(), before);
         if now.is_empty() {
             batch.delete(kind::ORDERS, client_id.to_owned());

@@ -232,6 +232,15 @@ pub struct Cosigner {
     pub(crate) tower_nonce_blocks: Mutex<HashMap<String, (u64, u64)>>,
 }
 
+/// Adds to `reach` the towers of `other` it does not name yet.
+fn add_towers(reach: &mut Policy, other: &Policy) {
+    for tower in &other.towers {
+        if !reach.towers.iter().any(|t| t.name == tower.name) {
+            reach.towers.push(tower.clone());
+        }
+    }
+}
+
 fn unauthorized(m: impl Into<String>) -> Refusal {
     Refusal::Unauthorized(m.into())
 }
@@ -350,9 +359,11 @@ impl Cosigner {
         if vault.policy_id.is_empty() || vault.policy_id == vigil_tower::policy_id(&client.policy) {
             return self.compiled(client);
         }
+        // A change due but not yet applied by the background pass may have made it, too.
         let text = client
             .past_policies
             .iter()
+            .chain(client.pending_policy.iter().map(|p| &p.text))
             .find(|t| vigil_tower::policy_id(t) == vault.policy_id)
             .ok_or_else(|| {
                 tracing::error!(client = %client.id, policy = %vault.policy_id, "a vault's policy is not kept");
@@ -370,20 +381,31 @@ impl Cosigner {
     }
 
     /// The client's current policy with every tower of its earlier versions added (by name,
-    /// the current entry first): a tower a change removed still watches the vaults made
-    /// before it, and must hear of their approvals, lockdowns and panics, or it would cancel
-    /// an approved spend and miss a panic.
-    /// A change already due counts (the co-signer applies due changes every few seconds).
+    /// the current entry first), for what concerns every vault (lockdowns, lifts, panics,
+    /// changes): a tower a change removed still watches the vaults made before it, and must
+    /// not miss a lockdown or a panic. A change already due counts (the co-signer applies
+    /// due changes every few seconds).
     pub(crate) fn reach(&self, client: &ClientRecord) -> Result<Policy, Refusal> {
         let all = self.client_policies(&self.as_of_now(client)?)?;
         let mut reach = all[0].policy().clone();
         for earlier in &all[1..] {
-            for tower in &earlier.policy().towers {
-                if !reach.towers.iter().any(|t| t.name == tower.name) {
-                    reach.towers.push(tower.clone());
-                }
-            }
+            add_towers(&mut reach, earlier.policy());
         }
+        Ok(reach)
+    }
+
+    /// The towers an approval of a vault made under `made_under` must reach: today's and its
+    /// own version's (a tower removed since still watches it, and would cancel its spend).
+    pub(crate) fn approval_reach(
+        &self,
+        client: &ClientRecord,
+        made_under: &CompiledPolicy,
+    ) -> Result<Policy, Refusal> {
+        // A change due counts; if the chain cannot be asked, the policy as stored (the
+        // approval is committed already and must still reach the towers).
+        let now = self.as_of_now(client).unwrap_or_else(|_| client.clone());
+        let mut reach = self.compiled(&now)?.policy().clone();
+        add_towers(&mut reach, made_under.policy());
         Ok(reach)
     }
 

@@ -367,8 +367,14 @@ impl Cosigner {
         delay: u32,
         viewer: Role,
     ) -> Result<SpendStatus, Refusal> {
-        // Every tower of every version: one a change removed may watch this vault.
-        let reach = self.reach(client)?;
+        // Today's towers and the vault's own version's: one a change removed still watches it.
+        let made_under = {
+            let mut store = self.store();
+            let vault = crate::ceremony::vault_record(&mut **store, &record.approval.vault_outpoint)?
+                .ok_or(Refusal::Internal)?;
+            self.vault_policy(client, &vault)?
+        };
+        let reach = self.approval_reach(client, &made_under)?;
         let key = self.keys.auth_keypair(client.account);
         let mut signatures = vec![wire::sign(&record.approval.digest(), &key)];
         signatures.extend(record.signatures.iter().cloned());
@@ -412,6 +418,7 @@ impl Cosigner {
                 acked,
                 refused: Vec::new(),
                 refusing_since: Default::default(),
+                only: Some(reach.towers.iter().map(|t| t.name.clone()).collect()),
             };
             Self::queue_order(&mut **store, &mut batch, &client.id, order)?;
         }
