@@ -71,6 +71,10 @@ pub fn checked_record(
     });
     match checked {
         Ok(followed) if served.changes.starts_with(kept_changes) => {
+            // Heights only rise: a co-signer serving a lower tip than the one kept (lying, or
+            // behind) must not make a change that applied look waiting again.
+            let mut served = served;
+            served.tip = served.tip.max(kept.map_or(0, |k| k.tip));
             let warning = followed.reaches(served.current_version).err().map(|e| e.to_string());
             let came_due = kept.is_some_and(|k| {
                 k.changes.iter().any(|c| k.tip < c.effective_height && c.effective_height <= served.tip)
@@ -296,6 +300,9 @@ mod tests {
         );
         assert_eq!(kept().unwrap().tip, 1029);
         assert_eq!(Policies::follow(&dir, None).unwrap().current().policy().version, 3);
+        // A co-signer serving a lower tip (lying, or behind) does not make it wait again.
+        let p = Policies::follow(&dir, served(vec![now.clone(), later.clone()], 100)).unwrap();
+        assert_eq!((p.current().policy().version, p.waiting), (3, None));
 
         // A co-signer that now serves fewer changes, or one with a forged signature, does not
         // lead the wallet back; it says so. One that cannot answer says that.

@@ -155,10 +155,14 @@ impl GuardianPage {
         gate: Arc<Gate>,
     ) -> Result<GuardianPage, ClientError> {
         let kept = checked_record_file(&policy_text, &changes_file, None).ok().and_then(|(r, _)| r);
+        let pinned = Current::pinned(&policy_text)?;
+        // A kept version this build cannot check leaves the page on the pinned policy, saying
+        // so: the lockdown and panic buttons must stay.
         let current = match kept.map(|r| vigil_client::policy_chain::follow(&policy_text, &r.changes, r.tip))
         {
-            Some(Ok(f)) => Current::followed(f).map_err(ClientError::Decode)?,
-            _ => Current::pinned(&policy_text)?,
+            Some(Ok(f)) => Current::followed(f)
+                .unwrap_or_else(|why| Current { followed: pinned.followed.clone(), refused: Some(why) }),
+            _ => pinned,
         };
         let co = CosignerClient::new(&policy_text, auth, nonce_file)?;
         let page = GuardianPage {
