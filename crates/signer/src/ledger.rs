@@ -5,6 +5,7 @@
 //! status word is kept: it is the only way to tell a locked device, the device's menu, another
 //! app and the other network's Bitcoin app apart, and to say which one to the holder.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
@@ -26,6 +27,9 @@ pub const OLDEST_APP: (u32, u32, u32) = (2, 1, 0);
 /// Status words of the device's OS (not the Bitcoin app's): waiting for its PIN.
 const LOCKED: [u16; 2] = [0x5515, 0x6982];
 const OK: u16 = 0x9000;
+
+/// How long a device may take to answer a command that shows nothing on its screen.
+const ANSWER_TIME: Duration = Duration::from_secs(5);
 
 /// A way to send one APDU to a device and read its answer: data and status word.
 trait Link: Send + Sync {
@@ -76,24 +80,31 @@ impl Link for Usb {
     }
 }
 
-/// LedgerHQ's client speaks through a [`Link`].
-struct Via<'a>(&'a dyn Link);
+/// LedgerHQ's client speaks through a [`Link`]; the last raw status word is kept, since the
+/// client's own type names only the Bitcoin app's (a locked device's would be lost).
+struct Via<'a> {
+    link: &'a dyn Link,
+    last_status: Cell<u16>,
+}
 
-impl Transport for Via<'_> {
+impl Transport for &Via<'_> {
     type Error = SignerError;
 
     fn exchange(&self, command: &APDUCommand) -> Result<(StatusWord, Vec<u8>), SignerError> {
-        let (status, data) = self.0.exchange(&command.encode())?;
+        let (status, data) = self.link.exchange(&command.encode())?;
+        self.last_status.set(status);
         Ok((StatusWord::try_from(status).unwrap_or(StatusWord::Unknown), data))
     }
 }
 
-fn client_error(e: BitcoinClientError<SignerError>) -> SignerError {
-    match e {
-        BitcoinClientError::Transport(e) => e,
-        BitcoinClientError::Device { status: StatusWord::Deny, .. } => SignerError::Rejected,
-        BitcoinClientError::Device { status, .. } => SignerError::Status(status as u16),
-        other => SignerError::Unexpected(format!("{other:?}")),
+impl Via<'_> {
+    fn error(&self, e: BitcoinClientError<SignerError>) -> SignerError {
+        match e {
+            BitcoinClientError::Transport(e) => e,
+            BitcoinClientError::Device { status: StatusWord::Deny, .. } => SignerError::Rejected,
+            BitcoinClientError::Device { .. } => SignerError::Status(self.last_status.get()),
+            other => SignerError::Unexpected(format!("{other:?}")),
+        }
     }
 }
 
@@ -105,14 +116,23 @@ pub struct Ledger {
 
 impl Ledger {
     /// The emulator listening at `addr`.
+    /// The emulator at `addr`. No command of this room waits on a person yet, so an answer
+    /// that takes longer than a few seconds is a device that is stuck (or serving another).
     pub fn emulator(addr: SocketAddr) -> Result<Ledger, SignerError> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-            .map_err(|e| SignerError::Io(format!("no Ledger emulator at {addr}: {e}")))?;
+        let io = |e: std::io::Error| SignerError::NotThere(format!("nothing answers at {addr}: {e}"));
+        let stream = TcpStream::connect_timeout(&addr, ANSWER_TIME).map_err(io)?;
+        stream.set_read_timeout(Some(ANSWER_TIME)).map_err(io)?;
+        stream.set_write_timeout(Some(ANSWER_TIME)).map_err(io)?;
         Ok(Ledger { label: format!("Ledger emulator at {addr}"), link: Box::new(Tcp(Mutex::new(stream))) })
     }
 
-    fn client(&self) -> BitcoinClient<Via<'_>> {
-        BitcoinClient::new(Via(&*self.link))
+    /// LedgerHQ's client for one call.
+    fn call<T>(
+        &self,
+        f: impl FnOnce(&BitcoinClient<&Via<'_>>) -> Result<T, BitcoinClientError<SignerError>>,
+    ) -> Result<T, SignerError> {
+        let via = Via { link: &*self.link, last_status: Cell::new(0) };
+        f(&BitcoinClient::new(&via)).map_err(|e| via.error(e))
     }
 
     /// The app open: its name and version, or the device's OS status word when none answers.
@@ -149,11 +169,20 @@ impl Signer for Ledger {
     }
 
     fn fingerprint(&self) -> Result<Fingerprint, SignerError> {
-        self.client().get_master_fingerprint().map_err(client_error)
+        self.call(|c| c.get_master_fingerprint())
     }
 
     fn xpub(&self, path: &DerivationPath) -> Result<Xpub, SignerError> {
-        self.client().get_extended_pubkey(path, false).map_err(client_error)
+        let xpub = self.call(|c| c.get_extended_pubkey(path, false))?;
+        // The key asked for, not another: it goes into descriptors.
+        let last = path.into_iter().last().copied();
+        if xpub.depth as usize != path.len() || last.is_some_and(|n| n != xpub.child_number) {
+            return Err(SignerError::Unexpected(format!(
+                "a key at depth {} for the path {path}",
+                xpub.depth
+            )));
+        }
+        Ok(xpub)
     }
 }
 
@@ -212,8 +241,12 @@ pub fn list_usb(network: Network) -> Vec<Found> {
     let api = match HidApi::new() {
         Ok(api) => api,
         Err(e) => {
-            tracing::warn!(error = %e, "USB devices cannot be listed");
-            return Vec::new();
+            let why = format!("USB devices cannot be listed on this computer ({e})");
+            return vec![Found {
+                kind: "ledger",
+                label: "USB".into(),
+                state: DeviceState::Unreachable { why },
+            }];
         }
     };
     let mut found = Vec::new();
@@ -235,11 +268,19 @@ pub fn list_usb(network: Network) -> Vec<Found> {
     found
 }
 
-/// The emulator at `addr`, if one listens there.
-pub fn probe_emulator(addr: SocketAddr, network: Network) -> Option<Found> {
-    let ledger = Ledger::emulator(addr).ok()?;
-    let state = ledger.state(network);
-    Some(Found { kind: "ledger", label: ledger.label, state })
+/// The emulator at `addr`, and its state (unreachable when nothing listens there).
+pub fn probe_emulator(addr: SocketAddr, network: Network) -> Found {
+    match Ledger::emulator(addr) {
+        Ok(ledger) => {
+            let state = ledger.state(network);
+            Found { kind: "ledger", label: ledger.label, state }
+        }
+        Err(e) => Found {
+            kind: "ledger",
+            label: format!("Ledger emulator at {addr}"),
+            state: DeviceState::Unreachable { why: e.to_string() },
+        },
+    }
 }
 
 #[cfg(test)]

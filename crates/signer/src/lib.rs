@@ -17,6 +17,9 @@ pub mod ledger;
 /// What went wrong talking to a device.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
+    /// Nothing answers where a device was expected.
+    #[error("{0}")]
+    NotThere(String),
     /// The connection to the device failed or broke.
     #[error("the device did not answer: {0}")]
     Io(String),
@@ -91,7 +94,7 @@ pub enum DeviceState {
     },
     /// The device waits for its PIN.
     Locked,
-    /// Seen, but it did not answer as a Ledger does.
+    /// Seen (or asked for), but it cannot be used.
     Unreachable {
         /// Why, in words.
         why: String,
@@ -116,7 +119,7 @@ impl Found {
             }
             DeviceState::AppNotOpen { open } => format!("the \"{open}\" app is open: open the Bitcoin app"),
             DeviceState::Locked => "locked: enter its PIN, then open the Bitcoin app".to_owned(),
-            DeviceState::Unreachable { why } => format!("does not answer: {why}"),
+            DeviceState::Unreachable { why } => format!("cannot be used: {why}"),
         };
         format!("{}: {what}", self.label)
     }
@@ -131,11 +134,12 @@ pub fn app_for(network: Network) -> &'static str {
 }
 
 /// Every hardware signer connected over USB, and the emulator at `emulator` if one is given
-/// (tests and demos), for a wallet on `network`. An empty list means none is connected.
+/// (tests and demos), for a wallet on `network`. An empty list means none is connected; a
+/// device (or an emulator asked for) that cannot be used is listed with why.
 pub fn list(network: Network, emulator: Option<SocketAddr>) -> Vec<Found> {
     let mut found = ledger::list_usb(network);
     if let Some(addr) = emulator {
-        found.extend(ledger::probe_emulator(addr, network));
+        found.push(ledger::probe_emulator(addr, network));
     }
     found
 }
