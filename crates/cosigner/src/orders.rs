@@ -105,36 +105,53 @@ impl Cosigner {
                 .filter(|t| order.owed_by(&t.name))
                 .map(|t| t.name.clone())
                 .partition(|name| silent.contains(name));
-            let unanswered =
-                skipped.into_iter().map(|name| TowerReport { name, acknowledged: false, refused: None });
-            if missing.is_empty() {
-                done.push((order.path.clone(), order.subject.clone(), unanswered.collect()));
+            if missing.is_empty() && skipped.is_empty() {
                 continue;
             }
-            let nonce = self.tower_nonces(client_id, towers.len() as u64)?;
-            let reports = crate::towers::post_all(
-                &reach,
-                &key,
-                &order.path,
-                &order.subject,
-                &|t| {
-                    let mut body = order.body.clone();
-                    body["nonce"] = Value::from(nonce + t as u64);
-                    serde_json::to_vec(&body).expect("json")
-                },
-                Some(&missing),
-            );
-            let answered: Vec<TowerReport> =
-                reports.iter().filter(|r| missing.contains(&r.name)).cloned().collect();
-            silent.extend(
-                answered.iter().filter(|r| !r.acknowledged && r.refused.is_none()).map(|r| r.name.clone()),
-            );
-            done.push((
-                order.path.clone(),
-                order.subject.clone(),
-                answered.into_iter().chain(unanswered).collect(),
-            ));
-            last = reports;
+            let mut answered = Vec::new();
+            if !missing.is_empty() {
+                let nonce = self.tower_nonces(client_id, towers.len() as u64)?;
+                let reports = crate::towers::post_all(
+                    &reach,
+                    &key,
+                    &order.path,
+                    &order.subject,
+                    &|t| {
+                        let mut body = order.body.clone();
+                        body["nonce"] = Value::from(nonce + t as u64);
+                        serde_json::to_vec(&body).expect("json")
+                    },
+                    Some(&missing),
+                );
+                answered.extend(reports.into_iter().filter(|r| missing.contains(&r.name)));
+                silent.extend(
+                    answered
+                        .iter()
+                        .filter(|r| !r.acknowledged && r.refused.is_none())
+                        .map(|r| r.name.clone()),
+                );
+            }
+            answered.extend(skipped.into_iter().map(|name| TowerReport {
+                name,
+                acknowledged: false,
+                refused: None,
+            }));
+            // Where this order stands at each of its towers: as answered now, else as settled.
+            last = towers
+                .iter()
+                .filter(|t| order.only.as_ref().is_none_or(|names| names.contains(&t.name)))
+                .map(|t| {
+                    answered.iter().find(|r| r.name == t.name).cloned().unwrap_or_else(|| TowerReport {
+                        name: t.name.clone(),
+                        acknowledged: order.acked.contains(&t.name),
+                        refused: order
+                            .refused
+                            .contains(&t.name)
+                            .then(|| "it refused this for good".to_owned()),
+                    })
+                })
+                .collect();
+            done.push((order.path.clone(), order.subject.clone(), answered));
         }
         // Record the acknowledgements on the orders as they are now (others may have been
         // queued meanwhile), each by what it is; drop the orders every tower has.
