@@ -41,9 +41,14 @@ impl TowerOrder {
         self.acked.iter().chain(&self.refused).any(|t| t == tower)
     }
 
+    /// Whether it is for `tower` at all.
+    fn is_for(&self, tower: &str) -> bool {
+        self.only.as_ref().is_none_or(|names| names.iter().any(|n| n == tower))
+    }
+
     /// Whether `tower` has yet to take it.
     fn owed_by(&self, tower: &str) -> bool {
-        self.only.as_ref().is_none_or(|names| names.iter().any(|n| n == tower)) && !self.settled(tower)
+        self.is_for(tower) && !self.settled(tower)
     }
 }
 
@@ -84,15 +89,10 @@ impl Cosigner {
             (orders, Self::client(&mut **store, client_id)?.ok_or(Refusal::Internal)?)
         };
         // Every tower of every version: one a change removed still watches older vaults.
-        let reach = self.reach(&client)?;
+        let now = self.as_of_now(&client)?;
+        let reach = self.reach(&now)?;
         let towers = &reach.towers;
-        let current = self
-            .compiled(&self.as_of_now(&client)?)?
-            .policy()
-            .towers
-            .iter()
-            .map(|t| t.name.clone())
-            .collect::<Vec<_>>();
+        let current = self.compiled(&now)?.policy().towers.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         let key = self.keys.auth_keypair(client.account);
         let mut last = Vec::new();
         let mut done: Vec<(String, String, Vec<TowerReport>)> = Vec::new();
@@ -139,7 +139,7 @@ impl Cosigner {
             // Where this order stands at each of its towers: as answered now, else as settled.
             last = towers
                 .iter()
-                .filter(|t| order.only.as_ref().is_none_or(|names| names.contains(&t.name)))
+                .filter(|t| order.is_for(&t.name))
                 .map(|t| {
                     answered.iter().find(|r| r.name == t.name).cloned().unwrap_or_else(|| TowerReport {
                         name: t.name.clone(),

@@ -383,10 +383,9 @@ impl Cosigner {
     /// The client's current policy with every tower of its earlier versions added (by name,
     /// the current entry first), for what concerns every vault (lockdowns, lifts, panics,
     /// changes): a tower a change removed still watches the vaults made before it, and must
-    /// not miss a lockdown or a panic. A change already due counts (the co-signer applies
-    /// due changes every few seconds).
+    /// not miss a lockdown or a panic. `client` as of now ([`Self::as_of_now`]).
     pub(crate) fn reach(&self, client: &ClientRecord) -> Result<Policy, Refusal> {
-        let all = self.client_policies(&self.as_of_now(client)?)?;
+        let all = self.client_policies(client)?;
         let mut reach = all[0].policy().clone();
         for earlier in &all[1..] {
             add_towers(&mut reach, earlier.policy());
@@ -409,7 +408,8 @@ impl Cosigner {
         Ok(reach)
     }
 
-    /// `client` with a waiting change that is due applied, as it will be on the next pass.
+    /// `client` with a waiting change that is due applied, as it will be on the next pass (the
+    /// co-signer applies due changes every few seconds).
     pub(crate) fn as_of_now(&self, client: &ClientRecord) -> Result<ClientRecord, Refusal> {
         let mut now = client.clone();
         now.apply_due(self.tip()?);

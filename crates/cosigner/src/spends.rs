@@ -17,7 +17,7 @@ use vigil_policy::bitcoin::hex::FromHex;
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::secp256k1::{schnorr, Secp256k1};
 use vigil_policy::bitcoin::{Address, OutPoint, Sequence};
-use vigil_policy::SpendInput;
+use vigil_policy::{CompiledPolicy, SpendInput};
 use vigil_tower::wire::{Approval, KeySignature, RegisterApproval};
 
 use crate::ceremony::vault_record;
@@ -353,7 +353,7 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(store);
         if alone {
-            return self.push_approval(&client, record, delay, caller.role);
+            return self.push_approval(&client, &made_under, record, delay, caller.role);
         }
         Ok(record.status(caller.role, delay))
     }
@@ -363,18 +363,13 @@ impl Cosigner {
     fn push_approval(
         &self,
         client: &ClientRecord,
+        made_under: &CompiledPolicy,
         mut record: SpendRecord,
         delay: u32,
         viewer: Role,
     ) -> Result<SpendStatus, Refusal> {
         // Today's towers and the vault's own version's: one a change removed still watches it.
-        let made_under = {
-            let mut store = self.store();
-            let vault = crate::ceremony::vault_record(&mut **store, &record.approval.vault_outpoint)?
-                .ok_or(Refusal::Internal)?;
-            self.vault_policy(client, &vault)?
-        };
-        let reach = self.approval_reach(client, &made_under)?;
+        let reach = self.approval_reach(client, made_under)?;
         let key = self.keys.auth_keypair(client.account);
         let mut signatures = vec![wire::sign(&record.approval.digest(), &key)];
         signatures.extend(record.signatures.iter().cloned());
@@ -533,7 +528,8 @@ impl Cosigner {
         drop(store);
         let delay = record.delay_or(caller.policy().delays.unvault as u32);
         if record.state == "approved" {
-            return self.push_approval(&client, record, delay, caller.role);
+            let made_under = self.vault_policy(&client, &vault)?;
+            return self.push_approval(&client, &made_under, record, delay, caller.role);
         }
         Ok(record.status(caller.role, delay))
     }
