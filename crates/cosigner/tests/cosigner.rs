@@ -323,7 +323,8 @@ fn a_vault_keeps_the_scripts_and_delay_of_the_policy_it_was_made_under() {
     lines.swap(first, first + 1);
     let changed = lines.join("\n") + "\n";
     let change = f.change_policy(&changed, &[0, 1]).unwrap();
-    block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
+    // Every tower at version 2 too: a vault made now must be registered under it.
+    until_applied(&node, &f, &change);
 
     // The standard vault made before: its spend carries its own DELAY, not the new one.
     f.example.delay = longer;
@@ -534,18 +535,7 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
         format!("{}{}", &f.policy_text[..start], &f.policy_text[end..]).replace("version = 1", "version = 2");
     assert!(!changed.contains("tower-b") && changed.contains("tower-a"), "{changed}");
     let change = f.change_policy(&changed, &[0, 1]).unwrap();
-    block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
-    // Each tower dates the change by its own tip when it heard of it: a block or two later.
-    let path = format!("/v1/clients/{}", f.cosigner.client);
-    for t in &f.towers {
-        eventually("the tower applies version 2", || {
-            let version = vigil_testenv::household::get(&t.api, &path, &f.owner()).ok()?["version"].as_u64();
-            if version != Some(2) {
-                block(&node, &f, 1);
-            }
-            (version == Some(2)).then_some(())
-        });
-    }
+    until_applied(&node, &f, &change);
 
     let approved = spend(&f, &vault).unwrap();
     let told: Vec<&str> = approved["towers"]
@@ -563,4 +553,19 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
     block(&node, &f, 1);
     assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1, "no tower cancelled the approved spend");
     assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+
+    // A tower's name is its identity across versions: a later version giving tower-b's name to
+    // another key, or tower-b's key another name, would hide the tower still watching the
+    // vaults of version 1; both are refused, naming the field.
+    let tower_b = f.policy_text[start..end].to_owned();
+    let key = tower_b.lines().find(|l| l.starts_with("key = ")).unwrap().to_owned();
+    let stranger = "key = \"0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\"";
+    for (returned, why) in [
+        (tower_b.replace(&key, stranger), "had another key in version 1"),
+        (tower_b.replace("\"tower-b\"", "\"tower-c\""), "in version 1; a tower keeps its name"),
+    ] {
+        let v3 = format!("{changed}{returned}").replace("version = 2", "version = 3");
+        let refused = f.change_policy(&v3, &[0, 1]).unwrap_err();
+        assert!(refused.0 == 400 && refused.1.contains(why), "{refused:?}");
+    }
 }

@@ -255,6 +255,38 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether this policy's towers agree with those of an `earlier` version: a tower's name
+    /// is its identity across versions (acknowledgements, orders and alarms name it), so a
+    /// name keeps its key and a key its name; a tower may move to another URL. Otherwise a
+    /// tower an earlier version named, still watching the vaults made under it, would be
+    /// mistaken for another and miss their approvals.
+    pub fn towers_agree_with(&self, earlier: &Policy) -> Result<(), PolicyError> {
+        for (i, tower) in self.towers.iter().enumerate() {
+            for before in &earlier.towers {
+                let same_key = before.key.x_only_public_key().0 == tower.key.x_only_public_key().0;
+                if before.name == tower.name && !same_key {
+                    return Err(field(
+                        format!("towers[{i}].key"),
+                        format!(
+                            "{:?} had another key in version {}; give the new tower a name of its own",
+                            tower.name, earlier.version
+                        ),
+                    ));
+                }
+                if same_key && before.name != tower.name {
+                    return Err(field(
+                        format!("towers[{i}].name"),
+                        format!(
+                            "this tower was {:?} in version {}; a tower keeps its name",
+                            before.name, earlier.version
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Parses and validates a policy file's text.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
         let file: PolicyFile = toml::from_str(text)?;

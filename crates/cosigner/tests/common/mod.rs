@@ -16,6 +16,23 @@ pub fn block(node: &Node, f: &Family, n: u32) {
     mine(&node.rpc, n, &f.wallet.address());
 }
 
+/// Mines past a change's effective height, then until every tower has applied it too: each
+/// tower dates a change by its own tip when it heard of it, a block or two later.
+pub fn until_applied(node: &Node, f: &Family, change: &Value) {
+    let version = Some(change["version"].as_u64().expect("a change's version"));
+    block(node, f, (change["effective_height"].as_u64().unwrap() as u32).saturating_sub(tip(node)));
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    for t in &f.towers {
+        vigil_testenv::eventually("the tower applies the change", || {
+            let applied = vigil_testenv::household::get(&t.api, &path, &f.owner()).ok()?["version"].as_u64();
+            if applied != version {
+                block(node, f, 1);
+            }
+            (applied == version).then_some(())
+        });
+    }
+}
+
 pub fn tip(node: &Node) -> u32 {
     node.rpc.tip().unwrap().height
 }
