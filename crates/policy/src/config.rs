@@ -29,6 +29,8 @@ pub const MIN_PUBLIC_DELAY_BLOCKS: u16 = 36;
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     version: u32,
+    #[serde(default = "first_format")]
+    format: u32,
     network: String,
     owner: OwnerSection,
     cosigner: CosignerSection,
@@ -38,6 +40,10 @@ struct PolicyFile {
     allowance: AllowanceSection,
     #[serde(default)]
     towers: Vec<TowerSection>,
+}
+
+fn first_format() -> u32 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,26 +121,52 @@ pub struct PolicyKey {
     pub auth: Option<bitcoin::key::XOnlyPublicKey>,
 }
 
+/// How a policy's outputs derive their keys (ADR 0005).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PolicyFormat {
+    /// Format 1: a party's key at `/0/i` (intake) or `/1/i` (vault) in every leaf that names
+    /// it, and the literal NUMS point as internal key.
+    Shared = 1,
+    /// Format 2: each leaf a key sits in has its own derivation branch, and the internal key
+    /// is an xpub over the NUMS point, so a hardware signer can register every output as a
+    /// BIP-388 wallet policy.
+    PerLeaf = 2,
+}
+
 /// Which chain of child keys a key contributes to: intake (receive) addresses or vault graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyChain {
-    /// `/0/*`: intake addresses, one per receive index.
-    Intake = 0,
-    /// `/1/*`: the unvault, recovery and deep-vault outputs, one set per vault index.
-    Vault = 1,
-    /// `/2/0`: the key a party signs requests to towers and the co-signer with.
-    Auth = 2,
+    /// Intake addresses, one per receive index.
+    Intake,
+    /// The unvault, recovery and deep-vault outputs, one set per vault index.
+    Vault,
 }
 
+impl KeyChain {
+    /// The derivation branches of a chain: one for the first leaf a key sits in (and the
+    /// internal key), one for the second (ADR 0005's table). Format 1 has one branch.
+    pub fn branches(self, format: PolicyFormat) -> [u32; 2] {
+        match (format, self) {
+            (PolicyFormat::Shared, KeyChain::Intake) => [0, 0],
+            (PolicyFormat::Shared, KeyChain::Vault) => [1, 1],
+            (PolicyFormat::PerLeaf, KeyChain::Intake) => [0, 4],
+            (PolicyFormat::PerLeaf, KeyChain::Vault) => [6, 8],
+        }
+    }
+}
+
+/// `/2/0`: the key a party signs requests with, when the policy names none.
+const AUTH_BRANCH: u32 = 2;
+
 impl PolicyKey {
-    /// The master fingerprint and full path of the child key `chain/index`, for PSBT signers.
-    pub fn key_source(&self, chain: KeyChain, index: u32) -> (Fingerprint, DerivationPath) {
+    /// The master fingerprint and full path of the child key `branch/index`, for PSBT signers.
+    pub fn key_source(&self, branch: u32, index: u32) -> (Fingerprint, DerivationPath) {
         let (fp, base) = match &self.origin {
             Some((fp, path)) => (*fp, path.clone()),
             None => (self.xpub.fingerprint(), DerivationPath::master()),
         };
         let tail = [
-            ChildNumber::from_normal_idx(chain as u32).expect("0 or 1"),
+            ChildNumber::from_normal_idx(branch).expect("a small branch"),
             ChildNumber::from_normal_idx(index).expect("index < 2^31"),
         ];
         (fp, base.extend(tail))
@@ -151,21 +183,26 @@ impl PolicyKey {
             return auth;
         }
         let path = [
-            ChildNumber::from_normal_idx(KeyChain::Auth as u32).expect("2"),
+            ChildNumber::from_normal_idx(AUTH_BRANCH).expect("2"),
             ChildNumber::from_normal_idx(0).expect("0"),
         ];
         self.xpub.derive_pub(secp(), &path).expect("non-hardened derivation").public_key.x_only_public_key().0
     }
 
-    /// The descriptor form of this key on `chain`, ranged (`/*`) or at one index.
-    pub fn descriptor_key(&self, chain: KeyChain, index: Option<u32>) -> String {
-        let origin = match &self.origin {
-            Some((fp, path)) if path.is_empty() => format!("[{fp}]"),
-            Some((fp, path)) => format!("[{fp}/{}]", path.to_string().trim_start_matches("m/")),
-            None => String::new(),
-        };
+    /// The descriptor form of this key on `branch`, ranged (`/*`) or at one index.
+    pub fn descriptor_key(&self, branch: u32, index: Option<u32>) -> String {
         let tail = index.map(|i| i.to_string()).unwrap_or_else(|| "*".into());
-        format!("{origin}{}/{}/{tail}", self.xpub, chain as u32)
+        format!("{}/{branch}/{tail}", self.key_expression())
+    }
+
+    /// The key with its origin and no derivation step: `[fingerprint/path]xpub`, or the
+    /// xpub alone when the policy gives no origin (a BIP-388 key information).
+    pub fn key_expression(&self) -> String {
+        match &self.origin {
+            Some((fp, path)) if path.is_empty() => format!("[{fp}]{}", self.xpub),
+            Some((fp, path)) => format!("[{fp}/{}]{}", path.to_string().trim_start_matches("m/"), self.xpub),
+            None => self.xpub.to_string(),
+        }
     }
 }
 
@@ -232,6 +269,8 @@ pub struct Tower {
 pub struct Policy {
     /// The policy's revision, raised by every change (towers pin it).
     pub version: u32,
+    /// How its outputs derive their keys.
+    pub format: PolicyFormat,
     /// The network every key and address belongs to.
     pub network: Network,
     /// The owner's everyday keys.
@@ -310,6 +349,18 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
     if file.version == 0 {
         return Err(field("version", "the first version of a policy is 1"));
     }
+    let format = match file.format {
+        1 => PolicyFormat::Shared,
+        2 => PolicyFormat::PerLeaf,
+        other => {
+            return Err(field(
+                "format",
+                format!(
+                "unknown format {other} (1: one derivation per key; 2: one per leaf, for hardware signers)"
+            ),
+            ))
+        }
+    };
     let network = match file.network.as_str() {
         "bitcoin" | "mainnet" => Network::Bitcoin,
         "testnet" => Network::Testnet,
@@ -508,6 +559,7 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
     }
     Ok(Policy {
         version: file.version,
+        format,
         network,
         owner,
         backup,

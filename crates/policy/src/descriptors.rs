@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use bitcoin::bip32::{ChildNumber, Xpub};
+use bitcoin::hashes::{sha256, Hash, HashEngine};
 use bitcoin::key::XOnlyPublicKey;
 use bitcoin::taproot::{ControlBlock, LeafVersion};
 use bitcoin::ScriptBuf;
 use miniscript::descriptor::{DefiniteDescriptorKey, DescriptorPublicKey, SinglePub, SinglePubKey};
 use miniscript::{Descriptor, TranslatePk, Translator};
 
-use crate::config::{secp, KeyChain, Policy, PolicyKey};
+use crate::config::{secp, KeyChain, Policy, PolicyFormat, PolicyKey};
 use crate::error::{DescriptorError, PolicyError, TaprootError};
 
 /// BIP341's provably unspendable point H: no key path, every spend goes through a leaf.
@@ -31,7 +32,9 @@ pub enum VaultKind {
 }
 
 /// Descriptor templates over placeholder keys: `O0..` owner, `B` backup, `C` co-signer,
-/// `G0..` guardians, `OO`/`CO` the owner's and co-signer's one-time keys, `NUMS`.
+/// `G0..` guardians, `OO`/`CO` the owner's and co-signer's one-time keys, `NUMS`. A party's
+/// name alone is its key in the first leaf it sits in; with [`SECOND`] appended, in the
+/// second (the recovery leaf; the deep vault's fast leaf). Format 1 derives both alike.
 #[derive(Debug, Clone)]
 pub(crate) struct Templates {
     pub intake: Descriptor<String>,
@@ -49,24 +52,32 @@ pub(crate) struct Templates {
     pub owner_names: Vec<String>,
 }
 
-fn threshold(k: u32, prefix: &str, n: usize) -> String {
+/// Appended to a party's placeholder for its key in the second leaf it sits in.
+pub(crate) const SECOND: &str = "_2";
+
+fn threshold(k: u32, prefix: &str, n: usize, suffix: &str) -> String {
     if n == 1 {
-        return format!("pk({prefix}0)");
+        return format!("pk({prefix}0{suffix})");
     }
-    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}{i}{suffix}")).collect();
     format!("multi_a({k},{})", keys.join(","))
 }
 
 impl Templates {
     pub fn new(policy: &Policy) -> Result<Templates, PolicyError> {
-        let owner = threshold(policy.owner.threshold, "O", policy.owner.keys.len());
+        let (k, n_owner) = (policy.owner.threshold, policy.owner.keys.len());
+        let owner = threshold(k, "O", n_owner, "");
         let n = policy.guardians.keys.len();
-        let guard_m = threshold(policy.guardians.threshold, "G", n);
-        let guard_all = threshold(n as u32, "G", n);
+        let guard_m = threshold(policy.guardians.threshold, "G", n, "");
         let (delay, recover_after, long) =
             (policy.delays.unvault, policy.delays.recovery, policy.delays.deep_vault);
 
-        let recover = format!("and_v(v:{owner},and_v(v:{guard_m},older({recover_after})))");
+        // The recovery leaf is every key's second leaf; the deep vault's fast leaf the
+        // backup's and the guardians'.
+        let (owner_2, guard_m_2) =
+            (threshold(k, "O", n_owner, SECOND), threshold(policy.guardians.threshold, "G", n, SECOND));
+        let guard_all_2 = threshold(n as u32, "G", n, SECOND);
+        let recover = format!("and_v(v:{owner_2},and_v(v:{guard_m_2},older({recover_after})))");
         let once = "and_v(v:pk(OO),pk(CO))";
         let spend_standard = format!("and_v(v:{owner},and_v(v:pk(C),older({delay})))");
         let spend_guarded = format!("and_v(v:{owner},and_v(v:pk(C),and_v(v:{guard_m},older({delay}))))");
@@ -85,7 +96,7 @@ impl Templates {
             unvault_guarded: parse(unvault(&spend_guarded))?,
             recovery: parse(format!("tr(NUMS,{{and_v(v:{owner},and_v(v:pk(C),{guard_m})),{recover}}})"))?,
             deep_vault: parse(format!(
-                "tr(NUMS,{{and_v(v:pk(B),and_v(v:{guard_m},older({long}))),and_v(v:pk(B),and_v(v:pk(C),{guard_all}))}})"
+                "tr(NUMS,{{and_v(v:pk(B),and_v(v:{guard_m},older({long}))),and_v(v:pk(B{SECOND}),and_v(v:pk(C),{guard_all_2}))}})"
             ))?,
             recover_leaf: parse(format!("tr(NUMS,{recover})"))?,
             spend_leaf_standard: parse(format!("tr(NUMS,{spend_standard})"))?,
@@ -139,16 +150,21 @@ where
     })
 }
 
-/// The policy's keys one derivation step down (`xpub/0` or `xpub/1`), cached so that deriving
-/// a vault's keys costs one child derivation per key.
+/// The policy's keys one derivation step down (`xpub/branch`), cached so that deriving a
+/// vault's keys costs one child derivation per key and branch.
 #[derive(Debug, Clone)]
 pub(crate) struct KeyChainCache {
-    /// (placeholder, chain-level xpub, the policy key)
-    keys: Vec<(String, Xpub, PolicyKey)>,
+    /// (placeholders, branch-level xpub, the policy key, branch): format 1 has one entry per
+    /// key naming both its placeholders; format 2 one per key and branch.
+    keys: Vec<(Vec<String>, Xpub, PolicyKey, u32)>,
+    /// The internal key in format 2: [`nums_xpub`], it one step down, and the branch; format
+    /// 1 uses the NUMS point itself.
+    nums: Option<(Xpub, Xpub, u32)>,
 }
 
 impl KeyChainCache {
     pub fn new(policy: &Policy, chain: KeyChain) -> Result<KeyChainCache, PolicyError> {
+        let [first, second] = chain.branches(policy.format);
         let mut named: Vec<(String, &PolicyKey)> = Vec::new();
         for (i, k) in policy.owner.keys.iter().enumerate() {
             named.push((format!("O{i}"), k));
@@ -158,46 +174,104 @@ impl KeyChainCache {
         for (i, k) in policy.guardians.keys.iter().enumerate() {
             named.push((format!("G{i}"), k));
         }
-        let step = [ChildNumber::from_normal_idx(chain as u32).expect("0 or 1")];
-        let keys = named
-            .into_iter()
-            .map(|(name, k)| {
-                let xpub = k.xpub.derive_pub(secp(), &step).map_err(DescriptorError::from)?;
-                Ok((name, xpub, k.clone()))
-            })
-            .collect::<Result<_, PolicyError>>()?;
-        Ok(KeyChainCache { keys })
+        let step = |xpub: &Xpub, branch: u32| -> Result<Xpub, PolicyError> {
+            let step = [ChildNumber::from_normal_idx(branch).expect("a small branch")];
+            Ok(xpub.derive_pub(secp(), &step).map_err(DescriptorError::from)?)
+        };
+        let mut keys = Vec::with_capacity(2 * named.len());
+        for (name, k) in named {
+            let second_name = format!("{name}{SECOND}");
+            if first == second {
+                keys.push((vec![name, second_name], step(&k.xpub, first)?, k.clone(), first));
+            } else {
+                keys.push((vec![name], step(&k.xpub, first)?, k.clone(), first));
+                keys.push((vec![second_name], step(&k.xpub, second)?, k.clone(), second));
+            }
+        }
+        let nums = match policy.format {
+            PolicyFormat::Shared => None,
+            PolicyFormat::PerLeaf => {
+                let root = nums_xpub(policy);
+                Some((root, step(&root, first)?, first))
+            }
+        };
+        Ok(KeyChainCache { keys, nums })
     }
 
     /// Every placeholder's x-only key at `index`.
     pub fn xonly_at(&self, index: u32) -> Result<HashMap<String, XOnlyPublicKey>, PolicyError> {
         // Non-hardened indexes only: the policy holds public keys.
         ChildNumber::from_normal_idx(index).map_err(|_| DescriptorError::HardenedIndex(index))?;
-        let mut map = HashMap::with_capacity(self.keys.len() + 3);
-        for (name, xpub, _) in &self.keys {
-            let key = crate::fast::child_public_key(xpub, index)?;
-            map.insert(name.clone(), key.x_only_public_key().0);
+        let mut map = HashMap::with_capacity(2 * self.keys.len() + 3);
+        for (names, xpub, _, _) in &self.keys {
+            let key = crate::fast::child_public_key(xpub, index)?.x_only_public_key().0;
+            for name in names {
+                map.insert(name.clone(), key);
+            }
         }
-        map.insert("NUMS".into(), nums());
+        map.insert("NUMS".into(), self.internal_key(index)?);
         Ok(map)
     }
 
-    /// Every placeholder as a descriptor key on `chain`, ranged or at one index.
-    pub fn descriptor_keys(
-        &self,
-        chain: KeyChain,
-        index: Option<u32>,
-    ) -> HashMap<String, DescriptorPublicKey> {
-        let mut map: HashMap<String, DescriptorPublicKey> = self
-            .keys
-            .iter()
-            .map(|(name, _, k)| {
-                let text = k.descriptor_key(chain, index);
-                (name.clone(), DescriptorPublicKey::from_str(&text).expect("built from a valid xpub"))
-            })
-            .collect();
-        map.insert("NUMS".into(), single(nums()));
+    /// The unspendable internal key at `index`.
+    pub fn internal_key(&self, index: u32) -> Result<XOnlyPublicKey, PolicyError> {
+        Ok(match &self.nums {
+            None => nums(),
+            Some((_, xpub, _)) => crate::fast::child_public_key(xpub, index)?.x_only_public_key().0,
+        })
+    }
+
+    /// A placeholder's key without derivation (`[fp/path]xpub`; the NUMS xpub) and the
+    /// branch it derives on; `None` for a name the policy does not hold (`OO`, `CO`).
+    pub fn key_and_branch(&self, name: &str) -> Option<(String, u32)> {
+        if name == "NUMS" {
+            return self.nums.as_ref().map(|(root, _, branch)| (root.to_string(), *branch));
+        }
+        let (_, _, key, branch) = self.keys.iter().find(|(names, ..)| names.iter().any(|n| n == name))?;
+        Some((key.key_expression(), *branch))
+    }
+
+    /// Every placeholder as a descriptor key, ranged or at one index.
+    pub fn descriptor_keys(&self, index: Option<u32>) -> HashMap<String, DescriptorPublicKey> {
+        let parse = |text: String| DescriptorPublicKey::from_str(&text).expect("built from a valid xpub");
+        let mut map = HashMap::with_capacity(2 * self.keys.len() + 3);
+        for (names, _, k, branch) in &self.keys {
+            let key = parse(k.descriptor_key(*branch, index));
+            for name in names {
+                map.insert(name.clone(), key.clone());
+            }
+        }
+        let internal = match &self.nums {
+            None => single(nums()),
+            Some((root, _, branch)) => {
+                let tail = index.map(|i| i.to_string()).unwrap_or_else(|| "*".into());
+                parse(format!("{root}/{branch}/{tail}"))
+            }
+        };
+        map.insert("NUMS".into(), internal);
         map
+    }
+}
+
+/// Format 2's unspendable internal key: an xpub over BIP341's point H, whose chain code
+/// binds it to `policy`'s keys (ADR 0005). Nobody knows H's discrete logarithm, so no child
+/// of it has a private key either; anyone holding the policy recomputes it.
+pub fn nums_xpub(policy: &Policy) -> Xpub {
+    let mut engine = sha256::Hash::engine();
+    engine.input(b"vigil/nums");
+    let keys =
+        policy.owner.keys.iter().chain([&policy.backup, &policy.cosigner]).chain(&policy.guardians.keys);
+    for key in keys {
+        engine.input(&key.xpub.encode());
+    }
+    let chain_code = sha256::Hash::from_engine(engine).to_byte_array();
+    Xpub {
+        network: policy.network.into(),
+        depth: 0,
+        parent_fingerprint: Default::default(),
+        child_number: ChildNumber::from_normal_idx(0).expect("0"),
+        public_key: nums().public_key(bitcoin::secp256k1::Parity::Even),
+        chain_code: chain_code.into(),
     }
 }
 

@@ -37,6 +37,14 @@ pub enum PolicyError {
         /// The velocity limit.
         limit: Amount,
     },
+    /// An output a hardware signer must register as a BIP-388 wallet policy cannot be.
+    #[error("the {output} output cannot be registered on a hardware signer: {reason}")]
+    NotRegistrable {
+        /// Which output (`intake`, `guarded unvault`).
+        output: String,
+        /// The limit it breaks, named.
+        reason: String,
+    },
     /// A funding input is not a native segwit output, so the funding txid could change.
     #[error("funding input {input} ({outpoint}) is not a native segwit output: its txid could be malleated, which would orphan the pre-signed graph")]
     NonSegwitFundingInput {

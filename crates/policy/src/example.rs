@@ -71,6 +71,8 @@ pub struct ExamplePolicy {
     pub velocity_limit_sat: u64,
     /// Number of towers.
     pub towers: usize,
+    /// The policy format (ADR 0005): 1, or 2 for hardware signers.
+    pub format: u32,
     /// Where the co-signer's account key, the co-signer's URL and the towers' URLs differ
     /// from the derived example's: a policy for a real co-signer and real tower processes.
     pub services: Services,
@@ -112,6 +114,7 @@ impl Default for ExamplePolicy {
             max_fee_percent: 5,
             velocity_limit_sat: 10_000_000,
             towers: 2,
+            format: 1,
             services: Services::default(),
         }
     }
@@ -170,7 +173,7 @@ impl ExamplePolicy {
             r#"# Vigil custody policy: REGTEST EXAMPLE. Every key below derives from the public label
 # "{seed}" (see vigil_policy::example): anyone can spend from it. Never use it for real funds.
 version = 1
-network = "regtest"
+{format}network = "regtest"
 
 [owner]
 # The owner's everyday keys (phone, hardware signer) and how many must sign.
@@ -215,6 +218,12 @@ velocity_window_blocks = {window}
 {spend_limit}whitelist = []
 {towers}"#,
             seed = self.seed,
+            format = match self.format {
+                1 => String::new(),
+                n => format!(
+                    "# Keys derive per leaf, so a hardware signer can register each output.\nformat = {n}\n"
+                ),
+            },
             owner_threshold = self.owner_threshold,
             owners = list(&keys.owners),
             backup = account_key(&keys.backup),
@@ -275,9 +284,9 @@ impl ExampleKeys {
         }
     }
 
-    /// The key pair of `who` at vault index `index` (`/1/index` under the account).
-    pub fn vault_keypair(&self, who: Signer, index: u32) -> bitcoin::secp256k1::Keypair {
-        let path = DerivationPath::from_str(&format!("{ACCOUNT_PATH}/1/{index}")).expect("valid path");
+    /// The key pair of `who` at `branch/index` under the account.
+    pub fn keypair(&self, who: Signer, branch: u32, index: u32) -> bitcoin::secp256k1::Keypair {
+        let path = DerivationPath::from_str(&format!("{ACCOUNT_PATH}/{branch}/{index}")).expect("valid path");
         self.master(who).derive_priv(secp(), &path).expect("derivable").to_keypair(secp())
     }
 }

@@ -22,13 +22,14 @@ use bitcoin::{Address, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut
 use miniscript::descriptor::DefiniteDescriptorKey;
 use miniscript::Descriptor;
 
-use crate::config::{KeyChain, Policy, P2TR_DUST_SAT};
+use crate::config::{KeyChain, Policy, PolicyFormat, P2TR_DUST_SAT};
 use crate::descriptors::{
-    definite, nums, single, taproot_leaves, translate, KeyChainCache, Templates, VaultKind,
+    definite, nums, single, taproot_leaves, translate, KeyChainCache, Templates, VaultKind, SECOND,
 };
 use crate::error::{DescriptorError, PolicyError, PsbtError, TaprootError};
 use crate::funding::FundingInput;
 use crate::tx::{anchor_output, unsigned_tx, ANCHOR_SAT};
+use crate::wallet_policy::{wallet_policy, WalletPolicy};
 
 /// The pre-signed transactions are TRUC (version 3): one parent, one child, sibling eviction.
 pub const GRAPH_TX_VERSION: Version = Version(3);
@@ -145,7 +146,26 @@ impl CompiledPolicy {
             sizes: GraphSizes { unvault: 0, emergency: 0, from_unvault: 0 },
         };
         compiled.sizes = compiled.measure_sizes()?;
+        // Format 2 exists for hardware signers: a shape they cannot register is refused now,
+        // not met when a vault must be spent.
+        if compiled.policy.format == PolicyFormat::PerLeaf {
+            compiled.wallet_policies()?;
+        }
         Ok(compiled)
+    }
+
+    /// Each output a hardware signer signs for, as a BIP-388 wallet policy (format 2): the
+    /// intake, the unvault output of each kind (its one-time keys filled per vault), the
+    /// recovery output R, and the deep vault (for the backup key's device).
+    pub fn wallet_policies(&self) -> Result<Vec<WalletPolicy>, PolicyError> {
+        let (t, format) = (&self.templates, self.policy.format);
+        Ok(vec![
+            wallet_policy(format, "Vigil intake", &t.intake, &self.intake_keys)?,
+            wallet_policy(format, "Vigil vault", &t.unvault_standard, &self.vault_keys)?,
+            wallet_policy(format, "Vigil guarded vault", &t.unvault_guarded, &self.vault_keys)?,
+            wallet_policy(format, "Vigil recovery", &t.recovery, &self.vault_keys)?,
+            wallet_policy(format, "Vigil deep vault", &t.deep_vault, &self.vault_keys)?,
+        ])
     }
 
     /// The policy.
@@ -155,8 +175,8 @@ impl CompiledPolicy {
 
     /// The ranged descriptors (see [`RangedDescriptors`]).
     pub fn ranged_descriptors(&self) -> Result<RangedDescriptors, PolicyError> {
-        let shown = |t: &Descriptor<String>, chain: KeyChain| -> Result<String, PolicyError> {
-            let keys = self.vault_keys.descriptor_keys(chain, None);
+        let shown = |t: &Descriptor<String>, chain: &KeyChainCache| -> Result<String, PolicyError> {
+            let keys = chain.descriptor_keys(None);
             if !t.to_string().contains("OO") {
                 return Ok(translate(t, &keys)?.to_string());
             }
@@ -170,21 +190,18 @@ impl CompiledPolicy {
             Ok(text.split('#').next().unwrap_or_default().to_owned())
         };
         Ok(RangedDescriptors {
-            intake: shown(&self.templates.intake, KeyChain::Intake)?,
-            recovery: shown(&self.templates.recovery, KeyChain::Vault)?,
-            deep_vault: shown(&self.templates.deep_vault, KeyChain::Vault)?,
-            vault_template: shown(&self.templates.vault, KeyChain::Vault)?,
-            unvault_standard_template: shown(&self.templates.unvault_standard, KeyChain::Vault)?,
-            unvault_guarded_template: shown(&self.templates.unvault_guarded, KeyChain::Vault)?,
+            intake: shown(&self.templates.intake, &self.intake_keys)?,
+            recovery: shown(&self.templates.recovery, &self.vault_keys)?,
+            deep_vault: shown(&self.templates.deep_vault, &self.vault_keys)?,
+            vault_template: shown(&self.templates.vault, &self.vault_keys)?,
+            unvault_standard_template: shown(&self.templates.unvault_standard, &self.vault_keys)?,
+            unvault_guarded_template: shown(&self.templates.unvault_guarded, &self.vault_keys)?,
         })
     }
 
     /// The intake descriptor at receive index `index`.
     pub fn intake_descriptor(&self, index: u32) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
-        definite(translate(
-            &self.templates.intake,
-            &self.intake_keys.descriptor_keys(KeyChain::Intake, Some(index)),
-        )?)
+        definite(translate(&self.templates.intake, &self.intake_keys.descriptor_keys(Some(index)))?)
     }
 
     /// The intake address at receive index `index`.
@@ -195,7 +212,7 @@ impl CompiledPolicy {
 
     /// One vault's outputs as definite descriptors.
     pub fn vault_descriptors(&self, plan: &VaultPlan) -> Result<VaultDescriptors, PolicyError> {
-        let mut keys = self.vault_keys.descriptor_keys(KeyChain::Vault, Some(plan.index));
+        let mut keys = self.vault_keys.descriptor_keys(Some(plan.index));
         keys.insert("OO".into(), single(plan.owner_once));
         keys.insert("CO".into(), single(plan.cosigner_once));
         Ok(VaultDescriptors {
@@ -313,10 +330,7 @@ impl CompiledPolicy {
         &self,
         index: u32,
     ) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
-        definite(translate(
-            &self.templates.deep_vault,
-            &self.vault_keys.descriptor_keys(KeyChain::Vault, Some(index)),
-        )?)
+        definite(translate(&self.templates.deep_vault, &self.vault_keys.descriptor_keys(Some(index)))?)
     }
 
     /// The deep vault's two leaves at `index`: the fast path (backup + co-signer + every
@@ -339,8 +353,9 @@ impl CompiledPolicy {
                 fast = Some(ms.encode());
             }
         }
-        let mut fast_signers = vec![keys["B"]];
-        fast_signers.extend((0..self.policy.guardians.keys.len()).map(|i| keys[&format!("G{i}")]));
+        // Their keys in the fast leaf, the second they sit in.
+        let mut fast_signers = vec![keys[&format!("B{SECOND}")]];
+        fast_signers.extend((0..self.policy.guardians.keys.len()).map(|i| keys[&format!("G{i}{SECOND}")]));
         Ok(DeepVaultLeaves {
             fast: fast.expect("the deep vault has a fast leaf"),
             slow: slow.expect("the deep vault has a slow leaf"),
@@ -396,19 +411,19 @@ impl CompiledPolicy {
 
     /// The output V of a planned vault.
     pub fn vault_output(&self, plan: &VaultPlan) -> Result<TxOut, PolicyError> {
-        let keys = self.once_keys_only(plan);
+        let keys = self.once_keys_only(plan)?;
         Ok(TxOut {
             value: plan.amount,
             script_pubkey: translate(&self.templates.vault, &keys)?.script_pubkey(),
         })
     }
 
-    fn once_keys_only(&self, plan: &VaultPlan) -> HashMap<String, XOnlyPublicKey> {
-        HashMap::from([
-            ("NUMS".into(), nums()),
+    fn once_keys_only(&self, plan: &VaultPlan) -> Result<HashMap<String, XOnlyPublicKey>, PolicyError> {
+        Ok(HashMap::from([
+            ("NUMS".into(), self.vault_keys.internal_key(plan.index)?),
             ("OO".into(), plan.owner_once),
             ("CO".into(), plan.cosigner_once),
-        ])
+        ]))
     }
 
     /// Sizes of the graph's transactions, measured on a dummy vault with full-size witnesses.
@@ -655,7 +670,7 @@ impl PresignedTx {
         let input = &mut psbt.inputs[0];
         input.witness_utxo = Some(self.prevout.clone());
         input.sighash_type = Some(TapSighashType::Default.into());
-        input.tap_internal_key = Some(nums());
+        input.tap_internal_key = Some(self.leaf.control.internal_key);
         input
             .tap_scripts
             .insert(self.leaf.control.clone(), (self.leaf.script.clone(), LeafVersion::TapScript));

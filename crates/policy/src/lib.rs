@@ -8,6 +8,7 @@
 //! - [`graph`]: U, C, E, UE with their fee ladders (ADR 0002), signed by per-vault one-time
 //!   keys that are wiped when dropped; [`funding`]: V's funding PSBT; [`spends`]: spends of
 //!   the other leaves as PSBTs; [`tx`]: the one transaction skeleton they all use.
+//! - [`wallet_policy`]: the outputs as BIP-388 wallet policies a hardware signer registers.
 //! - [`example`]: the deterministic regtest keys behind `examples/policy.toml`.
 
 // Libraries log through `tracing`; printing is for binaries.
@@ -24,12 +25,15 @@ pub mod graph;
 pub mod signing;
 pub mod spends;
 pub mod tx;
+pub mod wallet_policy;
 
 pub use bitcoin;
 pub use miniscript;
 
-pub use config::{KeyChain, Policy, PolicyKey, MAX_RELATIVE_LOCK, MIN_PUBLIC_DELAY_BLOCKS, P2TR_DUST_SAT};
-pub use descriptors::{nums, taproot_leaves, VaultKind, NUMS_POINT};
+pub use config::{
+    KeyChain, Policy, PolicyFormat, PolicyKey, MAX_RELATIVE_LOCK, MIN_PUBLIC_DELAY_BLOCKS, P2TR_DUST_SAT,
+};
+pub use descriptors::{nums, nums_xpub, taproot_leaves, VaultKind, NUMS_POINT};
 pub use error::{DescriptorError, PolicyError, PsbtError, SignatureError, TaprootError};
 pub use funding::FundingInput;
 pub use graph::{
@@ -39,3 +43,4 @@ pub use graph::{
 pub use signing::{GraphSignatures, OneTimeKey, SignedGraph};
 pub use spends::{finalize, sign_key_path, spend_psbt, SpendInput};
 pub use tx::{anchor_output, pay_to_anchor, unsigned_tx, ANCHOR_SAT};
+pub use wallet_policy::WalletPolicy;

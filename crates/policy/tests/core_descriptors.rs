@@ -25,9 +25,21 @@ fn addresses(node: &Node, descriptor: &str, index: Option<u32>) -> Vec<String> {
 #[test]
 fn bitcoin_core_accepts_every_descriptor_and_derives_the_same_addresses() {
     let Some(node) = bitcoind() else { return };
-    let mut env =
-        Env::new(ExamplePolicy { delay: 10, recovery: 30, deep_vault: 40, ..ExamplePolicy::default() })
-            .unwrap();
+    // Both key formats (ADR 0005): format 2's internal key is an xpub Core derives too.
+    for format in [1, 2] {
+        let env = Env::new(ExamplePolicy {
+            delay: 10,
+            recovery: 30,
+            deep_vault: 40,
+            format,
+            ..ExamplePolicy::default()
+        })
+        .unwrap();
+        same_addresses(&node, env);
+    }
+}
+
+fn same_addresses(node: &Node, mut env: Env) {
     let ranged = env.compiled.ranged_descriptors().unwrap();
     for d in [&ranged.intake, &ranged.recovery, &ranged.deep_vault] {
         let info = node

@@ -14,10 +14,57 @@ const DELAY: u32 = 10;
 const RECOVERY: u32 = 30;
 const LONG: u32 = 40;
 
-fn env() -> Env {
-    Env::new(ExamplePolicy { delay: DELAY, recovery: RECOVERY, deep_vault: LONG, ..ExamplePolicy::default() })
-        .unwrap()
+thread_local! {
+    /// The policy format this test's environment uses: each test runs in both (ADR 0005).
+    static FORMAT: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
 }
+
+fn env() -> Env {
+    let format = FORMAT.get();
+    Env::new(ExamplePolicy {
+        delay: DELAY,
+        recovery: RECOVERY,
+        deep_vault: LONG,
+        format,
+        ..ExamplePolicy::default()
+    })
+    .unwrap()
+}
+
+/// Every test again under format 2, whose keys derive per leaf and whose internal key is an
+/// xpub: the same graph must hold against the kernel.
+macro_rules! also_in_format_2 {
+    ($($test:ident),* $(,)?) => {
+        mod format_2 {
+            $(
+                #[test]
+                fn $test() {
+                    super::FORMAT.set(2);
+                    super::$test()
+                }
+            )*
+        }
+    };
+}
+
+also_in_format_2!(
+    every_transaction_at_every_rung_is_relayable_and_mined,
+    delayed_spend_rejected_one_block_before_delay_accepted_at_delay,
+    cancel_and_unvault_emergency_work_at_any_height_after_unvault,
+    emergency_accepted_while_vault_unspent_and_refused_after_unvault,
+    deep_vault_slow_path_only_at_long,
+    deep_vault_fast_path_needs_everyone_and_works_at_once,
+    spend_leaf_without_cosigner_and_wrong_keys_are_rejected_by_the_kernel,
+    guarded_spend_leaf_without_guardians_is_rejected,
+    recovery_leaves_open_exactly_at_t_recover_without_the_cosigner,
+    recovery_output_cooperative_leaf_needs_cosigner_and_guardians,
+    a_reorged_unvault_re_mined_still_takes_its_cancel,
+    every_signature_is_sighash_default_or_all,
+    one_time_secrets_never_reach_disk_or_any_returned_value,
+    the_recovery_leaf_a_guardian_signs_is_the_one_in_every_recoverable_output,
+    the_deep_vault_leaves_are_those_of_the_output_e_pays,
+    only_the_owners_valid_spend_signatures_are_counted_and_returned,
+);
 
 fn sink() -> ScriptBuf {
     // Any standard output will do as a destination.

@@ -88,6 +88,8 @@ fn case() -> impl Strategy<Value = Case> {
                         max_fee_percent: pct,
                         velocity_limit_sat: 10_000_000,
                         towers: 1,
+                        // Both key formats (ADR 0005), half the cases each.
+                        format: 1 + u32::from(seed % 2),
                         services: Default::default(),
                     },
                     amount_fraction: frac,

@@ -11,15 +11,18 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bitcoin::address::NetworkUnchecked;
 use bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
-use bitcoin::Network;
+use bitcoin::{Address, Network};
 use ledger_bitcoin_client::apdu::{APDUCommand, StatusWord};
 use ledger_bitcoin_client::client::{BitcoinClient, Transport};
 use ledger_bitcoin_client::error::BitcoinClientError;
+use ledger_bitcoin_client::wallet::{Version, WalletPolicy, WalletPubKey};
 use ledger_transport_hidapi::hidapi::HidApi;
 use ledger_transport_hidapi::TransportNativeHID;
+use std::str::FromStr;
 
-use crate::{app_for, DeviceState, Found, Signer, SignerError};
+use crate::{app_for, DeviceState, Found, Registration, Signer, SignerError, Wallet};
 
 /// The oldest app that registers wallet policies with miniscript in taproot trees.
 pub const OLDEST_APP: (u32, u32, u32) = (2, 1, 0);
@@ -30,10 +33,16 @@ const OK: u16 = 0x9000;
 
 /// How long a device may take to answer a command that shows nothing on its screen.
 const ANSWER_TIME: Duration = Duration::from_secs(5);
+/// How long a command that waits on the holder (a review on the screen) may take.
+const HOLDER_TIME: Duration = Duration::from_secs(600);
 
 /// A way to send one APDU to a device and read its answer: data and status word.
 trait Link: Send + Sync {
     fn exchange(&self, apdu: &[u8]) -> Result<(u16, Vec<u8>), SignerError>;
+    /// How long to wait for the next answers.
+    fn patience(&self, _wait: Duration) -> Result<(), SignerError> {
+        Ok(())
+    }
 }
 
 /// The emulator's APDU port: each message is framed by its 4-byte big-endian length (the
@@ -57,6 +66,11 @@ impl Link for Tcp {
         let status = u16::from_be_bytes([answer[len], answer[len + 1]]);
         answer.truncate(len);
         Ok((status, answer))
+    }
+
+    fn patience(&self, wait: Duration) -> Result<(), SignerError> {
+        let stream = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        stream.set_read_timeout(Some(wait)).map_err(|e| SignerError::Io(e.to_string()))
     }
 }
 
@@ -135,6 +149,17 @@ impl Ledger {
         f(&BitcoinClient::new(&via)).map_err(|e| via.error(e))
     }
 
+    /// [`Self::call`] for a command that waits on the holder: the answer may take minutes.
+    fn call_holder<T>(
+        &self,
+        f: impl FnOnce(&BitcoinClient<&Via<'_>>) -> Result<T, BitcoinClientError<SignerError>>,
+    ) -> Result<T, SignerError> {
+        self.link.patience(HOLDER_TIME)?;
+        let answer = self.call(f);
+        self.link.patience(ANSWER_TIME)?;
+        answer
+    }
+
     /// The app open: its name and version, or the device's OS status word when none answers.
     fn app(&self) -> Result<Result<(String, String), u16>, SignerError> {
         // CLA 0xB0 is the OS's own class: every app, and the device's menu, answers it.
@@ -184,6 +209,47 @@ impl Signer for Ledger {
         }
         Ok(xpub)
     }
+
+    fn register(&self, wallet: &Wallet) -> Result<Registration, SignerError> {
+        let policy = wallet_policy(wallet)?;
+        let (id, hmac) = self.call_holder(|c| c.register_wallet(&policy))?;
+        // The wallet registered is the one sent, not another.
+        if id != policy.id() {
+            return Err(SignerError::Unexpected(
+                "the device registered another wallet than the one sent".into(),
+            ));
+        }
+        Ok(Registration { id, hmac })
+    }
+
+    fn address(
+        &self,
+        wallet: &Wallet,
+        registration: &Registration,
+        change: bool,
+        index: u32,
+        display: bool,
+    ) -> Result<Address<NetworkUnchecked>, SignerError> {
+        let policy = wallet_policy(wallet)?;
+        let ask = |c: &BitcoinClient<&Via<'_>>| {
+            c.get_wallet_address(&policy, Some(&registration.hmac), change, index, display)
+        };
+        if display {
+            self.call_holder(ask)
+        } else {
+            self.call(ask)
+        }
+    }
+}
+
+/// A [`Wallet`] in LedgerHQ's client's terms (BIP-388, the app's version 2 of them).
+fn wallet_policy(wallet: &Wallet) -> Result<WalletPolicy, SignerError> {
+    let keys = wallet
+        .keys
+        .iter()
+        .map(|k| WalletPubKey::from_str(k).map_err(|e| SignerError::BadWallet(format!("key {k:?}: {e:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(WalletPolicy::new(wallet.name.clone(), Version::V2, wallet.template.clone(), keys))
 }
 
 /// The answer to "get app and version": format 1, then the name, the version and (not on

@@ -8,8 +8,9 @@
 
 use std::net::SocketAddr;
 
+use bitcoin::address::NetworkUnchecked;
 use bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
-use bitcoin::Network;
+use bitcoin::{Address, Network};
 use serde::Serialize;
 
 pub mod ledger;
@@ -29,6 +30,9 @@ pub enum SignerError {
     /// The device answered with an error status.
     #[error("the device refused the request (status {0:#06x})")]
     Status(u16),
+    /// A wallet handed to the device is not one it could take (a bug in the caller).
+    #[error("the wallet cannot be given to the device: {0}")]
+    BadWallet(String),
     /// The device's answer could not be read.
     #[error("the device answered something unexpected: {0}")]
     Unexpected(String),
@@ -42,6 +46,42 @@ pub trait Signer {
     fn fingerprint(&self) -> Result<Fingerprint, SignerError>;
     /// The extended public key at `path`.
     fn xpub(&self, path: &DerivationPath) -> Result<Xpub, SignerError>;
+    /// Shows `wallet` to the holder and, once they approve it, registers it: the device then
+    /// signs for it and shows its addresses. Waits on the holder.
+    fn register(&self, wallet: &Wallet) -> Result<Registration, SignerError>;
+    /// The address of a registered `wallet` at `index` on its receive or change branch, as
+    /// the device computes it; `display` shows it on the screen for the holder to compare
+    /// (and waits on them).
+    fn address(
+        &self,
+        wallet: &Wallet,
+        registration: &Registration,
+        change: bool,
+        index: u32,
+        display: bool,
+    ) -> Result<Address<NetworkUnchecked>, SignerError>;
+}
+
+/// A BIP-388 wallet policy as a device takes it: a name, a descriptor template over `@i`
+/// key placeholders, and the key information each stands for (`[fp/path]xpub` or an xpub).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wallet {
+    /// The name the device shows.
+    pub name: String,
+    /// The descriptor template.
+    pub template: String,
+    /// `@i`'s key information.
+    pub keys: Vec<String>,
+}
+
+/// What a device gives back for a wallet it registered: the wallet's id and the proof of
+/// registration the device checks whenever it is shown the wallet again (kept with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// The wallet policy's id (a hash of its serialization).
+    pub id: [u8; 32],
+    /// The device's HMAC over the id, under a key only it holds.
+    pub hmac: [u8; 32],
 }
 
 /// One device seen, and what state it is in.

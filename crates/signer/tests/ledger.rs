@@ -7,7 +7,7 @@ use std::str::FromStr;
 use bitcoin::bip32::DerivationPath;
 use bitcoin::Network;
 use vigil_signer::ledger::{probe_emulator, Ledger};
-use vigil_signer::{DeviceState, Signer};
+use vigil_signer::{DeviceState, Signer, SignerError, Wallet};
 
 /// Speculos' public test mnemonic, the harness's default.
 const DEFAULT_SEED: &str = "glory promote mansion idle axis finger extra february uncover one trip resource lawn turtle enact monster seven myth punch hobby comfort wild raise skin";
@@ -57,4 +57,98 @@ fn the_emulated_ledger_is_listed_with_its_app_and_fingerprint_and_gives_its_keys
         "{found:?}"
     );
     assert!(found.describe().contains("needs the \"Bitcoin\" app"), "{}", found.describe());
+}
+
+/// A format 2 example policy whose first owner key is the device's (at `m/48'/1'/0'/2'`).
+fn policy_with_the_device_as_owner(
+    ledger: &Ledger,
+    example: vigil_policy::example::ExamplePolicy,
+) -> vigil_policy::CompiledPolicy {
+    let path = DerivationPath::from_str("m/48'/1'/0'/2'").unwrap();
+    let device = format!("[{}/48'/1'/0'/2']{}", ledger.fingerprint().unwrap(), ledger.xpub(&path).unwrap());
+    let ours = vigil_policy::example::account_key(&example.keys().owners[0]);
+    let text = example.to_toml().replace(&ours, &device);
+    assert!(text.contains(&device));
+    vigil_policy::CompiledPolicy::new(vigil_policy::Policy::from_toml(&text).unwrap()).unwrap()
+}
+
+/// A vault's one-time key as the device takes it: an xpub made from fresh randomness.
+fn one_time_xpub(seed: u8) -> String {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let xpriv = bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Test, &[seed; 32]).unwrap();
+    bitcoin::bip32::Xpub::from_priv(&secp, &xpriv).to_string()
+}
+
+fn wallet(w: &vigil_policy::WalletPolicy) -> Wallet {
+    let keys = w
+        .keys
+        .iter()
+        .map(|k| match k.as_str() {
+            "OO" => one_time_xpub(1),
+            "CO" => one_time_xpub(2),
+            k => k.to_owned(),
+        })
+        .collect();
+    Wallet { name: w.name.clone(), template: w.template.clone(), keys }
+}
+
+#[test]
+fn the_app_registers_every_output_an_owner_signs_for_and_derives_vigils_addresses() {
+    let Some(addr) = emulator() else {
+        eprintln!("skipped: no emulated Ledger");
+        return;
+    };
+    let ledger = Ledger::emulator(addr).unwrap();
+    let c = policy_with_the_device_as_owner(
+        &ledger,
+        vigil_policy::example::ExamplePolicy { format: 2, ..Default::default() },
+    );
+    let ranged = c.ranged_descriptors().unwrap();
+    for w in c.wallet_policies().unwrap() {
+        let wallet = wallet(&w);
+        if w.name == "Vigil deep vault" {
+            // The backup key's device registers it: the owner's holds no key of it.
+            let refused = ledger.register(&wallet).unwrap_err();
+            assert!(matches!(refused, SignerError::Status(0x6a80)), "{refused:?}");
+            continue;
+        }
+        let registration = ledger.register(&wallet).unwrap_or_else(|e| panic!("{}: {e}", w.name));
+        // The device computes the same addresses as Vigil (and as Bitcoin Core, which takes
+        // the same descriptors): receive and change on the intake, and R.
+        let on_device = |change: bool, i: u32| {
+            // The app shows testnet addresses on regtest: compare the scripts.
+            ledger.address(&wallet, &registration, change, i, false).unwrap().assume_checked().script_pubkey()
+        };
+        let ours = |descriptor: &str, i: u32| {
+            let d = vigil_policy::miniscript::Descriptor::<vigil_policy::miniscript::DescriptorPublicKey>::from_str(
+                descriptor,
+            )
+            .unwrap();
+            d.at_derivation_index(i).unwrap().script_pubkey()
+        };
+        match w.name.as_str() {
+            "Vigil intake" => {
+                assert_eq!(on_device(false, 3), c.intake_address(3).unwrap().script_pubkey());
+                assert_eq!(on_device(false, 0), ours(&ranged.intake, 0));
+            }
+            "Vigil recovery" => assert_eq!(on_device(false, 5), ours(&ranged.recovery, 5)),
+            _ => assert!(w.per_vault(), "{}", w.name),
+        }
+    }
+}
+
+#[test]
+fn the_app_registers_the_largest_vault_a_policy_may_have() {
+    let Some(addr) = emulator() else {
+        eprintln!("skipped: no emulated Ledger");
+        return;
+    };
+    let ledger = Ledger::emulator(addr).unwrap();
+    // 3 owner keys, 7 guardians: 14 keys in the guarded unvault output, the most there are.
+    let example =
+        vigil_policy::example::ExamplePolicy { format: 2, owners: 3, guardians: 7, ..Default::default() };
+    let c = policy_with_the_device_as_owner(&ledger, example);
+    let guarded = c.wallet_policies().unwrap().into_iter().find(|w| w.name == "Vigil guarded vault").unwrap();
+    assert_eq!(guarded.keys.len(), 14);
+    ledger.register(&wallet(&guarded)).unwrap();
 }

@@ -235,9 +235,11 @@ pub fn force_leaf_witness(
 }
 
 impl Env {
-    /// The key pair of an example signer at vault index `index` (`/1/index`).
+    /// The key pair of an example signer in the first leaf it sits in on the vault chain
+    /// (the unvault's spend leaf) at vault index `index`.
     pub fn vault_keypair(&self, who: Signer, index: u32) -> vigil_policy::bitcoin::secp256k1::Keypair {
-        self.keys.vault_keypair(who, index)
+        let [first, _] = vigil_policy::KeyChain::Vault.branches(self.compiled.policy().format);
+        self.keys.keypair(who, first, index)
     }
 }
 
