@@ -141,8 +141,21 @@ enum PolicyCommand {
         /// The policy file (TOML).
         file: PathBuf,
     },
-    /// Print the example regtest policy (the one in examples/policy.toml).
-    Example,
+    /// Print the example regtest policy (format 1 is examples/policy.toml).
+    Example {
+        /// The policy format: 1, or 2 for owner keys on a hardware signer (ADR 0005).
+        #[arg(long, default_value_t = 1)]
+        format: u32,
+    },
+    /// Print each output an owner's (or the backup's) hardware signer signs for, as the
+    /// BIP-388 wallet policy the device registers (format 2 policies only).
+    Wallets {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -153,10 +166,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Policy { command: PolicyCommand::Check { file } } => policy_check(&file),
-        Command::Policy { command: PolicyCommand::Example } => {
-            print!("{}", ExamplePolicy::default().to_toml());
+        Command::Policy { command: PolicyCommand::Example { format } } => {
+            print!("{}", ExamplePolicy { format, ..ExamplePolicy::default() }.to_toml());
             Ok(())
         }
+        Command::Policy { command: PolicyCommand::Wallets { file, json } } => policy_wallets(&file, json),
         Command::Demo { datadir } => demo::run(&datadir),
         Command::Signer(args) => signer::run(args),
         Command::Drill(args) => drill::run(args),
@@ -268,12 +282,59 @@ fn load_policy(file: &Path) -> anyhow::Result<Policy> {
     Ok(Policy::from_toml(&text)?)
 }
 
+fn policy_wallets(file: &Path, json: bool) -> anyhow::Result<()> {
+    let compiled = CompiledPolicy::new(load_policy(file)?)?;
+    let wallets = compiled.wallet_policies()?;
+    let unspendable = vigil_policy::nums_xpub(compiled.policy()).to_string();
+    if json {
+        let list: Vec<_> = wallets
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "name": w.name,
+                    "template": w.template,
+                    "keys": w.keys,
+                    "per_vault": w.per_vault(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "BIP-388 wallet policies of {} (register each on the device that holds one of its keys):",
+        file.display()
+    );
+    for w in &wallets {
+        println!();
+        println!(
+            "{}{}",
+            w.name,
+            if w.per_vault() { " (registered per vault: OO and CO are its one-time keys)" } else { "" }
+        );
+        println!("  {}", w.template);
+        for (i, key) in w.keys.iter().enumerate() {
+            let note = if *key == unspendable { "  (unspendable: the device shows a dummy key)" } else { "" };
+            println!("  @{i} {key}{note}");
+        }
+    }
+    println!();
+    println!("The allowance is the device's standard taproot account (tr(@0/**)): it needs no registration.");
+    Ok(())
+}
+
 fn policy_check(file: &Path) -> anyhow::Result<()> {
     let policy = load_policy(file)?;
     let compiled = CompiledPolicy::new(policy.clone())?;
     let d = compiled.ranged_descriptors()?;
     let p = &policy;
-    println!("policy {} is valid (version {}, {})", file.display(), p.version, p.network);
+    println!(
+        "policy {} is valid (version {}, format {}, {})",
+        file.display(),
+        p.version,
+        p.format as u32,
+        p.network
+    );
     println!();
     println!(
         "owner      {} of {} keys; backup key for the deep vault only",

@@ -24,6 +24,49 @@ fn policy_check_prints_descriptors_with_checksums() {
 }
 
 #[test]
+fn a_format_2_policy_lists_the_wallet_policies_a_hardware_signer_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text, err) = vigil(&["policy", "example", "--format", "2"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("\nformat = 2\n"), "{text}");
+    std::fs::write(dir.path().join("policy.toml"), &text).unwrap();
+    let (code, out, err) = vigil(&["policy", "check", "policy.toml"], dir.path());
+    assert!(code == 0 && out.contains("format 2"), "{out}{err}");
+
+    let (code, out, err) = vigil(&["policy", "wallets", "policy.toml"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    for line in
+        ["Vigil intake\n  tr(@0/**,", "Vigil guarded vault (registered per vault", "  @0 tpub", "dummy key"]
+    {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    let (code, out, err) = vigil(&["policy", "wallets", "policy.toml", "--json"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let per_vault: Vec<(&str, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap(), w["per_vault"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        per_vault,
+        [
+            ("Vigil intake", false),
+            ("Vigil vault", true),
+            ("Vigil guarded vault", true),
+            ("Vigil recovery", false),
+            ("Vigil deep vault", false)
+        ]
+    );
+
+    // A format 1 policy has none, and says how to get them.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml");
+    let (code, out, err) = vigil(&["policy", "wallets", example], dir.path());
+    assert!(code == 2 && out.is_empty() && err.contains("format = 2"), "{out}{err}");
+}
+
+#[test]
 fn bad_policies_exit_non_zero_name_the_field_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let good =

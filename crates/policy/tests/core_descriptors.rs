@@ -51,7 +51,7 @@ fn same_addresses(node: &Node, mut env: Env) {
     }
     for i in [0, 5] {
         let ours = env.compiled.intake_address(i).unwrap().to_string();
-        assert_eq!(addresses(&node, &ranged.intake, Some(i)), vec![ours]);
+        assert_eq!(addresses(node, &ranged.intake, Some(i)), vec![ours]);
     }
 
     // A real vault: every output's definite descriptor gives Core the address on chain.
@@ -68,11 +68,11 @@ fn same_addresses(node: &Node, mut env: Env) {
         (d.deep_vault.to_string(), address(&g.emergencies[0].tx.output[0].script_pubkey)),
     ];
     for (descriptor, expected) in checks {
-        assert_eq!(addresses(&node, &descriptor, None), vec![expected], "{descriptor}");
+        assert_eq!(addresses(node, &descriptor, None), vec![expected], "{descriptor}");
     }
     // The ranged recovery descriptor at this vault's index is the same output.
     assert_eq!(
-        addresses(&node, &ranged.recovery, Some(vault.plan.index)),
+        addresses(node, &ranged.recovery, Some(vault.plan.index)),
         vec![address(&g.cancels[0].tx.output[0].script_pubkey)]
     );
 }
