@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::Amount;
+use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, Policy, VaultKind};
 use vigil_testenv::cosigner::CosignerProcess;
 use vigil_testenv::family::Family;
@@ -568,4 +569,37 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
         let refused = f.change_policy(&v3, &[0, 1]).unwrap_err();
         assert!(refused.0 == 400 && refused.1.contains(why), "{refused:?}");
     }
+}
+
+#[test]
+fn a_format_2_family_vaults_spends_with_its_guardians_and_its_tower_cancels_an_unapproved_unvault() {
+    // Format 2 (ADR 0005): every key derives per leaf and the internal key is the policy's
+    // NUMS xpub; the co-signer, the tower and the signers all follow the policy crate.
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, ExamplePolicy { format: 2, ..example("cosigner format 2") }, 1, None);
+    assert_eq!(f.compiled.policy().format, vigil_policy::PolicyFormat::PerLeaf);
+    let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let unapproved = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let asked = spend(&f, &guarded).unwrap();
+    let id = asked["id"].as_u64().unwrap();
+    assert_eq!(f.vote(0, id, true).unwrap()["state"], "waiting");
+    assert_eq!(f.vote(1, id, true).unwrap()["state"], "approved");
+    unvault(&node, &f, &guarded);
+    block(&node, &f, DELAY - 1);
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1, "the spend leaf's signatures hold");
+
+    // An unvault nobody asked for: the tower cancels it with a pre-signed cancel.
+    unvault(&node, &f, &unapproved);
+    let cancel = eventually("the tower cancels the unapproved unvault", || {
+        let spent = spend_of(&node.rpc, unapproved.unvault_outpoint());
+        if spent.is_none() {
+            block(&node, &f, 1);
+        }
+        spent
+    });
+    assert!(unapproved.graph.graph().cancels.iter().any(|c| c.tx.compute_txid() == cancel.compute_txid()));
 }
