@@ -27,10 +27,14 @@ enum SignerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Register on the wallet's device the accounts it signs for (its intake and recovery
+    /// outputs), showing each on its screen to approve; kept with the wallet.
+    Register(crate::owner::RegisterArgs),
 }
 
 pub fn run(args: SignerArgs) -> anyhow::Result<()> {
     match args.command {
+        SignerCommand::Register(args) => crate::owner::register(args),
         SignerCommand::List { network, emulator, json } => {
             let found = vigil_signer::list(network, emulator);
             if json {

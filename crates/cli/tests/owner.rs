@@ -135,6 +135,10 @@ fn init(s: &Services, dir: &Path) -> (bool, String, String) {
 }
 
 fn init_with(s: &Services, dir: &Path, guardians: &[String]) -> (bool, String, String) {
+    init_with_extra(s, dir, guardians, &[])
+}
+
+fn init_with_extra(s: &Services, dir: &Path, guardians: &[String], extra: &[&str]) -> (bool, String, String) {
     let towers: Vec<String> = s
         .towers
         .iter()
@@ -164,6 +168,7 @@ fn init_with(s: &Services, dir: &Path, guardians: &[String]) -> (bool, String, S
     for g in guardians {
         args.extend(["--guardian", g]);
     }
+    args.extend(extra);
     vigil(dir, &args, &[REAL, REAL, DURESS, DURESS])
 }
 
@@ -1366,4 +1371,197 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
     assert!(ok && err.contains("cannot be followed") && out.contains("not readable now"), "{out}{err}");
     let (ok, _, err) = vigil(&dir, &["receive"], &[code]);
     assert!(!ok && err.contains("waits until this wallet can follow"), "{err}");
+}
+
+/// The emulated Ledger (run under its harness, which sets `LEDGER_SPECULOS_APDU`); none
+/// skips the test, unless `VIGIL_REQUIRE_LEDGER=1`.
+fn emulated_ledger() -> Option<String> {
+    match std::env::var("LEDGER_SPECULOS_APDU") {
+        Ok(addr) => Some(addr),
+        Err(_) if std::env::var("VIGIL_REQUIRE_LEDGER").as_deref() == Ok("1") => {
+            panic!("VIGIL_REQUIRE_LEDGER=1 but no emulated Ledger (LEDGER_SPECULOS_APDU is not set)")
+        }
+        Err(_) => None,
+    }
+}
+
+/// Whether the harness's own approver presses the emulator's buttons (else the test does).
+fn auto_approved() -> bool {
+    std::env::var("LEDGER_APPROVE").as_deref() != Ok("off")
+}
+
+#[test]
+fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults() {
+    let Some(ledger) = emulated_ledger().filter(|_| auto_approved()) else {
+        eprintln!("skipped: no emulated Ledger approving every prompt");
+        return;
+    };
+    let s = services("", false);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
+
+    // The vault key is the device's: the policy is format 2 and names its fingerprint.
+    let (ok, out, err) =
+        init_with_extra(&s, &dir, &guardians, &["--signer", "ledger", "--signer-emulator", &ledger]);
+    assert!(ok, "{err}");
+    assert!(out.contains("vigil signer register"), "{out}");
+    let policy = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
+    let record: Value = serde_json::from_slice(&std::fs::read(dir.join("signer.json")).unwrap()).unwrap();
+    let fingerprint = record["fingerprint"].as_str().unwrap();
+    assert!(
+        policy.contains("\nformat = 2\n") && policy.contains(&format!("[{fingerprint}/48h/1h/0h/2h]tpub")),
+        "{policy}"
+    );
+
+    // Before registering, the device cannot show an address: said, and nothing handed out.
+    let (ok, _, err) = vigil(&dir, &["receive", "--on-device"], &[REAL]);
+    assert!(!ok && err.contains("run `vigil signer register`"), "{err}");
+    let registered = json(&dir, &["signer", "register"], &[REAL]);
+    assert_eq!(registered["registered"].as_array().unwrap().len(), 2, "{registered}");
+    assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
+    let again = json(&dir, &["signer", "register"], &[REAL]);
+    assert!(again["registered"].as_array().unwrap().iter().all(|r| r["new"] == false), "{again}");
+
+    // The address is shown on the device, which computed the same one: the first index, since
+    // the refused attempt above handed none out.
+    let (ok, out, err) = vigil(&dir, &["receive", "--on-device", "--json"], &[REAL]);
+    assert!(ok, "{err}");
+    assert!(err.contains("Check that your Ledger shows exactly"), "{err}");
+    let received: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(received["index"], 0, "{received}");
+    let address: Address =
+        received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
+    mine(&s.node.rpc, 1, &payer.address());
+
+    // A vault: the funding is signed on the device (no phrase asked), each signature checked.
+    let (ok, out, err) = vigil(&dir, &["vault", "0.05", "--json"], &[REAL]);
+    assert!(ok, "{err}");
+    assert!(err.contains("Sign on your Ledger") && err.contains("0.05 BTC to"), "{err}");
+    assert!(!err.contains("Recovery phrase"), "{err}");
+    let made: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
+    assert_eq!(status["vault_sat"], 5_000_000, "{status}");
+}
+
+#[test]
+fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_resumes() {
+    use std::sync::{Arc, Mutex};
+    use vigil_testenv::ledger::{Answer, Cable, Holder};
+    // The test is the holder: the harness's approver is off (LEDGER_APPROVE=off).
+    let Some(device) = emulated_ledger().filter(|_| !auto_approved()) else {
+        eprintln!("skipped: no emulated Ledger whose buttons this test presses (LEDGER_APPROVE=off)");
+        return;
+    };
+    let api = std::env::var("LEDGER_SPECULOS_API").unwrap();
+    let answer = Arc::new(Mutex::new(Answer::Approve));
+    let holder = {
+        let answer = answer.clone();
+        Holder::start(&api, move |_| *answer.lock().unwrap())
+    };
+    let says = |a: Answer| *answer.lock().unwrap() = a;
+    let cable = Cable::new(device.parse().unwrap());
+    let s = services("", false);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
+    let through_cable = cable.addr.to_string();
+    let (ok, _, err) =
+        init_with_extra(&s, &dir, &guardians, &["--signer", "ledger", "--signer-emulator", &through_cable]);
+    assert!(ok, "{err}");
+    // The holder rejects the registration: said, nothing kept; then approves it.
+    says(Answer::Reject);
+    let (ok, _, err) = vigil(&dir, &["signer", "register"], &[REAL]);
+    assert!(
+        !ok && err.contains("you rejected it on the device") && err.contains("Nothing was registered"),
+        "{err}"
+    );
+    let record: Value = serde_json::from_slice(&std::fs::read(dir.join("signer.json")).unwrap()).unwrap();
+    assert_eq!(record["registrations"], serde_json::json!({}), "{record}");
+    says(Answer::Approve);
+    json(&dir, &["signer", "register"], &[REAL]);
+    let address: Address = json(&dir, &["receive"], &[REAL])["address"]
+        .as_str()
+        .unwrap()
+        .parse::<Address<_>>()
+        .unwrap()
+        .assume_checked();
+    payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
+    mine(&s.node.rpc, 1, &payer.address());
+    let intake_sat = |dir: &Path| json(dir, &["status"], &[REAL])["intake_sat"].as_u64().unwrap();
+    assert_eq!(intake_sat(&dir), 30_000_000);
+
+    // Rejected on the device: a clear message, nothing moved, the vault resumable.
+    says(Answer::Reject);
+    let (ok, _, err) = vigil(&dir, &["vault", "0.05"], &[REAL]);
+    assert!(
+        !ok && err.contains("you rejected it on the device") && err.contains("Nothing was moved"),
+        "{err}"
+    );
+    assert!(err.contains("vigil vault --resume"), "{err}");
+    mine(&s.node.rpc, 1, &payer.address());
+    assert_eq!(intake_sat(&dir), 30_000_000, "no coin moved");
+
+    // A waiting funding this wallet did not build (its record changed to pay someone else)
+    // is refused before it reaches the device.
+    let state_file = dir.join("state.json");
+    let kept = std::fs::read(&state_file).unwrap();
+    let mut state: Value = serde_json::from_slice(&kept).unwrap();
+    let pending = &mut state["pending_vault"];
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut psbt = vigil_policy::bitcoin::psbt::Psbt::deserialize(
+        &b64.decode(pending["unsigned_psbt"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    psbt.unsigned_tx.output[0].script_pubkey = payer.address().script_pubkey();
+    pending["unsigned_psbt"] = b64.encode(psbt.serialize()).into();
+    pending["unsigned_funding"] =
+        vigil_policy::bitcoin::consensus::encode::serialize_hex(&psbt.unsigned_tx).into();
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let reviews = |h: &Holder| h.pages().iter().filter(|p| p.starts_with("Review transaction")).count();
+    let before = reviews(&holder);
+    let (ok, _, err) = vigil(&dir, &["vault", "--resume"], &[REAL]);
+    assert!(!ok && err.contains("does not pay the vault's own output"), "{err}");
+    assert_eq!(reviews(&holder), before, "the device was never asked");
+    std::fs::write(&state_file, &kept).unwrap();
+
+    // Approved on the second try: the vault is made and funded.
+    says(Answer::Approve);
+    let resumed = json(&dir, &["vault", "--resume"], &[REAL]);
+    assert_eq!(resumed["state"], "protected", "{resumed}");
+    mine(&s.node.rpc, 1, &payer.address());
+    assert_eq!(json(&dir, &["status"], &[REAL])["vault_sat"], 5_000_000);
+
+    // Unplugged while the holder reads the transaction: the same.
+    says(Answer::Wait);
+    let child = start(&dir, &["vault", "0.05"], &[REAL], "warn", Stdio::piped);
+    eventually("the device shows the transaction", || {
+        holder.pages().last().filter(|p| *p == "Sign transaction").map(drop)
+    });
+    cable.pull();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the device went away") && err.contains("Nothing was moved"),
+        "{err}"
+    );
+    says(Answer::Reject); // the holder clears the screen of the device left waiting
+    eventually("the device is idle", || {
+        (holder.pages().last()? == "Bitcoin Testnet app is ready").then_some(())
+    });
+    cable.plug();
+    says(Answer::Approve);
+    let resumed = json(&dir, &["vault", "--resume"], &[REAL]);
+    assert_eq!(resumed["state"], "protected", "{resumed}");
+    mine(&s.node.rpc, 1, &payer.address());
+    assert_eq!(json(&dir, &["status"], &[REAL])["vault_sat"], 10_000_000);
 }

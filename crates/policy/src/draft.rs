@@ -19,6 +19,8 @@ pub struct DraftTower {
 pub struct PolicyDraft {
     /// `regtest`, `signet`, `testnet4`, `bitcoin`.
     pub network: String,
+    /// The policy format: 2 when the owner's key is on a hardware signer (ADR 0005).
+    pub format: u32,
     /// The owner's vault key, `[fp/path]xpub`.
     pub owner_key: String,
     /// The owner's request-signing key (x-only hex).
@@ -78,7 +80,7 @@ impl PolicyDraft {
             r#"# Vigil custody policy, written by `vigil init`. It names public keys only; every
 # service pins it by its sha256, so changing it takes the guardians' signatures.
 version = 1
-network = {network}
+{format}network = {network}
 
 [owner]
 threshold = 1
@@ -122,6 +124,12 @@ velocity_window_blocks = {window}
 whitelist = []
 {towers}"#,
             network = q(&self.network),
+            format = match self.format {
+                1 => String::new(),
+                n => format!(
+                    "# Keys derive per leaf, so a hardware signer can register each output.\nformat = {n}\n"
+                ),
+            },
             owner = q(&self.owner_key),
             owner_auth = q(&self.owner_auth_key),
             backup = q(&self.backup_key),
@@ -151,6 +159,7 @@ mod tests {
         let example = Policy::from_toml(&ExamplePolicy::default().to_toml()).unwrap();
         PolicyDraft {
             network: "regtest".into(),
+            format: 1,
             owner_key: account_key(&keys.owners[0]),
             owner_auth_key: "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
             backup_key: account_key(&keys.backup),

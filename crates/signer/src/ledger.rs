@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
+use bitcoin::psbt::Psbt;
 use bitcoin::{Address, Network};
 use ledger_bitcoin_client::apdu::{APDUCommand, StatusWord};
 use ledger_bitcoin_client::client::{BitcoinClient, Transport};
 use ledger_bitcoin_client::error::BitcoinClientError;
+use ledger_bitcoin_client::psbt::PartialSignature;
 use ledger_bitcoin_client::wallet::{Version, WalletPolicy, WalletPubKey};
+use ledger_bitcoin_client::SignPsbtYieldedObject;
 use ledger_transport_hidapi::hidapi::HidApi;
 use ledger_transport_hidapi::TransportNativeHID;
 use std::str::FromStr;
@@ -171,7 +174,7 @@ impl Ledger {
     }
 
     /// What this device can do for a wallet on `network`.
-    fn state(&self, network: Network) -> DeviceState {
+    pub fn state(&self, network: Network) -> DeviceState {
         match self.app() {
             Err(e) => DeviceState::Unreachable { why: e.to_string() },
             Ok(Err(status)) if LOCKED.contains(&status) => DeviceState::Locked,
@@ -240,6 +243,29 @@ impl Signer for Ledger {
             self.call(ask)
         }
     }
+
+    fn sign(&self, psbt: &Psbt, wallet: &Wallet, registration: &Registration) -> Result<Psbt, SignerError> {
+        let policy = wallet_policy(wallet)?;
+        let given = self.call_holder(|c| c.sign_psbt(psbt, &policy, Some(&registration.hmac)))?;
+        with_signatures(psbt, given)
+    }
+}
+
+/// `psbt` with the signatures the device gave: only taproot script-path ones are expected
+/// (every Vigil output an owner key signs for is one), anything else is refused.
+fn with_signatures(psbt: &Psbt, given: Vec<(usize, SignPsbtYieldedObject)>) -> Result<Psbt, SignerError> {
+    let mut signed = psbt.clone();
+    for (input, object) in given {
+        let odd = |what: &str| SignerError::Unexpected(format!("{what} for input {input}"));
+        let slot = signed.inputs.get_mut(input).ok_or_else(|| odd("a signature"))?;
+        match object {
+            SignPsbtYieldedObject::Partial(PartialSignature::TapScriptSig(key, Some(leaf), signature)) => {
+                slot.tap_script_sigs.insert((key, leaf), signature);
+            }
+            _ => return Err(odd("something other than a script-path signature")),
+        }
+    }
+    Ok(signed)
 }
 
 /// A [`Wallet`] in LedgerHQ's client's terms (BIP-388, the app's version 2 of them).
@@ -332,6 +358,22 @@ pub fn list_usb(network: Network) -> Vec<Found> {
         found.push(Found { kind: "ledger", label, state });
     }
     found
+}
+
+/// The first Ledger device on USB.
+pub fn connect_usb() -> Result<Ledger, SignerError> {
+    let api =
+        HidApi::new().map_err(|e| SignerError::NotThere(format!("USB devices cannot be listed ({e})")))?;
+    let info = TransportNativeHID::list_ledgers(&api)
+        .next()
+        .ok_or_else(|| SignerError::NotThere("no Ledger is connected by USB".into()))?;
+    let label = info.product_string().unwrap_or("Ledger").to_owned();
+    let transport = TransportNativeHID::open_device(&api, info).map_err(|e| {
+        SignerError::NotThere(format!(
+            "the Ledger cannot be opened ({e}); on Linux, install Ledger's udev rules"
+        ))
+    })?;
+    Ok(Ledger { label, link: Box::new(Usb(transport)) })
 }
 
 /// The emulator at `addr`, and its state (unreachable when nothing listens there).

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
+use bitcoin::psbt::Psbt;
 use bitcoin::{Address, Network};
 use serde::Serialize;
 
@@ -60,6 +61,10 @@ pub trait Signer {
         index: u32,
         display: bool,
     ) -> Result<Address<NetworkUnchecked>, SignerError>;
+    /// Shows `psbt` to the holder and, once they approve it, signs the inputs of the
+    /// registered `wallet` it holds a key of: `psbt` with the device's taproot script-path
+    /// signatures added. Waits on the holder. The caller checks every signature.
+    fn sign(&self, psbt: &Psbt, wallet: &Wallet, registration: &Registration) -> Result<Psbt, SignerError>;
 }
 
 /// A BIP-388 wallet policy as a device takes it: a name, a descriptor template over `@i`

@@ -20,6 +20,7 @@ pub mod chain;
 pub mod cosigner;
 pub mod family;
 pub mod household;
+pub mod ledger;
 pub mod process;
 pub mod proxy;
 pub mod pty;

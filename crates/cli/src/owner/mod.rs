@@ -28,10 +28,12 @@ use vigil_policy::draft::{DraftTower, PolicyDraft};
 use vigil_policy::VaultKind;
 use zeroize::Zeroizing;
 
+mod device;
 mod recover;
 mod setup;
 mod vaults;
 
+pub use device::{register, RegisterArgs};
 pub use recover::{recover, RecoverArgs};
 use setup::SETUP_FILE;
 pub use setup::{init, InitArgs};
@@ -66,6 +68,10 @@ pub struct ReceiveArgs {
     /// coins wait to be vaulted.
     #[arg(long)]
     allowance: bool,
+    /// Also show the address on the wallet's hardware signer, to compare: malware on this
+    /// computer cannot change what the device shows.
+    #[arg(long, conflicts_with = "allowance")]
+    on_device: bool,
 }
 
 /// The allowance wallet of the session's wallet.
@@ -223,6 +229,13 @@ fn needs_current_policy(session: &Session, what: &str) -> anyhow::Result<()> {
 
 /// The owner's vault key, from the recovery phrase typed now (it is never stored).
 fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
+    if device::has_signer(&session.dir)? {
+        // Spends and recoveries sign leaves of per-vault wallet policies, which the device
+        // registers with each vault (ADR 0005); this version registers the standing ones only.
+        bail!(
+            "this wallet's vault key is on your Ledger, and this version signs only vault fundings on it: use              --sign-elsewhere FILE with a signer that holds this vault's wallet policy; nothing was signed"
+        );
+    }
     let owner = &session.current().policy().owner;
     if owner.threshold > 1 {
         // One phrase signs here; the others' signatures come through a PSBT.
@@ -287,11 +300,19 @@ pub fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let on_device = args.on_device;
     let args = args.wallet;
     needs_current_policy(&session, "A receive address")?;
     let index = state.next_intake;
     let address =
         Address::from_script(&session.current().intake_descriptor(index)?.script_pubkey(), session.network)?;
+    if on_device {
+        if !device::has_signer(&session.dir)? {
+            bail!("this wallet's vault key is its recovery phrase, not a device: there is no device to show it on");
+        }
+        // Before the index is taken: an address the device did not confirm is not handed out.
+        device::show_intake_address(&session, index, &address)?;
+    }
     state.next_intake += 1;
     state.note(format!("receive address {index} handed out"));
     session.dir.save_state(&state)?;

@@ -73,6 +73,13 @@ pub struct InitArgs {
     /// With --restore: the block to scan for your coins from (0: the whole chain).
     #[arg(long, default_value_t = 0, requires = "restore")]
     from_height: u32,
+    /// Keep the vault key on a hardware signer (`ledger`): the policy takes the device's key,
+    /// in format 2 so the device can register each output (ADR 0005).
+    #[arg(long, value_parser = ["ledger"], conflicts_with = "restore")]
+    signer: Option<String>,
+    /// The Ledger is the emulator listening here (tests and demos), not a device on USB.
+    #[arg(long, value_name = "HOST:PORT", requires = "signer")]
+    signer_emulator: Option<std::net::SocketAddr>,
     /// Skip the check that the phrases were written down (scripts, tests only).
     #[arg(long, hide = true)]
     no_phrase_check: bool,
@@ -422,6 +429,15 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let (wallet_toml, chain, birth) = chain_options(&args, network)?;
 
     say("Welcome to Vigil. This sets up your wallet in a few steps.");
+    // The device first: nothing is made if it is not there.
+    let device = match &args.signer {
+        Some(_) => {
+            let ledger = super::device::connect(args.signer_emulator, network)?;
+            say("Your vault key stays on your Ledger; this computer holds only the allowance and the key that signs requests.");
+            Some(super::device::owner_key(&ledger, network, args.signer_emulator)?)
+        }
+        None => None,
+    };
     let owner_phrase = owner::new_phrase();
     show_phrase(
         "STEP 1 of 4. Your recovery phrase. Write these 24 words on paper, in order.",
@@ -462,7 +478,8 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let public = owner::public_keys(&owner_phrase, owner::backup_key(&backup_phrase, network), network);
     let draft = PolicyDraft {
         network: args.network.clone(),
-        owner_key: public.owner_key.clone(),
+        format: if device.is_some() { 2 } else { 1 },
+        owner_key: device.as_ref().map_or_else(|| public.owner_key.clone(), |(key, _)| key.clone()),
         owner_auth_key: public.auth_key.clone(),
         backup_key: public.backup_key.clone(),
         cosigner_key: enrolled.cosigner_key.clone(),
@@ -481,6 +498,9 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let policy = draft.to_toml()?;
     replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
     replace_file(&dir.file("policy.toml"), policy.as_bytes())?;
+    if let Some((_, record)) = &device {
+        record.save(&dir)?;
+    }
     let state =
         WalletState { birth_height: birth.height, scanned_height: birth.height, ..WalletState::default() };
     dir.save_state(&state)?;
@@ -592,6 +612,9 @@ fn pin_everywhere(
              from a false one.",
             short_id(&policy_id)
         );
+        if super::device::has_signer(dir)? {
+            println!("Next: `vigil signer register` so your Ledger knows this wallet's accounts.");
+        }
         println!(
             "Next: `vigil receive` for an address to send coins to, then `vigil vault` to protect them."
         );

@@ -10,7 +10,7 @@ pub struct VaultArgs {
     #[command(flatten)]
     wallet: WalletArgs,
     /// How much to put in the vault, in BTC (for example 0.05).
-    #[arg(required_unless_present = "signed")]
+    #[arg(required_unless_present_any = ["signed", "resume"])]
     amount: Option<String>,
     /// A guarded vault: spending it always needs the guardians (amounts above the velocity
     /// limit always go to one).
@@ -23,6 +23,10 @@ pub struct VaultArgs {
     /// Take back the funding PSBT signed elsewhere and finish that vault.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["amount", "guarded", "sign_elsewhere"])]
     signed: Option<PathBuf>,
+    /// Show the funding of the vault under way on the wallet's hardware signer again (after
+    /// it was rejected there, or the device went away) and finish that vault.
+    #[arg(long, conflicts_with_all = ["amount", "guarded", "sign_elsewhere", "signed"])]
+    resume: bool,
 }
 
 fn kind_name(kind: VaultKind) -> &'static str {
@@ -87,7 +91,20 @@ fn finish_pending(session: &Session, state: &mut WalletState) -> anyhow::Result<
 /// recorded before the next, so a run killed anywhere is finished by the next.
 pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.signed {
-        return vault_signed_elsewhere(&args, file);
+        let signed = super::recover::read_psbt(file)?;
+        let session = open(&args.wallet)?;
+        return finish_signed_elsewhere(&session, &args, |_, _| Ok(signed));
+    }
+    if args.resume {
+        let session = open(&args.wallet)?;
+        if !super::device::has_signer(&session.dir)? {
+            bail!(
+                "this wallet has no hardware signer: a vault signed elsewhere comes back with --signed FILE"
+            );
+        }
+        return finish_signed_elsewhere(&session, &args, |unsigned, amount| {
+            super::device::sign_funding(&session, unsigned, amount)
+        });
     }
     let amount = parse_btc(args.amount.as_deref().unwrap_or_default())?;
     let session = open(&args.wallet)?;
@@ -164,9 +181,11 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         kind,
         funding_sat_per_vb: 2,
     };
+    // A wallet whose vault key is on a device signs there, once the co-signer's half is in.
+    let on_device = args.sign_elsewhere.is_none() && super::device::has_signer(&session.dir)?;
     let key = match args.sign_elsewhere {
-        None => Some(vault_key(&session)?),
-        Some(_) => None,
+        None if !on_device => Some(vault_key(&session)?),
+        _ => None,
     };
     let (once, begun) = vaulting::begin(&session.cosigner, &order)?;
     let sign = |psbt: &mut vigil_policy::bitcoin::psbt::Psbt| {
@@ -175,7 +194,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         }
     };
     let prepared = vaulting::prepare(&order, once, &begun, &sign)?;
-    let unsigned_psbt = args.sign_elsewhere.as_ref().map(|_| base64_psbt(&prepared.funding));
+    let unsigned_psbt = (args.sign_elsewhere.is_some() || on_device).then(|| base64_psbt(&prepared.funding));
     // Recorded before it is sent: if this run dies after the co-signer took it, the next one
     // finishes it (the one-time key is gone; its signatures are all that is needed).
     state.pending_vault = Some(PendingVault {
@@ -210,6 +229,13 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if on_device {
+        // Recorded as waiting for a signature first: a rejection or an unplugged device leaves
+        // it resumable with --resume (for the ceremony's 10 minutes), nothing half-done.
+        return finish_signed_elsewhere(&session, &args, |unsigned, amount| {
+            super::device::sign_funding(&session, unsigned, amount)
+        });
+    }
     let version = Some(session.current().policy().version);
     send_and_broadcast(&session, &mut state, &prepared, version, &args.wallet)
 }
@@ -219,11 +245,18 @@ fn base64_psbt(psbt: &vigil_policy::bitcoin::psbt::Psbt) -> String {
     base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
 }
 
-/// `vigil vault --signed FILE`: the funding of the vault begun with --sign-elsewhere, signed.
-fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()> {
-    let signed = super::recover::read_psbt(file)?;
-    let session = open(&args.wallet)?;
-    super::needs_current_policy(&session, "Vaulting")?;
+/// The funding of the vault waiting for a signature (begun with --sign-elsewhere, or on a
+/// device), signed by `sign` (given the unsigned PSBT and the vault's amount): checked, then
+/// the vault is finished. `vigil vault --signed FILE` and the device's path.
+fn finish_signed_elsewhere(
+    session: &Session,
+    args: &VaultArgs,
+    sign: impl FnOnce(
+        &vigil_policy::bitcoin::psbt::Psbt,
+        Amount,
+    ) -> anyhow::Result<vigil_policy::bitcoin::psbt::Psbt>,
+) -> anyhow::Result<()> {
+    super::needs_current_policy(session, "Vaulting")?;
     let mut state = session.dir.state()?;
     let Some(pending) = state.pending_vault.clone() else {
         bail!(
@@ -238,6 +271,9 @@ fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()
         &base64::engine::general_purpose::STANDARD.decode(unsigned)?,
     )
     .context("the waiting vault's record is damaged")?;
+    let plan = pending.record().plan().context("the waiting vault's record is damaged")?;
+    own_funding(session, &state, &pending, &plan, &unsigned)?;
+    let signed = sign(&unsigned, Amount::from_sat(pending.amount_sat))?;
     // The coins it spends, in the transaction's order, as the policy checks them.
     let free = state.spendable_coins(&session.policies);
     let coins: Vec<_> = unsigned
@@ -251,7 +287,6 @@ fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()
         session.policies.known().filter(|c| c.policy().version != compiled.policy().version).collect();
     let funding = vaulting::take_signed_funding(compiled, &others, &coins, &unsigned, &signed)
         .map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
-    let plan = pending.record().plan().context("the waiting vault's record is damaged")?;
     let prepared = vaulting::Prepared {
         mine: vaulting::signatures_from_hex(plan.owner_once, &pending.owner_signatures)?,
         theirs: vaulting::signatures_from_hex(plan.cosigner_once, &pending.cosigner_signatures)?,
@@ -265,7 +300,38 @@ fn vault_signed_elsewhere(args: &VaultArgs, file: &PathBuf) -> anyhow::Result<()
     }
     session.dir.save_state(&state)?;
     say("Sending your half to the co-signer; every watchtower must confirm it holds the vault...");
-    send_and_broadcast(&session, &mut state, &prepared, pending.policy_version, &args.wallet)
+    send_and_broadcast(session, &mut state, &prepared, pending.policy_version, &args.wallet)
+}
+
+/// Refuses a waiting funding this wallet did not build itself before anything signs it: it is
+/// the transaction recorded when the vault began, pays the vault's own output first, and its
+/// only other output (change) is one of this wallet's intake addresses.
+fn own_funding(
+    session: &Session,
+    state: &WalletState,
+    pending: &PendingVault,
+    plan: &vigil_policy::VaultPlan,
+    unsigned: &vigil_policy::bitcoin::psbt::Psbt,
+) -> anyhow::Result<()> {
+    let refused = |why: &str| {
+        anyhow::anyhow!("the waiting vault's funding {why}: it was not built by this wallet and is not signed; nothing was done")
+    };
+    if serialize_hex(&unsigned.unsigned_tx) != pending.unsigned_funding {
+        return Err(refused("is not the transaction recorded when the vault began"));
+    }
+    let compiled = session.policies.version(pending.policy_version)?;
+    let outputs = &unsigned.unsigned_tx.output;
+    if outputs.first() != Some(&compiled.vault_output(plan)?) {
+        return Err(refused("does not pay the vault's own output"));
+    }
+    for change in outputs.iter().skip(1) {
+        let ours = (0..state.next_intake)
+            .any(|i| compiled.intake_descriptor(i).is_ok_and(|d| d.script_pubkey() == change.script_pubkey));
+        if !ours || outputs.len() > 2 {
+            return Err(refused("pays an address that is not this wallet's"));
+        }
+    }
+    Ok(())
 }
 
 /// Sends the owner's half of a vault built under policy `version`, records the vault once

@@ -1,0 +1,312 @@
+//! The owner's hardware signer (ADR 0005, ADR 0008): which device holds the vault key, the
+//! wallet policies it registered, and the steps of the owner's commands that go through it.
+//!
+//! The device shows what it signs and what it registers; these steps tell the holder, in
+//! plain words, what to check on its screen before approving, and check what comes back (an
+//! address the device computes, every signature) against what Vigil built itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use vigil_policy::bitcoin::bip32::DerivationPath;
+use vigil_policy::bitcoin::hashes::{sha256, Hash};
+use vigil_policy::bitcoin::psbt::Psbt;
+use vigil_policy::bitcoin::Network;
+use vigil_policy::{CompiledPolicy, Policy, WalletPolicy};
+use vigil_signer::ledger::Ledger;
+use vigil_signer::{DeviceState, Found, Registration, Signer, SignerError, Wallet};
+
+use super::*;
+
+/// The record of the wallet's signer, beside its policy.
+pub const SIGNER_FILE: &str = "signer.json";
+
+/// Which device holds this wallet's vault key, and the wallet policies it registered.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SignerRecord {
+    /// `"ledger"`.
+    pub kind: String,
+    /// The device's master key fingerprint.
+    pub fingerprint: String,
+    /// The emulator's address, when the device is one (tests, demos); else it is on USB.
+    pub emulator: Option<SocketAddr>,
+    /// Each registered wallet policy, by [`digest`]: its id and the device's HMAC, in hex.
+    pub registrations: BTreeMap<String, (String, String)>,
+}
+
+impl SignerRecord {
+    /// The wallet's signer, or none: its vault key comes from the recovery phrase.
+    pub fn load(dir: &WalletDir) -> anyhow::Result<Option<SignerRecord>> {
+        let path = dir.file(SIGNER_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Written whole (a crash leaves the old record or the new one).
+    pub fn save(&self, dir: &WalletDir) -> anyhow::Result<()> {
+        Ok(replace_file(&dir.file(SIGNER_FILE), &serde_json::to_vec_pretty(self)?)?)
+    }
+
+    /// The device's registration of `wallet`, if it registered it.
+    fn registration(&self, wallet: &Wallet) -> Option<Registration> {
+        let (id, hmac) = self.registrations.get(&digest(wallet))?;
+        let bytes = |hex: &str| -> Option<[u8; 32]> {
+            let v: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<_>>()?;
+            v.try_into().ok()
+        };
+        Some(Registration { id: bytes(id)?, hmac: bytes(hmac)? })
+    }
+}
+
+/// What a registration is kept under: the wallet policy itself (name, template and keys), so
+/// a policy change that alters it needs a new registration.
+fn digest(wallet: &Wallet) -> String {
+    let text = format!("{}\n{}\n{}", wallet.name, wallet.template, wallet.keys.join("\n"));
+    sha256::Hash::hash(text.as_bytes()).to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The owner's vault key's account on the device: BIP-48, as the recovery phrase's.
+fn vault_key_path(network: Network) -> DerivationPath {
+    let coin = if network == Network::Bitcoin { 0 } else { 1 };
+    DerivationPath::from_str(&format!("m/48'/{coin}'/0'/2'")).expect("a valid path")
+}
+
+/// The device at `emulator` (or on USB), checked: it answers, and the Bitcoin app of
+/// `network` is open on it.
+pub fn connect(emulator: Option<SocketAddr>, network: Network) -> anyhow::Result<Ledger> {
+    let app = vigil_signer::app_for(network);
+    let ledger = match emulator {
+        Some(addr) => Ledger::emulator(addr),
+        None => vigil_signer::ledger::connect_usb(),
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}. Connect your Ledger, unlock it with its PIN and open the \"{app}\" app; nothing was done"
+        )
+    })?;
+    match ledger.state(network) {
+        DeviceState::Ready { .. } => Ok(ledger),
+        state => {
+            let found = Found { kind: "ledger", label: ledger.label().to_owned(), state };
+            bail!("{}; nothing was done", found.describe())
+        }
+    }
+}
+
+/// The device of the wallet's `record`: [`connect`], and its key is the wallet's.
+fn connect_wallets(record: &SignerRecord, network: Network) -> anyhow::Result<Ledger> {
+    let ledger = connect(record.emulator, network)?;
+    let fingerprint = ledger.fingerprint().map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
+    if fingerprint.to_string() != record.fingerprint {
+        bail!(
+            "this Ledger's key is {fingerprint}, and this wallet's is {}: connect the wallet's own device; nothing was done",
+            record.fingerprint
+        );
+    }
+    Ok(ledger)
+}
+
+/// The owner's vault key from the device, as a policy names it (`[fp/48h/coinh/0h/2h]xpub`),
+/// and the record of the device for the wallet.
+pub fn owner_key(
+    ledger: &Ledger,
+    network: Network,
+    emulator: Option<SocketAddr>,
+) -> anyhow::Result<(String, SignerRecord)> {
+    let path = vault_key_path(network);
+    let fingerprint = ledger.fingerprint()?;
+    let xpub = ledger.xpub(&path)?;
+    let origin = path.to_string().trim_start_matches("m/").replace('\'', "h");
+    let record = SignerRecord {
+        kind: "ledger".into(),
+        fingerprint: fingerprint.to_string(),
+        emulator,
+        registrations: BTreeMap::new(),
+    };
+    Ok((format!("[{fingerprint}/{origin}]{xpub}"), record))
+}
+
+fn to_wallet(w: &WalletPolicy) -> Wallet {
+    Wallet { name: w.name.clone(), template: w.template.clone(), keys: w.keys.clone() }
+}
+
+/// The wallet policies of `compiled` the owner's device holds for good: the intake and R
+/// (an unvault output is registered with its vault; the deep vault on the backup's device).
+fn standing_wallets(compiled: &CompiledPolicy) -> anyhow::Result<Vec<WalletPolicy>> {
+    Ok(compiled
+        .wallet_policies()?
+        .into_iter()
+        .filter(|w| !w.per_vault() && w.name != "Vigil deep vault")
+        .collect())
+}
+
+/// Who each key of `w` is, in the order the device shows them.
+fn key_roles(w: &WalletPolicy, policy: &Policy) -> Vec<String> {
+    let unspendable = vigil_policy::nums_xpub(policy).to_string();
+    w.keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let is = |k: &vigil_policy::PolicyKey| k.key_expression() == *key;
+            let who = if *key == unspendable {
+                "no one's: it cannot sign (the device shows \"Dummy key\")".to_owned()
+            } else if let Some(o) = policy.owner.keys.iter().position(is) {
+                format!(
+                    "your key{} (the device shows \"Our key\")",
+                    if o > 0 { format!(" {}", o + 1) } else { String::new() }
+                )
+            } else if is(&policy.cosigner) {
+                "your co-signer".to_owned()
+            } else if let Some(g) = policy.guardians.keys.iter().position(is) {
+                format!("guardian {}", g + 1)
+            } else if is(&policy.backup) {
+                "your off-site backup key".to_owned()
+            } else {
+                "a key of this vault alone".to_owned()
+            };
+            let short = key.rsplit(']').next().unwrap_or(key);
+            format!(
+                "@{i} {who}: {}…{}",
+                &short[..8.min(short.len())],
+                &short[short.len().saturating_sub(6)..]
+            )
+        })
+        .collect()
+}
+
+/// A signer error in words, with what to do next.
+fn device_failed(e: SignerError, then: &str) -> anyhow::Error {
+    match e {
+        SignerError::Rejected => anyhow::anyhow!("you rejected it on the device. {then}"),
+        SignerError::Io(_) | SignerError::NotThere(_) => {
+            anyhow::anyhow!("the device went away or stopped answering ({e}). {then}")
+        }
+        other => anyhow::anyhow!("{other}. {then}"),
+    }
+}
+
+/// `vigil signer register`.
+#[derive(Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+}
+
+/// `vigil signer register`: registers on the wallet's device the wallet policies it signs for,
+/// keeping each registration with the wallet; those it holds already are left alone.
+pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let session = open(&args.wallet)?;
+    let Some(mut record) = SignerRecord::load(&session.dir)? else {
+        bail!("this wallet's vault key is its recovery phrase, not a device: there is nothing to register");
+    };
+    let compiled = session.current();
+    let ledger = connect_wallets(&record, session.network)?;
+    let mut registered = Vec::new();
+    for w in standing_wallets(compiled)? {
+        let wallet = to_wallet(&w);
+        if record.registration(&wallet).is_some() {
+            registered.push(json!({"name": w.name, "new": false}));
+            continue;
+        }
+        say(&format!("Registering \"{}\" on your Ledger. Check on its screen, then approve:", w.name));
+        say(&format!("  the account name \"{}\" and its policy {}", w.name, w.template));
+        for line in key_roles(&w, compiled.policy()) {
+            say(&format!("  {line}"));
+        }
+        say("Waiting for you on the device...");
+        let done = ledger.register(&wallet).map_err(|e| {
+            device_failed(e, "Nothing was registered; run `vigil signer register` again when ready.")
+        })?;
+        record.registrations.insert(digest(&wallet), (hex(&done.id), hex(&done.hmac)));
+        record.save(&session.dir)?;
+        registered.push(json!({"name": w.name, "new": true}));
+    }
+    if args.wallet.json {
+        println!("{}", json!({ "registered": registered }));
+    } else {
+        println!("Your Ledger holds this wallet's accounts: it will show your addresses and what you sign.");
+    }
+    Ok(())
+}
+
+/// The wallet's device with the registration of `w`, or why it cannot sign for it yet.
+fn registered(session: &Session, w: &WalletPolicy) -> anyhow::Result<(Ledger, Wallet, Registration)> {
+    let record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let wallet = to_wallet(w);
+    let Some(registration) = record.registration(&wallet) else {
+        bail!(
+            "your Ledger has not registered \"{}\" yet: run `vigil signer register`; nothing was done",
+            w.name
+        );
+    };
+    Ok((connect_wallets(&record, session.network)?, wallet, registration))
+}
+
+/// Whether this wallet's vault key is on a device.
+pub fn has_signer(dir: &WalletDir) -> anyhow::Result<bool> {
+    Ok(SignerRecord::load(dir)?.is_some())
+}
+
+/// Shows the intake address at `index` on the device for the holder to compare, after
+/// checking the device computes the same one.
+pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> anyhow::Result<()> {
+    let intake = standing_wallets(session.current())?.into_iter().next().context("an intake wallet")?;
+    let (ledger, wallet, registration) = registered(session, &intake)?;
+    let computed = ledger
+        .address(&wallet, &registration, false, index, false)
+        .map_err(|e| device_failed(e, "Do not use the address until the device shows it."))?;
+    if computed.assume_checked_ref().script_pubkey() != address.script_pubkey() {
+        bail!(
+            "your Ledger computes another address than this computer ({}): something on this computer is \
+             wrong or tampered with. Do NOT use it; tell your guardians",
+            computed.assume_checked()
+        );
+    }
+    say(&format!("Check that your Ledger shows exactly {address} (it may write it with a testnet prefix), then confirm on it."));
+    ledger
+        .address(&wallet, &registration, false, index, true)
+        .map_err(|e| device_failed(e, "Do not use the address until the device shows it."))?;
+    Ok(())
+}
+
+/// The vault's funding signed on the device: the holder checks on its screen the amount going
+/// to the new vault, the change back to the intake and the fee. The caller checks every
+/// signature against the policy before it goes on.
+pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow::Result<Psbt> {
+    let intake = standing_wallets(session.current())?.into_iter().next().context("an intake wallet")?;
+    let (ledger, wallet, registration) = registered(session, &intake)?;
+    let fee = funding.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
+    let vault_address = Address::from_script(&funding.unsigned_tx.output[0].script_pubkey, session.network)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    say("Sign on your Ledger. Check on its screen, then approve only if it says:");
+    say(&format!("  {} to {vault_address} (your new vault)", btc(amount.to_sat())));
+    if let Some(change) = funding.unsigned_tx.output.get(1) {
+        let back = Address::from_script(&change.script_pubkey, session.network)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        say(&format!("  {} to {back} (back to your own intake address)", btc(change.value.to_sat())));
+    }
+    say(&format!("  a fee of {fee}"));
+    say("Waiting for you on the device...");
+    ledger.sign(funding, &wallet, &registration).map_err(|e| {
+        device_failed(
+            e,
+            "Nothing was moved. The vault under way waits 10 minutes for your signature: `vigil vault --resume` \
+             shows it on the device again.",
+        )
+    })
+}

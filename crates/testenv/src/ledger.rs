@@ -1,0 +1,219 @@
+//! The emulated Ledger's holder and cable, for device tests run with the emulator's harness
+//! (`LEDGER_SPECULOS_APDU`, `LEDGER_SPECULOS_API`) and its own approver off.
+//!
+//! [`Holder`] presses the buttons through the emulator's REST API as a person would: pages
+//! through each review and, on its last page, approves or rejects as the test says.
+//! [`Cable`] sits between Vigil and the emulator's APDU port and can be pulled out.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The final page of a review, which approves it with both buttons.
+fn is_approve(text: &str) -> bool {
+    ["Register account", "Sign transaction", "Confirm", "Continue anyway", "Approve public key"]
+        .contains(&text)
+}
+
+/// The page after it, which rejects.
+fn is_reject(text: &str) -> bool {
+    ["Reject operation", "Reject transaction", "Reject", "Cancel", "Back to safety"].contains(&text)
+}
+
+/// Pages that need no button: the app's idle pages, spinners, status pages.
+fn is_idle(text: &str) -> bool {
+    let idle =
+        ["app is ready", "Loading", "Processing", "Signing", "registered", "verified", "rejected", "signed"];
+    text.is_empty()
+        || idle.iter().any(|w| text.contains(w))
+        || text.starts_with("Quit")
+        || text.starts_with("Version")
+}
+
+/// What the holder does on a review's last page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Both buttons on the approve page.
+    Approve,
+    /// On to the reject page, then both buttons.
+    Reject,
+    /// Nothing yet: the test acts (pulls the cable) and says later.
+    Wait,
+}
+
+/// The text of the emulator's current screen, its lines joined by one space.
+pub fn screen(api: &str) -> Option<String> {
+    let events: serde_json::Value =
+        ureq::get(&format!("{api}/events?currentscreenonly=true")).call().ok()?.into_json().ok()?;
+    let lines: Vec<String> = events["events"]
+        .as_array()?
+        .iter()
+        .flat_map(|e| {
+            e["text"]
+                .as_str()
+                .unwrap_or_default()
+                .lines()
+                .map(str::trim)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    Some(lines.join(" "))
+}
+
+fn press(api: &str, button: &str) {
+    let _ = ureq::post(&format!("{api}/button/{button}"))
+        .send_json(serde_json::json!({"action": "press-and-release", "delay": 0.05}));
+}
+
+/// The current screen as a PNG.
+pub fn screenshot(api: &str) -> Vec<u8> {
+    let mut png = Vec::new();
+    ureq::get(&format!("{api}/screenshot"))
+        .call()
+        .expect("a screenshot")
+        .into_reader()
+        .read_to_end(&mut png)
+        .unwrap();
+    png
+}
+
+/// A person holding the device, deciding each review's last page with `decide` (given the
+/// review's pages so far, the first its title).
+pub struct Holder {
+    stop: Arc<AtomicBool>,
+    pages: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Holder {
+    /// Starts pressing on the emulator at `api`.
+    pub fn start(api: &str, mut decide: impl FnMut(&[String]) -> Answer + Send + 'static) -> Holder {
+        let (api, stop, pages) =
+            (api.to_owned(), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (stop_, pages_) = (stop.clone(), pages.clone());
+        let thread = std::thread::spawn(move || {
+            let mut review: Vec<String> = Vec::new();
+            let mut rejecting = false;
+            let (mut last, mut since, mut acted_at) = (String::new(), Instant::now(), None::<Instant>);
+            while !stop_.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                let Some(text) = screen(&api) else { continue };
+                if text != last {
+                    pages_.lock().unwrap().push(text.clone());
+                    (last, since, acted_at) = (text, Instant::now(), None);
+                    continue;
+                }
+                // A page is read once it is still; a press waits for the page to change (a
+                // press that changed nothing is tried again after a while).
+                if since.elapsed() < Duration::from_millis(150)
+                    || acted_at.is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+                {
+                    continue;
+                }
+                if is_idle(&text) {
+                    review.clear();
+                    rejecting = false;
+                    continue;
+                }
+                if review.last() != Some(&text) {
+                    review.push(text.clone());
+                }
+                let button = if is_approve(&text) && !rejecting {
+                    match decide(&review) {
+                        Answer::Approve => "both",
+                        Answer::Reject => {
+                            rejecting = true;
+                            "right"
+                        }
+                        Answer::Wait => continue,
+                    }
+                } else if is_reject(&text) && rejecting {
+                    "both"
+                } else {
+                    "right"
+                };
+                press(&api, button);
+                acted_at = Some(Instant::now());
+            }
+        });
+        Holder { stop, pages, thread: Some(thread) }
+    }
+
+    /// Every page seen so far.
+    pub fn pages(&self) -> Vec<String> {
+        self.pages.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A cable between Vigil and the emulator's APDU port that can be pulled out and plugged
+/// back: pulled, every connection through it is cut and new ones are closed at once.
+pub struct Cable {
+    /// Where Vigil connects instead of the emulator.
+    pub addr: SocketAddr,
+    plugged: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Cable {
+    /// A cable to the emulator at `device`.
+    pub fn new(device: SocketAddr) -> Cable {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (plugged, open) =
+            (Arc::new(AtomicBool::new(true)), Arc::new(Mutex::new(Vec::<TcpStream>::new())));
+        let (plugged_, open_) = (plugged.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !plugged_.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(device) else { continue };
+                for s in [&client, &server] {
+                    open_.lock().unwrap().push(s.try_clone().unwrap());
+                }
+                for (mut from, mut to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cable { addr, plugged, open }
+    }
+
+    /// Pulled out: every connection cut.
+    pub fn pull(&self) {
+        self.plugged.store(false, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Plugged back in.
+    pub fn plug(&self) {
+        self.plugged.store(true, Ordering::SeqCst);
+    }
+}
