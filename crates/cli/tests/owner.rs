@@ -1448,6 +1448,41 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     let status = json(&dir, &["status"], &[REAL]);
     assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
     assert_eq!(status["vault_sat"], 5_000_000, "{status}");
+
+    // A spend from it: the device registers the vault's own account (its one-time keys as
+    // extended keys), then signs; the co-signer approves, and after DELAY the payment is
+    // co-signed and mined, accepted by the node's consensus and policy.
+    let to = Wallet::new().address().to_string();
+    let (ok, out, err) = vigil(&dir, &["spend", &to, "0.01", "--json"], &[REAL]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("registers this vault's account, \"Vigil vault 0\"") && err.contains("0.01 BTC to"),
+        "{err}"
+    );
+    assert!(!err.contains("Recovery phrase"), "{err}");
+    let started: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
+    let from = waiting[0]["progress"]["spendable_from_height"].as_u64().unwrap() as u32;
+    let tip = s.node.rpc.tip().unwrap().height;
+    mine(&s.node.rpc, from - tip, &payer.address());
+    let sent = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(sent[0]["progress"]["stage"], "sent", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let done = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
+    let txid = done[0]["progress"]["txid"].as_str().unwrap().parse().unwrap();
+    assert!(
+        matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),
+        "the payment confirmed"
+    );
+    let record: Value = serde_json::from_slice(&std::fs::read(dir.join("signer.json")).unwrap()).unwrap();
+    assert_eq!(
+        record["registrations"].as_object().unwrap().len(),
+        3,
+        "intake, recovery and the vault's: {record}"
+    );
 }
 
 #[test]

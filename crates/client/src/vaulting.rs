@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use base64::Engine;
 use vigil_cosigner::wire::{self, BeginVault, Coin, CompleteVault};
+use vigil_policy::bitcoin::bip32::Xpub;
 use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
 use vigil_policy::bitcoin::hex::{DisplayHex, FromHex};
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
@@ -72,7 +73,8 @@ pub fn begin(
     co: &CosignerClient,
     order: &VaultOrder<'_>,
 ) -> Result<(OneTimeKey, wire::VaultBegun), VaultingError> {
-    let owner_once = OneTimeKey::generate();
+    let network = order.compiled.policy().network;
+    let owner_once = OneTimeKey::for_vault(network.into(), order.index)?;
     let req = BeginVault {
         index: order.index,
         amount_sat: order.amount.to_sat(),
@@ -103,6 +105,8 @@ pub struct Prepared {
     pub theirs: GraphSignatures,
     /// The funding, signed by the owner.
     pub funding: Psbt,
+    /// As [`crate::wallet::VaultRecord::once_xpubs`].
+    pub once_xpubs: Option<[String; 2]>,
 }
 
 /// Signatures of `signer` from hex (recorded, or on the wire).
@@ -136,6 +140,19 @@ pub fn prepare(
     let mismatch = |what: &str| VaultingError::Mismatch(what.to_owned());
     let cosigner_once = XOnlyPublicKey::from_str(&begun.cosigner_once)
         .map_err(|_| mismatch("its one-time key does not parse"))?;
+    // The extended keys a hardware signer registers the unvault output with: the co-signer's
+    // must be the one its one-time key comes from, at this vault's index.
+    let once_xpubs = match (owner_once.xpub(), &begun.cosigner_once_xpub) {
+        (Some(ours), Some(theirs)) => {
+            let xpub =
+                Xpub::from_str(theirs).map_err(|_| mismatch("its one-time extended key does not parse"))?;
+            if !vigil_policy::is_vault_child(&xpub, order.index, cosigner_once) {
+                return Err(mismatch("its one-time key is not its extended key's at this vault's index"));
+            }
+            Some([ours.to_string(), theirs.clone()])
+        }
+        _ => None,
+    };
     let compiled = order.compiled;
     let plan = compiled.plan(order.index, order.amount, order.kind, owner_once.public(), cosigner_once)?;
     let mut funding = compiled.funding_psbt_from(
@@ -155,7 +172,7 @@ pub fn prepare(
     let mine = owner_once.sign(&graph)?;
     drop(owner_once);
     sign_funding(&mut funding);
-    Ok(Prepared { plan, outpoint, mine, theirs, funding })
+    Ok(Prepared { plan, outpoint, mine, theirs, funding, once_xpubs })
 }
 
 /// Takes back the funding `unsigned` (spending `coins`, of `compiled` or its `earlier`

@@ -133,6 +133,11 @@ pub struct VaultRecord {
     pub owner_once: String,
     /// The co-signer's one-time public key.
     pub cosigner_once: String,
+    /// The extended keys the one-time keys are the `/0/index` children of (owner's, then
+    /// the co-signer's), when the vault was made with them: a hardware signer registers the
+    /// unvault output with them (ADR 0005).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_xpubs: Option<[String; 2]>,
     /// Spent by an unvault (a spend under way or done).
     #[serde(default)]
     pub unvaulted: bool,
@@ -182,6 +187,9 @@ pub struct PendingVault {
     pub cosigner_signatures: Vec<String>,
     /// The funding, unsigned, hex (its txid is V's).
     pub unsigned_funding: String,
+    /// As [`VaultRecord::once_xpubs`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_xpubs: Option<[String; 2]>,
     /// The funding's PSBT, base64, while it waits for a signature from elsewhere (`vigil vault
     /// --sign-elsewhere`); none once the owner's half was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +212,7 @@ impl PendingVault {
             unvault: String::new(),
             owner_once: self.owner_once.clone(),
             cosigner_once: self.cosigner_once.clone(),
+            once_xpubs: self.once_xpubs.clone(),
             unvaulted: false,
             policy_version: self.policy_version,
         }

@@ -187,7 +187,10 @@ impl Cosigner {
                 ))
             })?;
         }
-        let cosigner_once = OneTimeKey::generate();
+        // From a one-time extended key: the owner's hardware signer registers the vault's
+        // unvault output with it (ADR 0005).
+        let cosigner_once = OneTimeKey::for_vault(compiled.policy().network.into(), r.index)
+            .map_err(|e| bad(e.to_string()))?;
         let plan = compiled
             .plan(r.index, Amount::from_sat(r.amount_sat), kind, owner_once, cosigner_once.public())
             .map_err(|e| bad(e.to_string()))?;
@@ -201,6 +204,7 @@ impl Cosigner {
             vault_outpoint: vault_outpoint.to_string(),
             funding_txid: vault_outpoint.txid.to_string(),
             cosigner_once: cosigner_once.public().to_string(),
+            cosigner_once_xpub: cosigner_once.xpub().map(|x| x.to_string()),
             signatures: cosigner_signatures
                 .signatures
                 .iter()

@@ -116,6 +116,9 @@ pub struct VaultBegun {
     pub funding_txid: String,
     /// The co-signer's one-time public key.
     pub cosigner_once: String,
+    /// The extended public key it is the child `/0/index` of (ADR 0005).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosigner_once_xpub: Option<String>,
     /// Its signature of every graph transaction, canonical order, hex.
     pub signatures: Vec<String>,
 }

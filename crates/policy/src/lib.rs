@@ -40,7 +40,7 @@ pub use graph::{
     CompiledPolicy, DeepVaultLeaves, GraphRole, LeafSignature, OwnerSignatures, PresignedTx,
     RangedDescriptors, UnsignedGraph, VaultDescriptors, VaultPlan, GRAPH_TX_VERSION,
 };
-pub use signing::{GraphSignatures, OneTimeKey, SignedGraph};
+pub use signing::{is_vault_child, GraphSignatures, OneTimeKey, SignedGraph};
 pub use spends::{finalize, sign_key_path, spend_psbt, SpendInput};
 pub use tx::{anchor_output, pay_to_anchor, unsigned_tx, ANCHOR_SAT};
 pub use wallet_policy::WalletPolicy;

@@ -1,13 +1,15 @@
 //! The one-time keys that sign a vault's graph and are then wiped, each party's signatures,
 //! and the signed graph towers hold.
 
+use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use bitcoin::key::{Keypair, XOnlyPublicKey};
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::schnorr;
+use bitcoin::NetworkKind;
 use bitcoin::Transaction;
 
 use crate::config::secp;
-use crate::error::{PolicyError, SignatureError};
+use crate::error::{DescriptorError, PolicyError, SignatureError};
 use crate::graph::{PresignedTx, UnsignedGraph};
 
 impl UnsignedGraph {
@@ -39,12 +41,42 @@ impl UnsignedGraph {
 /// is then dropped, which wipes it (DESIGN.md §4 "One-time keys"). It cannot be serialized.
 pub struct OneTimeKey {
     keypair: Keypair,
+    /// The extended public key it is the child `/0/index` of, when made for a vault.
+    xpub: Option<Xpub>,
 }
 
 impl OneTimeKey {
     /// A new key from the operating system's randomness.
     pub fn generate() -> OneTimeKey {
-        OneTimeKey { keypair: Keypair::new(secp(), &mut bitcoin::secp256k1::rand::thread_rng()) }
+        OneTimeKey { keypair: Keypair::new(secp(), &mut bitcoin::secp256k1::rand::thread_rng()), xpub: None }
+    }
+
+    /// A new key for the vault at `index`: the child `/0/index` of an extended key made from
+    /// fresh randomness, whose private part is wiped at once. The extended public key is kept
+    /// ([`Self::xpub`]): a hardware signer registers the vault's unvault output with it, since
+    /// a wallet policy derives every key at the vault's index (ADR 0005).
+    pub fn for_vault(network: NetworkKind, index: u32) -> Result<OneTimeKey, PolicyError> {
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        bitcoin::secp256k1::rand::RngCore::fill_bytes(
+            &mut bitcoin::secp256k1::rand::thread_rng(),
+            &mut *seed,
+        );
+        let mut master = Xpriv::new_master(network, &*seed).expect("32 bytes of seed");
+        let path = [
+            ChildNumber::from_normal_idx(0).expect("0"),
+            ChildNumber::from_normal_idx(index).map_err(|_| DescriptorError::HardenedIndex(index))?,
+        ];
+        let mut child = master.derive_priv(secp(), &path).expect("a normal derivation");
+        let xpub = Xpub::from_priv(secp(), &master);
+        let keypair = child.to_keypair(secp());
+        master.private_key.non_secure_erase();
+        child.private_key.non_secure_erase();
+        Ok(OneTimeKey { keypair, xpub: Some(xpub) })
+    }
+
+    /// The extended public key of a key made [`Self::for_vault`].
+    pub fn xpub(&self) -> Option<Xpub> {
+        self.xpub
     }
 
     /// The secret's bytes, only in builds with the `insecure-test-hooks` feature: tests use it
@@ -149,4 +181,12 @@ impl SignedGraph {
     pub fn psbt(&self, tx: &PresignedTx) -> Result<Psbt, PolicyError> {
         tx.psbt(self.graph.plan.owner_once, self.graph.plan.cosigner_once)
     }
+}
+
+/// Whether `key` is the child `/0/index` of `xpub`: a vault's one-time key given with the
+/// extended key it comes from.
+pub fn is_vault_child(xpub: &Xpub, index: u32, key: XOnlyPublicKey) -> bool {
+    let Ok(index) = ChildNumber::from_normal_idx(index) else { return false };
+    xpub.derive_pub(secp(), &[ChildNumber::from_normal_idx(0).expect("0"), index])
+        .is_ok_and(|child| child.public_key.x_only_public_key().0 == key)
 }

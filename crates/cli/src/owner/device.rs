@@ -310,3 +310,72 @@ pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow
         )
     })
 }
+
+/// The unvault output of the vault `record` as the wallet policy the device registers for it
+/// (its one-time keys filled in), named after the vault.
+fn vault_wallet(compiled: &CompiledPolicy, record: &VaultRecord) -> anyhow::Result<WalletPolicy> {
+    let Some([owner_once, cosigner_once]) = &record.once_xpubs else {
+        bail!(
+            "vault {} was made without one-time extended keys (before this version, or rebuilt by a \
+             restore), so your Ledger cannot register it: spend it with --sign-elsewhere; nothing was signed",
+            record.outpoint
+        );
+    };
+    let name = if record.kind == "guarded" { "Vigil guarded vault" } else { "Vigil vault" };
+    let mut w =
+        compiled.wallet_policies()?.into_iter().find(|w| w.name == name).context("an unvault wallet")?;
+    for key in &mut w.keys {
+        match key.as_str() {
+            "OO" => key.clone_from(owner_once),
+            "CO" => key.clone_from(cosigner_once),
+            _ => {}
+        }
+    }
+    w.name = format!("{name} {}", record.index);
+    Ok(w)
+}
+
+/// The vault spend `psbt` of vault `record`, to `destination`, signed on the device: the
+/// vault's account is registered first if the device does not hold it yet (shown to the
+/// holder like any other). The caller checks every signature.
+pub fn sign_spend(
+    session: &Session,
+    record: &VaultRecord,
+    psbt: &Psbt,
+    destination: &str,
+    amount: Amount,
+) -> anyhow::Result<Psbt> {
+    let compiled = session.policies.version(record.policy_version)?;
+    let w = vault_wallet(compiled, record)?;
+    let wallet = to_wallet(&w);
+    let mut signer = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let ledger = connect_wallets(&signer, session.network)?;
+    let again = "Nothing was sent. `vigil spend --resume` shows it on the device again.";
+    let registration = match signer.registration(&wallet) {
+        Some(r) => r,
+        None => {
+            say(&format!("Your Ledger first registers this vault's account, \"{}\". Check on its screen, then approve:", w.name));
+            say(&format!("  its policy {}", w.template));
+            for line in key_roles(&w, compiled.policy()) {
+                say(&format!("  {line}"));
+            }
+            say("Waiting for you on the device...");
+            let done = ledger.register(&wallet).map_err(|e| device_failed(e, again))?;
+            signer.registrations.insert(digest(&wallet), (hex(&done.id), hex(&done.hmac)));
+            signer.save(&session.dir)?;
+            done
+        }
+    };
+    say("Sign on your Ledger. Check on its screen, then approve only if it says:");
+    say(&format!("  {} to {destination}", btc(amount.to_sat())));
+    if let Some(change) = psbt.unsigned_tx.output.get(1) {
+        let back = Address::from_script(&change.script_pubkey, session.network)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        say(&format!("  {} to {back} (back to your own intake address)", btc(change.value.to_sat())));
+    }
+    let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
+    say(&format!("  a fee of {fee}"));
+    say("Waiting for you on the device...");
+    ledger.sign(psbt, &wallet, &registration).map_err(|e| device_failed(e, again))
+}

@@ -259,6 +259,8 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
                 unvault: v.unvault.clone(),
                 owner_once: v.vault.owner_once.clone(),
                 cosigner_once: v.vault.cosigner_once.clone(),
+                // The owner's one-time extended key is not the co-signer's to keep.
+                once_xpubs: None,
                 unvaulted: false,
                 policy_version: None,
             };

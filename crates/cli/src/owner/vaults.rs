@@ -37,7 +37,7 @@ fn kind_name(kind: VaultKind) -> &'static str {
     }
 }
 
-fn record_of(vault: &vigil_client::Vault, version: u32) -> VaultRecord {
+fn record_of(vault: &vigil_client::Vault, version: u32, once_xpubs: Option<[String; 2]>) -> VaultRecord {
     VaultRecord {
         outpoint: vault.outpoint(),
         amount_sat: vault.plan.amount.to_sat(),
@@ -48,6 +48,7 @@ fn record_of(vault: &vigil_client::Vault, version: u32) -> VaultRecord {
         unvault: serialize_hex(vault.graph.unvault()),
         owner_once: vault.plan.owner_once.to_string(),
         cosigner_once: vault.plan.cosigner_once.to_string(),
+        once_xpubs,
         unvaulted: false,
         policy_version: Some(version),
     }
@@ -80,7 +81,7 @@ fn finish_pending(session: &Session, state: &mut WalletState) -> anyhow::Result<
     let unsigned = vigil_policy::bitcoin::consensus::encode::deserialize_hex(&p.unsigned_funding)?;
     let compiled = session.policies.version(p.policy_version)?;
     let vault = vaulting::rebuild(compiled, &plan, p.outpoint, &mine, &theirs, &status, &unsigned)?;
-    state.vaults.push(record_of(&vault, compiled.policy().version));
+    state.vaults.push(record_of(&vault, compiled.policy().version, p.once_xpubs.clone()));
     state.pending_vault = None;
     state.note(format!("vault {} finished after an interruption", p.outpoint));
     Ok(Some(vault))
@@ -204,6 +205,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         kind: kind_name(kind).into(),
         owner_once: prepared.plan.owner_once.to_string(),
         cosigner_once: prepared.plan.cosigner_once.to_string(),
+        once_xpubs: prepared.once_xpubs.clone(),
         owner_signatures: vaulting::signatures_hex(&prepared.mine),
         cosigner_signatures: vaulting::signatures_hex(&prepared.theirs),
         unsigned_funding: serialize_hex(&prepared.funding.unsigned_tx),
@@ -293,6 +295,7 @@ fn finish_signed_elsewhere(
         plan,
         outpoint: pending.outpoint,
         funding,
+        once_xpubs: pending.once_xpubs.clone(),
     };
     // From here on it is an ordinary ceremony whose owner's half is about to be sent.
     if let Some(p) = state.pending_vault.as_mut() {
@@ -301,6 +304,69 @@ fn finish_signed_elsewhere(
     session.dir.save_state(&state)?;
     say("Sending your half to the co-signer; every watchtower must confirm it holds the vault...");
     send_and_broadcast(session, &mut state, &prepared, pending.policy_version, &args.wallet)
+}
+
+/// The spend at `pos`, waiting for the owner's signature, signed on the wallet's device and
+/// checked (only the owner's valid signatures on the spend leaf are kept).
+fn sign_spend_on_device(session: &Session, state: &mut WalletState, pos: usize) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let spend = state.spends[pos].clone();
+    let psbt = vigil_policy::bitcoin::psbt::Psbt::deserialize(
+        &base64::engine::general_purpose::STANDARD.decode(&spend.psbt)?,
+    )
+    .context("the spend's record is damaged")?;
+    let record = state
+        .vaults
+        .iter()
+        .find(|v| v.outpoint == spend.vault)
+        .context("the spend's vault is not in this wallet")?;
+    own_spend(session, state, &spend, &psbt)?;
+    let signed = super::device::sign_spend(
+        session,
+        record,
+        &psbt,
+        &spend.destination,
+        Amount::from_sat(spend.amount_sat),
+    )?;
+    spending::take_signed(session, state, &signed)?;
+    session.dir.save_state(state)?;
+    Ok(())
+}
+
+/// Refuses a waiting spend this wallet did not build itself before anything signs it: it pays
+/// the recorded destination and amount first, and its only other output (change) is one of
+/// this wallet's intake addresses.
+fn own_spend(
+    session: &Session,
+    state: &WalletState,
+    spend: &vigil_client::wallet::PendingSpend,
+    psbt: &vigil_policy::bitcoin::psbt::Psbt,
+) -> anyhow::Result<()> {
+    let refused = |why: &str| {
+        anyhow::anyhow!(
+            "the waiting spend {why}: it was not built by this wallet and is not signed; nothing was done"
+        )
+    };
+    let destination = parse_address_any(&spend.destination, session.network)
+        .map_err(|_| refused("has a damaged destination"))?;
+    let outputs = &psbt.unsigned_tx.output;
+    let first = outputs.first().ok_or_else(|| refused("pays nothing"))?;
+    if first.script_pubkey != destination.script_pubkey() || first.value.to_sat() != spend.amount_sat {
+        return Err(refused("does not pay the recorded destination and amount"));
+    }
+    let compiled = session.current();
+    for change in outputs.iter().skip(1) {
+        let ours = (0..state.next_intake)
+            .any(|i| compiled.intake_descriptor(i).is_ok_and(|d| d.script_pubkey() == change.script_pubkey));
+        if !ours || outputs.len() > 2 {
+            return Err(refused("pays an address that is not this wallet's"));
+        }
+    }
+    Ok(())
+}
+
+fn parse_address_any(text: &str, network: vigil_policy::bitcoin::Network) -> anyhow::Result<Address> {
+    Ok(text.parse::<Address<_>>()?.require_network(network)?)
 }
 
 /// Refuses a waiting funding this wallet did not build itself before anything signs it: it is
@@ -370,7 +436,7 @@ fn send_and_broadcast(
     }
     let amount = vault.plan.amount.to_sat();
     // Recorded before the broadcast: a crash in between sends it again next time.
-    state.vaults.push(record_of(&vault, compiled.policy().version));
+    state.vaults.push(record_of(&vault, compiled.policy().version, prepared.once_xpubs.clone()));
     state.pending_vault = None;
     state.note(format!("vault {} of {} made", vault.outpoint(), btc(amount)));
     session.dir.save_state(state)?;
@@ -508,12 +574,17 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+    let on_device = super::device::has_signer(&session.dir)?;
     let positions: Vec<usize> = match target {
         Some((address, amount)) => {
-            let key = vault_key(&session)?;
-            let pos = spending::prepare(&session, &mut state, Some(&key), &address, amount)?;
-            // Recorded before it is sent: a lost answer is asked again with the same request.
+            let key = if on_device { None } else { Some(vault_key(&session)?) };
+            let pos = spending::prepare(&session, &mut state, key.as_ref(), &address, amount)?;
+            // Recorded before it is sent: a lost answer is asked again with the same request;
+            // one the device has not signed yet waits as "unsigned" for --resume.
             session.dir.save_state(&state)?;
+            if on_device {
+                sign_spend_on_device(&session, &mut state, pos)?;
+            }
             vec![pos]
         }
         None => match &signed {
@@ -522,7 +593,16 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
                 session.dir.save_state(&state)?;
                 vec![pos]
             }
-            None => (0..state.spends.len()).filter(|&i| state.spends[i].active()).collect(),
+            None => {
+                let active: Vec<usize> =
+                    (0..state.spends.len()).filter(|&i| state.spends[i].active()).collect();
+                for &pos in active.iter().filter(|_| on_device) {
+                    if state.spends[pos].stage == "unsigned" {
+                        sign_spend_on_device(&session, &mut state, pos)?;
+                    }
+                }
+                active
+            }
         },
     };
     if positions.is_empty() {
