@@ -176,8 +176,17 @@ fn sign_recovery(
                 continue;
             }
             use vigil_policy::bitcoin::bip32::ChildNumber::Normal;
+            // A branch some version's outputs derive keys on (ADR 0005: format 2 has one per leaf).
+            let known = |branch: u32| {
+                versions.iter().any(|c| {
+                    let format = c.policy().format;
+                    [vigil_policy::KeyChain::Intake, vigil_policy::KeyChain::Vault]
+                        .iter()
+                        .any(|chain| chain.branches(format).contains(&branch))
+                })
+            };
             let index = match path.as_ref() {
-                [.., Normal { index: 0 | 1 }, Normal { index }] => *index,
+                [.., Normal { index: branch }, Normal { index }] if known(*branch) => *index,
                 _ => return Err(refuse("this guardian's key is named with no address on its chains")),
             };
             // The recovery leaves when the input waits T_RECOVER; the deep vault's fast path

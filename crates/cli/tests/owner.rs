@@ -1401,7 +1401,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     let dir = home.path().join("wallet");
     let payer = Wallet::new();
     mine(&s.node.rpc, 120, &payer.address());
-    let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
+    let (_keys, guardian_keys, guardians) = guardians_made_by_cli(2);
 
     // The vault key is the device's: the policy is format 2 and names its fingerprint.
     let (ok, out, err) =
@@ -1455,10 +1455,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     let to = Wallet::new().address().to_string();
     let (ok, out, err) = vigil(&dir, &["spend", &to, "0.01", "--json"], &[REAL]);
     assert!(ok, "{err}");
-    assert!(
-        err.contains("registers this vault's account, \"Vigil vault 0\"") && err.contains("0.01 BTC to"),
-        "{err}"
-    );
+    assert!(err.contains("registers the account \"Vigil vault 0\"") && err.contains("0.01 BTC to"), "{err}");
     assert!(!err.contains("Recovery phrase"), "{err}");
     let started: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
@@ -1483,6 +1480,52 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
         3,
         "intake, recovery and the vault's: {record}"
     );
+
+    // A recovery after T_RECOVER, without the co-signer: a second vault's unvault is sent and
+    // the towers cancel it to R; R's coin and the intake coins (the change) go through their
+    // recovery leaves, signed on the device (once per account) and by the guardians.
+    json(&dir, &["vault", "0.05"], &[REAL]);
+    mine(&s.node.rpc, 1, &payer.address());
+    let first = json(&dir, &["recover", "--unvault"], &[REAL]);
+    assert_eq!(first["unvaults_sent"].as_array().unwrap().len(), 1, "{first}");
+    eventually("the towers cancel the unvault to the recovery output", || {
+        mine(&s.node.rpc, 1, &payer.address());
+        let v = json(&dir, &["recover"], &[REAL]);
+        v["later"].as_array().unwrap().iter().any(|c| c["kind"] == "cancelled").then_some(v)
+    });
+    let ready = eventually("every recovery leaf opens", || {
+        mine(&s.node.rpc, 5, &payer.address());
+        let v = json(&dir, &["recover"], &[REAL]);
+        v["later"].as_array().unwrap().is_empty().then_some(v)
+    });
+    let kinds: Vec<&str> =
+        ready["ready"].as_array().unwrap().iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"cancelled") && kinds.contains(&"intake"), "{ready}");
+    let to = Wallet::new().address();
+    let psbt = dir.join("recovery.psbt");
+    let (ok, out, err) = vigil(
+        &dir,
+        &["recover", "--to", &to.to_string(), "--psbt", psbt.to_str().unwrap(), "--json"],
+        &[REAL],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("Sign on your Ledger (1 of 2") && err.contains("Sign on your Ledger (2 of 2"),
+        "{err}"
+    );
+    let amount = serde_json::from_str::<Value>(&out).unwrap()["amount_sat"].as_u64().unwrap();
+    let policy = dir.join("policy.toml");
+    for key in &guardian_keys {
+        let (ok, _, err) = guardian(key, &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+    }
+    let sent = json(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[REAL]);
+    assert_eq!(sent["stage"], "sent", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
+    let arrived =
+        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
+    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
 }
 
 #[test]

@@ -84,6 +84,10 @@ pub struct RecoverableCoin {
     /// For a deep-vault coin, its slow path's wait (LONG of the version it was made under):
     /// the nSequence a spend without the co-signer needs.
     pub slow_wait: Sequence,
+    /// The policy version whose scripts it has (none: the pinned one).
+    pub version: Option<u32>,
+    /// The vault it comes from (none for an intake coin).
+    pub vault: Option<OutPoint>,
 }
 
 /// Where the household's coins stand for recovery.
@@ -144,13 +148,20 @@ pub fn survey(
 ) -> Result<Survey, RecoveryError> {
     let tip = chain.tip().map_err(chain_err)?.height;
     let mut survey = Survey::default();
-    let mut place = |kind, outpoint, txout: TxOut, descriptor, confirmed: Option<u32>, t_recover: u16| {
+    let mut place = |kind,
+                     (outpoint, txout): (OutPoint, TxOut),
+                     descriptor,
+                     confirmed: Option<u32>,
+                     t_recover: u16,
+                     (version, vault): (Option<u32>, Option<OutPoint>)| {
         let opens_at = confirmed.map_or(u32::MAX, |h| h + t_recover as u32);
         let coin = RecoverableCoin {
             kind,
             input: SpendInput { outpoint, txout, descriptor, sequence: Sequence::from_height(t_recover) },
             opens_at,
             slow_wait: Sequence::from_height(t_recover),
+            version,
+            vault,
         };
         if opens_at <= tip + 1 {
             survey.ready.push(coin);
@@ -169,11 +180,11 @@ pub fn survey(
         };
         place(
             CoinKind::Intake,
-            coin.outpoint,
-            txout,
+            (coin.outpoint, txout),
             compiled.intake_descriptor(coin.intake_index)?,
             Some(coin.height),
             compiled.policy().delays.recovery,
+            (coin.policy_version, None),
         );
     }
     for vault in &state.vaults {
@@ -189,12 +200,22 @@ pub fn survey(
         let (t_recover, long) = (compiled.policy().delays.recovery, compiled.policy().delays.deep_vault);
         let descriptors = compiled.vault_descriptors(&plan)?;
         match locate(compiled, vault, chain)? {
-            VaultPlace::Unvaulted { outpoint, txout, height } => {
-                place(CoinKind::Unvaulted, outpoint, txout, descriptors.unvault, Some(height), t_recover)
-            }
-            VaultPlace::Cancelled { outpoint, txout, height } => {
-                place(CoinKind::Cancelled, outpoint, txout, descriptors.recovery, Some(height), t_recover)
-            }
+            VaultPlace::Unvaulted { outpoint, txout, height } => place(
+                CoinKind::Unvaulted,
+                (outpoint, txout),
+                descriptors.unvault,
+                Some(height),
+                t_recover,
+                (vault.policy_version, Some(vault.outpoint)),
+            ),
+            VaultPlace::Cancelled { outpoint, txout, height } => place(
+                CoinKind::Cancelled,
+                (outpoint, txout),
+                descriptors.recovery,
+                Some(height),
+                t_recover,
+                (vault.policy_version, Some(vault.outpoint)),
+            ),
             VaultPlace::DeepVault { outpoint, txout, height } => survey.deep_vault.push(RecoverableCoin {
                 kind: CoinKind::DeepVault,
                 input: SpendInput {
@@ -205,6 +226,8 @@ pub fn survey(
                 },
                 opens_at: height + long as u32,
                 slow_wait: Sequence::from_height(long),
+                version: vault.policy_version,
+                vault: Some(vault.outpoint),
             }),
             VaultPlace::Unvaulting => survey.unvaulting.push(vault.outpoint),
             VaultPlace::Protected => survey.in_place.push(vault.outpoint),

@@ -311,6 +311,36 @@ pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow
     })
 }
 
+/// The device's registration of `w`, made now (shown to the holder like any other) if the
+/// device does not hold it yet: a vault's own account, or an account of an earlier policy
+/// version.
+fn ensure_registered(
+    session: &Session,
+    ledger: &Ledger,
+    signer: &mut SignerRecord,
+    w: &WalletPolicy,
+    policy: &Policy,
+    again: &str,
+) -> anyhow::Result<Registration> {
+    let wallet = to_wallet(w);
+    if let Some(r) = signer.registration(&wallet) {
+        return Ok(r);
+    }
+    say(&format!(
+        "Your Ledger first registers the account \"{}\". Check on its screen, then approve:",
+        w.name
+    ));
+    say(&format!("  its policy {}", w.template));
+    for line in key_roles(w, policy) {
+        say(&format!("  {line}"));
+    }
+    say("Waiting for you on the device...");
+    let done = ledger.register(&wallet).map_err(|e| device_failed(e, again))?;
+    signer.registrations.insert(digest(&wallet), (hex(&done.id), hex(&done.hmac)));
+    signer.save(&session.dir)?;
+    Ok(done)
+}
+
 /// The unvault output of the vault `record` as the wallet policy the device registers for it
 /// (its one-time keys filled in), named after the vault.
 fn vault_wallet(compiled: &CompiledPolicy, record: &VaultRecord) -> anyhow::Result<WalletPolicy> {
@@ -351,21 +381,7 @@ pub fn sign_spend(
     let mut signer = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
     let ledger = connect_wallets(&signer, session.network)?;
     let again = "Nothing was sent. `vigil spend --resume` shows it on the device again.";
-    let registration = match signer.registration(&wallet) {
-        Some(r) => r,
-        None => {
-            say(&format!("Your Ledger first registers this vault's account, \"{}\". Check on its screen, then approve:", w.name));
-            say(&format!("  its policy {}", w.template));
-            for line in key_roles(&w, compiled.policy()) {
-                say(&format!("  {line}"));
-            }
-            say("Waiting for you on the device...");
-            let done = ledger.register(&wallet).map_err(|e| device_failed(e, again))?;
-            signer.registrations.insert(digest(&wallet), (hex(&done.id), hex(&done.hmac)));
-            signer.save(&session.dir)?;
-            done
-        }
-    };
+    let registration = ensure_registered(session, &ledger, &mut signer, &w, compiled.policy(), again)?;
     say("Sign on your Ledger. Check on its screen, then approve only if it says:");
     say(&format!("  {} to {destination}", btc(amount.to_sat())));
     if let Some(change) = psbt.unsigned_tx.output.get(1) {
@@ -378,4 +394,106 @@ pub fn sign_spend(
     say(&format!("  a fee of {fee}"));
     say("Waiting for you on the device...");
     ledger.sign(psbt, &wallet, &registration).map_err(|e| device_failed(e, again))
+}
+
+/// The recovery `psbt` of `coins` (in its inputs' order) to `destination`, signed on the
+/// device: once per account the coins belong to (the intake, R, a vault's own), each shown to
+/// the holder; every signature is checked, and every input must carry one of the device's.
+pub fn sign_recovery(
+    session: &Session,
+    state: &WalletState,
+    coins: &[vigil_client::recovery::RecoverableCoin],
+    psbt: &Psbt,
+    destination: &str,
+) -> anyhow::Result<Psbt> {
+    use vigil_client::recovery::CoinKind;
+    let again = "Nothing was signed; run the same command again when ready.";
+    let mut groups: Vec<(WalletPolicy, &Policy)> = Vec::new();
+    for coin in coins {
+        let compiled = session.policies.version(coin.version)?;
+        let standing = standing_wallets(compiled)?;
+        let w = match coin.kind {
+            CoinKind::Intake => standing[0].clone(),
+            CoinKind::Cancelled => standing[1].clone(),
+            CoinKind::Unvaulted => {
+                let record = state
+                    .vaults
+                    .iter()
+                    .find(|v| Some(v.outpoint) == coin.vault)
+                    .context("a recovered coin's vault is not in this wallet")?;
+                vault_wallet(compiled, record)?
+            }
+            CoinKind::DeepVault => {
+                bail!("the deep vault is signed by your off-site backup key's device; nothing was signed")
+            }
+        };
+        if !groups.iter().any(|(g, _)| *g == w) {
+            groups.push((w, compiled.policy()));
+        }
+    }
+    let mut signer = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let ledger = connect_wallets(&signer, session.network)?;
+    let amount = psbt.unsigned_tx.output.iter().map(|o| o.value.to_sat()).sum();
+    let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
+    let mut signed = psbt.clone();
+    for (i, (w, policy)) in groups.iter().enumerate() {
+        let registration = ensure_registered(session, &ledger, &mut signer, w, policy, again)?;
+        say(&format!(
+            "Sign on your Ledger ({} of {}, for \"{}\"). Check on its screen, then approve only if it says:",
+            i + 1,
+            groups.len(),
+            w.name
+        ));
+        say(&format!("  {} to {destination} (your recovery address), and a fee of {fee}", btc(amount)));
+        if groups.len() > 1 {
+            say("  It may warn of inputs it does not sign this time (those of your other accounts): continue.");
+        }
+        say("Waiting for you on the device...");
+        let out = ledger.sign(&signed, &to_wallet(w), &registration).map_err(|e| device_failed(e, again))?;
+        for (mine, theirs) in signed.inputs.iter_mut().zip(out.inputs) {
+            mine.tap_script_sigs.extend(theirs.tap_script_sigs);
+        }
+    }
+    checked_signatures(&signed, &signer.fingerprint)?;
+    Ok(signed)
+}
+
+/// Every script-path signature of `psbt` checked against its input's sighash
+/// (SIGHASH_DEFAULT), and every input carrying at least one by a key of the device
+/// `fingerprint`: what comes back from a device is not trusted.
+fn checked_signatures(psbt: &Psbt, fingerprint: &str) -> anyhow::Result<()> {
+    use vigil_policy::bitcoin::secp256k1::{Message, Secp256k1};
+    use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+    let prevouts: Vec<_> = psbt.inputs.iter().filter_map(|i| i.witness_utxo.clone()).collect();
+    if prevouts.len() != psbt.inputs.len() {
+        bail!("the recovery's inputs lack their coins; nothing was done");
+    }
+    let secp = Secp256k1::verification_only();
+    let mut cache = SighashCache::new(&psbt.unsigned_tx);
+    for (i, input) in psbt.inputs.iter().enumerate() {
+        let mut by_device = false;
+        for ((key, leaf), sig) in &input.tap_script_sigs {
+            let hash = cache
+                .taproot_script_spend_signature_hash(
+                    i,
+                    &Prevouts::All(&prevouts),
+                    *leaf,
+                    TapSighashType::Default,
+                )
+                .context("a sighash")?;
+            if sig.sighash_type != TapSighashType::Default
+                || secp
+                    .verify_schnorr(&sig.signature, &Message::from_digest(hash.to_byte_array()), key)
+                    .is_err()
+            {
+                bail!("a signature on input {i} does not verify: it is not used, and nothing was done");
+            }
+            by_device |=
+                input.tap_key_origins.get(key).is_some_and(|(_, (fp, _))| fp.to_string() == fingerprint);
+        }
+        if !by_device {
+            bail!("your Ledger did not sign input {i} of the recovery; nothing was done");
+        }
+    }
+    Ok(())
 }

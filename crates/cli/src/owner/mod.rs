@@ -230,11 +230,8 @@ fn needs_current_policy(session: &Session, what: &str) -> anyhow::Result<()> {
 /// The owner's vault key, from the recovery phrase typed now (it is never stored).
 fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
     if device::has_signer(&session.dir)? {
-        // Spends and recoveries sign leaves of per-vault wallet policies, which the device
-        // registers with each vault (ADR 0005); this version registers the standing ones only.
-        bail!(
-            "this wallet's vault key is on your Ledger, and this version signs only vault fundings on it: use              --sign-elsewhere FILE with a signer that holds this vault's wallet policy; nothing was signed"
-        );
+        // Every command that signs with the vault key goes to the device instead.
+        bail!("this wallet's vault key is on your Ledger, not in a phrase: this step signs on the device; nothing was signed");
     }
     let owner = &session.current().policy().owner;
     if owner.threshold > 1 {

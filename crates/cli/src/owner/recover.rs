@@ -120,10 +120,11 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    // Only signing needs a phrase: the survey reads the chain.
+    // Only signing needs a phrase (or the device): the survey reads the chain.
+    let on_device = !args.sign_elsewhere && !args.deep_vault && super::device::has_signer(&session.dir)?;
     let key = match (&to, args.deep_vault) {
         (None, _) => None,
-        (Some(_), _) if args.sign_elsewhere => None,
+        (Some(_), _) if args.sign_elsewhere || on_device => None,
         (Some(_), true) => Some(backup_key(&session)?),
         (Some(_), false) => Some(vault_key(&session)?),
     };
@@ -166,6 +167,9 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
             let mut psbt = recovery::recovery_psbt(&survey.ready, to, Allowance::feerate(&*chain))?;
             if let Some(key) = &key {
                 key.sign_psbt(&mut psbt);
+            }
+            if on_device {
+                psbt = super::device::sign_recovery(&session, &state, &survey.ready, &psbt, &to.to_string())?;
             }
             let amount = psbt.unsigned_tx.output[0].value.to_sat();
             state.recovery = Some(PendingRecovery {
