@@ -1419,7 +1419,29 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     // Before registering, the device cannot show an address: said, and nothing handed out.
     let (ok, _, err) = vigil(&dir, &["receive", "--on-device"], &[REAL]);
     assert!(!ok && err.contains("run `vigil signer register`"), "{err}");
+    // With VIGIL_LEDGER_SCREENSHOTS=DIR, what the device shows is saved for the docs.
+    let shots = std::env::var("VIGIL_LEDGER_SCREENSHOTS").ok().zip(std::env::var("LEDGER_SPECULOS_API").ok());
+    let screens = |phase: &str, titles: &'static [&'static str]| {
+        shots
+            .as_ref()
+            .map(|(d, api)| vigil_testenv::ledger::Screens::record(api, &Path::new(d).join(phase), titles))
+    };
+    let review: &'static [&'static str] =
+        &["Review transaction", "From", "Amount", "To (1/", "Fees", "Sign transaction"];
+    let recording = screens(
+        "register",
+        &[
+            "Review account",
+            "Account name",
+            "Wallet policy (1/",
+            "Dummy key@0 (1/",
+            "Our key@1 (1/",
+            "Their key@2 (1/",
+            "Register account",
+        ],
+    );
     let registered = json(&dir, &["signer", "register"], &[REAL]);
+    drop(recording);
     assert_eq!(registered["registered"].as_array().unwrap().len(), 2, "{registered}");
     assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
     let again = json(&dir, &["signer", "register"], &[REAL]);
@@ -1427,7 +1449,9 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
 
     // The address is shown on the device, which computed the same one: the first index, since
     // the refused attempt above handed none out.
+    let recording = screens("receive", &["Verify bitcoin", "Address (1/", "Account name", "Confirm"]);
     let (ok, out, err) = vigil(&dir, &["receive", "--on-device", "--json"], &[REAL]);
+    drop(recording);
     assert!(ok, "{err}");
     assert!(err.contains("Check that your Ledger shows exactly"), "{err}");
     let received: Value = serde_json::from_str(&out).unwrap();
@@ -1438,7 +1462,9 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     mine(&s.node.rpc, 1, &payer.address());
 
     // A vault: the funding is signed on the device (no phrase asked), each signature checked.
+    let recording = screens("vault", review);
     let (ok, out, err) = vigil(&dir, &["vault", "0.05", "--json"], &[REAL]);
+    drop(recording);
     assert!(ok, "{err}");
     assert!(err.contains("Sign on your Ledger") && err.contains("0.05 BTC to"), "{err}");
     assert!(!err.contains("Recovery phrase"), "{err}");
@@ -1453,7 +1479,9 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     // extended keys), then signs; the co-signer approves, and after DELAY the payment is
     // co-signed and mined, accepted by the node's consensus and policy.
     let to = Wallet::new().address().to_string();
+    let recording = screens("spend", review);
     let (ok, out, err) = vigil(&dir, &["spend", &to, "0.01", "--json"], &[REAL]);
+    drop(recording);
     assert!(ok, "{err}");
     assert!(err.contains("registers the account \"Vigil vault 0\"") && err.contains("0.01 BTC to"), "{err}");
     assert!(!err.contains("Recovery phrase"), "{err}");

@@ -217,3 +217,53 @@ impl Cable {
         self.plugged.store(true, Ordering::SeqCst);
     }
 }
+
+/// Saves a screenshot of the first page of each kind (by its title) the device shows while
+/// it lives, into `dir` as `NN-title.png`: what the docs show a holder.
+pub struct Screens {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Screens {
+    /// Starts watching the emulator at `api` (pressing nothing), for pages whose text starts
+    /// with one of `titles`.
+    pub fn record(api: &str, dir: &std::path::Path, titles: &'static [&'static str]) -> Screens {
+        std::fs::create_dir_all(dir).unwrap();
+        let (api, dir, stop) = (api.to_owned(), dir.to_owned(), Arc::new(AtomicBool::new(false)));
+        let stop_ = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut last, mut saved) = (String::new(), Vec::<&str>::new());
+            while !stop_.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(30));
+                let Some(text) = screen(&api) else { continue };
+                if text == last {
+                    continue;
+                }
+                last = text.clone();
+                let Some(title) = titles.iter().find(|t| text.starts_with(**t) && !saved.contains(t)) else {
+                    continue;
+                };
+                saved.push(title);
+                let slug: String = title
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+                    .collect();
+                let _ = std::fs::write(
+                    dir.join(format!("{:02}-{}.png", saved.len(), slug.trim_matches('-'))),
+                    screenshot(&api),
+                );
+            }
+        });
+        Screens { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Screens {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
