@@ -1422,9 +1422,9 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     // With VIGIL_LEDGER_SCREENSHOTS=DIR, what the device shows is saved for the docs.
     let shots = std::env::var("VIGIL_LEDGER_SCREENSHOTS").ok().zip(std::env::var("LEDGER_SPECULOS_API").ok());
     let screens = |phase: &str, titles: &'static [&'static str]| {
-        shots
-            .as_ref()
-            .map(|(d, api)| vigil_testenv::ledger::Screens::record(api, &Path::new(d).join(phase), titles))
+        shots.as_ref().map(|(d, api)| {
+            vigil_testenv::ledger::Watcher::start(api, Some((&Path::new(d).join(phase), titles)))
+        })
     };
     let review: &'static [&'static str] =
         &["Review transaction", "From", "Amount", "To (1/", "Fees", "Sign transaction"];
@@ -1670,4 +1670,76 @@ fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_re
     assert_eq!(resumed["state"], "protected", "{resumed}");
     mine(&s.node.rpc, 1, &payer.address());
     assert_eq!(json(&dir, &["status"], &[REAL])["vault_sat"], 10_000_000);
+}
+
+#[test]
+fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same() {
+    let Some(ledger) = emulated_ledger().filter(|_| auto_approved()) else {
+        eprintln!("skipped: no emulated Ledger approving every prompt");
+        return;
+    };
+    let api = std::env::var("LEDGER_SPECULOS_API").unwrap();
+    let s = services("", false);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
+    let (ok, _, err) =
+        init_with_extra(&s, &dir, &guardians, &["--signer", "ledger", "--signer-emulator", &ledger]);
+    assert!(ok, "{err}");
+    json(&dir, &["signer", "register"], &[REAL]);
+    let address: Address = json(&dir, &["receive"], &[REAL])["address"]
+        .as_str()
+        .unwrap()
+        .parse::<Address<_>>()
+        .unwrap()
+        .assume_checked();
+    payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
+    mine(&s.node.rpc, 1, &payer.address());
+    // Three vaults within the velocity limit: all three spends are the co-signer's alone.
+    for _ in 0..3 {
+        json(&dir, &["vault", "0.03"], &[REAL]);
+        mine(&s.node.rpc, 1, &payer.address());
+    }
+    json(&dir, &["status"], &[REAL]);
+    // The same spend asked under each code: what the computer says, and every page the device
+    // shows (addresses and numbers masked), in order.
+    let page = |text: &str| match text.split_once(')') {
+        Some((title, _))
+            if ["To (", "Address (", "Dummy key@", "Their key@", "Our key@"]
+                .iter()
+                .any(|t| text.starts_with(t)) =>
+        {
+            title.to_owned()
+        }
+        _ => masked(text),
+    };
+    let session = |code: &str| {
+        let watcher = vigil_testenv::ledger::Watcher::start(&api, None);
+        let to = Wallet::new().address().to_string();
+        let (ok, out, err) = vigil(&dir, &["spend", &to, "0.01"], &[code]);
+        assert!(ok, "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let pages: Vec<String> = watcher.pages().iter().map(|p| page(p)).collect();
+        // Each key is shown abbreviated (`tpubDFAq…Lfm4dK`): masked whole, letters too.
+        let keys_masked: String = err
+            .replace(&to, "")
+            .lines()
+            .map(|l| match l.rsplit_once(": ") {
+                Some((who, key)) if key.contains('…') => format!("{who}: KEY\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        (masked(&out.replace(&to, "")), masked(&keys_masked), pages)
+    };
+    // A first spend, so that both measured ones find the wallet's lists in the same shape.
+    session(REAL);
+    let real = session(REAL);
+    let duress = session(DURESS);
+    assert!(real.2.iter().any(|p| p.starts_with("Sign transaction")), "{:?}", real.2);
+    assert_eq!(real.0, duress.0, "the same answer");
+    assert_eq!(real.1, duress.1, "the same prompts, the same words about the device");
+    assert_eq!(real.2, duress.2, "the same pages on the device, in the same order");
+    eprintln!("a spend on the device, either code:\n{}{}\npages: {:?}", duress.1, duress.0, duress.2);
 }

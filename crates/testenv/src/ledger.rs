@@ -218,20 +218,26 @@ impl Cable {
     }
 }
 
-/// Saves a screenshot of the first page of each kind (by its title) the device shows while
-/// it lives, into `dir` as `NN-title.png`: what the docs show a holder.
-pub struct Screens {
+/// Watches the device's screen while it lives, pressing nothing: every page it shows, and a
+/// screenshot of the first page of each kind (by its title) into a directory when asked, as
+/// `NN-title.png` (what the docs show a holder).
+pub struct Watcher {
     stop: Arc<AtomicBool>,
+    pages: Arc<Mutex<Vec<String>>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Screens {
-    /// Starts watching the emulator at `api` (pressing nothing), for pages whose text starts
-    /// with one of `titles`.
-    pub fn record(api: &str, dir: &std::path::Path, titles: &'static [&'static str]) -> Screens {
-        std::fs::create_dir_all(dir).unwrap();
-        let (api, dir, stop) = (api.to_owned(), dir.to_owned(), Arc::new(AtomicBool::new(false)));
-        let stop_ = stop.clone();
+impl Watcher {
+    /// Starts watching the emulator at `api`; with `shots`, pages whose text starts with one
+    /// of the titles are saved into the directory.
+    pub fn start(api: &str, shots: Option<(&std::path::Path, &'static [&'static str])>) -> Watcher {
+        let shots = shots.map(|(dir, titles)| {
+            std::fs::create_dir_all(dir).unwrap();
+            (dir.to_owned(), titles)
+        });
+        let (api, stop, pages) =
+            (api.to_owned(), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (stop_, pages_) = (stop.clone(), pages.clone());
         let thread = std::thread::spawn(move || {
             let (mut last, mut saved) = (String::new(), Vec::<&str>::new());
             while !stop_.load(Ordering::SeqCst) {
@@ -241,6 +247,8 @@ impl Screens {
                     continue;
                 }
                 last = text.clone();
+                pages_.lock().unwrap().push(text.clone());
+                let Some((dir, titles)) = &shots else { continue };
                 let Some(title) = titles.iter().find(|t| text.starts_with(**t) && !saved.contains(t)) else {
                     continue;
                 };
@@ -255,11 +263,16 @@ impl Screens {
                 );
             }
         });
-        Screens { stop, thread: Some(thread) }
+        Watcher { stop, pages, thread: Some(thread) }
+    }
+
+    /// Every page seen so far.
+    pub fn pages(&self) -> Vec<String> {
+        self.pages.lock().unwrap().clone()
     }
 }
 
-impl Drop for Screens {
+impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
