@@ -11,6 +11,8 @@
 //!    through the pending pool, then the block validated by the kernel), vs. empty blocks.
 //! 4. The owner's unlock: real and duress code distributions, told apart or not (Mann–Whitney),
 //!    against opening a one-code key file; goal under 1 s (ADR 0004).
+//! 5. The hardware signer (under the Ledger emulator's harness): registering an account and
+//!    signing a spend on the device, against the software signer in the same run.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,7 @@ use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
 use vigil_regtest::RegtestChain;
 
 mod cosigner;
+mod signer;
 mod tower;
 mod unlock;
 
@@ -86,6 +89,9 @@ fn main() {
     if run("tower") {
         tower::scan_and_memory();
         tower::latency_and_catch_up();
+    }
+    if run("signer") {
+        signer::register_and_sign();
     }
 }
 
