@@ -1063,6 +1063,12 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_the_policy_the_cosigner_keeps() 
     let before = json(&dir, &["status"], &[REAL]);
     let text = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
     let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    let once_xpubs = |dir: &Path| {
+        let state: Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+        state["vaults"][0]["once_xpubs"].clone()
+    };
+    let kept = once_xpubs(&dir);
+    assert_eq!(kept.as_array().map(Vec::len), Some(2), "the vault's one-time extended keys: {kept}");
     // Nothing but the phrase and the 16 characters on paper survive.
     std::fs::remove_dir_all(&dir).unwrap();
     let chain = chain_args(&s);
@@ -1097,6 +1103,9 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_the_policy_the_cosigner_keeps() 
         assert_eq!(after[field], before[field], "{field}: {after} vs {before}");
     }
     assert_eq!(after["vaults"][0]["state"], "protected", "{after}");
+    // The co-signer kept the one-time keys' extended keys: a hardware signer can register the
+    // restored vault again.
+    assert_eq!(once_xpubs(&dir), kept);
 }
 
 #[test]

@@ -80,6 +80,7 @@ pub fn begin(
         amount_sat: order.amount.to_sat(),
         kind: kind_name(order.kind).into(),
         owner_once: owner_once.public().to_string(),
+        owner_once_xpub: owner_once.xpub().map(|x| x.to_string()),
         coins: order
             .coins
             .iter()
@@ -142,14 +143,22 @@ pub fn prepare(
         .map_err(|_| mismatch("its one-time key does not parse"))?;
     // The extended keys a hardware signer registers the unvault output with: the co-signer's
     // must be the one its one-time key comes from, at this vault's index.
+    // A format 2 vault without them could be funded and then never spent on the device.
     let once_xpubs = match (owner_once.xpub(), &begun.cosigner_once_xpub) {
         (Some(ours), Some(theirs)) => {
             let xpub =
                 Xpub::from_str(theirs).map_err(|_| mismatch("its one-time extended key does not parse"))?;
-            if !vigil_policy::is_vault_child(&xpub, order.index, cosigner_once) {
+            if xpub.network != order.compiled.policy().network.into()
+                || !vigil_policy::is_vault_child(&xpub, order.index, cosigner_once)
+            {
                 return Err(mismatch("its one-time key is not its extended key's at this vault's index"));
             }
             Some([ours.to_string(), theirs.clone()])
+        }
+        _ if order.compiled.policy().format == vigil_policy::PolicyFormat::PerLeaf => {
+            return Err(mismatch(
+                "it gave no one-time extended key, which a hardware signer needs to spend the vault",
+            ))
         }
         _ => None,
     };

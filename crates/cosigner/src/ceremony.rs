@@ -59,6 +59,8 @@ pub struct Ceremony {
     #[allow(dead_code)]
     cosigner_once: OneTimeKey,
     cosigner_signatures: GraphSignatures,
+    /// The one-time keys' extended keys, when the owner gave its own.
+    once_xpubs: Option<[String; 2]>,
     started: Instant,
 }
 
@@ -82,6 +84,10 @@ pub struct VaultRecord {
     /// kept: the current policy).
     #[serde(default)]
     pub policy_id: String,
+    /// The one-time keys' extended keys (the owner's, then the co-signer's), when the owner
+    /// gave its own: given back at a restore (ADR 0005).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_xpubs: Option<[String; 2]>,
 }
 
 impl VaultRecord {
@@ -137,6 +143,19 @@ impl Cosigner {
         };
         let owner_once = XOnlyPublicKey::from_str(&r.owner_once)
             .map_err(|_| bad("owner_once: not an x-only public key"))?;
+        let owner_once_xpub = match &r.owner_once_xpub {
+            None => None,
+            Some(text) => {
+                let xpub = vigil_policy::bitcoin::bip32::Xpub::from_str(text)
+                    .map_err(|_| bad("owner_once_xpub: not an extended public key"))?;
+                if xpub.network != compiled.policy().network.into()
+                    || !vigil_policy::is_vault_child(&xpub, r.index, owner_once)
+                {
+                    return Err(bad("owner_once_xpub: owner_once is not its child /0/index"));
+                }
+                Some(xpub)
+            }
+        };
         if r.coins.is_empty() || r.coins.len() > 100 {
             return Err(bad("coins: 1 to 100 intake coins"));
         }
@@ -232,6 +251,9 @@ impl Cosigner {
                 graph,
                 funding,
                 coins,
+                once_xpubs: owner_once_xpub
+                    .zip(cosigner_once.xpub())
+                    .map(|(o, c)| [o.to_string(), c.to_string()]),
                 cosigner_once,
                 cosigner_signatures,
                 started: Instant::now(),
@@ -325,6 +347,7 @@ impl Cosigner {
             towers: Vec::new(),
             next_counter: 1,
             policy_id: ceremony.policy_id.clone(),
+            once_xpubs: ceremony.once_xpubs.clone(),
         };
         let mut store = self.store();
         let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;

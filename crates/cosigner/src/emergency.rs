@@ -613,6 +613,7 @@ impl Cosigner {
                     funding: (v.state == "protected").then(|| v.funding.clone()),
                     unvault: v.registration.unvault.clone(),
                     state: v.state.clone(),
+                    once_xpubs: v.once_xpubs.clone(),
                 });
             }
         }

@@ -81,15 +81,14 @@ impl Cosigner {
         if new.cosigner != current.cosigner {
             return Err(bad("policy: it names another co-signer key; a client moving away pins it there"));
         }
-        // Towers keep their names across every version, the waiting one too (see
-        // `Policy::towers_agree_with`).
-        let pending = client.pending_policy.as_ref().map(|p| p.text.as_str());
-        for text in client.past_policies.iter().map(String::as_str).chain(pending) {
+        // A tower it adds or changes keeps the name and key every applied version gave it (see
+        // `Policy::towers_agree_with`); a waiting change never applied watches no vault.
+        for text in &client.past_policies {
             if let Ok(earlier) = Policy::from_toml(text) {
-                new.towers_agree_with(&earlier).map_err(|e| bad(format!("policy: {e}")))?;
+                new.towers_agree_with(&earlier, current).map_err(|e| bad(format!("policy: {e}")))?;
             }
         }
-        new.towers_agree_with(current).map_err(|e| bad(format!("policy: {e}")))?;
+        new.towers_agree_with(current, current).map_err(|e| bad(format!("policy: {e}")))?;
         let tightening = only_tightens(current, &new);
         let version = new.version;
         CompiledPolicy::new(new).map_err(|e| bad(format!("policy: {e}")))?;

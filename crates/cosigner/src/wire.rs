@@ -99,6 +99,10 @@ pub struct BeginVault {
     pub kind: String,
     /// The owner's one-time public key (x-only hex).
     pub owner_once: String,
+    /// The extended public key it is the child `/0/index` of, kept with the vault so that a
+    /// restored wallet's hardware signer can register the vault again (ADR 0005).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_once_xpub: Option<String>,
     /// The coins funding it (segwit intake coins of this client, unspent).
     pub coins: Vec<Coin>,
     /// The intake index the change goes to.
@@ -569,4 +573,7 @@ pub struct RestoredVault {
     pub unvault: String,
     /// "registering" or "protected".
     pub state: String,
+    /// The one-time keys' extended keys (the owner's, then the co-signer's), when kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_xpubs: Option<[String; 2]>,
 }

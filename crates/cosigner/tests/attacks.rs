@@ -217,6 +217,7 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         amount_sat: 1_000_000,
         kind: "standard".into(),
         owner_once: standard.plan.owner_once.to_string(),
+        owner_once_xpub: None,
         coins: vec![Coin { outpoint: funded.to_string(), intake_index: 0 }],
         change_index: 41,
         funding_sat_per_vb: 2,
@@ -225,6 +226,18 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         "a second spend of the same intake coin",
         post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &again), &owner),
         409,
+        &f,
+        &co,
+        &before,
+    );
+    // A one-time extended key whose child at the vault's index is not the one-time key.
+    let mut unrelated = again.clone();
+    let stranger = vigil_policy::OneTimeKey::for_vault(vigil_policy::bitcoin::NetworkKind::Test, 40).unwrap();
+    unrelated.owner_once_xpub = stranger.xpub().map(|x| x.to_string());
+    check(
+        "an owner's one-time extended key that is not its one-time key's",
+        post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &unrelated), &owner),
+        400,
         &f,
         &co,
         &before,

@@ -298,9 +298,12 @@ impl Policy {
     /// is its identity across versions (acknowledgements, orders and alarms name it), so a
     /// name keeps its key and a key its name; a tower may move to another URL. Otherwise a
     /// tower an earlier version named, still watching the vaults made under it, would be
-    /// mistaken for another and miss their approvals.
-    pub fn towers_agree_with(&self, earlier: &Policy) -> Result<(), PolicyError> {
-        for (i, tower) in self.towers.iter().enumerate() {
+    /// mistaken for another and miss their approvals. Towers named with the same key in
+    /// `today` are not checked: a history that broke the rule before it existed does not
+    /// freeze every later change.
+    pub fn towers_agree_with(&self, earlier: &Policy, today: &Policy) -> Result<(), PolicyError> {
+        let kept = |t: &Tower| today.towers.iter().any(|k| k.name == t.name && k.key == t.key);
+        for (i, tower) in self.towers.iter().enumerate().filter(|(_, t)| !kept(t)) {
             for before in &earlier.towers {
                 let same_key = before.key.x_only_public_key().0 == tower.key.x_only_public_key().0;
                 if before.name == tower.name && !same_key {

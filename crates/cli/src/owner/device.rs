@@ -177,12 +177,10 @@ fn key_roles(w: &WalletPolicy, policy: &Policy) -> Vec<String> {
             } else {
                 "a key of this vault alone".to_owned()
             };
-            let short = key.rsplit(']').next().unwrap_or(key);
-            format!(
-                "@{i} {who}: {}…{}",
-                &short[..8.min(short.len())],
-                &short[short.len().saturating_sub(6)..]
-            )
+            let short: Vec<char> = key.rsplit(']').next().unwrap_or(key).chars().collect();
+            let head: String = short.iter().take(8).collect();
+            let tail: String = short[short.len().saturating_sub(6)..].iter().collect();
+            format!("@{i} {who}: {head}…{tail}")
         })
         .collect()
 }
@@ -260,10 +258,24 @@ pub fn has_signer(dir: &WalletDir) -> anyhow::Result<bool> {
     Ok(SignerRecord::load(dir)?.is_some())
 }
 
+/// The standing account `name` of `compiled`.
+fn standing_wallet(compiled: &CompiledPolicy, name: &str) -> anyhow::Result<WalletPolicy> {
+    standing_wallets(compiled)?
+        .into_iter()
+        .find(|w| w.name == name)
+        .with_context(|| format!("no account {name:?}"))
+}
+
+/// Checks, before anything is built or asked of the co-signer, that the wallet's device is
+/// there and holds the intake account a vault's funding is signed with.
+pub fn ready_to_fund(session: &Session) -> anyhow::Result<()> {
+    registered(session, &standing_wallet(session.current(), "Vigil intake")?).map(drop)
+}
+
 /// Shows the intake address at `index` on the device for the holder to compare, after
 /// checking the device computes the same one.
 pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> anyhow::Result<()> {
-    let intake = standing_wallets(session.current())?.into_iter().next().context("an intake wallet")?;
+    let intake = standing_wallet(session.current(), "Vigil intake")?;
     let (ledger, wallet, registration) = registered(session, &intake)?;
     let computed = ledger
         .address(&wallet, &registration, false, index, false)
@@ -286,7 +298,7 @@ pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> 
 /// to the new vault, the change back to the intake and the fee. The caller checks every
 /// signature against the policy before it goes on.
 pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow::Result<Psbt> {
-    let intake = standing_wallets(session.current())?.into_iter().next().context("an intake wallet")?;
+    let intake = standing_wallet(session.current(), "Vigil intake")?;
     let (ledger, wallet, registration) = registered(session, &intake)?;
     let fee = funding.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
     let vault_address = Address::from_script(&funding.unsigned_tx.output[0].script_pubkey, session.network)
@@ -406,29 +418,12 @@ pub fn sign_recovery(
     psbt: &Psbt,
     destination: &str,
 ) -> anyhow::Result<Psbt> {
-    use vigil_client::recovery::CoinKind;
     let again = "Nothing was signed; run the same command again when ready.";
     let mut groups: Vec<(WalletPolicy, &Policy)> = Vec::new();
     for coin in coins {
-        let compiled = session.policies.version(coin.version)?;
-        let standing = standing_wallets(compiled)?;
-        let w = match coin.kind {
-            CoinKind::Intake => standing[0].clone(),
-            CoinKind::Cancelled => standing[1].clone(),
-            CoinKind::Unvaulted => {
-                let record = state
-                    .vaults
-                    .iter()
-                    .find(|v| Some(v.outpoint) == coin.vault)
-                    .context("a recovered coin's vault is not in this wallet")?;
-                vault_wallet(compiled, record)?
-            }
-            CoinKind::DeepVault => {
-                bail!("the deep vault is signed by your off-site backup key's device; nothing was signed")
-            }
-        };
+        let (w, policy) = recovery_wallet(session, state, coin)?;
         if !groups.iter().any(|(g, _)| *g == w) {
-            groups.push((w, compiled.policy()));
+            groups.push((w, policy));
         }
     }
     let mut signer = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
@@ -456,6 +451,30 @@ pub fn sign_recovery(
     }
     checked_signatures(&signed, &signer.fingerprint)?;
     Ok(signed)
+}
+
+/// The account of the device a recoverable coin belongs to, or why the device cannot sign it.
+pub fn recovery_wallet<'a>(
+    session: &'a Session,
+    state: &WalletState,
+    coin: &vigil_client::recovery::RecoverableCoin,
+) -> anyhow::Result<(WalletPolicy, &'a Policy)> {
+    use vigil_client::recovery::CoinKind;
+    let compiled = session.policies.version(coin.version)?;
+    let w = match coin.kind {
+        CoinKind::Intake => standing_wallet(compiled, "Vigil intake")?,
+        CoinKind::Cancelled => standing_wallet(compiled, "Vigil recovery")?,
+        CoinKind::Unvaulted => {
+            let record = state
+                .vaults
+                .iter()
+                .find(|v| Some(v.outpoint) == coin.vault)
+                .context("its vault is not in this wallet")?;
+            vault_wallet(compiled, record)?
+        }
+        CoinKind::DeepVault => bail!("the deep vault is signed by your off-site backup key's device"),
+    };
+    Ok((w, compiled.policy()))
 }
 
 /// Every script-path signature of `psbt` checked against its input's sighash

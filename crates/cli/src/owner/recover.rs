@@ -162,6 +162,22 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         }
         survey = Survey { ready, later, ..Default::default() };
     }
+    if on_device && to.is_some() {
+        // Coins the device cannot sign are left for another way, and said so; the rest go.
+        let (signable, left): (Vec<_>, Vec<_>) = std::mem::take(&mut survey.ready)
+            .into_iter()
+            .partition(|c| super::device::recovery_wallet(&session, &state, c).is_ok());
+        for c in &left {
+            if let Err(why) = super::device::recovery_wallet(&session, &state, c) {
+                say(&format!(
+                    "Left out: coin {} ({}): your Ledger cannot sign it ({why}).",
+                    c.input.outpoint,
+                    c.kind.name()
+                ));
+            }
+        }
+        survey.ready = signable;
+    }
     let prepared = match (&to, survey.ready.is_empty()) {
         (Some(to), false) => {
             let mut psbt = recovery::recovery_psbt(&survey.ready, to, Allowance::feerate(&*chain))?;

@@ -259,8 +259,15 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
                 unvault: v.unvault.clone(),
                 owner_once: v.vault.owner_once.clone(),
                 cosigner_once: v.vault.cosigner_once.clone(),
-                // The owner's one-time extended key is not the co-signer's to keep.
-                once_xpubs: None,
+                // Taken only if each is the extended key of its one-time key at this index.
+                once_xpubs: v.once_xpubs.clone().filter(|xpubs| {
+                    let ok = |xpub: &str, key: &str| {
+                        let xpub = xpub.parse::<vigil_policy::bitcoin::bip32::Xpub>();
+                        let key = key.parse::<vigil_policy::bitcoin::key::XOnlyPublicKey>();
+                        matches!((xpub, key), (Ok(x), Ok(k)) if vigil_policy::is_vault_child(&x, v.vault.index, k))
+                    };
+                    ok(&xpubs[0], &v.vault.owner_once) && ok(&xpubs[1], &v.vault.cosigner_once)
+                }),
                 unvaulted: false,
                 policy_version: None,
             };

@@ -110,6 +110,12 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     let amount = parse_btc(args.amount.as_deref().unwrap_or_default())?;
     let session = open(&args.wallet)?;
     super::needs_current_policy(&session, "Vaulting")?;
+    // A wallet whose vault key is on a device signs there, once the co-signer's half is in;
+    // the device is checked first, before an index is taken or the co-signer asked.
+    let on_device = args.sign_elsewhere.is_none() && super::device::has_signer(&session.dir)?;
+    if on_device {
+        super::device::ready_to_fund(&session)?;
+    }
     // Above the velocity limit a vault is guarded: its spends always need the guardians.
     let velocity_limit = Amount::from_sat(session.current().policy().allowance.velocity_limit_sat);
     let kind = if args.guarded || amount > velocity_limit { VaultKind::Guarded } else { VaultKind::Standard };
@@ -182,8 +188,6 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         kind,
         funding_sat_per_vb: 2,
     };
-    // A wallet whose vault key is on a device signs there, once the co-signer's half is in.
-    let on_device = args.sign_elsewhere.is_none() && super::device::has_signer(&session.dir)?;
     let key = match args.sign_elsewhere {
         None if !on_device => Some(vault_key(&session)?),
         _ => None,
@@ -354,10 +358,13 @@ fn own_spend(
     if first.script_pubkey != destination.script_pubkey() || first.value.to_sat() != spend.amount_sat {
         return Err(refused("does not pay the recorded destination and amount"));
     }
-    let compiled = session.current();
+    // The change went to an intake address of the version current when the spend was made.
     for change in outputs.iter().skip(1) {
-        let ours = (0..state.next_intake)
-            .any(|i| compiled.intake_descriptor(i).is_ok_and(|d| d.script_pubkey() == change.script_pubkey));
+        let ours = session.policies.known().any(|compiled| {
+            (0..state.next_intake).any(|i| {
+                compiled.intake_descriptor(i).is_ok_and(|d| d.script_pubkey() == change.script_pubkey)
+            })
+        });
         if !ours || outputs.len() > 2 {
             return Err(refused("pays an address that is not this wallet's"));
         }
