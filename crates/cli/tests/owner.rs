@@ -1417,6 +1417,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
         init_with_extra(&s, &dir, &guardians, &["--signer", "ledger", "--signer-emulator", &ledger]);
     assert!(ok, "{err}");
     assert!(out.contains("vigil signer register"), "{out}");
+    let phrase = phrase_shown(&err);
     let policy = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
     let record: Value = serde_json::from_slice(&std::fs::read(dir.join("signer.json")).unwrap()).unwrap();
     let fingerprint = record["fingerprint"].as_str().unwrap();
@@ -1563,6 +1564,31 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     let arrived =
         s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
     assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+
+    // The computer is lost: the wallet is rebuilt from the phrase, the co-signer's copy of the
+    // policy and the same device, which holds the vault key; its accounts are registered again.
+    let text = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
+    let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    let vaults = json(&dir, &["status"], &[REAL])["vaults"].as_array().unwrap().len();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let chain = chain_args(&s);
+    let mut restore = vec![
+        "init",
+        "--restore",
+        "--cosigner",
+        &s.co.url,
+        "--signer",
+        "ledger",
+        "--signer-emulator",
+        &ledger,
+    ];
+    restore.extend(chain.iter().map(String::as_str));
+    let (ok, out, err) = vigil(&dir, &restore, &[&id, &phrase, "8642", "8642", "9753", "9753"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("policy.toml")).unwrap(), text);
+    assert_eq!(json(&dir, &["status"], &["8642"])["vaults"].as_array().unwrap().len(), vaults);
+    let registered = json(&dir, &["signer", "register"], &["8642"]);
+    assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
 }
 
 #[test]

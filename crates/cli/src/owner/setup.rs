@@ -75,7 +75,7 @@ pub struct InitArgs {
     from_height: u32,
     /// Keep the vault key on a hardware signer (`ledger`): the policy takes the device's key,
     /// in format 2 so the device can register each output (ADR 0005).
-    #[arg(long, value_parser = ["ledger"], conflicts_with = "restore")]
+    #[arg(long, value_parser = ["ledger"])]
     signer: Option<String>,
     /// The Ledger is the emulator listening here (tests and demos), not a device on USB.
     #[arg(long, value_name = "HOST:PORT", requires = "signer")]
@@ -186,7 +186,31 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
         );
     }
     let owner_xpub = &policy.owner.keys[0].xpub;
-    let is_owner = |p: &owner::Phrase| owner::VaultKey::from_phrase(p, network, owner_xpub).map(drop);
+    // With the vault key on a device, the device must hold it, and the phrase is checked by the
+    // request key it makes (below) instead.
+    let device = match &args.signer {
+        Some(_) => {
+            let ledger = super::device::connect(args.signer_emulator, network)?;
+            let (key, record) = super::device::owner_key(&ledger, network, args.signer_emulator)?;
+            if !key.ends_with(&owner_xpub.to_string()) {
+                bail!("this Ledger does not hold this wallet's vault key: connect the wallet's own device; nothing was changed");
+            }
+            Some(record)
+        }
+        None => None,
+    };
+    let is_owner = |p: &owner::Phrase| match device {
+        Some(_)
+            if owner::public_keys(p, String::new(), network).auth_key
+                == policy.owner.keys[0].auth_key().to_string() =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(owner::OwnerKeyError::Phrase(
+            "this is not the recovery phrase of this wallet (check the words and their order)".into(),
+        )),
+        None => owner::VaultKey::from_phrase(p, network, owner_xpub).map(drop),
+    };
     let phrase = match fetched_phrase {
         Some(phrase) => {
             is_owner(&phrase)?;
@@ -213,6 +237,9 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
     let made = (|| -> anyhow::Result<()> {
         replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
         replace_file(&dir.file("policy.toml"), policy_text.as_bytes())?;
+        if let Some(record) = &device {
+            record.save(&dir)?;
+        }
         let hashes = owner::create(
             &dir.path,
             &phrase,
