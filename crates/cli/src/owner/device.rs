@@ -294,26 +294,36 @@ pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> 
     Ok(())
 }
 
+/// Says what the device's screen must show before the holder approves `psbt`: `paid` (its
+/// first output, in words), the change back to the holder's own intake address, the fee.
+fn say_what_to_check(session: &Session, psbt: &Psbt, paid: String) {
+    say("Sign on your Ledger. Check on its screen, then approve only if it says:");
+    say(&format!("  {paid}"));
+    if let Some(change) = psbt.unsigned_tx.output.get(1) {
+        let back = Address::from_script(&change.script_pubkey, session.network)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        say(&format!("  {} to {back} (back to your own intake address)", btc(change.value.to_sat())));
+    }
+    let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
+    say(&format!("  a fee of {fee}"));
+    say("Waiting for you on the device...");
+}
+
 /// The vault's funding signed on the device: the holder checks on its screen the amount going
 /// to the new vault, the change back to the intake and the fee. The caller checks every
 /// signature against the policy before it goes on.
 pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow::Result<Psbt> {
     let intake = standing_wallet(session.current(), "Vigil intake")?;
     let (ledger, wallet, registration) = registered(session, &intake)?;
-    let fee = funding.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
     let vault_address = Address::from_script(&funding.unsigned_tx.output[0].script_pubkey, session.network)
         .map(|a| a.to_string())
         .unwrap_or_default();
-    say("Sign on your Ledger. Check on its screen, then approve only if it says:");
-    say(&format!("  {} to {vault_address} (your new vault)", btc(amount.to_sat())));
-    if let Some(change) = funding.unsigned_tx.output.get(1) {
-        let back = Address::from_script(&change.script_pubkey, session.network)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        say(&format!("  {} to {back} (back to your own intake address)", btc(change.value.to_sat())));
-    }
-    say(&format!("  a fee of {fee}"));
-    say("Waiting for you on the device...");
+    say_what_to_check(
+        session,
+        funding,
+        format!("{} to {vault_address} (your new vault)", btc(amount.to_sat())),
+    );
     ledger.sign(funding, &wallet, &registration).map_err(|e| {
         device_failed(
             e,
@@ -394,17 +404,7 @@ pub fn sign_spend(
     let ledger = connect_wallets(&signer, session.network)?;
     let again = "Nothing was sent. `vigil spend --resume` shows it on the device again.";
     let registration = ensure_registered(session, &ledger, &mut signer, &w, compiled.policy(), again)?;
-    say("Sign on your Ledger. Check on its screen, then approve only if it says:");
-    say(&format!("  {} to {destination}", btc(amount.to_sat())));
-    if let Some(change) = psbt.unsigned_tx.output.get(1) {
-        let back = Address::from_script(&change.script_pubkey, session.network)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        say(&format!("  {} to {back} (back to your own intake address)", btc(change.value.to_sat())));
-    }
-    let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
-    say(&format!("  a fee of {fee}"));
-    say("Waiting for you on the device...");
+    say_what_to_check(session, psbt, format!("{} to {destination}", btc(amount.to_sat())));
     ledger.sign(psbt, &wallet, &registration).map_err(|e| device_failed(e, again))
 }
 
