@@ -172,6 +172,28 @@ fn init_with_extra(s: &Services, dir: &Path, guardians: &[String], extra: &[&str
     vigil(dir, &args, &[REAL, REAL, DURESS, DURESS])
 }
 
+/// The vault spend under way (approved, its unvault mined) carried on with `spend --resume`:
+/// not co-signed one block before DELAY is over, sent at it, then confirmed.
+fn spend_to_the_end(s: &Services, dir: &Path, payer: &Wallet) {
+    let waiting = json(dir, &["spend", "--resume"], &[REAL]);
+    let from = waiting[0]["progress"]["spendable_from_height"].as_u64().unwrap() as u32;
+    let tip = s.node.rpc.tip().unwrap().height;
+    mine(&s.node.rpc, from - tip - 1, &payer.address());
+    let early = json(dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(early[0]["progress"]["stage"], "unlocking", "one block early: {early}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let sent = json(dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(sent[0]["progress"]["stage"], "sent", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let done = json(dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
+    let txid = done[0]["progress"]["txid"].as_str().unwrap().parse().unwrap();
+    assert!(
+        matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),
+        "the payment confirmed"
+    );
+}
+
 /// The recovery phrase `vigil init` showed (the 24 numbered words after "STEP 1").
 fn phrase_shown(init_stderr: &str) -> String {
     words_between(init_stderr, "STEP 1", "STEP 2")
@@ -259,23 +281,7 @@ fn an_owner_sets_up_receives_vaults_and_locks_down_from_the_command_line() {
     let started = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
     assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
     mine(&s.node.rpc, 1, &payer.address());
-    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
-    let from = waiting[0]["progress"]["spendable_from_height"].as_u64().unwrap() as u32;
-    let tip = s.node.rpc.tip().unwrap().height;
-    mine(&s.node.rpc, from - tip - 1, &payer.address());
-    let early = json(&dir, &["spend", "--resume"], &[REAL]);
-    assert_eq!(early[0]["progress"]["stage"], "unlocking", "one block early: {early}");
-    mine(&s.node.rpc, 1, &payer.address());
-    let sent = json(&dir, &["spend", "--resume"], &[REAL]);
-    assert_eq!(sent[0]["progress"]["stage"], "sent", "{sent}");
-    mine(&s.node.rpc, 1, &payer.address());
-    let done = json(&dir, &["spend", "--resume"], &[REAL]);
-    assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
-    let txid = done[0]["progress"]["txid"].as_str().unwrap().parse().unwrap();
-    assert!(
-        matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),
-        "the payment confirmed"
-    );
+    spend_to_the_end(&s, &dir, &payer);
 
     // Lockdown reaches the co-signer and every tower.
     let locked = json(&dir, &["lockdown", "--blocks", "20"], &[REAL]);
@@ -1460,8 +1466,10 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     // The address is shown on the device, which computed the same one: the first index, since
     // the refused attempt above handed none out.
     let recording = screens("receive", &["Verify bitcoin", "Address (1/", "Account name", "Confirm"]);
+    let shown = vigil_testenv::ledger::Watcher::start(&std::env::var("LEDGER_SPECULOS_API").unwrap(), None);
     let (ok, out, err) = vigil(&dir, &["receive", "--on-device", "--json"], &[REAL]);
     drop(recording);
+    assert!(shown.pages().iter().any(|p| p.starts_with("Verify bitcoin address")), "{:?}", shown.pages());
     assert!(ok, "{err}");
     assert!(err.contains("Check that your Ledger shows exactly"), "{err}");
     let received: Value = serde_json::from_str(&out).unwrap();
@@ -1498,20 +1506,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     let started: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
     mine(&s.node.rpc, 1, &payer.address());
-    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
-    let from = waiting[0]["progress"]["spendable_from_height"].as_u64().unwrap() as u32;
-    let tip = s.node.rpc.tip().unwrap().height;
-    mine(&s.node.rpc, from - tip, &payer.address());
-    let sent = json(&dir, &["spend", "--resume"], &[REAL]);
-    assert_eq!(sent[0]["progress"]["stage"], "sent", "{sent}");
-    mine(&s.node.rpc, 1, &payer.address());
-    let done = json(&dir, &["spend", "--resume"], &[REAL]);
-    assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
-    let txid = done[0]["progress"]["txid"].as_str().unwrap().parse().unwrap();
-    assert!(
-        matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))),
-        "the payment confirmed"
-    );
+    spend_to_the_end(&s, &dir, &payer);
     let record: Value = serde_json::from_slice(&std::fs::read(dir.join("signer.json")).unwrap()).unwrap();
     assert_eq!(
         record["registrations"].as_object().unwrap().len(),

@@ -21,14 +21,17 @@ thread_local! {
 
 fn env() -> Env {
     let format = FORMAT.get();
-    Env::new(ExamplePolicy {
+    let env = Env::new(ExamplePolicy {
         delay: DELAY,
         recovery: RECOVERY,
         deep_vault: LONG,
         format,
         ..ExamplePolicy::default()
     })
-    .unwrap()
+    .unwrap();
+    // The format asked for is the one built: else both runs would test format 1.
+    assert_eq!(env.compiled.policy().format as u32, format);
+    env
 }
 
 /// Every test again under format 2, whose keys derive per leaf and whose internal key is an

@@ -114,7 +114,7 @@ fn the_app_registers_every_output_an_owner_signs_for_and_derives_vigils_addresse
         }
         let registration = ledger.register(&wallet).unwrap_or_else(|e| panic!("{}: {e}", w.name));
         // The device computes the same addresses as Vigil (and as Bitcoin Core, which takes
-        // the same descriptors): receive and change on the intake, and R.
+        // the same descriptors): intake and R addresses.
         let on_device = |change: bool, i: u32| {
             // The app shows testnet addresses on regtest: compare the scripts.
             ledger.address(&wallet, &registration, change, i, false).unwrap().assume_checked().script_pubkey()

@@ -82,80 +82,105 @@ pub fn screenshot(api: &str) -> Vec<u8> {
     png
 }
 
-/// A person holding the device, deciding each review's last page with `decide` (given the
-/// review's pages so far, the first its title).
-pub struct Holder {
+/// A thread that reads the device's screen every `period` while it lives, keeping every page
+/// it shows, and hands each reading to `tick` with whether the page is new.
+struct ScreenReader {
     stop: Arc<AtomicBool>,
     pages: Arc<Mutex<Vec<String>>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Holder {
-    /// Starts pressing on the emulator at `api`.
-    pub fn start(api: &str, mut decide: impl FnMut(&[String]) -> Answer + Send + 'static) -> Holder {
+impl ScreenReader {
+    fn start(
+        api: &str,
+        period: Duration,
+        mut tick: impl FnMut(&str, &str, bool) + Send + 'static,
+    ) -> ScreenReader {
         let (api, stop, pages) =
             (api.to_owned(), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
         let (stop_, pages_) = (stop.clone(), pages.clone());
         let thread = std::thread::spawn(move || {
-            let mut review: Vec<String> = Vec::new();
-            let mut rejecting = false;
-            let (mut last, mut since, mut acted_at) = (String::new(), Instant::now(), None::<Instant>);
+            let mut last = String::new();
             while !stop_.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(period);
                 let Some(text) = screen(&api) else { continue };
-                if text != last {
+                let new = text != last;
+                if new {
                     pages_.lock().unwrap().push(text.clone());
-                    (last, since, acted_at) = (text, Instant::now(), None);
-                    continue;
+                    last.clone_from(&text);
                 }
-                // A page is read once it is still; a press waits for the page to change (a
-                // press that changed nothing is tried again after a while).
-                if since.elapsed() < Duration::from_millis(150)
-                    || acted_at.is_some_and(|t| t.elapsed() < Duration::from_secs(2))
-                {
-                    continue;
-                }
-                if is_idle(&text) {
-                    review.clear();
-                    rejecting = false;
-                    continue;
-                }
-                if review.last() != Some(&text) {
-                    review.push(text.clone());
-                }
-                let button = if is_approve(&text) && !rejecting {
-                    match decide(&review) {
-                        Answer::Approve => "both",
-                        Answer::Reject => {
-                            rejecting = true;
-                            "right"
-                        }
-                        Answer::Wait => continue,
-                    }
-                } else if is_reject(&text) && rejecting {
-                    "both"
-                } else {
-                    "right"
-                };
-                press(&api, button);
-                acted_at = Some(Instant::now());
+                tick(&api, &text, new);
             }
         });
-        Holder { stop, pages, thread: Some(thread) }
+        ScreenReader { stop, pages, thread: Some(thread) }
     }
 
-    /// Every page seen so far.
-    pub fn pages(&self) -> Vec<String> {
+    fn pages(&self) -> Vec<String> {
         self.pages.lock().unwrap().clone()
     }
 }
 
-impl Drop for Holder {
+impl Drop for ScreenReader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A person holding the device, deciding each review's last page with `decide` (given the
+/// review's pages so far, the first its title).
+pub struct Holder(ScreenReader);
+
+impl Holder {
+    /// Starts pressing on the emulator at `api`.
+    pub fn start(api: &str, mut decide: impl FnMut(&[String]) -> Answer + Send + 'static) -> Holder {
+        let mut review: Vec<String> = Vec::new();
+        let mut rejecting = false;
+        let (mut since, mut acted_at) = (Instant::now(), None::<Instant>);
+        Holder(ScreenReader::start(api, Duration::from_millis(50), move |api, text, new| {
+            if new {
+                (since, acted_at) = (Instant::now(), None);
+                return;
+            }
+            // A page is read once it is still; a press waits for the page to change (a press
+            // that changed nothing is tried again after a while).
+            if since.elapsed() < Duration::from_millis(150)
+                || acted_at.is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+            {
+                return;
+            }
+            if is_idle(text) {
+                review.clear();
+                rejecting = false;
+                return;
+            }
+            if review.last().map(String::as_str) != Some(text) {
+                review.push(text.to_owned());
+            }
+            let button = if is_approve(text) && !rejecting {
+                match decide(&review) {
+                    Answer::Approve => "both",
+                    Answer::Reject => {
+                        rejecting = true;
+                        "right"
+                    }
+                    Answer::Wait => return,
+                }
+            } else if is_reject(text) && rejecting {
+                "both"
+            } else {
+                "right"
+            };
+            press(api, button);
+            acted_at = Some(Instant::now());
+        }))
+    }
+
+    /// Every page seen so far.
+    pub fn pages(&self) -> Vec<String> {
+        self.0.pages()
     }
 }
 
@@ -221,11 +246,7 @@ impl Cable {
 /// Watches the device's screen while it lives, pressing nothing: every page it shows, and a
 /// screenshot of the first page of each kind (by its title) into a directory when asked, as
 /// `NN-title.png` (what the docs show a holder).
-pub struct Watcher {
-    stop: Arc<AtomicBool>,
-    pages: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct Watcher(ScreenReader);
 
 impl Watcher {
     /// Starts watching the emulator at `api`; with `shots`, pages whose text starts with one
@@ -235,48 +256,26 @@ impl Watcher {
             std::fs::create_dir_all(dir).unwrap();
             (dir.to_owned(), titles)
         });
-        let (api, stop, pages) =
-            (api.to_owned(), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
-        let (stop_, pages_) = (stop.clone(), pages.clone());
-        let thread = std::thread::spawn(move || {
-            let (mut last, mut saved) = (String::new(), Vec::<&str>::new());
-            while !stop_.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(30));
-                let Some(text) = screen(&api) else { continue };
-                if text == last {
-                    continue;
-                }
-                last = text.clone();
-                pages_.lock().unwrap().push(text.clone());
-                let Some((dir, titles)) = &shots else { continue };
-                let Some(title) = titles.iter().find(|t| text.starts_with(**t) && !saved.contains(t)) else {
-                    continue;
-                };
-                saved.push(title);
-                let slug: String = title
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-                    .collect();
-                let _ = std::fs::write(
-                    dir.join(format!("{:02}-{}.png", saved.len(), slug.trim_matches('-'))),
-                    screenshot(&api),
-                );
-            }
-        });
-        Watcher { stop, pages, thread: Some(thread) }
+        let mut saved = Vec::<&str>::new();
+        Watcher(ScreenReader::start(api, Duration::from_millis(30), move |api, text, new| {
+            let Some((dir, titles)) = shots.as_ref().filter(|_| new) else { return };
+            let Some(title) = titles.iter().find(|t| text.starts_with(**t) && !saved.contains(t)) else {
+                return;
+            };
+            saved.push(title);
+            let slug: String = title
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+                .collect();
+            let _ = std::fs::write(
+                dir.join(format!("{:02}-{}.png", saved.len(), slug.trim_matches('-'))),
+                screenshot(api),
+            );
+        }))
     }
 
     /// Every page seen so far.
     pub fn pages(&self) -> Vec<String> {
-        self.pages.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.pages()
     }
 }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use vigil_policy::bitcoin::bip32::DerivationPath;
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
+use vigil_policy::bitcoin::hex::{DisplayHex, FromHex};
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::Network;
 use vigil_policy::{CompiledPolicy, Policy, WalletPolicy};
@@ -56,14 +57,7 @@ impl SignerRecord {
     /// The device's registration of `wallet`, if it registered it.
     fn registration(&self, wallet: &Wallet) -> Option<Registration> {
         let (id, hmac) = self.registrations.get(&digest(wallet))?;
-        let bytes = |hex: &str| -> Option<[u8; 32]> {
-            let v: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect::<Option<_>>()?;
-            v.try_into().ok()
-        };
-        Some(Registration { id: bytes(id)?, hmac: bytes(hmac)? })
+        Some(Registration { id: FromHex::from_hex(id).ok()?, hmac: FromHex::from_hex(hmac).ok()? })
     }
 }
 
@@ -72,10 +66,6 @@ impl SignerRecord {
 fn digest(wallet: &Wallet) -> String {
     let text = format!("{}\n{}\n{}", wallet.name, wallet.template, wallet.keys.join("\n"));
     sha256::Hash::hash(text.as_bytes()).to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The owner's vault key's account on the device: BIP-48, as the recovery phrase's.
@@ -228,7 +218,9 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
         let done = ledger.register(&wallet).map_err(|e| {
             device_failed(e, "Nothing was registered; run `vigil signer register` again when ready.")
         })?;
-        record.registrations.insert(digest(&wallet), (hex(&done.id), hex(&done.hmac)));
+        record
+            .registrations
+            .insert(digest(&wallet), (done.id.to_lower_hex_string(), done.hmac.to_lower_hex_string()));
         record.save(&session.dir)?;
         registered.push(json!({"name": w.name, "new": true}));
     }
@@ -358,7 +350,9 @@ fn ensure_registered(
     }
     say("Waiting for you on the device...");
     let done = ledger.register(&wallet).map_err(|e| device_failed(e, again))?;
-    signer.registrations.insert(digest(&wallet), (hex(&done.id), hex(&done.hmac)));
+    signer
+        .registrations
+        .insert(digest(&wallet), (done.id.to_lower_hex_string(), done.hmac.to_lower_hex_string()));
     signer.save(&session.dir)?;
     Ok(done)
 }

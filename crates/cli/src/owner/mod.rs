@@ -447,7 +447,11 @@ pub fn status(args: WalletArgs) -> anyhow::Result<()> {
 
 /// `text` as an address of the wallet in `wallet`'s network, or an error naming the problem.
 fn parse_address(wallet: &WalletArgs, text: &str) -> anyhow::Result<Address> {
-    let network = wallet.dir().config()?.network()?;
+    address_on(wallet.dir().config()?.network()?, text)
+}
+
+/// `text` as an address of `network`, or why not.
+fn address_on(network: vigil_policy::bitcoin::Network, text: &str) -> anyhow::Result<Address> {
     text.parse::<Address<_>>()
         .map_err(|e| anyhow::anyhow!("{text:?} is not a bitcoin address: {e}; nothing was done"))?
         .require_network(network)

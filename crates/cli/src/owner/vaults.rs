@@ -351,7 +351,7 @@ fn own_spend(
             "the waiting spend {why}: it was not built by this wallet and is not signed; nothing was done"
         )
     };
-    let destination = parse_address_any(&spend.destination, session.network)
+    let destination = super::address_on(session.network, &spend.destination)
         .map_err(|_| refused("has a damaged destination"))?;
     let outputs = &psbt.unsigned_tx.output;
     let first = outputs.first().ok_or_else(|| refused("pays nothing"))?;
@@ -370,10 +370,6 @@ fn own_spend(
         }
     }
     Ok(())
-}
-
-fn parse_address_any(text: &str, network: vigil_policy::bitcoin::Network) -> anyhow::Result<Address> {
-    Ok(text.parse::<Address<_>>()?.require_network(network)?)
 }
 
 /// Refuses a waiting funding this wallet did not build itself before anything signs it: it is
