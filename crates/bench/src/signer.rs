@@ -101,7 +101,7 @@ pub fn register_and_sign() {
     for _ in 0..rounds {
         let psbt = intake_spend(&on_device);
         let start = Instant::now();
-        let signed = ledger.sign(&psbt, &wallet, &registration).unwrap();
+        let signed = ledger.sign(&psbt, &wallet, Some(&registration)).unwrap();
         let on_device = checked_signatures(&signed);
         signing.push(start.elapsed());
         let mut psbt = intake_spend(&software);

@@ -1462,6 +1462,25 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
     let again = json(&dir, &["signer", "register"], &[REAL]);
     assert!(again["registered"].as_array().unwrap().iter().all(|r| r["new"] == false), "{again}");
+    // A kept registration the device no longer accepts (here the record was altered) is
+    // said and made again, the first time the device is asked for it.
+    let signer_file = dir.join("signer.json");
+    let kept = std::fs::read(&signer_file).unwrap();
+    let mut altered: Value = serde_json::from_slice(&kept).unwrap();
+    for (_, pair) in altered["registrations"].as_object_mut().unwrap() {
+        let hmac = pair[1].as_str().unwrap();
+        pair[1] = format!("{}{}", if hmac.starts_with('0') { "1" } else { "0" }, &hmac[1..]).into();
+    }
+    std::fs::write(&signer_file, serde_json::to_vec(&altered).unwrap()).unwrap();
+    let redone = vigil(&dir, &["signer", "register", "--json"], &[REAL]);
+    assert!(redone.0 && redone.2.matches("no longer accepts").count() == 2, "{}", redone.2);
+    assert_eq!(std::fs::read(&signer_file).unwrap(), kept, "the same registrations, made again");
+    // The allowance is on the device too: its own single-key account.
+    let record: Value = serde_json::from_slice(&kept).unwrap();
+    assert!(
+        record["allowance"].as_str().unwrap().starts_with(&format!("[{fingerprint}/86h/1h/0h]tpub")),
+        "{record}"
+    );
 
     // The address is shown on the device, which computed the same one: the first index, since
     // the refused attempt above handed none out.
@@ -1513,6 +1532,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
         3,
         "intake, recovery and the vault's: {record}"
     );
+    allowance_spend_on_the_device(&s, &dir, &payer);
 
     // A recovery after T_RECOVER, without the co-signer: a second vault's unvault is sent and
     // the towers cancel it to R; R's coin and the intake coins (the change) go through their
@@ -1584,6 +1604,63 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     assert_eq!(json(&dir, &["status"], &["8642"])["vaults"].as_array().unwrap().len(), vaults);
     let registered = json(&dir, &["signer", "register"], &["8642"]);
     assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
+}
+
+/// A payment from the allowance, which the device holds: its address, a payment to it, then
+/// a small spend signed on the device and mined.
+fn allowance_spend_on_the_device(s: &Services, dir: &Path, payer: &Wallet) {
+    let got = json(dir, &["receive", "--allowance"], &[REAL]);
+    let address: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(300_000));
+    s.mine(1, &payer.address());
+    let to = Wallet::new().address();
+    let (ok, out, err) = vigil(dir, &["spend", &to.to_string(), "0.001", "--json"], &[REAL]);
+    assert!(ok, "{err}");
+    assert!(err.contains("Sign on your Ledger") && err.contains("0.001 BTC to"), "{err}");
+    let sent: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sent[0]["progress"]["stage"], "sent from the allowance", "{sent}");
+    s.mine(1, &payer.address());
+    let txid = sent[0]["progress"]["txid"].as_str().unwrap().parse().unwrap();
+    assert!(matches!(s.node.rpc.transaction_info(&txid).unwrap(), Some((_, Some(_)))), "mined");
+    let left = json(dir, &["status"], &[REAL])["allowance_sat"].as_u64().unwrap();
+    assert!(left < 200_000 && left > 198_000, "{left}");
+}
+
+#[test]
+fn with_a_ledger_the_wallet_vaults_and_spends_the_same_on_a_real_bitcoind() {
+    let Some(ledger) = emulated_ledger().filter(|_| auto_approved()) else {
+        eprintln!("skipped: no emulated Ledger approving every prompt");
+        return;
+    };
+    let Some(core) = vigil_testenv::process::bitcoind() else { return };
+    let s = services_on(core, "", false);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
+    let (ok, _, err) =
+        init_with_extra(&s, &dir, &guardians, &["--signer", "ledger", "--signer-emulator", &ledger]);
+    assert!(ok, "{err}");
+    json(&dir, &["signer", "register"], &[REAL]);
+    let address: Address = json(&dir, &["receive", "--on-device"], &[REAL])["address"]
+        .as_str()
+        .unwrap()
+        .parse::<Address<_>>()
+        .unwrap()
+        .assume_checked();
+    payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
+    mine(&s.node.rpc, 1, &payer.address());
+    // Every transaction the device signs goes through Bitcoin Core's mempool and into a block.
+    let made = json(&dir, &["vault", "0.05"], &[REAL]);
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let to = Wallet::new().address().to_string();
+    let started = json(&dir, &["spend", &to, "0.01"], &[REAL]);
+    assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
+    mine(&s.node.rpc, 1, &payer.address());
+    spend_to_the_end(&s, &dir, &payer);
+    allowance_spend_on_the_device(&s, &dir, &payer);
 }
 
 #[test]
@@ -1700,6 +1777,37 @@ fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_re
     assert_eq!(resumed["state"], "protected", "{resumed}");
     mine(&s.node.rpc, 1, &payer.address());
     assert_eq!(json(&dir, &["status"], &[REAL])["vault_sat"], 10_000_000);
+
+    // A vault spend rejected (the vault's account first, which the device registers before
+    // it signs): said, nothing asked of the co-signer; `spend --resume` shows it again.
+    says(Answer::Reject);
+    let to = Wallet::new().address().to_string();
+    let (ok, _, err) = vigil(&dir, &["spend", &to, "0.01"], &[REAL]);
+    assert!(
+        !ok && err.contains("you rejected it on the device") && err.contains("Nothing was sent"),
+        "{err}"
+    );
+    assert!(err.contains("vigil spend --resume"), "{err}");
+    says(Answer::Approve);
+    let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(resumed[0]["progress"]["stage"], "unlocking", "{resumed}");
+
+    // An allowance payment rejected: nothing sent; approved, it goes.
+    let got = json(&dir, &["receive", "--allowance"], &[REAL]);
+    let hot: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    payer.pay(&s.node.rpc, 1, hot.script_pubkey(), Amount::from_sat(300_000));
+    mine(&s.node.rpc, 1, &payer.address());
+    says(Answer::Reject);
+    let (ok, _, err) = vigil(&dir, &["spend", &to, "0.001"], &[REAL]);
+    assert!(
+        !ok && err.contains("you rejected it on the device") && err.contains("Nothing was sent"),
+        "{err}"
+    );
+    mine(&s.node.rpc, 1, &payer.address());
+    assert_eq!(json(&dir, &["status"], &[REAL])["allowance_sat"], 300_000, "nothing left the allowance");
+    says(Answer::Approve);
+    let sent = json(&dir, &["spend", &to, "0.001"], &[REAL]);
+    assert_eq!(sent[0]["progress"]["stage"], "sent from the allowance", "{sent}");
 }
 
 #[test]
@@ -1732,6 +1840,14 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
         json(&dir, &["vault", "0.03"], &[REAL]);
         mine(&s.node.rpc, 1, &payer.address());
     }
+    let hot: Address = json(&dir, &["receive", "--allowance"], &[REAL])["address"]
+        .as_str()
+        .unwrap()
+        .parse::<Address<_>>()
+        .unwrap()
+        .assume_checked();
+    payer.pay(&s.node.rpc, 1, hot.script_pubkey(), Amount::from_sat(500_000));
+    mine(&s.node.rpc, 1, &payer.address());
     json(&dir, &["status"], &[REAL]);
     // The same spend asked under each code: what the computer says, and every page the device
     // shows (addresses and numbers masked), in order.
@@ -1745,10 +1861,10 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
         }
         _ => masked(text),
     };
-    let session = |code: &str| {
+    let session = |code: &str, amount: &str| {
         let watcher = vigil_testenv::ledger::Watcher::start(&api, None);
         let to = Wallet::new().address().to_string();
-        let (ok, out, err) = vigil(&dir, &["spend", &to, "0.01"], &[code]);
+        let (ok, out, err) = vigil(&dir, &["spend", &to, amount], &[code]);
         assert!(ok, "{err}");
         std::thread::sleep(std::time::Duration::from_millis(300));
         let pages: Vec<String> = watcher.pages().iter().map(|p| page(p)).collect();
@@ -1764,12 +1880,19 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
         (masked(&out.replace(&to, "")), masked(&keys_masked), pages)
     };
     // A first spend, so that both measured ones find the wallet's lists in the same shape.
-    session(REAL);
-    let real = session(REAL);
-    let duress = session(DURESS);
+    session(REAL, "0.01");
+    let real = session(REAL, "0.01");
+    let duress = session(DURESS, "0.01");
     assert!(real.2.iter().any(|p| p.starts_with("Sign transaction")), "{:?}", real.2);
     assert_eq!(real.0, duress.0, "the same answer");
     assert_eq!(real.1, duress.1, "the same prompts, the same words about the device");
     assert_eq!(real.2, duress.2, "the same pages on the device, in the same order");
     eprintln!("a spend on the device, either code:\n{}{}\npages: {:?}", duress.1, duress.0, duress.2);
+    // The allowance, on the device too, really pays under either code, asked the same way.
+    let real = session(REAL, "0.001");
+    mine(&s.node.rpc, 1, &payer.address());
+    let duress = session(DURESS, "0.001");
+    assert!(real.2.iter().any(|p| p.starts_with("Sign transaction")), "{:?}", real.2);
+    assert!(real.0.contains("from your allowance"), "{}", real.0);
+    assert_eq!((real.0, real.1, real.2), (duress.0, duress.1, duress.2), "the same for an allowance payment");
 }

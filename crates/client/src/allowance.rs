@@ -15,9 +15,11 @@ use std::sync::Arc;
 use bdk_wallet::chain::{BlockId, Merge};
 use bdk_wallet::{ChangeSet, KeychainKind, PersistedWallet, SignOptions, Wallet, WalletPersister};
 use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::{Address, Amount, FeeRate, Network, Transaction};
 
 use crate::owner::AccountKey;
+use crate::session::Session;
 use crate::wallet::{replace_file, WalletDir, WalletError};
 
 /// The allowance's file in the wallet directory.
@@ -134,6 +136,13 @@ impl Allowance {
         Ok(Allowance { wallet, store, birth_height })
     }
 
+    /// The allowance of the unlocked wallet `session`, on its account key
+    /// ([`Session::allowance_account`]); blocks before `birth_height` are never scanned.
+    pub fn of(session: &Session, birth_height: u32) -> Result<Allowance, AllowanceError> {
+        let account = session.allowance_account()?;
+        Allowance::open(&session.dir, &account, session.network, birth_height)
+    }
+
     fn persist(&mut self) -> Result<(), AllowanceError> {
         self.wallet.persist(&mut self.store)?;
         Ok(())
@@ -197,16 +206,33 @@ impl Allowance {
         destination: &Address,
         amount: Amount,
     ) -> Result<Transaction, AllowanceError> {
+        let mut psbt = self.payment(chain, destination, amount)?;
+        key.sign_psbt(&mut psbt);
+        self.send(psbt, chain)
+    }
+
+    /// The unsigned payment of `amount` to `destination` (BDK's coin selection, change to the
+    /// allowance), for a signer elsewhere: nothing is persisted until [`Self::send`].
+    pub fn payment(
+        &mut self,
+        chain: &dyn ChainBackend,
+        destination: &Address,
+        amount: Amount,
+    ) -> Result<Psbt, AllowanceError> {
         let feerate = Self::feerate(chain);
         let mut builder = self.wallet.build_tx();
         builder.add_recipient(destination.script_pubkey(), amount).fee_rate(feerate);
-        let mut psbt = builder.finish().map_err(|e| match e {
+        builder.finish().map_err(|e| match e {
             bdk_wallet::error::CreateTxError::CoinSelection(c) => {
                 AllowanceError::Insufficient { needed: c.needed, available: c.available }
             }
             other => AllowanceError::Build(other.to_string()),
-        })?;
-        key.sign_psbt(&mut psbt);
+        })
+    }
+
+    /// Finalizes the signed `psbt` of [`Self::payment`], broadcasts it and records it as
+    /// pending.
+    pub fn send(&mut self, mut psbt: Psbt, chain: &dyn ChainBackend) -> Result<Transaction, AllowanceError> {
         let finalized = self
             .wallet
             .finalize_psbt(&mut psbt, SignOptions::default())

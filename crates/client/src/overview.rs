@@ -121,8 +121,7 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
     session.dir.save_state(&state)?;
     let intake: Vec<_> = state.coins.iter().filter(|c| !c.spent).collect();
     // A damaged allowance file or a node error hides the allowance, not the rest.
-    let account = session.keys.allowance().policy_key();
-    let allowance = Allowance::open(&session.dir, &account, session.network, state.birth_height)
+    let allowance = Allowance::of(session, state.birth_height)
         .and_then(|mut a| {
             a.sync(&*chain)?;
             Ok(a.balance())

@@ -93,6 +93,12 @@ impl Session {
         Ok(session)
     }
 
+    /// The allowance's account key: the hardware signer's when it holds the allowance, else
+    /// the keystore's (the same under either code).
+    pub fn allowance_account(&self) -> Result<String, WalletError> {
+        Ok(self.dir.allowance_on_signer()?.unwrap_or_else(|| self.keys.allowance().policy_key()))
+    }
+
     /// The policy that applies now: new vaults, addresses and change are built from it.
     pub fn current(&self) -> &CompiledPolicy {
         self.policies.current()

@@ -28,6 +28,10 @@ use crate::policies::Policies;
 /// How many unused intake addresses past the last handed out are watched.
 pub const INTAKE_LOOKAHEAD: u32 = 20;
 
+/// The record of the wallet's hardware signer, when its keys are on one: the device, its
+/// registrations, its allowance account.
+pub const SIGNER_FILE: &str = "signer.json";
+
 /// Why the wallet directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WalletError {
@@ -348,6 +352,24 @@ impl WalletDir {
         let damaged =
             |e: vigil_policy::PolicyError| WalletError::Damaged { path: path.clone(), reason: e.to_string() };
         CompiledPolicy::new(Policy::from_toml(&self.policy_text()?).map_err(damaged)?).map_err(damaged)
+    }
+
+    /// The allowance's account on the wallet's hardware signer (`signer.json`, kept by the
+    /// signer commands), when the device holds the allowance.
+    pub fn allowance_on_signer(&self) -> Result<Option<String>, WalletError> {
+        #[derive(Deserialize)]
+        struct Record {
+            #[serde(default)]
+            allowance: Option<String>,
+        }
+        let path = self.file(SIGNER_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Record>(&bytes)
+                .map(|r| r.allowance)
+                .map_err(|e| WalletError::Damaged { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// `state.json`.

@@ -33,6 +33,8 @@ pub const OLDEST_APP: (u32, u32, u32) = (2, 1, 0);
 /// Status words of the device's OS (not the Bitcoin app's): waiting for its PIN.
 const LOCKED: [u16; 2] = [0x5515, 0x6982];
 const OK: u16 = 0x9000;
+/// The Bitcoin app's answer to a wallet whose registration (HMAC) it does not accept.
+const BAD_REGISTRATION: u16 = 0xB008;
 
 /// How long a device may take to answer a command that shows nothing on its screen.
 const ANSWER_TIME: Duration = Duration::from_secs(5);
@@ -237,22 +239,34 @@ impl Signer for Ledger {
         let ask = |c: &BitcoinClient<&Via<'_>>| {
             c.get_wallet_address(&policy, Some(&registration.hmac), change, index, display)
         };
-        if display {
-            self.call_holder(ask)
-        } else {
-            self.call(ask)
-        }
+        let answer = if display { self.call_holder(ask) } else { self.call(ask) };
+        registration_refused(answer)
     }
 
-    fn sign(&self, psbt: &Psbt, wallet: &Wallet, registration: &Registration) -> Result<Psbt, SignerError> {
+    fn sign(
+        &self,
+        psbt: &Psbt,
+        wallet: &Wallet,
+        registration: Option<&Registration>,
+    ) -> Result<Psbt, SignerError> {
         let policy = wallet_policy(wallet)?;
-        let given = self.call_holder(|c| c.sign_psbt(psbt, &policy, Some(&registration.hmac)))?;
+        let answer = self.call_holder(|c| c.sign_psbt(psbt, &policy, registration.map(|r| &r.hmac)));
+        let given = if registration.is_some() { registration_refused(answer)? } else { answer? };
         with_signatures(psbt, given)
     }
 }
 
-/// `psbt` with the signatures the device gave: only taproot script-path ones are expected
-/// (every Vigil output an owner key signs for is one), anything else is refused.
+/// An answer to a command given a registration, the app's refusal of that registration
+/// named as such.
+fn registration_refused<T>(answer: Result<T, SignerError>) -> Result<T, SignerError> {
+    match answer {
+        Err(SignerError::Status(BAD_REGISTRATION)) => Err(SignerError::NotRegistered),
+        other => other,
+    }
+}
+
+/// `psbt` with the taproot signatures the device gave: script-path ones (every Vigil output
+/// but the allowance) and key-path ones (the allowance); anything else is refused.
 fn with_signatures(psbt: &Psbt, given: Vec<(usize, SignPsbtYieldedObject)>) -> Result<Psbt, SignerError> {
     let mut signed = psbt.clone();
     for (input, object) in given {
@@ -262,7 +276,10 @@ fn with_signatures(psbt: &Psbt, given: Vec<(usize, SignPsbtYieldedObject)>) -> R
             SignPsbtYieldedObject::Partial(PartialSignature::TapScriptSig(key, Some(leaf), signature)) => {
                 slot.tap_script_sigs.insert((key, leaf), signature);
             }
-            _ => return Err(odd("something other than a script-path signature")),
+            SignPsbtYieldedObject::Partial(PartialSignature::TapScriptSig(_, None, signature)) => {
+                slot.tap_key_sig = Some(signature);
+            }
+            _ => return Err(odd("something other than a taproot signature")),
         }
     }
     Ok(signed)

@@ -28,6 +28,11 @@ pub enum SignerError {
     /// The user pressed Reject on the device.
     #[error("you rejected it on the device")]
     Rejected,
+    /// The device no longer accepts the registration it was shown (it was reset or restored
+    /// from its seed, or the record kept of it was altered): the wallet must be registered
+    /// again.
+    #[error("the device no longer accepts its registration of this account")]
+    NotRegistered,
     /// The device answered with an error status.
     #[error("the device refused the request (status {0:#06x})")]
     Status(u16),
@@ -61,10 +66,17 @@ pub trait Signer {
         index: u32,
         display: bool,
     ) -> Result<Address<NetworkUnchecked>, SignerError>;
-    /// Shows `psbt` to the holder and, once they approve it, signs the inputs of the
-    /// registered `wallet` it holds a key of: `psbt` with the device's taproot script-path
-    /// signatures added. Waits on the holder. The caller checks every signature.
-    fn sign(&self, psbt: &Psbt, wallet: &Wallet, registration: &Registration) -> Result<Psbt, SignerError>;
+    /// Shows `psbt` to the holder and, once they approve it, signs the inputs of `wallet` it
+    /// holds a key of: `psbt` with the device's taproot signatures added. `wallet` is one the
+    /// device registered, or, with no registration, a standard single-key account it knows
+    /// without one ([`Wallet::single_key`]). Waits on the holder. The caller checks every
+    /// signature.
+    fn sign(
+        &self,
+        psbt: &Psbt,
+        wallet: &Wallet,
+        registration: Option<&Registration>,
+    ) -> Result<Psbt, SignerError>;
 }
 
 /// A BIP-388 wallet policy as a device takes it: a name, a descriptor template over `@i`
@@ -77,6 +89,14 @@ pub struct Wallet {
     pub template: String,
     /// `@i`'s key information.
     pub keys: Vec<String>,
+}
+
+impl Wallet {
+    /// The standard single-key taproot account (BIP-86) of `key` (`[fp/86h/coinh/accounth]xpub`):
+    /// a device signs for it and shows its addresses without registering it.
+    pub fn single_key(key: String) -> Wallet {
+        Wallet { name: String::new(), template: "tr(@0/**)".into(), keys: vec![key] }
+    }
 }
 
 /// What a device gives back for a wallet it registered: the wallet's id and the proof of

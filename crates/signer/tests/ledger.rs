@@ -130,6 +130,12 @@ fn the_app_registers_every_output_an_owner_signs_for_and_derives_vigils_addresse
             "Vigil intake" => {
                 assert_eq!(on_device(false, 3), c.intake_address(3).unwrap().script_pubkey());
                 assert_eq!(on_device(false, 0), ours(&ranged.intake, 0));
+                // A registration it did not make (a record altered, or a device reset) is
+                // named as such, so the wallet can register again.
+                let mut forged = registration;
+                forged.hmac[0] ^= 1;
+                let refused = ledger.address(&wallet, &forged, false, 0, false).unwrap_err();
+                assert!(matches!(refused, SignerError::NotRegistered), "{refused:?}");
             }
             "Vigil recovery" => assert_eq!(on_device(false, 5), ours(&ranged.recovery, 5)),
             _ => assert!(w.per_vault(), "{}", w.name),

@@ -366,9 +366,14 @@ async fn spend(State(page): State<Arc<OwnerPage>>, Extension(fields): Extension<
         if let Err(e) = state.scan(&session.policies, &*chain) {
             return retry(e.to_string());
         }
+        // A hardware signer signs in the terminal, where the command says what to check on it.
+        if session.dir.allowance_on_signer().ok().flatten().is_some() {
+            return retry("Your allowance and vaults are signed on your Ledger: send with `vigil spend ADDRESS AMOUNT` \
+                          in a terminal, which tells you what to check on the device; nothing was sent."
+                .into());
+        }
         // From the allowance if it fits: at once, with no phrase and no wait.
-        let account = session.keys.allowance().policy_key();
-        let paid = Allowance::open(&session.dir, &account, session.network, state.birth_height)
+        let paid = Allowance::of(session, state.birth_height)
             .and_then(|mut a| {
                 a.sync(&*chain)?;
                 a.pay(session.keys.allowance(), &*chain, &address, amount)

@@ -20,8 +20,7 @@ use vigil_signer::{DeviceState, Found, Registration, Signer, SignerError, Wallet
 
 use super::*;
 
-/// The record of the wallet's signer, beside its policy.
-pub const SIGNER_FILE: &str = "signer.json";
+pub use vigil_client::wallet::SIGNER_FILE;
 
 /// Which device holds this wallet's vault key, and the wallet policies it registered.
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -34,6 +33,10 @@ pub struct SignerRecord {
     pub emulator: Option<SocketAddr>,
     /// Each registered wallet policy, by [`digest`]: its id and the device's HMAC, in hex.
     pub registrations: BTreeMap<String, (String, String)>,
+    /// The allowance's account on the device (`[fp/86h/coinh/0h]xpub`); none when the
+    /// allowance key comes from the recovery phrase.
+    #[serde(default)]
+    pub allowance: Option<String>,
 }
 
 impl SignerRecord {
@@ -74,6 +77,13 @@ fn vault_key_path(network: Network) -> DerivationPath {
     DerivationPath::from_str(&format!("m/48'/{coin}'/0'/2'")).expect("a valid path")
 }
 
+/// The allowance's account on the device: BIP-86's first, a single-key taproot account the
+/// device signs for (and shows addresses of) without a registration.
+fn allowance_path(network: Network) -> DerivationPath {
+    let coin = if network == Network::Bitcoin { 0 } else { 1 };
+    DerivationPath::from_str(&format!("m/86'/{coin}'/0'")).expect("a valid path")
+}
+
 /// The device at `emulator` (or on USB), checked: it answers, and the Bitcoin app of
 /// `network` is open on it.
 pub fn connect(emulator: Option<SocketAddr>, network: Network) -> anyhow::Result<Ledger> {
@@ -110,23 +120,26 @@ fn connect_wallets(record: &SignerRecord, network: Network) -> anyhow::Result<Le
 }
 
 /// The owner's vault key from the device, as a policy names it (`[fp/48h/coinh/0h/2h]xpub`),
-/// and the record of the device for the wallet.
+/// and the record of the device for the wallet, which names its allowance account too.
 pub fn owner_key(
     ledger: &Ledger,
     network: Network,
     emulator: Option<SocketAddr>,
 ) -> anyhow::Result<(String, SignerRecord)> {
-    let path = vault_key_path(network);
     let fingerprint = ledger.fingerprint()?;
-    let xpub = ledger.xpub(&path)?;
-    let origin = path.to_string().trim_start_matches("m/").replace('\'', "h");
+    let account = |path: DerivationPath| -> anyhow::Result<String> {
+        let xpub = ledger.xpub(&path)?;
+        let origin = path.to_string().trim_start_matches("m/").replace('\'', "h");
+        Ok(format!("[{fingerprint}/{origin}]{xpub}"))
+    };
     let record = SignerRecord {
         kind: "ledger".into(),
         fingerprint: fingerprint.to_string(),
         emulator,
         registrations: BTreeMap::new(),
+        allowance: Some(account(allowance_path(network))?),
     };
-    Ok((format!("[{fingerprint}/{origin}]{xpub}"), record))
+    Ok((account(vault_key_path(network))?, record))
 }
 
 fn to_wallet(w: &WalletPolicy) -> Wallet {
@@ -203,26 +216,25 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
     let compiled = session.current();
     let ledger = connect_wallets(&record, session.network)?;
     let mut registered = Vec::new();
+    let again = "Nothing was registered; run `vigil signer register` again when ready.";
     for w in standing_wallets(compiled)? {
         let wallet = to_wallet(&w);
-        if record.registration(&wallet).is_some() {
-            registered.push(json!({"name": w.name, "new": false}));
-            continue;
+        // One the device holds already is left alone, once it shows it still accepts it.
+        let kept = match record.registration(&wallet) {
+            Some(r) => match ledger.address(&wallet, &r, false, 0, false) {
+                Err(SignerError::NotRegistered) => {
+                    forget_refused(&session.dir, &mut record, &w)?;
+                    false
+                }
+                Err(e) => return Err(device_failed(e, again)),
+                Ok(_) => true,
+            },
+            None => false,
+        };
+        if !kept {
+            register_now(&session.dir, &ledger, &mut record, &w, compiled.policy(), again)?;
         }
-        say(&format!("Registering \"{}\" on your Ledger. Check on its screen, then approve:", w.name));
-        say(&format!("  the account name \"{}\" and its policy {}", w.name, w.template));
-        for line in key_roles(&w, compiled.policy()) {
-            say(&format!("  {line}"));
-        }
-        say("Waiting for you on the device...");
-        let done = ledger.register(&wallet).map_err(|e| {
-            device_failed(e, "Nothing was registered; run `vigil signer register` again when ready.")
-        })?;
-        record
-            .registrations
-            .insert(digest(&wallet), (done.id.to_lower_hex_string(), done.hmac.to_lower_hex_string()));
-        record.save(&session.dir)?;
-        registered.push(json!({"name": w.name, "new": true}));
+        registered.push(json!({"name": w.name, "new": !kept}));
     }
     if args.wallet.json {
         println!("{}", json!({ "registered": registered }));
@@ -232,17 +244,18 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The wallet's device with the registration of `w`, or why it cannot sign for it yet.
-fn registered(session: &Session, w: &WalletPolicy) -> anyhow::Result<(Ledger, Wallet, Registration)> {
+/// The standing account `name` of the wallet's current policy, the wallet's device and its
+/// record, or why the device cannot sign for it yet (`vigil signer register` comes first).
+fn standing(session: &Session, name: &str) -> anyhow::Result<(WalletPolicy, Ledger, SignerRecord)> {
+    let w = standing_wallet(session.current(), name)?;
     let record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
-    let wallet = to_wallet(w);
-    let Some(registration) = record.registration(&wallet) else {
+    if record.registration(&to_wallet(&w)).is_none() {
         bail!(
             "your Ledger has not registered \"{}\" yet: run `vigil signer register`; nothing was done",
             w.name
         );
-    };
-    Ok((connect_wallets(&record, session.network)?, wallet, registration))
+    }
+    Ok((w, connect_wallets(&record, session.network)?, record))
 }
 
 /// Whether this wallet's vault key is on a device.
@@ -259,19 +272,28 @@ fn standing_wallet(compiled: &CompiledPolicy, name: &str) -> anyhow::Result<Wall
 }
 
 /// Checks, before anything is built or asked of the co-signer, that the wallet's device is
-/// there and holds the intake account a vault's funding is signed with.
+/// there and holds (and still accepts) its registration of the intake account a vault's
+/// funding is signed with: the ceremony does not wait on a registration.
 pub fn ready_to_fund(session: &Session) -> anyhow::Result<()> {
-    registered(session, &standing_wallet(session.current(), "Vigil intake")?).map(drop)
+    let (w, ledger, mut record) = standing(session, "Vigil intake")?;
+    let wallet = to_wallet(&w);
+    let again = "Nothing was done; run the same command again when ready.";
+    with_registration(session, &ledger, &mut record, &w, session.current().policy(), again, |r| {
+        ledger.address(&wallet, r, false, 0, false)
+    })
+    .map(drop)
 }
 
 /// Shows the intake address at `index` on the device for the holder to compare, after
 /// checking the device computes the same one.
 pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> anyhow::Result<()> {
-    let intake = standing_wallet(session.current(), "Vigil intake")?;
-    let (ledger, wallet, registration) = registered(session, &intake)?;
-    let computed = ledger
-        .address(&wallet, &registration, false, index, false)
-        .map_err(|e| device_failed(e, "Do not use the address until the device shows it."))?;
+    let (w, ledger, mut record) = standing(session, "Vigil intake")?;
+    let wallet = to_wallet(&w);
+    let again = "Do not use the address until the device shows it.";
+    let (registration, computed) =
+        with_registration(session, &ledger, &mut record, &w, session.current().policy(), again, |r| {
+            Ok((*r, ledger.address(&wallet, r, false, index, false)?))
+        })?;
     if computed.assume_checked_ref().script_pubkey() != address.script_pubkey() {
         bail!(
             "your Ledger computes another address than this computer ({}): something on this computer is \
@@ -280,9 +302,7 @@ pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> 
         );
     }
     say(&format!("Check that your Ledger shows exactly {address} (it may write it with a testnet prefix), then confirm on it."));
-    ledger
-        .address(&wallet, &registration, false, index, true)
-        .map_err(|e| device_failed(e, "Do not use the address until the device shows it."))?;
+    ledger.address(&wallet, &registration, false, index, true).map_err(|e| device_failed(e, again))?;
     Ok(())
 }
 
@@ -306,30 +326,52 @@ fn say_what_to_check(session: &Session, psbt: &Psbt, paid: String) {
 /// to the new vault, the change back to the intake and the fee. The caller checks every
 /// signature against the policy before it goes on.
 pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow::Result<Psbt> {
-    let intake = standing_wallet(session.current(), "Vigil intake")?;
-    let (ledger, wallet, registration) = registered(session, &intake)?;
+    let (w, ledger, mut record) = standing(session, "Vigil intake")?;
+    let wallet = to_wallet(&w);
     let vault_address = Address::from_script(&funding.unsigned_tx.output[0].script_pubkey, session.network)
         .map(|a| a.to_string())
         .unwrap_or_default();
-    say_what_to_check(
-        session,
-        funding,
-        format!("{} to {vault_address} (your new vault)", btc(amount.to_sat())),
-    );
-    ledger.sign(funding, &wallet, &registration).map_err(|e| {
-        device_failed(
-            e,
-            "Nothing was moved. The vault under way waits 10 minutes for your signature: `vigil vault --resume` \
-             shows it on the device again.",
-        )
+    let again = "Nothing was moved. The vault under way waits 10 minutes for your signature: `vigil vault \
+                 --resume` shows it on the device again.";
+    with_registration(session, &ledger, &mut record, &w, session.current().policy(), again, |r| {
+        say_what_to_check(
+            session,
+            funding,
+            format!("{} to {vault_address} (your new vault)", btc(amount.to_sat())),
+        );
+        ledger.sign(funding, &wallet, Some(r))
     })
 }
 
-/// The device's registration of `w`, made now (shown to the holder like any other) if the
-/// device does not hold it yet: a vault's own account, or an account of an earlier policy
-/// version.
-fn ensure_registered(
+/// The allowance payment `psbt` of `amount` to `destination` signed on the wallet's device,
+/// which holds the allowance `account` (a standard single-key account it signs for without a
+/// registration; the change goes to its own change branch, which it does not show). Every
+/// signature is checked.
+pub fn sign_allowance_payment(
     session: &Session,
+    account: &str,
+    psbt: &Psbt,
+    destination: &Address,
+    amount: Amount,
+) -> anyhow::Result<Psbt> {
+    let record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let ledger = connect_wallets(&record, session.network)?;
+    let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
+    say("Sign on your Ledger. Check on its screen, then approve only if it says:");
+    say(&format!("  {} to {destination}", btc(amount.to_sat())));
+    say(&format!("  a fee of {fee}"));
+    say("Waiting for you on the device...");
+    let signed = ledger
+        .sign(psbt, &Wallet::single_key(account.to_owned()), None)
+        .map_err(|e| device_failed(e, "Nothing was sent; run the same command again when ready."))?;
+    checked_signatures(&signed, &record.fingerprint)?;
+    Ok(signed)
+}
+
+/// Registers `w` on the device, shown to the holder with who each key is, and keeps the
+/// registration with the wallet.
+fn register_now(
+    dir: &WalletDir,
     ledger: &Ledger,
     signer: &mut SignerRecord,
     w: &WalletPolicy,
@@ -337,14 +379,8 @@ fn ensure_registered(
     again: &str,
 ) -> anyhow::Result<Registration> {
     let wallet = to_wallet(w);
-    if let Some(r) = signer.registration(&wallet) {
-        return Ok(r);
-    }
-    say(&format!(
-        "Your Ledger first registers the account \"{}\". Check on its screen, then approve:",
-        w.name
-    ));
-    say(&format!("  its policy {}", w.template));
+    say(&format!("Your Ledger registers the account \"{}\". Check on its screen, then approve:", w.name));
+    say(&format!("  the account name \"{}\" and its policy {}", w.name, w.template));
     for line in key_roles(w, policy) {
         say(&format!("  {line}"));
     }
@@ -353,8 +389,45 @@ fn ensure_registered(
     signer
         .registrations
         .insert(digest(&wallet), (done.id.to_lower_hex_string(), done.hmac.to_lower_hex_string()));
-    signer.save(&session.dir)?;
+    signer.save(dir)?;
     Ok(done)
+}
+
+/// Forgets the kept registration of `w` the device refused, saying so.
+fn forget_refused(dir: &WalletDir, signer: &mut SignerRecord, w: &WalletPolicy) -> anyhow::Result<()> {
+    say(&format!(
+        "Your Ledger no longer accepts this computer's record of its registration of \"{}\" (the record \
+         was changed or damaged, or the device was reset): it registers the account again.",
+        w.name
+    ));
+    signer.registrations.remove(&digest(&to_wallet(w)));
+    signer.save(dir)
+}
+
+/// `ask` of the device with its registration of `w`, made first if the device does not hold
+/// it yet (a vault's own account, or an account of an earlier policy version); a registration
+/// the device no longer accepts is made again, said, and `ask` asked once more.
+fn with_registration<T>(
+    session: &Session,
+    ledger: &Ledger,
+    signer: &mut SignerRecord,
+    w: &WalletPolicy,
+    policy: &Policy,
+    again: &str,
+    ask: impl Fn(&Registration) -> Result<T, SignerError>,
+) -> anyhow::Result<T> {
+    let registration = match signer.registration(&to_wallet(w)) {
+        Some(r) => r,
+        None => register_now(&session.dir, ledger, signer, w, policy, again)?,
+    };
+    match ask(&registration) {
+        Err(SignerError::NotRegistered) => {
+            forget_refused(&session.dir, signer, w)?;
+            let registration = register_now(&session.dir, ledger, signer, w, policy, again)?;
+            ask(&registration).map_err(|e| device_failed(e, again))
+        }
+        answer => answer.map_err(|e| device_failed(e, again)),
+    }
 }
 
 /// The unvault output of the vault `record` as the wallet policy the device registers for it
@@ -397,9 +470,11 @@ pub fn sign_spend(
     let mut signer = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
     let ledger = connect_wallets(&signer, session.network)?;
     let again = "Nothing was sent. `vigil spend --resume` shows it on the device again.";
-    let registration = ensure_registered(session, &ledger, &mut signer, &w, compiled.policy(), again)?;
-    say_what_to_check(session, psbt, format!("{} to {destination}", btc(amount.to_sat())));
-    ledger.sign(psbt, &wallet, &registration).map_err(|e| device_failed(e, again))
+    // Said just before each signing, after any registration the device shows first.
+    with_registration(session, &ledger, &mut signer, &w, compiled.policy(), again, |r| {
+        say_what_to_check(session, psbt, format!("{} to {destination}", btc(amount.to_sat())));
+        ledger.sign(psbt, &wallet, Some(r))
+    })
 }
 
 /// The recovery `psbt` of `coins` (in its inputs' order) to `destination`, signed on the
@@ -426,19 +501,20 @@ pub fn sign_recovery(
     let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
     let mut signed = psbt.clone();
     for (i, (w, policy)) in groups.iter().enumerate() {
-        let registration = ensure_registered(session, &ledger, &mut signer, w, policy, again)?;
-        say(&format!(
-            "Sign on your Ledger ({} of {}, for \"{}\"). Check on its screen, then approve only if it says:",
-            i + 1,
-            groups.len(),
-            w.name
-        ));
-        say(&format!("  {} to {destination} (your recovery address), and a fee of {fee}", btc(amount)));
-        if groups.len() > 1 {
-            say("  It may warn of inputs it does not sign this time (those of your other accounts): continue.");
-        }
-        say("Waiting for you on the device...");
-        let out = ledger.sign(&signed, &to_wallet(w), &registration).map_err(|e| device_failed(e, again))?;
+        let out = with_registration(session, &ledger, &mut signer, w, policy, again, |r| {
+            say(&format!(
+                "Sign on your Ledger ({} of {}, for \"{}\"). Check on its screen, then approve only if it says:",
+                i + 1,
+                groups.len(),
+                w.name
+            ));
+            say(&format!("  {} to {destination} (your recovery address), and a fee of {fee}", btc(amount)));
+            if groups.len() > 1 {
+                say("  It may warn of inputs it does not sign this time (those of your other accounts): continue.");
+            }
+            say("Waiting for you on the device...");
+            ledger.sign(&signed, &to_wallet(w), Some(r))
+        })?;
         for (mine, theirs) in signed.inputs.iter_mut().zip(out.inputs) {
             mine.tap_script_sigs.extend(theirs.tap_script_sigs);
         }
@@ -471,20 +547,44 @@ pub fn recovery_wallet<'a>(
     Ok((w, compiled.policy()))
 }
 
-/// Every script-path signature of `psbt` checked against its input's sighash
-/// (SIGHASH_DEFAULT), and every input carrying at least one by a key of the device
-/// `fingerprint`: what comes back from a device is not trusted.
+/// Every taproot signature of `psbt` (script path, and key path for the allowance) checked
+/// against its input's sighash (SIGHASH_DEFAULT), and every input carrying at least one by a
+/// key of the device `fingerprint`: what comes back from a device is not trusted.
 fn checked_signatures(psbt: &Psbt, fingerprint: &str) -> anyhow::Result<()> {
     use vigil_policy::bitcoin::secp256k1::{Message, Secp256k1};
     use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
     let prevouts: Vec<_> = psbt.inputs.iter().filter_map(|i| i.witness_utxo.clone()).collect();
     if prevouts.len() != psbt.inputs.len() {
-        bail!("the recovery's inputs lack their coins; nothing was done");
+        bail!("the transaction's inputs lack their coins; nothing was done");
     }
     let secp = Secp256k1::verification_only();
     let mut cache = SighashCache::new(&psbt.unsigned_tx);
+    let by = |input: &vigil_policy::bitcoin::psbt::Input, key: &vigil_policy::bitcoin::XOnlyPublicKey| {
+        input.tap_key_origins.get(key).is_some_and(|(_, (fp, _))| fp.to_string() == fingerprint)
+    };
     for (i, input) in psbt.inputs.iter().enumerate() {
         let mut by_device = false;
+        if let Some(sig) = &input.tap_key_sig {
+            let hash = cache
+                .taproot_key_spend_signature_hash(i, &Prevouts::All(&prevouts), TapSighashType::Default)
+                .context("a sighash")?;
+            // The key a key-path signature is checked against is the output's own.
+            let spk = &prevouts[i].script_pubkey;
+            let output_key = spk
+                .is_p2tr()
+                .then(|| vigil_policy::bitcoin::XOnlyPublicKey::from_slice(&spk.as_bytes()[2..]).ok())
+                .flatten();
+            let verified = output_key.is_some_and(|key| {
+                sig.sighash_type == TapSighashType::Default
+                    && secp
+                        .verify_schnorr(&sig.signature, &Message::from_digest(hash.to_byte_array()), &key)
+                        .is_ok()
+            });
+            if !verified {
+                bail!("a signature on input {i} does not verify: it is not used, and nothing was done");
+            }
+            by_device |= input.tap_internal_key.as_ref().is_some_and(|key| by(input, key));
+        }
         for ((key, leaf), sig) in &input.tap_script_sigs {
             let hash = cache
                 .taproot_script_spend_signature_hash(
@@ -501,11 +601,10 @@ fn checked_signatures(psbt: &Psbt, fingerprint: &str) -> anyhow::Result<()> {
             {
                 bail!("a signature on input {i} does not verify: it is not used, and nothing was done");
             }
-            by_device |=
-                input.tap_key_origins.get(key).is_some_and(|(_, (fp, _))| fp.to_string() == fingerprint);
+            by_device |= by(input, key);
         }
         if !by_device {
-            bail!("your Ledger did not sign input {i} of the recovery; nothing was done");
+            bail!("your Ledger did not sign input {i}; nothing was done");
         }
     }
     Ok(())

@@ -76,8 +76,34 @@ pub struct ReceiveArgs {
 
 /// The allowance wallet of the session's wallet.
 fn open_allowance(session: &Session, state: &WalletState) -> anyhow::Result<Allowance> {
-    let account = session.keys.allowance().policy_key();
-    Ok(Allowance::open(&session.dir, &account, session.network, state.birth_height)?)
+    Ok(Allowance::of(session, state.birth_height)?)
+}
+
+/// Pays `amount` to `address` from the allowance if it covers it and the fee (signed on the
+/// hardware signer when it holds the allowance, else with the keystore's key); `None` when it
+/// cannot, with nothing done.
+fn pay_from_allowance(
+    session: &Session,
+    allowance: &mut Allowance,
+    chain: &dyn vigil_chain::ChainBackend,
+    address: &Address,
+    amount: Amount,
+) -> anyhow::Result<Option<vigil_policy::bitcoin::Transaction>> {
+    let paid = match session.dir.allowance_on_signer()? {
+        Some(account) => match allowance.payment(chain, address, amount) {
+            Ok(psbt) => {
+                let signed = device::sign_allowance_payment(session, &account, &psbt, address, amount)?;
+                allowance.send(signed, chain)
+            }
+            Err(e) => Err(e),
+        },
+        None => allowance.pay(session.keys.allowance(), chain, address, amount),
+    };
+    match paid {
+        Ok(tx) => Ok(Some(tx)),
+        Err(vigil_client::allowance::AllowanceError::Insufficient { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `vigil ui`.

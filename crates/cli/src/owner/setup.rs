@@ -324,7 +324,9 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
             state.coins.len()
         ));
         dir.save_state(&state)?;
-        vigil_client::allowance::Allowance::open(&dir, &public.allowance_key, network, args.from_height)?
+        // The device holds the allowance when it holds the vault key.
+        let allowance = device.as_ref().and_then(|r| r.allowance.clone()).unwrap_or(public.allowance_key);
+        vigil_client::allowance::Allowance::open(&dir, &allowance, network, args.from_height)?
             .sync(&*chain)?;
         Ok(())
     })();
@@ -469,7 +471,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let device = match &args.signer {
         Some(_) => {
             let ledger = super::device::connect(args.signer_emulator, network)?;
-            say("Your vault key stays on your Ledger; this computer holds only the allowance and the key that signs requests.");
+            say("Your vault key and your allowance stay on your Ledger; this computer holds only the key that signs requests.");
             Some(super::device::owner_key(&ledger, network, args.signer_emulator)?)
         }
         None => None,
@@ -541,8 +543,8 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         WalletState { birth_height: birth.height, scanned_height: birth.height, ..WalletState::default() };
     dir.save_state(&state)?;
     // Made now, so that no later command is the first to write it.
-    vigil_client::allowance::Allowance::open(&dir, &public.allowance_key, network, birth.height)?
-        .sync(&*chain)?;
+    let allowance = device.as_ref().and_then(|(_, r)| r.allowance.clone()).unwrap_or(public.allowance_key);
+    vigil_client::allowance::Allowance::open(&dir, &allowance, network, birth.height)?.sync(&*chain)?;
     let hashes = owner::create(
         &dir.path,
         &owner_phrase,

@@ -2,7 +2,6 @@
 //! the next so that a run killed anywhere is finished by the next.
 
 use super::*;
-use vigil_client::allowance::AllowanceError;
 
 /// `vigil vault`.
 #[derive(Args)]
@@ -551,30 +550,28 @@ pub fn spend(args: SpendArgs) -> anyhow::Result<()> {
             Ok(a)
         });
         let paid = match opened {
-            Ok(mut allowance) => allowance.pay(session.keys.allowance(), &*chain, address, *amount),
+            Ok(mut allowance) => {
+                super::pay_from_allowance(&session, &mut allowance, &*chain, address, *amount)?
+            }
             // Unreadable: the spend is asked of a vault instead, which says so.
             Err(e) => {
                 say(&format!("Note: the allowance cannot be read right now ({e})."));
-                Err(AllowanceError::Insufficient { needed: *amount, available: Amount::ZERO })
+                None
             }
         };
-        match paid {
-            Ok(tx) => {
-                let txid = tx.compute_txid();
-                state.note(format!("allowance payment of {amount} to {address}: {txid}"));
-                session.dir.save_state(&state)?;
-                if args.wallet.json {
-                    println!(
-                        "{}",
-                        json!([{"id": null, "progress": {"stage": "sent from the allowance", "txid": txid.to_string()}}])
-                    );
-                } else {
-                    println!("Sent {amount} to {address} from your allowance ({txid}).");
-                }
-                return Ok(());
+        if let Some(tx) = paid {
+            let txid = tx.compute_txid();
+            state.note(format!("allowance payment of {amount} to {address}: {txid}"));
+            session.dir.save_state(&state)?;
+            if args.wallet.json {
+                println!(
+                    "{}",
+                    json!([{"id": null, "progress": {"stage": "sent from the allowance", "txid": txid.to_string()}}])
+                );
+            } else {
+                println!("Sent {amount} to {address} from your allowance ({txid}).");
             }
-            Err(AllowanceError::Insufficient { .. }) => {}
-            Err(e) => return Err(e.into()),
+            return Ok(());
         }
     }
     let on_device = super::device::has_signer(&session.dir)?;
