@@ -1532,7 +1532,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
         3,
         "intake, recovery and the vault's: {record}"
     );
-    allowance_spend_on_the_device(&s, &dir, &payer);
+    allowance_spend_on_the_device(&s, &dir, &payer, 2);
 
     // A recovery after T_RECOVER, without the co-signer: a second vault's unvault is sent and
     // the towers cancel it to R; R's coin and the intake coins (the change) go through their
@@ -1606,12 +1606,12 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
 }
 
-/// A payment from the allowance, which the device holds: its address, a payment to it, then
-/// a small spend signed on the device and mined.
-fn allowance_spend_on_the_device(s: &Services, dir: &Path, payer: &Wallet) {
+/// A payment from the allowance, which the device holds: its address, a payment to it (from
+/// the payer's coinbase at `coin`), then a small spend signed on the device and mined.
+fn allowance_spend_on_the_device(s: &Services, dir: &Path, payer: &Wallet, coin: u32) {
     let got = json(dir, &["receive", "--allowance"], &[REAL]);
     let address: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
-    payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(300_000));
+    payer.pay(&s.node.rpc, coin, address.script_pubkey(), Amount::from_sat(300_000));
     s.mine(1, &payer.address());
     let to = Wallet::new().address();
     let (ok, out, err) = vigil(dir, &["spend", &to.to_string(), "0.001", "--json"], &[REAL]);
@@ -1660,7 +1660,74 @@ fn with_a_ledger_the_wallet_vaults_and_spends_the_same_on_a_real_bitcoind() {
     assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
     mine(&s.node.rpc, 1, &payer.address());
     spend_to_the_end(&s, &dir, &payer);
-    allowance_spend_on_the_device(&s, &dir, &payer);
+    allowance_spend_on_the_device(&s, &dir, &payer, 2);
+}
+
+#[test]
+fn with_a_ledger_coins_of_an_earlier_policy_version_fund_a_vault_signed_once_per_account() {
+    let Some(ledger) = emulated_ledger().filter(|_| auto_approved()) else {
+        eprintln!("skipped: no emulated Ledger approving every prompt");
+        return;
+    };
+    let s = services("", false);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let (keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
+    let (ok, _, err) =
+        init_with_extra(&s, &dir, &xpubs, &["--signer", "ledger", "--signer-emulator", &ledger]);
+    assert!(ok, "{err}");
+    json(&dir, &["signer", "register"], &[REAL]);
+    let pay_intake = |dir: &Path, coin: u32| {
+        let address: Address = json(dir, &["receive"], &[REAL])["address"]
+            .as_str()
+            .unwrap()
+            .parse::<Address<_>>()
+            .unwrap()
+            .assume_checked();
+        payer.pay(&s.node.rpc, coin, address.script_pubkey(), Amount::from_sat(10_000_000));
+        mine(&s.node.rpc, 1, &payer.address());
+    };
+    pay_intake(&dir, 1);
+
+    // The guardians' quorum changes the policy (a longer DELAY and T_RECOVER: new intake
+    // scripts); once it applies, a coin is paid to version 2's intake address too.
+    let policy = keys.path().join("policy.toml");
+    std::fs::copy(dir.join("policy.toml"), &policy).unwrap();
+    let v1 = std::fs::read_to_string(&policy).unwrap();
+    let v2 = v1
+        .replacen("version = 1", "version = 2", 1)
+        .replacen("unvault = 10", "unvault = 13", 1)
+        .replacen("recovery = 40", "recovery = 44", 1);
+    assert!(v2.contains("unvault = 13") && v2.contains("recovery = 44"), "{v2}");
+    let proposal = home.path().join("v2.toml");
+    std::fs::write(&proposal, &v2).unwrap();
+    let mut effective = 0;
+    for key in &guardian_keys {
+        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
+    }
+    let tip = s.node.rpc.tip().unwrap().height;
+    mine(&s.node.rpc, effective - tip, &payer.address());
+    assert_eq!(json(&dir, &["status"], &[REAL])["policy_version"], 2);
+    // Version 2's accounts are new to the device: registered first.
+    let registered = json(&dir, &["signer", "register"], &[REAL]);
+    assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
+    pay_intake(&dir, 2);
+
+    // A vault that needs both coins: the device signs once per intake account, each input
+    // through its own version's leaf; checked, co-signed and mined.
+    let (ok, out, err) = vigil(&dir, &["vault", "0.15", "--json"], &[REAL]);
+    assert!(ok, "{err}");
+    assert!(err.contains("(1 of 2)") && err.contains("(2 of 2)"), "{err}");
+    let made: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(made["state"], "protected", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["vault_sat"], 15_000_000, "{status}");
+    assert_eq!(status["vaults"][0]["policy_version"], 2, "{status}");
 }
 
 #[test]
@@ -1795,7 +1862,7 @@ fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_re
     // An allowance payment rejected: nothing sent; approved, it goes.
     let got = json(&dir, &["receive", "--allowance"], &[REAL]);
     let hot: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
-    payer.pay(&s.node.rpc, 1, hot.script_pubkey(), Amount::from_sat(300_000));
+    payer.pay(&s.node.rpc, 2, hot.script_pubkey(), Amount::from_sat(300_000));
     mine(&s.node.rpc, 1, &payer.address());
     says(Answer::Reject);
     let (ok, _, err) = vigil(&dir, &["spend", &to, "0.001"], &[REAL]);
@@ -1846,7 +1913,7 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
         .parse::<Address<_>>()
         .unwrap()
         .assume_checked();
-    payer.pay(&s.node.rpc, 1, hot.script_pubkey(), Amount::from_sat(500_000));
+    payer.pay(&s.node.rpc, 2, hot.script_pubkey(), Amount::from_sat(500_000));
     mine(&s.node.rpc, 1, &payer.address());
     json(&dir, &["status"], &[REAL]);
     // The same spend asked under each code: what the computer says, and every page the device

@@ -323,24 +323,58 @@ fn say_what_to_check(session: &Session, psbt: &Psbt, paid: String) {
 }
 
 /// The vault's funding signed on the device: the holder checks on its screen the amount going
-/// to the new vault, the change back to the intake and the fee. The caller checks every
-/// signature against the policy before it goes on.
+/// to the new vault, the change back to the intake and the fee. Coins paid to an earlier
+/// policy version's intake address belong to that version's intake account: the device signs
+/// once per account (registering an earlier one first if it does not hold it). Every signature
+/// is checked here, and against the policy by the caller.
 pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow::Result<Psbt> {
-    let (w, ledger, mut record) = standing(session, "Vigil intake")?;
-    let wallet = to_wallet(&w);
+    let (_, ledger, mut record) = standing(session, "Vigil intake")?;
+    let state = session.dir.state()?;
+    // The policy version of each input's coin, today's first.
+    let mut versions = Vec::new();
+    for input in &funding.unsigned_tx.input {
+        let coin = state
+            .coins
+            .iter()
+            .find(|c| c.outpoint == input.previous_output)
+            .context("the funding spends a coin this wallet did not receive; nothing was done")?;
+        versions.push(session.policies.version(coin.policy_version)?.policy().version);
+    }
+    let today = session.current().policy().version;
+    versions.sort_by_key(|v| (*v != today, *v));
+    versions.dedup();
     let vault_address = Address::from_script(&funding.unsigned_tx.output[0].script_pubkey, session.network)
         .map(|a| a.to_string())
         .unwrap_or_default();
     let again = "Nothing was moved. The vault under way waits 10 minutes for your signature: `vigil vault \
                  --resume` shows it on the device again.";
-    with_registration(session, &ledger, &mut record, &w, session.current().policy(), again, |r| {
-        say_what_to_check(
-            session,
-            funding,
-            format!("{} to {vault_address} (your new vault)", btc(amount.to_sat())),
-        );
-        ledger.sign(funding, &wallet, Some(r))
-    })
+    let mut signed = funding.clone();
+    for (n, version) in versions.iter().enumerate() {
+        let compiled = session.policies.version(Some(*version))?;
+        let w = standing_wallet(compiled, "Vigil intake")?;
+        let out = with_registration(session, &ledger, &mut record, &w, compiled.policy(), again, |r| {
+            if versions.len() > 1 {
+                say(&format!(
+                    "Your coins belong to {} accounts on your Ledger, signed one after the other ({} of {}); \
+                     it may warn of inputs it does not sign this time: continue.",
+                    versions.len(),
+                    n + 1,
+                    versions.len()
+                ));
+            }
+            say_what_to_check(
+                session,
+                funding,
+                format!("{} to {vault_address} (your new vault)", btc(amount.to_sat())),
+            );
+            ledger.sign(funding, &to_wallet(&w), Some(r))
+        })?;
+        for (mine, theirs) in signed.inputs.iter_mut().zip(out.inputs) {
+            mine.tap_script_sigs.extend(theirs.tap_script_sigs);
+        }
+    }
+    checked_signatures(&signed, &record.fingerprint)?;
+    Ok(signed)
 }
 
 /// The allowance payment `psbt` of `amount` to `destination` signed on the wallet's device,
