@@ -799,12 +799,7 @@ fn small_spends_leave_the_allowance_at_once_under_either_code_and_large_ones_tak
     );
 
     // Above its limit the allowance hands out no address.
-    let address: Address = json(&dir, &["receive", "--allowance"], &[REAL])["address"]
-        .as_str()
-        .unwrap()
-        .parse::<Address<_>>()
-        .unwrap()
-        .assume_checked();
+    let address = address_from(&dir, &["receive", "--allowance"]);
     payer.pay(&s.node.rpc, 4, address.script_pubkey(), Amount::from_sat(limit));
     mine(&s.node.rpc, 1, &payer.address());
     let (ok, _, err) = vigil(&dir, &["receive", "--allowance"], &[REAL]);
@@ -819,8 +814,7 @@ fn the_wallet_vaults_and_spends_the_same_on_a_real_bitcoind() {
     let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
     assert_eq!(made["state"], "protected", "{made}");
     mine(&s.node.rpc, 1, &payer.address());
-    let got = json(&dir, &["receive", "--allowance"], &[REAL]);
-    let address: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    let address = address_from(&dir, &["receive", "--allowance"]);
     payer.pay(&s.node.rpc, 2, address.script_pubkey(), Amount::from_sat(300_000));
     mine(&s.node.rpc, 1, &payer.address());
     let to = Wallet::new().address();
@@ -846,8 +840,7 @@ fn the_wallet_vaults_and_spends_the_same_over_electrum() {
     let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
     assert_eq!(made["state"], "protected", "{made}");
     s.mine(1, &payer.address());
-    let got = json(&dir, &["receive", "--allowance"], &[REAL]);
-    let address: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    let address = address_from(&dir, &["receive", "--allowance"]);
     payer.pay(&s.node.rpc, 2, address.script_pubkey(), Amount::from_sat(300_000));
     s.mine(1, &payer.address());
     let status = json(&dir, &["status"], &[REAL]);
@@ -1207,6 +1200,29 @@ fn a_vault_and_its_spend_signed_elsewhere_come_back_checked_and_go_on() {
     assert_eq!(went[0]["progress"]["stage"], "unlocking", "{went}");
 }
 
+/// Every guardian (keys in `guardian_keys`, their copy of the policy put in `keys`) signs
+/// version 2 of the wallet's policy: a longer DELAY and T_RECOVER, which change the scripts of
+/// new vaults and intake addresses. Returns version 1's text and the height it applies at.
+fn guardians_sign_version_2(dir: &Path, keys: &Path, guardian_keys: &[std::path::PathBuf]) -> (String, u32) {
+    let policy = keys.join("policy.toml");
+    std::fs::copy(dir.join("policy.toml"), &policy).unwrap();
+    let v1 = std::fs::read_to_string(&policy).unwrap();
+    let v2 = v1
+        .replacen("version = 1", "version = 2", 1)
+        .replacen("unvault = 10", "unvault = 13", 1)
+        .replacen("recovery = 40", "recovery = 44", 1);
+    assert!(v2.contains("unvault = 13") && v2.contains("recovery = 44"), "{v2}");
+    let proposal = keys.join("v2.toml");
+    std::fs::write(&proposal, &v2).unwrap();
+    let mut effective = 0;
+    for key in guardian_keys {
+        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
+    }
+    (v1, effective)
+}
+
 #[test]
 fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_version() {
     use base64::Engine as _;
@@ -1220,23 +1236,7 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
 
     // The guardians' quorum signs version 2: a longer DELAY and T_RECOVER, which change the
     // scripts of new vaults and intake addresses, so it waits the governance delay.
-    // The guardians' copy of the policy, beside their keys.
-    let policy = keys.path().join("policy.toml");
-    std::fs::copy(dir.join("policy.toml"), &policy).unwrap();
-    let v1 = std::fs::read_to_string(&policy).unwrap();
-    let v2 = v1
-        .replacen("version = 1", "version = 2", 1)
-        .replacen("unvault = 10", "unvault = 13", 1)
-        .replacen("recovery = 40", "recovery = 44", 1);
-    assert!(v2.contains("unvault = 13") && v2.contains("recovery = 44"), "{v2}");
-    let proposal = dir.parent().unwrap().join("v2.toml");
-    std::fs::write(&proposal, &v2).unwrap();
-    let mut effective = 0;
-    for key in &guardian_keys {
-        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
-        assert!(ok, "{err}");
-        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
-    }
+    let (v1, effective) = guardians_sign_version_2(&dir, keys.path(), &guardian_keys);
     let status = json(&dir, &["status"], &[REAL]);
     assert_eq!(status["policy_version"], 1, "{status}");
     assert_eq!(status["policy_waiting"]["version"], 2, "{status}");
@@ -1359,7 +1359,11 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
         "each coin waits its own version's T_RECOVER"
     );
     for key in &guardian_keys {
-        let (ok, _, err) = guardian(key, &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
+        let (ok, _, err) = guardian(
+            key,
+            &["sign-recovery", psbt.to_str().unwrap(), "--yes"],
+            Some(&keys.path().join("policy.toml")),
+        );
         assert!(ok, "{err}");
     }
     let sent = json(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[code]);
@@ -1405,23 +1409,44 @@ fn auto_approved() -> bool {
     std::env::var("LEDGER_APPROVE").as_deref() != Ok("off")
 }
 
+/// The address `vigil ARGS` (a `receive`) hands out.
+fn address_from(dir: &Path, args: &[&str]) -> Address {
+    let answer = json(dir, args, &[REAL]);
+    answer["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked()
+}
+
+/// A wallet made by `vigil init --signer ledger` on the emulated Ledger at `ledger`, with the
+/// services on `node` and `guardians`; the payer holds the first 120 blocks' coins.
+struct OnDevice {
+    s: Services,
+    _home: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    payer: Wallet,
+    /// What `vigil init` printed: its output, and the prompts and phrases on stderr.
+    init: (String, String),
+}
+
+fn on_device(node: Node, ledger: &str, guardians: &[String]) -> OnDevice {
+    let s = services_on(node, "", false);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("wallet");
+    let payer = Wallet::new();
+    mine(&s.node.rpc, 120, &payer.address());
+    let (ok, out, err) =
+        init_with_extra(&s, &dir, guardians, &["--signer", "ledger", "--signer-emulator", ledger]);
+    assert!(ok, "{err}");
+    OnDevice { s, _home: home, dir, payer, init: (out, err) }
+}
+
 #[test]
 fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults() {
     let Some(ledger) = emulated_ledger().filter(|_| auto_approved()) else {
         eprintln!("skipped: no emulated Ledger approving every prompt");
         return;
     };
-    let s = services("", false);
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("wallet");
-    let payer = Wallet::new();
-    mine(&s.node.rpc, 120, &payer.address());
     let (_keys, guardian_keys, guardians) = guardians_made_by_cli(2);
-
     // The vault key is the device's: the policy is format 2 and names its fingerprint.
-    let (ok, out, err) =
-        init_with_extra(&s, &dir, &guardians, &["--signer", "ledger", "--signer-emulator", &ledger]);
-    assert!(ok, "{err}");
+    let OnDevice { s, _home, dir, payer, init: (out, err) } = on_device(vigil_node(), &ledger, &guardians);
     assert!(out.contains("vigil signer register"), "{out}");
     let phrase = phrase_shown(&err);
     let policy = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
@@ -1609,8 +1634,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
 /// A payment from the allowance, which the device holds: its address, a payment to it (from
 /// the payer's coinbase at `coin`), then a small spend signed on the device and mined.
 fn allowance_spend_on_the_device(s: &Services, dir: &Path, payer: &Wallet, coin: u32) {
-    let got = json(dir, &["receive", "--allowance"], &[REAL]);
-    let address: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    let address = address_from(dir, &["receive", "--allowance"]);
     payer.pay(&s.node.rpc, coin, address.script_pubkey(), Amount::from_sat(300_000));
     s.mine(1, &payer.address());
     let to = Wallet::new().address();
@@ -1633,22 +1657,10 @@ fn with_a_ledger_the_wallet_vaults_and_spends_the_same_on_a_real_bitcoind() {
         return;
     };
     let Some(core) = vigil_testenv::process::bitcoind() else { return };
-    let s = services_on(core, "", false);
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("wallet");
-    let payer = Wallet::new();
-    mine(&s.node.rpc, 120, &payer.address());
     let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
-    let (ok, _, err) =
-        init_with_extra(&s, &dir, &guardians, &["--signer", "ledger", "--signer-emulator", &ledger]);
-    assert!(ok, "{err}");
+    let OnDevice { s, _home, dir, payer, .. } = on_device(core, &ledger, &guardians);
     json(&dir, &["signer", "register"], &[REAL]);
-    let address: Address = json(&dir, &["receive", "--on-device"], &[REAL])["address"]
-        .as_str()
-        .unwrap()
-        .parse::<Address<_>>()
-        .unwrap()
-        .assume_checked();
+    let address = address_from(&dir, &["receive", "--on-device"]);
     payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
     mine(&s.node.rpc, 1, &payer.address());
     // Every transaction the device signs goes through Bitcoin Core's mempool and into a block.
@@ -1669,46 +1681,19 @@ fn with_a_ledger_coins_of_an_earlier_policy_version_fund_a_vault_signed_once_per
         eprintln!("skipped: no emulated Ledger approving every prompt");
         return;
     };
-    let s = services("", false);
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("wallet");
-    let payer = Wallet::new();
-    mine(&s.node.rpc, 120, &payer.address());
     let (keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
-    let (ok, _, err) =
-        init_with_extra(&s, &dir, &xpubs, &["--signer", "ledger", "--signer-emulator", &ledger]);
-    assert!(ok, "{err}");
+    let OnDevice { s, _home, dir, payer, .. } = on_device(vigil_node(), &ledger, &xpubs);
     json(&dir, &["signer", "register"], &[REAL]);
     let pay_intake = |dir: &Path, coin: u32| {
-        let address: Address = json(dir, &["receive"], &[REAL])["address"]
-            .as_str()
-            .unwrap()
-            .parse::<Address<_>>()
-            .unwrap()
-            .assume_checked();
+        let address = address_from(dir, &["receive"]);
         payer.pay(&s.node.rpc, coin, address.script_pubkey(), Amount::from_sat(10_000_000));
         mine(&s.node.rpc, 1, &payer.address());
     };
     pay_intake(&dir, 1);
 
-    // The guardians' quorum changes the policy (a longer DELAY and T_RECOVER: new intake
-    // scripts); once it applies, a coin is paid to version 2's intake address too.
-    let policy = keys.path().join("policy.toml");
-    std::fs::copy(dir.join("policy.toml"), &policy).unwrap();
-    let v1 = std::fs::read_to_string(&policy).unwrap();
-    let v2 = v1
-        .replacen("version = 1", "version = 2", 1)
-        .replacen("unvault = 10", "unvault = 13", 1)
-        .replacen("recovery = 40", "recovery = 44", 1);
-    assert!(v2.contains("unvault = 13") && v2.contains("recovery = 44"), "{v2}");
-    let proposal = home.path().join("v2.toml");
-    std::fs::write(&proposal, &v2).unwrap();
-    let mut effective = 0;
-    for key in &guardian_keys {
-        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
-        assert!(ok, "{err}");
-        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
-    }
+    // The guardians' quorum changes the policy (new intake scripts); once it applies, a coin
+    // is paid to version 2's intake address too.
+    let (_, effective) = guardians_sign_version_2(&dir, keys.path(), &guardian_keys);
     let tip = s.node.rpc.tip().unwrap().height;
     mine(&s.node.rpc, effective - tip, &payer.address());
     assert_eq!(json(&dir, &["status"], &[REAL])["policy_version"], 2);
@@ -1768,12 +1753,7 @@ fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_re
     assert_eq!(record["registrations"], serde_json::json!({}), "{record}");
     says(Answer::Approve);
     json(&dir, &["signer", "register"], &[REAL]);
-    let address: Address = json(&dir, &["receive"], &[REAL])["address"]
-        .as_str()
-        .unwrap()
-        .parse::<Address<_>>()
-        .unwrap()
-        .assume_checked();
+    let address = address_from(&dir, &["receive"]);
     payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
     mine(&s.node.rpc, 1, &payer.address());
     let intake_sat = |dir: &Path| json(dir, &["status"], &[REAL])["intake_sat"].as_u64().unwrap();
@@ -1860,8 +1840,7 @@ fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_re
     assert_eq!(resumed[0]["progress"]["stage"], "unlocking", "{resumed}");
 
     // An allowance payment rejected: nothing sent; approved, it goes.
-    let got = json(&dir, &["receive", "--allowance"], &[REAL]);
-    let hot: Address = got["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    let hot = address_from(&dir, &["receive", "--allowance"]);
     payer.pay(&s.node.rpc, 2, hot.script_pubkey(), Amount::from_sat(300_000));
     mine(&s.node.rpc, 1, &payer.address());
     says(Answer::Reject);
@@ -1884,22 +1863,10 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
         return;
     };
     let api = std::env::var("LEDGER_SPECULOS_API").unwrap();
-    let s = services("", false);
-    let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("wallet");
-    let payer = Wallet::new();
-    mine(&s.node.rpc, 120, &payer.address());
     let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
-    let (ok, _, err) =
-        init_with_extra(&s, &dir, &guardians, &["--signer", "ledger", "--signer-emulator", &ledger]);
-    assert!(ok, "{err}");
+    let OnDevice { s, _home, dir, payer, .. } = on_device(vigil_node(), &ledger, &guardians);
     json(&dir, &["signer", "register"], &[REAL]);
-    let address: Address = json(&dir, &["receive"], &[REAL])["address"]
-        .as_str()
-        .unwrap()
-        .parse::<Address<_>>()
-        .unwrap()
-        .assume_checked();
+    let address = address_from(&dir, &["receive"]);
     payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
     mine(&s.node.rpc, 1, &payer.address());
     // Three vaults within the velocity limit: all three spends are the co-signer's alone.
@@ -1907,12 +1874,7 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
         json(&dir, &["vault", "0.03"], &[REAL]);
         mine(&s.node.rpc, 1, &payer.address());
     }
-    let hot: Address = json(&dir, &["receive", "--allowance"], &[REAL])["address"]
-        .as_str()
-        .unwrap()
-        .parse::<Address<_>>()
-        .unwrap()
-        .assume_checked();
+    let hot = address_from(&dir, &["receive", "--allowance"]);
     payer.pay(&s.node.rpc, 2, hot.script_pubkey(), Amount::from_sat(500_000));
     mine(&s.node.rpc, 1, &payer.address());
     json(&dir, &["status"], &[REAL]);
