@@ -1487,19 +1487,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
     let again = json(&dir, &["signer", "register"], &[REAL]);
     assert!(again["registered"].as_array().unwrap().iter().all(|r| r["new"] == false), "{again}");
-    // A kept registration the device no longer accepts (here the record was altered) is
-    // said and made again, the first time the device is asked for it.
-    let signer_file = dir.join("signer.json");
-    let kept = std::fs::read(&signer_file).unwrap();
-    let mut altered: Value = serde_json::from_slice(&kept).unwrap();
-    for (_, pair) in altered["registrations"].as_object_mut().unwrap() {
-        let hmac = pair[1].as_str().unwrap();
-        pair[1] = format!("{}{}", if hmac.starts_with('0') { "1" } else { "0" }, &hmac[1..]).into();
-    }
-    std::fs::write(&signer_file, serde_json::to_vec(&altered).unwrap()).unwrap();
-    let redone = vigil(&dir, &["signer", "register", "--json"], &[REAL]);
-    assert!(redone.0 && redone.2.matches("no longer accepts").count() == 2, "{}", redone.2);
-    assert_eq!(std::fs::read(&signer_file).unwrap(), kept, "the same registrations, made again");
+    let kept = std::fs::read(dir.join("signer.json")).unwrap();
     // The allowance is on the device too: its own single-key account.
     let record: Value = serde_json::from_slice(&kept).unwrap();
     assert!(
@@ -1522,6 +1510,23 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
         received["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
     payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
     mine(&s.node.rpc, 1, &payer.address());
+
+    // A kept registration the device does not accept (here the record was altered) is said
+    // and made again, the first time the device is asked for it: the intake's by a receive,
+    // R's by `signer register`.
+    let signer_file = dir.join("signer.json");
+    let mut altered: Value = serde_json::from_slice(&kept).unwrap();
+    for (_, pair) in altered["registrations"].as_object_mut().unwrap() {
+        let hmac = pair[1].as_str().unwrap();
+        pair[1] = format!("{}{}", if hmac.starts_with('0') { "1" } else { "0" }, &hmac[1..]).into();
+    }
+    std::fs::write(&signer_file, serde_json::to_vec(&altered).unwrap()).unwrap();
+    let refused = "does not accept this computer's record of its registration";
+    let (ok, _, err) = vigil(&dir, &["receive", "--on-device"], &[REAL]);
+    assert!(ok && err.matches(refused).count() == 1 && err.contains("\"Vigil intake\""), "{err}");
+    let (ok, _, err) = vigil(&dir, &["signer", "register", "--json"], &[REAL]);
+    assert!(ok && err.matches(refused).count() == 1 && err.contains("\"Vigil recovery\""), "{err}");
+    assert_eq!(std::fs::read(&signer_file).unwrap(), kept, "the same registrations, made again");
 
     // A vault: the funding is signed on the device (no phrase asked), each signature checked.
     let recording = screens("vault", review);
@@ -1634,7 +1639,14 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
 /// A payment from the allowance, which the device holds: its address, a payment to it (from
 /// the payer's coinbase at `coin`), then a small spend signed on the device and mined.
 fn allowance_spend_on_the_device(s: &Services, dir: &Path, payer: &Wallet, coin: u32) {
-    let address = address_from(dir, &["receive", "--allowance"]);
+    let (ok, out, err) = vigil(dir, &["receive", "--allowance", "--on-device", "--json"], &[REAL]);
+    assert!(ok && err.contains("Check that your Ledger shows exactly"), "{err}");
+    let address: Address = serde_json::from_str::<Value>(&out).unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .parse::<Address<_>>()
+        .unwrap()
+        .assume_checked();
     payer.pay(&s.node.rpc, coin, address.script_pubkey(), Amount::from_sat(300_000));
     s.mine(1, &payer.address());
     let to = Wallet::new().address();
@@ -1725,12 +1737,19 @@ fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_re
         return;
     };
     let api = std::env::var("LEDGER_SPECULOS_API").unwrap();
-    let answer = Arc::new(Mutex::new(Answer::Approve));
+    // The holder's answer to a registration, and to everything else.
+    let answer = Arc::new(Mutex::new((Answer::Approve, Answer::Approve)));
     let holder = {
         let answer = answer.clone();
-        Holder::start(&api, move |_| *answer.lock().unwrap())
+        Holder::start(&api, move |review| {
+            let (to_registration, to_others) = *answer.lock().unwrap();
+            match review.first() {
+                Some(p) if p.starts_with("Review account") => to_registration,
+                _ => to_others,
+            }
+        })
     };
-    let says = |a: Answer| *answer.lock().unwrap() = a;
+    let says = |a: Answer| *answer.lock().unwrap() = (a, a);
     let cable = Cable::new(device.parse().unwrap());
     let s = services("", false);
     let home = tempfile::tempdir().unwrap();
@@ -1825,16 +1844,26 @@ fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_re
     mine(&s.node.rpc, 1, &payer.address());
     assert_eq!(json(&dir, &["status"], &[REAL])["vault_sat"], 10_000_000);
 
-    // A vault spend rejected (the vault's account first, which the device registers before
-    // it signs): said, nothing asked of the co-signer; `spend --resume` shows it again.
-    says(Answer::Reject);
+    // A vault spend rejected: first the vault's account, which the device registers before it
+    // signs; then, the account approved, the signing. Each is said, nothing is asked of the
+    // co-signer (the spend has no request id), and `spend --resume` shows it again.
     let to = Wallet::new().address().to_string();
-    let (ok, _, err) = vigil(&dir, &["spend", &to, "0.01"], &[REAL]);
-    assert!(
-        !ok && err.contains("you rejected it on the device") && err.contains("Nothing was sent"),
-        "{err}"
-    );
-    assert!(err.contains("vigil spend --resume"), "{err}");
+    let rejected = |args: &[&str]| {
+        let (ok, _, err) = vigil(&dir, args, &[REAL]);
+        assert!(
+            !ok && err.contains("you rejected it on the device") && err.contains("Nothing was sent"),
+            "{err}"
+        );
+        assert!(err.contains("vigil spend --resume"), "{err}");
+        let state: Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+        assert_eq!(state["spends"][0]["id"], 0, "the co-signer was not asked: {}", state["spends"]);
+        err
+    };
+    says(Answer::Reject);
+    rejected(&["spend", &to, "0.01"]);
+    *answer.lock().unwrap() = (Answer::Approve, Answer::Reject);
+    let err = rejected(&["spend", "--resume"]);
+    assert!(err.contains("registers the account \"Vigil vault"), "{err}");
     says(Answer::Approve);
     let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
     assert_eq!(resumed[0]["progress"]["stage"], "unlocking", "{resumed}");
@@ -1923,5 +1952,7 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
     let duress = session(DURESS, "0.001");
     assert!(real.2.iter().any(|p| p.starts_with("Sign transaction")), "{:?}", real.2);
     assert!(real.0.contains("from your allowance"), "{}", real.0);
+    // The change goes back to the allowance's change branch: the device shows one payment.
+    assert_eq!(real.2.iter().filter(|p| p.starts_with("Amount")).count(), 1, "{:?}", real.2);
     assert_eq!((real.0, real.1, real.2), (duress.0, duress.1, duress.2), "the same for an allowance payment");
 }

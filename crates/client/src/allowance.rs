@@ -174,6 +174,13 @@ impl Allowance {
         Ok(tip)
     }
 
+    /// The next fresh address of the allowance and its index, not handed out yet
+    /// ([`Self::address`] hands it out).
+    pub fn next_address(&self) -> (u32, Address) {
+        let index = self.wallet.next_derivation_index(KeychainKind::External);
+        (index, self.wallet.peek_address(KeychainKind::External, index).address)
+    }
+
     /// A fresh address of the allowance.
     pub fn address(&mut self) -> Result<Address, AllowanceError> {
         let address = self.wallet.reveal_next_address(KeychainKind::External).address;

@@ -230,17 +230,21 @@ impl Signer for Ledger {
     fn address(
         &self,
         wallet: &Wallet,
-        registration: &Registration,
+        registration: Option<&Registration>,
         change: bool,
         index: u32,
         display: bool,
     ) -> Result<Address<NetworkUnchecked>, SignerError> {
         let policy = wallet_policy(wallet)?;
         let ask = |c: &BitcoinClient<&Via<'_>>| {
-            c.get_wallet_address(&policy, Some(&registration.hmac), change, index, display)
+            c.get_wallet_address(&policy, registration.map(|r| &r.hmac), change, index, display)
         };
         let answer = if display { self.call_holder(ask) } else { self.call(ask) };
-        registration_refused(answer)
+        if registration.is_some() {
+            registration_refused(answer)
+        } else {
+            answer
+        }
     }
 
     fn sign(

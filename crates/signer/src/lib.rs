@@ -55,13 +55,13 @@ pub trait Signer {
     /// Shows `wallet` to the holder and, once they approve it, registers it: the device then
     /// signs for it and shows its addresses. Waits on the holder.
     fn register(&self, wallet: &Wallet) -> Result<Registration, SignerError>;
-    /// The address of a registered `wallet` at `index` on its receive or change branch, as
-    /// the device computes it; `display` shows it on the screen for the holder to compare
-    /// (and waits on them).
+    /// The address of `wallet` (registered, or a single-key account with no registration) at
+    /// `index` on its receive or change branch, as the device computes it; `display` shows it
+    /// on the screen for the holder to compare (and waits on them).
     fn address(
         &self,
         wallet: &Wallet,
-        registration: &Registration,
+        registration: Option<&Registration>,
         change: bool,
         index: u32,
         display: bool,

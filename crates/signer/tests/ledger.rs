@@ -117,7 +117,11 @@ fn the_app_registers_every_output_an_owner_signs_for_and_derives_vigils_addresse
         // the same descriptors): intake and R addresses.
         let on_device = |change: bool, i: u32| {
             // The app shows testnet addresses on regtest: compare the scripts.
-            ledger.address(&wallet, &registration, change, i, false).unwrap().assume_checked().script_pubkey()
+            ledger
+                .address(&wallet, Some(&registration), change, i, false)
+                .unwrap()
+                .assume_checked()
+                .script_pubkey()
         };
         let ours = |descriptor: &str, i: u32| {
             let d = vigil_policy::miniscript::Descriptor::<vigil_policy::miniscript::DescriptorPublicKey>::from_str(
@@ -134,7 +138,7 @@ fn the_app_registers_every_output_an_owner_signs_for_and_derives_vigils_addresse
                 // named as such, so the wallet can register again.
                 let mut forged = registration;
                 forged.hmac[0] ^= 1;
-                let refused = ledger.address(&wallet, &forged, false, 0, false).unwrap_err();
+                let refused = ledger.address(&wallet, Some(&forged), false, 0, false).unwrap_err();
                 assert!(matches!(refused, SignerError::NotRegistered), "{refused:?}");
             }
             "Vigil recovery" => assert_eq!(on_device(false, 5), ours(&ranged.recovery, 5)),

@@ -367,7 +367,7 @@ async fn spend(State(page): State<Arc<OwnerPage>>, Extension(fields): Extension<
             return retry(e.to_string());
         }
         // A hardware signer signs in the terminal, where the command says what to check on it.
-        if session.dir.allowance_on_signer().ok().flatten().is_some() {
+        if session.dir.file(vigil_client::wallet::SIGNER_FILE).exists() {
             return retry("Your allowance and vaults are signed on your Ledger: send with `vigil spend ADDRESS AMOUNT` \
                           in a terminal, which tells you what to check on the device; nothing was sent."
                 .into());

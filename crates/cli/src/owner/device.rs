@@ -60,7 +60,10 @@ impl SignerRecord {
     /// The device's registration of `wallet`, if it registered it.
     fn registration(&self, wallet: &Wallet) -> Option<Registration> {
         let (id, hmac) = self.registrations.get(&digest(wallet))?;
-        Some(Registration { id: FromHex::from_hex(id).ok()?, hmac: FromHex::from_hex(hmac).ok()? })
+        let registration =
+            Registration { id: FromHex::from_hex(id).ok()?, hmac: FromHex::from_hex(hmac).ok()? };
+        // All zeroes is what the app reads as "no registration": none.
+        (registration.hmac != [0; 32]).then_some(registration)
     }
 }
 
@@ -127,19 +130,25 @@ pub fn owner_key(
     emulator: Option<SocketAddr>,
 ) -> anyhow::Result<(String, SignerRecord)> {
     let fingerprint = ledger.fingerprint()?;
-    let account = |path: DerivationPath| -> anyhow::Result<String> {
-        let xpub = ledger.xpub(&path)?;
-        let origin = path.to_string().trim_start_matches("m/").replace('\'', "h");
-        Ok(format!("[{fingerprint}/{origin}]{xpub}"))
-    };
     let record = SignerRecord {
         kind: "ledger".into(),
         fingerprint: fingerprint.to_string(),
         emulator,
         registrations: BTreeMap::new(),
-        allowance: Some(account(allowance_path(network))?),
+        allowance: Some(account_key(ledger, fingerprint, allowance_path(network))?),
     };
-    Ok((account(vault_key_path(network))?, record))
+    Ok((account_key(ledger, fingerprint, vault_key_path(network))?, record))
+}
+
+/// The device's account at `path`, as a descriptor names it: `[fp/path]xpub`.
+fn account_key(
+    ledger: &Ledger,
+    fingerprint: vigil_policy::bitcoin::bip32::Fingerprint,
+    path: DerivationPath,
+) -> anyhow::Result<String> {
+    let xpub = ledger.xpub(&path)?;
+    let origin = path.to_string().trim_start_matches("m/").replace('\'', "h");
+    Ok(format!("[{fingerprint}/{origin}]{xpub}"))
 }
 
 fn to_wallet(w: &WalletPolicy) -> Wallet {
@@ -221,7 +230,7 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
         let wallet = to_wallet(&w);
         // One the device holds already is left alone, once it shows it still accepts it.
         let kept = match record.registration(&wallet) {
-            Some(r) => match ledger.address(&wallet, &r, false, 0, false) {
+            Some(r) => match ledger.address(&wallet, Some(&r), false, 0, false) {
                 Err(SignerError::NotRegistered) => {
                     forget_refused(&session.dir, &mut record, &w)?;
                     false
@@ -279,7 +288,7 @@ pub fn ready_to_fund(session: &Session) -> anyhow::Result<()> {
     let wallet = to_wallet(&w);
     let again = "Nothing was done; run the same command again when ready.";
     with_registration(session, &ledger, &mut record, &w, session.current().policy(), again, |r| {
-        ledger.address(&wallet, r, false, 0, false)
+        ledger.address(&wallet, Some(r), false, 0, false)
     })
     .map(drop)
 }
@@ -289,11 +298,41 @@ pub fn ready_to_fund(session: &Session) -> anyhow::Result<()> {
 pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> anyhow::Result<()> {
     let (w, ledger, mut record) = standing(session, "Vigil intake")?;
     let wallet = to_wallet(&w);
-    let again = "Do not use the address until the device shows it.";
-    let (registration, computed) =
-        with_registration(session, &ledger, &mut record, &w, session.current().policy(), again, |r| {
-            Ok((*r, ledger.address(&wallet, r, false, index, false)?))
+    let registration =
+        with_registration(session, &ledger, &mut record, &w, session.current().policy(), DO_NOT_USE, |r| {
+            ledger.address(&wallet, Some(r), false, index, false).map(|_| *r)
         })?;
+    show_address(&ledger, &wallet, Some(&registration), index, address)
+}
+
+/// Shows the allowance address at `index` on the device, which holds the allowance `account`,
+/// for the holder to compare, after checking the device computes the same one.
+pub fn show_allowance_address(
+    session: &Session,
+    account: &str,
+    index: u32,
+    address: &Address,
+) -> anyhow::Result<()> {
+    let record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let ledger = connect_wallets(&record, session.network)?;
+    allowance_is_the_devices(&ledger, &record, account, session.network)?;
+    show_address(&ledger, &Wallet::single_key(account.to_owned()), None, index, address)
+}
+
+const DO_NOT_USE: &str = "Do not use the address until the device shows it.";
+
+/// Shows `address`, the receive address of `wallet` at `index`, on the device, once the device
+/// computed the same one.
+fn show_address(
+    ledger: &Ledger,
+    wallet: &Wallet,
+    registration: Option<&Registration>,
+    index: u32,
+    address: &Address,
+) -> anyhow::Result<()> {
+    let computed = ledger
+        .address(wallet, registration, false, index, false)
+        .map_err(|e| device_failed(e, DO_NOT_USE))?;
     if computed.assume_checked_ref().script_pubkey() != address.script_pubkey() {
         bail!(
             "your Ledger computes another address than this computer ({}): something on this computer is \
@@ -302,7 +341,28 @@ pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> 
         );
     }
     say(&format!("Check that your Ledger shows exactly {address} (it may write it with a testnet prefix), then confirm on it."));
-    ledger.address(&wallet, &registration, false, index, true).map_err(|e| device_failed(e, again))?;
+    ledger.address(wallet, registration, false, index, true).map_err(|e| device_failed(e, DO_NOT_USE))?;
+    Ok(())
+}
+
+/// Checks the allowance account the wallet's record names is the device's own: the record is
+/// a file on this computer.
+fn allowance_is_the_devices(
+    ledger: &Ledger,
+    record: &SignerRecord,
+    account: &str,
+    network: Network,
+) -> anyhow::Result<()> {
+    let fingerprint = ledger.fingerprint().map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
+    if account_key(ledger, fingerprint, allowance_path(network))? != account
+        || record.allowance.as_deref() != Some(account)
+    {
+        bail!(
+            "this computer's record of your allowance account (signer.json) is not your Ledger's: it was changed. \
+             Something on this computer may be tampered with: do not use its allowance addresses, and tell your \
+             guardians; nothing was done"
+        );
+    }
     Ok(())
 }
 
@@ -343,23 +403,30 @@ pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow
     let today = session.current().policy().version;
     versions.sort_by_key(|v| (*v != today, *v));
     versions.dedup();
+    // One signing per account: versions that left the intake's scripts alone share one.
+    let mut accounts: Vec<(WalletPolicy, &Policy)> = Vec::new();
+    for version in versions {
+        let compiled = session.policies.version(Some(version))?;
+        let w = standing_wallet(compiled, "Vigil intake")?;
+        if !accounts.iter().any(|(a, _)| *a == w) {
+            accounts.push((w, compiled.policy()));
+        }
+    }
     let vault_address = Address::from_script(&funding.unsigned_tx.output[0].script_pubkey, session.network)
         .map(|a| a.to_string())
         .unwrap_or_default();
     let again = "Nothing was moved. The vault under way waits 10 minutes for your signature: `vigil vault \
                  --resume` shows it on the device again.";
     let mut signed = funding.clone();
-    for (n, version) in versions.iter().enumerate() {
-        let compiled = session.policies.version(Some(*version))?;
-        let w = standing_wallet(compiled, "Vigil intake")?;
-        let out = with_registration(session, &ledger, &mut record, &w, compiled.policy(), again, |r| {
-            if versions.len() > 1 {
+    for (n, (w, policy)) in accounts.iter().enumerate() {
+        let out = with_registration(session, &ledger, &mut record, w, policy, again, |r| {
+            if accounts.len() > 1 {
                 say(&format!(
                     "Your coins belong to {} accounts on your Ledger, signed one after the other ({} of {}); \
                      it may warn of inputs it does not sign this time: continue.",
-                    versions.len(),
+                    accounts.len(),
                     n + 1,
-                    versions.len()
+                    accounts.len()
                 ));
             }
             say_what_to_check(
@@ -367,7 +434,7 @@ pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow
                 funding,
                 format!("{} to {vault_address} (your new vault)", btc(amount.to_sat())),
             );
-            ledger.sign(funding, &to_wallet(&w), Some(r))
+            ledger.sign(funding, &to_wallet(w), Some(r))
         })?;
         for (mine, theirs) in signed.inputs.iter_mut().zip(out.inputs) {
             mine.tap_script_sigs.extend(theirs.tap_script_sigs);
@@ -390,6 +457,7 @@ pub fn sign_allowance_payment(
 ) -> anyhow::Result<Psbt> {
     let record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
     let ledger = connect_wallets(&record, session.network)?;
+    allowance_is_the_devices(&ledger, &record, account, session.network)?;
     let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
     say("Sign on your Ledger. Check on its screen, then approve only if it says:");
     say(&format!("  {} to {destination}", btc(amount.to_sat())));
@@ -430,8 +498,9 @@ fn register_now(
 /// Forgets the kept registration of `w` the device refused, saying so.
 fn forget_refused(dir: &WalletDir, signer: &mut SignerRecord, w: &WalletPolicy) -> anyhow::Result<()> {
     say(&format!(
-        "Your Ledger no longer accepts this computer's record of its registration of \"{}\" (the record \
-         was changed or damaged, or the device was reset): it registers the account again.",
+        "Your Ledger does not accept this computer's record of its registration of \"{}\": the record \
+         (signer.json) was changed or damaged. If you did not do it, something on this computer may be \
+         tampered with: tell your guardians. The device registers the account again; check it as the first time.",
         w.name
     ));
     signer.registrations.remove(&digest(&to_wallet(w)));

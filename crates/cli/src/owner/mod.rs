@@ -68,9 +68,9 @@ pub struct ReceiveArgs {
     /// coins wait to be vaulted.
     #[arg(long)]
     allowance: bool,
-    /// Also show the address on the wallet's hardware signer, to compare: malware on this
-    /// computer cannot change what the device shows.
-    #[arg(long, conflicts_with = "allowance")]
+    /// Also show the address (an intake's, or the allowance's) on the wallet's hardware
+    /// signer, to compare: malware on this computer cannot change what the device shows.
+    #[arg(long)]
     on_device: bool,
 }
 
@@ -313,6 +313,14 @@ pub fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
                 btc(held.confirmed_sat + held.pending_sat),
                 btc(limit)
             );
+        }
+        if args.on_device {
+            let Some(account) = session.dir.allowance_on_signer()? else {
+                bail!("this wallet's allowance key is its recovery phrase, not a device: there is no device to show it on");
+            };
+            // Before it is handed out: an address the device did not confirm is not.
+            let (index, next) = allowance.next_address();
+            device::show_allowance_address(&session, &account, index, &next)?;
         }
         let address = allowance.address()?;
         if args.wallet.json {
