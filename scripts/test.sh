@@ -18,16 +18,17 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace
 # The emulator runs in a network namespace of its own with no route out: built above, the
-# tests run offline, one at a time (it serves one client).
+# tests run offline, one at a time (it serves one client). `--workspace` keeps the features
+# the build above resolved, so nothing is compiled again.
 ledger=../shared/ledger
 if [[ -x $ledger/with-ledger.sh ]]; then
   $ledger/setup.sh
   VIGIL_REQUIRE_LEDGER=1 $ledger/with-ledger.sh -- bash -c '
-    cargo test --locked --offline -p vigil-signer -p vigil-cli --test ledger --test signer -- --test-threads=1 &&
-    cargo test --locked --offline -p vigil-cli --test owner -- --test-threads=1 with_a_ledger'
+    cargo test --locked --offline --workspace --test ledger --test signer -- --test-threads=1 &&
+    cargo test --locked --offline --workspace --test owner -- --test-threads=1 with_a_ledger'
   # The holder played by the tests themselves: they approve, reject and unplug the device.
   LEDGER_APPROVE=off VIGIL_REQUIRE_LEDGER=1 $ledger/with-ledger.sh -- \
-    cargo test --locked --offline -p vigil-cli --test owner -- --test-threads=1 with_a_ledger
+    cargo test --locked --offline --workspace --test owner -- --test-threads=1 with_a_ledger
 else
   echo "test.sh: no emulated Ledger at $ledger: the hardware-signer tests were NOT run" >&2
 fi
