@@ -239,12 +239,7 @@ impl Signer for Ledger {
         let ask = |c: &BitcoinClient<&Via<'_>>| {
             c.get_wallet_address(&policy, registration.map(|r| &r.hmac), change, index, display)
         };
-        let answer = if display { self.call_holder(ask) } else { self.call(ask) };
-        if registration.is_some() {
-            registration_refused(answer)
-        } else {
-            answer
-        }
+        registration_refused(registration, if display { self.call_holder(ask) } else { self.call(ask) })
     }
 
     fn sign(
@@ -255,16 +250,21 @@ impl Signer for Ledger {
     ) -> Result<Psbt, SignerError> {
         let policy = wallet_policy(wallet)?;
         let answer = self.call_holder(|c| c.sign_psbt(psbt, &policy, registration.map(|r| &r.hmac)));
-        let given = if registration.is_some() { registration_refused(answer)? } else { answer? };
+        let given = registration_refused(registration, answer)?;
         with_signatures(psbt, given)
     }
 }
 
-/// An answer to a command given a registration, the app's refusal of that registration
+/// The answer to a command, the app's refusal of the `registration` it was given (if any)
 /// named as such.
-fn registration_refused<T>(answer: Result<T, SignerError>) -> Result<T, SignerError> {
+fn registration_refused<T>(
+    registration: Option<&Registration>,
+    answer: Result<T, SignerError>,
+) -> Result<T, SignerError> {
     match answer {
-        Err(SignerError::Status(BAD_REGISTRATION)) => Err(SignerError::NotRegistered),
+        Err(SignerError::Status(BAD_REGISTRATION)) if registration.is_some() => {
+            Err(SignerError::NotRegistered)
+        }
         other => other,
     }
 }

@@ -28,10 +28,10 @@ pub enum SignerError {
     /// The user pressed Reject on the device.
     #[error("you rejected it on the device")]
     Rejected,
-    /// The device no longer accepts the registration it was shown (it was reset or restored
-    /// from its seed, or the record kept of it was altered): the wallet must be registered
-    /// again.
-    #[error("the device no longer accepts its registration of this account")]
+    /// The device does not accept the registration it was shown: not one it made (a device
+    /// derives its registrations from its seed, so the record kept of it was altered). The
+    /// wallet must be registered again.
+    #[error("the device does not accept this record of its registration of the account")]
     NotRegistered,
     /// The device answered with an error status.
     #[error("the device refused the request (status {0:#06x})")]

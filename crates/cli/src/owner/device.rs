@@ -298,11 +298,11 @@ pub fn ready_to_fund(session: &Session) -> anyhow::Result<()> {
 pub fn show_intake_address(session: &Session, index: u32, address: &Address) -> anyhow::Result<()> {
     let (w, ledger, mut record) = standing(session, "Vigil intake")?;
     let wallet = to_wallet(&w);
-    let registration =
+    let (registration, computed) =
         with_registration(session, &ledger, &mut record, &w, session.current().policy(), DO_NOT_USE, |r| {
-            ledger.address(&wallet, Some(r), false, index, false).map(|_| *r)
+            Ok((*r, ledger.address(&wallet, Some(r), false, index, false)?))
         })?;
-    show_address(&ledger, &wallet, Some(&registration), index, address)
+    show_address(&ledger, &wallet, Some(&registration), index, address, computed)
 }
 
 /// Shows the allowance address at `index` on the device, which holds the allowance `account`,
@@ -316,23 +316,24 @@ pub fn show_allowance_address(
     let record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
     let ledger = connect_wallets(&record, session.network)?;
     allowance_is_the_devices(&ledger, &record, account, session.network)?;
-    show_address(&ledger, &Wallet::single_key(account.to_owned()), None, index, address)
+    let wallet = Wallet::single_key(account.to_owned());
+    let computed =
+        ledger.address(&wallet, None, false, index, false).map_err(|e| device_failed(e, DO_NOT_USE))?;
+    show_address(&ledger, &wallet, None, index, address, computed)
 }
 
 const DO_NOT_USE: &str = "Do not use the address until the device shows it.";
 
-/// Shows `address`, the receive address of `wallet` at `index`, on the device, once the device
-/// computed the same one.
+/// Shows `address`, the receive address of `wallet` at `index`, on the device, once the address
+/// the device `computed` there is found to be the same.
 fn show_address(
     ledger: &Ledger,
     wallet: &Wallet,
     registration: Option<&Registration>,
     index: u32,
     address: &Address,
+    computed: Address<vigil_policy::bitcoin::address::NetworkUnchecked>,
 ) -> anyhow::Result<()> {
-    let computed = ledger
-        .address(wallet, registration, false, index, false)
-        .map_err(|e| device_failed(e, DO_NOT_USE))?;
     if computed.assume_checked_ref().script_pubkey() != address.script_pubkey() {
         bail!(
             "your Ledger computes another address than this computer ({}): something on this computer is \
@@ -353,7 +354,8 @@ fn allowance_is_the_devices(
     account: &str,
     network: Network,
 ) -> anyhow::Result<()> {
-    let fingerprint = ledger.fingerprint().map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
+    // The device's fingerprint is the record's: `connect_wallets` checked it.
+    let fingerprint = record.fingerprint.parse().context("signer.json is damaged")?;
     if account_key(ledger, fingerprint, allowance_path(network))? != account
         || record.allowance.as_deref() != Some(account)
     {
@@ -509,7 +511,7 @@ fn forget_refused(dir: &WalletDir, signer: &mut SignerRecord, w: &WalletPolicy) 
 
 /// `ask` of the device with its registration of `w`, made first if the device does not hold
 /// it yet (a vault's own account, or an account of an earlier policy version); a registration
-/// the device no longer accepts is made again, said, and `ask` asked once more.
+/// the device does not accept is made again, said, and `ask` asked once more.
 fn with_registration<T>(
     session: &Session,
     ledger: &Ledger,
