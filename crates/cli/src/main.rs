@@ -269,8 +269,8 @@ fn cosigner(config: Option<&Path>, command: Option<CosignerCommand>) -> anyhow::
         }
         Some(CosignerCommand::Token) => {
             std::fs::create_dir_all(&config.datadir)?;
-            let mut store = vigil_cosigner::open_store(&config)?;
-            let token = vigil_cosigner::Cosigner::issue_token(&mut *store)?;
+            let store = vigil_cosigner::open_store(&config)?;
+            let token = vigil_cosigner::Cosigner::issue_token(&*store)?;
             println!("{token}");
         }
     }

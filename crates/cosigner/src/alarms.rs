@@ -1,7 +1,7 @@
 //! Alarm delivery: every alarm is in the outbox, committed with the event that raised it;
-//! each sink (a webhook, the mail relay) has its own thread and store connection, so a dead
-//! one delays no other, and an alarm leaves a sink's queue only once that sink accepted it
-//! (a 2xx, or the relay's 250). Nothing is lost across restarts: delivery resumes from the
+//! each sink (a webhook, the mail relay) has its own thread, so a dead one delays no other,
+//! and an alarm leaves a sink's queue only once that sink accepted it (a 2xx, or the
+//! relay's 250). Nothing is lost across restarts: delivery resumes from the
 //! outbox, with backoff while a sink is down.
 
 use std::time::Duration;
@@ -11,7 +11,11 @@ use crate::service::ClientRecord;
 use crate::store::{kind, Store};
 
 /// Delivers the outbox to `url` forever (call on a thread of its own).
-pub fn deliver(url: String, mut store: Box<dyn Store>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+pub fn deliver(
+    url: String,
+    store: std::sync::Arc<dyn Store>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(200);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let pending = match store.undelivered(&url, 50) {
@@ -55,7 +59,7 @@ pub const EMAIL_SINK: &str = "smtp";
 /// E-mails every alarm to its client's guardians' addresses, forever (a thread of its own).
 pub fn deliver_email(
     smtp: SmtpConfig,
-    mut store: Box<dyn Store>,
+    store: std::sync::Arc<dyn Store>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use lettre::Transport;
@@ -74,7 +78,7 @@ pub fn deliver_email(
             continue;
         }
         for alarm in pending {
-            let message = match email(&smtp, &mut *store, &alarm.body) {
+            let message = match email(&smtp, &*store, &alarm.body) {
                 Ok(Some(m)) => m,
                 // No address for this client: nothing to send.
                 Ok(None) => {
@@ -121,7 +125,7 @@ fn mailer(smtp: &SmtpConfig) -> Result<lettre::SmtpTransport, String> {
 }
 
 /// The e-mail of an outbox alarm, to its client's guardians; `None` when it has no address.
-fn email(smtp: &SmtpConfig, store: &mut dyn Store, body: &str) -> Result<Option<lettre::Message>, String> {
+fn email(smtp: &SmtpConfig, store: &dyn Store, body: &str) -> Result<Option<lettre::Message>, String> {
     let alarm: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
     let client_id = alarm["client"].as_str().unwrap_or_default();
     let Some(text) = store.get(kind::CLIENT, client_id).map_err(|e| e.to_string())? else { return Ok(None) };

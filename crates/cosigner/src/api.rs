@@ -1,5 +1,5 @@
 //! The HTTP edge: reads the credentials, hands the request to the domain on a blocking thread
-//! (decisions take the store's lock and may reach the chain and the towers), and turns a
+//! (decisions take their client's lock and may reach the chain and the towers), and turns a
 //! [`Refusal`] into a 4xx naming the problem.
 
 use std::sync::Arc;

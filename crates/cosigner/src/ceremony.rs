@@ -121,7 +121,7 @@ fn bad(m: impl Into<String>) -> Refusal {
 
 /// A stored vault.
 pub(crate) fn vault_record(
-    store: &mut dyn crate::store::Store,
+    store: &dyn crate::store::Store,
     outpoint: &str,
 ) -> Result<Option<VaultRecord>, Refusal> {
     store
@@ -164,7 +164,8 @@ impl Cosigner {
         }
         let mut coins = Vec::new();
         {
-            let mut store = self.store();
+            // Read only: complete_vault commits under preconditions on all of these.
+            let store = self.store();
             if store.get(kind::VAULT_INDEX, &format!("{}/{}", caller.client.id, r.index))?.is_some() {
                 return Err(Refusal::Conflict(format!(
                     "index: vault {} of this client exists already",
@@ -231,8 +232,10 @@ impl Cosigner {
                 .collect(),
         };
         // The nonce is consumed with nothing else: the ceremony itself lives in RAM.
-        let batch = Self::consume_nonce(&mut **self.store(), &caller.key, req)?;
-        self.store().commit(&batch)?;
+        {
+            let _deciding = self.decide(&caller.client.id);
+            self.store().commit(&Self::consume_nonce(self.store(), &caller.key, req)?)?;
+        }
         let mut open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, c| c.started.elapsed() < CEREMONY_TTL);
         if open.values().filter(|c| c.client == caller.client.id).count() >= MAX_OPEN_CEREMONIES {
@@ -275,13 +278,15 @@ impl Cosigner {
         // Already committed (the answer was lost, or a tower was missing): carry on with it.
         // The canonical spelling names it everywhere (store, towers' acknowledgements).
         let vault_key = outpoint.to_string();
-        let existing = vault_record(&mut **self.store(), &vault_key)?;
+        let existing = vault_record(self.store(), &vault_key)?;
         if let Some(v) = existing {
             if v.client != caller.client.id {
                 return Err(Refusal::NotFound(format!("no vault {outpoint} of this client")));
             }
-            let batch = Self::consume_nonce(&mut **self.store(), &caller.key, req)?;
-            self.store().commit(&batch)?;
+            {
+                let _deciding = self.decide(&caller.client.id);
+                self.store().commit(&Self::consume_nonce(self.store(), &caller.key, req)?)?;
+            }
             return self.register_with_towers(&caller.client.id, &vault_key);
         }
         let open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
@@ -349,8 +354,10 @@ impl Cosigner {
             policy_id: ceremony.policy_id.clone(),
             once_xpubs: ceremony.once_xpubs.clone(),
         };
-        let mut store = self.store();
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        // The ceremonies' lock, then the client's (never the other way round).
+        let deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         for coin in ceremony.coins.iter().map(|c| c.outpoint) {
             batch.expect(kind::INTAKE, coin.to_string(), None).put(
                 kind::INTAKE,
@@ -365,7 +372,7 @@ impl Cosigner {
             .expect(kind::VAULT, vault_key.clone(), None)
             .put(kind::VAULT, vault_key.clone(), serde_json::to_string(&record).expect("json"));
         store.commit(&batch)?;
-        drop(store);
+        drop(deciding);
         drop(open);
         tracing::info!(client = %caller.client.id, vault = %outpoint, "vault signed; registering with towers");
         self.register_with_towers(&caller.client.id, &vault_key)
@@ -374,12 +381,8 @@ impl Cosigner {
     /// Registers a committed vault with every tower that has not acknowledged it; once all
     /// have, drops the ceremony's one-time key and marks it protected (its funding released).
     pub fn register_with_towers(&self, client_id: &str, outpoint: &str) -> Result<VaultStatus, Refusal> {
-        let (record, client) = {
-            let mut store = self.store();
-            let record = vault_record(&mut **store, outpoint)?.ok_or(Refusal::Internal)?;
-            let client = Self::client(&mut **store, client_id)?.ok_or(Refusal::Internal)?;
-            (record, client)
-        };
+        let record = vault_record(self.store(), outpoint)?.ok_or(Refusal::Internal)?;
+        let client = Self::client(self.store(), client_id)?.ok_or(Refusal::Internal)?;
         if record.state == "protected" {
             return Ok(status(outpoint, &record));
         }
@@ -408,8 +411,9 @@ impl Cosigner {
             Some(&missing),
         );
         let all = reports.iter().all(|t| t.acknowledged);
-        let mut store = self.store();
-        let mut latest = vault_record(&mut **store, outpoint)?.ok_or(Refusal::Internal)?;
+        let deciding = self.decide(client_id);
+        let store = self.store();
+        let mut latest = vault_record(store, outpoint)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&latest).expect("json");
         latest.towers = reports;
         let first_attempt = latest.towers.is_empty();
@@ -431,7 +435,7 @@ impl Cosigner {
             serde_json::to_string(&latest).expect("json"),
         );
         store.commit(&batch)?;
-        drop(store);
+        drop(deciding);
         if all {
             // DESIGN §4's order: the towers hold the graph; now the one-time key goes.
             if let Ok(op) = OutPoint::from_str(outpoint) {
@@ -454,16 +458,20 @@ impl Cosigner {
     /// (towers take gaps).
     pub(crate) fn tower_nonces(&self, client: &str, n: u64) -> Result<u64, Refusal> {
         const BLOCK: u64 = 4096;
-        let mut reserved = self.tower_nonce_blocks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((next, end)) = reserved.get_mut(client) {
-            if *next + n <= *end {
-                let start = *next;
-                *next += n;
-                return Ok(start);
+        {
+            let mut reserved = self.tower_nonce_blocks.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((next, end)) = reserved.get_mut(client) {
+                if *next + n <= *end {
+                    let start = *next;
+                    *next += n;
+                    return Ok(start);
+                }
             }
         }
-        let mut store = self.store();
-        let mut record: ClientRecord = Self::client(&mut **store, client)?.ok_or(Refusal::Internal)?;
+        // A new block: only this client's towers' lock is held while it is committed.
+        let _deciding = self.decide(client);
+        let store = self.store();
+        let mut record: ClientRecord = Self::client(store, client)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&record).expect("json");
         // Never below the clock (as the parties' counters): a store restored from an older
         // backup would otherwise repeat nonces the towers have seen, and its orders would be
@@ -477,13 +485,14 @@ impl Cosigner {
             serde_json::to_string(&record).expect("json"),
         );
         store.commit(&batch)?;
+        let mut reserved = self.tower_nonce_blocks.lock().unwrap_or_else(|p| p.into_inner());
         reserved.insert(client.to_owned(), (start + n, record.tower_nonce));
         Ok(start)
     }
 
     /// `GET /v1/vaults/{outpoint}`.
     pub fn vault_status(&self, caller: &Caller, outpoint: &str) -> Result<VaultStatus, Refusal> {
-        match vault_record(&mut **self.store(), outpoint)? {
+        match vault_record(self.store(), outpoint)? {
             Some(v) if v.client == caller.client.id => Ok(status(outpoint, &v)),
             _ => Err(Refusal::NotFound(format!("no vault {outpoint} of this client"))),
         }

@@ -29,7 +29,7 @@ fn bad(m: impl Into<String>) -> Refusal {
 /// stored there and `given`, each verified and from a guardian of `policy`, one per guardian.
 /// Returns them, how many guardians signed, and the record as it was (for the batch).
 pub(crate) fn gather(
-    store: &mut dyn Store,
+    store: &dyn Store,
     policy: &Policy,
     record: (&'static str, &str),
     digest: &vigil_policy::bitcoin::secp256k1::Message,
@@ -77,10 +77,11 @@ impl Cosigner {
             )));
         }
         let tip = self.tip()?;
-        let mut store = self.store();
-        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         if tip + blocks > client.lockdown_until {
             client.lockdown_until = tip + blocks;
             client.new_lockdown_epoch();
@@ -92,7 +93,7 @@ impl Cosigner {
         // Its end as it holds here (a lift counted): a shorter lockdown asked while a lifted one
         // runs must not lock the towers again past the lift.
         Self::queue_order(
-            &mut **store,
+            store,
             &mut batch,
             &client.id,
             lockdown_order(&client.id, client.plain_end(), false),
@@ -114,7 +115,7 @@ impl Cosigner {
             ));
         }
         store.commit(&batch)?;
-        drop(store);
+        drop(deciding);
         self.push_soon(client.id.clone());
         Ok(LockdownStatus { until_height: client.plain_end() })
     }
@@ -130,8 +131,9 @@ impl Cosigner {
         caller.guardian()?;
         let r = &req.request;
         let tip = self.tip()?;
-        let mut store = self.store();
-        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         if !client.locked(tip) && !client.under_duress(tip) {
             return Err(Refusal::Conflict("the client is not locked down".into()));
         }
@@ -179,7 +181,7 @@ impl Cosigner {
             })
             .ok_or_else(|| bad("signature: does not verify over this client, heights and your key"))?;
         let before = serde_json::to_string(&client).expect("json");
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         let me = caller.key.to_string();
         client.lift_proposed = r.lift_at_height;
         if !client.lift_votes.iter().any(|v| v.key == me) {
@@ -209,12 +211,7 @@ impl Cosigner {
                 signatures: client.lift_votes.clone(),
             };
             let subject = format!("lockdown lift {} {}", client.id, client.lift_at);
-            Self::queue_order(
-                &mut **store,
-                &mut batch,
-                &client.id,
-                order_of("/v1/lockdown/lift", &order, subject),
-            )?;
+            Self::queue_order(store, &mut batch, &client.id, order_of("/v1/lockdown/lift", &order, subject))?;
         }
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
             kind::CLIENT,
@@ -222,7 +219,7 @@ impl Cosigner {
             serde_json::to_string(&client).expect("json"),
         );
         store.commit(&batch)?;
-        drop(store);
+        drop(deciding);
         self.push_soon(client.id.clone());
         Ok(LockdownStatus { until_height: client.plain_end().max(client.duress_end()) })
     }
@@ -242,10 +239,11 @@ impl Cosigner {
         let key = wire::heartbeat_key(&self.keys.auth_keypair(caller.client.account), &caller.key);
         let token = wire::open_heartbeat(&key, &sealed).map(|t| wire::token_hash(&t));
         let tip = self.tip()?;
-        let mut store = self.store();
-        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         if token.as_ref().is_some_and(|t| *t == client.heartbeat_real || *t == client.heartbeat_duress) {
             client.last_heartbeat = crate::service::now();
         }
@@ -259,7 +257,7 @@ impl Cosigner {
                     client.new_duress_epoch();
                 }
                 Self::queue_order(
-                    &mut **store,
+                    store,
                     &mut batch,
                     &client.id,
                     lockdown_order(&client.id, client.duress_until, true),
@@ -288,7 +286,7 @@ impl Cosigner {
             serde_json::to_string(&client).expect("json"),
         );
         store.commit(&batch)?;
-        drop(store);
+        drop(deciding);
         // The quiet lockdown goes to the towers now, not at the next background pass: an
         // unvault the captor makes the owner send right after must meet it.
         if duress {
@@ -327,18 +325,14 @@ impl Cosigner {
         // The votes are kept under the panic's terms: another window is another panic.
         let votes_id = format!("{}/{}/{}", caller.client.id, p.panic.id, p.panic.not_after_height);
         let relayed = {
-            let mut store = self.store();
+            let _deciding = self.decide(&caller.client.id);
+            let store = self.store();
             if store.get(kind::PANIC, &p.panic.id)?.is_some() {
                 return Err(Refusal::Conflict(format!("panic {} was already relayed", p.panic.id)));
             }
-            let (signatures, count, before) = gather(
-                &mut **store,
-                policy,
-                (kind::PANIC_VOTES, &votes_id),
-                &p.panic.digest(),
-                &p.signatures,
-            )?;
-            let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+            let (signatures, count, before) =
+                gather(store, policy, (kind::PANIC_VOTES, &votes_id), &p.panic.digest(), &p.signatures)?;
+            let mut batch = Self::consume_nonce(store, &caller.key, req)?;
             batch.expect(kind::PANIC_VOTES, votes_id.clone(), before);
             if count < needed {
                 batch
@@ -357,7 +351,7 @@ impl Cosigner {
             }
             let order = vigil_tower::wire::PanicRequest { nonce: 0, panic: p.panic.clone(), signatures };
             Self::queue_order(
-                &mut **store,
+                store,
                 &mut batch,
                 &caller.client.id,
                 order_of("/v1/panic", &order, format!("panic {}", p.panic.id)),
@@ -498,8 +492,9 @@ impl Cosigner {
             psbt.inputs[i].sighash_type = None;
             psbt.inputs[i].bip32_derivation.clear();
         }
-        let mut store = self.store();
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let _deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         let kept: Vec<_> =
             psbt.inputs.iter_mut().map(|i| (i.tap_internal_key.take(), i.tap_merkle_root.take())).collect();
         self.keys.sign_psbt(caller.client.account, &mut psbt);
@@ -595,10 +590,11 @@ impl Cosigner {
             return Err(bad("heartbeat_real and heartbeat_duress must differ"));
         }
         let tip = self.tip()?;
-        let mut store = self.store();
-        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let _deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         client.heartbeat_real = r.heartbeat_real.clone();
         client.heartbeat_duress = r.heartbeat_duress.clone();
         client.restore_unconfirmed = true;
@@ -607,7 +603,7 @@ impl Cosigner {
         client.restored_at_height = tip;
         let mut vaults = Vec::new();
         for (_, outpoint) in store.list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
-            if let Some(v) = crate::ceremony::vault_record(&mut **store, &outpoint)? {
+            if let Some(v) = crate::ceremony::vault_record(store, &outpoint)? {
                 vaults.push(wire::RestoredVault {
                     vault: v.registration.vault.clone(),
                     funding: (v.state == "protected").then(|| v.funding.clone()),
@@ -646,8 +642,9 @@ impl Cosigner {
     ) -> Result<wire::RestoreConfirmation, Refusal> {
         let g = caller.guardian()?;
         let needed = caller.policy().guardians.threshold;
-        let mut store = self.store();
-        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let _deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
         if !client.restore_unconfirmed {
             return Err(Refusal::Conflict("no restore of the owner's wallet waits for confirmation".into()));
@@ -677,7 +674,7 @@ impl Cosigner {
         if again && confirmations < needed {
             return Err(Refusal::Conflict("you confirmed this restore already".into()));
         }
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         if confirmations >= needed {
             client.restore_unconfirmed = false;
             batch.alarm(alarm(
@@ -724,7 +721,7 @@ impl Cosigner {
     /// `GET /v1/restore`: the last restore, for a guardian about to confirm it.
     pub fn restore_state(&self, caller: &Caller) -> Result<wire::RestoreState, Refusal> {
         caller.guardian()?;
-        let client = Self::client(&mut **self.store(), &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let client = Self::client(self.store(), &caller.client.id)?.ok_or(Refusal::Internal)?;
         let current = current_guardians(caller);
         Ok(wire::RestoreState {
             restore: client.restores,

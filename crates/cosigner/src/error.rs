@@ -44,6 +44,9 @@ pub enum StoreError {
     /// A stored record does not parse.
     #[error("a stored record does not parse: {0}")]
     Corrupt(String),
+    /// The store cannot take writes (its writer stopped, or a group's commit failed).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for Refusal {

@@ -67,8 +67,9 @@ impl Cosigner {
         // judged by the policy then applied, and recorded as signed at it. A party following
         // the recorded chain applies the same rule (`vigil_client::policy_chain`).
         let tip = self.tip()?;
-        let mut store = self.store();
-        let mut client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
         client.apply_due(tip);
         let current = &Policy::from_toml(&client.policy).map_err(|_| Refusal::Internal)?;
@@ -105,7 +106,7 @@ impl Cosigner {
         let votes_id = format!("{}/{}", client.id, vigil_tower::policy_id(&r.policy));
         let digest = policy_change_digest(&caller.client.id, &r.policy);
         let (signatures, count, votes_before) = crate::emergency::gather(
-            &mut **store,
+            store,
             current,
             (kind::POLICY_VOTES, &votes_id),
             &digest,
@@ -117,7 +118,7 @@ impl Cosigner {
                 "the client is locked down: only a change that tightens the policy is taken".into(),
             ));
         }
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         batch.expect(kind::POLICY_VOTES, votes_id.clone(), votes_before);
         if count < needed {
             batch.put(kind::POLICY_VOTES, votes_id, serde_json::to_string(&signatures).expect("json")).alarm(
@@ -170,7 +171,7 @@ impl Cosigner {
             ChangePolicy { nonce: 0, policy_id: client.id.clone(), policy: r.policy.clone(), signatures };
         let subject = format!("policy {} version {version} at *", client.id);
         Self::queue_order(
-            &mut **store,
+            store,
             &mut batch,
             &client.id,
             TowerOrder {
@@ -189,7 +190,7 @@ impl Cosigner {
             serde_json::to_string(&client).expect("json"),
         );
         store.commit(&batch)?;
-        drop(store);
+        drop(deciding);
         let towers = self.push_orders(&client.id)?;
         Ok(PolicyChangeStatus { approvals: count, needed, version, effective_height, towers })
     }
@@ -208,10 +209,20 @@ impl Cosigner {
     /// apply their own client's on the way in).
     pub fn apply_due_changes(&self) {
         let Ok(tip) = self.tip() else { return };
-        let mut store = self.store();
-        let Ok(all) = store.list(kind::CLIENT, "") else { return };
-        for (id, body) in all {
-            let Ok(mut client) = serde_json::from_str::<ClientRecord>(&body) else { continue };
+        let Ok(all) = self.store().list(kind::CLIENT, "") else { return };
+        for (id, listed) in all {
+            let due = |body: &str| {
+                serde_json::from_str::<ClientRecord>(body)
+                    .ok()
+                    .filter(|c| c.pending_policy.as_ref().is_some_and(|p| p.effective_height <= tip))
+            };
+            if due(&listed).is_none() {
+                continue;
+            }
+            // Read again under the client's lock: a request may have changed it since.
+            let _deciding = self.decide(&id);
+            let Ok(Some(body)) = self.store().get(kind::CLIENT, &id) else { continue };
+            let Some(mut client) = due(&body) else { continue };
             if client.apply_due(tip) {
                 let mut batch = Batch::default();
                 batch
@@ -222,7 +233,7 @@ impl Cosigner {
                         "policy-applied",
                         format!("the waiting policy change of {id} applies from block {tip}"),
                     ));
-                if let Err(e) = store.commit(&batch) {
+                if let Err(e) = self.store().commit(&batch) {
                     tracing::error!(client = %id, error = %e, "cannot apply a policy change");
                 }
             }

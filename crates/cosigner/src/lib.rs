@@ -43,11 +43,11 @@ pub use service::Cosigner;
 use store::{PostgresStore, SqliteStore, Store};
 use vigil_tower::config::StoreConfig;
 
-/// Opens the store a configuration names (one connection).
-pub fn open_store(config: &CosignerConfig) -> Result<Box<dyn Store>, StoreError> {
+/// Opens the store a configuration names.
+pub fn open_store(config: &CosignerConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &config.store {
-        StoreConfig::Sqlite => Box::new(SqliteStore::open(&config.datadir.join("cosigner.sqlite"))?),
-        StoreConfig::Postgres { url, schema } => Box::new(PostgresStore::connect(url, schema)?),
+        StoreConfig::Sqlite => Arc::new(SqliteStore::open(&config.datadir.join("cosigner.sqlite"))?),
+        StoreConfig::Postgres { url, schema } => Arc::new(PostgresStore::connect(url, schema)?),
     })
 }
 
@@ -60,7 +60,7 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
     let (cosigner, sinks) = tokio::task::spawn_blocking(move || start(setup))
         .await
         .map_err(|e| CosignerError::Io(std::io::Error::other(e.to_string())))??;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = vigil_tower::api::listen(config.listen)?;
     let stop = Arc::new(AtomicBool::new(false));
     for (sink, store) in sinks {
         let stop = stop.clone();
@@ -92,8 +92,8 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
     Ok(())
 }
 
-/// An alarm sink's store connection: a webhook's URL, or `None` for e-mail.
-type Sink = (Option<String>, Box<dyn Store>);
+/// An alarm sink (a webhook's URL, or `None` for e-mail) and the store it reads.
+type Sink = (Option<String>, Arc<dyn Store>);
 
 /// Everything that blocks at start: the key unlocked, the stores opened, the chain asked.
 fn start(config: CosignerConfig) -> Result<(Arc<Cosigner>, Vec<Sink>), CosignerError> {
@@ -108,10 +108,10 @@ fn start(config: CosignerConfig) -> Result<(Arc<Cosigner>, Vec<Sink>), CosignerE
     let tip = chain.tip()?;
     let mut sinks = Vec::new();
     for url in &config.alarms.webhooks {
-        sinks.push((Some(url.clone()), open_store(&config)?));
+        sinks.push((Some(url.clone()), store.clone()));
     }
     if config.smtp.is_some() {
-        sinks.push((None, open_store(&config)?));
+        sinks.push((None, store.clone()));
     }
     tracing::info!(listen = %config.listen, key = %keys.fingerprint(), tip = tip.height, "co-signer started");
     Ok((Arc::new(Cosigner::new(keys, config, chain, store)?), sinks))

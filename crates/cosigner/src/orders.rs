@@ -55,7 +55,7 @@ impl TowerOrder {
 impl Cosigner {
     /// Adds `order` for `client` to `batch` (committed by the caller with its cause).
     pub(crate) fn queue_order(
-        store: &mut dyn crate::store::Store,
+        store: &dyn crate::store::Store,
         batch: &mut Batch,
         client: &str,
         order: TowerOrder,
@@ -83,10 +83,11 @@ impl Cosigner {
         let lock = self.towers_lock(client_id);
         let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (orders, client) = {
-            let mut store = self.store();
+            let _deciding = self.decide(client_id);
+            let store = self.store();
             let Some(text) = store.get(kind::ORDERS, client_id)? else { return Ok(Vec::new()) };
             let orders: Vec<TowerOrder> = serde_json::from_str(&text).map_err(|_| Refusal::Internal)?;
-            (orders, Self::client(&mut **store, client_id)?.ok_or(Refusal::Internal)?)
+            (orders, Self::client(store, client_id)?.ok_or(Refusal::Internal)?)
         };
         // Every tower of every version: one a change removed still watches older vaults.
         let now = self.as_of_now(&client)?;
@@ -155,7 +156,8 @@ impl Cosigner {
         }
         // Record the acknowledgements on the orders as they are now (others may have been
         // queued meanwhile), each by what it is; drop the orders every tower has.
-        let mut store = self.store();
+        let _deciding = self.decide(client_id);
+        let store = self.store();
         let before = store.get(kind::ORDERS, client_id)?;
         let mut now: Vec<TowerOrder> = before
             .as_deref()

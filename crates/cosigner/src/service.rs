@@ -212,14 +212,31 @@ impl Caller {
     }
 }
 
+/// How many locks clients' decisions are spread over.
+const DECISION_STRIPES: usize = 256;
+/// The decision lock of enrollment (tokens, account numbers, pinning): not a client id.
+pub(crate) const ENROLLMENT: &str = "\0enrollment";
+
+/// The chain's tip as last asked, and whether a question is out.
+struct TipQueries {
+    asking: bool,
+    answered: u64,
+    answer: Result<u32, Refusal>,
+}
+
 /// The co-signer.
 pub struct Cosigner {
     pub(crate) keys: MasterKey,
     pub(crate) config: CosignerConfig,
     pub(crate) network: Network,
     pub(crate) chain: Box<dyn ChainBackend>,
-    /// The store, behind the one lock every decision takes.
-    store: Mutex<Box<dyn Store>>,
+    /// The store: reads and commits from any thread.
+    store: Arc<dyn Store>,
+    /// The locks decisions are taken under, one per client (striped by its id).
+    decisions: Vec<Mutex<()>>,
+    /// Questions of the chain's tip, shared by the requests asking at once.
+    tip_queries: Mutex<TipQueries>,
+    tip_answered: std::sync::Condvar,
     /// Compiled policies by the policy's sha256 (compiling takes milliseconds).
     compiled: Mutex<HashMap<String, Arc<CompiledPolicy>>>,
     /// Vault ceremonies in progress, with the co-signer's one-time keys: RAM only.
@@ -314,7 +331,7 @@ impl Cosigner {
         keys: MasterKey,
         config: CosignerConfig,
         chain: Box<dyn ChainBackend>,
-        store: Box<dyn Store>,
+        store: Arc<dyn Store>,
     ) -> Result<Cosigner, crate::error::CosignerError> {
         let network = config.network()?;
         let mut sinks = config.alarms.webhooks.clone();
@@ -326,7 +343,10 @@ impl Cosigner {
             config,
             network,
             chain,
-            store: Mutex::new(store),
+            store,
+            decisions: (0..DECISION_STRIPES).map(|_| Mutex::new(())).collect(),
+            tip_queries: Mutex::new(TipQueries { asking: false, answered: 0, answer: Ok(0) }),
+            tip_answered: std::sync::Condvar::new(),
             compiled: Mutex::new(HashMap::new()),
             ceremonies: Mutex::new(HashMap::new()),
             sinks,
@@ -335,14 +355,55 @@ impl Cosigner {
         })
     }
 
-    /// The store, under the decision lock.
-    pub(crate) fn store(&self) -> MutexGuard<'_, Box<dyn Store>> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    /// The store. A read outside [`Cosigner::decide`] sees what was committed; a decision
+    /// reads and commits under it.
+    pub(crate) fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The lock a decision about `client` is taken under, from its first read to its commit,
+    /// so two requests of one client never race (the loser's preconditions would refuse it
+    /// as a conflict). Clients' decisions share no record but enrollment's, taken under
+    /// [`ENROLLMENT`]; other clients go on meanwhile. Never hold two.
+    pub(crate) fn decide(&self, client: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        client.hash(&mut h);
+        self.decisions[(h.finish() % DECISION_STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The chain's tip height.
+    ///
+    /// Callers share questions: one asked after a caller arrived answers it and every other
+    /// caller waiting by then, so a burst of requests asks the chain a few times, not once
+    /// each (the node would queue them), and no answer predates its request.
     pub(crate) fn tip(&self) -> Result<u32, Refusal> {
-        Ok(self.chain.tip()?.height)
+        let mut q = self.tip_queries.lock().unwrap_or_else(|p| p.into_inner());
+        // A question already out may have left before this call: the one after it counts.
+        let needed = q.answered + if q.asking { 2 } else { 1 };
+        loop {
+            if q.answered >= needed {
+                return q.answer.clone();
+            }
+            if q.asking {
+                q = self.tip_answered.wait(q).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            q.asking = true;
+            drop(q);
+            // Never left asking: a panic here would hold every later request.
+            let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.chain.tip()))
+                .unwrap_or_else(|_| {
+                    Err(vigil_chain::BackendError::Decode("the tip question panicked".into()))
+                })
+                .map(|t| t.height)
+                .map_err(Refusal::from);
+            q = self.tip_queries.lock().unwrap_or_else(|p| p.into_inner());
+            *q = TipQueries { asking: false, answered: q.answered + 1, answer };
+            self.tip_answered.notify_all();
+        }
     }
 
     pub(crate) fn compiled(&self, client: &ClientRecord) -> Result<Arc<CompiledPolicy>, Refusal> {
@@ -433,7 +494,7 @@ impl Cosigner {
     }
 
     /// A client's record.
-    pub(crate) fn client(store: &mut dyn Store, id: &str) -> Result<Option<ClientRecord>, Refusal> {
+    pub(crate) fn client(store: &dyn Store, id: &str) -> Result<Option<ClientRecord>, Refusal> {
         store
             .get(kind::CLIENT, id)?
             .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()).into()))
@@ -469,13 +530,9 @@ impl Cosigner {
     /// Authenticates a request of a pinned client: its signature, and the signer's role.
     pub fn authenticate(&self, creds: &Credentials, path: &str, signed: &[u8]) -> Result<Caller, Refusal> {
         let id = creds.client.as_deref().ok_or_else(|| unauthorized("missing x-vigil-client header"))?;
-        let mut client = Self::client(&mut **self.store(), id)?
+        let mut client = Self::client(self.store(), id)?
             .ok_or_else(|| unauthorized(format!("no client {id} is pinned at this co-signer")))?;
-        if client
-            .pending_policy
-            .as_ref()
-            .is_some_and(|p| p.effective_height <= self.chain.tip().map(|t| t.height).unwrap_or(0))
-        {
+        if client.pending_policy.as_ref().is_some_and(|p| p.effective_height <= self.tip().unwrap_or(0)) {
             // Its change is due: the background loop applies it; judge by it already.
             client.apply_due(u32::MAX);
         }
@@ -505,7 +562,7 @@ impl Cosigner {
     /// The nonce and time of a signed body checked against the signer's last; the writes
     /// that consume it (committed with the request's effect).
     pub(crate) fn consume_nonce<T>(
-        store: &mut dyn Store,
+        store: &dyn Store,
         key: &XOnlyPublicKey,
         body: &Signed<T>,
     ) -> Result<Batch, Refusal> {
@@ -528,7 +585,8 @@ impl Cosigner {
     /// `POST /v1/enroll`.
     pub fn enroll(&self, req: &Enroll) -> Result<Enrolled, Refusal> {
         let hash = token_id(&req.token)?;
-        let mut store = self.store();
+        let _deciding = self.decide(ENROLLMENT);
+        let store = self.store();
         let record: TokenRecord = match store.get(kind::TOKEN, &hash)? {
             Some(t) => serde_json::from_str(&t).map_err(|_| Refusal::Internal)?,
             None => return Err(unauthorized("unknown enrollment token")),
@@ -577,7 +635,8 @@ impl Cosigner {
             return Err(bad(format!("x-vigil-client must be the policy's sha256 ({id})")));
         }
         let hash = token_id(&p.token)?;
-        let mut store = self.store();
+        let _deciding = self.decide(ENROLLMENT);
+        let store = self.store();
         let token = match store.get(kind::TOKEN, &hash)?.map(|t| serde_json::from_str(&t)) {
             Some(Ok(t)) => t,
             Some(Err(_)) => return Err(Refusal::Internal),
@@ -589,7 +648,7 @@ impl Cosigner {
         };
         // The signature and the nonce first: a replay learns nothing.
         let signer = self.verify(creds, account, "/v1/clients", body)?;
-        let mut batch = Self::consume_nonce(&mut **store, &signer, &req)?;
+        let mut batch = Self::consume_nonce(store, &signer, &req)?;
         match token {
             TokenRecord::Used { client, .. } if client == id => {
                 store.commit(&batch)?;
@@ -685,7 +744,7 @@ impl Cosigner {
     }
 
     /// Issues a single-use enrollment token (the operator's `vigil cosigner token`).
-    pub fn issue_token(store: &mut dyn Store) -> Result<String, StoreError> {
+    pub fn issue_token(store: &dyn Store) -> Result<String, StoreError> {
         use vigil_policy::bitcoin::secp256k1::rand::RngCore;
         let mut bytes = [0u8; 32];
         vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut bytes);
@@ -703,15 +762,13 @@ impl Cosigner {
 
     /// Prometheus text.
     pub fn metrics(&self) -> Result<String, Refusal> {
-        // Never the ceremonies' lock while holding the store's (complete_vault takes them in
-        // the other order).
         let ceremonies = self.ceremonies.lock().map(|c| c.len()).unwrap_or(0);
-        let mut store = self.store();
+        let store = self.store();
         let clients = store.count(kind::CLIENT)?;
         let spends = store.list(kind::SPEND, "")?;
         let state =
             |s: &str| spends.iter().filter(|(_, b)| b.contains(&format!("\"state\":\"{s}\""))).count();
-        let tip = self.chain.tip().map(|t| t.height).unwrap_or(0);
+        let tip = self.tip().unwrap_or(0);
         let mut locked = 0;
         for (_, body) in store.list(kind::CLIENT, "")? {
             if serde_json::from_str::<ClientRecord>(&body)

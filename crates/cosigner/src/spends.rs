@@ -132,7 +132,7 @@ fn velocity_used(spends: &[SpendRecord], window: u32, tip: u32) -> u64 {
 }
 
 impl Cosigner {
-    fn spend(&self, store: &mut dyn Store, client: &str, id: u64) -> Result<SpendRecord, Refusal> {
+    fn spend(&self, store: &dyn Store, client: &str, id: u64) -> Result<SpendRecord, Refusal> {
         store
             .get(kind::SPEND, &spend_id(client, id))?
             .map(|t| serde_json::from_str(&t).map_err(|_| Refusal::Internal))
@@ -144,7 +144,7 @@ impl Cosigner {
     pub fn request_spend(&self, caller: &Caller, req: &Signed<SpendRequest>) -> Result<SpendStatus, Refusal> {
         self.unlocked_owner(caller)?;
         let r = &req.request;
-        let vault = match vault_record(&mut **self.store(), &r.vault_outpoint)? {
+        let vault = match vault_record(self.store(), &r.vault_outpoint)? {
             Some(v) if v.client == caller.client.id && v.state == "protected" => v,
             Some(v) if v.client == caller.client.id => {
                 return Err(Refusal::Conflict(format!(
@@ -218,10 +218,11 @@ impl Cosigner {
             })
             .collect();
         let tip = self.tip()?;
-        let mut store = self.store();
-        let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         // A replayed request is refused before anything else is looked at.
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         // The client's requests, read once: one request per vault (the same spend again,
         // signed anew, is the same request), and the velocity they used.
         let spends = store
@@ -249,8 +250,8 @@ impl Cosigner {
                 client.plain_end()
             )));
         }
-        // Judged by the policy as it stands now, under the lock (a change may have committed
-        // since the request was authenticated; a due one counts already).
+        // Judged by the policy as it stands now, under the client's lock (a change may have
+        // committed since the request was authenticated; a due one counts already).
         let mut current = client.clone();
         current.apply_due(tip);
         let now_compiled = self.compiled(&current)?;
@@ -351,7 +352,7 @@ impl Cosigner {
             ));
         }
         store.commit(&batch)?;
-        drop(store);
+        drop(deciding);
         if alone {
             return self.push_approval(&client, &made_under, record, delay, caller.role);
         }
@@ -392,7 +393,8 @@ impl Cosigner {
             },
             None,
         );
-        let mut store = self.store();
+        let _deciding = self.decide(&client.id);
+        let store = self.store();
         let id = spend_id(&client.id, record.id);
         let before = store.get(kind::SPEND, &id)?;
         record.towers = reports.clone();
@@ -415,7 +417,7 @@ impl Cosigner {
                 refusing_since: Default::default(),
                 only: Some(reach.towers.iter().map(|t| t.name.clone()).collect()),
             };
-            Self::queue_order(&mut **store, &mut batch, &client.id, order)?;
+            Self::queue_order(store, &mut batch, &client.id, order)?;
         }
         batch.expect(kind::SPEND, id.clone(), before).put(
             kind::SPEND,
@@ -431,9 +433,10 @@ impl Cosigner {
     pub fn vote(&self, caller: &Caller, id: u64, req: &Signed<Vote>) -> Result<SpendStatus, Refusal> {
         let g = caller.guardian()?;
         let v = &req.request;
-        let mut store = self.store();
-        let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        let mut record = self.spend(&mut **store, &client.id, id)?;
+        let deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let mut record = self.spend(store, &client.id, id)?;
         let before = serde_json::to_string(&record).expect("json");
         if record.state != "waiting" {
             return Err(Refusal::Conflict(format!("spend request {id} is {} already", record.state)));
@@ -442,8 +445,8 @@ impl Cosigner {
         if record.signatures.iter().any(|s| s.key == me) {
             return Err(Refusal::Conflict(format!("this guardian approved spend request {id} already")));
         }
-        let vault = vault_record(&mut **store, &record.approval.vault_outpoint)?.ok_or(Refusal::Internal)?;
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let vault = vault_record(store, &record.approval.vault_outpoint)?.ok_or(Refusal::Internal)?;
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         if !v.approve {
             record.state = "denied".into();
             record.denied_by = Some(me);
@@ -525,7 +528,7 @@ impl Cosigner {
             serde_json::to_string(&record).expect("json"),
         );
         store.commit(&batch)?;
-        drop(store);
+        drop(deciding);
         let delay = record.delay_or(caller.policy().delays.unvault as u32);
         if record.state == "approved" {
             let made_under = self.vault_policy(&client, &vault)?;
@@ -536,7 +539,7 @@ impl Cosigner {
 
     /// `GET /v1/spends/{id}`.
     pub fn spend_status(&self, caller: &Caller, id: u64) -> Result<SpendStatus, Refusal> {
-        let record = self.spend(&mut **self.store(), &caller.client.id, id)?;
+        let record = self.spend(self.store(), &caller.client.id, id)?;
         Ok(record.status(caller.role, caller.policy().delays.unvault as u32))
     }
 
@@ -563,9 +566,10 @@ impl Cosigner {
         self.unlocked_owner(caller)?;
         let tip = self.tip()?;
         let (client, record) = {
-            let mut store = self.store();
-            let client = Self::client(&mut **store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-            (client, self.spend(&mut **store, &caller.client.id, id)?)
+            let _deciding = self.decide(&caller.client.id);
+            let store = self.store();
+            let client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+            (client, self.spend(store, &caller.client.id, id)?)
         };
         let delay = record.delay_or(caller.policy().delays.unvault as u32);
         if record.state != "approved" {
@@ -629,8 +633,9 @@ impl Cosigner {
         }
         // Signed against the client and request as read: a lockdown or duress committed
         // meanwhile makes this fail, and nothing is returned.
-        let mut store = self.store();
-        let mut batch = Self::consume_nonce(&mut **store, &caller.key, req)?;
+        let _deciding = self.decide(&caller.client.id);
+        let store = self.store();
+        let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         batch
             .expect(kind::CLIENT, client.id.clone(), Some(serde_json::to_string(&client).expect("json")))
             .expect(

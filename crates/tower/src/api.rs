@@ -52,6 +52,21 @@ const DRAIN_LIMIT: u64 = 1024 * 1024;
 /// How long a sender of an oversize body gets to finish it.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Pending connections a listener holds before the kernel drops new ones (capped by
+/// `net.core.somaxconn`). The default (1024) overflowed when a thousand clients connected
+/// at once: their SYNs were answered with cookies, some of which then failed (a reset).
+const BACKLOG: u32 = 4096;
+
+/// Binds the API's listener, with room for a burst of new connections. Shared with the
+/// co-signer.
+pub fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket =
+        if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
 /// Refuses a body whose declared length is over `max` with a 413 the client actually reads.
 ///
 /// Answering as soon as the length is known and closing with the body unread makes the kernel

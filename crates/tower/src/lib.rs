@@ -65,7 +65,7 @@ pub async fn run(config: TowerConfig) -> Result<(), TowerError> {
         let t = tower.clone();
         alarm_threads.push(std::thread::spawn(move || alarms::deliver_loop(t, endpoint, store)));
     }
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = api::listen(listen)?;
     tracing::info!(address = %listener.local_addr()?, key = %tower.public_key(), "vigil tower listening");
     let app = api::router(tower.clone());
     let stop = tower.clone();

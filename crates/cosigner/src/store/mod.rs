@@ -3,6 +3,13 @@
 //! documents by kind and id) and the alarm outbox. A request's effects (its nonce, the
 //! records it changes, the alarms it raises) commit in one [`Batch`], atomically, before the
 //! request is acknowledged; the batch's preconditions make a lost race a clean refusal.
+//!
+//! A store serves many request threads at once: reads from a pool of connections, and
+//! commits grouped (SQLite: one writer commits every batch waiting, each under its own
+//! savepoint, with one sync; PostgreSQL: concurrent transactions, which the server syncs
+//! together), so one request's sync does not hold up every other client's.
+
+use std::sync::{Condvar, Mutex};
 
 use crate::error::StoreError;
 
@@ -88,25 +95,86 @@ pub struct OutboxEntry {
     pub body: String,
 }
 
-/// The co-signer's store.
-pub trait Store: Send {
+/// The co-signer's store, shared by every request thread.
+pub trait Store: Send + Sync {
     /// One record.
-    fn get(&mut self, kind: &str, id: &str) -> Result<Option<String>, StoreError>;
+    fn get(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError>;
     /// Every record of `kind` whose id starts with `prefix`, by id.
-    fn list(&mut self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
+    fn list(&self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// How many records of `kind` there are.
-    fn count(&mut self, kind: &str) -> Result<u64, StoreError>;
-    /// Commits `batch` atomically; [`StoreError::Conflict`] if a precondition fails.
-    fn commit(&mut self, batch: &Batch) -> Result<(), StoreError>;
+    fn count(&self, kind: &str) -> Result<u64, StoreError>;
+    /// Commits `batch` atomically and durably; [`StoreError::Conflict`] if a precondition
+    /// fails (then nothing of it is written).
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Alarms `sink` has not had yet, oldest first.
-    fn undelivered(&mut self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Records that `sink` has alarm `id`.
-    fn delivered(&mut self, id: i64, sink: &str) -> Result<(), StoreError>;
+    fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError>;
     /// Alarms some configured sink has not had.
-    fn outbox_depth(&mut self, sinks: &[String]) -> Result<u64, StoreError>;
+    fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError>;
     /// The latest `limit` alarms about `client`, delivered or not, newest first: its
     /// guardians' feed.
-    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+}
+
+/// Connections handed to one thread at a time: at most `max` open, opened when first
+/// needed, a broken one dropped.
+pub(crate) struct Pool<C> {
+    idle: Mutex<(Vec<C>, usize)>,
+    freed: Condvar,
+    max: usize,
+    open: Box<dyn Fn() -> Result<C, StoreError> + Send + Sync>,
+}
+
+impl<C> Pool<C> {
+    pub(crate) fn new(
+        max: usize,
+        first: C,
+        open: impl Fn() -> Result<C, StoreError> + Send + Sync + 'static,
+    ) -> Pool<C> {
+        Pool { idle: Mutex::new((vec![first], 1)), freed: Condvar::new(), max, open: Box::new(open) }
+    }
+
+    /// Runs `f` on a connection; `healthy` says whether it may be used again afterwards.
+    pub(crate) fn with<T>(
+        &self,
+        healthy: impl Fn(&C) -> bool,
+        f: impl FnOnce(&mut C) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(c) = idle.0.pop() {
+                    break c;
+                }
+                if idle.1 < self.max {
+                    idle.1 += 1;
+                    drop(idle);
+                    match (self.open)() {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            self.release(None);
+                            return Err(e);
+                        }
+                    }
+                }
+                idle = self.freed.wait(idle).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let result = f(&mut conn);
+        self.release(healthy(&conn).then_some(conn));
+        result
+    }
+
+    fn release(&self, conn: Option<C>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        match conn {
+            Some(c) => idle.0.push(c),
+            None => idle.1 -= 1,
+        }
+        drop(idle);
+        self.freed.notify_one();
+    }
 }
 
 #[cfg(test)]
@@ -116,7 +184,7 @@ pub(crate) mod conformance {
     use super::*;
 
     /// Runs every check against a fresh store.
-    pub fn run(store: &mut dyn Store) {
+    pub fn run(store: &dyn Store) {
         let mut b = Batch::default();
         b.put(kind::CLIENT, "a", "1")
             .put(kind::CLIENT, "ab", "2")
@@ -166,5 +234,52 @@ pub(crate) mod conformance {
         assert_eq!(c1, ["{\"client\":\"c1\",\"n\":2}", "{\"client\":\"c1\",\"n\":1}"]);
         assert_eq!(store.client_alarms("c1", 1).unwrap().len(), 1);
         assert!(store.client_alarms("c3", 10).unwrap().is_empty());
+        concurrent(store);
+    }
+
+    /// Many threads committing at once: every precondition still holds. Each thread bumps a
+    /// shared counter by compare-and-set until it wins, and claims fresh ids that must not
+    /// exist; no increment is lost and no id is claimed twice.
+    fn concurrent(store: &dyn Store) {
+        const THREADS: usize = 16;
+        const ROUNDS: usize = 10;
+        let mut first = Batch::default();
+        first.put(kind::META, "counter", "0");
+        store.commit(&first).unwrap();
+        let claimed = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let claimed = &claimed;
+                s.spawn(move || {
+                    for r in 0..ROUNDS {
+                        loop {
+                            let have = store.get(kind::META, "counter").unwrap().unwrap();
+                            let next = (have.parse::<u64>().unwrap() + 1).to_string();
+                            let mut b = Batch::default();
+                            b.expect(kind::META, "counter", Some(have)).put(kind::META, "counter", next);
+                            match store.commit(&b) {
+                                Ok(()) => break,
+                                Err(StoreError::Conflict(_)) => continue,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        // Every thread races for the same id each round: one wins.
+                        let mut claim = Batch::default();
+                        claim.expect(kind::INTAKE, format!("race/{r}"), None).put(
+                            kind::INTAKE,
+                            format!("race/{r}"),
+                            t.to_string(),
+                        );
+                        if store.commit(&claim).is_ok() {
+                            claimed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        let total = store.get(kind::META, "counter").unwrap().unwrap();
+        assert_eq!(total, (THREADS * ROUNDS).to_string(), "an increment was lost");
+        assert_eq!(claimed.into_inner(), ROUNDS, "an id was claimed twice");
+        assert_eq!(store.list(kind::INTAKE, "race/").unwrap().len(), ROUNDS);
     }
 }

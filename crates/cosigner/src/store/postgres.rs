@@ -2,19 +2,37 @@
 
 use postgres::{Client, NoTls};
 
-use super::{Batch, OutboxEntry, Store};
+use super::{Batch, OutboxEntry, Pool, Store};
 use crate::error::StoreError;
 
-/// A PostgreSQL schema.
+/// A PostgreSQL schema, through a pool of connections: concurrent requests run their own
+/// transactions, and the server syncs their commits together.
 pub struct PostgresStore {
-    client: Client,
+    pool: Pool<Client>,
+}
+
+/// Most connections open at once (PostgreSQL's default limit is 100 for the whole server).
+const CONNECTIONS: usize = 16;
+
+fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
+    let mut client = Client::connect(url, NoTls)?;
+    // `schema` is checked to be letters, digits and _ when the configuration is parsed.
+    client.batch_execute(&format!("SET search_path TO {schema}"))?;
+    Ok(client)
+}
+
+/// The advisory lock guarding one record: the first 8 bytes of sha256(kind, id), the same
+/// in every process that opens the schema.
+fn record_lock(kind: &str, id: &str) -> i64 {
+    use vigil_policy::bitcoin::hashes::{sha256, Hash};
+    let digest = sha256::Hash::hash(format!("{kind}\0{id}").as_bytes());
+    i64::from_be_bytes(digest.to_byte_array()[..8].try_into().expect("8 bytes"))
 }
 
 impl PostgresStore {
     /// Connects, creating the schema and its tables if missing.
     pub fn connect(url: &str, schema: &str) -> Result<PostgresStore, StoreError> {
         let mut client = Client::connect(url, NoTls)?;
-        // `schema` is checked to be letters, digits and _ when the configuration is parsed.
         client.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
              SET search_path TO {schema};
@@ -25,91 +43,125 @@ impl PostgresStore {
              CREATE TABLE IF NOT EXISTS deliveries (alarm_id BIGINT NOT NULL, sink TEXT NOT NULL,
                  PRIMARY KEY (alarm_id, sink));"
         ))?;
-        Ok(PostgresStore { client })
+        let (url, schema) = (url.to_owned(), schema.to_owned());
+        Ok(PostgresStore { pool: Pool::new(CONNECTIONS, client, move || connect(&url, &schema)) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        self.pool.with(|c| !c.is_closed(), |c| Ok(f(c)?))
     }
 }
 
 impl Store for PostgresStore {
-    fn get(&mut self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
-        let row =
-            self.client.query_opt("SELECT body FROM records WHERE kind = $1 AND id = $2", &[&kind, &id])?;
+    fn get(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let row = self
+            .with(|c| c.query_opt("SELECT body FROM records WHERE kind = $1 AND id = $2", &[&kind, &id]))?;
         Ok(row.map(|r| r.get(0)))
     }
 
-    fn list(&mut self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = self.client.query(
-            "SELECT id, body FROM records WHERE kind = $1 AND left(id, length($2)) = $2 ORDER BY id",
-            &[&kind, &prefix],
-        )?;
+    fn list(&self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT id, body FROM records WHERE kind = $1 AND left(id, length($2)) = $2 ORDER BY id",
+                &[&kind, &prefix],
+            )
+        })?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    fn count(&mut self, kind: &str) -> Result<u64, StoreError> {
-        let n: i64 = self.client.query_one("SELECT count(*) FROM records WHERE kind = $1", &[&kind])?.get(0);
+    fn count(&self, kind: &str) -> Result<u64, StoreError> {
+        let n: i64 =
+            self.with(|c| c.query_one("SELECT count(*) FROM records WHERE kind = $1", &[&kind]))?.get(0);
         Ok(n as u64)
     }
 
-    fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        let mut tx = self.client.transaction()?;
-        for (kind, id, want) in &batch.expect {
-            // FOR UPDATE: a concurrent writer of the same record waits for this transaction.
-            let have: Option<String> = tx
-                .query_opt("SELECT body FROM records WHERE kind = $1 AND id = $2 FOR UPDATE", &[kind, id])?
-                .map(|r| r.get(0));
-            if &have != want {
-                return Err(StoreError::Conflict(format!("{kind} {id}")));
-            }
-        }
-        for (kind, id, body) in &batch.put {
-            tx.execute(
-                "INSERT INTO records (kind, id, body) VALUES ($1, $2, $3)
-                 ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
-                &[kind, id, body],
-            )?;
-        }
-        for (kind, id) in &batch.delete {
-            tx.execute("DELETE FROM records WHERE kind = $1 AND id = $2", &[kind, id])?;
-        }
-        for alarm in &batch.alarms {
-            tx.execute("INSERT INTO outbox (body) VALUES ($1)", &[alarm])?;
-        }
-        tx.commit()?;
-        Ok(())
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        // Every record the batch reads or writes is locked first, in one order (no deadlock):
+        // a concurrent batch on any of them waits, then reads what this one committed. A row
+        // lock alone would not cover a record that must not exist yet.
+        let mut locks: Vec<i64> = batch
+            .expect
+            .iter()
+            .map(|(k, i, _)| record_lock(k, i))
+            .chain(batch.put.iter().map(|(k, i, _)| record_lock(k, i)))
+            .chain(batch.delete.iter().map(|(k, i)| record_lock(k, i)))
+            .collect();
+        locks.sort_unstable();
+        locks.dedup();
+        self.pool.with(
+            |c| !c.is_closed(),
+            |client| {
+                let mut tx = client.transaction()?;
+                for lock in &locks {
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[lock])?;
+                }
+                for (kind, id, want) in &batch.expect {
+                    let have: Option<String> = tx
+                        .query_opt("SELECT body FROM records WHERE kind = $1 AND id = $2", &[kind, id])?
+                        .map(|r| r.get(0));
+                    if &have != want {
+                        return Err(StoreError::Conflict(format!("{kind} {id}")));
+                    }
+                }
+                for (kind, id, body) in &batch.put {
+                    tx.execute(
+                        "INSERT INTO records (kind, id, body) VALUES ($1, $2, $3)
+                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+                        &[kind, id, body],
+                    )?;
+                }
+                for (kind, id) in &batch.delete {
+                    tx.execute("DELETE FROM records WHERE kind = $1 AND id = $2", &[kind, id])?;
+                }
+                for alarm in &batch.alarms {
+                    tx.execute("INSERT INTO outbox (body) VALUES ($1)", &[alarm])?;
+                }
+                tx.commit()?;
+                Ok(())
+            },
+        )
     }
 
-    fn undelivered(&mut self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows = self.client.query(
-            "SELECT id, body FROM outbox WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = $1)
-             ORDER BY id LIMIT $2",
-            &[&sink, &(limit as i64)],
-        )?;
+    fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT id, body FROM outbox WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = $1)
+                 ORDER BY id LIMIT $2",
+                &[&sink, &(limit as i64)],
+            )
+        })?;
         Ok(rows.into_iter().map(|r| OutboxEntry { id: r.get(0), body: r.get(1) }).collect())
     }
 
-    fn delivered(&mut self, id: i64, sink: &str) -> Result<(), StoreError> {
-        self.client.execute(
-            "INSERT INTO deliveries (alarm_id, sink) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&id, &sink],
-        )?;
+    fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO deliveries (alarm_id, sink) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&id, &sink],
+            )
+        })?;
         Ok(())
     }
 
-    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows = self.client.query(
-            "SELECT id, body FROM outbox WHERE (body::jsonb)->>'client' = $1 ORDER BY id DESC LIMIT $2",
-            &[&client, &(limit as i64)],
-        )?;
+    fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT id, body FROM outbox WHERE (body::jsonb)->>'client' = $1 ORDER BY id DESC LIMIT $2",
+                &[&client, &(limit as i64)],
+            )
+        })?;
         Ok(rows.into_iter().map(|r| OutboxEntry { id: r.get(0), body: r.get(1) }).collect())
     }
 
-    fn outbox_depth(&mut self, sinks: &[String]) -> Result<u64, StoreError> {
+    fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError> {
         let n: i64 = self
-            .client
-            .query_one(
-                "SELECT count(*) FROM outbox o WHERE EXISTS (SELECT 1 FROM unnest($1::text[]) s(sink)
-                   WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.sink))",
-                &[&sinks],
-            )?
+            .with(|c| {
+                c.query_one(
+                    "SELECT count(*) FROM outbox o WHERE EXISTS (SELECT 1 FROM unnest($1::text[]) s(sink)
+                       WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.sink))",
+                    &[&sinks],
+                )
+            })?
             .get(0);
         Ok(n as u64)
     }
@@ -125,8 +177,8 @@ mod tests {
             return;
         };
         let schema = format!("cosigner_conformance_{}", std::process::id());
-        let mut store = super::PostgresStore::connect(&url, &schema).unwrap();
-        crate::store::conformance::run(&mut store);
-        store.client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+        let store = super::PostgresStore::connect(&url, &schema).unwrap();
+        crate::store::conformance::run(&store);
+        store.with(|c| c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))).unwrap();
     }
 }

@@ -1,11 +1,12 @@
-//! The embedded store: one SQLite file, WAL, full sync.
+//! The embedded store: one SQLite file, WAL, full sync; commits grouped by one writer.
 
 use std::path::Path;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Batch, OutboxEntry, Store};
+use super::{Batch, OutboxEntry, Pool, Store};
 use crate::error::StoreError;
 
 const TABLES: &str = "
@@ -16,111 +17,213 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS deliveries (alarm_id INTEGER NOT NULL, sink TEXT NOT NULL,
         PRIMARY KEY (alarm_id, sink));";
 
-/// The embedded store.
+/// The embedded store: readers from a pool; one writer thread that commits every batch
+/// waiting in one transaction (one sync for the group), each batch under its own savepoint
+/// so a failed precondition undoes that batch alone.
 pub struct SqliteStore {
-    conn: rusqlite::Connection,
+    readers: Pool<Connection>,
+    writer: Mutex<mpsc::Sender<Write>>,
+}
+
+/// Most connections reading at once.
+const READERS: usize = 8;
+/// Most batches in one group commit.
+const GROUP: usize = 256;
+
+/// What the writer thread is asked to do, and where to answer.
+enum Write {
+    Batch(Batch, mpsc::SyncSender<Result<(), StoreError>>),
+    Delivered(i64, String, mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
+    Ok(conn)
 }
 
 impl SqliteStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(30))?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
-        conn.execute_batch(TABLES)?;
-        Ok(SqliteStore { conn })
+        let writer = connect(path)?;
+        writer.execute_batch(TABLES)?;
+        let reader = connect(path)?;
+        let (send, jobs) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("cosigner-store-writer".into())
+            .spawn(move || write_loop(writer, jobs))
+            .map_err(|e| StoreError::Unavailable(format!("the store's writer thread: {e}")))?;
+        let path = path.to_owned();
+        Ok(SqliteStore {
+            readers: Pool::new(READERS, reader, move || connect(&path)),
+            writer: Mutex::new(send),
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.readers.with(|_| true, |conn| Ok(f(conn)?))
+    }
+
+    fn write(
+        &self,
+        job: impl FnOnce(mpsc::SyncSender<Result<(), StoreError>>) -> Write,
+    ) -> Result<(), StoreError> {
+        let (answer, answered) = mpsc::sync_channel(1);
+        let gone = || StoreError::Unavailable("the store's writer thread stopped".into());
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).send(job(answer)).map_err(|_| gone())?;
+        answered.recv().map_err(|_| gone())?
     }
 }
 
-impl Store for SqliteStore {
-    fn get(&mut self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
+/// The writer thread: takes whatever is waiting, commits it as one group, answers each.
+fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Write>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut conn, &group);
+        for (job, result) in group.into_iter().zip(results) {
+            let (Write::Batch(_, answer) | Write::Delivered(_, _, answer)) = job;
+            let _ = answer.send(result);
+        }
+    }
+}
+
+/// Each job's own result, or every job's failure if the group's commit failed.
+fn commit_group(conn: &mut Connection, group: &[Write]) -> Vec<Result<(), StoreError>> {
+    let failed = |e: &dyn std::fmt::Display| {
+        group.iter().map(|_| Err(StoreError::Unavailable(format!("sqlite: {e}")))).collect()
+    };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return failed(&e),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for job in group {
+        let result = tx.savepoint().map_err(StoreError::from).and_then(|mut sp| {
+            // Dropped without commit, the savepoint rolls back: that job writes nothing.
+            sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+            match job {
+                Write::Batch(batch, _) => apply(&sp, batch)?,
+                Write::Delivered(id, sink, _) => {
+                    sp.execute(
+                        "INSERT OR IGNORE INTO deliveries (alarm_id, sink) VALUES (?1, ?2)",
+                        params![id, sink],
+                    )?;
+                }
+            }
+            sp.commit()?;
+            Ok(())
+        });
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => failed(&e),
+    }
+}
+
+/// One batch's checks and writes, inside the group's transaction.
+fn apply(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
+    for (kind, id, want) in &batch.expect {
+        let have: Option<String> = conn
             .query_row("SELECT body FROM records WHERE kind = ?1 AND id = ?2", params![kind, id], |r| {
                 r.get(0)
             })
-            .optional()?)
-    }
-
-    fn list(&mut self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, body FROM records WHERE kind = ?1 AND substr(id, 1, length(?2)) = ?2 ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![kind, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn count(&mut self, kind: &str) -> Result<u64, StoreError> {
-        let n: i64 =
-            self.conn.query_row("SELECT count(*) FROM records WHERE kind = ?1", [kind], |r| r.get(0))?;
-        Ok(n as u64)
-    }
-
-    fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (kind, id, want) in &batch.expect {
-            let have: Option<String> = tx
-                .query_row("SELECT body FROM records WHERE kind = ?1 AND id = ?2", params![kind, id], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if &have != want {
-                return Err(StoreError::Conflict(format!("{kind} {id}")));
-            }
+            .optional()?;
+        if &have != want {
+            return Err(StoreError::Conflict(format!("{kind} {id}")));
         }
-        for (kind, id, body) in &batch.put {
-            tx.execute(
-                "INSERT INTO records (kind, id, body) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
-                params![kind, id, body],
+    }
+    for (kind, id, body) in &batch.put {
+        conn.execute(
+            "INSERT INTO records (kind, id, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+            params![kind, id, body],
+        )?;
+    }
+    for (kind, id) in &batch.delete {
+        conn.execute("DELETE FROM records WHERE kind = ?1 AND id = ?2", params![kind, id])?;
+    }
+    for alarm in &batch.alarms {
+        conn.execute("INSERT INTO outbox (body) VALUES (?1)", [alarm])?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn get(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT body FROM records WHERE kind = ?1 AND id = ?2")?
+                .query_row(params![kind, id], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn list(&self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, body FROM records WHERE kind = ?1 AND substr(id, 1, length(?2)) = ?2 ORDER BY id",
             )?;
-        }
-        for (kind, id) in &batch.delete {
-            tx.execute("DELETE FROM records WHERE kind = ?1 AND id = ?2", params![kind, id])?;
-        }
-        for alarm in &batch.alarms {
-            tx.execute("INSERT INTO outbox (body) VALUES (?1)", [alarm])?;
-        }
-        tx.commit()?;
-        Ok(())
+            let rows = stmt.query_map(params![kind, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
     }
 
-    fn undelivered(&mut self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, body FROM outbox WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = ?1)
-             ORDER BY id LIMIT ?2",
-        )?;
-        let rows =
-            stmt.query_map(params![sink, limit], |r| Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? }))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn count(&self, kind: &str) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT count(*) FROM records WHERE kind = ?1", [kind], |r| r.get::<_, i64>(0))
+        })
+        .map(|n| n as u64)
     }
 
-    fn delivered(&mut self, id: i64, sink: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO deliveries (alarm_id, sink) VALUES (?1, ?2)",
-            params![id, sink],
-        )?;
-        Ok(())
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.write(|answer| Write::Batch(batch.clone(), answer))
     }
 
-    fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, body FROM outbox WHERE json_extract(body, '$.client') = ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows =
-            stmt.query_map(params![client, limit], |r| Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? }))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, body FROM outbox WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = ?1)
+                 ORDER BY id LIMIT ?2",
+            )?;
+            let rows =
+                stmt.query_map(params![sink, limit], |r| Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? }))?;
+            rows.collect()
+        })
     }
 
-    fn outbox_depth(&mut self, sinks: &[String]) -> Result<u64, StoreError> {
+    fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError> {
+        self.write(|answer| Write::Delivered(id, sink.to_owned(), answer))
+    }
+
+    fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, body FROM outbox WHERE json_extract(body, '$.client') = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![client, limit], |r| Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? }))?;
+            rows.collect()
+        })
+    }
+
+    fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError> {
         let sinks = serde_json::to_string(sinks).expect("strings");
-        let n: i64 = self.conn.query_row(
-            "SELECT count(*) FROM outbox o WHERE EXISTS (SELECT 1 FROM json_each(?1) s
-               WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.value))",
-            [sinks],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM outbox o WHERE EXISTS (SELECT 1 FROM json_each(?1) s
+                   WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.value))",
+                [sinks],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n as u64)
     }
 }
 
@@ -129,7 +232,7 @@ mod tests {
     #[test]
     fn sqlite_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = super::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
-        crate::store::conformance::run(&mut store);
+        let store = super::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        crate::store::conformance::run(&store);
     }
 }
