@@ -234,6 +234,7 @@ pub struct Cosigner {
     store: Arc<dyn Store>,
     /// The locks decisions are taken under, one per client (striped by its id).
     decisions: Vec<Mutex<()>>,
+    stripes: std::collections::hash_map::RandomState,
     /// Questions of the chain's tip, shared by the requests asking at once.
     tip_queries: Mutex<TipQueries>,
     tip_answered: std::sync::Condvar,
@@ -345,6 +346,7 @@ impl Cosigner {
             chain,
             store,
             decisions: (0..DECISION_STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: std::collections::hash_map::RandomState::new(),
             tip_queries: Mutex::new(TipQueries { asking: false, answered: 0, answer: Ok(0) }),
             tip_answered: std::sync::Condvar::new(),
             compiled: Mutex::new(HashMap::new()),
@@ -366,12 +368,10 @@ impl Cosigner {
     /// as a conflict). Clients' decisions share no record but enrollment's, taken under
     /// [`ENROLLMENT`]; other clients go on meanwhile. Never hold two.
     pub(crate) fn decide(&self, client: &str) -> MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        client.hash(&mut h);
-        self.decisions[(h.finish() % DECISION_STRIPES as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        use std::hash::BuildHasher;
+        // Keyed afresh at each start: no client can choose an id that shares another's lock.
+        let stripe = self.stripes.hash_one(client) % DECISION_STRIPES as u64;
+        self.decisions[stripe as usize].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The chain's tip height.
@@ -596,7 +596,8 @@ impl Cosigner {
             TokenRecord::Enrolled { account } => account,
             TokenRecord::Used { .. } => return Err(unauthorized("this enrollment token was already used")),
             TokenRecord::Issued => {
-                let next: u32 = match store.get(kind::META, "next_account")? {
+                let stored = store.get(kind::META, "next_account")?;
+                let next: u32 = match &stored {
                     // A record that does not parse must not hand out account 0 again.
                     Some(t) => t.parse().map_err(|_| Refusal::Internal)?,
                     None => 0,
@@ -613,6 +614,8 @@ impl Cosigner {
                         Some(serde_json::to_string(&TokenRecord::Issued).expect("json")),
                     )
                     .put(kind::TOKEN, hash, enrolled)
+                    // Two processes on one PostgreSQL schema never hand out one account twice.
+                    .expect(kind::META, "next_account", stored)
                     .put(kind::META, "next_account", (next + 1).to_string());
                 store.commit(&batch)?;
                 next

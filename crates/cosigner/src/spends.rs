@@ -433,6 +433,8 @@ impl Cosigner {
     pub fn vote(&self, caller: &Caller, id: u64, req: &Signed<Vote>) -> Result<SpendStatus, Refusal> {
         let g = caller.guardian()?;
         let v = &req.request;
+        // Asked before the client's lock: its other requests do not wait on the chain.
+        let tip = self.tip()?;
         let deciding = self.decide(&caller.client.id);
         let store = self.store();
         let client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
@@ -513,7 +515,7 @@ impl Cosigner {
             });
             if record.signatures.len() as u32 >= record.needed {
                 record.state = "approved".into();
-                record.approved_height = Some(self.tip()?);
+                record.approved_height = Some(tip);
                 batch.alarm(alarm(
                     &client.id,
                     "spend-approved",

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use serde_json::Value;
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::Amount;
 use vigil_policy::example::ExamplePolicy;
@@ -602,4 +603,75 @@ fn a_format_2_family_vaults_spends_with_its_guardians_and_its_tower_cancels_an_u
         spent
     });
     assert!(unapproved.graph.graph().cancels.iter().any(|c| c.tx.compute_txid() == cancel.compute_txid()));
+}
+
+#[test]
+fn spend_requests_arriving_at_once_are_each_decided_once_and_no_client_exceeds_its_velocity() {
+    // Decisions lock their client, not the store, and commits are grouped: requests of two
+    // families racing each other, and each family's own, must still add up.
+    const VAULTS: usize = 6;
+    const VAULT_SAT: u64 = 1_000_000;
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let tower = vigil_testenv::process::TowerProcess::new(&node, &[], 0, None);
+    let miner = vigil_testenv::wallet::Wallet::new();
+    vigil_testenv::wallet::mine(&node.rpc, (2 * VAULTS + 120) as u32, &miner.address());
+    let mut families = Vec::new();
+    for c in 0..2 {
+        let mut e = example(&format!("cosigner at once {c}"));
+        // Three unvaults fit (each releases a little less than its vault), a fourth does not.
+        e.velocity_limit_sat = 3 * VAULT_SAT;
+        let mut f = Family::sharing(&node, &co, e, &[&tower]);
+        f.use_coins_from(1 + (c * VAULTS) as u32);
+        let vaults: Vec<Vault> =
+            (0..VAULTS).map(|_| f.vault(&node, Amount::from_sat(VAULT_SAT), VaultKind::Standard)).collect();
+        families.push((f, vaults));
+    }
+    // Every request signed first (each family's nonces in order), then all sent at once.
+    let requests: Vec<_> = families
+        .iter()
+        .flat_map(|(f, vaults)| {
+            vaults.iter().map(move |v| {
+                let req = vigil_cosigner::wire::SpendRequest {
+                    vault_outpoint: v.outpoint().to_string(),
+                    psbt: base64_psbt(&f.spend_psbt(v, &f.wallet.address(), 1_000)),
+                };
+                (f.cosigner.clone(), req, f.next_nonce(), f.owner())
+            })
+        })
+        .collect();
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let sent: Vec<_> = requests
+            .iter()
+            .map(|(api, req, nonce, owner)| {
+                s.spawn(move || vigil_testenv::cosigner::post(api, "/v1/spends", req, *nonce, owner).unwrap())
+            })
+            .collect();
+        sent.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(answers.len(), 2 * VAULTS);
+    for (f, vaults) in &families {
+        let recorded = f.get("/v1/spends", &f.guardian(0)).unwrap();
+        let recorded = recorded.as_array().unwrap();
+        assert_eq!(recorded.len(), VAULTS, "one request per vault, none lost: {recorded:?}");
+        let mut ids: Vec<u64> = recorded.iter().map(|s| s["id"].as_u64().unwrap()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), VAULTS, "each request has its own number");
+        let mut outpoints: Vec<&str> =
+            recorded.iter().map(|s| s["vault_outpoint"].as_str().unwrap()).collect();
+        outpoints.sort();
+        outpoints.dedup();
+        assert_eq!(outpoints.len(), vaults.len(), "no vault decided twice");
+        let approved: Vec<&Value> = recorded.iter().filter(|s| s["state"] == "approved").collect();
+        assert_eq!(approved.len(), 3, "exactly the velocity's worth approved: {recorded:?}");
+        assert!(approved.iter().all(|s| s["towers"][0]["acknowledged"] == true), "{approved:?}");
+        let released: u64 = approved.iter().map(|s| s["amount_sat"].as_u64().unwrap()).sum();
+        assert!(released <= 3 * VAULT_SAT, "velocity exceeded: {released}");
+    }
+}
+
+fn base64_psbt(psbt: &vigil_policy::bitcoin::Psbt) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
 }

@@ -161,8 +161,19 @@ impl<C> Pool<C> {
                 idle = self.freed.wait(idle).unwrap_or_else(|p| p.into_inner());
             }
         };
+        // A panic in `f` gives its slot back too.
+        struct Slot<'p, C> {
+            pool: &'p Pool<C>,
+            conn: Option<C>,
+        }
+        impl<C> Drop for Slot<'_, C> {
+            fn drop(&mut self) {
+                self.pool.release(self.conn.take());
+            }
+        }
+        let mut slot = Slot { pool: self, conn: None };
         let result = f(&mut conn);
-        self.release(healthy(&conn).then_some(conn));
+        slot.conn = healthy(&conn).then_some(conn);
         result
     }
 

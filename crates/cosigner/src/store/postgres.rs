@@ -1,6 +1,6 @@
 //! The providers' store: a PostgreSQL schema with the same two tables as SQLite.
 
-use postgres::{Client, NoTls};
+use postgres::{Client, IsolationLevel, NoTls};
 
 use super::{Batch, OutboxEntry, Pool, Store};
 use crate::error::StoreError;
@@ -91,7 +91,10 @@ impl Store for PostgresStore {
         self.pool.with(
             |c| !c.is_closed(),
             |client| {
-                let mut tx = client.transaction()?;
+                // READ COMMITTED whatever the server's default: each check below must see
+                // what the previous holder of its lock committed, not a snapshot older than it.
+                let mut tx =
+                    client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
                 for lock in &locks {
                     tx.execute("SELECT pg_advisory_xact_lock($1)", &[lock])?;
                 }

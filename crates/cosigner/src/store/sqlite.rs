@@ -120,12 +120,23 @@ fn commit_group(conn: &mut Connection, group: &[Write]) -> Vec<Result<(), StoreE
             sp.commit()?;
             Ok(())
         });
+        // An I/O or full-disk error can make SQLite roll the whole transaction back; a
+        // later SAVEPOINT would then open and commit a transaction of its own. Every job of
+        // the group fails instead.
+        if result.is_err() && tx.is_autocommit() {
+            return failed(&"the group's transaction was rolled back");
+        }
         results.push(result);
     }
-    match tx.commit() {
+    let outcome = match tx.commit() {
         Ok(()) => results,
         Err(e) => failed(&e),
+    };
+    // Never left inside a failed transaction: the next group could not begin.
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
+    outcome
 }
 
 /// One batch's checks and writes, inside the group's transaction.
