@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Set up the owner's wallet: recovery phrases, unlock and duress codes, the co-signer,
     /// the watchtowers and the guardians.
-    Init(owner::InitArgs),
+    Init(Box<owner::InitArgs>),
     /// A fresh address to receive coins on (they wait there until vaulted), or with
     /// `--allowance` one of the everyday wallet.
     Receive(owner::ReceiveArgs),
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
         Command::Demo { datadir } => demo::run(&datadir),
         Command::Signer(args) => signer::run(args),
         Command::Drill(args) => drill::run(args),
-        Command::Init(args) => owner::init(args),
+        Command::Init(args) => owner::init(*args),
         Command::Receive(args) => owner::receive(args),
         Command::Status(args) => owner::status(args),
         Command::Ui(args) => owner::ui(args),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::SmtpConfig;
 use crate::service::ClientRecord;
-use crate::store::{kind, Store};
+use crate::store::{kind, OutboxEntry, Store};
 
 /// Delivers the outbox to `url` forever (call on a thread of its own).
 pub fn deliver(
@@ -52,6 +52,115 @@ pub fn deliver(
         }
     }
 }
+
+/// The outbox sink name of delivery to clients' own webhooks.
+pub const CLIENT_WEBHOOKS_SINK: &str = "client-webhooks";
+/// How many of one client's alarms are in hand at once: a client whose webhooks are down
+/// holds up its own alarms, never another's.
+const PER_CLIENT: u32 = 20;
+
+/// Posts every alarm to its client's own webhooks (its guardians'), forever (a thread of
+/// its own). An alarm leaves the queue once each of them accepted it; one that does not
+/// answer rests a while (backing off). Clients are served side by side, so one whose
+/// webhooks are slow or down holds up its own alarms only.
+pub fn deliver_to_clients(
+    store: std::sync::Arc<dyn Store>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+    use std::time::Instant;
+    // Webhooks that accepted an alarm already (a retry of the others does not repeat it),
+    // and webhooks resting after a failure: until when, and the next wait.
+    let accepted: Mutex<HashMap<i64, HashSet<String>>> = Mutex::default();
+    let resting: Mutex<HashMap<String, (Instant, Duration)>> = Mutex::default();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let pending = match store.undelivered_by_client(CLIENT_WEBHOOKS_SINK, PER_CLIENT) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the alarm outbox");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let mut by_client: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
+        for alarm in pending {
+            let client = serde_json::from_str::<serde_json::Value>(&alarm.body)
+                .ok()
+                .and_then(|v| v["client"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match by_client.iter_mut().find(|(c, _)| *c == client) {
+                Some((_, alarms)) => alarms.push(alarm),
+                None => by_client.push((client, vec![alarm])),
+            }
+        }
+        let delivered = std::sync::atomic::AtomicUsize::new(0);
+        for chunk in by_client.chunks(CLIENTS_AT_ONCE) {
+            std::thread::scope(|s| {
+                for (client, alarms) in chunk {
+                    let (store, accepted, resting, delivered) = (&store, &accepted, &resting, &delivered);
+                    s.spawn(move || {
+                        let urls = store
+                            .get(kind::CLIENT, client)
+                            .ok()
+                            .flatten()
+                            .and_then(|t| serde_json::from_str::<ClientRecord>(&t).ok())
+                            .map(|c| c.alarm_webhooks)
+                            .unwrap_or_default();
+                        for alarm in alarms {
+                            let mut done =
+                                accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(&alarm.id).unwrap_or_default();
+                            for url in &urls {
+                                let rests = resting
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get(url)
+                                    .is_some_and(|(until, _)| Instant::now() < *until);
+                                if done.contains(url) || rests {
+                                    continue;
+                                }
+                                let sent = ureq::post(url)
+                                    .set("content-type", "application/json")
+                                    .timeout(Duration::from_secs(10))
+                                    .send_string(&alarm.body);
+                                let mut resting = resting.lock().unwrap_or_else(|p| p.into_inner());
+                                match sent {
+                                    Ok(_) => {
+                                        resting.remove(url);
+                                        done.insert(url.clone());
+                                    }
+                                    Err(e) => {
+                                        let wait = resting.get(url).map_or(Duration::from_millis(500), |(_, w)| *w);
+                                        tracing::warn!(%client, error = %e, retry_in = ?wait, "a client's alarm webhook failed");
+                                        let next = (wait * 2).min(Duration::from_secs(60));
+                                        resting.insert(url.clone(), (Instant::now() + wait, next));
+                                    }
+                                }
+                            }
+                            // Every webhook of the client has it (or it has none): it leaves.
+                            if urls.iter().all(|u| done.contains(u)) {
+                                match store.delivered(alarm.id, CLIENT_WEBHOOKS_SINK) {
+                                    Ok(()) => {
+                                        delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        continue;
+                                    }
+                                    Err(e) => tracing::error!(error = %e, "cannot record an alarm's delivery"),
+                                }
+                            }
+                            accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(alarm.id, done);
+                        }
+                    });
+                }
+            });
+        }
+        if delivered.into_inner() == 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// How many clients' webhooks are posted to side by side.
+const CLIENTS_AT_ONCE: usize = 32;
 
 /// The outbox sink name of e-mail delivery.
 pub const EMAIL_SINK: &str = "smtp";

@@ -59,6 +59,15 @@ pub struct CosignerConfig {
     /// The mail relay alarms are e-mailed through, to each client's guardians.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// Which webhooks of their own clients may name for their alarms (their guardians'):
+    /// "https" (the default), "any" (plain http too: a co-signer its family runs itself, or
+    /// tests on loopback) or "off".
+    #[serde(default = "default_client_webhooks")]
+    pub client_webhooks: String,
+}
+
+fn default_client_webhooks() -> String {
+    "https".into()
 }
 
 /// How alarms are e-mailed.
@@ -153,6 +162,12 @@ impl CosignerConfig {
                     "{} blocks is shorter than a captivity can last; at least {MIN_GOVERNANCE_DELAY_BLOCKS}",
                     config.governance_delay_blocks
                 ),
+            ));
+        }
+        if !["https", "any", "off"].contains(&config.client_webhooks.as_str()) {
+            return Err(refuse(
+                "client_webhooks",
+                format!("{:?}: \"https\", \"any\" or \"off\"", config.client_webhooks),
             ));
         }
         if let Some(smtp) = &config.smtp {

@@ -75,6 +75,10 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
             (None, None) => {}
         }
     }
+    if config.client_webhooks != "off" {
+        let (store, stop) = (cosigner.store_handle(), stop.clone());
+        std::thread::spawn(move || alarms::deliver_to_clients(store, stop));
+    }
     {
         let (cosigner, stop) = (cosigner.clone(), stop.clone());
         std::thread::spawn(move || {

@@ -70,6 +70,9 @@ pub struct ClientRecord {
     /// Where this client's alarms are e-mailed (its guardians).
     #[serde(default)]
     pub alarm_emails: Vec<String>,
+    /// Where this client's alarms are posted (its guardians' webhooks).
+    #[serde(default)]
+    pub alarm_webhooks: Vec<String>,
     /// A guardian-signed change waiting for its height.
     #[serde(default)]
     pub pending_policy: Option<crate::governance::PendingPolicy>,
@@ -361,6 +364,11 @@ impl Cosigner {
     /// reads and commits under it.
     pub(crate) fn store(&self) -> &dyn Store {
         &*self.store
+    }
+
+    /// The store, for a thread of its own (alarm delivery).
+    pub fn store_handle(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// The lock a decision about `client` is taken under, from its first read to its commit,
@@ -691,6 +699,7 @@ impl Cosigner {
                 return Err(bad(format!("alarm_emails[{i}]: {e:?} is not an e-mail address")));
             }
         }
+        check_webhooks(&p.alarm_webhooks, &self.config.client_webhooks)?;
         if p.heartbeat_real == p.heartbeat_duress {
             return Err(bad("heartbeat_real and heartbeat_duress must differ"));
         }
@@ -719,6 +728,7 @@ impl Cosigner {
             lift_at: 0,
             duress_lift_at: 0,
             alarm_emails: p.alarm_emails.clone(),
+            alarm_webhooks: p.alarm_webhooks.clone(),
             pending_policy: None,
             last_heartbeat: 0,
             past_policies: Vec::new(),
@@ -860,6 +870,34 @@ pub(crate) fn fresh(t: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Most webhooks one client names.
+const MAX_CLIENT_WEBHOOKS: usize = 5;
+
+/// A client's own webhooks, as the operator's `client_webhooks` allows them: the co-signer
+/// posts to them from inside the provider's network, so only what the operator accepts.
+fn check_webhooks(urls: &[String], allowed: &str) -> Result<(), Refusal> {
+    if urls.is_empty() {
+        return Ok(());
+    }
+    if allowed == "off" {
+        return Err(bad("alarm_webhooks: this co-signer does not post to clients' webhooks"));
+    }
+    if urls.len() > MAX_CLIENT_WEBHOOKS {
+        return Err(bad(format!("alarm_webhooks: at most {MAX_CLIENT_WEBHOOKS}")));
+    }
+    for (i, url) in urls.iter().enumerate() {
+        let scheme_ok = url.starts_with("https://") || (allowed == "any" && url.starts_with("http://"));
+        let parsed = ureq::post(url).request_url();
+        if !scheme_ok || parsed.is_err() || url.len() > 512 {
+            return Err(bad(format!(
+                "alarm_webhooks[{i}]: {url:?} is not {} URL of at most 512 characters",
+                if allowed == "any" { "an http or https" } else { "an https" }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A token's store id; refuses what is not a token.
 fn token_id(token: &str) -> Result<String, Refusal> {
     if <[u8; 32]>::from_hex(token).is_err() {
@@ -876,6 +914,20 @@ pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_names_only_the_webhooks_the_operator_allows() {
+        let https = vec!["https://alarms.family.example/vigil".to_owned()];
+        let http = vec!["http://10.0.0.1/alarm".to_owned()];
+        assert!(check_webhooks(&https, "https").is_ok());
+        assert!(check_webhooks(&http, "any").is_ok());
+        assert!(check_webhooks(&[], "off").is_ok());
+        let named = |r: Result<(), Refusal>| format!("{:?}", r.unwrap_err());
+        assert!(named(check_webhooks(&http, "https")).contains("alarm_webhooks[0]"));
+        assert!(named(check_webhooks(&https, "off")).contains("does not post"));
+        assert!(named(check_webhooks(&["https://".to_owned()], "https")).contains("alarm_webhooks[0]"));
+        assert!(named(check_webhooks(&vec![https[0].clone(); 6], "https")).contains("at most 5"));
+    }
 
     #[test]
     fn a_nonce_is_taken_once_in_any_order_within_the_window() {

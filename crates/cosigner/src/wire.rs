@@ -68,6 +68,9 @@ pub struct PinPolicy {
     /// Where the client's alarms are e-mailed: its guardians' addresses.
     #[serde(default)]
     pub alarm_emails: Vec<String>,
+    /// Where the client's alarms are posted (JSON): its guardians' webhooks.
+    #[serde(default)]
+    pub alarm_webhooks: Vec<String>,
 }
 
 /// What pinning answers.

@@ -675,3 +675,28 @@ fn base64_psbt(psbt: &vigil_policy::bitcoin::Psbt) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
 }
+
+#[test]
+fn each_familys_alarms_reach_its_own_guardians_webhook_and_no_other_familys() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "client_webhooks = \"any\"");
+    let tower = vigil_testenv::process::TowerProcess::new(&node, &[], 0, None);
+    let (url_a, to_a) = webhook();
+    let (url_b, to_b) = webhook();
+    // A third family's webhook takes connections and never answers: the others go on.
+    let stuck = vigil_testenv::webhook::black_hole();
+    let a = Family::sharing_alarmed(&node, &co, example("own webhooks a"), &[&tower], &[url_a]);
+    let b = Family::sharing_alarmed(&node, &co, example("own webhooks b"), &[&tower], &[url_b]);
+    let c = Family::sharing_alarmed(&node, &co, example("own webhooks c"), &[&tower], &[stuck]);
+    c.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &c.guardian(0)).unwrap();
+    a.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &a.guardian(0)).unwrap();
+    let of = |received: &vigil_testenv::webhook::Received, f: &Family| {
+        received.lock().unwrap().iter().filter(|x| x["client"] == f.cosigner.client.as_str()).count()
+    };
+    eventually("family A's guardians hear of its lockdown", || (of(&to_a, &a) > 0).then_some(()));
+    b.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &b.guardian(0)).unwrap();
+    eventually("family B's guardians hear of its lockdown", || (of(&to_b, &b) > 0).then_some(()));
+    // Each heard only its own.
+    assert!(to_a.lock().unwrap().iter().all(|x| x["client"] == a.cosigner.client.as_str()));
+    assert!(to_b.lock().unwrap().iter().all(|x| x["client"] == b.cosigner.client.as_str()));
+}

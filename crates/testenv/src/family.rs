@@ -94,8 +94,19 @@ impl Family {
     pub fn sharing(
         node: &Node,
         co: &CosignerProcess,
+        example: ExamplePolicy,
+        towers: &[&TowerProcess],
+    ) -> Family {
+        Family::sharing_alarmed(node, co, example, towers, &[])
+    }
+
+    /// [`Family::sharing`], its alarms also posted to `alarm_webhooks` of its own.
+    pub fn sharing_alarmed(
+        node: &Node,
+        co: &CosignerProcess,
         mut example: ExamplePolicy,
         towers: &[&TowerProcess],
+        alarm_webhooks: &[String],
     ) -> Family {
         let token = co.token();
         let enrolled: Enrolled = ureq::post(&format!("{}/v1/enroll", co.url))
@@ -144,6 +155,7 @@ impl Family {
             heartbeat_real: wire::token_hash(&family.heartbeat.0),
             heartbeat_duress: wire::token_hash(&family.heartbeat.1),
             alarm_emails: vec!["guardians@family.example".into()],
+            alarm_webhooks: alarm_webhooks.to_vec(),
         };
         family.post("/v1/clients", &pin, &family.owner()).unwrap();
         for t in towers {

@@ -44,6 +44,9 @@ pub struct InitArgs {
     /// Where alarms are e-mailed (repeat; the guardians' addresses).
     #[arg(long = "alarm-email")]
     alarm_emails: Vec<String>,
+    /// Where alarms are posted as JSON (repeat; the guardians' webhooks, https).
+    #[arg(long = "alarm-webhook")]
+    alarm_webhooks: Vec<String>,
     /// DELAY: blocks a vault spend waits on chain, watched by the towers (144 = a day).
     #[arg(long, default_value_t = 144)]
     delay: u32,
@@ -418,6 +421,8 @@ struct Setup {
     /// Tower name → token, for those not enrolled yet.
     tower_tokens: Vec<(String, String)>,
     alarm_emails: Vec<String>,
+    #[serde(default)]
+    alarm_webhooks: Vec<String>,
     pinned_at_cosigner: bool,
 }
 
@@ -508,6 +513,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         enrolled: None,
         tower_tokens: towers.iter().map(|(t, token)| (t.name.clone(), token.clone())).collect(),
         alarm_emails: args.alarm_emails.clone(),
+        alarm_webhooks: args.alarm_webhooks.clone(),
         pinned_at_cosigner: false,
     };
     save_setup(&dir, &setup)?;
@@ -612,6 +618,7 @@ fn pin_everywhere(
             heartbeat_real: hashes.real.clone(),
             heartbeat_duress: hashes.duress.clone(),
             alarm_emails: setup.alarm_emails.clone(),
+            alarm_webhooks: setup.alarm_webhooks.clone(),
         };
         let _: wire::PinAnswer =
             co.post("/v1/clients", &pin).map_err(|e| setup_stopped("the co-signer", e))?;

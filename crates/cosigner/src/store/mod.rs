@@ -108,6 +108,9 @@ pub trait Store: Send + Sync {
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Alarms `sink` has not had yet, oldest first.
     fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Alarms `sink` has not had yet, at most `per_client` of each client, oldest first: one
+    /// client's backlog never hides another's.
+    fn undelivered_by_client(&self, sink: &str, per_client: u32) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Records that `sink` has alarm `id`.
     fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError>;
     /// Alarms some configured sink has not had.
@@ -245,6 +248,15 @@ pub(crate) mod conformance {
         assert_eq!(c1, ["{\"client\":\"c1\",\"n\":2}", "{\"client\":\"c1\",\"n\":1}"]);
         assert_eq!(store.client_alarms("c1", 1).unwrap().len(), 1);
         assert!(store.client_alarms("c3", 10).unwrap().is_empty());
+        // Per client, the oldest first, and no more than asked of each.
+        let fair: Vec<String> =
+            store.undelivered_by_client("s3", 1).unwrap().into_iter().map(|e| e.body).collect();
+        assert_eq!(fair, ["{\"x\":1}", "{\"client\":\"c1\",\"n\":1}", "{\"client\":\"c2\"}"]);
+        let c1_first = store.client_alarms("c1", 10).unwrap().pop().unwrap();
+        store.delivered(c1_first.id, "s3").unwrap();
+        let fair: Vec<String> =
+            store.undelivered_by_client("s3", 1).unwrap().into_iter().map(|e| e.body).collect();
+        assert_eq!(fair, ["{\"x\":1}", "{\"client\":\"c2\"}", "{\"client\":\"c1\",\"n\":2}"]);
         concurrent(store);
     }
 

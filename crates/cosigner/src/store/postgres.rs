@@ -136,6 +136,19 @@ impl Store for PostgresStore {
         Ok(rows.into_iter().map(|r| OutboxEntry { id: r.get(0), body: r.get(1) }).collect())
     }
 
+    fn undelivered_by_client(&self, sink: &str, per_client: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT id, body FROM (SELECT id, body, row_number() OVER
+                   (PARTITION BY (body::jsonb)->>'client' ORDER BY id) AS n FROM outbox
+                   WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = $1)) AS o
+                 WHERE n <= $2 ORDER BY id",
+                &[&sink, &(per_client as i64)],
+            )
+        })?;
+        Ok(rows.into_iter().map(|r| OutboxEntry { id: r.get(0), body: r.get(1) }).collect())
+    }
+
     fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(

@@ -209,6 +209,21 @@ impl Store for SqliteStore {
         })
     }
 
+    fn undelivered_by_client(&self, sink: &str, per_client: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, body FROM (SELECT id, body, row_number() OVER
+                   (PARTITION BY json_extract(body, '$.client') ORDER BY id) AS n FROM outbox
+                   WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = ?1))
+                 WHERE n <= ?2 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![sink, per_client], |r| {
+                Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? })
+            })?;
+            rows.collect()
+        })
+    }
+
     fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError> {
         self.write(|answer| Write::Delivered(id, sink.to_owned(), answer))
     }
