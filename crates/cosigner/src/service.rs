@@ -237,6 +237,7 @@ pub struct Cosigner {
     store: Arc<dyn Store>,
     /// The locks decisions are taken under, one per client (striped by its id).
     decisions: Vec<Mutex<()>>,
+    /// Picks a client's stripe; keyed afresh at each start.
     stripes: std::collections::hash_map::RandomState,
     /// Questions of the chain's tip, shared by the requests asking at once.
     tip_queries: Mutex<TipQueries>,
