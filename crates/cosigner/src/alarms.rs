@@ -67,13 +67,7 @@ pub fn deliver_to_clients(
     store: std::sync::Arc<dyn Store>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    use std::collections::{HashMap, HashSet};
-    use std::sync::Mutex;
-    use std::time::Instant;
-    // Webhooks that accepted an alarm already (a retry of the others does not repeat it),
-    // and webhooks resting after a failure: until when, and the next wait.
-    let accepted: Mutex<HashMap<i64, HashSet<String>>> = Mutex::default();
-    let resting: Mutex<HashMap<String, (Instant, Duration)>> = Mutex::default();
+    let state = ClientWebhooks::default();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let pending = match store.undelivered_by_client(CLIENT_WEBHOOKS_SINK, PER_CLIENT) {
             Ok(p) => p,
@@ -94,67 +88,90 @@ pub fn deliver_to_clients(
                 None => by_client.push((client, vec![alarm])),
             }
         }
-        let delivered = std::sync::atomic::AtomicUsize::new(0);
+        let mut delivered = 0;
         for chunk in by_client.chunks(CLIENTS_AT_ONCE) {
-            std::thread::scope(|s| {
-                for (client, alarms) in chunk {
-                    let (store, accepted, resting, delivered) = (&store, &accepted, &resting, &delivered);
-                    s.spawn(move || {
-                        let urls = store
-                            .get(kind::CLIENT, client)
-                            .ok()
-                            .flatten()
-                            .and_then(|t| serde_json::from_str::<ClientRecord>(&t).ok())
-                            .map(|c| c.alarm_webhooks)
-                            .unwrap_or_default();
-                        for alarm in alarms {
-                            let mut done =
-                                accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(&alarm.id).unwrap_or_default();
-                            for url in &urls {
-                                let rests = resting
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .get(url)
-                                    .is_some_and(|(until, _)| Instant::now() < *until);
-                                if done.contains(url) || rests {
-                                    continue;
-                                }
-                                let sent = ureq::post(url)
-                                    .set("content-type", "application/json")
-                                    .timeout(Duration::from_secs(10))
-                                    .send_string(&alarm.body);
-                                let mut resting = resting.lock().unwrap_or_else(|p| p.into_inner());
-                                match sent {
-                                    Ok(_) => {
-                                        resting.remove(url);
-                                        done.insert(url.clone());
-                                    }
-                                    Err(e) => {
-                                        let wait = resting.get(url).map_or(Duration::from_millis(500), |(_, w)| *w);
-                                        tracing::warn!(%client, error = %e, retry_in = ?wait, "a client's alarm webhook failed");
-                                        let next = (wait * 2).min(Duration::from_secs(60));
-                                        resting.insert(url.clone(), (Instant::now() + wait, next));
-                                    }
-                                }
-                            }
-                            // Every webhook of the client has it (or it has none): it leaves.
-                            if urls.iter().all(|u| done.contains(u)) {
-                                match store.delivered(alarm.id, CLIENT_WEBHOOKS_SINK) {
-                                    Ok(()) => {
-                                        delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                        continue;
-                                    }
-                                    Err(e) => tracing::error!(error = %e, "cannot record an alarm's delivery"),
-                                }
-                            }
-                            accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(alarm.id, done);
-                        }
-                    });
-                }
+            delivered += std::thread::scope(|s| {
+                let posting: Vec<_> = chunk
+                    .iter()
+                    .map(|(client, alarms)| s.spawn(|| state.deliver(&*store, client, alarms)))
+                    .collect();
+                posting.into_iter().map(|p| p.join().unwrap_or(0)).sum::<usize>()
             });
         }
-        if delivered.into_inner() == 0 {
+        if delivered == 0 {
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// What the delivery to clients' webhooks remembers between passes.
+#[derive(Default)]
+struct ClientWebhooks {
+    /// Per alarm, the webhooks that accepted it already (a retry of the others does not
+    /// repeat it).
+    accepted: std::sync::Mutex<std::collections::HashMap<i64, std::collections::HashSet<String>>>,
+    /// Webhooks resting after a failure: until when, and the next wait.
+    resting: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Duration)>>,
+}
+
+impl ClientWebhooks {
+    /// Posts `client`'s `alarms` to its webhooks; how many left the queue.
+    fn deliver(&self, store: &dyn Store, client: &str, alarms: &[OutboxEntry]) -> usize {
+        let urls = store
+            .get(kind::CLIENT, client)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str::<ClientRecord>(&t).ok())
+            .map(|c| c.alarm_webhooks)
+            .unwrap_or_default();
+        let mut delivered = 0;
+        for alarm in alarms {
+            let mut done =
+                self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(&alarm.id).unwrap_or_default();
+            for url in &urls {
+                if !done.contains(url) && !self.rests(url) && self.post(client, url, &alarm.body) {
+                    done.insert(url.clone());
+                }
+            }
+            // Every webhook of the client has it (or it has none): it leaves the queue.
+            if urls.iter().all(|u| done.contains(u)) {
+                match store.delivered(alarm.id, CLIENT_WEBHOOKS_SINK) {
+                    Ok(()) => {
+                        delivered += 1;
+                        continue;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot record an alarm's delivery"),
+                }
+            }
+            self.accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(alarm.id, done);
+        }
+        delivered
+    }
+
+    fn rests(&self, url: &str) -> bool {
+        let resting = self.resting.lock().unwrap_or_else(|p| p.into_inner());
+        resting.get(url).is_some_and(|(until, _)| std::time::Instant::now() < *until)
+    }
+
+    /// Posts one alarm; whether the webhook accepted it (if not, it rests, backing off).
+    fn post(&self, client: &str, url: &str, body: &str) -> bool {
+        let sent = ureq::post(url)
+            .set("content-type", "application/json")
+            .timeout(Duration::from_secs(10))
+            .send_string(body);
+        let mut resting = self.resting.lock().unwrap_or_else(|p| p.into_inner());
+        match sent {
+            Ok(_) => {
+                resting.remove(url);
+                true
+            }
+            Err(e) => {
+                let wait = resting.get(url).map_or(Duration::from_millis(500), |(_, w)| *w);
+                tracing::warn!(%client, error = %e, retry_in = ?wait, "a client's alarm webhook failed");
+                let next = (wait * 2).min(Duration::from_secs(60));
+                resting.insert(url.to_owned(), (std::time::Instant::now() + wait, next));
+                false
+            }
         }
     }
 }

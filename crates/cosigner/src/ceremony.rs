@@ -232,10 +232,7 @@ impl Cosigner {
                 .collect(),
         };
         // The nonce is consumed with nothing else: the ceremony itself lives in RAM.
-        {
-            let _deciding = self.decide(&caller.client.id);
-            self.store().commit(&Self::consume_nonce(self.store(), &caller.key, req)?)?;
-        }
+        self.consume_nonce_alone(caller, req)?;
         let mut open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, c| c.started.elapsed() < CEREMONY_TTL);
         if open.values().filter(|c| c.client == caller.client.id).count() >= MAX_OPEN_CEREMONIES {
@@ -283,10 +280,7 @@ impl Cosigner {
             if v.client != caller.client.id {
                 return Err(Refusal::NotFound(format!("no vault {outpoint} of this client")));
             }
-            {
-                let _deciding = self.decide(&caller.client.id);
-                self.store().commit(&Self::consume_nonce(self.store(), &caller.key, req)?)?;
-            }
+            self.consume_nonce_alone(caller, req)?;
             return self.register_with_towers(&caller.client.id, &vault_key);
         }
         let open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
@@ -443,6 +437,13 @@ impl Cosigner {
             }
         }
         Ok(status(outpoint, &latest))
+    }
+
+    /// Consumes a request's nonce with nothing else (its effect lives in RAM, or was
+    /// committed already), under its client's lock.
+    fn consume_nonce_alone<T>(&self, caller: &Caller, req: &Signed<T>) -> Result<(), Refusal> {
+        let _deciding = self.decide(&caller.client.id);
+        Ok(self.store().commit(&Self::consume_nonce(self.store(), &caller.key, req)?)?)
     }
 
     /// The lock a client's requests to its towers are sent under: each tower takes a key's
