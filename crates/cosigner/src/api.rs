@@ -42,6 +42,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/alarms", get(alarm_feed))
         .route("/v1/policy", post(change_policy))
         .route("/v1/policy/changes", get(policy_changes))
+        .route("/v1/towers", post(enroll_tower))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(MAX_BODY, vigil_tower::api::refuse_oversize))
@@ -213,6 +214,10 @@ async fn panic(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) 
 
 async fn change_policy(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
     signed(c, headers, "/v1/policy".into(), body, |c, caller, req| c.change_policy(caller, req)).await
+}
+
+async fn enroll_tower(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
+    signed(c, headers, "/v1/towers".into(), body, |c, caller, req| c.enroll_tower(caller, req)).await
 }
 
 async fn metrics(State(c): State<Arc<Cosigner>>) -> Response {

@@ -380,7 +380,9 @@ impl Cosigner {
         if record.state == "protected" {
             return Ok(status(outpoint, &record));
         }
-        let compiled = self.compiled(&client)?;
+        // The towers of the version the vault was made under: a change that applied a moment
+        // ago may not be in the stored record yet, and its new towers must hear of it too.
+        let compiled = self.vault_policy(&client, &record)?;
         let missing: Vec<String> = compiled
             .policy()
             .towers

@@ -24,6 +24,7 @@ pub mod config;
 pub mod emergency;
 pub mod error;
 pub mod governance;
+pub mod joining;
 pub mod keys;
 pub mod orders;
 pub mod service;

@@ -36,6 +36,14 @@ pub struct TowerOrder {
     pub only: Option<Vec<String>>,
 }
 
+/// What one pass of [`Cosigner::push_pass`] heard.
+pub(crate) struct Pass {
+    /// Where the last order stands at each of its towers.
+    pub last: Vec<TowerReport>,
+    /// Each order sent (path, subject) with the answers of the towers asked.
+    pub answers: Vec<(String, String, Vec<TowerReport>)>,
+}
+
 impl TowerOrder {
     fn settled(&self, tower: &str) -> bool {
         self.acked.iter().chain(&self.refused).any(|t| t == tower)
@@ -47,7 +55,7 @@ impl TowerOrder {
     }
 
     /// Whether `tower` has yet to take it.
-    fn owed_by(&self, tower: &str) -> bool {
+    pub(crate) fn owed_by(&self, tower: &str) -> bool {
         self.is_for(tower) && !self.settled(tower)
     }
 }
@@ -79,13 +87,20 @@ impl Cosigner {
     /// Pushes `client`'s orders to the towers that have not acknowledged them; returns the
     /// reports of the last one.
     pub fn push_orders(&self, client_id: &str) -> Result<Vec<TowerReport>, Refusal> {
+        Ok(self.push_pass(client_id)?.last)
+    }
+
+    /// [`Cosigner::push_orders`], with every answer of the pass.
+    pub(crate) fn push_pass(&self, client_id: &str) -> Result<Pass, Refusal> {
         // One push per client at a time, reading the orders under the same lock.
         let lock = self.towers_lock(client_id);
         let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (orders, client) = {
             let _deciding = self.decide(client_id);
             let store = self.store();
-            let Some(text) = store.get(kind::ORDERS, client_id)? else { return Ok(Vec::new()) };
+            let Some(text) = store.get(kind::ORDERS, client_id)? else {
+                return Ok(Pass { last: Vec::new(), answers: Vec::new() });
+            };
             let orders: Vec<TowerOrder> = serde_json::from_str(&text).map_err(|_| Refusal::Internal)?;
             (orders, Self::client(store, client_id)?.ok_or(Refusal::Internal)?)
         };
@@ -136,6 +151,7 @@ impl Cosigner {
                 name,
                 acknowledged: false,
                 refused: None,
+                error: Some("not asked: it did not answer an order before this one".into()),
             }));
             // Where this order stands at each of its towers: as answered now, else as settled.
             last = towers
@@ -149,11 +165,13 @@ impl Cosigner {
                             .refused
                             .contains(&t.name)
                             .then(|| "it refused this for good".to_owned()),
+                        error: None,
                     })
                 })
                 .collect();
             done.push((order.path.clone(), order.subject.clone(), answered));
         }
+        let answers = done.clone();
         // Record the acknowledgements on the orders as they are now (others may have been
         // queued meanwhile), each by what it is; drop the orders every tower has.
         let _deciding = self.decide(client_id);
@@ -209,7 +227,7 @@ impl Cosigner {
             batch.put(kind::ORDERS, client_id.to_owned(), serde_json::to_string(&now).expect("json"));
         }
         store.commit(&batch)?;
-        Ok(last)
+        Ok(Pass { last, answers })
     }
 
     /// Pushes every client's pending orders (the background loop, and after a restart).

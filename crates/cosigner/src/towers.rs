@@ -36,17 +36,22 @@ pub fn post_all(
                 scope.spawn(move || {
                     let name = tower.name.clone();
                     if skip {
-                        return TowerReport { name, acknowledged: true, refused: None };
+                        return TowerReport { name, acknowledged: true, refused: None, error: None };
                     }
                     let tower_key = tower.key.x_only_public_key().0;
                     match post(&tower.url, &tower_key, path, &body(i), key) {
                         Ok(ack) => {
-                            TowerReport { name, acknowledged: verified(&ack, &tower_key, subject), refused: None }
+                            TowerReport {
+                                name,
+                                acknowledged: verified(&ack, &tower_key, subject),
+                                refused: None,
+                                error: None,
+                            }
                         }
                         Err((status, e)) => {
                             tracing::warn!(tower = %tower.name, path, error = %e, "tower did not acknowledge");
                             let refused = status.is_some_and(|s| (400..500).contains(&s) && s != 401);
-                            TowerReport { name, acknowledged: false, refused: refused.then_some(e) }
+                            TowerReport { name, acknowledged: false, refused: refused.then(|| e.clone()), error: Some(e) }
                         }
                     }
                 })

@@ -154,6 +154,41 @@ pub struct TowerReport {
     /// refused is settled after a while (unsigned, a refusal alone settles nothing at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// What came back instead of an acknowledgement (its answer, or why none came).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/towers`: a tower of the policy in force (a change added it) takes the client,
+/// with a single-use token from its operator (`vigil tower token`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollTower {
+    /// Its name in the policy.
+    pub tower: String,
+    /// The token, 64 hex characters.
+    pub token: String,
+}
+
+/// What the tower took so far; the co-signer keeps sending the rest until it has it all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TowerEnrolled {
+    /// The tower.
+    pub tower: String,
+    /// Whether it took the client.
+    pub enrolled: bool,
+    /// What it answered instead, when it did not (a token it does not know, or no answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Live vaults it is given.
+    pub vaults: u32,
+    /// Their approvals still open.
+    pub approvals: u32,
+    /// Live vaults made under a version with other keys or delays: the policy in force does
+    /// not build their graphs, so they stay with the towers of their own version.
+    pub kept_elsewhere: Vec<String>,
+    /// Whether it acknowledged everything it was given.
+    pub complete: bool,
 }
 
 /// A vault as the co-signer sees it.

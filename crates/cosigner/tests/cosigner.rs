@@ -573,6 +573,97 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
 }
 
 #[test]
+fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live_vault_and_approval() {
+    let node = vigil_node();
+    // Approvals that outlive the governance wait: one given before the change reaches the
+    // tower the change added.
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
+    let mut f = Family::new(&node, &co, example("cosigner added tower"), 1, None);
+    let approved = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let unapproved = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let cancelled = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let asked = spend(&f, &approved).unwrap();
+    assert_eq!((asked["state"].as_str(), asked["policy_version"].as_u64()), (Some("approved"), Some(1)));
+    // A vault that is over (tower-a cancelled its unvault) is not handed to the new tower.
+    unvault(&node, &f, &cancelled);
+    eventually("tower-a cancels the unapproved unvault", || {
+        block(&node, &f, 1);
+        spend_of(&node.rpc, cancelled.unvault_outpoint())
+            .filter(|c| confirmations(&node.rpc, &c.compute_txid()) > 0)
+    });
+
+    // The quorum adds tower-b.
+    let mut b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
+    let changed = format!(
+        "{}\n[[towers]]\nname = \"tower-b\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        f.policy_text.replace("version = 1", "version = 2"),
+        b.api.url,
+        b.public_key
+    );
+    let change = f.change_policy(&changed, &[0, 1]).unwrap();
+    let enroll = |tower: &str, token: &str, key: vigil_policy::bitcoin::key::Keypair| {
+        f.post("/v1/towers", &serde_json::json!({"tower": tower, "token": token}), &key)
+    };
+    let early = enroll("tower-b", &b.token(), f.owner()).unwrap_err();
+    assert!(early.0 == 409 && early.1.contains("joins with the change that applies at block"), "{early:?}");
+    until_applied(&node, &f, &change);
+    let unknown = enroll("tower-z", &b.token(), f.owner()).unwrap_err();
+    assert!(unknown.0 == 400 && unknown.1.contains("tower-a, tower-b"), "{unknown:?}");
+
+    // A token tower-b never issued: its refusal is named, and it holds nothing.
+    let refused = enroll("tower-b", &"ab".repeat(32), f.guardian(0)).unwrap();
+    assert_eq!((refused["enrolled"].as_bool(), refused["complete"].as_bool()), (Some(false), Some(false)));
+    assert!(refused["error"].as_str().unwrap().contains("unknown enrollment token"), "{refused}");
+    let view = format!("/v1/clients/{}", f.cosigner.client);
+    assert_eq!(vigil_testenv::household::get(&b.api, &view, &f.owner()).unwrap_err().0, 404);
+
+    // Its own token: the first policy and the signed change, checked by the tower itself; the
+    // two live vaults and the open approval (of version 1) follow.
+    let enrolled = enroll("tower-b", &b.token(), f.owner()).unwrap();
+    assert_eq!(
+        (
+            enrolled["enrolled"].as_bool(),
+            enrolled["vaults"].as_u64(),
+            enrolled["approvals"].as_u64(),
+            enrolled["complete"].as_bool()
+        ),
+        (Some(true), Some(2), Some(1), Some(true)),
+        "{enrolled}"
+    );
+    assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([]));
+    let at_b = vigil_testenv::household::get(&b.api, &view, &f.owner()).unwrap();
+    assert_eq!(at_b["version"], 2, "{at_b}");
+    // A restart keeps it all.
+    b.kill9();
+    b.start();
+    for v in [&approved, &unapproved] {
+        vigil_testenv::household::get(&b.api, &format!("/v1/vaults/{}", v.outpoint()), &f.owner()).unwrap();
+    }
+    // A vault made now is registered at both.
+    let after = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    vigil_testenv::household::get(&b.api, &format!("/v1/vaults/{}", after.outpoint()), &f.owner()).unwrap();
+
+    // Tower-a gone, tower-b alone cancels an unapproved unvault, and lets the approved one
+    // through to its spend.
+    f.towers[0].kill9();
+    unvault(&node, &f, &unapproved);
+    let cancel = eventually("tower-b cancels the unapproved unvault", || {
+        let spent = spend_of(&node.rpc, unapproved.unvault_outpoint());
+        if spent.is_none() {
+            block(&node, &f, 1);
+        }
+        spent
+    });
+    assert!(unapproved.graph.graph().cancels.iter().any(|c| c.tx.compute_txid() == cancel.compute_txid()));
+    unvault(&node, &f, &approved);
+    block(&node, &f, DELAY - 1);
+    let tx = f.sign(asked["id"].as_u64().unwrap()).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1, "tower-b knew the approval");
+}
+
+#[test]
 fn a_format_2_family_vaults_spends_with_its_guardians_and_its_tower_cancels_an_unapproved_unvault() {
     // Format 2 (ADR 0005): every key derives per leaf and the internal key is the policy's
     // NUMS xpub; the co-signer, the tower and the signers all follow the policy crate.

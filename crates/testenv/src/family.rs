@@ -163,6 +163,7 @@ impl Family {
                 nonce: family.next_nonce(),
                 token: t.token(),
                 policy: family.policy_text.clone(),
+                changes: Vec::new(),
             };
             crate::household::post(
                 &t.api,

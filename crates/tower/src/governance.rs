@@ -86,7 +86,7 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     let token = <[u8; 32]>::from_hex(&req.token)
         .map_err(|_| bad("token: 64 hex characters, as `vigil tower token` printed it"))?;
     let id = crate::client::policy_id(&req.policy);
-    let client = Client::new(&id, &req.policy).map_err(|e| bad(format!("policy: {e}")))?;
+    let client = followed(tower, &id, req)?;
     if !client.registrars.contains(signer) {
         return Err(Refusal::Forbidden("the policy is pinned by one of its owner or co-signer keys".into()));
     }
@@ -117,6 +117,47 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     }
     drop(state);
     Ok(ack(tower, format!("client {id}")))
+}
+
+/// The client an enrollment pins: its first policy, then each change in turn, every one
+/// signed by the guardian quorum of the version before it. A chain must lead to a version
+/// naming this tower (it was added by a change): one stopping short would enroll it under a
+/// version it does not serve.
+fn followed(tower: &Tower, id: &str, req: &EnrollClient) -> Result<Client, Refusal> {
+    let mut client = Client::new(id, &req.policy).map_err(|e| bad(format!("policy: {e}")))?;
+    for (i, change) in req.changes.iter().enumerate() {
+        let field = format!("changes[{i}]");
+        let signers = verified_signers(&change.signatures, &policy_change_digest(id, &change.policy))
+            .map_err(|e| bad(format!("{field}: {}", e.message())))?;
+        if !client.has_guardian_quorum(&signers) {
+            return Err(bad(format!(
+                "{field}: a change needs {} signatures of the guardians of version {}, {} verify",
+                client.policy.guardians.threshold,
+                client.policy.version,
+                client.guardians_among(&signers)
+            )));
+        }
+        let next = Client::new(id, &change.policy).map_err(|e| bad(format!("{field}.policy: {e}")))?;
+        if next.policy.network != client.policy.network {
+            return Err(bad(format!("{field}.policy: another network")));
+        }
+        if next.policy.version <= client.policy.version {
+            return Err(bad(format!(
+                "{field}.policy: version {} is not above {}, the version before it",
+                next.policy.version, client.policy.version
+            )));
+        }
+        client = next;
+    }
+    let me = tower.public_key();
+    if !req.changes.is_empty() && !client.policy.towers.iter().any(|t| t.key.x_only_public_key().0 == me) {
+        return Err(bad(format!(
+            "changes: version {}, the last, does not name this tower: give the changes up to the one that \
+             added it",
+            client.policy.version
+        )));
+    }
+    Ok(client)
 }
 
 /// Issues a single-use enrollment token into a tower's store (`vigil tower token`).

@@ -224,6 +224,21 @@ pub struct EnrollClient {
     pub token: String,
     /// The policy file's text: its sha256 is the client's id.
     pub policy: String,
+    /// The changes the guardians' quorum signed that applied since, oldest first: a tower a
+    /// change added is enrolled at the version in force, under the client's first id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<SignedPolicy>,
+}
+
+/// A version of a client's policy with the guardian quorum's signatures over
+/// [`policy_change_digest`] (the quorum of the version before it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedPolicy {
+    /// The policy file's text.
+    pub policy: String,
+    /// The guardians' signatures.
+    pub signatures: Vec<KeySignature>,
 }
 
 /// The longest lockdown a tower takes, blocks (five weeks): a duress lockdown lasts four.

@@ -6,7 +6,7 @@ use vigil_policy::example::auth_keypair;
 use vigil_policy::VaultKind;
 use vigil_testenv::household::{example, get, post, Household};
 use vigil_testenv::process::{vigil_node, TowerProcess};
-use vigil_tower::wire::EnrollClient;
+use vigil_tower::wire::{self, EnrollClient, SignedPolicy};
 
 #[test]
 fn a_client_pins_its_policy_with_a_single_use_token() {
@@ -17,7 +17,12 @@ fn a_client_pins_its_policy_with_a_single_use_token() {
     let policy = std::fs::read_to_string(&h.policy_path).unwrap();
     let token = tower.token();
     let enroll = |h: &mut Household, token: &str, policy: &str, key| {
-        let req = EnrollClient { nonce: h.next_nonce(), token: token.into(), policy: policy.into() };
+        let req = EnrollClient {
+            nonce: h.next_nonce(),
+            token: token.into(),
+            policy: policy.into(),
+            changes: Vec::new(),
+        };
         post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), key)
     };
     let guardian = auth_keypair(&h.keys.guardians[0]);
@@ -39,4 +44,54 @@ fn a_client_pins_its_policy_with_a_single_use_token() {
     tower.start();
     assert!(get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &owner).is_ok());
     assert!(get(&tower.api, &format!("/v1/vaults/{}", vault.outpoint()), &owner).is_ok());
+}
+
+#[test]
+fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    // Tower 9 is not named by the first policy: a change adds it.
+    let tower = TowerProcess::new(&node, &[], 9, None);
+    let mut h = Household::new(dir.path(), &node, example("enrolled by a change"));
+    let first = std::fs::read_to_string(&h.policy_path).unwrap();
+    let entry = format!(
+        "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        tower.api.url, tower.public_key
+    );
+    let adds = format!("{first}{entry}").replace("version = 1", "version = 2");
+    let (id, keys) = (h.policy_id.clone(), h.keys.guardians.clone());
+    let signed = |text: &str, guardians: &[usize]| {
+        let digest = wire::policy_change_digest(&id, text);
+        let signatures = guardians.iter().map(|g| wire::sign(&digest, &auth_keypair(&keys[*g]))).collect();
+        SignedPolicy { policy: text.into(), signatures }
+    };
+    let token = tower.token();
+    let owner = h.owner_auth();
+    let enroll = |h: &mut Household, changes: Vec<SignedPolicy>| {
+        let req =
+            EnrollClient { nonce: h.next_nonce(), token: token.clone(), policy: first.clone(), changes };
+        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &owner)
+    };
+    let refusals = [
+        (
+            vec![signed(&adds, &[0])],
+            "changes[0]: a change needs 2 signatures of the guardians of version 1, 1 verify",
+        ),
+        (vec![signed(&adds.replace("version = 2", "version = 1"), &[0, 1])], "is not above 1"),
+        (vec![signed(&first.replace("version = 1", "version = 2"), &[0, 1])], "does not name this tower"),
+        (
+            vec![signed(&adds, &[0, 1]), signed(&adds.replace("version = 2", "version = 3"), &[2])],
+            "changes[1]",
+        ),
+    ];
+    for (changes, why) in refusals {
+        let refused = enroll(&mut h, changes).unwrap_err();
+        assert!(refused.0 == 400 && refused.1.contains(why), "{why}: {refused:?}");
+    }
+    // Signed by the quorum of the version before it: pinned at version 2, under the first
+    // policy's id; the refusals above did not use the token up.
+    let ack = enroll(&mut h, vec![signed(&adds, &[0, 2])]).unwrap();
+    assert_eq!(ack["subject"], format!("client {}", h.policy_id));
+    let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &owner).unwrap();
+    assert_eq!(view["version"], 2, "{view}");
 }

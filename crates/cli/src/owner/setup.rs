@@ -633,6 +633,7 @@ fn pin_everywhere(
             nonce: 0,
             token: setup.tower_tokens[pos].1.clone(),
             policy: policy_text.clone(),
+            changes: Vec::new(),
         };
         let _: serde_json::Value = tower
             .post("/v1/clients", &req)
