@@ -42,6 +42,9 @@ enum Command {
     Lockdown(owner::LockdownArgs),
     /// Freeze every vault now and ask the guardians to sweep them all to the deep vault.
     Panic(owner::LockdownArgs),
+    /// Enroll your wallet at a watchtower a policy change added, with the token its operator
+    /// gave you; the co-signer hands it every vault it must watch.
+    EnrollTower(owner::EnrollTowerArgs),
     /// When the co-signer is gone for good: move the coins with your guardians through the
     /// recovery leaves, which open T_RECOVER blocks after each coin confirmed.
     Recover(owner::RecoverArgs),
@@ -183,6 +186,7 @@ fn main() -> ExitCode {
         Command::Spend(args) => owner::spend(args),
         Command::Panic(args) => owner::panic(args),
         Command::Recover(args) => owner::recover(args),
+        Command::EnrollTower(args) => owner::enroll_tower(args),
         Command::Tower { config, command } => tower(config.as_deref(), command),
         Command::Guardian(args) => guardian::run(args),
         Command::Cosigner { config, command } => cosigner(config.as_deref(), command),

@@ -390,11 +390,16 @@ fn funded(s: &Services, coins: u32) -> Funded {
 }
 
 fn funded_with(s: &Services, coins: u32, guardians: &[String]) -> Funded {
+    funded_with_extra(s, coins, guardians, &[])
+}
+
+/// [`funded_with`], with more `vigil init` arguments.
+fn funded_with_extra(s: &Services, coins: u32, guardians: &[String], extra: &[&str]) -> Funded {
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("wallet");
     let payer = Wallet::new();
     mine(&s.node.rpc, 120, &payer.address());
-    let (ok, _, err) = init_with(s, &dir, guardians);
+    let (ok, _, err) = init_with_extra(s, &dir, guardians, extra);
     assert!(ok, "{err}");
     let phrase = phrase_shown(&err);
     let received = json(&dir, &["receive"], &[REAL]);
@@ -1221,6 +1226,67 @@ fn guardians_sign_version_2(dir: &Path, keys: &Path, guardian_keys: &[std::path:
         effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
     }
     (v1, effective)
+}
+
+#[test]
+fn after_the_guardians_add_a_tower_the_owner_enrolls_it_and_it_watches_every_vault() {
+    // The family names its guardians' webhook at init (the co-signer lets clients name
+    // plain-HTTP ones here): the guardians hear of the change there.
+    let (hook, alarms) = webhook();
+    let s = services("client_webhooks = \"any\"", false);
+    let (keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
+    let Funded { _home, dir, phrase, payer, .. } =
+        funded_with_extra(&s, 2, &xpubs, &["--alarm-webhook", &hook]);
+    let vault = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(vault["state"], "protected", "{vault}");
+    s.mine(1, &payer.address());
+
+    // The guardians' quorum adds a third tower; it waits the governance delay.
+    let added = TowerProcess::configured(&s.node, &[], 7, TowerOptions::default());
+    let policy = keys.path().join("policy.toml");
+    std::fs::copy(dir.join("policy.toml"), &policy).unwrap();
+    let v2 = std::fs::read_to_string(&policy).unwrap().replacen("version = 1", "version = 2", 1)
+        + &format!(
+            "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
+            added.api.url, added.public_key
+        );
+    let proposal = keys.path().join("v2.toml");
+    std::fs::write(&proposal, &v2).unwrap();
+    let mut effective = 0;
+    for key in &guardian_keys {
+        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
+    }
+    eventually("the guardians' webhook hears of the change", || {
+        alarms.lock().unwrap().iter().find(|a| a["kind"] == "policy-proposed").cloned()
+    });
+    let token = added.token();
+    let enroll = ["enroll-tower", "--tower", "tower-new", "--token", token.as_str()];
+    let (ok, _, early) = vigil(&dir, &enroll, &[REAL]);
+    assert!(!ok && early.contains("joins with the change that applies at block"), "{early}");
+    let tip = s.node.rpc.tip().unwrap().height;
+    s.mine(effective - tip, &payer.address());
+
+    // The owner hands the new tower's token over: it takes the policy and the vault.
+    let enrolled = json(&dir, &enroll, &[REAL]);
+    assert_eq!(
+        (enrolled["enrolled"].as_bool(), enrolled["vaults"].as_u64()),
+        (Some(true), Some(1)),
+        "{enrolled}"
+    );
+    assert_eq!(added.metric("vigil_tower_vaults_watched"), Some(1));
+    // The same command again (its answer lost) is the same enrollment: nothing doubles.
+    let again = json(&dir, &enroll, &[REAL]);
+    assert_eq!(
+        (again["enrolled"].as_bool(), again["complete"].as_bool()),
+        (Some(true), Some(true)),
+        "{again}"
+    );
+    assert_eq!(added.metric("vigil_tower_vaults_watched"), Some(1));
+    let next = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(next["state"], "protected", "{next}");
+    assert_eq!(added.metric("vigil_tower_vaults_watched"), Some(2));
 }
 
 #[test]

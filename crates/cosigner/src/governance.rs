@@ -231,7 +231,10 @@ impl Cosigner {
                     .alarm(alarm(
                         &id,
                         "policy-applied",
-                        format!("the waiting policy change of {id} applies from block {tip}"),
+                        format!(
+                            "the waiting policy change of {id} applies from block {tip}{}",
+                            added_towers(&client)
+                        ),
                     ));
                 if let Err(e) = self.store().commit(&batch) {
                     tracing::error!(client = %id, error = %e, "cannot apply a policy change");
@@ -239,4 +242,22 @@ impl Cosigner {
             }
         }
     }
+}
+
+/// What the alarm of an applied change says of the towers it added: they know nothing of the
+/// client until enrolled.
+fn added_towers(client: &ClientRecord) -> String {
+    let names = |text: &str| -> Vec<String> {
+        Policy::from_toml(text).map(|p| p.towers.into_iter().map(|t| t.name).collect()).unwrap_or_default()
+    };
+    let before = client.past_policies.last().map(|t| names(t)).unwrap_or_default();
+    let added: Vec<String> = names(&client.policy).into_iter().filter(|n| !before.contains(n)).collect();
+    if added.is_empty() {
+        return String::new();
+    }
+    format!(
+        ". New towers: {}. They watch nothing of this client until enrolled: the owner runs `vigil \
+         enroll-tower` with a token from each one's operator",
+        added.join(", ")
+    )
 }

@@ -40,8 +40,10 @@ impl Cosigner {
         if <[u8; 32]>::from_hex(&r.token).is_err() {
             return Err(bad("token: 64 hex characters, as `vigil tower token` printed it"));
         }
+        // Read without the client's lock (looking each vault up on the chain takes a while):
+        // whatever happens meanwhile (a vault, an approval, a lockdown) reaches every tower of
+        // the policy in force by itself, this one included, after the enrollment queued first.
         let tip = self.tip()?;
-        let deciding = self.decide(&caller.client.id);
         let store = self.store();
         let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         client.apply_due(tip);
@@ -89,6 +91,7 @@ impl Cosigner {
             o.only = Some(vec![r.tower.clone()]);
         }
 
+        let deciding = self.decide(&caller.client.id);
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         queue_first(store, &mut batch, &client.id, &r.tower, orders)?;
         store.commit(&batch)?;

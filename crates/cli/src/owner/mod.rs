@@ -137,6 +137,56 @@ pub struct LockdownArgs {
     blocks: u32,
 }
 
+/// `vigil enroll-tower`.
+#[derive(Args)]
+pub struct EnrollTowerArgs {
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// The watchtower's name in the policy.
+    #[arg(long)]
+    tower: String,
+    /// The single-use token its operator gave you (`vigil tower token`).
+    #[arg(long)]
+    token: String,
+}
+
+/// `vigil enroll-tower`: a watchtower a policy change added takes the wallet's policy, and
+/// the co-signer hands it every vault it must watch.
+pub fn enroll_tower(args: EnrollTowerArgs) -> anyhow::Result<()> {
+    let session = open(&args.wallet)?;
+    let request = wire::EnrollTower { tower: args.tower.clone(), token: args.token.trim().to_owned() };
+    let answer: wire::TowerEnrolled = session.cosigner.post("/v1/towers", &request)?;
+    if args.wallet.json {
+        println!("{}", serde_json::to_string(&answer)?);
+    }
+    let tower = &answer.tower;
+    if !answer.enrolled {
+        bail!(
+            "watchtower {tower} did not take your policy ({}). If it names the token, ask its operator for a new \
+             one; then run this again",
+            answer.error.as_deref().unwrap_or("no answer")
+        );
+    }
+    if !args.wallet.json {
+        println!(
+            "Watchtower {tower} now serves your wallet: it is given {} vaults and {} approved spends.",
+            answer.vaults, answer.approvals
+        );
+        if !answer.kept_elsewhere.is_empty() {
+            println!(
+                "{} vaults made under an earlier policy version stay with that version's watchtowers (their \
+                 scripts differ from today's): {}",
+                answer.kept_elsewhere.len(),
+                answer.kept_elsewhere.join(", ")
+            );
+        }
+        if !answer.complete {
+            println!("Part of it has not reached {tower} yet: the co-signer keeps sending it until it has.");
+        }
+    }
+    Ok(())
+}
+
 fn say(line: &str) {
     eprintln!("{line}");
 }
