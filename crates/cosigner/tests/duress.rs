@@ -106,32 +106,7 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     assert_eq!(spend(&f, &guarded).unwrap()["state"], "waiting");
 
     // The attacker broadcasts the "approved" unvault. Nothing happens on chain for a while...
-    node.rpc.broadcast(coerced.graph.unvault()).unwrap();
-    block(&node, &f, 1);
-    let confirmed = tip(&node);
-    let opens = confirmed + DELAY;
-    let mut cancelled_at = None;
-    for _ in 0..DELAY {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        if let Some(c) = spend_of(&node.rpc, coerced.unvault_outpoint()) {
-            assert!(
-                coerced.graph.graph().cancels.iter().any(|p| p.tx.compute_txid() == c.compute_txid()),
-                "a cancel"
-            );
-            if confirmations(&node.rpc, &c.compute_txid()) > 0 {
-                cancelled_at = Some(tip(&node) + 1 - confirmations(&node.rpc, &c.compute_txid()) as u32);
-                break;
-            }
-        }
-        block(&node, &f, 1);
-    }
-    let cancelled_at = cancelled_at.expect("the coerced unvault was cancelled");
-    assert!(
-        cancelled_at > confirmed + 5,
-        "not minutes after the code: U at {confirmed}, C at {cancelled_at}"
-    );
-    assert!(cancelled_at + 6 <= opens, "buried before the spend leaf opens at {opens}: C at {cancelled_at}");
-    eprintln!("coerced unvault confirmed at {confirmed}, quietly cancelled at {cancelled_at}, spend leaf at {opens}");
+    let opens = cancelled_late(&node, &f, &coerced);
     // And nothing is ever co-signed for it; the answer is the one any cancelled unvault gets.
     let id = coerced_answer["id"].as_u64().unwrap();
     block(&node, &f, opens.saturating_sub(tip(&node)));
@@ -197,4 +172,76 @@ fn vault_and_spend_requests_wait_for_an_unlock_whose_heartbeat_arrived() {
     // Lockdowns never wait: a frightened owner must always be able to freeze everything.
     std::thread::sleep(std::time::Duration::from_secs(3));
     f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.owner()).unwrap();
+}
+
+/// Broadcasts `coerced`'s unvault and mines until a cancel of it confirms, checking that it
+/// came late (not minutes after the code) and buried before the spend leaf opens; returns the
+/// height the spend leaf opens at.
+fn cancelled_late(node: &vigil_testenv::process::Node, f: &Family, coerced: &vigil_testenv::Vault) -> u32 {
+    node.rpc.broadcast(coerced.graph.unvault()).unwrap();
+    block(node, f, 1);
+    let confirmed = tip(node);
+    let opens = confirmed + DELAY;
+    let mut cancelled_at = None;
+    for _ in 0..DELAY {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if let Some(c) = spend_of(&node.rpc, coerced.unvault_outpoint()) {
+            assert!(
+                coerced.graph.graph().cancels.iter().any(|p| p.tx.compute_txid() == c.compute_txid()),
+                "a cancel"
+            );
+            if confirmations(&node.rpc, &c.compute_txid()) > 0 {
+                cancelled_at = Some(tip(node) + 1 - confirmations(&node.rpc, &c.compute_txid()) as u32);
+                break;
+            }
+        }
+        block(node, f, 1);
+    }
+    let cancelled_at = cancelled_at.expect("the coerced unvault was cancelled");
+    assert!(
+        cancelled_at > confirmed + 5,
+        "not minutes after the code: U at {confirmed}, C at {cancelled_at}"
+    );
+    assert!(cancelled_at + 6 <= opens, "buried before the spend leaf opens at {opens}: C at {cancelled_at}");
+    eprintln!("coerced unvault confirmed at {confirmed}, quietly cancelled at {cancelled_at}, spend leaf at {opens}");
+    opens
+}
+
+#[test]
+fn a_tower_added_under_duress_holds_the_quiet_lockdown_and_cancels_the_coerced_unvault_late() {
+    let node = vigil_node();
+    // Approvals that outlive the governance wait.
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
+    let mut f = Family::new(&node, &co, example("cosigner duress added tower"), 1, None);
+    let coerced = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    // The quorum adds tower-b; while the change waits, the duress code, and the coerced
+    // "approved" spend. Tower-a takes the quiet lockdown, and the order is done with.
+    let b = vigil_testenv::process::TowerProcess::new(&node, &[], 6, None);
+    let changed = format!(
+        "{}\n[[towers]]\nname = \"tower-b\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        f.policy_text.replace("version = 1", "version = 2"),
+        b.api.url,
+        b.public_key
+    );
+    let change = f.change_policy(&changed, &[0, 1]).unwrap();
+    f.heartbeat(true);
+    assert_eq!(spend(&f, &coerced).unwrap()["state"], "approved");
+    eventually("tower-a has the quiet lockdown", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    until_applied(&node, &f, &change);
+    // The captor, holding the owner's device, enrolls the new tower: it is told the quiet
+    // lockdown too, and the answer says nothing of it.
+    let enrolled = f
+        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
+        .unwrap();
+    assert_eq!(
+        enrolled,
+        serde_json::json!({"tower": "tower-b", "enrolled": true, "vaults": 1, "approvals": 1,
+            "kept_elsewhere": [], "complete": true}),
+        "no more, no less than without duress"
+    );
+    // Tower-a gone: tower-b alone cancels the coerced unvault, late and quietly.
+    f.towers[0].kill9();
+    cancelled_late(&node, &f, &coerced);
 }
