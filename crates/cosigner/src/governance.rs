@@ -71,7 +71,7 @@ impl Cosigner {
         let store = self.store();
         let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let before = serde_json::to_string(&client).expect("json");
-        client.apply_due(tip);
+        let applied_now = client.apply_due(tip);
         let current = &Policy::from_toml(&client.policy).map_err(|_| Refusal::Internal)?;
         if new.network != current.network {
             return Err(bad("policy: another network"));
@@ -119,6 +119,10 @@ impl Cosigner {
             ));
         }
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
+        if applied_now {
+            // Before the background pass did: said here, or never.
+            batch.alarm(applied_alarm(&client, tip));
+        }
         batch.expect(kind::POLICY_VOTES, votes_id.clone(), votes_before);
         if count < needed {
             batch.put(kind::POLICY_VOTES, votes_id, serde_json::to_string(&signatures).expect("json")).alarm(
@@ -228,20 +232,23 @@ impl Cosigner {
                 batch
                     .expect(kind::CLIENT, id.clone(), Some(body))
                     .put(kind::CLIENT, id.clone(), serde_json::to_string(&client).expect("json"))
-                    .alarm(alarm(
-                        &id,
-                        "policy-applied",
-                        format!(
-                            "the waiting policy change of {id} applies from block {tip}{}",
-                            added_towers(&client)
-                        ),
-                    ));
+                    .alarm(applied_alarm(&client, tip));
                 if let Err(e) = self.store().commit(&batch) {
                     tracing::error!(client = %id, error = %e, "cannot apply a policy change");
                 }
             }
         }
     }
+}
+
+/// The alarm of a waiting change that applied at `tip`.
+fn applied_alarm(client: &ClientRecord, tip: u32) -> String {
+    let id = &client.id;
+    alarm(
+        id,
+        "policy-applied",
+        format!("the waiting policy change of {id} applies from block {tip}{}", added_towers(client)),
+    )
 }
 
 /// What the alarm of an applied change says of the towers it added: they know nothing of the

@@ -19,7 +19,7 @@ use crate::ceremony::{vault_record, VaultRecord};
 use crate::emergency::{lockdown_order, order_of};
 use crate::error::Refusal;
 use crate::orders::TowerOrder;
-use crate::service::{Caller, ClientRecord, Cosigner};
+use crate::service::{alarm, Caller, ClientRecord, Cosigner};
 use crate::spends::SpendRecord;
 use crate::store::{kind, Batch};
 use crate::wire::{self, EnrollTower, Signed, TowerEnrolled};
@@ -71,29 +71,55 @@ impl Cosigner {
             policy: client.past_policies.first().unwrap_or(&client.policy).clone(),
             changes: applied_changes(&client)?,
         };
-        let mut orders = vec![order_of("/v1/clients", &enrollment, format!("client {}", client.id))];
+        let enroll_order = order_of("/v1/clients", &enrollment, format!("client {}", client.id));
         // What the other towers hold now. A lockdown's end as it holds here, a lift counted.
+        let mut orders = Vec::new();
         if client.locked(tip) {
             orders.push(lockdown_order(&client.id, client.plain_end(), false));
         }
         if client.under_duress(tip) {
             orders.push(lockdown_order(&client.id, client.duress_end(), true));
         }
-        let (vaults, kept_elsewhere) = self.live_vaults(&client)?;
+        // A change still waiting: the tower starts its own wait from its tip (later, never
+        // sooner, than the others').
+        if let Some(waiting) = &client.pending_policy {
+            orders.push(change_order(&client, &waiting.text)?);
+        }
+        let approvals = self.open_approvals(&client, tip)?;
+        let (vaults, kept_elsewhere) = self.live_vaults(&client, &approvals)?;
         orders.extend(vaults.iter().map(|v| {
             let subject = v.registration.vault.vault_outpoint.clone();
             order_of("/v1/vaults", &v.registration, subject)
         }));
-        let approvals = self.open_approvals(&client, &vaults, tip)?;
-        let approval_count = approvals.len() as u32;
-        orders.extend(approvals);
-        for o in &mut orders {
-            o.only = Some(vec![r.tower.clone()]);
-        }
+        let given: Vec<TowerOrder> = approvals
+            .into_iter()
+            .filter(|(vault, _)| vaults.iter().any(|v| v.registration.vault.vault_outpoint == *vault))
+            .map(|(_, order)| order)
+            .collect();
+        let approval_count = given.len() as u32;
+        orders.extend(given);
 
         let deciding = self.decide(&caller.client.id);
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
-        queue_first(store, &mut batch, &client.id, &r.tower, orders)?;
+        let replaced = queue_enrollment(store, &mut batch, &client.id, &r.tower, enroll_order, orders)?;
+        // A captor holding the owner's device could hand over a token of its own, or replace a
+        // guardian's: the guardians hear of every one, and read the version at the tower.
+        let version = self.compiled(&client)?.policy().version;
+        batch.alarm(alarm(
+            &client.id,
+            "tower-enrollment",
+            format!(
+                "{:?} asked to enroll client {} at tower {}{}: it is given version {version} (the first policy and \
+                 its signed changes), {} vaults and {approval_count} approvals. A guardian checks there that it \
+                 serves version {version} (`GET /v1/clients/{}`)",
+                caller.role,
+                client.id,
+                r.tower,
+                if replaced { ", replacing an enrollment it had not taken yet" } else { "" },
+                vaults.len(),
+                client.id,
+            ),
+        ));
         store.commit(&batch)?;
         drop(deciding);
         tracing::info!(client = %client.id, tower = %r.tower, vaults = vaults.len(), "enrolling a tower a change added");
@@ -119,71 +145,74 @@ impl Cosigner {
         })
     }
 
-    /// The client's vaults still worth watching whose graph the policy in force rebuilds as
-    /// it was made (a change of the tower set or the limits keeps it; one of keys or delays does
-    /// not); and the outpoints of the live ones it does not, which stay with their own
-    /// version's towers.
-    fn live_vaults(&self, client: &ClientRecord) -> Result<(Vec<VaultRecord>, Vec<String>), Refusal> {
+    /// The client's live vaults the tower is given: those whose graph the policy in force
+    /// rebuilds as it was made (a change of the tower set or the limits keeps it; one of keys
+    /// or delays does not), not unvaulted under an approval. And the outpoints of the live
+    /// ones it is not given, which stay with the towers watching them: an approved unvault
+    /// already out would be cancelled at first sight by a tower that learns of the vault
+    /// before its approval.
+    fn live_vaults(
+        &self,
+        client: &ClientRecord,
+        approvals: &[(String, TowerOrder)],
+    ) -> Result<(Vec<VaultRecord>, Vec<String>), Refusal> {
         let judge =
             vigil_tower::client::Client::new(&client.id, &client.policy).map_err(|_| Refusal::Internal)?;
-        let (mut same, mut elsewhere) = (Vec::new(), Vec::new());
+        let (mut given, mut elsewhere) = (Vec::new(), Vec::new());
         for (_, outpoint) in self.store().list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
             let Some(v) = vault_record(self.store(), &outpoint)? else { continue };
             // One still registering gets today's towers through its own ceremony.
-            if v.state != "protected" || !self.is_live(&v)? {
+            if v.state != "protected" {
                 continue;
             }
-            if vigil_tower::registration::checked_vault(&judge, &v.registration).is_ok() {
-                same.push(v);
-            } else {
-                elsewhere.push(outpoint);
+            let approved = approvals.iter().any(|(vault, _)| *vault == outpoint);
+            match self.stage(&v)? {
+                Stage::Over => continue,
+                Stage::Unvaulted if approved => elsewhere.push(outpoint),
+                _ if vigil_tower::registration::checked_vault(&judge, &v.registration).is_err() => {
+                    elsewhere.push(outpoint)
+                }
+                _ => given.push(v),
             }
         }
-        Ok((same, elsewhere))
+        Ok((given, elsewhere))
     }
 
-    /// Whether a vault may still be unvaulted or cancelled: V or its unvault's output
-    /// unspent, or its funding not broadcast yet (its first coin unspent).
-    fn is_live(&self, v: &VaultRecord) -> Result<bool, Refusal> {
+    /// Where a vault is: V unspent or its funding not broadcast yet (its first coin
+    /// unspent), unvaulted (U's output unspent), or over.
+    fn stage(&self, v: &VaultRecord) -> Result<Stage, Refusal> {
         let chain = &self.chain;
         let outpoint =
             OutPoint::from_str(&v.registration.vault.vault_outpoint).map_err(|_| Refusal::Internal)?;
         if chain.unspent_output(&outpoint)?.is_some() {
-            return Ok(true);
+            return Ok(Stage::Vaulted);
         }
         let unvault: Transaction = deserialize_hex(&v.registration.unvault).map_err(|_| Refusal::Internal)?;
         if chain.unspent_output(&OutPoint::new(unvault.compute_txid(), 0))?.is_some() {
-            return Ok(true);
+            return Ok(Stage::Unvaulted);
         }
         let funding: Transaction = deserialize_hex(&v.funding).map_err(|_| Refusal::Internal)?;
         Ok(match funding.input.first() {
-            Some(coin) => chain.unspent_output(&coin.previous_output)?.is_some(),
-            None => false,
+            Some(coin) if chain.unspent_output(&coin.previous_output)?.is_some() => Stage::Vaulted,
+            _ => Stage::Over,
         })
     }
 
-    /// The latest approval of each of `vaults` not expired at `tip`, as orders carrying the
-    /// co-signer's signature and the guardians' it gathered.
-    fn open_approvals(
-        &self,
-        client: &ClientRecord,
-        vaults: &[VaultRecord],
-        tip: u32,
-    ) -> Result<Vec<TowerOrder>, Refusal> {
+    /// The latest approval of each vault not expired at `tip`, by vault, as orders carrying
+    /// the co-signer's signature and the guardians' it gathered.
+    fn open_approvals(&self, client: &ClientRecord, tip: u32) -> Result<Vec<(String, TowerOrder)>, Refusal> {
         let key = self.keys.auth_keypair(client.account);
         let mut latest: std::collections::BTreeMap<String, SpendRecord> = Default::default();
         for (_, body) in self.store().list(kind::SPEND, &format!("{}/", client.id))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-            let ours =
-                vaults.iter().any(|v| v.registration.vault.vault_outpoint == s.approval.vault_outpoint);
-            if ours && s.state == "approved" && s.approval.expiry_height > tip {
+            if s.state == "approved" && s.approval.expiry_height > tip {
                 // Listed by number: a later approval of the same vault replaces an earlier.
                 latest.insert(s.approval.vault_outpoint.clone(), s);
             }
         }
         Ok(latest
-            .into_values()
-            .map(|s| {
+            .into_iter()
+            .map(|(vault, s)| {
                 let mut signatures = vec![wire::sign(&s.approval.digest(), &key)];
                 signatures.extend(s.signatures.iter().cloned());
                 let body = RegisterApproval {
@@ -192,7 +221,7 @@ impl Cosigner {
                     approval: s.approval.clone(),
                     signatures,
                 };
-                order_of("/v1/approvals", &body, s.approval.unvault_txid.clone())
+                (vault, order_of("/v1/approvals", &body, s.approval.unvault_txid.clone()))
             })
             .collect())
     }
@@ -222,16 +251,19 @@ fn applied_changes(client: &ClientRecord) -> Result<Vec<SignedPolicy>, Refusal> 
         .collect()
 }
 
-/// Puts `orders` for `tower` first in the client's list (the enrollment before anything
-/// else owed to that tower), replacing an enrollment of it not taken yet (a token refused,
-/// given again).
-fn queue_first(
+/// Queues the enrollment of `tower` ahead of everything already queued (replacing one it
+/// has not taken yet: a token refused, given again; whether it did), and `rest` after it, so
+/// the lockdowns and panics waiting for the other towers do not wait behind the vaults. The
+/// give-up clock of this tower's refusals starts again: it refused them for not knowing the
+/// client.
+fn queue_enrollment(
     store: &dyn crate::store::Store,
     batch: &mut Batch,
     client: &str,
     tower: &str,
-    mut orders: Vec<TowerOrder>,
-) -> Result<(), Refusal> {
+    enrollment: TowerOrder,
+    rest: Vec<TowerOrder>,
+) -> Result<bool, Refusal> {
     let before = store.get(kind::ORDERS, client)?;
     let existing: Vec<TowerOrder> = before
         .as_deref()
@@ -240,11 +272,45 @@ fn queue_first(
         .map_err(|_| Refusal::Internal)?
         .unwrap_or_default();
     let only_this = |o: &TowerOrder| o.only.as_deref() == Some(&[tower.to_owned()][..]);
-    orders.extend(existing.into_iter().filter(|o| !(only_this(o) && o.path == "/v1/clients")));
+    let stale = |o: &TowerOrder| only_this(o) && o.path == "/v1/clients";
+    let replaced = existing.iter().any(stale);
+    let for_tower = |mut o: TowerOrder| {
+        o.only = Some(vec![tower.to_owned()]);
+        o
+    };
+    let mut orders = vec![for_tower(enrollment)];
+    orders.extend(existing.into_iter().filter(|o| !stale(o)).map(|mut o| {
+        o.refusing_since.remove(tower);
+        o
+    }));
+    orders.extend(rest.into_iter().map(for_tower));
     batch.expect(kind::ORDERS, client.to_owned(), before).put(
         kind::ORDERS,
         client.to_owned(),
         serde_json::to_string(&orders).expect("json"),
     );
-    Ok(())
+    Ok(replaced)
+}
+
+/// Where a vault is, for a tower that joins.
+enum Stage {
+    /// V unspent, or its funding not out yet.
+    Vaulted,
+    /// Its unvault is out, U's output unspent.
+    Unvaulted,
+    /// Spent: cancelled, swept or paid.
+    Over,
+}
+
+/// The relay of the change `text` the quorum signed, as every tower gets it.
+fn change_order(client: &ClientRecord, text: &str) -> Result<TowerOrder, Refusal> {
+    let signed = client.changes.iter().rev().find(|c| c.policy == text).ok_or(Refusal::Internal)?;
+    let version = vigil_policy::Policy::from_toml(text).map_err(|_| Refusal::Internal)?.version;
+    let body = vigil_tower::wire::ChangePolicy {
+        nonce: 0,
+        policy_id: client.id.clone(),
+        policy: text.to_owned(),
+        signatures: signed.signatures.clone(),
+    };
+    Ok(order_of("/v1/policy", &body, format!("policy {} version {version} at *", client.id)))
 }

@@ -114,13 +114,13 @@ impl Cosigner {
         let mut done: Vec<(String, String, Vec<TowerReport>)> = Vec::new();
         // A tower that did not answer one order is not asked the next ones in this pass (each
         // would wait out the timeout, panics included); they count as unanswered by it.
-        let mut silent: Vec<String> = Vec::new();
+        let mut silent: Vec<TowerReport> = Vec::new();
         for order in &orders {
             let (skipped, missing): (Vec<String>, Vec<String>) = towers
                 .iter()
                 .filter(|t| order.owed_by(&t.name))
                 .map(|t| t.name.clone())
-                .partition(|name| silent.contains(name));
+                .partition(|name| silent.iter().any(|r| r.name == *name));
             if missing.is_empty() && skipped.is_empty() {
                 continue;
             }
@@ -140,19 +140,12 @@ impl Cosigner {
                     Some(&missing),
                 );
                 answered.extend(reports.into_iter().filter(|r| missing.contains(&r.name)));
-                silent.extend(
-                    answered
-                        .iter()
-                        .filter(|r| !r.acknowledged && r.refused.is_none())
-                        .map(|r| r.name.clone()),
-                );
+                silent.extend(answered.iter().filter(|r| !r.acknowledged && r.refused.is_none()).cloned());
             }
-            answered.extend(skipped.into_iter().map(|name| TowerReport {
-                name,
-                acknowledged: false,
-                refused: None,
-                error: Some("not asked: it did not answer an order before this one".into()),
-            }));
+            // Reported as that first order was: whether it was asked this one or not must not
+            // show (under duress an order more is owed to each tower).
+            answered
+                .extend(skipped.iter().filter_map(|name| silent.iter().find(|r| r.name == *name)).cloned());
             // Where this order stands at each of its towers: as answered now, else as settled.
             last = towers
                 .iter()

@@ -582,8 +582,10 @@ fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live
     let approved = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let unapproved = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let cancelled = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let in_flight = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let asked = spend(&f, &approved).unwrap();
     assert_eq!((asked["state"].as_str(), asked["policy_version"].as_u64()), (Some("approved"), Some(1)));
+    assert_eq!(spend(&f, &in_flight).unwrap()["state"], "approved");
     // A vault that is over (tower-a cancelled its unvault) is not handed to the new tower.
     unvault(&node, &f, &cancelled);
     eventually("tower-a cancels the unapproved unvault", || {
@@ -607,6 +609,9 @@ fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live
     let early = enroll("tower-b", &b.token(), f.owner()).unwrap_err();
     assert!(early.0 == 409 && early.1.contains("joins with the change that applies at block"), "{early:?}");
     until_applied(&node, &f, &change);
+    // An approved unvault already out stays with the towers that hold its approval: a tower
+    // learning of the vault first would cancel it at first sight.
+    unvault(&node, &f, &in_flight);
     let unknown = enroll("tower-z", &b.token(), f.owner()).unwrap_err();
     assert!(unknown.0 == 400 && unknown.1.contains("tower-a, tower-b"), "{unknown:?}");
 
@@ -619,7 +624,8 @@ fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live
 
     // Its own token: the first policy and the signed change, checked by the tower itself; the
     // two live vaults and the open approval (of version 1) follow.
-    let enrolled = enroll("tower-b", &b.token(), f.owner()).unwrap();
+    let token = b.token();
+    let enrolled = enroll("tower-b", &token, f.owner()).unwrap();
     assert_eq!(
         (
             enrolled["enrolled"].as_bool(),
@@ -630,12 +636,21 @@ fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live
         (Some(true), Some(2), Some(1), Some(true)),
         "{enrolled}"
     );
-    assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([]));
-    let at_b = vigil_testenv::household::get(&b.api, &view, &f.owner()).unwrap();
-    assert_eq!(at_b["version"], 2, "{at_b}");
-    // A restart keeps it all.
+    assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([in_flight.outpoint().to_string()]));
+    // The same request again (its answer lost): the same enrollment, nothing refused.
+    let again = enroll("tower-b", &token, f.owner()).unwrap();
+    assert_eq!(
+        (again["enrolled"].as_bool(), again["complete"].as_bool()),
+        (Some(true), Some(true)),
+        "{again}"
+    );
+    // A restart keeps it all, at the version the chain led to.
     b.kill9();
     b.start();
+    let at_b = vigil_testenv::household::get(&b.api, &view, &f.owner()).unwrap();
+    assert_eq!(at_b["version"], 2, "{at_b}");
+    let not_given = format!("/v1/vaults/{}", in_flight.outpoint());
+    assert_eq!(vigil_testenv::household::get(&b.api, &not_given, &f.owner()).unwrap_err().0, 404);
     for v in [&approved, &unapproved] {
         vigil_testenv::household::get(&b.api, &format!("/v1/vaults/{}", v.outpoint()), &f.owner()).unwrap();
     }

@@ -90,6 +90,15 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     if !client.registrars.contains(signer) {
         return Err(Refusal::Forbidden("the policy is pinned by one of its owner or co-signer keys".into()));
     }
+    // Only the co-signer knows which of the signed changes applied (a captive owner could
+    // stop the chain before a tightening, or end it at a loosening still waiting); the
+    // guardians are told of every such enrollment, and read the version here.
+    if !req.changes.is_empty() && *signer != client.cosigner {
+        return Err(Refusal::Forbidden(
+            "changes: a client is enrolled by its chain of changes through its co-signer (`POST /v1/towers` there)"
+                .into(),
+        ));
+    }
     let mut state = tower.lock();
     if let Some(reason) =
         state.watcher.fee_wallet().and_then(|w| ladder_out_of_reach(&client.policy, w.stress_rate()))
@@ -100,7 +109,8 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
         return Err(stale_nonce(req.nonce, last));
     }
     let hash = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&token).to_string();
-    match state.store.enroll(&hash, &id, &req.policy)? {
+    // The version followed to, not the first: a restart serves what the chain led to.
+    match state.store.enroll(&hash, &id, &client.text)? {
         Enrollment::Unknown => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
         Enrollment::Used => {
             return Err(Refusal::Unauthorized("this enrollment token was already used".into()))

@@ -440,6 +440,11 @@ pub(crate) fn register_approval(
         )));
     }
     if let Some(existing) = state.watcher.approval(&unvault_txid) {
+        // The very approval again (its acknowledgement lost, or given twice to a tower that
+        // joined late): the same approval, nothing changes.
+        if (existing.counter, existing.spend, existing.expiry_height) == (a.counter, spend, a.expiry_height) {
+            return Ok(ack(tower, unvault_txid.to_string()));
+        }
         if existing.counter >= a.counter {
             return Err(Refusal::Conflict(format!(
                 "stale approval: counter {} is not above {}",

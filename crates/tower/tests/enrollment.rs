@@ -51,7 +51,7 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
     // Tower 9 is not named by the first policy: a change adds it.
-    let tower = TowerProcess::new(&node, &[], 9, None);
+    let mut tower = TowerProcess::new(&node, &[], 9, None);
     let mut h = Household::new(dir.path(), &node, example("enrolled by a change"));
     let first = std::fs::read_to_string(&h.policy_path).unwrap();
     let entry = format!(
@@ -66,12 +66,16 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
         SignedPolicy { policy: text.into(), signatures }
     };
     let token = tower.token();
-    let owner = h.owner_auth();
-    let enroll = |h: &mut Household, changes: Vec<SignedPolicy>| {
+    let (owner, cosigner) = (h.owner_auth(), auth_keypair(&h.keys.cosigner));
+    let enroll_by = |h: &mut Household, changes: Vec<SignedPolicy>, key| {
         let req =
             EnrollClient { nonce: h.next_nonce(), token: token.clone(), policy: first.clone(), changes };
-        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &owner)
+        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), key)
     };
+    let enroll = |h: &mut Household, changes| enroll_by(h, changes, &cosigner);
+    // Not the owner's keys: it could leave a tightening out, or end at a change still waiting.
+    let by_owner = enroll_by(&mut h, vec![signed(&adds, &[0, 1])], &owner).unwrap_err();
+    assert!(by_owner.0 == 403 && by_owner.1.contains("through its co-signer"), "{by_owner:?}");
     let refusals = [
         (
             vec![signed(&adds, &[0])],
@@ -92,6 +96,11 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
     // policy's id; the refusals above did not use the token up.
     let ack = enroll(&mut h, vec![signed(&adds, &[0, 2])]).unwrap();
     assert_eq!(ack["subject"], format!("client {}", h.policy_id));
+    let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &owner).unwrap();
+    assert_eq!(view["version"], 2, "{view}");
+    // A restart serves the version the chain led to.
+    tower.kill9();
+    tower.start();
     let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &owner).unwrap();
     assert_eq!(view["version"], 2, "{view}");
 }

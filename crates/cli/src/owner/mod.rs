@@ -161,10 +161,16 @@ pub fn enroll_tower(args: EnrollTowerArgs) -> anyhow::Result<()> {
     }
     let tower = &answer.tower;
     if !answer.enrolled {
+        let error = answer.error.as_deref().unwrap_or("no answer");
+        if error.contains("token") {
+            bail!(
+                "watchtower {tower} refused the token ({error}): ask its operator for a new one \
+                 (`vigil tower token`), then run this again with it"
+            );
+        }
         bail!(
-            "watchtower {tower} did not take your policy ({}). If it names the token, ask its operator for a new \
-             one; then run this again",
-            answer.error.as_deref().unwrap_or("no answer")
+            "watchtower {tower} did not take your policy yet ({error}); the co-signer keeps trying. Run this \
+             again later to see where it stands"
         );
     }
     if !args.wallet.json {
