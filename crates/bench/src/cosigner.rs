@@ -116,7 +116,11 @@ fn run(label: &str, store: &str) {
             })
         })
         .collect();
+    let processes = [Some(std::process::id()), co.pid(), tower.pid()];
+    let cpu_before = processes.map(cpu_secs);
     let (answers, wall) = burst(spends);
+    let cpu: Vec<f64> =
+        processes.map(cpu_secs).iter().zip(cpu_before).map(|(after, before)| after - before).collect();
     let lost: Vec<_> =
         answers.iter().filter(|(s, _, _)| *s != 200).map(|(s, v, _)| (s, v.to_string())).collect();
     assert!(lost.is_empty(), "{} requests not answered 200: {:?}", lost.len(), &lost[..lost.len().min(3)]);
@@ -172,6 +176,45 @@ fn run(label: &str, store: &str) {
         p(&waiting_lat, 0.99),
         approved as f64 / wall.as_secs_f64(),
     );
+    // What the burst cost the machine: no design answers all of it sooner than its CPU time
+    // spread over the cores.
+    let per = |secs: f64| secs * 1000.0 / answers.len() as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "cosigner {label}: CPU per request: co-signer {:.2} ms, tower {:.2} ms, load generator {:.2} ms; the \
+         burst took {:.2} s of CPU in all, so on {cores} cores its last answer cannot come before {:.0} ms (it \
+         came after {:.0} ms)",
+        per(cpu[1]),
+        per(cpu[2]),
+        per(cpu[0]),
+        cpu.iter().sum::<f64>(),
+        cpu.iter().sum::<f64>() * 1000.0 / cores,
+        wall.as_secs_f64() * 1000.0,
+    );
+}
+
+/// CPU seconds (user and system, every thread) a process has used so far; 0 when it cannot
+/// be read.
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok()) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces, so split after its ')'): utime
+    // and stime are the 12th and 13th, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / clock_ticks_per_sec()
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux unless told).
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// SQLite, then PostgreSQL when `VIGIL_TEST_POSTGRES` names a server.

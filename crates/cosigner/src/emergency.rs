@@ -174,11 +174,7 @@ impl Cosigner {
         let sig = <[u8; 64]>::from_hex(&r.signature)
             .ok()
             .and_then(|b| schnorr::Signature::from_slice(&b).ok())
-            .filter(|s| {
-                vigil_policy::bitcoin::secp256k1::Secp256k1::verification_only()
-                    .verify_schnorr(s, &digest, &caller.key)
-                    .is_ok()
-            })
+            .filter(|s| vigil_policy::secp().verify_schnorr(s, &digest, &caller.key).is_ok())
             .ok_or_else(|| bad("signature: does not verify over this client, heights and your key"))?;
         let before = serde_json::to_string(&client).expect("json");
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
@@ -471,9 +467,7 @@ impl Cosigner {
             for key in &leaves.fast_signers {
                 let valid = psbt.inputs[i].tap_script_sigs.get(&(*key, leaf)).is_some_and(|sig| {
                     sig.sighash_type == TapSighashType::Default
-                        && vigil_policy::bitcoin::secp256k1::Secp256k1::verification_only()
-                            .verify_schnorr(&sig.signature, &msg, key)
-                            .is_ok()
+                        && vigil_policy::secp().verify_schnorr(&sig.signature, &msg, key).is_ok()
                 });
                 if !valid {
                     return Err(Refusal::Forbidden(format!(
@@ -534,10 +528,7 @@ impl Cosigner {
             .and_then(|b| schnorr::Signature::from_slice(&b).ok())
             .ok_or_else(|| bad("signature: 64-byte hex"))?;
         let digest = wire::PolicyFetch::digest(prefix, req.time);
-        if vigil_policy::bitcoin::secp256k1::Secp256k1::verification_only()
-            .verify_schnorr(&signature, &digest, &key)
-            .is_err()
-        {
+        if vigil_policy::secp().verify_schnorr(&signature, &digest, &key).is_err() {
             return Err(Refusal::Unauthorized("signature: does not verify for owner_key".into()));
         }
         let mut found = Vec::new();

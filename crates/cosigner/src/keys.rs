@@ -22,12 +22,20 @@ pub const MAX_ACCOUNTS: u32 = (1 << 31) - 1;
 pub struct MasterKey {
     master: Xpriv,
     network: Network,
+    /// Computed once: each costs an elliptic-curve multiplication, and requests ask often.
+    fingerprint: vigil_policy::bitcoin::bip32::Fingerprint,
+    /// Each client's auth key pair, derived once: every request is verified against it and
+    /// every request to a tower signed with it. No more secret than the master beside it;
+    /// wiped with it.
+    auth_keys: std::sync::Mutex<std::collections::HashMap<u32, Keypair>>,
 }
 
 impl Drop for MasterKey {
     fn drop(&mut self) {
         self.master.private_key.non_secure_erase();
         self.master.chain_code = ChainCode::from([0u8; 32]);
+        let mut auth_keys = self.auth_keys.lock().unwrap_or_else(|p| p.into_inner());
+        auth_keys.values_mut().for_each(Keypair::non_secure_erase);
     }
 }
 
@@ -49,7 +57,7 @@ impl MasterKey {
         let mut seed = Zeroizing::new([0u8; 32]);
         vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(seed.as_mut());
         let master = Xpriv::new_master(NetworkKind::from(network), seed.as_ref()).expect("32 bytes of seed");
-        let keys = MasterKey { master, network };
+        let keys = MasterKey::new(master, network);
         let encoded = Zeroizing::new(keys.master.encode());
         vigil_keystore::write_new(path, &vigil_keystore::seal(encoded.as_ref(), passphrase, kdf)?)?;
         Ok(keys)
@@ -63,12 +71,17 @@ impl MasterKey {
         if master.network != NetworkKind::from(network) {
             return Err(KeystoreError::Corrupt("the key is for another network"));
         }
-        Ok(MasterKey { master, network })
+        Ok(MasterKey::new(master, network))
+    }
+
+    fn new(master: Xpriv, network: Network) -> MasterKey {
+        let fingerprint = master.fingerprint(vigil_policy::secp());
+        MasterKey { master, network, fingerprint, auth_keys: Default::default() }
     }
 
     /// The master's fingerprint (names it in logs; reveals nothing).
     pub fn fingerprint(&self) -> vigil_policy::bitcoin::bip32::Fingerprint {
-        self.master.fingerprint(&Secp256k1::new())
+        self.fingerprint
     }
 
     fn account_path(&self, account: u32) -> DerivationPath {
@@ -78,14 +91,14 @@ impl MasterKey {
 
     /// Client `account`'s extended private key (its callers wipe it).
     fn account_xpriv(&self, account: u32) -> Xpriv {
-        self.master.derive_priv(&Secp256k1::new(), &self.account_path(account)).expect("derivable")
+        self.master.derive_priv(vigil_policy::secp(), &self.account_path(account)).expect("derivable")
     }
 
     /// Client `account`'s key as its policy's `[cosigner] key` names it:
     /// `[fingerprint/48h/coinh/accounth/2h]xpub`.
     pub fn account_key(&self, account: u32) -> String {
         let mut xpriv = self.account_xpriv(account);
-        let xpub = Xpub::from_priv(&Secp256k1::new(), &xpriv);
+        let xpub = Xpub::from_priv(vigil_policy::secp(), &xpriv);
         xpriv.private_key.non_secure_erase();
         let path = self.account_path(account).to_string().trim_start_matches("m/").replace('\'', "h");
         format!("[{}/{path}]{xpub}", self.fingerprint())
@@ -93,13 +106,17 @@ impl MasterKey {
 
     /// Client `account`'s request-signing key (`/2/0` under the account), wiped when dropped.
     pub fn auth_keypair(&self, account: u32) -> WipedKeypair {
-        let tail = [ChildNumber::from_normal_idx(2).expect("2"), ChildNumber::from_normal_idx(0).expect("0")];
-        let mut xpriv = self.account_xpriv(account);
-        let mut child = xpriv.derive_priv(&Secp256k1::new(), &tail).expect("derivable");
-        let key = child.to_keypair(&Secp256k1::new());
-        xpriv.private_key.non_secure_erase();
-        child.private_key.non_secure_erase();
-        WipedKeypair(key)
+        let mut known = self.auth_keys.lock().unwrap_or_else(|p| p.into_inner());
+        WipedKeypair(*known.entry(account).or_insert_with(|| {
+            let tail =
+                [ChildNumber::from_normal_idx(2).expect("2"), ChildNumber::from_normal_idx(0).expect("0")];
+            let mut xpriv = self.account_xpriv(account);
+            let mut child = xpriv.derive_priv(vigil_policy::secp(), &tail).expect("derivable");
+            let key = child.to_keypair(vigil_policy::secp());
+            xpriv.private_key.non_secure_erase();
+            child.private_key.non_secure_erase();
+            key
+        }))
     }
 
     /// Client `account`'s auth key.
@@ -114,7 +131,7 @@ impl MasterKey {
     pub fn sign_psbt(&self, account: u32, psbt: &mut vigil_policy::bitcoin::psbt::Psbt) {
         let signer =
             AccountSigner { keys: self, fingerprint: self.fingerprint(), prefix: self.account_path(account) };
-        let _ = psbt.sign(&signer, &Secp256k1::new());
+        let _ = psbt.sign(&signer, vigil_policy::secp());
     }
 }
 
@@ -191,9 +208,9 @@ mod tests {
         use vigil_policy::bitcoin::{
             absolute, transaction, Amount, CompressedPublicKey, OutPoint, ScriptBuf, TxIn, TxOut,
         };
-        let secp = Secp256k1::new();
-        let key = keys.master.derive_priv(&secp, &DerivationPath::from_str(path).unwrap()).unwrap();
-        let public = CompressedPublicKey(key.private_key.public_key(&secp));
+        let secp = vigil_policy::secp();
+        let key = keys.master.derive_priv(secp, &DerivationPath::from_str(path).unwrap()).unwrap();
+        let public = CompressedPublicKey(key.private_key.public_key(secp));
         let tx = vigil_policy::bitcoin::Transaction {
             version: transaction::Version::TWO,
             lock_time: absolute::LockTime::ZERO,

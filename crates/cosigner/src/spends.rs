@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use vigil_policy::bitcoin::consensus::encode::serialize_hex;
 use vigil_policy::bitcoin::hex::FromHex;
 use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::secp256k1::{schnorr, Secp256k1};
+use vigil_policy::bitcoin::secp256k1::schnorr;
 use vigil_policy::bitcoin::{Address, OutPoint, Sequence};
 use vigil_policy::{CompiledPolicy, SpendInput};
 use vigil_tower::wire::{Approval, KeySignature, RegisterApproval};
@@ -466,11 +466,9 @@ impl Cosigner {
                 .ok_or_else(|| {
                     bad("approval_signature: a 64-byte hex signature over the approval's terms")
                 })?;
-            Secp256k1::verification_only()
-                .verify_schnorr(&sig, &record.approval.digest(), &caller.key)
-                .map_err(|_| {
-                    bad("approval_signature: does not verify over this request's terms with your key")
-                })?;
+            vigil_policy::secp().verify_schnorr(&sig, &record.approval.digest(), &caller.key).map_err(
+                |_| bad("approval_signature: does not verify over this request's terms with your key"),
+            )?;
             if vault.guarded() {
                 // The spend leaf holds the guardians of the policy the vault was made under.
                 let made_under = self.vault_policy(&caller.client, &vault)?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vigil_policy::bitcoin::hex::FromHex;
 use vigil_policy::bitcoin::key::{Keypair, XOnlyPublicKey};
-use vigil_policy::bitcoin::secp256k1::{schnorr, Secp256k1};
+use vigil_policy::bitcoin::secp256k1::schnorr;
 use vigil_policy::Policy;
 use vigil_tower::wire::{ack_digest, sign_request, Ack};
 
@@ -95,7 +95,7 @@ fn verified(ack: &Ack, tower: &XOnlyPublicKey, subject: &str) -> bool {
     };
     let ok = named
         && sig.is_some_and(|s| {
-            Secp256k1::verification_only().verify_schnorr(&s, &ack_digest(tower, &ack.subject), tower).is_ok()
+            vigil_policy::secp().verify_schnorr(&s, &ack_digest(tower, &ack.subject), tower).is_ok()
         });
     if !ok {
         tracing::warn!(%tower, subject, acknowledged = %ack.subject, "a tower's acknowledgement does not verify");

@@ -561,7 +561,7 @@ impl PolicyFetch {
     /// A fetch signed now by `key`.
     pub fn new(id_prefix: &str, key: &Keypair, time: u64) -> PolicyFetch {
         let digest = Self::digest(id_prefix, time);
-        let sig = vigil_policy::bitcoin::secp256k1::Secp256k1::new().sign_schnorr(&digest, key);
+        let sig = vigil_policy::secp().sign_schnorr(&digest, key);
         PolicyFetch {
             id_prefix: id_prefix.to_owned(),
             owner_key: key.x_only_public_key().0.to_string(),

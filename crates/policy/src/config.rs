@@ -681,8 +681,9 @@ pub fn parse_address(name: &str, text: &str, network: Network) -> Result<Address
         .map_err(|_| field(name, format!("{text} is not an address of the policy's network ({network})")))
 }
 
-/// A cached verification context, since key derivation needs one.
-pub(crate) fn secp() -> &'static Secp256k1<All> {
+/// One context for the whole process: creating one randomizes it (an elliptic-curve
+/// multiplication), too dear to pay per signature or derivation.
+pub fn secp() -> &'static Secp256k1<All> {
     static SECP: std::sync::OnceLock<Secp256k1<All>> = std::sync::OnceLock::new();
     SECP.get_or_init(Secp256k1::new)
 }

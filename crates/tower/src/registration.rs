@@ -22,7 +22,7 @@ use vigil_policy::bitcoin::consensus::deserialize;
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
 use vigil_policy::bitcoin::hex::{DisplayHex, FromHex};
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
-use vigil_policy::bitcoin::secp256k1::{schnorr, Message, Secp256k1};
+use vigil_policy::bitcoin::secp256k1::{schnorr, Message};
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut, Txid};
 use vigil_policy::{PresignedTx, VaultKind};
 
@@ -39,7 +39,7 @@ fn bad(message: impl Into<String>) -> Refusal {
 
 /// The tower's signed acknowledgement of `subject`.
 pub(crate) fn ack(tower: &Tower, subject: String) -> Ack {
-    let sig = Secp256k1::new().sign_schnorr(&ack_digest(&tower.public_key(), &subject), &tower.key);
+    let sig = vigil_policy::secp().sign_schnorr(&ack_digest(&tower.public_key(), &subject), &tower.key);
     Ack { subject, tower_key: tower.public_key().to_string(), signature: sig.as_ref().to_lower_hex_string() }
 }
 
@@ -66,7 +66,7 @@ pub fn verified_signers(
     signatures: &[KeySignature],
     digest: &Message,
 ) -> Result<Vec<XOnlyPublicKey>, Refusal> {
-    let secp = Secp256k1::verification_only();
+    let secp = vigil_policy::secp();
     signatures
         .iter()
         .enumerate()

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use vigil_policy::bitcoin::hashes::{sha256, Hash, HashEngine};
 use vigil_policy::bitcoin::hex::DisplayHex;
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
-use vigil_policy::bitcoin::secp256k1::{schnorr, Keypair, Message, Secp256k1};
+use vigil_policy::bitcoin::secp256k1::{schnorr, Keypair, Message};
 
 /// Domain separation for request signatures.
 pub const REQUEST_TAG: &[u8] = b"vigil-tower/v2";
@@ -44,7 +44,7 @@ pub fn request_digest(tower: &XOnlyPublicKey, path: &str, body: &[u8]) -> Messag
 
 /// Signs a request to `tower`: returns the headers' values (key, signature), hex.
 pub fn sign_request(key: &Keypair, tower: &XOnlyPublicKey, path: &str, body: &[u8]) -> (String, String) {
-    let sig = Secp256k1::new().sign_schnorr(&request_digest(tower, path, body), key);
+    let sig = vigil_policy::secp().sign_schnorr(&request_digest(tower, path, body), key);
     (key.x_only_public_key().0.to_string(), sig.as_ref().to_lower_hex_string())
 }
 
@@ -56,7 +56,7 @@ pub fn verify_request(
     path: &str,
     body: &[u8],
 ) -> bool {
-    Secp256k1::verification_only().verify_schnorr(signature, &request_digest(tower, path, body), key).is_ok()
+    vigil_policy::secp().verify_schnorr(signature, &request_digest(tower, path, body), key).is_ok()
 }
 
 /// The digest a tower's acknowledgement signs.
@@ -354,6 +354,6 @@ impl RegisterVault {
 
 /// A party's signature over `digest`.
 pub fn sign(digest: &Message, key: &Keypair) -> KeySignature {
-    let sig = Secp256k1::new().sign_schnorr(digest, key);
+    let sig = vigil_policy::secp().sign_schnorr(digest, key);
     KeySignature { key: key.x_only_public_key().0.to_string(), signature: sig.as_ref().to_lower_hex_string() }
 }

@@ -210,6 +210,20 @@ pub(crate) mod conformance {
         assert_eq!(store.list(kind::CLIENT, "a").unwrap().len(), 2);
         assert_eq!(store.list(kind::CLIENT, "ab").unwrap(), vec![("ab".to_owned(), "2".to_owned())]);
         assert_eq!(store.count(kind::CLIENT).unwrap(), 2);
+        // A prefix is matched as it is written: no wildcards, nothing of a neighbouring kind.
+        let mut listed = Batch::default();
+        for id in ["x_1", "x%2", "xa1", "x\\3", "y"] {
+            listed.put("listed", id, id);
+        }
+        store.commit(&listed).unwrap();
+        let ids = |prefix: &str| -> Vec<String> {
+            store.list("listed", prefix).unwrap().into_iter().map(|(id, _)| id).collect()
+        };
+        assert_eq!(ids("x_"), ["x_1"]);
+        assert_eq!(ids("x%"), ["x%2"]);
+        assert_eq!(ids("x\\"), ["x\\3"]);
+        assert_eq!(ids("").len(), 5);
+        assert_eq!(ids("z"), Vec::<String>::new());
         // A failed precondition writes nothing, alarms included.
         let mut bad = Batch::default();
         bad.expect(kind::CLIENT, "a", Some("0".into())).put(kind::CLIENT, "c", "9").alarm("{}");

@@ -38,6 +38,7 @@ impl PostgresStore {
              SET search_path TO {schema};
              CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
                  PRIMARY KEY (kind, id));
+             CREATE INDEX IF NOT EXISTS records_by_prefix ON records (kind, id text_pattern_ops);
              CREATE TABLE IF NOT EXISTS outbox (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS outbox_by_client ON outbox (((body::jsonb)->>'client'), id);
              CREATE TABLE IF NOT EXISTS deliveries (alarm_id BIGINT NOT NULL, sink TEXT NOT NULL,
@@ -62,8 +63,9 @@ impl Store for PostgresStore {
     fn list(&self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let rows = self.with(|c| {
             c.query(
-                "SELECT id, body FROM records WHERE kind = $1 AND left(id, length($2)) = $2 ORDER BY id",
-                &[&kind, &prefix],
+                // A prefix match the pattern index answers, whatever the database's collation.
+                "SELECT id, body FROM records WHERE kind = $1 AND id LIKE $2 ORDER BY id",
+                &[&kind, &like_prefix(prefix)],
             )
         })?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -181,6 +183,19 @@ impl Store for PostgresStore {
             .get(0);
         Ok(n as u64)
     }
+}
+
+/// `prefix` as a LIKE pattern matching what starts with it (its wildcards escaped).
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 #[cfg(test)]

@@ -178,10 +178,14 @@ impl Store for SqliteStore {
 
     fn list(&self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|conn| {
+            // A range of the primary key first (ids compare bytewise), so a client's records
+            // are found without reading every client's; the prefix test keeps it exact.
             let mut stmt = conn.prepare_cached(
-                "SELECT id, body FROM records WHERE kind = ?1 AND substr(id, 1, length(?2)) = ?2 ORDER BY id",
+                "SELECT id, body FROM records WHERE kind = ?1 AND id >= ?2 AND id < ?3
+                   AND substr(id, 1, length(?2)) = ?2 ORDER BY id",
             )?;
-            let rows = stmt.query_map(params![kind, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let end = format!("{prefix}\u{10FFFF}");
+            let rows = stmt.query_map(params![kind, prefix, end], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
     }
