@@ -596,12 +596,7 @@ fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live
 
     // The quorum adds tower-b.
     let mut b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
-    let changed = format!(
-        "{}\n[[towers]]\nname = \"tower-b\"\nurl = \"{}\"\nkey = \"{}\"\n",
-        f.policy_text.replace("version = 1", "version = 2"),
-        b.api.url,
-        b.public_key
-    );
+    let changed = adding_tower(&f.policy_text, "tower-b", &b);
     let change = f.change_policy(&changed, &[0, 1]).unwrap();
     let enroll = |tower: &str, token: &str, key: vigil_policy::bitcoin::key::Keypair| {
         f.post("/v1/towers", &serde_json::json!({"tower": tower, "token": token}), &key)

@@ -217,12 +217,7 @@ fn a_tower_added_under_duress_holds_the_quiet_lockdown_and_cancels_the_coerced_u
     // The quorum adds tower-b; while the change waits, the duress code, and the coerced
     // "approved" spend. Tower-a takes the quiet lockdown, and the order is done with.
     let b = vigil_testenv::process::TowerProcess::new(&node, &[], 6, None);
-    let changed = format!(
-        "{}\n[[towers]]\nname = \"tower-b\"\nurl = \"{}\"\nkey = \"{}\"\n",
-        f.policy_text.replace("version = 1", "version = 2"),
-        b.api.url,
-        b.public_key
-    );
+    let changed = adding_tower(&f.policy_text, "tower-b", &b);
     let change = f.change_policy(&changed, &[0, 1]).unwrap();
     f.heartbeat(true);
     assert_eq!(spend(&f, &coerced).unwrap()["state"], "approved");

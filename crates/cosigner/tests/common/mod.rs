@@ -50,3 +50,13 @@ pub fn unvault(node: &Node, f: &Family, vault: &Vault) {
 pub fn spend(f: &Family, vault: &Vault) -> Result<Value, (u16, String)> {
     f.request_spend(vault, &f.spend_psbt(vault, &f.wallet.address(), 1_000))
 }
+
+/// `text` as version 2, adding `tower` under `name`: a change that waits the governance delay.
+pub fn adding_tower(text: &str, name: &str, tower: &vigil_testenv::process::TowerProcess) -> String {
+    format!(
+        "{}\n[[towers]]\nname = \"{name}\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        text.replace("version = 1", "version = 2"),
+        tower.api.url,
+        tower.public_key
+    )
+}
