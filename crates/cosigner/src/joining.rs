@@ -3,9 +3,11 @@
 //! co-signer (`POST /v1/towers`). The co-signer then enrolls the client at the tower with the
 //! first policy and every change that applied since, each with its quorum's signatures (the
 //! tower checks the chain itself), and tells it what the towers before it already hold: the
-//! lockdowns holding now (a quiet one too), every live vault its version builds identically,
-//! and each of those vaults' open approval. All of it goes as tower orders, in that order,
-//! kept until the tower acknowledged them, across restarts.
+//! lockdowns holding now (a quiet one too), a change still waiting, every live vault its
+//! version builds identically, and each of those vaults' open approval. All of it goes as
+//! tower orders (the enrollment ahead of the orders already waiting, the rest after them),
+//! kept until the tower acknowledged them, across restarts. Every enrollment alarms the
+//! guardians.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -104,7 +106,7 @@ impl Cosigner {
         let replaced = queue_enrollment(store, &mut batch, &client.id, &r.tower, enroll_order, orders)?;
         // A captor holding the owner's device could hand over a token of its own, or replace a
         // guardian's: the guardians hear of every one, and read the version at the tower.
-        let version = self.compiled(&client)?.policy().version;
+        let version = current.policy().version;
         batch.alarm(alarm(
             &client.id,
             "tower-enrollment",

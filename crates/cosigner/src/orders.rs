@@ -164,7 +164,6 @@ impl Cosigner {
                 .collect();
             done.push((order.path.clone(), order.subject.clone(), answered));
         }
-        let answers = done.clone();
         // Record the acknowledgements on the orders as they are now (others may have been
         // queued meanwhile), each by what it is; drop the orders every tower has.
         let _deciding = self.decide(client_id);
@@ -178,9 +177,9 @@ impl Cosigner {
             .unwrap_or_default();
         let mut batch = Batch::default();
         let time = crate::service::now();
-        for (path, subject, answered) in done {
-            for o in now.iter_mut().filter(|o| o.path == path && o.subject == subject) {
-                for report in &answered {
+        for (path, subject, answered) in &done {
+            for o in now.iter_mut().filter(|o| o.path == *path && o.subject == *subject) {
+                for report in answered {
                     if o.settled(&report.name) {
                         continue;
                     }
@@ -220,7 +219,7 @@ impl Cosigner {
             batch.put(kind::ORDERS, client_id.to_owned(), serde_json::to_string(&now).expect("json"));
         }
         store.commit(&batch)?;
-        Ok(Pass { last, answers })
+        Ok(Pass { last, answers: done })
     }
 
     /// Pushes every client's pending orders (the background loop, and after a restart).
