@@ -337,7 +337,10 @@ impl Cosigner {
         self.keys.sign_psbt(caller.client.account, &mut funding);
         let funding = vigil_policy::finalize(funding)
             .map_err(|e| bad(format!("funding_psbt: the owner's signatures do not complete it: {e}")))?;
-        let registration = RegisterVault::new(&caller.client.id, 0, &ceremony.plan, &signed, Some(&funding));
+        let mut registration =
+            RegisterVault::new(&caller.client.id, 0, &ceremony.plan, &signed, Some(&funding));
+        // Named, so a tower judges it by the version it was made under even once a change applied.
+        registration.policy_version = Some(ceremony.compiled.policy().version);
         let record = VaultRecord {
             client: caller.client.id.clone(),
             registration,

@@ -3,8 +3,8 @@
 //! co-signer (`POST /v1/towers`). The co-signer then enrolls the client at the tower with the
 //! first policy and every change that applied since, each with its quorum's signatures (the
 //! tower checks the chain itself), and tells it what the towers before it already hold: the
-//! lockdowns holding now (a quiet one too), a change still waiting, every live vault its
-//! version builds identically, and each of those vaults' open approval. All of it goes as
+//! lockdowns holding now (a quiet one too), a change still waiting, every live vault (under
+//! the version it was made under), and each of those vaults' open approval. All of it goes as
 //! tower orders (the enrollment ahead of the orders already waiting, the rest after them),
 //! kept until the tower acknowledged them, across restarts. Every enrollment alarms the
 //! guardians.
@@ -147,25 +147,30 @@ impl Cosigner {
         })
     }
 
-    /// The client's live vaults the tower is given: those whose graph the policy in force
-    /// rebuilds as it was made (a change of the tower set or the limits keeps it; one of keys
-    /// or delays does not), not unvaulted under an approval. And the outpoints of the live
-    /// ones it is not given, which stay with the towers watching them: an approved unvault
-    /// already out would be cancelled at first sight by a tower that learns of the vault
-    /// before its approval.
+    /// The client's live vaults the tower is given, each naming the version it was made
+    /// under (the tower holds every version the chain brought), not unvaulted under an
+    /// approval. And the outpoints of the live ones it is not given, which stay with the
+    /// towers watching them: an approved unvault already out (a tower that learns of the vault
+    /// before its approval would cancel it at first sight), and any vault the versions the
+    /// tower gets do not rebuild.
     fn live_vaults(
         &self,
         client: &ClientRecord,
         approvals: &[(String, TowerOrder)],
     ) -> Result<(Vec<VaultRecord>, Vec<String>), Refusal> {
-        let judge =
-            vigil_tower::client::Client::new(&client.id, &client.policy).map_err(|_| Refusal::Internal)?;
+        // The client as the tower will hold it: today's version and every one before.
+        let judge = vigil_tower::client::Client::new(&client.id, &client.policy)
+            .map_err(|_| Refusal::Internal)?
+            .with_earlier(&client.past_policies);
         let (mut given, mut elsewhere) = (Vec::new(), Vec::new());
         for (_, outpoint) in self.store().list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
-            let Some(v) = vault_record(self.store(), &outpoint)? else { continue };
-            // One still registering gets today's towers through its own ceremony.
+            let Some(mut v) = vault_record(self.store(), &outpoint)? else { continue };
+            // One still registering gets its version's towers through its own ceremony.
             if v.state != "protected" {
                 continue;
+            }
+            if v.registration.policy_version.is_none() {
+                v.registration.policy_version = Some(self.vault_policy(client, &v)?.policy().version);
             }
             let approved = approvals.iter().any(|(vault, _)| *vault == outpoint);
             match self.stage(&v)? {

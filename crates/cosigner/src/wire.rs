@@ -184,8 +184,8 @@ pub struct TowerEnrolled {
     pub vaults: u32,
     /// Their approvals still open.
     pub approvals: u32,
-    /// Live vaults made under a version with other keys or delays: the policy in force does
-    /// not build their graphs, so they stay with the towers of their own version.
+    /// Live vaults it is not given, which stay with the towers watching them: an approved
+    /// unvault already out (the tower would cancel it at first sight, before its approval).
     pub kept_elsewhere: Vec<String>,
     /// Whether it acknowledged everything it was given.
     pub complete: bool,

@@ -594,9 +594,13 @@ fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live
             .filter(|c| confirmations(&node.rpc, &c.compute_txid()) > 0)
     });
 
-    // The quorum adds tower-b.
+    // The quorum adds tower-b, and lengthens DELAY: the vaults made before keep version 1's
+    // scripts, which tower-b must rebuild from version 1.
     let mut b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
-    let changed = adding_tower(&f.policy_text, "tower-b", &b);
+    let longer =
+        f.policy_text.replace(&format!("unvault = {DELAY}\n"), &format!("unvault = {}\n", DELAY + 6));
+    assert_ne!(longer, f.policy_text);
+    let changed = adding_tower(&longer, "tower-b", &b);
     let change = f.change_policy(&changed, &[0, 1]).unwrap();
     let enroll = |tower: &str, token: &str, key: vigil_policy::bitcoin::key::Keypair| {
         f.post("/v1/towers", &serde_json::json!({"tower": tower, "token": token}), &key)
@@ -649,8 +653,12 @@ fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live
     for v in [&approved, &unapproved] {
         vigil_testenv::household::get(&b.api, &format!("/v1/vaults/{}", v.outpoint()), &f.owner()).unwrap();
     }
-    // A vault made now is registered at both.
+    // A vault made now (version 2's graph) is registered at both.
+    let v1 = (f.compiled.clone(), f.policy_text.clone());
+    f.compiled = CompiledPolicy::new(Policy::from_toml(&changed).unwrap()).unwrap();
+    f.policy_text = changed.clone();
     let after = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    (f.compiled, f.policy_text) = v1;
     vigil_testenv::household::get(&b.api, &format!("/v1/vaults/{}", after.outpoint()), &f.owner()).unwrap();
 
     // Tower-a gone, tower-b alone cancels an unapproved unvault, and lets the approved one

@@ -39,6 +39,9 @@ pub struct Client {
     pub cosigner: XOnlyPublicKey,
     /// Guardians' auth keys (approve guarded spends, panic, change the policy).
     pub guardians: Vec<XOnlyPublicKey>,
+    /// The versions applied before this one, oldest first: a vault made under one is
+    /// registered under it (its scripts and DELAY are that version's).
+    pub earlier: Vec<(String, CompiledPolicy)>,
 }
 
 impl Client {
@@ -56,7 +59,40 @@ impl Client {
             registrars,
             compiled,
             policy,
+            earlier: Vec::new(),
         })
+    }
+
+    /// The same client with `earlier` versions (texts, oldest first) kept; one that no longer
+    /// builds is left out.
+    pub fn with_earlier(mut self, earlier: &[String]) -> Client {
+        self.earlier = earlier
+            .iter()
+            .filter_map(|text| {
+                let compiled = Policy::from_toml(text).and_then(CompiledPolicy::new).ok()?;
+                Some((text.clone(), compiled))
+            })
+            .collect();
+        self
+    }
+
+    /// The next version: `text` applied, this one kept among the earlier.
+    pub fn changed_to(&self, text: &str) -> Result<Client, PolicyError> {
+        let mut earlier: Vec<String> = self.earlier.iter().map(|(t, _)| t.clone()).collect();
+        earlier.push(self.text.clone());
+        Ok(Client::new(&self.id, text)?.with_earlier(&earlier))
+    }
+
+    /// The texts of the versions before this one, oldest first.
+    pub fn earlier_texts(&self) -> Vec<String> {
+        self.earlier.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// Version `version`'s compiled policy: this one's or an earlier one's.
+    pub fn version(&self, version: u32) -> Option<&CompiledPolicy> {
+        std::iter::once(&self.compiled)
+            .chain(self.earlier.iter().map(|(_, c)| c))
+            .find(|c| c.policy().version == version)
     }
 
     /// The limits the watcher enforces for it.
@@ -117,6 +153,8 @@ pub struct ClientRecord {
     pub policy: String,
     /// A guardian-signed change waiting for its height.
     pub pending: Option<PolicyChange>,
+    /// The texts of the versions applied before it, oldest first.
+    pub earlier: Vec<String>,
 }
 
 /// Whether `new` only tightens `old`: the same everything but lower limits, a longer window,

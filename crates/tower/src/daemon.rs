@@ -111,6 +111,7 @@ impl TowerState {
             id: client.id.clone(),
             policy: client.text.clone(),
             pending: self.pending.get(&client.id).cloned(),
+            earlier: client.earlier_texts(),
         }
     }
 }
@@ -190,7 +191,8 @@ impl Tower {
         for record in loaded.clients {
             // A stored policy once built; one that no longer does is a store to investigate.
             let client = Client::new(&record.id, &record.policy)
-                .map_err(|_| StoreError::Invalid { what: "client policy", value: record.id.clone() })?;
+                .map_err(|_| StoreError::Invalid { what: "client policy", value: record.id.clone() })?
+                .with_earlier(&record.earlier);
             check_stress(&config, &client.id, &client.policy)?;
             watcher.set_limits(&record.id, client.limits());
             if let Some(change) = record.pending {
@@ -437,7 +439,11 @@ impl Tower {
         let mut alarms = Vec::new();
         for change in due {
             state.pending.remove(&change.client);
-            match Client::new(&change.client, &change.policy) {
+            let next = match self.client(&change.client) {
+                Some(current) => current.changed_to(&change.policy),
+                None => Client::new(&change.client, &change.policy),
+            };
+            match next {
                 Ok(client) => {
                     state.watcher.set_limits(&change.client, client.limits());
                     let client = Arc::new(client);

@@ -110,7 +110,7 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     }
     let hash = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&token).to_string();
     // The version followed to, not the first: a restart serves what the chain led to.
-    match state.store.enroll(&hash, &id, &client.text)? {
+    match state.store.enroll(&hash, &id, &client.text, &client.earlier_texts())? {
         Enrollment::Unknown => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
         Enrollment::Used => {
             return Err(Refusal::Unauthorized("this enrollment token was already used".into()))
@@ -147,7 +147,7 @@ fn followed(tower: &Tower, id: &str, req: &EnrollClient) -> Result<Client, Refus
                 client.guardians_among(&signers)
             )));
         }
-        let next = Client::new(id, &change.policy).map_err(|e| bad(format!("{field}.policy: {e}")))?;
+        let next = client.changed_to(&change.policy).map_err(|e| bad(format!("{field}.policy: {e}")))?;
         if next.policy.network != client.policy.network {
             return Err(bad(format!("{field}.policy: another network")));
         }

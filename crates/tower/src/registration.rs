@@ -102,6 +102,16 @@ fn default_sighash_only(tx: &Transaction) -> bool {
 /// A vault's transactions, rebuilt from the client's policy, compared and verified (no state
 /// involved); with V's expected output.
 pub fn checked_vault(client: &Client, req: &RegisterVault) -> Result<(Vault, TxOut), Refusal> {
+    checked_vault_waiting(client, None, req)
+}
+
+/// [`checked_vault`], also under `waiting`, the text of a change the tower accepted and has
+/// not applied yet (the co-signer applies it by its own tip, which may be a block ahead).
+pub fn checked_vault_waiting(
+    client: &Client,
+    waiting: Option<&str>,
+    req: &RegisterVault,
+) -> Result<(Vault, TxOut), Refusal> {
     let p = &req.vault;
     let kind = match p.kind.as_str() {
         "standard" => VaultKind::Standard,
@@ -113,8 +123,30 @@ pub fn checked_vault(client: &Client, req: &RegisterVault) -> Result<(Vault, TxO
     };
     let outpoint =
         OutPoint::from_str(&p.vault_outpoint).map_err(|_| bad("vault.vault_outpoint: expected txid:vout"))?;
-    let plan = client
-        .compiled
+    let from_waiting;
+    let compiled = match req.policy_version {
+        None => &client.compiled,
+        Some(v) => match client.version(v) {
+            Some(held) => held,
+            None => {
+                from_waiting = waiting
+                    .and_then(|text| vigil_policy::Policy::from_toml(text).ok())
+                    .filter(|p| p.version == v)
+                    .and_then(|p| vigil_policy::CompiledPolicy::new(p).ok());
+                from_waiting.as_ref().ok_or_else(|| {
+                    bad(format!(
+                        "policy_version: {v} is not a version this tower holds of the client (it holds {})",
+                        std::iter::once(&client.compiled)
+                            .chain(client.earlier.iter().map(|(_, c)| c))
+                            .map(|c| c.policy().version.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?
+            }
+        },
+    };
+    let plan = compiled
         .plan(
             p.index,
             Amount::from_sat(p.amount_sat),
@@ -123,7 +155,7 @@ pub fn checked_vault(client: &Client, req: &RegisterVault) -> Result<(Vault, TxO
             key("cosigner_once", &p.cosigner_once)?,
         )
         .map_err(|e| bad(format!("vault: {e}")))?;
-    let graph = client.compiled.build_graph(&plan, outpoint).map_err(|e| bad(format!("vault: {e}")))?;
+    let graph = compiled.build_graph(&plan, outpoint).map_err(|e| bad(format!("vault: {e}")))?;
 
     // Same transactions as the graph rebuilt from the pinned policy, and fully signed.
     let given = |field: &str,
@@ -173,7 +205,7 @@ pub fn checked_vault(client: &Client, req: &RegisterVault) -> Result<(Vault, TxO
         amount: plan.amount,
         guarded: kind == VaultKind::Guarded,
         vault_script: graph.vault_txout.script_pubkey.clone(),
-        delay: client.policy.delays.unvault,
+        delay: compiled.policy().delays.unvault,
         unvault,
         cancels,
         emergencies,
@@ -288,7 +320,8 @@ pub(crate) fn register_vault(
             "only the owner or the co-signer of this client may register vaults".into(),
         ));
     }
-    let (vault, expected) = checked_vault(&client, req)?;
+    let waiting = tower.lock().pending.get(&client.id).map(|c| c.policy.clone());
+    let (vault, expected) = checked_vault_waiting(&client, waiting.as_deref(), req)?;
     let outpoint = vault.outpoint;
     let looked_up = tower.lock().watcher.events();
     let history = on_chain(tower, &vault, &expected, req.funding.as_deref())?;

@@ -105,6 +105,10 @@ pub struct RegisterVault {
     pub emergencies: Vec<String>,
     /// UE at every rung.
     pub unvault_emergencies: Vec<String>,
+    /// The policy version the vault was made under, when not the pinned one (a vault made
+    /// before a change, registered after it): its graph is that version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u32>,
 }
 
 /// A party's signature over something parties sign for each other.
@@ -348,6 +352,7 @@ impl RegisterVault {
             cancels: all(&g.cancels),
             emergencies: all(&g.emergencies),
             unvault_emergencies: all(&g.unvault_emergencies),
+            policy_version: None,
         }
     }
 }

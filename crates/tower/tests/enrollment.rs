@@ -98,9 +98,25 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
     assert_eq!(ack["subject"], format!("client {}", h.policy_id));
     let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &owner).unwrap();
     assert_eq!(view["version"], 2, "{view}");
-    // A restart serves the version the chain led to.
+    // A restart serves the version the chain led to, and keeps the one before it: a vault
+    // made under version 1 is registered under it.
     tower.kill9();
     tower.start();
     let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &owner).unwrap();
     assert_eq!(view["version"], 2, "{view}");
+    let vault = h.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let register = |h: &mut Household, version| {
+        let mut req = wire::RegisterVault::new(
+            &h.policy_id,
+            h.next_nonce(),
+            &vault.plan,
+            &vault.graph,
+            Some(&vault.funding),
+        );
+        req.policy_version = Some(version);
+        post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &owner)
+    };
+    let unknown = register(&mut h, 7).unwrap_err();
+    assert!(unknown.0 == 400 && unknown.1.contains("it holds 2, 1"), "{unknown:?}");
+    register(&mut h, 1).unwrap();
 }

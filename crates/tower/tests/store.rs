@@ -81,7 +81,21 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     assert!(!store.pin_client("p", "another text").unwrap(), "a known client keeps its policy");
     let pending =
         PolicyChange { client: "p".into(), policy: "policy v2".into(), version: 2, effective_height: 1_200 };
-    let client = ClientRecord { id: "p".into(), policy: "policy v1b".into(), pending: Some(pending) };
+    let client = ClientRecord {
+        id: "p".into(),
+        policy: "policy v1b".into(),
+        pending: Some(pending),
+        earlier: vec!["policy v0".into(), "policy v1".into()],
+    };
+    // A client enrolled by a chain of changes keeps the versions before the one applied.
+    store.issue_token("token").unwrap();
+    store.enroll("token", "q", "policy q2", &["policy q1".into()]).unwrap();
+    let enrolled = ClientRecord {
+        id: "q".into(),
+        policy: "policy q2".into(),
+        pending: None,
+        earlier: vec!["policy q1".into()],
+    };
 
     // A step: a vault's new state, the follower's position, a client, a panic, a broadcast
     // and an alarm.
@@ -148,7 +162,7 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     assert_eq!(loaded.approvals, vec![approval]);
     assert_eq!(loaded.recent, recent);
     assert_eq!(loaded.records.get("fee_wallet").map(String::as_str), Some("[1]"));
-    assert_eq!(loaded.clients, vec![client]);
+    assert_eq!(loaded.clients, vec![client, enrolled]);
     assert_eq!(loaded.pending_broadcasts.len(), 1, "one decided, not done");
     assert_eq!(loaded.pending_broadcasts[0], done[0]);
     // Delivered to one endpoint, the alarm waits for the other; then it leaves the outbox.

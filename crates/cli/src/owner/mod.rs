@@ -180,8 +180,8 @@ pub fn enroll_tower(args: EnrollTowerArgs) -> anyhow::Result<()> {
         );
         if !answer.kept_elsewhere.is_empty() {
             println!(
-                "{} vaults made under an earlier policy version stay with that version's watchtowers (their \
-                 scripts differ from today's): {}",
+                "{} vaults whose approved spend is under way stay with the watchtowers already watching them: \
+                 {}",
                 answer.kept_elsewhere.len(),
                 answer.kept_elsewhere.join(", ")
             );

@@ -27,6 +27,8 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS alarm_deliveries (alarm_id BIGINT NOT NULL, endpoint TEXT NOT NULL,
         PRIMARY KEY (alarm_id, endpoint));
     CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, policy TEXT NOT NULL, pending TEXT);
+    CREATE TABLE IF NOT EXISTS client_versions (client TEXT NOT NULL, seq BIGINT NOT NULL,
+        policy TEXT NOT NULL, PRIMARY KEY (client, seq));
     CREATE TABLE IF NOT EXISTS panics (id TEXT PRIMARY KEY);
     CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, client TEXT);";
 
@@ -153,7 +155,14 @@ impl TowerStore for PostgresStore {
                     id: row.get(0),
                     policy: row.get(1),
                     pending: read_pending(row.get(2))?,
+                    earlier: Vec::new(),
                 });
+            }
+            for row in client.query("SELECT client, policy FROM client_versions ORDER BY client, seq", &[])? {
+                let id: String = row.get(0);
+                if let Some(c) = loaded.clients.iter_mut().find(|c| c.id == id) {
+                    c.earlier.push(row.get(1));
+                }
             }
             Ok(loaded)
         })
@@ -294,7 +303,13 @@ impl TowerStore for PostgresStore {
         })
     }
 
-    fn enroll(&mut self, hash: &str, id: &str, policy: &str) -> Result<Enrollment, StoreError> {
+    fn enroll(
+        &mut self,
+        hash: &str,
+        id: &str,
+        policy: &str,
+        earlier: &[String],
+    ) -> Result<Enrollment, StoreError> {
         self.run(|client| {
             let mut tx = client.transaction()?;
             let token: Option<Option<String>> = tx
@@ -306,10 +321,13 @@ impl TowerStore for PostgresStore {
                 Some(Some(_)) => Enrollment::Used,
                 Some(None) => {
                     tx.execute("UPDATE tokens SET client = $2 WHERE hash = $1", &[&hash, &id])?;
-                    tx.execute(
+                    let new = tx.execute(
                         "INSERT INTO clients (id, policy) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
                         &[&id as &(dyn ToSql + Sync), &policy],
                     )?;
+                    if new == 1 {
+                        write_earlier(&mut tx, id, earlier)?;
+                    }
                     Enrollment::Pinned
                 }
             };
@@ -334,6 +352,7 @@ impl TowerStore for PostgresStore {
                      ON CONFLICT (id) DO UPDATE SET policy = EXCLUDED.policy, pending = EXCLUDED.pending",
                     &[&c.id as &(dyn ToSql + Sync), &c.policy, &pending_json(&c.pending)?],
                 )?;
+                write_earlier(&mut tx, &c.id, &c.earlier)?;
             }
             for id in panics {
                 tx.execute("INSERT INTO panics (id) VALUES ($1)", &[id])?;
@@ -468,4 +487,19 @@ fn outbox_alarm(r: &::postgres::Row) -> Result<OutboxAlarm, StoreError> {
         message: r.get(3),
         attempts: r.get::<_, i32>(4) as u32,
     })
+}
+/// Replaces the versions kept before client `id`'s applied one.
+fn write_earlier(
+    tx: &mut ::postgres::Transaction<'_>,
+    id: &str,
+    earlier: &[String],
+) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM client_versions WHERE client = $1", &[&id])?;
+    for (seq, text) in earlier.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO client_versions (client, seq, policy) VALUES ($1, $2, $3)",
+            &[&id as &(dyn ToSql + Sync), &(seq as i64), text],
+        )?;
+    }
+    Ok(())
 }

@@ -27,6 +27,8 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS alarm_deliveries (alarm_id INTEGER NOT NULL, endpoint TEXT NOT NULL,
         PRIMARY KEY (alarm_id, endpoint));
     CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, policy TEXT NOT NULL, pending TEXT);
+    CREATE TABLE IF NOT EXISTS client_versions (client TEXT NOT NULL, seq INTEGER NOT NULL,
+        policy TEXT NOT NULL, PRIMARY KEY (client, seq));
     CREATE TABLE IF NOT EXISTS panics (id TEXT PRIMARY KEY);
     CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, client TEXT);";
 
@@ -115,7 +117,17 @@ impl TowerStore for SqliteStore {
                 id: r.get(0)?,
                 policy: r.get(1)?,
                 pending: read_pending(r.get(2)?)?,
+                earlier: Vec::new(),
             });
+        }
+        let mut stmt =
+            self.conn.prepare("SELECT client, policy FROM client_versions ORDER BY client, seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let client: String = r.get(0)?;
+            if let Some(c) = loaded.clients.iter_mut().find(|c| c.id == client) {
+                c.earlier.push(r.get(1)?);
+            }
         }
         Ok(loaded)
     }
@@ -232,7 +244,13 @@ impl TowerStore for SqliteStore {
         Ok(())
     }
 
-    fn enroll(&mut self, hash: &str, id: &str, policy: &str) -> Result<Enrollment, StoreError> {
+    fn enroll(
+        &mut self,
+        hash: &str,
+        id: &str,
+        policy: &str,
+        earlier: &[String],
+    ) -> Result<Enrollment, StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let token: Option<Option<String>> =
             tx.query_row("SELECT client FROM tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?;
@@ -242,10 +260,13 @@ impl TowerStore for SqliteStore {
             Some(Some(_)) => Enrollment::Used,
             Some(None) => {
                 tx.execute("UPDATE tokens SET client = ?2 WHERE hash = ?1", params![hash, id])?;
-                tx.execute(
+                let new = tx.execute(
                     "INSERT INTO clients (id, policy) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
                     params![id, policy],
                 )?;
+                if new == 1 {
+                    write_earlier(&tx, id, earlier)?;
+                }
                 Enrollment::Pinned
             }
         };
@@ -265,6 +286,7 @@ impl TowerStore for SqliteStore {
                  ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, pending = excluded.pending",
                 params![c.id, c.policy, pending_json(&c.pending)?],
             )?;
+            write_earlier(&tx, &c.id, &c.earlier)?;
         }
         for id in panics {
             tx.execute("INSERT INTO panics (id) VALUES (?1)", [id])?;
@@ -395,4 +417,16 @@ fn outbox_alarm(r: &rusqlite::Row<'_>) -> Result<OutboxAlarm, StoreError> {
         message: r.get(3)?,
         attempts: r.get::<_, i64>(4)? as u32,
     })
+}
+
+/// Replaces the versions kept before client `id`'s applied one.
+fn write_earlier(tx: &rusqlite::Transaction, id: &str, earlier: &[String]) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM client_versions WHERE client = ?1", [id])?;
+    for (seq, text) in earlier.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO client_versions (client, seq, policy) VALUES (?1, ?2, ?3)",
+            params![id, seq as i64, text],
+        )?;
+    }
+    Ok(())
 }
