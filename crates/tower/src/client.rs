@@ -78,9 +78,10 @@ impl Client {
 
     /// The next version: `text` applied, this one kept among the earlier.
     pub fn changed_to(&self, text: &str) -> Result<Client, PolicyError> {
-        let mut earlier: Vec<String> = self.earlier.iter().map(|(t, _)| t.clone()).collect();
-        earlier.push(self.text.clone());
-        Ok(Client::new(&self.id, text)?.with_earlier(&earlier))
+        let mut next = Client::new(&self.id, text)?;
+        next.earlier = self.earlier.clone();
+        next.earlier.push((self.text.clone(), self.compiled.clone()));
+        Ok(next)
     }
 
     /// The texts of the versions before this one, oldest first.
