@@ -337,10 +337,7 @@ impl Cosigner {
         self.keys.sign_psbt(caller.client.account, &mut funding);
         let funding = vigil_policy::finalize(funding)
             .map_err(|e| bad(format!("funding_psbt: the owner's signatures do not complete it: {e}")))?;
-        let mut registration =
-            RegisterVault::new(&caller.client.id, 0, &ceremony.plan, &signed, Some(&funding));
-        // Named, so a tower judges it by the version it was made under even once a change applied.
-        registration.policy_version = Some(ceremony.compiled.policy().version);
+        let registration = RegisterVault::new(&caller.client.id, 0, &ceremony.plan, &signed, Some(&funding));
         let record = VaultRecord {
             client: caller.client.id.clone(),
             registration,
@@ -386,6 +383,11 @@ impl Cosigner {
         // The towers of the version the vault was made under: a change that applied a moment
         // ago may not be in the stored record yet, and its new towers must hear of it too.
         let compiled = self.vault_policy(&client, &record)?;
+        // A change applied since the vault was made: the towers judge it by its own version,
+        // named (left out otherwise, so a tower of an earlier release takes the request).
+        let now = self.as_of_now(&client).unwrap_or_else(|_| client.clone());
+        let version = compiled.policy().version;
+        let named = (self.compiled(&now)?.policy().version != version).then_some(version);
         let missing: Vec<String> = compiled
             .policy()
             .towers
@@ -405,6 +407,7 @@ impl Cosigner {
             &|i| {
                 let mut reg = record.registration.clone();
                 reg.nonce = nonce + i as u64;
+                reg.policy_version = reg.policy_version.or(named);
                 serde_json::to_vec(&reg).expect("json")
             },
             Some(&missing),

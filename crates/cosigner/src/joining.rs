@@ -169,8 +169,15 @@ impl Cosigner {
             if v.state != "protected" {
                 continue;
             }
-            if v.registration.policy_version.is_none() {
-                v.registration.policy_version = Some(self.vault_policy(client, &v)?.policy().version);
+            // Named when it is not today's (left out otherwise, as a tower of an earlier release
+            // expects); a vault whose version is not kept goes with the ones not given.
+            let Ok(made_under) = self.vault_policy(client, &v) else {
+                elsewhere.push(outpoint);
+                continue;
+            };
+            let version = made_under.policy().version;
+            if v.registration.policy_version.is_none() && version != judge.policy.version {
+                v.registration.policy_version = Some(version);
             }
             let approved = approvals.iter().any(|(vault, _)| *vault == outpoint);
             match self.stage(&v)? {

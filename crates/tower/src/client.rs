@@ -39,9 +39,11 @@ pub struct Client {
     pub cosigner: XOnlyPublicKey,
     /// Guardians' auth keys (approve guarded spends, panic, change the policy).
     pub guardians: Vec<XOnlyPublicKey>,
-    /// The versions applied before this one, oldest first: a vault made under one is
-    /// registered under it (its scripts and DELAY are that version's).
-    pub earlier: Vec<(String, CompiledPolicy)>,
+    /// The texts of the versions applied before this one, oldest first: a vault made under
+    /// one is registered under it (its scripts and DELAY are that version's).
+    pub earlier: Vec<String>,
+    /// Those of them that build, compiled.
+    earlier_compiled: Vec<CompiledPolicy>,
 }
 
 impl Client {
@@ -60,17 +62,22 @@ impl Client {
             compiled,
             policy,
             earlier: Vec::new(),
+            earlier_compiled: Vec::new(),
         })
     }
 
-    /// The same client with `earlier` versions (texts, oldest first) kept; one that no longer
-    /// builds is left out.
+    /// The same client with `earlier` versions (texts, oldest first) kept. One that no longer
+    /// builds (a later build's stricter rules) is kept as text, not used.
     pub fn with_earlier(mut self, earlier: &[String]) -> Client {
-        self.earlier = earlier
+        self.earlier = earlier.to_vec();
+        self.earlier_compiled = earlier
             .iter()
-            .filter_map(|text| {
-                let compiled = Policy::from_toml(text).and_then(CompiledPolicy::new).ok()?;
-                Some((text.clone(), compiled))
+            .filter_map(|text| match Policy::from_toml(text).and_then(CompiledPolicy::new) {
+                Ok(compiled) => Some(compiled),
+                Err(e) => {
+                    tracing::warn!(client = %self.id, error = %e, "an earlier policy version no longer builds");
+                    None
+                }
             })
             .collect();
         self
@@ -80,20 +87,20 @@ impl Client {
     pub fn changed_to(&self, text: &str) -> Result<Client, PolicyError> {
         let mut next = Client::new(&self.id, text)?;
         next.earlier = self.earlier.clone();
-        next.earlier.push((self.text.clone(), self.compiled.clone()));
+        next.earlier.push(self.text.clone());
+        next.earlier_compiled = self.earlier_compiled.clone();
+        next.earlier_compiled.push(self.compiled.clone());
         Ok(next)
     }
 
-    /// The texts of the versions before this one, oldest first.
-    pub fn earlier_texts(&self) -> Vec<String> {
-        self.earlier.iter().map(|(t, _)| t.clone()).collect()
+    /// Every version this tower holds, today's first.
+    pub fn versions(&self) -> impl Iterator<Item = &CompiledPolicy> {
+        std::iter::once(&self.compiled).chain(self.earlier_compiled.iter().rev())
     }
 
     /// Version `version`'s compiled policy: this one's or an earlier one's.
     pub fn version(&self, version: u32) -> Option<&CompiledPolicy> {
-        std::iter::once(&self.compiled)
-            .chain(self.earlier.iter().map(|(_, c)| c))
-            .find(|c| c.policy().version == version)
+        self.versions().find(|c| c.policy().version == version)
     }
 
     /// The limits the watcher enforces for it.

@@ -111,7 +111,7 @@ impl TowerState {
             id: client.id.clone(),
             policy: client.text.clone(),
             pending: self.pending.get(&client.id).cloned(),
-            earlier: client.earlier_texts(),
+            earlier: client.earlier.clone(),
         }
     }
 }

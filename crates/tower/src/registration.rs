@@ -105,8 +105,9 @@ pub fn checked_vault(client: &Client, req: &RegisterVault) -> Result<(Vault, TxO
     checked_vault_waiting(client, None, req)
 }
 
-/// [`checked_vault`], also under `waiting`, the text of a change the tower accepted and has
-/// not applied yet (the co-signer applies it by its own tip, which may be a block ahead).
+/// [`checked_vault`], also under `waiting`, the text of a change the tower accepted and
+/// applies within a few blocks (the co-signer applies it by its own tip, which may be a block
+/// or two ahead of this tower's).
 pub fn checked_vault_waiting(
     client: &Client,
     waiting: Option<&str>,
@@ -136,8 +137,8 @@ pub fn checked_vault_waiting(
                 from_waiting.as_ref().ok_or_else(|| {
                     bad(format!(
                         "policy_version: {v} is not a version this tower holds of the client (it holds {})",
-                        std::iter::once(&client.compiled)
-                            .chain(client.earlier.iter().map(|(_, c)| c))
+                        client
+                            .versions()
                             .map(|c| c.policy().version.to_string())
                             .collect::<Vec<_>>()
                             .join(", ")
@@ -320,7 +321,17 @@ pub(crate) fn register_vault(
             "only the owner or the co-signer of this client may register vaults".into(),
         ));
     }
-    let waiting = tower.lock().pending.get(&client.id).map(|c| c.policy.clone());
+    // A change still waiting counts only in the last blocks before it applies: the co-signer
+    // may apply it a block or two before this tower does.
+    let waiting = {
+        let state = tower.lock();
+        let tip = state.watcher.tip().max(state.backend_tip);
+        state
+            .pending
+            .get(&client.id)
+            .filter(|c| c.effective_height <= tip + crate::governance::LIFT_SLACK_BLOCKS)
+            .map(|c| c.policy.clone())
+    };
     let (vault, expected) = checked_vault_waiting(&client, waiting.as_deref(), req)?;
     let outpoint = vault.outpoint;
     let looked_up = tower.lock().watcher.events();

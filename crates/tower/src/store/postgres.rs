@@ -158,10 +158,12 @@ impl TowerStore for PostgresStore {
                     earlier: Vec::new(),
                 });
             }
+            let at: std::collections::HashMap<String, usize> =
+                loaded.clients.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
             for row in client.query("SELECT client, policy FROM client_versions ORDER BY client, seq", &[])? {
                 let id: String = row.get(0);
-                if let Some(c) = loaded.clients.iter_mut().find(|c| c.id == id) {
-                    c.earlier.push(row.get(1));
+                if let Some(&i) = at.get(&id) {
+                    loaded.clients[i].earlier.push(row.get(1));
                 }
             }
             Ok(loaded)

@@ -120,13 +120,15 @@ impl TowerStore for SqliteStore {
                 earlier: Vec::new(),
             });
         }
+        let at: std::collections::HashMap<String, usize> =
+            loaded.clients.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
         let mut stmt =
             self.conn.prepare("SELECT client, policy FROM client_versions ORDER BY client, seq")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let client: String = r.get(0)?;
-            if let Some(c) = loaded.clients.iter_mut().find(|c| c.id == client) {
-                c.earlier.push(r.get(1)?);
+            if let Some(&i) = at.get(&client) {
+                loaded.clients[i].earlier.push(r.get(1)?);
             }
         }
         Ok(loaded)
