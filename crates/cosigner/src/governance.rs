@@ -171,22 +171,11 @@ impl Cosigner {
                 }
             ),
         ));
-        let order =
-            ChangePolicy { nonce: 0, policy_id: client.id.clone(), policy: r.policy.clone(), signatures };
-        let subject = format!("policy {} version {version} at *", client.id);
         Self::queue_order(
             store,
             &mut batch,
             &client.id,
-            TowerOrder {
-                path: "/v1/policy".into(),
-                body: serde_json::to_value(&order).expect("json"),
-                subject,
-                acked: Vec::new(),
-                refused: Vec::new(),
-                refusing_since: Default::default(),
-                only: None,
-            },
+            change_order(&client.id, &r.policy, version, signatures),
         )?;
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
             kind::CLIENT,
@@ -267,4 +256,16 @@ fn added_towers(client: &ClientRecord) -> String {
          enroll-tower` with a token from each one's operator",
         added.join(", ")
     )
+}
+
+/// The relay of a change the quorum signed to every tower (each acknowledges it naming the
+/// height it applies from there).
+pub(crate) fn change_order(
+    client: &str,
+    text: &str,
+    version: u32,
+    signatures: Vec<vigil_tower::wire::KeySignature>,
+) -> TowerOrder {
+    let body = ChangePolicy { nonce: 0, policy_id: client.to_owned(), policy: text.to_owned(), signatures };
+    crate::emergency::order_of("/v1/policy", &body, format!("policy {client} version {version} at *"))
 }

@@ -316,15 +316,9 @@ enum Stage {
     Over,
 }
 
-/// The relay of the change `text` the quorum signed, as every tower gets it.
+/// The relay of the change `text` the quorum signed, as every tower got it.
 fn change_order(client: &ClientRecord, text: &str) -> Result<TowerOrder, Refusal> {
     let signed = client.changes.iter().rev().find(|c| c.policy == text).ok_or(Refusal::Internal)?;
     let version = vigil_policy::Policy::from_toml(text).map_err(|_| Refusal::Internal)?.version;
-    let body = vigil_tower::wire::ChangePolicy {
-        nonce: 0,
-        policy_id: client.id.clone(),
-        policy: text.to_owned(),
-        signatures: signed.signatures.clone(),
-    };
-    Ok(order_of("/v1/policy", &body, format!("policy {} version {version} at *", client.id)))
+    Ok(crate::governance::change_order(&client.id, text, version, signed.signatures.clone()))
 }
