@@ -7,10 +7,12 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
-use bitcoin::bip32::{ChildNumber, Xpub};
+use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpub};
 use bitcoin::hashes::{sha256, Hash, HashEngine};
 use bitcoin::key::XOnlyPublicKey;
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::taproot::{ControlBlock, LeafVersion};
 use bitcoin::ScriptBuf;
 use miniscript::descriptor::{DefiniteDescriptorKey, DescriptorPublicKey, SinglePub, SinglePubKey};
@@ -160,7 +162,26 @@ pub(crate) struct KeyChainCache {
     /// The internal key in format 2: [`nums_xpub`], it one step down, and the branch; format
     /// 1 uses the NUMS point itself.
     nums: Option<(Xpub, Xpub, u32)>,
+    /// The keys derived at recent indexes: one request looks at a vault's keys several
+    /// times (its descriptors, its spend leaf), each a derivation per key otherwise.
+    recent: RecentKeys,
 }
+
+/// Every entry of [`KeyChainCache::keys`] at one index, and the format-2 internal key.
+type KeysAt = (Vec<PublicKey>, Option<PublicKey>);
+
+/// A small memo of derived keys, dropped whole when full; a clone starts empty.
+#[derive(Debug, Default)]
+struct RecentKeys(Mutex<HashMap<u32, Arc<KeysAt>>>);
+
+impl Clone for RecentKeys {
+    fn clone(&self) -> RecentKeys {
+        RecentKeys::default()
+    }
+}
+
+/// How many indexes [`RecentKeys`] holds: the vaults a client works on at once.
+const RECENT_INDEXES: usize = 64;
 
 impl KeyChainCache {
     pub fn new(policy: &Policy, chain: KeyChain) -> Result<KeyChainCache, PolicyError> {
@@ -195,30 +216,49 @@ impl KeyChainCache {
                 Some((root, step(&root, first)?, first))
             }
         };
-        Ok(KeyChainCache { keys, nums })
+        Ok(KeyChainCache { keys, nums, recent: RecentKeys::default() })
+    }
+
+    /// Every key at `index` (non-hardened), derived once while it stays recent.
+    fn keys_at(&self, index: u32) -> Result<Arc<KeysAt>, PolicyError> {
+        ChildNumber::from_normal_idx(index).map_err(|_| DescriptorError::HardenedIndex(index))?;
+        let recent = || self.recent.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = recent().get(&index) {
+            return Ok(hit.clone());
+        }
+        let keys = self
+            .keys
+            .iter()
+            .map(|(_, xpub, ..)| crate::fast::child_public_key(xpub, index))
+            .collect::<Result<Vec<_>, _>>()?;
+        let internal =
+            self.nums.as_ref().map(|(_, xpub, _)| crate::fast::child_public_key(xpub, index)).transpose()?;
+        let derived = Arc::new((keys, internal));
+        let mut recent = recent();
+        if recent.len() >= RECENT_INDEXES {
+            recent.clear();
+        }
+        recent.insert(index, derived.clone());
+        Ok(derived)
     }
 
     /// Every placeholder's x-only key at `index`.
     pub fn xonly_at(&self, index: u32) -> Result<HashMap<String, XOnlyPublicKey>, PolicyError> {
-        // Non-hardened indexes only: the policy holds public keys.
-        ChildNumber::from_normal_idx(index).map_err(|_| DescriptorError::HardenedIndex(index))?;
+        let derived = self.keys_at(index)?;
         let mut map = HashMap::with_capacity(2 * self.keys.len() + 3);
-        for (names, xpub, _, _) in &self.keys {
-            let key = crate::fast::child_public_key(xpub, index)?.x_only_public_key().0;
+        for ((names, ..), key) in self.keys.iter().zip(&derived.0) {
+            let key = key.x_only_public_key().0;
             for name in names {
                 map.insert(name.clone(), key);
             }
         }
-        map.insert("NUMS".into(), self.internal_key(index)?);
+        map.insert("NUMS".into(), internal(&derived));
         Ok(map)
     }
 
     /// The unspendable internal key at `index`.
     pub fn internal_key(&self, index: u32) -> Result<XOnlyPublicKey, PolicyError> {
-        Ok(match &self.nums {
-            None => nums(),
-            Some((_, xpub, _)) => crate::fast::child_public_key(xpub, index)?.x_only_public_key().0,
-        })
+        Ok(internal(&*self.keys_at(index)?))
     }
 
     /// A placeholder's key without derivation (`[fp/path]xpub`; the NUMS xpub) and the
@@ -231,25 +271,52 @@ impl KeyChainCache {
         Some((key.key_expression(), *branch))
     }
 
-    /// Every placeholder as a descriptor key, ranged or at one index.
-    pub fn descriptor_keys(&self, index: Option<u32>) -> HashMap<String, DescriptorPublicKey> {
-        let parse = |text: String| DescriptorPublicKey::from_str(&text).expect("built from a valid xpub");
+    /// Every placeholder as a descriptor key: ranged (`[origin]xpub/branch/*`), or at one
+    /// index as the derived key itself with its full origin. The two give the same scripts
+    /// and PSBT key origins; the second spares every use (a PSBT update, a script) a BIP32
+    /// derivation per key, which the spend path paid twice per key and request.
+    pub fn descriptor_keys(
+        &self,
+        index: Option<u32>,
+    ) -> Result<HashMap<String, DescriptorPublicKey>, PolicyError> {
         let mut map = HashMap::with_capacity(2 * self.keys.len() + 3);
-        for (names, _, k, branch) in &self.keys {
-            let key = parse(k.descriptor_key(*branch, index));
+        let Some(index) = index else {
+            let parse = |text: String| DescriptorPublicKey::from_str(&text).expect("built from a valid xpub");
+            for (names, _, k, branch) in &self.keys {
+                let key = parse(k.descriptor_key(*branch, None));
+                for name in names {
+                    map.insert(name.clone(), key.clone());
+                }
+            }
+            let internal = match &self.nums {
+                None => single(nums()),
+                Some((root, _, branch)) => parse(format!("{root}/{branch}/*")),
+            };
+            map.insert("NUMS".into(), internal);
+            return Ok(map);
+        };
+        let derived = self.keys_at(index)?;
+        let at = |key: &PublicKey, origin: (Fingerprint, DerivationPath)| {
+            DescriptorPublicKey::Single(SinglePub {
+                origin: Some(origin),
+                key: SinglePubKey::FullKey(bitcoin::PublicKey::new(*key)),
+            })
+        };
+        for ((names, _, k, branch), key) in self.keys.iter().zip(&derived.0) {
+            let key = at(key, k.key_source(*branch, index));
             for name in names {
                 map.insert(name.clone(), key.clone());
             }
         }
-        let internal = match &self.nums {
-            None => single(nums()),
-            Some((root, _, branch)) => {
-                let tail = index.map(|i| i.to_string()).unwrap_or_else(|| "*".into());
-                parse(format!("{root}/{branch}/{tail}"))
+        let internal = match (&self.nums, &derived.1) {
+            (Some((root, _, branch)), Some(key)) => {
+                let path = [*branch, index].map(|i| ChildNumber::from_normal_idx(i).expect("checked"));
+                at(key, (root.fingerprint(), DerivationPath::from(path.to_vec())))
             }
+            _ => single(nums()),
         };
         map.insert("NUMS".into(), internal);
-        map
+        Ok(map)
     }
 }
 
@@ -273,6 +340,11 @@ pub fn nums_xpub(policy: &Policy) -> Xpub {
         public_key: nums().public_key(bitcoin::secp256k1::Parity::Even),
         chain_code: chain_code.into(),
     }
+}
+
+/// The internal key among `derived`: format 2's, or the NUMS point.
+fn internal(derived: &KeysAt) -> XOnlyPublicKey {
+    derived.1.map_or_else(nums, |k| k.x_only_public_key().0)
 }
 
 /// The NUMS point as a key.

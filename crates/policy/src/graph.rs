@@ -22,7 +22,7 @@ use bitcoin::{Address, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut
 use miniscript::descriptor::DefiniteDescriptorKey;
 use miniscript::Descriptor;
 
-use crate::config::{KeyChain, Policy, PolicyFormat, P2TR_DUST_SAT};
+use crate::config::{KeyChain, Policy, PolicyFormat, PolicyKey, P2TR_DUST_SAT};
 use crate::descriptors::{
     definite, nums, single, taproot_leaves, translate, KeyChainCache, Templates, VaultKind, SECOND,
 };
@@ -43,6 +43,10 @@ pub struct CompiledPolicy {
     intake_keys: KeyChainCache,
     vault_keys: KeyChainCache,
     sizes: GraphSizes,
+    /// Each owner's and guardian's request-signing key, in the policy's order: derived
+    /// once, since every authenticated request looks them up.
+    owner_auth: Vec<XOnlyPublicKey>,
+    guardian_auth: Vec<XOnlyPublicKey>,
 }
 
 /// A signature as a PSBT input holds it, under its (key, leaf).
@@ -138,12 +142,16 @@ impl CompiledPolicy {
         let templates = Templates::new(&policy)?;
         let intake_keys = KeyChainCache::new(&policy, KeyChain::Intake)?;
         let vault_keys = KeyChainCache::new(&policy, KeyChain::Vault)?;
+        let owner_auth = policy.owner.keys.iter().map(PolicyKey::auth_key).collect();
+        let guardian_auth = policy.guardians.keys.iter().map(PolicyKey::auth_key).collect();
         let mut compiled = CompiledPolicy {
             policy,
             templates,
             intake_keys,
             vault_keys,
             sizes: GraphSizes { unvault: 0, emergency: 0, from_unvault: 0 },
+            owner_auth,
+            guardian_auth,
         };
         compiled.sizes = compiled.measure_sizes()?;
         // Format 2 exists for hardware signers: a shape they cannot register is refused now,
@@ -173,10 +181,20 @@ impl CompiledPolicy {
         &self.policy
     }
 
+    /// The owners' request-signing keys ([`PolicyKey::auth_key`]), in the policy's order.
+    pub fn owner_auth_keys(&self) -> &[XOnlyPublicKey] {
+        &self.owner_auth
+    }
+
+    /// The guardians' request-signing keys, in the policy's order.
+    pub fn guardian_auth_keys(&self) -> &[XOnlyPublicKey] {
+        &self.guardian_auth
+    }
+
     /// The ranged descriptors (see [`RangedDescriptors`]).
     pub fn ranged_descriptors(&self) -> Result<RangedDescriptors, PolicyError> {
         let shown = |t: &Descriptor<String>, chain: &KeyChainCache| -> Result<String, PolicyError> {
-            let keys = chain.descriptor_keys(None);
+            let keys = chain.descriptor_keys(None)?;
             if !t.to_string().contains("OO") {
                 return Ok(translate(t, &keys)?.to_string());
             }
@@ -201,7 +219,7 @@ impl CompiledPolicy {
 
     /// The intake descriptor at receive index `index`.
     pub fn intake_descriptor(&self, index: u32) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
-        definite(translate(&self.templates.intake, &self.intake_keys.descriptor_keys(Some(index)))?)
+        definite(translate(&self.templates.intake, &self.intake_keys.descriptor_keys(Some(index))?)?)
     }
 
     /// The intake address at receive index `index`.
@@ -212,7 +230,7 @@ impl CompiledPolicy {
 
     /// One vault's outputs as definite descriptors.
     pub fn vault_descriptors(&self, plan: &VaultPlan) -> Result<VaultDescriptors, PolicyError> {
-        let mut keys = self.vault_keys.descriptor_keys(Some(plan.index));
+        let mut keys = self.vault_keys.descriptor_keys(Some(plan.index))?;
         keys.insert("OO".into(), single(plan.owner_once));
         keys.insert("CO".into(), single(plan.cosigner_once));
         Ok(VaultDescriptors {
@@ -330,7 +348,7 @@ impl CompiledPolicy {
         &self,
         index: u32,
     ) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
-        definite(translate(&self.templates.deep_vault, &self.vault_keys.descriptor_keys(Some(index)))?)
+        definite(translate(&self.templates.deep_vault, &self.vault_keys.descriptor_keys(Some(index))?)?)
     }
 
     /// The deep vault's two leaves at `index`: the fast path (backup + co-signer + every

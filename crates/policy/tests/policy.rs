@@ -329,3 +329,59 @@ fn named_auth_keys_replace_the_derived_ones_and_each_party_has_its_own() {
         assert!(why.contains(reason), "{why}");
     }
 }
+
+#[test]
+fn descriptors_at_an_index_equal_the_ranged_ones_derived_there() {
+    // The spend path builds its descriptors from keys derived once; a PSBT signer must find
+    // the same scripts and key origins as in the ranged descriptors a wallet imports.
+    use std::str::FromStr;
+    use vigil_policy::bitcoin::psbt::Psbt;
+    use vigil_policy::bitcoin::transaction::{Transaction, TxIn, Version};
+    use vigil_policy::miniscript::descriptor::DescriptorPublicKey;
+    use vigil_policy::miniscript::psbt::PsbtExt;
+    use vigil_policy::miniscript::Descriptor;
+    for format in [1, 2] {
+        let policy =
+            Policy::from_toml(&ExamplePolicy { format, ..ExamplePolicy::default() }.to_toml()).unwrap();
+        let compiled = CompiledPolicy::new(policy).unwrap();
+        let ranged = compiled.ranged_descriptors().unwrap();
+        for index in [0, 7, (1 << 31) - 1] {
+            // Keys derived a moment ago are taken again from memory: the same.
+            assert_eq!(
+                compiled.intake_descriptor(index).unwrap(),
+                compiled.intake_descriptor(index).unwrap()
+            );
+            let pairs = [
+                (&ranged.intake, compiled.intake_descriptor(index).unwrap()),
+                (&ranged.deep_vault, compiled.deep_vault_descriptor(index).unwrap()),
+            ];
+            for (text, at_index) in pairs {
+                let expected = Descriptor::<DescriptorPublicKey>::from_str(text)
+                    .unwrap()
+                    .at_derivation_index(index)
+                    .unwrap();
+                assert_eq!(
+                    at_index.script_pubkey(),
+                    expected.script_pubkey(),
+                    "format {format} index {index}"
+                );
+                let update = |d: &Descriptor<_>| {
+                    let tx = Transaction {
+                        version: Version::TWO,
+                        lock_time: vigil_policy::bitcoin::absolute::LockTime::ZERO,
+                        input: vec![TxIn::default()],
+                        output: vec![],
+                    };
+                    let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+                    psbt.inputs[0].witness_utxo =
+                        Some(TxOut { value: Amount::from_sat(10_000), script_pubkey: d.script_pubkey() });
+                    psbt.update_input_with_descriptor(0, d).unwrap();
+                    psbt.inputs.remove(0)
+                };
+                let (ours, theirs) = (update(&at_index), update(&expected));
+                assert!(!theirs.tap_key_origins.is_empty() && theirs.tap_internal_key.is_some());
+                assert_eq!(ours, theirs, "format {format} index {index}");
+            }
+        }
+    }
+}
