@@ -33,9 +33,9 @@ use vigil_policy::{
 };
 use vigil_tower::wire::RegisterVault;
 
-use crate::error::Refusal;
-use crate::service::{alarm, Caller, ClientRecord, Cosigner};
-use crate::store::{kind, Batch};
+use crate::error::{Refusal, StoreError};
+use crate::service::{alarm, Caller, Cosigner};
+use crate::store::{kind, Batch, Store};
 use crate::wire::{BeginVault, CompleteVault, Signed, TowerReport, VaultBegun, VaultStatus};
 
 /// How long a begun ceremony waits for the owner's half.
@@ -120,13 +120,20 @@ fn bad(m: impl Into<String>) -> Refusal {
 }
 
 /// A stored vault.
-pub(crate) fn vault_record(
-    store: &dyn crate::store::Store,
+pub(crate) fn vault_record(store: &dyn Store, outpoint: &str) -> Result<Option<VaultRecord>, Refusal> {
+    Ok(vault_stored(store, outpoint)?.map(|(v, _)| v))
+}
+
+/// A stored vault and its text as stored, which a write expects ([`Cosigner::client_stored`]).
+pub(crate) fn vault_stored(
+    store: &dyn Store,
     outpoint: &str,
-) -> Result<Option<VaultRecord>, Refusal> {
+) -> Result<Option<(VaultRecord, String)>, Refusal> {
     store
         .get(kind::VAULT, outpoint)?
-        .map(|t| serde_json::from_str(&t).map_err(|_| Refusal::Internal))
+        .map(|t| {
+            serde_json::from_str(&t).map(|v| (v, t)).map_err(|e| StoreError::Corrupt(e.to_string()).into())
+        })
         .transpose()
 }
 
@@ -364,7 +371,8 @@ impl Cosigner {
             .expect(kind::VAULT_INDEX, index_id.clone(), None)
             .put(kind::VAULT_INDEX, index_id, vault_key.clone())
             .expect(kind::VAULT, vault_key.clone(), None)
-            .put(kind::VAULT, vault_key.clone(), serde_json::to_string(&record).expect("json"));
+            .put(kind::VAULT, vault_key.clone(), serde_json::to_string(&record).expect("json"))
+            .put(kind::UNREGISTERED, vault_key.clone(), caller.client.id.clone());
         store.commit(&batch)?;
         drop(deciding);
         drop(open);
@@ -415,8 +423,7 @@ impl Cosigner {
         let all = reports.iter().all(|t| t.acknowledged);
         let deciding = self.decide(client_id);
         let store = self.store();
-        let mut latest = vault_record(store, outpoint)?.ok_or(Refusal::Internal)?;
-        let before = serde_json::to_string(&latest).expect("json");
+        let (mut latest, before) = vault_stored(store, outpoint)?.ok_or(Refusal::Internal)?;
         latest.towers = reports;
         let first_attempt = latest.towers.is_empty();
         let mut batch = Batch::default();
@@ -429,6 +436,7 @@ impl Cosigner {
         }
         if all {
             latest.state = "protected".into();
+            batch.delete(kind::UNREGISTERED, outpoint);
             tracing::info!(client = %client.id, vault = %outpoint, "every tower acknowledged: vault protected");
         }
         batch.expect(kind::VAULT, outpoint.to_owned(), Some(before)).put(
@@ -480,8 +488,7 @@ impl Cosigner {
         // A new block: only this client's towers' lock is held while it is committed.
         let _deciding = self.decide(client);
         let store = self.store();
-        let mut record: ClientRecord = Self::client(store, client)?.ok_or(Refusal::Internal)?;
-        let before = serde_json::to_string(&record).expect("json");
+        let (mut record, before) = Self::client_stored(store, client)?.ok_or(Refusal::Internal)?;
         // Never below the clock (as the parties' counters): a store restored from an older
         // backup would otherwise repeat nonces the towers have seen, and its orders would be
         // refused until retries walked past them.
@@ -510,20 +517,14 @@ impl Cosigner {
     /// Vaults committed but not yet acknowledged by every tower (after a restart): registers
     /// them again; alarms when one stays unprotected.
     pub fn retry_registrations(&self) {
-        let pending: Vec<(String, String)> = match self.store().list(kind::VAULT, "") {
-            Ok(all) => all
-                .into_iter()
-                .filter_map(|(id, body)| {
-                    let v: VaultRecord = serde_json::from_str(&body).ok()?;
-                    (v.state != "protected").then_some((v.client, id))
-                })
-                .collect(),
+        let pending = match self.store().list(kind::UNREGISTERED, "") {
+            Ok(pending) => pending,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list vaults to register");
                 return;
             }
         };
-        for (client, outpoint) in pending {
+        for (outpoint, client) in pending {
             // Alarmed once, at the first attempt; here only retried.
             if let Err(e) = self.register_with_towers(&client, &outpoint) {
                 tracing::warn!(%client, vault = %outpoint, error = %e.message(), "vault still not registered with every tower");
@@ -537,6 +538,25 @@ impl Cosigner {
     }
 }
 
+/// Indexes the vaults a store of an earlier release holds unacknowledged (it kept no
+/// [`kind::UNREGISTERED`]), once: reads every vault a single time.
+pub(crate) fn index_unregistered(store: &dyn Store) -> Result<(), StoreError> {
+    const DONE: &str = "unregistered-indexed";
+    if store.get(kind::META, DONE)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    for (outpoint, body) in store.list(kind::VAULT, "")? {
+        let v: VaultRecord =
+            serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("vault {outpoint}: {e}")))?;
+        if v.state != "protected" {
+            batch.put(kind::UNREGISTERED, outpoint, v.client);
+        }
+    }
+    batch.expect(kind::META, DONE, None).put(kind::META, DONE, "1");
+    store.commit(&batch)
+}
+
 fn acknowledged(record: &VaultRecord, tower: &str) -> bool {
     record.towers.iter().any(|t| t.name == tower && t.acknowledged)
 }
@@ -547,5 +567,65 @@ fn status(outpoint: &str, v: &VaultRecord) -> VaultStatus {
         state: v.state.clone(),
         towers: v.towers.clone(),
         funding: (v.state == "protected").then(|| v.funding.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_tower::wire::VaultParams;
+
+    fn vault(client: &str, state: &str) -> String {
+        let params = VaultParams {
+            index: 0,
+            amount_sat: 1,
+            kind: "standard".into(),
+            owner_once: String::new(),
+            cosigner_once: String::new(),
+            vault_outpoint: String::new(),
+        };
+        let registration = RegisterVault {
+            nonce: 0,
+            policy_id: client.into(),
+            vault: params,
+            funding: None,
+            unvault: String::new(),
+            cancels: vec![],
+            emergencies: vec![],
+            unvault_emergencies: vec![],
+            policy_version: None,
+        };
+        let record = VaultRecord {
+            client: client.into(),
+            registration,
+            funding: String::new(),
+            state: state.into(),
+            towers: vec![],
+            next_counter: 1,
+            policy_id: String::new(),
+            once_xpubs: None,
+        };
+        serde_json::to_string(&record).unwrap()
+    }
+
+    #[test]
+    fn a_store_of_the_previous_release_gets_its_unregistered_vaults_indexed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let mut before = Batch::default();
+        before.put(kind::VAULT, "v1", vault("alice", "registering")).put(
+            kind::VAULT,
+            "v2",
+            vault("bob", "protected"),
+        );
+        store.commit(&before).unwrap();
+        index_unregistered(&store).unwrap();
+        assert_eq!(store.list(kind::UNREGISTERED, "").unwrap(), vec![("v1".to_owned(), "alice".to_owned())]);
+        // Once: the next start reads no vault (a record it cannot parse is not looked at).
+        let mut broken = Batch::default();
+        broken.put(kind::VAULT, "v3", "not json");
+        store.commit(&broken).unwrap();
+        index_unregistered(&store).unwrap();
+        assert_eq!(store.list(kind::UNREGISTERED, "").unwrap().len(), 1);
     }
 }

@@ -79,8 +79,7 @@ impl Cosigner {
         let tip = self.tip()?;
         let deciding = self.decide(&caller.client.id);
         let store = self.store();
-        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        let before = serde_json::to_string(&client).expect("json");
+        let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         if tip + blocks > client.lockdown_until {
             client.lockdown_until = tip + blocks;
@@ -133,7 +132,7 @@ impl Cosigner {
         let tip = self.tip()?;
         let deciding = self.decide(&caller.client.id);
         let store = self.store();
-        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         if !client.locked(tip) && !client.under_duress(tip) {
             return Err(Refusal::Conflict("the client is not locked down".into()));
         }
@@ -176,7 +175,6 @@ impl Cosigner {
             .and_then(|b| schnorr::Signature::from_slice(&b).ok())
             .filter(|s| vigil_policy::secp().verify_schnorr(s, &digest, &caller.key).is_ok())
             .ok_or_else(|| bad("signature: does not verify over this client, heights and your key"))?;
-        let before = serde_json::to_string(&client).expect("json");
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         let me = caller.key.to_string();
         client.lift_proposed = r.lift_at_height;
@@ -237,8 +235,7 @@ impl Cosigner {
         let tip = self.tip()?;
         let deciding = self.decide(&caller.client.id);
         let store = self.store();
-        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        let before = serde_json::to_string(&client).expect("json");
+        let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         if token.as_ref().is_some_and(|t| *t == client.heartbeat_real || *t == client.heartbeat_duress) {
             client.last_heartbeat = crate::service::now();
@@ -583,8 +580,7 @@ impl Cosigner {
         let tip = self.tip()?;
         let _deciding = self.decide(&caller.client.id);
         let store = self.store();
-        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        let before = serde_json::to_string(&client).expect("json");
+        let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         client.heartbeat_real = r.heartbeat_real.clone();
         client.heartbeat_duress = r.heartbeat_duress.clone();
@@ -635,8 +631,7 @@ impl Cosigner {
         let needed = caller.policy().guardians.threshold;
         let _deciding = self.decide(&caller.client.id);
         let store = self.store();
-        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        let before = serde_json::to_string(&client).expect("json");
+        let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         if !client.restore_unconfirmed {
             return Err(Refusal::Conflict("no restore of the owner's wallet waits for confirmation".into()));
         }

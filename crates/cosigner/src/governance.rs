@@ -69,8 +69,7 @@ impl Cosigner {
         let tip = self.tip()?;
         let deciding = self.decide(&caller.client.id);
         let store = self.store();
-        let mut client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        let before = serde_json::to_string(&client).expect("json");
+        let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let applied_now = client.apply_due(tip);
         let current = &Policy::from_toml(&client.policy).map_err(|_| Refusal::Internal)?;
         if new.network != current.network {

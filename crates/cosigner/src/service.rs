@@ -343,6 +343,7 @@ impl Cosigner {
         if config.smtp.is_some() {
             sinks.push(crate::alarms::EMAIL_SINK.to_owned());
         }
+        crate::ceremony::index_unregistered(&*store)?;
         Ok(Cosigner {
             keys,
             config,
@@ -504,9 +505,23 @@ impl Cosigner {
 
     /// A client's record.
     pub(crate) fn client(store: &dyn Store, id: &str) -> Result<Option<ClientRecord>, Refusal> {
+        Ok(Self::client_stored(store, id)?.map(|(c, _)| c))
+    }
+
+    /// A client and its record's text as stored: a write expects that text, not the record
+    /// as this release writes it (one an earlier release wrote lacks the fields added since,
+    /// and would never match).
+    pub(crate) fn client_stored(
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<Option<(ClientRecord, String)>, Refusal> {
         store
             .get(kind::CLIENT, id)?
-            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()).into()))
+            .map(|t| {
+                serde_json::from_str(&t)
+                    .map(|c| (c, t))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()).into())
+            })
             .transpose()
     }
 
@@ -547,10 +562,9 @@ impl Cosigner {
         }
         let key = self.verify(creds, client.account, path, signed)?;
         let compiled = self.compiled(&client)?;
-        let policy = compiled.policy();
-        let role = if let Some(i) = policy.owner.keys.iter().position(|k| k.auth_key() == key) {
+        let role = if let Some(i) = compiled.owner_auth_keys().iter().position(|k| *k == key) {
             Role::Owner(i)
-        } else if let Some(i) = policy.guardians.keys.iter().position(|k| k.auth_key() == key) {
+        } else if let Some(i) = compiled.guardian_auth_keys().iter().position(|k| *k == key) {
             Role::Guardian(i)
         } else {
             return Err(Refusal::Forbidden(format!(

@@ -20,8 +20,8 @@ use vigil_policy::bitcoin::{Address, OutPoint, Sequence};
 use vigil_policy::{CompiledPolicy, SpendInput};
 use vigil_tower::wire::{Approval, KeySignature, RegisterApproval};
 
-use crate::ceremony::vault_record;
-use crate::error::Refusal;
+use crate::ceremony::{vault_record, vault_stored};
+use crate::error::{Refusal, StoreError};
 use crate::service::{alarm, Caller, ClientRecord, Cosigner, Role};
 use crate::store::{kind, Batch, Store};
 use crate::wire::{self, Signed, SignedSpend, SpendRequest, SpendStatus, TowerReport, Vote};
@@ -133,20 +133,30 @@ fn velocity_used(spends: &[SpendRecord], window: u32, tip: u32) -> u64 {
 
 impl Cosigner {
     fn spend(&self, store: &dyn Store, client: &str, id: u64) -> Result<SpendRecord, Refusal> {
-        store
+        Ok(self.spend_stored(store, client, id)?.0)
+    }
+
+    /// A spend request and its text as stored, which a write expects ([`Cosigner::client_stored`]).
+    fn spend_stored(
+        &self,
+        store: &dyn Store,
+        client: &str,
+        id: u64,
+    ) -> Result<(SpendRecord, String), Refusal> {
+        let text = store
             .get(kind::SPEND, &spend_id(client, id))?
-            .map(|t| serde_json::from_str(&t).map_err(|_| Refusal::Internal))
-            .transpose()?
-            .ok_or_else(|| Refusal::NotFound(format!("no spend request {id} of this client")))
+            .ok_or_else(|| Refusal::NotFound(format!("no spend request {id} of this client")))?;
+        let record = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok((record, text))
     }
 
     /// `POST /v1/spends`.
     pub fn request_spend(&self, caller: &Caller, req: &Signed<SpendRequest>) -> Result<SpendStatus, Refusal> {
         self.unlocked_owner(caller)?;
         let r = &req.request;
-        let vault = match vault_record(self.store(), &r.vault_outpoint)? {
-            Some(v) if v.client == caller.client.id && v.state == "protected" => v,
-            Some(v) if v.client == caller.client.id => {
+        let (vault, vault_before) = match vault_stored(self.store(), &r.vault_outpoint)? {
+            Some((v, text)) if v.client == caller.client.id && v.state == "protected" => (v, text),
+            Some((v, _)) if v.client == caller.client.id => {
                 return Err(Refusal::Conflict(format!(
                     "vault {} is not protected by every tower yet",
                     r.vault_outpoint
@@ -220,7 +230,8 @@ impl Cosigner {
         let tip = self.tip()?;
         let deciding = self.decide(&caller.client.id);
         let store = self.store();
-        let client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let (client, client_before) =
+            Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         // A replayed request is refused before anything else is looked at.
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         // The client's requests, read once: one request per vault (the same spend again,
@@ -277,9 +288,9 @@ impl Cosigner {
         if vault.guarded() && needed > 0 {
             // Only today's guardians vote, and only the vault's own can sign its leaf: with
             // too few of both, the request could never be approved. Say so now.
-            let its_own: Vec<_> = made_under.policy().guardians.keys.iter().map(|k| k.auth_key()).collect();
+            let its_own = made_under.guardian_auth_keys();
             let shared =
-                policy.guardians.keys.iter().filter(|k| its_own.contains(&k.auth_key())).count() as u32;
+                now_compiled.guardian_auth_keys().iter().filter(|k| its_own.contains(k)).count() as u32;
             if shared < needed {
                 return Err(Refusal::Conflict(format!(
                     "this guarded vault was made under policy version {}: only {shared} of its guardians are \
@@ -320,9 +331,9 @@ impl Cosigner {
         let mut vault_next = vault.clone();
         vault_next.next_counter += 1;
         batch
-            .expect(kind::CLIENT, client.id.clone(), Some(serde_json::to_string(&client).expect("json")))
+            .expect(kind::CLIENT, client.id.clone(), Some(client_before))
             .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&next).expect("json"))
-            .expect(kind::VAULT, r.vault_outpoint.clone(), Some(serde_json::to_string(&vault).expect("json")))
+            .expect(kind::VAULT, r.vault_outpoint.clone(), Some(vault_before))
             .put(kind::VAULT, r.vault_outpoint.clone(), serde_json::to_string(&vault_next).expect("json"))
             .put(kind::SPEND, spend_id(&client.id, record.id), serde_json::to_string(&record).expect("json"));
         if !alone {
@@ -438,8 +449,7 @@ impl Cosigner {
         let deciding = self.decide(&caller.client.id);
         let store = self.store();
         let client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        let mut record = self.spend(store, &client.id, id)?;
-        let before = serde_json::to_string(&record).expect("json");
+        let (mut record, before) = self.spend_stored(store, &client.id, id)?;
         if record.state != "waiting" {
             return Err(Refusal::Conflict(format!("spend request {id} is {} already", record.state)));
         }
@@ -473,11 +483,9 @@ impl Cosigner {
                 // The spend leaf holds the guardians of the policy the vault was made under.
                 let made_under = self.vault_policy(&caller.client, &vault)?;
                 let signer = made_under
-                    .policy()
-                    .guardians
-                    .keys
+                    .guardian_auth_keys()
                     .iter()
-                    .position(|k| k.auth_key() == caller.key)
+                    .position(|k| *k == caller.key)
                     .ok_or_else(|| {
                         Refusal::Forbidden(format!(
                             "this guarded vault was made under policy version {}, whose guardians you are not \
@@ -565,11 +573,11 @@ impl Cosigner {
     ) -> Result<SignedSpend, Refusal> {
         self.unlocked_owner(caller)?;
         let tip = self.tip()?;
-        let (client, record) = {
+        let ((client, client_before), (record, record_before)) = {
             let _deciding = self.decide(&caller.client.id);
             let store = self.store();
-            let client = Self::client(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-            (client, self.spend(store, &caller.client.id, id)?)
+            let client = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
+            (client, self.spend_stored(store, &caller.client.id, id)?)
         };
         let delay = record.delay_or(caller.policy().delays.unvault as u32);
         if record.state != "approved" {
@@ -636,13 +644,11 @@ impl Cosigner {
         let _deciding = self.decide(&caller.client.id);
         let store = self.store();
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
-        batch
-            .expect(kind::CLIENT, client.id.clone(), Some(serde_json::to_string(&client).expect("json")))
-            .expect(
-                kind::SPEND,
-                spend_id(&client.id, id),
-                Some(serde_json::to_string(&record).expect("json")),
-            );
+        batch.expect(kind::CLIENT, client.id.clone(), Some(client_before)).expect(
+            kind::SPEND,
+            spend_id(&client.id, id),
+            Some(record_before),
+        );
         store.commit(&batch)?;
         Ok(SignedSpend { tx: serialize_hex(&tx) })
     }

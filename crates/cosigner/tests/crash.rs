@@ -151,3 +151,51 @@ fn a_cosigner_killed_mid_approval_loses_no_request_approval_or_alarm() {
     node.rpc.broadcast(&tx).unwrap();
     eventually("the quorum's alarm too", || alarmed(&alarms, "spend-approved").then_some(()));
 }
+
+/// Rewrites every record of `kind` in a stopped co-signer's store as an earlier release
+/// wrote it: without `fields` (added since, with defaults), its keys in another order.
+fn as_an_earlier_release_wrote(co: &CosignerProcess, kind: &str, fields: &[&str]) -> usize {
+    let db = rusqlite::Connection::open(co.dir.path().join("data/cosigner.sqlite")).unwrap();
+    let rows: Vec<(String, String)> = db
+        .prepare("SELECT id, body FROM records WHERE kind = ?1")
+        .unwrap()
+        .query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (id, body) in &rows {
+        let mut value: serde_json::Value = serde_json::from_str(body).unwrap();
+        for field in fields {
+            assert!(value.as_object_mut().unwrap().remove(*field).is_some(), "{kind} {id} has no {field}");
+        }
+        let older = serde_json::to_string(&value).unwrap();
+        assert_ne!(&older, body);
+        db.execute("UPDATE records SET body = ?1 WHERE kind = ?2 AND id = ?3", (older, kind, id)).unwrap();
+    }
+    rows.len()
+}
+
+#[test]
+fn records_an_earlier_release_wrote_are_acted_on_after_an_upgrade() {
+    // A write expects a record as it was read: one of today's form would never match a
+    // record an earlier release wrote, and every decision on it would fail as a conflict.
+    let node = vigil_node();
+    let mut co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner upgrade"), 1, None);
+    let standard = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let id = spend(&f, &guarded).unwrap()["id"].as_u64().unwrap();
+    co.kill9();
+    let old_client =
+        ["last_heartbeat", "past_policies", "restore_unconfirmed", "restore_confirmations", "restores"];
+    assert_eq!(as_an_earlier_release_wrote(&co, "client", &old_client), 1);
+    assert_eq!(as_an_earlier_release_wrote(&co, "vault", &["policy_id"]), 2);
+    assert_eq!(as_an_earlier_release_wrote(&co, "spend", &["under_duress", "delay"]), 1);
+    co.start();
+    // The unlock's heartbeat (the earlier release kept none) writes the client, a spend its
+    // vault and the client, a vote the spend request.
+    assert_eq!(f.heartbeat(false).0, 200);
+    assert_eq!(spend(&f, &standard).unwrap()["state"], "approved");
+    let voted = f.vote(0, id, true).unwrap();
+    assert_eq!((voted["state"].as_str(), voted["approvals"].as_u64()), (Some("waiting"), Some(1)));
+}

@@ -29,6 +29,9 @@ pub mod kind {
     pub const NONCE: &str = "nonce";
     /// A vault the co-signer took part in (by V's outpoint).
     pub const VAULT: &str = "vault";
+    /// A vault some tower has not acknowledged yet (by V's outpoint; its client's id): what
+    /// the background pass retries, without reading every vault.
+    pub const UNREGISTERED: &str = "unregistered";
     /// An intake coin committed to one funding (by its outpoint).
     pub const INTAKE: &str = "intake";
     /// A spend request (by client id and sequence number).
