@@ -168,7 +168,13 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     let one = f.lift(0, at, until).unwrap();
     assert_eq!(one["until_height"].as_u64().unwrap() as u32, until);
     assert_eq!(f.lift(1, at + 5, until).unwrap_err().0, 409, "the quorum signs one height");
-    let quorum = f.lift(1, at, until).unwrap();
+    // A proposal the chain caught up with is void: a later height starts over, with its votes.
+    block(&node, &f, 7);
+    assert_eq!(f.lift(1, at, until).unwrap_err().0, 400, "the old height is too soon now");
+    let at = tip(&node) + 1_009 + 6;
+    let restarted = f.lift(1, at, until).unwrap();
+    assert_eq!(restarted["until_height"].as_u64().unwrap() as u32, until, "one vote is not the quorum");
+    let quorum = f.lift(0, at, until).unwrap();
     assert_eq!(quorum["until_height"].as_u64().unwrap() as u32, at);
     block(&node, &f, at - tip(&node) - 1);
     assert_eq!(spend(&f, &vault).unwrap_err().0, 403, "still locked the block before");
