@@ -344,6 +344,11 @@ impl Cosigner {
             sinks.push(crate::alarms::EMAIL_SINK.to_owned());
         }
         crate::ceremony::index_unregistered(&*store)?;
+        let mut delivered_to = sinks.clone();
+        if config.client_webhooks != "off" {
+            delivered_to.push(crate::alarms::CLIENT_WEBHOOKS_SINK.to_owned());
+        }
+        store.deliver_to(&delivered_to)?;
         Ok(Cosigner {
             keys,
             config,

@@ -109,6 +109,12 @@ pub trait Store: Send + Sync {
     /// Commits `batch` atomically and durably; [`StoreError::Conflict`] if a precondition
     /// fails (then nothing of it is written).
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Names the sinks alarms go to from now on, at start before any commit: each alarm
+    /// committed from now on waits for each of them, and so does every stored alarm one of
+    /// them has not had (all of them, for a sink new to this store); a sink no longer named
+    /// waits for none. Reading what a sink has not had then costs what it has not had, not
+    /// every alarm ever raised.
+    fn deliver_to(&self, sinks: &[String]) -> Result<(), StoreError>;
     /// Alarms `sink` has not had yet, oldest first.
     fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Alarms `sink` has not had yet, at most `per_client` of each client, oldest first: one
@@ -116,7 +122,7 @@ pub trait Store: Send + Sync {
     fn undelivered_by_client(&self, sink: &str, per_client: u32) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Records that `sink` has alarm `id`.
     fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError>;
-    /// Alarms some configured sink has not had.
+    /// Alarms some of `sinks` has not had.
     fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError>;
     /// The latest `limit` alarms about `client`, delivered or not, newest first: its
     /// guardians' feed.
@@ -243,8 +249,10 @@ pub(crate) mod conformance {
         );
         store.commit(&ok).unwrap();
         assert_eq!(store.get(kind::CLIENT, "a").unwrap().as_deref(), Some("4"));
-        // The outbox: one delivery per sink.
+        // The outbox: one delivery per sink. An alarm raised before its sinks were named
+        // waits for them too.
         let sinks = vec!["s1".to_owned(), "s2".to_owned()];
+        store.deliver_to(&["s1".into(), "s2".into(), "s3".into()]).unwrap();
         assert_eq!(store.outbox_depth(&sinks).unwrap(), 1);
         let pending = store.undelivered("s1", 10).unwrap();
         assert_eq!(pending.len(), 1);
@@ -254,6 +262,20 @@ pub(crate) mod conformance {
         assert_eq!(store.undelivered("s2", 10).unwrap().len(), 1);
         assert_eq!(store.outbox_depth(&sinks).unwrap(), 1);
         store.delivered(pending[0].id, "s2").unwrap();
+        assert_eq!(store.outbox_depth(&sinks).unwrap(), 0);
+        // A sink no longer named waits for nothing; named again, it gets what it has not had.
+        store.deliver_to(&["s1".into(), "s3".into()]).unwrap();
+        let mut later = Batch::default();
+        later.alarm("{\"later\":1}");
+        store.commit(&later).unwrap();
+        assert_eq!(store.undelivered("s1", 10).unwrap().len(), 1);
+        assert!(store.undelivered("s2", 10).unwrap().is_empty());
+        store.deliver_to(&["s1".into(), "s2".into(), "s3".into()]).unwrap();
+        let back: Vec<String> = store.undelivered("s2", 10).unwrap().into_iter().map(|e| e.body).collect();
+        assert_eq!(back, ["{\"later\":1}"]);
+        let s1 = store.undelivered("s1", 10).unwrap();
+        store.delivered(s1[0].id, "s1").unwrap();
+        store.delivered(s1[0].id, "s2").unwrap();
         assert_eq!(store.outbox_depth(&sinks).unwrap(), 0);
         // A client's feed holds its own alarms only, newest first.
         let mut feed = Batch::default();

@@ -42,7 +42,10 @@ impl PostgresStore {
              CREATE TABLE IF NOT EXISTS outbox (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS outbox_by_client ON outbox (((body::jsonb)->>'client'), id);
              CREATE TABLE IF NOT EXISTS deliveries (alarm_id BIGINT NOT NULL, sink TEXT NOT NULL,
-                 PRIMARY KEY (alarm_id, sink));"
+                 PRIMARY KEY (alarm_id, sink));
+             CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS pending (sink TEXT NOT NULL, alarm_id BIGINT NOT NULL,
+                 PRIMARY KEY (sink, alarm_id));"
         ))?;
         let (url, schema) = (url.to_owned(), schema.to_owned());
         Ok(PostgresStore { pool: Pool::new(CONNECTIONS, client, move || connect(&url, &schema)) })
@@ -119,7 +122,9 @@ impl Store for PostgresStore {
                     tx.execute("DELETE FROM records WHERE kind = $1 AND id = $2", &[kind, id])?;
                 }
                 for alarm in &batch.alarms {
-                    tx.execute("INSERT INTO outbox (body) VALUES ($1)", &[alarm])?;
+                    let id: i64 =
+                        tx.query_one("INSERT INTO outbox (body) VALUES ($1) RETURNING id", &[alarm])?.get(0);
+                    tx.execute("INSERT INTO pending (sink, alarm_id) SELECT name, $1 FROM sinks", &[&id])?;
                 }
                 tx.commit()?;
                 Ok(())
@@ -127,11 +132,30 @@ impl Store for PostgresStore {
         )
     }
 
+    fn deliver_to(&self, sinks: &[String]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("DELETE FROM sinks", &[])?;
+            for sink in sinks {
+                tx.execute("INSERT INTO sinks (name) VALUES ($1) ON CONFLICT DO NOTHING", &[sink])?;
+            }
+            tx.execute("DELETE FROM pending WHERE sink NOT IN (SELECT name FROM sinks)", &[])?;
+            tx.execute(
+                "INSERT INTO pending (sink, alarm_id) SELECT s.name, o.id FROM sinks s, outbox o
+                   WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.name)
+                 ON CONFLICT DO NOTHING",
+                &[],
+            )?;
+            tx.commit()
+        })?;
+        Ok(())
+    }
+
     fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = self.with(|c| {
             c.query(
-                "SELECT id, body FROM outbox WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = $1)
-                 ORDER BY id LIMIT $2",
+                "SELECT o.id, o.body FROM pending p JOIN outbox o ON o.id = p.alarm_id WHERE p.sink = $1
+                 ORDER BY p.alarm_id LIMIT $2",
                 &[&sink, &(limit as i64)],
             )
         })?;
@@ -141,9 +165,9 @@ impl Store for PostgresStore {
     fn undelivered_by_client(&self, sink: &str, per_client: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = self.with(|c| {
             c.query(
-                "SELECT id, body FROM (SELECT id, body, row_number() OVER
-                   (PARTITION BY (body::jsonb)->>'client' ORDER BY id) AS n FROM outbox
-                   WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = $1)) AS o
+                "SELECT id, body FROM (SELECT o.id, o.body, row_number() OVER
+                   (PARTITION BY (o.body::jsonb)->>'client' ORDER BY o.id) AS n
+                   FROM pending p JOIN outbox o ON o.id = p.alarm_id WHERE p.sink = $1) AS w
                  WHERE n <= $2 ORDER BY id",
                 &[&sink, &(per_client as i64)],
             )
@@ -153,10 +177,13 @@ impl Store for PostgresStore {
 
     fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
+            let mut tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO deliveries (alarm_id, sink) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[&id, &sink],
-            )
+            )?;
+            tx.execute("DELETE FROM pending WHERE sink = $1 AND alarm_id = $2", &[&sink, &id])?;
+            tx.commit()
         })?;
         Ok(())
     }
@@ -175,8 +202,7 @@ impl Store for PostgresStore {
         let n: i64 = self
             .with(|c| {
                 c.query_one(
-                    "SELECT count(*) FROM outbox o WHERE EXISTS (SELECT 1 FROM unnest($1::text[]) s(sink)
-                       WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.sink))",
+                    "SELECT count(DISTINCT alarm_id) FROM pending WHERE sink = ANY($1::text[])",
                     &[&sinks],
                 )
             })?

@@ -15,7 +15,10 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
     CREATE INDEX IF NOT EXISTS outbox_by_client ON outbox (json_extract(body, '$.client'), id);
     CREATE TABLE IF NOT EXISTS deliveries (alarm_id INTEGER NOT NULL, sink TEXT NOT NULL,
-        PRIMARY KEY (alarm_id, sink));";
+        PRIMARY KEY (alarm_id, sink));
+    CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS pending (sink TEXT NOT NULL, alarm_id INTEGER NOT NULL,
+        PRIMARY KEY (sink, alarm_id));";
 
 /// The embedded store: readers from a pool; one writer thread that commits every batch
 /// waiting in one transaction (one sync for the group), each batch under its own savepoint
@@ -34,6 +37,7 @@ const GROUP: usize = 256;
 enum Write {
     Batch(Batch, mpsc::SyncSender<Result<(), StoreError>>),
     Delivered(i64, String, mpsc::SyncSender<Result<(), StoreError>>),
+    Sinks(Vec<String>, mpsc::SyncSender<Result<(), StoreError>>),
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
@@ -88,7 +92,7 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Write>) {
         }
         let results = commit_group(&mut conn, &group);
         for (job, result) in group.into_iter().zip(results) {
-            let (Write::Batch(_, answer) | Write::Delivered(_, _, answer)) = job;
+            let (Write::Batch(_, answer) | Write::Delivered(_, _, answer) | Write::Sinks(_, answer)) = job;
             let _ = answer.send(result);
         }
     }
@@ -114,6 +118,19 @@ fn commit_group(conn: &mut Connection, group: &[Write]) -> Vec<Result<(), StoreE
                     sp.execute(
                         "INSERT OR IGNORE INTO deliveries (alarm_id, sink) VALUES (?1, ?2)",
                         params![id, sink],
+                    )?;
+                    sp.execute("DELETE FROM pending WHERE sink = ?1 AND alarm_id = ?2", params![sink, id])?;
+                }
+                Write::Sinks(sinks, _) => {
+                    sp.execute("DELETE FROM sinks", [])?;
+                    for sink in sinks {
+                        sp.execute("INSERT OR IGNORE INTO sinks (name) VALUES (?1)", [sink])?;
+                    }
+                    sp.execute("DELETE FROM pending WHERE sink NOT IN (SELECT name FROM sinks)", [])?;
+                    sp.execute(
+                        "INSERT OR IGNORE INTO pending (sink, alarm_id) SELECT s.name, o.id FROM sinks s, outbox o
+                           WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.name)",
+                        [],
                     )?;
                 }
             }
@@ -163,6 +180,8 @@ fn apply(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
     }
     for alarm in &batch.alarms {
         conn.execute("INSERT INTO outbox (body) VALUES (?1)", [alarm])?;
+        let id = conn.last_insert_rowid();
+        conn.execute("INSERT INTO pending (sink, alarm_id) SELECT name, ?1 FROM sinks", [id])?;
     }
     Ok(())
 }
@@ -201,11 +220,15 @@ impl Store for SqliteStore {
         self.write(|answer| Write::Batch(batch.clone(), answer))
     }
 
+    fn deliver_to(&self, sinks: &[String]) -> Result<(), StoreError> {
+        self.write(|answer| Write::Sinks(sinks.to_vec(), answer))
+    }
+
     fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, body FROM outbox WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = ?1)
-                 ORDER BY id LIMIT ?2",
+                "SELECT o.id, o.body FROM pending p JOIN outbox o ON o.id = p.alarm_id WHERE p.sink = ?1
+                 ORDER BY p.alarm_id LIMIT ?2",
             )?;
             let rows =
                 stmt.query_map(params![sink, limit], |r| Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? }))?;
@@ -216,9 +239,9 @@ impl Store for SqliteStore {
     fn undelivered_by_client(&self, sink: &str, per_client: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, body FROM (SELECT id, body, row_number() OVER
-                   (PARTITION BY json_extract(body, '$.client') ORDER BY id) AS n FROM outbox
-                   WHERE id NOT IN (SELECT alarm_id FROM deliveries WHERE sink = ?1))
+                "SELECT id, body FROM (SELECT o.id, o.body, row_number() OVER
+                   (PARTITION BY json_extract(o.body, '$.client') ORDER BY o.id) AS n
+                   FROM pending p JOIN outbox o ON o.id = p.alarm_id WHERE p.sink = ?1)
                  WHERE n <= ?2 ORDER BY id",
             )?;
             let rows = stmt.query_map(params![sink, per_client], |r| {
@@ -247,8 +270,7 @@ impl Store for SqliteStore {
         let sinks = serde_json::to_string(sinks).expect("strings");
         self.read(|conn| {
             conn.query_row(
-                "SELECT count(*) FROM outbox o WHERE EXISTS (SELECT 1 FROM json_each(?1) s
-                   WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.value))",
+                "SELECT count(DISTINCT alarm_id) FROM pending WHERE sink IN (SELECT value FROM json_each(?1))",
                 [sinks],
                 |r| r.get::<_, i64>(0),
             )
