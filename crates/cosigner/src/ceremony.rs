@@ -386,6 +386,10 @@ impl Cosigner {
         let record = vault_record(self.store(), outpoint)?.ok_or(Refusal::Internal)?;
         let client = Self::client(self.store(), client_id)?.ok_or(Refusal::Internal)?;
         if record.state == "protected" {
+            // Indexed still (a store an earlier release wrote to since): retried no more.
+            let mut done = Batch::default();
+            done.delete(kind::UNREGISTERED, outpoint);
+            self.store().commit(&done)?;
             return Ok(status(outpoint, &record));
         }
         // The towers of the version the vault was made under: a change that applied a moment
@@ -424,8 +428,8 @@ impl Cosigner {
         let deciding = self.decide(client_id);
         let store = self.store();
         let (mut latest, before) = vault_stored(store, outpoint)?.ok_or(Refusal::Internal)?;
-        latest.towers = reports;
         let first_attempt = latest.towers.is_empty();
+        latest.towers = reports;
         let mut batch = Batch::default();
         if !all && first_attempt {
             batch.alarm(alarm(
@@ -547,10 +551,13 @@ pub(crate) fn index_unregistered(store: &dyn Store) -> Result<(), StoreError> {
     }
     let mut batch = Batch::default();
     for (outpoint, body) in store.list(kind::VAULT, "")? {
-        let v: VaultRecord =
-            serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("vault {outpoint}: {e}")))?;
-        if v.state != "protected" {
-            batch.put(kind::UNREGISTERED, outpoint, v.client);
+        // One unreadable record must not keep every client from its co-signer.
+        match serde_json::from_str::<VaultRecord>(&body) {
+            Ok(v) if v.state != "protected" => {
+                batch.put(kind::UNREGISTERED, outpoint, v.client);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(vault = %outpoint, error = %e, "a stored vault does not parse"),
         }
     }
     batch.expect(kind::META, DONE, None).put(kind::META, DONE, "1");

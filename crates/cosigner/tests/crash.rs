@@ -32,6 +32,12 @@ fn status_of(f: &Family, outpoint: &str) -> vigil_cosigner::wire::VaultStatus {
     serde_json::from_value(f.get(&format!("/v1/vaults/{outpoint}"), &f.owner()).unwrap()).unwrap()
 }
 
+/// How many `vault-unregistered` alarms the guardians' feed holds.
+fn unregistered(f: &Family) -> usize {
+    let feed = f.get("/v1/alarms", &f.guardian(0)).unwrap();
+    feed.as_array().unwrap().iter().filter(|a| a["kind"] == "vault-unregistered").count()
+}
+
 #[test]
 fn sigkill_at_each_step_of_the_ceremony_leaves_a_vault_unfunded_or_protected() {
     let node = vigil_node();
@@ -59,6 +65,8 @@ fn sigkill_at_each_step_of_the_ceremony_leaves_a_vault_unfunded_or_protected() {
     assert_eq!(answer.state, "registering");
     assert_eq!(answer.funding, None, "no funding while a tower lacks the graph");
     assert!(!funded(&node, &vault, answer.funding.as_ref()));
+    // The guardians hear of it once, not at every retry.
+    assert_eq!(unregistered(&f), 1);
     co.kill9();
     co.start();
     assert_eq!(status(&f, &vault).funding, None);
@@ -69,6 +77,7 @@ fn sigkill_at_each_step_of_the_ceremony_leaves_a_vault_unfunded_or_protected() {
     })
     .expect("the funding, once protected");
     assert_eq!(watched(&f), vec![1, 1], "every tower holds the graph before the funding is out");
+    assert_eq!(unregistered(&f), 1);
     let funding: Transaction = deserialize_hex(&released).unwrap();
     assert_eq!(funding.compute_txid(), vault.funding.compute_txid());
     node.rpc.broadcast(&funding).unwrap();

@@ -134,16 +134,22 @@ impl Store for PostgresStore {
 
     fn deliver_to(&self, sinks: &[String]) -> Result<(), StoreError> {
         self.with(|c| {
-            let mut tx = c.transaction()?;
-            tx.execute("DELETE FROM sinks", &[])?;
+            let mut tx = c.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+            // No alarm commits meanwhile (another process's): each either sees the new sinks
+            // or committed before the backfill below reads the outbox.
+            tx.batch_execute("LOCK TABLE outbox IN EXCLUSIVE MODE")?;
             for sink in sinks {
                 tx.execute("INSERT INTO sinks (name) VALUES ($1) ON CONFLICT DO NOTHING", &[sink])?;
+                tx.execute(
+                    "INSERT INTO pending (sink, alarm_id) SELECT $1, o.id FROM outbox o
+                       WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = $1)
+                     ON CONFLICT DO NOTHING",
+                    &[sink],
+                )?;
             }
-            tx.execute("DELETE FROM pending WHERE sink NOT IN (SELECT name FROM sinks)", &[])?;
+            // Delivered by a release that kept no such rows: not owed again.
             tx.execute(
-                "INSERT INTO pending (sink, alarm_id) SELECT s.name, o.id FROM sinks s, outbox o
-                   WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.name)
-                 ON CONFLICT DO NOTHING",
+                "DELETE FROM pending p USING deliveries d WHERE d.alarm_id = p.alarm_id AND d.sink = p.sink",
                 &[],
             )?;
             tx.commit()

@@ -122,14 +122,18 @@ fn commit_group(conn: &mut Connection, group: &[Write]) -> Vec<Result<(), StoreE
                     sp.execute("DELETE FROM pending WHERE sink = ?1 AND alarm_id = ?2", params![sink, id])?;
                 }
                 Write::Sinks(sinks, _) => {
-                    sp.execute("DELETE FROM sinks", [])?;
                     for sink in sinks {
                         sp.execute("INSERT OR IGNORE INTO sinks (name) VALUES (?1)", [sink])?;
+                        sp.execute(
+                            "INSERT OR IGNORE INTO pending (sink, alarm_id) SELECT ?1, o.id FROM outbox o
+                               WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = ?1)",
+                            [sink],
+                        )?;
                     }
-                    sp.execute("DELETE FROM pending WHERE sink NOT IN (SELECT name FROM sinks)", [])?;
+                    // Delivered by a release that kept no such rows: not owed again.
                     sp.execute(
-                        "INSERT OR IGNORE INTO pending (sink, alarm_id) SELECT s.name, o.id FROM sinks s, outbox o
-                           WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = s.name)",
+                        "DELETE FROM pending WHERE EXISTS (SELECT 1 FROM deliveries d
+                           WHERE d.alarm_id = pending.alarm_id AND d.sink = pending.sink)",
                         [],
                     )?;
                 }
