@@ -1768,6 +1768,7 @@ fn with_a_ledger_coins_of_an_earlier_policy_version_fund_a_vault_signed_once_per
         mine(&s.node.rpc, 1, &payer.address());
     };
     pay_intake(&dir, 1);
+    pay_intake(&dir, 3);
 
     // The guardians' quorum changes the policy (new intake scripts); once it applies, a coin
     // is paid to version 2's intake address too.
@@ -1775,6 +1776,13 @@ fn with_a_ledger_coins_of_an_earlier_policy_version_fund_a_vault_signed_once_per
     let tip = s.node.rpc.tip().unwrap().height;
     mine(&s.node.rpc, effective - tip, &payer.address());
     assert_eq!(json(&dir, &["status"], &[REAL])["policy_version"], 2);
+    // A vault of one coin received before the change needs only version 1's account: the
+    // device has not registered version 2's yet, and is not asked to.
+    let (ok, out, err) = vigil(&dir, &["vault", "0.05", "--json"], &[REAL]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("(1 of 2)") && !err.contains("signer register"), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "protected", "{out}");
+    mine(&s.node.rpc, 1, &payer.address());
     // Version 2's accounts are new to the device: registered first.
     let registered = json(&dir, &["signer", "register"], &[REAL]);
     assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
@@ -1789,8 +1797,8 @@ fn with_a_ledger_coins_of_an_earlier_policy_version_fund_a_vault_signed_once_per
     assert_eq!(made["state"], "protected", "{made}");
     mine(&s.node.rpc, 1, &payer.address());
     let status = json(&dir, &["status"], &[REAL]);
-    assert_eq!(status["vault_sat"], 15_000_000, "{status}");
-    assert_eq!(status["vaults"][0]["policy_version"], 2, "{status}");
+    assert_eq!(status["vault_sat"], 20_000_000, "{status}");
+    assert!(status["vaults"].as_array().unwrap().iter().all(|v| v["policy_version"] == 2), "{status}");
 }
 
 #[test]

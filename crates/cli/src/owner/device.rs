@@ -13,7 +13,7 @@ use vigil_policy::bitcoin::bip32::DerivationPath;
 use vigil_policy::bitcoin::hashes::{sha256, Hash};
 use vigil_policy::bitcoin::hex::{DisplayHex, FromHex};
 use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::Network;
+use vigil_policy::bitcoin::{Network, OutPoint};
 use vigil_policy::{CompiledPolicy, Policy, WalletPolicy};
 use vigil_signer::ledger::Ledger;
 use vigil_signer::{DeviceState, Found, Registration, Signer, SignerError, Wallet};
@@ -283,14 +283,61 @@ fn standing_wallet(compiled: &CompiledPolicy, name: &str) -> anyhow::Result<Wall
 /// Checks, before anything is built or asked of the co-signer, that the wallet's device is
 /// there and holds (and still accepts) its registration of the intake account a vault's
 /// funding is signed with: the ceremony does not wait on a registration.
-pub fn ready_to_fund(session: &Session) -> anyhow::Result<()> {
-    let (w, ledger, mut record) = standing(session, "Vigil intake")?;
-    let wallet = to_wallet(&w);
+pub fn ready_to_fund(session: &Session, state: &WalletState, coins: &[OutPoint]) -> anyhow::Result<()> {
+    let record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let accounts = intake_accounts(session, state, coins)?;
+    // Only the accounts these coins belong to: a change that brought new intake scripts does
+    // not hold up coins received before it. Today's is registered by `vigil signer register`;
+    // an earlier version's, which that command no longer offers, is registered here.
+    let today = standing_wallet(session.current(), "Vigil intake")?;
+    let unregistered = |w: &WalletPolicy| record.registration(&to_wallet(w)).is_none();
+    if let Some((w, _)) = accounts.iter().find(|(w, _)| *w == today && unregistered(w)) {
+        bail!(
+            "your Ledger has not registered \"{}\" yet: run `vigil signer register`; nothing was done",
+            w.name
+        );
+    }
+    let ledger = connect_wallets(&record, session.network)?;
+    let mut record = record;
     let again = "Nothing was done; run the same command again when ready.";
-    with_registration(session, &ledger, &mut record, &w, session.current().policy(), again, |r| {
-        ledger.address(&wallet, Some(r), false, 0, false)
-    })
-    .map(drop)
+    for (w, policy) in &accounts {
+        let wallet = to_wallet(w);
+        with_registration(session, &ledger, &mut record, w, policy, again, |r| {
+            ledger.address(&wallet, Some(r), false, 0, false)
+        })?;
+    }
+    Ok(())
+}
+
+/// The intake accounts (one per policy version whose intake scripts differ) that `coins` of
+/// `state` were paid to, today's first.
+fn intake_accounts<'a>(
+    session: &'a Session,
+    state: &WalletState,
+    coins: &[OutPoint],
+) -> anyhow::Result<Vec<(WalletPolicy, &'a Policy)>> {
+    let mut versions = Vec::new();
+    for outpoint in coins {
+        let coin = state
+            .coins
+            .iter()
+            .find(|c| c.outpoint == *outpoint)
+            .context("the funding spends a coin this wallet did not receive; nothing was done")?;
+        versions.push(session.policies.version(coin.policy_version)?.policy().version);
+    }
+    let today = session.current().policy().version;
+    versions.sort_by_key(|v| (*v != today, *v));
+    versions.dedup();
+    // One account per version, but versions that left the intake's scripts alone share one.
+    let mut accounts: Vec<(WalletPolicy, &Policy)> = Vec::new();
+    for version in versions {
+        let compiled = session.policies.version(Some(version))?;
+        let w = standing_wallet(compiled, "Vigil intake")?;
+        if !accounts.iter().any(|(a, _)| *a == w) {
+            accounts.push((w, compiled.policy()));
+        }
+    }
+    Ok(accounts)
 }
 
 /// Shows the intake address at `index` on the device for the holder to compare, after
@@ -390,30 +437,10 @@ fn say_what_to_check(session: &Session, psbt: &Psbt, paid: String) {
 /// once per account (registering an earlier one first if it does not hold it). Every signature
 /// is checked here, and against the policy by the caller.
 pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow::Result<Psbt> {
-    let (_, ledger, mut record) = standing(session, "Vigil intake")?;
-    let state = session.dir.state()?;
-    // The policy version of each input's coin, today's first.
-    let mut versions = Vec::new();
-    for input in &funding.unsigned_tx.input {
-        let coin = state
-            .coins
-            .iter()
-            .find(|c| c.outpoint == input.previous_output)
-            .context("the funding spends a coin this wallet did not receive; nothing was done")?;
-        versions.push(session.policies.version(coin.policy_version)?.policy().version);
-    }
-    let today = session.current().policy().version;
-    versions.sort_by_key(|v| (*v != today, *v));
-    versions.dedup();
-    // One signing per account: versions that left the intake's scripts alone share one.
-    let mut accounts: Vec<(WalletPolicy, &Policy)> = Vec::new();
-    for version in versions {
-        let compiled = session.policies.version(Some(version))?;
-        let w = standing_wallet(compiled, "Vigil intake")?;
-        if !accounts.iter().any(|(a, _)| *a == w) {
-            accounts.push((w, compiled.policy()));
-        }
-    }
+    let mut record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let ledger = connect_wallets(&record, session.network)?;
+    let coins: Vec<OutPoint> = funding.unsigned_tx.input.iter().map(|i| i.previous_output).collect();
+    let accounts = intake_accounts(session, &session.dir.state()?, &coins)?;
     let vault_address = Address::from_script(&funding.unsigned_tx.output[0].script_pubkey, session.network)
         .map(|a| a.to_string())
         .unwrap_or_default();

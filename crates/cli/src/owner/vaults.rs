@@ -109,12 +109,8 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
     let amount = parse_btc(args.amount.as_deref().unwrap_or_default())?;
     let session = open(&args.wallet)?;
     super::needs_current_policy(&session, "Vaulting")?;
-    // A wallet whose vault key is on a device signs there, once the co-signer's half is in;
-    // the device is checked first, before an index is taken or the co-signer asked.
+    // A wallet whose vault key is on a device signs there, once the co-signer's half is in.
     let on_device = args.sign_elsewhere.is_none() && super::device::has_signer(&session.dir)?;
-    if on_device {
-        super::device::ready_to_fund(&session)?;
-    }
     // Above the velocity limit a vault is guarded: its spends always need the guardians.
     let velocity_limit = Amount::from_sat(session.current().policy().allowance.velocity_limit_sat);
     let kind = if args.guarded || amount > velocity_limit { VaultKind::Guarded } else { VaultKind::Standard };
@@ -168,6 +164,12 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
             btc(coins.iter().map(|c| c.txout.value.to_sat()).sum()),
             btc((amount + margin).to_sat())
         );
+    }
+    // The device is checked for the accounts of these coins before an index is taken or the
+    // co-signer asked.
+    if on_device {
+        let outpoints: Vec<_> = chosen.iter().map(|c| c.outpoint).collect();
+        super::device::ready_to_fund(&session, &state, &outpoints)?;
     }
     let index = state.next_vault;
     let change_index = state.next_intake;
