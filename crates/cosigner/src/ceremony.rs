@@ -386,10 +386,6 @@ impl Cosigner {
         let record = vault_record(self.store(), outpoint)?.ok_or(Refusal::Internal)?;
         let client = Self::client(self.store(), client_id)?.ok_or(Refusal::Internal)?;
         if record.state == "protected" {
-            // Indexed still (a store an earlier release wrote to since): retried no more.
-            let mut done = Batch::default();
-            done.delete(kind::UNREGISTERED, outpoint);
-            self.store().commit(&done)?;
             return Ok(status(outpoint, &record));
         }
         // The towers of the version the vault was made under: a change that applied a moment
@@ -530,8 +526,20 @@ impl Cosigner {
         };
         for (outpoint, client) in pending {
             // Alarmed once, at the first attempt; here only retried.
-            if let Err(e) = self.register_with_towers(&client, &outpoint) {
-                tracing::warn!(%client, vault = %outpoint, error = %e.message(), "vault still not registered with every tower");
+            match self.register_with_towers(&client, &outpoint) {
+                Err(e) => {
+                    tracing::warn!(%client, vault = %outpoint, error = %e.message(), "vault still not registered with every tower");
+                }
+                // Protected: this pass's commit dropped it from the retries already, unless an
+                // earlier release's write made it so (its entry left behind).
+                Ok(s) if s.state == "protected" => {
+                    let mut done = Batch::default();
+                    done.delete(kind::UNREGISTERED, outpoint);
+                    if let Err(e) = self.store().commit(&done) {
+                        tracing::warn!(%client, error = %e, "cannot drop a protected vault from the retries");
+                    }
+                }
+                Ok(_) => {}
             }
         }
         // Ceremonies never completed: their one-time keys go.
@@ -620,18 +628,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
         let mut before = Batch::default();
-        before.put(kind::VAULT, "v1", vault("alice", "registering")).put(
-            kind::VAULT,
-            "v2",
-            vault("bob", "protected"),
-        );
+        // An unreadable record is skipped: it does not stop the start.
+        before
+            .put(kind::VAULT, "v1", vault("alice", "registering"))
+            .put(kind::VAULT, "v2", vault("bob", "protected"))
+            .put(kind::VAULT, "v4", "not json");
         store.commit(&before).unwrap();
         index_unregistered(&store).unwrap();
         assert_eq!(store.list(kind::UNREGISTERED, "").unwrap(), vec![("v1".to_owned(), "alice".to_owned())]);
-        // Once: the next start reads no vault (a record it cannot parse is not looked at).
-        let mut broken = Batch::default();
-        broken.put(kind::VAULT, "v3", "not json");
-        store.commit(&broken).unwrap();
+        // Once: a vault unindexed since (none is, but by an earlier release's write) is not
+        // looked for at the next start.
+        let mut unindexed = Batch::default();
+        unindexed.put(kind::VAULT, "v3", vault("carol", "registering"));
+        store.commit(&unindexed).unwrap();
         index_unregistered(&store).unwrap();
         assert_eq!(store.list(kind::UNREGISTERED, "").unwrap().len(), 1);
     }

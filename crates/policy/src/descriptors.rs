@@ -271,30 +271,30 @@ impl KeyChainCache {
         Some((key.key_expression(), *branch))
     }
 
-    /// Every placeholder as a descriptor key: ranged (`[origin]xpub/branch/*`), or at one
-    /// index as the derived key itself with its full origin. The two give the same scripts
-    /// and PSBT key origins; the second spares every use (a PSBT update, a script) a BIP32
-    /// derivation per key, which the spend path paid twice per key and request.
-    pub fn descriptor_keys(
-        &self,
-        index: Option<u32>,
-    ) -> Result<HashMap<String, DescriptorPublicKey>, PolicyError> {
+    /// Every placeholder as a ranged descriptor key (`[origin]xpub/branch/*`): what a wallet
+    /// imports and a hardware signer registers.
+    pub fn ranged_keys(&self) -> HashMap<String, DescriptorPublicKey> {
+        let parse = |text: String| DescriptorPublicKey::from_str(&text).expect("built from a valid xpub");
         let mut map = HashMap::with_capacity(2 * self.keys.len() + 3);
-        let Some(index) = index else {
-            let parse = |text: String| DescriptorPublicKey::from_str(&text).expect("built from a valid xpub");
-            for (names, _, k, branch) in &self.keys {
-                let key = parse(k.descriptor_key(*branch, None));
-                for name in names {
-                    map.insert(name.clone(), key.clone());
-                }
+        for (names, _, k, branch) in &self.keys {
+            let key = parse(k.descriptor_key(*branch, None));
+            for name in names {
+                map.insert(name.clone(), key.clone());
             }
-            let internal = match &self.nums {
-                None => single(nums()),
-                Some((root, _, branch)) => parse(format!("{root}/{branch}/*")),
-            };
-            map.insert("NUMS".into(), internal);
-            return Ok(map);
+        }
+        let internal = match &self.nums {
+            None => single(nums()),
+            Some((root, _, branch)) => parse(format!("{root}/{branch}/*")),
         };
+        map.insert("NUMS".into(), internal);
+        map
+    }
+
+    /// Every placeholder at `index`: the derived key itself with its full origin. It gives
+    /// the same scripts and PSBT key origins as [`Self::ranged_keys`] derived there, and
+    /// spares every use (a PSBT update, a script) a BIP32 derivation per key.
+    pub fn keys_with_origin(&self, index: u32) -> Result<HashMap<String, DescriptorPublicKey>, PolicyError> {
+        let mut map = HashMap::with_capacity(2 * self.keys.len() + 3);
         let derived = self.keys_at(index)?;
         let at = |key: &PublicKey, origin: (Fingerprint, DerivationPath)| {
             DescriptorPublicKey::Single(SinglePub {

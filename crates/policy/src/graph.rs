@@ -194,7 +194,7 @@ impl CompiledPolicy {
     /// The ranged descriptors (see [`RangedDescriptors`]).
     pub fn ranged_descriptors(&self) -> Result<RangedDescriptors, PolicyError> {
         let shown = |t: &Descriptor<String>, chain: &KeyChainCache| -> Result<String, PolicyError> {
-            let keys = chain.descriptor_keys(None)?;
+            let keys = chain.ranged_keys();
             if !t.to_string().contains("OO") {
                 return Ok(translate(t, &keys)?.to_string());
             }
@@ -219,7 +219,7 @@ impl CompiledPolicy {
 
     /// The intake descriptor at receive index `index`.
     pub fn intake_descriptor(&self, index: u32) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
-        definite(translate(&self.templates.intake, &self.intake_keys.descriptor_keys(Some(index))?)?)
+        definite(translate(&self.templates.intake, &self.intake_keys.keys_with_origin(index)?)?)
     }
 
     /// The intake address at receive index `index`.
@@ -230,7 +230,7 @@ impl CompiledPolicy {
 
     /// One vault's outputs as definite descriptors.
     pub fn vault_descriptors(&self, plan: &VaultPlan) -> Result<VaultDescriptors, PolicyError> {
-        let mut keys = self.vault_keys.descriptor_keys(Some(plan.index))?;
+        let mut keys = self.vault_keys.keys_with_origin(plan.index)?;
         keys.insert("OO".into(), single(plan.owner_once));
         keys.insert("CO".into(), single(plan.cosigner_once));
         Ok(VaultDescriptors {
@@ -348,7 +348,7 @@ impl CompiledPolicy {
         &self,
         index: u32,
     ) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
-        definite(translate(&self.templates.deep_vault, &self.vault_keys.descriptor_keys(Some(index))?)?)
+        definite(translate(&self.templates.deep_vault, &self.vault_keys.keys_with_origin(index)?)?)
     }
 
     /// The deep vault's two leaves at `index`: the fast path (backup + co-signer + every

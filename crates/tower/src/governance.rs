@@ -110,7 +110,7 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     }
     let hash = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&token).to_string();
     // The version followed to, not the first: a restart serves what the chain led to.
-    match state.store.enroll(&hash, &id, &client.text, &client.earlier.clone())? {
+    match state.store.enroll(&hash, &id, &client.text, &client.earlier)? {
         Enrollment::Unknown => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
         Enrollment::Used => {
             return Err(Refusal::Unauthorized("this enrollment token was already used".into()))

@@ -281,24 +281,25 @@ fn standing_wallet(compiled: &CompiledPolicy, name: &str) -> anyhow::Result<Wall
 }
 
 /// Checks, before anything is built or asked of the co-signer, that the wallet's device is
-/// there and holds (and still accepts) its registration of the intake account a vault's
-/// funding is signed with: the ceremony does not wait on a registration.
+/// there and holds (and still accepts) its registration of each intake account `coins` were
+/// paid to, which a vault's funding from them is signed with: the ceremony does not wait on a
+/// registration.
 pub fn ready_to_fund(session: &Session, state: &WalletState, coins: &[OutPoint]) -> anyhow::Result<()> {
-    let record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let mut record = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
     let accounts = intake_accounts(session, state, coins)?;
     // Only the accounts these coins belong to: a change that brought new intake scripts does
     // not hold up coins received before it. Today's is registered by `vigil signer register`;
     // an earlier version's, which that command no longer offers, is registered here.
     let today = standing_wallet(session.current(), "Vigil intake")?;
-    let unregistered = |w: &WalletPolicy| record.registration(&to_wallet(w)).is_none();
-    if let Some((w, _)) = accounts.iter().find(|(w, _)| *w == today && unregistered(w)) {
+    if let Some((w, _)) =
+        accounts.iter().find(|(w, _)| *w == today && record.registration(&to_wallet(w)).is_none())
+    {
         bail!(
             "your Ledger has not registered \"{}\" yet: run `vigil signer register`; nothing was done",
             w.name
         );
     }
     let ledger = connect_wallets(&record, session.network)?;
-    let mut record = record;
     let again = "Nothing was done; run the same command again when ready.";
     for (w, policy) in &accounts {
         let wallet = to_wallet(w);
