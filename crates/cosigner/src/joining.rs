@@ -194,7 +194,7 @@ impl Cosigner {
 
     /// Where a vault is: V unspent or its funding not broadcast yet (its first coin
     /// unspent), unvaulted (U's output unspent), or over.
-    fn stage(&self, v: &VaultRecord) -> Result<Stage, Refusal> {
+    pub(crate) fn stage(&self, v: &VaultRecord) -> Result<Stage, Refusal> {
         let chain = &self.chain;
         let outpoint =
             OutPoint::from_str(&v.registration.vault.vault_outpoint).map_err(|_| Refusal::Internal)?;
@@ -307,7 +307,7 @@ fn queue_enrollment(
 }
 
 /// Where a vault is, for a tower that joins.
-enum Stage {
+pub(crate) enum Stage {
     /// V unspent, or its funding not out yet.
     Vaulted,
     /// Its unvault is out, U's output unspent.

@@ -27,6 +27,7 @@ pub mod governance;
 pub mod joining;
 pub mod keys;
 pub mod orders;
+mod retiring;
 pub mod service;
 pub mod spends;
 pub mod store;

@@ -104,7 +104,12 @@ impl Cosigner {
             let orders: Vec<TowerOrder> = serde_json::from_str(&text).map_err(|_| Refusal::Internal)?;
             (orders, Self::client(store, client_id)?.ok_or(Refusal::Internal)?)
         };
-        // Every tower of every version: one a change removed still watches older vaults.
+        // Every tower of every version (one a change removed still watches older vaults),
+        // but those with nothing left to watch.
+        let client = self.retire_idle_towers(client.clone()).unwrap_or_else(|e| {
+            tracing::warn!(client = %client_id, error = %e.message(), "cannot tell whether a removed tower is idle");
+            client
+        });
         let now = self.as_of_now(&client)?;
         let reach = self.reach(&now)?;
         let towers = &reach.towers;

@@ -101,6 +101,10 @@ pub struct ClientRecord {
     /// holding only the original policy follows the chain and checks each step itself.
     #[serde(default)]
     pub changes: Vec<wire::SignedChange>,
+    /// Towers of earlier versions only whose vaults of this client are all over and buried:
+    /// no longer told of lockdowns, lifts, panics or changes (see `retiring`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_towers: Vec<String>,
 }
 
 /// `end`, unless a lift at `lift_at` (0: none) ends it earlier.
@@ -252,12 +256,14 @@ pub struct Cosigner {
     pub(crate) tower_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Per client, the towers' nonces reserved in the store: (next, end).
     pub(crate) tower_nonce_blocks: Mutex<HashMap<String, (u64, u64)>>,
+    /// Vaults (V's outpoint) found over and buried: not asked of the chain again.
+    pub(crate) buried_vaults: Mutex<std::collections::HashSet<String>>,
 }
 
-/// Adds to `reach` the towers of `other` it does not name yet.
-fn add_towers(reach: &mut Policy, other: &Policy) {
+/// Adds to `reach` the towers of `other` it does not name yet, but those `leaving_out` names.
+fn add_towers(reach: &mut Policy, other: &Policy, leaving_out: &[String]) {
     for tower in &other.towers {
-        if !reach.towers.iter().any(|t| t.name == tower.name) {
+        if !reach.towers.iter().any(|t| t.name == tower.name) && !leaving_out.contains(&tower.name) {
             reach.towers.push(tower.clone());
         }
     }
@@ -364,6 +370,7 @@ impl Cosigner {
             sinks,
             tower_locks: Mutex::new(HashMap::new()),
             tower_nonce_blocks: Mutex::new(HashMap::new()),
+            buried_vaults: Mutex::new(Default::default()),
         })
     }
 
@@ -459,12 +466,13 @@ impl Cosigner {
     /// The client's current policy with every tower of its earlier versions added (by name,
     /// the current entry first), for what concerns every vault (lockdowns, lifts, panics,
     /// changes): a tower a change removed still watches the vaults made before it, and must
-    /// not miss a lockdown or a panic. `client` as of now ([`Self::as_of_now`]).
+    /// not miss a lockdown or a panic, until it is retired. `client` as of now
+    /// ([`Self::as_of_now`]).
     pub(crate) fn reach(&self, client: &ClientRecord) -> Result<Policy, Refusal> {
         let all = self.client_policies(client)?;
         let mut reach = all[0].policy().clone();
         for earlier in &all[1..] {
-            add_towers(&mut reach, earlier.policy());
+            add_towers(&mut reach, earlier.policy(), &client.retired_towers);
         }
         Ok(reach)
     }
@@ -480,7 +488,7 @@ impl Cosigner {
         // approval is committed already and must still reach the towers).
         let now = self.as_of_now(client).unwrap_or_else(|_| client.clone());
         let mut reach = self.compiled(&now)?.policy().clone();
-        add_towers(&mut reach, made_under.policy());
+        add_towers(&mut reach, made_under.policy(), &[]);
         Ok(reach)
     }
 
@@ -757,6 +765,7 @@ impl Cosigner {
             restores: 0,
             restored_at_height: 0,
             changes: Vec::new(),
+            retired_towers: Vec::new(),
         };
         batch
             .expect(kind::CLIENT, id.clone(), None)
@@ -947,6 +956,22 @@ mod tests {
         assert!(named(check_webhooks(&https, "off")).contains("does not post"));
         assert!(named(check_webhooks(&["https://".to_owned()], "https")).contains("alarm_webhooks[0]"));
         assert!(named(check_webhooks(&vec![https[0].clone(); 6], "https")).contains("at most 5"));
+    }
+
+    #[test]
+    fn a_retired_tower_a_later_version_names_again_is_reached_again() {
+        let policy = |towers| vigil_policy::example::ExamplePolicy { towers, ..Default::default() }.to_toml();
+        let mut client: ClientRecord = serde_json::from_value(serde_json::json!({
+            "id": "c", "account": 0, "policy": policy(1), "lockdown_until": 0, "duress_until": 0,
+            "heartbeat_real": "", "heartbeat_duress": "", "next_spend": 1, "tower_nonce": 1,
+            "retired_towers": ["tower-b"],
+        }))
+        .unwrap();
+        assert!(policy(1).contains("tower-a") && !policy(1).contains("tower-b"));
+        client.adopt(policy(1).replace("version = 1", "version = 2"));
+        assert_eq!(client.retired_towers, ["tower-b"], "a version without it keeps it retired");
+        client.adopt(policy(2).replace("version = 1", "version = 3"));
+        assert!(client.retired_towers.is_empty(), "named again, it watches that version's vaults");
     }
 
     #[test]

@@ -576,6 +576,30 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
         let refused = f.change_policy(&v3, &[0, 1]).unwrap_err();
         assert!(refused.0 == 400 && refused.1.contains(why), "{refused:?}");
     }
+
+    // Tower-b is taken down. Until the spend that ended the only vault it may watch is
+    // buried as deep as a tower buries it, a lockdown is still owed to it, one block short
+    // included.
+    f.towers[1].kill9();
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 50}), &f.guardian(0)).unwrap();
+    let mined = node.rpc.transaction_info(&tx.compute_txid()).unwrap().unwrap().1.unwrap();
+    block(&node, &f, (mined + vigil_tower::watch::BURY_MARGIN - 1).saturating_sub(tip(&node)));
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(1), "owed to tower-b");
+    // One block more: tower-b has nothing left to act on, and is retired for this client.
+    block(&node, &f, 1);
+    eventually("tower-b is retired", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    // A panic is neither held up by it nor reports it as not acting.
+    let relayed = f.panic(&[0, 1], [9u8; 32], tip(&node) + 10).unwrap();
+    let towers: Vec<(&str, bool)> = relayed["towers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["acknowledged"] == true))
+        .collect();
+    assert_eq!(towers, [("tower-a", true)], "{relayed}");
 }
 
 #[test]

@@ -1,0 +1,151 @@
+//! A tower a policy change removed keeps watching the vaults it was given, so it is still
+//! told of every lockdown, lift, panic and change of its client. Once every vault it may
+//! watch is over, its last transaction buried as deep as a tower buries it, it has nothing
+//! left to act on: it is retired for that client and no longer asked. Otherwise a tower taken
+//! down after its removal would be waited on and reported as not acting at every panic, and
+//! would end each order in a "tower refused" alarm a day later, forever.
+//!
+//! The co-signer judges this from the chain alone (a tower taken down cannot be asked), when
+//! an order is about to go to such a tower. It needs a chain backend that finds confirmed
+//! transactions (an Electrum server, or a node with a transaction index); without one, no
+//! tower is retired, as before.
+
+use std::collections::BTreeMap;
+
+use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
+use vigil_policy::bitcoin::{Transaction, Txid};
+use vigil_tower::watch::BURY_MARGIN;
+
+use crate::ceremony::{vault_record, VaultRecord};
+use crate::error::Refusal;
+use crate::joining::Stage;
+use crate::service::{ClientRecord, Cosigner};
+use crate::spends::SpendRecord;
+use crate::store::{kind, Batch};
+
+impl Cosigner {
+    /// Retires the towers `client` (as stored) reaches only through earlier versions and
+    /// that have nothing left to watch; the record as it is after.
+    pub(crate) fn retire_idle_towers(&self, client: ClientRecord) -> Result<ClientRecord, Refusal> {
+        // Most clients never changed their policy: not a question for the chain.
+        if client.past_policies.is_empty() {
+            return Ok(client);
+        }
+        let now = self.as_of_now(&client)?;
+        let today = self.compiled(&now)?;
+        let named_today = |name: &str| today.policy().towers.iter().any(|t| t.name == name);
+        // Each candidate with the last version that named it: a vault made under a later one
+        // was never given to it.
+        let mut candidates: Vec<(String, u32)> = Vec::new();
+        for earlier in self.client_policies(&now)?.iter().skip(1) {
+            let policy = earlier.policy();
+            for tower in &policy.towers {
+                if named_today(&tower.name) || now.retired_towers.contains(&tower.name) {
+                    continue;
+                }
+                match candidates.iter_mut().find(|(name, _)| *name == tower.name) {
+                    Some((_, last)) => *last = (*last).max(policy.version),
+                    None => candidates.push((tower.name.clone(), policy.version)),
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(client);
+        }
+        let tip = self.tip()?;
+        let mut approved = None;
+        for (_, outpoint) in self.store().list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
+            if candidates.is_empty() {
+                return Ok(client);
+            }
+            let Some(v) = vault_record(self.store(), &outpoint)? else { continue };
+            // Not known (a record from before vaults named theirs): any of them may hold it.
+            let version = Some(&v.policy_id)
+                .filter(|id| !id.is_empty())
+                .and_then(|_| self.vault_policy(&now, &v).ok())
+                .map(|p| p.policy().version);
+            let may_hold = |last: u32| version.is_none_or(|v| v <= last);
+            if !candidates.iter().any(|(_, last)| may_hold(*last)) {
+                continue;
+            }
+            let approved = match &mut approved {
+                Some(a) => a,
+                None => approved.insert(self.approved_spends(&client.id)?),
+            };
+            if !self.over_and_buried(&outpoint, &v, approved.get(&outpoint), tip)? {
+                candidates.retain(|(_, last)| !may_hold(*last));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(client);
+        }
+        let _deciding = self.decide(&client.id);
+        let store = self.store();
+        let (mut record, text) = Self::client_stored(store, &client.id)?.ok_or(Refusal::Internal)?;
+        // A change applied meanwhile may name one of them again (one due counts, as above).
+        let named = self.compiled(&self.as_of_now(&record)?)?;
+        for (name, _) in candidates {
+            if !named.policy().towers.iter().any(|t| t.name == name) && !record.retired_towers.contains(&name)
+            {
+                tracing::info!(client = %client.id, tower = %name, "tower retired: every vault it may watch is over");
+                record.retired_towers.push(name);
+            }
+        }
+        let mut batch = Batch::default();
+        batch.expect(kind::CLIENT, client.id.clone(), Some(text)).put(
+            kind::CLIENT,
+            client.id.clone(),
+            serde_json::to_string(&record).expect("json"),
+        );
+        store.commit(&batch)?;
+        Ok(record)
+    }
+
+    /// The txids of the spends the co-signer approved for `client`, by vault.
+    fn approved_spends(&self, client: &str) -> Result<BTreeMap<String, Vec<Txid>>, Refusal> {
+        let mut by_vault: BTreeMap<String, Vec<Txid>> = BTreeMap::new();
+        for (_, body) in self.store().list(kind::SPEND, &format!("{client}/"))? {
+            let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
+            if s.approved_height.is_some() {
+                let txid = s.approval.spend_txid.parse().map_err(|_| Refusal::Internal)?;
+                by_vault.entry(s.approval.vault_outpoint).or_default().push(txid);
+            }
+        }
+        Ok(by_vault)
+    }
+
+    /// Whether `v` is over, the transaction that ended it (an approved spend, a cancel or an
+    /// emergency) confirmed at least [`BURY_MARGIN`] blocks below `tip`. A vault ended any
+    /// other way (its funding never confirmed, V spent by neither U nor E) is never judged
+    /// over: a tower may still be the one that raises the alarm.
+    fn over_and_buried(
+        &self,
+        outpoint: &str,
+        v: &VaultRecord,
+        approved: Option<&Vec<Txid>>,
+        tip: u32,
+    ) -> Result<bool, Refusal> {
+        let buried = || self.buried_vaults.lock().unwrap_or_else(|p| p.into_inner());
+        if buried().contains(outpoint) {
+            return Ok(true);
+        }
+        if !matches!(self.stage(v)?, Stage::Over) {
+            return Ok(false);
+        }
+        let r = &v.registration;
+        let presigned = r.cancels.iter().chain(&r.unvault_emergencies).chain(&r.emergencies);
+        let presigned = presigned
+            .map(|hex| deserialize_hex::<Transaction>(hex).map(|tx| tx.compute_txid()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Refusal::Internal)?;
+        for txid in approved.into_iter().flatten().chain(&presigned) {
+            if let Some((_, Some(height))) = self.chain.transaction_info(txid)? {
+                if tip >= height + BURY_MARGIN {
+                    buried().insert(outpoint.to_owned());
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
