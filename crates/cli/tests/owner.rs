@@ -1493,13 +1493,19 @@ struct OnDevice {
 }
 
 fn on_device(node: Node, ledger: &str, guardians: &[String]) -> OnDevice {
+    on_device_with(node, ledger, guardians, &[])
+}
+
+/// [`on_device`], with more arguments for `vigil init`.
+fn on_device_with(node: Node, ledger: &str, guardians: &[String], extra: &[&str]) -> OnDevice {
     let s = services_on(node, "", false);
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("wallet");
     let payer = Wallet::new();
     mine(&s.node.rpc, 120, &payer.address());
-    let (ok, out, err) =
-        init_with_extra(&s, &dir, guardians, &["--signer", "ledger", "--signer-emulator", ledger]);
+    let mut args = vec!["--signer", "ledger", "--signer-emulator", ledger];
+    args.extend(extra);
+    let (ok, out, err) = init_with_extra(&s, &dir, guardians, &args);
     assert!(ok, "{err}");
     OnDevice { s, _home: home, dir, payer, init: (out, err) }
 }
@@ -1700,6 +1706,109 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     assert_eq!(json(&dir, &["status"], &["8642"])["vaults"].as_array().unwrap().len(), vaults);
     let registered = json(&dir, &["signer", "register"], &["8642"]);
     assert!(registered["registered"].as_array().unwrap().iter().all(|r| r["new"] == true), "{registered}");
+}
+
+#[test]
+fn with_a_ledger_the_backup_key_on_a_second_device_brings_the_deep_vault_back() {
+    let Some(ledger) = emulated_ledger().filter(|_| auto_approved()) else {
+        eprintln!("skipped: no emulated Ledger approving every prompt");
+        return;
+    };
+    // The holder's second Ledger, set up with its own words (BIP-39's first test vector).
+    let words =
+        "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+    let backup = vigil_testenv::ledger::SecondDevice::start(words).expect("the harness names its emulator");
+    let backup_at = backup.apdu.to_string();
+    let (_keys, guardian_keys, guardians) = guardians_made_by_cli(2);
+    let OnDevice { s, _home, dir, payer, init: (_, err) } = on_device_with(
+        vigil_node(),
+        &ledger,
+        &guardians,
+        &["--backup-signer", "ledger", "--backup-signer-emulator", &backup_at],
+    );
+    // No backup phrase is shown: the key is the second device's, recorded with the wallet.
+    assert!(
+        err.contains("Your BACKUP key is on your second Ledger") && !err.contains("BACKUP key's phrase"),
+        "{err}"
+    );
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("backup-signer.json")).unwrap()).unwrap();
+    let everyday: Value = serde_json::from_slice(&std::fs::read(dir.join("signer.json")).unwrap()).unwrap();
+    let fingerprint = record["fingerprint"].as_str().unwrap();
+    assert_ne!(fingerprint, everyday["fingerprint"].as_str().unwrap());
+    let policy = dir.join("policy.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(text.contains(&format!("\nbackup = \"[{fingerprint}/48h/1h/0h/2h]tpub")), "{text}");
+
+    // The everyday device offered as the backup is refused, and nothing is made: whoever
+    // holds the owner would hold both.
+    let other = _home.path().join("other");
+    let (ok, _, err) = init_with_extra(
+        &s,
+        &other,
+        &guardians,
+        &[
+            "--signer",
+            "ledger",
+            "--signer-emulator",
+            &ledger,
+            "--backup-signer",
+            "ledger",
+            "--backup-signer-emulator",
+            &ledger,
+        ],
+    );
+    assert!(!ok && err.contains("holds your everyday keys") && err.contains("nothing was made"), "{err}");
+    assert!(!other.join("policy.toml").exists());
+
+    // A vault, swept to the deep vault by the guardians' panic.
+    json(&dir, &["signer", "register"], &[REAL]);
+    let address = address_from(&dir, &["receive", "--on-device"]);
+    payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
+    mine(&s.node.rpc, 1, &payer.address());
+    assert_eq!(json(&dir, &["vault", "0.05"], &[REAL])["state"], "protected");
+    mine(&s.node.rpc, 1, &payer.address());
+    let id = "cd".repeat(32);
+    let not_after = (s.node.rpc.tip().unwrap().height + 100).to_string();
+    for k in &guardian_keys {
+        let (ok, _, err) = guardian(k, &["panic", "--id", &id, "--not-after", &not_after], Some(&policy));
+        assert!(ok, "{err}");
+    }
+    eventually("the vault is swept to the deep vault", || {
+        mine(&s.node.rpc, 1, &payer.address());
+        (json(&dir, &["status"], &[REAL])["deep_vault_sat"].as_u64() == Some(5_000_000)).then_some(())
+    });
+
+    // Brought back: the backup's device registers the deep vault's account and signs (no
+    // phrase asked), then every guardian and the co-signer.
+    let to = Wallet::new().address();
+    let psbt = dir.join("deep.psbt");
+    let p = psbt.to_str().unwrap();
+    let (ok, out, err) =
+        vigil(&dir, &["recover", "--deep-vault", "--to", &to.to_string(), "--psbt", p, "--json"], &[REAL]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("Connect your BACKUP Ledger")
+            && err.contains("registers the account \"Vigil deep vault\""),
+        "{err}"
+    );
+    assert!(!err.contains("phrase"), "{err}");
+    let amount = serde_json::from_str::<Value>(&out).unwrap()["amount_sat"].as_u64().unwrap();
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("backup-signer.json")).unwrap()).unwrap();
+    assert_eq!(record["registrations"].as_object().unwrap().len(), 1, "{record}");
+    for k in &guardian_keys {
+        let (ok, _, err) = guardian(k, &["sign-recovery", p, "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+    }
+    let sent = json(&dir, &["recover", "--finish", p], &[REAL]);
+    assert_eq!(sent["stage"], "sent", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
+    let arrived =
+        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
+    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+    drop(backup);
 }
 
 /// A payment from the allowance, which the device holds: its address, a payment to it (from

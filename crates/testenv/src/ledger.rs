@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -277,5 +278,52 @@ impl Watcher {
     /// Every page seen so far.
     pub fn pages(&self) -> Vec<String> {
         self.0.pages()
+    }
+}
+
+/// A second emulated Ledger, set up with its own words, started beside the harness's (whose
+/// program, app and network it shares), its every review approved by a [`Holder`]: a holder's
+/// backup device. None when the harness did not say where its emulator lives.
+pub struct SecondDevice {
+    /// Its APDU address, as `--…-emulator` takes it.
+    pub apdu: SocketAddr,
+    emulator: std::process::Child,
+    _holder: Holder,
+}
+
+impl SecondDevice {
+    /// Starts it with `words` (a BIP-39 phrase other than the first device's).
+    pub fn start(words: &str) -> Option<SecondDevice> {
+        let venv = std::env::var("LEDGER_SPECULOS_VENV").ok()?;
+        let app = std::env::var("LEDGER_ELF").ok()?;
+        let port = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (apdu_port, api_port) = (port(), port());
+        let mut emulator = std::process::Command::new(format!("{venv}/bin/speculos"))
+            .args(["--display", "headless", "-m", "nanosp", "--seed", words])
+            .args(["--apdu-port", &apdu_port.to_string(), "--api-port", &api_port.to_string(), &app])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("the emulator starts");
+        let api = format!("http://127.0.0.1:{api_port}");
+        let apdu: SocketAddr = format!("127.0.0.1:{apdu_port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while screen(&api).is_none_or(|s| !s.contains("app is ready")) || TcpStream::connect(apdu).is_err() {
+            assert!(Instant::now() < deadline, "the second emulated Ledger did not come up");
+            assert!(emulator.try_wait().unwrap().is_none(), "the second emulated Ledger stopped");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let holder = Holder::start(&api, |_| Answer::Approve);
+        Some(SecondDevice { apdu, emulator, _holder: holder })
+    }
+}
+
+impl Drop for SecondDevice {
+    fn drop(&mut self) {
+        // The emulator runs the app in a child process of its own: the whole group goes.
+        let group = format!("-{}", self.emulator.id());
+        let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &group]).status();
+        let _ = self.emulator.wait();
     }
 }

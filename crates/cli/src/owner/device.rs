@@ -22,6 +22,10 @@ use super::*;
 
 pub use vigil_client::wallet::SIGNER_FILE;
 
+/// The record of the device holding the off-site backup key, when it is one (the deep vault's
+/// key; kept away from home, connected only to bring the deep vault back).
+pub const BACKUP_SIGNER_FILE: &str = "backup-signer.json";
+
 /// Which device holds this wallet's vault key, and the wallet policies it registered.
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SignerRecord {
@@ -42,7 +46,12 @@ pub struct SignerRecord {
 impl SignerRecord {
     /// The wallet's signer, or none: its vault key comes from the recovery phrase.
     pub fn load(dir: &WalletDir) -> anyhow::Result<Option<SignerRecord>> {
-        let path = dir.file(SIGNER_FILE);
+        Self::load_file(dir, SIGNER_FILE)
+    }
+
+    /// The record kept in `file` of the wallet, if there is one.
+    fn load_file(dir: &WalletDir, file: &str) -> anyhow::Result<Option<SignerRecord>> {
+        let path = dir.file(file);
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(
                 serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?,
@@ -52,9 +61,16 @@ impl SignerRecord {
         }
     }
 
-    /// Written whole (a crash leaves the old record or the new one).
+    /// Written whole (a crash leaves the old record or the new one), where it was read from:
+    /// the backup's device has no allowance account.
     pub fn save(&self, dir: &WalletDir) -> anyhow::Result<()> {
-        Ok(replace_file(&dir.file(SIGNER_FILE), &serde_json::to_vec_pretty(self)?)?)
+        let file = if self.is_backup() { BACKUP_SIGNER_FILE } else { SIGNER_FILE };
+        Ok(replace_file(&dir.file(file), &serde_json::to_vec_pretty(self)?)?)
+    }
+
+    /// Whether this is the backup key's device.
+    fn is_backup(&self) -> bool {
+        self.kind.ends_with(BACKUP)
     }
 
     /// The device's registration of `wallet`, if it registered it.
@@ -114,12 +130,76 @@ fn connect_wallets(record: &SignerRecord, network: Network) -> anyhow::Result<Le
     let ledger = connect(record.emulator, network)?;
     let fingerprint = ledger.fingerprint().map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
     if fingerprint.to_string() != record.fingerprint {
+        let which = if record.is_backup() { "your backup key's device" } else { "the wallet's own device" };
         bail!(
-            "this Ledger's key is {fingerprint}, and this wallet's is {}: connect the wallet's own device; nothing was done",
+            "this Ledger's key is {fingerprint}, and {which} holds {}: connect {which}; nothing was done",
             record.fingerprint
         );
     }
     Ok(ledger)
+}
+
+/// What a backup device's record says its kind is (`"ledger backup"`).
+const BACKUP: &str = " backup";
+
+/// The off-site backup key from a second device (the deep vault's key, at the account the
+/// backup phrase's would be), as a policy names it, and the device's record. The device
+/// holding the everyday keys is refused: whoever holds the owner would hold the backup too.
+pub fn backup_key(
+    ledger: &Ledger,
+    network: Network,
+    emulator: Option<SocketAddr>,
+    everyday: &SignerRecord,
+) -> anyhow::Result<(String, SignerRecord)> {
+    let fingerprint = ledger.fingerprint()?;
+    if fingerprint.to_string() == everyday.fingerprint {
+        bail!(
+            "this is the Ledger that holds your everyday keys ({fingerprint}): the backup key must live on a \
+             second device, set up with its own 24 words and kept away from home; nothing was made"
+        );
+    }
+    let record = SignerRecord {
+        kind: format!("ledger{BACKUP}"),
+        fingerprint: fingerprint.to_string(),
+        emulator,
+        registrations: BTreeMap::new(),
+        allowance: None,
+    };
+    Ok((account_key(ledger, fingerprint, vault_key_path(network))?, record))
+}
+
+/// Whether this wallet's backup key is on a device.
+pub fn has_backup_signer(dir: &WalletDir) -> anyhow::Result<bool> {
+    Ok(SignerRecord::load_file(dir, BACKUP_SIGNER_FILE)?.is_some())
+}
+
+/// The deep-vault recovery `psbt` of `coins` to `destination` signed on the backup key's
+/// device: once per policy version's deep vault account (registered first if the device does
+/// not hold it: it is connected only for this). Every signature is checked, and every input
+/// must carry one of the device's.
+pub fn sign_deep_vault(
+    session: &Session,
+    coins: &[vigil_client::recovery::RecoverableCoin],
+    psbt: &Psbt,
+    destination: &str,
+) -> anyhow::Result<Psbt> {
+    let mut groups: Vec<(WalletPolicy, &Policy)> = Vec::new();
+    for coin in coins {
+        let compiled = session.policies.version(coin.version)?;
+        let w = compiled
+            .wallet_policies()?
+            .into_iter()
+            .find(|w| w.name == "Vigil deep vault")
+            .context("the deep vault's account")?;
+        if !groups.iter().any(|(g, _)| *g == w) {
+            groups.push((w, compiled.policy()));
+        }
+    }
+    let mut signer = SignerRecord::load_file(&session.dir, BACKUP_SIGNER_FILE)?
+        .context("this wallet's backup key is not on a device")?;
+    say("Connect your BACKUP Ledger (the second device, kept away from home) and open its Bitcoin app.");
+    let ledger = connect_wallets(&signer, session.network)?;
+    sign_in_groups(session, &ledger, &mut signer, &groups, psbt, destination)
 }
 
 /// The owner's vault key from the device, as a policy names it (`[fp/48h/coinh/0h/2h]xpub`),
@@ -620,7 +700,6 @@ pub fn sign_recovery(
     psbt: &Psbt,
     destination: &str,
 ) -> anyhow::Result<Psbt> {
-    let again = "Nothing was signed; run the same command again when ready.";
     let mut groups: Vec<(WalletPolicy, &Policy)> = Vec::new();
     for coin in coins {
         let (w, policy) = recovery_wallet(session, state, coin)?;
@@ -630,11 +709,26 @@ pub fn sign_recovery(
     }
     let mut signer = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
     let ledger = connect_wallets(&signer, session.network)?;
+    sign_in_groups(session, &ledger, &mut signer, &groups, psbt, destination)
+}
+
+/// The recovery `psbt` to `destination` signed on `ledger` once per account of `groups`, each
+/// shown to the holder; every signature is checked, and every input must carry one of the
+/// device's.
+fn sign_in_groups(
+    session: &Session,
+    ledger: &Ledger,
+    signer: &mut SignerRecord,
+    groups: &[(WalletPolicy, &Policy)],
+    psbt: &Psbt,
+    destination: &str,
+) -> anyhow::Result<Psbt> {
+    let again = "Nothing was signed; run the same command again when ready.";
     let amount = psbt.unsigned_tx.output.iter().map(|o| o.value.to_sat()).sum();
     let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
     let mut signed = psbt.clone();
     for (i, (w, policy)) in groups.iter().enumerate() {
-        let out = with_registration(session, &ledger, &mut signer, w, policy, again, |r| {
+        let out = with_registration(session, ledger, signer, w, policy, again, |r| {
             say(&format!(
                 "Sign on your Ledger ({} of {}, for \"{}\"). Check on its screen, then approve only if it says:",
                 i + 1,

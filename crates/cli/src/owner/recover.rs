@@ -38,7 +38,8 @@ pub struct RecoverArgs {
     #[arg(long, value_name = "FILE", num_args = 1..)]
     finish: Vec<PathBuf>,
     /// Return the coins swept to the deep vault instead: signed by your off-site backup key
-    /// and every guardian, then the co-signer (at once, the fast path).
+    /// (its phrase, or the second Ledger `init --backup-signer` took it from) and every
+    /// guardian, then the co-signer (at once, the fast path).
     #[arg(long)]
     deep_vault: bool,
     /// With --deep-vault, without the co-signer: the backup key and the guardians' quorum,
@@ -122,9 +123,11 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
 
     // Only signing needs a phrase (or the device): the survey reads the chain.
     let on_device = !args.sign_elsewhere && !args.deep_vault && super::device::has_signer(&session.dir)?;
+    let on_backup_device =
+        !args.sign_elsewhere && args.deep_vault && super::device::has_backup_signer(&session.dir)?;
     let key = match (&to, args.deep_vault) {
         (None, _) => None,
-        (Some(_), _) if args.sign_elsewhere || on_device => None,
+        (Some(_), _) if args.sign_elsewhere || on_device || on_backup_device => None,
         (Some(_), true) => Some(backup_key(&session)?),
         (Some(_), false) => Some(vault_key(&session)?),
     };
@@ -186,6 +189,9 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
             }
             if on_device {
                 psbt = super::device::sign_recovery(&session, &state, &survey.ready, &psbt, &to.to_string())?;
+            }
+            if on_backup_device {
+                psbt = super::device::sign_deep_vault(&session, &survey.ready, &psbt, &to.to_string())?;
             }
             let amount = psbt.unsigned_tx.output[0].value.to_sat();
             state.recovery = Some(PendingRecovery {
@@ -298,7 +304,7 @@ fn report(survey: &Survey, tip: u32, sent: &[vigil_policy::bitcoin::OutPoint]) -
     }
     for c in &survey.deep_vault {
         text += &format!(
-            "In the deep vault: {} (coin {}): `vigil recover --deep-vault` returns it with your backup phrase \
+            "In the deep vault: {} (coin {}): `vigil recover --deep-vault` returns it with your backup key \
              and every guardian\n",
             btc(c.input.txout.value.to_sat()),
             c.input.outpoint

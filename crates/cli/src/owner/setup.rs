@@ -83,6 +83,13 @@ pub struct InitArgs {
     /// The Ledger is the emulator listening here (tests and demos), not a device on USB.
     #[arg(long, value_name = "HOST:PORT", requires = "signer")]
     signer_emulator: Option<std::net::SocketAddr>,
+    /// Keep the off-site backup key (the deep vault's) on a second hardware signer (`ledger`),
+    /// set up with its own words, instead of a phrase on paper; connect it when asked.
+    #[arg(long, value_parser = ["ledger"], requires = "signer")]
+    backup_signer: Option<String>,
+    /// The backup's Ledger is the emulator listening here (tests and demos), not one on USB.
+    #[arg(long, value_name = "HOST:PORT", requires = "backup_signer")]
+    backup_signer_emulator: Option<std::net::SocketAddr>,
     /// Skip the check that the phrases were written down (scripts, tests only).
     #[arg(long, hide = true)]
     no_phrase_check: bool,
@@ -481,6 +488,17 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let backup_device = match (&args.backup_signer, &device) {
+        (Some(_), Some((_, everyday))) => {
+            say("Now your BACKUP key's device: a second Ledger, set up with its own 24 words, that you keep away from home.");
+            if args.backup_signer_emulator.is_none() {
+                ask("Unplug your everyday Ledger, connect the backup one and open its Bitcoin app, then press Enter: ")?;
+            }
+            let ledger = super::device::connect(args.backup_signer_emulator, network)?;
+            Some(super::device::backup_key(&ledger, network, args.backup_signer_emulator, everyday)?)
+        }
+        _ => None,
+    };
     let owner_phrase = owner::new_phrase();
     show_phrase(
         "STEP 1 of 4. Your recovery phrase. Write these 24 words on paper, in order.",
@@ -489,15 +507,27 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         &owner_phrase,
         !args.no_phrase_check,
     )?;
-    let backup_phrase = owner::new_phrase();
-    show_phrase(
-        "STEP 2 of 4. Your BACKUP key's phrase. Write these 24 words on a second paper.",
-        "KEEP THIS PAPER AWAY FROM HOME (a bank box, a lawyer, family abroad). It is never stored \
-         on this device. With your guardians it opens the deep vault, where emergencies send \
-         everything. Nobody can force it out of you at home if it is not there.",
-        &backup_phrase,
-        !args.no_phrase_check,
-    )?;
+    let backup_key = match &backup_device {
+        Some((key, _)) => {
+            say("STEP 2 of 4. Your BACKUP key is on your second Ledger.");
+            say("KEEP THAT DEVICE, AND THE 24 WORDS IT WAS SET UP WITH, AWAY FROM HOME (a bank box, a lawyer, \
+                 family abroad). With your guardians it opens the deep vault, where emergencies send everything. \
+                 Nobody can force it out of you at home if it is not there.");
+            key.clone()
+        }
+        None => {
+            let backup_phrase = owner::new_phrase();
+            show_phrase(
+                "STEP 2 of 4. Your BACKUP key's phrase. Write these 24 words on a second paper.",
+                "KEEP THIS PAPER AWAY FROM HOME (a bank box, a lawyer, family abroad). It is never stored \
+                 on this device. With your guardians it opens the deep vault, where emergencies send \
+                 everything. Nobody can force it out of you at home if it is not there.",
+                &backup_phrase,
+                !args.no_phrase_check,
+            )?;
+            owner::backup_key(&backup_phrase, network)
+        }
+    };
     say("STEP 3 of 4. Your codes.");
     say("The unlock code opens this wallet. The DURESS code opens it too and looks exactly the same,");
     say("but it silently locks your savings and alerts your guardians. Use it if someone forces you.");
@@ -519,7 +549,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     save_setup(&dir, &setup)?;
     let enrolled = enroll(&mut setup)?;
     save_setup(&dir, &setup)?;
-    let public = owner::public_keys(&owner_phrase, owner::backup_key(&backup_phrase, network), network);
+    let public = owner::public_keys(&owner_phrase, backup_key, network);
     let draft = PolicyDraft {
         network: args.network.clone(),
         format: if device.is_some() { 2 } else { 1 },
@@ -542,7 +572,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let policy = draft.to_toml()?;
     replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
     replace_file(&dir.file("policy.toml"), policy.as_bytes())?;
-    if let Some((_, record)) = &device {
+    for (_, record) in device.iter().chain(&backup_device) {
         record.save(&dir)?;
     }
     let state =
