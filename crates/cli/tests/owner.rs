@@ -1779,16 +1779,32 @@ fn with_a_ledger_the_backup_key_on_a_second_device_brings_the_deep_vault_back() 
         (json(&dir, &["status"], &[REAL])["deep_vault_sat"].as_u64() == Some(5_000_000)).then_some(())
     });
 
-    // Brought back: the backup's device registers the deep vault's account and signs (no
-    // phrase asked), then every guardian and the co-signer.
-    let to = Wallet::new().address();
+    // The computer's record of the backup device is gone (as after a restore): the phrase is
+    // asked, with the way to use the device instead; a device that does not hold the backup
+    // key is refused.
+    let to = Wallet::new().address().to_string();
     let psbt = dir.join("deep.psbt");
     let p = psbt.to_str().unwrap();
-    let (ok, out, err) =
-        vigil(&dir, &["recover", "--deep-vault", "--to", &to.to_string(), "--psbt", p, "--json"], &[REAL]);
+    let back = ["recover", "--deep-vault", "--to", &to, "--psbt", p, "--json"];
+    let recorded = std::fs::read(dir.join("backup-signer.json")).unwrap();
+    std::fs::remove_file(dir.join("backup-signer.json")).unwrap();
+    let (ok, _, err) = vigil(&dir, &back, &[REAL]);
+    assert!(!ok && err.contains("run the same command with --backup-signer ledger"), "{err}");
+    let with_device = |at: &str| {
+        let mut args = back.to_vec();
+        args.extend(["--backup-signer", "ledger", "--backup-signer-emulator", at]);
+        vigil(&dir, &args, &[REAL])
+    };
+    let (ok, _, err) = with_device(&ledger);
+    assert!(!ok && err.contains("does not hold this wallet's backup key"), "{err}");
+    assert!(!dir.join("backup-signer.json").exists() && !psbt.exists());
+
+    // Brought back: the backup's device, recorded again, registers the deep vault's account
+    // and signs (no phrase asked), then every guardian and the co-signer.
+    let (ok, out, err) = with_device(&backup_at);
     assert!(ok, "{err}");
     assert!(
-        err.contains("Connect your BACKUP Ledger")
+        err.contains("Sign with your BACKUP Ledger")
             && err.contains("registers the account \"Vigil deep vault\""),
         "{err}"
     );
@@ -1796,6 +1812,8 @@ fn with_a_ledger_the_backup_key_on_a_second_device_brings_the_deep_vault_back() 
     let amount = serde_json::from_str::<Value>(&out).unwrap()["amount_sat"].as_u64().unwrap();
     let record: Value =
         serde_json::from_slice(&std::fs::read(dir.join("backup-signer.json")).unwrap()).unwrap();
+    let before: Value = serde_json::from_slice(&recorded).unwrap();
+    assert_eq!((&record["fingerprint"], &record["kind"]), (&before["fingerprint"], &before["kind"]));
     assert_eq!(record["registrations"].as_object().unwrap().len(), 1, "{record}");
     for k in &guardian_keys {
         let (ok, _, err) = guardian(k, &["sign-recovery", p, "--yes"], Some(&policy));
@@ -1807,6 +1825,7 @@ fn with_a_ledger_the_backup_key_on_a_second_device_brings_the_deep_vault_back() 
     let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
     let arrived =
         s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
+    let to: Address = to.parse::<Address<_>>().unwrap().assume_checked();
     assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
     drop(backup);
 }

@@ -168,6 +168,31 @@ pub fn backup_key(
     Ok((account_key(ledger, fingerprint, vault_key_path(network))?, record))
 }
 
+/// Records the device holding the wallet's backup key, checked against the policy (a wallet
+/// rebuilt by a restore has no record of it). Its registrations are kept if it had one.
+pub fn find_backup_device(session: &Session, emulator: Option<SocketAddr>) -> anyhow::Result<()> {
+    say("Connect your BACKUP Ledger (the second device, kept away from home) and open its Bitcoin app.");
+    let ledger = connect(emulator, session.network)?;
+    let fingerprint = ledger.fingerprint().map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
+    let key = account_key(&ledger, fingerprint, vault_key_path(session.network))?;
+    if !key.ends_with(&session.current().policy().backup.xpub.to_string()) {
+        bail!(
+            "this Ledger ({fingerprint}) does not hold this wallet's backup key: connect the backup's own \
+             device; nothing was done"
+        );
+    }
+    let kept = SignerRecord::load_file(&session.dir, BACKUP_SIGNER_FILE)?
+        .filter(|r| r.fingerprint == fingerprint.to_string());
+    let record = SignerRecord {
+        kind: format!("ledger{BACKUP}"),
+        fingerprint: fingerprint.to_string(),
+        emulator,
+        registrations: kept.map(|r| r.registrations).unwrap_or_default(),
+        allowance: None,
+    };
+    record.save(&session.dir)
+}
+
 /// Whether this wallet's backup key is on a device.
 pub fn has_backup_signer(dir: &WalletDir) -> anyhow::Result<bool> {
     Ok(SignerRecord::load_file(dir, BACKUP_SIGNER_FILE)?.is_some())
@@ -197,7 +222,7 @@ pub fn sign_deep_vault(
     }
     let mut signer = SignerRecord::load_file(&session.dir, BACKUP_SIGNER_FILE)?
         .context("this wallet's backup key is not on a device")?;
-    say("Connect your BACKUP Ledger (the second device, kept away from home) and open its Bitcoin app.");
+    say("Sign with your BACKUP Ledger (the second device, kept away from home), its Bitcoin app open.");
     let ledger = connect_wallets(&signer, session.network)?;
     sign_in_groups(session, &ledger, &mut signer, &groups, psbt, destination)
 }

@@ -331,7 +331,8 @@ fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
 
 /// The off-site backup key (the deep vault's), from its phrase typed now.
 fn backup_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
-    say("The deep vault needs your off-site backup phrase (not the everyday one).");
+    say("The deep vault needs your off-site backup phrase (not the everyday one). If your backup key is on a \
+         Ledger, stop here and run the same command with --backup-signer ledger.");
     phrase_key(session, "Backup phrase: ", &session.current().policy().backup.xpub)
 }
 

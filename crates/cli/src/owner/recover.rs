@@ -46,6 +46,13 @@ pub struct RecoverArgs {
     /// once LONG blocks have passed.
     #[arg(long, requires = "deep_vault")]
     slow: bool,
+    /// With --deep-vault: the backup key is on this device (`ledger`), which this wallet has
+    /// no record of (a restored wallet): it is checked against the policy and recorded.
+    #[arg(long, value_parser = ["ledger"], requires = "deep_vault")]
+    backup_signer: Option<String>,
+    /// The backup's Ledger is the emulator listening here (tests and demos), not one on USB.
+    #[arg(long, value_name = "HOST:PORT", requires = "backup_signer")]
+    backup_signer_emulator: Option<std::net::SocketAddr>,
     /// With --to: do not ask for the phrase; the PSBT is written unsigned, for your signer
     /// elsewhere (a hardware signer) to sign along with the guardians.
     #[arg(long, requires = "to")]
@@ -123,6 +130,9 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
 
     // Only signing needs a phrase (or the device): the survey reads the chain.
     let on_device = !args.sign_elsewhere && !args.deep_vault && super::device::has_signer(&session.dir)?;
+    if args.backup_signer.is_some() && to.is_some() && !args.sign_elsewhere {
+        super::device::find_backup_device(&session, args.backup_signer_emulator)?;
+    }
     let on_backup_device =
         !args.sign_elsewhere && args.deep_vault && super::device::has_backup_signer(&session.dir)?;
     let key = match (&to, args.deep_vault) {
