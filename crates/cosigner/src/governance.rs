@@ -158,8 +158,10 @@ impl Cosigner {
         if tightening {
             client.adopt(r.policy.clone());
             client.pending_policy = None;
+            batch.delete(kind::WAITING_CHANGE, client.id.clone());
         } else {
             client.pending_policy = Some(PendingPolicy { text: r.policy.clone(), effective_height });
+            batch.put(kind::WAITING_CHANGE, client.id.clone(), effective_height.to_string());
         }
         batch.alarm(alarm(
             &client.id,
@@ -205,29 +207,28 @@ impl Cosigner {
     /// apply their own client's on the way in).
     pub fn apply_due_changes(&self) {
         let Ok(tip) = self.tip() else { return };
-        let Ok(all) = self.store().list(kind::CLIENT, "") else { return };
-        for (id, listed) in all {
-            let due = |body: &str| {
-                serde_json::from_str::<ClientRecord>(body)
-                    .ok()
-                    .filter(|c| c.pending_policy.as_ref().is_some_and(|p| p.effective_height <= tip))
-            };
-            if due(&listed).is_none() {
+        let Ok(waiting) = self.store().list(kind::WAITING_CHANGE, "") else { return };
+        for (id, height) in waiting {
+            if height.parse::<u32>().is_ok_and(|h| h > tip) {
                 continue;
             }
-            // Read again under the client's lock: a request may have changed it since.
+            // Read under the client's lock: a request may have changed it since it was listed.
             let _deciding = self.decide(&id);
-            let Ok(Some(body)) = self.store().get(kind::CLIENT, &id) else { continue };
-            let Some(mut client) = due(&body) else { continue };
+            let Ok(Some((mut client, body))) = Self::client_stored(self.store(), &id) else { continue };
+            let mut batch = Batch::default();
             if client.apply_due(tip) {
-                let mut batch = Batch::default();
                 batch
                     .expect(kind::CLIENT, id.clone(), Some(body))
                     .put(kind::CLIENT, id.clone(), serde_json::to_string(&client).expect("json"))
                     .alarm(applied_alarm(&client, tip));
-                if let Err(e) = self.store().commit(&batch) {
-                    tracing::error!(client = %id, error = %e, "cannot apply a policy change");
-                }
+            }
+            // Applied now, or already (the entry is stale); a change waiting still keeps it.
+            match &client.pending_policy {
+                Some(p) => batch.put(kind::WAITING_CHANGE, id.clone(), p.effective_height.to_string()),
+                None => batch.delete(kind::WAITING_CHANGE, id.clone()),
+            };
+            if let Err(e) = self.store().commit(&batch) {
+                tracing::error!(client = %id, error = %e, "cannot apply a policy change");
             }
         }
     }
@@ -271,4 +272,67 @@ pub(crate) fn change_order(
 ) -> TowerOrder {
     let body = ChangePolicy { nonce: 0, policy_id: client.to_owned(), policy: text.to_owned(), signatures };
     crate::emergency::order_of("/v1/policy", &body, format!("policy {client} version {version} at *"))
+}
+
+/// Indexes the changes a store of an earlier release holds waiting (it kept no
+/// [`kind::WAITING_CHANGE`]), once: reads every client a single time.
+pub(crate) fn index_waiting_changes(store: &dyn crate::store::Store) -> Result<(), crate::error::StoreError> {
+    const DONE: &str = "waiting-changes-indexed";
+    if store.get(kind::META, DONE)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    for (id, body) in store.list(kind::CLIENT, "")? {
+        // One unreadable record must not keep every client from its co-signer.
+        match serde_json::from_str::<ClientRecord>(&body) {
+            Ok(c) => {
+                if let Some(p) = c.pending_policy {
+                    batch.put(kind::WAITING_CHANGE, id, p.effective_height.to_string());
+                }
+            }
+            Err(e) => tracing::error!(client = %id, error = %e, "a stored client does not parse"),
+        }
+    }
+    batch.expect(kind::META, DONE, None).put(kind::META, DONE, "1");
+    store.commit(&batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn client(id: &str, waiting_until: Option<u32>) -> String {
+        serde_json::json!({
+            "id": id, "account": 0, "policy": "", "lockdown_until": 0, "duress_until": 0,
+            "heartbeat_real": "", "heartbeat_duress": "", "next_spend": 1, "tower_nonce": 1,
+            "pending_policy": waiting_until.map(|h| serde_json::json!({"text": "", "effective_height": h})),
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_store_of_the_previous_release_gets_its_waiting_changes_indexed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let mut before = Batch::default();
+        // An unreadable record is skipped: it does not stop the start.
+        before
+            .put(kind::CLIENT, "alice", client("alice", Some(1200)))
+            .put(kind::CLIENT, "bob", client("bob", None))
+            .put(kind::CLIENT, "dave", "not json");
+        store.commit(&before).unwrap();
+        index_waiting_changes(&store).unwrap();
+        assert_eq!(
+            store.list(kind::WAITING_CHANGE, "").unwrap(),
+            vec![("alice".to_owned(), "1200".to_owned())]
+        );
+        // Once: a client unindexed since (by an earlier release's write) is not looked for at
+        // the next start.
+        let mut unindexed = Batch::default();
+        unindexed.put(kind::CLIENT, "carol", client("carol", Some(1300)));
+        store.commit(&unindexed).unwrap();
+        index_waiting_changes(&store).unwrap();
+        assert_eq!(store.list(kind::WAITING_CHANGE, "").unwrap().len(), 1);
+    }
 }

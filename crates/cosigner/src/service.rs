@@ -350,6 +350,7 @@ impl Cosigner {
             sinks.push(crate::alarms::EMAIL_SINK.to_owned());
         }
         crate::ceremony::index_unregistered(&*store)?;
+        crate::governance::index_waiting_changes(&*store)?;
         let mut delivered_to = sinks.clone();
         if config.client_webhooks != "off" {
             delivered_to.push(crate::alarms::CLIENT_WEBHOOKS_SINK.to_owned());

@@ -194,9 +194,31 @@ fn records_an_earlier_release_wrote_are_acted_on_after_an_upgrade() {
     let standard = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
     let id = spend(&f, &guarded).unwrap()["id"].as_u64().unwrap();
+    // A loosening waits for its height; the earlier release kept no index of waiting changes.
+    let loosened = f
+        .policy_text
+        .replace("version = 1", "version = 2")
+        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
+    assert_ne!(loosened, f.policy_text);
+    let change = f.change_policy(&loosened, &[0, 1]).unwrap();
+    let effective = change["effective_height"].as_u64().unwrap() as u32;
     co.kill9();
-    let old_client =
-        ["last_heartbeat", "past_policies", "restore_unconfirmed", "restore_confirmations", "restores"];
+    let db = rusqlite::Connection::open(co.dir.path().join("data/cosigner.sqlite")).unwrap();
+    let unindexed = db
+        .execute(
+            "DELETE FROM records WHERE kind = 'waiting_change' OR (kind = 'meta' AND id LIKE '%indexed')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(unindexed, 3, "the change's entry, and both indexes' marks");
+    let old_client = [
+        "last_heartbeat",
+        "past_policies",
+        "restore_unconfirmed",
+        "restore_confirmations",
+        "restores",
+        "changes",
+    ];
     assert_eq!(as_an_earlier_release_wrote(&co, "client", &old_client), 1);
     assert_eq!(as_an_earlier_release_wrote(&co, "vault", &["policy_id"]), 2);
     assert_eq!(as_an_earlier_release_wrote(&co, "spend", &["under_duress", "delay"]), 1);
@@ -207,4 +229,12 @@ fn records_an_earlier_release_wrote_are_acted_on_after_an_upgrade() {
     assert_eq!(spend(&f, &standard).unwrap()["state"], "approved");
     let voted = f.vote(0, id, true).unwrap();
     assert_eq!((voted["state"].as_str(), voted["approvals"].as_u64()), (Some("waiting"), Some(1)));
+    // Indexed at start, the waiting change is applied by the background pass at its height.
+    block(&node, &f, effective - tip(&node));
+    eventually("the co-signer applies the waiting change", || {
+        let body: String =
+            db.query_row("SELECT body FROM records WHERE kind = 'client'", [], |r| r.get(0)).unwrap();
+        let client: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (client["pending_policy"].is_null() && client["policy"] == loosened.as_str()).then_some(())
+    });
 }

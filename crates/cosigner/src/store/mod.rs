@@ -32,6 +32,9 @@ pub mod kind {
     /// A vault some tower has not acknowledged yet (by V's outpoint; its client's id): what
     /// the background pass retries, without reading every vault.
     pub const UNREGISTERED: &str = "unregistered";
+    /// A client whose policy change waits for its height (by client id; the height): what the
+    /// background pass applies, without reading every client.
+    pub const WAITING_CHANGE: &str = "waiting_change";
     /// An intake coin committed to one funding (by its outpoint).
     pub const INTAKE: &str = "intake";
     /// A spend request (by client id and sequence number).
