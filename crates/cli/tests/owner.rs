@@ -1787,6 +1787,14 @@ fn with_a_ledger_the_backup_key_on_a_second_device_brings_the_deep_vault_back() 
     let p = psbt.to_str().unwrap();
     let back = ["recover", "--deep-vault", "--to", &to, "--psbt", p, "--json"];
     let recorded = std::fs::read(dir.join("backup-signer.json")).unwrap();
+    // A record of the other kind in its place is refused, not saved over the everyday one's.
+    let mut swapped: Value = serde_json::from_slice(&recorded).unwrap();
+    swapped["kind"] = "ledger".into();
+    std::fs::write(dir.join("backup-signer.json"), serde_json::to_vec(&swapped).unwrap()).unwrap();
+    let everyday_record = std::fs::read(dir.join("signer.json")).unwrap();
+    let (ok, _, err) = vigil(&dir, &back, &[REAL]);
+    assert!(!ok && err.contains("backup-signer.json is damaged"), "{err}");
+    assert_eq!(std::fs::read(dir.join("signer.json")).unwrap(), everyday_record);
     std::fs::remove_file(dir.join("backup-signer.json")).unwrap();
     let (ok, _, err) = vigil(&dir, &back, &[REAL]);
     assert!(!ok && err.contains("run the same command with --backup-signer ledger"), "{err}");

@@ -90,6 +90,13 @@ pub struct VaultRecord {
     pub once_xpubs: Option<[String; 2]>,
 }
 
+impl Ceremony {
+    /// Its client.
+    pub(crate) fn client(&self) -> &str {
+        &self.client
+    }
+}
+
 impl VaultRecord {
     /// The vault's plan.
     pub fn plan(&self) -> Result<VaultPlan, Refusal> {
@@ -569,7 +576,11 @@ pub(crate) fn index_unregistered(store: &dyn Store) -> Result<(), StoreError> {
         }
     }
     batch.expect(kind::META, DONE, None).put(kind::META, DONE, "1");
-    store.commit(&batch)
+    match store.commit(&batch) {
+        // Another co-signer on the same database indexed it first.
+        Err(_) if store.get(kind::META, DONE)?.is_some() => Ok(()),
+        done => done,
+    }
 }
 
 fn acknowledged(record: &VaultRecord, tower: &str) -> bool {

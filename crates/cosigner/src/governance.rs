@@ -95,6 +95,7 @@ impl Cosigner {
         new.towers_agree_with(current, current).map_err(|e| bad(format!("policy: {e}")))?;
         let tightening = only_tightens(current, &new);
         let version = new.version;
+        let names: Vec<String> = new.towers.iter().map(|t| t.name.clone()).collect();
         CompiledPolicy::new(new).map_err(|e| bad(format!("policy: {e}")))?;
         let waiting =
             client.pending_policy.as_ref().and_then(|p| Policy::from_toml(&p.text).ok()).map(|p| p.version);
@@ -128,6 +129,13 @@ impl Cosigner {
         }
         batch.expect(kind::POLICY_VOTES, votes_id.clone(), votes_before);
         if count < needed {
+            if applied_now {
+                // Kept, or the background pass would apply it again and say so twice.
+                batch
+                    .expect(kind::CLIENT, client.id.clone(), Some(before))
+                    .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
+                    .delete(kind::WAITING_CHANGE, client.id.clone());
+            }
             batch.put(kind::POLICY_VOTES, votes_id, serde_json::to_string(&signatures).expect("json")).alarm(
                 crate::service::policy_proposed_alarm(
                     &client.id,
@@ -155,6 +163,8 @@ impl Cosigner {
             signed_height: tip,
             effective_height,
         });
+        // A retired tower it names again hears of this change, and of all that follows.
+        client.retired_towers.retain(|name| !names.contains(name));
         if tightening {
             client.adopt(r.policy.clone());
             client.pending_policy = None;
@@ -294,7 +304,11 @@ pub(crate) fn index_waiting_changes(store: &dyn crate::store::Store) -> Result<(
         }
     }
     batch.expect(kind::META, DONE, None).put(kind::META, DONE, "1");
-    store.commit(&batch)
+    match store.commit(&batch) {
+        // Another co-signer on the same database indexed it first.
+        Err(_) if store.get(kind::META, DONE)?.is_some() => Ok(()),
+        done => done,
+    }
 }
 
 #[cfg(test)]

@@ -105,11 +105,7 @@ impl Cosigner {
             (orders, Self::client(store, client_id)?.ok_or(Refusal::Internal)?)
         };
         // Every tower of every version (one a change removed still watches older vaults),
-        // but those with nothing left to watch.
-        let client = self.retire_idle_towers(client.clone()).unwrap_or_else(|e| {
-            tracing::warn!(client = %client_id, error = %e.message(), "cannot tell whether a removed tower is idle");
-            client
-        });
+        // but those retired.
         let now = self.as_of_now(&client)?;
         let reach = self.reach(&now)?;
         let towers = &reach.towers;
@@ -237,6 +233,12 @@ impl Cosigner {
             }
         };
         for client in clients {
+            // Off any request's path (a panic waits for its push): the chain may be asked a
+            // lot for a client with many vaults over.
+            let record = Self::client(self.store(), &client);
+            if let Err(e) = record.and_then(|r| r.map_or(Ok(()), |r| self.retire_idle_towers(&r))) {
+                tracing::warn!(%client, error = %e.message(), "cannot tell whether a removed tower is idle");
+            }
             if let Err(e) = self.push_orders(&client) {
                 tracing::warn!(%client, error = %e.message(), "orders not delivered to every tower yet");
             }

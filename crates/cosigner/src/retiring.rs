@@ -19,28 +19,111 @@ use vigil_tower::watch::BURY_MARGIN;
 use crate::ceremony::{vault_record, VaultRecord};
 use crate::error::Refusal;
 use crate::joining::Stage;
-use crate::service::{ClientRecord, Cosigner};
+use crate::service::{alarm, ClientRecord, Cosigner};
 use crate::spends::SpendRecord;
 use crate::store::{kind, Batch};
 
 impl Cosigner {
     /// Retires the towers `client` (as stored) reaches only through earlier versions and
-    /// that have nothing left to watch; the record as it is after.
-    pub(crate) fn retire_idle_towers(&self, client: ClientRecord) -> Result<ClientRecord, Refusal> {
+    /// that have nothing left to watch.
+    pub(crate) fn retire_idle_towers(&self, client: &ClientRecord) -> Result<(), Refusal> {
         // Most clients never changed their policy: not a question for the chain.
         if client.past_policies.is_empty() {
-            return Ok(client);
+            return Ok(());
         }
-        let now = self.as_of_now(&client)?;
-        let today = self.compiled(&now)?;
-        let named_today = |name: &str| today.policy().towers.iter().any(|t| t.name == name);
-        // Each candidate with the last version that named it: a vault made under a later one
-        // was never given to it.
+        let now = self.as_of_now(client)?;
+        let mut candidates = self.retirement_candidates(&now)?;
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let tip = self.tip()?;
+        let mut approved = None;
+        let listed = self.store().list(kind::VAULT_INDEX, &format!("{}/", client.id))?;
+        for (_, outpoint) in &listed {
+            if candidates.is_empty() {
+                return Ok(());
+            }
+            // A vault not readable is taken as live under any version.
+            let v = vault_record(self.store(), outpoint)?;
+            let version = v
+                .as_ref()
+                .filter(|v| !v.policy_id.is_empty())
+                .and_then(|v| self.vault_policy(&now, v).ok())
+                .map(|p| p.policy().version);
+            let may_hold = |last: u32| version.is_none_or(|v| v <= last);
+            if !candidates.iter().any(|(_, last)| may_hold(*last)) {
+                continue;
+            }
+            let over = match &v {
+                Some(v) => {
+                    let approved = match &mut approved {
+                        Some(a) => a,
+                        None => approved.insert(self.approved_spends(&client.id)?),
+                    };
+                    self.over_and_buried(outpoint, v, approved.get(outpoint), tip)?
+                }
+                None => false,
+            };
+            if !over {
+                candidates.retain(|(_, last)| !may_hold(*last));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // No vault may be made meanwhile: a ceremony begins and completes under the
+        // ceremonies' lock, taken before the client's. One open now may be under a version that
+        // names a candidate, and one completed since the listing was not judged.
+        let open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
+        if open.values().any(|c| c.client() == client.id) {
+            return Ok(());
+        }
+        let _deciding = self.decide(&client.id);
+        let store = self.store();
+        if store.list(kind::VAULT_INDEX, &format!("{}/", client.id))? != listed {
+            return Ok(());
+        }
+        let (mut record, text) = Self::client_stored(store, &client.id)?.ok_or(Refusal::Internal)?;
+        // A change applied or signed meanwhile may name one of them again.
+        let still = self.retirement_candidates(&self.as_of_now(&record)?)?;
+        let mut batch = Batch::default();
+        for (name, _) in candidates.into_iter().filter(|c| still.contains(c)) {
+            tracing::info!(client = %client.id, tower = %name, "tower retired: every vault it may watch is over");
+            batch.alarm(alarm(
+                &client.id,
+                "tower-retired",
+                format!(
+                    "tower {name}, which a policy change removed, watches no live vault of {} any more: it is no \
+                     longer sent lockdowns, lifts, panics or changes, and its operator may stop watching this client",
+                    client.id
+                ),
+            ));
+            record.retired_towers.push(name);
+        }
+        batch.expect(kind::CLIENT, client.id.clone(), Some(text)).put(
+            kind::CLIENT,
+            client.id.clone(),
+            serde_json::to_string(&record).expect("json"),
+        );
+        store.commit(&batch)?;
+        Ok(())
+    }
+
+    /// The towers `now` (a client as of now) reaches only through its earlier versions, not
+    /// retired yet, each with the last version that named it (a vault made under a later one
+    /// was never given to it). A tower the waiting change names again is none: it must hear
+    /// that change, and what comes before it applies.
+    fn retirement_candidates(&self, now: &ClientRecord) -> Result<Vec<(String, u32)>, Refusal> {
+        let today = self.compiled(now)?;
+        let waiting = now.pending_policy.as_ref().and_then(|p| vigil_policy::Policy::from_toml(&p.text).ok());
+        let named = |name: &str| {
+            today.policy().towers.iter().chain(waiting.iter().flat_map(|w| &w.towers)).any(|t| t.name == name)
+        };
         let mut candidates: Vec<(String, u32)> = Vec::new();
-        for earlier in self.client_policies(&now)?.iter().skip(1) {
+        for earlier in self.client_policies(now)?.iter().skip(1) {
             let policy = earlier.policy();
             for tower in &policy.towers {
-                if named_today(&tower.name) || now.retired_towers.contains(&tower.name) {
+                if named(&tower.name) || now.retired_towers.contains(&tower.name) {
                     continue;
                 }
                 match candidates.iter_mut().find(|(name, _)| *name == tower.name) {
@@ -49,56 +132,7 @@ impl Cosigner {
                 }
             }
         }
-        if candidates.is_empty() {
-            return Ok(client);
-        }
-        let tip = self.tip()?;
-        let mut approved = None;
-        for (_, outpoint) in self.store().list(kind::VAULT_INDEX, &format!("{}/", client.id))? {
-            if candidates.is_empty() {
-                return Ok(client);
-            }
-            let Some(v) = vault_record(self.store(), &outpoint)? else { continue };
-            // Not known (a record from before vaults named theirs): any of them may hold it.
-            let version = Some(&v.policy_id)
-                .filter(|id| !id.is_empty())
-                .and_then(|_| self.vault_policy(&now, &v).ok())
-                .map(|p| p.policy().version);
-            let may_hold = |last: u32| version.is_none_or(|v| v <= last);
-            if !candidates.iter().any(|(_, last)| may_hold(*last)) {
-                continue;
-            }
-            let approved = match &mut approved {
-                Some(a) => a,
-                None => approved.insert(self.approved_spends(&client.id)?),
-            };
-            if !self.over_and_buried(&outpoint, &v, approved.get(&outpoint), tip)? {
-                candidates.retain(|(_, last)| !may_hold(*last));
-            }
-        }
-        if candidates.is_empty() {
-            return Ok(client);
-        }
-        let _deciding = self.decide(&client.id);
-        let store = self.store();
-        let (mut record, text) = Self::client_stored(store, &client.id)?.ok_or(Refusal::Internal)?;
-        // A change applied meanwhile may name one of them again (one due counts, as above).
-        let named = self.compiled(&self.as_of_now(&record)?)?;
-        for (name, _) in candidates {
-            if !named.policy().towers.iter().any(|t| t.name == name) && !record.retired_towers.contains(&name)
-            {
-                tracing::info!(client = %client.id, tower = %name, "tower retired: every vault it may watch is over");
-                record.retired_towers.push(name);
-            }
-        }
-        let mut batch = Batch::default();
-        batch.expect(kind::CLIENT, client.id.clone(), Some(text)).put(
-            kind::CLIENT,
-            client.id.clone(),
-            serde_json::to_string(&record).expect("json"),
-        );
-        store.commit(&batch)?;
-        Ok(record)
+        Ok(candidates)
     }
 
     /// The txids of the spends the co-signer approved for `client`, by vault.

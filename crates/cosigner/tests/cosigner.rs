@@ -581,7 +581,7 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
     // buried as deep as a tower buries it, a lockdown is still owed to it, one block short
     // included.
     f.towers[1].kill9();
-    f.post("/v1/lockdown", &serde_json::json!({"blocks": 50}), &f.guardian(0)).unwrap();
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.guardian(0)).unwrap();
     let mined = node.rpc.transaction_info(&tx.compute_txid()).unwrap().unwrap().1.unwrap();
     block(&node, &f, (mined + vigil_tower::watch::BURY_MARGIN - 1).saturating_sub(tip(&node)));
     std::thread::sleep(std::time::Duration::from_secs(7));
@@ -600,6 +600,26 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
         .map(|t| (t["name"].as_str().unwrap(), t["acknowledged"] == true))
         .collect();
     assert_eq!(towers, [("tower-a", true)], "{relayed}");
+
+    // A version naming tower-b again reaches it from the moment it is signed, long before it
+    // applies: tower-b must hear of the change it waits for, and of all that follows.
+    block(&node, &f, 10);
+    f.towers[1].start();
+    let v3 = format!("{changed}{tower_b}").replace("version = 2", "version = 3");
+    let back = f.change_policy(&v3, &[0, 1]).unwrap();
+    let told: Vec<(&str, bool)> = back["towers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["acknowledged"] == true))
+        .collect();
+    assert_eq!(told, [("tower-a", true), ("tower-b", true)], "{back}");
+    // While that change waits, tower-b is not retired again: a lockdown stays owed to it.
+    f.towers[1].kill9();
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.guardian(0)).unwrap();
+    block(&node, &f, 1);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(1), "owed to tower-b");
 }
 
 #[test]

@@ -53,9 +53,20 @@ impl SignerRecord {
     fn load_file(dir: &WalletDir, file: &str) -> anyhow::Result<Option<SignerRecord>> {
         let path = dir.file(file);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?,
-            )),
+            Ok(bytes) => {
+                let record: SignerRecord = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is damaged", path.display()))?;
+                // Saved where its kind says: one of the other kind here would be saved over
+                // the other file.
+                if record.is_backup() != (file == BACKUP_SIGNER_FILE) {
+                    bail!(
+                        "{} is damaged: it records another device's kind ({})",
+                        path.display(),
+                        record.kind
+                    );
+                }
+                Ok(Some(record))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -175,7 +186,9 @@ pub fn find_backup_device(session: &Session, emulator: Option<SocketAddr>) -> an
     let ledger = connect(emulator, session.network)?;
     let fingerprint = ledger.fingerprint().map_err(|e| anyhow::anyhow!("{e}; nothing was done"))?;
     let key = account_key(&ledger, fingerprint, vault_key_path(session.network))?;
-    if !key.ends_with(&session.current().policy().backup.xpub.to_string()) {
+    let backup = &session.current().policy().backup;
+    let origin = Some((fingerprint, vault_key_path(session.network)));
+    if !key.ends_with(&backup.xpub.to_string()) || backup.origin != origin {
         bail!(
             "this Ledger ({fingerprint}) does not hold this wallet's backup key: connect the backup's own \
              device; nothing was done"
@@ -634,9 +647,10 @@ fn register_now(
 fn forget_refused(dir: &WalletDir, signer: &mut SignerRecord, w: &WalletPolicy) -> anyhow::Result<()> {
     say(&format!(
         "Your Ledger does not accept this computer's record of its registration of \"{}\": the record \
-         (signer.json) was changed or damaged. If you did not do it, something on this computer may be \
+         ({}) was changed or damaged. If you did not do it, something on this computer may be \
          tampered with: tell your guardians. The device registers the account again; check it as the first time.",
-        w.name
+        w.name,
+        if signer.is_backup() { BACKUP_SIGNER_FILE } else { SIGNER_FILE }
     ));
     signer.registrations.remove(&digest(&to_wallet(w)));
     signer.save(dir)

@@ -472,6 +472,12 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(policy) = &args.restore {
+        if args.backup_signer.is_some() {
+            bail!(
+                "a restore does not need the backup's device: keep it away from home. If the deep vault is \
+                 ever needed, `vigil recover --deep-vault --backup-signer ledger` finds it; nothing was changed"
+            );
+        }
         return restore(&args, policy.as_deref());
     }
     let network = crate::guardian::network(&args.network)?;
