@@ -633,6 +633,40 @@ fn guardians_made_by_cli(n: usize) -> (tempfile::TempDir, Vec<std::path::PathBuf
     (dir, files, keys)
 }
 
+/// `vigil recover --finish PSBT` sends the recovery; once mined, `amount` is at `to`.
+fn recovery_arrives(s: &Services, dir: &Path, payer: &Wallet, psbt: &str, amount: u64, to: &Address) {
+    let sent = json(dir, &["recover", "--finish", psbt], &[REAL]);
+    assert_eq!(sent["stage"], "sent", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
+    let arrived =
+        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
+    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+}
+
+/// Every guardian of `keys` signs the same panic: the towers sweep the wallet's vaults to the
+/// deep vault; the wallet's status once `sat` are there.
+fn panic_to_the_deep_vault(
+    s: &Services,
+    dir: &Path,
+    payer: &Wallet,
+    keys: &[std::path::PathBuf],
+    policy: &Path,
+    sat: u64,
+) -> Value {
+    let id = "ab".repeat(32);
+    let not_after = (s.node.rpc.tip().unwrap().height + 100).to_string();
+    for k in keys {
+        let (ok, _, err) = guardian(k, &["panic", "--id", &id, "--not-after", &not_after], Some(policy));
+        assert!(ok, "{err}");
+    }
+    eventually("the vaults are swept to the deep vault", || {
+        mine(&s.node.rpc, 1, &payer.address());
+        let v = json(dir, &["status"], &[REAL]);
+        (v["deep_vault_sat"].as_u64() == Some(sat)).then_some(v)
+    })
+}
+
 fn guardian(key: &Path, args: &[&str], policy: Option<&Path>) -> (bool, String, String) {
     let pass = key.with_extension("pass");
     std::fs::write(&pass, "guardian passphrase\n").unwrap();
@@ -740,13 +774,7 @@ fn with_the_cosigner_gone_for_good_owner_and_guardians_recover_every_coin_after_
     let (ok, _, err) =
         guardian(&guardian_keys[1], &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
     assert!(ok, "{err}");
-    let sent = json(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[REAL]);
-    assert_eq!(sent["stage"], "sent", "{sent}");
-    mine(&s.node.rpc, 1, &payer.address());
-    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
-    let arrived =
-        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
-    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+    recovery_arrives(&s, &dir, &payer, psbt.to_str().unwrap(), amount, &to);
     let after = json(&dir, &["recover"], &[REAL]);
     assert!(
         after["ready"].as_array().unwrap().is_empty() && after["later"].as_array().unwrap().is_empty(),
@@ -888,17 +916,7 @@ fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_
     mine(&s.node.rpc, 1, &payer.address());
 
     // The guardians' quorum signs a panic: the towers sweep the vault to the deep vault.
-    let id = "ab".repeat(32);
-    let not_after = (s.node.rpc.tip().unwrap().height + 100).to_string();
-    for k in &guardian_keys {
-        let (ok, _, err) = guardian(k, &["panic", "--id", &id, "--not-after", &not_after], Some(&policy));
-        assert!(ok, "{err}");
-    }
-    let swept = eventually("the vault is swept to the deep vault", || {
-        mine(&s.node.rpc, 1, &payer.address());
-        let v = json(&dir, &["status"], &[REAL]);
-        (v["deep_vault_sat"].as_u64() == Some(5_000_000)).then_some(v)
-    });
+    let swept = panic_to_the_deep_vault(&s, &dir, &payer, &guardian_keys, &policy, 5_000_000);
     assert_eq!(swept["vaults"][0]["state"], "in the deep vault", "{swept}");
 
     // The fast path: the backup key, every guardian, then the co-signer; no LONG wait.
@@ -932,13 +950,7 @@ fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_
         .tap_script_sigs
         .values()
         .all(|sig| sig.sighash_type == vigil_policy::bitcoin::sighash::TapSighashType::Default)));
-    let sent = json(&dir, &["recover", "--finish", p], &[REAL]);
-    assert_eq!(sent["stage"], "sent", "{sent}");
-    mine(&s.node.rpc, 1, &payer.address());
-    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
-    let arrived =
-        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
-    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+    recovery_arrives(&s, &dir, &payer, p, amount, &to);
     eventually("the guardians are told", || {
         alarms.lock().unwrap().iter().any(|a| a["kind"] == "deep-vault-returned").then_some(())
     });
@@ -1674,13 +1686,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
         let (ok, _, err) = guardian(key, &["sign-recovery", psbt.to_str().unwrap(), "--yes"], Some(&policy));
         assert!(ok, "{err}");
     }
-    let sent = json(&dir, &["recover", "--finish", psbt.to_str().unwrap()], &[REAL]);
-    assert_eq!(sent["stage"], "sent", "{sent}");
-    mine(&s.node.rpc, 1, &payer.address());
-    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
-    let arrived =
-        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
-    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+    recovery_arrives(&s, &dir, &payer, psbt.to_str().unwrap(), amount, &to);
 
     // The computer is lost: the wallet is rebuilt from the phrase, the co-signer's copy of the
     // policy and the same device, which holds the vault key; its accounts are registered again.
@@ -1768,16 +1774,7 @@ fn with_a_ledger_the_backup_key_on_a_second_device_brings_the_deep_vault_back() 
     mine(&s.node.rpc, 1, &payer.address());
     assert_eq!(json(&dir, &["vault", "0.05"], &[REAL])["state"], "protected");
     mine(&s.node.rpc, 1, &payer.address());
-    let id = "cd".repeat(32);
-    let not_after = (s.node.rpc.tip().unwrap().height + 100).to_string();
-    for k in &guardian_keys {
-        let (ok, _, err) = guardian(k, &["panic", "--id", &id, "--not-after", &not_after], Some(&policy));
-        assert!(ok, "{err}");
-    }
-    eventually("the vault is swept to the deep vault", || {
-        mine(&s.node.rpc, 1, &payer.address());
-        (json(&dir, &["status"], &[REAL])["deep_vault_sat"].as_u64() == Some(5_000_000)).then_some(())
-    });
+    panic_to_the_deep_vault(&s, &dir, &payer, &guardian_keys, &policy, 5_000_000);
 
     // The computer's record of the backup device is gone (as after a restore): the phrase is
     // asked, with the way to use the device instead; a device that does not hold the backup
@@ -1827,14 +1824,7 @@ fn with_a_ledger_the_backup_key_on_a_second_device_brings_the_deep_vault_back() 
         let (ok, _, err) = guardian(k, &["sign-recovery", p, "--yes"], Some(&policy));
         assert!(ok, "{err}");
     }
-    let sent = json(&dir, &["recover", "--finish", p], &[REAL]);
-    assert_eq!(sent["stage"], "sent", "{sent}");
-    mine(&s.node.rpc, 1, &payer.address());
-    let txid: vigil_policy::bitcoin::Txid = sent["txid"].as_str().unwrap().parse().unwrap();
-    let arrived =
-        s.node.rpc.unspent_output(&vigil_policy::bitcoin::OutPoint { txid, vout: 0 }).unwrap().unwrap();
-    let to: Address = to.parse::<Address<_>>().unwrap().assume_checked();
-    assert_eq!((arrived.value.to_sat(), arrived.script_pubkey), (amount, to.script_pubkey()));
+    recovery_arrives(&s, &dir, &payer, p, amount, &to.parse::<Address<_>>().unwrap().assume_checked());
     drop(backup);
 }
 

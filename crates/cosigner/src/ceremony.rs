@@ -560,27 +560,13 @@ impl Cosigner {
 /// Indexes the vaults a store of an earlier release holds unacknowledged (it kept no
 /// [`kind::UNREGISTERED`]), once: reads every vault a single time.
 pub(crate) fn index_unregistered(store: &dyn Store) -> Result<(), StoreError> {
-    const DONE: &str = "unregistered-indexed";
-    if store.get(kind::META, DONE)?.is_some() {
-        return Ok(());
-    }
-    let mut batch = Batch::default();
-    for (outpoint, body) in store.list(kind::VAULT, "")? {
-        // One unreadable record must not keep every client from its co-signer.
-        match serde_json::from_str::<VaultRecord>(&body) {
-            Ok(v) if v.state != "protected" => {
-                batch.put(kind::UNREGISTERED, outpoint, v.client);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(vault = %outpoint, error = %e, "a stored vault does not parse"),
-        }
-    }
-    batch.expect(kind::META, DONE, None).put(kind::META, DONE, "1");
-    match store.commit(&batch) {
-        // Another co-signer on the same database indexed it first.
-        Err(_) if store.get(kind::META, DONE)?.is_some() => Ok(()),
-        done => done,
-    }
+    crate::store::index_once(
+        store,
+        "unregistered-indexed",
+        kind::VAULT,
+        kind::UNREGISTERED,
+        |outpoint, v: VaultRecord| (v.state != "protected").then(|| (outpoint.to_owned(), v.client)),
+    )
 }
 
 fn acknowledged(record: &VaultRecord, tower: &str) -> bool {

@@ -287,28 +287,13 @@ pub(crate) fn change_order(
 /// Indexes the changes a store of an earlier release holds waiting (it kept no
 /// [`kind::WAITING_CHANGE`]), once: reads every client a single time.
 pub(crate) fn index_waiting_changes(store: &dyn crate::store::Store) -> Result<(), crate::error::StoreError> {
-    const DONE: &str = "waiting-changes-indexed";
-    if store.get(kind::META, DONE)?.is_some() {
-        return Ok(());
-    }
-    let mut batch = Batch::default();
-    for (id, body) in store.list(kind::CLIENT, "")? {
-        // One unreadable record must not keep every client from its co-signer.
-        match serde_json::from_str::<ClientRecord>(&body) {
-            Ok(c) => {
-                if let Some(p) = c.pending_policy {
-                    batch.put(kind::WAITING_CHANGE, id, p.effective_height.to_string());
-                }
-            }
-            Err(e) => tracing::error!(client = %id, error = %e, "a stored client does not parse"),
-        }
-    }
-    batch.expect(kind::META, DONE, None).put(kind::META, DONE, "1");
-    match store.commit(&batch) {
-        // Another co-signer on the same database indexed it first.
-        Err(_) if store.get(kind::META, DONE)?.is_some() => Ok(()),
-        done => done,
-    }
+    crate::store::index_once(
+        store,
+        "waiting-changes-indexed",
+        kind::CLIENT,
+        kind::WAITING_CHANGE,
+        |id, c: ClientRecord| c.pending_policy.map(|p| (id.to_owned(), p.effective_height.to_string())),
+    )
 }
 
 #[cfg(test)]

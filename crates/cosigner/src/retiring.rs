@@ -5,10 +5,10 @@
 //! down after its removal would be waited on and reported as not acting at every panic, and
 //! would end each order in a "tower refused" alarm a day later, forever.
 //!
-//! The co-signer judges this from the chain alone (a tower taken down cannot be asked), when
-//! an order is about to go to such a tower. It needs a chain backend that finds confirmed
-//! transactions (an Electrum server, or a node with a transaction index); without one, no
-//! tower is retired, as before.
+//! The co-signer judges this from the chain alone (a tower taken down cannot be asked), in
+//! its background pass, for a client with orders waiting. It needs a chain backend that finds
+//! confirmed transactions (an Electrum server, or a node with a transaction index); without
+//! one, no tower is retired, as before.
 
 use std::collections::BTreeMap;
 
@@ -86,8 +86,12 @@ impl Cosigner {
         let (mut record, text) = Self::client_stored(store, &client.id)?.ok_or(Refusal::Internal)?;
         // A change applied or signed meanwhile may name one of them again.
         let still = self.retirement_candidates(&self.as_of_now(&record)?)?;
+        candidates.retain(|c| still.contains(c));
+        if candidates.is_empty() {
+            return Ok(());
+        }
         let mut batch = Batch::default();
-        for (name, _) in candidates.into_iter().filter(|c| still.contains(c)) {
+        for (name, _) in candidates {
             tracing::info!(client = %client.id, tower = %name, "tower retired: every vault it may watch is over");
             batch.alarm(alarm(
                 &client.id,

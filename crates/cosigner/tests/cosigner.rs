@@ -592,14 +592,13 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
     });
     // A panic is neither held up by it nor reports it as not acting.
+    // Each tower an answer reports, and whether it acknowledged.
+    let reports = |answer: &Value| -> Vec<(String, bool)> {
+        let towers = answer["towers"].as_array().unwrap().iter();
+        towers.map(|t| (t["name"].as_str().unwrap().to_owned(), t["acknowledged"] == true)).collect()
+    };
     let relayed = f.panic(&[0, 1], [9u8; 32], tip(&node) + 10).unwrap();
-    let towers: Vec<(&str, bool)> = relayed["towers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["name"].as_str().unwrap(), t["acknowledged"] == true))
-        .collect();
-    assert_eq!(towers, [("tower-a", true)], "{relayed}");
+    assert_eq!(reports(&relayed), [("tower-a".to_owned(), true)], "{relayed}");
 
     // A version naming tower-b again reaches it from the moment it is signed, long before it
     // applies: tower-b must hear of the change it waits for, and of all that follows.
@@ -607,13 +606,7 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
     f.towers[1].start();
     let v3 = format!("{changed}{tower_b}").replace("version = 2", "version = 3");
     let back = f.change_policy(&v3, &[0, 1]).unwrap();
-    let told: Vec<(&str, bool)> = back["towers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["name"].as_str().unwrap(), t["acknowledged"] == true))
-        .collect();
-    assert_eq!(told, [("tower-a", true), ("tower-b", true)], "{back}");
+    assert_eq!(reports(&back), [("tower-a".to_owned(), true), ("tower-b".to_owned(), true)], "{back}");
     // While that change waits, tower-b is not retired again: a lockdown stays owed to it.
     f.towers[1].kill9();
     f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.guardian(0)).unwrap();

@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -303,7 +302,6 @@ impl SecondDevice {
             .args(["--apdu-port", &apdu_port.to_string(), "--api-port", &api_port.to_string(), &app])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .process_group(0)
             .spawn()
             .expect("the emulator starts");
         let api = format!("http://127.0.0.1:{api_port}");
@@ -321,9 +319,14 @@ impl SecondDevice {
 
 impl Drop for SecondDevice {
     fn drop(&mut self) {
-        // The emulator runs the app in a child process of its own: the whole group goes.
-        let group = format!("-{}", self.emulator.id());
-        let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &group]).status();
+        // The emulator runs the app in a child process of its own, which goes first.
+        let pid = self.emulator.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let _ = std::process::Command::new("kill").args(["-9", child]).status();
+        }
+        let _ = self.emulator.kill();
         let _ = self.emulator.wait();
     }
 }

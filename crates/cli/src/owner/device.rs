@@ -29,7 +29,7 @@ pub const BACKUP_SIGNER_FILE: &str = "backup-signer.json";
 /// Which device holds this wallet's vault key, and the wallet policies it registered.
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SignerRecord {
-    /// `"ledger"`.
+    /// `"ledger"`, or `"ledger backup"` for the backup key's device.
     pub kind: String,
     /// The device's master key fingerprint.
     pub fingerprint: String,
@@ -72,8 +72,8 @@ impl SignerRecord {
         }
     }
 
-    /// Written whole (a crash leaves the old record or the new one), where it was read from:
-    /// the backup's device has no allowance account.
+    /// Written whole (a crash leaves the old record or the new one), to the file its kind
+    /// names (a load refuses a record of the other kind).
     pub fn save(&self, dir: &WalletDir) -> anyhow::Result<()> {
         let file = if self.is_backup() { BACKUP_SIGNER_FILE } else { SIGNER_FILE };
         Ok(replace_file(&dir.file(file), &serde_json::to_vec_pretty(self)?)?)
@@ -221,18 +221,15 @@ pub fn sign_deep_vault(
     psbt: &Psbt,
     destination: &str,
 ) -> anyhow::Result<Psbt> {
-    let mut groups: Vec<(WalletPolicy, &Policy)> = Vec::new();
-    for coin in coins {
+    let groups = by_account(coins, |coin| {
         let compiled = session.policies.version(coin.version)?;
         let w = compiled
             .wallet_policies()?
             .into_iter()
             .find(|w| w.name == "Vigil deep vault")
             .context("the deep vault's account")?;
-        if !groups.iter().any(|(g, _)| *g == w) {
-            groups.push((w, compiled.policy()));
-        }
-    }
+        Ok((w, compiled.policy()))
+    })?;
     let mut signer = SignerRecord::load_file(&session.dir, BACKUP_SIGNER_FILE)?
         .context("this wallet's backup key is not on a device")?;
     say("Sign with your BACKUP Ledger (the second device, kept away from home), its Bitcoin app open.");
@@ -739,16 +736,25 @@ pub fn sign_recovery(
     psbt: &Psbt,
     destination: &str,
 ) -> anyhow::Result<Psbt> {
+    let groups = by_account(coins, |coin| recovery_wallet(session, state, coin))?;
+    let mut signer = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
+    let ledger = connect_wallets(&signer, session.network)?;
+    sign_in_groups(session, &ledger, &mut signer, &groups, psbt, destination)
+}
+
+/// The accounts `coins` belong to, each once, as `account_of` names them.
+fn by_account<'a>(
+    coins: &[vigil_client::recovery::RecoverableCoin],
+    account_of: impl Fn(&vigil_client::recovery::RecoverableCoin) -> anyhow::Result<(WalletPolicy, &'a Policy)>,
+) -> anyhow::Result<Vec<(WalletPolicy, &'a Policy)>> {
     let mut groups: Vec<(WalletPolicy, &Policy)> = Vec::new();
     for coin in coins {
-        let (w, policy) = recovery_wallet(session, state, coin)?;
+        let (w, policy) = account_of(coin)?;
         if !groups.iter().any(|(g, _)| *g == w) {
             groups.push((w, policy));
         }
     }
-    let mut signer = SignerRecord::load(&session.dir)?.context("this wallet has no hardware signer")?;
-    let ledger = connect_wallets(&signer, session.network)?;
-    sign_in_groups(session, &ledger, &mut signer, &groups, psbt, destination)
+    Ok(groups)
 }
 
 /// The recovery `psbt` to `destination` signed on `ledger` once per account of `groups`, each

@@ -101,6 +101,39 @@ pub struct OutboxEntry {
     pub body: String,
 }
 
+/// Builds an index a store of an earlier release lacks, once (the mark `done` in
+/// [`kind::META`] says it was): reads every record of kind `read` a single time, and puts under
+/// `index` what `entry` makes of each (id, value), if anything. A record that does not parse is
+/// logged and skipped: one must not keep every client from its co-signer.
+pub(crate) fn index_once<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    done: &'static str,
+    read: &'static str,
+    index: &'static str,
+    entry: impl Fn(&str, T) -> Option<(String, String)>,
+) -> Result<(), StoreError> {
+    if store.get(kind::META, done)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    for (id, body) in store.list(read, "")? {
+        match serde_json::from_str::<T>(&body) {
+            Ok(record) => {
+                if let Some((key, value)) = entry(&id, record) {
+                    batch.put(index, key, value);
+                }
+            }
+            Err(e) => tracing::error!(kind = %read, %id, error = %e, "a stored record does not parse"),
+        }
+    }
+    batch.expect(kind::META, done, None).put(kind::META, done, "1");
+    match store.commit(&batch) {
+        // Another co-signer on the same database indexed it first.
+        Err(_) if store.get(kind::META, done)?.is_some() => Ok(()),
+        committed => committed,
+    }
+}
+
 /// The co-signer's store, shared by every request thread.
 pub trait Store: Send + Sync {
     /// One record.
