@@ -32,10 +32,6 @@ fn bad(m: impl Into<String>) -> Refusal {
 impl ClientRecord {
     /// Makes `text` the policy, keeping the one it replaces for the vaults made under it.
     pub fn adopt(&mut self, text: String) {
-        // A retired tower a version names again watches that version's vaults.
-        if let Ok(new) = Policy::from_toml(&text) {
-            self.retired_towers.retain(|name| !new.towers.iter().any(|t| t.name == *name));
-        }
         let old = std::mem::replace(&mut self.policy, text);
         if !self.past_policies.contains(&old) {
             self.past_policies.push(old);

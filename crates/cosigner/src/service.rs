@@ -960,22 +960,6 @@ mod tests {
     }
 
     #[test]
-    fn a_retired_tower_a_later_version_names_again_is_reached_again() {
-        let policy = |towers| vigil_policy::example::ExamplePolicy { towers, ..Default::default() }.to_toml();
-        let mut client: ClientRecord = serde_json::from_value(serde_json::json!({
-            "id": "c", "account": 0, "policy": policy(1), "lockdown_until": 0, "duress_until": 0,
-            "heartbeat_real": "", "heartbeat_duress": "", "next_spend": 1, "tower_nonce": 1,
-            "retired_towers": ["tower-b"],
-        }))
-        .unwrap();
-        assert!(policy(1).contains("tower-a") && !policy(1).contains("tower-b"));
-        client.adopt(policy(1).replace("version = 1", "version = 2"));
-        assert_eq!(client.retired_towers, ["tower-b"], "a version without it keeps it retired");
-        client.adopt(policy(2).replace("version = 1", "version = 3"));
-        assert!(client.retired_towers.is_empty(), "named again, it watches that version's vaults");
-    }
-
-    #[test]
     fn a_nonce_is_taken_once_in_any_order_within_the_window() {
         let w = NonceWindow::default();
         let w = w.consume(10).unwrap();
