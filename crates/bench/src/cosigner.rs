@@ -236,7 +236,7 @@ pub fn load() {
     run("SQLite", "");
     match vigil_testenv::process::postgres() {
         Some(url) => {
-            let schema = format!("bench_cosigner_{}", std::process::id());
+            let schema = vigil_testenv::process::unique_schema("bench_cosigner");
             run(
                 "PostgreSQL",
                 &format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n"),

@@ -318,6 +318,14 @@ pub fn postgres() -> Option<String> {
     available("VIGIL_TEST_POSTGRES", "VIGIL_REQUIRE_POSTGRES", "PostgreSQL")?.into_string().ok()
 }
 
+/// A PostgreSQL schema name no run has used: the process id alone repeats across runs on
+/// one server (a fresh container starts its processes at the same ids), and a schema left by
+/// an earlier run carries its state, its request nonces among them.
+pub fn unique_schema(label: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{label}_{}_{nanos}", std::process::id())
+}
+
 /// Where a tower's API is and the key requests to it are bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TowerApi {

@@ -655,7 +655,7 @@ fn low_metrics_waiting_on_the_store_hold_up_nothing_else() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
     let h = Household::new(dir.path(), &node, example("metrics off the lock"));
-    let schema = format!("tower_metrics_{}", std::process::id());
+    let schema = vigil_testenv::process::unique_schema("tower_metrics");
     let store = format!("[store]\nkind = \"postgres\"\nurl = {url:?}\nschema = \"{schema}\"\n");
     let tower = TowerProcess::with_store(&node, std::slice::from_ref(&h.policy_path), 16, &store);
     assert_eq!(tower.metric("vigil_tower_alarm_outbox"), Some(0));

@@ -6,7 +6,7 @@ use vigil_policy::bitcoin::hashes::Hash;
 use vigil_policy::bitcoin::{Amount, BlockHash, OutPoint, Txid};
 use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
-use vigil_testenv::process::postgres;
+use vigil_testenv::process::{postgres, unique_schema};
 use vigil_tower::client::{ClientRecord, PolicyChange};
 use vigil_tower::store::{
     NonceCheck, PostgresStore, Registered, SqliteStore, Step, StoredApproval, TowerStore, MAX_NONCE_STEP,
@@ -201,14 +201,9 @@ fn sqlite_store_keeps_every_decision() {
 #[test]
 fn postgres_store_keeps_every_decision() {
     let Some(url) = postgres() else { return };
-    let schema = unique_schema("conformance");
+    let schema = unique_schema("test_conformance");
     conformance(&|| Box::new(PostgresStore::connect(&url, &schema).unwrap()));
     drop_schema(&url, &schema);
-}
-
-fn unique_schema(label: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("test_{label}_{}_{nanos}", std::process::id())
 }
 
 fn drop_schema(url: &str, schema: &str) {
@@ -219,7 +214,7 @@ fn drop_schema(url: &str, schema: &str) {
 #[test]
 fn a_postgres_store_whose_connection_the_server_dropped_reconnects() {
     let Some(url) = postgres() else { return };
-    let schema = unique_schema("reconnect");
+    let schema = unique_schema("test_reconnect");
     let tagged = format!("{url} application_name={schema}");
     let mut store = PostgresStore::connect(&tagged, &schema).unwrap();
     assert!(store.pin_client("p", "policy").unwrap());

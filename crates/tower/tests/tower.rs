@@ -322,13 +322,15 @@ fn no_missed_cancel_through_sigkills_with_the_postgres_store() {
         eprintln!("SKIPPED: VIGIL_TEST_POSTGRES is not set (scripts/test.sh starts PostgreSQL and sets it)");
         return;
     };
-    let schema = format!("tower_crash_{}", std::process::id());
+    let schema = vigil_testenv::process::unique_schema("tower_crash");
     crash_run(
         "postgres",
         &format!("[store]\nkind = \"postgres\"\nurl = {url:?}\nschema = \"{schema}\"\n"),
         50,
         15,
     );
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
 }
 
 /// Runs vault batches against a tower killed with SIGKILL at random points until

@@ -239,7 +239,7 @@ mod tests {
             assert!(std::env::var("VIGIL_REQUIRE_POSTGRES").is_err(), "VIGIL_TEST_POSTGRES is not set");
             return;
         };
-        let schema = format!("cosigner_conformance_{}", std::process::id());
+        let schema = vigil_testenv::process::unique_schema("cosigner_conformance");
         let store = super::PostgresStore::connect(&url, &schema).unwrap();
         crate::store::conformance::run(&store);
         store.with(|c| c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))).unwrap();
