@@ -531,7 +531,8 @@ fn a_cosigner_restored_from_an_older_backup_still_reaches_its_towers() {
 #[test]
 fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
     let node = vigil_node();
-    let co = CosignerProcess::new(&node, "");
+    let (url, alarms) = webhook();
+    let co = CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n"));
     let mut f = Family::new(&node, &co, example("cosigner removed tower"), 2, None);
     let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     // The quorum removes tower-b (not a tightening: it waits the governance delay). Tower-1
@@ -581,16 +582,34 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
     // buried as deep as a tower buries it, a lockdown is still owed to it, one block short
     // included.
     f.towers[1].kill9();
+    let amount = Amount::from_sat(2_000_000);
+    let coin = f.intake_coin(&node, amount);
     f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.guardian(0)).unwrap();
     let mined = node.rpc.transaction_info(&tx.compute_txid()).unwrap().unwrap().1.unwrap();
     block(&node, &f, (mined + vigil_tower::watch::BURY_MARGIN - 1).saturating_sub(tip(&node)));
     std::thread::sleep(std::time::Duration::from_secs(7));
     assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(1), "owed to tower-b");
-    // One block more: tower-b has nothing left to act on, and is retired for this client.
+    // One block more: tower-b has nothing left to act on. But a vault ceremony is open: the
+    // vault it makes was not judged, so nothing is retired until it is over.
+    let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
     block(&node, &f, 1);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(1), "held by the open ceremony");
+    let (status, _) = f.complete(&coin, amount, VaultKind::Standard, once, &begun).unwrap();
+    assert_eq!(status.state, "protected", "{status:?}");
+    // The vault made is of version 2, which tower-b never watches: it is retired for this
+    // client, and the guardians are told once.
     eventually("tower-b is retired", || {
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
     });
+    let retired = || {
+        let alarms = alarms.lock().unwrap();
+        let about_b = |a: &&Value| {
+            a["kind"] == "tower-retired" && a["message"].as_str().is_some_and(|m| m.contains("tower tower-b"))
+        };
+        alarms.iter().filter(about_b).count()
+    };
+    eventually("the guardians are told tower-b is retired", || (retired() > 0).then_some(()));
     // A panic is neither held up by it nor reports it as not acting.
     // Each tower an answer reports, and whether it acknowledged.
     let reports = |answer: &Value| -> Vec<(String, bool)> {
@@ -613,6 +632,7 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
     block(&node, &f, 1);
     std::thread::sleep(std::time::Duration::from_secs(7));
     assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(1), "owed to tower-b");
+    assert_eq!(retired(), 1, "told once");
 }
 
 #[test]
