@@ -969,6 +969,77 @@ fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_
 }
 
 #[test]
+fn coins_swept_under_an_earlier_backup_key_come_back_with_that_keys_phrase() {
+    let s = services("", false);
+    let (keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
+    let Funded { _home, dir, phrase, backup, payer, .. } = funded_with(&s, 2, &xpubs);
+    let policy = keys.path().join("policy.toml");
+    std::fs::copy(dir.join("policy.toml"), &policy).unwrap();
+    let old = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(old["state"], "protected", "{old}");
+    mine(&s.node.rpc, 1, &payer.address());
+
+    // The off-site backup is replaced (its paper lost, say): the guardians' quorum signs a
+    // version 2 naming a new one. The vault made before keeps version 1's deep vault.
+    let other = _home.path().join("other");
+    let (ok, _, err) = init_with(&s, &other, &xpubs);
+    assert!(ok, "{err}");
+    let new_backup = words_between(&err, "STEP 2", "STEP 3");
+    let backup_line = |text: &str| text.lines().find(|l| l.starts_with("backup = ")).unwrap().to_owned();
+    let v1 = std::fs::read_to_string(&policy).unwrap();
+    let replaced = backup_line(&std::fs::read_to_string(other.join("policy.toml")).unwrap());
+    let v2 = v1.replacen("version = 1", "version = 2", 1).replacen(&backup_line(&v1), &replaced, 1);
+    assert!(v2.contains(&replaced) && backup_line(&v1) != replaced, "{v2}");
+    let proposal = keys.path().join("v2.toml");
+    std::fs::write(&proposal, &v2).unwrap();
+    let mut effective = 0;
+    for key in &guardian_keys {
+        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
+    }
+    let tip = s.node.rpc.tip().unwrap().height;
+    mine(&s.node.rpc, effective.saturating_sub(tip), &payer.address());
+    let new = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
+    assert_eq!(new["state"], "protected", "{new}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let swept = panic_to_the_deep_vault(&s, &dir, &payer, &guardian_keys, &policy, 10_000_000);
+    let versions: Vec<u64> =
+        swept["vaults"].as_array().unwrap().iter().map(|v| v["policy_version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, [1, 2], "{swept}");
+
+    // Today's backup phrase brings back version 2's coin; version 1's is said and left for
+    // its own key, instead of making a transaction nobody can finish.
+    let to = Wallet::new().address();
+    let psbt = dir.join("deep.psbt");
+    let p = psbt.to_str().unwrap();
+    let recover = ["recover", "--deep-vault", "--to", &to.to_string(), "--psbt", p, "--json"];
+    let (ok, out, err) = vigil(&dir, &recover, &[REAL, &new_backup]);
+    assert!(ok, "{err}");
+    assert!(err.contains("Left out: coin") && err.contains("policy version 1"), "{err}");
+    let amount = serde_json::from_str::<Value>(&out).unwrap()["amount_sat"].as_u64().unwrap();
+    assert!(amount < 5_000_000 && amount > 4_990_000, "one coin: {out}");
+    for key in &guardian_keys {
+        let (ok, _, err) = guardian(key, &["sign-recovery", p, "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+    }
+    recovery_arrives(&s, &dir, &payer, p, amount, &to);
+
+    // The replaced phrase is still that coin's key: it signs it, and only it.
+    let (ok, out, err) = vigil(&dir, &recover, &[REAL, &backup]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("Left out"), "{err}");
+    let amount = serde_json::from_str::<Value>(&out).unwrap()["amount_sat"].as_u64().unwrap();
+    assert!(amount < 5_000_000 && amount > 4_990_000, "one coin: {out}");
+    for key in &guardian_keys {
+        let (ok, _, err) = guardian(key, &["sign-recovery", p, "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+    }
+    recovery_arrives(&s, &dir, &payer, p, amount, &to);
+    assert_eq!(json(&dir, &["status"], &[REAL])["deep_vault_sat"], 0);
+}
+
+#[test]
 fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy() {
     let (url, alarms) = webhook();
     let s = services(&format!("[alarms]\nwebhooks = [{url:?}]\n"), false);

@@ -22,6 +22,7 @@ use vigil_client::towers::TowerClient;
 use vigil_client::vaulting::{self, VaultOrder};
 use vigil_client::wallet::{replace_file, PendingVault, VaultRecord, WalletDir, WalletState};
 use vigil_cosigner::wire::{self, Enrolled, PinPolicy};
+use vigil_policy::bitcoin::bip32::Xpub;
 use vigil_policy::bitcoin::consensus::encode::serialize_hex;
 use vigil_policy::bitcoin::{Address, Amount};
 use vigil_policy::draft::{DraftTower, PolicyDraft};
@@ -326,27 +327,44 @@ fn vault_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
         );
     }
     say("Signing for a vault needs your recovery phrase (the 24 words on your paper).");
-    phrase_key(session, "Recovery phrase: ", &session.current().policy().owner.keys[0].xpub)
+    let owner = session.current().policy().owner.keys[0].xpub;
+    Ok(phrase_key(session, "Recovery phrase: ", &[owner])?.0)
 }
 
-/// The off-site backup key (the deep vault's), from its phrase typed now.
-fn backup_key(session: &Session) -> anyhow::Result<owner::VaultKey> {
+/// The off-site backup key (the deep vault's), from its phrase typed now, and the policy key
+/// it is: today's, or one an earlier version named (what was swept under that version is in
+/// that version's deep vault).
+fn backup_key(session: &Session) -> anyhow::Result<(owner::VaultKey, Xpub)> {
     say("The deep vault needs your off-site backup phrase (not the everyday one). If your backup key is on a \
          Ledger, stop here and run the same command with --backup-signer ledger.");
-    phrase_key(session, "Backup phrase: ", &session.current().policy().backup.xpub)
+    let mut named: Vec<Xpub> = Vec::new();
+    for compiled in session.policies.known() {
+        let backup = compiled.policy().backup.xpub;
+        if !named.contains(&backup) {
+            named.push(backup);
+        }
+    }
+    phrase_key(session, "Backup phrase: ", &named)
 }
 
-/// The key of the phrase typed at `prompt`, checked against the policy's `expected` key.
-fn phrase_key(
-    session: &Session,
-    prompt: &str,
-    expected: &vigil_policy::bitcoin::bip32::Xpub,
-) -> anyhow::Result<owner::VaultKey> {
+/// The key of the phrase typed at `prompt`, and which of the policy's `expected` keys it is
+/// (the first is said wrong when it is none).
+fn phrase_key(session: &Session, prompt: &str, expected: &[Xpub]) -> anyhow::Result<(owner::VaultKey, Xpub)> {
     for attempt in 1..=3 {
         let typed = ask_code(prompt)?;
-        match owner::parse_phrase(&typed)
-            .and_then(|p| owner::VaultKey::from_phrase(&p, session.network, expected))
-        {
+        let found = owner::parse_phrase(&typed).and_then(|p| {
+            let mut wrong = None;
+            for xpub in expected {
+                match owner::VaultKey::from_phrase(&p, session.network, xpub) {
+                    Ok(key) => return Ok((key, *xpub)),
+                    Err(e) => {
+                        wrong.get_or_insert(e);
+                    }
+                }
+            }
+            Err(wrong.expect("a policy names the key"))
+        });
+        match found {
             Ok(key) => return Ok(key),
             Err(e) if attempt < 3 => say(&format!("{e}. Try again.")),
             Err(e) => bail!("{e}; nothing was signed"),

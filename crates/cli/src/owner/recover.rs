@@ -139,7 +139,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         (None, _) => None,
         (Some(_), _) if args.sign_elsewhere || on_device || on_backup_device => None,
         (Some(_), true) => Some(backup_key(&session)?),
-        (Some(_), false) => Some(vault_key(&session)?),
+        (Some(_), false) => Some((vault_key(&session)?, session.current().policy().owner.keys[0].xpub)),
     };
     // Nothing here waits for the co-signer: the vaults' own unvaults start the clock.
     let mut sent = Vec::new();
@@ -175,6 +175,35 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         }
         survey = Survey { ready, later, ..Default::default() };
     }
+    // Ready coins this signer cannot sign, said and left out.
+    let mut left_out = 0;
+    // The backup key signing here: the phrase's, or today's on its device.
+    let backup = match &key {
+        Some((_, xpub)) if args.deep_vault => Some(*xpub),
+        _ if on_backup_device && to.is_some() => Some(session.current().policy().backup.xpub),
+        _ => None,
+    };
+    if let Some(backup) = backup {
+        // A coin swept into the deep vault of a version with another backup key (a change
+        // replaced it) would leave the transaction unsignable for every coin: it is left for
+        // that key, and said so; the rest go.
+        let (signable, left): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut survey.ready).into_iter().partition(|c| {
+                session.policies.version(c.version).is_ok_and(|p| p.policy().backup.xpub == backup)
+            });
+        for c in &left {
+            let version = session.policies.version(c.version).map(|p| p.policy().version.to_string());
+            say(&format!(
+                "Left out: coin {} (deep vault, {}): it was swept under policy version {}, whose backup key \
+                 is another; run this again with that key's phrase (or --sign-elsewhere) for it.",
+                c.input.outpoint,
+                btc(c.input.txout.value.to_sat()),
+                version.unwrap_or_else(|_| "unknown".into()),
+            ));
+        }
+        left_out += left.len();
+        survey.ready = signable;
+    }
     if on_device && to.is_some() {
         // Coins the device cannot sign are left for another way, and said so; the rest go.
         let (signable, left): (Vec<_>, Vec<_>) = std::mem::take(&mut survey.ready)
@@ -189,12 +218,13 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
                 ));
             }
         }
+        left_out += left.len();
         survey.ready = signable;
     }
     let prepared = match (&to, survey.ready.is_empty()) {
         (Some(to), false) => {
             let mut psbt = recovery::recovery_psbt(&survey.ready, to, Allowance::feerate(&*chain))?;
-            if let Some(key) = &key {
+            if let Some((key, _)) = &key {
                 key.sign_psbt(&mut psbt);
             }
             if on_device {
@@ -219,6 +249,9 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
             Some(amount)
         }
         (Some(_), true) => {
+            if left_out > 0 {
+                bail!("no ready coin is left that this key signs; nothing was prepared");
+            }
             bail!("{}no coin's recovery leaf is open yet; nothing was prepared", report(&survey, tip, &sent))
         }
         (None, _) => None,
