@@ -33,7 +33,7 @@ impl Demo {
         let script = self.compiled.intake_descriptor(intake)?.script_pubkey();
         let outpoint = self.chain.fund_confirmed(&script, amount + Amount::from_sat(10_000))?;
         let txout = self.chain.coin(&outpoint).context("the faucet's coin")?.txout;
-        let coin = FundingInput { outpoint, txout, intake_index: intake };
+        let coin = FundingInput { outpoint, txout, intake_index: intake, change: false };
         let mut signers: Vec<Signer> =
             (0..self.example.owner_threshold as usize).map(Signer::Owner).collect();
         signers.push(Signer::Cosigner);
@@ -41,7 +41,7 @@ impl Demo {
             compiled: &self.compiled,
             coins: std::slice::from_ref(&coin),
             index,
-            change_index: change,
+            change: vigil_policy::ChangeTo { index: change, change_branch: false },
             amount,
             kind,
             funding_sat_per_vb: 2,

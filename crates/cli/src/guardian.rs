@@ -180,9 +180,13 @@ fn sign_recovery(
             let known = |branch: u32| {
                 versions.iter().any(|c| {
                     let format = c.policy().format;
-                    [vigil_policy::KeyChain::Intake, vigil_policy::KeyChain::Vault]
-                        .iter()
-                        .any(|chain| chain.branches(format).contains(&branch))
+                    [
+                        vigil_policy::KeyChain::Intake,
+                        vigil_policy::KeyChain::IntakeChange,
+                        vigil_policy::KeyChain::Vault,
+                    ]
+                    .iter()
+                    .any(|chain| chain.branches(format).contains(&branch))
                 })
             };
             let index = match path.as_ref() {

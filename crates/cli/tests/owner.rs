@@ -1684,12 +1684,19 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     assert_eq!(std::fs::read(&signer_file).unwrap(), kept, "the same registrations, made again");
 
     // A vault: the funding is signed on the device (no phrase asked), each signature checked.
+    // Its change goes to the intake's change branch: the device knows it as its own and shows
+    // one amount only, the vault's.
     let recording = screens("vault", review);
+    let shown = vigil_testenv::ledger::Watcher::start(&std::env::var("LEDGER_SPECULOS_API").unwrap(), None);
     let (ok, out, err) = vigil(&dir, &["vault", "0.05", "--json"], &[REAL]);
     drop(recording);
     assert!(ok, "{err}");
     assert!(err.contains("Sign on your Ledger") && err.contains("0.05 BTC to"), "{err}");
+    assert!(err.contains("the device knows it as its own"), "{err}");
     assert!(!err.contains("Recovery phrase"), "{err}");
+    let amounts: std::collections::BTreeSet<String> =
+        shown.pages().into_iter().filter(|p| p.starts_with("Amount")).collect();
+    assert_eq!(amounts.len(), 1, "the vault's amount only: {:?}", shown.pages());
     let made: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(made["state"], "protected", "{made}");
     mine(&s.node.rpc, 1, &payer.address());
@@ -1719,9 +1726,12 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     );
     allowance_spend_on_the_device(&s, &dir, &payer, 2);
 
-    // A recovery after T_RECOVER, without the co-signer: a second vault's unvault is sent and
-    // the towers cancel it to R; R's coin and the intake coins (the change) go through their
-    // recovery leaves, signed on the device (once per account) and by the guardians.
+    // A recovery after T_RECOVER, without the co-signer: a second vault (funded by the first's
+    // change, the only intake coin) has its unvault sent and the towers cancel it to R; R's
+    // coin and the intake coins (the change's change) go through their recovery leaves,
+    // signed on the device (once per account) and by the guardians.
+    let intake = json(&dir, &["status"], &[REAL])["intake_sat"].as_u64().unwrap();
+    assert!(intake > 24_000_000, "the change is found on the change branch: {intake}");
     json(&dir, &["vault", "0.05"], &[REAL]);
     mine(&s.node.rpc, 1, &payer.address());
     let first = json(&dir, &["recover", "--unvault"], &[REAL]);

@@ -31,7 +31,7 @@ pub mod wallet;
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction, TxOut};
 use vigil_policy::{
-    finalize, CompiledPolicy, FundingInput, OneTimeKey, PolicyError, SignedGraph, VaultDescriptors,
+    finalize, ChangeTo, CompiledPolicy, FundingInput, OneTimeKey, PolicyError, SignedGraph, VaultDescriptors,
     VaultKind, VaultPlan,
 };
 
@@ -44,8 +44,8 @@ pub struct Ceremony<'a> {
     pub coins: &'a [FundingInput],
     /// The vault's derivation index (each used once).
     pub index: u32,
-    /// The intake index the funding's change goes to.
-    pub change_index: u32,
+    /// Where the funding's change goes.
+    pub change: ChangeTo,
     /// V's value.
     pub amount: Amount,
     /// Standard or guarded.
@@ -99,8 +99,7 @@ impl Ceremony<'_> {
         let compiled = self.compiled;
         let plan =
             compiled.plan(self.index, self.amount, self.kind, owner_once.public(), cosigner_once.public())?;
-        let mut psbt =
-            compiled.funding_psbt(&plan, self.coins, self.change_index, self.funding_sat_per_vb)?;
+        let mut psbt = compiled.funding_psbt(&plan, self.coins, self.change, self.funding_sat_per_vb)?;
         let vault_outpoint = OutPoint { txid: psbt.unsigned_tx.compute_txid(), vout: 0 };
         let unsigned = compiled.build_graph(&plan, vault_outpoint)?;
         let owner_sigs = owner_once.sign(&unsigned)?;

@@ -181,7 +181,7 @@ pub fn survey(
         place(
             CoinKind::Intake,
             (coin.outpoint, txout),
-            compiled.intake_descriptor(coin.intake_index)?,
+            compiled.intake_descriptor_on(coin.intake_index, coin.change)?,
             Some(coin.height),
             compiled.policy().delays.recovery,
             (coin.policy_version, None),

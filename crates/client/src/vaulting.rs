@@ -15,7 +15,7 @@ use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::secp256k1::schnorr;
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction};
 use vigil_policy::{
-    CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, PolicyError, VaultKind, VaultPlan,
+    ChangeTo, CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, PolicyError, VaultKind, VaultPlan,
 };
 
 use crate::cosigner::{ClientError, CosignerClient};
@@ -51,7 +51,7 @@ pub struct VaultOrder<'a> {
     /// The vault's index (each used once; the first coin's intake index by convention).
     pub index: u32,
     /// Where the funding's change goes.
-    pub change_index: u32,
+    pub change: ChangeTo,
     /// V's value.
     pub amount: Amount,
     /// Standard or guarded.
@@ -84,9 +84,14 @@ pub fn begin(
         coins: order
             .coins
             .iter()
-            .map(|c| Coin { outpoint: c.outpoint.to_string(), intake_index: c.intake_index })
+            .map(|c| Coin {
+                outpoint: c.outpoint.to_string(),
+                intake_index: c.intake_index,
+                change: c.change,
+            })
             .collect(),
-        change_index: order.change_index,
+        change_index: order.change.index,
+        change_branch: order.change.change_branch,
         funding_sat_per_vb: order.funding_sat_per_vb,
     };
     let begun = co.post("/v1/vaults", &req)?;
@@ -168,7 +173,7 @@ pub fn prepare(
         order.earlier,
         &plan,
         order.coins,
-        order.change_index,
+        order.change,
         order.funding_sat_per_vb,
     )?;
     let outpoint = OutPoint { txid: funding.unsigned_tx.compute_txid(), vout: 0 };

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use vigil_chain::ChainBackend;
 use vigil_policy::bitcoin::{Amount, Network, OutPoint, ScriptBuf, TxOut};
-use vigil_policy::{CompiledPolicy, FundingInput, Policy};
+use vigil_policy::{ChangeTo, CompiledPolicy, FundingInput, Policy};
 use vigil_tower::config::ChainConfig;
 
 use crate::policies::Policies;
@@ -107,6 +107,9 @@ pub struct IntakeCoin {
     pub value_sat: u64,
     /// The intake index it was paid to.
     pub intake_index: u32,
+    /// On the intake's change branch (a vault funding's change, format 2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub change: bool,
     /// The block it confirmed in.
     pub height: u32,
     /// Spent (into a vault, usually).
@@ -287,6 +290,10 @@ pub struct WalletState {
     pub birth_height: u32,
     /// The next intake index to hand out.
     pub next_intake: u32,
+    /// The next index of the intake's change branch (format 2): where a vault funding's
+    /// change goes.
+    #[serde(default)]
+    pub next_change: u32,
     /// The next vault index.
     pub next_vault: u32,
     /// Blocks scanned up to (inclusive).
@@ -399,24 +406,34 @@ impl WalletState {
             .iter()
             .filter(|c| !c.spent && policies.applied(c.policy_version))
             .filter_map(|c| {
-                let d = policies.version(c.policy_version).ok()?.intake_descriptor(c.intake_index).ok()?;
+                let compiled = policies.version(c.policy_version).ok()?;
+                let d = compiled.intake_descriptor_on(c.intake_index, c.change).ok()?;
                 Some(FundingInput {
                     outpoint: c.outpoint,
                     txout: TxOut { value: Amount::from_sat(c.value_sat), script_pubkey: d.script_pubkey() },
                     intake_index: c.intake_index,
+                    change: c.change,
                 })
             })
             .collect()
     }
 
+    /// The change-branch index a vault funding's change goes to under `compiled`, taken (a
+    /// crash never reuses it): format 1 has no change branch, so a receive index.
+    pub fn take_change_index(&mut self, compiled: &CompiledPolicy) -> ChangeTo {
+        let next = if compiled.has_change_branch() { &mut self.next_change } else { &mut self.next_intake };
+        *next += 1;
+        ChangeTo { index: *next - 1, change_branch: compiled.has_change_branch() }
+    }
+
     /// Scans the blocks since the last scan for payments to the intake addresses handed out
-    /// (and a few beyond) of every policy version the wallet follows, and marks spent coins;
-    /// returns the tip height.
+    /// (and a few beyond), on the receive and the change branch, of every policy version the
+    /// wallet follows, and marks spent coins; returns the tip height.
     pub fn scan(&mut self, policies: &Policies, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
         let chain_err = |e: vigil_chain::BackendError| WalletError::Chain(e.to_string());
         // Today's first, so a coin on an address several versions share is today's; a version
         // whose intake addresses another already makes adds nothing.
-        let mut scripts: HashMap<ScriptBuf, (u32, Option<u32>)> = HashMap::new();
+        let mut scripts: HashMap<ScriptBuf, (u32, bool, Option<u32>)> = HashMap::new();
         let mut seen_first = Vec::new();
         for compiled in policies.known() {
             let Ok(first) = compiled.intake_descriptor(0) else { continue };
@@ -427,7 +444,12 @@ impl WalletState {
             let version = Some(compiled.policy().version);
             for i in 0..self.next_intake + INTAKE_LOOKAHEAD {
                 if let Ok(d) = compiled.intake_descriptor(i) {
-                    scripts.entry(d.script_pubkey()).or_insert((i, version));
+                    scripts.entry(d.script_pubkey()).or_insert((i, false, version));
+                }
+            }
+            for i in (0..self.next_change + INTAKE_LOOKAHEAD).take_while(|_| compiled.has_change_branch()) {
+                if let Ok(d) = compiled.intake_descriptor_on(i, true) {
+                    scripts.entry(d.script_pubkey()).or_insert((i, true, version));
                 }
             }
         }
@@ -440,18 +462,20 @@ impl WalletState {
             for tx in &block.txdata {
                 let txid = tx.compute_txid();
                 for (vout, out) in tx.output.iter().enumerate() {
-                    if let Some(&(index, policy_version)) = scripts.get(&out.script_pubkey) {
+                    if let Some(&(index, change, policy_version)) = scripts.get(&out.script_pubkey) {
                         let outpoint = OutPoint { txid, vout: vout as u32 };
                         if !self.coins.iter().any(|c| c.outpoint == outpoint) {
                             self.coins.push(IntakeCoin {
                                 outpoint,
                                 value_sat: out.value.to_sat(),
                                 intake_index: index,
+                                change,
                                 height,
                                 spent: false,
                                 policy_version,
                             });
-                            self.next_intake = self.next_intake.max(index + 1);
+                            let next = if change { &mut self.next_change } else { &mut self.next_intake };
+                            *next = (*next).max(index + 1);
                         }
                     }
                 }

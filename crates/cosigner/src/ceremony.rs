@@ -29,7 +29,7 @@ use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::secp256k1::schnorr;
 use vigil_policy::bitcoin::{Amount, OutPoint, Transaction};
 use vigil_policy::{
-    CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, UnsignedGraph, VaultKind, VaultPlan,
+    ChangeTo, CompiledPolicy, FundingInput, GraphSignatures, OneTimeKey, UnsignedGraph, VaultKind, VaultPlan,
 };
 use vigil_tower::wire::RegisterVault;
 
@@ -201,6 +201,7 @@ impl Cosigner {
                     outpoint,
                     txout: vigil_policy::bitcoin::TxOut::NULL,
                     intake_index: c.intake_index,
+                    change: c.change,
                 });
             }
         }
@@ -216,8 +217,10 @@ impl Cosigner {
                 .ok_or_else(|| bad(format!("coins[{i}]: {} is not an unspent output", coin.outpoint)))?;
             compiled.intake_source(&earlier_refs, i, coin).map_err(|_| {
                 bad(format!(
-                    "coins[{i}]: {} is not paid to this client's intake address {}",
-                    coin.outpoint, coin.intake_index
+                    "coins[{i}]: {} is not paid to this client's intake address {}{}",
+                    coin.outpoint,
+                    coin.intake_index,
+                    if coin.change { " of the change branch" } else { "" }
                 ))
             })?;
         }
@@ -229,7 +232,13 @@ impl Cosigner {
             .plan(r.index, Amount::from_sat(r.amount_sat), kind, owner_once, cosigner_once.public())
             .map_err(|e| bad(e.to_string()))?;
         let funding = compiled
-            .funding_psbt_from(&earlier_refs, &plan, &coins, r.change_index, r.funding_sat_per_vb)
+            .funding_psbt_from(
+                &earlier_refs,
+                &plan,
+                &coins,
+                ChangeTo { index: r.change_index, change_branch: r.change_branch },
+                r.funding_sat_per_vb,
+            )
             .map_err(|e| bad(e.to_string()))?;
         let vault_outpoint = OutPoint { txid: funding.unsigned_tx.compute_txid(), vout: 0 };
         let graph = compiled.build_graph(&plan, vault_outpoint).map_err(|e| bad(e.to_string()))?;

@@ -218,8 +218,9 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         kind: "standard".into(),
         owner_once: standard.plan.owner_once.to_string(),
         owner_once_xpub: None,
-        coins: vec![Coin { outpoint: funded.to_string(), intake_index: 0 }],
+        coins: vec![Coin { outpoint: funded.to_string(), intake_index: 0, change: false }],
         change_index: 41,
+        change_branch: false,
         funding_sat_per_vb: 2,
     };
     check(
@@ -243,8 +244,11 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         &before,
     );
     let mut foreign = again.clone();
-    foreign.coins =
-        vec![Coin { outpoint: their_coin.outpoint.to_string(), intake_index: their_coin.intake_index }];
+    foreign.coins = vec![Coin {
+        outpoint: their_coin.outpoint.to_string(),
+        intake_index: their_coin.intake_index,
+        change: false,
+    }];
     check(
         "another client's coin",
         post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &foreign), &owner),

@@ -138,6 +138,9 @@ pub enum PolicyFormat {
 pub enum KeyChain {
     /// Intake addresses, one per receive index.
     Intake,
+    /// A vault funding's change, back to the intake (format 2 only): the intake's keys on the
+    /// change half of their branches, which a hardware signer recognises as its own change.
+    IntakeChange,
     /// The unvault, recovery and deep-vault outputs, one set per vault index.
     Vault,
 }
@@ -149,7 +152,10 @@ impl KeyChain {
         match (format, self) {
             (PolicyFormat::Shared, KeyChain::Intake) => [0, 0],
             (PolicyFormat::Shared, KeyChain::Vault) => [1, 1],
+            // Format 1's /1 is the vault chain: its change goes to a receive index.
+            (PolicyFormat::Shared, KeyChain::IntakeChange) => [0, 0],
             (PolicyFormat::PerLeaf, KeyChain::Intake) => [0, 4],
+            (PolicyFormat::PerLeaf, KeyChain::IntakeChange) => [1, 5],
             (PolicyFormat::PerLeaf, KeyChain::Vault) => [6, 8],
         }
     }

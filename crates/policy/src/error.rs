@@ -54,13 +54,18 @@ pub enum PolicyError {
         outpoint: OutPoint,
     },
     /// A funding input is not at the intake address it claims.
-    #[error("funding input {input} is not intake address #{intake_index}")]
+    #[error("funding input {input} is not intake address #{intake_index}{}", if *change { " of the change branch" } else { "" })]
     NotIntakeAddress {
         /// The input index.
         input: usize,
         /// The intake index it claims.
         intake_index: u32,
+        /// Whether it claims the change branch.
+        change: bool,
     },
+    /// Format 1 has no change branch for the intake (its `/1` is the vault chain).
+    #[error("this policy (format 1) has no change branch: its change goes to a receive address")]
+    NoChangeBranch,
     /// The funding inputs do not cover the vault and the fee.
     #[error("funding inputs hold {available}, the vault and its fee need {needed}")]
     InsufficientFunds {

@@ -20,6 +20,18 @@ pub struct FundingInput {
     pub txout: TxOut,
     /// The intake address index it was received on.
     pub intake_index: u32,
+    /// On the intake's change branch (a funding's change, format 2), not the receive branch.
+    pub change: bool,
+}
+
+/// Where a vault funding's change goes: an intake index, on the change branch (format 2,
+/// which a hardware signer recognises as its own change) or on the receive branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeTo {
+    /// The index.
+    pub index: u32,
+    /// On the change branch.
+    pub change_branch: bool,
 }
 
 impl CompiledPolicy {
@@ -30,14 +42,15 @@ impl CompiledPolicy {
         &self,
         plan: &VaultPlan,
         inputs: &[FundingInput],
-        change_index: u32,
+        change: ChangeTo,
         feerate_sat_per_vb: u64,
     ) -> Result<Psbt, PolicyError> {
-        self.funding_psbt_from(&[], plan, inputs, change_index, feerate_sat_per_vb)
+        self.funding_psbt_from(&[], plan, inputs, change, feerate_sat_per_vb)
     }
 
     /// The policy among this one and `earlier` (versions of the same client before a change)
-    /// whose intake address at the coin's index the coin pays: its descriptor signs it.
+    /// whose intake address at the coin's index (and branch) the coin pays: its descriptor
+    /// signs it.
     pub fn intake_source<'a>(
         &'a self,
         earlier: &[&'a CompiledPolicy],
@@ -47,21 +60,25 @@ impl CompiledPolicy {
         std::iter::once(self)
             .chain(earlier.iter().copied())
             .find(|p| {
-                p.intake_descriptor(coin.intake_index)
+                p.intake_descriptor_on(coin.intake_index, coin.change)
                     .is_ok_and(|d| d.script_pubkey() == coin.txout.script_pubkey)
             })
-            .ok_or(PolicyError::NotIntakeAddress { input, intake_index: coin.intake_index })
+            .ok_or(PolicyError::NotIntakeAddress {
+                input,
+                intake_index: coin.intake_index,
+                change: coin.change,
+            })
     }
 
     /// [`Self::funding_psbt`] from coins paid to intake addresses of this policy or of an
     /// `earlier` version of it (each spent through its own version's leaf), into a vault of
-    /// this one; the change goes to this one's intake.
+    /// this one; the change goes to this one's intake, at `change`.
     pub fn funding_psbt_from(
         &self,
         earlier: &[&CompiledPolicy],
         plan: &VaultPlan,
         inputs: &[FundingInput],
-        change_index: u32,
+        change: ChangeTo,
         feerate_sat_per_vb: u64,
     ) -> Result<Psbt, PolicyError> {
         for (i, input) in inputs.iter().enumerate() {
@@ -75,9 +92,11 @@ impl CompiledPolicy {
         let descriptors = inputs
             .iter()
             .enumerate()
-            .map(|(i, coin)| self.intake_source(earlier, i, coin)?.intake_descriptor(coin.intake_index))
+            .map(|(i, coin)| {
+                self.intake_source(earlier, i, coin)?.intake_descriptor_on(coin.intake_index, coin.change)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let change_descriptor = self.intake_descriptor(change_index)?;
+        let change_descriptor = self.intake_descriptor_on(change.index, change.change_branch)?;
         let vault_output = self.vault_output(plan)?;
         // Never replaced (bumped by CPFP if ever): a replacement would orphan the graph.
         let mut tx = unsigned_tx(
@@ -97,12 +116,12 @@ impl CompiledPolicy {
         let fee = Amount::from_sat(vsize * feerate_sat_per_vb);
         let available: Amount = inputs.iter().map(|i| i.txout.value).sum();
         let needed = plan.amount + fee;
-        let change =
+        let left =
             available.checked_sub(needed).ok_or(PolicyError::InsufficientFunds { needed, available })?;
-        if change.to_sat() < P2TR_DUST_SAT + 43 * feerate_sat_per_vb {
+        if left.to_sat() < P2TR_DUST_SAT + 43 * feerate_sat_per_vb {
             tx.output.pop(); // Change too small to be worth an output: it goes to fees.
         } else {
-            tx.output[1].value = change;
+            tx.output[1].value = left;
         }
         let mut psbt = Psbt::from_unsigned_tx(tx).map_err(PsbtError::from)?;
         for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {

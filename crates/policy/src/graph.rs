@@ -41,6 +41,8 @@ pub struct CompiledPolicy {
     policy: Policy,
     templates: Templates,
     intake_keys: KeyChainCache,
+    /// The intake's change branch (format 2; none in format 1).
+    intake_change_keys: Option<KeyChainCache>,
     vault_keys: KeyChainCache,
     sizes: GraphSizes,
     /// Each owner's and guardian's request-signing key, in the policy's order: derived
@@ -141,6 +143,10 @@ impl CompiledPolicy {
     pub fn new(policy: Policy) -> Result<CompiledPolicy, PolicyError> {
         let templates = Templates::new(&policy)?;
         let intake_keys = KeyChainCache::new(&policy, KeyChain::Intake)?;
+        let intake_change_keys = match policy.format {
+            PolicyFormat::Shared => None,
+            PolicyFormat::PerLeaf => Some(KeyChainCache::new(&policy, KeyChain::IntakeChange)?),
+        };
         let vault_keys = KeyChainCache::new(&policy, KeyChain::Vault)?;
         let owner_auth = policy.owner.keys.iter().map(PolicyKey::auth_key).collect();
         let guardian_auth = policy.guardians.keys.iter().map(PolicyKey::auth_key).collect();
@@ -148,6 +154,7 @@ impl CompiledPolicy {
             policy,
             templates,
             intake_keys,
+            intake_change_keys,
             vault_keys,
             sizes: GraphSizes { unvault: 0, emergency: 0, from_unvault: 0 },
             owner_auth,
@@ -219,7 +226,31 @@ impl CompiledPolicy {
 
     /// The intake descriptor at receive index `index`.
     pub fn intake_descriptor(&self, index: u32) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
-        definite(translate(&self.templates.intake, &self.intake_keys.keys_with_origin(index)?)?)
+        self.intake_descriptor_on(index, false)
+    }
+
+    /// Whether a funding's change can go to the intake's change branch (format 2), where a
+    /// hardware signer recognises it as its own change instead of showing it as a payment.
+    pub fn has_change_branch(&self) -> bool {
+        self.intake_change_keys.is_some()
+    }
+
+    /// The intake descriptor at `index` of the receive branch, or of the change branch
+    /// (`change`, format 2 only: where a vault funding's change goes).
+    pub fn intake_descriptor_on(
+        &self,
+        index: u32,
+        change: bool,
+    ) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
+        definite(translate(&self.templates.intake, &self.intake_chain(change)?.keys_with_origin(index)?)?)
+    }
+
+    /// The intake's keys on the receive branch, or on the change branch.
+    fn intake_chain(&self, change: bool) -> Result<&KeyChainCache, PolicyError> {
+        match change {
+            false => Ok(&self.intake_keys),
+            true => self.intake_change_keys.as_ref().ok_or(PolicyError::NoChangeBranch),
+        }
     }
 
     /// The intake address at receive index `index`.
@@ -242,16 +273,22 @@ impl CompiledPolicy {
     }
 
     /// The recovery leaf's script (owner + guardians after T_RECOVER) at `index`, on the
-    /// intake chain and on the vault chain (the unvault and recovery outputs share it):
-    /// the only leaves a guardian signs when the owner recovers without the co-signer.
-    pub fn recovery_leaf_scripts(&self, index: u32) -> Result<[ScriptBuf; 2], PolicyError> {
-        let leaf = |keys: &KeyChainCache| -> Result<ScriptBuf, PolicyError> {
-            let d = translate(&self.templates.recover_leaf, &keys.xonly_at(index)?)?;
-            let Descriptor::Tr(tr) = d else { unreachable!("a tr() template") };
-            let (_, ms) = tr.iter_scripts().next().expect("one leaf");
-            Ok(ms.encode())
+    /// intake chain (its receive and, in format 2, its change branch) and on the vault chain
+    /// (the unvault and recovery outputs share it): the only leaves a guardian signs when the
+    /// owner recovers without the co-signer.
+    pub fn recovery_leaf_scripts(&self, index: u32) -> Result<Vec<ScriptBuf>, PolicyError> {
+        let chains =
+            std::iter::once(&self.intake_keys).chain(&self.intake_change_keys).chain([&self.vault_keys]);
+        chains.map(|keys| self.recover_leaf(&keys.xonly_at(index)?)).collect()
+    }
+
+    /// The recovery leaf's script with `keys` (one index of one chain).
+    fn recover_leaf(&self, keys: &HashMap<String, XOnlyPublicKey>) -> Result<ScriptBuf, PolicyError> {
+        let Descriptor::Tr(tr) = translate(&self.templates.recover_leaf, keys)? else {
+            unreachable!("a tr() template")
         };
-        Ok([leaf(&self.intake_keys)?, leaf(&self.vault_keys)?])
+        let (_, ms) = tr.iter_scripts().next().expect("one leaf");
+        Ok(ms.encode())
     }
 
     /// The owner's valid signatures (SIGHASH_DEFAULT) on the spend leaf of `plan`'s unvault
@@ -326,8 +363,8 @@ impl CompiledPolicy {
             .enumerate()
             .map(|(input, coin)| {
                 let source = self.intake_source(earlier, input, coin)?;
-                let keys = source.intake_keys.xonly_at(coin.intake_index)?;
-                let [recover, _] = source.recovery_leaf_scripts(coin.intake_index)?;
+                let keys = source.intake_chain(coin.change)?.xonly_at(coin.intake_index)?;
+                let recover = source.recover_leaf(&keys)?;
                 let Descriptor::Tr(tr) = translate(&source.templates.intake, &keys)? else {
                     unreachable!("a tr() template")
                 };

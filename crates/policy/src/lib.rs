@@ -36,7 +36,7 @@ pub use config::{
 };
 pub use descriptors::{nums, nums_xpub, taproot_leaves, VaultKind, NUMS_POINT};
 pub use error::{DescriptorError, PolicyError, PsbtError, SignatureError, TaprootError};
-pub use funding::FundingInput;
+pub use funding::{ChangeTo, FundingInput};
 pub use graph::{
     CompiledPolicy, DeepVaultLeaves, GraphRole, LeafSignature, OwnerSignatures, PresignedTx,
     RangedDescriptors, UnsignedGraph, VaultDescriptors, VaultPlan, GRAPH_TX_VERSION,

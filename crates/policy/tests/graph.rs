@@ -6,7 +6,7 @@ use vigil_policy::bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use vigil_policy::bitcoin::taproot::{LeafVersion, TapLeafHash};
 use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Witness};
 use vigil_policy::example::ExamplePolicy;
-use vigil_policy::{taproot_leaves, SpendInput, VaultKind};
+use vigil_policy::{taproot_leaves, OneTimeKey, SpendInput, VaultKind};
 use vigil_regtest::{ChainError, RegtestChain, SubmitError, TxStatus};
 use vigil_testenv::{Env, Signer, Vault};
 
@@ -66,6 +66,7 @@ also_in_format_2!(
     one_time_secrets_never_reach_disk_or_any_returned_value,
     the_recovery_leaf_a_guardian_signs_is_the_one_in_every_recoverable_output,
     the_deep_vault_leaves_are_those_of_the_output_e_pays,
+    a_fundings_change_funds_the_next_vault,
     only_the_owners_valid_spend_signatures_are_counted_and_returned,
 );
 
@@ -340,6 +341,19 @@ fn recovery_leaves_open_exactly_at_t_recover_without_the_cosigner() {
     let tx = env.spend_with(input, sink(), Amount::from_sat(1_000), &signers).unwrap();
     refused_early_then_mined_at(&mut env.chain, &tx, created + RECOVERY);
 
+    // A funding's change (on the change branch in format 2).
+    let vault = env.create_vault(Amount::from_sat(1_000_000), VaultKind::Standard).unwrap();
+    let change = env.change_of(&vault).expect("the funding's change");
+    let created = env.chain.coin(&change.outpoint).unwrap().height;
+    let input = SpendInput {
+        outpoint: change.outpoint,
+        txout: change.txout.clone(),
+        descriptor: env.compiled.intake_descriptor_on(change.intake_index, change.change).unwrap(),
+        sequence,
+    };
+    let tx = env.spend_with(input, sink(), Amount::from_sat(500), &signers).unwrap();
+    refused_early_then_mined_at(&mut env.chain, &tx, created + RECOVERY);
+
     // U.
     let vault = env.create_vault(Amount::from_sat(1_000_000), VaultKind::Standard).unwrap();
     env.confirm(vault.graph.unvault()).unwrap();
@@ -441,7 +455,6 @@ fn every_signature_is_sighash_default_or_all() {
 
 #[test]
 fn one_time_secrets_never_reach_disk_or_any_returned_value() {
-    use vigil_policy::OneTimeKey;
     let mut env = env();
     let owner_once = OneTimeKey::generate();
     let cosigner_once = OneTimeKey::generate();
@@ -490,17 +503,67 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn the_recovery_leaf_a_guardian_signs_is_the_one_in_every_recoverable_output() {
     let mut env = env();
     let v = env.create_vault(Amount::from_sat(1_000_000), VaultKind::Guarded).unwrap();
-    let [intake_leaf, vault_leaf] = env.compiled.recovery_leaf_scripts(v.plan.index).unwrap();
+    let scripts = env.compiled.recovery_leaf_scripts(v.plan.index).unwrap();
+    let (intake_leaf, vault_leaf) = (scripts[0].clone(), scripts.last().unwrap().clone());
+    let change = env.compiled.intake_descriptor_on(v.plan.index, true).ok();
     let leaves = |d| taproot_leaves(d).unwrap().into_iter().map(|(s, _)| s).collect::<Vec<_>>();
     let intake = env.compiled.intake_descriptor(v.plan.index).unwrap();
     assert!(leaves(&intake).contains(&intake_leaf));
+    // Format 2's change branch has its own keys, so its own recovery leaf.
+    match &change {
+        Some(change) => {
+            assert_eq!(scripts.len(), 3);
+            assert!(leaves(change).contains(&scripts[1]) && scripts[1] != intake_leaf);
+        }
+        None => assert_eq!(scripts.len(), 2),
+    }
     assert!(leaves(&v.descriptors.unvault).contains(&vault_leaf));
     assert!(leaves(&v.descriptors.recovery).contains(&vault_leaf));
     // No other leaf of theirs (the co-signer's paths, the guarded spend) is a recovery leaf.
     let others = [leaves(&intake), leaves(&v.descriptors.unvault), leaves(&v.descriptors.recovery)].concat();
     assert_eq!(others.iter().filter(|s| **s == intake_leaf || **s == vault_leaf).count(), 3);
     assert!(leaves(&v.descriptors.deep_vault).iter().all(|s| *s != vault_leaf));
-    assert_ne!(env.compiled.recovery_leaf_scripts(v.plan.index + 1).unwrap()[1], vault_leaf);
+    assert_ne!(env.compiled.recovery_leaf_scripts(v.plan.index + 1).unwrap().last(), Some(&vault_leaf));
+}
+
+#[test]
+fn a_fundings_change_funds_the_next_vault() {
+    let mut env = env();
+    let coin = env.receive(Amount::from_sat(3_000_000)).unwrap();
+    let (owner_once, cosigner_once) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let first = env.create_vault_from(
+        &[coin],
+        Amount::from_sat(1_000_000),
+        VaultKind::Standard,
+        owner_once,
+        cosigner_once,
+    );
+    let change = env.change_of(&first.unwrap()).expect("the funding's change");
+    // Format 2's change is on the change branch (`/1/i`, `/5/i`), which a hardware signer
+    // recognises as its own; format 1 has none, and uses a receive index.
+    assert_eq!(change.change, env.compiled.has_change_branch());
+    let on_receive = env.compiled.intake_descriptor(change.intake_index).unwrap().script_pubkey();
+    assert_eq!(on_receive == change.txout.script_pubkey, !env.compiled.has_change_branch());
+    if change.change {
+        let text = env.compiled.intake_descriptor_on(change.intake_index, true).unwrap().to_string();
+        let at = |branch: u32| format!("/{branch}/{}]", change.intake_index);
+        assert!(text.contains(&at(1)) && text.contains(&at(5)) && !text.contains(&at(0)), "{text}");
+    }
+    // The change funds a vault (its funding accepted by the kernel), and that vault's graph
+    // holds as any other's.
+    let (owner_once, cosigner_once) = (OneTimeKey::generate(), OneTimeKey::generate());
+    let second = env
+        .create_vault_from(
+            &[change],
+            Amount::from_sat(1_000_000),
+            VaultKind::Standard,
+            owner_once,
+            cosigner_once,
+        )
+        .unwrap();
+    env.confirm(second.graph.unvault()).unwrap();
+    let cancel = second.graph.cancel(0).unwrap().clone();
+    env.confirm(&cancel).unwrap();
 }
 
 #[test]

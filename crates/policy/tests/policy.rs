@@ -246,8 +246,10 @@ fn non_segwit_funding_inputs_are_refused() {
             outpoint: OutPoint::null(),
             txout: TxOut { value: Amount::from_sat(10_000_000), script_pubkey: script },
             intake_index: 0,
+            change: false,
         };
-        let err = compiled.funding_psbt(&plan, &[input], 1, 2).unwrap_err();
+        let change = vigil_policy::ChangeTo { index: 1, change_branch: false };
+        let err = compiled.funding_psbt(&plan, &[input], change, 2).unwrap_err();
         assert!(matches!(err, PolicyError::NonSegwitFundingInput { input: 0, .. }), "{err}");
     }
 }

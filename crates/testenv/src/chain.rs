@@ -3,11 +3,11 @@
 
 use vigil_client::{Ceremony, Vault};
 use vigil_policy::bitcoin::psbt::Psbt;
-use vigil_policy::bitcoin::{Amount, ScriptBuf, Sequence, Transaction, TxOut, Txid};
+use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid};
 use vigil_policy::example::{ExampleKeys, ExamplePolicy, Signer};
 use vigil_policy::{
-    finalize, spend_psbt, CompiledPolicy, FundingInput, OneTimeKey, Policy, PolicyError, SpendInput,
-    VaultKind,
+    finalize, spend_psbt, ChangeTo, CompiledPolicy, FundingInput, OneTimeKey, Policy, PolicyError,
+    SpendInput, VaultKind,
 };
 use vigil_regtest::{ChainError, RegtestChain, SubmitError};
 
@@ -36,6 +36,7 @@ pub struct Env {
     /// The compiled policy.
     pub compiled: CompiledPolicy,
     next_intake: u32,
+    next_change: u32,
     next_vault: u32,
 }
 
@@ -49,7 +50,15 @@ impl Env {
     pub fn with_chain(chain: RegtestChain, example: ExamplePolicy) -> Result<Env, EnvError> {
         let policy = Policy::from_toml(&example.to_toml())?;
         let compiled = CompiledPolicy::new(policy)?;
-        Ok(Env { chain, keys: example.keys(), example, compiled, next_intake: 0, next_vault: 0 })
+        Ok(Env {
+            chain,
+            keys: example.keys(),
+            example,
+            compiled,
+            next_intake: 0,
+            next_change: 0,
+            next_vault: 0,
+        })
     }
 
     /// Starts intake and vault derivation indices at `base` (a kept chain must not reuse them).
@@ -80,7 +89,7 @@ impl Env {
         let script = self.compiled.intake_descriptor(index)?.script_pubkey();
         let outpoint = self.chain.fund_confirmed(&script, amount)?;
         let txout = self.chain.coin(&outpoint).expect("just confirmed").txout;
-        Ok(FundingInput { outpoint, txout, intake_index: index })
+        Ok(FundingInput { outpoint, txout, intake_index: index, change: false })
     }
 
     /// The whole ceremony for one vault of `amount`: receive, plan, build, sign the graph and
@@ -98,28 +107,51 @@ impl Env {
         cosigner_once: OneTimeKey,
     ) -> Result<Vault, EnvError> {
         let coin = self.receive(amount + Amount::from_sat(10_000))?;
-        let (index, change_index) = (self.next_vault, self.next_intake);
+        self.create_vault_from(&[coin], amount, kind, owner_once, cosigner_once)
+    }
+
+    /// [`Env::create_vault_with`] from `coins`; the change goes to the intake's change branch
+    /// where the policy has one (format 2), else to a receive index.
+    pub fn create_vault_from(
+        &mut self,
+        coins: &[FundingInput],
+        amount: Amount,
+        kind: VaultKind,
+        owner_once: OneTimeKey,
+        cosigner_once: OneTimeKey,
+    ) -> Result<Vault, EnvError> {
+        let index = self.next_vault;
         self.next_vault += 1;
-        self.next_intake += 1;
-        let vault = Ceremony {
-            compiled: &self.compiled,
-            coins: std::slice::from_ref(&coin),
-            index,
-            change_index,
-            amount,
-            kind,
-            funding_sat_per_vb: 2,
-        }
-        .run(
-            owner_once,
-            cosigner_once,
-            &mut |psbt| self.keys.sign_psbt(psbt, &funding_signers(&self.example)),
-            &mut vigil_client::no_towers,
-        )
-        .map_err(PolicyError::from)?;
+        let change_branch = self.compiled.has_change_branch();
+        let next = if change_branch { &mut self.next_change } else { &mut self.next_intake };
+        *next += 1;
+        let change = ChangeTo { index: *next - 1, change_branch };
+        let vault =
+            Ceremony { compiled: &self.compiled, coins, index, change, amount, kind, funding_sat_per_vb: 2 }
+                .run(
+                    owner_once,
+                    cosigner_once,
+                    &mut |psbt| self.keys.sign_psbt(psbt, &funding_signers(&self.example)),
+                    &mut vigil_client::no_towers,
+                )
+                .map_err(PolicyError::from)?;
         self.chain.submit(&vault.funding)?;
         self.chain.mine(1)?;
         Ok(vault)
+    }
+
+    /// The change `vault`'s funding paid back to the intake, as a coin to fund another vault
+    /// with (none when the change went to fees).
+    pub fn change_of(&self, vault: &Vault) -> Option<FundingInput> {
+        let txout = vault.funding.output.get(1)?.clone();
+        let branch = self.compiled.has_change_branch();
+        let index = (0..self.next_change.max(self.next_intake)).find(|i| {
+            self.compiled
+                .intake_descriptor_on(*i, branch)
+                .is_ok_and(|d| d.script_pubkey() == txout.script_pubkey)
+        })?;
+        let outpoint = OutPoint { txid: vault.funding.compute_txid(), vout: 1 };
+        Some(FundingInput { outpoint, txout, intake_index: index, change: branch })
     }
 
     /// The owner's delayed spend of U's spend leaf to `to` (owner + co-signer, plus the

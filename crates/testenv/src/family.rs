@@ -222,7 +222,7 @@ impl Family {
             self.wallet.pay(&node.rpc, self.next_coin, script, amount + Amount::from_sat(20_000));
         self.next_coin += 1;
         mine(&node.rpc, 1, &self.wallet.address());
-        FundingInput { outpoint, txout, intake_index: index }
+        FundingInput { outpoint, txout, intake_index: index, change: false }
     }
 
     /// The first half of a ceremony for a vault of `amount` from `coin`: the owner's one-time
@@ -270,7 +270,7 @@ impl Family {
             earlier: &[],
             coins: std::slice::from_ref(coin),
             index: coin.intake_index,
-            change_index: coin.intake_index + 1,
+            change: vigil_policy::ChangeTo { index: coin.intake_index + 1, change_branch: false },
             amount,
             kind,
             funding_sat_per_vb: 2,

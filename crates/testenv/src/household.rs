@@ -113,13 +113,13 @@ impl Household {
         self.next_coin += 1;
         let script = self.compiled.intake_descriptor(index).unwrap().script_pubkey();
         let (outpoint, txout) = self.wallet.pay(rpc, coin_height, script, amount + Amount::from_sat(20_000));
-        let coin = FundingInput { outpoint, txout, intake_index: index };
+        let coin = FundingInput { outpoint, txout, intake_index: index, change: false };
         let signers = [Signer::Owner(0), Signer::Cosigner];
         Ceremony {
             compiled: &self.compiled,
             coins: std::slice::from_ref(&coin),
             index,
-            change_index: index + 1,
+            change: vigil_policy::ChangeTo { index: index + 1, change_branch: false },
             amount,
             kind,
             funding_sat_per_vb: 2,

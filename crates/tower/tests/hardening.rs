@@ -287,13 +287,14 @@ fn f06_registration_checks_v_on_chain_and_a_registrar_cannot_force_a_sweep() {
             script_pubkey: h.compiled.intake_descriptor(90).unwrap().script_pubkey(),
         },
         intake_index: 90,
+        change: false,
     };
     let keys = h.keys.clone();
     let ghost = Ceremony {
         compiled: &h.compiled,
         coins: std::slice::from_ref(&fake_coin),
         index: 90,
-        change_index: 91,
+        change: vigil_policy::ChangeTo { index: 91, change_branch: false },
         amount: Amount::from_sat(2_000_000),
         kind: VaultKind::Standard,
         funding_sat_per_vb: 2,

@@ -532,15 +532,24 @@ fn allowance_is_the_devices(
 }
 
 /// Says what the device's screen must show before the holder approves `psbt`: `paid` (its
-/// first output, in words), the change back to the holder's own intake address, the fee.
-fn say_what_to_check(session: &Session, psbt: &Psbt, paid: String) {
+/// first output, in words), the change back to the holder's own intake address (unless the
+/// account signing now knows it as its own change, `change_known`, and shows nothing), the fee.
+fn say_what_to_check(session: &Session, psbt: &Psbt, paid: String, change_known: bool) {
     say("Sign on your Ledger. Check on its screen, then approve only if it says:");
     say(&format!("  {paid}"));
     if let Some(change) = psbt.unsigned_tx.output.get(1) {
         let back = Address::from_script(&change.script_pubkey, session.network)
             .map(|a| a.to_string())
             .unwrap_or_default();
-        say(&format!("  {} to {back} (back to your own intake address)", btc(change.value.to_sat())));
+        if change_known {
+            say(&format!(
+                "  (the change, {}, comes back to your wallet's change address {back}: the device knows it as its \
+                 own and does not ask about it)",
+                btc(change.value.to_sat())
+            ));
+        } else {
+            say(&format!("  {} to {back} (back to your own intake address)", btc(change.value.to_sat())));
+        }
     }
     let fee = psbt.fee().map(|f| btc(f.to_sat())).unwrap_or_else(|_| "unknown".into());
     say(&format!("  a fee of {fee}"));
@@ -562,6 +571,8 @@ pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow
         .unwrap_or_default();
     let again = "Nothing was moved. The vault under way waits 10 minutes for your signature: `vigil vault \
                  --resume` shows it on the device again.";
+    // The change goes to today's intake account, which knows its change branch as its own.
+    let today = standing_wallet(session.current(), "Vigil intake")?;
     let mut signed = funding.clone();
     for (n, (w, policy)) in accounts.iter().enumerate() {
         let out = with_registration(session, &ledger, &mut record, w, policy, again, |r| {
@@ -578,6 +589,7 @@ pub fn sign_funding(session: &Session, funding: &Psbt, amount: Amount) -> anyhow
                 session,
                 funding,
                 format!("{} to {vault_address} (your new vault)", btc(amount.to_sat())),
+                *w == today && session.current().has_change_branch(),
             );
             ledger.sign(funding, &to_wallet(w), Some(r))
         })?;
@@ -721,7 +733,7 @@ pub fn sign_spend(
     let again = "Nothing was sent. `vigil spend --resume` shows it on the device again.";
     // Said just before each signing, after any registration the device shows first.
     with_registration(session, &ledger, &mut signer, &w, compiled.policy(), again, |r| {
-        say_what_to_check(session, psbt, format!("{} to {destination}", btc(amount.to_sat())));
+        say_what_to_check(session, psbt, format!("{} to {destination}", btc(amount.to_sat())), false);
         ledger.sign(psbt, &wallet, Some(r))
     })
 }

@@ -172,10 +172,9 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         super::device::ready_to_fund(&session, &state, &outpoints)?;
     }
     let index = state.next_vault;
-    let change_index = state.next_intake;
     // Both indexes are taken before anything is signed: a crash never reuses them.
+    let change = state.take_change_index(session.current());
     state.next_vault += 1;
-    state.next_intake += 1;
     session.dir.save_state(&state)?;
     say("Building the vault with your co-signer; every watchtower must confirm it holds it...");
     let earlier = session.policies.earlier();
@@ -184,7 +183,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         earlier: &earlier,
         coins: &chosen,
         index,
-        change_index,
+        change,
         amount,
         kind,
         funding_sat_per_vb: 2,
@@ -394,9 +393,13 @@ fn own_funding(
     if outputs.first() != Some(&compiled.vault_output(plan)?) {
         return Err(refused("does not pay the vault's own output"));
     }
+    // The change: a receive index handed out, or (format 2) a change-branch index taken.
+    let received = (0..state.next_intake).map(|i| (i, false));
+    let changes = (0..state.next_change).map(|i| (i, true));
     for change in outputs.iter().skip(1) {
-        let ours = (0..state.next_intake)
-            .any(|i| compiled.intake_descriptor(i).is_ok_and(|d| d.script_pubkey() == change.script_pubkey));
+        let ours = received.clone().chain(changes.clone()).any(|(i, branch)| {
+            compiled.intake_descriptor_on(i, branch).is_ok_and(|d| d.script_pubkey() == change.script_pubkey)
+        });
         if !ours || outputs.len() > 2 {
             return Err(refused("pays an address that is not this wallet's"));
         }
