@@ -59,6 +59,7 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
     let theirs = other.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let their_coin = other.intake_coin(&node, Amount::from_sat(1_000_000));
     let used_coin = f.intake_coin(&node, Amount::from_sat(1_000_000));
+    let free_coin = f.intake_coin(&node, Amount::from_sat(3_000_000));
     f.begin(&used_coin, Amount::from_sat(1_000_000), VaultKind::Standard).unwrap();
     // A request accepted once, kept to be replayed.
     let psbt = f.spend_psbt(&standard, &f.wallet.address(), 1_000);
@@ -257,6 +258,31 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         &co,
         &before,
     );
+    // This family's policy is format 1: its intake has no change branch, for the change or a coin.
+    let mut no_branch = again.clone();
+    no_branch.coins = vec![Coin {
+        outpoint: free_coin.outpoint.to_string(),
+        intake_index: free_coin.intake_index,
+        change: false,
+    }];
+    no_branch.change_branch = true;
+    let (status, text) = post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &no_branch), &owner);
+    assert!(
+        String::from_utf8_lossy(&text).contains("no change branch"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    check("a change branch the policy does not have", (status, text), 400, &f, &co, &before);
+    let mut claimed = no_branch.clone();
+    claimed.change_branch = false;
+    claimed.coins[0].change = true;
+    let (status, text) = post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &claimed), &owner);
+    assert!(
+        String::from_utf8_lossy(&text).contains("of the change branch"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    check("a receive coin claimed as change", (status, text), 400, &f, &co, &before);
     let theirs_spend = json!({
         "vault_outpoint": theirs.outpoint().to_string(),
         "psbt": base64::engine::general_purpose::STANDARD.encode(other.spend_psbt(&theirs, &f.wallet.address(), 1_000).serialize()),
