@@ -2164,6 +2164,27 @@ fn with_a_ledger_a_rejected_or_unplugged_signing_leaves_nothing_half_done_and_re
     says(Answer::Approve);
     let sent = json(&dir, &["spend", &to, "0.001"], &[REAL]);
     assert_eq!(sent[0]["progress"]["stage"], "sent from the allowance", "{sent}");
+
+    // A kept registration the device refuses, whose new registration the holder rejects:
+    // nothing is done, and the message names the step that lets the vault go on.
+    let signer_file = dir.join("signer.json");
+    let mut altered: Value = serde_json::from_slice(&std::fs::read(&signer_file).unwrap()).unwrap();
+    for (_, pair) in altered["registrations"].as_object_mut().unwrap() {
+        let hmac = pair[1].as_str().unwrap();
+        pair[1] = format!("{}{}", if hmac.starts_with('0') { "1" } else { "0" }, &hmac[1..]).into();
+    }
+    std::fs::write(&signer_file, serde_json::to_vec(&altered).unwrap()).unwrap();
+    *answer.lock().unwrap() = (Answer::Reject, Answer::Approve);
+    let (ok, _, err) = vigil(&dir, &["vault", "0.05"], &[REAL]);
+    assert!(
+        !ok && err.contains("you rejected it on the device")
+            && err.contains("run `vigil signer register` when ready, then the same command again"),
+        "{err}"
+    );
+    says(Answer::Approve);
+    json(&dir, &["signer", "register"], &[REAL]);
+    let made = json(&dir, &["vault", "0.05"], &[REAL]);
+    assert_eq!(made["state"], "protected", "{made}");
 }
 
 #[test]

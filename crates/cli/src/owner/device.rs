@@ -415,8 +415,14 @@ pub fn ready_to_fund(session: &Session, state: &WalletState, coins: &[OutPoint])
         );
     }
     let ledger = connect_wallets(&record, session.network)?;
-    let again = "Nothing was done; run the same command again when ready.";
     for (w, policy) in &accounts {
+        // A refused record of today's is forgotten before it is registered again: if that
+        // fails, this command will ask for `signer register` first, so say it now.
+        let again = if *w == today {
+            "Nothing was done; run `vigil signer register` when ready, then the same command again."
+        } else {
+            "Nothing was done; run the same command again when ready."
+        };
         let wallet = to_wallet(w);
         with_registration(session, &ledger, &mut record, w, policy, again, |r| {
             ledger.address(&wallet, Some(r), false, 0, false)
