@@ -990,14 +990,7 @@ fn coins_swept_under_an_earlier_backup_key_come_back_with_that_keys_phrase() {
     let replaced = backup_line(&std::fs::read_to_string(other.join("policy.toml")).unwrap());
     let v2 = v1.replacen("version = 1", "version = 2", 1).replacen(&backup_line(&v1), &replaced, 1);
     assert!(v2.contains(&replaced) && backup_line(&v1) != replaced, "{v2}");
-    let proposal = keys.path().join("v2.toml");
-    std::fs::write(&proposal, &v2).unwrap();
-    let mut effective = 0;
-    for key in &guardian_keys {
-        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
-        assert!(ok, "{err}");
-        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
-    }
+    let effective = guardians_sign(keys.path(), &guardian_keys, &policy, &v2);
     let tip = s.node.rpc.tip().unwrap().height;
     mine(&s.node.rpc, effective.saturating_sub(tip), &payer.address());
     let new = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
@@ -1300,15 +1293,21 @@ fn guardians_sign_version_2(dir: &Path, keys: &Path, guardian_keys: &[std::path:
         .replacen("unvault = 10", "unvault = 13", 1)
         .replacen("recovery = 40", "recovery = 44", 1);
     assert!(v2.contains("unvault = 13") && v2.contains("recovery = 44"), "{v2}");
+    (v1, guardians_sign(keys, guardian_keys, &policy, &v2))
+}
+
+/// Every guardian of `guardian_keys` signs the proposal `text` (written beside `policy`, the
+/// guardians' copy): the height it applies from.
+fn guardians_sign(keys: &Path, guardian_keys: &[std::path::PathBuf], policy: &Path, text: &str) -> u32 {
     let proposal = keys.join("v2.toml");
-    std::fs::write(&proposal, &v2).unwrap();
+    std::fs::write(&proposal, text).unwrap();
     let mut effective = 0;
     for key in guardian_keys {
-        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
+        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(policy));
         assert!(ok, "{err}");
         effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
     }
-    (v1, effective)
+    effective
 }
 
 #[test]
@@ -1333,14 +1332,7 @@ fn after_the_guardians_add_a_tower_the_owner_enrolls_it_and_it_watches_every_vau
             "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
             added.api.url, added.public_key
         );
-    let proposal = keys.path().join("v2.toml");
-    std::fs::write(&proposal, &v2).unwrap();
-    let mut effective = 0;
-    for key in &guardian_keys {
-        let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(&policy));
-        assert!(ok, "{err}");
-        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
-    }
+    let effective = guardians_sign(keys.path(), &guardian_keys, &policy, &v2);
     eventually("the guardians' webhook hears of the change", || {
         alarms.lock().unwrap().iter().find(|a| a["kind"] == "policy-proposed").cloned()
     });
