@@ -290,8 +290,9 @@ pub struct WalletState {
     pub birth_height: u32,
     /// The next intake index to hand out.
     pub next_intake: u32,
-    /// The next index of the intake's change branch (format 2): where a vault funding's
-    /// change goes.
+    /// The next index of the intake's change branch (format 2), where a vault funding's
+    /// change goes: the vault's own index, so the vault count bounds it too (a restore, or a
+    /// state an earlier release saved without it).
     #[serde(default)]
     pub next_change: u32,
     /// The next vault index.
@@ -418,12 +419,23 @@ impl WalletState {
             .collect()
     }
 
-    /// The change-branch index a vault funding's change goes to under `compiled`, taken (a
-    /// crash never reuses it): format 1 has no change branch, so a receive index.
+    /// Where the funding of the vault about to take index `next_vault` sends its change under
+    /// `compiled`, taken (a crash never reuses it): the change branch at the vault's index, or
+    /// in format 1, which has no change branch, a receive index.
     pub fn take_change_index(&mut self, compiled: &CompiledPolicy) -> ChangeTo {
-        let next = if compiled.has_change_branch() { &mut self.next_change } else { &mut self.next_intake };
-        *next += 1;
-        ChangeTo { index: *next - 1, change_branch: compiled.has_change_branch() }
+        if compiled.has_change_branch() {
+            let index = self.next_vault.max(self.next_change);
+            self.next_change = index + 1;
+            ChangeTo { index, change_branch: true }
+        } else {
+            self.next_intake += 1;
+            ChangeTo { index: self.next_intake - 1, change_branch: false }
+        }
+    }
+
+    /// The change-branch indexes that may hold coins: one per vault at most.
+    fn change_indexes(&self) -> u32 {
+        self.next_change.max(self.next_vault)
     }
 
     /// Scans the blocks since the last scan for payments to the intake addresses handed out
@@ -447,7 +459,9 @@ impl WalletState {
                     scripts.entry(d.script_pubkey()).or_insert((i, false, version));
                 }
             }
-            for i in (0..self.next_change + INTAKE_LOOKAHEAD).take_while(|_| compiled.has_change_branch()) {
+            for i in
+                (0..self.change_indexes() + INTAKE_LOOKAHEAD).take_while(|_| compiled.has_change_branch())
+            {
                 if let Ok(d) = compiled.intake_descriptor_on(i, true) {
                     scripts.entry(d.script_pubkey()).or_insert((i, true, version));
                 }
@@ -483,7 +497,16 @@ impl WalletState {
             self.scanned_height = height;
         }
         for coin in self.coins.iter_mut().filter(|c| !c.spent) {
-            coin.spent = chain.unspent_output(&coin.outpoint).map_err(chain_err)?.is_none();
+            let unspent = chain.unspent_output(&coin.outpoint).map_err(chain_err)?;
+            // A record an earlier release saved again lost the change branch: the script says.
+            if let Some(&(index, change, version)) =
+                unspent.as_ref().and_then(|o| scripts.get(&o.script_pubkey))
+            {
+                if (coin.intake_index, coin.change) != (index, change) {
+                    (coin.intake_index, coin.change, coin.policy_version) = (index, change, version);
+                }
+            }
+            coin.spent = unspent.is_none();
         }
         for vault in self.vaults.iter_mut().filter(|v| v.confirmed_height.is_none()) {
             if let Some((_, Some(height))) =

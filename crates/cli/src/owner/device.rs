@@ -548,9 +548,10 @@ fn say_what_to_check(session: &Session, psbt: &Psbt, paid: String, change_known:
             .map(|a| a.to_string())
             .unwrap_or_default();
         if change_known {
+            // Any other output the device shows is not this wallet's: the holder rejects it.
             say(&format!(
-                "  (the change, {}, comes back to your wallet's change address {back}: the device knows it as its \
-                 own and does not ask about it)",
+                "  and no other payment: the change, {}, comes back to your wallet's change address {back}, \
+                 which the device knows as its own and does not show",
                 btc(change.value.to_sat())
             ));
         } else {

@@ -195,7 +195,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
             let version = session.policies.version(c.version).map(|p| p.policy().version.to_string());
             say(&format!(
                 "Left out: coin {} (deep vault, {}): it was swept under policy version {}, whose backup key \
-                 is another; run this again with that key's phrase (or --sign-elsewhere) for it.",
+                 is another; once this recovery is finished, run this again with that key's phrase for it.",
                 c.input.outpoint,
                 btc(c.input.txout.value.to_sat()),
                 version.unwrap_or_else(|_| "unknown".into()),

@@ -323,9 +323,6 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
             }
             state.vaults.push(record);
         }
-        // Each vault took one change-branch index (format 2) with its own: the change of every
-        // funding is scanned for, however many vaults came before.
-        state.next_change = state.next_vault;
         state.scan(&policies, &*chain)?;
         for v in state.vaults.iter_mut().filter(|v| v.confirmed_height.is_some()) {
             // Spent already (unvaulted or swept): not offered for a spend.
