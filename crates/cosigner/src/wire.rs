@@ -90,12 +90,8 @@ pub struct Coin {
     pub intake_index: u32,
     /// On the intake's change branch (an earlier funding's change, format 2). Left out when
     /// false, so a request is what an earlier release sent.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub change: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !b
 }
 
 /// `POST /v1/vaults`: the start of a vault ceremony.
@@ -120,7 +116,7 @@ pub struct BeginVault {
     pub change_index: u32,
     /// The change goes to the intake's change branch (format 2), where the owner's hardware
     /// signer recognises it as its own, not to a receive address.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub change_branch: bool,
     /// The funding's feerate, sat/vB.
     pub funding_sat_per_vb: u64,
