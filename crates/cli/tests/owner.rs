@@ -1001,34 +1001,29 @@ fn coins_swept_under_an_earlier_backup_key_come_back_with_that_keys_phrase() {
         swept["vaults"].as_array().unwrap().iter().map(|v| v["policy_version"].as_u64().unwrap()).collect();
     assert_eq!(versions, [1, 2], "{swept}");
 
-    // Today's backup phrase brings back version 2's coin; version 1's is said and left for
-    // its own key, instead of making a transaction nobody can finish.
+    // Each phrase brings back the coin its key holds, and names the other, left for its own
+    // key, instead of making a transaction nobody can finish: the replaced phrase first (it is
+    // still version 1's key), then today's.
     let to = Wallet::new().address();
     let psbt = dir.join("deep.psbt");
     let p = psbt.to_str().unwrap();
     let recover = ["recover", "--deep-vault", "--to", &to.to_string(), "--psbt", p, "--json"];
-    let (ok, out, err) = vigil(&dir, &recover, &[REAL, &new_backup]);
-    assert!(ok, "{err}");
-    assert!(err.contains("Left out: coin") && err.contains("policy version 1"), "{err}");
-    let amount = serde_json::from_str::<Value>(&out).unwrap()["amount_sat"].as_u64().unwrap();
-    assert!(amount < 5_000_000 && amount > 4_990_000, "one coin: {out}");
-    for key in &guardian_keys {
-        let (ok, _, err) = guardian(key, &["sign-recovery", p, "--yes"], Some(&policy));
+    let recover_with = |phrase: &str| {
+        let (ok, out, err) = vigil(&dir, &recover, &[REAL, phrase]);
         assert!(ok, "{err}");
-    }
-    recovery_arrives(&s, &dir, &payer, p, amount, &to);
-
-    // The replaced phrase is still that coin's key: it signs it, and only it.
-    let (ok, out, err) = vigil(&dir, &recover, &[REAL, &backup]);
-    assert!(ok, "{err}");
-    assert!(!err.contains("Left out"), "{err}");
-    let amount = serde_json::from_str::<Value>(&out).unwrap()["amount_sat"].as_u64().unwrap();
-    assert!(amount < 5_000_000 && amount > 4_990_000, "one coin: {out}");
-    for key in &guardian_keys {
-        let (ok, _, err) = guardian(key, &["sign-recovery", p, "--yes"], Some(&policy));
-        assert!(ok, "{err}");
-    }
-    recovery_arrives(&s, &dir, &payer, p, amount, &to);
+        let amount = serde_json::from_str::<Value>(&out).unwrap()["amount_sat"].as_u64().unwrap();
+        assert!(amount < 5_000_000 && amount > 4_990_000, "one coin: {out}");
+        for key in &guardian_keys {
+            let (ok, _, err) = guardian(key, &["sign-recovery", p, "--yes"], Some(&policy));
+            assert!(ok, "{err}");
+        }
+        recovery_arrives(&s, &dir, &payer, p, amount, &to);
+        err
+    };
+    let err = recover_with(&backup);
+    assert!(err.contains("Left out: coin") && err.contains("policy version 2"), "{err}");
+    let err = recover_with(&new_backup);
+    assert!(!err.contains("Left out"), "the other coin is back already: {err}");
     assert_eq!(json(&dir, &["status"], &[REAL])["deep_vault_sat"], 0);
 }
 

@@ -433,8 +433,8 @@ impl WalletState {
         }
     }
 
-    /// The change-branch indexes that may hold coins: one per vault at most.
-    fn change_indexes(&self) -> u32 {
+    /// How many change-branch indexes may be in use: one per vault at most.
+    pub fn change_indexes(&self) -> u32 {
         self.next_change.max(self.next_vault)
     }
 

@@ -135,11 +135,16 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     }
     let on_backup_device =
         !args.sign_elsewhere && args.deep_vault && super::device::has_backup_signer(&session.dir)?;
-    let key = match (&to, args.deep_vault) {
-        (None, _) => None,
-        (Some(_), _) if args.sign_elsewhere || on_device || on_backup_device => None,
-        (Some(_), true) => Some(backup_key(&session)?),
-        (Some(_), false) => Some((vault_key(&session)?, session.current().policy().owner.keys[0].xpub)),
+    // The key signing here, and for the deep vault which backup key it is.
+    let (key, backup) = match (&to, args.deep_vault) {
+        (None, _) => (None, None),
+        (Some(_), true) if on_backup_device => (None, Some(session.current().policy().backup.xpub)),
+        (Some(_), _) if args.sign_elsewhere || on_device => (None, None),
+        (Some(_), true) => {
+            let (key, xpub) = backup_key(&session)?;
+            (Some(key), Some(xpub))
+        }
+        (Some(_), false) => (Some(vault_key(&session)?), None),
     };
     // Nothing here waits for the co-signer: the vaults' own unvaults start the clock.
     let mut sent = Vec::new();
@@ -177,12 +182,6 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     }
     // Ready coins this signer cannot sign, said and left out.
     let mut left_out = 0;
-    // The backup key signing here: the phrase's, or today's on its device.
-    let backup = match &key {
-        Some((_, xpub)) if args.deep_vault => Some(*xpub),
-        _ if on_backup_device && to.is_some() => Some(session.current().policy().backup.xpub),
-        _ => None,
-    };
     if let Some(backup) = backup {
         // A coin swept into the deep vault of a version with another backup key (a change
         // replaced it) would leave the transaction unsignable for every coin: it is left for
@@ -224,7 +223,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     let prepared = match (&to, survey.ready.is_empty()) {
         (Some(to), false) => {
             let mut psbt = recovery::recovery_psbt(&survey.ready, to, Allowance::feerate(&*chain))?;
-            if let Some((key, _)) = &key {
+            if let Some(key) = &key {
                 key.sign_psbt(&mut psbt);
             }
             if on_device {

@@ -395,7 +395,7 @@ fn own_funding(
     }
     // The change: a receive index handed out, or (format 2) a change-branch index taken.
     let received = (0..state.next_intake).map(|i| (i, false));
-    let changes = (0..state.next_change).map(|i| (i, true));
+    let changes = (0..state.change_indexes()).map(|i| (i, true));
     for change in outputs.iter().skip(1) {
         let ours = received.clone().chain(changes.clone()).any(|(i, branch)| {
             compiled.intake_descriptor_on(i, branch).is_ok_and(|d| d.script_pubkey() == change.script_pubkey)
