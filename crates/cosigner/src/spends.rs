@@ -187,11 +187,11 @@ impl Cosigner {
         }
         // Our own PSBT of the same transaction, from our records: only the owner's
         // signatures are taken from theirs.
-        let descriptors = made_under.vault_descriptors(&vault.plan()?).map_err(|_| Refusal::Internal)?;
+        let plan = vault.plan()?;
         let input = SpendInput {
             outpoint: unvault_out,
             txout: unvault.output[0].clone(),
-            descriptor: descriptors.unvault,
+            descriptor: made_under.unvault_descriptor(&plan).map_err(|_| Refusal::Internal)?,
             sequence: tx.input[0].sequence,
         };
         let mut psbt =
@@ -205,9 +205,8 @@ impl Cosigner {
         // out: refused now, not at DELAY. Only those are kept from what the client sent.
         let mut candidate = psbt.clone();
         candidate.inputs[0].tap_script_sigs.clone_from(&given.inputs[0].tap_script_sigs);
-        let owner = made_under
-            .owner_spend_signatures(&vault.plan()?, &candidate, 0)
-            .map_err(|e| bad(format!("psbt: {e}")))?;
+        let owner =
+            made_under.owner_spend_signatures(&plan, &candidate, 0).map_err(|e| bad(format!("psbt: {e}")))?;
         if !owner.enough() {
             return Err(bad(format!(
                 "psbt: the owner's signatures on the spend leaf: {} valid of the {} needed",

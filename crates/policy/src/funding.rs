@@ -126,8 +126,7 @@ impl CompiledPolicy {
         let mut psbt = Psbt::from_unsigned_tx(tx).map_err(PsbtError::from)?;
         for (i, (input, d)) in inputs.iter().zip(&descriptors).enumerate() {
             psbt.inputs[i].witness_utxo = Some(input.txout.clone());
-            psbt.update_input_with_descriptor(i, d)
-                .map_err(|source| PsbtError::Input { input: i, source })?;
+            crate::spends::fill_input(&mut psbt, i, d)?;
         }
         if psbt.outputs.len() == 2 {
             psbt.update_output_with_descriptor(1, &change_descriptor)

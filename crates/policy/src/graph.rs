@@ -19,7 +19,7 @@ use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::taproot::{ControlBlock, LeafVersion, TapLeafHash};
 use bitcoin::transaction::Version;
 use bitcoin::{Address, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid, Witness};
-use miniscript::descriptor::DefiniteDescriptorKey;
+use miniscript::descriptor::{DefiniteDescriptorKey, DescriptorPublicKey};
 use miniscript::Descriptor;
 
 use crate::config::{KeyChain, Policy, PolicyFormat, PolicyKey, P2TR_DUST_SAT};
@@ -261,15 +261,31 @@ impl CompiledPolicy {
 
     /// One vault's outputs as definite descriptors.
     pub fn vault_descriptors(&self, plan: &VaultPlan) -> Result<VaultDescriptors, PolicyError> {
-        let mut keys = self.vault_keys.keys_with_origin(plan.index)?;
-        keys.insert("OO".into(), single(plan.owner_once));
-        keys.insert("CO".into(), single(plan.cosigner_once));
+        let keys = self.plan_keys(plan)?;
         Ok(VaultDescriptors {
             vault: definite(translate(&self.templates.vault, &keys)?)?,
             unvault: definite(translate(self.templates.unvault(plan.kind), &keys)?)?,
             recovery: definite(translate(&self.templates.recovery, &keys)?)?,
             deep_vault: definite(translate(&self.templates.deep_vault, &keys)?)?,
         })
+    }
+
+    /// Only U's descriptor of [`Self::vault_descriptors`]: what a spend of the vault needs,
+    /// without translating the three others (the co-signer does this per spend request).
+    pub fn unvault_descriptor(
+        &self,
+        plan: &VaultPlan,
+    ) -> Result<Descriptor<DefiniteDescriptorKey>, PolicyError> {
+        definite(translate(self.templates.unvault(plan.kind), &self.plan_keys(plan)?)?)
+    }
+
+    /// Every placeholder of `plan`'s descriptors: the policy's keys at its index, with their
+    /// origins, and its two one-time keys.
+    fn plan_keys(&self, plan: &VaultPlan) -> Result<HashMap<String, DescriptorPublicKey>, PolicyError> {
+        let mut keys = self.vault_keys.keys_with_origin(plan.index)?;
+        keys.insert("OO".into(), single(plan.owner_once));
+        keys.insert("CO".into(), single(plan.cosigner_once));
+        Ok(keys)
     }
 
     /// The recovery leaf's script (owner + guardians after T_RECOVER) at `index`, on the

@@ -9,8 +9,9 @@
 
 use proptest::prelude::*;
 use vigil_policy::bitcoin::hashes::Hash;
-use vigil_policy::bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxOut, Txid};
+use vigil_policy::bitcoin::{Amount, OutPoint, Psbt, ScriptBuf, Sequence, Transaction, TxOut, Txid};
 use vigil_policy::example::ExamplePolicy;
+use vigil_policy::miniscript::psbt::PsbtExt;
 use vigil_policy::{spend_psbt, OneTimeKey, SpendInput, VaultKind};
 use vigil_regtest::SubmitError;
 use vigil_testenv::{force_leaf_witness, Env, Signer};
@@ -180,8 +181,25 @@ fn check_verified(case: &Case) -> Result<(), TestCaseError> {
         prop_assert!(p.tx.output[0].value.to_sat() >= 330);
     }
 
-    // The spend leaf against nSequence: DELAY passes the script, DELAY - 1 fails CSV.
+    // Vigil fills a taproot PSBT input itself: exactly what miniscript fills, for every
+    // output a PSBT spends (the vault's four and the intake's).
     let descriptors = env.compiled.vault_descriptors(&plan).unwrap();
+    prop_assert_eq!(env.compiled.unvault_descriptor(&plan).unwrap(), descriptors.unvault.clone());
+    let intake = env.compiled.intake_descriptor(3).unwrap();
+    for d in
+        [&descriptors.vault, &descriptors.unvault, &descriptors.recovery, &descriptors.deep_vault, &intake]
+    {
+        let txout = TxOut { value: amount, script_pubkey: d.script_pubkey() };
+        let input =
+            SpendInput { outpoint: v, txout: txout.clone(), descriptor: d.clone(), sequence: Sequence::ZERO };
+        let ours = spend_psbt(&[input], vec![TxOut { value: amount, script_pubkey: sink() }]).unwrap();
+        let mut theirs = Psbt::from_unsigned_tx(ours.unsigned_tx.clone()).unwrap();
+        theirs.inputs[0].witness_utxo = Some(txout);
+        theirs.update_input_with_descriptor(0, d).unwrap();
+        prop_assert_eq!(ours, theirs, "{}", d);
+    }
+
+    // The spend leaf against nSequence: DELAY passes the script, DELAY - 1 fails CSV.
     let u_out = signed.unvault().output[0].clone();
     let u_outpoint = OutPoint { txid: signed.unvault().compute_txid(), vout: 0 };
     let mut keys: Vec<_> = env.owners().into_iter().map(|s| env.vault_keypair(s, 3)).collect();

@@ -115,27 +115,27 @@ fn commit_group(conn: &mut Connection, group: &[Write]) -> Vec<Result<(), StoreE
             match job {
                 Write::Batch(batch, _) => apply(&sp, batch)?,
                 Write::Delivered(id, sink, _) => {
-                    sp.execute(
+                    sp.prepare_cached(
                         "INSERT OR IGNORE INTO deliveries (alarm_id, sink) VALUES (?1, ?2)",
-                        params![id, sink],
-                    )?;
-                    sp.execute("DELETE FROM pending WHERE sink = ?1 AND alarm_id = ?2", params![sink, id])?;
+                    )?
+                    .execute(params![id, sink])?;
+                    sp.prepare_cached("DELETE FROM pending WHERE sink = ?1 AND alarm_id = ?2")?.execute(params![sink, id])?;
                 }
                 Write::Sinks(sinks, _) => {
                     for sink in sinks {
-                        sp.execute("INSERT OR IGNORE INTO sinks (name) VALUES (?1)", [sink])?;
-                        sp.execute(
+                        sp.prepare_cached("INSERT OR IGNORE INTO sinks (name) VALUES (?1)")?.execute([sink])?;
+                        sp.prepare_cached(
                             "INSERT OR IGNORE INTO pending (sink, alarm_id) SELECT ?1, o.id FROM outbox o
                                WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alarm_id = o.id AND d.sink = ?1)",
-                            [sink],
-                        )?;
+                        )?
+                        .execute([sink])?;
                     }
                     // Delivered by a release that kept no such rows: not owed again.
-                    sp.execute(
+                    sp.prepare_cached(
                         "DELETE FROM pending WHERE EXISTS (SELECT 1 FROM deliveries d
                            WHERE d.alarm_id = pending.alarm_id AND d.sink = pending.sink)",
-                        [],
-                    )?;
+                    )?
+                    .execute([])?;
                 }
             }
             sp.commit()?;
@@ -164,28 +164,28 @@ fn commit_group(conn: &mut Connection, group: &[Write]) -> Vec<Result<(), StoreE
 fn apply(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
     for (kind, id, want) in &batch.expect {
         let have: Option<String> = conn
-            .query_row("SELECT body FROM records WHERE kind = ?1 AND id = ?2", params![kind, id], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT body FROM records WHERE kind = ?1 AND id = ?2")?
+            .query_row(params![kind, id], |r| r.get(0))
             .optional()?;
         if &have != want {
             return Err(StoreError::Conflict(format!("{kind} {id}")));
         }
     }
     for (kind, id, body) in &batch.put {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO records (kind, id, body) VALUES (?1, ?2, ?3)
              ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
-            params![kind, id, body],
-        )?;
+        )?
+        .execute(params![kind, id, body])?;
     }
     for (kind, id) in &batch.delete {
-        conn.execute("DELETE FROM records WHERE kind = ?1 AND id = ?2", params![kind, id])?;
+        conn.prepare_cached("DELETE FROM records WHERE kind = ?1 AND id = ?2")?.execute(params![kind, id])?;
     }
     for alarm in &batch.alarms {
-        conn.execute("INSERT INTO outbox (body) VALUES (?1)", [alarm])?;
+        conn.prepare_cached("INSERT INTO outbox (body) VALUES (?1)")?.execute([alarm])?;
         let id = conn.last_insert_rowid();
-        conn.execute("INSERT INTO pending (sink, alarm_id) SELECT name, ?1 FROM sinks", [id])?;
+        conn.prepare_cached("INSERT INTO pending (sink, alarm_id) SELECT name, ?1 FROM sinks")?
+            .execute([id])?;
     }
     Ok(())
 }
