@@ -285,6 +285,16 @@ pub(crate) mod conformance {
         );
         store.commit(&ok).unwrap();
         assert_eq!(store.get(kind::CLIENT, "a").unwrap().as_deref(), Some("4"));
+        // Written twice in one batch, a record holds the last write; written and deleted,
+        // it is gone.
+        let mut twice = Batch::default();
+        twice
+            .put(kind::SPEND, "t", "1")
+            .put(kind::SPEND, "d", "1")
+            .put(kind::SPEND, "t", "2")
+            .delete(kind::SPEND, "d");
+        store.commit(&twice).unwrap();
+        assert_eq!(store.list(kind::SPEND, "").unwrap(), vec![("t".to_owned(), "2".to_owned())]);
         // The outbox: one delivery per sink. An alarm raised before its sinks were named
         // waits for them too.
         let sinks = vec!["s1".to_owned(), "s2".to_owned()];

@@ -1,6 +1,8 @@
 //! The providers' store: a PostgreSQL schema with the same two tables as SQLite.
 
-use postgres::{Client, IsolationLevel, NoTls};
+use std::collections::{BTreeMap, HashMap};
+
+use postgres::{Client, IsolationLevel, NoTls, Statement};
 
 use super::{Batch, OutboxEntry, Pool, Store};
 use crate::error::StoreError;
@@ -8,17 +10,55 @@ use crate::error::StoreError;
 /// A PostgreSQL schema, through a pool of connections: concurrent requests run their own
 /// transactions, and the server syncs their commits together.
 pub struct PostgresStore {
-    pool: Pool<Client>,
+    pool: Pool<Connection>,
 }
 
 /// Most connections open at once (PostgreSQL's default limit is 100 for the whole server).
 const CONNECTIONS: usize = 16;
 
-fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
+/// One connection, with the statements every request runs prepared once: a query given as
+/// text is parsed by the server in a round trip of its own, each time it runs.
+struct Connection {
+    client: Client,
+    get: Statement,
+    list: Statement,
+    locks: Statement,
+    read_many: Statement,
+    put_many: Statement,
+    delete: Statement,
+    outbox: Statement,
+    pending: Statement,
+}
+
+fn connect(url: &str, schema: &str) -> Result<Connection, StoreError> {
     let mut client = Client::connect(url, NoTls)?;
     // `schema` is checked to be letters, digits and _ when the configuration is parsed.
     client.batch_execute(&format!("SET search_path TO {schema}"))?;
-    Ok(client)
+    prepared(client)
+}
+
+/// `client` (its search path set) with the request path's statements prepared.
+fn prepared(mut client: Client) -> Result<Connection, StoreError> {
+    Ok(Connection {
+        get: client.prepare("SELECT body FROM records WHERE kind = $1 AND id = $2")?,
+        // A prefix match the pattern index answers, whatever the database's collation.
+        list: client.prepare("SELECT id, body FROM records WHERE kind = $1 AND id LIKE $2 ORDER BY id")?,
+        // A function scan yields the array in its order, and each row's lock is taken as
+        // the row is produced: the locks are taken in the (sorted) order given.
+        locks: client.prepare("SELECT pg_advisory_xact_lock(l) FROM unnest($1::bigint[]) AS l")?,
+        read_many: client.prepare(
+            "SELECT e.kind, e.id, r.body FROM unnest($1::text[], $2::text[]) AS e(kind, id)
+             LEFT JOIN records r ON r.kind = e.kind AND r.id = e.id",
+        )?,
+        put_many: client.prepare(
+            "INSERT INTO records (kind, id, body) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+        )?,
+        delete: client.prepare("DELETE FROM records WHERE kind = $1 AND id = $2")?,
+        outbox: client.prepare("INSERT INTO outbox (body) VALUES ($1) RETURNING id")?,
+        pending: client.prepare("INSERT INTO pending (sink, alarm_id) SELECT name, $1 FROM sinks")?,
+        client,
+    })
 }
 
 /// The advisory lock guarding one record: the first 8 bytes of sha256(kind, id), the same
@@ -47,36 +87,34 @@ impl PostgresStore {
              CREATE TABLE IF NOT EXISTS pending (sink TEXT NOT NULL, alarm_id BIGINT NOT NULL,
                  PRIMARY KEY (sink, alarm_id));"
         ))?;
+        let first = prepared(client)?;
         let (url, schema) = (url.to_owned(), schema.to_owned());
-        Ok(PostgresStore { pool: Pool::new(CONNECTIONS, client, move || connect(&url, &schema)) })
+        Ok(PostgresStore { pool: Pool::new(CONNECTIONS, first, move || connect(&url, &schema)) })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
-        self.pool.with(|c| !c.is_closed(), |c| Ok(f(c)?))
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.pool.with(|c| !c.client.is_closed(), |c| Ok(f(c)?))
     }
 }
 
 impl Store for PostgresStore {
     fn get(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
-        let row = self
-            .with(|c| c.query_opt("SELECT body FROM records WHERE kind = $1 AND id = $2", &[&kind, &id]))?;
+        let row = self.with(|c| c.client.query_opt(&c.get, &[&kind, &id]))?;
         Ok(row.map(|r| r.get(0)))
     }
 
     fn list(&self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = self.with(|c| {
-            c.query(
-                // A prefix match the pattern index answers, whatever the database's collation.
-                "SELECT id, body FROM records WHERE kind = $1 AND id LIKE $2 ORDER BY id",
-                &[&kind, &like_prefix(prefix)],
-            )
-        })?;
+        let rows = self.with(|c| c.client.query(&c.list, &[&kind, &like_prefix(prefix)]))?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     fn count(&self, kind: &str) -> Result<u64, StoreError> {
-        let n: i64 =
-            self.with(|c| c.query_one("SELECT count(*) FROM records WHERE kind = $1", &[&kind]))?.get(0);
+        let n: i64 = self
+            .with(|c| c.client.query_one("SELECT count(*) FROM records WHERE kind = $1", &[&kind]))?
+            .get(0);
         Ok(n as u64)
     }
 
@@ -94,37 +132,49 @@ impl Store for PostgresStore {
         locks.sort_unstable();
         locks.dedup();
         self.pool.with(
-            |c| !c.is_closed(),
-            |client| {
+            |c| !c.client.is_closed(),
+            |c| {
                 // READ COMMITTED whatever the server's default: each check below must see
                 // what the previous holder of its lock committed, not a snapshot older than it.
                 let mut tx =
-                    client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
-                for lock in &locks {
-                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[lock])?;
+                    c.client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+                // A statement each for the locks, the checks and the writes, not one per record:
+                // each statement is a round trip, with the client's locks held.
+                if !locks.is_empty() {
+                    tx.execute(&c.locks, &[&locks])?;
                 }
-                for (kind, id, want) in &batch.expect {
-                    let have: Option<String> = tx
-                        .query_opt("SELECT body FROM records WHERE kind = $1 AND id = $2", &[kind, id])?
-                        .map(|r| r.get(0));
-                    if &have != want {
-                        return Err(StoreError::Conflict(format!("{kind} {id}")));
+                if !batch.expect.is_empty() {
+                    let kinds: Vec<&str> = batch.expect.iter().map(|(k, _, _)| *k).collect();
+                    let ids: Vec<&str> = batch.expect.iter().map(|(_, i, _)| i.as_str()).collect();
+                    let have: HashMap<(String, String), Option<String>> = tx
+                        .query(&c.read_many, &[&kinds, &ids])?
+                        .into_iter()
+                        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                        .collect();
+                    for (kind, id, want) in &batch.expect {
+                        if have.get(&((*kind).to_owned(), id.clone())) != Some(want) {
+                            return Err(StoreError::Conflict(format!("{kind} {id}")));
+                        }
                     }
                 }
+                // One row per record (the last write of it wins, as written one by one): an
+                // upsert may not touch a row twice.
+                let mut puts: BTreeMap<(&str, &str), &str> = BTreeMap::new();
                 for (kind, id, body) in &batch.put {
-                    tx.execute(
-                        "INSERT INTO records (kind, id, body) VALUES ($1, $2, $3)
-                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
-                        &[kind, id, body],
-                    )?;
+                    puts.insert((kind, id), body);
+                }
+                if !puts.is_empty() {
+                    let kinds: Vec<&str> = puts.keys().map(|(k, _)| *k).collect();
+                    let ids: Vec<&str> = puts.keys().map(|(_, i)| *i).collect();
+                    let bodies: Vec<&str> = puts.values().copied().collect();
+                    tx.execute(&c.put_many, &[&kinds, &ids, &bodies])?;
                 }
                 for (kind, id) in &batch.delete {
-                    tx.execute("DELETE FROM records WHERE kind = $1 AND id = $2", &[kind, id])?;
+                    tx.execute(&c.delete, &[kind, id])?;
                 }
                 for alarm in &batch.alarms {
-                    let id: i64 =
-                        tx.query_one("INSERT INTO outbox (body) VALUES ($1) RETURNING id", &[alarm])?.get(0);
-                    tx.execute("INSERT INTO pending (sink, alarm_id) SELECT name, $1 FROM sinks", &[&id])?;
+                    let id: i64 = tx.query_one(&c.outbox, &[alarm])?.get(0);
+                    tx.execute(&c.pending, &[&id])?;
                 }
                 tx.commit()?;
                 Ok(())
@@ -134,7 +184,8 @@ impl Store for PostgresStore {
 
     fn deliver_to(&self, sinks: &[String]) -> Result<(), StoreError> {
         self.with(|c| {
-            let mut tx = c.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+            let mut tx =
+                c.client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
             // No alarm commits meanwhile (another process's): each either sees the new sinks
             // or committed before the backfill below reads the outbox.
             tx.batch_execute("LOCK TABLE outbox IN EXCLUSIVE MODE")?;
@@ -159,7 +210,7 @@ impl Store for PostgresStore {
 
     fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = self.with(|c| {
-            c.query(
+            c.client.query(
                 "SELECT o.id, o.body FROM pending p JOIN outbox o ON o.id = p.alarm_id WHERE p.sink = $1
                  ORDER BY p.alarm_id LIMIT $2",
                 &[&sink, &(limit as i64)],
@@ -170,7 +221,7 @@ impl Store for PostgresStore {
 
     fn undelivered_by_client(&self, sink: &str, per_client: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = self.with(|c| {
-            c.query(
+            c.client.query(
                 "SELECT id, body FROM (SELECT o.id, o.body, row_number() OVER
                    (PARTITION BY (o.body::jsonb)->>'client' ORDER BY o.id) AS n
                    FROM pending p JOIN outbox o ON o.id = p.alarm_id WHERE p.sink = $1) AS w
@@ -183,7 +234,7 @@ impl Store for PostgresStore {
 
     fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError> {
         self.with(|c| {
-            let mut tx = c.transaction()?;
+            let mut tx = c.client.transaction()?;
             tx.execute(
                 "INSERT INTO deliveries (alarm_id, sink) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[&id, &sink],
@@ -196,7 +247,7 @@ impl Store for PostgresStore {
 
     fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = self.with(|c| {
-            c.query(
+            c.client.query(
                 "SELECT id, body FROM outbox WHERE (body::jsonb)->>'client' = $1 ORDER BY id DESC LIMIT $2",
                 &[&client, &(limit as i64)],
             )
@@ -207,7 +258,7 @@ impl Store for PostgresStore {
     fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError> {
         let n: i64 = self
             .with(|c| {
-                c.query_one(
+                c.client.query_one(
                     "SELECT count(DISTINCT alarm_id) FROM pending WHERE sink = ANY($1::text[])",
                     &[&sinks],
                 )
@@ -242,6 +293,6 @@ mod tests {
         let schema = vigil_testenv::process::unique_schema("cosigner_conformance");
         let store = super::PostgresStore::connect(&url, &schema).unwrap();
         crate::store::conformance::run(&store);
-        store.with(|c| c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))).unwrap();
+        store.with(|c| c.client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))).unwrap();
     }
 }
