@@ -196,7 +196,11 @@ fn run(label: &str, store: &str) {
         per(base_cpu[1]),
         per(cpu[2]),
         per(cpu[0]),
-        if store.is_empty() { String::new() } else { format!(", the PostgreSQL server {:.2} ms", per(server)) },
+        match (store.is_empty(), server > 0.0) {
+            (true, _) => String::new(),
+            (false, true) => format!(", the PostgreSQL server {:.2} ms", per(server)),
+            (false, false) => ", the PostgreSQL server not counted (not on this machine)".to_owned(),
+        },
         total * 1000.0 / cores,
         wall.as_secs_f64() * 1000.0,
     );
@@ -211,8 +215,9 @@ fn cpu_of(processes: &[Option<u32>; 3], before: [f64; 3]) -> [f64; 3] {
     spent
 }
 
-/// CPU seconds every process of a PostgreSQL server on this machine has used so far (its
-/// connections' backends are kept open by the co-signer's pool through the burst).
+/// CPU seconds every `postgres` process on this machine has used so far: the server's, and
+/// any other cluster's (none in the test environment). The co-signer's pool keeps its
+/// backends open through the burst.
 fn server_cpu_secs() -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
     entries

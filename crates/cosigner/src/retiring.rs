@@ -34,6 +34,8 @@ impl Cosigner {
         let now = self.as_of_now(client)?;
         let mut candidates = self.retirement_candidates(&now)?;
         if candidates.is_empty() {
+            // Nothing left to judge for this client: what was found buried is not needed.
+            self.buried_vaults.lock().unwrap_or_else(|p| p.into_inner()).remove(&client.id);
             return Ok(());
         }
         let tip = self.tip()?;
@@ -60,7 +62,7 @@ impl Cosigner {
                         Some(a) => a,
                         None => approved.insert(self.approved_spends(&client.id)?),
                     };
-                    self.over_and_buried(outpoint, v, approved.get(outpoint), tip)?
+                    self.over_and_buried(&client.id, outpoint, v, approved.get(outpoint), tip)?
                 }
                 None => false,
             };
@@ -90,6 +92,7 @@ impl Cosigner {
         if candidates.is_empty() {
             return Ok(());
         }
+        let every_one = candidates.len() == still.len();
         let mut batch = Batch::default();
         for (name, _) in candidates {
             tracing::info!(client = %client.id, tower = %name, "tower retired: every vault it may watch is over");
@@ -110,6 +113,9 @@ impl Cosigner {
             serde_json::to_string(&record).expect("json"),
         );
         store.commit(&batch)?;
+        if every_one {
+            self.buried_vaults.lock().unwrap_or_else(|p| p.into_inner()).remove(&client.id);
+        }
         Ok(())
     }
 
@@ -158,13 +164,14 @@ impl Cosigner {
     /// over: a tower may still be the one that raises the alarm.
     fn over_and_buried(
         &self,
+        client: &str,
         outpoint: &str,
         v: &VaultRecord,
         approved: Option<&Vec<Txid>>,
         tip: u32,
     ) -> Result<bool, Refusal> {
         let buried = || self.buried_vaults.lock().unwrap_or_else(|p| p.into_inner());
-        if buried().contains(outpoint) {
+        if buried().get(client).is_some_and(|b| b.contains(outpoint)) {
             return Ok(true);
         }
         if !matches!(self.stage(v)?, Stage::Over) {
@@ -179,7 +186,7 @@ impl Cosigner {
         for txid in approved.into_iter().flatten().chain(&presigned) {
             if let Some((_, Some(height))) = self.chain.transaction_info(txid)? {
                 if tip >= height + BURY_MARGIN {
-                    buried().insert(outpoint.to_owned());
+                    buried().entry(client.to_owned()).or_default().insert(outpoint.to_owned());
                     return Ok(true);
                 }
             }

@@ -256,8 +256,9 @@ pub struct Cosigner {
     pub(crate) tower_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Per client, the towers' nonces reserved in the store: (next, end).
     pub(crate) tower_nonce_blocks: Mutex<HashMap<String, (u64, u64)>>,
-    /// Vaults (V's outpoint) found over and buried: not asked of the chain again.
-    pub(crate) buried_vaults: Mutex<std::collections::HashSet<String>>,
+    /// Per client, its vaults (V's outpoint) found over and buried: not asked of the chain
+    /// again. A client's are dropped once no tower is left to retire for it.
+    pub(crate) buried_vaults: Mutex<HashMap<String, std::collections::HashSet<String>>>,
 }
 
 /// Adds to `reach` the towers of `other` it does not name yet, but those `leaving_out` names.

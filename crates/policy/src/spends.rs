@@ -50,8 +50,9 @@ pub fn spend_psbt(inputs: &[SpendInput], outputs: Vec<TxOut>) -> Result<Psbt, Po
 /// `update_input_with_descriptor` does: a taproot input gets its internal key, merkle root,
 /// leaf scripts with their control blocks, and every key's origin with the leaves it signs.
 /// Taproot inputs are filled here with the process's one secp context: miniscript makes two
-/// per call, each randomized, which cost the co-signer a tenth of a spend request. Other
-/// descriptors go to miniscript.
+/// per call, each randomized, which cost the co-signer 8% of its CPU per spend request. Other
+/// descriptors go to miniscript. Stricter than miniscript: a taproot input that also carries
+/// a non-witness UTXO is refused (no caller sets one).
 pub(crate) fn fill_input(
     psbt: &mut Psbt,
     i: usize,

@@ -183,10 +183,11 @@ impl<C> Pool<C> {
         Pool { idle: Mutex::new((vec![first], 1)), freed: Condvar::new(), max, open: Box::new(open) }
     }
 
-    /// Runs `f` on a connection; `healthy` says whether it may be used again afterwards.
+    /// Runs `f` on a connection; `healthy` says, from the connection and what `f` gave,
+    /// whether it may be used again afterwards.
     pub(crate) fn with<T>(
         &self,
-        healthy: impl Fn(&C) -> bool,
+        healthy: impl Fn(&C, &Result<T, StoreError>) -> bool,
         f: impl FnOnce(&mut C) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = {
@@ -221,7 +222,7 @@ impl<C> Pool<C> {
         }
         let mut slot = Slot { pool: self, conn: None };
         let result = f(&mut conn);
-        slot.conn = healthy(&conn).then_some(conn);
+        slot.conn = healthy(&conn, &result).then_some(conn);
         result
     }
 

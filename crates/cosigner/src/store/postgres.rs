@@ -30,6 +30,13 @@ struct Connection {
     pending: Statement,
 }
 
+/// Whether a connection goes back to the pool: not after the server closed it, nor after
+/// any error of the server's. A prepared statement can fail for good on a connection still
+/// open (a table altered under it, a pooler that lost it); a fresh connection prepares anew.
+fn usable<T>(c: &Connection, result: &Result<T, StoreError>) -> bool {
+    !c.client.is_closed() && !matches!(result, Err(StoreError::Postgres(_)))
+}
+
 fn connect(url: &str, schema: &str) -> Result<Connection, StoreError> {
     let mut client = Client::connect(url, NoTls)?;
     // `schema` is checked to be letters, digits and _ when the configuration is parsed.
@@ -96,7 +103,7 @@ impl PostgresStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        self.pool.with(|c| !c.client.is_closed(), |c| Ok(f(c)?))
+        self.pool.with(usable, |c| Ok(f(c)?))
     }
 }
 
@@ -131,55 +138,52 @@ impl Store for PostgresStore {
             .collect();
         locks.sort_unstable();
         locks.dedup();
-        self.pool.with(
-            |c| !c.client.is_closed(),
-            |c| {
-                // READ COMMITTED whatever the server's default: each check below must see
-                // what the previous holder of its lock committed, not a snapshot older than it.
-                let mut tx =
-                    c.client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
-                // A statement each for the locks, the checks and the writes, not one per record:
-                // each statement is a round trip, with the client's locks held.
-                if !locks.is_empty() {
-                    tx.execute(&c.locks, &[&locks])?;
-                }
-                if !batch.expect.is_empty() {
-                    let kinds: Vec<&str> = batch.expect.iter().map(|(k, _, _)| *k).collect();
-                    let ids: Vec<&str> = batch.expect.iter().map(|(_, i, _)| i.as_str()).collect();
-                    let have: HashMap<(String, String), Option<String>> = tx
-                        .query(&c.read_many, &[&kinds, &ids])?
-                        .into_iter()
-                        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-                        .collect();
-                    for (kind, id, want) in &batch.expect {
-                        if have.get(&((*kind).to_owned(), id.clone())) != Some(want) {
-                            return Err(StoreError::Conflict(format!("{kind} {id}")));
-                        }
+        self.pool.with(usable, |c| {
+            // READ COMMITTED whatever the server's default: each check below must see
+            // what the previous holder of its lock committed, not a snapshot older than it.
+            let mut tx =
+                c.client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+            // A statement each for the locks, the checks and the writes, not one per record:
+            // each statement is a round trip, with the client's locks held.
+            if !locks.is_empty() {
+                tx.execute(&c.locks, &[&locks])?;
+            }
+            if !batch.expect.is_empty() {
+                let kinds: Vec<&str> = batch.expect.iter().map(|(k, _, _)| *k).collect();
+                let ids: Vec<&str> = batch.expect.iter().map(|(_, i, _)| i.as_str()).collect();
+                let have: HashMap<(String, String), Option<String>> = tx
+                    .query(&c.read_many, &[&kinds, &ids])?
+                    .into_iter()
+                    .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                    .collect();
+                for (kind, id, want) in &batch.expect {
+                    if have.get(&((*kind).to_owned(), id.clone())) != Some(want) {
+                        return Err(StoreError::Conflict(format!("{kind} {id}")));
                     }
                 }
-                // One row per record (the last write of it wins, as written one by one): an
-                // upsert may not touch a row twice.
-                let mut puts: BTreeMap<(&str, &str), &str> = BTreeMap::new();
-                for (kind, id, body) in &batch.put {
-                    puts.insert((kind, id), body);
-                }
-                if !puts.is_empty() {
-                    let kinds: Vec<&str> = puts.keys().map(|(k, _)| *k).collect();
-                    let ids: Vec<&str> = puts.keys().map(|(_, i)| *i).collect();
-                    let bodies: Vec<&str> = puts.values().copied().collect();
-                    tx.execute(&c.put_many, &[&kinds, &ids, &bodies])?;
-                }
-                for (kind, id) in &batch.delete {
-                    tx.execute(&c.delete, &[kind, id])?;
-                }
-                for alarm in &batch.alarms {
-                    let id: i64 = tx.query_one(&c.outbox, &[alarm])?.get(0);
-                    tx.execute(&c.pending, &[&id])?;
-                }
-                tx.commit()?;
-                Ok(())
-            },
-        )
+            }
+            // One row per record (the last write of it wins, as written one by one): an
+            // upsert may not touch a row twice.
+            let mut puts: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+            for (kind, id, body) in &batch.put {
+                puts.insert((kind, id), body);
+            }
+            if !puts.is_empty() {
+                let kinds: Vec<&str> = puts.keys().map(|(k, _)| *k).collect();
+                let ids: Vec<&str> = puts.keys().map(|(_, i)| *i).collect();
+                let bodies: Vec<&str> = puts.values().copied().collect();
+                tx.execute(&c.put_many, &[&kinds, &ids, &bodies])?;
+            }
+            for (kind, id) in &batch.delete {
+                tx.execute(&c.delete, &[kind, id])?;
+            }
+            for alarm in &batch.alarms {
+                let id: i64 = tx.query_one(&c.outbox, &[alarm])?.get(0);
+                tx.execute(&c.pending, &[&id])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn deliver_to(&self, sinks: &[String]) -> Result<(), StoreError> {

@@ -66,7 +66,7 @@ impl SqliteStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        self.readers.with(|_| true, |conn| Ok(f(conn)?))
+        self.readers.with(|_, _| true, |conn| Ok(f(conn)?))
     }
 
     fn write(
