@@ -242,15 +242,19 @@ fn cpu_secs(pid: Option<u32>) -> f64 {
     ticks / clock_ticks_per_sec()
 }
 
-/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux unless told).
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux unless told), asked
+/// once: every process's CPU is read around each burst.
 fn clock_ticks_per_sec() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// SQLite, then PostgreSQL when `VIGIL_TEST_POSTGRES` names a server.

@@ -34,8 +34,7 @@ impl Cosigner {
         let now = self.as_of_now(client)?;
         let mut candidates = self.retirement_candidates(&now)?;
         if candidates.is_empty() {
-            // Nothing left to judge for this client: what was found buried is not needed.
-            self.buried_vaults.lock().unwrap_or_else(|p| p.into_inner()).remove(&client.id);
+            self.forget_buried(&client.id);
             return Ok(());
         }
         let tip = self.tip()?;
@@ -114,7 +113,7 @@ impl Cosigner {
         );
         store.commit(&batch)?;
         if every_one {
-            self.buried_vaults.lock().unwrap_or_else(|p| p.into_inner()).remove(&client.id);
+            self.forget_buried(&client.id);
         }
         Ok(())
     }
@@ -156,6 +155,11 @@ impl Cosigner {
             }
         }
         Ok(by_vault)
+    }
+
+    /// Drops what was found buried for `client`: no tower is left to retire for it.
+    fn forget_buried(&self, client: &str) {
+        self.buried_vaults.lock().unwrap_or_else(|p| p.into_inner()).remove(client);
     }
 
     /// Whether `v` is over, the transaction that ended it (an approved spend, a cancel or an

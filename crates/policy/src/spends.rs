@@ -66,12 +66,13 @@ pub(crate) fn fill_input(
         descriptor.derived_descriptor(secp()).map_err(|e| failed(UtxoUpdateError::DerivationError(e)))?;
     let Descriptor::Tr(derived) = derived else { unreachable!("a tr() descriptor derives to tr()") };
     let internal = derived.internal_key().to_x_only_pubkey();
+    let leaves: Vec<_> = derived.iter_scripts().map(|(depth, ms)| (depth, ms.encode(), ms)).collect();
     let info = if derived.tap_tree().is_none() {
         TaprootSpendInfo::new_key_spend(secp(), internal, None)
     } else {
         let mut builder = TaprootBuilder::new();
-        for (depth, ms) in derived.iter_scripts() {
-            builder = builder.add_leaf(depth, ms.encode()).expect("a valid descriptor's tree");
+        for (depth, script, _) in &leaves {
+            builder = builder.add_leaf(*depth, script.clone()).expect("a valid descriptor's tree");
         }
         builder.finalize(secp(), internal).expect("a valid descriptor's tree")
     };
@@ -93,8 +94,8 @@ pub(crate) fn fill_input(
     input.tap_merkle_root = info.merkle_root();
     input.tap_internal_key = Some(internal);
     input.tap_key_origins.insert(internal, (Vec::new(), origin(tr.internal_key())?));
-    for ((_, derived_ms), (_, ms)) in derived.iter_scripts().zip(tr.iter_scripts()) {
-        let leaf = (derived_ms.encode(), LeafVersion::TapScript);
+    for ((_, script, derived_ms), (_, ms)) in leaves.into_iter().zip(tr.iter_scripts()) {
+        let leaf = (script, LeafVersion::TapScript);
         let hash = TapLeafHash::from_script(&leaf.0, leaf.1);
         let control = info.control_block(&leaf).expect("every leaf of the tree has a control block");
         input.tap_scripts.insert(control, leaf);

@@ -303,6 +303,24 @@ mod tests {
         let schema = vigil_testenv::process::unique_schema("cosigner_conformance");
         let store = super::PostgresStore::connect(&url, &schema).unwrap();
         crate::store::conformance::run(&store);
+        // The records' bodies are compressed with lz4 where the server has it (14 and later).
+        let version: i32 = store
+            .with(|c| c.client.query_one("SELECT current_setting('server_version_num')::int", &[]))
+            .unwrap()
+            .get(0);
+        if version >= 140000 {
+            let compression: String = store
+                .with(|c| {
+                    c.client.query_one(
+                        "SELECT attcompression::text FROM pg_attribute
+                           WHERE attrelid = 'records'::regclass AND attname = 'body'",
+                        &[],
+                    )
+                })
+                .unwrap()
+                .get(0);
+            assert_eq!(compression, "l", "the body column's compression");
+        }
         store.with(|c| c.client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))).unwrap();
     }
 }
