@@ -323,4 +323,29 @@ mod tests {
         }
         store.with(|c| c.client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))).unwrap();
     }
+
+    /// A prepared statement can fail for good on a connection still open: here the table is
+    /// altered under it, and the server refuses every later run of that plan. That costs the
+    /// one call that saw it; the connection is not pooled again, and the next call prepares
+    /// anew on a fresh one.
+    #[test]
+    fn a_connection_whose_statements_broke_is_not_pooled_again() {
+        use crate::store::{Batch, Store};
+        let Ok(url) = std::env::var("VIGIL_TEST_POSTGRES") else {
+            assert!(std::env::var("VIGIL_REQUIRE_POSTGRES").is_err(), "VIGIL_TEST_POSTGRES is not set");
+            return;
+        };
+        let schema = vigil_testenv::process::unique_schema("cosigner_broken_plan");
+        let store = super::PostgresStore::connect(&url, &schema).unwrap();
+        store.commit(Batch::default().put("client", "a", "body")).unwrap();
+        assert_eq!(store.get("client", "a").unwrap().as_deref(), Some("body"));
+        let mut other = super::Client::connect(&url, super::NoTls).unwrap();
+        other.batch_execute(&format!("ALTER TABLE {schema}.records ALTER COLUMN body TYPE varchar")).unwrap();
+        let broken = store.get("client", "a").unwrap_err();
+        assert!(format!("{broken:?}").contains("cached plan"), "{broken:?}");
+        for _ in 0..3 {
+            assert_eq!(store.get("client", "a").unwrap().as_deref(), Some("body"));
+        }
+        other.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+    }
 }
