@@ -296,10 +296,7 @@ mod tests {
     /// Against a real PostgreSQL (`VIGIL_TEST_POSTGRES`), in a schema of its own.
     #[test]
     fn postgres_passes_the_conformance_suite() {
-        let Ok(url) = std::env::var("VIGIL_TEST_POSTGRES") else {
-            assert!(std::env::var("VIGIL_REQUIRE_POSTGRES").is_err(), "VIGIL_TEST_POSTGRES is not set");
-            return;
-        };
+        let Some(url) = vigil_testenv::process::postgres() else { return };
         let schema = vigil_testenv::process::unique_schema("cosigner_conformance");
         let store = super::PostgresStore::connect(&url, &schema).unwrap();
         crate::store::conformance::run(&store);
@@ -331,10 +328,7 @@ mod tests {
     #[test]
     fn a_connection_whose_statements_broke_is_not_pooled_again() {
         use crate::store::{Batch, Store};
-        let Ok(url) = std::env::var("VIGIL_TEST_POSTGRES") else {
-            assert!(std::env::var("VIGIL_REQUIRE_POSTGRES").is_err(), "VIGIL_TEST_POSTGRES is not set");
-            return;
-        };
+        let Some(url) = vigil_testenv::process::postgres() else { return };
         let schema = vigil_testenv::process::unique_schema("cosigner_broken_plan");
         let store = super::PostgresStore::connect(&url, &schema).unwrap();
         store.commit(Batch::default().put("client", "a", "body")).unwrap();
