@@ -614,10 +614,15 @@ impl Cosigner {
                     .into(),
             ));
         }
-        // Under duress nothing is signed, and the answer is the one a session gets whose
-        // unvault a tower cancelled (which the towers did, quietly, before this height).
+        // Under duress nothing is signed, and neither is a spend asked under duress once it is
+        // over (lifted, or run out: the towers cancel only while it holds). The answer is the
+        // one a session gets whose unvault a tower cancelled (which the towers did, quietly,
+        // before this height while the duress held): it never tells a duress code apart.
         let unvault_out = vigil_policy::bitcoin::OutPoint { txid: unvault, vout: 0 };
-        if client.under_duress(tip) || self.chain.unspent_output(&unvault_out)?.is_none() {
+        if client.under_duress(tip)
+            || record.under_duress
+            || self.chain.unspent_output(&unvault_out)?.is_none()
+        {
             return Err(Refusal::Conflict(format!(
                 "the unvault's output {unvault_out} is spent already: a tower cancelled it; nothing to sign"
             )));

@@ -174,6 +174,35 @@ fn vault_and_spend_requests_wait_for_an_unlock_whose_heartbeat_arrived() {
     f.post("/v1/lockdown", &serde_json::json!({"blocks": 10}), &f.owner()).unwrap();
 }
 
+/// A spend asked under duress is never co-signed, not even after the guardians lift the duress
+/// lockdown: its approval may outlive the lockdown, and the towers cancel only while it holds.
+#[test]
+fn a_spend_asked_under_duress_is_never_cosigned_even_once_the_duress_is_lifted() {
+    let node = vigil_node();
+    // Approvals that outlive the governance wait.
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
+    let mut f = Family::new(&node, &co, example("cosigner duress lifted"), 1, None);
+    let coerced = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    f.heartbeat(true);
+    let until = tip(&node) + vigil_cosigner::service::DURESS_LOCKDOWN_BLOCKS;
+    let asked = spend(&f, &coerced).unwrap();
+    assert_eq!(asked["state"], "approved");
+    // The guardians' quorum lifts the lockdown after the governance wait.
+    let at = tip(&node) + 1_009 + 6;
+    f.lift(0, at, until).unwrap();
+    f.lift(1, at, until).unwrap();
+    block(&node, &f, at - tip(&node));
+    // No tower left to cancel: the co-signer alone must refuse. The unvault confirms within
+    // the approval's life, after the lift, and the spend leaf opens.
+    f.towers[0].kill9();
+    node.rpc.broadcast(coerced.graph.unvault()).unwrap();
+    block(&node, &f, 1 + DELAY);
+    f.heartbeat(false);
+    let refused = f.sign(asked["id"].as_u64().unwrap()).unwrap_err();
+    assert_eq!(refused.0, 409, "{refused:?}");
+    assert!(refused.1.contains("a tower cancelled it"), "the answer any cancelled unvault gets: {refused:?}");
+}
+
 /// Broadcasts `coerced`'s unvault and mines until a cancel of it confirms, checking that it
 /// came late (not minutes after the code) and buried before the spend leaf opens; returns the
 /// height the spend leaf opens at.
