@@ -81,7 +81,9 @@ impl Cosigner {
         let store = self.store();
         let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
-        if tip + blocks > client.lockdown_until {
+        // Longer than the lockdown as it holds, a lift counted: after an early lift, the first
+        // end no longer locks anything.
+        if tip + blocks > client.plain_end() {
             client.lockdown_until = tip + blocks;
             client.new_lockdown_epoch();
         }

@@ -143,6 +143,7 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     let mut f = Family::new(&node, &co, example("cosigner lockdown"), 1, None);
     let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let second = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let third = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     // Any one guardian may lock the client down, at once.
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 2000}), &f.guardian(2)).unwrap();
     let until = locked["until_height"].as_u64().unwrap() as u32;
@@ -180,6 +181,13 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     assert_eq!(spend(&f, &vault).unwrap_err().0, 403, "still locked the block before");
     block(&node, &f, 1);
     assert_eq!(spend(&f, &vault).unwrap()["state"], "approved");
+    // Once lifted, a new lockdown ending before the lifted one's first end locks again: what
+    // it must outlast is the lift.
+    assert!(tip(&node) + 100 < until);
+    let again = f.post("/v1/lockdown", &serde_json::json!({"blocks": 100}), &f.guardian(2)).unwrap();
+    assert_eq!(again["until_height"].as_u64().unwrap() as u32, tip(&node) + 100);
+    assert_eq!(spend(&f, &third).unwrap_err().0, 403, "locked again");
+    block(&node, &f, 100);
     // A duress code starts a duress lockdown and leaves the lifted one lifted: the owner's
     // spend is answered as after the real code (the lockdown does not come back into view).
     f.heartbeat(true);
