@@ -844,8 +844,8 @@ impl Cosigner {
 pub const NONCE_WINDOW: u64 = 64;
 
 /// A key's used nonces: the highest, and which of the [`NONCE_WINDOW`] below it were used
-/// (bit `i`: `max - i`). Stored as `max:bitmap`; a bare number (the first format) is the
-/// highest alone.
+/// (bit `i`: `max - i`). Stored as `max:bitmap`; a bare number (the first format, which took
+/// nonces in increasing order) has every one up to it used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NonceWindow {
     /// The highest nonce used.
@@ -857,7 +857,9 @@ impl NonceWindow {
     fn parse(text: &str) -> Result<NonceWindow, Refusal> {
         let (max, used) = match text.split_once(':') {
             Some((m, u)) => (m.parse(), u.parse()),
-            None => (text.parse(), Ok(1)),
+            // Nonces were taken in increasing order only: every one up to the highest may
+            // have been used, and a replay of one must not pass after an upgrade.
+            None => (text.parse(), Ok(u64::MAX)),
         };
         Ok(NonceWindow {
             max: max.map_err(|_| Refusal::Internal)?,
@@ -974,7 +976,8 @@ mod tests {
         assert_eq!(w.consume(11), Some(NonceWindow { max: w.max, used: w.used | (1 << (NONCE_WINDOW - 1)) }));
         assert_eq!(w.consume(w.max + MAX_NONCE_STEP + 1), None, "a jump that would lock the key out");
         let old = NonceWindow::parse("7").unwrap();
-        assert_eq!((old.consume(7), old.consume(6).is_some()), (None, true), "the first format");
+        assert_eq!((old.consume(7), old.consume(6), old.consume(1)), (None, None, None), "the first format");
+        assert!(old.consume(8).is_some());
         assert_eq!(NonceWindow::parse(&w.to_string()).unwrap(), w);
     }
 }
