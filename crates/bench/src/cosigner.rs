@@ -31,7 +31,11 @@ const VELOCITY_SAT: u64 = 5 * VAULT_SAT;
 /// and from block 1,950 on it is less than a vault's amount.
 const PACED_CLIENTS: usize = 50;
 
+/// The `p` quantile of `sorted`; zero for none.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
@@ -57,8 +61,7 @@ fn send(requests: Vec<Request>, spacing: Duration) -> (Vec<(u16, Value, Duration
         .map(|(i, (api, path, body, key))| {
             let (barrier, start) = (barrier.clone(), start.clone());
             std::thread::spawn(move || {
-                barrier.wait();
-                let slot = *start.get().expect("set before the release") + spacing * i as u32;
+                let slot = released(&barrier, &start) + spacing * i as u32;
                 std::thread::sleep(slot.saturating_duration_since(Instant::now()));
                 let (status, bytes) = match &body {
                     Some(b) => post_raw(&api, &path, b, &key),
@@ -74,12 +77,25 @@ fn send(requests: Vec<Request>, spacing: Duration) -> (Vec<(u16, Value, Duration
             })
         })
         .collect();
-    // Taken before this thread's own arrival releases the others: once released, a thousand
-    // runnable threads may keep it off the cores for most of the burst.
-    let begun = *start.get_or_init(Instant::now);
-    barrier.wait();
+    let begun = released(&barrier, &start);
     let answers = handles.into_iter().map(|h| h.join().unwrap()).collect();
     (answers, begun.elapsed())
+}
+
+/// Waits at `barrier`; the instant it let everyone through. The last to arrive (the leader,
+/// which does not wait) takes it: a thread taking it after its own wait may have been kept off
+/// the cores by the runnable others for much of the burst, and one taking it before would
+/// count the time the last threads took to arrive.
+fn released(barrier: &Barrier, start: &OnceLock<Instant>) -> Instant {
+    if barrier.wait().is_leader() {
+        let _ = start.set(Instant::now());
+    }
+    loop {
+        match start.get() {
+            Some(t) => return *t,
+            None => std::thread::yield_now(),
+        }
+    }
 }
 
 /// One run against a co-signer whose configuration ends with `store`.
