@@ -480,15 +480,17 @@ impl Cosigner {
     }
 
     /// The towers an approval of a vault made under `made_under` must reach: today's and its
-    /// own version's (a tower removed since still watches it, and would cancel its spend).
+    /// own version's (a tower removed since still watches it, and would cancel its spend). A
+    /// change due at `tip`, the height it is approved at, counts (a tower a change adds later
+    /// is given the client's approvals when it joins).
     pub(crate) fn approval_reach(
         &self,
         client: &ClientRecord,
         made_under: &CompiledPolicy,
+        tip: u32,
     ) -> Result<Policy, Refusal> {
-        // A change due counts; if the chain cannot be asked, the policy as stored (the
-        // approval is committed already and must still reach the towers).
-        let now = self.as_of_now(client).unwrap_or_else(|_| client.clone());
+        let mut now = client.clone();
+        now.apply_due(tip);
         let mut reach = self.compiled(&now)?.policy().clone();
         add_towers(&mut reach, made_under.policy(), &[]);
         Ok(reach)

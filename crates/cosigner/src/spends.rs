@@ -22,8 +22,12 @@ use vigil_tower::wire::{Approval, KeySignature, RegisterApproval};
 
 use crate::ceremony::{vault_record, vault_stored};
 use crate::error::{Refusal, StoreError};
+use crate::orders::TowerOrder;
 use crate::service::{alarm, Caller, ClientRecord, Cosigner, Role};
 use crate::store::{kind, Batch, Store};
+
+/// The towers' endpoint an approval is registered at.
+const APPROVALS_PATH: &str = "/v1/approvals";
 use crate::wire::{self, Signed, SignedSpend, SpendRequest, SpendStatus, TowerReport, Vote};
 
 /// A spend request as stored.
@@ -354,6 +358,10 @@ impl Cosigner {
                 ),
             ));
         }
+        let reach = match alone {
+            true => self.queue_approval(store, &mut batch, &client, &made_under, &record, tip)?,
+            false => Vec::new(),
+        };
         if duress {
             batch.alarm(alarm(
                 &client.id,
@@ -364,71 +372,90 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(deciding);
         if alone {
-            return self.push_approval(&client, &made_under, record, delay, caller.role);
+            return self.push_approval(&client, record, &reach, delay, caller.role);
         }
         Ok(record.status(caller.role, delay))
     }
 
-    /// Signs an approved spend's terms and registers them with every tower; "approved" is
-    /// answered with each tower's acknowledgement.
-    fn push_approval(
+    /// Queues in `batch`, committed with the decision approving `record`, the order that
+    /// registers its approval with every tower it must reach (their names returned): a crash
+    /// or an error before the towers are told leaves it owed, pushed until they acknowledge,
+    /// never lost with the answer.
+    fn queue_approval(
         &self,
+        store: &dyn Store,
+        batch: &mut Batch,
         client: &ClientRecord,
         made_under: &CompiledPolicy,
-        mut record: SpendRecord,
-        delay: u32,
-        viewer: Role,
-    ) -> Result<SpendStatus, Refusal> {
+        record: &SpendRecord,
+        tip: u32,
+    ) -> Result<Vec<String>, Refusal> {
         // Today's towers and the vault's own version's: one a change removed still watches it.
-        let reach = self.approval_reach(client, made_under)?;
+        let reach: Vec<String> =
+            self.approval_reach(client, made_under, tip)?.towers.into_iter().map(|t| t.name).collect();
         let key = self.keys.auth_keypair(client.account);
         let mut signatures = vec![wire::sign(&record.approval.digest(), &key)];
         signatures.extend(record.signatures.iter().cloned());
-        let lock = self.towers_lock(&client.id);
-        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let nonce = self.tower_nonces(&client.id, reach.towers.len() as u64)?;
-        let reports = crate::towers::post_all(
-            &reach,
-            &key,
-            "/v1/approvals",
-            &record.approval.unvault_txid,
-            &|i| {
-                serde_json::to_vec(&RegisterApproval {
-                    nonce: nonce + i as u64,
-                    policy_id: client.id.clone(),
-                    approval: record.approval.clone(),
-                    signatures: signatures.clone(),
-                })
-                .expect("json")
-            },
-            None,
-        );
+        let body = RegisterApproval {
+            nonce: 0,
+            policy_id: client.id.clone(),
+            approval: record.approval.clone(),
+            signatures,
+        };
+        let order = TowerOrder {
+            path: APPROVALS_PATH.into(),
+            body: serde_json::to_value(&body).expect("json"),
+            subject: record.approval.unvault_txid.clone(),
+            acked: Vec::new(),
+            refused: Vec::new(),
+            refusing_since: Default::default(),
+            only: Some(reach.clone()),
+        };
+        Self::queue_order(store, batch, &client.id, order)?;
+        Ok(reach)
+    }
+
+    /// Pushes an approved spend's order (queued with its approval) to its towers `reach`;
+    /// "approved" is answered with each tower's acknowledgement.
+    fn push_approval(
+        &self,
+        client: &ClientRecord,
+        mut record: SpendRecord,
+        reach: &[String],
+        delay: u32,
+        viewer: Role,
+    ) -> Result<SpendStatus, Refusal> {
+        let subject = record.approval.unvault_txid.clone();
+        let is_ours = |path: &str, s: &str| path == APPROVALS_PATH && s == subject;
+        let pass = self.push_pass(&client.id)?;
+        let answered = pass.answers.iter().find(|(p, s, _)| is_ours(p, s)).map(|(_, _, r)| r);
         let _deciding = self.decide(&client.id);
         let store = self.store();
+        // Where the order stands now: another pass (the background loop's) may have pushed it
+        // first; it is gone once every tower acknowledged it.
+        let owed: Option<TowerOrder> = match store.get(kind::ORDERS, &client.id)? {
+            Some(text) => serde_json::from_str::<Vec<TowerOrder>>(&text)
+                .map_err(|_| Refusal::Internal)?
+                .into_iter()
+                .find(|o| is_ours(&o.path, &o.subject)),
+            None => None,
+        };
+        record.towers = reach
+            .iter()
+            .map(|name| {
+                answered.and_then(|a| a.iter().find(|r| r.name == *name)).cloned().unwrap_or_else(|| {
+                    TowerReport {
+                        name: name.clone(),
+                        acknowledged: owed.as_ref().is_none_or(|o| !o.owed_by(name)),
+                        refused: None,
+                        error: None,
+                    }
+                })
+            })
+            .collect();
         let id = spend_id(&client.id, record.id);
         let before = store.get(kind::SPEND, &id)?;
-        record.towers = reports.clone();
         let mut batch = Batch::default();
-        if reports.iter().any(|t| !t.acknowledged) {
-            // The towers that missed it get it again until they acknowledge.
-            let order = RegisterApproval {
-                nonce: 0,
-                policy_id: client.id.clone(),
-                approval: record.approval.clone(),
-                signatures,
-            };
-            let acked = reports.iter().filter(|t| t.acknowledged).map(|t| t.name.clone()).collect();
-            let order = crate::orders::TowerOrder {
-                path: "/v1/approvals".into(),
-                body: serde_json::to_value(&order).expect("json"),
-                subject: record.approval.unvault_txid.clone(),
-                acked,
-                refused: Vec::new(),
-                refusing_since: Default::default(),
-                only: Some(reach.towers.iter().map(|t| t.name.clone()).collect()),
-            };
-            Self::queue_order(store, &mut batch, &client.id, order)?;
-        }
         batch.expect(kind::SPEND, id.clone(), before).put(
             kind::SPEND,
             id,
@@ -528,6 +555,13 @@ impl Cosigner {
                 ));
             }
         }
+        let reach = match record.state == "approved" {
+            true => {
+                let made_under = self.vault_policy(&client, &vault)?;
+                self.queue_approval(store, &mut batch, &client, &made_under, &record, tip)?
+            }
+            false => Vec::new(),
+        };
         let key = spend_id(&client.id, id);
         batch.expect(kind::SPEND, key.clone(), Some(before)).put(
             kind::SPEND,
@@ -538,8 +572,7 @@ impl Cosigner {
         drop(deciding);
         let delay = record.delay_or(caller.policy().delays.unvault as u32);
         if record.state == "approved" {
-            let made_under = self.vault_policy(&client, &vault)?;
-            return self.push_approval(&client, &made_under, record, delay, caller.role);
+            return self.push_approval(&client, record, &reach, delay, caller.role);
         }
         Ok(record.status(caller.role, delay))
     }

@@ -12,6 +12,7 @@ use vigil_policy::VaultKind;
 use vigil_testenv::cosigner::CosignerProcess;
 use vigil_testenv::family::Family;
 use vigil_testenv::process::{free_port, vigil_node, Node};
+use vigil_testenv::wallet::spend_of;
 use vigil_testenv::webhook::webhook_on;
 use vigil_testenv::{eventually, Vault};
 
@@ -159,6 +160,54 @@ fn a_cosigner_killed_mid_approval_loses_no_request_approval_or_alarm() {
     let tx = f.sign(id).unwrap();
     node.rpc.broadcast(&tx).unwrap();
     eventually("the quorum's alarm too", || alarmed(&alarms, "spend-approved").then_some(()));
+}
+
+/// Killed after committing an approval and before its tower acknowledged it: the approval is
+/// owed to the tower with the decision, pushed after the restart, and the owner's unvault is
+/// not cancelled as unapproved.
+#[test]
+fn an_approval_the_cosigner_was_killed_pushing_reaches_the_tower_after_the_restart() {
+    let node = vigil_node();
+    let mut co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner killed pushing"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    // The tower stopped, not gone: the co-signer's push waits on it.
+    let tower = f.towers[0].pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill").args([sig, &tower]).status().unwrap().success())
+    };
+    signal("-STOP");
+    let id = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| spend(&f, &vault));
+        // The decision is committed; its answer waits for the tower.
+        let id = eventually("the spend is approved, its tower not told yet", || {
+            let all = f.get("/v1/spends", &f.guardian(0)).ok()?;
+            let s = all.as_array()?.first()?.clone();
+            (s["state"] == "approved").then(|| s["id"].as_u64().unwrap())
+        });
+        co.kill9();
+        assert!(asking.join().unwrap().is_err(), "no answer from a killed co-signer");
+        id
+    });
+    // Killed stopped, the tower never reads the request waiting in its socket.
+    f.towers[0].kill9();
+    f.towers[0].start();
+    co.start();
+    eventually("the approval reached the tower", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    // The tower, once it has seen the unvault's block, lets it through (an unapproved one it
+    // cancels at once); the spend is signed once DELAY has passed.
+    unvault(&node, &f, &vault);
+    let height = u64::from(tip(&node));
+    eventually("the tower saw the unvault's block", || {
+        (f.towers[0].metric("vigil_tower_tip_height") >= Some(height)).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(spend_of(&node.rpc, vault.unvault_outpoint()).is_none(), "the unvault was cancelled");
+    block(&node, &f, vigil_testenv::household::DELAY - 1);
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
 }
 
 /// Rewrites every record of `kind` in a stopped co-signer's store as an earlier release
