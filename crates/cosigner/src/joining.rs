@@ -235,7 +235,7 @@ impl Cosigner {
                     approval: s.approval.clone(),
                     signatures,
                 };
-                (vault, order_of("/v1/approvals", &body, s.approval.unvault_txid.clone()))
+                (vault, order_of(crate::spends::APPROVALS_PATH, &body, s.approval.unvault_txid.clone()))
             })
             .collect())
     }

@@ -25,10 +25,10 @@ use crate::error::{Refusal, StoreError};
 use crate::orders::TowerOrder;
 use crate::service::{alarm, Caller, ClientRecord, Cosigner, Role};
 use crate::store::{kind, Batch, Store};
+use crate::wire::{self, Signed, SignedSpend, SpendRequest, SpendStatus, TowerReport, Vote};
 
 /// The towers' endpoint an approval is registered at.
-const APPROVALS_PATH: &str = "/v1/approvals";
-use crate::wire::{self, Signed, SignedSpend, SpendRequest, SpendStatus, TowerReport, Vote};
+pub(crate) const APPROVALS_PATH: &str = "/v1/approvals";
 
 /// A spend request as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,9 +358,10 @@ impl Cosigner {
                 ),
             ));
         }
-        let reach = match alone {
-            true => self.queue_approval(store, &mut batch, &client, &made_under, &record, tip)?,
-            false => Vec::new(),
+        let reach = if alone {
+            self.queue_approval(store, &mut batch, &client, &made_under, &record, tip)?
+        } else {
+            Vec::new()
         };
         if duress {
             batch.alarm(alarm(
@@ -555,12 +556,11 @@ impl Cosigner {
                 ));
             }
         }
-        let reach = match record.state == "approved" {
-            true => {
-                let made_under = self.vault_policy(&client, &vault)?;
-                self.queue_approval(store, &mut batch, &client, &made_under, &record, tip)?
-            }
-            false => Vec::new(),
+        let reach = if record.state == "approved" {
+            let made_under = self.vault_policy(&client, &vault)?;
+            self.queue_approval(store, &mut batch, &client, &made_under, &record, tip)?
+        } else {
+            Vec::new()
         };
         let key = spend_id(&client.id, id);
         batch.expect(kind::SPEND, key.clone(), Some(before)).put(
