@@ -149,9 +149,7 @@ fn run(label: &str, store: &str) {
     let cpu = cpu_of(&processes, cpu_before);
     // PostgreSQL's own processes serve the co-signer's store; SQLite works inside it.
     let server = if store.is_empty() { 0.0 } else { server_cpu_secs() - server_before };
-    let lost: Vec<_> =
-        answers.iter().filter(|(s, _, _)| *s != 200).map(|(s, v, _)| (s, v.to_string())).collect();
-    assert!(lost.is_empty(), "{} requests not answered 200: {:?}", lost.len(), &lost[..lost.len().min(3)]);
+    all_answered(&answers);
     let mut lat: Vec<Duration> = answers.iter().map(|(_, _, d)| *d).collect();
     lat.sort();
     let approved = answers.iter().filter(|(_, v, _)| v["state"] == "approved").count();
@@ -210,14 +208,7 @@ fn run(label: &str, store: &str) {
     // not overrun. Their latency is the service's own, not the queue's.
     let rate = answers.len() as f64 / wall.as_secs_f64() / 2.0;
     let (answers, _) = send(spend_requests(&paced), Duration::from_secs_f64(1.0 / rate));
-    let lost: Vec<_> =
-        answers.iter().filter(|(s, _, _)| *s != 200).map(|(s, v, _)| (s, v.to_string())).collect();
-    assert!(
-        lost.is_empty(),
-        "{} paced requests not answered 200: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(3)]
-    );
+    all_answered(&answers);
     check(&paced);
     let mut lat: Vec<Duration> = answers.iter().map(|(_, _, d)| *d).collect();
     lat.sort();
@@ -229,6 +220,13 @@ fn run(label: &str, store: &str) {
         p(&lat, 0.5),
         p(&lat, 0.99),
     );
+}
+
+/// Asserts every request was answered 200 (the first few that were not are shown).
+fn all_answered(answers: &[(u16, Value, Duration)]) {
+    let lost: Vec<_> =
+        answers.iter().filter(|(s, _, _)| *s != 200).map(|(s, v, _)| (s, v.to_string())).collect();
+    assert!(lost.is_empty(), "{} requests not answered 200: {:?}", lost.len(), &lost[..lost.len().min(3)]);
 }
 
 type Families = [(Family, Vec<vigil_client::Vault>)];

@@ -42,6 +42,8 @@ pub(crate) struct Pass {
     pub last: Vec<TowerReport>,
     /// Each order sent (path, subject) with the answers of the towers asked.
     pub answers: Vec<(String, String, Vec<TowerReport>)>,
+    /// The client's orders still owed once the pass committed what it heard.
+    pub left: Vec<TowerOrder>,
 }
 
 impl TowerOrder {
@@ -99,7 +101,7 @@ impl Cosigner {
             let _deciding = self.decide(client_id);
             let store = self.store();
             let Some(text) = store.get(kind::ORDERS, client_id)? else {
-                return Ok(Pass { last: Vec::new(), answers: Vec::new() });
+                return Ok(Pass { last: Vec::new(), answers: Vec::new(), left: Vec::new() });
             };
             let orders: Vec<TowerOrder> = serde_json::from_str(&text).map_err(|_| Refusal::Internal)?;
             (orders, Self::client(store, client_id)?.ok_or(Refusal::Internal)?)
@@ -220,7 +222,7 @@ impl Cosigner {
             batch.put(kind::ORDERS, client_id.to_owned(), serde_json::to_string(&now).expect("json"));
         }
         store.commit(&batch)?;
-        Ok(Pass { last, answers: done })
+        Ok(Pass { last, answers: done, left: now })
     }
 
     /// Pushes every client's pending orders (the background loop, and after a restart).

@@ -428,32 +428,26 @@ impl Cosigner {
     ) -> Result<SpendStatus, Refusal> {
         let subject = record.approval.unvault_txid.clone();
         let is_ours = |path: &str, s: &str| path == APPROVALS_PATH && s == subject;
+        // Where the order stands after the pass: absent once every tower acknowledged it
+        // (another pass, the background loop's, may have pushed it first).
         let pass = self.push_pass(&client.id)?;
         let answered = pass.answers.iter().find(|(p, s, _)| is_ours(p, s)).map(|(_, _, r)| r);
-        let _deciding = self.decide(&client.id);
-        let store = self.store();
-        // Where the order stands now: another pass (the background loop's) may have pushed it
-        // first; it is gone once every tower acknowledged it.
-        let owed: Option<TowerOrder> = match store.get(kind::ORDERS, &client.id)? {
-            Some(text) => serde_json::from_str::<Vec<TowerOrder>>(&text)
-                .map_err(|_| Refusal::Internal)?
-                .into_iter()
-                .find(|o| is_ours(&o.path, &o.subject)),
-            None => None,
-        };
+        let owed = pass.left.iter().find(|o| is_ours(&o.path, &o.subject));
         record.towers = reach
             .iter()
             .map(|name| {
                 answered.and_then(|a| a.iter().find(|r| r.name == *name)).cloned().unwrap_or_else(|| {
                     TowerReport {
                         name: name.clone(),
-                        acknowledged: owed.as_ref().is_none_or(|o| !o.owed_by(name)),
+                        acknowledged: owed.is_none_or(|o| !o.owed_by(name)),
                         refused: None,
                         error: None,
                     }
                 })
             })
             .collect();
+        let _deciding = self.decide(&client.id);
+        let store = self.store();
         let id = spend_id(&client.id, record.id);
         let before = store.get(kind::SPEND, &id)?;
         let mut batch = Batch::default();
