@@ -254,8 +254,6 @@ impl Cosigner {
                 .map(|s| s.as_ref().to_lower_hex_string())
                 .collect(),
         };
-        // The nonce is consumed with nothing else: the ceremony itself lives in RAM.
-        self.consume_nonce_alone(caller, req)?;
         let mut open = self.ceremonies.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, c| c.started.elapsed() < CEREMONY_TTL);
         if open.values().filter(|c| c.client == caller.client.id).count() >= MAX_OPEN_CEREMONIES {
@@ -263,6 +261,9 @@ impl Cosigner {
                 "{MAX_OPEN_CEREMONIES} ceremonies are open already; complete them first"
             )));
         }
+        // Only once nothing can refuse it (a refusal changes nothing), and with nothing else:
+        // the ceremony itself lives in RAM.
+        self.consume_nonce_alone(caller, req)?;
         open.insert(
             vault_outpoint,
             Ceremony {

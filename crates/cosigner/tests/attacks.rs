@@ -283,6 +283,23 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         String::from_utf8_lossy(&text)
     );
     check("a receive coin claimed as change", (status, text), 400, &f, &co, &before);
+    // Sixteen ceremonies open (`used_coin`'s and fifteen more): a seventeenth is refused, and
+    // the refusal leaves its nonce unused: sent again, it gets the same answer, not a replay's.
+    for i in 0..15 {
+        f.begin(&free_coin, Amount::from_sat(1_000_000 + i * 1_000), VaultKind::Standard).unwrap();
+    }
+    let mut seventeenth = no_branch.clone();
+    seventeenth.change_branch = false;
+    let seventeenth = body(f.next_nonce(), now, &seventeenth);
+    for what in ["a seventeenth open ceremony", "the seventeenth ceremony sent again"] {
+        let (status, text) = post_raw(&f.cosigner, "/v1/vaults", &seventeenth, &owner);
+        assert!(
+            String::from_utf8_lossy(&text).contains("open already"),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        check(what, (status, text), 409, &f, &co, &before);
+    }
     let theirs_spend = json!({
         "vault_outpoint": theirs.outpoint().to_string(),
         "psbt": base64::engine::general_purpose::STANDARD.encode(other.spend_psbt(&theirs, &f.wallet.address(), 1_000).serialize()),
