@@ -815,6 +815,13 @@ impl Cosigner {
         let state =
             |s: &str| spends.iter().filter(|(_, b)| b.contains(&format!("\"state\":\"{s}\""))).count();
         let tip = self.tip().unwrap_or(0);
+        // Waiting, not expired: what the guardians can still approve.
+        let waiting = spends
+            .iter()
+            .filter(|(_, b)| b.contains("\"state\":\"waiting\""))
+            .filter_map(|(_, b)| serde_json::from_str::<crate::spends::SpendRecord>(b).ok())
+            .filter(|s| !s.expired_waiting(tip))
+            .count();
         let mut locked = 0;
         for (_, body) in store.list(kind::CLIENT, "")? {
             if serde_json::from_str::<ClientRecord>(&body)
@@ -834,7 +841,7 @@ impl Cosigner {
              # TYPE vigil_cosigner_alarm_outbox gauge\nvigil_cosigner_alarm_outbox {depth}\n\
              # TYPE vigil_cosigner_tower_orders_pending gauge\nvigil_cosigner_tower_orders_pending {orders}\n\
              # TYPE vigil_cosigner_ceremonies gauge\nvigil_cosigner_ceremonies {}\n",
-            state("waiting"),
+            waiting,
             state("approved"),
             ceremonies,
         ))

@@ -100,15 +100,21 @@ impl SpendRecord {
         }
     }
 
-    /// The request as `viewer` may see it: a guardian learns it came under duress (as a
-    /// lockdown); the owner's view is that of a normal session.
-    fn status(&self, viewer: Role, fallback_delay: u32) -> SpendStatus {
+    /// Whether it waited for its guardians past its terms' expiry: no tower takes an expired
+    /// approval, so no vote can approve it any more.
+    pub(crate) fn expired_waiting(&self, tip: u32) -> bool {
+        self.state == "waiting" && tip >= self.approval.expiry_height
+    }
+
+    /// The request as `viewer` may see it at `tip`: a guardian learns it came under duress
+    /// (as a lockdown); the owner's view is that of a normal session.
+    fn status(&self, viewer: Role, fallback_delay: u32, tip: u32) -> SpendStatus {
         let guardian = matches!(viewer, Role::Guardian(_));
         let delay = self.delay_or(fallback_delay);
         SpendStatus {
             id: self.id,
             vault: self.vault.clone(),
-            state: self.state.clone(),
+            state: if self.expired_waiting(tip) { "expired".into() } else { self.state.clone() },
             vault_outpoint: self.approval.vault_outpoint.clone(),
             spend_txid: self.approval.spend_txid.clone(),
             amount_sat: self.amount_sat,
@@ -245,10 +251,10 @@ impl Cosigner {
             .map(|(_, body)| serde_json::from_str::<SpendRecord>(&body).map_err(|_| Refusal::Internal))
             .collect::<Result<Vec<_>, _>>()?;
         for s in &spends {
-            if s.approval.vault_outpoint == r.vault_outpoint && s.state != "denied" {
+            if s.approval.vault_outpoint == r.vault_outpoint && s.state != "denied" && !self.lapsed(s, tip)? {
                 if s.approval.spend_txid == spend_txid.to_string() {
                     store.commit(&batch)?;
-                    return Ok(s.status(caller.role, delay));
+                    return Ok(s.status(caller.role, delay, tip));
                 }
                 return Err(Refusal::Conflict(format!(
                     "vault {} already has spend request {} (of another transaction); one spend per vault",
@@ -375,7 +381,27 @@ impl Cosigner {
         if alone {
             return self.push_approval(&client, record, &reach, delay, caller.role);
         }
-        Ok(record.status(caller.role, delay))
+        Ok(record.status(caller.role, delay, tip))
+    }
+
+    /// Whether `s`, neither denied nor its vault's spend under way, can no longer lead to its
+    /// spend, so that its vault may be asked for again: its terms expired (no tower takes
+    /// them from then on) before the guardians' quorum, or before its unvault confirmed
+    /// (the co-signer signs no spend of an unvault confirmed later). A later request of the
+    /// same vault gets a higher counter, which the towers take in its place.
+    fn lapsed(&self, s: &SpendRecord, tip: u32) -> Result<bool, Refusal> {
+        if tip < s.approval.expiry_height {
+            return Ok(false);
+        }
+        if s.state != "approved" {
+            return Ok(true);
+        }
+        let unvault =
+            vigil_policy::bitcoin::Txid::from_str(&s.approval.unvault_txid).map_err(|_| Refusal::Internal)?;
+        Ok(!matches!(
+            self.chain.transaction_info(&unvault)?,
+            Some((_, Some(confirmed))) if confirmed <= s.approval.expiry_height
+        ))
     }
 
     /// Queues in `batch`, committed with the decision approving `record`, the order that
@@ -457,7 +483,8 @@ impl Cosigner {
             serde_json::to_string(&record).expect("json"),
         );
         store.commit(&batch)?;
-        Ok(record.status(viewer, delay))
+        // Just approved: not expired, whatever the tip.
+        Ok(record.status(viewer, delay, 0))
     }
 
     /// `POST /v1/spends/{id}/vote`: a guardian approves (signing the terms, and for a guarded
@@ -473,6 +500,13 @@ impl Cosigner {
         let (mut record, before) = self.spend_stored(store, &client.id, id)?;
         if record.state != "waiting" {
             return Err(Refusal::Conflict(format!("spend request {id} is {} already", record.state)));
+        }
+        if record.expired_waiting(tip) {
+            return Err(Refusal::Conflict(format!(
+                "spend request {id} expired at block {} without its guardians' quorum (no tower takes its \
+                 approval now): the owner asks for the spend again",
+                record.approval.expiry_height
+            )));
         }
         let me = caller.key.to_string();
         if record.signatures.iter().any(|s| s.key == me) {
@@ -568,22 +602,23 @@ impl Cosigner {
         if record.state == "approved" {
             return self.push_approval(&client, record, &reach, delay, caller.role);
         }
-        Ok(record.status(caller.role, delay))
+        Ok(record.status(caller.role, delay, tip))
     }
 
     /// `GET /v1/spends/{id}`.
     pub fn spend_status(&self, caller: &Caller, id: u64) -> Result<SpendStatus, Refusal> {
         let record = self.spend(self.store(), &caller.client.id, id)?;
-        Ok(record.status(caller.role, caller.policy().delays.unvault as u32))
+        Ok(record.status(caller.role, caller.policy().delays.unvault as u32, self.tip()?))
     }
 
     /// `GET /v1/spends`: every request of the client, newest first (what guardians review).
     pub fn spends(&self, caller: &Caller) -> Result<Vec<SpendStatus>, Refusal> {
         let delay = caller.policy().delays.unvault as u32;
+        let tip = self.tip()?;
         let mut out = Vec::new();
         for (_, body) in self.store().list(kind::SPEND, &format!("{}/", caller.client.id))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-            out.push(s.status(caller.role, delay));
+            out.push(s.status(caller.role, delay, tip));
         }
         out.reverse();
         Ok(out)

@@ -287,7 +287,8 @@ pub struct SpendStatus {
     /// The vault's parameters, from which a guardian rebuilds its unvault with its own copy
     /// of the policy (and so checks what it signs without trusting this description).
     pub vault: vigil_tower::wire::VaultParams,
-    /// "approved", "waiting" (for guardians), "denied".
+    /// "approved", "waiting" (for guardians), "denied", or "expired" (it waited for its
+    /// guardians past its approval's expiry; the owner asks again).
     pub state: String,
     /// V.
     pub vault_outpoint: String,

@@ -137,6 +137,70 @@ fn a_guarded_spend_waits_for_the_quorum_and_one_denial_is_final() {
 }
 
 #[test]
+fn a_request_past_its_approvals_expiry_frees_its_vault_unless_its_unvault_confirmed_in_time() {
+    const EXPIRY: u32 = 6;
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, &format!("approval_expiry_blocks = {EXPIRY}"));
+    let mut f = Family::new(&node, &co, example("cosigner expiry"), 1, None);
+    let late = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let in_time = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let other_spend = |v: &Vault| f.request_spend(v, &f.spend_psbt(v, &f.wallet.address(), 2_000));
+    let acknowledged = |s: &Value| s["towers"].as_array().unwrap().iter().all(|t| t["acknowledged"] == true);
+
+    let late_1 = spend(&f, &late).unwrap();
+    assert_eq!(late_1["state"], "approved", "{late_1}");
+    let in_time_1 = spend(&f, &in_time).unwrap();
+    assert_eq!(in_time_1["state"], "approved", "{in_time_1}");
+    unvault(&node, &f, &in_time);
+    let guarded_1 = spend(&f, &guarded).unwrap();
+    let guarded_id = guarded_1["id"].as_u64().unwrap();
+    assert_eq!(f.vote(0, guarded_id, true).unwrap()["state"], "waiting");
+    // Before the expiry, each request holds its vault.
+    for v in [&late, &in_time, &guarded] {
+        let held = other_spend(v).unwrap_err();
+        assert!(held.0 == 409 && held.1.contains("one spend per vault"), "{held:?}");
+    }
+    block(&node, &f, EXPIRY);
+
+    // Expired before its unvault was sent: the vault is asked for again, and the towers take
+    // the new approval in the old one's place.
+    let late_2 = other_spend(&late).unwrap();
+    assert_eq!(late_2["state"], "approved", "{late_2}");
+    assert!(acknowledged(&late_2), "{late_2}");
+    assert!(late_2["approval"]["counter"].as_u64() > late_1["approval"]["counter"].as_u64());
+    // Its unvault confirmed before the expiry: the approved spend goes on, and holds the vault.
+    let held = other_spend(&in_time).unwrap_err();
+    assert!(held.0 == 409 && held.1.contains("one spend per vault"), "{held:?}");
+    // Waited for its guardians past the expiry: no vote approves it; guardians see it expired;
+    // the vault is asked for again and the quorum approves the new request.
+    let refused = f.vote(1, guarded_id, true).unwrap_err();
+    assert!(refused.0 == 409 && refused.1.contains("expired at block"), "{refused:?}");
+    let shown = f.get(&format!("/v1/spends/{guarded_id}"), &f.guardian(1)).unwrap();
+    assert_eq!((shown["state"].as_str(), shown["approvals"].as_u64()), (Some("expired"), Some(1)));
+    assert_eq!(co.metric("vigil_cosigner_spends_waiting"), Some(0), "an expired request is not pending");
+    let guarded_2 = spend(&f, &guarded).unwrap();
+    let guarded_2_id = guarded_2["id"].as_u64().unwrap();
+    assert_ne!(guarded_2_id, guarded_id, "the same spend asked again is a new request");
+    f.vote(0, guarded_2_id, true).unwrap();
+    let approved = f.vote(1, guarded_2_id, true).unwrap();
+    assert!(approved["state"] == "approved" && acknowledged(&approved), "{approved}");
+
+    unvault(&node, &f, &late);
+    unvault(&node, &f, &guarded);
+    block(&node, &f, DELAY - 1);
+    let expired = f.sign(late_1["id"].as_u64().unwrap()).unwrap_err();
+    assert!(expired.0 == 409 && expired.1.contains("after the approval expired"), "{expired:?}");
+    for (vault, status) in [(&late, &late_2), (&in_time, &in_time_1), (&guarded, &approved)] {
+        let tx = f.sign(status["id"].as_u64().unwrap()).unwrap();
+        node.rpc.broadcast(&tx).unwrap();
+        block(&node, &f, 1);
+        // No tower cancelled its unvault: each holds the approval the spend was signed under.
+        assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+    }
+}
+
+#[test]
 fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wait() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
