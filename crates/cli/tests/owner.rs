@@ -514,6 +514,60 @@ fn sigkill_at_each_step_of_vault_and_spend_leaves_nothing_funded_and_unprotected
     assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
 }
 
+#[test]
+fn a_spend_whose_approval_expired_stops_and_leaves_its_vault_free_to_ask_again() {
+    const EXPIRY: u32 = 4;
+    let s = services(&format!("approval_expiry_blocks = {EXPIRY}"), false);
+    let (_keys, guardian_keys, xpubs) = guardians_made_by_cli(2);
+    let Funded { _home, dir, phrase, payer, .. } = funded_with(&s, 4, &xpubs);
+    let policy = dir.join("policy.toml");
+    let made = json(&dir, &["vault", "0.2"], &[REAL, &phrase]);
+    assert_eq!(made["kind"], "guarded", "{made}");
+    mine(&s.node.rpc, 1, &payer.address());
+    let to = Wallet::new().address().to_string();
+    let ask = || {
+        let asked = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
+        assert_eq!(asked[0]["progress"]["stage"], "waiting for guardians", "{asked}");
+        asked[0]["id"].as_u64().unwrap().to_string()
+    };
+    let approve = |id: &str, g: usize| {
+        let (ok, _, err) = guardian(&guardian_keys[g], &["approve", id, "--yes"], Some(&policy));
+        assert!(ok, "{err}");
+    };
+    let stopped = |why: &str| {
+        let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
+        let progress = &resumed[0]["progress"];
+        assert_eq!(progress["stage"], "stopped", "{resumed}");
+        assert!(progress["reason"].as_str().unwrap().contains(why), "{resumed}");
+        let (ok, _, err) = vigil(&dir, &["spend", "--resume"], &[REAL]);
+        assert!(!ok && err.contains("no spend is under way"), "it stopped for good: {err}");
+    };
+
+    // One guardian of the two approved before the expiry: the request stops.
+    let first = ask();
+    approve(&first, 0);
+    mine(&s.node.rpc, EXPIRY, &payer.address());
+    stopped("before the guardians' quorum");
+    // Asked again, approved by both in time, but resumed after the expiry: its unvault is not
+    // sent (the towers would cancel it), and the vault stays put.
+    let second = ask();
+    assert_ne!(second, first);
+    approve(&second, 0);
+    approve(&second, 1);
+    mine(&s.node.rpc, EXPIRY, &payer.address());
+    stopped("before its unvault was sent");
+    let status = json(&dir, &["status"], &[REAL]);
+    assert_eq!(status["vaults"][0]["state"], "protected", "{status}");
+    // The third time, resumed in time, the spend goes through.
+    let third = ask();
+    approve(&third, 0);
+    approve(&third, 1);
+    let started = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(started[0]["progress"]["stage"], "unlocking", "{started}");
+    mine(&s.node.rpc, 1, &payer.address());
+    spend_to_the_end(&s, &dir, &payer);
+}
+
 /// `text` with every run of digits and hex (ids, txids, heights, addresses) masked.
 fn masked(text: &str) -> String {
     let mut out = String::new();

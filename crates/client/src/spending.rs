@@ -285,6 +285,7 @@ pub fn advance(
         "signed" | "sent" | "done" => return payment(state, chain, pos),
         "denied" => return Ok(Progress::Denied),
         "cancelled" => return Ok(Progress::Stopped("the spend was cancelled".into())),
+        "expired" => return Ok(Progress::Stopped("its approval expired: ask for the spend again".into())),
         _ => {}
     }
     let id = spend.id;
@@ -294,6 +295,7 @@ pub fn advance(
             state.spends[pos].stage = "denied".into();
             return Ok(Progress::Denied);
         }
+        "expired" => return Ok(expired(state, pos, "before the guardians' quorum", &status)),
         "approved" => {}
         _ => {
             return Ok(Progress::WaitingForGuardians {
@@ -301,6 +303,13 @@ pub fn advance(
                 needed: status.approvals_needed,
             })
         }
+    }
+    // Sent now, the unvault confirms after the approval's expiry: the towers would cancel it
+    // and the co-signer would sign no spend of it. The vault stays put, free to ask again.
+    if spend.stage != "unvault sent"
+        && chain.tip().map_err(chain_err)?.height >= status.approval.expiry_height
+    {
+        return Ok(expired(state, pos, "before its unvault was sent", &status));
     }
     let vault = state
         .vaults
@@ -353,6 +362,17 @@ pub fn advance(
     state.spends[pos].stage = "signed".into();
     state.note(format!("spend {id} co-signed: {}", tx.compute_txid()));
     payment(state, chain, pos)
+}
+
+/// Ends the spend at `pos`, whose approval expired `when`.
+fn expired(state: &mut WalletState, pos: usize, when: &str, status: &SpendStatus) -> Progress {
+    let why = format!(
+        "spend request {} expired at block {} {when}: ask for the spend again",
+        status.id, status.approval.expiry_height
+    );
+    state.spends[pos].stage = "expired".into();
+    state.note(why.clone());
+    Progress::Stopped(why)
 }
 
 /// The co-signed payment: broadcast (again) until it confirms.

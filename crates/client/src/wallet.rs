@@ -242,7 +242,8 @@ pub struct PendingSpend {
     pub psbt: String,
     /// "unsigned" (its PSBT with a signer elsewhere), "requesting", "waiting" (for guardians),
     /// "approved", "unvault sent", "signed",
-    /// "sent", "done", "denied", "cancelled".
+    /// "sent", "done", "denied", "cancelled", "expired" (its approval, before the unvault
+    /// was sent or the guardians' quorum).
     pub stage: String,
     /// The co-signed payment, hex, once the co-signer signed it (broadcast until it confirms).
     pub tx: Option<String>,
@@ -251,7 +252,7 @@ pub struct PendingSpend {
 impl PendingSpend {
     /// Whether it still needs something done.
     pub fn active(&self) -> bool {
-        !["done", "denied", "cancelled"].contains(&self.stage.as_str())
+        !["done", "denied", "cancelled", "expired"].contains(&self.stage.as_str())
     }
 }
 
