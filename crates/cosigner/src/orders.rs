@@ -77,6 +77,11 @@ impl Cosigner {
             .transpose()
             .map_err(|_| Refusal::Internal)?
             .unwrap_or_default();
+        // An approval replaces one of the same unvault still owed: that one lapsed (the
+        // towers take only the higher counter), and answers are matched to orders by subject.
+        if order.path == crate::spends::APPROVALS_PATH {
+            orders.retain(|o| o.path != order.path || o.subject != order.subject);
+        }
         orders.push(order);
         batch.expect(kind::ORDERS, client.to_owned(), before).put(
             kind::ORDERS,
@@ -256,5 +261,45 @@ impl Cosigner {
                 tracing::warn!(%client, error = %e.message(), "orders not delivered to every tower yet");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+
+    fn order(path: &str, subject: &str, n: u64) -> TowerOrder {
+        TowerOrder {
+            path: path.into(),
+            body: serde_json::json!({ "n": n }),
+            subject: subject.into(),
+            acked: Vec::new(),
+            refused: Vec::new(),
+            refusing_since: Default::default(),
+            only: None,
+        }
+    }
+
+    #[test]
+    fn an_approval_replaces_the_one_of_the_same_unvault_still_owed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let approvals = crate::spends::APPROVALS_PATH;
+        for o in [
+            order(approvals, "u1", 1),
+            order("/v1/lockdown", "u1", 2),
+            order(approvals, "u2", 3),
+            order(approvals, "u1", 4),
+            order("/v1/lockdown", "u1", 5),
+        ] {
+            let mut batch = Batch::default();
+            Cosigner::queue_order(&store, &mut batch, "c", o).unwrap();
+            store.commit(&batch).unwrap();
+        }
+        let left: Vec<TowerOrder> =
+            serde_json::from_str(&store.get(kind::ORDERS, "c").unwrap().unwrap()).unwrap();
+        let left: Vec<u64> = left.iter().map(|o| o.body["n"].as_u64().unwrap()).collect();
+        assert_eq!(left, [2, 3, 4, 5]);
     }
 }

@@ -30,6 +30,10 @@ use crate::wire::{self, Signed, SignedSpend, SpendRequest, SpendStatus, TowerRep
 /// The towers' endpoint an approval is registered at.
 pub(crate) const APPROVALS_PATH: &str = "/v1/approvals";
 
+/// Blocks past an approval's expiry before the chain is taken to show its unvault will never
+/// confirm in time: a reorg this deep is not expected.
+const LAPSE_MARGIN: u32 = 6;
+
 /// A spend request as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpendRecord {
@@ -39,7 +43,8 @@ pub struct SpendRecord {
     pub client: String,
     /// The vault's parameters.
     pub vault: vigil_tower::wire::VaultParams,
-    /// "waiting", "approved", "denied".
+    /// "waiting", "approved", "denied", or "expired" (it lapsed unused, and a later request
+    /// of its vault took its place).
     pub state: String,
     /// The spend PSBT with every signature gathered so far (base64).
     pub psbt: String,
@@ -135,7 +140,8 @@ impl SpendRecord {
 fn velocity_used(spends: &[SpendRecord], window: u32, tip: u32) -> u64 {
     spends
         .iter()
-        .filter(|s| s.state == "approved" && s.needed == 0)
+        // Approved, even if since expired: its unvault may have gone out.
+        .filter(|s| s.needed == 0)
         .filter(|s| s.approved_height.is_some_and(|h| h.saturating_add(window) > tip))
         .map(|s| s.amount_sat)
         .sum()
@@ -244,23 +250,33 @@ impl Cosigner {
         // A replayed request is refused before anything else is looked at.
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         // The client's requests, read once: one request per vault (the same spend again,
-        // signed anew, is the same request), and the velocity they used.
-        let spends = store
-            .list(kind::SPEND, &format!("{}/", client.id))?
-            .into_iter()
-            .map(|(_, body)| serde_json::from_str::<SpendRecord>(&body).map_err(|_| Refusal::Internal))
+        // signed anew, is the same request) until it is denied or lapses, and the velocity
+        // they used.
+        let listed = store.list(kind::SPEND, &format!("{}/", client.id))?;
+        let spends = listed
+            .iter()
+            .map(|(_, body)| serde_json::from_str::<SpendRecord>(body).map_err(|_| Refusal::Internal))
             .collect::<Result<Vec<_>, _>>()?;
-        for s in &spends {
-            if s.approval.vault_outpoint == r.vault_outpoint && s.state != "denied" && !self.lapsed(s, tip)? {
-                if s.approval.spend_txid == spend_txid.to_string() {
-                    store.commit(&batch)?;
-                    return Ok(s.status(caller.role, delay, tip));
-                }
-                return Err(Refusal::Conflict(format!(
-                    "vault {} already has spend request {} (of another transaction); one spend per vault",
-                    r.vault_outpoint, s.id
-                )));
+        let mut lapsed = Vec::new();
+        for (s, (key, body)) in spends.iter().zip(&listed) {
+            if s.approval.vault_outpoint != r.vault_outpoint
+                || ["denied", "expired"].contains(&s.state.as_str())
+            {
+                continue;
             }
+            if self.lapsed(s, tip)? {
+                lapsed.push((s, key, body));
+                continue;
+            }
+            if s.approval.spend_txid == spend_txid.to_string() {
+                store.commit(&batch)?;
+                return Ok(s.status(caller.role, delay, tip));
+            }
+            return Err(Refusal::Conflict(format!(
+                "vault {} already has spend request {} (of another transaction); one spend per vault until it \
+                 is denied or lapses unused (its approval expires at block {})",
+                r.vault_outpoint, s.id, s.approval.expiry_height
+            )));
         }
         let locked = client.locked(tip);
         let duress = client.under_duress(tip);
@@ -335,6 +351,16 @@ impl Cosigner {
             towers: Vec::new(),
             delay,
         };
+        // The lapsed request is over: no vote approves it, and what the towers hold of it gives
+        // way to this one's higher counter.
+        for (s, key, body) in lapsed {
+            let over = SpendRecord { state: "expired".into(), ..s.clone() };
+            batch.expect(kind::SPEND, key.clone(), Some(body.clone())).put(
+                kind::SPEND,
+                key.clone(),
+                serde_json::to_string(&over).expect("json"),
+            );
+        }
         let mut next = client.clone();
         next.next_spend += 1;
         let mut vault_next = vault.clone();
@@ -384,24 +410,28 @@ impl Cosigner {
         Ok(record.status(caller.role, delay, tip))
     }
 
-    /// Whether `s`, neither denied nor its vault's spend under way, can no longer lead to its
-    /// spend, so that its vault may be asked for again: its terms expired (no tower takes
-    /// them from then on) before the guardians' quorum, or before its unvault confirmed
-    /// (the co-signer signs no spend of an unvault confirmed later). A later request of the
-    /// same vault gets a higher counter, which the towers take in its place.
+    /// Whether `s` (waiting or approved) can no longer lead to its spend, so that its vault
+    /// may be asked for again: its terms expired (no tower takes them from then on) before
+    /// the guardians' quorum, or before its unvault confirmed (the co-signer signs no spend
+    /// of an unvault confirmed later). A later request of the same vault gets a higher
+    /// counter, which the towers take in its place. An approval is judged only from what the
+    /// chain shows for certain: the vault's output still unspent, or its unvault confirmed
+    /// after the expiry. An unvault the backend cannot find, or one still pending, holds it.
     fn lapsed(&self, s: &SpendRecord, tip: u32) -> Result<bool, Refusal> {
-        if tip < s.approval.expiry_height {
+        let expiry = s.approval.expiry_height;
+        if s.state == "waiting" {
+            return Ok(tip >= expiry);
+        }
+        if tip < expiry.saturating_add(LAPSE_MARGIN) {
             return Ok(false);
         }
-        if s.state != "approved" {
+        let vault = OutPoint::from_str(&s.approval.vault_outpoint).map_err(|_| Refusal::Internal)?;
+        if self.chain.unspent_output(&vault)?.is_some() {
             return Ok(true);
         }
         let unvault =
             vigil_policy::bitcoin::Txid::from_str(&s.approval.unvault_txid).map_err(|_| Refusal::Internal)?;
-        Ok(!matches!(
-            self.chain.transaction_info(&unvault)?,
-            Some((_, Some(confirmed))) if confirmed <= s.approval.expiry_height
-        ))
+        Ok(matches!(self.chain.transaction_info(&unvault)?, Some((_, Some(confirmed))) if confirmed > expiry))
     }
 
     /// Queues in `batch`, committed with the decision approving `record`, the order that

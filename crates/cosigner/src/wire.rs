@@ -288,7 +288,8 @@ pub struct SpendStatus {
     /// of the policy (and so checks what it signs without trusting this description).
     pub vault: vigil_tower::wire::VaultParams,
     /// "approved", "waiting" (for guardians), "denied", or "expired" (it waited for its
-    /// guardians past its approval's expiry; the owner asks again).
+    /// guardians past its approval's expiry, or lapsed unused and a later request of its
+    /// vault took its place).
     pub state: String,
     /// V.
     pub vault_outpoint: String,

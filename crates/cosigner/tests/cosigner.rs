@@ -139,60 +139,97 @@ fn a_guarded_spend_waits_for_the_quorum_and_one_denial_is_final() {
 #[test]
 fn a_request_past_its_approvals_expiry_frees_its_vault_unless_its_unvault_confirmed_in_time() {
     const EXPIRY: u32 = 6;
+    // Blocks past an approval's expiry before the co-signer judges it from the chain.
+    const MARGIN: u32 = 6;
     let node = vigil_node();
     let co = CosignerProcess::new(&node, &format!("approval_expiry_blocks = {EXPIRY}"));
     let mut f = Family::new(&node, &co, example("cosigner expiry"), 1, None);
     let late = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let in_time = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let pending = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
     let other_spend = |v: &Vault| f.request_spend(v, &f.spend_psbt(v, &f.wallet.address(), 2_000));
     let acknowledged = |s: &Value| s["towers"].as_array().unwrap().iter().all(|t| t["acknowledged"] == true);
-
-    let late_1 = spend(&f, &late).unwrap();
-    assert_eq!(late_1["state"], "approved", "{late_1}");
-    let in_time_1 = spend(&f, &in_time).unwrap();
-    assert_eq!(in_time_1["state"], "approved", "{in_time_1}");
-    unvault(&node, &f, &in_time);
-    let guarded_1 = spend(&f, &guarded).unwrap();
-    let guarded_id = guarded_1["id"].as_u64().unwrap();
-    assert_eq!(f.vote(0, guarded_id, true).unwrap()["state"], "waiting");
-    // Before the expiry, each request holds its vault.
-    for v in [&late, &in_time, &guarded] {
+    let held = |v: &Vault| {
         let held = other_spend(v).unwrap_err();
         assert!(held.0 == 409 && held.1.contains("one spend per vault"), "{held:?}");
-    }
-    block(&node, &f, EXPIRY);
+    };
+    let id = |s: &Value| s["id"].as_u64().unwrap();
+    // A block of `txs` only: what else is pending stays so.
+    let block_of = |txs: &[&vigil_policy::bitcoin::Transaction]| {
+        let txs: Vec<String> =
+            txs.iter().map(|t| vigil_policy::bitcoin::consensus::encode::serialize_hex(*t)).collect();
+        node.rpc
+            .call(
+                "vigil_generateblock",
+                serde_json::json!([null, f.wallet.address().to_string(), txs, false]),
+            )
+            .unwrap();
+    };
+    let empty_blocks = |n: u32| (0..n).for_each(|_| block_of(&[]));
 
-    // Expired before its unvault was sent: the vault is asked for again, and the towers take
-    // the new approval in the old one's place.
-    let late_2 = other_spend(&late).unwrap();
-    assert_eq!(late_2["state"], "approved", "{late_2}");
-    assert!(acknowledged(&late_2), "{late_2}");
-    assert!(late_2["approval"]["counter"].as_u64() > late_1["approval"]["counter"].as_u64());
-    // Its unvault confirmed before the expiry: the approved spend goes on, and holds the vault.
-    let held = other_spend(&in_time).unwrap_err();
-    assert!(held.0 == 409 && held.1.contains("one spend per vault"), "{held:?}");
+    let late_1 = spend(&f, &late).unwrap();
+    let in_time_1 = spend(&f, &in_time).unwrap();
+    let pending_1 = spend(&f, &pending).unwrap();
+    for s in [&late_1, &in_time_1, &pending_1] {
+        assert!(s["state"] == "approved" && acknowledged(s), "{s}");
+    }
+    unvault(&node, &f, &in_time);
+    let guarded_1 = spend(&f, &guarded).unwrap();
+    assert_eq!(f.vote(0, id(&guarded_1), true).unwrap()["state"], "waiting");
+    // Sent at once, but not mined until well after the expiry (the tower saw it in time).
+    node.rpc.broadcast(pending.graph.unvault()).unwrap();
+    // Before the expiry, each request holds its vault.
+    for v in [&late, &in_time, &pending, &guarded] {
+        held(v);
+    }
+    empty_blocks(EXPIRY);
+
     // Waited for its guardians past the expiry: no vote approves it; guardians see it expired;
     // the vault is asked for again and the quorum approves the new request.
-    let refused = f.vote(1, guarded_id, true).unwrap_err();
+    let refused = f.vote(1, id(&guarded_1), true).unwrap_err();
     assert!(refused.0 == 409 && refused.1.contains("expired at block"), "{refused:?}");
-    let shown = f.get(&format!("/v1/spends/{guarded_id}"), &f.guardian(1)).unwrap();
+    let shown = f.get(&format!("/v1/spends/{}", id(&guarded_1)), &f.guardian(1)).unwrap();
     assert_eq!((shown["state"].as_str(), shown["approvals"].as_u64()), (Some("expired"), Some(1)));
     assert_eq!(co.metric("vigil_cosigner_spends_waiting"), Some(0), "an expired request is not pending");
     let guarded_2 = spend(&f, &guarded).unwrap();
-    let guarded_2_id = guarded_2["id"].as_u64().unwrap();
-    assert_ne!(guarded_2_id, guarded_id, "the same spend asked again is a new request");
-    f.vote(0, guarded_2_id, true).unwrap();
-    let approved = f.vote(1, guarded_2_id, true).unwrap();
-    assert!(approved["state"] == "approved" && acknowledged(&approved), "{approved}");
+    assert_ne!(id(&guarded_2), id(&guarded_1), "the same spend asked again is a new request");
+    let stale = f.vote(1, id(&guarded_1), true).unwrap_err();
+    assert!(stale.0 == 409 && stale.1.contains("is expired already"), "{stale:?}");
+    f.vote(0, id(&guarded_2), true).unwrap();
+    let guarded_2 = f.vote(1, id(&guarded_2), true).unwrap();
+    assert!(guarded_2["state"] == "approved" && acknowledged(&guarded_2), "{guarded_2}");
+    block_of(&[guarded.graph.unvault()]);
+
+    // An approval is judged from the chain only a margin past its expiry (a reorg could still
+    // confirm its unvault in time).
+    held(&late);
+    empty_blocks(MARGIN);
+    // Its vault's output unspent: the unvault never went out. Asked for again, and the towers
+    // take the new approval in the old one's place.
+    let late_2 = other_spend(&late).unwrap();
+    assert!(late_2["state"] == "approved" && acknowledged(&late_2), "{late_2}");
+    assert!(late_2["approval"]["counter"].as_u64() > late_1["approval"]["counter"].as_u64());
+    // Its unvault confirmed before the expiry: the approved spend goes on, and holds the vault.
+    held(&in_time);
+    // Its unvault still pending: nothing is certain, so it holds the vault (the same spend
+    // asked again is the same request); once mined after the expiry, it no longer does.
+    assert_eq!(id(&spend(&f, &pending).unwrap()), id(&pending_1));
+    block(&node, &f, 1);
+    let pending_2 = spend(&f, &pending).unwrap();
+    assert_ne!(id(&pending_2), id(&pending_1));
+    assert!(pending_2["state"] == "approved" && acknowledged(&pending_2), "{pending_2}");
 
     unvault(&node, &f, &late);
-    unvault(&node, &f, &guarded);
     block(&node, &f, DELAY - 1);
-    let expired = f.sign(late_1["id"].as_u64().unwrap()).unwrap_err();
-    assert!(expired.0 == 409 && expired.1.contains("after the approval expired"), "{expired:?}");
-    for (vault, status) in [(&late, &late_2), (&in_time, &in_time_1), (&guarded, &approved)] {
-        let tx = f.sign(status["id"].as_u64().unwrap()).unwrap();
+    for lapsed in [&late_1, &pending_1] {
+        let refused = f.sign(id(lapsed)).unwrap_err();
+        assert!(refused.0 == 409 && refused.1.contains("is expired, not approved"), "{refused:?}");
+    }
+    for (vault, status) in
+        [(&late, &late_2), (&in_time, &in_time_1), (&pending, &pending_2), (&guarded, &guarded_2)]
+    {
+        let tx = f.sign(id(status)).unwrap();
         node.rpc.broadcast(&tx).unwrap();
         block(&node, &f, 1);
         // No tower cancelled its unvault: each holds the approval the spend was signed under.
