@@ -295,7 +295,18 @@ pub fn advance(
             state.spends[pos].stage = "denied".into();
             return Ok(Progress::Denied);
         }
-        "expired" => return Ok(expired(state, pos, "before the guardians' quorum", &status)),
+        "expired" => {
+            // Its unvault out, only the same spend asked again completes it.
+            if chain.unspent_output(&spend.vault).map_err(chain_err)?.is_none() {
+                return Ok(ask_again(state, pos, "its request expired"));
+            }
+            let when = if status.approvals < status.approvals_needed {
+                "before the guardians' quorum"
+            } else {
+                "unused"
+            };
+            return Ok(expired(state, pos, when, &status));
+        }
         "approved" => {}
         _ => {
             return Ok(Progress::WaitingForGuardians {
@@ -305,9 +316,12 @@ pub fn advance(
         }
     }
     // Sent now, the unvault confirms after the approval's expiry: the towers would cancel it
-    // and the co-signer would sign no spend of it. The vault stays put, free to ask again.
+    // and the co-signer would sign no spend of it. The vault stays put, free to ask again;
+    // unless the unvault is out already (sent by a run killed before it saved its stage, or
+    // by another device): then the spend goes on.
     if spend.stage != "unvault sent"
         && chain.tip().map_err(chain_err)?.height >= status.approval.expiry_height
+        && chain.unspent_output(&spend.vault).map_err(chain_err)?.is_some()
     {
         return Ok(expired(state, pos, "before its unvault was sent", &status));
     }
@@ -348,6 +362,13 @@ pub fn advance(
         {
             return Ok(Progress::Waiting { from_height: Some(from) });
         }
+        // Its unvault was slow to confirm: the approval no longer covers it, a new request of
+        // the same spend does (the co-signer frees the vault a few blocks past the expiry).
+        Err(ClientError::Refused { status: 409, message, .. })
+            if message.contains("after the approval expired") =>
+        {
+            return Ok(ask_again(state, pos, &message));
+        }
         Err(ClientError::Refused { status: 409, message, .. }) => {
             state.spends[pos].stage = "cancelled".into();
             state.note(format!("spend {id} stopped: {message}"));
@@ -373,6 +394,14 @@ fn expired(state: &mut WalletState, pos: usize, when: &str, status: &SpendStatus
     state.spends[pos].stage = "expired".into();
     state.note(why.clone());
     Progress::Stopped(why)
+}
+
+/// Sends the spend at `pos` again, the same PSBT, at the next step: its approval can no
+/// longer be used, and its unvault is out.
+fn ask_again(state: &mut WalletState, pos: usize, why: &str) -> Progress {
+    state.spends[pos].stage = "requesting".into();
+    state.note(format!("spend {}: {why}; asked for again", state.spends[pos].id));
+    Progress::Waiting { from_height: None }
 }
 
 /// The co-signed payment: broadcast (again) until it confirms.
