@@ -9,6 +9,7 @@
 //! kept until the tower acknowledged them, across restarts. Every enrollment alarms the
 //! guardians.
 
+use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -87,8 +88,8 @@ impl Cosigner {
         if let Some(waiting) = &client.pending_policy {
             orders.push(change_order(&client, &waiting.text)?);
         }
-        let approvals = self.open_approvals(&client, tip)?;
-        let (vaults, kept_elsewhere) = self.live_vaults(&client, &approvals)?;
+        let (approvals, ever_approved) = self.open_approvals(&client, tip)?;
+        let (vaults, kept_elsewhere) = self.live_vaults(&client, &ever_approved)?;
         orders.extend(vaults.iter().map(|v| {
             let subject = v.registration.vault.vault_outpoint.clone();
             order_of("/v1/vaults", &v.registration, subject)
@@ -150,13 +151,14 @@ impl Cosigner {
     /// The client's live vaults the tower is given, each naming the version it was made
     /// under (the tower holds every version the chain brought), not unvaulted under an
     /// approval. And the outpoints of the live ones it is not given, which stay with the
-    /// towers watching them: an approved unvault already out (a tower that learns of the vault
-    /// before its approval would cancel it at first sight), and any vault the versions the
-    /// tower gets do not rebuild.
+    /// towers watching them: an unvault already out of a vault `ever_approved` (a tower that
+    /// learns of the vault without an approval covering it would cancel it at first sight;
+    /// the approval may have expired since, its spend still under way), and any vault the
+    /// versions the tower gets do not rebuild.
     fn live_vaults(
         &self,
         client: &ClientRecord,
-        approvals: &[(String, TowerOrder)],
+        ever_approved: &BTreeSet<String>,
     ) -> Result<(Vec<VaultRecord>, Vec<String>), Refusal> {
         // The client as the tower will hold it: today's version and every one before.
         let judge = vigil_tower::client::Client::new(&client.id, &client.policy)
@@ -179,7 +181,7 @@ impl Cosigner {
             if v.registration.policy_version.is_none() && version != judge.policy.version {
                 v.registration.policy_version = Some(version);
             }
-            let approved = approvals.iter().any(|(vault, _)| *vault == outpoint);
+            let approved = ever_approved.contains(&outpoint);
             match self.stage(&v)? {
                 Stage::Over => continue,
                 Stage::Unvaulted if approved => elsewhere.push(outpoint),
@@ -213,18 +215,27 @@ impl Cosigner {
     }
 
     /// The latest approval of each vault not expired at `tip`, by vault, as orders carrying
-    /// the co-signer's signature and the guardians' it gathered.
-    fn open_approvals(&self, client: &ClientRecord, tip: u32) -> Result<Vec<(String, TowerOrder)>, Refusal> {
+    /// the co-signer's signature and the guardians' it gathered; and every vault with an
+    /// approval, expired or not.
+    fn open_approvals(
+        &self,
+        client: &ClientRecord,
+        tip: u32,
+    ) -> Result<(Vec<(String, TowerOrder)>, BTreeSet<String>), Refusal> {
         let key = self.keys.auth_keypair(client.account);
         let mut latest: std::collections::BTreeMap<String, SpendRecord> = Default::default();
+        let mut ever_approved = BTreeSet::new();
         for (_, body) in self.store().list(kind::SPEND, &format!("{}/", client.id))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
+            if s.approved_height.is_some() {
+                ever_approved.insert(s.approval.vault_outpoint.clone());
+            }
             if s.state == "approved" && s.approval.expiry_height > tip {
                 // Listed by number: a later approval of the same vault replaces an earlier.
                 latest.insert(s.approval.vault_outpoint.clone(), s);
             }
         }
-        Ok(latest
+        let open = latest
             .into_iter()
             .map(|(vault, s)| {
                 let mut signatures = vec![wire::sign(&s.approval.digest(), &key)];
@@ -237,7 +248,8 @@ impl Cosigner {
                 };
                 (vault, order_of(crate::spends::APPROVALS_PATH, &body, s.approval.unvault_txid.clone()))
             })
-            .collect())
+            .collect();
+        Ok((open, ever_approved))
     }
 
     /// The orders `tower` has yet to take.

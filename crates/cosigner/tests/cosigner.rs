@@ -854,6 +854,33 @@ fn a_tower_a_change_adds_is_enrolled_with_the_signed_changes_and_told_every_live
 }
 
 #[test]
+fn a_tower_added_after_an_approval_expired_is_not_given_the_vault_whose_spend_is_under_way() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 6");
+    let mut f = Family::new(&node, &co, example("cosigner added tower late"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let asked = spend(&f, &vault).unwrap();
+    assert_eq!(asked["state"], "approved", "{asked}");
+    // Its unvault confirms in time; the approval then expires while the spend waits DELAY,
+    // and the quorum adds a tower meanwhile.
+    unvault(&node, &f, &vault);
+    let b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
+    let change = f.change_policy(&adding_tower(&f.policy_text, "tower-b", &b), &[0, 1]).unwrap();
+    until_applied(&node, &f, &change);
+    assert!(tip(&node) > asked["approval"]["expiry_height"].as_u64().unwrap() as u32);
+    let enrolled = f
+        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
+        .unwrap();
+    // Given the vault without an approval that covers its unvault, tower-b would cancel it.
+    assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
+    block(&node, &f, 3);
+    let tx = f.sign(asked["id"].as_u64().unwrap()).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+}
+
+#[test]
 fn a_format_2_family_vaults_spends_with_its_guardians_and_its_tower_cancels_an_unapproved_unvault() {
     // Format 2 (ADR 0005): every key derives per leaf and the internal key is the policy's
     // NUMS xpub; the co-signer, the tower and the signers all follow the policy crate.
