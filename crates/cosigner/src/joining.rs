@@ -27,6 +27,9 @@ use crate::spends::SpendRecord;
 use crate::store::{kind, Batch};
 use crate::wire::{self, EnrollTower, Signed, TowerEnrolled};
 
+/// An order about one vault, by its outpoint.
+type VaultOrder = (String, TowerOrder);
+
 fn bad(m: impl Into<String>) -> Refusal {
     Refusal::BadRequest(m.into())
 }
@@ -221,7 +224,7 @@ impl Cosigner {
         &self,
         client: &ClientRecord,
         tip: u32,
-    ) -> Result<(Vec<(String, TowerOrder)>, BTreeSet<String>), Refusal> {
+    ) -> Result<(Vec<VaultOrder>, BTreeSet<String>), Refusal> {
         let key = self.keys.auth_keypair(client.account);
         let mut latest: std::collections::BTreeMap<String, SpendRecord> = Default::default();
         let mut ever_approved = BTreeSet::new();
