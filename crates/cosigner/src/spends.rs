@@ -136,15 +136,17 @@ impl SpendRecord {
     }
 }
 
-/// What every approval without the guardians' quorum released in the window ending at `tip`.
+/// What every approval without the guardians' quorum released in the window ending at `tip`:
+/// each vault once (its coins leave it once, whatever approvals it had; one may have lapsed).
 fn velocity_used(spends: &[SpendRecord], window: u32, tip: u32) -> u64 {
-    spends
+    let released: std::collections::BTreeMap<&str, u64> = spends
         .iter()
         // Approved, even if since expired: its unvault may have gone out.
         .filter(|s| s.needed == 0)
         .filter(|s| s.approved_height.is_some_and(|h| h.saturating_add(window) > tip))
-        .map(|s| s.amount_sat)
-        .sum()
+        .map(|s| (s.approval.vault_outpoint.as_str(), s.amount_sat))
+        .collect();
+    released.values().sum()
 }
 
 impl Cosigner {

@@ -143,7 +143,11 @@ fn a_request_past_its_approvals_expiry_frees_its_vault_unless_its_unvault_confir
     const MARGIN: u32 = 6;
     let node = vigil_node();
     let co = CosignerProcess::new(&node, &format!("approval_expiry_blocks = {EXPIRY}"));
-    let mut f = Family::new(&node, &co, example("cosigner expiry"), 1, None);
+    // Room for four of these vaults' releases, not five: each vault's coins count once,
+    // however many approvals it had (below, two vaults get a second).
+    let mut e = example("cosigner expiry");
+    e.velocity_limit_sat = 9_000_000;
+    let mut f = Family::new(&node, &co, e, 1, None);
     let late = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let in_time = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     let pending = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
@@ -179,6 +183,11 @@ fn a_request_past_its_approvals_expiry_frees_its_vault_unless_its_unvault_confir
     assert_eq!(f.vote(0, id(&guarded_1), true).unwrap()["state"], "waiting");
     // Sent at once, but not mined until well after the expiry (the tower saw it in time).
     node.rpc.broadcast(pending.graph.unvault()).unwrap();
+    let path = format!("/v1/vaults/{}", pending.outpoint());
+    eventually("the tower sees the unvault in the mempool", || {
+        let v = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).ok()?;
+        (v["state"]["unvault_seen"] == true).then_some(())
+    });
     // Before the expiry, each request holds its vault.
     for v in [&late, &in_time, &pending, &guarded] {
         held(v);
