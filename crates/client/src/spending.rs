@@ -269,6 +269,11 @@ pub fn request(session: &Session, state: &mut WalletState, pos: usize) -> Result
     Ok(status.id)
 }
 
+/// Blocks before an approval's expiry from which its unvault is not sent: every tower must
+/// see it by the expiry (a tower's node may be a block ahead of ours), and the co-signer signs
+/// only if it confirms by then.
+const SEND_MARGIN: u32 = 3;
+
 /// Moves the spend at `pos` on as far as it can go now. Records each step in `state`.
 pub fn advance(
     session: &Session,
@@ -276,8 +281,17 @@ pub fn advance(
     chain: &dyn ChainBackend,
     pos: usize,
 ) -> Result<Progress, SpendError> {
-    if state.spends[pos].stage == "requesting" {
-        request(session, state, pos)?;
+    let again = state.spends[pos].stage == "asking again";
+    if again || state.spends[pos].stage == "requesting" {
+        match request(session, state, pos) {
+            // Asked again, and another request holds the vault: this spend is over.
+            Err(SpendError::Cosigner(ClientError::Refused { status: 409, message, .. })) if again => {
+                return Ok(cancelled(state, pos, message));
+            }
+            other => {
+                other?;
+            }
+        }
     }
     let spend = state.spends[pos].clone();
     match spend.stage.as_str() {
@@ -288,6 +302,16 @@ pub fn advance(
         "expired" => return Ok(Progress::Stopped("its approval expired: ask for the spend again".into())),
         _ => {}
     }
+    let vault = state
+        .vaults
+        .iter()
+        .find(|v| v.outpoint == spend.vault)
+        .ok_or_else(|| SpendError::Refused("the vault is not in this wallet".into()))?;
+    let unvault: Transaction = deserialize_hex(&vault.unvault)
+        .map_err(|_| SpendError::Refused("the vault's record is damaged".into()))?;
+    let unvault_txid = unvault.compute_txid();
+    // Whether the unvault never went out: the vault's output unspent, counting the mempool.
+    let in_vault = || Ok::<_, SpendError>(chain.unspent_output(&spend.vault).map_err(chain_err)?.is_some());
     let id = spend.id;
     let status: SpendStatus = session.cosigner.get(&format!("/v1/spends/{id}"))?;
     match status.state.as_str() {
@@ -295,17 +319,26 @@ pub fn advance(
             state.spends[pos].stage = "denied".into();
             return Ok(Progress::Denied);
         }
-        "expired" => {
-            // Its unvault out, only the same spend asked again completes it.
-            if chain.unspent_output(&spend.vault).map_err(chain_err)?.is_none() {
-                return Ok(ask_again(state, pos, "its request expired"));
-            }
+        "expired" if in_vault()? => {
             let when = if status.approvals < status.approvals_needed {
                 "before the guardians' quorum"
             } else {
                 "unused"
             };
             return Ok(expired(state, pos, when, &status));
+        }
+        // Its unvault out: only the same spend asked again completes it, while the
+        // unvault's output is there to spend.
+        "expired" => {
+            let unvault_out = OutPoint { txid: unvault_txid, vout: 0 };
+            if chain.unspent_output(&unvault_out).map_err(chain_err)?.is_none() {
+                return Ok(cancelled(
+                    state,
+                    pos,
+                    format!("the unvault's output {unvault_out} is spent already"),
+                ));
+            }
+            return Ok(ask_again(state, pos, "its request expired"));
         }
         "approved" => {}
         _ => {
@@ -315,14 +348,11 @@ pub fn advance(
             })
         }
     }
-    // Sent now, the unvault confirms after the approval's expiry: the towers would cancel it
-    // and the co-signer would sign no spend of it. The vault stays put, free to ask again;
-    // unless the unvault is out already (sent by a run killed before it saved its stage, or
-    // by another device): then the spend goes on.
-    if spend.stage != "unvault sent"
-        && chain.tip().map_err(chain_err)?.height >= status.approval.expiry_height
-        && chain.unspent_output(&spend.vault).map_err(chain_err)?.is_some()
-    {
+    // Sent now, the unvault would be seen or confirmed after the approval's expiry: the
+    // towers would cancel it and the co-signer would sign no spend of it. The vault stays
+    // put, free to ask again. Not if the unvault is out already (sent by a run killed before
+    // it saved its stage, or by another device): then the spend goes on.
+    if chain.tip().map_err(chain_err)?.height + SEND_MARGIN >= status.approval.expiry_height && in_vault()? {
         return Ok(expired(state, pos, "before its unvault was sent", &status));
     }
     let vault = state
@@ -330,9 +360,6 @@ pub fn advance(
         .iter_mut()
         .find(|v| v.outpoint == spend.vault)
         .ok_or_else(|| SpendError::Refused("the vault is not in this wallet".into()))?;
-    let unvault: Transaction = deserialize_hex(&vault.unvault)
-        .map_err(|_| SpendError::Refused("the vault's record is damaged".into()))?;
-    let unvault_txid = unvault.compute_txid();
     let delay = session.policies.version(vault.policy_version)?.policy().delays.unvault;
     if spend.stage != "unvault sent" {
         // Recorded first: a crash after the broadcast sends it again, which is harmless.
@@ -369,11 +396,7 @@ pub fn advance(
         {
             return Ok(ask_again(state, pos, &message));
         }
-        Err(ClientError::Refused { status: 409, message, .. }) => {
-            state.spends[pos].stage = "cancelled".into();
-            state.note(format!("spend {id} stopped: {message}"));
-            return Ok(Progress::Stopped(message));
-        }
+        Err(ClientError::Refused { status: 409, message, .. }) => return Ok(cancelled(state, pos, message)),
         Err(e) => return Err(e.into()),
     };
     let tx: Transaction = deserialize_hex(&signed.tx)
@@ -392,14 +415,24 @@ fn expired(state: &mut WalletState, pos: usize, when: &str, status: &SpendStatus
         status.id, status.approval.expiry_height
     );
     state.spends[pos].stage = "expired".into();
+    // Its unvault never went out: the vault can be spent again.
+    let vault = state.spends[pos].vault;
+    state.vaults.iter_mut().filter(|v| v.outpoint == vault).for_each(|v| v.unvaulted = false);
     state.note(why.clone());
+    Progress::Stopped(why)
+}
+
+/// Ends the spend at `pos`, for `why`.
+fn cancelled(state: &mut WalletState, pos: usize, why: String) -> Progress {
+    state.spends[pos].stage = "cancelled".into();
+    state.note(format!("spend {} stopped: {why}", state.spends[pos].id));
     Progress::Stopped(why)
 }
 
 /// Sends the spend at `pos` again, the same PSBT, at the next step: its approval can no
 /// longer be used, and its unvault is out.
 fn ask_again(state: &mut WalletState, pos: usize, why: &str) -> Progress {
-    state.spends[pos].stage = "requesting".into();
+    state.spends[pos].stage = "asking again".into();
     state.note(format!("spend {}: {why}; asked for again", state.spends[pos].id));
     Progress::Waiting { from_height: None }
 }

@@ -240,7 +240,8 @@ pub struct PendingSpend {
     /// The request: the spend PSBT the owner signed (base64), sent again as it is if the
     /// answer was lost, so the co-signer sees the same request.
     pub psbt: String,
-    /// "unsigned" (its PSBT with a signer elsewhere), "requesting", "waiting" (for guardians),
+    /// "unsigned" (its PSBT with a signer elsewhere), "requesting", "asking again" (the same
+    /// spend, its unvault out and its approval no longer usable), "waiting" (for guardians),
     /// "approved", "unvault sent", "signed",
     /// "sent", "done", "denied", "cancelled", "expired" (its approval, before the unvault
     /// was sent or the guardians' quorum).
