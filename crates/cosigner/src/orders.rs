@@ -120,6 +120,8 @@ impl Cosigner {
         let key = self.keys.auth_keypair(client.account);
         let mut last = Vec::new();
         let mut done: Vec<(String, String, Vec<TowerReport>)> = Vec::new();
+        // The body of each order in `done`, as sent.
+        let mut sent: Vec<&Value> = Vec::new();
         // A tower that did not answer one order is not asked the next ones in this pass (each
         // would wait out the timeout, panics included); they count as unanswered by it.
         let mut silent: Vec<TowerReport> = Vec::new();
@@ -171,9 +173,11 @@ impl Cosigner {
                 })
                 .collect();
             done.push((order.path.clone(), order.subject.clone(), answered));
+            sent.push(&order.body);
         }
         // Record the acknowledgements on the orders as they are now (others may have been
-        // queued meanwhile), each by what it is; drop the orders every tower has.
+        // queued meanwhile, one may have replaced another of the same subject), each by what
+        // it is and says; drop the orders every tower has.
         let _deciding = self.decide(client_id);
         let store = self.store();
         let before = store.get(kind::ORDERS, client_id)?;
@@ -185,8 +189,8 @@ impl Cosigner {
             .unwrap_or_default();
         let mut batch = Batch::default();
         let time = crate::service::now();
-        for (path, subject, answered) in &done {
-            for o in now.iter_mut().filter(|o| o.path == *path && o.subject == *subject) {
+        for ((path, subject, answered), body) in done.iter().zip(&sent) {
+            for o in now.iter_mut().filter(|o| o.path == *path && o.subject == *subject && o.body == **body) {
                 for report in answered {
                     if o.settled(&report.name) {
                         continue;
