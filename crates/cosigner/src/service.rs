@@ -479,10 +479,12 @@ impl Cosigner {
         Ok(reach)
     }
 
-    /// The towers an approval of a vault made under `made_under` must reach: today's and its
-    /// own version's (a tower removed since still watches it, and would cancel its spend). A
-    /// change due at `tip`, the height it is approved at, counts (a tower a change adds later
-    /// is given the client's approvals when it joins).
+    /// The towers an approval of a vault made under `made_under` must reach: today's, its own
+    /// version's (a tower removed since still watches it, and would cancel its spend), and
+    /// those of every later version not retired (a tower a change added was given the vault
+    /// when it joined, and watches it after another change removed it). A change due at
+    /// `tip`, the height it is approved at, counts (a tower a change adds later is given the
+    /// client's approvals when it joins).
     pub(crate) fn approval_reach(
         &self,
         client: &ClientRecord,
@@ -491,8 +493,13 @@ impl Cosigner {
     ) -> Result<Policy, Refusal> {
         let mut now = client.clone();
         now.apply_due(tip);
-        let mut reach = self.compiled(&now)?.policy().clone();
+        let all = self.client_policies(&now)?;
+        let mut reach = all[0].policy().clone();
         add_towers(&mut reach, made_under.policy(), &[]);
+        let version = made_under.policy().version;
+        for later in all[1..].iter().filter(|p| p.policy().version > version) {
+            add_towers(&mut reach, later.policy(), &now.retired_towers);
+        }
         Ok(reach)
     }
 

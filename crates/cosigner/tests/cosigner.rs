@@ -890,6 +890,41 @@ fn a_tower_added_after_an_approval_expired_is_not_given_the_vault_whose_spend_is
 }
 
 #[test]
+fn a_tower_added_then_removed_still_hears_of_the_approvals_of_the_vaults_it_was_given() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner added then removed"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    // Version 2 adds tower-b, which is given the vault when it joins.
+    let b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
+    let v1 = f.policy_text.clone();
+    let v2 = adding_tower(&v1, "tower-b", &b);
+    until_applied(&node, &f, &f.change_policy(&v2, &[0, 1]).unwrap());
+    let enrolled = f
+        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
+        .unwrap();
+    assert_eq!(enrolled["vaults"], 1, "{enrolled}");
+    // Version 3 removes it again; it still watches the vault, made under version 1.
+    let v3 = v1.replace("version = 1", "version = 3");
+    until_applied(&node, &f, &f.change_policy(&v3, &[0, 1]).unwrap());
+    let approved = spend(&f, &vault).unwrap();
+    let told: Vec<&str> = approved["towers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["acknowledged"] == true)
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(told, ["tower-a", "tower-b"], "{approved}");
+    unvault(&node, &f, &vault);
+    block(&node, &f, DELAY - 1);
+    let tx = f.sign(approved["id"].as_u64().unwrap()).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+}
+
+#[test]
 fn a_format_2_family_vaults_spends_with_its_guardians_and_its_tower_cancels_an_unapproved_unvault() {
     // Format 2 (ADR 0005): every key derives per leaf and the internal key is the policy's
     // NUMS xpub; the co-signer, the tower and the signers all follow the policy crate.
