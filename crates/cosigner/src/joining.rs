@@ -9,7 +9,7 @@
 //! kept until the tower acknowledged them, across restarts. Every enrollment alarms the
 //! guardians.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -29,6 +29,17 @@ use crate::wire::{self, EnrollTower, Signed, TowerEnrolled};
 
 /// An order about one vault, by its outpoint.
 type VaultOrder = (String, TowerOrder);
+
+/// Whether a tower holding the client as `judge` does takes `order`, an approval of `v`: one
+/// that needs the guardians' quorum is judged by today's guardians, which a change may have
+/// replaced since the approval was given.
+fn approval_taken(judge: &vigil_tower::client::Client, v: &VaultRecord, order: &TowerOrder) -> bool {
+    let Ok(req) = serde_json::from_value::<RegisterApproval>(order.body.clone()) else { return false };
+    let Ok(fields) = vigil_tower::registration::parse_approval(&req) else { return false };
+    let needs_quorum = v.registration.vault.kind == "guarded"
+        || v.registration.vault.amount_sat > judge.policy.allowance.velocity_limit_sat;
+    !needs_quorum || judge.has_guardian_quorum(&fields.signers)
+}
 
 fn bad(m: impl Into<String>) -> Refusal {
     Refusal::BadRequest(m.into())
@@ -91,8 +102,8 @@ impl Cosigner {
         if let Some(waiting) = &client.pending_policy {
             orders.push(change_order(&client, &waiting.text)?);
         }
-        let (approvals, ever_approved) = self.open_approvals(&client, tip)?;
-        let (vaults, kept_elsewhere) = self.live_vaults(&client, &ever_approved)?;
+        let (approvals, approved_until) = self.open_approvals(&client, tip)?;
+        let (vaults, kept_elsewhere) = self.live_vaults(&client, &approvals, &approved_until)?;
         orders.extend(vaults.iter().map(|v| {
             let subject = v.registration.vault.vault_outpoint.clone();
             order_of("/v1/vaults", &v.registration, subject)
@@ -152,16 +163,19 @@ impl Cosigner {
     }
 
     /// The client's live vaults the tower is given, each naming the version it was made
-    /// under (the tower holds every version the chain brought), not unvaulted under an
-    /// approval. And the outpoints of the live ones it is not given, which stay with the
-    /// towers watching them: an unvault already out of a vault `ever_approved` (a tower that
-    /// learns of the vault without an approval covering it would cancel it at first sight;
-    /// the approval may have expired since, its spend still under way), and any vault the
-    /// versions the tower gets do not rebuild.
+    /// under (the tower holds every version the chain brought). And the outpoints of the
+    /// live ones it is not given, which stay with the towers watching them (a tower that
+    /// learns of a vault without the approval covering its unvault cancels it at first
+    /// sight): one whose unvault is out and may be covered by an approval (`approved_until`:
+    /// the latest expiry of any approval of the vault; it may have expired since, its spend
+    /// still under way), one whose open approval (of `open`) the tower would refuse (signed
+    /// by guardians a change replaced since), and any vault the versions the tower gets do
+    /// not rebuild.
     fn live_vaults(
         &self,
         client: &ClientRecord,
-        ever_approved: &BTreeSet<String>,
+        open: &[VaultOrder],
+        approved_until: &BTreeMap<String, u32>,
     ) -> Result<(Vec<VaultRecord>, Vec<String>), Refusal> {
         // The client as the tower will hold it: today's version and every one before.
         let judge = vigil_tower::client::Client::new(&client.id, &client.policy)
@@ -184,10 +198,16 @@ impl Cosigner {
             if v.registration.policy_version.is_none() && version != judge.policy.version {
                 v.registration.policy_version = Some(version);
             }
-            let approved = ever_approved.contains(&outpoint);
+            let refused_approval = match open.iter().find(|(vault, _)| *vault == outpoint) {
+                Some((_, order)) => !approval_taken(&judge, &v, order),
+                None => false,
+            };
             match self.stage(&v)? {
                 Stage::Over => continue,
-                Stage::Unvaulted if approved => elsewhere.push(outpoint),
+                Stage::Unvaulted if self.may_be_approved(&v, approved_until.get(&outpoint))? => {
+                    elsewhere.push(outpoint)
+                }
+                _ if refused_approval => elsewhere.push(outpoint),
                 _ if vigil_tower::registration::checked_vault(&judge, &v.registration).is_err() => {
                     elsewhere.push(outpoint)
                 }
@@ -195,6 +215,18 @@ impl Cosigner {
             }
         }
         Ok((given, elsewhere))
+    }
+
+    /// Whether `v`'s unvault, out, may be covered by one of its approvals, the latest of
+    /// which expires at `expiry`: pending, or confirmed by then (a margin more, as a
+    /// request judges a lapse; first seen in the mempool, it may have been in time).
+    fn may_be_approved(&self, v: &VaultRecord, expiry: Option<&u32>) -> Result<bool, Refusal> {
+        let Some(expiry) = expiry else { return Ok(false) };
+        let unvault: Transaction = deserialize_hex(&v.registration.unvault).map_err(|_| Refusal::Internal)?;
+        Ok(match self.chain.transaction_info(&unvault.compute_txid())? {
+            Some((_, Some(confirmed))) => confirmed <= expiry.saturating_add(crate::spends::LAPSE_MARGIN),
+            _ => true,
+        })
     }
 
     /// Where a vault is: V unspent or its funding not broadcast yet (its first coin
@@ -218,20 +250,21 @@ impl Cosigner {
     }
 
     /// The latest approval of each vault not expired at `tip`, by vault, as orders carrying
-    /// the co-signer's signature and the guardians' it gathered; and every vault with an
-    /// approval, expired or not.
+    /// the co-signer's signature and the guardians' it gathered; and for every vault ever
+    /// approved, the latest expiry of its approvals.
     fn open_approvals(
         &self,
         client: &ClientRecord,
         tip: u32,
-    ) -> Result<(Vec<VaultOrder>, BTreeSet<String>), Refusal> {
+    ) -> Result<(Vec<VaultOrder>, BTreeMap<String, u32>), Refusal> {
         let key = self.keys.auth_keypair(client.account);
-        let mut latest: std::collections::BTreeMap<String, SpendRecord> = Default::default();
-        let mut ever_approved = BTreeSet::new();
+        let mut latest: BTreeMap<String, SpendRecord> = Default::default();
+        let mut approved_until: BTreeMap<String, u32> = BTreeMap::new();
         for (_, body) in self.store().list(kind::SPEND, &format!("{}/", client.id))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
             if s.approved_height.is_some() {
-                ever_approved.insert(s.approval.vault_outpoint.clone());
+                let until = approved_until.entry(s.approval.vault_outpoint.clone()).or_default();
+                *until = (*until).max(s.approval.expiry_height);
             }
             if s.state == "approved" && s.approval.expiry_height > tip {
                 // Listed by number: a later approval of the same vault replaces an earlier.
@@ -252,7 +285,7 @@ impl Cosigner {
                 (vault, order_of(crate::spends::APPROVALS_PATH, &body, s.approval.unvault_txid.clone()))
             })
             .collect();
-        Ok((open, ever_approved))
+        Ok((open, approved_until))
     }
 
     /// The orders `tower` has yet to take.

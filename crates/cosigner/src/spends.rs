@@ -32,7 +32,7 @@ pub(crate) const APPROVALS_PATH: &str = "/v1/approvals";
 
 /// Blocks past an approval's expiry before the chain is taken to show its unvault will never
 /// confirm in time: a reorg this deep is not expected.
-const LAPSE_MARGIN: u32 = 6;
+pub(crate) const LAPSE_MARGIN: u32 = 6;
 
 /// A spend request as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -925,6 +925,37 @@ fn a_tower_added_then_removed_still_hears_of_the_approvals_of_the_vaults_it_was_
 }
 
 #[test]
+fn a_tower_added_with_new_guardians_is_not_given_a_vault_whose_approval_the_old_ones_signed() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
+    let mut f = Family::new(&node, &co, example("cosigner added tower new guardians"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let id = spend(&f, &vault).unwrap()["id"].as_u64().unwrap();
+    f.vote(0, id, true).unwrap();
+    assert_eq!(f.vote(1, id, true).unwrap()["state"], "approved");
+    // Version 2 replaces the first guardian and adds tower-b: judged by today's guardians, the
+    // approval lacks their quorum, so tower-b would refuse it, and cancel the spend it covers.
+    let keys = |text: &str| -> Vec<String> {
+        let from = text.find("[guardians]").unwrap();
+        text[from..].lines().filter(|l| l.trim_start().starts_with('"')).map(str::to_owned).take(3).collect()
+    };
+    let (ours, stranger) = (keys(&f.policy_text), keys(&example("another stranger guardian").to_toml()));
+    let b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
+    let v2 = adding_tower(&f.policy_text.replace(&ours[0], &stranger[0]), "tower-b", &b);
+    until_applied(&node, &f, &f.change_policy(&v2, &[0, 1]).unwrap());
+    let enrolled = f
+        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
+        .unwrap();
+    assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
+    unvault(&node, &f, &vault);
+    block(&node, &f, DELAY - 1);
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+}
+
+#[test]
 fn a_format_2_family_vaults_spends_with_its_guardians_and_its_tower_cancels_an_unapproved_unvault() {
     // Format 2 (ADR 0005): every key derives per leaf and the internal key is the policy's
     // NUMS xpub; the co-signer, the tower and the signers all follow the policy crate.
