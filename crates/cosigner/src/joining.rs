@@ -90,18 +90,19 @@ impl Cosigner {
         };
         let enroll_order = order_of("/v1/clients", &enrollment, format!("client {}", client.id));
         // What the other towers hold now. A lockdown's end as it holds here, a lift counted.
-        let mut orders = Vec::new();
+        let mut state = Vec::new();
         if client.locked(tip) {
-            orders.push(lockdown_order(&client.id, client.plain_end(), false));
+            state.push(lockdown_order(&client.id, client.plain_end(), false));
         }
         if client.under_duress(tip) {
-            orders.push(lockdown_order(&client.id, client.duress_end(), true));
+            state.push(lockdown_order(&client.id, client.duress_end(), true));
         }
         // A change still waiting: the tower starts its own wait from its tip (later, never
         // sooner, than the others').
         if let Some(waiting) = &client.pending_policy {
-            orders.push(change_order(&client, &waiting.text)?);
+            state.push(change_order(&client, &waiting.text)?);
         }
+        let mut orders = Vec::new();
         let (approvals, approved_until) = self.open_approvals(&client, tip)?;
         let (vaults, kept_elsewhere) = self.live_vaults(&client, &approvals, &approved_until)?;
         orders.extend(vaults.iter().map(|v| {
@@ -118,7 +119,8 @@ impl Cosigner {
 
         let deciding = self.decide(&caller.client.id);
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
-        let replaced = queue_enrollment(store, &mut batch, &client.id, &r.tower, enroll_order, orders)?;
+        let replaced =
+            queue_enrollment(store, &mut batch, &client.id, &r.tower, enroll_order, state, orders)?;
         // A captor holding the owner's device could hand over a token of its own, or replace a
         // guardian's: the guardians hear of every one, and read the version at the tower.
         let version = current.policy().version;
@@ -314,16 +316,19 @@ fn applied_changes(client: &ClientRecord) -> Result<Vec<SignedPolicy>, Refusal> 
 }
 
 /// Queues the enrollment of `tower` ahead of everything already queued (replacing one it
-/// has not taken yet: a token refused, given again; whether it did), and `rest` after it, so
-/// the lockdowns and panics waiting for the other towers do not wait behind the vaults. The
-/// give-up clock of this tower's refusals starts again: it refused them for not knowing the
-/// client.
+/// has not taken yet: a token refused, given again; whether it did) with `state` (the
+/// lockdowns and the change waiting when the client was read) right after it, and `rest`
+/// (vaults and approvals) last, so the lockdowns and panics waiting for the other towers do
+/// not wait behind the vaults. What was queued meanwhile (a lift of that lockdown) comes after
+/// `state`, as it happened. The give-up clock of this tower's refusals starts again: it
+/// refused them for not knowing the client.
 fn queue_enrollment(
     store: &dyn crate::store::Store,
     batch: &mut Batch,
     client: &str,
     tower: &str,
     enrollment: TowerOrder,
+    state: Vec<TowerOrder>,
     rest: Vec<TowerOrder>,
 ) -> Result<bool, Refusal> {
     let before = store.get(kind::ORDERS, client)?;
@@ -341,6 +346,7 @@ fn queue_enrollment(
         o
     };
     let mut orders = vec![for_tower(enrollment)];
+    orders.extend(state.into_iter().map(for_tower));
     orders.extend(existing.into_iter().filter(|o| !stale(o)).map(|mut o| {
         o.refusing_since.remove(tower);
         o
