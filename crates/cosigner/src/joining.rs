@@ -30,6 +30,9 @@ use crate::wire::{self, EnrollTower, Signed, TowerEnrolled};
 /// An order about one vault, by its outpoint.
 type VaultOrder = (String, TowerOrder);
 
+/// The towers' endpoint a vault is registered at; a joining tower's vaults are orders to it.
+pub(crate) const VAULTS_PATH: &str = "/v1/vaults";
+
 /// Whether a tower holding the client as `judge` does takes `order`, an approval of `v`: one
 /// that needs the guardians' quorum is judged by today's guardians, which a change may have
 /// replaced since the approval was given.
@@ -107,7 +110,7 @@ impl Cosigner {
         let (vaults, kept_elsewhere) = self.live_vaults(&client, &approvals, &approved_until)?;
         orders.extend(vaults.iter().map(|v| {
             let subject = v.registration.vault.vault_outpoint.clone();
-            order_of("/v1/vaults", &v.registration, subject)
+            order_of(VAULTS_PATH, &v.registration, subject)
         }));
         let given: Vec<TowerOrder> = approvals
             .into_iter()
@@ -229,6 +232,23 @@ impl Cosigner {
             Some((_, Some(confirmed))) => confirmed <= expiry.saturating_add(crate::spends::LAPSE_MARGIN),
             _ => true,
         })
+    }
+
+    /// Whether `client`'s vault `outpoint` is unvaulted, its unvault possibly covered by one
+    /// of its approvals ([`Cosigner::may_be_approved`]).
+    pub(crate) fn unvaulted_under_approval(&self, client: &str, outpoint: &str) -> Result<bool, Refusal> {
+        let Some(v) = vault_record(self.store(), outpoint)? else { return Ok(false) };
+        if !matches!(self.stage(&v)?, Stage::Unvaulted) {
+            return Ok(false);
+        }
+        let mut expiry = None;
+        for (_, body) in self.store().list(kind::SPEND, &format!("{client}/"))? {
+            let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
+            if s.approved_height.is_some() && s.approval.vault_outpoint == outpoint {
+                expiry = expiry.max(Some(s.approval.expiry_height));
+            }
+        }
+        self.may_be_approved(&v, expiry.as_ref())
     }
 
     /// Where a vault is: V unspent or its funding not broadcast yet (its first coin

@@ -125,6 +125,8 @@ impl Cosigner {
         // A tower that did not answer one order is not asked the next ones in this pass (each
         // would wait out the timeout, panics included); they count as unanswered by it.
         let mut silent: Vec<TowerReport> = Vec::new();
+        // Vaults a joining tower is no longer given (below).
+        let mut withheld: Vec<&TowerOrder> = Vec::new();
         for order in &orders {
             let (skipped, missing): (Vec<String>, Vec<String>) = towers
                 .iter()
@@ -132,6 +134,17 @@ impl Cosigner {
                 .map(|t| t.name.clone())
                 .partition(|name| silent.iter().any(|r| r.name == *name));
             if missing.is_empty() && skipped.is_empty() {
+                continue;
+            }
+            // A vault given to a joining tower (it was down, or refused for a while) whose
+            // unvault went out since under an approval that may cover it: the tower would
+            // cancel it at first sight, before the approval reaches it. The towers that hold
+            // it keep it.
+            if order.path == crate::joining::VAULTS_PATH
+                && self.unvaulted_under_approval(client_id, &order.subject)?
+            {
+                tracing::info!(client = %client_id, vault = %order.subject, "not given to a joining tower: its approved unvault is out");
+                withheld.push(order);
                 continue;
             }
             let mut answered = Vec::new();
@@ -224,6 +237,14 @@ impl Cosigner {
             }
         }
         now.retain(|o| towers.iter().any(|t| o.owed_by(&t.name)));
+        // With the approvals it was to get after it (they would find no vault there).
+        let with_it = |o: &TowerOrder, w: &TowerOrder| {
+            (o.path == w.path && o.subject == w.subject && o.body == w.body)
+                || (o.path == crate::spends::APPROVALS_PATH
+                    && o.only == w.only
+                    && o.body["approval"]["vault_outpoint"].as_str() == Some(w.subject.as_str()))
+        };
+        now.retain(|o| !withheld.iter().any(|w| with_it(o, w)));
         batch.expect(kind::ORDERS, client_id.to_owned(), before);
         if now.is_empty() {
             batch.delete(kind::ORDERS, client_id.to_owned());

@@ -925,6 +925,47 @@ fn a_tower_added_then_removed_still_hears_of_the_approvals_of_the_vaults_it_was_
 }
 
 #[test]
+fn a_tower_down_when_enrolled_is_not_given_a_vault_unvaulted_meanwhile_under_its_approval() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
+    let mut f = Family::new(&node, &co, example("cosigner added tower down"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let id = spend(&f, &vault).unwrap()["id"].as_u64().unwrap();
+    let mut b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
+    until_applied(
+        &node,
+        &f,
+        &f.change_policy(&adding_tower(&f.policy_text, "tower-b", &b), &[0, 1]).unwrap(),
+    );
+    // Tower-b is down when it is enrolled: the vault and its approval wait for it, and the
+    // unvault goes out meanwhile.
+    let token = b.token();
+    b.kill9();
+    let enrolled =
+        f.post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": token}), &f.owner()).unwrap();
+    assert_eq!(
+        (enrolled["vaults"].as_u64(), enrolled["complete"].as_bool()),
+        (Some(1), Some(false)),
+        "{enrolled}"
+    );
+    unvault(&node, &f, &vault);
+    b.start();
+    let view = format!("/v1/clients/{}", f.cosigner.client);
+    eventually("tower-b takes the client", || vigil_testenv::household::get(&b.api, &view, &f.owner()).ok());
+    // Nothing is left for it: given the vault before its approval, it would cancel it.
+    eventually("every order is settled", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    let not_given = format!("/v1/vaults/{}", vault.outpoint());
+    assert_eq!(vigil_testenv::household::get(&b.api, &not_given, &f.owner()).unwrap_err().0, 404);
+    block(&node, &f, DELAY - 1);
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(&node, &f, 1);
+    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+}
+
+#[test]
 fn a_tower_added_with_new_guardians_is_not_given_a_vault_whose_approval_the_old_ones_signed() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
