@@ -302,12 +302,12 @@ pub fn advance(
         "expired" => return Ok(Progress::Stopped("its approval expired: ask for the spend again".into())),
         _ => {}
     }
-    let vault = state
+    let vault_pos = state
         .vaults
         .iter()
-        .find(|v| v.outpoint == spend.vault)
+        .position(|v| v.outpoint == spend.vault)
         .ok_or_else(|| SpendError::Refused("the vault is not in this wallet".into()))?;
-    let unvault: Transaction = deserialize_hex(&vault.unvault)
+    let unvault: Transaction = deserialize_hex(&state.vaults[vault_pos].unvault)
         .map_err(|_| SpendError::Refused("the vault's record is damaged".into()))?;
     let unvault_txid = unvault.compute_txid();
     // Whether the unvault never went out: the vault's output unspent, counting the mempool.
@@ -355,11 +355,7 @@ pub fn advance(
     if chain.tip().map_err(chain_err)?.height + SEND_MARGIN >= status.approval.expiry_height && in_vault()? {
         return Ok(expired(state, pos, "before its unvault was sent", &status));
     }
-    let vault = state
-        .vaults
-        .iter_mut()
-        .find(|v| v.outpoint == spend.vault)
-        .ok_or_else(|| SpendError::Refused("the vault is not in this wallet".into()))?;
+    let vault = &mut state.vaults[vault_pos];
     let delay = session.policies.version(vault.policy_version)?.policy().delays.unvault;
     if spend.stage != "unvault sent" {
         // Recorded first: a crash after the broadcast sends it again, which is harmless.

@@ -77,8 +77,8 @@ impl Cosigner {
             .transpose()
             .map_err(|_| Refusal::Internal)?
             .unwrap_or_default();
-        // An approval replaces one of the same unvault still owed: that one lapsed (the
-        // towers take only the higher counter), and answers are matched to orders by subject.
+        // An approval replaces one of the same unvault still owed: that one lapsed, and the
+        // towers take only the higher counter.
         if order.path == crate::spends::APPROVALS_PATH {
             orders.retain(|o| o.path != order.path || o.subject != order.subject);
         }
