@@ -238,11 +238,8 @@ fn a_request_past_its_approvals_expiry_frees_its_vault_unless_its_unvault_confir
     for (vault, status) in
         [(&late, &late_2), (&in_time, &in_time_1), (&pending, &pending_2), (&guarded, &guarded_2)]
     {
-        let tx = f.sign(id(status)).unwrap();
-        node.rpc.broadcast(&tx).unwrap();
-        block(&node, &f, 1);
-        // No tower cancelled its unvault: each holds the approval the spend was signed under.
-        assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+        // Each tower holds the approval the spend was signed under.
+        signed_and_spent(&node, &f, vault, id(status));
     }
 }
 
@@ -665,21 +662,10 @@ fn a_tower_a_change_removed_still_hears_of_the_approvals_of_older_vaults() {
     until_applied(&node, &f, &change);
 
     let approved = spend(&f, &vault).unwrap();
-    let told: Vec<&str> = approved["towers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["acknowledged"] == true)
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(told, ["tower-a", "tower-b"], "{approved}");
+    assert_eq!(acknowledged_by(&approved), ["tower-a", "tower-b"], "{approved}");
     unvault(&node, &f, &vault);
     block(&node, &f, DELAY - 1);
-    let tx = f.sign(approved["id"].as_u64().unwrap()).unwrap();
-    node.rpc.broadcast(&tx).unwrap();
-    block(&node, &f, 1);
-    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1, "no tower cancelled the approved spend");
-    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+    let tx = signed_and_spent(&node, &f, &vault, approved["id"].as_u64().unwrap());
 
     // A tower's name is its identity across versions: a later version giving tower-b's name to
     // another key, or tower-b's key another name, would hide the tower still watching the
@@ -883,10 +869,7 @@ fn a_tower_added_after_an_approval_expired_is_not_given_the_vault_whose_spend_is
     // Given the vault without an approval that covers its unvault, tower-b would cancel it.
     assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
     block(&node, &f, 3);
-    let tx = f.sign(asked["id"].as_u64().unwrap()).unwrap();
-    node.rpc.broadcast(&tx).unwrap();
-    block(&node, &f, 1);
-    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+    signed_and_spent(&node, &f, &vault, asked["id"].as_u64().unwrap());
 }
 
 #[test]
@@ -908,20 +891,10 @@ fn a_tower_added_then_removed_still_hears_of_the_approvals_of_the_vaults_it_was_
     let v3 = v1.replace("version = 1", "version = 3");
     until_applied(&node, &f, &f.change_policy(&v3, &[0, 1]).unwrap());
     let approved = spend(&f, &vault).unwrap();
-    let told: Vec<&str> = approved["towers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["acknowledged"] == true)
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(told, ["tower-a", "tower-b"], "{approved}");
+    assert_eq!(acknowledged_by(&approved), ["tower-a", "tower-b"], "{approved}");
     unvault(&node, &f, &vault);
     block(&node, &f, DELAY - 1);
-    let tx = f.sign(approved["id"].as_u64().unwrap()).unwrap();
-    node.rpc.broadcast(&tx).unwrap();
-    block(&node, &f, 1);
-    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+    signed_and_spent(&node, &f, &vault, approved["id"].as_u64().unwrap());
 }
 
 #[test]
@@ -959,10 +932,7 @@ fn a_tower_down_when_enrolled_is_not_given_a_vault_unvaulted_meanwhile_under_its
     let not_given = format!("/v1/vaults/{}", vault.outpoint());
     assert_eq!(vigil_testenv::household::get(&b.api, &not_given, &f.owner()).unwrap_err().0, 404);
     block(&node, &f, DELAY - 1);
-    let tx = f.sign(id).unwrap();
-    node.rpc.broadcast(&tx).unwrap();
-    block(&node, &f, 1);
-    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+    signed_and_spent(&node, &f, &vault, id);
 }
 
 #[test]
@@ -990,10 +960,7 @@ fn a_tower_added_with_new_guardians_is_not_given_a_vault_whose_approval_the_old_
     assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
     unvault(&node, &f, &vault);
     block(&node, &f, DELAY - 1);
-    let tx = f.sign(id).unwrap();
-    node.rpc.broadcast(&tx).unwrap();
-    block(&node, &f, 1);
-    assert_eq!(spend_of(&node.rpc, vault.unvault_outpoint()).unwrap().compute_txid(), tx.compute_txid());
+    signed_and_spent(&node, &f, &vault, id);
 }
 
 #[test]

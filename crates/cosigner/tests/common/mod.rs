@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use vigil_chain::ChainBackend;
+use vigil_policy::bitcoin::Transaction;
 use vigil_testenv::family::Family;
 use vigil_testenv::process::Node;
 use vigil_testenv::wallet::mine;
@@ -59,4 +60,21 @@ pub fn adding_tower(text: &str, name: &str, tower: &vigil_testenv::process::Towe
         tower.api.url,
         tower.public_key
     )
+}
+
+/// Spend request `id` co-signed and sent: it confirms as the spend of `vault`'s unvault, which
+/// no tower cancelled. Returns it.
+pub fn signed_and_spent(node: &Node, f: &Family, vault: &Vault, id: u64) -> Transaction {
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    block(node, f, 1);
+    let spent = vigil_testenv::wallet::spend_of(&node.rpc, vault.unvault_outpoint()).unwrap();
+    assert_eq!(spent.compute_txid(), tx.compute_txid(), "no tower cancelled the approved spend");
+    tx
+}
+
+/// The towers an answer reports as having acknowledged its approval.
+pub fn acknowledged_by(answer: &Value) -> Vec<&str> {
+    let towers = answer["towers"].as_array().unwrap().iter();
+    towers.filter(|t| t["acknowledged"] == true).map(|t| t["name"].as_str().unwrap()).collect()
 }
