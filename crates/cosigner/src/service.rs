@@ -819,13 +819,13 @@ impl Cosigner {
         let store = self.store();
         let clients = store.count(kind::CLIENT)?;
         let spends = store.list(kind::SPEND, "")?;
-        let state =
-            |s: &str| spends.iter().filter(|(_, b)| b.contains(&format!("\"state\":\"{s}\""))).count();
+        let in_state = |body: &str, s: &str| body.contains(&format!("\"state\":\"{s}\""));
+        let approved = spends.iter().filter(|(_, b)| in_state(b, "approved")).count();
         let tip = self.tip().unwrap_or(0);
         // Waiting, not expired: what the guardians can still approve.
         let waiting = spends
             .iter()
-            .filter(|(_, b)| b.contains("\"state\":\"waiting\""))
+            .filter(|(_, b)| in_state(b, "waiting"))
             .filter_map(|(_, b)| serde_json::from_str::<crate::spends::SpendRecord>(b).ok())
             .filter(|s| !s.expired_waiting(tip))
             .count();
@@ -848,9 +848,7 @@ impl Cosigner {
              # TYPE vigil_cosigner_alarm_outbox gauge\nvigil_cosigner_alarm_outbox {depth}\n\
              # TYPE vigil_cosigner_tower_orders_pending gauge\nvigil_cosigner_tower_orders_pending {orders}\n\
              # TYPE vigil_cosigner_ceremonies gauge\nvigil_cosigner_ceremonies {}\n",
-            waiting,
-            state("approved"),
-            ceremonies,
+            waiting, approved, ceremonies,
         ))
     }
 }

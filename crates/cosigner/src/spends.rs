@@ -420,10 +420,10 @@ impl Cosigner {
     /// chain shows for certain: the vault's output still unspent, or its unvault confirmed
     /// after the expiry. An unvault the backend cannot find, or one still pending, holds it.
     fn lapsed(&self, s: &SpendRecord, tip: u32) -> Result<bool, Refusal> {
-        let expiry = s.approval.expiry_height;
         if s.state == "waiting" {
-            return Ok(tip >= expiry);
+            return Ok(s.expired_waiting(tip));
         }
+        let expiry = s.approval.expiry_height;
         if tip < expiry.saturating_add(LAPSE_MARGIN) {
             return Ok(false);
         }
