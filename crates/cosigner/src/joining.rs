@@ -106,8 +106,9 @@ impl Cosigner {
             state.push(change_order(&client, &waiting.text)?);
         }
         let mut orders = Vec::new();
-        let (approvals, approved_until) = self.open_approvals(&client, tip)?;
-        let (vaults, kept_elsewhere) = self.live_vaults(&client, &approvals, &approved_until)?;
+        let approvals = self.open_approvals(&client, tip)?;
+        let (vaults, kept_elsewhere) =
+            self.live_vaults(&client, &approvals, &self.approved_until(&client.id)?)?;
         orders.extend(vaults.iter().map(|v| {
             let subject = v.registration.vault.vault_outpoint.clone();
             order_of(VAULTS_PATH, &v.registration, subject)
@@ -241,14 +242,20 @@ impl Cosigner {
         if !matches!(self.stage(&v)?, Stage::Unvaulted) {
             return Ok(false);
         }
-        let mut expiry = None;
+        self.may_be_approved(&v, self.approved_until(client)?.get(outpoint))
+    }
+
+    /// For every vault of `client` ever approved, the latest expiry of its approvals.
+    fn approved_until(&self, client: &str) -> Result<BTreeMap<String, u32>, Refusal> {
+        let mut until: BTreeMap<String, u32> = BTreeMap::new();
         for (_, body) in self.store().list(kind::SPEND, &format!("{client}/"))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-            if s.approved_height.is_some() && s.approval.vault_outpoint == outpoint {
-                expiry = expiry.max(Some(s.approval.expiry_height));
+            if s.approved_height.is_some() {
+                let latest = until.entry(s.approval.vault_outpoint).or_default();
+                *latest = (*latest).max(s.approval.expiry_height);
             }
         }
-        self.may_be_approved(&v, expiry.as_ref())
+        Ok(until)
     }
 
     /// Where a vault is: V unspent or its funding not broadcast yet (its first coin
@@ -272,28 +279,18 @@ impl Cosigner {
     }
 
     /// The latest approval of each vault not expired at `tip`, by vault, as orders carrying
-    /// the co-signer's signature and the guardians' it gathered; and for every vault ever
-    /// approved, the latest expiry of its approvals.
-    fn open_approvals(
-        &self,
-        client: &ClientRecord,
-        tip: u32,
-    ) -> Result<(Vec<VaultOrder>, BTreeMap<String, u32>), Refusal> {
+    /// the co-signer's signature and the guardians' it gathered.
+    fn open_approvals(&self, client: &ClientRecord, tip: u32) -> Result<Vec<VaultOrder>, Refusal> {
         let key = self.keys.auth_keypair(client.account);
         let mut latest: BTreeMap<String, SpendRecord> = Default::default();
-        let mut approved_until: BTreeMap<String, u32> = BTreeMap::new();
         for (_, body) in self.store().list(kind::SPEND, &format!("{}/", client.id))? {
             let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-            if s.approved_height.is_some() {
-                let until = approved_until.entry(s.approval.vault_outpoint.clone()).or_default();
-                *until = (*until).max(s.approval.expiry_height);
-            }
             if s.state == "approved" && s.approval.expiry_height > tip {
                 // Listed by number: a later approval of the same vault replaces an earlier.
                 latest.insert(s.approval.vault_outpoint.clone(), s);
             }
         }
-        let open = latest
+        Ok(latest
             .into_iter()
             .map(|(vault, s)| {
                 let mut signatures = vec![wire::sign(&s.approval.digest(), &key)];
@@ -306,8 +303,7 @@ impl Cosigner {
                 };
                 (vault, order_of(crate::spends::APPROVALS_PATH, &body, s.approval.unvault_txid.clone()))
             })
-            .collect();
-        Ok((open, approved_until))
+            .collect())
     }
 
     /// The orders `tower` has yet to take.
