@@ -110,23 +110,70 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     }
     let hash = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&token).to_string();
     // The version followed to, not the first: a restart serves what the chain led to.
+    let mut rejoined = None;
     match state.store.enroll(&hash, &id, &client.text, &client.earlier)? {
         Enrollment::Unknown => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
         Enrollment::Used => {
             return Err(Refusal::Unauthorized("this enrollment token was already used".into()))
         }
-        Enrollment::Same => {}
-        Enrollment::Pinned => {
-            // A client this tower already had keeps its applied policy (the store's).
-            if tower.client(&id).is_none() {
+        // The same token again (its answer lost, or a crash before the client below was
+        // written) enrolls the same way: nothing is done twice.
+        Enrollment::Same | Enrollment::Pinned => match tower.client(&id) {
+            None => {
                 state.watcher.set_limits(&id, client.limits());
                 tower.clients.write().expect("clients").insert(id.clone(), std::sync::Arc::new(client));
+                tracing::info!(client = %id, "client enrolled");
             }
-            tracing::info!(client = %id, "client enrolled");
-        }
+            Some(held) if rejoins(&held, &client, &tower.public_key()) => {
+                let alarm = Action::alarm(
+                    None,
+                    AlarmKind::PolicyApplied,
+                    format!(
+                        "client {id} enrolled again: version {} (this tower held version {}, and a change had \
+                         removed it since)",
+                        client.policy.version, held.policy.version
+                    ),
+                );
+                tracing::info!(client = %id, from = held.policy.version, to = client.policy.version, "client enrolled again");
+                if state.pending.get(&id).is_some_and(|c| c.version <= client.policy.version) {
+                    state.pending.remove(&id);
+                }
+                state.watcher.set_limits(&id, client.limits());
+                let client = std::sync::Arc::new(client);
+                tower.clients.write().expect("clients").insert(id.clone(), client.clone());
+                let record = state.client_record(&client);
+                state.changed_clients.push(record);
+                rejoined = Some(alarm);
+            }
+            // Still a tower of every version since: it hears each change itself and applies
+            // it by its own wait, so it keeps its applied policy (the store's).
+            Some(_) => {}
+        },
     }
-    drop(state);
+    match rejoined {
+        Some(alarm) => tower.act(state, &[alarm])?,
+        None => drop(state),
+    }
     Ok(ack(tower, format!("client {id}")))
+}
+
+/// Whether the chain of changes that led to `chain` brings back a client this tower holds
+/// as `held`, after a change had removed the tower. A removed tower stops hearing of the
+/// client's changes once nothing it watches is left (its guardians may have been replaced
+/// since, so it could not check a later change itself): it takes the chain's version, as a
+/// tower the client never had would, on the operator's new token. The chain must pass
+/// through the version it holds.
+fn rejoins(held: &Client, chain: &Client, me: &XOnlyPublicKey) -> bool {
+    if chain.policy.version <= held.policy.version {
+        return false;
+    }
+    let Some(at) = chain.earlier.iter().position(|text| *text == held.text) else {
+        tracing::warn!(client = %held.id, version = held.policy.version, "an enrollment's chain of changes does not pass through the version held: kept");
+        return false;
+    };
+    chain.earlier[at..].iter().any(|text| {
+        Policy::from_toml(text).is_ok_and(|p| !p.towers.iter().any(|t| t.key.x_only_public_key().0 == *me))
+    })
 }
 
 /// The client an enrollment pins: its first policy, then each change in turn, every one

@@ -1,12 +1,13 @@
 //! Clients enroll through the API: a single-use token from the operator, no configuration
 //! edit, no restart; the pinned client survives a restart.
 
+use vigil_policy::bitcoin::bip32::Xpriv;
 use vigil_policy::bitcoin::Amount;
-use vigil_policy::example::auth_keypair;
+use vigil_policy::example::{account_key, auth_keypair, master_key};
 use vigil_policy::VaultKind;
 use vigil_testenv::household::{example, get, post, Household};
 use vigil_testenv::process::{vigil_node, TowerProcess};
-use vigil_tower::wire::{self, EnrollClient, SignedPolicy};
+use vigil_tower::wire::{self, ChangePolicy, EnrollClient, SignedPolicy};
 
 #[test]
 fn a_client_pins_its_policy_with_a_single_use_token() {
@@ -119,4 +120,106 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
     let unknown = register(&mut h, 7).unwrap_err();
     assert!(unknown.0 == 400 && unknown.1.contains("it holds 2, 1"), "{unknown:?}");
     register(&mut h, 1).unwrap();
+}
+
+#[test]
+fn a_tower_a_change_removed_takes_the_chain_to_the_version_naming_it_again_on_a_new_token() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tower = TowerProcess::new(&node, &[], 9, None);
+    let mut h = Household::new(dir.path(), &node, example("enrolled again"));
+    let first = std::fs::read_to_string(&h.policy_path).unwrap();
+    let entry = format!(
+        "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        tower.api.url, tower.public_key
+    );
+    // Version 2 adds the tower; version 3 removes it and replaces guardian 2 (which the tower
+    // never hears of); version 4 names it again.
+    let replacement = master_key("enrolled again, later", "guardian", 2);
+    let v2 = format!("{first}{entry}").replace("version = 1", "version = 2");
+    let v3 = first
+        .replace(&account_key(&h.keys.guardians[2]), &account_key(&replacement))
+        .replace("version = 1", "version = 3");
+    let v4 = format!("{v3}{entry}").replace("version = 3", "version = 4");
+    let v5 = v4.replace("version = 4", "version = 5");
+    let (id, old) = (h.policy_id.clone(), h.keys.guardians.clone());
+    let new = [old[0], old[1], replacement];
+    let signed = |text: &str, keys: &[Xpriv]| {
+        let digest = wire::policy_change_digest(&id, text);
+        let signatures = keys.iter().map(|k| wire::sign(&digest, &auth_keypair(k))).collect();
+        SignedPolicy { policy: text.into(), signatures }
+    };
+    let cosigner = auth_keypair(&h.keys.cosigner);
+    let enroll = |h: &mut Household, token: &str, changes: Vec<SignedPolicy>| {
+        let req = EnrollClient { nonce: h.next_nonce(), token: token.into(), policy: first.clone(), changes };
+        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &cosigner)
+    };
+    let view = |tower: &TowerProcess, h: &Household| {
+        get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap()
+    };
+    enroll(&mut h, &tower.token(), vec![signed(&v2, &old[..2])]).unwrap();
+    assert_eq!(view(&tower, &h)["version"], 2);
+    // A change signed by today's guardians (version 4's) is one this tower cannot check.
+    let change = |tower: &TowerProcess, h: &mut Household| {
+        let s = signed(&v5, &[new[0], new[2]]);
+        let req = ChangePolicy {
+            nonce: h.next_nonce(),
+            policy_id: h.policy_id.clone(),
+            policy: s.policy,
+            signatures: s.signatures,
+        };
+        post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&new[0]))
+    };
+    let unchecked = change(&tower, &mut h).unwrap_err();
+    assert!(unchecked.0 == 400 && unchecked.1.contains("1 verify"), "{unchecked:?}");
+
+    // The operator's new token and the chain through the version it holds: it takes version
+    // 4, and keeps the ones before (a vault made under version 3 is registered under it).
+    let chain = vec![signed(&v2, &old[..2]), signed(&v3, &old[..2]), signed(&v4, &new[..2])];
+    let token = tower.token();
+    enroll(&mut h, &token, chain.clone()).unwrap();
+    assert_eq!(view(&tower, &h)["version"], 4);
+    enroll(&mut h, &token, chain).unwrap();
+    tower.kill9();
+    tower.start();
+    assert_eq!(view(&tower, &h)["version"], 4, "after a restart");
+    // Version 5 changes nothing but its number: it applies at once.
+    change(&tower, &mut h).unwrap();
+    assert_eq!(view(&tower, &h)["version"], 5);
+}
+
+#[test]
+fn a_tower_every_version_named_keeps_its_own_wait_on_a_new_token() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let tower = TowerProcess::new(&node, &[], 9, None);
+    let h = Household::new(dir.path(), &node, example("enrolled twice"));
+    let first = std::fs::read_to_string(&h.policy_path).unwrap();
+    let entry = format!(
+        "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        tower.api.url, tower.public_key
+    );
+    let v2 = format!("{first}{entry}").replace("version = 1", "version = 2");
+    // A loosening: this tower, named all along, applies it after its own wait, not because
+    // an enrollment says it applied.
+    let v3 = v2
+        .replace("hot_limit_sat = 2_000_000", "hot_limit_sat = 3_000_000")
+        .replace("version = 2", "version = 3");
+    assert_ne!(v3, v2.replace("version = 2", "version = 3"));
+    let (id, keys) = (h.policy_id.clone(), h.keys.guardians.clone());
+    let signed = |text: &str| {
+        let digest = wire::policy_change_digest(&id, text);
+        let signatures = keys[..2].iter().map(|k| wire::sign(&digest, &auth_keypair(k))).collect();
+        SignedPolicy { policy: text.into(), signatures }
+    };
+    let cosigner = auth_keypair(&h.keys.cosigner);
+    let enroll = |changes: Vec<SignedPolicy>| {
+        let req =
+            EnrollClient { nonce: h.next_nonce(), token: tower.token(), policy: first.clone(), changes };
+        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &cosigner).unwrap();
+    };
+    enroll(vec![signed(&v2)]);
+    enroll(vec![signed(&v2), signed(&v3)]);
+    let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap();
+    assert_eq!(view["version"], 2, "{view}");
 }
