@@ -124,14 +124,17 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
                 tower.clients.write().expect("clients").insert(id.clone(), std::sync::Arc::new(client));
                 tracing::info!(client = %id, "client enrolled");
             }
-            Some(held) if rejoins(&held, &client, &tower.public_key()) => {
+            Some(held) if takes_chain(&held, &client, &tower.public_key()) => {
                 let alarm = Action::alarm(
                     None,
                     AlarmKind::PolicyApplied,
                     format!(
-                        "client {id} enrolled again: version {} (this tower held version {}, and a change had \
-                         removed it since)",
-                        client.policy.version, held.policy.version
+                        "client {id} enrolled again by its chain of changes: version {} and {} before it (this \
+                         tower held version {} and {} before it)",
+                        client.policy.version,
+                        client.earlier.len(),
+                        held.policy.version,
+                        held.earlier.len()
                     ),
                 );
                 tracing::info!(client = %id, from = held.policy.version, to = client.policy.version, "client enrolled again");
@@ -145,8 +148,6 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
                 state.changed_clients.push(record);
                 rejoined = Some(alarm);
             }
-            // Still a tower of every version since: it hears each change itself and applies
-            // it by its own wait, so it keeps its applied policy (the store's).
             Some(_) => {}
         },
     }
@@ -157,20 +158,24 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     Ok(ack(tower, format!("client {id}")))
 }
 
-/// Whether the chain of changes that led to `chain` brings back a client this tower holds
-/// as `held`, after a change had removed the tower. A removed tower stops hearing of the
-/// client's changes once nothing it watches is left (its guardians may have been replaced
-/// since, so it could not check a later change itself): it takes the chain's version, as a
-/// tower the client never had would, on the operator's new token. The chain must pass
-/// through the version it holds.
-fn rejoins(held: &Client, chain: &Client, me: &XOnlyPublicKey) -> bool {
-    if chain.policy.version <= held.policy.version {
+/// Whether this tower, holding a client as `held`, takes `chain` instead: the version an
+/// enrollment's chain of changes led to, with every version before it. A tower a change
+/// removed stops hearing of the client's changes once nothing it watches is left (and its
+/// guardians may have been replaced since, so it could not check a later change itself): on
+/// the operator's new token it takes the chain's version, as a tower the client never had
+/// would. One that heard of the change naming it again itself keeps its version, and learns
+/// the versions it missed (the vaults made under them are registered under them). A tower
+/// named by every version since keeps its own: it hears each change and applies it by its
+/// own wait. The chain must pass through every version it holds.
+fn takes_chain(held: &Client, chain: &Client, me: &XOnlyPublicKey) -> bool {
+    let on_chain = |text: &String| *text == chain.text || chain.earlier.contains(text);
+    if !on_chain(&held.text) || !held.earlier.iter().all(on_chain) {
         return false;
     }
-    let Some(at) = chain.earlier.iter().position(|text| *text == held.text) else {
-        tracing::warn!(client = %held.id, version = held.policy.version, "an enrollment's chain of changes does not pass through the version held: kept");
-        return false;
-    };
+    if chain.text == held.text {
+        return chain.earlier.len() > held.earlier.len();
+    }
+    let at = chain.earlier.iter().position(|text| *text == held.text).expect("on the chain");
     chain.earlier[at..].iter().any(|text| {
         Policy::from_toml(text).is_ok_and(|p| !p.towers.iter().any(|t| t.key.x_only_public_key().0 == *me))
     })

@@ -223,3 +223,63 @@ fn a_tower_every_version_named_keeps_its_own_wait_on_a_new_token() {
     let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap();
     assert_eq!(view["version"], 2, "{view}");
 }
+
+#[test]
+fn a_tower_that_heard_of_the_change_naming_it_again_learns_the_versions_it_missed() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let tower = TowerProcess::new(&node, &[], 9, None);
+    let mut h = Household::new(dir.path(), &node, example("enrolled, removed, told"));
+    let first = std::fs::read_to_string(&h.policy_path).unwrap();
+    let entry = format!(
+        "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        tower.api.url, tower.public_key
+    );
+    // Version 3 removes the tower (it never hears of it) and lowers a limit; version 4 names
+    // it again, and only tightens version 2, which the tower holds: it applies at once.
+    let v2 = format!("{first}{entry}").replace("version = 1", "version = 2");
+    let v3 = first
+        .replace("hot_limit_sat = 2_000_000", "hot_limit_sat = 1_000_000")
+        .replace("version = 1", "version = 3");
+    let v4 = format!("{v3}{entry}").replace("version = 3", "version = 4");
+    let (id, keys) = (h.policy_id.clone(), h.keys.guardians.clone());
+    let signed = |text: &str| {
+        let digest = wire::policy_change_digest(&id, text);
+        let signatures = keys[..2].iter().map(|k| wire::sign(&digest, &auth_keypair(k))).collect();
+        SignedPolicy { policy: text.into(), signatures }
+    };
+    let cosigner = auth_keypair(&h.keys.cosigner);
+    let enroll = |h: &mut Household, changes: Vec<SignedPolicy>| {
+        let req =
+            EnrollClient { nonce: h.next_nonce(), token: tower.token(), policy: first.clone(), changes };
+        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &cosigner).unwrap();
+    };
+    enroll(&mut h, vec![signed(&v2)]);
+    let s = signed(&v4);
+    let req = ChangePolicy {
+        nonce: h.next_nonce(),
+        policy_id: id.clone(),
+        policy: s.policy,
+        signatures: s.signatures,
+    };
+    post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&keys[0])).unwrap();
+    let view = get(&tower.api, &format!("/v1/clients/{id}"), &h.owner_auth()).unwrap();
+    assert_eq!(view["version"], 4, "{view}");
+    // Which versions it holds: a vault registered under one it does not hold is refused,
+    // naming them.
+    let vault = h.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let holds = |h: &mut Household| {
+        let mut req = wire::RegisterVault::new(
+            &h.policy_id,
+            h.next_nonce(),
+            &vault.plan,
+            &vault.graph,
+            Some(&vault.funding),
+        );
+        req.policy_version = Some(7);
+        post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &h.owner_auth()).unwrap_err().1
+    };
+    assert!(holds(&mut h).contains("it holds 4, 2, 1"), "{}", holds(&mut h));
+    enroll(&mut h, vec![signed(&v2), signed(&v3), signed(&v4)]);
+    assert!(holds(&mut h).contains("it holds 4, 3, 2, 1"), "{}", holds(&mut h));
+}
