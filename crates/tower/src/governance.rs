@@ -366,6 +366,11 @@ pub(crate) fn change_policy(
     if let Some(w) = waiting.as_ref().filter(|w| w.policy == req.policy) {
         return Ok(ack(tower, subject(w)));
     }
+    // One it applied already (a tightening applies at once, and its answer may have been
+    // lost): the sender asks again, and must not be told it was refused.
+    if current.text == req.policy || current.earlier.contains(&req.policy) {
+        return Ok(ack(tower, format!("policy {} version {} applied", current.id, new.version)));
+    }
     let floor = waiting.as_ref().map(|w| w.version).unwrap_or(0).max(current.policy.version);
     if new.version <= floor {
         return Err(bad(format!(

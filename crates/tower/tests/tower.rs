@@ -947,6 +947,9 @@ fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the
     change(&version(3, 5_000_000), &[1, 2]).unwrap();
     let state = get(&tower.api, &path, &owner).unwrap();
     assert_eq!((state["version"].as_u64(), state["pending"].as_array().unwrap().len()), (Some(3), 0));
+    // The same change again (its answer lost): acknowledged, nothing changes, no alarm.
+    change(&version(3, 5_000_000), &[1, 2]).unwrap();
+    assert_eq!(get(&tower.api, &path, &owner).unwrap(), state);
     // Loosening again, then the delay passes.
     change(&version(4, 30_000_000), &[0, 1]).unwrap();
     mine(rpc, 1_008, &client.wallet.address());
@@ -958,6 +961,8 @@ fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the
         assert!(Instant::now() < deadline, "version 4 never applied");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A version before it, asked again late: it holds it too.
+    change(&version(3, 5_000_000), &[1, 2]).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let kinds: Vec<String> =
         alarms.lock().unwrap().iter().map(|a| a["kind"].as_str().unwrap_or_default().to_owned()).collect();
