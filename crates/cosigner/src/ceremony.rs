@@ -33,6 +33,7 @@ use vigil_policy::{
 };
 use vigil_tower::wire::RegisterVault;
 
+use crate::emergency::order_of;
 use crate::error::{Refusal, StoreError};
 use crate::service::{alarm, Caller, Cosigner};
 use crate::store::{kind, Batch, Store};
@@ -438,6 +439,22 @@ impl Cosigner {
             Some(&missing),
         );
         let all = reports.iter().all(|t| t.acknowledged);
+        // A tower a later version added may have joined while this ceremony was open, and was
+        // not given the vault then (it was not protected): it is now, as an order kept until it
+        // acknowledges (a tower not enrolled yet takes it after its enrollment).
+        let mut joined = Vec::new();
+        if all {
+            // Without the chain's tip, the versions stored: a ceremony's end does not wait on it.
+            let reach = self.approval_reach(&now, &compiled, self.tip().unwrap_or(0))?;
+            let made_under = &compiled.policy().towers;
+            joined.extend(
+                reach
+                    .towers
+                    .iter()
+                    .filter(|t| !made_under.iter().any(|m| m.name == t.name))
+                    .map(|t| t.name.clone()),
+            );
+        }
         let deciding = self.decide(client_id);
         let store = self.store();
         let (mut latest, before) = vault_stored(store, outpoint)?.ok_or(Refusal::Internal)?;
@@ -455,6 +472,13 @@ impl Cosigner {
             latest.state = "protected".into();
             batch.delete(kind::UNREGISTERED, outpoint);
             tracing::info!(client = %client.id, vault = %outpoint, "every tower acknowledged: vault protected");
+            if !joined.is_empty() {
+                let mut registration = latest.registration.clone();
+                registration.policy_version = registration.policy_version.or(named);
+                let mut order = order_of(crate::joining::VAULTS_PATH, &registration, outpoint.to_owned());
+                order.only = Some(joined);
+                Self::queue_order(store, &mut batch, &client.id, order)?;
+            }
         }
         batch.expect(kind::VAULT, outpoint.to_owned(), Some(before)).put(
             kind::VAULT,

@@ -873,6 +873,41 @@ fn a_tower_added_after_an_approval_expired_is_not_given_the_vault_whose_spend_is
 }
 
 #[test]
+fn a_tower_enrolled_while_a_vault_ceremony_was_open_is_given_the_vault_once_it_is_protected() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner added mid ceremony"), 1, None);
+    let amount = Amount::from_sat(2_000_000);
+    let coin = f.intake_coin(&node, amount);
+    let (once, begun) = f.begin(&coin, amount, VaultKind::Standard).unwrap();
+    // The change adding tower-b applies, and tower-b is enrolled, while the ceremony (of
+    // version 1, registered at tower-a alone) is still open: not funded, it is not given.
+    let b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
+    until_applied(
+        &node,
+        &f,
+        &f.change_policy(&adding_tower(&f.policy_text, "tower-b", &b), &[0, 1]).unwrap(),
+    );
+    let enrolled = f
+        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
+        .unwrap();
+    assert_eq!(
+        (enrolled["vaults"].as_u64(), enrolled["complete"].as_bool()),
+        (Some(0), Some(true)),
+        "{enrolled}"
+    );
+    let (status, vault) = f.complete(&coin, amount, VaultKind::Standard, once, &begun).unwrap();
+    assert_eq!(status.state, "protected", "{status:?}");
+    let at_b = format!("/v1/vaults/{}", vault.outpoint());
+    eventually("tower-b is given the vault", || {
+        vigil_testenv::household::get(&b.api, &at_b, &f.owner()).ok()
+    });
+    eventually("nothing is owed", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+}
+
+#[test]
 fn a_tower_added_then_removed_still_hears_of_the_approvals_of_the_vaults_it_was_given() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
