@@ -5,7 +5,7 @@ use vigil_policy::bitcoin::bip32::Xpriv;
 use vigil_policy::bitcoin::Amount;
 use vigil_policy::example::{account_key, auth_keypair, master_key};
 use vigil_policy::VaultKind;
-use vigil_testenv::household::{example, get, post, Household};
+use vigil_testenv::household::{example, get, post, Household, Refused};
 use vigil_testenv::process::{vigil_node, TowerProcess};
 use vigil_tower::wire::{self, ChangePolicy, EnrollClient, SignedPolicy};
 
@@ -122,69 +122,92 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
     register(&mut h, 1).unwrap();
 }
 
+/// `tower`'s entry in a policy file, as a change adds it.
+fn entry(tower: &TowerProcess) -> String {
+    format!(
+        "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        tower.api.url, tower.public_key
+    )
+}
+
+/// The change to `text` of client `h`, signed by `guardians`.
+fn signed(h: &Household, text: &str, guardians: &[Xpriv]) -> SignedPolicy {
+    let digest = wire::policy_change_digest(&h.policy_id, text);
+    let signatures = guardians.iter().map(|k| wire::sign(&digest, &auth_keypair(k))).collect();
+    SignedPolicy { policy: text.into(), signatures }
+}
+
+/// `h` enrolled at `tower` by its co-signer, from its first policy through `changes`.
+fn enroll(
+    tower: &TowerProcess,
+    h: &Household,
+    token: &str,
+    changes: Vec<SignedPolicy>,
+) -> Result<serde_json::Value, Refused> {
+    let first = std::fs::read_to_string(&h.policy_path).unwrap();
+    let req = EnrollClient { nonce: h.next_nonce(), token: token.into(), policy: first, changes };
+    post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&h.keys.cosigner))
+}
+
+/// The change to `text` of client `h`, signed by `guardians`, sent by the first of them.
+fn change(
+    tower: &TowerProcess,
+    h: &Household,
+    text: &str,
+    guardians: &[Xpriv],
+) -> Result<serde_json::Value, Refused> {
+    let s = signed(h, text, guardians);
+    let req = ChangePolicy {
+        nonce: h.next_nonce(),
+        policy_id: h.policy_id.clone(),
+        policy: s.policy,
+        signatures: s.signatures,
+    };
+    post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&guardians[0]))
+}
+
+/// The client as `tower` serves it to `h`'s owner.
+fn view(tower: &TowerProcess, h: &Household) -> serde_json::Value {
+    get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap()
+}
+
 #[test]
 fn a_tower_a_change_removed_takes_the_chain_to_the_version_naming_it_again_on_a_new_token() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
     let mut tower = TowerProcess::new(&node, &[], 9, None);
-    let mut h = Household::new(dir.path(), &node, example("enrolled again"));
+    let h = Household::new(dir.path(), &node, example("enrolled again"));
     let first = std::fs::read_to_string(&h.policy_path).unwrap();
-    let entry = format!(
-        "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
-        tower.api.url, tower.public_key
-    );
     // Version 2 adds the tower; version 3 removes it and replaces guardian 2 (which the tower
     // never hears of); version 4 names it again.
     let replacement = master_key("enrolled again, later", "guardian", 2);
-    let v2 = format!("{first}{entry}").replace("version = 1", "version = 2");
+    let v2 = format!("{first}{}", entry(&tower)).replace("version = 1", "version = 2");
     let v3 = first
         .replace(&account_key(&h.keys.guardians[2]), &account_key(&replacement))
         .replace("version = 1", "version = 3");
-    let v4 = format!("{v3}{entry}").replace("version = 3", "version = 4");
+    let v4 = format!("{v3}{}", entry(&tower)).replace("version = 3", "version = 4");
     let v5 = v4.replace("version = 4", "version = 5");
-    let (id, old) = (h.policy_id.clone(), h.keys.guardians.clone());
+    let old = h.keys.guardians.clone();
     let new = [old[0], old[1], replacement];
-    let signed = |text: &str, keys: &[Xpriv]| {
-        let digest = wire::policy_change_digest(&id, text);
-        let signatures = keys.iter().map(|k| wire::sign(&digest, &auth_keypair(k))).collect();
-        SignedPolicy { policy: text.into(), signatures }
-    };
-    let cosigner = auth_keypair(&h.keys.cosigner);
-    let enroll = |h: &mut Household, token: &str, changes: Vec<SignedPolicy>| {
-        let req = EnrollClient { nonce: h.next_nonce(), token: token.into(), policy: first.clone(), changes };
-        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &cosigner)
-    };
-    let view = |tower: &TowerProcess, h: &Household| {
-        get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap()
-    };
-    enroll(&mut h, &tower.token(), vec![signed(&v2, &old[..2])]).unwrap();
+    let first_token = tower.token();
+    enroll(&tower, &h, &first_token, vec![signed(&h, &v2, &old[..2])]).unwrap();
     assert_eq!(view(&tower, &h)["version"], 2);
     // A change signed by today's guardians (version 4's) is one this tower cannot check.
-    let change = |tower: &TowerProcess, h: &mut Household| {
-        let s = signed(&v5, &[new[0], new[2]]);
-        let req = ChangePolicy {
-            nonce: h.next_nonce(),
-            policy_id: h.policy_id.clone(),
-            policy: s.policy,
-            signatures: s.signatures,
-        };
-        post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&new[0]))
-    };
-    let unchecked = change(&tower, &mut h).unwrap_err();
+    let unchecked = change(&tower, &h, &v5, &[new[0], new[2]]).unwrap_err();
     assert!(unchecked.0 == 400 && unchecked.1.contains("1 verify"), "{unchecked:?}");
 
     // The operator's new token and the chain through the version it holds: it takes version
     // 4, and keeps the ones before (a vault made under version 3 is registered under it).
-    let chain = vec![signed(&v2, &old[..2]), signed(&v3, &old[..2]), signed(&v4, &new[..2])];
+    let chain = vec![signed(&h, &v2, &old[..2]), signed(&h, &v3, &old[..2]), signed(&h, &v4, &new[..2])];
     let token = tower.token();
-    enroll(&mut h, &token, chain.clone()).unwrap();
+    enroll(&tower, &h, &token, chain.clone()).unwrap();
     assert_eq!(view(&tower, &h)["version"], 4);
-    enroll(&mut h, &token, chain).unwrap();
+    enroll(&tower, &h, &token, chain).unwrap();
     tower.kill9();
     tower.start();
     assert_eq!(view(&tower, &h)["version"], 4, "after a restart");
     // Version 5 changes nothing but its number: it applies at once.
-    change(&tower, &mut h).unwrap();
+    change(&tower, &h, &v5, &[new[0], new[2]]).unwrap();
     assert_eq!(view(&tower, &h)["version"], 5);
 }
 
@@ -195,33 +218,18 @@ fn a_tower_every_version_named_keeps_its_own_wait_on_a_new_token() {
     let tower = TowerProcess::new(&node, &[], 9, None);
     let h = Household::new(dir.path(), &node, example("enrolled twice"));
     let first = std::fs::read_to_string(&h.policy_path).unwrap();
-    let entry = format!(
-        "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
-        tower.api.url, tower.public_key
-    );
-    let v2 = format!("{first}{entry}").replace("version = 1", "version = 2");
+    let v2 = format!("{first}{}", entry(&tower)).replace("version = 1", "version = 2");
     // A loosening: this tower, named all along, applies it after its own wait, not because
     // an enrollment says it applied.
     let v3 = v2
         .replace("hot_limit_sat = 2_000_000", "hot_limit_sat = 3_000_000")
         .replace("version = 2", "version = 3");
     assert_ne!(v3, v2.replace("version = 2", "version = 3"));
-    let (id, keys) = (h.policy_id.clone(), h.keys.guardians.clone());
-    let signed = |text: &str| {
-        let digest = wire::policy_change_digest(&id, text);
-        let signatures = keys[..2].iter().map(|k| wire::sign(&digest, &auth_keypair(k))).collect();
-        SignedPolicy { policy: text.into(), signatures }
-    };
-    let cosigner = auth_keypair(&h.keys.cosigner);
-    let enroll = |changes: Vec<SignedPolicy>| {
-        let req =
-            EnrollClient { nonce: h.next_nonce(), token: tower.token(), policy: first.clone(), changes };
-        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &cosigner).unwrap();
-    };
-    enroll(vec![signed(&v2)]);
-    enroll(vec![signed(&v2), signed(&v3)]);
-    let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap();
-    assert_eq!(view["version"], 2, "{view}");
+    let quorum = h.keys.guardians[..2].to_vec();
+    enroll(&tower, &h, &tower.token(), vec![signed(&h, &v2, &quorum)]).unwrap();
+    let chain = vec![signed(&h, &v2, &quorum), signed(&h, &v3, &quorum)];
+    enroll(&tower, &h, &tower.token(), chain).unwrap();
+    assert_eq!(view(&tower, &h)["version"], 2);
 }
 
 #[test]
@@ -231,40 +239,17 @@ fn a_tower_that_heard_of_the_change_naming_it_again_learns_the_versions_it_misse
     let tower = TowerProcess::new(&node, &[], 9, None);
     let mut h = Household::new(dir.path(), &node, example("enrolled, removed, told"));
     let first = std::fs::read_to_string(&h.policy_path).unwrap();
-    let entry = format!(
-        "\n[[towers]]\nname = \"tower-new\"\nurl = \"{}\"\nkey = \"{}\"\n",
-        tower.api.url, tower.public_key
-    );
     // Version 3 removes the tower (it never hears of it) and lowers a limit; version 4 names
     // it again, and only tightens version 2, which the tower holds: it applies at once.
-    let v2 = format!("{first}{entry}").replace("version = 1", "version = 2");
+    let v2 = format!("{first}{}", entry(&tower)).replace("version = 1", "version = 2");
     let v3 = first
         .replace("hot_limit_sat = 2_000_000", "hot_limit_sat = 1_000_000")
         .replace("version = 1", "version = 3");
-    let v4 = format!("{v3}{entry}").replace("version = 3", "version = 4");
-    let (id, keys) = (h.policy_id.clone(), h.keys.guardians.clone());
-    let signed = |text: &str| {
-        let digest = wire::policy_change_digest(&id, text);
-        let signatures = keys[..2].iter().map(|k| wire::sign(&digest, &auth_keypair(k))).collect();
-        SignedPolicy { policy: text.into(), signatures }
-    };
-    let cosigner = auth_keypair(&h.keys.cosigner);
-    let enroll = |h: &mut Household, changes: Vec<SignedPolicy>| {
-        let req =
-            EnrollClient { nonce: h.next_nonce(), token: tower.token(), policy: first.clone(), changes };
-        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &cosigner).unwrap();
-    };
-    enroll(&mut h, vec![signed(&v2)]);
-    let s = signed(&v4);
-    let req = ChangePolicy {
-        nonce: h.next_nonce(),
-        policy_id: id.clone(),
-        policy: s.policy,
-        signatures: s.signatures,
-    };
-    post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&keys[0])).unwrap();
-    let view = get(&tower.api, &format!("/v1/clients/{id}"), &h.owner_auth()).unwrap();
-    assert_eq!(view["version"], 4, "{view}");
+    let v4 = format!("{v3}{}", entry(&tower)).replace("version = 3", "version = 4");
+    let quorum = h.keys.guardians[..2].to_vec();
+    enroll(&tower, &h, &tower.token(), vec![signed(&h, &v2, &quorum)]).unwrap();
+    change(&tower, &h, &v4, &quorum).unwrap();
+    assert_eq!(view(&tower, &h)["version"], 4);
     // Which versions it holds: a vault registered under one it does not hold is refused,
     // naming them.
     let vault = h.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
@@ -280,6 +265,7 @@ fn a_tower_that_heard_of_the_change_naming_it_again_learns_the_versions_it_misse
         post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &h.owner_auth()).unwrap_err().1
     };
     assert!(holds(&mut h).contains("it holds 4, 2, 1"), "{}", holds(&mut h));
-    enroll(&mut h, vec![signed(&v2), signed(&v3), signed(&v4)]);
+    let chain = vec![signed(&h, &v2, &quorum), signed(&h, &v3, &quorum), signed(&h, &v4, &quorum)];
+    enroll(&tower, &h, &tower.token(), chain).unwrap();
     assert!(holds(&mut h).contains("it holds 4, 3, 2, 1"), "{}", holds(&mut h));
 }
