@@ -12,7 +12,9 @@ use vigil_policy::bitcoin::hex::FromHex;
 use vigil_policy::bitcoin::key::XOnlyPublicKey;
 use vigil_policy::Policy;
 
-use crate::client::{ladder_out_of_reach, only_tightens, Client, PolicyChange, GOVERNANCE_DELAY_BLOCKS};
+use crate::client::{
+    ladder_out_of_reach, only_tightens, Client, ClientRecord, PolicyChange, GOVERNANCE_DELAY_BLOCKS,
+};
 use crate::daemon::Tower;
 use crate::error::Refusal;
 use crate::registration::{ack, client, stale_nonce, verified_signers};
@@ -109,71 +111,77 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
         return Err(stale_nonce(req.nonce, last));
     }
     let hash = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&token).to_string();
-    // The version followed to, not the first: a restart serves what the chain led to.
-    let mut rejoined = None;
-    match state.store.enroll(&hash, &id, &client.text, &client.earlier)? {
+    // The version followed to, not the first: a restart serves what the chain led to. Taken
+    // in place of a client held already in the token's own transaction, so a retry of the
+    // same token (its answer lost) has nothing left to do, and a token used before moves
+    // nothing.
+    let held = tower.client(&id);
+    let waiting = state.pending.get(&id).cloned();
+    let takes =
+        held.as_ref().is_some_and(|held| takes_chain(held, &client, waiting.as_ref(), &tower.public_key()));
+    let record = ClientRecord {
+        id: id.clone(),
+        policy: client.text.clone(),
+        pending: waiting.filter(|_| takes),
+        earlier: client.earlier.clone(),
+    };
+    let replaced = match state.store.enroll(&hash, &record, takes)? {
         Enrollment::Unknown => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
         Enrollment::Used => {
             return Err(Refusal::Unauthorized("this enrollment token was already used".into()))
         }
-        // The same token again (its answer lost, or a crash before the client below was
-        // written) enrolls the same way: nothing is done twice.
-        Enrollment::Same | Enrollment::Pinned => match tower.client(&id) {
-            None => {
-                state.watcher.set_limits(&id, client.limits());
-                tower.clients.write().expect("clients").insert(id.clone(), std::sync::Arc::new(client));
-                tracing::info!(client = %id, "client enrolled");
-            }
-            Some(held) if takes_chain(&held, &client, &tower.public_key()) => {
-                let alarm = Action::alarm(
-                    None,
-                    AlarmKind::PolicyApplied,
-                    format!(
-                        "client {id} enrolled again by its chain of changes: version {} and {} before it (this \
-                         tower held version {} and {} before it)",
-                        client.policy.version,
-                        client.earlier.len(),
-                        held.policy.version,
-                        held.earlier.len()
-                    ),
-                );
-                tracing::info!(client = %id, from = held.policy.version, to = client.policy.version, "client enrolled again");
-                if state.pending.get(&id).is_some_and(|c| c.version <= client.policy.version) {
-                    state.pending.remove(&id);
-                }
-                state.watcher.set_limits(&id, client.limits());
-                let client = std::sync::Arc::new(client);
-                tower.clients.write().expect("clients").insert(id.clone(), client.clone());
-                let record = state.client_record(&client);
-                state.changed_clients.push(record);
-                rejoined = Some(alarm);
-            }
-            Some(_) => {}
-        },
+        Enrollment::Pinned => takes,
+        // The same token again: its first use pinned the client (an answer lost after its
+        // commit may have left it out of memory).
+        Enrollment::Same => false,
+    };
+    let alarm = held.as_ref().filter(|_| replaced).map(|held| {
+        tracing::info!(client = %id, from = held.policy.version, to = client.policy.version, "client enrolled again");
+        Action::alarm(
+            None,
+            AlarmKind::PolicyApplied,
+            format!(
+                "client {id} enrolled again by its chain of changes: version {} and {} before it (this tower \
+                 held version {} and {} before it)",
+                client.policy.version,
+                client.earlier.len(),
+                held.policy.version,
+                held.earlier.len()
+            ),
+        )
+    });
+    if held.is_none() || replaced {
+        state.watcher.set_limits(&id, client.limits());
+        tower.clients.write().expect("clients").insert(id.clone(), std::sync::Arc::new(client));
+        tracing::info!(client = %id, "client enrolled");
     }
-    match rejoined {
+    match alarm {
         Some(alarm) => tower.act(state, &[alarm])?,
         None => drop(state),
     }
     Ok(ack(tower, format!("client {id}")))
 }
 
-/// Whether this tower, holding a client as `held`, takes `chain` instead: the version an
-/// enrollment's chain of changes led to, with every version before it. A tower a change
-/// removed stops hearing of the client's changes once nothing it watches is left (and its
-/// guardians may have been replaced since, so it could not check a later change itself): on
-/// the operator's new token it takes the chain's version, as a tower the client never had
-/// would. One that heard of the change naming it again itself keeps its version, and learns
-/// the versions it missed (the vaults made under them are registered under them). A tower
-/// named by every version since keeps its own: it hears each change and applies it by its
-/// own wait. The chain must pass through every version it holds.
-fn takes_chain(held: &Client, chain: &Client, me: &XOnlyPublicKey) -> bool {
+/// Whether this tower, holding a client as `held` (with its change `waiting`, if any), takes
+/// `chain` instead: the version an enrollment's chain of changes led to, with every version
+/// before it. A tower a change removed stops hearing of the client's changes once nothing it
+/// watches is left (and its guardians may have been replaced since, so it could not check a
+/// later change itself): on the operator's new token it takes the chain's version, as a tower
+/// the client never had would. One counting its own wait for a change hears the changes: it
+/// keeps that wait. One that heard of the change naming it again itself keeps its version,
+/// and learns the versions it missed (the vaults made under them are registered under them).
+/// A tower named by every version since keeps its own: it hears each change and applies it
+/// by its own wait. The chain must pass through every version it holds.
+fn takes_chain(held: &Client, chain: &Client, waiting: Option<&PolicyChange>, me: &XOnlyPublicKey) -> bool {
     let on_chain = |text: &String| *text == chain.text || chain.earlier.contains(text);
     if !on_chain(&held.text) || !held.earlier.iter().all(on_chain) {
         return false;
     }
     if chain.text == held.text {
         return chain.earlier.len() > held.earlier.len();
+    }
+    if waiting.is_some() {
+        return false;
     }
     let at = chain.earlier.iter().position(|text| *text == held.text).expect("on the chain");
     chain.earlier[at..].iter().any(|text| {
@@ -333,6 +341,13 @@ pub(crate) fn change_policy(
     if !current.is_party(signer) {
         return Err(Refusal::Forbidden("not a party of this client".into()));
     }
+    // One it applied already (a tightening applies at once, and its answer may have been
+    // lost): the sender asks again, and must not be told it was refused. Before the quorum is
+    // counted: a change of the guardians was signed by those it replaced.
+    if current.text == req.policy || current.earlier.contains(&req.policy) {
+        let version = Policy::from_toml(&req.policy).map(|p| p.version).unwrap_or_default();
+        return Ok(ack(tower, format!("policy {} version {version} applied", current.id)));
+    }
     let signers = verified_signers(&req.signatures, &policy_change_digest(&current.id, &req.policy))?;
     if !current.has_guardian_quorum(&signers) {
         return Err(bad(format!(
@@ -365,11 +380,6 @@ pub(crate) fn change_policy(
     // The same change again is the same change: it must not restart its own delay.
     if let Some(w) = waiting.as_ref().filter(|w| w.policy == req.policy) {
         return Ok(ack(tower, subject(w)));
-    }
-    // One it applied already (a tightening applies at once, and its answer may have been
-    // lost): the sender asks again, and must not be told it was refused.
-    if current.text == req.policy || current.earlier.contains(&req.policy) {
-        return Ok(ack(tower, format!("policy {} version {} applied", current.id, new.version)));
     }
     let floor = waiting.as_ref().map(|w| w.version).unwrap_or(0).max(current.policy.version);
     if new.version <= floor {

@@ -9,7 +9,8 @@ use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
 use vigil_testenv::process::{postgres, unique_schema};
 use vigil_tower::client::{ClientRecord, PolicyChange};
 use vigil_tower::store::{
-    NonceCheck, PostgresStore, Registered, SqliteStore, Step, StoredApproval, TowerStore, MAX_NONCE_STEP,
+    Enrollment, NonceCheck, PostgresStore, Registered, SqliteStore, Step, StoredApproval, TowerStore,
+    MAX_NONCE_STEP,
 };
 use vigil_tower::vault::{Action, AlarmKind, ApprovalTerms, Vault};
 
@@ -89,13 +90,31 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
     };
     // A client enrolled by a chain of changes keeps the versions before the one applied.
     store.issue_token("token").unwrap();
-    store.enroll("token", "q", "policy q2", &["policy q1".into()]).unwrap();
-    let enrolled = ClientRecord {
+    let first = ClientRecord {
         id: "q".into(),
         policy: "policy q2".into(),
         pending: None,
         earlier: vec!["policy q1".into()],
     };
+    assert_eq!(store.enroll("token", &first, false).unwrap(), Enrollment::Pinned);
+    assert_eq!(store.enroll("token", &first, false).unwrap(), Enrollment::Same);
+    // A client held already is kept, unless the tower takes the chain in its place.
+    let later = ClientRecord {
+        policy: "policy q4".into(),
+        earlier: vec!["policy q1".into(), "policy q2".into(), "policy q3".into()],
+        ..first.clone()
+    };
+    store.issue_token("token 2").unwrap();
+    store.enroll("token 2", &later, false).unwrap();
+    store.issue_token("token 3").unwrap();
+    let ignored = ClientRecord { policy: "policy q9".into(), ..later.clone() };
+    assert_eq!(
+        store.enroll("token 2", &ignored, true).unwrap(),
+        Enrollment::Same,
+        "a used token moves nothing"
+    );
+    assert_eq!(store.enroll("token 3", &later, true).unwrap(), Enrollment::Pinned);
+    let enrolled = later;
 
     // A step: a vault's new state, the follower's position, a client, a panic, a broadcast
     // and an alarm.

@@ -178,15 +178,10 @@ pub trait TowerStore: Send {
     fn panic_used(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Records a single-use enrollment token (by its sha256).
     fn issue_token(&mut self, hash: &str) -> Result<(), StoreError>;
-    /// Uses token `hash` to pin client `id` under `policy` (with the versions `earlier`,
-    /// oldest first, when a chain of changes led to it), atomically.
-    fn enroll(
-        &mut self,
-        hash: &str,
-        id: &str,
-        policy: &str,
-        earlier: &[String],
-    ) -> Result<Enrollment, StoreError>;
+    /// Uses token `hash` to pin `client` (its versions `earlier`, oldest first, when a chain
+    /// of changes led to it), atomically: a client held already is kept, unless `replace`
+    /// (the tower takes the chain in its place).
+    fn enroll(&mut self, hash: &str, client: &ClientRecord, replace: bool) -> Result<Enrollment, StoreError>;
     /// Records a step's decisions atomically: changed vault states, the follower's position (if
     /// it moved), clients, panic ids, the broadcasts to make and the alarms to deliver.
     /// Returns the broadcasts with their ids, to mark done once the backend accepted them.

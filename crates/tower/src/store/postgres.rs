@@ -305,13 +305,8 @@ impl TowerStore for PostgresStore {
         })
     }
 
-    fn enroll(
-        &mut self,
-        hash: &str,
-        id: &str,
-        policy: &str,
-        earlier: &[String],
-    ) -> Result<Enrollment, StoreError> {
+    fn enroll(&mut self, hash: &str, record: &ClientRecord, replace: bool) -> Result<Enrollment, StoreError> {
+        let id = record.id.as_str();
         self.run(|client| {
             let mut tx = client.transaction()?;
             let token: Option<Option<String>> = tx
@@ -323,12 +318,16 @@ impl TowerStore for PostgresStore {
                 Some(Some(_)) => Enrollment::Used,
                 Some(None) => {
                     tx.execute("UPDATE tokens SET client = $2 WHERE hash = $1", &[&hash, &id])?;
-                    let new = tx.execute(
-                        "INSERT INTO clients (id, policy) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                        &[&id as &(dyn ToSql + Sync), &policy],
-                    )?;
-                    if new == 1 {
-                        write_earlier(&mut tx, id, earlier)?;
+                    if replace {
+                        write_client(&mut tx, record)?;
+                    } else {
+                        let new = tx.execute(
+                            "INSERT INTO clients (id, policy) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                            &[&id as &(dyn ToSql + Sync), &record.policy],
+                        )?;
+                        if new == 1 {
+                            write_earlier(&mut tx, id, &record.earlier)?;
+                        }
                     }
                     Enrollment::Pinned
                 }
@@ -349,12 +348,7 @@ impl TowerStore for PostgresStore {
                 )?;
             }
             for c in clients {
-                tx.execute(
-                    "INSERT INTO clients (id, policy, pending) VALUES ($1, $2, $3)
-                     ON CONFLICT (id) DO UPDATE SET policy = EXCLUDED.policy, pending = EXCLUDED.pending",
-                    &[&c.id as &(dyn ToSql + Sync), &c.policy, &pending_json(&c.pending)?],
-                )?;
-                write_earlier(&mut tx, &c.id, &c.earlier)?;
+                write_client(&mut tx, c)?;
             }
             for id in panics {
                 tx.execute("INSERT INTO panics (id) VALUES ($1)", &[id])?;
@@ -491,6 +485,16 @@ fn outbox_alarm(r: &::postgres::Row) -> Result<OutboxAlarm, StoreError> {
     })
 }
 /// Replaces the versions kept before client `id`'s applied one.
+/// `c` as it is now: its applied policy, its waiting change, the versions before it.
+fn write_client(tx: &mut ::postgres::Transaction<'_>, c: &ClientRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO clients (id, policy, pending) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET policy = EXCLUDED.policy, pending = EXCLUDED.pending",
+        &[&c.id as &(dyn ToSql + Sync), &c.policy, &pending_json(&c.pending)?],
+    )?;
+    write_earlier(tx, &c.id, &c.earlier)
+}
+
 fn write_earlier(
     tx: &mut ::postgres::Transaction<'_>,
     id: &str,

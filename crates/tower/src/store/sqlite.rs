@@ -246,13 +246,8 @@ impl TowerStore for SqliteStore {
         Ok(())
     }
 
-    fn enroll(
-        &mut self,
-        hash: &str,
-        id: &str,
-        policy: &str,
-        earlier: &[String],
-    ) -> Result<Enrollment, StoreError> {
+    fn enroll(&mut self, hash: &str, client: &ClientRecord, replace: bool) -> Result<Enrollment, StoreError> {
+        let id = client.id.as_str();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let token: Option<Option<String>> =
             tx.query_row("SELECT client FROM tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional()?;
@@ -262,12 +257,16 @@ impl TowerStore for SqliteStore {
             Some(Some(_)) => Enrollment::Used,
             Some(None) => {
                 tx.execute("UPDATE tokens SET client = ?2 WHERE hash = ?1", params![hash, id])?;
-                let new = tx.execute(
-                    "INSERT INTO clients (id, policy) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
-                    params![id, policy],
-                )?;
-                if new == 1 {
-                    write_earlier(&tx, id, earlier)?;
+                if replace {
+                    write_client(&tx, client)?;
+                } else {
+                    let new = tx.execute(
+                        "INSERT INTO clients (id, policy) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+                        params![id, client.policy],
+                    )?;
+                    if new == 1 {
+                        write_earlier(&tx, id, &client.earlier)?;
+                    }
                 }
                 Enrollment::Pinned
             }
@@ -283,12 +282,7 @@ impl TowerStore for SqliteStore {
             tx.execute("INSERT OR REPLACE INTO records (name, value) VALUES (?1, ?2)", params![name, value])?;
         }
         for c in clients {
-            tx.execute(
-                "INSERT INTO clients (id, policy, pending) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, pending = excluded.pending",
-                params![c.id, c.policy, pending_json(&c.pending)?],
-            )?;
-            write_earlier(&tx, &c.id, &c.earlier)?;
+            write_client(&tx, c)?;
         }
         for id in panics {
             tx.execute("INSERT INTO panics (id) VALUES (?1)", [id])?;
@@ -422,6 +416,16 @@ fn outbox_alarm(r: &rusqlite::Row<'_>) -> Result<OutboxAlarm, StoreError> {
 }
 
 /// Replaces the versions kept before client `id`'s applied one.
+/// `c` as it is now: its applied policy, its waiting change, the versions before it.
+fn write_client(tx: &rusqlite::Transaction, c: &ClientRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO clients (id, policy, pending) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, pending = excluded.pending",
+        params![c.id, c.policy, pending_json(&c.pending)?],
+    )?;
+    write_earlier(tx, &c.id, &c.earlier)
+}
+
 fn write_earlier(tx: &rusqlite::Transaction, id: &str, earlier: &[String]) -> Result<(), StoreError> {
     tx.execute("DELETE FROM client_versions WHERE client = ?1", [id])?;
     for (seq, text) in earlier.iter().enumerate() {
