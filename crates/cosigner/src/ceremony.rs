@@ -439,22 +439,6 @@ impl Cosigner {
             Some(&missing),
         );
         let all = reports.iter().all(|t| t.acknowledged);
-        // A tower a later version added may have joined while this ceremony was open, and was
-        // not given the vault then (it was not protected): it is now, as an order kept until it
-        // acknowledges (a tower not enrolled yet takes it after its enrollment).
-        let mut joined = Vec::new();
-        if all {
-            // Without the chain's tip, the versions stored: a ceremony's end does not wait on it.
-            let reach = self.approval_reach(&now, &compiled, self.tip().unwrap_or(0))?;
-            let made_under = &compiled.policy().towers;
-            joined.extend(
-                reach
-                    .towers
-                    .iter()
-                    .filter(|t| !made_under.iter().any(|m| m.name == t.name))
-                    .map(|t| t.name.clone()),
-            );
-        }
         let deciding = self.decide(client_id);
         let store = self.store();
         let (mut latest, before) = vault_stored(store, outpoint)?.ok_or(Refusal::Internal)?;
@@ -472,9 +456,24 @@ impl Cosigner {
             latest.state = "protected".into();
             batch.delete(kind::UNREGISTERED, outpoint);
             tracing::info!(client = %client.id, vault = %outpoint, "every tower acknowledged: vault protected");
+            // A tower a later version added may have joined while this ceremony was open, and
+            // was not given the vault then (it was not protected): it is now, as an order kept
+            // until it acknowledges (one not enrolled yet takes it after its enrollment). Read
+            // under the client's lock, as an enrollment queues its vaults: it saw this one
+            // protected, or its tower is named here.
+            let stored = Self::client(store, client_id)?.ok_or(Refusal::Internal)?;
+            let in_force = self.compiled(&self.as_of_now(&stored).unwrap_or(stored))?;
+            let made_under = &compiled.policy().towers;
+            let joined: Vec<String> = in_force
+                .policy()
+                .towers
+                .iter()
+                .filter(|t| !made_under.iter().any(|m| m.name == t.name))
+                .map(|t| t.name.clone())
+                .collect();
             if !joined.is_empty() {
                 let mut registration = latest.registration.clone();
-                registration.policy_version = registration.policy_version.or(named);
+                registration.policy_version = registration.policy_version.or(Some(compiled.policy().version));
                 let mut order = order_of(crate::joining::VAULTS_PATH, &registration, outpoint.to_owned());
                 order.only = Some(joined);
                 Self::queue_order(store, &mut batch, &client.id, order)?;
