@@ -70,7 +70,12 @@ impl Cosigner {
         client: &str,
         order: TowerOrder,
     ) -> Result<(), Refusal> {
-        let before = store.get(kind::ORDERS, client)?;
+        // After an order this batch queued already, if any.
+        let queued = batch.put.iter().rposition(|(k, id, _)| *k == kind::ORDERS && id == client);
+        let before = match queued {
+            Some(i) => Some(batch.put[i].2.clone()),
+            None => store.get(kind::ORDERS, client)?,
+        };
         let mut orders: Vec<TowerOrder> = before
             .as_deref()
             .map(serde_json::from_str)
@@ -83,11 +88,17 @@ impl Cosigner {
             orders.retain(|o| o.path != order.path || o.subject != order.subject);
         }
         orders.push(order);
-        batch.expect(kind::ORDERS, client.to_owned(), before).put(
-            kind::ORDERS,
-            client.to_owned(),
-            serde_json::to_string(&orders).expect("json"),
-        );
+        let orders = serde_json::to_string(&orders).expect("json");
+        match queued {
+            Some(i) => batch.put[i].2 = orders,
+            None => {
+                batch.expect(kind::ORDERS, client.to_owned(), before).put(
+                    kind::ORDERS,
+                    client.to_owned(),
+                    orders,
+                );
+            }
+        }
         Ok(())
     }
 
@@ -245,6 +256,11 @@ impl Cosigner {
                     && o.body["approval"]["vault_outpoint"].as_str() == Some(w.subject.as_str()))
         };
         now.retain(|o| !withheld.iter().any(|w| with_it(o, w)));
+        for w in &withheld {
+            for tower in w.only.iter().flatten() {
+                batch.put(kind::KEPT_FROM, crate::joining::kept_key(&w.subject, tower), tower.clone());
+            }
+        }
         batch.expect(kind::ORDERS, client_id.to_owned(), before);
         if now.is_empty() {
             batch.delete(kind::ORDERS, client_id.to_owned());
@@ -326,5 +342,26 @@ mod tests {
             serde_json::from_str(&store.get(kind::ORDERS, "c").unwrap().unwrap()).unwrap();
         let left: Vec<u64> = left.iter().map(|o| o.body["n"].as_u64().unwrap()).collect();
         assert_eq!(left, [2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn orders_queued_in_one_batch_are_all_kept_in_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let mut batch = Batch::default();
+        Cosigner::queue_order(&store, &mut batch, "c", order("/v1/lockdown", "a", 1)).unwrap();
+        store.commit(&batch).unwrap();
+        let mut batch = Batch::default();
+        for n in [2, 3] {
+            Cosigner::queue_order(&store, &mut batch, "c", order("/v1/vaults", "v", n)).unwrap();
+        }
+        Cosigner::queue_order(&store, &mut batch, "other", order("/v1/vaults", "w", 9)).unwrap();
+        store.commit(&batch).unwrap();
+        let left = |client| -> Vec<u64> {
+            let orders: Vec<TowerOrder> =
+                serde_json::from_str(&store.get(kind::ORDERS, client).unwrap().unwrap()).unwrap();
+            orders.iter().map(|o| o.body["n"].as_u64().unwrap()).collect()
+        };
+        assert_eq!((left("c"), left("other")), (vec![1, 2, 3], vec![9]));
     }
 }

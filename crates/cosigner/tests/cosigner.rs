@@ -999,6 +999,48 @@ fn a_tower_added_with_new_guardians_is_not_given_a_vault_whose_approval_the_old_
 }
 
 #[test]
+fn a_tower_that_joined_without_a_vault_is_given_it_before_its_next_approval() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 1100");
+    let mut f = Family::new(&node, &co, example("cosigner kept then given"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let id = spend(&f, &vault).unwrap()["id"].as_u64().unwrap();
+    f.vote(0, id, true).unwrap();
+    let first = f.vote(1, id, true).unwrap();
+    assert_eq!(first["state"], "approved", "{first}");
+    // Version 2 replaces the first guardian and adds tower-b, which is not given the vault:
+    // it would refuse the approval the old guardians signed.
+    let keys = |text: &str| -> Vec<String> {
+        let from = text.find("[guardians]").unwrap();
+        text[from..].lines().filter(|l| l.trim_start().starts_with('"')).map(str::to_owned).take(3).collect()
+    };
+    let (ours, stranger) = (keys(&f.policy_text), keys(&example("a stranger guardian, later").to_toml()));
+    let b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
+    let v2 = adding_tower(&f.policy_text.replace(&ours[0], &stranger[0]), "tower-b", &b);
+    until_applied(&node, &f, &f.change_policy(&v2, &[0, 1]).unwrap());
+    let enrolled = f
+        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
+        .unwrap();
+    assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
+    let at_b = format!("/v1/vaults/{}", vault.outpoint());
+    assert_eq!(vigil_testenv::household::get(&b.api, &at_b, &f.owner()).unwrap_err().0, 404);
+    // The approval lapses unused; today's guardians approve the owner's next request. Nothing
+    // stands in the way any more: tower-b is given the vault first, then the approval.
+    let lapsed = first["approval"]["expiry_height"].as_u64().unwrap() as u32 + 7;
+    block(&node, &f, lapsed.saturating_sub(tip(&node)));
+    let id = spend(&f, &vault).unwrap()["id"].as_u64().unwrap();
+    f.vote(1, id, true).unwrap();
+    let approved = f.vote(2, id, true).unwrap();
+    assert_eq!(acknowledged_by(&approved), ["tower-a", "tower-b"], "{approved}");
+    vigil_testenv::household::get(&b.api, &at_b, &f.owner()).unwrap();
+    // Tower-a gone, tower-b alone lets the approved unvault through to its spend.
+    f.towers[0].kill9();
+    unvault(&node, &f, &vault);
+    block(&node, &f, DELAY - 1);
+    signed_and_spent(&node, &f, &vault, id);
+}
+
+#[test]
 fn a_format_2_family_vaults_spends_with_its_guardians_and_its_tower_cancels_an_unapproved_unvault() {
     // Format 2 (ADR 0005): every key derives per leaf and the internal key is the policy's
     // NUMS xpub; the co-signer, the tower and the signers all follow the policy crate.

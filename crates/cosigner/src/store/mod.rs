@@ -51,6 +51,9 @@ pub mod kind {
     pub const PANIC: &str = "panic";
     /// Small counters (the next account number).
     pub const META: &str = "meta";
+    /// A tower that joined without a live vault, kept by the towers watching it (by V's
+    /// outpoint and the tower's name; the name): what its approvals skip, or give it first.
+    pub const KEPT_FROM: &str = "kept_from";
 }
 
 /// Writes that commit together, or not at all.
