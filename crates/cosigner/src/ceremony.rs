@@ -439,6 +439,8 @@ impl Cosigner {
             Some(&missing),
         );
         let all = reports.iter().all(|t| t.acknowledged);
+        // Asked before the client's lock (below); without it, the versions stored.
+        let tip = if all { self.tip().ok() } else { None };
         let deciding = self.decide(client_id);
         let store = self.store();
         let (mut latest, before) = vault_stored(store, outpoint)?.ok_or(Refusal::Internal)?;
@@ -460,9 +462,13 @@ impl Cosigner {
             // was not given the vault then (it was not protected): it is now, as an order kept
             // until it acknowledges (one not enrolled yet takes it after its enrollment). Read
             // under the client's lock, as an enrollment queues its vaults: it saw this one
-            // protected, or its tower is named here.
-            let stored = Self::client(store, client_id)?.ok_or(Refusal::Internal)?;
-            let in_force = self.compiled(&self.as_of_now(&stored).unwrap_or(stored))?;
+            // protected, or its tower is named here. One a later change removed again is not
+            // given it: its approvals' refusals there are expected.
+            let mut now = Self::client(store, client_id)?.ok_or(Refusal::Internal)?;
+            if let Some(tip) = tip {
+                now.apply_due(tip);
+            }
+            let in_force = self.compiled(&now)?;
             let made_under = &compiled.policy().towers;
             let joined: Vec<String> = in_force
                 .policy()
@@ -471,6 +477,12 @@ impl Cosigner {
                 .filter(|t| !made_under.iter().any(|m| m.name == t.name))
                 .map(|t| t.name.clone())
                 .collect();
+            let reach = self.approval_reach(&now, &compiled, tip.unwrap_or(0))?;
+            for tower in reach.towers.iter().map(|t| &t.name) {
+                if !made_under.iter().any(|m| m.name == *tower) && !joined.contains(tower) {
+                    batch.put(kind::KEPT_FROM, crate::joining::kept_key(outpoint, tower), tower.clone());
+                }
+            }
             if !joined.is_empty() {
                 let mut registration = latest.registration.clone();
                 registration.policy_version = registration.policy_version.or(Some(compiled.policy().version));

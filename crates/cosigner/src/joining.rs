@@ -251,45 +251,6 @@ impl Cosigner {
         self.may_be_approved(&v, self.approved_until(client)?.get(outpoint))
     }
 
-    /// Before an approval of vault `outpoint` goes to the towers `reach`: one that joined
-    /// without the vault (kept by the towers watching it) is given it first if nothing stands
-    /// in the way any more (V unspent: the approval that did has lapsed); otherwise it is left
-    /// out (it would refuse an approval of a vault it does not hold, and a day later the
-    /// guardians would be alarmed for nothing).
-    pub(crate) fn give_kept_vault(
-        &self,
-        batch: &mut Batch,
-        client: &ClientRecord,
-        outpoint: &str,
-        reach: &mut Vec<String>,
-    ) -> Result<(), Refusal> {
-        let store = self.store();
-        let kept: Vec<String> = store
-            .list(kind::KEPT_FROM, &format!("{outpoint}/"))?
-            .into_iter()
-            .map(|(_, tower)| tower)
-            .filter(|tower| reach.contains(tower))
-            .collect();
-        if kept.is_empty() {
-            return Ok(());
-        }
-        let vault = vault_record(store, outpoint)?;
-        let Some(mut v) = vault.filter(|v| matches!(self.stage(v), Ok(Stage::Vaulted))) else {
-            reach.retain(|tower| !kept.contains(tower));
-            return Ok(());
-        };
-        // Named: a tower that joined by a change holds every version, and takes the name.
-        let version = self.vault_policy(client, &v)?.policy().version;
-        v.registration.policy_version.get_or_insert(version);
-        let mut order = order_of(VAULTS_PATH, &v.registration, outpoint.to_owned());
-        order.only = Some(kept.clone());
-        Self::queue_order(store, batch, &client.id, order)?;
-        for tower in &kept {
-            batch.delete(kind::KEPT_FROM, kept_key(outpoint, tower));
-        }
-        Ok(())
-    }
-
     /// For every vault of `client` ever approved, the latest expiry of its approvals.
     fn approved_until(&self, client: &str) -> Result<BTreeMap<String, u32>, Refusal> {
         let mut until: BTreeMap<String, u32> = BTreeMap::new();

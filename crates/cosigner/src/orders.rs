@@ -227,6 +227,21 @@ impl Cosigner {
                         o.acked.push(report.name.clone());
                         o.refusing_since.remove(&report.name);
                     } else if let Some(why) = report.refused.as_ref().or(removed_silent.as_ref()) {
+                        // An approval of a vault this tower was knowingly not given when it
+                        // joined: it has nothing to act on, and nothing is wrong with it.
+                        if o.path == crate::spends::APPROVALS_PATH
+                            && why.starts_with("404")
+                            && o.body["approval"]["vault_outpoint"].as_str().is_some_and(|vault| {
+                                store
+                                    .get(kind::KEPT_FROM, &crate::joining::kept_key(vault, &report.name))
+                                    .is_ok_and(|k| k.is_some())
+                            })
+                        {
+                            tracing::info!(client = %client_id, tower = %report.name, %subject, "approval of a vault kept from this tower: settled");
+                            o.refused.push(report.name.clone());
+                            o.refusing_since.remove(&report.name);
+                            continue;
+                        }
                         // Refused again and again past the give-up time: said once, loudly,
                         // and settled rather than sent forever.
                         let since = *o.refusing_since.entry(report.name.clone()).or_insert(time);
@@ -257,7 +272,7 @@ impl Cosigner {
         };
         now.retain(|o| !withheld.iter().any(|w| with_it(o, w)));
         for w in &withheld {
-            for tower in w.only.iter().flatten() {
+            for tower in w.only.iter().flatten().filter(|t| w.owed_by(t)) {
                 batch.put(kind::KEPT_FROM, crate::joining::kept_key(&w.subject, tower), tower.clone());
             }
         }

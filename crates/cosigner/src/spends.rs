@@ -450,9 +450,8 @@ impl Cosigner {
         tip: u32,
     ) -> Result<Vec<String>, Refusal> {
         // Today's towers and the vault's own version's: one a change removed still watches it.
-        let mut reach: Vec<String> =
+        let reach: Vec<String> =
             self.approval_reach(client, made_under, tip)?.towers.into_iter().map(|t| t.name).collect();
-        self.give_kept_vault(batch, client, &record.approval.vault_outpoint, &mut reach)?;
         let key = self.keys.auth_keypair(client.account);
         let mut signatures = vec![wire::sign(&record.approval.digest(), &key)];
         signatures.extend(record.signatures.iter().cloned());
