@@ -51,8 +51,8 @@ pub mod kind {
     pub const PANIC: &str = "panic";
     /// Small counters (the next account number).
     pub const META: &str = "meta";
-    /// A tower that joined without a live vault, kept by the towers watching it (by V's
-    /// outpoint and the tower's name; the name): what its approvals skip, or give it first.
+    /// A tower not given a vault, kept by the towers watching it (by V's outpoint and the
+    /// tower's name; the name): its refusal of the vault's approvals is expected, not alarmed.
     pub const KEPT_FROM: &str = "kept_from";
 }
 
