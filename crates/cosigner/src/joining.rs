@@ -353,13 +353,7 @@ fn queue_enrollment(
     state: Vec<TowerOrder>,
     rest: Vec<TowerOrder>,
 ) -> Result<bool, Refusal> {
-    let before = store.get(kind::ORDERS, client)?;
-    let existing: Vec<TowerOrder> = before
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(|_| Refusal::Internal)?
-        .unwrap_or_default();
+    let existing = crate::orders::queued_orders(store, batch, client)?;
     let only_this = |o: &TowerOrder| o.only.as_deref() == Some(&[tower.to_owned()][..]);
     let stale = |o: &TowerOrder| only_this(o) && o.path == "/v1/clients";
     let replaced = existing.iter().any(stale);
@@ -374,11 +368,7 @@ fn queue_enrollment(
         o
     }));
     orders.extend(rest.into_iter().map(for_tower));
-    batch.expect(kind::ORDERS, client.to_owned(), before).put(
-        kind::ORDERS,
-        client.to_owned(),
-        serde_json::to_string(&orders).expect("json"),
-    );
+    crate::orders::put_orders(batch, client, &orders);
     Ok(replaced)
 }
 

@@ -62,6 +62,40 @@ impl TowerOrder {
     }
 }
 
+/// `client`'s orders as `batch` leaves them (an order it queued already counts); read from
+/// the store, the batch commits only if they are still the same then.
+pub(crate) fn queued_orders(
+    store: &dyn crate::store::Store,
+    batch: &mut Batch,
+    client: &str,
+) -> Result<Vec<TowerOrder>, Refusal> {
+    let text = match batch.put.iter().rev().find(|(k, id, _)| *k == kind::ORDERS && id == client) {
+        Some((_, _, text)) => Some(text.clone()),
+        None => {
+            let stored = store.get(kind::ORDERS, client)?;
+            batch.expect(kind::ORDERS, client.to_owned(), stored.clone());
+            stored
+        }
+    };
+    Ok(text
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|_| Refusal::Internal)?
+        .unwrap_or_default())
+}
+
+/// Writes `orders` as `client`'s in `batch`, read first by [`queued_orders`].
+pub(crate) fn put_orders(batch: &mut Batch, client: &str, orders: &[TowerOrder]) {
+    let text = serde_json::to_string(orders).expect("json");
+    match batch.put.iter_mut().rev().find(|(k, id, _)| *k == kind::ORDERS && id == client) {
+        Some(queued) => queued.2 = text,
+        None => {
+            batch.put(kind::ORDERS, client.to_owned(), text);
+        }
+    }
+}
+
 impl Cosigner {
     /// Adds `order` for `client` to `batch` (committed by the caller with its cause).
     pub(crate) fn queue_order(
@@ -70,35 +104,14 @@ impl Cosigner {
         client: &str,
         order: TowerOrder,
     ) -> Result<(), Refusal> {
-        // After an order this batch queued already, if any.
-        let queued = batch.put.iter().rposition(|(k, id, _)| *k == kind::ORDERS && id == client);
-        let before = match queued {
-            Some(i) => Some(batch.put[i].2.clone()),
-            None => store.get(kind::ORDERS, client)?,
-        };
-        let mut orders: Vec<TowerOrder> = before
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|_| Refusal::Internal)?
-            .unwrap_or_default();
+        let mut orders = queued_orders(store, batch, client)?;
         // An approval replaces one of the same unvault still owed: that one lapsed, and the
         // towers take only the higher counter.
         if order.path == crate::spends::APPROVALS_PATH {
             orders.retain(|o| o.path != order.path || o.subject != order.subject);
         }
         orders.push(order);
-        let orders = serde_json::to_string(&orders).expect("json");
-        match queued {
-            Some(i) => batch.put[i].2 = orders,
-            None => {
-                batch.expect(kind::ORDERS, client.to_owned(), before).put(
-                    kind::ORDERS,
-                    client.to_owned(),
-                    orders,
-                );
-            }
-        }
+        put_orders(batch, client, &orders);
         Ok(())
     }
 
