@@ -970,29 +970,41 @@ fn a_tower_down_when_enrolled_is_not_given_a_vault_unvaulted_meanwhile_under_its
     signed_and_spent(&node, &f, &vault, id);
 }
 
-#[test]
-fn a_tower_added_with_new_guardians_is_not_given_a_vault_whose_approval_the_old_ones_signed() {
-    let node = vigil_node();
-    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
-    let mut f = Family::new(&node, &co, example("cosigner added tower new guardians"), 1, None);
-    let vault = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
-    let id = spend(&f, &vault).unwrap()["id"].as_u64().unwrap();
+/// A guarded vault of `f` approved by the first two guardians; then version 2 replaces the
+/// first guardian and adds tower-b, which is enrolled and not given the vault: judged by
+/// today's guardians, the approval lacks their quorum, so tower-b would refuse it, and cancel
+/// the spend it covers. The vault, the approved request, and tower-b.
+fn approved_then_kept_from_a_new_tower(
+    node: &vigil_testenv::process::Node,
+    f: &mut Family,
+) -> (Vault, Value, vigil_testenv::process::TowerProcess) {
+    let vault = f.vault(node, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    let id = spend(f, &vault).unwrap()["id"].as_u64().unwrap();
     f.vote(0, id, true).unwrap();
-    assert_eq!(f.vote(1, id, true).unwrap()["state"], "approved");
-    // Version 2 replaces the first guardian and adds tower-b: judged by today's guardians, the
-    // approval lacks their quorum, so tower-b would refuse it, and cancel the spend it covers.
+    let approved = f.vote(1, id, true).unwrap();
+    assert_eq!(approved["state"], "approved", "{approved}");
     let keys = |text: &str| -> Vec<String> {
         let from = text.find("[guardians]").unwrap();
         text[from..].lines().filter(|l| l.trim_start().starts_with('"')).map(str::to_owned).take(3).collect()
     };
     let (ours, stranger) = (keys(&f.policy_text), keys(&example("another stranger guardian").to_toml()));
-    let b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
+    let b = vigil_testenv::process::TowerProcess::new(node, &[], 5, None);
     let v2 = adding_tower(&f.policy_text.replace(&ours[0], &stranger[0]), "tower-b", &b);
-    until_applied(&node, &f, &f.change_policy(&v2, &[0, 1]).unwrap());
+    until_applied(node, f, &f.change_policy(&v2, &[0, 1]).unwrap());
     let enrolled = f
         .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
         .unwrap();
     assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
+    (vault, approved, b)
+}
+
+#[test]
+fn a_tower_added_with_new_guardians_is_not_given_a_vault_whose_approval_the_old_ones_signed() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
+    let mut f = Family::new(&node, &co, example("cosigner added tower new guardians"), 1, None);
+    let (vault, approved, _b) = approved_then_kept_from_a_new_tower(&node, &mut f);
+    let id = approved["id"].as_u64().unwrap();
     unvault(&node, &f, &vault);
     block(&node, &f, DELAY - 1);
     signed_and_spent(&node, &f, &vault, id);
@@ -1007,25 +1019,7 @@ fn a_tower_that_joined_without_a_vault_refusing_its_next_approval_raises_no_alar
     );
     let co = CosignerProcess::new(&node, &config);
     let mut f = Family::new(&node, &co, example("cosigner kept, asked again"), 1, None);
-    let vault = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
-    let id = spend(&f, &vault).unwrap()["id"].as_u64().unwrap();
-    f.vote(0, id, true).unwrap();
-    let first = f.vote(1, id, true).unwrap();
-    assert_eq!(first["state"], "approved", "{first}");
-    // Version 2 replaces the first guardian and adds tower-b, which is not given the vault:
-    // it would refuse the approval the old guardians signed.
-    let keys = |text: &str| -> Vec<String> {
-        let from = text.find("[guardians]").unwrap();
-        text[from..].lines().filter(|l| l.trim_start().starts_with('"')).map(str::to_owned).take(3).collect()
-    };
-    let (ours, stranger) = (keys(&f.policy_text), keys(&example("a stranger guardian, later").to_toml()));
-    let b = vigil_testenv::process::TowerProcess::new(&node, &[], 5, None);
-    let v2 = adding_tower(&f.policy_text.replace(&ours[0], &stranger[0]), "tower-b", &b);
-    until_applied(&node, &f, &f.change_policy(&v2, &[0, 1]).unwrap());
-    let enrolled = f
-        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
-        .unwrap();
-    assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
+    let (vault, first, _b) = approved_then_kept_from_a_new_tower(&node, &mut f);
     // The approval lapses unused; today's guardians approve the owner's next request. Tower-b,
     // which does not hold the vault, refuses it: expected, so settled without an alarm.
     let lapsed = first["approval"]["expiry_height"].as_u64().unwrap() as u32 + 7;

@@ -7,6 +7,7 @@ use vigil_policy::example::{account_key, auth_keypair, master_key};
 use vigil_policy::VaultKind;
 use vigil_testenv::household::{example, get, post, Household, Refused};
 use vigil_testenv::process::{vigil_node, TowerProcess};
+use vigil_testenv::Vault;
 use vigil_tower::wire::{self, ChangePolicy, EnrollClient, SignedPolicy};
 
 #[test]
@@ -106,20 +107,9 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
     let view = get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &owner).unwrap();
     assert_eq!(view["version"], 2, "{view}");
     let vault = h.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
-    let register = |h: &mut Household, version| {
-        let mut req = wire::RegisterVault::new(
-            &h.policy_id,
-            h.next_nonce(),
-            &vault.plan,
-            &vault.graph,
-            Some(&vault.funding),
-        );
-        req.policy_version = Some(version);
-        post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &owner)
-    };
-    let unknown = register(&mut h, 7).unwrap_err();
+    let unknown = register_under(&tower, &h, &vault, 7).unwrap_err();
     assert!(unknown.0 == 400 && unknown.1.contains("it holds 2, 1"), "{unknown:?}");
-    register(&mut h, 1).unwrap();
+    register_under(&tower, &h, &vault, 1).unwrap();
 }
 
 /// `tower`'s entry in a policy file, as a change adds it.
@@ -164,6 +154,24 @@ fn change(
         signatures: s.signatures,
     };
     post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&guardians[0]))
+}
+
+/// `vault` registered at `tower` by `h`'s owner, under policy version `version`.
+fn register_under(
+    tower: &TowerProcess,
+    h: &Household,
+    vault: &Vault,
+    version: u32,
+) -> Result<serde_json::Value, Refused> {
+    let mut req = wire::RegisterVault::new(
+        &h.policy_id,
+        h.next_nonce(),
+        &vault.plan,
+        &vault.graph,
+        Some(&vault.funding),
+    );
+    req.policy_version = Some(version);
+    post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &h.owner_auth())
 }
 
 /// The client as `tower` serves it to `h`'s owner.
@@ -270,19 +278,9 @@ fn a_tower_that_heard_of_the_change_naming_it_again_learns_the_versions_it_misse
     // Which versions it holds: a vault registered under one it does not hold is refused,
     // naming them.
     let vault = h.create_vault(&node.rpc, Amount::from_sat(2_000_000), VaultKind::Standard);
-    let holds = |h: &mut Household| {
-        let mut req = wire::RegisterVault::new(
-            &h.policy_id,
-            h.next_nonce(),
-            &vault.plan,
-            &vault.graph,
-            Some(&vault.funding),
-        );
-        req.policy_version = Some(7);
-        post(&tower.api, "/v1/vaults", &serde_json::to_vec(&req).unwrap(), &h.owner_auth()).unwrap_err().1
-    };
-    assert!(holds(&mut h).contains("it holds 4, 2, 1"), "{}", holds(&mut h));
+    let holds = |h: &Household| register_under(&tower, h, &vault, 7).unwrap_err().1;
+    assert!(holds(&h).contains("it holds 4, 2, 1"), "{}", holds(&h));
     let chain = vec![signed(&h, &v2, &quorum), signed(&h, &v3, &quorum), signed(&h, &v4, &quorum)];
     enroll(&tower, &h, &tower.token(), chain).unwrap();
-    assert!(holds(&mut h).contains("it holds 4, 3, 2, 1"), "{}", holds(&mut h));
+    assert!(holds(&h).contains("it holds 4, 3, 2, 1"), "{}", holds(&h));
 }
