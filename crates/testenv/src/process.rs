@@ -296,13 +296,18 @@ pub fn bitcoind_with_electrs() -> Option<(Node, Electrs)> {
     Some((core, electrs))
 }
 
-/// Waits until electrs serves `core`'s tip.
+/// Waits until electrs serves `core`'s tip, its index included: it answers for headers
+/// before its index is ready, and refuses everything else until then ("unavailable index").
 pub fn wait_indexed(electrs: &Electrs, core: &Node) {
     let want = core.rpc.tip().unwrap().height;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let height = vigil_chain::electrum::ElectrumClient::connect(&electrs.address)
-            .and_then(|mut c| c.subscribe_headers())
+            .and_then(|mut c| {
+                let height = c.subscribe_headers()?;
+                c.call("server.ping", serde_json::json!([]))?;
+                Ok(height)
+            })
             .ok();
         if height == Some(want) {
             return;
