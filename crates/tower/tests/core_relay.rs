@@ -327,8 +327,14 @@ fn a_tower_on_a_real_bitcoind_cancels_and_bumps_through_cores_mempool() {
             .map(|t| rpc.transaction(&t).unwrap().unwrap())
             .find(|tx| tx.input.iter().any(|i| i.previous_output == anchor(&c_top)))
     };
+    // Each block acted on before the next: a busy machine must not let blocks run past the
+    // tower (it bumps once per block it sees).
     let empty_block = || {
         rpc.call("generateblock", json!([client.wallet.address().to_string(), []])).unwrap();
+        let height = u64::from(rpc.tip().unwrap().height);
+        eventually("the tower at the new block", || {
+            (tower.metric("vigil_tower_tip_height") == Some(height)).then_some(())
+        });
         std::thread::sleep(std::time::Duration::from_millis(300));
     };
     // The unvaults confirm in a real block; then the blocks are full of others' transactions.
