@@ -33,7 +33,6 @@ use vigil_policy::{
 };
 use vigil_tower::wire::RegisterVault;
 
-use crate::emergency::order_of;
 use crate::error::{Refusal, StoreError};
 use crate::service::{alarm, Caller, Cosigner};
 use crate::store::{kind, Batch, Store};
@@ -458,38 +457,7 @@ impl Cosigner {
             latest.state = "protected".into();
             batch.delete(kind::UNREGISTERED, outpoint);
             tracing::info!(client = %client.id, vault = %outpoint, "every tower acknowledged: vault protected");
-            // A tower a later version added may have joined while this ceremony was open, and
-            // was not given the vault then (it was not protected): it is now, as an order kept
-            // until it acknowledges (one not enrolled yet takes it after its enrollment). Read
-            // under the client's lock, as an enrollment queues its vaults: it saw this one
-            // protected, or its tower is named here. One a later change removed again is not
-            // given it: its approvals' refusals there are expected.
-            let mut now = Self::client(store, client_id)?.ok_or(Refusal::Internal)?;
-            if let Some(tip) = tip {
-                now.apply_due(tip);
-            }
-            let in_force = self.compiled(&now)?;
-            let made_under = &compiled.policy().towers;
-            let joined: Vec<String> = in_force
-                .policy()
-                .towers
-                .iter()
-                .filter(|t| !made_under.iter().any(|m| m.name == t.name))
-                .map(|t| t.name.clone())
-                .collect();
-            let reach = self.approval_reach(&now, &compiled, tip.unwrap_or(0))?;
-            for tower in reach.towers.iter().map(|t| &t.name) {
-                if !made_under.iter().any(|m| m.name == *tower) && !joined.contains(tower) {
-                    batch.put(kind::KEPT_FROM, crate::joining::kept_key(outpoint, tower), tower.clone());
-                }
-            }
-            if !joined.is_empty() {
-                let mut registration = latest.registration.clone();
-                registration.policy_version = registration.policy_version.or(Some(compiled.policy().version));
-                let mut order = order_of(crate::joining::VAULTS_PATH, &registration, outpoint.to_owned());
-                order.only = Some(joined);
-                Self::queue_order(store, &mut batch, &client.id, order)?;
-            }
+            self.give_joined_towers(&mut batch, client_id, &compiled, &latest.registration, tip)?;
         }
         batch.expect(kind::VAULT, outpoint.to_owned(), Some(before)).put(
             kind::VAULT,

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use vigil_policy::bitcoin::consensus::encode::deserialize_hex;
 use vigil_policy::bitcoin::hex::FromHex;
 use vigil_policy::bitcoin::{OutPoint, Transaction};
-use vigil_tower::wire::{EnrollClient, RegisterApproval, SignedPolicy};
+use vigil_policy::CompiledPolicy;
+use vigil_tower::wire::{EnrollClient, RegisterApproval, RegisterVault, SignedPolicy};
 
 use crate::ceremony::{vault_record, VaultRecord};
 use crate::emergency::{lockdown_order, order_of};
@@ -249,6 +250,56 @@ impl Cosigner {
             return Ok(false);
         }
         self.may_be_approved(&v, self.approved_until(client)?.get(outpoint))
+    }
+
+    /// A vault just protected (made under `made_under`) to the towers a later version added:
+    /// one may have joined while its ceremony was open, and was not given it then. It is now,
+    /// as an order kept until it acknowledges (one not enrolled yet takes it after its
+    /// enrollment). Read under the client's lock, as an enrollment queues its vaults: it saw
+    /// this one protected, or its tower is named here. A tower a later change removed again
+    /// is not given it, and recorded as kept from it. `tip` as asked before the lock.
+    pub(crate) fn give_joined_towers(
+        &self,
+        batch: &mut Batch,
+        client_id: &str,
+        made_under: &CompiledPolicy,
+        registration: &RegisterVault,
+        tip: Option<u32>,
+    ) -> Result<(), Refusal> {
+        let store = self.store();
+        let outpoint = &registration.vault.vault_outpoint;
+        let mut now = Self::client(store, client_id)?.ok_or(Refusal::Internal)?;
+        if let Some(tip) = tip {
+            now.apply_due(tip);
+        }
+        let own = |name: &str| made_under.policy().towers.iter().any(|t| t.name == name);
+        let joined: Vec<String> = self
+            .compiled(&now)?
+            .policy()
+            .towers
+            .iter()
+            .filter(|t| !own(&t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        for tower in self.approval_reach(&now, made_under, tip.unwrap_or(0))?.towers {
+            if !own(&tower.name) && !joined.contains(&tower.name) {
+                batch.put(kind::KEPT_FROM, kept_key(outpoint, &tower.name), tower.name);
+            }
+        }
+        if !joined.is_empty() {
+            let mut registration = registration.clone();
+            registration.policy_version.get_or_insert(made_under.policy().version);
+            let mut order = order_of(VAULTS_PATH, &registration, outpoint.clone());
+            order.only = Some(joined);
+            Self::queue_order(store, batch, client_id, order)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `tower` was recorded as not given vault `outpoint` (kept by the towers
+    /// watching it): its refusal of that vault's approvals is expected.
+    pub(crate) fn kept_from(&self, outpoint: &str, tower: &str) -> bool {
+        self.store().get(kind::KEPT_FROM, &kept_key(outpoint, tower)).is_ok_and(|k| k.is_some())
     }
 
     /// For every vault of `client` ever approved, the latest expiry of its approvals.

@@ -242,13 +242,10 @@ impl Cosigner {
                     } else if let Some(why) = report.refused.as_ref().or(removed_silent.as_ref()) {
                         // An approval of a vault this tower was knowingly not given when it
                         // joined: it has nothing to act on, and nothing is wrong with it.
+                        let vault = o.body["approval"]["vault_outpoint"].as_str();
                         if o.path == crate::spends::APPROVALS_PATH
                             && why.starts_with("404")
-                            && o.body["approval"]["vault_outpoint"].as_str().is_some_and(|vault| {
-                                store
-                                    .get(kind::KEPT_FROM, &crate::joining::kept_key(vault, &report.name))
-                                    .is_ok_and(|k| k.is_some())
-                            })
+                            && vault.is_some_and(|v| self.kept_from(v, &report.name))
                         {
                             tracing::info!(client = %client_id, tower = %report.name, %subject, "approval of a vault kept from this tower: settled");
                             o.refused.push(report.name.clone());
