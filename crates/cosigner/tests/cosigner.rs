@@ -863,9 +863,7 @@ fn a_tower_added_after_an_approval_expired_is_not_given_the_vault_whose_spend_is
     let change = f.change_policy(&adding_tower(&f.policy_text, "tower-b", &b), &[0, 1]).unwrap();
     until_applied(&node, &f, &change);
     assert!(tip(&node) > asked["approval"]["expiry_height"].as_u64().unwrap() as u32);
-    let enrolled = f
-        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
-        .unwrap();
+    let enrolled = enroll_tower_b(&f, &b.token());
     // Given the vault without an approval that covers its unvault, tower-b would cancel it.
     assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
     block(&node, &f, 3);
@@ -888,9 +886,7 @@ fn a_tower_enrolled_while_a_vault_ceremony_was_open_is_given_the_vault_once_it_i
         &f,
         &f.change_policy(&adding_tower(&f.policy_text, "tower-b", &b), &[0, 1]).unwrap(),
     );
-    let enrolled = f
-        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
-        .unwrap();
+    let enrolled = enroll_tower_b(&f, &b.token());
     assert_eq!(
         (enrolled["vaults"].as_u64(), enrolled["complete"].as_bool()),
         (Some(0), Some(true)),
@@ -918,9 +914,7 @@ fn a_tower_added_then_removed_still_hears_of_the_approvals_of_the_vaults_it_was_
     let v1 = f.policy_text.clone();
     let v2 = adding_tower(&v1, "tower-b", &b);
     until_applied(&node, &f, &f.change_policy(&v2, &[0, 1]).unwrap());
-    let enrolled = f
-        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
-        .unwrap();
+    let enrolled = enroll_tower_b(&f, &b.token());
     assert_eq!(enrolled["vaults"], 1, "{enrolled}");
     // Version 3 removes it again; it still watches the vault, made under version 1.
     let v3 = v1.replace("version = 1", "version = 3");
@@ -949,8 +943,7 @@ fn a_tower_down_when_enrolled_is_not_given_a_vault_unvaulted_meanwhile_under_its
     // unvault goes out meanwhile.
     let token = b.token();
     b.kill9();
-    let enrolled =
-        f.post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": token}), &f.owner()).unwrap();
+    let enrolled = enroll_tower_b(&f, &token);
     assert_eq!(
         (enrolled["vaults"].as_u64(), enrolled["complete"].as_bool()),
         (Some(1), Some(false)),
@@ -991,9 +984,7 @@ fn approved_then_kept_from_a_new_tower(
     let b = vigil_testenv::process::TowerProcess::new(node, &[], 5, None);
     let v2 = adding_tower(&f.policy_text.replace(&ours[0], &stranger[0]), "tower-b", &b);
     until_applied(node, f, &f.change_policy(&v2, &[0, 1]).unwrap());
-    let enrolled = f
-        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
-        .unwrap();
+    let enrolled = enroll_tower_b(f, &b.token());
     assert_eq!(enrolled["kept_elsewhere"], serde_json::json!([vault.outpoint().to_string()]), "{enrolled}");
     (vault, approved, b)
 }

@@ -256,9 +256,7 @@ fn a_tower_added_under_duress_holds_the_quiet_lockdown_and_cancels_the_coerced_u
     until_applied(&node, &f, &change);
     // The captor, holding the owner's device, enrolls the new tower: it is told the quiet
     // lockdown too, and the answer says nothing of it.
-    let enrolled = f
-        .post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": b.token()}), &f.owner())
-        .unwrap();
+    let enrolled = enroll_tower_b(&f, &b.token());
     assert_eq!(
         enrolled,
         serde_json::json!({"tower": "tower-b", "enrolled": true, "vaults": 1, "approvals": 1,

@@ -62,6 +62,12 @@ pub fn adding_tower(text: &str, name: &str, tower: &vigil_testenv::process::Towe
     )
 }
 
+/// Tower-b enrolled through the co-signer, with `token` from its operator, at the owner's
+/// request: the co-signer's answer.
+pub fn enroll_tower_b(f: &Family, token: &str) -> Value {
+    f.post("/v1/towers", &serde_json::json!({"tower": "tower-b", "token": token}), &f.owner()).unwrap()
+}
+
 /// Spend request `id` co-signed and sent: it confirms as the spend of `vault`'s unvault, which
 /// no tower cancelled. Returns it.
 pub fn signed_and_spent(node: &Node, f: &Family, vault: &Vault, id: u64) -> Transaction {
