@@ -63,6 +63,7 @@ fn send(agent: &ureq::Agent, tower: &Tower, endpoint: &str, alarm: &OutboxAlarm)
         "id": alarm.id,
         "kind": alarm.kind,
         "vault": alarm.vault,
+        "client": alarm.client,
         "message": alarm.message,
     });
     match agent.post(endpoint).send_json(body) {

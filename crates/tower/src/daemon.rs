@@ -450,8 +450,8 @@ impl Tower {
                     self.clients.write().expect("clients").insert(change.client.clone(), client.clone());
                     let record = state.client_record(&client);
                     state.changed_clients.push(record);
-                    alarms.push(Action::alarm(
-                        None,
+                    alarms.push(Action::client_alarm(
+                        &change.client,
                         AlarmKind::PolicyApplied,
                         format!(
                             "policy version {} of client {} applies from height {tip}",
@@ -464,8 +464,8 @@ impl Tower {
                         let record = state.client_record(&client);
                         state.changed_clients.push(record);
                     }
-                    alarms.push(Action::alarm(
-                        None,
+                    alarms.push(Action::client_alarm(
+                        &change.client,
                         AlarmKind::PolicyInvalid,
                         format!("the accepted policy change for {} no longer builds: {e}", change.client),
                     ));
@@ -605,10 +605,10 @@ fn newest(window: &[BlockId], depth: usize) -> &[BlockId] {
 }
 
 /// Logs alarms as they are decided (they leave for the webhooks through the outbox).
-fn log_actions(actions: &[Action]) {
+pub(crate) fn log_actions(actions: &[Action]) {
     for a in actions {
-        if let Action::Alarm { vault, kind, message } = a {
-            tracing::warn!(%kind, vault = ?vault.map(|v| v.to_string()), message, "alarm");
+        if let Action::Alarm { vault, client, kind, message } = a {
+            tracing::warn!(%kind, vault = ?vault.map(|v| v.to_string()), ?client, message, "alarm");
         }
     }
 }

@@ -125,20 +125,10 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
         pending: waiting.filter(|_| takes),
         earlier: client.earlier.clone(),
     };
-    let replaced = match state.store.enroll(&hash, &record, takes)? {
-        Enrollment::Unknown => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
-        Enrollment::Used => {
-            return Err(Refusal::Unauthorized("this enrollment token was already used".into()))
-        }
-        Enrollment::Pinned => takes,
-        // The same token again: its first use pinned the client (an answer lost after its
-        // commit may have left it out of memory).
-        Enrollment::Same => false,
-    };
-    let alarm = held.as_ref().filter(|_| replaced).map(|held| {
-        tracing::info!(client = %id, from = held.policy.version, to = client.policy.version, "client enrolled again");
-        Action::alarm(
-            None,
+    // Raised in the token's transaction: the guardians hear of every version taken this way.
+    let alarm = held.as_ref().filter(|_| takes).map(|held| {
+        Action::client_alarm(
+            &id,
             AlarmKind::PolicyApplied,
             format!(
                 "client {id} enrolled again by its chain of changes: version {} and {} before it (this tower \
@@ -150,14 +140,24 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
             ),
         )
     });
+    let replaced = match state.store.enroll(&hash, &record, alarm.as_ref())? {
+        Enrollment::Unknown => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
+        Enrollment::Used => {
+            return Err(Refusal::Unauthorized("this enrollment token was already used".into()))
+        }
+        Enrollment::Pinned => takes,
+        // The same token again: its first use pinned the client (an answer lost after its
+        // commit may have left it out of memory).
+        Enrollment::Same => false,
+    };
+    if replaced {
+        crate::daemon::log_actions(alarm.as_slice());
+    }
     if held.is_none() || replaced {
+        let (from, to) = (held.map(|h| h.policy.version), client.policy.version);
         state.watcher.set_limits(&id, client.limits());
         tower.clients.write().expect("clients").insert(id.clone(), std::sync::Arc::new(client));
-        tracing::info!(client = %id, "client enrolled");
-    }
-    match alarm {
-        Some(alarm) => tower.act(state, &[alarm])?,
-        None => drop(state),
+        tracing::info!(client = %id, ?from, to, "client enrolled");
     }
     Ok(ack(tower, format!("client {id}")))
 }
@@ -400,8 +400,8 @@ pub(crate) fn change_policy(
         version: new.version,
         effective_height,
     };
-    let alarm = Action::alarm(
-        None,
+    let alarm = Action::client_alarm(
+        &current.id,
         AlarmKind::PolicyChange,
         format!(
             "policy of client {} changes to version {}{}: applies at height {effective_height}",
@@ -452,8 +452,8 @@ pub(crate) fn client_view(
 /// How many alarms the feed returns.
 pub const ALARM_FEED_LEN: u32 = 100;
 
-/// `GET /v1/clients/{id}/alarms`: the latest alarms about the client's vaults, for its
-/// guardians only. The owner's own keys are refused: a device opened under the duress code
+/// `GET /v1/clients/{id}/alarms`: the latest alarms about the client and its vaults, for
+/// its guardians only. The owner's own keys are refused: a device opened under the duress code
 /// must not learn that its spend was seen (DESIGN §5).
 pub(crate) fn alarm_feed(
     tower: &Tower,
@@ -471,6 +471,7 @@ pub(crate) fn alarm_feed(
             id: a.id,
             kind: a.kind.as_str().to_owned(),
             vault: a.vault,
+            client: a.client,
             message: a.message,
         })
         .collect())

@@ -218,6 +218,9 @@ pub enum Action {
     Alarm {
         /// Which vault, if one.
         vault: Option<OutPoint>,
+        /// Which client, for an alarm about a client but no one vault of it (its policy, a
+        /// lockdown, a panic): the client's feed lists it beside its vaults' alarms.
+        client: Option<String>,
         /// What happened.
         kind: AlarmKind,
         /// For humans.
@@ -228,7 +231,12 @@ pub enum Action {
 impl Action {
     /// An alarm about `vault` (or the tower as a whole).
     pub fn alarm(vault: Option<OutPoint>, kind: AlarmKind, message: impl Into<String>) -> Action {
-        Action::Alarm { vault, kind, message: message.into() }
+        Action::Alarm { vault, client: None, kind, message: message.into() }
+    }
+
+    /// An alarm about client `client` as a whole.
+    pub fn client_alarm(client: &str, kind: AlarmKind, message: impl Into<String>) -> Action {
+        Action::Alarm { vault: None, client: Some(client.to_owned()), kind, message: message.into() }
     }
 }
 

@@ -308,8 +308,12 @@ pub struct AlarmEntry {
     pub id: i64,
     /// What happened (`unvault-cancelled`, ...).
     pub kind: String,
-    /// The vault's outpoint.
+    /// The vault's outpoint, for an alarm about one vault.
     pub vault: Option<String>,
+    /// The client's policy id, for an alarm about the client but no one vault of it (a
+    /// policy change, a lockdown, a panic). Absent from towers before schema 3.
+    #[serde(default)]
+    pub client: Option<String>,
     /// For humans.
     pub message: String,
 }

@@ -214,6 +214,17 @@ fn a_tower_a_change_removed_takes_the_chain_to_the_version_naming_it_again_on_a_
     tower.kill9();
     tower.start();
     assert_eq!(view(&tower, &h)["version"], 4, "after a restart");
+    // Its guardians were told, once (the retry moved nothing), in the client's feed.
+    let feed =
+        get(&tower.api, &format!("/v1/clients/{}/alarms", h.policy_id), &auth_keypair(&new[0])).unwrap();
+    let taken: Vec<_> = feed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["message"].as_str().is_some_and(|m| m.contains("enrolled again")))
+        .map(|a| (a["kind"].as_str(), a["client"].as_str()))
+        .collect();
+    assert_eq!(taken, [(Some("policy-applied"), Some(h.policy_id.as_str()))], "{feed}");
     // A change it holds, sent again (its answer lost): acknowledged, though a guardian who
     // signed it was replaced since.
     change(&tower, &h, &v3, &[old[0], old[2]]).unwrap();

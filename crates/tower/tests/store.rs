@@ -9,8 +9,8 @@ use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
 use vigil_testenv::process::{postgres, unique_schema};
 use vigil_tower::client::{ClientRecord, PolicyChange};
 use vigil_tower::store::{
-    Enrollment, NonceCheck, PostgresStore, Registered, SqliteStore, Step, StoredApproval, TowerStore,
-    MAX_NONCE_STEP,
+    Enrollment, NonceCheck, OutboxAlarm, PostgresStore, Registered, SqliteStore, Step, StoredApproval,
+    TowerStore, MAX_NONCE_STEP,
 };
 use vigil_tower::vault::{Action, AlarmKind, ApprovalTerms, Vault};
 
@@ -96,8 +96,8 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
         pending: None,
         earlier: vec!["policy q1".into()],
     };
-    assert_eq!(store.enroll("token", &first, false).unwrap(), Enrollment::Pinned);
-    assert_eq!(store.enroll("token", &first, false).unwrap(), Enrollment::Same);
+    assert_eq!(store.enroll("token", &first, None).unwrap(), Enrollment::Pinned);
+    assert_eq!(store.enroll("token", &first, None).unwrap(), Enrollment::Same);
     // A client held already is kept, unless the tower takes the chain in its place.
     let later = ClientRecord {
         policy: "policy q4".into(),
@@ -105,16 +105,26 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
         ..first.clone()
     };
     store.issue_token("token 2").unwrap();
-    store.enroll("token 2", &later, false).unwrap();
+    store.enroll("token 2", &later, None).unwrap();
     store.issue_token("token 3").unwrap();
     let ignored = ClientRecord { policy: "policy q9".into(), ..later.clone() };
+    let taken = Action::client_alarm("q", AlarmKind::PolicyApplied, "taken");
     assert_eq!(
-        store.enroll("token 2", &ignored, true).unwrap(),
+        store.enroll("token 2", &ignored, Some(&taken)).unwrap(),
         Enrollment::Same,
         "a used token moves nothing"
     );
-    assert_eq!(store.enroll("token 3", &later, true).unwrap(), Enrollment::Pinned);
+    assert!(store.client_alarms("q", 10).unwrap().is_empty(), "and raises nothing");
+    assert_eq!(store.enroll("token 3", &later, Some(&taken)).unwrap(), Enrollment::Pinned);
     let enrolled = later;
+    // Its alarm is raised with it, in the client's feed.
+    let raised = store.client_alarms("q", 10).unwrap();
+    let seen: Vec<_> = raised.iter().map(|a| (a.kind, a.client.as_deref(), a.vault.as_deref())).collect();
+    assert_eq!(seen, [(AlarmKind::PolicyApplied, Some("q"), None)]);
+    let hooks = ["hook-a".to_string(), "hook-b".to_string()];
+    for hook in &hooks {
+        store.alarm_attempted(raised[0].id, hook, true, &hooks).unwrap();
+    }
 
     // A step: a vault's new state, the follower's position, a client, a panic, a broadcast
     // and an alarm.
@@ -148,10 +158,13 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
         (AlarmKind::UnvaultCancelled, Some(a.outpoint.to_string()))
     );
     // The client's feed has it (by its vault), another client's does not.
-    let feed = store.client_alarms("p", 10).unwrap();
-    assert_eq!(feed.iter().map(|f| f.id).collect::<Vec<_>>(), [alarm[0].id]);
-    assert!(store.client_alarms("q", 10).unwrap().is_empty());
-    let hooks = ["hook-a".to_string(), "hook-b".to_string()];
+    let ids = |feed: Vec<OutboxAlarm>| feed.iter().map(|f| f.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.client_alarms("p", 10).unwrap()), [alarm[0].id]);
+    assert_eq!(
+        ids(store.client_alarms("q", 10).unwrap()),
+        [raised[0].id],
+        "q's feed has its own alarm alone"
+    );
     store.alarm_attempted(alarm[0].id, "hook-a", false, &hooks).unwrap();
     assert_eq!(store.outbox_len().unwrap(), 1);
     drop(store);
@@ -308,4 +321,43 @@ fn a_store_of_the_first_release_is_migrated_with_nothing_lost() {
     drop(store);
     let mut store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.load().unwrap().approvals.len(), 1);
+}
+
+/// Takes a store back to schema 2 (alarms named no client), with one alarm in it;
+/// `downgrade` runs SQL on it.
+fn schema_2_then_current(downgrade: &mut dyn FnMut(&str), reopen: &dyn Fn() -> Box<dyn TowerStore>) {
+    let old = Action::alarm(None, AlarmKind::BackendOutage, "before");
+    reopen().commit_step(Step { actions: std::slice::from_ref(&old), ..Step::default() }).unwrap();
+    downgrade("DROP INDEX alarms_by_client; ALTER TABLE alarms DROP COLUMN client;");
+    let mut store = reopen();
+    let lockdown = Action::client_alarm("p", AlarmKind::Lockdown, "after");
+    store.commit_step(Step { actions: std::slice::from_ref(&lockdown), ..Step::default() }).unwrap();
+    let outbox = store.undelivered_alarms("hook").unwrap();
+    let seen: Vec<_> = outbox.iter().map(|a| (a.message.as_str(), a.client.as_deref())).collect();
+    assert_eq!(seen, [("before", None), ("after", Some("p"))]);
+    assert_eq!(store.client_alarms("p", 10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_sqlite_store_of_schema_2_is_migrated_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tower.sqlite");
+    let mut downgrade = |sql: &str| {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!("{sql} PRAGMA user_version = 2;")).unwrap();
+    };
+    schema_2_then_current(&mut downgrade, &|| Box::new(SqliteStore::open(&path).unwrap()));
+}
+
+#[test]
+fn a_postgres_store_of_schema_2_is_migrated_with_nothing_lost() {
+    let Some(url) = postgres() else { return };
+    let schema = unique_schema("test_schema_2");
+    let mut downgrade = |sql: &str| {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let to_2 = "UPDATE meta SET value = '2' WHERE name = 'schema_version';";
+        client.batch_execute(&format!("SET search_path TO {schema}; {sql} {to_2}")).unwrap();
+    };
+    schema_2_then_current(&mut downgrade, &|| Box::new(PostgresStore::connect(&url, &schema).unwrap()));
+    drop_schema(&url, &schema);
 }

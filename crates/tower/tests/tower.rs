@@ -968,4 +968,14 @@ fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the
         alarms.lock().unwrap().iter().map(|a| a["kind"].as_str().unwrap_or_default().to_owned()).collect();
     assert_eq!(kinds.iter().filter(|k| *k == "policy-change").count(), 3, "{kinds:?}");
     assert!(kinds.iter().filter(|k| *k == "policy-applied").count() >= 2, "{kinds:?}");
+    // The guardians' feed lists them too, about the client: no vault is named.
+    let feed = get(&tower.api, &format!("{path}/alarms"), &guardian(0)).unwrap();
+    let about = |kind: &str| {
+        let listed = feed.as_array().unwrap().iter().filter(|a| a["kind"] == kind);
+        listed
+            .map(|a| (a["client"].as_str() == Some(&client.policy_id), a["vault"].is_null()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(about("policy-change"), [(true, true); 3], "{feed}");
+    assert!(about("policy-applied").len() >= 2, "{feed}");
 }

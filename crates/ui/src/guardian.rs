@@ -349,6 +349,8 @@ fn explain(kind: &str) -> (Severity, &'static str, &'static str) {
         "lockdown-lift" => (Notice, "A lockdown was lifted", "Vault spends are possible again."),
         "policy-proposed" => (Notice, "A new policy version was proposed", "Read what changes before you sign it."),
         "policy-change" => (Notice, "A new policy version was signed", "It applies at the block named below."),
+        "policy-applied" => (Notice, "A new policy version applies", "The watchtower enforces it from now on."),
+        "policy-invalid" => (Alarm, "A signed policy change could not be applied", "A watchtower cannot build the new policy and keeps the old one. Call the provider."),
         "restore" | "restore-confirmed" => (Notice, "The owner's wallet was restored on a new device", "Speak to the owner yourself before you confirm it."),
         "deep-vault-returned" => (Notice, "Coins came back from the deep vault", "The owner's backup key, the co-signer and every guardian signed it."),
         "vault-unregistered" => (Notice, "A vault waits for a watchtower", "Its funding is held back until every tower watches it."),

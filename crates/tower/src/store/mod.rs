@@ -25,8 +25,9 @@ pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 
 /// The schema this build writes. 1: the first release; 2: clients and their applied
-/// policies, vault indexes, approval terms, panic ids, per-endpoint alarm delivery.
-pub const SCHEMA_VERSION: i64 = 2;
+/// policies, vault indexes, approval terms, panic ids, per-endpoint alarm delivery; 3: the
+/// client an alarm about no one vault is about.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How far above the last nonce a request's may jump. A counter never needs more; a nonce
 /// of u64::MAX would otherwise lock its key out for good.
@@ -39,6 +40,8 @@ pub struct OutboxAlarm {
     pub id: i64,
     /// Which vault, if one.
     pub vault: Option<String>,
+    /// Which client, for an alarm about the client but no one vault of it.
+    pub client: Option<String>,
     /// What happened.
     pub kind: AlarmKind,
     /// For humans.
@@ -180,8 +183,14 @@ pub trait TowerStore: Send {
     fn issue_token(&mut self, hash: &str) -> Result<(), StoreError>;
     /// Uses token `hash` to pin `client` (its versions `earlier`, oldest first, when a chain
     /// of changes led to it), atomically: a client held already is kept, unless `replace`
-    /// (the tower takes the chain in its place).
-    fn enroll(&mut self, hash: &str, client: &ClientRecord, replace: bool) -> Result<Enrollment, StoreError>;
+    /// carries the alarm that says the tower takes the chain in its place (raised in the same
+    /// transaction).
+    fn enroll(
+        &mut self,
+        hash: &str,
+        client: &ClientRecord,
+        replace: Option<&Action>,
+    ) -> Result<Enrollment, StoreError>;
     /// Records a step's decisions atomically: changed vault states, the follower's position (if
     /// it moved), clients, panic ids, the broadcasts to make and the alarms to deliver.
     /// Returns the broadcasts with their ids, to mark done once the backend accepted them.
@@ -208,8 +217,8 @@ pub trait TowerStore: Send {
     fn settle_alarms(&mut self, endpoints: &[String]) -> Result<u64, StoreError>;
     /// Alarms not yet delivered everywhere.
     fn outbox_len(&mut self) -> Result<u64, StoreError>;
-    /// The latest `limit` alarms about `client`'s vaults, delivered or not, newest first: its
-    /// guardians' feed, independent of any webhook.
+    /// The latest `limit` alarms about `client` or its vaults, delivered or not, newest
+    /// first: its guardians' feed, independent of any webhook.
     fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError>;
 }
 

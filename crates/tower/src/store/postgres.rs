@@ -21,9 +21,10 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS broadcasts (id BIGSERIAL PRIMARY KEY, action TEXT NOT NULL,
         done BOOLEAN NOT NULL DEFAULT FALSE);
     CREATE TABLE IF NOT EXISTS alarms (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, message TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0, delivered BOOLEAN NOT NULL DEFAULT FALSE, vault TEXT);
+        attempts INTEGER NOT NULL DEFAULT 0, delivered BOOLEAN NOT NULL DEFAULT FALSE, vault TEXT, client TEXT);
     CREATE INDEX IF NOT EXISTS alarms_outbox ON alarms (delivered, id);
     CREATE INDEX IF NOT EXISTS alarms_by_vault ON alarms (vault, id);
+    CREATE INDEX IF NOT EXISTS alarms_by_client ON alarms (client, id);
     CREATE TABLE IF NOT EXISTS alarm_deliveries (alarm_id BIGINT NOT NULL, endpoint TEXT NOT NULL,
         PRIMARY KEY (alarm_id, endpoint));
     CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, policy TEXT NOT NULL, pending TEXT);
@@ -39,6 +40,9 @@ const FROM_V1: &str = "
     UPDATE vaults SET client = (vault::json->>'policy_id') WHERE client IS NULL;
     ALTER TABLE approvals ADD COLUMN IF NOT EXISTS terms TEXT;
     ALTER TABLE alarms ADD COLUMN IF NOT EXISTS vault TEXT;";
+
+/// Schema 2 -> 3: an alarm names the client it is about when no one vault is.
+const FROM_V2: &str = "ALTER TABLE alarms ADD COLUMN IF NOT EXISTS client TEXT;";
 
 /// The operators' store: a PostgreSQL schema (created if missing), one connection.
 pub struct PostgresStore {
@@ -86,7 +90,8 @@ impl PostgresStore {
             0
         };
         match version {
-            0 if existing => tx.batch_execute(FROM_V1)?,
+            0 if existing => tx.batch_execute(&format!("{FROM_V1}{FROM_V2}"))?,
+            2 => tx.batch_execute(FROM_V2)?,
             0 | SCHEMA_VERSION => {}
             found => return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION }),
         }
@@ -305,7 +310,12 @@ impl TowerStore for PostgresStore {
         })
     }
 
-    fn enroll(&mut self, hash: &str, record: &ClientRecord, replace: bool) -> Result<Enrollment, StoreError> {
+    fn enroll(
+        &mut self,
+        hash: &str,
+        record: &ClientRecord,
+        replace: Option<&Action>,
+    ) -> Result<Enrollment, StoreError> {
         let id = record.id.as_str();
         self.run(|client| {
             let mut tx = client.transaction()?;
@@ -318,8 +328,9 @@ impl TowerStore for PostgresStore {
                 Some(Some(_)) => Enrollment::Used,
                 Some(None) => {
                     tx.execute("UPDATE tokens SET client = $2 WHERE hash = $1", &[&hash, &id])?;
-                    if replace {
+                    if let Some(alarm) = replace {
                         write_client(&mut tx, record)?;
+                        insert_alarm(&mut tx, alarm)?;
                     } else {
                         let new = tx.execute(
                             "INSERT INTO clients (id, policy) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
@@ -370,12 +381,7 @@ impl TowerStore for PostgresStore {
                             tx.query_one("INSERT INTO broadcasts (action) VALUES ($1) RETURNING id", &[&action_json(action)?])?;
                         broadcasts.push((row.get(0), action.clone()));
                     }
-                    Action::Alarm { vault, kind, message } => {
-                        tx.execute(
-                            "INSERT INTO alarms (kind, message, vault) VALUES ($1, $2, $3)",
-                            &[&kind.as_str() as &(dyn ToSql + Sync), message, &vault.map(|v| v.to_string())],
-                        )?;
-                    }
+                    Action::Alarm { .. } => insert_alarm(&mut tx, action)?,
                 }
             }
             tx.commit()?;
@@ -402,7 +408,7 @@ impl TowerStore for PostgresStore {
         self.run(|client| {
             client
                 .query(
-                    "SELECT id, vault, kind, message, attempts FROM alarms a WHERE NOT delivered AND NOT EXISTS
+                    "SELECT id, vault, client, kind, message, attempts FROM alarms a WHERE NOT delivered AND NOT EXISTS
                        (SELECT 1 FROM alarm_deliveries d WHERE d.alarm_id = a.id AND d.endpoint = $1) ORDER BY id",
                     &[&endpoint],
                 )?
@@ -465,8 +471,9 @@ impl TowerStore for PostgresStore {
     fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError> {
         self.run(|c| {
             let rows = c.query(
-                "SELECT a.id, a.vault, a.kind, a.message, a.attempts FROM alarms a JOIN vaults v ON v.outpoint = a.vault
-                   WHERE v.client = $1 ORDER BY a.id DESC LIMIT $2",
+                "SELECT id, vault, client, kind, message, attempts FROM alarms
+                   WHERE client = $1 OR vault IN (SELECT outpoint FROM vaults WHERE client = $1)
+                   ORDER BY id DESC LIMIT $2",
                 &[&client, &i64::from(limit)],
             )?;
             rows.iter().map(outbox_alarm).collect()
@@ -479,13 +486,26 @@ fn outbox_alarm(r: &::postgres::Row) -> Result<OutboxAlarm, StoreError> {
     Ok(OutboxAlarm {
         id: r.get(0),
         vault: r.get(1),
-        kind: read_kind(r.get(2))?,
-        message: r.get(3),
-        attempts: r.get::<_, i32>(4) as u32,
+        client: r.get(2),
+        kind: read_kind(r.get(3))?,
+        message: r.get(4),
+        attempts: r.get::<_, i32>(5) as u32,
     })
 }
-/// Replaces the versions kept before client `id`'s applied one.
-/// `c` as it is now: its applied policy, its waiting change, the versions before it.
+
+/// Puts `alarm` (an [`Action::Alarm`]) in the outbox.
+fn insert_alarm(tx: &mut ::postgres::Transaction<'_>, alarm: &Action) -> Result<(), StoreError> {
+    if let Action::Alarm { vault, client, kind, message } = alarm {
+        tx.execute(
+            "INSERT INTO alarms (kind, message, vault, client) VALUES ($1, $2, $3, $4)",
+            &[&kind.as_str() as &(dyn ToSql + Sync), message, &vault.map(|v| v.to_string()), client],
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes client `c` as it is now: its applied policy, its waiting change, the versions
+/// before it.
 fn write_client(tx: &mut ::postgres::Transaction<'_>, c: &ClientRecord) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO clients (id, policy, pending) VALUES ($1, $2, $3)
@@ -495,6 +515,7 @@ fn write_client(tx: &mut ::postgres::Transaction<'_>, c: &ClientRecord) -> Resul
     write_earlier(tx, &c.id, &c.earlier)
 }
 
+/// Replaces the versions kept before client `id`'s applied one.
 fn write_earlier(
     tx: &mut ::postgres::Transaction<'_>,
     id: &str,

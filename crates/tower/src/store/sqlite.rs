@@ -21,9 +21,10 @@ const TABLES: &str = "
         done INTEGER NOT NULL DEFAULT 0);
     CREATE TABLE IF NOT EXISTS alarms (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
         message TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, delivered INTEGER NOT NULL DEFAULT 0,
-        vault TEXT);
+        vault TEXT, client TEXT);
     CREATE INDEX IF NOT EXISTS alarms_outbox ON alarms (delivered, id);
     CREATE INDEX IF NOT EXISTS alarms_by_vault ON alarms (vault, id);
+    CREATE INDEX IF NOT EXISTS alarms_by_client ON alarms (client, id);
     CREATE TABLE IF NOT EXISTS alarm_deliveries (alarm_id INTEGER NOT NULL, endpoint TEXT NOT NULL,
         PRIMARY KEY (alarm_id, endpoint));
     CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, policy TEXT NOT NULL, pending TEXT);
@@ -39,6 +40,9 @@ const FROM_V1: &str = "
     UPDATE vaults SET client = json_extract(vault, '$.policy_id');
     ALTER TABLE approvals ADD COLUMN terms TEXT;
     ALTER TABLE alarms ADD COLUMN vault TEXT;";
+
+/// Schema 2 -> 3: an alarm names the client it is about when no one vault is.
+const FROM_V2: &str = "ALTER TABLE alarms ADD COLUMN client TEXT;";
 
 /// The embedded store: one SQLite file, WAL, full sync.
 pub struct SqliteStore {
@@ -60,7 +64,8 @@ impl SqliteStore {
             |r| r.get(0),
         )?;
         match version {
-            0 if existing => tx.execute_batch(FROM_V1)?,
+            0 if existing => tx.execute_batch(&format!("{FROM_V1}{FROM_V2}"))?,
+            2 => tx.execute_batch(FROM_V2)?,
             0 | SCHEMA_VERSION => {}
             found => return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION }),
         }
@@ -246,7 +251,12 @@ impl TowerStore for SqliteStore {
         Ok(())
     }
 
-    fn enroll(&mut self, hash: &str, client: &ClientRecord, replace: bool) -> Result<Enrollment, StoreError> {
+    fn enroll(
+        &mut self,
+        hash: &str,
+        client: &ClientRecord,
+        replace: Option<&Action>,
+    ) -> Result<Enrollment, StoreError> {
         let id = client.id.as_str();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let token: Option<Option<String>> =
@@ -257,8 +267,9 @@ impl TowerStore for SqliteStore {
             Some(Some(_)) => Enrollment::Used,
             Some(None) => {
                 tx.execute("UPDATE tokens SET client = ?2 WHERE hash = ?1", params![hash, id])?;
-                if replace {
+                if let Some(alarm) = replace {
                     write_client(&tx, client)?;
+                    insert_alarm(&tx, alarm)?;
                 } else {
                     let new = tx.execute(
                         "INSERT INTO clients (id, policy) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
@@ -306,12 +317,7 @@ impl TowerStore for SqliteStore {
                     tx.execute("INSERT INTO broadcasts (action) VALUES (?1)", [action_json(action)?])?;
                     broadcasts.push((tx.last_insert_rowid(), action.clone()));
                 }
-                Action::Alarm { vault, kind, message } => {
-                    tx.execute(
-                        "INSERT INTO alarms (kind, message, vault) VALUES (?1, ?2, ?3)",
-                        params![kind.as_str(), message, vault.map(|v| v.to_string())],
-                    )?;
-                }
+                Action::Alarm { .. } => insert_alarm(&tx, action)?,
             }
         }
         tx.commit()?;
@@ -333,7 +339,7 @@ impl TowerStore for SqliteStore {
 
     fn undelivered_alarms(&mut self, endpoint: &str) -> Result<Vec<OutboxAlarm>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, vault, kind, message, attempts FROM alarms a WHERE delivered = 0 AND NOT EXISTS
+            "SELECT id, vault, client, kind, message, attempts FROM alarms a WHERE delivered = 0 AND NOT EXISTS
                (SELECT 1 FROM alarm_deliveries d WHERE d.alarm_id = a.id AND d.endpoint = ?1) ORDER BY id",
         )?;
         let mut rows = stmt.query([endpoint])?;
@@ -392,8 +398,9 @@ impl TowerStore for SqliteStore {
 
     fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT a.id, a.vault, a.kind, a.message, a.attempts FROM alarms a JOIN vaults v ON v.outpoint = a.vault
-               WHERE v.client = ?1 ORDER BY a.id DESC LIMIT ?2",
+            "SELECT id, vault, client, kind, message, attempts FROM alarms
+               WHERE client = ?1 OR vault IN (SELECT outpoint FROM vaults WHERE client = ?1)
+               ORDER BY id DESC LIMIT ?2",
         )?;
         let mut rows = stmt.query(params![client, limit])?;
         let mut out = Vec::new();
@@ -404,19 +411,31 @@ impl TowerStore for SqliteStore {
     }
 }
 
-/// An alarm row selected as `id, vault, kind, message, attempts`.
+/// An alarm row selected as `id, vault, client, kind, message, attempts`.
 fn outbox_alarm(r: &rusqlite::Row<'_>) -> Result<OutboxAlarm, StoreError> {
     Ok(OutboxAlarm {
         id: r.get(0)?,
         vault: r.get(1)?,
-        kind: read_kind(&r.get::<_, String>(2)?)?,
-        message: r.get(3)?,
-        attempts: r.get::<_, i64>(4)? as u32,
+        client: r.get(2)?,
+        kind: read_kind(&r.get::<_, String>(3)?)?,
+        message: r.get(4)?,
+        attempts: r.get::<_, i64>(5)? as u32,
     })
 }
 
-/// Replaces the versions kept before client `id`'s applied one.
-/// `c` as it is now: its applied policy, its waiting change, the versions before it.
+/// Puts `alarm` (an [`Action::Alarm`]) in the outbox.
+fn insert_alarm(tx: &rusqlite::Transaction, alarm: &Action) -> Result<(), StoreError> {
+    if let Action::Alarm { vault, client, kind, message } = alarm {
+        tx.execute(
+            "INSERT INTO alarms (kind, message, vault, client) VALUES (?1, ?2, ?3, ?4)",
+            params![kind.as_str(), message, vault.map(|v| v.to_string()), client],
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes client `c` as it is now: its applied policy, its waiting change, the versions
+/// before it.
 fn write_client(tx: &rusqlite::Transaction, c: &ClientRecord) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO clients (id, policy, pending) VALUES (?1, ?2, ?3)
@@ -426,6 +445,7 @@ fn write_client(tx: &rusqlite::Transaction, c: &ClientRecord) -> Result<(), Stor
     write_earlier(tx, &c.id, &c.earlier)
 }
 
+/// Replaces the versions kept before client `id`'s applied one.
 fn write_earlier(tx: &rusqlite::Transaction, id: &str, earlier: &[String]) -> Result<(), StoreError> {
     tx.execute("DELETE FROM client_versions WHERE client = ?1", [id])?;
     for (seq, text) in earlier.iter().enumerate() {

@@ -103,8 +103,8 @@ impl Watcher {
         self.lockdowns_dirty = true;
         let mut actions = Vec::new();
         if !quiet {
-            actions.push(Action::alarm(
-                None,
+            actions.push(Action::client_alarm(
+                client,
                 AlarmKind::Lockdown,
                 format!("client {client} locked down until block {plain_until}: every unvault is cancelled"),
             ));

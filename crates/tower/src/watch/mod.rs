@@ -428,8 +428,8 @@ impl Watcher {
 
     /// A guardian-quorum panic for one client: E for every unspent V, UE for every U.
     pub fn panic(&mut self, client: &str) -> Vec<Action> {
-        let mut actions = vec![Action::alarm(
-            None,
+        let mut actions = vec![Action::client_alarm(
+            client,
             AlarmKind::Panic,
             format!("panic for client {client}: sweeping every vault to the deep vault"),
         )];
@@ -460,8 +460,8 @@ impl Watcher {
         }
         if !explained.is_empty() {
             let list: Vec<String> = explained.iter().map(ToString::to_string).collect();
-            actions.push(Action::alarm(
-                None,
+            actions.push(Action::client_alarm(
+                client,
                 AlarmKind::Panic,
                 format!(
                     "the sweeps of client {client}'s vaults {} alarmed earlier as unordered were this panic's",
