@@ -3,6 +3,7 @@
 //! once, each signed with the client's co-signer auth key and bound to that tower; an
 //! acknowledgement counts only if it carries the tower's own signature.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use vigil_policy::bitcoin::hex::FromHex;
@@ -15,6 +16,24 @@ use crate::wire::TowerReport;
 
 /// How long one tower may take to answer.
 const TOWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections kept open to each tower between requests: as many as requests overlap in a
+/// burst of approvals, which would otherwise each open (and close) its own.
+const IDLE_PER_TOWER: usize = 64;
+
+/// The one agent every tower request goes through, so its connections are reused. A
+/// connection the tower closed meanwhile (a restart) is found closed before reuse and a new
+/// one opened.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::AgentBuilder::new()
+            .timeout(TOWER_TIMEOUT)
+            .max_idle_connections(16 * IDLE_PER_TOWER)
+            .max_idle_connections_per_host(IDLE_PER_TOWER)
+            .build()
+    })
+}
 
 /// One request per tower: `body(i)` is tower `i`'s body (each carries its own nonce).
 /// Returns which acknowledged, with a signature that verifies for `subject`.
@@ -70,11 +89,11 @@ fn post(
     key: &Keypair,
 ) -> Result<Ack, (Option<u16>, String)> {
     let (k, sig) = sign_request(key, tower, path, body);
-    let answer = ureq::post(&format!("{}{path}", url.trim_end_matches('/')))
+    let answer = agent()
+        .post(&format!("{}{path}", url.trim_end_matches('/')))
         .set("x-vigil-key", &k)
         .set("x-vigil-signature", &sig)
         .set("content-type", "application/json")
-        .timeout(TOWER_TIMEOUT)
         .send_bytes(body);
     match answer {
         Ok(r) => r.into_json::<Ack>().map_err(|e| (None, e.to_string())),
