@@ -1159,3 +1159,31 @@ fn each_familys_alarms_reach_its_own_guardians_webhook_and_no_other_familys() {
     assert!(to_a.lock().unwrap().iter().all(|x| x["client"] == a.cosigner.client.as_str()));
     assert!(to_b.lock().unwrap().iter().all(|x| x["client"] == b.cosigner.client.as_str()));
 }
+
+/// The co-signer keeps its connections to the towers open between requests. One a tower
+/// closed by dying is not reused: the next approval reaches the restarted tower at once.
+#[test]
+fn the_first_approval_after_a_tower_restarted_is_acknowledged_by_it_at_once() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner tower restarted"), 2, None);
+    let vaults: Vec<_> =
+        (0..3).map(|_| f.vault(&node, Amount::from_sat(1_000_000), VaultKind::Standard)).collect();
+    assert_eq!(acknowledged(&f, &vaults[0]), [true, true]);
+    for v in &vaults[1..] {
+        f.towers[1].kill9();
+        f.towers[1].start();
+        assert_eq!(
+            acknowledged(&f, v),
+            [true, true],
+            "no answer was lost to a connection the tower had closed"
+        );
+    }
+}
+
+/// Which towers acknowledged the approval of a spend of `vault`.
+fn acknowledged(f: &Family, vault: &Vault) -> Vec<bool> {
+    let s = spend(f, vault).unwrap();
+    assert_eq!(s["state"], "approved", "{s}");
+    s["towers"].as_array().unwrap().iter().map(|t| t["acknowledged"] == true).collect()
+}
