@@ -33,8 +33,9 @@ pub struct Tower {
     pub(crate) key: Keypair,
     /// Chain position; its own lock, so backend round trips never hold up the API.
     follower: Mutex<Follower>,
-    /// A store connection for metrics, so they never wait on the state lock.
-    metrics_store: Mutex<Box<dyn TowerStore>>,
+    /// A store connection for reads (metrics, the alarm feed), so they never wait on the
+    /// state lock, nor hold it up.
+    pub(crate) read_store: Mutex<Box<dyn TowerStore>>,
     /// Stop flag.
     pub(crate) stopping: AtomicBool,
     pub(crate) config: TowerConfig,
@@ -258,7 +259,7 @@ impl Tower {
             clients: RwLock::new(clients),
             state: Mutex::new(state),
             follower: Mutex::new(follower),
-            metrics_store: Mutex::new(open_store(&config)?),
+            read_store: Mutex::new(open_store(&config)?),
             backend,
             key,
             stopping: AtomicBool::new(false),
@@ -575,7 +576,7 @@ impl Tower {
     /// Prometheus metrics.
     pub fn metrics(&self) -> String {
         // The outbox is counted on a connection of its own, outside the state lock.
-        let outbox = self.metrics_store.lock().expect("metrics store").outbox_len().unwrap_or(0);
+        let outbox = self.read_store.lock().expect("read store").outbox_len().unwrap_or(0);
         let state = self.lock();
         let behind = state.backend_tip.saturating_sub(state.watcher.tip());
         format!(

@@ -145,14 +145,19 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
         Enrollment::Used => {
             return Err(Refusal::Unauthorized("this enrollment token was already used".into()))
         }
-        Enrollment::Pinned => takes,
-        // The same token again: its first use pinned the client (an answer lost after its
-        // commit may have left it out of memory).
-        Enrollment::Same => false,
+        Enrollment::Pinned => {
+            if takes {
+                crate::daemon::log_actions(alarm.as_slice());
+            }
+            takes
+        }
+        // The same token again: its first use pinned the client, and memory follows what it
+        // wrote (a commit the store retried on a new connection, or an answer lost after it,
+        // may have left it out of memory). A token used for another version moves nothing.
+        Enrollment::Same => {
+            takes && state.store.applied_policy(&id)?.as_deref() == Some(client.text.as_str())
+        }
     };
-    if replaced {
-        crate::daemon::log_actions(alarm.as_slice());
-    }
     if held.is_none() || replaced {
         let (from, to) = (held.map(|h| h.policy.version), client.policy.version);
         state.watcher.set_limits(&id, client.limits());
@@ -449,11 +454,13 @@ pub(crate) fn client_view(
     }))
 }
 
-/// How many alarms the feed returns.
+/// How many alarms about a client's vaults the feed returns, and how many about the client
+/// as a whole.
 pub const ALARM_FEED_LEN: u32 = 100;
 
 /// `GET /v1/clients/{id}/alarms`: the latest alarms about the client and its vaults, for
-/// its guardians only. The owner's own keys are refused: a device opened under the duress code
+/// its guardians only. Read on a connection of its own: the tower's decisions never wait
+/// on it. The owner's own keys are refused: a device opened under the duress code
 /// must not learn that its spend was seen (DESIGN §5).
 pub(crate) fn alarm_feed(
     tower: &Tower,
@@ -464,7 +471,7 @@ pub(crate) fn alarm_feed(
     if !client.guardians.contains(signer) {
         return Err(Refusal::Forbidden("the alarm feed is for the client's guardians".into()));
     }
-    let alarms = tower.lock().store.client_alarms(id, ALARM_FEED_LEN)?;
+    let alarms = tower.read_store.lock().expect("read store").client_alarms(id, ALARM_FEED_LEN)?;
     Ok(alarms
         .into_iter()
         .map(|a| crate::wire::AlarmEntry {

@@ -326,16 +326,51 @@ fn a_store_of_the_first_release_is_migrated_with_nothing_lost() {
 /// Takes a store back to schema 2 (alarms named no client), with one alarm in it;
 /// `downgrade` runs SQL on it.
 fn schema_2_then_current(downgrade: &mut dyn FnMut(&str), reopen: &dyn Fn() -> Box<dyn TowerStore>) {
-    let old = Action::alarm(None, AlarmKind::BackendOutage, "before");
-    reopen().commit_step(Step { actions: std::slice::from_ref(&old), ..Step::default() }).unwrap();
+    // Schema 2 named the client of an alarm about it only in the message.
+    let client = "ab".repeat(32);
+    let vault = format!("{}:1", "cd".repeat(32));
+    let old = [
+        Action::alarm(None, AlarmKind::BackendOutage, "outage"),
+        Action::alarm(
+            None,
+            AlarmKind::PolicyChange,
+            format!("policy of client {client} changes to version 2"),
+        ),
+        Action::alarm(None, AlarmKind::Panic, format!("panic for client {client}: sweeping {vault}")),
+    ];
+    reopen().commit_step(Step { actions: &old, ..Step::default() }).unwrap();
     downgrade("DROP INDEX alarms_by_client; ALTER TABLE alarms DROP COLUMN client;");
     let mut store = reopen();
-    let lockdown = Action::client_alarm("p", AlarmKind::Lockdown, "after");
+    let lockdown = Action::client_alarm(&client, AlarmKind::Lockdown, "after");
     store.commit_step(Step { actions: std::slice::from_ref(&lockdown), ..Step::default() }).unwrap();
     let outbox = store.undelivered_alarms("hook").unwrap();
-    let seen: Vec<_> = outbox.iter().map(|a| (a.message.as_str(), a.client.as_deref())).collect();
-    assert_eq!(seen, [("before", None), ("after", Some("p"))]);
-    assert_eq!(store.client_alarms("p", 10).unwrap().len(), 1);
+    let named: Vec<_> = outbox.iter().map(|a| a.client.as_deref()).collect();
+    assert_eq!(named, [None, Some(client.as_str()), Some(client.as_str()), Some(client.as_str())]);
+    assert_eq!(store.client_alarms(&client, 10).unwrap().len(), 3, "the old ones are in the feed");
+}
+
+/// The feed keeps the latest alarms about the client's vaults apart from those about the
+/// client as a whole: notices any party can cause never push a vault's alarm out.
+fn feed(store: &mut dyn TowerStore) {
+    let a = vault("p", 0);
+    assert_eq!(store.register_vault("owner", 1, &a, "{}", 3).unwrap(), Registered::New);
+    let mut actions = vec![Action::alarm(Some(a.outpoint), AlarmKind::UnvaultCancelled, "cancelled")];
+    actions.extend((0..3).map(|i| Action::client_alarm("p", AlarmKind::Lockdown, format!("notice {i}"))));
+    actions.push(Action::client_alarm("q", AlarmKind::Lockdown, "another client"));
+    store.commit_step(Step { actions: &actions, ..Step::default() }).unwrap();
+    let feed = store.client_alarms("p", 2).unwrap();
+    let seen: Vec<_> = feed.iter().map(|a| a.message.as_str()).collect();
+    assert_eq!(seen, ["notice 2", "notice 1", "cancelled"]);
+}
+
+#[test]
+fn a_clients_notices_never_push_its_vaults_alarms_out_of_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    feed(&mut SqliteStore::open(&dir.path().join("tower.sqlite")).unwrap());
+    let Some(url) = postgres() else { return };
+    let schema = unique_schema("test_feed");
+    feed(&mut PostgresStore::connect(&url, &schema).unwrap());
+    drop_schema(&url, &schema);
 }
 
 #[test]

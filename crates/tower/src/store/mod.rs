@@ -181,6 +181,8 @@ pub trait TowerStore: Send {
     fn panic_used(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Records a single-use enrollment token (by its sha256).
     fn issue_token(&mut self, hash: &str) -> Result<(), StoreError>;
+    /// The policy client `id` is held under, if it is held.
+    fn applied_policy(&mut self, id: &str) -> Result<Option<String>, StoreError>;
     /// Uses token `hash` to pin `client` (its versions `earlier`, oldest first, when a chain
     /// of changes led to it), atomically: a client held already is kept, unless `replace`
     /// carries the alarm that says the tower takes the chain in its place (raised in the same
@@ -217,7 +219,8 @@ pub trait TowerStore: Send {
     fn settle_alarms(&mut self, endpoints: &[String]) -> Result<u64, StoreError>;
     /// Alarms not yet delivered everywhere.
     fn outbox_len(&mut self) -> Result<u64, StoreError>;
-    /// The latest `limit` alarms about `client` or its vaults, delivered or not, newest
+    /// The latest `limit` alarms about `client`'s vaults and the latest `limit` about the
+    /// client as a whole (neither kind can push the other out), delivered or not, newest
     /// first: its guardians' feed, independent of any webhook.
     fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError>;
 }
@@ -310,6 +313,27 @@ fn read_terms(terms: Option<&str>, spend: Txid, body: &str) -> Result<ApprovalTe
         counter: old.approval.counter,
         guardian_quorum: false,
     })
+}
+
+/// The alarms schema 2 kept without naming the client they are about: those about a client
+/// as a whole, which name it in their message (a client's id is its first policy's sha256,
+/// the first 64-hex word of each). Selected as `id, message`.
+fn unnamed_client_alarms_sql() -> String {
+    let kinds = [
+        AlarmKind::PolicyChange,
+        AlarmKind::PolicyApplied,
+        AlarmKind::PolicyInvalid,
+        AlarmKind::Lockdown,
+        AlarmKind::Panic,
+    ]
+    .map(|k| format!("'{}'", k.as_str()))
+    .join(", ");
+    format!("SELECT id, message FROM alarms WHERE vault IS NULL AND client IS NULL AND kind IN ({kinds})")
+}
+
+/// The client a schema-2 alarm's message names: its first 64-hex word.
+fn client_named(message: &str) -> Option<&str> {
+    message.split(|c: char| !c.is_ascii_hexdigit()).find(|w| w.len() == 64)
 }
 
 fn read_kind(text: &str) -> Result<AlarmKind, StoreError> {

@@ -41,8 +41,21 @@ const FROM_V1: &str = "
     ALTER TABLE approvals ADD COLUMN IF NOT EXISTS terms TEXT;
     ALTER TABLE alarms ADD COLUMN IF NOT EXISTS vault TEXT;";
 
-/// Schema 2 -> 3: an alarm names the client it is about when no one vault is.
+/// Schema 2 -> 3: an alarm names the client it is about when no one vault is (then
+/// [`name_clients`]).
 const FROM_V2: &str = "ALTER TABLE alarms ADD COLUMN IF NOT EXISTS client TEXT;";
+
+/// Names the client of each alarm schema 2 kept about a client as a whole, so the feed
+/// lists it.
+fn name_clients(tx: &mut ::postgres::Transaction<'_>) -> Result<(), StoreError> {
+    for row in tx.query(&unnamed_client_alarms_sql(), &[])? {
+        let (id, message): (i64, String) = (row.get(0), row.get(1));
+        if let Some(client) = client_named(&message) {
+            tx.execute("UPDATE alarms SET client = $2 WHERE id = $1", &[&id, &client])?;
+        }
+    }
+    Ok(())
+}
 
 /// The operators' store: a PostgreSQL schema (created if missing), one connection.
 pub struct PostgresStore {
@@ -90,8 +103,14 @@ impl PostgresStore {
             0
         };
         match version {
-            0 if existing => tx.batch_execute(&format!("{FROM_V1}{FROM_V2}"))?,
-            2 => tx.batch_execute(FROM_V2)?,
+            0 if existing => {
+                tx.batch_execute(&format!("{FROM_V1}{FROM_V2}"))?;
+                name_clients(&mut tx)?;
+            }
+            2 => {
+                tx.batch_execute(FROM_V2)?;
+                name_clients(&mut tx)?;
+            }
             0 | SCHEMA_VERSION => {}
             found => return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION }),
         }
@@ -310,6 +329,10 @@ impl TowerStore for PostgresStore {
         })
     }
 
+    fn applied_policy(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        self.run(|c| Ok(c.query_opt("SELECT policy FROM clients WHERE id = $1", &[&id])?.map(|r| r.get(0))))
+    }
+
     fn enroll(
         &mut self,
         hash: &str,
@@ -471,9 +494,13 @@ impl TowerStore for PostgresStore {
     fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError> {
         self.run(|c| {
             let rows = c.query(
-                "SELECT id, vault, client, kind, message, attempts FROM alarms
-                   WHERE client = $1 OR vault IN (SELECT outpoint FROM vaults WHERE client = $1)
-                   ORDER BY id DESC LIMIT $2",
+                "(SELECT id, vault, client, kind, message, attempts FROM alarms
+                     WHERE client = $1 ORDER BY id DESC LIMIT $2)
+                 UNION ALL
+                 (SELECT a.id, a.vault, a.client, a.kind, a.message, a.attempts
+                     FROM alarms a JOIN vaults v ON v.outpoint = a.vault
+                     WHERE v.client = $1 ORDER BY a.id DESC LIMIT $2)
+                 ORDER BY id DESC",
                 &[&client, &i64::from(limit)],
             )?;
             rows.iter().map(outbox_alarm).collect()

@@ -41,8 +41,24 @@ const FROM_V1: &str = "
     ALTER TABLE approvals ADD COLUMN terms TEXT;
     ALTER TABLE alarms ADD COLUMN vault TEXT;";
 
-/// Schema 2 -> 3: an alarm names the client it is about when no one vault is.
+/// Schema 2 -> 3: an alarm names the client it is about when no one vault is (then
+/// [`name_clients`]).
 const FROM_V2: &str = "ALTER TABLE alarms ADD COLUMN client TEXT;";
+
+/// Names the client of each alarm schema 2 kept about a client as a whole, so the feed
+/// lists it.
+fn name_clients(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+    let unnamed: Vec<(i64, String)> = tx
+        .prepare(&unnamed_client_alarms_sql())?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, message) in &unnamed {
+        if let Some(client) = client_named(message) {
+            tx.execute("UPDATE alarms SET client = ?2 WHERE id = ?1", params![id, client])?;
+        }
+    }
+    Ok(())
+}
 
 /// The embedded store: one SQLite file, WAL, full sync.
 pub struct SqliteStore {
@@ -64,8 +80,14 @@ impl SqliteStore {
             |r| r.get(0),
         )?;
         match version {
-            0 if existing => tx.execute_batch(&format!("{FROM_V1}{FROM_V2}"))?,
-            2 => tx.execute_batch(FROM_V2)?,
+            0 if existing => {
+                tx.execute_batch(&format!("{FROM_V1}{FROM_V2}"))?;
+                name_clients(&tx)?;
+            }
+            2 => {
+                tx.execute_batch(FROM_V2)?;
+                name_clients(&tx)?;
+            }
             0 | SCHEMA_VERSION => {}
             found => return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION }),
         }
@@ -251,6 +273,10 @@ impl TowerStore for SqliteStore {
         Ok(())
     }
 
+    fn applied_policy(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row("SELECT policy FROM clients WHERE id = ?1", [id], |r| r.get(0)).optional()?)
+    }
+
     fn enroll(
         &mut self,
         hash: &str,
@@ -398,9 +424,13 @@ impl TowerStore for SqliteStore {
 
     fn client_alarms(&mut self, client: &str, limit: u32) -> Result<Vec<OutboxAlarm>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, vault, client, kind, message, attempts FROM alarms
-               WHERE client = ?1 OR vault IN (SELECT outpoint FROM vaults WHERE client = ?1)
-               ORDER BY id DESC LIMIT ?2",
+            "SELECT * FROM (SELECT id, vault, client, kind, message, attempts FROM alarms
+                 WHERE client = ?1 ORDER BY id DESC LIMIT ?2)
+             UNION ALL
+             SELECT * FROM (SELECT a.id, a.vault, a.client, a.kind, a.message, a.attempts
+                 FROM alarms a JOIN vaults v ON v.outpoint = a.vault
+                 WHERE v.client = ?1 ORDER BY a.id DESC LIMIT ?2)
+             ORDER BY id DESC",
         )?;
         let mut rows = stmt.query(params![client, limit])?;
         let mut out = Vec::new();

@@ -94,20 +94,24 @@ impl Watcher {
     /// lockdown cancels every unvault under way at once.
     pub fn lock_down(&mut self, client: &str, until: u32, quiet: bool) -> Vec<Action> {
         let l = self.lockdowns.entry(client.to_owned()).or_default();
+        // Only a lockdown that ends later than the one holding is alarmed: one any party may
+        // send again and again must not fill the guardians' feed.
+        let extended = !quiet && until > l.plain_until;
         if quiet {
             l.quiet_until = l.quiet_until.max(until);
         } else {
             l.plain_until = l.plain_until.max(until);
         }
-        let plain_until = l.plain_until;
         self.lockdowns_dirty = true;
         let mut actions = Vec::new();
-        if !quiet {
+        if extended {
             actions.push(Action::client_alarm(
                 client,
                 AlarmKind::Lockdown,
-                format!("client {client} locked down until block {plain_until}: every unvault is cancelled"),
+                format!("client {client} locked down until block {until}: every unvault is cancelled"),
             ));
+        }
+        if !quiet {
             for id in self.unvaulted_uncancelled(client) {
                 self.cancel_locked(id, "the client is locked down", &mut actions);
             }

@@ -14,6 +14,14 @@ fn a_plain_lockdown_cancels_approved_unvaults_at_once_and_those_to_come() {
     assert_eq!(broadcasts(&actions), vec!["cancel rung 0"], "the approved unvault under way");
     assert!(alarms(&actions).contains(&"lockdown".to_string()));
     assert!(w.take_lockdowns_dirty());
+    // The same lockdown again, or one ending sooner, changes nothing the guardians need to
+    // hear: no alarm (any party may send them, again and again). One ending later is alarmed.
+    let alarmed = |w: &mut super::Watcher, client: &str, until: u32| {
+        alarms(&w.lock_down(client, until, false)).contains(&"lockdown".to_string())
+    };
+    assert!(!alarmed(&mut w, "p", 100));
+    assert!(!alarmed(&mut w, "p", 50));
+    assert!(alarmed(&mut w, "q", 10) && !alarmed(&mut w, "q", 10) && alarmed(&mut w, "q", 11));
     let next = broadcasts(&w.on_block_connected(6, &block(vec![b.unvault.clone()])));
     assert_eq!(next, vec!["cancel rung 0", "cancel rung 1"], "the new unvault's, and the first climbs");
     // After it ends, an approved unvault is left alone again.
