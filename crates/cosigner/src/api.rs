@@ -19,6 +19,11 @@ use crate::wire::Signed;
 /// Largest request body: a spend PSBT or a ceremony's signatures fit many times over.
 pub const MAX_BODY: usize = 128 * 1024;
 
+/// The operator's routes (`metrics_listen`): `/metrics` alone.
+pub fn metrics_router(cosigner: Arc<Cosigner>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(cosigner)
+}
+
 /// The API's routes.
 pub fn router(cosigner: Arc<Cosigner>) -> Router {
     Router::new()
@@ -43,7 +48,6 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/policy", post(change_policy))
         .route("/v1/policy/changes", get(policy_changes))
         .route("/v1/towers", post(enroll_tower))
-        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(MAX_BODY, vigil_tower::api::refuse_oversize))
         .with_state(cosigner)

@@ -21,6 +21,11 @@ pub const MIN_GOVERNANCE_DELAY_BLOCKS: u32 = 1_009;
 pub struct CosignerConfig {
     /// Where the API listens (put TLS in front of it: docs/cosigner.md).
     pub listen: SocketAddr,
+    /// Where `/metrics` is served, for the operator alone; none: it is not served. Never on
+    /// the API's address: what moves when a client is alarmed must not be public (a captor
+    /// reading it as the owner unlocks would tell a duress code from the real one).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// The SQLite store lives here.
     pub datadir: PathBuf,
     /// The sealed master key (`vigil cosigner init`).
@@ -149,6 +154,12 @@ impl CosignerConfig {
             }
             _ => {}
         }
+        if config.metrics_listen == Some(config.listen) {
+            return Err(refuse(
+                "metrics_listen",
+                "the operator's metrics are served apart from the API, not on `listen`",
+            ));
+        }
         if config.heartbeat_fresh_secs == 0 {
             return Err(refuse("heartbeat_fresh_secs", "at least 1 second"));
         }
@@ -230,6 +241,7 @@ mod tests {
             (GOOD.replace("network =", "governance_delay_blocks = 10\nnetwork ="), "governance_delay_blocks"),
             (GOOD.replace("network =", "approval_expiry_blocks = 0\nnetwork ="), "approval_expiry_blocks"),
             (GOOD.replace("network =", "secret = \"x\"\nnetwork ="), "secret"),
+            (GOOD.replace("network =", "metrics_listen = \"127.0.0.1:7420\"\nnetwork ="), "metrics_listen"),
             (
                 format!(
                     "{GOOD}[smtp]\nhost = \"mail.example\"\nport = 25\ntls = \"none\"\nfrom = \"a@b.c\"\n"

@@ -63,6 +63,15 @@ pub async fn run(config: CosignerConfig) -> Result<(), CosignerError> {
         .await
         .map_err(|e| CosignerError::Io(std::io::Error::other(e.to_string())))??;
     let listener = vigil_tower::api::listen(config.listen)?;
+    if let Some(addr) = config.metrics_listen {
+        let metrics = vigil_tower::api::listen(addr)?;
+        let router = api::metrics_router(cosigner.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, router).await {
+                tracing::error!(error = %e, "serving metrics");
+            }
+        });
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for (sink, store) in sinks {
         let stop = stop.clone();

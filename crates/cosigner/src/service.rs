@@ -829,12 +829,10 @@ impl Cosigner {
             .filter_map(|(_, b)| serde_json::from_str::<crate::spends::SpendRecord>(b).ok())
             .filter(|s| !s.expired_waiting(tip))
             .count();
+        // Plain lockdowns only: a duress code's quiet one shows nowhere but in the alarms.
         let mut locked = 0;
         for (_, body) in store.list(kind::CLIENT, "")? {
-            if serde_json::from_str::<ClientRecord>(&body)
-                .map(|c| c.locked(tip) || c.under_duress(tip))
-                .unwrap_or(false)
-            {
+            if serde_json::from_str::<ClientRecord>(&body).map(|c| c.locked(tip)).unwrap_or(false) {
                 locked += 1;
             }
         }

@@ -82,6 +82,11 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     let feed = f.get("/v1/alarms", &f.guardian(0)).unwrap();
     assert!(feed.as_array().unwrap().iter().any(|a| a["kind"] == "duress"), "{feed}");
     assert_eq!(f.get("/v1/alarms", &f.owner()).unwrap_err().0, 403);
+    // Nothing public moved: the API's address serves no metrics, and the operator's gauge of
+    // lockdowns counts plain ones only.
+    let public = ureq::get(&format!("{}/metrics", co.url)).call();
+    assert!(matches!(public, Err(ureq::Error::Status(404, _))), "{public:?}");
+    assert_eq!(co.metric("vigil_cosigner_lockdowns"), Some(0));
     if let Some(smtp) = &smtp {
         let mail = eventually("the guardians get the e-mail", || {
             let text = smtp.received();

@@ -56,6 +56,8 @@ pub struct Service {
     pub name: String,
     /// `http://127.0.0.1:port`.
     pub url: String,
+    /// Where its `/metrics` is read: the co-signer serves them apart from its API.
+    pub metrics_url: String,
     /// Its configuration file.
     pub config: PathBuf,
     child: Option<Child>,
@@ -85,7 +87,7 @@ impl Service {
                     why: format!("it exited: {status}"),
                 });
             }
-            Ok(ureq::get(&format!("{}/metrics", self.url)).call().is_ok().then_some(()))
+            Ok(ureq::get(&format!("{}/metrics", self.metrics_url)).call().is_ok().then_some(()))
         })
     }
 
@@ -119,7 +121,7 @@ impl Service {
 
     /// A metric's value, if it answers.
     pub fn metric(&self, name: &str) -> Option<u64> {
-        metric(&self.url, name)
+        metric(&self.metrics_url, name)
     }
 }
 
@@ -346,9 +348,10 @@ impl World {
         let chain = format!("[chain]\nurl = {rpc_url:?}\ncookie_file = {rpc_cookie:?}\n");
         let hooks = format!("[alarms]\nwebhooks = [{:?}]\n", alarms.url);
 
-        let service = |name: &str, subcommand, config: PathBuf, port: u16| Service {
+        let service = |name: &str, subcommand, config: PathBuf, port: u16, metrics_port: u16| Service {
             name: name.to_owned(),
             url: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
             config,
             child: None,
             exe: exe.to_owned(),
@@ -359,18 +362,24 @@ impl World {
         std::fs::create_dir_all(&co_dir)?;
         let passphrase = SecretKey::new(&mut rand::thread_rng()).secret_bytes().to_lower_hex_string();
         write_secret(&co_dir.join("passphrase"), &format!("{passphrase}\n"))?;
-        let co_port = free_port()?;
+        // Both held until both are known, so they differ.
+        let (co_listener, metrics_listener) =
+            (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
+        let (co_port, metrics_port) =
+            (co_listener.local_addr()?.port(), metrics_listener.local_addr()?.port());
+        drop((co_listener, metrics_listener));
         write_secret(
             &co_dir.join("cosigner.toml"),
             &format!(
-                "listen = \"127.0.0.1:{co_port}\"\ndatadir = {:?}\nkey_file = {:?}\npassphrase_file = {:?}\n\
+                "listen = \"127.0.0.1:{co_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndatadir = {:?}\nkey_file = {:?}\npassphrase_file = {:?}\n\
                  network = \"regtest\"\n{hooks}{chain}",
                 co_dir.join("data"),
                 co_dir.join("cosigner.key"),
                 co_dir.join("passphrase"),
             ),
         )?;
-        let mut cosigner = service("co-signer", "cosigner", co_dir.join("cosigner.toml"), co_port);
+        let mut cosigner =
+            service("co-signer", "cosigner", co_dir.join("cosigner.toml"), co_port, metrics_port);
         let init = Command::new(exe).args(["cosigner", "init", "--config"]).arg(&cosigner.config).output()?;
         if !init.status.success() {
             return Err(DrillError::Step {
@@ -396,7 +405,7 @@ impl World {
                     t_dir.join("tower.key"),
                 ),
             )?;
-            let mut tower = service(&format!("tower-{i}"), "tower", t_dir.join("tower.toml"), t_port);
+            let mut tower = service(&format!("tower-{i}"), "tower", t_dir.join("tower.toml"), t_port, t_port);
             tower.start()?;
             all.push(Tower { service: tower, public_key: secret.public_key(&Secp256k1::new()).to_string() });
         }

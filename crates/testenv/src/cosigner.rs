@@ -13,13 +13,15 @@ use vigil_policy::bitcoin::secp256k1::Keypair;
 use vigil_tower::wire::sign_request;
 
 use crate::household::Refused;
-use crate::process::{free_port, vigil_exe, Node};
+use crate::process::{free_ports, vigil_exe, Node};
 
 /// A co-signer process.
 pub struct CosignerProcess {
     child: Option<Child>,
     /// `http://127.0.0.1:port`.
     pub url: String,
+    /// Where its operator reads `/metrics` (`metrics_listen`): never the API's address.
+    pub metrics_url: String,
     /// Its configuration file.
     pub config: PathBuf,
     /// Its directory (configuration, sealed key, passphrase, data).
@@ -43,11 +45,12 @@ impl CosignerProcess {
     /// added to its configuration before `[chain]` (top-level keys, `[alarms]`, `[store]`).
     pub fn new(node: &Node, extra: &str) -> CosignerProcess {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let [port, metrics_port] = free_ports();
         let passphrase = dir.path().join("passphrase");
         std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndatadir = {:?}\nkey_file = {:?}\npassphrase_file = {:?}\n\
+            "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+             datadir = {:?}\nkey_file = {:?}\npassphrase_file = {:?}\n\
              network = \"regtest\"\n{extra}\n[chain]\n{}",
             dir.path().join("data"),
             dir.path().join("cosigner.key"),
@@ -61,8 +64,13 @@ impl CosignerProcess {
             .output()
             .unwrap();
         assert!(init.status.success(), "cosigner init: {}", String::from_utf8_lossy(&init.stderr));
-        let mut process =
-            CosignerProcess { child: None, url: format!("http://127.0.0.1:{port}"), config: path, dir };
+        let mut process = CosignerProcess {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            config: path,
+            dir,
+        };
         process.start();
         process
     }
@@ -77,7 +85,7 @@ impl CosignerProcess {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
-    /// Starts it (again); returns once it serves.
+    /// Starts it (again); returns once it serves (the API is bound before the metrics).
     pub fn start(&mut self) {
         let child = Command::new(vigil_exe())
             .args(["cosigner", "--config", self.config.to_str().unwrap()])
@@ -91,7 +99,7 @@ impl CosignerProcess {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&format!("{}/metrics", self.url)).call().is_err() {
+        while ureq::get(&format!("{}/metrics", self.metrics_url)).call().is_err() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("the co-signer exited at start: {status}");
             }
@@ -115,7 +123,7 @@ impl CosignerProcess {
 
     /// A metric's value.
     pub fn metric(&self, name: &str) -> Option<u64> {
-        vigil_drill::world::metric(&self.url, name)
+        vigil_drill::world::metric(&self.metrics_url, name)
     }
 }
 

@@ -40,6 +40,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `N` distinct free ports (each held until all are found, so none comes twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held = [(); N].map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
+}
+
 /// Whether a test needing `program` (named by `var`) should run; when it should not, says so.
 fn available(var: &str, require: &str, program: &str) -> Option<std::ffi::OsString> {
     match std::env::var_os(var) {
