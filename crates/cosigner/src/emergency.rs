@@ -322,7 +322,12 @@ impl Cosigner {
         let relayed = {
             let _deciding = self.decide(&caller.client.id);
             let store = self.store();
-            if store.get(kind::PANIC, &p.panic.id)?.is_some() {
+            // Relayed once per client: another client's panic under the same id must not stop
+            // this one. A bare id is a panic relayed before ids were kept per client.
+            let relayed_id = format!("{}/{}", caller.client.id, p.panic.id);
+            if store.get(kind::PANIC, &relayed_id)?.is_some()
+                || store.get(kind::PANIC, &p.panic.id)?.is_some()
+            {
                 return Err(Refusal::Conflict(format!("panic {} was already relayed", p.panic.id)));
             }
             let (signatures, count, before) =
@@ -353,8 +358,8 @@ impl Cosigner {
             )?;
             batch
                 .delete(kind::PANIC_VOTES, votes_id)
-                .expect(kind::PANIC, p.panic.id.clone(), None)
-                .put(kind::PANIC, p.panic.id.clone(), tip.to_string())
+                .expect(kind::PANIC, relayed_id.clone(), None)
+                .put(kind::PANIC, relayed_id, tip.to_string())
                 .alarm(alarm(
                     &caller.client.id,
                     "panic",

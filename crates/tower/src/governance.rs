@@ -66,7 +66,11 @@ pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) 
             p.not_after_height
         )));
     }
-    if state.store.panic_used(&p.id)? {
+    // Used once per client: another client's panic under the same id (its guardians read
+    // this one's in a feed) must not stop this one. A bare id is a panic acted on before
+    // ids were kept per client.
+    let used = format!("{}/{}", client.id, p.id);
+    if state.store.panic_used(&used)? || state.store.panic_used(&p.id)? {
         return Err(Refusal::Conflict(format!("panic {} was already acted on", p.id)));
     }
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
@@ -78,7 +82,7 @@ pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) 
         tower.shutdown();
         return Err(e.into());
     }
-    state.used_panics.push(p.id.clone());
+    state.used_panics.push(used);
     tower.act(state, &actions)?;
     Ok(ack(tower, format!("panic {}", p.id)))
 }

@@ -47,7 +47,7 @@ pub mod kind {
     pub const PANIC_VOTES: &str = "panic_votes";
     /// Guardians' signatures gathered for a policy change (by client and the file's sha256).
     pub const POLICY_VOTES: &str = "policy_votes";
-    /// A panic id already relayed.
+    /// A panic already relayed (by client id and panic id).
     pub const PANIC: &str = "panic";
     /// Small counters (the next account number).
     pub const META: &str = "meta";

@@ -177,7 +177,7 @@ pub trait TowerStore: Send {
     ) -> Result<NonceCheck, StoreError>;
     /// Consumes a nonce alone (a panic, a policy change).
     fn consume_nonce(&mut self, key: &str, nonce: u64) -> Result<NonceCheck, StoreError>;
-    /// Whether a panic id was used already.
+    /// Whether a panic was used already (by client id and panic id).
     fn panic_used(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Records a single-use enrollment token (by its sha256).
     fn issue_token(&mut self, hash: &str) -> Result<(), StoreError>;
