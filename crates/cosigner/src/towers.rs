@@ -17,9 +17,11 @@ use crate::wire::TowerReport;
 /// How long one tower may take to answer.
 const TOWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections kept open to each tower between requests: as many as requests overlap in a
-/// burst of approvals, which would otherwise each open (and close) its own.
-const IDLE_PER_TOWER: usize = 64;
+/// Connections kept open to each tower between requests (a burst of approvals would
+/// otherwise open, and close, one each), and to all towers together: each holds a file
+/// handle for as long as it stays idle, and families may name many towers between them.
+const IDLE_PER_TOWER: usize = 16;
+const IDLE_IN_ALL: usize = 64;
 
 /// The one agent every tower request goes through, so its connections are reused. A
 /// connection the tower closed meanwhile (a restart) is found closed before reuse and a new
@@ -29,7 +31,7 @@ fn agent() -> &'static ureq::Agent {
     AGENT.get_or_init(|| {
         ureq::AgentBuilder::new()
             .timeout(TOWER_TIMEOUT)
-            .max_idle_connections(16 * IDLE_PER_TOWER)
+            .max_idle_connections(IDLE_IN_ALL)
             .max_idle_connections_per_host(IDLE_PER_TOWER)
             .build()
     })

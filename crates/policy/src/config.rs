@@ -17,6 +17,10 @@ use crate::error::PolicyError;
 pub const MAX_RELATIVE_LOCK: u32 = 65_535;
 /// The longest velocity window, blocks (about a year).
 pub const MAX_VELOCITY_WINDOW_BLOCKS: u32 = 52_560;
+
+/// The most towers a policy names: any one of them suffices to cancel, and the co-signer
+/// asks each of them at once (a connection, and a thread, per tower) for every order.
+pub const MAX_TOWERS: usize = 16;
 /// The dust threshold of a P2TR output at Core's dust relay feerate, in sat.
 pub const P2TR_DUST_SAT: u64 = 330;
 /// The shortest DELAY a policy may have outside regtest: ADR 0002's confirmation budget (a
@@ -545,6 +549,15 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
         whitelist,
     };
 
+    if file.towers.len() > MAX_TOWERS {
+        return Err(field(
+            "towers",
+            format!(
+                "{} towers: at most {MAX_TOWERS} (any one of them is enough to cancel)",
+                file.towers.len()
+            ),
+        ));
+    }
     let mut towers = Vec::new();
     for (i, t) in file.towers.iter().enumerate() {
         let name = |f: &str| format!("towers[{i}].{f}");

@@ -82,6 +82,11 @@ fn each_bad_field_is_named_with_its_reason() {
             "towers[0].url",
             "not an http",
         ),
+        (
+            format!("{good}{}", "[[towers]]\nname = \"t\"\nurl = \"http://t\"\nkey = \"02\"\n".repeat(16)),
+            "towers",
+            "at most 16",
+        ),
     ];
     for (text, field, reason) in cases {
         let (f, r) = field_error(&text);
