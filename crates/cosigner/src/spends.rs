@@ -606,6 +606,11 @@ impl Cosigner {
                 key: me,
                 signature: v.approval_signature.clone().unwrap_or_default(),
             });
+            // Today's guardians' votes count, against today's quorum (as at the towers): a
+            // change since the request may have replaced a guardian who voted.
+            let today = caller.compiled.guardian_auth_keys();
+            record.signatures.retain(|s| today.iter().any(|k| k.to_string() == s.key));
+            record.needed = record.needed.max(caller.compiled.policy().guardians.threshold);
             if record.signatures.len() as u32 >= record.needed {
                 record.state = "approved".into();
                 record.approved_height = Some(tip);

@@ -1187,3 +1187,36 @@ fn acknowledged(f: &Family, vault: &Vault) -> Vec<bool> {
     assert_eq!(s["state"], "approved", "{s}");
     s["towers"].as_array().unwrap().iter().map(|t| t["acknowledged"] == true).collect()
 }
+
+/// A request waiting across a change that replaced a guardian who had voted for it needs the
+/// votes of today's guardians: the towers count only theirs, and would not take the approval.
+#[test]
+fn a_vote_of_a_guardian_replaced_since_no_longer_counts() {
+    let node = vigil_node();
+    // Requests that outlive the governance wait.
+    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
+    let mut e = example("cosigner vote of a replaced guardian");
+    e.services.spend_limit_sat = Some(1_000_000);
+    let mut f = Family::new(&node, &co, e, 1, None);
+    // Above the per-spend limit: it waits for two of the three guardians.
+    let vault = f.vault(&node, Amount::from_sat(3_000_000), VaultKind::Standard);
+    let asked = spend(&f, &vault).unwrap();
+    assert_eq!(asked["state"], "waiting", "{asked}");
+    let id = asked["id"].as_u64().unwrap();
+    assert_eq!(f.vote(2, id, true).unwrap()["state"], "waiting");
+    // Guardian 2 is replaced by someone else.
+    let others = example("someone else's guardians").keys();
+    let mut lines: Vec<String> =
+        f.policy_text.replace("version = 1", "version = 2").lines().map(str::to_owned).collect();
+    let line = lines.iter().position(|l| l == "[guardians]").unwrap() + 5;
+    assert!(lines[line].contains("tpub"), "{}", f.policy_text);
+    lines[line] = format!("  \"{}\",", vigil_policy::example::account_key(&others.guardians[2]));
+    let change = f.change_policy(&(lines.join("\n") + "\n"), &[0, 1]).unwrap();
+    block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
+    // Guardian 0's vote is the only one of today's guardians.
+    let one = f.vote(0, id, true).unwrap();
+    assert_eq!((one["state"].as_str(), one["approvals"].as_u64()), (Some("waiting"), Some(1)), "{one}");
+    let two = f.vote(1, id, true).unwrap();
+    assert_eq!(two["state"], "approved", "{two}");
+    assert!(two["towers"].as_array().unwrap().iter().all(|t| t["acknowledged"] == true), "{two}");
+}
