@@ -123,9 +123,18 @@ impl Cosigner {
 
     /// [`Cosigner::push_orders`], with every answer of the pass.
     pub(crate) fn push_pass(&self, client_id: &str) -> Result<Pass, Refusal> {
+        self.push_pass_as(client_id, false)
+    }
+
+    /// [`Cosigner::push_pass`]; `soon`: on [`Cosigner::push_soon`]'s thread, which lets
+    /// another push be asked once it holds the client's lock (it reads the orders after).
+    fn push_pass_as(&self, client_id: &str, soon: bool) -> Result<Pass, Refusal> {
         // One push per client at a time, reading the orders under the same lock.
         let lock = self.towers_lock(client_id);
         let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if soon {
+            self.pushes_starting.lock().unwrap_or_else(|p| p.into_inner()).remove(client_id);
+        }
         let (orders, client) = {
             let _deciding = self.decide(client_id);
             let store = self.store();
@@ -319,11 +328,16 @@ impl Cosigner {
     }
 
     /// Pushes `client`'s orders on a thread of their own: the request that queued them does
-    /// not wait (a duress heartbeat must answer as fast as any other).
+    /// not wait (a duress heartbeat must answer as fast as any other). One thread at most
+    /// waits to start per client: lockdowns sent again and again while a tower hangs must
+    /// not pile up threads, and the waiting one reads every order queued until it starts.
     pub(crate) fn push_soon(self: &std::sync::Arc<Self>, client: String) {
+        if !self.pushes_starting.lock().unwrap_or_else(|p| p.into_inner()).insert(client.clone()) {
+            return;
+        }
         let me = self.clone();
         std::thread::spawn(move || {
-            if let Err(e) = me.push_orders(&client) {
+            if let Err(e) = me.push_pass_as(&client, true) {
                 tracing::warn!(%client, error = %e.message(), "orders not delivered to every tower yet");
             }
         });

@@ -256,6 +256,9 @@ pub struct Cosigner {
     pub(crate) tower_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Per client, the towers' nonces reserved in the store: (next, end).
     pub(crate) tower_nonce_blocks: Mutex<HashMap<String, (u64, u64)>>,
+    /// Clients with a push of their orders started and not yet reading them: another push
+    /// asked meanwhile would send nothing more.
+    pub(crate) pushes_starting: Mutex<std::collections::HashSet<String>>,
     /// Per client, its vaults (V's outpoint) found over and buried: not asked of the chain
     /// again. A client's are dropped once no tower is left to retire for it.
     pub(crate) buried_vaults: Mutex<HashMap<String, std::collections::HashSet<String>>>,
@@ -372,6 +375,7 @@ impl Cosigner {
             sinks,
             tower_locks: Mutex::new(HashMap::new()),
             tower_nonce_blocks: Mutex::new(HashMap::new()),
+            pushes_starting: Mutex::default(),
             buried_vaults: Mutex::new(Default::default()),
         })
     }
