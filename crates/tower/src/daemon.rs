@@ -224,12 +224,18 @@ impl Tower {
             watcher.restore_lockdowns(serde_json::from_str(text).map_err(StoreError::corrupt("lockdowns"))?);
         }
         watcher.set_duress_margin(config.duress_margin_blocks);
-        for approval in loaded.approvals {
-            watcher.add_approval(approval.unvault, approval.terms);
-        }
         // Idle vaults' transactions stay in the store, read back through a second connection.
         watcher.set_graphs(Box::new(store::StoreGraphs(open_store(&config)?)));
         store.load_vaults(&mut |vault| watcher.add_vault(vault))?;
+        // After the vaults: an approval whose replacement was committed just before a crash,
+        // and what it does to its unvault not yet, is judged again.
+        let mut replaced = Vec::new();
+        for approval in loaded.approvals {
+            replaced.extend(watcher.add_approval(approval.unvault, approval.terms));
+        }
+        if let Some(e) = watcher.take_graph_error() {
+            return Err(e.into());
+        }
         for vault in watcher.vaults() {
             backend.watch_scripts(&vault.watched_scripts());
         }
@@ -269,6 +275,7 @@ impl Tower {
         for (id, action) in loaded.pending_broadcasts {
             tower.broadcast(id, &action);
         }
+        tower.act(tower.lock(), &replaced)?;
         tower.step()?;
         Ok(tower)
     }

@@ -516,6 +516,11 @@ pub(crate) fn register_approval(
     {
         return Err(stale_nonce(req.nonce, last));
     }
-    state.watcher.add_approval(unvault_txid, terms);
+    let actions = state.watcher.add_approval(unvault_txid, terms);
+    if let Some(e) = state.watcher.take_graph_error() {
+        tower.shutdown();
+        return Err(e.into());
+    }
+    tower.act(state, &actions)?;
     Ok(ack(tower, unvault_txid.to_string()))
 }

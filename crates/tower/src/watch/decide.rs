@@ -41,7 +41,11 @@ impl Watcher {
                         }
                     }),
                     Some(Role::UnvaultEmergency(_)) => self.emergency_seen(id, txid, height, actions),
-                    _ if self.approvals.get(&prev.txid).map(|a| a.spend) == Some(txid) => {
+                    // The approved spend, unless this tower decided to cancel the unvault (over
+                    // the budget, locked down, expired): then it is a rival like any other.
+                    _ if self.approvals.get(&prev.txid).map(|a| a.spend) == Some(txid)
+                        && vault.state.cancel_rung.is_none() =>
+                    {
                         self.update(id, |s| {
                             if let Some(h) = height {
                                 s.spent_height = Some(h);
@@ -229,14 +233,46 @@ impl Watcher {
         } else {
             "not approved"
         };
+        self.start_cancel(id, why, actions);
+    }
+
+    /// Starts `id`'s cancel at the bottom rung, saying why.
+    fn start_cancel(&mut self, id: OutPoint, why: &str, actions: &mut Vec<Action>) {
+        let vault = self.vaults.get_mut(&id).expect("watched");
+        let u_txid = vault.unvault.compute_txid();
         vault.state.cancel_rung = Some(0);
         self.fresh.insert(id);
+        self.active.insert(id);
+        self.dirty.insert(id);
         actions.push(Action::alarm(
             Some(id),
             AlarmKind::UnvaultCancelled,
             format!("unvault {u_txid} of vault {id} is {why}: cancelling"),
         ));
         actions.push(cancel_broadcast(vault, 0));
+    }
+
+    /// An approval of an unvault seen already, judged then as the guardians' quorum's (not
+    /// counted for velocity), replaced by one without the quorum: the co-signer alone now
+    /// names the spend, so the unvault counts now, and is cancelled if over the budget.
+    pub(super) fn approval_replaced(&mut self, id: OutPoint, actions: &mut Vec<Action>) {
+        let vault = &self.vaults[&id];
+        let s = &vault.state;
+        if s.counted_for_velocity != Some(false) {
+            return;
+        }
+        let (client, value) = (vault.policy_id.clone(), vault.unvault.output[0].value.to_sat());
+        let seen_at = s.unvault_height.unwrap_or(self.tip + 1);
+        let idle =
+            s.cancel_rung.is_none() && s.emergency_rung.is_none() && s.spent_height.is_none() && !s.done;
+        let over_budget = self.over_velocity(&client, id, value, seen_at);
+        self.released.entry(client).or_default().insert(id, (seen_at, value));
+        self.vaults.get_mut(&id).expect("watched").state.counted_for_velocity = Some(true);
+        self.dirty.insert(id);
+        if idle && over_budget {
+            let why = "over the velocity budget (its approval replaced by one without the guardians)";
+            self.start_cancel(id, why, actions);
+        }
     }
 
     /// Whether releasing `value` now would exceed the client's velocity budget, counting the

@@ -206,9 +206,22 @@ impl Watcher {
         }
     }
 
-    /// Records an approved spend of an unvault.
-    pub fn add_approval(&mut self, unvault_txid: Txid, terms: ApprovalTerms) {
+    /// Records an approved spend of an unvault; what replacing an earlier approval does.
+    pub fn add_approval(&mut self, unvault_txid: Txid, terms: ApprovalTerms) -> Vec<Action> {
+        let mut actions = Vec::new();
         self.approvals.insert(unvault_txid, terms);
+        let unvault = OutPoint { txid: unvault_txid, vout: 0 };
+        // Only an unvault judged as the quorum's is touched (its graph read back only then).
+        let judged_by_quorum =
+            |id: &OutPoint| self.vaults.get(id).is_some_and(|v| v.state.counted_for_velocity == Some(false));
+        if let Some(id) =
+            self.by_unvault.get(&unvault).copied().filter(|id| !terms.guardian_quorum && judged_by_quorum(id))
+        {
+            if self.ensure_graph(id) {
+                self.approval_replaced(id, &mut actions);
+            }
+        }
+        actions
     }
 
     /// The approval recorded for an unvault.

@@ -183,23 +183,21 @@ pub(super) fn watcher(vaults: &[&Vault], limit: u64) -> Watcher {
     w
 }
 
-/// `w` as a restart rebuilds it from the store: its tip, `approvals`, then its `vaults` with
-/// their states (in that order, as the daemon loads them).
+/// `w` as a restart rebuilds it from the store: its tip, its `vaults` with their states,
+/// then `approvals` (in that order, as the daemon loads them), with what the approvals did.
 fn restarted(
     w: &Watcher,
     vaults: &[&Vault],
     limit: u64,
     approvals: &[(vigil_policy::bitcoin::Txid, ApprovalTerms)],
-) -> Watcher {
+) -> (Watcher, Vec<Action>) {
     let mut r = watcher(&[], limit);
     r.set_tip(w.tip());
-    for (txid, terms) in approvals {
-        r.add_approval(*txid, *terms);
-    }
     for v in vaults {
         r.add_vault(w.vault(&v.outpoint).unwrap().clone());
     }
-    r
+    let actions = approvals.iter().flat_map(|(txid, terms)| r.add_approval(*txid, *terms)).collect();
+    (r, actions)
 }
 
 #[test]
@@ -374,7 +372,7 @@ fn an_unvault_is_judged_when_first_seen_and_counted_for_velocity_across_a_restar
     assert!(broadcasts(&w.on_mempool_tx(&s1.unvault)).is_empty(), "within the budget");
     // A restart while s1's unvault is unconfirmed: it still counts, so s2's is over budget.
     let approvals = [(g.unvault.compute_txid(), quorum), (s2.unvault.compute_txid(), terms(1_000))];
-    let mut restarted = restarted(&w, &[&g, &s1, &s2], 5_000_000, &approvals);
+    let (mut restarted, _) = restarted(&w, &[&g, &s1, &s2], 5_000_000, &approvals);
     assert_eq!(broadcasts(&restarted.on_mempool_tx(&s2.unvault)), vec!["cancel rung 0"]);
 }
 
@@ -387,9 +385,72 @@ fn an_unvault_seen_after_its_quorum_approval_expired_still_counts_after_a_restar
     w.add_approval(g.unvault.compute_txid(), expired);
     assert_eq!(broadcasts(&w.on_mempool_tx(&g.unvault)), vec!["cancel rung 0"], "not approved any more");
     let approvals = [(g.unvault.compute_txid(), expired), (s.unvault.compute_txid(), terms(1_000))];
-    let mut restarted = restarted(&w, &[&g, &s], 5_000_000, &approvals);
+    let (mut restarted, _) = restarted(&w, &[&g, &s], 5_000_000, &approvals);
     // g's 4 M counted at first sight still do: s's 3 M more are over the 5 M budget.
     assert_eq!(broadcasts(&restarted.on_mempool_tx(&s.unvault)), vec!["cancel rung 0"]);
+}
+
+/// A spend of U's output other than C's, to an attacker (it pays one sat less to U's script).
+fn rival_of(v: &Vault) -> Transaction {
+    let mut rival = v.cancels[0].clone();
+    rival.output[0].value -= Amount::from_sat(1);
+    rival
+}
+
+#[test]
+fn the_approved_spend_of_an_unvault_the_tower_is_cancelling_is_fought_as_a_rival() {
+    // The co-signer's approval, over the velocity budget: cancelled at once; the cancel has
+    // not confirmed by DELAY when the approved spend appears (the co-signer signed it).
+    let a = vault(0, 3_000_000);
+    let mut w = watcher(&[&a], 1_000_000);
+    let spend = rival_of(&a);
+    w.add_approval(a.unvault.compute_txid(), ApprovalTerms { spend: spend.compute_txid(), ..terms(1_000) });
+    assert_eq!(broadcasts(&w.on_block_connected(5, &block(vec![a.unvault.clone()]))), vec!["cancel rung 0"]);
+    let actions = w.on_mempool_tx(&spend);
+    assert!(alarms(&actions).contains(&"unapproved-spend".to_string()), "{actions:?}");
+    let top = format!("cancel rung {}", a.cancels.len() - 1);
+    assert!(broadcasts(&actions).contains(&top), "outbid at the top rung: {actions:?}");
+    // Confirmed all the same: the race is lost, and said so; the vault is not "spent" as approved.
+    let lost = w.on_block_connected(6, &block(vec![spend.clone()]));
+    assert!(alarms(&lost).contains(&"unapproved-spend".to_string()), "{lost:?}");
+    assert_eq!(w.vault(&a.outpoint).unwrap().state.spent_height, None);
+}
+
+#[test]
+fn a_quorum_approval_replaced_by_the_cosigner_alone_counts_its_unvault_then() {
+    let (g, s) = (vault(0, 3_000_000), vault(1, 3_000_000));
+    let mut w = watcher(&[&g, &s], 5_000_000);
+    let quorum = ApprovalTerms { guardian_quorum: true, ..terms(1_000) };
+    w.add_approval(g.unvault.compute_txid(), quorum);
+    w.add_approval(s.unvault.compute_txid(), terms(1_000));
+    // g's unvault is the guardians' (not counted): s's fits the 5 M budget beside it.
+    assert!(broadcasts(&w.on_block_connected(5, &block(vec![g.unvault.clone()]))).is_empty());
+    assert!(broadcasts(&w.on_block_connected(6, &block(vec![s.unvault.clone()]))).is_empty());
+    // The co-signer alone replaces g's approval (another spend): g now counts, 6 M in the
+    // window, and it is cancelled.
+    let alone = ApprovalTerms { counter: 2, spend: rival_of(&g).compute_txid(), ..terms(1_000) };
+    let approvals = [(g.unvault.compute_txid(), alone), (s.unvault.compute_txid(), terms(1_000))];
+    // A restart that finds the replacement committed and nothing done about it yet does it.
+    let (_, after_restart) = restarted(&w, &[&g, &s], 5_000_000, &approvals);
+    assert_eq!(broadcasts(&after_restart), vec!["cancel rung 0"]);
+    let actions = w.add_approval(g.unvault.compute_txid(), alone);
+    assert_eq!(broadcasts(&actions), vec!["cancel rung 0"]);
+    assert!(actions
+        .iter()
+        .any(|x| matches!(x, Action::Alarm { message, .. } if message.contains("replaced"))));
+    // Done once: the same approval again changes nothing.
+    assert!(w.add_approval(g.unvault.compute_txid(), alone).is_empty());
+    // Another quorum approval, replaced by the co-signer alone within the budget, only counts.
+    let q = vault(2, 1_000_000);
+    w.add_vault(q.clone());
+    w.add_approval(q.unvault.compute_txid(), quorum);
+    w.on_block_connected(7, &block(vec![q.unvault.clone()]));
+    assert_eq!(w.vault(&q.outpoint).unwrap().state.cancel_rung, None);
+    let mut roomy = restarted(&w, &[&q], 100_000_000, &[]).0;
+    assert!(roomy
+        .add_approval(q.unvault.compute_txid(), ApprovalTerms { counter: 2, ..terms(1_000) })
+        .is_empty());
+    assert_eq!(roomy.vault(&q.outpoint).unwrap().state.counted_for_velocity, Some(true));
 }
 
 #[test]
