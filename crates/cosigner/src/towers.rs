@@ -3,8 +3,8 @@
 //! once, each signed with the client's co-signer auth key and bound to that tower; an
 //! acknowledgement counts only if it carries the tower's own signature.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use vigil_policy::bitcoin::hex::FromHex;
 use vigil_policy::bitcoin::key::{Keypair, XOnlyPublicKey};
@@ -23,18 +23,28 @@ const TOWER_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_PER_TOWER: usize = 16;
 const IDLE_IN_ALL: usize = 64;
 
-/// The one agent every tower request goes through, so its connections are reused. A
-/// connection the tower closed meanwhile (a restart) is found closed before reuse and a new
-/// one opened.
-fn agent() -> &'static ureq::Agent {
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        ureq::AgentBuilder::new()
-            .timeout(TOWER_TIMEOUT)
-            .max_idle_connections(IDLE_IN_ALL)
-            .max_idle_connections_per_host(IDLE_PER_TOWER)
-            .build()
-    })
+/// How long one agent's connections are reused: a tower whose name moved to another
+/// address is reached there within this, not kept on the old one while a connection lasts.
+const AGENT_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The agent tower requests go through, so its connections are reused; a new one (with new
+/// connections) every [`AGENT_LIFETIME`]. A connection the tower closed meanwhile (a
+/// restart) is found closed before reuse and a new one opened.
+fn agent() -> ureq::Agent {
+    static AGENT: Mutex<Option<(Instant, ureq::Agent)>> = Mutex::new(None);
+    let mut current = AGENT.lock().unwrap_or_else(|p| p.into_inner());
+    match &*current {
+        Some((made, agent)) if made.elapsed() < AGENT_LIFETIME => agent.clone(),
+        _ => {
+            let agent = ureq::AgentBuilder::new()
+                .timeout(TOWER_TIMEOUT)
+                .max_idle_connections(IDLE_IN_ALL)
+                .max_idle_connections_per_host(IDLE_PER_TOWER)
+                .build();
+            *current = Some((Instant::now(), agent.clone()));
+            agent
+        }
+    }
 }
 
 /// One request per tower: `body(i)` is tower `i`'s body (each carries its own nonce).
