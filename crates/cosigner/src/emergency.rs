@@ -13,7 +13,7 @@ use vigil_policy::Policy;
 
 use crate::error::Refusal;
 use crate::orders::TowerOrder;
-use crate::service::{alarm, Caller, Cosigner, DURESS_LOCKDOWN_BLOCKS, MAX_LOCKDOWN_BLOCKS};
+use crate::service::{alarm, Caller, Cosigner, Role, DURESS_LOCKDOWN_BLOCKS, MAX_LOCKDOWN_BLOCKS};
 use crate::store::{kind, Store};
 use crate::wire::{self, Heartbeat, HeartbeatAck, KeySignature, Lockdown, LockdownStatus, Signed};
 
@@ -64,7 +64,9 @@ pub const ALARM_FEED_LEN: u32 = 100;
 
 impl Cosigner {
     /// `POST /v1/lockdown`: any owner or guardian freezes the client at once; every tower is
-    /// told (quietly if the client is under duress: its cancels must not show early).
+    /// told. A guardian's, while the owner is under duress, is kept quiet (it lengthens the
+    /// duress lockdown): one the owner's device could see would tell whoever holds it that
+    /// the duress code was typed.
     pub fn lockdown(
         self: &Arc<Self>,
         caller: &Caller,
@@ -81,24 +83,36 @@ impl Cosigner {
         let store = self.store();
         let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
-        // Longer than the lockdown as it holds, a lift counted: after an early lift, the first
-        // end no longer locks anything.
-        if tip + blocks > client.plain_end() {
-            client.lockdown_until = tip + blocks;
-            client.new_lockdown_epoch();
-        }
-        let message = format!(
-            "client {} locked down by {:?} until block {} (tip {tip}): spends are refused",
-            client.id, caller.role, client.lockdown_until
-        );
-        // Its end as it holds here (a lift counted): a shorter lockdown asked while a lifted one
-        // runs must not lock the towers again past the lift.
-        Self::queue_order(
-            store,
-            &mut batch,
-            &client.id,
-            lockdown_order(&client.id, client.plain_end(), false),
-        )?;
+        let quiet = matches!(caller.role, Role::Guardian(_)) && client.under_duress(tip);
+        let (message, until) = if quiet {
+            if tip + blocks > client.duress_until {
+                client.duress_until = tip + blocks;
+                client.new_duress_epoch();
+            }
+            let message = format!(
+                "client {} locked down by {:?} until block {} (tip {tip}), quietly: the owner is under \
+                 duress, and whoever holds the owner's device must not see it",
+                client.id,
+                caller.role,
+                client.duress_end()
+            );
+            (message, client.duress_end())
+        } else {
+            // Longer than the lockdown as it holds, a lift counted: after an early lift, the
+            // first end no longer locks anything.
+            if tip + blocks > client.plain_end() {
+                client.lockdown_until = tip + blocks;
+                client.new_lockdown_epoch();
+            }
+            let message = format!(
+                "client {} locked down by {:?} until block {} (tip {tip}): spends are refused",
+                client.id, caller.role, client.lockdown_until
+            );
+            // Its end as it holds here (a lift counted): a shorter lockdown asked while a
+            // lifted one runs must not lock the towers again past the lift.
+            (message, client.plain_end())
+        };
+        Self::queue_order(store, &mut batch, &client.id, lockdown_order(&client.id, until, quiet))?;
         batch
             .expect(kind::CLIENT, client.id.clone(), Some(before))
             .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
@@ -109,16 +123,16 @@ impl Cosigner {
                 "panic-requested",
                 format!(
                     "PANIC REQUESTED by {:?} of {}: sweep every vault to the deep vault. The client is locked \
-                     down until block {}. Any guardian proposes the panic with `vigil guardian panic`; the \
+                     down until block {until}. Any guardian proposes the panic with `vigil guardian panic`; the \
                      guardians' quorum signing it sweeps.",
-                    caller.role, client.id, client.lockdown_until
+                    caller.role, client.id
                 ),
             ));
         }
         store.commit(&batch)?;
         drop(deciding);
         self.push_soon(client.id.clone());
-        Ok(LockdownStatus { until_height: client.plain_end() })
+        Ok(LockdownStatus { until_height: until })
     }
 
     /// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early; with the
@@ -262,7 +276,8 @@ impl Cosigner {
                     "duress",
                     format!(
                         "DURESS: the owner of {} unlocked with the duress code at block {tip}. The client is \
-                         silently locked down; nothing will be co-signed. Do not contact the owner by phone.",
+                         silently locked down; nothing will be co-signed. Do not contact the owner by phone. A \
+                         guardian's lockdown now is kept silent too; a panic shows on chain.",
                         client.id
                     ),
                 ));

@@ -101,6 +101,27 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
     });
     assert_eq!(tower_views(&f), towers_before, "a quiet lockdown does not show at the towers");
+    // A guardian who locks down now, at the co-signer and at each tower directly (as the
+    // guardian's page does), keeps it quiet: the owner's device sees nothing more.
+    let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 30}), &f.guardian(0)).unwrap();
+    assert!(
+        locked["until_height"].as_u64() > Some(u64::from(tip(&node) + 30)),
+        "the duress lockdown's end: {locked}"
+    );
+    for t in &f.towers {
+        let order = vigil_tower::wire::LockdownRequest {
+            nonce: f.next_nonce(),
+            policy_id: f.cosigner.client.clone(),
+            until_height: tip(&node) + 30,
+            quiet: false,
+        };
+        let body = serde_json::to_vec(&order).unwrap();
+        vigil_testenv::household::post(&t.api, "/v1/lockdown", &body, &f.guardian(0)).unwrap();
+    }
+    eventually("every tower has the guardian's lockdown", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    assert_eq!(tower_views(&f), towers_before, "a guardian's lockdown under duress does not show");
 
     // Under duress, a spend is answered exactly as in a normal session: same shape, same size.
     let coerced_answer = spend(&f, &coerced).unwrap();

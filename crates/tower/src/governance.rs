@@ -271,7 +271,12 @@ pub(crate) fn lockdown(
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
         return Err(stale_nonce(req.nonce, last));
     }
-    let actions = state.watcher.lock_down(&client.id, req.until_height, req.quiet);
+    // A guardian's lockdown while a quiet one holds (the owner typed the duress code) is kept
+    // quiet: one the owner's device could see would tell whoever holds it.
+    let quiet = req.quiet
+        || (client.guardians.contains(signer)
+            && state.watcher.lockdowns().get(&client.id).is_some_and(|l| l.quiet_until > tip));
+    let actions = state.watcher.lock_down(&client.id, req.until_height, quiet);
     if let Some(e) = state.watcher.take_graph_error() {
         tower.shutdown();
         return Err(e.into());

@@ -341,7 +341,7 @@ fn explain(kind: &str) -> (Severity, &'static str, &'static str) {
         "foreign-vault-spend" => (Alarm, "A vault was spent in a way that should be impossible", "Call the provider now."),
         "unordered-emergency" => (Alarm, "A vault is being swept with no panic ordered", "The coins go to the deep vault, where they are safe, but nobody ordered it. Call the provider."),
         "deadline" | "bump-ceiling" | "fee-wallet-empty" => (Alarm, "A watchtower is struggling", "A cancel may not confirm in time. Call the provider."),
-        "duress" | "duress-spend-request" => (Alarm, "The owner may be under duress", "The owner's wallet was opened with the duress code. Do not approve anything; speak to the other guardians, not to the owner's phone."),
+        "duress" | "duress-spend-request" => (Alarm, "The owner may be under duress", "The owner's wallet was opened with the duress code. Do not approve anything; speak to the other guardians, not to the owner's phone. The wallet is already locked, silently: a lockdown you press now stays silent too, while a panic sweeps openly, on chain."),
         "heartbeat-unrecognised" => (Alarm, "The owner's wallet sent an unknown signal", "Someone may be using a copy of the wallet. Call the owner, on a number you know."),
         "panic-requested" | "panic" => (Alarm, "Panic: every vault is to be swept to the deep vault", "The wallet is locked down. Read the details, and sign the panic if the owner asked for it or you believe they are in danger."),
         "panic-proposed" => (Notice, "A guardian asked for a panic", "Every vault is swept to the deep vault once enough guardians sign."),
