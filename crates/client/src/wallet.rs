@@ -66,16 +66,33 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalletError + '_ {
     move |source| WalletError::Io { path: path.to_owned(), source }
 }
 
-/// Writes `bytes` to `path` atomically (a temporary file, synced, renamed over it).
+/// Writes `bytes` to `path` atomically (a temporary file, synced, renamed over it), readable
+/// by its owner alone: the wallet's files hold its node's password, its tokens, and the
+/// policy's keys (from which every vault address follows).
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), WalletError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    // A temporary file left by an earlier release keeps its mode through `open`.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io(&tmp))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     }
     Ok(())
+}
+
+/// Creates directory `path` (and its parents) readable by its owner alone.
+pub fn create_private_dir(path: &Path) -> Result<(), WalletError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io(path))
 }
 
 /// `wallet.toml`.
@@ -518,5 +535,28 @@ impl WalletState {
             }
         }
         Ok(tip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_wallets_files_and_folder_are_its_owners_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wallet").join("inner");
+        create_private_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&dir), mode(dir.parent().unwrap())), (0o700, 0o700));
+        let file = dir.join("wallet.toml");
+        // Even over a world-readable temporary file left behind.
+        std::fs::write(file.with_extension("tmp"), b"old").unwrap();
+        std::fs::set_permissions(file.with_extension("tmp"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        replace_file(&file, b"rpc password").unwrap();
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(std::fs::read(&file).unwrap(), b"rpc password");
     }
 }

@@ -202,7 +202,9 @@ fn say(line: &str) {
 fn ask(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
     eprint!("{prompt}");
     std::io::stderr().flush()?;
-    let mut line = Zeroizing::new(String::new());
+    // Room for any code or phrase at once: a string that grew would leave earlier copies
+    // of it, unwiped, where it was.
+    let mut line = Zeroizing::new(String::with_capacity(4096));
     if std::io::stdin().lock().read_line(&mut line)? == 0 {
         bail!("stopped: no answer to {:?}", prompt.trim());
     }

@@ -242,7 +242,7 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
     }
     let dir = WalletDir::new(target.path.with_extension("restoring"));
     let _ = std::fs::remove_dir_all(&dir.path);
-    std::fs::create_dir_all(&dir.path).with_context(|| format!("creating {}", dir.path.display()))?;
+    vigil_client::wallet::create_private_dir(&dir.path)?;
     let cosigner_took = std::cell::Cell::new(false);
     let made = (|| -> anyhow::Result<()> {
         replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
@@ -542,7 +542,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     say("STEP 4 of 4. Registering with your co-signer and watchtowers...");
     // Recorded before the token is used: an interruption from here on is finished with
     // `vigil init --resume`.
-    std::fs::create_dir_all(&dir.path).with_context(|| format!("creating {}", dir.path.display()))?;
+    vigil_client::wallet::create_private_dir(&dir.path)?;
     let mut setup = Setup {
         cosigner_url: args.cosigner.trim_end_matches('/').to_owned(),
         cosigner_token: args.cosigner_token.clone(),
