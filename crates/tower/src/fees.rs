@@ -171,12 +171,21 @@ impl FeeWallet {
 
     /// Given the transactions now in the mempool at `tip`: a coin whose pending spend has been
     /// out of it for [`MISSING_GRACE_BLOCKS`] is free again, and a pending coin whose creator
-    /// has been out of it as long never existed. Returns whether the wallet changed.
-    pub fn forget_missing_spends(&mut self, mempool: &std::collections::HashSet<Txid>, tip: u32) -> bool {
+    /// has been out of it as long never existed. A coin in `bumping` (a vault's live bump
+    /// spends it, and its next replacement will again) stays reserved: freed, another
+    /// vault's bump would take it and the two children would replace each other. Returns
+    /// whether the wallet changed.
+    pub fn forget_missing_spends(
+        &mut self,
+        mempool: &std::collections::HashSet<Txid>,
+        tip: u32,
+        bumping: &std::collections::HashSet<OutPoint>,
+    ) -> bool {
         let mut changed = false;
         let mut gone = Vec::new();
         for (op, c) in self.coins.iter_mut() {
             let awaited = match (c.height, c.spent_by) {
+                (_, Some(_)) if bumping.contains(op) => continue,
                 (_, Some(spend)) => spend,
                 (None, None) => op.txid,
                 (Some(_), None) => continue,
@@ -358,25 +367,42 @@ mod tests {
         w.observe(&split, None);
         assert!(w.split_pending());
         let with_split: HashSet<Txid> = [split.compute_txid()].into();
-        assert!(!w.forget_missing_spends(&with_split, 10) || w.free_coins() == 0);
+        let none = HashSet::new();
+        assert!(!w.forget_missing_spends(&with_split, 10, &none) || w.free_coins() == 0);
         assert_eq!(w.free_coins(), 0);
         // It leaves the mempool (evicted, or refused after all). Snapshots without it in the
         // same block are not enough (our own spend may have been made after the snapshot was
         // taken, or mined in a block not processed yet): two blocks later it is.
         let empty = HashSet::new();
         for _ in 0..100 {
-            w.forget_missing_spends(&empty, 10);
+            w.forget_missing_spends(&empty, 10, &none);
         }
-        w.forget_missing_spends(&empty, 11);
+        w.forget_missing_spends(&empty, 11, &none);
         assert_eq!(w.free_coins(), 0);
         // Back in the mempool meanwhile: the count starts again.
-        w.forget_missing_spends(&with_split, 11);
-        w.forget_missing_spends(&empty, 12);
+        w.forget_missing_spends(&with_split, 11, &none);
+        w.forget_missing_spends(&empty, 12, &none);
         assert_eq!(w.free_coins(), 0);
-        w.forget_missing_spends(&empty, 14);
+        w.forget_missing_spends(&empty, 14, &none);
         assert_eq!(w.free_coins(), 1, "the coin is free again");
         assert_eq!(w.balance(), 200_000);
         assert!(!w.split_pending(), "the split's outputs are forgotten");
+    }
+
+    #[test]
+    fn a_coin_a_live_bump_spends_stays_reserved_when_its_child_leaves_the_mempool() {
+        let (mut w, ops) = wallet_with_coins(&[200_000]);
+        w.split(4).expect("a spend of the coin");
+        let (empty, bumping) = (HashSet::new(), HashSet::from([ops[0]]));
+        // Its spend left the mempool long ago, but a vault's bump will spend it again.
+        for tip in 10..20 {
+            w.forget_missing_spends(&empty, tip, &bumping);
+        }
+        assert_eq!(w.free_coins(), 0, "no other vault's bump may take it");
+        // That vault is done with it: free again after the grace.
+        w.forget_missing_spends(&empty, 20, &HashSet::new());
+        w.forget_missing_spends(&empty, 22, &HashSet::new());
+        assert_eq!(w.free_coins(), 1);
     }
 
     #[test]

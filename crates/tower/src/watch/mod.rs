@@ -326,7 +326,13 @@ impl Watcher {
     /// (refused, evicted, replaced by someone else's) are free again.
     pub fn on_mempool_snapshot(&mut self, txids: &HashSet<Txid>) {
         if let Some(w) = self.fee_wallet.as_mut() {
-            self.wallet_dirty |= w.forget_missing_spends(txids, self.tip);
+            // The coins live bumps will spend again: those of vaults still being worked on.
+            let bumping: HashSet<OutPoint> = self
+                .active
+                .iter()
+                .filter_map(|id| self.vaults[id].state.bump.as_ref().map(|b| b.coin))
+                .collect();
+            self.wallet_dirty |= w.forget_missing_spends(txids, self.tip, &bumping);
         }
     }
 

@@ -136,6 +136,13 @@ fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
         OutPoint { txid: v.emergencies[top].compute_txid(), vout: 1 }
     );
     assert_eq!(bump.1.input[1].previous_output, OutPoint { txid: funding.compute_txid(), vout: 0 });
+    // The package leaves the mempool (evicted): its coin stays this vault's, which bumps again
+    // with it; no other vault's bump may take it meanwhile.
+    for _ in 0..4 {
+        w.set_tip(w.tip() + 1);
+        w.on_mempool_snapshot(&std::collections::HashSet::new());
+    }
+    assert_eq!(w.fee_wallet().unwrap().free_coins(), 0, "still reserved for this vault's bumps");
 }
 
 #[test]
