@@ -397,12 +397,8 @@ fn the_votes_of_a_guardian_the_quorum_replaced_no_longer_count() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
     let f = Family::new(&node, &co, example("cosigner replaced guardian"), 1, None);
-    let keys = |text: &str| -> Vec<String> {
-        let from = text.find("[guardians]").unwrap();
-        text[from..].lines().filter(|l| l.trim_start().starts_with('"')).map(str::to_owned).take(3).collect()
-    };
-    let (ours, stranger) = (keys(&f.policy_text), keys(&example("a stranger guardian").to_toml()));
-    assert_eq!((ours.len(), stranger.len()), (3, 3));
+    let (ours, stranger) =
+        (guardian_lines(&f.policy_text), guardian_lines(&example("a stranger guardian").to_toml()));
     // Version 2 replaces the third guardian; it waits the governance delay.
     let v2 = f.policy_text.replace("version = 1", "version = 2").replace(&ours[2], &stranger[2]);
     let change = f.change_policy(&v2, &[0, 1]).unwrap();
@@ -494,15 +490,14 @@ fn a_guarded_vault_most_of_whose_guardians_were_replaced_is_refused_at_once_not_
     let guarded = f.vault(&node, Amount::from_sat(600_000), VaultKind::Guarded);
     // Two of the three guardians replaced by others: only one of the vault's own is left to
     // vote, and its spend needs two.
-    let others = example("someone else's guardians").keys();
-    let mut lines: Vec<String> =
-        f.policy_text.replace("version = 1", "version = 2").lines().map(str::to_owned).collect();
-    let first = lines.iter().position(|l| l == "[guardians]").unwrap() + 3;
-    for i in 1..3 {
-        assert!(lines[first + i].contains("tpub"), "{}", f.policy_text);
-        lines[first + i] = format!("  \"{}\",", vigil_policy::example::account_key(&others.guardians[i]));
-    }
-    let change = f.change_policy(&(lines.join("\n") + "\n"), &[0, 1]).unwrap();
+    let (ours, others) =
+        (guardian_lines(&f.policy_text), guardian_lines(&example("someone else's guardians").to_toml()));
+    let v2 = f
+        .policy_text
+        .replace("version = 1", "version = 2")
+        .replace(&ours[1], &others[1])
+        .replace(&ours[2], &others[2]);
+    let change = f.change_policy(&v2, &[0, 1]).unwrap();
     block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
     let refused = spend(&f, &guarded).unwrap_err();
     assert!(
@@ -976,11 +971,8 @@ fn approved_then_kept_from_a_new_tower(
     f.vote(0, id, true).unwrap();
     let approved = f.vote(1, id, true).unwrap();
     assert_eq!(approved["state"], "approved", "{approved}");
-    let keys = |text: &str| -> Vec<String> {
-        let from = text.find("[guardians]").unwrap();
-        text[from..].lines().filter(|l| l.trim_start().starts_with('"')).map(str::to_owned).take(3).collect()
-    };
-    let (ours, stranger) = (keys(&f.policy_text), keys(&example("another stranger guardian").to_toml()));
+    let (ours, stranger) =
+        (guardian_lines(&f.policy_text), guardian_lines(&example("another stranger guardian").to_toml()));
     let b = vigil_testenv::process::TowerProcess::new(node, &[], 5, None);
     let v2 = adding_tower(&f.policy_text.replace(&ours[0], &stranger[0]), "tower-b", &b);
     until_applied(node, f, &f.change_policy(&v2, &[0, 1]).unwrap());
@@ -1205,13 +1197,10 @@ fn a_vote_of_a_guardian_replaced_since_no_longer_counts() {
     let id = asked["id"].as_u64().unwrap();
     assert_eq!(f.vote(2, id, true).unwrap()["state"], "waiting");
     // Guardian 2 is replaced by someone else.
-    let others = example("someone else's guardians").keys();
-    let mut lines: Vec<String> =
-        f.policy_text.replace("version = 1", "version = 2").lines().map(str::to_owned).collect();
-    let line = lines.iter().position(|l| l == "[guardians]").unwrap() + 5;
-    assert!(lines[line].contains("tpub"), "{}", f.policy_text);
-    lines[line] = format!("  \"{}\",", vigil_policy::example::account_key(&others.guardians[2]));
-    let change = f.change_policy(&(lines.join("\n") + "\n"), &[0, 1]).unwrap();
+    let (ours, others) =
+        (guardian_lines(&f.policy_text), guardian_lines(&example("someone else's guardians").to_toml()));
+    let v2 = f.policy_text.replace("version = 1", "version = 2").replace(&ours[2], &others[2]);
+    let change = f.change_policy(&v2, &[0, 1]).unwrap();
     block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
     // Guardian 0's vote is the only one of today's guardians.
     let one = f.vote(0, id, true).unwrap();

@@ -34,6 +34,16 @@ pub fn until_applied(node: &Node, f: &Family, change: &Value) {
     }
 }
 
+/// The guardians' key lines of policy `text`, as written (swapped between policies to
+/// replace a guardian).
+pub fn guardian_lines(text: &str) -> Vec<String> {
+    let from = text.find("[guardians]").unwrap();
+    let lines: Vec<String> =
+        text[from..].lines().filter(|l| l.trim_start().starts_with('"')).map(str::to_owned).take(3).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    lines
+}
+
 pub fn tip(node: &Node) -> u32 {
     node.rpc.tip().unwrap().height
 }
