@@ -348,10 +348,7 @@ pub fn create(
     auth.non_secure_erase();
     let hashes = HeartbeatHashes { real: token_hash(&real.heartbeat), duress: token_hash(&duress.heartbeat) };
     let sealed = vigil_keystore::seal_two(&real.encode(), real_code, &duress.encode(), duress_code, kdf)?;
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
-    }
+    crate::wallet::private_dir(dir).map_err(io(dir))?;
     vigil_keystore::write_new(&dir.join(KEYSTORE_FILE), &sealed)?;
     vigil_keystore::write_new(&dir.join(KEYSTORE_BACKUP_FILE), &sealed)?;
     write_state(dir, UnlockState::default())?;

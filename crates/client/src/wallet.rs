@@ -91,8 +91,13 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), WalletError> {
 
 /// Creates directory `path` (and its parents) readable by its owner alone.
 pub fn create_private_dir(path: &Path) -> Result<(), WalletError> {
+    private_dir(path).map_err(io(path))
+}
+
+/// [`create_private_dir`], for callers with errors of their own.
+pub(crate) fn private_dir(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io(path))
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }
 
 /// `wallet.toml`.

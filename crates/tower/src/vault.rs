@@ -129,6 +129,16 @@ pub struct VaultState {
     pub done: bool,
 }
 
+impl VaultState {
+    /// Whether nothing is under way for it yet: no cancel, no emergency, not spent, not over.
+    pub fn untouched(&self) -> bool {
+        self.cancel_rung.is_none()
+            && self.emergency_rung.is_none()
+            && self.spent_height.is_none()
+            && !self.done
+    }
+}
+
 impl Vault {
     /// A vault to watch, from its signed graph.
     pub fn from_signed(policy_id: &str, delay: u16, signed: &vigil_policy::SignedGraph) -> Vault {

@@ -233,11 +233,15 @@ impl Watcher {
         } else {
             "not approved"
         };
-        self.start_cancel(id, why, actions);
+        self.start_cancel(id, &format!(" is {why}"), actions);
     }
 
-    /// Starts `id`'s cancel at the bottom rung, saying why.
-    fn start_cancel(&mut self, id: OutPoint, why: &str, actions: &mut Vec<Action>) {
+    /// Starts `id`'s cancel at the bottom rung, with an alarm: "unvault U of vault V`why`:
+    /// cancelling".
+    pub(super) fn start_cancel(&mut self, id: OutPoint, why: &str, actions: &mut Vec<Action>) {
+        if !self.ensure_graph(id) {
+            return;
+        }
         let vault = self.vaults.get_mut(&id).expect("watched");
         let u_txid = vault.unvault.compute_txid();
         vault.state.cancel_rung = Some(0);
@@ -247,7 +251,7 @@ impl Watcher {
         actions.push(Action::alarm(
             Some(id),
             AlarmKind::UnvaultCancelled,
-            format!("unvault {u_txid} of vault {id} is {why}: cancelling"),
+            format!("unvault {u_txid} of vault {id}{why}: cancelling"),
         ));
         actions.push(cancel_broadcast(vault, 0));
     }
@@ -263,14 +267,13 @@ impl Watcher {
         }
         let (client, value) = (vault.policy_id.clone(), vault.unvault.output[0].value.to_sat());
         let seen_at = s.unvault_height.unwrap_or(self.tip + 1);
-        let idle =
-            s.cancel_rung.is_none() && s.emergency_rung.is_none() && s.spent_height.is_none() && !s.done;
+        let untouched = s.untouched();
         let over_budget = self.over_velocity(&client, id, value, seen_at);
         self.released.entry(client).or_default().insert(id, (seen_at, value));
         self.vaults.get_mut(&id).expect("watched").state.counted_for_velocity = Some(true);
         self.dirty.insert(id);
-        if idle && over_budget {
-            let why = "over the velocity budget (its approval replaced by one without the guardians)";
+        if untouched && over_budget {
+            let why = " is over the velocity budget (its approval replaced by one without the guardians)";
             self.start_cancel(id, why, actions);
         }
     }

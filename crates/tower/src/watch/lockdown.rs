@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use vigil_policy::bitcoin::OutPoint;
 
-use super::{cancel_broadcast, Watcher, BURY_MARGIN};
+use super::{Watcher, BURY_MARGIN};
 use crate::vault::{Action, AlarmKind};
 
 /// The least `duress_margin` may be: the cancel's burial margin and one block to get in.
@@ -113,7 +113,7 @@ impl Watcher {
         }
         if !quiet {
             for id in self.unvaulted_uncancelled(client) {
-                self.cancel_locked(id, "the client is locked down", &mut actions);
+                self.start_cancel(id, ": the client is locked down", &mut actions);
             }
         }
         actions
@@ -154,35 +154,9 @@ impl Watcher {
         self.vaults
             .values()
             .filter(|v| v.policy_id == client)
-            .filter(|v| {
-                let s = &v.state;
-                s.unvault_seen
-                    && s.cancel_rung.is_none()
-                    && s.emergency_rung.is_none()
-                    && s.spent_height.is_none()
-                    && !s.done
-            })
+            .filter(|v| v.state.unvault_seen && v.state.untouched())
             .map(|v| v.outpoint)
             .collect()
-    }
-
-    /// Starts `id`'s cancel at the bottom rung, with an alarm saying why.
-    pub(super) fn cancel_locked(&mut self, id: OutPoint, why: &str, actions: &mut Vec<Action>) {
-        if !self.ensure_graph(id) {
-            return;
-        }
-        let vault = self.vaults.get_mut(&id).expect("watched");
-        vault.state.cancel_rung = Some(0);
-        let u_txid = vault.unvault.compute_txid();
-        actions.push(Action::alarm(
-            Some(id),
-            AlarmKind::UnvaultCancelled,
-            format!("unvault {u_txid} of vault {id}: {why}: cancelling"),
-        ));
-        actions.push(cancel_broadcast(vault, 0));
-        self.fresh.insert(id);
-        self.active.insert(id);
-        self.dirty.insert(id);
     }
 
     /// Every block: under a quiet lockdown, each confirmed unvault whose spend leaf opens
@@ -196,19 +170,13 @@ impl Watcher {
                 let s = &v.state;
                 let l = self.lockdown(&v.policy_id, height)?;
                 let opens = s.unvault_height? + v.delay as u32;
-                (l.quiet
-                    && s.cancel_rung.is_none()
-                    && s.emergency_rung.is_none()
-                    && s.spent_height.is_none()
-                    && !s.done
-                    && height + self.duress_margin >= opens)
-                    .then_some(*id)
+                (l.quiet && s.untouched() && height + self.duress_margin >= opens).then_some(*id)
             })
             .collect();
         for id in due {
-            self.cancel_locked(
+            self.start_cancel(
                 id,
-                "the client is under a duress lockdown (cancelled late, on purpose)",
+                ": the client is under a duress lockdown (cancelled late, on purpose)",
                 actions,
             );
         }
