@@ -22,6 +22,10 @@ use vigil_policy::{pay_to_anchor, sign_key_path, unsigned_tx, ANCHOR_SAT, GRAPH_
 /// Virtual size of a bump: the anchor and one key-path input, one key-path output.
 pub const BUMP_VBYTES: u64 = 11 + 41 + 58 + 43;
 
+/// Coins one split makes at most: about 21.5 kvB, well within the standard size (a tower
+/// watching more vaults splits again once this one confirmed).
+pub const MAX_SPLIT_OUTPUTS: usize = 500;
+
 /// How the fee wallet is sized and used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeePolicy {
@@ -223,9 +227,10 @@ impl FeeWallet {
     }
 
     /// Splits the largest free coin into `count` coins of one stress-feerate bump each (plus
-    /// change), so concurrent bumps each have their own confirmed coin. `None` when no coin is
-    /// big enough.
+    /// change), so concurrent bumps each have their own confirmed coin: at most
+    /// [`MAX_SPLIT_OUTPUTS`]. `None` when no coin is big enough.
     pub fn split(&mut self, count: usize) -> Option<Transaction> {
+        let count = count.min(MAX_SPLIT_OUTPUTS);
         let each = self.reserve_per_vault();
         let (coin_op, coin) = self
             .coins
@@ -403,6 +408,18 @@ mod tests {
         w.forget_missing_spends(&empty, 20, &HashSet::new());
         w.forget_missing_spends(&empty, 22, &HashSet::new());
         assert_eq!(w.free_coins(), 1);
+    }
+
+    #[test]
+    fn one_split_makes_at_most_its_bound_and_stays_standard() {
+        // Enough for 2,000 coins at the stress feerate.
+        let (mut w, _) = wallet_with_coins(&[2_000 * 32_700 + 10_000_000]);
+        w.set_market_feerate(1);
+        let split = w.split(2_000).expect("a split");
+        let coins = split.output.iter().filter(|o| o.value.to_sat() == w.reserve_per_vault()).count();
+        assert_eq!(coins, MAX_SPLIT_OUTPUTS);
+        assert_eq!(split.output.len(), MAX_SPLIT_OUTPUTS + 1, "and its change");
+        assert!(split.weight().to_wu() < 400_000, "within the standard weight: {}", split.weight());
     }
 
     #[test]

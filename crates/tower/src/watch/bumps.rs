@@ -9,9 +9,6 @@ use crate::vault::{Action, AlarmKind, BumpState};
 /// Blocks a bump is given before a replacement at twice the feerate.
 pub const BUMP_RETRY_BLOCKS: u32 = 2;
 
-/// The fee wallet keeps at most this many coins split for concurrent bumps.
-const MAX_SPLIT_COINS: u64 = 20;
-
 impl Watcher {
     /// Pays through `parent`'s anchor once it has sat at the top of its ladder for
     /// [`BUMP_RETRY_BLOCKS`]: a first child aiming at twice the parent's feerate (at least the
@@ -99,8 +96,11 @@ impl Watcher {
             return;
         }
         let open = self.vaults.values().filter(|v| !v.state.done).count() as u64;
-        let target = open.min(MAX_SPLIT_COINS) as usize;
-        // Fewer free coins than concurrent bumps might need: split the largest.
+        // A coin for every open vault: a compromised co-signer (or a panic) can start every
+        // cancel (or emergency) at once, and a fee spike can hold every bump unconfirmed.
+        let target = open as usize;
+        // Fewer free coins than concurrent bumps might need: split the largest (a split
+        // makes a bounded number, the next one follows once it confirmed).
         let mut cannot_split = false;
         if let Some(w) = self.fee_wallet.as_mut() {
             if w.free_coins() < target && !w.split_pending() {

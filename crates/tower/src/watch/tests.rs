@@ -102,6 +102,51 @@ fn the_fee_wallet_alarms_when_short_and_bumps_a_cancel_stuck_at_the_top_rung() {
 }
 
 #[test]
+fn every_open_vault_gets_a_fee_coin_of_its_own_so_thirty_stuck_cancels_are_bumped_at_once() {
+    use crate::fees::{FeePolicy, FeeWallet};
+    use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
+    let vaults: Vec<Vault> = (0..30).map(|i| vault(i, 5_000_000)).collect();
+    let mut w = watcher(&vaults.iter().collect::<Vec<_>>(), 100_000_000);
+    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
+    let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
+    let mut funding = vaults[0].cancels[0].clone();
+    funding.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([200; 32]), vout: 0 };
+    funding.output = vec![vigil_policy::bitcoin::TxOut {
+        value: Amount::from_sat(2_000_000),
+        script_pubkey: wallet.script().clone(),
+    }];
+    wallet.observe(&funding, Some(1));
+    w.set_fee_wallet(wallet);
+    // One split, confirmed: a coin for each of the thirty.
+    let split = w
+        .on_block_connected(2, &block(vec![]))
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Broadcast { what, tx, .. } if what == "fee wallet split" => Some(tx),
+            _ => None,
+        })
+        .expect("a split");
+    w.on_block_connected(3, &block(vec![split]));
+    assert!(w.fee_wallet().unwrap().free_coins() >= 30, "{} coins", w.fee_wallet().unwrap().free_coins());
+    // Thirty unapproved unvaults at once (a compromised co-signer): every cancel reaches the
+    // top rung and is bumped in the same block, none left without a coin.
+    w.on_block_connected(10, &block(vaults.iter().map(|v| v.unvault.clone()).collect()));
+    let mut bumped = HashSet::new();
+    for h in 11..40 {
+        let actions = w.on_block_connected(h, &block(vec![]));
+        assert!(!alarms(&actions).contains(&"fee-wallet-empty".to_string()), "block {h}");
+        for a in actions {
+            if let Action::BroadcastPackage { vault, what, .. } = a {
+                if what == "cancel anchor bump" {
+                    bumped.insert(vault);
+                }
+            }
+        }
+    }
+    assert_eq!(bumped.len(), 30);
+}
+
+#[test]
 fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
     use crate::fees::{FeePolicy, FeeWallet};
     use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
