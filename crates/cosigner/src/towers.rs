@@ -17,6 +17,12 @@ use crate::wire::TowerReport;
 /// How long one tower may take to answer.
 const TOWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a tower that let a request wait out [`TOWER_TIMEOUT`] is not asked again: a
+/// hung tower (it takes connections, never answers) would otherwise hold every request to it
+/// for the whole timeout, one client after the other, each approval of every family it
+/// watches included. The background loop asks it again after this.
+const UNANSWERED_RESPITE: Duration = Duration::from_secs(30);
+
 /// Connections kept open to each tower between requests (a burst of approvals would
 /// otherwise open, and close, one each), and to all towers together: each holds a file
 /// handle for as long as it stays idle, and families may name many towers between them.
@@ -47,7 +53,37 @@ fn agent() -> ureq::Agent {
     }
 }
 
-/// One request per tower: `body(i)` is tower `i`'s body (each carries its own nonce).
+/// Towers (by URL: one tower serves many clients) that last let a request wait out the
+/// timeout, and when.
+static UNANSWERED: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+
+/// Whether `url` let a request wait out the timeout within [`UNANSWERED_RESPITE`].
+fn hung(url: &str) -> bool {
+    let mut hung = UNANSWERED.lock().unwrap_or_else(|p| p.into_inner());
+    hung.retain(|(_, at)| at.elapsed() < UNANSWERED_RESPITE);
+    hung.iter().any(|(u, _)| u == url)
+}
+
+/// Records whether `url` just let a request wait out the timeout (else it answered, or
+/// refused the connection, and is asked again at once).
+fn record_hung(url: &str, timed_out: bool) {
+    let mut hung = UNANSWERED.lock().unwrap_or_else(|p| p.into_inner());
+    hung.retain(|(u, _)| u != url);
+    if timed_out {
+        hung.push((url.to_owned(), Instant::now()));
+    }
+}
+
+/// What is reported of a tower that did not answer in time, asked now or a moment ago: the
+/// same words either way (under duress, a lockdown pushed in the background may be what
+/// found it hung; a normal session's approval finds it hung itself).
+fn unanswered() -> String {
+    format!("it did not answer within {} s", TOWER_TIMEOUT.as_secs())
+}
+
+/// One request per tower: `body(i)` is tower `i`'s body (each carries its own nonce). A tower
+/// that let a request wait out the timeout a moment ago is not asked (see
+/// [`UNANSWERED_RESPITE`]): it counts as not answering.
 /// Returns which acknowledged, with a signature that verifies for `subject`.
 pub fn post_all(
     policy: &Policy,
@@ -69,8 +105,18 @@ pub fn post_all(
                     if skip {
                         return TowerReport { name, acknowledged: true, refused: None, error: None };
                     }
+                    if hung(&tower.url) {
+                        return TowerReport { name, acknowledged: false, refused: None, error: Some(unanswered()) };
+                    }
                     let tower_key = tower.key.x_only_public_key().0;
-                    match post(&tower.url, &tower_key, path, &body(i), key) {
+                    let sent = Instant::now();
+                    let mut answer = post(&tower.url, &tower_key, path, &body(i), key);
+                    let timed_out = matches!(answer, Err((None, _))) && sent.elapsed() >= TOWER_TIMEOUT;
+                    record_hung(&tower.url, timed_out);
+                    if timed_out {
+                        answer = Err((None, unanswered()));
+                    }
+                    match answer {
                         Ok(ack) => {
                             TowerReport {
                                 name,

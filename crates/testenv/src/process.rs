@@ -487,6 +487,15 @@ impl TowerProcess {
         }
     }
 
+    /// SIGSTOP (`stop = true`) or SIGCONT: a hung tower, whose kernel still takes connections
+    /// and requests that nobody answers.
+    pub fn freeze(&self, stop: bool) {
+        let pid = self.pid().expect("running").to_string();
+        let signal = if stop { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// A single-use enrollment token (`vigil tower token`, beside the running tower).
     pub fn token(&self) -> String {
         let out = Command::new(vigil_exe())
