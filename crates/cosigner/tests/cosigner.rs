@@ -384,6 +384,41 @@ fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
     assert_eq!(followed.current_text, tightened);
 }
 
+/// A tower down when the quorum signed a loosening hears of it later, and its wait ends
+/// later than the co-signer's: it takes the co-signer's approvals of the new version while
+/// the change still waits there (refused, it would cancel the owner's unvault).
+#[test]
+fn a_tower_that_heard_of_a_loosening_late_takes_approvals_of_its_version() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut e = example("cosigner loosening heard late");
+    e.services.spend_limit_sat = Some(1_000_000);
+    let mut f = Family::new(&node, &co, e, 2, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let loosened = f
+        .policy_text
+        .replace("version = 1", "version = 2")
+        .replace("spend_limit_sat = 1000000", "spend_limit_sat = 3000000");
+    f.towers[1].kill9();
+    let change = f.change_policy(&loosened, &[0, 1]).unwrap();
+    let effective = change["effective_height"].as_u64().unwrap() as u32;
+    block(&node, &f, 3);
+    f.towers[1].start();
+    eventually("tower-b hears of the change", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    block(&node, &f, effective - tip(&node));
+    let approved = spend(&f, &vault).unwrap();
+    assert_eq!(
+        (approved["state"].as_str(), approved["policy_version"].as_u64()),
+        (Some("approved"), Some(2))
+    );
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    let at_b = vigil_testenv::household::get(&f.towers[1].api, &path, &f.owner()).unwrap();
+    assert_eq!((at_b["version"].as_u64(), at_b["pending"][0]["version"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(acknowledged_by(&approved), ["tower-a", "tower-b"], "{approved}");
+}
+
 /// The changes the co-signer serves, followed from the family's pinned policy.
 fn follow_served(f: &Family, node: &vigil_testenv::process::Node) -> vigil_client::policy_chain::Followed {
     let served = f.get("/v1/policy/changes", &f.guardian(0)).unwrap();

@@ -464,12 +464,18 @@ pub(crate) fn register_approval(
         ));
     }
     // An earlier version too: an approval given just before a change applied may arrive
-    // after it (a tower that was down, or one the change added). Its signers are judged by
-    // today's keys all the same.
-    if a.policy_version == 0 || a.policy_version > client.policy.version {
+    // after it (a tower that was down, or one the change added). The waiting change's too:
+    // the co-signer applies it when its wait ends there, this tower a little later (its wait
+    // began when the change reached it), and the owner's unvault goes out on "approved".
+    // Its signers are judged by today's keys all the same.
+    let waiting = state.pending.get(&client.id).map_or(0, |w| w.version);
+    let known = client.policy.version.max(waiting);
+    if a.policy_version == 0 || a.policy_version > known {
         return Err(bad(format!(
-            "approval.policy_version {} is not a version of this client (the pinned one is {})",
-            a.policy_version, client.policy.version
+            "approval.policy_version {} is not a version of this client (the pinned one is {}{})",
+            a.policy_version,
+            client.policy.version,
+            if waiting > client.policy.version { format!(", {waiting} waits") } else { String::new() }
         )));
     }
     if vault.unvault.compute_txid() != unvault_txid {

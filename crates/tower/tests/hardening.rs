@@ -396,6 +396,28 @@ fn f07_submitting_a_waiting_change_again_does_not_postpone_it() {
     );
 }
 
+/// The co-signer applies a loosening when its wait ends there and stamps approvals with the
+/// new version; a tower whose wait began a little later (when the change reached it) takes
+/// them: refused, the owner's unvault, sent on "approved", would be cancelled there.
+#[test]
+fn f07_an_approval_of_the_version_still_waiting_here_is_taken() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("approval of a waiting version"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
+    let vault = h.create_vault(&node.rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
+    h.protect(&node.rpc, &tower.api, &vault);
+    block(&node, &h);
+    let loosening = policy(&h, 2, 20_000_000);
+    change(&mut h, &tower, &loosening, &[0, 1]).unwrap();
+    assert_eq!(client_view(&h, &tower)["pending"][0]["version"], 2);
+    h.policy_version = 3;
+    let r = h.approve(&tower.api, &vault, Txid::from_byte_array([0x66; 32]));
+    assert!(matches!(&r, Err((400, t)) if t.contains("the pinned one is 1, 2 waits")), "{r:?}");
+    h.policy_version = 2;
+    h.approve(&tower.api, &vault, Txid::from_byte_array([0x66; 32])).unwrap();
+}
+
 #[test]
 fn f08_a_panic_is_bound_to_a_fresh_id_and_a_window() {
     let node = vigil_node();
