@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vigil_policy::{CompiledPolicy, Policy};
-use vigil_tower::client::only_tightens;
+use vigil_tower::client::{loosens, only_tightens};
 use vigil_tower::wire::{policy_change_digest, ChangePolicy};
 
 use crate::error::Refusal;
@@ -90,6 +90,7 @@ impl Cosigner {
         }
         new.towers_agree_with(current, current).map_err(|e| bad(format!("policy: {e}")))?;
         let tightening = only_tightens(current, &new);
+        let loosening = loosens(current, &new);
         let version = new.version;
         let names: Vec<String> = new.towers.iter().map(|t| t.name.clone()).collect();
         CompiledPolicy::new(new).map_err(|e| bad(format!("policy: {e}")))?;
@@ -113,9 +114,14 @@ impl Cosigner {
             &r.signatures,
         )?;
         let needed = current.guardians.threshold;
-        if !tightening && client.locked(tip) {
+        // Locked down, nothing that lets more leave; a change of keys or towers still waits
+        // its delay: refused too, one guardian (or a stolen owner key) locking again and again
+        // would keep the quorum from ever replacing it.
+        if loosening && client.locked(tip) {
             return Err(Refusal::Forbidden(
-                "the client is locked down: only a change that tightens the policy is taken".into(),
+                "the client is locked down: a change that raises a limit, adds to the whitelist, shortens a delay \
+                 or lowers a threshold is refused until it ends"
+                    .into(),
             ));
         }
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;

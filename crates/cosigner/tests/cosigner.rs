@@ -325,6 +325,31 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     assert!(replayed.0 == 409 && replayed.1.contains("was set since"), "{replayed:?}");
 }
 
+/// One guardian gone rogue locks the family down again and again: the others' quorum can
+/// still replace it (after the wait), though no change that lets more leave is taken.
+#[test]
+fn a_lockdown_refuses_loosening_but_not_replacing_the_guardian_who_keeps_locking() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cosigner rogue guardian"), 1, None);
+    f.post("/v1/lockdown", &serde_json::json!({"blocks": 2000}), &f.guardian(2)).unwrap();
+    let loosened = f
+        .policy_text
+        .replace("version = 1", "version = 2")
+        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
+    assert_ne!(loosened, f.policy_text);
+    let refused = f.change_policy(&loosened, &[0, 1]).unwrap_err();
+    assert!(refused.0 == 403 && refused.1.contains("raises a limit"), "{refused:?}");
+    let (ours, stranger) =
+        (guardian_lines(&f.policy_text), guardian_lines(&example("the rogue's successor").to_toml()));
+    let replaced = f.policy_text.replace("version = 1", "version = 2").replace(&ours[2], &stranger[2]);
+    let change = f.change_policy(&replaced, &[0, 1]).unwrap();
+    assert_eq!(change["effective_height"].as_u64().unwrap() as u32, tip(&node) + 1_009, "it waits: {change}");
+    until_applied(&node, &f, &change);
+    let again = f.post("/v1/lockdown", &serde_json::json!({"blocks": 2000}), &f.guardian(2)).unwrap_err();
+    assert!(again.0 == 401 || again.0 == 403, "the replaced guardian locks no more: {again:?}");
+}
+
 #[test]
 fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
     let node = vigil_node();

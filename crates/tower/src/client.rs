@@ -165,6 +165,27 @@ pub struct ClientRecord {
     pub earlier: Vec<String>,
 }
 
+/// Whether `new` lets more leave, or sooner, than `old`: a higher limit, a shorter window,
+/// a whitelist entry added (or the whitelist emptied), a shorter delay, fewer guardians (or
+/// owner keys) to agree. A lockdown refuses such a change; one that only replaces keys or towers (a
+/// guardian who keeps locking the family down, the owner's stolen keys) still waits out the
+/// governance delay.
+pub fn loosens(old: &Policy, new: &Policy) -> bool {
+    let (a, b) = (&old.allowance, &new.allowance);
+    let (d, e) = (&old.delays, &new.delays);
+    b.velocity_limit_sat > a.velocity_limit_sat
+        || b.spend_limit_sat > a.spend_limit_sat
+        || b.hot_limit_sat > a.hot_limit_sat
+        || b.velocity_window_blocks < a.velocity_window_blocks
+        // An empty whitelist restricts nothing: filling one tightens, emptying one loosens.
+        || (!a.whitelist.is_empty() && (b.whitelist.is_empty() || b.whitelist.iter().any(|w| !a.whitelist.contains(w))))
+        || e.unvault < d.unvault
+        || e.recovery < d.recovery
+        || e.deep_vault < d.deep_vault
+        || new.guardians.threshold < old.guardians.threshold
+        || new.owner.threshold < old.owner.threshold
+}
+
 /// Whether `new` only tightens `old`: the same everything but lower limits, a longer window,
 /// a shorter whitelist. Tightening applies at once; anything else waits out the governance
 /// delay.
@@ -181,4 +202,50 @@ pub fn only_tightens(old: &Policy, new: &Policy) -> bool {
         && b.whitelist.iter().all(|w| a.whitelist.contains(w))
         // An empty whitelist restricts nothing: emptying one loosens.
         && (a.whitelist.is_empty() || !b.whitelist.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_policy::example::ExamplePolicy;
+
+    #[test]
+    fn what_lets_more_leave_or_sooner_loosens_and_replacing_keys_does_not() {
+        let old = Policy::from_toml(&ExamplePolicy::default().to_toml()).unwrap();
+        let changed = |f: &dyn Fn(&mut Policy)| {
+            let mut p = old.clone();
+            p.version += 1;
+            f(&mut p);
+            loosens(&old, &p)
+        };
+        assert!(!changed(&|_| {}));
+        assert!(!changed(&|p| p.guardians.keys.reverse()), "keys replaced, the threshold kept");
+        assert!(!changed(&|p| p.allowance.velocity_limit_sat -= 1));
+        assert!(changed(&|p| p.allowance.velocity_limit_sat += 1));
+        assert!(changed(&|p| p.allowance.spend_limit_sat += 1));
+        assert!(changed(&|p| p.allowance.hot_limit_sat += 1));
+        assert!(changed(&|p| p.allowance.velocity_window_blocks -= 1));
+        assert!(changed(&|p| p.delays.unvault -= 1));
+        assert!(changed(&|p| p.delays.recovery -= 1));
+        assert!(changed(&|p| p.delays.deep_vault -= 1));
+        assert!(changed(&|p| p.guardians.threshold -= 1));
+        assert!(changed(&|p| p.owner.threshold = 0));
+        // Whitelists: filling an empty one tightens; adding to one, or emptying it, loosens.
+        use vigil_policy::bitcoin::{hashes::Hash, Address, ScriptBuf, WScriptHash};
+        let to = |n: u8| {
+            let script = ScriptBuf::new_p2wsh(&WScriptHash::from_byte_array([n; 32]));
+            Address::from_script(&script, old.network).unwrap()
+        };
+        assert!(!changed(&|p| p.allowance.whitelist = vec![to(1)]));
+        let listed = |f: &dyn Fn(&mut Policy)| {
+            let mut before = old.clone();
+            before.allowance.whitelist = vec![to(1), to(2)];
+            let mut after = before.clone();
+            f(&mut after);
+            loosens(&before, &after)
+        };
+        assert!(!listed(&|p| p.allowance.whitelist.truncate(1)));
+        assert!(listed(&|p| p.allowance.whitelist.push(to(3))));
+        assert!(listed(&|p| p.allowance.whitelist.clear()));
+    }
 }
