@@ -82,7 +82,14 @@ fn write_seeds() {
     request(
         3,
         "policy",
-        serde_json::to_vec(&ChangePolicy { nonce: 4, policy_id: id, policy: new, signatures }).unwrap(),
+        serde_json::to_vec(&ChangePolicy {
+            nonce: 4,
+            policy_id: id,
+            policy: new,
+            signatures,
+            not_before_height: None,
+        })
+        .unwrap(),
     );
 
     let hash = genesis.block_hash().to_string();

@@ -175,6 +175,17 @@ impl CosignerConfig {
                 ),
             ));
         }
+        // The towers apply a change from the co-signer's height, up to this far ahead.
+        let max = vigil_tower::client::MAX_GOVERNANCE_DELAY_BLOCKS;
+        if config.governance_delay_blocks > max {
+            return Err(refuse(
+                "governance_delay_blocks",
+                format!(
+                    "{} blocks is more than the towers take; at most {max}",
+                    config.governance_delay_blocks
+                ),
+            ));
+        }
         if !["https", "any", "off"].contains(&config.client_webhooks.as_str()) {
             return Err(refuse(
                 "client_webhooks",
@@ -239,6 +250,10 @@ mod tests {
             (GOOD.replace("regtest", "moon"), "network"),
             (GOOD.replace("passphrase_env = \"VIGIL_PASSPHRASE\"", ""), "passphrase_file"),
             (GOOD.replace("network =", "governance_delay_blocks = 10\nnetwork ="), "governance_delay_blocks"),
+            (
+                GOOD.replace("network =", "governance_delay_blocks = 13105\nnetwork ="),
+                "governance_delay_blocks",
+            ),
             (GOOD.replace("network =", "approval_expiry_blocks = 0\nnetwork ="), "approval_expiry_blocks"),
             (GOOD.replace("network =", "secret = \"x\"\nnetwork ="), "secret"),
             (GOOD.replace("network =", "metrics_listen = \"127.0.0.1:7420\"\nnetwork ="), "metrics_listen"),

@@ -192,7 +192,7 @@ impl Cosigner {
             store,
             &mut batch,
             &client.id,
-            change_order(&client.id, &r.policy, version, signatures),
+            change_order(&client.id, &r.policy, version, signatures, effective_height),
         )?;
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
             kind::CLIENT,
@@ -275,14 +275,21 @@ fn added_towers(client: &ClientRecord) -> String {
 }
 
 /// The relay of a change the quorum signed to every tower (each acknowledges it naming the
-/// height it applies from there).
+/// height it applies from there: not before `effective_height`, when it applies here).
 pub(crate) fn change_order(
     client: &str,
     text: &str,
     version: u32,
     signatures: Vec<vigil_tower::wire::KeySignature>,
+    effective_height: u32,
 ) -> TowerOrder {
-    let body = ChangePolicy { nonce: 0, policy_id: client.to_owned(), policy: text.to_owned(), signatures };
+    let body = ChangePolicy {
+        nonce: 0,
+        policy_id: client.to_owned(),
+        policy: text.to_owned(),
+        signatures,
+        not_before_height: Some(effective_height),
+    };
     crate::emergency::order_of("/v1/policy", &body, format!("policy {client} version {version} at *"))
 }
 

@@ -442,5 +442,11 @@ pub(crate) enum Stage {
 fn change_order(client: &ClientRecord, text: &str) -> Result<TowerOrder, Refusal> {
     let signed = client.changes.iter().rev().find(|c| c.policy == text).ok_or(Refusal::Internal)?;
     let version = vigil_policy::Policy::from_toml(text).map_err(|_| Refusal::Internal)?.version;
-    Ok(crate::governance::change_order(&client.id, text, version, signed.signatures.clone()))
+    Ok(crate::governance::change_order(
+        &client.id,
+        text,
+        version,
+        signed.signatures.clone(),
+        signed.effective_height,
+    ))
 }

@@ -444,6 +444,29 @@ fn a_tower_that_heard_of_a_loosening_late_takes_approvals_of_its_version() {
     assert_eq!(acknowledged_by(&approved), ["tower-a", "tower-b"], "{approved}");
 }
 
+/// A provider waiting longer than the towers' least wait: the towers apply a change from the
+/// co-signer's height, not sooner (the guardians' cancel of it would then be judged there by
+/// the guardians it put in, and refused).
+#[test]
+fn the_towers_apply_a_change_no_sooner_than_a_cosigner_waiting_longer() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "governance_delay_blocks = 2016\n");
+    let f = Family::new(&node, &co, example("cosigner longer wait"), 2, None);
+    let loosened = f
+        .policy_text
+        .replace("version = 1", "version = 2")
+        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
+    let change = f.change_policy(&loosened, &[0, 1]).unwrap();
+    let effective = change["effective_height"].as_u64().unwrap();
+    assert_eq!(effective, tip(&node) as u64 + 2_016, "{change}");
+    assert_eq!(acknowledged_by(&change), ["tower-a", "tower-b"], "{change}");
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    for t in &f.towers {
+        let view = vigil_testenv::household::get(&t.api, &path, &f.owner()).unwrap();
+        assert_eq!(view["pending"][0]["effective_height"].as_u64(), Some(effective), "{view}");
+    }
+}
+
 /// The changes the co-signer serves, followed from the family's pinned policy.
 fn follow_served(f: &Family, node: &vigil_testenv::process::Node) -> vigil_client::policy_chain::Followed {
     let served = f.get("/v1/policy/changes", &f.guardian(0)).unwrap();

@@ -18,6 +18,10 @@ use crate::watch::PolicyLimits;
 /// Blocks a loosening policy change waits: longer than any captivity (> 7 days).
 pub const GOVERNANCE_DELAY_BLOCKS: u32 = 1_009;
 
+/// The longest wait a co-signer may set for a loosening (about three months): a change
+/// naming a later height to apply from is refused.
+pub const MAX_GOVERNANCE_DELAY_BLOCKS: u32 = 13_104;
+
 /// A policy file's id: the sha256 of its bytes, hex.
 pub fn policy_id(text: &str) -> String {
     sha256::Hash::hash(text.as_bytes()).to_string()

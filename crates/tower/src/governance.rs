@@ -14,6 +14,7 @@ use vigil_policy::Policy;
 
 use crate::client::{
     ladder_out_of_reach, only_tightens, Client, ClientRecord, PolicyChange, GOVERNANCE_DELAY_BLOCKS,
+    MAX_GOVERNANCE_DELAY_BLOCKS,
 };
 use crate::daemon::Tower;
 use crate::error::Refusal;
@@ -402,12 +403,20 @@ pub(crate) fn change_policy(
             new.version
         )));
     }
+    // The highest tip known: a loosening's delay never counts from a height the chain passed.
+    let tip = state.watcher.tip().max(state.backend_tip);
+    let effective_height = match req.not_before_height {
+        _ if tightening => tip,
+        Some(h) if h > tip + MAX_GOVERNANCE_DELAY_BLOCKS => {
+            return Err(bad(format!(
+            "not_before_height {h} is more than {MAX_GOVERNANCE_DELAY_BLOCKS} blocks ahead of the tip {tip}"
+        )))
+        }
+        h => (tip + GOVERNANCE_DELAY_BLOCKS).max(h.unwrap_or(0)),
+    };
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
         return Err(stale_nonce(req.nonce, last));
     }
-    // The highest tip known: a loosening's delay never counts from a height the chain passed.
-    let tip = state.watcher.tip().max(state.backend_tip);
-    let effective_height = if tightening { tip } else { tip + GOVERNANCE_DELAY_BLOCKS };
     let change = PolicyChange {
         client: current.id.clone(),
         policy: req.policy.clone(),

@@ -207,6 +207,11 @@ pub struct ChangePolicy {
     pub policy: String,
     /// Guardian signatures over [`policy_change_digest`].
     pub signatures: Vec<KeySignature>,
+    /// The height the co-signer applies it from (its wait may be longer than a tower's): a
+    /// change that does not only tighten applies at the later of this and the tower's own
+    /// wait, so no tower applies it before the co-signer does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_height: Option<u32>,
 }
 
 /// What guardians sign to change a client's policy: the client and the new file's sha256.

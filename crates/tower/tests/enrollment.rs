@@ -152,6 +152,7 @@ fn change(
         policy_id: h.policy_id.clone(),
         policy: s.policy,
         signatures: s.signatures,
+        not_before_height: None,
     };
     post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&guardians[0]))
 }

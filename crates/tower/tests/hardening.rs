@@ -70,6 +70,17 @@ fn change(
     text: &str,
     guardians: &[usize],
 ) -> Result<Value, (u16, String)> {
+    change_not_before(h, tower, text, guardians, None)
+}
+
+/// [`change`], applying from `not_before_height` at the earliest (the co-signer's height).
+fn change_not_before(
+    h: &mut Household,
+    tower: &TowerProcess,
+    text: &str,
+    guardians: &[usize],
+    not_before_height: Option<u32>,
+) -> Result<Value, (u16, String)> {
     let digest = wire::policy_change_digest(&h.policy_id, text);
     let signatures =
         guardians.iter().map(|g| wire::sign(&digest, &auth_keypair(&h.keys.guardians[*g]))).collect();
@@ -78,6 +89,7 @@ fn change(
         policy_id: h.policy_id.clone(),
         policy: text.into(),
         signatures,
+        not_before_height,
     };
     post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&h.keys.guardians[0]))
 }
@@ -416,6 +428,30 @@ fn f07_an_approval_of_the_version_still_waiting_here_is_taken() {
     assert!(matches!(&r, Err((400, t)) if t.contains("the pinned one is 1, 2 waits")), "{r:?}");
     h.policy_version = 2;
     h.approve(&tower.api, &vault, Txid::from_byte_array([0x66; 32])).unwrap();
+}
+
+/// A co-signer whose governance wait is longer than the towers' names the height it applies
+/// a change from: no tower applies it sooner (the guardians' cancel of it would then be
+/// judged there by the guardians it put in). A height absurdly far ahead is refused, and
+/// changes nothing.
+#[test]
+fn f07_a_change_applies_no_sooner_than_the_cosigner_applies_it() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("co-signer's longer wait"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
+    let loosening = policy(&h, 2, 20_000_000);
+    let tip = tip(&node.rpc);
+    let far = tip + vigil_tower::client::MAX_GOVERNANCE_DELAY_BLOCKS + 1;
+    let refused = change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(far)).unwrap_err();
+    assert!(refused.0 == 400 && refused.1.contains("not_before_height"), "{refused:?}");
+    assert!(client_view(&h, &tower)["pending"].as_array().is_none_or(|p| p.is_empty()), "nothing waits");
+    change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(tip + 2_016)).unwrap();
+    assert_eq!(client_view(&h, &tower)["pending"][0]["effective_height"].as_u64(), Some(tip as u64 + 2_016));
+    // A height sooner than the tower's own wait moves nothing earlier.
+    let other = policy(&h, 3, 30_000_000);
+    change_not_before(&mut h, &tower, &other, &[0, 1], Some(tip + 5)).unwrap();
+    assert_eq!(client_view(&h, &tower)["pending"][0]["effective_height"].as_u64(), Some(tip as u64 + 1_009));
 }
 
 #[test]
