@@ -325,6 +325,35 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     assert!(replayed.0 == 409 && replayed.1.contains("was set since"), "{replayed:?}");
 }
 
+/// A lockdown set after a lift, ending sooner than the one lifted: its own quorum lift is
+/// taken by the towers too (they took it for a replay of an older lift, and kept cancelling
+/// every unvault the co-signer approved until it ended).
+#[test]
+fn a_lockdown_set_after_a_lift_is_lifted_at_the_towers_though_it_ends_sooner() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cosigner second lift"), 1, None);
+    let lifted = |until: u32| {
+        let at = tip(&node) + 1_009 + 6;
+        f.lift(0, at, until).unwrap();
+        assert_eq!(f.lift(1, at, until).unwrap()["until_height"].as_u64(), Some(at as u64));
+        at
+    };
+    let first = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
+    let at = lifted(first["until_height"].as_u64().unwrap() as u32);
+    block(&node, &f, at - tip(&node));
+    let second = f.post("/v1/lockdown", &serde_json::json!({"blocks": 2500}), &f.guardian(2)).unwrap();
+    let until = second["until_height"].as_u64().unwrap() as u32;
+    assert!(until < first["until_height"].as_u64().unwrap() as u32);
+    let at = lifted(until);
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    eventually("the tower takes the second lift", || {
+        let view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).ok()?;
+        (view["locked_until"].as_u64() == Some(at as u64)).then_some(())
+    });
+    assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(0));
+}
+
 /// One guardian gone rogue locks the family down again and again: the others' quorum can
 /// still replace it (after the wait), though no change that lets more leave is taken.
 #[test]

@@ -329,12 +329,21 @@ pub(crate) fn lift_lockdown(
             req.lift_at_height, GOVERNANCE_DELAY_BLOCKS
         )));
     }
-    // A lift names the lockdown it ends: one set (or lengthened) since, here, is not its to end.
+    // A lift names the lockdown it ends: one set (or lengthened) since, here, is not its to
+    // end; nor is a lockdown that ends well before the one it names (a lift cut it since, and
+    // this one is for an older lockdown).
     let held = state.watcher.lockdowns().get(&client.id).map_or(0, |l| l.plain_until.max(l.quiet_until));
     if held > req.lockdown_until + LIFT_SLACK_BLOCKS {
         return Err(Refusal::Conflict(format!(
             "this lift ends the lockdown until block {}, but a lockdown until block {held} was set since: it \
              is not lifted",
+            req.lockdown_until
+        )));
+    }
+    if held + LIFT_SLACK_BLOCKS < req.lockdown_until && held > tip {
+        return Err(Refusal::Conflict(format!(
+            "this lift ends the lockdown until block {}, but the lockdown held here ends at block {held}: it is \
+             not this lift's",
             req.lockdown_until
         )));
     }

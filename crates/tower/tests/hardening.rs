@@ -454,6 +454,58 @@ fn f07_a_change_applies_no_sooner_than_the_cosigner_applies_it() {
     assert_eq!(client_view(&h, &tower)["pending"][0]["effective_height"].as_u64(), Some(tip as u64 + 1_009));
 }
 
+/// A lift names the lockdown it ends: once a later lift cut that lockdown short, another
+/// lift the quorum signed for it does not end a lockdown set since, ending sooner.
+#[test]
+fn f07_a_lift_for_a_lockdown_cut_short_since_does_not_end_another() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("a lift for another lockdown"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
+    let t = tip(&node.rpc);
+    let lock = |h: &mut Household, until: u32| {
+        let req = wire::LockdownRequest {
+            nonce: h.next_nonce(),
+            policy_id: h.policy_id.clone(),
+            until_height: until,
+            quiet: false,
+        };
+        post(
+            &tower.api,
+            "/v1/lockdown",
+            &serde_json::to_vec(&req).unwrap(),
+            &auth_keypair(&h.keys.guardians[2]),
+        )
+        .unwrap();
+    };
+    let lift = |h: &mut Household, at: u32, until: u32| {
+        let digest = wire::lift_digest(&h.policy_id, at, until);
+        let req = wire::LiftLockdown {
+            nonce: h.next_nonce(),
+            policy_id: h.policy_id.clone(),
+            lift_at_height: at,
+            lockdown_until: until,
+            signatures: (0..2).map(|g| wire::sign(&digest, &auth_keypair(&h.keys.guardians[g]))).collect(),
+        };
+        post(
+            &tower.api,
+            "/v1/lockdown/lift",
+            &serde_json::to_vec(&req).unwrap(),
+            &auth_keypair(&h.keys.guardians[0]),
+        )
+    };
+    lock(&mut h, t + 3_000);
+    lift(&mut h, t + 1_015, t + 3_000).unwrap();
+    lock(&mut h, t + 2_000);
+    assert_eq!(client_view(&h, &tower)["locked_until"].as_u64(), Some(t as u64 + 2_000));
+    let r = lift(&mut h, t + 1_020, t + 3_000).unwrap_err();
+    assert!(r.0 == 409 && r.1.contains("not this lift's"), "{r:?}");
+    assert_eq!(client_view(&h, &tower)["locked_until"].as_u64(), Some(t as u64 + 2_000), "still locked");
+    // Its own lift ends it.
+    lift(&mut h, t + 1_020, t + 2_000).unwrap();
+    assert_eq!(client_view(&h, &tower)["locked_until"].as_u64(), Some(t as u64 + 1_020));
+}
+
 #[test]
 fn f08_a_panic_is_bound_to_a_fresh_id_and_a_window() {
     let node = vigil_node();

@@ -61,14 +61,18 @@ fn a_lift_applies_once_and_a_replay_does_not_cut_short_a_later_lockdown() {
     assert_eq!(w.lift_lockdown("p", 2_000, 5_000), Lift::Applied);
     assert_eq!(w.lockdowns()["p"].plain_until, 2_000);
     // A new lockdown (duress, say) after the lift: the same lift handed in again changes
-    // nothing, an earlier one for the same lockdown is refused, and so is one for an older
-    // lockdown; a lift for the newer lockdown applies, at the same height too.
+    // nothing, one at a lower height (signed before it) is refused, whatever lockdown it
+    // names; a lift for the newer lockdown applies, at the same height too.
     w.lock_down("p", 9_000, true);
     w.lock_down("p", 8_000, false);
     assert_eq!(w.lift_lockdown("p", 2_000, 5_000), Lift::AlreadyApplied);
     assert_eq!(w.lift_lockdown("p", 1_999, 5_000), Lift::Superseded { last: 2_000 });
-    assert_eq!(w.lift_lockdown("p", 2_500, 4_000), Lift::Superseded { last: 2_000 });
+    assert_eq!(w.lift_lockdown("p", 1_999, 9_000), Lift::Superseded { last: 2_000 });
     assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (8_000, 9_000));
     assert_eq!(w.lift_lockdown("p", 2_000, 9_000), Lift::Applied);
     assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (2_000, 2_000));
+    // A lockdown set after that lift, ending sooner than the one lifted: its own lift applies.
+    w.lock_down("p", 4_000, false);
+    assert_eq!(w.lift_lockdown("p", 3_100, 4_000), Lift::Applied);
+    assert_eq!(w.lockdowns()["p"].plain_until, 3_100);
 }
