@@ -506,7 +506,16 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                 not_after_height: not_after,
             };
             let signatures = vec![wire::sign(&panic.digest(), &auth)];
-            let r: wire::PanicRelayed = co.post("/v1/panic", &wire::PanicOrder { panic, signatures })?;
+            let order = wire::PanicOrder { panic: panic.clone(), signatures };
+            let r: wire::PanicRelayed = co.post("/v1/panic", &order)?;
+            // Once the quorum signed, every tower is handed the panic directly too: a
+            // compromised co-signer must not be able to hold it back, nor claim it went out.
+            let direct = if r.signatures.is_empty() {
+                Vec::new()
+            } else {
+                let towers = vigil_client::towers::TowerClient::all(current, &auth, co.nonces());
+                vigil_client::towers::hand_panic_to_every_tower(&towers, panic, r.signatures.clone())
+            };
             let text = if r.towers.is_empty() {
                 format!(
                     "Your signature is in: {} of {} guardians. The others run:\n  vigil guardian panic --id {id} --not-after {not_after}",
@@ -521,11 +530,15 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                     })
                     .collect();
                 format!(
-                    "The quorum signed: every vault is being swept to the deep vault. Towers: {}",
-                    acted.join(", ")
+                    "The quorum signed: every vault is being swept to the deep vault. Towers, as the co-signer \
+                     reports: {}.{}",
+                    acted.join(", "),
+                    told_directly(&direct)
                 )
             };
-            show(&serde_json::to_value(&r)?, text);
+            let mut value = serde_json::to_value(&r)?;
+            value["towers_told_directly"] = direct_json(&direct);
+            show(&value, text);
         }
         GuardianCommand::Policy { file, yes } => {
             let new =
@@ -544,11 +557,22 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                 )?;
             }
             let digest = vigil_tower::wire::policy_change_digest(co.client_id(), &new);
-            let req = wire::PolicyChange { policy: new, signatures: vec![wire::sign(&digest, &auth)] };
+            let req =
+                wire::PolicyChange { policy: new.clone(), signatures: vec![wire::sign(&digest, &auth)] };
             let r: wire::PolicyChangeStatus = co.post("/v1/policy", &req)?;
             // The record kept beside the policy takes the change at once: recovery may later
             // need its scripts with no co-signer left to ask.
             let served = co.get::<wire::PolicyChanges>("/v1/policy/changes").map_err(|e| e.to_string());
+            // Once the quorum signed, every tower is handed the change directly too (each checks
+            // the signatures): a compromised co-signer must not keep a tightening from them.
+            let direct = match &served {
+                _ if r.effective_height == 0 => Some(Vec::new()),
+                Ok(served) => {
+                    let towers = vigil_client::towers::TowerClient::all(current, &auth, co.nonces());
+                    vigil_client::towers::hand_change_to_every_tower(&towers, co.client_id(), &new, served)
+                }
+                Err(_) => None,
+            };
             if let Some(w) = checked_record_file(&policy_text, &changes_file(policy_path), Some(served))?.1 {
                 eprintln!("WARNING: {w}");
             }
@@ -556,14 +580,39 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                 format!("Signed: {} of {} guardians so far.", r.approvals, r.needed)
             } else {
                 format!(
-                    "The quorum signed version {}: it applies at block {}.",
-                    r.version, r.effective_height
+                    "The quorum signed version {}: it applies at block {}.{}",
+                    r.version,
+                    r.effective_height,
+                    match &direct {
+                        Some(direct) => told_directly(direct),
+                        None =>
+                            "\nWARNING: the co-signer does not serve the change it says the quorum signed: \
+                                 the towers were not told directly."
+                                .to_owned(),
+                    }
                 )
             };
-            show(&serde_json::to_value(&r)?, text);
+            let mut value = serde_json::to_value(&r)?;
+            value["towers_told_directly"] = direct_json(&direct.unwrap_or_default());
+            show(&value, text);
         }
     }
     Ok(())
+}
+
+/// What the towers said when handed a decision directly, one line each.
+fn told_directly(reports: &[(String, Option<String>)]) -> String {
+    reports
+        .iter()
+        .map(|(name, why)| match why {
+            None => format!("\nWatchtower {name}, told directly: took it"),
+            Some(e) => format!("\nWatchtower {name}, told directly: NOT taken ({e})"),
+        })
+        .collect()
+}
+
+fn direct_json(reports: &[(String, Option<String>)]) -> serde_json::Value {
+    reports.iter().map(|(name, why)| json!({"name": name, "error": why})).collect()
 }
 
 /// Where a guardian keeps the record of changes to the policy at `policy` it last checked.

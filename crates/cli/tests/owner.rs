@@ -734,10 +734,14 @@ fn panic_to_the_deep_vault(
 ) -> Value {
     let id = "ab".repeat(32);
     let not_after = (s.node.rpc.tip().unwrap().height + 100).to_string();
+    let mut last = Value::Null;
     for k in keys {
-        let (ok, _, err) = guardian(k, &["panic", "--id", &id, "--not-after", &not_after], Some(policy));
+        let (ok, out, err) = guardian(k, &["panic", "--id", &id, "--not-after", &not_after], Some(policy));
         assert!(ok, "{err}");
+        last = serde_json::from_str(&out).unwrap();
     }
+    // The guardian whose signature made the quorum handed the panic to every tower itself too.
+    told_every_tower_directly(&last);
     eventually("the vaults are swept to the deep vault", || {
         mine(&s.node.rpc, 1, &payer.address());
         let v = json(dir, &["status"], &[REAL]);
@@ -1374,13 +1378,21 @@ fn guardians_sign_version_2(dir: &Path, keys: &Path, guardian_keys: &[std::path:
 fn guardians_sign(keys: &Path, guardian_keys: &[std::path::PathBuf], policy: &Path, text: &str) -> u32 {
     let proposal = keys.join("v2.toml");
     std::fs::write(&proposal, text).unwrap();
-    let mut effective = 0;
+    let mut last = Value::Null;
     for key in guardian_keys {
         let (ok, out, err) = guardian(key, &["policy", proposal.to_str().unwrap(), "--yes"], Some(policy));
         assert!(ok, "{err}");
-        effective = serde_json::from_str::<Value>(&out).unwrap()["effective_height"].as_u64().unwrap() as u32;
+        last = serde_json::from_str(&out).unwrap();
     }
-    effective
+    // The guardian whose signature made the quorum handed the change to every tower itself too.
+    told_every_tower_directly(&last);
+    last["effective_height"].as_u64().unwrap() as u32
+}
+
+/// Every tower took what a guardian's command handed it directly.
+fn told_every_tower_directly(answer: &Value) {
+    let towers = answer["towers_told_directly"].as_array().unwrap();
+    assert!(!towers.is_empty() && towers.iter().all(|t| t["error"].is_null()), "{answer}");
 }
 
 #[test]

@@ -246,7 +246,9 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     browser.follow("button[type=submit]");
     let signed = browser.text();
     assert!(signed.contains("The quorum signed version 2: it applies at block"), "{signed}");
-    let at = signed.split("applies at block ").nth(1).unwrap().trim_end_matches('.').trim().to_owned();
+    // The page handed the signed change to every tower itself too.
+    assert_eq!(signed.matches("told directly: took it").count(), 3, "{signed}");
+    let at = signed.split("applies at block ").nth(1).unwrap().split('.').next().unwrap().trim().to_owned();
     browser.goto(&format!("{}/", second.origin));
     let text = browser.text();
     assert!(
@@ -283,7 +285,9 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     browser.type_into("#passphrase", PASSPHRASE);
     browser.click("input[name=confirm]");
     browser.follow("button[value=sign]");
-    assert!(browser.text().contains("The quorum signed: every vault is being swept"), "{}", browser.text());
+    let swept = browser.text();
+    assert!(swept.contains("The quorum signed: every vault is being swept"), "{swept}");
+    assert_eq!(swept.matches("told directly: took it").count(), 3, "{swept}");
     let start = Instant::now();
     while !h.status().unwrap()["vaults"].as_array().unwrap().iter().any(|v| v["state"] == "in the deep vault")
     {

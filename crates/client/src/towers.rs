@@ -68,6 +68,64 @@ impl<'a> TowerClient<'a> {
     }
 }
 
+/// What each tower said when handed a decision directly: its name and, if it did not take
+/// it, why.
+pub type TowerAnswers = Vec<(String, Option<String>)>;
+
+/// Hands the change to `text` the guardians' quorum signed (as the co-signer serves it, with
+/// its signatures and the height it applies from) to every tower directly: a compromised
+/// co-signer must not be able to keep a tightening from them. `None`: the co-signer does not
+/// serve that change.
+pub fn hand_change_to_every_tower(
+    towers: &[TowerClient<'_>],
+    policy_id: &str,
+    text: &str,
+    served: &vigil_cosigner::wire::PolicyChanges,
+) -> Option<TowerAnswers> {
+    let signed = served.changes.iter().rev().find(|c| c.policy == text)?;
+    let request = vigil_tower::wire::ChangePolicy {
+        nonce: 0,
+        policy_id: policy_id.to_owned(),
+        policy: text.to_owned(),
+        signatures: signed.signatures.clone(),
+        not_before_height: Some(signed.effective_height),
+    };
+    Some(hand_to_every_tower(towers, "/v1/policy", &request, None))
+}
+
+/// Hands the panic the guardians' quorum signed to every tower directly: a compromised
+/// co-signer must not be able to hold it back, nor claim it went out. A tower that acted on
+/// it already (the co-signer was first) took it.
+pub fn hand_panic_to_every_tower(
+    towers: &[TowerClient<'_>],
+    panic: vigil_tower::wire::Panic,
+    signatures: Vec<vigil_tower::wire::KeySignature>,
+) -> TowerAnswers {
+    let request = vigil_tower::wire::PanicRequest { nonce: 0, panic, signatures };
+    hand_to_every_tower(towers, "/v1/panic", &request, Some("already acted on"))
+}
+
+/// Hands `request` to every tower directly: what each said. A refusal naming `taken` says
+/// the tower has it already.
+fn hand_to_every_tower<T: Serialize>(
+    towers: &[TowerClient<'_>],
+    path: &str,
+    request: &T,
+    taken: Option<&str>,
+) -> TowerAnswers {
+    towers
+        .iter()
+        .map(|tower| {
+            let why = match tower.post::<_, serde_json::Value>(path, request) {
+                Ok(_) => None,
+                Err(e) if taken.is_some_and(|t| e.to_string().contains(t)) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            (tower.name.clone(), why)
+        })
+        .collect()
+}
+
 /// Locks the client down at every tower directly (not through the co-signer, which may be the
 /// party that is compromised): until `until` where the caller read its own chain, else
 /// `blocks` past each tower's own tip. Returns each tower's name and, if it was not reached

@@ -362,9 +362,18 @@ impl Cosigner {
                         ),
                     ));
                 store.commit(&batch)?;
-                return Ok(wire::PanicRelayed { approvals: count, needed, towers: Vec::new() });
+                return Ok(wire::PanicRelayed {
+                    approvals: count,
+                    needed,
+                    towers: Vec::new(),
+                    signatures: Vec::new(),
+                });
             }
-            let order = vigil_tower::wire::PanicRequest { nonce: 0, panic: p.panic.clone(), signatures };
+            let order = vigil_tower::wire::PanicRequest {
+                nonce: 0,
+                panic: p.panic.clone(),
+                signatures: signatures.clone(),
+            };
             Self::queue_order(
                 store,
                 &mut batch,
@@ -381,10 +390,10 @@ impl Cosigner {
                     format!("panic {} of {}: relayed to every tower", p.panic.id, caller.client.id),
                 ));
             store.commit(&batch)?;
-            count
+            (count, signatures)
         };
         let towers = self.push_orders(&caller.client.id)?;
-        Ok(wire::PanicRelayed { approvals: relayed, needed, towers })
+        Ok(wire::PanicRelayed { approvals: relayed.0, needed, towers, signatures: relayed.1 })
     }
 }
 

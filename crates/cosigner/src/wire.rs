@@ -392,6 +392,10 @@ pub struct PanicRelayed {
     pub needed: u32,
     /// Each tower (empty until the quorum signed).
     pub towers: Vec<TowerReport>,
+    /// The quorum's signatures, once it signed: the guardian hands the panic to every tower
+    /// itself too (a compromised co-signer could hold it back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<KeySignature>,
 }
 
 /// A lockdown as answered.

@@ -23,7 +23,9 @@ use serde_json::Value;
 use vigil_client::cosigner::{ClientError, CosignerClient};
 use vigil_client::guardian::{diff, Checked, Checker, LOCKDOWN_WARNING, NOTHING_OUT_WARNING, TO_OWNER};
 use vigil_client::policies::checked_record_file;
-use vigil_client::towers::{lock_down_everywhere, TowerClient};
+use vigil_client::towers::{
+    hand_change_to_every_tower, hand_panic_to_every_tower, lock_down_everywhere, TowerClient,
+};
 use vigil_cosigner::wire::{self, CosignerAlarm, SpendStatus};
 use vigil_cosigner::MasterKey;
 use vigil_policy::bitcoin::key::Keypair;
@@ -930,6 +932,24 @@ async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Exte
     .await
 }
 
+/// What the towers said when handed a decision directly, as a list.
+fn told_directly(reports: &[(String, Option<String>)]) -> String {
+    let items: String = reports
+        .iter()
+        .map(|(name, why)| match why {
+            None => format!("<li>Watchtower {}, told directly: took it</li>", esc(name)),
+            Some(e) => {
+                format!(
+                    "<li>Watchtower {}, told directly: <strong>NOT taken</strong> ({})</li>",
+                    esc(name),
+                    esc(e)
+                )
+            }
+        })
+        .collect();
+    format!("<ul>{items}</ul>")
+}
+
 async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
     page.show("Panic", &panic_page(&page, None))
 }
@@ -1068,7 +1088,8 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
         drop(keys);
         let (id, not_after) = (panic.id.clone(), panic.not_after_height);
         let signatures = vec![wire::sign(&panic.digest(), &page.auth)];
-        match page.co.post::<_, wire::PanicRelayed>("/v1/panic", &wire::PanicOrder { panic, signatures }) {
+        let order = wire::PanicOrder { panic: panic.clone(), signatures };
+        match page.co.post::<_, wire::PanicRelayed>("/v1/panic", &order) {
             Ok(r) if r.towers.is_empty() => page.show(
                 "Panic signed",
                 &notice(
@@ -1094,16 +1115,19 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                         )
                     })
                     .collect();
-                page.show(
-                    "Panic under way",
-                    &notice(
-                        "alarm",
-                        &format!(
-                            "The quorum signed: every vault is being swept to the deep vault. Towers: {}.",
-                            towers.join(", ")
-                        ),
+                // Every tower is handed the panic directly too: a compromised co-signer must not
+                // hold it back, nor claim it went out.
+                let clients = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
+                let direct = hand_panic_to_every_tower(&clients, panic, r.signatures.clone());
+                let body = notice(
+                    "alarm",
+                    &format!(
+                        "The quorum signed: every vault is being swept to the deep vault. Towers, as the \
+                         co-signer reports: {}.",
+                        towers.join(", ")
                     ),
-                )
+                );
+                page.show("Panic under way", &(body + &told_directly(&direct)))
             }
             Err(e) => page.show(
                 "Not signed",
@@ -1290,7 +1314,7 @@ async fn sign_policy(
         let signatures = vec![wire::sign(&digest, &page.auth)];
         match page.co.post::<_, wire::PolicyChangeStatus>(
             "/v1/policy",
-            &wire::PolicyChange { policy: text, signatures },
+            &wire::PolicyChange { policy: text.clone(), signatures },
         ) {
             Ok(r) if r.effective_height == 0 => page.show(
                 "Signed",
@@ -1299,16 +1323,31 @@ async fn sign_policy(
                     &format!("Your signature is in: {} of {} guardians so far.", r.approvals, r.needed),
                 ),
             ),
-            Ok(r) => page.show(
-                "Signed",
-                &notice(
+            Ok(r) => {
+                let body = notice(
                     "ok",
                     &format!(
                         "The quorum signed version {}: it applies at block {}.",
                         r.version, r.effective_height
                     ),
-                ),
-            ),
+                );
+                // Every tower is handed the change directly too (each checks the signatures): a
+                // compromised co-signer must not keep a tightening from them.
+                let served = page.co.get::<wire::PolicyChanges>("/v1/policy/changes");
+                let clients = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
+                let direct = served
+                    .ok()
+                    .and_then(|s| hand_change_to_every_tower(&clients, page.co.client_id(), &text, &s));
+                let told = match direct {
+                    Some(direct) => told_directly(&direct),
+                    None => notice(
+                        "alarm",
+                        "The co-signer does not serve the change it says the quorum signed: the towers were \
+                         not told directly. Call the provider.",
+                    ),
+                };
+                page.show("Signed", &(body + &told))
+            }
             Err(e) => page.show(
                 "Not signed",
                 &notice("warn", &format!("The co-signer did not take it: {}", esc(&e.to_string()))),
