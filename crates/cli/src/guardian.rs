@@ -533,7 +533,13 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                     "The quorum signed: every vault is being swept to the deep vault. Towers, as the co-signer \
                      reports: {}.{}",
                     acted.join(", "),
-                    told_directly(&direct)
+                    if r.signatures.is_empty() {
+                        "\nWARNING: the co-signer says the quorum signed but gives no signatures: the towers \
+                         were not told directly. Call the provider."
+                            .to_owned()
+                    } else {
+                        told_directly(&direct)
+                    }
                 )
             };
             let mut value = serde_json::to_value(&r)?;

@@ -73,9 +73,9 @@ impl<'a> TowerClient<'a> {
 pub type TowerAnswers = Vec<(String, Option<String>)>;
 
 /// Hands the change to `text` the guardians' quorum signed (as the co-signer serves it, with
-/// its signatures and the height it applies from) to every tower directly: a compromised
-/// co-signer must not be able to keep a tightening from them. `None`: the co-signer does not
-/// serve that change.
+/// its signatures) to every tower directly: a compromised co-signer must not be able to keep
+/// a tightening from them. Each tower waits its own delay from then (only the co-signer may
+/// name a later height). `None`: the co-signer does not serve that change.
 pub fn hand_change_to_every_tower(
     towers: &[TowerClient<'_>],
     policy_id: &str,
@@ -88,7 +88,7 @@ pub fn hand_change_to_every_tower(
         policy_id: policy_id.to_owned(),
         policy: text.to_owned(),
         signatures: signed.signatures.clone(),
-        not_before_height: Some(signed.effective_height),
+        not_before_height: None,
     };
     Some(hand_to_every_tower(towers, "/v1/policy", &request, None))
 }

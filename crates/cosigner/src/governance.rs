@@ -192,7 +192,7 @@ impl Cosigner {
             store,
             &mut batch,
             &client.id,
-            change_order(&client.id, &r.policy, version, signatures, effective_height),
+            change_order(&client.id, &r.policy, version, signatures, (tip, effective_height)),
         )?;
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
             kind::CLIENT,
@@ -275,20 +275,23 @@ fn added_towers(client: &ClientRecord) -> String {
 }
 
 /// The relay of a change the quorum signed to every tower (each acknowledges it naming the
-/// height it applies from there: not before `effective_height`, when it applies here).
+/// height it applies from there), signed at `signed_height` to apply here from
+/// `effective_height`. A wait longer than the towers' own is named, so that none applies it
+/// sooner; left out otherwise, so that a tower of an earlier release takes the request.
 pub(crate) fn change_order(
     client: &str,
     text: &str,
     version: u32,
     signatures: Vec<vigil_tower::wire::KeySignature>,
-    effective_height: u32,
+    (signed_height, effective_height): (u32, u32),
 ) -> TowerOrder {
+    let longer = effective_height > signed_height + vigil_tower::GOVERNANCE_DELAY_BLOCKS;
     let body = ChangePolicy {
         nonce: 0,
         policy_id: client.to_owned(),
         policy: text.to_owned(),
         signatures,
-        not_before_height: Some(effective_height),
+        not_before_height: longer.then_some(effective_height),
     };
     crate::emergency::order_of("/v1/policy", &body, format!("policy {client} version {version} at *"))
 }

@@ -447,6 +447,6 @@ fn change_order(client: &ClientRecord, text: &str) -> Result<TowerOrder, Refusal
         text,
         version,
         signed.signatures.clone(),
-        signed.effective_height,
+        (signed.signed_height, signed.effective_height),
     ))
 }

@@ -398,30 +398,40 @@ pub(crate) fn change_policy(
     {
         return Err(bad(format!("policy: {reason}")));
     }
+    // The highest tip known: a loosening's delay never counts from a height the chain passed.
+    let tip = state.watcher.tip().max(state.backend_tip);
+    // The height the co-signer applies it from, which may be later than this tower's own wait
+    // (a provider may wait longer). Taken from the co-signer only: the guardians sign the file,
+    // not the height, and any other party could otherwise postpone a change here.
+    let named = req.not_before_height.filter(|_| *signer == current.cosigner && !tightening);
+    if let Some(h) = named.filter(|h| *h > tip + MAX_GOVERNANCE_DELAY_BLOCKS) {
+        return Err(bad(format!(
+            "not_before_height {h} is more than {MAX_GOVERNANCE_DELAY_BLOCKS} blocks ahead of the tip {tip}"
+        )));
+    }
     let waiting = state.pending.get(&current.id).cloned();
     let subject =
         |c: &PolicyChange| format!("policy {} version {} at {}", c.client, c.version, c.effective_height);
-    // The same change again is the same change: it must not restart its own delay.
-    if let Some(w) = waiting.as_ref().filter(|w| w.policy == req.policy) {
-        return Ok(ack(tower, subject(w)));
-    }
-    let floor = waiting.as_ref().map(|w| w.version).unwrap_or(0).max(current.policy.version);
-    if new.version <= floor {
-        return Err(bad(format!(
-            "policy: version {} is not above {floor}, the current or waiting one",
-            new.version
-        )));
-    }
-    // The highest tip known: a loosening's delay never counts from a height the chain passed.
-    let tip = state.watcher.tip().max(state.backend_tip);
-    let effective_height = match req.not_before_height {
-        _ if tightening => tip,
-        Some(h) if h > tip + MAX_GOVERNANCE_DELAY_BLOCKS => {
-            return Err(bad(format!(
-            "not_before_height {h} is more than {MAX_GOVERNANCE_DELAY_BLOCKS} blocks ahead of the tip {tip}"
-        )))
+    // The same change again is the same change: it must not restart its own delay. Only the
+    // co-signer may name a later height for it (another party handed it in first).
+    let same = waiting.as_ref().filter(|w| w.policy == req.policy);
+    if let Some(w) = same {
+        if named.is_none_or(|h| h <= w.effective_height) {
+            return Ok(ack(tower, subject(w)));
         }
-        h => (tip + GOVERNANCE_DELAY_BLOCKS).max(h.unwrap_or(0)),
+    } else {
+        let floor = waiting.as_ref().map(|w| w.version).unwrap_or(0).max(current.policy.version);
+        if new.version <= floor {
+            return Err(bad(format!(
+                "policy: version {} is not above {floor}, the current or waiting one",
+                new.version
+            )));
+        }
+    }
+    let effective_height = match same {
+        Some(w) => w.effective_height.max(named.unwrap_or(0)),
+        None if tightening => tip,
+        None => (tip + GOVERNANCE_DELAY_BLOCKS).max(named.unwrap_or(0)),
     };
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
         return Err(stale_nonce(req.nonce, last));

@@ -70,16 +70,18 @@ fn change(
     text: &str,
     guardians: &[usize],
 ) -> Result<Value, (u16, String)> {
-    change_not_before(h, tower, text, guardians, None)
+    let by = auth_keypair(&h.keys.guardians[0]);
+    change_not_before(h, tower, text, guardians, None, &by)
 }
 
-/// [`change`], applying from `not_before_height` at the earliest (the co-signer's height).
+/// [`change`] handed in `by` a party, naming `not_before_height` (the co-signer's height).
 fn change_not_before(
     h: &mut Household,
     tower: &TowerProcess,
     text: &str,
     guardians: &[usize],
     not_before_height: Option<u32>,
+    by: &Keypair,
 ) -> Result<Value, (u16, String)> {
     let digest = wire::policy_change_digest(&h.policy_id, text);
     let signatures =
@@ -91,7 +93,7 @@ fn change_not_before(
         signatures,
         not_before_height,
     };
-    post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&h.keys.guardians[0]))
+    post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), by)
 }
 
 /// `h`'s policy at `version` with `velocity` as its velocity limit.
@@ -442,16 +444,24 @@ fn f07_a_change_applies_no_sooner_than_the_cosigner_applies_it() {
     let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
     let loosening = policy(&h, 2, 20_000_000);
     let tip = tip(&node.rpc);
+    let (cosigner, guardian) = (auth_keypair(&h.keys.cosigner), auth_keypair(&h.keys.guardians[2]));
+    let waits_until = |h: &Household| client_view(h, &tower)["pending"][0]["effective_height"].as_u64();
     let far = tip + vigil_tower::client::MAX_GOVERNANCE_DELAY_BLOCKS + 1;
-    let refused = change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(far)).unwrap_err();
+    let refused = change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(far), &cosigner).unwrap_err();
     assert!(refused.0 == 400 && refused.1.contains("not_before_height"), "{refused:?}");
     assert!(client_view(&h, &tower)["pending"].as_array().is_none_or(|p| p.is_empty()), "nothing waits");
-    change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(tip + 2_016)).unwrap();
-    assert_eq!(client_view(&h, &tower)["pending"][0]["effective_height"].as_u64(), Some(tip as u64 + 2_016));
+    // Handed in first by another party naming a height: the guardians sign the file, not the
+    // height, so only the co-signer's counts. The co-signer's, after it, moves it later.
+    change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(tip + 9_000), &guardian).unwrap();
+    assert_eq!(waits_until(&h), Some(tip as u64 + 1_009), "a guardian does not postpone it");
+    change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(tip + 2_016), &cosigner).unwrap();
+    assert_eq!(waits_until(&h), Some(tip as u64 + 2_016));
+    change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(tip + 1_500), &cosigner).unwrap();
+    assert_eq!(waits_until(&h), Some(tip as u64 + 2_016), "nor earlier again");
     // A height sooner than the tower's own wait moves nothing earlier.
     let other = policy(&h, 3, 30_000_000);
-    change_not_before(&mut h, &tower, &other, &[0, 1], Some(tip + 5)).unwrap();
-    assert_eq!(client_view(&h, &tower)["pending"][0]["effective_height"].as_u64(), Some(tip as u64 + 1_009));
+    change_not_before(&mut h, &tower, &other, &[0, 1], Some(tip + 5), &cosigner).unwrap();
+    assert_eq!(waits_until(&h), Some(tip as u64 + 1_009));
 }
 
 /// A lift names the lockdown it ends: once a later lift cut that lockdown short, another

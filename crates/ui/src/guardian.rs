@@ -1117,8 +1117,16 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                     .collect();
                 // Every tower is handed the panic directly too: a compromised co-signer must not
                 // hold it back, nor claim it went out.
-                let clients = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
-                let direct = hand_panic_to_every_tower(&clients, panic, r.signatures.clone());
+                let told = if r.signatures.is_empty() {
+                    notice(
+                        "alarm",
+                        "The co-signer says the quorum signed but gives no signatures: the towers were not \
+                         told directly. Call the provider.",
+                    )
+                } else {
+                    let clients = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
+                    told_directly(&hand_panic_to_every_tower(&clients, panic, r.signatures.clone()))
+                };
                 let body = notice(
                     "alarm",
                     &format!(
@@ -1127,7 +1135,7 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                         towers.join(", ")
                     ),
                 );
-                page.show("Panic under way", &(body + &told_directly(&direct)))
+                page.show("Panic under way", &(body + &told))
             }
             Err(e) => page.show(
                 "Not signed",
