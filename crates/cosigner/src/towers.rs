@@ -17,11 +17,15 @@ use crate::wire::TowerReport;
 /// How long one tower may take to answer.
 const TOWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a tower that let a request wait out [`TOWER_TIMEOUT`] is not asked again: a
-/// hung tower (it takes connections, never answers) would otherwise hold every request to it
-/// for the whole timeout, one client after the other, each approval of every family it
-/// watches included. The background loop asks it again after this.
+/// How long a tower that let a request wait out its timeout is given only
+/// [`PROBE_TIMEOUT`]: a hung tower (it takes connections, never answers) would otherwise hold
+/// every request to it for the whole [`TOWER_TIMEOUT`], one client after the other, each
+/// approval of every family it watches included.
 const UNANSWERED_RESPITE: Duration = Duration::from_secs(30);
+
+/// What a tower found hung a moment ago is given: enough for one that recovered to answer
+/// (and be given what it missed at once), little for one still hung to hold a request.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connections kept open to each tower between requests (a burst of approvals would
 /// otherwise open, and close, one each), and to all towers together: each holds a file
@@ -57,15 +61,15 @@ fn agent() -> ureq::Agent {
 /// timeout, and when.
 static UNANSWERED: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
 
-/// Whether `url` let a request wait out the timeout within [`UNANSWERED_RESPITE`].
+/// Whether `url` let a request wait out its timeout within [`UNANSWERED_RESPITE`].
 fn hung(url: &str) -> bool {
     let mut hung = UNANSWERED.lock().unwrap_or_else(|p| p.into_inner());
     hung.retain(|(_, at)| at.elapsed() < UNANSWERED_RESPITE);
     hung.iter().any(|(u, _)| u == url)
 }
 
-/// Records whether `url` just let a request wait out the timeout (else it answered, or
-/// refused the connection, and is asked again at once).
+/// Records whether `url` just let a request wait out its timeout (else it answered, or
+/// refused the connection, and is given the whole timeout again).
 fn record_hung(url: &str, timed_out: bool) {
     let mut hung = UNANSWERED.lock().unwrap_or_else(|p| p.into_inner());
     hung.retain(|(u, _)| u != url);
@@ -74,16 +78,16 @@ fn record_hung(url: &str, timed_out: bool) {
     }
 }
 
-/// What is reported of a tower that did not answer in time, asked now or a moment ago: the
-/// same words either way (under duress, a lockdown pushed in the background may be what
-/// found it hung; a normal session's approval finds it hung itself).
+/// What is reported of a tower that did not answer in time, given the whole timeout or a
+/// probe's: the same words either way (under duress, a lockdown pushed in the background may
+/// be what found it hung; a normal session's approval finds it hung itself).
 fn unanswered() -> String {
-    format!("it did not answer within {} s", TOWER_TIMEOUT.as_secs())
+    "it did not answer in time".to_owned()
 }
 
 /// One request per tower: `body(i)` is tower `i`'s body (each carries its own nonce). A tower
-/// that let a request wait out the timeout a moment ago is not asked (see
-/// [`UNANSWERED_RESPITE`]): it counts as not answering.
+/// that let a request wait out its timeout a moment ago is given [`PROBE_TIMEOUT`] only (see
+/// [`UNANSWERED_RESPITE`]).
 /// Returns which acknowledged, with a signature that verifies for `subject`.
 pub fn post_all(
     policy: &Policy,
@@ -105,13 +109,11 @@ pub fn post_all(
                     if skip {
                         return TowerReport { name, acknowledged: true, refused: None, error: None };
                     }
-                    if hung(&tower.url) {
-                        return TowerReport { name, acknowledged: false, refused: None, error: Some(unanswered()) };
-                    }
+                    let timeout = if hung(&tower.url) { PROBE_TIMEOUT } else { TOWER_TIMEOUT };
                     let tower_key = tower.key.x_only_public_key().0;
                     let sent = Instant::now();
-                    let mut answer = post(&tower.url, &tower_key, path, &body(i), key);
-                    let timed_out = matches!(answer, Err((None, _))) && sent.elapsed() >= TOWER_TIMEOUT;
+                    let mut answer = post(&tower.url, &tower_key, path, &body(i), key, timeout);
+                    let timed_out = matches!(answer, Err((None, _))) && sent.elapsed() >= timeout;
                     record_hung(&tower.url, timed_out);
                     if timed_out {
                         answer = Err((None, unanswered()));
@@ -145,10 +147,12 @@ fn post(
     path: &str,
     body: &[u8],
     key: &Keypair,
+    timeout: Duration,
 ) -> Result<Ack, (Option<u16>, String)> {
     let (k, sig) = sign_request(key, tower, path, body);
     let answer = agent()
         .post(&format!("{}{path}", url.trim_end_matches('/')))
+        .timeout(timeout)
         .set("x-vigil-key", &k)
         .set("x-vigil-signature", &sig)
         .set("content-type", "application/json")
