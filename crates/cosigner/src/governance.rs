@@ -119,8 +119,8 @@ impl Cosigner {
         // would keep the quorum from ever replacing it.
         if loosening && client.locked(tip) {
             return Err(Refusal::Forbidden(
-                "the client is locked down: a change that raises a limit, adds to the whitelist, shortens a delay \
-                 or lowers a threshold is refused until it ends"
+                "the client is locked down: a change that raises a limit, adds to the whitelist, shortens a delay, \
+                 makes the guardians or owner keys easier to gather or drops a tower is refused until it ends"
                     .into(),
             ));
         }

@@ -171,7 +171,7 @@ pub struct ClientRecord {
 
 /// Whether `new` lets more leave, or sooner, than `old`: a higher limit, a shorter window,
 /// a whitelist entry added (or the whitelist emptied), a shorter delay, fewer guardians (or
-/// owner keys) to agree. A lockdown refuses such a change; one that only replaces keys or towers (a
+/// owner keys) to agree or more keys to choose them from, fewer towers. A lockdown refuses such a change; one that only replaces keys or towers (a
 /// guardian who keeps locking the family down, the owner's stolen keys) still waits out the
 /// governance delay.
 pub fn loosens(old: &Policy, new: &Policy) -> bool {
@@ -186,8 +186,15 @@ pub fn loosens(old: &Policy, new: &Policy) -> bool {
         || e.unvault < d.unvault
         || e.recovery < d.recovery
         || e.deep_vault < d.deep_vault
-        || new.guardians.threshold < old.guardians.threshold
-        || new.owner.threshold < old.owner.threshold
+        || looser(&old.guardians, &new.guardians)
+        || looser(&old.owner, &new.owner)
+        || new.towers.len() < old.towers.len()
+}
+
+/// Whether `new` takes fewer of its keys to agree, or leaves more of them free not to.
+fn looser(old: &vigil_policy::config::KeySet, new: &vigil_policy::config::KeySet) -> bool {
+    let spare = |k: &vigil_policy::config::KeySet| k.keys.len().saturating_sub(k.threshold as usize);
+    new.threshold < old.threshold || spare(new) > spare(old)
 }
 
 /// Whether `new` only tightens `old`: the same everything but lower limits, a longer window,
@@ -234,6 +241,10 @@ mod tests {
         assert!(changed(&|p| p.delays.deep_vault -= 1));
         assert!(changed(&|p| p.guardians.threshold -= 1));
         assert!(changed(&|p| p.owner.threshold = 0));
+        assert!(changed(&|p| p.guardians.keys.push(p.guardians.keys[0].clone())), "one more to choose from");
+        assert!(changed(&|p| {
+            p.towers.pop();
+        }));
         // Whitelists: filling an empty one tightens; adding to one, or emptying it, loosens.
         use vigil_policy::bitcoin::{hashes::Hash, Address, ScriptBuf, WScriptHash};
         let to = |n: u8| {

@@ -404,7 +404,8 @@ pub(crate) fn change_policy(
     // (a provider may wait longer). Taken from the co-signer only: the guardians sign the file,
     // not the height, and any other party could otherwise postpone a change here.
     let named = req.not_before_height.filter(|_| *signer == current.cosigner && !tightening);
-    if let Some(h) = named.filter(|h| *h > tip + MAX_GOVERNANCE_DELAY_BLOCKS) {
+    // A few blocks of slack: the co-signer counted from its own tip, which may be ahead.
+    if let Some(h) = named.filter(|h| *h > tip + MAX_GOVERNANCE_DELAY_BLOCKS + LIFT_SLACK_BLOCKS) {
         return Err(bad(format!(
             "not_before_height {h} is more than {MAX_GOVERNANCE_DELAY_BLOCKS} blocks ahead of the tip {tip}"
         )));

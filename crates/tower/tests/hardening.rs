@@ -446,7 +446,7 @@ fn f07_a_change_applies_no_sooner_than_the_cosigner_applies_it() {
     let tip = tip(&node.rpc);
     let (cosigner, guardian) = (auth_keypair(&h.keys.cosigner), auth_keypair(&h.keys.guardians[2]));
     let waits_until = |h: &Household| client_view(h, &tower)["pending"][0]["effective_height"].as_u64();
-    let far = tip + vigil_tower::client::MAX_GOVERNANCE_DELAY_BLOCKS + 1;
+    let far = tip + vigil_tower::client::MAX_GOVERNANCE_DELAY_BLOCKS + 7; // beyond its slack
     let refused = change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(far), &cosigner).unwrap_err();
     assert!(refused.0 == 400 && refused.1.contains("not_before_height"), "{refused:?}");
     assert!(client_view(&h, &tower)["pending"].as_array().is_none_or(|p| p.is_empty()), "nothing waits");
