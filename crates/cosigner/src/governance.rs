@@ -114,9 +114,9 @@ impl Cosigner {
             &r.signatures,
         )?;
         let needed = current.guardians.threshold;
-        // Locked down, nothing that lets more leave; a change of keys or towers still waits
-        // its delay: refused too, one guardian (or a stolen owner key) locking again and again
-        // would keep the quorum from ever replacing it.
+        // Locked down, no change that lets more leave is taken. One that only replaces keys or
+        // towers is, and waits its delay: refused too, one guardian (or a stolen owner key)
+        // locking again and again would keep the quorum from ever replacing it.
         if loosening && client.locked(tip) {
             return Err(Refusal::Forbidden(
                 "the client is locked down: a change that raises a limit, adds to the whitelist, shortens a delay, \

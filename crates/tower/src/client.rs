@@ -171,9 +171,9 @@ pub struct ClientRecord {
 
 /// Whether `new` lets more leave, or sooner, than `old`: a higher limit, a shorter window,
 /// a whitelist entry added (or the whitelist emptied), a shorter delay, fewer guardians (or
-/// owner keys) to agree or more keys to choose them from, fewer towers. A lockdown refuses such a change; one that only replaces keys or towers (a
-/// guardian who keeps locking the family down, the owner's stolen keys) still waits out the
-/// governance delay.
+/// owner keys) to agree or more keys to choose them from, fewer towers. A lockdown refuses
+/// such a change; one that only replaces keys or towers (a guardian who keeps locking the
+/// family down, the owner's stolen keys) still waits out the governance delay.
 pub fn loosens(old: &Policy, new: &Policy) -> bool {
     let (a, b) = (&old.allowance, &new.allowance);
     let (d, e) = (&old.delays, &new.delays);
@@ -182,7 +182,8 @@ pub fn loosens(old: &Policy, new: &Policy) -> bool {
         || b.hot_limit_sat > a.hot_limit_sat
         || b.velocity_window_blocks < a.velocity_window_blocks
         // An empty whitelist restricts nothing: filling one tightens, emptying one loosens.
-        || (!a.whitelist.is_empty() && (b.whitelist.is_empty() || b.whitelist.iter().any(|w| !a.whitelist.contains(w))))
+        || (!a.whitelist.is_empty()
+            && (b.whitelist.is_empty() || b.whitelist.iter().any(|w| !a.whitelist.contains(w))))
         || e.unvault < d.unvault
         || e.recovery < d.recovery
         || e.deep_vault < d.deep_vault
