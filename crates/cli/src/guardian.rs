@@ -510,11 +510,11 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             let r: wire::PanicRelayed = co.post("/v1/panic", &order)?;
             // Once the quorum signed, every tower is handed the panic directly too: a
             // compromised co-signer must not be able to hold it back, nor claim it went out.
-            let direct = if r.signatures.is_empty() {
-                Vec::new()
+            let direct = if r.towers.is_empty() {
+                Some(Vec::new())
             } else {
                 let towers = vigil_client::towers::TowerClient::all(current, &auth, co.nonces());
-                vigil_client::towers::hand_panic_to_every_tower(&towers, panic, r.signatures.clone())
+                vigil_client::towers::hand_panic_to_every_tower(&towers, panic, &r.signatures)
             };
             let text = if r.towers.is_empty() {
                 format!(
@@ -533,13 +533,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                     "The quorum signed: every vault is being swept to the deep vault. Towers, as the co-signer \
                      reports: {}.{}",
                     acted.join(", "),
-                    if r.signatures.is_empty() {
-                        "\nWARNING: the co-signer says the quorum signed but gives no signatures: the towers \
-                         were not told directly. Call the provider."
-                            .to_owned()
-                    } else {
-                        told_directly(&direct)
-                    }
+                    told_directly(&direct, "the co-signer says the quorum signed but gives no signatures")
                 )
             };
             let mut value = serde_json::to_value(&r)?;
@@ -589,35 +583,37 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                     "The quorum signed version {}: it applies at block {}.{}",
                     r.version,
                     r.effective_height,
-                    match &direct {
-                        Some(direct) => told_directly(direct),
-                        None =>
-                            "\nWARNING: the co-signer does not serve the change it says the quorum signed: \
-                                 the towers were not told directly."
-                                .to_owned(),
-                    }
+                    told_directly(
+                        &direct,
+                        "the co-signer does not serve the change it says the quorum signed"
+                    )
                 )
             };
             let mut value = serde_json::to_value(&r)?;
-            value["towers_told_directly"] = direct_json(&direct.unwrap_or_default());
+            value["towers_told_directly"] = direct_json(&direct);
             show(&value, text);
         }
     }
     Ok(())
 }
 
-/// What the towers said when handed a decision directly, one line each.
-fn told_directly(reports: &[(String, Option<String>)]) -> String {
-    reports
-        .iter()
-        .map(|(name, why)| match why {
-            None => format!("\nWatchtower {name}, told directly: took it"),
-            Some(e) => format!("\nWatchtower {name}, told directly: NOT taken ({e})"),
-        })
-        .collect()
+/// What the towers said when handed a decision directly, one line each; a warning naming
+/// `missing` when the co-signer gave nothing to hand them.
+fn told_directly(direct: &Option<vigil_client::towers::TowerAnswers>, missing: &str) -> String {
+    match direct {
+        Some(reports) => reports
+            .iter()
+            .map(|(name, why)| match why {
+                None => format!("\nWatchtower {name}, told directly: took it"),
+                Some(e) => format!("\nWatchtower {name}, told directly: NOT taken ({e})"),
+            })
+            .collect(),
+        None => format!("\nWARNING: {missing}: the towers were not told directly. Call the provider."),
+    }
 }
 
-fn direct_json(reports: &[(String, Option<String>)]) -> serde_json::Value {
+fn direct_json(direct: &Option<vigil_client::towers::TowerAnswers>) -> serde_json::Value {
+    let reports = direct.as_deref().unwrap_or_default();
     reports.iter().map(|(name, why)| json!({"name": name, "error": why})).collect()
 }
 

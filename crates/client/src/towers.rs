@@ -93,16 +93,20 @@ pub fn hand_change_to_every_tower(
     Some(hand_to_every_tower(towers, "/v1/policy", &request, None))
 }
 
-/// Hands the panic the guardians' quorum signed to every tower directly: a compromised
-/// co-signer must not be able to hold it back, nor claim it went out. A tower that acted on
-/// it already (the co-signer was first) took it.
+/// Hands the panic the guardians' quorum signed to every tower directly, with the quorum's
+/// `signatures` as the co-signer answered them: a compromised co-signer must not be able to
+/// hold it back, nor claim it went out. A tower that acted on it already (the co-signer was
+/// first) took it. `None`: the co-signer gave no signatures.
 pub fn hand_panic_to_every_tower(
     towers: &[TowerClient<'_>],
     panic: vigil_tower::wire::Panic,
-    signatures: Vec<vigil_tower::wire::KeySignature>,
-) -> TowerAnswers {
-    let request = vigil_tower::wire::PanicRequest { nonce: 0, panic, signatures };
-    hand_to_every_tower(towers, "/v1/panic", &request, Some("already acted on"))
+    signatures: &[vigil_tower::wire::KeySignature],
+) -> Option<TowerAnswers> {
+    if signatures.is_empty() {
+        return None;
+    }
+    let request = vigil_tower::wire::PanicRequest { nonce: 0, panic, signatures: signatures.to_vec() };
+    Some(hand_to_every_tower(towers, "/v1/panic", &request, Some("already acted on")))
 }
 
 /// Hands `request` to every tower directly: what each said. A refusal naming `taken` says

@@ -334,7 +334,7 @@ impl Cosigner {
         let needed = policy.guardians.threshold;
         // The votes are kept under the panic's terms: another window is another panic.
         let votes_id = format!("{}/{}/{}", caller.client.id, p.panic.id, p.panic.not_after_height);
-        let relayed = {
+        let (relayed, signatures) = {
             let _deciding = self.decide(&caller.client.id);
             let store = self.store();
             // Relayed once per client: another client's panic under the same id must not stop
@@ -393,7 +393,7 @@ impl Cosigner {
             (count, signatures)
         };
         let towers = self.push_orders(&caller.client.id)?;
-        Ok(wire::PanicRelayed { approvals: relayed.0, needed, towers, signatures: relayed.1 })
+        Ok(wire::PanicRelayed { approvals: relayed, needed, towers, signatures })
     }
 }
 

@@ -209,7 +209,8 @@ pub struct ChangePolicy {
     pub signatures: Vec<KeySignature>,
     /// The height the co-signer applies it from (its wait may be longer than a tower's): a
     /// change that does not only tighten applies at the later of this and the tower's own
-    /// wait, so no tower applies it before the co-signer does.
+    /// wait, so no tower applies it before the co-signer does. Taken from the co-signer only
+    /// (the guardians sign the file, not this height).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_height: Option<u32>,
 }

@@ -932,8 +932,12 @@ async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Exte
     .await
 }
 
-/// What the towers said when handed a decision directly, as a list.
-fn told_directly(reports: &[(String, Option<String>)]) -> String {
+/// What the towers said when handed a decision directly, as a list; an alarm naming
+/// `missing` when the co-signer gave nothing to hand them.
+fn told_directly(direct: Option<vigil_client::towers::TowerAnswers>, missing: &str) -> String {
+    let Some(reports) = direct else {
+        return notice("alarm", &format!("{missing}: the towers were not told directly. Call the provider."));
+    };
     let items: String = reports
         .iter()
         .map(|(name, why)| match why {
@@ -1117,16 +1121,11 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                     .collect();
                 // Every tower is handed the panic directly too: a compromised co-signer must not
                 // hold it back, nor claim it went out.
-                let told = if r.signatures.is_empty() {
-                    notice(
-                        "alarm",
-                        "The co-signer says the quorum signed but gives no signatures: the towers were not \
-                         told directly. Call the provider.",
-                    )
-                } else {
-                    let clients = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
-                    told_directly(&hand_panic_to_every_tower(&clients, panic, r.signatures.clone()))
-                };
+                let clients = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
+                let told = told_directly(
+                    hand_panic_to_every_tower(&clients, panic, &r.signatures),
+                    "The co-signer says the quorum signed but gives no signatures",
+                );
                 let body = notice(
                     "alarm",
                     &format!(
@@ -1346,14 +1345,10 @@ async fn sign_policy(
                 let direct = served
                     .ok()
                     .and_then(|s| hand_change_to_every_tower(&clients, page.co.client_id(), &text, &s));
-                let told = match direct {
-                    Some(direct) => told_directly(&direct),
-                    None => notice(
-                        "alarm",
-                        "The co-signer does not serve the change it says the quorum signed: the towers were \
-                         not told directly. Call the provider.",
-                    ),
-                };
+                let told = told_directly(
+                    direct,
+                    "The co-signer does not serve the change it says the quorum signed",
+                );
                 page.show("Signed", &(body + &told))
             }
             Err(e) => page.show(
