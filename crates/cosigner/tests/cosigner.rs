@@ -362,16 +362,13 @@ fn a_lockdown_refuses_loosening_but_not_replacing_the_guardian_who_keeps_locking
     let co = CosignerProcess::new(&node, "");
     let f = Family::new(&node, &co, example("cosigner rogue guardian"), 1, None);
     f.post("/v1/lockdown", &serde_json::json!({"blocks": 2000}), &f.guardian(2)).unwrap();
-    let loosened = f
-        .policy_text
-        .replace("version = 1", "version = 2")
-        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
-    assert_ne!(loosened, f.policy_text);
+    let loosened =
+        version_2(&f.policy_text, "velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
     let refused = f.change_policy(&loosened, &[0, 1]).unwrap_err();
     assert!(refused.0 == 403 && refused.1.contains("raises a limit"), "{refused:?}");
     let (ours, stranger) =
         (guardian_lines(&f.policy_text), guardian_lines(&example("the rogue's successor").to_toml()));
-    let replaced = f.policy_text.replace("version = 1", "version = 2").replace(&ours[2], &stranger[2]);
+    let replaced = version_2(&f.policy_text, &ours[2], &stranger[2]);
     let change = f.change_policy(&replaced, &[0, 1]).unwrap();
     assert_eq!(change["effective_height"].as_u64().unwrap() as u32, tip(&node) + 1_009, "it waits: {change}");
     until_applied(&node, &f, &change);
@@ -388,11 +385,7 @@ fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
     let mut f = Family::new(&node, &co, e, 1, None);
     let first = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     assert_eq!(spend(&f, &first).unwrap()["state"], "waiting", "over the 1,000,000-sat limit");
-    let loosened = f
-        .policy_text
-        .replace("version = 1", "version = 2")
-        .replace("spend_limit_sat = 1000000", "spend_limit_sat = 3000000");
-    assert_ne!(loosened, f.policy_text);
+    let loosened = version_2(&f.policy_text, "spend_limit_sat = 1000000", "spend_limit_sat = 3000000");
     let one = f.change_policy(&loosened, &[0]).unwrap();
     assert_eq!(
         (one["approvals"].as_u64(), one["effective_height"].as_u64()),
@@ -449,10 +442,7 @@ fn a_tower_that_heard_of_a_loosening_late_takes_approvals_of_its_version() {
     e.services.spend_limit_sat = Some(1_000_000);
     let mut f = Family::new(&node, &co, e, 2, None);
     let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
-    let loosened = f
-        .policy_text
-        .replace("version = 1", "version = 2")
-        .replace("spend_limit_sat = 1000000", "spend_limit_sat = 3000000");
+    let loosened = version_2(&f.policy_text, "spend_limit_sat = 1000000", "spend_limit_sat = 3000000");
     f.towers[1].kill9();
     let change = f.change_policy(&loosened, &[0, 1]).unwrap();
     let effective = change["effective_height"].as_u64().unwrap() as u32;
@@ -481,10 +471,8 @@ fn the_towers_apply_a_change_no_sooner_than_a_cosigner_waiting_longer() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "governance_delay_blocks = 2016\n");
     let f = Family::new(&node, &co, example("cosigner longer wait"), 2, None);
-    let loosened = f
-        .policy_text
-        .replace("version = 1", "version = 2")
-        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
+    let loosened =
+        version_2(&f.policy_text, "velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
     let change = f.change_policy(&loosened, &[0, 1]).unwrap();
     let effective = change["effective_height"].as_u64().unwrap();
     assert_eq!(effective, tip(&node) as u64 + 2_016, "{change}");
@@ -512,7 +500,7 @@ fn the_votes_of_a_guardian_the_quorum_replaced_no_longer_count() {
     let (ours, stranger) =
         (guardian_lines(&f.policy_text), guardian_lines(&example("a stranger guardian").to_toml()));
     // Version 2 replaces the third guardian; it waits the governance delay.
-    let v2 = f.policy_text.replace("version = 1", "version = 2").replace(&ours[2], &stranger[2]);
+    let v2 = version_2(&f.policy_text, &ours[2], &stranger[2]);
     let change = f.change_policy(&v2, &[0, 1]).unwrap();
     let effective = change["effective_height"].as_u64().unwrap() as u32;
     // Meanwhile the third guardian signs version 3, while still a guardian.
@@ -1348,7 +1336,7 @@ fn a_vote_of_a_guardian_replaced_since_no_longer_counts() {
     // Guardian 2 is replaced by someone else.
     let (ours, others) =
         (guardian_lines(&f.policy_text), guardian_lines(&example("someone else's guardians").to_toml()));
-    let v2 = f.policy_text.replace("version = 1", "version = 2").replace(&ours[2], &others[2]);
+    let v2 = version_2(&f.policy_text, &ours[2], &others[2]);
     let change = f.change_policy(&v2, &[0, 1]).unwrap();
     block(&node, &f, change["effective_height"].as_u64().unwrap() as u32 - tip(&node));
     // Guardian 0's vote is the only one of today's guardians.

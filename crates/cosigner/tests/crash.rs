@@ -244,11 +244,8 @@ fn records_an_earlier_release_wrote_are_acted_on_after_an_upgrade() {
     let guarded = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
     let id = spend(&f, &guarded).unwrap()["id"].as_u64().unwrap();
     // A loosening waits for its height; the earlier release kept no index of waiting changes.
-    let loosened = f
-        .policy_text
-        .replace("version = 1", "version = 2")
-        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
-    assert_ne!(loosened, f.policy_text);
+    let loosened =
+        version_2(&f.policy_text, "velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
     let change = f.change_policy(&loosened, &[0, 1]).unwrap();
     let effective = change["effective_height"].as_u64().unwrap() as u32;
     co.kill9();

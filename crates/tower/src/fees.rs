@@ -413,7 +413,8 @@ mod tests {
     #[test]
     fn one_split_makes_at_most_its_bound_and_stays_standard() {
         // Enough for 2,000 coins at the stress feerate.
-        let (mut w, _) = wallet_with_coins(&[2_000 * 32_700 + 10_000_000]);
+        let each = wallet_with_coins(&[]).0.reserve_per_vault();
+        let (mut w, _) = wallet_with_coins(&[2_000 * each + 10_000_000]);
         w.set_market_feerate(1);
         let split = w.split(2_000).expect("a split");
         let coins = split.output.iter().filter(|o| o.value.to_sat() == w.reserve_per_vault()).count();

@@ -34,6 +34,13 @@ pub fn until_applied(node: &Node, f: &Family, change: &Value) {
     }
 }
 
+/// Policy `text` as version 2, `from` replaced by `to` (it must be there: a change that
+/// replaced nothing would be a different change).
+pub fn version_2(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} is not in {text}");
+    text.replace("version = 1", "version = 2").replace(from, to)
+}
+
 /// The guardians' key lines of policy `text`, as written (swapped between policies to
 /// replace a guardian).
 pub fn guardian_lines(text: &str) -> Vec<String> {

@@ -103,20 +103,9 @@ fn the_fee_wallet_alarms_when_short_and_bumps_a_cancel_stuck_at_the_top_rung() {
 
 #[test]
 fn every_open_vault_gets_a_fee_coin_of_its_own_so_thirty_stuck_cancels_are_bumped_at_once() {
-    use crate::fees::{FeePolicy, FeeWallet};
-    use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
     let vaults: Vec<Vault> = (0..30).map(|i| vault(i, 5_000_000)).collect();
     let mut w = watcher(&vaults.iter().collect::<Vec<_>>(), 100_000_000);
-    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
-    let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
-    let mut funding = vaults[0].cancels[0].clone();
-    funding.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([200; 32]), vout: 0 };
-    funding.output = vec![vigil_policy::bitcoin::TxOut {
-        value: Amount::from_sat(2_000_000),
-        script_pubkey: wallet.script().clone(),
-    }];
-    wallet.observe(&funding, Some(1));
-    w.set_fee_wallet(wallet);
+    w.set_fee_wallet(fee_wallet(&vaults[0], 100, 2_000_000));
     // One split, confirmed: a coin for each of the thirty.
     let split = w
         .on_block_connected(2, &block(vec![]))
@@ -148,21 +137,10 @@ fn every_open_vault_gets_a_fee_coin_of_its_own_so_thirty_stuck_cancels_are_bumpe
 
 #[test]
 fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
-    use crate::fees::{FeePolicy, FeeWallet};
-    use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
     let v = vault(0, 5_000_000);
     let mut w = watcher(&[&v], 100_000_000);
-    let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
-    let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
-    let coin = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
-    let mut funding = v.cancels[0].clone();
-    funding.input[0].previous_output = coin;
-    funding.output = vec![vigil_policy::bitcoin::TxOut {
-        value: Amount::from_sat(100_000),
-        script_pubkey: wallet.script().clone(),
-    }];
-    wallet.observe(&funding, Some(1));
-    w.set_fee_wallet(wallet);
+    w.set_fee_wallet(fee_wallet(&v, 100, 100_000));
+    let coin = *w.fee_wallet().unwrap().coins().keys().next().unwrap();
     w.panic("p");
     let top = v.emergencies.len().min(v.unvault_emergencies.len()) - 1;
     let bump = (2..20)
@@ -180,7 +158,7 @@ fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
         bump.1.input[0].previous_output,
         OutPoint { txid: v.emergencies[top].compute_txid(), vout: 1 }
     );
-    assert_eq!(bump.1.input[1].previous_output, OutPoint { txid: funding.compute_txid(), vout: 0 });
+    assert_eq!(bump.1.input[1].previous_output, coin);
     // The package leaves the mempool (evicted): its coin stays this vault's, which bumps again
     // with it; no other vault's bump may take it meanwhile.
     for _ in 0..4 {
@@ -583,21 +561,27 @@ fn the_deadline_alarm_fires_before_the_spend_leaf_opens() {
     assert_eq!(fired_at, Some(100 + 20 - BURY_MARGIN));
 }
 
-/// A watcher with a fee wallet holding one confirmed 1,000,000-sat coin.
-fn watcher_with_fee_wallet(v: &Vault) -> Watcher {
+/// A fee wallet sized at `stress` sat/vB (bumps at 50) holding one confirmed coin of `sat`,
+/// paid by a transaction shaped after `v`'s cancel.
+fn fee_wallet(v: &Vault, stress: u64, sat: u64) -> crate::fees::FeeWallet {
     use crate::fees::{FeePolicy, FeeWallet};
     use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
-    let mut w = watcher(&[v], 100_000_000);
     let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
-    let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 300, bump_sat_per_vb: 50 });
+    let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: stress, bump_sat_per_vb: 50 });
     let mut funding = v.cancels[0].clone();
     funding.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
     funding.output = vec![vigil_policy::bitcoin::TxOut {
-        value: Amount::from_sat(1_000_000),
+        value: Amount::from_sat(sat),
         script_pubkey: wallet.script().clone(),
     }];
     wallet.observe(&funding, Some(1));
-    w.set_fee_wallet(wallet);
+    wallet
+}
+
+/// A watcher with a fee wallet holding one confirmed 1,000,000-sat coin.
+fn watcher_with_fee_wallet(v: &Vault) -> Watcher {
+    let mut w = watcher(&[v], 100_000_000);
+    w.set_fee_wallet(fee_wallet(v, 300, 1_000_000));
     w
 }
 
