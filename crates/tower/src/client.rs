@@ -171,7 +171,9 @@ pub struct ClientRecord {
 
 /// Whether `new` lets more leave, or sooner, than `old`: a higher limit, a shorter window,
 /// a whitelist entry added (or the whitelist emptied), a shorter delay, fewer guardians (or
-/// owner keys) to agree or more keys to choose them from, fewer towers. A lockdown refuses
+/// owner keys) to agree or more keys to choose them from, fewer towers, or cancels that may
+/// pay less (a lower top rung of the fee ladder, a lower `max_fee_percent`: a cancel that
+/// cannot outbid the unvault's spend in a busy mempool lets it through). A lockdown refuses
 /// such a change; one that only replaces keys or towers (a guardian who keeps locking the
 /// family down, the owner's stolen keys) still waits out the governance delay.
 pub fn loosens(old: &Policy, new: &Policy) -> bool {
@@ -190,6 +192,8 @@ pub fn loosens(old: &Policy, new: &Policy) -> bool {
         || looser(&old.guardians, &new.guardians)
         || looser(&old.owner, &new.owner)
         || new.towers.len() < old.towers.len()
+        || new.fees.ladder_sat_per_vb.last() < old.fees.ladder_sat_per_vb.last()
+        || new.fees.max_fee_percent < old.fees.max_fee_percent
 }
 
 /// Whether `new` takes fewer of its keys to agree, or leaves more of them free not to.
@@ -246,6 +250,11 @@ mod tests {
         assert!(changed(&|p| {
             p.towers.pop();
         }));
+        // Cancels that may pay less; a ladder with more rungs below its top does not.
+        assert!(changed(&|p| *p.fees.ladder_sat_per_vb.last_mut().unwrap() -= 1));
+        assert!(changed(&|p| p.fees.max_fee_percent -= 1));
+        assert!(!changed(&|p| p.fees.ladder_sat_per_vb.insert(2, 3)));
+        assert!(!changed(&|p| p.fees.max_fee_percent += 1));
         // Whitelists: filling an empty one tightens; adding to one, or emptying it, loosens.
         use vigil_policy::bitcoin::{hashes::Hash, Address, ScriptBuf, WScriptHash};
         let to = |n: u8| {
