@@ -45,33 +45,48 @@ impl CosignerProcess {
     /// added to its configuration before `[chain]` (top-level keys, `[alarms]`, `[store]`).
     pub fn new(node: &Node, extra: &str) -> CosignerProcess {
         let dir = tempfile::tempdir().unwrap();
-        let [port, metrics_port] = free_ports();
         let passphrase = dir.path().join("passphrase");
         std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
-        let config = format!(
-            "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
-             datadir = {:?}\nkey_file = {:?}\npassphrase_file = {:?}\n\
-             network = \"regtest\"\n{extra}\n[chain]\n{}",
-            dir.path().join("data"),
-            dir.path().join("cosigner.key"),
-            passphrase,
-            node.tower_chain_config(),
-        );
         let path = dir.path().join("cosigner.toml");
-        std::fs::write(&path, config).unwrap();
-        let init = Command::new(vigil_exe())
-            .args(["cosigner", "init", "--config", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(init.status.success(), "cosigner init: {}", String::from_utf8_lossy(&init.stderr));
         let mut process = CosignerProcess {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
-            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
-            config: path,
+            url: String::new(),
+            metrics_url: String::new(),
+            config: path.clone(),
             dir,
         };
-        process.start();
+        // A port found free may be taken by another test before the co-signer binds it: it
+        // then exits, and is started again on other ports.
+        for attempt in 1.. {
+            let [port, metrics_port] = free_ports();
+            let dir = process.dir.path();
+            let config = format!(
+                "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+                 datadir = {:?}\nkey_file = {:?}\npassphrase_file = {:?}\n\
+                 network = \"regtest\"\n{extra}\n[chain]\n{}",
+                dir.join("data"),
+                dir.join("cosigner.key"),
+                passphrase,
+                node.tower_chain_config(),
+            );
+            std::fs::write(&path, config).unwrap();
+            if attempt == 1 {
+                let init = Command::new(vigil_exe())
+                    .args(["cosigner", "init", "--config", path.to_str().unwrap()])
+                    .output()
+                    .unwrap();
+                assert!(init.status.success(), "cosigner init: {}", String::from_utf8_lossy(&init.stderr));
+            }
+            process.url = format!("http://127.0.0.1:{port}");
+            process.metrics_url = format!("http://127.0.0.1:{metrics_port}");
+            match process.launch() {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    eprintln!("co-signer start, attempt {attempt}: {e}; again on other ports")
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         process
     }
 
@@ -85,8 +100,13 @@ impl CosignerProcess {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
-    /// Starts it (again); returns once it serves (the API is bound before the metrics).
+    /// Starts it (again); returns once it serves.
     pub fn start(&mut self) {
+        self.launch().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts it; returns once both its API and its metrics answer, or why not.
+    fn launch(&mut self) -> Result<(), String> {
         let child = Command::new(vigil_exe())
             .args(["cosigner", "--config", self.config.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -99,11 +119,19 @@ impl CosignerProcess {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&format!("{}/metrics", self.metrics_url)).call().is_err() {
+        // Any HTTP answer: the port is bound (by it, while it runs).
+        let answers = |url: &str| !matches!(ureq::get(url).call(), Err(ureq::Error::Transport(_)));
+        loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("the co-signer exited at start: {status}");
+                self.child = None;
+                return Err(format!("the co-signer exited at start: {status}"));
             }
-            assert!(Instant::now() < deadline, "co-signer never answered");
+            if answers(&format!("{}/metrics", self.metrics_url)) && answers(&self.url) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("the co-signer never answered".into());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
