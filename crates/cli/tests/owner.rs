@@ -695,6 +695,61 @@ fn with_the_cosigner_or_every_tower_down_nothing_is_half_done_and_it_resumes() {
     assert_eq!(status["vaults"].as_array().unwrap().len(), 2, "{status}");
 }
 
+/// A tower down when a spend is approved would cancel an unvault it saw before the
+/// co-signer's push gave it the approval: the unvault waits until that tower has it. A tower
+/// gone longer keeps the owner from the coins for an hour of blocks only.
+#[test]
+fn an_approved_unvault_waits_for_a_tower_that_missed_the_approval() {
+    let mut s = services("", false);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 2);
+    for _ in 0..2 {
+        let made = json(&dir, &["vault", "0.04"], &[REAL, &phrase]);
+        assert_eq!(made["state"], "protected", "{made}");
+    }
+    mine(&s.node.rpc, 1, &payer.address());
+    let vaults_unspent = || {
+        let status = json(&dir, &["status"], &[REAL]);
+        status["vaults"].as_array().unwrap().iter().filter(|v| v["state"] == "protected").count()
+    };
+    let to = Wallet::new().address().to_string();
+
+    // Tower 1 down at the approval: nothing is sent until it is back and has it.
+    s.towers[1].kill9();
+    let asked = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
+    let progress = &asked[0]["progress"];
+    assert_eq!(progress["stage"], "waiting for towers", "{asked}");
+    assert_eq!(progress["towers"], serde_json::json!(["tower-1"]), "{asked}");
+    let again = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(again[0]["progress"]["stage"], "waiting for towers", "{again}");
+    assert_eq!(vaults_unspent(), 2, "no unvault went out");
+    s.towers[1].start();
+    eventually("the unvault goes once tower 1 has the approval", || {
+        let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
+        (resumed[0]["progress"]["stage"] == "unlocking").then_some(())
+    });
+    mine(&s.node.rpc, 1, &payer.address());
+    // Not cancelled by the tower that missed it: the payment goes through.
+    spend_to_the_end(&s, &dir, &payer);
+
+    // Tower 1 gone for longer: the unvault goes without it once the wait is over.
+    s.towers[1].kill9();
+    let asked = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
+    let progress = &asked[0]["progress"];
+    assert_eq!(progress["stage"], "waiting for towers", "{asked}");
+    let at = progress["send_anyway_at_height"].as_u64().unwrap() as u32;
+    let tip = s.node.rpc.tip().unwrap().height;
+    assert_eq!(at, tip + 6, "{asked}");
+    mine(&s.node.rpc, at - tip - 1, &payer.address());
+    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(waiting[0]["progress"]["stage"], "waiting for towers", "one block before: {waiting}");
+    assert_eq!(vaults_unspent(), 1, "no unvault went out");
+    mine(&s.node.rpc, 1, &payer.address());
+    let sent = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(sent[0]["progress"]["stage"], "unlocking", "{sent}");
+    mine(&s.node.rpc, 1, &payer.address());
+    assert_eq!(vaults_unspent(), 0, "the unvault went out");
+}
+
 /// `vigil guardian ARGS` for the guardian whose key is `key` (passphrase in `pass`).
 /// `n` guardians, each made with `vigil guardian init`: their directory, key files and keys.
 fn guardians_made_by_cli(n: usize) -> (tempfile::TempDir, Vec<std::path::PathBuf>, Vec<String>) {

@@ -55,6 +55,14 @@ pub enum Progress {
         /// How many are needed.
         needed: u32,
     },
+    /// Approved, but these towers have not acknowledged the approval yet: a tower that sees
+    /// the unvault first cancels it. The unvault is sent once they have, or at `send_anyway_at`.
+    WaitingForTowers {
+        /// The towers it waits for.
+        towers: Vec<String>,
+        /// The height it is sent at all the same.
+        send_anyway_at: u32,
+    },
     /// Approved; the unvault is broadcast; the spend can be signed from `from_height`
     /// (unknown until the unvault confirms).
     Waiting {
@@ -86,6 +94,11 @@ impl Progress {
             Progress::WaitingForGuardians { approvals, needed } => {
                 format!("waiting for your guardians: {approvals} of {needed} approved")
             }
+            Progress::WaitingForTowers { towers, send_anyway_at } => format!(
+                "approved; waiting for watchtower {} to take the approval before the coins unlock \
+                 (they unlock without it from block {send_anyway_at}, now {tip})",
+                towers.join(", ")
+            ),
             Progress::Waiting { from_height: Some(h) } => format!(
                 "approved; the coins are unlocking: spendable from block {h}, in about {} blocks (now {tip})",
                 h.saturating_sub(tip)
@@ -188,6 +201,7 @@ pub fn prepare(
         psbt: base64::engine::general_purpose::STANDARD.encode(psbt.serialize()),
         stage: stage.into(),
         tx: None,
+        towers_awaited_since: None,
     });
     Ok(state.spends.len() - 1)
 }
@@ -274,6 +288,14 @@ pub fn request(session: &Session, state: &mut WalletState, pos: usize) -> Result
 /// only if it confirms by then.
 const SEND_MARGIN: u32 = 3;
 
+/// Blocks an approved unvault waits for a tower that has not acknowledged the approval (about
+/// an hour). A tower restarting or briefly unreachable has it by then: the co-signer pushes it
+/// until it acknowledges, and a tower that saw the unvault first would cancel it. One down
+/// longer must not keep the owner from their coins for good; sent without it, the unvault is
+/// still watched by the others, and cancelled only if that tower comes back before the push
+/// reaches it.
+const TOWER_WAIT_BLOCKS: u32 = 6;
+
 /// Moves the spend at `pos` on as far as it can go now. Records each step in `state`.
 pub fn advance(
     session: &Session,
@@ -352,8 +374,24 @@ pub fn advance(
     // towers would cancel it and the co-signer would sign no spend of it. The vault stays
     // put, free to ask again. Not if the unvault is out already (sent by a run killed before
     // it saved its stage, or by another device): then the spend goes on.
-    if chain.tip().map_err(chain_err)?.height + SEND_MARGIN >= status.approval.expiry_height && in_vault()? {
+    let tip = chain.tip().map_err(chain_err)?.height;
+    if tip + SEND_MARGIN >= status.approval.expiry_height && in_vault()? {
         return Ok(expired(state, pos, "before its unvault was sent", &status));
+    }
+    let missing: Vec<String> =
+        status.towers.iter().filter(|t| !t.acknowledged).map(|t| t.name.clone()).collect();
+    if spend.stage != "unvault sent" && !missing.is_empty() {
+        let since = *state.spends[pos].towers_awaited_since.get_or_insert(tip);
+        // The last block it can be sent at before its approval runs out, or the wait is over.
+        let send_anyway_at = (since + TOWER_WAIT_BLOCKS).min(status.approval.expiry_height - SEND_MARGIN - 1);
+        if tip < send_anyway_at && in_vault()? {
+            return Ok(Progress::WaitingForTowers { towers: missing, send_anyway_at });
+        }
+        tracing::warn!(spend = id, towers = ?missing, "unvault sent although these towers have not acknowledged its approval");
+        state.note(format!(
+            "spend {id}: unvault sent without the acknowledgement of watchtower {} (waited since block {since})",
+            missing.join(", ")
+        ));
     }
     let vault = &mut state.vaults[vault_pos];
     let delay = session.policies.version(vault.policy_version)?.policy().delays.unvault;

@@ -270,6 +270,10 @@ pub struct PendingSpend {
     pub stage: String,
     /// The co-signed payment, hex, once the co-signer signed it (broadcast until it confirms).
     pub tx: Option<String>,
+    /// The tip when it was first found approved with a tower that had not acknowledged the
+    /// approval: its unvault waits a while for that tower ([`crate::spending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub towers_awaited_since: Option<u32>,
 }
 
 impl PendingSpend {

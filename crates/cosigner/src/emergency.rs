@@ -418,6 +418,7 @@ pub(crate) fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> T
         refused: Vec::new(),
         refusing_since: Default::default(),
         only: None,
+        spend: None,
     }
 }
 

@@ -34,6 +34,10 @@ pub struct TowerOrder {
     /// tower of every version.
     #[serde(default)]
     pub only: Option<Vec<String>>,
+    /// The spend request an approval belongs to, whose tower reports each acknowledgement
+    /// brings up to date (the owner's client sends the unvault once every tower has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<u64>,
 }
 
 /// What one pass of [`Cosigner::push_pass`] heard.
@@ -42,8 +46,6 @@ pub(crate) struct Pass {
     pub last: Vec<TowerReport>,
     /// Each order sent (path, subject) with the answers of the towers asked.
     pub answers: Vec<(String, String, Vec<TowerReport>)>,
-    /// The client's orders still owed once the pass committed what it heard.
-    pub left: Vec<TowerOrder>,
 }
 
 impl TowerOrder {
@@ -139,7 +141,7 @@ impl Cosigner {
             let _deciding = self.decide(client_id);
             let store = self.store();
             let Some(text) = store.get(kind::ORDERS, client_id)? else {
-                return Ok(Pass { last: Vec::new(), answers: Vec::new(), left: Vec::new() });
+                return Ok(Pass { last: Vec::new(), answers: Vec::new() });
             };
             let orders: Vec<TowerOrder> = serde_json::from_str(&text).map_err(|_| Refusal::Internal)?;
             (orders, Self::client(store, client_id)?.ok_or(Refusal::Internal)?)
@@ -237,6 +239,8 @@ impl Cosigner {
         let time = crate::service::now();
         for ((path, subject, answered), body) in done.iter().zip(&sent) {
             for o in now.iter_mut().filter(|o| o.path == *path && o.subject == *subject && o.body == **body) {
+                // Towers this approval's vault was kept from: it does not concern them.
+                let mut kept_away = Vec::new();
                 for report in answered {
                     if o.settled(&report.name) {
                         continue;
@@ -259,6 +263,7 @@ impl Cosigner {
                             tracing::info!(client = %client_id, tower = %report.name, %subject, "approval of a vault kept from this tower: settled");
                             o.refused.push(report.name.clone());
                             o.refusing_since.remove(&report.name);
+                            kept_away.push(report.name.clone());
                             continue;
                         }
                         // Refused again and again past the give-up time: said once, loudly,
@@ -279,6 +284,7 @@ impl Cosigner {
                         }
                     }
                 }
+                self.hear_approval_answers(store, &mut batch, client_id, o, answered, &kept_away);
             }
         }
         now.retain(|o| towers.iter().any(|t| o.owed_by(&t.name)));
@@ -302,7 +308,7 @@ impl Cosigner {
             batch.put(kind::ORDERS, client_id.to_owned(), serde_json::to_string(&now).expect("json"));
         }
         store.commit(&batch)?;
-        Ok(Pass { last, answers: done, left: now })
+        Ok(Pass { last, answers: done })
     }
 
     /// Pushes every client's pending orders (the background loop, and after a restart).
@@ -358,6 +364,7 @@ mod tests {
             refused: Vec::new(),
             refusing_since: Default::default(),
             only: None,
+            spend: None,
         }
     }
 

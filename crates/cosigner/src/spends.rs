@@ -335,7 +335,7 @@ impl Cosigner {
             expiry_height: tip + self.config.approval_expiry_blocks,
             counter: vault.next_counter,
         };
-        let record = SpendRecord {
+        let mut record = SpendRecord {
             id: client.next_spend,
             client: client.id.clone(),
             vault: vault.registration.vault.clone(),
@@ -362,6 +362,9 @@ impl Cosigner {
                 key.clone(),
                 serde_json::to_string(&over).expect("json"),
             );
+        }
+        if alone {
+            self.queue_approval(store, &mut batch, &client, &made_under, &mut record, tip)?;
         }
         let mut next = client.clone();
         next.next_spend += 1;
@@ -392,11 +395,6 @@ impl Cosigner {
                 ),
             ));
         }
-        let reach = if alone {
-            self.queue_approval(store, &mut batch, &client, &made_under, &record, tip)?
-        } else {
-            Vec::new()
-        };
         if duress {
             batch.alarm(alarm(
                 &client.id,
@@ -407,7 +405,7 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(deciding);
         if alone {
-            return self.push_approval(&client, record, &reach, delay, caller.role);
+            return self.push_approval(&client, record.id, delay, caller.role);
         }
         Ok(record.status(caller.role, delay, tip))
     }
@@ -437,18 +435,18 @@ impl Cosigner {
     }
 
     /// Queues in `batch`, committed with the decision approving `record`, the order that
-    /// registers its approval with every tower it must reach (their names returned): a crash
-    /// or an error before the towers are told leaves it owed, pushed until they acknowledge,
-    /// never lost with the answer.
+    /// registers its approval with every tower it must reach (named in `record`, none of them
+    /// acknowledging yet): a crash or an error before the towers are told leaves it owed,
+    /// pushed until they acknowledge, never lost with the answer.
     fn queue_approval(
         &self,
         store: &dyn Store,
         batch: &mut Batch,
         client: &ClientRecord,
         made_under: &CompiledPolicy,
-        record: &SpendRecord,
+        record: &mut SpendRecord,
         tip: u32,
-    ) -> Result<Vec<String>, Refusal> {
+    ) -> Result<(), Refusal> {
         // Today's towers and the vault's own version's: one a change removed still watches it.
         let reach: Vec<String> =
             self.approval_reach(client, made_under, tip)?.towers.into_iter().map(|t| t.name).collect();
@@ -469,52 +467,90 @@ impl Cosigner {
             refused: Vec::new(),
             refusing_since: Default::default(),
             only: Some(reach.clone()),
+            spend: Some(record.id),
         };
         Self::queue_order(store, batch, &client.id, order)?;
-        Ok(reach)
+        record.towers = reach
+            .into_iter()
+            .map(|name| TowerReport { name, acknowledged: false, refused: None, error: None })
+            .collect();
+        Ok(())
     }
 
-    /// Pushes an approved spend's order (queued with its approval) to its towers `reach`;
-    /// "approved" is answered with each tower's acknowledgement.
+    /// Brings the tower reports of the spend request whose approval `order` registers up to
+    /// date in `batch` with what a push of it heard (`answered`, as `order` records it now): the owner's client
+    /// sends the unvault once every tower has the approval, and a tower that missed it would
+    /// cancel it. A tower the vault was kept from (`kept_away`) is left out: it watches no
+    /// such vault.
+    pub(crate) fn hear_approval_answers(
+        &self,
+        store: &dyn Store,
+        batch: &mut Batch,
+        client: &str,
+        order: &TowerOrder,
+        answered: &[TowerReport],
+        kept_away: &[String],
+    ) {
+        let Some(id) = order.spend else { return };
+        // Reporting never holds up the push itself.
+        let (mut record, before) = match self.spend_stored(store, client, id) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(%client, spend = id, error = %e, "the spend request of a pushed approval cannot be read");
+                return;
+            }
+        };
+        let heard = |name: &String| {
+            if order.acked.contains(name) {
+                return Some(TowerReport {
+                    name: name.clone(),
+                    acknowledged: true,
+                    refused: None,
+                    error: None,
+                });
+            }
+            answered.iter().find(|r| r.name == *name).cloned()
+        };
+        let towers: Vec<TowerReport> = order
+            .only
+            .iter()
+            .flatten()
+            .filter(|name| !kept_away.contains(name))
+            .map(|name| {
+                heard(name)
+                    .or_else(|| record.towers.iter().find(|r| r.name == *name).cloned())
+                    .unwrap_or_else(|| TowerReport {
+                        name: name.clone(),
+                        acknowledged: false,
+                        refused: None,
+                        error: None,
+                    })
+            })
+            .collect();
+        if towers == record.towers {
+            return;
+        }
+        record.towers = towers;
+        let key = spend_id(client, id);
+        batch.expect(kind::SPEND, key.clone(), Some(before)).put(
+            kind::SPEND,
+            key,
+            serde_json::to_string(&record).expect("json"),
+        );
+    }
+
+    /// Pushes an approved spend's order (queued with its approval) to its towers; "approved"
+    /// is answered with each tower's acknowledgement, which the pass that pushed the order
+    /// (this one, or the background loop's if it came first) wrote into the request.
     fn push_approval(
         &self,
         client: &ClientRecord,
-        mut record: SpendRecord,
-        reach: &[String],
+        id: u64,
         delay: u32,
         viewer: Role,
     ) -> Result<SpendStatus, Refusal> {
-        let subject = record.approval.unvault_txid.clone();
-        let is_ours = |path: &str, s: &str| path == APPROVALS_PATH && s == subject;
-        // Where the order stands after the pass: absent once every tower acknowledged it
-        // (another pass, the background loop's, may have pushed it first).
-        let pass = self.push_pass(&client.id)?;
-        let answered = pass.answers.iter().find(|(p, s, _)| is_ours(p, s)).map(|(_, _, r)| r);
-        let owed = pass.left.iter().find(|o| is_ours(&o.path, &o.subject));
-        record.towers = reach
-            .iter()
-            .map(|name| {
-                answered.and_then(|a| a.iter().find(|r| r.name == *name)).cloned().unwrap_or_else(|| {
-                    TowerReport {
-                        name: name.clone(),
-                        acknowledged: owed.is_none_or(|o| !o.owed_by(name)),
-                        refused: None,
-                        error: None,
-                    }
-                })
-            })
-            .collect();
-        let _deciding = self.decide(&client.id);
-        let store = self.store();
-        let id = spend_id(&client.id, record.id);
-        let before = store.get(kind::SPEND, &id)?;
-        let mut batch = Batch::default();
-        batch.expect(kind::SPEND, id.clone(), before).put(
-            kind::SPEND,
-            id,
-            serde_json::to_string(&record).expect("json"),
-        );
-        store.commit(&batch)?;
+        self.push_pass(&client.id)?;
+        let record = self.spend(self.store(), &client.id, id)?;
         // Just approved: not expired, whatever the tip.
         Ok(record.status(viewer, delay, 0))
     }
@@ -621,12 +657,10 @@ impl Cosigner {
                 ));
             }
         }
-        let reach = if record.state == "approved" {
+        if record.state == "approved" {
             let made_under = self.vault_policy(&client, &vault)?;
-            self.queue_approval(store, &mut batch, &client, &made_under, &record, tip)?
-        } else {
-            Vec::new()
-        };
+            self.queue_approval(store, &mut batch, &client, &made_under, &mut record, tip)?;
+        }
         let key = spend_id(&client.id, id);
         batch.expect(kind::SPEND, key.clone(), Some(before)).put(
             kind::SPEND,
@@ -637,7 +671,7 @@ impl Cosigner {
         drop(deciding);
         let delay = record.delay_or(caller.policy().delays.unvault as u32);
         if record.state == "approved" {
-            return self.push_approval(&client, record, &reach, delay, caller.role);
+            return self.push_approval(&client, record.id, delay, caller.role);
         }
         Ok(record.status(caller.role, delay, tip))
     }
