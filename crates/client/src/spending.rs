@@ -310,6 +310,16 @@ pub fn advance(
             Err(SpendError::Cosigner(ClientError::Refused { status: 409, message, .. })) if again => {
                 return Ok(cancelled(state, pos, message));
             }
+            // The co-signer refused the request itself (over the velocity budget, a lockdown,
+            // another request holding the vault): it is over, said as an error; sent again by
+            // every `--resume`, it would hold up the spends after it. Asking again is a new
+            // request.
+            Err(SpendError::Cosigner(ClientError::Refused { status, message, url }))
+                if (400..500).contains(&status) && status != 401 =>
+            {
+                cancelled(state, pos, message.clone());
+                return Err(SpendError::Cosigner(ClientError::Refused { status, message, url }));
+            }
             other => {
                 other?;
             }

@@ -136,17 +136,62 @@ impl SpendRecord {
     }
 }
 
-/// What every approval without the guardians' quorum released in the window ending at `tip`:
-/// each vault once (its coins leave it once, whatever approvals it had; one may have lapsed).
-fn velocity_used(spends: &[SpendRecord], window: u32, tip: u32) -> u64 {
-    let released: std::collections::BTreeMap<&str, u64> = spends
+/// Whether `s`, once approved, counts against velocity: all but a guarded vault's spend the
+/// guardians' quorum approved, whose spend leaf needs them on chain. A standard vault's leaf
+/// needs only the owner and the co-signer (who, compromised, could sign another spend than
+/// the approved one), so the towers count it, approved by the quorum or not.
+fn counts_for_velocity(s: &SpendRecord) -> bool {
+    s.needed == 0 || s.vault.kind != "guarded"
+}
+
+/// What the approvals that count against velocity released in the window ending at `tip`,
+/// oldest first: each vault once (its coins leave it once, whatever approvals it had; one may
+/// have lapsed), with the height it was approved at.
+fn velocity_held(spends: &[SpendRecord], window: u32, tip: u32) -> Vec<(u32, u64)> {
+    let released: std::collections::BTreeMap<&str, (u32, u64)> = spends
         .iter()
+        .filter(|s| counts_for_velocity(s))
         // Approved, even if since expired: its unvault may have gone out.
-        .filter(|s| s.needed == 0)
-        .filter(|s| s.approved_height.is_some_and(|h| h.saturating_add(window) > tip))
-        .map(|s| (s.approval.vault_outpoint.as_str(), s.amount_sat))
+        .filter_map(|s| Some((s, s.approved_height?)))
+        .filter(|(_, h)| h.saturating_add(window) > tip)
+        .map(|(s, h)| (s.approval.vault_outpoint.as_str(), (h, s.amount_sat)))
         .collect();
-    released.values().sum()
+    let mut held: Vec<(u32, u64)> = released.into_values().collect();
+    held.sort();
+    held
+}
+
+/// Whether releasing `amount` now would go over the velocity budget `limit`, beside `held`
+/// ([`velocity_held`]); if so, the first tip from which it would not. A standard vault above
+/// the budget (a limit lowered since it was made) fits only alone in its window.
+fn over_velocity(held: &[(u32, u64)], window: u32, amount: u64, limit: u64) -> Option<u32> {
+    let mut used: u64 = held.iter().map(|(_, a)| a).sum();
+    let mut from = None;
+    for (h, a) in held {
+        if used == 0 || used + amount <= limit {
+            break;
+        }
+        used -= a;
+        from = Some(h + window);
+    }
+    from
+}
+
+/// Why a spend of a standard vault is refused over the velocity budget.
+fn over_velocity_refusal(
+    what: &str,
+    amount: u64,
+    held: &[(u32, u64)],
+    allowance: &vigil_policy::config::Allowance,
+    from: u32,
+) -> Refusal {
+    let used: u64 = held.iter().map(|(_, a)| a).sum();
+    Refusal::Conflict(format!(
+        "{what}: its {amount} sat would go over the velocity budget ({used} of {} sat released in the last {} \
+         blocks), and the towers would cancel its unvault even with the guardians' approval (a standard vault's \
+         spend leaf does not need them): ask again from block {from}, or spend from a guarded vault",
+        allowance.velocity_limit_sat, allowance.velocity_window_blocks
+    ))
 }
 
 impl Cosigner {
@@ -295,7 +340,20 @@ impl Cosigner {
         let now_compiled = self.compiled(&current)?;
         let policy = now_compiled.policy();
         let allowance = &policy.allowance;
-        let used = velocity_used(&spends, allowance.velocity_window_blocks, tip);
+        let window = allowance.velocity_window_blocks;
+        let held = velocity_held(&spends, window, tip);
+        if !vault.guarded() {
+            if let Some(from) = over_velocity(&held, window, amount_sat, allowance.velocity_limit_sat) {
+                return Err(over_velocity_refusal(
+                    "a spend of this standard vault",
+                    amount_sat,
+                    &held,
+                    allowance,
+                    from,
+                ));
+            }
+        }
+        let used: u64 = held.iter().map(|(_, a)| a).sum();
         let whitelisted = allowance.whitelist.is_empty()
             || tx
                 .output
@@ -648,6 +706,29 @@ impl Cosigner {
             record.signatures.retain(|s| today.iter().any(|k| k.to_string() == s.key));
             record.needed = record.needed.max(caller.compiled.policy().guardians.threshold);
             if record.signatures.len() as u32 >= record.needed {
+                // A standard vault's spend counts against velocity, the guardians' or not: other
+                // approvals since the request may have used the budget up.
+                if !vault.guarded() {
+                    let mut current = client.clone();
+                    current.apply_due(tip);
+                    let compiled = self.compiled(&current)?;
+                    let allowance = &compiled.policy().allowance;
+                    let listed = store.list(kind::SPEND, &format!("{}/", client.id))?;
+                    let spends = listed
+                        .iter()
+                        .map(|(_, body)| {
+                            serde_json::from_str::<SpendRecord>(body).map_err(|_| Refusal::Internal)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let window = allowance.velocity_window_blocks;
+                    let held = velocity_held(&spends, window, tip);
+                    if let Some(from) =
+                        over_velocity(&held, window, record.amount_sat, allowance.velocity_limit_sat)
+                    {
+                        let what = format!("approving spend request {id} now (your vote is not counted)");
+                        return Err(over_velocity_refusal(&what, record.amount_sat, &held, allowance, from));
+                    }
+                }
                 record.state = "approved".into();
                 record.approved_height = Some(tip);
                 batch.alarm(alarm(
@@ -788,5 +869,22 @@ impl Cosigner {
         );
         store.commit(&batch)?;
         Ok(SignedSpend { tx: serialize_hex(&tx) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::over_velocity;
+
+    #[test]
+    fn over_the_budget_says_from_which_block_it_fits() {
+        // 3 approved at 10, 2 at 20; a window of 30 blocks, a budget of 5.
+        let held = [(10, 3), (20, 2)];
+        assert_eq!(over_velocity(&held, 30, 0, 5), None);
+        assert_eq!(over_velocity(&held, 30, 1, 5), Some(40), "once the first left the window");
+        assert_eq!(over_velocity(&held, 30, 4, 5), Some(50), "once both did");
+        // Above the whole budget (a limit lowered since): only alone in its window.
+        assert_eq!(over_velocity(&held, 30, 6, 5), Some(50));
+        assert_eq!(over_velocity(&[], 30, 6, 5), None);
     }
 }

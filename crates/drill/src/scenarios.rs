@@ -112,6 +112,9 @@ fn answer(run: &crate::household::Run) -> String {
         // The message after the prompts, to its first clause.
         let last = run.err.trim().lines().last().unwrap_or_default();
         let message = last.rsplit("error: ").next().unwrap_or_default();
+        // A server's refusal without its address ("http://… refused (409): why").
+        let message =
+            message.split_once(" refused (").and_then(|(_, m)| m.split_once("): ")).map_or(message, |m| m.1);
         format!("refused: {}", message.split([';', '(']).next().unwrap_or_default().trim())
     }
 }

@@ -179,6 +179,38 @@ fn f02_a_guarded_vault_approved_by_the_guardians_is_spent_at_delay() {
     assert_eq!(tip(rpc), u_height + DELAY, "spent in the first block the spend leaf allows");
 }
 
+/// A standard vault's spend leaf needs only the owner and the co-signer: a compromised
+/// co-signer could sign another spend than the one the guardians approved and hand it to a
+/// miner. So its unvault counts against velocity even with the guardians' quorum; a guarded
+/// vault's, whose leaf needs them on chain, does not.
+#[test]
+fn f02_the_guardians_approval_lifts_velocity_for_a_guarded_vault_only() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("quorum and velocity"));
+    let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 2, None);
+    // The velocity limit is 10 M sat.
+    let standard: Vec<Vault> =
+        (0..2).map(|_| h.create_vault(rpc, Amount::from_sat(6_000_000), VaultKind::Standard)).collect();
+    let guarded = h.create_vault(rpc, Amount::from_sat(20_000_000), VaultKind::Guarded);
+    for v in standard.iter().chain([&guarded]) {
+        h.protect(&node.rpc, &tower.api, v);
+        let spend = h.delayed_spend(v).compute_txid();
+        let quorum = h.approval_signed_by(v, spend, h.example.guardian_threshold as usize);
+        post(&tower.api, "/v1/approvals", &serde_json::to_vec(&quorum).unwrap(), &h.owner_auth()).unwrap();
+    }
+    block(&node, &h);
+    rpc.broadcast(standard[0].graph.unvault()).unwrap();
+    rpc.broadcast(guarded.graph.unvault()).unwrap();
+    block(&node, &h);
+    // 6 M counted, the guarded 20 M not: 6 M more are over the budget, quorum or not.
+    rpc.broadcast(standard[1].graph.unvault()).unwrap();
+    cancelled(&node, &h, &standard[1]);
+    assert!(spend_of(rpc, standard[0].unvault_outpoint()).is_none(), "within the budget: left alone");
+    assert!(spend_of(rpc, guarded.unvault_outpoint()).is_none(), "the guardians' own release: left alone");
+}
+
 #[test]
 fn f03_applied_policy_changes_survive_a_restart_and_a_rewritten_file() {
     let node = vigil_node();

@@ -188,14 +188,19 @@ impl Watcher {
             vault.state.unvault_height = height;
         }
         let (client, value) = (vault.policy_id.clone(), vault.unvault.output[0].value.to_sat());
+        let guarded = vault.guarded;
         let u_txid = vault.unvault.compute_txid();
         let seen_at = height.unwrap_or(self.tip + 1);
         let approval = self.approvals.get(&u_txid).copied();
         // An approval covers an unvault seen by its expiry height, not later.
         let approved = approval.is_some_and(|a| seen_at <= a.expiry_height);
-        // Velocity bounds what the co-signer can release alone: an unvault the guardian
-        // quorum approved is not counted (its spend leaf needs them on chain anyway).
-        let by_quorum = approved && approval.is_some_and(|a| a.guardian_quorum);
+        let quorum = approved && approval.is_some_and(|a| a.guardian_quorum);
+        // Velocity bounds what the co-signer can release alone. A guarded vault's unvault the
+        // guardians' quorum approved is not counted: its spend leaf needs them on chain. A
+        // standard vault's leaf needs only the owner and the co-signer, who (compromised)
+        // could sign another spend than the one the guardians approved and hand it to a
+        // miner: it counts, approved by the quorum or not.
+        let by_quorum = quorum && guarded;
         self.dirty.insert(id);
         self.active.insert(id);
         if !first_sight {
@@ -206,7 +211,9 @@ impl Watcher {
             }
             return;
         }
-        let over_budget = !by_quorum && self.over_velocity(&client, id, value, seen_at);
+        // A standard vault above the whole budget (a limit lowered since it was made) can only
+        // leave with the quorum's approval, and then only alone in its window.
+        let over_budget = !by_quorum && self.over_velocity(&client, id, value, seen_at, quorum);
         let lockdown = self.lockdown(&client, seen_at);
         if !by_quorum {
             self.released.entry(client).or_default().insert(id, (seen_at, value));
@@ -268,7 +275,7 @@ impl Watcher {
         let (client, value) = (vault.policy_id.clone(), vault.unvault.output[0].value.to_sat());
         let seen_at = s.unvault_height.unwrap_or(self.tip + 1);
         let untouched = s.untouched();
-        let over_budget = self.over_velocity(&client, id, value, seen_at);
+        let over_budget = self.over_velocity(&client, id, value, seen_at, false);
         self.released.entry(client).or_default().insert(id, (seen_at, value));
         self.vaults.get_mut(&id).expect("watched").state.counted_for_velocity = Some(true);
         self.dirty.insert(id);
@@ -279,9 +286,18 @@ impl Watcher {
     }
 
     /// Whether releasing `value` now would exceed the client's velocity budget, counting the
-    /// full value of every unvault seen in the window that no guardian quorum approved
-    /// (including those already cancelled).
-    fn over_velocity(&self, client: &str, vault: OutPoint, value: u64, now: u32) -> bool {
+    /// full value of every unvault seen in the window but guarded vaults' the guardians'
+    /// quorum approved (including those already cancelled). `alone_may_exceed`: a standard
+    /// vault the quorum approved, let through above the budget when nothing else counts in
+    /// the window.
+    fn over_velocity(
+        &self,
+        client: &str,
+        vault: OutPoint,
+        value: u64,
+        now: u32,
+        alone_may_exceed: bool,
+    ) -> bool {
         let Some(limits) = self.limits.get(client) else { return false };
         let window_start = now.saturating_sub(limits.velocity_window_blocks);
         let others: u64 = self
@@ -291,6 +307,6 @@ impl Watcher {
                 m.iter().filter(|(v, (h, _))| **v != vault && *h >= window_start).map(|(_, (_, s))| s).sum()
             })
             .unwrap_or(0);
-        others + value > limits.velocity_limit_sat
+        others + value > limits.velocity_limit_sat && !(alone_may_exceed && others == 0)
     }
 }

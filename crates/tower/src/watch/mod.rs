@@ -129,7 +129,9 @@ impl Watcher {
         let seen = vault.state.unvault_height.or(vault.state.unvault_seen.then_some(self.tip));
         if let Some(h) = seen {
             let counted = vault.state.counted_for_velocity;
-            if counted.unwrap_or_else(|| !self.guardian_approved(&vault.unvault.compute_txid())) {
+            if counted
+                .unwrap_or_else(|| !(vault.guarded && self.guardian_approved(&vault.unvault.compute_txid())))
+            {
                 let value = vault.unvault.output[0].value.to_sat();
                 self.released.entry(vault.policy_id.clone()).or_default().insert(vault.outpoint, (h, value));
             }

@@ -10,13 +10,21 @@ use vigil_policy::example::ExamplePolicy;
 use vigil_policy::{CompiledPolicy, OneTimeKey, Policy, VaultKind};
 
 pub(super) fn vault(index: u32, sat: u64) -> Vault {
+    vault_of_kind(index, sat, VaultKind::Standard)
+}
+
+/// A guarded vault: its spend leaf needs the guardians' quorum too.
+fn guarded_vault(index: u32, sat: u64) -> Vault {
+    vault_of_kind(index, sat, VaultKind::Guarded)
+}
+
+fn vault_of_kind(index: u32, sat: u64, kind: VaultKind) -> Vault {
     let compiled = CompiledPolicy::new(
         Policy::from_toml(&ExamplePolicy { delay: 20, ..ExamplePolicy::default() }.to_toml()).unwrap(),
     )
     .unwrap();
     let (o, c) = (OneTimeKey::generate(), OneTimeKey::generate());
-    let plan =
-        compiled.plan(index, Amount::from_sat(sat), VaultKind::Standard, o.public(), c.public()).unwrap();
+    let plan = compiled.plan(index, Amount::from_sat(sat), kind, o.public(), c.public()).unwrap();
     let v = OutPoint { txid: Txid::from_byte_array([index as u8 + 1; 32]), vout: 0 };
     let g = compiled.build_graph(&plan, v).unwrap();
     Vault::from_signed("p", 20, &g.finalize(&o.sign(&g).unwrap(), &c.sign(&g).unwrap()).unwrap())
@@ -365,7 +373,7 @@ fn a_foreign_spend_of_a_vault_alarms_the_guardians_and_sweeps_nothing_by_itself(
 #[test]
 fn velocity_bounds_the_cosigner_alone_and_a_guardian_approved_unvault_is_not_counted() {
     // Two vaults above the velocity limit (guarded), one standard within it.
-    let (g1, g2, s) = (vault(0, 9_000_000), vault(1, 9_000_000), vault(2, 3_000_000));
+    let (g1, g2, s) = (guarded_vault(0, 9_000_000), guarded_vault(1, 9_000_000), vault(2, 3_000_000));
     let mut w = watcher(&[&g1, &g2, &s], 5_000_000);
     let quorum = |expiry| ApprovalTerms { guardian_quorum: true, ..terms(expiry) };
     w.add_approval(g1.unvault.compute_txid(), quorum(1_000));
@@ -377,7 +385,7 @@ fn velocity_bounds_the_cosigner_alone_and_a_guardian_approved_unvault_is_not_cou
     // ...and do not eat the budget of what the co-signer approves alone.
     assert!(broadcasts(&w.on_block_connected(7, &block(vec![s.unvault.clone()]))).is_empty());
     // A co-signer-only approval of a vault above the budget is still cancelled.
-    let big = vault(3, 9_000_000);
+    let big = guarded_vault(3, 9_000_000);
     w.add_vault(big.clone());
     w.add_approval(big.unvault.compute_txid(), terms(1_000));
     assert_eq!(
@@ -386,9 +394,52 @@ fn velocity_bounds_the_cosigner_alone_and_a_guardian_approved_unvault_is_not_cou
     );
 }
 
+/// A standard vault's spend leaf needs only the owner and the co-signer: a compromised
+/// co-signer could sign another spend than the one the guardians approved. So its unvault
+/// counts against velocity, approved by the guardians' quorum or not.
+#[test]
+fn a_standard_vault_counts_for_velocity_even_with_the_guardians_approval() {
+    let (a, b) = (vault(0, 3_000_000), vault(1, 3_000_000));
+    let mut w = watcher(&[&a, &b], 5_000_000);
+    let quorum = ApprovalTerms { guardian_quorum: true, ..terms(1_000) };
+    w.add_approval(a.unvault.compute_txid(), quorum);
+    w.add_approval(b.unvault.compute_txid(), quorum);
+    assert!(broadcasts(&w.on_block_connected(5, &block(vec![a.unvault.clone()]))).is_empty());
+    assert_eq!(w.vault(&a.outpoint).unwrap().state.counted_for_velocity, Some(true));
+    // 3 M counted: 3 M more are over the 5 M budget, guardians or not.
+    assert_eq!(broadcasts(&w.on_block_connected(6, &block(vec![b.unvault.clone()]))), vec!["cancel rung 0"]);
+
+    // A standard vault above a budget lowered since it was made leaves with the quorum's
+    // approval alone in its window, and not beside anything else counted.
+    let (big, other) = (vault(3, 3_000_000), vault(4, 3_000_000));
+    let mut w = watcher(&[&big, &other], 2_000_000);
+    w.add_approval(big.unvault.compute_txid(), quorum);
+    w.add_approval(other.unvault.compute_txid(), quorum);
+    assert!(broadcasts(&w.on_block_connected(5, &block(vec![big.unvault.clone()]))).is_empty());
+    assert_eq!(
+        broadcasts(&w.on_block_connected(6, &block(vec![other.unvault.clone()]))),
+        vec!["cancel rung 0"]
+    );
+    let (lone, cosigner_alone) = (vault(5, 3_000_000), vault(6, 3_000_000));
+    let mut w = watcher(&[&lone, &cosigner_alone], 2_000_000);
+    w.add_approval(lone.unvault.compute_txid(), quorum);
+    w.add_approval(cosigner_alone.unvault.compute_txid(), terms(1_000));
+    assert_eq!(
+        broadcasts(&w.on_block_connected(5, &block(vec![cosigner_alone.unvault.clone()]))),
+        vec!["cancel rung 0"],
+        "the co-signer alone never releases more than the budget"
+    );
+    w.on_block_connected(6, &block(vec![lone.unvault.clone()]));
+    assert_eq!(
+        w.vault(&lone.outpoint).unwrap().state.cancel_rung,
+        Some(0),
+        "the cancelled unvault still counts in the window"
+    );
+}
+
 #[test]
 fn an_unvault_is_judged_when_first_seen_and_counted_for_velocity_across_a_restart() {
-    let (g, s1, s2) = (vault(0, 9_000_000), vault(1, 3_000_000), vault(2, 3_000_000));
+    let (g, s1, s2) = (guarded_vault(0, 9_000_000), vault(1, 3_000_000), vault(2, 3_000_000));
     let mut w = watcher(&[&g, &s1, &s2], 5_000_000);
     w.set_tip(9);
     let quorum = ApprovalTerms { guardian_quorum: true, ..terms(10) };
@@ -448,7 +499,7 @@ fn the_approved_spend_of_an_unvault_the_tower_is_cancelling_is_fought_as_a_rival
 
 #[test]
 fn a_quorum_approval_replaced_by_the_cosigner_alone_counts_its_unvault_then() {
-    let (g, s) = (vault(0, 3_000_000), vault(1, 3_000_000));
+    let (g, s) = (guarded_vault(0, 3_000_000), vault(1, 3_000_000));
     let mut w = watcher(&[&g, &s], 5_000_000);
     let quorum = ApprovalTerms { guardian_quorum: true, ..terms(1_000) };
     w.add_approval(g.unvault.compute_txid(), quorum);
@@ -471,7 +522,7 @@ fn a_quorum_approval_replaced_by_the_cosigner_alone_counts_its_unvault_then() {
     // Done once: the same approval again changes nothing.
     assert!(w.add_approval(g.unvault.compute_txid(), alone).is_empty());
     // Another quorum approval, replaced by the co-signer alone within the budget, only counts.
-    let q = vault(2, 1_000_000);
+    let q = guarded_vault(2, 1_000_000);
     w.add_vault(q.clone());
     w.add_approval(q.unvault.compute_txid(), quorum);
     w.on_block_connected(7, &block(vec![q.unvault.clone()]));
