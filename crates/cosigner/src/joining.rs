@@ -34,6 +34,9 @@ type VaultOrder = (String, TowerOrder);
 /// The towers' endpoint a vault is registered at; a joining tower's vaults are orders to it.
 pub(crate) const VAULTS_PATH: &str = "/v1/vaults";
 
+/// The towers' endpoint that enrolls a client, with a token from the tower's operator.
+pub(crate) const ENROLL_PATH: &str = "/v1/clients";
+
 /// Whether a tower holding the client as `judge` does takes `order`, an approval of `v`: one
 /// that needs the guardians' quorum is judged by today's guardians, which a change may have
 /// replaced since the approval was given.
@@ -92,7 +95,7 @@ impl Cosigner {
             policy: client.past_policies.first().unwrap_or(&client.policy).clone(),
             changes: applied_changes(&client)?,
         };
-        let enroll_order = order_of("/v1/clients", &enrollment, format!("client {}", client.id));
+        let enroll_order = order_of(ENROLL_PATH, &enrollment, format!("client {}", client.id));
         // What the other towers hold now. A lockdown's end as it holds here, a lift counted.
         let mut state = Vec::new();
         if client.locked(tip) {
@@ -159,11 +162,11 @@ impl Cosigner {
         let answer = pass
             .answers
             .iter()
-            .filter(|(path, s, _)| path == "/v1/clients" && *s == subject)
+            .filter(|(path, s, _)| path == ENROLL_PATH && *s == subject)
             .flat_map(|(_, _, reports)| reports)
             .find(|t| t.name == r.tower);
         let owed = self.orders_owed(&client.id, &r.tower)?;
-        let enrolled = !owed.iter().any(|o| o.path == "/v1/clients");
+        let enrolled = !owed.iter().any(|o| o.path == ENROLL_PATH);
         Ok(TowerEnrolled {
             tower: r.tower.clone(),
             enrolled,
@@ -406,7 +409,7 @@ fn queue_enrollment(
 ) -> Result<bool, Refusal> {
     let existing = crate::orders::queued_orders(store, batch, client)?;
     let only_this = |o: &TowerOrder| o.only.as_deref() == Some(&[tower.to_owned()][..]);
-    let stale = |o: &TowerOrder| only_this(o) && o.path == "/v1/clients";
+    let stale = |o: &TowerOrder| only_this(o) && o.path == ENROLL_PATH;
     let replaced = existing.iter().any(stale);
     let for_tower = |mut o: TowerOrder| {
         o.only = Some(vec![tower.to_owned()]);

@@ -129,7 +129,12 @@ pub fn post_all(
                         }
                         Err((status, e)) => {
                             tracing::warn!(tower = %tower.name, path, error = %e, "tower did not acknowledge");
-                            let refused = status.is_some_and(|s| (400..500).contains(&s) && s != 401);
+                            // A 401 is the tower not knowing the signer yet (the client's
+                            // enrollment still owed); to an enrollment it is the token refused,
+                            // which asking again does not change.
+                            let refused = status.is_some_and(|s| {
+                                (400..500).contains(&s) && (s != 401 || path == crate::joining::ENROLL_PATH)
+                            });
                             TowerReport { name, acknowledged: false, refused: refused.then(|| e.clone()), error: Some(e) }
                         }
                     }

@@ -1335,6 +1335,23 @@ fn a_hung_tower_holds_one_approval_for_the_timeout_not_every_one() {
     assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(0), "it has every approval");
 }
 
+/// A tower enrolled again with a token it never issued (anyone holding the owner's key can
+/// ask) refuses that enrollment for good: the orders after it still reach the tower, which
+/// would otherwise cancel every approved unvault and never hear of a lockdown again.
+#[test]
+fn a_tower_enrolled_again_with_a_bad_token_still_gets_every_order_after_it() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner bad re-enrollment"), 2, None);
+    let vault = f.vault(&node, Amount::from_sat(1_000_000), VaultKind::Standard);
+    let junk = "ab".repeat(32);
+    let refused =
+        f.post("/v1/towers", &serde_json::json!({"tower": "tower-a", "token": junk}), &f.owner()).unwrap();
+    assert!(refused["error"].as_str().unwrap().contains("unknown enrollment token"), "{refused}");
+    let approved = spend(&f, &vault).unwrap();
+    assert_eq!(acknowledged_by(&approved), ["tower-a", "tower-b"], "{approved}");
+}
+
 /// Which towers acknowledged the approval of a spend of `vault`.
 fn acknowledged(f: &Family, vault: &Vault) -> Vec<bool> {
     let s = spend(f, vault).unwrap();
