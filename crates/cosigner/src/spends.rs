@@ -144,26 +144,10 @@ fn counts_for_velocity(s: &SpendRecord) -> bool {
     s.needed == 0 || s.vault.kind != "guarded"
 }
 
-/// What the approvals that count against velocity released in the window ending at `tip`,
-/// oldest first: each vault once (its coins leave it once, whatever approvals it had; one may
-/// have lapsed), with the height it was approved at.
-fn velocity_held(spends: &[SpendRecord], window: u32, tip: u32) -> Vec<(u32, u64)> {
-    let released: std::collections::BTreeMap<&str, (u32, u64)> = spends
-        .iter()
-        .filter(|s| counts_for_velocity(s))
-        // Approved, even if since expired: its unvault may have gone out.
-        .filter_map(|s| Some((s, s.approved_height?)))
-        .filter(|(_, h)| h.saturating_add(window) > tip)
-        .map(|(s, h)| (s.approval.vault_outpoint.as_str(), (h, s.amount_sat)))
-        .collect();
-    let mut held: Vec<(u32, u64)> = released.into_values().collect();
-    held.sort();
-    held
-}
-
 /// Whether releasing `amount` now would go over the velocity budget `limit`, beside `held`
-/// ([`velocity_held`]); if so, the first tip from which it would not. A standard vault above
-/// the budget (a limit lowered since it was made) fits only alone in its window.
+/// ([`Cosigner::velocity_held`]: each unvault's height at the towers, oldest first); if so,
+/// the first tip from which it would not. A standard vault above the budget (a limit lowered
+/// since it was made) fits only alone in its window.
 fn over_velocity(held: &[(u32, u64)], window: u32, amount: u64, limit: u64) -> Option<u32> {
     let mut used: u64 = held.iter().map(|(_, a)| a).sum();
     let mut from = None;
@@ -195,6 +179,51 @@ fn over_velocity_refusal(
 }
 
 impl Cosigner {
+    /// What the approvals that count against velocity released in the window the towers judge
+    /// an unvault sent now by, oldest first: each vault once (its coins leave it once, whatever
+    /// approvals it had; one may have lapsed), dated as the towers date its unvault. A tower
+    /// counts an unvault from the height it confirmed at (from the next block while it waits in
+    /// the mempool) for `window` blocks after, that one included; one sent now is seen at
+    /// `tip + 1` at the earliest. An approval's unvault comes a block after it at the earliest;
+    /// one whose window by that measure is over is looked up on the chain while its unvault may
+    /// still confirm within it (a slow confirmation dates it later).
+    fn velocity_held(
+        &self,
+        spends: &[SpendRecord],
+        window: u32,
+        tip: u32,
+    ) -> Result<Vec<(u32, u64)>, Refusal> {
+        let mut released: std::collections::BTreeMap<&str, (u32, u64)> = Default::default();
+        for s in spends.iter().filter(|s| counts_for_velocity(s)) {
+            let Some(approved) = s.approved_height else { continue };
+            // Counted by the towers while `date + window >= tip + 1`.
+            let mut date = approved + 1;
+            if date + window <= tip {
+                if tip >= s.approval.expiry_height.saturating_add(LAPSE_MARGIN + window) {
+                    continue;
+                }
+                let unvault = vigil_policy::bitcoin::Txid::from_str(&s.approval.unvault_txid)
+                    .map_err(|_| Refusal::Internal)?;
+                date = match self.chain.transaction_info(&unvault)? {
+                    Some((_, Some(confirmed))) => confirmed,
+                    // Waiting in the mempool: it counts from the block that confirms it.
+                    Some((_, None)) => tip + 1,
+                    // Not sent: it counts if it still may be.
+                    None if tip < s.approval.expiry_height => tip + 1,
+                    None => continue,
+                };
+                if date + window <= tip {
+                    continue;
+                }
+            }
+            let held = released.entry(s.approval.vault_outpoint.as_str()).or_insert((date, s.amount_sat));
+            held.0 = held.0.max(date);
+        }
+        let mut held: Vec<(u32, u64)> = released.into_values().collect();
+        held.sort();
+        Ok(held)
+    }
+
     fn spend(&self, store: &dyn Store, client: &str, id: u64) -> Result<SpendRecord, Refusal> {
         Ok(self.spend_stored(store, client, id)?.0)
     }
@@ -341,7 +370,7 @@ impl Cosigner {
         let policy = now_compiled.policy();
         let allowance = &policy.allowance;
         let window = allowance.velocity_window_blocks;
-        let held = velocity_held(&spends, window, tip);
+        let held = self.velocity_held(&spends, window, tip)?;
         if !vault.guarded() {
             if let Some(from) = over_velocity(&held, window, amount_sat, allowance.velocity_limit_sat) {
                 return Err(over_velocity_refusal(
@@ -721,7 +750,7 @@ impl Cosigner {
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     let window = allowance.velocity_window_blocks;
-                    let held = velocity_held(&spends, window, tip);
+                    let held = self.velocity_held(&spends, window, tip)?;
                     if let Some(from) =
                         over_velocity(&held, window, record.amount_sat, allowance.velocity_limit_sat)
                     {

@@ -73,15 +73,19 @@ fn the_per_spend_limit_and_velocity_decide_what_needs_the_guardians() {
     let b = spend(&f, &over).unwrap();
     assert_eq!(b["state"], "waiting", "one sat over the limit: {b}");
     assert_eq!(b["approvals_needed"], 2);
-    // Velocity: 5,000,000 sat a window of 30 blocks, counted from each approval.
+    // Velocity: 5,000,000 sat a window of 30 blocks, each unvault counted as the towers count
+    // it: from the height it confirmed at, for the window and that height.
     let v: Vec<Vault> =
         (0..4).map(|_| f.vault(&node, Amount::from_sat(1_900_000), VaultKind::Standard)).collect();
-    block(&node, &f, 30); // the approval above leaves the window
-    let first_at = tip(&node);
+    unvault(&node, &f, &at_limit);
+    block(&node, &f, 30); // it leaves the window
     assert_eq!(spend(&f, &v[0]).unwrap()["state"], "approved");
+    unvault(&node, &f, &v[0]);
+    let first_at = tip(&node);
     block(&node, &f, 5);
     assert_eq!(spend(&f, &v[1]).unwrap()["state"], "approved");
-    // Two approvals (~3.8M) plus ~1.9M: over budget until the first leaves the window. A
+    unvault(&node, &f, &v[1]);
+    // Two unvaults (~3.8M) plus ~1.9M: over budget until the first leaves the window. A
     // standard vault's spend leaf does not need the guardians, so their approval would not
     // lift the towers' count: refused, saying from when it fits.
     block(&node, &f, first_at + 29 - tip(&node));
@@ -103,6 +107,48 @@ fn the_per_spend_limit_and_velocity_decide_what_needs_the_guardians() {
     assert_eq!(approved["state"], "approved", "the first approval left the window: {approved}");
     let (status, why) = spend(&f, &v[3]).unwrap_err();
     assert!(status == 409 && why.contains("velocity budget"), "{status} {why}");
+}
+
+/// The co-signer counts an approval as the towers count its unvault: from the height it
+/// confirmed at (a slow one counts later), for the window and that height. Approved as soon as
+/// the co-signer allows, the next unvault is not cancelled as over the budget.
+#[test]
+fn velocity_is_counted_as_the_towers_count_it_from_the_unvaults_confirmation() {
+    const WINDOW: u32 = 30;
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut e = example("cosigner velocity as the towers count it");
+    e.velocity_limit_sat = 2_500_000;
+    e.services.velocity_window_blocks = Some(WINDOW);
+    let mut f = Family::new(&node, &co, e, 1, None);
+    let (first, next) = (
+        f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard),
+        f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard),
+    );
+    assert_eq!(spend(&f, &first).unwrap()["state"], "approved");
+    let approved_at = tip(&node);
+    // Its unvault goes out ten blocks later: the towers count it from there.
+    block(&node, &f, 10);
+    unvault(&node, &f, &first);
+    let confirmed = tip(&node);
+    assert_eq!(confirmed, approved_at + 11);
+    block(&node, &f, approved_at + WINDOW + 1 - tip(&node));
+    let (status, why) = spend(&f, &next).unwrap_err();
+    assert!(
+        status == 409 && why.contains(&format!("from block {}", confirmed + WINDOW)),
+        "past its approval's window, inside its unvault's: {status} {why}"
+    );
+    block(&node, &f, confirmed + WINDOW - 1 - tip(&node));
+    assert_eq!(spend(&f, &next).unwrap_err().0, 409, "one block early");
+    block(&node, &f, 1);
+    assert_eq!(spend(&f, &next).unwrap()["state"], "approved");
+    // Sent at once: the tower sees it as within the budget.
+    node.rpc.broadcast(next.graph.unvault()).unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        block(&node, &f, 1);
+    }
+    assert!(spend_of(&node.rpc, next.unvault_outpoint()).is_none(), "the tower did not cancel it");
 }
 
 #[test]
