@@ -315,7 +315,7 @@ pub fn advance(
             // every `--resume`, it would hold up the spends after it. Asking again is a new
             // request.
             Err(SpendError::Cosigner(ClientError::Refused { status, message, url }))
-                if (400..500).contains(&status) && status != 401 =>
+                if (400..500).contains(&status) && status != 401 && !message.contains("try again") =>
             {
                 cancelled(state, pos, message.clone());
                 return Err(SpendError::Cosigner(ClientError::Refused { status, message, url }));
@@ -427,9 +427,12 @@ pub fn advance(
     }
     let signed: SignedSpend = match session.cosigner.post(&format!("/v1/spends/{id}/sign"), &SignSpend {}) {
         Ok(s) => s,
-        // The co-signer's node may be a block behind this one: not final.
+        // The co-signer's node may be a block behind this one, or the request changed while
+        // it signed: not final.
         Err(ClientError::Refused { status: 409, message, .. })
-            if message.contains("can be signed from block") || message.contains("not confirmed yet") =>
+            if message.contains("can be signed from block")
+                || message.contains("not confirmed yet")
+                || message.contains("try again") =>
         {
             return Ok(Progress::Waiting { from_height: Some(from) });
         }

@@ -47,8 +47,9 @@ pub struct CosignerConfig {
     /// Seconds after an unlock's heartbeat the owner's vault and spend requests are served.
     #[serde(default = "default_heartbeat_fresh")]
     pub heartbeat_fresh_secs: u64,
-    /// How long a tower may keep refusing an order (a 4xx other than 401) before it is
-    /// settled for that tower with a `tower-refused` alarm instead of being sent forever.
+    /// How long a tower may keep refusing an order (a 4xx other than 401, or an enrollment's
+    /// 401) before it is settled for that tower with a `tower-refused` alarm instead of being
+    /// sent forever.
     /// Refusals that pass with time (a nonce race, a tower not yet enrolled, a proxy's) clear
     /// well within it.
     #[serde(default = "default_give_up")]

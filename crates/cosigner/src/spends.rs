@@ -144,6 +144,11 @@ fn counts_for_velocity(s: &SpendRecord) -> bool {
     s.needed == 0 || s.vault.kind != "guarded"
 }
 
+/// Blocks a tower's node may lag the co-signer's: an unvault is counted for velocity that
+/// much longer than the towers count it, so that one approved at the window's edge is not
+/// cancelled at a tower a block behind.
+const TOWER_LAG: u32 = 1;
+
 /// Whether releasing `amount` now would go over the velocity budget `limit`, beside `held`
 /// ([`Cosigner::velocity_held`]: each unvault's height at the towers, oldest first); if so,
 /// the first tip from which it would not. A standard vault above the budget (a limit lowered
@@ -156,7 +161,7 @@ fn over_velocity(held: &[(u32, u64)], window: u32, amount: u64, limit: u64) -> O
             break;
         }
         used -= a;
-        from = Some(h + window);
+        from = Some(h + window + TOWER_LAG);
     }
     from
 }
@@ -192,27 +197,36 @@ impl Cosigner {
         spends: &[SpendRecord],
         window: u32,
         tip: u32,
+        asked: &str,
     ) -> Result<Vec<(u32, u64)>, Refusal> {
+        // Counted while `date + window + TOWER_LAG >= tip + 1`: a tower whose node is a block
+        // behind sees the new unvault at `tip`, not `tip + 1`.
+        let out = |date: u32| date + window + TOWER_LAG <= tip;
         let mut released: std::collections::BTreeMap<&str, (u32, u64)> = Default::default();
-        for s in spends.iter().filter(|s| counts_for_velocity(s)) {
+        // The vault asked for is not counted beside itself (an earlier approval of it lapsed,
+        // or its unvault confirmed too late for it): its coins leave it once.
+        for s in spends.iter().filter(|s| counts_for_velocity(s) && s.approval.vault_outpoint != asked) {
             let Some(approved) = s.approved_height else { continue };
-            // Counted by the towers while `date + window >= tip + 1`.
             let mut date = approved + 1;
-            if date + window <= tip {
-                if tip >= s.approval.expiry_height.saturating_add(LAPSE_MARGIN + window) {
+            if out(date) {
+                if tip >= s.approval.expiry_height.saturating_add(LAPSE_MARGIN + window + TOWER_LAG) {
                     continue;
                 }
                 let unvault = vigil_policy::bitcoin::Txid::from_str(&s.approval.unvault_txid)
                     .map_err(|_| Refusal::Internal)?;
+                let vault = OutPoint::from_str(&s.approval.vault_outpoint).map_err(|_| Refusal::Internal)?;
                 date = match self.chain.transaction_info(&unvault)? {
                     Some((_, Some(confirmed))) => confirmed,
                     // Waiting in the mempool: it counts from the block that confirms it.
                     Some((_, None)) => tip + 1,
-                    // Not sent: it counts if it still may be.
+                    // Not sent: it counts while it still may be.
                     None if tip < s.approval.expiry_height => tip + 1,
+                    // Sent (the vault's output is spent), but this backend cannot find it (a
+                    // node without a transaction index): counted, its height unknown.
+                    None if self.chain.unspent_output(&vault)?.is_none() => tip + 1,
                     None => continue,
                 };
-                if date + window <= tip {
+                if out(date) {
                     continue;
                 }
             }
@@ -370,7 +384,7 @@ impl Cosigner {
         let policy = now_compiled.policy();
         let allowance = &policy.allowance;
         let window = allowance.velocity_window_blocks;
-        let held = self.velocity_held(&spends, window, tip)?;
+        let held = self.velocity_held(&spends, window, tip, &r.vault_outpoint)?;
         if !vault.guarded() {
             if let Some(from) = over_velocity(&held, window, amount_sat, allowance.velocity_limit_sat) {
                 return Err(over_velocity_refusal(
@@ -598,10 +612,15 @@ impl Cosigner {
             }
             answered.iter().find(|r| r.name == *name).cloned()
         };
-        let towers: Vec<TowerReport> = order
-            .only
-            .iter()
-            .flatten()
+        // The towers it names (set when it was approved, less those found since to watch no
+        // such vault), or for a record from before they were kept, the order's.
+        let named: Vec<&String> = if record.towers.is_empty() {
+            order.only.iter().flatten().collect()
+        } else {
+            record.towers.iter().map(|r| &r.name).collect()
+        };
+        let towers: Vec<TowerReport> = named
+            .into_iter()
             .filter(|name| !kept_away.contains(name))
             .map(|name| {
                 heard(name)
@@ -750,7 +769,7 @@ impl Cosigner {
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     let window = allowance.velocity_window_blocks;
-                    let held = self.velocity_held(&spends, window, tip)?;
+                    let held = self.velocity_held(&spends, window, tip, &record.approval.vault_outpoint)?;
                     if let Some(from) =
                         over_velocity(&held, window, record.amount_sat, allowance.velocity_limit_sat)
                     {
@@ -815,7 +834,7 @@ impl Cosigner {
     ) -> Result<SignedSpend, Refusal> {
         self.unlocked_owner(caller)?;
         let tip = self.tip()?;
-        let ((client, client_before), (record, record_before)) = {
+        let ((client, client_before), (record, _)) = {
             let _deciding = self.decide(&caller.client.id);
             let store = self.store();
             let client = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
@@ -890,11 +909,16 @@ impl Cosigner {
         // meanwhile makes this fail, and nothing is returned.
         let _deciding = self.decide(&caller.client.id);
         let store = self.store();
+        // Only its tower reports may have moved on meanwhile (the background push).
+        let (now, now_before) = self.spend_stored(store, &client.id, id)?;
+        if (SpendRecord { towers: record.towers.clone(), ..now }) != record {
+            return Err(Refusal::Conflict(format!("spend request {id} changed meanwhile; try again")));
+        }
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         batch.expect(kind::CLIENT, client.id.clone(), Some(client_before)).expect(
             kind::SPEND,
             spend_id(&client.id, id),
-            Some(record_before),
+            Some(now_before),
         );
         store.commit(&batch)?;
         Ok(SignedSpend { tx: serialize_hex(&tx) })
@@ -910,10 +934,10 @@ mod tests {
         // 3 approved at 10, 2 at 20; a window of 30 blocks, a budget of 5.
         let held = [(10, 3), (20, 2)];
         assert_eq!(over_velocity(&held, 30, 0, 5), None);
-        assert_eq!(over_velocity(&held, 30, 1, 5), Some(40), "once the first left the window");
-        assert_eq!(over_velocity(&held, 30, 4, 5), Some(50), "once both did");
+        assert_eq!(over_velocity(&held, 30, 1, 5), Some(41), "once the first left the window");
+        assert_eq!(over_velocity(&held, 30, 4, 5), Some(51), "once both did");
         // Above the whole budget (a limit lowered since): only alone in its window.
-        assert_eq!(over_velocity(&held, 30, 6, 5), Some(50));
+        assert_eq!(over_velocity(&held, 30, 6, 5), Some(51));
         assert_eq!(over_velocity(&[], 30, 6, 5), None);
     }
 }

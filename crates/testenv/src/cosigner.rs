@@ -130,6 +130,7 @@ impl CosignerProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                self.kill9();
                 return Err("the co-signer never answered".into());
             }
             std::thread::sleep(Duration::from_millis(20));
