@@ -579,10 +579,10 @@ impl Cosigner {
     }
 
     /// Brings the tower reports of the spend request whose approval `order` registers up to
-    /// date in `batch` with what a push of it heard (`answered`, as `order` records it now): the owner's client
-    /// sends the unvault once every tower has the approval, and a tower that missed it would
-    /// cancel it. A tower the vault was kept from (`kept_away`) is left out: it watches no
-    /// such vault.
+    /// date in `batch` with what a push of it heard (`answered`, as `order` records it now):
+    /// the owner's client sends the unvault once every tower has the approval, and a tower
+    /// that missed it would cancel it. A tower the vault was kept from (`kept_away`) is left
+    /// out: it watches no such vault.
     pub(crate) fn hear_approval_answers(
         &self,
         store: &dyn Store,
