@@ -108,6 +108,16 @@ fn client_view(h: &Household, tower: &TowerProcess) -> Value {
     get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap()
 }
 
+/// Waits until `tower` has seen `vault`'s unvault: one broadcast after it is judged after it
+/// (a tower that polled the mempool before the block confirming this one would not be).
+fn unvault_seen(h: &Household, tower: &TowerProcess, vault: &Vault) {
+    let path = format!("/v1/vaults/{}", vault.outpoint());
+    eventually("the tower saw the unvault", || {
+        let view = get(&tower.api, &path, &h.owner_auth()).unwrap();
+        (view["state"]["unvault_seen"] == true).then_some(())
+    });
+}
+
 #[test]
 fn f01_an_approval_is_judged_by_the_vaults_own_client() {
     let node = vigil_node();
@@ -204,6 +214,9 @@ fn f02_the_guardians_approval_lifts_velocity_for_a_guarded_vault_only() {
     rpc.broadcast(standard[0].graph.unvault()).unwrap();
     rpc.broadcast(guarded.graph.unvault()).unwrap();
     block(&node, &h);
+    // Judged in that order (a busy tower could see the next one first).
+    unvault_seen(&h, &tower, &standard[0]);
+    unvault_seen(&h, &tower, &guarded);
     // 6 M counted, the guarded 20 M not: 6 M more are over the budget, quorum or not.
     rpc.broadcast(standard[1].graph.unvault()).unwrap();
     cancelled(&node, &h, &standard[1]);
@@ -240,6 +253,7 @@ fn f03_applied_policy_changes_survive_a_restart_and_a_rewritten_file() {
     }
     rpc.broadcast(vaults[0].graph.unvault()).unwrap();
     block(&node, &h);
+    unvault_seen(&h, &tower, &vaults[0]);
     rpc.broadcast(vaults[1].graph.unvault()).unwrap();
     cancelled(&node, &h, &vaults[1]);
     assert!(spend_of(rpc, vaults[0].unvault_outpoint()).is_none(), "within the budget: left alone");
