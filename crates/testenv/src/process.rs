@@ -37,13 +37,30 @@ pub fn vigil_exe() -> PathBuf {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports::<1>()[0]
 }
 
-/// `N` distinct free ports (each held until all are found, so none comes twice).
+/// Ports [`free_ports`] handed out in this test process. Tests run on parallel threads: the
+/// kernel may give a port just released to another test, whose process could then bind it
+/// first; the one that loses exits, and the winner answers in its place.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// `N` distinct free ports, none handed out before in this process (each held until all are
+/// found, so none comes twice).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held = [(); N].map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    held.map(|l| l.local_addr().unwrap().port())
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < N {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        held.push(listener);
+        if handed.insert(port) {
+            ports.push(port);
+        }
+    }
+    ports.try_into().expect("N ports")
 }
 
 /// Whether a test needing `program` (named by `var`) should run; when it should not, says so.
