@@ -136,6 +136,11 @@ impl SpendRecord {
     }
 }
 
+/// A client's spend requests as listed from the store (key, body).
+fn parse_spends(listed: &[(String, String)]) -> Result<Vec<SpendRecord>, Refusal> {
+    listed.iter().map(|(_, body)| serde_json::from_str(body).map_err(|_| Refusal::Internal)).collect()
+}
+
 /// Whether `s`, once approved, counts against velocity: all but a guarded vault's spend the
 /// guardians' quorum approved, whose spend leaf needs them on chain. A standard vault's leaf
 /// needs only the owner and the co-signer (who, compromised, could sign another spend than
@@ -343,10 +348,7 @@ impl Cosigner {
         // signed anew, is the same request) until it is denied or lapses, and the velocity
         // they used.
         let listed = store.list(kind::SPEND, &format!("{}/", client.id))?;
-        let spends = listed
-            .iter()
-            .map(|(_, body)| serde_json::from_str::<SpendRecord>(body).map_err(|_| Refusal::Internal))
-            .collect::<Result<Vec<_>, _>>()?;
+        let spends = parse_spends(&listed)?;
         let mut lapsed = Vec::new();
         for (s, (key, body)) in spends.iter().zip(&listed) {
             if s.approval.vault_outpoint != r.vault_outpoint
@@ -761,13 +763,7 @@ impl Cosigner {
                     current.apply_due(tip);
                     let compiled = self.compiled(&current)?;
                     let allowance = &compiled.policy().allowance;
-                    let listed = store.list(kind::SPEND, &format!("{}/", client.id))?;
-                    let spends = listed
-                        .iter()
-                        .map(|(_, body)| {
-                            serde_json::from_str::<SpendRecord>(body).map_err(|_| Refusal::Internal)
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let spends = parse_spends(&store.list(kind::SPEND, &format!("{}/", client.id))?)?;
                     let window = allowance.velocity_window_blocks;
                     let held = self.velocity_held(&spends, window, tip, &record.approval.vault_outpoint)?;
                     if let Some(from) =
@@ -815,13 +811,8 @@ impl Cosigner {
     pub fn spends(&self, caller: &Caller) -> Result<Vec<SpendStatus>, Refusal> {
         let delay = caller.policy().delays.unvault as u32;
         let tip = self.tip()?;
-        let mut out = Vec::new();
-        for (_, body) in self.store().list(kind::SPEND, &format!("{}/", caller.client.id))? {
-            let s: SpendRecord = serde_json::from_str(&body).map_err(|_| Refusal::Internal)?;
-            out.push(s.status(caller.role, delay, tip));
-        }
-        out.reverse();
-        Ok(out)
+        let listed = self.store().list(kind::SPEND, &format!("{}/", caller.client.id))?;
+        Ok(parse_spends(&listed)?.iter().rev().map(|s| s.status(caller.role, delay, tip)).collect())
     }
 
     /// `POST /v1/spends/{id}/sign`: once the unvault has waited DELAY, the co-signer's
