@@ -117,13 +117,22 @@ struct ClientWebhooks {
 impl ClientWebhooks {
     /// Posts `client`'s `alarms` to its webhooks; how many left the queue.
     fn deliver(&self, store: &dyn Store, client: &str, alarms: &[OutboxEntry]) -> usize {
-        let urls = store
-            .get(kind::CLIENT, client)
-            .ok()
-            .flatten()
-            .and_then(|t| serde_json::from_str::<ClientRecord>(&t).ok())
-            .map(|c| c.alarm_webhooks)
-            .unwrap_or_default();
+        // A record that cannot be read now (the database restarting) is not a client without
+        // webhooks: its alarms wait for the next pass, not counted as delivered to nobody.
+        let urls = match store.get(kind::CLIENT, client) {
+            Ok(None) => Vec::new(),
+            Ok(Some(text)) => match serde_json::from_str::<ClientRecord>(&text) {
+                Ok(c) => c.alarm_webhooks,
+                Err(e) => {
+                    tracing::error!(%client, error = %e, "a client's record cannot be read: its alarms wait");
+                    return 0;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(%client, error = %e, "cannot read a client's webhooks: its alarms wait");
+                return 0;
+            }
+        };
         let mut delivered = 0;
         for alarm in alarms {
             let mut done =
@@ -203,36 +212,61 @@ pub fn deliver_email(
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
-        for alarm in pending {
-            let message = match email(&smtp, &*store, &alarm.body) {
-                Ok(Some(m)) => m,
-                // No address for this client: nothing to send.
-                Ok(None) => {
-                    let _ = store.delivered(alarm.id, EMAIL_SINK);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "an alarm cannot be written as an e-mail; skipped");
-                    let _ = store.delivered(alarm.id, EMAIL_SINK);
-                    continue;
-                }
-            };
-            match mailer.send(&message) {
-                Ok(_) => {
-                    backoff = Duration::from_millis(200);
-                    if let Err(e) = store.delivered(alarm.id, EMAIL_SINK) {
-                        tracing::error!(error = %e, "cannot record an alarm's delivery");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "the mail relay refused an alarm");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                    break;
-                }
-            }
+        let send = |m: &lettre::Message| mailer.send(m).map(|_| ()).map_err(|e| e.to_string());
+        if email_pass(&smtp, &*store, &pending, send) {
+            backoff = Duration::from_millis(200);
+        } else {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(60));
         }
     }
+}
+
+/// E-mails `pending` in order, each recorded as delivered once sent (or once it is plain
+/// there is nothing to send); stops at the first that must be tried again later (the relay
+/// or the store failing), and says whether it got through all of them.
+fn email_pass(
+    smtp: &SmtpConfig,
+    store: &dyn Store,
+    pending: &[OutboxEntry],
+    send: impl Fn(&lettre::Message) -> Result<(), String>,
+) -> bool {
+    for alarm in pending {
+        let message = match email(smtp, store, &alarm.body) {
+            Ok(Some(m)) => m,
+            // No address for this client: nothing to send.
+            Ok(None) => {
+                let _ = store.delivered(alarm.id, EMAIL_SINK);
+                continue;
+            }
+            Err(Unsent::Later(e)) => {
+                tracing::warn!(error = %e, "cannot read an alarm's addresses; tried again");
+                return false;
+            }
+            Err(Unsent::Never(e)) => {
+                tracing::error!(error = %e, "an alarm cannot be written as an e-mail; skipped");
+                let _ = store.delivered(alarm.id, EMAIL_SINK);
+                continue;
+            }
+        };
+        if let Err(e) = send(&message) {
+            tracing::warn!(error = %e, "the mail relay refused an alarm; tried again");
+            return false;
+        }
+        if let Err(e) = store.delivered(alarm.id, EMAIL_SINK) {
+            tracing::error!(error = %e, "cannot record an alarm's delivery");
+        }
+    }
+    true
+}
+
+/// Why an alarm was not made into an e-mail.
+#[derive(Debug)]
+enum Unsent {
+    /// The store could not be read: try again.
+    Later(String),
+    /// The alarm or an address is malformed: it never will be.
+    Never(String),
 }
 
 fn mailer(smtp: &SmtpConfig) -> Result<lettre::SmtpTransport, String> {
@@ -251,20 +285,23 @@ fn mailer(smtp: &SmtpConfig) -> Result<lettre::SmtpTransport, String> {
 }
 
 /// The e-mail of an outbox alarm, to its client's guardians; `None` when it has no address.
-fn email(smtp: &SmtpConfig, store: &dyn Store, body: &str) -> Result<Option<lettre::Message>, String> {
-    let alarm: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+fn email(smtp: &SmtpConfig, store: &dyn Store, body: &str) -> Result<Option<lettre::Message>, Unsent> {
+    let alarm: serde_json::Value = serde_json::from_str(body).map_err(|e| Unsent::Never(e.to_string()))?;
     let client_id = alarm["client"].as_str().unwrap_or_default();
-    let Some(text) = store.get(kind::CLIENT, client_id).map_err(|e| e.to_string())? else { return Ok(None) };
-    let client: ClientRecord = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let Some(text) = store.get(kind::CLIENT, client_id).map_err(|e| Unsent::Later(e.to_string()))? else {
+        return Ok(None);
+    };
+    let client: ClientRecord = serde_json::from_str(&text).map_err(|e| Unsent::Never(e.to_string()))?;
     if client.alarm_emails.is_empty() {
         return Ok(None);
     }
     let kind = alarm["kind"].as_str().unwrap_or("alarm");
     let mut message = lettre::Message::builder()
-        .from(smtp.from.parse().map_err(|e: lettre::address::AddressError| e.to_string())?)
+        .from(smtp.from.parse().map_err(|e: lettre::address::AddressError| Unsent::Never(e.to_string()))?)
         .subject(format!("Vigil alarm: {kind} (client {})", &client_id[..client_id.len().min(12)]));
     for to in &client.alarm_emails {
-        message = message.to(to.parse().map_err(|e: lettre::address::AddressError| e.to_string())?);
+        message = message
+            .to(to.parse().map_err(|e: lettre::address::AddressError| Unsent::Never(e.to_string()))?);
     }
     let text = format!(
         "{}\n\nWhat happened: {kind}\nClient: {client_id}\nWhen (unix time): {}\n\n\
@@ -273,5 +310,95 @@ fn email(smtp: &SmtpConfig, store: &dyn Store, body: &str) -> Result<Option<lett
         alarm["message"].as_str().unwrap_or_default(),
         alarm["time"],
     );
-    message.body(text).map(Some).map_err(|e| e.to_string())
+    message.body(text).map(Some).map_err(|e| Unsent::Never(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::error::StoreError;
+    use crate::store::{Batch, SqliteStore};
+
+    /// A store whose reads of single records fail while `down` is set (a database
+    /// restarting under a connection of the pool); everything else works.
+    struct Flaky {
+        inner: SqliteStore,
+        down: AtomicBool,
+    }
+
+    impl Store for Flaky {
+        fn get(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(StoreError::Corrupt("the connection was closed".into()));
+            }
+            self.inner.get(kind, id)
+        }
+        fn list(&self, kind: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+            self.inner.list(kind, prefix)
+        }
+        fn count(&self, kind: &str) -> Result<u64, StoreError> {
+            self.inner.count(kind)
+        }
+        fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+            self.inner.commit(batch)
+        }
+        fn deliver_to(&self, sinks: &[String]) -> Result<(), StoreError> {
+            self.inner.deliver_to(sinks)
+        }
+        fn undelivered(&self, sink: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+            self.inner.undelivered(sink, limit)
+        }
+        fn undelivered_by_client(&self, sink: &str, per_client: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+            self.inner.undelivered_by_client(sink, per_client)
+        }
+        fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError> {
+            self.inner.delivered(id, sink)
+        }
+        fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError> {
+            self.inner.outbox_depth(sinks)
+        }
+        fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+            self.inner.client_alarms(client, limit)
+        }
+    }
+
+    #[test]
+    fn an_alarm_whose_client_cannot_be_read_waits_instead_of_counting_as_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Flaky { inner: SqliteStore::open(&dir.path().join("co.db")).unwrap(), down: true.into() };
+        store.deliver_to(&[EMAIL_SINK.to_owned(), CLIENT_WEBHOOKS_SINK.to_owned()]).unwrap();
+        let mut batch = Batch::default();
+        batch.alarm(crate::service::alarm("c1", "duress", "the duress code was used".into()));
+        store.commit(&batch).unwrap();
+        let smtp = SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: 25,
+            tls: "none".into(),
+            from: "vigil@example.org".into(),
+            user: None,
+            password_env: None,
+        };
+        let pending = |sink: &str| store.undelivered(sink, 20).unwrap();
+
+        // The database is down: neither sink takes the alarm for delivered.
+        let sent = std::cell::Cell::new(0);
+        let send = |_: &lettre::Message| {
+            sent.set(sent.get() + 1);
+            Ok(())
+        };
+        assert!(!email_pass(&smtp, &store, &pending(EMAIL_SINK), send), "tried again later");
+        assert_eq!(pending(EMAIL_SINK).len(), 1);
+        let webhooks = ClientWebhooks::default();
+        assert_eq!(webhooks.deliver(&store, "c1", &pending(CLIENT_WEBHOOKS_SINK)), 0);
+        assert_eq!(pending(CLIENT_WEBHOOKS_SINK).len(), 1);
+
+        // Back up: a client with neither addresses nor webhooks has nothing to be sent.
+        store.down.store(false, Ordering::Relaxed);
+        assert!(email_pass(&smtp, &store, &pending(EMAIL_SINK), send));
+        assert_eq!(webhooks.deliver(&store, "c1", &pending(CLIENT_WEBHOOKS_SINK)), 1);
+        assert!(pending(EMAIL_SINK).is_empty() && pending(CLIENT_WEBHOOKS_SINK).is_empty());
+        assert_eq!(sent.get(), 0);
+    }
 }
