@@ -203,24 +203,25 @@ impl Cosigner {
         let current = current_guardians(caller);
         client.lift_votes.retain(|v| current.contains(&v.key));
         if client.lift_votes.len() as u32 >= caller.policy().guardians.threshold {
-            client.lift_at = client.lift_proposed;
-            client.duress_lift_at = client.lift_proposed;
+            let at = client.lift_proposed;
+            // A lift only ever ends a lockdown sooner: one lifted already (the owner's, before
+            // a duress code) stays lifted, not held again until this later height.
+            let sooner = |lift_at: u32| if lift_at > 0 { lift_at.min(at) } else { at };
+            client.lift_at = sooner(client.lift_at);
+            client.duress_lift_at = sooner(client.duress_lift_at);
             batch.alarm(alarm(
                 &client.id,
                 "lockdown-lift",
-                format!(
-                    "the guardians' quorum lifts the lockdown of {} at block {}",
-                    client.id, client.lift_at
-                ),
+                format!("the guardians' quorum lifts the lockdown of {} at block {at}", client.id),
             ));
             let order = vigil_tower::wire::LiftLockdown {
                 nonce: 0,
                 policy_id: client.id.clone(),
-                lift_at_height: client.lift_at,
+                lift_at_height: at,
                 lockdown_until: held,
                 signatures: client.lift_votes.clone(),
             };
-            let subject = format!("lockdown lift {} {}", client.id, client.lift_at);
+            let subject = format!("lockdown lift {} {at}", client.id);
             Self::queue_order(store, &mut batch, &client.id, order_of("/v1/lockdown/lift", &order, subject))?;
         }
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(

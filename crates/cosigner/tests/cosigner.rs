@@ -433,6 +433,36 @@ fn a_lockdown_set_after_a_lift_is_lifted_at_the_towers_though_it_ends_sooner() {
     assert_eq!(co.metric("vigil_cosigner_tower_orders_pending"), Some(0));
 }
 
+/// A lockdown the guardians lifted stays lifted when their quorum then lifts a duress
+/// lockdown: were it held again until the later lift, the owner's spends would be refused
+/// openly soon after the duress code, which must change nothing a captor can see.
+#[test]
+fn lifting_a_duress_lockdown_leaves_a_lifted_lockdown_lifted() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner duress after lift"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let lift = |until: u32| {
+        let at = tip(&node) + 1_009 + 6;
+        f.lift(0, at, until).unwrap();
+        assert_eq!(f.lift(1, at, until).unwrap()["until_height"].as_u64(), Some(at as u64));
+        at
+    };
+    let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
+    let until = locked["until_height"].as_u64().unwrap() as u32;
+    let at = lift(until);
+    block(&node, &f, at - tip(&node));
+    f.heartbeat(true);
+    let duress_until = tip(&node) + vigil_cosigner::service::DURESS_LOCKDOWN_BLOCKS;
+    lift(until.max(duress_until));
+    assert_eq!(spend(&f, &vault).unwrap()["state"], "approved", "answered as after the real code");
+    assert_eq!(co.metric("vigil_cosigner_lockdowns"), Some(0));
+    // The tower takes the lift the quorum signed.
+    eventually("the tower acknowledges every order", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+}
+
 /// One guardian gone rogue locks the family down again and again: the others' quorum can
 /// still replace it (after the wait), though no change that lets more leave is taken.
 #[test]
