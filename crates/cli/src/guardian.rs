@@ -470,8 +470,15 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             // Every tower is told directly too: a compromised co-signer must not be able to
             // keep a guardian's lockdown from the towers. Each counts from its own tip.
             let towers = vigil_client::towers::TowerClient::all(current, &auth, co.nonces());
-            let reports = vigil_client::towers::lock_down_everywhere(&towers, co.client_id(), None, blocks);
+            let quiet = at_cosigner.as_ref().is_ok_and(|l| l.quiet);
+            let reports =
+                vigil_client::towers::lock_down_everywhere(&towers, co.client_id(), None, blocks, quiet);
             let mut text = match &at_cosigner {
+                Ok(l) if l.quiet => format!(
+                    "The client is locked down until block {}, quietly: the owner typed the duress code, and \
+                     whoever holds their device must not see it.",
+                    l.until_height
+                ),
                 Ok(l) => format!("The client is locked down until block {}.", l.until_height),
                 Err(e) => format!("The co-signer did not take the lockdown: {e}"),
             };
@@ -483,6 +490,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             }
             let value = json!({
                 "until_height": at_cosigner.as_ref().ok().map(|l| l.until_height),
+                "quiet": quiet,
                 "cosigner_error": at_cosigner.as_ref().err().map(|e| e.to_string()),
                 "towers": reports.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
             });

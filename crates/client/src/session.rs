@@ -137,8 +137,13 @@ impl Session {
             Ok(t) => Some(t.height.saturating_add(blocks)),
             Err(_) => cosigner.as_ref().ok().map(|s| s.until_height),
         };
-        let towers =
-            crate::towers::lock_down_everywhere(&self.towers(&key), self.cosigner.client_id(), until, blocks);
+        let towers = crate::towers::lock_down_everywhere(
+            &self.towers(&key),
+            self.cosigner.client_id(),
+            until,
+            blocks,
+            false,
+        );
         let report =
             LockdownReport { cosigner: cosigner.map(|s| s.until_height).map_err(|e| e.to_string()), towers };
         if let (Some(h), false) = (until, report.nobody_took_it()) {

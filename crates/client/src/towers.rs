@@ -132,13 +132,14 @@ fn hand_to_every_tower<T: Serialize>(
 
 /// Locks the client down at every tower directly (not through the co-signer, which may be the
 /// party that is compromised): until `until` where the caller read its own chain, else
-/// `blocks` past each tower's own tip. Returns each tower's name and, if it was not reached
-/// or refused, why.
+/// `blocks` past each tower's own tip; `quiet` (a guardian's, the owner under duress) where
+/// the co-signer said so. Returns each tower's name and, if it was not reached or refused, why.
 pub fn lock_down_everywhere(
     towers: &[TowerClient<'_>],
     policy_id: &str,
     until: Option<u32>,
     blocks: u32,
+    quiet: bool,
 ) -> Vec<(String, Option<String>)> {
     towers
         .iter()
@@ -156,7 +157,7 @@ pub fn lock_down_everywhere(
                     nonce: 0,
                     policy_id: policy_id.to_owned(),
                     until_height,
-                    quiet: false,
+                    quiet,
                 };
                 tower.post::<_, serde_json::Value>("/v1/lockdown", &req).map(drop).map_err(|e| e.to_string())
             });

@@ -132,7 +132,7 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(deciding);
         self.push_soon(client.id.clone());
-        Ok(LockdownStatus { until_height: until })
+        Ok(LockdownStatus { until_height: until, quiet })
     }
 
     /// `POST /v1/lockdown/lift`: a guardian's vote to lift the lockdown early; with the
@@ -232,7 +232,7 @@ impl Cosigner {
         store.commit(&batch)?;
         drop(deciding);
         self.push_soon(client.id.clone());
-        Ok(LockdownStatus { until_height: client.plain_end().max(client.duress_end()) })
+        Ok(LockdownStatus { until_height: client.plain_end().max(client.duress_end()), quiet: false })
     }
 
     /// `POST /v1/heartbeat`: every unlock of the owner's client sends one. A duress one locks

@@ -403,6 +403,12 @@ pub struct PanicRelayed {
 pub struct LockdownStatus {
     /// Spends and loosening are refused below this height.
     pub until_height: u32,
+    /// In a guardian's answer only, while the owner is under duress: the lockdown is kept
+    /// quiet, and the guardian tells the towers so too (a tower the duress order has not
+    /// reached yet would take a plain one, cancel at once and show it). Never in an answer
+    /// the owner's device reads.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet: bool,
 }
 
 /// `POST /v1/heartbeat`: sent once by every unlock of the owner's client.

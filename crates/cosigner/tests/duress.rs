@@ -102,18 +102,22 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     });
     assert_eq!(tower_views(&f), towers_before, "a quiet lockdown does not show at the towers");
     // A guardian who locks down now, at the co-signer and at each tower directly (as the
-    // guardian's page does), keeps it quiet: the owner's device sees nothing more.
+    // guardian's page does), keeps it quiet: the owner's device sees nothing more. The
+    // co-signer tells the guardian so, who tells the towers (one the duress order has not
+    // reached yet would take a plain lockdown).
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 30}), &f.guardian(0)).unwrap();
     assert!(
         locked["until_height"].as_u64() > Some(u64::from(tip(&node) + 30)),
         "the duress lockdown's end: {locked}"
     );
-    for t in &f.towers {
+    assert_eq!(locked["quiet"], true, "{locked}");
+    for (i, t) in f.towers.iter().enumerate() {
         let order = vigil_tower::wire::LockdownRequest {
             nonce: f.next_nonce(),
             policy_id: f.cosigner.client.clone(),
             until_height: tip(&node) + 30,
-            quiet: false,
+            // As a guardian's client sends it; and as one that did not ask the co-signer.
+            quiet: i == 0,
         };
         let body = serde_json::to_vec(&order).unwrap();
         vigil_testenv::household::post(&t.api, "/v1/lockdown", &body, &f.guardian(0)).unwrap();
@@ -142,6 +146,7 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
     let now = tip(&node);
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 3}), &f.owner()).unwrap();
     assert_eq!(locked["until_height"].as_u64(), Some(u64::from(now + 3)), "not the duress lockdown's end");
+    assert!(locked.get("quiet").is_none(), "the owner's answer never says: {locked}");
     assert_eq!(spend(&f, &later).unwrap_err().0, 403);
     // ...and shows at every tower, where the owner's status reads it.
     eventually("every tower shows the plain lockdown", || {

@@ -562,6 +562,31 @@ fn f07_a_lift_for_a_lockdown_cut_short_since_does_not_end_another() {
     assert_eq!(client_view(&h, &tower)["locked_until"].as_u64(), Some(t as u64 + 1_020));
 }
 
+/// A guardian's lockdown sent quiet (the co-signer told the guardian the owner typed the
+/// duress code) stays quiet at a tower the co-signer's duress order has not reached yet: the
+/// owner's view shows no lockdown.
+#[test]
+fn f07_a_guardians_quiet_lockdown_is_quiet_at_a_tower_without_the_duress_order() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let h = Household::new(dir.path(), &node, example("a guardian's quiet lockdown"));
+    let tower = TowerProcess::new(&node, std::slice::from_ref(&h.policy_path), 7, None);
+    let until = tip(&node.rpc) + 100;
+    let req = wire::LockdownRequest {
+        nonce: h.next_nonce(),
+        policy_id: h.policy_id.clone(),
+        until_height: until,
+        quiet: true,
+    };
+    post(&tower.api, "/v1/lockdown", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&h.keys.guardians[2]))
+        .unwrap();
+    assert!(
+        client_view(&h, &tower).get("locked_until").is_none_or(Value::is_null),
+        "{}",
+        client_view(&h, &tower)
+    );
+}
+
 #[test]
 fn f08_a_panic_is_bound_to_a_fresh_id_and_a_window() {
     let node = vigil_node();

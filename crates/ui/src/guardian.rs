@@ -907,8 +907,17 @@ async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Exte
             page.co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
         // Every tower directly too: a compromised co-signer must not keep the lockdown from them.
         let towers = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
-        let reports = lock_down_everywhere(&towers, page.co.client_id(), None, blocks);
+        let quiet = at_cosigner.as_ref().is_ok_and(|l| l.quiet);
+        let reports = lock_down_everywhere(&towers, page.co.client_id(), None, blocks, quiet);
         let mut body = match &at_cosigner {
+            Ok(l) if l.quiet => notice(
+                "ok",
+                &format!(
+                    "The wallet is locked down until block {}, quietly: the owner typed the duress code, and \
+                     whoever holds their device must not see it.",
+                    l.until_height
+                ),
+            ),
             Ok(l) => notice("ok", &format!("The wallet is locked down until block {}.", l.until_height)),
             Err(e) => {
                 notice("warn", &format!("The co-signer did not take the lockdown: {}", esc(&e.to_string())))
