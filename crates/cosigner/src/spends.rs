@@ -872,10 +872,15 @@ impl Cosigner {
         // one a session gets whose unvault a tower cancelled (which the towers did, quietly,
         // before this height while the duress held): it never tells a duress code apart.
         let unvault_out = vigil_policy::bitcoin::OutPoint { txid: unvault, vout: 0 };
-        if client.under_duress(tip)
-            || record.under_duress
-            || self.chain.unspent_output(&unvault_out)?.is_none()
-        {
+        // Looked up in every case, so that no answer comes sooner under duress.
+        let spent = self.chain.unspent_output(&unvault_out)?.is_none();
+        if client.under_duress(tip) && !spent {
+            // Approved before the code, its spend leaf open or about to: the towers cancel it at
+            // their next block. Until then a cancel the chain does not show yet would give the
+            // code away; the answer is the passing one any request may get.
+            return Err(Refusal::Conflict(format!("spend request {id} changed meanwhile; try again")));
+        }
+        if client.under_duress(tip) || record.under_duress || spent {
             return Err(Refusal::Conflict(format!(
                 "the unvault's output {unvault_out} is spent already: a tower cancelled it; nothing to sign"
             )));

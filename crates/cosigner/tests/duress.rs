@@ -304,3 +304,30 @@ fn a_tower_added_under_duress_holds_the_quiet_lockdown_and_cancels_the_coerced_u
     f.towers[0].kill9();
     cancelled_late(&node, &f, &coerced);
 }
+
+/// A spend approved before the duress code, its spend leaf open when the owner is made to ask
+/// for the signature: until a tower's cancel is out, the co-signer does not answer that a
+/// tower cancelled it (the chain would show the unvault's output unspent); once it is, it does.
+#[test]
+fn a_spend_approved_before_the_duress_code_is_not_called_cancelled_before_the_towers_cancel_it() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner duress after approval"), 1, None);
+    let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let asked = spend(&f, &vault).unwrap();
+    assert_eq!(asked["state"], "approved");
+    let id = asked["id"].as_u64().unwrap();
+    node.rpc.broadcast(vault.graph.unvault()).unwrap();
+    block(&node, &f, DELAY);
+    f.heartbeat(true);
+    let unspent = || node.rpc.unspent_output(&vault.unvault_outpoint()).unwrap().is_some();
+    let early = f.sign(id).unwrap_err();
+    assert!(early.0 == 409 && early.1.contains("try again"), "{early:?}");
+    // A quiet lockdown cancels at a block, not as it arrives: the output was unspent then.
+    assert!(unspent());
+    // The tower cancels it at its next block.
+    block(&node, &f, 1);
+    eventually("a tower's cancel is out", || (!unspent()).then_some(()));
+    let refused = f.sign(id).unwrap_err();
+    assert!(refused.0 == 409 && refused.1.contains("a tower cancelled it"), "{refused:?}");
+}
