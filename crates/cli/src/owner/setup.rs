@@ -41,10 +41,12 @@ pub struct InitArgs {
     /// How many guardians must approve.
     #[arg(long, default_value_t = 2)]
     guardians_needed: u32,
-    /// Where alarms are e-mailed (repeat; the guardians' addresses).
+    /// Where alarms are e-mailed (repeat; the guardians' addresses, never one the owner reads:
+    /// the duress alarm goes there too, and would show on a device a captor holds).
     #[arg(long = "alarm-email")]
     alarm_emails: Vec<String>,
-    /// Where alarms are posted as JSON (repeat; the guardians' webhooks, https).
+    /// Where alarms are posted as JSON (repeat; the guardians' webhooks, https; never a chat
+    /// or feed the owner reads, for the same reason).
     #[arg(long = "alarm-webhook")]
     alarm_webhooks: Vec<String>,
     /// DELAY: blocks a vault spend waits on chain, watched by the towers (144 = a day).
