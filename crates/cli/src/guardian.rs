@@ -67,6 +67,11 @@ enum GuardianCommand {
         /// How long, in blocks (6 an hour).
         #[arg(long, default_value_t = 144)]
         blocks: u32,
+        /// The owner may be under duress (a duress alarm came): if the co-signer does not
+        /// answer, the towers are still told to keep this lockdown from the owner's device.
+        /// When it answers, it says itself whether the owner typed the duress code.
+        #[arg(long)]
+        silent: bool,
     },
     /// Sign a panic: sweep every vault to the deep vault once the guardians' quorum signed.
     /// Without --id, proposes a new one and prints what the other guardians must sign.
@@ -463,14 +468,14 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             };
             show(&serde_json::to_value(&r)?, text);
         }
-        GuardianCommand::Lockdown { blocks } => {
+        GuardianCommand::Lockdown { blocks, silent } => {
             crate::owner::check_lockdown_blocks(blocks)?;
             let at_cosigner: Result<wire::LockdownStatus, _> =
                 co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
             // Every tower is told directly too: a compromised co-signer must not be able to
             // keep a guardian's lockdown from the towers. Each counts from its own tip.
             let towers = vigil_client::towers::TowerClient::all(current, &auth, co.nonces());
-            let quiet = at_cosigner.as_ref().is_ok_and(|l| l.quiet);
+            let quiet = at_cosigner.as_ref().map_or(silent, |l| l.quiet);
             let reports =
                 vigil_client::towers::lock_down_everywhere(&towers, co.client_id(), None, blocks, quiet);
             let mut text = match &at_cosigner {

@@ -100,6 +100,12 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     assert!(locked["cosigner_error"].is_string(), "{locked}");
     assert!(locked["towers"][0]["error"].is_null(), "{locked}");
     assert!(tower_lockdown(&f).is_some_and(|h| h >= tip + 29), "{locked}");
+    // Told by a duress alarm that the owner may be held, a guardian keeps the lockdown from the
+    // owner's device without the co-signer too: the towers hold it quietly.
+    let shown = tower_lockdown(&f);
+    let silent = guardian(dir.path(), &["lockdown", "--blocks", "60", "--silent"]).unwrap();
+    assert!(silent["towers"][0]["error"].is_null() && silent["quiet"] == true, "{silent}");
+    assert_eq!(tower_lockdown(&f), shown, "not shown to the owner");
     // A wrong passphrase opens nothing.
     std::fs::write(dir.path().join("pass"), "wrong\n").unwrap();
     assert!(guardian(dir.path(), &["pending"]).unwrap_err().contains("passphrase"));

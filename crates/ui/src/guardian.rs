@@ -886,6 +886,8 @@ async fn lockdown_form(State(page): State<Arc<GuardianPage>>) -> Response {
         page.csrf(),
         &format!(
             "<label for=\"blocks\">For how long</label><select id=\"blocks\" name=\"blocks\">{options}</select>\
+             <p><label><input type=\"checkbox\" name=\"silent\" value=\"yes\"> The owner may be under duress (a duress \
+             alarm came): keep it silent even if the co-signer does not answer (when it answers, it knows).</label></p>\
              <p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> Yes, lock the wallet down now.</label></p>\
              <button type=\"submit\" class=\"danger\">Lock down</button>"
         ),
@@ -907,7 +909,7 @@ async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Exte
             page.co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
         // Every tower directly too: a compromised co-signer must not keep the lockdown from them.
         let towers = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
-        let quiet = at_cosigner.as_ref().is_ok_and(|l| l.quiet);
+        let quiet = at_cosigner.as_ref().map_or(fields.get("silent") == "yes", |l| l.quiet);
         let reports = lock_down_everywhere(&towers, page.co.client_id(), None, blocks, quiet);
         let mut body = match &at_cosigner {
             Ok(l) if l.quiet => notice(
