@@ -213,24 +213,51 @@ pub fn deliver_email(
             continue;
         }
         let send = |m: &lettre::Message| mailer.send(m).map(|_| ()).map_err(|e| e.to_string());
-        if email_pass(&smtp, &*store, &pending, send) {
+        let pass = email_pass(&smtp, &*store, &pending, send);
+        if pass.sent > 0 {
             backoff = Duration::from_millis(200);
-        } else {
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+        match pass.stalled {
+            None => {}
+            // The store is back within a second or two (a database restarting): a short
+            // wait of its own, so that an alarm is not held a minute behind a grown backoff.
+            Some(Stalled::Store) => std::thread::sleep(Duration::from_secs(1)),
+            Some(Stalled::Relay) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
         }
     }
 }
 
+/// What one pass over the pending e-mails did.
+struct EmailPass {
+    /// E-mails the relay accepted.
+    sent: usize,
+    /// Why it stopped before the end, if it did.
+    stalled: Option<Stalled>,
+}
+
+/// What an e-mail pass waits for before the next.
+#[derive(Debug, PartialEq, Eq)]
+enum Stalled {
+    /// The mail relay refused or did not answer.
+    Relay,
+    /// The store could not be read or written.
+    Store,
+}
+
 /// E-mails `pending` in order, each recorded as delivered once sent (or once it is plain
 /// there is nothing to send); stops at the first that must be tried again later (the relay
-/// or the store failing), and says whether it got through all of them.
+/// or the store failing). One sent whose delivery cannot be recorded stops it too: going on
+/// would send the same alarms again and again while the store refuses writes.
 fn email_pass(
     smtp: &SmtpConfig,
     store: &dyn Store,
     pending: &[OutboxEntry],
     send: impl Fn(&lettre::Message) -> Result<(), String>,
-) -> bool {
+) -> EmailPass {
+    let mut pass = EmailPass { sent: 0, stalled: None };
     for alarm in pending {
         let message = match email(smtp, store, &alarm.body) {
             Ok(Some(m)) => m,
@@ -241,7 +268,8 @@ fn email_pass(
             }
             Err(Unsent::Later(e)) => {
                 tracing::warn!(error = %e, "cannot read an alarm's addresses; tried again");
-                return false;
+                pass.stalled = Some(Stalled::Store);
+                return pass;
             }
             Err(Unsent::Never(e)) => {
                 tracing::error!(error = %e, "an alarm cannot be written as an e-mail; skipped");
@@ -251,13 +279,17 @@ fn email_pass(
         };
         if let Err(e) = send(&message) {
             tracing::warn!(error = %e, "the mail relay refused an alarm; tried again");
-            return false;
+            pass.stalled = Some(Stalled::Relay);
+            return pass;
         }
+        pass.sent += 1;
         if let Err(e) = store.delivered(alarm.id, EMAIL_SINK) {
-            tracing::error!(error = %e, "cannot record an alarm's delivery");
+            tracing::error!(error = %e, "cannot record an alarm's delivery; it may be sent again");
+            pass.stalled = Some(Stalled::Store);
+            return pass;
         }
     }
-    true
+    pass
 }
 
 /// Why an alarm was not made into an e-mail.
@@ -326,6 +358,8 @@ mod tests {
     struct Flaky {
         inner: SqliteStore,
         down: AtomicBool,
+        /// Recording deliveries fails (the writer stopped, the disk full).
+        writes_down: AtomicBool,
     }
 
     impl Store for Flaky {
@@ -354,6 +388,9 @@ mod tests {
             self.inner.undelivered_by_client(sink, per_client)
         }
         fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError> {
+            if self.writes_down.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("the disk is full".into()));
+            }
             self.inner.delivered(id, sink)
         }
         fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError> {
@@ -365,9 +402,13 @@ mod tests {
     }
 
     #[test]
-    fn an_alarm_whose_client_cannot_be_read_waits_instead_of_counting_as_delivered() {
+    fn alarm_delivery_waits_out_a_failing_store_without_dropping_or_repeating_alarms() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Flaky { inner: SqliteStore::open(&dir.path().join("co.db")).unwrap(), down: true.into() };
+        let store = Flaky {
+            inner: SqliteStore::open(&dir.path().join("co.db")).unwrap(),
+            down: true.into(),
+            writes_down: false.into(),
+        };
         store.deliver_to(&[EMAIL_SINK.to_owned(), CLIENT_WEBHOOKS_SINK.to_owned()]).unwrap();
         let mut batch = Batch::default();
         batch.alarm(crate::service::alarm("c1", "duress", "the duress code was used".into()));
@@ -388,7 +429,7 @@ mod tests {
             sent.set(sent.get() + 1);
             Ok(())
         };
-        assert!(!email_pass(&smtp, &store, &pending(EMAIL_SINK), send), "tried again later");
+        assert_eq!(email_pass(&smtp, &store, &pending(EMAIL_SINK), send).stalled, Some(Stalled::Store));
         assert_eq!(pending(EMAIL_SINK).len(), 1);
         let webhooks = ClientWebhooks::default();
         assert_eq!(webhooks.deliver(&store, "c1", &pending(CLIENT_WEBHOOKS_SINK)), 0);
@@ -396,9 +437,33 @@ mod tests {
 
         // Back up: a client with neither addresses nor webhooks has nothing to be sent.
         store.down.store(false, Ordering::Relaxed);
-        assert!(email_pass(&smtp, &store, &pending(EMAIL_SINK), send));
+        assert_eq!(email_pass(&smtp, &store, &pending(EMAIL_SINK), send).stalled, None);
         assert_eq!(webhooks.deliver(&store, "c1", &pending(CLIENT_WEBHOOKS_SINK)), 1);
         assert!(pending(EMAIL_SINK).is_empty() && pending(CLIENT_WEBHOOKS_SINK).is_empty());
         assert_eq!(sent.get(), 0);
+
+        // An e-mail sent whose delivery cannot be recorded stops the pass: the next alarms are
+        // not sent on, to be sent again and again while the store refuses writes.
+        let record = r#"{"id":"c2","account":0,"policy":"","lockdown_until":0,"duress_until":0,
+            "heartbeat_real":"","heartbeat_duress":"","next_spend":0,"tower_nonce":0,
+            "alarm_emails":["guardians@family.example"]}"#;
+        let mut batch = Batch::default();
+        batch.put(kind::CLIENT, "c2", record);
+        for kind in ["duress", "lockdown"] {
+            batch.alarm(crate::service::alarm("c2", kind, "the duress code was used".into()));
+        }
+        store.commit(&batch).unwrap();
+        store.writes_down.store(true, Ordering::Relaxed);
+        let pass = email_pass(&smtp, &store, &pending(EMAIL_SINK), send);
+        assert_eq!((pass.sent, pass.stalled), (1, Some(Stalled::Store)));
+        assert_eq!(sent.get(), 1);
+        store.writes_down.store(false, Ordering::Relaxed);
+        let pass = email_pass(&smtp, &store, &pending(EMAIL_SINK), send);
+        assert_eq!(
+            (pass.sent, pass.stalled),
+            (2, None),
+            "the first again (its delivery was not recorded), then the second"
+        );
+        assert!(pending(EMAIL_SINK).is_empty());
     }
 }
