@@ -325,7 +325,10 @@ fn a_spend_approved_before_the_duress_code_is_not_called_cancelled_before_the_to
     assert!(early.0 == 409 && early.1.contains("try again"), "{early:?}");
     // A quiet lockdown cancels at a block, not as it arrives: the output was unspent then.
     assert!(unspent());
-    // The tower cancels it at its next block.
+    // The tower cancels it at its next block, once it has the quiet lockdown.
+    eventually("the tower has the quiet lockdown", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
     block(&node, &f, 1);
     eventually("a tower's cancel is out", || (!unspent()).then_some(()));
     let refused = f.sign(id).unwrap_err();
