@@ -179,6 +179,13 @@ impl Cosigner {
                 r.lockdown_until
             )));
         }
+        if r.lift_at_height < client.last_lift {
+            return Err(Refusal::Conflict(format!(
+                "the guardians' quorum signed a lift at block {} before: a lift names that height or a later one \
+                 (the towers take a sooner one for a replay of an older lift)",
+                client.last_lift
+            )));
+        }
         if client.lift_proposed != 0 && r.lift_at_height != client.lift_proposed {
             return Err(Refusal::Conflict(format!(
                 "the guardians are lifting the lockdown at block {}: sign that height",
@@ -209,6 +216,7 @@ impl Cosigner {
             let sooner = |lift_at: u32| if lift_at > 0 { lift_at.min(at) } else { at };
             client.lift_at = sooner(client.lift_at);
             client.duress_lift_at = sooner(client.duress_lift_at);
+            client.last_lift = client.last_lift.max(at);
             batch.alarm(alarm(
                 &client.id,
                 "lockdown-lift",

@@ -67,6 +67,11 @@ pub struct ClientRecord {
     /// lockdown back, and tell the codes apart.
     #[serde(default)]
     pub duress_lift_at: u32,
+    /// The highest height a lift the guardians' quorum signed names (0: none, or one from
+    /// before this field). The towers refuse a lift at a lower height as a replay of an older
+    /// one, so a later lift must name this height or a later one.
+    #[serde(default)]
+    pub last_lift: u32,
     /// Where this client's alarms are e-mailed (its guardians).
     #[serde(default)]
     pub alarm_emails: Vec<String>,
@@ -770,6 +775,7 @@ impl Cosigner {
             lift_proposed: 0,
             lift_at: 0,
             duress_lift_at: 0,
+            last_lift: 0,
             alarm_emails: p.alarm_emails.clone(),
             alarm_webhooks: p.alarm_webhooks.clone(),
             pending_policy: None,

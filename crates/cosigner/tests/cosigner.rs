@@ -463,6 +463,30 @@ fn lifting_a_duress_lockdown_leaves_a_lifted_lockdown_lifted() {
     });
 }
 
+/// The towers take a lift at a lower height than one they applied for a replay of an older
+/// lift: the co-signer refuses to gather such a lift (it would lift here and not there), and
+/// names the height a lift must reach.
+#[test]
+fn a_lift_sooner_than_one_the_quorum_signed_before_is_refused_as_the_towers_would() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cosigner sooner lift"), 1, None);
+    let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
+    let until = locked["until_height"].as_u64().unwrap() as u32;
+    let far = tip(&node) + 3_000;
+    f.lift(0, far, until).unwrap();
+    f.lift(1, far, until).unwrap();
+    f.heartbeat(true);
+    let held = until.max(tip(&node) + vigil_cosigner::service::DURESS_LOCKDOWN_BLOCKS);
+    let refused = f.lift(0, tip(&node) + 1_009 + 6, held).unwrap_err();
+    assert!(refused.0 == 409 && refused.1.contains(&format!("at block {far} before")), "{refused:?}");
+    f.lift(0, far, held).unwrap();
+    assert_eq!(f.lift(1, far, held).unwrap()["until_height"].as_u64(), Some(far as u64));
+    eventually("the tower takes both lifts", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+}
+
 /// One guardian gone rogue locks the family down again and again: the others' quorum can
 /// still replace it (after the wait), though no change that lets more leave is taken.
 #[test]
