@@ -470,37 +470,22 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
         GuardianCommand::Lockdown { blocks, silent } => {
             crate::owner::check_lockdown_blocks(blocks)?;
-            let at_cosigner: Result<wire::LockdownStatus, _> =
-                co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
-            // Every tower is told directly too: a compromised co-signer must not be able to
-            // keep a guardian's lockdown from the towers. Each counts from its own tip.
-            let towers = vigil_client::towers::TowerClient::all(current, &auth, co.nonces());
-            let quiet = at_cosigner.as_ref().map_or(silent, |l| l.quiet);
-            let reports =
-                vigil_client::towers::lock_down_everywhere(&towers, co.client_id(), None, blocks, quiet);
-            let mut text = match &at_cosigner {
-                Ok(l) if l.quiet => format!(
-                    "The client is locked down until block {}, quietly: the owner typed the duress code, and \
-                     whoever holds their device must not see it.",
-                    l.until_height
-                ),
-                Ok(l) => format!("The client is locked down until block {}.", l.until_height),
-                Err(e) => format!("The co-signer did not take the lockdown: {e}"),
-            };
-            for (name, e) in &reports {
+            let lock = vigil_client::towers::lock_down_as_guardian(&co, current, &auth, blocks, silent);
+            let mut text = lock.headline();
+            for (name, e) in &lock.towers {
                 match e {
                     None => text.push_str(&format!("\nWatchtower {name}: locked down")),
                     Some(e) => text.push_str(&format!("\nWatchtower {name}: NOT reached ({e})")),
                 }
             }
             let value = json!({
-                "until_height": at_cosigner.as_ref().ok().map(|l| l.until_height),
-                "quiet": quiet,
-                "cosigner_error": at_cosigner.as_ref().err().map(|e| e.to_string()),
-                "towers": reports.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
+                "until_height": lock.cosigner.as_ref().ok().map(|l| l.until_height),
+                "quiet": lock.quiet,
+                "cosigner_error": lock.cosigner.as_ref().err().map(|e| e.to_string()),
+                "towers": lock.towers.iter().map(|(n, e)| json!({"name": n, "error": e})).collect::<Vec<_>>(),
             });
             show(&value, text);
-            if at_cosigner.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
+            if lock.nobody_took_it() {
                 bail!("nobody took the lockdown: run the command again");
             }
         }

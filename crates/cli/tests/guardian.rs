@@ -106,6 +106,13 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     let silent = guardian(dir.path(), &["lockdown", "--blocks", "60", "--silent"]).unwrap();
     assert!(silent["towers"][0]["error"].is_null() && silent["quiet"] == true, "{silent}");
     assert_eq!(tower_lockdown(&f), shown, "not shown to the owner");
+    // Back, and the owner typed the duress code: the co-signer's word makes it quiet at the
+    // towers without --silent.
+    co.start();
+    f.heartbeat(true);
+    let told = guardian(dir.path(), &["lockdown", "--blocks", "90"]).unwrap();
+    assert!(told["cosigner_error"].is_null() && told["quiet"] == true, "{told}");
+    assert_eq!(tower_lockdown(&f), shown, "not shown to the owner");
     // A wrong passphrase opens nothing.
     std::fs::write(dir.path().join("pass"), "wrong\n").unwrap();
     assert!(guardian(dir.path(), &["pending"]).unwrap_err().contains("passphrase"));

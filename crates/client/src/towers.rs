@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use vigil_cosigner::wire::{Lockdown, LockdownStatus};
 use vigil_policy::bitcoin::key::{Keypair, XOnlyPublicKey};
 use vigil_tower::wire::sign_request;
 
@@ -130,10 +131,59 @@ fn hand_to_every_tower<T: Serialize>(
         .collect()
 }
 
+/// A guardian's lockdown, at the co-signer and at every tower directly.
+pub struct GuardianLockdown {
+    /// The co-signer's answer.
+    pub cosigner: Result<LockdownStatus, ClientError>,
+    /// Whether the towers were told to keep it from the owner's device: the co-signer's word
+    /// when it answered (the owner typed the duress code), else the guardian's (`silent`).
+    pub quiet: bool,
+    /// Each tower's name and, if it was not reached or refused, why.
+    pub towers: Vec<(String, Option<String>)>,
+}
+
+impl GuardianLockdown {
+    /// What the co-signer did, in a sentence for the guardian.
+    pub fn headline(&self) -> String {
+        match &self.cosigner {
+            Ok(l) if l.quiet => format!(
+                "The wallet is locked down until block {}, quietly: the owner typed the duress code, and \
+                 whoever holds their device must not see it.",
+                l.until_height
+            ),
+            Ok(l) => format!("The wallet is locked down until block {}.", l.until_height),
+            Err(e) => format!("The co-signer did not take the lockdown: {e}"),
+        }
+    }
+
+    /// Whether nobody took it: neither the co-signer nor any tower.
+    pub fn nobody_took_it(&self) -> bool {
+        self.cosigner.is_err() && self.towers.iter().all(|(_, e)| e.is_some())
+    }
+}
+
+/// Locks the client down for `blocks` as a guardian: at the co-signer, then at every tower of
+/// `policy` directly (a compromised co-signer must not keep a guardian's lockdown from them),
+/// each counting from its own tip.
+pub fn lock_down_as_guardian(
+    co: &crate::cosigner::CosignerClient,
+    policy: &vigil_policy::Policy,
+    key: &Keypair,
+    blocks: u32,
+    silent: bool,
+) -> GuardianLockdown {
+    let cosigner: Result<LockdownStatus, _> = co.post("/v1/lockdown", &Lockdown { blocks, sweep: false });
+    let quiet = cosigner.as_ref().map_or(silent, |l| l.quiet);
+    let towers = TowerClient::all(policy, key, co.nonces());
+    let towers = lock_down_everywhere(&towers, co.client_id(), None, blocks, quiet);
+    GuardianLockdown { cosigner, quiet, towers }
+}
+
 /// Locks the client down at every tower directly (not through the co-signer, which may be the
 /// party that is compromised): until `until` where the caller read its own chain, else
-/// `blocks` past each tower's own tip; `quiet` (a guardian's, the owner under duress) where
-/// the co-signer said so. Returns each tower's name and, if it was not reached or refused, why.
+/// `blocks` past each tower's own tip; `quiet` keeps it from the owner's device (a guardian's,
+/// the owner under duress). Returns each tower's name and, if it was not reached or refused,
+/// why.
 pub fn lock_down_everywhere(
     towers: &[TowerClient<'_>],
     policy_id: &str,

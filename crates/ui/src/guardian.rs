@@ -24,7 +24,7 @@ use vigil_client::cosigner::{ClientError, CosignerClient};
 use vigil_client::guardian::{diff, Checked, Checker, LOCKDOWN_WARNING, NOTHING_OUT_WARNING, TO_OWNER};
 use vigil_client::policies::checked_record_file;
 use vigil_client::towers::{
-    hand_change_to_every_tower, hand_panic_to_every_tower, lock_down_everywhere, TowerClient,
+    hand_change_to_every_tower, hand_panic_to_every_tower, lock_down_as_guardian, TowerClient,
 };
 use vigil_cosigner::wire::{self, CosignerAlarm, SpendStatus};
 use vigil_cosigner::MasterKey;
@@ -905,28 +905,11 @@ async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Exte
                 &notice("warn", "Choose a length and tick the confirmation: nothing was done."),
             );
         }
-        let at_cosigner: Result<wire::LockdownStatus, _> =
-            page.co.post("/v1/lockdown", &wire::Lockdown { blocks, sweep: false });
-        // Every tower directly too: a compromised co-signer must not keep the lockdown from them.
-        let towers = TowerClient::all(&page.current().policy, &page.auth, page.co.nonces());
-        let quiet = at_cosigner.as_ref().map_or(fields.get("silent") == "yes", |l| l.quiet);
-        let reports = lock_down_everywhere(&towers, page.co.client_id(), None, blocks, quiet);
-        let mut body = match &at_cosigner {
-            Ok(l) if l.quiet => notice(
-                "ok",
-                &format!(
-                    "The wallet is locked down until block {}, quietly: the owner typed the duress code, and \
-                     whoever holds their device must not see it.",
-                    l.until_height
-                ),
-            ),
-            Ok(l) => notice("ok", &format!("The wallet is locked down until block {}.", l.until_height)),
-            Err(e) => {
-                notice("warn", &format!("The co-signer did not take the lockdown: {}", esc(&e.to_string())))
-            }
-        };
+        let silent = fields.get("silent") == "yes";
+        let lock = lock_down_as_guardian(&page.co, &page.current().policy, &page.auth, blocks, silent);
+        let mut body = notice(if lock.cosigner.is_ok() { "ok" } else { "warn" }, &esc(&lock.headline()));
         body += "<ul>";
-        for (name, e) in &reports {
+        for (name, e) in &lock.towers {
             body += &match e {
                 None => format!("<li>Watchtower {}: locked down</li>", esc(name)),
                 Some(e) => {
@@ -935,7 +918,7 @@ async fn lockdown(State(page): State<Arc<GuardianPage>>, Extension(fields): Exte
             };
         }
         body += "</ul>";
-        if at_cosigner.is_err() && reports.iter().all(|(_, e)| e.is_some()) {
+        if lock.nobody_took_it() {
             body += &notice("alarm", "Nobody took the lockdown: try again, and call the provider.");
         }
         page.show("Lock down", &body)
