@@ -412,12 +412,7 @@ fn a_lockdown_set_after_a_lift_is_lifted_at_the_towers_though_it_ends_sooner() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
     let f = Family::new(&node, &co, example("cosigner second lift"), 1, None);
-    let lifted = |until: u32| {
-        let at = tip(&node) + 1_009 + 6;
-        f.lift(0, at, until).unwrap();
-        assert_eq!(f.lift(1, at, until).unwrap()["until_height"].as_u64(), Some(at as u64));
-        at
-    };
+    let lifted = |until: u32| quorum_lifts_after_the_wait(&node, &f, until);
     let first = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
     let at = lifted(first["until_height"].as_u64().unwrap() as u32);
     block(&node, &f, at - tip(&node));
@@ -442,19 +437,13 @@ fn lifting_a_duress_lockdown_leaves_a_lifted_lockdown_lifted() {
     let co = CosignerProcess::new(&node, "");
     let mut f = Family::new(&node, &co, example("cosigner duress after lift"), 1, None);
     let vault = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
-    let lift = |until: u32| {
-        let at = tip(&node) + 1_009 + 6;
-        f.lift(0, at, until).unwrap();
-        assert_eq!(f.lift(1, at, until).unwrap()["until_height"].as_u64(), Some(at as u64));
-        at
-    };
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
     let until = locked["until_height"].as_u64().unwrap() as u32;
-    let at = lift(until);
+    let at = quorum_lifts_after_the_wait(&node, &f, until);
     block(&node, &f, at - tip(&node));
     f.heartbeat(true);
     let duress_until = tip(&node) + vigil_cosigner::service::DURESS_LOCKDOWN_BLOCKS;
-    lift(until.max(duress_until));
+    quorum_lifts_after_the_wait(&node, &f, until.max(duress_until));
     assert_eq!(spend(&f, &vault).unwrap()["state"], "approved", "answered as after the real code");
     assert_eq!(co.metric("vigil_cosigner_lockdowns"), Some(0));
     // The tower takes the lift the quorum signed.
@@ -474,14 +463,12 @@ fn a_lift_sooner_than_one_the_quorum_signed_before_is_refused_as_the_towers_woul
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
     let until = locked["until_height"].as_u64().unwrap() as u32;
     let far = tip(&node) + 3_000;
-    f.lift(0, far, until).unwrap();
-    f.lift(1, far, until).unwrap();
+    quorum_lifts(&f, far, until);
     f.heartbeat(true);
     let held = until.max(tip(&node) + vigil_cosigner::service::DURESS_LOCKDOWN_BLOCKS);
     let refused = f.lift(0, tip(&node) + 1_009 + 6, held).unwrap_err();
     assert!(refused.0 == 409 && refused.1.contains(&format!("at block {far} before")), "{refused:?}");
-    f.lift(0, far, held).unwrap();
-    assert_eq!(f.lift(1, far, held).unwrap()["until_height"].as_u64(), Some(far as u64));
+    quorum_lifts(&f, far, held);
     eventually("the tower takes both lifts", || {
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
     });

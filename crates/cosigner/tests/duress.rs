@@ -225,9 +225,7 @@ fn a_spend_asked_under_duress_is_never_cosigned_even_once_the_duress_is_lifted()
     let asked = spend(&f, &coerced).unwrap();
     assert_eq!(asked["state"], "approved");
     // The guardians' quorum lifts the lockdown after the governance wait.
-    let at = tip(&node) + 1_009 + 6;
-    f.lift(0, at, until).unwrap();
-    f.lift(1, at, until).unwrap();
+    let at = quorum_lifts_after_the_wait(&node, &f, until);
     block(&node, &f, at - tip(&node));
     // No tower left to cancel: the co-signer alone must refuse. The unvault confirms within
     // the approval's life, after the lift, and the spend leaf opens.

@@ -118,6 +118,18 @@ fn unvault_seen(h: &Household, tower: &TowerProcess, vault: &Vault) {
     });
 }
 
+/// Guardian `g` locks the client down at `tower` until `until`, quietly or not.
+fn lock_down(h: &Household, tower: &TowerProcess, g: usize, until: u32, quiet: bool) {
+    let req = wire::LockdownRequest {
+        nonce: h.next_nonce(),
+        policy_id: h.policy_id.clone(),
+        until_height: until,
+        quiet,
+    };
+    post(&tower.api, "/v1/lockdown", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&h.keys.guardians[g]))
+        .unwrap();
+}
+
 #[test]
 fn f01_an_approval_is_judged_by_the_vaults_own_client() {
     let node = vigil_node();
@@ -519,21 +531,7 @@ fn f07_a_lift_for_a_lockdown_cut_short_since_does_not_end_another() {
     let mut h = Household::new(dir.path(), &node, example("a lift for another lockdown"));
     let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
     let t = tip(&node.rpc);
-    let lock = |h: &mut Household, until: u32| {
-        let req = wire::LockdownRequest {
-            nonce: h.next_nonce(),
-            policy_id: h.policy_id.clone(),
-            until_height: until,
-            quiet: false,
-        };
-        post(
-            &tower.api,
-            "/v1/lockdown",
-            &serde_json::to_vec(&req).unwrap(),
-            &auth_keypair(&h.keys.guardians[2]),
-        )
-        .unwrap();
-    };
+    let lock = |h: &mut Household, until: u32| lock_down(h, &tower, 2, until, false);
     let lift = |h: &mut Household, at: u32, until: u32| {
         let digest = wire::lift_digest(&h.policy_id, at, until);
         let req = wire::LiftLockdown {
@@ -572,25 +570,11 @@ fn f07_a_guardians_quiet_lockdown_is_quiet_at_a_tower_without_the_duress_order()
     let h = Household::new(dir.path(), &node, example("a guardian's quiet lockdown"));
     let tower = TowerProcess::new(&node, std::slice::from_ref(&h.policy_path), 7, None);
     let until = tip(&node.rpc) + 100;
-    let req = wire::LockdownRequest {
-        nonce: h.next_nonce(),
-        policy_id: h.policy_id.clone(),
-        until_height: until,
-        quiet: true,
-    };
-    post(&tower.api, "/v1/lockdown", &serde_json::to_vec(&req).unwrap(), &auth_keypair(&h.keys.guardians[2]))
-        .unwrap();
+    lock_down(&h, &tower, 2, until, true);
     let shown = |h: &Household| client_view(h, &tower).get("locked_until").is_some_and(|v| !v.is_null());
     assert!(!shown(&h), "{}", client_view(&h, &tower));
     // It holds: a guardian's plain lockdown sent after it is kept quiet too.
-    let plain = wire::LockdownRequest { quiet: false, nonce: h.next_nonce(), ..req };
-    post(
-        &tower.api,
-        "/v1/lockdown",
-        &serde_json::to_vec(&plain).unwrap(),
-        &auth_keypair(&h.keys.guardians[1]),
-    )
-    .unwrap();
+    lock_down(&h, &tower, 1, until, false);
     assert!(!shown(&h), "{}", client_view(&h, &tower));
 }
 

@@ -55,6 +55,21 @@ pub fn tip(node: &Node) -> u32 {
     node.rpc.tip().unwrap().height
 }
 
+/// Guardians 0 and 1, the quorum, lift the lockdown ending at `until` at height `at`: the
+/// answer says it is lifted there.
+pub fn quorum_lifts(f: &Family, at: u32, until: u32) {
+    f.lift(0, at, until).unwrap();
+    assert_eq!(f.lift(1, at, until).unwrap()["until_height"].as_u64(), Some(at as u64), "lifted at {at}");
+}
+
+/// The same at the first height the governance wait allows, with room for the quorum to
+/// gather; that height.
+pub fn quorum_lifts_after_the_wait(node: &Node, f: &Family, until: u32) -> u32 {
+    let at = tip(node) + 1_009 + 6;
+    quorum_lifts(f, at, until);
+    at
+}
+
 pub fn alarmed(alarms: &Received, kind: &str) -> bool {
     alarms.lock().unwrap().iter().any(|a| a["kind"] == kind)
 }
