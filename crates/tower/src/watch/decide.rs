@@ -35,11 +35,11 @@ impl Watcher {
             } else if let Some(id) = self.by_unvault.get(&prev).copied() {
                 let vault = &self.vaults[&id];
                 match vault.role_of(&txid) {
-                    Some(Role::Cancel(_)) => self.update(id, |s| {
+                    Some(Role::Cancel(_)) => {
                         if let Some(h) = height {
-                            s.cancel_height = Some(h);
+                            self.cancel_confirmed(id, h);
                         }
-                    }),
+                    }
                     Some(Role::UnvaultEmergency(_)) => self.emergency_seen(id, txid, height, actions),
                     // The approved spend, unless this tower decided to cancel the unvault (over
                     // the budget, locked down, expired): then it is a rival like any other.
@@ -171,6 +171,18 @@ impl Watcher {
         }
     }
 
+    /// C confirmed: U's coins are back in custody, released to nobody, so U stops counting
+    /// for velocity. The co-signer counts only what it approved: an unvault nobody approved
+    /// (sent from a backup while it was down, say) counted here only would get the next
+    /// spend it approves cancelled. A reorganisation that undoes C counts U again.
+    fn cancel_confirmed(&mut self, id: OutPoint, height: u32) {
+        self.update(id, |s| s.cancel_height = Some(height));
+        let client = &self.vaults[&id].policy_id;
+        if let Some(released) = self.released.get_mut(client) {
+            released.remove(&id);
+        }
+    }
+
     fn update(&mut self, id: OutPoint, f: impl FnOnce(&mut VaultState)) {
         let vault = self.vaults.get_mut(&id).expect("watched");
         let before = vault.state.clone();
@@ -275,8 +287,11 @@ impl Watcher {
         let (client, value) = (vault.policy_id.clone(), vault.unvault.output[0].value.to_sat());
         let seen_at = s.unvault_height.unwrap_or(self.tip + 1);
         let untouched = s.untouched();
+        let cancelled = s.cancel_height.is_some();
         let over_budget = self.over_velocity(&client, id, value, seen_at, false);
-        self.released.entry(client).or_default().insert(id, (seen_at, value));
+        if !cancelled {
+            self.released.entry(client).or_default().insert(id, (seen_at, value));
+        }
         self.vaults.get_mut(&id).expect("watched").state.counted_for_velocity = Some(true);
         self.dirty.insert(id);
         if untouched && over_budget {
@@ -287,7 +302,7 @@ impl Watcher {
 
     /// Whether releasing `value` now would exceed the client's velocity budget, counting the
     /// full value of every unvault seen in the window but guarded vaults' the guardians'
-    /// quorum approved (including those already cancelled). `alone_may_exceed`: a standard
+    /// quorum approved, and those whose cancel confirmed. `alone_may_exceed`: a standard
     /// vault the quorum approved, let through above the budget when nothing else counts in
     /// the window.
     fn over_velocity(

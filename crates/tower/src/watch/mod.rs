@@ -72,8 +72,8 @@ pub struct Watcher {
     /// U txid -> what its approval allows.
     approvals: HashMap<Txid, ApprovalTerms>,
     limits: HashMap<String, PolicyLimits>,
-    /// Per client, every U seen that no guardian quorum approved: V -> (height first seen or
-    /// confirmed, value), for velocity.
+    /// Per client, every U seen that no guardian quorum approved and no confirmed cancel
+    /// undid: V -> (height first seen or confirmed, value), for velocity.
     released: HashMap<String, HashMap<OutPoint, (u32, u64)>>,
     /// Vaults with something in flight (checked every block).
     active: HashSet<OutPoint>,
@@ -127,7 +127,8 @@ impl Watcher {
         // An unvault seen before a restart counts for velocity as it did at first sight,
         // confirmed or not (an approval that had expired then does not exempt it now).
         let seen = vault.state.unvault_height.or(vault.state.unvault_seen.then_some(self.tip));
-        if let Some(h) = seen {
+        // One whose cancel confirmed released nothing (see `cancel_confirmed`).
+        if let Some(h) = seen.filter(|_| vault.state.cancel_height.is_none()) {
             let counted = vault.state.counted_for_velocity;
             if counted
                 .unwrap_or_else(|| !(vault.guarded && self.guardian_approved(&vault.unvault.compute_txid())))
@@ -427,7 +428,15 @@ impl Watcher {
             if !self.ensure_graph(id) {
                 continue;
             }
-            let s = &mut self.vaults.get_mut(&id).expect("watched").state;
+            let vault = self.vaults.get_mut(&id).expect("watched");
+            let s = &mut vault.state;
+            // U counts for velocity again while its cancel is out of the chain.
+            if above(s.cancel_height) && s.counted_for_velocity != Some(false) {
+                let seen_at = s.unvault_height.filter(|h| *h < height).unwrap_or(height);
+                let value = vault.unvault.output[0].value.to_sat();
+                self.released.entry(vault.policy_id.clone()).or_default().insert(id, (seen_at, value));
+            }
+            let s = &mut vault.state;
             for h in [
                 &mut s.unvault_height,
                 &mut s.cancel_height,

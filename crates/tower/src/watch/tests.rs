@@ -457,6 +457,30 @@ fn an_unvault_is_judged_when_first_seen_and_counted_for_velocity_across_a_restar
     assert_eq!(broadcasts(&restarted.on_mempool_tx(&s2.unvault)), vec!["cancel rung 0"]);
 }
 
+/// An unvault nobody approved (sent from a backup while the co-signer was down) is cancelled:
+/// once the cancel confirms it released nothing, and the co-signer, which counts only what it
+/// approved, never counted it. It must not get the next spend the co-signer approves within
+/// the budget cancelled, nor after a restart; a reorganisation undoing the cancel counts it
+/// again.
+#[test]
+fn an_unvault_whose_cancel_confirmed_stops_counting_for_velocity() {
+    let (a, b) = (vault(0, 3_000_000), vault(1, 3_000_000));
+    let mut w = watcher(&[&a, &b], 5_000_000);
+    assert_eq!(broadcasts(&w.on_block_connected(5, &block(vec![a.unvault.clone()]))), vec!["cancel rung 0"]);
+    w.add_approval(b.unvault.compute_txid(), terms(1_000));
+    // While A's cancel is unconfirmed A counts: B's 3 M more would be over the 5 M budget.
+    let approval = [(b.unvault.compute_txid(), terms(1_000))];
+    let (mut unconfirmed, _) = restarted(&w, &[&a, &b], 5_000_000, &approval);
+    assert_eq!(broadcasts(&unconfirmed.on_mempool_tx(&b.unvault)), vec!["cancel rung 0"]);
+    w.on_block_connected(6, &block(vec![a.cancels[0].clone()]));
+    let (mut after_restart, _) = restarted(&w, &[&a, &b], 5_000_000, &approval);
+    let (mut reorged, _) = restarted(&w, &[&a, &b], 5_000_000, &approval);
+    assert!(broadcasts(&w.on_block_connected(7, &block(vec![b.unvault.clone()]))).is_empty());
+    assert!(broadcasts(&after_restart.on_mempool_tx(&b.unvault)).is_empty(), "after a restart too");
+    reorged.on_block_disconnected(6);
+    assert_eq!(broadcasts(&reorged.on_mempool_tx(&b.unvault)), vec!["cancel rung 0"]);
+}
+
 #[test]
 fn an_unvault_seen_after_its_quorum_approval_expired_still_counts_after_a_restart() {
     let (g, s) = (vault(0, 4_000_000), vault(1, 3_000_000));
