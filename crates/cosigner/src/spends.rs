@@ -868,16 +868,18 @@ impl Cosigner {
             ));
         }
         // Under duress nothing is signed, and neither is a spend asked under duress once it is
-        // over (lifted, or run out: the towers cancel only while it holds). The answer is the
-        // one a session gets whose unvault a tower cancelled (which the towers did, quietly,
-        // before this height while the duress held): it never tells a duress code apart.
+        // over (lifted, or run out: the towers took its approval under the quiet lockdown and
+        // cancel its unvault late all the same). The answer is the one a session gets whose
+        // unvault a tower cancelled (which the towers did, quietly, before the spend leaf
+        // opened): it never tells a duress code apart.
         let unvault_out = vigil_policy::bitcoin::OutPoint { txid: unvault, vout: 0 };
         // Looked up in every case, so that no answer comes sooner under duress.
         let spent = self.chain.unspent_output(&unvault_out)?.is_none();
-        if client.under_duress(tip) && !spent {
-            // Approved before the code, its spend leaf open or about to: the towers cancel it at
-            // their next block. Until then a cancel the chain does not show yet would give the
-            // code away; the answer is the passing one any request may get.
+        if (client.under_duress(tip) || record.under_duress) && !spent {
+            // Its spend leaf open or about to (approved before the code, or the duress lifted
+            // early): the towers cancel it at their next block. Until then a cancel the chain
+            // does not show yet would give the code away; the answer is the passing one any
+            // request may get.
             return Err(Refusal::Conflict(format!("spend request {id} changed meanwhile; try again")));
         }
         if client.under_duress(tip) || record.under_duress || spent {

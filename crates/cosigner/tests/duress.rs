@@ -220,22 +220,32 @@ fn a_spend_asked_under_duress_is_never_cosigned_even_once_the_duress_is_lifted()
     let co = CosignerProcess::new(&node, "approval_expiry_blocks = 2000");
     let mut f = Family::new(&node, &co, example("cosigner duress lifted"), 1, None);
     let coerced = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
+    let also_coerced = f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard);
     f.heartbeat(true);
     let until = tip(&node) + vigil_cosigner::service::DURESS_LOCKDOWN_BLOCKS;
     let asked = spend(&f, &coerced).unwrap();
     assert_eq!(asked["state"], "approved");
+    let also_asked = spend(&f, &also_coerced).unwrap();
+    assert_eq!(also_asked["state"], "approved");
     // The guardians' quorum lifts the lockdown after the governance wait.
     let at = quorum_lifts_after_the_wait(&node, &f, until);
     block(&node, &f, at - tip(&node));
-    // No tower left to cancel: the co-signer alone must refuse. The unvault confirms within
-    // the approval's life, after the lift, and the spend leaf opens.
-    f.towers[0].kill9();
-    node.rpc.broadcast(coerced.graph.unvault()).unwrap();
-    block(&node, &f, 1 + DELAY);
     f.heartbeat(false);
+    // The unvault confirms within the approval's life, after the lift. The tower took the
+    // approval under the quiet lockdown: it cancels the unvault all the same, late, and the
+    // co-signer's answer is then the one any cancelled unvault gets.
+    let opens = cancelled_late(&node, &f, &coerced);
+    block(&node, &f, opens.saturating_sub(tip(&node)));
     let refused = f.sign(asked["id"].as_u64().unwrap()).unwrap_err();
     assert_eq!(refused.0, 409, "{refused:?}");
     assert!(refused.1.contains("a tower cancelled it"), "the answer any cancelled unvault gets: {refused:?}");
+    // No tower left to cancel the other: the co-signer alone refuses, its spend leaf open, and
+    // says so only once a cancel is out.
+    f.towers[0].kill9();
+    node.rpc.broadcast(also_coerced.graph.unvault()).unwrap();
+    block(&node, &f, 1 + DELAY);
+    let refused = f.sign(also_asked["id"].as_u64().unwrap()).unwrap_err();
+    assert!(refused.0 == 409 && refused.1.contains("try again"), "{refused:?}");
 }
 
 /// Broadcasts `coerced`'s unvault and mines until a cancel of it confirms, checking that it

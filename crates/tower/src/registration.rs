@@ -514,7 +514,14 @@ pub(crate) fn register_approval(
             client.guardians_among(&signers)
         )));
     }
-    let terms = ApprovalTerms { spend, expiry_height: a.expiry_height, counter: a.counter, guardian_quorum };
+    let under_duress = state.watcher.under_quiet_lockdown(&client.id);
+    let terms = ApprovalTerms {
+        spend,
+        expiry_height: a.expiry_height,
+        counter: a.counter,
+        guardian_quorum,
+        under_duress,
+    };
     let record = StoredApproval { unvault: unvault_txid, terms };
     let text = String::from_utf8_lossy(body);
     if let NonceCheck::Refused { last } =

@@ -27,7 +27,8 @@ fn vault(client: &str, index: u32) -> Vault {
 }
 
 fn terms(spend: Txid) -> ApprovalTerms {
-    ApprovalTerms { spend, expiry_height: 500, counter: 3, guardian_quorum: true }
+    // Every flag set, so that a store dropping one fails the round trip.
+    ApprovalTerms { spend, expiry_height: 500, counter: 3, guardian_quorum: true, under_duress: true }
 }
 
 /// Everything a tower relies on its store for; `reopen` gives a fresh connection to the
@@ -312,7 +313,8 @@ fn a_store_of_the_first_release_is_migrated_with_nothing_lost() {
     assert_eq!(vaults.len(), 1);
     assert_eq!(vaults[0].cancels, v.cancels);
     let loaded = store.load().unwrap();
-    let old = ApprovalTerms { spend, expiry_height: 900, counter: 4, guardian_quorum: false };
+    let old =
+        ApprovalTerms { spend, expiry_height: 900, counter: 4, guardian_quorum: false, under_duress: false };
     assert_eq!(loaded.approvals, vec![StoredApproval { unvault: v.unvault.compute_txid(), terms: old }]);
     assert_eq!(store.undelivered_alarms("hook").unwrap()[0].kind, AlarmKind::Panic);
     // The migrated vault keeps its client; new vaults register beside it.

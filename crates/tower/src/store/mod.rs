@@ -312,6 +312,7 @@ fn read_terms(terms: Option<&str>, spend: Txid, body: &str) -> Result<ApprovalTe
         expiry_height: old.approval.expiry_height,
         counter: old.approval.counter,
         guardian_quorum: false,
+        under_duress: false,
     })
 }
 

@@ -78,6 +78,11 @@ impl Watcher {
         std::mem::take(&mut self.lockdowns_dirty)
     }
 
+    /// Whether a quiet lockdown of `client` holds at the tip (a plain one beside it or not).
+    pub fn under_quiet_lockdown(&self, client: &str) -> bool {
+        self.lockdowns.get(client).is_some_and(|l| l.quiet_until > self.tip)
+    }
+
     /// The lockdown holding for `client` at `height`: a plain one wins over a quiet one.
     pub fn lockdown(&self, client: &str, height: u32) -> Option<LockdownNow> {
         let l = self.lockdowns.get(client)?;
@@ -171,9 +176,12 @@ impl Watcher {
             .filter_map(|id| {
                 let v = self.vaults.get(id)?;
                 let s = &v.state;
-                let l = self.lockdown(&v.policy_id, height)?;
+                let quiet = match self.lockdown(&v.policy_id, height) {
+                    Some(l) => l.quiet,
+                    None => self.approvals.get(&v.unvault.compute_txid()).is_some_and(|a| a.under_duress),
+                };
                 let opens = s.unvault_height? + v.delay as u32;
-                (l.quiet && s.untouched() && height + self.duress_margin >= opens).then_some(*id)
+                (quiet && s.untouched() && height + self.duress_margin >= opens).then_some(*id)
             })
             .collect();
         for id in due {

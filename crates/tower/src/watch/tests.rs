@@ -31,7 +31,13 @@ fn vault_of_kind(index: u32, sat: u64, kind: VaultKind) -> Vault {
 }
 
 pub(super) fn terms(expiry_height: u32) -> ApprovalTerms {
-    ApprovalTerms { spend: Txid::all_zeros(), expiry_height, counter: 1, guardian_quorum: false }
+    ApprovalTerms {
+        spend: Txid::all_zeros(),
+        expiry_height,
+        counter: 1,
+        guardian_quorum: false,
+        under_duress: false,
+    }
 }
 
 #[test]
