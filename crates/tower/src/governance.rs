@@ -261,6 +261,13 @@ pub(crate) fn lockdown(
     if !client.is_party(signer) {
         return Err(Refusal::Forbidden("not a party of this client".into()));
     }
+    // The owner never sends one quiet (its duress goes through the co-signer): taken from the
+    // owner's key, a captor holding it would make the guardians' own lockdowns quiet too.
+    if req.quiet && !(client.guardians.contains(signer) || *signer == client.cosigner) {
+        return Err(Refusal::Forbidden(
+            "quiet: only the co-signer or a guardian keeps a lockdown quiet".into(),
+        ));
+    }
     let mut state = tower.lock();
     let tip = state.watcher.tip();
     if req.until_height <= tip || req.until_height > tip + MAX_LOCKDOWN_BLOCKS {

@@ -570,6 +570,15 @@ fn f07_a_guardians_quiet_lockdown_is_quiet_at_a_tower_without_the_duress_order()
     let h = Household::new(dir.path(), &node, example("a guardian's quiet lockdown"));
     let tower = TowerProcess::new(&node, std::slice::from_ref(&h.policy_path), 7, None);
     let until = tip(&node.rpc) + 100;
+    // Not on the owner's word: a captor holding its key would make the guardians' quiet too.
+    let by_owner = wire::LockdownRequest {
+        nonce: h.next_nonce(),
+        policy_id: h.policy_id.clone(),
+        until_height: until,
+        quiet: true,
+    };
+    let refused = post(&tower.api, "/v1/lockdown", &serde_json::to_vec(&by_owner).unwrap(), &h.owner_auth());
+    assert!(matches!(&refused, Err((403, t)) if t.contains("quiet")), "{refused:?}");
     lock_down(&h, &tower, 2, until, true);
     let shown = |h: &Household| client_view(h, &tower).get("locked_until").is_some_and(|v| !v.is_null());
     assert!(!shown(&h), "{}", client_view(&h, &tower));
