@@ -399,6 +399,14 @@ mod tests {
         fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
             self.inner.client_alarms(client, limit)
         }
+        fn client_alarms_of(
+            &self,
+            c: &str,
+            kinds: &[&str],
+            limit: u32,
+        ) -> Result<Vec<OutboxEntry>, StoreError> {
+            self.inner.client_alarms_of(c, kinds, limit)
+        }
     }
 
     #[test]

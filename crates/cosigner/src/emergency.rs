@@ -28,6 +28,9 @@ fn bad(m: impl Into<String>) -> Refusal {
 /// Guardians' signatures over `digest`, gathered across requests under `kind/id`: the ones
 /// stored there and `given`, each verified and from a guardian of `policy`, one per guardian.
 /// Returns them, how many guardians signed, and the record as it was (for the batch).
+/// Refused when `given` adds no guardian's signature to those stored: a proposal nobody of the
+/// quorum signed (one sent with the owner's key, say) would reach the guardians as if one of
+/// them had made it, and one handed in again would alarm them again.
 pub(crate) fn gather(
     store: &dyn Store,
     policy: &Policy,
@@ -47,6 +50,7 @@ pub(crate) fn gather(
         .unwrap_or_default();
     // Votes kept from before a policy change count only if their signer is still a guardian.
     all.retain(is_guardian);
+    let stored = all.len();
     for s in given {
         if !is_guardian(s) {
             return Err(bad(format!("signature by {}: not a guardian of this client", s.key)));
@@ -55,12 +59,25 @@ pub(crate) fn gather(
             all.push(s.clone());
         }
     }
+    if all.len() == stored {
+        return Err(if stored == 0 {
+            bad("signatures: none by a guardian of this client (a guardian proposes, with its signature)")
+        } else {
+            Refusal::Conflict(format!(
+                "signatures: every one given is counted already ({stored} guardians signed)"
+            ))
+        });
+    }
     let count = all.len() as u32;
     Ok((all, count, before))
 }
 
-/// How many alarms the guardians' feed returns.
+/// How many alarms the guardians' feed returns, beside the latest proposals.
 pub const ALARM_FEED_LEN: u32 = 100;
+/// The alarms a guardian joins from (see [`Cosigner::alarm_feed`]), and how many of them the
+/// feed keeps.
+const PROPOSALS: [&str; 2] = ["panic-proposed", "policy-proposed"];
+const PROPOSALS_KEPT: u32 = 20;
 
 impl Cosigner {
     /// `POST /v1/lockdown`: any owner or guardian freezes the client at once; every tower is
@@ -84,8 +101,10 @@ impl Cosigner {
         let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         let quiet = matches!(caller.role, Role::Guardian(_)) && client.under_duress(tip);
+        let ends_before = (client.plain_end(), client.duress_end());
         let (message, until) = if quiet {
-            if tip + blocks > client.duress_until {
+            // Longer than the duress lockdown as it holds, a scheduled lift counted.
+            if tip + blocks > client.duress_end() {
                 client.duress_until = tip + blocks;
                 client.new_duress_epoch();
             }
@@ -112,11 +131,16 @@ impl Cosigner {
             // lifted one runs must not lock the towers again past the lift.
             (message, client.plain_end())
         };
-        Self::queue_order(store, &mut batch, &client.id, lockdown_order(&client.id, until, quiet))?;
-        batch
-            .expect(kind::CLIENT, client.id.clone(), Some(before))
-            .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
-            .alarm(alarm(&client.id, "lockdown", message));
+        // One that ends nothing later changes nothing: no alarm, no order. Else whoever holds
+        // the owner's key could push a panic proposal out of the guardians' feed, and mail them
+        // without end.
+        if (client.plain_end(), client.duress_end()) != ends_before {
+            Self::queue_order(store, &mut batch, &client.id, lockdown_order(&client.id, until, quiet))?;
+            batch
+                .expect(kind::CLIENT, client.id.clone(), Some(before))
+                .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
+                .alarm(alarm(&client.id, "lockdown", message));
+        }
         if req.request.sweep {
             batch.alarm(alarm(
                 &client.id,
@@ -177,6 +201,14 @@ impl Cosigner {
             return Err(Refusal::Conflict(format!(
                 "the lockdown at hand ends at block {held}, not {}: a lift names the lockdown it ends",
                 r.lockdown_until
+            )));
+        }
+        // A first vote fixes the height the others must sign: one past the end would hold every
+        // other height off until a longer lockdown came, and lifts nothing.
+        if r.lift_at_height >= held {
+            return Err(bad(format!(
+                "lift_at_height {}: the lockdown ends at block {held} by itself; a lift names an earlier block",
+                r.lift_at_height
             )));
         }
         if r.lift_at_height < client.last_lift {
@@ -270,7 +302,7 @@ impl Cosigner {
             Some(t) if t == client.heartbeat_real => {}
             Some(_) if duress => {
                 tracing::warn!(client = %client.id, "duress heartbeat");
-                if tip + DURESS_LOCKDOWN_BLOCKS > client.duress_until {
+                if tip + DURESS_LOCKDOWN_BLOCKS > client.duress_end() {
                     client.duress_until = tip + DURESS_LOCKDOWN_BLOCKS;
                     client.new_duress_epoch();
                 }
@@ -291,13 +323,15 @@ impl Cosigner {
                     ),
                 ));
             }
-            _ => {
+            _ if client.unrecognised_heartbeat_at != tip => {
+                client.unrecognised_heartbeat_at = tip;
                 batch.alarm(alarm(
                     &client.id,
                     "heartbeat-unrecognised",
                     format!("a heartbeat of {} carried no token the co-signer knows", client.id),
                 ));
             }
+            _ => {}
         }
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
             kind::CLIENT,
@@ -728,7 +762,16 @@ impl Cosigner {
     /// see its own alarm.
     pub fn alarm_feed(&self, caller: &Caller) -> Result<Vec<wire::CosignerAlarm>, Refusal> {
         caller.guardian()?;
-        let entries = self.store().client_alarms(&caller.client.id, ALARM_FEED_LEN)?;
+        let store = self.store();
+        let mut entries = store.client_alarms(&caller.client.id, ALARM_FEED_LEN)?;
+        // The latest proposals stay in it however many alarms came since: a guardian joins a
+        // panic or a policy change from its alarm, and the owner's key alone can raise many.
+        for proposal in store.client_alarms_of(&caller.client.id, &PROPOSALS, PROPOSALS_KEPT)? {
+            if !entries.iter().any(|e| e.id == proposal.id) {
+                entries.push(proposal);
+            }
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.id));
         Ok(entries
             .into_iter()
             .filter_map(|e| {

@@ -72,6 +72,10 @@ pub struct ClientRecord {
     /// one, so a later lift must name this height or a later one.
     #[serde(default)]
     pub last_lift: u32,
+    /// The tip at the last alarm of a heartbeat with no known token: one a block at most, or
+    /// the owner's key alone could mail the guardians without end.
+    #[serde(default)]
+    pub unrecognised_heartbeat_at: u32,
     /// Where this client's alarms are e-mailed (its guardians).
     #[serde(default)]
     pub alarm_emails: Vec<String>,
@@ -776,6 +780,7 @@ impl Cosigner {
             lift_at: 0,
             duress_lift_at: 0,
             last_lift: 0,
+            unrecognised_heartbeat_at: 0,
             alarm_emails: p.alarm_emails.clone(),
             alarm_webhooks: p.alarm_webhooks.clone(),
             pending_policy: None,

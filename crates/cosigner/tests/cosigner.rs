@@ -352,6 +352,9 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     assert_eq!(f.lift(0, at - 1, until).unwrap_err().0, 400);
     let other = f.lift(0, at, until + 1).unwrap_err();
     assert!(other.0 == 409 && other.1.contains(&format!("ends at block {until}")), "{other:?}");
+    // Nor at or past the lockdown's end: that first vote would fix a height lifting nothing.
+    let past = f.lift(0, until, until).unwrap_err();
+    assert!(past.0 == 400 && past.1.contains("an earlier block"), "{past:?}");
     let one = f.lift(0, at, until).unwrap();
     assert_eq!(one["until_height"].as_u64().unwrap() as u32, until);
     assert_eq!(f.lift(1, at + 5, until).unwrap_err().0, 409, "the quorum signs one height");
@@ -521,6 +524,19 @@ fn loosening_waits_the_governance_delay_and_tightening_applies_at_once() {
         )],
     };
     assert_eq!(f.post("/v1/policy", &forged, &f.owner()).unwrap_err().0, 400);
+    // Nor propose one no guardian signed (the guardians would see it as one of theirs), and a
+    // guardian's signature counted already, handed in again, alarms nobody again.
+    let feed = || f.get("/v1/alarms", &f.guardian(1)).unwrap().as_array().unwrap().len();
+    let alarms = feed();
+    let unsigned = vigil_cosigner::wire::PolicyChange {
+        policy: version_2(&f.policy_text, "= 1000000", "= 9000000"),
+        signatures: vec![],
+    };
+    let refused = f.post("/v1/policy", &unsigned, &f.owner()).unwrap_err();
+    assert!((refused.0, refused.1.contains("none by a guardian")) == (400, true), "{refused:?}");
+    let again = f.change_policy(&loosened, &[0]).unwrap_err();
+    assert!((again.0, again.1.contains("counted already")) == (409, true), "{again:?}");
+    assert_eq!(feed(), alarms, "nothing was proposed");
     let change = f.change_policy(&loosened, &[1]).unwrap();
     let effective = change["effective_height"].as_u64().unwrap() as u32;
     assert_eq!(effective, tip(&node) + 1_009, "loosening waits: {change}");

@@ -192,6 +192,37 @@ fn a_guardians_panic_reaches_every_tower_once() {
     assert_eq!(f.panic(&[0, 2], id, not_after).unwrap_err().0, 409);
 }
 
+/// Whoever holds the owner's key cannot push a guardian's proposal out of the guardians' feed
+/// (a guardian joins it from there): a heartbeat with no known token alarms once a block, a
+/// lockdown that ends nothing later not at all, and a hundred that do leave it in the feed.
+#[test]
+fn the_owners_key_cannot_push_a_panic_proposal_out_of_the_guardians_feed() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner feed"), 1, None);
+    let one = f.panic(&[0], [8u8; 32], tip(&node) + 10).unwrap();
+    assert_eq!((one["approvals"].as_u64(), one["needed"].as_u64()), (Some(1), Some(2)));
+    let feed = |f: &Family| f.get("/v1/alarms", &f.guardian(2)).unwrap().as_array().unwrap().clone();
+    let count = |f: &Family, kind: &str| feed(f).iter().filter(|a| a["kind"] == kind).count();
+    let real = f.heartbeat.0;
+    f.heartbeat.0 = [9; 32];
+    for _ in 0..3 {
+        assert_eq!(f.heartbeat(false).0, 200);
+    }
+    f.heartbeat.0 = real;
+    assert_eq!(count(&f, "heartbeat-unrecognised"), 1);
+    let lockdown = |blocks: u32| f.post("/v1/lockdown", &serde_json::json!({ "blocks": blocks }), &f.owner());
+    for blocks in [5, 5, 3] {
+        lockdown(blocks).unwrap();
+    }
+    assert_eq!(count(&f, "lockdown"), 1);
+    for blocks in 6..=110 {
+        lockdown(blocks).unwrap();
+    }
+    assert!(count(&f, "lockdown") >= 100);
+    assert_eq!(count(&f, "panic-proposed"), 1, "the proposal is still in the feed");
+}
+
 #[test]
 fn vault_and_spend_requests_wait_for_an_unlock_whose_heartbeat_arrived() {
     // A network that drops the unlock's heartbeat (the duress alarm's channel), and only it,

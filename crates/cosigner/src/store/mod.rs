@@ -166,6 +166,13 @@ pub trait Store: Send + Sync {
     /// The latest `limit` alarms about `client`, delivered or not, newest first: its
     /// guardians' feed.
     fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// The same, of the alarm kinds `kinds` only.
+    fn client_alarms_of(
+        &self,
+        client: &str,
+        kinds: &[&str],
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
 }
 
 /// Connections handed to one thread at a time: at most `max` open, opened when first
@@ -337,6 +344,14 @@ pub(crate) mod conformance {
         assert_eq!(c1, ["{\"client\":\"c1\",\"n\":2}", "{\"client\":\"c1\",\"n\":1}"]);
         assert_eq!(store.client_alarms("c1", 1).unwrap().len(), 1);
         assert!(store.client_alarms("c3", 10).unwrap().is_empty());
+        let mut kinds = Batch::default();
+        kinds.alarm("{\"client\":\"c2\",\"kind\":\"a\"}").alarm("{\"client\":\"c1\",\"kind\":\"b\"}");
+        store.commit(&kinds).unwrap();
+        let of = |kinds: &[&str]| -> Vec<String> {
+            store.client_alarms_of("c2", kinds, 10).unwrap().into_iter().map(|e| e.body).collect()
+        };
+        assert_eq!(of(&["a", "b"]), ["{\"client\":\"c2\",\"kind\":\"a\"}"]);
+        assert!(of(&["b"]).is_empty());
         // Per client, the oldest first, and no more than asked of each.
         let fair: Vec<String> =
             store.undelivered_by_client("s3", 1).unwrap().into_iter().map(|e| e.body).collect();

@@ -265,6 +265,22 @@ impl Store for PostgresStore {
         Ok(rows.into_iter().map(|r| OutboxEntry { id: r.get(0), body: r.get(1) }).collect())
     }
 
+    fn client_alarms_of(
+        &self,
+        client: &str,
+        kinds: &[&str],
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = self.with(|c| {
+            c.client.query(
+                "SELECT id, body FROM outbox WHERE (body::jsonb)->>'client' = $1
+                   AND (body::jsonb)->>'kind' = ANY($2::text[]) ORDER BY id DESC LIMIT $3",
+                &[&client, &kinds, &(limit as i64)],
+            )
+        })?;
+        Ok(rows.into_iter().map(|r| OutboxEntry { id: r.get(0), body: r.get(1) }).collect())
+    }
+
     fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError> {
         let n: i64 = self
             .with(|c| {

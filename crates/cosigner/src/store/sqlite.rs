@@ -270,6 +270,25 @@ impl Store for SqliteStore {
         })
     }
 
+    fn client_alarms_of(
+        &self,
+        client: &str,
+        kinds: &[&str],
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let kinds = serde_json::to_string(kinds).expect("strings");
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, body FROM outbox WHERE json_extract(body, '$.client') = ?1
+                   AND json_extract(body, '$.kind') IN (SELECT value FROM json_each(?2)) ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![client, kinds, limit], |r| {
+                Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? })
+            })?;
+            rows.collect()
+        })
+    }
+
     fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError> {
         let sinks = serde_json::to_string(sinks).expect("strings");
         self.read(|conn| {
