@@ -31,12 +31,8 @@ pub fn deliver(
             continue;
         }
         for alarm in pending {
-            let sent = ureq::post(&url)
-                .set("content-type", "application/json")
-                .timeout(Duration::from_secs(10))
-                .send_string(&alarm.body);
-            match sent {
-                Ok(_) => {
+            match post(&url, &alarm.body) {
+                Ok(()) => {
                     backoff = Duration::from_millis(200);
                     if let Err(e) = store.delivered(alarm.id, &url) {
                         tracing::error!(error = %e, "cannot record an alarm's delivery");
@@ -104,6 +100,20 @@ pub fn deliver_to_clients(
     }
 }
 
+/// Posts one alarm to a webhook; only a 2xx accepts it. A redirect is not followed: a
+/// client's webhook answering one must not turn the co-signer's post into a request to a
+/// host inside the provider's network that the operator's `client_webhooks` never allowed.
+fn post(url: &str, body: &str) -> Result<(), String> {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    let agent =
+        AGENT.get_or_init(|| ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(10)).build());
+    match agent.post(url).set("content-type", "application/json").send_string(body) {
+        Ok(r) if (200..300).contains(&r.status()) => Ok(()),
+        Ok(r) => Err(format!("answered {} (a redirect is not followed)", r.status())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// What the delivery to clients' webhooks remembers between passes.
 #[derive(Default)]
 struct ClientWebhooks {
@@ -164,13 +174,10 @@ impl ClientWebhooks {
 
     /// Posts one alarm; whether the webhook accepted it (if not, it rests, backing off).
     fn post(&self, client: &str, url: &str, body: &str) -> bool {
-        let sent = ureq::post(url)
-            .set("content-type", "application/json")
-            .timeout(Duration::from_secs(10))
-            .send_string(body);
+        let sent = post(url, body);
         let mut resting = self.resting.lock().unwrap_or_else(|p| p.into_inner());
         match sent {
-            Ok(_) => {
+            Ok(()) => {
                 resting.remove(url);
                 true
             }
@@ -407,6 +414,27 @@ mod tests {
         ) -> Result<Vec<OutboxEntry>, StoreError> {
             self.inner.client_alarms_of(c, kinds, limit)
         }
+    }
+
+    /// A webhook answering with a redirect has not accepted the alarm, and the co-signer does
+    /// not follow it to where it points (a host the operator never allowed).
+    #[test]
+    fn a_webhook_redirect_is_not_followed_and_delivers_nothing() {
+        use std::io::{Read, Write};
+        let inside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let webhook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/alarm", webhook.local_addr().unwrap());
+        let target = format!("http://{}/metadata", inside.local_addr().unwrap());
+        let answering = std::thread::spawn(move || {
+            let (mut conn, _) = webhook.accept().unwrap();
+            let _ = conn.read(&mut [0u8; 4096]).unwrap();
+            write!(conn, "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n").unwrap();
+        });
+        let refused = post(&url, "{}").unwrap_err();
+        answering.join().unwrap();
+        assert!(refused.contains("302"), "{refused}");
+        inside.set_nonblocking(true).unwrap();
+        assert!(inside.accept().is_err(), "nothing reached the redirect's target");
     }
 
     #[test]

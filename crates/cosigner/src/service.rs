@@ -746,11 +746,7 @@ impl Cosigner {
                 return Err(bad(format!("{name}: a sha256 in hex (64 characters)")));
             }
         }
-        for (i, e) in p.alarm_emails.iter().enumerate() {
-            if e.parse::<lettre::Address>().is_err() {
-                return Err(bad(format!("alarm_emails[{i}]: {e:?} is not an e-mail address")));
-            }
-        }
+        check_emails(&p.alarm_emails)?;
         check_webhooks(&p.alarm_webhooks, &self.config.client_webhooks)?;
         if p.heartbeat_real == p.heartbeat_duress {
             return Err(bad("heartbeat_real and heartbeat_duress must differ"));
@@ -932,6 +928,22 @@ pub(crate) fn fresh(t: u64) -> Result<(), Refusal> {
 
 /// Most webhooks one client names.
 const MAX_CLIENT_WEBHOOKS: usize = 5;
+/// Most addresses one client's alarms are e-mailed to: its guardians', through the
+/// provider's relay, which must not mail any number of addresses on a client's word.
+const MAX_ALARM_EMAILS: usize = 20;
+
+/// A client's alarm addresses.
+fn check_emails(emails: &[String]) -> Result<(), Refusal> {
+    if emails.len() > MAX_ALARM_EMAILS {
+        return Err(bad(format!("alarm_emails: at most {MAX_ALARM_EMAILS}")));
+    }
+    for (i, e) in emails.iter().enumerate() {
+        if e.parse::<lettre::Address>().is_err() {
+            return Err(bad(format!("alarm_emails[{i}]: {e:?} is not an e-mail address")));
+        }
+    }
+    Ok(())
+}
 
 /// A client's own webhooks, as the operator's `client_webhooks` allows them: the co-signer
 /// posts to them from inside the provider's network, so only what the operator accepts.
@@ -976,7 +988,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_client_names_only_the_webhooks_the_operator_allows() {
+    fn a_client_names_only_the_webhooks_the_operator_allows_and_at_most_20_addresses() {
         let https = vec!["https://alarms.family.example/vigil".to_owned()];
         let http = vec!["http://10.0.0.1/alarm".to_owned()];
         assert!(check_webhooks(&https, "https").is_ok());
@@ -987,6 +999,10 @@ mod tests {
         assert!(named(check_webhooks(&https, "off")).contains("does not post"));
         assert!(named(check_webhooks(&["https://".to_owned()], "https")).contains("alarm_webhooks[0]"));
         assert!(named(check_webhooks(&vec![https[0].clone(); 6], "https")).contains("at most 5"));
+        let address = |n: usize| (0..n).map(|i| format!("guardian{i}@family.example")).collect::<Vec<_>>();
+        assert!(check_emails(&address(20)).is_ok());
+        assert!(named(check_emails(&address(21))).contains("at most 20"));
+        assert!(named(check_emails(&["not an address".into()])).contains("alarm_emails[0]"));
     }
 
     #[test]
