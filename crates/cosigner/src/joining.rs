@@ -415,13 +415,27 @@ fn queue_enrollment(
         o.only = Some(vec![tower.to_owned()]);
         o
     };
+    let (state, rest): (Vec<_>, Vec<_>) =
+        (state.into_iter().map(for_tower).collect(), rest.into_iter().map(for_tower).collect());
+    // What an earlier enrollment queued for this tower alone is queued again here: kept twice,
+    // each enrollment asked again while the tower is down would add every vault once more.
+    let again = |o: &TowerOrder| {
+        only_this(o)
+            && o.spend.is_none()
+            && state.iter().chain(&rest).any(|n| n.path == o.path && n.subject == o.subject)
+    };
+    let kept: Vec<TowerOrder> = existing
+        .into_iter()
+        .filter(|o| !stale(o) && !again(o))
+        .map(|mut o| {
+            o.refusing_since.remove(tower);
+            o
+        })
+        .collect();
     let mut orders = vec![for_tower(enrollment)];
-    orders.extend(state.into_iter().map(for_tower));
-    orders.extend(existing.into_iter().filter(|o| !stale(o)).map(|mut o| {
-        o.refusing_since.remove(tower);
-        o
-    }));
-    orders.extend(rest.into_iter().map(for_tower));
+    orders.extend(state);
+    orders.extend(kept);
+    orders.extend(rest);
     crate::orders::put_orders(batch, client, &orders);
     Ok(replaced)
 }

@@ -1474,6 +1474,29 @@ fn a_tower_enrolled_again_with_a_bad_token_still_gets_every_order_after_it() {
     assert!(refused["error"].as_str().unwrap().contains("unknown enrollment token"), "{refused}");
     let approved = spend(&f, &vault).unwrap();
     assert_eq!(acknowledged_by(&approved), ["tower-a", "tower-b"], "{approved}");
+    // Asked again and again while the tower is down, the orders for it do not pile up: each
+    // enrollment replaces the last, with what it owes the tower.
+    f.towers[0].kill9();
+    let enroll = || f.post("/v1/towers", &serde_json::json!({"tower": "tower-a", "token": junk}), &f.owner());
+    // The orders queued for the client, read from the store (they are one record).
+    let queued = || -> usize {
+        let db = rusqlite::Connection::open(co.dir.path().join("data/cosigner.sqlite")).unwrap();
+        let body: String = db
+            .query_row(
+                "SELECT body FROM records WHERE kind = 'orders' AND id = ?1",
+                [&f.cosigner.client],
+                |r| r.get(0),
+            )
+            .unwrap();
+        serde_json::from_str::<Vec<Value>>(&body).unwrap().len()
+    };
+    enroll().unwrap();
+    let after_one = queued();
+    for _ in 0..3 {
+        enroll().unwrap();
+    }
+    assert_eq!(queued(), after_one);
+    assert!(after_one >= 2, "the enrollment and the vault wait: {after_one}");
 }
 
 /// Which towers acknowledged the approval of a spend of `vault`.
