@@ -342,7 +342,9 @@ fn explain(kind: &str) -> (Severity, &'static str, &'static str) {
         "unapproved-spend" => (Alarm, "Coins are leaving without approval", "Coins are leaving an unvaulted vault by a payment nobody approved. Call the owner and the provider."),
         "foreign-vault-spend" => (Alarm, "A vault was spent in a way that should be impossible", "Call the provider now."),
         "unordered-emergency" => (Alarm, "A vault is being swept with no panic ordered", "The coins go to the deep vault, where they are safe, but nobody ordered it. Call the provider."),
-        "deadline" | "bump-ceiling" | "fee-wallet-empty" => (Alarm, "A watchtower is struggling", "A cancel may not confirm in time. Call the provider."),
+        "deadline" | "bump-ceiling" | "fee-wallet-empty" | "backend-outage" | "reorg-too-deep" => (Alarm, "A watchtower is struggling", "A cancel may not confirm in time. Call the provider."),
+        "fee-wallet-low" => (Notice, "A watchtower's fee money runs low", "Its operator should top it up. Tell the provider."),
+        "tower-refused" => (Alarm, "A watchtower refused an order", "It will not be sent again, so that tower may not act as the others do. Call the provider."),
         "duress" | "duress-spend-request" => (Alarm, "The owner may be under duress", "The owner's wallet was opened with the duress code. Do not approve anything; speak to the other guardians, not to the owner's phone. The wallet is already locked, silently: a lockdown you press now stays silent too, while a panic sweeps openly, on chain, and a policy change you sign shows on the owner's device at its next unlock."),
         "heartbeat-unrecognised" => (Alarm, "The owner's wallet sent an unknown signal", "Someone may be using a copy of the wallet. Call the owner, on a number you know."),
         "panic-requested" | "panic" => (Alarm, "Panic: every vault is to be swept to the deep vault", "The wallet is locked down. Read the details, and sign the panic if the owner asked for it or you believe they are in danger."),
@@ -353,7 +355,10 @@ fn explain(kind: &str) -> (Severity, &'static str, &'static str) {
         "policy-change" => (Notice, "A new policy version was signed", "It applies at the block named below."),
         "policy-applied" => (Notice, "A new policy version applies", "The watchtower enforces it from now on."),
         "policy-invalid" => (Alarm, "A signed policy change could not be applied", "A watchtower cannot build the new policy and keeps the old one. Call the provider."),
-        "restore" | "restore-confirmed" => (Notice, "The owner's wallet was restored on a new device", "Speak to the owner yourself before you confirm it."),
+        "owner-restored" => (Alarm, "The owner's wallet was restored on a new device", "Every vault spend waits for you until the guardians confirm it. Speak to the owner yourself, on a number you know, before you confirm it; if they did not tell you, lock the wallet down."),
+        "restore-confirmed" => (Notice, "The guardians confirmed the owner's restored wallet", "Spends within the limits are approved at once again."),
+        "tower-enrollment" => (Notice, "A watchtower was enrolled for this wallet", "Expected after a change the guardians signed adds a tower. Check that the tower serves the policy version named below; if nobody added one, call the owner, on a number you know."),
+        "tower-retired" => (Notice, "A removed watchtower stopped watching", "A policy change removed it and it watches no vault any more."),
         "deep-vault-returned" => (Notice, "Coins came back from the deep vault", "The owner's backup key, the co-signer and every guardian signed it."),
         "vault-unregistered" => (Notice, "A vault waits for a watchtower", "Its funding is held back until every tower watches it."),
         "approval-needed" => (Routine, "The owner asked for a spend that needs you", "It is in the list above."),
@@ -1362,5 +1367,58 @@ mod tests {
     fn dates_read_as_utc() {
         assert_eq!(when(0), "1970-01-01 00:00 UTC");
         assert_eq!(when(1_796_299_500), "2026-12-03 12:05 UTC");
+    }
+
+    /// Every kind the co-signer and the towers raise reads as itself, not as "an event": a
+    /// forced restore must count as an alarm on the requests' cards.
+    #[test]
+    fn every_alarm_kind_has_its_own_words() {
+        let cosigner = [
+            "approval-needed",
+            "deep-vault-returned",
+            "duress",
+            "duress-spend-request",
+            "heartbeat-unrecognised",
+            "lockdown",
+            "lockdown-lift",
+            "owner-restored",
+            "panic",
+            "panic-proposed",
+            "panic-requested",
+            "policy-applied",
+            "policy-change",
+            "policy-proposed",
+            "restore-confirmed",
+            "spend-approved",
+            "spend-denied",
+            "tower-enrollment",
+            "tower-refused",
+            "tower-retired",
+            "vault-unregistered",
+        ];
+        let towers = [
+            "unvault-cancelled",
+            "unapproved-spend",
+            "foreign-vault-spend",
+            "panic",
+            "deadline",
+            "bump-ceiling",
+            "fee-wallet-empty",
+            "fee-wallet-low",
+            "backend-outage",
+            "reorg-too-deep",
+            "policy-change",
+            "policy-applied",
+            "policy-invalid",
+            "lockdown",
+            "unordered-emergency",
+        ];
+        let unknown = explain("no such kind");
+        for kind in cosigner.iter().chain(&towers) {
+            assert_ne!(explain(kind).1, unknown.1, "{kind}");
+        }
+        for kind in ["owner-restored", "tower-refused", "heartbeat-unrecognised", "duress"] {
+            assert!(matches!(explain(kind).0, Severity::Alarm), "{kind}");
+        }
     }
 }
