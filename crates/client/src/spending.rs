@@ -287,6 +287,8 @@ pub fn request(session: &Session, state: &mut WalletState, pos: usize) -> Result
 /// see it by the expiry (a tower's node may be a block ahead of ours), and the co-signer signs
 /// only if it confirms by then.
 const SEND_MARGIN: u32 = 3;
+// The co-signer refuses an expiry that leaves no block to send in.
+const _: () = assert!(SEND_MARGIN < vigil_cosigner::config::MIN_APPROVAL_EXPIRY_BLOCKS);
 
 /// Blocks an approved unvault waits for a tower that has not acknowledged the approval (about
 /// an hour). A tower restarting or briefly unreachable has it by then: the co-signer pushes it

@@ -12,6 +12,8 @@ use crate::error::CosignerError;
 
 /// Blocks an approval stays valid for an unvault to confirm in, by default (a day).
 pub const APPROVAL_EXPIRY_BLOCKS: u32 = 144;
+/// The shortest: the owner's client sends no unvault in an approval's last 3 blocks.
+pub const MIN_APPROVAL_EXPIRY_BLOCKS: u32 = 4;
 /// Blocks a loosening change or an early lift waits at the least: longer than any captivity.
 pub const MIN_GOVERNANCE_DELAY_BLOCKS: u32 = 1_009;
 
@@ -164,8 +166,14 @@ impl CosignerConfig {
         if config.heartbeat_fresh_secs == 0 {
             return Err(refuse("heartbeat_fresh_secs", "at least 1 second"));
         }
-        if config.approval_expiry_blocks == 0 {
-            return Err(refuse("approval_expiry_blocks", "at least 1 block"));
+        if config.approval_expiry_blocks < MIN_APPROVAL_EXPIRY_BLOCKS {
+            return Err(refuse(
+                "approval_expiry_blocks",
+                format!(
+                    "at least {MIN_APPROVAL_EXPIRY_BLOCKS} blocks: the owner's client sends no unvault within 3 \
+                     blocks of the expiry, so a shorter one could never be used"
+                ),
+            ));
         }
         if config.governance_delay_blocks < MIN_GOVERNANCE_DELAY_BLOCKS {
             return Err(refuse(
@@ -256,6 +264,7 @@ mod tests {
                 "governance_delay_blocks",
             ),
             (GOOD.replace("network =", "approval_expiry_blocks = 0\nnetwork ="), "approval_expiry_blocks"),
+            (GOOD.replace("network =", "approval_expiry_blocks = 3\nnetwork ="), "approval_expiry_blocks"),
             (GOOD.replace("network =", "secret = \"x\"\nnetwork ="), "secret"),
             (GOOD.replace("network =", "metrics_listen = \"127.0.0.1:7420\"\nnetwork ="), "metrics_listen"),
             (
