@@ -699,11 +699,11 @@ fn with_the_cosigner_or_every_tower_down_nothing_is_half_done_and_it_resumes() {
 /// co-signer's push gave it the approval: the unvault waits until that tower has it. A tower
 /// gone longer keeps the owner from the coins for an hour of blocks only.
 #[test]
-fn an_approved_unvault_waits_for_a_tower_that_missed_the_approval() {
+fn an_approved_unvault_waits_for_a_tower_that_missed_the_approval_and_for_a_lockdown_to_end() {
     let mut s = services("", false);
-    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 2);
-    for _ in 0..2 {
-        let made = json(&dir, &["vault", "0.04"], &[REAL, &phrase]);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 3);
+    for _ in 0..3 {
+        let made = json(&dir, &["vault", "0.03"], &[REAL, &phrase]);
         assert_eq!(made["state"], "protected", "{made}");
     }
     mine(&s.node.rpc, 1, &payer.address());
@@ -721,7 +721,7 @@ fn an_approved_unvault_waits_for_a_tower_that_missed_the_approval() {
     assert_eq!(progress["towers"], serde_json::json!(["tower-1"]), "{asked}");
     let again = json(&dir, &["spend", "--resume"], &[REAL]);
     assert_eq!(again[0]["progress"]["stage"], "waiting for towers", "{again}");
-    assert_eq!(vaults_unspent(), 2, "no unvault went out");
+    assert_eq!(vaults_unspent(), 3, "no unvault went out");
     s.towers[1].start();
     eventually("the unvault goes once tower 1 has the approval", || {
         let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
@@ -742,12 +742,36 @@ fn an_approved_unvault_waits_for_a_tower_that_missed_the_approval() {
     mine(&s.node.rpc, at - tip - 1, &payer.address());
     let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
     assert_eq!(waiting[0]["progress"]["stage"], "waiting for towers", "one block before: {waiting}");
-    assert_eq!(vaults_unspent(), 1, "no unvault went out");
+    assert_eq!(vaults_unspent(), 2, "no unvault went out");
     mine(&s.node.rpc, 1, &payer.address());
     let sent = json(&dir, &["spend", "--resume"], &[REAL]);
     assert_eq!(sent[0]["progress"]["stage"], "unlocking", "{sent}");
     mine(&s.node.rpc, 1, &payer.address());
-    assert_eq!(vaults_unspent(), 0, "the unvault went out");
+    assert_eq!(vaults_unspent(), 1, "the unvault went out");
+    spend_to_the_end(&s, &dir, &payer);
+
+    // Locked down once approved (here by the owner, tower 1 still down): sent, the unvault
+    // would be cancelled into the recovery path. It waits for the lockdown's end, though the
+    // wait for tower 1 is over before.
+    let asked = json(&dir, &["spend", &to, "0.01"], &[REAL, &phrase]);
+    assert_eq!(asked[0]["progress"]["stage"], "waiting for towers", "{asked}");
+    let locked = json(&dir, &["lockdown", "--blocks", "8"], &[REAL]);
+    let until = locked["cosigner"]["Ok"].as_u64().unwrap_or_else(|| panic!("{locked}"));
+    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(waiting[0]["progress"]["stage"], "locked down", "{waiting}");
+    assert_eq!(waiting[0]["progress"]["until_height"].as_u64(), Some(until), "{waiting}");
+    let tip = u64::from(s.node.rpc.tip().unwrap().height);
+    mine(&s.node.rpc, (until - tip - 1) as u32, &payer.address());
+    let waiting = json(&dir, &["spend", "--resume"], &[REAL]);
+    assert_eq!(waiting[0]["progress"]["stage"], "locked down", "one block before: {waiting}");
+    assert_eq!(vaults_unspent(), 1, "no unvault went out");
+    mine(&s.node.rpc, 1, &payer.address());
+    eventually("the unvault goes once the lockdown is over", || {
+        let resumed = json(&dir, &["spend", "--resume"], &[REAL]);
+        (resumed[0]["progress"]["stage"] == "unlocking").then_some(())
+    });
+    mine(&s.node.rpc, 1, &payer.address());
+    spend_to_the_end(&s, &dir, &payer);
 }
 
 /// `vigil guardian ARGS` for the guardian whose key is `key` (passphrase in `pass`).

@@ -63,6 +63,12 @@ pub enum Progress {
         /// The height it is sent at all the same.
         send_anyway_at: u32,
     },
+    /// Approved, but a lockdown holds until `until`: sent now, the unvault would be cancelled
+    /// back into custody. It waits; the approval may run out meanwhile (then ask again).
+    LockedDown {
+        /// The block the lockdown ends at.
+        until: u32,
+    },
     /// Approved; the unvault is broadcast; the spend can be signed from `from_height`
     /// (unknown until the unvault confirms).
     Waiting {
@@ -98,6 +104,10 @@ impl Progress {
                 "approved; waiting for watchtower {} to take the approval before the coins unlock \
                  (they unlock without it from block {send_anyway_at}, now {tip})",
                 towers.join(", ")
+            ),
+            Progress::LockedDown { until } => format!(
+                "approved, but the wallet is locked down until block {until} (now {tip}): the coins stay in \
+                 their vault, since the watchtowers would cancel their unlocking meanwhile"
             ),
             Progress::Waiting { from_height: Some(h) } => format!(
                 "approved; the coins are unlocking: spendable from block {h}, in about {} blocks (now {tip})",
@@ -298,6 +308,21 @@ const _: () = assert!(SEND_MARGIN < vigil_cosigner::config::MIN_APPROVAL_EXPIRY_
 /// reaches it.
 const TOWER_WAIT_BLOCKS: u32 = 6;
 
+/// The end of a lockdown holding at `tip` that a tower shows (the latest), or, when no tower
+/// answers, the one this wallet set (a tower's counts a lift the guardians signed).
+fn locked_until(session: &Session, state: &WalletState, tip: u32) -> Option<u32> {
+    let key = session.keys.auth_keypair();
+    let path = format!("/v1/clients/{}", session.cosigner.client_id());
+    let views: Vec<serde_json::Value> =
+        session.towers(&key).iter().filter_map(|t| t.get(&path).ok()).collect();
+    let shown = if views.is_empty() {
+        state.lockdown_until
+    } else {
+        views.iter().filter_map(|v| u32::try_from(v["locked_until"].as_u64()?).ok()).max()
+    };
+    shown.filter(|h| *h > tip)
+}
+
 /// Moves the spend at `pos` on as far as it can go now. Records each step in `state`.
 pub fn advance(
     session: &Session,
@@ -389,6 +414,16 @@ pub fn advance(
     let tip = chain.tip().map_err(chain_err)?.height;
     if tip + SEND_MARGIN >= status.approval.expiry_height && in_vault()? {
         return Ok(expired(state, pos, "before its unvault was sent", &status));
+    }
+    // A lockdown the owner may know of (its own, or one a tower shows: a guardian's) holds:
+    // the towers would cancel the unvault at once, its coins then waiting for the recovery
+    // path. A quiet one is never shown, and then nothing differs.
+    if spend.stage != "unvault sent" {
+        if let Some(until) = locked_until(session, state, tip) {
+            if in_vault()? {
+                return Ok(Progress::LockedDown { until });
+            }
+        }
     }
     let missing: Vec<String> =
         status.towers.iter().filter(|t| !t.acknowledged).map(|t| t.name.clone()).collect();

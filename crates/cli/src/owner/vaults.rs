@@ -496,6 +496,9 @@ fn describe(progress: &Progress, tip: u32) -> (String, serde_json::Value) {
         Progress::WaitingForTowers { towers, send_anyway_at } => {
             json!({"stage": "waiting for towers", "towers": towers, "send_anyway_at_height": send_anyway_at, "height": tip})
         }
+        Progress::LockedDown { until } => {
+            json!({"stage": "locked down", "until_height": until, "height": tip})
+        }
         Progress::Waiting { from_height } => {
             json!({"stage": "unlocking", "spendable_from_height": from_height, "height": tip})
         }
