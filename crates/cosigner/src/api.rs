@@ -18,6 +18,11 @@ use crate::wire::Signed;
 
 /// Largest request body: a spend PSBT or a ceremony's signatures fit many times over.
 pub const MAX_BODY: usize = 128 * 1024;
+/// Largest body of the two requests that carry a transaction of many coins, each with its
+/// metadata and signatures: a vault's funding from many intake coins, and the deep vault's
+/// fast path bringing back every vault a panic swept (a few kB a coin: at `MAX_BODY` a
+/// household of some 30 vaults could not use it).
+pub const MAX_MANY_COINS_BODY: usize = 4 * 1024 * 1024;
 
 /// The operator's routes (`metrics_listen`): `/metrics` alone.
 pub fn metrics_router(cosigner: Arc<Cosigner>) -> Router {
@@ -26,11 +31,15 @@ pub fn metrics_router(cosigner: Arc<Cosigner>) -> Router {
 
 /// The API's routes.
 pub fn router(cosigner: Arc<Cosigner>) -> Router {
+    let many_coins = Router::new()
+        .route("/v1/vaults/complete", post(complete_vault))
+        .route("/v1/deep-vault/sign", post(deep_vault_sign))
+        .layer(DefaultBodyLimit::max(MAX_MANY_COINS_BODY))
+        .layer(axum::middleware::from_fn_with_state(MAX_MANY_COINS_BODY, vigil_tower::api::refuse_oversize));
     Router::new()
         .route("/v1/enroll", post(enroll))
         .route("/v1/clients", post(pin))
         .route("/v1/vaults", post(begin_vault))
-        .route("/v1/vaults/complete", post(complete_vault))
         .route("/v1/vaults/{outpoint}", get(vault_status))
         .route("/v1/spends", post(request_spend).get(spends))
         .route("/v1/spends/{id}", get(spend_status))
@@ -40,7 +49,6 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/lockdown/lift", post(lift))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/panic", post(panic))
-        .route("/v1/deep-vault/sign", post(deep_vault_sign))
         .route("/v1/restore/policy", post(fetch_policy))
         .route("/v1/restore/confirm", post(confirm_restore))
         .route("/v1/restore", get(restore_state).post(restore))
@@ -50,6 +58,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/towers", post(enroll_tower))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(MAX_BODY, vigil_tower::api::refuse_oversize))
+        .merge(many_coins)
         .with_state(cosigner)
 }
 

@@ -102,6 +102,16 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
     check("malformed body", post_raw(&f.cosigner, "/v1/spends", b"{not json", &owner), 400, &f, &co, &before);
     let huge = body(f.next_nonce(), now, json!({"vault_outpoint": "x", "psbt": "A".repeat(300_000)}));
     check("an oversize body", post_raw(&f.cosigner, "/v1/spends", &huge, &owner), 413, &f, &co, &before);
+    // The two requests carrying a transaction of many coins (a vault's funding, the deep
+    // vault's fast path) are read up to 4 MiB: this one is refused for what it says.
+    let many_coins = body(f.next_nonce(), now, json!({"psbt": "A".repeat(300_000)}));
+    let read = post_raw(&f.cosigner, "/v1/deep-vault/sign", &many_coins, &owner);
+    check("a transaction of many coins, malformed", read, 400, &f, &co, &before);
+    // Past it, refused before it is read (so large, the connection may close first).
+    let too_many = body(f.next_nonce(), now, json!({"psbt": "A".repeat(4_200_000)}));
+    let (status, _) = post_raw(&f.cosigner, "/v1/vaults/complete", &too_many, &owner);
+    assert!(status == 413 || status == 0, "an oversize transaction: {status}");
+    assert_eq!(snapshot(&f, &co), before, "an oversize transaction changed something");
     let fresh = body(f.next_nonce(), now, &spend_request);
     check(
         "signed by another key than it names",
