@@ -68,8 +68,14 @@ fn write_seeds() {
     request(
         1,
         "approval",
-        serde_json::to_vec(&RegisterApproval { nonce: 2, policy_id: id.clone(), approval, signatures })
-            .unwrap(),
+        serde_json::to_vec(&RegisterApproval {
+            nonce: 2,
+            policy_id: id.clone(),
+            approval,
+            signatures,
+            duress: false,
+        })
+        .unwrap(),
     );
     let panic = Panic { policy_id: id.clone(), id: "ab".repeat(32), not_after_height: 10 };
     let signatures = (0..2).map(|g| wire::sign(&panic.digest(), &auth_keypair(&keys.guardians[g]))).collect();

@@ -360,6 +360,7 @@ impl Cosigner {
                     policy_id: client.id.clone(),
                     approval: s.approval.clone(),
                     signatures,
+                    duress: s.under_duress,
                 };
                 (vault, order_of(crate::spends::APPROVALS_PATH, &body, s.approval.unvault_txid.clone()))
             })

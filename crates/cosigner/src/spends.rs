@@ -561,6 +561,7 @@ impl Cosigner {
             policy_id: client.id.clone(),
             approval: record.approval.clone(),
             signatures,
+            duress: record.under_duress,
         };
         let order = TowerOrder {
             path: APPROVALS_PATH.into(),

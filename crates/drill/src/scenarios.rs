@@ -452,6 +452,7 @@ fn s5(play: &mut Play) -> Result<(), DrillError> {
                 policy_id: client.clone(),
                 approval: approval.clone(),
                 signatures: signatures.clone(),
+                duress: false,
             })
             .map_err(step("an approval"))?;
             let tower_key: vigil_policy::bitcoin::secp256k1::PublicKey =

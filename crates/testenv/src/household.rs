@@ -186,7 +186,7 @@ impl Household {
         for g in 0..guardians {
             signatures.push(wire::sign(&approval.digest(), &auth_keypair(&self.keys.guardians[g])));
         }
-        RegisterApproval { nonce, policy_id: self.policy_id.clone(), approval, signatures }
+        RegisterApproval { nonce, policy_id: self.policy_id.clone(), approval, signatures, duress: false }
     }
 
     /// Approves `spend` of `vault` at a tower.

@@ -491,11 +491,14 @@ pub(crate) fn register_approval(
     }
     if let Some(existing) = state.watcher.approval(&unvault_txid) {
         // The very approval again (its acknowledgement lost, or given twice to a tower that
-        // joined late): the same approval, nothing changes.
-        if (existing.counter, existing.spend, existing.expiry_height) == (a.counter, spend, a.expiry_height) {
+        // joined late): the same approval, nothing changes, unless it now says duress (a copy
+        // without the co-signer's word came first).
+        let same =
+            (existing.counter, existing.spend, existing.expiry_height) == (a.counter, spend, a.expiry_height);
+        if same && (existing.under_duress || !req.duress) {
             return Ok(ack(tower, unvault_txid.to_string()));
         }
-        if existing.counter >= a.counter {
+        if !same && existing.counter >= a.counter {
             return Err(Refusal::Conflict(format!(
                 "stale approval: counter {} is not above {}",
                 a.counter, existing.counter
@@ -514,13 +517,12 @@ pub(crate) fn register_approval(
             client.guardians_among(&signers)
         )));
     }
-    let under_duress = state.watcher.under_quiet_lockdown(&client.id);
     let terms = ApprovalTerms {
         spend,
         expiry_height: a.expiry_height,
         counter: a.counter,
         guardian_quorum,
-        under_duress,
+        under_duress: req.duress,
     };
     let record = StoredApproval { unvault: unvault_txid, terms };
     let text = String::from_utf8_lossy(body);

@@ -338,9 +338,9 @@ pub struct ApprovalTerms {
     /// against the velocity budget, which bounds what the co-signer can release alone.
     #[serde(default)]
     pub guardian_quorum: bool,
-    /// Taken while a quiet (duress) lockdown held: the co-signer never signs a spend asked
-    /// under duress, so its unvault is cancelled late even once that lockdown has ended (by
-    /// a lift, or run out), not left for the coins to wait on the recovery path.
+    /// The co-signer said the spend was asked under duress: it never signs it, so its unvault
+    /// is cancelled late even once the quiet lockdown has ended (by a lift, or run out), not
+    /// left for the coins to wait on the recovery path.
     #[serde(default)]
     pub under_duress: bool,
 }

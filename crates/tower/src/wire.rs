@@ -159,6 +159,12 @@ pub struct RegisterApproval {
     pub approval: Approval,
     /// Co-signer (and guardian) signatures over it.
     pub signatures: Vec<KeySignature>,
+    /// The co-signer's word that the spend was asked under duress: it is never signed, so the
+    /// tower cancels the unvault late even once the quiet lockdown ended. Outside the approval
+    /// (which the owner's device holds), sent only when set, and only ever makes the tower
+    /// cancel: taken from whoever submits it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duress: bool,
 }
 
 /// A guardians' decision to sweep a client's vaults to the deep vault.

@@ -78,11 +78,6 @@ impl Watcher {
         std::mem::take(&mut self.lockdowns_dirty)
     }
 
-    /// Whether a quiet lockdown of `client` holds at the tip (a plain one beside it or not).
-    pub fn under_quiet_lockdown(&self, client: &str) -> bool {
-        self.lockdowns.get(client).is_some_and(|l| l.quiet_until > self.tip)
-    }
-
     /// The lockdown holding for `client` at `height`: a plain one wins over a quiet one.
     pub fn lockdown(&self, client: &str, height: u32) -> Option<LockdownNow> {
         let l = self.lockdowns.get(client)?;
