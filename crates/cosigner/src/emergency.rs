@@ -27,17 +27,15 @@ fn bad(m: impl Into<String>) -> Refusal {
 
 /// Guardians' signatures over `digest`, gathered across requests under `kind/id`: the ones
 /// stored there and `given`, each verified and from a guardian of `policy`, one per guardian.
-/// Returns them, how many guardians signed, and the record as it was (for the batch).
-/// Refused when `given` adds no guardian's signature to those stored: a proposal nobody of the
-/// quorum signed (one sent with the owner's key, say) would reach the guardians as if one of
-/// them had made it, and one handed in again would alarm them again.
+/// Refused when there is none, stored or given: a proposal no guardian signed (one sent with
+/// the owner's key, say) would reach the guardians as if one of them had made it.
 pub(crate) fn gather(
     store: &dyn Store,
     policy: &Policy,
     record: (&'static str, &str),
     digest: &vigil_policy::bitcoin::secp256k1::Message,
     given: &[KeySignature],
-) -> Result<(Vec<KeySignature>, u32, Option<String>), Refusal> {
+) -> Result<Gathered, Refusal> {
     vigil_tower::registration::verified_signers(given, digest)?;
     let before = store.get(record.0, record.1)?;
     let is_guardian =
@@ -59,17 +57,25 @@ pub(crate) fn gather(
             all.push(s.clone());
         }
     }
-    if all.len() == stored {
-        return Err(if stored == 0 {
-            bad("signatures: none by a guardian of this client (a guardian proposes, with its signature)")
-        } else {
-            Refusal::Conflict(format!(
-                "signatures: every one given is counted already ({stored} guardians signed)"
-            ))
-        });
+    if all.is_empty() {
+        return Err(bad(
+            "signatures: none by a guardian of this client (a guardian proposes, with its signature)",
+        ));
     }
-    let count = all.len() as u32;
-    Ok((all, count, before))
+    Ok(Gathered { count: all.len() as u32, added: all.len() > stored, signatures: all, before })
+}
+
+/// What [`gather`] found.
+pub(crate) struct Gathered {
+    /// One signature per guardian.
+    pub signatures: Vec<KeySignature>,
+    /// How many guardians signed.
+    pub count: u32,
+    /// Whether the request added one: else nothing changes, and nobody is alarmed again (a
+    /// guardian's retry after a lost answer, or a copy handed in again).
+    pub added: bool,
+    /// The record as it was (for the batch).
+    pub before: Option<String>,
 }
 
 /// How many alarms the guardians' feed returns, beside the latest proposals.
@@ -131,17 +137,26 @@ impl Cosigner {
             // lifted one runs must not lock the towers again past the lift.
             (message, client.plain_end())
         };
-        // One that ends nothing later changes nothing: no alarm, no order. Else whoever holds
-        // the owner's key could push a panic proposal out of the guardians' feed, and mail them
-        // without end.
-        if (client.plain_end(), client.duress_end()) != ends_before {
+        // One that ends nothing later changes nothing: no order, no alarm. Nor is more than one
+        // a block alarmed per sender, nor a plea for a panic: else whoever holds the owner's key
+        // could push a panic proposal out of the guardians' feed, and mail them without end.
+        let changed = (client.plain_end(), client.duress_end()) != ends_before;
+        if changed {
             Self::queue_order(store, &mut batch, &client.id, lockdown_order(&client.id, until, quiet))?;
-            batch
-                .expect(kind::CLIENT, client.id.clone(), Some(before))
-                .put(kind::CLIENT, client.id.clone(), serde_json::to_string(&client).expect("json"))
-                .alarm(alarm(&client.id, "lockdown", message));
+            if client.alarm_once_a_block(format!("lockdown by {:?}", caller.role), tip) {
+                batch.alarm(alarm(&client.id, "lockdown", message));
+            }
         }
-        if req.request.sweep {
+        let plea = req.request.sweep
+            && client.alarm_once_a_block(format!("panic-requested by {:?}", caller.role), tip);
+        if changed || plea {
+            batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
+                kind::CLIENT,
+                client.id.clone(),
+                serde_json::to_string(&client).expect("json"),
+            );
+        }
+        if plea {
             batch.alarm(alarm(
                 &client.id,
                 "panic-requested",
@@ -323,15 +338,15 @@ impl Cosigner {
                     ),
                 ));
             }
-            _ if client.unrecognised_heartbeat_at != tip => {
-                client.unrecognised_heartbeat_at = tip;
-                batch.alarm(alarm(
-                    &client.id,
-                    "heartbeat-unrecognised",
-                    format!("a heartbeat of {} carried no token the co-signer knows", client.id),
-                ));
+            _ => {
+                if client.alarm_once_a_block("heartbeat-unrecognised".into(), tip) {
+                    batch.alarm(alarm(
+                        &client.id,
+                        "heartbeat-unrecognised",
+                        format!("a heartbeat of {} carried no token the co-signer knows", client.id),
+                    ));
+                }
             }
-            _ => {}
         }
         batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
             kind::CLIENT,
@@ -388,9 +403,18 @@ impl Cosigner {
             {
                 return Err(Refusal::Conflict(format!("panic {} was already relayed", p.panic.id)));
             }
-            let (signatures, count, before) =
+            let Gathered { signatures, count, added, before } =
                 gather(store, policy, (kind::PANIC_VOTES, &votes_id), &p.panic.digest(), &p.signatures)?;
             let mut batch = Self::consume_nonce(store, &caller.key, req)?;
+            if !added && count < needed {
+                store.commit(&batch)?;
+                return Ok(wire::PanicRelayed {
+                    approvals: count,
+                    needed,
+                    towers: Vec::new(),
+                    signatures: Vec::new(),
+                });
+            }
             batch.expect(kind::PANIC_VOTES, votes_id.clone(), before);
             if count < needed {
                 batch
@@ -449,7 +473,7 @@ pub(crate) fn lockdown_order(client: &str, until: u32, quiet: bool) -> TowerOrde
         until_height: until,
         quiet,
     };
-    order_of("/v1/lockdown", &order, format!("lockdown {client} {until}"))
+    order_of(crate::orders::LOCKDOWN_PATH, &order, format!("lockdown {client} {until}"))
 }
 
 pub(crate) fn order_of<T: Serialize>(path: &str, body: &T, subject: String) -> TowerOrder {

@@ -106,13 +106,14 @@ impl Cosigner {
         // The guardians' signatures are gathered across requests until the quorum signed.
         let votes_id = format!("{}/{}", client.id, vigil_tower::policy_id(&r.policy));
         let digest = policy_change_digest(&caller.client.id, &r.policy);
-        let (signatures, count, votes_before) = crate::emergency::gather(
-            store,
-            current,
-            (kind::POLICY_VOTES, &votes_id),
-            &digest,
-            &r.signatures,
-        )?;
+        let crate::emergency::Gathered { signatures, count, added, before: votes_before } =
+            crate::emergency::gather(
+                store,
+                current,
+                (kind::POLICY_VOTES, &votes_id),
+                &digest,
+                &r.signatures,
+            )?;
         let needed = current.guardians.threshold;
         // Locked down, no change that lets more leave is taken. One that only replaces keys or
         // towers is, and waits its delay: refused too, one guardian (or a stolen owner key)
@@ -125,6 +126,17 @@ impl Cosigner {
             ));
         }
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
+        if !added && count < needed {
+            // Nothing new: the count as it stands, and no alarm again.
+            store.commit(&batch)?;
+            return Ok(PolicyChangeStatus {
+                approvals: count,
+                needed,
+                version,
+                effective_height: 0,
+                towers: Vec::new(),
+            });
+        }
         if applied_now {
             // Before the background pass did: said here, or never.
             batch.alarm(applied_alarm(&client, tip));

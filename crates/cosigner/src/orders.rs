@@ -98,6 +98,9 @@ pub(crate) fn put_orders(batch: &mut Batch, client: &str, orders: &[TowerOrder])
     }
 }
 
+/// Where a tower takes a lockdown.
+pub(crate) const LOCKDOWN_PATH: &str = "/v1/lockdown";
+
 impl Cosigner {
     /// Adds `order` for `client` to `batch` (committed by the caller with its cause).
     pub(crate) fn queue_order(
@@ -111,6 +114,19 @@ impl Cosigner {
         // towers take only the higher counter.
         if order.path == crate::spends::APPROVALS_PATH {
             orders.retain(|o| o.path != order.path || o.subject != order.subject);
+        }
+        // Lockdowns in a row collapse into the longest (a tower's only grows): any party may
+        // send one after another, each one more order for every tower.
+        let collapses = |last: &TowerOrder| {
+            last.path == LOCKDOWN_PATH
+                && last.only.is_none()
+                && last.body["quiet"] == order.body["quiet"]
+                && (last.body["until_height"].as_u64())
+                    .zip(order.body["until_height"].as_u64())
+                    .is_some_and(|(before, now)| before <= now)
+        };
+        if order.path == LOCKDOWN_PATH && order.only.is_none() && orders.last().is_some_and(collapses) {
+            orders.pop();
         }
         orders.push(order);
         put_orders(batch, client, &orders);
@@ -388,6 +404,32 @@ mod tests {
             serde_json::from_str(&store.get(kind::ORDERS, "c").unwrap().unwrap()).unwrap();
         let left: Vec<u64> = left.iter().map(|o| o.body["n"].as_u64().unwrap()).collect();
         assert_eq!(left, [2, 3, 4, 5]);
+    }
+
+    /// Lockdowns one after another (any party may send them at will) are one order, the
+    /// longest; not across another order, nor a plain one with a quiet one.
+    #[test]
+    fn lockdowns_in_a_row_collapse_into_the_longest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let lockdown = |until, quiet| crate::emergency::lockdown_order("c", until, quiet);
+        for o in [
+            lockdown(10, false),
+            lockdown(11, false),
+            lockdown(12, false),
+            lockdown(12, true),
+            order("/v1/vaults", "v", 1),
+            lockdown(13, false),
+            lockdown(14, false),
+        ] {
+            let mut batch = Batch::default();
+            Cosigner::queue_order(&store, &mut batch, "c", o).unwrap();
+            store.commit(&batch).unwrap();
+        }
+        let left: Vec<TowerOrder> =
+            serde_json::from_str(&store.get(kind::ORDERS, "c").unwrap().unwrap()).unwrap();
+        let left: Vec<String> = left.iter().map(|o| format!("{} {}", o.subject, o.body["quiet"])).collect();
+        assert_eq!(left, ["lockdown c 12 false", "lockdown c 12 true", "v null", "lockdown c 14 false"]);
     }
 
     #[test]

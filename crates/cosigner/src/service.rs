@@ -1,7 +1,7 @@
 //! The co-signer's shared state and the requests that are not about vaults or spends:
 //! authentication, enrollment, pinning a policy, lockdowns and heartbeats.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -72,10 +72,11 @@ pub struct ClientRecord {
     /// one, so a later lift must name this height or a later one.
     #[serde(default)]
     pub last_lift: u32,
-    /// The tip at the last alarm of a heartbeat with no known token: one a block at most, or
-    /// the owner's key alone could mail the guardians without end.
+    /// Per alarm and sender, the tip it was last raised at: what any one key may send at will
+    /// (a lockdown, a plea for a panic, a heartbeat with an unknown token) is alarmed once a
+    /// block at most, or the owner's key alone could mail the guardians without end.
     #[serde(default)]
-    pub unrecognised_heartbeat_at: u32,
+    pub last_alarmed: BTreeMap<String, u32>,
     /// Where this client's alarms are e-mailed (its guardians).
     #[serde(default)]
     pub alarm_emails: Vec<String>,
@@ -152,6 +153,11 @@ impl ClientRecord {
         self.lift_votes.clear();
         self.lift_proposed = 0;
         self.lift_at = 0;
+    }
+
+    /// Whether alarm `what` may be raised at `tip`, once a block (and notes that it is).
+    pub fn alarm_once_a_block(&mut self, what: String, tip: u32) -> bool {
+        self.last_alarmed.insert(what, tip) != Some(tip)
     }
 
     /// The same for a new duress lockdown; a lift of the plain lockdown stands.
@@ -776,7 +782,7 @@ impl Cosigner {
             lift_at: 0,
             duress_lift_at: 0,
             last_lift: 0,
-            unrecognised_heartbeat_at: 0,
+            last_alarmed: BTreeMap::new(),
             alarm_emails: p.alarm_emails.clone(),
             alarm_webhooks: p.alarm_webhooks.clone(),
             pending_policy: None,

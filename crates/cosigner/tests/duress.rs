@@ -193,8 +193,9 @@ fn a_guardians_panic_reaches_every_tower_once() {
 }
 
 /// Whoever holds the owner's key cannot push a guardian's proposal out of the guardians' feed
-/// (a guardian joins it from there): a heartbeat with no known token alarms once a block, a
-/// lockdown that ends nothing later not at all, and a hundred that do leave it in the feed.
+/// (a guardian joins it from there), nor mail the guardians without end: a heartbeat with no
+/// known token, a lockdown or a plea to sweep is alarmed once a block at most (a lockdown ending
+/// nothing later not at all), and past a hundred alarms the proposal is still in the feed.
 #[test]
 fn the_owners_key_cannot_push_a_panic_proposal_out_of_the_guardians_feed() {
     let node = vigil_node();
@@ -202,8 +203,12 @@ fn the_owners_key_cannot_push_a_panic_proposal_out_of_the_guardians_feed() {
     let mut f = Family::new(&node, &co, example("cosigner feed"), 1, None);
     let one = f.panic(&[0], [8u8; 32], tip(&node) + 10).unwrap();
     assert_eq!((one["approvals"].as_u64(), one["needed"].as_u64()), (Some(1), Some(2)));
+    // Handed in again, it is answered with the count and alarms nobody again.
+    let again = f.panic(&[0], [8u8; 32], tip(&node) + 10).unwrap();
+    assert_eq!(again["approvals"].as_u64(), Some(1));
     let feed = |f: &Family| f.get("/v1/alarms", &f.guardian(2)).unwrap().as_array().unwrap().clone();
     let count = |f: &Family, kind: &str| feed(f).iter().filter(|a| a["kind"] == kind).count();
+    assert_eq!(count(&f, "panic-proposed"), 1);
     let real = f.heartbeat.0;
     f.heartbeat.0 = [9; 32];
     for _ in 0..3 {
@@ -211,16 +216,24 @@ fn the_owners_key_cannot_push_a_panic_proposal_out_of_the_guardians_feed() {
     }
     f.heartbeat.0 = real;
     assert_eq!(count(&f, "heartbeat-unrecognised"), 1);
-    let lockdown = |blocks: u32| f.post("/v1/lockdown", &serde_json::json!({ "blocks": blocks }), &f.owner());
-    for blocks in [5, 5, 3] {
-        lockdown(blocks).unwrap();
+    let lockdown = |blocks: u32, sweep: bool| {
+        f.post("/v1/lockdown", &serde_json::json!({ "blocks": blocks, "sweep": sweep }), &f.owner()).unwrap()
+    };
+    for blocks in [5, 5, 3, 6, 7] {
+        lockdown(blocks, true);
     }
-    assert_eq!(count(&f, "lockdown"), 1);
-    for blocks in 6..=110 {
-        lockdown(blocks).unwrap();
+    assert_eq!((count(&f, "lockdown"), count(&f, "panic-requested")), (1, 1), "once a block");
+    for blocks in 8..=110 {
+        block(&node, &f, 1);
+        lockdown(blocks, false);
     }
     assert!(count(&f, "lockdown") >= 100);
     assert_eq!(count(&f, "panic-proposed"), 1, "the proposal is still in the feed");
+    // In a block of its own, one ending sooner than the lockdown holding is not alarmed.
+    let last = feed(&f)[0]["id"].clone();
+    block(&node, &f, 1);
+    lockdown(1, false);
+    assert_eq!(feed(&f)[0]["id"], last, "nothing new in the feed");
 }
 
 #[test]
