@@ -406,14 +406,15 @@ impl Cosigner {
             let Gathered { signatures, count, added, before } =
                 gather(store, policy, (kind::PANIC_VOTES, &votes_id), &p.panic.digest(), &p.signatures)?;
             let mut batch = Self::consume_nonce(store, &caller.key, req)?;
+            let proposed = || wire::PanicRelayed {
+                approvals: count,
+                needed,
+                towers: Vec::new(),
+                signatures: Vec::new(),
+            };
             if !added && count < needed {
                 store.commit(&batch)?;
-                return Ok(wire::PanicRelayed {
-                    approvals: count,
-                    needed,
-                    towers: Vec::new(),
-                    signatures: Vec::new(),
-                });
+                return Ok(proposed());
             }
             batch.expect(kind::PANIC_VOTES, votes_id.clone(), before);
             if count < needed {
@@ -429,12 +430,7 @@ impl Cosigner {
                         ),
                     ));
                 store.commit(&batch)?;
-                return Ok(wire::PanicRelayed {
-                    approvals: count,
-                    needed,
-                    towers: Vec::new(),
-                    signatures: Vec::new(),
-                });
+                return Ok(proposed());
             }
             let order = vigil_tower::wire::PanicRequest {
                 nonce: 0,

@@ -126,16 +126,17 @@ impl Cosigner {
             ));
         }
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
+        let proposed = || PolicyChangeStatus {
+            approvals: count,
+            needed,
+            version,
+            effective_height: 0,
+            towers: Vec::new(),
+        };
         if !added && count < needed {
             // Nothing new: the count as it stands, and no alarm again.
             store.commit(&batch)?;
-            return Ok(PolicyChangeStatus {
-                approvals: count,
-                needed,
-                version,
-                effective_height: 0,
-                towers: Vec::new(),
-            });
+            return Ok(proposed());
         }
         if applied_now {
             // Before the background pass did: said here, or never.
@@ -161,13 +162,7 @@ impl Cosigner {
                 ),
             );
             store.commit(&batch)?;
-            return Ok(PolicyChangeStatus {
-                approvals: count,
-                needed,
-                version,
-                effective_height: 0,
-                towers: Vec::new(),
-            });
+            return Ok(proposed());
         }
         batch.delete(kind::POLICY_VOTES, votes_id);
         let effective_height = if tightening { tip } else { tip + self.config.governance_delay_blocks };
