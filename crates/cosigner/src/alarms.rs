@@ -403,16 +403,13 @@ mod tests {
         fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError> {
             self.inner.outbox_depth(sinks)
         }
-        fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-            self.inner.client_alarms(client, limit)
-        }
-        fn client_alarms_of(
+        fn client_alarms(
             &self,
             c: &str,
-            kinds: &[&str],
+            kinds: Option<&[&str]>,
             limit: u32,
         ) -> Result<Vec<OutboxEntry>, StoreError> {
-            self.inner.client_alarms_of(c, kinds, limit)
+            self.inner.client_alarms(c, kinds, limit)
         }
     }
 

@@ -783,10 +783,10 @@ impl Cosigner {
     pub fn alarm_feed(&self, caller: &Caller) -> Result<Vec<wire::CosignerAlarm>, Refusal> {
         caller.guardian()?;
         let store = self.store();
-        let mut entries = store.client_alarms(&caller.client.id, ALARM_FEED_LEN)?;
+        let mut entries = store.client_alarms(&caller.client.id, None, ALARM_FEED_LEN)?;
         // The latest proposals stay in it however many alarms came since: a guardian joins a
         // panic or a policy change from its alarm, and the owner's key alone can raise many.
-        for proposal in store.client_alarms_of(&caller.client.id, &PROPOSALS, PROPOSALS_KEPT)? {
+        for proposal in store.client_alarms(&caller.client.id, Some(&PROPOSALS), PROPOSALS_KEPT)? {
             if !entries.iter().any(|e| e.id == proposal.id) {
                 entries.push(proposal);
             }

@@ -163,14 +163,12 @@ pub trait Store: Send + Sync {
     fn delivered(&self, id: i64, sink: &str) -> Result<(), StoreError>;
     /// Alarms some of `sinks` has not had.
     fn outbox_depth(&self, sinks: &[String]) -> Result<u64, StoreError>;
-    /// The latest `limit` alarms about `client`, delivered or not, newest first: its
-    /// guardians' feed.
-    fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
-    /// The same, of the alarm kinds `kinds` only.
-    fn client_alarms_of(
+    /// The latest `limit` alarms about `client` (of the kinds `kinds` only, if given),
+    /// delivered or not, newest first: its guardians' feed.
+    fn client_alarms(
         &self,
         client: &str,
-        kinds: &[&str],
+        kinds: Option<&[&str]>,
         limit: u32,
     ) -> Result<Vec<OutboxEntry>, StoreError>;
 }
@@ -340,15 +338,16 @@ pub(crate) mod conformance {
             .alarm("{\"client\":\"c2\"}")
             .alarm("{\"client\":\"c1\",\"n\":2}");
         store.commit(&feed).unwrap();
-        let c1: Vec<String> = store.client_alarms("c1", 10).unwrap().into_iter().map(|e| e.body).collect();
+        let c1: Vec<String> =
+            store.client_alarms("c1", None, 10).unwrap().into_iter().map(|e| e.body).collect();
         assert_eq!(c1, ["{\"client\":\"c1\",\"n\":2}", "{\"client\":\"c1\",\"n\":1}"]);
-        assert_eq!(store.client_alarms("c1", 1).unwrap().len(), 1);
-        assert!(store.client_alarms("c3", 10).unwrap().is_empty());
+        assert_eq!(store.client_alarms("c1", None, 1).unwrap().len(), 1);
+        assert!(store.client_alarms("c3", None, 10).unwrap().is_empty());
         let mut kinds = Batch::default();
         kinds.alarm("{\"client\":\"c2\",\"kind\":\"a\"}").alarm("{\"client\":\"c1\",\"kind\":\"b\"}");
         store.commit(&kinds).unwrap();
         let of = |kinds: &[&str]| -> Vec<String> {
-            store.client_alarms_of("c2", kinds, 10).unwrap().into_iter().map(|e| e.body).collect()
+            store.client_alarms("c2", Some(kinds), 10).unwrap().into_iter().map(|e| e.body).collect()
         };
         assert_eq!(of(&["a", "b"]), ["{\"client\":\"c2\",\"kind\":\"a\"}"]);
         assert!(of(&["b"]).is_empty());
@@ -356,7 +355,7 @@ pub(crate) mod conformance {
         let fair: Vec<String> =
             store.undelivered_by_client("s3", 1).unwrap().into_iter().map(|e| e.body).collect();
         assert_eq!(fair, ["{\"x\":1}", "{\"client\":\"c1\",\"n\":1}", "{\"client\":\"c2\"}"]);
-        let c1_first = store.client_alarms("c1", 10).unwrap().pop().unwrap();
+        let c1_first = store.client_alarms("c1", None, 10).unwrap().pop().unwrap();
         store.delivered(c1_first.id, "s3").unwrap();
         let fair: Vec<String> =
             store.undelivered_by_client("s3", 1).unwrap().into_iter().map(|e| e.body).collect();

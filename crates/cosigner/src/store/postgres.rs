@@ -255,26 +255,17 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows = self.with(|c| {
-            c.client.query(
-                "SELECT id, body FROM outbox WHERE (body::jsonb)->>'client' = $1 ORDER BY id DESC LIMIT $2",
-                &[&client, &(limit as i64)],
-            )
-        })?;
-        Ok(rows.into_iter().map(|r| OutboxEntry { id: r.get(0), body: r.get(1) }).collect())
-    }
-
-    fn client_alarms_of(
+    fn client_alarms(
         &self,
         client: &str,
-        kinds: &[&str],
+        kinds: Option<&[&str]>,
         limit: u32,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = self.with(|c| {
             c.client.query(
                 "SELECT id, body FROM outbox WHERE (body::jsonb)->>'client' = $1
-                   AND (body::jsonb)->>'kind' = ANY($2::text[]) ORDER BY id DESC LIMIT $3",
+                   AND ($2::text[] IS NULL OR (body::jsonb)->>'kind' = ANY($2::text[]))
+                 ORDER BY id DESC LIMIT $3",
                 &[&client, &kinds, &(limit as i64)],
             )
         })?;

@@ -259,28 +259,18 @@ impl Store for SqliteStore {
         self.write(|answer| Write::Delivered(id, sink.to_owned(), answer))
     }
 
-    fn client_alarms(&self, client: &str, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, body FROM outbox WHERE json_extract(body, '$.client') = ?1 ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = stmt
-                .query_map(params![client, limit], |r| Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? }))?;
-            rows.collect()
-        })
-    }
-
-    fn client_alarms_of(
+    fn client_alarms(
         &self,
         client: &str,
-        kinds: &[&str],
+        kinds: Option<&[&str]>,
         limit: u32,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let kinds = serde_json::to_string(kinds).expect("strings");
+        let kinds = kinds.map(|k| serde_json::to_string(k).expect("strings"));
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, body FROM outbox WHERE json_extract(body, '$.client') = ?1
-                   AND json_extract(body, '$.kind') IN (SELECT value FROM json_each(?2)) ORDER BY id DESC LIMIT ?3",
+                   AND (?2 IS NULL OR json_extract(body, '$.kind') IN (SELECT value FROM json_each(?2)))
+                 ORDER BY id DESC LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![client, kinds, limit], |r| {
                 Ok(OutboxEntry { id: r.get(0)?, body: r.get(1)? })
