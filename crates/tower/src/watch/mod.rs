@@ -429,10 +429,9 @@ impl Watcher {
                 continue;
             }
             let vault = self.vaults.get_mut(&id).expect("watched");
-            let s = &mut vault.state;
             // U counts for velocity again while its cancel is out of the chain.
-            if above(s.cancel_height) && s.counted_for_velocity != Some(false) {
-                let seen_at = s.unvault_height.filter(|h| *h < height).unwrap_or(height);
+            if above(vault.state.cancel_height) && vault.state.counted_for_velocity != Some(false) {
+                let seen_at = vault.state.unvault_height.filter(|h| *h < height).unwrap_or(height);
                 let value = vault.unvault.output[0].value.to_sat();
                 self.released.entry(vault.policy_id.clone()).or_default().insert(id, (seen_at, value));
             }
