@@ -3,8 +3,6 @@
 //! owner's page renders it, so they never disagree; both read it the same way whichever code
 //! opened the session.
 
-use serde_json::Value;
-
 use crate::allowance::{Allowance, AllowanceBalance};
 use crate::recovery::{self, RecoveryError, VaultPlace};
 use crate::session::Session;
@@ -127,13 +125,7 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
             Ok(a.balance())
         })
         .map_err(|e| e.to_string());
-    let key = session.keys.auth_keypair();
-    let policy_id = session.cosigner.client_id().to_owned();
-    let answers: Vec<(String, Result<Value, String>)> = session
-        .towers(&key)
-        .iter()
-        .map(|t| (t.name.clone(), t.get(&format!("/v1/clients/{policy_id}")).map_err(|e| e.to_string())))
-        .collect();
+    let answers = session.tower_views();
     let mut vaults = Vec::new();
     for v in &state.vaults {
         // A vault of a version the wallet cannot read now is shown as such, not a reason to
@@ -168,12 +160,9 @@ pub fn read(session: &Session) -> Result<Overview, OverviewError> {
     let deep_vault_sat = sum(&|p| matches!(p, VaultPlace::DeepVault { .. }));
     let cancelled_sat = sum(&|p| matches!(p, VaultPlace::Cancelled { .. }));
     let locked_until = state.lockdown_until.filter(|h| *h > height);
-    let towers_locked_until = answers
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok()?["locked_until"].as_u64())
-        .filter_map(|h| u32::try_from(h).ok())
-        .max()
-        .filter(|h| *h > height && Some(*h) > locked_until);
+    let towers_locked_until =
+        crate::towers::shown_lockdown(answers.iter().filter_map(|(_, r)| r.as_ref().ok()))
+            .filter(|h| *h > height && Some(*h) > locked_until);
     Ok(Overview {
         height,
         cosigner_reachable: session.heartbeat.is_ok(),

@@ -123,6 +123,14 @@ impl Session {
         TowerClient::all(self.current().policy(), key, self.cosigner.nonces())
     }
 
+    /// Every tower's view of the client (`GET /v1/clients/{id}`), by name, or why it did not
+    /// answer.
+    pub fn tower_views(&self) -> Vec<(String, Result<serde_json::Value, String>)> {
+        let key = self.keys.auth_keypair();
+        let path = format!("/v1/clients/{}", self.cosigner.client_id());
+        self.towers(&key).iter().map(|t| (t.name.clone(), t.get(&path).map_err(|e| e.to_string()))).collect()
+    }
+
     /// Freezes every vault spend for `blocks` blocks at the co-signer and at every tower
     /// directly (a compromised co-signer must not keep it from them); with `sweep`, the
     /// guardians are asked to sweep every vault to the deep vault. The wallet remembers the

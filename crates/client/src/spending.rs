@@ -311,15 +311,10 @@ const TOWER_WAIT_BLOCKS: u32 = 6;
 /// The end of a lockdown holding at `tip` that a tower shows (the latest), or, when no tower
 /// answers, the one this wallet set (a tower's counts a lift the guardians signed).
 fn locked_until(session: &Session, state: &WalletState, tip: u32) -> Option<u32> {
-    let key = session.keys.auth_keypair();
-    let path = format!("/v1/clients/{}", session.cosigner.client_id());
-    let views: Vec<serde_json::Value> =
-        session.towers(&key).iter().filter_map(|t| t.get(&path).ok()).collect();
-    let shown = if views.is_empty() {
-        state.lockdown_until
-    } else {
-        views.iter().filter_map(|v| u32::try_from(v["locked_until"].as_u64()?).ok()).max()
-    };
+    let views = session.tower_views();
+    let answered: Vec<_> = views.iter().filter_map(|(_, v)| v.as_ref().ok()).collect();
+    let shown =
+        if answered.is_empty() { state.lockdown_until } else { crate::towers::shown_lockdown(answered) };
     shown.filter(|h| *h > tip)
 }
 

@@ -131,6 +131,12 @@ fn hand_to_every_tower<T: Serialize>(
         .collect()
 }
 
+/// The latest end of a plain lockdown the towers' client views show (a lift counted; never a
+/// quiet one).
+pub fn shown_lockdown<'a>(views: impl IntoIterator<Item = &'a serde_json::Value>) -> Option<u32> {
+    views.into_iter().filter_map(|v| u32::try_from(v["locked_until"].as_u64()?).ok()).max()
+}
+
 /// A guardian's lockdown, at the co-signer and at every tower directly.
 pub struct GuardianLockdown {
     /// The co-signer's answer.
