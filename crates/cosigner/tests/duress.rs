@@ -275,9 +275,9 @@ fn a_spend_asked_under_duress_is_never_cosigned_even_once_the_duress_is_lifted()
     let at = quorum_lifts_after_the_wait(&node, &f, until);
     block(&node, &f, at - tip(&node));
     f.heartbeat(false);
-    // The unvault confirms within the approval's life, after the lift. The tower took the
-    // approval under the quiet lockdown: it cancels the unvault all the same, late, and the
-    // co-signer's answer is then the one any cancelled unvault gets.
+    // The unvault confirms within the approval's life, after the lift. The co-signer marked
+    // the approval as asked under duress: the tower cancels the unvault all the same, late,
+    // and the co-signer's answer is then the one any cancelled unvault gets.
     let opens = cancelled_late(&node, &f, &coerced);
     block(&node, &f, opens.saturating_sub(tip(&node)));
     let refused = f.sign(asked["id"].as_u64().unwrap()).unwrap_err();
