@@ -869,10 +869,10 @@ impl Cosigner {
             ));
         }
         // Under duress nothing is signed, and neither is a spend asked under duress once it is
-        // over (lifted, or run out: the towers took its approval under the quiet lockdown and
-        // cancel its unvault late all the same). The answer is the one a session gets whose
-        // unvault a tower cancelled (which the towers did, quietly, before the spend leaf
-        // opened): it never tells a duress code apart.
+        // over (lifted, or run out: its approval went to the towers marked as asked under
+        // duress, and they cancel its unvault late all the same). The answer is the one a
+        // session gets whose unvault a tower cancelled (which the towers did, quietly, before
+        // the spend leaf opened): it never tells a duress code apart.
         let unvault_out = vigil_policy::bitcoin::OutPoint { txid: unvault, vout: 0 };
         // Looked up in every case, so that no answer comes sooner under duress.
         let spent = self.chain.unspent_output(&unvault_out)?.is_none();
