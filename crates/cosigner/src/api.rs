@@ -18,6 +18,8 @@ use crate::wire::Signed;
 
 /// Largest request body: a spend PSBT or a ceremony's signatures fit many times over.
 pub const MAX_BODY: usize = 128 * 1024;
+// A policy, pinned or changed, fits JSON-escaped (which can double it) with its signatures.
+const _: () = assert!(2 * vigil_policy::MAX_POLICY_BYTES + 16 * 1024 <= MAX_BODY);
 /// Largest body of the two requests that carry a transaction of many coins, each with its
 /// metadata and signatures: a vault's funding from many intake coins, and the deep vault's
 /// fast path bringing back every vault a panic swept (a few kB a coin: at `MAX_BODY` a

@@ -21,6 +21,12 @@ pub const MAX_VELOCITY_WINDOW_BLOCKS: u32 = 52_560;
 /// The most towers a policy names: any one of them suffices to cancel, and the co-signer
 /// asks each of them at once (a connection, and a thread, per tower) for every order.
 pub const MAX_TOWERS: usize = 16;
+/// The largest policy file, bytes. Every request that carries one (pinning it, a change, a
+/// tower's enrollment) must fit the servers' body limits with the text JSON-escaped, which can
+/// double it: at this size it does, with room to spare, in the co-signer's 128 KiB.
+pub const MAX_POLICY_BYTES: usize = 56 * 1024;
+/// The most whitelisted destinations a policy names (each some 70 bytes of the file).
+pub const MAX_WHITELIST: usize = 500;
 /// The dust threshold of a P2TR output at Core's dust relay feerate, in sat.
 pub const P2TR_DUST_SAT: u64 = 330;
 /// The shortest DELAY a policy may have outside regtest: ADR 0002's confirmation budget (a
@@ -341,6 +347,9 @@ impl Policy {
 
     /// Parses and validates a policy file's text.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(PolicyError::TooLarge { bytes: text.len(), limit: MAX_POLICY_BYTES });
+        }
         let file: PolicyFile = toml::from_str(text)?;
         validate(file)
     }
@@ -526,6 +535,12 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
                 "{} blocks: the window is 1 to {MAX_VELOCITY_WINDOW_BLOCKS} blocks (a year)",
                 a.velocity_window_blocks
             ),
+        ));
+    }
+    if a.whitelist.len() > MAX_WHITELIST {
+        return Err(field(
+            "allowance.whitelist",
+            format!("{} destinations: at most {MAX_WHITELIST}", a.whitelist.len()),
         ));
     }
     let whitelist = a

@@ -8,6 +8,14 @@ pub enum PolicyError {
     /// The policy file is not valid TOML or does not have the expected shape.
     #[error("policy file: {0}")]
     Syntax(#[from] toml::de::Error),
+    /// The policy file is too large for the requests that carry it.
+    #[error("policy file: {bytes} bytes; at most {limit}")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The largest allowed.
+        limit: usize,
+    },
     /// A field of the policy file breaks a rule.
     #[error("policy field `{field}`: {reason}")]
     Field {

@@ -42,6 +42,19 @@ pub fn tower_secret(seed: &str, i: usize) -> SecretKey {
         .expect("valid key")
 }
 
+/// `n` regtest destinations for a whitelist, from keys derived from `seed` (a public label:
+/// anyone can spend from them).
+pub fn destinations(seed: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let secret = sha256::Hash::hash(format!("{seed}/destination/{i}").as_bytes());
+            let key =
+                SecretKey::from_slice(secret.as_byte_array()).expect("valid key").x_only_public_key(secp()).0;
+            bitcoin::Address::p2tr(secp(), key, None, bitcoin::KnownHrp::Regtest).to_string()
+        })
+        .collect()
+}
+
 /// The parameters of an example policy; `Default` is `examples/policy.toml`.
 #[derive(Debug, Clone)]
 pub struct ExamplePolicy {

@@ -31,8 +31,8 @@ pub use bitcoin;
 pub use miniscript;
 
 pub use config::{
-    secp, KeyChain, Policy, PolicyFormat, PolicyKey, MAX_RELATIVE_LOCK, MIN_PUBLIC_DELAY_BLOCKS,
-    P2TR_DUST_SAT,
+    secp, KeyChain, Policy, PolicyFormat, PolicyKey, MAX_POLICY_BYTES, MAX_RELATIVE_LOCK, MAX_WHITELIST,
+    MIN_PUBLIC_DELAY_BLOCKS, P2TR_DUST_SAT,
 };
 pub use descriptors::{nums, nums_xpub, taproot_leaves, VaultKind, NUMS_POINT};
 pub use error::{DescriptorError, PolicyError, PsbtError, SignatureError, TaprootError};

@@ -392,3 +392,28 @@ fn descriptors_at_an_index_equal_the_ranged_ones_derived_there() {
         }
     }
 }
+
+#[test]
+fn a_policy_is_small_enough_for_every_request_that_carries_it() {
+    use vigil_policy::{example::destinations, MAX_POLICY_BYTES, MAX_WHITELIST};
+    let listing = |n| {
+        let entries =
+            destinations("whitelist", n).iter().map(|a| format!("  \"{a}\",\n")).collect::<String>();
+        example().replace("whitelist = []", &format!("whitelist = [\n{entries}]"))
+    };
+    // The longest whitelist fits, with room for comments.
+    let longest = listing(MAX_WHITELIST);
+    assert!(longest.len() < MAX_POLICY_BYTES * 3 / 4, "{} bytes", longest.len());
+    assert_eq!(Policy::from_toml(&longest).unwrap().allowance.whitelist.len(), MAX_WHITELIST);
+    let (field, reason) = field_error(&listing(MAX_WHITELIST + 1));
+    assert_eq!(field, "allowance.whitelist");
+    assert!(reason.contains("501 destinations: at most 500"), "{reason}");
+    // Past the limit, nothing else is read: a comment is enough.
+    let padded = format!("{}\n# {}", example(), "x".repeat(MAX_POLICY_BYTES));
+    match Policy::from_toml(&padded) {
+        Err(e @ PolicyError::TooLarge { .. }) => {
+            assert!(e.to_string().contains(&format!("at most {MAX_POLICY_BYTES}")), "{e}")
+        }
+        other => panic!("expected a size refusal, got {other:?}"),
+    }
+}

@@ -24,18 +24,29 @@ use crate::daemon::Tower;
 use crate::error::Refusal;
 use crate::wire::{self, ApiError, GET_VALIDITY_SECS};
 
-/// Largest request body: a vault with 32-rung ladders fits many times over.
+/// Largest request body: a vault with 32-rung ladders fits many times over, and so does a
+/// policy change (JSON-escaping can double the file's size).
 pub const MAX_BODY: usize = 256 * 1024;
+const _: () = assert!(2 * vigil_policy::MAX_POLICY_BYTES + 16 * 1024 <= MAX_BODY);
+
+/// Largest enrollment: the first policy and every change the guardians signed since, each up
+/// to [`vigil_policy::MAX_POLICY_BYTES`] (twice that JSON-escaped): some 36 changes of the
+/// largest policies, a thousand of the usual size. At [`MAX_BODY`] a tower could not be added
+/// to a client with a long whitelist after a few changes.
+pub const MAX_ENROLL_BODY: usize = 4 * 1024 * 1024;
 
 /// The API's routes.
 pub fn router(tower: Arc<Tower>) -> Router {
+    let enrollment = Router::new()
+        .route("/v1/clients", post(enroll))
+        .layer(DefaultBodyLimit::max(MAX_ENROLL_BODY))
+        .layer(middleware::from_fn_with_state(MAX_ENROLL_BODY, refuse_oversize));
     Router::new()
         .route("/v1/vaults", post(register_vault))
         .route("/v1/vaults/{outpoint}", get(vault_state))
         .route("/v1/approvals", post(register_approval))
         .route("/v1/panic", post(panic))
         .route("/v1/policy", post(change_policy))
-        .route("/v1/clients", post(enroll))
         .route("/v1/lockdown", post(lockdown))
         .route("/v1/lockdown/lift", post(lift_lockdown))
         .route("/v1/clients/{policy_id}", get(client_state))
@@ -43,6 +54,7 @@ pub fn router(tower: Arc<Tower>) -> Router {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(MAX_BODY, refuse_oversize))
+        .merge(enrollment)
         .with_state(tower)
 }
 

@@ -296,3 +296,32 @@ fn a_tower_that_heard_of_the_change_naming_it_again_learns_the_versions_it_misse
     enroll(&tower, &h, &tower.token(), chain).unwrap();
     assert!(holds(&h).contains("it holds 4, 3, 2, 1"), "{}", holds(&h));
 }
+
+#[test]
+fn a_tower_is_enrolled_through_a_chain_of_long_whitelists_larger_than_any_other_request() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let tower = TowerProcess::new(&node, &[], 9, None);
+    let h = Household::new(dir.path(), &node, example("enrolled with a long whitelist"));
+    let first = std::fs::read_to_string(&h.policy_path).unwrap();
+    // Version 2 adds the tower and the longest whitelist; each version after it takes one
+    // destination off (a tightening).
+    let listed = vigil_policy::example::destinations("treasury", vigil_policy::MAX_WHITELIST);
+    let version = |v: usize| {
+        let entries: String = listed[v - 2..].iter().map(|a| format!("  \"{a}\",\n")).collect();
+        format!("{first}{}", entry(&tower))
+            .replace("version = 1", &format!("version = {v}"))
+            .replace("whitelist = []", &format!("whitelist = [\n{entries}]"))
+    };
+    let quorum = &h.keys.guardians[..2];
+    let chain: Vec<_> = (2..=9).map(|v| signed(&h, &version(v), quorum)).collect();
+    let body = serde_json::to_vec(&EnrollClient {
+        nonce: 0,
+        token: String::new(),
+        policy: first,
+        changes: chain.clone(),
+    });
+    assert!(body.unwrap().len() > vigil_tower::api::MAX_BODY, "the chain is larger than any other request");
+    enroll(&tower, &h, &tower.token(), chain).unwrap();
+    assert_eq!(view(&tower, &h)["version"], 9);
+}
