@@ -176,34 +176,24 @@ impl Cosigner {
         if r.funding_sat_per_vb == 0 || r.funding_sat_per_vb > 10_000 {
             return Err(bad("funding_sat_per_vb: 1 to 10,000"));
         }
+        // Read only, as the intake coins' records below: complete_vault commits under
+        // preconditions on all of them.
+        if self.store().get(kind::VAULT_INDEX, &format!("{}/{}", caller.client.id, r.index))?.is_some() {
+            return Err(Refusal::Conflict(format!("index: vault {} of this client exists already", r.index)));
+        }
         let mut coins = Vec::new();
-        {
-            // Read only: complete_vault commits under preconditions on all of these.
-            let store = self.store();
-            if store.get(kind::VAULT_INDEX, &format!("{}/{}", caller.client.id, r.index))?.is_some() {
-                return Err(Refusal::Conflict(format!(
-                    "index: vault {} of this client exists already",
-                    r.index
-                )));
+        for (i, c) in r.coins.iter().enumerate() {
+            let outpoint = OutPoint::from_str(&c.outpoint)
+                .map_err(|_| bad(format!("coins[{i}].outpoint: not txid:vout")))?;
+            if coins.iter().any(|f: &FundingInput| f.outpoint == outpoint) {
+                return Err(bad(format!("coins[{i}]: {outpoint} is listed twice")));
             }
-            for (i, c) in r.coins.iter().enumerate() {
-                let outpoint = OutPoint::from_str(&c.outpoint)
-                    .map_err(|_| bad(format!("coins[{i}].outpoint: not txid:vout")))?;
-                if coins.iter().any(|f: &FundingInput| f.outpoint == outpoint) {
-                    return Err(bad(format!("coins[{i}]: {outpoint} is listed twice")));
-                }
-                if let Some(funding) = store.get(kind::INTAKE, &outpoint.to_string())? {
-                    return Err(Refusal::Conflict(format!(
-                        "coins[{i}]: {outpoint} already funds {funding}; the co-signer never signs a second spend of an intake coin"
-                    )));
-                }
-                coins.push(FundingInput {
-                    outpoint,
-                    txout: vigil_policy::bitcoin::TxOut::NULL,
-                    intake_index: c.intake_index,
-                    change: c.change,
-                });
-            }
+            coins.push(FundingInput {
+                outpoint,
+                txout: vigil_policy::bitcoin::TxOut::NULL,
+                intake_index: c.intake_index,
+                change: c.change,
+            });
         }
         // Coins paid to an intake address of any version the guardians' quorum signed (a change
         // of the guardians or of T_RECOVER changes the addresses) go into a vault of today's.
@@ -223,6 +213,14 @@ impl Cosigner {
                     if coin.change { " of the change branch" } else { "" }
                 ))
             })?;
+            // Only once the coin is known to be this client's: another's would learn which
+            // outpoints fund vaults here.
+            if let Some(funding) = self.store().get(kind::INTAKE, &coin.outpoint.to_string())? {
+                return Err(Refusal::Conflict(format!(
+                    "coins[{i}]: {} already funds {funding}; the co-signer never signs a second spend of an intake coin",
+                    coin.outpoint
+                )));
+            }
         }
         // From a one-time extended key: the owner's hardware signer registers the vault's
         // unvault output with it (ADR 0005).

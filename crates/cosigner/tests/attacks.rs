@@ -61,6 +61,15 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
     let used_coin = f.intake_coin(&node, Amount::from_sat(1_000_000));
     let free_coin = f.intake_coin(&node, Amount::from_sat(3_000_000));
     f.begin(&used_coin, Amount::from_sat(1_000_000), VaultKind::Standard).unwrap();
+    // Vaults whose funding was co-signed but is not on chain yet: their coins are unspent.
+    let unbroadcast = |f: &mut Family| {
+        let coin = f.intake_coin(&node, Amount::from_sat(1_000_000));
+        let (once, begun) = f.begin(&coin, Amount::from_sat(1_000_000), VaultKind::Standard).unwrap();
+        f.complete(&coin, Amount::from_sat(1_000_000), VaultKind::Standard, once, &begun).unwrap();
+        coin
+    };
+    let pending_coin = unbroadcast(&mut f);
+    let their_pending_coin = unbroadcast(&mut other);
     // A request accepted once, kept to be replayed.
     let psbt = f.spend_psbt(&standard, &f.wallet.address(), 1_000);
     let spend_request = json!({
@@ -221,15 +230,20 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         sig.signature = vigil_policy::bitcoin::secp256k1::schnorr::Signature::from_slice(&bytes).unwrap();
     }
     check("a guardian's spend signature that does not verify", vote_with(&bad_sig), 400, &f, &co, &before);
-    // The intake coin of `standard` funds it already: no second spend of it.
-    let funded = standard.funding.input[0].previous_output;
+    // An intake coin that funds a vault already (its funding not on chain yet): no second
+    // spend of it.
+    let funded = pending_coin.outpoint;
     let again = BeginVault {
         index: 40,
         amount_sat: 1_000_000,
         kind: "standard".into(),
         owner_once: standard.plan.owner_once.to_string(),
         owner_once_xpub: None,
-        coins: vec![Coin { outpoint: funded.to_string(), intake_index: 0, change: false }],
+        coins: vec![Coin {
+            outpoint: funded.to_string(),
+            intake_index: pending_coin.intake_index,
+            change: false,
+        }],
         change_index: 41,
         change_branch: false,
         funding_sat_per_vb: 2,
@@ -260,14 +274,20 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
         intake_index: their_coin.intake_index,
         change: false,
     }];
-    check(
-        "another client's coin",
-        post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &foreign), &owner),
-        400,
-        &f,
-        &co,
-        &before,
+    let (status, text) = post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &foreign), &owner);
+    let not_ours = String::from_utf8_lossy(&text).replace(&their_coin.outpoint.to_string(), "C");
+    check("another client's coin", (status, text), 400, &f, &co, &before);
+    // One funding another client's vault is answered the same: which coins fund vaults here
+    // is not for another client to learn.
+    foreign.coins[0].outpoint = their_pending_coin.outpoint.to_string();
+    foreign.coins[0].intake_index = their_pending_coin.intake_index;
+    let (status, text) = post_raw(&f.cosigner, "/v1/vaults", &body(f.next_nonce(), now, &foreign), &owner);
+    let answer = String::from_utf8_lossy(&text).replace(&their_pending_coin.outpoint.to_string(), "C");
+    assert_eq!(
+        answer.replace(&format!("address {}", their_pending_coin.intake_index), "address I"),
+        not_ours.replace(&format!("address {}", their_coin.intake_index), "address I")
     );
+    check("a coin funding another client's vault", (status, text), 400, &f, &co, &before);
     // This family's policy is format 1: its intake has no change branch, for the change or a coin.
     let mut no_branch = again.clone();
     no_branch.coins = vec![Coin {

@@ -535,14 +535,13 @@ pub(crate) fn vault_view(
     signer: &XOnlyPublicKey,
     outpoint: &vigil_policy::bitcoin::OutPoint,
 ) -> Result<serde_json::Value, Refusal> {
+    // Another client's vault is answered as an unknown one: a party of one client must not
+    // learn which outpoints are vaults here.
+    let unknown = || Refusal::NotFound(format!("vault {outpoint} is not registered for a client of yours"));
     let state = tower.lock();
-    let vault = state
-        .watcher
-        .vault(outpoint)
-        .ok_or_else(|| Refusal::NotFound(format!("vault {outpoint} is not registered")))?;
-    let client = client(tower, &vault.policy_id)?;
-    if !client.is_party(signer) {
-        return Err(Refusal::Forbidden("not a party of this vault's client".into()));
+    let vault = state.watcher.vault(outpoint).ok_or_else(unknown)?;
+    if !client(tower, &vault.policy_id).is_ok_and(|c| c.is_party(signer)) {
+        return Err(unknown());
     }
     Ok(serde_json::json!({"vault": outpoint.to_string(), "state": vault.state, "tip": state.watcher.tip()}))
 }

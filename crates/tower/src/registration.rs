@@ -446,16 +446,13 @@ pub(crate) fn register_approval(
     let a = &req.approval;
     let ApprovalFields { vault: outpoint, unvault: unvault_txid, spend, signers } = parse_approval(req)?;
     let mut state = tower.lock();
-    let vault = state
-        .watcher
-        .vault(&outpoint)
-        .ok_or_else(|| Refusal::NotFound(format!("vault {outpoint} is not registered")))?;
-    // Everything is judged by the vault's own client, whatever the request claims.
+    // Everything is judged by the vault's own client, whatever the request claims; another
+    // client's vault is answered as an unknown one (no probing for which outpoints are vaults).
+    let unknown =
+        || Refusal::NotFound(format!("vault {outpoint} is not registered for client {}", req.policy_id));
+    let vault = state.watcher.vault(&outpoint).ok_or_else(unknown)?;
     if req.policy_id != vault.policy_id {
-        return Err(Refusal::Forbidden(format!(
-            "vault {outpoint} is not a vault of client {}",
-            req.policy_id
-        )));
+        return Err(unknown());
     }
     let client = client(tower, &vault.policy_id)?;
     if !client.registrars.contains(signer) {

@@ -148,7 +148,21 @@ fn f01_an_approval_is_judged_by_the_vaults_own_client() {
     let own = mallory.approval(&vault, spend);
     let body = serde_json::to_vec(&own).unwrap();
     let r = post(&tower.api, "/v1/approvals", &body, &mallory.owner_auth());
-    assert!(matches!(&r, Err((403, t)) if t.contains("not a vault of client")), "{r:?}");
+    assert!(matches!(&r, Err((404, t)) if t.contains("is not registered for client")), "{r:?}");
+    // (Answered as a vault the tower does not know: Mallory learns nothing of Alice's.)
+    let mut unknown = own.clone();
+    let unknown_outpoint = OutPoint::new(Txid::from_byte_array([0x77; 32]), 0).to_string();
+    unknown.approval.vault_outpoint = unknown_outpoint.clone();
+    unknown.signatures = vec![wire::sign(&unknown.approval.digest(), &auth_keypair(&mallory.keys.cosigner))];
+    let body_unknown = serde_json::to_vec(&unknown).unwrap();
+    let unknown = post(&tower.api, "/v1/approvals", &body_unknown, &mallory.owner_auth()).unwrap_err();
+    let theirs = r.unwrap_err();
+    assert_eq!(
+        (theirs.0, theirs.1.replace(&vault.outpoint().to_string(), "V")),
+        (unknown.0, unknown.1.replace(&unknown_outpoint, "V"))
+    );
+    let view = get(&tower.api, &format!("/v1/vaults/{}", vault.outpoint()), &mallory.owner_auth());
+    assert!(matches!(&view, Err((404, t)) if t.contains("not registered for a client of yours")), "{view:?}");
     // ...or naming Alice's client...
     let mut named = mallory.approval(&vault, spend);
     named.policy_id = alice.policy_id.clone();
