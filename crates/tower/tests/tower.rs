@@ -765,6 +765,43 @@ fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
 }
 
 #[test]
+fn a_sweep_under_way_climbs_its_ladder_after_the_tower_is_killed_and_restarted() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Household::new(dir.path(), &node, example("tower panic restart"));
+    let mut tower = TowerProcess::new(&node, &[client.policy_path.clone()], 45, None);
+    let v = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+    client.protect(rpc, &tower.api, &v);
+    mine(rpc, 1, &client.wallet.address());
+    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
+    let tip = rpc.tip().unwrap().height;
+    let decision =
+        wire::Panic { policy_id: client.policy_id.clone(), id: "cd".repeat(32), not_after_height: tip + 10 };
+    let signatures = [0, 1].iter().map(|g| wire::sign(&decision.digest(), &guardian(*g))).collect();
+    let body = serde_json::to_vec(&wire::PanicRequest { nonce: 1, panic: decision, signatures }).unwrap();
+    post(&tower.api, "/v1/panic", &body, &guardian(0)).unwrap();
+    let rungs = v.graph.graph().emergencies.len();
+    let rung_in_mempool = || {
+        let pool = rpc.mempool().unwrap().txids;
+        (0..rungs).find(|i| pool.contains(&v.graph.graph().emergencies[*i].tx.compute_txid()))
+    };
+    let first = eventually("E in the mempool", rung_in_mempool);
+    // Killed with its sweep in the mempool; a block that leaves the mempool alone comes
+    // while it is down (congestion).
+    tower.kill9();
+    let empty_block = || {
+        let tip = rpc.tip().unwrap().hash.to_string();
+        rpc.call("vigil_generateblock", json!([tip, client.wallet.address().to_string(), [], false]))
+            .unwrap();
+    };
+    empty_block();
+    tower.start();
+    empty_block();
+    eventually("the restarted tower climbed the sweep's ladder", || rung_in_mempool().filter(|r| *r > first));
+}
+
+#[test]
 fn a_tower_config_that_cannot_work_is_refused_at_start_naming_the_field() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();

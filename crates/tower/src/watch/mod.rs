@@ -121,7 +121,9 @@ impl Watcher {
         let number = self.vaults.len() as u32;
         self.index.insert(&vault.outpoint, number);
         self.index.insert(&vault.unvault_outpoint(), number);
-        if vault.state.unvault_seen && !vault.state.done {
+        // A sweep under way is as much this tower's to push through as a cancel: left out, E
+        // would sit at its last rung after a restart, and a second panic does not restart it.
+        if (vault.state.unvault_seen || vault.state.emergency_rung.is_some()) && !vault.state.done {
             self.active.insert(vault.outpoint);
         }
         // An unvault seen before a restart counts for velocity as it did at first sight,

@@ -594,6 +594,29 @@ fn panic_sends_e_for_unspent_vaults_and_ue_for_unvaulted_ones() {
 }
 
 #[test]
+fn a_sweep_under_way_keeps_climbing_its_ladder_after_a_restart() {
+    let v = vault(0, 1_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    w.on_block_connected(3, &block(vec![]));
+    assert_eq!(broadcasts(&w.panic("p")), vec!["emergency rung 0"]);
+    // A restart before the next block: the sweep is still this tower's to push through (a
+    // second panic would not restart it: the vault's sweep is under way).
+    let (mut r, _) = restarted(&w, &[&v], 100_000_000, &[]);
+    assert!(broadcasts(&r.panic("p")).is_empty());
+    assert_eq!(broadcasts(&w.on_block_connected(4, &block(vec![]))), vec!["emergency rung 1"]);
+    assert_eq!(broadcasts(&r.on_block_connected(4, &block(vec![]))), vec!["emergency rung 1"]);
+    // And it is done once E is buried, as it is for a tower that kept running.
+    let e = v.emergencies[1].clone();
+    for w in [&mut w, &mut r] {
+        w.on_block_connected(5, &block(vec![e.clone()]));
+        for h in 6..=11 {
+            w.on_block_connected(h, &block(vec![]));
+        }
+        assert!(w.vault(&v.outpoint).unwrap().state.done);
+    }
+}
+
+#[test]
 fn an_emergency_no_panic_ordered_is_alarmed_once_and_explained_when_the_panic_arrives_late() {
     let (a, b, c) = (vault(0, 1_000_000), vault(1, 1_000_000), vault(2, 1_000_000));
     let mut w = watcher(&[&a, &b, &c], 100_000_000);
