@@ -329,6 +329,12 @@ impl Tower {
             if let Some(e) = state.watcher.take_graph_error() {
                 return Err(e.into());
             }
+            // A change due at this block applies before the next one is judged, as it does for
+            // a tower that saw the blocks one at a time: catching up after a restart or an
+            // outage must not judge an unvault the co-signer approved under it by the old rules.
+            if matches!(event, BlockEvent::Connected { .. }) {
+                self.apply_policy_changes(&mut state)?;
+            }
             unrecorded += 1;
             // Blocks that change nothing are recorded in batches (one fsync, not one per
             // block, when catching up); replaying them after a crash is harmless.

@@ -802,6 +802,66 @@ fn a_sweep_under_way_climbs_its_ladder_after_the_tower_is_killed_and_restarted()
 }
 
 #[test]
+fn a_change_due_while_the_tower_was_down_applies_at_its_height_when_it_catches_up() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Household::new(dir.path(), &node, example("tower catch-up change"));
+    let (hook, alarms) = webhook();
+    let mut tower = TowerProcess::new(&node, std::slice::from_ref(&client.policy_path), 61, Some(&hook));
+    // Two standard vaults of 6M against a velocity limit of 10M: the second fits only once
+    // the limit is raised to 20M.
+    let vaults: Vec<_> =
+        (0..2).map(|_| client.create_vault(rpc, Amount::from_sat(6_000_000), VaultKind::Standard)).collect();
+    for v in &vaults {
+        client.protect(rpc, &tower.api, v);
+    }
+    mine(rpc, 1, &client.wallet.address());
+    let raised = std::fs::read_to_string(&client.policy_path)
+        .unwrap()
+        .replace("version = 1", "version = 2")
+        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
+    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
+    let digest = wire::policy_change_digest(&client.policy_id, &raised);
+    let signatures: Vec<_> = [0, 1].iter().map(|i| wire::sign(&digest, &guardian(*i))).collect();
+    let body = json!({"nonce": 1, "policy_id": client.policy_id, "policy": raised, "signatures": signatures});
+    post(&tower.api, "/v1/policy", &serde_json::to_vec(&body).unwrap(), &guardian(0)).unwrap();
+    let path = format!("/v1/clients/{}", client.policy_id);
+    let due = get(&tower.api, &path, &client.owner_auth()).unwrap()["pending"][0]["effective_height"]
+        .as_u64()
+        .unwrap() as u32;
+    // The first unvault, approved, within the old limit.
+    for v in &vaults {
+        let spend = client.delayed_spend(v);
+        client.approve(&tower.api, v, spend.compute_txid()).unwrap();
+    }
+    rpc.broadcast(vaults[0].graph.unvault()).unwrap();
+    let tip = rpc.tip().unwrap().height;
+    mine(rpc, due - 3 - tip, &client.wallet.address());
+    eventually("the tower saw the first unvault", || {
+        let view =
+            get(&tower.api, &format!("/v1/vaults/{}", vaults[0].outpoint()), &client.owner_auth()).ok()?;
+        (view["state"]["unvault_seen"] == true && view["tip"] == due - 3).then_some(())
+    });
+    // Down from two blocks before the change is due to one after the second unvault
+    // confirmed: the co-signer, which applied the change at its height, approved it.
+    tower.kill9();
+    mine(rpc, 3, &client.wallet.address());
+    rpc.broadcast(vaults[1].graph.unvault()).unwrap();
+    mine(rpc, 1, &client.wallet.address());
+    tower.start();
+    eventually("the tower caught up", || {
+        let view = get(&tower.api, &path, &client.owner_auth()).ok()?;
+        (view["tip"] == due + 1 && view["version"] == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(spend_of(rpc, vaults[1].unvault_outpoint()).is_none(), "the approved unvault was cancelled");
+    let kinds: Vec<String> =
+        alarms.lock().unwrap().iter().map(|a| a["kind"].as_str().unwrap_or_default().to_owned()).collect();
+    assert!(!kinds.iter().any(|k| k.contains("cancel") || k.contains("velocity")), "{kinds:?}");
+}
+
+#[test]
 fn a_tower_config_that_cannot_work_is_refused_at_start_naming_the_field() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
