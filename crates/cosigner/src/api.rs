@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -61,6 +62,8 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(MAX_BODY, vigil_tower::api::refuse_oversize))
         .merge(many_coins)
+        .fallback(vigil_tower::api::no_such_request)
+        .method_not_allowed_fallback(vigil_tower::api::wrong_method)
         .with_state(cosigner)
 }
 
@@ -185,14 +188,31 @@ async fn spends(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response 
     signed_get(c, headers, "/v1/spends".into(), |c, caller| c.spends(caller)).await
 }
 
-async fn spend_status(State(c): State<Arc<Cosigner>>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+/// The request id in `/v1/spends/{id}/...`: a number, or a 400 in the API's own shape (axum's
+/// own refusal is plain text).
+struct SpendId(u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for SpendId {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path(text) =
+            Path::<String>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        text.parse().map(SpendId).map_err(|_| {
+            Refusal::BadRequest(format!("{text:?} is not a request id: expected /v1/spends/<number>"))
+                .into_response()
+        })
+    }
+}
+
+async fn spend_status(State(c): State<Arc<Cosigner>>, headers: HeaderMap, SpendId(id): SpendId) -> Response {
     signed_get(c, headers, format!("/v1/spends/{id}"), move |c, caller| c.spend_status(caller, id)).await
 }
 
 async fn vote(
     State(c): State<Arc<Cosigner>>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    SpendId(id): SpendId,
     body: Bytes,
 ) -> Response {
     signed(c, headers, format!("/v1/spends/{id}/vote"), body, move |c, caller, req| c.vote(caller, id, req))
@@ -202,7 +222,7 @@ async fn vote(
 async fn sign_spend(
     State(c): State<Arc<Cosigner>>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    SpendId(id): SpendId,
     body: Bytes,
 ) -> Response {
     signed(c, headers, format!("/v1/spends/{id}/sign"), body, move |c, caller, req| {

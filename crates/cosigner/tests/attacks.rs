@@ -109,6 +109,31 @@ fn every_bad_request_is_refused_clearly_and_changes_nothing() {
     let now = unix_now();
 
     check("malformed body", post_raw(&f.cosigner, "/v1/spends", b"{not json", &owner), 400, &f, &co, &before);
+    let vote = body(f.next_nonce(), now, json!({"approve": false}));
+    check(
+        "a request id that is not a number",
+        post_raw(&f.cosigner, "/v1/spends/1x/vote", &vote, &owner),
+        400,
+        &f,
+        &co,
+        &before,
+    );
+    check(
+        "a path the API does not have",
+        post_raw(&f.cosigner, "/v1/spend", &vote, &owner),
+        404,
+        &f,
+        &co,
+        &before,
+    );
+    check(
+        "a method a path does not take",
+        post_raw(&f.cosigner, "/v1/alarms", &vote, &owner),
+        405,
+        &f,
+        &co,
+        &before,
+    );
     let huge = body(f.next_nonce(), now, json!({"vault_outpoint": "x", "psbt": "A".repeat(300_000)}));
     check("an oversize body", post_raw(&f.cosigner, "/v1/spends", &huge, &owner), 413, &f, &co, &before);
     // The two requests carrying a transaction of many coins (a vault's funding, the deep

@@ -55,7 +55,23 @@ pub fn router(tower: Arc<Tower>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(MAX_BODY, refuse_oversize))
         .merge(enrollment)
+        .fallback(no_such_request)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(tower)
+}
+
+/// The answer to a path no route serves, in the API's own shape (axum's is an empty 404).
+/// Shared with the co-signer.
+pub async fn no_such_request(request: Request) -> Response {
+    let what = format!("no {} {} here", request.method(), request.uri().path());
+    Refusal::NotFound(what).into_response()
+}
+
+/// The answer to a method a route does not take, in the API's own shape. Shared with the
+/// co-signer.
+pub async fn wrong_method(request: Request) -> Response {
+    let error = format!("{} {} is not a request here", request.method(), request.uri().path());
+    (StatusCode::METHOD_NOT_ALLOWED, Json(ApiError { error })).into_response()
 }
 
 /// A declared body up to this size is read and dropped before the 413 goes out (held in

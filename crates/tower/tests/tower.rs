@@ -257,6 +257,16 @@ fn bad_requests_are_refused_with_a_clear_4xx_and_store_nothing() {
         .set("x-vigil-signature", &sig)
         .send_bytes(&body(&good));
     assert!(matches!(r, Err(ureq::Error::Status(401, _))));
+    // A path or a method the API does not have: refused in its own shape, naming it.
+    let unknown = [
+        (post(&tower.api, "/v1/vault", &body(&good), &owner), 404, "no POST /v1/vault here"),
+        (get(&tower.api, "/v1/vaults", &owner), 405, "GET /v1/vaults is not a request here"),
+    ];
+    for (answer, status, needle) in unknown {
+        let (code, text) = answer.unwrap_err();
+        assert_eq!(code, status, "{text}");
+        assert!(text.contains(&format!("{{\"error\":\"{needle}")), "{text}");
+    }
     assert_eq!(tower.metric("vigil_tower_vaults_watched"), Some(0), "nothing stored");
 
     // The good one, then the very same request again (its answer lost, say): the same
