@@ -601,6 +601,44 @@ fn f07_a_guardians_quiet_lockdown_is_quiet_at_a_tower_without_the_duress_order()
     assert!(!shown(&h), "{}", client_view(&h, &tower));
 }
 
+/// The co-signer's duress mark, on an approval the tower holds already without it (the owner's
+/// copy came first), is taken and kept across a restart: the unvault is cancelled late, though
+/// no lockdown holds at this tower.
+#[test]
+fn f07_a_duress_mark_after_an_unmarked_copy_is_taken_and_kept_across_a_restart() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("a late duress mark"));
+    let mut tower = TowerProcess::new(&node, std::slice::from_ref(&h.policy_path), 17, None);
+    let vault = h.create_vault(&node.rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+    h.protect(&node.rpc, &tower.api, &vault);
+    block(&node, &h);
+    let unmarked = h.approval(&vault, h.delayed_spend(&vault).compute_txid());
+    post(&tower.api, "/v1/approvals", &serde_json::to_vec(&unmarked).unwrap(), &h.owner_auth()).unwrap();
+    let marked = wire::RegisterApproval { nonce: h.next_nonce(), duress: true, ..unmarked.clone() };
+    let cosigner = auth_keypair(&h.keys.cosigner);
+    post(&tower.api, "/v1/approvals", &serde_json::to_vec(&marked).unwrap(), &cosigner).unwrap();
+    tower.kill9();
+    tower.start();
+    node.rpc.broadcast(vault.graph.unvault()).unwrap();
+    block(&node, &h);
+    let opens = tip(&node.rpc) + DELAY;
+    let cancelled = || spend_of(&node.rpc, vault.unvault_outpoint()).is_some();
+    // Nothing on chain soon after the unvault (an attacker watching learns nothing)...
+    while tip(&node.rpc) + vigil_tower::watch::DURESS_MARGIN_BLOCKS + 1 < opens {
+        block(&node, &h);
+        let height = tip(&node.rpc);
+        eventually("the tower followed", || {
+            (tower.metric("vigil_tower_tip_height") == Some(height as u64)).then_some(())
+        });
+        assert!(!cancelled(), "cancelled early, at {height}");
+    }
+    // ...then its cancel, before the spend leaf opens.
+    block(&node, &h);
+    eventually("the unvault was cancelled late", || cancelled().then_some(()));
+    assert!(tip(&node.rpc) < opens);
+}
+
 #[test]
 fn f08_a_panic_is_bound_to_a_fresh_id_and_a_window() {
     let node = vigil_node();
