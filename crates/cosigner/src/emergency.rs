@@ -147,9 +147,27 @@ impl Cosigner {
                 batch.alarm(alarm(&client.id, "lockdown", message));
             }
         }
+        // A guardian's that ends nothing later is still news to the other guardians (one of
+        // them reacted: to a duress alarm, say), once a block; the owner's is not.
+        let noted = !changed
+            && matches!(caller.role, Role::Guardian(_))
+            && client.alarm_once_a_block(format!("lockdown by {:?}", caller.role), tip);
+        if noted {
+            batch.alarm(alarm(
+                &client.id,
+                "lockdown",
+                format!(
+                    "{:?} asked to lock client {} down for {blocks} blocks (tip {tip}){}: it is locked down until \
+                     block {until} already",
+                    caller.role,
+                    client.id,
+                    if quiet { ", quietly: the owner is under duress" } else { "" }
+                ),
+            ));
+        }
         let plea = req.request.sweep
             && client.alarm_once_a_block(format!("panic-requested by {:?}", caller.role), tip);
-        if changed || plea {
+        if changed || noted || plea {
             batch.expect(kind::CLIENT, client.id.clone(), Some(before)).put(
                 kind::CLIENT,
                 client.id.clone(),

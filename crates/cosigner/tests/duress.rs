@@ -111,6 +111,12 @@ fn a_duress_code_changes_no_answer_alarms_the_guardians_and_the_unvault_is_cance
         "the duress lockdown's end: {locked}"
     );
     assert_eq!(locked["quiet"], true, "{locked}");
+    // It ends nothing later, but the other guardians learn that one of them reacted.
+    let reacted = f.get("/v1/alarms", &f.guardian(1)).unwrap().as_array().unwrap().iter().any(|a| {
+        a["kind"] == "lockdown"
+            && a["message"].as_str().is_some_and(|m| m.contains("Guardian(0) asked") && m.contains("quietly"))
+    });
+    assert!(reacted, "{}", f.get("/v1/alarms", &f.guardian(1)).unwrap());
     for (i, t) in f.towers.iter().enumerate() {
         let order = vigil_tower::wire::LockdownRequest {
             nonce: f.next_nonce(),
