@@ -445,20 +445,21 @@ pub(crate) fn register_approval(
 ) -> Result<Ack, Refusal> {
     let a = &req.approval;
     let ApprovalFields { vault: outpoint, unvault: unvault_txid, spend, signers } = parse_approval(req)?;
+    // Everything is judged by the vault's own client, whatever the request claims. The
+    // signer is checked before the vault is looked up, and another client's vault is answered
+    // as an unknown one: no probing for which outpoints are vaults here.
+    let client = client(tower, &req.policy_id)?;
+    if !client.registrars.contains(signer) {
+        return Err(Refusal::Forbidden(
+            "only the vault's owner or co-signer may submit its approvals".into(),
+        ));
+    }
     let mut state = tower.lock();
-    // Everything is judged by the vault's own client, whatever the request claims; another
-    // client's vault is answered as an unknown one (no probing for which outpoints are vaults).
     let unknown =
         || Refusal::NotFound(format!("vault {outpoint} is not registered for client {}", req.policy_id));
     let vault = state.watcher.vault(&outpoint).ok_or_else(unknown)?;
     if req.policy_id != vault.policy_id {
         return Err(unknown());
-    }
-    let client = client(tower, &vault.policy_id)?;
-    if !client.registrars.contains(signer) {
-        return Err(Refusal::Forbidden(
-            "only the vault's owner or co-signer may submit its approvals".into(),
-        ));
     }
     // An earlier version too: an approval given just before a change applied may arrive
     // after it (a tower that was down, or one the change added). The waiting change's too:

@@ -169,6 +169,16 @@ fn f01_an_approval_is_judged_by_the_vaults_own_client() {
     let body = serde_json::to_vec(&named).unwrap();
     let r = post(&tower.api, "/v1/approvals", &body, &mallory.owner_auth());
     assert!(matches!(&r, Err((403, t)) if t.contains("owner or co-signer")), "{r:?}");
+    // (Whether the outpoint is one of Alice's vaults or not: the signer is judged first.)
+    let mut named_unknown = named.clone();
+    named_unknown.approval.vault_outpoint = unknown_outpoint.clone();
+    named_unknown.signatures =
+        vec![wire::sign(&named_unknown.approval.digest(), &auth_keypair(&mallory.keys.cosigner))];
+    let body_unknown = serde_json::to_vec(&named_unknown).unwrap();
+    assert_eq!(
+        post(&tower.api, "/v1/approvals", &body_unknown, &mallory.owner_auth()).unwrap_err(),
+        r.unwrap_err()
+    );
     // ...or through Alice's own key, with Mallory's co-signer's signature.
     let r = post(&tower.api, "/v1/approvals", &body, &alice.owner_auth());
     assert!(matches!(&r, Err((400, t)) if t.contains("co-signer's signature")), "{r:?}");
