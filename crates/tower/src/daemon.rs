@@ -311,7 +311,7 @@ impl Tower {
         // Each block is decided as soon as it arrives, while the next ones are fetched.
         let mut handle = |event: BlockEvent| -> Result<(), TowerError> {
             let mut state = self.lock();
-            let actions = match &event {
+            let mut actions = match &event {
                 BlockEvent::Connected { height, hash, raw } => {
                     window.push(BlockId { height: *height, hash: *hash });
                     state.backend_tip = state.backend_tip.max(*height);
@@ -332,8 +332,10 @@ impl Tower {
             // A change due at this block applies before the next one is judged, as it does for
             // a tower that saw the blocks one at a time: catching up after a restart or an
             // outage must not judge an unvault the co-signer approved under it by the old rules.
+            // Its alarms are the block's actions, recorded with its position: a crash before
+            // that replays the block under the change's due height again.
             if matches!(event, BlockEvent::Connected { .. }) {
-                self.apply_policy_changes(&mut state)?;
+                actions.extend(self.apply_due_changes(&mut state));
             }
             unrecorded += 1;
             // Blocks that change nothing are recorded in batches (one fsync, not one per
@@ -444,12 +446,19 @@ impl Tower {
 
     /// Applies the policy changes whose height has come.
     pub(crate) fn apply_policy_changes(&self, state: &mut TowerState) -> Result<(), StoreError> {
+        let alarms = self.apply_due_changes(state);
+        if !alarms.is_empty() {
+            state.record(None, &alarms)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the changes due at the watcher's tip, in memory: the changed clients wait in
+    /// `state` for the next record, the alarms are returned for it.
+    fn apply_due_changes(&self, state: &mut TowerState) -> Vec<Action> {
         let tip = state.watcher.tip();
         let due: Vec<PolicyChange> =
             state.pending.values().filter(|c| c.effective_height <= tip).cloned().collect();
-        if due.is_empty() {
-            return Ok(());
-        }
         let mut alarms = Vec::new();
         for change in due {
             state.pending.remove(&change.client);
@@ -486,8 +495,7 @@ impl Tower {
                 }
             }
         }
-        state.record(None, &alarms)?;
-        Ok(())
+        alarms
     }
 
     /// No decision taken on blocks can be trusted past a reorg deeper than the window: stop
