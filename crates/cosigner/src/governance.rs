@@ -62,7 +62,7 @@ impl Cosigner {
         req: &Signed<PolicyChange>,
     ) -> Result<PolicyChangeStatus, Refusal> {
         let r = &req.request;
-        let new = Policy::from_toml(&r.policy).map_err(|e| bad(format!("policy: {e}")))?;
+        let new = Policy::from_new_toml(&r.policy).map_err(|e| bad(format!("policy: {e}")))?;
         // One tip for everything below: the change due by it applies first, the new one is
         // judged by the policy then applied, and recorded as signed at it. A party following
         // the recorded chain applies the same rule (`vigil_client::policy_chain`).

@@ -726,7 +726,7 @@ impl Cosigner {
             TokenRecord::Used { .. } => return Err(unauthorized("this enrollment token was already used")),
             _ => {}
         }
-        let policy = Policy::from_toml(&p.policy).map_err(|e| bad(format!("policy: {e}")))?;
+        let policy = Policy::from_new_toml(&p.policy).map_err(|e| bad(format!("policy: {e}")))?;
         if policy.network != self.network {
             return Err(bad(format!(
                 "policy: network {} is not this co-signer's ({})",

@@ -347,11 +347,26 @@ impl Policy {
 
     /// Parses and validates a policy file's text.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text)?;
+        validate(file)
+    }
+
+    /// Parses a policy offered now, to be pinned or as a change: [`Policy::from_toml`], within
+    /// [`MAX_POLICY_BYTES`] and [`MAX_WHITELIST`]. A text pinned before these limits existed
+    /// is still read by `from_toml`: a stored policy must never stop parsing.
+    pub fn from_new_toml(text: &str) -> Result<Policy, PolicyError> {
         if text.len() > MAX_POLICY_BYTES {
             return Err(PolicyError::TooLarge { bytes: text.len(), limit: MAX_POLICY_BYTES });
         }
-        let file: PolicyFile = toml::from_str(text)?;
-        validate(file)
+        let policy = Policy::from_toml(text)?;
+        let listed = policy.allowance.whitelist.len();
+        if listed > MAX_WHITELIST {
+            return Err(field(
+                "allowance.whitelist",
+                format!("{listed} destinations: at most {MAX_WHITELIST}"),
+            ));
+        }
+        Ok(policy)
     }
 }
 
@@ -535,12 +550,6 @@ fn validate(file: PolicyFile) -> Result<Policy, PolicyError> {
                 "{} blocks: the window is 1 to {MAX_VELOCITY_WINDOW_BLOCKS} blocks (a year)",
                 a.velocity_window_blocks
             ),
-        ));
-    }
-    if a.whitelist.len() > MAX_WHITELIST {
-        return Err(field(
-            "allowance.whitelist",
-            format!("{} destinations: at most {MAX_WHITELIST}", a.whitelist.len()),
         ));
     }
     let whitelist = a

@@ -394,7 +394,7 @@ fn descriptors_at_an_index_equal_the_ranged_ones_derived_there() {
 }
 
 #[test]
-fn a_policy_is_small_enough_for_every_request_that_carries_it() {
+fn a_policy_offered_now_is_small_enough_for_every_request_that_carries_it() {
     use vigil_policy::{example::destinations, MAX_POLICY_BYTES, MAX_WHITELIST};
     let listing = |n| {
         let entries =
@@ -404,16 +404,24 @@ fn a_policy_is_small_enough_for_every_request_that_carries_it() {
     // The longest whitelist fits, with room for comments.
     let longest = listing(MAX_WHITELIST);
     assert!(longest.len() < MAX_POLICY_BYTES * 3 / 4, "{} bytes", longest.len());
-    assert_eq!(Policy::from_toml(&longest).unwrap().allowance.whitelist.len(), MAX_WHITELIST);
-    let (field, reason) = field_error(&listing(MAX_WHITELIST + 1));
-    assert_eq!(field, "allowance.whitelist");
-    assert!(reason.contains("501 destinations: at most 500"), "{reason}");
-    // Past the limit, nothing else is read: a comment is enough.
+    assert_eq!(Policy::from_new_toml(&longest).unwrap().allowance.whitelist.len(), MAX_WHITELIST);
+    let longer = listing(MAX_WHITELIST + 1);
+    match Policy::from_new_toml(&longer) {
+        Err(PolicyError::Field { field, reason }) => {
+            assert_eq!(field, "allowance.whitelist");
+            assert!(reason.contains("501 destinations: at most 500"), "{reason}");
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
+    // Past the size limit, nothing else is read: a comment is enough.
     let padded = format!("{}\n# {}", example(), "x".repeat(MAX_POLICY_BYTES));
-    match Policy::from_toml(&padded) {
+    match Policy::from_new_toml(&padded) {
         Err(e @ PolicyError::TooLarge { .. }) => {
             assert!(e.to_string().contains(&format!("at most {MAX_POLICY_BYTES}")), "{e}")
         }
         other => panic!("expected a size refusal, got {other:?}"),
     }
+    // A policy pinned before the limits existed is still read: a stored one never stops parsing.
+    Policy::from_toml(&longer).unwrap();
+    Policy::from_toml(&padded).unwrap();
 }

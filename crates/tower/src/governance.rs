@@ -387,7 +387,7 @@ pub(crate) fn change_policy(
             current.guardians_among(&signers)
         )));
     }
-    let new = Policy::from_toml(&req.policy).map_err(|e| bad(format!("policy: {e}")))?;
+    let new = Policy::from_new_toml(&req.policy).map_err(|e| bad(format!("policy: {e}")))?;
     if new.network != current.policy.network {
         return Err(bad("policy: another network"));
     }
