@@ -93,6 +93,17 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     let token = <[u8; 32]>::from_hex(&req.token)
         .map_err(|_| bad("token: 64 hex characters, as `vigil tower token` printed it"))?;
     let id = crate::client::policy_id(&req.policy);
+    let hash = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&token).to_string();
+    // The token first: a chain of changes takes work to check (a stranger's own policy, its
+    // own guardians signing, up to the enrollment's 4 MiB), and only the operator's tokens buy
+    // it. The token is used (or found used) atomically below.
+    match tower.read_store.lock().expect("read store").token(&hash)? {
+        None => return Err(Refusal::Unauthorized("unknown enrollment token".into())),
+        Some(Some(pinned)) if pinned != id => {
+            return Err(Refusal::Unauthorized("this enrollment token was already used".into()))
+        }
+        Some(_) => {}
+    }
     let client = followed(tower, &id, req)?;
     if !client.registrars.contains(signer) {
         return Err(Refusal::Forbidden("the policy is pinned by one of its owner or co-signer keys".into()));
@@ -115,7 +126,6 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
         return Err(stale_nonce(req.nonce, last));
     }
-    let hash = vigil_policy::bitcoin::hashes::sha256::Hash::hash(&token).to_string();
     // The version followed to, not the first: a restart serves what the chain led to. Taken
     // in place of a client held already in the token's own transaction, so a retry of the
     // same token (its answer lost) has nothing left to do, and a token used before moves

@@ -94,6 +94,16 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
         let refused = enroll(&mut h, changes).unwrap_err();
         assert!(refused.0 == 400 && refused.1.contains(why), "{why}: {refused:?}");
     }
+    // Without an operator's token the chain is not even looked at (its checks take work).
+    let stranger = EnrollClient {
+        nonce: h.next_nonce(),
+        token: "cd".repeat(32),
+        policy: first.clone(),
+        changes: vec![signed(&adds, &[0])],
+    };
+    let refused =
+        post(&tower.api, "/v1/clients", &serde_json::to_vec(&stranger).unwrap(), &cosigner).unwrap_err();
+    assert!(refused.0 == 401 && refused.1.contains("unknown enrollment token"), "{refused:?}");
     // Signed by the quorum of the version before it: pinned at version 2, under the first
     // policy's id; the refusals above did not use the token up.
     let ack = enroll(&mut h, vec![signed(&adds, &[0, 2])]).unwrap();

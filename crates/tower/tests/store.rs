@@ -97,7 +97,9 @@ fn conformance(reopen: &dyn Fn() -> Box<dyn TowerStore>) {
         pending: None,
         earlier: vec!["policy q1".into()],
     };
+    assert_eq!((store.token("token").unwrap(), store.token("no token").unwrap()), (Some(None), None));
     assert_eq!(store.enroll("token", &first, None).unwrap(), Enrollment::Pinned);
+    assert_eq!(store.token("token").unwrap(), Some(Some(first.id.clone())));
     assert_eq!(store.enroll("token", &first, None).unwrap(), Enrollment::Same);
     // A client held already is kept, unless the tower takes the chain in its place.
     let later = ClientRecord {

@@ -181,6 +181,9 @@ pub trait TowerStore: Send {
     fn panic_used(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Records a single-use enrollment token (by its sha256).
     fn issue_token(&mut self, hash: &str) -> Result<(), StoreError>;
+    /// Token `hash`, read only: `None` if there is no such token, else the client it pinned
+    /// (`None` while unused).
+    fn token(&mut self, hash: &str) -> Result<Option<Option<String>>, StoreError>;
     /// The policy client `id` is held under, if it is held.
     fn applied_policy(&mut self, id: &str) -> Result<Option<String>, StoreError>;
     /// Uses token `hash` to pin `client` (its versions `earlier`, oldest first, when a chain

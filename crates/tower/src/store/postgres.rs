@@ -329,6 +329,12 @@ impl TowerStore for PostgresStore {
         })
     }
 
+    fn token(&mut self, hash: &str) -> Result<Option<Option<String>>, StoreError> {
+        self.run(|c| {
+            Ok(c.query_opt("SELECT client FROM tokens WHERE hash = $1", &[&hash])?.map(|r| r.get(0)))
+        })
+    }
+
     fn applied_policy(&mut self, id: &str) -> Result<Option<String>, StoreError> {
         self.run(|c| Ok(c.query_opt("SELECT policy FROM clients WHERE id = $1", &[&id])?.map(|r| r.get(0))))
     }

@@ -273,6 +273,13 @@ impl TowerStore for SqliteStore {
         Ok(())
     }
 
+    fn token(&mut self, hash: &str) -> Result<Option<Option<String>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT client FROM tokens WHERE hash = ?1", [hash], |r| r.get(0))
+            .optional()?)
+    }
+
     fn applied_policy(&mut self, id: &str) -> Result<Option<String>, StoreError> {
         Ok(self.conn.query_row("SELECT policy FROM clients WHERE id = ?1", [id], |r| r.get(0)).optional()?)
     }
