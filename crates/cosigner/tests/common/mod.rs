@@ -8,7 +8,7 @@ use vigil_testenv::family::Family;
 use vigil_testenv::process::Node;
 use vigil_testenv::wallet::mine;
 use vigil_testenv::webhook::Received;
-use vigil_testenv::Vault;
+use vigil_testenv::{eventually, Vault};
 
 /// The example policy of the process tests (DELAY 20; the family sets its towers).
 pub use vigil_testenv::household::example;
@@ -103,7 +103,13 @@ pub fn enroll_tower_b(f: &Family, token: &str) -> Value {
 /// Spend request `id` co-signed and sent: it confirms as the spend of `vault`'s unvault, which
 /// no tower cancelled. Returns it.
 pub fn signed_and_spent(node: &Node, f: &Family, vault: &Vault, id: u64) -> Transaction {
-    let tx = f.sign(id).unwrap();
+    // As the owner's client does: a "try again" (the client's record written meanwhile by the
+    // co-signer's background work, a change applied at a new block say) is asked again.
+    let tx = eventually("the spend co-signed", || match f.sign(id) {
+        Ok(tx) => Some(tx),
+        Err((409, text)) if text.contains("try again") => None,
+        Err(other) => panic!("{other:?}"),
+    });
     node.rpc.broadcast(&tx).unwrap();
     block(node, f, 1);
     let spent = vigil_testenv::wallet::spend_of(&node.rpc, vault.unvault_outpoint()).unwrap();
