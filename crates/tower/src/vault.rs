@@ -289,6 +289,26 @@ pub enum AlarmKind {
 }
 
 impl AlarmKind {
+    /// Every kind, for what must have words for each (the guardian's page). A kind added to
+    /// the type fails to build [`AlarmKind::as_str`] below until it has a name: list it here too.
+    pub const ALL: [AlarmKind; 15] = [
+        AlarmKind::UnvaultCancelled,
+        AlarmKind::UnapprovedSpend,
+        AlarmKind::ForeignVaultSpend,
+        AlarmKind::Panic,
+        AlarmKind::Deadline,
+        AlarmKind::BumpCeiling,
+        AlarmKind::FeeWalletEmpty,
+        AlarmKind::FeeWalletLow,
+        AlarmKind::BackendOutage,
+        AlarmKind::ReorgTooDeep,
+        AlarmKind::PolicyChange,
+        AlarmKind::PolicyApplied,
+        AlarmKind::PolicyInvalid,
+        AlarmKind::Lockdown,
+        AlarmKind::UnorderedEmergency,
+    ];
+
     /// The name webhooks receive (`unvault-cancelled`).
     pub fn as_str(&self) -> &'static str {
         match self {
