@@ -19,6 +19,9 @@ pub enum BlockEvent {
         hash: BlockHash,
         /// The block, serialized.
         raw: Vec<u8>,
+        /// The backend's tip when the poll that brought it began: a block below it was mined
+        /// before anything decided on it could reach the network (catching up).
+        tip: u32,
     },
     /// A block left the active chain; reported tip first.
     Disconnected {
@@ -188,7 +191,7 @@ impl Follower {
                         return Ok(());
                     }
                     self.recent.push(BlockId { height, hash });
-                    if !on_event(BlockEvent::Connected { height, hash, raw }) {
+                    if !on_event(BlockEvent::Connected { height, hash, raw, tip: tip.height }) {
                         return Ok(());
                     }
                     height += 1;

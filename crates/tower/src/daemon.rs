@@ -312,9 +312,10 @@ impl Tower {
         let mut handle = |event: BlockEvent| -> Result<(), TowerError> {
             let mut state = self.lock();
             let mut actions = match &event {
-                BlockEvent::Connected { height, hash, raw } => {
+                BlockEvent::Connected { height, hash, raw, tip } => {
                     window.push(BlockId { height: *height, hash: *hash });
                     state.backend_tip = state.backend_tip.max(*height);
+                    state.watcher.set_chain_tip(*tip);
                     state
                         .watcher
                         .on_raw_block_connected(*height, raw)

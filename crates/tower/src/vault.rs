@@ -104,6 +104,10 @@ pub struct VaultState {
     /// The ladder under way (cancel, or emergency) reached its top rung at this height.
     #[serde(default)]
     pub top_rung_since: Option<u32>,
+    /// The chain's height when the ladder's rung was last sent: it climbs on a block mined
+    /// after that (`None`: sent before this was recorded; it climbs on the next block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rung_sent_at: Option<u32>,
     /// The fee wallet's latest child paying through a top-rung anchor (boxed: idle vaults,
     /// the many, have none).
     #[serde(default)]

@@ -811,6 +811,54 @@ fn a_sweep_under_way_climbs_its_ladder_after_the_tower_is_killed_and_restarted()
     eventually("the restarted tower climbed the sweep's ladder", || rung_in_mempool().filter(|r| *r > first));
 }
 
+/// A tower back from a long outage does not send a cancel as if it had sat unconfirmed in
+/// every block it missed: it starts as high as the deadline requires, and no higher.
+#[test]
+fn a_tower_back_from_an_outage_cancels_as_high_as_each_deadline_requires_and_no_higher() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Household::new(dir.path(), &node, example("tower catch-up fees"));
+    let mut tower = TowerProcess::new(&node, std::slice::from_ref(&client.policy_path), 62, None);
+    let (early, late) = (
+        client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard),
+        client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard),
+    );
+    for v in [&early, &late] {
+        client.protect(rpc, &tower.api, v);
+    }
+    mine(rpc, 1, &client.wallet.address());
+    // Down while both unapproved unvaults confirm, 9 blocks apart; back 13 blocks after the
+    // first: its spend leaf (DELAY 20) opens in 7 blocks, the second's in 16.
+    tower.kill9();
+    rpc.broadcast(early.graph.unvault()).unwrap();
+    mine(rpc, 9, &client.wallet.address());
+    rpc.broadcast(late.graph.unvault()).unwrap();
+    mine(rpc, 5, &client.wallet.address());
+    let tip = rpc.tip().unwrap().height;
+    tower.start();
+    let cancel_rung = |v: &Vault| {
+        let pool = rpc.mempool().unwrap().txids;
+        let cancels = &v.graph.graph().cancels;
+        (0..cancels.len()).find(|i| pool.contains(&cancels[*i].tx.compute_txid()))
+    };
+    let rungs = eventually("both cancels in the mempool", || {
+        let view =
+            get(&tower.api, &format!("/v1/clients/{}", client.policy_id), &client.owner_auth()).ok()?;
+        (view["tip"] == tip).then_some(())?;
+        Some((cancel_rung(&early)?, cancel_rung(&late)?))
+    });
+    let top = early.graph.graph().cancels.len() - 1;
+    // The first at the top (a tower that never stopped would be there too); the second at the
+    // bottom, not four rungs up for the four blocks missed since its unvault confirmed.
+    assert_eq!(rungs, (top, 0), "cancel rungs after catching up, ladder of {}", top + 1);
+    mine(rpc, 1, &client.wallet.address());
+    for v in [&early, &late] {
+        let cancel = spend_of(rpc, v.unvault_outpoint()).expect("cancelled");
+        assert_eq!(confirmations(rpc, &cancel.compute_txid()), 1, "confirmed in the next block");
+    }
+}
+
 #[test]
 fn a_change_due_while_the_tower_was_down_applies_at_its_height_when_it_catches_up() {
     let node = vigil_node();

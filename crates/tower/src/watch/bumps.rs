@@ -27,6 +27,9 @@ impl Watcher {
         outbid: Option<u64>,
         actions: &mut Vec<Action>,
     ) {
+        // Recorded as sent when it reaches the network: the next bump waits for blocks mined
+        // after that, not for blocks caught up.
+        let sent_at = self.on_network_at(height);
         let Some(wallet) = self.fee_wallet.as_mut() else { return };
         let vault = self.vaults.get_mut(&id).expect("watched");
         let parent_txid = parent.compute_txid();
@@ -65,7 +68,7 @@ impl Watcher {
                 }
                 vault.state.bump = Some(Box::new(BumpState {
                     parent: parent_txid,
-                    height,
+                    height: sent_at,
                     sat_per_vb: bump.sat_per_vb,
                     coin: bump.coin,
                     coin_value: bump.coin_value,

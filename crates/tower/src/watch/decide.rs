@@ -3,7 +3,7 @@
 
 use vigil_policy::bitcoin::{OutPoint, Transaction, Txid};
 
-use super::{cancel_broadcast, emergency_broadcast, Watcher};
+use super::{cancel_broadcast, emergency_broadcast, vault_floor, Watcher};
 use crate::vault::{Action, AlarmKind, Role, VaultState};
 
 impl Watcher {
@@ -134,9 +134,11 @@ impl Watcher {
             None if tx.input.len() == 1 => value.to_sat().saturating_sub(outputs) / vsize,
             None => self.fee_wallet.as_ref().map(|w| w.stress_rate()).unwrap_or(0),
         };
+        let now = self.on_network_at(self.tip);
         let vault = self.vaults.get_mut(&id).expect("watched");
         vault.state.cancel_rung = Some(top);
-        vault.state.top_rung_since.get_or_insert(self.tip);
+        vault.state.rung_sent_at = Some(now);
+        vault.state.top_rung_since.get_or_insert(now);
         actions.push(cancel_broadcast(vault, top));
         let parent = vault.cancels[top].clone();
         self.fresh.insert(id);
@@ -230,13 +232,18 @@ impl Watcher {
         if !by_quorum {
             self.released.entry(client).or_default().insert(id, (seen_at, value));
         }
+        let now = self.on_network_at(self.tip);
         let vault = self.vaults.get_mut(&id).expect("watched");
         vault.state.counted_for_velocity = Some(!by_quorum);
         if vault.state.emergency_rung.is_some() {
-            // A panic is under way: U gets UE, not C.
-            vault.state.emergency_rung = Some(0);
-            vault.state.top_rung_since = None;
-            actions.push(emergency_broadcast(vault, 0));
+            // A panic is under way: U gets UE, not C, as high as U's deadline requires.
+            let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
+            let rung = vault_floor(vault, top, now);
+            vault.state.emergency_rung = Some(rung);
+            vault.state.top_rung_since = (rung == top).then_some(now);
+            vault.state.rung_sent_at = Some(now);
+            actions.push(emergency_broadcast(vault, rung));
+            self.fresh.insert(id);
             return;
         }
         match lockdown {
@@ -255,15 +262,22 @@ impl Watcher {
         self.start_cancel(id, &format!(" is {why}"), actions);
     }
 
-    /// Starts `id`'s cancel at the bottom rung, with an alarm: "unvault U of vault V`why`:
-    /// cancelling".
+    /// Starts `id`'s cancel at the bottom rung, or as high as U's deadline requires, with an
+    /// alarm: "unvault U of vault V`why`: cancelling".
     pub(super) fn start_cancel(&mut self, id: OutPoint, why: &str, actions: &mut Vec<Action>) {
         if !self.ensure_graph(id) {
             return;
         }
+        let now = self.on_network_at(self.tip);
         let vault = self.vaults.get_mut(&id).expect("watched");
         let u_txid = vault.unvault.compute_txid();
-        vault.state.cancel_rung = Some(0);
+        let top = vault.cancels.len() - 1;
+        let rung = vault_floor(vault, top, now);
+        vault.state.cancel_rung = Some(rung);
+        vault.state.rung_sent_at = Some(now);
+        if rung == top {
+            vault.state.top_rung_since.get_or_insert(now);
+        }
         self.fresh.insert(id);
         self.active.insert(id);
         self.dirty.insert(id);
@@ -272,7 +286,7 @@ impl Watcher {
             AlarmKind::UnvaultCancelled,
             format!("unvault {u_txid} of vault {id}{why}: cancelling"),
         ));
-        actions.push(cancel_broadcast(vault, 0));
+        actions.push(cancel_broadcast(vault, rung));
     }
 
     /// An approval of an unvault seen already, judged then as the guardians' quorum's (not

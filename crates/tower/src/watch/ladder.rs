@@ -3,15 +3,21 @@
 
 use vigil_policy::bitcoin::OutPoint;
 
-use super::{cancel_broadcast, emergency_broadcast, Watcher, BURY_MARGIN};
+use super::{cancel_broadcast, emergency_broadcast, vault_floor, Watcher, BURY_MARGIN};
 use crate::vault::{Action, AlarmKind};
 
 impl Watcher {
     /// Every block: escalate what is unconfirmed, re-broadcast after reorgs, watch deadlines,
     /// retire what is buried.
+    ///
+    /// A rung climbs on a block mined after it was sent; a block caught up after an outage was
+    /// mined before, so catching up raises a ladder only as far as the deadline requires
+    /// ([`super::deadline_floor`]), and sends nothing new for the blocks in between.
     pub(super) fn each_block(&mut self, height: u32, actions: &mut Vec<Action>) {
         self.check_fee_wallet(actions);
         self.quiet_cancels(height, actions);
+        let now = self.on_network_at(height);
+        let caught_up = height >= self.chain_tip;
         let active: Vec<OutPoint> = self.active.iter().filter(|v| !self.fresh.contains(v)).copied().collect();
         for id in active {
             let vault = self.vaults.get_mut(&id).expect("watched");
@@ -23,14 +29,21 @@ impl Watcher {
                 self.dirty.insert(id);
                 continue;
             }
+            let climbs = s.rung_sent_at.is_none_or(|sent| height > sent);
             if let Some(rung) = s.emergency_rung.filter(|_| s.emergency_height.is_none()) {
                 let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
-                let next = (rung + 1).min(top);
+                let climbed = if climbs { (rung + 1).min(top) } else { rung };
+                // UE spends U's output: the cancel's deadline is its own.
+                let next = if s.unvault_seen { climbed.max(vault_floor(vault, top, now)) } else { climbed };
+                if next == rung && !climbs && !caught_up {
+                    continue;
+                }
                 vault.state.emergency_rung = Some(next);
+                vault.state.rung_sent_at = Some(now);
                 actions.push(emergency_broadcast(vault, next));
                 self.dirty.insert(id);
                 if next == top {
-                    vault.state.top_rung_since.get_or_insert(height);
+                    vault.state.top_rung_since.get_or_insert(now);
                     // UE's parent U must be confirmed for a child of UE to relay (TRUC).
                     let (parent, parent_value, label) = if vault.state.unvault_seen {
                         (
@@ -47,12 +60,17 @@ impl Watcher {
                 }
             } else if let Some(rung) = s.cancel_rung.filter(|_| s.cancel_height.is_none()) {
                 let top = vault.cancels.len() - 1;
-                let next = (rung + 1).min(top);
+                let climbed = if climbs { (rung + 1).min(top) } else { rung };
+                let next = climbed.max(vault_floor(vault, top, now));
+                if next == rung && !climbs && !caught_up {
+                    continue;
+                }
                 vault.state.cancel_rung = Some(next);
+                vault.state.rung_sent_at = Some(now);
                 actions.push(cancel_broadcast(vault, next));
                 self.dirty.insert(id);
                 if next == top {
-                    vault.state.top_rung_since.get_or_insert(height);
+                    vault.state.top_rung_since.get_or_insert(now);
                 }
                 // C's parent U must be confirmed for a child of C to relay (TRUC).
                 if next == top && s.unvault_height.is_some() {
@@ -61,7 +79,7 @@ impl Watcher {
                     self.bump(id, parent, parent_value, "cancel", height, None, actions);
                 }
                 let vault = self.vaults.get(&id).expect("watched");
-                if let Some(u) = s.unvault_height {
+                if let Some(u) = s.unvault_height.filter(|_| caught_up) {
                     let deadline = u + vault.delay as u32;
                     if height + BURY_MARGIN >= deadline {
                         actions.push(Action::alarm(

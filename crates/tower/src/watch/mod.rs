@@ -17,6 +17,8 @@ use crate::vault::{Action, AlarmKind, ApprovalTerms, Vault};
 mod bumps;
 mod decide;
 mod ladder;
+#[cfg(test)]
+mod ladder_tests;
 mod lockdown;
 #[cfg(test)]
 mod lockdown_tests;
@@ -89,6 +91,9 @@ pub struct Watcher {
     /// A low-balance alarm is standing.
     wallet_low: bool,
     tip: u32,
+    /// The backend's tip when the blocks being connected were fetched: a block below it is
+    /// history caught up after a restart or an outage (see [`Watcher::set_chain_tip`]).
+    chain_tip: u32,
     /// Blocks and mempool transactions observed so far (see [`Watcher::events`]).
     events: u64,
     /// Clients locked down, by id.
@@ -113,6 +118,21 @@ impl Watcher {
     /// Sets the tip height (from the store at start: the watcher must never act on height 0).
     pub fn set_tip(&mut self, height: u32) {
         self.tip = height;
+    }
+
+    /// The backend's tip, before the blocks up to it are connected. A block below it was mined
+    /// before anything decided on it could reach the network: a rung sent while catching up
+    /// climbs only on blocks mined after the tip, so an outage does not burn fees as if the
+    /// cancel had sat unconfirmed through every block missed; the deadline alone may raise it
+    /// ([`deadline_floor`], ADR 0009).
+    pub fn set_chain_tip(&mut self, height: u32) {
+        self.chain_tip = height;
+    }
+
+    /// When what is decided on the block at `height` reaches the network: at once, or once
+    /// the tower has caught up with the chain.
+    fn on_network_at(&self, height: u32) -> u32 {
+        height.max(self.chain_tip)
     }
 
     /// Watches a vault (new, or loaded from the store with its state).
@@ -504,16 +524,41 @@ impl Watcher {
     }
 
     fn start_emergency(&mut self, id: OutPoint, actions: &mut Vec<Action>) {
+        let now = self.on_network_at(self.tip);
         let vault = self.vaults.get_mut(&id).expect("watched");
         if vault.state.done || vault.state.emergency_rung.is_some() {
             return;
         }
         vault.state.emergency_rung = Some(0);
         vault.state.top_rung_since = None;
+        vault.state.rung_sent_at = Some(now);
         self.dirty.insert(id);
         self.active.insert(id);
         self.fresh.insert(id);
         actions.push(emergency_broadcast(vault, 0));
+    }
+}
+
+/// Blocks before the spend leaf opens by which a ladder spending U's output (C, or UE)
+/// reaches its top rung at the latest: the burial margin, and time for a first anchor bump
+/// before it.
+pub const TOP_RUNG_MARGIN: u32 = BURY_MARGIN + BUMP_RETRY_BLOCKS;
+
+/// The lowest rung a ladder spending U's output may stand at when what is sent now reaches
+/// the network at height `now`, the spend leaf opening at `opens`: from there, one rung a
+/// block reaches the top [`TOP_RUNG_MARGIN`] blocks before it. A ladder that has climbed from
+/// the bottom since U confirmed is never below it (DELAY covers the ladder and the margin);
+/// one that starts late (a tower back from an outage, a quiet cancel) starts at it.
+pub fn deadline_floor(top: usize, opens: u32, now: u32) -> usize {
+    let blocks_to_climb = opens.saturating_sub(now).saturating_sub(TOP_RUNG_MARGIN);
+    top.saturating_sub(blocks_to_climb as usize)
+}
+
+/// [`deadline_floor`] for `vault`'s ladder spending U's output, `0` while U is unconfirmed.
+pub(super) fn vault_floor(vault: &Vault, top: usize, now: u32) -> usize {
+    match vault.state.unvault_height {
+        Some(u) => deadline_floor(top, u + vault.delay as u32, now),
+        None => 0,
     }
 }
 

@@ -667,7 +667,7 @@ fn the_deadline_alarm_fires_before_the_spend_leaf_opens() {
 
 /// A fee wallet sized at `stress` sat/vB (bumps at 50) holding one confirmed coin of `sat`,
 /// paid by a transaction shaped after `v`'s cancel.
-fn fee_wallet(v: &Vault, stress: u64, sat: u64) -> crate::fees::FeeWallet {
+pub(super) fn fee_wallet(v: &Vault, stress: u64, sat: u64) -> crate::fees::FeeWallet {
     use crate::fees::{FeePolicy, FeeWallet};
     use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
     let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();

@@ -1,0 +1,111 @@
+//! Fee ladders across an outage: what a tower catching up sends.
+
+use super::tests::{alarms, block, broadcasts, fee_wallet, vault, watcher};
+use super::{deadline_floor, Watcher, TOP_RUNG_MARGIN};
+use crate::vault::Action;
+
+/// Connects the empty blocks `heights`, returning what each sent.
+fn connect(w: &mut Watcher, heights: std::ops::RangeInclusive<u32>) -> Vec<(u32, Vec<String>)> {
+    heights.map(|h| (h, broadcasts(&w.on_block_connected(h, &block(vec![]))))).collect()
+}
+
+#[test]
+fn the_floor_reaches_the_top_rung_in_time_and_never_binds_a_ladder_climbing_since_the_unvault() {
+    // DELAY 20, U confirmed at 10: the spend leaf opens at 30.
+    assert_eq!(deadline_floor(7, 30, 10), 0);
+    assert_eq!(deadline_floor(7, 30, 15), 0);
+    assert_eq!(deadline_floor(7, 30, 16), 1);
+    assert_eq!(deadline_floor(7, 30, 30 - TOP_RUNG_MARGIN), 7, "the top, with time for a bump");
+    assert_eq!(deadline_floor(7, 30, 40), 7, "past the deadline");
+    // One rung a block from the bottom at U's confirmation stays at or above it.
+    for h in 10..40 {
+        assert!((h - 10) as usize >= deadline_floor(7, 30, h).min(7));
+    }
+}
+
+#[test]
+fn a_tower_catching_up_climbs_a_ladder_only_as_far_as_the_deadline_requires() {
+    let (early, late, live) = (vault(0, 1_000_000), vault(1, 1_000_000), vault(2, 1_000_000));
+    let mut w = watcher(&[&early, &late, &live], 100_000_000);
+    let top = early.cancels.len() - 1;
+    // `live`'s cancel went out before the outage, at rung 0 (U in the mempool at 9).
+    w.set_chain_tip(9);
+    w.on_block_connected(9, &block(vec![]));
+    assert_eq!(broadcasts(&w.on_mempool_tx(&live.unvault)), vec!["cancel rung 0"]);
+    // Back at 24: `early`'s U confirmed at 10 (its spend leaf opens at 30), `late`'s and
+    // `live`'s at 20 (at 40); none was approved.
+    w.set_chain_tip(24);
+    let first = w.on_block_connected(10, &block(vec![early.unvault.clone()]));
+    assert_eq!(broadcasts(&first), vec![format!("cancel rung {top}"), "cancel rung 1".into()]);
+    assert_eq!(alarms(&first), vec!["unvault-cancelled"]);
+    // `early` at the top at once; `live` climbed once (its rung 0 was on the network when 10
+    // was mined), and no more: what it sends now was on the network for no block since.
+    let sent: Vec<_> = connect(&mut w, 11..=19).into_iter().filter(|(_, b)| !b.is_empty()).collect();
+    assert!(sent.is_empty(), "nothing new while catching up: {sent:?}");
+    let actions = w.on_block_connected(20, &block(vec![late.unvault.clone(), live.unvault.clone()]));
+    assert_eq!(broadcasts(&actions), vec!["cancel rung 0"], "`late` starts at the bottom: 16 blocks left");
+    assert!(connect(&mut w, 21..=23).iter().all(|(_, b)| b.is_empty()));
+    // At the tip, what stands is sent again; after it, each ladder climbs a rung a block.
+    let mut at_tip = broadcasts(&w.on_block_connected(24, &block(vec![])));
+    at_tip.sort();
+    assert_eq!(at_tip, vec!["cancel rung 0", "cancel rung 1", &format!("cancel rung {top}")]);
+    w.set_chain_tip(25);
+    let mut next = broadcasts(&w.on_block_connected(25, &block(vec![])));
+    next.sort();
+    assert_eq!(next, vec!["cancel rung 1", "cancel rung 2", &format!("cancel rung {top}")]);
+    // A tower that saw every block one at a time would stand at the top for all three.
+    let mut one_by_one = watcher(&[&early, &late, &live], 100_000_000);
+    one_by_one.on_block_connected(9, &block(vec![]));
+    one_by_one.on_mempool_tx(&live.unvault);
+    one_by_one.on_block_connected(10, &block(vec![early.unvault.clone()]));
+    connect(&mut one_by_one, 11..=19);
+    one_by_one.on_block_connected(20, &block(vec![late.unvault.clone(), live.unvault.clone()]));
+    connect(&mut one_by_one, 21..=25);
+    let rungs = |w: &Watcher| {
+        [&early, &late, &live].map(|v| w.vault(&v.outpoint).unwrap().state.cancel_rung.unwrap())
+    };
+    assert_eq!(rungs(&one_by_one), [top, 5, top]);
+    assert_eq!(rungs(&w), [top, 1, 2]);
+}
+
+#[test]
+fn a_tower_catching_up_with_a_cancel_at_the_top_bumps_it_once_not_once_per_two_blocks_missed() {
+    let v = vault(0, 5_000_000);
+    let bumps = |outage: bool| {
+        let mut w = watcher(&[&v], 100_000_000);
+        w.set_fee_wallet(fee_wallet(&v, 300, 1_000_000));
+        // U confirmed at 10, unapproved: the top rung at 17, a first bump at 19.
+        w.set_chain_tip(10);
+        w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+        let mut heights = Vec::new();
+        for h in 11..=40 {
+            // Down from 20 to 29: the tower sees 20 to 29 only once the chain is at 29.
+            w.set_chain_tip(if outage && (20..29).contains(&h) { 29 } else { h });
+            let actions = w.on_block_connected(h, &block(vec![]));
+            if actions.iter().any(|a| matches!(a, Action::BroadcastPackage { .. })) {
+                heights.push(h);
+            }
+        }
+        heights
+    };
+    let steady = bumps(false);
+    assert_eq!(steady[..3], [19, 21, 23], "a bump, then a replacement every two blocks");
+    let caught_up = bumps(true);
+    assert_eq!(caught_up[..3], [19, 29, 31], "one replacement for the outage, at the tip, then as before");
+}
+
+#[test]
+fn a_sweep_turned_to_the_unvault_while_catching_up_starts_as_high_as_the_deadline_requires() {
+    let v = vault(0, 1_000_000);
+    let swept = |chain_tip: u32| {
+        let mut w = watcher(&[&v], 100_000_000);
+        w.on_block_connected(9, &block(vec![]));
+        assert_eq!(broadcasts(&w.panic("p")), vec!["emergency rung 0"]);
+        // U confirmed at 10, before E: the sweep goes through UE, racing U's spend leaf (30).
+        w.set_chain_tip(chain_tip);
+        broadcasts(&w.on_block_connected(10, &block(vec![v.unvault.clone()])))
+    };
+    assert_eq!(swept(10), vec!["unvault-emergency rung 0"]);
+    let top = v.unvault_emergencies.len().min(v.emergencies.len()) - 1;
+    assert_eq!(swept(24), vec![format!("unvault-emergency rung {top}")], "6 blocks left when it is sent");
+}
