@@ -3,7 +3,7 @@
 
 use vigil_policy::bitcoin::{OutPoint, Transaction, Txid};
 
-use super::{cancel_broadcast, emergency_broadcast, vault_floor, Watcher};
+use super::{cancel_broadcast, emergency_broadcast, top_rung_since, vault_floor, Watcher};
 use crate::vault::{Action, AlarmKind, Role, VaultState};
 
 impl Watcher {
@@ -240,7 +240,7 @@ impl Watcher {
             let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
             let rung = vault_floor(vault, top, now);
             vault.state.emergency_rung = Some(rung);
-            vault.state.top_rung_since = (rung == top).then_some(now);
+            vault.state.top_rung_since = (rung == top).then(|| top_rung_since(vault, now));
             vault.state.rung_sent_at = Some(now);
             actions.push(emergency_broadcast(vault, rung));
             self.fresh.insert(id);
@@ -276,7 +276,7 @@ impl Watcher {
         vault.state.cancel_rung = Some(rung);
         vault.state.rung_sent_at = Some(now);
         if rung == top {
-            vault.state.top_rung_since.get_or_insert(now);
+            vault.state.top_rung_since.get_or_insert(top_rung_since(vault, now));
         }
         self.fresh.insert(id);
         self.active.insert(id);

@@ -3,7 +3,7 @@
 
 use vigil_policy::bitcoin::OutPoint;
 
-use super::{cancel_broadcast, emergency_broadcast, vault_floor, Watcher, BURY_MARGIN};
+use super::{cancel_broadcast, emergency_broadcast, top_rung_since, vault_floor, Watcher, BURY_MARGIN};
 use crate::vault::{Action, AlarmKind};
 
 impl Watcher {
@@ -43,7 +43,7 @@ impl Watcher {
                 actions.push(emergency_broadcast(vault, next));
                 self.dirty.insert(id);
                 if next == top {
-                    vault.state.top_rung_since.get_or_insert(now);
+                    vault.state.top_rung_since.get_or_insert(top_rung_since(vault, now));
                     // UE's parent U must be confirmed for a child of UE to relay (TRUC).
                     let (parent, parent_value, label) = if vault.state.unvault_seen {
                         (
@@ -70,7 +70,7 @@ impl Watcher {
                 actions.push(cancel_broadcast(vault, next));
                 self.dirty.insert(id);
                 if next == top {
-                    vault.state.top_rung_since.get_or_insert(now);
+                    vault.state.top_rung_since.get_or_insert(top_rung_since(vault, now));
                 }
                 // C's parent U must be confirmed for a child of C to relay (TRUC).
                 if next == top && s.unvault_height.is_some() {

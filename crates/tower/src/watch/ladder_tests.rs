@@ -13,8 +13,8 @@ fn connect(w: &mut Watcher, heights: std::ops::RangeInclusive<u32>) -> Vec<(u32,
 fn the_floor_reaches_the_top_rung_in_time_and_never_binds_a_ladder_climbing_since_the_unvault() {
     // DELAY 20, U confirmed at 10: the spend leaf opens at 30.
     assert_eq!(deadline_floor(7, 30, 10), 0);
-    assert_eq!(deadline_floor(7, 30, 15), 0);
-    assert_eq!(deadline_floor(7, 30, 16), 1);
+    assert_eq!(deadline_floor(7, 30, 14), 0);
+    assert_eq!(deadline_floor(7, 30, 15), 1);
     assert_eq!(deadline_floor(7, 30, 30 - TOP_RUNG_MARGIN), 7, "the top, with time for a bump");
     assert_eq!(deadline_floor(7, 30, 40), 7, "past the deadline");
     // One rung a block from the bottom at U's confirmation stays at or above it.
@@ -108,4 +108,36 @@ fn a_sweep_turned_to_the_unvault_while_catching_up_starts_as_high_as_the_deadlin
     assert_eq!(swept(10), vec!["unvault-emergency rung 0"]);
     let top = v.unvault_emergencies.len().min(v.emergencies.len()) - 1;
     assert_eq!(swept(24), vec![format!("unvault-emergency rung {top}")], "6 blocks left when it is sent");
+}
+
+#[test]
+fn a_tower_back_late_bumps_at_once_as_the_latest_schedule_would_have() {
+    let v = vault(0, 5_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    w.set_fee_wallet(fee_wallet(&v, 300, 1_000_000));
+    // Back at 23; U, unapproved, confirmed at 10: the spend leaf opens at 30. On the latest
+    // schedule the top rung stood from 21 and its first bump went out at 23, to confirm at 24.
+    w.set_chain_tip(23);
+    let mut bumped = Vec::new();
+    for h in 10..=26 {
+        w.set_chain_tip(h.max(23));
+        let actions = w.on_block_connected(h, &block(if h == 10 { vec![v.unvault.clone()] } else { vec![] }));
+        if actions.iter().any(|a| matches!(a, Action::BroadcastPackage { .. })) {
+            bumped.push(h);
+        }
+    }
+    assert_eq!(bumped, [23, 25], "a first bump as soon as it is caught up, then every two blocks");
+}
+
+#[test]
+fn a_rung_sent_on_a_block_a_reorganisation_took_away_climbs_on_the_block_that_replaced_it() {
+    let v = vault(0, 1_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    w.set_chain_tip(10);
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    w.set_chain_tip(11);
+    assert_eq!(broadcasts(&w.on_block_connected(11, &block(vec![]))), vec!["cancel rung 1"]);
+    // 11 is replaced by 11': rung 1 was out when 11' was mined, and did not confirm in it.
+    w.on_block_disconnected(11);
+    assert_eq!(broadcasts(&w.on_block_connected(11, &block(vec![]))), vec!["cancel rung 2"]);
 }

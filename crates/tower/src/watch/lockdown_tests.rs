@@ -45,15 +45,15 @@ fn a_quiet_lockdown_cancels_an_approved_unvault_late_but_before_the_deadline() {
         assert!(broadcasts(&w.on_block_connected(h, &block(vec![]))).is_empty(), "nothing at {h}");
     }
     // Late, so at the rung from which one a block reaches the top in time (the 8-rung ladder
-    // is at its top 8 blocks before the leaf opens): rung 3.
+    // is at its top 9 blocks before the leaf opens): rung 4.
     let top = a.cancels.len() - 1;
-    assert_eq!((top, super::deadline_floor(top, 30, 18)), (7, 3));
-    assert_eq!(broadcasts(&w.on_block_connected(18, &block(vec![]))), vec!["cancel rung 3"]);
-    assert_eq!(broadcasts(&w.on_block_connected(19, &block(vec![]))), vec!["cancel rung 4"], "and climbs");
+    assert_eq!((top, super::deadline_floor(top, 30, 18)), (7, 4));
+    assert_eq!(broadcasts(&w.on_block_connected(18, &block(vec![]))), vec!["cancel rung 4"]);
+    assert_eq!(broadcasts(&w.on_block_connected(19, &block(vec![]))), vec!["cancel rung 5"], "and climbs");
     // An unapproved unvault is cancelled at once, as in any session, from the bottom rung.
     assert_eq!(
         broadcasts(&w.on_block_connected(20, &block(vec![b.unvault.clone()]))),
-        vec!["cancel rung 0", "cancel rung 5"]
+        vec!["cancel rung 0", "cancel rung 6"]
     );
 }
 
@@ -78,7 +78,7 @@ fn an_unvault_approved_under_duress_is_cancelled_late_after_the_quiet_lockdown_e
         assert!(broadcasts(&w.on_block_connected(h, &block(vec![]))).is_empty(), "nothing at {h}");
     }
     let actions = w.on_block_connected(18, &block(vec![]));
-    assert_eq!(broadcasts(&actions), vec!["cancel rung 3"], "A's, not B's: {actions:?}");
+    assert_eq!(broadcasts(&actions), vec!["cancel rung 4"], "A's, not B's: {actions:?}");
     assert_eq!(w.vault(&b.outpoint).unwrap().state.cancel_rung, None);
 }
 

@@ -427,6 +427,16 @@ impl Watcher {
     pub fn on_block_disconnected(&mut self, height: u32) {
         self.events += 1;
         self.tip = height.saturating_sub(1);
+        // The chain is lower than when rungs were sent: they were out for the blocks to come.
+        self.chain_tip = self.chain_tip.min(self.tip);
+        let tip = self.tip;
+        for id in &self.active {
+            let s = &mut self.vaults.get_mut(id).expect("watched").state;
+            if s.rung_sent_at.is_some_and(|sent| sent > tip) {
+                s.rung_sent_at = Some(tip);
+                self.dirty.insert(*id);
+            }
+        }
         if let Some(w) = self.fee_wallet.as_mut() {
             w.disconnect(height);
             self.wallet_dirty = true;
@@ -529,20 +539,23 @@ impl Watcher {
         if vault.state.done || vault.state.emergency_rung.is_some() {
             return;
         }
-        vault.state.emergency_rung = Some(0);
-        vault.state.top_rung_since = None;
+        // UE, when U is out, as high as U's deadline requires.
+        let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
+        let rung = if vault.state.unvault_seen { vault_floor(vault, top, now) } else { 0 };
+        vault.state.emergency_rung = Some(rung);
+        vault.state.top_rung_since = (rung == top).then(|| top_rung_since(vault, now));
         vault.state.rung_sent_at = Some(now);
         self.dirty.insert(id);
         self.active.insert(id);
         self.fresh.insert(id);
-        actions.push(emergency_broadcast(vault, 0));
+        actions.push(emergency_broadcast(vault, rung));
     }
 }
 
 /// Blocks before the spend leaf opens by which a ladder spending U's output (C, or UE)
-/// reaches its top rung at the latest: the burial margin, and time for a first anchor bump
-/// before it.
-pub const TOP_RUNG_MARGIN: u32 = BURY_MARGIN + BUMP_RETRY_BLOCKS;
+/// reaches its top rung at the latest: a first anchor bump goes out [`BUMP_RETRY_BLOCKS`]
+/// later and can confirm a block after that, before the burial margin begins.
+pub const TOP_RUNG_MARGIN: u32 = BURY_MARGIN + BUMP_RETRY_BLOCKS + 1;
 
 /// The lowest rung a ladder spending U's output may stand at when what is sent now reaches
 /// the network at height `now`, the spend leaf opening at `opens`: from there, one rung a
@@ -559,6 +572,16 @@ pub(super) fn vault_floor(vault: &Vault, top: usize, now: u32) -> usize {
     match vault.state.unvault_height {
         Some(u) => deadline_floor(top, u + vault.delay as u32, now),
         None => 0,
+    }
+}
+
+/// The height `vault`'s ladder is taken to have reached its top rung at, reaching it at `now`:
+/// one the deadline lifted there late is dated as if it had climbed on the latest schedule,
+/// so its first anchor bump is not later than that schedule's.
+pub(super) fn top_rung_since(vault: &Vault, now: u32) -> u32 {
+    match vault.state.unvault_height {
+        Some(u) => now.min((u + vault.delay as u32).saturating_sub(TOP_RUNG_MARGIN)),
+        None => now,
     }
 }
 
