@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vigil_chain::{
     BackendError, BitcoindRpc, BlockEvent, BlockId, ChainBackend, ElectrumBackend, FollowError, Follower,
@@ -51,10 +51,13 @@ pub(crate) struct TowerState {
     pub backend_tip: u32,
     /// Whether the last poll reached the backend.
     pub backend_up: bool,
-    /// Last successful poll.
-    pub last_contact: Instant,
-    /// An outage alarm was raised for the current outage.
-    pub outage_alarmed: bool,
+    /// Last successful poll, wall-clock seconds.
+    pub last_contact_secs: u64,
+    /// The backend outage under way, recorded: a restart neither restarts its clock (a tower
+    /// restarted more often than `outage_alarm_secs` would never alarm) nor alarms it again.
+    pub outage: Option<Outage>,
+    /// `outage` changed since it was last recorded.
+    pub outage_dirty: bool,
     /// Blocks are not being processed: the chain reorganised deeper than the follower
     /// remembers (how many it remembered). The mempool is still watched.
     pub reorg_too_deep: Option<usize>,
@@ -64,6 +67,20 @@ pub(crate) struct TowerState {
     pub changed_clients: Vec<ClientRecord>,
     /// Panic ids used, to write with the next step.
     pub used_panics: Vec<String>,
+}
+
+/// A backend outage, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Outage {
+    /// The last successful poll before it, wall-clock seconds.
+    pub since_secs: u64,
+    /// Its alarm was raised.
+    pub alarmed: bool,
+}
+
+/// Wall-clock seconds.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl TowerState {
@@ -89,6 +106,12 @@ impl TowerState {
             records.push((
                 "lockdowns",
                 serde_json::to_string(self.watcher.lockdowns()).map_err(StoreError::corrupt("lockdowns"))?,
+            ));
+        }
+        if std::mem::take(&mut self.outage_dirty) {
+            records.push((
+                "backend_outage",
+                serde_json::to_string(&self.outage).map_err(StoreError::corrupt("backend outage"))?,
             ));
         }
         let clients = std::mem::take(&mut self.changed_clients);
@@ -223,6 +246,10 @@ impl Tower {
         if let Some(text) = loaded.records.get("lockdowns") {
             watcher.restore_lockdowns(serde_json::from_str(text).map_err(StoreError::corrupt("lockdowns"))?);
         }
+        let outage: Option<Outage> = match loaded.records.get("backend_outage") {
+            Some(text) => serde_json::from_str(text).map_err(StoreError::corrupt("backend outage"))?,
+            None => None,
+        };
         watcher.set_duress_margin(config.duress_margin_blocks);
         // Idle vaults' transactions stay in the store, read back through a second connection.
         watcher.set_graphs(Box::new(store::StoreGraphs(open_store(&config)?)));
@@ -253,9 +280,10 @@ impl Tower {
             watcher,
             store,
             backend_tip: 0,
-            backend_up: true,
-            last_contact: Instant::now(),
-            outage_alarmed: false,
+            backend_up: outage.is_none(),
+            last_contact_secs: now_secs(),
+            outage,
+            outage_dirty: false,
             reorg_too_deep: None,
             pending,
             changed_clients: Vec::new(),
@@ -416,14 +444,14 @@ impl Tower {
         if let Some(e) = state.watcher.take_graph_error() {
             return Err(e.into());
         }
-        let broadcasts = if !state.watcher.has_changes() && actions.is_empty() {
+        state.backend_up = true;
+        state.last_contact_secs = now_secs();
+        state.outage_dirty |= state.outage.take().is_some();
+        let broadcasts = if !state.watcher.has_changes() && actions.is_empty() && !state.outage_dirty {
             Vec::new()
         } else {
             state.record(None, &actions)?
         };
-        state.backend_up = true;
-        state.last_contact = Instant::now();
-        state.outage_alarmed = false;
         drop(state);
         for (id, action) in &broadcasts {
             self.broadcast(*id, action);
@@ -521,20 +549,29 @@ impl Tower {
 
     fn outage(&self, mut state: MutexGuard<'_, TowerState>, why: &BackendError) -> Result<(), TowerError> {
         state.backend_up = false;
-        let down_for = state.last_contact.elapsed();
-        tracing::warn!(down_secs = down_for.as_secs(), error = %why, "chain backend unreachable");
-        if down_for >= Duration::from_secs(self.config.outage_alarm_secs) && !state.outage_alarmed {
-            state.outage_alarmed = true;
-            let alarm = Action::alarm(
+        if state.outage.is_none() {
+            state.outage = Some(Outage { since_secs: state.last_contact_secs, alarmed: false });
+            state.outage_dirty = true;
+        }
+        let outage = state.outage.expect("set above");
+        let down_secs = now_secs().saturating_sub(outage.since_secs);
+        tracing::warn!(down_secs, error = %why, "chain backend unreachable");
+        let mut alarm = Vec::new();
+        if down_secs >= self.config.outage_alarm_secs && !outage.alarmed {
+            state.outage = Some(Outage { alarmed: true, ..outage });
+            state.outage_dirty = true;
+            alarm.push(Action::alarm(
                 None,
                 AlarmKind::BackendOutage,
                 format!(
-                    "chain backend unreachable for {} s: {} vaults are at risk until it returns ({why})",
-                    down_for.as_secs(),
+                    "chain backend unreachable for {down_secs} s: {} vaults are at risk until it returns ({why})",
                     state.watcher.len()
                 ),
-            );
-            state.record(None, std::slice::from_ref(&alarm))?;
+            ));
+        }
+        // The outage's start and its alarm are recorded together.
+        if state.outage_dirty {
+            state.record(None, &alarm)?;
         }
         Ok(())
     }

@@ -698,6 +698,58 @@ fn backend_outages_short_miss_nothing_long_ones_are_loud() {
     );
 }
 
+/// A tower restarted more often than `outage_alarm_secs` (by a supervisor, while its backend
+/// is down) still alarms the outage, and once: the outage's start and its alarm are recorded.
+#[test]
+fn a_backend_outage_is_alarmed_once_across_restarts_quicker_than_its_alarm() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let client = Household::new(dir.path(), &node, example("tower outage restarts"));
+    let proxy = Proxy::new(node.port);
+    let (hook, alarms) = webhook();
+    let fake = Node {
+        child: Command::new("true").spawn().unwrap(),
+        rpc: node.rpc.clone(),
+        dir: tempfile::tempdir().unwrap(),
+        port: proxy.port,
+        p2p: None,
+    };
+    let mut tower = TowerProcess::new(&fake, std::slice::from_ref(&client.policy_path), 63, Some(&hook));
+    // Distinct alarms: a delivery cut short by a kill may be repeated by the next run.
+    let outages = || {
+        let ids: std::collections::HashSet<String> = alarms
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "backend-outage")
+            .map(|a| a["id"].to_string())
+            .collect();
+        ids.len()
+    };
+    proxy.set_up(false);
+    // Each run lasts less than the 2 s after which an outage is alarmed.
+    let mut runs = 0;
+    while outages() == 0 {
+        assert!(runs < 8, "no outage alarm after {runs} runs of 1.2 s");
+        std::thread::sleep(Duration::from_millis(1200));
+        tower.kill9();
+        tower.start();
+        runs += 1;
+    }
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1200));
+        tower.kill9();
+        tower.start();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(outages(), 1, "alarmed once: {:?}", alarms.lock().unwrap());
+    // Back, then down again: a new outage, alarmed again.
+    proxy.set_up(true);
+    eventually("the backend back up", || (tower.metric("vigil_tower_backend_up") == Some(1)).then_some(()));
+    proxy.set_up(false);
+    eventually("the second outage alarmed", || (outages() == 2).then_some(()));
+}
+
 #[test]
 fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
     let node = vigil_node();
