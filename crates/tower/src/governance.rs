@@ -16,7 +16,7 @@ use crate::client::{
     ladder_out_of_reach, only_tightens, Client, ClientRecord, PolicyChange, GOVERNANCE_DELAY_BLOCKS,
     MAX_GOVERNANCE_DELAY_BLOCKS,
 };
-use crate::daemon::Tower;
+use crate::daemon::{Tower, TowerState};
 use crate::error::Refusal;
 use crate::registration::{ack, client, stale_nonce, verified_signers};
 use crate::store::{Enrollment, NonceCheck};
@@ -338,6 +338,7 @@ pub(crate) fn lift_lockdown(
         }
         Lift::Applied => {}
     }
+    chain_in_sight(&state, "an early lift")?;
     // A few blocks of slack: the quorum signed a height the co-signer checked against its own
     // tip, and this tower may be a block or two ahead of it.
     if req.lift_at_height + LIFT_SLACK_BLOCKS < tip + GOVERNANCE_DELAY_BLOCKS {
@@ -445,6 +446,9 @@ pub(crate) fn change_policy(
                 new.version
             )));
         }
+    }
+    if !tightening && same.is_none() {
+        chain_in_sight(&state, "a loosening")?;
     }
     let effective_height = match same {
         Some(w) => w.effective_height.max(named.unwrap_or(0)),
@@ -554,4 +558,16 @@ pub(crate) fn vault_view(
         return Err(unknown());
     }
     Ok(serde_json::json!({"vault": outpoint.to_string(), "state": vault.state, "tip": state.watcher.tip()}))
+}
+
+/// A governance wait is counted in blocks from the tip: not while the backend is unreachable,
+/// when the tip may be far behind the chain (a tower started during an outage serves its last
+/// recorded one) and `what` would end its wait early. The co-signer sends it again.
+fn chain_in_sight(state: &TowerState, what: &str) -> Result<(), Refusal> {
+    if state.backend_up {
+        return Ok(());
+    }
+    Err(Refusal::Unavailable(format!(
+        "the chain backend is unreachable: {what} waits a number of blocks, counted from a tip this tower cannot check now; retry"
+    )))
 }

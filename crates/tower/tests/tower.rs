@@ -750,6 +750,77 @@ fn a_backend_outage_is_alarmed_once_across_restarts_quicker_than_its_alarm() {
     eventually("the second outage alarmed", || (outages() == 2).then_some(()));
 }
 
+/// A tower that cannot see the chain starts no governance wait: a loosening or an early lift
+/// would be dated from a tip the chain may have long passed (a tower started during an outage
+/// serves its last recorded one). A tightening and a lockdown apply at once, as always.
+#[test]
+fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Household::new(dir.path(), &node, example("tower governance outage"));
+    let proxy = Proxy::new(node.port);
+    let fake = Node {
+        child: Command::new("true").spawn().unwrap(),
+        rpc: rpc.clone(),
+        dir: tempfile::tempdir().unwrap(),
+        port: proxy.port,
+        p2p: None,
+    };
+    let mut tower = TowerProcess::new(&fake, std::slice::from_ref(&client.policy_path), 64, None);
+    // Killed, the chain moves on, and it starts again while its backend is down.
+    tower.kill9();
+    mine(rpc, 5, &client.wallet.address());
+    proxy.set_up(false);
+    tower.start();
+    eventually("the backend seen down", || (tower.metric("vigil_tower_backend_up") == Some(0)).then_some(()));
+    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
+    let policy = std::fs::read_to_string(&client.policy_path).unwrap();
+    let change = |version: u32, velocity: &str| {
+        let text = policy
+            .replace("version = 1", &format!("version = {version}"))
+            .replace("velocity_limit_sat = 10000000", &format!("velocity_limit_sat = {velocity}"));
+        let digest = wire::policy_change_digest(&client.policy_id, &text);
+        let signatures: Vec<_> = [0, 1].iter().map(|i| wire::sign(&digest, &guardian(*i))).collect();
+        let body = json!({"nonce": client.next_nonce(), "policy_id": client.policy_id, "policy": text, "signatures": signatures});
+        post(&tower.api, "/v1/policy", &serde_json::to_vec(&body).unwrap(), &guardian(0))
+    };
+    let lift = |at: u32, until: u32| {
+        let digest = wire::lift_digest(&client.policy_id, at, until);
+        let req = wire::LiftLockdown {
+            nonce: client.next_nonce(),
+            policy_id: client.policy_id.clone(),
+            lift_at_height: at,
+            lockdown_until: until,
+            signatures: [0, 1].iter().map(|g| wire::sign(&digest, &guardian(*g))).collect(),
+        };
+        post(&tower.api, "/v1/lockdown/lift", &serde_json::to_vec(&req).unwrap(), &guardian(0))
+    };
+    let unavailable = |r: Result<serde_json::Value, (u16, String)>| {
+        matches!(&r, Err((503, why)) if why.contains("backend is unreachable")) || panic!("{r:?}")
+    };
+    assert!(unavailable(change(2, "20000000")), "a loosening");
+    change(2, "5000000").expect("a tightening applies at once");
+    let tip = rpc.tip().unwrap().height;
+    let lockdown = wire::LockdownRequest {
+        nonce: client.next_nonce(),
+        policy_id: client.policy_id.clone(),
+        until_height: tip + 3_000,
+        quiet: false,
+    };
+    post(&tower.api, "/v1/lockdown", &serde_json::to_vec(&lockdown).unwrap(), &guardian(2))
+        .expect("a lockdown");
+    assert!(unavailable(lift(tip + 1_015, tip + 3_000)), "an early lift");
+    // Back in sight of the chain: both are taken, their waits counted from its tip.
+    proxy.set_up(true);
+    eventually("the backend back", || (tower.metric("vigil_tower_backend_up") == Some(1)).then_some(()));
+    lift(tip + 1_015, tip + 3_000).expect("the lift");
+    change(3, "20000000").expect("the loosening");
+    let view = get(&tower.api, &format!("/v1/clients/{}", client.policy_id), &client.owner_auth()).unwrap();
+    let due = view["pending"][0]["effective_height"].as_u64().unwrap() as u32;
+    assert!(due >= tip + vigil_tower::GOVERNANCE_DELAY_BLOCKS, "due at {due}, tip {tip}");
+}
+
 #[test]
 fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
     let node = vigil_node();
