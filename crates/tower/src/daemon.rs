@@ -100,6 +100,7 @@ impl TowerState {
                     "fee_wallet",
                     serde_json::to_string(&coins).map_err(StoreError::corrupt("fee wallet"))?,
                 ));
+                records.push(("fee_wallet_low", self.watcher.fee_wallet_low().to_string()));
             }
         }
         if self.watcher.take_lockdowns_dirty() {
@@ -242,6 +243,7 @@ impl Tower {
                 wallet.restore(coins.into_iter().collect());
             }
             watcher.set_fee_wallet(wallet);
+            watcher.restore_fee_wallet_low(loaded.records.get("fee_wallet_low").is_some_and(|t| t == "true"));
         }
         if let Some(text) = loaded.records.get("lockdowns") {
             watcher.restore_lockdowns(serde_json::from_str(text).map_err(StoreError::corrupt("lockdowns"))?);

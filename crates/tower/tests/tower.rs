@@ -821,6 +821,49 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
     assert!(due >= tip + vigil_tower::GOVERNANCE_DELAY_BLOCKS, "due at {due}, tip {tip}");
 }
 
+/// The fee wallet's low-balance alarm stands across a restart: the guardians hear it once, not
+/// once per restart of a tower whose wallet stays short.
+#[test]
+fn a_fee_wallet_short_is_alarmed_once_across_a_restart() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Household::new(dir.path(), &node, example("tower fee wallet low restart"));
+    let (hook, alarms) = webhook();
+    let options = TowerOptions {
+        webhooks: &[&hook],
+        rest: "[fee_wallet]\nkey_file = \"{dir}/fee.key\"\nstress_sat_per_vb = 300\n",
+        fee_key: Some([0x7e; 32]),
+        ..TowerOptions::default()
+    };
+    let mut tower = TowerProcess::configured(&node, std::slice::from_ref(&client.policy_path), 65, options);
+    let lows = || {
+        let ids: std::collections::HashSet<String> = alarms
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "fee-wallet-low")
+            .map(|a| a["id"].to_string())
+            .collect();
+        ids.len()
+    };
+    // An open vault and an empty fee wallet: short.
+    let v = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
+    client.protect(rpc, &tower.api, &v);
+    mine(rpc, 1, &client.wallet.address());
+    eventually("the fee wallet alarmed short", || (lows() > 0).then_some(()));
+    assert_eq!(lows(), 1, "{:?}", alarms.lock().unwrap());
+    tower.kill9();
+    tower.start();
+    mine(rpc, 1, &client.wallet.address());
+    let tip = rpc.tip().unwrap().height as u64;
+    eventually("the restarted tower saw the block", || {
+        (tower.metric("vigil_tower_tip_height") == Some(tip)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lows(), 1, "alarmed once: {:?}", alarms.lock().unwrap());
+}
+
 #[test]
 fn a_guardian_quorum_panic_sweeps_every_vault_to_the_deep_vault() {
     let node = vigil_node();

@@ -133,6 +133,7 @@ impl Watcher {
                 ),
             ));
         }
+        self.wallet_dirty |= self.wallet_low != short;
         self.wallet_low = short;
     }
 }

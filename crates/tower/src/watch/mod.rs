@@ -387,6 +387,17 @@ impl Watcher {
         }
     }
 
+    /// Whether the fee wallet's low-balance alarm stands (persisted with the wallet, so a
+    /// restart does not raise it again).
+    pub fn fee_wallet_low(&self) -> bool {
+        self.wallet_low
+    }
+
+    /// Restores [`Watcher::fee_wallet_low`] as recorded.
+    pub fn restore_fee_wallet_low(&mut self, low: bool) {
+        self.wallet_low = low;
+    }
+
     /// Whether the fee wallet changed since the last call (it is then persisted).
     pub fn take_wallet_dirty(&mut self) -> bool {
         std::mem::take(&mut self.wallet_dirty)
