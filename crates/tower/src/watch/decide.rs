@@ -287,6 +287,12 @@ impl Watcher {
             format!("unvault {u_txid} of vault {id}{why}: cancelling"),
         ));
         actions.push(cancel_broadcast(vault, rung));
+        // Started late at the top (a quiet cancel at a small margin, a tower back late): the
+        // first bump goes with it when the latest schedule's would have gone by now.
+        if rung == top && vault.state.unvault_height.is_some() {
+            let (parent, value) = (vault.cancels[top].clone(), vault.unvault.output[0].value);
+            self.bump(id, parent, value, "cancel", self.tip, None, actions);
+        }
     }
 
     /// An approval of an unvault seen already, judged then as the guardians' quorum's (not

@@ -141,3 +141,25 @@ fn a_rung_sent_on_a_block_a_reorganisation_took_away_climbs_on_the_block_that_re
     w.on_block_disconnected(11);
     assert_eq!(broadcasts(&w.on_block_connected(11, &block(vec![]))), vec!["cancel rung 2"]);
 }
+
+#[test]
+fn a_quiet_cancel_at_the_smallest_margin_goes_out_at_the_top_with_its_first_bump() {
+    let v = vault(0, 5_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    w.set_fee_wallet(fee_wallet(&v, 300, 1_000_000));
+    w.set_duress_margin(super::MIN_DURESS_MARGIN_BLOCKS);
+    w.lock_down("p", 10_000, true);
+    w.add_approval(v.unvault.compute_txid(), super::tests::terms(1_000));
+    // U confirmed at 10: the spend leaf opens at 30, the quiet cancel is due at 23.
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    connect(&mut w, 11..=22);
+    let actions = w.on_block_connected(23, &block(vec![]));
+    let top = v.cancels.len() - 1;
+    assert_eq!(broadcasts(&actions), vec![format!("cancel rung {top}")]);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::BroadcastPackage { what, .. } if what == "cancel anchor bump")),
+        "bumped with it, to confirm by 24, six blocks before the leaf opens: {actions:?}"
+    );
+}
