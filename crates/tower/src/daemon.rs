@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vigil_chain::{
     BackendError, BitcoindRpc, BlockEvent, BlockId, ChainBackend, ElectrumBackend, FollowError, Follower,
@@ -51,8 +51,11 @@ pub(crate) struct TowerState {
     pub backend_tip: u32,
     /// Whether the last poll reached the backend.
     pub backend_up: bool,
-    /// Last successful poll, wall-clock seconds.
-    pub last_contact_secs: u64,
+    /// Last successful poll, wall-clock milliseconds.
+    pub last_contact_ms: u64,
+    /// The first failed poll of the outage under way, in this process: its length is never
+    /// less than this says, whatever the wall clock does.
+    pub outage_seen: Option<Instant>,
     /// The backend outage under way, recorded: a restart neither restarts its clock (a tower
     /// restarted more often than `outage_alarm_secs` would never alarm) nor alarms it again.
     pub outage: Option<Outage>,
@@ -72,15 +75,18 @@ pub(crate) struct TowerState {
 /// A backend outage, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Outage {
-    /// The last successful poll before it, wall-clock seconds.
-    pub since_secs: u64,
+    /// The last successful poll before it, wall-clock milliseconds.
+    pub since_ms: u64,
     /// Its alarm was raised.
     pub alarmed: bool,
 }
 
-/// Wall-clock seconds.
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+/// Wall-clock milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl TowerState {
@@ -283,7 +289,8 @@ impl Tower {
             store,
             backend_tip: 0,
             backend_up: outage.is_none(),
-            last_contact_secs: now_secs(),
+            last_contact_ms: now_ms(),
+            outage_seen: None,
             outage,
             outage_dirty: false,
             reorg_too_deep: None,
@@ -447,7 +454,8 @@ impl Tower {
             return Err(e.into());
         }
         state.backend_up = true;
-        state.last_contact_secs = now_secs();
+        state.last_contact_ms = now_ms();
+        state.outage_seen = None;
         state.outage_dirty |= state.outage.take().is_some();
         let broadcasts = if !state.watcher.has_changes() && actions.is_empty() && !state.outage_dirty {
             Vec::new()
@@ -551,12 +559,21 @@ impl Tower {
 
     fn outage(&self, mut state: MutexGuard<'_, TowerState>, why: &BackendError) -> Result<(), TowerError> {
         state.backend_up = false;
-        if state.outage.is_none() {
-            state.outage = Some(Outage { since_secs: state.last_contact_secs, alarmed: false });
+        let now = now_ms();
+        let seen = *state.outage_seen.get_or_insert_with(Instant::now);
+        let since_ms = match state.outage {
+            None => state.last_contact_ms.min(now),
+            // The wall clock went back past its start: it starts now, as far as it can tell.
+            Some(o) if o.since_ms > now => now,
+            Some(o) => o.since_ms,
+        };
+        if state.outage.map(|o| o.since_ms) != Some(since_ms) {
+            let alarmed = state.outage.is_some_and(|o| o.alarmed);
+            state.outage = Some(Outage { since_ms, alarmed });
             state.outage_dirty = true;
         }
         let outage = state.outage.expect("set above");
-        let down_secs = now_secs().saturating_sub(outage.since_secs);
+        let down_secs = (now.saturating_sub(outage.since_ms) / 1000).max(seen.elapsed().as_secs());
         tracing::warn!(down_secs, error = %why, "chain backend unreachable");
         let mut alarm = Vec::new();
         if down_secs >= self.config.outage_alarm_secs && !outage.alarmed {
