@@ -416,6 +416,13 @@ pub(crate) fn change_policy(
     {
         return Err(bad(format!("policy: {reason}")));
     }
+    // A new wait is counted from the tip: not from one this tower cannot check (before the
+    // height the co-signer names is judged against it, or a stale tip would refuse it for good).
+    let waiting = state.pending.get(&current.id).cloned();
+    let same = waiting.as_ref().filter(|w| w.policy == req.policy);
+    if !tightening && same.is_none() {
+        chain_in_sight(&state, "a loosening")?;
+    }
     // The highest tip known: a loosening's delay never counts from a height the chain passed.
     let tip = state.watcher.tip().max(state.backend_tip);
     // The height the co-signer applies it from, which may be later than this tower's own wait
@@ -428,12 +435,10 @@ pub(crate) fn change_policy(
             "not_before_height {h} is more than {MAX_GOVERNANCE_DELAY_BLOCKS} blocks ahead of the tip {tip}"
         )));
     }
-    let waiting = state.pending.get(&current.id).cloned();
     let subject =
         |c: &PolicyChange| format!("policy {} version {} at {}", c.client, c.version, c.effective_height);
     // The same change again is the same change: it must not restart its own delay. Only the
     // co-signer may name a later height for it (another party handed it in first).
-    let same = waiting.as_ref().filter(|w| w.policy == req.policy);
     if let Some(w) = same {
         if named.is_none_or(|h| h <= w.effective_height) {
             return Ok(ack(tower, subject(w)));
@@ -446,9 +451,6 @@ pub(crate) fn change_policy(
                 new.version
             )));
         }
-    }
-    if !tightening && same.is_none() {
-        chain_in_sight(&state, "a loosening")?;
     }
     let effective_height = match same {
         Some(w) => w.effective_height.max(named.unwrap_or(0)),
@@ -560,14 +562,16 @@ pub(crate) fn vault_view(
     Ok(serde_json::json!({"vault": outpoint.to_string(), "state": vault.state, "tip": state.watcher.tip()}))
 }
 
-/// A governance wait is counted in blocks from the tip: not while the backend is unreachable,
-/// when the tip may be far behind the chain (a tower started during an outage serves its last
-/// recorded one) and `what` would end its wait early. The co-signer sends it again.
+/// A governance wait is counted in blocks from the tip: not while the tower cannot follow the
+/// chain (its backend unreachable, or a reorganisation deeper than it remembers), when the tip
+/// may be far behind (a tower started during an outage serves its last recorded one) and
+/// `what` would end its wait early. The co-signer sends it again.
 fn chain_in_sight(state: &TowerState, what: &str) -> Result<(), Refusal> {
-    if state.backend_up {
+    if state.backend_up && state.reorg_too_deep.is_none() {
         return Ok(());
     }
     Err(Refusal::Unavailable(format!(
-        "the chain backend is unreachable: {what} waits a number of blocks, counted from a tip this tower cannot check now; retry"
+        "the tower cannot follow the chain now (its backend is unreachable, or a reorganisation went deeper \
+         than it remembers): {what} waits a number of blocks, counted from a tip it cannot check; retry"
     )))
 }
