@@ -627,6 +627,17 @@ impl Proxy {
         Proxy { port, up, open }
     }
 
+    /// `node` as a tower reaching it through this proxy sees it.
+    fn in_front_of(&self, node: &Node) -> Node {
+        Node {
+            child: Command::new("true").spawn().unwrap(),
+            rpc: node.rpc.clone(),
+            dir: tempfile::tempdir().unwrap(),
+            port: self.port,
+            p2p: None,
+        }
+    }
+
     fn set_up(&self, up: bool) {
         self.up.store(up, std::sync::atomic::Ordering::SeqCst);
         if !up {
@@ -647,13 +658,7 @@ fn backend_outages_short_miss_nothing_long_ones_are_loud() {
     let proxy = Proxy::new(node.port);
     let (hook, alarms) = webhook();
     // The tower reaches the node only through the proxy.
-    let fake = Node {
-        child: Command::new("true").spawn().unwrap(),
-        rpc: rpc.clone(),
-        dir: tempfile::tempdir().unwrap(),
-        port: proxy.port,
-        p2p: None,
-    };
+    let fake = proxy.in_front_of(&node);
     let tower = TowerProcess::new(&fake, &[client.policy_path.clone()], 30, Some(&hook));
     let v = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
     client.protect(rpc, &tower.api, &v);
@@ -698,6 +703,15 @@ fn backend_outages_short_miss_nothing_long_ones_are_loud() {
     );
 }
 
+/// How many alarms of `kind` arrived, each counted once: a delivery cut short by a kill may
+/// be repeated by the next run.
+fn distinct_alarms(alarms: &vigil_testenv::webhook::Received, kind: &str) -> usize {
+    let alarms = alarms.lock().unwrap();
+    let ids: std::collections::HashSet<String> =
+        alarms.iter().filter(|a| a["kind"] == kind).map(|a| a["id"].to_string()).collect();
+    ids.len()
+}
+
 /// A tower restarted more often than `outage_alarm_secs` (by a supervisor, while its backend
 /// is down) still alarms the outage, and once: the outage's start and its alarm are recorded.
 #[test]
@@ -707,25 +721,9 @@ fn a_backend_outage_is_alarmed_once_across_restarts_quicker_than_its_alarm() {
     let client = Household::new(dir.path(), &node, example("tower outage restarts"));
     let proxy = Proxy::new(node.port);
     let (hook, alarms) = webhook();
-    let fake = Node {
-        child: Command::new("true").spawn().unwrap(),
-        rpc: node.rpc.clone(),
-        dir: tempfile::tempdir().unwrap(),
-        port: proxy.port,
-        p2p: None,
-    };
+    let fake = proxy.in_front_of(&node);
     let mut tower = TowerProcess::new(&fake, std::slice::from_ref(&client.policy_path), 63, Some(&hook));
-    // Distinct alarms: a delivery cut short by a kill may be repeated by the next run.
-    let outages = || {
-        let ids: std::collections::HashSet<String> = alarms
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a["kind"] == "backend-outage")
-            .map(|a| a["id"].to_string())
-            .collect();
-        ids.len()
-    };
+    let outages = || distinct_alarms(&alarms, "backend-outage");
     proxy.set_up(false);
     // Each run lasts well under the 2 s after which an outage is alarmed.
     let mut runs = 0;
@@ -760,13 +758,7 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
     let dir = tempfile::tempdir().unwrap();
     let client = Household::new(dir.path(), &node, example("tower governance outage"));
     let proxy = Proxy::new(node.port);
-    let fake = Node {
-        child: Command::new("true").spawn().unwrap(),
-        rpc: rpc.clone(),
-        dir: tempfile::tempdir().unwrap(),
-        port: proxy.port,
-        p2p: None,
-    };
+    let fake = proxy.in_front_of(&node);
     let mut tower = TowerProcess::new(&fake, std::slice::from_ref(&client.policy_path), 64, None);
     // Killed, the chain moves on, and it starts again while its backend is down.
     tower.kill9();
@@ -837,16 +829,7 @@ fn a_fee_wallet_short_is_alarmed_once_across_a_restart() {
         ..TowerOptions::default()
     };
     let mut tower = TowerProcess::configured(&node, std::slice::from_ref(&client.policy_path), 65, options);
-    let lows = || {
-        let ids: std::collections::HashSet<String> = alarms
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a["kind"] == "fee-wallet-low")
-            .map(|a| a["id"].to_string())
-            .collect();
-        ids.len()
-    };
+    let lows = || distinct_alarms(&alarms, "fee-wallet-low");
     // An open vault and an empty fee wallet: short.
     let v = client.create_vault(rpc, Amount::from_sat(1_000_000), VaultKind::Standard);
     client.protect(rpc, &tower.api, &v);
