@@ -126,6 +126,10 @@ pub struct VaultState {
     /// before this was recorded; judged again from the approvals on load).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_for_velocity: Option<bool>,
+    /// The last rival spend of U's output alarmed, and whether it was then confirmed: the same
+    /// rival seen again after a restart is not alarmed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rival_alarmed: Option<Box<(Txid, bool)>>,
     /// An emergency (E or UE) no panic of this tower ordered was seen and alarmed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unordered_emergency: bool,

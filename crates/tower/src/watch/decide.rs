@@ -108,22 +108,26 @@ impl Watcher {
         let vault = &self.vaults[&id];
         let top = vault.cancels.len() - 1;
         let cancel = vault.state.cancel_height.is_none() && height.is_none();
-        actions.push(Action::alarm(
-            Some(id),
-            AlarmKind::UnapprovedSpend,
-            format!(
-                "unvault of {id} spent by {txid}, not the approved spend{}",
-                if height.is_some() {
-                    ": confirmed, the race is lost (residual risk)"
-                } else {
-                    ": cancelling at the top rung, bumped through its anchor"
-                }
-            ),
-        ));
+        let value = vault.unvault.output[0].value;
+        let seen = (txid, height.is_some());
+        if vault.state.rival_alarmed.as_deref() != Some(&seen) {
+            actions.push(Action::alarm(
+                Some(id),
+                AlarmKind::UnapprovedSpend,
+                format!(
+                    "unvault of {id} spent by {txid}, not the approved spend{}",
+                    if height.is_some() {
+                        ": confirmed, the race is lost (residual risk)"
+                    } else {
+                        ": cancelling at the top rung, bumped through its anchor"
+                    }
+                ),
+            ));
+            self.update(id, |s| s.rival_alarmed = Some(Box::new(seen)));
+        }
         if !cancel {
             return;
         }
-        let value = vault.unvault.output[0].value;
         // The rival's feerate: from its fee when the backend gave it; else what U's output
         // alone pays it, unless it brings inputs of its own, whose value we do not know:
         // then assume the worst the fee wallet is sized for.

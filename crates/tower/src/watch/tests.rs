@@ -776,3 +776,23 @@ fn the_market_feerate_a_backend_reports_is_capped_at_the_stress_feerate() {
     w.set_market_feerate(1_000_000);
     assert_eq!(w.fee_wallet().unwrap().split_rate(), 300);
 }
+
+#[test]
+fn a_rival_spend_seen_again_after_a_restart_is_not_alarmed_again_until_it_confirms() {
+    let v = vault(0, 5_000_000);
+    let mut w = watcher_with_fee_wallet(&v);
+    w.add_approval(v.unvault.compute_txid(), terms(1_000));
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    for h in 11..=31 {
+        w.on_block_connected(h, &block(vec![]));
+    }
+    let r = rival(&v, 60_000);
+    assert_eq!(alarms(&w.on_mempool_tx_with_fee(&r, Some(60_000))), vec!["unapproved-spend"]);
+    // Restarted, the tower sees the mempool anew.
+    let (mut w, _) = restarted(&w, &[&v], 100_000_000, &[(v.unvault.compute_txid(), terms(1_000))]);
+    let again = w.on_mempool_tx_with_fee(&r, Some(60_000));
+    assert!(alarms(&again).is_empty(), "{again:?}");
+    // Its confirmation is news: the race is lost.
+    let confirmed = alarms(&w.on_block_connected(32, &block(vec![r.clone()])));
+    assert!(confirmed.contains(&"unapproved-spend".to_string()), "{confirmed:?}");
+}
