@@ -340,15 +340,13 @@ pub(crate) fn lift_lockdown(
     }
     chain_in_sight(&state, "an early lift")?;
     // A few blocks of slack: the quorum signed a height the co-signer checked against its own
-    // tip, and this tower may be a block or two ahead of it. A lift sooner than that is applied
-    // a full wait from now: it may have been signed long ago and delivered late (this tower was
-    // down), and refusing it would keep the lockdown here after every other party lifted it;
-    // a lift signed too soon gains nothing by it.
-    let ends_at = if req.lift_at_height + LIFT_SLACK_BLOCKS < tip + GOVERNANCE_DELAY_BLOCKS {
-        tip + GOVERNANCE_DELAY_BLOCKS
-    } else {
-        req.lift_at_height
-    };
+    // tip, and this tower may be a block or two ahead of it.
+    if req.lift_at_height + LIFT_SLACK_BLOCKS < tip + GOVERNANCE_DELAY_BLOCKS {
+        return Err(bad(format!(
+            "lift_at_height {} is sooner than the governance wait allows ({} blocks after the tip {tip})",
+            req.lift_at_height, GOVERNANCE_DELAY_BLOCKS
+        )));
+    }
     // A lift names the lockdown it ends: one set (or lengthened) since, here, is not its to
     // end; nor is a lockdown that ends well before the one it names (a lift cut it since, and
     // this one is for an older lockdown).
@@ -370,10 +368,7 @@ pub(crate) fn lift_lockdown(
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
         return Err(stale_nonce(req.nonce, last));
     }
-    state.watcher.lift_lockdown_at(&client.id, req.lift_at_height, req.lockdown_until, ends_at);
-    if ends_at != req.lift_at_height {
-        tracing::info!(client = %client.id, lift_at_height = req.lift_at_height, ends_at, "a lift delivered late applies a full wait from now");
-    }
+    state.watcher.lift_lockdown(&client.id, req.lift_at_height, req.lockdown_until);
     tower.act(state, &[])?;
     Ok(ack(tower, subject))
 }

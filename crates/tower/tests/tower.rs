@@ -813,43 +813,6 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
     assert!(due >= tip + vigil_tower::GOVERNANCE_DELAY_BLOCKS, "due at {due}, tip {tip}");
 }
 
-/// A lift the guardians' quorum signed while this tower was down reaches it after its wait
-/// has passed: it applies a full wait from now rather than being refused, which would keep the
-/// lockdown here after every other party lifted it.
-#[test]
-fn a_lift_delivered_late_applies_a_full_wait_from_now() {
-    let node = vigil_node();
-    let dir = tempfile::tempdir().unwrap();
-    let client = Household::new(dir.path(), &node, example("tower late lift"));
-    let tower = TowerProcess::new(&node, std::slice::from_ref(&client.policy_path), 66, None);
-    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
-    let tip = node.rpc.tip().unwrap().height;
-    let lockdown = wire::LockdownRequest {
-        nonce: client.next_nonce(),
-        policy_id: client.policy_id.clone(),
-        until_height: tip + 3_000,
-        quiet: false,
-    };
-    post(&tower.api, "/v1/lockdown", &serde_json::to_vec(&lockdown).unwrap(), &guardian(2)).unwrap();
-    // Signed 50 blocks ago, for the earliest height the wait then allowed.
-    let at = tip - 50 + vigil_tower::GOVERNANCE_DELAY_BLOCKS;
-    let digest = wire::lift_digest(&client.policy_id, at, tip + 3_000);
-    let req = wire::LiftLockdown {
-        nonce: client.next_nonce(),
-        policy_id: client.policy_id.clone(),
-        lift_at_height: at,
-        lockdown_until: tip + 3_000,
-        signatures: [0, 1].iter().map(|g| wire::sign(&digest, &guardian(*g))).collect(),
-    };
-    let body = serde_json::to_vec(&req).unwrap();
-    post(&tower.api, "/v1/lockdown/lift", &body, &guardian(0)).expect("taken");
-    let view = get(&tower.api, &format!("/v1/clients/{}", client.policy_id), &client.owner_auth()).unwrap();
-    let ends = tip + vigil_tower::GOVERNANCE_DELAY_BLOCKS;
-    assert_eq!(view["locked_until"].as_u64(), Some(ends as u64), "a full wait from now, not {at}");
-    // Handed in again, it is the same lift.
-    post(&tower.api, "/v1/lockdown/lift", &body, &guardian(1)).expect("acknowledged again");
-}
-
 /// The fee wallet's low-balance alarm stands across a restart: the guardians hear it once, not
 /// once per restart of a tower whose wallet stays short.
 #[test]

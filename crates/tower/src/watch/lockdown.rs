@@ -141,18 +141,11 @@ impl Watcher {
     /// after the governance wait), for the lockdown ending at `until`. Each lift applies once:
     /// replaying it later changes nothing.
     pub fn lift_lockdown(&mut self, client: &str, height: u32, until: u32) -> Lift {
-        self.lift_lockdown_at(client, height, until, height)
-    }
-
-    /// [`Watcher::lift_lockdown`], the lockdowns ending at `ends_at` rather than at `height`
-    /// (a lift delivered after its wait had passed since it was signed, postponed to a wait
-    /// from now); known by `height` as signed.
-    pub fn lift_lockdown_at(&mut self, client: &str, height: u32, until: u32, ends_at: u32) -> Lift {
         let lift = self.check_lift(client, height, until);
         if lift == Lift::Applied {
             let l = self.lockdowns.entry(client.to_owned()).or_default();
-            l.plain_until = l.plain_until.min(ends_at);
-            l.quiet_until = l.quiet_until.min(ends_at);
+            l.plain_until = l.plain_until.min(height);
+            l.quiet_until = l.quiet_until.min(height);
             l.last_lift = height;
             l.last_lift_until = until;
             self.lockdowns_dirty = true;
