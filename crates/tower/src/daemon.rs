@@ -561,18 +561,16 @@ impl Tower {
         state.backend_up = false;
         let now = now_ms();
         let seen = *state.outage_seen.get_or_insert_with(Instant::now);
-        let since_ms = match state.outage {
-            None => state.last_contact_ms.min(now),
+        let outage = match state.outage {
+            None => Outage { since_ms: state.last_contact_ms.min(now), alarmed: false },
             // The wall clock went back past its start: it starts now, as far as it can tell.
-            Some(o) if o.since_ms > now => now,
-            Some(o) => o.since_ms,
+            Some(o) if o.since_ms > now => Outage { since_ms: now, ..o },
+            Some(o) => o,
         };
-        if state.outage.map(|o| o.since_ms) != Some(since_ms) {
-            let alarmed = state.outage.is_some_and(|o| o.alarmed);
-            state.outage = Some(Outage { since_ms, alarmed });
+        if state.outage != Some(outage) {
+            state.outage = Some(outage);
             state.outage_dirty = true;
         }
-        let outage = state.outage.expect("set above");
         let down_secs = (now.saturating_sub(outage.since_ms) / 1000).max(seen.elapsed().as_secs());
         tracing::warn!(down_secs, error = %why, "chain backend unreachable");
         let mut alarm = Vec::new();

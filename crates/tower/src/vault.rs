@@ -179,6 +179,16 @@ impl Vault {
         [self.vault_script.clone(), self.unvault.output[0].script_pubkey.clone()]
     }
 
+    /// The top rung of the cancel ladder.
+    pub fn cancel_top(&self) -> usize {
+        self.cancels.len() - 1
+    }
+
+    /// The top rung of the sweep ladder (E, or UE once U is out: the same rungs for both).
+    pub fn emergency_top(&self) -> usize {
+        self.emergencies.len().min(self.unvault_emergencies.len()) - 1
+    }
+
     /// Whether every transaction is held (an idle vault's C, E and UE live in the store only).
     pub fn is_whole(&self) -> bool {
         !self.cancels.is_empty() && !self.emergencies.is_empty() && !self.unvault_emergencies.is_empty()

@@ -91,6 +91,19 @@ impl Watcher {
         }
     }
 
+    /// [`Watcher::bump`] for `id`'s top-rung cancel, paid from U's output.
+    pub(super) fn bump_cancel(
+        &mut self,
+        id: OutPoint,
+        height: u32,
+        outbid: Option<u64>,
+        actions: &mut Vec<Action>,
+    ) {
+        let vault = &self.vaults[&id];
+        let (parent, value) = (vault.cancels[vault.cancel_top()].clone(), vault.unvault.output[0].value);
+        self.bump(id, parent, value, "cancel", height, outbid, actions);
+    }
+
     /// The fee wallet must cover a bump at the stress feerate for every open vault; it alarms
     /// once when it cannot, and again after it recovered and fell short anew.
     pub(super) fn check_fee_wallet(&mut self, actions: &mut Vec<Action>) {

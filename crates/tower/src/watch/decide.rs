@@ -106,7 +106,7 @@ impl Watcher {
     ) {
         let txid = tx.compute_txid();
         let vault = &self.vaults[&id];
-        let top = vault.cancels.len() - 1;
+        let top = vault.cancel_top();
         let cancel = vault.state.cancel_height.is_none() && height.is_none();
         let value = vault.unvault.output[0].value;
         let seen = (txid, height.is_some());
@@ -144,11 +144,10 @@ impl Watcher {
         vault.state.rung_sent_at = Some(now);
         vault.state.top_rung_since.get_or_insert(now);
         actions.push(cancel_broadcast(vault, top));
-        let parent = vault.cancels[top].clone();
         self.fresh.insert(id);
         self.dirty.insert(id);
         self.active.insert(id);
-        self.bump(id, parent, value, "cancel", self.tip, Some(rival_rate), actions);
+        self.bump_cancel(id, self.tip, Some(rival_rate), actions);
     }
 
     /// E or UE seen (mempool or chain). One this tower did not broadcast for a panic is
@@ -241,7 +240,7 @@ impl Watcher {
         vault.state.counted_for_velocity = Some(!by_quorum);
         if vault.state.emergency_rung.is_some() {
             // A panic is under way: U gets UE, not C, as high as U's deadline requires.
-            let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
+            let top = vault.emergency_top();
             let rung = vault_floor(vault, top, now);
             vault.state.emergency_rung = Some(rung);
             vault.state.top_rung_since = (rung == top).then(|| top_rung_since(vault, now));
@@ -275,7 +274,7 @@ impl Watcher {
         let now = self.on_network_at(self.tip);
         let vault = self.vaults.get_mut(&id).expect("watched");
         let u_txid = vault.unvault.compute_txid();
-        let top = vault.cancels.len() - 1;
+        let top = vault.cancel_top();
         let rung = vault_floor(vault, top, now);
         vault.state.cancel_rung = Some(rung);
         vault.state.rung_sent_at = Some(now);
@@ -294,8 +293,7 @@ impl Watcher {
         // Started late at the top (a quiet cancel at a small margin, a tower back late): the
         // first bump goes with it when the latest schedule's would have gone by now.
         if rung == top && vault.state.unvault_height.is_some() {
-            let (parent, value) = (vault.cancels[top].clone(), vault.unvault.output[0].value);
-            self.bump(id, parent, value, "cancel", self.tip, None, actions);
+            self.bump_cancel(id, self.tip, None, actions);
         }
     }
 

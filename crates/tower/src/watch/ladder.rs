@@ -31,7 +31,7 @@ impl Watcher {
             }
             let climbs = s.rung_sent_at.is_none_or(|sent| height > sent);
             if let Some(rung) = s.emergency_rung.filter(|_| s.emergency_height.is_none()) {
-                let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
+                let top = vault.emergency_top();
                 let climbed = if climbs { (rung + 1).min(top) } else { rung };
                 // UE spends U's output: the cancel's deadline is its own.
                 let next = if s.unvault_seen { climbed.max(vault_floor(vault, top, now)) } else { climbed };
@@ -59,7 +59,7 @@ impl Watcher {
                     }
                 }
             } else if let Some(rung) = s.cancel_rung.filter(|_| s.cancel_height.is_none()) {
-                let top = vault.cancels.len() - 1;
+                let top = vault.cancel_top();
                 let climbed = if climbs { (rung + 1).min(top) } else { rung };
                 let next = climbed.max(vault_floor(vault, top, now));
                 if next == rung && !climbs && !caught_up {
@@ -74,9 +74,7 @@ impl Watcher {
                 }
                 // C's parent U must be confirmed for a child of C to relay (TRUC).
                 if next == top && s.unvault_height.is_some() {
-                    let parent = vault.cancels[top].clone();
-                    let parent_value = vault.unvault.output[0].value;
-                    self.bump(id, parent, parent_value, "cancel", height, None, actions);
+                    self.bump_cancel(id, height, None, actions);
                 }
                 let vault = self.vaults.get(&id).expect("watched");
                 if let Some(u) = s.unvault_height.filter(|_| caught_up) {

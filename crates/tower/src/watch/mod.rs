@@ -551,7 +551,7 @@ impl Watcher {
             return;
         }
         // UE, when U is out, as high as U's deadline requires.
-        let top = vault.emergencies.len().min(vault.unvault_emergencies.len()) - 1;
+        let top = vault.emergency_top();
         let rung = if vault.state.unvault_seen { vault_floor(vault, top, now) } else { 0 };
         vault.state.emergency_rung = Some(rung);
         vault.state.top_rung_since = (rung == top).then(|| top_rung_since(vault, now));
