@@ -150,6 +150,19 @@ impl Household {
         self.nonce.get()
     }
 
+    /// A lift of the lockdown ending at `until`, at `at`, signed by guardians 0 and 1 (the
+    /// example's quorum), with a fresh nonce.
+    pub fn lift(&self, at: u32, until: u32) -> wire::LiftLockdown {
+        let digest = wire::lift_digest(&self.policy_id, at, until);
+        wire::LiftLockdown {
+            nonce: self.next_nonce(),
+            policy_id: self.policy_id.clone(),
+            lift_at_height: at,
+            lockdown_until: until,
+            signatures: (0..2).map(|g| wire::sign(&digest, &auth_keypair(&self.keys.guardians[g]))).collect(),
+        }
+    }
+
     /// Registers `vault` (with its funding) at a tower, signed by the owner.
     pub fn register(&mut self, tower: &TowerApi, vault: &Vault) -> Result<Value, Refused> {
         let nonce = self.next_nonce();

@@ -557,20 +557,8 @@ fn f07_a_lift_for_a_lockdown_cut_short_since_does_not_end_another() {
     let t = tip(&node.rpc);
     let lock = |h: &mut Household, until: u32| lock_down(h, &tower, 2, until, false);
     let lift = |h: &mut Household, at: u32, until: u32| {
-        let digest = wire::lift_digest(&h.policy_id, at, until);
-        let req = wire::LiftLockdown {
-            nonce: h.next_nonce(),
-            policy_id: h.policy_id.clone(),
-            lift_at_height: at,
-            lockdown_until: until,
-            signatures: (0..2).map(|g| wire::sign(&digest, &auth_keypair(&h.keys.guardians[g]))).collect(),
-        };
-        post(
-            &tower.api,
-            "/v1/lockdown/lift",
-            &serde_json::to_vec(&req).unwrap(),
-            &auth_keypair(&h.keys.guardians[0]),
-        )
+        let req = serde_json::to_vec(&h.lift(at, until)).unwrap();
+        post(&tower.api, "/v1/lockdown/lift", &req, &auth_keypair(&h.keys.guardians[0]))
     };
     lock(&mut h, t + 3_000);
     lift(&mut h, t + 1_015, t + 3_000).unwrap();

@@ -778,15 +778,8 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
         post(&tower.api, "/v1/policy", &serde_json::to_vec(&body).unwrap(), &guardian(0))
     };
     let lift = |at: u32, until: u32| {
-        let digest = wire::lift_digest(&client.policy_id, at, until);
-        let req = wire::LiftLockdown {
-            nonce: client.next_nonce(),
-            policy_id: client.policy_id.clone(),
-            lift_at_height: at,
-            lockdown_until: until,
-            signatures: [0, 1].iter().map(|g| wire::sign(&digest, &guardian(*g))).collect(),
-        };
-        post(&tower.api, "/v1/lockdown/lift", &serde_json::to_vec(&req).unwrap(), &guardian(0))
+        let req = serde_json::to_vec(&client.lift(at, until)).unwrap();
+        post(&tower.api, "/v1/lockdown/lift", &req, &guardian(0))
     };
     let unavailable = |r: Result<serde_json::Value, (u16, String)>| {
         matches!(&r, Err((503, why)) if why.contains("cannot follow the chain")) || panic!("{r:?}")

@@ -17,9 +17,9 @@ fn the_floor_reaches_the_top_rung_in_time_and_never_binds_a_ladder_climbing_sinc
     assert_eq!(deadline_floor(7, 30, 15), 1);
     assert_eq!(deadline_floor(7, 30, 30 - TOP_RUNG_MARGIN), 7, "the top, with time for a bump");
     assert_eq!(deadline_floor(7, 30, 40), 7, "past the deadline");
-    // One rung a block from the bottom at U's confirmation stays at or above it.
+    // One rung a block from the bottom at U's confirmation, up to the top, stays at or above it.
     for h in 10..40 {
-        assert!((h - 10) as usize >= deadline_floor(7, 30, h).min(7));
+        assert!(((h - 10) as usize).min(7) >= deadline_floor(7, 30, h), "at {h}");
     }
 }
 
@@ -27,7 +27,7 @@ fn the_floor_reaches_the_top_rung_in_time_and_never_binds_a_ladder_climbing_sinc
 fn a_tower_catching_up_climbs_a_ladder_only_as_far_as_the_deadline_requires() {
     let (early, late, live) = (vault(0, 1_000_000), vault(1, 1_000_000), vault(2, 1_000_000));
     let mut w = watcher(&[&early, &late, &live], 100_000_000);
-    let top = early.cancels.len() - 1;
+    let top = early.cancel_top();
     // `live`'s cancel went out before the outage, at rung 0 (U in the mempool at 9).
     w.set_chain_tip(9);
     w.on_block_connected(9, &block(vec![]));
@@ -106,7 +106,7 @@ fn a_sweep_turned_to_the_unvault_while_catching_up_starts_as_high_as_the_deadlin
         broadcasts(&w.on_block_connected(10, &block(vec![v.unvault.clone()])))
     };
     assert_eq!(swept(10), vec!["unvault-emergency rung 0"]);
-    let top = v.unvault_emergencies.len().min(v.emergencies.len()) - 1;
+    let top = v.emergency_top();
     assert_eq!(swept(24), vec![format!("unvault-emergency rung {top}")], "6 blocks left when it is sent");
 }
 
@@ -154,7 +154,7 @@ fn a_quiet_cancel_at_the_smallest_margin_goes_out_at_the_top_with_its_first_bump
     w.on_block_connected(10, &block(vec![v.unvault.clone()]));
     connect(&mut w, 11..=22);
     let actions = w.on_block_connected(23, &block(vec![]));
-    let top = v.cancels.len() - 1;
+    let top = v.cancel_top();
     assert_eq!(broadcasts(&actions), vec![format!("cancel rung {top}")]);
     assert!(
         actions

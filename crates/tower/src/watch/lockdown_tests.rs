@@ -46,7 +46,7 @@ fn a_quiet_lockdown_cancels_an_approved_unvault_late_but_before_the_deadline() {
     }
     // Late, so at the rung from which one a block reaches the top in time (the 8-rung ladder
     // is at its top 9 blocks before the leaf opens): rung 4.
-    let top = a.cancels.len() - 1;
+    let top = a.cancel_top();
     assert_eq!((top, super::deadline_floor(top, 30, 18)), (7, 4));
     assert_eq!(broadcasts(&w.on_block_connected(18, &block(vec![]))), vec!["cancel rung 4"]);
     assert_eq!(broadcasts(&w.on_block_connected(19, &block(vec![]))), vec!["cancel rung 5"], "and climbs");

@@ -80,7 +80,7 @@ fn the_fee_wallet_alarms_when_short_and_bumps_a_cancel_stuck_at_the_top_rung() {
     assert!(w.fee_wallet().unwrap().free_coins() >= 4);
     // An unapproved unvault: the ladder climbs to the top, then the anchor is bumped.
     w.on_block_connected(10, &block(vec![v.unvault.clone()]));
-    let top = v.cancels.len() - 1;
+    let top = v.cancel_top();
     let mut bumps = Vec::new();
     let mut ceiling_alarms = 0;
     for h in 11..40 {
@@ -156,7 +156,7 @@ fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
     w.set_fee_wallet(fee_wallet(&v, 100, 100_000));
     let coin = *w.fee_wallet().unwrap().coins().keys().next().unwrap();
     w.panic("p");
-    let top = v.emergencies.len().min(v.unvault_emergencies.len()) - 1;
+    let top = v.emergency_top();
     let bump = (2..20)
         .find_map(|h| {
             w.on_block_connected(h, &block(vec![])).into_iter().find_map(|a| match a {
@@ -519,7 +519,7 @@ fn the_approved_spend_of_an_unvault_the_tower_is_cancelling_is_fought_as_a_rival
     assert_eq!(broadcasts(&w.on_block_connected(5, &block(vec![a.unvault.clone()]))), vec!["cancel rung 0"]);
     let actions = w.on_mempool_tx(&spend);
     assert!(alarms(&actions).contains(&"unapproved-spend".to_string()), "{actions:?}");
-    let top = format!("cancel rung {}", a.cancels.len() - 1);
+    let top = format!("cancel rung {}", a.cancel_top());
     assert!(broadcasts(&actions).contains(&top), "outbid at the top rung: {actions:?}");
     // Confirmed all the same: the race is lost, and said so; the vault is not "spent" as approved.
     let lost = w.on_block_connected(6, &block(vec![spend.clone()]));
@@ -689,6 +689,18 @@ fn watcher_with_fee_wallet(v: &Vault) -> Watcher {
     w
 }
 
+/// A watcher with a fee wallet, `v`'s approved unvault confirmed at 10 and its spend leaf open
+/// (DELAY 20): a rival spend of U's output is now a race.
+fn spend_leaf_open(v: &Vault) -> Watcher {
+    let mut w = watcher_with_fee_wallet(v);
+    w.add_approval(v.unvault.compute_txid(), terms(1_000));
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    for h in 11..=31 {
+        w.on_block_connected(h, &block(vec![]));
+    }
+    w
+}
+
 /// After DELAY, a rival spend of an approved unvault, with an input of its own besides U's
 /// output: the rate its fee pays.
 fn rival(v: &Vault, fee: u64) -> Transaction {
@@ -706,12 +718,7 @@ fn rival(v: &Vault, fee: u64) -> Transaction {
 fn a_rival_spend_bringing_inputs_of_its_own_is_outbid_at_its_real_feerate() {
     for (told, expect_at_least) in [(true, None), (false, Some(600))] {
         let v = vault(0, 5_000_000);
-        let mut w = watcher_with_fee_wallet(&v);
-        w.add_approval(v.unvault.compute_txid(), terms(1_000));
-        w.on_block_connected(10, &block(vec![v.unvault.clone()]));
-        for h in 11..=31 {
-            w.on_block_connected(h, &block(vec![]));
-        }
+        let mut w = spend_leaf_open(&v);
         let r = rival(&v, 60_000);
         let rate = 60_000 / r.vsize() as u64;
         // Counting U's output alone, its outputs exceed its input: the old estimate was 0.
@@ -740,12 +747,7 @@ fn a_rival_spend_bringing_inputs_of_its_own_is_outbid_at_its_real_feerate() {
 #[test]
 fn a_rival_claiming_an_absurd_fee_gets_no_bump_above_the_vaults_worth() {
     let v = vault(0, 50_000);
-    let mut w = watcher_with_fee_wallet(&v);
-    w.add_approval(v.unvault.compute_txid(), terms(1_000));
-    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
-    for h in 11..=31 {
-        w.on_block_connected(h, &block(vec![]));
-    }
+    let mut w = spend_leaf_open(&v);
     // A backend says the rival pays 1 BTC in fees.
     let actions = w.on_mempool_tx_with_fee(&rival(&v, 60_000), Some(100_000_000));
     let child = actions
@@ -780,12 +782,7 @@ fn the_market_feerate_a_backend_reports_is_capped_at_the_stress_feerate() {
 #[test]
 fn a_rival_spend_seen_again_after_a_restart_is_not_alarmed_again_until_it_confirms() {
     let v = vault(0, 5_000_000);
-    let mut w = watcher_with_fee_wallet(&v);
-    w.add_approval(v.unvault.compute_txid(), terms(1_000));
-    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
-    for h in 11..=31 {
-        w.on_block_connected(h, &block(vec![]));
-    }
+    let mut w = spend_leaf_open(&v);
     let r = rival(&v, 60_000);
     assert_eq!(alarms(&w.on_mempool_tx_with_fee(&r, Some(60_000))), vec!["unapproved-spend"]);
     // Restarted, the tower sees the mempool anew.
