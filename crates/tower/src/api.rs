@@ -64,6 +64,7 @@ pub fn router(tower: Arc<Tower>) -> Router {
 /// Shared with the co-signer.
 pub async fn no_such_request(request: Request) -> Response {
     let what = format!("no {} {} here", request.method(), request.uri().path());
+    drain(request).await;
     Refusal::NotFound(what).into_response()
 }
 
@@ -71,6 +72,7 @@ pub async fn no_such_request(request: Request) -> Response {
 /// co-signer.
 pub async fn wrong_method(request: Request) -> Response {
     let error = format!("{} {} is not a request here", request.method(), request.uri().path());
+    drain(request).await;
     (StatusCode::METHOD_NOT_ALLOWED, Json(ApiError { error })).into_response()
 }
 
@@ -106,14 +108,21 @@ pub async fn refuse_oversize(State(max): State<usize>, request: Request, next: N
     match declared {
         Some(length) if length > max as u64 => {
             if length <= DRAIN_LIMIT {
-                let drain = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT as usize);
-                let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+                drain(request).await;
             }
             let error = format!("the body is {length} bytes; the limit is {max}");
             (StatusCode::PAYLOAD_TOO_LARGE, Json(ApiError { error })).into_response()
         }
         _ => next.run(request).await,
     }
+}
+
+/// Reads and drops up to [`DRAIN_LIMIT`] of `request`'s body (for [`DRAIN_TIME`] at most)
+/// before an answer that does not need it: closed with the body unread, the connection is
+/// reset and the client sees a broken pipe instead of the answer.
+async fn drain(request: Request) {
+    let body = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT as usize);
+    let _ = tokio::time::timeout(DRAIN_TIME, body).await;
 }
 
 impl IntoResponse for Refusal {
