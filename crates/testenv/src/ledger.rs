@@ -23,11 +23,18 @@ fn is_reject(text: &str) -> bool {
     ["Reject operation", "Reject transaction", "Reject", "Cancel", "Back to safety"].contains(&text)
 }
 
+/// A spinner: shown while the app works, gone without a press, often before a look at the
+/// screen every few tens of milliseconds can catch it; a list of pages compared across two
+/// runs leaves these out.
+pub fn is_spinner(text: &str) -> bool {
+    ["Loading", "Processing", "Signing"].iter().any(|w| text.contains(w))
+}
+
 /// Pages that need no button: the app's idle pages, spinners, status pages.
 fn is_idle(text: &str) -> bool {
-    let idle =
-        ["app is ready", "Loading", "Processing", "Signing", "registered", "verified", "rejected", "signed"];
+    let idle = ["app is ready", "registered", "verified", "rejected", "signed"];
     text.is_empty()
+        || is_spinner(text)
         || idle.iter().any(|w| text.contains(w))
         || text.starts_with("Quit")
         || text.starts_with("Version")
