@@ -163,6 +163,30 @@ impl Household {
         }
     }
 
+    /// The policy at `version` with its velocity limit `velocity_sat`, its other terms the
+    /// example's: a loosening above the example's 10,000,000 sat, a tightening below.
+    pub fn policy_at(&self, version: u32, velocity_sat: u64) -> String {
+        self.example
+            .to_toml()
+            .replace("version = 1", &format!("version = {version}"))
+            .replace("velocity_limit_sat = 10000000", &format!("velocity_limit_sat = {velocity_sat}"))
+    }
+
+    /// A change to the policy `text`, signed by guardians `signers`, with a fresh nonce.
+    pub fn policy_change(&self, text: &str, signers: &[usize]) -> wire::ChangePolicy {
+        let digest = wire::policy_change_digest(&self.policy_id, text);
+        wire::ChangePolicy {
+            nonce: self.next_nonce(),
+            policy_id: self.policy_id.clone(),
+            policy: text.to_owned(),
+            signatures: signers
+                .iter()
+                .map(|g| wire::sign(&digest, &auth_keypair(&self.keys.guardians[*g])))
+                .collect(),
+            not_before_height: None,
+        }
+    }
+
     /// Registers `vault` (with its funding) at a tower, signed by the owner.
     pub fn register(&mut self, tower: &TowerApi, vault: &Vault) -> Result<Value, Refused> {
         let nonce = self.next_nonce();

@@ -83,25 +83,8 @@ fn change_not_before(
     not_before_height: Option<u32>,
     by: &Keypair,
 ) -> Result<Value, (u16, String)> {
-    let digest = wire::policy_change_digest(&h.policy_id, text);
-    let signatures =
-        guardians.iter().map(|g| wire::sign(&digest, &auth_keypair(&h.keys.guardians[*g]))).collect();
-    let req = ChangePolicy {
-        nonce: h.next_nonce(),
-        policy_id: h.policy_id.clone(),
-        policy: text.into(),
-        signatures,
-        not_before_height,
-    };
+    let req = ChangePolicy { not_before_height, ..h.policy_change(text, guardians) };
     post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), by)
-}
-
-/// `h`'s policy at `version` with `velocity` as its velocity limit.
-fn policy(h: &Household, version: u32, velocity: u64) -> String {
-    h.example
-        .to_toml()
-        .replace("version = 1", &format!("version = {version}"))
-        .replace("velocity_limit_sat = 10000000", &format!("velocity_limit_sat = {velocity}"))
 }
 
 fn client_view(h: &Household, tower: &TowerProcess) -> Value {
@@ -274,7 +257,7 @@ fn f03_applied_policy_changes_survive_a_restart_and_a_rewritten_file() {
     }
     block(&node, &h);
     // The guardians tighten the velocity limit to 2 M sat: it applies at once.
-    let tightened = policy(&h, 2, 2_000_000);
+    let tightened = h.policy_at(2, 2_000_000);
     change(&mut h, &tower, &tightened, &[0, 1]).unwrap();
     assert_eq!(client_view(&h, &tower)["version"], 2);
     tower.kill9();
@@ -327,7 +310,7 @@ fn f04_after_a_restart_the_tower_decides_at_the_real_tip() {
     let r = post(&tower.api, "/v1/approvals", &serde_json::to_vec(&expired).unwrap(), &h.owner_auth());
     assert!(matches!(&r, Err((400, t)) if t.contains("has passed")), "{r:?}");
     // ...and a loosening waits its full delay from the tip, not from height 0.
-    let loosened = policy(&h, 2, 20_000_000);
+    let loosened = h.policy_at(2, 20_000_000);
     change(&mut h, &tower, &loosened, &[0, 1]).unwrap();
     let pending = &client_view(&h, &tower)["pending"][0];
     assert_eq!(
@@ -476,7 +459,7 @@ fn f07_submitting_a_waiting_change_again_does_not_postpone_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Household::new(dir.path(), &node, example("no postponing"));
     let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
-    let loosening = policy(&h, 2, 20_000_000);
+    let loosening = h.policy_at(2, 20_000_000);
     change(&mut h, &tower, &loosening, &[0, 1]).unwrap();
     let first = client_view(&h, &tower)["pending"][0]["effective_height"].as_u64().unwrap();
     mine(&node.rpc, 5, &h.wallet.address());
@@ -504,7 +487,7 @@ fn f07_an_approval_of_the_version_still_waiting_here_is_taken() {
     let vault = h.create_vault(&node.rpc, Amount::from_sat(3_000_000), VaultKind::Standard);
     h.protect(&node.rpc, &tower.api, &vault);
     block(&node, &h);
-    let loosening = policy(&h, 2, 20_000_000);
+    let loosening = h.policy_at(2, 20_000_000);
     change(&mut h, &tower, &loosening, &[0, 1]).unwrap();
     assert_eq!(client_view(&h, &tower)["pending"][0]["version"], 2);
     h.policy_version = 3;
@@ -524,7 +507,7 @@ fn f07_a_change_applies_no_sooner_than_the_cosigner_applies_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Household::new(dir.path(), &node, example("co-signer's longer wait"));
     let tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
-    let loosening = policy(&h, 2, 20_000_000);
+    let loosening = h.policy_at(2, 20_000_000);
     let tip = tip(&node.rpc);
     let (cosigner, guardian) = (auth_keypair(&h.keys.cosigner), auth_keypair(&h.keys.guardians[2]));
     let waits_until = |h: &Household| client_view(h, &tower)["pending"][0]["effective_height"].as_u64();
@@ -541,7 +524,7 @@ fn f07_a_change_applies_no_sooner_than_the_cosigner_applies_it() {
     change_not_before(&mut h, &tower, &loosening, &[0, 1], Some(tip + 1_500), &cosigner).unwrap();
     assert_eq!(waits_until(&h), Some(tip as u64 + 2_016), "nor earlier again");
     // A height sooner than the tower's own wait moves nothing earlier.
-    let other = policy(&h, 3, 30_000_000);
+    let other = h.policy_at(3, 30_000_000);
     change_not_before(&mut h, &tower, &other, &[0, 1], Some(tip + 5), &cosigner).unwrap();
     assert_eq!(waits_until(&h), Some(tip as u64 + 1_009));
 }
@@ -816,11 +799,11 @@ fn h1_a_policy_change_cannot_raise_the_ladder_beyond_the_fee_wallet() {
     let mut h = Household::new(dir.path(), &node, example("ladder ceiling"));
     let fee_wallet = "[fee_wallet]\nkey_file = \"{dir}/fee.key\"\nstress_sat_per_vb = 300\n";
     let mut tower = TowerProcess::with_fee_key(&node, &[h.policy_path.clone()], 12, fee_wallet, &[0x43; 32]);
-    let steep = policy(&h, 2, 10_000_000).replace("250]", "250, 500]");
+    let steep = h.policy_at(2, 10_000_000).replace("250]", "250, 500]");
     let r = change(&mut h, &tower, &steep, &[0, 1]);
     assert!(matches!(&r, Err((400, t)) if t.contains("stress feerate")), "{r:?}");
     // A ladder still below the stress feerate is accepted, and the tower restarts.
-    let steeper = policy(&h, 2, 10_000_000).replace("250]", "250, 299]");
+    let steeper = h.policy_at(2, 10_000_000).replace("250]", "250, 299]");
     change(&mut h, &tower, &steeper, &[0, 1]).unwrap();
     tower.kill9();
     tower.start();

@@ -189,6 +189,17 @@ fn a_reorg_deeper_than_the_tower_remembers_alarms_and_unvaults_are_still_cancell
     });
     assert_eq!(tower.metric("vigil_tower_tip_height"), Some(fork as u64 + 8), "no block was processed");
 
+    // Its tip is not the chain's: a governance wait counted from it could end early, so a
+    // loosening waits until the tower follows again; a tightening applies at once.
+    let guardian = vigil_policy::example::auth_keypair(&client.keys.guardians[0]);
+    let change = |velocity| {
+        let req = client.policy_change(&client.policy_at(2, velocity), &[0, 1]);
+        post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &guardian)
+    };
+    let refused = change(20_000_000).unwrap_err();
+    assert!(refused.0 == 503 && refused.1.contains("cannot follow the chain"), "{refused:?}");
+    change(5_000_000).expect("a tightening applies at once");
+
     // The mempool is still watched: an unapproved unvault is cancelled.
     rpc.broadcast(vault.graph.unvault()).unwrap();
     wait_for("the unvault was cancelled", &|| spend_of(rpc, vault.unvault_outpoint()).is_some());
@@ -767,15 +778,9 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
     tower.start();
     eventually("the backend seen down", || (tower.metric("vigil_tower_backend_up") == Some(0)).then_some(()));
     let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
-    let policy = std::fs::read_to_string(&client.policy_path).unwrap();
-    let change = |version: u32, velocity: &str| {
-        let text = policy
-            .replace("version = 1", &format!("version = {version}"))
-            .replace("velocity_limit_sat = 10000000", &format!("velocity_limit_sat = {velocity}"));
-        let digest = wire::policy_change_digest(&client.policy_id, &text);
-        let signatures: Vec<_> = [0, 1].iter().map(|i| wire::sign(&digest, &guardian(*i))).collect();
-        let body = json!({"nonce": client.next_nonce(), "policy_id": client.policy_id, "policy": text, "signatures": signatures});
-        post(&tower.api, "/v1/policy", &serde_json::to_vec(&body).unwrap(), &guardian(0))
+    let change = |version: u32, velocity: u64| {
+        let req = client.policy_change(&client.policy_at(version, velocity), &[0, 1]);
+        post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &guardian(0))
     };
     let lift = |at: u32, until: u32| {
         let req = serde_json::to_vec(&client.lift(at, until)).unwrap();
@@ -784,8 +789,8 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
     let unavailable = |r: Result<serde_json::Value, (u16, String)>| {
         matches!(&r, Err((503, why)) if why.contains("cannot follow the chain")) || panic!("{r:?}")
     };
-    assert!(unavailable(change(2, "20000000")), "a loosening");
-    change(2, "5000000").expect("a tightening applies at once");
+    assert!(unavailable(change(2, 20_000_000)), "a loosening");
+    change(2, 5_000_000).expect("a tightening applies at once");
     let tip = rpc.tip().unwrap().height;
     let lockdown = wire::LockdownRequest {
         nonce: client.next_nonce(),
@@ -800,7 +805,7 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
     proxy.set_up(true);
     eventually("the backend back", || (tower.metric("vigil_tower_backend_up") == Some(1)).then_some(()));
     lift(tip + 1_015, tip + 3_000).expect("the lift");
-    change(3, "20000000").expect("the loosening");
+    change(3, 20_000_000).expect("the loosening");
     let view = get(&tower.api, &format!("/v1/clients/{}", client.policy_id), &client.owner_auth()).unwrap();
     let due = view["pending"][0]["effective_height"].as_u64().unwrap() as u32;
     assert!(due >= tip + vigil_tower::GOVERNANCE_DELAY_BLOCKS, "due at {due}, tip {tip}");
@@ -1018,15 +1023,9 @@ fn a_change_due_while_the_tower_was_down_applies_at_its_height_when_it_catches_u
         client.protect(rpc, &tower.api, v);
     }
     mine(rpc, 1, &client.wallet.address());
-    let raised = std::fs::read_to_string(&client.policy_path)
-        .unwrap()
-        .replace("version = 1", "version = 2")
-        .replace("velocity_limit_sat = 10000000", "velocity_limit_sat = 20000000");
-    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
-    let digest = wire::policy_change_digest(&client.policy_id, &raised);
-    let signatures: Vec<_> = [0, 1].iter().map(|i| wire::sign(&digest, &guardian(*i))).collect();
-    let body = json!({"nonce": 1, "policy_id": client.policy_id, "policy": raised, "signatures": signatures});
-    post(&tower.api, "/v1/policy", &serde_json::to_vec(&body).unwrap(), &guardian(0)).unwrap();
+    let raised = client.policy_change(&client.policy_at(2, 20_000_000), &[0, 1]);
+    let guardian = vigil_policy::example::auth_keypair(&client.keys.guardians[0]);
+    post(&tower.api, "/v1/policy", &serde_json::to_vec(&raised).unwrap(), &guardian).unwrap();
     let path = format!("/v1/clients/{}", client.policy_id);
     let due = get(&tower.api, &path, &client.owner_auth()).unwrap()["pending"][0]["effective_height"]
         .as_u64()
@@ -1209,23 +1208,11 @@ fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the
     let path = format!("/v1/clients/{}", client.policy_id);
     let owner = client.owner_auth();
     assert_eq!(get(&tower.api, &path, &owner).unwrap()["version"], 1);
-    let original = std::fs::read_to_string(&client.policy_path).unwrap();
-    let version = |v: u32, velocity: u64| {
-        original
-            .replace("version = 1", &format!("version = {v}"))
-            .replace("velocity_limit_sat = 10000000", &format!("velocity_limit_sat = {velocity}"))
-    };
+    let version = |v: u32, velocity: u64| client.policy_at(v, velocity);
     let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
-    let mut nonce = 0;
-    let mut change = |text: &str, signers: &[usize]| {
-        nonce += 1;
-        let digest = wire::policy_change_digest(&client.policy_id, text);
-        let sigs: Vec<_> = signers.iter().map(|i| wire::sign(&digest, &guardian(*i))).collect();
-        let body = serde_json::to_vec(
-            &json!({"nonce": nonce, "policy_id": client.policy_id, "policy": text, "signatures": sigs}),
-        )
-        .unwrap();
-        post(&tower.api, "/v1/policy", &body, &guardian(0))
+    let change = |text: &str, signers: &[usize]| {
+        let req = serde_json::to_vec(&client.policy_change(text, signers)).unwrap();
+        post(&tower.api, "/v1/policy", &req, &guardian(0))
     };
     // Refused: one guardian; the same version; a policy that does not parse.
     assert!(
