@@ -107,6 +107,15 @@ impl FeeWallet {
         self.coins.values().filter(|c| c.free()).count()
     }
 
+    /// The wallet's reserve: its coins that each pay a bump at the stress feerate (a bump
+    /// spends one coin, so smaller ones hold none, however many there are), free or on their
+    /// way (a split's outputs while it confirms): how many, and their value.
+    pub fn reserve(&self) -> (usize, u64) {
+        let each = self.reserve_per_vault();
+        let big = self.coins.values().filter(|c| c.spent_by.is_none() && c.value >= each);
+        big.fold((0, 0), |(n, sum), c| (n + 1, sum + c.value))
+    }
+
     /// Whether coins are on their way (a split not yet confirmed).
     pub fn split_pending(&self) -> bool {
         self.coins.values().any(|c| c.height.is_none())
@@ -252,7 +261,9 @@ impl FeeWallet {
         let mut tx = unsigned_tx(Version::TWO, [(coin_op, Sequence::ENABLE_RBF_NO_LOCKTIME)], output);
         let prevout = TxOut { value: Amount::from_sat(coin.value), script_pubkey: self.script.clone() };
         sign_key_path(&mut tx, 0, &[prevout], &self.keypair).ok()?;
-        self.spend(coin_op, tx.compute_txid());
+        // Its coin spent and its outputs on their way at once: the reserve holds while it
+        // confirms (no shortfall is alarmed), and no second split starts meanwhile.
+        self.observe(&tx, None);
         Some(tx)
     }
 

@@ -115,12 +115,13 @@ impl Watcher {
         // A coin for every open vault: a compromised co-signer (or a panic) can start every
         // cancel (or emergency) at once, and a fee spike can hold every bump unconfirmed.
         let target = open as usize;
-        // Fewer free coins than concurrent bumps might need: split the largest (a split
-        // makes a bounded number, the next one follows once it confirmed).
+        // Fewer coins able to pay a stress bump than concurrent bumps might need: split the
+        // largest (a split makes a bounded number, the next one follows once it confirmed).
         let mut cannot_split = false;
         if let Some(w) = self.fee_wallet.as_mut() {
-            if w.free_coins() < target && !w.split_pending() {
-                match w.split(target - w.free_coins() + 1) {
+            let (coins, _) = w.reserve();
+            if coins < target && !w.split_pending() {
+                match w.split(target - coins + 1) {
                     Some(split) => {
                         self.wallet_dirty = true;
                         actions.push(Action::Broadcast {
@@ -135,14 +136,16 @@ impl Watcher {
         }
         let Some(w) = self.fee_wallet.as_ref() else { return };
         let needed = open * w.reserve_per_vault();
-        let (balance, coins) = (w.balance(), w.free_coins() as u64);
+        let (coins, balance) = w.reserve();
         let short = balance < needed || cannot_split;
         if short && !self.wallet_low {
             actions.push(Action::alarm(
                 None,
                 AlarmKind::FeeWalletLow,
                 format!(
-                    "fee wallet holds {balance} sat in {coins} confirmed coins; {open} open vaults need {needed} sat in {target} coins at the stress feerate"
+                    "fee wallet holds {balance} sat in {coins} coins that each pay a bump at the stress feerate \
+                     (of {} sat confirmed in all); {open} open vaults need {needed} sat in {target} such coins",
+                    w.balance()
                 ),
             ));
         }

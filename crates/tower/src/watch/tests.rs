@@ -150,6 +150,32 @@ fn every_open_vault_gets_a_fee_coin_of_its_own_so_thirty_stuck_cancels_are_bumpe
 }
 
 #[test]
+fn the_fee_reserve_is_coins_that_each_pay_a_stress_bump_and_a_split_under_way_is_no_shortfall() {
+    let vaults: Vec<Vault> = (0..4).map(|i| vault(i, 5_000_000)).collect();
+    let low = |actions: &[Action]| alarms(actions).contains(&"fee-wallet-low".to_string());
+    // One coin worth every vault's bump: split, and no alarm while the split confirms.
+    let mut w = watcher(&vaults.iter().collect::<Vec<_>>(), 100_000_000);
+    w.set_fee_wallet(fee_wallet(&vaults[0], 100, 2_000_000));
+    let actions = w.on_block_connected(2, &block(vec![]));
+    let split = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Broadcast { what, tx, .. } if what == "fee wallet split" => Some(tx.clone()),
+            _ => None,
+        })
+        .expect("a split");
+    assert!(!low(&actions), "a split under way is no shortfall");
+    assert!(!low(&w.on_block_connected(3, &block(vec![]))), "nor a block later, still unconfirmed");
+    assert!(!low(&w.on_block_connected(4, &block(vec![split]))));
+    // Many coins worth every vault's bump together, none of them one bump alone (a bump
+    // spends one coin): short, alarmed.
+    let mut w = watcher(&vaults.iter().collect::<Vec<_>>(), 100_000_000);
+    let each = fee_wallet(&vaults[0], 100, 0).reserve_per_vault();
+    w.set_fee_wallet(fee_wallet_with_coins(&vaults[0], 100, &[each / 2; 40]));
+    assert!(low(&w.on_block_connected(2, &block(vec![]))), "forty half coins hold no reserve");
+}
+
+#[test]
 fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
     let v = vault(0, 5_000_000);
     let mut w = watcher(&[&v], 100_000_000);
@@ -668,16 +694,24 @@ fn the_deadline_alarm_fires_before_the_spend_leaf_opens() {
 /// A fee wallet sized at `stress` sat/vB (bumps at 50) holding one confirmed coin of `sat`,
 /// paid by a transaction shaped after `v`'s cancel.
 pub(super) fn fee_wallet(v: &Vault, stress: u64, sat: u64) -> crate::fees::FeeWallet {
+    fee_wallet_with_coins(v, stress, &[sat])
+}
+
+/// A fee wallet holding one confirmed coin of each of `sats`.
+fn fee_wallet_with_coins(v: &Vault, stress: u64, sats: &[u64]) -> crate::fees::FeeWallet {
     use crate::fees::{FeePolicy, FeeWallet};
     use vigil_policy::bitcoin::secp256k1::{Keypair, Secp256k1};
     let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[3; 32]).unwrap();
     let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: stress, bump_sat_per_vb: 50 });
     let mut funding = v.cancels[0].clone();
     funding.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 };
-    funding.output = vec![vigil_policy::bitcoin::TxOut {
-        value: Amount::from_sat(sat),
-        script_pubkey: wallet.script().clone(),
-    }];
+    funding.output = sats
+        .iter()
+        .map(|sat| vigil_policy::bitcoin::TxOut {
+            value: Amount::from_sat(*sat),
+            script_pubkey: wallet.script().clone(),
+        })
+        .collect();
     wallet.observe(&funding, Some(1));
     wallet
 }
