@@ -55,6 +55,10 @@ pub struct FeeCoin {
     /// first missing from the mempool, while it still is.
     #[serde(default)]
     pub missing_since: Option<u32>,
+    /// An output of a split of ours: counted in the reserve while it confirms (a bump's
+    /// change, which a replacement may take away, is not).
+    #[serde(default)]
+    pub from_split: bool,
 }
 
 impl FeeCoin {
@@ -108,11 +112,14 @@ impl FeeWallet {
     }
 
     /// The wallet's reserve: its coins that each pay a bump at the stress feerate (a bump
-    /// spends one coin, so smaller ones hold none, however many there are), free or on their
-    /// way (a split's outputs while it confirms): how many, and their value.
+    /// spends one coin, so smaller ones hold none, however many there are), free, or on their
+    /// way from a split of ours: how many, and their value.
     pub fn reserve(&self) -> (usize, u64) {
         let each = self.reserve_per_vault();
-        let big = self.coins.values().filter(|c| c.spent_by.is_none() && c.value >= each);
+        let big = self
+            .coins
+            .values()
+            .filter(|c| c.spent_by.is_none() && (c.height.is_some() || c.from_split) && c.value >= each);
         big.fold((0, 0), |(n, sum), c| (n + 1, sum + c.value))
     }
 
@@ -171,6 +178,7 @@ impl FeeWallet {
                     height,
                     spent_by: None,
                     missing_since: None,
+                    from_split: false,
                 });
                 if height.is_some() {
                     coin.height = height;
@@ -264,6 +272,8 @@ impl FeeWallet {
         // Its coin spent and its outputs on their way at once: the reserve holds while it
         // confirms (no shortfall is alarmed), and no second split starts meanwhile.
         self.observe(&tx, None);
+        let txid = tx.compute_txid();
+        self.coins.iter_mut().filter(|(op, _)| op.txid == txid).for_each(|(_, c)| c.from_split = true);
         Some(tx)
     }
 
@@ -372,6 +382,28 @@ mod tests {
         let ops =
             (0..values.len() as u32).map(|vout| OutPoint { txid: funding.compute_txid(), vout }).collect();
         (w, ops)
+    }
+
+    #[test]
+    fn the_reserve_counts_a_splits_outputs_on_their_way_and_no_other_pending_coin() {
+        let (mut w, _) = wallet_with_coins(&[200_000]);
+        let each = w.reserve_per_vault();
+        assert_eq!(w.reserve(), (1, 200_000));
+        let split = w.split(4).expect("a split");
+        let outputs = split.output.iter().filter(|o| o.value.to_sat() >= each);
+        let (n, sum) = outputs.fold((0, 0), |(n, s), o| (n + 1, s + o.value.to_sat()));
+        assert_eq!(w.reserve(), (n, sum), "the split's outputs, before it is even seen");
+        w.observe(&split, None);
+        assert_eq!(w.reserve(), (n, sum), "seen in the mempool");
+        // A payment in the mempool (a bump's change, which its replacement takes away) is
+        // no reserve until it confirms.
+        let mut payment = split.clone();
+        payment.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([7; 32]), vout: 0 };
+        payment.output.truncate(1);
+        w.observe(&payment, None);
+        assert_eq!(w.reserve(), (n, sum));
+        w.observe(&payment, Some(5));
+        assert_eq!(w.reserve(), (n + 1, sum + payment.output[0].value.to_sat()));
     }
 
     #[test]
