@@ -55,11 +55,17 @@ pub struct FeeCoin {
     /// first missing from the mempool, while it still is.
     #[serde(default)]
     pub missing_since: Option<u32>,
-    /// An output of a split of ours: counted in the reserve while it confirms (a bump's
-    /// change, which a replacement may take away, is not).
+    /// For an output of a split of ours, and the coin a split spends: the tip when that coin
+    /// was first split. The outputs count in the reserve before they confirm (a bump's change,
+    /// which its replacement takes away, does not) for [`SPLIT_GRACE_BLOCKS`] after it; the
+    /// same coin split again (the first split vanished) keeps the first height, so a split
+    /// that never confirms leaves the wallet short, and alarmed.
     #[serde(default)]
-    pub from_split: bool,
+    pub split_at: Option<u32>,
 }
+
+/// Blocks a split's outputs count in the reserve unconfirmed.
+const SPLIT_GRACE_BLOCKS: u32 = 6;
 
 impl FeeCoin {
     fn free(&self) -> bool {
@@ -111,21 +117,24 @@ impl FeeWallet {
         self.coins.values().filter(|c| c.free()).count()
     }
 
-    /// The wallet's reserve: its coins that each pay a bump at the stress feerate (a bump
-    /// spends one coin, so smaller ones hold none, however many there are), free, or on their
-    /// way from a split of ours: how many, and their value.
-    pub fn reserve(&self) -> (usize, u64) {
+    /// The wallet's reserve at `tip`: its coins that each pay a bump at the stress feerate (a
+    /// bump spends one coin, so smaller ones hold none, however many there are), confirmed and
+    /// not spent by a bump, or on their way from a recent split of ours: how many, and their
+    /// value.
+    pub fn reserve(&self, tip: u32) -> (usize, u64) {
         let each = self.reserve_per_vault();
+        let on_its_way =
+            |c: &FeeCoin| c.split_at.is_some_and(|at| tip < at.saturating_add(SPLIT_GRACE_BLOCKS));
         let big = self
             .coins
             .values()
-            .filter(|c| c.spent_by.is_none() && (c.height.is_some() || c.from_split) && c.value >= each);
+            .filter(|c| c.spent_by.is_none() && c.value >= each && (c.height.is_some() || on_its_way(c)));
         big.fold((0, 0), |(n, sum), c| (n + 1, sum + c.value))
     }
 
-    /// Whether coins are on their way (a split not yet confirmed).
+    /// Whether a split of ours is on its way (not yet confirmed).
     pub fn split_pending(&self) -> bool {
-        self.coins.values().any(|c| c.height.is_none())
+        self.coins.values().any(|c| c.height.is_none() && c.split_at.is_some())
     }
 
     /// The stress feerate, sat/vB: what the wallet is sized to pay for every vault at once.
@@ -178,7 +187,7 @@ impl FeeWallet {
                     height,
                     spent_by: None,
                     missing_since: None,
-                    from_split: false,
+                    split_at: None,
                 });
                 if height.is_some() {
                     coin.height = height;
@@ -245,8 +254,9 @@ impl FeeWallet {
 
     /// Splits the largest free coin into `count` coins of one stress-feerate bump each (plus
     /// change), so concurrent bumps each have their own confirmed coin: at most
-    /// [`MAX_SPLIT_OUTPUTS`]. `None` when no coin is big enough.
-    pub fn split(&mut self, count: usize) -> Option<Transaction> {
+    /// [`MAX_SPLIT_OUTPUTS`]. `None` when no coin is big enough. `tip` dates it (see
+    /// [`FeeCoin::split_at`]).
+    pub fn split(&mut self, count: usize, tip: u32) -> Option<Transaction> {
         let count = count.min(MAX_SPLIT_OUTPUTS);
         let each = self.reserve_per_vault();
         let (coin_op, coin) = self
@@ -272,8 +282,9 @@ impl FeeWallet {
         // Its coin spent and its outputs on their way at once: the reserve holds while it
         // confirms (no shortfall is alarmed), and no second split starts meanwhile.
         self.observe(&tx, None);
-        let txid = tx.compute_txid();
-        self.coins.iter_mut().filter(|(op, _)| op.txid == txid).for_each(|(_, c)| c.from_split = true);
+        let (txid, at) = (tx.compute_txid(), Some(coin.split_at.unwrap_or(tip)));
+        let split = self.coins.iter_mut().filter(|(op, _)| op.txid == txid || **op == coin_op);
+        split.for_each(|(_, c)| c.split_at = at);
         Some(tx)
     }
 
@@ -388,28 +399,52 @@ mod tests {
     fn the_reserve_counts_a_splits_outputs_on_their_way_and_no_other_pending_coin() {
         let (mut w, _) = wallet_with_coins(&[200_000]);
         let each = w.reserve_per_vault();
-        assert_eq!(w.reserve(), (1, 200_000));
-        let split = w.split(4).expect("a split");
+        assert_eq!(w.reserve(10), (1, 200_000));
+        let split = w.split(4, 10).expect("a split");
         let outputs = split.output.iter().filter(|o| o.value.to_sat() >= each);
         let (n, sum) = outputs.fold((0, 0), |(n, s), o| (n + 1, s + o.value.to_sat()));
-        assert_eq!(w.reserve(), (n, sum), "the split's outputs, before it is even seen");
+        assert_eq!(w.reserve(10), (n, sum), "the split's outputs, before it is even seen");
         w.observe(&split, None);
-        assert_eq!(w.reserve(), (n, sum), "seen in the mempool");
+        assert_eq!(w.reserve(10), (n, sum), "seen in the mempool");
         // A payment in the mempool (a bump's change, which its replacement takes away) is
-        // no reserve until it confirms.
+        // no reserve until it confirms, and no split on its way.
         let mut payment = split.clone();
         payment.input[0].previous_output = OutPoint { txid: Txid::from_byte_array([7; 32]), vout: 0 };
         payment.output.truncate(1);
         w.observe(&payment, None);
-        assert_eq!(w.reserve(), (n, sum));
-        w.observe(&payment, Some(5));
-        assert_eq!(w.reserve(), (n + 1, sum + payment.output[0].value.to_sat()));
+        assert_eq!(w.reserve(10), (n, sum));
+        w.observe(&payment, Some(11));
+        let paid = payment.output[0].value.to_sat();
+        assert_eq!(w.reserve(11), (n + 1, sum + paid));
+        // The split stuck unconfirmed: its outputs stop counting.
+        assert_eq!(w.reserve(10 + SPLIT_GRACE_BLOCKS), (1, paid));
+        assert!(w.split_pending());
+        // A payment on its way holds up no split.
+        let (mut other, _) = wallet_with_coins(&[200_000]);
+        other.observe(&payment, None);
+        assert!(!other.split_pending());
+    }
+
+    #[test]
+    fn a_split_that_keeps_vanishing_counts_from_its_first_attempt() {
+        let (mut w, _) = wallet_with_coins(&[200_000]);
+        let (mempool, bumping) = (HashSet::new(), HashSet::new());
+        let first = w.split(4, 10).expect("a split");
+        // Refused: it never enters the mempool, its coin is free again, and split again.
+        for tip in 10..=12 {
+            w.forget_missing_spends(&mempool, tip, &bumping);
+        }
+        assert_eq!((w.free_coins(), w.split_pending()), (1, false));
+        let again = w.split(4, 12).expect("split again");
+        assert_eq!(again.compute_txid(), first.compute_txid());
+        assert!(w.reserve(15).0 >= 2);
+        assert_eq!(w.reserve(10 + SPLIT_GRACE_BLOCKS), (0, 0), "counted from the first attempt");
     }
 
     #[test]
     fn a_coin_whose_spend_left_the_mempool_is_free_again_and_vanished_change_is_forgotten() {
         let (mut w, _) = wallet_with_coins(&[200_000]);
-        let split = w.split(4).expect("a split");
+        let split = w.split(4, 1).expect("a split");
         assert_eq!(w.free_coins(), 0, "the coin is spent by the pending split");
         // The split is seen in the mempool: its outputs are pending coins.
         w.observe(&split, None);
@@ -440,7 +475,7 @@ mod tests {
     #[test]
     fn a_coin_a_live_bump_spends_stays_reserved_when_its_child_leaves_the_mempool() {
         let (mut w, ops) = wallet_with_coins(&[200_000]);
-        w.split(4).expect("a spend of the coin");
+        w.split(4, 1).expect("a spend of the coin");
         let (empty, bumping) = (HashSet::new(), HashSet::from([ops[0]]));
         // Its spend left the mempool long ago, but a vault's bump will spend it again.
         for tip in 10..20 {
@@ -459,7 +494,7 @@ mod tests {
         let each = wallet_with_coins(&[]).0.reserve_per_vault();
         let (mut w, _) = wallet_with_coins(&[2_000 * each + 10_000_000]);
         w.set_market_feerate(1);
-        let split = w.split(2_000).expect("a split");
+        let split = w.split(2_000, 1).expect("a split");
         let coins = split.output.iter().filter(|o| o.value.to_sat() == w.reserve_per_vault()).count();
         assert_eq!(coins, MAX_SPLIT_OUTPUTS);
         assert_eq!(split.output.len(), MAX_SPLIT_OUTPUTS + 1, "and its change");
@@ -470,7 +505,7 @@ mod tests {
     fn a_split_pays_the_market_feerate() {
         let (mut w, _) = wallet_with_coins(&[2_000_000]);
         w.set_market_feerate(40);
-        let split = w.split(4).expect("a split");
+        let split = w.split(4, 1).expect("a split");
         let paid = 2_000_000 - split.output.iter().map(|o| o.value.to_sat()).sum::<u64>();
         let vsize = split.vsize() as u64;
         assert!(paid >= 40 * vsize - vsize / 10, "{paid} sat for {vsize} vB");

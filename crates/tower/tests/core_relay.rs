@@ -238,7 +238,7 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
                     height: Some(1),
                     spent_by: None,
                     missing_since: None,
-                    from_split: false,
+                    split_at: None,
                 },
             )
         })

@@ -119,9 +119,9 @@ impl Watcher {
         // largest (a split makes a bounded number, the next one follows once it confirmed).
         let mut cannot_split = false;
         if let Some(w) = self.fee_wallet.as_mut() {
-            let (coins, _) = w.reserve();
+            let (coins, _) = w.reserve(self.tip);
             if coins < target && !w.split_pending() {
-                match w.split(target - coins + 1) {
+                match w.split(target - coins + 1, self.tip) {
                     Some(split) => {
                         self.wallet_dirty = true;
                         actions.push(Action::Broadcast {
@@ -136,7 +136,7 @@ impl Watcher {
         }
         let Some(w) = self.fee_wallet.as_ref() else { return };
         let needed = open * w.reserve_per_vault();
-        let (coins, balance) = w.reserve();
+        let (coins, balance) = w.reserve(self.tip);
         let short = balance < needed || cannot_split;
         if short && !self.wallet_low {
             actions.push(Action::alarm(
