@@ -31,7 +31,7 @@ pub fn deliver(
             continue;
         }
         for alarm in pending {
-            match post(&url, &alarm.body) {
+            match post(&url, &posted(&alarm)) {
                 Ok(()) => {
                     backoff = Duration::from_millis(200);
                     if let Err(e) = store.delivered(alarm.id, &url) {
@@ -100,6 +100,19 @@ pub fn deliver_to_clients(
     }
 }
 
+/// An alarm as it is posted: its outbox body with its `id`, the same at every delivery, so
+/// that a receiver can drop a repeat (an alarm is posted again when its delivery could not
+/// be recorded, or the co-signer stopped before it was).
+fn posted(alarm: &OutboxEntry) -> String {
+    match serde_json::from_str::<serde_json::Value>(&alarm.body) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("id".into(), alarm.id.into());
+            serde_json::Value::Object(fields).to_string()
+        }
+        _ => alarm.body.clone(),
+    }
+}
+
 /// Posts one alarm to a webhook; only a 2xx accepts it. A redirect is not followed: a
 /// client's webhook answering one must not turn the co-signer's post into a request to a
 /// host inside the provider's network that the operator's `client_webhooks` never allowed.
@@ -145,10 +158,11 @@ impl ClientWebhooks {
         };
         let mut delivered = 0;
         for alarm in alarms {
+            let body = posted(alarm);
             let mut done =
                 self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(&alarm.id).unwrap_or_default();
             for url in &urls {
-                if !done.contains(url) && !self.rests(url) && self.post(client, url, &alarm.body) {
+                if !done.contains(url) && !self.rests(url) && self.post(client, url, &body) {
                     done.insert(url.clone());
                 }
             }
@@ -266,7 +280,7 @@ fn email_pass(
 ) -> EmailPass {
     let mut pass = EmailPass { sent: 0, stalled: None };
     for alarm in pending {
-        let message = match email(smtp, store, &alarm.body) {
+        let message = match email(smtp, store, alarm) {
             Ok(Some(m)) => m,
             // No address for this client: nothing to send.
             Ok(None) => {
@@ -324,8 +338,15 @@ fn mailer(smtp: &SmtpConfig) -> Result<lettre::SmtpTransport, String> {
 }
 
 /// The e-mail of an outbox alarm, to its client's guardians; `None` when it has no address.
-fn email(smtp: &SmtpConfig, store: &dyn Store, body: &str) -> Result<Option<lettre::Message>, Unsent> {
-    let alarm: serde_json::Value = serde_json::from_str(body).map_err(|e| Unsent::Never(e.to_string()))?;
+/// Its Message-ID is the alarm's, the same at every sending, so that a mail system can drop a
+/// repeat.
+fn email(
+    smtp: &SmtpConfig,
+    store: &dyn Store,
+    entry: &OutboxEntry,
+) -> Result<Option<lettre::Message>, Unsent> {
+    let alarm: serde_json::Value =
+        serde_json::from_str(&entry.body).map_err(|e| Unsent::Never(e.to_string()))?;
     let client_id = alarm["client"].as_str().unwrap_or_default();
     let Some(text) = store.get(kind::CLIENT, client_id).map_err(|e| Unsent::Later(e.to_string()))? else {
         return Ok(None);
@@ -335,8 +356,12 @@ fn email(smtp: &SmtpConfig, store: &dyn Store, body: &str) -> Result<Option<lett
         return Ok(None);
     }
     let kind = alarm["kind"].as_str().unwrap_or("alarm");
+    let from: lettre::message::Mailbox =
+        smtp.from.parse().map_err(|e: lettre::address::AddressError| Unsent::Never(e.to_string()))?;
+    let message_id = format!("<vigil-alarm-{}@{}>", entry.id, from.email.domain());
     let mut message = lettre::Message::builder()
-        .from(smtp.from.parse().map_err(|e: lettre::address::AddressError| Unsent::Never(e.to_string()))?)
+        .from(from)
+        .message_id(Some(message_id))
         .subject(format!("Vigil alarm: {kind} (client {})", &client_id[..client_id.len().min(12)]));
     for to in &client.alarm_emails {
         message = message
@@ -458,8 +483,10 @@ mod tests {
 
         // The database is down: neither sink takes the alarm for delivered.
         let sent = std::cell::Cell::new(0);
-        let send = |_: &lettre::Message| {
+        let ids = std::cell::RefCell::new(Vec::new());
+        let send = |m: &lettre::Message| {
             sent.set(sent.get() + 1);
+            ids.borrow_mut().push(m.headers().get_raw("Message-ID").unwrap_or_default().to_owned());
             Ok(())
         };
         assert_eq!(email_pass(&smtp, &store, &pending(EMAIL_SINK), send).stalled, Some(Stalled::Store));
@@ -498,5 +525,21 @@ mod tests {
             "the first again (its delivery was not recorded), then the second"
         );
         assert!(pending(EMAIL_SINK).is_empty());
+        // The first sent twice, under the same Message-ID (a mail system drops the repeat).
+        let ids = ids.borrow();
+        assert!(ids[0].starts_with("<vigil-alarm-") && ids[0].ends_with("@example.org>"), "{ids:?}");
+        assert_eq!(ids[0], ids[1], "{ids:?}");
+        assert_ne!(ids[1], ids[2], "{ids:?}");
+    }
+
+    /// Every post of one alarm carries its id, so a webhook drops a repeat.
+    #[test]
+    fn an_alarm_is_posted_with_its_id() {
+        let entry = |id, body: &str| OutboxEntry { id, body: body.into() };
+        let body = crate::service::alarm("c1", "duress", "the duress code was used".into());
+        let posted_once: serde_json::Value = serde_json::from_str(&posted(&entry(7, &body))).unwrap();
+        assert_eq!((posted_once["id"].as_i64(), posted_once["kind"].as_str()), (Some(7), Some("duress")));
+        assert_eq!(posted(&entry(7, &body)), posted(&entry(7, &body)));
+        assert_eq!(posted(&entry(8, "not json")), "not json", "posted as stored");
     }
 }
