@@ -111,10 +111,16 @@ impl Watcher {
         if self.fee_wallet.is_none() {
             return;
         }
-        let open = self.vaults.values().filter(|v| !v.state.done).count() as u64;
         // A coin for every open vault: a compromised co-signer (or a panic) can start every
-        // cancel (or emergency) at once, and a fee spike can hold every bump unconfirmed.
-        let target = open as usize;
+        // cancel (or emergency) at once, and a fee spike can hold every bump unconfirmed. One
+        // whose bump holds its coin already is covered (its replacements spend it again).
+        let (mut open, mut bumped) = (0u64, 0u64);
+        for v in self.vaults.values().filter(|v| !v.state.done) {
+            open += 1;
+            bumped += v.state.bump.is_some() as u64;
+        }
+        let uncovered = open - bumped;
+        let target = uncovered as usize;
         // Fewer coins able to pay a stress bump than concurrent bumps might need: split the
         // largest (a split makes a bounded number, the next one follows once it confirmed).
         let mut cannot_split = false;
@@ -135,7 +141,7 @@ impl Watcher {
             }
         }
         let Some(w) = self.fee_wallet.as_ref() else { return };
-        let needed = open * w.reserve_per_vault();
+        let needed = uncovered * w.reserve_per_vault();
         let (coins, balance) = w.reserve(self.tip);
         let short = balance < needed || cannot_split;
         if short && !self.wallet_low {
@@ -144,7 +150,8 @@ impl Watcher {
                 AlarmKind::FeeWalletLow,
                 format!(
                     "fee wallet holds {balance} sat in {coins} coins that each pay a bump at the stress feerate \
-                     (of {} sat confirmed in all); {open} open vaults need {needed} sat in {target} such coins",
+                     (of {} sat confirmed in all); {uncovered} open vaults without a bump under way need {needed} \
+                     sat in {target} such coins",
                     w.balance()
                 ),
             ));
