@@ -1296,7 +1296,18 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_the_policy_the_cosigner_keeps() 
     let made = json(&dir, &["vault", "0.05"], &[REAL, &phrase]);
     assert_eq!(made["state"], "protected", "{made}");
     mine(&s.node.rpc, 1, &payer.address());
+    // Addresses handed out since, paid out of their order: first one past the window a
+    // restored wallet starts with (the first address and twenty beyond), then an earlier one
+    // that moves the window over it.
+    let intake = |status: &Value| status["intake_sat"].as_u64().unwrap();
+    let unpaid = intake(&json(&dir, &["status"], &[REAL]));
+    let handed: Vec<Address> = (0..22).map(|_| address_from(&dir, &["receive"])).collect();
+    for (h, address) in [(3, &handed[21]), (4, &handed[8])] {
+        payer.pay(&s.node.rpc, h, address.script_pubkey(), Amount::from_sat(1_000_000));
+        mine(&s.node.rpc, 1, &payer.address());
+    }
     let before = json(&dir, &["status"], &[REAL]);
+    assert_eq!(intake(&before), unpaid + 2_000_000, "{before}");
     let text = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
     let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
     let once_xpubs = |dir: &Path| {

@@ -466,14 +466,11 @@ impl WalletState {
         self.next_change.max(self.next_vault)
     }
 
-    /// Scans the blocks since the last scan for payments to the intake addresses handed out
-    /// (and a few beyond), on the receive and the change branch, of every policy version the
-    /// wallet follows, and marks spent coins; returns the tip height.
-    pub fn scan(&mut self, policies: &Policies, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
-        let chain_err = |e: vigil_chain::BackendError| WalletError::Chain(e.to_string());
-        // Today's first, so a coin on an address several versions share is today's; a version
-        // whose intake addresses another already makes adds nothing.
-        let mut scripts: HashMap<ScriptBuf, (u32, bool, Option<u32>)> = HashMap::new();
+    /// Adds to `scripts` every intake script the wallet watches: those handed out and
+    /// [`INTAKE_LOOKAHEAD`] beyond, on both branches, of every policy version it follows
+    /// (today's first, so a coin on an address several versions share is today's; a version
+    /// whose intake addresses another already makes adds nothing).
+    fn watch_window(&self, policies: &Policies, scripts: &mut HashMap<ScriptBuf, (u32, bool, Option<u32>)>) {
         let mut seen_first = Vec::new();
         for compiled in policies.known() {
             let Ok(first) = compiled.intake_descriptor(0) else { continue };
@@ -495,34 +492,62 @@ impl WalletState {
                 }
             }
         }
-        chain.watch_scripts(&scripts.keys().cloned().collect::<Vec<_>>());
-        let tip = chain.tip().map_err(chain_err)?.height;
+    }
+
+    /// Scans the blocks since the last scan for payments to the intake addresses handed out
+    /// (and a few beyond), on the receive and the change branch, of every policy version the
+    /// wallet follows, and marks spent coins; returns the tip height.
+    ///
+    /// A coin found at an index past those handed out (a restored wallet knows none; another
+    /// device of the household handed some out) moves the window on at once, and the blocks
+    /// are read again from where this scan began: an address past the old window may have
+    /// been paid before (addresses are not always paid in the order they were given).
+    pub fn scan(&mut self, policies: &Policies, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
+        let chain_err = |e: vigil_chain::BackendError| WalletError::Chain(e.to_string());
+        let mut scripts: HashMap<ScriptBuf, (u32, bool, Option<u32>)> = HashMap::new();
         let from = self.scanned_height.max(self.birth_height.saturating_sub(1)) + 1;
-        for height in from..=tip {
-            let Some(hash) = chain.block_hash(height).map_err(chain_err)? else { break };
-            let block = chain.block(&hash).map_err(chain_err)?;
-            for tx in &block.txdata {
-                let txid = tx.compute_txid();
-                for (vout, out) in tx.output.iter().enumerate() {
-                    if let Some(&(index, change, policy_version)) = scripts.get(&out.script_pubkey) {
-                        let outpoint = OutPoint { txid, vout: vout as u32 };
-                        if !self.coins.iter().any(|c| c.outpoint == outpoint) {
-                            self.coins.push(IntakeCoin {
-                                outpoint,
-                                value_sat: out.value.to_sat(),
-                                intake_index: index,
-                                change,
-                                height,
-                                spent: false,
-                                policy_version,
-                            });
-                            let next = if change { &mut self.next_change } else { &mut self.next_intake };
-                            *next = (*next).max(index + 1);
+        let mut tip;
+        loop {
+            let window = (self.next_intake, self.change_indexes());
+            self.watch_window(policies, &mut scripts);
+            chain.watch_scripts(&scripts.keys().cloned().collect::<Vec<_>>());
+            tip = chain.tip().map_err(chain_err)?.height;
+            for height in from..=tip {
+                let Some(hash) = chain.block_hash(height).map_err(chain_err)? else { break };
+                let block = chain.block(&hash).map_err(chain_err)?;
+                let mut moved = false;
+                for tx in &block.txdata {
+                    let txid = tx.compute_txid();
+                    for (vout, out) in tx.output.iter().enumerate() {
+                        if let Some(&(index, change, policy_version)) = scripts.get(&out.script_pubkey) {
+                            let outpoint = OutPoint { txid, vout: vout as u32 };
+                            if !self.coins.iter().any(|c| c.outpoint == outpoint) {
+                                self.coins.push(IntakeCoin {
+                                    outpoint,
+                                    value_sat: out.value.to_sat(),
+                                    intake_index: index,
+                                    change,
+                                    height,
+                                    spent: false,
+                                    policy_version,
+                                });
+                                let next = if change { &mut self.next_change } else { &mut self.next_intake };
+                                moved |= index >= *next;
+                                *next = (*next).max(index + 1);
+                            }
                         }
                     }
                 }
+                if moved {
+                    // The next blocks are read with the window moved on.
+                    self.watch_window(policies, &mut scripts);
+                    chain.watch_scripts(&scripts.keys().cloned().collect::<Vec<_>>());
+                }
+                self.scanned_height = self.scanned_height.max(height);
             }
-            self.scanned_height = height;
+            if (self.next_intake, self.change_indexes()) == window {
+                break;
+            }
         }
         for coin in self.coins.iter_mut().filter(|c| !c.spent) {
             let unspent = chain.unspent_output(&coin.outpoint).map_err(chain_err)?;
