@@ -113,11 +113,14 @@ impl Watcher {
         }
         // A coin for every open vault: a compromised co-signer (or a panic) can start every
         // cancel (or emergency) at once, and a fee spike can hold every bump unconfirmed. One
-        // whose bump holds its coin already is covered (its replacements spend it again).
+        // whose bump holds a coin that pays a stress bump is covered (its replacements spend
+        // it again); one holding a smaller coin (the first bump takes the smallest that pays
+        // the rate of the day) stops below the stress feerate, and counts as short.
+        let each = self.fee_wallet.as_ref().map_or(0, |w| w.reserve_per_vault());
         let (mut open, mut bumped) = (0u64, 0u64);
         for v in self.vaults.values().filter(|v| !v.state.done) {
             open += 1;
-            bumped += v.state.bump.is_some() as u64;
+            bumped += v.state.bump.as_ref().is_some_and(|b| b.coin_value >= each) as u64;
         }
         let uncovered = open - bumped;
         let target = uncovered as usize;

@@ -180,6 +180,23 @@ fn the_fee_reserve_is_coins_that_each_pay_a_stress_bump_and_a_split_under_way_is
 }
 
 #[test]
+fn a_bump_holding_a_coin_smaller_than_a_stress_bump_leaves_the_wallet_short() {
+    let v = vault(0, 5_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    let each = fee_wallet(&v, 100, 0).reserve_per_vault();
+    w.set_fee_wallet(fee_wallet(&v, 100, each / 2));
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    let bumped_at = (11..40).find(|h| {
+        w.on_block_connected(*h, &block(vec![]))
+            .iter()
+            .any(|a| matches!(a, Action::BroadcastPackage { what, .. } if what == "cancel anchor bump"))
+    });
+    let next = bumped_at.expect("the coin pays what it can") + 1;
+    w.on_block_connected(next, &block(vec![]));
+    assert!(w.fee_wallet_low(), "its replacements stop below the stress feerate");
+}
+
+#[test]
 fn an_emergency_stuck_at_the_top_rung_is_bumped_through_its_anchor() {
     let v = vault(0, 5_000_000);
     let mut w = watcher(&[&v], 100_000_000);
