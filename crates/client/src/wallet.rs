@@ -509,6 +509,9 @@ impl WalletState {
         let mut tip;
         loop {
             let window = (self.next_intake, self.change_indexes());
+            // What this pass read: the last pass's is what was scanned (the tip may have moved
+            // back since an earlier one).
+            let mut reached = from - 1;
             self.watch_window(policies, &mut scripts);
             chain.watch_scripts(&scripts.keys().cloned().collect::<Vec<_>>());
             tip = chain.tip().map_err(chain_err)?.height;
@@ -543,9 +546,10 @@ impl WalletState {
                     self.watch_window(policies, &mut scripts);
                     chain.watch_scripts(&scripts.keys().cloned().collect::<Vec<_>>());
                 }
-                self.scanned_height = self.scanned_height.max(height);
+                reached = height;
             }
             if (self.next_intake, self.change_indexes()) == window {
+                self.scanned_height = reached;
                 break;
             }
         }
