@@ -100,13 +100,24 @@ pub fn deliver_to_clients(
     }
 }
 
-/// An alarm as it is posted: its outbox body with its `id`, the same at every delivery, so
-/// that a receiver can drop a repeat (an alarm is posted again when its delivery could not
-/// be recorded, or the co-signer stopped before it was).
+/// An alarm's id for its receivers: the same at every delivery of it, so that a repeat can be
+/// dropped (an alarm is sent again when its delivery could not be recorded, or the co-signer
+/// stopped before it was). A digest of its outbox number and its text: another alarm with the
+/// same number (a store restored from a backup, another co-signer) has another id, and the
+/// number of alarms the provider raised for all its clients is not told.
+fn alarm_id(alarm: &OutboxEntry) -> String {
+    use vigil_policy::bitcoin::hashes::{sha256, Hash};
+    let mut engine = sha256::Hash::engine();
+    std::io::Write::write_all(&mut engine, &alarm.id.to_le_bytes()).expect("a hash engine takes any bytes");
+    std::io::Write::write_all(&mut engine, alarm.body.as_bytes()).expect("a hash engine takes any bytes");
+    sha256::Hash::from_engine(engine).to_string()[..32].to_owned()
+}
+
+/// An alarm as it is posted: its outbox body with its [`alarm_id`].
 fn posted(alarm: &OutboxEntry) -> String {
     match serde_json::from_str::<serde_json::Value>(&alarm.body) {
         Ok(serde_json::Value::Object(mut fields)) => {
-            fields.insert("id".into(), alarm.id.into());
+            fields.insert("alarm_id".into(), alarm_id(alarm).into());
             serde_json::Value::Object(fields).to_string()
         }
         _ => alarm.body.clone(),
@@ -338,8 +349,8 @@ fn mailer(smtp: &SmtpConfig) -> Result<lettre::SmtpTransport, String> {
 }
 
 /// The e-mail of an outbox alarm, to its client's guardians; `None` when it has no address.
-/// Its Message-ID is the alarm's, the same at every sending, so that a mail system can drop a
-/// repeat.
+/// Its Message-ID is the alarm's [`alarm_id`], the same at every sending, so that a mail
+/// system can drop a repeat.
 fn email(
     smtp: &SmtpConfig,
     store: &dyn Store,
@@ -358,7 +369,12 @@ fn email(
     let kind = alarm["kind"].as_str().unwrap_or("alarm");
     let from: lettre::message::Mailbox =
         smtp.from.parse().map_err(|e: lettre::address::AddressError| Unsent::Never(e.to_string()))?;
-    let message_id = format!("<vigil-alarm-{}@{}>", entry.id, from.email.domain());
+    // A plain host name on the right, as RFC 5322 wants (an IP literal or a non-ASCII domain
+    // would come out malformed).
+    let domain = from.email.domain();
+    let plain =
+        domain.contains('.') && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let message_id = format!("<{}@{}>", alarm_id(entry), if plain { domain } else { "vigil.invalid" });
     let mut message = lettre::Message::builder()
         .from(from)
         .message_id(Some(message_id))
@@ -527,7 +543,7 @@ mod tests {
         assert!(pending(EMAIL_SINK).is_empty());
         // The first sent twice, under the same Message-ID (a mail system drops the repeat).
         let ids = ids.borrow();
-        assert!(ids[0].starts_with("<vigil-alarm-") && ids[0].ends_with("@example.org>"), "{ids:?}");
+        assert!(ids[0].len() == 32 + "<@example.org>".len() && ids[0].ends_with("@example.org>"), "{ids:?}");
         assert_eq!(ids[0], ids[1], "{ids:?}");
         assert_ne!(ids[1], ids[2], "{ids:?}");
     }
@@ -537,9 +553,16 @@ mod tests {
     fn an_alarm_is_posted_with_its_id() {
         let entry = |id, body: &str| OutboxEntry { id, body: body.into() };
         let body = crate::service::alarm("c1", "duress", "the duress code was used".into());
-        let posted_once: serde_json::Value = serde_json::from_str(&posted(&entry(7, &body))).unwrap();
-        assert_eq!((posted_once["id"].as_i64(), posted_once["kind"].as_str()), (Some(7), Some("duress")));
-        assert_eq!(posted(&entry(7, &body)), posted(&entry(7, &body)));
+        let id = |n, body: &str| {
+            let posted: serde_json::Value = serde_json::from_str(&posted(&entry(n, body))).unwrap();
+            assert_eq!(posted["kind"], "duress");
+            posted["alarm_id"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(id(7, &body), id(7, &body), "the same at every delivery");
+        assert_eq!(id(7, &body).len(), 32);
+        let later = body.replace("the duress code", "The duress code");
+        assert_ne!(id(7, &body), id(7, &later), "another alarm under the same number (a restored store)");
+        assert_ne!(id(7, &body), id(8, &body));
         assert_eq!(posted(&entry(8, "not json")), "not json", "posted as stored");
     }
 }
