@@ -66,14 +66,7 @@ fn the_fee_wallet_alarms_when_short_and_bumps_a_cancel_stuck_at_the_top_rung() {
     for o in &others {
         w.add_vault(o.clone());
     }
-    let actions = w.on_block_connected(4, &block(vec![]));
-    let split = actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Broadcast { what, tx, .. } if what == "fee wallet split" => Some(tx.clone()),
-            _ => None,
-        })
-        .expect("a split");
+    let split = split_in(&w.on_block_connected(4, &block(vec![]))).expect("a split");
     assert!(split.output.len() >= 4, "{} outputs", split.output.len());
     assert_eq!(split.input[0].witness.len(), 1, "signed");
     w.on_block_connected(5, &block(vec![split]));
@@ -121,14 +114,7 @@ fn every_open_vault_gets_a_fee_coin_of_its_own_so_thirty_stuck_cancels_are_bumpe
     let mut w = watcher(&vaults.iter().collect::<Vec<_>>(), 100_000_000);
     w.set_fee_wallet(fee_wallet(&vaults[0], 100, 2_000_000));
     // One split, confirmed: a coin for each of the thirty.
-    let split = w
-        .on_block_connected(2, &block(vec![]))
-        .into_iter()
-        .find_map(|a| match a {
-            Action::Broadcast { what, tx, .. } if what == "fee wallet split" => Some(tx),
-            _ => None,
-        })
-        .expect("a split");
+    let split = split_in(&w.on_block_connected(2, &block(vec![]))).expect("a split");
     w.on_block_connected(3, &block(vec![split]));
     assert!(w.fee_wallet().unwrap().free_coins() >= 30, "{} coins", w.fee_wallet().unwrap().free_coins());
     // Thirty unapproved unvaults at once (a compromised co-signer): every cancel reaches the
@@ -141,7 +127,7 @@ fn every_open_vault_gets_a_fee_coin_of_its_own_so_thirty_stuck_cancels_are_bumpe
         for quiet in ["fee-wallet-empty", "fee-wallet-low"] {
             assert!(!alarms(&actions).contains(&quiet.to_string()), "{quiet} at block {h}");
         }
-        assert!(!broadcasts(&actions).iter().any(|b| b == "fee wallet split"), "block {h}");
+        assert!(split_in(&actions).is_none(), "block {h}");
         for a in actions {
             if let Action::BroadcastPackage { vault, what, .. } = a {
                 if what == "cancel anchor bump" {
@@ -161,13 +147,7 @@ fn the_fee_reserve_is_coins_that_each_pay_a_stress_bump_and_a_split_under_way_is
     let mut w = watcher(&vaults.iter().collect::<Vec<_>>(), 100_000_000);
     w.set_fee_wallet(fee_wallet(&vaults[0], 100, 2_000_000));
     let actions = w.on_block_connected(2, &block(vec![]));
-    let split = actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Broadcast { what, tx, .. } if what == "fee wallet split" => Some(tx.clone()),
-            _ => None,
-        })
-        .expect("a split");
+    let split = split_in(&actions).expect("a split");
     assert!(!low(&actions), "a split under way is no shortfall");
     assert!(!low(&w.on_block_connected(3, &block(vec![]))), "nor a block later, still unconfirmed");
     assert!(!low(&w.on_block_connected(4, &block(vec![split]))));
@@ -254,6 +234,14 @@ pub(super) fn broadcasts(actions: &[Action]) -> Vec<String> {
         .iter()
         .filter_map(|a| if let Action::Broadcast { what, .. } = a { Some(what.clone()) } else { None })
         .collect()
+}
+
+/// The fee wallet's split among `actions`, if any.
+fn split_in(actions: &[Action]) -> Option<Transaction> {
+    actions.iter().find_map(|a| match a {
+        Action::Broadcast { what, tx, .. } if what == "fee wallet split" => Some(tx.clone()),
+        _ => None,
+    })
 }
 
 pub(super) fn alarms(actions: &[Action]) -> Vec<String> {
