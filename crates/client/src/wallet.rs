@@ -466,11 +466,19 @@ impl WalletState {
         self.next_change.max(self.next_vault)
     }
 
-    /// Adds to `scripts` every intake script the wallet watches: those handed out and
+    /// Adds to `scripts` the intake scripts the wallet watches that `derived` (the indexes
+    /// derived so far, on the receive and the change branch) lacks: those handed out and
     /// [`INTAKE_LOOKAHEAD`] beyond, on both branches, of every policy version it follows
     /// (today's first, so a coin on an address several versions share is today's; a version
-    /// whose intake addresses another already makes adds nothing).
-    fn watch_window(&self, policies: &Policies, scripts: &mut HashMap<ScriptBuf, (u32, bool, Option<u32>)>) {
+    /// whose intake addresses another already makes adds nothing). Returns the scripts added.
+    fn watch_window(
+        &self,
+        policies: &Policies,
+        scripts: &mut HashMap<ScriptBuf, (u32, bool, Option<u32>)>,
+        derived: &mut (u32, u32),
+    ) -> Vec<ScriptBuf> {
+        let ends = (self.next_intake + INTAKE_LOOKAHEAD, self.change_indexes() + INTAKE_LOOKAHEAD);
+        let mut added = Vec::new();
         let mut seen_first = Vec::new();
         for compiled in policies.known() {
             let Ok(first) = compiled.intake_descriptor(0) else { continue };
@@ -479,19 +487,20 @@ impl WalletState {
             }
             seen_first.push(first.script_pubkey());
             let version = Some(compiled.policy().version);
-            for i in 0..self.next_intake + INTAKE_LOOKAHEAD {
-                if let Ok(d) = compiled.intake_descriptor(i) {
-                    scripts.entry(d.script_pubkey()).or_insert((i, false, version));
-                }
-            }
-            for i in
-                (0..self.change_indexes() + INTAKE_LOOKAHEAD).take_while(|_| compiled.has_change_branch())
-            {
-                if let Ok(d) = compiled.intake_descriptor_on(i, true) {
-                    scripts.entry(d.script_pubkey()).or_insert((i, true, version));
+            let change_branch = compiled.has_change_branch();
+            let receive = (derived.0..ends.0).map(|i| (i, false));
+            let change = (derived.1..ends.1).take_while(|_| change_branch).map(|i| (i, true));
+            for (i, change) in receive.chain(change) {
+                if let Ok(d) = compiled.intake_descriptor_on(i, change) {
+                    if let std::collections::hash_map::Entry::Vacant(e) = scripts.entry(d.script_pubkey()) {
+                        added.push(e.key().clone());
+                        e.insert((i, change, version));
+                    }
                 }
             }
         }
+        *derived = (derived.0.max(ends.0), derived.1.max(ends.1));
+        added
     }
 
     /// Scans the blocks since the last scan for payments to the intake addresses handed out
@@ -504,21 +513,19 @@ impl WalletState {
     /// been paid before (addresses are not always paid in the order they were given).
     pub fn scan(&mut self, policies: &Policies, chain: &dyn ChainBackend) -> Result<u32, WalletError> {
         let chain_err = |e: vigil_chain::BackendError| WalletError::Chain(e.to_string());
-        let mut scripts: HashMap<ScriptBuf, (u32, bool, Option<u32>)> = HashMap::new();
+        let (mut scripts, mut derived) = (HashMap::new(), (0, 0));
         let from = self.scanned_height.max(self.birth_height.saturating_sub(1)) + 1;
         let mut tip;
         loop {
-            let window = (self.next_intake, self.change_indexes());
-            // What this pass read: the last pass's is what was scanned (the tip may have moved
-            // back since an earlier one).
-            let mut reached = from - 1;
-            self.watch_window(policies, &mut scripts);
-            chain.watch_scripts(&scripts.keys().cloned().collect::<Vec<_>>());
+            chain.watch_scripts(&self.watch_window(policies, &mut scripts, &mut derived));
             tip = chain.tip().map_err(chain_err)?.height;
+            // What this pass read (the last pass's is what was scanned: the tip may have moved
+            // back since an earlier one), and whether the window moved meanwhile.
+            let (mut reached, mut moved) = (from - 1, false);
             for height in from..=tip {
                 let Some(hash) = chain.block_hash(height).map_err(chain_err)? else { break };
                 let block = chain.block(&hash).map_err(chain_err)?;
-                let mut moved = false;
+                let mut found = false;
                 for tx in &block.txdata {
                     let txid = tx.compute_txid();
                     for (vout, out) in tx.output.iter().enumerate() {
@@ -535,20 +542,21 @@ impl WalletState {
                                     policy_version,
                                 });
                                 let next = if change { &mut self.next_change } else { &mut self.next_intake };
-                                moved |= index >= *next;
                                 *next = (*next).max(index + 1);
+                                found = true;
                             }
                         }
                     }
                 }
-                if moved {
+                if found {
                     // The next blocks are read with the window moved on.
-                    self.watch_window(policies, &mut scripts);
-                    chain.watch_scripts(&scripts.keys().cloned().collect::<Vec<_>>());
+                    let added = self.watch_window(policies, &mut scripts, &mut derived);
+                    moved |= !added.is_empty();
+                    chain.watch_scripts(&added);
                 }
                 reached = height;
             }
-            if (self.next_intake, self.change_indexes()) == window {
+            if !moved {
                 self.scanned_height = reached;
                 break;
             }
