@@ -42,7 +42,7 @@ pub struct FeePolicy {
 const MISSING_GRACE_BLOCKS: u32 = 2;
 
 /// A coin of the fee wallet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeeCoin {
     /// Its value, sat.
     pub value: u64,
@@ -185,9 +185,7 @@ impl FeeWallet {
                 let coin = self.coins.entry(op).or_insert(FeeCoin {
                     value: out.value.to_sat(),
                     height,
-                    spent_by: None,
-                    missing_since: None,
-                    split_at: None,
+                    ..FeeCoin::default()
                 });
                 if height.is_some() {
                     coin.height = height;

@@ -231,16 +231,7 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
         .map(|i| {
             let (op, out) =
                 client.wallet.pay(&core.rpc, 160 + i, wallet.script().clone(), Amount::from_sat(2_000_000));
-            (
-                op,
-                FeeCoin {
-                    value: out.value.to_sat(),
-                    height: Some(1),
-                    spent_by: None,
-                    missing_since: None,
-                    split_at: None,
-                },
-            )
+            (op, FeeCoin { value: out.value.to_sat(), height: Some(1), ..FeeCoin::default() })
         })
         .collect();
     wallet.restore(coins);

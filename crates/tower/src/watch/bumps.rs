@@ -108,29 +108,24 @@ impl Watcher {
     /// once when it cannot, and again after it recovered and fell short anew.
     pub(super) fn check_fee_wallet(&mut self, actions: &mut Vec<Action>) {
         // Counting open vaults walks them all: only a tower with a fee wallet pays for it.
-        if self.fee_wallet.is_none() {
-            return;
-        }
+        let Some(each) = self.fee_wallet.as_ref().map(|w| w.reserve_per_vault()) else { return };
         // A coin for every open vault: a compromised co-signer (or a panic) can start every
         // cancel (or emergency) at once, and a fee spike can hold every bump unconfirmed. One
         // whose bump holds a coin that pays a stress bump is covered (its replacements spend
         // it again); one holding a smaller coin (the first bump takes the smallest that pays
         // the rate of the day) stops below the stress feerate, and counts as short.
-        let each = self.fee_wallet.as_ref().map_or(0, |w| w.reserve_per_vault());
-        let (mut open, mut bumped) = (0u64, 0u64);
-        for v in self.vaults.values().filter(|v| !v.state.done) {
-            open += 1;
-            bumped += v.state.bump.as_ref().is_some_and(|b| b.coin_value >= each) as u64;
-        }
-        let uncovered = open - bumped;
-        let target = uncovered as usize;
+        let uncovered = self
+            .vaults
+            .values()
+            .filter(|v| !v.state.done && v.state.bump.as_ref().is_none_or(|b| b.coin_value < each))
+            .count();
         // Fewer coins able to pay a stress bump than concurrent bumps might need: split the
         // largest (a split makes a bounded number, the next one follows once it confirmed).
         let mut cannot_split = false;
         if let Some(w) = self.fee_wallet.as_mut() {
             let (coins, _) = w.reserve(self.tip);
-            if coins < target && !w.split_pending() {
-                match w.split(target - coins + 1, self.tip) {
+            if coins < uncovered && !w.split_pending() {
+                match w.split(uncovered - coins + 1, self.tip) {
                     Some(split) => {
                         self.wallet_dirty = true;
                         actions.push(Action::Broadcast {
@@ -144,7 +139,7 @@ impl Watcher {
             }
         }
         let Some(w) = self.fee_wallet.as_ref() else { return };
-        let needed = uncovered * w.reserve_per_vault();
+        let needed = uncovered as u64 * each;
         let (coins, balance) = w.reserve(self.tip);
         let short = balance < needed || cannot_split;
         if short && !self.wallet_low {
@@ -154,7 +149,7 @@ impl Watcher {
                 format!(
                     "fee wallet holds {balance} sat in {coins} coins that each pay a bump at the stress feerate \
                      (of {} sat confirmed in all); {uncovered} open vaults without a bump under way need {needed} \
-                     sat in {target} such coins",
+                     sat in as many such coins",
                     w.balance()
                 ),
             ));
