@@ -107,10 +107,8 @@ pub fn deliver_to_clients(
 /// number of alarms the provider raised for all its clients is not told.
 fn alarm_id(alarm: &OutboxEntry) -> String {
     use vigil_policy::bitcoin::hashes::{sha256, Hash};
-    let mut engine = sha256::Hash::engine();
-    std::io::Write::write_all(&mut engine, &alarm.id.to_le_bytes()).expect("a hash engine takes any bytes");
-    std::io::Write::write_all(&mut engine, alarm.body.as_bytes()).expect("a hash engine takes any bytes");
-    sha256::Hash::from_engine(engine).to_string()[..32].to_owned()
+    let digest = sha256::Hash::hash(&[&alarm.id.to_le_bytes()[..], alarm.body.as_bytes()].concat());
+    digest.to_string()[..32].to_owned()
 }
 
 /// An alarm as it is posted: its outbox body with its [`alarm_id`].
@@ -546,6 +544,48 @@ mod tests {
         assert!(ids[0].len() == 32 + "<@example.org>".len() && ids[0].ends_with("@example.org>"), "{ids:?}");
         assert_eq!(ids[0], ids[1], "{ids:?}");
         assert_ne!(ids[1], ids[2], "{ids:?}");
+    }
+
+    /// A client's webhook receives the alarm with its id, as [`alarm_id`] makes it.
+    #[test]
+    fn a_clients_webhook_receives_the_alarm_with_its_id() {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/alarm", hook.local_addr().unwrap());
+        let receiving = std::thread::spawn(move || {
+            let (conn, _) = hook.accept().unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            write!(&conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("co.db")).unwrap();
+        store.deliver_to(&[CLIENT_WEBHOOKS_SINK.to_owned()]).unwrap();
+        let record = serde_json::json!({"id": "c3", "account": 0, "policy": "", "lockdown_until": 0,
+            "duress_until": 0, "heartbeat_real": "", "heartbeat_duress": "", "next_spend": 0,
+            "tower_nonce": 0, "alarm_webhooks": [url]});
+        let mut batch = Batch::default();
+        batch.put(kind::CLIENT, "c3", record.to_string());
+        batch.alarm(crate::service::alarm("c3", "duress", "the duress code was used".into()));
+        store.commit(&batch).unwrap();
+        let pending = store.undelivered(CLIENT_WEBHOOKS_SINK, 20).unwrap();
+        assert_eq!(ClientWebhooks::default().deliver(&store, "c3", &pending), 1);
+        let received = receiving.join().unwrap();
+        assert_eq!(received["kind"], "duress");
+        assert_eq!(received["alarm_id"].as_str(), Some(alarm_id(&pending[0]).as_str()), "{received}");
     }
 
     /// Every post of one alarm carries its id, so a webhook drops a repeat.
