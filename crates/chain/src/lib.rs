@@ -141,7 +141,7 @@ pub trait ChainBackend: Send + Sync {
     fn wait_for_new_block(&self, timeout: Duration) -> Result<BlockId, BackendError>;
     /// Adds scripts the consumer cares about. A node backend sees every transaction anyway;
     /// a backend that watches by script (Electrum) includes their transactions in the blocks
-    /// and mempool it reports from the next poll on, history included.
+    /// and mempool it reports from the next call on, history included.
     fn watch_scripts(&self, _scripts: &[bitcoin::ScriptBuf]) {}
 }
 

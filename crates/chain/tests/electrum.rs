@@ -112,3 +112,32 @@ fn the_electrum_backend_reconnects_and_resubscribes_after_the_server_restarts() 
         });
     assert_eq!(block.txdata.iter().map(Transaction::compute_txid).collect::<Vec<_>>(), vec![outpoint.txid]);
 }
+
+#[test]
+fn a_script_watched_after_a_poll_counts_in_the_next_block_read() {
+    let Some((core, electrs)) = bitcoind_with_electrs() else { return };
+    let rpc = &core.rpc;
+    let wallet = Wallet::new();
+    let secp = Secp256k1::new();
+    let [first, later] = [10u8, 11].map(|seed| {
+        let key = Keypair::from_seckey_slice(&secp, &[seed; 32]).unwrap();
+        Address::p2tr(&secp, key.x_only_public_key().0, None, Network::Regtest).script_pubkey()
+    });
+    let paid: Vec<_> = [(1, &first), (2, &later)]
+        .map(|(c, s)| wallet.pay(rpc, c, s.clone(), Amount::from_sat(50_000)).0.txid)
+        .into();
+    mine(rpc, 1, &wallet.address());
+    vigil_testenv::process::wait_indexed(&electrs, &core);
+    let backend = ElectrumBackend::new(&electrs.address);
+    backend.watch_scripts(std::slice::from_ref(&first));
+    let tip = backend.tip().unwrap();
+    // A wallet scan finds a coin and moves its window on: the next block it reads must show
+    // the new scripts' transactions, without waiting for another poll of the tip.
+    backend.watch_scripts(std::slice::from_ref(&later));
+    let block = backend.block(&tip.hash).unwrap();
+    let mut seen: Vec<_> = block.txdata.iter().map(Transaction::compute_txid).collect();
+    seen.sort();
+    let mut paid = paid;
+    paid.sort();
+    assert_eq!(seen, paid, "both payments, the later-watched one included");
+}

@@ -1064,6 +1064,48 @@ fn the_wallet_vaults_and_spends_the_same_over_electrum() {
     assert_eq!(done[0]["progress"]["stage"], "done", "{done}");
 }
 
+/// The allowance wallet looks for the addresses it handed out and 25 past them, moved on by
+/// each coin it finds; a restored one knows none handed out.
+const ALLOWANCE_LOOKAHEAD: usize = 25;
+
+#[test]
+fn a_restore_over_electrum_finds_allowance_payments_past_its_window_and_out_of_order() {
+    let Some((core, electrs)) = vigil_testenv::process::bitcoind_with_electrs() else { return };
+    let mut s = services_on(core, "", false);
+    s.electrs = Some(electrs);
+    let Funded { _home, dir, phrase, payer, .. } = funded(&s, 1);
+    let handed: Vec<Address> =
+        (0..ALLOWANCE_LOOKAHEAD + 21).map(|_| address_from(&dir, &["receive", "--allowance"])).collect();
+    // One block each: the first past a restored wallet's window; then one that moves the
+    // window over it; then one past even the moved window, found only once the first is.
+    let paid = [ALLOWANCE_LOOKAHEAD + 3, 3, ALLOWANCE_LOOKAHEAD + 20];
+    for (h, &index) in paid.iter().enumerate() {
+        payer.pay(&s.node.rpc, h as u32 + 2, handed[index].script_pubkey(), Amount::from_sat(10_000));
+        s.mine(1, &payer.address());
+    }
+    let before = json(&dir, &["status"], &[REAL]);
+    assert_eq!(before["allowance_sat"], 30_000, "{before}");
+    let text = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
+    let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let chain = chain_args(&s);
+    let restore = [
+        &["init", "--restore", "--cosigner", &s.co.url],
+        &chain.iter().map(String::as_str).collect::<Vec<_>>()[..],
+    ]
+    .concat();
+    let (ok, out, err) = vigil(&dir, &restore, &[&id, &phrase, "8642", "8642", "9753", "9753"]);
+    assert!(ok, "{out}{err}");
+    let after = json(&dir, &["status"], &["8642"]);
+    for field in ["intake_sat", "allowance_sat"] {
+        assert_eq!(after[field], before[field], "{field}: {after} vs {before}");
+    }
+    // The restored allowance hands out an address none of those paid.
+    let next = json(&dir, &["receive", "--allowance"], &["8642"]);
+    let next = next["address"].as_str().unwrap().parse::<Address<_>>().unwrap().assume_checked();
+    assert!(!handed[..=ALLOWANCE_LOOKAHEAD + 20].contains(&next), "{next} was paid before");
+}
+
 #[test]
 fn a_panic_sweeps_to_the_deep_vault_and_backup_and_every_guardian_bring_it_back_at_once() {
     use base64::Engine as _;

@@ -150,28 +150,54 @@ impl Allowance {
 
     /// Feeds the wallet the blocks it has not seen (from the wallet's birth on, stepping back
     /// over a reorg), and persists; returns the tip height.
+    ///
+    /// BDK looks for the scripts it has revealed and a lookahead past them, which a coin found
+    /// moves on. A payment past the lookahead made before one that moved it (a restore, or
+    /// addresses paid out of order) is only seen with the moved window: while a pass moves
+    /// it, the same blocks are read again.
     pub fn sync(&mut self, chain: &dyn ChainBackend) -> Result<u32, AllowanceError> {
-        // An Electrum backend serves only the named scripts' transactions: every script the
-        // wallet revealed, and its lookahead.
-        let scripts: Vec<_> = self.wallet.spk_index().inner().all_spks().values().cloned().collect();
-        chain.watch_scripts(&scripts);
+        let mut watched = 0;
+        self.watch_new(chain, &mut watched);
         let tip = chain.tip().map_err(chain_err)?.height;
         // The highest block the wallet knows that is still in the chain.
         let mut from = self.wallet.latest_checkpoint();
         while from.height() > 0 && chain.block_hash(from.height()).map_err(chain_err)? != Some(from.hash()) {
             from = from.prev().expect("genesis is always there");
         }
-        let mut connected = from.block_id();
-        for height in (connected.height + 1).max(self.birth_height)..=tip {
-            let Some(hash) = chain.block_hash(height).map_err(chain_err)? else { break };
-            let block = chain.block(&hash).map_err(chain_err)?;
-            self.wallet
-                .apply_block_connected_to(&block, height, connected)
-                .map_err(|e| AllowanceError::Chain(format!("block {height}: {e}")))?;
-            connected = BlockId { height, hash };
+        let start = from.block_id();
+        loop {
+            let mut connected = start;
+            let mut moved = false;
+            for height in (start.height + 1).max(self.birth_height)..=tip {
+                let Some(hash) = chain.block_hash(height).map_err(chain_err)? else { break };
+                let block = chain.block(&hash).map_err(chain_err)?;
+                self.wallet
+                    .apply_block_connected_to(&block, height, connected)
+                    .map_err(|e| AllowanceError::Chain(format!("block {height}: {e}")))?;
+                connected = BlockId { height, hash };
+                moved |= self.watch_new(chain, &mut watched);
+            }
+            if !moved {
+                break;
+            }
         }
         self.persist()?;
         Ok(tip)
+    }
+
+    /// Hands the chain backend the scripts the wallet looks for that it was not given yet
+    /// (an Electrum backend serves only the named scripts' transactions); `watched` counts
+    /// those given. Whether there were any.
+    fn watch_new(&self, chain: &dyn ChainBackend, watched: &mut usize) -> bool {
+        let all = self.wallet.spk_index().inner().all_spks();
+        if all.len() == *watched {
+            return false;
+        }
+        // The backend ignores those it watches already.
+        let scripts: Vec<_> = all.values().cloned().collect();
+        chain.watch_scripts(&scripts);
+        *watched = all.len();
+        true
     }
 
     /// The next fresh address of the allowance and its index, not handed out yet

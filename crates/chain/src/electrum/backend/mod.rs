@@ -407,6 +407,11 @@ impl ChainBackend for ElectrumBackend {
 
     fn raw_block(&self, hash: &BlockHash) -> Result<Vec<u8>, BackendError> {
         self.with(|state, client| {
+            // Scripts watched since the last poll count in this block already (a wallet scan
+            // moves its window on mid-way).
+            if state.scripts.values().any(|w| !w.subscribed) {
+                state.refresh(client, false)?;
+            }
             let chain = state.chain();
             let height = chain
                 .height_of(hash)
