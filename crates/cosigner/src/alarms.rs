@@ -367,15 +367,9 @@ fn email(
     let kind = alarm["kind"].as_str().unwrap_or("alarm");
     let from: lettre::message::Mailbox =
         smtp.from.parse().map_err(|e: lettre::address::AddressError| Unsent::Never(e.to_string()))?;
-    // A plain host name on the right, as RFC 5322 wants (an IP literal or a non-ASCII domain
-    // would come out malformed).
-    let domain = from.email.domain();
-    let plain =
-        domain.contains('.') && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    let message_id = format!("<{}@{}>", alarm_id(entry), if plain { domain } else { "vigil.invalid" });
     let mut message = lettre::Message::builder()
+        .message_id(Some(message_id(entry, &from)))
         .from(from)
-        .message_id(Some(message_id))
         .subject(format!("Vigil alarm: {kind} (client {})", &client_id[..client_id.len().min(12)]));
     for to in &client.alarm_emails {
         message = message
@@ -389,6 +383,16 @@ fn email(
         alarm["time"],
     );
     message.body(text).map(Some).map_err(|e| Unsent::Never(e.to_string()))
+}
+
+/// The Message-ID of an outbox alarm's e-mail: its [`alarm_id`] at the sender's domain when
+/// that is a plain host name, else at `vigil.invalid` (a non-ASCII domain would come out
+/// malformed; the configuration refuses an IP literal).
+fn message_id(entry: &OutboxEntry, from: &lettre::message::Mailbox) -> String {
+    let domain = from.email.domain();
+    let plain =
+        domain.contains('.') && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    format!("<{}@{}>", alarm_id(entry), if plain { domain } else { "vigil.invalid" })
 }
 
 #[cfg(test)]
@@ -586,6 +590,21 @@ mod tests {
         let received = receiving.join().unwrap();
         assert_eq!(received["kind"], "duress");
         assert_eq!(received["alarm_id"].as_str(), Some(alarm_id(&pending[0]).as_str()), "{received}");
+    }
+
+    /// An e-mail's Message-ID names the sender's domain only when it is a plain host name.
+    #[test]
+    fn a_message_id_falls_back_to_an_invalid_domain_for_an_address_it_cannot_carry() {
+        let entry = OutboxEntry { id: 7, body: crate::service::alarm("c1", "duress", "d".into()) };
+        let id = alarm_id(&entry);
+        for (from, right) in [
+            ("Vigil <alarms@cosigner.example.org>", "cosigner.example.org"),
+            ("alarms@localhost", "vigil.invalid"),
+            ("alarms@bücher.example", "vigil.invalid"),
+        ] {
+            let mailbox: lettre::message::Mailbox = from.parse().unwrap_or_else(|e| panic!("{from}: {e}"));
+            assert_eq!(message_id(&entry, &mailbox), format!("<{id}@{right}>"), "{from}");
+        }
     }
 
     /// Every post of one alarm carries its id, so a webhook drops a repeat.
