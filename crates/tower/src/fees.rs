@@ -287,10 +287,11 @@ impl FeeWallet {
     }
 
     /// A child of `parent` (which pays `parent_fee`) spending its anchor (output 1) and a fee
-    /// coin, so the package reaches `sat_per_vb`. With `coin`, that coin is spent again (a
-    /// replacement of an earlier child, or a new parent for the same vault); without, the
-    /// smallest free coin that covers it, else the largest. The feerate is lowered to what the
-    /// coin affords (and the result says so).
+    /// coin, so the package reaches `sat_per_vb`. With `coin`, that coin is spent (again, for
+    /// a replacement of an earlier child, or a new parent for the same vault; or a bigger one
+    /// from [`Self::coin_paying_more`]); without, the smallest free coin that pays the whole
+    /// feerate, else the largest. The feerate is lowered to what the coin affords (and the
+    /// result says so).
     pub fn bump(
         &mut self,
         parent: &Transaction,
@@ -302,20 +303,9 @@ impl FeeWallet {
         let child_fee_at = |rate: u64| (package_vbytes * rate).saturating_sub(parent_fee).max(BUMP_VBYTES);
         let (coin_op, coin_value) = match coin {
             Some(c) => c,
-            None => {
-                // The smallest coin that pays the whole feerate, else the largest there is.
-                let free = || self.coins.iter().filter(|(_, c)| c.free());
-                let covers = |c: &&FeeCoin| c.value + ANCHOR_SAT >= child_fee_at(sat_per_vb) + P2TR_DUST_SAT;
-                free()
-                    .filter(|(_, c)| covers(c))
-                    .min_by_key(|(_, c)| c.value)
-                    .or_else(|| free().max_by_key(|(_, c)| c.value))
-                    .map(|(op, c)| (*op, c.value))?
-            }
+            None => self.coin_paying_more(parent, parent_fee, sat_per_vb, 0)?,
         };
-        // The change output stays above dust: that bounds what this coin can pay.
-        let affordable = (coin_value + ANCHOR_SAT).checked_sub(P2TR_DUST_SAT + BUMP_VBYTES)? + BUMP_VBYTES;
-        let rate = sat_per_vb.min((affordable + parent_fee) / package_vbytes);
+        let rate = sat_per_vb.min(affordable_rate(coin_value, parent_fee, package_vbytes)?);
         if rate == 0 {
             return None;
         }
@@ -340,6 +330,27 @@ impl FeeWallet {
         Some(AnchorBump { tx, sat_per_vb: reached, coin: coin_op, coin_value, ceiling: rate < sat_per_vb })
     }
 
+    /// A free coin on which a child of `parent` (which pays `parent_fee`) takes the package
+    /// above `than` sat/vB: the smallest that reaches `sat_per_vb`, else the one that goes
+    /// highest. A bump at its coin's ceiling moves on to it: the new child spends the same
+    /// anchor, so it replaces the old one, whose coin is free again once it left the mempool.
+    pub fn coin_paying_more(
+        &self,
+        parent: &Transaction,
+        parent_fee: u64,
+        sat_per_vb: u64,
+        than: u64,
+    ) -> Option<(OutPoint, u64)> {
+        let package_vbytes = parent.vsize() as u64 + BUMP_VBYTES;
+        let paying = self.coins.iter().filter(|(_, c)| c.free()).filter_map(|(op, c)| {
+            let rate = affordable_rate(c.value, parent_fee, package_vbytes)?.min(sat_per_vb);
+            (rate > than).then_some((rate, c.value, *op))
+        });
+        // Highest rate first, then the smallest coin that reaches it.
+        let (_, value, op) = paying.max_by_key(|&(rate, value, _)| (rate, std::cmp::Reverse(value)))?;
+        Some((op, value))
+    }
+
     /// Marks `coin` spent by our pending `spend`.
     fn spend(&mut self, coin: OutPoint, spend: Txid) {
         if let Some(c) = self.coins.get_mut(&coin) {
@@ -352,6 +363,14 @@ impl FeeWallet {
     pub fn first_rate(&self) -> u64 {
         self.policy.bump_sat_per_vb
     }
+}
+
+/// The package feerate, sat/vB, a child spending the anchor and a coin of `coin_value` pays
+/// at most for a package of `package_vbytes` whose parent pays `parent_fee`: its change stays
+/// above dust. `None` when the coin cannot even pay that.
+fn affordable_rate(coin_value: u64, parent_fee: u64, package_vbytes: u64) -> Option<u64> {
+    let affordable = (coin_value + ANCHOR_SAT).checked_sub(P2TR_DUST_SAT + BUMP_VBYTES)? + BUMP_VBYTES;
+    Some((affordable + parent_fee) / package_vbytes)
 }
 
 /// A child paying for a parent through its anchor.

@@ -224,13 +224,17 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
     mine(&core.rpc, 1, &client.wallet.address());
 
     // 6. The tower's own fee wallet: a child for the top-rung C, then its replacement at twice
-    //    the package feerate (same anchor, same coin), then a child for the top-rung E.
+    //    the package feerate (same anchor, same coin), then one at all that coin can pay, then
+    //    one on a bigger coin replacing it through the same anchor; then a child for the
+    //    top-rung E.
     let key = Keypair::from_seckey_slice(&Secp256k1::new(), &[44; 32]).unwrap();
     let mut wallet = FeeWallet::new(key, FeePolicy { stress_sat_per_vb: 100, bump_sat_per_vb: 50 });
-    let coins: BTreeMap<OutPoint, FeeCoin> = (0..2)
-        .map(|i| {
+    let coins: BTreeMap<OutPoint, FeeCoin> = [2_000_000, 2_000_000, 4_000_000]
+        .into_iter()
+        .enumerate()
+        .map(|(i, sat)| {
             let (op, out) =
-                client.wallet.pay(&core.rpc, 160 + i, wallet.script().clone(), Amount::from_sat(2_000_000));
+                client.wallet.pay(&core.rpc, 160 + i as u32, wallet.script().clone(), Amount::from_sat(sat));
             (op, FeeCoin { value: out.value.to_sat(), height: Some(1), ..FeeCoin::default() })
         })
         .collect();
@@ -246,15 +250,26 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
     let second = wallet.bump(&c.tx, c.fee.to_sat(), 2 * first.sat_per_vb, again).unwrap();
     send(&core, &second.tx).expect("its replacement at twice the feerate");
     assert!(in_mempool(&core, &second.tx) && !in_mempool(&core, &first.tx));
+    let topped = wallet.bump(&c.tx, c.fee.to_sat(), 100 * second.sat_per_vb, again).unwrap();
+    assert!(topped.ceiling, "{} sat/vB", topped.sat_per_vb);
+    send(&core, &topped.tx).expect("the replacement at all its coin can pay");
+    let bigger = wallet.coin_paying_more(&c.tx, c.fee.to_sat(), 2 * topped.sat_per_vb, topped.sat_per_vb);
+    assert_eq!(bigger.map(|(_, sat)| sat), Some(4_000_000), "the bigger coin, not the other small one");
+    let moved = wallet.bump(&c.tx, c.fee.to_sat(), 2 * topped.sat_per_vb, bigger).unwrap();
+    send(&core, &moved.tx).expect("a child on the bigger coin replaces the one at its ceiling");
+    assert!(in_mempool(&core, &moved.tx) && !in_mempool(&core, &topped.tx));
     outcomes.push(format!(
-        "the tower's child of C rung {} ({} sat/vB): package at {} sat/vB relayed; its replacement at {} sat/vB replaced it",
+        "the tower's child of C rung {} ({} sat/vB): package at {} sat/vB relayed; its replacement at {} sat/vB \
+         replaced it, then one at {} sat/vB (all its coin pays); a child on a bigger coin at {} sat/vB replaced that",
         v.graph.graph().cancels.len() - 1,
         c.feerate_sat_per_vb,
         first.sat_per_vb,
-        second.sat_per_vb
+        second.sat_per_vb,
+        topped.sat_per_vb,
+        moved.sat_per_vb
     ));
     mine(&core.rpc, 1, &client.wallet.address());
-    assert_eq!(confirmations(&core.rpc, &second.tx.compute_txid()), 1);
+    assert_eq!(confirmations(&core.rpc, &moved.tx.compute_txid()), 1);
     let v = funded_vault(&core, &mut client, 5_000_000);
     let e = v.graph.graph().emergencies.last().unwrap().clone();
     send(&core, &e.tx).unwrap();

@@ -13,7 +13,8 @@ impl Watcher {
     /// Pays through `parent`'s anchor once it has sat at the top of its ladder for
     /// [`BUMP_RETRY_BLOCKS`]: a first child aiming at twice the parent's feerate (at least the
     /// bump feerate); while it stays unconfirmed, a replacement every [`BUMP_RETRY_BLOCKS`] at
-    /// twice the feerate on the same coin, as far as that coin reaches (then an alarm). A new
+    /// twice the feerate on the same coin, as far as that coin reaches (then an alarm, and the
+    /// next replacement on a free coin that pays more, if there is one). A new
     /// parent (E gave way to UE) gets a child at once, on the same coin. With `outbid` (a
     /// rival's feerate, in the post-DELAY race): a first child at once, aiming at twice that.
     #[allow(clippy::too_many_arguments)] // one call per ladder; a struct would only rename them
@@ -50,7 +51,16 @@ impl Watcher {
             }
             None => return,
             Some(b) if b.parent != parent_txid => (b.sat_per_vb, Some((b.coin, b.coin_value))),
-            Some(b) if b.ceiling || height < b.height + BUMP_RETRY_BLOCKS || b.sat_per_vb >= cap => return,
+            Some(b) if height < b.height + BUMP_RETRY_BLOCKS || b.sat_per_vb >= cap => return,
+            // Its coin can pay no more: a free coin that pays more takes over (the fee market
+            // rose past the coin the first bump took), else it stays as it is.
+            Some(b) if b.ceiling => {
+                let rate = (b.sat_per_vb * 2).min(cap);
+                match wallet.coin_paying_more(&parent, parent_fee, rate, b.sat_per_vb) {
+                    Some(coin) => (rate, Some(coin)),
+                    None => return,
+                }
+            }
             Some(b) => (b.sat_per_vb * 2, Some((b.coin, b.coin_value))),
         };
         let rate = rate.min(cap);

@@ -108,6 +108,57 @@ fn the_fee_wallet_alarms_when_short_and_bumps_a_cancel_stuck_at_the_top_rung() {
     assert!(w.vault(&v.outpoint).unwrap().state.bump.as_ref().unwrap().ceiling);
 }
 
+/// The first bump takes the smallest coin that pays the rate of the day; when the market
+/// climbs past what that coin can pay, the replacement moves on to a bigger free coin (same
+/// anchor: it replaces the child on the small coin), and the small coin is free again once
+/// that child left the mempool.
+#[test]
+fn a_bump_at_its_coins_ceiling_moves_on_to_a_coin_that_pays_more() {
+    let v = vault(0, 5_000_000);
+    let mut w = watcher(&[&v], 100_000_000);
+    // The top rung pays 250 sat/vB: the first bump aims at 500, which the small coin pays.
+    let (small, big) = (200_000, 2_000_000);
+    w.set_fee_wallet(fee_wallet_with_coins(&v, 100, &[small, big]));
+    let coin_of = |value: u64, w: &Watcher| {
+        *w.fee_wallet().unwrap().coins().iter().find(|(_, c)| c.value == value).unwrap().0
+    };
+    let (small_coin, big_coin) = (coin_of(small, &w), coin_of(big, &w));
+    w.on_block_connected(10, &block(vec![v.unvault.clone()]));
+    let top = v.cancel_top();
+    let anchor = OutPoint { txid: v.cancels[top].compute_txid(), vout: 1 };
+    let (mut bumps, mut ceiling_alarms) = (Vec::new(), 0);
+    for h in 11..60 {
+        let actions = w.on_block_connected(h, &block(vec![]));
+        ceiling_alarms += alarms(&actions).iter().filter(|k| *k == "bump-ceiling").count();
+        for a in actions {
+            if let Action::BroadcastPackage { child, .. } = a {
+                // The tower sees its child in the mempool; the one it replaced is gone.
+                w.on_mempool_tx(&child);
+                w.on_mempool_snapshot(&HashSet::from([v.cancels[top].compute_txid(), child.compute_txid()]));
+                bumps.push(child);
+            }
+        }
+    }
+    let coins: Vec<OutPoint> = bumps.iter().map(|b| b.input[1].previous_output).collect();
+    let moved = coins.iter().position(|c| *c == big_coin).expect("a bump on the big coin");
+    assert!(moved >= 2 && coins[..moved].iter().all(|c| *c == small_coin), "{coins:?}");
+    assert!(coins[moved..].iter().all(|c| *c == big_coin), "{coins:?}");
+    assert!(bumps.iter().all(|b| b.input[0].previous_output == anchor), "every child spends the anchor");
+    // Each child pays more than the one it replaces, the move included.
+    let fee = |b: &Transaction| {
+        let coin = if b.input[1].previous_output == small_coin { small } else { big };
+        vigil_policy::ANCHOR_SAT + coin - b.output[0].value.to_sat()
+    };
+    for pair in bumps.windows(2) {
+        assert!(fee(&pair[1]) > fee(&pair[0]), "{} then {}", fee(&pair[0]), fee(&pair[1]));
+    }
+    // One alarm per coin that reached its ceiling: the small one, then the big one.
+    assert_eq!(ceiling_alarms, 2);
+    let wallet = w.fee_wallet().unwrap();
+    assert!(wallet.coins()[&small_coin].spent_by.is_none(), "the small coin is free again");
+    assert!(wallet.coins()[&big_coin].spent_by.is_some());
+}
+
 #[test]
 fn every_open_vault_gets_a_fee_coin_of_its_own_so_thirty_stuck_cancels_are_bumped_at_once() {
     let vaults: Vec<Vault> = (0..30).map(|i| vault(i, 5_000_000)).collect();
