@@ -287,11 +287,8 @@ impl FeeWallet {
     }
 
     /// A child of `parent` (which pays `parent_fee`) spending its anchor (output 1) and a fee
-    /// coin, so the package reaches `sat_per_vb`. With `coin`, that coin is spent (again, for
-    /// a replacement of an earlier child, or a new parent for the same vault; or a bigger one
-    /// from [`Self::coin_paying_more`]); without, the smallest free coin that pays the whole
-    /// feerate, else the largest. The feerate is lowered to what the coin affords (and the
-    /// result says so).
+    /// coin, so the package reaches `sat_per_vb`: `coin`, else the one [`Self::coin_for`]
+    /// picks. The feerate is lowered to what the coin affords (and the result says so).
     pub fn bump(
         &mut self,
         parent: &Transaction,
@@ -303,7 +300,7 @@ impl FeeWallet {
         let child_fee_at = |rate: u64| (package_vbytes * rate).saturating_sub(parent_fee).max(BUMP_VBYTES);
         let (coin_op, coin_value) = match coin {
             Some(c) => c,
-            None => self.coin_paying_more(parent, parent_fee, sat_per_vb, 0)?,
+            None => self.coin_for(parent, parent_fee, sat_per_vb, None)?,
         };
         let rate = sat_per_vb.min(affordable_rate(coin_value, parent_fee, package_vbytes)?);
         if rate == 0 {
@@ -330,25 +327,32 @@ impl FeeWallet {
         Some(AnchorBump { tx, sat_per_vb: reached, coin: coin_op, coin_value, ceiling: rate < sat_per_vb })
     }
 
-    /// A free coin on which a child of `parent` (which pays `parent_fee`) takes the package
-    /// above `than` sat/vB: the smallest that reaches `sat_per_vb`, else the one that goes
-    /// highest. A bump at its coin's ceiling moves on to it: the new child spends the same
-    /// anchor, so it replaces the old one, whose coin is free again once it left the mempool.
-    pub fn coin_paying_more(
+    /// The coin for a child of `parent` (which pays `parent_fee`) aiming at `sat_per_vb`:
+    /// `current` (the coin the vault's bump spends) while it pays that feerate; else the free
+    /// coin that takes the package highest above what `current` pays (the smallest of those
+    /// that reach the feerate), so a bump moves on when the market climbs past its coin (its
+    /// child spends the same anchor, so it replaces the old one, whose coin is free again once
+    /// that left the mempool); else `current`. A `current` no longer in the wallet (spent on
+    /// the chain by a replaced child mined after all) counts as none.
+    pub fn coin_for(
         &self,
         parent: &Transaction,
         parent_fee: u64,
         sat_per_vb: u64,
-        than: u64,
+        current: Option<(OutPoint, u64)>,
     ) -> Option<(OutPoint, u64)> {
         let package_vbytes = parent.vsize() as u64 + BUMP_VBYTES;
-        let paying = self.coins.iter().filter(|(_, c)| c.free()).filter_map(|(op, c)| {
-            let rate = affordable_rate(c.value, parent_fee, package_vbytes)?.min(sat_per_vb);
-            (rate > than).then_some((rate, c.value, *op))
-        });
-        // Highest rate first, then the smallest coin that reaches it.
-        let (_, value, op) = paying.max_by_key(|&(rate, value, _)| (rate, std::cmp::Reverse(value)))?;
-        Some((op, value))
+        let pays =
+            |value: u64| affordable_rate(value, parent_fee, package_vbytes).map_or(0, |r| r.min(sat_per_vb));
+        let current = current.filter(|(op, _)| self.coins.contains_key(op));
+        let own = current.map_or(0, |(_, value)| pays(value));
+        if own >= sat_per_vb {
+            return current;
+        }
+        let better = self.coins.iter().filter(|(_, c)| c.free() && pays(c.value) > own);
+        // The highest feerate, then the smallest coin (the first of equal ones) that pays it.
+        let best = better.min_by_key(|(_, c)| (std::cmp::Reverse(pays(c.value)), c.value));
+        best.map(|(op, c)| (*op, c.value)).or(current)
     }
 
     /// Marks `coin` spent by our pending `spend`.
@@ -410,6 +414,30 @@ mod tests {
         let ops =
             (0..values.len() as u32).map(|vout| OutPoint { txid: funding.compute_txid(), vout }).collect();
         (w, ops)
+    }
+
+    #[test]
+    fn a_bumps_coin_is_kept_while_it_pays_and_given_up_for_one_that_pays_more_or_when_gone() {
+        let (mut w, ops) = wallet_with_coins(&[100_000, 200_000, 2_000_000]);
+        let output = TxOut { value: Amount::from_sat(1_000), script_pubkey: w.script().clone() };
+        let parent = unsigned_tx(Version::TWO, [(OutPoint::null(), Sequence::MAX)], vec![output]);
+        let rate_of = |value| affordable_rate(value, 0, parent.vsize() as u64 + BUMP_VBYTES).unwrap();
+        let small = Some((ops[0], 100_000));
+        assert_eq!(w.coin_for(&parent, 0, rate_of(100_000), None), small, "the smallest that pays");
+        assert_eq!(w.coin_for(&parent, 0, rate_of(100_000), small), small, "kept while it pays");
+        assert_eq!(
+            w.coin_for(&parent, 0, rate_of(100_000) + 1, small),
+            Some((ops[1], 200_000)),
+            "past it, the smallest that pays"
+        );
+        assert_eq!(
+            w.coin_for(&parent, 0, 10 * rate_of(2_000_000), small),
+            Some((ops[2], 2_000_000)),
+            "past every coin, the one that goes highest"
+        );
+        // Spent on the chain by a transaction not its bump's (a replaced child mined after all).
+        w.observe(&unsigned_tx(Version::TWO, [(ops[0], Sequence::MAX)], vec![]), Some(2));
+        assert_eq!(w.coin_for(&parent, 0, rate_of(100_000), small), Some((ops[1], 200_000)), "gone: another");
     }
 
     #[test]

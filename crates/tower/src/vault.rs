@@ -80,7 +80,8 @@ pub struct BumpState {
     pub height: u32,
     /// The package feerate it reaches, sat/vB.
     pub sat_per_vb: u64,
-    /// The fee coin; every later bump of this vault spends it again, replacing the child.
+    /// The fee coin; later bumps of this vault spend it again, replacing the child, until the
+    /// feerate climbs past what it can pay and a coin that pays more takes over.
     pub coin: OutPoint,
     /// The coin's value, sat.
     pub coin_value: u64,

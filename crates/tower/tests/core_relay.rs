@@ -253,7 +253,9 @@ fn bumping_and_the_pinning_attacks_of_adr_0002() {
     let topped = wallet.bump(&c.tx, c.fee.to_sat(), 100 * second.sat_per_vb, again).unwrap();
     assert!(topped.ceiling, "{} sat/vB", topped.sat_per_vb);
     send(&core, &topped.tx).expect("the replacement at all its coin can pay");
-    let bigger = wallet.coin_paying_more(&c.tx, c.fee.to_sat(), 2 * topped.sat_per_vb, topped.sat_per_vb);
+    assert!(in_mempool(&core, &topped.tx) && !in_mempool(&core, &second.tx));
+    let again = Some((topped.coin, topped.coin_value));
+    let bigger = wallet.coin_for(&c.tx, c.fee.to_sat(), 2 * topped.sat_per_vb, again);
     assert_eq!(bigger.map(|(_, sat)| sat), Some(4_000_000), "the bigger coin, not the other small one");
     let moved = wallet.bump(&c.tx, c.fee.to_sat(), 2 * topped.sat_per_vb, bigger).unwrap();
     send(&core, &moved.tx).expect("a child on the bigger coin replaces the one at its ceiling");

@@ -13,8 +13,8 @@ impl Watcher {
     /// Pays through `parent`'s anchor once it has sat at the top of its ladder for
     /// [`BUMP_RETRY_BLOCKS`]: a first child aiming at twice the parent's feerate (at least the
     /// bump feerate); while it stays unconfirmed, a replacement every [`BUMP_RETRY_BLOCKS`] at
-    /// twice the feerate on the same coin, as far as that coin reaches (then an alarm, and the
-    /// next replacement on a free coin that pays more, if there is one). A new
+    /// twice the feerate on the same coin, or on a free coin that pays more once the feerate
+    /// is past what that coin can pay, as high as the wallet goes (then an alarm). A new
     /// parent (E gave way to UE) gets a child at once, on the same coin. With `outbid` (a
     /// rival's feerate, in the post-DELAY race): a first child at once, aiming at twice that.
     #[allow(clippy::too_many_arguments)] // one call per ladder; a struct would only rename them
@@ -43,7 +43,7 @@ impl Watcher {
         // race not worth it. Below that, winning the race is what matters.
         let package_vbytes = parent.vsize() as u64 + crate::fees::BUMP_VBYTES;
         let cap = parent_value.to_sat() / package_vbytes;
-        let (rate, coin) = match &vault.state.bump {
+        let (rate, current) = match &vault.state.bump {
             None if outbid.is_some()
                 || vault.state.top_rung_since.is_some_and(|h| height >= h + BUMP_RETRY_BLOCKS) =>
             {
@@ -52,19 +52,18 @@ impl Watcher {
             None => return,
             Some(b) if b.parent != parent_txid => (b.sat_per_vb, Some((b.coin, b.coin_value))),
             Some(b) if height < b.height + BUMP_RETRY_BLOCKS || b.sat_per_vb >= cap => return,
-            // Its coin can pay no more: a free coin that pays more takes over (the fee market
-            // rose past the coin the first bump took), else it stays as it is.
-            Some(b) if b.ceiling => {
-                let rate = (b.sat_per_vb * 2).min(cap);
-                match wallet.coin_paying_more(&parent, parent_fee, rate, b.sat_per_vb) {
-                    Some(coin) => (rate, Some(coin)),
-                    None => return,
-                }
-            }
             Some(b) => (b.sat_per_vb * 2, Some((b.coin, b.coin_value))),
         };
         let rate = rate.min(cap);
-        match wallet.bump(&parent, parent_fee, rate, coin) {
+        // The vault's coin again while it pays the feerate; past that, a free coin that pays
+        // more (the market climbed past the coin the first bump took).
+        let coin = wallet.coin_for(&parent, parent_fee, rate, current);
+        if let (Some(b), Some((op, _))) = (&vault.state.bump, coin) {
+            if b.parent == parent_txid && b.ceiling && op == b.coin {
+                return; // as high as the wallet goes: alarmed already
+            }
+        }
+        match coin.and_then(|c| wallet.bump(&parent, parent_fee, rate, Some(c))) {
             Some(bump) => {
                 if bump.ceiling {
                     actions.push(Action::alarm(
@@ -123,7 +122,8 @@ impl Watcher {
         // cancel (or emergency) at once, and a fee spike can hold every bump unconfirmed. One
         // whose bump holds a coin that pays a stress bump is covered (its replacements spend
         // it again); one holding a smaller coin (the first bump takes the smallest that pays
-        // the rate of the day) stops below the stress feerate, and counts as short.
+        // the rate of the day) needs another coin to reach the stress feerate, and counts as
+        // short.
         let uncovered = self
             .vaults
             .values()
