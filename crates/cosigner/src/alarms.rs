@@ -387,7 +387,8 @@ fn email(
 
 /// The Message-ID of an outbox alarm's e-mail: its [`alarm_id`] at the sender's domain when
 /// that is a plain host name, else at `vigil.invalid` (a non-ASCII domain would come out
-/// malformed; the configuration refuses an IP literal).
+/// malformed; a sender at a bracketed IP literal does not parse, and the configuration
+/// refuses it).
 fn message_id(entry: &OutboxEntry, from: &lettre::message::Mailbox) -> String {
     let domain = from.email.domain();
     let plain =
@@ -600,6 +601,7 @@ mod tests {
         for (from, right) in [
             ("Vigil <alarms@cosigner.example.org>", "cosigner.example.org"),
             ("alarms@localhost", "vigil.invalid"),
+            ("alarms@192.0.2.1", "192.0.2.1"),
             ("alarms@bücher.example", "vigil.invalid"),
         ] {
             let mailbox: lettre::message::Mailbox = from.parse().unwrap_or_else(|e| panic!("{from}: {e}"));
