@@ -2413,7 +2413,9 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
     };
     let api = std::env::var("LEDGER_SPECULOS_API").unwrap();
     let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
-    let OnDevice { s, _home, dir, payer, .. } = on_device(vigil_node(), &ledger, &guardians);
+    // Through a cable that records every command sent to the device.
+    let cable = vigil_testenv::ledger::Cable::new(ledger.parse().unwrap());
+    let OnDevice { s, _home, dir, payer, .. } = on_device(vigil_node(), &cable.addr.to_string(), &guardians);
     json(&dir, &["signer", "register"], &[REAL]);
     let address = address_from(&dir, &["receive"]);
     payer.pay(&s.node.rpc, 1, address.script_pubkey(), Amount::from_sat(30_000_000));
@@ -2427,8 +2429,9 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
     payer.pay(&s.node.rpc, 2, hot.script_pubkey(), Amount::from_sat(500_000));
     mine(&s.node.rpc, 1, &payer.address());
     json(&dir, &["status"], &[REAL]);
-    // The same spend asked under each code: what the computer says, and every page the device
-    // shows (addresses and numbers masked), in order.
+    // The same spend asked under each code: what the computer says, every page the device
+    // shows (addresses and numbers masked), in order, and every command sent to it (its
+    // header: class, instruction, parameters), in order.
     let page = |text: &str| match text.split_once(')') {
         Some((title, _))
             if ["To (", "Address (", "Dummy key@", "Their key@", "Our key@"]
@@ -2441,6 +2444,7 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
     };
     let session = |code: &str, amount: &str| {
         let watcher = vigil_testenv::ledger::Watcher::start(&api, None);
+        cable.take_commands();
         let to = Wallet::new().address().to_string();
         let (ok, out, err) = vigil(&dir, &["spend", &to, amount], &[code]);
         assert!(ok, "{err}");
@@ -2460,8 +2464,10 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
                 _ => format!("{l}\n"),
             })
             .collect();
-        (masked(&out.replace(&to, "")), masked(&keys_masked), pages)
+        (masked(&out.replace(&to, "")), masked(&keys_masked), pages, cable.take_commands())
     };
+    // The app's command to sign a PSBT.
+    let signs = |commands: &[[u8; 4]]| commands.iter().any(|c| c[..2] == [0xe1, 0x04]);
     // A first spend, so that both measured ones find the wallet's lists in the same shape.
     session(REAL, "0.01");
     let real = session(REAL, "0.01");
@@ -2470,7 +2476,15 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
     assert_eq!(real.0, duress.0, "the same answer");
     assert_eq!(real.1, duress.1, "the same prompts, the same words about the device");
     assert_eq!(real.2, duress.2, "the same pages on the device, in the same order");
-    eprintln!("a spend on the device, either code:\n{}{}\npages: {:?}", duress.1, duress.0, duress.2);
+    assert!(signs(&real.3), "{:02x?}", real.3);
+    assert_eq!(real.3, duress.3, "the same commands to the device, in the same order");
+    eprintln!(
+        "a spend on the device, either code:\n{}{}\npages: {:?}\n{} commands to the device",
+        duress.1,
+        duress.0,
+        duress.2,
+        duress.3.len()
+    );
     // The allowance, on the device too, really pays under either code, asked the same way.
     let real = session(REAL, "0.001");
     mine(&s.node.rpc, 1, &payer.address());
@@ -2479,5 +2493,6 @@ fn with_a_ledger_the_duress_code_asks_the_same_of_the_device_and_says_the_same()
     assert!(real.0.contains("from your allowance"), "{}", real.0);
     // The change goes back to the allowance's change branch: the device shows one payment.
     assert_eq!(real.2.iter().filter(|p| p.starts_with("Amount")).count(), 1, "{:?}", real.2);
-    assert_eq!((real.0, real.1, real.2), (duress.0, duress.1, duress.2), "the same for an allowance payment");
+    assert!(signs(&real.3), "{:02x?}", real.3);
+    assert_eq!(real, duress, "the same for an allowance payment");
 }

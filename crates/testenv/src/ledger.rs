@@ -3,7 +3,8 @@
 //!
 //! [`Holder`] presses the buttons through the emulator's REST API as a person would: pages
 //! through each review and, on its last page, approves or rejects as the test says.
-//! [`Cable`] sits between Vigil and the emulator's APDU port and can be pulled out.
+//! [`Cable`] sits between Vigil and the emulator's APDU port, can be pulled out, and records
+//! the commands Vigil sends through it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -192,12 +193,14 @@ impl Holder {
 }
 
 /// A cable between Vigil and the emulator's APDU port that can be pulled out and plugged
-/// back: pulled, every connection through it is cut and new ones are closed at once.
+/// back: pulled, every connection through it is cut and new ones are closed at once. It
+/// records the header of every command sent to the device.
 pub struct Cable {
     /// Where Vigil connects instead of the emulator.
     pub addr: SocketAddr,
     plugged: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    commands: Arc<Mutex<Vec<[u8; 4]>>>,
 }
 
 impl Cable {
@@ -207,7 +210,8 @@ impl Cable {
         let addr = listener.local_addr().unwrap();
         let (plugged, open) =
             (Arc::new(AtomicBool::new(true)), Arc::new(Mutex::new(Vec::<TcpStream>::new())));
-        let (plugged_, open_) = (plugged.clone(), open.clone());
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let (plugged_, open_, commands_) = (plugged.clone(), open.clone(), commands.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if !plugged_.load(Ordering::SeqCst) {
@@ -218,14 +222,18 @@ impl Cable {
                 for s in [&client, &server] {
                     open_.lock().unwrap().push(s.try_clone().unwrap());
                 }
-                for (mut from, mut to) in
-                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-                {
+                let to_device =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap(), Some(commands_.clone()));
+                for (mut from, mut to, record) in [to_device, (server, client, None)] {
                     std::thread::spawn(move || {
-                        let mut buf = [0u8; 4096];
+                        let (mut buf, mut pending) = ([0u8; 4096], Vec::new());
                         while let Ok(n) = from.read(&mut buf) {
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
+                            }
+                            if let Some(record) = &record {
+                                pending.extend_from_slice(&buf[..n]);
+                                record.lock().unwrap().extend(take_frames(&mut pending));
                             }
                         }
                         let _ = to.shutdown(Shutdown::Both);
@@ -233,7 +241,13 @@ impl Cable {
                 }
             }
         });
-        Cable { addr, plugged, open }
+        Cable { addr, plugged, open, commands }
+    }
+
+    /// The header (class, instruction, two parameters) of every command sent since the last
+    /// call, in order.
+    pub fn take_commands(&self) -> Vec<[u8; 4]> {
+        std::mem::take(&mut self.commands.lock().unwrap())
     }
 
     /// Pulled out: every connection cut.
@@ -248,6 +262,23 @@ impl Cable {
     pub fn plug(&self) {
         self.plugged.store(true, Ordering::SeqCst);
     }
+}
+
+/// The headers of the whole commands at the start of `bytes` (the emulator's framing: a 4-byte
+/// big-endian length, then the command), which are taken out of it.
+fn take_frames(bytes: &mut Vec<u8>) -> Vec<[u8; 4]> {
+    let mut headers = Vec::new();
+    while bytes.len() >= 4 {
+        let length = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        if bytes.len() < 4 + length {
+            break;
+        }
+        let command: Vec<u8> = bytes.drain(..4 + length).skip(4).collect();
+        if let Some(header) = command.get(..4) {
+            headers.push(header.try_into().unwrap());
+        }
+    }
+    headers
 }
 
 /// Watches the device's screen while it lives, pressing nothing: every page it shows, and a
@@ -335,5 +366,28 @@ impl Drop for SecondDevice {
         }
         let _ = self.emulator.kill();
         let _ = self.emulator.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_frames;
+
+    #[test]
+    fn commands_are_read_whole_across_reads_and_only_their_headers_kept() {
+        let frame = |apdu: &[u8]| [&(apdu.len() as u32).to_be_bytes()[..], apdu].concat();
+        let stream =
+            [frame(&[0xe1, 0x04, 0, 1, 2, 9, 9]), frame(&[0xf8, 0x01, 0, 0]), frame(&[0xe1])].concat();
+        // Read in two pieces split inside the second command's length.
+        let (first, rest) = stream.split_at(13);
+        let mut pending = first.to_vec();
+        assert_eq!(take_frames(&mut pending), vec![[0xe1, 0x04, 0, 1]]);
+        pending.extend_from_slice(rest);
+        assert_eq!(
+            take_frames(&mut pending),
+            vec![[0xf8, 0x01, 0, 0]],
+            "a command shorter than a header is skipped"
+        );
+        assert!(pending.is_empty());
     }
 }
