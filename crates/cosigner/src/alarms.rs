@@ -144,6 +144,8 @@ struct ClientWebhooks {
     accepted: std::sync::Mutex<std::collections::HashMap<i64, std::collections::HashSet<String>>>,
     /// Webhooks resting after a failure: until when, and the next wait.
     resting: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Duration)>>,
+    /// Clients whose record does not parse, and why: said once, not at every pass.
+    unreadable: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl ClientWebhooks {
@@ -153,13 +155,24 @@ impl ClientWebhooks {
         // webhooks: its alarms wait for the next pass, not counted as delivered to nobody.
         let urls = match store.get(kind::CLIENT, client) {
             Ok(None) => Vec::new(),
-            Ok(Some(text)) => match serde_json::from_str::<ClientRecord>(&text) {
-                Ok(c) => c.alarm_webhooks,
-                Err(e) => {
-                    tracing::error!(%client, error = %e, "a client's record cannot be read: its alarms wait");
-                    return 0;
+            Ok(Some(text)) => {
+                let parsed = serde_json::from_str::<ClientRecord>(&text);
+                let mut unreadable = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+                match parsed {
+                    Ok(c) => {
+                        unreadable.remove(client);
+                        c.alarm_webhooks
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        if unreadable.get(client) != Some(&why) {
+                            tracing::error!(%client, error = %why, "a client's record cannot be read: its alarms wait");
+                            unreadable.insert(client.to_owned(), why);
+                        }
+                        return 0;
+                    }
                 }
-            },
+            }
             Err(e) => {
                 tracing::warn!(%client, error = %e, "cannot read a client's webhooks: its alarms wait");
                 return 0;
@@ -607,6 +620,58 @@ mod tests {
             let mailbox: lettre::message::Mailbox = from.parse().unwrap_or_else(|e| panic!("{from}: {e}"));
             assert_eq!(message_id(&entry, &mailbox), format!("<{id}@{right}>"), "{from}");
         }
+    }
+
+    /// What a test's log subscriber writes.
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A client whose record does not parse keeps its alarms, and is logged once, not at
+    /// every pass; mended, it is delivered to and forgotten.
+    #[test]
+    fn a_client_record_that_does_not_parse_holds_its_alarms_and_is_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("co.db")).unwrap();
+        store.deliver_to(&[CLIENT_WEBHOOKS_SINK.to_owned()]).unwrap();
+        let mut batch = Batch::default();
+        batch.put(kind::CLIENT, "c4", "{\"id\": \"c4\"");
+        batch.alarm(crate::service::alarm("c4", "duress", "the duress code was used".into()));
+        store.commit(&batch).unwrap();
+        let webhooks = ClientWebhooks::default();
+        let pending = || store.undelivered(CLIENT_WEBHOOKS_SINK, 20).unwrap();
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                assert_eq!(webhooks.deliver(&store, "c4", &pending()), 0);
+            }
+        });
+        assert_eq!(pending().len(), 1, "the alarm waits");
+        let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(said.matches("a client's record cannot be read").count(), 1, "{said}");
+        let record = serde_json::json!({"id": "c4", "account": 0, "policy": "", "lockdown_until": 0,
+            "duress_until": 0, "heartbeat_real": "", "heartbeat_duress": "", "next_spend": 0,
+            "tower_nonce": 0});
+        let mut batch = Batch::default();
+        batch.put(kind::CLIENT, "c4", record.to_string());
+        store.commit(&batch).unwrap();
+        assert_eq!(
+            webhooks.deliver(&store, "c4", &pending()),
+            1,
+            "mended: no webhook, so it leaves the queue"
+        );
+        assert!(webhooks.unreadable.lock().unwrap().is_empty());
     }
 
     /// Every post of one alarm carries its id, so a webhook drops a repeat.
