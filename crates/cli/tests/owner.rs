@@ -129,6 +129,19 @@ fn chain_args(s: &Services) -> Vec<String> {
     }
 }
 
+/// `vigil init --restore` from the co-signer's copy of the policy, on the services' chain.
+fn restore_from_cosigner(s: &Services) -> Vec<String> {
+    let mut args = ["init", "--restore", "--cosigner", &s.co.url].map(str::to_owned).to_vec();
+    args.extend(chain_args(s));
+    args
+}
+
+/// The first 16 hex characters of the id of the policy `text`: what the owner writes on paper
+/// at setup, and types at a restore.
+fn id_on_paper(text: &str) -> String {
+    sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect()
+}
+
 fn init(s: &Services, dir: &Path) -> (bool, String, String) {
     let guardians: Vec<String> = ExamplePolicy::default().keys().guardians.iter().map(account_key).collect();
     init_with(s, dir, &guardians)
@@ -1086,14 +1099,10 @@ fn a_restore_over_electrum_finds_allowance_payments_past_its_window_and_out_of_o
     let before = json(&dir, &["status"], &[REAL]);
     assert_eq!(before["allowance_sat"], 30_000, "{before}");
     let text = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
-    let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    let id = id_on_paper(&text);
     std::fs::remove_dir_all(&dir).unwrap();
-    let chain = chain_args(&s);
-    let restore = [
-        &["init", "--restore", "--cosigner", &s.co.url],
-        &chain.iter().map(String::as_str).collect::<Vec<_>>()[..],
-    ]
-    .concat();
+    let restore = restore_from_cosigner(&s);
+    let restore: Vec<&str> = restore.iter().map(String::as_str).collect();
     let (ok, out, err) = vigil(&dir, &restore, &[&id, &phrase, "8642", "8642", "9753", "9753"]);
     assert!(ok, "{out}{err}");
     let after = json(&dir, &["status"], &["8642"]);
@@ -1255,7 +1264,7 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
     let wrong = vigil_client::owner::new_phrase().to_string();
     // The 16 characters written on paper at setup tell the true copy from a changed one.
     let text = std::fs::read_to_string(&copy).unwrap();
-    let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    let id = id_on_paper(&text);
     let changed = _home.path().join("changed-policy.toml");
     std::fs::write(&changed, text.replace("velocity_window_blocks", "velocity_window_blocks ")).unwrap();
     let mut with_changed = restore.to_vec();
@@ -1351,7 +1360,7 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_the_policy_the_cosigner_keeps() 
     let before = json(&dir, &["status"], &[REAL]);
     assert_eq!(intake(&before), unpaid + 2_000_000, "{before}");
     let text = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
-    let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    let id = id_on_paper(&text);
     let once_xpubs = |dir: &Path| {
         let state: Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
         state["vaults"][0]["once_xpubs"].clone()
@@ -1360,12 +1369,8 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_the_policy_the_cosigner_keeps() 
     assert_eq!(kept.as_array().map(Vec::len), Some(2), "the vault's one-time extended keys: {kept}");
     // Nothing but the phrase and the 16 characters on paper survive.
     std::fs::remove_dir_all(&dir).unwrap();
-    let chain = chain_args(&s);
-    let restore = [
-        &["init", "--restore", "--cosigner", &s.co.url],
-        &chain.iter().map(String::as_str).collect::<Vec<_>>()[..],
-    ]
-    .concat();
+    let restore = restore_from_cosigner(&s);
+    let restore: Vec<&str> = restore.iter().map(String::as_str).collect();
     let no_cosigner = [&restore[..2], &restore[4..]].concat();
     let (ok, _, err) = vigil(&dir, &no_cosigner, &["0123456789abcdef"]);
     assert!(!ok && err.contains("give --cosigner URL"), "{err}");
@@ -1669,10 +1674,9 @@ fn after_the_guardians_change_the_policy_the_owner_vaults_and_spends_under_each_
     // finds each vault's version from the vault's own script and every version's coins.
     let before = json(&dir, &["status"], &[REAL]);
     let restored = dir.parent().unwrap().join("restored");
-    let id: String = sha256::Hash::hash(v1.as_bytes()).to_string().chars().take(16).collect();
-    let chain = chain_args(&s);
-    let mut restore = vec!["init", "--restore", "--cosigner", &s.co.url];
-    restore.extend(chain.iter().map(String::as_str));
+    let id = id_on_paper(&v1);
+    let restore = restore_from_cosigner(&s);
+    let restore: Vec<&str> = restore.iter().map(String::as_str).collect();
     let (ok, out, err) = vigil(&restored, &restore, &[&id, &phrase, "8642", "8642", "9753", "9753"]);
     assert!(ok, "{out}{err}");
     let after = json(&restored, &["status"], &["8642"]);
@@ -1990,7 +1994,7 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     // The computer is lost: the wallet is rebuilt from the phrase, the co-signer's copy of the
     // policy and the same device, which holds the vault key; its accounts are registered again.
     let text = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
-    let id: String = sha256::Hash::hash(text.as_bytes()).to_string().chars().take(16).collect();
+    let id = id_on_paper(&text);
     let vaults = json(&dir, &["status"], &[REAL])["vaults"].as_array().unwrap().len();
     std::fs::remove_dir_all(&dir).unwrap();
     let chain = chain_args(&s);
