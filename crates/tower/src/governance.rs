@@ -340,13 +340,25 @@ pub(crate) fn lift_lockdown(
     }
     chain_in_sight(&state, "an early lift")?;
     // A few blocks of slack: the quorum signed a height the co-signer checked against its own
-    // tip, and this tower may be a block or two ahead of it.
-    if req.lift_at_height + LIFT_SLACK_BLOCKS < tip + GOVERNANCE_DELAY_BLOCKS {
-        return Err(bad(format!(
-            "lift_at_height {} is sooner than the governance wait allows ({} blocks after the tip {tip})",
-            req.lift_at_height, GOVERNANCE_DELAY_BLOCKS
-        )));
-    }
+    // tip, and this tower may be a block or two ahead of it. A lift sooner than that comes
+    // late (this tower was down when the quorum signed it, or someone kept it back): it was
+    // signed by `signed_by` at the latest, and applies a full wait from now, if no lockdown
+    // was taken here since then: one set after the quorum decided is not its to end, and,
+    // absorbed into an older, longer one, it cannot be told apart from it.
+    let ends_at = if req.lift_at_height + LIFT_SLACK_BLOCKS < tip + GOVERNANCE_DELAY_BLOCKS {
+        let signed_by = (req.lift_at_height + LIFT_SLACK_BLOCKS).saturating_sub(GOVERNANCE_DELAY_BLOCKS);
+        let set_at = state.watcher.lockdowns().get(&client.id).map_or(0, |l| l.last_set_at);
+        if set_at > signed_by {
+            return Err(bad(format!(
+                "lift_at_height {} is sooner than the governance wait allows ({} blocks after the tip {tip}), \
+                 and a lockdown was taken here since it was signed",
+                req.lift_at_height, GOVERNANCE_DELAY_BLOCKS
+            )));
+        }
+        tip + GOVERNANCE_DELAY_BLOCKS
+    } else {
+        req.lift_at_height
+    };
     // A lift names the lockdown it ends: one set (or lengthened) since, here, is not its to
     // end; nor is a lockdown that ends well before the one it names (a lift cut it since, and
     // this one is for an older lockdown).
@@ -368,7 +380,10 @@ pub(crate) fn lift_lockdown(
     if let NonceCheck::Refused { last } = state.store.consume_nonce(&signer.to_string(), req.nonce)? {
         return Err(stale_nonce(req.nonce, last));
     }
-    state.watcher.lift_lockdown(&client.id, req.lift_at_height, req.lockdown_until);
+    state.watcher.lift_lockdown_at(&client.id, req.lift_at_height, req.lockdown_until, ends_at);
+    if ends_at != req.lift_at_height {
+        tracing::info!(client = %client.id, lift_at_height = req.lift_at_height, ends_at, "a lift delivered late applies a full wait from now");
+    }
     tower.act(state, &[])?;
     Ok(ack(tower, subject))
 }

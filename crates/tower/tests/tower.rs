@@ -811,6 +811,62 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
     assert!(due >= tip + vigil_tower::GOVERNANCE_DELAY_BLOCKS, "due at {due}, tip {tip}");
 }
 
+/// A lift the guardians' quorum signed while this tower was down reaches it after its wait
+/// has passed: it applies a full wait from now rather than being refused (which kept the
+/// lockdown here, cancelling every unvault, after every other party had lifted it), unless a
+/// lockdown was taken here since it was signed: that one is not its to end, and absorbed
+/// into the older, longer one it cannot be told apart from it.
+#[test]
+fn a_lift_delivered_late_applies_a_full_wait_from_now_unless_a_lockdown_came_since() {
+    let node = vigil_node();
+    let rpc = &node.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Household::new(dir.path(), &node, example("tower late lift"));
+    let tower = TowerProcess::new(&node, std::slice::from_ref(&client.policy_path), 66, None);
+    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
+    let view =
+        || get(&tower.api, &format!("/v1/clients/{}", client.policy_id), &client.owner_auth()).unwrap();
+    let lock_down = |until: u32| {
+        let req = wire::LockdownRequest {
+            nonce: client.next_nonce(),
+            policy_id: client.policy_id.clone(),
+            until_height: until,
+            quiet: false,
+        };
+        post(&tower.api, "/v1/lockdown", &serde_json::to_vec(&req).unwrap(), &guardian(2)).unwrap();
+    };
+    let lift = |at: u32, until: u32| {
+        let req = serde_json::to_vec(&client.lift(at, until)).unwrap();
+        post(&tower.api, "/v1/lockdown/lift", &req, &guardian(0))
+    };
+    // Blocks pass while lifts signed meanwhile are not delivered (the tower is down).
+    let blocks_pass = |n: u32| {
+        mine(rpc, n, &client.wallet.address());
+        let tip = rpc.tip().unwrap().height;
+        eventually("the tower at the tip", || (view()["tip"].as_u64() == Some(tip as u64)).then_some(tip))
+    };
+    let wait = vigil_tower::GOVERNANCE_DELAY_BLOCKS;
+    let t0 = rpc.tip().unwrap().height;
+    lock_down(t0 + 3_000);
+    let t1 = blocks_pass(60);
+    // A newer, shorter lockdown, absorbed into the first; then a lift the quorum signed at
+    // t0 + 10 arrives: it may not end the newer one, and cannot tell it apart: refused.
+    lock_down(t0 + 2_500);
+    let refused = lift(t0 + 10 + wait, t0 + 3_000);
+    assert!(
+        matches!(&refused, Err((400, why)) if why.contains("a lockdown was taken here since")),
+        "{refused:?}"
+    );
+    assert_eq!(view()["locked_until"].as_u64(), Some(u64::from(t0 + 3_000)), "nothing changed");
+    // A lift signed after it, at t1 + 10, arriving 50 blocks later: taken, a full wait from now.
+    let t2 = blocks_pass(60);
+    lift(t1 + 10 + wait, t0 + 3_000).expect("taken");
+    assert_eq!(view()["locked_until"].as_u64(), Some(u64::from(t2 + wait)), "a full wait from now");
+    // Handed in again, it is the same lift.
+    lift(t1 + 10 + wait, t0 + 3_000).expect("acknowledged again");
+    assert_eq!(view()["locked_until"].as_u64(), Some(u64::from(t2 + wait)));
+}
+
 /// The fee wallet's low-balance alarm stands across a restart: the guardians hear it once, not
 /// once per restart of a tower whose wallet stays short.
 #[test]

@@ -34,6 +34,16 @@ pub struct Lockdown {
     /// both, so a new lift for a newer lockdown at the same height is not taken for a replay.
     #[serde(default)]
     pub last_lift_until: u32,
+    /// The tip when the last lockdown request was taken (one that ends nothing later too: a
+    /// newer lockdown absorbed into an older, longer one). A lift delivered late may end only
+    /// lockdowns taken before it was signed. Unknown in a record of an earlier release: then
+    /// as recent as can be, so no late lift is taken.
+    #[serde(default = "unknown_height")]
+    pub last_set_at: u32,
+}
+
+fn unknown_height() -> u32 {
+    u32::MAX
 }
 
 /// What a guardian-quorum lift did.
@@ -97,6 +107,7 @@ impl Watcher {
         // Only a lockdown that ends later than the one holding is alarmed: one any party may
         // send again and again must not fill the guardians' feed.
         let extended = !quiet && until > l.plain_until;
+        l.last_set_at = self.tip;
         if quiet {
             l.quiet_until = l.quiet_until.max(until);
         } else {
@@ -141,11 +152,18 @@ impl Watcher {
     /// after the governance wait), for the lockdown ending at `until`. Each lift applies once:
     /// replaying it later changes nothing.
     pub fn lift_lockdown(&mut self, client: &str, height: u32, until: u32) -> Lift {
+        self.lift_lockdown_at(client, height, until, height)
+    }
+
+    /// [`Watcher::lift_lockdown`], the lockdowns ending at `ends_at` rather than at `height`
+    /// (a lift delivered after its wait had passed, postponed to a full wait from now); known
+    /// by `height` as signed.
+    pub fn lift_lockdown_at(&mut self, client: &str, height: u32, until: u32, ends_at: u32) -> Lift {
         let lift = self.check_lift(client, height, until);
         if lift == Lift::Applied {
             let l = self.lockdowns.entry(client.to_owned()).or_default();
-            l.plain_until = l.plain_until.min(height);
-            l.quiet_until = l.quiet_until.min(height);
+            l.plain_until = l.plain_until.min(ends_at);
+            l.quiet_until = l.quiet_until.min(ends_at);
             l.last_lift = height;
             l.last_lift_until = until;
             self.lockdowns_dirty = true;

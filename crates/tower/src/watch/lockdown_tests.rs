@@ -105,3 +105,19 @@ fn a_lift_applies_once_and_a_replay_does_not_cut_short_a_later_lockdown() {
     assert_eq!(w.lift_lockdown("p", 3_100, 4_000), Lift::Applied);
     assert_eq!(w.lockdowns()["p"].plain_until, 3_100);
 }
+
+#[test]
+fn a_lockdown_dates_its_last_request_and_a_record_without_the_date_takes_no_late_lift() {
+    let a = vault(0, 1_000_000);
+    let mut w = watcher(&[&a], 100_000_000);
+    w.on_block_connected(40, &block(vec![]));
+    w.lock_down("p", 5_000, false);
+    w.on_block_connected(41, &block(vec![]));
+    // One that ends nothing later is dated too: absorbed, it is still a lockdown taken then.
+    w.lock_down("p", 4_000, false);
+    assert_eq!(w.lockdowns()["p"].last_set_at, 41);
+    let mut record = serde_json::to_value(w.lockdowns()["p"]).unwrap();
+    record.as_object_mut().unwrap().remove("last_set_at");
+    let earlier: crate::watch::Lockdown = serde_json::from_value(record).unwrap();
+    assert_eq!(earlier.last_set_at, u32::MAX, "unknown: as recent as can be");
+}
