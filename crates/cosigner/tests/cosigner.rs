@@ -435,6 +435,36 @@ fn a_lockdown_set_after_a_lift_is_lifted_at_the_towers_though_it_ends_sooner() {
     });
 }
 
+/// A tower down while the guardians' quorum lifted a lockdown gets the lift when it is back,
+/// after its wait would have begun: it applies it a full wait from then, rather than refusing
+/// it and cancelling every unvault the co-signer approves until the lockdown runs out.
+#[test]
+fn a_tower_down_at_a_lift_applies_it_a_full_wait_from_its_return() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut f = Family::new(&node, &co, example("cosigner late lift"), 1, None);
+    let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
+    let until = locked["until_height"].as_u64().unwrap() as u32;
+    eventually("the tower has the lockdown", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    f.towers[0].kill9();
+    let at = quorum_lifts_after_the_wait(&node, &f, until);
+    block(&node, &f, 30);
+    f.towers[0].start();
+    let back = tip(&node);
+    eventually("the tower acknowledged the lift", || {
+        (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    let view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).unwrap();
+    let ends = view["locked_until"].as_u64().unwrap() as u32;
+    assert!(
+        ends >= back + 1_009 && ends > at && ends < until,
+        "lifted at {ends}: signed for {at}, back at {back}"
+    );
+}
+
 /// A lockdown the guardians lifted stays lifted when their quorum then lifts a duress
 /// lockdown: were it held again until the later lift, the owner's spends would be refused
 /// openly soon after the duress code, which must change nothing a captor can see.
