@@ -90,6 +90,19 @@ fn now_ms() -> u64 {
 }
 
 impl TowerState {
+    /// The highest height this tower knows of: its own tip, or the backend's when ahead.
+    pub fn known_height(&self) -> u32 {
+        self.watcher.tip().max(self.backend_tip).max(self.watcher.chain_tip())
+    }
+
+    /// [`Self::known_height`] while the tower follows the chain and has processed every block
+    /// up to it; `None` otherwise (its backend down, a reorganisation deeper than it
+    /// remembers, blocks still to process): what is dated then could be dated in the past.
+    pub fn followed_height(&self) -> Option<u32> {
+        let known = self.known_height();
+        (self.backend_up && self.reorg_too_deep.is_none() && self.watcher.tip() >= known).then_some(known)
+    }
+
     /// Records the watcher's changes (vault states, fee wallet), changed clients, used panic
     /// ids, the follower's position if given, and `actions`, in one store transaction.
     pub fn record(
@@ -454,6 +467,11 @@ impl Tower {
             return Err(e.into());
         }
         state.backend_up = true;
+        // Lockdowns taken while the tower did not follow the chain are dated now, at the
+        // latest they can have been taken.
+        if let Some(height) = state.followed_height() {
+            state.watcher.date_undated_lockdowns(height);
+        }
         state.last_contact_ms = now_ms();
         state.outage_seen = None;
         state.outage_dirty |= state.outage.take().is_some();

@@ -294,7 +294,8 @@ pub(crate) fn lockdown(
     let quiet = req.quiet
         || (client.guardians.contains(signer)
             && state.watcher.lockdowns().get(&client.id).is_some_and(|l| l.quiet_until > tip));
-    let actions = state.watcher.lock_down(&client.id, req.until_height, quiet);
+    let taken_at = state.followed_height().unwrap_or(u32::MAX);
+    let actions = state.watcher.lock_down_at(&client.id, req.until_height, quiet, taken_at);
     if let Some(e) = state.watcher.take_graph_error() {
         tower.shutdown();
         return Err(e.into());
@@ -341,21 +342,30 @@ pub(crate) fn lift_lockdown(
     chain_in_sight(&state, "an early lift")?;
     // A few blocks of slack: the quorum signed a height the co-signer checked against its own
     // tip, and this tower may be a block or two ahead of it. A lift sooner than that comes
-    // late (this tower was down when the quorum signed it, or someone kept it back): it was
-    // signed by `signed_by` at the latest, and applies a full wait from now, if no lockdown
-    // was taken here since then: one set after the quorum decided is not its to end, and,
-    // absorbed into an older, longer one, it cannot be told apart from it.
-    let ends_at = if req.lift_at_height + LIFT_SLACK_BLOCKS < tip + GOVERNANCE_DELAY_BLOCKS {
+    // late (this tower was down when the quorum signed it, or someone kept it back): taken
+    // then, it was signed by `signed_by`, and it applies a full wait from now, if no lockdown
+    // was taken here after that: such a lockdown is not its to end, and, absorbed into an
+    // older, longer one, cannot be told apart from it. The wait counts from the highest
+    // height known, and only once the tower has caught up with it.
+    let known = state.known_height();
+    let ends_at = if req.lift_at_height + LIFT_SLACK_BLOCKS < known + GOVERNANCE_DELAY_BLOCKS {
+        let Some(now) = state.followed_height() else {
+            return Err(Refusal::Unavailable(
+                "the tower is catching up with the chain: a lift delivered late waits a number of blocks counted \
+                 from a tip it has not reached; retry"
+                    .into(),
+            ));
+        };
         let signed_by = (req.lift_at_height + LIFT_SLACK_BLOCKS).saturating_sub(GOVERNANCE_DELAY_BLOCKS);
         let set_at = state.watcher.lockdowns().get(&client.id).map_or(0, |l| l.last_set_at);
         if set_at > signed_by {
             return Err(bad(format!(
-                "lift_at_height {} is sooner than the governance wait allows ({} blocks after the tip {tip}), \
-                 and a lockdown was taken here since it was signed",
+                "lift_at_height {} is sooner than the governance wait allows ({} blocks after the tip {now}), \
+                 and a lockdown was taken here after it can have been signed",
                 req.lift_at_height, GOVERNANCE_DELAY_BLOCKS
             )));
         }
-        tip + GOVERNANCE_DELAY_BLOCKS
+        now + GOVERNANCE_DELAY_BLOCKS
     } else {
         req.lift_at_height
     };

@@ -814,15 +814,18 @@ fn a_tower_cut_from_the_chain_starts_no_governance_wait_and_still_tightens() {
 /// A lift the guardians' quorum signed while this tower was down reaches it after its wait
 /// has passed: it applies a full wait from now rather than being refused (which kept the
 /// lockdown here, cancelling every unvault, after every other party had lifted it), unless a
-/// lockdown was taken here since it was signed: that one is not its to end, and absorbed
-/// into the older, longer one it cannot be told apart from it.
+/// lockdown was taken here after it can have been signed: that one is not its to end, and
+/// absorbed into the older, longer one it cannot be told apart from it. One taken while the
+/// tower could not see the chain is dated when it sees it again, not at its last tip.
 #[test]
 fn a_lift_delivered_late_applies_a_full_wait_from_now_unless_a_lockdown_came_since() {
     let node = vigil_node();
     let rpc = &node.rpc;
     let dir = tempfile::tempdir().unwrap();
     let client = Household::new(dir.path(), &node, example("tower late lift"));
-    let tower = TowerProcess::new(&node, std::slice::from_ref(&client.policy_path), 66, None);
+    let proxy = Proxy::new(node.port);
+    let fake = proxy.in_front_of(&node);
+    let tower = TowerProcess::new(&fake, std::slice::from_ref(&client.policy_path), 66, None);
     let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
     let view =
         || get(&tower.api, &format!("/v1/clients/{}", client.policy_id), &client.owner_auth()).unwrap();
@@ -839,7 +842,7 @@ fn a_lift_delivered_late_applies_a_full_wait_from_now_unless_a_lockdown_came_sin
         let req = serde_json::to_vec(&client.lift(at, until)).unwrap();
         post(&tower.api, "/v1/lockdown/lift", &req, &guardian(0))
     };
-    // Blocks pass while lifts signed meanwhile are not delivered (the tower is down).
+    // Blocks pass; lifts signed meanwhile are not delivered.
     let blocks_pass = |n: u32| {
         mine(rpc, n, &client.wallet.address());
         let tip = rpc.tip().unwrap().height;
@@ -848,13 +851,19 @@ fn a_lift_delivered_late_applies_a_full_wait_from_now_unless_a_lockdown_came_sin
     let wait = vigil_tower::GOVERNANCE_DELAY_BLOCKS;
     let t0 = rpc.tip().unwrap().height;
     lock_down(t0 + 3_000);
-    let t1 = blocks_pass(60);
-    // A newer, shorter lockdown, absorbed into the first; then a lift the quorum signed at
-    // t0 + 10 arrives: it may not end the newer one, and cannot tell it apart: refused.
+    // The tower's backend down, a guardian's newer, shorter lockdown, absorbed into the first.
+    proxy.set_up(false);
+    eventually("the backend seen down", || (tower.metric("vigil_tower_backend_up") == Some(0)).then_some(()));
     lock_down(t0 + 2_500);
+    mine(rpc, 60, &client.wallet.address());
+    proxy.set_up(true);
+    eventually("the backend seen back", || (tower.metric("vigil_tower_backend_up") == Some(1)).then_some(()));
+    let t1 = blocks_pass(0);
+    // The quorum's lift signed at t0 + 10, before the second lockdown, arrives: it may not end
+    // that one, and cannot tell it apart: refused.
     let refused = lift(t0 + 10 + wait, t0 + 3_000);
     assert!(
-        matches!(&refused, Err((400, why)) if why.contains("a lockdown was taken here since")),
+        matches!(&refused, Err((400, why)) if why.contains("a lockdown was taken here after")),
         "{refused:?}"
     );
     assert_eq!(view()["locked_until"].as_u64(), Some(u64::from(t0 + 3_000)), "nothing changed");

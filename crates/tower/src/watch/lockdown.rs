@@ -34,10 +34,12 @@ pub struct Lockdown {
     /// both, so a new lift for a newer lockdown at the same height is not taken for a replay.
     #[serde(default)]
     pub last_lift_until: u32,
-    /// The tip when the last lockdown request was taken (one that ends nothing later too: a
-    /// newer lockdown absorbed into an older, longer one). A lift delivered late may end only
-    /// lockdowns taken before it was signed. Unknown in a record of an earlier release: then
-    /// as recent as can be, so no late lift is taken.
+    /// The height the last lockdown request was taken at (one that ends nothing later too: a
+    /// newer lockdown absorbed into an older, longer one), never lowered. A lift delivered
+    /// late may end only lockdowns taken before it can have been signed. Unknown (taken while
+    /// the tower did not follow the chain, or in a record of an earlier release): as recent as
+    /// can be, so no late lift is taken, until the tower follows the chain again and dates it
+    /// then.
     #[serde(default = "unknown_height")]
     pub last_set_at: u32,
 }
@@ -103,11 +105,17 @@ impl Watcher {
     /// Locks `client` down until `until`, plainly or quietly (each only ever grows). A plain
     /// lockdown cancels every unvault under way at once.
     pub fn lock_down(&mut self, client: &str, until: u32, quiet: bool) -> Vec<Action> {
+        self.lock_down_at(client, until, quiet, self.tip)
+    }
+
+    /// [`Watcher::lock_down`], the request taken at height `taken_at` (see
+    /// [`Lockdown::last_set_at`]).
+    pub fn lock_down_at(&mut self, client: &str, until: u32, quiet: bool, taken_at: u32) -> Vec<Action> {
         let l = self.lockdowns.entry(client.to_owned()).or_default();
         // Only a lockdown that ends later than the one holding is alarmed: one any party may
         // send again and again must not fill the guardians' feed.
         let extended = !quiet && until > l.plain_until;
-        l.last_set_at = self.tip;
+        l.last_set_at = l.last_set_at.max(taken_at);
         if quiet {
             l.quiet_until = l.quiet_until.max(until);
         } else {
@@ -128,6 +136,16 @@ impl Watcher {
             }
         }
         actions
+    }
+
+    /// Dates at `height` the lockdowns taken while the tower could not tell the height (see
+    /// [`Lockdown::last_set_at`]): at the latest they can have been taken, so a late lift
+    /// signed before then is refused and one signed since is taken.
+    pub fn date_undated_lockdowns(&mut self, height: u32) {
+        for l in self.lockdowns.values_mut().filter(|l| l.last_set_at == u32::MAX) {
+            l.last_set_at = height;
+            self.lockdowns_dirty = true;
+        }
     }
 
     /// What lifting `client`'s lockdown that ends at `until` at `height` would do, without

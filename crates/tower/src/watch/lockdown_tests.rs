@@ -107,7 +107,7 @@ fn a_lift_applies_once_and_a_replay_does_not_cut_short_a_later_lockdown() {
 }
 
 #[test]
-fn a_lockdown_dates_its_last_request_and_a_record_without_the_date_takes_no_late_lift() {
+fn a_lockdown_dates_its_last_request_and_an_undated_one_is_dated_once_the_height_is_known() {
     let a = vault(0, 1_000_000);
     let mut w = watcher(&[&a], 100_000_000);
     w.on_block_connected(40, &block(vec![]));
@@ -120,4 +120,10 @@ fn a_lockdown_dates_its_last_request_and_a_record_without_the_date_takes_no_late
     record.as_object_mut().unwrap().remove("last_set_at");
     let earlier: crate::watch::Lockdown = serde_json::from_value(record).unwrap();
     assert_eq!(earlier.last_set_at, u32::MAX, "unknown: as recent as can be");
+    // Taken while the tower could not tell the height: dated once it can, never lowered.
+    w.lock_down_at("q", 5_000, false, u32::MAX);
+    w.date_undated_lockdowns(50);
+    assert_eq!((w.lockdowns()["p"].last_set_at, w.lockdowns()["q"].last_set_at), (41, 50));
+    w.lock_down_at("q", 5_000, false, 45);
+    assert_eq!(w.lockdowns()["q"].last_set_at, 50);
 }

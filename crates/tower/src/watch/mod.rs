@@ -129,6 +129,11 @@ impl Watcher {
         self.chain_tip = height;
     }
 
+    /// The chain's tip as the backend last told it (see [`Watcher::set_chain_tip`]).
+    pub fn chain_tip(&self) -> u32 {
+        self.chain_tip
+    }
+
     /// When what is decided on the block at `height` reaches the network: at once, or once
     /// the tower has caught up with the chain.
     fn on_network_at(&self, height: u32) -> u32 {
