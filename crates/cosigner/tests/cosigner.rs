@@ -443,6 +443,12 @@ fn a_tower_down_at_a_lift_applies_it_a_full_wait_from_its_return() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
     let mut f = Family::new(&node, &co, example("cosigner late lift"), 1, None);
+    // The tower caught up with the chain, so that it dates the lockdown at once.
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    eventually("the tower at the tip", || {
+        let view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).ok()?;
+        (view["tip"].as_u64() == Some(tip(&node) as u64)).then_some(())
+    });
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
     let until = locked["until_height"].as_u64().unwrap() as u32;
     eventually("the tower has the lockdown", || {
@@ -456,7 +462,6 @@ fn a_tower_down_at_a_lift_applies_it_a_full_wait_from_its_return() {
     eventually("the tower acknowledged the lift", || {
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
     });
-    let path = format!("/v1/clients/{}", f.cosigner.client);
     let view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).unwrap();
     let ends = view["locked_until"].as_u64().unwrap() as u32;
     assert!(

@@ -290,6 +290,9 @@ impl Tower {
         if let Some(wallet) = watcher.fee_wallet() {
             backend.watch_scripts(std::slice::from_ref(wallet.script()));
         }
+        // The highest height known survives a restart: a node found behind it (reindexing,
+        // another node) must not make the tower date a lockdown below heights it passed.
+        let recorded_tip = watcher.tip();
         // A fresh store starts at the chain's tip: its vaults will be registered from now on
         // (and what already happened to each is looked up when it is).
         let follower = if loaded.recent.is_empty() {
@@ -300,7 +303,7 @@ impl Tower {
         let state = TowerState {
             watcher,
             store,
-            backend_tip: 0,
+            backend_tip: recorded_tip,
             backend_up: outage.is_none(),
             last_contact_ms: now_ms(),
             outage_seen: None,

@@ -296,7 +296,7 @@ impl Watcher {
 
     /// Whether anything awaits recording.
     pub fn has_changes(&self) -> bool {
-        !self.dirty.is_empty() || self.wallet_dirty
+        !self.dirty.is_empty() || self.wallet_dirty || self.lockdowns_dirty
     }
 
     /// Vaults whose state changed since the last call.
