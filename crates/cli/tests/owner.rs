@@ -129,7 +129,8 @@ fn chain_args(s: &Services) -> Vec<String> {
     }
 }
 
-/// `vigil init --restore` from the co-signer's copy of the policy, on the services' chain.
+/// `vigil init --restore --cosigner URL` (in that order: a test leaves out the co-signer),
+/// then the services' chain arguments: a restore from the co-signer's copy of the policy.
 fn restore_from_cosigner(s: &Services) -> Vec<String> {
     let mut args = ["init", "--restore", "--cosigner", &s.co.url].map(str::to_owned).to_vec();
     args.extend(chain_args(s));
@@ -1997,18 +1998,9 @@ fn with_a_ledger_the_owner_sets_up_registers_receives_on_the_device_and_vaults()
     let id = id_on_paper(&text);
     let vaults = json(&dir, &["status"], &[REAL])["vaults"].as_array().unwrap().len();
     std::fs::remove_dir_all(&dir).unwrap();
-    let chain = chain_args(&s);
-    let mut restore = vec![
-        "init",
-        "--restore",
-        "--cosigner",
-        &s.co.url,
-        "--signer",
-        "ledger",
-        "--signer-emulator",
-        &ledger,
-    ];
-    restore.extend(chain.iter().map(String::as_str));
+    let restore = restore_from_cosigner(&s);
+    let mut restore: Vec<&str> = restore.iter().map(String::as_str).collect();
+    restore.extend(["--signer", "ledger", "--signer-emulator", &ledger]);
     let (ok, out, err) = vigil(&dir, &restore, &[&id, &phrase, "8642", "8642", "9753", "9753"]);
     assert!(ok, "{out}{err}");
     assert_eq!(std::fs::read_to_string(dir.join("policy.toml")).unwrap(), text);

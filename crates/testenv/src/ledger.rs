@@ -228,12 +228,14 @@ impl Cable {
                     std::thread::spawn(move || {
                         let (mut buf, mut pending) = ([0u8; 4096], Vec::new());
                         while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                            if let Some(record) = &record {
+                            // Recorded before it goes on: a command is in the list before the
+                            // device can answer it.
+                            if let Some(record) = record.as_ref().filter(|_| n > 0) {
                                 pending.extend_from_slice(&buf[..n]);
                                 record.lock().unwrap().extend(take_frames(&mut pending));
+                            }
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
                             }
                         }
                         let _ = to.shutdown(Shutdown::Both);
