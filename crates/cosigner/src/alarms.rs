@@ -399,9 +399,9 @@ fn email(
 }
 
 /// The Message-ID of an outbox alarm's e-mail: its [`alarm_id`] at the sender's domain when
-/// that is a plain host name with a dot (a bare IPv4 address too), else at `vigil.invalid` (a non-ASCII domain would come out
-/// malformed; a sender at a bracketed IP literal does not parse, and the configuration
-/// refuses it).
+/// that is a plain host name with a dot (a bare IPv4 address too), else at `vigil.invalid`
+/// (a non-ASCII domain would come out malformed; a sender at a bracketed IP literal does not
+/// parse, and the configuration refuses it).
 fn message_id(entry: &OutboxEntry, from: &lettre::message::Mailbox) -> String {
     let domain = from.email.domain();
     let plain =
