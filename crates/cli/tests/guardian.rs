@@ -117,3 +117,89 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     std::fs::write(dir.path().join("pass"), "wrong\n").unwrap();
     assert!(guardian(dir.path(), &["pending"]).unwrap_err().contains("passphrase"));
 }
+
+#[test]
+fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pass"), "brother's passphrase\n").unwrap();
+    let made = guardian(dir.path(), &["init", "--network", "regtest"]).unwrap();
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let mut e = ExamplePolicy {
+        seed: "cli guardian lift".into(),
+        delay: DELAY,
+        recovery: 40,
+        deep_vault: 60,
+        ..ExamplePolicy::default()
+    };
+    e.services.guardian_keys = vec![Some(made["key"].as_str().unwrap().to_owned())];
+    let mut f = Family::new(&node, &co, e, 1, None);
+    std::fs::write(dir.path().join("policy.toml"), &f.policy_text).unwrap();
+    let vault = f.vault(&node, Amount::from_sat(1_000_000), VaultKind::Standard);
+    let state = |f: &Family| f.get("/v1/lockdown", &f.guardian(1)).unwrap();
+    assert!(guardian(dir.path(), &["lift", "--yes"]).unwrap_err().contains("not locked down"));
+
+    let lockdown = vigil_cosigner::wire::Lockdown { blocks: 3_000, sweep: false };
+    f.post("/v1/lockdown", &lockdown, &f.owner()).unwrap();
+    // Never shown to the owner's device: it would show a duress lockdown.
+    assert_eq!(f.get("/v1/lockdown", &f.owner()).unwrap_err().0, 403);
+    // Without --yes it asks; with no answer, nothing is signed.
+    let asked = Command::new(vigil_exe())
+        .args(["guardian", "lift", "--key", dir.path().join("g.key").to_str().unwrap()])
+        .args(["--passphrase-file", dir.path().join("pass").to_str().unwrap()])
+        .args(["--policy", dir.path().join("policy.toml").to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&asked.stderr);
+    assert!(!asked.status.success() && shown.contains("nothing was signed"), "{shown}");
+    assert!(shown.contains("LIFT THE LOCKDOWN") && !shown.contains("DURESS"), "{shown}");
+    assert_eq!(state(&f)["lift_proposed"], 0);
+
+    // The first guardian proposes a height a day past the earliest, and the owner then types
+    // the duress code: a new lockdown, whose lift starts again.
+    let proposed = guardian(dir.path(), &["lift", "--yes"]).unwrap();
+    let tip = node.rpc.tip().unwrap().height;
+    let earliest = tip + 1_009 + 6;
+    assert_eq!(proposed["lift_proposed"], earliest + 144, "{proposed}");
+    assert_eq!((proposed["signatures"].as_u64(), proposed["lifted_at"].as_u64()), (Some(1), Some(0)));
+    f.heartbeat(true);
+    let held = state(&f);
+    assert_eq!((held["duress"].as_bool(), held["lift_proposed"].as_u64()), (Some(true), Some(0)), "{held}");
+    let until = held["lockdown_until"].as_u64().unwrap() as u32;
+    assert!(until > tip + 3_000, "the duress lockdown ends later: {held}");
+    let asked = Command::new(vigil_exe())
+        .args(["guardian", "lift", "--key", dir.path().join("g.key").to_str().unwrap()])
+        .args(["--passphrase-file", dir.path().join("pass").to_str().unwrap()])
+        .args(["--policy", dir.path().join("policy.toml").to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&asked.stderr).contains("DURESS"));
+    let proposed = guardian(dir.path(), &["lift", "--yes"]).unwrap();
+    let at = proposed["lift_proposed"].as_u64().unwrap() as u32;
+    assert_eq!(at, earliest + 144);
+    // The second guardian signs the same height: the quorum lifts both lockdowns there, at
+    // the co-signer and at the tower.
+    f.lift(1, at, until).unwrap();
+    let lifted = guardian(dir.path(), &["lift", "--yes"]).unwrap();
+    assert_eq!(lifted["lifted_at"].as_u64(), Some(u64::from(at)), "{lifted}");
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    let tower_view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).unwrap();
+    assert_eq!(tower_view["locked_until"].as_u64(), Some(u64::from(at)), "{tower_view}");
+
+    // One block before the lift a spend is refused; from it, co-signed.
+    let tip = node.rpc.tip().unwrap().height;
+    mine(&node.rpc, at - 1 - tip, &f.wallet.address());
+    let psbt = f.spend_psbt(&vault, &f.wallet.address(), 1_000);
+    let refused = f.request_spend(&vault, &psbt).unwrap_err();
+    assert!(refused.0 == 403 && refused.1.contains(&format!("locked down until block {at}")), "{refused:?}");
+    mine(&node.rpc, 1, &f.wallet.address());
+    let id = f.request_spend(&vault, &psbt).unwrap()["id"].as_u64().unwrap();
+    node.rpc.broadcast(vault.graph.unvault()).unwrap();
+    mine(&node.rpc, DELAY, &f.wallet.address());
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    mine(&node.rpc, 1, &f.wallet.address());
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+}

@@ -48,7 +48,7 @@ pub fn router(cosigner: Arc<Cosigner>) -> Router {
         .route("/v1/spends/{id}", get(spend_status))
         .route("/v1/spends/{id}/vote", post(vote))
         .route("/v1/spends/{id}/sign", post(sign_spend))
-        .route("/v1/lockdown", post(lockdown))
+        .route("/v1/lockdown", post(lockdown).get(lockdown_state))
         .route("/v1/lockdown/lift", post(lift))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/panic", post(panic))
@@ -233,6 +233,10 @@ async fn sign_spend(
 
 async fn lockdown(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {
     signed(c, headers, "/v1/lockdown".into(), body, |c, caller, req| c.lockdown(caller, req)).await
+}
+
+async fn lockdown_state(State(c): State<Arc<Cosigner>>, headers: HeaderMap) -> Response {
+    signed_get(c, headers, "/v1/lockdown".into(), |c, caller| c.lockdown_state(caller)).await
 }
 
 async fn lift(State(c): State<Arc<Cosigner>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -826,6 +826,38 @@ impl Cosigner {
             .collect())
     }
 
+    /// `GET /v1/lockdown`: the lockdown at hand and its lift, to a guardian only.
+    pub fn lockdown_state(&self, caller: &Caller) -> Result<wire::LockdownState, Refusal> {
+        caller.guardian()?;
+        let tip = self.tip()?;
+        let client = Self::client(self.store(), &caller.client.id)?.ok_or(Refusal::Internal)?;
+        let wait = self.config.governance_delay_blocks;
+        // As `lift` judges it: a proposal the chain caught up with is void.
+        let proposed = client.lift_proposed >= tip + wait;
+        let current = current_guardians(caller);
+        Ok(wire::LockdownState {
+            tip,
+            locked: client.locked(tip) || client.under_duress(tip),
+            duress: client.under_duress(tip),
+            lockdown_until: client.lockdown_until.max(client.duress_until),
+            ends_at: client.plain_end().max(client.duress_end()),
+            lifted_at: if client.lift_at > 0 && client.duress_lift_at > 0 {
+                client.lift_at.min(client.duress_lift_at)
+            } else {
+                0
+            },
+            lift_proposed: if proposed { client.lift_proposed } else { 0 },
+            signatures: if proposed {
+                client.lift_votes.iter().filter(|v| current.contains(&v.key)).count() as u32
+            } else {
+                0
+            },
+            needed: caller.policy().guardians.threshold,
+            governance_delay_blocks: wait,
+            earliest_lift: (tip + wait + LIFT_SLACK_BLOCKS).max(client.last_lift),
+        })
+    }
+
     /// `GET /v1/restore`: the last restore, for a guardian about to confirm it.
     pub fn restore_state(&self, caller: &Caller) -> Result<wire::RestoreState, Refusal> {
         caller.guardian()?;

@@ -371,6 +371,39 @@ pub struct LiftLockdown {
     pub signature: String,
 }
 
+/// `GET /v1/lockdown`, to a guardian only (the owner's device must not learn of a duress
+/// lockdown): the lockdown at hand and the guardians' lift of it, what a guardian needs to
+/// sign a [`LiftLockdown`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockdownState {
+    /// The co-signer's tip.
+    pub tip: u32,
+    /// Whether a lockdown holds at the tip (the plain one, a duress one, or both).
+    pub locked: bool,
+    /// Whether the one holding is a duress lockdown: the owner typed the duress code.
+    pub duress: bool,
+    /// The end of the lockdown at hand as a lift names it (the later of the plain one's and
+    /// the duress one's, before any lift).
+    pub lockdown_until: u32,
+    /// Where the lockdowns holding end, a lift the quorum signed counted.
+    pub ends_at: u32,
+    /// The height the guardians' quorum lifts it at (0: not signed yet).
+    pub lifted_at: u32,
+    /// The height a guardian proposed to lift it at, for the others to sign (0: none, or
+    /// one the chain came too close to before the quorum signed).
+    pub lift_proposed: u32,
+    /// Guardians of the policy in force who signed that proposal.
+    pub signatures: u32,
+    /// The quorum.
+    pub needed: u32,
+    /// The co-signer's governance wait: a proposal is void once the chain is within it of
+    /// the proposed height before the quorum signed.
+    pub governance_delay_blocks: u32,
+    /// The lowest height a new proposal may name: the governance wait and its slack ahead,
+    /// and no lower than a lift the quorum signed before.
+    pub earliest_lift: u32,
+}
+
 /// `POST /v1/panic`: a guardian hands in the quorum's decision; the co-signer relays it to
 /// every tower and says which acted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
