@@ -273,19 +273,6 @@ fn sign_recovery(
     Ok(())
 }
 
-/// Blocks a new lift proposal leaves the other guardians to sign it (a day): the proposal is
-/// void once the chain is within the governance wait of its height before the quorum signed.
-const LIFT_VOTING_BLOCKS: u32 = 144;
-
-/// About how long `blocks` take, for a person (6 an hour).
-fn how_long(blocks: u32) -> String {
-    match blocks {
-        0..=11 => format!("{blocks} blocks, about {} minutes", blocks * 10),
-        12..=287 => format!("{blocks} blocks, about {} hours", blocks / 6),
-        _ => format!("{blocks} blocks, about {} days", blocks / 144),
-    }
-}
-
 /// `vigil guardian lift`: signs the lift of the lockdown at hand, at the height another
 /// guardian proposed or, as the first, a day past the earliest the governance wait allows.
 fn lift(
@@ -294,99 +281,32 @@ fn lift(
     yes: bool,
     json: bool,
 ) -> anyhow::Result<()> {
+    use vigil_client::lift::{voted, LiftVote, NoLift};
     let state: wire::LockdownState = co.get("/v1/lockdown")?;
-    if !state.locked {
-        bail!("the wallet is not locked down (tip {}): nothing to lift; nothing was signed", state.tip);
-    }
-    let (tip, until) = (state.tip, state.lockdown_until);
-    let lifted = |s: &wire::LockdownState| {
-        format!(
-            "The guardians' quorum signed: the lockdown ends at block {} ({} from the tip {}), at the co-signer \
-             and at every watchtower.",
-            s.lifted_at,
-            how_long(s.lifted_at.saturating_sub(s.tip)),
-            s.tip
-        )
-    };
-    if state.lifted_at > 0 {
-        let text = lifted(&state);
-        if json {
+    let vote = match LiftVote::for_state(&state) {
+        Ok(v) => v,
+        // The decision stands: nothing more to sign, and nothing failed.
+        Err(NoLift::Lifted(_)) if json => {
             println!("{}", serde_json::to_value(&state)?);
-        } else {
-            println!("{text} Nothing more to sign.");
+            return Ok(());
         }
-        return Ok(());
-    }
-    let first = state.lift_proposed == 0;
-    let at = if first {
-        (state.earliest_lift + LIFT_VOTING_BLOCKS).min(until.saturating_sub(1))
-    } else {
-        state.lift_proposed
+        Err(e @ NoLift::Lifted(_)) => {
+            println!("{e} Nothing more to sign.");
+            return Ok(());
+        }
+        Err(e) => bail!("{e}; nothing was signed"),
     };
-    if first && at < state.earliest_lift {
-        bail!(
-            "the lockdown ends at block {until} by itself ({} from the tip {tip}), before a lift could (block {} \
-             at the earliest): nothing was signed",
-            how_long(until.saturating_sub(tip)),
-            state.earliest_lift
-        );
-    }
-    // The co-signer's word is not taken for the wait: a lift sooner than it would end the
-    // lockdown within a captivity (the towers refuse it too, or wait from its arrival).
-    let least = tip + state.governance_delay_blocks.max(vigil_tower::GOVERNANCE_DELAY_BLOCKS);
-    if at < least || at >= until {
-        bail!(
-            "the co-signer proposes to lift the lockdown until block {until} at block {at} (tip {tip}): not between \
-             block {least} (the governance wait) and its end. DO NOT SIGN; nothing was signed"
-        );
-    }
     if !yes {
-        let held = if state.duress {
-            "The owner's wallet was opened with the DURESS code: it is locked down, silently"
-        } else {
-            "The wallet is locked down: the co-signer refuses every spend and the watchtowers cancel any coins \
-             leaving a vault"
-        };
-        let others = if first {
-            format!(
-                "You are the first to sign: the other guardians have until block {} to sign it too.",
-                at.saturating_sub(state.governance_delay_blocks)
-            )
-        } else {
-            format!("{} of {} guardians signed it so far.", state.signatures, state.needed)
-        };
-        confirm(
-            &format!(
-                "LIFT THE LOCKDOWN. {held}, until block {until} ({} from the tip {tip}). With {} guardians' \
-                 signatures it ends at block {at} instead ({}). {others} Sign only if you have spoken to the owner \
-                 in person and they are free and safe.",
-                how_long(until.saturating_sub(tip)),
-                state.needed,
-                how_long(at.saturating_sub(tip)),
-            ),
-            "LIFT",
-        )?;
+        confirm(&format!("LIFT THE LOCKDOWN. {}", vote.describe(&state)), "LIFT")?;
     }
-    let digest = vigil_tower::wire::lift_digest(co.client_id(), at, until);
-    let vote = wire::LiftLockdown {
-        lift_at_height: at,
-        lockdown_until: until,
-        signature: wire::sign(&digest, auth).signature,
-    };
-    let _: wire::LockdownStatus = co.post("/v1/lockdown/lift", &vote)?;
+    let _: wire::LockdownStatus = co.post("/v1/lockdown/lift", &vote.sign(co.client_id(), auth))?;
     let after: wire::LockdownState = co.get("/v1/lockdown")?;
-    let text = if after.lifted_at > 0 {
-        lifted(&after)
-    } else {
-        format!(
-            "Your signature is in: {} of {} guardians, lifting it at block {at}. The others run: vigil guardian lift",
-            after.signatures, after.needed
-        )
-    };
     if json {
         println!("{}", serde_json::to_value(&after)?);
+    } else if after.lifted_at > 0 {
+        println!("{}", voted(&after, vote.at));
     } else {
-        println!("{text}");
+        println!("{} The others run: vigil guardian lift", voted(&after, vote.at));
     }
     Ok(())
 }

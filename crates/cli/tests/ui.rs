@@ -265,6 +265,40 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     let said = browser.text();
     assert!(said.contains("The wallet is locked down until block"), "{said}");
     assert_eq!(said.matches(": locked down").count(), 3, "{said}");
+    // Too short to lift early: it ends before the governance wait would.
+    browser.goto(&format!("{}/lift", first.origin));
+    assert!(browser.text().contains("before a lift could"), "{}", browser.text());
+
+    // Locked down for four weeks, the guardians lift it early: the first proposes a height
+    // a day past the governance wait, the second, told on their page, signs it too.
+    browser.goto(&format!("{}/lockdown", first.origin));
+    browser.select("#blocks", "4032");
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    browser.goto(&format!("{}/", second.origin));
+    assert!(browser.text().contains("Lift it early with the other guardians"), "{}", browser.text());
+    // A form the chain moved past is not signed: the height it shows is no longer the one due.
+    browser.goto(&format!("{}/lift", second.origin));
+    world.mine(1).unwrap();
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("changed since you looked: nothing was signed"), "{}", browser.text());
+    browser.goto(&format!("{}/lift", first.origin));
+    let shown = browser.text();
+    assert!(shown.contains("You are the first to sign") && !shown.contains("DURESS"), "{shown}");
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    assert!(browser.text().contains("Your signature is in: 1 of 2 guardians"), "{}", browser.text());
+    browser.goto(&format!("{}/", second.origin));
+    browser.follow("a[href$='/lift']");
+    assert!(browser.text().contains("1 of 2 guardians signed it so far"), "{}", browser.text());
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+    let lifted = browser.text();
+    assert!(lifted.contains("The guardians' quorum signed: the lockdown ends at block"), "{lifted}");
 
     // Guardian 1 starts a panic; guardian 2 sees it and joins: the quorum sweeps the vault
     // still protected to the deep vault.

@@ -48,6 +48,17 @@ pub fn btc(sat: u64) -> String {
     format!("{} BTC ({sat} sats)", Amount::from_sat(sat).to_btc())
 }
 
+/// About how long `blocks` blocks take, in words (6 an hour).
+pub fn about(blocks: u32) -> String {
+    let minutes = u64::from(blocks) * 10;
+    match minutes {
+        0 => "now".into(),
+        m if m < 90 => format!("about {m} minutes"),
+        m if m < 48 * 60 => format!("about {} hours", m.div_ceil(60)),
+        m => format!("about {} days", m.div_ceil(24 * 60)),
+    }
+}
+
 /// The co-signer's own description of a request (unchecked).
 pub fn describe(s: &SpendStatus) -> String {
     let mut out = format!(

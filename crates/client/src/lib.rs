@@ -17,6 +17,7 @@ pub use bip39;
 pub mod allowance;
 pub mod cosigner;
 pub mod guardian;
+pub mod lift;
 pub mod overview;
 pub mod owner;
 pub mod policies;

@@ -22,6 +22,7 @@ use axum::{Extension, Router};
 use serde_json::Value;
 use vigil_client::cosigner::{ClientError, CosignerClient};
 use vigil_client::guardian::{diff, Checked, Checker, LOCKDOWN_WARNING, NOTHING_OUT_WARNING, TO_OWNER};
+use vigil_client::lift::{voted, LiftVote, NoLift};
 use vigil_client::policies::checked_record_file;
 use vigil_client::towers::{
     hand_change_to_every_tower, hand_panic_to_every_tower, lock_down_as_guardian, TowerClient,
@@ -119,6 +120,7 @@ impl Current {
 struct Feeds {
     spends: Result<Vec<SpendStatus>, ClientError>,
     restore: Option<wire::RestoreState>,
+    lockdown: Option<wire::LockdownState>,
     cosigner_alarms: Result<Vec<CosignerAlarm>, ClientError>,
     towers: Vec<TowerView>,
 }
@@ -253,6 +255,7 @@ impl GuardianPage {
             .route("/panic", get(panic_form).post(panic))
             .route("/policy/{id}", get(policy_form).post(sign_policy))
             .route("/restore", get(restore_form).post(confirm_restore))
+            .route("/lift", get(lift_form).post(lift))
             .with_state(self)
     }
 
@@ -274,10 +277,12 @@ impl GuardianPage {
                 .collect();
             let spends = scope.spawn(|| self.co.get("/v1/spends"));
             let restore = scope.spawn(|| self.co.get("/v1/restore").ok());
+            let lockdown = scope.spawn(|| self.co.get("/v1/lockdown").ok());
             let cosigner_alarms = self.co.get("/v1/alarms");
             Feeds {
                 spends: spends.join().expect("no panic"),
                 restore: restore.join().expect("no panic"),
+                lockdown: lockdown.join().expect("no panic"),
                 cosigner_alarms,
                 towers: views.into_iter().map(|v| v.join().expect("no panic")).collect(),
             }
@@ -578,6 +583,22 @@ async fn home(State(page): State<Arc<GuardianPage>>) -> Response {
                     r.restored_at_height, r.confirmations, r.needed
                 ),
             );
+        }
+        match feeds.lockdown.as_ref().filter(|l| l.locked) {
+            Some(l) if l.lifted_at > 0 => body += &notice("info", &esc(&vigil_client::lift::lifted(l))),
+            Some(l) => {
+                let duress = if l.duress { " (the owner typed the duress code)" } else { "" };
+                body += &notice(
+                    "warn",
+                    &format!(
+                        "The wallet is locked down until block {}{duress}, {} from now. <a href=\"/lift\">Lift it \
+                         early with the other guardians…</a>",
+                        l.lockdown_until,
+                        about(l.lockdown_until.saturating_sub(l.tip))
+                    ),
+                )
+            }
+            None => {}
         }
         body += "<h2 id=\"requests\">Requests waiting for you</h2>";
         match &feeds.spends {
@@ -1212,6 +1233,85 @@ async fn confirm_restore(
             ),
             Err(e) => page.show(
                 "Not confirmed",
+                &notice("warn", &format!("The co-signer did not take it: {}", esc(&e.to_string()))),
+            ),
+        }
+    })
+    .await
+}
+
+async fn lift_form(State(page): State<Arc<GuardianPage>>) -> Response {
+    crate::blocking(move || {
+        let state: wire::LockdownState = match page.co.get("/v1/lockdown") {
+            Ok(s) => s,
+            Err(e) => {
+                return page.show(
+                    "Lift",
+                    &notice("warn", &format!("The co-signer cannot be reached: {}", esc(&e.to_string()))),
+                )
+            }
+        };
+        let vote = match LiftVote::for_state(&state) {
+            Ok(v) => v,
+            Err(e @ NoLift::Unsafe { .. }) => {
+                return page.show("Lift", &notice("alarm", &esc(&e.to_string())))
+            }
+            Err(e) => return page.show("Lift", &format!("<p>{}</p>", esc(&e.to_string()))),
+        };
+        let body = format!("<p>{}</p>", esc(&vote.describe(&state)))
+            + &signing_form(
+                &page,
+                "/lift",
+                &[("at", &vote.at.to_string()), ("until", &vote.until.to_string())],
+                "I spoke to the owner myself; they are free and safe.",
+                &format!("<button type=\"submit\">Lift the lockdown at block {}</button>", vote.at),
+            );
+        page.show("Lift the lockdown early?", &body)
+    })
+    .await
+}
+
+async fn lift(State(page): State<Arc<GuardianPage>>, Extension(fields): Extension<Fields>) -> Response {
+    crate::blocking(move || {
+        // The passphrase is asked although the auth key signs this: it is a decision, not a read.
+        match open_key(&page, &fields) {
+            Ok(keys) => drop(keys),
+            Err(r) => return *r,
+        }
+        // Signed only as shown: what holds is read again, and must call for the same vote.
+        let shown = (fields.get("at").parse::<u32>().ok(), fields.get("until").parse::<u32>().ok());
+        let state: Result<wire::LockdownState, _> = page.co.get("/v1/lockdown");
+        let vote =
+            match state.as_ref().map(LiftVote::for_state) {
+                Ok(Ok(v)) if (Some(v.at), Some(v.until)) == shown => v,
+                Ok(Ok(_)) => return page.show(
+                    "Not signed",
+                    &notice(
+                        "warn",
+                        "The lockdown or its lift changed since you looked: nothing was signed. Look again.",
+                    ),
+                ),
+                Ok(Err(e)) => {
+                    return page.show(
+                        "Not signed",
+                        &notice("warn", &format!("{}: nothing was signed.", esc(&e.to_string()))),
+                    )
+                }
+                Err(e) => {
+                    return page.show(
+                        "Not signed",
+                        &notice("warn", &format!("The co-signer cannot be reached: {}", esc(&e.to_string()))),
+                    )
+                }
+            };
+        let answer = page
+            .co
+            .post::<_, wire::LockdownStatus>("/v1/lockdown/lift", &vote.sign(page.co.client_id(), &page.auth))
+            .and_then(|_| page.co.get::<wire::LockdownState>("/v1/lockdown"));
+        match answer {
+            Ok(after) => page.show("Signed", &notice("ok", &esc(&voted(&after, vote.at)))),
+            Err(e) => page.show(
+                "Not signed",
                 &notice("warn", &format!("The co-signer did not take it: {}", esc(&e.to_string()))),
             ),
         }

@@ -40,16 +40,7 @@ fn group(n: u64) -> String {
     out
 }
 
-/// About how long `blocks` blocks take, in words.
-pub fn about(blocks: u32) -> String {
-    let minutes = u64::from(blocks) * 10;
-    match minutes {
-        0 => "now".into(),
-        m if m < 90 => format!("about {m} minutes"),
-        m if m < 48 * 60 => format!("about {} hours", m.div_ceil(60)),
-        m => format!("about {} days", m.div_ceil(24 * 60)),
-    }
-}
+pub use vigil_client::guardian::about;
 
 /// A whole page: `title`, the navigation `nav` (label, href), and `body` (already escaped).
 /// `refresh`: seconds after which the browser reloads it (live lists), if any.
