@@ -21,6 +21,12 @@ use crate::wire::{self, Heartbeat, HeartbeatAck, KeySignature, Lockdown, Lockdow
 /// gathering over a few blocks still meets it (and so do towers a block or two ahead).
 pub const LIFT_SLACK_BLOCKS: u32 = 6;
 
+/// Blocks past the earliest a first lift proposal may name (a week): time for the others to
+/// sign. No more: a tower holding a lockdown taken after the quorum signed but before the
+/// lift reached it cannot tell it from one the lift ends, so a lift far ahead would end
+/// lockdowns taken long after it was decided.
+pub const LIFT_VOTING_BLOCKS: u32 = 1_008;
+
 fn bad(m: impl Into<String>) -> Refusal {
     Refusal::BadRequest(m.into())
 }
@@ -220,13 +226,19 @@ impl Cosigner {
             client.lift_proposed = 0;
             client.lift_votes.clear();
         }
-        if client.lift_proposed == 0
-            && r.lift_at_height < tip + self.config.governance_delay_blocks + LIFT_SLACK_BLOCKS
-        {
+        let earliest = tip + self.config.governance_delay_blocks + LIFT_SLACK_BLOCKS;
+        if client.lift_proposed == 0 && r.lift_at_height < earliest {
             return Err(bad(format!(
-                "lift_at_height {} is sooner than the governance wait allows (block {} at the earliest)",
+                "lift_at_height {} is sooner than the governance wait allows (block {earliest} at the earliest)",
+                r.lift_at_height
+            )));
+        }
+        if client.lift_proposed == 0 && r.lift_at_height > earliest + LIFT_VOTING_BLOCKS {
+            return Err(bad(format!(
+                "lift_at_height {} is further ahead than a lift may be proposed (block {} at the latest: a week \
+                 past the earliest, for the other guardians to sign)",
                 r.lift_at_height,
-                tip + self.config.governance_delay_blocks + LIFT_SLACK_BLOCKS
+                earliest + LIFT_VOTING_BLOCKS
             )));
         }
         let held = client.lockdown_until.max(client.duress_until);

@@ -355,6 +355,10 @@ fn a_lockdown_refuses_spends_and_only_the_guardians_quorum_lifts_it_after_the_wa
     // Nor at or past the lockdown's end: that first vote would fix a height lifting nothing.
     let past = f.lift(0, until, until).unwrap_err();
     assert!(past.0 == 400 && past.1.contains("an earlier block"), "{past:?}");
+    // Nor more than a week past the earliest: a lift far ahead would end, at a tower, a
+    // lockdown taken long after the quorum decided (one it held before the lift came).
+    let far = f.lift(0, at + 1_008 + 1, until).unwrap_err();
+    assert!(far.0 == 400 && far.1.contains(&format!("block {} at the latest", at + 1_008)), "{far:?}");
     let one = f.lift(0, at, until).unwrap();
     assert_eq!(one["until_height"].as_u64().unwrap() as u32, until);
     assert_eq!(f.lift(1, at + 5, until).unwrap_err().0, 409, "the quorum signs one height");
@@ -504,7 +508,7 @@ fn a_lift_sooner_than_one_the_quorum_signed_before_is_refused_as_the_towers_woul
     let f = Family::new(&node, &co, example("cosigner sooner lift"), 1, None);
     let locked = f.post("/v1/lockdown", &serde_json::json!({"blocks": 4000}), &f.guardian(2)).unwrap();
     let until = locked["until_height"].as_u64().unwrap() as u32;
-    let far = tip(&node) + 3_000;
+    let far = tip(&node) + 1_009 + 6 + 1_000;
     quorum_lifts(&f, far, until);
     f.heartbeat(true);
     let held = until.max(tip(&node) + vigil_cosigner::service::DURESS_LOCKDOWN_BLOCKS);
