@@ -275,15 +275,25 @@ fn sign_recovery(
 
 /// `vigil guardian lift`: signs the lift of the lockdown at hand, at the height another
 /// guardian proposed or, as the first, a day past the earliest the governance wait allows.
+/// The co-signer's tip is checked against the towers'.
 fn lift(
     co: &CosignerClient,
+    policy: &Policy,
     auth: &vigil_policy::bitcoin::secp256k1::Keypair,
     yes: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     use vigil_client::lift::{voted, LiftVote, NoLift};
     let state: wire::LockdownState = co.get("/v1/lockdown")?;
-    let vote = match LiftVote::for_state(&state) {
+    let towers = vigil_client::towers::TowerClient::all(policy, auth, co.nonces());
+    let towers_tip = vigil_client::towers::towers_tip(&towers, co.client_id());
+    if towers_tip.is_none() {
+        eprintln!(
+            "WARNING: no watchtower answered: the co-signer's tip ({}) is taken on its word",
+            state.tip
+        );
+    }
+    let vote = match LiftVote::for_state(&state, towers_tip) {
         Ok(v) => v,
         // The decision stands: nothing more to sign, and nothing failed.
         Err(NoLift::Lifted(_)) if json => {
@@ -300,13 +310,16 @@ fn lift(
         confirm(&format!("LIFT THE LOCKDOWN. {}", vote.describe(&state)), "LIFT")?;
     }
     let _: wire::LockdownStatus = co.post("/v1/lockdown/lift", &vote.sign(co.client_id(), auth))?;
-    let after: wire::LockdownState = co.get("/v1/lockdown")?;
-    if json {
-        println!("{}", serde_json::to_value(&after)?);
-    } else if after.lifted_at > 0 {
-        println!("{}", voted(&after, vote.at));
-    } else {
-        println!("{} The others run: vigil guardian lift", voted(&after, vote.at));
+    // Signed and taken: how many signed so far is told if it can be read.
+    match co.get::<wire::LockdownState>("/v1/lockdown") {
+        Ok(after) if json => println!("{}", serde_json::to_value(&after)?),
+        Ok(after) if after.lifted_at > 0 => println!("{}", voted(&after, vote.at)),
+        Ok(after) => println!("{} The others run: vigil guardian lift", voted(&after, vote.at)),
+        Err(e) if json => println!("{}", json!({"lift_proposed": vote.at, "error": e.to_string()})),
+        Err(e) => println!(
+            "Your signature is in, lifting it at block {}; how many signed could not be read: {e}",
+            vote.at
+        ),
     }
     Ok(())
 }
@@ -535,7 +548,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                 bail!("nobody took the lockdown: run the command again");
             }
         }
-        GuardianCommand::Lift { yes } => lift(&co, &auth, yes, args.json)?,
+        GuardianCommand::Lift { yes } => lift(&co, current, &auth, yes, args.json)?,
         GuardianCommand::Panic { id, not_after } => {
             let id = id.unwrap_or_else(|| {
                 use vigil_policy::bitcoin::secp256k1::rand::RngCore;

@@ -118,11 +118,38 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     assert!(guardian(dir.path(), &["pending"]).unwrap_err().contains("passphrase"));
 }
 
+/// `vigil guardian lift` as the guardian whose files are in `dir`, answering `answer` when asked.
+fn lift_answering(dir: &std::path::Path, answer: &str) -> (bool, String, String) {
+    let mut child = Command::new(vigil_exe())
+        .args(["guardian", "lift", "--json", "--key", dir.join("g.key").to_str().unwrap()])
+        .args(["--passphrase-file", dir.join("pass").to_str().unwrap()])
+        .args(["--policy", dir.join("policy.toml").to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 #[test]
 fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pass"), "brother's passphrase\n").unwrap();
-    let made = guardian(dir.path(), &["init", "--network", "regtest"]).unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut keys = Vec::new();
+    for d in &dirs {
+        std::fs::write(d.path().join("pass"), "a guardian's passphrase\n").unwrap();
+        keys.push(Some(
+            guardian(d.path(), &["init", "--network", "regtest"]).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    let (first, second) = (dirs[0].path(), dirs[1].path());
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
     let mut e = ExamplePolicy {
@@ -132,33 +159,43 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
         deep_vault: 60,
         ..ExamplePolicy::default()
     };
-    e.services.guardian_keys = vec![Some(made["key"].as_str().unwrap().to_owned())];
+    e.services.guardian_keys = keys;
     let mut f = Family::new(&node, &co, e, 1, None);
-    std::fs::write(dir.path().join("policy.toml"), &f.policy_text).unwrap();
+    for d in &dirs {
+        std::fs::write(d.path().join("policy.toml"), &f.policy_text).unwrap();
+    }
     let vault = f.vault(&node, Amount::from_sat(1_000_000), VaultKind::Standard);
-    let state = |f: &Family| f.get("/v1/lockdown", &f.guardian(1)).unwrap();
-    assert!(guardian(dir.path(), &["lift", "--yes"]).unwrap_err().contains("not locked down"));
+    let state = |f: &Family| f.get("/v1/lockdown", &f.guardian(2)).unwrap();
+    let tower_lockdown = |f: &Family| {
+        let path = format!("/v1/clients/{}", f.cosigner.client);
+        vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).unwrap()["locked_until"].as_u64()
+    };
+    let tower_takes = |f: &Family, at: u32| {
+        let start = std::time::Instant::now();
+        while tower_lockdown(f) != Some(u64::from(at)) {
+            assert!(
+                start.elapsed().as_secs() < 30,
+                "the tower holds {:?}, not the lift at {at}",
+                tower_lockdown(f)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    assert!(guardian(first, &["lift", "--yes"]).unwrap_err().contains("not locked down"));
 
-    let lockdown = vigil_cosigner::wire::Lockdown { blocks: 3_000, sweep: false };
-    f.post("/v1/lockdown", &lockdown, &f.owner()).unwrap();
+    let lockdown = |blocks| vigil_cosigner::wire::Lockdown { blocks, sweep: false };
+    f.post("/v1/lockdown", &lockdown(3_000), &f.owner()).unwrap();
     // Never shown to the owner's device: it would show a duress lockdown.
     assert_eq!(f.get("/v1/lockdown", &f.owner()).unwrap_err().0, 403);
-    // Without --yes it asks; with no answer, nothing is signed.
-    let asked = Command::new(vigil_exe())
-        .args(["guardian", "lift", "--key", dir.path().join("g.key").to_str().unwrap()])
-        .args(["--passphrase-file", dir.path().join("pass").to_str().unwrap()])
-        .args(["--policy", dir.path().join("policy.toml").to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&asked.stderr);
-    assert!(!asked.status.success() && shown.contains("nothing was signed"), "{shown}");
+    // Asked, and not answered LIFT: nothing is signed.
+    let (ok, _, shown) = lift_answering(first, "no\n");
+    assert!(!ok && shown.contains("nothing was signed"), "{shown}");
     assert!(shown.contains("LIFT THE LOCKDOWN") && !shown.contains("DURESS"), "{shown}");
     assert_eq!(state(&f)["lift_proposed"], 0);
 
     // The first guardian proposes a height a day past the earliest, and the owner then types
     // the duress code: a new lockdown, whose lift starts again.
-    let proposed = guardian(dir.path(), &["lift", "--yes"]).unwrap();
+    let proposed = guardian(first, &["lift", "--yes"]).unwrap();
     let tip = node.rpc.tip().unwrap().height;
     let earliest = tip + 1_009 + 6;
     assert_eq!(proposed["lift_proposed"], earliest + 144, "{proposed}");
@@ -168,25 +205,18 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
     assert_eq!((held["duress"].as_bool(), held["lift_proposed"].as_u64()), (Some(true), Some(0)), "{held}");
     let until = held["lockdown_until"].as_u64().unwrap() as u32;
     assert!(until > tip + 3_000, "the duress lockdown ends later: {held}");
-    let asked = Command::new(vigil_exe())
-        .args(["guardian", "lift", "--key", dir.path().join("g.key").to_str().unwrap()])
-        .args(["--passphrase-file", dir.path().join("pass").to_str().unwrap()])
-        .args(["--policy", dir.path().join("policy.toml").to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&asked.stderr).contains("DURESS"));
-    let proposed = guardian(dir.path(), &["lift", "--yes"]).unwrap();
-    let at = proposed["lift_proposed"].as_u64().unwrap() as u32;
+    let (ok, _, shown) = lift_answering(first, "");
+    assert!(!ok && shown.contains("DURESS") && shown.contains("nothing was signed"), "{shown}");
+    let at = guardian(first, &["lift", "--yes"]).unwrap()["lift_proposed"].as_u64().unwrap() as u32;
     assert_eq!(at, earliest + 144);
-    // The second guardian signs the same height: the quorum lifts both lockdowns there, at
-    // the co-signer and at the tower.
-    f.lift(1, at, until).unwrap();
-    let lifted = guardian(dir.path(), &["lift", "--yes"]).unwrap();
+    // The second guardian is shown the proposal and signs it: the quorum lifts both lockdowns
+    // there, at the co-signer and at the tower. Asked again, the first has nothing to sign.
+    let (ok, out, shown) = lift_answering(second, "LIFT\n");
+    assert!(ok && shown.contains("1 of 2 guardians signed it so far"), "{shown}");
+    let lifted: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(lifted["lifted_at"].as_u64(), Some(u64::from(at)), "{lifted}");
-    let path = format!("/v1/clients/{}", f.cosigner.client);
-    let tower_view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).unwrap();
-    assert_eq!(tower_view["locked_until"].as_u64(), Some(u64::from(at)), "{tower_view}");
+    assert_eq!(guardian(first, &["lift", "--yes"]).unwrap()["lifted_at"].as_u64(), Some(u64::from(at)));
+    tower_takes(&f, at);
 
     // One block before the lift a spend is refused; from it, co-signed.
     let tip = node.rpc.tip().unwrap().height;
@@ -202,4 +232,14 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
     node.rpc.broadcast(&tx).unwrap();
     mine(&node.rpc, 1, &f.wallet.address());
     assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+
+    // A new lockdown after the duress one was lifted: its lift names where it ends, as the
+    // towers hold it, not the lifted duress lockdown's first end; and the tower takes it.
+    f.post("/v1/lockdown", &lockdown(2_000), &f.owner()).unwrap();
+    let tip = node.rpc.tip().unwrap().height;
+    assert_eq!(state(&f)["lockdown_until"].as_u64(), Some(u64::from(tip + 2_000)));
+    assert!(tip + 2_000 < until, "the duress lockdown would have ended later");
+    let at = guardian(first, &["lift", "--yes"]).unwrap()["lift_proposed"].as_u64().unwrap() as u32;
+    assert_eq!(guardian(second, &["lift", "--yes"]).unwrap()["lifted_at"].as_u64(), Some(u64::from(at)));
+    tower_takes(&f, at);
 }

@@ -12,6 +12,20 @@ use crate::guardian::about;
 /// once the chain is within the governance wait of its height before the quorum signed.
 pub const LIFT_VOTING_BLOCKS: u32 = 144;
 
+/// How far the co-signer's tip may be from the towers' (their nodes may be a block or two
+/// apart).
+pub const TIP_TOLERANCE_BLOCKS: u32 = 6;
+
+/// The longest a lockdown of any kind can run from now, at the co-signer or a tower.
+const LONGEST_LOCKDOWN_BLOCKS: u32 = {
+    let (co, tower) = (vigil_cosigner::service::MAX_LOCKDOWN_BLOCKS, vigil_tower::wire::MAX_LOCKDOWN_BLOCKS);
+    if co > tower {
+        co
+    } else {
+        tower
+    }
+};
+
 /// Why there is nothing to sign.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoLift {
@@ -37,21 +51,13 @@ pub enum NoLift {
         /// The co-signer's tip.
         tip: u32,
     },
-    /// The co-signer proposes a height a guardian must not sign.
-    #[error(
-        "the co-signer proposes to lift the lockdown until block {until} at block {at} (tip {tip}): not between \
-         block {least} (the governance wait) and its end. Do not sign it; tell the other guardians"
-    )]
-    Unsafe {
-        /// The height proposed.
-        at: u32,
-        /// The lockdown's end.
-        until: u32,
-        /// The lowest height the wait allows.
-        least: u32,
-        /// The co-signer's tip.
-        tip: u32,
-    },
+    /// The lockdown or the proposal is no longer the one shown.
+    #[error("the lockdown or its lift changed since it was shown")]
+    Changed,
+    /// What the co-signer says does not add up: signing could end a lockdown no guardian meant
+    /// to end (a future duress one, say).
+    #[error("the co-signer's account of the lockdown does not add up: {0}. Do not sign it; tell the other guardians")]
+    Unsafe(String),
 }
 
 /// What the quorum's lift does, for a person.
@@ -78,33 +84,60 @@ pub struct LiftVote {
 
 impl LiftVote {
     /// The vote `state` calls for: the proposal waiting, else a new one a day past the
-    /// earliest height (before the lockdown's end). Its height is checked against the
-    /// governance wait from the tip, at least the towers' own: a lift sooner than that
-    /// could end a lockdown within a captivity.
-    pub fn for_state(state: &LockdownState) -> Result<Self, NoLift> {
-        let (tip, until) = (state.tip, state.lockdown_until);
-        if !state.locked {
-            return Err(NoLift::NotLocked { tip });
-        }
-        if state.lifted_at > 0 {
-            return Err(NoLift::Lifted(state.clone()));
-        }
-        let first = state.lift_proposed == 0;
-        if first && state.earliest_lift >= until {
-            return Err(NoLift::EndsSooner { until, earliest: state.earliest_lift, tip });
-        }
-        let at = if first {
-            (state.earliest_lift + LIFT_VOTING_BLOCKS).min(until - 1)
-        } else {
+    /// earliest height (before the lockdown's end). `towers_tip`: the towers' median tip,
+    /// which the co-signer's must match (`None`: no tower answered; the co-signer's is taken).
+    pub fn for_state(state: &LockdownState, towers_tip: Option<u32>) -> Result<Self, NoLift> {
+        checked(state, towers_tip)?;
+        let until = state.lockdown_until;
+        let at = if state.lift_proposed != 0 {
             state.lift_proposed
+        } else if state.earliest_lift >= until {
+            return Err(NoLift::EndsSooner { until, earliest: state.earliest_lift, tip: state.tip });
+        } else {
+            state.earliest_lift.saturating_add(LIFT_VOTING_BLOCKS).min(until - 1)
         };
-        let least = tip + state.governance_delay_blocks.max(vigil_tower::GOVERNANCE_DELAY_BLOCKS);
-        if at < least || at >= until {
-            return Err(NoLift::Unsafe { at, until, least, tip });
-        }
-        Ok(LiftVote { at, until, first })
+        Self::at(state, at)
     }
 
+    /// The vote shown earlier (at `at`, for the lockdown ending at `until`), if `state` still
+    /// calls for it: the same proposal, or, for a first one, a height still allowed.
+    pub fn as_shown(
+        state: &LockdownState,
+        towers_tip: Option<u32>,
+        at: u32,
+        until: u32,
+    ) -> Result<Self, NoLift> {
+        checked(state, towers_tip)?;
+        let proposed = state.lift_proposed;
+        if until != state.lockdown_until
+            || (proposed != 0 && at != proposed)
+            || (proposed == 0 && at < state.earliest_lift)
+        {
+            return Err(NoLift::Changed);
+        }
+        Self::at(state, at)
+    }
+
+    /// A vote at `at`, its height checked against the governance wait from the tip (at least
+    /// the towers' own: a lift sooner could end the lockdown within a captivity) and the
+    /// latest a proposal may name (a week past the earliest, or past a lift signed before).
+    fn at(state: &LockdownState, at: u32) -> Result<Self, NoLift> {
+        let (tip, until) = (state.tip, state.lockdown_until);
+        let wait = state.governance_delay_blocks.max(vigil_tower::GOVERNANCE_DELAY_BLOCKS);
+        let least = tip.saturating_add(wait);
+        let earliest = tip
+            .saturating_add(state.governance_delay_blocks)
+            .saturating_add(vigil_cosigner::emergency::LIFT_SLACK_BLOCKS)
+            .max(state.earliest_lift);
+        let latest = earliest.saturating_add(vigil_cosigner::emergency::LIFT_VOTING_BLOCKS);
+        if at < least || at >= until || at > latest {
+            return Err(NoLift::Unsafe(format!(
+                "a lift at block {at} of the lockdown until block {until} (tip {tip}) is not between block {least} \
+                 (the governance wait), block {latest} (the latest a lift may be proposed for) and the lockdown's end"
+            )));
+        }
+        Ok(LiftVote { at, until, first: state.lift_proposed == 0 })
+    }
     /// What a guardian is shown before signing it.
     pub fn describe(&self, state: &LockdownState) -> String {
         let (at, until, tip) = (self.at, self.until, state.tip);
@@ -143,6 +176,28 @@ impl LiftVote {
     }
 }
 
+/// What any vote needs: a lockdown holding and not lifted yet, the co-signer's tip the
+/// towers', and an end no later than the longest lockdown from that tip (a guardian must not
+/// sign the lift of a lockdown still to come: a duress one's end is easy to foresee).
+fn checked(state: &LockdownState, towers_tip: Option<u32>) -> Result<(), NoLift> {
+    let (tip, until) = (state.tip, state.lockdown_until);
+    if let Some(towers) = towers_tip.filter(|t| t.abs_diff(tip) > TIP_TOLERANCE_BLOCKS) {
+        return Err(NoLift::Unsafe(format!("its tip is block {tip}, the watchtowers' block {towers}")));
+    }
+    if !state.locked {
+        return Err(NoLift::NotLocked { tip });
+    }
+    if state.lifted_at > 0 {
+        return Err(NoLift::Lifted(state.clone()));
+    }
+    if until <= tip || until > tip.saturating_add(LONGEST_LOCKDOWN_BLOCKS) {
+        return Err(NoLift::Unsafe(format!(
+            "a lockdown holding at block {tip} cannot end at block {until} (at most {LONGEST_LOCKDOWN_BLOCKS} blocks ahead)"
+        )));
+    }
+    Ok(())
+}
+
 /// What a vote at `at` did, by the state read after it.
 pub fn voted(after: &LockdownState, at: u32) -> String {
     if after.lifted_at > 0 {
@@ -165,7 +220,6 @@ mod tests {
             locked: true,
             duress: false,
             lockdown_until: 5_000,
-            ends_at: 5_000,
             lifted_at: 0,
             lift_proposed: 0,
             signatures: 0,
@@ -178,29 +232,71 @@ mod tests {
     #[test]
     fn a_vote_proposes_a_day_past_the_earliest_or_signs_the_proposal() {
         let s = state();
-        assert_eq!(LiftVote::for_state(&s), Ok(LiftVote { at: 1_115 + 144, until: 5_000, first: true }));
+        assert_eq!(
+            LiftVote::for_state(&s, Some(101)),
+            Ok(LiftVote { at: 1_115 + 144, until: 5_000, first: true })
+        );
         let near_end = LockdownState { lockdown_until: 1_200, ..s.clone() };
-        assert_eq!(LiftVote::for_state(&near_end).unwrap().at, 1_199, "before the end");
+        assert_eq!(LiftVote::for_state(&near_end, None).unwrap().at, 1_199, "before the end");
         let too_short = LockdownState { lockdown_until: 1_115, ..s.clone() };
-        assert!(matches!(LiftVote::for_state(&too_short), Err(NoLift::EndsSooner { .. })));
+        assert!(matches!(LiftVote::for_state(&too_short, None), Err(NoLift::EndsSooner { .. })));
         let proposed = LockdownState { lift_proposed: 1_300, signatures: 1, ..s.clone() };
-        assert_eq!(LiftVote::for_state(&proposed), Ok(LiftVote { at: 1_300, until: 5_000, first: false }));
+        assert_eq!(
+            LiftVote::for_state(&proposed, None),
+            Ok(LiftVote { at: 1_300, until: 5_000, first: false })
+        );
+        // A lift signed before raises the earliest height.
+        let after_a_lift = LockdownState { earliest_lift: 2_000, ..s.clone() };
+        assert_eq!(LiftVote::for_state(&after_a_lift, None).unwrap().at, 2_144);
         let none = LockdownState { locked: false, ..s.clone() };
-        assert_eq!(LiftVote::for_state(&none), Err(NoLift::NotLocked { tip: 100 }));
+        assert_eq!(LiftVote::for_state(&none, None), Err(NoLift::NotLocked { tip: 100 }));
         let lifted = LockdownState { lifted_at: 1_300, ..s };
-        assert!(matches!(LiftVote::for_state(&lifted), Err(NoLift::Lifted(_))));
+        assert!(matches!(LiftVote::for_state(&lifted, None), Err(NoLift::Lifted(_))));
     }
 
     #[test]
-    fn a_proposal_sooner_than_the_wait_or_past_the_end_is_not_signed() {
-        // Whatever wait the co-signer claims, the towers' own is the least.
-        let short_wait = LockdownState { governance_delay_blocks: 6, lift_proposed: 200, ..state() };
-        assert!(matches!(LiftVote::for_state(&short_wait), Err(NoLift::Unsafe { least: 1_109, .. })));
-        let soon = LockdownState { lift_proposed: 1_108, ..state() };
-        assert!(matches!(LiftVote::for_state(&soon), Err(NoLift::Unsafe { .. })));
-        let past = LockdownState { lift_proposed: 5_000, ..state() };
-        assert!(matches!(LiftVote::for_state(&past), Err(NoLift::Unsafe { .. })));
-        let at_wait = LockdownState { lift_proposed: 1_109, ..state() };
-        assert_eq!(LiftVote::for_state(&at_wait).unwrap().at, 1_109);
+    fn what_a_lying_co_signer_says_is_not_signed() {
+        let unsafe_ =
+            |s: &LockdownState, towers| matches!(LiftVote::for_state(s, towers), Err(NoLift::Unsafe(_)));
+        // Whatever wait it claims, the towers' own is the least.
+        assert!(unsafe_(&LockdownState { governance_delay_blocks: 6, lift_proposed: 200, ..state() }, None));
+        assert!(unsafe_(&LockdownState { lift_proposed: 1_108, ..state() }, None));
+        assert_eq!(
+            LiftVote::for_state(&LockdownState { lift_proposed: 1_109, ..state() }, None).unwrap().at,
+            1_109
+        );
+        // Past the lockdown's end, or further ahead than a lift may be proposed.
+        assert!(unsafe_(&LockdownState { lift_proposed: 5_000, ..state() }, None));
+        assert!(unsafe_(&LockdownState { lift_proposed: 100 + 1_009 + 6 + 1_008 + 1, ..state() }, None));
+        // The lift of a lockdown still to come (a duress one's end is easy to foresee).
+        assert!(unsafe_(&LockdownState { lockdown_until: 100 + 5_040 + 1, ..state() }, None));
+        // A tip the towers do not share, and heights that would overflow.
+        assert!(unsafe_(&state(), Some(107)));
+        assert!(LiftVote::for_state(&state(), Some(94)).is_ok());
+        let end = LockdownState {
+            tip: u32::MAX - 10,
+            lockdown_until: u32::MAX,
+            earliest_lift: u32::MAX,
+            ..state()
+        };
+        assert!(matches!(LiftVote::for_state(&end, None), Err(NoLift::EndsSooner { .. })));
+        let end = LockdownState { lift_proposed: 800, ..end };
+        assert!(unsafe_(&end, None));
+    }
+
+    #[test]
+    fn a_vote_shown_is_signed_while_it_is_still_the_one_due() {
+        let s = state();
+        let shown = LiftVote::for_state(&s, None).unwrap();
+        // Blocks later, a first proposal's height still stands while the wait allows it.
+        let later = LockdownState { tip: 110, earliest_lift: 1_125, ..s.clone() };
+        assert_eq!(LiftVote::as_shown(&later, None, shown.at, shown.until), Ok(shown.clone()));
+        let too_late = LockdownState { tip: 250, earliest_lift: 1_265, ..s.clone() };
+        assert_eq!(LiftVote::as_shown(&too_late, None, shown.at, shown.until), Err(NoLift::Changed));
+        // Another guardian proposed meanwhile, or the lockdown changed: not the vote shown.
+        let proposed = LockdownState { lift_proposed: shown.at + 1, ..s.clone() };
+        assert_eq!(LiftVote::as_shown(&proposed, None, shown.at, shown.until), Err(NoLift::Changed));
+        let relocked = LockdownState { lockdown_until: 5_100, ..s };
+        assert_eq!(LiftVote::as_shown(&relocked, None, shown.at, shown.until), Err(NoLift::Changed));
     }
 }

@@ -69,6 +69,27 @@ impl<'a> TowerClient<'a> {
     }
 }
 
+/// The median of the tips in the towers' client views: one tower lying about the chain's
+/// height moves it no further than the honest ones around it. `None`: no tower answered.
+pub fn median_tip<'v>(
+    views: impl Iterator<Item = &'v Result<serde_json::Value, ClientError>>,
+) -> Option<u32> {
+    let mut tips: Vec<u32> =
+        views.filter_map(|s| u32::try_from(s.as_ref().ok()?["tip"].as_u64()?).ok()).collect();
+    tips.sort_unstable();
+    tips.get(tips.len() / 2).copied()
+}
+
+/// The median tip of `towers`' views of `client`, asked of all at once.
+pub fn towers_tip(towers: &[TowerClient], client: &str) -> Option<u32> {
+    let views: Vec<Result<serde_json::Value, ClientError>> = std::thread::scope(|scope| {
+        let asked: Vec<_> =
+            towers.iter().map(|t| scope.spawn(move || t.get(&format!("/v1/clients/{client}")))).collect();
+        asked.into_iter().map(|a| a.join().expect("no panic")).collect()
+    });
+    median_tip(views.iter())
+}
+
 /// What each tower said when handed a decision directly: its name and, if it did not take
 /// it, why.
 pub type TowerAnswers = Vec<(String, Option<String>)>;

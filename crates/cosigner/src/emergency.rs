@@ -215,10 +215,12 @@ impl Cosigner {
         if !client.locked(tip) && !client.under_duress(tip) {
             return Err(Refusal::Conflict("the client is not locked down".into()));
         }
+        // Where the lockdowns end now, a lift counted: what the towers hold too (one lifted
+        // before and not locked again ends at its lift there).
+        let held = client.plain_end().max(client.duress_end());
         if client.lift_at > 0 && client.duress_lift_at > 0 {
             return Err(Refusal::Conflict(format!(
-                "the guardians' quorum lifts this lockdown at block {} already",
-                client.lift_at.min(client.duress_lift_at)
+                "the guardians' quorum lifts this lockdown at block {held} already"
             )));
         }
         // A proposal the chain caught up with is void: the wait counts from the quorum.
@@ -233,15 +235,16 @@ impl Cosigner {
                 r.lift_at_height
             )));
         }
-        if client.lift_proposed == 0 && r.lift_at_height > earliest + LIFT_VOTING_BLOCKS {
+        // A week past the earliest height, or past a lift signed before (a later lift must
+        // name its height or a later one).
+        let latest = earliest.max(client.last_lift) + LIFT_VOTING_BLOCKS;
+        if client.lift_proposed == 0 && r.lift_at_height > latest {
             return Err(bad(format!(
-                "lift_at_height {} is further ahead than a lift may be proposed (block {} at the latest: a week \
-                 past the earliest, for the other guardians to sign)",
-                r.lift_at_height,
-                earliest + LIFT_VOTING_BLOCKS
+                "lift_at_height {} is further ahead than a lift may be proposed (block {latest} at the latest: a \
+                 week past the earliest, for the other guardians to sign)",
+                r.lift_at_height
             )));
         }
-        let held = client.lockdown_until.max(client.duress_until);
         if r.lockdown_until != held {
             return Err(Refusal::Conflict(format!(
                 "the lockdown at hand ends at block {held}, not {}: a lift names the lockdown it ends",
@@ -847,17 +850,14 @@ impl Cosigner {
         // As `lift` judges it: a proposal the chain caught up with is void.
         let proposed = client.lift_proposed >= tip + wait;
         let current = current_guardians(caller);
+        // As `lift` names it: where the lockdowns end now, a lift counted.
+        let ends_at = client.plain_end().max(client.duress_end());
         Ok(wire::LockdownState {
             tip,
             locked: client.locked(tip) || client.under_duress(tip),
             duress: client.under_duress(tip),
-            lockdown_until: client.lockdown_until.max(client.duress_until),
-            ends_at: client.plain_end().max(client.duress_end()),
-            lifted_at: if client.lift_at > 0 && client.duress_lift_at > 0 {
-                client.lift_at.min(client.duress_lift_at)
-            } else {
-                0
-            },
+            lockdown_until: ends_at,
+            lifted_at: if client.lift_at > 0 && client.duress_lift_at > 0 { ends_at } else { 0 },
             lift_proposed: if proposed { client.lift_proposed } else { 0 },
             signatures: if proposed {
                 client.lift_votes.iter().filter(|v| current.contains(&v.key)).count() as u32

@@ -364,8 +364,8 @@ pub struct Lockdown {
 pub struct LiftLockdown {
     /// From this height the lockdown no longer holds.
     pub lift_at_height: u32,
-    /// The end of the lockdown at hand (the plain one's or duress's, the later): a lift is
-    /// for that lockdown only.
+    /// The end of the lockdown at hand (the plain one's or duress's, the later, a lift the
+    /// quorum signed before counted): a lift is for that lockdown only.
     pub lockdown_until: u32,
     /// The guardian's signature over [`vigil_tower::wire::lift_digest`] (hex).
     pub signature: String,
@@ -382,12 +382,10 @@ pub struct LockdownState {
     pub locked: bool,
     /// Whether the one holding is a duress lockdown: the owner typed the duress code.
     pub duress: bool,
-    /// The end of the lockdown at hand as a lift names it (the later of the plain one's and
-    /// the duress one's, before any lift).
+    /// Where the lockdown at hand ends, as a lift names it: the later of the plain one's and
+    /// the duress one's, a lift the quorum signed counted.
     pub lockdown_until: u32,
-    /// Where the lockdowns holding end, a lift the quorum signed counted.
-    pub ends_at: u32,
-    /// The height the guardians' quorum lifts it at (0: not signed yet).
+    /// Where the guardians' quorum ends it (0: they have not signed its lift).
     pub lifted_at: u32,
     /// The height a guardian proposed to lift it at, for the others to sign (0: none, or
     /// one the chain came too close to before the quorum signed).

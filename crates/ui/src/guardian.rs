@@ -25,7 +25,8 @@ use vigil_client::guardian::{diff, Checked, Checker, LOCKDOWN_WARNING, NOTHING_O
 use vigil_client::lift::{voted, LiftVote, NoLift};
 use vigil_client::policies::checked_record_file;
 use vigil_client::towers::{
-    hand_change_to_every_tower, hand_panic_to_every_tower, lock_down_as_guardian, TowerClient,
+    hand_change_to_every_tower, hand_panic_to_every_tower, lock_down_as_guardian, median_tip, towers_tip,
+    TowerClient,
 };
 use vigil_cosigner::wire::{self, CosignerAlarm, SpendStatus};
 use vigil_cosigner::MasterKey;
@@ -138,15 +139,6 @@ impl Feeds {
     }
 }
 
-/// The median of the tips in the towers' client views: one tower lying about the chain's
-/// height moves it no further than the honest ones around it.
-fn median_tip<'v>(states: impl Iterator<Item = &'v Result<Value, ClientError>>) -> Option<u32> {
-    let mut tips: Vec<u32> =
-        states.filter_map(|s| u32::try_from(s.as_ref().ok()?["tip"].as_u64()?).ok()).collect();
-    tips.sort_unstable();
-    tips.get(tips.len() / 2).copied()
-}
-
 impl GuardianPage {
     /// The page of the guardian whose auth key is `auth`, for the client of `policy_text`.
     /// The record of changes it checked is kept in `changes_file`, and followed at once.
@@ -230,14 +222,8 @@ impl GuardianPage {
 
     /// The towers' median tip, read now (their client views only, not the whole feed).
     fn tower_tip(&self) -> Option<u32> {
-        let id = self.co.client_id();
         let towers = TowerClient::all(&self.current().policy, &self.auth, self.co.nonces());
-        let states: Vec<Result<Value, ClientError>> = std::thread::scope(|scope| {
-            let asked: Vec<_> =
-                towers.iter().map(|t| scope.spawn(move || t.get(&format!("/v1/clients/{id}")))).collect();
-            asked.into_iter().map(|a| a.join().expect("no panic")).collect()
-        });
-        median_tip(states.iter())
+        towers_tip(&towers, self.co.client_id())
     }
 
     /// Whether `key` is a guardian in some version of the policy this page follows.
@@ -1251,7 +1237,7 @@ async fn lift_form(State(page): State<Arc<GuardianPage>>) -> Response {
                 )
             }
         };
-        let vote = match LiftVote::for_state(&state) {
+        let vote = match LiftVote::for_state(&state, page.tower_tip()) {
             Ok(v) => v,
             Err(e @ NoLift::Unsafe { .. }) => {
                 return page.show("Lift", &notice("alarm", &esc(&e.to_string())))
@@ -1278,43 +1264,45 @@ async fn lift(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensio
             Ok(keys) => drop(keys),
             Err(r) => return *r,
         }
-        // Signed only as shown: what holds is read again, and must call for the same vote.
-        let shown = (fields.get("at").parse::<u32>().ok(), fields.get("until").parse::<u32>().ok());
-        let state: Result<wire::LockdownState, _> = page.co.get("/v1/lockdown");
-        let vote =
-            match state.as_ref().map(LiftVote::for_state) {
-                Ok(Ok(v)) if (Some(v.at), Some(v.until)) == shown => v,
-                Ok(Ok(_)) => return page.show(
-                    "Not signed",
-                    &notice(
-                        "warn",
-                        "The lockdown or its lift changed since you looked: nothing was signed. Look again.",
-                    ),
-                ),
-                Ok(Err(e)) => {
-                    return page.show(
-                        "Not signed",
-                        &notice("warn", &format!("{}: nothing was signed.", esc(&e.to_string()))),
-                    )
-                }
-                Err(e) => {
-                    return page.show(
-                        "Not signed",
-                        &notice("warn", &format!("The co-signer cannot be reached: {}", esc(&e.to_string()))),
-                    )
-                }
-            };
-        let answer = page
-            .co
-            .post::<_, wire::LockdownStatus>("/v1/lockdown/lift", &vote.sign(page.co.client_id(), &page.auth))
-            .and_then(|_| page.co.get::<wire::LockdownState>("/v1/lockdown"));
-        match answer {
-            Ok(after) => page.show("Signed", &notice("ok", &esc(&voted(&after, vote.at)))),
-            Err(e) => page.show(
-                "Not signed",
-                &notice("warn", &format!("The co-signer did not take it: {}", esc(&e.to_string()))),
-            ),
+        let not_signed = |why: &str| page.show("Not signed", &notice("warn", why));
+        let (Ok(at), Ok(until)) = (fields.get("at").parse::<u32>(), fields.get("until").parse::<u32>())
+        else {
+            return not_signed("That form names no lift: nothing was signed.");
+        };
+        // Signed only as shown: what holds is read again, and must still call for that vote.
+        let state: wire::LockdownState = match page.co.get("/v1/lockdown") {
+            Ok(s) => s,
+            Err(e) => {
+                return not_signed(&format!("The co-signer cannot be reached: {}", esc(&e.to_string())))
+            }
+        };
+        let vote = match LiftVote::as_shown(&state, page.tower_tip(), at, until) {
+            Ok(v) => v,
+            Err(NoLift::Changed) => {
+                return not_signed(
+                    "The lockdown or its lift changed since you looked: nothing was signed. Look again.",
+                )
+            }
+            Err(e) => return not_signed(&format!("{}: nothing was signed.", esc(&e.to_string()))),
+        };
+        let taken = page.co.post::<_, wire::LockdownStatus>(
+            "/v1/lockdown/lift",
+            &vote.sign(page.co.client_id(), &page.auth),
+        );
+        if let Err(e) = taken {
+            return not_signed(&format!("The co-signer did not take it: {}", esc(&e.to_string())));
         }
+        // Signed and taken: how many signed so far is told if it can be read.
+        let said = match page.co.get::<wire::LockdownState>("/v1/lockdown") {
+            Ok(after) => voted(&after, vote.at),
+            Err(e) => {
+                format!(
+                    "Your signature is in, lifting it at block {}; how many signed could not be read: {e}",
+                    vote.at
+                )
+            }
+        };
+        page.show("Signed", &notice("ok", &esc(&said)))
     })
     .await
 }
