@@ -275,7 +275,7 @@ fn sign_recovery(
 
 /// `vigil guardian lift`: signs the lift of the lockdown at hand, at the height another
 /// guardian proposed or, as the first, a day past the earliest the governance wait allows.
-/// The co-signer's tip is checked against the towers'.
+/// The co-signer's tip is checked against the towers' median.
 fn lift(
     co: &CosignerClient,
     policy: &Policy,
@@ -287,12 +287,6 @@ fn lift(
     let state: wire::LockdownState = co.get("/v1/lockdown")?;
     let towers = vigil_client::towers::TowerClient::all(policy, auth, co.nonces());
     let towers_tip = vigil_client::towers::towers_tip(&towers, co.client_id());
-    if towers_tip.is_none() {
-        eprintln!(
-            "WARNING: no watchtower answered: the co-signer's tip ({}) is taken on its word",
-            state.tip
-        );
-    }
     let vote = match LiftVote::for_state(&state, towers_tip) {
         Ok(v) => v,
         // The decision stands: nothing more to sign, and nothing failed.

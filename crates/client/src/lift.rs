@@ -16,14 +16,13 @@ pub const LIFT_VOTING_BLOCKS: u32 = 144;
 /// apart).
 pub const TIP_TOLERANCE_BLOCKS: u32 = 6;
 
-/// The longest a lockdown of any kind can run from now, at the co-signer or a tower.
+/// The furthest a lockdown's end can be from the co-signer's tip: the ends a lift names are
+/// the co-signer's (a lockdown or a duress one, each at most this long), and its tip may be a
+/// few blocks past the one it answered with.
 const LONGEST_LOCKDOWN_BLOCKS: u32 = {
-    let (co, tower) = (vigil_cosigner::service::MAX_LOCKDOWN_BLOCKS, vigil_tower::wire::MAX_LOCKDOWN_BLOCKS);
-    if co > tower {
-        co
-    } else {
-        tower
-    }
+    let (plain, duress) =
+        (vigil_cosigner::service::MAX_LOCKDOWN_BLOCKS, vigil_cosigner::service::DURESS_LOCKDOWN_BLOCKS);
+    (if plain > duress { plain } else { duress }) + TIP_TOLERANCE_BLOCKS
 };
 
 /// Why there is nothing to sign.
@@ -50,6 +49,19 @@ pub enum NoLift {
         earliest: u32,
         /// The co-signer's tip.
         tip: u32,
+    },
+    /// No watchtower answered: the co-signer's heights cannot be checked.
+    #[error("no watchtower can be reached to check the co-signer's height of the chain; try again")]
+    NoTowers,
+    /// The towers are behind the co-signer (catching up): its heights cannot be checked yet.
+    #[error(
+        "the watchtowers are at block {towers}, behind the co-signer's {tip}: try again in a few minutes"
+    )]
+    TowersBehind {
+        /// The co-signer's tip.
+        tip: u32,
+        /// The towers' median tip.
+        towers: u32,
     },
     /// The lockdown or the proposal is no longer the one shown.
     #[error("the lockdown or its lift changed since it was shown")]
@@ -94,7 +106,7 @@ impl LiftVote {
         } else if state.earliest_lift >= until {
             return Err(NoLift::EndsSooner { until, earliest: state.earliest_lift, tip: state.tip });
         } else {
-            state.earliest_lift.saturating_add(LIFT_VOTING_BLOCKS).min(until - 1)
+            state.earliest_lift.saturating_add(LIFT_VOTING_BLOCKS).min(until - 1).min(latest(state))
         };
         Self::at(state, at)
     }
@@ -125,11 +137,7 @@ impl LiftVote {
         let (tip, until) = (state.tip, state.lockdown_until);
         let wait = state.governance_delay_blocks.max(vigil_tower::GOVERNANCE_DELAY_BLOCKS);
         let least = tip.saturating_add(wait);
-        let earliest = tip
-            .saturating_add(state.governance_delay_blocks)
-            .saturating_add(vigil_cosigner::emergency::LIFT_SLACK_BLOCKS)
-            .max(state.earliest_lift);
-        let latest = earliest.saturating_add(vigil_cosigner::emergency::LIFT_VOTING_BLOCKS);
+        let latest = latest(state);
         if at < least || at >= until || at > latest {
             return Err(NoLift::Unsafe(format!(
                 "a lift at block {at} of the lockdown until block {until} (tip {tip}) is not between block {least} \
@@ -177,18 +185,25 @@ impl LiftVote {
 }
 
 /// What any vote needs: a lockdown holding and not lifted yet, the co-signer's tip the
-/// towers', and an end no later than the longest lockdown from that tip (a guardian must not
-/// sign the lift of a lockdown still to come: a duress one's end is easy to foresee).
+/// towers' median (`None`: no tower answered), and an end no later than the longest lockdown
+/// from that tip (a guardian must not sign the lift of a lockdown still to come: a duress
+/// one's end is easy to foresee).
 fn checked(state: &LockdownState, towers_tip: Option<u32>) -> Result<(), NoLift> {
     let (tip, until) = (state.tip, state.lockdown_until);
-    if let Some(towers) = towers_tip.filter(|t| t.abs_diff(tip) > TIP_TOLERANCE_BLOCKS) {
-        return Err(NoLift::Unsafe(format!("its tip is block {tip}, the watchtowers' block {towers}")));
-    }
     if !state.locked {
         return Err(NoLift::NotLocked { tip });
     }
     if state.lifted_at > 0 {
         return Err(NoLift::Lifted(state.clone()));
+    }
+    // A tower reports the last block it decided: one catching up is behind, not lying; a
+    // co-signer behind the towers is.
+    let towers = towers_tip.ok_or(NoLift::NoTowers)?;
+    if tip > towers.saturating_add(TIP_TOLERANCE_BLOCKS) {
+        return Err(NoLift::TowersBehind { tip, towers });
+    }
+    if towers > tip.saturating_add(TIP_TOLERANCE_BLOCKS) {
+        return Err(NoLift::Unsafe(format!("its tip is block {tip}, the watchtowers' block {towers}")));
     }
     if until <= tip || until > tip.saturating_add(LONGEST_LOCKDOWN_BLOCKS) {
         return Err(NoLift::Unsafe(format!(
@@ -196,6 +211,16 @@ fn checked(state: &LockdownState, towers_tip: Option<u32>) -> Result<(), NoLift>
         )));
     }
     Ok(())
+}
+
+/// The latest height a first proposal may name, as the co-signer judges it: a week past the
+/// earliest the wait allows, or a lift signed before if that is later.
+fn latest(state: &LockdownState) -> u32 {
+    let earliest = state
+        .tip
+        .saturating_add(state.governance_delay_blocks)
+        .saturating_add(vigil_cosigner::emergency::LIFT_SLACK_BLOCKS);
+    earliest.saturating_add(vigil_cosigner::emergency::LIFT_VOTING_BLOCKS).max(state.earliest_lift)
 }
 
 /// What a vote at `at` did, by the state read after it.
@@ -219,7 +244,7 @@ mod tests {
             tip: 100,
             locked: true,
             duress: false,
-            lockdown_until: 5_000,
+            lockdown_until: 4_000,
             lifted_at: 0,
             lift_proposed: 0,
             signatures: 0,
@@ -232,71 +257,74 @@ mod tests {
     #[test]
     fn a_vote_proposes_a_day_past_the_earliest_or_signs_the_proposal() {
         let s = state();
-        assert_eq!(
-            LiftVote::for_state(&s, Some(101)),
-            Ok(LiftVote { at: 1_115 + 144, until: 5_000, first: true })
-        );
+        let vote = |s: &LockdownState| LiftVote::for_state(s, Some(s.tip));
+        assert_eq!(vote(&s), Ok(LiftVote { at: 1_115 + 144, until: 4_000, first: true }));
         let near_end = LockdownState { lockdown_until: 1_200, ..s.clone() };
-        assert_eq!(LiftVote::for_state(&near_end, None).unwrap().at, 1_199, "before the end");
+        assert_eq!(vote(&near_end).unwrap().at, 1_199, "before the end");
         let too_short = LockdownState { lockdown_until: 1_115, ..s.clone() };
-        assert!(matches!(LiftVote::for_state(&too_short, None), Err(NoLift::EndsSooner { .. })));
+        assert!(matches!(vote(&too_short), Err(NoLift::EndsSooner { .. })));
         let proposed = LockdownState { lift_proposed: 1_300, signatures: 1, ..s.clone() };
-        assert_eq!(
-            LiftVote::for_state(&proposed, None),
-            Ok(LiftVote { at: 1_300, until: 5_000, first: false })
-        );
-        // A lift signed before raises the earliest height.
+        assert_eq!(vote(&proposed), Ok(LiftVote { at: 1_300, until: 4_000, first: false }));
+        // A lift signed before raises the earliest height, and the latest with it.
         let after_a_lift = LockdownState { earliest_lift: 2_000, ..s.clone() };
-        assert_eq!(LiftVote::for_state(&after_a_lift, None).unwrap().at, 2_144);
+        assert_eq!(vote(&after_a_lift).unwrap().at, 2_123, "no later than the co-signer takes");
         let none = LockdownState { locked: false, ..s.clone() };
         assert_eq!(LiftVote::for_state(&none, None), Err(NoLift::NotLocked { tip: 100 }));
-        let lifted = LockdownState { lifted_at: 1_300, ..s };
+        let lifted = LockdownState { lifted_at: 1_300, ..s.clone() };
         assert!(matches!(LiftVote::for_state(&lifted, None), Err(NoLift::Lifted(_))));
+        // Anything else needs a tower's word on the tip.
+        assert_eq!(LiftVote::for_state(&s, None), Err(NoLift::NoTowers));
     }
 
     #[test]
     fn what_a_lying_co_signer_says_is_not_signed() {
         let unsafe_ =
-            |s: &LockdownState, towers| matches!(LiftVote::for_state(s, towers), Err(NoLift::Unsafe(_)));
+            |s: &LockdownState| matches!(LiftVote::for_state(s, Some(s.tip)), Err(NoLift::Unsafe(_)));
         // Whatever wait it claims, the towers' own is the least.
-        assert!(unsafe_(&LockdownState { governance_delay_blocks: 6, lift_proposed: 200, ..state() }, None));
-        assert!(unsafe_(&LockdownState { lift_proposed: 1_108, ..state() }, None));
-        assert_eq!(
-            LiftVote::for_state(&LockdownState { lift_proposed: 1_109, ..state() }, None).unwrap().at,
-            1_109
-        );
+        assert!(unsafe_(&LockdownState { governance_delay_blocks: 6, lift_proposed: 200, ..state() }));
+        assert!(unsafe_(&LockdownState { lift_proposed: 1_108, ..state() }));
+        let at_the_wait = LockdownState { lift_proposed: 1_109, ..state() };
+        assert_eq!(LiftVote::for_state(&at_the_wait, Some(100)).unwrap().at, 1_109);
         // Past the lockdown's end, or further ahead than a lift may be proposed.
-        assert!(unsafe_(&LockdownState { lift_proposed: 5_000, ..state() }, None));
-        assert!(unsafe_(&LockdownState { lift_proposed: 100 + 1_009 + 6 + 1_008 + 1, ..state() }, None));
+        assert!(unsafe_(&LockdownState { lift_proposed: 4_000, ..state() }));
+        assert!(unsafe_(&LockdownState { lift_proposed: 100 + 1_009 + 6 + 1_008 + 1, ..state() }));
         // The lift of a lockdown still to come (a duress one's end is easy to foresee).
-        assert!(unsafe_(&LockdownState { lockdown_until: 100 + 5_040 + 1, ..state() }, None));
-        // A tip the towers do not share, and heights that would overflow.
-        assert!(unsafe_(&state(), Some(107)));
+        assert!(unsafe_(&LockdownState { lockdown_until: 100 + 4_032 + 6 + 1, ..state() }));
+        assert!(!unsafe_(&LockdownState { lockdown_until: 100 + 4_032 + 6, ..state() }));
+        // A tip below the towers'; towers behind it only need time to catch up.
+        assert!(matches!(LiftVote::for_state(&state(), Some(107)), Err(NoLift::Unsafe(_))));
+        assert_eq!(
+            LiftVote::for_state(&state(), Some(93)),
+            Err(NoLift::TowersBehind { tip: 100, towers: 93 })
+        );
         assert!(LiftVote::for_state(&state(), Some(94)).is_ok());
+        // Heights that would overflow.
         let end = LockdownState {
             tip: u32::MAX - 10,
             lockdown_until: u32::MAX,
             earliest_lift: u32::MAX,
             ..state()
         };
-        assert!(matches!(LiftVote::for_state(&end, None), Err(NoLift::EndsSooner { .. })));
-        let end = LockdownState { lift_proposed: 800, ..end };
-        assert!(unsafe_(&end, None));
+        assert!(matches!(LiftVote::for_state(&end, Some(end.tip)), Err(NoLift::EndsSooner { .. })));
+        assert!(unsafe_(&LockdownState { lift_proposed: 800, ..end }));
     }
 
     #[test]
     fn a_vote_shown_is_signed_while_it_is_still_the_one_due() {
         let s = state();
-        let shown = LiftVote::for_state(&s, None).unwrap();
-        // Blocks later, a first proposal's height still stands while the wait allows it.
-        let later = LockdownState { tip: 110, earliest_lift: 1_125, ..s.clone() };
-        assert_eq!(LiftVote::as_shown(&later, None, shown.at, shown.until), Ok(shown.clone()));
-        let too_late = LockdownState { tip: 250, earliest_lift: 1_265, ..s.clone() };
-        assert_eq!(LiftVote::as_shown(&too_late, None, shown.at, shown.until), Err(NoLift::Changed));
-        // Another guardian proposed meanwhile, or the lockdown changed: not the vote shown.
-        let proposed = LockdownState { lift_proposed: shown.at + 1, ..s.clone() };
-        assert_eq!(LiftVote::as_shown(&proposed, None, shown.at, shown.until), Err(NoLift::Changed));
-        let relocked = LockdownState { lockdown_until: 5_100, ..s };
-        assert_eq!(LiftVote::as_shown(&relocked, None, shown.at, shown.until), Err(NoLift::Changed));
+        let shown = LiftVote::for_state(&s, Some(100)).unwrap();
+        let again = |s: &LockdownState| LiftVote::as_shown(s, Some(s.tip), shown.at, shown.until);
+        // Blocks later, a first proposal's height still stands while the wait allows it; so
+        // does another guardian's proposal of that same height.
+        assert_eq!(again(&LockdownState { tip: 110, earliest_lift: 1_125, ..s.clone() }), Ok(shown.clone()));
+        let same = LockdownState { lift_proposed: shown.at, signatures: 1, ..s.clone() };
+        assert_eq!(again(&same), Ok(LiftVote { first: false, ..shown.clone() }));
+        assert_eq!(
+            again(&LockdownState { tip: 250, earliest_lift: 1_265, ..s.clone() }),
+            Err(NoLift::Changed)
+        );
+        // Another guardian proposed another height meanwhile, or the lockdown changed.
+        assert_eq!(again(&LockdownState { lift_proposed: shown.at + 1, ..s.clone() }), Err(NoLift::Changed));
+        assert_eq!(again(&LockdownState { lockdown_until: 4_100, ..s }), Err(NoLift::Changed));
     }
 }

@@ -235,9 +235,9 @@ impl Cosigner {
                 r.lift_at_height
             )));
         }
-        // A week past the earliest height, or past a lift signed before (a later lift must
-        // name its height or a later one).
-        let latest = earliest.max(client.last_lift) + LIFT_VOTING_BLOCKS;
+        // A week past the earliest height, or a lift signed before if later (a later lift
+        // must name its height or a later one).
+        let latest = (earliest + LIFT_VOTING_BLOCKS).max(client.last_lift);
         if client.lift_proposed == 0 && r.lift_at_height > latest {
             return Err(bad(format!(
                 "lift_at_height {} is further ahead than a lift may be proposed (block {latest} at the latest: a \
