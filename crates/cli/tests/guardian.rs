@@ -33,6 +33,30 @@ fn guardian(dir: &std::path::Path, args: &[&str]) -> Result<Value, String> {
     }
 }
 
+/// Sends `vault`'s unvault, and after DELAY the spend the co-signer signs for request `id`:
+/// it confirms.
+fn unvault_and_spend(node: &vigil_testenv::process::Node, f: &Family, vault: &vigil_client::Vault, id: u64) {
+    node.rpc.broadcast(vault.graph.unvault()).unwrap();
+    mine(&node.rpc, DELAY, &f.wallet.address());
+    let tx = f.sign(id).unwrap();
+    node.rpc.broadcast(&tx).unwrap();
+    mine(&node.rpc, 1, &f.wallet.address());
+    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+}
+
+/// The example policy with short delays, its first guardians those whose `keys` are given.
+fn example(seed: &str, keys: Vec<Option<String>>) -> ExamplePolicy {
+    let mut e = ExamplePolicy {
+        seed: seed.into(),
+        delay: DELAY,
+        recovery: 40,
+        deep_vault: 60,
+        ..ExamplePolicy::default()
+    };
+    e.services.guardian_keys = keys;
+    e
+}
+
 #[test]
 fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -40,14 +64,7 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     let made = guardian(dir.path(), &["init", "--network", "regtest"]).unwrap();
     let node = vigil_node();
     let mut co = CosignerProcess::new(&node, "");
-    let mut e = ExamplePolicy {
-        seed: "cli guardian".into(),
-        delay: DELAY,
-        recovery: 40,
-        deep_vault: 60,
-        ..ExamplePolicy::default()
-    };
-    e.services.guardian_keys = vec![Some(made["key"].as_str().unwrap().to_owned())];
+    let e = example("cli guardian", vec![Some(made["key"].as_str().unwrap().to_owned())]);
     let mut f = Family::new(&node, &co, e, 1, None);
     std::fs::write(dir.path().join("policy.toml"), &f.policy_text).unwrap();
     let vault = f.vault(&node, Amount::from_sat(20_000_000), VaultKind::Guarded);
@@ -73,12 +90,7 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     let two = f.vote(1, id, true).unwrap();
     assert_eq!(two["state"], "approved");
     // The guardian's signature from the command line is good on chain.
-    node.rpc.broadcast(vault.graph.unvault()).unwrap();
-    mine(&node.rpc, DELAY, &f.wallet.address());
-    let tx = f.sign(id).unwrap();
-    node.rpc.broadcast(&tx).unwrap();
-    mine(&node.rpc, 1, &f.wallet.address());
-    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+    unvault_and_spend(&node, &f, &vault, id);
 
     let denied_id = f.request_spend(&other, &f.spend_psbt(&other, &f.wallet.address(), 1_000)).unwrap()["id"]
         .as_u64()
@@ -152,15 +164,7 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
     let (first, second) = (dirs[0].path(), dirs[1].path());
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
-    let mut e = ExamplePolicy {
-        seed: "cli guardian lift".into(),
-        delay: DELAY,
-        recovery: 40,
-        deep_vault: 60,
-        ..ExamplePolicy::default()
-    };
-    e.services.guardian_keys = keys;
-    let mut f = Family::new(&node, &co, e, 1, None);
+    let mut f = Family::new(&node, &co, example("cli guardian lift", keys), 1, None);
     for d in &dirs {
         std::fs::write(d.path().join("policy.toml"), &f.policy_text).unwrap();
     }
@@ -236,12 +240,7 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
     assert!(refused.0 == 403 && refused.1.contains(&format!("locked down until block {at}")), "{refused:?}");
     mine(&node.rpc, 1, &f.wallet.address());
     let id = f.request_spend(&vault, &psbt).unwrap()["id"].as_u64().unwrap();
-    node.rpc.broadcast(vault.graph.unvault()).unwrap();
-    mine(&node.rpc, DELAY, &f.wallet.address());
-    let tx = f.sign(id).unwrap();
-    node.rpc.broadcast(&tx).unwrap();
-    mine(&node.rpc, 1, &f.wallet.address());
-    assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
+    unvault_and_spend(&node, &f, &vault, id);
 
     // A new lockdown after the duress one was lifted: its lift names where it ends, as the
     // towers hold it, not the lifted duress lockdown's first end; and the tower takes it.

@@ -97,6 +97,13 @@ fn vote(browser: &Browser, page: &Served, id: u64, approve: bool, passphrase: &s
     browser.text()
 }
 
+/// Signs the form on the page: the guardian's passphrase, the confirmation tick, submit.
+fn sign_on_page(browser: &Browser) {
+    browser.type_into("#passphrase", PASSPHRASE);
+    browser.click("input[name=confirm]");
+    browser.follow("button[type=submit]");
+}
+
 #[test]
 fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     if !browser::available() {
@@ -278,9 +285,7 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     browser.goto(&format!("{}/lift", first.origin));
     let shown = browser.text();
     assert!(shown.contains("You are the first to sign") && !shown.contains("DURESS"), "{shown}");
-    browser.type_into("#passphrase", PASSPHRASE);
-    browser.click("input[name=confirm]");
-    browser.follow("button[type=submit]");
+    sign_on_page(&browser);
     assert!(browser.text().contains("Your signature is in: 1 of 2 guardians"), "{}", browser.text());
     browser.goto(&format!("{}/", second.origin));
     assert!(browser.text().contains("Lift it early with the other guardians"), "{}", browser.text());
@@ -290,16 +295,12 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     // second's form, for the lockdown as it was, signs nothing.
     world.mine(1).unwrap();
     h.guardian_json(0, &["lockdown", "--blocks", "4032"], true).unwrap();
-    browser.type_into("#passphrase", PASSPHRASE);
-    browser.click("input[name=confirm]");
-    browser.follow("button[type=submit]");
+    sign_on_page(&browser);
     assert!(browser.text().contains("changed since you looked: nothing was signed"), "{}", browser.text());
     // The second proposes anew on the page; the first signs it on the command line: the quorum.
     browser.goto(&format!("{}/lift", second.origin));
     assert!(browser.text().contains("You are the first to sign"), "{}", browser.text());
-    browser.type_into("#passphrase", PASSPHRASE);
-    browser.click("input[name=confirm]");
-    browser.follow("button[type=submit]");
+    sign_on_page(&browser);
     assert!(browser.text().contains("Your signature is in: 1 of 2 guardians"), "{}", browser.text());
     let lifted = h.guardian_json(0, &["lift", "--yes"], true).unwrap();
     let at = lifted["lifted_at"].as_u64().unwrap();
