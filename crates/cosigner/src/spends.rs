@@ -196,8 +196,7 @@ impl Cosigner {
     /// the mempool) for `window` blocks after, that one included; one sent now is seen at
     /// `tip + 1` at the earliest. An approval's unvault comes a block after it at the earliest;
     /// one whose window by that measure is over is looked up on the chain while its unvault may
-    /// still confirm within it (a slow confirmation dates it later), and so is one that lapsed
-    /// (unused, it holds no budget).
+    /// still confirm within it (a slow confirmation dates it later).
     fn velocity_held(
         &self,
         spends: &[SpendRecord],
@@ -214,10 +213,7 @@ impl Cosigner {
         for s in spends.iter().filter(|s| counts_for_velocity(s) && s.approval.vault_outpoint != asked) {
             let Some(approved) = s.approved_height else { continue };
             let mut date = approved + 1;
-            // Looked up on the chain too once it lapsed: one whose unvault never went out
-            // released nothing, and the towers count unvaults, not approvals.
-            let lapsed = tip >= s.approval.expiry_height.saturating_add(LAPSE_MARGIN);
-            if out(date) || lapsed {
+            if out(date) {
                 if tip >= s.approval.expiry_height.saturating_add(LAPSE_MARGIN + window + TOWER_LAG) {
                     continue;
                 }

@@ -172,32 +172,6 @@ fn a_vault_asked_again_after_its_approval_lapsed_is_not_counted_beside_itself() 
     assert_ne!(again["id"], first["id"]);
 }
 
-/// Nor does an approval that lapsed unused hold budget from another vault's spend, within its
-/// window: it released nothing, and the towers count unvaults. One whose unvault went out
-/// holds it, lapsed or not.
-#[test]
-fn an_approval_that_lapsed_unused_holds_no_velocity_budget() {
-    let node = vigil_node();
-    let co = CosignerProcess::new(&node, "approval_expiry_blocks = 4");
-    let mut e = example("cosigner lapsed budget");
-    e.velocity_limit_sat = 2_500_000;
-    let mut f = Family::new(&node, &co, e, 1, None);
-    let (unused, other) = (
-        f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard),
-        f.vault(&node, Amount::from_sat(2_000_000), VaultKind::Standard),
-    );
-    assert_eq!(spend(&f, &unused).unwrap()["state"], "approved");
-    // Until it is past its expiry and the margin, its unvault may still go out.
-    block(&node, &f, 4 + 5);
-    assert_eq!(spend(&f, &other).unwrap_err().0, 409, "not lapsed yet");
-    block(&node, &f, 1);
-    assert_eq!(spend(&f, &other).unwrap()["state"], "approved", "lapsed unused, well within its window");
-    unvault(&node, &f, &other);
-    block(&node, &f, 4 + 6);
-    let (status, why) = spend(&f, &unused).unwrap_err();
-    assert!(status == 409 && why.contains("velocity budget"), "a sent unvault counts: {status} {why}");
-}
-
 #[test]
 fn a_guarded_spend_waits_for_the_quorum_and_one_denial_is_final() {
     let node = vigil_node();
