@@ -97,7 +97,7 @@ pub struct LiftVote {
 impl LiftVote {
     /// The vote `state` calls for: the proposal waiting, else a new one a day past the
     /// earliest height (before the lockdown's end). `towers_tip`: the towers' median tip,
-    /// which the co-signer's must match (`None`: no tower answered; the co-signer's is taken).
+    /// which the co-signer's must match (`None`: no tower answered, and nothing is signed).
     pub fn for_state(state: &LockdownState, towers_tip: Option<u32>) -> Result<Self, NoLift> {
         checked(state, towers_tip)?;
         let until = state.lockdown_until;
@@ -146,6 +146,7 @@ impl LiftVote {
         }
         Ok(LiftVote { at, until, first: state.lift_proposed == 0 })
     }
+
     /// What a guardian is shown before signing it.
     pub fn describe(&self, state: &LockdownState) -> String {
         let (at, until, tip) = (self.at, self.until, state.tip);
