@@ -175,27 +175,14 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
         vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).unwrap()["locked_until"].as_u64()
     };
     let tower_takes = |f: &Family, at: u32| {
-        let start = std::time::Instant::now();
-        while tower_lockdown(f) != Some(u64::from(at)) {
-            assert!(
-                start.elapsed().as_secs() < 30,
-                "the tower holds {:?}, not the lift at {at}",
-                tower_lockdown(f)
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        vigil_testenv::eventually("the tower takes the lift", || {
+            (tower_lockdown(f) == Some(u64::from(at))).then_some(())
+        })
     };
-    // A guardian's client checks the co-signer's tip against the tower's: wait for the tower
-    // to decide the blocks mined before each lift.
-    let caught_up = |f: &Family| {
-        let (path, height) = (format!("/v1/clients/{}", f.cosigner.client), node.rpc.tip().unwrap().height);
-        vigil_testenv::eventually("the tower decides every block", || {
-            let view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).ok()?;
-            (view["tip"].as_u64()? >= u64::from(height)).then_some(())
-        });
-    };
+    // A guardian's client checks the co-signer's tip against the tower's: the tower decides
+    // the blocks mined before each lift first.
     assert!(guardian(first, &["lift", "--yes"]).unwrap_err().contains("not locked down"));
-    caught_up(&f);
+    f.towers_caught_up(&node);
 
     let lockdown = |blocks| vigil_cosigner::wire::Lockdown { blocks, sweep: false };
     f.post("/v1/lockdown", &lockdown(3_000), &f.owner()).unwrap();
@@ -244,7 +231,7 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
 
     // A new lockdown after the duress one was lifted: its lift names where it ends, as the
     // towers hold it, not the lifted duress lockdown's first end; and the tower takes it.
-    caught_up(&f);
+    f.towers_caught_up(&node);
     f.post("/v1/lockdown", &lockdown(2_000), &f.owner()).unwrap();
     let tip = node.rpc.tip().unwrap().height;
     assert_eq!(state(&f)["lockdown_until"].as_u64(), Some(u64::from(tip + 2_000)));

@@ -150,9 +150,7 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     // carries the digest of what it showed; here the test alters it in the browser).
     browser.goto(&format!("{}/requests/{id}/approve", first.origin));
     browser.run("document.querySelector('input[name=shown]').value = '00'");
-    browser.type_into("#passphrase", PASSPHRASE);
-    browser.click("input[name=confirm]");
-    browser.follow("button[type=submit]");
+    sign_on_page(&browser);
     assert!(browser.text().contains("The request changed after it was shown to you"), "{}", browser.text());
     assert_eq!(h.guardian_json(0, &["show", &id.to_string()], true).unwrap()["approvals"], 0);
 
@@ -217,9 +215,7 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     browser.goto(&format!("{}/", first.origin));
     assert!(browser.text().contains("restored on a new device"), "{}", browser.text());
     browser.follow("a[href$='/restore']");
-    browser.type_into("#passphrase", PASSPHRASE);
-    browser.click("input[name=confirm]");
-    browser.follow("button[type=submit]");
+    sign_on_page(&browser);
     assert!(browser.text().contains("Your confirmation is in: 1 of 2"), "{}", browser.text());
 
     // Guardian 1 proposes version 2 (a higher velocity limit: a loosening, which waits);
@@ -242,15 +238,11 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     browser.follow("a[href*='/policy/']");
     let review = browser.url();
     browser.run("document.querySelector('input[name=shown]').value = '00'");
-    browser.type_into("#passphrase", PASSPHRASE);
-    browser.click("input[name=confirm]");
-    browser.follow("button[type=submit]");
+    sign_on_page(&browser);
     assert!(browser.text().contains("The proposal changed after it was shown"), "{}", browser.text());
     browser.goto(&review);
     assert!(browser.text().contains("The whole proposed policy"), "{}", browser.text());
-    browser.type_into("#passphrase", PASSPHRASE);
-    browser.click("input[name=confirm]");
-    browser.follow("button[type=submit]");
+    sign_on_page(&browser);
     let signed = browser.text();
     assert!(signed.contains("The quorum signed version 2: it applies at block"), "{signed}");
     // The page handed the signed change to every tower itself too.
@@ -314,9 +306,7 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     // Guardian 1 starts a panic; guardian 2 sees it and joins: the quorum sweeps the vault
     // still protected to the deep vault.
     browser.goto(&format!("{}/panic", first.origin));
-    browser.type_into("#passphrase", PASSPHRASE);
-    browser.click("input[name=confirm]");
-    browser.follow("button[type=submit]");
+    sign_on_page(&browser);
     assert!(browser.text().contains("Your signature is in: 1 of 2 guardians"), "{}", browser.text());
     browser.goto(&format!("{}/", second.origin));
     assert!(browser.text().contains("A guardian asked for a panic"), "{}", browser.text());

@@ -90,8 +90,6 @@ pub struct LiftVote {
     pub at: u32,
     /// The end of the lockdown it lifts, as signed.
     pub until: u32,
-    /// No guardian proposed one yet: this vote proposes `at`.
-    pub first: bool,
 }
 
 impl LiftVote {
@@ -144,7 +142,7 @@ impl LiftVote {
                  (the governance wait), block {latest} (the latest a lift may be proposed for) and the lockdown's end"
             )));
         }
-        Ok(LiftVote { at, until, first: state.lift_proposed == 0 })
+        Ok(LiftVote { at, until })
     }
 
     /// What a guardian is shown before signing it.
@@ -156,7 +154,8 @@ impl LiftVote {
             "The wallet is locked down: the co-signer refuses every spend and the watchtowers cancel any coins \
              leaving a vault"
         };
-        let others = if self.first {
+        // No guardian proposed one yet: this vote proposes `at`.
+        let others = if state.lift_proposed == 0 {
             format!(
                 "You are the first to sign: the other guardians have until block {} to sign it too.",
                 at.saturating_sub(state.governance_delay_blocks)
@@ -259,13 +258,13 @@ mod tests {
     fn a_vote_proposes_a_day_past_the_earliest_or_signs_the_proposal() {
         let s = state();
         let vote = |s: &LockdownState| LiftVote::for_state(s, Some(s.tip));
-        assert_eq!(vote(&s), Ok(LiftVote { at: 1_115 + 144, until: 4_000, first: true }));
+        assert_eq!(vote(&s), Ok(LiftVote { at: 1_115 + 144, until: 4_000 }));
         let near_end = LockdownState { lockdown_until: 1_200, ..s.clone() };
         assert_eq!(vote(&near_end).unwrap().at, 1_199, "before the end");
         let too_short = LockdownState { lockdown_until: 1_115, ..s.clone() };
         assert!(matches!(vote(&too_short), Err(NoLift::EndsSooner { .. })));
         let proposed = LockdownState { lift_proposed: 1_300, signatures: 1, ..s.clone() };
-        assert_eq!(vote(&proposed), Ok(LiftVote { at: 1_300, until: 4_000, first: false }));
+        assert_eq!(vote(&proposed), Ok(LiftVote { at: 1_300, until: 4_000 }));
         // A lift signed before raises the earliest height, and the latest with it.
         let after_a_lift = LockdownState { earliest_lift: 2_000, ..s.clone() };
         assert_eq!(vote(&after_a_lift).unwrap().at, 2_123, "no later than the co-signer takes");
@@ -319,7 +318,7 @@ mod tests {
         // does another guardian's proposal of that same height.
         assert_eq!(again(&LockdownState { tip: 110, earliest_lift: 1_125, ..s.clone() }), Ok(shown.clone()));
         let same = LockdownState { lift_proposed: shown.at, signatures: 1, ..s.clone() };
-        assert_eq!(again(&same), Ok(LiftVote { first: false, ..shown.clone() }));
+        assert_eq!(again(&same), Ok(shown.clone()));
         assert_eq!(
             again(&LockdownState { tip: 250, earliest_lift: 1_265, ..s.clone() }),
             Err(NoLift::Changed)

@@ -379,11 +379,7 @@ fn a_spend_approved_before_the_duress_code_is_not_called_cancelled_before_the_to
     block(&node, &f, DELAY);
     // The tower has decided every block before the code: one it was still deciding when the
     // quiet lockdown came would cancel then.
-    let (path, height) = (format!("/v1/clients/{}", f.cosigner.client), u64::from(tip(&node)));
-    eventually("the tower has decided every block", || {
-        let view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).ok()?;
-        (view["tip"].as_u64()? >= height).then_some(())
-    });
+    f.towers_caught_up(&node);
     f.heartbeat(true);
     let unspent = || node.rpc.unspent_output(&vault.unvault_outpoint()).unwrap().is_some();
     let early = f.sign(id).unwrap_err();

@@ -336,6 +336,19 @@ impl Family {
         Ok(deserialize_hex(v["tx"].as_str().unwrap()).unwrap())
     }
 
+    /// Waits until every tower has decided every block up to `node`'s tip (a tower reports the
+    /// last block it decided): what it does next is judged at that height, not while catching up.
+    pub fn towers_caught_up(&self, node: &Node) {
+        let (path, height) =
+            (format!("/v1/clients/{}", self.cosigner.client), node.rpc.tip().unwrap().height);
+        for t in &self.towers {
+            crate::eventually("the tower decides every block", || {
+                let view = crate::household::get(&t.api, &path, &self.owner()).ok()?;
+                (view["tip"].as_u64()? >= u64::from(height)).then_some(())
+            });
+        }
+    }
+
     /// Guardian `g` votes to lift the lockdown ending at `until` at `height`.
     pub fn lift(&self, g: usize, height: u32, until: u32) -> Result<Value, Refused> {
         let key = self.guardian(g);
