@@ -237,7 +237,8 @@ impl Cosigner {
         }
         // A week past the earliest height, or a lift signed before if later (a later lift
         // must name its height or a later one).
-        let latest = (earliest + LIFT_VOTING_BLOCKS).max(client.last_lift);
+        let floor = client.lift_floor(held);
+        let latest = (earliest + LIFT_VOTING_BLOCKS).max(floor);
         if client.lift_proposed == 0 && r.lift_at_height > latest {
             return Err(bad(format!(
                 "lift_at_height {} is further ahead than a lift may be proposed (block {latest} at the latest: a \
@@ -259,10 +260,11 @@ impl Cosigner {
                 r.lift_at_height
             )));
         }
-        if r.lift_at_height < client.last_lift {
+        if r.lift_at_height < floor {
             return Err(Refusal::Conflict(format!(
-                "the guardians' quorum signed a lift at block {} before: a lift names that height or a later one \
-                 (the towers take a sooner one for a replay of an older lift)",
+                "the guardians' quorum signed a lift at block {} before: a lift names block {floor} or a later one \
+                 (the towers take a sooner one, or one at that height for a lockdown ending no later, for a \
+                 replay of it)",
                 client.last_lift
             )));
         }
@@ -296,7 +298,9 @@ impl Cosigner {
             let sooner = |lift_at: u32| if lift_at > 0 { lift_at.min(at) } else { at };
             client.lift_at = sooner(client.lift_at);
             client.duress_lift_at = sooner(client.duress_lift_at);
-            client.last_lift = client.last_lift.max(at);
+            // Past the last lift, as checked above.
+            client.last_lift = at;
+            client.last_lift_until = held;
             batch.alarm(alarm(
                 &client.id,
                 "lockdown-lift",
@@ -866,7 +870,7 @@ impl Cosigner {
             },
             needed: caller.policy().guardians.threshold,
             governance_delay_blocks: wait,
-            earliest_lift: (tip + wait + LIFT_SLACK_BLOCKS).max(client.last_lift),
+            earliest_lift: (tip + wait + LIFT_SLACK_BLOCKS).max(client.lift_floor(ends_at)),
         })
     }
 

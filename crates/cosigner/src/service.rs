@@ -72,6 +72,11 @@ pub struct ClientRecord {
     /// one, so a later lift must name this height or a later one.
     #[serde(default)]
     pub last_lift: u32,
+    /// The end of the lockdown that lift ended, as its signatures name it: the towers know a
+    /// lift by both, and at the same height take only one for a lockdown ending later (0: none,
+    /// or one from before this field).
+    #[serde(default)]
+    pub last_lift_until: u32,
     /// Per alarm and sender, the tip it was last raised at: what any one key may send at will
     /// (a lockdown, a plea for a panic, a heartbeat with an unknown token) is alarmed once a
     /// block at most, or the owner's key alone could mail the guardians without end.
@@ -145,6 +150,17 @@ impl ClientRecord {
     /// Whether the client is under duress at `tip`: answered as usual, never co-signed.
     pub fn under_duress(&self, tip: u32) -> bool {
         tip < self.duress_end()
+    }
+
+    /// The lowest height a lift of the lockdown ending at `held` may name, by the towers'
+    /// rule: not below the last lift, and at its height only for a lockdown ending later
+    /// (anything else they refuse as a replay of an older lift, or ignore as that one again).
+    pub fn lift_floor(&self, held: u32) -> u32 {
+        if held > self.last_lift_until {
+            self.last_lift
+        } else {
+            self.last_lift.saturating_add(1)
+        }
     }
 
     /// A new (or longer) plain lockdown starts a new early-lift process: votes for the last
@@ -782,6 +798,7 @@ impl Cosigner {
             lift_at: 0,
             duress_lift_at: 0,
             last_lift: 0,
+            last_lift_until: 0,
             last_alarmed: BTreeMap::new(),
             alarm_emails: p.alarm_emails.clone(),
             alarm_webhooks: p.alarm_webhooks.clone(),

@@ -498,9 +498,9 @@ fn lifting_a_duress_lockdown_leaves_a_lifted_lockdown_lifted() {
     });
 }
 
-/// The towers take a lift at a lower height than one they applied for a replay of an older
-/// lift: the co-signer refuses to gather such a lift (it would lift here and not there), and
-/// names the height a lift must reach.
+/// The towers take a lift at a lower height than one they applied, or at its height for a
+/// lockdown ending no later, for a replay of an older lift: the co-signer refuses to gather
+/// such a lift (it would lift here and not there), and names the height a lift must reach.
 #[test]
 fn a_lift_sooner_than_one_the_quorum_signed_before_is_refused_as_the_towers_would() {
     let node = vigil_node();
@@ -517,6 +517,23 @@ fn a_lift_sooner_than_one_the_quorum_signed_before_is_refused_as_the_towers_woul
     quorum_lifts(&f, far, held);
     eventually("the tower takes both lifts", || {
         (co.metric("vigil_cosigner_tower_orders_pending") == Some(0)).then_some(())
+    });
+    // At that lift's height the towers take only the lift of a lockdown ending later than
+    // the one it ended (else the same lift again, or a replay of it): a newer lockdown ending
+    // sooner is lifted a block later, and a guardian is told so before signing. (The owner's,
+    // a plain one: the towers show it.)
+    let newer = f.post("/v1/lockdown", &serde_json::json!({"blocks": 3000}), &f.owner()).unwrap();
+    let newer_until = newer["until_height"].as_u64().unwrap() as u32;
+    assert!(newer_until > far && newer_until < held, "{far} < {newer_until} < {held}");
+    let state = f.get("/v1/lockdown", &f.guardian(0)).unwrap();
+    assert_eq!(state["earliest_lift"].as_u64(), Some(far as u64 + 1), "{state}");
+    let refused = f.lift(0, far, newer_until).unwrap_err();
+    assert!(refused.0 == 409 && refused.1.contains(&format!("names block {}", far + 1)), "{refused:?}");
+    quorum_lifts(&f, far + 1, newer_until);
+    let path = format!("/v1/clients/{}", f.cosigner.client);
+    eventually("the tower takes the newer lockdown's lift", || {
+        let view = vigil_testenv::household::get(&f.towers[0].api, &path, &f.owner()).ok()?;
+        (view["locked_until"].as_u64() == Some(far as u64 + 1)).then_some(())
     });
 }
 
