@@ -876,6 +876,59 @@ fn a_lift_delivered_late_applies_a_full_wait_from_now_unless_a_lockdown_came_sin
     assert_eq!(view()["locked_until"].as_u64(), Some(u64::from(t2 + wait)));
 }
 
+/// Started again against a node behind it (one reindexing, or another node), a tower does not
+/// date a lockdown at that node's lower tip, where a lift the quorum signed before the
+/// lockdown would still end it: it keeps the height it knew (its own tip until the node shows
+/// a block above it; the highest height it recorded, should a reorganisation to a shorter
+/// branch lower that tip).
+#[test]
+fn a_tower_restarted_against_a_node_behind_it_dates_a_lockdown_no_earlier_than_it_knew() {
+    let Some(core) = vigil_testenv::process::bitcoind() else { return };
+    let rpc = &core.rpc;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Household::new(dir.path(), &core, example("tower node behind"));
+    let mut tower = TowerProcess::new(&core, std::slice::from_ref(&client.policy_path), 68, None);
+    let guardian = |i: usize| vigil_policy::example::auth_keypair(&client.keys.guardians[i]);
+    // The same address and key across the restart.
+    let api = tower.api.clone();
+    let view = || get(&api, &format!("/v1/clients/{}", client.policy_id), &client.owner_auth());
+    let at_tip = |tip: u32| {
+        eventually("the tower at the tip", || {
+            (view().ok()?["tip"].as_u64() == Some(u64::from(tip))).then_some(())
+        })
+    };
+    let known = rpc.tip().unwrap().height;
+    at_tip(known);
+    tower.kill9();
+    // The node goes 30 blocks back, as one reindexing would be; the tower starts against it.
+    let gone = rpc.block_hash(known - 29).unwrap().unwrap().to_string();
+    rpc.call("invalidateblock", json!([gone])).unwrap();
+    assert_eq!(rpc.tip().unwrap().height, known - 30);
+    tower.start();
+    eventually("the tower answers", || view().ok());
+    let lockdown = wire::LockdownRequest {
+        nonce: client.next_nonce(),
+        policy_id: client.policy_id.clone(),
+        until_height: known + 3_000,
+        quiet: false,
+    };
+    post(&api, "/v1/lockdown", &serde_json::to_vec(&lockdown).unwrap(), &guardian(2)).unwrap();
+    // The node back at the height the tower knew, and past it.
+    rpc.call("reconsiderblock", json!([gone])).unwrap();
+    mine(rpc, 10, &client.wallet.address());
+    at_tip(known + 10);
+    // A lift the quorum signed at `known - 10`, before the lockdown and above the node's tip
+    // when it came, delivered now: that lockdown is not its to end.
+    let signed_at = known - 10;
+    let lift = client.lift(signed_at + vigil_tower::GOVERNANCE_DELAY_BLOCKS - 6, known + 3_000);
+    let refused = post(&api, "/v1/lockdown/lift", &serde_json::to_vec(&lift).unwrap(), &guardian(0));
+    assert!(
+        matches!(&refused, Err((400, why)) if why.contains("a lockdown was taken here after")),
+        "{refused:?}"
+    );
+    assert_eq!(view().unwrap()["locked_until"].as_u64(), Some(u64::from(known + 3_000)), "still locked");
+}
+
 /// The fee wallet's low-balance alarm stands across a restart: the guardians hear it once, not
 /// once per restart of a tower whose wallet stays short.
 #[test]

@@ -122,7 +122,12 @@ fn a_lockdown_dates_its_last_request_and_an_undated_one_is_dated_once_the_height
     assert_eq!(earlier.last_set_at, u32::MAX, "unknown: as recent as can be");
     // Taken while the tower could not tell the height: dated once it can, never lowered.
     w.lock_down_at("q", 5_000, false, u32::MAX);
+    w.take_lockdowns_dirty();
+    assert!(!w.has_changes());
     w.date_undated_lockdowns(50);
+    // The date is a change of its own, recorded with the round that made it (a crash before
+    // the next block would date it later, and refuse a lift signed since).
+    assert!(w.has_changes(), "the date awaits recording");
     assert_eq!((w.lockdowns()["p"].last_set_at, w.lockdowns()["q"].last_set_at), (41, 50));
     w.lock_down_at("q", 5_000, false, 45);
     assert_eq!(w.lockdowns()["q"].last_set_at, 50);
