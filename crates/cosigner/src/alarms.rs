@@ -136,6 +136,10 @@ fn post(url: &str, body: &str) -> Result<(), String> {
     }
 }
 
+/// How often a client record that does not parse is logged again: its alarms wait for the
+/// operator, who must not lose sight of it after the first line.
+const UNREADABLE_REPEAT: Duration = Duration::from_secs(3600);
+
 /// What the delivery to clients' webhooks remembers between passes.
 #[derive(Default)]
 struct ClientWebhooks {
@@ -144,8 +148,9 @@ struct ClientWebhooks {
     accepted: std::sync::Mutex<std::collections::HashMap<i64, std::collections::HashSet<String>>>,
     /// Webhooks resting after a failure: until when, and the next wait.
     resting: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Duration)>>,
-    /// Clients whose record does not parse, and why: said once, not at every pass.
-    unreadable: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Clients whose record does not parse, why, and until when that was said: said again
+    /// only when the reason changes or an hour passed, not at every pass.
+    unreadable: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl ClientWebhooks {
@@ -165,9 +170,15 @@ impl ClientWebhooks {
                     }
                     Err(e) => {
                         let why = e.to_string();
-                        if unreadable.get(client) != Some(&why) {
+                        let said = unreadable
+                            .get(client)
+                            .is_some_and(|(said, until)| *said == why && std::time::Instant::now() < *until);
+                        if !said {
                             tracing::error!(%client, error = %why, "a client's record cannot be read: its alarms wait");
-                            unreadable.insert(client.to_owned(), why);
+                            unreadable.insert(
+                                client.to_owned(),
+                                (why, std::time::Instant::now() + UNREADABLE_REPEAT),
+                            );
                         }
                         return 0;
                     }
@@ -636,10 +647,10 @@ mod tests {
         }
     }
 
-    /// A client whose record does not parse keeps its alarms, and is logged once, not at
-    /// every pass; mended, it is delivered to and forgotten.
+    /// A client whose record does not parse keeps its alarms, and is logged once an hour, not
+    /// at every pass; mended, it is delivered to and forgotten.
     #[test]
-    fn a_client_record_that_does_not_parse_holds_its_alarms_and_is_said_once() {
+    fn a_client_record_that_does_not_parse_holds_its_alarms_and_is_said_once_an_hour() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("co.db")).unwrap();
         store.deliver_to(&[CLIENT_WEBHOOKS_SINK.to_owned()]).unwrap();
@@ -658,8 +669,20 @@ mod tests {
             }
         });
         assert_eq!(pending().len(), 1, "the alarm waits");
-        let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(said.matches("a client's record cannot be read").count(), 1, "{said}");
+        let said = || String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(said().matches("a client's record cannot be read").count(), 1, "{}", said());
+        // An hour on, still unread: said again, and then not again for another hour.
+        for (_, until) in webhooks.unreadable.lock().unwrap().values_mut() {
+            *until = std::time::Instant::now();
+        }
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                assert_eq!(webhooks.deliver(&store, "c4", &pending()), 0);
+            }
+        });
+        assert_eq!(said().matches("a client's record cannot be read").count(), 2, "{}", said());
         let record = serde_json::json!({"id": "c4", "account": 0, "policy": "", "lockdown_until": 0,
             "duress_until": 0, "heartbeat_real": "", "heartbeat_duress": "", "next_spend": 0,
             "tower_nonce": 0});
