@@ -235,8 +235,8 @@ impl Cosigner {
                 r.lift_at_height
             )));
         }
-        // A week past the earliest height, or a lift signed before if later (a later lift
-        // must name its height or a later one).
+        // A week past the earliest height, or the lowest a lift signed before leaves, if
+        // later (see `lift_floor`).
         let floor = client.lift_floor(held);
         let latest = (earliest + LIFT_VOTING_BLOCKS).max(floor);
         if client.lift_proposed == 0 && r.lift_at_height > latest {

@@ -69,12 +69,12 @@ pub struct ClientRecord {
     pub duress_lift_at: u32,
     /// The highest height a lift the guardians' quorum signed names (0: none, or one from
     /// before this field). The towers refuse a lift at a lower height as a replay of an older
-    /// one, so a later lift must name this height or a later one.
+    /// one, so a later lift names this height or a later one (see [`ClientRecord::lift_floor`]).
     #[serde(default)]
     pub last_lift: u32,
     /// The end of the lockdown that lift ended, as its signatures name it: the towers know a
-    /// lift by both, and at the same height take only one for a lockdown ending later (0: none,
-    /// or one from before this field).
+    /// lift by both, and at the same height take only one for a lockdown ending later (0 with
+    /// `last_lift` set: a record from before this field, the end unknown).
     #[serde(default)]
     pub last_lift_until: u32,
     /// Per alarm and sender, the tip it was last raised at: what any one key may send at will
@@ -155,8 +155,10 @@ impl ClientRecord {
     /// The lowest height a lift of the lockdown ending at `held` may name, by the towers'
     /// rule: not below the last lift, and at its height only for a lockdown ending later
     /// (anything else they refuse as a replay of an older lift, or ignore as that one again).
+    /// The last lift's end unknown (an older record), a block past it: taken whatever the end.
     pub fn lift_floor(&self, held: u32) -> u32 {
-        if held > self.last_lift_until {
+        let end_unknown = self.last_lift > 0 && self.last_lift_until == 0;
+        if held > self.last_lift_until && !end_unknown {
             self.last_lift
         } else {
             self.last_lift.saturating_add(1)
@@ -1009,6 +1011,28 @@ pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lift the towers would take for a replay of the last one (or that one again) is never
+    /// gathered: the pair (height, end) must pass the last lift's.
+    #[test]
+    fn a_lift_must_pass_the_last_one_by_height_then_end() {
+        let record = |last: u32, until: Option<u32>| {
+            let mut r = serde_json::json!({"id": "c", "account": 0, "policy": "", "lockdown_until": 0,
+                "duress_until": 0, "heartbeat_real": "", "heartbeat_duress": "", "next_spend": 0,
+                "tower_nonce": 0, "last_lift": last});
+            if let Some(until) = until {
+                r["last_lift_until"] = until.into();
+            }
+            serde_json::from_value::<ClientRecord>(r).unwrap()
+        };
+        assert_eq!(record(0, Some(0)).lift_floor(5_000), 0, "no lift yet");
+        let lifted = record(2_000, Some(5_000));
+        assert_eq!(lifted.lift_floor(5_001), 2_000, "a lockdown ending later: the same height");
+        assert_eq!(lifted.lift_floor(5_000), 2_001, "the same end: that lift again, a block later");
+        assert_eq!(lifted.lift_floor(4_000), 2_001, "ending sooner: a replay at the towers");
+        // A record from before the end was kept: a block past the last lift, whatever the end.
+        assert_eq!(record(2_000, None).lift_floor(9_000), 2_001);
+    }
 
     #[test]
     fn a_client_names_only_the_webhooks_the_operator_allows_and_at_most_20_addresses() {

@@ -151,9 +151,10 @@ impl Watcher {
     /// What lifting `client`'s lockdown that ends at `until` at `height` would do, without
     /// doing it: the same lift again changes nothing; one at a height below the last lift's
     /// was signed before it (each lift is at least the governance wait ahead of its signing),
-    /// a replay of a past decision. Not judged by the end it names: a lockdown set after a
-    /// lift may end sooner than the one lifted, and its own lift must apply. Which lockdown a
-    /// lift ends is checked against the one held (see `governance::lift_lockdown`).
+    /// a replay of a past decision. At a later height not judged by the end it names: a
+    /// lockdown set after a lift may end sooner than the one lifted, and its own lift must
+    /// apply; at the same height, only one for a lockdown ending later is new. Which lockdown
+    /// a lift ends is checked against the one held (see `governance::lift_lockdown`).
     pub fn check_lift(&self, client: &str, height: u32, until: u32) -> Lift {
         let (last, last_until) =
             self.lockdowns.get(client).map_or((0, 0), |l| (l.last_lift, l.last_lift_until));

@@ -100,6 +100,8 @@ fn a_lift_applies_once_and_a_replay_does_not_cut_short_a_later_lockdown() {
     assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (8_000, 9_000));
     assert_eq!(w.lift_lockdown("p", 2_000, 9_000), Lift::Applied);
     assert_eq!((w.lockdowns()["p"].plain_until, w.lockdowns()["p"].quiet_until), (2_000, 2_000));
+    // At the last lift's height, one naming a sooner end is a replay of an older lift.
+    assert_eq!(w.lift_lockdown("p", 2_000, 8_000), Lift::Superseded { last: 2_000 });
     // A lockdown set after that lift, ending sooner than the one lifted: its own lift applies.
     w.lock_down("p", 4_000, false);
     assert_eq!(w.lift_lockdown("p", 3_100, 4_000), Lift::Applied);
