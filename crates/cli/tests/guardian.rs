@@ -75,6 +75,26 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
     let pending = guardian(dir.path(), &["pending"]).unwrap();
     assert_eq!(pending[0]["id"].as_u64(), Some(id), "{pending}");
     assert_eq!(pending[0]["destinations"][0], f.wallet.address().to_string());
+    // What a co-signer says in words is not signed: a vault kind it made up is refused, and its
+    // text cannot rewrite the lines before "Type APPROVE" on a terminal.
+    let served = f.get(&format!("/v1/spends/{id}"), &f.guardian(1)).unwrap();
+    let status = |edit: &dyn Fn(&mut Value)| {
+        let mut s = served.clone();
+        edit(&mut s);
+        serde_json::from_value::<vigil_cosigner::wire::SpendStatus>(s).unwrap()
+    };
+    let checker =
+        vigil_client::guardian::Checker::new(&vigil_policy::Policy::from_toml(&f.policy_text).unwrap())
+            .unwrap();
+    let checked = checker.check(&status(&|_| {})).unwrap();
+    assert_eq!(checked.kind_name(), "guarded");
+    let made_up =
+        checker.check(&status(&|s| s["vault"]["kind"] = "standard (owner confirmed by phone)".into()));
+    assert!(made_up.is_err_and(|e| e.to_string().contains("neither standard nor guarded")));
+    let hiding = status(&|s| s["state"] = "waiting\n  pays 0.001 BTC to a friend\u{1b}[8m".into());
+    for shown in [checked.describe(&hiding), vigil_client::guardian::describe(&hiding)] {
+        assert!(!shown.contains('\u{1b}') && !shown.contains("waiting\n"), "{shown}");
+    }
     // Without --yes it asks; with no answer, nothing is signed.
     let asked = Command::new(vigil_exe())
         .args(["guardian", "approve", &id.to_string(), "--key", dir.path().join("g.key").to_str().unwrap()])

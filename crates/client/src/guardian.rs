@@ -41,6 +41,35 @@ pub struct Checked {
     pub payments: Vec<Payment>,
     /// The fee: what leaves the vault and is not paid to anyone.
     pub fee_sat: u64,
+    /// The vault's kind, one of the two a policy makes.
+    pub kind: VaultKind,
+}
+
+impl Checked {
+    /// The vault's kind in words.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            VaultKind::Standard => "standard",
+            VaultKind::Guarded => "guarded",
+        }
+    }
+}
+
+/// `text` from the co-signer as it may be shown on a terminal: control characters (a line
+/// break, an escape sequence that hides or rewrites what follows) and invisible or
+/// direction-changing characters become `?`, so a co-signer cannot make the text before "Type
+/// APPROVE" say something else than it does.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let hidden = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+            if c.is_control() || hidden {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// An amount as people read it: BTC, then sats.
@@ -64,10 +93,10 @@ pub fn describe(s: &SpendStatus) -> String {
     let mut out = format!(
         "Spend request {}: {}\n  sends {} to {}\n  from vault {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
         s.id,
-        s.state,
+        printable(&s.state),
         btc(s.amount_sat),
-        s.destinations.join(", "),
-        s.vault_outpoint,
+        printable(&s.destinations.join(", ")),
+        printable(&s.vault_outpoint),
         s.policy_version,
         s.approvals,
         s.approvals_needed,
@@ -97,10 +126,10 @@ impl Checked {
         let mut shown = format!(
             "Spend request {}: {}\n  takes {} out of vault {} ({})\n  pays {}; fee {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
             s.id,
-            s.state,
+            printable(&s.state),
             btc(self.taken_sat),
             s.vault.vault_outpoint,
-            s.vault.kind,
+            self.kind_name(),
             pays.join(", "),
             btc(self.fee_sat),
             s.approval.policy_version,
@@ -187,7 +216,13 @@ impl Checker {
     /// vault and the current policy version.
     pub fn check(&self, s: &SpendStatus) -> Result<Checked, NotSignable> {
         let v = &s.vault;
-        let kind = if v.kind == "guarded" { VaultKind::Guarded } else { VaultKind::Standard };
+        let kind = match v.kind.as_str() {
+            "standard" => VaultKind::Standard,
+            "guarded" => VaultKind::Guarded,
+            other => {
+                return Err(bad("the vault's kind", format!("{:?} is neither standard nor guarded", other)))
+            }
+        };
         let key = |k: &str| XOnlyPublicKey::from_str(k).map_err(|e| bad("a one-time key of the vault", e));
         let (owner_once, cosigner_once) = (key(&v.owner_once)?, key(&v.cosigner_once)?);
         let vault_outpoint =
@@ -270,7 +305,7 @@ impl Checker {
             .collect();
         let taken_sat = unvault.output[0].value.to_sat();
         let paid: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
-        Ok(Checked { psbt, taken_sat, payments, fee_sat: taken_sat.saturating_sub(paid) })
+        Ok(Checked { psbt, taken_sat, payments, fee_sat: taken_sat.saturating_sub(paid), kind })
     }
 }
 
@@ -358,7 +393,15 @@ fn base64_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::diff;
+    use super::{diff, printable};
+
+    #[test]
+    fn text_shown_on_a_terminal_cannot_hide_or_rewrite_what_follows() {
+        assert_eq!(printable("waiting"), "waiting");
+        assert_eq!(printable("a\nb\u{1b}[8mc\r\u{7}"), "a?b?[8mc??");
+        assert_eq!(printable("x\u{202E}y\u{200B}z\u{2066}"), "x?y?z?", "direction and invisible marks");
+        assert_eq!(printable("bc1q\u{0085}é"), "bc1q?é", "a C1 control; letters stay");
+    }
 
     #[test]
     fn a_line_moved_between_sections_shows_as_moved() {

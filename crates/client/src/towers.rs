@@ -200,6 +200,9 @@ pub fn lock_down_as_guardian(
     silent: bool,
 ) -> GuardianLockdown {
     let cosigner: Result<LockdownStatus, _> = co.post("/v1/lockdown", &Lockdown { blocks, sweep: false });
+    // The co-signer's word decides when it answers: its own lockdown shows to the owner
+    // unless the owner is under duress, so a quiet one at the towers would hide nothing, and
+    // only cancel later.
     let quiet = cosigner.as_ref().map_or(silent, |l| l.quiet);
     let towers = TowerClient::all(policy, key, co.nonces());
     let towers = lock_down_everywhere(&towers, co.client_id(), None, blocks, quiet);

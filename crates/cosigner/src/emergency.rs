@@ -753,7 +753,7 @@ impl Cosigner {
 
     /// `POST /v1/restore/confirm`: a guardian confirms the owner's restore (having spoken to
     /// the owner); once the quorum has, vault spends within the limits are approved at once
-    /// again.
+    /// again. Refused while a duress lockdown holds.
     pub fn confirm_restore(
         &self,
         caller: &Caller,
@@ -766,6 +766,16 @@ impl Cosigner {
         let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         if !client.restore_unconfirmed {
             return Err(Refusal::Conflict("no restore of the owner's wallet waits for confirmation".into()));
+        }
+        // Confirmed now, the restoring device's codes would outlast the duress lockdown (a
+        // captor's, who made the owner restore). Only guardians read this answer.
+        let tip = self.tip()?;
+        if client.under_duress(tip) {
+            return Err(Refusal::Conflict(format!(
+                "the owner typed the duress code: no restore is confirmed while the duress lockdown holds (until \
+                 block {}). Speak to the owner in person once it is over, or the guardians' quorum lifts it",
+                client.duress_end()
+            )));
         }
         if req.request.restore > client.restores {
             return Err(Refusal::Conflict(format!(

@@ -857,6 +857,35 @@ fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_c
     assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
 }
 
+/// A captor who had the owner type the duress code, then restore the wallet on a device of
+/// their own, cannot have the restore confirmed while the duress lockdown holds: its codes
+/// would get spends within the limits once it ends.
+#[test]
+fn a_restore_is_not_confirmed_while_a_duress_lockdown_holds() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cosigner restore under duress"), 1, None);
+    f.heartbeat(true);
+    let restore =
+        vigil_cosigner::wire::Restore { heartbeat_real: "55".repeat(32), heartbeat_duress: "66".repeat(32) };
+    f.post("/v1/restore", &restore, &f.owner()).unwrap();
+    let confirm = |g: usize| {
+        f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore: 1 }, &f.guardian(g))
+    };
+    for g in 0..2 {
+        let refused = confirm(g).unwrap_err();
+        assert!(refused.0 == 409 && refused.1.contains("duress lockdown holds"), "{refused:?}");
+    }
+    let state = f.get("/v1/restore", &f.guardian(0)).unwrap();
+    assert_eq!((state["unconfirmed"].as_bool(), state["confirmations"].as_u64()), (Some(true), Some(0)));
+    // Once the guardians' quorum lifted it, they may confirm (having spoken to the owner).
+    let held = f.get("/v1/lockdown", &f.guardian(0)).unwrap()["lockdown_until"].as_u64().unwrap() as u32;
+    let at = quorum_lifts_after_the_wait(&node, &f, held);
+    block(&node, &f, at - tip(&node));
+    assert_eq!(confirm(0).unwrap()["held"], true);
+    assert_eq!(confirm(1).unwrap()["held"], false);
+}
+
 #[test]
 fn an_order_a_tower_keeps_refusing_is_settled_with_an_alarm_not_sent_forever() {
     let node = vigil_node();

@@ -21,7 +21,9 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use serde_json::Value;
 use vigil_client::cosigner::{ClientError, CosignerClient};
-use vigil_client::guardian::{diff, Checked, Checker, LOCKDOWN_WARNING, NOTHING_OUT_WARNING, TO_OWNER};
+use vigil_client::guardian::{
+    diff, printable, Checked, Checker, LOCKDOWN_WARNING, NOTHING_OUT_WARNING, TO_OWNER,
+};
 use vigil_client::lift::{voted, LiftVote, NoLift};
 use vigil_client::policies::checked_record_file;
 use vigil_client::towers::{
@@ -466,12 +468,16 @@ fn render_alarms(page: &GuardianPage, lines: &[AlarmLine], unreachable: &[String
         if let Some((id, text)) = &line.policy {
             body += &proposed_policy(page, text);
             let version = Policy::from_toml(text).map(|p| p.version).unwrap_or(0);
-            body += &if version > settled {
+            body += &if version <= settled {
+                "<p class=\"muted\">The guardians' quorum has signed this version.</p>".to_owned()
+            } else if page.current().refused.is_some() {
+                "<p class=\"muted\">Not offered for signing while the policy changes the co-signer serves do not \
+                 check.</p>"
+                    .to_owned()
+            } else {
                 format!(
                     "<a class=\"button secondary\" href=\"/policy/{id}\">Review and sign this version…</a>"
                 )
-            } else {
-                "<p class=\"muted\">The guardians' quorum has signed this version.</p>".to_owned()
             };
         }
         out += &format!("<div class=\"card {class}\" data-kind=\"{}\">{body}</div>", esc(&line.kind));
@@ -517,15 +523,18 @@ fn request_card(page: &GuardianPage, s: &SpendStatus, tip: Option<u32>, alarmed:
         None => format!("block {}", s.approval.expiry_height),
     };
     let taken = checked.as_ref().map(|c: &Checked| c.taken_sat).unwrap_or(s.amount_sat);
+    // The vault, kind and version the approval signs (checked, when the check passed), not
+    // the co-signer's summary beside them.
+    let kind = checked.as_ref().map_or_else(|_| printable(&s.vault.kind), |c| c.kind_name().to_owned());
     out += &format!(
         "<dl><dt>State</dt><dd>{}</dd><dt>From vault</dt><dd><code>{}</code> ({}, {} leaves it)</dd>\
          <dt>Asked by</dt><dd>the owner's wallet</dd><dt>Policy version</dt><dd>{}</dd>\
          <dt>Approvals</dt><dd>{} of {} needed</dd><dt>Expires</dt><dd>{}</dd></dl>",
         esc(&s.state),
-        esc(&s.vault_outpoint),
-        esc(&s.vault.kind),
+        esc(&s.vault.vault_outpoint),
+        esc(&kind),
         btc(taken),
-        s.policy_version,
+        s.approval.policy_version,
         s.approvals,
         s.approvals_needed,
         esc(&expires),
@@ -717,7 +726,7 @@ async fn confirm_vote(State(page): State<Arc<GuardianPage>>, Path((id, v)): Path
             format!(
                 "<p>You are about to <strong>approve</strong> sending {what}, out of vault <code>{}</code>.</p>\
                  <p>Approve only if the owner asked you for this payment themselves, by a way you trust, and they are free and safe.</p>",
-                esc(&s.vault_outpoint)
+                esc(&s.vault.vault_outpoint)
             )
         } else {
             format!("<p>You are about to <strong>deny</strong> request {id} ({what}). A denial is final for this request.</p>")
@@ -1355,8 +1364,30 @@ fn proposal(page: &GuardianPage, id: i64) -> Result<String, Box<Response>> {
     })
 }
 
+/// What the page says, signing nothing, while the policy changes the co-signer serves do not
+/// check: which version is current is unknown, so no change of it is signed (as on the
+/// command line).
+fn chain_refused(page: &GuardianPage) -> Option<Response> {
+    let current = page.current();
+    let why = current.refused.as_ref()?;
+    Some(page.show(
+        "Nothing was signed",
+        &notice(
+            "alarm",
+            &format!(
+                "The policy changes the co-signer serves do not check ({}). No policy version is signed until they \
+                 do: tell the other guardians and the provider.",
+                esc(why)
+            ),
+        ),
+    ))
+}
+
 async fn policy_form(State(page): State<Arc<GuardianPage>>, Path(id): Path<i64>) -> Response {
     crate::blocking(move || {
+        if let Some(refused) = chain_refused(&page) {
+            return refused;
+        }
         let text = match proposal(&page, id) {
             Ok(t) => t,
             Err(r) => return *r,
@@ -1380,6 +1411,9 @@ async fn sign_policy(
     Extension(fields): Extension<Fields>,
 ) -> Response {
     crate::blocking(move || {
+        if let Some(refused) = chain_refused(&page) {
+            return refused;
+        }
         let text = match proposal(&page, id) {
             Ok(t) => t,
             Err(r) => return *r,

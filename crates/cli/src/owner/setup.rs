@@ -245,7 +245,7 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
     let dir = WalletDir::new(target.path.with_extension("restoring"));
     let _ = std::fs::remove_dir_all(&dir.path);
     vigil_client::wallet::create_private_dir(&dir.path)?;
-    let cosigner_took = std::cell::Cell::new(false);
+    let (cosigner_took, answer_lost) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
     let made = (|| -> anyhow::Result<()> {
         replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
         replace_file(&dir.file("policy.toml"), policy_text.as_bytes())?;
@@ -266,10 +266,21 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
             keys.auth_keypair(),
             vigil_client::cosigner::Nonces::new(dir.file("nonce")),
         )?;
-        let restored: wire::Restored = co.post(
-            "/v1/restore",
-            &wire::Restore { heartbeat_real: hashes.real.clone(), heartbeat_duress: hashes.duress.clone() },
-        )?;
+        let restored: wire::Restored = co
+            .post(
+                "/v1/restore",
+                &wire::Restore {
+                    heartbeat_real: hashes.real.clone(),
+                    heartbeat_duress: hashes.duress.clone(),
+                },
+            )
+            .inspect_err(|e| {
+                // Only a refusal, or a failure before sending, surely took nothing: an answer
+                // lost on the way back may follow the co-signer's commit.
+                let took_nothing = matches!(e, ClientError::Refused { status: 400..=499, .. })
+                    || matches!(e, ClientError::Policy(_) | ClientError::Nonce(..));
+                answer_lost.set(!took_nothing);
+            })?;
         cosigner_took.set(true);
         let mut state = WalletState {
             birth_height: args.from_height,
@@ -352,6 +363,12 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
             bail!(
                 "the wallet was not restored: {e}. The co-signer already took this attempt's codes, so the old \
                  device's no longer count: run the restore again"
+            );
+        }
+        if answer_lost.get() {
+            bail!(
+                "the wallet was not restored: {e}. The co-signer may have taken this attempt's codes (its answer \
+                 did not come back), and then the old device's no longer count: run the restore again"
             );
         }
         bail!("the wallet was not restored: {e}; nothing was changed");
