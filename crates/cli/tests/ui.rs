@@ -308,6 +308,15 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     browser.goto(&format!("{}/panic", first.origin));
     sign_on_page(&browser);
     assert!(browser.text().contains("Your signature is in: 1 of 2 guardians"), "{}", browser.text());
+    // Guardian 2 going to the Panic page is offered that panic, not a second one: two panics
+    // would split the signatures, and neither sweep.
+    browser.goto(&format!("{}/panic", second.origin));
+    let offered = browser.text();
+    assert!(
+        offered.contains("You are joining the panic guardian 1 started")
+            && offered.contains("Sign this panic"),
+        "{offered}"
+    );
     browser.goto(&format!("{}/", second.origin));
     assert!(browser.text().contains("A guardian asked for a panic"), "{}", browser.text());
     browser.follow("button[value=review]");

@@ -970,12 +970,29 @@ fn told_directly(direct: Option<vigil_client::towers::TowerAnswers>, missing: &s
 }
 
 async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
-    page.show("Panic", &panic_page(&page, None))
+    crate::blocking(move || {
+        let body = match open_panic(&page) {
+            Some((alarm, (panic, proposers))) => panic_page(&page, Some((alarm, &panic, &proposers))),
+            None => panic_page(&page, None),
+        };
+        page.show("Panic", &body)
+    })
+    .await
 }
 
-/// A panic another guardian proposed, as the co-signer's event `alarm` carries it, checked:
-/// signed by guardians of this policy, for this client, acting within the next
-/// [`PANIC_WINDOW`] blocks. Returns it and the proposers (1-based, as the policy lists them).
+/// The newest panic another guardian proposed that still checks, and its event: a guardian
+/// asking for a panic signs that one (a second panic would split the signatures, and
+/// neither reach the quorum).
+fn open_panic(page: &GuardianPage) -> Option<(i64, (wire::Panic, Vec<usize>))> {
+    let alarms: Vec<CosignerAlarm> = page.co.get("/v1/alarms").ok()?;
+    let mut proposals: Vec<(i64, wire::ProposedPanic)> =
+        alarms.into_iter().filter_map(|a| Some((a.id, a.panic?))).collect();
+    proposals.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+    proposals.into_iter().find_map(|(alarm, proposed)| Some((alarm, checked_panic(page, proposed).ok()?)))
+}
+
+/// A panic another guardian proposed, as the co-signer's event `alarm` carries it, checked
+/// (see [`checked_panic`]).
 fn proposed_panic(page: &GuardianPage, alarm: i64) -> Result<(wire::Panic, Vec<usize>), Box<Response>> {
     let refuse =
         |why: &str| page.stop("Do not sign", &notice("alarm", &format!("{}. Nothing was signed.", esc(why))));
@@ -986,6 +1003,18 @@ fn proposed_panic(page: &GuardianPage, alarm: i64) -> Result<(wire::Panic, Vec<u
         .find(|a| a.id == alarm)
         .and_then(|a| a.panic)
         .ok_or_else(|| refuse("that panic is no longer in the co-signer's feed"))?;
+    checked_panic(page, proposed)
+}
+
+/// A proposed panic checked: signed by guardians of this policy, for this client, acting
+/// within the next [`PANIC_WINDOW`] blocks. Returns it and the proposers (1-based, as the
+/// policy lists them).
+fn checked_panic(
+    page: &GuardianPage,
+    proposed: wire::ProposedPanic,
+) -> Result<(wire::Panic, Vec<usize>), Box<Response>> {
+    let refuse =
+        |why: &str| page.stop("Do not sign", &notice("alarm", &format!("{}. Nothing was signed.", esc(why))));
     let panic = wire::Panic {
         policy_id: page.co.client_id().to_owned(),
         id: proposed.id,
@@ -1081,6 +1110,18 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                 panic
             }
             None => {
+                // Another guardian proposed one since this form was shown: theirs is offered,
+                // not a second panic splitting the signatures.
+                if let Some((alarm, (panic, proposers))) = open_panic(&page) {
+                    return page.show(
+                        "Nothing was signed",
+                        &(notice(
+                            "warn",
+                            "Another guardian proposed a panic meanwhile: sign theirs (two panics split the \
+                             signatures). Nothing was signed yet.",
+                        ) + &panic_page(&page, Some((alarm, &panic, &proposers)))),
+                    );
+                }
                 let Some(tip) = page.tower_tip() else {
                     return page.show(
                         "Not signed",
