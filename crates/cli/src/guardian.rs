@@ -497,9 +497,10 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             if !yes {
                 confirm(
                     &format!(
-                        "The owner's wallet was restored on a new device at block {} (restore {}). Confirm it \
-                         only if you have spoken to the owner yourself since, and they are free and safe: \
-                         whoever restored it holds their own codes.",
+                        "The owner's wallet was restored on a new device at block {}: restore number {}. Confirm \
+                         it only if you have spoken to the owner yourself since, they are free and safe, and \
+                         their new device showed restore number {1}: whoever restored it holds their own codes, \
+                         and a restore someone else made since has another number.",
                         last.restored_at_height, last.restore
                     ),
                     "confirm",

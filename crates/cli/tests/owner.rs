@@ -1388,6 +1388,7 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_the_policy_the_cosigner_keeps() 
     let (ok, out, err) =
         vigil(&dir, &restore, &[&written.to_uppercase(), &phrase, "8642", "8642", "9753", "9753"]);
     assert!(ok, "{out}{err}");
+    assert!(out.contains("this is restore number 1"), "the number the guardians confirm: {out}");
     assert_eq!(
         std::fs::read_to_string(dir.join("policy.toml")).unwrap(),
         text,

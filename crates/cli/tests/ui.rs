@@ -212,9 +212,12 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The owner's new device names the restore; the guardian's page names the same one.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("this is restore number 1"));
     browser.goto(&format!("{}/", first.origin));
     assert!(browser.text().contains("restored on a new device"), "{}", browser.text());
     browser.follow("a[href$='/restore']");
+    assert!(browser.text().contains("restore number 1."), "{}", browser.text());
     sign_on_page(&browser);
     assert!(browser.text().contains("Your confirmation is in: 1 of 2"), "{}", browser.text());
 

@@ -748,7 +748,7 @@ impl Cosigner {
             ));
         store.commit(&batch)?;
         vaults.sort_by_key(|v| v.vault.index);
-        Ok(wire::Restored { vaults })
+        Ok(wire::Restored { vaults, restore: client.restores })
     }
 
     /// `POST /v1/restore/confirm`: a guardian confirms the owner's restore (having spoken to

@@ -649,6 +649,10 @@ pub struct FetchedPolicy {
 pub struct Restored {
     /// Every vault the co-signer made with this client, as the towers hold it.
     pub vaults: Vec<RestoredVault>,
+    /// This restore's number: the owner tells the guardians, who confirm only that one (a
+    /// restore made since, by whoever else holds the phrase, has another).
+    #[serde(default)]
+    pub restore: u32,
 }
 
 /// One vault, from the co-signer's record.

@@ -817,7 +817,8 @@ fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_c
     // Someone holding the phrase restores it with codes of their own.
     let restore =
         vigil_cosigner::wire::Restore { heartbeat_real: "11".repeat(32), heartbeat_duress: "22".repeat(32) };
-    f.post("/v1/restore", &restore, &f.owner()).unwrap();
+    // Its answer names it, for the owner to tell the guardians.
+    assert_eq!(f.post("/v1/restore", &restore, &f.owner()).unwrap()["restore"], 1);
     unvault(&node, &f, &vault);
     block(&node, &f, DELAY - 1);
     let held = f.sign(id).unwrap_err();
@@ -836,7 +837,7 @@ fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_c
     assert_eq!(confirm(0, 1).unwrap()["held"], true);
     let again =
         vigil_cosigner::wire::Restore { heartbeat_real: "33".repeat(32), heartbeat_duress: "44".repeat(32) };
-    f.post("/v1/restore", &again, &f.owner()).unwrap();
+    assert_eq!(f.post("/v1/restore", &again, &f.owner()).unwrap()["restore"], 2);
     let stale = confirm(1, 1).unwrap_err();
     assert!(stale.0 == 409 && stale.1.contains("restored again since"), "{stale:?}");
     let state = f.get("/v1/restore", &f.guardian(0)).unwrap();

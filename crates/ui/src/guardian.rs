@@ -1224,14 +1224,16 @@ async fn restore_form(State(page): State<Arc<GuardianPage>>) -> Response {
             return page.show("Restore", "<p>No restore of the owner's wallet waits for confirmation.</p>");
         }
         let body = format!(
-            "<p>The owner's wallet was restored on a new device at block {}. Confirm it only if you have \
-             spoken to the owner yourself since, and they are free and safe: whoever restored it holds their own codes.</p>",
-            last.restored_at_height
+            "<p>The owner's wallet was restored on a new device at block {}: <strong>restore number {}</strong>. \
+             Confirm it only if you have spoken to the owner yourself since, they are free and safe, and their new \
+             device showed restore number {1}: whoever restored it holds their own codes, and a restore someone \
+             else made since has another number.</p>",
+            last.restored_at_height, last.restore
         ) + &signing_form(
             &page,
             "/restore",
             &[("restore", &last.restore.to_string())],
-            "I spoke to the owner myself; they are free and safe.",
+            "I spoke to the owner myself; they are free and safe, and their device showed this restore number.",
             "<button type=\"submit\">Confirm the restore</button>",
         );
         page.show("Confirm the owner's restore?", &body)

@@ -246,7 +246,7 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
     let _ = std::fs::remove_dir_all(&dir.path);
     vigil_client::wallet::create_private_dir(&dir.path)?;
     let (cosigner_took, answer_lost) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
-    let made = (|| -> anyhow::Result<()> {
+    let made = (|| -> anyhow::Result<u32> {
         replace_file(&dir.file("wallet.toml"), wallet_toml.as_bytes())?;
         replace_file(&dir.file("policy.toml"), policy_text.as_bytes())?;
         if let Some(record) = &device {
@@ -351,35 +351,44 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
         let allowance = device.as_ref().and_then(|r| r.allowance.clone()).unwrap_or(public.allowance_key);
         vigil_client::allowance::Allowance::open(&dir, &allowance, network, args.from_height)?
             .sync(&*chain)?;
-        Ok(())
+        Ok(restored.restore)
     })();
-    let made = made.and_then(|()| {
+    let made = made.and_then(|restore| {
         let _ = std::fs::remove_dir(&target.path);
-        std::fs::rename(&dir.path, &target.path).context("moving the restored wallet into place")
+        std::fs::rename(&dir.path, &target.path).context("moving the restored wallet into place")?;
+        Ok(restore)
     });
-    if let Err(e) = made {
-        let _ = std::fs::remove_dir_all(&dir.path);
-        if cosigner_took.get() {
-            bail!(
-                "the wallet was not restored: {e}. The co-signer already took this attempt's codes, so the old \
-                 device's no longer count: run the restore again"
-            );
+    let restore = match made {
+        Ok(restore) => restore,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir.path);
+            if cosigner_took.get() {
+                bail!(
+                    "the wallet was not restored: {e}. The co-signer already took this attempt's codes, so the old \
+                     device's no longer count: run the restore again"
+                );
+            }
+            if answer_lost.get() {
+                bail!(
+                    "the wallet was not restored: {e}. The co-signer may have taken this attempt's codes (its answer \
+                     did not come back), and then the old device's no longer count: run the restore again"
+                );
+            }
+            bail!("the wallet was not restored: {e}; nothing was changed");
         }
-        if answer_lost.get() {
-            bail!(
-                "the wallet was not restored: {e}. The co-signer may have taken this attempt's codes (its answer \
-                 did not come back), and then the old device's no longer count: run the restore again"
-            );
-        }
-        bail!("the wallet was not restored: {e}; nothing was changed");
-    }
+    };
     let dir = target;
     let state = dir.state()?;
     if args.wallet.json {
-        println!("{}", json!({"restored": true, "vaults": state.vaults.len(), "coins": state.coins.len()}));
+        println!(
+            "{}",
+            json!({"restored": true, "restore": restore, "vaults": state.vaults.len(), "coins": state.coins.len()})
+        );
     } else {
         println!(
-            "Your wallet is back: {} vault(s) and {} coin(s) found. Your guardians were told of the restore.",
+            "Your wallet is back: {} vault(s) and {} coin(s) found. Your guardians were told of the restore; until \
+             they confirm it, every vault spend waits for them. Tell them yourself that this is restore number \
+             {restore}: they confirm only that one.",
             state.vaults.len(),
             state.coins.len()
         );
