@@ -90,6 +90,9 @@ pub const ALARM_FEED_LEN: u32 = 100;
 /// feed keeps.
 const PROPOSALS: [&str; 2] = ["panic-proposed", "policy-proposed"];
 const PROPOSALS_KEPT: u32 = 20;
+/// Alarms whose latest stays in the feed however many came since: the owner's key alone can
+/// raise a hundred others (restores), and must not push a duress alarm out of view.
+const STANDING: [&str; 2] = ["duress", "owner-restored"];
 
 impl Cosigner {
     /// `POST /v1/lockdown`: any owner or guardian freezes the client at once; every tower is
@@ -831,11 +834,16 @@ impl Cosigner {
         caller.guardian()?;
         let store = self.store();
         let mut entries = store.client_alarms(&caller.client.id, None, ALARM_FEED_LEN)?;
-        // The latest proposals stay in it however many alarms came since: a guardian joins a
-        // panic or a policy change from its alarm, and the owner's key alone can raise many.
-        for proposal in store.client_alarms(&caller.client.id, Some(&PROPOSALS), PROPOSALS_KEPT)? {
-            if !entries.iter().any(|e| e.id == proposal.id) {
-                entries.push(proposal);
+        // The latest proposals stay in it however many alarms came since (a guardian joins a
+        // panic or a policy change from its alarm, and the owner's key alone can raise many),
+        // and so does the latest duress alarm and restore.
+        let mut kept = store.client_alarms(&caller.client.id, Some(&PROPOSALS), PROPOSALS_KEPT)?;
+        for kind in STANDING {
+            kept.extend(store.client_alarms(&caller.client.id, Some(&[kind]), 1)?);
+        }
+        for alarm in kept {
+            if !entries.iter().any(|e| e.id == alarm.id) {
+                entries.push(alarm);
             }
         }
         entries.sort_by_key(|e| std::cmp::Reverse(e.id));

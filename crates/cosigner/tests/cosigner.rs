@@ -887,6 +887,26 @@ fn a_restore_is_not_confirmed_while_a_duress_lockdown_holds() {
     assert_eq!(confirm(1).unwrap()["held"], false);
 }
 
+/// Whoever holds the owner's key can restore the wallet again and again, each restore an
+/// alarm: the guardians' feed keeps the duress alarm in view all the same.
+#[test]
+fn restores_do_not_push_a_duress_alarm_out_of_the_guardians_feed() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cosigner restore flood"), 1, None);
+    f.heartbeat(true);
+    let restore =
+        vigil_cosigner::wire::Restore { heartbeat_real: "77".repeat(32), heartbeat_duress: "88".repeat(32) };
+    let restores = vigil_cosigner::emergency::ALARM_FEED_LEN + 1;
+    for _ in 0..restores {
+        f.post("/v1/restore", &restore, &f.owner()).unwrap();
+    }
+    let feed = f.get("/v1/alarms", &f.guardian(0)).unwrap();
+    let kinds: Vec<&str> = feed.as_array().unwrap().iter().filter_map(|a| a["kind"].as_str()).collect();
+    assert!(kinds.contains(&"duress"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "owner-restored").count() as u32, restores - 1);
+}
+
 #[test]
 fn an_order_a_tower_keeps_refusing_is_settled_with_an_alarm_not_sent_forever() {
     let node = vigil_node();
