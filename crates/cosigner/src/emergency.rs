@@ -349,12 +349,14 @@ impl Cosigner {
         let store = self.store();
         let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
-        if token.as_ref().is_some_and(|t| *t == client.heartbeat_real || *t == client.heartbeat_duress) {
+        // A lost device's duress code still is one (see `past_duress`), whatever a restore
+        // since named as its real code.
+        let duress =
+            token.as_ref().is_some_and(|t| *t == client.heartbeat_duress || client.past_duress.contains(t));
+        if duress || token.as_ref().is_some_and(|t| *t == client.heartbeat_real) {
             client.last_heartbeat = crate::service::now();
         }
-        let duress = token.as_ref().is_some_and(|t| *t == client.heartbeat_duress);
         match token {
-            Some(t) if t == client.heartbeat_real => {}
             Some(_) if duress => {
                 tracing::warn!(client = %client.id, "duress heartbeat");
                 if tip + DURESS_LOCKDOWN_BLOCKS > client.duress_end() {
@@ -378,6 +380,7 @@ impl Cosigner {
                     ),
                 ));
             }
+            Some(t) if t == client.heartbeat_real => {}
             _ => {
                 if client.alarm_once_a_block("heartbeat-unrecognised".into(), tip) {
                     batch.alarm(alarm(
@@ -718,7 +721,12 @@ impl Cosigner {
         let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         client.heartbeat_real = r.heartbeat_real.clone();
-        client.heartbeat_duress = r.heartbeat_duress.clone();
+        let replaced = std::mem::replace(&mut client.heartbeat_duress, r.heartbeat_duress.clone());
+        if !client.past_duress.contains(&replaced) {
+            client.past_duress.push(replaced);
+            let over = client.past_duress.len().saturating_sub(crate::service::PAST_DURESS_KEPT);
+            client.past_duress.drain(..over);
+        }
         client.restore_unconfirmed = true;
         client.restore_confirmations.clear();
         client.restores += 1;

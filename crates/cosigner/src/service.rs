@@ -28,6 +28,8 @@ pub const MAX_NONCE_STEP: u64 = 1 << 32;
 pub const MAX_LOCKDOWN_BLOCKS: u32 = 4 * 1008;
 /// How long a duress heartbeat locks the client down, blocks: until the guardians decide.
 pub const DURESS_LOCKDOWN_BLOCKS: u32 = MAX_LOCKDOWN_BLOCKS;
+/// How many replaced duress hashes a client keeps (see [`ClientRecord::past_duress`]).
+pub const PAST_DURESS_KEPT: usize = 20;
 
 /// A client as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +100,11 @@ pub struct ClientRecord {
     /// scripts of the policy it was made under, whatever changed since.
     #[serde(default)]
     pub past_policies: Vec<String>,
+    /// The duress hashes restores replaced, newest last (at most [`PAST_DURESS_KEPT`]): the
+    /// duress code of a device lost and restored elsewhere still locks the client down, if its
+    /// owner is made to open it.
+    #[serde(default)]
+    pub past_duress: Vec<String>,
     /// The owner's wallet was restored on a new device and the guardians' quorum has not
     /// confirmed it: whoever restored holds codes of their own (a captor may), so until then
     /// every vault spend waits for the guardians.
@@ -807,6 +814,7 @@ impl Cosigner {
             pending_policy: None,
             last_heartbeat: 0,
             past_policies: Vec::new(),
+            past_duress: Vec::new(),
             restore_unconfirmed: false,
             restore_confirmations: Vec::new(),
             restores: 0,

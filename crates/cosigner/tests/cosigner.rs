@@ -887,6 +887,24 @@ fn a_restore_is_not_confirmed_while_a_duress_lockdown_holds() {
     assert_eq!(confirm(1).unwrap()["held"], false);
 }
 
+/// The owner's device is lost and the wallet restored on a new one; a captor finds the old
+/// device and makes the owner open it: its duress code still locks the client down.
+#[test]
+fn a_lost_devices_duress_code_still_locks_the_client_down_after_a_restore() {
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cosigner old duress code"), 1, None);
+    let restore =
+        vigil_cosigner::wire::Restore { heartbeat_real: "99".repeat(32), heartbeat_duress: "aa".repeat(32) };
+    f.post("/v1/restore", &restore, &f.owner()).unwrap();
+    let state = || f.get("/v1/lockdown", &f.guardian(0)).unwrap();
+    assert_eq!(state()["duress"], false);
+    f.heartbeat(true);
+    assert_eq!(state()["duress"], true, "{}", state());
+    let feed = f.get("/v1/alarms", &f.guardian(0)).unwrap();
+    assert!(feed.as_array().unwrap().iter().any(|a| a["kind"] == "duress"), "{feed}");
+}
+
 /// Whoever holds the owner's key can restore the wallet again and again, each restore an
 /// alarm: the guardians' feed keeps the duress alarm in view all the same.
 #[test]
