@@ -728,6 +728,7 @@ impl Cosigner {
             client.past_duress.drain(..over);
         }
         client.restore_unconfirmed = true;
+        client.restore_confirmed_under_duress = false;
         client.restore_confirmations.clear();
         client.restores += 1;
         client.restored_at_height = tip;
@@ -764,7 +765,8 @@ impl Cosigner {
 
     /// `POST /v1/restore/confirm`: a guardian confirms the owner's restore (having spoken to
     /// the owner); once the quorum has, vault spends within the limits are approved at once
-    /// again. Refused while a duress lockdown holds.
+    /// again. Under a duress lockdown it counts only while that holds (see
+    /// `ClientRecord::restore_confirmed_under_duress`).
     pub fn confirm_restore(
         &self,
         caller: &Caller,
@@ -775,18 +777,15 @@ impl Cosigner {
         let _deciding = self.decide(&caller.client.id);
         let store = self.store();
         let (mut client, before) = Self::client_stored(store, &caller.client.id)?.ok_or(Refusal::Internal)?;
-        if !client.restore_unconfirmed {
+        let tip = self.tip()?;
+        if !client.restore_held(tip) {
             return Err(Refusal::Conflict("no restore of the owner's wallet waits for confirmation".into()));
         }
-        // Confirmed now, the restoring device's codes would outlast the duress lockdown (a
-        // captor's, who made the owner restore). Only guardians read this answer.
-        let tip = self.tip()?;
-        if client.under_duress(tip) {
-            return Err(Refusal::Conflict(format!(
-                "the owner typed the duress code: no restore is confirmed while the duress lockdown holds (until \
-                 block {}). Speak to the owner in person once it is over, or the guardians' quorum lifts it",
-                client.duress_end()
-            )));
+        // Confirmed under a duress lockdown that is over: confirmed anew, from none.
+        if !client.restore_unconfirmed {
+            client.restore_unconfirmed = true;
+            client.restore_confirmed_under_duress = false;
+            client.restore_confirmations.clear();
         }
         if req.request.restore > client.restores {
             return Err(Refusal::Conflict(format!(
@@ -816,6 +815,7 @@ impl Cosigner {
         let mut batch = Self::consume_nonce(store, &caller.key, req)?;
         if confirmations >= needed {
             client.restore_unconfirmed = false;
+            client.restore_confirmed_under_duress = client.under_duress(tip);
             batch.alarm(alarm(
                 &client.id,
                 "restore-confirmed",
@@ -903,13 +903,17 @@ impl Cosigner {
     /// `GET /v1/restore`: the last restore, for a guardian about to confirm it.
     pub fn restore_state(&self, caller: &Caller) -> Result<wire::RestoreState, Refusal> {
         caller.guardian()?;
+        let tip = self.tip()?;
         let client = Self::client(self.store(), &caller.client.id)?.ok_or(Refusal::Internal)?;
         let current = current_guardians(caller);
+        // Confirmed under a duress lockdown that is over: waiting for confirmations anew.
+        let anew = !client.restore_unconfirmed && client.restore_held(tip);
+        let counted = if anew { &[] } else { client.restore_confirmations.as_slice() };
         Ok(wire::RestoreState {
             restore: client.restores,
             restored_at_height: client.restored_at_height,
-            unconfirmed: client.restore_unconfirmed,
-            confirmations: client.restore_confirmations.iter().filter(|k| current.contains(k)).count() as u32,
+            unconfirmed: client.restore_held(tip),
+            confirmations: counted.iter().filter(|k| current.contains(k)).count() as u32,
             needed: caller.policy().guardians.threshold,
         })
     }

@@ -110,6 +110,12 @@ pub struct ClientRecord {
     /// every vault spend waits for the guardians.
     #[serde(default)]
     pub restore_unconfirmed: bool,
+    /// The quorum confirmed the last restore while a duress lockdown held. Refusing would show
+    /// on the owner's device (its spends keep waiting), and confirming costs nothing then:
+    /// nothing is co-signed under duress. Once that lockdown is over the restore is held
+    /// again, until the guardians confirm it anew.
+    #[serde(default)]
+    pub restore_confirmed_under_duress: bool,
     /// The guardians (auth keys, hex) who confirmed the last restore.
     #[serde(default)]
     pub restore_confirmations: Vec<String>,
@@ -157,6 +163,12 @@ impl ClientRecord {
     /// Whether the client is under duress at `tip`: answered as usual, never co-signed.
     pub fn under_duress(&self, tip: u32) -> bool {
         tip < self.duress_end()
+    }
+
+    /// Whether the last restore holds vault spends for the guardians at `tip`: unconfirmed,
+    /// or confirmed under a duress lockdown that is over.
+    pub fn restore_held(&self, tip: u32) -> bool {
+        self.restore_unconfirmed || (self.restore_confirmed_under_duress && !self.under_duress(tip))
     }
 
     /// The lowest height a lift of the lockdown ending at `held` may name, by the towers'
@@ -816,6 +828,7 @@ impl Cosigner {
             past_policies: Vec::new(),
             past_duress: Vec::new(),
             restore_unconfirmed: false,
+            restore_confirmed_under_duress: false,
             restore_confirmations: Vec::new(),
             restores: 0,
             restored_at_height: 0,

@@ -404,7 +404,7 @@ impl Cosigner {
                 .output
                 .iter()
                 .all(|o| allowance.whitelist.iter().any(|a| a.script_pubkey() == o.script_pubkey));
-        let alone = !client.restore_unconfirmed
+        let alone = !client.restore_held(tip)
             && !vault.guarded()
             && amount_sat <= allowance.spend_limit_sat
             && used + amount_sat <= allowance.velocity_limit_sat
@@ -490,7 +490,7 @@ impl Cosigner {
                     amount_sat,
                     r.vault_outpoint,
                     record.destinations.join(", "),
-                    if client.restore_unconfirmed {
+                    if client.restore_held(tip) {
                         " (the owner's wallet was restored on a new device and you have not confirmed it yet)"
                     } else {
                         ""
@@ -861,7 +861,7 @@ impl Cosigner {
         }
         // Approved without the guardians before a restore they have not confirmed: whoever
         // restored may hold the phrase only.
-        if client.restore_unconfirmed && record.needed == 0 {
+        if client.restore_held(tip) && record.needed == 0 {
             return Err(Refusal::Forbidden(
                 "the wallet was restored on a new device and the guardians have not confirmed it yet: \
                  this spend is signed once they have"

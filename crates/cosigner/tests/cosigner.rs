@@ -858,33 +858,44 @@ fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_c
     assert_eq!(confirmations(&node.rpc, &tx.compute_txid()), 1);
 }
 
-/// A captor who had the owner type the duress code, then restore the wallet on a device of
-/// their own, cannot have the restore confirmed while the duress lockdown holds: its codes
-/// would get spends within the limits once it ends.
+/// A captor who had the owner type the duress code makes the owner restore the wallet on a
+/// device of their own and ask the guardians to confirm it. Refusing would show on that device
+/// (its spends would keep waiting); confirming costs nothing while the duress lockdown holds
+/// (nothing is co-signed). Once it is over, the restore waits for the guardians anew: the
+/// captor's codes get nothing from that confirmation.
 #[test]
-fn a_restore_is_not_confirmed_while_a_duress_lockdown_holds() {
+fn a_restore_confirmed_under_duress_waits_for_the_guardians_again_once_the_duress_is_over() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
-    let f = Family::new(&node, &co, example("cosigner restore under duress"), 1, None);
+    let mut f = Family::new(&node, &co, example("cosigner restore under duress"), 1, None);
+    let vaults: Vec<_> =
+        (0..3).map(|_| f.vault(&node, Amount::from_sat(500_000), VaultKind::Standard)).collect();
     f.heartbeat(true);
     let restore =
         vigil_cosigner::wire::Restore { heartbeat_real: "55".repeat(32), heartbeat_duress: "66".repeat(32) };
     f.post("/v1/restore", &restore, &f.owner()).unwrap();
+    assert_eq!(spend(&f, &vaults[0]).unwrap()["state"], "waiting", "held for the guardians");
     let confirm = |g: usize| {
         f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore: 1 }, &f.guardian(g))
     };
-    for g in 0..2 {
-        let refused = confirm(g).unwrap_err();
-        assert!(refused.0 == 409 && refused.1.contains("duress lockdown holds"), "{refused:?}");
-    }
-    let state = f.get("/v1/restore", &f.guardian(0)).unwrap();
-    assert_eq!((state["unconfirmed"].as_bool(), state["confirmations"].as_u64()), (Some(true), Some(0)));
-    // Once the guardians' quorum lifted it, they may confirm (having spoken to the owner).
+    assert_eq!(confirm(0).unwrap()["held"], true);
+    assert_eq!(confirm(1).unwrap()["held"], false);
+    // As after any confirmation: approved at once (and never co-signed, under duress).
+    assert_eq!(spend(&f, &vaults[1]).unwrap()["state"], "approved", "the device sees it confirmed");
+    // The guardians' quorum lifts the duress lockdown: the restore waits for them again.
     let held = f.get("/v1/lockdown", &f.guardian(0)).unwrap()["lockdown_until"].as_u64().unwrap() as u32;
     let at = quorum_lifts_after_the_wait(&node, &f, held);
     block(&node, &f, at - tip(&node));
-    assert_eq!(confirm(0).unwrap()["held"], true);
+    let state = f.get("/v1/restore", &f.guardian(0)).unwrap();
+    assert_eq!(
+        (state["unconfirmed"].as_bool(), state["confirmations"].as_u64()),
+        (Some(true), Some(0)),
+        "{state}"
+    );
+    assert_eq!(spend(&f, &vaults[2]).unwrap()["state"], "waiting", "held again");
+    assert_eq!(confirm(0).unwrap()["held"], true, "confirmed anew, from none");
     assert_eq!(confirm(1).unwrap()["held"], false);
+    assert_eq!(f.get("/v1/restore", &f.guardian(0)).unwrap()["unconfirmed"], false);
 }
 
 /// The owner's device is lost and the wallet restored on a new one; a captor finds the old
