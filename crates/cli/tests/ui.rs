@@ -320,6 +320,10 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
             && offered.contains("Sign this panic"),
         "{offered}"
     );
+    // Not trusting who started it, a guardian may still start another, knowingly.
+    browser.follow("button[value=fresh]");
+    let fresh = browser.text();
+    assert!(fresh.contains("Start a panic") && !fresh.contains("You are joining"), "{fresh}");
     browser.goto(&format!("{}/", second.origin));
     assert!(browser.text().contains("A guardian asked for a panic"), "{}", browser.text());
     browser.follow("button[value=review]");

@@ -972,23 +972,35 @@ fn told_directly(direct: Option<vigil_client::towers::TowerAnswers>, missing: &s
 async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
     crate::blocking(move || {
         let body = match open_panic(&page) {
-            Some((alarm, (panic, proposers))) => panic_page(&page, Some((alarm, &panic, &proposers))),
-            None => panic_page(&page, None),
+            Some((alarm, (panic, proposers))) => panic_page(&page, Some((alarm, &panic, &proposers)), false),
+            None => panic_page(&page, None, false),
         };
         page.show("Panic", &body)
     })
     .await
 }
 
-/// The newest panic another guardian proposed that still checks, and its event: a guardian
-/// asking for a panic signs that one (a second panic would split the signatures, and
-/// neither reach the quorum).
+/// The newest panic another guardian proposed that still checks, waits for signatures, was
+/// not signed by this guardian, and has at least half its window left, and its event: a
+/// guardian asking for a panic is offered that one (a second panic would split the
+/// signatures, and neither reach the quorum). One nearly run out is not offered: a rogue
+/// guardian proposing short ones could otherwise keep the others from ever starting theirs.
 fn open_panic(page: &GuardianPage) -> Option<(i64, (wire::Panic, Vec<usize>))> {
     let alarms: Vec<CosignerAlarm> = page.co.get("/v1/alarms").ok()?;
-    let mut proposals: Vec<(i64, wire::ProposedPanic)> =
-        alarms.into_iter().filter_map(|a| Some((a.id, a.panic?))).collect();
+    let mine = page.auth.x_only_public_key().0.to_string();
+    let needed = page.current().policy.guardians.threshold as usize;
+    let mut proposals: Vec<(i64, wire::ProposedPanic)> = alarms
+        .into_iter()
+        .filter_map(|a| Some((a.id, a.panic?)))
+        .filter(|(_, p)| !p.signatures.iter().any(|s| s.key == mine))
+        .collect();
     proposals.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
-    proposals.into_iter().find_map(|(alarm, proposed)| Some((alarm, checked_panic(page, proposed).ok()?)))
+    let tip = page.tower_tip()?;
+    proposals.into_iter().find_map(|(alarm, proposed)| {
+        let (panic, proposers) = checked_panic(page, proposed).ok()?;
+        let open = proposers.len() < needed && panic.not_after_height >= tip + PANIC_WINDOW / 2;
+        open.then_some((alarm, (panic, proposers)))
+    })
 }
 
 /// A panic another guardian proposed, as the co-signer's event `alarm` carries it, checked
@@ -1046,8 +1058,13 @@ fn checked_panic(
     Ok((panic, proposers))
 }
 
-/// The panic form: a new panic, or joining the one of the co-signer's event `alarm`.
-fn panic_page(page: &GuardianPage, joining: Option<(i64, &wire::Panic, &[usize])>) -> String {
+/// The panic form: a new panic, or joining the one of the co-signer's event `alarm` (with a
+/// way to start a new one instead: that one may be a rogue guardian's, or about to run out).
+fn panic_page(
+    page: &GuardianPage,
+    joining: Option<(i64, &wire::Panic, &[usize])>,
+    past_offer: bool,
+) -> String {
     let mut body = String::from(
         "<p>A panic sweeps <strong>every vault</strong> to the deep vault, which nobody in the household can open \
          for a long time; only the owner's off-site backup key with the co-signer and every guardian brings the coins \
@@ -1068,17 +1085,31 @@ fn panic_page(page: &GuardianPage, joining: Option<(i64, &wire::Panic, &[usize])
         use vigil_policy::bitcoin::hex::DisplayHex;
         hidden = vec![("alarm", alarm.to_string()), ("shown", panic.digest().as_ref().to_lower_hex_string())];
     }
+    // A new panic asked for knowingly, past one offered: not offered it again.
+    if past_offer {
+        hidden.push(("fresh", "1".to_owned()));
+    }
     let hidden: Vec<(&str, &str)> = hidden.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    body + &signing_form(
-        page,
-        "/panic",
-        &hidden,
-        "Yes, sweep every vault to the deep vault.",
-        &format!(
-            "<button type=\"submit\" class=\"danger\" name=\"step\" value=\"sign\">{}</button>",
-            if joining.is_some() { "Sign this panic" } else { "Start a panic" }
-        ),
-    )
+    let mut out = body
+        + &signing_form(
+            page,
+            "/panic",
+            &hidden,
+            "Yes, sweep every vault to the deep vault.",
+            &format!(
+                "<button type=\"submit\" class=\"danger\" name=\"step\" value=\"sign\">{}</button>",
+                if joining.is_some() { "Sign this panic" } else { "Start a panic" }
+            ),
+        );
+    if joining.is_some() {
+        out += &form(
+            "/panic",
+            page.csrf(),
+            "<p class=\"muted\">Not this one (you do not trust who started it)?</p>\
+             <button class=\"secondary\" type=\"submit\" name=\"step\" value=\"fresh\">Start a new panic instead</button>",
+        );
+    }
+    out
 }
 
 async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extension<Fields>) -> Response {
@@ -1096,7 +1127,10 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
         };
         if fields.get("step") == "review" {
             let shown = joining.as_ref().map(|(a, (p, who))| (*a, p, who.as_slice()));
-            return page.show("Panic", &panic_page(&page, shown));
+            return page.show("Panic", &panic_page(&page, shown, false));
+        }
+        if fields.get("step") == "fresh" {
+            return page.show("Panic", &panic_page(&page, None, true));
         }
         let panic = match joining {
             Some((_, (panic, _))) => {
@@ -1111,15 +1145,17 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
             }
             None => {
                 // Another guardian proposed one since this form was shown: theirs is offered,
-                // not a second panic splitting the signatures.
-                if let Some((alarm, (panic, proposers))) = open_panic(&page) {
+                // not a second panic splitting the signatures (unless this form was asked for
+                // past it).
+                let offered = if fields.get("fresh") == "1" { None } else { open_panic(&page) };
+                if let Some((alarm, (panic, proposers))) = offered {
                     return page.show(
                         "Nothing was signed",
                         &(notice(
                             "warn",
                             "Another guardian proposed a panic meanwhile: sign theirs (two panics split the \
                              signatures). Nothing was signed yet.",
-                        ) + &panic_page(&page, Some((alarm, &panic, &proposers)))),
+                        ) + &panic_page(&page, Some((alarm, &panic, &proposers)), false)),
                     );
                 }
                 let Some(tip) = page.tower_tip() else {
