@@ -55,6 +55,15 @@ impl Checked {
     }
 }
 
+/// The states a spend request is in, as the co-signer names them.
+const STATES: [&str; 4] = ["waiting", "approved", "denied", "expired"];
+
+/// A request's state as shown: one the co-signer sends, or said to be none of them (its
+/// text is not shown: runs of spaces could make it look like another line).
+fn state_word(s: &SpendStatus) -> &str {
+    STATES.iter().find(|k| **k == s.state).copied().unwrap_or("in an unknown state")
+}
+
 /// `text` from the co-signer as it may be shown on a terminal: control characters (a line
 /// break, an escape sequence that hides or rewrites what follows) and invisible or
 /// direction-changing characters become `?`, so a co-signer cannot make the text before "Type
@@ -62,7 +71,18 @@ impl Checked {
 pub fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            let hidden = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+            let hidden = matches!(
+                c,
+                '\u{00AD}'
+                    | '\u{061C}'
+                    | '\u{180E}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{2028}'..='\u{202E}'
+                    | '\u{2060}'..='\u{2069}'
+                    | '\u{FEFF}'
+                    | '\u{FFF9}'..='\u{FFFB}'
+                    | '\u{E0000}'..='\u{E007F}'
+            );
             if c.is_control() || hidden {
                 '?'
             } else {
@@ -93,7 +113,7 @@ pub fn describe(s: &SpendStatus) -> String {
     let mut out = format!(
         "Spend request {}: {}\n  sends {} to {}\n  from vault {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
         s.id,
-        printable(&s.state),
+        state_word(s),
         btc(s.amount_sat),
         printable(&s.destinations.join(", ")),
         printable(&s.vault_outpoint),
@@ -126,7 +146,7 @@ impl Checked {
         let mut shown = format!(
             "Spend request {}: {}\n  takes {} out of vault {} ({})\n  pays {}; fee {}\n  policy version {}; approvals {} of {}; valid for an unvault confirmed by block {}",
             s.id,
-            printable(&s.state),
+            state_word(s),
             btc(self.taken_sat),
             s.vault.vault_outpoint,
             self.kind_name(),
@@ -216,6 +236,12 @@ impl Checker {
     /// vault and the current policy version.
     pub fn check(&self, s: &SpendStatus) -> Result<Checked, NotSignable> {
         let v = &s.vault;
+        if !STATES.contains(&s.state.as_str()) {
+            return Err(bad(
+                "the request's state",
+                format!("{:?} is none the co-signer sends", printable(&s.state)),
+            ));
+        }
         let kind = match v.kind.as_str() {
             "standard" => VaultKind::Standard,
             "guarded" => VaultKind::Guarded,
@@ -401,6 +427,11 @@ mod tests {
         assert_eq!(printable("a\nb\u{1b}[8mc\r\u{7}"), "a?b?[8mc??");
         assert_eq!(printable("x\u{202E}y\u{200B}z\u{2066}"), "x?y?z?", "direction and invisible marks");
         assert_eq!(printable("bc1q\u{0085}é"), "bc1q?é", "a C1 control; letters stay");
+        assert_eq!(
+            printable("a\u{2028}b\u{00AD}c\u{E0041}"),
+            "a?b?c?",
+            "a line separator, a soft hyphen, a tag"
+        );
     }
 
     #[test]

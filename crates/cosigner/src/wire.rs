@@ -543,9 +543,9 @@ pub struct DeepVaultSigned {
 }
 
 /// `POST /v1/restore`: the owner's wallet rebuilt on a new device (`vigil init --restore`):
-/// the new keystore's heartbeat hashes replace the old ones (the old device's codes stop
-/// counting), and the guardians are alarmed, whichever code the new device will be opened
-/// with.
+/// the new keystore's heartbeat hashes replace the old ones (the old device's unlock code
+/// stops counting; its duress code still locks the client down), and the guardians are
+/// alarmed, whichever code the new device will be opened with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Restore {

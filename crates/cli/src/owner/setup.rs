@@ -234,7 +234,7 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
     if public.auth_key != policy.owner.keys[0].auth_key().to_string() {
         bail!("this policy names another request key for the owner than this phrase's; nothing was changed");
     }
-    say("Choose new codes for this device (the old device's stop counting).");
+    say("Choose new codes for this device (the old device's unlock code stops counting).");
     let (real_code, duress_code) = new_codes()?;
     // Built beside it and moved into place at the end: a restore killed half-way leaves no
     // half-made wallet, only this directory, cleared by the next attempt.
@@ -385,10 +385,15 @@ fn restore(args: &InitArgs, policy_file: Option<&std::path::Path>) -> anyhow::Re
             json!({"restored": true, "restore": restore, "vaults": state.vaults.len(), "coins": state.coins.len()})
         );
     } else {
+        // A co-signer of an earlier release names no number.
+        let number = if restore == 0 {
+            "Tell them yourself that you restored it (this co-signer does not number restores).".to_owned()
+        } else {
+            format!("Tell them yourself that this is restore number {restore}: they confirm only that one.")
+        };
         println!(
             "Your wallet is back: {} vault(s) and {} coin(s) found. Your guardians were told of the restore; until \
-             they confirm it, every vault spend waits for them. Tell them yourself that this is restore number \
-             {restore}: they confirm only that one.",
+             they confirm it, every vault spend waits for them. {number}",
             state.vaults.len(),
             state.coins.len()
         );
