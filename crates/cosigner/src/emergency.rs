@@ -359,6 +359,13 @@ impl Cosigner {
         match token {
             Some(_) if duress => {
                 tracing::warn!(client = %client.id, "duress heartbeat");
+                // A restore confirmed under a duress lockdown that is over counts no more:
+                // a new duress lockdown must not make it count again.
+                if client.restore_confirmed_under_duress && !client.under_duress(tip) {
+                    client.restore_confirmed_under_duress = false;
+                    client.restore_unconfirmed = true;
+                    client.restore_confirmations.clear();
+                }
                 if tip + DURESS_LOCKDOWN_BLOCKS > client.duress_end() {
                     client.duress_until = tip + DURESS_LOCKDOWN_BLOCKS;
                     client.new_duress_epoch();
@@ -816,12 +823,17 @@ impl Cosigner {
         if confirmations >= needed {
             client.restore_unconfirmed = false;
             client.restore_confirmed_under_duress = client.under_duress(tip);
+            let counts = if client.restore_confirmed_under_duress {
+                "while the duress lockdown holds, the owner's device sees it confirmed (nothing is co-signed); \
+                 once it is over the restore waits for your confirmation again"
+            } else {
+                "vault spends within the limits are approved at once again"
+            };
             batch.alarm(alarm(
                 &client.id,
                 "restore-confirmed",
                 format!(
-                    "the guardians' quorum confirmed the restore of {}'s wallet (last: guardian {g}): vault \
-                     spends within the limits are approved at once again",
+                    "the guardians' quorum confirmed the restore of {}'s wallet (last: guardian {g}): {counts}",
                     client.id
                 ),
             ));

@@ -860,8 +860,9 @@ impl Cosigner {
             )));
         }
         // Approved without the guardians before a restore they have not confirmed: whoever
-        // restored may hold the phrase only.
-        if client.restore_held(tip) && record.needed == 0 {
+        // restored may hold the phrase only. (One asked under duress gets the duress answer
+        // below: this one would tell a restore confirmed under duress apart.)
+        if client.restore_held(tip) && record.needed == 0 && !record.under_duress {
             return Err(Refusal::Forbidden(
                 "the wallet was restored on a new device and the guardians have not confirmed it yet: \
                  this spend is signed once they have"

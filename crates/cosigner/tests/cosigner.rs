@@ -881,7 +881,9 @@ fn a_restore_confirmed_under_duress_waits_for_the_guardians_again_once_the_dures
     assert_eq!(confirm(0).unwrap()["held"], true);
     assert_eq!(confirm(1).unwrap()["held"], false);
     // As after any confirmation: approved at once (and never co-signed, under duress).
-    assert_eq!(spend(&f, &vaults[1]).unwrap()["state"], "approved", "the device sees it confirmed");
+    let approved = spend(&f, &vaults[1]).unwrap();
+    assert_eq!(approved["state"], "approved", "the device sees it confirmed");
+    unvault(&node, &f, &vaults[1]);
     // The guardians' quorum lifts the duress lockdown: the restore waits for them again.
     let held = f.get("/v1/lockdown", &f.guardian(0)).unwrap()["lockdown_until"].as_u64().unwrap() as u32;
     let at = quorum_lifts_after_the_wait(&node, &f, held);
@@ -892,7 +894,14 @@ fn a_restore_confirmed_under_duress_waits_for_the_guardians_again_once_the_dures
         (Some(true), Some(0)),
         "{state}"
     );
+    // The spend approved under duress gets the answer any duress spend gets, not one naming
+    // the restore (a normal session's confirmed restore never comes back).
+    let refused = f.sign(approved["id"].as_u64().unwrap()).unwrap_err();
+    assert!(refused.0 == 409 && !refused.1.contains("restored"), "{refused:?}");
+    // A later duress code does not make the confirmation count again.
+    f.heartbeat(true);
     assert_eq!(spend(&f, &vaults[2]).unwrap()["state"], "waiting", "held again");
+    assert_eq!(f.get("/v1/restore", &f.guardian(0)).unwrap()["unconfirmed"], true);
     assert_eq!(confirm(0).unwrap()["held"], true, "confirmed anew, from none");
     assert_eq!(confirm(1).unwrap()["held"], false);
     assert_eq!(f.get("/v1/restore", &f.guardian(0)).unwrap()["unconfirmed"], false);
