@@ -87,7 +87,7 @@ fn a_guardian_reviews_approves_and_denies_from_the_command_line() {
         vigil_client::guardian::Checker::new(&vigil_policy::Policy::from_toml(&f.policy_text).unwrap())
             .unwrap();
     let checked = checker.check(&status(&|_| {})).unwrap();
-    assert_eq!(checked.kind_name(), "guarded");
+    assert_eq!(checked.kind, VaultKind::Guarded);
     let made_up =
         checker.check(&status(&|s| s["vault"]["kind"] = "standard (owner confirmed by phone)".into()));
     assert!(made_up.is_err_and(|e| e.to_string().contains("neither standard nor guarded")));

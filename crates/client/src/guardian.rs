@@ -45,16 +45,6 @@ pub struct Checked {
     pub kind: VaultKind,
 }
 
-impl Checked {
-    /// The vault's kind in words.
-    pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            VaultKind::Standard => "standard",
-            VaultKind::Guarded => "guarded",
-        }
-    }
-}
-
 /// The states a spend request is in, as the co-signer names them.
 const STATES: [&str; 4] = ["waiting", "approved", "denied", "expired"];
 
@@ -149,7 +139,7 @@ impl Checked {
             state_word(s),
             btc(self.taken_sat),
             s.vault.vault_outpoint,
-            self.kind_name(),
+            self.kind.name(),
             pays.join(", "),
             btc(self.fee_sat),
             s.approval.policy_version,
@@ -242,13 +232,9 @@ impl Checker {
                 format!("{:?} is none the co-signer sends", printable(&s.state)),
             ));
         }
-        let kind = match v.kind.as_str() {
-            "standard" => VaultKind::Standard,
-            "guarded" => VaultKind::Guarded,
-            other => {
-                return Err(bad("the vault's kind", format!("{:?} is neither standard nor guarded", other)))
-            }
-        };
+        let kind = VaultKind::from_name(&v.kind).ok_or_else(|| {
+            bad("the vault's kind", format!("{:?} is neither standard nor guarded", v.kind))
+        })?;
         let key = |k: &str| XOnlyPublicKey::from_str(k).map_err(|e| bad("a one-time key of the vault", e));
         let (owner_once, cosigner_once) = (key(&v.owner_once)?, key(&v.cosigner_once)?);
         let vault_outpoint =

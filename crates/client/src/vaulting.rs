@@ -60,14 +60,6 @@ pub struct VaultOrder<'a> {
     pub funding_sat_per_vb: u64,
 }
 
-fn kind_name(kind: VaultKind) -> &'static str {
-    if kind == VaultKind::Guarded {
-        "guarded"
-    } else {
-        "standard"
-    }
-}
-
 /// The first half: a fresh one-time key for the owner, and the co-signer's half.
 pub fn begin(
     co: &CosignerClient,
@@ -78,7 +70,7 @@ pub fn begin(
     let req = BeginVault {
         index: order.index,
         amount_sat: order.amount.to_sat(),
-        kind: kind_name(order.kind).into(),
+        kind: order.kind.name().into(),
         owner_once: owner_once.public().to_string(),
         owner_once_xpub: owner_once.xpub().map(|x| x.to_string()),
         coins: order

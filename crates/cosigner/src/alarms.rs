@@ -661,27 +661,25 @@ mod tests {
         let webhooks = ClientWebhooks::default();
         let pending = || store.undelivered(CLIENT_WEBHOOKS_SINK, 20).unwrap();
         let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
-        tracing::subscriber::with_default(subscriber, || {
-            for _ in 0..3 {
-                assert_eq!(webhooks.deliver(&store, "c4", &pending()), 0);
-            }
-        });
-        assert_eq!(pending().len(), 1, "the alarm waits");
+        // Three delivery passes, logging into `logs`: none delivers.
+        let three_passes = || {
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
+            tracing::subscriber::with_default(subscriber, || {
+                for _ in 0..3 {
+                    assert_eq!(webhooks.deliver(&store, "c4", &pending()), 0);
+                }
+            });
+        };
         let said = || String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        three_passes();
+        assert_eq!(pending().len(), 1, "the alarm waits");
         assert_eq!(said().matches("a client's record cannot be read").count(), 1, "{}", said());
         // An hour on, still unread: said again, and then not again for another hour.
         for (_, until) in webhooks.unreadable.lock().unwrap().values_mut() {
             *until = std::time::Instant::now();
         }
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
-        tracing::subscriber::with_default(subscriber, || {
-            for _ in 0..3 {
-                assert_eq!(webhooks.deliver(&store, "c4", &pending()), 0);
-            }
-        });
+        three_passes();
         assert_eq!(said().matches("a client's record cannot be read").count(), 2, "{}", said());
         let record = serde_json::json!({"id": "c4", "account": 0, "policy": "", "lockdown_until": 0,
             "duress_until": 0, "heartbeat_real": "", "heartbeat_duress": "", "next_spend": 0,

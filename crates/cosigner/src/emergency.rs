@@ -759,9 +759,10 @@ impl Cosigner {
                 "owner-restored",
                 format!(
                     "the owner's wallet of {} was restored on a new device (restore {} at block {}): the old \
-                     device's unlock code no longer counts (its duress code still does), and every vault spend waits for your approval until you \
-                     confirm the restore. Speak to the owner first; then `vigil guardian confirm-restore`. If \
-                     the owner did not tell you, lock the client down (`vigil guardian lockdown`).",
+                     device's unlock code no longer counts (its duress code still does), and every vault \
+                     spend waits for your approval until you confirm the restore. Speak to the owner first; \
+                     then `vigil guardian confirm-restore`. If the owner did not tell you, lock the client \
+                     down (`vigil guardian lockdown`).",
                     client.id, client.restores, client.restored_at_height
                 ),
             ));

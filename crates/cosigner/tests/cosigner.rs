@@ -815,10 +815,8 @@ fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_c
     assert_eq!(approved["state"], "approved", "{approved}");
     let id = approved["id"].as_u64().unwrap();
     // Someone holding the phrase restores it with codes of their own.
-    let restore =
-        vigil_cosigner::wire::Restore { heartbeat_real: "11".repeat(32), heartbeat_duress: "22".repeat(32) };
     // Its answer names it, for the owner to tell the guardians.
-    assert_eq!(f.post("/v1/restore", &restore, &f.owner()).unwrap()["restore"], 1);
+    assert_eq!(restore(&f, "11", "22")["restore"], 1);
     unvault(&node, &f, &vault);
     block(&node, &f, DELAY - 1);
     let held = f.sign(id).unwrap_err();
@@ -827,17 +825,13 @@ fn after_a_restore_nothing_approved_without_the_guardians_is_signed_until_they_c
     // A confirmation names the restore it confirms: one of an earlier restore is refused.
     let state = f.get("/v1/restore", &f.guardian(0)).unwrap();
     assert_eq!((state["restore"].as_u64(), state["unconfirmed"].as_bool()), (Some(1), Some(true)), "{state}");
-    let confirm = |g: usize, restore: u32| {
-        f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore }, &f.guardian(g))
-    };
+    let confirm = |g: usize, restore: u32| confirm_restore(&f, g, restore);
     let none = confirm(0, 2).unwrap_err();
     assert!(none.0 == 409 && none.1.contains("there is no restore 2"), "{none:?}");
     // One guardian confirms; then the wallet is restored again (a captor, between the owner's
     // call and the next guardian's confirmation): the earlier confirmation counts no more.
     assert_eq!(confirm(0, 1).unwrap()["held"], true);
-    let again =
-        vigil_cosigner::wire::Restore { heartbeat_real: "33".repeat(32), heartbeat_duress: "44".repeat(32) };
-    assert_eq!(f.post("/v1/restore", &again, &f.owner()).unwrap()["restore"], 2);
+    assert_eq!(restore(&f, "33", "44")["restore"], 2);
     let stale = confirm(1, 1).unwrap_err();
     assert!(stale.0 == 409 && stale.1.contains("restored again since"), "{stale:?}");
     let state = f.get("/v1/restore", &f.guardian(0)).unwrap();
@@ -871,13 +865,9 @@ fn a_restore_confirmed_under_duress_waits_for_the_guardians_again_once_the_dures
     let vaults: Vec<_> =
         (0..3).map(|_| f.vault(&node, Amount::from_sat(500_000), VaultKind::Standard)).collect();
     f.heartbeat(true);
-    let restore =
-        vigil_cosigner::wire::Restore { heartbeat_real: "55".repeat(32), heartbeat_duress: "66".repeat(32) };
-    f.post("/v1/restore", &restore, &f.owner()).unwrap();
+    restore(&f, "55", "66");
     assert_eq!(spend(&f, &vaults[0]).unwrap()["state"], "waiting", "held for the guardians");
-    let confirm = |g: usize| {
-        f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore: 1 }, &f.guardian(g))
-    };
+    let confirm = |g: usize| confirm_restore(&f, g, 1);
     assert_eq!(confirm(0).unwrap()["held"], true);
     assert_eq!(confirm(1).unwrap()["held"], false);
     // As after any confirmation: approved at once (and never co-signed, under duress).
@@ -914,9 +904,7 @@ fn a_lost_devices_duress_code_still_locks_the_client_down_after_a_restore() {
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
     let f = Family::new(&node, &co, example("cosigner old duress code"), 1, None);
-    let restore =
-        vigil_cosigner::wire::Restore { heartbeat_real: "99".repeat(32), heartbeat_duress: "aa".repeat(32) };
-    f.post("/v1/restore", &restore, &f.owner()).unwrap();
+    restore(&f, "99", "aa");
     let state = || f.get("/v1/lockdown", &f.guardian(0)).unwrap();
     assert_eq!(state()["duress"], false);
     f.heartbeat(true);
@@ -933,11 +921,9 @@ fn restores_do_not_push_a_duress_alarm_out_of_the_guardians_feed() {
     let co = CosignerProcess::new(&node, "");
     let f = Family::new(&node, &co, example("cosigner restore flood"), 1, None);
     f.heartbeat(true);
-    let restore =
-        vigil_cosigner::wire::Restore { heartbeat_real: "77".repeat(32), heartbeat_duress: "88".repeat(32) };
     let restores = vigil_cosigner::emergency::ALARM_FEED_LEN + 1;
     for _ in 0..restores {
-        f.post("/v1/restore", &restore, &f.owner()).unwrap();
+        restore(&f, "77", "88");
     }
     let feed = f.get("/v1/alarms", &f.guardian(0)).unwrap();
     let kinds: Vec<&str> = feed.as_array().unwrap().iter().filter_map(|a| a["kind"].as_str()).collect();

@@ -33,6 +33,21 @@ pub enum VaultKind {
     Guarded,
 }
 
+impl VaultKind {
+    /// Its name on the wire and in records: "standard" or "guarded".
+    pub fn name(&self) -> &'static str {
+        match self {
+            VaultKind::Standard => "standard",
+            VaultKind::Guarded => "guarded",
+        }
+    }
+
+    /// The kind named `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<VaultKind> {
+        [VaultKind::Standard, VaultKind::Guarded].into_iter().find(|k| k.name() == name)
+    }
+}
+
 /// Descriptor templates over placeholder keys: `O0..` owner, `B` backup, `C` co-signer,
 /// `G0..` guardians, `OO`/`CO` the owner's and co-signer's one-time keys, `NUMS`. A party's
 /// name alone is its key in the first leaf it sits in; with [`SECOND`] appended, in the

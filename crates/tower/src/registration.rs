@@ -114,11 +114,8 @@ pub fn checked_vault_waiting(
     req: &RegisterVault,
 ) -> Result<(Vault, TxOut), Refusal> {
     let p = &req.vault;
-    let kind = match p.kind.as_str() {
-        "standard" => VaultKind::Standard,
-        "guarded" => VaultKind::Guarded,
-        other => return Err(bad(format!("vault.kind: {other:?} is neither \"standard\" nor \"guarded\""))),
-    };
+    let kind = VaultKind::from_name(&p.kind)
+        .ok_or_else(|| bad(format!("vault.kind: {:?} is neither \"standard\" nor \"guarded\"", p.kind)))?;
     let key = |field: &str, s: &str| {
         XOnlyPublicKey::from_str(s).map_err(|_| bad(format!("vault.{field}: not an x-only public key")))
     };

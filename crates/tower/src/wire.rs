@@ -355,10 +355,7 @@ impl RegisterVault {
             vault: VaultParams {
                 index: plan.index,
                 amount_sat: plan.amount.to_sat(),
-                kind: match plan.kind {
-                    vigil_policy::VaultKind::Standard => "standard".into(),
-                    vigil_policy::VaultKind::Guarded => "guarded".into(),
-                },
+                kind: plan.kind.name().into(),
                 owner_once: plan.owner_once.to_string(),
                 cosigner_once: plan.cosigner_once.to_string(),
                 vault_outpoint: g.vault_outpoint.to_string(),

@@ -525,7 +525,7 @@ fn request_card(page: &GuardianPage, s: &SpendStatus, tip: Option<u32>, alarmed:
     let taken = checked.as_ref().map(|c: &Checked| c.taken_sat).unwrap_or(s.amount_sat);
     // The vault, kind and version the approval signs (checked, when the check passed), not
     // the co-signer's summary beside them.
-    let kind = checked.as_ref().map_or_else(|_| printable(&s.vault.kind), |c| c.kind_name().to_owned());
+    let kind = checked.as_ref().map_or_else(|_| printable(&s.vault.kind), |c| c.kind.name().to_owned());
     out += &format!(
         "<dl><dt>State</dt><dd>{}</dd><dt>From vault</dt><dd><code>{}</code> ({}, {} leaves it)</dd>\
          <dt>Asked by</dt><dd>the owner's wallet</dd><dt>Policy version</dt><dd>{}</dd>\
@@ -997,7 +997,7 @@ fn open_panic(page: &GuardianPage) -> Option<(i64, (wire::Panic, Vec<usize>))> {
     proposals.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
     let tip = page.tower_tip()?;
     proposals.into_iter().find_map(|(alarm, proposed)| {
-        let (panic, proposers) = checked_panic(page, proposed).ok()?;
+        let (panic, proposers) = checked_panic(page, proposed, Some(tip)).ok()?;
         let open = proposers.len() < needed && panic.not_after_height >= tip + PANIC_WINDOW / 2;
         open.then_some((alarm, (panic, proposers)))
     })
@@ -1006,8 +1006,7 @@ fn open_panic(page: &GuardianPage) -> Option<(i64, (wire::Panic, Vec<usize>))> {
 /// A panic another guardian proposed, as the co-signer's event `alarm` carries it, checked
 /// (see [`checked_panic`]).
 fn proposed_panic(page: &GuardianPage, alarm: i64) -> Result<(wire::Panic, Vec<usize>), Box<Response>> {
-    let refuse =
-        |why: &str| page.stop("Do not sign", &notice("alarm", &format!("{}. Nothing was signed.", esc(why))));
+    let refuse = |why: &str| do_not_sign(page, why);
     let alarms: Vec<CosignerAlarm> =
         page.co.get("/v1/alarms").map_err(|e| refuse(&format!("the co-signer cannot be reached: {e}")))?;
     let proposed = alarms
@@ -1015,18 +1014,23 @@ fn proposed_panic(page: &GuardianPage, alarm: i64) -> Result<(wire::Panic, Vec<u
         .find(|a| a.id == alarm)
         .and_then(|a| a.panic)
         .ok_or_else(|| refuse("that panic is no longer in the co-signer's feed"))?;
-    checked_panic(page, proposed)
+    checked_panic(page, proposed, page.tower_tip())
+}
+
+/// The page saying why a panic is not signed.
+fn do_not_sign(page: &GuardianPage, why: &str) -> Box<Response> {
+    page.stop("Do not sign", &notice("alarm", &format!("{}. Nothing was signed.", esc(why))))
 }
 
 /// A proposed panic checked: signed by guardians of this policy, for this client, acting
-/// within the next [`PANIC_WINDOW`] blocks. Returns it and the proposers (1-based, as the
-/// policy lists them).
+/// within the next [`PANIC_WINDOW`] blocks of the towers' `tip` (`None`: none answered).
+/// Returns it and the proposers (1-based, as the policy lists them).
 fn checked_panic(
     page: &GuardianPage,
     proposed: wire::ProposedPanic,
+    tip: Option<u32>,
 ) -> Result<(wire::Panic, Vec<usize>), Box<Response>> {
-    let refuse =
-        |why: &str| page.stop("Do not sign", &notice("alarm", &format!("{}. Nothing was signed.", esc(why))));
+    let refuse = |why: &str| do_not_sign(page, why);
     let panic = wire::Panic {
         policy_id: page.co.client_id().to_owned(),
         id: proposed.id,
@@ -1047,8 +1051,7 @@ fn checked_panic(
     if proposers.is_empty() {
         return Err(refuse("no guardian of your policy signed this panic"));
     }
-    let tip =
-        page.tower_tip().ok_or_else(|| refuse("no watchtower can be reached to read the chain's height"))?;
+    let tip = tip.ok_or_else(|| refuse("no watchtower can be reached to read the chain's height"))?;
     if panic.not_after_height <= tip || panic.not_after_height > tip + PANIC_WINDOW {
         return Err(refuse(&format!(
             "this panic acts until block {}, and the chain is at block {tip}: a panic acts within the next {PANIC_WINDOW} blocks",

@@ -28,19 +28,11 @@ pub struct VaultArgs {
     resume: bool,
 }
 
-fn kind_name(kind: VaultKind) -> &'static str {
-    if kind == VaultKind::Guarded {
-        "guarded"
-    } else {
-        "standard"
-    }
-}
-
 fn record_of(vault: &vigil_client::Vault, version: u32, once_xpubs: Option<[String; 2]>) -> VaultRecord {
     VaultRecord {
         outpoint: vault.outpoint(),
         amount_sat: vault.plan.amount.to_sat(),
-        kind: kind_name(vault.plan.kind).into(),
+        kind: vault.plan.kind.name().into(),
         index: vault.plan.index,
         funding: serialize_hex(&vault.funding),
         confirmed_height: None,
@@ -206,7 +198,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         outpoint: prepared.outpoint,
         index,
         amount_sat: amount.to_sat(),
-        kind: kind_name(kind).into(),
+        kind: kind.name().into(),
         owner_once: prepared.plan.owner_once.to_string(),
         cosigner_once: prepared.plan.cosigner_once.to_string(),
         once_xpubs: prepared.once_xpubs.clone(),
@@ -222,7 +214,7 @@ pub fn vault(args: VaultArgs) -> anyhow::Result<()> {
         if args.wallet.json {
             println!(
                 "{}",
-                json!({"vault": prepared.outpoint.to_string(), "amount_sat": amount.to_sat(), "kind": kind_name(kind),
+                json!({"vault": prepared.outpoint.to_string(), "amount_sat": amount.to_sat(), "kind": kind.name(),
                        "state": "waiting for the owner's signature", "psbt": file.display().to_string()})
             );
         } else {
@@ -452,7 +444,7 @@ fn send_and_broadcast(
             "the funding was not broadcast ({e}); it is saved and sent again by the next `vigil vault`"
         )
     })?;
-    let kind = kind_name(vault.plan.kind);
+    let kind = vault.plan.kind.name();
     if wallet.json {
         println!(
             "{}",

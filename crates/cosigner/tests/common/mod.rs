@@ -122,3 +122,18 @@ pub fn acknowledged_by(answer: &Value) -> Vec<&str> {
     let towers = answer["towers"].as_array().unwrap().iter();
     towers.filter(|t| t["acknowledged"] == true).map(|t| t["name"].as_str().unwrap()).collect()
 }
+
+/// The owner's wallet restored on a new device whose heartbeat hashes are `real` and
+/// `duress` repeated (two hex digits each); the co-signer's answer.
+pub fn restore(f: &Family, real: &str, duress: &str) -> Value {
+    let hashes = vigil_cosigner::wire::Restore {
+        heartbeat_real: real.repeat(32),
+        heartbeat_duress: duress.repeat(32),
+    };
+    f.post("/v1/restore", &hashes, &f.owner()).unwrap()
+}
+
+/// Guardian `g` confirms restore number `restore`.
+pub fn confirm_restore(f: &Family, g: usize, restore: u32) -> Result<Value, (u16, String)> {
+    f.post("/v1/restore/confirm", &vigil_cosigner::wire::ConfirmRestore { restore }, &f.guardian(g))
+}
