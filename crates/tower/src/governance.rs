@@ -166,9 +166,20 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
             }
             takes
         }
+        // The token's first use sent another chain (whoever holds the owner's device sees the
+        // token the owner hands the co-signer): an acknowledgement would tell the co-signer
+        // this tower serves a version it does not hold.
+        Enrollment::OtherVersion => {
+            tracing::warn!(client = %id, version = client.policy.version, "enrollment token first used for another version");
+            return Err(Refusal::Conflict(format!(
+                "this enrollment token pinned client {id} at another version than {}: ask the tower's \
+                 operator for a new token",
+                client.policy.version
+            )));
+        }
         // The same token again: its first use pinned the client, and memory follows what it
         // wrote (a commit the store retried on a new connection, or an answer lost after it,
-        // may have left it out of memory). A token used for another version moves nothing.
+        // may have left it out of memory).
         Enrollment::Same => {
             takes && state.store.applied_policy(&id)?.as_deref() == Some(client.text.as_str())
         }
@@ -210,9 +221,9 @@ fn takes_chain(held: &Client, chain: &Client, waiting: Option<&PolicyChange>, me
 }
 
 /// The client an enrollment pins: its first policy, then each change in turn, every one
-/// signed by the guardian quorum of the version before it. A chain must lead to a version
-/// naming this tower (it was added by a change): one stopping short would enroll it under a
-/// version it does not serve.
+/// signed by the guardian quorum of the version before it. It must lead to a version naming
+/// this tower: one stopping short of the change that added it would enroll it under a version
+/// it does not serve (and a captor who saw the token would use it so first).
 fn followed(tower: &Tower, id: &str, req: &EnrollClient) -> Result<Client, Refusal> {
     let mut client = Client::new(id, &req.policy).map_err(|e| bad(format!("policy: {e}")))?;
     for (i, change) in req.changes.iter().enumerate() {
@@ -240,12 +251,16 @@ fn followed(tower: &Tower, id: &str, req: &EnrollClient) -> Result<Client, Refus
         client = next;
     }
     let me = tower.public_key();
-    if !req.changes.is_empty() && !client.policy.towers.iter().any(|t| t.key.x_only_public_key().0 == me) {
-        return Err(bad(format!(
-            "changes: version {}, the last, does not name this tower: give the changes up to the one that \
-             added it",
-            client.policy.version
-        )));
+    if !client.policy.towers.iter().any(|t| t.key.x_only_public_key().0 == me) {
+        let version = client.policy.version;
+        return Err(bad(if req.changes.is_empty() {
+            format!("policy: version {version} does not name this tower: give the changes up to the one that added it")
+        } else {
+            format!(
+                "changes: version {version}, the last, does not name this tower: give the changes up to the one \
+                 that added it"
+            )
+        }));
     }
     Ok(client)
 }

@@ -3,6 +3,7 @@
 
 use vigil_policy::bitcoin::bip32::Xpriv;
 use vigil_policy::bitcoin::Amount;
+use vigil_policy::example::ExamplePolicy;
 use vigil_policy::example::{account_key, auth_keypair, master_key};
 use vigil_policy::VaultKind;
 use vigil_testenv::household::{example, get, post, Household, Refused};
@@ -15,7 +16,7 @@ fn a_client_pins_its_policy_with_a_single_use_token() {
     let node = vigil_node();
     let dir = tempfile::tempdir().unwrap();
     let mut tower = TowerProcess::new(&node, &[], 0, None);
-    let mut h = Household::new(dir.path(), &node, example("enrolled"));
+    let mut h = Household::new(dir.path(), &node, naming(example("enrolled"), &tower));
     let policy = std::fs::read_to_string(&h.policy_path).unwrap();
     let token = tower.token();
     let enroll = |h: &mut Household, token: &str, policy: &str, key| {
@@ -75,6 +76,13 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
         post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), key)
     };
     let enroll = |h: &mut Household, changes| enroll_by(h, changes, &cosigner);
+    // Whoever holds the owner's device sees the token the owner hands the co-signer: the
+    // first policy alone, which does not name this tower, is refused, and leaves it unused.
+    let first_alone = enroll_by(&mut h, Vec::new(), &owner).unwrap_err();
+    assert!(
+        first_alone.0 == 400 && first_alone.1.contains("policy: version 1 does not name this tower"),
+        "{first_alone:?}"
+    );
     // Not the owner's keys: it could leave a tightening out, or end at a change still waiting.
     let by_owner = enroll_by(&mut h, vec![signed(&adds, &[0, 1])], &owner).unwrap_err();
     assert!(by_owner.0 == 403 && by_owner.1.contains("through its co-signer"), "{by_owner:?}");
@@ -120,6 +128,13 @@ fn a_tower_a_change_added_checks_the_chain_of_signed_changes_itself() {
     let unknown = register_under(&tower, &h, &vault, 7).unwrap_err();
     assert!(unknown.0 == 400 && unknown.1.contains("it holds 2, 1"), "{unknown:?}");
     register_under(&tower, &h, &vault, 1).unwrap();
+}
+
+/// `example` naming `tower` as its first tower.
+fn naming(mut example: ExamplePolicy, tower: &TowerProcess) -> ExamplePolicy {
+    example.services.tower_urls = vec![tower.api.url.clone()];
+    example.services.tower_keys = vec![tower.public_key.to_string()];
+    example
 }
 
 /// `tower`'s entry in a policy file, as a change adds it.
@@ -243,6 +258,57 @@ fn a_tower_a_change_removed_takes_the_chain_to_the_version_naming_it_again_on_a_
     // Version 5 changes nothing but its number: it applies at once.
     change(&tower, &h, &v5, &[new[0], new[2]]).unwrap();
     assert_eq!(view(&tower, &h)["version"], 5);
+}
+
+#[test]
+fn a_token_first_used_for_another_version_is_refused_to_the_cosigner_not_acknowledged() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let tower = TowerProcess::new(&node, &[], 9, None);
+    let h = Household::new(
+        dir.path(),
+        &node,
+        ExamplePolicy { towers: 2, ..naming(example("token race"), &tower) },
+    );
+    let first = std::fs::read_to_string(&h.policy_path).unwrap();
+    let named = format!(
+        "\n[[towers]]\nname = \"tower-a\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        tower.api.url, tower.public_key
+    );
+    assert!(first.contains(&named));
+    // Version 2 removes the tower, version 3 names it again; it never heard of either.
+    let removed = first.replace(&named, "");
+    let v2 = removed.replace("version = 1", "version = 2");
+    let v3 = format!("{removed}{}", entry(&tower)).replace("version = 1", "version = 3");
+    let quorum = &h.keys.guardians[..2];
+    let owner = h.owner_auth();
+    let alone = |token: &str| {
+        let req = EnrollClient {
+            nonce: h.next_nonce(),
+            token: token.into(),
+            policy: first.clone(),
+            changes: vec![],
+        };
+        post(&tower.api, "/v1/clients", &serde_json::to_vec(&req).unwrap(), &owner)
+    };
+    alone(&tower.token()).unwrap();
+    // The operator's new token, for the co-signer; the owner's device, in a captor's hands,
+    // uses it first with the first policy: acknowledged, and nothing moves.
+    let token = tower.token();
+    alone(&token).unwrap();
+    assert_eq!(view(&tower, &h)["version"], 1);
+    // The co-signer's enrollment with it is not acknowledged as if it had pinned version 3.
+    let chain = vec![signed(&h, &v2, quorum), signed(&h, &v3, quorum)];
+    let refused = enroll(&tower, &h, &token, chain.clone()).unwrap_err();
+    assert!(refused.0 == 409 && refused.1.contains("pinned client"), "{refused:?}");
+    assert!(
+        refused.1.contains("another version than 3: ask the tower's operator for a new token"),
+        "{refused:?}"
+    );
+    assert_eq!(view(&tower, &h)["version"], 1);
+    // A fresh token takes it there.
+    enroll(&tower, &h, &tower.token(), chain).unwrap();
+    assert_eq!(view(&tower, &h)["version"], 3);
 }
 
 #[test]
