@@ -496,6 +496,19 @@ impl TowerProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// How it exited, if it did by itself within `limit` (then it is no longer running).
+    pub fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL: no cleanup, no flush, no goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

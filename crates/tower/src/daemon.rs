@@ -38,6 +38,8 @@ pub struct Tower {
     pub(crate) read_store: Mutex<Box<dyn TowerStore>>,
     /// Stop flag.
     pub(crate) stopping: AtomicBool,
+    /// Why a request stopped the tower (its store failed), if one did.
+    failure: Mutex<Option<String>>,
     pub(crate) config: TowerConfig,
 }
 
@@ -322,6 +324,7 @@ impl Tower {
             backend,
             key,
             stopping: AtomicBool::new(false),
+            failure: Mutex::new(None),
             config,
         });
         // Re-broadcast what was decided before a crash, then replay missed blocks.
@@ -496,7 +499,7 @@ impl Tower {
         mut state: MutexGuard<'_, TowerState>,
         actions: &[Action],
     ) -> Result<(), StoreError> {
-        let broadcasts = state.record(None, actions)?;
+        let broadcasts = self.record(&mut state, actions)?;
         drop(state);
         for (id, action) in &broadcasts {
             self.broadcast(*id, action);
@@ -504,11 +507,36 @@ impl Tower {
         Ok(())
     }
 
+    /// Records what memory holds now. A failed write leaves memory ahead of the store: a
+    /// request sent again would be answered from memory with what a restart forgets, so the
+    /// tower stops, as when a step fails, and starts again from what the store holds.
+    pub(crate) fn record(
+        &self,
+        state: &mut TowerState,
+        actions: &[Action],
+    ) -> Result<Vec<(i64, Action)>, StoreError> {
+        state.record(None, actions).map_err(|e| self.fail(e))
+    }
+
+    /// Stops the tower because its store failed while a request was answered: it exits with
+    /// an error (for its supervisor to start it again), not as on a signal. Returns `e`.
+    pub(crate) fn fail(&self, e: StoreError) -> StoreError {
+        tracing::error!(error = %e, "the store failed while answering a request: stopping");
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+        self.shutdown();
+        e
+    }
+
+    /// Why a request stopped the tower, if one did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Applies the policy changes whose height has come.
     pub(crate) fn apply_policy_changes(&self, state: &mut TowerState) -> Result<(), StoreError> {
         let alarms = self.apply_due_changes(state);
         if !alarms.is_empty() {
-            state.record(None, &alarms)?;
+            self.record(state, &alarms)?;
         }
         Ok(())
     }

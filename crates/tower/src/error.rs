@@ -63,6 +63,10 @@ pub enum TowerError {
     /// The watch loop died.
     #[error("the watch loop panicked")]
     WatchLoopPanicked,
+    /// The store failed while a request was answered: the tower stopped rather than answer
+    /// from memory what a restart would forget.
+    #[error("stopped: the store failed while answering a request: {0}")]
+    RequestFailed(String),
 }
 
 /// Why a client's policy file was refused.

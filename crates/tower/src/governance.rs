@@ -80,8 +80,7 @@ pub(crate) fn panic(tower: &Tower, signer: &XOnlyPublicKey, req: &PanicRequest) 
     let actions = state.watcher.panic(&client.id);
     if let Some(e) = state.watcher.take_graph_error() {
         // The store failed: a tower that cannot read its vaults must not look alive.
-        tower.shutdown();
-        return Err(e.into());
+        return Err(tower.fail(e).into());
     }
     state.used_panics.push(used);
     tower.act(state, &actions)?;
@@ -312,8 +311,7 @@ pub(crate) fn lockdown(
     let taken_at = state.followed_height().unwrap_or(u32::MAX);
     let actions = state.watcher.lock_down_at(&client.id, req.until_height, quiet, taken_at);
     if let Some(e) = state.watcher.take_graph_error() {
-        tower.shutdown();
-        return Err(e.into());
+        return Err(tower.fail(e).into());
     }
     tower.act(state, &actions)?;
     Ok(ack(tower, format!("lockdown {} {}", client.id, req.until_height)))
@@ -519,7 +517,7 @@ pub(crate) fn change_policy(
     state.pending.insert(current.id.clone(), change.clone());
     let record = state.client_record(&current);
     state.changed_clients.push(record);
-    state.record(None, std::slice::from_ref(&alarm))?;
+    tower.record(&mut state, std::slice::from_ref(&alarm))?;
     if tightening {
         tower.apply_policy_changes(&mut state)?;
     }

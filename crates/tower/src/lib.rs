@@ -88,5 +88,6 @@ pub async fn run(config: TowerConfig) -> Result<(), TowerError> {
     for t in alarm_threads {
         let _ = t.join();
     }
-    watch_thread.join().map_err(|_| TowerError::WatchLoopPanicked)?
+    watch_thread.join().map_err(|_| TowerError::WatchLoopPanicked)??;
+    tower.failure().map_or(Ok(()), |why| Err(TowerError::RequestFailed(why)))
 }

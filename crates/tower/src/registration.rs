@@ -397,8 +397,7 @@ fn feed<'a>(
         actions.extend(state.watcher.on_known_tx(tx, *height));
     }
     if let Some(e) = state.watcher.take_graph_error() {
-        tower.shutdown();
-        return Err(e.into());
+        return Err(tower.fail(e).into());
     }
     if actions.is_empty() && !state.watcher.has_changes() {
         return Ok(state);
@@ -528,8 +527,7 @@ pub(crate) fn register_approval(
     }
     let actions = state.watcher.add_approval(unvault_txid, terms);
     if let Some(e) = state.watcher.take_graph_error() {
-        tower.shutdown();
-        return Err(e.into());
+        return Err(tower.fail(e).into());
     }
     tower.act(state, &actions)?;
     Ok(ack(tower, unvault_txid.to_string()))

@@ -1383,3 +1383,39 @@ fn policy_changes_are_alarmed_tightening_applies_at_once_loosening_waits_out_the
     assert_eq!(about("policy-change"), [(true, true); 3], "{feed}");
     assert!(about("policy-applied").len() >= 2, "{feed}");
 }
+
+#[test]
+fn a_change_the_store_failed_to_write_stops_the_tower_rather_than_being_acknowledged_from_memory() {
+    let node = vigil_node();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Household::new(dir.path(), &node, example("store fails"));
+    let mut tower = TowerProcess::new(&node, &[h.policy_path.clone()], 7, None);
+    let view = |h: &Household, tower: &TowerProcess| {
+        get(&tower.api, &format!("/v1/clients/{}", h.policy_id), &h.owner_auth()).unwrap()
+    };
+    let change = |h: &mut Household, tower: &TowerProcess, text: &str| {
+        let req = h.policy_change(text, &[0, 1]);
+        let by = vigil_policy::example::auth_keypair(&h.keys.guardians[0]);
+        post(&tower.api, "/v1/policy", &serde_json::to_vec(&req).unwrap(), &by)
+    };
+    // The disk refuses the client's row, as a full one would.
+    let db = rusqlite::Connection::open(tower.dir.path().join("data/tower.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER full_insert BEFORE INSERT ON clients BEGIN SELECT RAISE(ABORT, 'disk full'); END;
+         CREATE TRIGGER full_update BEFORE UPDATE ON clients BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let loosening = h.policy_at(2, 20_000_000);
+    let failed = change(&mut h, &tower, &loosening).unwrap_err();
+    assert_eq!(failed.0, 500, "{failed:?}");
+    // Sent again, it is not acknowledged from memory: the tower stopped.
+    let exit = tower.exit_within(Duration::from_secs(10)).expect("the tower kept running ahead of its store");
+    assert!(!exit.success(), "a failure, for its supervisor to start it again: {exit}");
+    db.execute_batch("DROP TRIGGER full_insert; DROP TRIGGER full_update;").unwrap();
+    tower.start();
+    assert_eq!(view(&h, &tower)["pending"], json!([]), "nothing was written");
+    change(&mut h, &tower, &loosening).unwrap();
+    tower.kill9();
+    tower.start();
+    assert_eq!(view(&h, &tower)["pending"][0]["version"], 2, "taken, and kept across a restart");
+}
