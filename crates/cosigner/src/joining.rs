@@ -166,7 +166,9 @@ impl Cosigner {
             .flat_map(|(_, _, reports)| reports)
             .find(|t| t.name == r.tower);
         let owed = self.orders_owed(&client.id, &r.tower)?;
-        let enrolled = !owed.iter().any(|o| o.path == ENROLL_PATH);
+        // Refused for good now (a tower holding an earlier version) settles the order too.
+        let refused = answer.is_some_and(|t| t.refused.is_some());
+        let enrolled = !refused && !owed.iter().any(|o| o.path == ENROLL_PATH);
         Ok(TowerEnrolled {
             tower: r.tower.clone(),
             enrolled,

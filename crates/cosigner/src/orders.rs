@@ -283,9 +283,13 @@ impl Cosigner {
                             continue;
                         }
                         // Refused again and again past the give-up time: said once, loudly,
-                        // and settled rather than sent forever.
+                        // and settled rather than sent forever. An enrollment the tower says
+                        // conflicts with the version it holds (one pinned there first, maybe
+                        // by whoever holds the owner's device) is said at once: asking again
+                        // changes nothing.
                         let since = *o.refusing_since.entry(report.name.clone()).or_insert(time);
-                        if time.saturating_sub(since) >= self.config.tower_refusal_give_up_secs {
+                        let conflict = o.path == crate::joining::ENROLL_PATH && why.starts_with("409");
+                        if conflict || time.saturating_sub(since) >= self.config.tower_refusal_give_up_secs {
                             tracing::error!(client = %client_id, tower = %report.name, %subject, %why, "tower refused an order for good");
                             batch.alarm(crate::service::alarm(
                                 client_id,

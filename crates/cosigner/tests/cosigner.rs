@@ -1670,3 +1670,42 @@ fn a_vote_of_a_guardian_replaced_since_no_longer_counts() {
     assert_eq!(two["state"], "approved", "{two}");
     assert!(two["towers"].as_array().unwrap().iter().all(|t| t["acknowledged"] == true), "{two}");
 }
+
+/// A tower whose store was lost, where whoever holds the owner's device pins the first policy
+/// with the operator's new token before the co-signer enrolls it at the version in force: the
+/// tower refuses that enrollment (it holds an earlier version), and the guardians are told at
+/// once rather than after the give-up time.
+#[test]
+fn a_tower_pinned_first_at_an_earlier_version_is_alarmed_at_once() {
+    let node = vigil_node();
+    let (url, alarms) = webhook();
+    let co = CosignerProcess::new(&node, &format!("[alarms]\nwebhooks = [{url:?}]\n"));
+    let mut f = Family::new(&node, &co, example("cosigner pinned first"), 1, None);
+    // A tightening applies at once, and reaches the tower.
+    let v2 = f
+        .policy_text
+        .replace("hot_limit_sat = 2_000_000", "hot_limit_sat = 1_000_000")
+        .replace("version = 1", "version = 2");
+    assert_ne!(v2, f.policy_text.replace("version = 1", "version = 2"));
+    until_applied(&node, &f, &f.change_policy(&v2, &[0, 1]).unwrap());
+    f.towers[0].kill9();
+    std::fs::remove_dir_all(f.towers[0].dir.path().join("data")).unwrap();
+    f.towers[0].start();
+    let token = f.towers[0].token();
+    let captor = vigil_tower::wire::EnrollClient {
+        nonce: f.next_nonce(),
+        token: token.clone(),
+        policy: f.policy_text.clone(),
+        changes: Vec::new(),
+    };
+    let body = serde_json::to_vec(&captor).unwrap();
+    vigil_testenv::household::post(&f.towers[0].api, "/v1/clients", &body, &f.owner()).unwrap();
+    let enrolled =
+        f.post("/v1/towers", &serde_json::json!({"tower": "tower-a", "token": token}), &f.owner()).unwrap();
+    assert_eq!(enrolled["enrolled"], false, "{enrolled}");
+    assert!(enrolled["error"].as_str().is_some_and(|e| e.contains("holds client")), "{enrolled}");
+    eventually("the guardians are told", || {
+        let alarms = alarms.lock().unwrap();
+        alarms.iter().find(|a| a["kind"] == "tower-refused").cloned()
+    });
+}

@@ -165,17 +165,6 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
             }
             takes
         }
-        // The token's first use sent another chain (whoever holds the owner's device sees the
-        // token the owner hands the co-signer): an acknowledgement would tell the co-signer
-        // this tower serves a version it does not hold.
-        Enrollment::OtherVersion => {
-            tracing::warn!(client = %id, version = client.policy.version, "enrollment token first used for another version");
-            return Err(Refusal::Conflict(format!(
-                "this enrollment token pinned client {id} at another version than {}: ask the tower's \
-                 operator for a new token",
-                client.policy.version
-            )));
-        }
         // The same token again: its first use pinned the client, and memory follows what it
         // wrote (a commit the store retried on a new connection, or an answer lost after it,
         // may have left it out of memory).
@@ -188,8 +177,28 @@ pub(crate) fn enroll(tower: &Tower, signer: &XOnlyPublicKey, req: &EnrollClient)
         state.watcher.set_limits(&id, client.limits());
         tower.clients.write().expect("clients").insert(id.clone(), std::sync::Arc::new(client));
         tracing::info!(client = %id, ?from, to, "client enrolled");
+    } else if let Some(held) = held.filter(|held| !follows(held, &client, state.pending.get(&id))) {
+        // Acknowledged, the co-signer would count this tower as serving a version it does not
+        // hold: one pinned first (the token the owner hands the co-signer is seen by whoever
+        // holds the owner's device), or a store that lost the changes since.
+        tracing::warn!(client = %id, held = held.policy.version, asked = client.policy.version, "enrollment refused: this tower holds an earlier version");
+        return Err(Refusal::Conflict(format!(
+            "this tower holds client {id} at version {} and has not heard of the changes to version {} (the \
+             first policy may have been pinned here by whoever saw the token): the guardians hand it the \
+             changes, or, if one removed this tower, the operator's new token takes them",
+            held.policy.version, client.policy.version
+        )));
     }
     Ok(ack(tower, format!("client {id}")))
+}
+
+/// Whether a tower holding a client as `held` (with its change `waiting`) serves `chain`, the
+/// version an enrollment led to: it holds it, or a later one, or it is waiting out a change on
+/// the chain by its own clock.
+fn follows(held: &Client, chain: &Client, waiting: Option<&PolicyChange>) -> bool {
+    held.text == chain.text
+        || held.earlier.contains(&chain.text)
+        || waiting.is_some_and(|w| w.policy == chain.text || chain.earlier.contains(&w.policy))
 }
 
 /// Whether this tower, holding a client as `held` (with its change `waiting`, if any), takes

@@ -24,13 +24,6 @@ mod sqlite;
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 
-/// What a token's first use asked for, kept with it: the sha256 of the policy the
-/// enrollment led to (tokens used before it was kept have none, and match any).
-fn asked_for(record: &ClientRecord) -> String {
-    use vigil_policy::bitcoin::hashes::{sha256, Hash};
-    sha256::Hash::hash(record.policy.as_bytes()).to_string()
-}
-
 /// The schema this build writes. 1: the first release; 2: clients and their applied
 /// policies, vault indexes, approval terms, panic ids, per-endpoint alarm delivery; 3: the
 /// client an alarm about no one vault is about.
@@ -86,12 +79,8 @@ pub struct Loaded {
 pub enum Enrollment {
     /// The client is pinned now.
     Pinned,
-    /// The token had pinned this very client, at the version this enrollment leads to,
-    /// already (an answer lost): nothing changed.
+    /// The token had pinned this very client already (an answer lost): nothing changed.
     Same,
-    /// The token had pinned this client at another version (its first use sent another
-    /// chain of changes): nothing changed.
-    OtherVersion,
     /// No such token.
     Unknown,
     /// The token was used for another client.

@@ -31,8 +31,7 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS client_versions (client TEXT NOT NULL, seq BIGINT NOT NULL,
         policy TEXT NOT NULL, PRIMARY KEY (client, seq));
     CREATE TABLE IF NOT EXISTS panics (id TEXT PRIMARY KEY);
-    CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, client TEXT);
-    CREATE TABLE IF NOT EXISTS token_policies (hash TEXT PRIMARY KEY, policy TEXT NOT NULL);";
+    CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, client TEXT);";
 
 /// Schema 1 -> 2: the columns the new tables do not bring.
 const FROM_V1: &str = "
@@ -352,26 +351,12 @@ impl TowerStore for PostgresStore {
             let token: Option<Option<String>> = tx
                 .query_opt("SELECT client FROM tokens WHERE hash = $1 FOR UPDATE", &[&hash])?
                 .map(|r| r.get(0));
-            let asked = asked_for(record);
             let outcome = match token {
                 None => Enrollment::Unknown,
-                Some(Some(c)) if c == id => {
-                    let first: Option<String> = tx
-                        .query_opt("SELECT policy FROM token_policies WHERE hash = $1", &[&hash])?
-                        .map(|r| r.get(0));
-                    if first.is_some_and(|first| first != asked) {
-                        Enrollment::OtherVersion
-                    } else {
-                        Enrollment::Same
-                    }
-                }
+                Some(Some(c)) if c == id => Enrollment::Same,
                 Some(Some(_)) => Enrollment::Used,
                 Some(None) => {
                     tx.execute("UPDATE tokens SET client = $2 WHERE hash = $1", &[&hash, &id])?;
-                    tx.execute(
-                        "INSERT INTO token_policies (hash, policy) VALUES ($1, $2)",
-                        &[&hash, &asked],
-                    )?;
                     if let Some(alarm) = replace {
                         write_client(&mut tx, record)?;
                         insert_alarm(&mut tx, alarm)?;
