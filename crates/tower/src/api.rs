@@ -186,16 +186,23 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
 }
 
 /// Runs a domain call off the async threads (it takes locks and may reach the store and the
-/// chain backend).
+/// chain backend). Once the tower failed (a write lost, a handler panicked), no answer is
+/// given from what memory holds: it may be ahead of the store, and the tower is stopping.
 async fn blocking<T: Send + 'static>(
+    tower: Arc<Tower>,
     f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
 ) -> Result<Json<T>, Refusal> {
-    match tokio::task::spawn_blocking(f).await {
+    let answer = match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map(Json),
         Err(e) => {
-            tracing::error!(error = %e, "request handler panicked");
+            // It may have held the state lock: poisoned, nothing would be watched any more.
+            tower.stop_failed(format!("a request handler panicked: {e}"));
             Err(Refusal::Internal)
         }
+    };
+    match tower.failure() {
+        Some(_) => Err(Refusal::Unavailable("the tower is stopping after a failure: retry later".into())),
+        None => answer,
     }
 }
 
@@ -206,7 +213,7 @@ async fn register_vault(
 ) -> Result<Response, Refusal> {
     let signer = authenticate(&tower, &headers, "/v1/vaults", &body)?;
     let req: wire::RegisterVault = decode(&body)?;
-    Ok(blocking(move || crate::registration::register_vault(&tower, &signer, &req, &body))
+    Ok(blocking(tower.clone(), move || crate::registration::register_vault(&tower, &signer, &req, &body))
         .await?
         .into_response())
 }
@@ -218,7 +225,7 @@ async fn register_approval(
 ) -> Result<Response, Refusal> {
     let signer = authenticate(&tower, &headers, "/v1/approvals", &body)?;
     let req: wire::RegisterApproval = decode(&body)?;
-    Ok(blocking(move || crate::registration::register_approval(&tower, &signer, &req, &body))
+    Ok(blocking(tower.clone(), move || crate::registration::register_approval(&tower, &signer, &req, &body))
         .await?
         .into_response())
 }
@@ -230,7 +237,9 @@ async fn panic(
 ) -> Result<Response, Refusal> {
     let signer = authenticate(&tower, &headers, "/v1/panic", &body)?;
     let req: wire::PanicRequest = decode(&body)?;
-    Ok(blocking(move || crate::governance::panic(&tower, &signer, &req)).await?.into_response())
+    Ok(blocking(tower.clone(), move || crate::governance::panic(&tower, &signer, &req))
+        .await?
+        .into_response())
 }
 
 async fn enroll(
@@ -240,7 +249,9 @@ async fn enroll(
 ) -> Result<Response, Refusal> {
     let signer = authenticate(&tower, &headers, "/v1/clients", &body)?;
     let req: wire::EnrollClient = decode(&body)?;
-    Ok(blocking(move || crate::governance::enroll(&tower, &signer, &req)).await?.into_response())
+    Ok(blocking(tower.clone(), move || crate::governance::enroll(&tower, &signer, &req))
+        .await?
+        .into_response())
 }
 
 async fn lockdown(
@@ -250,7 +261,9 @@ async fn lockdown(
 ) -> Result<Response, Refusal> {
     let signer = authenticate(&tower, &headers, "/v1/lockdown", &body)?;
     let req: wire::LockdownRequest = decode(&body)?;
-    Ok(blocking(move || crate::governance::lockdown(&tower, &signer, &req)).await?.into_response())
+    Ok(blocking(tower.clone(), move || crate::governance::lockdown(&tower, &signer, &req))
+        .await?
+        .into_response())
 }
 
 async fn lift_lockdown(
@@ -260,7 +273,9 @@ async fn lift_lockdown(
 ) -> Result<Response, Refusal> {
     let signer = authenticate(&tower, &headers, "/v1/lockdown/lift", &body)?;
     let req: wire::LiftLockdown = decode(&body)?;
-    Ok(blocking(move || crate::governance::lift_lockdown(&tower, &signer, &req)).await?.into_response())
+    Ok(blocking(tower.clone(), move || crate::governance::lift_lockdown(&tower, &signer, &req))
+        .await?
+        .into_response())
 }
 
 async fn change_policy(
@@ -270,7 +285,9 @@ async fn change_policy(
 ) -> Result<Response, Refusal> {
     let signer = authenticate(&tower, &headers, "/v1/policy", &body)?;
     let req: wire::ChangePolicy = decode(&body)?;
-    Ok(blocking(move || crate::governance::change_policy(&tower, &signer, &req)).await?.into_response())
+    Ok(blocking(tower.clone(), move || crate::governance::change_policy(&tower, &signer, &req))
+        .await?
+        .into_response())
 }
 
 async fn client_state(
@@ -279,7 +296,9 @@ async fn client_state(
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
     let signer = authenticate_get(&tower, &headers, &format!("/v1/clients/{id}"))?;
-    Ok(blocking(move || crate::governance::client_view(&tower, &signer, &id)).await?.into_response())
+    Ok(blocking(tower.clone(), move || crate::governance::client_view(&tower, &signer, &id))
+        .await?
+        .into_response())
 }
 
 async fn client_alarms(
@@ -288,7 +307,9 @@ async fn client_alarms(
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
     let signer = authenticate_get(&tower, &headers, &format!("/v1/clients/{id}/alarms"))?;
-    Ok(blocking(move || crate::governance::alarm_feed(&tower, &signer, &id)).await?.into_response())
+    Ok(blocking(tower.clone(), move || crate::governance::alarm_feed(&tower, &signer, &id))
+        .await?
+        .into_response())
 }
 
 async fn vault_state(
@@ -299,7 +320,9 @@ async fn vault_state(
     let signer = authenticate_get(&tower, &headers, &format!("/v1/vaults/{outpoint}"))?;
     let outpoint = OutPoint::from_str(&outpoint)
         .map_err(|_| Refusal::BadRequest("expected /v1/vaults/<txid:vout>".into()))?;
-    Ok(blocking(move || crate::governance::vault_view(&tower, &signer, &outpoint)).await?.into_response())
+    Ok(blocking(tower.clone(), move || crate::governance::vault_view(&tower, &signer, &outpoint))
+        .await?
+        .into_response())
 }
 
 async fn metrics(State(tower): State<Arc<Tower>>) -> Result<String, Refusal> {

@@ -521,10 +521,15 @@ impl Tower {
     /// Stops the tower because its store failed while a request was answered: it exits with
     /// an error (for its supervisor to start it again), not as on a signal. Returns `e`.
     pub(crate) fn fail(&self, e: StoreError) -> StoreError {
-        tracing::error!(error = %e, "the store failed while answering a request: stopping");
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
-        self.shutdown();
+        self.stop_failed(format!("the store failed: {e}"));
         e
+    }
+
+    /// Stops the tower with an error exit, for `why` (the first reason is kept).
+    pub(crate) fn stop_failed(&self, why: String) {
+        tracing::error!(%why, "stopping");
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
+        self.shutdown();
     }
 
     /// Why a request stopped the tower, if one did.

@@ -63,9 +63,9 @@ pub enum TowerError {
     /// The watch loop died.
     #[error("the watch loop panicked")]
     WatchLoopPanicked,
-    /// The store failed while a request was answered: the tower stopped rather than answer
-    /// from memory what a restart would forget.
-    #[error("stopped: the store failed while answering a request: {0}")]
+    /// A request failed in a way that leaves memory unsure (the store failed, a handler
+    /// panicked): the tower stopped rather than answer from memory what a restart forgets.
+    #[error("stopped while answering a request: {0}")]
     RequestFailed(String),
 }
 
