@@ -82,12 +82,17 @@ enum GuardianCommand {
         yes: bool,
     },
     /// Sign a panic: sweep every vault to the deep vault once the guardians' quorum signed.
-    /// Without --id, proposes a new one and prints what the other guardians must sign.
+    /// Without --id, joins the panic another guardian started if one waits for signatures
+    /// (two panics would split the signatures), else proposes a new one (--not-after needed)
+    /// and prints what the other guardians must sign.
     Panic {
         #[arg(long)]
         id: Option<String>,
         #[arg(long)]
         not_after: Option<u32>,
+        /// Start a new panic even if another guardian's waits (you do not trust who started it).
+        #[arg(long, conflicts_with = "id")]
+        new: bool,
     },
     /// Sign the owner's recovery: adds this guardian's signature to the recovery leaves (the
     /// owner and the guardians after T_RECOVER) or the deep vault's paths of the PSBT file
@@ -544,20 +549,34 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             }
         }
         GuardianCommand::Lift { yes } => lift(&co, current, &auth, yes, args.json)?,
-        GuardianCommand::Panic { id, not_after } => {
-            let id = id.unwrap_or_else(|| {
-                use vigil_policy::bitcoin::secp256k1::rand::RngCore;
-                let mut b = [0u8; 32];
-                vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut b);
-                b.to_lower_hex_string()
+        GuardianCommand::Panic { id, not_after, new } => {
+            let open = (id.is_none() && !new).then(|| open_panic(&co, current, &auth)).flatten();
+            let joined = open.as_ref().map(|o| {
+                let who: Vec<String> = o.proposers.iter().map(|g| format!("guardian {g}")).collect();
+                format!(
+                    "Joined the panic {} started (id {}, acting until block {}); their signature checks. \
+                     (--new starts another instead.)\n",
+                    who.join(" and "),
+                    o.panic.id,
+                    o.panic.not_after_height
+                )
             });
-            let not_after = not_after
-                .context("--not-after HEIGHT: the last block the panic may act in (at most 144 ahead)")?;
-            let panic = wire::Panic {
-                policy_id: co.client_id().to_owned(),
-                id: id.clone(),
-                not_after_height: not_after,
+            let panic = match open {
+                Some(o) => o.panic,
+                None => wire::Panic {
+                    policy_id: co.client_id().to_owned(),
+                    id: id.unwrap_or_else(|| {
+                        use vigil_policy::bitcoin::secp256k1::rand::RngCore;
+                        let mut b = [0u8; 32];
+                        vigil_policy::bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut b);
+                        b.to_lower_hex_string()
+                    }),
+                    not_after_height: not_after.context(
+                        "--not-after HEIGHT: the last block the panic may act in (at most 144 ahead)",
+                    )?,
+                },
             };
+            let (id, not_after) = (panic.id.clone(), panic.not_after_height);
             let signatures = vec![wire::sign(&panic.digest(), &auth)];
             let order = wire::PanicOrder { panic: panic.clone(), signatures };
             let r: wire::PanicRelayed = co.post("/v1/panic", &order)?;
@@ -591,7 +610,8 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             };
             let mut value = serde_json::to_value(&r)?;
             value["towers_told_directly"] = direct_json(&direct);
-            show(&value, text);
+            value["panic"] = json!({"id": id, "not_after_height": not_after, "joined": joined.is_some()});
+            show(&value, format!("{}{text}", joined.unwrap_or_default()));
         }
         GuardianCommand::Policy { file, yes } => {
             let new =
@@ -648,6 +668,20 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The panic another guardian started that this one joins, if one waits for signatures (see
+/// [`vigil_client::guardian::open_panic`]); none when the co-signer's feed or the towers'
+/// height cannot be read (a new panic is started then).
+fn open_panic(
+    co: &CosignerClient,
+    current: &Policy,
+    auth: &vigil_policy::bitcoin::secp256k1::Keypair,
+) -> Option<vigil_client::guardian::OpenPanic> {
+    let alarms = co.get("/v1/alarms").ok()?;
+    let towers = vigil_client::towers::TowerClient::all(current, auth, co.nonces());
+    let tip = vigil_client::towers::towers_tip(&towers, co.client_id())?;
+    vigil_client::guardian::open_panic(alarms, current, co.client_id(), &auth.x_only_public_key().0, tip)
 }
 
 /// What the towers said when handed a decision directly, one line each; a warning naming

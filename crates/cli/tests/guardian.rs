@@ -261,3 +261,35 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
     assert_eq!(guardian(second, &["lift", "--yes"]).unwrap()["lifted_at"].as_u64(), Some(u64::from(at)));
     tower_takes(&f, at);
 }
+
+#[test]
+fn a_guardian_asking_for_a_panic_joins_the_one_another_guardian_started() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut keys = Vec::new();
+    for d in &dirs {
+        std::fs::write(d.path().join("pass"), "a guardian's passphrase\n").unwrap();
+        let made = guardian(d.path(), &["init", "--network", "regtest"]).unwrap();
+        keys.push(Some(made["key"].as_str().unwrap().to_owned()));
+    }
+    let (first, second) = (dirs[0].path(), dirs[1].path());
+    let node = vigil_node();
+    let co = CosignerProcess::new(&node, "");
+    let f = Family::new(&node, &co, example("cli guardian panic", keys), 1, None);
+    for d in &dirs {
+        std::fs::write(d.path().join("policy.toml"), &f.policy_text).unwrap();
+    }
+    f.towers_caught_up(&node);
+    let not_after = (node.rpc.tip().unwrap().height + 140).to_string();
+    let started = guardian(first, &["panic", "--not-after", &not_after]).unwrap();
+    assert_eq!((started["approvals"].as_u64(), started["panic"]["joined"].as_bool()), (Some(1), Some(false)));
+    // Its own proposal is not offered to the guardian who signed it: a new one needs a height.
+    let again = guardian(first, &["panic"]).unwrap_err();
+    assert!(again.contains("--not-after HEIGHT"), "{again}");
+    // The second guardian asks for a panic without the first's id: it joins it, and the
+    // quorum sweeps, rather than a second panic splitting the signatures.
+    let joined = guardian(second, &["panic"]).unwrap();
+    assert_eq!(joined["panic"]["id"], started["panic"]["id"], "{joined}");
+    assert_eq!(joined["panic"]["joined"], true, "{joined}");
+    assert_eq!(joined["approvals"].as_u64(), Some(2), "{joined}");
+    assert!(joined["towers"].as_array().is_some_and(|t| !t.is_empty()), "{joined}");
+}

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use vigil_cosigner::wire::SpendStatus;
+use vigil_cosigner::wire::{CosignerAlarm, ProposedPanic, SpendStatus};
 use vigil_policy::bitcoin::psbt::Psbt;
 use vigil_policy::bitcoin::{Address, Amount, OutPoint, ScriptBuf, Sequence, XOnlyPublicKey};
 use vigil_policy::{CompiledPolicy, Policy, SpendInput, VaultKind};
@@ -319,6 +319,82 @@ impl Checker {
         let paid: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
         Ok(Checked { psbt, taken_sat, payments, fee_sat: taken_sat.saturating_sub(paid), kind })
     }
+}
+
+/// How far ahead a panic may act (the co-signer's and the towers' limit).
+pub const PANIC_WINDOW: u32 = 144;
+
+/// A panic another guardian proposed that is still open to join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPanic {
+    /// The co-signer's event that carries it.
+    pub alarm: i64,
+    /// What a guardian signs to join it.
+    pub panic: vigil_tower::wire::Panic,
+    /// The guardians who signed it so far (1-based, as the policy lists them).
+    pub proposers: Vec<usize>,
+}
+
+/// A proposed panic checked: signed by guardians of `policy`, for client `client`, acting
+/// within the next [`PANIC_WINDOW`] blocks of the towers' `tip` (`None`: none answered).
+/// Returns it and its proposers (1-based), or why it must not be signed.
+pub fn check_panic(
+    policy: &Policy,
+    client: &str,
+    proposed: ProposedPanic,
+    tip: Option<u32>,
+) -> Result<(vigil_tower::wire::Panic, Vec<usize>), String> {
+    let panic = vigil_tower::wire::Panic {
+        policy_id: client.to_owned(),
+        id: proposed.id,
+        not_after_height: proposed.not_after_height,
+    };
+    let signers = vigil_tower::registration::verified_signers(&proposed.signatures, &panic.digest())
+        .map_err(|_| "a signature of this panic does not verify".to_owned())?;
+    let proposers: Vec<usize> = (policy.guardians.keys.iter().enumerate())
+        .filter(|(_, g)| signers.contains(&g.auth_key()))
+        .map(|(i, _)| i + 1)
+        .collect();
+    if proposers.is_empty() {
+        return Err("no guardian of your policy signed this panic".into());
+    }
+    let tip = tip.ok_or("no watchtower can be reached to read the chain's height")?;
+    if panic.not_after_height <= tip || panic.not_after_height > tip + PANIC_WINDOW {
+        return Err(format!(
+            "this panic acts until block {}, and the chain is at block {tip}: a panic acts within the next \
+             {PANIC_WINDOW} blocks",
+            panic.not_after_height
+        ));
+    }
+    Ok((panic, proposers))
+}
+
+/// The newest panic of the co-signer's feed `alarms` that checks, still waits for
+/// signatures, was not signed by this guardian (`me`), and has at least half its window left
+/// at the towers' `tip`. A guardian asking for a panic joins that one: a second panic would
+/// split the signatures, and neither reach the quorum. One nearly run out is not joined: a
+/// rogue guardian proposing short ones could otherwise keep the others from ever starting
+/// theirs.
+pub fn open_panic(
+    alarms: Vec<CosignerAlarm>,
+    policy: &Policy,
+    client: &str,
+    me: &XOnlyPublicKey,
+    tip: u32,
+) -> Option<OpenPanic> {
+    let mine = me.to_string();
+    let needed = policy.guardians.threshold as usize;
+    let mut proposals: Vec<(i64, ProposedPanic)> = alarms
+        .into_iter()
+        .filter_map(|a| Some((a.id, a.panic?)))
+        .filter(|(_, p)| !p.signatures.iter().any(|s| s.key == mine))
+        .collect();
+    proposals.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+    proposals.into_iter().find_map(|(alarm, proposed)| {
+        let (panic, proposers) = check_panic(policy, client, proposed, Some(tip)).ok()?;
+        let open = proposers.len() < needed && panic.not_after_height >= tip + PANIC_WINDOW / 2;
+        open.then_some(OpenPanic { alarm, panic, proposers })
+    })
 }
 
 /// What changes from `old` to `new`, section by section (a TOML `[table]`, the nth

@@ -22,7 +22,8 @@ use axum::{Extension, Router};
 use serde_json::Value;
 use vigil_client::cosigner::{ClientError, CosignerClient};
 use vigil_client::guardian::{
-    diff, printable, Checked, Checker, LOCKDOWN_WARNING, NOTHING_OUT_WARNING, TO_OWNER,
+    check_panic, diff, printable, Checked, Checker, OpenPanic, LOCKDOWN_WARNING, NOTHING_OUT_WARNING,
+    PANIC_WINDOW, TO_OWNER,
 };
 use vigil_client::lift::{voted, LiftVote, NoLift};
 use vigil_client::policies::checked_record_file;
@@ -41,9 +42,6 @@ use crate::page::{about, btc, esc, form, notice, page, secret_field};
 
 /// How often the main page reloads itself (new requests, new alarms).
 pub const REFRESH_SECS: u32 = 10;
-
-/// How far ahead a panic may act (the co-signer's limit).
-const PANIC_WINDOW: u32 = 144;
 
 /// How far inside that window a panic started here ends: the co-signer's tip may be a few
 /// blocks ahead of the towers'.
@@ -972,7 +970,7 @@ fn told_directly(direct: Option<vigil_client::towers::TowerAnswers>, missing: &s
 async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
     crate::blocking(move || {
         let body = match open_panic(&page) {
-            Some((alarm, (panic, proposers))) => panic_page(&page, Some((alarm, &panic, &proposers)), false),
+            Some(open) => panic_page(&page, Some((open.alarm, &open.panic, &open.proposers)), false),
             None => panic_page(&page, None, false),
         };
         page.show("Panic", &body)
@@ -980,27 +978,18 @@ async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
     .await
 }
 
-/// The newest panic another guardian proposed that still checks, waits for signatures, was
-/// not signed by this guardian, and has at least half its window left, and its event: a
-/// guardian asking for a panic is offered that one (a second panic would split the
-/// signatures, and neither reach the quorum). One nearly run out is not offered: a rogue
-/// guardian proposing short ones could otherwise keep the others from ever starting theirs.
-fn open_panic(page: &GuardianPage) -> Option<(i64, (wire::Panic, Vec<usize>))> {
+/// The panic another guardian proposed that this one is offered to join, if any (see
+/// [`vigil_client::guardian::open_panic`]).
+fn open_panic(page: &GuardianPage) -> Option<OpenPanic> {
     let alarms: Vec<CosignerAlarm> = page.co.get("/v1/alarms").ok()?;
-    let mine = page.auth.x_only_public_key().0.to_string();
-    let needed = page.current().policy.guardians.threshold as usize;
-    let mut proposals: Vec<(i64, wire::ProposedPanic)> = alarms
-        .into_iter()
-        .filter_map(|a| Some((a.id, a.panic?)))
-        .filter(|(_, p)| !p.signatures.iter().any(|s| s.key == mine))
-        .collect();
-    proposals.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
-    let tip = page.tower_tip()?;
-    proposals.into_iter().find_map(|(alarm, proposed)| {
-        let (panic, proposers) = checked_panic(page, proposed, Some(tip)).ok()?;
-        let open = proposers.len() < needed && panic.not_after_height >= tip + PANIC_WINDOW / 2;
-        open.then_some((alarm, (panic, proposers)))
-    })
+    let me = page.auth.x_only_public_key().0;
+    vigil_client::guardian::open_panic(
+        alarms,
+        &page.current().policy,
+        page.co.client_id(),
+        &me,
+        page.tower_tip()?,
+    )
 }
 
 /// A panic another guardian proposed, as the co-signer's event `alarm` carries it, checked
@@ -1022,43 +1011,15 @@ fn do_not_sign(page: &GuardianPage, why: &str) -> Box<Response> {
     page.stop("Do not sign", &notice("alarm", &format!("{}. Nothing was signed.", esc(why))))
 }
 
-/// A proposed panic checked: signed by guardians of this policy, for this client, acting
-/// within the next [`PANIC_WINDOW`] blocks of the towers' `tip` (`None`: none answered).
-/// Returns it and the proposers (1-based, as the policy lists them).
+/// A proposed panic checked (see [`vigil_client::guardian::check_panic`]), or the page
+/// saying why it is not signed.
 fn checked_panic(
     page: &GuardianPage,
     proposed: wire::ProposedPanic,
     tip: Option<u32>,
 ) -> Result<(wire::Panic, Vec<usize>), Box<Response>> {
-    let refuse = |why: &str| do_not_sign(page, why);
-    let panic = wire::Panic {
-        policy_id: page.co.client_id().to_owned(),
-        id: proposed.id,
-        not_after_height: proposed.not_after_height,
-    };
-    let signers = vigil_tower::registration::verified_signers(&proposed.signatures, &panic.digest())
-        .map_err(|_| refuse("a signature of this panic does not verify"))?;
-    let proposers: Vec<usize> = page
-        .current()
-        .policy
-        .guardians
-        .keys
-        .iter()
-        .enumerate()
-        .filter(|(_, g)| signers.contains(&g.auth_key()))
-        .map(|(i, _)| i + 1)
-        .collect();
-    if proposers.is_empty() {
-        return Err(refuse("no guardian of your policy signed this panic"));
-    }
-    let tip = tip.ok_or_else(|| refuse("no watchtower can be reached to read the chain's height"))?;
-    if panic.not_after_height <= tip || panic.not_after_height > tip + PANIC_WINDOW {
-        return Err(refuse(&format!(
-            "this panic acts until block {}, and the chain is at block {tip}: a panic acts within the next {PANIC_WINDOW} blocks",
-            panic.not_after_height
-        )));
-    }
-    Ok((panic, proposers))
+    check_panic(&page.current().policy, page.co.client_id(), proposed, tip)
+        .map_err(|why| do_not_sign(page, &why))
 }
 
 /// The panic form: a new panic, or joining the one of the co-signer's event `alarm` (with a
@@ -1151,14 +1112,14 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                 // not a second panic splitting the signatures (unless this form was asked for
                 // past it).
                 let offered = if fields.get("fresh") == "1" { None } else { open_panic(&page) };
-                if let Some((alarm, (panic, proposers))) = offered {
+                if let Some(open) = offered {
                     return page.show(
                         "Nothing was signed",
                         &(notice(
                             "warn",
                             "Another guardian proposed a panic meanwhile: sign theirs (two panics split the \
                              signatures). Nothing was signed yet.",
-                        ) + &panic_page(&page, Some((alarm, &panic, &proposers)), false)),
+                        ) + &panic_page(&page, Some((open.alarm, &open.panic, &open.proposers)), false)),
                     );
                 }
                 let Some(tip) = page.tower_tip() else {
