@@ -307,10 +307,24 @@ fn a_guardian_approves_denies_and_sees_an_alarm_in_the_browser() {
     );
 
     // Guardian 1 starts a panic; guardian 2 sees it and joins: the quorum sweeps the vault
-    // still protected to the deep vault.
+    // still protected to the deep vault. Guardian 2's Panic form, opened before (in another
+    // window), signs nothing when submitted after: it offers guardian 1's panic.
+    browser.goto(&format!("{}/panic", second.origin));
+    assert!(browser.text().contains("Start a panic"), "{}", browser.text());
+    let stale_form = browser.tab();
+    browser.show_tab(&browser.new_tab());
     browser.goto(&format!("{}/panic", first.origin));
     sign_on_page(&browser);
     assert!(browser.text().contains("Your signature is in: 1 of 2 guardians"), "{}", browser.text());
+    browser.show_tab(&stale_form);
+    sign_on_page(&browser);
+    let stale = browser.text();
+    assert!(
+        stale.contains("Another guardian proposed a panic meanwhile")
+            && stale.contains("Nothing was signed yet")
+            && stale.contains("You are joining the panic guardian 1 started"),
+        "{stale}"
+    );
     // Guardian 2 going to the Panic page is offered that panic, not a second one: two panics
     // would split the signatures, and neither sweep.
     browser.goto(&format!("{}/panic", second.origin));

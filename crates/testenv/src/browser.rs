@@ -85,6 +85,22 @@ impl Browser {
         self.call("POST", "/url", Some(json!({ "url": url })));
     }
 
+    /// Opens a new tab (same cookies) and returns its handle; the tab shown does not change.
+    pub fn new_tab(&self) -> String {
+        let tab = self.call("POST", "/window/new", Some(json!({ "type": "tab" })));
+        tab["handle"].as_str().expect("a tab handle").to_owned()
+    }
+
+    /// The handle of the tab shown.
+    pub fn tab(&self) -> String {
+        self.call("GET", "/window", None).as_str().expect("a tab handle").to_owned()
+    }
+
+    /// Shows tab `handle`: what follows acts on it.
+    pub fn show_tab(&self, handle: &str) {
+        self.call("POST", "/window", Some(json!({ "handle": handle })));
+    }
+
     /// The address shown.
     pub fn url(&self) -> String {
         self.call("GET", "/url", None).as_str().unwrap_or_default().to_owned()
