@@ -635,7 +635,7 @@ fn guardians_follow_a_policy_change_the_quorum_signed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_world, h) = household(dir.path(), 1);
+    let (mut world, h) = household(dir.path(), 1);
     let pinned = std::fs::read_to_string(h.policy()).unwrap();
     // A lower velocity limit only tightens: it applies as soon as the quorum signed.
     let tightened = pinned
@@ -660,4 +660,38 @@ fn guardians_follow_a_policy_change_the_quorum_signed() {
     assert!(browser.text().contains("You follow version 2 of the policy"), "{}", browser.text());
     let done = vote(&browser, &page, id, true, PASSPHRASE);
     assert!(done.contains("now approved"), "{done}");
+
+    // Guardian 1 proposes version 3; then the co-signer serves version 2 with a signature the
+    // guardians did not make (its store rewritten): the page offers no version for signing,
+    // and refuses to sign one asked for directly.
+    let v3 = tightened.replace("version = 2", "version = 3").replace("= 5000000", "= 4000000");
+    let file = dir.path().join("policy-3.toml");
+    std::fs::write(&file, &v3).unwrap();
+    h.guardian_json(0, &["policy", file.to_str().unwrap(), "--yes"], true).unwrap();
+    world.cosigner.kill();
+    let db = rusqlite::Connection::open(world.cosigner.config.with_file_name("data").join("cosigner.sqlite"))
+        .unwrap();
+    let body: String =
+        db.query_row("SELECT body FROM records WHERE kind = 'client'", [], |r| r.get(0)).unwrap();
+    let mut client: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let signature = &mut client["changes"][0]["signatures"][0]["signature"];
+    let forged = signature.as_str().unwrap().replacen('0', "1", 1).replacen('a', "b", 1);
+    assert_ne!(signature.as_str(), Some(forged.as_str()));
+    *signature = forged.into();
+    db.execute("UPDATE records SET body = ?1 WHERE kind = 'client'", [client.to_string()]).unwrap();
+    world.cosigner.start().unwrap();
+    browser.goto(&format!("{}/", page.origin));
+    let home = browser.text();
+    assert!(
+        home.contains("Not offered for signing while the policy changes the co-signer serves do not check")
+            && !home.contains("Review and sign this version"),
+        "{home}"
+    );
+    browser.goto(&format!("{}/policy/1", page.origin));
+    let refused = browser.text();
+    assert!(
+        refused.contains("Nothing was signed")
+            && refused.contains("No policy version is signed until they do"),
+        "{refused}"
+    );
 }
