@@ -253,6 +253,12 @@ impl Cosigner {
             .unwrap_or_default();
         let mut batch = Batch::default();
         let time = crate::service::now();
+        // Towers a policy change is still owed to (its order queued behind an enrollment).
+        let change_owed: Vec<String> = towers
+            .iter()
+            .filter(|t| now.iter().any(|o| o.path == "/v1/policy" && o.owed_by(&t.name)))
+            .map(|t| t.name.clone())
+            .collect();
         for ((path, subject, answered), body) in done.iter().zip(&sent) {
             for o in now.iter_mut().filter(|o| o.path == *path && o.subject == *subject && o.body == **body) {
                 // Towers this approval's vault was kept from: it does not concern them.
@@ -283,13 +289,18 @@ impl Cosigner {
                             continue;
                         }
                         // Refused again and again past the give-up time: said once, loudly,
-                        // and settled rather than sent forever. An enrollment the tower says
-                        // conflicts with the version it holds (one pinned there first, maybe
-                        // by whoever holds the owner's device) is said at once: asking again
-                        // changes nothing.
+                        // and settled rather than sent forever. An enrollment the tower
+                        // refuses for holding an earlier version (one pinned there first,
+                        // maybe by whoever holds the owner's device) is said at once: asking
+                        // again changes nothing, unless a change still owed to it moves it.
                         let since = *o.refusing_since.entry(report.name.clone()).or_insert(time);
-                        let conflict = o.path == crate::joining::ENROLL_PATH && why.starts_with("409");
-                        if conflict || time.saturating_sub(since) >= self.config.tower_refusal_give_up_secs {
+                        let holds_earlier = o.path == crate::joining::ENROLL_PATH
+                            && why.starts_with("409")
+                            && why.contains("holds client")
+                            && !change_owed.contains(&report.name);
+                        if holds_earlier
+                            || time.saturating_sub(since) >= self.config.tower_refusal_give_up_secs
+                        {
                             tracing::error!(client = %client_id, tower = %report.name, %subject, %why, "tower refused an order for good");
                             batch.alarm(crate::service::alarm(
                                 client_id,
