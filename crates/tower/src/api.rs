@@ -192,6 +192,9 @@ async fn blocking<T: Send + 'static>(
     tower: Arc<Tower>,
     f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
 ) -> Result<Json<T>, Refusal> {
+    if tower.failure().is_some() {
+        return Err(stopping());
+    }
     let answer = match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map(Json),
         Err(e) => {
@@ -201,9 +204,13 @@ async fn blocking<T: Send + 'static>(
         }
     };
     match tower.failure() {
-        Some(_) => Err(Refusal::Unavailable("the tower is stopping after a failure: retry later".into())),
+        Some(_) => Err(stopping()),
         None => answer,
     }
+}
+
+fn stopping() -> Refusal {
+    Refusal::Unavailable("the tower is stopping after a failure: retry later".into())
 }
 
 async fn register_vault(
