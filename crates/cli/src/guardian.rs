@@ -106,6 +106,10 @@ enum GuardianCommand {
     /// Confirm the owner's restore on a new device, once you have spoken to the owner: until
     /// the guardians' quorum confirms it, every vault spend waits for your approvals.
     ConfirmRestore {
+        /// The restore number the owner's new device showed (asked for unless given).
+        #[arg(long)]
+        restore: Option<String>,
+        /// Do not ask (with --restore, or for the latest restore).
         #[arg(long)]
         yes: bool,
     },
@@ -494,25 +498,38 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             let after: SpendStatus = co.post(&format!("/v1/spends/{id}/vote"), &vote)?;
             show(&serde_json::to_value(&after)?, format!("Done.\n{}", describe(&after)));
         }
-        GuardianCommand::ConfirmRestore { yes } => {
+        GuardianCommand::ConfirmRestore { restore, yes } => {
             let last: wire::RestoreState = co.get("/v1/restore")?;
             if !last.unconfirmed {
                 bail!("no restore of the owner's wallet waits for confirmation: nothing was signed");
             }
-            if !yes {
-                confirm(
-                    &format!(
-                        "The owner's wallet was restored on a new device at block {}: restore number {}. Confirm \
-                         it only if you have spoken to the owner yourself since, they are free and safe, and \
-                         their new device showed restore number {1}: whoever restored it holds their own codes, \
-                         and a restore someone else made since has another number.",
-                        last.restored_at_height, last.restore
-                    ),
-                    "confirm",
-                )?;
-            }
+            let typed = match (restore, yes) {
+                (Some(typed), true) => typed,
+                (None, true) => last.restore.to_string(),
+                (given, false) => {
+                    eprintln!(
+                        "The owner's wallet was restored on a new device at block {}. Confirm it only if you have \
+                         spoken to the owner yourself since, on a number you know, and they are free and safe: \
+                         whoever restored it holds their own codes. Ask them which restore number their new \
+                         device shows.",
+                        last.restored_at_height
+                    );
+                    match given {
+                        Some(typed) => typed,
+                        None => {
+                            eprint!("Restore number their new device shows: ");
+                            std::io::stderr().flush()?;
+                            let mut line = String::new();
+                            std::io::stdin().lock().read_line(&mut line)?;
+                            line
+                        }
+                    }
+                }
+            };
+            let restore =
+                vigil_client::guardian::typed_restore(&typed, last.restore).map_err(anyhow::Error::msg)?;
             let r: wire::RestoreConfirmation =
-                co.post("/v1/restore/confirm", &wire::ConfirmRestore { restore: last.restore })?;
+                co.post("/v1/restore/confirm", &wire::ConfirmRestore { restore })?;
             let text = if r.held {
                 format!(
                     "Your confirmation is in: {} of {} guardians. Vault spends still wait for the guardians.",
@@ -551,6 +568,9 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
         GuardianCommand::Lift { yes } => lift(&co, current, &auth, yes, args.json)?,
         GuardianCommand::Panic { id, not_after, new } => {
             let open = (id.is_none() && !new).then(|| open_panic(&co, current, &auth)).flatten();
+            if open.is_some() && not_after.is_some() {
+                eprintln!("--not-after is not used: you join a panic that names its own last block.");
+            }
             let joined = open.as_ref().map(|o| {
                 let who: Vec<String> = o.proposers.iter().map(|g| format!("guardian {g}")).collect();
                 format!(
@@ -561,6 +581,7 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                     o.panic.not_after_height
                 )
             });
+            let proposers = open.as_ref().map(|o| o.proposers.clone()).unwrap_or_default();
             let panic = match open {
                 Some(o) => o.panic,
                 None => wire::Panic {
@@ -572,7 +593,9 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
                         b.to_lower_hex_string()
                     }),
                     not_after_height: not_after.context(
-                        "--not-after HEIGHT: the last block the panic may act in (at most 144 ahead)",
+                        "no panic of another guardian waits to be joined (or the co-signer's feed or the towers \
+                         could not be read): a new one needs --not-after HEIGHT, the last block it may act in (at \
+                         most 144 ahead)",
                     )?,
                 },
             };
@@ -610,7 +633,12 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             };
             let mut value = serde_json::to_value(&r)?;
             value["towers_told_directly"] = direct_json(&direct);
-            value["panic"] = json!({"id": id, "not_after_height": not_after, "joined": joined.is_some()});
+            value["panic"] = json!({
+                "id": id,
+                "not_after_height": not_after,
+                "joined": joined.is_some(),
+                "started_by": proposers,
+            });
             show(&value, format!("{}{text}", joined.unwrap_or_default()));
         }
         GuardianCommand::Policy { file, yes } => {

@@ -289,7 +289,11 @@ fn a_guardian_asking_for_a_panic_joins_the_one_another_guardian_started() {
     // quorum sweeps, rather than a second panic splitting the signatures.
     let joined = guardian(second, &["panic"]).unwrap();
     assert_eq!(joined["panic"]["id"], started["panic"]["id"], "{joined}");
-    assert_eq!(joined["panic"]["joined"], true, "{joined}");
+    assert_eq!(
+        (joined["panic"]["joined"].as_bool(), joined["panic"]["started_by"].clone()),
+        (Some(true), serde_json::json!([1])),
+        "{joined}"
+    );
     assert_eq!(joined["approvals"].as_u64(), Some(2), "{joined}");
     assert!(joined["towers"].as_array().is_some_and(|t| !t.is_empty()), "{joined}");
 }

@@ -1309,6 +1309,11 @@ fn a_lost_device_is_rebuilt_from_the_phrase_and_a_guardians_copy_of_the_policy()
         .unwrap();
     let told = String::from_utf8_lossy(&told.stdout).into_owned();
     assert!(told.contains("restored on a new device") && told.contains("confirm-restore"), "{told}");
+    // A number other than the latest restore's (the owner's device was restored by someone
+    // else since) confirms nothing.
+    let typed = ["confirm-restore", "--yes", "--restore", "7"];
+    let (ok, _, err) = guardian(&guardian_keys[0], &typed, Some(&policy));
+    assert!(!ok && err.contains("showed restore number 7") && err.contains("someone restored"), "{err}");
     let confirm = |g: usize| guardian(&guardian_keys[g], &["confirm-restore", "--yes"], Some(&policy));
     let (ok, out, err) = confirm(0);
     assert!(ok, "{err}");

@@ -321,6 +321,21 @@ impl Checker {
     }
 }
 
+/// The restore a guardian confirms: the number the owner's new device showed them, as they
+/// typed it, which must be `latest`'s (the co-signer's latest restore). A guardian types it
+/// rather than compares it: a restore someone else made since (a captor with the phrase) has
+/// another number.
+pub fn typed_restore(typed: &str, latest: u32) -> Result<u32, String> {
+    match typed.trim().parse::<u32>() {
+        Ok(n) if n == latest => Ok(n),
+        Ok(n) => Err(format!(
+            "the owner's device showed restore number {n}, and the latest restore is number {latest}: someone \
+             restored the wallet since. Nothing was confirmed: lock the wallet down and tell the other guardians"
+        )),
+        Err(_) => Err(format!("{:?} is not a restore number: nothing was confirmed", typed.trim())),
+    }
+}
+
 /// How far ahead a panic may act (the co-signer's and the towers' limit).
 pub const PANIC_WINDOW: u32 = 144;
 
@@ -369,12 +384,13 @@ pub fn check_panic(
     Ok((panic, proposers))
 }
 
-/// The newest panic of the co-signer's feed `alarms` that checks, still waits for
-/// signatures, was not signed by this guardian (`me`), and has at least half its window left
-/// at the towers' `tip`. A guardian asking for a panic joins that one: a second panic would
-/// split the signatures, and neither reach the quorum. One nearly run out is not joined: a
-/// rogue guardian proposing short ones could otherwise keep the others from ever starting
-/// theirs.
+/// The panic of the co-signer's feed `alarms` that checks, still waits for signatures, was
+/// not signed by this guardian (`me`), and has at least half its window left at the towers'
+/// `tip`: of those, the one most guardians signed, then the newest. A guardian asking for a
+/// panic joins that one: a second panic would split the signatures, and neither reach the
+/// quorum (and a rogue guardian proposing a fresh one before each other guardian joins must
+/// not split them either). One nearly run out is not joined: a rogue guardian proposing short
+/// ones could otherwise keep the others from ever starting theirs.
 pub fn open_panic(
     alarms: Vec<CosignerAlarm>,
     policy: &Policy,
@@ -384,17 +400,16 @@ pub fn open_panic(
 ) -> Option<OpenPanic> {
     let mine = me.to_string();
     let needed = policy.guardians.threshold as usize;
-    let mut proposals: Vec<(i64, ProposedPanic)> = alarms
+    alarms
         .into_iter()
         .filter_map(|a| Some((a.id, a.panic?)))
         .filter(|(_, p)| !p.signatures.iter().any(|s| s.key == mine))
-        .collect();
-    proposals.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
-    proposals.into_iter().find_map(|(alarm, proposed)| {
-        let (panic, proposers) = check_panic(policy, client, proposed, Some(tip)).ok()?;
-        let open = proposers.len() < needed && panic.not_after_height >= tip + PANIC_WINDOW / 2;
-        open.then_some(OpenPanic { alarm, panic, proposers })
-    })
+        .filter_map(|(alarm, proposed)| {
+            let (panic, proposers) = check_panic(policy, client, proposed, Some(tip)).ok()?;
+            let open = proposers.len() < needed && panic.not_after_height >= tip + PANIC_WINDOW / 2;
+            open.then_some(OpenPanic { alarm, panic, proposers })
+        })
+        .max_by_key(|o| (o.proposers.len(), o.alarm))
 }
 
 /// What changes from `old` to `new`, section by section (a TOML `[table]`, the nth
@@ -481,7 +496,76 @@ fn base64_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{diff, printable};
+    use super::{diff, open_panic, printable, typed_restore, PANIC_WINDOW};
+    use vigil_cosigner::wire::{CosignerAlarm, ProposedPanic};
+    use vigil_policy::example::{auth_keypair, ExamplePolicy};
+    use vigil_policy::Policy;
+
+    #[test]
+    fn a_guardian_joins_the_open_panic_most_guardians_signed_then_the_newest() {
+        let example = ExamplePolicy {
+            seed: "open panics".into(),
+            guardians: 5,
+            guardian_threshold: 4,
+            ..ExamplePolicy::default()
+        };
+        let policy = Policy::from_toml(&example.to_toml()).unwrap();
+        let keys = example.keys();
+        let tip = 1_000;
+        let proposal = |alarm: i64, id: &str, not_after: u32, signers: &[usize]| {
+            let panic = vigil_tower::wire::Panic {
+                policy_id: "client".into(),
+                id: id.into(),
+                not_after_height: not_after,
+            };
+            let signatures = signers
+                .iter()
+                .map(|g| vigil_tower::wire::sign(&panic.digest(), &auth_keypair(&keys.guardians[*g])))
+                .collect();
+            CosignerAlarm {
+                id: alarm,
+                kind: "panic-proposed".into(),
+                message: String::new(),
+                time: 0,
+                panic: Some(ProposedPanic { id: id.into(), not_after_height: not_after, signatures }),
+                policy: None,
+            }
+        };
+        let me = auth_keypair(&keys.guardians[4]).x_only_public_key().0;
+        let joined =
+            |alarms: Vec<CosignerAlarm>| open_panic(alarms, &policy, "client", &me, tip).map(|o| o.panic.id);
+        let window = tip + PANIC_WINDOW;
+        // Two guardians signed the older one; a rogue guardian's fresh one must not split them.
+        let older = proposal(1, "older", window, &[0, 1]);
+        assert_eq!(joined(vec![older.clone(), proposal(2, "newer", window, &[2])]), Some("older".into()));
+        assert_eq!(
+            joined(vec![proposal(1, "a", window, &[0]), proposal(2, "b", window, &[1])]),
+            Some("b".into())
+        );
+        // Not one this guardian signed, nearly run out, at the quorum, or not of a guardian.
+        assert_eq!(joined(vec![proposal(1, "mine", window, &[4])]), None);
+        assert_eq!(joined(vec![proposal(1, "late", tip + PANIC_WINDOW / 2 - 1, &[0])]), None);
+        assert_eq!(joined(vec![proposal(1, "done", window, &[0, 1, 2, 3])]), None);
+        let mut stranger = proposal(1, "stranger", window, &[]);
+        let digest = vigil_tower::wire::Panic {
+            policy_id: "client".into(),
+            id: "stranger".into(),
+            not_after_height: window,
+        }
+        .digest();
+        let outsider = auth_keypair(
+            &ExamplePolicy { seed: "strangers".into(), ..ExamplePolicy::default() }.keys().guardians[0],
+        );
+        stranger.panic.as_mut().unwrap().signatures = vec![vigil_tower::wire::sign(&digest, &outsider)];
+        assert_eq!(joined(vec![stranger]), None);
+    }
+
+    #[test]
+    fn a_restore_is_confirmed_by_the_number_typed_and_only_the_latest() {
+        assert_eq!(typed_restore(" 3\n", 3), Ok(3));
+        assert!(typed_restore("2", 3).unwrap_err().contains("someone restored the wallet since"));
+        assert!(typed_restore("three", 3).unwrap_err().contains("not a restore number"));
+    }
 
     #[test]
     fn text_shown_on_a_terminal_cannot_hide_or_rewrite_what_follows() {

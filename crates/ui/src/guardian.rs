@@ -22,8 +22,8 @@ use axum::{Extension, Router};
 use serde_json::Value;
 use vigil_client::cosigner::{ClientError, CosignerClient};
 use vigil_client::guardian::{
-    check_panic, diff, printable, Checked, Checker, OpenPanic, LOCKDOWN_WARNING, NOTHING_OUT_WARNING,
-    PANIC_WINDOW, TO_OWNER,
+    check_panic, diff, printable, typed_restore, Checked, Checker, OpenPanic, LOCKDOWN_WARNING,
+    NOTHING_OUT_WARNING, PANIC_WINDOW, TO_OWNER,
 };
 use vigil_client::lift::{voted, LiftVote, NoLift};
 use vigil_client::policies::checked_record_file;
@@ -1224,17 +1224,17 @@ async fn restore_form(State(page): State<Arc<GuardianPage>>) -> Response {
             return page.show("Restore", "<p>No restore of the owner's wallet waits for confirmation.</p>");
         }
         let body = format!(
-            "<p>The owner's wallet was restored on a new device at block {}: <strong>restore number {}</strong>. \
-             Confirm it only if you have spoken to the owner yourself since, they are free and safe, and their new \
-             device showed restore number {1}: whoever restored it holds their own codes, and a restore someone \
-             else made since has another number.</p>",
-            last.restored_at_height, last.restore
+            "<p>The owner's wallet was restored on a new device at block {}. Confirm it only if you have spoken to \
+             the owner yourself since, on a number you know, and they are free and safe: whoever restored it holds \
+             their own codes. Ask them which restore number their new device shows, and type it here.</p>",
+            last.restored_at_height
         ) + &signing_form(
             &page,
             "/restore",
-            &[("restore", &last.restore.to_string())],
-            "I spoke to the owner myself; they are free and safe, and their device showed this restore number.",
-            "<button type=\"submit\">Confirm the restore</button>",
+            &[],
+            "I spoke to the owner myself; they are free and safe.",
+            "<p><label>Restore number their new device shows <input name=\"restore\" inputmode=\"numeric\" \
+             autocomplete=\"off\" required></label></p><button type=\"submit\">Confirm the restore</button>",
         );
         page.show("Confirm the owner's restore?", &body)
     })
@@ -1252,11 +1252,16 @@ async fn confirm_restore(
             Err(r) => return *r,
         };
         drop(keys);
-        let Ok(restore) = fields.get("restore").parse::<u32>() else {
-            return page.show(
-                "Not confirmed",
-                &notice("warn", "That form names no restore: nothing was confirmed."),
-            );
+        let last: wire::RestoreState = match page.co.get("/v1/restore") {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("The co-signer cannot be reached: {}. Nothing was confirmed.", e);
+                return page.show("Not confirmed", &notice("warn", &esc(&why)));
+            }
+        };
+        let restore = match typed_restore(fields.get("restore"), last.restore) {
+            Ok(n) => n,
+            Err(why) => return page.show("Not confirmed", &notice("alarm", &esc(&format!("{why}.")))),
         };
         match page
             .co
