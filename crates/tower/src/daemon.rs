@@ -38,7 +38,7 @@ pub struct Tower {
     pub(crate) read_store: Mutex<Box<dyn TowerStore>>,
     /// Stop flag.
     pub(crate) stopping: AtomicBool,
-    /// Why a request stopped the tower (its store failed), if one did.
+    /// Why a request stopped the tower (a write failed, a handler panicked), if one did.
     failure: Mutex<Option<String>>,
     pub(crate) config: TowerConfig,
 }
