@@ -503,27 +503,24 @@ pub fn run(args: GuardianArgs) -> anyhow::Result<()> {
             if !last.unconfirmed {
                 bail!("no restore of the owner's wallet waits for confirmation: nothing was signed");
             }
-            let typed = match (restore, yes) {
-                (Some(typed), true) => typed,
-                (None, true) => last.restore.to_string(),
-                (given, false) => {
-                    eprintln!(
-                        "The owner's wallet was restored on a new device at block {}. Confirm it only if you have \
-                         spoken to the owner yourself since, on a number you know, and they are free and safe: \
-                         whoever restored it holds their own codes. Ask them which restore number their new \
-                         device shows.",
-                        last.restored_at_height
-                    );
-                    match given {
-                        Some(typed) => typed,
-                        None => {
-                            eprint!("Restore number their new device shows: ");
-                            std::io::stderr().flush()?;
-                            let mut line = String::new();
-                            std::io::stdin().lock().read_line(&mut line)?;
-                            line
-                        }
-                    }
+            if !yes {
+                eprintln!(
+                    "The owner's wallet was restored on a new device at block {}. Confirm it only if you have \
+                     spoken to the owner yourself since, on a number you know, and they are free and safe: \
+                     whoever restored it holds their own codes. Ask them which restore number their new device \
+                     shows.",
+                    last.restored_at_height
+                );
+            }
+            let typed = match restore {
+                Some(typed) => typed,
+                None if yes => last.restore.to_string(),
+                None => {
+                    eprint!("Restore number their new device shows: ");
+                    std::io::stderr().flush()?;
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    line
                 }
             };
             let restore =

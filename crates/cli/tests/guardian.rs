@@ -33,6 +33,21 @@ fn guardian(dir: &std::path::Path, args: &[&str]) -> Result<Value, String> {
     }
 }
 
+/// Two guardians made with `vigil guardian init`, each in its own directory, and their keys
+/// as a policy names them.
+fn two_guardians() -> ([tempfile::TempDir; 2], Vec<Option<String>>) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let keys = dirs
+        .iter()
+        .map(|d| {
+            std::fs::write(d.path().join("pass"), "a guardian's passphrase\n").unwrap();
+            let made = guardian(d.path(), &["init", "--network", "regtest"]).unwrap();
+            Some(made["key"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    (dirs, keys)
+}
+
 /// Sends `vault`'s unvault, and after DELAY the spend the co-signer signs for request `id`:
 /// it confirms.
 fn unvault_and_spend(node: &vigil_testenv::process::Node, f: &Family, vault: &vigil_client::Vault, id: u64) {
@@ -171,17 +186,7 @@ fn lift_answering(dir: &std::path::Path, answer: &str) -> (bool, String, String)
 
 #[test]
 fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut keys = Vec::new();
-    for d in &dirs {
-        std::fs::write(d.path().join("pass"), "a guardian's passphrase\n").unwrap();
-        keys.push(Some(
-            guardian(d.path(), &["init", "--network", "regtest"]).unwrap()["key"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        ));
-    }
+    let (dirs, keys) = two_guardians();
     let (first, second) = (dirs[0].path(), dirs[1].path());
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");
@@ -264,13 +269,7 @@ fn guardians_lift_a_lockdown_and_a_duress_one_from_the_command_line() {
 
 #[test]
 fn a_guardian_asking_for_a_panic_joins_the_one_another_guardian_started() {
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut keys = Vec::new();
-    for d in &dirs {
-        std::fs::write(d.path().join("pass"), "a guardian's passphrase\n").unwrap();
-        let made = guardian(d.path(), &["init", "--network", "regtest"]).unwrap();
-        keys.push(Some(made["key"].as_str().unwrap().to_owned()));
-    }
+    let (dirs, keys) = two_guardians();
     let (first, second) = (dirs[0].path(), dirs[1].path());
     let node = vigil_node();
     let co = CosignerProcess::new(&node, "");

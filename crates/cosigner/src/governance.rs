@@ -281,6 +281,9 @@ fn added_towers(client: &ClientRecord) -> String {
     )
 }
 
+/// The towers' endpoint a policy change is handed to.
+pub(crate) const POLICY_PATH: &str = "/v1/policy";
+
 /// The relay of a change the quorum signed to every tower (each acknowledges it naming the
 /// height it applies from there), signed at `signed_height` to apply here from
 /// `effective_height`. A wait longer than the towers' own is named, so that none applies it
@@ -300,7 +303,7 @@ pub(crate) fn change_order(
         signatures,
         not_before_height: longer.then_some(effective_height),
     };
-    crate::emergency::order_of("/v1/policy", &body, format!("policy {client} version {version} at *"))
+    crate::emergency::order_of(POLICY_PATH, &body, format!("policy {client} version {version} at *"))
 }
 
 /// Indexes the changes a store of an earlier release holds waiting (it kept no

@@ -256,7 +256,7 @@ impl Cosigner {
         // Towers a policy change is still owed to (its order queued behind an enrollment).
         let change_owed: Vec<String> = towers
             .iter()
-            .filter(|t| now.iter().any(|o| o.path == "/v1/policy" && o.owed_by(&t.name)))
+            .filter(|t| now.iter().any(|o| o.path == crate::governance::POLICY_PATH && o.owed_by(&t.name)))
             .map(|t| t.name.clone())
             .collect();
         for ((path, subject, answered), body) in done.iter().zip(&sent) {

@@ -1706,6 +1706,9 @@ fn a_tower_pinned_first_at_an_earlier_version_is_alarmed_at_once() {
     assert!(enrolled["error"].as_str().is_some_and(|e| e.contains("holds client")), "{enrolled}");
     eventually("the guardians are told", || {
         let alarms = alarms.lock().unwrap();
-        alarms.iter().find(|a| a["kind"] == "tower-refused").cloned()
+        let refused = |a: &&Value| {
+            a["kind"] == "tower-refused" && a["message"].as_str().is_some_and(|m| m.contains("holds client"))
+        };
+        alarms.iter().find(refused).cloned()
     });
 }

@@ -969,7 +969,7 @@ fn told_directly(direct: Option<vigil_client::towers::TowerAnswers>, missing: &s
 
 async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
     crate::blocking(move || {
-        let body = match open_panic(&page) {
+        let body = match open_panic(&page, page.tower_tip()) {
             Some(open) => panic_page(&page, Some((open.alarm, &open.panic, &open.proposers)), false),
             None => panic_page(&page, None, false),
         };
@@ -978,18 +978,12 @@ async fn panic_form(State(page): State<Arc<GuardianPage>>) -> Response {
     .await
 }
 
-/// The panic another guardian proposed that this one is offered to join, if any (see
-/// [`vigil_client::guardian::open_panic`]).
-fn open_panic(page: &GuardianPage) -> Option<OpenPanic> {
+/// The panic another guardian proposed that this one is offered to join at the towers' `tip`,
+/// if any (see [`vigil_client::guardian::open_panic`]).
+fn open_panic(page: &GuardianPage, tip: Option<u32>) -> Option<OpenPanic> {
     let alarms: Vec<CosignerAlarm> = page.co.get("/v1/alarms").ok()?;
     let me = page.auth.x_only_public_key().0;
-    vigil_client::guardian::open_panic(
-        alarms,
-        &page.current().policy,
-        page.co.client_id(),
-        &me,
-        page.tower_tip()?,
-    )
+    vigil_client::guardian::open_panic(alarms, &page.current().policy, page.co.client_id(), &me, tip?)
 }
 
 /// A panic another guardian proposed, as the co-signer's event `alarm` carries it, checked
@@ -1111,7 +1105,8 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                 // Another guardian proposed one since this form was shown: theirs is offered,
                 // not a second panic splitting the signatures (unless this form was asked for
                 // past it).
-                let offered = if fields.get("fresh") == "1" { None } else { open_panic(&page) };
+                let tip = page.tower_tip();
+                let offered = if fields.get("fresh") == "1" { None } else { open_panic(&page, tip) };
                 if let Some(open) = offered {
                     return page.show(
                         "Nothing was signed",
@@ -1122,7 +1117,7 @@ async fn panic(State(page): State<Arc<GuardianPage>>, Extension(fields): Extensi
                         ) + &panic_page(&page, Some((open.alarm, &open.panic, &open.proposers)), false)),
                     );
                 }
-                let Some(tip) = page.tower_tip() else {
+                let Some(tip) = tip else {
                     return page.show(
                         "Not signed",
                         &notice(
